@@ -1,0 +1,27 @@
+# The two commands of the README:
+#   make demo   creates .venv if missing, then runs the whole story on built-in synthetic CAN traffic
+#   make test   creates .venv if missing, then runs the whole test suite
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+
+.PHONY: demo test venv clean
+
+$(BIN)/kdkit: pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[test]'
+	$(BIN)/python -m ipykernel install --sys-prefix --name kdkit --display-name "kdkit (.venv)" >/dev/null
+	@touch $@
+
+venv: $(BIN)/kdkit
+
+demo: venv
+	$(BIN)/kdkit demo
+
+test: venv
+	$(BIN)/python -m pytest -ra
+
+clean:
+	rm -rf runs/demo

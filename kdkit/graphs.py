@@ -1,0 +1,380 @@
+"""Sliding windows of CAN messages -> graphs, fully vectorized, in one packed store.
+
+A window of ``W`` consecutive messages becomes one graph: a node per distinct CAN ID, a
+directed edge ``a -> b`` whenever a message of ID ``a`` is followed by one of ID ``b`` (a
+self-loop when an ID repeats), de-duplicated with a count. Everything is computed with
+numpy sorts and segment reductions over all windows of a recording at once: there is no
+Python loop per message, node or edge.
+
+    from kdkit.graphs import IdVocab, build_graphs
+    vocab = IdVocab.fit([msgs.can_id[msgs.label == 0]])
+    gs = build_graphs(msgs, vocab, window=100, stride=100)
+    gs.to_data(0)  # one torch_geometric Data
+
+Node features (``NODE_FEATURES``, continuous; the vocabulary index goes separately in
+``node_id`` to an embedding) and edge features (``EDGE_FEATURES``) are documented below.
+Timing features use ``log1p(milliseconds)``; negative time steps (some recordings step
+backwards) count as 0.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from kdkit.data import Messages
+
+GRAPH_FORMAT_VERSION = 3  # bump whenever features or layout change: it invalidates every store
+
+NODE_FEATURES = (
+    [f"payload_mean_b{j}" for j in range(8)]  # mean of each payload byte / 255
+    + [
+        "count_frac",      # messages of this ID / W
+        "first_pos",       # first position in the window / W
+        "last_pos",        # last position in the window / W
+        "dlc_mean",        # mean DLC / 8
+        "iat_mean",        # log1p(ms) mean interval between consecutive messages of this ID (0 if once)
+        "iat_std",         # log1p(ms) std of that interval
+        "gap_mean",        # log1p(ms) mean gap to the preceding message (any ID): bus load around it
+        "payload_change",  # mean |byte change| between consecutive messages of this ID / 255
+        "payload_std",     # mean over bytes of the std of each byte / 255
+    ]
+)
+EDGE_FEATURES = [
+    "count_frac",   # transitions a->b / (W - 1)
+    "iat_mean",     # log1p(ms) mean time from the a message to the following b message
+    "iat_std",      # log1p(ms) std of that time
+    "first_pos",    # position of the first transition / W
+    "last_pos",     # position of the last transition / W
+    "self_loop",    # 1 if a == b
+    "reciprocal",   # 1 if b -> a also occurs in the window
+]
+
+
+@dataclass
+class IdVocab:
+    """CAN ID -> embedding index. Index 0 is the out-of-vocabulary bucket.
+
+    Fitted on training data only; looking up an unseen ID returns 0 and never grows it.
+    """
+
+    ids: np.ndarray  # sorted unique uint32 IDs; index i+1 <-> ids[i]
+
+    @classmethod
+    def fit(cls, id_arrays: Iterable[np.ndarray]) -> "IdVocab":
+        arrays = [np.asarray(a, dtype=np.uint32) for a in id_arrays]
+        ids = np.unique(np.concatenate(arrays)) if arrays else np.zeros(0, np.uint32)
+        return cls(ids.astype(np.uint32))
+
+    def __len__(self) -> int:
+        """Number of embedding rows, including the OOV bucket."""
+        return int(self.ids.shape[0]) + 1
+
+    def lookup(self, can_ids: np.ndarray) -> np.ndarray:
+        can_ids = np.asarray(can_ids, dtype=np.uint32)
+        if self.ids.size == 0:
+            return np.zeros(can_ids.shape, np.int64)
+        pos = np.searchsorted(self.ids, can_ids)
+        pos_c = np.minimum(pos, self.ids.size - 1)
+        return np.where(self.ids[pos_c] == can_ids, pos_c + 1, 0).astype(np.int64)
+
+    def to_list(self) -> list[int]:
+        return [int(i) for i in self.ids]
+
+    @classmethod
+    def from_list(cls, ids: Sequence[int]) -> "IdVocab":
+        return cls(np.asarray(sorted(ids), dtype=np.uint32))
+
+
+def window_starts(n_messages: int, window: int, stride: int) -> np.ndarray:
+    """Start offsets of the full windows of a recording (a trailing partial window is not used)."""
+    if window < 2 or stride < 1:
+        raise ValueError(f"window must be >= 2 and stride >= 1, got window={window}, stride={stride}")
+    if n_messages < window:
+        return np.zeros(0, np.int64)
+    return np.arange(0, n_messages - window + 1, stride, dtype=np.int64)
+
+
+def _log_ms(seconds: np.ndarray) -> np.ndarray:
+    return np.log1p(np.maximum(seconds, 0.0) * 1000.0)
+
+
+def _segment_stats(values: np.ndarray, seg: np.ndarray, n_seg: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-segment (count, mean, std) of ``values`` grouped by ``seg``; 0 for empty segments."""
+    cnt = np.bincount(seg, minlength=n_seg).astype(np.float64)
+    s1 = np.bincount(seg, weights=values, minlength=n_seg)
+    s2 = np.bincount(seg, weights=values * values, minlength=n_seg)
+    safe = np.maximum(cnt, 1.0)
+    mean = s1 / safe
+    std = np.sqrt(np.maximum(s2 / safe - mean * mean, 0.0))
+    return cnt, mean, std
+
+
+@dataclass
+class GraphSet:
+    """Many window graphs packed into flat arrays (CSR style): the unit of the graph store.
+
+    Graph ``g`` owns nodes ``node_ptr[g]:node_ptr[g+1]`` and edges ``edge_ptr[g]:edge_ptr[g+1]``;
+    ``edge_index`` holds node indices local to the graph.
+    """
+
+    x: torch.Tensor            # float32 [N, F_node]
+    node_id: torch.Tensor      # int64 [N] vocabulary index (0 = OOV)
+    can_id: torch.Tensor       # int64 [N] raw CAN ID (for inspection, never a model input)
+    node_y: torch.Tensor       # uint8 [N] 1 if any message of this node in the window is an attack
+    edge_index: torch.Tensor   # int32 [2, E] local node indices
+    edge_attr: torch.Tensor    # float32 [E, F_edge]
+    node_ptr: torch.Tensor     # int64 [G+1]
+    edge_ptr: torch.Tensor     # int64 [G+1]
+    y: torch.Tensor            # int64 [G] graph label
+    attack_share: torch.Tensor  # float32 [G] share of attack messages in the window
+    attack_type: torch.Tensor  # int64 [G] index into ``attack_types``; 0 = normal
+    file_index: torch.Tensor   # int64 [G] index into ``files``
+    start: torch.Tensor        # int64 [G] first message of the window in its file
+    attack_types: list[str] = field(default_factory=lambda: ["normal"])
+    files: list[str] = field(default_factory=list)
+
+    TENSORS = ("x", "node_id", "can_id", "node_y", "edge_index", "edge_attr", "node_ptr", "edge_ptr",
+               "y", "attack_share", "attack_type", "file_index", "start")
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    @property
+    def num_nodes(self) -> np.ndarray:
+        return (self.node_ptr[1:] - self.node_ptr[:-1]).numpy()
+
+    @property
+    def num_edges(self) -> np.ndarray:
+        return (self.edge_ptr[1:] - self.edge_ptr[:-1]).numpy()
+
+    def to_data(self, i: int):
+        """Graph ``i`` as a torch_geometric ``Data`` (the batch contract of docs/DESIGN.md)."""
+        from torch_geometric.data import Data
+
+        n0, n1 = int(self.node_ptr[i]), int(self.node_ptr[i + 1])
+        e0, e1 = int(self.edge_ptr[i]), int(self.edge_ptr[i + 1])
+        return Data(x=self.x[n0:n1], node_id=self.node_id[n0:n1], edge_index=self.edge_index[:, e0:e1].long(),
+                    edge_attr=self.edge_attr[e0:e1], y=self.y[i:i + 1], node_y=self.node_y[n0:n1].long(),
+                    num_nodes=n1 - n0)
+
+    def to_data_list(self, indices: Iterable[int] | None = None) -> list:
+        return [self.to_data(int(i)) for i in (range(len(self)) if indices is None else indices)]
+
+    def subset(self, indices: np.ndarray | torch.Tensor) -> "GraphSet":
+        """A new GraphSet of the given graphs (vectorized gather)."""
+        idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        nodes, node_ptr = _gather_ranges(self.node_ptr, idx)
+        edges, edge_ptr = _gather_ranges(self.edge_ptr, idx)
+        return GraphSet(
+            x=self.x[nodes], node_id=self.node_id[nodes], can_id=self.can_id[nodes], node_y=self.node_y[nodes],
+            edge_index=self.edge_index[:, edges], edge_attr=self.edge_attr[edges], node_ptr=node_ptr, edge_ptr=edge_ptr,
+            y=self.y[idx], attack_share=self.attack_share[idx], attack_type=self.attack_type[idx],
+            file_index=self.file_index[idx], start=self.start[idx], attack_types=list(self.attack_types), files=list(self.files))
+
+    @classmethod
+    def concat(cls, parts: Sequence["GraphSet"]) -> "GraphSet":
+        """Concatenate GraphSets, merging their ``attack_types`` and ``files`` lists."""
+        if not parts:
+            return empty_graphset()
+        types: list[str] = ["normal"]
+        files: list[str] = []
+        ats, fis, nptrs, eptrs = [], [], [], []
+        n_off = e_off = 0
+        for p in parts:
+            remap_t = torch.tensor([types.index(t) if t in types else (types.append(t) or len(types) - 1) for t in p.attack_types], dtype=torch.long)
+            remap_f = torch.tensor([files.index(f) if f in files else (files.append(f) or len(files) - 1) for f in p.files] or [0], dtype=torch.long)
+            ats.append(remap_t[p.attack_type] if len(p) else p.attack_type)
+            fis.append(remap_f[p.file_index] if len(p) else p.file_index)
+            nptrs.append(p.node_ptr[:-1] + n_off)
+            eptrs.append(p.edge_ptr[:-1] + e_off)
+            n_off += int(p.node_ptr[-1])
+            e_off += int(p.edge_ptr[-1])
+        cat = lambda name, dim=0: torch.cat([getattr(p, name) for p in parts], dim=dim)  # noqa: E731
+        return cls(x=cat("x"), node_id=cat("node_id"), can_id=cat("can_id"), node_y=cat("node_y"),
+                   edge_index=cat("edge_index", 1), edge_attr=cat("edge_attr"),
+                   node_ptr=torch.cat(nptrs + [torch.tensor([n_off])]), edge_ptr=torch.cat(eptrs + [torch.tensor([e_off])]),
+                   y=cat("y"), attack_share=cat("attack_share"), attack_type=torch.cat(ats), file_index=torch.cat(fis),
+                   start=cat("start"), attack_types=types, files=files)
+
+    # ---- the on-disk store: one torch file, loaded memory-mapped and weights_only -----
+    def save(self, path: str | Path, meta: dict | None = None) -> None:
+        """Write atomically (temp file + rename) so a crash never leaves a partial store."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        blob = {name: getattr(self, name).contiguous() for name in self.TENSORS}
+        blob["_meta"] = json.dumps({"attack_types": self.attack_types, "files": self.files,
+                                    "format": GRAPH_FORMAT_VERSION, **(meta or {})})
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(blob, tmp)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path, mmap: bool = True) -> "GraphSet":
+        blob = torch.load(path, mmap=mmap, weights_only=True)
+        meta = json.loads(blob.pop("_meta"))
+        if meta.get("format") != GRAPH_FORMAT_VERSION:
+            raise ValueError(f"{path}: graph store format {meta.get('format')} != {GRAPH_FORMAT_VERSION}; delete it to rebuild")
+        return cls(**{k: blob[k] for k in cls.TENSORS}, attack_types=meta["attack_types"], files=meta["files"])
+
+
+def _gather_ranges(ptr: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat element indices of segments ``idx`` of a CSR pointer, and the new pointer."""
+    lens = ptr[idx + 1] - ptr[idx]
+    new_ptr = torch.zeros(idx.numel() + 1, dtype=torch.long)
+    new_ptr[1:] = torch.cumsum(lens, 0)
+    total = int(new_ptr[-1])
+    seg = torch.repeat_interleave(torch.arange(idx.numel()), lens, output_size=total)
+    flat = ptr[idx][seg] + (torch.arange(total) - new_ptr[:-1][seg])
+    return flat, new_ptr
+
+
+def empty_graphset() -> GraphSet:
+    z = lambda *s, dt=torch.float32: torch.zeros(*s, dtype=dt)  # noqa: E731
+    return GraphSet(z(0, len(NODE_FEATURES)), z(0, dt=torch.long), z(0, dt=torch.long), z(0, dt=torch.uint8),
+                    z(2, 0, dt=torch.int32), z(0, len(EDGE_FEATURES)), z(1, dt=torch.long), z(1, dt=torch.long),
+                    z(0, dt=torch.long), z(0), z(0, dt=torch.long), z(0, dt=torch.long), z(0, dt=torch.long), ["normal"], [])
+
+
+def build_graphs(msgs: Messages, vocab: IdVocab, window: int = 100, stride: int = 100,
+                 label_threshold: float = 0.0, starts: np.ndarray | None = None) -> GraphSet:
+    """Turn one recording into window graphs.
+
+    Args:
+        msgs: the recording.
+        vocab: CAN-ID vocabulary (fitted on training data); unseen IDs map to 0.
+        window: messages per window (default 100).
+        stride: offset between window starts (default 100: no overlap).
+        label_threshold: a window is an attack when its attack share is > this (default 0.0:
+            any attack message makes the window an attack).
+        starts: explicit window start offsets (default: every full window).
+
+    Returns:
+        A GraphSet with one graph per window.
+    """
+    if starts is None:
+        starts = window_starts(len(msgs), window, stride)
+    starts = np.asarray(starts, dtype=np.int64)
+    G, W = int(starts.shape[0]), window
+    if G == 0:
+        out = empty_graphset()
+        out.files = [msgs.source]
+        return out
+    if stride == W and starts[0] == 0 and (np.diff(starts) == W).all():
+        midx = np.arange(G * W)  # contiguous windows: no gather needed
+    else:
+        midx = (starts[:, None] + np.arange(W)).ravel()
+    win = np.repeat(np.arange(G, dtype=np.int64), W)
+    pos = np.tile(np.arange(W, dtype=np.int64), G)
+    ids = msgs.can_id[midx].astype(np.int64)
+    ts = msgs.timestamp[midx]
+    pl = msgs.payload[midx].astype(np.float64)
+    lab = msgs.label[midx]
+    # gap to the preceding message of the recording (0 for the very first one)
+    prev = np.maximum(midx - 1, 0)
+    gap = _log_ms(msgs.timestamp[midx] - msgs.timestamp[prev])
+
+    # ---- nodes: distinct (window, ID); a stable sort keeps time order inside each group
+    key = (win << 32) | ids
+    order = np.argsort(key, kind="stable")
+    skey = key[order]
+    new_grp = np.empty(skey.shape[0], bool)
+    new_grp[0] = True
+    new_grp[1:] = skey[1:] != skey[:-1]
+    grp_sorted = np.cumsum(new_grp) - 1
+    n_nodes = int(grp_sorted[-1]) + 1
+    node_of_msg = np.empty_like(grp_sorted)
+    node_of_msg[order] = grp_sorted
+    grp_start = np.flatnonzero(new_grp)
+    grp_last = np.append(grp_start[1:], skey.shape[0]) - 1
+    node_win = skey[grp_start] >> 32
+    node_can = skey[grp_start] & 0xFFFFFFFF
+    node_ptr = np.zeros(G + 1, np.int64)
+    node_ptr[1:] = np.cumsum(np.bincount(node_win, minlength=G))
+
+    cnt = np.bincount(node_of_msg, minlength=n_nodes).astype(np.float64)
+    pl_s = pl[order]
+    pl_sum = np.add.reduceat(pl_s, grp_start, axis=0)
+    pl_sq = np.add.reduceat(pl_s * pl_s, grp_start, axis=0)
+    pl_mean = pl_sum / cnt[:, None]
+    pl_std = np.sqrt(np.maximum(pl_sq / cnt[:, None] - pl_mean ** 2, 0.0)).mean(axis=1)
+    pos_s = pos[order]
+    dlc_mean = np.bincount(node_of_msg, weights=msgs.dlc[midx].astype(np.float64), minlength=n_nodes) / cnt
+    _, gap_mean, _ = _segment_stats(gap, node_of_msg, n_nodes)
+    # consecutive messages of the same ID (same group in sorted order)
+    same = ~new_grp[1:]
+    pair_grp = grp_sorted[1:][same]
+    ts_s = ts[order]
+    _, iat_mean, iat_std = _segment_stats(_log_ms(ts_s[1:] - ts_s[:-1])[same], pair_grp, n_nodes)
+    change = np.abs(pl_s[1:] - pl_s[:-1]).mean(axis=1)[same]
+    _, change_mean, _ = _segment_stats(change, pair_grp, n_nodes)
+    node_y = np.bincount(node_of_msg, weights=lab, minlength=n_nodes) > 0
+
+    x = np.empty((n_nodes, len(NODE_FEATURES)), np.float32)
+    x[:, 0:8] = pl_mean / 255.0
+    x[:, 8] = cnt / W
+    x[:, 9] = pos_s[grp_start] / W
+    x[:, 10] = pos_s[grp_last] / W
+    x[:, 11] = dlc_mean / 8.0
+    x[:, 12] = iat_mean
+    x[:, 13] = iat_std
+    x[:, 14] = gap_mean
+    x[:, 15] = change_mean / 255.0
+    x[:, 16] = pl_std / 255.0
+
+    # ---- edges: consecutive messages inside a window, de-duplicated per (src, dst)
+    inner = pos[:-1] < W - 1  # message j and j+1 in the same window
+    src = node_of_msg[:-1][inner]
+    dst = node_of_msg[1:][inner]
+    dt = _log_ms(ts[1:] - ts[:-1])[inner]
+    epos = pos[:-1][inner]
+    ekey = src * n_nodes + dst
+    eorder = np.argsort(ekey, kind="stable")
+    sek = ekey[eorder]
+    new_e = np.empty(sek.shape[0], bool)
+    new_e[0] = True
+    new_e[1:] = sek[1:] != sek[:-1]
+    e_sorted = np.cumsum(new_e) - 1
+    n_edges = int(e_sorted[-1]) + 1
+    edge_of_pair = np.empty_like(e_sorted)
+    edge_of_pair[eorder] = e_sorted
+    e_start = np.flatnonzero(new_e)
+    e_last = np.append(e_start[1:], sek.shape[0]) - 1
+    e_src = sek[e_start] // n_nodes
+    e_dst = sek[e_start] % n_nodes
+    e_cnt, e_mean, e_std = _segment_stats(dt, edge_of_pair, n_edges)
+    epos_s = epos[eorder]
+    uniq = sek[e_start]
+    rev = e_dst * n_nodes + e_src
+    rpos = np.minimum(np.searchsorted(uniq, rev), n_edges - 1)
+    reciprocal = uniq[rpos] == rev
+    e_win = node_win[e_src]
+    edge_ptr = np.zeros(G + 1, np.int64)
+    edge_ptr[1:] = np.cumsum(np.bincount(e_win, minlength=G))
+
+    ea = np.empty((n_edges, len(EDGE_FEATURES)), np.float32)
+    ea[:, 0] = e_cnt / (W - 1)
+    ea[:, 1] = e_mean
+    ea[:, 2] = e_std
+    ea[:, 3] = epos_s[e_start] / W
+    ea[:, 4] = epos_s[e_last] / W
+    ea[:, 5] = e_src == e_dst
+    ea[:, 6] = reciprocal
+    edge_index = np.stack([e_src - node_ptr[e_win], e_dst - node_ptr[e_win]]).astype(np.int32)
+
+    # ---- graph labels
+    share = lab.reshape(G, W).mean(axis=1, dtype=np.float64)
+    y = (share > label_threshold).astype(np.int64)
+    types = ["normal"] if msgs.attack_type in ("attack-free", "normal") else ["normal", msgs.attack_type]
+    atype = y * (len(types) - 1)
+    return GraphSet(
+        x=torch.from_numpy(x), node_id=torch.from_numpy(vocab.lookup(node_can)), can_id=torch.from_numpy(node_can),
+        node_y=torch.from_numpy(node_y.astype(np.uint8)), edge_index=torch.from_numpy(edge_index),
+        edge_attr=torch.from_numpy(ea), node_ptr=torch.from_numpy(node_ptr), edge_ptr=torch.from_numpy(edge_ptr),
+        y=torch.from_numpy(y), attack_share=torch.from_numpy(share.astype(np.float32)),
+        attack_type=torch.from_numpy(atype.astype(np.int64)), file_index=torch.zeros(G, dtype=torch.long),
+        start=torch.from_numpy(starts.copy()), attack_types=types, files=[msgs.source])
