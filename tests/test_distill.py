@@ -1,0 +1,200 @@
+"""Tests of kdkit.distill: golden KD values, invariances, gradients, end-to-end losses.
+
+Run: .venv/bin/python -m pytest tests/test_distill.py -q
+"""
+import pytest
+import torch
+from torch_geometric.data import Batch, Data
+
+from kdkit.distill import DistillationLoss, FeatureKD, LatentKD, LogitKDLoss, layer_map, soft_kl
+from kdkit.models import VGAEOutput, build_model
+
+F_NODE, F_EDGE, NUM_IDS = 4, 3, 6
+# Fixed logits of a 4-graph batch (drawn once with torch.manual_seed(0), stored as literals).
+STUDENT = torch.tensor([[3.082, -0.5869], [-4.3576, 1.1369], [-2.169, -2.7972], [0.8067, 1.6761]])
+TEACHER = torch.tensor([[-1.4385, -0.8067], [-1.1933, 0.3641], [-1.7133, 2.2012], [-2.1424, 0.2454]])
+LABELS = torch.tensor([0, 1, 0, 1])
+
+
+def make_batch(seed=0):
+    """Four graphs of 3 or 4 nodes: a cycle over random IDs, features from the seed."""
+    torch.manual_seed(seed)
+    graphs = []
+    for g, n in enumerate([3, 4, 3, 4]):
+        ring = torch.arange(n)
+        ei = torch.stack([ring, (ring + 1) % n])
+        graphs.append(Data(x=torch.rand(n, F_NODE), node_id=torch.randint(0, NUM_IDS, (n,)),
+                           edge_index=ei, edge_attr=torch.rand(n, F_EDGE), y=LABELS[g:g + 1]))
+    return Batch.from_data_list(graphs)
+
+
+def hand_kd(s, t, y, temperature, alpha):
+    """The formula, written out with plain tensor ops in float64."""
+    s, t = s.double(), t.double()
+    p_t = torch.exp(t / temperature) / torch.exp(t / temperature).sum(1, keepdim=True)
+    p_s = torch.exp(s / temperature) / torch.exp(s / temperature).sum(1, keepdim=True)
+    kd = temperature**2 * (p_t * (p_t.log() - p_s.log())).sum(1).mean()
+    prob = torch.exp(s) / torch.exp(s).sum(1, keepdim=True)
+    ce = -prob[torch.arange(len(y)), y].log().mean()
+    return alpha * kd + (1 - alpha) * ce, kd, ce
+
+
+@pytest.mark.parametrize("temperature,alpha,golden", [(4.0, 0.7, 1.2066357780), (1.0, 0.5, 0.5202110410)])
+def test_logit_kd_golden_values(temperature, alpha, golden):
+    total, parts = LogitKDLoss(temperature, alpha)(STUDENT, TEACHER, LABELS)
+    ref_total, ref_kd, ref_ce = hand_kd(STUDENT, TEACHER, LABELS, temperature, alpha)
+    assert total.item() == pytest.approx(ref_total.item(), abs=1e-5)
+    assert parts["kd"].item() == pytest.approx(ref_kd.item(), abs=1e-5)
+    assert parts["ce"].item() == pytest.approx(ref_ce.item(), abs=1e-5)
+    assert total.item() == pytest.approx(golden, abs=1e-5)
+
+
+def test_logit_kd_golden_components():
+    _, parts = LogitKDLoss()(STUDENT, TEACHER, LABELS)
+    assert parts["kd"].item() == pytest.approx(1.6373046250, abs=1e-5)
+    assert parts["ce"].item() == pytest.approx(0.2017418015, abs=1e-5)
+
+
+def test_kd_term_is_zero_for_equal_logits_and_follows_the_teacher():
+    loss = LogitKDLoss()
+    _, same = loss(STUDENT, STUDENT.clone(), LABELS)
+    assert same["kd"].abs().item() < 1e-6
+    _, a = loss(STUDENT, TEACHER, LABELS)
+    _, b = loss(STUDENT, TEACHER + torch.tensor([0.0, 1.0]), LABELS)
+    assert a["kd"].item() > 0.1 and abs(a["kd"].item() - b["kd"].item()) > 1e-3
+    assert a["ce"].item() == b["ce"].item()  # the hard-label term ignores the teacher
+
+
+def test_kd_softmax_runs_over_classes_not_over_the_batch():
+    loss = LogitKDLoss()
+    whole, _ = loss(STUDENT, TEACHER, LABELS)
+    rows = [loss(STUDENT[i:i + 1], TEACHER[i:i + 1], LABELS[i:i + 1])[0] for i in range(4)]
+    torch.testing.assert_close(whole, torch.stack(rows).mean())  # batchmean over graphs
+    perm = torch.tensor([2, 0, 3, 1])
+    torch.testing.assert_close(whole, loss(STUDENT[perm], TEACHER[perm], LABELS[perm])[0])
+
+
+def test_single_logit_is_rejected():
+    with pytest.raises(ValueError, match="one logit"):
+        soft_kl(torch.zeros(4, 1), torch.zeros(4, 1), 4.0)
+
+
+def test_logit_kd_gradients_reach_student_only():
+    s, t = STUDENT.clone().requires_grad_(), TEACHER.clone().requires_grad_()
+    LogitKDLoss()(s, t, LABELS)[0].backward()
+    assert s.grad.abs().sum() > 0 and t.grad is None
+
+
+def test_layer_map():
+    assert layer_map(3, 5) == [0, 2, 4]
+    assert layer_map(2, 4) == [0, 3]
+    assert layer_map(1, 5) == [4]
+    assert layer_map(5, 5) == [0, 1, 2, 3, 4]
+
+
+def test_feature_kd_projects_and_trains():
+    torch.manual_seed(0)
+    kd = FeatureKD([8, 8, 8], [16] * 5, beta=0.5)
+    assert [tuple(p.weight.shape) for p in kd.projections] == [(16, 8)] * 3
+    student = [torch.randn(7, 8, requires_grad=True) for _ in range(3)]
+    teacher = [torch.randn(7, 16, requires_grad=True) for _ in range(5)]
+    loss = kd(student, teacher)
+    loss.backward()
+    assert all(p.weight.grad.abs().sum() > 0 for p in kd.projections)
+    assert student[0].grad.abs().sum() > 0 and all(t.grad is None for t in teacher)
+    # hand value: beta * mean over pairs of the MSE between projection and matched teacher layer
+    with torch.no_grad():
+        ref = sum(((p(s) - teacher[j]) ** 2).mean() for p, s, j in zip(kd.projections, student, [0, 2, 4]))
+    assert loss.item() == pytest.approx(0.5 * ref.item() / 3, abs=1e-6)
+
+
+def test_feature_kd_zero_when_projection_reproduces_teacher():
+    kd = FeatureKD([4], [4], beta=1.0, loss="cosine")
+    with torch.no_grad():
+        kd.projections[0].weight.copy_(torch.eye(4))
+        kd.projections[0].bias.zero_()
+    h = torch.randn(5, 4)
+    assert kd([h], [h]).abs().item() < 1e-6
+
+
+def fake_vgae_out(latent, seed):
+    g = torch.Generator().manual_seed(seed)
+    mu = torch.randn(7, latent, generator=g, requires_grad=True)
+    return VGAEOutput(mu, torch.zeros(7, latent), mu, torch.randn(7, F_NODE, generator=g),
+                      torch.randn(7, NUM_IDS, generator=g), [])
+
+
+def test_latent_kd_projects_never_truncates():
+    kd = LatentKD(student_latent=16, teacher_latent=32, temperature=2.0)
+    assert tuple(kd.projection.weight.shape) == (32, 16)
+    s, t = fake_vgae_out(16, 0), fake_vgae_out(32, 1)
+    total, parts = kd(s, t)
+    assert set(parts) == {"latent", "recon", "id_kd"} and all(v > 0 for v in parts.values())
+    total.backward()
+    assert kd.projection.weight.grad.abs().sum() > 0 and s.mu.grad.abs().sum() > 0
+    assert t.mu.grad is None
+    expected = parts["latent"] + parts["recon"] + soft_kl(s.id_logits, t.id_logits, 2.0)
+    assert total.item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+def test_latent_kd_zero_when_student_equals_teacher():
+    kd = LatentKD(8, 8)
+    with torch.no_grad():
+        kd.projection.weight.copy_(torch.eye(8))
+        kd.projection.bias.zero_()
+    out = fake_vgae_out(8, 0)
+    assert kd(out, out)[0].abs().item() < 1e-6
+
+
+def models(kind, seed_teacher=0):
+    small = {"gat": {"teacher": dict(hidden=16, num_layers=5, heads=2, embedding_dim=4),
+                     "student": dict(hidden=8, num_layers=3, heads=2, embedding_dim=2)},
+             "vgae": {"teacher": dict(hidden=16, latent_dim=8, encoder_layers=4, decoder_layers=2,
+                                      encoder_heads=2, decoder_heads=2, embedding_dim=4),
+                      "student": dict(hidden=8, latent_dim=4, encoder_layers=2, decoder_layers=1,
+                                      encoder_heads=2, decoder_heads=1, embedding_dim=2)}}[kind]
+    torch.manual_seed(seed_teacher)
+    teacher = build_model(kind, "teacher", F_NODE, F_EDGE, NUM_IDS, **small["teacher"]).eval()
+    torch.manual_seed(100)
+    student = build_model(kind, "student", F_NODE, F_EDGE, NUM_IDS, **small["student"])
+    return student, teacher
+
+
+@pytest.mark.parametrize("kind", ["gat", "vgae"])
+def test_distillation_loss_end_to_end(kind):
+    student, teacher = models(kind)
+    kd = DistillationLoss.from_models(student, teacher)
+    batch = make_batch()
+    call = (lambda m: m(batch, return_features=True)) if kind == "gat" else (lambda m: m(batch))
+    with torch.no_grad():
+        t_out = call(teacher)
+    loss, parts = kd(student_out := call(student), t_out, batch)
+    assert torch.isfinite(loss) and parts["total"].item() == loss.item()
+    expected = {"gat": {"kd", "ce"}, "vgae": {"task", "feat", "id", "edge", "kl", "latent", "recon", "id_kd"}}
+    assert set(parts) == expected[kind] | {"feature", "total"}
+    assert all(not v.requires_grad and v.dim() == 0 for v in parts.values())
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in kd.parameters())
+    assert sum(p.grad.abs().sum() for p in student.parameters() if p.grad is not None) > 0
+    assert all(p.grad is None for p in teacher.parameters())
+    # another teacher changes the KD term
+    _, other = models(kind, seed_teacher=1)
+    with torch.no_grad():
+        t2 = call(other)
+    key = "kd" if kind == "gat" else "latent"
+    student_out = call(student)
+    assert kd(student_out, t2, batch)[1][key].item() != kd(student_out, t_out, batch)[1][key].item()
+
+
+def test_distillation_loss_checks_its_inputs():
+    student, teacher = models("gat")
+    other = build_model("gat", "teacher", F_NODE, F_EDGE, NUM_IDS + 1, hidden=16, embedding_dim=4)
+    with pytest.raises(ValueError, match="num_ids"):
+        DistillationLoss.from_models(student, other)
+    batch = make_batch()
+    logits_only = DistillationLoss.from_models(student, teacher, beta=0.0)
+    assert len(list(logits_only.parameters())) == 0
+    loss, parts = logits_only(student(batch), teacher(batch), batch)
+    assert set(parts) == {"kd", "ce", "total"}
+    with pytest.raises(TypeError, match="return_features=True"):
+        DistillationLoss.from_models(student, teacher)(student(batch), teacher(batch), batch)
