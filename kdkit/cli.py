@@ -151,7 +151,7 @@ def _extensions():
     """Sub-commands registered by other modules (train, evaluate, slurm, ...)."""
     import importlib
 
-    for mod, attr in (("kdkit.commands", "register_cli"), ("kdkit.slurm", "register_cli")):
+    for mod, attr in (("kdkit.commands", "register_cli"), ("kdkit.slurm", "register_cli")):  # noqa: E501
         try:
             module = importlib.import_module(mod)
         except ModuleNotFoundError as err:

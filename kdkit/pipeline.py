@@ -1,12 +1,215 @@
-"""The main job, end to end: ``kdkit demo`` (the README's first command) runs it on built-in
-synthetic traffic: simulate -> prepare graphs -> print a dataset summary."""
+"""The run functions every front end calls: CLI, notebooks, widgets and SLURM jobs.
+
+    from kdkit.config import make_config
+    from kdkit.pipeline import train, evaluate_checkpoint
+    summary = train(make_config(model="gat", type="teacher", dataset="synthetic", epochs=3))
+    evaluate_checkpoint(summary["best_checkpoint"], "synthetic")
+
+``train`` prepares the graphs, builds the model (and loads the teacher for a KD student),
+fits it with the Fabric or legacy trainer, picks the VGAE threshold on validation data,
+evaluates every test scenario and writes ``runs/<run-name>/`` (config, metrics,
+checkpoints, ``summary.json``, ``metrics.json``) plus compatible copies in ``saved_models/``.
+"""
 from __future__ import annotations
 
+import json
+import shutil
+import time
 from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from kdkit.config import TrainConfig
+from kdkit.datasets import PrepareConfig, PreparedDataset, prepare
+from kdkit.graphs import EDGE_FEATURES, GRAPH_FORMAT_VERSION, NODE_FEATURES, GraphSet
+from kdkit.trainer import (FabricTrainer, Task, atomic_torch_save, load_checkpoint, model_from_checkpoint,
+                           release_memory)
+
+COMPAT_NAMES = {("gat", "teacher"): "best_teacher_model_{d}.pth", ("vgae", "teacher"): "autoencoder_{d}.pth",
+                ("gat", "student"): "best_student_model_{d}.pth", ("vgae", "student"): "student_autoencoder_{d}.pth"}
+
+
+def prepare_config(cfg: TrainConfig) -> PrepareConfig:
+    return PrepareConfig(window=cfg.window, stride=cfg.stride, label_threshold=cfg.label_threshold,
+                         val_fraction=cfg.val_fraction, seed=0)
+
+
+def load_data(cfg: TrainConfig, progress: bool = False) -> PreparedDataset:
+    return prepare(cfg.dataset, prepare_config(cfg), cfg.data_root, progress=progress, synthetic_seed=cfg.synthetic_seed)
+
+
+def model_overrides(cfg: TrainConfig) -> dict:
+    """TrainConfig model keys -> constructor options of the model class."""
+    out: dict = {"id_dropout": cfg.id_dropout, "dropout": cfg.dropout}
+    if cfg.hidden is not None:
+        out["hidden"] = cfg.hidden
+    if cfg.embedding_dim is not None:
+        out["embedding_dim"] = cfg.embedding_dim
+    if cfg.model == "gat":
+        if cfg.layers is not None:
+            out["num_layers"] = cfg.layers
+        if cfg.heads is not None:
+            out["heads"] = cfg.heads
+    else:
+        if cfg.layers is not None:
+            out["encoder_layers"] = out["decoder_layers"] = cfg.layers
+        if cfg.heads is not None:
+            out["encoder_heads"] = cfg.heads
+            out["decoder_heads"] = max(cfg.heads // 2, 1)
+        if cfg.latent_dim is not None:
+            out["latent_dim"] = cfg.latent_dim
+    return out
+
+
+def check_compatible(ckpt: dict, data: PreparedDataset, what: str = "teacher") -> None:
+    """A checkpoint must have been trained on the same ID vocabulary and feature layout."""
+    if ckpt.get("node_features") != list(NODE_FEATURES) or ckpt.get("edge_features") != list(EDGE_FEATURES):
+        raise ValueError(f"{what} checkpoint was built with another feature layout "
+                         f"(graph format {ckpt.get('train_config', {}).get('graph_format', '?')} vs {GRAPH_FORMAT_VERSION}); retrain it")
+    vocab = ckpt.get("vocab")
+    if vocab != data.vocab.to_list():
+        theirs = set(vocab or [])
+        ours = set(data.vocab.to_list())
+        raise ValueError(f"{what} checkpoint's ID vocabulary ({len(theirs)} IDs) does not match dataset {data.name!r} "
+                         f"({len(ours)} IDs; {len(theirs ^ ours)} differ): train the {what} on the same dataset and settings")
+
+
+def vgae_train_sets(data: PreparedDataset) -> tuple[GraphSet, GraphSet]:
+    """The VGAE learns normal traffic: attack windows are removed from its train/val sets."""
+    tr, va = data.splits["train"], data.splits["val"]
+    return tr.subset(np.flatnonzero(tr.y.numpy() == 0)), va.subset(np.flatnonzero(va.y.numpy() == 0))
+
+
+def class_weights(gs: GraphSet) -> torch.Tensor:
+    counts = np.bincount(gs.y.numpy(), minlength=2).astype(np.float64)
+    counts = np.maximum(counts, 1.0)
+    w = counts.sum() / (2.0 * counts)
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def choose_vgae_threshold(model, val: GraphSet) -> tuple[float, str]:
+    from kdkit.evaluate import predict_scores
+    from kdkit.models import choose_threshold
+
+    scores = predict_scores(model, val)
+    y = val.y.numpy()
+    if len(np.unique(y)) == 2:
+        return choose_threshold(scores, y), "youden_j_on_labelled_validation"
+    return choose_threshold(scores[y == 0], None, 0.99), "q99_of_attack_free_validation"
+
+
+def build_student_or_teacher(cfg: TrainConfig, data: PreparedDataset):
+    from kdkit.models import build_model
+
+    torch.manual_seed(cfg.seed)
+    return build_model(cfg.model, cfg.type, len(NODE_FEATURES), len(EDGE_FEATURES), len(data.vocab), **model_overrides(cfg))
+
+
+def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = True,
+          on_epoch_end: Callable[[dict], None] | None = None, data: PreparedDataset | None = None) -> dict:
+    """Train one model end to end and evaluate it; returns the run summary (also in summary.json)."""
+    from kdkit.evaluate import evaluate_model
+    from kdkit.models import count_parameters, model_size_bytes
+
+    run_dir = Path(cfg.runs_dir) / cfg.resolved_run_name
+    data = data or load_data(cfg, progress=progress)
+    model = build_student_or_teacher(cfg, data)
+    teacher, teacher_info = None, None
+    if cfg.type == "student" and cfg.teacher:
+        tck = load_checkpoint(cfg.teacher)
+        if tck["model_config"]["kind"] != cfg.model:
+            raise ValueError(f"--teacher {cfg.teacher} is a {tck['model_config']['kind']} model, the student is {cfg.model}")
+        check_compatible(tck, data, "teacher")
+        teacher = model_from_checkpoint(tck).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        teacher_info = {"path": str(cfg.teacher), "parameters": count_parameters(teacher)}
+    train_set, val_set = (data.splits["train"], data.splits["val"]) if cfg.model == "gat" else vgae_train_sets(data)
+    task = Task(model, cfg, teacher, class_weights(train_set) if cfg.class_weighting and cfg.model == "gat" else None)
+    extra = {"vocab": data.vocab.to_list(), "node_features": list(NODE_FEATURES), "edge_features": list(EDGE_FEATURES),
+             "threshold": 0.5, "kdkit_version": "0.1.0"}
+
+    t0 = time.perf_counter()
+    if cfg.trainer == "legacy":
+        from kdkit.legacy import legacy_fit
+
+        fit = legacy_fit(task, cfg, train_set, val_set, run_dir, extra)
+        rank = 0
+        precision = "32-true"
+    else:
+        trainer = FabricTrainer(cfg, run_dir, progress=progress, on_epoch_end=on_epoch_end)
+        fit = trainer.fit(task, train_set, val_set, resume=resume, checkpoint_extra=extra)
+        rank = trainer.fabric.global_rank
+        precision = trainer.precision
+    train_seconds = time.perf_counter() - t0
+    if rank != 0:  # evaluation and reports happen once, on rank zero
+        return {"rank": rank}
+    if teacher is not None:  # memory safety: the teacher is not needed any more
+        teacher.to("cpu")
+        del task
+        release_memory()
+
+    best = load_checkpoint(fit.best_path)
+    model = model_from_checkpoint(best).eval()
+    threshold, how = 0.5, "argmax_of_two_logits"
+    if cfg.model == "vgae":
+        threshold, how = choose_vgae_threshold(model, data.splits["val"])
+        best["threshold"] = threshold
+        atomic_torch_save(best, fit.best_path)
+    results = evaluate_model(model, data.splits, threshold)
+    summary = {
+        "run_name": cfg.resolved_run_name, "run_dir": str(run_dir), "model": cfg.model, "type": cfg.type,
+        "dataset": cfg.dataset, "kd": teacher is not None, "teacher": teacher_info, "trainer": cfg.trainer,
+        "precision": precision, "parameters": count_parameters(model), "size_bytes": model_size_bytes(model),
+        "epochs_run": fit.epochs_run, "train_seconds": round(train_seconds, 2), "best_val_metric": fit.best_metric,
+        "threshold": threshold, "threshold_rule": how, "best_checkpoint": str(fit.best_path),
+        "last_checkpoint": str(fit.last_path), "history": fit.history, "oom_events": fit.oom_events,
+        "test": {k: v for k, v in results.items() if k != "scores"},
+    }
+    write_run_outputs(run_dir, cfg, summary, results)
+    if cfg.save_compat:
+        compat = Path("saved_models") / COMPAT_NAMES[(cfg.model, cfg.type)].format(d=cfg.dataset)
+        compat.parent.mkdir(exist_ok=True)
+        shutil.copyfile(fit.best_path, compat)
+        summary["compat_copy"] = str(compat)
+    return summary
+
+
+def write_run_outputs(run_dir: Path, cfg: TrainConfig, summary: dict, results: dict) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    np.savez(run_dir / "test_scores.npz", **{k: v for k, v in results["scores"].items()})
+    metrics = {"f1": {k: v["f1"] for k, v in results["scenarios"].items()}, "overall": results["overall"],
+               "parameters": summary["parameters"], "train_seconds": summary["train_seconds"]}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+
+
+def evaluate_checkpoint(path: str | Path, dataset: str, data_root: str | None = None, out_dir: str | Path | None = None,
+                        synthetic_seed: int = 0) -> dict:
+    """Evaluate a checkpoint on every test scenario of ``dataset`` (with its stored threshold)."""
+    from kdkit.evaluate import evaluate_model
+
+    ckpt = load_checkpoint(path)
+    tc = ckpt.get("train_config", {})
+    pcfg = PrepareConfig(window=tc.get("window", 100), stride=tc.get("stride", 100),
+                         label_threshold=tc.get("label_threshold", 0.0), val_fraction=tc.get("val_fraction", 0.2))
+    data = prepare(dataset, pcfg, data_root or tc.get("data_root"), synthetic_seed=synthetic_seed)
+    check_compatible(ckpt, data, "evaluated")
+    model = model_from_checkpoint(ckpt).eval()
+    results = evaluate_model(model, data.splits, float(ckpt.get("threshold", 0.5)))
+    out = {"checkpoint": str(path), "dataset": dataset, "threshold": float(ckpt.get("threshold", 0.5)),
+           **{k: v for k, v in results.items() if k != "scores"}}
+    target = Path(out_dir) if out_dir else Path(path).resolve().parent.parent
+    target.mkdir(parents=True, exist_ok=True)
+    (target / f"evaluation_{dataset}.json").write_text(json.dumps(out, indent=2, default=float))
+    return out
 
 
 def demo(out: Path, quick: bool = False) -> int:
-    """Run the demo into ``out``; returns a process exit code."""
+    """``kdkit demo``: the main job on built-in synthetic traffic; returns an exit code."""
     from kdkit.cli import main as cli_main
 
     out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,457 @@
+"""The Lightning Fabric trainer: one readable loop for teachers and (distilled) students.
+
+In the style of Fabric's ``build_your_own_trainer``: ``Fabric(...)`` -> ``launch`` ->
+``setup_dataloaders`` -> ``setup`` -> epochs of ``training_step`` / ``fabric.backward`` /
+clip / ``optimizer.step`` / ``scheduler.step`` (per optimizer step) -> validation ->
+early stopping -> atomic checkpoints (``best.pt``, ``last.pt``) through ``fabric.save``.
+
+    from kdkit.trainer import FabricTrainer
+    trainer = FabricTrainer(cfg, run_dir)
+    result = trainer.fit(task, train_set, val_set, resume="runs/x/checkpoints/last.pt")
+
+A checkpoint is a plain dict of tensors and JSON-like values, so it loads with
+``torch.load(..., weights_only=True)``: it cannot run code. It carries the model config,
+ID vocabulary, feature layout and threshold, so ``--teacher PATH`` needs nothing else.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from kdkit.batching import GraphBatchSampler, collate_indices, graph_loader
+from kdkit.config import TrainConfig
+from kdkit.graphs import GraphSet
+
+log = logging.getLogger("kdkit.trainer")
+
+CHECKPOINT_KEYS = {"format", "model", "model_config", "train_config", "vocab", "node_features", "edge_features",
+                   "threshold", "optimizer", "scheduler", "kd", "epoch", "step", "rng", "best_metric", "bad_epochs",
+                   "history", "batch_size", "kdkit_version"}
+CHECKPOINT_FORMAT = 1
+
+
+# ----------------------------------------------------------------------------- precision
+_BF16_CPU_SPEEDUP: float | None = None
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("amx_bf16", "avx512_bf16"))
+
+
+def measure_cpu_bf16_speedup() -> float:
+    """fp32 time / bf16-autocast time of GNN-sized matmuls on this CPU (cached)."""
+    global _BF16_CPU_SPEEDUP
+    if _BF16_CPU_SPEEDUP is None:
+        a, w = torch.randn(4096, 64), torch.randn(64, 512)
+
+        def run(bf16: bool) -> float:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                for _ in range(3):
+                    a @ w
+                t = time.perf_counter()
+                for _ in range(20):
+                    a @ w
+            return time.perf_counter() - t
+
+        _BF16_CPU_SPEEDUP = run(False) / max(run(True), 1e-9)
+    return _BF16_CPU_SPEEDUP
+
+
+def choose_precision(requested: str = "auto", accelerator: str = "cpu") -> str:
+    """The precision policy: one place decides from the hardware, the user may override.
+
+    CUDA compute capability >= 8 (A100, H100) -> ``bf16-mixed``; older CUDA (V100, T4) ->
+    ``16-mixed``; CPU -> ``32-true`` unless bf16 is native (AMX / avx512_bf16) and measured
+    at least 1.2x faster. An explicit request wins (``16`` and ``bf16`` are normalised).
+    """
+    aliases = {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed"}
+    if requested != "auto":
+        return aliases.get(requested, requested)
+    if accelerator in ("cuda", "gpu") and torch.cuda.is_available():
+        major, _ = torch.cuda.get_device_capability()
+        return "bf16-mixed" if major >= 8 else "16-mixed"
+    if cpu_has_native_bf16() and measure_cpu_bf16_speedup() >= 1.2:
+        return "bf16-mixed"
+    return "32-true"
+
+
+def resolve_accelerator(requested: str = "auto") -> str:
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if requested == "gpu" else requested
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load a kdkit checkpoint safely (``weights_only``) and check its keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises several types for foreign pickles
+        raise ValueError(f"{path}: not a loadable kdkit checkpoint ({type(err).__name__}: {str(err)[:200]})") from err
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a kdkit checkpoint (format {ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__})")
+    extra = set(ckpt) - CHECKPOINT_KEYS
+    if extra:
+        raise ValueError(f"{path}: unexpected checkpoint keys {sorted(extra)}; expected a subset of {sorted(CHECKPOINT_KEYS)}")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict) -> nn.Module:
+    from kdkit.models import model_from_config
+
+    model = model_from_config(ckpt["model_config"])
+    model.load_state_dict(ckpt["model"])
+    return model
+
+
+# ----------------------------------------------------------------------------- tasks
+class Task(nn.Module):
+    """What is trained: the model, its loss and its validation metric.
+
+    Holds the student/teacher model and (for KD) the distillation loss with its trainable
+    projections, so one ``fabric.setup`` covers every trainable parameter. The teacher is
+    kept outside the module tree (never trained, never wrapped by DDP).
+    """
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig, teacher: nn.Module | None = None,
+                 class_weights: torch.Tensor | None = None):
+        super().__init__()
+        self.model, self.kind = model, model.config["kind"]
+        self.cfg = cfg
+        self._teacher = [teacher] if teacher is not None else []  # a list hides it from nn.Module
+        self.kd = None
+        if teacher is not None:
+            from kdkit.distill import DistillationLoss
+
+            self.kd = DistillationLoss.from_models(model, teacher, temperature=cfg.kd_temperature, alpha=cfg.kd_alpha,
+                                                   beta=cfg.kd_feature_weight, latent_weight=cfg.kd_latent_weight)
+        self.register_buffer("class_weights", class_weights if class_weights is not None else torch.ones(2))
+
+    @property
+    def teacher(self) -> nn.Module | None:
+        return self._teacher[0] if self._teacher else None
+
+    def training_loss(self, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        if self.kd is not None:
+            teacher = self.teacher
+            teacher.eval()
+            with torch.no_grad():
+                t_out = teacher(batch, return_features=True) if self.kind == "gat" else teacher(batch)
+            s_out = self.model(batch, return_features=True) if self.kind == "gat" else self.model(batch)
+            loss, parts = self.kd(s_out, t_out, batch)
+            return loss, {k: float(v) for k, v in parts.items()}
+        if self.kind == "gat":
+            logits = self.model(batch)
+            loss = nn.functional.cross_entropy(logits.float(), batch.y, weight=self.class_weights)
+            return loss, {"ce": float(loss.detach())}
+        parts = self.model.loss(batch)
+        return parts["loss"], {k: float(v.detach()) for k, v in parts.items() if k != "loss"}
+
+    @torch.no_grad()
+    def validate(self, loader) -> dict[str, float]:
+        """Validation loss and, for a classifier, F1 (the monitored metric)."""
+        self.model.eval()
+        tot, n, tp, fp, fn = 0.0, 0, 0, 0, 0
+        for batch in loader:
+            if self.kind == "gat":
+                logits = self.model(batch).float()
+                tot += float(nn.functional.cross_entropy(logits, batch.y, reduction="sum"))
+                pred = logits.argmax(-1)
+                tp += int(((pred == 1) & (batch.y == 1)).sum())
+                fp += int(((pred == 1) & (batch.y == 0)).sum())
+                fn += int(((pred == 0) & (batch.y == 1)).sum())
+            else:
+                tot += float(self.model.loss(batch)["loss"]) * batch.num_graphs
+            n += batch.num_graphs
+        out = {"val_loss": tot / max(n, 1)}
+        if self.kind == "gat":
+            out["val_f1"] = 2 * tp / max(2 * tp + fp + fn, 1)
+        self.model.train()
+        return out
+
+    @property
+    def monitor(self) -> tuple[str, str]:
+        """(metric, mode) for early stopping and the best checkpoint."""
+        return ("val_f1", "max") if self.kind == "gat" else ("val_loss", "min")
+
+
+# ----------------------------------------------------------------------------- trainer
+@dataclass
+class FitResult:
+    best_path: Path
+    last_path: Path
+    best_metric: float
+    epochs_run: int
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    oom_events: list[dict] = field(default_factory=list)
+    final_batch_size: int = 0
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
+    if cfg.scheduler == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.learning_rate, total_steps=max(total_steps, 1))
+    if cfg.scheduler == "none":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    warm = max(min(cfg.warmup_steps, total_steps // 4), 1)
+
+    def cosine(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = min((step - warm) / max(total_steps - warm, 1), 1.0)
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
+
+
+def is_oom(err: BaseException) -> bool:
+    return isinstance(err, (torch.cuda.OutOfMemoryError, MemoryError)) or "out of memory" in str(err).lower()
+
+
+class FabricTrainer:
+    """Train a :class:`Task` with Lightning Fabric.
+
+    Args:
+        cfg: the run's TrainConfig (precision, devices, epochs, patience, ...).
+        run_dir: where checkpoints, ``fabric_training.log`` and CSV metrics go.
+        progress: show a tqdm bar per epoch on rank zero (default True).
+        on_epoch_end: optional callback ``f(record: dict)`` (the widget's live plot).
+    """
+
+    def __init__(self, cfg: TrainConfig, run_dir: str | Path, progress: bool = True,
+                 on_epoch_end: Callable[[dict], None] | None = None):
+        from lightning.fabric import Fabric
+        from lightning.fabric.loggers import CSVLogger
+
+        self.cfg, self.run_dir, self.progress, self.on_epoch_end = cfg, Path(run_dir), progress, on_epoch_end
+        accelerator = resolve_accelerator(cfg.accelerator)
+        self.precision = choose_precision(cfg.precision, accelerator)
+        loggers = [CSVLogger(str(self.run_dir), name="logs", version="")]
+        try:
+            from lightning.fabric.loggers import TensorBoardLogger
+            import tensorboard  # noqa: F401
+
+            loggers.append(TensorBoardLogger(str(self.run_dir), name="tb", version=""))
+        except ImportError:
+            pass
+        strategy = cfg.strategy
+        if strategy == "ddp" and accelerator == "cpu":
+            from lightning.fabric.strategies import DDPStrategy
+
+            strategy = DDPStrategy(process_group_backend="gloo")
+        self.fabric = Fabric(accelerator=accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=strategy,
+                             precision=self.precision, loggers=loggers)
+        self.batch_size = cfg.batch_size
+        self.oom_events: list[dict] = []
+
+    # -- logging to run_dir/fabric_training.log on rank zero
+    def _setup_logging(self) -> None:
+        if self.fabric.global_rank != 0:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(self.run_dir / "fabric_training.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        self._handler = handler
+
+    def _checkpoint_state(self, task: Task, optimizer, scheduler, epoch: int, step: int, best: float, bad: int,
+                          history: list, extra: dict) -> dict:
+        return {"format": CHECKPOINT_FORMAT, "model": task.model.state_dict(),
+                "kd": task.kd.state_dict() if task.kd is not None else {},
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step,
+                "rng": torch.get_rng_state(), "best_metric": best, "bad_epochs": bad, "history": history,
+                "batch_size": self.batch_size, "model_config": task.model.config, "train_config": self.cfg.to_dict(),
+                **extra}
+
+    def _save(self, state: dict, path: Path) -> None:
+        """Atomic save on rank zero: Fabric writes a temp file, then it is renamed."""
+        tmp = path.with_name(f".{path.name}.tmp")
+        self.fabric.save(tmp, state)
+        self.fabric.barrier()
+        if self.fabric.global_rank == 0:
+            tmp.replace(path)
+
+    def _step(self, task: Task, model, optimizer, scheduler, batch) -> tuple[float, dict]:
+        loss, parts = task.training_loss(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss became {float(loss)} (components {parts}); lower the learning rate")
+        self.fabric.backward(loss)
+        if self.cfg.grad_clip > 0:
+            self.fabric.clip_gradients(model, optimizer, max_norm=self.cfg.grad_clip, error_if_nonfinite=False)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        return float(loss.detach()), parts
+
+    def _run_batch(self, task, model, optimizer, scheduler, gs: GraphSet, batch) -> list[tuple[float, dict]]:
+        """One loader batch; on out-of-memory halve the batch size and redo it in chunks."""
+        idx = batch.graph_idx if hasattr(batch, "graph_idx") else None
+        chunks = [batch] if idx is None or idx.numel() <= self.batch_size else [
+            self.fabric.to_device(collate_indices(gs, c)) for c in idx.split(self.batch_size)]
+        out = []
+        while chunks:
+            chunk = chunks.pop(0)
+            try:
+                out.append(self._step(task, model, optimizer, scheduler, chunk))
+            except (RuntimeError, MemoryError) as err:
+                if not is_oom(err) or idx is None:
+                    raise
+                optimizer.zero_grad(set_to_none=True)
+                n = chunk.num_graphs
+                if n <= max(self.cfg.min_batch_size, 1):
+                    raise RuntimeError(f"out of memory even at batch size {n} (min_batch_size={self.cfg.min_batch_size}); "
+                                       "use a smaller model, a smaller window or a device with more memory") from err
+                self.batch_size = max(n // 2, self.cfg.min_batch_size, 1)
+                release_memory()
+                event = {"epoch": self._epoch, "from": n, "to": self.batch_size}
+                self.oom_events.append(event)
+                log.warning("out of memory at batch size %d: continuing with %d", n, self.batch_size)
+                sub = chunk.graph_idx.split(self.batch_size)
+                chunks = [self.fabric.to_device(collate_indices(gs, c)) for c in sub] + chunks
+        return out
+
+    def fit(self, task: Task, train_set: GraphSet, val_set: GraphSet, resume: str | Path | None = None,
+            checkpoint_extra: dict | None = None) -> FitResult:
+        """Train until ``epochs`` or early stopping; returns the best/last checkpoint paths."""
+        cfg, fabric = self.cfg, self.fabric
+        fabric.launch()
+        fabric.seed_everything(cfg.seed, workers=True)
+        self._setup_logging()
+        ckpt_dir = self.run_dir / "checkpoints"
+        best_path, last_path = ckpt_dir / "best.pt", ckpt_dir / "last.pt"
+        if fabric.global_rank == 0:
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+        fabric.barrier()
+
+        train_loader = graph_loader(train_set, self.batch_size, shuffle=True, seed=cfg.seed, node_budget=cfg.node_budget,
+                                    num_workers=cfg.num_workers, prefetch_factor=cfg.prefetch_factor,
+                                    pin_memory=fabric.device.type == "cuda", rank=fabric.global_rank, world_size=fabric.world_size)
+        train_loader.collate_fn = _CollateWithIndex(train_set)
+        val_loader = graph_loader(val_set, max(self.batch_size, 256), shuffle=False, num_workers=0,
+                                  rank=fabric.global_rank, world_size=fabric.world_size)
+        train_loader, val_loader = fabric.setup_dataloaders(train_loader, val_loader, use_distributed_sampler=False)
+        params = [p for p in task.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        task_m, optimizer = fabric.setup(task, optimizer)
+        if task.teacher is not None:
+            task.teacher.to(fabric.device)
+        total_steps = cfg.epochs * len(train_loader)
+        scheduler = make_scheduler(optimizer, cfg, total_steps)
+
+        metric, mode = task.monitor
+        sign = 1.0 if mode == "max" else -1.0
+        start_epoch, step, best, bad, history = 0, 0, -math.inf, 0, []
+        if resume:
+            ck = load_checkpoint(resume)
+            task.model.load_state_dict(ck["model"])
+            if task.kd is not None and ck.get("kd"):
+                task.kd.load_state_dict(ck["kd"])
+            optimizer.load_state_dict(ck["optimizer"])
+            scheduler.load_state_dict(ck["scheduler"])
+            torch.set_rng_state(ck["rng"])
+            start_epoch, step, best, bad, history = ck["epoch"] + 1, ck["step"], ck["best_metric"], ck["bad_epochs"], list(ck["history"])
+            self.batch_size = int(ck.get("batch_size", self.batch_size))
+            log.info("resumed from %s at epoch %d", resume, start_epoch)
+        extra = checkpoint_extra or {}
+        t0 = time.perf_counter()
+        log.info("fit: %s %s, precision %s, device %s, world size %d, %d train / %d val graphs",
+                 task.kind, cfg.type, self.precision, fabric.device, fabric.world_size, len(train_set), len(val_set))
+        epoch = start_epoch - 1
+        for epoch in range(start_epoch, cfg.epochs):
+            if bad >= cfg.patience:
+                break
+            self._epoch = epoch
+            sampler = train_loader.batch_sampler if isinstance(train_loader.batch_sampler, GraphBatchSampler) else train_loader._dataloader.batch_sampler
+            sampler.batch_size = self.batch_size
+            sampler.set_epoch(epoch)
+            task_m.train()
+            losses: list[float] = []
+            te = time.perf_counter()
+            bar = None
+            if self.progress and fabric.global_rank == 0:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=len(train_loader), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
+            for batch in train_loader:
+                for loss, _parts in self._run_batch(task, task_m, optimizer, scheduler, train_set, batch):
+                    losses.append(loss)
+                    step += 1
+                if bar:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            if bar:
+                bar.close()
+            val = task.validate(val_loader)
+            val = {k: float(fabric.all_reduce(torch.tensor(v, device=fabric.device), reduce_op="mean")) for k, v in val.items()}
+            train_loss = float(fabric.all_reduce(torch.tensor(sum(losses) / max(len(losses), 1), device=fabric.device), reduce_op="mean"))
+            record = {"epoch": epoch, "step": step, "train_loss": train_loss, **val, "lr": scheduler.get_last_lr()[0],
+                      "epoch_seconds": time.perf_counter() - te, "batch_size": self.batch_size}
+            history.append(record)
+            fabric.log_dict({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
+            improved = sign * val[metric] > best
+            if improved:
+                best, bad = sign * val[metric], 0
+            else:
+                bad += 1
+            state = self._checkpoint_state(task, optimizer, scheduler, epoch, step, best, bad, history, extra)
+            if improved:
+                self._save(state, best_path)
+            self._save(state, last_path)
+            log.info("epoch %d: train_loss %.5f %s%s", epoch, train_loss,
+                     " ".join(f"{k} {v:.5f}" for k, v in val.items()), " (best)" if improved else "")
+            if self.on_epoch_end:
+                self.on_epoch_end(record)
+        for logger in fabric.loggers:
+            logger.finalize("success")
+        if hasattr(self, "_handler"):
+            log.removeHandler(self._handler)
+            self._handler.close()
+        return FitResult(best_path, last_path, sign * best if math.isfinite(best) else float("nan"), epoch + 1, history,
+                         time.perf_counter() - t0, self.oom_events, self.batch_size)
+
+
+class _CollateWithIndex:
+    """Fast collate that also keeps the graph indices (the OOM back-off re-batches from them)."""
+
+    def __init__(self, gs: GraphSet):
+        self.gs = gs
+
+    def __call__(self, indices: list[int]):
+        batch = collate_indices(self.gs, indices)
+        batch.graph_idx = torch.as_tensor(indices, dtype=torch.long)
+        return batch
+
+
+def release_memory() -> None:
+    """Free cached allocator memory between phases (teacher -> student, train -> evaluate)."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
