@@ -1,0 +1,53 @@
+"""Shared fixtures. Tests that need a prerequisite (real data, SLURM, a browser) may skip
+outside CI when it is missing, but under ``CI=true`` a missing prerequisite is a failure."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip outside CI, fail under CI=true, when a prerequisite is missing."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"prerequisite missing under CI=true: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def kdkit_env(tmp_path_factory):
+    """Session-wide synthetic data and graph cache in a temp dir (env vars kdkit reads)."""
+    base = tmp_path_factory.mktemp("kdkit_env")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KDKIT_SYNTHETIC_ROOT", str(base / "synthetic-seed{seed}"))
+        mp.setenv("KDKIT_CACHE_DIR", str(base / "cache"))
+        yield base
+
+
+@pytest.fixture(scope="session")
+def synthetic(kdkit_env):
+    """The prepared built-in synthetic dataset (simulated once per session)."""
+    from kdkit.datasets import prepare
+
+    return prepare("synthetic")
+
+
+def _shared_root() -> Path | None:
+    for cand in (os.environ.get("KDKIT_DATA_ROOT"), REPO.parent / "shared" / "data" / "can-train-and-test"):
+        if cand and (Path(cand) / "hcrl-sa").is_dir():
+            return Path(cand)
+    return None
+
+
+@pytest.fixture(scope="session")
+def shared_data_root() -> Path:
+    """``../shared/data/can-train-and-test`` (or $KDKIT_DATA_ROOT) holding the real hcrl-sa copy."""
+    root = _shared_root()
+    require(root is not None, "real data ../shared/data/can-train-and-test/hcrl-sa not found")
+    return root
