@@ -19,6 +19,7 @@ backwards) count as 0.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -167,7 +168,7 @@ class GraphSet:
 
     def subset(self, indices: np.ndarray | torch.Tensor) -> "GraphSet":
         """A new GraphSet of the given graphs (vectorized gather)."""
-        idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        idx = torch.as_tensor(np.ascontiguousarray(indices, dtype=np.int64))  # reversed views too
         nodes, node_ptr = _gather_ranges(self.node_ptr, idx)
         edges, edge_ptr = _gather_ranges(self.edge_ptr, idx)
         return GraphSet(
@@ -209,9 +210,12 @@ class GraphSet:
         blob = {name: getattr(self, name).contiguous() for name in self.TENSORS}
         blob["_meta"] = json.dumps({"attack_types": self.attack_types, "files": self.files,
                                     "format": GRAPH_FORMAT_VERSION, **(meta or {})})
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(blob, tmp)
-        tmp.replace(path)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: concurrent writers never share one
+        try:
+            torch.save(blob, tmp)
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)  # after a failed write; after a rename it is already gone
 
     @classmethod
     def load(cls, path: str | Path, mmap: bool = True) -> "GraphSet":
