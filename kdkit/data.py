@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import gzip
 import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
@@ -36,12 +37,6 @@ import pyarrow.csv as pacsv
 OnBadRows = Literal["error", "skip"]
 CTT_HEADER = ["timestamp", "arbitration_id", "data_field", "attack"]
 MAX_CAN_ID = 0x1FFFFFFF  # 29-bit extended identifiers
-
-# Hex digit lookup: ASCII code -> nibble value, 255 = not a hex digit.
-_HEX = np.full(256, 255, dtype=np.uint8)
-for _i, _c in enumerate("0123456789abcdef"):
-    _HEX[ord(_c)] = _i
-    _HEX[ord(_c.upper())] = _i
 
 _ATTACK_ALIASES = {
     "dos": "DoS", "fuzzy": "fuzzing", "fuzzing": "fuzzing", "gear": "gear", "rpm": "rpm",
@@ -124,83 +119,112 @@ def attack_type_from_name(path: str | Path) -> str:
 
 
 def _string_parts(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(offsets int64 [n+1], data uint8) of a pyarrow (large_)string array, zero-copy."""
-    if pa.types.is_string(arr.type):
+    """(offsets [n+1], data uint8) of a pyarrow string or binary array, zero-copy."""
+    if pa.types.is_string(arr.type) or pa.types.is_binary(arr.type):
         off_dtype = np.int32
-    elif pa.types.is_large_string(arr.type):
+    elif pa.types.is_large_string(arr.type) or pa.types.is_large_binary(arr.type):
         off_dtype = np.int64
     else:
         raise TypeError(f"expected a string array, got {arr.type}")
     bufs = arr.buffers()
     offsets = np.frombuffer(bufs[1], dtype=off_dtype, count=len(arr) + 1, offset=arr.offset * np.dtype(off_dtype).itemsize)
     data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
-    return offsets.astype(np.int64), data
+    return offsets, data
 
 
-def _nibbles(arr: pa.Array, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Hex nibble matrix of a string array: (nibbles uint8 [n, width], lengths, ok bool [n]).
+def _hex_values(chars: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ASCII characters (uint8) -> (nibble values uint8, True where not a hex digit)."""
+    digit = chars - np.uint8(48)  # '0'..'9' -> 0..9; anything else wraps or lands above 9
+    letter = (chars | np.uint8(0x20)) - np.uint8(87)  # 'a'..'f' and 'A'..'F' -> 10..15
+    bad = ~((digit <= 9) | ((letter - np.uint8(10)) <= 5))
+    return np.minimum(digit, letter), bad  # a digit's `letter` wraps above 200, a letter's `digit` is >= 17
 
-    ``ok`` is False where a string is longer than ``width`` or holds a non-hex character.
-    Nibbles past a string's length are 0.
-    """
-    offsets, data = _string_parts(arr)
-    lengths = np.diff(offsets)
-    n = lengths.shape[0]
-    if data.size == 0 or n == 0:
-        return np.zeros((n, width), np.uint8), lengths, lengths == 0
-    first = int(lengths[0])
-    if 0 < first <= width and (lengths == first).all():
-        # Fast path: every string has the same length, so the bytes form an [n, first] block.
-        block = data[offsets[0]: offsets[0] + n * first].reshape(n, first)
-        nib = _HEX[block]
-        ok = (nib != 255).all(axis=1)
-        if first < width:
-            nib = np.concatenate([nib, np.zeros((n, width - first), np.uint8)], axis=1)
-        return nib, lengths, ok
-    cols = np.arange(width, dtype=np.int64)
-    idx = offsets[:-1, None] + cols
-    inside = cols < lengths[:, None]
-    nib = _HEX[data[np.minimum(idx, data.size - 1)]]
-    nib[~inside] = 0
-    ok = (lengths <= width) & ~(nib == 255).any(axis=1)
-    return nib, lengths, ok
+
+def _gather(values: np.ndarray, starts: np.ndarray, width: int, step: int = 1) -> np.ndarray:
+    """Rows ``values[s : s + width*step : step]`` for every start ``s`` (zero past the end), as [n, width]."""
+    padded = np.zeros(values.size + width * step, values.dtype)
+    padded[:values.size] = values
+    view = np.lib.stride_tricks.as_strided(padded, (values.size + 1, width), (padded.strides[0], padded.strides[0] * step),
+                                           writeable=False)
+    return view[starts]
+
+
+def _bad_rows(bad_chars: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Rows (of a string array with ``offsets``) holding at least one flagged character."""
+    rows = np.zeros(offsets.shape[0] - 1, bool)
+    if bad_chars.any():
+        pos = np.flatnonzero(bad_chars) + offsets[0]
+        rows[np.searchsorted(offsets, pos, side="right") - 1] = True
+    return rows
 
 
 def parse_hex_ids(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """Hex CAN IDs (1..8 digits) -> (uint32 values, ok mask). All-digit IDs are hex too."""
-    nib, lengths, ok = _nibbles(arr, 8)
-    if nib.shape[0] and (lengths == lengths[0]).all() and 1 <= lengths[0] <= 8:
-        value = np.zeros(nib.shape[0], np.uint64)  # uniform width: plain positional sum
-        for j in range(int(lengths[0])):
-            value = value * 16 + nib[:, j]
-    else:
-        value = np.zeros(nib.shape[0], np.uint64)
-        for j in range(8):
-            value = np.where(j < lengths, value * 16 + nib[:, j], value)
-    ok &= (lengths >= 1) & (value <= MAX_CAN_ID)
+    offsets, data = _string_parts(arr)
+    n = offsets.shape[0] - 1
+    lengths = np.diff(offsets)
+    chars = data[offsets[0]:offsets[-1]]
+    nib, bad = _hex_values(chars)
+    ok = (lengths >= 1) & (lengths <= 8) & ~_bad_rows(bad, offsets)
+    first = int(lengths[0]) if n else 0
+    if n and 1 <= first <= 8 and (lengths == first).all():
+        block = nib.reshape(n, first).astype(np.uint32)  # uniform width: plain positional sum
+        value = block[:, 0].copy()
+        for j in range(1, first):
+            value = (value << 4) | block[:, j]
+        return value, ok
+    block = _gather(nib, offsets[:-1] - offsets[0], 8).astype(np.uint64)
+    value = np.zeros(n, np.uint64)
+    for j in range(8):
+        value = np.where(j < lengths, (value << np.uint64(4)) | block[:, j], value)
+    ok &= value <= MAX_CAN_ID
     return value.astype(np.uint32), ok
 
 
 def parse_hex_payload(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Hex payloads without spaces (0..16 digits, even) -> (uint8 [n,8], dlc uint8, ok)."""
-    nib, lengths, ok = _nibbles(arr, 16)
-    ok &= (lengths % 2 == 0)
-    payload = (nib[:, 0::2] << 4) | nib[:, 1::2]
+    offsets, data = _string_parts(arr)
+    n = offsets.shape[0] - 1
+    lengths = np.diff(offsets)
+    chars = data[offsets[0]:offsets[-1]]
+    nib, bad = _hex_values(chars)
+    ok = (lengths <= 16) & (lengths % 2 == 0) & ~_bad_rows(bad, offsets)
     dlc = np.minimum(lengths // 2, 8).astype(np.uint8)
-    return payload.astype(np.uint8), dlc, ok
+    if n and lengths[0] == 16 and (lengths == 16).all():
+        pairs = nib.reshape(n, 8, 2)  # every payload has 8 bytes: no gather, no padding
+        return (pairs[:, :, 0] << 4) | pairs[:, :, 1], dlc, ok
+    # byte value of every pair of adjacent characters; a row's bytes sit at its start + 0, 2, 4...
+    byte = np.empty_like(nib)
+    byte[:-1] = (nib[:-1] << 4) | nib[1:]
+    byte[-1:] = 0
+    payload = _gather(byte, offsets[:-1] - offsets[0], 8, step=2)
+    short = np.flatnonzero(dlc < 8)  # zero the bytes past a short payload's end (they belong to the next row)
+    if short.size:
+        payload[short] *= np.arange(8, dtype=np.uint8) < dlc[short, None]
+    return payload, dlc, ok
 
 
 def _parse_float(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """Strings -> (float64, ok). Fast path: one pyarrow cast; on failure find the bad rows."""
+    if pa.types.is_binary(arr.type):
+        arr = arr.view(pa.string())
     try:
         values = pc.cast(arr, pa.float64())
         ok = np.ones(len(arr), bool)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        ok = pc.match_substring_regex(arr, r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$").to_numpy(zero_copy_only=False)
+        ok = pc.match_substring_regex(arr.view(pa.binary()) if pa.types.is_string(arr.type) else arr,
+                                      r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$").to_numpy(zero_copy_only=False)
         values = pc.cast(pc.if_else(pa.array(ok), arr, "0"), pa.float64())
-    out = values.to_numpy(zero_copy_only=False).astype(np.float64)
+    out = values.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
     ok &= np.isfinite(out)
     return out, ok
+
+
+def _text(value: object) -> str:
+    """A cell for an error message: bytes decoded leniently, at most 80 characters."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return repr(str(value)[:80])
 
 
 # --------------------------------------------------------------------------------------
@@ -217,34 +241,43 @@ class _BadRows:
         self.count = 0
         self.examples: list[str] = []
 
-    def report(self, line: int | None, problem: str) -> None:
-        if self.mode == "error":
-            raise DataFormatError(self.path, line, problem)
-        self.count += 1
-        if len(self.examples) < 5:
-            self.examples.append(f"{self.path}:{line}: {problem}")
-
-    def check(self, ok: np.ndarray, line_of: Callable[[int], int], describe: Callable[[int], str]) -> None:
-        """Report every row where ``ok`` is False (the first one raises in error mode)."""
+    def check(self, ok: np.ndarray, line_of: Callable[[int], int], describe: Callable[[int], str],
+              earlier: list[tuple[int, str]] = ()) -> None:
+        """Report every row where ``ok`` is False, plus ``earlier`` (line, problem) pairs found
+        by the parser. In error mode the first bad line of the file raises."""
         bad = np.flatnonzero(~ok)
-        if bad.size == 0:
+        found = sorted(list(earlier) + [(line_of(int(i)), describe(int(i))) for i in bad[:5]])
+        if not found:
             return
         if self.mode == "error":
-            i = int(bad[0])
-            raise DataFormatError(self.path, line_of(i), describe(i))
-        self.count += int(bad.size)
-        for i in bad[: max(0, 5 - len(self.examples))]:
-            self.examples.append(f"{self.path}:{line_of(int(i))}: {describe(int(i))}")
+            raise DataFormatError(self.path, *found[0])
+        self.count += int(bad.size) + len(earlier)
+        self.examples = [f"{self.path}:{line}: {problem}" for line, problem in found[:5]]
+
+
+def _gunzip(raw: bytes, path: Path) -> bytes:
+    """Decompress gzip data (several members too) without an extra copy for the usual one member."""
+    try:
+        d = zlib.decompressobj(wbits=31)
+        out = d.decompress(raw)
+        if d.eof and not d.unused_data:
+            return out
+        return gzip.decompress(raw)  # a multi-member file, or a truncated one (raises)
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataFormatError(path, None, f"corrupt gzip data ({err})") from err
 
 
 def _open_bytes(path: Path) -> bytes:
     raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as err:
-            raise DataFormatError(path, None, f"corrupt gzip data ({err})") from err
-    return raw
+    return _gunzip(raw, path) if raw[:2] == b"\x1f\x8b" else raw
+
+
+def _without_trailing_blank_lines(raw: bytes) -> pa.Buffer:
+    """The file as a pyarrow buffer, zero-copy, ending after its last non-blank line."""
+    end = len(raw)
+    while end and raw[end - 1] in b"\r\n \t":
+        end -= 1
+    return pa.py_buffer(raw).slice(0, end)
 
 
 def read_ctt_csv(path: str | Path, on_bad_rows: OnBadRows = "error") -> Messages:
@@ -260,77 +293,71 @@ def read_ctt_csv(path: str | Path, on_bad_rows: OnBadRows = "error") -> Messages
     raw = _open_bytes(path)
     if not raw.strip():
         raise DataFormatError(path, None, "empty file (expected the header 'timestamp,arbitration_id,data_field,attack')")
-    first_line = raw.split(b"\n", 1)[0].decode("utf-8", "replace").strip().lstrip("\ufeff")
+    first_line = raw[:4096].split(b"\n", 1)[0].decode("utf-8", "replace").strip().lstrip("\ufeff")
     header = [h.strip() for h in first_line.split(",")]
     if header != CTT_HEADER:
         raise DataFormatError(path, 1, f"wrong or missing header {first_line[:80]!r}; expected 'timestamp,arbitration_id,data_field,attack'")
 
-    handler_lines: list[int] = []
+    body = _without_trailing_blank_lines(raw)
+    if raw.find(b"\n", 0, body.size) < 0:
+        raise DataFormatError(path, None, "no data rows after the header")
+    field_errors: list[tuple[int, str]] = []  # rows the parser dropped: (line, problem)
 
     def on_invalid(row: pacsv.InvalidRow) -> str:
-        bad.report(row.number, f"expected {row.expected_columns} fields, got {row.actual_columns}: {row.text[:80]!r}")
-        handler_lines.append(row.number or 0)
+        # never raise here: pyarrow would swallow the exception; collect, decide below
+        field_errors.append((row.number, f"expected 4 fields (timestamp,arbitration_id,data_field,attack), "
+                                         f"got {row.actual_columns}: {_text(row.text)}"))
         return "skip"
 
     try:
         table = pacsv.read_csv(
-            pa.py_buffer(raw),
-            read_options=pacsv.ReadOptions(use_threads=False, block_size=1 << 24),
+            body,
+            read_options=pacsv.ReadOptions(use_threads=False, block_size=1 << 24, column_names=CTT_HEADER, skip_rows=1),
             parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid, ignore_empty_lines=False),
-            convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in CTT_HEADER},
-                                                 strings_can_be_null=False, null_values=[]),
+            # binary, not string: the hex and number parsers below validate every byte anyway
+            convert_options=pacsv.ConvertOptions(column_types={c: pa.binary() for c in CTT_HEADER},
+                                                 strings_can_be_null=False, null_values=[], check_utf8=False),
         )
     except pa.ArrowInvalid as err:
         raise DataFormatError(path, None, f"unreadable CSV ({err})") from err
+    if table.num_rows == 0 and not field_errors:
+        raise DataFormatError(path, None, "no data rows after the header")
+    ts_a, id_a, pl_a, at_a = (table.column(i).combine_chunks() for i in range(4))
+
+    ts, ok_ts = _parse_float(ts_a)
+    ids, ok_id = parse_hex_ids(id_a)
+    pl, dlc, ok_pl = parse_hex_payload(pl_a)
+    at_off, at_data = _string_parts(at_a)
+    lab = np.append(at_data, np.uint8(0))[at_off[:-1]] - np.uint8(48)  # first character ('0'/'1' -> 0/1)
+    ok_lab = (np.diff(at_off) == 1) & (lab <= 1)
+    ts_off, id_off = _string_parts(ts_a)[0], _string_parts(id_a)[0]
+    empty = (np.diff(ts_off) == 0) & (np.diff(id_off) == 0)
+    ok = ~empty & ok_ts & ok_id & ok_pl & ok_lab
+
+    dropped = sorted(line for line, _ in field_errors)
 
     def line_of(i: int) -> int:
-        line = i + 2
-        for s in handler_lines:  # rows the handler dropped shift the physical line numbers
+        line = i + 2  # 1-based, after the header
+        for s in dropped:  # rows the parser dropped shift the physical line numbers
             if s <= line:
                 line += 1
         return line
 
-    parts = {"ts": [], "id": [], "pl": [], "dlc": [], "lab": [], "ok": []}
-    base = 0
-    for batch in table.to_batches():
-        ts_a, id_a, pl_a, at_a = (batch.column(i) for i in range(4))
-        empty = np.asarray(pc.equal(pc.binary_length(ts_a), 0).to_numpy(zero_copy_only=False)) & \
-            np.asarray(pc.equal(pc.binary_length(id_a), 0).to_numpy(zero_copy_only=False))
-        ts, ok_ts = _parse_float(ts_a)
-        ids, ok_id = parse_hex_ids(id_a)
-        pl, dlc, ok_pl = parse_hex_payload(pl_a)
-        lab_s = at_a.to_numpy(zero_copy_only=False)
-        ok_lab = (lab_s == "0") | (lab_s == "1")
-        lab = (lab_s == "1").astype(np.uint8)
-        ok = ~empty & ok_ts & ok_id & ok_pl & ok_lab
+    def describe(i: int) -> str:
+        if empty[i]:
+            return "empty row: no timestamp and no arbitration_id"
+        for col, good, hint in ((ts_a, ok_ts, "timestamp {}: not a number"),
+                                (id_a, ok_id, "arbitration_id {}: not a hex CAN ID of 1-8 digits"),
+                                (pl_a, ok_pl, "data_field {}: payload must be 0-16 hex digits of even length"),
+                                (at_a, ok_lab, "attack {}: label must be 0 or 1")):
+            if not good[i]:
+                return hint.format(_text(col[i].as_py()))
+        return "bad row"
 
-        def describe(i: int, b=batch, e=empty, a=ok_ts, c=ok_id, d=ok_pl) -> str:
-            if e[i]:
-                return "empty line"
-            cols = ["timestamp", "arbitration_id", "data_field", "attack"]
-            flags = [a[i], c[i], d[i], True]
-            for col, good in zip(cols, flags):
-                if not good:
-                    value = b.column(cols.index(col))[i].as_py()
-                    hint = {"timestamp": "not a number", "arbitration_id": "not a hex CAN ID of 1-8 digits",
-                            "data_field": "payload must be 0-16 hex digits of even length"}[col]
-                    return f"{col} {value!r}: {hint}"
-            return f"attack {b.column(3)[i].as_py()!r}: label must be 0 or 1"
-
-        bad.check(ok, lambda i, base=base: line_of(base + i), describe)
-        for key, value in zip(("ts", "id", "pl", "dlc", "lab", "ok"), (ts, ids, pl, dlc, lab, ok)):
-            parts[key].append(value)
-        base += batch.num_rows
-
-    if not parts["ok"] or sum(len(o) for o in parts["ok"]) == 0:
-        raise DataFormatError(path, None, "no data rows after the header")
-    ok = np.concatenate(parts["ok"])
-    keep = None if ok.all() else ok
-    cat = {k: np.concatenate(v) for k, v in parts.items() if k != "ok"}
-    if keep is not None:
-        cat = {k: v[keep] for k, v in cat.items()}
-    return Messages(cat["ts"], cat["id"], cat["dlc"], cat["pl"], cat["lab"], str(path),
-                    attack_type_from_name(path), bad.count, bad.examples)
+    bad.check(ok, line_of, describe, field_errors)
+    if not ok.all():
+        ts, ids, dlc, pl, lab = ts[ok], ids[ok], dlc[ok], pl[ok], lab[ok]
+    return Messages(ts, ids, dlc, pl, lab, str(path), attack_type_from_name(path), bad.count, bad.examples)
 
 
 def _read_lines(raw: bytes, path: Path) -> pa.Array:
@@ -378,7 +405,7 @@ def read_hcrl_car_hacking(path: str | Path, on_bad_rows: OnBadRows = "error") ->
         nfields = pc.list_value_length(fields).to_numpy(zero_copy_only=False)
         flat = pc.utf8_trim_whitespace(pc.list_flatten(fields))
         starts = fields.offsets.to_numpy()[:-1] - fields.offsets.to_numpy()[0]
-        matched = nfields >= 4
+        matched = (nfields >= 4) & (nfields <= 12)  # timestamp, ID, DLC, 0..8 data bytes, flag
         safe_starts = np.where(matched, starts, 0)
         ts_a = pc.take(flat, pa.array(safe_starts))
         id_a = pc.take(flat, pa.array(safe_starts + 1))
@@ -402,6 +429,8 @@ def read_hcrl_car_hacking(path: str | Path, on_bad_rows: OnBadRows = "error") ->
 
     def describe(i: int) -> str:
         if not matched[i]:
+            if not text_form:
+                return f"expected 4 + DLC fields (timestamp,ID,DLC,data bytes...,flag), got {nfields[i]}: {lines[i].as_py()[:80]!r}"
             return f"unrecognised row {lines[i].as_py()[:80]!r}"
         for good, what in ((ok_ts, "timestamp is not a number"), (ok_id, "CAN ID is not 1-8 hex digits"),
                            (ok_pl, "data bytes are not 2-digit hex"), (ok_dlc, "DLC does not match the number of data bytes"),

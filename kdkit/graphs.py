@@ -244,6 +244,58 @@ def empty_graphset() -> GraphSet:
                     z(0, dt=torch.long), z(0), z(0, dt=torch.long), z(0, dt=torch.long), z(0, dt=torch.long), ["normal"], [])
 
 
+def _group_sums(values: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """Sums of consecutive groups of ``values`` ending at indices ``last``, via one cumulative sum.
+
+    Integer sums wrap around in the cumulative sum but the differences are exact as long as
+    each group's true sum fits the dtype (the packed lanes below rely on this).
+    """
+    c = np.cumsum(values)[last]
+    c[1:] -= c[:-1]
+    return c
+
+
+_LANES16 = np.uint64(0x00FF00FF00FF00FF)  # bytes 0, 2, 4, 6 of a uint64 as four 16-bit lanes
+_LANES32 = np.uint64(0x0000FFFF0000FFFF)  # 16-bit values 0, 2 of a uint64 as two 32-bit lanes
+
+
+def _payload_sums(rows: np.ndarray, last: np.ndarray, max_count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact per-group sums of the payload bytes and of their squares, each int64 [groups, 8].
+
+    ``rows`` is uint64 [n]: one 8-byte payload per message, grouped; ``last`` ends each group.
+    Several bytes are summed at once in lanes of one uint64 (SWAR) when no group can overflow
+    a lane (<= 257 messages for 16-bit byte sums, <= 66051 for 32-bit square sums).
+    """
+    n_groups = last.shape[0]
+    if max_count > 257 or not np.little_endian:
+        u8 = rows.view(np.uint8).reshape(-1, 8).astype(np.int64)
+        first = np.empty_like(last)
+        first[0] = 0
+        first[1:] = last[:-1] + 1
+        return np.add.reduceat(u8, first, axis=0), np.add.reduceat(u8 * u8, first, axis=0)
+    sums = np.empty((n_groups, 8), np.int64)
+    sums[:, 0::2] = _group_sums(rows & _LANES16, last).view(np.uint16).reshape(-1, 4)
+    sums[:, 1::2] = _group_sums((rows >> np.uint64(8)) & _LANES16, last).view(np.uint16).reshape(-1, 4)
+    sq = rows.view(np.uint8).astype(np.uint16)
+    sq *= sq  # byte squares fit 16 bits
+    sq4 = sq.view(np.uint64).reshape(-1, 2)  # four squares per uint64
+    sqs = np.empty((n_groups, 8), np.int64)
+    for half in range(2):  # bytes 0-3, then 4-7
+        col = np.ascontiguousarray(sq4[:, half])
+        sqs[:, 4 * half + 0:4 * half + 4:2] = _group_sums(col & _LANES32, last).view(np.uint32).reshape(-1, 2)
+        sqs[:, 4 * half + 1:4 * half + 4:2] = _group_sums((col >> np.uint64(16)) & _LANES32, last).view(np.uint32).reshape(-1, 2)
+    return sums, sqs
+
+
+def _abs_change_sums(rows: np.ndarray) -> np.ndarray:
+    """Sum over the 8 bytes of ``|rows[i+1] - rows[i]|`` for uint64-packed payloads -> uint64 [n-1]."""
+    a = rows[1:].view(np.uint8)
+    b = rows[:-1].view(np.uint8)
+    d = (np.maximum(a, b) - np.minimum(a, b)).view(np.uint64)
+    d = (d & _LANES16) + ((d >> np.uint64(8)) & _LANES16)  # four 16-bit partial sums
+    return (d * np.uint64(0x0001000100010001)) >> np.uint64(48)  # their total lands in the top lane
+
+
 def build_graphs(msgs: Messages, vocab: IdVocab, window: int = 100, stride: int = 100,
                  label_threshold: float = 0.0, starts: np.ndarray | None = None) -> GraphSet:
     """Turn one recording into window graphs.
@@ -268,55 +320,59 @@ def build_graphs(msgs: Messages, vocab: IdVocab, window: int = 100, stride: int 
         out = empty_graphset()
         out.files = [msgs.source]
         return out
-    if stride == W and starts[0] == 0 and (np.diff(starts) == W).all():
-        midx = np.arange(G * W)  # contiguous windows: no gather needed
+    N = G * W
+    payload64 = np.ascontiguousarray(msgs.payload).view(np.uint64).reshape(-1)  # one uint64 per message
+    if starts[0] == 0 and (np.diff(starts) == W).all():
+        midx = None  # back-to-back windows: the first G*W messages, no gather needed
+        ids, lab, dlc = msgs.can_id[:N], msgs.label[:N], msgs.dlc[:N]
+        ts = msgs.timestamp[:N]
+        gap = np.empty(N)
+        gap[0] = 0.0  # the recording's first message
+        gap[1:] = _log_ms(ts[1:] - ts[:-1])
     else:
         midx = (starts[:, None] + np.arange(W)).ravel()
-    win = np.repeat(np.arange(G, dtype=np.int64), W)
-    pos = np.tile(np.arange(W, dtype=np.int64), G)
-    ids = msgs.can_id[midx].astype(np.int64)
-    ts = msgs.timestamp[midx]
-    pl = msgs.payload[midx].astype(np.float64)
-    lab = msgs.label[midx]
-    # gap to the preceding message of the recording (0 for the very first one)
-    prev = np.maximum(midx - 1, 0)
-    gap = _log_ms(msgs.timestamp[midx] - msgs.timestamp[prev])
+        ids, lab, dlc, ts = msgs.can_id[midx], msgs.label[midx], msgs.dlc[midx], msgs.timestamp[midx]
+        # gap to the preceding message of the recording (0 for the very first one)
+        gap = _log_ms(ts - msgs.timestamp[np.maximum(midx - 1, 0)])
 
     # ---- nodes: distinct (window, ID); a stable sort keeps time order inside each group
-    key = (win << 32) | ids
+    key = np.repeat(np.arange(G, dtype=np.int64) << 32, W)
+    key |= ids
     order = np.argsort(key, kind="stable")
     skey = key[order]
-    new_grp = np.empty(skey.shape[0], bool)
+    new_grp = np.empty(N, bool)
     new_grp[0] = True
-    new_grp[1:] = skey[1:] != skey[:-1]
+    np.not_equal(skey[1:], skey[:-1], out=new_grp[1:])
     grp_sorted = np.cumsum(new_grp) - 1
     n_nodes = int(grp_sorted[-1]) + 1
     node_of_msg = np.empty_like(grp_sorted)
     node_of_msg[order] = grp_sorted
     grp_start = np.flatnonzero(new_grp)
-    grp_last = np.append(grp_start[1:], skey.shape[0]) - 1
-    node_win = skey[grp_start] >> 32
-    node_can = skey[grp_start] & 0xFFFFFFFF
+    grp_last = np.empty_like(grp_start)
+    grp_last[:-1] = grp_start[1:] - 1
+    grp_last[-1] = N - 1
+    node_key = skey[grp_start]
+    node_win = node_key >> 32
+    node_can = node_key & 0xFFFFFFFF
     node_ptr = np.zeros(G + 1, np.int64)
-    node_ptr[1:] = np.cumsum(np.bincount(node_win, minlength=G))
+    np.cumsum(np.bincount(node_win, minlength=G), out=node_ptr[1:])
+    cnt = (grp_last - grp_start + 1).astype(np.float64)
 
-    cnt = np.bincount(node_of_msg, minlength=n_nodes).astype(np.float64)
-    pl_s = pl[order]
-    pl_sum = np.add.reduceat(pl_s, grp_start, axis=0)
-    pl_sq = np.add.reduceat(pl_s * pl_s, grp_start, axis=0)
+    rows = payload64[order if midx is None else midx[order]]  # payloads in node order
+    pl_sum, pl_sq = _payload_sums(rows, grp_last, W)
     pl_mean = pl_sum / cnt[:, None]
     pl_std = np.sqrt(np.maximum(pl_sq / cnt[:, None] - pl_mean ** 2, 0.0)).mean(axis=1)
-    pos_s = pos[order]
-    dlc_mean = np.bincount(node_of_msg, weights=msgs.dlc[midx].astype(np.float64), minlength=n_nodes) / cnt
+    pos_s = order % W
+    dlc_mean = _group_sums(dlc[order].astype(np.int64), grp_last) / cnt
     _, gap_mean, _ = _segment_stats(gap, node_of_msg, n_nodes)
     # consecutive messages of the same ID (same group in sorted order)
     same = ~new_grp[1:]
     pair_grp = grp_sorted[1:][same]
     ts_s = ts[order]
-    _, iat_mean, iat_std = _segment_stats(_log_ms(ts_s[1:] - ts_s[:-1])[same], pair_grp, n_nodes)
-    change = np.abs(pl_s[1:] - pl_s[:-1]).mean(axis=1)[same]
+    _, iat_mean, iat_std = _segment_stats(_log_ms(ts_s[1:][same] - ts_s[:-1][same]), pair_grp, n_nodes)
+    change = _abs_change_sums(rows)[same] / 8.0
     _, change_mean, _ = _segment_stats(change, pair_grp, n_nodes)
-    node_y = np.bincount(node_of_msg, weights=lab, minlength=n_nodes) > 0
+    node_y = _group_sums(lab[order].astype(np.int64), grp_last) > 0
 
     x = np.empty((n_nodes, len(NODE_FEATURES)), np.float32)
     x[:, 0:8] = pl_mean / 255.0
@@ -331,34 +387,35 @@ def build_graphs(msgs: Messages, vocab: IdVocab, window: int = 100, stride: int 
     x[:, 16] = pl_std / 255.0
 
     # ---- edges: consecutive messages inside a window, de-duplicated per (src, dst)
-    inner = pos[:-1] < W - 1  # message j and j+1 in the same window
-    src = node_of_msg[:-1][inner]
-    dst = node_of_msg[1:][inner]
-    dt = _log_ms(ts[1:] - ts[:-1])[inner]
-    epos = pos[:-1][inner]
+    nom = node_of_msg.reshape(G, W)
+    src = nom[:, :-1].ravel()
+    dst = nom[:, 1:].ravel()
+    dt = gap.reshape(G, W)[:, 1:].ravel()  # the gap of message j+1 is the time from message j
     ekey = src * n_nodes + dst
     eorder = np.argsort(ekey, kind="stable")
     sek = ekey[eorder]
     new_e = np.empty(sek.shape[0], bool)
     new_e[0] = True
-    new_e[1:] = sek[1:] != sek[:-1]
+    np.not_equal(sek[1:], sek[:-1], out=new_e[1:])
     e_sorted = np.cumsum(new_e) - 1
     n_edges = int(e_sorted[-1]) + 1
     edge_of_pair = np.empty_like(e_sorted)
     edge_of_pair[eorder] = e_sorted
     e_start = np.flatnonzero(new_e)
-    e_last = np.append(e_start[1:], sek.shape[0]) - 1
-    e_src = sek[e_start] // n_nodes
-    e_dst = sek[e_start] % n_nodes
-    e_cnt, e_mean, e_std = _segment_stats(dt, edge_of_pair, n_edges)
-    epos_s = epos[eorder]
+    e_last = np.empty_like(e_start)
+    e_last[:-1] = e_start[1:] - 1
+    e_last[-1] = sek.shape[0] - 1
     uniq = sek[e_start]
+    e_src = uniq // n_nodes
+    e_dst = uniq - e_src * n_nodes
+    e_cnt, e_mean, e_std = _segment_stats(dt, edge_of_pair, n_edges)
+    epos_s = eorder % (W - 1)  # position of the transition's first message in its window
     rev = e_dst * n_nodes + e_src
     rpos = np.minimum(np.searchsorted(uniq, rev), n_edges - 1)
     reciprocal = uniq[rpos] == rev
     e_win = node_win[e_src]
     edge_ptr = np.zeros(G + 1, np.int64)
-    edge_ptr[1:] = np.cumsum(np.bincount(e_win, minlength=G))
+    np.cumsum(np.bincount(e_win, minlength=G), out=edge_ptr[1:])
 
     ea = np.empty((n_edges, len(EDGE_FEATURES)), np.float32)
     ea[:, 0] = e_cnt / (W - 1)
@@ -368,7 +425,10 @@ def build_graphs(msgs: Messages, vocab: IdVocab, window: int = 100, stride: int 
     ea[:, 4] = epos_s[e_last] / W
     ea[:, 5] = e_src == e_dst
     ea[:, 6] = reciprocal
-    edge_index = np.stack([e_src - node_ptr[e_win], e_dst - node_ptr[e_win]]).astype(np.int32)
+    base = node_ptr[e_win]
+    edge_index = np.empty((2, n_edges), np.int32)
+    edge_index[0] = e_src - base
+    edge_index[1] = e_dst - base
 
     # ---- graph labels
     share = lab.reshape(G, W).mean(axis=1, dtype=np.float64)
@@ -380,5 +440,5 @@ def build_graphs(msgs: Messages, vocab: IdVocab, window: int = 100, stride: int 
         node_y=torch.from_numpy(node_y.astype(np.uint8)), edge_index=torch.from_numpy(edge_index),
         edge_attr=torch.from_numpy(ea), node_ptr=torch.from_numpy(node_ptr), edge_ptr=torch.from_numpy(edge_ptr),
         y=torch.from_numpy(y), attack_share=torch.from_numpy(share.astype(np.float32)),
-        attack_type=torch.from_numpy(atype.astype(np.int64)), file_index=torch.zeros(G, dtype=torch.long),
+        attack_type=torch.from_numpy(atype), file_index=torch.zeros(G, dtype=torch.long),
         start=torch.from_numpy(starts.copy()), attack_types=types, files=[msgs.source])
