@@ -387,9 +387,9 @@ def read_hcrl_car_hacking(path: str | Path, on_bad_rows: OnBadRows = "error") ->
     path = Path(path)
     bad = _BadRows(path, on_bad_rows)
     raw = _open_bytes(path)
-    lines = _read_lines(raw, path)
-    if len(lines) == 0:
+    if not raw.strip():
         raise DataFormatError(path, None, "empty file")
+    lines = _read_lines(raw, path)
     text_form = lines[0].as_py().lstrip().startswith("Timestamp:")
     if text_form:
         rx = r"^\s*Timestamp:\s*(?P<ts>\S+)\s+ID:\s*(?P<id>\S+)\s+\S+\s+DLC:\s*(?P<dlc>\d+)\s*(?P<data>(?:[0-9A-Fa-f]{2}\s*)*)$"
