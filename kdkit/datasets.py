@@ -128,13 +128,13 @@ def _data_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(DATA_SUFFIXES))
 
 
-_HASH_MEMO: dict[tuple[str, int, int], str] = {}
+_HASH_MEMO: dict[tuple, str] = {}
 
 
 def file_sha256(path: Path) -> str:
-    """Content hash, memoised per (path, size, mtime) for this process."""
+    """Content hash, memoised per (path, inode, size, mtime, ctime) for this process."""
     st = path.stat()
-    memo_key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    memo_key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     if memo_key not in _HASH_MEMO:
         h = hashlib.sha256()
         with open(path, "rb") as handle:
