@@ -123,9 +123,10 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
             raise ValueError(f"--teacher {cfg.teacher} is a {tck['model_config']['kind']} model, the student is {cfg.model}")
         check_compatible(tck, data, "teacher")
         teacher = model_from_checkpoint(tck).eval()
+        teacher_info = {"path": str(cfg.teacher), "parameters": count_parameters(teacher),
+                        "size_bytes": model_size_bytes(teacher)}
         for p in teacher.parameters():
             p.requires_grad_(False)
-        teacher_info = {"path": str(cfg.teacher), "parameters": count_parameters(teacher)}
     train_set, val_set = (data.splits["train"], data.splits["val"]) if cfg.model == "gat" else vgae_train_sets(data)
     task = Task(model, cfg, teacher, class_weights(train_set) if cfg.class_weighting and cfg.model == "gat" else None)
     extra = {"vocab": data.vocab.to_list(), "node_features": list(NODE_FEATURES), "edge_features": list(EDGE_FEATURES),

@@ -1,0 +1,218 @@
+"""The Fabric trainer, the legacy baseline, checkpoints, resume, config validation, CLI."""
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+import torch
+
+from kdkit.config import TrainConfig, make_config, parse_config_json, validate_overrides
+
+TINY = dict(hidden=16, layers=2, heads=2, embedding_dim=4, batch_size=64, epochs=2, patience=100,
+            precision="32-true", save_compat=False, warmup_steps=2)
+
+
+def tiny_cfg(tmp_path, **kw) -> TrainConfig:
+    return make_config(**{**TINY, "runs_dir": str(tmp_path / "runs"), **kw})
+
+
+# ----------------------------------------------------------------------------- config
+def test_unknown_config_key_lists_valid_keys():
+    with pytest.raises(ValueError, match=r"unknown config key 'learnin_rate'; valid keys: .*learning_rate"):
+        validate_overrides({"learnin_rate": 0.1})
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({"epochs": "ten"}, r"'epochs': expected int, got str"),
+    ({"epochs": True}, r"'epochs': expected int, got bool"),
+    ({"epochs": 0}, r"'epochs': must be >= 1"),
+    ({"kd_alpha": 1.5}, r"'kd_alpha': must be in \[0, 1\]"),
+    ({"model": "gcn"}, r"'model': 'gcn' is not one of gat, vgae"),
+    ({"precision": "8-bit"}, r"'precision'"),
+])
+def test_config_type_and_range_errors(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        validate_overrides(overrides)
+
+
+def test_config_json_parsing():
+    assert parse_config_json('{"learning_rate": 1, "epochs": 3}') == {"learning_rate": 1.0, "epochs": 3}
+    with pytest.raises(ValueError, match="not valid JSON"):
+        parse_config_json("{epochs: 3}")
+    with pytest.raises(ValueError, match="must be a JSON object"):
+        parse_config_json("[1, 2]")
+
+
+def test_preset_fills_only_unset_keys():
+    cfg = make_config(preset="v100", batch_size=7)
+    assert cfg.batch_size == 7 and cfg.num_workers == 4 and cfg.preset == "v100"
+
+
+# ----------------------------------------------------------------------------- precision policy
+def test_precision_policy(monkeypatch):
+    from kdkit import trainer
+
+    assert trainer.choose_precision("bf16", "cpu") == "bf16-mixed"
+    assert trainer.choose_precision("16-mixed", "cpu") == "16-mixed"
+    monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda: False)
+    assert trainer.choose_precision("auto", "cpu") == "32-true"
+    monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(trainer, "measure_cpu_bf16_speedup", lambda: 0.8)
+    assert trainer.choose_precision("auto", "cpu") == "32-true"
+    monkeypatch.setattr(trainer, "measure_cpu_bf16_speedup", lambda: 2.0)
+    assert trainer.choose_precision("auto", "cpu") == "bf16-mixed"
+
+
+# ----------------------------------------------------------------------------- legacy == fabric
+def test_one_step_same_loss_legacy_and_fabric_batches(synthetic, tmp_path):
+    """Same model, same graphs: the legacy PyG collate and the fast batches give the same fp32 loss."""
+    from kdkit.batching import graph_loader
+    from kdkit.legacy import legacy_loader
+    from kdkit.pipeline import build_student_or_teacher, class_weights
+    from kdkit.trainer import Task
+
+    cfg = tiny_cfg(tmp_path)
+    gs = synthetic.splits["train"]
+    model = build_student_or_teacher(cfg, synthetic)
+    task = Task(model, cfg, None, class_weights(gs)).eval()  # eval: dropout and id_dropout off
+    fast = next(iter(graph_loader(gs, 32, shuffle=False, num_workers=0)))
+    legacy = next(iter(legacy_loader(gs, 32, shuffle=False)))
+    with torch.no_grad():
+        a, _ = task.training_loss(fast)
+        b, _ = task.training_loss(legacy)
+    assert torch.allclose(a, b, atol=1e-6), (float(a), float(b))
+
+
+# ----------------------------------------------------------------------------- fit, checkpoints, resume
+def _weights(path):
+    from kdkit.trainer import load_checkpoint
+
+    return load_checkpoint(path)["model"]
+
+
+def test_fabric_fit_writes_run_and_checkpoints(synthetic, tmp_path):
+    from kdkit.pipeline import train
+    from kdkit.trainer import load_checkpoint
+
+    s = train(tiny_cfg(tmp_path, run_name="gat_t"), progress=False, data=synthetic)
+    run = tmp_path / "runs" / "gat_t"
+    for name in ("config.json", "summary.json", "metrics.json", "fabric_training.log", "checkpoints/best.pt",
+                 "checkpoints/last.pt", "logs/metrics.csv"):
+        assert (run / name).is_file(), name
+    assert not list((run / "checkpoints").glob("*.tmp*")), "temporary checkpoint left behind"
+    ck = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert ck["vocab"] == synthetic.vocab.to_list() and ck["model_config"]["kind"] == "gat"
+    assert {"optimizer", "scheduler", "rng", "epoch", "step"} <= set(ck)
+    assert len(s["history"]) == 2 and all(torch.isfinite(torch.tensor(h["train_loss"])) for h in s["history"])
+    assert set(s["test"]["scenarios"]) == set(synthetic.scenarios)
+    f1 = json.loads((run / "metrics.json").read_text())["f1"]
+    assert all(0.0 <= v <= 1.0 for v in f1.values())
+
+
+def test_resume_reaches_same_weights(synthetic, tmp_path):
+    """An interrupted run resumed from last.pt ends with the same weights as an uninterrupted one."""
+    from kdkit.pipeline import train
+
+    full = train(tiny_cfg(tmp_path, run_name="full", epochs=3), progress=False, data=synthetic)
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_first(record):
+        if record["epoch"] == 0:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(tiny_cfg(tmp_path, run_name="cut", epochs=3), progress=False, data=synthetic, on_epoch_end=stop_after_first)
+    last = tmp_path / "runs" / "cut" / "checkpoints" / "last.pt"
+    assert torch.load(last, weights_only=True)["epoch"] == 0
+    resumed = train(tiny_cfg(tmp_path, run_name="cut", epochs=3), resume=last, progress=False, data=synthetic)
+    a, b = _weights(full["last_checkpoint"]), _weights(resumed["last_checkpoint"])
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_bf16_smoke_on_cpu(synthetic, tmp_path):
+    from kdkit.pipeline import train
+
+    s = train(tiny_cfg(tmp_path, run_name="bf16", precision="bf16-mixed", epochs=1), progress=False, data=synthetic)
+    assert s["precision"] == "bf16-mixed"
+    assert torch.isfinite(torch.tensor(s["history"][0]["train_loss"]))
+
+
+def test_legacy_trainer_runs(synthetic, tmp_path):
+    from kdkit.pipeline import train
+
+    s = train(tiny_cfg(tmp_path, run_name="leg", trainer="legacy", epochs=1), progress=False, data=synthetic)
+    assert s["trainer"] == "legacy" and s["epochs_run"] == 1
+
+
+def test_vgae_teacher_and_student_with_threshold(synthetic, tmp_path):
+    from kdkit.pipeline import train
+    from kdkit.trainer import load_checkpoint
+
+    t = train(tiny_cfg(tmp_path, model="vgae", run_name="vt", latent_dim=8, epochs=1), progress=False, data=synthetic)
+    ck = load_checkpoint(t["best_checkpoint"])
+    assert ck["threshold"] == t["threshold"] and ck["threshold"] > 0
+    s = train(tiny_cfg(tmp_path, model="vgae", type="student", teacher=t["best_checkpoint"], run_name="vs",
+                       hidden=8, latent_dim=4, epochs=1), progress=False, data=synthetic)
+    assert s["kd"] and s["teacher"]["parameters"] > s["parameters"]
+
+
+# ----------------------------------------------------------------------------- bad checkpoints
+def test_checkpoint_errors(synthetic, tmp_path):
+    from kdkit.pipeline import check_compatible, train
+    from kdkit.trainer import load_checkpoint
+
+    s = train(tiny_cfg(tmp_path, run_name="ck", epochs=1), progress=False, data=synthetic)
+    ck = torch.load(s["best_checkpoint"], weights_only=True)
+    bad = dict(ck, surprise=1)
+    torch.save(bad, tmp_path / "foreign.pt")
+    with pytest.raises(ValueError, match=r"unexpected checkpoint keys \['surprise'\]"):
+        load_checkpoint(tmp_path / "foreign.pt")
+    with pytest.raises(ValueError, match="not a kdkit checkpoint"):
+        torch.save({"state_dict": {}}, tmp_path / "other.pt")
+        load_checkpoint(tmp_path / "other.pt")
+    # a pickle that would run code is refused by weights_only loading
+    (tmp_path / "evil.pt").write_bytes(pickle.dumps(Exception("x")))
+    with pytest.raises(ValueError, match="not a loadable kdkit checkpoint"):
+        load_checkpoint(tmp_path / "evil.pt")
+    mismatched = dict(ck, vocab=ck["vocab"][:-3])
+    with pytest.raises(ValueError, match="ID vocabulary .* does not match dataset 'synthetic'"):
+        check_compatible(mismatched, synthetic)
+
+
+# ----------------------------------------------------------------------------- CLI end to end
+def test_cli_teacher_student_evaluate(kdkit_env, tmp_path, capsys, monkeypatch):
+    from kdkit.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    cfg = json.dumps({k: v for k, v in TINY.items() if k not in ("epochs",)})
+    assert main(["train", "--model", "gat", "--dataset", "synthetic", "--type", "teacher", "--epochs", "1",
+                 "--config", cfg, "--run-name", "t"]) == 0
+    teacher = tmp_path / "runs" / "t" / "checkpoints" / "best.pt"
+    assert teacher.is_file()
+    student_cfg = json.dumps({**{k: v for k, v in TINY.items() if k != "epochs"}, "hidden": 8, "heads": 1})
+    assert main(["train", "--model", "gat", "--dataset", "synthetic", "--type", "student", "--teacher", str(teacher),
+                 "--epochs", "1", "--config", student_cfg, "--run-name", "s"]) == 0
+    out = capsys.readouterr().out
+    assert "student (KD)" in out and "test_01_known_vehicle_known_attack" in out
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "runs" / "s" / "checkpoints" / "best.pt"),
+                 "--dataset", "synthetic", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert set(res["scenarios"]) >= {"test_01_known_vehicle_known_attack", "test_04_unknown_vehicle_unknown_attack"}
+    assert (tmp_path / "runs" / "s" / "evaluation_synthetic.json").is_file()
+    # a bad --config key is a clear error with exit code 2
+    assert main(["train", "--model", "gat", "--dataset", "synthetic", "--config", '{"lr": 1}']) == 2
+    assert "unknown config key 'lr'" in capsys.readouterr().err
+
+
+def test_list_configs(capsys):
+    from kdkit.cli import main
+
+    assert main(["train", "--list-configs"]) == 0
+    out = capsys.readouterr().out
+    for word in ("teacher", "student", "v100", "a100", "kd_temperature", "learning_rate"):
+        assert word in out
