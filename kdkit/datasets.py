@@ -266,6 +266,23 @@ def prepare(name: str, config: PrepareConfig | None = None, data_root: str | Pat
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(files.train) + sum(len(v) for v in files.tests.values()), desc=f"prepare {name}", unit="file")
+    try:
+        vocab, splits, info = _build(name, files, config, bar)
+    finally:
+        if bar:
+            bar.close()  # also on an error, so the message starts on its own line
+    info["build_seconds"] = round(time.perf_counter() - t0, 3)
+    store.mkdir(parents=True, exist_ok=True)
+    for s, gs in splits.items():
+        gs.save(store / f"{s}.pt", meta={"dataset": name, "split": s, "key": key})
+    tmp = meta_path.with_name(f"meta.json.{os.getpid()}.tmp")  # per process: parallel jobs may build the same key
+    tmp.write_text(json.dumps({"key": key, "splits": list(splits), "vocab": vocab.to_list(), "info": info}, indent=1))
+    tmp.replace(meta_path)  # meta.json last: its presence marks a complete store
+    return PreparedDataset(name, config, vocab, splits, info, store, False)
+
+
+def _build(name: str, files: DatasetFiles, config: PrepareConfig, bar) -> tuple[IdVocab, dict[str, GraphSet], dict]:
+    """Read every file once, split, fit the vocabulary on the training split, build the graphs."""
     rng = np.random.default_rng(config.seed)
     train_msgs: list[tuple[Messages, np.ndarray, np.ndarray]] = []
     skipped: dict[str, int] = {}
@@ -319,13 +336,4 @@ def prepare(name: str, config: PrepareConfig | None = None, data_root: str | Pat
                 bar.update(1)
         splits[scen] = GraphSet.concat(parts)
         info["splits"][scen] = _split_stats(splits[scen], n_msgs)
-    if bar:
-        bar.close()
-    info["build_seconds"] = round(time.perf_counter() - t0, 3)
-    store.mkdir(parents=True, exist_ok=True)
-    for s, gs in splits.items():
-        gs.save(store / f"{s}.pt", meta={"dataset": name, "split": s, "key": key})
-    tmp = meta_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"key": key, "splits": list(splits), "vocab": vocab.to_list(), "info": info}, indent=1))
-    tmp.replace(meta_path)  # meta.json last: its presence marks a complete store
-    return PreparedDataset(name, config, vocab, splits, info, store, False)
+    return vocab, splits, info
