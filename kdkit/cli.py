@@ -5,6 +5,7 @@
     kdkit data info --dataset hcrl_sa [--json]
     kdkit bench preprocess --file PATH [--json]
     kdkit demo
+    kdkit report runs/demo --html
 
 Every sub-command calls the same library functions the notebooks and SLURM jobs call.
 """
@@ -151,7 +152,8 @@ def _extensions():
     """Sub-commands registered by other modules (train, evaluate, slurm, ...)."""
     import importlib
 
-    for mod, attr in (("kdkit.commands", "register_cli"), ("kdkit.slurm", "register_cli")):  # noqa: E501
+    for mod, attr in (("kdkit.commands", "register_cli"), ("kdkit.slurm", "register_cli"),
+                      ("kdkit.report", "register_cli")):
         try:
             module = importlib.import_module(mod)
         except ModuleNotFoundError as err:
