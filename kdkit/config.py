@@ -52,6 +52,7 @@ class TrainConfig:
     latent_dim: Optional[int] = None  # VGAE latent size
     dropout: float = 0.1              # dropout in the GNN layers
     id_dropout: float = 0.2           # training-time share of node IDs replaced by the OOV bucket
+    vehicle_dropout: float = 0.25     # training-time share of windows whose IDs are ALL hidden (unknown-vehicle augmentation)
     # --- optimisation
     epochs: int = 20                  # maximum epochs
     batch_size: int = 64              # graphs per batch
@@ -102,7 +103,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "strategy": ("auto", "ddp", "ddp_spawn"), "precision": ("auto", "32-true", "16-mixed", "bf16-mixed", "32", "16", "bf16"),
 }
 POSITIVE = ("window", "stride", "epochs", "batch_size", "devices", "num_nodes", "min_batch_size", "max_batch_size")
-UNIT_INTERVAL = ("val_fraction", "dropout", "id_dropout", "kd_alpha", "target_memory_usage", "label_threshold")
+UNIT_INTERVAL = ("val_fraction", "dropout", "id_dropout", "vehicle_dropout", "kd_alpha", "target_memory_usage", "label_threshold")
 
 
 def _field_help() -> dict[str, str]:

@@ -156,7 +156,20 @@ class Task(nn.Module):
     def teacher(self) -> nn.Module | None:
         return self._teacher[0] if self._teacher else None
 
+    def hide_vehicle(self, batch):
+        """Unknown-vehicle augmentation: in a random share of windows every node's ID becomes
+        the OOV bucket, so the model must also judge a window from ID-agnostic features (an
+        unseen vehicle's IDs are all out of vocabulary)."""
+        p = self.cfg.vehicle_dropout
+        if not self.training or p <= 0:
+            return batch
+        hide = torch.rand(batch.num_graphs, device=batch.node_id.device) < p
+        batch = batch.clone()
+        batch.node_id = batch.node_id.masked_fill(hide[batch.batch], 0)
+        return batch
+
     def training_loss(self, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        batch = self.hide_vehicle(batch)
         if self.kd is not None:
             teacher = self.teacher
             teacher.eval()
