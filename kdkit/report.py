@@ -20,6 +20,7 @@ import html
 import json
 import math
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -83,7 +84,7 @@ class RunRecord:
     def __init__(self, run_dir: str | Path, notebook: str, **info: Any):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.metrics: dict[str, Any] = {"notebook": notebook, "started": time.strftime("%Y-%m-%d %H:%M:%S"), **info,
+        self.metrics: dict[str, Any] = {"notebook": notebook, "started": datetime.now().isoformat(timespec="microseconds"), **info,
                                         "figures": [], "tables": {}}
         self._t0 = time.perf_counter()
         self.write()

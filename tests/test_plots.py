@@ -1,0 +1,93 @@
+"""kdkit.plots on hand-made inputs: what is drawn equals what was given."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+from kdkit import plots
+
+HISTORY = [{"epoch": 0, "train_loss": 0.9, "val_loss": 0.7, "val_f1": 0.5},
+           {"epoch": 1, "train_loss": 0.4, "val_loss": 0.5, "val_f1": 0.8}]
+
+
+def _bars(ax):
+    return [p for p in ax.patches if type(p).__name__ == "Rectangle"]
+
+
+def test_training_curves_plots_loss_and_f1_per_epoch():
+    fig = plots.training_curves(HISTORY, "t")
+    assert isinstance(fig, Figure) and len(fig.axes) == 2
+    loss_ax, f1_ax = fig.axes
+    lines = {ln.get_label(): ln for ln in loss_ax.get_lines()}
+    assert list(lines["train loss"].get_xdata()) == [1, 2]
+    assert list(lines["train loss"].get_ydata()) == [0.9, 0.4]
+    assert list(lines["val loss"].get_ydata()) == [0.7, 0.5]
+    assert list(f1_ax.get_lines()[0].get_ydata()) == [0.5, 0.8]
+
+
+def test_training_curves_without_f1_has_one_panel():
+    fig = plots.training_curves([{"epoch": 0, "train_loss": 3.0, "val_loss": 2.0}])
+    assert len(fig.axes) == 1
+
+
+def test_roc_pr_curves_one_line_per_two_class_scenario():
+    labels = {"a": np.array([0, 0, 1, 1]), "only_normal": np.array([0, 0, 0])}
+    scores = {"a": np.array([0.1, 0.4, 0.35, 0.8]), "only_normal": np.array([0.1, 0.2, 0.3])}
+    fig = plots.roc_pr_curves(labels, scores)
+    roc, pr = fig.axes
+    assert len(roc.get_lines()) == 2  # scenario a + the chance diagonal
+    assert len(pr.get_lines()) == 1
+    assert "AUC 0.750" in roc.get_lines()[0].get_label()
+    assert any("only_normal" in t.get_text() for t in fig.texts)
+
+
+def test_confusion_matrices_show_the_counts():
+    res = {"scenarios": {"s1": {"confusion_matrix": [[5, 1], [2, 7]]}},
+           "overall": {"confusion_matrix": [[5, 1], [2, 7]]}}
+    fig = plots.confusion_matrices(res)
+    assert len(fig.axes) == 2
+    texts = sorted(t.get_text() for t in fig.axes[0].texts)
+    assert texts == ["1", "2", "5", "7"]
+
+
+def test_f1_per_scenario_bar_heights():
+    fig = plots.f1_per_scenario({"teacher": {"s1": 0.9, "s2": 0.6}, "student": {"s1": 0.7}})
+    heights = [b.get_height() for b in _bars(fig.axes[0])]
+    assert heights[:2] == [0.9, 0.6]
+    assert heights[2] == 0.7 and np.isnan(heights[3])
+
+
+def test_benchmark_bars_are_medians_with_min_max_error_bars():
+    rows = [{"model": "gat", "variant": "legacy", "graphs_per_s": [1.0, 2.0, 10.0]},
+            {"model": "gat", "variant": "fabric", "graphs_per_s": [4.0, 4.0, 5.0]}]
+    fig = plots.benchmark_bars(rows, "graphs_per_s", "graphs / s")
+    ax = fig.axes[0]
+    assert [b.get_height() for b in _bars(ax)] == [2.0, 4.0]
+    legacy_err = next(c for c in ax.collections if c.get_segments()).get_segments()[0]
+    assert tuple(legacy_err[:, 1]) == (1.0, 10.0)  # min and max of the repeats
+
+
+def test_model_comparison_one_panel_per_metric():
+    rows = [{"name": "teacher", "parameters": 1000, "size_bytes": 4000, "latency_ms_p50": 2.0},
+            {"name": "student", "parameters": 100, "size_bytes": 400, "latency_ms_p50": None}]
+    fig = plots.model_comparison(rows)
+    assert len(fig.axes) == 3
+    assert [b.get_height() for b in _bars(fig.axes[0])] == [1000, 100]
+    assert np.isnan(_bars(fig.axes[2])[1].get_height())
+
+
+@pytest.mark.parametrize("make", [lambda: plots.training_curves(HISTORY),
+                                  lambda: plots.f1_per_scenario({"m": {"s": 0.5}})])
+def test_figures_are_closed_in_pyplot_and_save_as_png(make, tmp_path):
+    from matplotlib import pyplot as plt
+
+    before = len(plt.get_fignums())
+    fig = make()
+    assert len(plt.get_fignums()) == before  # not left open: shown once, as the cell's value
+    fig.savefig(tmp_path / "f.png")
+    assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,141 @@
+"""kdkit.report: run records, tables, the HTML report and ``kdkit report``."""
+from __future__ import annotations
+
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import nbformat
+import pytest
+from matplotlib import pyplot as plt
+
+from kdkit import report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _summary(run_dir, f1s=(0.5, 1.0), parameters=100):
+    scen = {f"s{i}": {"f1": f, "windows": 10, "confusion_matrix": [[1, 0], [0, 1]]} for i, f in enumerate(f1s)}
+    return {"model": "gat", "type": "teacher", "kd": False, "parameters": parameters, "size_bytes": 4 * parameters,
+            "epochs_run": 2, "train_seconds": 1.5, "precision": "32-true", "threshold": 0.5,
+            "best_checkpoint": str(run_dir / "best.pt"), "run_dir": str(run_dir),
+            "test": {"scenarios": scen, "overall": {"f1": 0.75, "accuracy": 0.8, "windows": 20}}}
+
+
+def test_table_text_markdown_and_escaped_html():
+    t = report.Table([{"name": "a<b", "n": 12345, "x": 0.123456, "none": None}], title="T")
+    assert repr(t).splitlines()[0] == "T"
+    assert "12,345" in repr(t) and "0.1235" in repr(t) and " -" in repr(t)
+    assert t._repr_markdown_().splitlines()[2] == "| name | n | x | none |"
+    assert "a&lt;b" in t._repr_html_() and "<caption>T</caption>" in t._repr_html_()
+
+
+def test_run_record_writes_metrics_figures_and_tables(tmp_path):
+    (tmp_path / "metrics.json").write_text(json.dumps({"stale": 1}))
+    rec = report.RunRecord(tmp_path, "teacher", dataset="synthetic")
+    rec.record(f1={"s": 0.5})
+    fig, ax = plt.subplots()
+    ax.plot([0, 1])
+    assert rec.figure(fig, "curve") is fig
+    plt.close(fig)
+    table = rec.table("rows", [{"a": 1, "b": 2}])
+    assert isinstance(table, report.Table)
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert "stale" not in m  # a new run replaces the previous record
+    assert m["notebook"] == "teacher" and m["dataset"] == "synthetic" and m["f1"] == {"s": 0.5}
+    assert m["figures"] == ["curve.png"] and (tmp_path / "curve.png").read_bytes()[:8] == PNG_MAGIC
+    assert m["tables"]["rows"] == {"columns": ["a", "b"], "rows": [{"a": 1, "b": 2}]}
+
+
+def test_run_metrics_and_rows_from_a_summary(tmp_path):
+    s = _summary(tmp_path)
+    m = report.run_metrics(s)
+    assert m["f1"] == {"s0": 0.5, "s1": 1.0} and m["overall"]["f1"] == 0.75 and m["parameters"] == 100
+    assert report.run_metrics(s, prefix="t_")["t_parameters"] == 100
+    rows = report.scenario_rows(s["test"])
+    assert [r["scenario"] for r in rows] == ["s0", "s1", "overall"] and rows[1]["f1"] == 1.0
+    models = {"teacher": s, "student": _summary(tmp_path, (0.25, 0.5), 10)}
+    assert report.f1_by_model(models)["student"] == {"s0": 0.25, "s1": 0.5}
+    assert report.f1_rows(models)[0] == {"scenario": "s0", "teacher": 0.5, "student": 0.25}
+    assert report.f1_rows(models)[-1]["scenario"] == "overall"
+
+
+def test_epoch_printer(capsys):
+    report.epoch_printer(3)({"epoch": 0, "train_loss": 0.5, "val_loss": 0.25, "val_f1": 1.0, "epoch_seconds": 2.0})
+    assert capsys.readouterr().out.strip() == "epoch 1/3  train_loss 0.5000  val_loss 0.2500  val_f1 1.0000  (2.0 s)"
+
+
+def test_load_teacher_names_a_missing_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="teacher_checkpoint .*missing.pt does not exist"):
+        report.load_teacher(tmp_path / "missing.pt", data=None)
+
+
+def _run_dir(tmp_path):
+    run = tmp_path / "runs" / "demo"
+    rec = report.RunRecord(run / "teacher", "teacher", dataset="synthetic", overall={"f1": 0.875})
+    fig, ax = plt.subplots()
+    ax.bar([0], [1])
+    rec.figure(fig, "bars")
+    plt.close(fig)
+    rec.table("per_scenario", [{"scenario": "s0", "f1": 0.875}])
+    (run / "teacher" / "gat_teacher").mkdir()
+    (run / "teacher" / "gat_teacher" / "metrics.json").write_text(json.dumps({"f1": {"s0": 0.1}}))  # kdkit train's
+    report.RunRecord(run / "student", "student", dataset="synthetic")
+    return run
+
+
+def test_html_report_of_a_run_dir_is_self_contained(tmp_path):
+    run = _run_dir(tmp_path)
+    out = report.build_html(run)
+    assert out == run / "report.html"
+    page = out.read_text()
+    assert page.count("<h2>") == 2  # the two notebook records; the nested train record is left to them
+    assert page.index("teacher: teacher") < page.index("student: student")
+    assert "data:image/png;base64," in page and "0.875" in page and "per scenario" in page
+    assert "src='http" not in page and 'src="http' not in page and "<link" not in page
+
+
+def test_html_report_of_an_executed_notebook(tmp_path):
+    import base64
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1", outputs=[nbformat.v4.new_output(
+        "display_data", data={"image/png": base64.b64encode(b"\x89PNG fake").decode(), "text/plain": "<Figure>"})])])
+    path = tmp_path / "run.ipynb"
+    nbformat.write(nb, path)
+    out = report.build_html(path)
+    assert out == tmp_path / "run.html" and "data:image/png;base64," in out.read_text()
+
+
+def test_report_errors_speak(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no metrics.json under"):
+        report.build_html(tmp_path)
+    with pytest.raises(FileNotFoundError, match="neither a run folder nor an .ipynb"):
+        report.build_html(tmp_path / "nope")
+
+
+def test_cli_report_prints_the_html_path_and_text(tmp_path, capsys):
+    from kdkit.cli import main
+
+    run = _run_dir(tmp_path)
+    assert main(["report", str(run), "--html"]) == 0
+    assert capsys.readouterr().out.strip() == str(run / "report.html")
+    assert main(["report", str(run)]) == 0
+    text = capsys.readouterr().out
+    assert "overall.f1" in text and "0.875" in text and "figures: bars.png" in text
+    assert main(["report", str(tmp_path / "empty")]) == 2
+
+
+def test_measure_inference_on_synthetic_windows(synthetic):
+    import torch
+
+    from kdkit.graphs import EDGE_FEATURES, NODE_FEATURES
+    from kdkit.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("gat", "student", len(NODE_FEATURES), len(EDGE_FEATURES), len(synthetic.vocab),
+                        hidden=16, num_layers=2, heads=2).eval()
+    res = report.measure_inference(model, synthetic.splits["val"], repeats=5, batch_size=32)
+    assert 0 < res["latency_ms_p50"] <= res["latency_ms_p99"]
+    assert res["windows_per_s"] > 0 and res["throughput_batch"] == 32
