@@ -272,16 +272,31 @@ def _open_bytes(path: Path) -> bytes:
     return _gunzip(raw, path) if raw[:2] == b"\x1f\x8b" else raw
 
 
-def _without_trailing_blank_lines(raw: bytes) -> pa.Buffer:
-    """The file as a pyarrow buffer, zero-copy, ending after its last non-blank line."""
-    end = len(raw)
-    while end and raw[end - 1] in b"\r\n \t":
-        end -= 1
-    return pa.py_buffer(raw).slice(0, end)
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(2) == b"\x1f\x8b"
+
+
+_HEAD_BYTES = 1 << 16
+
+
+def _head(path: Path, gz: bool) -> bytes:
+    """The first 64 KiB of the file, decompressed."""
+    try:
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as handle:
+            return handle.read(_HEAD_BYTES)
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataFormatError(path, None, f"corrupt gzip data ({err})") from err
+
+
+_CTT_BATCH_BYTES = 1 << 20  # CSV parsed and decoded about 25 k rows at a time: small, reused temporaries
 
 
 def read_ctt_csv(path: str | Path, on_bad_rows: OnBadRows = "error") -> Messages:
     """Read a can-train-and-test v1.5 CSV (``timestamp,arbitration_id,data_field,attack``).
+
+    The file is streamed through pyarrow (decompressed on the fly) and decoded one CSV
+    block at a time into the output arrays.
 
     Args:
         path: ``.csv`` or ``.csv.gz`` file.
@@ -290,17 +305,18 @@ def read_ctt_csv(path: str | Path, on_bad_rows: OnBadRows = "error") -> Messages
     """
     path = Path(path)
     bad = _BadRows(path, on_bad_rows)
-    raw = _open_bytes(path)
-    if not raw.strip():
+    gz = _is_gzip(path)
+    head = _head(path, gz)
+    if not head.strip():
         raise DataFormatError(path, None, "empty file (expected the header 'timestamp,arbitration_id,data_field,attack')")
-    first_line = raw[:4096].split(b"\n", 1)[0].decode("utf-8", "replace").strip().lstrip("\ufeff")
+    first_line, _, rest = head.partition(b"\n")
+    first_line = first_line.decode("utf-8", "replace").strip().lstrip("\ufeff")
     header = [h.strip() for h in first_line.split(",")]
     if header != CTT_HEADER:
         raise DataFormatError(path, 1, f"wrong or missing header {first_line[:80]!r}; expected 'timestamp,arbitration_id,data_field,attack'")
-
-    body = _without_trailing_blank_lines(raw)
-    if raw.find(b"\n", 0, body.size) < 0:
+    if len(head) < _HEAD_BYTES and not rest.strip():
         raise DataFormatError(path, None, "no data rows after the header")
+
     field_errors: list[tuple[int, str]] = []  # rows the parser dropped: (line, problem)
 
     def on_invalid(row: pacsv.InvalidRow) -> str:
@@ -310,29 +326,44 @@ def read_ctt_csv(path: str | Path, on_bad_rows: OnBadRows = "error") -> Messages
         return "skip"
 
     try:
-        table = pacsv.read_csv(
-            body,
-            read_options=pacsv.ReadOptions(use_threads=False, block_size=1 << 24, column_names=CTT_HEADER, skip_rows=1),
-            parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid, ignore_empty_lines=False),
-            # binary, not string: the hex and number parsers below validate every byte anyway
-            convert_options=pacsv.ConvertOptions(column_types={c: pa.binary() for c in CTT_HEADER},
-                                                 strings_can_be_null=False, null_values=[], check_utf8=False),
-        )
+        with pa.input_stream(str(path), compression="gzip" if gz else None, buffer_size=_CTT_BATCH_BYTES) as stream:
+            table = pacsv.read_csv(
+                stream,
+                read_options=pacsv.ReadOptions(use_threads=False, block_size=_CTT_BATCH_BYTES, column_names=CTT_HEADER,
+                                               skip_rows=1),
+                parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid, ignore_empty_lines=False),
+                # binary, not string: the hex and number parsers below validate every byte anyway
+                convert_options=pacsv.ConvertOptions(column_types={c: pa.binary() for c in CTT_HEADER},
+                                                     strings_can_be_null=False, null_values=[], check_utf8=False),
+            )
     except pa.ArrowInvalid as err:
         raise DataFormatError(path, None, f"unreadable CSV ({err})") from err
-    if table.num_rows == 0 and not field_errors:
-        raise DataFormatError(path, None, "no data rows after the header")
-    ts_a, id_a, pl_a, at_a = (table.column(i).combine_chunks() for i in range(4))
+    except OSError as err:
+        raise DataFormatError(path, None, f"{'corrupt gzip data' if gz else 'unreadable file'} ({err})") from err
 
-    ts, ok_ts = _parse_float(ts_a)
-    ids, ok_id = parse_hex_ids(id_a)
-    pl, dlc, ok_pl = parse_hex_payload(pl_a)
-    at_off, at_data = _string_parts(at_a)
-    lab = np.append(at_data, np.uint8(0))[at_off[:-1]] - np.uint8(48)  # first character ('0'/'1' -> 0/1)
-    ok_lab = (np.diff(at_off) == 1) & (lab <= 1)
-    ts_off, id_off = _string_parts(ts_a)[0], _string_parts(id_a)[0]
-    empty = (np.diff(ts_off) == 0) & (np.diff(id_off) == 0)
-    ok = ~empty & ok_ts & ok_id & ok_pl & ok_lab
+    n = table.num_rows
+    ts, ids = np.empty(n, np.float64), np.empty(n, np.uint32)
+    dlc, payload, lab = np.empty(n, np.uint8), np.empty((n, 8), np.uint8), np.empty(n, np.uint8)
+    checks = np.empty((5, n), bool)  # ok_ts, ok_id, ok_pl, ok_lab, blank
+    a = 0
+    for batch in table.to_batches():
+        b = a + batch.num_rows
+        ts_a, id_a, pl_a, at_a = batch.columns
+        ts[a:b], checks[0, a:b] = _parse_float(ts_a)
+        ids[a:b], checks[1, a:b] = parse_hex_ids(id_a)
+        payload[a:b], dlc[a:b], checks[2, a:b] = parse_hex_payload(pl_a)
+        at_off, at_data = _string_parts(at_a)
+        lab[a:b] = np.append(at_data, np.uint8(0))[at_off[:-1]] - np.uint8(48)  # first character: '0'/'1' -> 0/1
+        checks[3, a:b] = (np.diff(at_off) == 1) & (lab[a:b] <= 1)
+        lengths = [np.diff(_string_parts(c)[0]) for c in (ts_a, id_a, pl_a)]
+        checks[4, a:b] = (lengths[0] == 0) & (lengths[1] == 0) & (lengths[2] == 0) & (np.diff(at_off) == 0)
+        a = b
+    ok_ts, ok_id, ok_pl, ok_lab, blank = checks
+    filled = np.flatnonzero(~blank)
+    k = int(filled[-1]) + 1 if filled.size else 0  # trailing blank lines end the file, they are no rows
+    if k == 0 and not field_errors:
+        raise DataFormatError(path, None, "no data rows after the header")
+    ok = (ok_ts & ok_id & ok_pl & ok_lab & ~blank)[:k]
 
     dropped = sorted(line for line, _ in field_errors)
 
@@ -344,20 +375,20 @@ def read_ctt_csv(path: str | Path, on_bad_rows: OnBadRows = "error") -> Messages
         return line
 
     def describe(i: int) -> str:
-        if empty[i]:
-            return "empty row: no timestamp and no arbitration_id"
-        for col, good, hint in ((ts_a, ok_ts, "timestamp {}: not a number"),
-                                (id_a, ok_id, "arbitration_id {}: not a hex CAN ID of 1-8 digits"),
-                                (pl_a, ok_pl, "data_field {}: payload must be 0-16 hex digits of even length"),
-                                (at_a, ok_lab, "attack {}: label must be 0 or 1")):
+        if blank[i]:
+            return "empty row"
+        for col, good, hint in ((0, ok_ts, "timestamp {}: not a number"),
+                                (1, ok_id, "arbitration_id {}: not a hex CAN ID of 1-8 digits"),
+                                (2, ok_pl, "data_field {}: payload must be 0-16 hex digits of even length"),
+                                (3, ok_lab, "attack {}: label must be 0 or 1")):
             if not good[i]:
-                return hint.format(_text(col[i].as_py()))
+                return hint.format(_text(table.column(col)[i].as_py()))
         return "bad row"
 
     bad.check(ok, line_of, describe, field_errors)
-    if not ok.all():
-        ts, ids, dlc, pl, lab = ts[ok], ids[ok], dlc[ok], pl[ok], lab[ok]
-    return Messages(ts, ids, dlc, pl, lab, str(path), attack_type_from_name(path), bad.count, bad.examples)
+    if k < n or not ok.all():
+        ts, ids, dlc, payload, lab = ts[:k][ok], ids[:k][ok], dlc[:k][ok], payload[:k][ok], lab[:k][ok]
+    return Messages(ts, ids, dlc, payload, lab, str(path), attack_type_from_name(path), bad.count, bad.examples)
 
 
 def _read_lines(raw: bytes, path: Path) -> pa.Array:

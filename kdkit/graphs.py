@@ -26,6 +26,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import torch
+from torch.utils.serialization import config as serialization_config
 
 from kdkit.data import Messages
 
@@ -104,15 +105,16 @@ def _log_ms(seconds: np.ndarray) -> np.ndarray:
     return np.log1p(np.maximum(seconds, 0.0) * 1000.0)
 
 
-def _segment_stats(values: np.ndarray, seg: np.ndarray, n_seg: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-segment (count, mean, std) of ``values`` grouped by ``seg``; 0 for empty segments."""
-    cnt = np.bincount(seg, minlength=n_seg).astype(np.float64)
-    s1 = np.bincount(seg, weights=values, minlength=n_seg)
-    s2 = np.bincount(seg, weights=values * values, minlength=n_seg)
+def _segment_stats(values: np.ndarray, seg: np.ndarray, cnt: np.ndarray, std: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per-segment (mean, std or None) of ``values`` grouped by ``seg``, given each segment's
+    count ``cnt`` (float64); 0 for empty segments."""
+    n_seg = cnt.shape[0]
     safe = np.maximum(cnt, 1.0)
-    mean = s1 / safe
-    std = np.sqrt(np.maximum(s2 / safe - mean * mean, 0.0))
-    return cnt, mean, std
+    mean = np.bincount(seg, weights=values, minlength=n_seg) / safe
+    if not std:
+        return mean, None
+    s2 = np.bincount(seg, weights=values * values, minlength=n_seg)
+    return mean, np.sqrt(np.maximum(s2 / safe - mean * mean, 0.0))
 
 
 @dataclass
@@ -212,7 +214,9 @@ class GraphSet:
                                     "format": GRAPH_FORMAT_VERSION, **(meta or {})})
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: concurrent writers never share one
         try:
-            torch.save(blob, tmp)
+            # torch.load never checks the zip CRC32s; computing them is a third of the write time
+            with serialization_config.patch({"save.compute_crc32": False}):
+                torch.save(blob, tmp)
             tmp.replace(path)
         finally:
             tmp.unlink(missing_ok=True)  # after a failed write; after a rename it is already gone
@@ -296,6 +300,12 @@ def _abs_change_sums(rows: np.ndarray) -> np.ndarray:
     return (d * np.uint64(0x0001000100010001)) >> np.uint64(48)  # their total lands in the top lane
 
 
+_CHUNK_MESSAGES = 1 << 15
+"""Windows are built in chunks of about this many messages. Every temporary then stays a few
+hundred KB: it fits the CPU cache and the allocator reuses it instead of faulting fresh pages,
+which halves the time on a 180 k-message file compared with one pass over all windows."""
+
+
 def build_graphs(msgs: Messages, vocab: IdVocab, window: int = 100, stride: int = 100,
                  label_threshold: float = 0.0, starts: np.ndarray | None = None) -> GraphSet:
     """Turn one recording into window graphs.
@@ -320,18 +330,52 @@ def build_graphs(msgs: Messages, vocab: IdVocab, window: int = 100, stride: int 
         out = empty_graphset()
         out.files = [msgs.source]
         return out
-    N = G * W
     payload64 = np.ascontiguousarray(msgs.payload).view(np.uint64).reshape(-1)  # one uint64 per message
-    if starts[0] == 0 and (np.diff(starts) == W).all():
-        midx = None  # back-to-back windows: the first G*W messages, no gather needed
-        ids, lab, dlc = msgs.can_id[:N], msgs.label[:N], msgs.dlc[:N]
-        ts = msgs.timestamp[:N]
+    per = max(1, _CHUNK_MESSAGES // W)
+    parts = [_chunk_graphs(msgs, payload64, starts[i:i + per], W) for i in range(0, G, per)]
+
+    def cat(name: str, axis: int = 0) -> np.ndarray:
+        arrays = [p[name] for p in parts]
+        return arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=axis)
+
+    node_ptr = np.zeros(G + 1, np.int64)
+    np.cumsum(cat("nodes"), out=node_ptr[1:])
+    edge_ptr = np.zeros(G + 1, np.int64)
+    np.cumsum(cat("edges"), out=edge_ptr[1:])
+    node_can = cat("can_id")
+    share = cat("share")
+    y = (share > label_threshold).astype(np.int64)
+    types = ["normal"] if msgs.attack_type in ("attack-free", "normal") else ["normal", msgs.attack_type]
+    atype = y * (len(types) - 1)
+    return GraphSet(
+        x=torch.from_numpy(cat("x")), node_id=torch.from_numpy(vocab.lookup(node_can)), can_id=torch.from_numpy(node_can),
+        node_y=torch.from_numpy(cat("node_y")), edge_index=torch.from_numpy(cat("edge_index", axis=1)),
+        edge_attr=torch.from_numpy(cat("edge_attr")), node_ptr=torch.from_numpy(node_ptr), edge_ptr=torch.from_numpy(edge_ptr),
+        y=torch.from_numpy(y), attack_share=torch.from_numpy(share.astype(np.float32)),
+        attack_type=torch.from_numpy(atype), file_index=torch.zeros(G, dtype=torch.long),
+        start=torch.from_numpy(starts.copy()), attack_types=types, files=[msgs.source])
+
+
+def _chunk_graphs(msgs: Messages, payload64: np.ndarray, starts: np.ndarray, W: int) -> dict[str, np.ndarray]:
+    """The graph arrays of the windows at ``starts`` (see ``build_graphs``); node and edge
+    indices are local to each window."""
+    G = int(starts.shape[0])
+    N = G * W
+    s0 = int(starts[0])
+    if (np.diff(starts) == W).all():
+        # back-to-back windows: messages s0 .. s0+N, sliced, no gather
+        ids, lab, dlc = msgs.can_id[s0:s0 + N], msgs.label[s0:s0 + N], msgs.dlc[s0:s0 + N]
+        ts = msgs.timestamp[s0:s0 + N]
+        payload = payload64[s0:s0 + N]
         gap = np.empty(N)
-        gap[0] = 0.0  # the recording's first message
-        gap[1:] = _log_ms(ts[1:] - ts[:-1])
+        if s0 == 0:
+            gap[0] = 0.0  # the recording's first message
+            gap[1:] = _log_ms(ts[1:] - ts[:-1])
+        else:
+            gap[:] = _log_ms(msgs.timestamp[s0:s0 + N] - msgs.timestamp[s0 - 1:s0 + N - 1])
     else:
         midx = (starts[:, None] + np.arange(W)).ravel()
-        ids, lab, dlc, ts = msgs.can_id[midx], msgs.label[midx], msgs.dlc[midx], msgs.timestamp[midx]
+        ids, lab, dlc, ts, payload = msgs.can_id[midx], msgs.label[midx], msgs.dlc[midx], msgs.timestamp[midx], payload64[midx]
         # gap to the preceding message of the recording (0 for the very first one)
         gap = _log_ms(ts - msgs.timestamp[np.maximum(midx - 1, 0)])
 
@@ -358,24 +402,24 @@ def build_graphs(msgs: Messages, vocab: IdVocab, window: int = 100, stride: int 
     np.cumsum(np.bincount(node_win, minlength=G), out=node_ptr[1:])
     cnt = (grp_last - grp_start + 1).astype(np.float64)
 
-    rows = payload64[order if midx is None else midx[order]]  # payloads in node order
+    rows = payload[order]  # payloads in node order
     pl_sum, pl_sq = _payload_sums(rows, grp_last, W)
     pl_mean = pl_sum / cnt[:, None]
     pl_std = np.sqrt(np.maximum(pl_sq / cnt[:, None] - pl_mean ** 2, 0.0)).mean(axis=1)
     pos_s = order % W
     dlc_mean = _group_sums(dlc[order].astype(np.int64), grp_last) / cnt
-    _, gap_mean, _ = _segment_stats(gap, node_of_msg, n_nodes)
+    gap_mean, _ = _segment_stats(gap, node_of_msg, cnt)
     # consecutive messages of the same ID (same group in sorted order)
     same = ~new_grp[1:]
     pair_grp = grp_sorted[1:][same]
+    n_pairs = cnt - 1.0
     ts_s = ts[order]
-    _, iat_mean, iat_std = _segment_stats(_log_ms(ts_s[1:][same] - ts_s[:-1][same]), pair_grp, n_nodes)
-    change = _abs_change_sums(rows)[same] / 8.0
-    _, change_mean, _ = _segment_stats(change, pair_grp, n_nodes)
+    iat_mean, iat_std = _segment_stats(_log_ms(ts_s[1:][same] - ts_s[:-1][same]), pair_grp, n_pairs, std=True)
+    change_mean, _ = _segment_stats(_abs_change_sums(rows)[same] / 8.0, pair_grp, n_pairs)
     node_y = _group_sums(lab[order].astype(np.int64), grp_last) > 0
 
     x = np.empty((n_nodes, len(NODE_FEATURES)), np.float32)
-    x[:, 0:8] = pl_mean / 255.0
+    np.divide(pl_mean, 255.0, out=x[:, 0:8])  # computed in float64, stored as float32
     x[:, 8] = cnt / W
     x[:, 9] = pos_s[grp_start] / W
     x[:, 10] = pos_s[grp_last] / W
@@ -408,7 +452,8 @@ def build_graphs(msgs: Messages, vocab: IdVocab, window: int = 100, stride: int 
     uniq = sek[e_start]
     e_src = uniq // n_nodes
     e_dst = uniq - e_src * n_nodes
-    e_cnt, e_mean, e_std = _segment_stats(dt, edge_of_pair, n_edges)
+    e_cnt = (e_last - e_start + 1).astype(np.float64)
+    e_mean, e_std = _segment_stats(dt, edge_of_pair, e_cnt, std=True)
     epos_s = eorder % (W - 1)  # position of the transition's first message in its window
     rev = e_dst * n_nodes + e_src
     rpos = np.minimum(np.searchsorted(uniq, rev), n_edges - 1)
@@ -430,15 +475,6 @@ def build_graphs(msgs: Messages, vocab: IdVocab, window: int = 100, stride: int 
     edge_index[0] = e_src - base
     edge_index[1] = e_dst - base
 
-    # ---- graph labels
     share = lab.reshape(G, W).mean(axis=1, dtype=np.float64)
-    y = (share > label_threshold).astype(np.int64)
-    types = ["normal"] if msgs.attack_type in ("attack-free", "normal") else ["normal", msgs.attack_type]
-    atype = y * (len(types) - 1)
-    return GraphSet(
-        x=torch.from_numpy(x), node_id=torch.from_numpy(vocab.lookup(node_can)), can_id=torch.from_numpy(node_can),
-        node_y=torch.from_numpy(node_y.astype(np.uint8)), edge_index=torch.from_numpy(edge_index),
-        edge_attr=torch.from_numpy(ea), node_ptr=torch.from_numpy(node_ptr), edge_ptr=torch.from_numpy(edge_ptr),
-        y=torch.from_numpy(y), attack_share=torch.from_numpy(share.astype(np.float32)),
-        attack_type=torch.from_numpy(atype), file_index=torch.zeros(G, dtype=torch.long),
-        start=torch.from_numpy(starts.copy()), attack_types=types, files=[msgs.source])
+    return {"x": x, "can_id": node_can, "node_y": node_y.astype(np.uint8), "nodes": node_ptr[1:] - node_ptr[:-1],
+            "edge_index": edge_index, "edge_attr": ea, "edges": edge_ptr[1:] - edge_ptr[:-1], "share": share}

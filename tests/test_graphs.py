@@ -13,6 +13,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kdkit import graphs
 from kdkit.data import Messages, read_messages
 from kdkit.graphs import (EDGE_FEATURES, NODE_FEATURES, GraphSet, IdVocab, build_graphs, empty_graphset,
                           window_starts)
@@ -255,18 +256,22 @@ def _messages(ids: np.ndarray, seed: int, attack_type: str = "DoS") -> Messages:
 ID_POOL = [0x000, 0x001, 0x0C1, 0x110, 0x4B1, 0x7FF, 0x1FFFFFFF]
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ids=st.lists(st.sampled_from(ID_POOL), min_size=0, max_size=70), seed=st.integers(0, 2**16),
        window=st.integers(2, 12), stride=st.integers(1, 15), threshold=st.sampled_from([0.0, 0.1, 0.5]),
-       vocab_ids=st.sets(st.sampled_from(ID_POOL)), explicit=st.booleans())
-def test_build_graphs_matches_reference(ids, seed, window, stride, threshold, vocab_ids, explicit):
+       vocab_ids=st.sets(st.sampled_from(ID_POOL)), explicit=st.booleans(), chunk=st.sampled_from([1 << 15, 1, 25]))
+def test_build_graphs_matches_reference(ids, seed, window, stride, threshold, vocab_ids, explicit, chunk):
     msgs = _messages(np.array(ids, dtype=np.uint32), seed)
     vocab = IdVocab.fit([np.array(sorted(vocab_ids), dtype=np.uint32)])
     starts = window_starts(len(msgs), window, stride)
     if explicit and starts.size:  # a sorted subset, as the train/validation split passes
         starts = np.random.default_rng(seed).permutation(starts)[: max(1, starts.size // 2)]
         starts.sort()
-    gs = build_graphs(msgs, vocab, window, stride, threshold, starts=starts if explicit else None)
+    saved, graphs._CHUNK_MESSAGES = graphs._CHUNK_MESSAGES, chunk  # small chunks: windows split across several
+    try:
+        gs = build_graphs(msgs, vocab, window, stride, threshold, starts=starts if explicit else None)
+    finally:
+        graphs._CHUNK_MESSAGES = saved
     ref = reference_graphs(msgs, sorted(vocab_ids), window, starts.tolist(), threshold)
     _assert_equal_to_reference(gs, ref, starts)
 
@@ -404,7 +409,6 @@ def test_store_write_is_atomic(tmp_path: Path, monkeypatch):
 def test_store_format_version_is_checked(tmp_path: Path, monkeypatch):
     a, _ = _two_files()
     a.save(tmp_path / "s.pt")
-    import kdkit.graphs as graphs
 
     monkeypatch.setattr(graphs, "GRAPH_FORMAT_VERSION", graphs.GRAPH_FORMAT_VERSION + 1)
     with pytest.raises(ValueError, match="delete it to rebuild"):
