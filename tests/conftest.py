@@ -51,3 +51,29 @@ def shared_data_root() -> Path:
     root = _shared_root()
     require(root is not None, "real data ../shared/data/can-train-and-test/hcrl-sa not found")
     return root
+
+
+# ---- SLURM (kdkit/slurm.py, tests/test_slurm_cluster.py) ---------------------------------
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A running one-node SLURM cluster on this machine (``.ci/slurm-cluster.sh start``).
+
+    Uses the cluster if it already runs. Otherwise starts it (installing the Debian
+    packages under CI), and stops it after the session unless ``KDKIT_SLURM_KEEP=1``.
+    Outside CI it skips when Slurm is not installed or we are not root.
+    """
+    import shutil
+    import subprocess
+
+    script = REPO / ".ci" / "slurm-cluster.sh"
+    if subprocess.run(["bash", str(script), "status"], capture_output=True).returncode == 0:
+        yield script
+        return
+    require(IN_CI or (shutil.which("slurmctld") is not None and os.geteuid() == 0),
+            "no local SLURM: needs root and `apt-get install slurmctld slurmd slurm-client munge`")
+    proc = subprocess.run(["bash", str(script), "start"], capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        pytest.fail(f"{script} start failed:\n{proc.stdout[-2000:]}{proc.stderr[-4000:]}")
+    yield script
+    if not os.environ.get("KDKIT_SLURM_KEEP"):
+        subprocess.run(["bash", str(script), "stop"], capture_output=True, timeout=120)

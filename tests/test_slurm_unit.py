@@ -1,0 +1,474 @@
+"""kdkit.slurm without a cluster: rendering (golden files), parsing Slurm output, the job
+registry, wait(), input validation and shell-injection safety.
+
+    .venv/bin/python -m pytest tests/test_slurm_unit.py -q
+    KDKIT_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_slurm_unit.py -k golden   # rewrite goldens
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kdkit import slurm
+from kdkit.slurm import (FabricSlurmTrainingOrchestrator, JobRegistry, SlurmError, TERMINAL_STATES,
+                         check_parameters, load_presets, normalize_state, parse_sacct, parse_sbatch,
+                         parse_scontrol, parse_squeue, to_yaml)
+from kdkit.slurm_cli import add_slurm_arguments, register_cli, submit_train_from_args
+
+REPO = Path(__file__).resolve().parent.parent
+GOLDEN = REPO / "tests" / "golden" / "slurm"
+NOTEBOOK = GOLDEN / "params.ipynb"
+
+# `scontrol show job -o` of a failed job, as Slurm 22.05 prints it (node list edited).
+SCONTROL_FAILED = (
+    "JobId=3 JobName=wrap UserId=root(0) GroupId=root(0) MCS_label=N/A Priority=4294901757 Nice=0 "
+    "Account=(null) QOS=(null) JobState=FAILED Reason=NonZeroExitCode Dependency=(null) Requeue=1 "
+    "Restarts=0 BatchFlag=1 Reboot=0 ExitCode=1:0 RunTime=00:00:00 TimeLimit=UNLIMITED TimeMin=N/A "
+    "SubmitTime=2026-11-28T13:51:54 Partition=cpu AllocNode:Sid=localhost:3016 ReqNodeList=(null) "
+    "NodeList=node[01-03,05] BatchHost=node01 NumNodes=4 NumCPUs=4 TRES=cpu=4,node=4,billing=4 "
+    "Features=(null) Command=(null) WorkDir=/tmp/sl StdErr=/tmp/sl/slurm-3.out StdIn=/dev/null "
+    "StdOut=/tmp/sl/slurm-3.out Power= ")
+
+
+class FakeSlurm:
+    """Stands in for sbatch/squeue/scontrol/sacct/scancel; ``states[job]`` is a list of
+    states returned one per query (the last one repeats)."""
+
+    def __init__(self, accounting=False):
+        self.calls, self.states, self.exit_codes = [], {}, {}
+        self.next_id, self.accounting, self.scripts = 100, accounting, {}
+
+    def __call__(self, argv):
+        self.calls.append(argv)
+        ok = lambda out="": subprocess.CompletedProcess(argv, 0, out, "")  # noqa: E731
+        err = lambda msg: subprocess.CompletedProcess(argv, 1, "", msg)  # noqa: E731
+        cmd = argv[0]
+        if cmd == "sbatch":
+            self.next_id += 1
+            job = str(self.next_id)
+            self.states[job] = ["PENDING"]
+            self.scripts[job] = Path(argv[-1]).read_text()
+            return ok(f"{job};kdkit\n")
+        if cmd == "scancel":
+            self.states[argv[-1]] = ["CANCELLED"]
+            return ok()
+        job = argv[-1]
+        if cmd == "squeue":
+            rows = [f"{j}|{self._peek(j)}|None|node[01-03,05]" for j in argv[-1].split(",") if j in self.states]
+            return ok("\n".join(rows) + "\n") if rows else err("slurm_load_jobs error: Invalid job id specified")
+        if cmd == "scontrol":
+            if job not in self.states:
+                return err("slurm_load_jobs error: Invalid job id specified")
+            state = self._pop(job)
+            return ok(SCONTROL_FAILED.replace("JobId=3", f"JobId={job}").replace("JobState=FAILED", f"JobState={state}")
+                      .replace("ExitCode=1:0", f"ExitCode={self.exit_codes.get(job, '0:0')}")
+                      .replace("StdOut=/tmp/sl/slurm-3.out", "StdOut=/elsewhere.out"))
+        if cmd == "sacct":
+            if "-c" not in argv and not self.accounting:
+                return err("Slurm accounting storage is disabled")
+            return ok("7|CANCELLED by 0|0:15|node[01-03,05]\n")
+        raise AssertionError(argv)
+
+    def _peek(self, job):
+        return self.states[job][0]
+
+    def _pop(self, job):
+        return self.states[job].pop(0) if len(self.states[job]) > 1 else self.states[job][0]
+
+
+@pytest.fixture
+def fake():
+    return FakeSlurm()
+
+
+@pytest.fixture
+def orch(tmp_path, fake):
+    return FabricSlurmTrainingOrchestrator(tmp_path / "runs", runner=fake, venv=None, workdir=tmp_path)
+
+
+# ---------------------------------------------------------------------- golden scripts
+def _golden_cases():
+    full = FabricSlurmTrainingOrchestrator(
+        "/scratch/kdkit/runs", preset="a100", account="proj42", qos="high", constraint="a100&ib",
+        modules=["cuda/12.1", "gcc/12.2"], conda_env="kdkit", mail_user="me@uni.edu",
+        mail_type="END,FAIL", workdir="/home/me/kdkit", separate_stderr=True)
+    cpu = FabricSlurmTrainingOrchestrator("/scratch/kdkit/runs", preset="cpu", venv="/opt/venvs/kdkit",
+                                          workdir="/home/me/kdkit")
+    return {
+        "train_a100_full": lambda: full.submit_gat_training(
+            "hcrl_ch", "student", teacher="/scratch/kdkit/runs/t1/checkpoints/best.pt", epochs=50,
+            config={"learning_rate": 0.001, "batch_size": 64}, devices=2, num_nodes=2,
+            dependency="afterok:41", run_name="gat_hcrl_ch_student", dry_run=True),
+        "train_cpu_minimal": lambda: cpu.submit_vgae_training("synthetic", "teacher", run_name="vgae_t", dry_run=True),
+        "notebook_cpu": lambda: cpu.submit_notebook(
+            NOTEBOOK, {"dataset": "hcrl_sa", "epochs": 3, "learning_rate": 1e-05, "tags": ["a", "b c"]},
+            run_name="params_nb", time="00:30:00", dry_run=True),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_golden_cases()))
+def test_rendered_scripts_match_golden(case):
+    script = _golden_cases()[case]().replace(str(REPO), "<REPO>")
+    path = GOLDEN / f"{case}.sbatch"
+    if os.environ.get("KDKIT_UPDATE_GOLDEN"):
+        path.write_text(script)
+    assert script == path.read_text(), f"rendered {case} differs from {path} (KDKIT_UPDATE_GOLDEN=1 rewrites)"
+
+
+def test_dry_run_touches_nothing(orch, fake, tmp_path):
+    script = orch.submit_gat_training("synthetic", "teacher", dry_run=True)
+    assert script.startswith("#!/bin/bash\n") and "srun --kill-on-bad-exit=1 kdkit train" in script
+    assert not (tmp_path / "runs").exists() and fake.calls == []
+
+
+def test_optional_lines_are_omitted_and_gpu_line_follows_devices(tmp_path):
+    orch = FabricSlurmTrainingOrchestrator(tmp_path, preset="v100", venv=None, gpu_type=None)
+    script = orch.submit_gat_training("hcrl_sa", "teacher", devices=4, dry_run=True)
+    assert "--gres=gpu:4\n" in script and "--ntasks-per-node=4\n" in script and "--devices 4 --num-nodes 1" in script
+    for absent in ("--account", "--qos", "--constraint", "--mail", "--dependency", "module load", "activate", "--teacher"):
+        assert absent not in script
+
+
+def test_presets_and_template_override(tmp_path, monkeypatch):
+    presets = load_presets()
+    assert {"cpu", "v100", "a100", "h100"} <= set(presets)
+    assert presets["a100"]["gpus"] == 1 and presets["cpu"]["gpus"] == 0
+    for name, p in presets.items():
+        assert p["time"] and p["mem"] and p["cpus_per_task"] >= 1
+        assert p["partition"] == (None if name == "cpu" else "gpu")         # cpu: the cluster's default
+    (tmp_path / "presets.ini").write_text("[mycluster]\npartition = ampere\ntime = 10\ncpus_per_task = 2\nmem = 1G\ngpus = 0\n")
+    monkeypatch.setenv("KDKIT_SLURM_TEMPLATES", str(tmp_path))
+    assert list(load_presets()) == ["mycluster"]
+    script = FabricSlurmTrainingOrchestrator(tmp_path / "r", preset="mycluster").submit_gat_training(
+        "synthetic", "teacher", dry_run=True)          # template itself still from the repo
+    assert "#SBATCH --partition=ampere\n" in script and "#SBATCH --time=10\n" in script
+    with pytest.raises(ValueError, match="preset='a100' unknown"):
+        FabricSlurmTrainingOrchestrator(tmp_path / "r", preset="a100")
+
+
+# ---------------------------------------------------------------------------- parsing
+def test_parse_sbatch():
+    assert parse_sbatch("123\n") == ("123", None)
+    assert parse_sbatch("123;cluster-a\n") == ("123", "cluster-a")
+    assert parse_sbatch("sbatch: warning: x\n456\n") == ("456", None)
+    with pytest.raises(SlurmError, match="cannot read a job ID"):
+        parse_sbatch("Submitted batch job 12")
+
+
+@pytest.mark.parametrize("raw, state", [
+    ("CANCELLED by 0", "CANCELLED"), ("CANCELLED by 1000", "CANCELLED"), ("OUT_OF_ME+", "OUT_OF_MEMORY"),
+    ("NODE_FAIL", "NODE_FAIL"), ("PREEMPTED", "PREEMPTED"), ("BOOT_FAIL", "BOOT_FAIL"), ("DEADLINE", "DEADLINE"),
+    ("TIMEOUT", "TIMEOUT"), ("COMPLETED", "COMPLETED"), ("FAILED", "FAILED"), ("running", "RUNNING"),
+    ("COMPLETI+", "COMPLETING"), ("", "UNKNOWN")])
+def test_normalize_state(raw, state):
+    assert normalize_state(raw) == state
+
+
+def test_parse_scontrol_with_comma_node_list():
+    info = parse_scontrol(SCONTROL_FAILED)
+    assert info == {"job_id": "3", "state": "FAILED", "exit_code": "1:0", "reason": "NonZeroExitCode",
+                    "nodes": "node[01-03,05]", "log": "/tmp/sl/slurm-3.out"}
+
+
+def test_parse_squeue_and_sacct_keep_node_lists_whole():
+    sq = parse_squeue("CLUSTER: kdkit\n12|RUNNING|None|node[01-03,05]\n13|PENDING|Dependency|\n")
+    assert sq["12"] == {"job_id": "12", "state": "RUNNING", "reason": None, "nodes": "node[01-03,05]"}
+    assert sq["13"]["reason"] == "Dependency" and sq["13"]["nodes"] is None
+    states = sorted(TERMINAL_STATES - {"CANCELLED"}) + ["CANCELLED by 0"]
+    text = "".join(f"{i}|{s}|{i}:0|gpu[1,3-4],cpu7\n" for i, s in enumerate(states, start=1))
+    text += "1.batch|FAILED|1:0|gpu1\n"                         # step rows are ignored
+    rows = parse_sacct(text)
+    assert [rows[str(i)]["state"] for i in range(1, len(states) + 1)] == sorted(TERMINAL_STATES - {"CANCELLED"}) + ["CANCELLED"]
+    assert rows["1"]["nodes"] == "gpu[1,3-4],cpu7" and rows["2"]["exit_code"] == "2:0" and "1.batch" not in rows
+
+
+# ---------------------------------------------------------------- registry & monitoring
+def test_registry_survives_a_new_orchestrator(orch, fake, tmp_path):
+    job = orch.submit_gat_training("synthetic", "teacher", run_name="t1")
+    run_dir = tmp_path / "runs" / "t1"
+    assert job == "101" and (run_dir / "job.sbatch").read_text() == fake.scripts[job]
+    assert json.loads((run_dir / "parameters.json").read_text())["dataset"] == "synthetic"
+    fake.states[job] = ["RUNNING"]
+    fresh = FabricSlurmTrainingOrchestrator(tmp_path / "runs", runner=fake)
+    [info] = fresh.check_all_jobs()
+    assert info["job_id"] == "101" and info["state"] == "RUNNING" and info["cluster"] == "kdkit"
+    assert info["nodes"] == "node[01-03,05]" and info["run_dir"] == str(run_dir)
+    assert ["squeue", "-h", "-t", "all", "-o", "%i|%T|%r|%N", "-j", "101"] in fake.calls
+    data = json.loads((tmp_path / "runs" / "slurm_jobs.json").read_text())
+    assert data["jobs"]["101"]["state"] == "RUNNING"
+    assert [p.name for p in (tmp_path / "runs").iterdir() if p.name.startswith(".slurm_jobs")] == []
+
+
+def test_final_states_are_not_queried_again(orch, fake):
+    job = orch.submit_gat_training("synthetic", "teacher")
+    fake.states[job] = ["COMPLETED"]
+    assert orch.status(job)["state"] == "COMPLETED"
+    n = len(fake.calls)
+    assert orch.check_all_jobs()[0]["state"] == "COMPLETED" and len(fake.calls) == n
+
+
+@pytest.mark.parametrize("final", sorted(TERMINAL_STATES))
+def test_wait_stops_on_every_final_state(orch, fake, final):
+    job = orch.submit_gat_training("synthetic", "teacher")
+    fake.states[job] = ["PENDING", "RUNNING", "COMPLETING", final]
+    assert orch.wait(job, poll=0)["state"] == final
+
+
+def test_failed_job_reports_exit_code_and_log_tail(orch, fake, tmp_path):
+    job = orch.submit_gat_training("synthetic", "teacher", run_name="bad")
+    (tmp_path / "runs" / "bad" / f"slurm-{job}.out").write_text("".join(f"line {i}\n" for i in range(30)) + "Error: boom\n")
+    fake.states[job], fake.exit_codes[job] = ["FAILED"], "1:0"
+    info = orch.wait(job, poll=0)
+    assert info["state"] == "FAILED" and info["exit_code"] == "1:0" and info["reason"] == "NonZeroExitCode"
+    assert info["log_tail"].splitlines()[-1] == "Error: boom" and len(info["log_tail"].splitlines()) == 20
+    assert orch.logs(job, tail=2) == "line 29\nError: boom"
+    from kdkit.slurm_cli import format_job
+    assert "exit_code=1:0" in format_job(info) and "Error: boom" in format_job(info)
+
+
+def test_wait_gives_up_on_a_job_slurm_forgot_and_times_out(orch, fake, monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(slurm.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(slurm.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+    assert orch.wait("999", poll=30)["state"] == "UNKNOWN"     # never submitted, no sacct row
+    assert clock[0] <= 150
+    job = orch.submit_gat_training("synthetic", "teacher")
+    fake.states[job] = ["PENDING"]
+    with pytest.raises(TimeoutError, match=f"job {job} still PENDING after 60"):
+        orch.wait(job, timeout=60, poll=10)
+
+
+def test_old_jobs_come_from_sacct_then_jobcomp(orch, fake):
+    info = orch.status("7")
+    assert info["state"] == "CANCELLED" and info["exit_code"] == "0:15" and info["nodes"] == "node[01-03,05]"
+    assert [c[:2] for c in fake.calls] == [["scontrol", "show"], ["sacct", "-n"], ["sacct", "-c"]]
+
+
+def test_cancel_and_cluster_flag(orch, fake):
+    job = orch.submit_gat_training("synthetic", "teacher")
+    orch.cancel(job)
+    assert fake.calls[-1] == ["scancel", "-M", "kdkit", job]
+    assert orch.status(job)["state"] == "CANCELLED"
+
+
+def test_sbatch_refusal_and_missing_slurm(tmp_path):
+    refuse = lambda argv: subprocess.CompletedProcess(argv, 1, "", "sbatch: error: Invalid partition name specified")  # noqa: E731
+    orch = FabricSlurmTrainingOrchestrator(tmp_path, runner=refuse)
+    with pytest.raises(SlurmError, match="Invalid partition name"):
+        orch.submit_gat_training("synthetic", "teacher")
+
+    def missing(argv):
+        raise FileNotFoundError(argv[0])
+    with pytest.raises(SlurmError, match="sbatch not found.*slurm-cluster.sh start"):
+        FabricSlurmTrainingOrchestrator(tmp_path, runner=missing).submit_gat_training("synthetic", "teacher")
+
+    def hangs(argv):
+        raise subprocess.TimeoutExpired(argv, 120)
+    with pytest.raises(SlurmError, match="no answer in 120 s: is slurmctld up"):
+        FabricSlurmTrainingOrchestrator(tmp_path, runner=hangs).status("5")
+
+
+def test_run_dir_is_never_reused(orch):
+    orch.submit_gat_training("synthetic", "teacher", run_name="same")
+    with pytest.raises(FileExistsError, match="choose another run_name"):
+        orch.submit_gat_training("synthetic", "teacher", run_name="same")
+    a, b = orch._new_run_name("x"), orch._new_run_name("x")
+    assert a == b                                                     # free until used
+    (orch.runs_dir / a).mkdir()
+    assert orch._new_run_name("x") == a + "-2"
+
+
+def test_pipeline_chains_student_after_teacher(orch, fake, tmp_path):
+    teacher, student = orch.submit_pipeline("hcrl_ch", model="vgae", epochs=2,
+                                            student_overrides={"time": "00:10:00"})
+    t_run = json.loads((tmp_path / "runs" / "slurm_jobs.json").read_text())["jobs"][teacher]["run_dir"]
+    script = fake.scripts[student]
+    assert f"#SBATCH --dependency=afterok:{teacher}\n" in script and "#SBATCH --kill-on-invalid-dep=yes\n" in script
+    assert f"--teacher {t_run}/checkpoints/best.pt" in script and "--model vgae" in script
+    assert "#SBATCH --time=00:10:00" in script and "#SBATCH --time=00:10:00" not in fake.scripts[teacher]
+
+
+# ------------------------------------------------------------ validation and injection
+@pytest.mark.parametrize("kwargs, field", [
+    ({"dataset": "x; rm -rf /"}, "dataset"),
+    ({"dataset": "$(touch /tmp/pwned)"}, "dataset"),
+    ({"partition": "gpu\n#SBATCH --wrap=id"}, "partition"),
+    ({"partition": "gpu;id"}, "partition"),
+    ({"account": "a b"}, "account"),
+    ({"time": "1; reboot"}, "time"),
+    ({"mem": "4G\n"}, "mem"),
+    ({"modules": ["cuda; rm -rf ~"]}, "modules"),
+    ({"mail_user": "me@x.org`id`"}, "mail_user"),
+    ({"mail_type": "END,EVERYTHING"}, "mail_type"),
+    ({"constraint": "a100 && id"}, "constraint"),
+    ({"run_name": "../../etc"}, "run_name"),
+    ({"model_type": "teacher\n"}, "model_type"),
+    ({"venv": "/opt/venv\nid"}, "venv"),
+    ({"conda_env": "base; id"}, "conda_env"),
+    ({"teacher": "/x/best.pt\nid", "dependency": "afterok:1"}, "teacher"),
+    ({"dependency": "afterok:1;id"}, "dependency"),
+    ({"epochs": "5; id"}, "epochs"),
+    ({"cpus_per_task": True}, "cpus_per_task"),
+    ({"workdir": "/home/me/my dir"}, "workdir"),
+])
+def test_injection_attempts_are_rejected(orch, fake, kwargs, field):
+    kwargs = {"dataset": "synthetic", "model_type": "teacher", **kwargs}
+    with pytest.raises(ValueError, match=field):
+        orch.submit_gat_training(kwargs.pop("dataset"), kwargs.pop("model_type"), **kwargs)
+    assert fake.calls == []
+
+
+def test_unknown_options_are_named(orch):
+    with pytest.raises(TypeError, match="unknown option.*partiton"):
+        orch.submit_gat_training("synthetic", "teacher", partiton="gpu")
+
+
+def _run_script_with_stubs(script: str, cwd: Path) -> list[list[str]]:
+    """Runs a rendered job script in bash with srun/papermill/module/source/conda replaced
+    by stubs that record their arguments; returns the recorded argument lists."""
+    stubs = ('rec() { python3 -c \'import json,sys; print(json.dumps(sys.argv[1:]))\' "$@" >> calls.jsonl; }\n'
+             'srun() { rec srun "$@"; }; papermill() { rec papermill "$@"; }; module() { rec module "$@"; }\n'
+             'source() { rec source "$@"; }; conda() { echo /nonexistent; }\n')
+    body = script.split("\n", 1)[1]
+    (cwd / "job.sh").write_text("#!/bin/bash\n" + stubs + body)
+    proc = subprocess.run(["bash", "job.sh"], cwd=cwd, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(ln) for ln in (cwd / "calls.jsonl").read_text().splitlines()]
+
+
+EVIL = ["$(touch PWNED)", "`touch PWNED`", "'; touch PWNED; '", '"; touch PWNED; "', "a\nb\\n$HOME", "ünïcode ✓"]
+
+
+def test_notebook_parameters_reach_papermill_verbatim(tmp_path):
+    orch = FabricSlurmTrainingOrchestrator(tmp_path / "runs", venv=str(tmp_path / "my venv $(touch PWNED)"))
+    script = orch.submit_notebook(NOTEBOOK, {"note": EVIL[0], "tags": EVIL, "learning_rate": 1e-05},
+                                  run_name="evil", dry_run=True)
+    calls = _run_script_with_stubs(script, tmp_path)
+    assert not (tmp_path / "PWNED").exists()
+    assert calls[0] == ["source", str(tmp_path / "my venv $(touch PWNED)" / "bin" / "activate")]
+    argv = calls[1]
+    assert argv[:3] == ["papermill", str(NOTEBOOK), str(tmp_path / "runs" / "evil" / "params.ipynb")]
+    params = yaml.safe_load(argv[argv.index("--parameters_yaml") + 1])     # what papermill will read
+    assert params == {"note": EVIL[0], "tags": EVIL, "learning_rate": 1e-05,
+                      "run_dir": str(tmp_path / "runs" / "evil")}
+
+
+def test_training_config_reaches_kdkit_train_verbatim(tmp_path):
+    config = {"note": EVIL, "learning_rate": 0.5}
+    orch = FabricSlurmTrainingOrchestrator(tmp_path / "runs", venv=None, modules=["cuda/12.1"])
+    script = orch.submit_gat_training("hcrl_sa", "student", teacher=tmp_path / "t $(x)/best.pt",
+                                      dependency="afterok:5", config=config, epochs=3, run_name="r1", dry_run=True)
+    calls = _run_script_with_stubs(script, tmp_path)
+    assert not (tmp_path / "PWNED").exists()
+    assert calls[0] == ["module", "load", "cuda/12.1"]
+    assert calls[1] == ["srun", "--kill-on-bad-exit=1", "kdkit", "train", "--model", "gat", "--dataset", "hcrl_sa",
+                        "--type", "student", "--teacher", str(tmp_path / "t $(x)/best.pt"),
+                        "--config", json.dumps(config, sort_keys=True), "--epochs", "3", "--run-name", "r1",
+                        "--runs-dir", str(tmp_path / "runs"), "--devices", "1", "--num-nodes", "1"]
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"$(touch x)": 1}, "not in .*parameters cell"),
+    ({"epocs": 1}, "known: dataset, epochs, input_path"),
+    ({"epochs": "ten"}, "default is int 1"),
+    ({"epochs": True}, "default is int 1"),
+    ({"dataset": 3}, "default is str"),
+    ({"tags": "a"}, "default is list"),
+    ({"learning_rate": float("nan")}, "only JSON data"),
+    ({"note": object()}, "only JSON data"),
+])
+def test_notebook_parameters_are_checked(params, message):
+    with pytest.raises(ValueError, match=message):
+        check_parameters(NOTEBOOK, params)
+
+
+def test_notebook_parameters_accept_matching_types():
+    ok = {"epochs": 2, "learning_rate": 1, "input_path": "/x", "tags": ["a"], "dataset": "hcrl_sa"}
+    assert check_parameters(NOTEBOOK, ok) == ok
+
+
+def test_notebook_without_parameters_cell(tmp_path, orch):
+    nb = json.loads(NOTEBOOK.read_text())
+    nb["cells"][1]["metadata"]["tags"] = []
+    (tmp_path / "plain.ipynb").write_text(json.dumps(nb))
+    with pytest.raises(ValueError, match="no code cell tagged 'parameters'"):
+        orch.submit_notebook(tmp_path / "plain.ipynb", {})
+    with pytest.raises(FileNotFoundError, match="missing.ipynb does not exist"):
+        orch.submit_notebook(tmp_path / "missing.ipynb", {})
+
+
+@pytest.mark.parametrize("value", [1e-05, 1e20, -2.5e-300, 0.1, 3.0, 12345678901234567890, True, None, "1e-05",
+                                   "yes", "null", "", "a: b", "#x", {"k": [1, 2.5e-7, {"z": None}]}, ["x", 1]])
+def test_yaml_round_trip(value):
+    assert yaml.safe_load(to_yaml({"v": value})) == {"v": value}
+
+
+# ------------------------------------------------------------------------------- CLI
+def _parser():
+    parser = argparse.ArgumentParser(prog="kdkit")
+    register_cli(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def test_cli_submit_notebook_dry_run(capsys, tmp_path):
+    args = _parser().parse_args(["slurm", "--runs-dir", str(tmp_path), "submit-notebook", str(NOTEBOOK),
+                                 "-p", "epochs", "3", "-p", "dataset", "hcrl_sa", "-p", "learning_rate", "0.5",
+                                 "--partition", "short", "--time", "5", "--dry-run"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "#SBATCH --partition=short\n" in out and "#SBATCH --time=5\n" in out
+    params = yaml.safe_load(shlex_arg(out, "--parameters_yaml", after="papermill"))
+    assert params["epochs"] == 3 and params["dataset"] == "hcrl_sa" and params["learning_rate"] == 0.5
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_wait_reports_slurm_errors_as_status(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))                     # no Slurm commands at all
+    args = _parser().parse_args(["slurm", "--runs-dir", str(tmp_path), "cancel", "12"])
+    assert args.func(args) == 1
+    assert "scancel not found" in capsys.readouterr().err
+
+
+def test_train_flags_and_submit_from_args(capsys, tmp_path):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--use-slurm", action="store_true")            # the train parser has it already
+    add_slurm_arguments(parser)
+    args = parser.parse_args(["--use-slurm", "--slurm-preset", "v100", "--partition", "gpu", "--account", "X",
+                              "--time", "04:00:00", "--dry-run"])
+    args.__dict__.update(model="gat", dataset="hcrl_ch", type="teacher", teacher=None, config='{"epochs": 2}',
+                         epochs=None, run_name="cli_run", devices=2, num_nodes=None, runs_dir=str(tmp_path),
+                         batch_size=64, precision=None, data_root="data")
+    assert submit_train_from_args(args) is None
+    out = capsys.readouterr().out
+    assert "#SBATCH --gres=gpu:v100:2\n" in out and "#SBATCH --account=X\n" in out and "--devices 2" in out
+    config = json.loads(shlex_arg(out, "--config"))
+    assert config == {"epochs": 2, "batch_size": 64, "data_root": str(Path("data").resolve())}
+
+
+def shlex_arg(script: str, flag: str, after: str = "kdkit train") -> str:
+    """The shell word after ``flag`` in the command that starts with ``after``."""
+    words = shlex.split(script.split(after, 1)[1].replace("\\\n", " "))
+    return words[words.index(flag) + 1]
+
+
+def test_registry_file_is_replaced_atomically(tmp_path):
+    reg = JobRegistry(tmp_path / "jobs.json")
+    reg.update("1", state="PENDING")
+    reg.update("1", exit_code="0:0")
+    reg.update("2", state="RUNNING")
+    assert reg.load() == {"1": {"job_id": "1", "state": "PENDING", "exit_code": "0:0"},
+                          "2": {"job_id": "2", "state": "RUNNING"}}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["jobs.json", "jobs.json.lock"]
+
+
+def test_pipeline_run_name_names_both_runs(orch, fake, tmp_path):
+    orch.submit_pipeline("synthetic", run_name="exp1")
+    assert sorted(r["name"] for r in orch.registry.load().values()) == ["exp1_student", "exp1_teacher"]
+    assert f"--teacher {tmp_path}/runs/exp1_teacher/checkpoints/best.pt" in fake.scripts["102"]
