@@ -263,6 +263,15 @@ _LANES16 = np.uint64(0x00FF00FF00FF00FF)  # bytes 0, 2, 4, 6 of a uint64 as four
 _LANES32 = np.uint64(0x0000FFFF0000FFFF)  # 16-bit values 0, 2 of a uint64 as two 32-bit lanes
 
 
+def _sort_rows(keys: np.ndarray, small: bool) -> np.ndarray:
+    """Flat indices that stably sort each row of ``keys`` [rows, width]; ``small``: the keys
+    fit 16 bits, so numpy sorts them with a radix sort."""
+    rows, width = keys.shape
+    order = np.argsort(keys.astype(np.uint16) if small else keys, axis=1, kind="stable")
+    order += np.arange(0, rows * width, width)[:, None]
+    return order.reshape(-1)
+
+
 def _payload_sums(rows: np.ndarray, last: np.ndarray, max_count: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact per-group sums of the payload bytes and of their squares, each int64 [groups, 8].
 
@@ -379,14 +388,13 @@ def _chunk_graphs(msgs: Messages, payload64: np.ndarray, starts: np.ndarray, W: 
         # gap to the preceding message of the recording (0 for the very first one)
         gap = _log_ms(ts - msgs.timestamp[np.maximum(midx - 1, 0)])
 
-    # ---- nodes: distinct (window, ID); a stable sort keeps time order inside each group
-    key = np.repeat(np.arange(G, dtype=np.int64) << 32, W)
-    key |= ids
-    order = np.argsort(key, kind="stable")
-    skey = key[order]
+    # ---- nodes: distinct IDs per window. A stable sort of each window's IDs (a radix sort
+    # when they fit 16 bits) keeps time order inside each group.
+    order = _sort_rows(ids.reshape(G, W), small=int(ids.max()) < 1 << 16)
+    sid = ids[order]
     new_grp = np.empty(N, bool)
-    new_grp[0] = True
-    np.not_equal(skey[1:], skey[:-1], out=new_grp[1:])
+    np.not_equal(sid[1:], sid[:-1], out=new_grp[1:])
+    new_grp[::W] = True  # every window starts new groups
     grp_sorted = np.cumsum(new_grp) - 1
     n_nodes = int(grp_sorted[-1]) + 1
     node_of_msg = np.empty_like(grp_sorted)
@@ -395,11 +403,10 @@ def _chunk_graphs(msgs: Messages, payload64: np.ndarray, starts: np.ndarray, W: 
     grp_last = np.empty_like(grp_start)
     grp_last[:-1] = grp_start[1:] - 1
     grp_last[-1] = N - 1
-    node_key = skey[grp_start]
-    node_win = node_key >> 32
-    node_can = node_key & 0xFFFFFFFF
-    node_ptr = np.zeros(G + 1, np.int64)
-    np.cumsum(np.bincount(node_win, minlength=G), out=node_ptr[1:])
+    node_can = sid[grp_start].astype(np.int64)
+    node_ptr = np.empty(G + 1, np.int64)
+    node_ptr[:-1] = grp_sorted[::W]
+    node_ptr[-1] = n_nodes
     cnt = (grp_last - grp_start + 1).astype(np.float64)
 
     rows = payload[order]  # payloads in node order
@@ -430,17 +437,17 @@ def _chunk_graphs(msgs: Messages, payload64: np.ndarray, starts: np.ndarray, W: 
     x[:, 15] = change_mean / 255.0
     x[:, 16] = pl_std / 255.0
 
-    # ---- edges: consecutive messages inside a window, de-duplicated per (src, dst)
-    nom = node_of_msg.reshape(G, W)
-    src = nom[:, :-1].ravel()
-    dst = nom[:, 1:].ravel()
-    dt = gap.reshape(G, W)[:, 1:].ravel()  # the gap of message j+1 is the time from message j
-    ekey = src * n_nodes + dst
-    eorder = np.argsort(ekey, kind="stable")
-    sek = ekey[eorder]
-    new_e = np.empty(sek.shape[0], bool)
-    new_e[0] = True
-    np.not_equal(sek[1:], sek[:-1], out=new_e[1:])
+    # ---- edges: consecutive messages inside a window, de-duplicated per (src, dst); nodes are
+    # numbered locally per window, so a pair is one small code, sorted per window like the IDs
+    local = node_of_msg.reshape(G, W) - node_ptr[:-1, None]
+    K = int(local.max()) + 1  # most nodes in one window
+    code = local[:, :-1] * K + local[:, 1:]
+    eorder = _sort_rows(code, small=K * K <= 1 << 16)
+    scode = code.reshape(-1)[eorder]
+    T = W - 1  # transitions per window
+    new_e = np.empty(scode.shape[0], bool)
+    np.not_equal(scode[1:], scode[:-1], out=new_e[1:])
+    new_e[::T] = True
     e_sorted = np.cumsum(new_e) - 1
     n_edges = int(e_sorted[-1]) + 1
     edge_of_pair = np.empty_like(e_sorted)
@@ -448,19 +455,21 @@ def _chunk_graphs(msgs: Messages, payload64: np.ndarray, starts: np.ndarray, W: 
     e_start = np.flatnonzero(new_e)
     e_last = np.empty_like(e_start)
     e_last[:-1] = e_start[1:] - 1
-    e_last[-1] = sek.shape[0] - 1
-    uniq = sek[e_start]
-    e_src = uniq // n_nodes
-    e_dst = uniq - e_src * n_nodes
+    e_last[-1] = scode.shape[0] - 1
+    e_code = scode[e_start]
+    e_src = e_code // K
+    e_dst = e_code - e_src * K
     e_cnt = (e_last - e_start + 1).astype(np.float64)
+    dt = gap.reshape(G, W)[:, 1:].ravel()  # the gap of message j+1 is the time from message j
     e_mean, e_std = _segment_stats(dt, edge_of_pair, e_cnt, std=True)
-    epos_s = eorder % (W - 1)  # position of the transition's first message in its window
-    rev = e_dst * n_nodes + e_src
-    rpos = np.minimum(np.searchsorted(uniq, rev), n_edges - 1)
-    reciprocal = uniq[rpos] == rev
-    e_win = node_win[e_src]
-    edge_ptr = np.zeros(G + 1, np.int64)
-    np.cumsum(np.bincount(e_win, minlength=G), out=edge_ptr[1:])
+    epos_s = eorder % T  # position of the transition's first message in its window
+    # b -> a exists: look its code up among the window's edges (sorted by window, then code)
+    wkey = (e_start // T) * (K * K) + e_code
+    rev = wkey - e_code + e_dst * K + e_src
+    reciprocal = wkey[np.minimum(np.searchsorted(wkey, rev), n_edges - 1)] == rev
+    edge_ptr = np.empty(G + 1, np.int64)
+    edge_ptr[:-1] = e_sorted[::T]
+    edge_ptr[-1] = n_edges
 
     ea = np.empty((n_edges, len(EDGE_FEATURES)), np.float32)
     ea[:, 0] = e_cnt / (W - 1)
@@ -470,10 +479,9 @@ def _chunk_graphs(msgs: Messages, payload64: np.ndarray, starts: np.ndarray, W: 
     ea[:, 4] = epos_s[e_last] / W
     ea[:, 5] = e_src == e_dst
     ea[:, 6] = reciprocal
-    base = node_ptr[e_win]
     edge_index = np.empty((2, n_edges), np.int32)
-    edge_index[0] = e_src - base
-    edge_index[1] = e_dst - base
+    edge_index[0] = e_src
+    edge_index[1] = e_dst
 
     share = lab.reshape(G, W).mean(axis=1, dtype=np.float64)
     return {"x": x, "can_id": node_can, "node_y": node_y.astype(np.uint8), "nodes": node_ptr[1:] - node_ptr[:-1],

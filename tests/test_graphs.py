@@ -296,11 +296,15 @@ def _assert_equal_to_reference(gs: GraphSet, ref: list[dict], starts: np.ndarray
         assert gs.x.shape == (0, len(NODE_FEATURES)) and gs.edge_attr.shape == (0, len(EDGE_FEATURES))
 
 
-@pytest.mark.parametrize("window, n", [(300, 700), (2, 9)])
-def test_large_and_minimal_windows_match_reference(window: int, n: int):
-    """Windows longer than any per-node count a packed integer sum might assume, and W = 2."""
+@pytest.mark.parametrize("window, n, n_ids", [(300, 700, 3), (2, 9, 3), (600, 1300, 400)])
+def test_large_and_minimal_windows_match_reference(window: int, n: int, n_ids: int):
+    """Windows longer than any per-node count a packed integer sum might assume (300 messages of
+    one ID), windows with more than 256 nodes (edge codes beyond 16 bits), and W = 2."""
     rng = np.random.default_rng(window)
-    ids = rng.choice(np.array([0x10, 0x20, 0x30], np.uint32), size=n, p=[0.9, 0.05, 0.05])
+    pool = np.arange(0x10, 0x10 + n_ids, dtype=np.uint32)
+    p = np.full(n_ids, 0.1 / (n_ids - 1))
+    p[0] = 0.9
+    ids = rng.choice(pool, size=n, p=p) if n_ids == 3 else rng.permutation(np.resize(pool, n))
     msgs = _messages(ids, seed=window)
     msgs.payload[:] = np.where(np.arange(8) < msgs.dlc[:, None], 255 - rng.integers(0, 3, (n, 8)), 0).astype(np.uint8)
     gs = build_graphs(msgs, IdVocab.fit([ids[:5]]), window, window)
