@@ -170,13 +170,24 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}"
 
 
+def _spread(values: list) -> tuple[float, float, float]:
+    """(median, min, max) of per-repeat values, or of one ``{"median", "min", "max"}`` summary."""
+    if len(values) == 1 and isinstance(values[0], Mapping):
+        return float(values[0]["median"]), float(values[0]["min"]), float(values[0]["max"])
+    vals = np.asarray([v for x in values for v in np.atleast_1d(x)], dtype=float)
+    if not vals.size:
+        return np.nan, np.nan, np.nan
+    return float(np.median(vals)), float(vals.min()), float(vals.max())
+
+
 def benchmark_bars(rows: Sequence[Mapping], metric: str, ylabel: str, group: str = "model", hue: str = "variant",
                    title: str = "", log: bool = False) -> Figure:
     """Median bars with the spread of the repeats as error bars (min to max).
 
     Args:
-        rows: one dict per measurement: ``group`` and ``hue`` keys name the bar, ``metric``
-            holds the list of per-repeat values (or one number).
+        rows: one dict per bar (or per measurement): ``group`` and ``hue`` keys name the bar,
+            ``metric`` holds the per-repeat values (a list or one number), or a summary
+            ``{"median", "min", "max"}`` as ``kdkit bench train`` reports it.
         metric: key of the values to plot, e.g. ``"graphs_per_s"``.
         ylabel: y-axis label.
         group: key whose values go on the x axis (default ``"model"``).
@@ -192,12 +203,10 @@ def benchmark_bars(rows: Sequence[Mapping], metric: str, ylabel: str, group: str
     for i, h in enumerate(hues):
         med, lo, hi = [], [], []
         for g in groups:
-            vals = [v for r in rows if str(r[group]) == g and str(r[hue]) == h for v in np.atleast_1d(r[metric])]
-            vals = np.asarray(vals, dtype=float)
-            m = float(np.median(vals)) if vals.size else np.nan
+            m, vmin, vmax = _spread([r[metric] for r in rows if str(r[group]) == g and str(r[hue]) == h])
             med.append(m)
-            lo.append(m - vals.min() if vals.size else 0.0)
-            hi.append(vals.max() - m if vals.size else 0.0)
+            lo.append(m - vmin if np.isfinite(m) else 0.0)
+            hi.append(vmax - m if np.isfinite(m) else 0.0)
         bars = ax.bar(x + (i - (len(hues) - 1) / 2) * width, med, width, yerr=[lo, hi], capsize=3, label=h)
         ax.bar_label(bars, labels=[_fmt(v) for v in med], fontsize=7, padding=2)
     ax.set_xticks(x, groups, fontsize=8)
@@ -206,5 +215,31 @@ def benchmark_bars(rows: Sequence[Mapping], metric: str, ylabel: str, group: str
         ax.set_yscale("log")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def inference_bars(rows: Sequence[Mapping], title: str = "student inference, one core") -> Figure:
+    """Throughput (messages/s) and single-window latency (bar p50, whisker up to p99) per variant.
+
+    Args:
+        rows: ``kdkit.compare.infer_rows(bench_infer(...))``: ``variant``, ``messages_per_s``,
+            ``latency_ms_p50``, ``latency_ms_p99``.
+    """
+    fig, (thr, lat) = _new(2, size=(4.8, 3.6))
+    names = [r["variant"] for r in rows]
+    x = np.arange(len(rows))
+    bars = thr.bar(x, [r["messages_per_s"] for r in rows], color=[f"C{i}" for i in x])
+    thr.bar_label(bars, labels=[_fmt(r["messages_per_s"]) for r in rows], fontsize=7)
+    thr.set(ylabel="messages / s", title="batched throughput")
+    p50 = np.array([r["latency_ms_p50"] for r in rows], dtype=float)
+    p99 = np.array([r["latency_ms_p99"] for r in rows], dtype=float)
+    bars = lat.bar(x, p50, yerr=[np.zeros_like(p50), p99 - p50], capsize=3, color=[f"C{i}" for i in x])
+    lat.bar_label(bars, labels=[f"{a:.2f} / {b:.2f}" for a, b in zip(p50, p99)], fontsize=7, padding=2)
+    lat.set(ylabel="ms per window", title="latency p50 (whisker: p99)")
+    for ax in (thr, lat):
+        ax.set_xticks(x, names, fontsize=8, rotation=15)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(title)
     fig.tight_layout()
     return fig

@@ -179,92 +179,57 @@ def scenario_scores(summary: Mapping, data) -> tuple[dict, dict]:
     return labels, scores
 
 
-def load_teacher(checkpoint: str | Path, data) -> dict:
-    """A trained teacher as a summary-like dict (checkpoint, model, sizes, ``test`` metrics on ``data``)."""
-    from kdkit.evaluate import evaluate_model
-    from kdkit.models import count_parameters, model_size_bytes
-    from kdkit.pipeline import check_compatible
-    from kdkit.trainer import load_checkpoint, model_from_checkpoint
-
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"teacher_checkpoint {path} does not exist; pass a best.pt or leave it empty "
-                                "to train a quick teacher first")
-    ckpt = load_checkpoint(path)
-    check_compatible(ckpt, data, "teacher")
-    model = model_from_checkpoint(ckpt).eval()
-    results = evaluate_model(model, data.splits, float(ckpt.get("threshold", 0.5)))
-    return {"model": ckpt["model_config"]["kind"], "type": "teacher", "kd": False, "best_checkpoint": str(path),
-            "parameters": count_parameters(model), "size_bytes": model_size_bytes(model),
-            "test": {k: v for k, v in results.items() if k != "scores"}, "history": ckpt.get("history", [])}
+def headline(metrics: Mapping) -> str:
+    """One line that sums up a notebook's metrics.json (``kdkit demo`` prints it per step)."""
+    kind = metrics.get("notebook")
+    if kind == "teacher":
+        return f"teacher: {metrics['parameters']:,} parameters, overall F1 {metrics['overall']['f1']:.3f}"
+    if kind == "student":
+        kd, alone = metrics["student_kd"], metrics["student_alone"]
+        return (f"student: {kd['parameters']:,} parameters, overall F1 {kd['overall']['f1']:.3f} with KD, "
+                f"{alone['overall']['f1']:.3f} alone (teacher {metrics['teacher']['overall']['f1']:.3f})")
+    return f"{kind}: {len(metrics.get('figures', []))} figures, {len(metrics.get('tables', {}))} tables"
 
 
-def f1_by_model(models: Mapping[str, Mapping]) -> dict[str, dict[str, float]]:
-    """``{label: {scenario: f1}}`` from summaries (``train``'s or :func:`load_teacher`'s)."""
-    return {name: {k: v["f1"] for k, v in s["test"]["scenarios"].items()} for name, s in models.items()}
+# ----------------------------------------------------------------------------- executing notebooks
+NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+KERNEL = "kdkit"
 
 
-def f1_rows(models: Mapping[str, Mapping]) -> list[dict]:
-    """One row per scenario (and overall), one F1 column per model."""
-    f1 = f1_by_model(models)
-    scenarios = list(dict.fromkeys(k for m in f1.values() for k in m))
-    rows = [{"scenario": sc, **{name: f1[name].get(sc) for name in models}} for sc in scenarios]
-    rows.append({"scenario": "overall", **{name: s["test"]["overall"].get("f1") for name, s in models.items()}})
-    return rows
+def ensure_kernel(name: str = KERNEL) -> None:
+    """Register this environment's Jupyter kernel ``name`` if it is missing (what ``make`` does)."""
+    import sys
+
+    from jupyter_client.kernelspec import find_kernel_specs
+
+    if name in find_kernel_specs():
+        return
+    from ipykernel.kernelspec import install
+
+    try:
+        install(kernel_name=name, display_name=f"{name} ({Path(sys.prefix).name})", prefix=sys.prefix)
+    except OSError as err:
+        raise RuntimeError(f"no Jupyter kernel {name!r} and {sys.prefix} is not writable ({err}); register one with "
+                           f"`{sys.executable} -m ipykernel install --user --name {name}`") from err
+    print(f"registered Jupyter kernel {name!r} for {sys.executable}")
 
 
-def compare_models(models: Mapping[str, Mapping], data, latency_repeats: int = 20, device: str = "cpu") -> list[dict]:
-    """Size, overall F1 and measured inference speed of each model, relative to the first one.
+def execute_notebook(name: str, run_dir: str | Path, **parameters: Any) -> dict:
+    """Run ``notebooks/<name>.ipynb`` with papermill (kernel ``kdkit``) into ``run_dir``; return its metrics.json.
 
-    Args:
-        models: ``{label: summary}``; the first entry is the reference (the teacher).
-        data: the prepared dataset; the first test scenario's windows are timed.
-        latency_repeats: timed single-window calls per model (after a burn-in).
-        device: where inference runs.
+    The executed copy is ``<run_dir>/<name>.ipynb``; ``run_dir`` is passed as the notebook's parameter.
     """
-    from kdkit.trainer import load_checkpoint, model_from_checkpoint
+    import papermill as pm
 
-    split = data.splits[data.scenarios[0]]
-    rows, ref = [], None
-    for name, s in models.items():
-        model = model_from_checkpoint(load_checkpoint(s["best_checkpoint"])).eval().to(device)
-        speed = measure_inference(model, split, repeats=latency_repeats, device=device)
-        ref = ref or s
-        rows.append({"name": name, "parameters": s["parameters"], "size_bytes": s["size_bytes"],
-                     "param_share": s["parameters"] / ref["parameters"], "f1_overall": s["test"]["overall"].get("f1"),
-                     **speed, "messages_per_s": speed["windows_per_s"] * data.config.stride})
-    return rows
-
-
-def measure_inference(model, gs, repeats: int = 20, batch_size: int = 256, device: str = "cpu") -> dict:
-    """Single-window latency (p50/p99 over ``repeats`` calls) and batched throughput of a model.
-
-    Graph batches are built before the clock starts: this times the model, not the collate.
-    """
-    import torch
-
-    from kdkit.batching import collate_indices
-
-    run = model.anomaly_score if hasattr(model, "anomaly_score") else model
-    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
-    singles = [collate_indices(gs, [i % len(gs)]).to(device) for i in range(repeats + 3)]
-    big = collate_indices(gs, list(range(min(batch_size, len(gs))))).to(device)
-    lat, thr = [], []
-    with torch.no_grad():
-        for i, b in enumerate(singles):
-            t = time.perf_counter()
-            run(b)
-            sync()
-            if i >= 3:  # the first calls are burn-in
-                lat.append(time.perf_counter() - t)
-        for i in range(4):
-            t = time.perf_counter()
-            run(big)
-            sync()
-            if i:
-                thr.append(big.num_graphs / (time.perf_counter() - t))
-    return {"latency_ms_p50": 1e3 * float(np.percentile(lat, 50)), "latency_ms_p99": 1e3 * float(np.percentile(lat, 99)),
-            "windows_per_s": float(np.median(thr)), "throughput_batch": int(big.num_graphs)}
+    source = NOTEBOOK_DIR / f"{name}.ipynb"
+    if not source.is_file():
+        raise FileNotFoundError(f"notebook {source} not found (kdkit must run from its source checkout for notebooks)")
+    run_dir = Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ensure_kernel()
+    pm.execute_notebook(str(source), str(run_dir / source.name), parameters={**parameters, "run_dir": str(run_dir)},
+                        kernel_name=KERNEL, progress_bar=False)
+    return json.loads((run_dir / "metrics.json").read_text())
 
 
 # ----------------------------------------------------------------------------- HTML report

@@ -91,3 +91,21 @@ def test_figures_are_closed_in_pyplot_and_save_as_png(make, tmp_path):
     assert len(plt.get_fignums()) == before  # not left open: shown once, as the cell's value
     fig.savefig(tmp_path / "f.png")
     assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_benchmark_bars_take_bench_train_summaries():
+    rows = [{"model": "gat", "variant": "fabric", "graphs_per_s": {"median": 5.0, "min": 3.0, "max": 9.0}}]
+    ax = plots.benchmark_bars(rows, "graphs_per_s", "graphs / s").axes[0]
+    assert [b.get_height() for b in _bars(ax)] == [5.0]
+    err = next(c for c in ax.collections if c.get_segments()).get_segments()[0]
+    assert tuple(err[:, 1]) == (3.0, 9.0)
+
+
+def test_inference_bars_p50_with_p99_whisker():
+    rows = [{"variant": "fp32-eager", "messages_per_s": 1000.0, "latency_ms_p50": 1.5, "latency_ms_p99": 4.0},
+            {"variant": "bf16-eager", "messages_per_s": 800.0, "latency_ms_p50": 2.0, "latency_ms_p99": 2.5}]
+    thr, lat = plots.inference_bars(rows).axes
+    assert [b.get_height() for b in _bars(thr)] == [1000.0, 800.0]
+    assert [b.get_height() for b in _bars(lat)] == [1.5, 2.0]
+    err = next(c for c in lat.collections if c.get_segments()).get_segments()
+    assert [tuple(s[:, 1]) for s in err] == [(1.5, 4.0), (2.0, 2.5)]

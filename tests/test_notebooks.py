@@ -1,0 +1,190 @@
+"""The notebooks: committed stripped, a flat parameters cell, nbval over the stored defaults,
+and papermill runs with other parameters whose ``metrics.json`` is checked.
+
+    python -m pytest tests/test_notebooks.py               # all of it (a few minutes on 2 cores)
+    python -m pytest --nbval-lax --nbval-current-env notebooks/   # what test_nbval runs
+"""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from conftest import REPO, require
+
+NOTEBOOK_DIR = REPO / "notebooks"
+NOTEBOOKS = ("teacher", "student", "benchmark")
+KERNEL = "kdkit"
+
+
+def _nb(name: str):
+    return nbformat.read(NOTEBOOK_DIR / f"{name}.ipynb", as_version=4)
+
+
+def hygiene_problems(nb) -> list[str]:
+    """What keeps a notebook from being committed: outputs, counts, run metadata, a bad parameters cell."""
+    problems = []
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        if cell.get("outputs"):
+            problems.append(f"cell {i} has outputs")
+        if cell.get("execution_count") is not None:
+            problems.append(f"cell {i} has execution_count {cell.execution_count}")
+        if "papermill" in cell.metadata or "execution" in cell.metadata:
+            problems.append(f"cell {i} has run metadata")
+    if "papermill" in nb.metadata or "widgets" in nb.metadata:
+        problems.append("notebook metadata has papermill/widget state")
+    tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
+    if len(tagged) != 1:
+        problems.append(f"{len(tagged)} cells tagged 'parameters' (need exactly one)")
+    if any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells):
+        problems.append("an injected-parameters cell (an executed copy, not the source)")
+    if nb.metadata.get("kernelspec", {}).get("name") != KERNEL:
+        problems.append(f"kernelspec is not {KERNEL!r}")
+    return problems
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_committed_notebook_is_stripped(name):
+    assert hygiene_problems(_nb(name)) == []
+
+
+def test_hygiene_check_catches_an_executed_notebook():
+    nb = _nb("teacher")
+    cell = next(c for c in nb.cells if c.cell_type == "code")
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="x")]
+    cell.execution_count = 3
+    nb.metadata["papermill"] = {}
+    assert hygiene_problems(nb) == ["cell 1 has outputs", "cell 1 has execution_count 3",
+                                    "notebook metadata has papermill/widget state"]
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_parameters_cell_is_flat_literals_with_a_comment_each(name):
+    from papermill.inspection import inspect_notebook
+
+    nb = _nb(name)
+    idx = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    src = nb.cells[idx].source
+    names = []
+    for node in ast.parse(src).body:
+        assert isinstance(node, ast.AnnAssign), f"{name}: line {node.lineno} is not `name: type = literal`"
+        value = ast.literal_eval(node.value)  # raises on anything but a literal
+        assert type(value).__name__ == node.annotation.id, f"{name}: {node.target.id} is not a {node.annotation.id}"
+        names.append(node.target.id)
+    inferred = inspect_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"))
+    assert list(inferred) == names  # papermill --help-notebook sees every parameter
+    assert all(p["help"] for p in inferred.values()), "every parameter needs a comment (its --help-notebook text)"
+    assert "run_dir" in names and "seed" in names
+    assert "parameters" not in nb.cells[idx + 1].metadata.get("tags", [])
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_story_is_numbered_and_cells_are_short(name):
+    nb = _nb(name)
+    heads = [line for c in nb.cells if c.cell_type == "markdown" for line in c.source.splitlines() if line.startswith("## ")]
+    assert heads and [h.split(".")[0] for h in heads] == [f"## {i}" for i in range(1, len(heads) + 1)]
+    tagged = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    for i, c in enumerate(nb.cells):
+        if c.cell_type == "code" and i > tagged + 1:  # the derived-values cell may be longer
+            assert len(c.source.splitlines()) <= 6, f"{name} cell {i} is long: move the logic into kdkit"
+
+
+# ----------------------------------------------------------------------------- execution
+@pytest.fixture(scope="module")
+def nb_env(tmp_path_factory):
+    """Environment of notebook kernels: synthetic data and graph cache in a temp dir."""
+    from jupyter_client.kernelspec import find_kernel_specs
+
+    require(KERNEL in find_kernel_specs(),
+            f"no Jupyter kernel {KERNEL!r}: run `{sys.executable} -m ipykernel install --sys-prefix --name {KERNEL}`")
+    base = tmp_path_factory.mktemp("nb_env")
+    env = dict(os.environ, KDKIT_SYNTHETIC_ROOT=str(base / "synthetic-seed{seed}"), KDKIT_CACHE_DIR=str(base / "cache"),
+               OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    return base, env
+
+
+def _execute(name: str, out_dir: Path, env: dict, **parameters) -> dict:
+    """Run one notebook through papermill (kernel ``kdkit``) in a subprocess; return its metrics.json."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "papermill", str(NOTEBOOK_DIR / f"{name}.ipynb"), str(out_dir / f"{name}.ipynb"),
+           "-k", KERNEL, "--no-progress-bar", "-p", "run_dir", str(out_dir)]
+    for k, v in parameters.items():
+        cmd += ["-p", k, str(v)]
+    proc = subprocess.run(cmd, cwd=out_dir, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"papermill {name} failed:\n{proc.stderr[-4000:]}"
+    return json.loads((out_dir / "metrics.json").read_text())
+
+
+def _check_figures(out_dir: Path, metrics: dict, expected: set[str]) -> None:
+    assert expected <= set(metrics["figures"])
+    for fig in metrics["figures"]:
+        assert (out_dir / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _check_f1(f1: dict) -> None:
+    assert f1 and all(0.0 <= v <= 1.0 for v in f1.values())
+
+
+@pytest.fixture(scope="module")
+def vgae_teacher(nb_env):
+    base, env = nb_env
+    out = base / "teacher_vgae"
+    return out, _execute("teacher", out, env, model="vgae", epochs=1, seed=1, hidden=32, layers=2, heads=2)
+
+
+@pytest.mark.notebook
+@pytest.mark.slow
+def test_teacher_notebook_with_other_parameters(vgae_teacher):
+    out, m = vgae_teacher
+    assert m["notebook"] == "teacher" and m["model"] == "vgae" and m["type"] == "teacher"
+    assert m["epochs_run"] == 1 and m["sizes"] == {"hidden": 32, "layers": 2, "heads": 2}
+    assert 1_000 < m["parameters"] < 200_000 and m["size_bytes"] >= 4 * m["parameters"]
+    _check_f1(m["f1"])
+    assert set(m["f1"]) == {r["scenario"] for r in m["tables"]["per_scenario"]["rows"]} - {"overall"}
+    assert Path(m["checkpoint"]).is_file() and Path(m["checkpoint"]).is_relative_to(out)
+    _check_figures(out, m, {"training_curves.png", "roc_pr.png", "confusion_matrices.png"})
+    assert (out / "teacher.ipynb").is_file()
+
+
+@pytest.mark.notebook
+@pytest.mark.slow
+def test_student_notebook_distills_a_given_teacher(vgae_teacher, nb_env):
+    teacher_dir, tm = vgae_teacher
+    base, env = nb_env
+    out = base / "student_vgae"
+    m = _execute("student", out, env, model="vgae", teacher_checkpoint=tm["checkpoint"], epochs=1, kd_alpha=0.5,
+                 kd_latent_weight=0.5, seed=2, latency_calls=50)
+    assert m["notebook"] == "student" and m["kd_alpha"] == 0.5
+    assert m["teacher"]["checkpoint"] == tm["checkpoint"]  # loaded, not retrained
+    assert m["teacher"]["f1"] == pytest.approx(tm["f1"])  # same checkpoint, same data, same scores
+    assert m["student_kd"]["kd"] is True and m["student_alone"]["kd"] is False
+    assert m["student_kd"]["parameters"] == m["student_alone"]["parameters"] < m["teacher"]["parameters"]
+    rows = {r["name"]: r for r in m["tables"]["comparison"]["rows"]}
+    assert list(rows) == ["teacher", "student (KD)", "student alone"]
+    for r in rows.values():
+        assert 0 < r["latency_ms_p50"] <= r["latency_ms_p99"] and r["windows_per_s"] > 0
+    assert rows["teacher"]["param_share"] == 1.0 and rows["student (KD)"]["param_share"] < 1.0
+    for key in ("teacher", "student_kd", "student_alone"):
+        _check_f1(m[key]["f1"])
+    _check_figures(out, m, {"f1_per_scenario.png", "size_and_latency.png"})
+
+
+@pytest.mark.notebook
+@pytest.mark.slow
+def test_nbval_runs_every_notebook_with_its_stored_defaults(nb_env):
+    """The README's single test command also validates notebooks/ with nbval."""
+    base, env = nb_env
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env", "-p", "no:cacheprovider",
+                           "-v", "--nbval-cell-timeout", "600", str(NOTEBOOK_DIR)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    for name in NOTEBOOKS:  # every notebook was collected and its cells ran
+        assert f"notebooks/{name}.ipynb::Cell 0 PASSED" in proc.stdout, proc.stdout[-3000:]
