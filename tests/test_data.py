@@ -221,6 +221,30 @@ def test_corrupt_gzip_and_missing_file(tmp_path: Path):
         read_ctt_csv(write(tmp_path / "y.csv", GOOD_ROWS), on_bad_rows="ignore")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("name", ["big.csv", "big.csv.gz"])
+def test_many_blocks_keep_line_numbers(tmp_path: Path, name: str):
+    """A file of several parser blocks (1 MiB each): values, skipped rows and line numbers hold
+    across block boundaries, and trailing blank lines are no rows."""
+    n = 60_000
+    rows = [f"{1.0 + i / 1000:.6f},{i % 2048:03X},{i * 7919 % 2**64:016X},{i % 2}" for i in range(n)]
+    rows[30_000] += ",9"  # line 30_002: an extra field
+    rows[55_000] = rows[55_000][:-1] + "X"  # line 55_002: a bad label
+    path = write(tmp_path / name, rows + ["", ""])
+    m = read_messages(path, on_bad_rows="skip")
+    assert len(m) == n - 2 and m.skipped_rows == 2
+    assert [e.split(": ", 1)[0] for e in m.skipped_examples] == [f"{path}:30002", f"{path}:55002"]
+    assert "attack 'X'" in m.skipped_examples[1]
+    keep = np.ones(n, bool)
+    keep[[30_000, 55_000]] = False
+    i = np.arange(n)[keep]
+    assert m.can_id.tolist() == (i % 2048).tolist()
+    assert m.label.tolist() == (i % 2).tolist()
+    assert np.array_equal(m.payload, np.array([list((int(j) * 7919 % 2**64).to_bytes(8, "big")) for j in i], np.uint8))
+    assert np.array_equal(m.timestamp, np.array([float(f"{1.0 + j / 1000:.6f}") for j in i]))
+    with pytest.raises(DataFormatError, match=f"{re.escape(str(path))}:30002: expected 4 fields"):
+        read_messages(path)
+
+
 def test_multi_member_gzip(tmp_path: Path):
     text = (HEADER + "\n" + "\n".join(GOOD_ROWS) + "\n").encode()
     path = tmp_path / "x.csv.gz"
