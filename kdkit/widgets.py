@@ -1,0 +1,354 @@
+"""A JupyterLab panel over the same training functions as the CLI.
+
+    from kdkit.widgets import panel
+    panel(dataset="synthetic", model="gat", type="teacher", epochs=5)
+
+The panel builds a :class:`~kdkit.config.TrainConfig` with :func:`~kdkit.config.make_config`
+from its controls (``p.config()``) and hands it to :func:`kdkit.pipeline.train`, the function
+``kdkit train`` runs, in a background thread: the kernel stays responsive while the
+progress bar and the loss plot update after every epoch. "Submit to SLURM" calls the
+orchestrator ``kdkit train --use-slurm`` calls. Nothing waits for a click: a notebook
+executed by papermill or nbval shows the panel and runs on.
+
+Keys without a control (``hidden``, ``learning_rate``, ``runs_dir``, ...) go in the
+"Extra config" JSON box, the same JSON ``kdkit train --config`` takes.
+"""
+from __future__ import annotations
+
+import html
+import io
+import json
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import ipywidgets as w
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from kdkit.config import TrainConfig, make_config, parse_config_json
+
+PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed")
+# Config keys that have their own control (everything else goes in "Extra config").
+CONTROL_KEYS = ("dataset", "model", "type", "teacher", "precision", "epochs", "batch_size",
+                "kd_temperature", "kd_alpha")
+# Keys the SLURM job gets as command-line arguments rather than inside --config.
+SLURM_ARGUMENT_KEYS = ("model", "dataset", "type", "teacher", "epochs", "run_name", "runs_dir",
+                       "devices", "num_nodes")
+LOG_LINES = 200  # the status area keeps the last lines only
+
+
+class TrainPanel:
+    """Controls for one training run, a live progress bar and loss plot, and the results.
+
+    Args:
+        slurm_preset: initial SLURM resource preset (``slurm_templates/presets.ini``).
+            Default ``"cpu"``.
+        **defaults: initial TrainConfig keys; keys with a control set it, the others
+            fill the "Extra config" JSON box. Checked with ``make_config`` at once.
+
+    Attributes:
+        summary: the dict :func:`kdkit.pipeline.train` returned for the last run (None before).
+        history: the epoch records of the running or last run (train_loss, val_loss, ...).
+        error: the exception of the last background job, None when it succeeded.
+        job_id: the last SLURM job submitted from the panel.
+    """
+
+    def __init__(self, slurm_preset: str = "cpu", **defaults: Any):
+        from kdkit.datasets import REGISTRY
+        from kdkit.slurm import load_presets
+
+        base = make_config(**defaults)  # fails here, with the key's name, on a bad default
+        extra = {k: v for k, v in defaults.items() if k not in CONTROL_KEYS}
+        style = {"description_width": "110px"}
+        wide = w.Layout(width="420px")
+
+        self.dataset = w.Dropdown(options=list(REGISTRY), value=base.dataset, description="Dataset", style=style)
+        # ToggleButtons are not inline boxes in ipywidgets 8: without display flex the label sits above them
+        toggles, auto = {**style, "button_width": "80px"}, w.Layout(display="flex", width="auto")
+        self.model = w.ToggleButtons(options=["gat", "vgae"], value=base.model, description="Model", style=toggles,
+                                     layout=auto)
+        self.type = w.ToggleButtons(options=["teacher", "student"], value=base.type, description="Type",
+                                    style=toggles, layout=auto)
+        self.teacher = w.Text(value=base.teacher or "", description="Teacher ckpt", style=style, layout=wide,
+                              placeholder="runs/<dataset>_<model>_teacher/checkpoints/best.pt (empty: no KD)")
+        self.precision = w.Dropdown(options=PRECISIONS, value=base.precision if base.precision in PRECISIONS else "auto",
+                                    description="Precision", style=style)
+        self.epochs = w.BoundedIntText(value=base.epochs, min=1, max=10_000, description="Epochs", style=style)
+        self.batch_size = w.BoundedIntText(value=base.batch_size, min=1, max=1 << 20, description="Batch size",
+                                           style=style)
+        self.optimize_button = w.Button(description="Optimize", icon="tachometer",
+                                        tooltip="find the largest batch that fits (DynamicBatchSizer)")
+        self.kd_temperature = w.FloatSlider(value=base.kd_temperature, min=1.0, max=20.0, step=0.5,
+                                            description="KD T", style=style)
+        self.kd_alpha = w.FloatSlider(value=base.kd_alpha, min=0.0, max=1.0, step=0.05, description="KD alpha",
+                                      style=style)
+        self.extra = w.Textarea(value=json.dumps(extra) if extra else "", description="Extra config",
+                                placeholder='{"learning_rate": 0.001, "hidden": 32}  (kdkit train --list-configs)',
+                                style=style, layout=w.Layout(width="560px", height="60px"))
+        presets = list(load_presets())
+        self.slurm_preset = w.Dropdown(options=presets, value=slurm_preset if slurm_preset in presets else presets[0],
+                                       description="SLURM preset", style=style)
+        self.slurm_partition = w.Text(description="Partition", placeholder="preset's", style=style)
+        self.slurm_account = w.Text(description="Account", placeholder="cluster default", style=style)
+        self.slurm_time = w.Text(description="Time limit", placeholder="preset's (HH:MM:SS)", style=style)
+
+        self.train_button = w.Button(description="Train", button_style="primary", icon="play")
+        self.slurm_button = w.Button(description="Submit to SLURM", icon="server", layout=w.Layout(width="170px"))
+        self.progress = w.IntProgress(value=0, min=0, max=base.epochs, description="Epoch 0/" + str(base.epochs),
+                                      style=style, layout=w.Layout(width="420px"))
+        self.plot = w.Image(format="png", layout=w.Layout(width="480px"))
+        self.status = w.HTML(layout=w.Layout(width="900px", max_height="160px", overflow="auto"))
+        self.results = w.HTML()
+
+        self.figure = Figure(figsize=(5, 3), dpi=96)
+        FigureCanvasAgg(self.figure)
+        self.summary: dict | None = None
+        self.history: list[dict] = []
+        self.error: BaseException | None = None
+        self.job_id: str | None = None
+        self._log: list[str] = []
+        self._thread: threading.Thread | None = None
+
+        self.type.observe(self._on_type, names="value")
+        self.train_button.on_click(lambda _b: self._clicked(self.train))
+        self.optimize_button.on_click(lambda _b: self._clicked(self.optimize_batch_size))
+        self.slurm_button.on_click(lambda _b: self._clicked(self.submit_slurm))
+        self._on_type({"new": self.type.value})
+        self._draw()
+
+        kd = w.VBox([self.teacher, self.kd_temperature, self.kd_alpha])
+        slurm = w.VBox([self.slurm_preset, self.slurm_partition, self.slurm_account, self.slurm_time])
+        options = w.Accordion(children=[self.extra, slurm], titles=("Extra config (JSON)", "SLURM resources"))
+        self.root = w.VBox([
+            w.HTML("<b>kdkit: train a CAN intrusion detector</b>"),
+            w.HBox([w.VBox([self.dataset, self.model, self.type, self.precision, self.epochs,
+                            w.HBox([self.batch_size, self.optimize_button])]), kd]),
+            options,
+            w.HBox([self.train_button, self.slurm_button]),
+            self.progress,
+            w.HBox([self.plot, self.results]),
+            self.status,
+        ])
+
+    # ----------------------------------------------------------------- config
+    def overrides(self) -> dict[str, Any]:
+        """The config keys the controls set (the ``make_config`` keywords), extra JSON included.
+
+        Raises:
+            ValueError: the extra JSON is invalid, or sets a key that has a control.
+        """
+        extra = parse_config_json(self.extra.value.strip())
+        clash = sorted(set(extra) & set(CONTROL_KEYS))
+        if clash:
+            raise ValueError(f"Extra config sets {', '.join(clash)}: use the panel's control for "
+                             f"{'it' if len(clash) == 1 else 'them'} instead")
+        out = {"dataset": self.dataset.value, "model": self.model.value, "type": self.type.value,
+               "precision": self.precision.value, "epochs": int(self.epochs.value),
+               "batch_size": int(self.batch_size.value)}
+        if self.type.value == "student":  # KD settings mean nothing to a teacher
+            out.update(kd_temperature=float(self.kd_temperature.value), kd_alpha=float(self.kd_alpha.value))
+            if self.teacher.value.strip():
+                out["teacher"] = self.teacher.value.strip()
+        return {**out, **extra}
+
+    def config(self):
+        """The TrainConfig the controls describe (what Train runs)."""
+        return make_config(**self.overrides())
+
+    # ----------------------------------------------------------------- actions
+    def train(self, blocking: bool = False) -> threading.Thread | dict:
+        """Runs ``kdkit.pipeline.train(self.config())``, as ``kdkit train`` does.
+
+        Args:
+            blocking: wait for the end and return the summary (re-raising a training
+                error). Default False: return the running background thread at once.
+        """
+        cfg = self.config()
+        self.history, self.summary = [], None
+        self.results.value = ""
+        self.progress.max, self.progress.value, self.progress.bar_style = cfg.epochs, 0, ""
+        self.progress.description = f"Epoch 0/{cfg.epochs}"
+        self._draw()
+
+        def job():
+            from kdkit.pipeline import train
+
+            self._say(f"training {cfg.model} {cfg.type} on {cfg.dataset} (run {cfg.resolved_run_name}); "
+                      "preparing data ...")
+            t0 = time.perf_counter()
+            summary = train(cfg, progress=False, on_epoch_end=self._on_epoch_end)
+            self.summary = summary
+            self.progress.bar_style = "success"
+            self.progress.description = "done"
+            self.results.value = results_table(summary)
+            early = f" (early stop at {summary['epochs_run']}/{cfg.epochs})" if summary["epochs_run"] < cfg.epochs else ""
+            self._say(f"done in {time.perf_counter() - t0:.1f} s{early}; best checkpoint {summary['best_checkpoint']}")
+            return summary
+
+        return self._run(job, blocking, self.train_button)
+
+    def optimize_batch_size(self, blocking: bool = False) -> threading.Thread | int:
+        """Sets the batch size control from ``kdkit.batching_auto.optimize_config_batch_size``.
+
+        Args:
+            blocking: wait and return the new batch size. Default False (background thread).
+        """
+        cfg = self.config()
+
+        def job():
+            from kdkit.batching_auto import optimize_config_batch_size
+
+            self._say(f"searching the largest batch for {cfg.model} {cfg.type} on {cfg.dataset} ...")
+            best = optimize_config_batch_size(cfg).batch_size
+            self.batch_size.value = best
+            self._say(f"batch size set to {best}")
+            return best
+
+        return self._run(job, blocking, self.optimize_button)
+
+    def submit_slurm(self) -> str:
+        """Submits the panel's config as a SLURM job, like ``kdkit train ... --use-slurm``.
+
+        Returns:
+            The job ID (also shown in the status area and kept in ``self.job_id``).
+        """
+        from kdkit.slurm import FabricSlurmTrainingOrchestrator
+
+        overrides = self.overrides()
+        cfg = make_config(**overrides)  # validate here, not in the job
+        config = {k: v for k, v in overrides.items() if k not in SLURM_ARGUMENT_KEYS}
+        if config.get("data_root"):
+            config["data_root"] = str(Path(config["data_root"]).resolve())
+        training = {k: overrides[k] for k in ("run_name", "devices", "num_nodes") if k in overrides}
+        resources = {k: getattr(self, f"slurm_{k}").value.strip() for k in ("partition", "account", "time")}
+        resources = {k: v for k, v in resources.items() if v}
+        orch = FabricSlurmTrainingOrchestrator(runs_dir=cfg.runs_dir, preset=self.slurm_preset.value)
+        submit = orch.submit_gat_training if cfg.model == "gat" else orch.submit_vgae_training
+        self.job_id = submit(cfg.dataset, cfg.type, teacher=cfg.teacher, epochs=cfg.epochs, config=config or None,
+                             **training, **resources)
+        run_dir = orch.registry.load().get(self.job_id, {}).get("run_dir", "")
+        self._say(f"submitted SLURM job {self.job_id}; run dir {run_dir}; follow it: kdkit slurm wait {self.job_id}")
+        return self.job_id
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Waits for the running background job (training or batch search)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # ----------------------------------------------------------------- display
+    def show(self) -> None:
+        from IPython.display import display
+
+        display(self.root)
+
+    def _ipython_display_(self) -> None:
+        self.show()
+
+    # ----------------------------------------------------------------- internals
+    def _run(self, job: Callable[[], Any], blocking: bool, button: w.Button):
+        if self._thread is not None and self._thread.is_alive():
+            raise RuntimeError("the panel is still busy with the previous job; wait for it to finish")
+        self.error = None
+        box: dict[str, Any] = {}
+
+        def target():
+            button.disabled = True
+            try:
+                box["result"] = job()
+            # A background thread's exception would only reach the kernel's stderr: show it
+            # in the panel (and re-raise it to a blocking caller) instead.
+            except Exception as err:  # noqa: BLE001
+                self.error = err
+                self.progress.bar_style = "danger"
+                self._say(f"error: {err}", "".join(traceback.format_exception(err)))
+            finally:
+                button.disabled = False
+
+        self._thread = threading.Thread(target=target, name="kdkit-panel", daemon=True)
+        self._thread.start()
+        if not blocking:
+            return self._thread
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+        return box["result"]
+
+    def _clicked(self, action: Callable[[], Any]) -> None:
+        try:
+            action()
+        except (ValueError, RuntimeError, FileNotFoundError, FileExistsError) as err:
+            self._say(f"error: {err}")
+
+    def _on_epoch_end(self, record: dict) -> None:
+        self.history.append(record)
+        n = int(record["epoch"]) + 1
+        self.progress.value = min(n, self.progress.max)
+        self.progress.description = f"Epoch {n}/{self.progress.max}"
+        self._draw()
+        self._say(f"epoch {n}: " + "  ".join(f"{k} {record[k]:.4f}" for k in ("train_loss", "val_loss", "val_f1")
+                                               if k in record))
+
+    def _draw(self) -> None:
+        self.figure.clear()
+        ax = self.figure.add_subplot()
+        epochs = [int(h["epoch"]) + 1 for h in self.history]
+        for key, style in (("train_loss", "o-"), ("val_loss", "s--")):
+            if any(key in h for h in self.history):
+                ax.plot(epochs, [h.get(key, float("nan")) for h in self.history], style, label=key.replace("_", " "))
+        if self.history:
+            ax.legend()
+        ax.set(xlabel="epoch", ylabel="loss", title="loss per epoch", xlim=(0.5, max(len(epochs), 1) + 0.5))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        ax.grid(alpha=0.3)
+        self.figure.tight_layout()
+        buf = io.BytesIO()
+        self.figure.canvas.print_png(buf)
+        self.plot.value = buf.getvalue()
+
+    def _say(self, line: str, detail: str = "") -> None:
+        self._log.append(time.strftime("%H:%M:%S ") + line + (("\n" + detail) if detail else ""))
+        del self._log[:-LOG_LINES]
+        self.status.value = "<pre style='margin:0;white-space:pre-wrap'>" + html.escape("\n".join(self._log)) + "</pre>"
+
+    def _on_type(self, change: dict) -> None:
+        student = change["new"] == "student"
+        for control in (self.teacher, self.kd_temperature, self.kd_alpha):
+            control.disabled = not student
+        if student and not self.teacher.value:  # offer the teacher the panel's defaults would have written
+            guess = Path(TrainConfig.runs_dir) / f"{self.dataset.value}_{self.model.value}_teacher/checkpoints/best.pt"
+            if guess.is_file():
+                self.teacher.value = str(guess)
+
+
+def results_table(summary: dict) -> str:
+    """HTML table of the test metrics per scenario (F1 first) from a train summary."""
+    test = summary["test"]
+    rows = list(test["scenarios"].items()) + [("overall", test["overall"])]
+    cols = ("f1", "precision", "recall", "windows", "attack_windows")
+
+    def cell(v):
+        if v is None or (isinstance(v, float) and v != v):
+            return "-"
+        return f"{v:d}" if isinstance(v, int) else f"{v:.4f}"
+
+    head = "".join(f"<th style='padding:2px 8px'>{c.replace('_', ' ')}</th>" for c in ("scenario", *cols))
+    body = "".join(
+        "<tr>" + f"<td style='padding:2px 8px'>{html.escape(name)}</td>"
+        + "".join(f"<td style='padding:2px 8px;text-align:right'>{cell(m.get(c))}</td>" for c in cols) + "</tr>"
+        for name, m in rows)
+    return (f"<b>F1 per scenario</b> ({html.escape(summary['model'])} {html.escape(summary['type'])}, "
+            f"{summary['parameters']:,} parameters)<table>" + f"<tr>{head}</tr>{body}</table>")
+
+
+def panel(**defaults: Any) -> TrainPanel:
+    """A :class:`TrainPanel`; the last expression of a cell shows it.
+
+    Args:
+        **defaults: TrainConfig keys to start from (and ``slurm_preset``), e.g.
+            ``panel(dataset="hcrl_sa", model="vgae", epochs=5)``.
+    """
+    return TrainPanel(**defaults)

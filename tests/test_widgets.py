@@ -1,0 +1,173 @@
+"""The training panel (kdkit/widgets.py): config from controls, a real tiny training run
+through the panel, the Optimize and Submit-to-SLURM buttons (sizer and orchestrator faked)."""
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import pytest
+
+from kdkit.widgets import TrainPanel, panel
+
+TINY = {"hidden": 8, "layers": 1, "heads": 1, "embedding_dim": 4, "patience": 100, "save_compat": False,
+        "warmup_steps": 1}
+
+
+def test_config_from_controls():
+    p = panel(dataset="synthetic", epochs=3, hidden=8)
+    assert isinstance(p, TrainPanel)
+    assert json.loads(p.extra.value) == {"hidden": 8}
+    p.dataset.value = "hcrl_sa"
+    p.model.value = "vgae"
+    p.precision.value = "bf16-mixed"
+    p.epochs.value = 7
+    p.batch_size.value = 33
+    p.kd_alpha.value = 0.5
+    cfg = p.config()
+    assert (cfg.dataset, cfg.model, cfg.type, cfg.precision, cfg.epochs, cfg.batch_size, cfg.hidden) == (
+        "hcrl_sa", "vgae", "teacher", "bf16-mixed", 7, 33, 8)
+    assert cfg.kd_alpha == 0.7 and cfg.teacher is None  # KD controls are ignored (and disabled) for a teacher
+    assert p.kd_alpha.disabled and p.teacher.disabled
+
+    p.type.value = "student"
+    p.teacher.value = " runs/t/checkpoints/best.pt "
+    p.kd_temperature.value = 2.0
+    cfg = p.config()
+    assert (cfg.type, cfg.teacher, cfg.kd_temperature, cfg.kd_alpha) == ("student", "runs/t/checkpoints/best.pt", 2.0, 0.5)
+    assert not p.kd_alpha.disabled
+
+
+def test_config_errors_speak_to_the_user():
+    with pytest.raises(ValueError, match="unknown config key 'hiden'"):
+        panel(hiden=8)
+    p = panel()
+    p.extra.value = '{"epochs": 3}'
+    with pytest.raises(ValueError, match="Extra config sets epochs: use the panel's control"):
+        p.config()
+    p.extra.value = "{learning_rate: 1}"
+    with pytest.raises(ValueError, match="not valid JSON"):
+        p.config()
+    p.train_button.click()  # a click reports the error in the status area and starts nothing
+    assert "not valid JSON" in p.status.value and p._thread is None
+
+
+def test_train_runs_the_pipeline_in_the_background(kdkit_env, tmp_path):
+    p = panel(dataset="synthetic", precision="32-true", batch_size=64, runs_dir=str(tmp_path / "runs"), **TINY)
+    p.epochs.value = 2
+    thread = p.train(blocking=False)
+    assert thread.is_alive() or p.summary is not None
+    p.wait(timeout=600)
+    assert p.error is None, p.status.value
+    summary = p.summary
+    assert summary["epochs_run"] == 2 and summary["dataset"] == "synthetic"
+    assert (p.progress.value, p.progress.max, p.progress.bar_style) == (2, 2, "success")
+    lines = {ln.get_label(): ln for ln in p.figure.axes[0].get_lines()}
+    assert list(lines["train loss"].get_xdata()) == [1, 2] and len(lines["val loss"].get_ydata()) == 2
+    assert p.plot.value[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [h["epoch"] for h in p.history] == [0, 1]
+    for scenario, metrics in summary["test"]["scenarios"].items():
+        assert scenario in p.results.value and f"{metrics['f1']:.4f}" in p.results.value
+    assert "F1 per scenario" in p.results.value and "done in" in p.status.value
+    assert not p.train_button.disabled
+    # blocking=True returns the summary of a second run (the same panel, the same function)
+    p.epochs.value = 1
+    assert p.train(blocking=True)["epochs_run"] == 1 and p.progress.value == 1
+
+
+def test_training_error_is_shown_and_reraised(kdkit_env, tmp_path):
+    p = panel(dataset="synthetic", type="student", runs_dir=str(tmp_path / "runs"), **TINY)
+    p.teacher.value = str(tmp_path / "missing.pt")
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        p.train(blocking=True)
+    assert "error:" in p.status.value and p.progress.bar_style == "danger"
+    assert isinstance(p.error, FileNotFoundError)
+
+
+def _fake_module(monkeypatch, name: str, **attrs):
+    """Patch attrs on kdkit.<name>, or install a stand-in module if it is not written yet."""
+    try:
+        module = __import__(f"kdkit.{name}", fromlist=["_"])
+    except ImportError:
+        module = types.ModuleType(f"kdkit.{name}")
+        monkeypatch.setitem(sys.modules, f"kdkit.{name}", module)
+    for key, value in attrs.items():
+        monkeypatch.setattr(module, key, value, raising=False)
+
+
+def test_optimize_button_sets_batch_size(monkeypatch):
+    seen = []
+
+    def fake_optimize(cfg):
+        seen.append(cfg)
+        return cfg.__class__(**{**cfg.to_dict(), "batch_size": 321})
+
+    _fake_module(monkeypatch, "batching_auto", optimize_config_batch_size=fake_optimize)
+    p = panel(dataset="synthetic", model="vgae", hidden=8)
+    p.optimize_button.click()
+    p.wait(timeout=60)
+    assert p.batch_size.value == 321 and p.config().batch_size == 321
+    assert (seen[0].model, seen[0].dataset, seen[0].hidden) == ("vgae", "synthetic", 8)
+    assert "batch size set to 321" in p.status.value
+
+
+class FakeOrchestrator:
+    calls: list = []
+
+    def __init__(self, runs_dir="runs", preset="cpu", **defaults):
+        self.init = {"runs_dir": runs_dir, "preset": preset, **defaults}
+        self.registry = types.SimpleNamespace(load=lambda: {"4242": {"run_dir": f"{runs_dir}/job"}})
+
+    def submit_gat_training(self, dataset, model_type, teacher=None, **overrides):
+        FakeOrchestrator.calls.append(("gat", self.init, dataset, model_type, teacher, overrides))
+        return "4242"
+
+    def submit_vgae_training(self, dataset, model_type, teacher=None, **overrides):
+        FakeOrchestrator.calls.append(("vgae", self.init, dataset, model_type, teacher, overrides))
+        return "4243"
+
+
+def test_slurm_button_submits_with_the_panels_config(monkeypatch, tmp_path):
+    import kdkit.slurm
+
+    FakeOrchestrator.calls = []
+    monkeypatch.setattr(kdkit.slurm, "FabricSlurmTrainingOrchestrator", FakeOrchestrator)
+    teacher = tmp_path / "best.pt"
+    p = panel(dataset="hcrl_sa", epochs=4, learning_rate=0.001, run_name="mine", runs_dir=str(tmp_path / "r"))
+    p.type.value = "student"
+    p.teacher.value = str(teacher)
+    p.kd_alpha.value = 0.25
+    p.batch_size.value = 48
+    p.slurm_preset.value = "a100"
+    p.slurm_partition.value = "gpu2"
+    p.slurm_button.click()
+    assert p.job_id == "4242" and "submitted SLURM job 4242" in p.status.value
+    model, init, dataset, model_type, teacher_arg, overrides = FakeOrchestrator.calls[0]
+    assert (model, dataset, model_type, teacher_arg) == ("gat", "hcrl_sa", "student", str(teacher))
+    assert init == {"runs_dir": str(tmp_path / "r"), "preset": "a100"}
+    assert overrides == {"epochs": 4, "run_name": "mine", "partition": "gpu2",
+                         "config": {"precision": "auto", "batch_size": 48, "kd_temperature": 4.0,
+                                    "kd_alpha": 0.25, "learning_rate": 0.001}}
+    p.model.value = "vgae"
+    p.type.value = "teacher"
+    assert p.submit_slurm() == "4243" and FakeOrchestrator.calls[1][0] == "vgae"
+    assert FakeOrchestrator.calls[1][4] is None  # a teacher gets no teacher checkpoint
+
+
+@pytest.mark.notebook
+def test_headless_notebook_shows_the_panel_and_runs_on(tmp_path):
+    """papermill (as in CI and SLURM jobs): the panel displays, no cell waits for a click."""
+    import nbformat
+    import papermill
+
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "language": "python",
+                                                           "display_name": "Python 3"}})
+    nb.cells = [nbformat.v4.new_code_cell("from kdkit.widgets import panel\npanel(dataset='synthetic', epochs=1)"),
+                nbformat.v4.new_code_cell("print('ran on')")]
+    nbformat.write(nb, tmp_path / "in.ipynb")
+    out = papermill.execute_notebook(str(tmp_path / "in.ipynb"), str(tmp_path / "out.ipynb"),
+                                     kernel_name="python3", cwd=str(tmp_path), progress_bar=False,
+                                     execution_timeout=120)
+    shown = out.cells[0].outputs[0]["data"]
+    assert "application/vnd.jupyter.widget-view+json" in shown
+    assert out.cells[1].outputs[0]["text"] == "ran on\n"
