@@ -172,13 +172,13 @@ def parse_hex_ids(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         value = block[:, 0].copy()
         for j in range(1, first):
             value = (value << 4) | block[:, j]
-        return value, ok
-    block = _gather(nib, offsets[:-1] - offsets[0], 8).astype(np.uint64)
-    value = np.zeros(n, np.uint64)
-    for j in range(8):
-        value = np.where(j < lengths, (value << np.uint64(4)) | block[:, j], value)
+    else:
+        block = _gather(nib, offsets[:-1] - offsets[0], 8).astype(np.uint32)
+        value = np.zeros(n, np.uint32)
+        for j in range(8):
+            value = np.where(j < lengths, (value << 4) | block[:, j], value)
     ok &= value <= MAX_CAN_ID
-    return value.astype(np.uint32), ok
+    return value, ok
 
 
 def parse_hex_payload(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -212,8 +212,9 @@ def _parse_float(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         values = pc.cast(arr, pa.float64())
         ok = np.ones(len(arr), bool)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        ok = pc.match_substring_regex(arr.view(pa.binary()) if pa.types.is_string(arr.type) else arr,
-                                      r"^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$").to_numpy(zero_copy_only=False)
+        # what pyarrow's parser accepts (no spaces); nan/inf are caught by isfinite below
+        ok = pc.match_substring_regex(arr.view(pa.binary()),
+                                      r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$").to_numpy(zero_copy_only=False)
         values = pc.cast(pc.if_else(pa.array(ok), arr, "0"), pa.float64())
     out = values.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
     ok &= np.isfinite(out)

@@ -95,6 +95,8 @@ def test_hex_parsers_on_mixed_lengths():
     ids, ok = parse_hex_ids(pa.array(["0", "7ff", "1FFFFFFF", "20000000", "", "123456789", "g1"]))
     assert ids[:3].tolist() == [0, 0x7FF, 0x1FFFFFFF]
     assert ok.tolist() == [True, True, True, False, False, False, False]  # > 29 bits, empty, > 8 digits, not hex
+    ids, ok = parse_hex_ids(pa.array(["1FFFFFFF", "20000000", "FFFFFFFF", "00000000"]))  # uniform width
+    assert ids[[0, 3]].tolist() == [0x1FFFFFFF, 0] and ok.tolist() == [True, False, False, True]
     payload, dlc, ok = parse_hex_payload(pa.array(["", "0a", "0102030405060708", "ABC", "010203040506070809", "zz", "aBcD"]))
     assert dlc.tolist()[:3] == [0, 1, 8] and dlc[6] == 2
     assert payload[1].tolist() == [10, 0, 0, 0, 0, 0, 0, 0]
@@ -122,6 +124,8 @@ BAD_ROWS = {
     "nan timestamp": ("nan,0C1,00,0", "timestamp 'nan': not a number"),
     "inf timestamp": ("inf,0C1,00,0", "timestamp 'inf': not a number"),
     "empty timestamp": (",0C1,00,0", "timestamp '': not a number"),
+    "padded timestamp": (" 1.5,0C1,00,0", "timestamp ' 1.5': not a number"),
+    "hex timestamp": ("0x10,0C1,00,0", "timestamp '0x10': not a number"),
     "label 2": ("1.5,0C1,00,2", "attack '2': label must be 0 or 1"),
     "label text": ("1.5,0C1,00,yes", "attack 'yes': label must be 0 or 1"),
     "empty label": ("1.5,0C1,00,", "attack '': label must be 0 or 1"),
