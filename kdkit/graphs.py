@@ -3,8 +3,8 @@
 A window of ``W`` consecutive messages becomes one graph: a node per distinct CAN ID, a
 directed edge ``a -> b`` whenever a message of ID ``a`` is followed by one of ID ``b`` (a
 self-loop when an ID repeats), de-duplicated with a count. Everything is computed with
-numpy sorts and segment reductions over all windows of a recording at once: there is no
-Python loop per message, node or edge.
+numpy sorts and segment reductions over many windows at once (chunks of ~32 k messages,
+so the temporaries stay in cache): there is no Python loop per message, node or edge.
 
     from kdkit.graphs import IdVocab, build_graphs
     vocab = IdVocab.fit([msgs.can_id[msgs.label == 0]])
@@ -69,8 +69,12 @@ class IdVocab:
     @classmethod
     def fit(cls, id_arrays: Iterable[np.ndarray]) -> "IdVocab":
         arrays = [np.asarray(a, dtype=np.uint32) for a in id_arrays]
-        ids = np.unique(np.concatenate(arrays)) if arrays else np.zeros(0, np.uint32)
-        return cls(ids.astype(np.uint32))
+        ids = np.concatenate(arrays) if arrays else np.zeros(0, np.uint32)
+        if ids.size and int(ids.max()) < 1 << 20:  # 11-bit and most IDs: mark them in a table, no sort
+            seen = np.zeros(int(ids.max()) + 1, bool)
+            seen[ids] = True
+            return cls(np.flatnonzero(seen).astype(np.uint32))
+        return cls(np.unique(ids).astype(np.uint32))
 
     def __len__(self) -> int:
         """Number of embedding rows, including the OOV bucket."""

@@ -178,6 +178,9 @@ def test_id_vocab_oov_and_roundtrip():
     assert len(vocab) == 4  # looking up unseen IDs never grows it
     assert IdVocab.from_list(vocab.to_list()).to_list() == [0x10, 0x300, 0x7FF]
     assert IdVocab.fit([]).lookup(np.array([1, 2])).tolist() == [0, 0]
+    extended = IdVocab.fit([np.array([0x1FFFFFFF, 5, 5, 0x18FEF100], np.uint32)])  # 29-bit IDs
+    assert extended.to_list() == [5, 0x18FEF100, 0x1FFFFFFF]
+    assert extended.lookup(np.array([0x18FEF100, 6])).tolist() == [2, 0]
 
 
 # --------------------------------------------------------------------------------------
