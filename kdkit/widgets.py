@@ -32,6 +32,7 @@ from matplotlib.ticker import MaxNLocator
 from kdkit.config import TrainConfig, make_config, parse_config_json
 
 PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed")
+PRECISION_ALIASES = {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed"}  # what choose_precision normalises
 # Config keys that have their own control (everything else goes in "Extra config").
 CONTROL_KEYS = ("dataset", "model", "type", "teacher", "precision", "epochs", "batch_size",
                 "kd_temperature", "kd_alpha")
@@ -62,7 +63,7 @@ class TrainPanel:
         from kdkit.slurm import load_presets
 
         base = make_config(**defaults)  # fails here, with the key's name, on a bad default
-        extra = {k: v for k, v in defaults.items() if k not in CONTROL_KEYS}
+        extra = _extra_keys(defaults, base)
         style = {"description_width": "110px"}
         wide = w.Layout(width="420px")
 
@@ -75,7 +76,7 @@ class TrainPanel:
                                     style=toggles, layout=auto)
         self.teacher = w.Text(value=base.teacher or "", description="Teacher ckpt", style=style, layout=wide,
                               placeholder="runs/<dataset>_<model>_teacher/checkpoints/best.pt (empty: no KD)")
-        self.precision = w.Dropdown(options=PRECISIONS, value=base.precision if base.precision in PRECISIONS else "auto",
+        self.precision = w.Dropdown(options=PRECISIONS, value=PRECISION_ALIASES.get(base.precision, base.precision),
                                     description="Precision", style=style)
         self.epochs = w.BoundedIntText(value=base.epochs, min=1, max=10_000, description="Epochs", style=style)
         self.batch_size = w.BoundedIntText(value=base.batch_size, min=1, max=1 << 20, description="Batch size",
@@ -114,6 +115,7 @@ class TrainPanel:
         self._thread: threading.Thread | None = None
 
         self.type.observe(self._on_type, names="value")
+        self.epochs.observe(self._on_epochs, names="value")
         self.train_button.on_click(lambda _b: self._clicked(self.train))
         self.optimize_button.on_click(lambda _b: self._clicked(self.optimize_batch_size))
         self.slurm_button.on_click(lambda _b: self._clicked(self.submit_slurm))
@@ -314,6 +316,11 @@ class TrainPanel:
         del self._log[:-LOG_LINES]
         self.status.value = "<pre style='margin:0;white-space:pre-wrap'>" + html.escape("\n".join(self._log)) + "</pre>"
 
+    def _on_epochs(self, change: dict) -> None:
+        if self._thread is None or not self._thread.is_alive():  # a running job keeps its own count
+            self.progress.max, self.progress.value, self.progress.bar_style = change["new"], 0, ""
+            self.progress.description = f"Epoch 0/{change['new']}"
+
     def _on_type(self, change: dict) -> None:
         student = change["new"] == "student"
         for control in (self.teacher, self.kd_temperature, self.kd_alpha):
@@ -322,6 +329,20 @@ class TrainPanel:
             guess = Path(TrainConfig.runs_dir) / f"{self.dataset.value}_{self.model.value}_teacher/checkpoints/best.pt"
             if guess.is_file():
                 self.teacher.value = str(guess)
+
+
+def _extra_keys(defaults: dict[str, Any], cfg) -> dict[str, Any]:
+    """The defaults without a control that ``make_config`` would not set to the same value anyway.
+
+    ``panel(**cfg.to_dict())`` then shows only what differs (the "Extra config" box stays
+    short) while ``config()`` still rebuilds exactly ``cfg``; if it would not, keep them all.
+    """
+    extra = {k: v for k, v in defaults.items() if k not in CONTROL_KEYS}
+    controls = {k: v for k, v in defaults.items() if k in CONTROL_KEYS}
+    preset = {k: extra[k] for k in ("preset",) if extra.get(k, "auto") != "auto"}  # it fills other keys
+    plain = make_config(**controls, **preset).to_dict()
+    kept = {**preset, **{k: v for k, v in extra.items() if plain[k] != v}}
+    return kept if make_config(**controls, **kept) == cfg else extra
 
 
 def results_table(summary: dict) -> str:

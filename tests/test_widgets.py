@@ -38,6 +38,18 @@ def test_config_from_controls():
     assert not p.kd_alpha.disabled
 
 
+def test_panel_from_a_whole_config_rebuilds_it():
+    """The notebooks call panel(**cfg.to_dict()): the same config comes back, the box shows only what differs."""
+    from kdkit.config import make_config
+
+    cfg = make_config(model="vgae", dataset="synthetic", epochs=2, precision="bf16", learning_rate=0.003,
+                      runs_dir="runs/nb", preset="v100", hidden=8)
+    p = panel(**cfg.to_dict())
+    assert json.loads(p.extra.value) == {"hidden": 8, "learning_rate": 0.003, "runs_dir": "runs/nb", "preset": "v100"}
+    assert p.precision.value == "bf16-mixed"
+    assert p.config() == cfg.__class__(**{**cfg.to_dict(), "precision": "bf16-mixed"})
+
+
 def test_config_errors_speak_to_the_user():
     with pytest.raises(ValueError, match="unknown config key 'hiden'"):
         panel(hiden=8)
