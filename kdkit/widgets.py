@@ -205,7 +205,7 @@ class TrainPanel:
             from kdkit.batching_auto import optimize_config_batch_size
 
             self._say(f"searching the largest batch for {cfg.model} {cfg.type} on {cfg.dataset} ...")
-            best = optimize_config_batch_size(cfg).batch_size
+            best = optimize_config_batch_size(cfg, echo=self._say).batch_size  # its report goes to the log
             self.batch_size.value = best
             self._say(f"batch size set to {best}")
             return best

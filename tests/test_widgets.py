@@ -110,8 +110,9 @@ def _fake_module(monkeypatch, name: str, **attrs):
 def test_optimize_button_sets_batch_size(monkeypatch):
     seen = []
 
-    def fake_optimize(cfg):
+    def fake_optimize(cfg, echo=print):
         seen.append(cfg)
+        echo("sizer report")
         return cfg.__class__(**{**cfg.to_dict(), "batch_size": 321})
 
     _fake_module(monkeypatch, "batching_auto", optimize_config_batch_size=fake_optimize)
@@ -120,7 +121,7 @@ def test_optimize_button_sets_batch_size(monkeypatch):
     p.wait(timeout=60)
     assert p.batch_size.value == 321 and p.config().batch_size == 321
     assert (seen[0].model, seen[0].dataset, seen[0].hidden) == ("vgae", "synthetic", 8)
-    assert "batch size set to 321" in p.status.value
+    assert "sizer report" in p.status.value and "batch size set to 321" in p.status.value
 
 
 class FakeOrchestrator:
