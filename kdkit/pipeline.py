@@ -232,7 +232,8 @@ def demo(out: Path, quick: bool = False) -> int:
     if quick or rc:
         return rc
     t0 = time.perf_counter()
-    steps = [("teacher", {"epochs": epochs}), ("student", {"epochs": epochs}), ("benchmark", {})]
+    steps = [("teacher", {"epochs": epochs}), ("student", {"epochs": epochs}),
+             ("benchmark", {"steps": 3, "repeats": 3, "batch_size": 16})]
     for i, (name, params) in enumerate(steps, start=2):
         print(f"== {i}. notebooks/{name}.ipynb -> {out / name / (name + '.ipynb')}", flush=True)
         try:
@@ -243,6 +244,8 @@ def demo(out: Path, quick: bool = False) -> int:
             return 1
         if name == "teacher":  # the student notebook distills this teacher
             steps[1][1]["teacher_checkpoint"] = m["checkpoint"]
+        if name == "student":  # the benchmark times this student's inference
+            steps[2][1]["checkpoint"] = m["student_kd"]["checkpoint"]
         print(f"   {headline(m)} ({m['elapsed_seconds']:.0f} s)", flush=True)
     html = build_html(out)
     print(f"== done in {time.perf_counter() - t0:.0f} s. HTML report: {html}")

@@ -281,10 +281,9 @@ def _section(root: Path, path: Path) -> str:
         if png.is_file():
             data = base64.b64encode(png.read_bytes()).decode()
             parts.append(f"<h3>{html.escape(png.stem.replace('_', ' '))}</h3><img alt='{html.escape(fig)}' src='data:image/png;base64,{data}'>")
-    notebooks = sorted(p.name for p in path.parent.glob("*.ipynb"))
-    if notebooks:
-        parts.append(f"<p class='muted'>executed notebook(s) here: {html.escape(', '.join(notebooks))} "
-                     f"(render one with <code>kdkit report {html.escape(rel)}/NAME.ipynb --html</code>)</p>")
+    for nb in sorted(path.parent.glob("*.ipynb")):
+        parts.append(f"<p class='muted'>executed notebook {html.escape(nb.name)}: as HTML with "
+                     f"<code>kdkit report {html.escape(str(nb))} --html</code></p>")
     return "\n".join(parts)
 
 
