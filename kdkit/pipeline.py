@@ -108,7 +108,8 @@ def build_student_or_teacher(cfg: TrainConfig, data: PreparedDataset):
 
 
 def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = True,
-          on_epoch_end: Callable[[dict], None] | None = None, data: PreparedDataset | None = None) -> dict:
+          on_epoch_end: Callable[[dict], None] | None = None, data: PreparedDataset | None = None,
+          should_stop: Callable[[], bool] | None = None) -> dict:
     """Train one model end to end and evaluate it; returns the run summary (also in summary.json)."""
     from kdkit.evaluate import evaluate_model
     from kdkit.models import count_parameters, model_size_bytes
@@ -140,7 +141,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
         rank = 0
         precision = "32-true"
     else:
-        trainer = FabricTrainer(cfg, run_dir, progress=progress, on_epoch_end=on_epoch_end)
+        trainer = FabricTrainer(cfg, run_dir, progress=progress, on_epoch_end=on_epoch_end, should_stop=should_stop)
         fit = trainer.fit(task, train_set, val_set, resume=resume, checkpoint_extra=extra)
         rank = trainer.fabric.global_rank
         precision = trainer.precision

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from kdkit.batching import GraphBatchSampler, collate_indices, graph_loader
+from kdkit.batching_auto import phase_peak
 from kdkit.config import TrainConfig
 from kdkit.graphs import GraphSet
 
@@ -243,7 +244,18 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_ste
 
 
 def is_oom(err: BaseException) -> bool:
-    return isinstance(err, (torch.cuda.OutOfMemoryError, MemoryError)) or "out of memory" in str(err).lower()
+    """CUDA's OutOfMemoryError, Python's MemoryError, or the CPU allocator's RuntimeError."""
+    if isinstance(err, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(err).lower()
+    return "out of memory" in text or "can't allocate memory" in text  # DefaultCPUAllocator's wording
+
+
+def _schedule_exhausted(scheduler) -> bool:
+    """OneCycleLR raises when stepped past ``total_steps``; the extra optimizer steps of an
+    OOM back-off then keep its final learning rate instead."""
+    total = getattr(scheduler, "total_steps", None)
+    return total is not None and scheduler.last_epoch >= total
 
 
 class FabricTrainer:
@@ -254,14 +266,17 @@ class FabricTrainer:
         run_dir: where checkpoints, ``fabric_training.log`` and CSV metrics go.
         progress: show a tqdm bar per epoch on rank zero (default True).
         on_epoch_end: optional callback ``f(record: dict)`` (the widget's live plot).
+        should_stop: optional ``f() -> bool`` checked after every epoch; True ends training
+            cleanly (checkpoints stay valid), e.g. the widget's Stop button.
     """
 
     def __init__(self, cfg: TrainConfig, run_dir: str | Path, progress: bool = True,
-                 on_epoch_end: Callable[[dict], None] | None = None):
+                 on_epoch_end: Callable[[dict], None] | None = None, should_stop: Callable[[], bool] | None = None):
         from lightning.fabric import Fabric
         from lightning.fabric.loggers import CSVLogger
 
         self.cfg, self.run_dir, self.progress, self.on_epoch_end = cfg, Path(run_dir), progress, on_epoch_end
+        self.should_stop = should_stop
         accelerator = resolve_accelerator(cfg.accelerator)
         self.precision = choose_precision(cfg.precision, accelerator)
         loggers = [CSVLogger(str(self.run_dir), name="logs", version="")]
@@ -311,7 +326,10 @@ class FabricTrainer:
             tmp.replace(path)
 
     def _step(self, task: Task, model, optimizer, scheduler, batch) -> tuple[float, dict]:
-        loss, parts = task.training_loss(batch)
+        # training_loss is called on the task itself, not through the Fabric module's forward, so
+        # the precision plugin's autocast must be entered here or bf16-mixed/16-mixed do nothing
+        with self.fabric.autocast():
+            loss, parts = task.training_loss(batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss became {float(loss)} (components {parts}); lower the learning rate")
         self.fabric.backward(loss)
@@ -319,34 +337,61 @@ class FabricTrainer:
             self.fabric.clip_gradients(model, optimizer, max_norm=self.cfg.grad_clip, error_if_nonfinite=False)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
+        if not _schedule_exhausted(scheduler):
+            scheduler.step()
         return float(loss.detach()), parts
 
+    def _chunk(self, gs: GraphSet, idx: torch.Tensor):
+        """Graphs ``idx`` as a batch on the device, keeping the indices for a further back-off."""
+        return self._to_device(_CollateWithIndex(gs)(idx.tolist()))
+
+    def _to_device(self, batch):
+        """Fabric's ``to_device`` copies a PyG Batch blocking (it passes ``non_blocking`` to bare
+        tensors only); from the loader's pinned memory the copy need not block."""
+        if self.fabric.device.type == "cuda":
+            return batch.to(self.fabric.device, non_blocking=True)
+        return batch
+
     def _run_batch(self, task, model, optimizer, scheduler, gs: GraphSet, batch) -> list[tuple[float, dict]]:
-        """One loader batch; on out-of-memory halve the batch size and redo it in chunks."""
-        idx = batch.graph_idx if hasattr(batch, "graph_idx") else None
-        chunks = [batch] if idx is None or idx.numel() <= self.batch_size else [
-            self.fabric.to_device(collate_indices(gs, c)) for c in idx.split(self.batch_size)]
+        """One loader batch; on out-of-memory halve the batch size and redo the failed part in chunks.
+
+        Every chunk is one optimizer step on exactly its graphs (its loss is the loss of that
+        chunk alone), and a failed chunk is redone in halves, so each graph of the batch is
+        trained on once: nothing skipped, nothing repeated. Below ``min_batch_size`` it stops.
+        """
+        idx = batch.graph_idx.cpu() if hasattr(batch, "graph_idx") else None
+        if idx is None or idx.numel() <= self.batch_size:
+            first, todo = batch, []
+        else:  # the loader still yields batches of the size before an earlier back-off
+            first, todo = None, list(idx.split(self.batch_size))
+        del batch
         out = []
-        while chunks:
-            chunk = chunks.pop(0)
+        while first is not None or todo:
+            chunk = first if first is not None else self._chunk(gs, todo.pop(0))
+            first = None
+            failed = False
             try:
                 out.append(self._step(task, model, optimizer, scheduler, chunk))
             except (RuntimeError, MemoryError) as err:
                 if not is_oom(err) or idx is None:
                     raise
-                optimizer.zero_grad(set_to_none=True)
-                n = chunk.num_graphs
-                if n <= max(self.cfg.min_batch_size, 1):
-                    raise RuntimeError(f"out of memory even at batch size {n} (min_batch_size={self.cfg.min_batch_size}); "
-                                       "use a smaller model, a smaller window or a device with more memory") from err
-                self.batch_size = max(n // 2, self.cfg.min_batch_size, 1)
-                release_memory()
-                event = {"epoch": self._epoch, "from": n, "to": self.batch_size}
-                self.oom_events.append(event)
-                log.warning("out of memory at batch size %d: continuing with %d", n, self.batch_size)
-                sub = chunk.graph_idx.split(self.batch_size)
-                chunks = [self.fabric.to_device(collate_indices(gs, c)) for c in sub] + chunks
+                if chunk.num_graphs <= max(self.cfg.min_batch_size, 1):
+                    raise RuntimeError(f"out of memory even at batch size {chunk.num_graphs} (min_batch_size="
+                                       f"{self.cfg.min_batch_size}); use a smaller model, a smaller window or a device "
+                                       "with more memory") from err
+                failed = True  # recover below, outside the except block: its traceback pins the step's tensors
+            if not failed:
+                continue
+            optimizer.zero_grad(set_to_none=True)
+            n = chunk.num_graphs
+            self.batch_size = max(n // 2, self.cfg.min_batch_size, 1)
+            rest = torch.cat([chunk.graph_idx.cpu(), *todo])  # the failed chunk and everything after it
+            del chunk
+            release_memory()
+            event = {"epoch": getattr(self, "_epoch", 0), "from": n, "to": self.batch_size}
+            self.oom_events.append(event)
+            log.warning("out of memory at batch size %d: continuing with %d", n, self.batch_size)
+            todo = list(rest.split(self.batch_size))
         return out
 
     def fit(self, task: Task, train_set: GraphSet, val_set: GraphSet, resume: str | Path | None = None,
@@ -368,7 +413,9 @@ class FabricTrainer:
         train_loader.collate_fn = _CollateWithIndex(train_set)
         val_loader = graph_loader(val_set, max(self.batch_size, 256), shuffle=False, num_workers=0,
                                   rank=fabric.global_rank, world_size=fabric.world_size)
-        train_loader, val_loader = fabric.setup_dataloaders(train_loader, val_loader, use_distributed_sampler=False)
+        # train batches are moved by self._to_device (non-blocking from pinned memory), val batches by Fabric
+        train_loader = fabric.setup_dataloaders(train_loader, use_distributed_sampler=False, move_to_device=False)
+        val_loader = fabric.setup_dataloaders(val_loader, use_distributed_sampler=False)
         params = [p for p in task.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         task_m, optimizer = fabric.setup(task, optimizer)
@@ -396,55 +443,69 @@ class FabricTrainer:
         log.info("fit: %s %s, precision %s, device %s, world size %d, %d train / %d val graphs",
                  task.kind, cfg.type, self.precision, fabric.device, fabric.world_size, len(train_set), len(val_set))
         epoch = start_epoch - 1
-        for epoch in range(start_epoch, cfg.epochs):
-            if bad >= cfg.patience:
-                break
-            self._epoch = epoch
-            sampler = train_loader.batch_sampler if isinstance(train_loader.batch_sampler, GraphBatchSampler) else train_loader._dataloader.batch_sampler
-            sampler.batch_size = self.batch_size
-            sampler.set_epoch(epoch)
-            task_m.train()
-            losses: list[float] = []
-            te = time.perf_counter()
-            bar = None
-            if self.progress and fabric.global_rank == 0:
-                from tqdm.auto import tqdm
+        status = "failed"
+        try:
+            for epoch in range(start_epoch, cfg.epochs):
+                if bad >= cfg.patience:
+                    break
+                self._epoch = epoch
+                sampler = train_loader.batch_sampler if isinstance(train_loader.batch_sampler, GraphBatchSampler) else train_loader._dataloader.batch_sampler
+                sampler.batch_size = self.batch_size
+                sampler.set_epoch(epoch)
+                task_m.train()
+                losses: list[float] = []
+                te = time.perf_counter()
+                bar = None
+                if self.progress and fabric.global_rank == 0:
+                    from tqdm.auto import tqdm
 
-                bar = tqdm(total=len(train_loader), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
-            for batch in train_loader:
-                for loss, _parts in self._run_batch(task, task_m, optimizer, scheduler, train_set, batch):
-                    losses.append(loss)
-                    step += 1
+                    bar = tqdm(total=len(train_loader), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
+                with phase_peak("train", device=fabric.device, release=False) as train_mem:
+                    for batch in train_loader:
+                        for loss, _parts in self._run_batch(task, task_m, optimizer, scheduler, train_set,
+                                                            self._to_device(batch)):
+                            losses.append(loss)
+                            step += 1
+                        if bar:
+                            bar.update(1)
+                            bar.set_postfix(loss=f"{losses[-1]:.4f}")
                 if bar:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{losses[-1]:.4f}")
-            if bar:
-                bar.close()
-            val = task.validate(val_loader)
-            val = {k: float(fabric.all_reduce(torch.tensor(v, device=fabric.device), reduce_op="mean")) for k, v in val.items()}
-            train_loss = float(fabric.all_reduce(torch.tensor(sum(losses) / max(len(losses), 1), device=fabric.device), reduce_op="mean"))
-            record = {"epoch": epoch, "step": step, "train_loss": train_loss, **val, "lr": scheduler.get_last_lr()[0],
-                      "epoch_seconds": time.perf_counter() - te, "batch_size": self.batch_size}
-            history.append(record)
-            fabric.log_dict({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
-            improved = sign * val[metric] > best
-            if improved:
-                best, bad = sign * val[metric], 0
-            else:
-                bad += 1
-            state = self._checkpoint_state(task, optimizer, scheduler, epoch, step, best, bad, history, extra)
-            if improved:
-                self._save(state, best_path)
-            self._save(state, last_path)
-            log.info("epoch %d: train_loss %.5f %s%s", epoch, train_loss,
-                     " ".join(f"{k} {v:.5f}" for k, v in val.items()), " (best)" if improved else "")
-            if self.on_epoch_end:
-                self.on_epoch_end(record)
-        for logger in fabric.loggers:
-            logger.finalize("success")
-        if hasattr(self, "_handler"):
-            log.removeHandler(self._handler)
-            self._handler.close()
+                    bar.close()
+                with phase_peak("validate", device=fabric.device, release=False) as val_mem:
+                    val = task.validate(val_loader)
+                val = {k: float(fabric.all_reduce(torch.tensor(v, device=fabric.device), reduce_op="mean")) for k, v in val.items()}
+                train_loss = float(fabric.all_reduce(torch.tensor(sum(losses) / max(len(losses), 1), device=fabric.device), reduce_op="mean"))
+                record = {"epoch": epoch, "step": step, "train_loss": train_loss, **val, "lr": scheduler.get_last_lr()[0],
+                          "epoch_seconds": time.perf_counter() - te, "batch_size": self.batch_size,
+                          "train_peak_mib": train_mem["peak_mib"], "val_peak_mib": val_mem["peak_mib"]}
+                history.append(record)
+                fabric.log_dict({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
+                improved = sign * val[metric] > best
+                if improved:
+                    best, bad = sign * val[metric], 0
+                else:
+                    bad += 1
+                state = self._checkpoint_state(task, optimizer, scheduler, epoch, step, best, bad, history, extra)
+                if improved:
+                    self._save(state, best_path)
+                self._save(state, last_path)
+                log.info("epoch %d memory: train peak %.0f MiB, validation peak %.0f MiB (%s)", epoch,
+                         train_mem["peak_mib"], val_mem["peak_mib"], "CUDA allocated" if fabric.device.type == "cuda" else "RSS")
+                log.info("epoch %d: train_loss %.5f %s%s", epoch, train_loss,
+                         " ".join(f"{k} {v:.5f}" for k, v in val.items()), " (best)" if improved else "")
+                if self.on_epoch_end:
+                    self.on_epoch_end(record)
+                if self.should_stop is not None and self.should_stop():
+                    log.info("stopped on request after epoch %d", epoch)
+                    break
+            status = "success"
+        finally:
+            for logger in fabric.loggers:
+                logger.finalize(status)
+            if getattr(self, "_handler", None) is not None:
+                log.removeHandler(self._handler)
+                self._handler.close()
+                self._handler = None
         return FitResult(best_path, last_path, sign * best if math.isfinite(best) else float("nan"), epoch + 1, history,
                          time.perf_counter() - t0, self.oom_events, self.batch_size)
 
