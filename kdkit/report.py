@@ -276,15 +276,36 @@ def _section(root: Path, path: Path) -> str:
     parts.append(Table([{"key": k, "value": v} for k, v in scalars.items()], ["key", "value"], "recorded values")._repr_html_())
     for name, t in (metrics.get("tables") or {}).items():
         parts.append(Table(t["rows"], t.get("columns"), name.replace("_", " "))._repr_html_())
-    for fig in metrics.get("figures") or sorted(p.name for p in path.parent.glob("*.png")):
-        png = path.parent / fig
-        if png.is_file():
-            data = base64.b64encode(png.read_bytes()).decode()
-            parts.append(f"<h3>{html.escape(png.stem.replace('_', ' '))}</h3><img alt='{html.escape(fig)}' src='data:image/png;base64,{data}'>")
+    pngs = {f: (path.parent / f).read_bytes() for f in metrics.get("figures") or sorted(p.name for p in path.parent.glob("*.png"))
+            if (path.parent / f).is_file()}
+    if not pngs and (path.parent / "summary.json").is_file():  # a `kdkit train` run: draw from its summary
+        pngs = _summary_figures(json.loads((path.parent / "summary.json").read_text()))
+    for fig, png in pngs.items():
+        data = base64.b64encode(png).decode()
+        parts.append(f"<h3>{html.escape(Path(fig).stem.replace('_', ' '))}</h3><img alt='{html.escape(fig)}' src='data:image/png;base64,{data}'>")
     for nb in sorted(path.parent.glob("*.ipynb")):
         parts.append(f"<p class='muted'>executed notebook {html.escape(nb.name)}: as HTML with "
                      f"<code>kdkit report {html.escape(str(nb))} --html</code></p>")
     return "\n".join(parts)
+
+
+def _summary_figures(summary: Mapping) -> dict[str, bytes]:
+    """Training curves and confusion matrices of a ``pipeline.train`` summary, as PNG bytes."""
+    import io
+
+    from kdkit import plots
+
+    figs = {}
+    if summary.get("history"):
+        figs["training_curves.png"] = plots.training_curves(summary["history"])
+    if summary.get("test", {}).get("scenarios"):
+        figs["confusion_matrices.png"] = plots.confusion_matrices(summary["test"])
+    out = {}
+    for name, fig in figs.items():
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        out[name] = buf.getvalue()
+    return out
 
 
 def run_dir_html(root: str | Path, out: str | Path | None = None) -> Path:

@@ -21,7 +21,8 @@ def _summary(run_dir, f1s=(0.5, 1.0), parameters=100):
     return {"model": "gat", "type": "teacher", "kd": False, "parameters": parameters, "size_bytes": 4 * parameters,
             "epochs_run": 2, "train_seconds": 1.5, "precision": "32-true", "threshold": 0.5,
             "best_checkpoint": str(run_dir / "best.pt"), "run_dir": str(run_dir),
-            "test": {"scenarios": scen, "overall": {"f1": 0.75, "accuracy": 0.8, "windows": 20}}}
+            "test": {"scenarios": scen, "overall": {"f1": 0.75, "accuracy": 0.8, "windows": 20,
+                                                    "confusion_matrix": [[2, 0], [0, 2]]}}}
 
 
 def test_table_text_markdown_and_escaped_html():
@@ -117,3 +118,15 @@ def test_cli_report_prints_the_html_path_and_text(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "overall.f1" in text and "0.875" in text and "figures: bars.png" in text
     assert main(["report", str(tmp_path / "empty")]) == 2
+
+
+def test_html_report_of_a_kdkit_train_run_draws_from_its_summary(tmp_path):
+    run = tmp_path / "hcrl_sa_gat_student"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"f1": {"s0": 0.5}, "parameters": 10}))
+    summary = _summary(run)
+    summary["history"] = [{"epoch": 0, "train_loss": 1.0, "val_loss": 0.5, "val_f1": 0.5}]
+    (run / "summary.json").write_text(json.dumps(summary))
+    page = report.build_html(run).read_text()
+    assert page.count("data:image/png;base64,") == 2  # training curves and confusion matrices
+    assert "<h2>run: hcrl_sa_gat_student</h2>" in page and not list(run.glob("*.png"))  # nothing written beside
