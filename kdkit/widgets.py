@@ -99,6 +99,9 @@ class TrainPanel:
 
         self.train_button = w.Button(description="Train", button_style="primary", icon="play")
         self.slurm_button = w.Button(description="Submit to SLURM", icon="server", layout=w.Layout(width="170px"))
+        self.stop_button = w.Button(description="Stop", icon="stop", disabled=True,
+                                    tooltip="finish the current epoch, keep its checkpoints, then stop")
+        self._stop = threading.Event()
         self.progress = w.IntProgress(value=0, min=0, max=base.epochs, description="Epoch 0/" + str(base.epochs),
                                       style=style, layout=w.Layout(width="420px"))
         self.plot = w.Image(format="png", layout=w.Layout(width="480px"))
@@ -119,6 +122,7 @@ class TrainPanel:
         self.train_button.on_click(lambda _b: self._clicked(self.train))
         self.optimize_button.on_click(lambda _b: self._clicked(self.optimize_batch_size))
         self.slurm_button.on_click(lambda _b: self._clicked(self.submit_slurm))
+        self.stop_button.on_click(lambda _b: self.stop())
         self._on_type({"new": self.type.value})
         self._draw()
 
@@ -130,7 +134,7 @@ class TrainPanel:
             w.HBox([w.VBox([self.dataset, self.model, self.type, self.precision, self.epochs,
                             w.HBox([self.batch_size, self.optimize_button])]), kd]),
             options,
-            w.HBox([self.train_button, self.slurm_button]),
+            w.HBox([self.train_button, self.stop_button, self.slurm_button]),
             self.progress,
             w.HBox([self.plot, self.results]),
             self.status,
@@ -182,7 +186,12 @@ class TrainPanel:
             self._say(f"training {cfg.model} {cfg.type} on {cfg.dataset} (run {cfg.resolved_run_name}); "
                       "preparing data ...")
             t0 = time.perf_counter()
-            summary = train(cfg, progress=False, on_epoch_end=self._on_epoch_end)
+            self._stop.clear()
+            self.stop_button.disabled = False
+            try:
+                summary = train(cfg, progress=False, on_epoch_end=self._on_epoch_end, should_stop=self._stop.is_set)
+            finally:
+                self.stop_button.disabled = True
             self.summary = summary
             self.progress.bar_style = "success"
             self.progress.description = "done"
@@ -192,6 +201,11 @@ class TrainPanel:
             return summary
 
         return self._run(job, blocking, self.train_button)
+
+    def stop(self) -> None:
+        """Ask a running Train to stop after its current epoch (checkpoints stay valid)."""
+        self._stop.set()
+        self._say("stop requested: finishing the current epoch")
 
     def optimize_batch_size(self, blocking: bool = False) -> threading.Thread | int:
         """Sets the batch size control from ``kdkit.batching_auto.optimize_config_batch_size``.

@@ -184,3 +184,19 @@ def test_headless_notebook_shows_the_panel_and_runs_on(tmp_path):
     shown = out.cells[0].outputs[0]["data"]
     assert "application/vnd.jupyter.widget-view+json" in shown
     assert out.cells[1].outputs[0]["text"] == "ran on\n"
+
+
+def test_stop_button_ends_training_after_the_current_epoch(kdkit_env, tmp_path):
+    p = panel(dataset="synthetic", precision="32-true", batch_size=64, runs_dir=str(tmp_path / "runs"), **TINY)
+    p.epochs.value = 5
+    on_epoch = p._on_epoch_end
+
+    def press_stop_after_first(record):
+        on_epoch(record)
+        if record["epoch"] == 0:
+            p.stop_button.click()
+
+    p._on_epoch_end = press_stop_after_first
+    summary = p.train(blocking=True)
+    assert summary["epochs_run"] == 1 and "stop requested" in p.status.value
+    assert p.stop_button.disabled and not p.train_button.disabled
