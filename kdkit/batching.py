@@ -67,21 +67,25 @@ class GraphBatchSampler(Sampler[list[int]]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _order(self) -> np.ndarray:
+    def _permutation(self) -> np.ndarray:
         if self.shuffle:
-            order = np.random.default_rng(self.seed + self.epoch).permutation(self.num_graphs)
-        else:
-            order = np.arange(self.num_graphs)
+            return np.random.default_rng(self.seed + self.epoch).permutation(self.num_graphs)
+        return np.arange(self.num_graphs)
+
+    def _order(self) -> np.ndarray:
+        order = self._permutation()
         if self.world_size > 1:  # equal shards: pad by wrapping around, as DistributedSampler does
             per_rank = math.ceil(self.num_graphs / self.world_size)
             order = np.resize(order, per_rank * self.world_size)[self.rank::self.world_size]
         return order
 
     def _batches(self) -> list[np.ndarray]:
-        order = self._order()
         if self.node_budget > 0:
             if self.num_nodes is None:
                 raise ValueError("node_budget needs num_nodes")
+            # pack the whole epoch, then deal the batches to the ranks: packing each rank's shard
+            # separately gives ranks different batch counts, and DDP then hangs at the last step
+            order = self._permutation()
             sizes = self.num_nodes[order]
             batches, cur, total = [], [], 0
             for i, s in zip(order, sizes):  # greedy packing over graph sizes (per graph, not per node)
@@ -92,7 +96,11 @@ class GraphBatchSampler(Sampler[list[int]]):
                 total += s
             if cur and not self.drop_last:
                 batches.append(np.asarray(cur))
+            if self.world_size > 1 and batches:  # equal counts: pad by wrapping around the batches
+                per_rank = math.ceil(len(batches) / self.world_size)
+                batches = [batches[i % len(batches)] for i in range(per_rank * self.world_size)][self.rank::self.world_size]
             return batches
+        order = self._order()
         n_full = len(order) // self.batch_size
         batches = [order[i * self.batch_size:(i + 1) * self.batch_size] for i in range(n_full)]
         if len(order) % self.batch_size and not self.drop_last:
