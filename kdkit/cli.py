@@ -4,6 +4,9 @@
     kdkit data prepare --dataset hcrl_sa [--data-root DIR]
     kdkit data info --dataset hcrl_sa [--json]
     kdkit bench preprocess --file PATH [--json]
+    kdkit bench train --model gat --type teacher --dataset hcrl_sa [--steps N] [--repeats R] [--json]
+    kdkit bench infer --checkpoint PATH [--json]
+    kdkit batch-size --model gat --dataset hcrl_sa [--type teacher|student] [--config JSON]
     kdkit demo
     kdkit report runs/demo --html
 
@@ -137,6 +140,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=20000, help="messages for the pandas baseline (default 20000)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_preprocess)
+    from kdkit.batching_auto import report_batch_size
+    from kdkit.bench_train import add_bench_parsers
+    from kdkit.datasets import REGISTRY
+
+    add_bench_parsers(bench)  # bench train, bench infer
+
+    p = sub.add_parser("batch-size", help="the largest batch that fits (DynamicBatchSizer); reports, trains nothing")
+    p.add_argument("--model", choices=["gat", "vgae"], default="gat", help="model family (default gat)")
+    p.add_argument("--dataset", required=True, choices=sorted(REGISTRY), help="dataset key")
+    p.add_argument("--type", choices=["teacher", "student"], help="model preset (default: both)")
+    p.add_argument("--config", help="JSON config keys, e.g. '{\"target_memory_usage\": 0.7, \"max_batch_size\": 1024}'")
+    p.add_argument("--data-root", default=None, help="folder holding hcrl-sa/ ... (default $KDKIT_DATA_ROOT)")
+    p.add_argument("--precision", choices=["auto", "32-true", "16-mixed", "bf16-mixed"], help="default: from the hardware")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=report_batch_size)
 
     p = sub.add_parser("demo", help="the whole story on built-in synthetic traffic")
     p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")

@@ -1,0 +1,72 @@
+"""Smoke tests of ``kdkit bench train`` and ``kdkit bench infer``: JSON shape and positive
+figures on synthetic data, never a timing assertion (the figures come from the benchmark run by hand).
+
+Run: .venv/bin/python -m pytest tests/test_bench_train.py -q
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from kdkit.cli import main
+
+
+def _positive(d: dict) -> None:
+    assert d["median"] > 0 and d["min"] <= d["median"] <= d["max"]
+
+
+def test_bench_train_smoke(synthetic, capsys):
+    rc = main(["bench", "train", "--model", "gat", "--type", "student", "--dataset", "synthetic", "--steps", "3",
+               "--repeats", "1", "--burn-in", "1", "--batch-size", "16", "--threads", "1", "--in-process", "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {"legacy", "fabric", "speedup", "speedup_cpu_time", "memory_ratio", "machine", "memory_measured_by"} <= set(out)
+    assert out["steps"] == 3 and out["batch_size"] == 16
+    for name in ("legacy", "fabric"):
+        r = out[name]
+        for key in ("graphs_per_s", "graphs_per_cpu_s", "step_ms", "peak_mib"):
+            _positive(r[key])
+        assert r["threads"] == 1
+    assert out["legacy"]["precision"] == "32-true"
+    assert out["speedup"] > 0 and out["memory_ratio"] > 0 and out["machine"]["cores"] >= 1
+
+
+def test_bench_train_worker_runs_isolated(synthetic):
+    """The default path: each variant in a fresh process (here one short fabric run)."""
+    from kdkit.bench_train import _run_isolated
+
+    r = _run_isolated({"variant": "fabric", "model": "gat", "type": "student", "dataset": "synthetic", "steps": 2,
+                       "burn_in": 1, "batch_size": 8, "precision": "32-true", "threads": 1, "data_root": None,
+                       "accelerator": "cpu"})
+    assert r["graphs"] == 16 and r["graphs_per_s"] > 0 and r["peak_mib"] > 0 and r["precision"] == "32-true"
+
+
+@pytest.fixture()
+def student_checkpoint(synthetic, tmp_path):
+    """A (random-weight) student checkpoint for the synthetic dataset, as FabricTrainer writes it."""
+    from kdkit.config import make_config
+    from kdkit.graphs import EDGE_FEATURES, NODE_FEATURES
+    from kdkit.pipeline import build_student_or_teacher
+    from kdkit.trainer import CHECKPOINT_FORMAT
+
+    cfg = make_config(model="gat", type="student", dataset="synthetic", precision="32-true")
+    model = build_student_or_teacher(cfg, synthetic)
+    path = tmp_path / "student.pt"
+    torch.save({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "model_config": model.config,
+                "train_config": cfg.to_dict(), "vocab": synthetic.vocab.to_list(), "node_features": list(NODE_FEATURES),
+                "edge_features": list(EDGE_FEATURES), "threshold": 0.5}, path)
+    return path
+
+
+def test_bench_infer_smoke(student_checkpoint, capsys):
+    rc = main(["bench", "infer", "--checkpoint", str(student_checkpoint), "--variants", "fp32-eager,bf16-eager",
+               "--seconds", "0.2", "--single", "20", "--batch-size", "64", "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["window"] == 100 and out["threads"] == 1 and set(out["variants"]) == {"fp32-eager", "bf16-eager"}
+    for r in out["variants"].values():
+        assert r["messages_per_s"] == pytest.approx(r["windows_per_s"] * 100, rel=0.01)
+        assert r["messages_per_s"] > 0 and r["messages_per_cpu_s"] > 0
+        assert 0 < r["latency_ms_p50"] <= r["latency_ms_p99"] and 0 < r["latency_cpu_ms_p50"] <= r["latency_cpu_ms_p99"]
