@@ -58,19 +58,23 @@ class LogitKDLoss(nn.Module):
     Args:
         temperature: softmax temperature T. Default 4.0.
         alpha: weight of the KD term; ``1 - alpha`` weighs the hard-label CE. Default 0.7.
+        class_weight: per-class weights of the hard-label CE (the same inverse-frequency weights
+            a teacher trains with; without them a small student on imbalanced data can collapse
+            to "normal"). Default None (unweighted).
     """
 
-    def __init__(self, temperature: float = 4.0, alpha: float = 0.7):
+    def __init__(self, temperature: float = 4.0, alpha: float = 0.7, class_weight: Tensor | None = None):
         super().__init__()
         if temperature <= 0 or not 0.0 <= alpha <= 1.0:
             raise ValueError(f"need temperature > 0 and 0 <= alpha <= 1, got {temperature}, {alpha}")
         self.temperature, self.alpha = temperature, alpha
+        self.register_buffer("class_weight", None if class_weight is None else torch.as_tensor(class_weight, dtype=torch.float32))
 
     def forward(self, student_logits: Tensor, teacher_logits: Tensor,
                 targets: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Return ``(total, {"kd": T^2 * KL, "ce": CE})``; components are detached."""
         kd = soft_kl(student_logits, teacher_logits, self.temperature)
-        ce = F.cross_entropy(student_logits.float(), targets)
+        ce = F.cross_entropy(student_logits.float(), targets, weight=self.class_weight)
         total = self.alpha * kd + (1 - self.alpha) * ce
         return total, {"kd": kd.detach(), "ce": ce.detach()}
 
@@ -184,6 +188,7 @@ class DistillationLoss(nn.Module):
         recon_weight: LatentKD node-feature MSE weight. Default 1.0.
         id_weight: LatentKD ID-logit KL weight. Default 1.0.
         id_temperature: LatentKD ID-logit temperature. Default 2.0.
+        class_weight: GAT only: class weights of the hard-label CE. Default None.
         vgae_weights: the student's own VGAE loss weights ``{"beta", "id_weight",
             "edge_weight"}`` (``from_models`` takes them from ``student.config``). Default None
             (``vgae_loss`` defaults).
@@ -194,7 +199,7 @@ class DistillationLoss(nn.Module):
                  temperature: float = 4.0, alpha: float = 0.7, beta: float = 0.5,
                  feature_loss: str = "mse", latent_weight: float = 1.0, recon_weight: float = 1.0,
                  id_weight: float = 1.0, id_temperature: float = 2.0,
-                 vgae_weights: dict[str, float] | None = None):
+                 vgae_weights: dict[str, float] | None = None, class_weight: Tensor | None = None):
         super().__init__()
         if kind not in ("gat", "vgae"):
             raise ValueError(f"kind={kind!r}: choose 'gat' or 'vgae'")
@@ -203,7 +208,7 @@ class DistillationLoss(nn.Module):
         self.kind, self.alpha = kind, alpha
         self.features = FeatureKD(student_dims, teacher_dims, beta, feature_loss) if beta > 0 else None
         if kind == "gat":
-            self.logits = LogitKDLoss(temperature, alpha)
+            self.logits = LogitKDLoss(temperature, alpha, class_weight)
         else:
             if student_latent is None or teacher_latent is None:
                 raise ValueError("kind='vgae' needs student_latent and teacher_latent")

@@ -170,8 +170,9 @@ class Task(nn.Module):
         if teacher is not None:
             from kdkit.distill import DistillationLoss
 
+            extra = {"class_weight": class_weights} if self.kind == "gat" else {}
             self.kd = DistillationLoss.from_models(model, teacher, temperature=cfg.kd_temperature, alpha=cfg.kd_alpha,
-                                                   beta=cfg.kd_feature_weight, latent_weight=cfg.kd_latent_weight)
+                                                   beta=cfg.kd_feature_weight, latent_weight=cfg.kd_latent_weight, **extra)
         self.register_buffer("class_weights", class_weights if class_weights is not None else torch.ones(2))
 
     @property

@@ -198,3 +198,19 @@ def test_distillation_loss_checks_its_inputs():
     assert set(parts) == {"kd", "ce", "total"}
     with pytest.raises(TypeError, match="return_features=True"):
         DistillationLoss.from_models(student, teacher)(student(batch), teacher(batch), batch)
+
+
+def test_logit_kd_hard_label_term_uses_class_weights():
+    """The student's CE term carries the teacher's class weights (imbalanced data)."""
+    import torch.nn.functional as F
+
+    from kdkit.distill import LogitKDLoss
+
+    torch.manual_seed(0)
+    s, t = torch.randn(6, 2), torch.randn(6, 2)
+    y = torch.tensor([0, 0, 0, 0, 0, 1])
+    w = torch.tensor([0.6, 3.0])
+    plain = LogitKDLoss(4.0, 0.7)(s, t, y)[1]["ce"]
+    weighted = LogitKDLoss(4.0, 0.7, class_weight=w)(s, t, y)[1]["ce"]
+    assert torch.allclose(weighted, F.cross_entropy(s, y, weight=w))
+    assert not torch.allclose(plain, weighted)
