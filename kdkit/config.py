@@ -51,6 +51,8 @@ class TrainConfig:
     embedding_dim: Optional[int] = None  # CAN-ID embedding size
     latent_dim: Optional[int] = None  # VGAE latent size
     dropout: float = 0.1              # dropout in the GNN layers
+    threshold_rule: str = "quantile"  # VGAE threshold: quantile of attack-free validation scores | youden (labelled validation)
+    threshold_quantile: float = 0.99  # the quantile for threshold_rule "quantile"
     id_dropout: float = 0.2           # training-time share of node IDs replaced by the OOV bucket
     vehicle_dropout: float = 0.25     # training-time share of windows whose IDs are ALL hidden (unknown-vehicle augmentation)
     # --- optimisation
@@ -98,12 +100,12 @@ class TrainConfig:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "model": ("gat", "vgae"), "type": ("teacher", "student"), "scheduler": ("cosine", "onecycle", "none"),
+    "model": ("gat", "vgae"), "threshold_rule": ("quantile", "youden"), "type": ("teacher", "student"), "scheduler": ("cosine", "onecycle", "none"),
     "trainer": ("fabric", "legacy"), "preset": ("auto", *HARDWARE_PRESETS), "accelerator": ("auto", "cpu", "cuda", "gpu"),
     "strategy": ("auto", "ddp", "ddp_spawn"), "precision": ("auto", "32-true", "16-mixed", "bf16-mixed", "32", "16", "bf16"),
 }
 POSITIVE = ("window", "stride", "epochs", "batch_size", "devices", "num_nodes", "min_batch_size", "max_batch_size")
-UNIT_INTERVAL = ("val_fraction", "dropout", "id_dropout", "vehicle_dropout", "kd_alpha", "target_memory_usage", "label_threshold")
+UNIT_INTERVAL = ("val_fraction", "threshold_quantile", "dropout", "id_dropout", "vehicle_dropout", "kd_alpha", "target_memory_usage", "label_threshold")
 
 
 def _field_help() -> dict[str, str]:

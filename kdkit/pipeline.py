@@ -89,15 +89,22 @@ def class_weights(gs: GraphSet) -> torch.Tensor:
     return torch.tensor(w, dtype=torch.float32)
 
 
-def choose_vgae_threshold(model, val: GraphSet) -> tuple[float, str]:
+def choose_vgae_threshold(model, val: GraphSet, rule: str = "quantile", quantile: float = 0.99) -> tuple[float, str]:
+    """The VGAE's anomaly threshold, from validation data only.
+
+    ``quantile`` (default): that quantile of the attack-free validation windows' scores: a
+    false-positive budget that does not tune the detector to the known attacks, so subtle
+    unknown attacks (malfunction) stay detectable. ``youden``: maximise Youden's J on the
+    labelled validation windows (falls back to the quantile when they hold one class).
+    """
     from kdkit.evaluate import predict_scores
     from kdkit.models import choose_threshold
 
     scores = predict_scores(model, val)
     y = val.y.numpy()
-    if len(np.unique(y)) == 2:
+    if rule == "youden" and len(np.unique(y)) == 2:
         return choose_threshold(scores, y), "youden_j_on_labelled_validation"
-    return choose_threshold(scores[y == 0], None, 0.99), "q99_of_attack_free_validation"
+    return choose_threshold(scores[y == 0], None, quantile), f"q{quantile:g}_of_attack_free_validation"
 
 
 def build_student_or_teacher(cfg: TrainConfig, data: PreparedDataset):
@@ -157,7 +164,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
     model = model_from_checkpoint(best).eval()
     threshold, how = 0.5, "argmax_of_two_logits"
     if cfg.model == "vgae":
-        threshold, how = choose_vgae_threshold(model, data.splits["val"])
+        threshold, how = choose_vgae_threshold(model, data.splits["val"], cfg.threshold_rule, cfg.threshold_quantile)
         best["threshold"] = threshold
         atomic_torch_save(best, fit.best_path)
     results = evaluate_model(model, data.splits, threshold)
