@@ -316,7 +316,7 @@ def _abs_change_sums(rows: np.ndarray) -> np.ndarray:
 _CHUNK_MESSAGES = 1 << 15
 """Windows are built in chunks of about this many messages. Every temporary then stays a few
 hundred KB: it fits the CPU cache and the allocator reuses it instead of faulting fresh pages,
-which halves the time on a 180 k-message file compared with one pass over all windows."""
+which took ~40 % off the time of a 180 k-message file compared with one pass over all windows."""
 
 
 def build_graphs(msgs: Messages, vocab: IdVocab, window: int = 100, stride: int = 100,
