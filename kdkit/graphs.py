@@ -358,7 +358,9 @@ def build_graphs(msgs: Messages, vocab: IdVocab, window: int = 100, stride: int 
     node_can = cat("can_id")
     share = cat("share")
     y = (share > label_threshold).astype(np.int64)
-    types = ["normal"] if msgs.attack_type in ("attack-free", "normal") else ["normal", msgs.attack_type]
+    # A recording named attack-free that still holds labelled rows keeps them visible as "unnamed".
+    named = msgs.attack_type not in ("attack-free", "normal")
+    types = ["normal", msgs.attack_type if named else "unnamed"] if (named or y.any()) else ["normal"]
     atype = y * (len(types) - 1)
     return GraphSet(
         x=torch.from_numpy(cat("x")), node_id=torch.from_numpy(vocab.lookup(node_can)), can_id=torch.from_numpy(node_can),
