@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kdkit.data import Messages, OnBadRows, read_messages
+from kdkit.data import attack_type_from_name, Messages, OnBadRows, read_messages
 from kdkit.graphs import GRAPH_FORMAT_VERSION, GraphSet, IdVocab, build_graphs, window_starts
 
 DATA_SUFFIXES = (".csv", ".csv.gz")
@@ -324,7 +324,10 @@ def _build(name: str, files: DatasetFiles, config: PrepareConfig, bar) -> tuple[
             "excluded_from_training": [str(p) for p in files.excluded], "skipped_rows": skipped, "splits": {}}
     info["splits"]["train"] = _split_stats(splits["train"], counts["train"])
     info["splits"]["val"] = _split_stats(splits["val"], counts["val"])
-    for scen, paths in files.tests.items():
+    scenarios = dict(files.tests)
+    if files.excluded:  # suppress/masquerade training recordings: not trained on, still evaluated
+        scenarios["train_excluded_" + "_".join(sorted({attack_type_from_name(p) for p in files.excluded}))] = files.excluded
+    for scen, paths in scenarios.items():
         parts, n_msgs = [], 0
         for p in paths:
             msgs = read_messages(p, on_bad_rows=config.on_bad_rows)  # type: ignore[arg-type]

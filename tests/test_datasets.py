@@ -140,7 +140,9 @@ def test_suppress_and_masquerade_left_out_of_training(tmp_path: Path):
     assert {"test_05_suppress", "test_06_masquerade"} <= set(files.tests)
     d = prepare("set_01", CFG, data_root=root, cache_dir=tmp_path / "cache")
     assert d.scenarios == ["test_01_known_vehicle_known_attack", "test_02_unknown_vehicle_known_attack",
-                           "test_05_suppress", "test_06_masquerade"]
+                           "test_05_suppress", "test_06_masquerade", "train_excluded_masquerade_suppress"]
+    excluded = d.splits["train_excluded_masquerade_suppress"]  # kept as a test scenario, never trained on
+    assert {Path(f).name for f in excluded.files} == {"masquerade-bravo.csv", "suppress-alpha.csv"} and len(excluded) > 0
     assert len(d.splits["test_05_suppress"]) == 20 and len(d.splits["test_06_masquerade"]) == 20
     train_files = {Path(f).name for s in ("train", "val") for f in d.splits[s].files}
     assert train_files == {"attack-free-alpha.csv", "attack-free-bravo.csv", "DoS-alpha.csv"}
