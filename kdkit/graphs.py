@@ -30,7 +30,7 @@ from torch.utils.serialization import config as serialization_config
 
 from kdkit.data import Messages
 
-GRAPH_FORMAT_VERSION = 3  # bump whenever features or layout change: it invalidates every store
+GRAPH_FORMAT_VERSION = 4  # bump whenever features or layout change: it invalidates every store
 
 NODE_FEATURES = (
     [f"payload_mean_b{j}" for j in range(8)]  # mean of each payload byte / 255

@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from kdkit.batching_auto import phase_peak
 from kdkit.config import TrainConfig
 from kdkit.datasets import PrepareConfig, PreparedDataset, prepare
 from kdkit.graphs import EDGE_FEATURES, GRAPH_FORMAT_VERSION, NODE_FEATURES, GraphSet
@@ -141,17 +142,19 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
              "threshold": 0.5, "kdkit_version": "0.1.0"}
 
     t0 = time.perf_counter()
-    if cfg.trainer == "legacy":
-        from kdkit.legacy import legacy_fit
+    memory: dict = {}  # peak memory per phase; each phase ends by releasing memory (kdkit.batching_auto.phase_peak)
+    with phase_peak("train", memory):
+        if cfg.trainer == "legacy":
+            from kdkit.legacy import legacy_fit
 
-        fit = legacy_fit(task, cfg, train_set, val_set, run_dir, extra)
-        rank = 0
-        precision = "32-true"
-    else:
-        trainer = FabricTrainer(cfg, run_dir, progress=progress, on_epoch_end=on_epoch_end, should_stop=should_stop)
-        fit = trainer.fit(task, train_set, val_set, resume=resume, checkpoint_extra=extra)
-        rank = trainer.fabric.global_rank
-        precision = trainer.precision
+            fit = legacy_fit(task, cfg, train_set, val_set, run_dir, extra)
+            rank = 0
+            precision = "32-true"
+        else:
+            trainer = FabricTrainer(cfg, run_dir, progress=progress, on_epoch_end=on_epoch_end, should_stop=should_stop)
+            fit = trainer.fit(task, train_set, val_set, resume=resume, checkpoint_extra=extra)
+            rank = trainer.fabric.global_rank
+            precision = trainer.precision
     train_seconds = time.perf_counter() - t0
     if rank != 0:  # evaluation and reports happen once, on rank zero
         return {"rank": rank}
@@ -167,7 +170,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
         threshold, how = choose_vgae_threshold(model, data.splits["val"], cfg.threshold_rule, cfg.threshold_quantile)
         best["threshold"] = threshold
         atomic_torch_save(best, fit.best_path)
-    results = evaluate_model(model, data.splits, threshold)
+    with phase_peak("evaluate", memory):
+        results = evaluate_model(model, data.splits, threshold)
     summary = {
         "run_name": cfg.resolved_run_name, "run_dir": str(run_dir), "model": cfg.model, "type": cfg.type,
         "dataset": cfg.dataset, "kd": teacher is not None, "teacher": teacher_info, "trainer": cfg.trainer,
@@ -175,7 +179,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
         "epochs_run": fit.epochs_run, "train_seconds": round(train_seconds, 2), "best_val_metric": fit.best_metric,
         "threshold": threshold, "threshold_rule": how, "best_checkpoint": str(fit.best_path),
         "last_checkpoint": str(fit.last_path), "history": fit.history, "oom_events": fit.oom_events,
-        "test": {k: v for k, v in results.items() if k != "scores"},
+        "test": {k: v for k, v in results.items() if k != "scores"}, "memory": memory,
     }
     write_run_outputs(run_dir, cfg, summary, results)
     if cfg.save_compat:

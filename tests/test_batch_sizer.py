@@ -60,6 +60,18 @@ def test_probe_graph_is_the_95th_percentile_with_its_own_edges():
     assert probe_graph(gs[0]) is gs[0]
 
 
+def test_replicated_probe_batch_equals_pyg_collate():
+    from torch_geometric.data import Batch
+
+    from kdkit.batching_auto import replicate
+
+    g = graphs(1, 9)[0]
+    a, b = replicate(g, 5), Batch.from_data_list([g] * 5)
+    assert a.num_graphs == 5
+    for key in ("x", "node_id", "edge_index", "edge_attr", "y", "batch", "ptr"):
+        assert torch.equal(a[key], b[key]), key
+
+
 def test_probe_graph_from_a_graphset_matches_the_list():
     from kdkit.graphs import GraphSet
 
@@ -175,6 +187,25 @@ def test_phase_peak_records_and_logs(caplog):
             del x
     assert record["train"] is out and out["rss_growth_peak_mib"] >= 24 and out["peak_mib"] >= out["rss_start_mib"]
     assert "phase train" in caplog.text
+
+
+def test_run_summary_records_peak_memory_per_phase(synthetic, tmp_path, caplog):
+    import logging
+
+    from kdkit.config import make_config
+    from kdkit.pipeline import train
+
+    cfg = make_config(dataset="synthetic", hidden=8, layers=1, heads=1, embedding_dim=4, epochs=1, precision="32-true",
+                      accelerator="cpu", save_compat=False, runs_dir=str(tmp_path / "runs"))
+    with caplog.at_level(logging.INFO, logger="kdkit.memory"):
+        summary = train(cfg, progress=False, data=synthetic)
+    assert set(summary["memory"]) == {"train", "evaluate"}
+    for phase in summary["memory"].values():
+        assert phase["peak_mib"] > 0 and phase["rss_growth_peak_mib"] >= 0 and phase["seconds"] > 0
+    assert "phase train" in caplog.text and "phase evaluate" in caplog.text
+    assert summary["history"][0]["train_peak_mib"] > 0
+    saved = json.loads((tmp_path / "runs" / cfg.resolved_run_name / "summary.json").read_text())
+    assert saved["memory"]["train"]["peak_mib"] == summary["memory"]["train"]["peak_mib"]
 
 
 # ----------------------------------------------------------------------------- CLI and config
