@@ -60,7 +60,7 @@ def _setup(opts: dict):
     if opts.get("data_root"):
         overrides["data_root"] = opts["data_root"]
     cfg = make_config(**overrides)
-    _import_trainer_libraries()
+    _import_trainer_libraries(compile_model=bool(opts.get("compile_imports")))
     data = load_data(cfg)
     train_set = data.splits["train"] if cfg.model == "gat" else vgae_train_sets(data)[0]
     model = build_student_or_teacher(cfg, data)  # seeded with cfg.seed: same weights in every run
@@ -68,12 +68,16 @@ def _setup(opts: dict):
     return cfg, train_set, task
 
 
-def _import_trainer_libraries() -> None:
+def _import_trainer_libraries(compile_model: bool = False) -> None:
     """Import what either trainer imports before the memory baseline is taken, so module code
-    (Lightning, its loggers) is not counted as one variant's training memory."""
+    (Lightning, its loggers; ~40 MiB of torch.compile machinery when compiling) is not counted
+    as training memory: it does not grow with the batch."""
     import importlib
 
-    for name in ("lightning.fabric", "lightning.fabric.loggers", "tensorboard", "torch_geometric.loader"):
+    names = ["lightning.fabric", "lightning.fabric.loggers", "tensorboard", "torch_geometric.loader"]
+    if compile_model:
+        names += ["torch._dynamo", "torch._inductor.compile_fx"]
+    for name in names:
         try:
             importlib.import_module(name)
         except ImportError:
@@ -233,7 +237,7 @@ def bench_train(model: str = "gat", type: str = "teacher", dataset: str = "synth
 
     base = {"model": model, "type": type, "dataset": dataset, "steps": steps, "burn_in": burn_in,
             "batch_size": batch_size, "precision": precision, "threads": threads, "data_root": data_root,
-            "accelerator": accelerator}
+            "accelerator": accelerator, "compile_imports": compile == "on"}
     variants = {"legacy": {**base, "variant": "legacy", "precision": "32-true"},
                 "fabric": {**base, "variant": "fabric", "compile": compile == "on"}}
     runs: dict[str, list[dict]] = {"legacy": [], "fabric": []}
