@@ -468,6 +468,9 @@ class FabricTrainer:
             start_epoch, step, best, bad, history = ck["epoch"] + 1, ck["step"], ck["best_metric"], ck["bad_epochs"], list(ck["history"])
             self.batch_size = int(ck.get("batch_size", self.batch_size))
             log.info("resumed from %s at epoch %d", resume, start_epoch)
+            old_csv = self.run_dir / "logs" / "metrics.csv"
+            if fabric.global_rank == 0 and old_csv.is_file():  # the CSV logger would overwrite it
+                old_csv.replace(old_csv.with_name(f"metrics_until_epoch{start_epoch - 1}.csv"))
         extra = checkpoint_extra or {}
         t0 = time.perf_counter()
         log.info("fit: %s %s, precision %s, device %s, world size %d, %d train / %d val graphs",

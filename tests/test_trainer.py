@@ -128,6 +128,9 @@ def test_resume_reaches_same_weights(synthetic, tmp_path):
     last = tmp_path / "runs" / "cut" / "checkpoints" / "last.pt"
     assert torch.load(last, weights_only=True)["epoch"] == 0
     resumed = train(tiny_cfg(tmp_path, run_name="cut", epochs=3), resume=last, progress=False, data=synthetic)
+    logs = tmp_path / "runs" / "cut" / "logs"
+    assert (logs / "metrics_until_epoch0.csv").is_file() and (logs / "metrics.csv").is_file()  # no history lost
+    assert [h["epoch"] for h in resumed["history"]] == [0, 1, 2]
     a, b = _weights(full["last_checkpoint"]), _weights(resumed["last_checkpoint"])
     assert a.keys() == b.keys()
     for k in a:
