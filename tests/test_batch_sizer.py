@@ -296,3 +296,20 @@ def test_detect_preset_without_cuda(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert detect_preset() == "cpu"
+
+
+def test_cpu_bf16_verdict_is_measured_once_per_machine(monkeypatch, tmp_path):
+    """A ratio near the threshold must not flip the precision between runs: it is stored."""
+    from kdkit import trainer
+
+    monkeypatch.setattr(trainer, "_BF16_CPU_SPEEDUP", None)
+    path, key = trainer._precision_store()
+    assert path.parent == tmp_path / "cache"  # the autouse fixture's KDKIT_CACHE_DIR
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({key: 1.37}))
+    assert trainer.measure_cpu_bf16_speedup() == 1.37  # read, not measured
+    monkeypatch.setattr(trainer, "_BF16_CPU_SPEEDUP", None)
+    path.write_text("{}")
+    monkeypatch.setattr(trainer, "_stored_bf16_speedup", lambda: None)
+    measured = trainer.measure_cpu_bf16_speedup()
+    assert measured > 0 and json.loads(path.read_text())[key] == round(measured, 3)
