@@ -481,7 +481,9 @@ class DynamicBatchSizer:
             chosen, largest = self.min_batch_size, self.min_batch_size
         else:
             largest = lo
-            chosen = max(self.min_batch_size, min(self.max_batch_size, int(lo * (1 - self.safety_margin)) or 1))
+            # the margin guards against memory; when max_batch_size bounded the search, it is the answer
+            margin = self.safety_margin if hi is not None else 0.0
+            chosen = max(self.min_batch_size, min(self.max_batch_size, int(lo * (1 - margin)) or 1))
         peak = next((p for bb, p in reversed(probes) if bb == largest and p is not None), 0)
         n_nodes, n_edges = int(self.graph.num_nodes), int(self.graph.edge_index.size(1))
         return BatchSizeResult(batch_size=chosen, node_budget=chosen * n_nodes, largest_fit=largest,

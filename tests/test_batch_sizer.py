@@ -124,6 +124,11 @@ def test_second_call_is_a_cache_hit_without_probing(tmp_path):
                              memory_bytes=MEMORY).cache_key() != third.cache_key()
 
 
+def test_max_batch_size_bounds_without_margin():
+    s = sizer(0.9, max_batch_size=4, use_cache=False)
+    assert s.estimate_optimal_batch_size() == 4 and s.result.largest_fit == 4
+
+
 def test_too_small_a_target_returns_min_batch_size(caplog):
     s = sizer(0.0001, min_batch_size=2, use_cache=False)
     assert s.estimate_optimal_batch_size() == 2
