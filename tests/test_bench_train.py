@@ -70,3 +70,21 @@ def test_bench_infer_smoke(student_checkpoint, capsys):
         assert r["messages_per_s"] == pytest.approx(r["windows_per_s"] * 100, rel=0.01)
         assert r["messages_per_s"] > 0 and r["messages_per_cpu_s"] > 0
         assert 0 < r["latency_ms_p50"] <= r["latency_ms_p99"] and 0 < r["latency_cpu_ms_p50"] <= r["latency_cpu_ms_p99"]
+
+
+def test_self_loops_once_gives_identical_scores(student_checkpoint, synthetic):
+    """The compiled inference path adds self-loops once per batch instead of in every layer."""
+    from kdkit.batching import collate_indices
+    from kdkit.bench_train import self_loops_outside, with_self_loops
+    from kdkit.trainer import load_checkpoint, model_from_checkpoint
+
+    ck = load_checkpoint(student_checkpoint)
+    ref, fast = model_from_checkpoint(ck).eval(), self_loops_outside(model_from_checkpoint(ck).eval())
+    gs = synthetic.splits["val"]
+    with torch.no_grad():
+        for idx in ([0], [3, 1, 4, 1, 5], list(range(40))):
+            batch = collate_indices(gs, idx)
+            n_loops = int((batch.edge_index[0] == batch.edge_index[1]).sum())
+            looped = with_self_loops(collate_indices(gs, idx))
+            assert looped.edge_index.size(1) == batch.edge_index.size(1) - n_loops + batch.num_nodes
+            assert torch.allclose(ref(batch), fast(looped), atol=1e-6)
