@@ -233,6 +233,10 @@ class Task(nn.Module):
         batch.node_id = batch.node_id.masked_fill(hide[batch.batch], 0)
         return batch
 
+    def forward(self, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """The training loss of a batch (what Fabric's wrapped module calls)."""
+        return self.training_loss(batch)
+
     def training_loss(self, batch) -> tuple[torch.Tensor, dict[str, float]]:
         batch = self.hide_vehicle(batch)
         if self.kd is not None:
@@ -390,10 +394,9 @@ class FabricTrainer:
             tmp.replace(path)
 
     def _step(self, task: Task, model, optimizer, scheduler, batch) -> tuple[float, dict]:
-        # training_loss is called on the task itself, not through the Fabric module's forward, so
-        # the precision plugin's autocast must be entered here or bf16-mixed/16-mixed do nothing
-        with self.fabric.autocast():
-            loss, parts = task.training_loss(batch)
+        # Through the Fabric module's forward (= Task.forward = training_loss): that applies the
+        # precision plugin's autocast and, under DDP, the wrapper that synchronises gradients.
+        loss, parts = model(batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss became {float(loss)} (components {parts}); lower the learning rate")
         self.fabric.backward(loss)
@@ -480,6 +483,8 @@ class FabricTrainer:
         # train batches are moved by self._to_device (non-blocking from pinned memory), val batches by Fabric
         train_loader = fabric.setup_dataloaders(train_loader, use_distributed_sampler=False, move_to_device=False)
         val_loader = fabric.setup_dataloaders(val_loader, use_distributed_sampler=False)
+        if cfg.compile:  # compile the model's forward only: state_dict keys stay those of the plain model
+            task.model.forward = torch.compile(task.model.forward, dynamic=True)
         params = [p for p in task.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         task_m, optimizer = fabric.setup(task, optimizer)

@@ -219,3 +219,32 @@ def test_list_configs(capsys):
     out = capsys.readouterr().out
     for word in ("teacher", "student", "v100", "a100", "kd_temperature", "learning_rate"):
         assert word in out
+
+
+def test_training_step_goes_through_the_fabric_module(synthetic, tmp_path, monkeypatch):
+    """The loss must come from the wrapped module's forward: that is where Fabric applies autocast
+    and where DDP hooks in its gradient synchronisation."""
+    from lightning.fabric.wrappers import _FabricModule
+
+    from kdkit.pipeline import train
+
+    calls = []
+    real = _FabricModule.forward
+
+    def spy(self, *args, **kwargs):
+        calls.append(type(self._original_module).__name__)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(_FabricModule, "forward", spy)
+    s = train(tiny_cfg(tmp_path, run_name="spy", epochs=1), progress=False, data=synthetic)
+    n_batches = -(-len(synthetic.splits["train"]) // TINY["batch_size"])
+    assert calls.count("Task") == n_batches and s["epochs_run"] == 1
+
+
+def test_compiled_forward_trains_and_saves_plain_keys(synthetic, tmp_path):
+    from kdkit.pipeline import train
+    from kdkit.trainer import load_checkpoint
+
+    s = train(tiny_cfg(tmp_path, run_name="comp", epochs=1, compile=True), progress=False, data=synthetic)
+    keys = load_checkpoint(s["best_checkpoint"])["model"].keys()
+    assert not any("_orig_mod" in k for k in keys) and torch.isfinite(torch.tensor(s["history"][0]["train_loss"]))
