@@ -100,7 +100,7 @@ def _cycle(loader):
 
 def _legacy_steps(cfg, train_set, task, device):
     """kdkit.legacy's loop body: PyG DataLoader over a list of Data, fp32, plain autograd."""
-    from kdkit.legacy import legacy_loader
+    from kdkit.legacy import legacy_loader, legacy_step
     from kdkit.trainer import make_scheduler
 
     task.to(device)
@@ -113,14 +113,7 @@ def _legacy_steps(cfg, train_set, task, device):
 
     def step() -> int:
         batch = next(batches).to(device)
-        loss, _ = task.training_loss(batch)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(task.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
-        float(loss.detach())
+        legacy_step(task, optimizer, scheduler, batch, cfg.grad_clip)
         return batch.num_graphs
 
     return step, "32-true"

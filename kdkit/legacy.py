@@ -26,6 +26,18 @@ def legacy_loader(gs: GraphSet, batch_size: int, shuffle: bool, seed: int = 0):
     return DataLoader(gs.to_data_list(), batch_size=batch_size, shuffle=shuffle, generator=gen)
 
 
+def legacy_step(task: Task, optimizer: torch.optim.Optimizer, scheduler, batch, grad_clip: float) -> float:
+    """One plain fp32 optimizer step; returns the loss."""
+    loss, _ = task.training_loss(batch)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(task.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
+    return float(loss.detach())
+
+
 def legacy_fit(task: Task, cfg: TrainConfig, train_set: GraphSet, val_set: GraphSet, run_dir: str | Path,
                checkpoint_extra: dict | None = None, max_steps: int | None = None) -> FitResult:
     """Train with a plain loop on CPU/CUDA in fp32; mirrors FabricTrainer.fit's outputs."""
@@ -50,15 +62,7 @@ def legacy_fit(task: Task, cfg: TrainConfig, train_set: GraphSet, val_set: Graph
         task.train()
         losses = []
         for batch in train_loader:
-            batch = batch.to(device)
-            loss, _ = task.training_loss(batch)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(task.parameters(), cfg.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            losses.append(float(loss.detach()))
+            losses.append(legacy_step(task, optimizer, scheduler, batch.to(device), cfg.grad_clip))
             step += 1
             if max_steps and step >= max_steps:
                 break
