@@ -1,4 +1,4 @@
-"""SLURM orchestration: render sbatch scripts from templates, submit, track, wait.
+"""SLURM orchestration: submit sbatch scripts, track and wait for jobs.
 
 Commands (see kdkit/slurm_cli.py)::
 
@@ -18,27 +18,27 @@ Python::
 Every job gets ``runs/<run_name>/`` holding ``job.sbatch`` (the rendered script),
 ``parameters.json`` and ``slurm-<jobid>.out``; the registry ``runs/slurm_jobs.json``
 survives restarts. Scripts come from ``slurm_templates/`` at the repo top (override
-the directory with ``KDKIT_SLURM_TEMPLATES``). A local test cluster:
+the directory with ``KDKIT_SLURM_TEMPLATES``); rendering and value checks live in
+kdkit/slurm_script.py and are re-exported here. A local test cluster:
 ``.ci/slurm-cluster.sh start``.
 """
 from __future__ import annotations
 
-import ast
-import configparser
 import fcntl
 import json
 import os
 import re
-import shlex
 import subprocess
 import sys
 import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
-from string import Template
 
-TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "slurm_templates"
+from kdkit.slurm_script import (  # noqa: F401  (re-exported: public API of kdkit.slurm)
+    RESOURCE_KEYS, TEMPLATE_DIR, VALIDATORS, check_parameters, load_presets,
+    notebook_parameters, render, template_path, to_yaml, validate)
+
 TERMINAL_STATES = frozenset({
     "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
     "PREEMPTED", "BOOT_FAIL", "DEADLINE", "REVOKED", "SPECIAL_EXIT"})
@@ -46,220 +46,10 @@ KNOWN_STATES = TERMINAL_STATES | {
     "PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED",
     "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED",
     "RESV_DEL_HOLD", "UNKNOWN"}
-RESOURCE_KEYS = ("partition", "account", "qos", "time", "cpus_per_task", "mem", "gpus",
-                 "gpu_type", "constraint", "mail_user", "mail_type", "modules", "venv",
-                 "conda_env", "kernel", "workdir", "separate_stderr")
 
 
 class SlurmError(RuntimeError):
     """A Slurm command failed (job rejected, unknown job, no Slurm on this machine)."""
-
-
-# --------------------------------------------------------------------------- validation
-def _no_control(field: str, value: str) -> str:
-    if re.search(r"[\x00-\x1f\x7f]", value):
-        raise ValueError(f"{field}={value!r}: newlines and control characters are not allowed")
-    return value
-
-
-def _check(ok, field, value, expected):
-    if not ok:
-        raise ValueError(f"{field}={value!r}: expected {expected}")
-    return value
-
-
-def _pattern(regex: str, what: str):
-    rx = re.compile(regex)
-    return lambda f, v: _check(isinstance(v, str) and rx.fullmatch(v), f, v, f"a {what} matching {regex}")
-
-
-def _int(low: int):
-    return lambda f, v: _check(type(v) is int and v >= low, f, v, f"an integer >= {low}")
-
-
-def _path(field, value):
-    return str(Path(_no_control(field, os.fspath(value))).expanduser().resolve())
-
-
-def _sbatch_path(field, value):   # no spaces, quotes or % in #SBATCH paths
-    return _pattern(r"/[A-Za-z0-9_./+@:=-]*", "path usable in #SBATCH lines")(field, _path(field, value))
-
-
-_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}"
-_MAIL = r"NONE|BEGIN|END|FAIL|REQUEUE|ALL|INVALID_DEPEND|STAGE_OUT|TIME_LIMIT(_\d\d)?|ARRAY_TASKS"
-VALIDATORS = {
-    "job_name": _pattern(_NAME, "job name"),
-    "run_name": _pattern(_NAME, "run name"),
-    "dataset": _pattern(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", "dataset name"),
-    "model": _pattern(r"gat|vgae", "model (gat or vgae)"),
-    "model_type": _pattern(r"teacher|student", "model type (teacher or student)"),
-    "partition": _pattern(r"[A-Za-z0-9_.-]+(,[A-Za-z0-9_.-]+)*", "partition name (list)"),
-    "account": _pattern(r"[A-Za-z0-9_.-]+", "account name"),
-    "qos": _pattern(r"[A-Za-z0-9_.-]+", "QOS name"),
-    "time": _pattern(r"\d+(:\d\d){0,2}|\d+-\d+(:\d\d){0,2}|INFINITE|UNLIMITED",
-                     "Slurm time (MM, HH:MM:SS, D-HH:MM:SS)"),
-    "mem": _pattern(r"\d+[KMGT]?", "memory size (e.g. 16G)"),
-    "cpus_per_task": _int(1), "nodes": _int(1), "ntasks_per_node": _int(1),
-    "devices": _int(1), "num_nodes": _int(1), "epochs": _int(1), "gpus": _int(0),
-    "gpu_type": _pattern(r"[A-Za-z0-9_.-]+", "GPU type"),
-    "constraint": _pattern(r"[A-Za-z0-9_.,&|\[\]*:()!-]+", "constraint expression"),
-    "mail_user": _pattern(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+", "e-mail address"),
-    "mail_type": _pattern(rf"({_MAIL})(,({_MAIL}))*", "mail type list"),
-    "dependency": _pattern(r"singleton|[a-z]+(:[A-Za-z0-9_+]+)+([,?][a-z]+(:[A-Za-z0-9_+]+)+)*",
-                           "dependency (e.g. afterok:123)"),
-    "modules": _pattern(r"[A-Za-z0-9_.+/-]+", "module name"),
-    "kernel": _pattern(r"[A-Za-z0-9_.-]+", "Jupyter kernel name"),
-    "conda_env": _pattern(r"[A-Za-z0-9_.+/-]+", "conda env name or prefix"),
-    "workdir": _sbatch_path, "runs_dir": _sbatch_path, "venv": _path, "teacher": _path, "notebook": _path,
-    "separate_stderr": lambda f, v: _check(isinstance(v, bool), f, v, "True or False"),
-}
-
-
-def validate(fields: dict) -> dict:
-    """Checks every set field against its allow-list; returns normalised fields.
-
-    Raises:
-        ValueError: naming the field, the bad value and what is allowed.
-    """
-    out = {}
-    for key, value in fields.items():
-        if value is not None and key in VALIDATORS:
-            check = VALIDATORS[key]
-            value = [check(key, v) for v in value] if key == "modules" else check(key, value)
-        out[key] = value
-    return out
-
-
-# ------------------------------------------------------------------ templates & presets
-def template_path(name: str) -> Path:
-    """The template file ``name``: from ``$KDKIT_SLURM_TEMPLATES`` if there, else the repo's."""
-    override = os.environ.get("KDKIT_SLURM_TEMPLATES")
-    if override and (Path(override) / name).is_file():
-        return Path(override) / name
-    return TEMPLATE_DIR / name
-
-
-def load_presets() -> dict[str, dict]:
-    """Resource presets (cpu, v100, a100, h100, ...) from ``presets.ini``."""
-    parser, path = configparser.ConfigParser(), template_path("presets.ini")
-    parser.read(path)
-    presets = {}
-    for name in parser.sections():
-        preset = {k: (int(v) if k in ("cpus_per_task", "gpus") and v else v or None)
-                  for k, v in parser[name].items()}
-        unknown = set(preset) - set(RESOURCE_KEYS)
-        if unknown:
-            raise ValueError(f"{path} [{name}]: unknown key(s) {sorted(unknown)}; known: {RESOURCE_KEYS}")
-        presets[name] = preset
-    return presets
-
-
-_SBATCH_SAFE = re.compile(r"[A-Za-z0-9_.,:/@%+=&|\[\]*()!-]+")
-
-
-def render(template_name: str, values: dict) -> str:
-    """Fills ``slurm_templates/<template_name>`` line by line.
-
-    Lines starting with ``##`` and lines with a placeholder whose value is None (or an
-    empty list) are dropped; a list value repeats its line per item. Values in
-    ``#SBATCH`` lines must be plain tokens; values in shell lines go through
-    ``shlex.quote``.
-
-    Raises:
-        ValueError: a value contains control characters or unsafe #SBATCH characters.
-        KeyError: the template uses a placeholder not in ``values``.
-    """
-    text = template_path(template_name).read_text()
-    lines = []
-    for line in text.splitlines():
-        if line.startswith("##"):      # template-only comment
-            continue
-        names = {m.group("named") or m.group("braced")
-                 for m in Template.pattern.finditer(line)} - {None}
-        missing = names - values.keys()
-        if missing:
-            raise KeyError(f"{template_name} uses placeholder(s) {sorted(missing)} that kdkit does not fill")
-        vals = {n: values[n] for n in names}
-        if any(v is None or v == [] for v in vals.values()):
-            continue
-        listed = [n for n, v in vals.items() if isinstance(v, (list, tuple))]
-        for item in (vals[listed[0]] if listed else [None]):
-            sub = {}
-            for name, value in vals.items():
-                text_value = _no_control(name, str(item if name in listed else value))
-                if line.startswith("#SBATCH"):
-                    if not _SBATCH_SAFE.fullmatch(text_value):
-                        raise ValueError(f"{name}={text_value!r} cannot go in an #SBATCH line")
-                else:
-                    text_value = shlex.quote(text_value)
-                sub[name] = text_value
-            lines.append(Template(line).substitute(sub))
-    return "\n".join(lines) + "\n"
-
-
-# ------------------------------------------------------------------ notebook parameters
-def notebook_parameters(notebook: str | os.PathLike) -> dict:
-    """Names and literal defaults of the notebook's cell tagged ``parameters``.
-
-    Defaults that are not literals come back as ``...`` (any type accepted).
-
-    Raises:
-        ValueError: the notebook has no cell tagged ``parameters``.
-    """
-    nb = json.loads(Path(notebook).read_text())
-    for cell in nb.get("cells", []):
-        if cell.get("cell_type") == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
-            source = cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
-            params = {}
-            for node in ast.parse(source).body:
-                targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
-                for target in [t for t in targets if isinstance(t, ast.Name) and node.value]:
-                    try:
-                        params[target.id] = ast.literal_eval(node.value)
-                    except ValueError:
-                        params[target.id] = ...
-            return params
-    raise ValueError(f"{notebook}: no code cell tagged 'parameters' (papermill needs one)")
-
-
-def check_parameters(notebook, parameters: dict) -> dict:
-    """Checks ``parameters`` against the notebook's parameters cell (names and types).
-
-    Raises:
-        ValueError: an unknown name, a value that is not JSON data, or a type that does
-            not match the notebook's default (ints pass for floats; None default: any).
-    """
-    declared = notebook_parameters(notebook)
-    for key, value in parameters.items():
-        if key not in declared:
-            raise ValueError(f"parameter {key!r} is not in {notebook}'s parameters cell "
-                             f"(known: {', '.join(sorted(declared))})")
-        try:
-            json.dumps(value, allow_nan=False)
-        except (TypeError, ValueError):
-            raise ValueError(f"parameter {key}={value!r}: only JSON data (str, finite number, "
-                             "bool, None, list, dict) can be passed to a notebook") from None
-        default = declared[key]
-        if default is None or default is ... or value is None:
-            continue
-        kinds = {float: (int, float), list: (list, tuple), tuple: (list, tuple)}.get(type(default), type(default))
-        if not isinstance(value, kinds) or (isinstance(value, bool) and type(default) is not bool):
-            raise ValueError(f"parameter {key}={value!r}: the notebook's default is "
-                             f"{type(default).__name__} {default!r}")
-    return parameters
-
-
-def to_yaml(value) -> str:
-    """One-line YAML (flow style) for papermill's ``-y``: JSON with YAML-1.1-safe floats."""
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{json.dumps(k)}: {to_yaml(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(to_yaml(v) for v in value) + "]"
-    if isinstance(value, float):   # PyYAML reads 1e-05 as a string: it wants 1.0e-05
-        mantissa, _, exponent = repr(value).partition("e")
-        mantissa = mantissa if "." in mantissa else mantissa + ".0"
-        return mantissa + (f"e{'' if exponent[0] in '+-' else '+'}{exponent}" if exponent else "")
-    return json.dumps(value)
 
 
 # ---------------------------------------------------------------------------- parsing
