@@ -571,6 +571,10 @@ class FabricTrainer:
                     log.info("stopped on request after epoch %d", epoch)
                     break
             status = "success"
+            if fabric.world_size > 1 and torch.distributed.is_initialized():
+                # Leave together: a rank exiting while another is still inside gloo aborts the job.
+                fabric.barrier()
+                torch.distributed.destroy_process_group()
         finally:
             for logger in fabric.loggers:
                 logger.finalize(status)

@@ -59,6 +59,8 @@ if a.dataset == "ddp":
     (run / f"rank{{fabric.global_rank}}.json").write_text(json.dumps(
         {{"rank": fabric.global_rank, "world": fabric.world_size, "sum": total.item(),
          "slurm_detected": SLURMEnvironment.detect(), "backend": str(torch.distributed.get_backend())}}))
+    fabric.barrier()  # no rank may exit while another is still inside gloo (it aborts the step)
+    torch.distributed.destroy_process_group()
     sys.exit(0)
 if int(os.environ.get("SLURM_PROCID", 0)) == 0:
     if a.type == "teacher":
