@@ -351,7 +351,7 @@ class DynamicBatchSizer:
             raise ValueError(f"need 1 <= min_batch_size <= max_batch_size, got {min_batch_size}, {max_batch_size}")
         if not 0.0 <= safety_margin < 1.0:
             raise ValueError(f"safety_margin must be in [0, 1), got {safety_margin}")
-        from kdkit.trainer import choose_precision
+        from kdkit.precision import choose_precision
 
         self.model, self.target = model, float(target_memory_usage)
         self.min_batch_size, self.max_batch_size = int(min_batch_size), int(max_batch_size)
@@ -502,7 +502,7 @@ class DynamicBatchSizer:
 def sizer_for_config(cfg, data=None) -> DynamicBatchSizer:
     """A DynamicBatchSizer for the model, data, device and precision a TrainConfig trains."""
     from kdkit.pipeline import build_student_or_teacher, load_data
-    from kdkit.trainer import choose_precision, resolve_accelerator
+    from kdkit.precision import choose_precision, resolve_accelerator
 
     data = data or load_data(cfg)
     model = build_student_or_teacher(cfg, data)

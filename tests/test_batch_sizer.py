@@ -187,10 +187,12 @@ def test_phase_peak_records_and_logs(caplog):
     record = {}
     with caplog.at_level(logging.INFO, logger="kdkit.memory"):
         with phase_peak("train", record) as out:
-            x = torch.ones(32 * 2**20 // 4)
+            # 96 MiB: above glibc's largest dynamic mmap threshold (32 MiB), so the pages are fresh and
+            # RSS must grow; a smaller block can be served from already-resident freed heap.
+            x = torch.ones(96 * 2**20 // 4)
             time.sleep(0.02)
             del x
-    assert record["train"] is out and out["rss_growth_peak_mib"] >= 24 and out["peak_mib"] >= out["rss_start_mib"]
+    assert record["train"] is out and out["rss_growth_peak_mib"] >= 80 and out["peak_mib"] >= out["rss_start_mib"]
     assert "phase train" in caplog.text
 
 
@@ -286,7 +288,7 @@ def test_detect_preset_and_precision_policy_on_gpus(monkeypatch, gpu, memory_gib
     from types import SimpleNamespace
 
     from kdkit.config import detect_preset
-    from kdkit.trainer import choose_precision
+    from kdkit.precision import choose_precision
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: gpu)
@@ -305,7 +307,7 @@ def test_detect_preset_without_cuda(monkeypatch):
 
 def test_cpu_bf16_verdict_is_measured_once_per_machine(monkeypatch, tmp_path):
     """A ratio near the threshold must not flip the precision between runs: it is stored."""
-    from kdkit import trainer
+    from kdkit import precision as trainer
 
     monkeypatch.setattr(trainer, "_BF16_CPU_SPEEDUP", None)
     path, key = trainer._precision_store()

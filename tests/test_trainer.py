@@ -51,7 +51,7 @@ def test_preset_fills_only_unset_keys():
 
 # ----------------------------------------------------------------------------- precision policy
 def test_precision_policy(monkeypatch):
-    from kdkit import trainer
+    from kdkit import precision as trainer
 
     assert trainer.choose_precision("bf16", "cpu") == "bf16-mixed"
     assert trainer.choose_precision("16-mixed", "cpu") == "16-mixed"
