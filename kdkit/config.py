@@ -157,6 +157,11 @@ def validate_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
 
 def parse_config_json(text: str | None) -> dict[str, Any]:
     """``--config`` JSON (a string, or ``@file.json``) -> validated overrides."""
+    return validate_overrides(read_config_json(text))
+
+
+def read_config_json(text: str | None) -> dict[str, Any]:
+    """``--config`` JSON (a string, or ``@file.json``) -> a dict, not yet validated."""
     if not text:
         return {}
     if text.startswith("@"):
@@ -168,7 +173,7 @@ def parse_config_json(text: str | None) -> dict[str, Any]:
         raise ValueError(f"--config is not valid JSON ({err.msg} at line {err.lineno} column {err.colno})") from err
     if not isinstance(data, dict):
         raise ValueError(f"--config must be a JSON object, got {type(data).__name__}")
-    return validate_overrides(data)
+    return data
 
 
 def detect_preset() -> str:

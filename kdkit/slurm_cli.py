@@ -101,16 +101,9 @@ def submit_train_from_args(args: argparse.Namespace) -> str | None:
 
 def _config_dict(config: str | None) -> dict:
     """``--config`` as a dict: a JSON object or ``@file.json`` (read here, inlined in the job)."""
-    if not config:
-        return {}
-    text = Path(config[1:]).read_text() if config.startswith("@") else config
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"--config is not valid JSON ({config[:60]}): {err}") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"--config must be a JSON object, got {value!r}")
-    return value
+    from kdkit.config import read_config_json
+
+    return read_config_json(config)
 
 
 def _orchestrator(args) -> FabricSlurmTrainingOrchestrator:
