@@ -129,11 +129,12 @@ class _IndexDataset(torch.utils.data.Dataset):
 
 
 class _Collate:
-    def __init__(self, gs: GraphSet):
-        self.gs = gs
+    def __init__(self, gs: GraphSet, transform=None):
+        self.gs, self.transform = gs, transform
 
     def __call__(self, indices: list[int]):
-        return collate_indices(self.gs, indices)
+        batch = collate_indices(self.gs, indices)
+        return self.transform(batch) if self.transform is not None else batch
 
 
 def auto_num_workers(in_memory: bool = True) -> int:
@@ -147,11 +148,12 @@ def auto_num_workers(in_memory: bool = True) -> int:
 
 def graph_loader(gs: GraphSet, batch_size: int = 64, shuffle: bool = False, seed: int = 0, node_budget: int = 0,
                  num_workers: int = -1, prefetch_factor: int = 2, pin_memory: bool = False, rank: int = 0,
-                 world_size: int = 1, drop_last: bool = False) -> DataLoader:
-    """A DataLoader of fast batches over a GraphSet (see the module docstring)."""
+                 world_size: int = 1, drop_last: bool = False, transform=None) -> DataLoader:
+    """A DataLoader of fast batches over a GraphSet (see the module docstring); ``transform``
+    (``batch -> batch``) is applied to every batch in the collate function."""
     sampler = GraphBatchSampler(len(gs), batch_size, shuffle, seed, drop_last, node_budget,
                                 gs.num_nodes if node_budget else None, rank, world_size)
     workers = auto_num_workers() if num_workers < 0 else num_workers
     kwargs = {"prefetch_factor": prefetch_factor, "persistent_workers": True} if workers > 0 else {}
-    return DataLoader(_IndexDataset(gs), batch_sampler=sampler, collate_fn=_Collate(gs), num_workers=workers,
+    return DataLoader(_IndexDataset(gs), batch_sampler=sampler, collate_fn=_Collate(gs, transform), num_workers=workers,
                       pin_memory=pin_memory, **kwargs)

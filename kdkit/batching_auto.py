@@ -66,6 +66,33 @@ def _rss_bytes() -> int:
         return psutil.Process().memory_info().rss
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def _mallinfo2():
+    try:
+        fn = ctypes.CDLL("libc.so.6").mallinfo2  # glibc >= 2.33
+    except (OSError, AttributeError):
+        return None
+    fn.restype = _MallInfo2
+    return fn
+
+
+_MALLINFO2 = _mallinfo2()
+
+
+def allocated_bytes() -> int | None:
+    """Bytes the C allocator has handed out and not had back (glibc ``mallinfo2``: heap in use
+    plus mmapped blocks): the CPU tensors' memory, like CUDA's ``memory_allocated``; RSS also
+    counts freed heap glibc keeps. None where there is no ``mallinfo2``."""
+    if _MALLINFO2 is None:
+        return None
+    info = _MALLINFO2()
+    return int(info.uordblks + info.hblkhd)
+
+
 def _ru_maxrss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
@@ -90,7 +117,9 @@ class PeakMemory:
         interval: seconds between RSS samples on CPU (default 0.001).
 
     After the block: ``peak_bytes`` (CUDA: peak allocated; CPU: peak RSS growth over the
-    start), ``start_bytes`` and ``how`` (a one-line description of the method).
+    start), ``start_bytes`` and ``how`` (a one-line description of the method). On CPU with
+    glibc also ``alloc_peak_bytes``: the peak growth of the allocator's bytes in use
+    (:func:`allocated_bytes`, sampled with RSS), the CPU counterpart of CUDA's peak allocated.
     """
 
     def __init__(self, device: str | torch.device = "cpu", interval: float = 0.001):
@@ -101,12 +130,16 @@ class PeakMemory:
         self.how = ""
         self._stop = threading.Event()
         self._max = 0
+        self.alloc_peak_bytes: int | None = None
+        self.alloc_start_bytes = self._alloc_max = None
 
     def _sample(self) -> None:
         while not self._stop.wait(self.interval):
             rss = _rss_bytes()
             if rss > self._max:
                 self._max = rss
+            if self._alloc_max is not None:
+                self._alloc_max = max(self._alloc_max, allocated_bytes())
 
     def __enter__(self) -> "PeakMemory":
         if self.device.type == "cuda":
@@ -116,6 +149,7 @@ class PeakMemory:
             self.how = "torch.cuda.max_memory_allocated after reset_peak_memory_stats"
             return self
         self.start_bytes = self._max = _rss_bytes()
+        self.alloc_start_bytes = self._alloc_max = allocated_bytes()
         self._ru_start = _ru_maxrss_bytes()
         self.how = "peak RSS growth: 1 ms RSS samples, or getrusage ru_maxrss when it rose"
         self._stop.clear()
@@ -135,6 +169,9 @@ class PeakMemory:
         if ru > self._ru_start:  # a new lifetime peak was reached inside the block: exact
             peak = max(peak, ru)
         self.peak_bytes = max(peak - self.start_bytes, 0)
+        if self.alloc_start_bytes is not None:
+            self._alloc_max = max(self._alloc_max, allocated_bytes())
+            self.alloc_peak_bytes = max(self._alloc_max - self.alloc_start_bytes, 0)
 
 
 @contextlib.contextmanager

@@ -9,17 +9,24 @@ inference throughput and latency of a trained model.
 size and number of steps:
 
 - ``legacy``: :mod:`kdkit.legacy`'s loop, a PyG ``DataLoader`` over a list of ``Data``, fp32;
-- ``fabric``: :class:`kdkit.trainer.FabricTrainer`'s step (``_run_batch``) on fast batches
-  gathered from the packed store, at the precision policy's choice (or ``--precision``),
-  optionally ``torch.compile(dynamic=True)`` (``--compile on``).
+- ``fabric``: :class:`kdkit.trainer.FabricTrainer`'s step (``_run_batch``), set up by
+  ``FabricTrainer.prepare`` as ``fit`` does: fast batches gathered from the packed store, the
+  :mod:`kdkit.fastpath` (allocator tuning and fast edge-projection gradients on CPU, fused
+  AdamW), the precision policy's choice (or ``--precision``), optionally ``torch.compile``
+  with the GAT's self-loops added once per batch (``--compile on``).
 
 Each variant runs in a fresh process (so one variant's heap cannot hide the other's memory),
 alternating legacy / fabric per repeat (so a busy machine slows both alike). Trainer setup is
-not timed; ``--burn-in`` steps (default 3; compilation happens there) are not timed. Reported:
+not timed; ``--burn-in`` steps (default 3; compilation happens there) are not timed; memory is
+measured on further steps after the timed ones (the sampling thread would slow the timed ones). Reported:
 graphs/s by wall clock and per CPU second of the process (steadier on a shared machine),
-median over repeats with min and max, the peak memory of the training steps (CPU: peak RSS
-above the RSS before the trainer was set up, i.e. loader + training state + activations;
-CUDA: ``max_memory_allocated``), the fabric/legacy ratios, and the machine.
+median over repeats with min and max, the peak memory of the training steps above the memory
+before the trainer was set up (loader + training state + activations), the fabric/legacy
+ratios, and the machine. Peak memory on CUDA: ``max_memory_allocated``. On CPU, two figures:
+``peak_mib``, the allocator's bytes in use (glibc ``mallinfo2``, the CPU counterpart of CUDA's
+allocated bytes; ``memory_ratio`` compares these), and ``rss_peak_mib``, the resident set,
+which also holds freed heap that glibc keeps for reuse (the counterpart of CUDA's reserved
+memory; ``memory_ratio_rss``). Both sampled every millisecond.
 
 ``bench infer`` loads a checkpoint and, on one core (``torch.set_num_threads(1)``), measures
 batched throughput (windows/s and messages/s = windows/s x window) and single-window latency
@@ -46,6 +53,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from kdkit.fastpath import self_loops_outside, with_self_loops  # noqa: F401 - used below, re-exported
 
 MIB = 2**20
 
@@ -120,24 +129,18 @@ def _legacy_steps(cfg, train_set, task, device):
 
 
 def _fabric_steps(cfg, train_set, task, compile_model: bool, run_dir: str):
-    """FabricTrainer's step on fast batches (the same setup as ``FabricTrainer.fit``)."""
-    from kdkit.batching import graph_loader
-    from kdkit.trainer import FabricTrainer, _CollateWithIndex, make_scheduler
+    """FabricTrainer's step on fast batches, set up by ``FabricTrainer.prepare`` as ``fit`` does
+    (fast path, compile, fused AdamW)."""
+    import dataclasses
 
+    from kdkit.trainer import FabricTrainer, make_scheduler
+
+    cfg = dataclasses.replace(cfg, compile=compile_model)
     trainer = FabricTrainer(cfg, run_dir, progress=False)
     fabric = trainer.fabric
     fabric.launch()
     on_cuda = fabric.device.type == "cuda"
-    loader = graph_loader(train_set, cfg.batch_size, shuffle=True, seed=cfg.seed, num_workers=cfg.num_workers,
-                          prefetch_factor=cfg.prefetch_factor, pin_memory=on_cuda)
-    loader.collate_fn = _CollateWithIndex(train_set)
-    loader = fabric.setup_dataloaders(loader, use_distributed_sampler=False, move_to_device=False)
-    if compile_model:
-        task.model.node_input.validate_inputs = False  # the id range check is a device sync and a graph break
-        task.model = torch.compile(task.model, dynamic=True)
-    optimizer = torch.optim.AdamW([p for p in task.parameters() if p.requires_grad], lr=cfg.learning_rate,
-                                  weight_decay=cfg.weight_decay)
-    task_m, optimizer = fabric.setup(task, optimizer)
+    loader, _val, task_m, optimizer = trainer.prepare(task, train_set, None)
     scheduler = make_scheduler(optimizer, cfg, 10**6)
     trainer._epoch = 0
     task_m.train()
@@ -174,23 +177,32 @@ def run_variant(opts: dict) -> dict:
             for _ in range(opts["burn_in"]):
                 step()
             burn_seconds = time.perf_counter() - t_burn
-        with PeakMemory(device if device.type == "cuda" else "cpu") as mem:
-            graphs, times, cpu = 0, [], []
-            for _ in range(opts["steps"]):
-                t, c = time.perf_counter(), time.process_time()
-                graphs += step()
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                times.append(time.perf_counter() - t)
-                cpu.append(time.process_time() - c)
+        graphs, times, cpu = 0, [], []
+        for _ in range(opts["steps"]):  # timed without the memory sampler (its thread would compete)
+            t, c = time.perf_counter(), time.process_time()
+            graphs += step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - c)
+        with PeakMemory(device if device.type == "cuda" else "cpu") as mem:  # then the same steps, measured
+            for _ in range(max(opts["steps"] // 2, 5)):
+                step()
     wall, cpu_s = sum(times), sum(cpu)
-    # CPU: the steps' peak above the RSS before setup (loader, training state, activations)
-    peak = mem.peak_bytes + (mem.start_bytes - setup_mem.start_bytes if device.type != "cuda" else 0)
+    # CPU: the steps' peak above the memory before setup (loader, training state, activations),
+    # by the allocator's bytes in use (like CUDA's allocated) and by RSS (like CUDA's reserved)
+    on_cpu = device.type != "cuda"
+    rss_peak = mem.peak_bytes + (mem.start_bytes - setup_mem.start_bytes if on_cpu else 0)
+    alloc_peak = None
+    if on_cpu and mem.alloc_peak_bytes is not None:
+        alloc_peak = mem.alloc_peak_bytes + (mem.alloc_start_bytes - setup_mem.alloc_start_bytes)
+    peak = alloc_peak if alloc_peak is not None else rss_peak
     return {"variant": opts["variant"], "precision": precision, "compiled": bool(opts.get("compile")),
             "graphs": graphs, "seconds": wall, "cpu_seconds": cpu_s, "graphs_per_s": graphs / wall,
             "graphs_per_cpu_s": graphs / max(cpu_s, 1e-9), "step_ms_median": 1000 * statistics.median(times),
-            "burn_in_seconds": burn_seconds, "peak_mib": peak / MIB, "setup_peak_mib": setup_mem.peak_bytes / MIB,
-            "memory_measured_by": mem.how, "threads": torch.get_num_threads(), "device": str(device)}
+            "burn_in_seconds": burn_seconds, "peak_mib": peak / MIB, "rss_peak_mib": rss_peak / MIB,
+            "setup_peak_mib": setup_mem.peak_bytes / MIB,
+            "memory_measured_by": ("allocated bytes (glibc mallinfo2), 1 ms samples" if alloc_peak is not None else mem.how), "threads": torch.get_num_threads(), "device": str(device)}
 
 
 def _run_isolated(opts: dict) -> dict:
@@ -246,11 +258,12 @@ def bench_train(model: str = "gat", type: str = "teacher", dataset: str = "synth
         out[name] = {"precision": rs[0]["precision"], "compiled": rs[0]["compiled"], "threads": rs[0]["threads"],
                      "device": rs[0]["device"], "graphs_per_s": _summary(rs, "graphs_per_s"),
                      "graphs_per_cpu_s": _summary(rs, "graphs_per_cpu_s"), "step_ms": _summary(rs, "step_ms_median"),
-                     "peak_mib": _summary(rs, "peak_mib"), "burn_in_seconds": _summary(rs, "burn_in_seconds")}
+                     "peak_mib": _summary(rs, "peak_mib"), "rss_peak_mib": _summary(rs, "rss_peak_mib"), "burn_in_seconds": _summary(rs, "burn_in_seconds")}
     lg, fb = out["legacy"], out["fabric"]
     out["speedup"] = round(fb["graphs_per_s"]["median"] / max(lg["graphs_per_s"]["median"], 1e-9), 2)
     out["speedup_cpu_time"] = round(fb["graphs_per_cpu_s"]["median"] / max(lg["graphs_per_cpu_s"]["median"], 1e-9), 2)
     out["memory_ratio"] = round(fb["peak_mib"]["median"] / max(lg["peak_mib"]["median"], 1e-9), 2)
+    out["memory_ratio_rss"] = round(fb["rss_peak_mib"]["median"] / max(lg["rss_peak_mib"]["median"], 1e-9), 2)
     out["memory_measured_by"] = runs["fabric"][0]["memory_measured_by"]
     out["machine"] = machine_info()
     return out
@@ -259,33 +272,6 @@ def bench_train(model: str = "gat", type: str = "teacher", dataset: str = "synth
 # ----------------------------------------------------------------------------- inference
 def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
-
-
-def with_self_loops(batch):
-    """Add every GATv2 layer's self-loops to the batch once, exactly as ``GATv2Conv`` does
-    inside each layer (drop existing self-loops, add one per node with the mean of its incoming
-    edge features). With :func:`self_loops_outside` the model's output is unchanged."""
-    from torch_geometric.utils import add_self_loops, remove_self_loops
-
-    edge_index, edge_attr = remove_self_loops(batch.edge_index, batch.edge_attr)
-    batch.edge_index, batch.edge_attr = add_self_loops(edge_index, edge_attr, fill_value="mean",
-                                                       num_nodes=batch.x.size(0))
-    return batch
-
-
-def self_loops_outside(model: torch.nn.Module) -> torch.nn.Module:
-    """Turn off ``add_self_loops`` in the model's GATv2 layers (feed it :func:`with_self_loops`
-    batches). Their data-dependent ``remove_self_loops`` split a compiled GAT into 6 graphs;
-    without it it compiles to one: the field notes' recipe for ``torch.compile`` of a GAT."""
-    from torch_geometric.nn import GATv2Conv
-
-    for module in model.modules():
-        if isinstance(module, GATv2Conv):
-            if module.fill_value != "mean":
-                raise ValueError(f"self_loops_outside: a GATv2 layer fills self-loop edge features with "
-                                 f"{module.fill_value!r}, with_self_loops uses 'mean'")
-            module.add_self_loops = False
-    return model
 
 
 def bench_infer(checkpoint: str | Path, dataset: str | None = None, data_root: str | None = None,
@@ -397,9 +383,10 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
         r = result[name]
         print(f"  {name:<7} {r['precision']:<11}{' compiled' if r['compiled'] else '':<10} "
               f"{r['graphs_per_s']['median']:>9.1f} graphs/s [{r['graphs_per_s']['min']:.1f}..{r['graphs_per_s']['max']:.1f}]"
-              f"  {r['graphs_per_cpu_s']['median']:>8.1f} graphs/CPU-s  peak {r['peak_mib']['median']:.1f} MiB")
+              f"  {r['graphs_per_cpu_s']['median']:>8.1f} graphs/CPU-s  peak {r['peak_mib']['median']:.1f} MiB"
+              f" (RSS {r['rss_peak_mib']['median']:.1f} MiB)")
     print(f"  fabric/legacy: {result['speedup']}x graphs/s ({result['speedup_cpu_time']}x per CPU second), "
-          f"{result['memory_ratio']}x peak memory")
+          f"{result['memory_ratio']}x peak memory ({result['memory_ratio_rss']}x RSS); memory: {result['memory_measured_by']}")
     return 0
 
 

@@ -294,7 +294,8 @@ class FabricTrainer:
 
     def _chunk(self, gs: GraphSet, idx: torch.Tensor):
         """Graphs ``idx`` as a batch on the device, keeping the indices for a further back-off."""
-        return self._to_device(_CollateWithIndex(gs)(idx.tolist()))
+        collate = getattr(self, "_collate", None) or _CollateWithIndex(gs)
+        return self._to_device(collate(idx.tolist()))
 
     def _to_device(self, batch):
         """Fabric's ``to_device`` copies a PyG Batch blocking (it passes ``non_blocking`` to bare
@@ -345,6 +346,60 @@ class FabricTrainer:
             todo = list(rest.split(self.batch_size))
         return out
 
+    def prepare(self, task: Task, train_set: GraphSet, val_set: GraphSet | None = None):
+        """Loaders, the fast path and ``fabric.setup``: ``(train_loader, val_loader, task_m, optimizer)``.
+
+        The fast path (:mod:`kdkit.fastpath`): on CPU the allocator keeps freed tensors and the
+        GATv2 edge projections get their fast gradient layout; with ``compile`` a GAT's
+        self-loops are added once per batch by the loaders and its forward is compiled;
+        AdamW is fused. :meth:`restore` undoes the model changes (``fit`` calls it at the end).
+        """
+        from kdkit import fastpath
+
+        cfg, fabric = self.cfg, self.fabric
+        on_cpu = fabric.device.type == "cpu"
+        if on_cpu:
+            fastpath.tune_cpu_allocator()
+            fastpath.fast_edge_projections(task.model)
+        loops = cfg.compile and task.kind == "gat"
+        transform = fastpath.with_self_loops if loops else None
+        train_loader = graph_loader(train_set, self.batch_size, shuffle=True, seed=cfg.seed, node_budget=cfg.node_budget,
+                                    num_workers=cfg.num_workers, prefetch_factor=cfg.prefetch_factor,
+                                    pin_memory=fabric.device.type == "cuda", rank=fabric.global_rank, world_size=fabric.world_size)
+        self._collate = _CollateWithIndex(train_set, transform)
+        train_loader.collate_fn = self._collate
+        # train batches are moved by self._to_device (non-blocking from pinned memory), val batches by Fabric
+        train_loader = fabric.setup_dataloaders(train_loader, use_distributed_sampler=False, move_to_device=False)
+        val_loader = None
+        if val_set is not None:
+            val_loader = graph_loader(val_set, max(self.batch_size, 256), shuffle=False, num_workers=0,
+                                      rank=fabric.global_rank, world_size=fabric.world_size, transform=transform)
+            val_loader = fabric.setup_dataloaders(val_loader, use_distributed_sampler=False)
+        if cfg.compile:  # compile the model's forward only: state_dict keys stay those of the plain model
+            if loops:
+                fastpath.prepare_gat_for_compile(task.model)
+                if task.teacher is not None:
+                    fastpath.self_loops_outside(task.teacher)
+            task.model.forward = torch.compile(task.model.forward, dynamic=True)
+        optimizer = fastpath.make_optimizer(task.parameters(), cfg, fabric.device)
+        task_m, optimizer = fabric.setup(task, optimizer)
+        if task.teacher is not None:
+            task.teacher.to(fabric.device)
+        return train_loader, val_loader, task_m, optimizer
+
+    @staticmethod
+    def restore(task: Task) -> None:
+        """Undo :meth:`prepare`'s model changes: the stock layers, the uncompiled forward."""
+        from kdkit import fastpath
+
+        vars(task.model).pop("forward", None)  # the compiled forward set on the instance
+        for model in (task.model, task.teacher):
+            if model is not None:
+                fastpath.restore_self_loops(model)
+                fastpath.restore_edge_projections(model)
+        if getattr(task.model, "node_input", None) is not None:
+            task.model.node_input.validate_inputs = True
+
     def fit(self, task: Task, train_set: GraphSet, val_set: GraphSet, resume: str | Path | None = None,
             checkpoint_extra: dict | None = None) -> FitResult:
         """Train until ``epochs`` or early stopping; returns the best/last checkpoint paths."""
@@ -358,22 +413,7 @@ class FabricTrainer:
             ckpt_dir.mkdir(parents=True, exist_ok=True)
         fabric.barrier()
 
-        train_loader = graph_loader(train_set, self.batch_size, shuffle=True, seed=cfg.seed, node_budget=cfg.node_budget,
-                                    num_workers=cfg.num_workers, prefetch_factor=cfg.prefetch_factor,
-                                    pin_memory=fabric.device.type == "cuda", rank=fabric.global_rank, world_size=fabric.world_size)
-        train_loader.collate_fn = _CollateWithIndex(train_set)
-        val_loader = graph_loader(val_set, max(self.batch_size, 256), shuffle=False, num_workers=0,
-                                  rank=fabric.global_rank, world_size=fabric.world_size)
-        # train batches are moved by self._to_device (non-blocking from pinned memory), val batches by Fabric
-        train_loader = fabric.setup_dataloaders(train_loader, use_distributed_sampler=False, move_to_device=False)
-        val_loader = fabric.setup_dataloaders(val_loader, use_distributed_sampler=False)
-        if cfg.compile:  # compile the model's forward only: state_dict keys stay those of the plain model
-            task.model.forward = torch.compile(task.model.forward, dynamic=True)
-        params = [p for p in task.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-        task_m, optimizer = fabric.setup(task, optimizer)
-        if task.teacher is not None:
-            task.teacher.to(fabric.device)
+        train_loader, val_loader, task_m, optimizer = self.prepare(task, train_set, val_set)
         total_steps = cfg.epochs * len(train_loader)
         scheduler = make_scheduler(optimizer, cfg, total_steps)
 
@@ -460,6 +500,7 @@ class FabricTrainer:
                 fabric.barrier()
                 torch.distributed.destroy_process_group()
         finally:
+            self.restore(task)
             for logger in fabric.loggers:
                 logger.finalize(status)
             if getattr(self, "_handler", None) is not None:
@@ -473,13 +514,13 @@ class FabricTrainer:
 class _CollateWithIndex:
     """Fast collate that also keeps the graph indices (the OOM back-off re-batches from them)."""
 
-    def __init__(self, gs: GraphSet):
-        self.gs = gs
+    def __init__(self, gs: GraphSet, transform=None):
+        self.gs, self.transform = gs, transform
 
     def __call__(self, indices: list[int]):
         batch = collate_indices(self.gs, indices)
         batch.graph_idx = torch.as_tensor(indices, dtype=torch.long)
-        return batch
+        return self.transform(batch) if self.transform is not None else batch
 
 
 def release_memory() -> None:
