@@ -8,9 +8,9 @@ differs. Measured on the 2-core EPYC CI machine, GAT student on hcrl_sa, batch 6
   threshold to the OS and faults the pages in again on the next step; a training loop
   allocates the same sizes every step, so keeping them in the heap saved ~25 % of a student
   step. Only on CPU, only with glibc; ``KDKIT_TUNE_MALLOC=0`` turns it off.
-- :func:`self_loops_outside` + :func:`with_self_loops_set`: GATv2's self-loops stored with the
-  graphs once per set (or :func:`with_self_loops` per batch) instead of added in every layer; the
-  layers' data-dependent
+- :func:`self_loops_outside` + :func:`with_self_loops`: GATv2's self-loops added once per batch
+  (by the loader; :func:`with_self_loops_set` stores them with a whole set, for inference)
+  instead of in every layer; the layers' data-dependent
   ``remove_self_loops`` would split a compiled GAT into 6 graphs, without it it compiles to one.
 - :func:`fast_edge_projections`: the gradient of an edge projection ``Linear(7, heads * hidden)``
   over thousands of edges is ``grad.T @ edge_attr``, a (128 x E) x (E x 7) product for which
@@ -20,7 +20,7 @@ differs. Measured on the 2-core EPYC CI machine, GAT student on hcrl_sa, batch 6
     from kdkit.fastpath import prepare_gat_for_compile, with_self_loops
     prepare_gat_for_compile(model)     # layers stop adding self-loops; feed it graphs that have them:
     looped = with_self_loops_set(gs)   # once per GraphSet (or with_self_loops(batch) per batch)
-    restore_self_loops(model)          # back to the stock layers (checkpoints never differ)
+    restore_gat(model)                 # back to the stock layers (checkpoints never differ)
 """
 from __future__ import annotations
 
@@ -188,11 +188,21 @@ def restore_edge_projections(model: nn.Module) -> None:
 
 def prepare_gat_for_compile(model: nn.Module) -> nn.Module:
     """Self-loops outside and no input range check (a device sync and a graph break): the GAT
-    then compiles to one graph. Feed it :func:`with_self_loops` batches."""
+    then compiles to one graph. Feed it graphs with self-loops; :func:`restore_gat` undoes it."""
     self_loops_outside(model)
     node_input = getattr(model, "node_input", None)
-    if node_input is not None:
+    if node_input is not None and "_kdkit_validate" not in vars(node_input):
+        node_input._kdkit_validate = node_input.validate_inputs
         node_input.validate_inputs = False
+    return model
+
+
+def restore_gat(model: nn.Module) -> nn.Module:
+    """Undo :func:`prepare_gat_for_compile` (or :func:`self_loops_outside`)."""
+    restore_self_loops(model)
+    node_input = getattr(model, "node_input", None)
+    if node_input is not None and "_kdkit_validate" in vars(node_input):
+        node_input.validate_inputs = vars(node_input).pop("_kdkit_validate")
     return model
 
 

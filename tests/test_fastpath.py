@@ -82,7 +82,8 @@ def test_self_loops_outside_and_restore(synthetic):
         fastpath.prepare_gat_for_compile(model)
         assert not any(c.add_self_loops for c in fastpath._gatv2_layers(model))
         looped = model(fastpath.with_self_loops(collate_indices(gs, list(range(12)))))
-        fastpath.restore_self_loops(model)
+        fastpath.restore_gat(model)
+        assert model.node_input.validate_inputs
         assert all(c.add_self_loops for c in fastpath._gatv2_layers(model))
         again = model(collate_indices(gs, list(range(12))))
     torch.testing.assert_close(looped, ref, rtol=1e-5, atol=1e-5)
