@@ -81,7 +81,7 @@ class TrainConfig:
     precision: str = "auto"           # auto | 32-true | 16-mixed | bf16-mixed
     num_workers: int = -1             # DataLoader workers (-1 = from hardware)
     prefetch_factor: int = 2          # batches prefetched per worker
-    compile: bool = False             # torch.compile(dynamic=True) the model's forward (1.4-1.8x on CPU after 6-20 s warm-up)
+    compile: bool = False             # torch.compile(dynamic=True) the model's forward (GAT: self-loops once per batch); 1.5-2x on CPU after 10-15 s
     node_budget: int = 0              # >0: batches by node budget instead of graph count
     optimize_batch_size: bool = False  # run the DynamicBatchSizer and use its result
     target_memory_usage: float = 0.85  # batch sizer: share of device memory to fill
