@@ -171,7 +171,7 @@ def _extensions():
     import importlib
 
     for mod, attr in (("kdkit.commands", "register_cli"), ("kdkit.slurm", "register_cli"),
-                      ("kdkit.report", "register_cli")):
+                      ("kdkit.report", "register_cli"), ("kdkit.export", "register_cli")):
         try:
             module = importlib.import_module(mod)
         except ModuleNotFoundError as err:

@@ -59,6 +59,8 @@ def graph_index(batch) -> tuple[Tensor, int]:
     num_graphs = getattr(batch, "num_graphs", None)
     if num_graphs is None:
         num_graphs = int(vec.max()) + 1 if vec.numel() else 0
+    if isinstance(num_graphs, torch.SymInt):  # a symbolic size under torch.export: keep it symbolic
+        return vec, num_graphs
     return vec, int(num_graphs)
 
 

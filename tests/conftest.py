@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -77,3 +78,20 @@ def slurm_cluster():
     yield script
     if not os.environ.get("KDKIT_SLURM_KEEP"):
         subprocess.run(["bash", str(script), "stop"], capture_output=True, timeout=120)
+
+
+@pytest.fixture()
+def student_checkpoint(synthetic, tmp_path):
+    """A (random-weight) student checkpoint for the synthetic dataset, as FabricTrainer writes it."""
+    from kdkit.config import make_config
+    from kdkit.graphs import EDGE_FEATURES, NODE_FEATURES
+    from kdkit.pipeline import build_student_or_teacher
+    from kdkit.trainer import CHECKPOINT_FORMAT
+
+    cfg = make_config(model="gat", type="student", dataset="synthetic", precision="32-true")
+    model = build_student_or_teacher(cfg, synthetic)
+    path = tmp_path / "student.pt"
+    torch.save({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "model_config": model.config,
+                "train_config": cfg.to_dict(), "vocab": synthetic.vocab.to_list(), "node_features": list(NODE_FEATURES),
+                "edge_features": list(EDGE_FEATURES), "threshold": 0.5}, path)
+    return path

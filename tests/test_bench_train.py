@@ -43,29 +43,12 @@ def test_bench_train_worker_runs_isolated(synthetic):
     assert r["graphs"] == 16 and r["graphs_per_s"] > 0 and r["peak_mib"] > 0 and r["precision"] == "32-true"
 
 
-@pytest.fixture()
-def student_checkpoint(synthetic, tmp_path):
-    """A (random-weight) student checkpoint for the synthetic dataset, as FabricTrainer writes it."""
-    from kdkit.config import make_config
-    from kdkit.graphs import EDGE_FEATURES, NODE_FEATURES
-    from kdkit.pipeline import build_student_or_teacher
-    from kdkit.trainer import CHECKPOINT_FORMAT
-
-    cfg = make_config(model="gat", type="student", dataset="synthetic", precision="32-true")
-    model = build_student_or_teacher(cfg, synthetic)
-    path = tmp_path / "student.pt"
-    torch.save({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "model_config": model.config,
-                "train_config": cfg.to_dict(), "vocab": synthetic.vocab.to_list(), "node_features": list(NODE_FEATURES),
-                "edge_features": list(EDGE_FEATURES), "threshold": 0.5}, path)
-    return path
-
-
 def test_bench_infer_smoke(student_checkpoint, capsys):
-    rc = main(["bench", "infer", "--checkpoint", str(student_checkpoint), "--variants", "fp32-eager,bf16-eager",
+    rc = main(["bench", "infer", "--checkpoint", str(student_checkpoint), "--variants", "fp32-eager,bf16-eager,fp32-aot",
                "--seconds", "0.2", "--single", "20", "--batch-size", "64", "--json"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["window"] == 100 and out["threads"] == 1 and set(out["variants"]) == {"fp32-eager", "bf16-eager"}
+    assert out["window"] == 100 and out["threads"] == 1 and set(out["variants"]) == {"fp32-eager", "bf16-eager", "fp32-aot"}
     for r in out["variants"].values():
         assert r["messages_per_s"] == pytest.approx(r["windows_per_s"] * 100, rel=0.01)
         assert r["messages_per_s"] > 0 and r["messages_per_cpu_s"] > 0

@@ -1,0 +1,54 @@
+"""``kdkit export``: the ahead-of-time compiled GAT scores like the checkpoint's model, for
+batch sizes other than the example's, and writes the graph-building metadata beside it.
+
+Run: .venv/bin/python -m pytest tests/test_export.py -q
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from kdkit.batching import collate_indices
+from kdkit.cli import main
+
+
+def test_export_cli_package_matches_model(student_checkpoint, synthetic, tmp_path, capsys):
+    from kdkit.export import load_exported
+    from kdkit.trainer import load_checkpoint, model_from_checkpoint
+
+    out = tmp_path / "gateway" / "student.pt2"
+    assert main(["export", "--checkpoint", str(student_checkpoint), "--out", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert out.is_file() and result["package"] == str(out) and result["bytes"] == out.stat().st_size
+    assert not list(out.parent.glob(".*tmp*"))  # no temp files left behind
+    meta = json.loads(out.with_suffix(".json").read_text())
+    ckpt = load_checkpoint(student_checkpoint)
+    assert meta["vocab"] == ckpt["vocab"] and meta["model_config"] == ckpt["model_config"]
+    assert meta["inputs_need_self_loops"] is True and meta["window"] == 100 and meta["threshold"] == 0.5
+
+    model = model_from_checkpoint(ckpt).eval()
+    score = load_exported(out)
+    gs = synthetic.splits["val"]
+    for idx in ([3], list(range(5, 22)), list(range(len(gs)))[:150]):  # other graph/node/edge counts than the example
+        batch = collate_indices(gs, idx)
+        with torch.no_grad():
+            ref = model(batch)
+        got = score(batch)
+        assert got.shape == (len(idx), 2)
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+        assert torch.equal(batch.edge_index, collate_indices(gs, idx).edge_index)  # the caller's batch untouched
+
+
+def test_export_rejects_vgae_and_missing_package(synthetic, tmp_path):
+    from kdkit.export import export_model, load_exported
+    from kdkit.fastpath import with_self_loops
+    from kdkit.models import build_model
+
+    gs = synthetic.splits["val"]
+    vgae = build_model("vgae", "student", gs.x.size(1), gs.edge_attr.size(1), len(synthetic.vocab))
+    with pytest.raises(ValueError, match="GAT classifier"):
+        export_model(vgae, with_self_loops(collate_indices(gs, [0, 1])), tmp_path / "v.pt2")
+    with pytest.raises(FileNotFoundError, match="kdkit export"):
+        load_exported(tmp_path / "missing.pt2")
