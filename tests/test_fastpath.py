@@ -169,3 +169,33 @@ def test_self_loops_once_per_set_equals_per_batch(synthetic):
         torch.testing.assert_close(a1, a2)
         with torch.no_grad():
             torch.testing.assert_close(model(per_set), model(per_batch), rtol=1e-5, atol=1e-5)
+
+
+def test_compile_auto_policy_and_config_values(synthetic, tmp_path):
+    """compile "auto" (the default) turns on for a GAT on CPU with a long run only; the config
+    takes true, false or "auto" and nothing else."""
+    from kdkit.config import make_config, parse_config_json
+    from kdkit.pipeline import build_student_or_teacher
+    from kdkit.trainer import COMPILE_AUTO_MIN_STEPS, FabricTrainer, Task
+
+    assert make_config().compile == "auto"
+    for text, value in (('{"compile": true}', True), ('{"compile": false}', False), ('{"compile": "auto"}', "auto")):
+        assert parse_config_json(text)["compile"] == value
+    for bad in ('{"compile": "yes"}', '{"compile": 1}', '{"compile": null}'):
+        with pytest.raises(ValueError, match="'compile'"):
+            parse_config_json(bad)
+
+    train_set = synthetic.splits["train"]
+    steps_per_epoch = -(-len(train_set) // 64)
+    long_epochs = -(-COMPILE_AUTO_MIN_STEPS // steps_per_epoch)
+
+    def decide(model: str, epochs: int, compile="auto") -> bool:
+        cfg = make_config(model=model, type="student", dataset="synthetic", epochs=epochs, batch_size=64,
+                          accelerator="cpu", devices=1, compile=compile)
+        task = Task(build_student_or_teacher(cfg, synthetic), cfg)
+        return FabricTrainer(cfg, tmp_path / model, progress=False).use_compile(task, train_set)
+
+    assert decide("gat", long_epochs) is True
+    assert decide("gat", max(long_epochs - 1, 1)) is (max(long_epochs - 1, 1) * steps_per_epoch >= COMPILE_AUTO_MIN_STEPS)
+    assert decide("gat", 1) is False and decide("vgae", long_epochs) is False
+    assert decide("gat", 1, compile=True) is True and decide("gat", long_epochs, compile=False) is False
