@@ -17,9 +17,9 @@ size and number of steps:
 
 Each variant runs in a fresh process (so one variant's heap cannot hide the other's memory),
 alternating legacy / fabric per repeat (so a busy machine slows both alike). Trainer setup is
-not timed; ``--burn-in`` steps (default 3; compilation happens there) are not timed; memory is
-measured on further steps after the timed ones (the sampling thread would slow the timed ones). Reported:
-graphs/s by wall clock and per CPU second of the process (steadier on a shared machine),
+not timed; ``--burn-in`` steps (default 3; compilation happens there) are not timed; memory
+is measured on further steps after the timed ones (its sampling thread would slow them).
+Reported: graphs/s by wall clock and per CPU second of the process (steadier on a shared machine),
 median over repeats with min and max, the peak memory of the training steps above the memory
 before the trainer was set up (loader + training state + activations), the fabric/legacy
 ratios, and the machine. Peak memory on CUDA: ``max_memory_allocated``. On CPU, two figures:
@@ -202,8 +202,8 @@ def run_variant(opts: dict) -> dict:
             "graphs": graphs, "seconds": wall, "cpu_seconds": cpu_s, "graphs_per_s": graphs / wall,
             "graphs_per_cpu_s": graphs / max(cpu_s, 1e-9), "step_ms_median": 1000 * statistics.median(times),
             "burn_in_seconds": burn_seconds, "peak_mib": peak / MIB, "rss_peak_mib": rss_peak / MIB,
-            "setup_peak_mib": setup_mem.peak_bytes / MIB,
-            "memory_measured_by": ("allocated bytes (glibc mallinfo2), 0.2 ms samples" if alloc_peak is not None else mem.how), "threads": torch.get_num_threads(), "device": str(device)}
+            "setup_peak_mib": setup_mem.peak_bytes / MIB, "threads": torch.get_num_threads(), "device": str(device),
+            "memory_measured_by": "allocated bytes (glibc mallinfo2), 0.2 ms samples" if alloc_peak is not None else mem.how}
 
 
 def _run_isolated(opts: dict) -> dict:
@@ -259,7 +259,8 @@ def bench_train(model: str = "gat", type: str = "teacher", dataset: str = "synth
         out[name] = {"precision": rs[0]["precision"], "compiled": rs[0]["compiled"], "threads": rs[0]["threads"],
                      "device": rs[0]["device"], "graphs_per_s": _summary(rs, "graphs_per_s"),
                      "graphs_per_cpu_s": _summary(rs, "graphs_per_cpu_s"), "step_ms": _summary(rs, "step_ms_median"),
-                     "peak_mib": _summary(rs, "peak_mib"), "rss_peak_mib": _summary(rs, "rss_peak_mib"), "burn_in_seconds": _summary(rs, "burn_in_seconds")}
+                     "peak_mib": _summary(rs, "peak_mib"), "rss_peak_mib": _summary(rs, "rss_peak_mib"),
+                     "burn_in_seconds": _summary(rs, "burn_in_seconds")}
     lg, fb = out["legacy"], out["fabric"]
     out["speedup"] = round(fb["graphs_per_s"]["median"] / max(lg["graphs_per_s"]["median"], 1e-9), 2)
     out["speedup_cpu_time"] = round(fb["graphs_per_cpu_s"]["median"] / max(lg["graphs_per_cpu_s"]["median"], 1e-9), 2)
