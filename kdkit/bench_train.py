@@ -298,16 +298,13 @@ def bench_infer(checkpoint: str | Path, dataset: str | None = None, data_root: s
 
     from kdkit.batching import collate_indices
     from kdkit.bench import machine_info
-    from kdkit.datasets import PrepareConfig, prepare
+    from kdkit.pipeline import checkpoint_data
     from kdkit.trainer import load_checkpoint, model_from_checkpoint
 
     torch.set_num_threads(1)
     ckpt = load_checkpoint(checkpoint)
-    tc = ckpt.get("train_config", {})
-    window = int(tc.get("window", 100))
-    pcfg = PrepareConfig(window=window, stride=int(tc.get("stride", window)), label_threshold=tc.get("label_threshold", 0.0),
-                         val_fraction=tc.get("val_fraction", 0.2))
-    data = prepare(dataset or tc.get("dataset", "synthetic"), pcfg, data_root or tc.get("data_root"))
+    window = int(ckpt.get("train_config", {}).get("window", 100))
+    data = checkpoint_data(ckpt, dataset, data_root)
     gs = data.splits[split]
     kind = ckpt["model_config"]["kind"]
     n = len(gs)

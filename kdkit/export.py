@@ -91,8 +91,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, dat
                       data_root: str | None = None) -> dict:
     """Export a kdkit GAT checkpoint; returns a summary (paths, seconds, parameters)."""
     from kdkit.batching import collate_indices
-    from kdkit.datasets import PrepareConfig, prepare
     from kdkit.fastpath import with_self_loops
+    from kdkit.pipeline import checkpoint_data
     from kdkit.trainer import load_checkpoint, model_from_checkpoint
 
     checkpoint = Path(checkpoint)
@@ -100,9 +100,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, dat
     tc = ckpt.get("train_config", {})
     out = Path(out) if out else checkpoint.with_suffix(".pt2")
     window = int(tc.get("window", 100))
-    pcfg = PrepareConfig(window=window, stride=int(tc.get("stride", window)), label_threshold=tc.get("label_threshold", 0.0),
-                         val_fraction=tc.get("val_fraction", 0.2))
-    data = prepare(dataset or tc.get("dataset", "synthetic"), pcfg, data_root or tc.get("data_root"))
+    data = checkpoint_data(ckpt, dataset, data_root)
     gs = data.splits["val"] if len(data.splits["val"]) >= 2 else data.splits["train"]
     example = with_self_loops(collate_indices(gs, list(range(min(8, len(gs))))))
     model = model_from_checkpoint(ckpt)

@@ -37,6 +37,18 @@ def prepare_config(cfg: TrainConfig) -> PrepareConfig:
                          val_fraction=cfg.val_fraction, seed=0)
 
 
+def checkpoint_data(ckpt: dict, dataset: str | None = None, data_root: str | None = None,
+                    synthetic_seed: int = 0) -> PreparedDataset:
+    """The prepared dataset with the graph settings a checkpoint was trained with (window,
+    stride, labels, split); ``dataset`` defaults to the checkpoint's training dataset."""
+    tc = ckpt.get("train_config", {})
+    window = int(tc.get("window", 100))
+    pcfg = PrepareConfig(window=window, stride=int(tc.get("stride", window)), label_threshold=tc.get("label_threshold", 0.0),
+                         val_fraction=tc.get("val_fraction", 0.2))
+    return prepare(dataset or tc.get("dataset", "synthetic"), pcfg, data_root or tc.get("data_root"),
+                   synthetic_seed=synthetic_seed)
+
+
 def load_data(cfg: TrainConfig, progress: bool = False) -> PreparedDataset:
     return prepare(cfg.dataset, prepare_config(cfg), cfg.data_root, progress=progress, synthetic_seed=cfg.synthetic_seed)
 
@@ -206,10 +218,7 @@ def evaluate_checkpoint(path: str | Path, dataset: str, data_root: str | None = 
     from kdkit.evaluate import evaluate_model
 
     ckpt = load_checkpoint(path)
-    tc = ckpt.get("train_config", {})
-    pcfg = PrepareConfig(window=tc.get("window", 100), stride=tc.get("stride", 100),
-                         label_threshold=tc.get("label_threshold", 0.0), val_fraction=tc.get("val_fraction", 0.2))
-    data = prepare(dataset, pcfg, data_root or tc.get("data_root"), synthetic_seed=synthetic_seed)
+    data = checkpoint_data(ckpt, dataset, data_root, synthetic_seed)
     check_compatible(ckpt, data, "evaluated")
     model = model_from_checkpoint(ckpt).eval()
     results = evaluate_model(model, data.splits, float(ckpt.get("threshold", 0.5)))

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from kdkit.batching import GraphBatchSampler, collate_indices, graph_loader
+from kdkit.batching import GraphBatchSampler, _Collate, graph_loader
 from kdkit.batching_auto import phase_peak
 from kdkit.config import TrainConfig
 from kdkit.graphs import GraphSet
@@ -527,16 +527,13 @@ class FabricTrainer:
                          time.perf_counter() - t0, self.oom_events, self.batch_size)
 
 
-class _CollateWithIndex:
+class _CollateWithIndex(_Collate):
     """Fast collate that also keeps the graph indices (the OOM back-off re-batches from them)."""
 
-    def __init__(self, gs: GraphSet, transform=None):
-        self.gs, self.transform = gs, transform
-
     def __call__(self, indices: list[int]):
-        batch = collate_indices(self.gs, indices)
+        batch = super().__call__(indices)
         batch.graph_idx = torch.as_tensor(indices, dtype=torch.long)
-        return self.transform(batch) if self.transform is not None else batch
+        return batch
 
 
 def release_memory() -> None:
