@@ -7,13 +7,13 @@ package: no Python model code, no ``torch.compile`` guards at run time, any batc
     scorer = load_exported("student.pt2")   # callable: batch -> logits [G, 2]
     logits = scorer(batch)                  # a kdkit batch (collate_indices / graph_loader)
 
-``torch.export`` traces the model with symbolic node, edge and graph counts, and AOTInductor
-compiles it to a shared library inside the ``.pt2`` package (~20 s for the student on the
-2-core CI machine). The exported program takes plain tensors and graphs that already carry
-GATv2's self-loops (:func:`kdkit.fastpath.with_self_loops`; the layers' own data-dependent
-self-loop handling cannot be exported); :func:`load_exported` adds them. Next to the package a
-``.json`` file holds what a gateway needs to build the graphs: the ID vocabulary, the feature
-layout, the window, the decision threshold and the model config.
+``torch.export`` traces the model as a :class:`kdkit.fastgat.GATScorer` (the same logits
+without GATv2's per-node scatter max) with symbolic node, edge, graph and largest-graph counts,
+and AOTInductor compiles it to a shared library inside the ``.pt2`` package (~15-35 s for the
+student on the 2-core CI machine). The exported program takes the batch's plain tensors
+(:data:`kdkit.fastgat.INPUTS`, built by :func:`kdkit.fastgat.scorer_inputs`). Next to the
+package a ``.json`` file holds what a gateway needs to build the graphs: the ID vocabulary, the
+feature layout, the window, the decision threshold and the model config.
 
 The exported program computes the same logits as the checkpoint's model in eval mode (tested:
 <= 1e-5 apart on batches of other sizes than the example). VGAE export is not supported: its
@@ -23,61 +23,35 @@ from __future__ import annotations
 
 import json
 import time
-import types
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
-INPUTS = ("x", "node_id", "edge_index", "edge_attr", "batch", "graph_slots")
-
-
-class TensorInputs(nn.Module):
-    """The GAT with plain tensor inputs (what ``torch.export`` needs instead of a PyG batch).
-
-    ``graph_slots`` is any tensor with one row per graph (``batch.y``): its length is the
-    graph count, kept symbolic by the export.
-    """
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x, node_id, edge_index, edge_attr, batch, graph_slots):
-        view = types.SimpleNamespace(x=x, node_id=node_id, edge_index=edge_index, edge_attr=edge_attr, batch=batch,
-                                     num_graphs=graph_slots.size(0))
-        return self.model(view)
-
-
-def _inputs(batch) -> tuple:
-    return (batch.x, batch.node_id, batch.edge_index, batch.edge_attr, batch.batch, batch.y)
+from kdkit.fastgat import INPUTS, GATScorer, scorer_inputs
 
 
 def export_model(model: nn.Module, example_batch, out: str | Path) -> Path:
-    """Export ``model`` (a GATClassifier, any mode: exported in eval mode) to ``out`` (``.pt2``).
-
-    ``example_batch`` is a kdkit batch **with self-loops** of at least two graphs.
-    """
+    """Export ``model`` (a GATClassifier, any mode: exported in eval mode) to ``out`` (``.pt2``)
+    as a :class:`~kdkit.fastgat.GATScorer`. ``example_batch``: a kdkit batch of >= 2 graphs."""
     import copy
-
-    from kdkit.fastpath import prepare_gat_for_compile
 
     if getattr(model, "config", {}).get("kind") != "gat":
         raise ValueError(f"export supports the GAT classifier, not {getattr(model, 'config', {}).get('kind')!r} "
                          "(the VGAE's anomaly score has data-dependent shapes)")
     if example_batch.num_graphs < 2:
         raise ValueError("export needs an example batch of at least 2 graphs (a size of 1 would be fixed)")
-    model = prepare_gat_for_compile(copy.deepcopy(model).eval())
-    wrapper = TensorInputs(model).eval()
-    nodes, edges, graphs = (torch.export.Dim("nodes", min=1), torch.export.Dim("edges", min=1),
-                            torch.export.Dim("graphs", min=1))
+    scorer = GATScorer(copy.deepcopy(model).eval()).eval()
+    scorer.model.node_input.validate_inputs = False
+    nodes, edges, graphs, width = (torch.export.Dim("nodes", min=1), torch.export.Dim("edges", min=1),
+                                   torch.export.Dim("graphs", min=1), torch.export.Dim("width", min=1))
     shapes = {"x": {0: nodes}, "node_id": {0: nodes}, "edge_index": {1: edges}, "edge_attr": {0: edges},
-              "batch": {0: nodes}, "graph_slots": {0: graphs}}
+              "batch": {0: nodes}, "ptr": {0: graphs + 1}, "node_slots": {0: width}}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
-        program = torch.export.export(wrapper, _inputs(example_batch), dynamic_shapes=shapes)
+        program = torch.export.export(scorer, scorer_inputs(example_batch), dynamic_shapes=shapes)
         tmp = out.with_name(f".{out.name}.tmp.pt2")
         try:
             torch._inductor.aoti_compile_and_package(program, package_path=str(tmp))
@@ -91,7 +65,6 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, dat
                       data_root: str | None = None) -> dict:
     """Export a kdkit GAT checkpoint; returns a summary (paths, seconds, parameters)."""
     from kdkit.batching import collate_indices
-    from kdkit.fastpath import with_self_loops
     from kdkit.pipeline import checkpoint_data
     from kdkit.trainer import load_checkpoint, model_from_checkpoint
 
@@ -102,13 +75,14 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, dat
     window = int(tc.get("window", 100))
     data = checkpoint_data(ckpt, dataset, data_root)
     gs = data.splits["val"] if len(data.splits["val"]) >= 2 else data.splits["train"]
-    example = with_self_loops(collate_indices(gs, list(range(min(8, len(gs))))))
+    example = collate_indices(gs, list(range(min(8, len(gs)))))
     model = model_from_checkpoint(ckpt)
     t0 = time.perf_counter()
     export_model(model, example, out)
     seconds = time.perf_counter() - t0
     meta = {"checkpoint": str(checkpoint), "package": str(out), "inputs": list(INPUTS),
-            "inputs_need_self_loops": True, "output": "logits [graphs, 2]; attack probability = softmax(...)[:, 1]",
+            "inputs_note": "a kdkit batch's tensors; ptr: graph offsets [G+1]; node_slots: any tensor of "
+                           "[largest graph's node count, 0] (sizes the max pool); GATv2's self-loops are added inside", "output": "logits [graphs, 2]; attack probability = softmax(...)[:, 1]",
             "model_config": ckpt["model_config"], "vocab": ckpt.get("vocab"), "node_features": ckpt.get("node_features"),
             "edge_features": ckpt.get("edge_features"), "threshold": ckpt.get("threshold"), "window": window,
             "stride": int(tc.get("stride", window))}
@@ -120,21 +94,15 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, dat
             "parameters": sum(p.numel() for p in model.parameters()), "bytes": out.stat().st_size}
 
 
-def load_exported(path: str | Path, add_self_loops: bool = True) -> Callable:
-    """Load an exported package; returns ``score(batch) -> logits``. With ``add_self_loops``
-    (default) the batch gets GATv2's self-loops first; pass False for graphs that have them
-    (e.g. gathered from :func:`kdkit.fastpath.with_self_loops_set`)."""
-    from kdkit.fastpath import with_self_loops
-
+def load_exported(path: str | Path) -> Callable:
+    """Load an exported package; returns ``score(batch) -> logits`` for a kdkit batch."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"exported model {path} does not exist (kdkit export --checkpoint ... --out {path})")
     program = torch._inductor.aoti_load_package(str(path))
 
     def score(batch):
-        if add_self_loops:
-            batch = with_self_loops(batch.clone())
-        return program(*_inputs(batch))
+        return program(*scorer_inputs(batch))
 
     return score
 

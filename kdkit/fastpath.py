@@ -9,8 +9,7 @@ differs. Measured on the 2-core EPYC CI machine, GAT student on hcrl_sa, batch 6
   allocates the same sizes every step, so keeping them in the heap saved ~25 % of a student
   step. Only on CPU, only with glibc; ``KDKIT_TUNE_MALLOC=0`` turns it off.
 - :func:`self_loops_outside` + :func:`with_self_loops`: GATv2's self-loops added once per batch
-  (by the loader; :func:`with_self_loops_set` stores them with a whole set, for inference)
-  instead of in every layer; the layers' data-dependent
+  (by the loader) instead of in every layer; the layers' data-dependent
   ``remove_self_loops`` would split a compiled GAT into 6 graphs, without it it compiles to one.
 - :func:`fast_edge_projections`: the gradient of an edge projection ``Linear(7, heads * hidden)``
   over thousands of edges is ``grad.T @ edge_attr``, a (128 x E) x (E x 7) product for which
@@ -19,7 +18,7 @@ differs. Measured on the 2-core EPYC CI machine, GAT student on hcrl_sa, batch 6
 
     from kdkit.fastpath import prepare_gat_for_compile, with_self_loops
     prepare_gat_for_compile(model)     # layers stop adding self-loops; feed it graphs that have them:
-    looped = with_self_loops_set(gs)   # once per GraphSet (or with_self_loops(batch) per batch)
+    looped = with_self_loops(batch)    # once per batch (the trainer's loaders do it)
     restore_gat(model)                 # back to the stock layers (checkpoints never differ)
 """
 from __future__ import annotations
@@ -81,33 +80,6 @@ def with_self_loops(batch):
     batch.edge_index, batch.edge_attr = add_self_loops(edge_index, edge_attr, fill_value="mean",
                                                        num_nodes=batch.x.size(0))
     return batch
-
-
-def with_self_loops_set(gs):
-    """A copy of a :class:`~kdkit.graphs.GraphSet` whose graphs carry the GATv2 self-loops
-    (as :func:`with_self_loops` adds them to a batch: existing self-loops dropped, one per node
-    with the mean of its incoming edge features, after the graph's other edges). Done once for
-    a whole set, so batches gathered from it need no per-batch work."""
-    import dataclasses
-
-    from torch_geometric.utils import add_self_loops, remove_self_loops
-
-    n_graphs = len(gs)
-    node_counts = gs.node_ptr[1:] - gs.node_ptr[:-1]
-    edge_counts = gs.edge_ptr[1:] - gs.edge_ptr[:-1]
-    edge_graph = torch.repeat_interleave(torch.arange(n_graphs), edge_counts)
-    node_graph = torch.repeat_interleave(torch.arange(n_graphs), node_counts)
-    # one big graph (windows never share nodes), loops added, edges regrouped by window
-    edge_index = gs.edge_index.long() + gs.node_ptr[:-1][edge_graph]
-    edge_index, edge_attr = remove_self_loops(edge_index, gs.edge_attr)
-    edge_index, edge_attr = add_self_loops(edge_index, edge_attr, fill_value="mean", num_nodes=int(gs.node_ptr[-1]))
-    owner = node_graph[edge_index[0]]
-    order = torch.sort(owner, stable=True).indices  # a window's own edges first, then its loops, as per batch
-    edge_index, edge_attr, owner = edge_index[:, order], edge_attr[order], owner[order]
-    edge_ptr = torch.zeros(n_graphs + 1, dtype=torch.long)
-    edge_ptr[1:] = torch.cumsum(torch.bincount(owner, minlength=n_graphs), 0)
-    local = (edge_index - gs.node_ptr[:-1][owner]).to(gs.edge_index.dtype)
-    return dataclasses.replace(gs, edge_index=local, edge_attr=edge_attr.contiguous(), edge_ptr=edge_ptr)
 
 
 def self_loops_outside(model: nn.Module) -> nn.Module:

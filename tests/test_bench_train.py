@@ -58,7 +58,7 @@ def test_bench_infer_smoke(student_checkpoint, capsys):
 def test_self_loops_once_gives_identical_scores(student_checkpoint, synthetic):
     """The compiled inference path adds self-loops once per batch instead of in every layer."""
     from kdkit.batching import collate_indices
-    from kdkit.bench_train import self_loops_outside, with_self_loops
+    from kdkit.fastpath import self_loops_outside, with_self_loops
     from kdkit.trainer import load_checkpoint, model_from_checkpoint
 
     ck = load_checkpoint(student_checkpoint)

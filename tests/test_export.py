@@ -26,7 +26,8 @@ def test_export_cli_package_matches_model(student_checkpoint, synthetic, tmp_pat
     meta = json.loads(out.with_suffix(".json").read_text())
     ckpt = load_checkpoint(student_checkpoint)
     assert meta["vocab"] == ckpt["vocab"] and meta["model_config"] == ckpt["model_config"]
-    assert meta["inputs_need_self_loops"] is True and meta["window"] == 100 and meta["threshold"] == 0.5
+    assert meta["inputs"] == ["x", "node_id", "edge_index", "edge_attr", "batch", "ptr", "node_slots"]
+    assert meta["window"] == 100 and meta["threshold"] == 0.5
 
     model = model_from_checkpoint(ckpt).eval()
     score = load_exported(out)
@@ -43,12 +44,11 @@ def test_export_cli_package_matches_model(student_checkpoint, synthetic, tmp_pat
 
 def test_export_rejects_vgae_and_missing_package(synthetic, tmp_path):
     from kdkit.export import export_model, load_exported
-    from kdkit.fastpath import with_self_loops
     from kdkit.models import build_model
 
     gs = synthetic.splits["val"]
     vgae = build_model("vgae", "student", gs.x.size(1), gs.edge_attr.size(1), len(synthetic.vocab))
     with pytest.raises(ValueError, match="GAT classifier"):
-        export_model(vgae, with_self_loops(collate_indices(gs, [0, 1])), tmp_path / "v.pt2")
+        export_model(vgae, collate_indices(gs, [0, 1]), tmp_path / "v.pt2")
     with pytest.raises(FileNotFoundError, match="kdkit export"):
         load_exported(tmp_path / "missing.pt2")

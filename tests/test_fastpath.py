@@ -146,31 +146,6 @@ def test_make_optimizer_is_fused_adamw():
     assert opt.defaults["lr"] == cfg.learning_rate and opt.defaults["weight_decay"] == cfg.weight_decay
 
 
-def test_self_loops_once_per_set_equals_per_batch(synthetic):
-    """The set-level self-loops hold the same edges as the per-batch ones (each window's loops
-    follow its own edges instead of the whole batch's), and the model scores the same."""
-    gs = synthetic.splits["val"]
-    looped = fastpath.with_self_loops_set(gs)
-    assert len(looped) == len(gs) and torch.equal(looped.node_ptr, gs.node_ptr)
-    assert looped.edge_index.dtype == gs.edge_index.dtype
-
-    def edges(batch):
-        key = batch.edge_index[0] * batch.x.size(0) + batch.edge_index[1]
-        order = torch.argsort(key)
-        return key[order], batch.edge_attr[order]
-
-    model = fastpath.prepare_gat_for_compile(_gat(gs, "teacher").eval())
-    for idx in ([0], [5, 2, 9], list(range(len(gs)))[:40]):
-        per_batch = fastpath.with_self_loops(collate_indices(gs, idx))
-        per_set = collate_indices(looped, idx)
-        k1, a1 = edges(per_batch)
-        k2, a2 = edges(per_set)
-        assert torch.equal(k1, k2)
-        torch.testing.assert_close(a1, a2)
-        with torch.no_grad():
-            torch.testing.assert_close(model(per_set), model(per_batch), rtol=1e-5, atol=1e-5)
-
-
 def test_compile_auto_policy_and_config_values(synthetic, tmp_path):
     """compile "auto" (the default) turns on for a GAT on CPU with a long run only; the config
     takes true, false or "auto" and nothing else."""
