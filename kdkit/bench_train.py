@@ -277,7 +277,7 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def bench_infer(checkpoint: str | Path, dataset: str | None = None, data_root: str | None = None,
-                batch_size: int = 128, seconds: float = 3.0, single: int = 2000, variants: str = "all",
+                batch_size: int = 64, seconds: float = 3.0, single: int = 2000, variants: str = "all",
                 split: str = "val") -> dict:
     """Inference throughput and latency of a checkpoint on one core (see the module docstring).
 
@@ -285,9 +285,10 @@ def bench_infer(checkpoint: str | Path, dataset: str | None = None, data_root: s
         checkpoint: a kdkit checkpoint (``best.pt``).
         dataset: windows to score (default: the checkpoint's training dataset).
         data_root: folder holding the datasets.
-        batch_size: windows per batch for the throughput figure. Default 128: on the EPYC test
-            machine the compiled student scored 0.83-1.0 M messages/s at 128 hcrl-sa windows, 0.87 M
-            at 256, 0.67 M at 512 and 0.45 M at 1024 (smaller per-edge tensors stay in cache).
+        batch_size: windows per batch for the throughput figure. Default 64: on the EPYC test
+            machine the AOT student scored 1.47-1.61 M messages/s at 32 hcrl-sa windows, 1.51-1.65 M
+            at 64, 1.32-1.52 M at 128 and 0.94-1.19 M at 256 (3 alternating runs each; smaller
+            per-edge tensors stay in cache).
         seconds: measuring time per throughput figure (after one untimed pass). Default 3.
         single: single-window calls timed for p50/p99 (after 100 untimed). Default 2000.
         variants: ``all`` or a comma list of ``fp32-eager``, ``bf16-eager``, ``fp32-compiled``, ``bf16-compiled``,
@@ -447,7 +448,7 @@ def add_bench_parsers(bench_sub) -> None:
     p.add_argument("--dataset", choices=sorted(REGISTRY), default=None, help="default: the checkpoint's dataset")
     p.add_argument("--data-root", default=None)
     p.add_argument("--split", default="val", help="split whose windows are scored (default val)")
-    p.add_argument("--batch-size", type=int, default=128, help="windows per batch (default 128)")
+    p.add_argument("--batch-size", type=int, default=64, help="windows per batch (default 64)")
     p.add_argument("--seconds", type=float, default=3.0, help="measuring time per throughput figure (default 3)")
     p.add_argument("--single", type=int, default=2000, help="single-window calls for p50/p99 (default 2000)")
     p.add_argument("--variants", default="all", help="all, or a comma list of fp32-eager,bf16-eager,fp32-compiled,bf16-compiled,fp32-aot")
