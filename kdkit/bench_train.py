@@ -329,12 +329,11 @@ def bench_infer(checkpoint: str | Path, dataset: str | None = None, data_root: s
         fast = mode in ("compiled", "aot") and kind == "gat"  # kdkit.fastgat's scorer: no scatter max
         t_export = time.perf_counter()
         if mode == "aot":  # ahead-of-time compiled package (kdkit export), timed as warm-up
-            from kdkit.export import export_model
+            from kdkit.export import export_model, load_exported
 
-            with tempfile.TemporaryDirectory() as tmp:
+            with tempfile.TemporaryDirectory() as tmp:  # what a gateway runs: load_exported (checks included)
                 package = export_model(model, collate_indices(gs, list(range(min(8, n)))), Path(tmp) / "m.pt2")
-                program = torch._inductor.aoti_load_package(str(package))
-            model = lambda batch, program=program: program(*scorer_inputs(batch))  # noqa: E731
+                model = load_exported(package)
         elif mode == "compiled":
             import torch._dynamo as dynamo
 

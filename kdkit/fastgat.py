@@ -132,6 +132,22 @@ def scorer_inputs(batch) -> tuple[Tensor, ...]:
     return batch.x, batch.node_id, batch.edge_index, batch.edge_attr, batch.batch, ptr, slots
 
 
+def check_batch(batch, num_ids: int | None = None, where: str = "model") -> None:
+    """Raise ``ValueError`` naming the problem when ``batch`` has an edge endpoint outside its
+    nodes or (given ``num_ids``) a node ID outside the vocabulary."""
+    n = batch.x.size(0)
+    for name, t, hi in (("edge_index", batch.edge_index, n), ("node_id", batch.node_id, num_ids)):
+        if hi is None or t.numel() == 0:
+            continue
+        lo_v, hi_v = int(t.min()), int(t.max())
+        if lo_v < 0 or hi_v >= hi:
+            raise ValueError(f"{where}: batch.{name} spans {lo_v}..{hi_v}, outside 0..{hi - 1} "
+                             f"({'the batch has ' + str(n) + ' nodes' if name == 'edge_index' else 'num_ids of the model'})")
+    if batch.node_id.size(0) != n or batch.batch.size(0) != n:
+        raise ValueError(f"{where}: batch.x has {n} rows but node_id has {batch.node_id.size(0)} and batch "
+                         f"{batch.batch.size(0)}")
+
+
 def score_batch(scorer, batch) -> Tensor:
     """Logits of a kdkit/PyG ``batch`` from a :class:`GATScorer` (or its compiled form)."""
     return scorer(*scorer_inputs(batch))

@@ -41,6 +41,25 @@ def test_export_cli_package_matches_model(student_checkpoint, synthetic, tmp_pat
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
         assert torch.equal(batch.edge_index, collate_indices(gs, idx).edge_index)  # the caller's batch untouched
 
+    # shapes the example never had: one node with only a data self-loop, no edges, a wide graph
+    from torch_geometric.data import Batch, Data
+
+    torch.manual_seed(0)
+    nf, ef, ids = gs.x.size(1), gs.edge_attr.size(1), meta["model_config"]["num_ids"]
+
+    def graph(n, edges):
+        e = torch.tensor(edges, dtype=torch.long).t().reshape(2, -1)
+        return Data(x=torch.rand(n, nf), node_id=torch.randint(0, ids, (n,)), edge_index=e,
+                    edge_attr=torch.rand(e.size(1), ef))
+
+    wide = graph(80, [(i % 80, (7 * i + 1) % 80) for i in range(200)])
+    for graphs in ([graph(1, [(0, 0)])], [graph(2, [])], [wide, graph(1, [(0, 0)])]):
+        batch = Batch.from_data_list(graphs)
+        with torch.no_grad():
+            torch.testing.assert_close(score(batch), model(batch), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match=r"edge_index spans 0\.\.5, outside 0\.\.2"):  # not an abort
+        score(Batch.from_data_list([graph(3, [(0, 5)])]))
+
 
 def test_export_rejects_vgae_and_missing_package(synthetic, tmp_path):
     from kdkit.export import export_model, load_exported

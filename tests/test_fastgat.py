@@ -92,3 +92,16 @@ def test_scorer_refuses_models_it_cannot_reproduce(synthetic):
     no_loops = build_model("gat", "student", gs.x.size(1), gs.edge_attr.size(1), 50, add_self_loops=False)
     with pytest.raises(ValueError, match="self-loops"):
         GATScorer(no_loops)
+
+
+def test_check_batch_names_bad_indices(synthetic):
+    from kdkit.fastgat import check_batch
+
+    gs = synthetic.splits["val"]
+    batch = collate_indices(gs, [0, 1])
+    check_batch(batch, num_ids=int(batch.node_id.max()) + 1)  # a good batch passes
+    with pytest.raises(ValueError, match=r"gw\.pt2: batch\.node_id spans .* num_ids"):
+        check_batch(batch, num_ids=int(batch.node_id.max()), where="gw.pt2")
+    batch.edge_index[1, 0] = batch.num_nodes
+    with pytest.raises(ValueError, match=rf"edge_index spans 0\.\.{batch.num_nodes}, outside"):
+        check_batch(batch)
