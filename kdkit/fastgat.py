@@ -141,8 +141,9 @@ def check_batch(batch, num_ids: int | None = None, where: str = "model") -> None
             continue
         lo_v, hi_v = int(t.min()), int(t.max())
         if lo_v < 0 or hi_v >= hi:
-            raise ValueError(f"{where}: batch.{name} spans {lo_v}..{hi_v}, outside 0..{hi - 1} "
-                             f"({'the batch has ' + str(n) + ' nodes' if name == 'edge_index' else 'num_ids of the model'})")
+            why = (f"the batch has {n} nodes" if name == "edge_index" else
+                   f"the model has num_ids={hi}: graphs built with another ID vocabulary?")
+            raise ValueError(f"{where}: batch.{name} spans {lo_v}..{hi_v}, outside 0..{hi - 1} ({why})")
     if batch.node_id.size(0) != n or batch.batch.size(0) != n:
         raise ValueError(f"{where}: batch.x has {n} rows but node_id has {batch.node_id.size(0)} and batch "
                          f"{batch.batch.size(0)}")

@@ -100,7 +100,7 @@ def test_check_batch_names_bad_indices(synthetic):
     gs = synthetic.splits["val"]
     batch = collate_indices(gs, [0, 1])
     check_batch(batch, num_ids=int(batch.node_id.max()) + 1)  # a good batch passes
-    with pytest.raises(ValueError, match=r"gw\.pt2: batch\.node_id spans .* num_ids"):
+    with pytest.raises(ValueError, match=r"gw\.pt2: batch\.node_id spans .*\(the model has num_ids="):
         check_batch(batch, num_ids=int(batch.node_id.max()), where="gw.pt2")
     batch.edge_index[1, 0] = batch.num_nodes
     with pytest.raises(ValueError, match=rf"edge_index spans 0\.\.{batch.num_nodes}, outside"):
