@@ -33,7 +33,8 @@ batched throughput (windows/s and messages/s = windows/s x window) and single-wi
 (p50/p99 of gather-from-store + forward, one window at a time), fp32 and bf16 autocast, eager
 and compiled; by wall clock and per CPU second of the measuring thread (``time.thread_time``,
 what an idle core gives; on a shared machine the wall clock also counts time spent waiting).
-Both include gathering the windows from the graph store. A GAT compiles (``compiled``:
+Both include gathering the windows from the graph store (a GAT's with
+:func:`kdkit.fastgat.gather_windows`, consecutive windows sliced). A GAT compiles (``compiled``:
 ``torch.compile``; ``aot``: :mod:`kdkit.export`'s package) as :class:`kdkit.fastgat.GATScorer`,
 the same scores without GATv2's per-node scatter max; eager variants run the stock model.
 """
@@ -53,7 +54,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kdkit.fastgat import GATScorer, scorer_inputs
+from kdkit.fastgat import GATScorer, gather_windows, scorer_inputs
 from kdkit.fastpath import tune_cpu_allocator
 
 MIB = 2**20
@@ -345,7 +346,7 @@ def bench_infer(checkpoint: str | Path, dataset: str | None = None, data_root: s
                 model = torch.compile(model, dynamic=True)
 
         def gather(idx):  # store -> batch, timed with the model
-            return collate_indices(gs, idx)
+            return gather_windows(gs, idx) if kind == "gat" else collate_indices(gs, idx)
 
         amp = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if prec == "bf16" else contextlib.nullcontext
         with torch.inference_mode(), amp():

@@ -28,6 +28,9 @@ as GATv2Conv's ``remove_self_loops`` + ``add_self_loops(fill_value="mean")``.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -118,6 +121,49 @@ class GATScorer(nn.Module):
         top = dense.amax(dim=1)
         top = torch.where(counts > 0, top, torch.zeros_like(top))                     # an empty graph pools to 0
         return m.head(torch.cat([mean, top], dim=-1))
+
+
+@dataclass
+class WindowBatch:
+    """Windows gathered for scoring (:func:`gather_windows`): the tensors of a kdkit batch without
+    a PyG ``Batch`` object around them (building one costs ~0.2 ms, twice the student's forward
+    pass on a single window). The stock model and :func:`check_batch` read it like a batch."""
+
+    x: Tensor
+    node_id: Tensor
+    edge_index: Tensor
+    edge_attr: Tensor
+    batch: Tensor
+    ptr: Tensor
+    num_graphs: int
+
+    @property
+    def num_nodes(self) -> int:
+        return self.x.size(0)
+
+
+def gather_windows(gs, idx) -> WindowBatch:
+    """Windows ``idx`` of a :class:`~kdkit.graphs.GraphSet` for scoring. A run of consecutive
+    windows (a stream, a single window) is sliced, not gathered; other index lists fall back to
+    :func:`kdkit.batching.collate_indices`. Same tensors as ``collate_indices`` (tested)."""
+    idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+    if idx.size == 0 or np.any(np.diff(idx) != 1) or idx[0] < 0 or idx[-1] >= len(gs):
+        from kdkit.batching import collate_indices
+
+        b = collate_indices(gs, idx)
+        return WindowBatch(b.x, b.node_id, b.edge_index, b.edge_attr, b.batch, b.ptr, b.num_graphs)
+    a, z, graphs = int(idx[0]), int(idx[-1]) + 1, idx.size
+    node_ptr, edge_ptr = gs.node_ptr[a:z + 1], gs.edge_ptr[a:z + 1]
+    n0, n1, e0, e1 = int(node_ptr[0]), int(node_ptr[-1]), int(edge_ptr[0]), int(edge_ptr[-1])
+    ptr = node_ptr - n0
+    edge_index = gs.edge_index[:, e0:e1].to(torch.long, copy=True)  # never a view of the store
+    if graphs == 1:
+        batch = torch.zeros(n1 - n0, dtype=torch.long)
+    else:
+        order = torch.arange(graphs)
+        batch = torch.repeat_interleave(order, ptr[1:] - ptr[:-1], output_size=n1 - n0)
+        edge_index += ptr[:-1][torch.repeat_interleave(order, edge_ptr[1:] - edge_ptr[:-1], output_size=e1 - e0)]
+    return WindowBatch(gs.x[n0:n1], gs.node_id[n0:n1], edge_index, gs.edge_attr[e0:e1], batch, ptr, graphs)
 
 
 def scorer_inputs(batch) -> tuple[Tensor, ...]:

@@ -105,3 +105,24 @@ def test_check_batch_names_bad_indices(synthetic):
     batch.edge_index[1, 0] = batch.num_nodes
     with pytest.raises(ValueError, match=rf"edge_index spans 0\.\.{batch.num_nodes}, outside"):
         check_batch(batch)
+
+
+def test_gather_windows_equals_collate(synthetic):
+    """Sliced runs of consecutive windows (and the gathered fallback) hold collate_indices' tensors,
+    and the stock model and the scorer read them like a batch."""
+    from kdkit.fastgat import gather_windows
+
+    gs = synthetic.splits["val"]
+    n = len(gs)
+    model = _model(gs, "student")
+    for idx in ([0], [n - 1], list(range(5, 37)), list(range(n - 10, n)), [4, 2, 9], list(range(n))):
+        got, ref = gather_windows(gs, idx), collate_indices(gs, idx)
+        assert got.num_graphs == ref.num_graphs == len(idx) and got.num_nodes == ref.num_nodes
+        for key in ("x", "node_id", "edge_index", "edge_attr", "batch", "ptr"):
+            assert torch.equal(getattr(got, key), getattr(ref, key)), (idx[:3], key)
+        with torch.no_grad():
+            torch.testing.assert_close(model(got), model(ref))
+            torch.testing.assert_close(score_batch(GATScorer(model), got), model(ref), rtol=1e-5, atol=1e-5)
+    before = gs.edge_index.clone()
+    gather_windows(gs, list(range(3, 9)))
+    assert torch.equal(gs.edge_index, before)  # the store is never written through a slice
