@@ -82,7 +82,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, dat
     seconds = time.perf_counter() - t0
     meta = {"checkpoint": str(checkpoint), "package": str(out), "inputs": list(INPUTS),
             "inputs_note": "a kdkit batch's tensors; ptr: graph offsets [G+1]; node_slots: any tensor of "
-                           "[largest graph's node count, 0] (sizes the max pool); GATv2's self-loops are added inside", "output": "logits [graphs, 2]; attack probability = softmax(...)[:, 1]",
+                           "[largest graph's node count, 0] (sizes the max pool); GATv2's self-loops are added inside",
+            "output": "logits [graphs, 2]; attack probability = softmax(...)[:, 1]",
             "model_config": ckpt["model_config"], "vocab": ckpt.get("vocab"), "node_features": ckpt.get("node_features"),
             "edge_features": ckpt.get("edge_features"), "threshold": ckpt.get("threshold"), "window": window,
             "stride": int(tc.get("stride", window))}
@@ -98,10 +99,11 @@ def load_exported(path: str | Path, tune_allocator: bool = True, validate: bool 
     """Load an exported package; returns ``score(batch) -> logits`` for a kdkit batch.
 
     ``validate`` (default) checks each batch's edge and ID ranges first
-    (:func:`kdkit.fastgat.check_batch`, ~20 us): compiled code does not bounds-check its gathers
+    (:func:`kdkit.fastgat.check_batch`, ~15 us): compiled code does not bounds-check its gathers
     gracefully, a bad index would abort the process. The ID range comes from the ``.json`` beside
-    the package when present. ``tune_allocator`` (default) applies :func:`kdkit.fastpath.tune_cpu_allocator` (process-wide:
-    freed activations stay in glibc's heap for the next batch; 20-30 % faster scoring measured,
+    the package when present. ``tune_allocator`` (default) applies
+    :func:`kdkit.fastpath.tune_cpu_allocator` (process-wide: freed activations stay in glibc's heap
+    for the next batch; ~25 % faster scoring measured on the compiled student;
     ``KDKIT_TUNE_MALLOC=0`` also turns it off)."""
     from kdkit.fastpath import tune_cpu_allocator
 
