@@ -180,15 +180,18 @@ def scorer_inputs(batch) -> tuple[Tensor, ...]:
 
 def check_batch(batch, num_ids: int | None = None, where: str = "model") -> None:
     """Raise ``ValueError`` naming the problem when ``batch`` has an edge endpoint outside its
-    nodes or (given ``num_ids``) a node ID outside the vocabulary."""
+    nodes, a node assigned to a graph it does not have, or (given ``num_ids``) a node ID outside
+    the vocabulary."""
     n = batch.x.size(0)
-    for name, t, hi in (("edge_index", batch.edge_index, n), ("node_id", batch.node_id, num_ids)):
+    checks = (("edge_index", batch.edge_index, n), ("node_id", batch.node_id, num_ids),
+              ("batch", batch.batch, batch.num_graphs))
+    for name, t, hi in checks:
         if hi is None or t.numel() == 0:
             continue
         lo_v, hi_v = int(t.min()), int(t.max())
         if lo_v < 0 or hi_v >= hi:
-            why = (f"the batch has {n} nodes" if name == "edge_index" else
-                   f"the model has num_ids={hi}: graphs built with another ID vocabulary?")
+            why = {"edge_index": f"the batch has {n} nodes", "batch": f"the batch has {hi} graphs",
+                   "node_id": f"the model has num_ids={hi}: graphs built with another ID vocabulary?"}[name]
             raise ValueError(f"{where}: batch.{name} spans {lo_v}..{hi_v}, outside 0..{hi - 1} ({why})")
     if batch.node_id.size(0) != n or batch.batch.size(0) != n:
         raise ValueError(f"{where}: batch.x has {n} rows but node_id has {batch.node_id.size(0)} and batch "

@@ -102,6 +102,10 @@ def test_check_batch_names_bad_indices(synthetic):
     check_batch(batch, num_ids=int(batch.node_id.max()) + 1)  # a good batch passes
     with pytest.raises(ValueError, match=r"gw\.pt2: batch\.node_id spans .*\(the model has num_ids="):
         check_batch(batch, num_ids=int(batch.node_id.max()), where="gw.pt2")
+    wrong_graph = collate_indices(gs, [0, 1])
+    wrong_graph.batch[-1] = 2
+    with pytest.raises(ValueError, match=r"batch\.batch spans 0\.\.2, outside 0\.\.1 \(the batch has 2 graphs\)"):
+        check_batch(wrong_graph)
     batch.edge_index[1, 0] = batch.num_nodes
     with pytest.raises(ValueError, match=rf"edge_index spans 0\.\.{batch.num_nodes}, outside"):
         check_batch(batch)
