@@ -63,13 +63,13 @@ def compare_models(models: Mapping[str, Mapping], dataset: str, data_root: str |
         data_root: folder holding the datasets.
         latency_calls: single-window calls timed for p50/p99 (after a burn-in).
         seconds: measuring time of the batched throughput.
-        variant: ``fp32-eager`` | ``bf16-eager`` | ``fp32-compiled`` | ``bf16-compiled``.
+        variant: ``fp32-eager`` | ``bf16-eager`` | ``fp32-compiled`` | ``bf16-compiled`` | ``fp32-aot`` (GAT).
     """
     from kdkit.bench_train import bench_infer
 
     rows, ref = [], None
     for name, s in models.items():
-        speed = bench_infer(s["best_checkpoint"], dataset, data_root, batch_size=256, seconds=seconds,
+        speed = bench_infer(s["best_checkpoint"], dataset, data_root, seconds=seconds,
                             single=latency_calls, variants=variant)["variants"][variant]
         ref = ref or s
         rows.append({"name": name, "parameters": s["parameters"], "size_bytes": s["size_bytes"],
