@@ -21,7 +21,7 @@ demo: venv
 	$(BIN)/kdkit demo
 
 test: venv
-	$(BIN)/python -m pytest -ra
+	$(BIN)/python -m pytest -ra --durations=15
 
 clean:
 	rm -rf runs/demo
