@@ -6,6 +6,8 @@ Run: .venv/bin/python -m pytest tests/test_export.py -q
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -59,6 +61,18 @@ def test_export_cli_package_matches_model(student_checkpoint, synthetic, tmp_pat
             torch.testing.assert_close(score(batch), model(batch), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match=r"edge_index spans 0\.\.5, outside 0\.\.2"):  # not an abort
         score(Batch.from_data_list([graph(3, [(0, 5)])]))
+
+    # the README's gateway example runs as written (its file names swapped for this test's files)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index('meta = json.load(open("student.json"))')
+    code = readme[readme.rindex("```python", 0, start) + len("```python"):readme.index("```", start)]
+    recording = sorted(Path(os.environ["KDKIT_SYNTHETIC_ROOT"].format(seed=0)).rglob("*.csv*"))[0]
+    for name, path in (("student.json", out.with_suffix(".json")), ("student.pt2", out), ("capture.log", recording)):
+        assert f'"{name}"' in code, name
+        code = code.replace(f'"{name}"', repr(str(path)))
+    names: dict = {}
+    exec(compile(code, "README.md (gateway example)", "exec"), names)  # noqa: S102 - our own README
+    assert len(names["graphs"]) > 0 and names["alarm"].dtype == torch.bool and names["alarm"].numel() > 0
 
 
 def test_export_rejects_vgae_and_missing_package(synthetic, tmp_path):
