@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -22,22 +22,57 @@ from torch.utils.data import DataLoader, Sampler
 from kdkit.graphs import GraphSet, _gather_ranges
 
 
+class Gathered(NamedTuple):
+    """Where graphs ``idx`` of a GraphSet live and how they are re-based (:func:`gather_structure`)."""
+
+    nodes: slice | torch.Tensor  # the graphs' node rows in the store
+    edges: slice | torch.Tensor  # their edge rows
+    ptr: torch.Tensor            # node offsets in the batch [G + 1]
+    batch: torch.Tensor          # graph of each batch node [N]
+    edge_index: torch.Tensor     # int64 [2, E], batch node numbers
+    idx: torch.Tensor            # the graph indices
+
+
+def gather_structure(gs: GraphSet, idx) -> Gathered:
+    """The node and edge rows of graphs ``idx`` with the batch's ``ptr``, ``batch`` vector and
+    re-based ``edge_index``. A run of consecutive graphs (evaluation order, a stream, one window)
+    is sliced; any other order is gathered."""
+    idx_np = np.asarray(idx, dtype=np.int64).reshape(-1)
+    idx = torch.from_numpy(idx_np)
+    n_graphs = idx_np.size
+    if n_graphs and 0 <= idx_np[0] and idx_np[-1] < len(gs) and (n_graphs == 1 or (np.diff(idx_np) == 1).all()):
+        a, z = int(idx_np[0]), int(idx_np[-1]) + 1
+        nodes = slice(int(gs.node_ptr[a]), int(gs.node_ptr[z]))
+        edges = slice(int(gs.edge_ptr[a]), int(gs.edge_ptr[z]))
+        node_ptr, edge_ptr = gs.node_ptr[a:z + 1] - nodes.start, gs.edge_ptr[a:z + 1] - edges.start
+    else:
+        nodes, node_ptr = _gather_ranges(gs.node_ptr, idx)
+        edges, edge_ptr = _gather_ranges(gs.edge_ptr, idx)
+    n_nodes, n_edges = int(node_ptr[-1]), int(edge_ptr[-1])
+    if n_graphs == 1:  # one window (the latency path): nothing to offset
+        batch_vec = torch.zeros(n_nodes, dtype=torch.long)
+        edge_index = gs.edge_index[:, edges].to(torch.long, copy=True)
+    else:
+        order = torch.arange(n_graphs)
+        batch_vec = torch.repeat_interleave(order, node_ptr[1:] - node_ptr[:-1], output_size=n_nodes)
+        edge_graph = torch.repeat_interleave(order, edge_ptr[1:] - edge_ptr[:-1], output_size=n_edges)
+        edge_index = gs.edge_index[:, edges].long() + node_ptr[:-1][edge_graph]  # a new tensor, never the store
+    return Gathered(nodes, edges, node_ptr, batch_vec, edge_index, idx)
+
+
 def collate_indices(gs: GraphSet, idx: torch.Tensor | np.ndarray | list[int]):
     """Graphs ``idx`` of ``gs`` as one PyG ``Batch``, equal to ``Batch.from_data_list`` of them."""
     from torch_geometric.data import Batch
 
-    idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
-    nodes, node_ptr = _gather_ranges(gs.node_ptr, idx)
-    edges, edge_ptr = _gather_ranges(gs.edge_ptr, idx)
-    n_graphs = idx.numel()
-    node_counts = node_ptr[1:] - node_ptr[:-1]
-    edge_counts = edge_ptr[1:] - edge_ptr[:-1]
-    batch_vec = torch.repeat_interleave(torch.arange(n_graphs), node_counts, output_size=int(node_ptr[-1]))
-    edge_graph = torch.repeat_interleave(torch.arange(n_graphs), edge_counts, output_size=int(edge_ptr[-1]))
-    edge_index = gs.edge_index[:, edges].long() + node_ptr[:-1][edge_graph]
-    out = Batch(x=gs.x[nodes], node_id=gs.node_id[nodes], edge_index=edge_index, edge_attr=gs.edge_attr[edges],
-                y=gs.y[idx], node_y=gs.node_y[nodes].long(), batch=batch_vec, ptr=node_ptr)
-    out._num_graphs = n_graphs
+    g = gather_structure(gs, idx)
+
+    def take(t: torch.Tensor, rows) -> torch.Tensor:  # a batch owns its tensors (loader workers share
+        return t[rows].clone() if isinstance(rows, slice) else t[rows]  # a view's whole store otherwise)
+
+    out = Batch(x=take(gs.x, g.nodes), node_id=take(gs.node_id, g.nodes), edge_index=g.edge_index,
+                edge_attr=take(gs.edge_attr, g.edges), y=gs.y[g.idx], node_y=take(gs.node_y, g.nodes).long(), batch=g.batch,
+                ptr=g.ptr)
+    out._num_graphs = g.idx.numel()
     return out
 
 

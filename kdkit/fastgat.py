@@ -30,7 +30,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -143,27 +142,14 @@ class WindowBatch:
 
 
 def gather_windows(gs, idx) -> WindowBatch:
-    """Windows ``idx`` of a :class:`~kdkit.graphs.GraphSet` for scoring. A run of consecutive
-    windows (a stream, a single window) is sliced, not gathered; other index lists fall back to
-    :func:`kdkit.batching.collate_indices`. Same tensors as ``collate_indices`` (tested)."""
-    idx = np.asarray(idx, dtype=np.int64).reshape(-1)
-    if idx.size == 0 or np.any(np.diff(idx) != 1) or idx[0] < 0 or idx[-1] >= len(gs):
-        from kdkit.batching import collate_indices
+    """Windows ``idx`` of a :class:`~kdkit.graphs.GraphSet` for scoring: the tensors of
+    :func:`kdkit.batching.collate_indices` (consecutive windows sliced, not gathered) without the
+    PyG ``Batch`` around them, labels left out."""
+    from kdkit.batching import gather_structure
 
-        b = collate_indices(gs, idx)
-        return WindowBatch(b.x, b.node_id, b.edge_index, b.edge_attr, b.batch, b.ptr, b.num_graphs)
-    a, z, graphs = int(idx[0]), int(idx[-1]) + 1, idx.size
-    node_ptr, edge_ptr = gs.node_ptr[a:z + 1], gs.edge_ptr[a:z + 1]
-    n0, n1, e0, e1 = int(node_ptr[0]), int(node_ptr[-1]), int(edge_ptr[0]), int(edge_ptr[-1])
-    ptr = node_ptr - n0
-    edge_index = gs.edge_index[:, e0:e1].to(torch.long, copy=True)  # never a view of the store
-    if graphs == 1:
-        batch = torch.zeros(n1 - n0, dtype=torch.long)
-    else:
-        order = torch.arange(graphs)
-        batch = torch.repeat_interleave(order, ptr[1:] - ptr[:-1], output_size=n1 - n0)
-        edge_index += ptr[:-1][torch.repeat_interleave(order, edge_ptr[1:] - edge_ptr[:-1], output_size=e1 - e0)]
-    return WindowBatch(gs.x[n0:n1], gs.node_id[n0:n1], edge_index, gs.edge_attr[e0:e1], batch, ptr, graphs)
+    g = gather_structure(gs, idx)
+    return WindowBatch(gs.x[g.nodes], gs.node_id[g.nodes], g.edge_index, gs.edge_attr[g.edges], g.batch, g.ptr,
+                       g.idx.numel())
 
 
 def scorer_inputs(batch) -> tuple[Tensor, ...]:

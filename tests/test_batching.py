@@ -61,6 +61,11 @@ def test_fast_batch_equals_pyg_collate(seed):
         idx = rng.choice(len(graphs), size=size, replace=False)
         assert_same_batch(collate_indices(gs, idx), Batch.from_data_list([graphs[i] for i in idx]))
         assert_same_batch(collate_indices(gs, idx), Batch.from_data_list(gs.to_data_list(idx)))
+        start = int(rng.integers(0, len(graphs) - size + 1))
+        run = np.arange(start, start + size)  # consecutive graphs: sliced, not gathered
+        batch = collate_indices(gs, run)
+        assert_same_batch(batch, Batch.from_data_list([graphs[i] for i in run]))
+        assert batch.x.untyped_storage().data_ptr() != gs.x.untyped_storage().data_ptr()  # its own tensors
 
 
 def test_fast_batch_of_graphs_without_edges_and_repeats():
