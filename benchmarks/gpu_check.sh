@@ -71,8 +71,8 @@ out["capability"] = list(torch.cuda.get_device_capability(0))
 out["total_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
 
 from kdkit.config import make_config
-from kdkit.pipeline import build_student_or_teacher, class_weights, load_data
-from kdkit.trainer import choose_precision
+from kdkit.workflows.run import build_student_or_teacher, class_weights, load_data
+from kdkit.training.precision import choose_precision
 
 cfg = make_config(model="gat", type="teacher", dataset=out["dataset"], accelerator="cuda", precision="auto")
 data = load_data(cfg)
@@ -86,7 +86,7 @@ def precision():
 
 
 def sizer():
-    from kdkit.batching_auto import DynamicBatchSizer
+    from kdkit.training.batch_sizer import DynamicBatchSizer
 
     model = build_student_or_teacher(cfg, data)
     s = DynamicBatchSizer(model, train, target_memory_usage=0.5, max_batch_size=1 << 17, device="cuda", use_cache=False)
@@ -113,8 +113,9 @@ def sizer():
 def oom():
     import tempfile
 
-    from kdkit.batching_auto import DynamicBatchSizer
-    from kdkit.trainer import FabricTrainer, Task
+    from kdkit.training.batch_sizer import DynamicBatchSizer
+    from kdkit.training.trainer import FabricTrainer
+    from kdkit.training.task import Task
 
     small = make_config(model="gat", type="teacher", dataset=out["dataset"], accelerator="cuda", precision="32-true",
                         batch_size=256, epochs=1, min_batch_size=1, save_compat=False)
@@ -165,7 +166,7 @@ def bench():
 
 for name, fn in (("precision", precision), ("sizer", sizer), ("oom", oom), ("bench", bench)):
     check(name, fn)
-from kdkit.bench import machine_info
+from kdkit.training.hardware import machine_info
 
 out["machine"] = machine_info()
 out["passed"] = ok

@@ -29,7 +29,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     from kdkit.config import make_config
-    from kdkit.pipeline import load_data, train
+    from kdkit.workflows.run import load_data, train
 
     common = dict(model=args.model, dataset=args.dataset, runs_dir=args.runs_dir, save_compat=False, precision="32-true")
     data = load_data(make_config(**common))

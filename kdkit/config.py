@@ -1,19 +1,38 @@
-"""One frozen training config, its presets and the validation of ``--config`` JSON.
+"""The run schema: one typed, frozen description of a training run, and everything derived from it.
 
     kdkit train --list-configs
+    kdkit train --model gat --dataset hcrl_sa --type teacher --epochs 50 --learning-rate 0.002
     kdkit train --model gat --dataset hcrl_sa --type teacher --config '{"epochs": 50, "learning_rate": 0.002}'
 
-The CLI, the notebooks, the widget panel and SLURM jobs all build a :class:`TrainConfig`
-through :func:`make_config` and pass it to the same functions. Unknown keys and wrong types
-are errors that list the valid keys.
+:class:`TrainConfig` is the single place a run parameter is declared: its type, default,
+help text, allowed values or range, and whether the widget panel shows a control for it.
+From it come the ``kdkit train`` flags (:func:`add_config_arguments`), ``--list-configs``
+(:func:`list_configs`), ``--config`` validation (:func:`validate_overrides`), the widget
+panel's controls (:mod:`kdkit.ui.widgets`), the arguments of a SLURM training job
+(:func:`to_argv`) and the check of notebook parameters
+(:func:`kdkit.workflows.notebooks.check_parameters`). Adding a parameter is one field here
+plus the code that uses it.
+
+Why dataclasses and not pydantic: the config is a flat record of literals that papermill,
+JSON and argparse all carry as is; a frozen dataclass with per-field metadata gives types,
+defaults and help in the standard library, and the checks kdkit needs (choices, ranges,
+``None`` for "the preset") are a few lines (:func:`validate_overrides`) with error messages
+that name the key. pydantic would add a dependency and its own error format for no gain here.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
+import math
 import os
-from dataclasses import dataclass, fields
-from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Optional, Union, get_args, get_origin, get_type_hints
+
+import torch
+
+from kdkit.data.datasets import REGISTRY
+from kdkit.models.registry import MODEL_CLASSES, PRESETS
 
 # Hardware presets (the migration guide's tuning section, measured where we could).
 HARDWARE_PRESETS: dict[str, dict[str, Any]] = {
@@ -23,74 +42,107 @@ HARDWARE_PRESETS: dict[str, dict[str, Any]] = {
     "small-gpu": {"precision": "32-true", "batch_size": 32, "num_workers": 2, "prefetch_factor": 2, "target_memory_usage": 0.7},
     "cpu": {"precision": "32-true", "batch_size": 64, "num_workers": 0, "prefetch_factor": 2, "target_memory_usage": 0.5},
 }
+PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed", "32", "16", "bf16")
+
+
+def param(default: Any, help: str, *, group: str, choices: tuple | Callable[[], tuple] | None = None, low: float | None = None,
+          high: float | None = None, panel: bool = False) -> Any:
+    """A :class:`TrainConfig` field with what every front end needs to know about it.
+
+    Args:
+        default: the value when nobody sets it (``None``: "the preset" or "not set").
+        help: one line for ``--help``, ``--list-configs``, the panel's tooltip.
+        group: the section it belongs to (``--help`` groups, ``--list-configs``).
+        choices: the allowed values, if a closed set (a callable is asked each time: registries
+            such as the datasets and model families may grow at run time).
+        low: smallest allowed value (numbers), inclusive.
+        high: largest allowed value (numbers), inclusive.
+        panel: the widget panel shows a control for it (the others go in its JSON box).
+    """
+    return field(default=default, metadata={"help": help, "group": group, "choices": choices, "low": low,
+                                            "high": high, "panel": panel})
+
+
+WHAT, GRAPHS, MODEL, OPTIM, KD, HARDWARE, OUTPUT = (
+    "what to train", "graphs", "model (None = the preset of model/type)", "optimisation",
+    "knowledge distillation (student with a teacher)", "hardware and speed", "output")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything one training run needs. Defaults are the GAT teacher on CPU.
 
-    Keys (all may be given in ``--config`` JSON):
+    Every field may be given as a ``kdkit train --flag``, a ``--config`` JSON key, a
+    ``make_config`` keyword, a notebook parameter of the same name and a panel setting.
     """
 
     # --- what to train
-    model: str = "gat"                # gat | vgae
-    type: str = "teacher"             # teacher | student
-    dataset: str = "synthetic"        # registry key: hcrl_ch, hcrl_sa, set_01..set_04, synthetic
-    data_root: Optional[str] = None   # folder holding hcrl-sa/ etc. (default $KDKIT_DATA_ROOT)
-    teacher: Optional[str] = None     # teacher checkpoint for a KD student; None trains the student alone
+    model: str = param("gat", "model family", group=WHAT, choices=lambda: tuple(MODEL_CLASSES), panel=True)
+    type: str = param("teacher", "teacher or student preset", group=WHAT, choices=("teacher", "student"), panel=True)
+    dataset: str = param("synthetic", "dataset registry key", group=WHAT, choices=lambda: tuple(REGISTRY), panel=True)
+    data_root: Optional[str] = param(None, "folder holding hcrl-sa/ etc. (default $KDKIT_DATA_ROOT)", group=WHAT)
+    teacher: Optional[str] = param(None, "teacher checkpoint for a KD student; None trains the student alone",
+                                   group=WHAT, panel=True)
     # --- graphs
-    window: int = 100                 # messages per window
-    stride: int = 100                 # offset between windows
-    label_threshold: float = 0.0      # window is an attack when its attack share > this
-    val_fraction: float = 0.2         # contiguous validation block per training file
-    synthetic_seed: int = 0           # seed of the built-in synthetic dataset
+    window: int = param(100, "messages per window", group=GRAPHS, low=1)
+    stride: int = param(100, "offset between windows", group=GRAPHS, low=1)
+    label_threshold: float = param(0.0, "a window is an attack when its attack share > this", group=GRAPHS, low=0, high=1)
+    val_fraction: float = param(0.2, "contiguous validation block per training file", group=GRAPHS, low=0, high=1)
+    synthetic_seed: int = param(0, "seed of the built-in synthetic dataset", group=GRAPHS)
     # --- model (None = the preset of model/type)
-    hidden: Optional[int] = None      # hidden channels per head
-    layers: Optional[int] = None      # GAT layers (VGAE: encoder/decoder layers)
-    heads: Optional[int] = None       # attention heads
-    embedding_dim: Optional[int] = None  # CAN-ID embedding size
-    latent_dim: Optional[int] = None  # VGAE latent size
-    dropout: float = 0.1              # dropout in the GNN layers
-    threshold_rule: str = "quantile"  # VGAE threshold: quantile of attack-free validation scores | youden (labelled validation)
-    threshold_quantile: float = 0.99  # the quantile for threshold_rule "quantile"
-    id_dropout: float = 0.2           # training-time share of node IDs replaced by the OOV bucket
-    vehicle_dropout: float = 0.25     # training-time share of windows whose IDs are ALL hidden (unknown-vehicle augmentation)
+    hidden: Optional[int] = param(None, "hidden channels per head", group=MODEL, low=1)
+    layers: Optional[int] = param(None, "GAT layers (VGAE: encoder/decoder layers)", group=MODEL, low=1)
+    heads: Optional[int] = param(None, "attention heads", group=MODEL, low=1)
+    embedding_dim: Optional[int] = param(None, "CAN-ID embedding size", group=MODEL, low=1)
+    latent_dim: Optional[int] = param(None, "VGAE latent size", group=MODEL, low=1)
+    dropout: float = param(0.1, "dropout in the GNN layers", group=MODEL, low=0, high=1)
+    threshold_rule: str = param("quantile", "VGAE threshold: quantile of attack-free validation scores | youden "
+                                "(labelled validation)", group=MODEL, choices=("quantile", "youden"))
+    threshold_quantile: float = param(0.99, "the quantile for threshold_rule quantile", group=MODEL, low=0, high=1)
+    id_dropout: float = param(0.2, "training-time share of node IDs replaced by the OOV bucket", group=MODEL, low=0, high=1)
+    vehicle_dropout: float = param(0.25, "training-time share of windows whose IDs are ALL hidden (unknown-vehicle "
+                                   "augmentation)", group=MODEL, low=0, high=1)
     # --- optimisation
-    epochs: int = 20                  # maximum epochs
-    batch_size: int = 64              # graphs per batch
-    learning_rate: float = 2e-3       # AdamW peak learning rate
-    weight_decay: float = 1e-4        # AdamW weight decay
-    scheduler: str = "cosine"         # cosine | onecycle | none (stepped per optimizer step)
-    warmup_steps: int = 20            # linear warm-up steps before cosine decay
-    grad_clip: float = 1.0            # max gradient norm (0 = off)
-    class_weighting: bool = True      # weight cross-entropy by inverse class frequency
-    patience: int = 5                 # early stopping: epochs without improvement of the monitored metric
-    seed: int = 0                     # seeds weights, shuffling and id_dropout
+    epochs: int = param(20, "maximum epochs", group=OPTIM, low=1, panel=True)
+    batch_size: int = param(64, "graphs per batch", group=OPTIM, low=1, panel=True)
+    learning_rate: float = param(2e-3, "AdamW peak learning rate", group=OPTIM, low=0)
+    weight_decay: float = param(1e-4, "AdamW weight decay", group=OPTIM, low=0)
+    scheduler: str = param("cosine", "learning-rate schedule, stepped per optimizer step", group=OPTIM,
+                           choices=("cosine", "onecycle", "none"))
+    warmup_steps: int = param(20, "linear warm-up steps before cosine decay", group=OPTIM, low=0)
+    grad_clip: float = param(1.0, "max gradient norm (0 = off)", group=OPTIM, low=0)
+    class_weighting: bool = param(True, "weight cross-entropy by inverse class frequency", group=OPTIM)
+    patience: int = param(5, "early stopping: epochs without improvement of the monitored metric", group=OPTIM, low=1)
+    seed: int = param(0, "seeds weights, shuffling and id_dropout", group=OPTIM)
     # --- knowledge distillation (student with a teacher)
-    kd_temperature: float = 4.0       # T in alpha*T^2*KL(softmax(t/T)||softmax(s/T)) + (1-alpha)*CE
-    kd_alpha: float = 0.7             # weight of the KD term
-    kd_feature_weight: float = 0.1    # multi-level KD: weight of projected node-embedding MSE
-    kd_latent_weight: float = 1.0     # VGAE KD: weight of projected-latent MSE
+    kd_temperature: float = param(4.0, "T in alpha*T^2*KL(softmax(t/T)||softmax(s/T)) + (1-alpha)*CE", group=KD,
+                                  low=1e-3, high=100, panel=True)
+    kd_alpha: float = param(0.7, "weight of the KD term", group=KD, low=0, high=1, panel=True)
+    kd_feature_weight: float = param(0.1, "multi-level KD: weight of projected node-embedding MSE", group=KD, low=0)
+    kd_latent_weight: float = param(1.0, "VGAE KD: weight of projected-latent MSE", group=KD, low=0)
     # --- hardware and speed
-    trainer: str = "fabric"           # fabric | legacy (plain PyTorch baseline)
-    preset: str = "auto"              # auto | a100 | h100 | v100 | small-gpu | cpu
-    accelerator: str = "auto"         # auto | cpu | cuda | gpu
-    devices: int = 1                  # processes per node
-    num_nodes: int = 1                # nodes (SLURM)
-    strategy: str = "auto"            # auto | ddp
-    precision: str = "auto"           # auto | 32-true | 16-mixed | bf16-mixed
-    num_workers: int = -1             # DataLoader workers (-1 = from hardware)
-    prefetch_factor: int = 2          # batches prefetched per worker
-    compile: Union[bool, str] = "auto"  # true | false | "auto" (on for a GAT on CPU with >= 1500 optimizer steps): torch.compile the forward; ~1.5x faster CPU steps after 10-15 s
-    node_budget: int = 0              # >0: batches by node budget instead of graph count
-    optimize_batch_size: bool = False  # run the DynamicBatchSizer and use its result
-    target_memory_usage: float = 0.85  # batch sizer: share of device memory to fill
-    min_batch_size: int = 1           # batch sizer lower bound
-    max_batch_size: int = 1024        # batch sizer upper bound
+    trainer: str = param("fabric", "fabric | legacy (plain PyTorch baseline)", group=HARDWARE, choices=("fabric", "legacy"))
+    preset: str = param("auto", "hardware preset", group=HARDWARE, choices=("auto", *HARDWARE_PRESETS))
+    accelerator: str = param("auto", "device kind", group=HARDWARE, choices=("auto", "cpu", "cuda", "gpu"))
+    devices: int = param(1, "processes per node (DDP when > 1)", group=HARDWARE, low=1)
+    num_nodes: int = param(1, "nodes (under SLURM)", group=HARDWARE, low=1)
+    strategy: str = param("auto", "distribution strategy", group=HARDWARE, choices=("auto", "ddp", "ddp_spawn"))
+    precision: str = param("auto", "numeric precision (auto: the precision policy picks from the hardware)",
+                           group=HARDWARE, choices=PRECISIONS, panel=True)
+    num_workers: int = param(-1, "DataLoader workers (-1 = from hardware)", group=HARDWARE, low=-1)
+    prefetch_factor: int = param(2, "batches prefetched per worker", group=HARDWARE, low=1)
+    compile: Union[bool, str] = param("auto", "torch.compile the forward: true | false | auto (on for a GAT on CPU "
+                                      "with >= 1500 optimizer steps; ~1.5x faster CPU steps after 10-15 s)",
+                                      group=HARDWARE, choices=(True, False, "auto"))
+    node_budget: int = param(0, ">0: batches by node budget instead of graph count", group=HARDWARE, low=0)
+    optimize_batch_size: bool = param(False, "run the DynamicBatchSizer and use its result", group=HARDWARE)
+    target_memory_usage: float = param(0.85, "batch sizer: share of device memory to fill", group=HARDWARE, low=0, high=1)
+    min_batch_size: int = param(1, "batch sizer lower bound", group=HARDWARE, low=1)
+    max_batch_size: int = param(1024, "batch sizer upper bound", group=HARDWARE, low=1)
     # --- output
-    run_name: Optional[str] = None    # runs/<run_name>/ (default: <dataset>_<model>_<type>)
-    runs_dir: str = "runs"            # parent of run folders
-    save_compat: bool = True          # also copy the best checkpoint to saved_models/ under the guide's names
+    run_name: Optional[str] = param(None, "runs/<run_name>/ (default: <dataset>_<model>_<type>)", group=OUTPUT)
+    runs_dir: str = param("runs", "parent of run folders", group=OUTPUT)
+    save_compat: bool = param(True, "also copy the best checkpoint to saved_models/ under the guide's names", group=OUTPUT)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -100,68 +152,88 @@ class TrainConfig:
         return self.run_name or f"{self.dataset}_{self.model}_{self.type}"
 
 
-CHOICES: dict[str, tuple[str, ...]] = {
-    "model": ("gat", "vgae"), "threshold_rule": ("quantile", "youden"), "type": ("teacher", "student"), "scheduler": ("cosine", "onecycle", "none"),
-    "trainer": ("fabric", "legacy"), "preset": ("auto", *HARDWARE_PRESETS), "accelerator": ("auto", "cpu", "cuda", "gpu"),
-    "strategy": ("auto", "ddp", "ddp_spawn"), "precision": ("auto", "32-true", "16-mixed", "bf16-mixed", "32", "16", "bf16"),
-}
-POSITIVE = ("window", "stride", "epochs", "batch_size", "devices", "num_nodes", "min_batch_size", "max_batch_size")
-UNIT_INTERVAL = ("val_fraction", "threshold_quantile", "dropout", "id_dropout", "vehicle_dropout", "kd_alpha", "target_memory_usage", "label_threshold")
+@dataclass(frozen=True)
+class FieldSpec:
+    """One schema field as the front ends see it (from :func:`schema`)."""
+
+    name: str
+    base: type            # int, float, str or bool (``compile``: bool with choices)
+    optional: bool        # None allowed
+    default: Any
+    help: str
+    group: str
+    choices: tuple | None
+    low: float | None
+    high: float | None
+    panel: bool
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
 
 
-def _field_help() -> dict[str, str]:
-    """Inline comments of the dataclass fields, read from this file's source."""
-    import inspect
-
-    out = {}
-    for line in inspect.getsource(TrainConfig).splitlines():
-        line = line.strip()
-        if ":" in line and "#" in line and not line.startswith("#"):
-            name = line.split(":", 1)[0].strip()
-            out[name] = line.split("#", 1)[1].strip()
+def schema(cls: type = TrainConfig) -> list[FieldSpec]:
+    """The fields of a run schema (``TrainConfig`` or an extension of it), in declaration order."""
+    hints = get_type_hints(cls)
+    out = []
+    for f in fields(cls):
+        hint = hints[f.name]
+        args = get_args(hint) if get_origin(hint) is Union else (hint,)
+        optional = type(None) in args
+        base = next(a for a in args if a is not type(None))
+        meta = f.metadata
+        choices = meta.get("choices")
+        choices = tuple(choices()) if callable(choices) else choices
+        out.append(FieldSpec(f.name, base, optional, f.default, meta.get("help", ""), meta.get("group", "other"),
+                             choices, meta.get("low"), meta.get("high"), bool(meta.get("panel"))))
     return out
 
 
-def _check_type(key: str, value: Any, hint: Any) -> Any:
-    if key == "compile":
-        if value is True or value is False or value == "auto":
-            return value
-        raise ValueError(f"config key 'compile': expected true, false or \"auto\", got {value!r}")
-    allowed = get_args(hint) if get_origin(hint) is not None else (hint,)
+def _check_value(spec: FieldSpec, value: Any) -> Any:
+    key = spec.name
     if value is None:
-        if type(None) in allowed:
+        if spec.optional:
             return None
-        raise ValueError(f"config key {key!r}: null is not allowed (expected {hint.__name__})")
-    base = next(a for a in allowed if a is not type(None))
-    if base is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if base is int and isinstance(value, bool) or not isinstance(value, base):
-        raise ValueError(f"config key {key!r}: expected {base.__name__}, got {type(value).__name__} {value!r}")
+        raise ValueError(f"config key {key!r}: null is not allowed (expected {spec.base.__name__})")
+    if spec.choices is not None and any(value is c or (type(value) is type(c) and value == c) for c in spec.choices):
+        return value
+    if spec.choices is not None and spec.base is bool:  # compile: true | false | "auto"
+        raise ValueError(f"config key {key!r}: expected one of {', '.join(map(format_value, spec.choices))}, got {value!r}")
+    if spec.base is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if (spec.base is int and isinstance(value, bool)) or not isinstance(value, spec.base):
+        raise ValueError(f"config key {key!r}: expected {spec.base.__name__}, got {type(value).__name__} {value!r}")
+    if spec.choices is not None:
+        raise ValueError(f"config key {key!r}: {value!r} is not one of {', '.join(map(str, spec.choices))}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"config key {key!r}: must be a finite number, got {value!r}")
+    if spec.low is not None and spec.high is not None and not spec.low <= value <= spec.high:
+        raise ValueError(f"config key {key!r}: must be in [{spec.low:g}, {spec.high:g}], got {value!r}")
+    if spec.low is not None and value < spec.low:
+        raise ValueError(f"config key {key!r}: must be >= {spec.low:g}, got {value!r}")
+    if spec.high is not None and value > spec.high:
+        raise ValueError(f"config key {key!r}: must be <= {spec.high:g}, got {value!r}")
     return value
 
 
-def validate_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
-    """Check keys, types and ranges of user overrides; return them with ints widened to floats."""
-    hints = get_type_hints(TrainConfig)
-    valid = [f.name for f in fields(TrainConfig)]
+def validate_overrides(overrides: dict[str, Any], cls: type = TrainConfig) -> dict[str, Any]:
+    """Check keys, types, choices and ranges of user overrides; return them with ints widened to floats.
+
+    Raises:
+        ValueError: naming the key, the value and what is allowed (unknown keys list the valid ones).
+    """
+    specs = {s.name: s for s in schema(cls)}
     out = {}
     for key, value in overrides.items():
-        if key not in hints:
-            raise ValueError(f"unknown config key {key!r}; valid keys: {', '.join(valid)}")
-        value = _check_type(key, value, hints[key])
-        if key in CHOICES and value not in CHOICES[key]:
-            raise ValueError(f"config key {key!r}: {value!r} is not one of {', '.join(CHOICES[key])}")
-        if key in POSITIVE and value < 1:
-            raise ValueError(f"config key {key!r}: must be >= 1, got {value!r}")
-        if key in UNIT_INTERVAL and not 0.0 <= value <= 1.0:
-            raise ValueError(f"config key {key!r}: must be in [0, 1], got {value!r}")
-        out[key] = value
+        if key not in specs:
+            raise ValueError(f"unknown config key {key!r}; valid keys: {', '.join(specs)}")
+        out[key] = _check_value(specs[key], value)
     return out
 
 
-def parse_config_json(text: str | None) -> dict[str, Any]:
+def parse_config_json(text: str | None, cls: type = TrainConfig) -> dict[str, Any]:
     """``--config`` JSON (a string, or ``@file.json``) -> validated overrides."""
-    return validate_overrides(read_config_json(text))
+    return validate_overrides(read_config_json(text), cls)
 
 
 def read_config_json(text: str | None) -> dict[str, Any]:
@@ -182,7 +254,6 @@ def read_config_json(text: str | None) -> dict[str, Any]:
 
 def detect_preset() -> str:
     """The hardware preset for this machine (from the GPU name, else ``cpu``)."""
-    import torch
 
     if not torch.cuda.is_available():
         return "cpu"
@@ -194,12 +265,13 @@ def detect_preset() -> str:
     return "small-gpu" if total < 16 * 2**30 else "a100"
 
 
-def make_config(**overrides: Any) -> TrainConfig:
-    """Build a validated TrainConfig: defaults <- hardware preset <- user overrides.
+def make_config(cls: type = TrainConfig, /, **overrides: Any) -> TrainConfig:
+    """Build a validated run config: defaults <- hardware preset <- user overrides.
 
-    The preset only fills keys the user did not set.
+    The preset only fills keys the user did not set. ``cls`` is the schema (``TrainConfig``
+    unless a caller extends it).
     """
-    user = validate_overrides({k: v for k, v in overrides.items()})
+    user = validate_overrides(dict(overrides), cls)
     preset = user.get("preset", "auto")
     preset_name = detect_preset() if preset == "auto" else preset
     base = {k: v for k, v in HARDWARE_PRESETS[preset_name].items() if k not in user}
@@ -209,22 +281,100 @@ def make_config(**overrides: Any) -> TrainConfig:
         base["epochs"] = int(os.environ["KDKIT_EPOCHS"])
     merged = {**base, **user}
     merged.setdefault("preset", preset)
-    return TrainConfig(**merged)
+    return cls(**merged)
 
 
-def list_configs() -> str:
+def format_value(value: Any) -> str:
+    """A default or choice as users type it: ``none``, ``true``, ``0.002``, ``gat``."""
+    return "none" if value is None else value if isinstance(value, str) else json.dumps(value)
+
+
+def list_configs(cls: type = TrainConfig) -> str:
     """Every preset and every config key with its default and meaning (``--list-configs``)."""
-    from kdkit.models import PRESETS
-
     lines = ["Model presets (--model/--type):"]
     for name, preset in PRESETS.items():
         lines.append(f"  {name:<14} {json.dumps(preset)}")
-    lines.append("\nHardware presets (--config '{\"preset\": \"v100\"}'; auto-detected: " + detect_preset() + "):")
+    lines.append("\nHardware presets (--preset NAME; auto-detected: " + detect_preset() + "):")
     for name, preset in HARDWARE_PRESETS.items():
         lines.append(f"  {name:<14} {json.dumps(preset)}")
-    lines.append("\nConfig keys (--config JSON):")
-    helps = _field_help()
-    for f in fields(TrainConfig):
-        default = f.default
-        lines.append(f"  {f.name:<22} default {json.dumps(default):<12} {helps.get(f.name, '')}")
+    lines.append("\nConfig keys (kdkit train --key-name VALUE, or --config JSON):")
+    group = None
+    for s in schema(cls):
+        if s.group != group:
+            group = s.group
+            lines.append(f"  -- {group}")
+        allowed = f" [{' | '.join(map(format_value, s.choices))}]" if s.choices and s.name != "dataset" else ""
+        lines.append(f"  {s.name:<22} default {json.dumps(s.default):<12} {s.help}{allowed}")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- command line
+def _cli_type(spec: FieldSpec):
+    """argparse ``type=`` for a field: the base type, ``none`` for optional ones, ``compile``'s words."""
+    def convert(text: str):
+        low = text.strip().lower()
+        if spec.optional and low in ("none", "null"):
+            return None
+        if spec.base is bool:
+            words = {"true": True, "on": True, "1": True, "false": False, "off": False, "0": False, "auto": "auto"}
+            if low in words and (words[low] != "auto" or spec.choices):
+                return words[low]
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join(map(format_value, spec.choices or (True, False)))}")
+        try:
+            return spec.base(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {spec.base.__name__}, got {text!r}") from None
+    convert.__name__ = spec.base.__name__
+    return convert
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfig, skip: tuple[str, ...] = ()) -> None:
+    """One ``--flag`` per schema field, grouped by section, with its help and default.
+
+    Unset flags are absent from the parsed namespace (``argparse.SUPPRESS``), so
+    :func:`overrides_from_args` returns exactly what the user typed. Booleans get
+    ``--flag/--no-flag``; optional fields accept ``none``.
+    """
+    groups: dict[str, Any] = {}
+    for s in schema(cls):
+        if s.name in skip:
+            continue
+        group = groups.setdefault(s.group, parser.add_argument_group(f"config: {s.group}"))
+        shown = f"{s.help} (default {format_value(s.default)})"
+        if s.base is bool and not s.choices:
+            group.add_argument(s.flag, dest=s.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                               help=shown)
+        elif s.choices and s.base is str:
+            group.add_argument(s.flag, dest=s.name, choices=s.choices, default=argparse.SUPPRESS, help=shown,
+                               metavar="{" + ",".join(s.choices) + "}" if s.name != "dataset" else "NAME")
+        else:
+            metavar = {int: "INT", float: "FLOAT", bool: "{true,false,auto}"}.get(s.base)  # str: the key's name
+            group.add_argument(s.flag, dest=s.name, type=_cli_type(s), default=argparse.SUPPRESS, help=shown,
+                               metavar=metavar)
+
+
+def overrides_from_args(args: argparse.Namespace, cls: type = TrainConfig) -> dict[str, Any]:
+    """The schema fields the user set on the command line, as ``make_config`` keywords."""
+    given = vars(args)
+    return {s.name: given[s.name] for s in schema(cls) if s.name in given}
+
+
+def to_argv(overrides: dict[str, Any], cls: type = TrainConfig) -> list[str]:
+    """The ``kdkit train`` arguments that reproduce ``overrides`` (the inverse of the parser).
+
+    Used to write SLURM job scripts: every value is validated first, so a bad key or value
+    is refused before anything is submitted.
+    """
+    specs = {s.name: s for s in schema(cls)}
+    argv: list[str] = []
+    for key, value in validate_overrides(overrides, cls).items():
+        spec = specs[key]
+        if value is None:
+            argv += [spec.flag, "none"]
+        elif spec.base is bool and not spec.choices:
+            argv.append(spec.flag if value else "--no-" + spec.flag[2:])
+        elif isinstance(value, bool):
+            argv += [spec.flag, "true" if value else "false"]
+        else:
+            argv += [spec.flag, repr(value) if isinstance(value, float) else str(value)]
+    return argv

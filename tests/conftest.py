@@ -34,7 +34,7 @@ def kdkit_env(tmp_path_factory):
 @pytest.fixture(scope="session")
 def synthetic(kdkit_env):
     """The prepared built-in synthetic dataset (simulated once per session)."""
-    from kdkit.datasets import prepare
+    from kdkit.data.datasets import prepare
 
     return prepare("synthetic")
 
@@ -84,9 +84,9 @@ def slurm_cluster():
 def student_checkpoint(synthetic, tmp_path):
     """A (random-weight) student checkpoint for the synthetic dataset, as FabricTrainer writes it."""
     from kdkit.config import make_config
-    from kdkit.graphs import EDGE_FEATURES, NODE_FEATURES
-    from kdkit.pipeline import build_student_or_teacher
-    from kdkit.trainer import CHECKPOINT_FORMAT
+    from kdkit.data.graphs import EDGE_FEATURES, NODE_FEATURES
+    from kdkit.training.checkpoint import CHECKPOINT_FORMAT
+    from kdkit.workflows.run import build_student_or_teacher
 
     cfg = make_config(model="gat", type="student", dataset="synthetic", precision="32-true")
     model = build_student_or_teacher(cfg, synthetic)

@@ -12,9 +12,10 @@ import pytest
 import torch
 from torch_geometric.data import Data
 
-from kdkit import batching_auto
-from kdkit.batching_auto import DynamicBatchSizer, PeakMemory, phase_peak, probe_graph
-from kdkit.models import build_model
+from kdkit.models.registry import build_model
+from kdkit.training import batch_sizer as batching_auto
+from kdkit.training.batch_sizer import DynamicBatchSizer, probe_graph
+from kdkit.training.memory import PeakMemory, phase_peak
 
 F_NODE, F_EDGE, NUM_IDS = 6, 3, 10
 MEMORY = 512 * 2**20  # the "device memory" the targets apply to (memory_bytes): deterministic budgets
@@ -63,7 +64,7 @@ def test_probe_graph_is_the_95th_percentile_with_its_own_edges():
 def test_replicated_probe_batch_equals_pyg_collate():
     from torch_geometric.data import Batch
 
-    from kdkit.batching_auto import replicate
+    from kdkit.training.batch_sizer import replicate
 
     g = graphs(1, 9)[0]
     a, b = replicate(g, 5), Batch.from_data_list([g] * 5)
@@ -73,7 +74,7 @@ def test_replicated_probe_batch_equals_pyg_collate():
 
 
 def test_probe_graph_from_a_graphset_matches_the_list():
-    from kdkit.graphs import GraphSet
+    from kdkit.data.graphs import GraphSet
 
     gl = graphs(30, 3)
     nn = torch.tensor([g.num_nodes for g in gl])
@@ -185,7 +186,7 @@ def test_phase_peak_records_and_logs(caplog):
     import logging
 
     record = {}
-    with caplog.at_level(logging.INFO, logger="kdkit.memory"):
+    with caplog.at_level(logging.INFO, logger="kdkit.training.memory"):
         with phase_peak("train", record) as out:
             # 96 MiB: above glibc's largest dynamic mmap threshold (32 MiB), so the pages are fresh and
             # RSS must grow; a smaller block can be served from already-resident freed heap.
@@ -200,11 +201,11 @@ def test_run_summary_records_peak_memory_per_phase(synthetic, tmp_path, caplog):
     import logging
 
     from kdkit.config import make_config
-    from kdkit.pipeline import train
+    from kdkit.workflows.run import train
 
     cfg = make_config(dataset="synthetic", hidden=8, layers=1, heads=1, embedding_dim=4, epochs=1, precision="32-true",
                       accelerator="cpu", save_compat=False, runs_dir=str(tmp_path / "runs"))
-    with caplog.at_level(logging.INFO, logger="kdkit.memory"):
+    with caplog.at_level(logging.INFO, logger="kdkit.training.memory"):
         summary = train(cfg, progress=False, data=synthetic)
     assert set(summary["memory"]) == {"train", "evaluate"}
     for phase in summary["memory"].values():
@@ -217,7 +218,7 @@ def test_run_summary_records_peak_memory_per_phase(synthetic, tmp_path, caplog):
 
 # ----------------------------------------------------------------------------- CLI and config
 def test_cli_batch_size_reports_with_config(synthetic, capsys):
-    from kdkit.cli import main
+    from kdkit.cli.main import main
 
     rc = main(["batch-size", "--model", "gat", "--dataset", "synthetic", "--type", "student",
                "--config", '{"target_memory_usage": 0.001, "max_batch_size": 8, "precision": "32-true"}', "--json"])
@@ -228,10 +229,10 @@ def test_cli_batch_size_reports_with_config(synthetic, capsys):
 
 
 def test_train_optimize_without_type_only_reports(synthetic, capsys, monkeypatch):
-    import kdkit.pipeline
+    from kdkit.cli import train as cli_train
 
-    monkeypatch.setattr(kdkit.pipeline, "train", lambda *a, **k: pytest.fail("--optimize-batch-size without --type trains"))
-    from kdkit.cli import main
+    monkeypatch.setattr(cli_train, "train", lambda *a, **k: pytest.fail("--optimize-batch-size without --type trains"))
+    from kdkit.cli.main import main
 
     assert main(["train", "--optimize-batch-size", "--dataset", "synthetic", "--model", "gat",
                  "--config", '{"target_memory_usage": 0.0005, "max_batch_size": 4, "precision": "32-true"}']) == 0
@@ -240,7 +241,7 @@ def test_train_optimize_without_type_only_reports(synthetic, capsys, monkeypatch
 
 
 def test_train_optimize_applies_the_size_to_the_run(synthetic, capsys, monkeypatch):
-    import kdkit.pipeline
+    from kdkit.cli import train as cli_train
 
     seen = {}
 
@@ -248,8 +249,8 @@ def test_train_optimize_applies_the_size_to_the_run(synthetic, capsys, monkeypat
         seen["cfg"] = cfg
         return {"rank": 1}
 
-    monkeypatch.setattr(kdkit.pipeline, "train", fake_train)
-    from kdkit.cli import main
+    monkeypatch.setattr(cli_train, "train", fake_train)
+    from kdkit.cli.main import main
 
     assert main(["train", "--optimize-batch-size", "--dataset", "synthetic", "--model", "gat", "--type", "student",
                  "--config", '{"target_memory_usage": 0.0005, "max_batch_size": 4, "precision": "32-true"}']) == 0
@@ -264,7 +265,7 @@ PRESETS = {"a100": ("bf16-mixed", 128, 8, 4), "h100": ("bf16-mixed", 256, 8, 4),
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_hardware_presets(name, monkeypatch):
-    from kdkit.commands import config_from_args
+    from kdkit.cli.train import config_from_args
     from kdkit.config import HARDWARE_PRESETS, list_configs, make_config
 
     precision, batch, workers, prefetch = PRESETS[name]
@@ -288,7 +289,7 @@ def test_detect_preset_and_precision_policy_on_gpus(monkeypatch, gpu, memory_gib
     from types import SimpleNamespace
 
     from kdkit.config import detect_preset
-    from kdkit.precision import choose_precision
+    from kdkit.training.precision import choose_precision
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: gpu)
@@ -307,7 +308,7 @@ def test_detect_preset_without_cuda(monkeypatch):
 
 def test_cpu_bf16_verdict_is_measured_once_per_machine(monkeypatch, tmp_path):
     """A ratio near the threshold must not flip the precision between runs: it is stored."""
-    from kdkit import precision as trainer
+    from kdkit.training import precision as trainer
 
     monkeypatch.setattr(trainer, "_BF16_CPU_SPEEDUP", None)
     path, key = trainer._precision_store()

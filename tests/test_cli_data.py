@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kdkit.cli import main
+from kdkit.cli.main import main
 
 
 @pytest.fixture

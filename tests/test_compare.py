@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from kdkit import compare
+from kdkit.bench import compare
 
 
 def _summary(f1s, overall, parameters):

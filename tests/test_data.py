@@ -11,8 +11,19 @@ import pyarrow as pa
 import pytest
 from conftest import require
 
-from kdkit.data import (CTT_HEADER, DataFormatError, Messages, _hex_values, attack_type_from_name, parse_hex_ids,
-                        parse_hex_payload, read_ctt_csv, read_hcrl_car_hacking, read_logger_file, read_messages)
+from kdkit.data.readers import (
+    CTT_HEADER,
+    DataFormatError,
+    Messages,
+    _hex_values,
+    attack_type_from_name,
+    parse_hex_ids,
+    parse_hex_payload,
+    read_ctt_csv,
+    read_hcrl_car_hacking,
+    read_logger_file,
+    read_messages,
+)
 
 HEADER = ",".join(CTT_HEADER)
 GOOD_ROWS = [

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-import kdkit.datasets as ds
-from kdkit.data import read_messages
-from kdkit.datasets import REGISTRY, PrepareConfig, discover, prepare, resolve_data_root, validation_block
-from kdkit.graphs import GraphSet
+import kdkit.data.datasets as ds
+from kdkit.data.datasets import REGISTRY, PrepareConfig, discover, prepare, resolve_data_root, validation_block
+from kdkit.data.graphs import GraphSet
+from kdkit.data.readers import read_messages
 
 HEADER = "timestamp,arbitration_id,data_field,attack\n"
 W = 10
@@ -106,7 +106,7 @@ def test_missing_folders_name_the_expected_layout(root: Path, tmp_path: Path):
     with pytest.raises(FileNotFoundError, match="no test_\\* folders"):
         discover("hcrl_sa", data_root=empty.parent)
     (empty / "test_01_x").mkdir()
-    with pytest.raises(FileNotFoundError, match="no .csv or .csv.gz files in .*train_01_attack_free"):
+    with pytest.raises(FileNotFoundError, match="no .csv/.csv.gz files in .*train_01_attack_free"):
         discover("hcrl_sa", data_root=empty.parent)
 
 

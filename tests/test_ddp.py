@@ -10,8 +10,9 @@ import textwrap
 SCRIPT = textwrap.dedent('''
     import json, sys, torch
     from kdkit.config import make_config
-    from kdkit.pipeline import build_student_or_teacher, class_weights, load_data
-    from kdkit.trainer import FabricTrainer, Task
+    from kdkit.workflows.run import build_student_or_teacher, class_weights, load_data
+    from kdkit.training.trainer import FabricTrainer
+    from kdkit.training.task import Task
 
     out = sys.argv[1]
     cfg = make_config(dataset="synthetic", hidden=16, layers=2, heads=2, embedding_dim=4, epochs=1,
@@ -39,7 +40,7 @@ SCRIPT = textwrap.dedent('''
 
 
 def test_two_process_ddp_keeps_ranks_in_sync(kdkit_env, tmp_path):
-    from kdkit.datasets import prepare
+    from kdkit.data.datasets import prepare
 
     n_train = len(prepare("synthetic").splits["train"])
     script = tmp_path / "ddp_train.py"

@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch_geometric.data import Batch, Data
 
-from kdkit.distill import DistillationLoss, FeatureKD, LatentKD, LogitKDLoss, layer_map, soft_kl
-from kdkit.models import VGAEOutput, build_model
+from kdkit.models.distill import DistillationLoss, FeatureKD, LatentKD, LogitKDLoss, layer_map, soft_kl
+from kdkit.models.layers import VGAEOutput
+from kdkit.models.registry import build_model
 
 F_NODE, F_EDGE, NUM_IDS = 4, 3, 6
 # Fixed logits of a 4-graph batch (drawn once with torch.manual_seed(0), stored as literals).
@@ -204,7 +205,7 @@ def test_logit_kd_hard_label_term_uses_class_weights():
     """The student's CE term carries the teacher's class weights (imbalanced data)."""
     import torch.nn.functional as F
 
-    from kdkit.distill import LogitKDLoss
+    from kdkit.models.distill import LogitKDLoss
 
     torch.manual_seed(0)
     s, t = torch.randn(6, 2), torch.randn(6, 2)

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdkit.batching import collate_indices
-from kdkit.cli import main
+from kdkit.cli.main import main
+from kdkit.data.loader import collate_indices
 
 
 def test_export_cli_package_matches_model(student_checkpoint, synthetic, tmp_path, capsys):
-    from kdkit.export import load_exported
-    from kdkit.trainer import load_checkpoint, model_from_checkpoint
+    from kdkit.deploy.export import load_exported
+    from kdkit.training.checkpoint import load_checkpoint, model_from_checkpoint
 
     out = tmp_path / "gateway" / "student.pt2"
     assert main(["export", "--checkpoint", str(student_checkpoint), "--out", str(out), "--json"]) == 0
@@ -76,8 +76,8 @@ def test_export_cli_package_matches_model(student_checkpoint, synthetic, tmp_pat
 
 
 def test_export_rejects_vgae_and_missing_package(synthetic, tmp_path):
-    from kdkit.export import export_model, load_exported
-    from kdkit.models import build_model
+    from kdkit.deploy.export import export_model, load_exported
+    from kdkit.models.registry import build_model
 
     gs = synthetic.splits["val"]
     vgae = build_model("vgae", "student", gs.x.size(1), gs.edge_attr.size(1), len(synthetic.vocab))

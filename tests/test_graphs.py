@@ -13,10 +13,17 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kdkit import graphs
-from kdkit.data import Messages, read_messages
-from kdkit.graphs import (EDGE_FEATURES, NODE_FEATURES, GraphSet, IdVocab, build_graphs, empty_graphset,
-                          window_starts)
+from kdkit.data import graphs
+from kdkit.data.graphs import (
+    EDGE_FEATURES,
+    NODE_FEATURES,
+    GraphSet,
+    IdVocab,
+    build_graphs,
+    empty_graphset,
+    window_starts,
+)
+from kdkit.data.readers import Messages, read_messages
 
 NF = {name: i for i, name in enumerate(NODE_FEATURES)}
 EF = {name: i for i, name in enumerate(EDGE_FEATURES)}

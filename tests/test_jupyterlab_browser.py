@@ -21,7 +21,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from conftest import IN_CI, REPO, require
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -31,7 +30,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-sync", "--no-first-run"]
 SCREENSHOTS = REPO / "runs" / "screenshots"
 # The tiny run Train starts in the browser (the same panel(**defaults) a notebook calls).
-PANEL_CELL = """from kdkit.widgets import panel
+PANEL_CELL = """from kdkit.ui.widgets import panel
 p = panel(dataset="synthetic", epochs=1, precision="32-true", hidden=8, layers=1, heads=1, embedding_dim=4,
           patience=100, save_compat=False, warmup_steps=1)
 p"""

@@ -9,18 +9,10 @@ import torch
 from torch import nn
 from torch_geometric.data import Batch, Data
 
-from kdkit.models import (
-    GATClassifier,
-    GATOutput,
-    VGAE,
-    VGAEOutput,
-    build_model,
-    choose_threshold,
-    count_parameters,
-    edge_recon_error,
-    model_from_config,
-    model_size_bytes,
-)
+from kdkit.models.layers import GATOutput, VGAEOutput
+from kdkit.models.registry import build_model, count_parameters, model_from_config, model_size_bytes
+from kdkit.models.thresholds import choose_threshold
+from kdkit.models.vgae import edge_recon_error
 
 F_NODE, F_EDGE, NUM_IDS = 4, 3, 6
 SMALL = {"gat": {"hidden": 16, "num_layers": 3, "heads": 2, "embedding_dim": 4},

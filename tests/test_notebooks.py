@@ -15,7 +15,6 @@ from pathlib import Path
 
 import nbformat
 import pytest
-
 from conftest import REPO, require
 
 NOTEBOOK_DIR = REPO / "notebooks"
@@ -77,7 +76,9 @@ def test_parameters_cell_is_flat_literals_with_a_comment_each(name):
     for node in ast.parse(src).body:
         assert isinstance(node, ast.AnnAssign), f"{name}: line {node.lineno} is not `name: type = literal`"
         value = ast.literal_eval(node.value)  # raises on anything but a literal
-        assert type(value).__name__ == node.annotation.id, f"{name}: {node.target.id} is not a {node.annotation.id}"
+        ann = node.annotation.value if isinstance(node.annotation, ast.Constant) else node.annotation.id
+        allowed = [ann.removeprefix("Optional[").removesuffix("]"), "NoneType"] if ann.startswith("Optional[") else [ann]
+        assert type(value).__name__ in allowed, f"{name}: {node.target.id} is not a {ast.unparse(node.annotation)}"
         names.append(node.target.id)
     inferred = inspect_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"))
     assert list(inferred) == names  # papermill --help-notebook sees every parameter

@@ -12,9 +12,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kdkit.batching import collate_indices
 from kdkit.config import make_config
-from kdkit.trainer import FabricTrainer, Task, is_oom
+from kdkit.data.loader import collate_indices
+from kdkit.training.memory import is_oom
+from kdkit.training.task import Task
+from kdkit.training.trainer import FabricTrainer
 
 TINY = dict(hidden=8, layers=1, heads=1, embedding_dim=4, epochs=1, patience=100, precision="32-true",
             accelerator="cpu", save_compat=False, warmup_steps=2, dropout=0.0, id_dropout=0.0, vehicle_dropout=0.0)
@@ -52,9 +54,10 @@ class InjectOOM:
 
 def _trainer_pieces(cfg, synthetic, tmp_path):
     """What FabricTrainer.fit sets up, for calling _run_batch directly."""
-    from kdkit.batching import graph_loader
-    from kdkit.pipeline import build_student_or_teacher, class_weights
-    from kdkit.trainer import _CollateWithIndex, make_scheduler
+    from kdkit.data.loader import graph_loader
+    from kdkit.training.optim import make_scheduler
+    from kdkit.training.trainer import _CollateWithIndex
+    from kdkit.workflows.run import build_student_or_teacher, class_weights
 
     gs = synthetic.splits["train"]
     trainer = FabricTrainer(cfg, tmp_path / "run", progress=False)
@@ -91,7 +94,7 @@ def test_fit_continues_epoch_after_oom_and_keeps_smaller_batches(synthetic, tmp_
     gs = synthetic.splits["train"]
     inject = InjectOOM(gs, k=40)
     monkeypatch.setattr(Task, "training_loss", inject.method)
-    from kdkit.pipeline import build_student_or_teacher, class_weights
+    from kdkit.workflows.run import build_student_or_teacher, class_weights
 
     task = Task(build_student_or_teacher(cfg, synthetic), cfg, None, class_weights(gs))
     result = FabricTrainer(cfg, tmp_path / "run", progress=False).fit(task, gs, synthetic.splits["val"])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from kdkit import plots
+from kdkit.reporting import plots
 
 HISTORY = [{"epoch": 0, "train_loss": 0.9, "val_loss": 0.7, "val_f1": 0.5},
            {"epoch": 1, "train_loss": 0.4, "val_loss": 0.5, "val_f1": 0.8}]

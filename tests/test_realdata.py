@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kdkit.data import read_messages
-from kdkit.datasets import PrepareConfig, discover, prepare
+from kdkit.data.datasets import PrepareConfig, discover, prepare
+from kdkit.data.readers import read_messages
 
 pytestmark = pytest.mark.realdata
 

@@ -11,7 +11,8 @@ import nbformat
 import pytest
 from matplotlib import pyplot as plt
 
-from kdkit import report
+from kdkit.reporting import html
+from kdkit.reporting import records as report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -81,7 +82,7 @@ def _run_dir(tmp_path):
 
 def test_html_report_of_a_run_dir_is_self_contained(tmp_path):
     run = _run_dir(tmp_path)
-    out = report.build_html(run)
+    out = html.build_html(run)
     assert out == run / "report.html"
     page = out.read_text()
     assert page.count("<h2>") == 2  # the two notebook records; the nested train record is left to them
@@ -97,19 +98,19 @@ def test_html_report_of_an_executed_notebook(tmp_path):
         "display_data", data={"image/png": base64.b64encode(b"\x89PNG fake").decode(), "text/plain": "<Figure>"})])])
     path = tmp_path / "run.ipynb"
     nbformat.write(nb, path)
-    out = report.build_html(path)
+    out = html.build_html(path)
     assert out == tmp_path / "run.html" and "data:image/png;base64," in out.read_text()
 
 
 def test_report_errors_speak(tmp_path):
     with pytest.raises(FileNotFoundError, match="no metrics.json under"):
-        report.build_html(tmp_path)
+        html.build_html(tmp_path)
     with pytest.raises(FileNotFoundError, match="neither a run folder nor an .ipynb"):
-        report.build_html(tmp_path / "nope")
+        html.build_html(tmp_path / "nope")
 
 
 def test_cli_report_prints_the_html_path_and_text(tmp_path, capsys):
-    from kdkit.cli import main
+    from kdkit.cli.main import main
 
     run = _run_dir(tmp_path)
     assert main(["report", str(run), "--html"]) == 0
@@ -127,6 +128,6 @@ def test_html_report_of_a_kdkit_train_run_draws_from_its_summary(tmp_path):
     summary = _summary(run)
     summary["history"] = [{"epoch": 0, "train_loss": 1.0, "val_loss": 0.5, "val_f1": 0.5}]
     (run / "summary.json").write_text(json.dumps(summary))
-    page = report.build_html(run).read_text()
+    page = html.build_html(run).read_text()
     assert page.count("data:image/png;base64,") == 2  # training curves and confusion matrices
     assert "<h2>run: hcrl_sa_gat_student</h2>" in page and not list(run.glob("*.png"))  # nothing written beside

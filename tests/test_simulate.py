@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kdkit import simulate as sim
+from kdkit.data import simulate as sim
 
 FOLDERS = {
     "train_01_attack_free": {"attack-free-alpha.csv", "attack-free-bravo.csv"},

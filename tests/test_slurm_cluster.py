@@ -22,33 +22,35 @@ from types import SimpleNamespace
 
 import pytest
 
-from kdkit.slurm import FabricSlurmTrainingOrchestrator
-from kdkit.slurm_cli import register_cli
+from kdkit.cli.slurm import register as register_cli
+from kdkit.cluster.orchestrator import FabricSlurmTrainingOrchestrator
 
 pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOK = REPO / "tests" / "golden" / "slurm" / "params.ipynb"   # stand-in: writes metrics.json
 SMALL = {"cpus_per_task": 1, "mem": "500M", "time": "5"}          # fits the 2-core test node
+SLEEP, FAIL = {"data_root": "sleep"}, {"data_root": "fail"}         # the fake kdkit's behaviours
 
 FAKE_KDKIT = '''#!{python}
-"""Stand-in for `kdkit train`; --dataset picks the behaviour: sleep, fail, ddp, anything else
-= train (a teacher writes checkpoints/best.pt, a student reads --teacher)."""
+"""Stand-in for `kdkit train`; the last part of --data-root picks the behaviour: sleep, fail, ddp,
+anything else = train (a teacher writes checkpoints/best.pt, a student reads --teacher)."""
 import argparse, json, os, sys, time
 from pathlib import Path
 
 p = argparse.ArgumentParser()
 p.add_argument("command", choices=["train"])
-for flag in ("--model", "--dataset", "--type", "--teacher", "--config", "--epochs", "--run-name",
+for flag in ("--model", "--dataset", "--type", "--teacher", "--data-root", "--learning-rate", "--epochs", "--run-name",
              "--runs-dir", "--devices", "--num-nodes"):
     p.add_argument(flag)
-a = p.parse_args()
+a, _other = p.parse_known_args()
 run = Path(a.runs_dir, a.run_name)
-if a.dataset == "sleep":
+behaviour = Path(a.data_root).name if a.data_root else ""
+if behaviour == "sleep":
     time.sleep(600)
-if a.dataset == "fail":
+if behaviour == "fail":
     print("boom: dataset 'fail' cannot be read", file=sys.stderr)
     sys.exit(1)
-if a.dataset == "ddp":
+if behaviour == "ddp":
     import torch
     from lightning.fabric import Fabric
     from lightning.fabric.plugins.environments import SLURMEnvironment
@@ -68,7 +70,7 @@ if int(os.environ.get("SLURM_PROCID", 0)) == 0:
         (run / "checkpoints").mkdir(parents=True, exist_ok=True)
         (run / "checkpoints" / "best.pt").write_text("weights of " + a.run_name)
     (run / "metrics.json").write_text(json.dumps({{
-        "type": a.type, "teacher": a.teacher, "config": a.config, "epochs": a.epochs,
+        "type": a.type, "teacher": a.teacher, "learning_rate": a.learning_rate, "epochs": a.epochs,
         "teacher_content": Path(a.teacher).read_text() if a.teacher else None,
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}}))
 '''
@@ -101,7 +103,7 @@ def cluster(slurm_cluster, tmp_path_factory):
     env = dict(os.environ, PATH=f"{root / 'bin'}:{Path(sys.executable).parent}:{os.environ['PATH']}")
     runner = lambda argv: subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)  # noqa: E731
     fake = FabricSlurmTrainingOrchestrator(root / "runs", runner=runner, venv=None, workdir=root, **SMALL)
-    timeout_job = fake.submit_gat_training("sleep", "teacher", time="1", run_name="times_out")
+    timeout_job = fake.submit_gat_training("synthetic", "teacher", time="1", run_name="times_out", config=SLEEP)
     # Real jobs: this venv activated, data and graph cache in the temp dir (kdkit's env vars).
     real_env = {"KDKIT_CACHE_DIR": str(root / "cache"), "KDKIT_SYNTHETIC_ROOT": str(root / "synthetic-seed{seed}"),
                 **os.environ}
@@ -162,12 +164,12 @@ def test_pipeline_student_waits_for_teacher_and_gets_its_checkpoint(cluster):
     got = _metrics(s_dir)
     assert got["teacher"] == str(t_dir / "checkpoints" / "best.pt")
     assert got["teacher_content"] == f"weights of {t_dir.name}"
-    assert json.loads(got["config"]) == {"learning_rate": 0.01} and got["epochs"] == "1"
+    assert got["learning_rate"] == "0.01" and got["epochs"] == "1"
 
 
 def test_two_task_srun_fabric_ddp_all_reduce(cluster):
     orch = cluster.fake
-    job = orch.submit_gat_training("ddp", "teacher", devices=2)
+    job = orch.submit_gat_training("synthetic", "teacher", devices=2, config={"data_root": "ddp"})
     info = orch.wait(job, timeout=240, poll=1)
     assert info["state"] == "COMPLETED", orch.logs(job)
     ranks = [json.loads((_run_dir(orch, job) / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -187,7 +189,7 @@ def test_gpu_preset_request_reaches_the_job(cluster):
 
 def test_cancel_a_running_job(cluster):
     orch = cluster.fake
-    job = orch.submit_gat_training("sleep", "teacher")
+    job = orch.submit_gat_training("synthetic", "teacher", config=SLEEP)
     deadline = time.monotonic() + 120
     while orch.status(job)["state"] != "RUNNING":
         assert time.monotonic() < deadline, orch.status(job)
@@ -198,7 +200,7 @@ def test_cancel_a_running_job(cluster):
 
 def test_failing_teacher_reports_exit_code_and_log_and_kills_student(cluster):
     orch = cluster.fake
-    teacher, student = orch.submit_pipeline("fail")
+    teacher, student = orch.submit_pipeline("synthetic", config=FAIL)
     info = orch.wait(teacher, timeout=180, poll=1)
     assert info["state"] == "FAILED" and info["exit_code"] == "1:0"
     assert "boom: dataset 'fail' cannot be read" in info["log_tail"]
@@ -209,7 +211,7 @@ def test_failing_teacher_reports_exit_code_and_log_and_kills_student(cluster):
 def test_cli_status_logs_and_wait(cluster, capsys):
     parser = argparse.ArgumentParser(prog="kdkit")
     register_cli(parser.add_subparsers(dest="command", required=True))
-    job = cluster.fake.submit_gat_training("fail", "teacher", run_name="cli_fail")
+    job = cluster.fake.submit_gat_training("synthetic", "teacher", run_name="cli_fail", config=FAIL)
     run = lambda *argv: (lambda a: a.func(a))(parser.parse_args(["slurm", "--runs-dir", str(cluster.runs), *argv]))  # noqa: E731
     assert run("wait", job, "--poll", "1", "--timeout", "180") == 1
     out = capsys.readouterr().out

@@ -16,11 +16,23 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kdkit import slurm
-from kdkit.slurm import (FabricSlurmTrainingOrchestrator, JobRegistry, SlurmError, TERMINAL_STATES,
-                         check_parameters, load_presets, normalize_state, parse_sacct, parse_sbatch,
-                         parse_scontrol, parse_squeue, to_yaml)
-from kdkit.slurm_cli import add_slurm_arguments, register_cli, submit_train_from_args
+from kdkit.cli.slurm import add_slurm_arguments, submit_train_from_args
+from kdkit.cli.slurm import register as register_cli
+from kdkit.cluster import orchestrator as slurm
+from kdkit.cluster.orchestrator import (
+    TERMINAL_STATES,
+    FabricSlurmTrainingOrchestrator,
+    JobRegistry,
+    SlurmError,
+    check_parameters,
+    load_presets,
+    normalize_state,
+    parse_sacct,
+    parse_sbatch,
+    parse_scontrol,
+    parse_squeue,
+    to_yaml,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = REPO / "tests" / "golden" / "slurm"
@@ -131,7 +143,7 @@ def test_dry_run_touches_nothing(orch, fake, tmp_path):
 def test_optional_lines_are_omitted_and_gpu_line_follows_devices(tmp_path):
     orch = FabricSlurmTrainingOrchestrator(tmp_path, preset="v100", venv=None, gpu_type=None)
     script = orch.submit_gat_training("hcrl_sa", "teacher", devices=4, dry_run=True)
-    assert "--gres=gpu:4\n" in script and "--ntasks-per-node=4\n" in script and "--devices 4 --num-nodes 1" in script
+    assert "--gres=gpu:4\n" in script and "--ntasks-per-node=4\n" in script and "--devices 4 \\\n    --num-nodes 1" in script
     for absent in ("--account", "--qos", "--constraint", "--mail", "--dependency", "module load", "activate", "--teacher"):
         assert absent not in script
 
@@ -229,7 +241,7 @@ def test_failed_job_reports_exit_code_and_log_tail(orch, fake, tmp_path):
     assert info["state"] == "FAILED" and info["exit_code"] == "1:0" and info["reason"] == "NonZeroExitCode"
     assert info["log_tail"].splitlines()[-1] == "Error: boom" and len(info["log_tail"].splitlines()) == 20
     assert orch.logs(job, tail=2) == "line 29\nError: boom"
-    from kdkit.slurm_cli import format_job
+    from kdkit.cli.slurm import format_job
     assert "exit_code=1:0" in format_job(info) and "Error: boom" in format_job(info)
 
 
@@ -310,6 +322,9 @@ def test_pipeline_chains_student_after_teacher(orch, fake, tmp_path):
     ({"constraint": "a100 && id"}, "constraint"),
     ({"run_name": "../../etc"}, "run_name"),
     ({"model_type": "teacher\n"}, "model_type"),
+    ({"model_type": "pupil"}, "model_type"),
+    ({"config": {"learning_rate": -1}}, "'learning_rate'"),
+    ({"config": {"lerning_rate": 0.1}}, "unknown config key 'lerning_rate'"),
     ({"venv": "/opt/venv\nid"}, "venv"),
     ({"conda_env": "base; id"}, "conda_env"),
     ({"teacher": "/x/best.pt\nid", "dependency": "afterok:1"}, "teacher"),
@@ -361,7 +376,7 @@ def test_notebook_parameters_reach_papermill_verbatim(tmp_path):
 
 
 def test_training_config_reaches_kdkit_train_verbatim(tmp_path):
-    config = {"note": EVIL, "learning_rate": 0.5}
+    config = {"data_root": "/d/" + "|".join(e for e in EVIL if "\n" not in e), "learning_rate": 0.5}
     orch = FabricSlurmTrainingOrchestrator(tmp_path / "runs", venv=None, modules=["cuda/12.1"])
     script = orch.submit_gat_training("hcrl_sa", "student", teacher=tmp_path / "t $(x)/best.pt",
                                       dependency="afterok:5", config=config, epochs=3, run_name="r1", dry_run=True)
@@ -369,17 +384,19 @@ def test_training_config_reaches_kdkit_train_verbatim(tmp_path):
     assert not (tmp_path / "PWNED").exists()
     assert calls[0] == ["module", "load", "cuda/12.1"]
     assert calls[1] == ["srun", "--kill-on-bad-exit=1", "kdkit", "train", "--model", "gat", "--dataset", "hcrl_sa",
-                        "--type", "student", "--teacher", str(tmp_path / "t $(x)/best.pt"),
-                        "--config", json.dumps(config, sort_keys=True), "--epochs", "3", "--run-name", "r1",
+                        "--type", "student", "--teacher", str(tmp_path / "t $(x)/best.pt"), "--epochs", "3",
+                        "--data-root", config["data_root"], "--learning-rate", "0.5", "--run-name", "r1",
                         "--runs-dir", str(tmp_path / "runs"), "--devices", "1", "--num-nodes", "1"]
 
 
 @pytest.mark.parametrize("params, message", [
     ({"$(touch x)": 1}, "not in .*parameters cell"),
     ({"epocs": 1}, "known: dataset, epochs, input_path"),
-    ({"epochs": "ten"}, "default is int 1"),
-    ({"epochs": True}, "default is int 1"),
-    ({"dataset": 3}, "default is str"),
+    ({"epochs": "ten"}, "config key 'epochs': expected int"),   # run-schema keys: checked as the schema says
+    ({"epochs": True}, "config key 'epochs': expected int"),
+    ({"epochs": 0}, "config key 'epochs': must be >= 1"),
+    ({"dataset": 3}, "config key 'dataset': expected str"),
+    ({"dataset": "nope"}, "config key 'dataset': 'nope' is not one of"),
     ({"tags": "a"}, "default is list"),
     ({"learning_rate": float("nan")}, "only JSON data"),
     ({"note": object()}, "only JSON data"),
@@ -442,14 +459,13 @@ def test_train_flags_and_submit_from_args(capsys, tmp_path):
     add_slurm_arguments(parser)
     args = parser.parse_args(["--use-slurm", "--slurm-preset", "v100", "--partition", "gpu", "--account", "X",
                               "--time", "04:00:00", "--dry-run"])
-    args.__dict__.update(model="gat", dataset="hcrl_ch", type="teacher", teacher=None, config='{"epochs": 2}',
-                         epochs=None, run_name="cli_run", devices=2, num_nodes=None, runs_dir=str(tmp_path),
-                         batch_size=64, precision=None, data_root="data")
-    assert submit_train_from_args(args) is None
+    run = {"model": "gat", "dataset": "hcrl_ch", "type": "teacher", "epochs": 2, "run_name": "cli_run", "devices": 2,
+           "runs_dir": str(tmp_path), "batch_size": 64, "data_root": "data"}
+    assert submit_train_from_args(args, run) is None
     out = capsys.readouterr().out
     assert "#SBATCH --gres=gpu:v100:2\n" in out and "#SBATCH --account=X\n" in out and "--devices 2" in out
-    config = json.loads(shlex_arg(out, "--config"))
-    assert config == {"epochs": 2, "batch_size": 64, "data_root": str(Path("data").resolve())}
+    assert shlex_arg(out, "--epochs") == "2" and shlex_arg(out, "--batch-size") == "64"
+    assert shlex_arg(out, "--data-root") == str(Path("data").resolve()) and shlex_arg(out, "--strategy") == "ddp"
 
 
 def shlex_arg(script: str, flag: str, after: str = "kdkit train") -> str:

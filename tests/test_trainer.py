@@ -51,7 +51,7 @@ def test_preset_fills_only_unset_keys():
 
 # ----------------------------------------------------------------------------- precision policy
 def test_precision_policy(monkeypatch):
-    from kdkit import precision as trainer
+    from kdkit.training import precision as trainer
 
     assert trainer.choose_precision("bf16", "cpu") == "bf16-mixed"
     assert trainer.choose_precision("16-mixed", "cpu") == "16-mixed"
@@ -67,10 +67,10 @@ def test_precision_policy(monkeypatch):
 # ----------------------------------------------------------------------------- legacy == fabric
 def test_one_step_same_loss_legacy_and_fabric_batches(synthetic, tmp_path):
     """Same model, same graphs: the legacy PyG collate and the fast batches give the same fp32 loss."""
-    from kdkit.batching import graph_loader
-    from kdkit.legacy import legacy_loader
-    from kdkit.pipeline import build_student_or_teacher, class_weights
-    from kdkit.trainer import Task
+    from kdkit.data.loader import graph_loader
+    from kdkit.training.legacy import legacy_loader
+    from kdkit.training.task import Task
+    from kdkit.workflows.run import build_student_or_teacher, class_weights
 
     cfg = tiny_cfg(tmp_path)
     gs = synthetic.splits["train"]
@@ -86,14 +86,14 @@ def test_one_step_same_loss_legacy_and_fabric_batches(synthetic, tmp_path):
 
 # ----------------------------------------------------------------------------- fit, checkpoints, resume
 def _weights(path):
-    from kdkit.trainer import load_checkpoint
+    from kdkit.training.checkpoint import load_checkpoint
 
     return load_checkpoint(path)["model"]
 
 
 def test_fabric_fit_writes_run_and_checkpoints(synthetic, tmp_path):
-    from kdkit.pipeline import train
-    from kdkit.trainer import load_checkpoint
+    from kdkit.training.checkpoint import load_checkpoint
+    from kdkit.workflows.run import train
 
     s = train(tiny_cfg(tmp_path, run_name="gat_t"), progress=False, data=synthetic)
     run = tmp_path / "runs" / "gat_t"
@@ -112,7 +112,7 @@ def test_fabric_fit_writes_run_and_checkpoints(synthetic, tmp_path):
 
 def test_resume_reaches_same_weights(synthetic, tmp_path):
     """An interrupted run resumed from last.pt ends with the same weights as an uninterrupted one."""
-    from kdkit.pipeline import train
+    from kdkit.workflows.run import train
 
     full = train(tiny_cfg(tmp_path, run_name="full", epochs=3), progress=False, data=synthetic)
 
@@ -138,7 +138,7 @@ def test_resume_reaches_same_weights(synthetic, tmp_path):
 
 
 def test_bf16_smoke_on_cpu(synthetic, tmp_path):
-    from kdkit.pipeline import train
+    from kdkit.workflows.run import train
 
     s = train(tiny_cfg(tmp_path, run_name="bf16", precision="bf16-mixed", epochs=1), progress=False, data=synthetic)
     assert s["precision"] == "bf16-mixed"
@@ -146,15 +146,15 @@ def test_bf16_smoke_on_cpu(synthetic, tmp_path):
 
 
 def test_legacy_trainer_runs(synthetic, tmp_path):
-    from kdkit.pipeline import train
+    from kdkit.workflows.run import train
 
     s = train(tiny_cfg(tmp_path, run_name="leg", trainer="legacy", epochs=1), progress=False, data=synthetic)
     assert s["trainer"] == "legacy" and s["epochs_run"] == 1
 
 
 def test_vgae_teacher_and_student_with_threshold(synthetic, tmp_path):
-    from kdkit.pipeline import train
-    from kdkit.trainer import load_checkpoint
+    from kdkit.training.checkpoint import load_checkpoint
+    from kdkit.workflows.run import train
 
     t = train(tiny_cfg(tmp_path, model="vgae", run_name="vt", latent_dim=8, epochs=1), progress=False, data=synthetic)
     ck = load_checkpoint(t["best_checkpoint"])
@@ -166,8 +166,8 @@ def test_vgae_teacher_and_student_with_threshold(synthetic, tmp_path):
 
 # ----------------------------------------------------------------------------- bad checkpoints
 def test_checkpoint_errors(synthetic, tmp_path):
-    from kdkit.pipeline import check_compatible, train
-    from kdkit.trainer import load_checkpoint
+    from kdkit.training.checkpoint import load_checkpoint
+    from kdkit.workflows.run import check_compatible, train
 
     s = train(tiny_cfg(tmp_path, run_name="ck", epochs=1), progress=False, data=synthetic)
     ck = torch.load(s["best_checkpoint"], weights_only=True)
@@ -189,7 +189,7 @@ def test_checkpoint_errors(synthetic, tmp_path):
 
 # ----------------------------------------------------------------------------- CLI end to end
 def test_cli_teacher_student_evaluate(kdkit_env, tmp_path, capsys, monkeypatch):
-    from kdkit.cli import main
+    from kdkit.cli.main import main
 
     monkeypatch.chdir(tmp_path)
     cfg = json.dumps({k: v for k, v in TINY.items() if k not in ("epochs",)})
@@ -213,7 +213,7 @@ def test_cli_teacher_student_evaluate(kdkit_env, tmp_path, capsys, monkeypatch):
 
 
 def test_list_configs(capsys):
-    from kdkit.cli import main
+    from kdkit.cli.main import main
 
     assert main(["train", "--list-configs"]) == 0
     out = capsys.readouterr().out
@@ -226,7 +226,7 @@ def test_training_step_goes_through_the_fabric_module(synthetic, tmp_path, monke
     and where DDP hooks in its gradient synchronisation."""
     from lightning.fabric.wrappers import _FabricModule
 
-    from kdkit.pipeline import train
+    from kdkit.workflows.run import train
 
     calls = []
     real = _FabricModule.forward
@@ -242,8 +242,8 @@ def test_training_step_goes_through_the_fabric_module(synthetic, tmp_path, monke
 
 
 def test_compiled_forward_trains_and_saves_plain_keys(synthetic, tmp_path):
-    from kdkit.pipeline import train
-    from kdkit.trainer import load_checkpoint
+    from kdkit.training.checkpoint import load_checkpoint
+    from kdkit.workflows.run import train
 
     s = train(tiny_cfg(tmp_path, run_name="comp", epochs=1, compile=True), progress=False, data=synthetic)
     keys = load_checkpoint(s["best_checkpoint"])["model"].keys()

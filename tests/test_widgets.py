@@ -3,12 +3,12 @@ through the panel, the Optimize and Submit-to-SLURM buttons (sizer and orchestra
 from __future__ import annotations
 
 import json
-import sys
 import types
 
 import pytest
 
-from kdkit.widgets import TrainPanel, panel
+import kdkit.ui.widgets
+from kdkit.ui.widgets import TrainPanel, panel
 
 TINY = {"hidden": 8, "layers": 1, "heads": 1, "embedding_dim": 4, "patience": 100, "save_compat": False,
         "warmup_steps": 1}
@@ -96,17 +96,6 @@ def test_training_error_is_shown_and_reraised(kdkit_env, tmp_path):
     assert isinstance(p.error, FileNotFoundError)
 
 
-def _fake_module(monkeypatch, name: str, **attrs):
-    """Patch attrs on kdkit.<name>, or install a stand-in module if it is not written yet."""
-    try:
-        module = __import__(f"kdkit.{name}", fromlist=["_"])
-    except ImportError:
-        module = types.ModuleType(f"kdkit.{name}")
-        monkeypatch.setitem(sys.modules, f"kdkit.{name}", module)
-    for key, value in attrs.items():
-        monkeypatch.setattr(module, key, value, raising=False)
-
-
 def test_optimize_button_sets_batch_size(monkeypatch):
     seen = []
 
@@ -115,7 +104,7 @@ def test_optimize_button_sets_batch_size(monkeypatch):
         echo("sizer report")
         return cfg.__class__(**{**cfg.to_dict(), "batch_size": 321})
 
-    _fake_module(monkeypatch, "batching_auto", optimize_config_batch_size=fake_optimize)
+    monkeypatch.setattr(kdkit.ui.widgets, "optimize_config_batch_size", fake_optimize)
     p = panel(dataset="synthetic", model="vgae", hidden=8)
     p.optimize_button.click()
     p.wait(timeout=60)
@@ -128,23 +117,17 @@ class FakeOrchestrator:
     calls: list = []
 
     def __init__(self, runs_dir="runs", preset="cpu", **defaults):
-        self.init = {"runs_dir": runs_dir, "preset": preset, **defaults}
+        self.init = {"runs_dir": str(runs_dir), "preset": preset, **defaults}
         self.registry = types.SimpleNamespace(load=lambda: {"4242": {"run_dir": f"{runs_dir}/job"}})
 
-    def submit_gat_training(self, dataset, model_type, teacher=None, **overrides):
-        FakeOrchestrator.calls.append(("gat", self.init, dataset, model_type, teacher, overrides))
-        return "4242"
-
-    def submit_vgae_training(self, dataset, model_type, teacher=None, **overrides):
-        FakeOrchestrator.calls.append(("vgae", self.init, dataset, model_type, teacher, overrides))
-        return "4243"
+    def submit_run(self, run, **resources):
+        FakeOrchestrator.calls.append((self.init, dict(run), resources))
+        return "4242" if run["model"] == "gat" else "4243"
 
 
 def test_slurm_button_submits_with_the_panels_config(monkeypatch, tmp_path):
-    import kdkit.slurm
-
     FakeOrchestrator.calls = []
-    monkeypatch.setattr(kdkit.slurm, "FabricSlurmTrainingOrchestrator", FakeOrchestrator)
+    monkeypatch.setattr(kdkit.ui.widgets, "FabricSlurmTrainingOrchestrator", FakeOrchestrator)
     teacher = tmp_path / "best.pt"
     p = panel(dataset="hcrl_sa", epochs=4, learning_rate=0.001, run_name="mine", runs_dir=str(tmp_path / "r"))
     p.type.value = "student"
@@ -155,16 +138,16 @@ def test_slurm_button_submits_with_the_panels_config(monkeypatch, tmp_path):
     p.slurm_partition.value = "gpu2"
     p.slurm_button.click()
     assert p.job_id == "4242" and "submitted SLURM job 4242" in p.status.value
-    model, init, dataset, model_type, teacher_arg, overrides = FakeOrchestrator.calls[0]
-    assert (model, dataset, model_type, teacher_arg) == ("gat", "hcrl_sa", "student", str(teacher))
-    assert init == {"runs_dir": str(tmp_path / "r"), "preset": "a100"}
-    assert overrides == {"epochs": 4, "run_name": "mine", "partition": "gpu2",
-                         "config": {"precision": "auto", "batch_size": 48, "kd_temperature": 4.0,
-                                    "kd_alpha": 0.25, "learning_rate": 0.001}}
+    init, run, resources = FakeOrchestrator.calls[0]
+    assert init["runs_dir"] == str(tmp_path / "r") and init["preset"] == "a100"
+    assert run == {"model": "gat", "type": "student", "dataset": "hcrl_sa", "teacher": str(teacher), "epochs": 4,
+                   "batch_size": 48, "kd_temperature": 4.0, "kd_alpha": 0.25, "precision": "auto",
+                   "learning_rate": 0.001, "run_name": "mine", "runs_dir": str(tmp_path / "r")}
+    assert resources == {"partition": "gpu2"}
     p.model.value = "vgae"
     p.type.value = "teacher"
-    assert p.submit_slurm() == "4243" and FakeOrchestrator.calls[1][0] == "vgae"
-    assert FakeOrchestrator.calls[1][4] is None  # a teacher gets no teacher checkpoint
+    assert p.submit_slurm() == "4243" and FakeOrchestrator.calls[1][1]["model"] == "vgae"
+    assert "teacher" not in FakeOrchestrator.calls[1][1]  # a teacher gets no teacher checkpoint
 
 
 @pytest.mark.notebook
@@ -175,7 +158,7 @@ def test_headless_notebook_shows_the_panel_and_runs_on(tmp_path):
 
     nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "language": "python",
                                                            "display_name": "Python 3"}})
-    nb.cells = [nbformat.v4.new_code_cell("from kdkit.widgets import panel\npanel(dataset='synthetic', epochs=1)"),
+    nb.cells = [nbformat.v4.new_code_cell("from kdkit.ui.widgets import panel\npanel(dataset='synthetic', epochs=1)"),
                 nbformat.v4.new_code_cell("print('ran on')")]
     nbformat.write(nb, tmp_path / "in.ipynb")
     out = papermill.execute_notebook(str(tmp_path / "in.ipynb"), str(tmp_path / "out.ipynb"),

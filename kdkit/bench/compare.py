@@ -1,0 +1,175 @@
+"""Side by side: teacher vs students, legacy vs Fabric, vectorized vs pandas preprocessing.
+
+What the student and benchmark notebooks call; every figure comes from a benchmark a user
+can rerun (``kdkit bench train|infer|preprocess``), recorded with the machine it ran on.
+
+    from kdkit import compare
+    rows = compare.compare_models({"teacher": t, "student (KD)": s}, data)   # sizes, F1, latency
+    results = compare.bench_grid(["gat", "vgae"], ["teacher", "student"], ["32-true", "bf16-mixed"])
+    compare.speedup_rows(results, data)          # the migration guide's "Performance Comparison"
+    compare.bench_preprocess(compare.sample_file("synthetic"), repeats=3, baseline_limit=5000)
+"""
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from kdkit.bench import preprocess as bench
+from kdkit.bench.infer import bench_infer
+from kdkit.bench.train import bench_train
+from kdkit.data.datasets import discover
+from kdkit.models.registry import count_parameters, model_size_bytes
+from kdkit.reporting.metrics import evaluate_model
+from kdkit.training.checkpoint import load_checkpoint, model_from_checkpoint
+from kdkit.workflows.run import check_compatible
+
+
+# ----------------------------------------------------------------------------- teacher vs students
+def load_teacher(checkpoint: str | Path, data) -> dict:
+    """A trained teacher as a summary-like dict (checkpoint, model, sizes, ``test`` metrics on ``data``)."""
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"teacher_checkpoint {path} does not exist; pass a best.pt or leave it empty "
+                                "to train a quick teacher first")
+    ckpt = load_checkpoint(path)
+    check_compatible(ckpt, data, "teacher")
+    model = model_from_checkpoint(ckpt).eval()
+    results = evaluate_model(model, data.splits, float(ckpt.get("threshold", 0.5)))
+    return {"model": ckpt["model_config"]["kind"], "type": "teacher", "kd": False, "best_checkpoint": str(path),
+            "parameters": count_parameters(model), "size_bytes": model_size_bytes(model),
+            "epochs_run": len(ckpt.get("history", [])), "train_seconds": None, "precision": None,
+            "threshold": float(ckpt.get("threshold", 0.5)), "history": ckpt.get("history", []),
+            "test": {k: v for k, v in results.items() if k != "scores"}}
+
+
+def f1_by_model(models: Mapping[str, Mapping]) -> dict[str, dict[str, float]]:
+    """``{label: {scenario: f1}}`` from summaries (``train``'s or :func:`load_teacher`'s)."""
+    return {name: {k: v["f1"] for k, v in s["test"]["scenarios"].items()} for name, s in models.items()}
+
+
+def f1_rows(models: Mapping[str, Mapping]) -> list[dict]:
+    """One row per scenario (and overall), one F1 column per model."""
+    f1 = f1_by_model(models)
+    scenarios = list(dict.fromkeys(k for m in f1.values() for k in m))
+    rows = [{"scenario": sc, **{name: f1[name].get(sc) for name in models}} for sc in scenarios]
+    rows.append({"scenario": "overall", **{name: s["test"]["overall"].get("f1") for name, s in models.items()}})
+    return rows
+
+
+def compare_models(models: Mapping[str, Mapping], dataset: str, data_root: str | None = None,
+                   latency_calls: int = 200, seconds: float = 0.5, variant: str = "fp32-eager") -> list[dict]:
+    """Size, overall F1 and measured inference speed (``kdkit bench infer``) of each model.
+
+    Args:
+        models: ``{label: summary}``; the first entry is the reference (the teacher).
+        dataset: whose validation windows are scored.
+        data_root: folder holding the datasets.
+        latency_calls: single-window calls timed for p50/p99 (after a burn-in).
+        seconds: measuring time of the batched throughput.
+        variant: ``fp32-eager`` | ``bf16-eager`` | ``fp32-compiled`` | ``bf16-compiled`` | ``fp32-aot`` (GAT).
+    """
+
+    rows, ref = [], None
+    for name, s in models.items():
+        speed = bench_infer(s["best_checkpoint"], dataset, data_root, seconds=seconds,
+                            single=latency_calls, variants=variant)["variants"][variant]
+        ref = ref or s
+        rows.append({"name": name, "parameters": s["parameters"], "size_bytes": s["size_bytes"],
+                     "param_share": s["parameters"] / ref["parameters"], "f1_overall": s["test"]["overall"].get("f1"),
+                     "latency_ms_p50": speed["latency_ms_p50"], "latency_ms_p99": speed["latency_ms_p99"],
+                     "windows_per_s": speed["windows_per_s"], "messages_per_s": speed["messages_per_s"]})
+    return rows
+
+
+# ----------------------------------------------------------------------------- legacy vs Fabric
+def split_list(text: str) -> list[str]:
+    """``"gat, vgae"`` -> ``["gat", "vgae"]`` (notebook parameters are flat strings)."""
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def bench_grid(models: Sequence[str], types: Sequence[str], precisions: Sequence[str], **kwargs: Any) -> list[dict]:
+    """``kdkit bench train`` for every model x type x Fabric precision; prints one line each.
+
+    Args:
+        models, types, precisions: the grid (legacy always runs fp32 next to each Fabric precision).
+        **kwargs: passed to :func:`kdkit.bench.train.bench_train` (dataset, steps, repeats, ...).
+    """
+
+    results = []
+    for model in models:
+        for type_ in types:
+            for precision in precisions:
+                r = bench_train(model=model, type=type_, precision=precision, **kwargs)
+                results.append(r)
+                print(f"{model} {type_:<8} fabric {r['fabric']['precision']:<10} {r['fabric']['graphs_per_s']['median']:>8.1f} "
+                      f"graphs/s, legacy {r['legacy']['graphs_per_s']['median']:>8.1f}: {r['speedup']}x", flush=True)
+    return results
+
+
+def train_rows(results: Sequence[Mapping]) -> list[dict]:
+    """Bar rows (``model``, ``variant``, per-metric ``{median, min, max}``) from :func:`bench_grid`.
+
+    The legacy loop is fp32 in every call: its measurements are pooled into one bar per model.
+    """
+    rows: dict[tuple[str, str], dict] = {}
+    for r in results:
+        group = f"{r['model']} {r['type']}"
+        for name in ("legacy", "fabric"):
+            v = r[name]
+            key = (group, "legacy (fp32)" if name == "legacy" else f"fabric ({v['precision']})")
+            row = rows.setdefault(key, {"model": group, "variant": key[1], "graphs_per_s": [], "peak_mib": [], "step_ms": []})
+            for metric in ("graphs_per_s", "peak_mib", "step_ms"):
+                row[metric].append(v[metric])
+    return [{**row, **{m: _pool(row[m]) for m in ("graphs_per_s", "peak_mib", "step_ms")}} for row in rows.values()]
+
+
+def _pool(summaries: list[dict]) -> dict:
+    return {"median": statistics.median(s["median"] for s in summaries), "min": min(s["min"] for s in summaries),
+            "max": max(s["max"] for s in summaries)}
+
+
+def train_windows(data, model: str) -> int:
+    """Graphs in one training epoch: every train window (GAT), attack-free ones only (VGAE)."""
+    y = data.splits["train"].y.numpy()
+    return int(len(y) if model == "gat" else (y == 0).sum())
+
+
+def speedup_rows(results: Sequence[Mapping], data) -> list[dict]:
+    """The guide's speed-up table, measured: epoch time from graphs/s x this dataset's epoch size."""
+    rows = []
+    for r in results:
+        n = train_windows(data, r["model"])
+        lg, fb = r["legacy"], r["fabric"]
+        rows.append({"model": f"{r['model'].upper()} {r['type'].capitalize()}", "precision": fb["precision"],
+                     "legacy_epoch_s": n / lg["graphs_per_s"]["median"], "fabric_epoch_s": n / fb["graphs_per_s"]["median"],
+                     "speedup": r["speedup"], "legacy_peak_mib": lg["peak_mib"]["median"],
+                     "fabric_peak_mib": fb["peak_mib"]["median"], "memory_ratio": r["memory_ratio"]})
+    return rows
+
+
+# ----------------------------------------------------------------------------- preprocessing and inference
+def sample_file(dataset: str = "synthetic", data_root: str | None = None) -> Path:
+    """The largest training recording of a dataset (what the preprocessing benchmark reads)."""
+
+    return max(discover(dataset, data_root).train, key=lambda p: p.stat().st_size)
+
+
+def bench_preprocess(path: str | Path, repeats: int = 3, baseline_limit: int = 20000) -> dict:
+    """Vectorized preprocessing vs the predecessor's pandas loop on one file, ``repeats`` runs each."""
+
+    fast = bench.preprocess_file(path, repeats=repeats)
+    base = [bench.pandas_baseline(path, limit=baseline_limit) for _ in range(repeats)]
+    fast_rates = [fast["messages"] / t for t in fast["seconds_all"]]
+    base_rates = [b["messages_per_s"] for b in base]
+    return {"file": str(path), "messages": fast["messages"], "baseline_messages": base[0]["messages"],
+            "rows": [{"stage": "preprocess", "variant": "kdkit (vectorized)", "messages_per_s": fast_rates},
+                     {"stage": "preprocess", "variant": "pandas loop (baseline)", "messages_per_s": base_rates}],
+            "speedup": statistics.median(fast_rates) / statistics.median(base_rates),
+            "stage_seconds_median": fast["stage_seconds_median"], "peak_rss_mib": fast["peak_rss_mib"]}
+
+
+def infer_rows(result: Mapping) -> list[dict]:
+    """Rows of a ``bench_infer`` result: one per variant (fp32/bf16, eager/compiled)."""
+    return [{"variant": name, **v} for name, v in result["variants"].items()]

@@ -1,0 +1,6 @@
+"""``python -m kdkit.cli ...``: the ``kdkit`` command."""
+import sys
+
+from kdkit.cli.main import main
+
+sys.exit(main())

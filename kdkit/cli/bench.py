@@ -1,0 +1,116 @@
+"""``kdkit bench preprocess|train|infer``: benchmarks that print a JSON result with ``--json``.
+
+    kdkit bench preprocess --file PATH [--json]
+    kdkit bench train --model gat --type teacher --dataset hcrl_sa [--steps N] [--repeats R] [--json]
+    kdkit bench infer --checkpoint PATH [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from kdkit.bench import preprocess as bench
+from kdkit.bench.infer import bench_infer
+from kdkit.bench.train import bench_train
+from kdkit.data.datasets import REGISTRY
+
+
+def print_result(obj: dict, as_json: bool) -> None:
+    """A flat result as JSON or as aligned ``key: value`` lines."""
+    if as_json:
+        print(json.dumps(obj, indent=2, default=str))
+        return
+    for k, v in obj.items():
+        print(f"{k:>24}: {v}")
+
+
+def cmd_bench_preprocess(args: argparse.Namespace) -> int:
+
+    if args.dataset:
+        result = bench.preprocess_dataset(args.dataset, args.data_root)
+    elif args.baseline == "pandas":
+        result = bench.pandas_baseline(args.file, limit=args.limit)
+    else:
+        result = bench.preprocess_file(args.file, repeats=args.repeats)
+    print_result(result, args.json)
+    return 0
+
+
+def cmd_bench_train(args: argparse.Namespace) -> int:
+    result = bench_train(model=args.model, type=args.type, dataset=args.dataset, steps=args.steps, repeats=args.repeats,
+                         burn_in=args.burn_in, batch_size=args.batch_size, precision=args.precision,
+                         compile=args.compile, threads=args.threads, data_root=args.data_root,
+                         isolate=not args.in_process, accelerator=args.accelerator)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{result['model']} {result['type']} on {result['dataset']}: {result['steps']} steps x {result['repeats']} "
+          f"repeats, batch {result['batch_size']}")
+    for name in ("legacy", "fabric"):
+        r = result[name]
+        print(f"  {name:<7} {r['precision']:<11}{' compiled' if r['compiled'] else '':<10} "
+              f"{r['graphs_per_s']['median']:>9.1f} graphs/s [{r['graphs_per_s']['min']:.1f}..{r['graphs_per_s']['max']:.1f}]"
+              f"  {r['graphs_per_cpu_s']['median']:>8.1f} graphs/CPU-s  peak {r['peak_mib']['median']:.1f} MiB"
+              f" (RSS {r['rss_peak_mib']['median']:.1f} MiB)")
+    print(f"  fabric/legacy: {result['speedup']}x graphs/s ({result['speedup_cpu_time']}x per CPU second), "
+          f"{result['memory_ratio']}x peak memory ({result['memory_ratio_rss']}x RSS); memory: {result['memory_measured_by']}")
+    return 0
+
+
+def cmd_bench_infer(args: argparse.Namespace) -> int:
+    result = bench_infer(args.checkpoint, args.dataset, args.data_root, args.batch_size, args.seconds, args.single,
+                         args.variants, args.split)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{result['model']} ({result['parameters']:,} parameters) on {result['dataset']}/{result['split']}, one core:")
+    for name, r in result["variants"].items():
+        print(f"  {name:<14} {r['messages_per_s']:>12,} messages/s  {r['windows_per_s']:>8,} windows/s  "
+              f"p50 {r['latency_ms_p50']:.3f} ms  p99 {r['latency_ms_p99']:.3f} ms  |  per CPU second: "
+              f"{r['messages_per_cpu_s']:,} messages/s, p50 {r['latency_cpu_ms_p50']:.3f} ms, p99 {r['latency_cpu_ms_p99']:.3f} ms")
+    return 0
+
+
+def register(sub) -> None:
+    """Adds ``kdkit bench preprocess|train|infer``."""
+    bench_sub = sub.add_parser("bench", help="benchmarks that print JSON").add_subparsers(dest="bench_command", required=True)
+    p = bench_sub.add_parser("preprocess", help="read -> messages -> windows -> graphs -> store throughput")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--file", help="one CAN file")
+    src.add_argument("--dataset", help="a whole dataset, prepared from scratch in a fresh process")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--repeats", type=int, default=5, help="measured repeats after one burn-in (default 5)")
+    p.add_argument("--baseline", choices=["pandas"], help="run the predecessor-style pandas baseline instead")
+    p.add_argument("--limit", type=int, default=20000, help="messages for the pandas baseline (default 20000)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_preprocess)
+
+    p = bench_sub.add_parser("train", help="legacy loop vs Fabric path: graphs/s and peak memory")
+    p.add_argument("--model", choices=["gat", "vgae"], default="gat", help="model family (default gat)")
+    p.add_argument("--type", choices=["teacher", "student"], default="teacher", help="model preset (default teacher)")
+    p.add_argument("--dataset", choices=sorted(REGISTRY), default="synthetic", help="dataset key (default synthetic)")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--steps", type=int, default=20, help="measured steps per repeat (default 20)")
+    p.add_argument("--repeats", type=int, default=3, help="repeats of each variant, alternating (default 3)")
+    p.add_argument("--burn-in", type=int, default=3, help="untimed steps first (default 3)")
+    p.add_argument("--batch-size", type=int, default=64, help="graphs per batch for both (default 64)")
+    p.add_argument("--precision", default="auto", choices=["auto", "32-true", "bf16-mixed", "16-mixed"],
+                   help="Fabric path precision (default: the trainer's policy); legacy is always fp32")
+    p.add_argument("--compile", choices=["on", "off"], default="off", help="torch.compile the Fabric path's model")
+    p.add_argument("--threads", type=int, default=None, help="torch threads for both (default: torch's default)")
+    p.add_argument("--accelerator", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--in-process", action="store_true", help="run every variant in this process (faster, less clean memory)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_train)
+
+    p = bench_sub.add_parser("infer", help="batched messages/s and single-window p50/p99 latency on one core")
+    p.add_argument("--checkpoint", required=True, help="a kdkit checkpoint (best.pt)")
+    p.add_argument("--dataset", choices=sorted(REGISTRY), default=None, help="default: the checkpoint's dataset")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--split", default="val", help="split whose windows are scored (default val)")
+    p.add_argument("--batch-size", type=int, default=64, help="windows per batch (default 64)")
+    p.add_argument("--seconds", type=float, default=3.0, help="measuring time per throughput figure (default 3)")
+    p.add_argument("--single", type=int, default=2000, help="single-window calls for p50/p99 (default 2000)")
+    p.add_argument("--variants", default="all", help="all, or a comma list of fp32-eager,bf16-eager,fp32-compiled,bf16-compiled,fp32-aot")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_infer)

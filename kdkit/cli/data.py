@@ -1,0 +1,76 @@
+"""``kdkit data simulate|prepare|info``: the built-in traffic and the graph store of a dataset.
+
+    kdkit data simulate --out DIR --seed N
+    kdkit data prepare --dataset hcrl_sa [--data-root DIR]
+    kdkit data info --dataset hcrl_sa [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from kdkit.data.datasets import REGISTRY, PrepareConfig, format_info, prepare
+from kdkit.data.simulate import simulate
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+
+    p.add_argument("--dataset", required=True, choices=sorted(REGISTRY), help="dataset key")
+    p.add_argument("--data-root", default=None, help="folder holding hcrl-sa/, hcrl-ch/, set_01/ ... (default: $KDKIT_DATA_ROOT)")
+    p.add_argument("--cache-dir", default=None, help="graph store folder (default: runs/cache or $KDKIT_CACHE_DIR)")
+    p.add_argument("--window", type=int, default=100, help="messages per window (default 100)")
+    p.add_argument("--stride", type=int, default=100, help="offset between windows (default 100)")
+    p.add_argument("--label-threshold", type=float, default=0.0, help="window is an attack if its attack share > this (default 0)")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="validation share of each training file (default 0.2)")
+    p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
+    p.add_argument("--on-bad-rows", choices=["error", "skip"], default="error", help="malformed rows: stop (default) or skip and count")
+    p.add_argument("--include-excluded", action="store_true", help="also train on suppress/masquerade recordings")
+
+
+def prepare_config_from_args(args: argparse.Namespace):
+
+    return PrepareConfig(window=args.window, stride=args.stride, label_threshold=args.label_threshold,
+                         val_fraction=args.val_fraction, seed=args.seed, include_excluded=args.include_excluded,
+                         on_bad_rows=args.on_bad_rows)
+
+
+def cmd_data_simulate(args: argparse.Namespace) -> int:
+
+    out = simulate(args.out, seed=args.seed, scale=args.scale, gzip=args.gzip)
+    print(f"wrote synthetic CAN traffic (seed {args.seed}) to {out}")
+    return 0
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+
+    ds = prepare(args.dataset, prepare_config_from_args(args), args.data_root, args.cache_dir, rebuild=args.rebuild, progress=True)
+    state = "loaded from" if ds.loaded_from_cache else "built into"
+    print(f"{args.dataset}: {sum(len(g) for g in ds.splits.values())} graphs {state} {ds.cache_dir}")
+    for path, n in ds.info.get("skipped_rows", {}).items():
+        print(f"  skipped {n} malformed rows in {path}")
+    return 0
+
+
+def cmd_data_info(args: argparse.Namespace) -> int:
+    ds = prepare(args.dataset, prepare_config_from_args(args), args.data_root, args.cache_dir)
+    print(json.dumps(ds.info, indent=2) if args.json else format_info(args.dataset, ds))
+    return 0
+
+
+def register(sub) -> None:
+    """Adds ``kdkit data simulate|prepare|info``."""
+    data = sub.add_parser("data", help="simulate, prepare and inspect datasets").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("simulate", help="write built-in synthetic CAN traffic in the can-train-and-test layout")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--scale", type=float, default=1.0, help="multiplies recording durations (default 1.0)")
+    p.add_argument("--gzip", action="store_true", help="write .csv.gz instead of .csv")
+    p.set_defaults(func=cmd_data_simulate)
+    p = data.add_parser("prepare", help="build the packed graph store of a dataset")
+    _add_data_args(p)
+    p.add_argument("--rebuild", action="store_true", help="ignore an existing store")
+    p.set_defaults(func=cmd_data_prepare)
+    p = data.add_parser("info", help="messages, windows, attack share, IDs, nodes/edges per split and scenario")
+    _add_data_args(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_data_info)

@@ -1,0 +1,72 @@
+"""The ``kdkit`` command: one parser; each sub-command is registered by its topic module.
+
+    kdkit data simulate|prepare|info ...                     (kdkit/cli/data.py)
+    kdkit train ... | evaluate ... | batch-size ... | demo   (kdkit/cli/train.py)
+    kdkit bench preprocess|train|infer ...                   (kdkit/cli/bench.py)
+    kdkit slurm status|wait|cancel|logs|submit-notebook      (kdkit/cli/slurm.py)
+    kdkit report RUN_DIR [--html]                            (kdkit/cli/report.py)
+    kdkit export --checkpoint best.pt                        (kdkit/cli/export.py)
+
+Every sub-command calls the same library functions the notebooks and SLURM jobs call.
+
+The topic modules import torch, PyG and Lightning (seconds on a small machine), so only the
+one a command needs is imported: :data:`COMMANDS` names each sub-command's module and
+one-line help, which is all ``kdkit --help`` shows. This is the one place kdkit imports its
+own modules lazily (``tests/test_architecture.py`` knows it).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+# sub-command -> (topic module whose register(sub) adds it, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("kdkit.cli.data", "simulate, prepare and inspect datasets"),
+    "train": ("kdkit.cli.train", "train a teacher or a (distilled) student"),
+    "evaluate": ("kdkit.cli.train", "metrics of a checkpoint on every test scenario"),
+    "batch-size": ("kdkit.cli.train", "the largest batch that fits (DynamicBatchSizer); reports, trains nothing"),
+    "demo": ("kdkit.cli.train", "the whole story on built-in synthetic traffic"),
+    "bench": ("kdkit.cli.bench", "benchmarks that print JSON"),
+    "slurm": ("kdkit.cli.slurm", "submit and follow SLURM jobs"),
+    "report": ("kdkit.cli.report", "summarise a run folder, or write a self-contained HTML report"),
+    "export": ("kdkit.cli.export", "ahead-of-time compile a GAT checkpoint for deployment (.pt2)"),
+}
+
+
+def build_parser(command: str | None = "*") -> argparse.ArgumentParser:
+    """The ``kdkit`` parser: full options for the sub-commands of ``command``'s topic module
+    (``"*"``: every topic; None: none) and one-line entries for the others."""
+    parser = argparse.ArgumentParser(prog="kdkit", description="Train, distill and benchmark CAN-bus intrusion detection GNNs.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
+    wanted = {module for name, (module, _) in COMMANDS.items() if command in ("*", name)}
+    for module in dict.fromkeys(module for module, _ in COMMANDS.values()):
+        if module in wanted:
+            importlib.import_module(module).register(sub)
+    for name, (module, help_text) in COMMANDS.items():
+        if module not in wanted:
+            sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def _command(argv: list[str]) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = _command(argv)
+    args = build_parser(command if command in COMMANDS else None).parse_args(argv)  # an unknown command: argparse says so
+    try:
+        return int(args.func(args) or 0)
+    except (FileNotFoundError, KeyError, ValueError) as err:  # incl. kdkit.data.readers.DataFormatError
+        if os.environ.get("KDKIT_DEBUG"):
+            raise
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"kdkit: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

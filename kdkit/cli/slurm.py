@@ -1,0 +1,180 @@
+"""``kdkit slurm ...`` and ``kdkit train --use-slurm``: the command line over kdkit.cluster.
+
+    kdkit slurm status [--runs-dir runs]
+    kdkit slurm wait 123 [--timeout 3600] [--poll 10]
+    kdkit slurm logs 123 [--tail 50]
+    kdkit slurm cancel 123
+    kdkit slurm submit-notebook notebooks/teacher.ipynb -p dataset hcrl_ch -p epochs 5 \\
+        [--preset cpu] [--partition P] [--account A] [--time 01:00:00] [--dry-run]
+    kdkit train --model gat --dataset hcrl_ch --type teacher --use-slurm \\
+        [--slurm-preset v100 --partition gpu --account X --time 04:00:00 --dry-run]
+
+Every sub-command's ``func`` returns the process exit status: 0 when the job (or the
+request) succeeded, 1 when Slurm refused or the job ended in a state other than
+COMPLETED.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from kdkit.cluster.orchestrator import FabricSlurmTrainingOrchestrator, SlurmError, load_presets
+
+_RESOURCE_FLAGS = ("partition", "account", "qos", "time", "gpus", "mem")
+
+
+def format_job(info: dict) -> str:
+    """One line per job for people; a failed job adds its exit code and log tail."""
+    line = f"{info['job_id']:>8}  {info.get('state', '?'):<13} {info.get('name') or '-'}"
+    for key in ("exit_code", "reason", "nodes"):
+        if info.get(key) and not (key == "exit_code" and info[key] == "0:0"):
+            line += f"  {key}={info[key]}"
+    if info.get("log_tail"):
+        line += f"\n    log {info.get('log')}:\n" + "\n".join(
+            "    | " + ln for ln in info["log_tail"].splitlines())
+    return line
+
+
+def _add_resource_flags(parser: argparse.ArgumentParser, preset_flag: str) -> None:
+    parser.add_argument(preset_flag, dest="slurm_preset", default="cpu", choices=sorted(load_presets()),
+                        help="resource preset from slurm_templates/presets.ini (default cpu)")
+    parser.add_argument("--partition", help="Slurm partition (default: the preset's)")
+    parser.add_argument("--account", help="account to charge")
+    parser.add_argument("--qos", help="quality of service")
+    parser.add_argument("--time", help="time limit, e.g. 04:00:00 (default: the preset's)")
+    parser.add_argument("--gpus", type=int, help="GPUs per node (default: the preset's)")
+    parser.add_argument("--mem", help="memory per node, e.g. 32G (default: the preset's)")
+    parser.add_argument("--dry-run", action="store_true", help="print the sbatch script, do not submit")
+
+
+def _resources(args) -> dict:
+    return {k: getattr(args, k) for k in _RESOURCE_FLAGS if getattr(args, k, None) is not None}
+
+
+def add_slurm_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the SLURM options of ``kdkit train`` (``--use-slurm`` unless it is there)."""
+    group = parser.add_argument_group("SLURM (with --use-slurm)")
+    if "--use-slurm" not in parser._option_string_actions:
+        group.add_argument("--use-slurm", action="store_true", help="submit as a SLURM job instead of running here")
+    _add_resource_flags(group, "--slurm-preset")
+
+
+def submit_train_from_args(args: argparse.Namespace, overrides: dict) -> str | None:
+    """Submits the training ``kdkit train ... --use-slurm`` describes.
+
+    Args:
+        args: parsed ``kdkit train`` arguments (SLURM resources: slurm_preset, partition,
+            account, qos, time, gpus, mem, dry_run; resume is refused).
+        overrides: the run's validated config keys (``--config`` JSON and flags); the job
+            gets every one of them as ``kdkit train`` flags.
+
+    Returns:
+        The job ID; None with ``--dry-run`` (the script is printed instead).
+    """
+    if getattr(args, "resume", None):
+        raise ValueError("--resume cannot be combined with --use-slurm; resume inside a job instead")
+    run = dict(overrides)
+    orch = FabricSlurmTrainingOrchestrator(runs_dir=run.pop("runs_dir", None) or "runs",
+                                           preset=getattr(args, "slurm_preset", None) or "cpu")
+    dry_run = bool(getattr(args, "dry_run", False))
+    result = orch.submit_run(run, dry_run=dry_run, **_resources(args))
+    if dry_run:
+        print(result, end="")
+        return None
+    record = orch.registry.load()[result]
+    print(f"run dir {record['run_dir']}; follow it: kdkit slurm wait {result} / kdkit slurm logs {result}")
+    return result
+
+
+def _orchestrator(args) -> FabricSlurmTrainingOrchestrator:
+    return FabricSlurmTrainingOrchestrator(runs_dir=args.runs_dir)
+
+
+def _cmd_status(args) -> int:
+    jobs = _orchestrator(args).check_all_jobs()
+    if args.json:
+        print(json.dumps(jobs, indent=1))
+    for info in [] if args.json else jobs:
+        print(format_job(info))
+    if not jobs and not args.json:
+        print(f"no jobs in {args.runs_dir}/slurm_jobs.json")
+    return 0
+
+
+def _cmd_wait(args) -> int:
+    info = _orchestrator(args).wait(args.job, timeout=args.timeout, poll=args.poll)
+    print(format_job(info))
+    return 0 if info["state"] == "COMPLETED" else 1
+
+
+def _cmd_cancel(args) -> int:
+    _orchestrator(args).cancel(args.job)
+    print(f"cancelled job {args.job}")
+    return 0
+
+
+def _cmd_logs(args) -> int:
+    print(_orchestrator(args).logs(args.job, tail=args.tail))
+    return 0
+
+
+def _parameter_value(text: str):
+    """``-p`` values: JSON when they parse (3, 0.5, true, null, [1, 2]), else the string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _cmd_submit_notebook(args) -> int:
+    orch = FabricSlurmTrainingOrchestrator(runs_dir=args.runs_dir, preset=args.slurm_preset)
+    params = {key: _parameter_value(value) for key, value in args.parameters or []}
+    result = orch.submit_notebook(args.notebook, params, run_name=args.run_name,
+                                  dry_run=args.dry_run, **_resources(args))
+    if args.dry_run:
+        print(result, end="")
+    else:
+        print(f"submitted job {result}: run dir {orch.registry.load()[result]['run_dir']}")
+    return 0
+
+
+def _errors_to_status(func):
+    """Slurm refusals and timeouts become a message and exit status 1, not a traceback."""
+    def run(args) -> int:
+        try:
+            return func(args)
+        except (SlurmError, TimeoutError) as err:
+            print(f"kdkit slurm: {err}", file=sys.stderr)
+            return 1
+    return run
+
+
+def register(subparsers) -> None:
+    """Adds the ``slurm`` sub-command (status, wait, cancel, logs, submit-notebook)."""
+    slurm = subparsers.add_parser("slurm", help="submit and follow SLURM jobs")
+    slurm.add_argument("--runs-dir", default="runs", help="run dirs and slurm_jobs.json (default runs)")
+    sub = slurm.add_subparsers(dest="slurm_command", required=True)
+
+    p = sub.add_parser("status", help="every registered job, refreshed from Slurm")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_errors_to_status(_cmd_status))
+    p = sub.add_parser("wait", help="wait until a job ends; exit 0 only if it COMPLETED")
+    p.add_argument("job", help="job ID")
+    p.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
+    p.add_argument("--poll", type=float, default=10.0, help="seconds between checks (default 10)")
+    p.set_defaults(func=_errors_to_status(_cmd_wait))
+    p = sub.add_parser("cancel", help="cancel a job")
+    p.add_argument("job", help="job ID")
+    p.set_defaults(func=_errors_to_status(_cmd_cancel))
+    p = sub.add_parser("logs", help="the end of a job's log")
+    p.add_argument("job", help="job ID")
+    p.add_argument("--tail", type=int, default=50, help="lines (default 50)")
+    p.set_defaults(func=_errors_to_status(_cmd_logs))
+    p = sub.add_parser("submit-notebook", help="run a notebook with papermill as a SLURM job")
+    p.add_argument("notebook", help="path of the .ipynb")
+    p.add_argument("-p", "--parameter", dest="parameters", nargs=2, action="append",
+                   metavar=("KEY", "VALUE"), help="notebook parameter; VALUE is JSON if it parses, else a string")
+    p.add_argument("--run-name", help="run dir name (default <notebook>_<timestamp>)")
+    _add_resource_flags(p, "--preset")
+    p.set_defaults(func=_errors_to_status(_cmd_submit_notebook))

@@ -1,0 +1,156 @@
+"""``kdkit train`` and ``kdkit evaluate``: the migration guide's commands.
+
+    kdkit train --model gat --dataset hcrl_sa --type teacher
+    kdkit train --model gat --dataset hcrl_sa --type student --teacher saved_models/best_teacher_model_hcrl_sa.pth
+    kdkit train --model vgae --dataset hcrl_sa --type teacher --config '{"epochs": 50}'
+    kdkit train --list-configs
+    kdkit train --optimize-batch-size --dataset hcrl_sa --model gat
+    kdkit train --model gat --dataset hcrl_sa --type teacher --use-slurm --slurm-preset v100 --partition gpu
+    kdkit evaluate --checkpoint runs/hcrl_sa_gat_teacher/checkpoints/best.pt --dataset hcrl_sa --json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from kdkit.cli.slurm import add_slurm_arguments, submit_train_from_args
+from kdkit.config import (
+    TrainConfig,
+    add_config_arguments,
+    list_configs,
+    make_config,
+    overrides_from_args,
+    parse_config_json,
+    validate_overrides,
+)
+from kdkit.data.datasets import REGISTRY
+from kdkit.reporting.metrics import format_table
+from kdkit.workflows.batch_size import describe, optimize_config_batch_size, sizer_for_config
+from kdkit.workflows.demo import demo
+from kdkit.workflows.run import evaluate_checkpoint, load_data, train
+
+
+def overrides_from_cli(args: argparse.Namespace) -> dict:
+    """The run's config keys: ``--config`` JSON, then the explicit flags on top (both validated)."""
+    overrides = parse_config_json(getattr(args, "config", None))
+    overrides.update(validate_overrides(overrides_from_args(args)))
+    if overrides.get("devices", 1) > 1 or overrides.get("num_nodes", 1) > 1:
+        overrides.setdefault("strategy", "ddp")
+    return overrides
+
+
+def config_from_args(args: argparse.Namespace):
+    """TrainConfig from CLI flags: --config JSON, then explicit flags on top."""
+    return make_config(**overrides_from_cli(args))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    if args.list_configs:
+        print(list_configs())
+        return 0
+    overrides = overrides_from_cli(args)
+    if "dataset" not in overrides:
+        raise ValueError("--dataset is required (see --list-configs)")
+    if overrides.get("type") == "student" and not overrides.get("teacher") and not args.no_teacher:
+        print("note: training a student without --teacher (no distillation); pass --teacher PATH to distill")
+    if overrides.get("optimize_batch_size") and "type" not in overrides:
+        return report_batch_size(args)
+    if args.use_slurm:
+        job = submit_train_from_args(args, overrides)
+        if job:
+            print(f"submitted SLURM job {job}")
+        return 0
+    cfg = make_config(**overrides)
+    if cfg.optimize_batch_size:
+        cfg = optimize_config_batch_size(cfg)
+    summary = train(cfg, resume=args.resume)
+    if summary.get("rank", 0) != 0:
+        return 0
+    print(f"\n{summary['model']} {summary['type']} ({'KD' if summary['kd'] else 'no KD'}): {summary['parameters']:,} parameters, "
+          f"{summary['size_bytes'] / 1024:.1f} KiB, {summary['epochs_run']} epochs in {summary['train_seconds']:.1f} s "
+          f"[{summary['trainer']}, {summary['precision']}]")
+    print(format_table(summary["test"]))
+    print(f"\nrun folder: {summary['run_dir']}  best checkpoint: {summary['best_checkpoint']}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+
+    res = evaluate_checkpoint(args.checkpoint, args.dataset, args.data_root, args.out)
+    if args.json:
+        print(json.dumps(res, indent=2, default=float))
+    else:
+        print(format_table(res))
+    return 0
+
+
+def add_train_arguments(p: argparse.ArgumentParser, cls: type = TrainConfig) -> None:
+    """The ``kdkit train`` options: its own (config JSON, resume, SLURM) and one flag per run-schema field."""
+    p.add_argument("--config", help="JSON object of config keys (see --list-configs), or @file.json; flags win")
+    p.add_argument("--resume", help="continue an interrupted run from its last.pt")
+    p.add_argument("--no-teacher", action="store_true", help="train a student alone without a notice")
+    p.add_argument("--list-configs", action="store_true", help="print presets and every config key, then exit")
+    add_config_arguments(p, cls)
+    add_slurm_arguments(p)
+
+
+def register(sub) -> None:
+    """Adds ``kdkit train``, ``evaluate``, ``batch-size`` and ``demo``."""
+    p = sub.add_parser("train", help="train a teacher or a (distilled) student",
+                       description="Train a GAT or VGAE teacher, or a student distilled from --teacher. Every config "
+                                   "key is a flag (--list-configs lists them with their defaults).")
+    add_train_arguments(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="metrics of a checkpoint on every test scenario")
+    p.add_argument("--checkpoint", required=True, help="a kdkit checkpoint (best.pt)")
+    p.add_argument("--dataset", required=True, choices=sorted(REGISTRY))
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--out", default=None, help="folder for evaluation_<dataset>.json (default: the run folder)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+    _register_batch_size_and_demo(sub)
+
+
+def report_batch_size(args) -> int:
+    """``kdkit batch-size`` / ``kdkit train --optimize-batch-size`` without --type: report, train nothing."""
+
+    overrides = overrides_from_cli(args)
+    if "dataset" not in overrides:
+        raise ValueError("--dataset is required")
+    types = [overrides["type"]] if "type" in overrides else ["teacher", "student"]
+    rows, data = [], None
+    for kind in types:
+        cfg = make_config(**{**overrides, "type": kind})
+        if data is None:
+            data = load_data(cfg)
+        sizer = sizer_for_config(cfg, data)
+        sizer.estimate_optimal_batch_size()
+        rows.append((cfg, sizer.result))
+    if getattr(args, "json", False):
+        print(json.dumps([{"model": c.model, "type": c.type, "dataset": c.dataset, **r.to_dict()} for c, r in rows],
+                         indent=2))
+    else:
+        for c, r in rows:
+            print(describe(c, r))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    return demo(Path(args.out), quick=args.quick)
+
+
+def _register_batch_size_and_demo(sub) -> None:
+    p = sub.add_parser("batch-size", help="the largest batch that fits (DynamicBatchSizer); reports, trains nothing",
+                       description="Report the largest batch that fits for the run the flags describe (both presets "
+                                   "unless --type is given); trains nothing.")
+    p.add_argument("--config", help="JSON config keys, e.g. '{\"target_memory_usage\": 0.7, \"max_batch_size\": 1024}'")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    add_config_arguments(p)
+    p.set_defaults(func=report_batch_size)
+
+    p = sub.add_parser("demo", help="the whole story on built-in synthetic traffic")
+    p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
+    p.add_argument("--quick", action="store_true", help="data summary only")
+    p.set_defaults(func=cmd_demo)

@@ -1,0 +1,17 @@
+"""Files -> messages -> windows -> graphs: everything kdkit knows about CAN recordings.
+
+Owns the one internal messages table and its readers (:mod:`.readers`), the built-in
+traffic simulator (:mod:`.simulate`), windows -> graphs and the packed graph store
+(:mod:`.graphs`), the dataset registry, splits and cached preparation (:mod:`.datasets`)
+and batches gathered from the store for models (:mod:`.loader`).
+
+Layer 0: imports no other kdkit package.
+"""
+from kdkit.data.datasets import REGISTRY, PrepareConfig, PreparedDataset, prepare
+from kdkit.data.graphs import EDGE_FEATURES, NODE_FEATURES, GraphSet, IdVocab, build_graphs
+from kdkit.data.loader import collate_indices, gather_windows, graph_loader
+from kdkit.data.readers import DataFormatError, Messages, read_messages
+
+__all__ = ["REGISTRY", "PrepareConfig", "PreparedDataset", "prepare", "EDGE_FEATURES", "NODE_FEATURES", "GraphSet",
+           "IdVocab", "build_graphs", "collate_indices", "gather_windows", "graph_loader", "DataFormatError", "Messages",
+           "read_messages"]

@@ -1,0 +1,362 @@
+"""Dataset registry, file discovery, train/validation split and the cached graph store.
+
+    kdkit data prepare --dataset hcrl_sa --data-root /data/can-train-and-test
+    kdkit data info --dataset hcrl_sa --json
+
+A dataset key (``hcrl_ch``, ``hcrl_sa``, ``set_01``..``set_04``, ``synthetic``) maps to the
+can-train-and-test layout under a data root (``--data-root`` or ``KDKIT_DATA_ROOT``):
+``<root>/<folder>/train_01_attack_free``, ``train_02_with_attacks`` and ``test_0x_*`` folders,
+each test folder a named scenario. ``synthetic`` is simulated on first use (no download).
+
+- Byte-identical files (the attack-free files present in both train folders) are read once.
+- suppress / masquerade recordings are left out of training by default and kept as tests.
+- The validation split is one contiguous, seeded block of windows per training file: a
+  recording never has windows in both train and validation by shuffling.
+- The ID vocabulary is fitted on the training split only (normal messages by default).
+- Prepared graphs live in ``<cache>/<dataset>/<key>/<split>.pt``; the key covers the graph
+  code version, every setting and the input files' content hashes, so a changed input or
+  setting rebuilds and an unchanged one loads memory-mapped in milliseconds.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from kdkit.data.graphs import GRAPH_FORMAT_VERSION, GraphSet, IdVocab, build_graphs, window_starts
+from kdkit.data.readers import Messages, attack_type_from_name, data_suffixes, read_messages
+from kdkit.data.simulate import ensure_synthetic
+
+DATA_SUFFIXES = (".csv", ".csv.gz")  # built in; readers.register_reader adds others (readers.data_suffixes)
+
+
+EXCLUDED_FROM_TRAINING = ("suppress", "masquerade")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    key: str
+    folder: str
+    description: str
+
+
+REGISTRY: dict[str, DatasetSpec] = {
+    "hcrl_ch": DatasetSpec("hcrl_ch", "hcrl-ch", "HCRL Car-Hacking (can-train-and-test v1.5 layout)"),
+    "hcrl_sa": DatasetSpec("hcrl_sa", "hcrl-sa", "HCRL survival analysis (Kia Soul, Sonata, Spark)"),
+    **{f"set_0{i}": DatasetSpec(f"set_0{i}", f"set_0{i}", f"can-train-and-test set_0{i}") for i in range(1, 5)},
+    "synthetic": DatasetSpec("synthetic", "", "built-in simulated CAN traffic (no download)"),
+}
+
+
+_DEFAULT_ROOTS = ("data/can-train-and-test", "../shared/data/can-train-and-test", "../../shared/data/can-train-and-test")
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """Settings that shape the prepared graphs (all of them enter the cache key).
+
+    Args:
+        window: messages per window (default 100).
+        stride: offset between windows (default 100).
+        label_threshold: window is an attack when its attack share > this (default 0.0).
+        val_fraction: share of each training file's windows held out for validation (0.2).
+        seed: seeds the position of each file's validation block (0).
+        include_excluded: train on suppress/masquerade recordings too (False).
+        vocab_source: ``"normal"`` fits the ID vocabulary on attack-free messages of the
+            training split, ``"all"`` on every training message (default ``"normal"``).
+        on_bad_rows: ``"error"`` or ``"skip"`` (default ``"error"``).
+    """
+
+    window: int = 100
+    stride: int = 100
+    label_threshold: float = 0.0
+    val_fraction: float = 0.2
+    seed: int = 0
+    include_excluded: bool = False
+    vocab_source: str = "normal"
+    on_bad_rows: str = "error"
+
+    def __post_init__(self) -> None:
+        if self.window < 2 or self.stride < 1:
+            raise ValueError(f"window must be >= 2 and stride >= 1 (got window={self.window}, stride={self.stride})")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.vocab_source not in ("normal", "all"):
+            raise ValueError(f"vocab_source must be 'normal' or 'all', got {self.vocab_source!r}")
+        if self.on_bad_rows not in ("error", "skip"):
+            raise ValueError(f"on_bad_rows must be 'error' or 'skip', got {self.on_bad_rows!r}")
+
+
+@dataclass
+class DatasetFiles:
+    """The files of one dataset after discovery and de-duplication."""
+
+    name: str
+    root: Path
+    train: list[Path]
+    tests: dict[str, list[Path]]
+    duplicates: list[tuple[Path, Path]] = field(default_factory=list)  # (skipped, same content as)
+    excluded: list[Path] = field(default_factory=list)  # left out of training
+    hashes: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
+
+
+def resolve_data_root(data_root: str | Path | None = None) -> Path:
+    """The folder that holds ``hcrl-sa``, ``hcrl-ch``, ``set_01``...: argument, env, defaults."""
+    if data_root:
+        return Path(data_root).expanduser()
+    if os.environ.get("KDKIT_DATA_ROOT"):
+        return Path(os.environ["KDKIT_DATA_ROOT"]).expanduser()
+    for cand in _DEFAULT_ROOTS:
+        if Path(cand).is_dir():
+            return Path(cand)
+    return Path(_DEFAULT_ROOTS[0])
+
+
+def dataset_dir(name: str, data_root: str | Path | None = None, synthetic_seed: int = 0) -> Path:
+    """The folder of one dataset; ``synthetic`` is simulated there on first use."""
+    if name not in REGISTRY:
+        raise KeyError(f"unknown dataset {name!r}; known: {', '.join(REGISTRY)}")
+    if name == "synthetic":
+
+        return Path(ensure_synthetic(seed=synthetic_seed))
+    return resolve_data_root(data_root) / REGISTRY[name].folder
+
+
+def _data_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(data_suffixes()))
+
+
+_HASH_MEMO: dict[tuple, str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """Content hash, memoised per (path, inode, size, mtime, ctime) for this process."""
+    st = path.stat()
+    memo_key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if memo_key not in _HASH_MEMO:
+        h = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 22), b""):
+                h.update(chunk)
+        _HASH_MEMO[memo_key] = h.hexdigest()
+    return _HASH_MEMO[memo_key]
+
+
+def discover(name: str, data_root: str | Path | None = None, include_excluded: bool = False,
+             synthetic_seed: int = 0) -> DatasetFiles:
+    """Find a dataset's train files and test scenarios; a clear error names what is missing."""
+    root = dataset_dir(name, data_root, synthetic_seed)
+    layout = (f"expected {root}/train_01_attack_free/*.csv[.gz], {root}/train_02_with_attacks/*.csv[.gz] "
+              f"and {root}/test_0*_*/ folders (can-train-and-test v1.5 layout); set --data-root or KDKIT_DATA_ROOT "
+              f"to the folder holding '{REGISTRY[name].folder or name}'")
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset {name!r}: folder {root} does not exist; {layout}")
+    train_dirs = [root / "train_01_attack_free", root / "train_02_with_attacks"]
+    missing = [d.name for d in train_dirs if not d.is_dir()]
+    if missing:
+        raise FileNotFoundError(f"dataset {name!r}: missing {', '.join(missing)} in {root}; {layout}")
+    test_dirs = sorted(d for d in root.iterdir() if d.is_dir() and d.name.startswith("test_"))
+    if not test_dirs:
+        raise FileNotFoundError(f"dataset {name!r}: no test_* folders in {root}; {layout}")
+
+    files = DatasetFiles(name=name, root=root, train=[], tests={})
+    seen: dict[str, Path] = {}
+    for d in train_dirs:
+        found = _data_files(d)
+        if not found:
+            raise FileNotFoundError(f"dataset {name!r}: no {'/'.join(data_suffixes())} files in {d}; {layout}")
+        for p in found:
+            digest = file_sha256(p)
+            files.hashes[str(p.relative_to(root))] = digest
+            if digest in seen:
+                files.duplicates.append((p, seen[digest]))
+                continue
+            seen[digest] = p
+            if not include_excluded and any(k in p.name.lower() for k in EXCLUDED_FROM_TRAINING):
+                files.excluded.append(p)
+                continue
+            files.train.append(p)
+    for d in test_dirs:
+        found = _data_files(d)
+        if not found:
+            raise FileNotFoundError(f"dataset {name!r}: test folder {d} holds no {'/'.join(data_suffixes())} files")
+        files.tests[d.name] = found
+        for p in found:
+            files.hashes[str(p.relative_to(root))] = file_sha256(p)
+    return files
+
+
+def validation_block(n_windows: int, val_fraction: float, rng: np.random.Generator) -> tuple[int, int]:
+    """A contiguous block ``[v0, v1)`` of window indices for validation, placed by the seed."""
+    n_val = int(round(n_windows * val_fraction))
+    if n_val == 0 or n_windows < 2:
+        return 0, 0
+    n_val = min(n_val, n_windows - 1)
+    v0 = int(rng.integers(0, n_windows - n_val + 1))
+    return v0, v0 + n_val
+
+
+@dataclass
+class PreparedDataset:
+    """Graphs of every split of one dataset, plus the vocabulary and a summary."""
+
+    name: str
+    config: PrepareConfig
+    vocab: IdVocab
+    splits: dict[str, GraphSet]  # "train", "val", then one per test scenario
+    info: dict
+    cache_dir: Path | None = None
+    loaded_from_cache: bool = False
+
+    @property
+    def scenarios(self) -> list[str]:
+        return [k for k in self.splits if k not in ("train", "val")]
+
+
+def cache_key(files: DatasetFiles, config: PrepareConfig) -> str:
+    payload = {"graph_format": GRAPH_FORMAT_VERSION, "config": asdict(config),
+               "files": sorted(files.hashes.items()), "train": [str(p.relative_to(files.root)) for p in files.train]}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("KDKIT_CACHE_DIR", "runs/cache"))
+
+
+def _split_stats(gs: GraphSet, messages: int) -> dict:
+    nn, ne = gs.num_nodes, gs.num_edges
+    y = gs.y.numpy()
+    return {"messages": int(messages), "windows": int(len(gs)), "attack_windows": int(y.sum()),
+            "attack_share": float(y.mean()) if len(y) else 0.0,
+            "distinct_ids": int(np.unique(gs.can_id.numpy()).size), "oov_nodes": int((gs.node_id == 0).sum()),
+            "nodes_mean": float(nn.mean()) if len(nn) else 0.0, "nodes_std": float(nn.std()) if len(nn) else 0.0,
+            "edges_mean": float(ne.mean()) if len(ne) else 0.0, "edges_std": float(ne.std()) if len(ne) else 0.0,
+            "files": [Path(f).name for f in gs.files]}
+
+
+def prepare(name: str, config: PrepareConfig | None = None, data_root: str | Path | None = None,
+            cache_dir: str | Path | None = None, rebuild: bool = False, progress: bool = False,
+            synthetic_seed: int = 0) -> PreparedDataset:
+    """Build (or load from the store) the graphs of every split of a dataset.
+
+    Args:
+        name: registry key (``hcrl_sa``, ``synthetic``, ...).
+        config: graph and split settings (default ``PrepareConfig()``).
+        data_root: folder holding the datasets (default: ``KDKIT_DATA_ROOT`` or a known path).
+        cache_dir: where the store lives (default ``runs/cache`` or ``KDKIT_CACHE_DIR``).
+        rebuild: ignore an existing store.
+        progress: show a tqdm bar per file.
+        synthetic_seed: seed of the simulated dataset (``synthetic`` only).
+    """
+    config = config or PrepareConfig()
+    files = discover(name, data_root, config.include_excluded, synthetic_seed)
+    key = cache_key(files, config)
+    store = Path(cache_dir or default_cache_dir()) / name / key
+    meta_path = store / "meta.json"
+    if meta_path.is_file() and not rebuild:
+        meta = json.loads(meta_path.read_text())
+        splits = {s: GraphSet.load(store / f"{s}.pt") for s in meta["splits"]}
+        return PreparedDataset(name, config, IdVocab.from_list(meta["vocab"]), splits, meta["info"], store, True)
+
+    t0 = time.perf_counter()
+    bar = None
+    if progress:
+
+        bar = tqdm(total=len(files.train) + sum(len(v) for v in files.tests.values()), desc=f"prepare {name}", unit="file")
+    try:
+        vocab, splits, info = _build(name, files, config, bar)
+    finally:
+        if bar:
+            bar.close()  # also on an error, so the message starts on its own line
+    info["build_seconds"] = round(time.perf_counter() - t0, 3)
+    store.mkdir(parents=True, exist_ok=True)
+    for s, gs in splits.items():
+        gs.save(store / f"{s}.pt", meta={"dataset": name, "split": s, "key": key})
+    tmp = meta_path.with_name(f"meta.json.{os.getpid()}.tmp")  # per process: parallel jobs may build the same key
+    tmp.write_text(json.dumps({"key": key, "splits": list(splits), "vocab": vocab.to_list(), "info": info}, indent=1))
+    tmp.replace(meta_path)  # meta.json last: its presence marks a complete store
+    return PreparedDataset(name, config, vocab, splits, info, store, False)
+
+
+def _build(name: str, files: DatasetFiles, config: PrepareConfig, bar) -> tuple[IdVocab, dict[str, GraphSet], dict]:
+    """Read every file once, split, fit the vocabulary on the training split, build the graphs."""
+    rng = np.random.default_rng(config.seed)
+    train_msgs: list[tuple[Messages, np.ndarray, np.ndarray]] = []
+    skipped: dict[str, int] = {}
+    for p in files.train:
+        msgs = read_messages(p, on_bad_rows=config.on_bad_rows)  # type: ignore[arg-type]
+        if msgs.skipped_rows:
+            skipped[str(p)] = msgs.skipped_rows
+        starts = window_starts(len(msgs), config.window, config.stride)
+        v0, v1 = validation_block(len(starts), config.val_fraction, rng)
+        val_starts = starts[v0:v1]
+        if v1 > v0:  # training windows must not overlap the validation messages
+            lo, hi = starts[v0], starts[v1 - 1] + config.window
+            tr = starts[(starts + config.window <= lo) | (starts >= hi)]
+        else:
+            tr = starts
+        train_msgs.append((msgs, tr, val_starts))
+        if bar:
+            bar.update(1)
+
+    def used_ids(msgs: Messages, tr: np.ndarray) -> np.ndarray:
+        if tr.size == 0:
+            return np.zeros(0, np.uint32)
+        idx = (tr[:, None] + np.arange(config.window)).ravel()
+        idx = np.unique(idx) if config.stride < config.window else idx
+        keep = msgs.label[idx] == 0 if config.vocab_source == "normal" else slice(None)
+        return msgs.can_id[idx][keep]
+
+    vocab = IdVocab.fit([used_ids(m, tr) for m, tr, _ in train_msgs])
+    train_parts, val_parts = [], []
+    counts = {"train": 0, "val": 0}
+    for msgs, tr, va in train_msgs:
+        train_parts.append(build_graphs(msgs, vocab, config.window, config.stride, config.label_threshold, starts=tr))
+        val_parts.append(build_graphs(msgs, vocab, config.window, config.stride, config.label_threshold, starts=va))
+        counts["train"] += len(tr) * config.window
+        counts["val"] += len(va) * config.window
+    splits = {"train": GraphSet.concat(train_parts), "val": GraphSet.concat(val_parts)}
+    info = {"dataset": name, "root": str(files.root), "config": asdict(config), "vocab_size": len(vocab),
+            "duplicates_skipped": [[str(a), str(b)] for a, b in files.duplicates],
+            "excluded_from_training": [str(p) for p in files.excluded], "skipped_rows": skipped, "splits": {}}
+    info["splits"]["train"] = _split_stats(splits["train"], counts["train"])
+    info["splits"]["val"] = _split_stats(splits["val"], counts["val"])
+    scenarios = dict(files.tests)
+    if files.excluded:  # suppress/masquerade training recordings: not trained on, still evaluated
+        scenarios["train_excluded_" + "_".join(sorted({attack_type_from_name(p) for p in files.excluded}))] = files.excluded
+    for scen, paths in scenarios.items():
+        parts, n_msgs = [], 0
+        for p in paths:
+            msgs = read_messages(p, on_bad_rows=config.on_bad_rows)  # type: ignore[arg-type]
+            if msgs.skipped_rows:
+                skipped[str(p)] = msgs.skipped_rows
+            n_msgs += len(msgs)
+            parts.append(build_graphs(msgs, vocab, config.window, config.stride, config.label_threshold))
+            if bar:
+                bar.update(1)
+        splits[scen] = GraphSet.concat(parts)
+        info["splits"][scen] = _split_stats(splits[scen], n_msgs)
+    return vocab, splits, info
+
+
+def format_info(name: str, ds: PreparedDataset) -> str:
+    """The table ``kdkit data info`` prints: files read once or excluded, and per split and
+    scenario the messages, windows, attack share, IDs, OOV nodes and graph sizes."""
+    info = ds.info
+    lines = [f"dataset {name} ({info['root']}), vocabulary {info['vocab_size']} IDs incl. OOV, store {ds.cache_dir}"]
+    lines += [f"  read once: {a} (identical to {b})" for a, b in info["duplicates_skipped"]]
+    lines += [f"  excluded from training: {p}" for p in info["excluded_from_training"]]
+    lines.append(f"{'split':<42}{'messages':>10}{'windows':>9}{'attack':>8}{'share':>7}{'IDs':>6}{'OOV nodes':>10}"
+                 f"{'nodes/win':>13}{'edges/win':>13}")
+    for split, s in info["splits"].items():
+        lines.append(f"{split:<42}{s['messages']:>10}{s['windows']:>9}{s['attack_windows']:>8}{s['attack_share']:>7.3f}"
+                     f"{s['distinct_ids']:>6}{s['oov_nodes']:>10}{s['nodes_mean']:>7.1f}±{s['nodes_std']:<5.1f}"
+                     f"{s['edges_mean']:>7.1f}±{s['edges_std']:<5.1f}")
+    return "\n".join(lines)
+

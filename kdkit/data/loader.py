@@ -1,0 +1,225 @@
+"""Fast batches straight from the packed graph store.
+
+A batch is gathered from a :class:`~kdkit.graphs.GraphSet` with a few vectorized index
+operations: no per-graph ``Data`` objects and no PyG collate in the hot path. It is still a
+``torch.utils.data.DataLoader`` (Fabric's ``setup_dataloaders`` accepts it); the batch
+sampler shuffles per epoch with the seed and shards by rank itself under DDP, so Fabric
+must be told ``use_distributed_sampler=False``.
+
+    loader = graph_loader(gs, batch_size=64, shuffle=True, seed=0)
+    for batch in loader: ...   # a torch_geometric Batch (x, node_id, edge_index, edge_attr, batch, y, node_y)
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Iterator, NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Sampler
+from torch_geometric.data import Batch
+
+from kdkit.data.graphs import GraphSet, _gather_ranges
+
+
+class Gathered(NamedTuple):
+    """Where graphs ``idx`` of a GraphSet live and how they are re-based (:func:`gather_structure`)."""
+
+    nodes: slice | torch.Tensor  # the graphs' node rows in the store
+    edges: slice | torch.Tensor  # their edge rows
+    ptr: torch.Tensor            # node offsets in the batch [G + 1]
+    batch: torch.Tensor          # graph of each batch node [N]
+    edge_index: torch.Tensor     # int64 [2, E], batch node numbers
+    idx: torch.Tensor            # the graph indices
+
+
+def gather_structure(gs: GraphSet, idx) -> Gathered:
+    """The node and edge rows of graphs ``idx`` with the batch's ``ptr``, ``batch`` vector and
+    re-based ``edge_index``. A run of consecutive graphs (evaluation order, a stream, one window)
+    is sliced; any other order is gathered."""
+    idx_np = np.asarray(idx, dtype=np.int64).reshape(-1)
+    idx = torch.from_numpy(idx_np)
+    n_graphs = idx_np.size
+    if n_graphs and 0 <= idx_np[0] and idx_np[-1] < len(gs) and (n_graphs == 1 or (np.diff(idx_np) == 1).all()):
+        a, z = int(idx_np[0]), int(idx_np[-1]) + 1
+        nodes = slice(int(gs.node_ptr[a]), int(gs.node_ptr[z]))
+        edges = slice(int(gs.edge_ptr[a]), int(gs.edge_ptr[z]))
+        node_ptr, edge_ptr = gs.node_ptr[a:z + 1] - nodes.start, gs.edge_ptr[a:z + 1] - edges.start
+    else:
+        nodes, node_ptr = _gather_ranges(gs.node_ptr, idx)
+        edges, edge_ptr = _gather_ranges(gs.edge_ptr, idx)
+    n_nodes, n_edges = int(node_ptr[-1]), int(edge_ptr[-1])
+    if n_graphs == 1:  # one window (the latency path): nothing to offset
+        batch_vec = torch.zeros(n_nodes, dtype=torch.long)
+        edge_index = gs.edge_index[:, edges].to(torch.long, copy=True)
+    else:
+        order = torch.arange(n_graphs)
+        batch_vec = torch.repeat_interleave(order, node_ptr[1:] - node_ptr[:-1], output_size=n_nodes)
+        edge_graph = torch.repeat_interleave(order, edge_ptr[1:] - edge_ptr[:-1], output_size=n_edges)
+        edge_index = gs.edge_index[:, edges].long() + node_ptr[:-1][edge_graph]  # a new tensor, never the store
+    return Gathered(nodes, edges, node_ptr, batch_vec, edge_index, idx)
+
+
+def collate_indices(gs: GraphSet, idx: torch.Tensor | np.ndarray | list[int]):
+    """Graphs ``idx`` of ``gs`` as one PyG ``Batch``, equal to ``Batch.from_data_list`` of them."""
+
+    g = gather_structure(gs, idx)
+
+    def take(t: torch.Tensor, rows) -> torch.Tensor:  # a batch owns its tensors (loader workers share
+        return t[rows].clone() if isinstance(rows, slice) else t[rows]  # a view's whole store otherwise)
+
+    out = Batch(x=take(gs.x, g.nodes), node_id=take(gs.node_id, g.nodes), edge_index=g.edge_index,
+                edge_attr=take(gs.edge_attr, g.edges), y=gs.y[g.idx], node_y=take(gs.node_y, g.nodes).long(), batch=g.batch,
+                ptr=g.ptr)
+    out._num_graphs = g.idx.numel()
+    return out
+
+
+class GraphBatchSampler(Sampler[list[int]]):
+    """Batches of graph indices: shuffled per epoch with ``seed + epoch``, sharded by rank.
+
+    Args:
+        num_graphs: graphs in the set.
+        batch_size: graphs per batch (ignored when ``node_budget`` > 0).
+        shuffle: reshuffle every epoch (default True).
+        seed: base seed (default 0).
+        drop_last: drop a final short batch (default False; a batch of one graph is fine).
+        node_budget: > 0 packs graphs greedily up to this many nodes per batch.
+        num_nodes: nodes per graph, needed with ``node_budget``.
+        rank, world_size: DDP shard (default 0 of 1); every rank gets the same number of batches.
+    """
+
+    def __init__(self, num_graphs: int, batch_size: int, shuffle: bool = True, seed: int = 0, drop_last: bool = False,
+                 node_budget: int = 0, num_nodes: np.ndarray | None = None, rank: int = 0, world_size: int = 1):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.num_graphs, self.batch_size, self.shuffle, self.seed = num_graphs, batch_size, shuffle, seed
+        self.drop_last, self.node_budget, self.num_nodes = drop_last, node_budget, num_nodes
+        self.rank, self.world_size, self.epoch = rank, world_size, 0
+        self.skip_batches = 0  # resume inside an epoch (OOM back-off)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _permutation(self) -> np.ndarray:
+        if self.shuffle:
+            return np.random.default_rng(self.seed + self.epoch).permutation(self.num_graphs)
+        return np.arange(self.num_graphs)
+
+    def _order(self) -> np.ndarray:
+        order = self._permutation()
+        if self.world_size > 1:  # equal shards: pad by wrapping around, as DistributedSampler does
+            per_rank = math.ceil(self.num_graphs / self.world_size)
+            order = np.resize(order, per_rank * self.world_size)[self.rank::self.world_size]
+        return order
+
+    def _batches(self) -> list[np.ndarray]:
+        if self.node_budget > 0:
+            if self.num_nodes is None:
+                raise ValueError("node_budget needs num_nodes")
+            # pack the whole epoch, then deal the batches to the ranks: packing each rank's shard
+            # separately gives ranks different batch counts, and DDP then hangs at the last step
+            order = self._permutation()
+            sizes = self.num_nodes[order]
+            batches, cur, total = [], [], 0
+            for i, s in zip(order, sizes):  # greedy packing over graph sizes (per graph, not per node)
+                if cur and total + s > self.node_budget:
+                    batches.append(np.asarray(cur))
+                    cur, total = [], 0
+                cur.append(i)
+                total += s
+            if cur and not self.drop_last:
+                batches.append(np.asarray(cur))
+            if self.world_size > 1 and batches:  # equal counts: pad by wrapping around the batches
+                per_rank = math.ceil(len(batches) / self.world_size)
+                batches = [batches[i % len(batches)] for i in range(per_rank * self.world_size)][self.rank::self.world_size]
+            return batches
+        order = self._order()
+        n_full = len(order) // self.batch_size
+        batches = [order[i * self.batch_size:(i + 1) * self.batch_size] for i in range(n_full)]
+        if len(order) % self.batch_size and not self.drop_last:
+            batches.append(order[n_full * self.batch_size:])
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for b in self._batches()[self.skip_batches:]:
+            yield b.tolist()
+
+    def __len__(self) -> int:
+        return len(self._batches()) - self.skip_batches
+
+
+class _IndexDataset(torch.utils.data.Dataset):
+    """A dataset whose items are graph indices; the collate function gathers the batch."""
+
+    def __init__(self, gs: GraphSet):
+        self.gs = gs
+
+    def __len__(self) -> int:
+        return len(self.gs)
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+class _Collate:
+    def __init__(self, gs: GraphSet, transform=None):
+        self.gs, self.transform = gs, transform
+
+    def __call__(self, indices: list[int]):
+        batch = collate_indices(self.gs, indices)
+        return self.transform(batch) if self.transform is not None else batch
+
+
+def auto_num_workers(in_memory: bool = True) -> int:
+    """Workers for the loader: none for an in-memory store on few cores (workers cost more
+    than a vectorized gather brings), else up to 4."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if in_memory and cores <= 4:
+        return 0
+    return min(4, max(cores // 4, 1))
+
+
+def graph_loader(gs: GraphSet, batch_size: int = 64, shuffle: bool = False, seed: int = 0, node_budget: int = 0,
+                 num_workers: int = -1, prefetch_factor: int = 2, pin_memory: bool = False, rank: int = 0,
+                 world_size: int = 1, drop_last: bool = False, transform=None) -> DataLoader:
+    """A DataLoader of fast batches over a GraphSet (see the module docstring); ``transform``
+    (``batch -> batch``) is applied to every batch in the collate function."""
+    sampler = GraphBatchSampler(len(gs), batch_size, shuffle, seed, drop_last, node_budget,
+                                gs.num_nodes if node_budget else None, rank, world_size)
+    workers = auto_num_workers() if num_workers < 0 else num_workers
+    kwargs = {"prefetch_factor": prefetch_factor, "persistent_workers": True} if workers > 0 else {}
+    return DataLoader(_IndexDataset(gs), batch_sampler=sampler, collate_fn=_Collate(gs, transform), num_workers=workers,
+                      pin_memory=pin_memory, **kwargs)
+
+
+@dataclass
+class WindowBatch:
+    """Windows gathered for scoring (:func:`gather_windows`): the tensors of a kdkit batch without
+    a PyG ``Batch`` object around them (building one costs ~0.2 ms, twice the student's forward
+    pass on a single window). The stock model and :func:`check_batch` read it like a batch."""
+
+    x: Tensor
+    node_id: Tensor
+    edge_index: Tensor
+    edge_attr: Tensor
+    batch: Tensor
+    ptr: Tensor
+    num_graphs: int
+
+    @property
+    def num_nodes(self) -> int:
+        return self.x.size(0)
+
+
+def gather_windows(gs, idx) -> WindowBatch:
+    """Windows ``idx`` of a :class:`~kdkit.graphs.GraphSet` for scoring: the tensors of
+    :func:`kdkit.data.loader.collate_indices` (consecutive windows sliced, not gathered) without the
+    PyG ``Batch`` around them, labels left out."""
+
+    g = gather_structure(gs, idx)
+    return WindowBatch(gs.x[g.nodes], gs.node_id[g.nodes], g.edge_index, gs.edge_attr[g.edges], g.batch, g.ptr,
+                       g.idx.numel())

@@ -1,0 +1,564 @@
+"""Reading CAN recordings into one internal messages table.
+
+Every input format ends up as a :class:`Messages` object (one recording per object, rows in
+recorded order)::
+
+    from kdkit.data import read_messages
+    msgs = read_messages("hcrl-sa/train_02_with_attacks/DoS-kia.csv.gz")
+    msgs.can_id, msgs.payload, msgs.label
+
+Formats:
+- can-train-and-test v1.5 CSV (``timestamp,arbitration_id,data_field,attack``), ``.csv`` or
+  ``.csv.gz``, parsed with pyarrow and decoded with vectorized numpy (no per-row Python).
+- HCRL Car-Hacking original CSV (no header, ``Timestamp,CAN ID,DLC,DATA0..,Flag`` with the
+  R/T flag shifted left for DLC < 8) and its ``normal_run_data.txt`` text form.
+- Logger formats read by python-can: candump ``.log``, Vector ``.asc``/``.blf``, PEAK ``.trc``
+  (optionally gzip-compressed). They carry no labels: every message is labelled normal.
+
+Malformed input raises :class:`DataFormatError` naming the file, the line and the problem.
+With ``on_bad_rows="skip"`` such rows are dropped instead and counted in
+``Messages.skipped_rows`` (the CLI reports them per file). Nothing is turned into 0 or NaN.
+Timestamps are kept as recorded, even when they step backwards (some real files do).
+"""
+from __future__ import annotations
+
+import gzip
+import re
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+OnBadRows = Literal["error", "skip"]
+
+
+CTT_HEADER = ["timestamp", "arbitration_id", "data_field", "attack"]
+
+
+MAX_CAN_ID = 0x1FFFFFFF  # 29-bit extended identifiers
+
+
+_ATTACK_ALIASES = {
+    "dos": "DoS", "fuzzy": "fuzzing", "fuzzing": "fuzzing", "gear": "gear", "rpm": "rpm",
+    "malfunction": "malfunction", "suppress": "suppress", "masquerade": "masquerade",
+    "attack-free": "attack-free", "attack_free": "attack-free", "normal": "attack-free",
+    "spoofing": "spoofing",
+}
+
+
+class DataFormatError(ValueError):
+    """Malformed CAN input. The message names the file, the line (1-based) and the problem."""
+
+    def __init__(self, path: str | Path, line: int | None, problem: str):
+        self.path, self.line, self.problem = str(path), line, problem
+        where = f"{path}:{line}" if line is not None else str(path)
+        super().__init__(f"{where}: {problem}")
+
+
+@dataclass
+class Messages:
+    """One recording as a struct of numpy arrays (the kit's one internal messages table).
+
+    Attributes:
+        timestamp: float64 [N] seconds, as recorded.
+        can_id: uint32 [N] arbitration IDs.
+        dlc: uint8 [N] data length codes (0..8).
+        payload: uint8 [N, 8] payload bytes, zero past ``dlc``.
+        label: uint8 [N], 1 = injected/attack message.
+        source: the file this came from.
+        attack_type: the recording's attack type from its file name (``DoS``, ``fuzzing``,
+            ``malfunction``, ``gear``, ``rpm``, ``attack-free``, ...).
+        skipped_rows: rows dropped under ``on_bad_rows="skip"``.
+    """
+
+    timestamp: np.ndarray
+    can_id: np.ndarray
+    dlc: np.ndarray
+    payload: np.ndarray
+    label: np.ndarray
+    source: str = ""
+    attack_type: str = "unknown"
+    skipped_rows: int = 0
+    skipped_examples: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.timestamp.shape[0])
+
+    def __post_init__(self) -> None:
+        n = self.timestamp.shape[0]
+        for name in ("can_id", "dlc", "label"):
+            if getattr(self, name).shape != (n,):
+                raise ValueError(f"Messages.{name} has shape {getattr(self, name).shape}, expected ({n},)")
+        if self.payload.shape != (n, 8):
+            raise ValueError(f"Messages.payload has shape {self.payload.shape}, expected ({n}, 8)")
+
+    def slice(self, start: int, stop: int) -> "Messages":
+        """Rows ``start:stop`` as a new Messages sharing memory."""
+        return Messages(self.timestamp[start:stop], self.can_id[start:stop], self.dlc[start:stop],
+                        self.payload[start:stop], self.label[start:stop], self.source, self.attack_type)
+
+    @property
+    def message_attack_type(self) -> np.ndarray:
+        """Per-message attack type: the recording's type where labelled, else ``normal``."""
+        return np.where(self.label.astype(bool), self.attack_type, "normal")
+
+
+def attack_type_from_name(path: str | Path) -> str:
+    """Attack type from a file name: ``DoS-kia.csv.gz`` -> ``DoS``, ``Fuzzy_dataset.csv`` -> ``fuzzing``."""
+    stem = Path(path).name.lower()
+    for suffix in (".gz", ".csv", ".txt", ".log", ".asc", ".blf", ".trc"):
+        stem = stem.removesuffix(suffix)
+    if stem.startswith(("attack-free", "attack_free", "normal")):
+        return "attack-free"
+    head = re.split(r"[-_ .]", stem, maxsplit=1)[0]
+    return _ATTACK_ALIASES.get(head, head or "unknown")
+
+
+def _string_parts(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets [n+1], data uint8) of a pyarrow string or binary array, zero-copy."""
+    if pa.types.is_string(arr.type) or pa.types.is_binary(arr.type):
+        off_dtype = np.int32
+    elif pa.types.is_large_string(arr.type) or pa.types.is_large_binary(arr.type):
+        off_dtype = np.int64
+    else:
+        raise TypeError(f"expected a string array, got {arr.type}")
+    bufs = arr.buffers()
+    offsets = np.frombuffer(bufs[1], dtype=off_dtype, count=len(arr) + 1, offset=arr.offset * np.dtype(off_dtype).itemsize)
+    data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
+    return offsets, data
+
+
+def _hex_values(chars: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ASCII characters (uint8) -> (nibble values uint8, True where not a hex digit)."""
+    digit = chars - np.uint8(48)  # '0'..'9' -> 0..9; anything else wraps or lands above 9
+    letter = (chars | np.uint8(0x20)) - np.uint8(87)  # 'a'..'f' and 'A'..'F' -> 10..15
+    bad = ~((digit <= 9) | ((letter - np.uint8(10)) <= 5))
+    return np.minimum(digit, letter), bad  # a digit's `letter` wraps above 200, a letter's `digit` is >= 17
+
+
+def _gather(values: np.ndarray, starts: np.ndarray, width: int, step: int = 1) -> np.ndarray:
+    """Rows ``values[s : s + width*step : step]`` for every start ``s`` (zero past the end), as [n, width]."""
+    padded = np.zeros(values.size + width * step, values.dtype)
+    padded[:values.size] = values
+    view = np.lib.stride_tricks.as_strided(padded, (values.size + 1, width), (padded.strides[0], padded.strides[0] * step),
+                                           writeable=False)
+    return view[starts]
+
+
+def _bad_rows(bad_chars: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Rows (of a string array with ``offsets``) holding at least one flagged character."""
+    rows = np.zeros(offsets.shape[0] - 1, bool)
+    if bad_chars.any():
+        pos = np.flatnonzero(bad_chars) + offsets[0]
+        rows[np.searchsorted(offsets, pos, side="right") - 1] = True
+    return rows
+
+
+def parse_hex_ids(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Hex CAN IDs (1..8 digits) -> (uint32 values, ok mask). All-digit IDs are hex too."""
+    offsets, data = _string_parts(arr)
+    n = offsets.shape[0] - 1
+    lengths = np.diff(offsets)
+    chars = data[offsets[0]:offsets[-1]]
+    nib, bad = _hex_values(chars)
+    ok = (lengths >= 1) & (lengths <= 8) & ~_bad_rows(bad, offsets)
+    first = int(lengths[0]) if n else 0
+    if n and 1 <= first <= 8 and (lengths == first).all():
+        block = nib.reshape(n, first).astype(np.uint32)  # uniform width: plain positional sum
+        value = block[:, 0].copy()
+        for j in range(1, first):
+            value = (value << 4) | block[:, j]
+    else:
+        block = _gather(nib, offsets[:-1] - offsets[0], 8).astype(np.uint32)
+        value = np.zeros(n, np.uint32)
+        for j in range(8):
+            value = np.where(j < lengths, (value << 4) | block[:, j], value)
+    ok &= value <= MAX_CAN_ID
+    return value, ok
+
+
+def parse_hex_payload(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Hex payloads without spaces (0..16 digits, even) -> (uint8 [n,8], dlc uint8, ok)."""
+    offsets, data = _string_parts(arr)
+    n = offsets.shape[0] - 1
+    lengths = np.diff(offsets)
+    chars = data[offsets[0]:offsets[-1]]
+    nib, bad = _hex_values(chars)
+    ok = (lengths <= 16) & (lengths % 2 == 0) & ~_bad_rows(bad, offsets)
+    dlc = np.minimum(lengths // 2, 8).astype(np.uint8)
+    if n and lengths[0] == 16 and (lengths == 16).all():
+        pairs = nib.reshape(n, 8, 2)  # every payload has 8 bytes: no gather, no padding
+        return (pairs[:, :, 0] << 4) | pairs[:, :, 1], dlc, ok
+    # byte value of every pair of adjacent characters; a row's bytes sit at its start + 0, 2, 4...
+    byte = np.empty_like(nib)
+    byte[:-1] = (nib[:-1] << 4) | nib[1:]
+    byte[-1:] = 0
+    payload = _gather(byte, offsets[:-1] - offsets[0], 8, step=2)
+    short = np.flatnonzero(dlc < 8)  # zero the bytes past a short payload's end (they belong to the next row)
+    if short.size:
+        payload[short] *= np.arange(8, dtype=np.uint8) < dlc[short, None]
+    return payload, dlc, ok
+
+
+def _parse_float(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Strings -> (float64, ok). Fast path: one pyarrow cast; on failure find the bad rows."""
+    if pa.types.is_binary(arr.type):
+        arr = arr.view(pa.string())
+    try:
+        values = pc.cast(arr, pa.float64())
+        ok = np.ones(len(arr), bool)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        # what pyarrow's parser accepts (no spaces); nan/inf are caught by isfinite below
+        ok = pc.match_substring_regex(arr.view(pa.binary()),
+                                      r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$").to_numpy(zero_copy_only=False)
+        values = pc.cast(pc.if_else(pa.array(ok), arr, "0"), pa.float64())
+    out = values.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+    ok &= np.isfinite(out)
+    return out, ok
+
+
+def _text(value: object) -> str:
+    """A cell for an error message: bytes decoded leniently, at most 80 characters."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return repr(str(value)[:80])
+
+
+class _BadRows:
+    """Collects bad rows; raises on the first one unless skipping."""
+
+    def __init__(self, path: Path, mode: OnBadRows):
+        if mode not in ("error", "skip"):
+            raise ValueError(f"on_bad_rows must be 'error' or 'skip', got {mode!r}")
+        self.path, self.mode = path, mode
+        self.count = 0
+        self.examples: list[str] = []
+
+    def check(self, ok: np.ndarray, line_of: Callable[[int], int], describe: Callable[[int], str],
+              earlier: list[tuple[int, str]] = ()) -> None:
+        """Report every row where ``ok`` is False, plus ``earlier`` (line, problem) pairs found
+        by the parser. In error mode the first bad line of the file raises."""
+        bad = np.flatnonzero(~ok)
+        found = sorted(list(earlier) + [(line_of(int(i)), describe(int(i))) for i in bad[:5]])
+        if not found:
+            return
+        if self.mode == "error":
+            raise DataFormatError(self.path, *found[0])
+        self.count += int(bad.size) + len(earlier)
+        self.examples = [f"{self.path}:{line}: {problem}" for line, problem in found[:5]]
+
+
+def _gunzip(raw: bytes, path: Path) -> bytes:
+    """Decompress gzip data (several members too) without an extra copy for the usual one member."""
+    try:
+        d = zlib.decompressobj(wbits=31)
+        out = d.decompress(raw)
+        if d.eof and not d.unused_data:
+            return out
+        return gzip.decompress(raw)  # a multi-member file, or a truncated one (raises)
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataFormatError(path, None, f"corrupt gzip data ({err})") from err
+
+
+def _open_bytes(path: Path) -> bytes:
+    raw = path.read_bytes()
+    return _gunzip(raw, path) if raw[:2] == b"\x1f\x8b" else raw
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(2) == b"\x1f\x8b"
+
+
+_HEAD_BYTES = 1 << 16
+
+
+def _head(path: Path, gz: bool) -> bytes:
+    """The first 64 KiB of the file, decompressed."""
+    try:
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as handle:
+            return handle.read(_HEAD_BYTES)
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataFormatError(path, None, f"corrupt gzip data ({err})") from err
+
+
+_CTT_BATCH_BYTES = 1 << 20  # CSV parsed and decoded about 25 k rows at a time: small, reused temporaries
+
+
+def read_ctt_csv(path: str | Path, on_bad_rows: OnBadRows = "error") -> Messages:
+    """Read a can-train-and-test v1.5 CSV (``timestamp,arbitration_id,data_field,attack``).
+
+    The file is streamed through pyarrow (decompressed on the fly) and decoded one CSV
+    block at a time into the output arrays.
+
+    Args:
+        path: ``.csv`` or ``.csv.gz`` file.
+        on_bad_rows: ``"error"`` (default) raises :class:`DataFormatError` at the first bad
+            row; ``"skip"`` drops bad rows and counts them in ``Messages.skipped_rows``.
+    """
+    path = Path(path)
+    bad = _BadRows(path, on_bad_rows)
+    gz = _is_gzip(path)
+    head = _head(path, gz)
+    if not head.strip():
+        raise DataFormatError(path, None, "empty file (expected the header 'timestamp,arbitration_id,data_field,attack')")
+    first_line, _, rest = head.partition(b"\n")
+    first_line = first_line.decode("utf-8", "replace").strip().lstrip("\ufeff")
+    header = [h.strip() for h in first_line.split(",")]
+    if header != CTT_HEADER:
+        raise DataFormatError(path, 1, f"wrong or missing header {first_line[:80]!r}; expected 'timestamp,arbitration_id,data_field,attack'")
+    if len(head) < _HEAD_BYTES and not rest.strip():
+        raise DataFormatError(path, None, "no data rows after the header")
+
+    field_errors: list[tuple[int, str]] = []  # rows the parser dropped: (line, problem)
+
+    def on_invalid(row: pacsv.InvalidRow) -> str:
+        # never raise here: pyarrow would swallow the exception; collect, decide below
+        field_errors.append((row.number, f"expected 4 fields (timestamp,arbitration_id,data_field,attack), "
+                                         f"got {row.actual_columns}: {_text(row.text)}"))
+        return "skip"
+
+    try:
+        with pa.input_stream(str(path), compression="gzip" if gz else None, buffer_size=_CTT_BATCH_BYTES) as stream:
+            table = pacsv.read_csv(
+                stream,
+                read_options=pacsv.ReadOptions(use_threads=False, block_size=_CTT_BATCH_BYTES, column_names=CTT_HEADER,
+                                               skip_rows=1),
+                parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid, ignore_empty_lines=False),
+                # binary, not string: the hex and number parsers below validate every byte anyway
+                convert_options=pacsv.ConvertOptions(column_types={c: pa.binary() for c in CTT_HEADER},
+                                                     strings_can_be_null=False, null_values=[], check_utf8=False),
+            )
+    except pa.ArrowInvalid as err:
+        raise DataFormatError(path, None, f"unreadable CSV ({err})") from err
+    except OSError as err:
+        raise DataFormatError(path, None, f"{'corrupt gzip data' if gz else 'unreadable file'} ({err})") from err
+
+    n = table.num_rows
+    ts, ids = np.empty(n, np.float64), np.empty(n, np.uint32)
+    dlc, payload, lab = np.empty(n, np.uint8), np.empty((n, 8), np.uint8), np.empty(n, np.uint8)
+    checks = np.empty((5, n), bool)  # ok_ts, ok_id, ok_pl, ok_lab, blank
+    a = 0
+    for batch in table.to_batches():
+        b = a + batch.num_rows
+        ts_a, id_a, pl_a, at_a = batch.columns
+        ts[a:b], checks[0, a:b] = _parse_float(ts_a)
+        ids[a:b], checks[1, a:b] = parse_hex_ids(id_a)
+        payload[a:b], dlc[a:b], checks[2, a:b] = parse_hex_payload(pl_a)
+        at_off, at_data = _string_parts(at_a)
+        lab[a:b] = np.append(at_data, np.uint8(0))[at_off[:-1]] - np.uint8(48)  # first character: '0'/'1' -> 0/1
+        checks[3, a:b] = (np.diff(at_off) == 1) & (lab[a:b] <= 1)
+        lengths = [np.diff(_string_parts(c)[0]) for c in (ts_a, id_a, pl_a)]
+        checks[4, a:b] = (lengths[0] == 0) & (lengths[1] == 0) & (lengths[2] == 0) & (np.diff(at_off) == 0)
+        a = b
+    ok_ts, ok_id, ok_pl, ok_lab, blank = checks
+    filled = np.flatnonzero(~blank)
+    k = int(filled[-1]) + 1 if filled.size else 0  # trailing blank lines end the file, they are no rows
+    if k == 0 and not field_errors:
+        raise DataFormatError(path, None, "no data rows after the header")
+    ok = (ok_ts & ok_id & ok_pl & ok_lab & ~blank)[:k]
+
+    dropped = sorted(line for line, _ in field_errors)
+
+    def line_of(i: int) -> int:
+        line = i + 2  # 1-based, after the header
+        for s in dropped:  # rows the parser dropped shift the physical line numbers
+            if s <= line:
+                line += 1
+        return line
+
+    def describe(i: int) -> str:
+        if blank[i]:
+            return "empty row"
+        for col, good, hint in ((0, ok_ts, "timestamp {}: not a number"),
+                                (1, ok_id, "arbitration_id {}: not a hex CAN ID of 1-8 digits"),
+                                (2, ok_pl, "data_field {}: payload must be 0-16 hex digits of even length"),
+                                (3, ok_lab, "attack {}: label must be 0 or 1")):
+            if not good[i]:
+                return hint.format(_text(table.column(col)[i].as_py()))
+        return "bad row"
+
+    bad.check(ok, line_of, describe, field_errors)
+    if k < n or not ok.all():
+        ts, ids, dlc, payload, lab = ts[:k][ok], ids[:k][ok], dlc[:k][ok], payload[:k][ok], lab[:k][ok]
+    return Messages(ts, ids, dlc, payload, lab, str(path), attack_type_from_name(path), bad.count, bad.examples)
+
+
+def _read_lines(raw: bytes, path: Path) -> pa.Array:
+    """Every line of a text file as one pyarrow string array (no CSV splitting)."""
+    table = pacsv.read_csv(
+        pa.py_buffer(raw),
+        read_options=pacsv.ReadOptions(use_threads=False, column_names=["line"], block_size=1 << 24),
+        parse_options=pacsv.ParseOptions(delimiter="\x1f", quote_char=False, ignore_empty_lines=False),
+        convert_options=pacsv.ConvertOptions(column_types={"line": pa.string()}, strings_can_be_null=False, null_values=[]),
+    )
+    lines = table.column("line").combine_chunks()
+    # A trailing newline does not make an extra line, but trailing blank lines do: drop those.
+    n = len(lines)
+    lengths = pc.utf8_length(pc.utf8_trim_whitespace(lines)).to_numpy(zero_copy_only=False)
+    while n and lengths[n - 1] == 0:
+        n -= 1
+    return lines.slice(0, n)
+
+
+def read_hcrl_car_hacking(path: str | Path, on_bad_rows: OnBadRows = "error") -> Messages:
+    """Read an original HCRL Car-Hacking file: ``*_dataset.csv`` or ``normal_run_data.txt``.
+
+    CSV rows are ``Timestamp,CAN ID,DLC,DATA[0]..DATA[DLC-1],Flag`` (no header; Flag ``T`` =
+    injected, ``R`` = normal; the flag sits in column ``3 + DLC``). The text form is
+    ``Timestamp: 1479121434.850202  ID: 0350  000  DLC: 8  05 28 84 66 6d 00 00 a2``.
+    """
+    path = Path(path)
+    bad = _BadRows(path, on_bad_rows)
+    raw = _open_bytes(path)
+    if not raw.strip():
+        raise DataFormatError(path, None, "empty file")
+    lines = _read_lines(raw, path)
+    text_form = lines[0].as_py().lstrip().startswith("Timestamp:")
+    if text_form:
+        rx = r"^\s*Timestamp:\s*(?P<ts>\S+)\s+ID:\s*(?P<id>\S+)\s+\S+\s+DLC:\s*(?P<dlc>\d+)\s*(?P<data>(?:[0-9A-Fa-f]{2}\s*)*)$"
+        parts = pc.extract_regex(lines, rx)
+        matched = parts.is_valid().to_numpy(zero_copy_only=False)
+        filled = pc.if_else(parts.is_valid(), parts, pa.scalar({"ts": "0", "id": "0", "dlc": "0", "data": ""}, parts.type))
+        ts_a, id_a, dlc_a, data_a = (pc.struct_field(filled, i) for i in range(4))
+        data_a = pc.replace_substring_regex(data_a, r"\s+", "")
+        flag_ok = np.ones(len(lines), bool)
+        label = np.zeros(len(lines), np.uint8)
+    else:
+        fields = pc.split_pattern(lines, ",")
+        nfields = pc.list_value_length(fields).to_numpy(zero_copy_only=False)
+        flat = pc.utf8_trim_whitespace(pc.list_flatten(fields))
+        starts = fields.offsets.to_numpy()[:-1] - fields.offsets.to_numpy()[0]
+        matched = (nfields >= 4) & (nfields <= 12)  # timestamp, ID, DLC, 0..8 data bytes, flag
+        safe_starts = np.where(matched, starts, 0)
+        ts_a = pc.take(flat, pa.array(safe_starts))
+        id_a = pc.take(flat, pa.array(safe_starts + 1))
+        dlc_a = pc.take(flat, pa.array(safe_starts + 2))
+        dlc_guess = np.clip(nfields - 4, 0, 8)
+        data_a = pa.array(np.full(len(lines), "", dtype=object), pa.string())
+        for j in range(8):
+            col = pc.take(flat, pa.array(np.where(dlc_guess > j, safe_starts + 3 + j, safe_starts)))
+            col = pc.if_else(pa.array(dlc_guess > j), col, "")
+            data_a = pc.binary_join_element_wise(data_a, col, "")
+        flag = pc.take(flat, pa.array(safe_starts + 3 + dlc_guess)).to_numpy(zero_copy_only=False)
+        flag_ok = (flag == "R") | (flag == "T")
+        label = (flag == "T").astype(np.uint8)
+    ts, ok_ts = _parse_float(ts_a)
+    ids, ok_id = parse_hex_ids(id_a)
+    pl, dlc_from_data, ok_pl = parse_hex_payload(data_a)
+    dlc_num, ok_dlc = _parse_float(dlc_a)
+    ok_dlc &= (dlc_num >= 0) & (dlc_num <= 8) & (dlc_num == np.round(dlc_num))
+    ok_dlc &= np.where(ok_dlc, dlc_num.astype(np.int64) == dlc_from_data, False)
+    ok = matched & ok_ts & ok_id & ok_pl & ok_dlc & flag_ok
+
+    def describe(i: int) -> str:
+        if not matched[i]:
+            if not text_form:
+                return f"expected 4 + DLC fields (timestamp,ID,DLC,data bytes...,flag), got {nfields[i]}: {lines[i].as_py()[:80]!r}"
+            return f"unrecognised row {lines[i].as_py()[:80]!r}"
+        for good, what in ((ok_ts, "timestamp is not a number"), (ok_id, "CAN ID is not 1-8 hex digits"),
+                           (ok_pl, "data bytes are not 2-digit hex"), (ok_dlc, "DLC does not match the number of data bytes"),
+                           (flag_ok, "flag must be R or T")):
+            if not good[i]:
+                return f"{what}: {lines[i].as_py()[:80]!r}"
+        return "bad row"
+
+    bad.check(ok, lambda i: i + 1, describe)
+    keep = ok if not ok.all() else slice(None)
+    return Messages(ts[keep], ids[keep], dlc_from_data[keep], pl[keep], label[keep], str(path),
+                    attack_type_from_name(path), bad.count, bad.examples)
+
+
+_CAN_READERS = {".log": "CanutilsLogReader", ".asc": "ASCReader", ".blf": "BLFReader", ".trc": "TRCReader"}
+
+
+def read_logger_file(path: str | Path, channel: str | None = None) -> Messages:
+    """Read a python-can logger file (candump ``.log``, ``.asc``, ``.blf``, ``.trc``; ``.gz`` ok).
+
+    Args:
+        path: the log file.
+        channel: keep only this bus channel (e.g. ``can0``); None keeps every frame.
+
+    The messages are unlabelled (label 0). Remote and error frames are dropped.
+    """
+    import can  # python-can; imported lazily, it is slow to import
+
+    path = Path(path)
+    name = path.name.lower().removesuffix(".gz")
+    suffix = Path(name).suffix
+    if suffix not in _CAN_READERS:
+        raise DataFormatError(path, None, f"unknown logger format {suffix!r}; expected one of {sorted(_CAN_READERS)}")
+    binary = suffix == ".blf"
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb" if binary else "rt") as handle:
+        try:
+            frames = [m for m in getattr(can, _CAN_READERS[suffix])(handle)
+                      if not m.is_remote_frame and not m.is_error_frame
+                      and (channel is None or str(m.channel) == channel)]
+        except (ValueError, IndexError) as err:
+            raise DataFormatError(path, None, f"python-can could not parse it: {err}") from err
+    if not frames:
+        raise DataFormatError(path, None, "no data frames" + (f" on channel {channel!r}" if channel else ""))
+    n = len(frames)
+    ts = np.fromiter((m.timestamp for m in frames), np.float64, n)
+    ids = np.fromiter((m.arbitration_id for m in frames), np.uint32, n)
+    dlc = np.fromiter((min(len(m.data), 8) for m in frames), np.uint8, n)
+    joined = b"".join(bytes(m.data[:8]).ljust(8, b"\0") for m in frames)
+    payload = np.frombuffer(joined, np.uint8).reshape(n, 8).copy()
+    return Messages(ts, ids, dlc, payload, np.zeros(n, np.uint8), str(path), "attack-free")
+
+
+# Readers added for other file layouts: suffix (lower-case, without ".gz") -> reader(path, on_bad_rows).
+_EXTRA_READERS: dict[str, Callable[..., Messages]] = {}
+
+
+def register_reader(suffix: str, reader: Callable[..., Messages]) -> None:
+    """Read files ending in ``suffix`` (or ``suffix + ".gz"``) with ``reader(path, on_bad_rows=...)``,
+    in :func:`read_messages` and so in every dataset folder.
+
+    Args:
+        suffix: e.g. ``".kvlog"``; lower-case, with the dot.
+        reader: returns a :class:`Messages`; raises :class:`DataFormatError` (file:line) on bad
+            input unless ``on_bad_rows="skip"``, then counts the skipped rows in
+            ``Messages.skipped_rows``.
+    """
+    if not suffix.startswith(".") or suffix != suffix.lower():
+        raise ValueError(f"suffix {suffix!r}: lower-case with a leading dot, e.g. '.kvlog'")
+    _EXTRA_READERS[suffix] = reader
+
+
+def data_suffixes() -> tuple[str, ...]:
+    """Every file ending a dataset folder's recordings may have (built-in and registered)."""
+    return (".csv", ".csv.gz", *(s + gz for s in _EXTRA_READERS for gz in ("", ".gz")))
+
+
+def read_messages(path: str | Path, on_bad_rows: OnBadRows = "error", channel: str | None = None) -> Messages:
+    """Read any supported CAN file, choosing the reader from its name and first line.
+
+    Args:
+        path: a can-train-and-test CSV, an HCRL Car-Hacking file or a python-can logger file.
+        on_bad_rows: ``"error"`` (default) or ``"skip"``; see the module docstring.
+        channel: for logger files, keep only this channel.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    name = path.name.lower().removesuffix(".gz")
+    if Path(name).suffix in _EXTRA_READERS:
+        return _EXTRA_READERS[Path(name).suffix](path, on_bad_rows=on_bad_rows)
+    if Path(name).suffix in _CAN_READERS:
+        return read_logger_file(path, channel=channel)
+    with (gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")) as handle:
+        try:
+            head = handle.read(256).decode("utf-8", "replace").lstrip("\ufeff")
+        except (OSError, EOFError) as err:
+            raise DataFormatError(path, None, f"corrupt gzip data ({err})") from err
+    first = head.split("\n", 1)[0].strip()
+    if first.startswith("Timestamp:") or re.match(r"^\d+(\.\d+)?\s*,\s*[0-9A-Fa-f]{1,8}\s*,\s*\d\s*,", first):
+        return read_hcrl_car_hacking(path, on_bad_rows)
+    return read_ctt_csv(path, on_bad_rows)

@@ -1,0 +1,279 @@
+"""Knowledge-distillation losses for kdkit students (GAT classifier and VGAE).
+
+Usage inside a trainer (the teacher runs in eval mode under ``torch.no_grad``; the
+projection layers of the loss are trainable and belong in the optimizer)::
+
+    from kdkit.distill import DistillationLoss
+    kd = DistillationLoss.from_models(student, teacher)          # GAT or VGAE pair
+    optimizer = torch.optim.AdamW([*student.parameters(), *kd.parameters()], lr=1e-3)
+    teacher.eval()
+    with torch.no_grad():
+        t_out = teacher(batch, return_features=True)             # VGAE: teacher(batch)
+    s_out = student(batch, return_features=True)                 # VGAE: student(batch)
+    loss, parts = kd(s_out, t_out, batch)                        # parts: detached 0-dim tensors
+    loss.backward()
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdkit.models.layers import GATOutput, VGAEOutput
+from kdkit.models.vgae import vgae_loss
+
+
+def soft_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """``T^2 * KL(softmax(t/T) || softmax(s/T))``, summed over classes, averaged over rows.
+
+    Args:
+        student_logits: ``[R, C]`` logits (rows are graphs or nodes, C >= 2 classes).
+        teacher_logits: ``[R, C]`` logits; detached here.
+        temperature: softmax temperature T.
+    """
+    if student_logits.dim() != 2 or student_logits.size(1) < 2:
+        raise ValueError(f"KD needs logits of shape [rows, classes >= 2], got {tuple(student_logits.shape)}:"
+                         " a softmax over one logit is constant, so the KD term would be zero")
+    if teacher_logits.shape != student_logits.shape:
+        raise ValueError(f"teacher logits {tuple(teacher_logits.shape)} != student logits "
+                         f"{tuple(student_logits.shape)}")
+    log_p_s = F.log_softmax(student_logits.float() / temperature, dim=1)
+    log_p_t = F.log_softmax(teacher_logits.detach().float() / temperature, dim=1)
+    kl = F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
+    return kl * temperature**2
+
+
+class LogitKDLoss(nn.Module):
+    r"""Hinton-style logit distillation for graph classification (torchdistill ``KDLoss`` form).
+
+    .. math::
+        L = \alpha T^2 \frac{1}{G}\sum_g \sum_c p^t_{gc} (\log p^t_{gc} - \log p^s_{gc})
+            + (1 - \alpha)\, \mathrm{CE}(s, y),
+        \quad p^t = \mathrm{softmax}(t / T),\; p^s = \mathrm{softmax}(s / T)
+
+    The softmax runs over the class dimension (2 logits per graph), never over the batch.
+
+    Args:
+        temperature: softmax temperature T. Default 4.0.
+        alpha: weight of the KD term; ``1 - alpha`` weighs the hard-label CE. Default 0.7.
+        class_weight: per-class weights of the hard-label CE (the same inverse-frequency weights
+            a teacher trains with; without them a small student on imbalanced data can collapse
+            to "normal"). Default None (unweighted).
+    """
+
+    def __init__(self, temperature: float = 4.0, alpha: float = 0.7, class_weight: Tensor | None = None):
+        super().__init__()
+        if temperature <= 0 or not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"need temperature > 0 and 0 <= alpha <= 1, got {temperature}, {alpha}")
+        self.temperature, self.alpha = temperature, alpha
+        self.register_buffer("class_weight", None if class_weight is None else torch.as_tensor(class_weight, dtype=torch.float32))
+
+    def forward(self, student_logits: Tensor, teacher_logits: Tensor,
+                targets: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Return ``(total, {"kd": T^2 * KL, "ce": CE})``; components are detached."""
+        kd = soft_kl(student_logits, teacher_logits, self.temperature)
+        ce = F.cross_entropy(student_logits.float(), targets, weight=self.class_weight)
+        total = self.alpha * kd + (1 - self.alpha) * ce
+        return total, {"kd": kd.detach(), "ce": ce.detach()}
+
+
+def layer_map(num_student: int, num_teacher: int) -> list[int]:
+    """Teacher layer matched to each student layer, spread evenly, first and last aligned.
+
+    ``layer_map(3, 5) == [0, 2, 4]``, ``layer_map(2, 4) == [0, 3]``, ``layer_map(1, 5) == [4]``.
+    """
+    if num_student < 1 or num_teacher < 1:
+        raise ValueError(f"need at least one layer on each side, got {num_student}, {num_teacher}")
+    if num_student == 1:
+        return [num_teacher - 1]
+    step = (num_teacher - 1) / (num_student - 1)
+    return [int(i * step + 0.5) for i in range(num_student)]
+
+
+class FeatureKD(nn.Module):
+    """Multi-level feature distillation between matched GNN layers.
+
+    ``L = beta * mean_i d(P_i s_i, t_{m(i)})`` where ``m = layer_map``, ``P_i`` is a learned
+    ``Linear(student_dims[i], teacher_dims[m(i)])``, ``t`` is detached and ``d`` is the
+    MSE or ``1 - cosine`` per node.
+
+    Args:
+        student_dims: width of each student layer embedding.
+        teacher_dims: width of each teacher layer embedding.
+        beta: weight of the term. Default 0.5.
+        loss: "mse" or "cosine". Default "mse".
+    """
+
+    def __init__(self, student_dims: Sequence[int], teacher_dims: Sequence[int],
+                 beta: float = 0.5, loss: str = "mse"):
+        super().__init__()
+        if loss not in ("mse", "cosine"):
+            raise ValueError(f"loss={loss!r}: choose 'mse' or 'cosine'")
+        self.beta, self.loss = beta, loss
+        self.num_teacher_layers = len(teacher_dims)
+        self.layer_map = layer_map(len(student_dims), len(teacher_dims))
+        self.projections = nn.ModuleList(nn.Linear(s, teacher_dims[j])
+                                         for s, j in zip(student_dims, self.layer_map))
+
+    def forward(self, student_feats: Sequence[Tensor], teacher_feats: Sequence[Tensor]) -> Tensor:
+        """Return the weighted loss (``beta`` included)."""
+        if len(student_feats) != len(self.projections) or len(teacher_feats) != self.num_teacher_layers:
+            raise ValueError(f"FeatureKD built for {len(self.projections)} student / "
+                             f"{self.num_teacher_layers} teacher layers, got "
+                             f"{len(student_feats)} / {len(teacher_feats)}")
+        terms = []
+        for proj, s, j in zip(self.projections, student_feats, self.layer_map):
+            p, t = proj(s).float(), teacher_feats[j].detach().float()
+            if self.loss == "mse":
+                terms.append(F.mse_loss(p, t))
+            else:
+                terms.append((1 - F.cosine_similarity(p, t, dim=-1)).mean())
+        return self.beta * torch.stack(terms).mean()
+
+
+class LatentKD(nn.Module):
+    """VGAE distillation: latent projection plus matching of the teacher's reconstructions.
+
+    ``L = latent_weight * MSE(P mu_s, mu_t) + recon_weight * MSE(xhat_s, xhat_t)
+    + id_weight * T^2 * KL(softmax(id_t / T) || softmax(id_s / T))`` (KL per node, averaged
+    over nodes). ``P`` is a learned ``Linear(student_latent, teacher_latent)``: the
+    teacher latent is projected to, never truncated. Teacher tensors are detached.
+
+    Args:
+        student_latent: student ``latent_dim``.
+        teacher_latent: teacher ``latent_dim``.
+        latent_weight: weight of the latent MSE. Default 1.0.
+        recon_weight: weight of the node-feature reconstruction MSE. Default 1.0.
+        id_weight: weight of the ID-logit KL. Default 1.0.
+        temperature: temperature of the ID-logit KL. Default 2.0.
+    """
+
+    def __init__(self, student_latent: int, teacher_latent: int, latent_weight: float = 1.0,
+                 recon_weight: float = 1.0, id_weight: float = 1.0, temperature: float = 2.0):
+        super().__init__()
+        self.projection = nn.Linear(student_latent, teacher_latent)
+        self.latent_weight, self.recon_weight = latent_weight, recon_weight
+        self.id_weight, self.temperature = id_weight, temperature
+
+    def forward(self, student_out: VGAEOutput,
+                teacher_out: VGAEOutput) -> tuple[Tensor, dict[str, Tensor]]:
+        """Return ``(weighted total, {"latent", "recon", "id_kd"})``; components detached."""
+        latent = F.mse_loss(self.projection(student_out.mu).float(), teacher_out.mu.detach().float())
+        recon = F.mse_loss(student_out.x_recon.float(), teacher_out.x_recon.detach().float())
+        id_kd = soft_kl(student_out.id_logits, teacher_out.id_logits, self.temperature)
+        total = self.latent_weight * latent + self.recon_weight * recon + self.id_weight * id_kd
+        return total, {"latent": latent.detach(), "recon": recon.detach(), "id_kd": id_kd.detach()}
+
+
+class DistillationLoss(nn.Module):
+    """The loss a trainer minimises for a student, given the teacher's outputs.
+
+    GAT: ``LogitKDLoss(s.logits, t.logits, y) + FeatureKD(s.node_embeddings, t.node_embeddings)``.
+    VGAE: ``(1 - alpha) * vgae_loss(s) + alpha * LatentKD(s, t) + FeatureKD(encoder layers)``.
+    ``FeatureKD`` is skipped when ``beta == 0``.
+
+    Args:
+        kind: the student's objective, "classify" (alias "gat") or "reconstruct" (alias "vgae").
+        student_dims: student layer widths (``model.embedding_dims``).
+        teacher_dims: teacher layer widths.
+        student_latent: student ``latent_dim`` (VGAE only). Default None.
+        teacher_latent: teacher ``latent_dim`` (VGAE only). Default None.
+        temperature: logit KD temperature (GAT). Default 4.0.
+        alpha: KD weight versus the student's own task loss. Default 0.7.
+        beta: feature KD weight. Default 0.5.
+        feature_loss: "mse" or "cosine". Default "mse".
+        latent_weight: LatentKD latent MSE weight. Default 1.0.
+        recon_weight: LatentKD node-feature MSE weight. Default 1.0.
+        id_weight: LatentKD ID-logit KL weight. Default 1.0.
+        id_temperature: LatentKD ID-logit temperature. Default 2.0.
+        class_weight: GAT only: class weights of the hard-label CE. Default None.
+        extra_terms: more KD terms, by name: modules called as ``term(student_out, teacher_out,
+            batch)`` returning a scalar loss that is added to the total (and reported under its
+            name). Default None.
+        vgae_weights: the student's own VGAE loss weights ``{"beta", "id_weight",
+            "edge_weight"}`` (``from_models`` takes them from ``student.config``). Default None
+            (``vgae_loss`` defaults).
+    """
+
+    def __init__(self, kind: str, student_dims: Sequence[int], teacher_dims: Sequence[int],
+                 student_latent: int | None = None, teacher_latent: int | None = None,
+                 temperature: float = 4.0, alpha: float = 0.7, beta: float = 0.5,
+                 feature_loss: str = "mse", latent_weight: float = 1.0, recon_weight: float = 1.0,
+                 id_weight: float = 1.0, id_temperature: float = 2.0,
+                 vgae_weights: dict[str, float] | None = None, class_weight: Tensor | None = None,
+                 extra_terms: dict[str, nn.Module] | None = None):
+        super().__init__()
+        # a model's objective decides the KD form: "classify" (the GAT's) or "reconstruct" (the VGAE's)
+        kind = {"classify": "gat", "reconstruct": "vgae"}.get(kind, kind)
+        if kind not in ("gat", "vgae"):
+            raise ValueError(f"kind={kind!r}: choose 'gat'/'classify' or 'vgae'/'reconstruct'")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha={alpha} must be in [0, 1]")
+        self.kind, self.alpha = kind, alpha
+        self.features = FeatureKD(student_dims, teacher_dims, beta, feature_loss) if beta > 0 else None
+        self.extra_terms = nn.ModuleDict(extra_terms or {})
+        if kind == "gat":
+            self.logits = LogitKDLoss(temperature, alpha, class_weight)
+        else:
+            if student_latent is None or teacher_latent is None:
+                raise ValueError("kind='vgae' needs student_latent and teacher_latent")
+            self.latent = LatentKD(student_latent, teacher_latent, latent_weight, recon_weight,
+                                   id_weight, id_temperature)
+            self.vgae_weights = dict(vgae_weights or {})
+
+    @classmethod
+    def from_models(cls, student: nn.Module, teacher: nn.Module, **kwargs: Any) -> DistillationLoss:
+        """Build the loss for a student/teacher pair from their configs.
+
+        Args:
+            student: a kdkit ``GATClassifier`` or ``VGAE``.
+            teacher: a model of the same kind, on the same ID vocabulary and features.
+            **kwargs: any other ``DistillationLoss`` argument (temperature, alpha, beta, ...).
+        """
+        s, t = student.config, teacher.config
+        for key in ("kind", "num_node_features", "num_edge_features", "num_ids"):
+            if s[key] != t[key]:
+                raise ValueError(f"student {key}={s[key]!r} but teacher {key}={t[key]!r}: "
+                                 "distil between models of one kind built on the same graphs")
+        if student.objective == "reconstruct":
+            kwargs.setdefault("student_latent", s["latent_dim"])
+            kwargs.setdefault("teacher_latent", t["latent_dim"])
+            kwargs.setdefault("vgae_weights", {k: s[k] for k in ("beta", "id_weight", "edge_weight")})
+        return cls(student.objective, student.embedding_dims, teacher.embedding_dims, **kwargs)
+
+    def forward(self, student_out, teacher_out, batch) -> tuple[Tensor, dict[str, Tensor]]:
+        """Return ``(loss, components)``; components are detached 0-dim tensors incl. "total".
+
+        Args:
+            student_out: GAT: ``GATOutput`` (or plain logits when ``beta == 0``); VGAE: ``VGAEOutput``.
+            teacher_out: the teacher's output of the same type, computed under ``torch.no_grad``.
+            batch: the PyG batch both outputs came from (``y`` is used for GAT).
+        """
+        parts: dict[str, Tensor] = {}
+        if self.kind == "gat":
+            s_logits = student_out.logits if isinstance(student_out, GATOutput) else student_out
+            t_logits = teacher_out.logits if isinstance(teacher_out, GATOutput) else teacher_out
+            loss, parts = self.logits(s_logits, t_logits, batch.y)
+        else:
+            own = vgae_loss(student_out, batch, **self.vgae_weights)
+            kd, parts = self.latent(student_out, teacher_out)
+            loss = (1 - self.alpha) * own["loss"] + self.alpha * kd
+            parts = {"task": own["loss"].detach(), **{k: v.detach() for k, v in own.items() if k != "loss"},
+                     **parts}
+        if self.features is not None:
+            if not (isinstance(student_out, (GATOutput, VGAEOutput))
+                    and isinstance(teacher_out, (GATOutput, VGAEOutput))):
+                raise TypeError("feature KD (beta > 0) needs GATOutput/VGAEOutput from both models: "
+                                "call model(batch, return_features=True) for GAT")
+            feat = self.features(student_out.node_embeddings, teacher_out.node_embeddings)
+            loss = loss + feat
+            parts["feature"] = feat.detach()
+        for name, term in self.extra_terms.items():
+            value = term(student_out, teacher_out, batch)
+            loss = loss + value
+            parts[name] = value.detach()
+        parts["total"] = loss.detach()
+        return loss, parts

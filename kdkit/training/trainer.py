@@ -1,0 +1,369 @@
+"""The Lightning Fabric trainer: one readable loop for teachers and (distilled) students.
+
+In the style of Fabric's ``build_your_own_trainer``: ``Fabric(...)`` -> ``launch`` ->
+``setup_dataloaders`` -> ``setup`` -> epochs of ``training_step`` / ``fabric.backward`` /
+clip / ``optimizer.step`` / ``scheduler.step`` (per optimizer step) -> validation ->
+early stopping -> atomic checkpoints (``best.pt``, ``last.pt``) through ``fabric.save``.
+
+    from kdkit.training.trainer import FabricTrainer
+    trainer = FabricTrainer(cfg, run_dir)
+    result = trainer.fit(task, train_set, val_set, resume="runs/x/checkpoints/last.pt")
+
+A checkpoint is a plain dict of tensors and JSON-like values, so it loads with
+``torch.load(..., weights_only=True)``: it cannot run code. It carries the model config,
+ID vocabulary, feature layout and threshold, so ``--teacher PATH`` needs nothing else.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from lightning.fabric import Fabric
+from lightning.fabric.loggers import CSVLogger, TensorBoardLogger
+from lightning.fabric.strategies import DDPStrategy
+from tqdm.auto import tqdm
+
+from kdkit.config import TrainConfig
+from kdkit.data.graphs import GraphSet
+from kdkit.data.loader import _Collate, graph_loader
+from kdkit.models.layers import with_self_loops
+from kdkit.training.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
+from kdkit.training.cpu_speedups import make_optimizer, tune_cpu_allocator
+from kdkit.training.memory import is_oom, phase_peak, release_memory
+from kdkit.training.optim import make_scheduler
+from kdkit.training.precision import choose_precision, resolve_accelerator
+from kdkit.training.task import Task
+
+log = logging.getLogger(__name__)
+
+
+COMPILE_AUTO_MIN_STEPS = 1500  # compile "auto": a GAT on CPU with at least this many optimizer steps
+
+
+# ----------------------------------------------------------------------------- trainer
+@dataclass
+class FitResult:
+    best_path: Path
+    last_path: Path
+    best_metric: float
+    epochs_run: int
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    oom_events: list[dict] = field(default_factory=list)
+    final_batch_size: int = 0
+
+
+def _schedule_exhausted(scheduler) -> bool:
+    """OneCycleLR raises when stepped past ``total_steps``; the extra optimizer steps of an
+    OOM back-off then keep its final learning rate instead."""
+    total = getattr(scheduler, "total_steps", None)
+    return total is not None and scheduler.last_epoch >= total
+
+
+class FabricTrainer:
+    """Train a :class:`Task` with Lightning Fabric.
+
+    Args:
+        cfg: the run's TrainConfig (precision, devices, epochs, patience, ...).
+        run_dir: where checkpoints, ``fabric_training.log`` and CSV metrics go.
+        progress: show a tqdm bar per epoch on rank zero (default True).
+        on_epoch_end: optional callback ``f(record: dict)`` (the widget's live plot).
+        should_stop: optional ``f() -> bool`` checked after every epoch; True ends training
+            cleanly (checkpoints stay valid), e.g. the widget's Stop button.
+    """
+
+    def __init__(self, cfg: TrainConfig, run_dir: str | Path, progress: bool = True,
+                 on_epoch_end: Callable[[dict], None] | None = None, should_stop: Callable[[], bool] | None = None):
+
+        self.cfg, self.run_dir, self.progress, self.on_epoch_end = cfg, Path(run_dir), progress, on_epoch_end
+        self.should_stop = should_stop
+        accelerator = resolve_accelerator(cfg.accelerator)
+        self.precision = choose_precision(cfg.precision, accelerator)
+        loggers = [CSVLogger(str(self.run_dir), name="logs", version="")]
+        try:
+            import tensorboard  # noqa: F401
+
+            loggers.append(TensorBoardLogger(str(self.run_dir), name="tb", version=""))
+        except ImportError:
+            pass
+        strategy = cfg.strategy
+        if strategy == "ddp" and accelerator == "cpu":
+
+            strategy = DDPStrategy(process_group_backend="gloo")
+        self.fabric = Fabric(accelerator=accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=strategy,
+                             precision=self.precision, loggers=loggers)
+        self.batch_size = cfg.batch_size
+        self.oom_events: list[dict] = []
+
+    # -- logging to run_dir/fabric_training.log on rank zero
+    def _setup_logging(self) -> None:
+        if self.fabric.global_rank != 0:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(self.run_dir / "fabric_training.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        self._handler = handler
+
+    def _checkpoint_state(self, task: Task, optimizer, scheduler, epoch: int, step: int, best: float, bad: int,
+                          history: list, extra: dict) -> dict:
+        return {"format": CHECKPOINT_FORMAT, "model": task.model.state_dict(),
+                "kd": task.kd.state_dict() if task.kd is not None else {},
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step,
+                "rng": torch.get_rng_state(), "best_metric": best, "bad_epochs": bad, "history": history,
+                "batch_size": self.batch_size, "model_config": task.model.config, "train_config": self.cfg.to_dict(),
+                **extra}
+
+    def _save(self, state: dict, path: Path) -> None:
+        """Atomic save on rank zero: Fabric writes a temp file, then it is renamed."""
+        tmp = path.with_name(f".{path.name}.tmp")
+        self.fabric.save(tmp, state)
+        self.fabric.barrier()
+        if self.fabric.global_rank == 0:
+            tmp.replace(path)
+
+    def _step(self, task: Task, model, optimizer, scheduler, batch) -> tuple[float, dict]:
+        # Through the Fabric module's forward (= Task.forward = training_loss): that applies the
+        # precision plugin's autocast and, under DDP, the wrapper that synchronises gradients.
+        loss, parts = model(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss became {float(loss)} (components {parts}); lower the learning rate")
+        self.fabric.backward(loss)
+        if self.cfg.grad_clip > 0:
+            self.fabric.clip_gradients(model, optimizer, max_norm=self.cfg.grad_clip, error_if_nonfinite=False)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if not _schedule_exhausted(scheduler):
+            scheduler.step()
+        return float(loss.detach()), parts
+
+    def _chunk(self, gs: GraphSet, idx: torch.Tensor):
+        """Graphs ``idx`` as a batch on the device, keeping the indices for a further back-off."""
+        collate = getattr(self, "_collate", None) or _CollateWithIndex(gs)  # prepare's: maybe adds self-loops
+        return self._to_device(collate(idx.tolist()))
+
+    def _to_device(self, batch):
+        """Fabric's ``to_device`` copies a PyG Batch blocking (it passes ``non_blocking`` to bare
+        tensors only); from the loader's pinned memory the copy need not block."""
+        if self.fabric.device.type == "cuda":
+            return batch.to(self.fabric.device, non_blocking=True)
+        return batch
+
+    def _run_batch(self, task, model, optimizer, scheduler, gs: GraphSet, batch) -> list[tuple[float, dict]]:
+        """One loader batch; on out-of-memory halve the batch size and redo the failed part in chunks.
+
+        Every chunk is one optimizer step on exactly its graphs (its loss is the loss of that
+        chunk alone), and a failed chunk is redone in halves, so each graph of the batch is
+        trained on once: nothing skipped, nothing repeated. Below ``min_batch_size`` it stops.
+        """
+        idx = batch.graph_idx.cpu() if hasattr(batch, "graph_idx") else None
+        if idx is None or idx.numel() <= self.batch_size:
+            first, todo = batch, []
+        else:  # the loader still yields batches of the size before an earlier back-off
+            first, todo = None, list(idx.split(self.batch_size))
+        del batch
+        out = []
+        while first is not None or todo:
+            chunk = first if first is not None else self._chunk(gs, todo.pop(0))
+            first = None
+            failed = False
+            try:
+                out.append(self._step(task, model, optimizer, scheduler, chunk))
+            except (RuntimeError, MemoryError) as err:
+                if not is_oom(err) or idx is None:
+                    raise
+                if chunk.num_graphs <= max(self.cfg.min_batch_size, 1):
+                    raise RuntimeError(f"out of memory even at batch size {chunk.num_graphs} (min_batch_size="
+                                       f"{self.cfg.min_batch_size}); use a smaller model, a smaller window or a device "
+                                       "with more memory") from err
+                failed = True  # recover below, outside the except block: its traceback pins the step's tensors
+            if not failed:
+                continue
+            optimizer.zero_grad(set_to_none=True)
+            n = chunk.num_graphs
+            self.batch_size = max(n // 2, self.cfg.min_batch_size, 1)
+            rest = torch.cat([chunk.graph_idx.cpu(), *todo])  # the failed chunk and everything after it
+            del chunk
+            release_memory()
+            event = {"epoch": getattr(self, "_epoch", 0), "from": n, "to": self.batch_size}
+            self.oom_events.append(event)
+            log.warning("out of memory at batch size %d: continuing with %d", n, self.batch_size)
+            todo = list(rest.split(self.batch_size))
+        return out
+
+    def prepare(self, task: Task, train_set: GraphSet, val_set: GraphSet | None = None):
+        """Loaders, the fast path and ``fabric.setup``: ``(train_loader, val_loader, task_m, optimizer)``.
+
+        What it does beyond the plain loop, all documented where it lives: on CPU the glibc
+        allocator keeps freed tensors (:func:`~kdkit.training.cpu_speedups.tune_cpu_allocator`);
+        with ``compile`` a GAT's batches carry their self-loops
+        (:func:`~kdkit.models.layers.with_self_loops`, so the layers add none) and the model is
+        compiled with ``nn.Module.compile`` (parameters and ``state_dict`` unchanged); AdamW is
+        fused (:func:`~kdkit.training.cpu_speedups.make_optimizer`).
+        """
+        cfg, fabric = self.cfg, self.fabric
+        on_cpu = fabric.device.type == "cpu"
+        if on_cpu:
+            tune_cpu_allocator()
+        compile_model = self.use_compile(task, train_set)
+        loops = compile_model and task.objective == "classify"  # a reconstruction loss reads the batch's edges
+        # the GAT's self-loops added to each batch by the loaders (the layers then add none); a
+        # looped copy of the whole set would save ~0.5 ms a step but cost ~18 MiB on hcrl_sa
+        transform = with_self_loops if loops else None
+        train_loader = graph_loader(train_set, self.batch_size, shuffle=True, seed=cfg.seed, node_budget=cfg.node_budget,
+                                    num_workers=cfg.num_workers, prefetch_factor=cfg.prefetch_factor,
+                                    pin_memory=fabric.device.type == "cuda", rank=fabric.global_rank, world_size=fabric.world_size)
+        self._collate = _CollateWithIndex(train_set, transform)
+        train_loader.collate_fn = self._collate
+        self._train_sampler = train_loader.batch_sampler
+        # train batches are moved by self._to_device (non-blocking from pinned memory), val batches by Fabric
+        train_loader = fabric.setup_dataloaders(train_loader, use_distributed_sampler=False, move_to_device=False)
+        val_loader = None
+        if val_set is not None:
+            val_loader = graph_loader(val_set, max(self.batch_size, 256), shuffle=False, num_workers=0,
+                                      rank=fabric.global_rank, world_size=fabric.world_size, transform=transform)
+            val_loader = fabric.setup_dataloaders(val_loader, use_distributed_sampler=False)
+        if compile_model:  # nn.Module.compile: the module stays itself (same parameters, state_dict keys)
+            task.model.compile(dynamic=True)
+        optimizer = make_optimizer(task.parameters(), cfg, fabric.device)
+        task_m, optimizer = fabric.setup(task, optimizer)
+        if task.teacher is not None:
+            task.teacher.to(fabric.device)
+        return train_loader, val_loader, task_m, optimizer
+
+    def use_compile(self, task: Task, train_set: GraphSet) -> bool:
+        """``compile`` true/false as given; ``"auto"``: on for a GAT on CPU when the run has at
+        least ``COMPILE_AUTO_MIN_STEPS`` optimizer steps (compiling costs 10-15 s once, a compiled
+        CPU step is ~1.5x faster: measured with ``kdkit bench train``)."""
+        cfg = self.cfg
+        if cfg.compile != "auto":
+            return bool(cfg.compile)
+        per_rank = math.ceil(len(train_set) / max(self.fabric.world_size, 1))
+        steps = cfg.epochs * math.ceil(per_rank / max(self.batch_size, 1))
+        on = self.fabric.device.type == "cpu" and task.objective == "classify" and steps >= COMPILE_AUTO_MIN_STEPS
+        log.info("compile auto: %s (%s, %s, %d planned steps)", "on" if on else "off", self.fabric.device.type,
+                 task.kind, steps)
+        return on
+
+    def fit(self, task: Task, train_set: GraphSet, val_set: GraphSet, resume: str | Path | None = None,
+            checkpoint_extra: dict | None = None) -> FitResult:
+        """Train until ``epochs`` or early stopping; returns the best/last checkpoint paths."""
+        cfg, fabric = self.cfg, self.fabric
+        fabric.launch()
+        fabric.seed_everything(cfg.seed, workers=True)
+        self._setup_logging()
+        ckpt_dir = self.run_dir / "checkpoints"
+        best_path, last_path = ckpt_dir / "best.pt", ckpt_dir / "last.pt"
+        if fabric.global_rank == 0:
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+        fabric.barrier()
+
+        train_loader, val_loader, task_m, optimizer = self.prepare(task, train_set, val_set)
+        total_steps = cfg.epochs * len(train_loader)
+        scheduler = make_scheduler(optimizer, cfg, total_steps)
+
+        metric, mode = task.monitor
+        sign = 1.0 if mode == "max" else -1.0
+        start_epoch, step, best, bad, history = 0, 0, -math.inf, 0, []
+        if resume:
+            ck = load_checkpoint(resume)
+            task.model.load_state_dict(ck["model"])
+            if task.kd is not None and ck.get("kd"):
+                task.kd.load_state_dict(ck["kd"])
+            optimizer.load_state_dict(ck["optimizer"])
+            scheduler.load_state_dict(ck["scheduler"])
+            torch.set_rng_state(ck["rng"])
+            start_epoch, step, best, bad, history = ck["epoch"] + 1, ck["step"], ck["best_metric"], ck["bad_epochs"], list(ck["history"])
+            self.batch_size = int(ck.get("batch_size", self.batch_size))
+            log.info("resumed from %s at epoch %d", resume, start_epoch)
+            old_csv = self.run_dir / "logs" / "metrics.csv"
+            if fabric.global_rank == 0 and old_csv.is_file():  # the CSV logger would overwrite it
+                old_csv.replace(old_csv.with_name(f"metrics_until_epoch{start_epoch - 1}.csv"))
+        extra = checkpoint_extra or {}
+        t0 = time.perf_counter()
+        log.info("fit: %s %s, precision %s, device %s, world size %d, %d train / %d val graphs",
+                 task.kind, cfg.type, self.precision, fabric.device, fabric.world_size, len(train_set), len(val_set))
+        epoch = start_epoch - 1
+        status = "failed"
+        try:
+            for epoch in range(start_epoch, cfg.epochs):
+                if bad >= cfg.patience:
+                    break
+                self._epoch = epoch
+                sampler = self._train_sampler
+                sampler.batch_size = self.batch_size
+                sampler.set_epoch(epoch)
+                task_m.train()
+                losses: list[float] = []
+                te = time.perf_counter()
+                bar = None
+                if self.progress and fabric.global_rank == 0:
+
+                    bar = tqdm(total=len(train_loader), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
+                with phase_peak("train", device=fabric.device, release=False) as train_mem:
+                    for batch in train_loader:
+                        for loss, _parts in self._run_batch(task, task_m, optimizer, scheduler, train_set,
+                                                            self._to_device(batch)):
+                            losses.append(loss)
+                            step += 1
+                        if bar:
+                            bar.update(1)
+                            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+                if bar:
+                    bar.close()
+                with phase_peak("validate", device=fabric.device, release=False) as val_mem:
+                    val = task.validate(val_loader)
+                val = {k: float(fabric.all_reduce(torch.tensor(v, device=fabric.device), reduce_op="mean")) for k, v in val.items()}
+                train_loss = float(fabric.all_reduce(torch.tensor(sum(losses) / max(len(losses), 1), device=fabric.device), reduce_op="mean"))
+                record = {"epoch": epoch, "step": step, "train_loss": train_loss, **val, "lr": scheduler.get_last_lr()[0],
+                          "epoch_seconds": time.perf_counter() - te, "batch_size": self.batch_size,
+                          "train_peak_mib": train_mem["peak_mib"], "val_peak_mib": val_mem["peak_mib"]}
+                history.append(record)
+                fabric.log_dict({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
+                improved = sign * val[metric] > best
+                if improved:
+                    best, bad = sign * val[metric], 0
+                else:
+                    bad += 1
+                state = self._checkpoint_state(task, optimizer, scheduler, epoch, step, best, bad, history, extra)
+                if improved:
+                    self._save(state, best_path)
+                self._save(state, last_path)
+                log.info("epoch %d memory: train peak %.0f MiB, validation peak %.0f MiB (%s)", epoch,
+                         train_mem["peak_mib"], val_mem["peak_mib"], "CUDA allocated" if fabric.device.type == "cuda" else "RSS")
+                log.info("epoch %d: train_loss %.5f %s%s", epoch, train_loss,
+                         " ".join(f"{k} {v:.5f}" for k, v in val.items()), " (best)" if improved else "")
+                if self.on_epoch_end:
+                    self.on_epoch_end(record)
+                if self.should_stop is not None and self.should_stop():
+                    log.info("stopped on request after epoch %d", epoch)
+                    break
+            status = "success"
+            if fabric.world_size > 1 and torch.distributed.is_initialized():
+                # Leave together: a rank exiting while another is still inside gloo aborts the job.
+                fabric.barrier()
+                torch.distributed.destroy_process_group()
+        finally:
+            for logger in fabric.loggers:
+                logger.finalize(status)
+            if getattr(self, "_handler", None) is not None:
+                log.removeHandler(self._handler)
+                self._handler.close()
+                self._handler = None
+        return FitResult(best_path, last_path, sign * best if math.isfinite(best) else float("nan"), epoch + 1, history,
+                         time.perf_counter() - t0, self.oom_events, self.batch_size)
+
+
+class _CollateWithIndex(_Collate):
+    """Fast collate that also keeps the graph indices (the OOM back-off re-batches from them)."""
+
+    def __call__(self, indices: list[int]):
+        batch = super().__call__(indices)
+        batch.graph_idx = torch.as_tensor(indices, dtype=torch.long)
+        return batch

@@ -1,0 +1,12 @@
+"""The run functions every front end calls: CLI, notebooks, widgets and SLURM jobs.
+
+Owns one training run end to end and the evaluation of a checkpoint (:mod:`.run`), the
+batch sizer applied to a run config (:mod:`.batch_size`), notebook execution and
+parameter checks (:mod:`.notebooks`) and the demo story (:mod:`.demo`).
+
+Layer 5: may import every library layer below (data, models, config, training,
+reporting); never a front end.
+"""
+from kdkit.workflows.run import evaluate_checkpoint, load_data, train
+
+__all__ = ["train", "evaluate_checkpoint", "load_data"]

@@ -1,0 +1,61 @@
+"""The public API: every kdkit import the README, docs and notebooks show works, and the names
+the subpackages export exist.
+
+Run: .venv/bin/python -m pytest tests/test_public_api.py -q
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+IMPORT = re.compile(r"^\s*(from kdkit[\w.]* import [\w, ()]+|import kdkit[\w.]*(?: as \w+)?)\s*(?:#.*)?$")
+
+
+def _shown_imports() -> list[tuple[str, str]]:
+    found = []
+    texts = [(p, p.read_text()) for p in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]]
+    for nb in sorted((REPO / "notebooks").glob("*.ipynb")):
+        cells = json.loads(nb.read_text())["cells"]
+        texts.append((nb, "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")))
+    for path, text in texts:
+        for line in text.splitlines():
+            m = IMPORT.match(line)
+            if m and "(" not in m.group(1):
+                found.append((path.name, m.group(1).strip()))
+    return found
+
+
+SHOWN = _shown_imports()
+
+
+def test_the_docs_and_notebooks_show_imports():
+    names = {name for name, _ in SHOWN}
+    assert {"README.md", "teacher.ipynb", "student.ipynb", "benchmark.ipynb"} <= names
+
+
+@pytest.mark.parametrize("where, statement", SHOWN, ids=[f"{w}:{s}" for w, s in SHOWN])
+def test_shown_import_works(where, statement):
+    exec(statement, {})  # noqa: S102 - the statement comes from our own docs
+
+
+@pytest.mark.parametrize("package", ["kdkit.data", "kdkit.models", "kdkit.training", "kdkit.workflows", "kdkit.cli"])
+def test_package_exports_exist(package):
+    module = importlib.import_module(package)
+    assert module.__all__, package
+    for name in module.__all__:
+        assert getattr(module, name, None) is not None, f"{package}.{name}"
+
+
+def test_the_main_entry_points():
+    from kdkit.cli import main
+    from kdkit.config import TrainConfig, make_config
+    from kdkit.workflows import evaluate_checkpoint, load_data, train
+
+    assert callable(main) and callable(train) and callable(evaluate_checkpoint) and callable(load_data)
+    assert isinstance(make_config(dataset="synthetic"), TrainConfig)
+    assert main(["train", "--list-configs"]) == 0

@@ -1,0 +1,189 @@
+"""The speed-ups (kdkit.models.layers.GATv2Layer / EdgeProjection / with_self_loops,
+kdkit.training.cpu_speedups) change how the work is done, never the result: same outputs, same
+gradients, same checkpoints; and the allocator statistics they are measured by.
+
+Run: .venv/bin/python -m pytest tests/test_speedups.py -q
+"""
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+from torch_geometric.data import Data
+from torch_geometric.nn import GATv2Conv
+
+from kdkit.data.loader import collate_indices, graph_loader
+from kdkit.models.layers import EdgeProjection, GATv2Layer, with_self_loops
+from kdkit.models.registry import build_model
+from kdkit.training import cpu_speedups
+
+
+def _gat(gs, kind="student", seed=0):
+    torch.manual_seed(seed)
+    return build_model("gat", kind, num_node_features=gs.x.size(1), num_edge_features=gs.edge_attr.size(1),
+                       num_ids=int(gs.node_id.max()) + 1)
+
+
+def _grads(model, batch):
+    model.zero_grad(set_to_none=True)
+    out = model(batch)
+    (out * torch.arange(1, out.numel() + 1, dtype=out.dtype).view_as(out)).sum().backward()
+    return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_edge_projection_matches_linear_fp32_and_bf16():
+    torch.manual_seed(0)
+    x = torch.randn(3000, 7)
+    w = torch.randn(128, 7, requires_grad=True)
+    g = torch.randn(3000, 128)
+    ref = torch.nn.functional.linear(x, w)
+    ref.backward(g)
+    ref_grad = w.grad.clone()
+    w.grad = None
+    proj = EdgeProjection(7, 128, weight=torch.nn.Parameter(w.detach().clone()))
+    out = proj(x)
+    out.backward(g)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(proj.weight.grad, ref_grad, rtol=1e-5, atol=1e-3)
+    assert proj.weight.grad.dtype == torch.float32 and list(proj.state_dict()) == ["weight"]
+    proj.weight.grad = None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref_b = torch.nn.functional.linear(x, w)
+        out_b = proj(x)
+    assert out_b.dtype == ref_b.dtype == torch.bfloat16
+    torch.testing.assert_close(out_b, ref_b)
+    out_b.float().backward(g)
+    assert proj.weight.grad.dtype == torch.float32  # the fp32 master weight gets an fp32 gradient
+    torch.testing.assert_close(proj.weight.grad, ref_grad, rtol=0.05, atol=2.0)  # bf16 products over 3000 rows
+
+
+def test_gatv2_layer_equals_the_stock_pyg_layer():
+    """GATv2Layer = GATv2Conv(add_self_loops=True, fill_value="mean"): same parameters (names and
+    initial values from the same seed), outputs and gradients, with or without loops added first."""
+    torch.manual_seed(0)
+    stock = GATv2Conv(16, 8, heads=3, edge_dim=7, add_self_loops=True, fill_value="mean")
+    torch.manual_seed(0)
+    ours = GATv2Layer(16, 8, heads=3, edge_dim=7)
+    assert stock.state_dict().keys() == ours.state_dict().keys()
+    for k, v in stock.state_dict().items():
+        torch.testing.assert_close(ours.state_dict()[k], v, msg=k)
+    assert isinstance(ours.lin_edge, EdgeProjection)
+    x = torch.randn(9, 16)
+    edge_index = torch.tensor([[0, 1, 2, 3, 3, 4, 5, 6, 7, 8, 2], [1, 2, 0, 3, 4, 5, 6, 7, 8, 0, 2]])  # 2 data loops
+    edge_attr = torch.randn(edge_index.size(1), 7)
+    g = torch.randn(9, 24)
+    outs = []
+    for layer, loops_added in ((stock, None), (ours, False), (ours, True)):
+        layer.zero_grad(set_to_none=True)
+        ei, ea = edge_index, edge_attr
+        if loops_added:
+            looped = with_self_loops(Data(x=x, edge_index=edge_index, edge_attr=edge_attr))
+            ei, ea = looped.edge_index, looped.edge_attr
+        out = layer(x, ei, ea) if loops_added is None else layer(x, ei, ea, loops_added)
+        (out * g).sum().backward()
+        outs.append((out.detach(), {n: p.grad.clone() for n, p in layer.named_parameters()}))
+    for out, grads in outs[1:]:
+        torch.testing.assert_close(out, outs[0][0], rtol=1e-5, atol=1e-6)
+        for name, grad in grads.items():
+            torch.testing.assert_close(grad, outs[0][1][name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_model_output_unchanged_when_batches_carry_their_self_loops(synthetic):
+    gs = synthetic.splits["train"]
+    model = _gat(gs, "teacher").eval()
+    with torch.no_grad():
+        ref = model(collate_indices(gs, list(range(12))))
+        looped = model(with_self_loops(collate_indices(gs, list(range(12)))))
+    torch.testing.assert_close(looped, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_graph_loader_transform_applies_to_every_batch(synthetic):
+    gs = synthetic.splits["val"]
+    plain = list(graph_loader(gs, 32))
+    looped = list(graph_loader(gs, 32, transform=with_self_loops))
+    assert len(plain) == len(looped)
+    for a, b in zip(plain, looped):
+        assert b.edge_index.size(1) > a.edge_index.size(1)
+        assert (b.edge_index[0] == b.edge_index[1]).sum() == b.x.size(0)  # one self-loop per node
+
+
+def test_compiled_gat_fit_keeps_the_module_and_matches_checkpoint(synthetic, tmp_path):
+    """cfg.compile trains a GAT whose batches carry their self-loops, compiled with
+    nn.Module.compile: the module keeps its parameters and state_dict keys, nothing is patched
+    onto its instances, and it scores like the saved checkpoint loaded into a fresh model."""
+    from kdkit.config import make_config
+    from kdkit.training.checkpoint import load_checkpoint, model_from_checkpoint
+    from kdkit.training.task import Task
+    from kdkit.training.trainer import FabricTrainer
+    from kdkit.workflows.run import build_student_or_teacher, class_weights
+
+    cfg = make_config(model="gat", type="student", dataset="synthetic", epochs=1, batch_size=32, compile=True,
+                      accelerator="cpu", precision="32-true", devices=1)
+    train_set, val_set = synthetic.splits["train"], synthetic.splits["val"]
+    model = build_student_or_teacher(cfg, synthetic)
+    task = Task(model, cfg, None, class_weights(train_set))
+    keys = list(model.state_dict())
+    fit = FabricTrainer(cfg, tmp_path / "run", progress=False).fit(task, train_set, val_set)
+    assert list(model.state_dict()) == keys and model.node_input.validate_inputs
+    assert all("forward" not in vars(m) for m in model.modules())
+    assert all(c.self_loops for c in model.gnn.convs)
+    ck = load_checkpoint(fit.last_path)
+    fresh = model_from_checkpoint(ck).eval()
+    batch = collate_indices(val_set, list(range(min(20, len(val_set)))))
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(batch), fresh(batch))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt/mallinfo2")
+def test_allocator_tuning_and_allocated_bytes():
+    from kdkit.training.memory import PeakMemory, allocated_bytes
+
+    assert cpu_speedups.tune_cpu_allocator() and cpu_speedups.tune_cpu_allocator()  # glibc; idempotent
+    before = allocated_bytes()
+    assert before is not None and before > 0
+    with PeakMemory("cpu") as mem:
+        x = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+        del x
+    assert mem.alloc_peak_bytes is not None and mem.alloc_peak_bytes >= 60 * 2**20
+    assert allocated_bytes() < before + 32 * 2**20  # freed: in use again near where it started
+
+
+def test_make_optimizer_is_fused_adamw():
+    from kdkit.config import make_config
+
+    cfg = make_config(model="gat", type="student", dataset="synthetic")
+    opt = cpu_speedups.make_optimizer(torch.nn.Linear(4, 2).parameters(), cfg, torch.device("cpu"))
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["fused"] is True
+    assert opt.defaults["lr"] == cfg.learning_rate and opt.defaults["weight_decay"] == cfg.weight_decay
+
+
+def test_compile_auto_policy_and_config_values(synthetic, tmp_path):
+    """compile "auto" (the default) turns on for a GAT on CPU with a long run only; the config
+    takes true, false or "auto" and nothing else."""
+    from kdkit.config import make_config, parse_config_json
+    from kdkit.training.task import Task
+    from kdkit.training.trainer import COMPILE_AUTO_MIN_STEPS, FabricTrainer
+    from kdkit.workflows.run import build_student_or_teacher
+
+    assert make_config().compile == "auto"
+    for text, value in (('{"compile": true}', True), ('{"compile": false}', False), ('{"compile": "auto"}', "auto")):
+        assert parse_config_json(text)["compile"] == value
+    for bad in ('{"compile": "yes"}', '{"compile": 1}', '{"compile": null}'):
+        with pytest.raises(ValueError, match="'compile'"):
+            parse_config_json(bad)
+
+    train_set = synthetic.splits["train"]
+    steps_per_epoch = -(-len(train_set) // 64)
+    long_epochs = -(-COMPILE_AUTO_MIN_STEPS // steps_per_epoch)
+
+    def decide(model: str, epochs: int, compile="auto") -> bool:
+        cfg = make_config(model=model, type="student", dataset="synthetic", epochs=epochs, batch_size=64,
+                          accelerator="cpu", devices=1, compile=compile)
+        task = Task(build_student_or_teacher(cfg, synthetic), cfg)
+        return FabricTrainer(cfg, tmp_path / model, progress=False).use_compile(task, train_set)
+
+    assert decide("gat", long_epochs) is True
+    assert decide("gat", max(long_epochs - 1, 1)) is (max(long_epochs - 1, 1) * steps_per_epoch >= COMPILE_AUTO_MIN_STEPS)
+    assert decide("gat", 1) is False and decide("vgae", long_epochs) is False
+    assert decide("gat", 1, compile=True) is True and decide("gat", long_epochs, compile=False) is False
