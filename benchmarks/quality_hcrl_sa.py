@@ -15,6 +15,11 @@ import time
 import torch
 
 
+def _round(value: float | None) -> float | None:
+    """F1 is None (undefined) for a scenario without attack windows."""
+    return None if value is None else round(value, 4)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="gat", choices=["gat", "vgae"])
@@ -56,9 +61,9 @@ def main() -> None:
 def _brief(summary: dict) -> dict:
     return {"parameters": summary["parameters"], "size_bytes": summary["size_bytes"], "epochs_run": summary["epochs_run"],
             "train_seconds": summary["train_seconds"], "threshold": summary["threshold"],
-            "f1": {k: round(v["f1"], 4) for k, v in summary["test"]["scenarios"].items()},
+            "f1": {k: _round(v["f1"]) for k, v in summary["test"]["scenarios"].items()},
             "roc_auc": {k: (round(v["roc_auc"], 4) if v["roc_auc"] is not None else None) for k, v in summary["test"]["scenarios"].items()},
-            "overall_f1": round(summary["test"]["overall"]["f1"], 4)}
+            "overall_f1": _round(summary["test"]["overall"]["f1"])}
 
 
 if __name__ == "__main__":

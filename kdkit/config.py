@@ -88,6 +88,8 @@ class TrainConfig:
     stride: int = param(100, "offset between windows", group=GRAPHS, low=1)
     label_threshold: float = param(0.0, "a window is an attack when its attack share > this", group=GRAPHS, low=0, high=1)
     val_fraction: float = param(0.2, "contiguous validation block per training file", group=GRAPHS, low=0, high=1)
+    on_bad_rows: str = param("error", "malformed input rows (bad fields, time going backwards): stop with file:line, "
+                             "or skip and count them", choices=("error", "skip"), group=GRAPHS)
     synthetic_seed: int = param(0, "seed of the built-in synthetic dataset", group=GRAPHS)
     # --- model (None = the preset of model/type)
     hidden: Optional[int] = param(None, "hidden channels per head", group=MODEL, low=1)
@@ -140,16 +142,25 @@ class TrainConfig:
     min_batch_size: int = param(1, "batch sizer lower bound", group=HARDWARE, low=1)
     max_batch_size: int = param(1024, "batch sizer upper bound", group=HARDWARE, low=1)
     # --- output
-    run_name: Optional[str] = param(None, "runs/<run_name>/ (default: <dataset>_<model>_<type>)", group=OUTPUT)
+    run_name: Optional[str] = param(None, "runs/<run_name>/ (default: <dataset>_<model>_<type>, a distilled "
+                                    "student <dataset>_<model>_student_kd)", group=OUTPUT)
     runs_dir: str = param("runs", "parent of run folders", group=OUTPUT)
-    save_compat: bool = param(True, "also copy the best checkpoint to saved_models/ under the guide's names", group=OUTPUT)
+    overwrite: bool = param(False, "replace an existing run folder of the same name (else a reused run name is "
+                            "refused; --resume continues one)", group=OUTPUT)
+    save_compat: bool = param(True, "also copy the best checkpoint to saved_models/ (beside runs_dir) under the "
+                              "guide's names, unless a better one is there", group=OUTPUT)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @property
     def resolved_run_name(self) -> str:
-        return self.run_name or f"{self.dataset}_{self.model}_{self.type}"
+        """``run_name``, or ``<dataset>_<model>_<type>`` (``..._student_kd`` for a student with a teacher):
+        a distilled student and the same student trained alone never share a default run folder."""
+        if self.run_name:
+            return self.run_name
+        role = "student_kd" if self.type == "student" and self.teacher else self.type
+        return f"{self.dataset}_{self.model}_{role}"
 
 
 @dataclass(frozen=True)

@@ -171,3 +171,13 @@ def test_trainer_moves_train_batches_non_blocking():
     trainer.fabric = SimpleNamespace(device=torch.device("cpu"))
     b = FakeBatch()
     assert trainer._to_device(b) is b and len(calls) == 1
+
+
+def test_unpadded_shards_cover_every_graph_once():
+    """Evaluation shards (pad=False) split the graphs without repeats; training shards pad."""
+    for n, world in ((10, 3), (7, 2), (2, 4)):
+        shards = [np.concatenate([b for b in GraphBatchSampler(n, 4, shuffle=False, rank=r, world_size=world, pad=False)]
+                                 or [np.zeros(0, dtype=int)]) for r in range(world)]
+        assert sorted(np.concatenate(shards).tolist()) == list(range(n))
+        padded = [sum(len(b) for b in GraphBatchSampler(n, 4, shuffle=False, rank=r, world_size=world)) for r in range(world)]
+        assert len(set(padded)) == 1 and sum(padded) >= n

@@ -84,7 +84,14 @@ def test_bad_rows_error_and_skip(env: Path, capsys):
     assert f"skipped 2 malformed rows in {path}" in text
     assert text.count("skipped") == 1  # only the file that had them
     assert main(["data", "info", "--dataset", "synthetic", "--on-bad-rows", "skip", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["skipped_rows"] == {str(path): 2}
+    info = json.loads(capsys.readouterr().out)
+    assert info["skipped_rows"] == {str(path): 2}
+    assert info["skipped"][str(path)]["attack_rows"] == 0 and info["skipped"][str(path)]["unlabelled_rows"] == 1
+    # the table names the file, the count and the labels of the skipped rows (the row with 3 fields has none)
+    assert main(["data", "info", "--dataset", "synthetic", "--on-bad-rows", "skip"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert f"  skipped 2 malformed rows in {path} (0 attack, 1 normal, 1 with no readable label)" in table
+    assert f"    first: {path}:4: arbitration_id '0G1': not a hex CAN ID of 1-8 digits" in table
 
 
 def test_missing_data_root_is_a_clear_error(env: Path, capsys):

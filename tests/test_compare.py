@@ -69,3 +69,29 @@ def test_infer_rows():
     res = {"variants": {"fp32-eager": {"messages_per_s": 10, "latency_ms_p50": 1.0, "latency_ms_p99": 2.0}}}
     assert compare.infer_rows(res) == [{"variant": "fp32-eager", "messages_per_s": 10, "latency_ms_p50": 1.0,
                                         "latency_ms_p99": 2.0}]
+
+
+def test_best_epoch_is_the_first_best_of_the_monitored_metric():
+    f1_history = [{"epoch": 0, "val_f1": 0.5, "val_loss": 0.9}, {"epoch": 1, "val_f1": 0.8, "val_loss": 0.7},
+                  {"epoch": 2, "val_f1": 0.8, "val_loss": 0.2}, {"epoch": 3, "val_f1": 0.6, "val_loss": 0.1}]
+    assert compare.best_epoch(f1_history) == 2  # 1-based; the first of the tied bests, as the trainer keeps it
+    loss_history = [{"epoch": 0, "val_loss": 0.9}, {"epoch": 1, "val_loss": float("nan")},
+                    {"epoch": 2, "val_loss": 0.4}, {"epoch": 3, "val_loss": 0.5}]
+    assert compare.best_epoch(loss_history) == 3  # a VGAE: lowest validation loss
+    assert compare.best_epoch([]) is None
+
+
+def test_load_teacher_reports_the_best_epoch_and_the_epochs_run(synthetic, student_checkpoint, tmp_path, monkeypatch):
+    """A best.pt holds the history up to its own epoch; the epochs run come from last.pt."""
+    monkeypatch.setattr(compare, "evaluate_model", lambda *a, **k: {"scenarios": {}, "overall": {}, "scores": {}})
+    history = [{"epoch": e, "val_f1": f, "val_loss": 1.0 - f} for e, f in enumerate((0.4, 0.9, 0.7, 0.8))]
+    ckpt = torch.load(student_checkpoint, weights_only=True)
+    run = tmp_path / "teacher" / "checkpoints"
+    run.mkdir(parents=True)
+    torch.save({**ckpt, "epoch": 1, "history": history[:2]}, run / "best.pt")
+    alone = compare.load_teacher(run / "best.pt", synthetic)
+    assert alone["best_epoch"] == 2 and alone["epochs_run"] is None  # without last.pt: unknown, not 2
+    torch.save({**ckpt, "epoch": 3, "history": history}, run / "last.pt")
+    teacher = compare.load_teacher(run / "best.pt", synthetic)
+    assert teacher["best_epoch"] == 2 and teacher["epochs_run"] == 4 and len(teacher["history"]) == 4
+    assert compare.load_teacher(run / "last.pt", synthetic)["epochs_run"] == 4

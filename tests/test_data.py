@@ -30,7 +30,7 @@ GOOD_ROWS = [
     "1513921815.350702,081,7F84690000000069,0",
     "1513921815.350959,110,08E8,1",       # all-digit ID: still hex (0x110)
     "1513921815.351200,4b1,,0",           # DLC 0, lower-case hex
-    "1513921815.351000,0C1,FF00AA,0",     # timestamp steps backwards: kept as recorded
+    "1513921815.351200,0C1,FF00AA,0",     # the same timestamp as the row before: time may stand still
     "1513921815.351500,1FFFFFFF,0102030405060708,1",  # 29-bit extended ID
 ]
 CANDUMP = """(1436509052.249713) vcan0 044#2A366C2BBA
@@ -55,7 +55,7 @@ def assert_good_messages(m: Messages) -> None:
     assert len(m) == 5
     assert m.timestamp.dtype == np.float64 and m.can_id.dtype == np.uint32
     assert m.dlc.dtype == np.uint8 and m.payload.dtype == np.uint8 and m.label.dtype == np.uint8
-    assert m.timestamp.tolist() == [1513921815.350702, 1513921815.350959, 1513921815.3512, 1513921815.351,
+    assert m.timestamp.tolist() == [1513921815.350702, 1513921815.350959, 1513921815.3512, 1513921815.3512,
                                     1513921815.3515]
     assert m.can_id.tolist() == [0x081, 0x110, 0x4B1, 0x0C1, 0x1FFFFFFF]
     assert m.dlc.tolist() == [8, 2, 0, 3, 8]
@@ -86,9 +86,9 @@ def test_ctt_csv_crlf_bom_and_trailing_blank_lines(tmp_path: Path):
 
 
 def test_all_digit_ids_are_hex(tmp_path: Path):
-    rows = ["1.0,110,00,0", "2.0,100,00,0", "3.0,999,00,0", "4.0,7,00,0", "5.0,00000123,00,0"]
+    rows = ["1.0,110,00,0", "2.0,100,00,0", "3.0,799,00,0", "4.0,7,00,0", "5.0,00000123,00,0", "6.0,00000999,00,0"]
     m = read_messages(write(tmp_path / "x.csv", rows))
-    assert m.can_id.tolist() == [0x110, 0x100, 0x999, 0x7, 0x123]
+    assert m.can_id.tolist() == [0x110, 0x100, 0x799, 0x7, 0x123, 0x999]  # 8 digits: extended IDs
 
 
 def test_hex_digit_table_covers_every_byte():
@@ -108,6 +108,10 @@ def test_hex_parsers_on_mixed_lengths():
     assert ok.tolist() == [True, True, True, False, False, False, False]  # > 29 bits, empty, > 8 digits, not hex
     ids, ok = parse_hex_ids(pa.array(["1FFFFFFF", "20000000", "FFFFFFFF", "00000000"]))  # uniform width
     assert ids[[0, 3]].tolist() == [0x1FFFFFFF, 0] and ok.tolist() == [True, False, False, True]
+    # fewer than 8 digits: an 11-bit standard ID, so at most 0x7FF (uniform and mixed widths)
+    assert parse_hex_ids(pa.array(["7FF", "800", "FFF"]))[1].tolist() == [True, False, False]
+    assert parse_hex_ids(pa.array(["07FF", "0800", "1A2B3", "00000800", "7ff"]))[1].tolist() == [True, False, False,
+                                                                                                   True, True]
     payload, dlc, ok = parse_hex_payload(pa.array(["", "0a", "0102030405060708", "ABC", "010203040506070809", "zz", "aBcD"]))
     assert dlc.tolist()[:3] == [0, 1, 8] and dlc[6] == 2
     assert payload[1].tolist() == [10, 0, 0, 0, 0, 0, 0, 0]
@@ -141,6 +145,14 @@ BAD_ROWS = {
     "label text": ("1.5,0C1,00,yes", "attack 'yes': label must be 0 or 1"),
     "empty label": ("1.5,0C1,00,", "attack '': label must be 0 or 1"),
     "empty row": ("", "empty row"),
+    "ID above 0x7FF without 8 digits": ("1513921815.351,800,00,0",
+                                        "arbitration_id '800': 0x800 is above 0x7FF, the largest 11-bit ID, but has "
+                                        "only 3 hex digits; a 29-bit extended ID is written with 8 (00000800)"),
+    "4-digit ID above 0x7FF": ("1513921815.351,1A2B,00,0", "arbitration_id '1A2B': 0x1A2B is above 0x7FF"),
+    "negative timestamp": ("-1.5,0C1,00,0", "timestamp '-1.5' is negative"),
+    "timestamp going backwards": ("1513921815.350000,0C1,00,0",
+                                  "timestamp '1513921815.350000' goes backwards: earlier than '1513921815.350959' "
+                                  "on line 3 (timestamps must not decrease"),
 }
 
 
@@ -320,6 +332,10 @@ HCRL_BAD = {
     "bad hex ID": ("1478198376.4,03X6,2,05,21,R", "CAN ID is not 1-8 hex digits"),
     "na ID": ("1478198376.4,na,2,05,21,R", "CAN ID is not 1-8 hex digits"),
     "text timestamp": ("abc,0316,2,05,21,R", "timestamp is not a number"),
+    "ID above 0x7FF without 8 digits": ("1478198376.4,0800,2,05,21,R", "CAN ID '0800': 0x800 is above 0x7FF"),
+    "timestamp going backwards": ("1478198376.3,0316,2,05,21,T",
+                                  "timestamp '1478198376.3' goes backwards: earlier than '1478198376.389864' on line 3"),
+    "negative timestamp": ("-1478198376.3,0316,2,05,21,R", "timestamp '-1478198376.3' is negative"),
 }
 
 

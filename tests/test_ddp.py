@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 SCRIPT = textwrap.dedent('''
     import json, sys, torch
@@ -55,3 +56,25 @@ def test_two_process_ddp_keeps_ranks_in_sync(kdkit_env, tmp_path):
     assert r0["weights"] == r1["weights"], "ranks diverged: gradients were not synchronised"
     assert not set(r0["seen"]) & set(r1["seen"]) or len(r0["seen"]) + len(r1["seen"]) > n_train  # disjoint shards (up to padding)
     assert set(r0["seen"]) | set(r1["seen"]) == set(range(n_train))
+
+
+def test_ddp_run_of_kdkit_train_shares_rank_zeros_run_folder(kdkit_env, tmp_path):
+    """``kdkit train --devices 2``: Fabric starts the worker as the same command (LOCAL_RANK=1); rank
+    zero owns the run folder's lock and the worker shares the folder instead of being refused as a
+    second run of the same name."""
+    from kdkit.workflows.run import RunLock
+
+    run = tmp_path / "runs" / "ddp"
+    kdkit = str(Path(sys.executable).parent / "kdkit")
+    proc = subprocess.Popen([kdkit, "train", "--dataset", "synthetic", "--epochs", "1", "--hidden", "8", "--layers",
+                             "1", "--heads", "1", "--embedding-dim", "4", "--precision", "32-true", "--accelerator", "cpu",
+                             "--devices", "2", "--strategy", "ddp", "--num-workers", "0", "--no-save-compat",
+                             "--runs-dir", str(tmp_path / "runs"), "--run-name", "ddp"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs_run"] == 1 and summary["test"]["scenarios"] and "run folder:" in out
+    assert (run / ".lock").read_text().strip() == str(proc.pid)  # rank zero (the command started) held it
+    with RunLock(run):  # and released it at the end
+        pass

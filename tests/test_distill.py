@@ -50,6 +50,22 @@ def test_logit_kd_golden_values(temperature, alpha, golden):
     assert total.item() == pytest.approx(golden, abs=1e-5)
 
 
+def test_alpha_weighs_the_soft_term_and_maps_to_torchdistill():
+    """kdkit: alpha * T^2 * KL + (1 - alpha) * CE; torchdistill's KDLoss: alpha_td * CE +
+    (1 - alpha_td) * T^2 * KL, so kdkit alpha = 1 - torchdistill alpha."""
+    temperature = 4.0
+    _, parts = LogitKDLoss(temperature, 0.7)(STUDENT, TEACHER, LABELS)
+    assert LogitKDLoss(temperature, 1.0)(STUDENT, TEACHER, LABELS)[0].item() == pytest.approx(parts["kd"].item())
+    assert LogitKDLoss(temperature, 0.0)(STUDENT, TEACHER, LABELS)[0].item() == pytest.approx(parts["ce"].item())
+    kl = torch.nn.KLDivLoss(reduction="batchmean")(torch.log_softmax(STUDENT / temperature, dim=1),
+                                                   torch.softmax(TEACHER / temperature, dim=1))
+    ce = torch.nn.functional.cross_entropy(STUDENT, LABELS)
+    alpha_td = 0.3  # torchdistill's forward: alpha * hard_loss + beta * T^2 * soft_loss, beta = 1 - alpha
+    torchdistill = alpha_td * ce + (1 - alpha_td) * temperature**2 * kl
+    kdkit = LogitKDLoss(temperature, 0.7)(STUDENT, TEACHER, LABELS)[0]
+    assert kdkit.item() == pytest.approx(torchdistill.item(), abs=1e-5)
+
+
 def test_logit_kd_golden_components():
     _, parts = LogitKDLoss()(STUDENT, TEACHER, LABELS)
     assert parts["kd"].item() == pytest.approx(1.6373046250, abs=1e-5)

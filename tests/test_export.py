@@ -30,6 +30,7 @@ def test_export_cli_package_matches_model(student_checkpoint, synthetic, tmp_pat
     assert meta["vocab"] == ckpt["vocab"] and meta["model_config"] == ckpt["model_config"]
     assert meta["inputs"] == ["x", "node_id", "edge_index", "edge_attr", "batch", "ptr", "node_slots"]
     assert meta["window"] == 100 and meta["threshold"] == 0.5
+    assert meta["stride"] == 100 and meta["label_threshold"] == 0.0 and meta["role"] == "student"
 
     model = model_from_checkpoint(ckpt).eval()
     score = load_exported(out)
@@ -85,3 +86,26 @@ def test_export_rejects_vgae_and_missing_package(synthetic, tmp_path):
         export_model(vgae, collate_indices(gs, [0, 1]), tmp_path / "v.pt2")
     with pytest.raises(FileNotFoundError, match="kdkit export"):
         load_exported(tmp_path / "missing.pt2")
+
+
+def test_export_checks_the_checkpoint_before_building_anything(student_checkpoint, tmp_path, capsys):
+    """A VGAE, a checkpoint without graph settings, an inflated model config or another vocabulary
+    is refused with a message naming the file; no package is written."""
+    ck = torch.load(student_checkpoint, weights_only=True)
+    cases = {
+        "vgae.pt": (dict(ck, model_config={**ck["model_config"], "kind": "vgae"}),
+                    "is a vgae checkpoint: export supports the GAT classifier"),
+        "no_graph.pt": (dict(ck, train_config={k: v for k, v in ck["train_config"].items() if k != "window"}),
+                        "records no graph settings (train_config window/stride)"),
+        "huge.pt": (dict(ck, model_config={**ck["model_config"], "heads": 10_000}),
+                    "model option heads=10,000 is outside 1..64"),
+        "vocab.pt": (dict(ck, vocab=ck["vocab"][:-3]),
+                     "exported checkpoint's ID vocabulary"),
+    }
+    for name, (bad, message) in cases.items():
+        path = tmp_path / name
+        torch.save(bad, path)
+        assert main(["export", "--checkpoint", str(path), "--out", str(tmp_path / "x.pt2")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and (name in err or "vocabulary" in message), err
+    assert not list(tmp_path.glob("*.pt2")) and not list(tmp_path.glob(".*tmp*"))

@@ -30,8 +30,8 @@ EF = {name: i for i, name in enumerate(EDGE_FEATURES)}
 ln = math.log
 
 # Two windows of W=5 and one leftover message. IDs: 0x0C1, 0x110 (all digits: still hex),
-# 0x4B1 and 0x7FF (not in the vocabulary below). Message 3 is an attack; message 8 steps
-# back in time.
+# 0x4B1 and 0x7FF (not in the vocabulary below). Message 3 is an attack; messages 7 and 8
+# share a timestamp (an interval of 0).
 HAND_CSV = """timestamp,arbitration_id,data_field,attack
 1.000,110,0A14,0
 1.001,0C1,FF,0
@@ -40,7 +40,7 @@ HAND_CSV = """timestamp,arbitration_id,data_field,attack
 1.008,4B1,0102030405060708,0
 1.010,0C1,,0
 1.011,0C1,00,0
-1.013,7FF,00,0
+1.012,7FF,00,0
 1.012,0C1,,0
 1.020,0C1,,0
 1.030,110,00,0
@@ -106,13 +106,13 @@ def test_hand_made_node_features(hand_graphs: GraphSet):
         # window 0, 0x4B1 once at position 4
         node_row(payload=[1, 2, 3, 4, 5, 6, 7, 8], count_frac=0.2, first_pos=0.8, last_pos=0.8, dlc_mean=1.0,
                  gap_mean=ln(4)),
-        # window 1, 0x0C1 at positions 0, 1, 3, 4 (DLC 0, 1, 0, 0); the gap at position 3 is negative -> 0,
+        # window 1, 0x0C1 at positions 0, 1, 3, 4 (DLC 0, 1, 0, 0); the gap at position 3 is 0 (same time),
         # the gap at position 0 reaches back to the previous window's last message (2 ms)
         node_row(count_frac=0.8, first_pos=0.0, last_pos=0.8, dlc_mean=(1 / 4) / 8,
                  iat_mean=statistics.fmean(iat_c1_w1), iat_std=statistics.pstdev(iat_c1_w1),
                  gap_mean=(ln(3) + ln(2) + 0.0 + ln(9)) / 4),
-        # window 1, 0x7FF once at position 2
-        node_row(count_frac=0.2, first_pos=0.4, last_pos=0.4, dlc_mean=1 / 8, gap_mean=ln(3)),
+        # window 1, 0x7FF once at position 2, 1 ms after position 1
+        node_row(count_frac=0.2, first_pos=0.4, last_pos=0.4, dlc_mean=1 / 8, gap_mean=ln(2)),
     ]
     np.testing.assert_allclose(hand_graphs.x.numpy(), np.array(expected), rtol=1e-5, atol=1e-6)
 
@@ -129,8 +129,9 @@ def test_hand_made_edge_features(hand_graphs: GraphSet):
         # window 1: 0x0C1 self-loop at positions 0 and 3 (1 ms, 8 ms)
         edge_row(count_frac=2 / 4, iat_mean=(ln(2) + ln(9)) / 2, iat_std=(ln(9) - ln(2)) / 2,
                  first_pos=0.0, last_pos=0.6, self_loop=1, reciprocal=1),
-        edge_row(count_frac=1 / 4, iat_mean=ln(3), first_pos=0.2, last_pos=0.2, reciprocal=1),
-        # 0x7FF->0x0C1 steps back in time by 1 ms: interval 0
+        # 0x0C1->0x7FF once at position 1 (1 ms)
+        edge_row(count_frac=1 / 4, iat_mean=ln(2), first_pos=0.2, last_pos=0.2, reciprocal=1),
+        # 0x7FF->0x0C1 at the same time: interval 0
         edge_row(count_frac=1 / 4, iat_mean=0.0, first_pos=0.4, last_pos=0.4, reciprocal=1),
     ]
     np.testing.assert_allclose(hand_graphs.edge_attr.numpy(), np.array(expected), rtol=1e-5, atol=1e-6)
@@ -195,7 +196,8 @@ def test_id_vocab_oov_and_roundtrip():
 
 
 def _logms(seconds: float) -> float:
-    return math.log1p(max(seconds, 0.0) * 1000.0)
+    assert seconds >= 0.0, "the builder refuses time going backwards"
+    return math.log1p(seconds * 1000.0)
 
 
 def _mean(v: list[float]) -> float:
@@ -253,8 +255,8 @@ def reference_graphs(m: Messages, vocab_ids: list[int], window: int, starts: lis
 def _messages(ids: np.ndarray, seed: int, attack_type: str = "DoS") -> Messages:
     rng = np.random.default_rng(seed)
     n = ids.shape[0]
-    # mostly increasing timestamps with some steps backwards, as real recordings have
-    steps = rng.choice([0.0, 0.0001, 0.0005, 0.002, -0.0003], size=n)
+    # increasing timestamps, some of them equal (time never goes backwards: the readers refuse it)
+    steps = rng.choice([0.0, 0.0001, 0.0005, 0.002, 0.0003], size=n)
     ts = 1_500_000_000.0 + np.cumsum(steps)
     dlc = rng.integers(0, 9, n).astype(np.uint8)
     payload = rng.integers(0, 256, (n, 8)).astype(np.uint8)

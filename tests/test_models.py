@@ -197,6 +197,7 @@ def test_choose_threshold():
     scores = [0.1, 0.2, 0.3, 0.35, 0.8, 0.9]
     labels = [0, 0, 0, 1, 1, 1]
     assert choose_threshold(scores, labels) == pytest.approx(0.35)  # J = 1 at score >= 0.35
-    assert choose_threshold(torch.arange(101.0), quantile=0.9) == pytest.approx(90.0)
+    # at most floor(0.1 * 101) = 10 of 101 attack-free scores at or above the threshold (score >= t is an attack)
+    assert choose_threshold(torch.arange(101.0), quantile=0.9) == pytest.approx(91.0)
     with pytest.raises(ValueError, match="one class"):
         choose_threshold(scores, [0] * 6)

@@ -62,6 +62,14 @@ def test_f1_per_scenario_bar_heights():
     assert heights[2] == 0.7 and np.isnan(heights[3])
 
 
+def test_f1_per_scenario_marks_an_undefined_f1():
+    """F1 is None for a scenario without attack windows: no bar, labelled n/a (not an F1 of 0)."""
+    fig = plots.f1_per_scenario({"teacher": {"s1": 0.9, "no_attacks": None}})
+    heights = [b.get_height() for b in _bars(fig.axes[0])]
+    assert heights[0] == 0.9 and np.isnan(heights[1])
+    assert "n/a" in [t.get_text() for t in fig.axes[0].texts]
+
+
 def test_benchmark_bars_are_medians_with_min_max_error_bars():
     rows = [{"model": "gat", "variant": "legacy", "graphs_per_s": [1.0, 2.0, 10.0]},
             {"model": "gat", "variant": "fabric", "graphs_per_s": [4.0, 4.0, 5.0]}]

@@ -61,6 +61,14 @@ def test_run_metrics_and_rows_from_a_summary(tmp_path):
     assert report.headline({"notebook": "teacher", **m}) == "teacher: 100 parameters, overall F1 0.750"
 
 
+def test_headline_with_an_undefined_f1():
+    """An overall F1 is None when the test data hold no attack windows: shown as "-"."""
+    m = {"notebook": "student", "student_kd": {"parameters": 10, "overall": {"f1": None}},
+         "student_alone": {"parameters": 10, "overall": {"f1": 0.5}}, "teacher": {"overall": {"f1": None}}}
+    assert report.headline(m) == "student: 10 parameters, overall F1 - with KD, 0.500 alone (teacher -)"
+    assert report.headline({"notebook": "teacher", "parameters": 5, "overall": {"f1": None}}).endswith("F1 -")
+
+
 def test_epoch_printer(capsys):
     report.epoch_printer(3)({"epoch": 0, "train_loss": 0.5, "val_loss": 0.25, "val_f1": 1.0, "epoch_seconds": 2.0})
     assert capsys.readouterr().out.strip() == "epoch 1/3  train_loss 0.5000  val_loss 0.2500  val_f1 1.0000  (2.0 s)"

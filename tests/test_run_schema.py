@@ -16,8 +16,17 @@ import pytest
 
 from kdkit.cli.train import add_train_arguments, overrides_from_cli
 from kdkit.cluster.orchestrator import FabricSlurmTrainingOrchestrator
-from kdkit.config import (OPTIM, TrainConfig, list_configs, make_config, overrides_from_args, param, schema,
-                          to_argv, validate_overrides)
+from kdkit.config import (
+    OPTIM,
+    TrainConfig,
+    list_configs,
+    make_config,
+    overrides_from_args,
+    param,
+    schema,
+    to_argv,
+    validate_overrides,
+)
 from kdkit.ui.widgets import TrainPanel
 from kdkit.workflows.notebooks import check_parameters
 

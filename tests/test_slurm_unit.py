@@ -73,7 +73,8 @@ class FakeSlurm:
             return ok()
         job = argv[-1]
         if cmd == "squeue":
-            rows = [f"{j}|{self._peek(j)}|None|node[01-03,05]" for j in argv[-1].split(",") if j in self.states]
+            ids = argv[-1].removeprefix("--jobs=").split(",")
+            rows = [f"{j}|{self._peek(j)}|None|node[01-03,05]" for j in ids if j in self.states]
             return ok("\n".join(rows) + "\n") if rows else err("slurm_load_jobs error: Invalid job id specified")
         if cmd == "scontrol":
             if job not in self.states:
@@ -212,7 +213,7 @@ def test_registry_survives_a_new_orchestrator(orch, fake, tmp_path):
     [info] = fresh.check_all_jobs()
     assert info["job_id"] == "101" and info["state"] == "RUNNING" and info["cluster"] == "kdkit"
     assert info["nodes"] == "node[01-03,05]" and info["run_dir"] == str(run_dir)
-    assert ["squeue", "-h", "-t", "all", "-o", "%i|%T|%r|%N", "-j", "101"] in fake.calls
+    assert ["squeue", "-h", "-t", "all", "-o", "%i|%T|%r|%N", "--jobs=101"] in fake.calls
     data = json.loads((tmp_path / "runs" / "slurm_jobs.json").read_text())
     assert data["jobs"]["101"]["state"] == "RUNNING"
     assert [p.name for p in (tmp_path / "runs").iterdir() if p.name.startswith(".slurm_jobs")] == []
@@ -260,13 +261,15 @@ def test_wait_gives_up_on_a_job_slurm_forgot_and_times_out(orch, fake, monkeypat
 def test_old_jobs_come_from_sacct_then_jobcomp(orch, fake):
     info = orch.status("7")
     assert info["state"] == "CANCELLED" and info["exit_code"] == "0:15" and info["nodes"] == "node[01-03,05]"
-    assert [c[:2] for c in fake.calls] == [["scontrol", "show"], ["sacct", "-n"], ["sacct", "-c"]]
+    assert fake.calls[0] == ["scontrol", "-o", "--", "show", "job", "7"]
+    assert [c[:2] for c in fake.calls[1:]] == [["sacct", "-n"], ["sacct", "-c"]]
+    assert all(c[-1] == "--jobs=7" for c in fake.calls[1:])
 
 
 def test_cancel_and_cluster_flag(orch, fake):
     job = orch.submit_gat_training("synthetic", "teacher")
     orch.cancel(job)
-    assert fake.calls[-1] == ["scancel", "-M", "kdkit", job]
+    assert fake.calls[-1] == ["scancel", "-M", "kdkit", "--", job]
     assert orch.status(job)["state"] == "CANCELLED"
 
 

@@ -158,6 +158,36 @@ def test_make_optimizer_is_fused_adamw():
     assert opt.defaults["lr"] == cfg.learning_rate and opt.defaults["weight_decay"] == cfg.weight_decay
 
 
+def test_make_optimizer_decays_matrices_only(synthetic):
+    """nanoGPT's rule: weight decay for tensors of >= 2 dims; biases and norm parameters keep theirs."""
+    from kdkit.config import make_config
+
+    cfg = make_config(model="gat", type="student", dataset="synthetic", weight_decay=0.1, learning_rate=0.01)
+    model = _gat(synthetic.splits["train"])
+    frozen = next(p for p in model.parameters() if p.dim() >= 2)
+    frozen.requires_grad_(False)
+    opt = cpu_speedups.make_optimizer(model.parameters(), cfg, torch.device("cpu"))
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert decay["fused"] is True and no_decay["fused"] is True  # still one fused kernel per group
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    kept = {names[id(p)] for p in no_decay["params"]}
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert decayed == {n for n, p in trainable.items() if p.dim() >= 2}
+    assert kept == {n for n, p in trainable.items() if p.dim() < 2}
+    assert any(n.endswith("bias") for n in kept) and any("norm" in n for n in kept)
+    assert any(n.endswith("weight") and trainable[n].dim() == 2 for n in decayed)
+    # one step with zero gradients: only the decayed tensors shrink, by lr * weight_decay
+    before = {n: p.detach().clone() for n, p in trainable.items()}
+    for p in trainable.values():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    for n, p in trainable.items():
+        expected = before[n] * (1 - 0.01 * 0.1) if n in decayed else before[n]
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-6, atol=1e-7)
+
+
 def test_compile_auto_policy_and_config_values(synthetic, tmp_path):
     """compile "auto" (the default) turns on for a GAT on CPU with a long run only; the config
     takes true, false or "auto" and nothing else."""
@@ -187,3 +217,32 @@ def test_compile_auto_policy_and_config_values(synthetic, tmp_path):
     assert decide("gat", max(long_epochs - 1, 1)) is (max(long_epochs - 1, 1) * steps_per_epoch >= COMPILE_AUTO_MIN_STEPS)
     assert decide("gat", 1) is False and decide("vgae", long_epochs) is False
     assert decide("gat", 1, compile=True) is True and decide("gat", long_epochs, compile=False) is False
+
+
+def test_old_one_group_optimizer_state_resumes_into_two_groups():
+    """A last.pt written before weight decay was split (one AdamW group) still resumes: each
+    parameter gets its own moments back, and the schedule's per-group lists cover both groups."""
+    from kdkit.config import make_config
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3), torch.nn.Linear(3, 2))
+    old = torch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=0.1)
+    old_sched = torch.optim.lr_scheduler.LambdaLR(old, lambda step: 0.5)
+    model(torch.randn(5, 4)).sum().backward()
+    old.step()
+    old_sched.step()
+    state, sched_state = old.state_dict(), old_sched.state_dict()
+    new = cpu_speedups.make_optimizer(model.parameters(), make_config(learning_rate=0.01, weight_decay=0.1),
+                                      torch.device("cpu"))
+    assert len(new.param_groups) == 2
+    new.load_state_dict(cpu_speedups.upgrade_optimizer_state(state, new, model.parameters()))
+    for p in model.parameters():
+        torch.testing.assert_close(new.state[p]["exp_avg"], old.state[p]["exp_avg"])
+    assert [g["weight_decay"] for g in new.param_groups] == [0.1, 0.0]
+    assert all(g["lr"] == old.param_groups[0]["lr"] for g in new.param_groups)
+    sched = torch.optim.lr_scheduler.LambdaLR(new, lambda step: 0.5)
+    sched.load_state_dict(cpu_speedups.upgrade_scheduler_state(sched_state, new))
+    sched.step()
+    assert [g["lr"] for g in new.param_groups] == [0.005, 0.005]
+    same = cpu_speedups.upgrade_optimizer_state(new.state_dict(), new, model.parameters())
+    assert same["param_groups"] == new.state_dict()["param_groups"]  # a current state passes through

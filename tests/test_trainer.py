@@ -1,6 +1,7 @@
 """The Fabric trainer, the legacy baseline, checkpoints, resume, config validation, CLI."""
 from __future__ import annotations
 
+import csv
 import json
 import pickle
 
@@ -129,8 +130,11 @@ def test_resume_reaches_same_weights(synthetic, tmp_path):
     assert torch.load(last, weights_only=True)["epoch"] == 0
     resumed = train(tiny_cfg(tmp_path, run_name="cut", epochs=3), resume=last, progress=False, data=synthetic)
     logs = tmp_path / "runs" / "cut" / "logs"
-    assert (logs / "metrics_until_epoch0.csv").is_file() and (logs / "metrics.csv").is_file()  # no history lost
-    assert [h["epoch"] for h in resumed["history"]] == [0, 1, 2]
+    with open(logs / "metrics.csv", newline="") as handle:  # the history continues: every epoch once
+        assert [int(row["step"]) for row in csv.DictReader(handle)] == [0, 1, 2]
+    assert [p.name for p in logs.iterdir()] == ["metrics.csv"]
+    assert f"resumed from {last} at epoch 1" in (tmp_path / "runs" / "cut" / "fabric_training.log").read_text()
+    assert [h["epoch"] for h in resumed["history"]] == [0, 1, 2] and resumed["resumed_at_epoch"] == 1
     a, b = _weights(full["last_checkpoint"]), _weights(resumed["last_checkpoint"])
     assert a.keys() == b.keys()
     for k in a:

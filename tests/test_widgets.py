@@ -82,8 +82,13 @@ def test_train_runs_the_pipeline_in_the_background(kdkit_env, tmp_path):
         assert scenario in p.results.value and f"{metrics['f1']:.4f}" in p.results.value
     assert "F1 per scenario" in p.results.value and "done in" in p.status.value
     assert not p.train_button.disabled
-    # blocking=True returns the summary of a second run (the same panel, the same function)
+    # the same run name again is refused (a run is never overwritten silently) ...
     p.epochs.value = 1
+    with pytest.raises(ValueError, match="overwrite"):
+        p.train(blocking=True)
+    assert "error:" in p.status.value and "overwrite" in p.status.value
+    # ... and blocking=True returns the summary of a second run that says overwrite
+    p.extra.value = json.dumps({**json.loads(p.extra.value or "{}"), "overwrite": True})
     assert p.train(blocking=True)["epochs_run"] == 1 and p.progress.value == 1
 
 

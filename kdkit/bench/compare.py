@@ -11,6 +11,7 @@ can rerun (``kdkit bench train|infer|preprocess``), recorded with the machine it
 """
 from __future__ import annotations
 
+import math
 import statistics
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -27,7 +28,13 @@ from kdkit.workflows.run import check_compatible
 
 # ----------------------------------------------------------------------------- teacher vs students
 def load_teacher(checkpoint: str | Path, data) -> dict:
-    """A trained teacher as a summary-like dict (checkpoint, model, sizes, ``test`` metrics on ``data``)."""
+    """A trained teacher as a summary-like dict (checkpoint, model, sizes, ``test`` metrics on ``data``).
+
+    ``best_epoch`` is the epoch (1-based) of the best validation metric in the checkpoint's
+    history. ``epochs_run`` comes from the run's ``last.pt`` next to it: a ``best.pt`` holds the
+    history only up to its own epoch. Without a ``last.pt`` it is None (unknown) unless
+    ``checkpoint`` is the last one itself.
+    """
 
     path = Path(checkpoint)
     if not path.is_file():
@@ -37,11 +44,34 @@ def load_teacher(checkpoint: str | Path, data) -> dict:
     check_compatible(ckpt, data, "teacher")
     model = model_from_checkpoint(ckpt).eval()
     results = evaluate_model(model, data.splits, float(ckpt.get("threshold", 0.5)))
+    history = ckpt.get("history", [])
+    last = path.with_name("last.pt")
+    if last.is_file() and last.resolve() != path.resolve():
+        history = load_checkpoint(last).get("history", history)  # the whole run: the best epoch and the ones after
+        epochs_run = len(history)
+    else:
+        epochs_run = len(history) if path.name == "last.pt" else None
     return {"model": ckpt["model_config"]["kind"], "type": "teacher", "kd": False, "best_checkpoint": str(path),
             "parameters": count_parameters(model), "size_bytes": model_size_bytes(model),
-            "epochs_run": len(ckpt.get("history", [])), "train_seconds": None, "precision": None,
-            "threshold": float(ckpt.get("threshold", 0.5)), "history": ckpt.get("history", []),
+            "epochs_run": epochs_run, "best_epoch": best_epoch(history), "train_seconds": None, "precision": None,
+            "threshold": float(ckpt.get("threshold", 0.5)), "history": history,
             "test": {k: v for k, v in results.items() if k != "scores"}}
+
+
+def best_epoch(history: Sequence[Mapping]) -> int | None:
+    """The epoch (1-based) the best checkpoint was saved at, from a run's ``history``.
+
+    The monitored metric is ``val_f1`` (higher is better) when recorded, else ``val_loss``
+    (lower is better), as in :attr:`kdkit.training.task.Task.monitor`; the first epoch wins a
+    tie (the trainers save ``best.pt`` only on a strict improvement). None without history.
+    """
+    key, sign = ("val_f1", 1.0) if any("val_f1" in h for h in history) else ("val_loss", -1.0)
+    scored = [(sign * float(h[key]), -i, h) for i, h in enumerate(history)
+              if h.get(key) is not None and not math.isnan(float(h[key]))]
+    if not scored:
+        return None
+    _, neg_i, h = max(scored, key=lambda t: (t[0], t[1]))
+    return int(h.get("epoch", -neg_i)) + 1
 
 
 def f1_by_model(models: Mapping[str, Mapping]) -> dict[str, dict[str, float]]:
@@ -78,6 +108,7 @@ def compare_models(models: Mapping[str, Mapping], dataset: str, data_root: str |
         ref = ref or s
         rows.append({"name": name, "parameters": s["parameters"], "size_bytes": s["size_bytes"],
                      "param_share": s["parameters"] / ref["parameters"], "f1_overall": s["test"]["overall"].get("f1"),
+                     "best_epoch": best_epoch(s.get("history", [])), "epochs_run": s.get("epochs_run"),
                      "latency_ms_p50": speed["latency_ms_p50"], "latency_ms_p99": speed["latency_ms_p99"],
                      "windows_per_s": speed["windows_per_s"], "messages_per_s": speed["messages_per_s"]})
     return rows

@@ -9,8 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from kdkit.data.datasets import REGISTRY, PrepareConfig, format_info, prepare
+from kdkit.config import validate_overrides
+from kdkit.data.datasets import REGISTRY, PrepareConfig, format_info, prepare, skipped_rows_report
 from kdkit.data.simulate import simulate
+
+# flags shared with the run schema (kdkit train): checked by the same rules (types, ranges, finite)
+SCHEMA_FLAGS = ("window", "stride", "label_threshold", "val_fraction")
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -27,8 +31,18 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--include-excluded", action="store_true", help="also train on suppress/masquerade recordings")
 
 
-def prepare_config_from_args(args: argparse.Namespace):
+def prepare_config_from_args(args: argparse.Namespace) -> PrepareConfig:
+    """The graph settings of ``kdkit data prepare|info``, checked like the same keys of ``kdkit train``.
 
+    Raises:
+        ValueError: naming the flag and its value (``--label-threshold nan``, ``-1``...).
+    """
+    for key in SCHEMA_FLAGS:
+        value = getattr(args, key)
+        try:
+            validate_overrides({key: value})
+        except ValueError as err:
+            raise ValueError(f"--{key.replace('_', '-')} {value!r}: {err}") from None
     return PrepareConfig(window=args.window, stride=args.stride, label_threshold=args.label_threshold,
                          val_fraction=args.val_fraction, seed=args.seed, include_excluded=args.include_excluded,
                          on_bad_rows=args.on_bad_rows)
@@ -46,8 +60,8 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     ds = prepare(args.dataset, prepare_config_from_args(args), args.data_root, args.cache_dir, rebuild=args.rebuild, progress=True)
     state = "loaded from" if ds.loaded_from_cache else "built into"
     print(f"{args.dataset}: {sum(len(g) for g in ds.splits.values())} graphs {state} {ds.cache_dir}")
-    for path, n in ds.info.get("skipped_rows", {}).items():
-        print(f"  skipped {n} malformed rows in {path}")
+    for line in skipped_rows_report(ds.info):
+        print(line)
     return 0
 
 

@@ -10,8 +10,11 @@
         [--slurm-preset v100 --partition gpu --account X --time 04:00:00 --dry-run]
 
 Every sub-command's ``func`` returns the process exit status: 0 when the job (or the
-request) succeeded, 1 when Slurm refused or the job ended in a state other than
-COMPLETED.
+request) succeeded, 1 when Slurm refused, did not answer (squeue/scontrol/sacct/scancel
+get ``$KDKIT_SLURM_QUERY_TIMEOUT`` seconds, default 10) or the job ended in a state other
+than COMPLETED. A job ID that is not one (``--name=x``) is refused before Slurm is asked
+(``kdkit.cli.main`` turns the ValueError into exit status 2). A state Slurm could not
+confirm is shown with ``[stale]``: the registry keeps the last known one.
 """
 from __future__ import annotations
 
@@ -19,17 +22,22 @@ import argparse
 import json
 import sys
 
-from kdkit.cluster.orchestrator import FabricSlurmTrainingOrchestrator, SlurmError, load_presets
+from kdkit.cluster.orchestrator import FabricSlurmTrainingOrchestrator, SlurmError, SlurmUnavailable, load_presets
 
 _RESOURCE_FLAGS = ("partition", "account", "qos", "time", "gpus", "mem")
 
 
 def format_job(info: dict) -> str:
-    """One line per job for people; a failed job adds its exit code and log tail."""
+    """One line per job for people; a failed job adds its exit code and log tail, a job whose
+    state Slurm could not confirm is marked ``[stale]`` (with its ``last_error`` if given)."""
     line = f"{info['job_id']:>8}  {info.get('state', '?'):<13} {info.get('name') or '-'}"
     for key in ("exit_code", "reason", "nodes"):
         if info.get(key) and not (key == "exit_code" and info[key] == "0:0"):
             line += f"  {key}={info[key]}"
+    if info.get("stale"):
+        line += "  [stale: last known state]"
+        if info.get("last_error"):
+            line += f"\n    last check: {info['last_error']}"
     if info.get("log_tail"):
         line += f"\n    log {info.get('log')}:\n" + "\n".join(
             "    | " + ln for ln in info["log_tail"].splitlines())
@@ -92,7 +100,14 @@ def _orchestrator(args) -> FabricSlurmTrainingOrchestrator:
 
 
 def _cmd_status(args) -> int:
-    jobs = _orchestrator(args).check_all_jobs()
+    try:
+        jobs = _orchestrator(args).check_all_jobs()
+    except SlurmUnavailable as err:                   # last known states, then the error (exit 1)
+        if args.json:
+            print(json.dumps(err.jobs, indent=1))
+        for info in [] if args.json else err.jobs:
+            print(format_job({**info, "last_error": None}))
+        raise
     if args.json:
         print(json.dumps(jobs, indent=1))
     for info in [] if args.json else jobs:

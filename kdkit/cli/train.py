@@ -6,6 +6,8 @@
     kdkit train --list-configs
     kdkit train --optimize-batch-size --dataset hcrl_sa --model gat
     kdkit train --model gat --dataset hcrl_sa --type teacher --use-slurm --slurm-preset v100 --partition gpu
+    kdkit train ... --run-name s1 --overwrite          # replace runs/s1 (a reused run name is refused otherwise)
+    kdkit train ... --run-name s1 --resume runs/s1/checkpoints/last.pt
     kdkit evaluate --checkpoint runs/hcrl_sa_gat_teacher/checkpoints/best.pt --dataset hcrl_sa --json
 """
 from __future__ import annotations
@@ -67,12 +69,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     summary = train(cfg, resume=args.resume)
     if summary.get("rank", 0) != 0:
         return 0
+    if summary.get("resumed_from"):
+        print(f"resumed from {summary['resumed_from']} at epoch {summary['resumed_at_epoch']}")
     print(f"\n{summary['model']} {summary['type']} ({'KD' if summary['kd'] else 'no KD'}): {summary['parameters']:,} parameters, "
           f"{summary['size_bytes'] / 1024:.1f} KiB, {summary['epochs_run']} epochs in {summary['train_seconds']:.1f} s "
           f"[{summary['trainer']}, {summary['precision']}]")
     print(format_table(summary["test"]))
+    print_skipped(summary.get("skipped_scenarios"))
     print(f"\nrun folder: {summary['run_dir']}  best checkpoint: {summary['best_checkpoint']}")
+    if summary.get("compat_note"):
+        print(summary["compat_note"])
     return 0
+
+
+def print_skipped(skipped: dict | None) -> None:
+    """The test scenarios left out of the metrics (no windows), one line each."""
+    for name, why in (skipped or {}).items():
+        print(f"skipped test scenario {name}: {why}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -82,13 +95,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(res, indent=2, default=float))
     else:
         print(format_table(res))
+        print_skipped(res.get("skipped_scenarios"))
     return 0
 
 
 def add_train_arguments(p: argparse.ArgumentParser, cls: type = TrainConfig) -> None:
     """The ``kdkit train`` options: its own (config JSON, resume, SLURM) and one flag per run-schema field."""
     p.add_argument("--config", help="JSON object of config keys (see --list-configs), or @file.json; flags win")
-    p.add_argument("--resume", help="continue an interrupted run from its last.pt")
+    p.add_argument("--resume", help="continue an interrupted run from its last.pt (same settings; into its own run "
+                                    "folder, the metrics history continues)")
     p.add_argument("--no-teacher", action="store_true", help="train a student alone without a notice")
     p.add_argument("--list-configs", action="store_true", help="print presets and every config key, then exit")
     add_config_arguments(p, cls)
@@ -107,7 +122,8 @@ def register(sub) -> None:
     p.add_argument("--checkpoint", required=True, help="a kdkit checkpoint (best.pt)")
     p.add_argument("--dataset", required=True, choices=sorted(REGISTRY))
     p.add_argument("--data-root", default=None)
-    p.add_argument("--out", default=None, help="folder for evaluation_<dataset>.json (default: the run folder)")
+    p.add_argument("--out", default=None, help="folder for evaluation_<dataset>.json (default: the run folder of "
+                                               "<run>/checkpoints/X.pt, else beside the checkpoint)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
     _register_batch_size_and_demo(sub)

@@ -21,6 +21,12 @@ survives restarts. Scripts come from ``slurm_templates/`` at the repo top (overr
 the directory with ``KDKIT_SLURM_TEMPLATES``); rendering and value checks live in
 kdkit/cluster/sbatch.py. A local test cluster:
 ``.ci/slurm-cluster.sh start``.
+
+Job IDs must look like ``123`` or ``123_4`` (:func:`check_job_id`) and reach Slurm only after
+``--`` or as ``--jobs=``, never where they could be read as an option. Each squeue, scontrol,
+sacct or scancel call gets ``query_timeout`` seconds (default 10); a controller that does not
+answer raises :class:`SlurmUnavailable` at once (one squeue call covers every job), and the
+registry keeps each job's last known state, marked ``stale`` with ``last_error``, never UNKNOWN.
 """
 from __future__ import annotations
 
@@ -50,8 +56,56 @@ KNOWN_STATES = TERMINAL_STATES | {
     "RESV_DEL_HOLD", "UNKNOWN"}
 
 
+QUERY_TIMEOUT = 10.0
+"""Seconds one squeue/scontrol/sacct/scancel call may take (Slurm's own default MessageTimeout);
+``KDKIT_SLURM_QUERY_TIMEOUT`` or the orchestrator's ``query_timeout`` changes it."""
+
+SUBMIT_TIMEOUT = 120.0
+"""Seconds one sbatch call may take."""
+
+_JOB_ID = re.compile(r"[0-9]+(_[0-9]+)?")
+
+
 class SlurmError(RuntimeError):
     """A Slurm command failed (job rejected, unknown job, no Slurm on this machine)."""
+
+
+class SlurmUnavailable(SlurmError):
+    """The Slurm controller did not answer (timed out or refused); no job state was changed.
+
+    Attributes:
+        jobs: the last known records of the jobs being checked (``check_all_jobs``), each
+            marked ``stale``; empty otherwise.
+    """
+
+    def __init__(self, message: str, jobs: list[dict] | None = None):
+        super().__init__(message)
+        self.jobs = list(jobs or [])
+
+
+class RegistryError(ValueError):
+    """The job registry file (``runs/slurm_jobs.json``) cannot be read as one."""
+
+
+def _json_type(value) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number")
+
+
+def check_job_id(job_id) -> str:
+    """``job_id`` as a string if it is a SLURM job ID (``123``, or ``123_4`` for an array task).
+
+    Every ID kdkit hands to scancel/squeue/sacct/scontrol goes through here, so a value such
+    as ``--name=x`` can never reach them as an option.
+
+    Raises:
+        ValueError: naming the value and what a job ID looks like.
+    """
+    text = str(job_id)
+    if isinstance(job_id, bool) or not _JOB_ID.fullmatch(text):
+        raise ValueError(f"job ID {text!r} is not a SLURM job ID: expected digits such as 123, or 123_4 for "
+                         "an array task (`kdkit slurm status` lists the jobs kdkit submitted)")
+    return text
 
 
 # ---------------------------------------------------------------------------- parsing
@@ -125,19 +179,47 @@ class JobRegistry:
         self.path = Path(path)
 
     def load(self) -> dict[str, dict]:
-        """All jobs by ID (empty when the file does not exist yet)."""
+        """All jobs by ID (empty when the file does not exist yet).
+
+        Raises:
+            RegistryError: the file is not JSON, or not ``{"jobs": {JOB_ID: {...}, ...}}``;
+                the message names the file and says what to do.
+        """
         if not self.path.is_file():
             return {}
-        return json.loads(self.path.read_text())["jobs"]
+        try:
+            data = json.loads(self.path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise self._error(f"it is not JSON ({err})") from None
+        expected = '{"version": 1, "jobs": {JOB_ID: {...}, ...}}'
+        if not isinstance(data, dict):
+            raise self._error(f"expected an object {expected}, found a JSON {_json_type(data)}")
+        if "jobs" not in data:
+            raise self._error(f"it has no 'jobs' (keys: {', '.join(sorted(data)) or 'none'}); expected {expected}")
+        jobs = data["jobs"]
+        if not isinstance(jobs, dict):
+            raise self._error(f"'jobs' is a JSON {_json_type(jobs)}, not an object of jobs; expected {expected}")
+        for job_id, record in jobs.items():
+            if not _JOB_ID.fullmatch(job_id) or not isinstance(record, dict):
+                raise self._error(f"entry {job_id!r} is not a job (a SLURM job ID mapped to an object): {record!r}")
+        return {job_id: {**record, "job_id": job_id} for job_id, record in jobs.items()}
 
-    def update(self, job_id: str, **fields) -> dict:
-        """Merges ``fields`` into job ``job_id``'s record and saves; returns the record."""
+    def _error(self, what: str) -> RegistryError:
+        return RegistryError(f"{self.path} is not a kdkit job registry: {what}. Move it aside "
+                             f"(mv {self.path} {self.path}.bad) and kdkit starts a new one; the jobs it listed "
+                             "keep running (squeue -u $USER shows them)")
+
+    def update(self, job_id: str, drop: tuple[str, ...] = (), **fields) -> dict:
+        """Merges ``fields`` into job ``job_id``'s record, removes the keys in ``drop``, and
+        saves; returns the record."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path.with_name(self.path.name + ".lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             jobs = self.load()
             record = jobs.setdefault(job_id, {"job_id": job_id})
             record.update(fields)
+            for key in drop:
+                record.pop(key, None)
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".slurm_jobs.")
             with os.fdopen(fd, "w") as f:
                 json.dump({"version": 1, "jobs": jobs}, f, indent=1, sort_keys=True)
@@ -153,8 +235,11 @@ class FabricSlurmTrainingOrchestrator:
         runs_dir: where run dirs and ``slurm_jobs.json`` live. Default ``"runs"``.
         preset: resource preset from ``slurm_templates/presets.ini`` (``cpu``, ``v100``,
             ``a100``, ``h100``). Default ``"cpu"``.
-        runner: runs a Slurm command list and returns a ``CompletedProcess``; tests
-            pass a fake. Default: ``subprocess.run``.
+        runner: runs a Slurm command list and returns a ``CompletedProcess`` (raising
+            ``subprocess.TimeoutExpired`` when it hangs); tests pass a fake. Default:
+            ``subprocess.run`` with ``query_timeout`` for queries and scancel, 120 s for sbatch.
+        query_timeout: seconds one squeue/scontrol/sacct/scancel call may take before the
+            controller counts as down. Default ``$KDKIT_SLURM_QUERY_TIMEOUT`` or 10.
         schema: the run schema training jobs are checked against and whose fields become
             ``kdkit train`` flags. Default :class:`~kdkit.config.TrainConfig`.
         **defaults: resource overrides for every job: partition, account, qos, time,
@@ -165,7 +250,7 @@ class FabricSlurmTrainingOrchestrator:
     """
 
     def __init__(self, runs_dir: str | os.PathLike = "runs", preset: str = "cpu", *,
-                 runner=None, schema: type = TrainConfig, **defaults):
+                 runner=None, query_timeout: float | None = None, schema: type = TrainConfig, **defaults):
         presets = load_presets()
         if preset not in presets:
             raise ValueError(f"preset={preset!r} unknown; known: {', '.join(presets)}")
@@ -176,8 +261,10 @@ class FabricSlurmTrainingOrchestrator:
                          "separate_stderr": False, **presets[preset]}
         self.defaults = self._resources(defaults)
         self.registry = JobRegistry(self.runs_dir / "slurm_jobs.json")
+        self.query_timeout = _query_timeout(query_timeout)
         self._runner = runner or (lambda argv: subprocess.run(
-            argv, capture_output=True, text=True, timeout=120, check=False))
+            argv, capture_output=True, text=True, check=False,
+            timeout=SUBMIT_TIMEOUT if argv[0] == "sbatch" else self.query_timeout))
 
     # ---- submission
     def submit_gat_training(self, dataset: str, model_type: str, teacher=None, **overrides):
@@ -349,6 +436,7 @@ class FabricSlurmTrainingOrchestrator:
         script = render(template, fields)
         if dry_run:
             return script
+        self.registry.load()              # a broken registry is refused before anything is submitted
         if (run_dir / "job.sbatch").exists():
             raise FileExistsError(f"{run_dir} already holds a job; choose another run_name")
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -368,37 +456,56 @@ class FabricSlurmTrainingOrchestrator:
     def status(self, job_id: str) -> dict:
         """The job's record, refreshed from Slurm unless already final.
 
+        A job Slurm no longer knows keeps its last known state in the registry, marked
+        ``stale`` with a ``last_error``; one kdkit never saw gets state ``UNKNOWN``.
+
         Returns:
             dict with job_id, state, exit_code, reason, nodes, run_dir, log, and, for a
             final state other than COMPLETED, ``log_tail`` (last 20 log lines).
+
+        Raises:
+            ValueError: ``job_id`` is not a SLURM job ID.
+            SlurmUnavailable: the controller did not answer (the registry keeps the state).
         """
-        job_id = str(job_id)
+        job_id = check_job_id(job_id)
         record = self.registry.load().get(job_id, {"job_id": job_id})
         if record.get("state") not in TERMINAL_STATES:
-            record = self._refresh(job_id, record, self._query(job_id, record.get("cluster")))
+            try:
+                info = self._query(job_id, record.get("cluster"))
+            except SlurmUnavailable as err:
+                self._mark_stale(job_id, str(err))
+                raise
+            record = self._refresh(job_id, record, info)
         return self._with_tail(record)
 
     def check_all_jobs(self) -> list[dict]:
-        """Every registered job (oldest first), active ones refreshed with one squeue call."""
+        """Every registered job (oldest first), active ones refreshed with one squeue call.
+
+        Raises:
+            SlurmUnavailable: the controller did not answer; its ``jobs`` are the last known
+                records (kept in the registry, marked ``stale``).
+        """
         jobs = self.registry.load()
         active = [j for j, r in jobs.items() if r.get("state") not in TERMINAL_STATES]
-        live = {}
         if active:
-            proc = self._slurm(["squeue", "-h", "-t", "all", "-o", "%i|%T|%r|%N", "-j", ",".join(active)])
-            live = parse_squeue(proc.stdout) if proc.returncode == 0 else {}
-        for job_id in active:
-            info = live.get(job_id)
-            if info is None or info["state"] in TERMINAL_STATES:   # exit code: ask scontrol
-                info = self._query(job_id, jobs[job_id].get("cluster"))
-            jobs[job_id] = self._refresh(job_id, jobs[job_id], info)
-        return [self._with_tail(r) for r in sorted(jobs.values(), key=lambda r: int(r["job_id"].split("_")[0]))]
+            try:
+                infos = self._query_many(active, jobs)
+            except SlurmUnavailable as err:
+                for job_id in active:
+                    jobs[job_id] = self._mark_stale(job_id, str(err))
+                raise SlurmUnavailable(str(err), self._sorted(jobs)) from None
+            for job_id in active:
+                jobs[job_id] = self._refresh(job_id, jobs[job_id], infos[job_id])
+        return self._sorted(jobs)
 
     def wait(self, job_id: str, timeout: float | None = None, poll: float = 5.0) -> dict:
         """Polls until the job reaches a final state; returns :meth:`status`'s dict.
 
         Stops on every final state (COMPLETED, FAILED, CANCELLED, TIMEOUT,
         OUT_OF_MEMORY, NODE_FAIL, PREEMPTED, BOOT_FAIL, DEADLINE, ...) and on a job
-        Slurm has not known (state ``UNKNOWN``) for ``max(3 * poll, 60)`` seconds.
+        Slurm has not known (state ``UNKNOWN``, or its last known state marked ``stale``)
+        for ``max(3 * poll, 60)`` seconds. A controller that does not answer the first
+        poll fails at once; one that stops answering later gets the same grace.
 
         Args:
             job_id: the job.
@@ -406,33 +513,59 @@ class FabricSlurmTrainingOrchestrator:
             poll: seconds between polls. Default 5.
 
         Raises:
+            ValueError: ``job_id`` is not a SLURM job ID.
             TimeoutError: ``timeout`` passed first.
+            SlurmUnavailable: the controller did not answer (see above).
         """
+        job_id = check_job_id(job_id)
         deadline = None if timeout is None else time.monotonic() + timeout
-        unknown_since = None
+        grace = max(3 * poll, 60)
+        unknown_since = down_since = None
+        first = True
         while True:
-            info = self.status(job_id)
-            if info["state"] != "UNKNOWN":
+            try:
+                info = self.status(job_id)
+            except SlurmUnavailable:
+                down_since = time.monotonic() if down_since is None else down_since
+                if first or time.monotonic() - down_since > grace or (
+                        deadline is not None and time.monotonic() > deadline):
+                    raise
+                first = False
+                time.sleep(poll)
+                continue
+            first, down_since = False, None
+            if info["state"] != "UNKNOWN" and not info.get("stale"):
                 unknown_since = None
             elif unknown_since is None:
                 unknown_since = time.monotonic()
             if info["state"] in TERMINAL_STATES or (
-                    unknown_since is not None and time.monotonic() - unknown_since > max(3 * poll, 60)):
+                    unknown_since is not None and time.monotonic() - unknown_since > grace):
                 return info
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} still {info['state']} after {timeout} s")
             time.sleep(poll)
 
     def cancel(self, job_id: str) -> None:
-        """Cancels the job (``scancel``); its state becomes CANCELLED."""
-        cluster = self.registry.load().get(str(job_id), {}).get("cluster")
-        proc = self._slurm(["scancel", *self._cluster_args(cluster), str(job_id)])
+        """Cancels the job (``scancel -- ID``); its state becomes CANCELLED.
+
+        Raises:
+            ValueError: ``job_id`` is not a SLURM job ID (nothing is sent to scancel).
+            SlurmError: scancel refused or did not answer.
+        """
+        job_id = check_job_id(job_id)
+        cluster = self.registry.load().get(job_id, {}).get("cluster")
+        proc = self._slurm(["scancel", *self._cluster_args(cluster), "--", job_id])
         if proc.returncode != 0:
             raise SlurmError(f"scancel {job_id}: {proc.stderr.strip()}")
 
     def logs(self, job_id: str, tail: int = 50) -> str:
-        """The last ``tail`` lines of the job's log ('' while it has not started)."""
-        record = self.registry.load().get(str(job_id)) or self.status(job_id)
+        """The last ``tail`` lines of the job's log ('' while it has not started).
+
+        Raises:
+            ValueError: ``job_id`` is not a SLURM job ID.
+        """
+        job_id = check_job_id(job_id)
+        record = self.registry.load().get(job_id) or self.status(job_id)
         text = read_tail(record.get("log"), tail)
         err = Path(record.get("log") or "x.out").with_suffix(".err")
         if err.is_file():
@@ -447,7 +580,20 @@ class FabricSlurmTrainingOrchestrator:
             raise SlurmError(f"{argv[0]} not found: run this on a SLURM login node "
                              "(or start a local test cluster: .ci/slurm-cluster.sh start)") from None
         except subprocess.TimeoutExpired as err:
-            raise SlurmError(f"{' '.join(argv)} got no answer in {err.timeout} s: is slurmctld up?") from None
+            after = ("the job may have been submitted all the same: check `squeue --me` before resubmitting"
+                     if argv[0] == "sbatch" else "job states in the registry were kept")
+            raise SlurmUnavailable(
+                f"the Slurm controller did not answer: `{' '.join(argv)}` got no answer in {err.timeout:g} s: "
+                f"is slurmctld up? (`scontrol ping` tells; {after})") from None
+
+    def _ask_controller(self, argv: list[str]) -> subprocess.CompletedProcess:
+        """Runs squeue/scontrol; any failure other than "Invalid job id" means the controller is down."""
+        proc = self._slurm(argv)
+        if proc.returncode != 0 and "invalid job id" not in (proc.stderr or "").lower():
+            why = (proc.stderr or "").strip() or f"no message, exit status {proc.returncode}"
+            raise SlurmUnavailable(f"the Slurm controller did not answer: {why} (from `{' '.join(argv)}`; "
+                                   "`scontrol ping` checks the controller; job states in the registry were kept)")
+        return proc
 
     @staticmethod
     def _cluster_args(cluster):
@@ -455,23 +601,81 @@ class FabricSlurmTrainingOrchestrator:
 
     def _query(self, job_id: str, cluster=None) -> dict:
         """Live/recent jobs from scontrol; older ones from sacct, then sacct -c (jobcomp)."""
-        proc = self._slurm(["scontrol", *self._cluster_args(cluster), "show", "job", "-o", job_id])
-        if proc.returncode == 0 and "JobId=" in proc.stdout:
-            return parse_scontrol(proc.stdout)
-        fmt = ["-n", "-P", "-X", "-o", "JobID,State,ExitCode,NodeList", "-j", job_id]
+        info = self._scontrol(job_id, cluster)
+        return info or self._sacct([job_id], cluster).get(job_id) or self._unknown(job_id)
+
+    def _query_many(self, job_ids: list[str], records: dict) -> dict[str, dict]:
+        """One squeue call for all jobs; scontrol for those it lists as final or not at all
+        (exit codes), then one sacct call per cluster for those scontrol forgot."""
+        proc = self._ask_controller(["squeue", "-h", "-t", "all", "-o", "%i|%T|%r|%N",
+                                     "--jobs=" + ",".join(job_ids)])
+        live = parse_squeue(proc.stdout) if proc.returncode == 0 else {}
+        found = {}
+        for job_id in job_ids:
+            info = live.get(job_id)
+            if info is None or info["state"] in TERMINAL_STATES:      # exit code: ask scontrol
+                info = self._scontrol(job_id, records[job_id].get("cluster")) or info
+            if info is not None:
+                found[job_id] = info
+        by_cluster: dict = {}
+        for job_id in job_ids:
+            if job_id not in found:
+                by_cluster.setdefault(records[job_id].get("cluster"), []).append(job_id)
+        for cluster, missing in by_cluster.items():
+            found.update(self._sacct(missing, cluster))
+        return {job_id: found.get(job_id) or self._unknown(job_id) for job_id in job_ids}
+
+    def _scontrol(self, job_id: str, cluster=None) -> dict | None:
+        proc = self._ask_controller(["scontrol", *self._cluster_args(cluster), "-o", "--", "show", "job", job_id])
+        return parse_scontrol(proc.stdout) if proc.returncode == 0 and "JobId=" in proc.stdout else None
+
+    def _sacct(self, job_ids: list[str], cluster=None) -> dict[str, dict]:
+        """Accounting rows (then job-completion rows) of jobs the controller forgot; {} when
+        accounting is off or does not answer (the state stays unknown, nothing fails)."""
+        found: dict[str, dict] = {}
         for extra in ([], ["-c"]):
-            proc = self._slurm(["sacct", *self._cluster_args(cluster), *extra, *fmt])
-            if proc.returncode == 0 and job_id in parse_sacct(proc.stdout):
-                return parse_sacct(proc.stdout)[job_id]
-        return {"job_id": job_id, "state": "UNKNOWN"}
+            missing = [j for j in job_ids if j not in found]
+            if not missing:
+                break
+            argv = ["sacct", *self._cluster_args(cluster), *extra, "-n", "-P", "-X",
+                    "-o", "JobID,State,ExitCode,NodeList", "--jobs=" + ",".join(missing)]
+            try:
+                proc = self._slurm(argv)
+            except SlurmUnavailable:
+                continue
+            if proc.returncode == 0:
+                rows = parse_sacct(proc.stdout)
+                found.update((j, rows[j]) for j in missing if j in rows)
+        return found
+
+    @staticmethod
+    def _unknown(job_id: str) -> dict:
+        return {"job_id": job_id, "state": "UNKNOWN",
+                "error": "Slurm does not know this job any more (not in squeue, scontrol or sacct)"}
 
     def _refresh(self, job_id, record, info) -> dict:
-        fields = {k: v for k, v in info.items() if v is not None and k != "job_id"}
-        if record.get("log"):
-            fields.pop("log", None)        # ours (in the run dir) beats scontrol's
+        now = datetime.now().isoformat(timespec="seconds")
+        if info.get("state") == "UNKNOWN" and record.get("state") not in (None, "UNKNOWN"):
+            fields, drop = {"stale": True, "last_error": info.get("error"), "last_error_at": now}, ()
+        else:                                                   # a real answer clears an old error
+            fields = {k: v for k, v in info.items() if v is not None and k not in ("job_id", "error")}
+            drop = ("stale", "last_error", "last_error_at")
+            if record.get("log"):
+                fields.pop("log", None)        # ours (in the run dir) beats scontrol's
         if job_id not in self.registry.load():
-            return {**record, **fields}
-        return self.registry.update(job_id, updated=datetime.now().isoformat(timespec="seconds"), **fields)
+            return {**{k: v for k, v in record.items() if k not in drop}, **fields}
+        return self.registry.update(job_id, drop=drop, updated=now, **fields)
+
+    def _mark_stale(self, job_id: str, error: str) -> dict:
+        """Records that the job could not be checked; its last known state stays."""
+        jobs = self.registry.load()
+        if job_id not in jobs:
+            return {"job_id": job_id}
+        return self.registry.update(job_id, stale=True, last_error=error,
+                                    last_error_at=datetime.now().isoformat(timespec="seconds"))
+
+    def _sorted(self, jobs: dict) -> list[dict]:
+        return [self._with_tail(r) for r in sorted(jobs.values(), key=lambda r: int(r["job_id"].split("_")[0]))]
 
     @staticmethod
     def _with_tail(record: dict) -> dict:
@@ -480,3 +684,19 @@ class FabricSlurmTrainingOrchestrator:
         if record["state"] in TERMINAL_STATES - {"COMPLETED"}:
             record["log_tail"] = read_tail(record.get("log"), 20)
         return record
+
+
+def _query_timeout(value) -> float:
+    """``value``, else ``$KDKIT_SLURM_QUERY_TIMEOUT``, else :data:`QUERY_TIMEOUT`; checked."""
+    source = "query_timeout"
+    if value is None and os.environ.get("KDKIT_SLURM_QUERY_TIMEOUT"):
+        value, source = os.environ["KDKIT_SLURM_QUERY_TIMEOUT"], "environment variable KDKIT_SLURM_QUERY_TIMEOUT"
+    if value is None:
+        return QUERY_TIMEOUT
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if not 0 < seconds < float("inf") or isinstance(value, bool):
+        raise ValueError(f"{source}={value!r}: expected a number of seconds > 0, e.g. 10")
+    return seconds

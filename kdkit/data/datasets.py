@@ -15,13 +15,19 @@ each test folder a named scenario. ``synthetic`` is simulated on first use (no d
 - The ID vocabulary is fitted on the training split only (normal messages by default).
 - Prepared graphs live in ``<cache>/<dataset>/<key>/<split>.pt``; the key covers the graph
   code version, every setting and the input files' content hashes, so a changed input or
-  setting rebuilds and an unchanged one loads memory-mapped in milliseconds.
+  setting rebuilds and an unchanged one loads memory-mapped. Every store file carries
+  checksums verified on load (~0.25 s per 100 MB): a damaged, truncated or missing one is
+  rebuilt, with a line on stderr saying so, never loaded.
+- Rows skipped with ``on_bad_rows="skip"`` are reported per file in ``info["skipped"]``
+  (count, attack rows among them, examples) and printed by ``kdkit data prepare|info``.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from kdkit.data.graphs import GRAPH_FORMAT_VERSION, GraphSet, IdVocab, build_graphs, window_starts
+from kdkit.data.graphs import GRAPH_FORMAT_VERSION, GraphSet, GraphStoreError, IdVocab, build_graphs, window_starts
 from kdkit.data.readers import Messages, attack_type_from_name, data_suffixes, read_messages
 from kdkit.data.simulate import ensure_synthetic
 
@@ -85,6 +91,13 @@ class PrepareConfig:
     def __post_init__(self) -> None:
         if self.window < 2 or self.stride < 1:
             raise ValueError(f"window must be >= 2 and stride >= 1 (got window={self.window}, stride={self.stride})")
+        try:
+            threshold = float(self.label_threshold)
+        except (TypeError, ValueError):
+            threshold = math.nan
+        if not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
+            raise ValueError(f"label_threshold must be a number in [0, 1] (a share of attack messages), "
+                             f"got {self.label_threshold!r}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.vocab_source not in ("normal", "all"):
@@ -260,9 +273,9 @@ def prepare(name: str, config: PrepareConfig | None = None, data_root: str | Pat
     store = Path(cache_dir or default_cache_dir()) / name / key
     meta_path = store / "meta.json"
     if meta_path.is_file() and not rebuild:
-        meta = json.loads(meta_path.read_text())
-        splits = {s: GraphSet.load(store / f"{s}.pt") for s in meta["splits"]}
-        return PreparedDataset(name, config, IdVocab.from_list(meta["vocab"]), splits, meta["info"], store, True)
+        cached = _load_store(name, config, store, key)
+        if cached is not None:
+            return cached
 
     t0 = time.perf_counter()
     bar = None
@@ -284,15 +297,58 @@ def prepare(name: str, config: PrepareConfig | None = None, data_root: str | Pat
     return PreparedDataset(name, config, vocab, splits, info, store, False)
 
 
+def _load_store(name: str, config: PrepareConfig, store: Path, key: str) -> PreparedDataset | None:
+    """The complete store in ``store``, or None (after a line on stderr) when a file of it is
+    damaged: unreadable JSON, a missing, truncated or altered split file (checksums)."""
+    meta_path = store / "meta.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+        vocab, info, split_names = IdVocab.from_list(meta["vocab"]), meta["info"], list(meta["splits"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        print(f"kdkit: graph cache {meta_path} is unreadable ({type(err).__name__}: {err}): rebuilding",
+              file=sys.stderr, flush=True)
+        return None
+    splits = {}
+    for s in split_names:
+        try:
+            splits[s] = GraphSet.load(store / f"{s}.pt", expect={"key": key, "split": s})
+        except GraphStoreError as err:
+            print(f"kdkit: graph cache {err.path} {err.reason}: rebuilding", file=sys.stderr, flush=True)
+            return None
+    return PreparedDataset(name, config, vocab, splits, info, store, True)
+
+
+def _note_skipped(skipped: dict[str, dict], path: Path, msgs: Messages) -> None:
+    """Record a file's skipped rows (``on_bad_rows="skip"``) for ``info["skipped"]``."""
+    if msgs.skipped_rows:
+        attack, unlabelled = msgs.skipped_attack_rows, msgs.skipped_unlabelled_rows
+        skipped[str(path)] = {"rows": msgs.skipped_rows, "attack_rows": attack, "unlabelled_rows": unlabelled,
+                              "normal_rows": msgs.skipped_rows - attack - unlabelled,
+                              "examples": list(msgs.skipped_examples)}
+
+
+def skipped_rows_report(info: dict) -> list[str]:
+    """One line per file with skipped rows (and its first example): how many, how many of
+    them attack rows. Empty when nothing was skipped."""
+    lines = []
+    for path, s in info.get("skipped", {}).items():
+        parts = [f"{s['attack_rows']} attack", f"{s['normal_rows']} normal"]
+        if s["unlabelled_rows"]:
+            parts.append(f"{s['unlabelled_rows']} with no readable label")
+        lines.append(f"  skipped {s['rows']} malformed rows in {path} ({', '.join(parts)})")
+        if s["examples"]:
+            lines.append(f"    first: {s['examples'][0]}")
+    return lines
+
+
 def _build(name: str, files: DatasetFiles, config: PrepareConfig, bar) -> tuple[IdVocab, dict[str, GraphSet], dict]:
     """Read every file once, split, fit the vocabulary on the training split, build the graphs."""
     rng = np.random.default_rng(config.seed)
     train_msgs: list[tuple[Messages, np.ndarray, np.ndarray]] = []
-    skipped: dict[str, int] = {}
+    skipped: dict[str, dict] = {}
     for p in files.train:
         msgs = read_messages(p, on_bad_rows=config.on_bad_rows)  # type: ignore[arg-type]
-        if msgs.skipped_rows:
-            skipped[str(p)] = msgs.skipped_rows
+        _note_skipped(skipped, p, msgs)
         starts = window_starts(len(msgs), config.window, config.stride)
         v0, v1 = validation_block(len(starts), config.val_fraction, rng)
         val_starts = starts[v0:v1]
@@ -324,7 +380,8 @@ def _build(name: str, files: DatasetFiles, config: PrepareConfig, bar) -> tuple[
     splits = {"train": GraphSet.concat(train_parts), "val": GraphSet.concat(val_parts)}
     info = {"dataset": name, "root": str(files.root), "config": asdict(config), "vocab_size": len(vocab),
             "duplicates_skipped": [[str(a), str(b)] for a, b in files.duplicates],
-            "excluded_from_training": [str(p) for p in files.excluded], "skipped_rows": skipped, "splits": {}}
+            "excluded_from_training": [str(p) for p in files.excluded],
+            "skipped_rows": {p: v["rows"] for p, v in skipped.items()}, "skipped": skipped, "splits": {}}
     info["splits"]["train"] = _split_stats(splits["train"], counts["train"])
     info["splits"]["val"] = _split_stats(splits["val"], counts["val"])
     scenarios = dict(files.tests)
@@ -334,8 +391,7 @@ def _build(name: str, files: DatasetFiles, config: PrepareConfig, bar) -> tuple[
         parts, n_msgs = [], 0
         for p in paths:
             msgs = read_messages(p, on_bad_rows=config.on_bad_rows)  # type: ignore[arg-type]
-            if msgs.skipped_rows:
-                skipped[str(p)] = msgs.skipped_rows
+            _note_skipped(skipped, p, msgs)
             n_msgs += len(msgs)
             parts.append(build_graphs(msgs, vocab, config.window, config.stride, config.label_threshold))
             if bar:
@@ -346,12 +402,13 @@ def _build(name: str, files: DatasetFiles, config: PrepareConfig, bar) -> tuple[
 
 
 def format_info(name: str, ds: PreparedDataset) -> str:
-    """The table ``kdkit data info`` prints: files read once or excluded, and per split and
-    scenario the messages, windows, attack share, IDs, OOV nodes and graph sizes."""
+    """The table ``kdkit data info`` prints: files read once, excluded or with skipped rows, and
+    per split and scenario the messages, windows, attack share, IDs, OOV nodes and graph sizes."""
     info = ds.info
     lines = [f"dataset {name} ({info['root']}), vocabulary {info['vocab_size']} IDs incl. OOV, store {ds.cache_dir}"]
     lines += [f"  read once: {a} (identical to {b})" for a, b in info["duplicates_skipped"]]
     lines += [f"  excluded from training: {p}" for p in info["excluded_from_training"]]
+    lines += skipped_rows_report(info)
     lines.append(f"{'split':<42}{'messages':>10}{'windows':>9}{'attack':>8}{'share':>7}{'IDs':>6}{'OOV nodes':>10}"
                  f"{'nodes/win':>13}{'edges/win':>13}")
     for split, s in info["splits"].items():

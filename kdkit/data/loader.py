@@ -89,16 +89,21 @@ class GraphBatchSampler(Sampler[list[int]]):
         drop_last: drop a final short batch (default False; a batch of one graph is fine).
         node_budget: > 0 packs graphs greedily up to this many nodes per batch.
         num_nodes: nodes per graph, needed with ``node_budget``.
-        rank, world_size: DDP shard (default 0 of 1); every rank gets the same number of batches.
+        rank, world_size: DDP shard (default 0 of 1).
+        pad: with ``world_size > 1``, pad the shards by wrapping around (as DistributedSampler
+            does) so every rank gets the same number of graphs (default True, for training);
+            False shards without repeating a graph (evaluation: metrics summed over ranks count
+            every window once).
     """
 
     def __init__(self, num_graphs: int, batch_size: int, shuffle: bool = True, seed: int = 0, drop_last: bool = False,
-                 node_budget: int = 0, num_nodes: np.ndarray | None = None, rank: int = 0, world_size: int = 1):
+                 node_budget: int = 0, num_nodes: np.ndarray | None = None, rank: int = 0, world_size: int = 1,
+                 pad: bool = True):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.num_graphs, self.batch_size, self.shuffle, self.seed = num_graphs, batch_size, shuffle, seed
         self.drop_last, self.node_budget, self.num_nodes = drop_last, node_budget, num_nodes
-        self.rank, self.world_size, self.epoch = rank, world_size, 0
+        self.rank, self.world_size, self.epoch, self.pad = rank, world_size, 0, pad
         self.skip_batches = 0  # resume inside an epoch (OOM back-off)
 
     def set_epoch(self, epoch: int) -> None:
@@ -111,9 +116,11 @@ class GraphBatchSampler(Sampler[list[int]]):
 
     def _order(self) -> np.ndarray:
         order = self._permutation()
-        if self.world_size > 1:  # equal shards: pad by wrapping around, as DistributedSampler does
+        if self.world_size > 1 and self.pad:  # equal shards: pad by wrapping around, as DistributedSampler does
             per_rank = math.ceil(self.num_graphs / self.world_size)
             order = np.resize(order, per_rank * self.world_size)[self.rank::self.world_size]
+        elif self.world_size > 1:
+            order = order[self.rank::self.world_size]
         return order
 
     def _batches(self) -> list[np.ndarray]:
@@ -185,11 +192,12 @@ def auto_num_workers(in_memory: bool = True) -> int:
 
 def graph_loader(gs: GraphSet, batch_size: int = 64, shuffle: bool = False, seed: int = 0, node_budget: int = 0,
                  num_workers: int = -1, prefetch_factor: int = 2, pin_memory: bool = False, rank: int = 0,
-                 world_size: int = 1, drop_last: bool = False, transform=None) -> DataLoader:
+                 world_size: int = 1, drop_last: bool = False, transform=None, pad: bool = True) -> DataLoader:
     """A DataLoader of fast batches over a GraphSet (see the module docstring); ``transform``
-    (``batch -> batch``) is applied to every batch in the collate function."""
+    (``batch -> batch``) is applied to every batch in the collate function; ``pad``: see
+    :class:`GraphBatchSampler`."""
     sampler = GraphBatchSampler(len(gs), batch_size, shuffle, seed, drop_last, node_budget,
-                                gs.num_nodes if node_budget else None, rank, world_size)
+                                gs.num_nodes if node_budget else None, rank, world_size, pad)
     workers = auto_num_workers() if num_workers < 0 else num_workers
     kwargs = {"prefetch_factor": prefetch_factor, "persistent_workers": True} if workers > 0 else {}
     return DataLoader(_IndexDataset(gs), batch_sampler=sampler, collate_fn=_Collate(gs, transform), num_workers=workers,

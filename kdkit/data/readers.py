@@ -17,17 +17,27 @@ Formats:
 
 Malformed input raises :class:`DataFormatError` naming the file, the line and the problem.
 With ``on_bad_rows="skip"`` such rows are dropped instead and counted in
-``Messages.skipped_rows`` (the CLI reports them per file). Nothing is turned into 0 or NaN.
-Timestamps are kept as recorded, even when they step backwards (some real files do).
+``Messages.skipped_rows`` (with how many of them were attack rows; the CLI reports them per
+file). Nothing is turned into 0 or NaN. Besides unparsable fields, these rows are malformed:
+
+- a negative timestamp, or one earlier than a previous row's (time never goes backwards: the
+  timing features are differences of timestamps). With ``"skip"`` the rows kept are exactly
+  those not earlier than every row kept before them.
+- an ID above ``0x7FF`` (the largest 11-bit ID) written with fewer than 8 hex digits. An ID
+  written with 8 digits (``18FEF100``), or flagged extended by a logger format, is a 29-bit
+  extended ID; HCRL's 4-digit standard IDs (``0316``) stay valid.
+- bytes that are not ASCII text (invalid UTF-8 included).
 """
 from __future__ import annotations
 
 import gzip
 import re
+import sys
+import threading
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -43,6 +53,9 @@ CTT_HEADER = ["timestamp", "arbitration_id", "data_field", "attack"]
 MAX_CAN_ID = 0x1FFFFFFF  # 29-bit extended identifiers
 
 
+MAX_STANDARD_ID = 0x7FF  # 11-bit identifiers; a larger ID must be written with 8 hex digits (extended)
+
+
 _ATTACK_ALIASES = {
     "dos": "DoS", "fuzzy": "fuzzing", "fuzzing": "fuzzing", "gear": "gear", "rpm": "rpm",
     "malfunction": "malfunction", "suppress": "suppress", "masquerade": "masquerade",
@@ -56,8 +69,11 @@ class DataFormatError(ValueError):
 
     def __init__(self, path: str | Path, line: int | None, problem: str):
         self.path, self.line, self.problem = str(path), line, problem
-        where = f"{path}:{line}" if line is not None else str(path)
-        super().__init__(f"{where}: {problem}")
+        super().__init__(f"{_where(path, line)}: {problem}")
+
+
+def _where(path: str | Path, line: int | None) -> str:
+    return f"{path}:{line}" if line is not None else str(path)
 
 
 @dataclass
@@ -74,6 +90,10 @@ class Messages:
         attack_type: the recording's attack type from its file name (``DoS``, ``fuzzing``,
             ``malfunction``, ``gear``, ``rpm``, ``attack-free``, ...).
         skipped_rows: rows dropped under ``on_bad_rows="skip"``.
+        skipped_examples: up to 5 of them as ``file:line: problem``.
+        skipped_attack_rows: how many of the skipped rows were labelled attack rows.
+        skipped_unlabelled_rows: how many of the skipped rows had no readable label (the
+            rest of ``skipped_rows`` were normal rows).
     """
 
     timestamp: np.ndarray
@@ -85,6 +105,8 @@ class Messages:
     attack_type: str = "unknown"
     skipped_rows: int = 0
     skipped_examples: list[str] = field(default_factory=list)
+    skipped_attack_rows: int = 0
+    skipped_unlabelled_rows: int = 0
 
     def __len__(self) -> int:
         return int(self.timestamp.shape[0])
@@ -160,7 +182,11 @@ def _bad_rows(bad_chars: np.ndarray, offsets: np.ndarray) -> np.ndarray:
 
 
 def parse_hex_ids(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """Hex CAN IDs (1..8 digits) -> (uint32 values, ok mask). All-digit IDs are hex too."""
+    """Hex CAN IDs (1..8 digits) -> (uint32 values, ok mask). All-digit IDs are hex too.
+
+    An ID of 8 digits is a 29-bit extended ID (at most ``0x1FFFFFFF``); a shorter one is an
+    11-bit standard ID, so above ``0x7FF`` it is not ok (see :func:`id_problem`).
+    """
     offsets, data = _string_parts(arr)
     n = offsets.shape[0] - 1
     lengths = np.diff(offsets)
@@ -173,13 +199,28 @@ def parse_hex_ids(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         value = block[:, 0].copy()
         for j in range(1, first):
             value = (value << 4) | block[:, j]
+        ok &= value <= (MAX_CAN_ID if first == 8 else MAX_STANDARD_ID)
     else:
         block = _gather(nib, offsets[:-1] - offsets[0], 8).astype(np.uint32)
         value = np.zeros(n, np.uint32)
         for j in range(8):
             value = np.where(j < lengths, (value << 4) | block[:, j], value)
-    ok &= value <= MAX_CAN_ID
+        ok &= np.where(lengths == 8, value <= MAX_CAN_ID, value <= MAX_STANDARD_ID)
     return value, ok
+
+
+def id_problem(text: str | bytes) -> str:
+    """Why a CAN ID cell is not valid, as the end of an error message (for the rows
+    :func:`parse_hex_ids` flags)."""
+    if isinstance(text, bytes):
+        text = text.decode("ascii", "replace")
+    if not re.fullmatch(r"[0-9A-Fa-f]{1,8}", text):
+        return "not a hex CAN ID of 1-8 digits"
+    value = int(text, 16)
+    if len(text) == 8:
+        return f"0x{value:X} is above 0x1FFFFFFF, the largest 29-bit ID"
+    return (f"0x{value:X} is above 0x7FF, the largest 11-bit ID, but has only {len(text)} hex digits; "
+            f"a 29-bit extended ID is written with 8 ({value:08X})")
 
 
 def parse_hex_payload(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -237,20 +278,98 @@ class _BadRows:
             raise ValueError(f"on_bad_rows must be 'error' or 'skip', got {mode!r}")
         self.path, self.mode = path, mode
         self.count = 0
+        self.attack = 0
+        self.unlabelled = 0
         self.examples: list[str] = []
 
-    def check(self, ok: np.ndarray, line_of: Callable[[int], int], describe: Callable[[int], str],
-              earlier: list[tuple[int, str]] = ()) -> None:
+    def check(self, ok: np.ndarray, line_of: Callable[[int], int | None], describe: Callable[[int], str],
+              earlier: Sequence[tuple[int, str]] = (), label: np.ndarray | None = None,
+              label_ok: np.ndarray | None = None) -> None:
         """Report every row where ``ok`` is False, plus ``earlier`` (line, problem) pairs found
-        by the parser. In error mode the first bad line of the file raises."""
+        by the parser (rows without a readable label). In error mode the first bad line of the
+        file raises.
+
+        Args:
+            ok: True for the rows kept.
+            line_of: row index -> line in the file (None where the format has no lines).
+            describe: row index -> the problem.
+            earlier: (line, problem) of rows the parser dropped before ``ok`` was computed.
+            label: per-row label (1 = attack), to count the skipped attack rows.
+            label_ok: where ``label`` could be read (default: everywhere).
+        """
         bad = np.flatnonzero(~ok)
-        found = sorted(list(earlier) + [(line_of(int(i)), describe(int(i))) for i in bad[:5]])
+        found = list(earlier) + [(line_of(int(i)), describe(int(i))) for i in bad[:5]]
+        found.sort(key=lambda f: -1 if f[0] is None else f[0])
         if not found:
             return
         if self.mode == "error":
             raise DataFormatError(self.path, *found[0])
         self.count += int(bad.size) + len(earlier)
-        self.examples = [f"{self.path}:{line}: {problem}" for line, problem in found[:5]]
+        self.unlabelled += len(earlier)
+        if label is not None:
+            known = label_ok[bad] if label_ok is not None else np.ones(bad.size, bool)
+            self.attack += int(((label[bad] == 1) & known).sum())
+            self.unlabelled += int((~known).sum())
+        else:
+            self.unlabelled += int(bad.size)
+        self.examples = [f"{_where(self.path, line)}: {problem}" for line, problem in found[:5]]
+
+    def messages(self, *arrays: np.ndarray, source: str, attack_type: str) -> "Messages":
+        """The kept rows as Messages, with this collector's counts."""
+        return Messages(*arrays, source, attack_type, self.count, self.examples, self.attack, self.unlabelled)
+
+
+_TIME_HINT = "timestamps must not decrease; sort the file by time, or skip such rows with on_bad_rows='skip'"
+
+
+def _time_order(ts: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(negative, backwards) masks over the rows where ``ok``: a row is backwards when its
+    timestamp is below that of a good row before it. Skipping both leaves non-decreasing times
+    (a bad row never raises the running maximum, so rows after it are compared with good ones)."""
+    if ts.size and ts[0] >= 0 and ok.all() and not (ts[1:] < ts[:-1]).any():  # the usual case, ~10x faster
+        none = np.zeros(ts.shape, bool)
+        return none, none
+    negative = ok & (ts < 0)
+    good = ok & ~negative
+    running = np.where(good, ts, -np.inf)
+    np.maximum.accumulate(running, out=running)
+    backwards = np.zeros_like(good)
+    np.less(ts[1:], running[:-1], out=backwards[1:])
+    backwards &= good
+    return negative, backwards
+
+
+def _earlier_row(ts: np.ndarray, good: np.ndarray, i: int) -> int:
+    """The row before ``i`` holding the largest good timestamp (the one row ``i`` is earlier than)."""
+    return int(np.argmax(np.where(good[:i], ts[:i], -np.inf)))
+
+
+def _time_problem(ts: np.ndarray, ok: np.ndarray, negative: np.ndarray, i: int, shown: Callable[[int], str],
+                  where: Callable[[int], str]) -> str:
+    """The message for row ``i`` flagged by :func:`_time_order`; ``shown(j)`` is row j's timestamp
+    as written, ``where(j)`` its place (``line 12``)."""
+    if negative[i]:
+        return f"timestamp {shown(i)} is negative (timestamps are seconds >= 0)"
+    j = _earlier_row(ts, ok & ~negative, i)
+    return f"timestamp {shown(i)} goes backwards: earlier than {shown(j)} on {where(j)} ({_TIME_HINT})"
+
+
+def _ascii_only(raw: bytes) -> tuple[bytes, set[int]]:
+    """``raw`` with every non-ASCII byte (invalid UTF-8 included) replaced by ``?``, and the
+    1-based lines that held one. No row of a CAN text format has such bytes: they make the row
+    bad, and the ``?`` keeps the row bad without a decoding error anywhere."""
+    if raw.isascii():
+        return raw, set()
+    chars = np.frombuffer(raw, np.uint8)
+    high = np.flatnonzero(chars >= 0x80)
+    newlines = np.flatnonzero(chars == 10)
+    lines = set((np.searchsorted(newlines, high) + 1).tolist())
+    fixed = chars.copy()
+    fixed[high] = ord("?")
+    return fixed.tobytes(), lines
+
+
+_NON_ASCII_NOTE = " (the line holds bytes that are not ASCII text, shown as '?')"
 
 
 def _gunzip(raw: bytes, path: Path) -> bytes:
@@ -316,26 +435,33 @@ def read_ctt_csv(path: str | Path, on_bad_rows: OnBadRows = "error") -> Messages
         raise DataFormatError(path, None, "no data rows after the header")
 
     field_errors: list[tuple[int, str]] = []  # rows the parser dropped: (line, problem)
+    non_ascii: set[int] = set()  # lines whose non-ASCII bytes were replaced (the slow path below)
 
     def on_invalid(row: pacsv.InvalidRow) -> str:
         # never raise here: pyarrow would swallow the exception; collect, decide below
+        note = _NON_ASCII_NOTE if row.number in non_ascii else ""
         field_errors.append((row.number, f"expected 4 fields (timestamp,arbitration_id,data_field,attack), "
-                                         f"got {row.actual_columns}: {_text(row.text)}"))
+                                         f"got {row.actual_columns}: {_text(row.text)}{note}"))
         return "skip"
 
+    on_invalid._kdkit_row_handler = True  # type: ignore[attr-defined]
+    quiet = _RowDecodeErrors()
     try:
-        with pa.input_stream(str(path), compression="gzip" if gz else None, buffer_size=_CTT_BATCH_BYTES) as stream:
-            table = pacsv.read_csv(
-                stream,
-                read_options=pacsv.ReadOptions(use_threads=False, block_size=_CTT_BATCH_BYTES, column_names=CTT_HEADER,
-                                               skip_rows=1),
-                parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid, ignore_empty_lines=False),
-                # binary, not string: the hex and number parsers below validate every byte anyway
-                convert_options=pacsv.ConvertOptions(column_types={c: pa.binary() for c in CTT_HEADER},
-                                                     strings_can_be_null=False, null_values=[], check_utf8=False),
-            )
+        compression = "gzip" if gz else None
+        with quiet, pa.input_stream(str(path), compression=compression, buffer_size=_CTT_BATCH_BYTES) as stream:
+            table = _read_ctt_table(stream, on_invalid)
     except pa.ArrowInvalid as err:
-        raise DataFormatError(path, None, f"unreadable CSV ({err})") from err
+        if not quiet.seen:
+            raise DataFormatError(path, None, f"unreadable CSV ({err})") from err
+        # A row with the wrong number of fields held invalid UTF-8: pyarrow cannot even build its
+        # text for the handler. Rare: read the whole file again with such bytes made '?'.
+        field_errors.clear()
+        raw, lines = _ascii_only(_open_bytes(path))
+        non_ascii.update(lines)
+        try:
+            table = _read_ctt_table(pa.BufferReader(raw), on_invalid)
+        except pa.ArrowInvalid as err2:
+            raise DataFormatError(path, None, f"unreadable CSV ({err2})") from err2
     except OSError as err:
         raise DataFormatError(path, None, f"{'corrupt gzip data' if gz else 'unreadable file'} ({err})") from err
 
@@ -361,7 +487,9 @@ def read_ctt_csv(path: str | Path, on_bad_rows: OnBadRows = "error") -> Messages
     k = int(filled[-1]) + 1 if filled.size else 0  # trailing blank lines end the file, they are no rows
     if k == 0 and not field_errors:
         raise DataFormatError(path, None, "no data rows after the header")
-    ok = (ok_ts & ok_id & ok_pl & ok_lab & ~blank)[:k]
+    fields_ok = (ok_ts & ok_id & ok_pl & ok_lab & ~blank)[:k]
+    negative, backwards = _time_order(ts[:k], fields_ok)
+    ok = fields_ok & ~negative & ~backwards
 
     dropped = sorted(line for line, _ in field_errors)
 
@@ -372,25 +500,87 @@ def read_ctt_csv(path: str | Path, on_bad_rows: OnBadRows = "error") -> Messages
                 line += 1
         return line
 
+    def cell(col: int, i: int) -> str:
+        return _text(table.column(col)[i].as_py())
+
     def describe(i: int) -> str:
+        note = _NON_ASCII_NOTE if non_ascii and line_of(i) in non_ascii else ""
         if blank[i]:
             return "empty row"
         for col, good, hint in ((0, ok_ts, "timestamp {}: not a number"),
-                                (1, ok_id, "arbitration_id {}: not a hex CAN ID of 1-8 digits"),
+                                (1, ok_id, "arbitration_id {}: " + id_problem(table.column(1)[i].as_py())),
                                 (2, ok_pl, "data_field {}: payload must be 0-16 hex digits of even length"),
                                 (3, ok_lab, "attack {}: label must be 0 or 1")):
             if not good[i]:
-                return hint.format(_text(table.column(col)[i].as_py()))
+                return hint.format(cell(col, i)) + note
+        if negative[i] or backwards[i]:
+            return _time_problem(ts, fields_ok, negative, i, lambda j: cell(0, j), lambda j: f"line {line_of(j)}")
         return "bad row"
 
-    bad.check(ok, line_of, describe, field_errors)
+    bad.check(ok, line_of, describe, field_errors, label=lab[:k], label_ok=ok_lab[:k])
     if k < n or not ok.all():
         ts, ids, dlc, payload, lab = ts[:k][ok], ids[:k][ok], dlc[:k][ok], payload[:k][ok], lab[:k][ok]
-    return Messages(ts, ids, dlc, payload, lab, str(path), attack_type_from_name(path), bad.count, bad.examples)
+    return bad.messages(ts, ids, dlc, payload, lab, source=str(path), attack_type=attack_type_from_name(path))
 
 
-def _read_lines(raw: bytes, path: Path) -> pa.Array:
-    """Every line of a text file as one pyarrow string array (no CSV splitting)."""
+def _read_ctt_table(source, on_invalid: Callable[[pacsv.InvalidRow], str]) -> pa.Table:
+    """The four columns of a can-train-and-test CSV as binary, header skipped."""
+    return pacsv.read_csv(
+        source,
+        read_options=pacsv.ReadOptions(use_threads=False, block_size=_CTT_BATCH_BYTES, column_names=CTT_HEADER,
+                                       skip_rows=1),
+        parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid, ignore_empty_lines=False),
+        # binary, not string: the hex and number parsers below validate every byte anyway
+        convert_options=pacsv.ConvertOptions(column_types={c: pa.binary() for c in CTT_HEADER},
+                                             strings_can_be_null=False, null_values=[], check_utf8=False),
+    )
+
+
+class _RowDecodeErrors:
+    """While a CSV read is active, ``sys.unraisablehook`` swallows and counts the
+    ``UnicodeDecodeError`` pyarrow reports as "Exception ignored" when it cannot decode an
+    invalid row's text for a kdkit row handler (marked ``_kdkit_row_handler``). Anything else
+    goes to the previous hook. Safe with several threads reading at once: the hook is installed
+    by the first active read and restored by the last; ``seen`` counts from this read's start."""
+
+    _lock = threading.Lock()
+    _active = 0
+    _previous: Callable | None = None
+    _count = 0
+
+    @classmethod
+    def _hook(cls, unraisable) -> None:
+        ours = getattr(unraisable.object, "_kdkit_row_handler", False)
+        if ours and isinstance(unraisable.exc_value, UnicodeDecodeError):
+            cls._count += 1
+        else:
+            (cls._previous or sys.__unraisablehook__)(unraisable)
+
+    def __enter__(self) -> "_RowDecodeErrors":
+        cls = type(self)
+        with cls._lock:
+            if cls._active == 0:
+                cls._previous, sys.unraisablehook = sys.unraisablehook, cls._hook
+            cls._active += 1
+            self._start = cls._count
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        cls = type(self)
+        with cls._lock:
+            cls._active -= 1
+            if cls._active == 0:
+                sys.unraisablehook, cls._previous = cls._previous or sys.__unraisablehook__, None
+
+    @property
+    def seen(self) -> int:
+        return type(self)._count - self._start
+
+
+def _read_lines(raw: bytes, path: Path) -> tuple[pa.Array, set[int]]:
+    """Every line of a text file as one pyarrow string array (no CSV splitting), and the
+    1-based lines whose non-ASCII bytes were replaced by ``?`` (see :func:`_ascii_only`)."""
+    raw, non_ascii = _ascii_only(raw)
     table = pacsv.read_csv(
         pa.py_buffer(raw),
         read_options=pacsv.ReadOptions(use_threads=False, column_names=["line"], block_size=1 << 24),
@@ -403,7 +593,7 @@ def _read_lines(raw: bytes, path: Path) -> pa.Array:
     lengths = pc.utf8_length(pc.utf8_trim_whitespace(lines)).to_numpy(zero_copy_only=False)
     while n and lengths[n - 1] == 0:
         n -= 1
-    return lines.slice(0, n)
+    return lines.slice(0, n), non_ascii
 
 
 def read_hcrl_car_hacking(path: str | Path, on_bad_rows: OnBadRows = "error") -> Messages:
@@ -418,7 +608,7 @@ def read_hcrl_car_hacking(path: str | Path, on_bad_rows: OnBadRows = "error") ->
     raw = _open_bytes(path)
     if not raw.strip():
         raise DataFormatError(path, None, "empty file")
-    lines = _read_lines(raw, path)
+    lines, non_ascii = _read_lines(raw, path)
     text_form = lines[0].as_py().lstrip().startswith("Timestamp:")
     if text_form:
         rx = r"^\s*Timestamp:\s*(?P<ts>\S+)\s+ID:\s*(?P<id>\S+)\s+\S+\s+DLC:\s*(?P<dlc>\d+)\s*(?P<data>(?:[0-9A-Fa-f]{2}\s*)*)$"
@@ -454,63 +644,134 @@ def read_hcrl_car_hacking(path: str | Path, on_bad_rows: OnBadRows = "error") ->
     dlc_num, ok_dlc = _parse_float(dlc_a)
     ok_dlc &= (dlc_num >= 0) & (dlc_num <= 8) & (dlc_num == np.round(dlc_num))
     ok_dlc &= np.where(ok_dlc, dlc_num.astype(np.int64) == dlc_from_data, False)
-    ok = matched & ok_ts & ok_id & ok_pl & ok_dlc & flag_ok
+    fields_ok = matched & ok_ts & ok_id & ok_pl & ok_dlc & flag_ok
+    negative, backwards = _time_order(ts, fields_ok)
+    ok = fields_ok & ~negative & ~backwards
+
+    def id_what(i: int) -> str:
+        text = id_a[i].as_py()
+        problem = id_problem(text)
+        return "CAN ID is not 1-8 hex digits" if problem.startswith("not a hex") else f"CAN ID {text!r}: {problem}"
 
     def describe(i: int) -> str:
+        note = _NON_ASCII_NOTE if i + 1 in non_ascii else ""
         if not matched[i]:
             if not text_form:
-                return f"expected 4 + DLC fields (timestamp,ID,DLC,data bytes...,flag), got {nfields[i]}: {lines[i].as_py()[:80]!r}"
-            return f"unrecognised row {lines[i].as_py()[:80]!r}"
-        for good, what in ((ok_ts, "timestamp is not a number"), (ok_id, "CAN ID is not 1-8 hex digits"),
+                return (f"expected 4 + DLC fields (timestamp,ID,DLC,data bytes...,flag), got {nfields[i]}: "
+                        f"{lines[i].as_py()[:80]!r}{note}")
+            return f"unrecognised row {lines[i].as_py()[:80]!r}{note}"
+        for good, what in ((ok_ts, "timestamp is not a number"), (ok_id, None),
                            (ok_pl, "data bytes are not 2-digit hex"), (ok_dlc, "DLC does not match the number of data bytes"),
                            (flag_ok, "flag must be R or T")):
             if not good[i]:
-                return f"{what}: {lines[i].as_py()[:80]!r}"
+                return f"{what or id_what(i)}: {lines[i].as_py()[:80]!r}{note}"
+        if negative[i] or backwards[i]:
+            return _time_problem(ts, fields_ok, negative, i, lambda j: repr(ts_a[j].as_py()), lambda j: f"line {j + 1}")
         return "bad row"
 
-    bad.check(ok, lambda i: i + 1, describe)
+    bad.check(ok, lambda i: i + 1, describe, label=label, label_ok=matched & flag_ok)
     keep = ok if not ok.all() else slice(None)
-    return Messages(ts[keep], ids[keep], dlc_from_data[keep], pl[keep], label[keep], str(path),
-                    attack_type_from_name(path), bad.count, bad.examples)
+    return bad.messages(ts[keep], ids[keep], dlc_from_data[keep], pl[keep], label[keep], source=str(path),
+                        attack_type=attack_type_from_name(path))
 
 
 _CAN_READERS = {".log": "CanutilsLogReader", ".asc": "ASCReader", ".blf": "BLFReader", ".trc": "TRCReader"}
 
 
-def read_logger_file(path: str | Path, channel: str | None = None) -> Messages:
+class _LineCounter:
+    """A text file handle that counts the lines python-can has read from it, so a frame (or a
+    parse error) can be placed at its line."""
+
+    def __init__(self, handle) -> None:
+        self.handle = handle
+        self.line = 0
+
+    def __iter__(self) -> "_LineCounter":
+        return self
+
+    def __next__(self) -> str:
+        text = next(self.handle)
+        self.line += 1
+        return text
+
+    def readline(self, *args) -> str:
+        text = self.handle.readline(*args)
+        self.line += bool(text)
+        return text
+
+    def __getattr__(self, name: str):
+        return getattr(self.handle, name)
+
+
+def read_logger_file(path: str | Path, channel: str | None = None, on_bad_rows: OnBadRows = "error") -> Messages:
     """Read a python-can logger file (candump ``.log``, ``.asc``, ``.blf``, ``.trc``; ``.gz`` ok).
 
     Args:
         path: the log file.
         channel: keep only this bus channel (e.g. ``can0``); None keeps every frame.
+        on_bad_rows: ``"error"`` (default) raises :class:`DataFormatError` at the first bad
+            frame (a negative timestamp, time going backwards, an ID above 0x7FF not flagged
+            extended); ``"skip"`` drops such frames and counts them. A line python-can cannot
+            parse is always an error (python-can stops reading there).
 
-    The messages are unlabelled (label 0). Remote and error frames are dropped.
+    The messages are unlabelled (label 0). Remote and error frames are dropped. Errors name
+    the line for the text formats and the frame number for ``.blf``.
     """
     import can  # python-can; imported lazily, it is slow to import
 
     path = Path(path)
+    bad = _BadRows(path, on_bad_rows)
     name = path.name.lower().removesuffix(".gz")
     suffix = Path(name).suffix
     if suffix not in _CAN_READERS:
         raise DataFormatError(path, None, f"unknown logger format {suffix!r}; expected one of {sorted(_CAN_READERS)}")
     binary = suffix == ".blf"
     opener = gzip.open if path.name.lower().endswith(".gz") else open
-    with opener(path, "rb" if binary else "rt") as handle:
+    frames: list = []
+    lines: list[int] = []  # where each frame is: its line (text formats) or its number in the file (.blf)
+    with opener(path, "rb") if binary else opener(path, "rt", encoding="utf-8", errors="replace") as handle:
+        source = handle if binary else _LineCounter(handle)
         try:
-            frames = [m for m in getattr(can, _CAN_READERS[suffix])(handle)
-                      if not m.is_remote_frame and not m.is_error_frame
-                      and (channel is None or str(m.channel) == channel)]
+            for number, m in enumerate(getattr(can, _CAN_READERS[suffix])(source), 1):
+                if not m.is_remote_frame and not m.is_error_frame and (channel is None or str(m.channel) == channel):
+                    frames.append(m)
+                    lines.append(number if binary else source.line)
         except (ValueError, IndexError) as err:
-            raise DataFormatError(path, None, f"python-can could not parse it: {err}") from err
+            line = None if binary else source.line
+            what = "it" if binary else "this line"
+            raise DataFormatError(path, line, f"python-can could not parse {what}: {err}") from err
     if not frames:
         raise DataFormatError(path, None, "no data frames" + (f" on channel {channel!r}" if channel else ""))
     n = len(frames)
     ts = np.fromiter((m.timestamp for m in frames), np.float64, n)
     ids = np.fromiter((m.arbitration_id for m in frames), np.uint32, n)
+    extended = np.fromiter((m.is_extended_id for m in frames), bool, n)
     dlc = np.fromiter((min(len(m.data), 8) for m in frames), np.uint8, n)
     joined = b"".join(bytes(m.data[:8]).ljust(8, b"\0") for m in frames)
     payload = np.frombuffer(joined, np.uint8).reshape(n, 8).copy()
-    return Messages(ts, ids, dlc, payload, np.zeros(n, np.uint8), str(path), "attack-free")
+
+    ok_ts = np.isfinite(ts)
+    ok_id = extended | (ids <= MAX_STANDARD_ID)
+    negative, backwards = _time_order(ts, ok_ts & ok_id)
+    ok = ok_ts & ok_id & ~negative & ~backwards
+
+    def where(i: int) -> str:
+        return f"frame {lines[i]}" if binary else f"line {lines[i]}"
+
+    def describe(i: int) -> str:
+        frame = f"frame {lines[i]}: " if binary else ""
+        if not ok_ts[i]:
+            return f"{frame}timestamp {float(ts[i])!r} is not a finite number"
+        if not ok_id[i]:
+            return (f"{frame}CAN ID 0x{ids[i]:X} is above 0x7FF, the largest 11-bit ID, but the frame is not "
+                    f"flagged extended (29-bit)")
+        return frame + _time_problem(ts, ok_ts & ok_id, negative, i, lambda j: repr(float(ts[j])), where)
+
+    label = np.zeros(n, np.uint8)
+    bad.check(ok, lambda i: None if binary else lines[i], describe, label=label)
+    keep = ok if not ok.all() else slice(None)
+    return bad.messages(ts[keep], ids[keep], dlc[keep], payload[keep], label[keep], source=str(path),
+                        attack_type="attack-free")
 
 
 # Readers added for other file layouts: suffix (lower-case, without ".gz") -> reader(path, on_bad_rows).
@@ -552,7 +813,7 @@ def read_messages(path: str | Path, on_bad_rows: OnBadRows = "error", channel: s
     if Path(name).suffix in _EXTRA_READERS:
         return _EXTRA_READERS[Path(name).suffix](path, on_bad_rows=on_bad_rows)
     if Path(name).suffix in _CAN_READERS:
-        return read_logger_file(path, channel=channel)
+        return read_logger_file(path, channel=channel, on_bad_rows=on_bad_rows)
     with (gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")) as handle:
         try:
             head = handle.read(256).decode("utf-8", "replace").lstrip("\ufeff")

@@ -18,9 +18,9 @@ from torch import nn
 
 from kdkit.data.loader import collate_indices
 from kdkit.models.scorer import INPUTS, GATScorer, check_batch, scorer_inputs
-from kdkit.training.checkpoint import load_checkpoint, model_from_checkpoint
+from kdkit.training.checkpoint import load_checkpoint, model_from_checkpoint, provenance
 from kdkit.training.cpu_speedups import tune_cpu_allocator
-from kdkit.workflows.run import checkpoint_data
+from kdkit.workflows.run import check_compatible, check_graph_settings, checkpoint_data
 
 
 def export_model(model: nn.Module, example_batch, out: str | Path) -> Path:
@@ -53,17 +53,30 @@ def export_model(model: nn.Module, example_batch, out: str | Path) -> Path:
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, dataset: str | None = None,
                       data_root: str | None = None) -> dict:
-    """Export a kdkit GAT checkpoint; returns a summary (paths, seconds, parameters)."""
+    """Export a kdkit GAT checkpoint; returns a summary (paths, seconds, parameters).
+
+    The checkpoint must be a kdkit GAT checkpoint that records its graph settings; the example
+    graphs are built with them (and must share its vocabulary and feature layout), and the
+    metadata beside the package carries them to the gateway.
+    """
 
     checkpoint = Path(checkpoint)
     ckpt = load_checkpoint(checkpoint)
-    tc = ckpt.get("train_config", {})
+    kind = (ckpt.get("model_config") or {}).get("kind")
+    if kind != "gat":
+        raise ValueError(f"{checkpoint} is a {kind} checkpoint: export supports the GAT classifier (the VGAE's anomaly "
+                         "score has data-dependent shapes)")
+    graph = check_graph_settings(ckpt, checkpoint)
+    prov = provenance(ckpt, checkpoint)
     out = Path(out) if out else checkpoint.with_suffix(".pt2")
-    window = int(tc.get("window", 100))
+    model = model_from_checkpoint(ckpt, checkpoint)  # checks the config against the weights first
     data = checkpoint_data(ckpt, dataset, data_root)
+    check_compatible(ckpt, data, "exported")
     gs = data.splits["val"] if len(data.splits["val"]) >= 2 else data.splits["train"]
+    if len(gs) < 2:
+        raise ValueError(f"dataset {data.name!r} has fewer than 2 windows of {graph['window']} messages to trace the "
+                         "export with; give --dataset with longer recordings")
     example = collate_indices(gs, list(range(min(8, len(gs)))))
-    model = model_from_checkpoint(ckpt)
     t0 = time.perf_counter()
     export_model(model, example, out)
     seconds = time.perf_counter() - t0
@@ -72,8 +85,9 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, dat
                            "[largest graph's node count, 0] (sizes the max pool); GATv2's self-loops are added inside",
             "output": "logits [graphs, 2]; attack probability = softmax(...)[:, 1]",
             "model_config": ckpt["model_config"], "vocab": ckpt.get("vocab"), "node_features": ckpt.get("node_features"),
-            "edge_features": ckpt.get("edge_features"), "threshold": ckpt.get("threshold"), "window": window,
-            "stride": int(tc.get("stride", window))}
+            "edge_features": ckpt.get("edge_features"), "threshold": ckpt.get("threshold"), "window": graph["window"],
+            "stride": graph["stride"], "label_threshold": graph["label_threshold"],
+            "graph_format": prov.get("graph", {}).get("graph_format"), "role": prov.get("role")}
     meta_path = out.with_suffix(".json")
     tmp = meta_path.with_name(f".{meta_path.name}.tmp")
     tmp.write_text(json.dumps(meta, indent=2))

@@ -47,18 +47,30 @@ def soft_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) 
 
 
 class LogitKDLoss(nn.Module):
-    r"""Hinton-style logit distillation for graph classification (torchdistill ``KDLoss`` form).
+    r"""Logit distillation for graph classification (Hinton, Vinyals and Dean 2015, "Distilling
+    the Knowledge in a Neural Network").
+
+    kdkit's convention, as implemented in :meth:`forward` (``alpha`` weighs the soft term):
 
     .. math::
         L = \alpha T^2 \frac{1}{G}\sum_g \sum_c p^t_{gc} (\log p^t_{gc} - \log p^s_{gc})
             + (1 - \alpha)\, \mathrm{CE}(s, y),
         \quad p^t = \mathrm{softmax}(t / T),\; p^s = \mathrm{softmax}(s / T)
 
-    The softmax runs over the class dimension (2 logits per graph), never over the batch.
+    i.e. ``alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y)``, the KL
+    summed over classes and averaged over the G graphs, the CE on the unscaled student logits
+    (class-weighted mean when ``class_weight`` is given). The softmax runs over the class
+    dimension (2 logits per graph), never over the batch.
+
+    Mapping to torchdistill's ``KDLoss`` (``torchdistill.losses.mid_level``): it computes
+    ``alpha * CE + beta * T^2 * KL`` with ``beta = 1 - alpha`` by default, so its ``alpha``
+    weighs the *hard-label* term. kdkit's ``alpha`` is torchdistill's ``beta`` (``1 -`` its
+    ``alpha``): kdkit ``alpha=0.7`` is torchdistill ``alpha=0.3``. (torchdistill returns the bare
+    KL, without ``T^2``, when its ``alpha`` is 0 or None.)
 
     Args:
         temperature: softmax temperature T. Default 4.0.
-        alpha: weight of the KD term; ``1 - alpha`` weighs the hard-label CE. Default 0.7.
+        alpha: weight of the soft (KD) term; ``1 - alpha`` weighs the hard-label CE. Default 0.7.
         class_weight: per-class weights of the hard-label CE (the same inverse-frequency weights
             a teacher trains with; without them a small student on imbalanced data can collapse
             to "normal"). Default None (unweighted).

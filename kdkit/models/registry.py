@@ -36,6 +36,18 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 
 MODEL_CLASSES: dict[str, type[GraphModel]] = {"gat": GATClassifier, "vgae": VGAE}
 
+# Sane upper bounds of a model's shape options, checked before anything is allocated: a
+# checkpoint's model_config (or a typo such as --hidden 100000) must not make kdkit build a
+# model of many gigabytes. They are far above anything a CAN-bus IDS needs (the teacher
+# presets use hidden 64, 5 layers, 8 heads, embedding 16). Any family's option of these
+# names is bounded; other options are only type-checked.
+SHAPE_LIMITS: dict[str, int] = {
+    "hidden": 4096, "mlp_hidden": 4096, "embedding_dim": 4096, "latent_dim": 4096,
+    "num_layers": 64, "encoder_layers": 64, "decoder_layers": 64,
+    "heads": 64, "encoder_heads": 64, "decoder_heads": 64,
+    "num_node_features": 4096, "num_edge_features": 4096, "num_ids": 2**21, "num_classes": 1024,
+}
+
 
 def _check_overrides(cls: type, overrides: dict[str, Any]) -> None:
     defaults = {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
@@ -49,6 +61,27 @@ def _check_overrides(cls: type, overrides: dict[str, Any]) -> None:
               or want is float and isinstance(value, int) and not isinstance(value, bool))
         if not ok:
             raise TypeError(f"{cls.__name__} option {key}={value!r}: expected {want.__name__}")
+    check_shape_limits(overrides, cls.__name__)
+
+
+def check_shape_limits(options: dict[str, Any], what: str) -> None:
+    """Refuse shape options outside :data:`SHAPE_LIMITS` (or below their minimum) before a model is built.
+
+    Args:
+        options: constructor options (a ``model.config`` or overrides).
+        what: names the model in the message (a class name, or a checkpoint path).
+
+    Raises:
+        ValueError: naming the option, its value and the allowed range.
+    """
+    for key, high in SHAPE_LIMITS.items():
+        value = options.get(key)
+        if value is None or isinstance(value, bool) or not isinstance(value, int):
+            continue
+        low = 0 if key == "num_edge_features" else 1
+        if not low <= value <= high:
+            raise ValueError(f"{what}: model option {key}={value:,} is outside {low}..{high:,}; "
+                             "kdkit refuses to build a model of that size (a corrupted or foreign model config?)")
 
 
 def build_model(kind: str, size: str, num_node_features: int, num_edge_features: int,
@@ -71,17 +104,27 @@ def build_model(kind: str, size: str, num_node_features: int, num_edge_features:
                          f"and size from ['student', 'teacher']")
     cls = MODEL_CLASSES[kind]
     _check_overrides(cls, overrides)
+    check_shape_limits({"num_node_features": num_node_features, "num_edge_features": num_edge_features,
+                        "num_ids": num_ids}, cls.__name__)
     return cls(num_node_features, num_edge_features, num_ids, **{**PRESETS[kind][size], **overrides})
 
 
 def model_from_config(config: dict[str, Any]) -> GraphModel:
-    """Rebuild a model (fresh weights) from its ``model.config`` dict."""
+    """Rebuild a model (fresh weights) from its ``model.config`` dict.
+
+    The options are type-checked and their shapes bounded (:data:`SHAPE_LIMITS`) first; build it
+    under ``torch.device("meta")`` to compare shapes without allocating anything.
+    """
     cfg = dict(config)
     kind = cfg.pop("kind", None)
     if kind not in MODEL_CLASSES:
         raise ValueError(f"model config kind={kind!r}: expected one of {sorted(MODEL_CLASSES)}")
     _check_overrides(MODEL_CLASSES[kind], {k: v for k, v in cfg.items()
                                            if k not in ("num_node_features", "num_edge_features", "num_ids")})
+    for key in ("num_node_features", "num_edge_features", "num_ids"):
+        if not isinstance(cfg.get(key), int) or isinstance(cfg.get(key), bool):
+            raise TypeError(f"model config {key}={cfg.get(key)!r}: expected int")
+    check_shape_limits(cfg, MODEL_CLASSES[kind].__name__)
     return MODEL_CLASSES[kind](**cfg)
 
 

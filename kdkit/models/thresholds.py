@@ -1,9 +1,24 @@
-"""Choosing a decision threshold on anomaly scores from validation data (quantile of attack-free
-scores, or Youden's J on labelled windows)."""
+"""Decision thresholds on window scores: the one rule every part of kdkit uses, and choosing a
+threshold from validation data (a false-positive budget on attack-free scores, or Youden's J on
+labelled windows).
+
+The rule: a window is an attack when ``score >= threshold`` (ties are attacks). A GAT's score is
+its attack probability ``softmax(logits)[:, 1]`` with threshold :data:`GAT_THRESHOLD`; a VGAE's is
+its anomaly score with the threshold stored in its checkpoint. Training's validation F1,
+``kdkit evaluate``, the reports and the README's gateway example all decide with it.
+"""
 from __future__ import annotations
 
 import numpy as np
 import torch
+from sklearn.metrics import roc_curve
+
+GAT_THRESHOLD = 0.5  # a GAT window is an attack when its attack probability is >= 0.5
+
+
+def is_attack(score, threshold: float):
+    """``score >= threshold``: the attack decision, for a numpy array or a tensor (same type back)."""
+    return score >= threshold
 
 
 def choose_threshold(scores, labels=None, quantile: float = 0.99) -> float:
@@ -12,20 +27,24 @@ def choose_threshold(scores, labels=None, quantile: float = 0.99) -> float:
     Args:
         scores: per-window scores (array-like or tensor).
         labels: 0/1 labels of the same windows, or None for attack-free validation data.
-        quantile: without labels, the quantile of the (normal) scores. Default 0.99.
+        quantile: without labels, the share of the (normal) scores that must stay below the
+            threshold: at most ``floor((1 - quantile) * n)`` of the ``n`` scores are ``>=`` it, so
+            the false-positive rate on these scores is ``<= 1 - quantile`` (ties included).
+            Default 0.99.
 
     Returns:
-        With labels, the ROC threshold maximising Youden's J = TPR - FPR; without, the
-        ``quantile`` of ``scores``.
+        With labels, the ROC threshold maximising Youden's J = TPR - FPR (scikit-learn's
+        ``roc_curve`` thresholds follow the same ``>=`` rule). Without, the smallest of the
+        scores that keeps the false-positive budget; when the budget allows no false positive
+        (``(1 - quantile) * n < 1``) the next float above the largest score.
     """
-    s = torch.as_tensor(scores).detach().cpu().double().numpy().ravel()
+    s = torch.as_tensor(scores, dtype=torch.float64).detach().cpu().numpy().ravel()  # lists: no float32 rounding
     if s.size == 0:
         raise ValueError("choose_threshold: no scores given")
     if labels is None:
         if not 0.0 < quantile <= 1.0:
             raise ValueError(f"quantile={quantile} must be in (0, 1]")
-        return float(np.quantile(s, quantile))
-    from sklearn.metrics import roc_curve
+        return quantile_threshold(s, quantile)
 
     y = torch.as_tensor(labels).detach().cpu().numpy().ravel()
     if y.shape != s.shape:
@@ -35,3 +54,18 @@ def choose_threshold(scores, labels=None, quantile: float = 0.99) -> float:
                          "use a quantile of attack-free scores")
     fpr, tpr, thresholds = roc_curve(y, s)
     return float(thresholds[int(np.argmax(tpr - fpr))])
+
+
+def quantile_threshold(scores: np.ndarray, quantile: float) -> float:
+    """The smallest score ``t`` with at most ``floor((1 - quantile) * n)`` scores ``>= t``.
+
+    A plain ``np.quantile`` does not keep that budget under the ``>=`` rule: on ``0..100`` its
+    0.9 quantile is 90, and 11 of the 101 scores (10.9 %) are ``>= 90``; with ties at the
+    quantile even more. Here ``0..100`` at 0.9 gives 91 (10 scores, 9.9 %).
+    """
+    s = np.sort(np.asarray(scores, dtype=np.float64).ravel())
+    n = s.size
+    allowed = min(int(np.floor((1.0 - quantile) * n + 1e-9)), n - 1)  # false positives the budget allows
+    boundary = s[n - allowed - 1]  # the highest score that must stay below the threshold
+    above = s[s > boundary]
+    return float(above[0]) if above.size else float(np.nextafter(boundary, np.inf))

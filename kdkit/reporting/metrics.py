@@ -4,36 +4,50 @@
 
 For every official test folder and overall: accuracy, precision, recall, F1, MCC, ROC-AUC,
 PR-AUC, detection rate at 1 % false-positive rate, the confusion matrix, and recall per
-attack type. A GAT's score is its attack probability (decision at 0.5); a VGAE's score is
-its anomaly score, decided by the threshold stored with the model.
+attack type. A GAT's score is its attack probability, a VGAE's its anomaly score; a window is
+an attack when ``score >= threshold`` (:func:`kdkit.models.thresholds.is_attack`; 0.5 for a GAT,
+the threshold stored with the model for a VGAE).
+
+A metric that is undefined for a scenario is None, never a made-up 0: precision when nothing
+was predicted attack, recall and F1 when the scenario has no attack windows, MCC, ROC-AUC,
+PR-AUC and the detection rate when it has one class only. :func:`format_table` prints them as
+``-``.
 """
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import torch
 from sklearn import metrics as skm
+from tqdm.auto import tqdm
 
 from kdkit.data.graphs import GraphSet
 from kdkit.data.loader import graph_loader
+from kdkit.models.thresholds import is_attack
 
 
 def binary_metrics(y_true: np.ndarray, score: np.ndarray, threshold: float) -> dict:
-    """All window-level metrics for one set of scores; undefined ones (one class only) are None."""
+    """All window-level metrics for one set of scores (attack: ``score >= threshold``).
+
+    Undefined ones are None: precision without predicted attacks; recall and F1 without attack
+    windows; MCC, ROC-AUC, PR-AUC and detection at 1 % FPR with one class only; the
+    false-positive rate without normal windows.
+    """
     y_true = np.asarray(y_true).astype(int)
     score = np.asarray(score, dtype=np.float64)
     if not np.isfinite(score).all():
         raise ValueError(f"{int((~np.isfinite(score)).sum())} scores are NaN or infinite; the model diverged")
-    pred = (score > threshold).astype(int)
+    pred = is_attack(score, threshold).astype(int)
     tn, fp, fn, tp = skm.confusion_matrix(y_true, pred, labels=[0, 1]).ravel()
     both = len(np.unique(y_true)) == 2
     out = {
         "windows": int(len(y_true)), "attack_windows": int(y_true.sum()),
         "accuracy": float((tp + tn) / max(len(y_true), 1)),
-        "precision": float(tp / (tp + fp)) if tp + fp else 0.0,
+        "precision": float(tp / (tp + fp)) if tp + fp else None,
         "recall": float(tp / (tp + fn)) if tp + fn else None,
-        "f1": float(skm.f1_score(y_true, pred, zero_division=0.0)),
+        "f1": float(2 * tp / (2 * tp + fp + fn)) if tp + fn else None,
         "mcc": float(skm.matthews_corrcoef(y_true, pred)) if both else None,
         "roc_auc": float(skm.roc_auc_score(y_true, score)) if both else None,
         "pr_auc": float(skm.average_precision_score(y_true, score)) if both else None,
@@ -53,12 +67,18 @@ def detection_rate_at_fpr(y_true: np.ndarray, score: np.ndarray, max_fpr: float)
 
 
 @torch.no_grad()
-def predict_scores(model: torch.nn.Module, gs: GraphSet, batch_size: int = 256, device: str | torch.device = "cpu") -> np.ndarray:
-    """Window scores of a GraphSet: attack probability (GAT) or anomaly score (VGAE)."""
+def predict_scores(model: torch.nn.Module, gs: GraphSet, batch_size: int = 256, device: str | torch.device = "cpu",
+                   bar: tqdm | None = None) -> np.ndarray:
+    """Window scores of a GraphSet: attack probability (GAT) or anomaly score (VGAE).
+
+    ``bar``: a progress bar advanced by one per batch (default none).
+    """
 
     model.eval()
     out = []
     for batch in graph_loader(gs, batch_size=batch_size, shuffle=False, num_workers=0):
+        if bar is not None:
+            bar.update(1)
         batch = batch.to(device)
         if hasattr(model, "anomaly_score"):
             out.append(model.anomaly_score(batch).float().cpu())
@@ -78,39 +98,77 @@ def evaluate_scores(gs: GraphSet, score: np.ndarray, threshold: float) -> dict:
             continue
         mask = types == i
         if mask.any():
-            per_type[name] = {"windows": int(mask.sum()), "recall": float((score[mask] > threshold).mean())}
+            per_type[name] = {"windows": int(mask.sum()), "recall": float(is_attack(score[mask], threshold).mean())}
     res["per_attack_type"] = per_type
     return res
 
 
 def evaluate_model(model: torch.nn.Module, splits: dict[str, GraphSet], threshold: float, batch_size: int = 256,
-                   device: str | torch.device = "cpu", scenarios: list[str] | None = None) -> dict:
+                   device: str | torch.device = "cpu", scenarios: list[str] | None = None,
+                   progress: bool | None = None) -> dict:
     """Evaluate on every scenario (default: all splits except train/val) and overall.
 
-    Returns ``{"scenarios": {name: metrics}, "overall": metrics, "scores": {name: ndarray}}``.
+    Args:
+        model: a GAT (scored by attack probability) or VGAE (anomaly score).
+        splits: ``{name: GraphSet}``, e.g. ``prepare(...).splits``.
+        threshold: a window is an attack when its score is ``>=`` this.
+        batch_size: windows per forward pass. Default 256.
+        device: where the model runs. Default CPU.
+        scenarios: which splits to evaluate. Default: all but train/val.
+        progress: a progress bar over the batches of all scenarios (on stderr). Default None:
+            on when stderr is a terminal (the CLI), off otherwise (notebooks, logs).
+
+    Returns:
+        ``{"scenarios": {name: metrics}, "overall": metrics, "scores": {name: ndarray}}``.
     """
     names = scenarios or [k for k in splits if k not in ("train", "val")]
+    show = _isatty(sys.stderr) if progress is None else progress
+    total = sum(math.ceil(len(splits[name]) / batch_size) for name in names)
     results, all_y, all_s, scores = {}, [], [], {}
-    for name in names:
-        s = predict_scores(model, splits[name], batch_size, device)
-        scores[name] = s
-        results[name] = evaluate_scores(splits[name], s, threshold)
-        all_y.append(splits[name].y.numpy())
-        all_s.append(s)
+    with tqdm(total=total, desc="evaluate", unit="batch", leave=False, disable=not show) as bar:
+        for name in names:
+            bar.set_postfix_str(name, refresh=False)
+            s = predict_scores(model, splits[name], batch_size, device, bar=bar)
+            scores[name] = s
+            results[name] = evaluate_scores(splits[name], s, threshold)
+            all_y.append(splits[name].y.numpy())
+            all_s.append(s)
     overall = binary_metrics(np.concatenate(all_y), np.concatenate(all_s), threshold) if names else {}
     return {"scenarios": results, "overall": overall, "scores": scores}
 
 
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+# column -> header; the two long names are abbreviated (documented in the table's legend)
+TABLE_COLUMNS = {"windows": "windows", "attack_windows": "attacks", "accuracy": "accuracy", "precision": "precision",
+                 "recall": "recall", "f1": "f1", "mcc": "mcc", "roc_auc": "roc_auc",
+                 "detection_at_1pct_fpr": "det@1%fpr"}
+
+
 def format_table(results: dict) -> str:
-    """A plain-text table of the main metrics per scenario."""
-    cols = ("windows", "attack_windows", "accuracy", "precision", "recall", "f1", "mcc", "roc_auc", "detection_at_1pct_fpr")
-    head = f"{'scenario':<42}" + "".join(f"{c[:10]:>11}" for c in cols)
-    rows = [head]
-    for name, m in list(results["scenarios"].items()) + [("overall", results["overall"])]:
+    """A plain-text table of the main metrics per scenario and overall, with a legend.
+
+    Headers are the metric names of the results, except ``attacks`` (``attack_windows``) and
+    ``det@1%fpr`` (``detection_at_1pct_fpr``: the highest recall at a false-positive rate
+    <= 1 %); an undefined metric prints as ``-``.
+    """
+    items = list(results["scenarios"].items()) + [("overall", results["overall"])]
+    name_w = max([len("scenario"), *(len(name) for name, _ in items)]) + 2
+    widths = {c: max(len(h), 9) + 2 for c, h in TABLE_COLUMNS.items()}
+    rows = [f"{'scenario':<{name_w}}" + "".join(f"{h:>{widths[c]}}" for c, h in TABLE_COLUMNS.items())]
+    for name, m in items:
         cells = []
-        for c in cols:
-            v = m.get(c)
-            cells.append(f"{'-':>11}" if v is None or (isinstance(v, float) and math.isnan(v))
-                         else f"{v:>11d}" if isinstance(v, int) else f"{v:>11.4f}")
-        rows.append(f"{name:<42}" + "".join(cells))
+        for c in TABLE_COLUMNS:
+            v, w = m.get(c), widths[c]
+            cells.append(f"{'-':>{w}}" if v is None or (isinstance(v, float) and math.isnan(v))
+                         else f"{v:>{w}d}" if isinstance(v, int) else f"{v:>{w}.4f}")
+        rows.append(f"{name:<{name_w}}" + "".join(cells))
+    rows.append("attacks: attack windows; det@1%fpr: detection rate (recall) at <= 1 % false-positive rate")
+    rows.append("-: undefined (precision: no predicted attacks; recall, f1: no attack windows; mcc, roc_auc, "
+                "det@1%fpr: one class only)")
     return "\n".join(rows)

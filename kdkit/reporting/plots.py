@@ -121,7 +121,8 @@ def f1_per_scenario(f1: Mapping[str, Mapping[str, float]], title: str = "F1 per 
     """Grouped bars: scenarios on x, one bar per model.
 
     Args:
-        f1: ``{model label: {scenario: f1}}``; a missing scenario is left blank.
+        f1: ``{model label: {scenario: f1}}``; a missing scenario is left blank, an undefined
+            F1 (None: the scenario has no attack windows) gets no bar and the label ``n/a``.
     """
     models = list(f1)
     scenarios = list(dict.fromkeys(s for m in f1.values() for s in m))
@@ -129,9 +130,14 @@ def f1_per_scenario(f1: Mapping[str, Mapping[str, float]], title: str = "F1 per 
     width = 0.8 / max(len(models), 1)
     x = np.arange(len(scenarios))
     for i, name in enumerate(models):
-        vals = [f1[name].get(s, np.nan) for s in scenarios]
-        bars = ax.bar(x + (i - (len(models) - 1) / 2) * width, vals, width, label=name)
-        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+        got = [f1[name].get(s, np.nan) for s in scenarios]
+        vals = [np.nan if v is None else float(v) for v in got]
+        pos = x + (i - (len(models) - 1) / 2) * width
+        bars = ax.bar(pos, vals, width, label=name)
+        ax.bar_label(bars, labels=["" if np.isnan(v) else f"{v:.2f}" for v in vals], fontsize=7)
+        for p, g in zip(pos, got):
+            if g is None:
+                ax.text(p, 0.01, "n/a", ha="center", va="bottom", fontsize=7)
     ax.set_xticks(x, [_short(s, 16) for s in scenarios], fontsize=8)
     ax.set(ylabel="F1", ylim=(0, 1.1), title=title)
     ax.legend(fontsize=8)

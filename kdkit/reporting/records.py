@@ -167,9 +167,15 @@ def headline(metrics: Mapping) -> str:
     """One line that sums up a notebook's metrics.json (``kdkit demo`` prints it per step)."""
     kind = metrics.get("notebook")
     if kind == "teacher":
-        return f"teacher: {metrics['parameters']:,} parameters, overall F1 {metrics['overall']['f1']:.3f}"
+        return f"teacher: {metrics['parameters']:,} parameters, overall F1 {_f1(metrics['overall'])}"
     if kind == "student":
         kd, alone = metrics["student_kd"], metrics["student_alone"]
-        return (f"student: {kd['parameters']:,} parameters, overall F1 {kd['overall']['f1']:.3f} with KD, "
-                f"{alone['overall']['f1']:.3f} alone (teacher {metrics['teacher']['overall']['f1']:.3f})")
+        return (f"student: {kd['parameters']:,} parameters, overall F1 {_f1(kd['overall'])} with KD, "
+                f"{_f1(alone['overall'])} alone (teacher {_f1(metrics['teacher']['overall'])})")
     return f"{kind}: {len(metrics.get('figures', []))} figures, {len(metrics.get('tables', {}))} tables"
+
+
+def _f1(overall: Mapping) -> str:
+    """An F1 for a headline: 3 decimals, or ``-`` when undefined (no attack windows)."""
+    f1 = overall.get("f1")
+    return "-" if f1 is None else f"{f1:.3f}"

@@ -1,8 +1,18 @@
 """Checkpoint files: one plain dict per file (weights, model config, training config, vocabulary,
-feature layout, threshold, optimizer state), written atomically and loaded with
-``weights_only`` and a clear error for anything that is not a kdkit checkpoint."""
+feature layout, threshold, optimizer state, provenance), written atomically and loaded with
+``weights_only`` and a clear error for anything that is not a kdkit checkpoint.
+
+A checkpoint's ``provenance`` says what it is: its role (teacher or student, with or without
+KD), model family, dataset, a hash of its ID vocabulary and the graph settings it was trained
+on (window, stride, label threshold, validation share, graph format version). Checkpoints
+written before kdkit recorded it get it inferred from their ``train_config``, ``model_config``
+and vocabulary (:func:`provenance`); only their graph format version is unknown then.
+"""
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -10,11 +20,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from kdkit.data.graphs import GRAPH_FORMAT_VERSION
 from kdkit.models.registry import model_from_config
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_KEYS = {"format", "model", "model_config", "train_config", "vocab", "node_features", "edge_features",
                    "threshold", "optimizer", "scheduler", "kd", "epoch", "step", "rng", "best_metric", "bad_epochs",
-                   "history", "batch_size", "kdkit_version"}
+                   "history", "batch_size", "kdkit_version", "provenance"}
+
+GRAPH_SETTINGS = ("window", "stride", "label_threshold", "val_fraction")  # train_config keys that shape the graphs
 
 
 CHECKPOINT_FORMAT = 1
@@ -48,8 +63,97 @@ def load_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
-def model_from_checkpoint(ckpt: dict) -> nn.Module:
+def vocab_hash(vocab: list[int] | None) -> str | None:
+    """A short hash of an ID vocabulary (``IdVocab.to_list()``); None for none."""
+    if vocab is None:
+        return None
+    return hashlib.sha256(json.dumps([int(i) for i in vocab]).encode()).hexdigest()[:16]
 
-    model = model_from_config(ckpt["model_config"])
-    model.load_state_dict(ckpt["model"])
+
+def make_provenance(role: str, family: str, dataset: str, vocab: list[int], train_config: dict,
+                    kd: bool = False, teacher: str | None = None) -> dict:
+    """The ``provenance`` entry of a new checkpoint.
+
+    Args:
+        role: ``"teacher"`` or ``"student"``.
+        family: the model family (``model.config["kind"]``).
+        dataset: the dataset registry key it was trained on.
+        vocab: its ID vocabulary (``IdVocab.to_list()``).
+        train_config: the run's ``TrainConfig.to_dict()`` (graph settings are read from it).
+        kd: a student distilled from a teacher.
+        teacher: the teacher checkpoint's path (KD only).
+    """
+    graph = {k: train_config.get(k) for k in GRAPH_SETTINGS}
+    graph["graph_format"] = GRAPH_FORMAT_VERSION
+    return {"role": role, "family": family, "dataset": dataset, "vocab_hash": vocab_hash(vocab),
+            "vocab_size": len(vocab) + 1, "graph": graph, "synthetic_seed": train_config.get("synthetic_seed"),
+            "kd": bool(kd), "teacher": teacher}
+
+
+def provenance(ckpt: dict, where: str | Path = "checkpoint") -> dict:
+    """What a checkpoint is: its stored ``provenance``, or one inferred for an older checkpoint.
+
+    An older kdkit checkpoint (no ``provenance`` key) always holds its ``train_config``,
+    ``model_config`` and vocabulary: role, family, dataset, vocabulary hash and graph settings
+    are inferred from them (``"inferred": True``); its graph format version is unknown (None),
+    and a warning says so. Callers still compare its feature layout with the current one.
+    """
+    if isinstance(ckpt.get("provenance"), dict):
+        return ckpt["provenance"]
+    tc = ckpt.get("train_config") or {}
+    mc = ckpt.get("model_config") or {}
+    role = tc.get("type")
+    log.warning("%s predates kdkit's provenance record: its role (%s), dataset (%s) and graph settings are taken "
+                "from its train_config, its graph format version is unknown", where, role, tc.get("dataset"))
+    graph = {k: tc.get(k) for k in GRAPH_SETTINGS}
+    graph["graph_format"] = None
+    vocab = ckpt.get("vocab")
+    return {"role": role, "family": mc.get("kind"), "dataset": tc.get("dataset"), "vocab_hash": vocab_hash(vocab),
+            "vocab_size": len(vocab) + 1 if isinstance(vocab, list) else None, "graph": graph,
+            "synthetic_seed": tc.get("synthetic_seed"), "kd": role == "student" and bool(tc.get("teacher")),
+            "teacher": tc.get("teacher"), "inferred": True}
+
+
+def _shape_differences(expected: dict, stored: dict) -> list[str]:
+    out = [f"{k} missing" for k in expected if k not in stored]
+    out += [f"{k} unexpected" for k in stored if k not in expected]
+    out += [f"{k}: config gives {tuple(expected[k].shape)}, weights are {tuple(stored[k].shape)}"
+            for k in expected if k in stored and tuple(expected[k].shape) != tuple(stored[k].shape)]
+    return out
+
+
+def model_from_checkpoint(ckpt: dict, where: str | Path = "checkpoint") -> nn.Module:
+    """The model of a checkpoint with its weights.
+
+    The model config is type-checked and its shapes bounded
+    (:data:`kdkit.models.registry.SHAPE_LIMITS`), then the model is built on the ``meta`` device
+    (no memory) and its parameter shapes compared with the stored weights; only a config that
+    matches its weights is built for real.
+
+    Args:
+        ckpt: a loaded checkpoint (:func:`load_checkpoint`).
+        where: the checkpoint's path, for messages.
+
+    Raises:
+        ValueError: the config is not a valid model config or does not match the weights.
+    """
+    state = ckpt.get("model")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{where}: its 'model' entry is not a state dict of tensors; not a usable kdkit checkpoint")
+    config = ckpt.get("model_config")
+    if not isinstance(config, dict):
+        raise ValueError(f"{where}: no model_config; not a usable kdkit checkpoint")
+    try:
+        with torch.device("meta"):
+            skeleton = model_from_config(config)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}: its model_config cannot be built ({err})") from err
+    diff = _shape_differences(skeleton.state_dict(), state)
+    if diff:
+        more = f" (and {len(diff) - 3} more)" if len(diff) > 3 else ""
+        raise ValueError(f"{where}: its model_config does not match its stored weights ({'; '.join(diff[:3])}{more}); "
+                         "the file was edited or is corrupted: use another checkpoint or retrain")
+    del skeleton
+    model = model_from_config(config)
+    model.load_state_dict(state)
     return model

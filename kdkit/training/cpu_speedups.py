@@ -11,7 +11,8 @@ model itself: :class:`kdkit.models.layers.GATv2Layer` (self-loops once per batch
   threshold to the OS and faults the pages in again on the next step; a training loop
   allocates the same sizes every step, so keeping them in the heap saved ~25 % of a student
   step. Only on CPU, only with glibc; ``KDKIT_TUNE_MALLOC=0`` turns it off.
-- ``AdamW(fused=True)``: one kernel for all parameters instead of a loop over tensors.
+- ``AdamW(fused=True)``: one kernel for all parameters instead of a loop over tensors; biases
+  and norm parameters (fewer than 2 dimensions) are not weight-decayed (:func:`make_optimizer`).
 
 """
 from __future__ import annotations
@@ -58,7 +59,51 @@ def tune_cpu_allocator(mmap_threshold: int = 256 * 2**20, trim_threshold: int = 
 
 
 def make_optimizer(params, cfg, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW, fused (one kernel for all parameters) where torch supports it for the device."""
+    """AdamW, fused (one kernel for all parameters) where torch supports it for the device.
+
+    Two parameter groups (nanoGPT's rule): weight decay ``cfg.weight_decay`` for tensors with
+    at least 2 dimensions (weight matrices, embeddings, attention vectors stored as
+    ``[1, heads, dim]``), none for tensors with fewer (biases, norm scales and shifts), whose
+    decay only pulls them towards zero without regularising anything. Parameters without
+    ``requires_grad`` are left out.
+    """
     params = [p for p in params if p.requires_grad]
     fused = device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in params)
-    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=fused or None)
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                             fused=fused or None)
+
+
+def upgrade_optimizer_state(state: dict, optimizer: torch.optim.Optimizer, params) -> dict:
+    """An optimizer state saved with one parameter group (kdkit before weight decay was split,
+    see :func:`make_optimizer`) mapped onto ``optimizer``'s groups; other states come back as is.
+
+    Args:
+        state: ``optimizer.state_dict()`` from a checkpoint.
+        optimizer: the optimizer :func:`make_optimizer` built for the same parameters.
+        params: those parameters in the order given to :func:`make_optimizer` (the old state's
+            indices count them, trainable ones only).
+    """
+    groups = optimizer.param_groups
+    if len(state["param_groups"]) == len(groups) or len(state["param_groups"]) != 1:
+        return state
+    old_order = [p for p in params if p.requires_grad]
+    new_index = {id(p): i for i, p in enumerate(p for g in groups for p in g["params"])}
+    if len(old_order) != len(new_index) or len(state["param_groups"][0]["params"]) != len(old_order):
+        raise ValueError(f"the checkpoint's optimizer state holds {len(state['param_groups'][0]['params'])} "
+                         f"parameters, the model {len(new_index)}: it belongs to another model")
+    old_to_new = {old: new_index[id(p)] for old, p in zip(state["param_groups"][0]["params"], old_order)}
+    hyper = {k: v for k, v in state["param_groups"][0].items() if k != "params"}
+    start, new_groups = 0, []
+    for g in groups:
+        new_groups.append({**hyper, "weight_decay": g["weight_decay"], "params": list(range(start, start + len(g["params"])))})
+        start += len(g["params"])
+    return {"state": {old_to_new[k]: v for k, v in state["state"].items()}, "param_groups": new_groups}
+
+
+def upgrade_scheduler_state(state: dict, optimizer: torch.optim.Optimizer) -> dict:
+    """A scheduler state saved for one parameter group, its per-group lists repeated for each of
+    ``optimizer``'s groups (see :func:`upgrade_optimizer_state`)."""
+    n = len(optimizer.param_groups)
+    return {k: (v * n if isinstance(v, list) and len(v) == 1 and n > 1 else v) for k, v in state.items()}

@@ -7,6 +7,7 @@ from torch import nn
 
 from kdkit.config import TrainConfig
 from kdkit.models.distill import DistillationLoss
+from kdkit.models.thresholds import GAT_THRESHOLD, is_attack
 
 
 # ----------------------------------------------------------------------------- tasks
@@ -48,11 +49,16 @@ class Task(nn.Module):
         batch.node_id = batch.node_id.masked_fill(hide[batch.batch], 0)
         return batch
 
-    def forward(self, batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The training loss of a batch (what Fabric's wrapped module calls)."""
         return self.training_loss(batch)
 
-    def training_loss(self, batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def training_loss(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(loss, components)``; the components are detached 0-dim tensors on the loss's device.
+
+        Nothing is read to the host here: a ``float()`` per step would wait for the device every
+        step. The trainer reads the losses a few times per epoch.
+        """
         batch = self.hide_vehicle(batch)
         if self.kd is not None:
             teacher = self.teacher
@@ -62,30 +68,43 @@ class Task(nn.Module):
                 t_out = teacher(batch, **features)
             s_out = self.model(batch, **features)
             loss, parts = self.kd(s_out, t_out, batch)
-            return loss, {k: float(v) for k, v in parts.items()}
+            return loss, {k: v.detach() for k, v in parts.items()}
         if self.objective == "classify":
             logits = self.model(batch)
             loss = nn.functional.cross_entropy(logits.float(), batch.y, weight=self.class_weights)
-            return loss, {"ce": float(loss.detach())}
+            return loss, {"ce": loss.detach()}
         parts = self.model.loss(batch)
-        return parts["loss"], {k: float(v.detach()) for k, v in parts.items() if k != "loss"}
+        return parts["loss"], {k: v.detach() for k, v in parts.items() if k != "loss"}
 
     @torch.no_grad()
     def validate(self, loader) -> dict[str, float]:
-        """Validation loss and, for a classifier, F1 (the monitored metric)."""
+        """Validation loss and, for a classifier, F1 (the monitored metric), over all ranks.
+
+        Under DDP every rank scores its own shard; the sums (loss, windows, TP, FP, FN) are added
+        over the ranks (``torch.distributed.all_reduce``) before the loss and F1 are computed, so
+        the result is the one process's on the union of the shards (an F1 averaged over ranks is
+        not: shards differ in size and attack share). Every rank returns the same global values.
+        The sums stay on the device until the end (no host read per batch).
+        """
         self.model.eval()
-        tot, n, tp, fp, fn = 0.0, 0, 0, 0, 0
+        device = next(self.model.parameters()).device
+        # [summed loss, windows, tp, fp, fn]; float64 keeps the counts exact far beyond any set size
+        stats = torch.zeros(5, dtype=torch.float64, device=device)
         for batch in loader:
             if self.objective == "classify":
                 logits = self.model(batch).float()
-                tot += float(nn.functional.cross_entropy(logits, batch.y, reduction="sum"))
-                pred = logits.argmax(-1)
-                tp += int(((pred == 1) & (batch.y == 1)).sum())
-                fp += int(((pred == 1) & (batch.y == 0)).sum())
-                fn += int(((pred == 0) & (batch.y == 1)).sum())
+                # the decision evaluation makes: attack probability >= 0.5 (ties included)
+                pred, y = is_attack(torch.softmax(logits, dim=-1)[:, 1], GAT_THRESHOLD).long(), batch.y
+                stats[0] += nn.functional.cross_entropy(logits, y, reduction="sum").double()
+                stats[2] += ((pred == 1) & (y == 1)).sum()
+                stats[3] += ((pred == 1) & (y == 0)).sum()
+                stats[4] += ((pred == 0) & (y == 1)).sum()
             else:
-                tot += float(self.model.loss(batch)["loss"]) * batch.num_graphs
-            n += batch.num_graphs
+                stats[0] += self.model.loss(batch)["loss"].detach().double() * batch.num_graphs
+            stats[1] += batch.num_graphs
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(stats, op=torch.distributed.ReduceOp.SUM)
+        tot, n, tp, fp, fn = stats.tolist()
         out = {"val_loss": tot / max(n, 1)}
         if self.objective == "classify":
             out["val_f1"] = 2 * tp / max(2 * tp + fp + fn, 1)

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -33,7 +36,12 @@ from kdkit.data.graphs import GraphSet
 from kdkit.data.loader import _Collate, graph_loader
 from kdkit.models.layers import with_self_loops
 from kdkit.training.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
-from kdkit.training.cpu_speedups import make_optimizer, tune_cpu_allocator
+from kdkit.training.cpu_speedups import (
+    make_optimizer,
+    tune_cpu_allocator,
+    upgrade_optimizer_state,
+    upgrade_scheduler_state,
+)
 from kdkit.training.memory import is_oom, phase_peak, release_memory
 from kdkit.training.optim import make_scheduler
 from kdkit.training.precision import choose_precision, resolve_accelerator
@@ -56,6 +64,8 @@ class FitResult:
     seconds: float = 0.0
     oom_events: list[dict] = field(default_factory=list)
     final_batch_size: int = 0
+    resumed_from: str | None = None      # the checkpoint a resumed fit continued from
+    resumed_at_epoch: int | None = None  # the first epoch it trained (0-based)
 
 
 def _schedule_exhausted(scheduler) -> bool:
@@ -63,6 +73,71 @@ def _schedule_exhausted(scheduler) -> bool:
     OOM back-off then keep its final learning rate instead."""
     total = getattr(scheduler, "total_steps", None)
     return total is not None and scheduler.last_epoch >= total
+
+
+# Lightning's warning when an ``srun`` binary is on PATH but the process was not started by it
+SRUN_WARNING = r"The `srun` command is available on your system but is not used"
+
+
+@contextmanager
+def _srun_warning_outside_slurm():
+    """Silence Lightning's "srun is available but is not used" outside a SLURM job.
+
+    Lightning warns whenever an ``srun`` binary is on PATH and the process was not started by
+    it: on a login node or a workstation with the SLURM client installed, on every run. The
+    hint matters inside a job (``SLURM_JOB_ID`` set), where a missing ``srun`` hangs a
+    multi-process run; there the warning stays. Only that message is filtered.
+    """
+    with warnings.catch_warnings():
+        if "SLURM_JOB_ID" not in os.environ:
+            warnings.filterwarnings("ignore", message=SRUN_WARNING)
+        yield
+
+
+LOSS_READ_EVERY = 20  # optimizer steps between reads of the training loss to the host
+
+
+class _StepLosses:
+    """An epoch's training losses, kept on the device.
+
+    ``float(loss)`` waits for the device to finish the step; once per step it stalls a GPU's
+    queue. The losses are read every ``every`` steps (the progress bar, and the check that they
+    are finite: a non-finite loss raises ``FloatingPointError`` naming its step and components)
+    and at the end of the epoch (their mean, :meth:`mean`).
+    """
+
+    def __init__(self, every: int = LOSS_READ_EVERY):
+        self.every, self.values, self._unread = every, [], []
+        self.latest: float | None = None  # the most recent loss read
+
+    def add(self, loss: torch.Tensor, parts: dict, step: int) -> bool:
+        """Keep one step's detached loss; True when this call read the unread ones."""
+        self.values.append(loss)
+        self._unread.append((step, parts))
+        if len(self._unread) < self.every:
+            return False
+        self.read()
+        return True
+
+    def read(self) -> None:
+        """Read the unread losses to the host (one device sync) and check that they are finite."""
+        if not self._unread:
+            return
+        recent = torch.stack(self.values[-len(self._unread):]).double().cpu()
+        bad = (~torch.isfinite(recent)).nonzero()
+        if len(bad):
+            i = int(bad[0])
+            step, parts = self._unread[i]
+            components = {k: float(v) for k, v in parts.items()}
+            raise FloatingPointError(f"training loss became {float(recent[i])} at step {step} "
+                                     f"(components {components}); lower the learning rate")
+        self.latest = float(recent[-1])
+        self._unread.clear()
+
+    def mean(self) -> float:
+        """The mean loss of the epoch's steps (0.0 without steps), read to the host."""
+        self.read()
+        return float(torch.stack(self.values).double().mean()) if self.values else 0.0
 
 
 class FabricTrainer:
@@ -95,8 +170,9 @@ class FabricTrainer:
         if strategy == "ddp" and accelerator == "cpu":
 
             strategy = DDPStrategy(process_group_backend="gloo")
-        self.fabric = Fabric(accelerator=accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=strategy,
-                             precision=self.precision, loggers=loggers)
+        with _srun_warning_outside_slurm():  # Lightning checks for srun while it picks the cluster environment
+            self.fabric = Fabric(accelerator=accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
+                                 strategy=strategy, precision=self.precision, loggers=loggers)
         self.batch_size = cfg.batch_size
         self.oom_events: list[dict] = []
 
@@ -123,17 +199,22 @@ class FabricTrainer:
     def _save(self, state: dict, path: Path) -> None:
         """Atomic save on rank zero: Fabric writes a temp file, then it is renamed."""
         tmp = path.with_name(f".{path.name}.tmp")
-        self.fabric.save(tmp, state)
+        try:
+            self.fabric.save(tmp, state)
+        except BaseException:
+            if self.fabric.global_rank == 0:
+                tmp.unlink(missing_ok=True)  # no partial checkpoint left behind
+            raise
         self.fabric.barrier()
         if self.fabric.global_rank == 0:
             tmp.replace(path)
 
-    def _step(self, task: Task, model, optimizer, scheduler, batch) -> tuple[float, dict]:
+    def _step(self, task: Task, model, optimizer, scheduler, batch) -> tuple[torch.Tensor, dict]:
+        """One optimizer step; returns the detached loss and its components, on the device (no
+        host read here: :class:`_StepLosses` reads and checks them every few steps)."""
         # Through the Fabric module's forward (= Task.forward = training_loss): that applies the
         # precision plugin's autocast and, under DDP, the wrapper that synchronises gradients.
         loss, parts = model(batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss became {float(loss)} (components {parts}); lower the learning rate")
         self.fabric.backward(loss)
         if self.cfg.grad_clip > 0:
             self.fabric.clip_gradients(model, optimizer, max_norm=self.cfg.grad_clip, error_if_nonfinite=False)
@@ -141,7 +222,7 @@ class FabricTrainer:
         optimizer.zero_grad(set_to_none=True)
         if not _schedule_exhausted(scheduler):
             scheduler.step()
-        return float(loss.detach()), parts
+        return loss.detach(), parts
 
     def _chunk(self, gs: GraphSet, idx: torch.Tensor):
         """Graphs ``idx`` as a batch on the device, keeping the indices for a further back-off."""
@@ -155,7 +236,7 @@ class FabricTrainer:
             return batch.to(self.fabric.device, non_blocking=True)
         return batch
 
-    def _run_batch(self, task, model, optimizer, scheduler, gs: GraphSet, batch) -> list[tuple[float, dict]]:
+    def _run_batch(self, task, model, optimizer, scheduler, gs: GraphSet, batch) -> list[tuple[torch.Tensor, dict]]:
         """One loader batch; on out-of-memory halve the batch size and redo the failed part in chunks.
 
         Every chunk is one optimizer step on exactly its graphs (its loss is the loss of that
@@ -227,7 +308,8 @@ class FabricTrainer:
         val_loader = None
         if val_set is not None:
             val_loader = graph_loader(val_set, max(self.batch_size, 256), shuffle=False, num_workers=0,
-                                      rank=fabric.global_rank, world_size=fabric.world_size, transform=transform)
+                                      rank=fabric.global_rank, world_size=fabric.world_size, transform=transform,
+                                      pad=False)  # every validation window counted once over the ranks
             val_loader = fabric.setup_dataloaders(val_loader, use_distributed_sampler=False)
         if compile_model:  # nn.Module.compile: the module stays itself (same parameters, state_dict keys)
             task.model.compile(dynamic=True)
@@ -262,6 +344,8 @@ class FabricTrainer:
         best_path, last_path = ckpt_dir / "best.pt", ckpt_dir / "last.pt"
         if fabric.global_rank == 0:
             ckpt_dir.mkdir(parents=True, exist_ok=True)
+            for stale in ckpt_dir.glob(".*.tmp*"):  # a temp file of a killed run: never a valid checkpoint
+                stale.unlink(missing_ok=True)
         fabric.barrier()
 
         train_loader, val_loader, task_m, optimizer = self.prepare(task, train_set, val_set)
@@ -271,20 +355,28 @@ class FabricTrainer:
         metric, mode = task.monitor
         sign = 1.0 if mode == "max" else -1.0
         start_epoch, step, best, bad, history = 0, 0, -math.inf, 0, []
+        resumed_at = None
         if resume:
             ck = load_checkpoint(resume)
+            check_resumable(ck, task, resume)
             task.model.load_state_dict(ck["model"])
             if task.kd is not None and ck.get("kd"):
                 task.kd.load_state_dict(ck["kd"])
-            optimizer.load_state_dict(ck["optimizer"])
-            scheduler.load_state_dict(ck["scheduler"])
+            optimizer.load_state_dict(upgrade_optimizer_state(ck["optimizer"], optimizer, task.parameters()))
+            scheduler.load_state_dict(upgrade_scheduler_state(ck["scheduler"], optimizer))
             torch.set_rng_state(ck["rng"])
             start_epoch, step, best, bad, history = ck["epoch"] + 1, ck["step"], ck["best_metric"], ck["bad_epochs"], list(ck["history"])
             self.batch_size = int(ck.get("batch_size", self.batch_size))
+            resumed_at = start_epoch
             log.info("resumed from %s at epoch %d", resume, start_epoch)
-            old_csv = self.run_dir / "logs" / "metrics.csv"
-            if fabric.global_rank == 0 and old_csv.is_file():  # the CSV logger would overwrite it
-                old_csv.replace(old_csv.with_name(f"metrics_until_epoch{start_epoch - 1}.csv"))
+            # The metrics history continues: the CSV is rewritten from the checkpoint's history (the
+            # epochs that the resumed weights went through, each once), then the new epochs follow.
+            with warnings.catch_warnings():  # "previous log files ... will be deleted": they are rewritten here
+                warnings.filterwarnings("ignore", message="Experiment logs directory")
+                for record in history:
+                    for logger in self._csv_loggers():
+                        logger.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
+                self._flush_csv()
         extra = checkpoint_extra or {}
         t0 = time.perf_counter()
         log.info("fit: %s %s, precision %s, device %s, world size %d, %d train / %d val graphs",
@@ -300,7 +392,7 @@ class FabricTrainer:
                 sampler.batch_size = self.batch_size
                 sampler.set_epoch(epoch)
                 task_m.train()
-                losses: list[float] = []
+                losses = _StepLosses()  # on the device; read every LOSS_READ_EVERY steps and at the end
                 te = time.perf_counter()
                 bar = None
                 if self.progress and fabric.global_rank == 0:
@@ -308,19 +400,22 @@ class FabricTrainer:
                     bar = tqdm(total=len(train_loader), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
                 with phase_peak("train", device=fabric.device, release=False) as train_mem:
                     for batch in train_loader:
-                        for loss, _parts in self._run_batch(task, task_m, optimizer, scheduler, train_set,
-                                                            self._to_device(batch)):
-                            losses.append(loss)
+                        fresh = False
+                        for loss, parts in self._run_batch(task, task_m, optimizer, scheduler, train_set,
+                                                           self._to_device(batch)):
                             step += 1
+                            fresh = losses.add(loss, parts, step) or fresh
                         if bar:
                             bar.update(1)
-                            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+                            if fresh:
+                                bar.set_postfix(loss=f"{losses.latest:.4f}")
                 if bar:
                     bar.close()
                 with phase_peak("validate", device=fabric.device, release=False) as val_mem:
                     val = task.validate(val_loader)
-                val = {k: float(fabric.all_reduce(torch.tensor(v, device=fabric.device), reduce_op="mean")) for k, v in val.items()}
-                train_loss = float(fabric.all_reduce(torch.tensor(sum(losses) / max(len(losses), 1), device=fabric.device), reduce_op="mean"))
+                # val: already global (Task.validate sums its counts over the ranks); never average it
+                train_loss = float(fabric.all_reduce(torch.tensor(losses.mean(), device=fabric.device),
+                                                     reduce_op="mean"))
                 record = {"epoch": epoch, "step": step, "train_loss": train_loss, **val, "lr": scheduler.get_last_lr()[0],
                           "epoch_seconds": time.perf_counter() - te, "batch_size": self.batch_size,
                           "train_peak_mib": train_mem["peak_mib"], "val_peak_mib": val_mem["peak_mib"]}
@@ -335,6 +430,7 @@ class FabricTrainer:
                 if improved:
                     self._save(state, best_path)
                 self._save(state, last_path)
+                self._flush_csv()  # metrics.csv on disk matches last.pt after every epoch, even if killed later
                 log.info("epoch %d memory: train peak %.0f MiB, validation peak %.0f MiB (%s)", epoch,
                          train_mem["peak_mib"], val_mem["peak_mib"], "CUDA allocated" if fabric.device.type == "cuda" else "RSS")
                 log.info("epoch %d: train_loss %.5f %s%s", epoch, train_loss,
@@ -357,7 +453,37 @@ class FabricTrainer:
                 self._handler.close()
                 self._handler = None
         return FitResult(best_path, last_path, sign * best if math.isfinite(best) else float("nan"), epoch + 1, history,
-                         time.perf_counter() - t0, self.oom_events, self.batch_size)
+                         time.perf_counter() - t0, self.oom_events, self.batch_size,
+                         str(resume) if resume else None, resumed_at)
+
+    def _csv_loggers(self) -> list[CSVLogger]:
+        return [lg for lg in self.fabric.loggers if isinstance(lg, CSVLogger)]
+
+    def _flush_csv(self) -> None:
+        """Write the CSV logger's pending rows now (it would otherwise hold them until the end)."""
+        for logger in self._csv_loggers():
+            logger.save()
+
+
+RESUME_KEYS = ("model", "optimizer", "scheduler", "rng", "epoch", "step", "best_metric", "bad_epochs", "history")
+
+
+def check_resumable(ck: dict, task: Task, path: str | Path) -> None:
+    """A checkpoint can continue this fit: it holds the training state and the same architecture.
+
+    Raises:
+        ValueError: naming what is missing or what differs.
+    """
+    missing = [k for k in RESUME_KEYS if k not in ck]
+    if missing:
+        raise ValueError(f"--resume {path}: the checkpoint lacks the training state {missing} (written by the legacy "
+                         "trainer or stripped); it can be evaluated or used as a teacher, not resumed")
+    theirs, ours = ck.get("model_config") or {}, task.model.config
+    if theirs != ours:
+        diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+        shown = ", ".join(f"{k} {theirs.get(k)!r} vs {ours.get(k)!r}" for k in diff[:6])
+        raise ValueError(f"--resume {path}: the checkpoint's model differs from this run's ({shown}; checkpoint vs "
+                         "run); resume with the run's original settings (its config.json) or start a new run")
 
 
 class _CollateWithIndex(_Collate):

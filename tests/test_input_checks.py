@@ -1,0 +1,390 @@
+"""Issue 14, "nothing silently wrong": input checks and verified caches, on tiny files written here.
+
+- time never goes backwards (readers: file:line or a counted skip; build_graphs refuses it),
+- IDs above 0x7FF need 8 hex digits (or a logger's extended flag),
+- bytes that are not UTF-8/ASCII are bad rows, never an "Exception ignored" and a crash,
+- skipped rows are reported per file with how many were attack rows,
+- ``on_bad_rows`` is a run-schema key, so train/evaluate reuse a store prepared with skip,
+- every graph-store file is checksummed: a damaged one is rebuilt, never loaded.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import math
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import can
+import numpy as np
+import pytest
+import torch
+
+from kdkit.cli.main import main
+from kdkit.config import add_config_arguments, make_config, overrides_from_args, validate_overrides
+from kdkit.data.datasets import PrepareConfig, prepare
+from kdkit.data.graphs import GraphSet, GraphStoreError, IdVocab, build_graphs
+from kdkit.data.readers import DataFormatError, Messages, read_messages
+from kdkit.workflows.run import checkpoint_data, prepare_config
+
+HEADER = "timestamp,arbitration_id,data_field,attack\n"
+
+
+def write_csv(path: Path, rows: list[str], raw_tail: bytes = b"") -> Path:
+    """A can-train-and-test CSV (gzip when the name ends in .gz); ``raw_tail`` is appended as bytes."""
+    data = (HEADER + "".join(r + "\n" for r in rows)).encode() + raw_tail
+    path.write_bytes(gzip.compress(data) if path.name.endswith(".gz") else data)
+    return path
+
+
+# --------------------------------------------------------------------------------------
+# 1. time never goes backwards
+
+
+def test_backwards_timestamp_names_both_lines_and_values(tmp_path: Path):
+    path = write_csv(tmp_path / "DoS-x.csv", ["1.0,0C1,00,0", "2.0,0C1,00,0", "1.5,0C1,00,1", "3.0,0C1,00,0"])
+    with pytest.raises(DataFormatError) as err:
+        read_messages(path)
+    assert err.value.line == 4 and err.value.path == str(path)
+    assert str(err.value).startswith(f"{path}:4: timestamp '1.5' goes backwards: earlier than '2.0' on line 3")
+    assert "on_bad_rows='skip'" in str(err.value)  # what to do
+
+
+def test_backwards_rows_skipped_and_counted_kept_times_never_decrease(tmp_path: Path):
+    # line 4 jumps ahead; lines 5 and 6 are earlier than it; line 7 is at the same time (allowed)
+    rows = ["1.0,0C1,00,0", "2.0,0C1,00,1", "9.0,0C1,00,0", "2.5,0C1,00,1", "3.0,0C1,00,0", "9.0,0C1,00,0",
+            "10.0,0C1,00,1"]
+    m = read_messages(write_csv(tmp_path / "DoS-x.csv.gz", rows), on_bad_rows="skip")
+    assert m.timestamp.tolist() == [1.0, 2.0, 9.0, 9.0, 10.0]
+    assert m.label.tolist() == [0, 1, 0, 0, 1]
+    assert m.skipped_rows == 2 and m.skipped_attack_rows == 1 and m.skipped_unlabelled_rows == 0
+    assert [e.split(": ", 1)[0] for e in m.skipped_examples] == [f"{tmp_path / 'DoS-x.csv.gz'}:{n}" for n in (5, 6)]
+    assert all("earlier than '9.0' on line 4" in e for e in m.skipped_examples)
+
+
+def test_negative_timestamp(tmp_path: Path):
+    path = write_csv(tmp_path / "x.csv", ["-0.5,0C1,00,0", "1.0,0C1,00,0"])
+    with pytest.raises(DataFormatError, match=re.escape(f"{path}:2: timestamp '-0.5' is negative")):
+        read_messages(path)
+    m = read_messages(path, on_bad_rows="skip")
+    assert m.timestamp.tolist() == [1.0] and m.skipped_rows == 1
+
+
+def test_backwards_step_found_across_parser_blocks(tmp_path: Path):
+    """The order check runs over the whole file, not per 1 MiB block."""
+    rows = [f"{1.0 + i / 1000:.6f},{i % 2048:03X},0011223344556677,0" for i in range(60_000)]
+    rows[45_000] = "1.000000,0C1,00,0"  # line 45_002
+    path = write_csv(tmp_path / "big.csv", rows)
+    with pytest.raises(DataFormatError, match=re.escape(f"{path}:45002: timestamp '1.000000' goes backwards: "
+                                                        f"earlier than '45.999000' on line 45001")):
+        read_messages(path)
+    assert len(read_messages(path, on_bad_rows="skip")) == 59_999
+
+
+def test_logger_file_time_order_and_ids(tmp_path: Path):
+    path = tmp_path / "drive.log"
+    path.write_text("(1.000000) vcan0 044#2A36\n"
+                    "(2.000000) vcan0 110#\n"
+                    "(1.500000) vcan0 123#00\n"       # line 3: backwards
+                    "(3.000000) vcan0 800#00\n"       # line 4: 3 digits, above 0x7FF, not extended
+                    "(4.000000) vcan0 00000800#01\n"  # 8 digits: an extended ID, fine
+                    "(4.500000) vcan1 7FF#\n")
+    with pytest.raises(DataFormatError) as err:
+        read_messages(path)
+    assert str(err.value).startswith(f"{path}:3: timestamp 1.5 goes backwards: earlier than 2.0 on line 2")
+    m = read_messages(path, on_bad_rows="skip")  # read_messages passes on_bad_rows on to logger files
+    assert m.can_id.tolist() == [0x044, 0x110, 0x800, 0x7FF] and m.timestamp.tolist() == [1.0, 2.0, 4.0, 4.5]
+    assert m.skipped_rows == 2 and m.skipped_attack_rows == 0
+    assert m.skipped_examples[1] == (f"{path}:4: CAN ID 0x800 is above 0x7FF, the largest 11-bit ID, but the frame is "
+                                     f"not flagged extended (29-bit)")
+
+
+def test_blf_frames_are_numbered(tmp_path: Path):
+    path = tmp_path / "drive.blf"
+    writer = can.BLFWriter(str(path))
+    for t, cid, ext in ((10.0, 0x44, False), (11.0, 0x18FEF100, True), (10.5, 0x44, False), (12.0, 0x800, False)):
+        writer.on_message_received(can.Message(timestamp=t, arbitration_id=cid, is_extended_id=ext, data=b"\x01"))
+    writer.stop()
+    with pytest.raises(DataFormatError, match=r"drive\.blf: frame 3: timestamp .* goes backwards: earlier than .* "
+                                              r"on frame 2"):
+        read_messages(path)
+    m = read_messages(path, on_bad_rows="skip")
+    assert m.can_id.tolist() == [0x44, 0x18FEF100] and m.skipped_rows == 2
+    assert m.skipped_examples[1].endswith("frame 4: CAN ID 0x800 is above 0x7FF, the largest 11-bit ID, but the frame "
+                                          "is not flagged extended (29-bit)")
+
+
+def _messages(ts: list[float]) -> Messages:
+    n = len(ts)
+    return Messages(np.array(ts), np.full(n, 0x0C1, np.uint32), np.zeros(n, np.uint8), np.zeros((n, 8), np.uint8),
+                    np.zeros(n, np.uint8), "mem://drive")
+
+
+def test_build_graphs_refuses_time_going_backwards():
+    """Backwards steps used to be clamped to an interval of 0 without a word."""
+    vocab = IdVocab.fit([np.array([0x0C1])])
+    with pytest.raises(ValueError, match=r"mem://drive: message 2 \(timestamp 0\.5\) is earlier than message 1 "
+                                         r"\(2\.0\); 1 such steps backwards"):
+        build_graphs(_messages([1.0, 2.0, 0.5, 3.0]), vocab, window=2, stride=2)
+    with pytest.raises(ValueError, match="message 1 has timestamp nan; timestamps must be finite"):
+        build_graphs(_messages([1.0, math.nan, 3.0, 4.0]), vocab, window=2, stride=2)
+    gs = build_graphs(_messages([1.0, 1.0, 1.001, 1.003]), vocab, window=2, stride=2)  # equal times are fine
+    assert torch.isfinite(gs.x).all() and float(gs.edge_attr[0, 1]) == 0.0  # an interval of 0 ms
+
+
+# --------------------------------------------------------------------------------------
+# 3. bytes that are not UTF-8
+
+
+@pytest.mark.parametrize("name", ["DoS-x.csv", "DoS-x.csv.gz"])
+def test_invalid_utf8_in_a_row_with_the_wrong_field_count(tmp_path: Path, name: str, capfd):
+    """pyarrow cannot decode such a row for the row handler: it printed "Exception ignored ...
+    UnicodeDecodeError" and the file failed as an "unreadable CSV" even with skip."""
+    path = write_csv(tmp_path / name, ["1.0,0C1,00,0", "2.0,0C1,00,1"],
+                     raw_tail=b"2.5,0C1,00\xff\xfe,1,extra\n3.0,0C1,00,0\n")
+    with pytest.raises(DataFormatError) as err:
+        read_messages(path)
+    assert err.value.line == 4 and "expected 4 fields" in str(err.value) and "not ASCII text" in str(err.value)
+    m = read_messages(path, on_bad_rows="skip")
+    assert m.timestamp.tolist() == [1.0, 2.0, 3.0] and m.label.tolist() == [0, 1, 0]
+    assert m.skipped_rows == 1 and m.skipped_unlabelled_rows == 1
+    assert m.skipped_examples[0].startswith(f"{path}:4: expected 4 fields")
+    assert "Exception ignored" not in capfd.readouterr().err
+
+
+def test_invalid_utf8_in_a_row_with_four_fields(tmp_path: Path):
+    path = write_csv(tmp_path / "x.csv", ["1.0,0C1,00,0"], raw_tail=b"2.0,0\xc31,00,1\n3.0,0C1,00,0\n")
+    with pytest.raises(DataFormatError, match=re.escape(f"{path}:3: arbitration_id")):
+        read_messages(path)
+    m = read_messages(path, on_bad_rows="skip")
+    assert m.skipped_rows == 1 and m.skipped_attack_rows == 1 and m.timestamp.tolist() == [1.0, 3.0]
+
+
+def test_invalid_utf8_in_hcrl_car_hacking_files(tmp_path: Path):
+    """The Car-Hacking reader raised a bare pyarrow ArrowInvalid (no file, no line) in both modes."""
+    path = tmp_path / "Fuzzy_dataset.csv"
+    path.write_bytes(b"1479121434.850202,0316,2,05,28,R\n"
+                     b"1479121434.850300,03\xff16,2,05,28,T\n"
+                     b"1479121434.850400,0316,2,05,28,R\n")
+    with pytest.raises(DataFormatError, match=re.escape(f"{path}:2: CAN ID is not 1-8 hex digits")):
+        read_messages(path)
+    m = read_messages(path, on_bad_rows="skip")
+    assert len(m) == 2 and m.skipped_rows == 1 and m.skipped_attack_rows == 1
+    assert "not ASCII text, shown as '?'" in m.skipped_examples[0]
+
+
+def test_invalid_utf8_in_a_logger_file_names_the_line(tmp_path: Path):
+    path = tmp_path / "drive.log"
+    path.write_bytes(b"(1.000000) vcan0 044#2A36\n(2.000000) vcan0 044#2\xff\n")
+    with pytest.raises(DataFormatError, match=re.escape(f"{path}:2: python-can could not parse this line")):
+        read_messages(path)
+
+
+# --------------------------------------------------------------------------------------
+# a tiny dataset for prepare, the CLI and the store
+
+
+def make_layout(root: Path, bad_rows: bool = False) -> Path:
+    """can-train-and-test layout with four small files; optionally two bad rows (one an attack)."""
+    base = root / "hcrl-sa"
+
+    def recording(rel: str, n: int, ids: list[int], seed: int, attack: bool) -> Path:
+        rows = []
+        for i in range(n):
+            label = int(attack and i % 7 == 3)
+            rows.append(f"{1_500_000_000 + seed * 1000 + i * 0.001:.6f},{ids[i % len(ids)]:03X},"
+                        f"{(i * 37 + seed) % 256:02X}{i % 256:02X},{label}")
+        path = base / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return write_csv(path, rows)
+
+    recording("train_01_attack_free/attack-free-a.csv", 400, [0x100, 0x101, 0x102], 1, False)
+    dos = recording("train_02_with_attacks/DoS-a.csv", 400, [0x100, 0x101, 0x102], 2, True)
+    recording("test_01_known_vehicle_known_attack/DoS-b.csv", 300, [0x100, 0x200], 3, True)
+    recording("test_02_unknown_vehicle_known_attack/DoS-c.csv", 200, [0x300, 0x301], 4, True)
+    if bad_rows:
+        lines = dos.read_text().splitlines(keepends=True)
+        # line 6: 3 hex digits above 0x7FF (an attack row); line 9: goes back in time (normal)
+        lines[5] = lines[5].split(",")[0] + ",9A0,00,1\n"
+        lines[8] = "1500000000.000000,100,00,0\n"
+        dos.write_text("".join(lines))
+    return root
+
+
+# --------------------------------------------------------------------------------------
+# 4. skipped rows are visible per file, with their labels
+
+
+def test_prepare_records_skipped_rows_with_labels(tmp_path: Path):
+    root = make_layout(tmp_path / "data", bad_rows=True)
+    path = root / "hcrl-sa" / "train_02_with_attacks" / "DoS-a.csv"
+    with pytest.raises(DataFormatError, match=re.escape(f"{path}:6: arbitration_id '9A0': 0x9A0 is above 0x7FF")):
+        prepare("hcrl_sa", PrepareConfig(window=10, stride=10), data_root=root, cache_dir=tmp_path / "cache")
+    d = prepare("hcrl_sa", PrepareConfig(window=10, stride=10, on_bad_rows="skip"), data_root=root,
+                cache_dir=tmp_path / "cache")
+    assert d.info["skipped_rows"] == {str(path): 2}
+    s = d.info["skipped"][str(path)]
+    assert (s["rows"], s["attack_rows"], s["normal_rows"], s["unlabelled_rows"]) == (2, 1, 1, 0)
+    assert s["examples"][1].startswith(f"{path}:9: timestamp '1500000000.000000' goes backwards")
+
+
+def test_cli_data_info_prints_skipped_rows_and_their_labels(tmp_path: Path, capsys, monkeypatch):
+    monkeypatch.delenv("KDKIT_DEBUG", raising=False)
+    root = make_layout(tmp_path / "data", bad_rows=True)
+    path = root / "hcrl-sa" / "train_02_with_attacks" / "DoS-a.csv"
+    args = ["--dataset", "hcrl_sa", "--data-root", str(root), "--cache-dir", str(tmp_path / "cache"),
+            "--window", "10", "--stride", "10", "--on-bad-rows", "skip"]
+    expected = f"  skipped 2 malformed rows in {path} (1 attack, 1 normal)"
+    assert main(["data", "info", *args]) == 0  # builds the store
+    out = capsys.readouterr().out
+    assert expected in out.splitlines() and f"    first: {path}:6: arbitration_id '9A0'" in out
+    assert main(["data", "info", *args]) == 0  # and from the store
+    assert expected in capsys.readouterr().out.splitlines()
+    assert main(["data", "prepare", *args]) == 0
+    assert expected in capsys.readouterr().out.splitlines()
+
+
+# --------------------------------------------------------------------------------------
+# 5. on_bad_rows in the run schema; kdkit data flags checked like the schema's
+
+
+def test_on_bad_rows_is_a_run_schema_key():
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    overrides = overrides_from_args(parser.parse_args(["--on-bad-rows", "skip"]))
+    assert overrides == {"on_bad_rows": "skip"}
+    cfg = make_config(dataset="synthetic", **overrides)
+    assert cfg.on_bad_rows == "skip" and prepare_config(cfg).on_bad_rows == "skip"
+    assert make_config(dataset="synthetic").on_bad_rows == "error"
+    with pytest.raises(ValueError, match="config key 'on_bad_rows': 'ignore' is not one of error, skip"):
+        validate_overrides({"on_bad_rows": "ignore"})
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--on-bad-rows", "ignore"])
+
+
+def test_evaluate_reuses_a_store_prepared_with_skip(tmp_path: Path, monkeypatch):
+    """checkpoint_data (kdkit evaluate, export, bench infer) prepares with the checkpoint's on_bad_rows."""
+    monkeypatch.setenv("KDKIT_CACHE_DIR", str(tmp_path / "cache"))
+    root = make_layout(tmp_path / "data", bad_rows=True)
+    cfg = make_config(dataset="hcrl_sa", data_root=str(root), window=10, stride=10, on_bad_rows="skip")
+    built = prepare("hcrl_sa", prepare_config(cfg), data_root=root)  # what `kdkit data prepare --on-bad-rows skip` does
+    assert not built.loaded_from_cache
+    again = checkpoint_data({"train_config": cfg.to_dict()})
+    assert again.loaded_from_cache and again.cache_dir == built.cache_dir
+    with pytest.raises(DataFormatError, match="DoS-a.csv:6"):  # a checkpoint without the key: the default, error
+        checkpoint_data({"train_config": {k: v for k, v in cfg.to_dict().items() if k != "on_bad_rows"}})
+
+
+@pytest.mark.parametrize("flag, value, words", [
+    ("--label-threshold", "nan",
+     "--label-threshold nan: config key 'label_threshold': must be a finite number, got nan"),
+    ("--label-threshold", "-1", "--label-threshold -1.0: config key 'label_threshold': must be in [0, 1], got -1.0"),
+    ("--val-fraction", "inf", "--val-fraction inf: config key 'val_fraction': must be a finite number, got inf"),
+    ("--stride", "0", "--stride 0: config key 'stride': must be >= 1, got 0"),
+])
+def test_cli_data_flags_are_checked_like_the_schema(tmp_path: Path, capsys, monkeypatch, flag: str, value: str,
+                                                   words: str):
+    monkeypatch.delenv("KDKIT_DEBUG", raising=False)
+    root = make_layout(tmp_path / "data")
+    assert main(["data", "info", "--dataset", "hcrl_sa", "--data-root", str(root), "--cache-dir",
+                 str(tmp_path / "cache"), f"{flag}={value}"]) == 2
+    assert capsys.readouterr().err.strip() == f"kdkit: error: {words}"
+    assert not (tmp_path / "cache").exists()  # refused before anything was built
+
+
+def test_prepare_config_refuses_a_nan_threshold():
+    for bad in (math.nan, -0.1, 1.5, math.inf):
+        with pytest.raises(ValueError, match="label_threshold must be a number in"):
+            PrepareConfig(label_threshold=bad)
+
+
+# --------------------------------------------------------------------------------------
+# 6. checksummed graph stores
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    """A prepared tiny dataset: (root, cache dir, the prepared dataset)."""
+    root = make_layout(tmp_path / "data")
+    cache = tmp_path / "cache"
+    return root, cache, prepare("hcrl_sa", PrepareConfig(window=10, stride=10), data_root=root, cache_dir=cache)
+
+
+def _overwrite_x(path: Path, gs: GraphSet, size: int = 4096) -> None:
+    """Overwrite up to ``size`` bytes of the node features inside the store file with 0xFF (NaN as float32)."""
+    raw = bytearray(path.read_bytes())
+    at = bytes(raw).find(gs.x.numpy().tobytes())
+    assert at > 0
+    n = min(size, gs.x.numel() * 4)
+    raw[at:at + n] = b"\xff" * n
+    path.write_bytes(bytes(raw))
+
+
+def test_load_detects_overwritten_bytes(store):
+    _, _, d = store
+    path = d.cache_dir / "train.pt"
+    _overwrite_x(path, d.splits["train"])
+    assert torch.isnan(GraphSet.load(path, verify=False).x).any()  # what loading blindly gave
+    with pytest.raises(GraphStoreError, match=re.escape(f"graph store {path} is corrupt (checksum mismatch in x)")):
+        GraphSet.load(path)
+
+
+def test_load_detects_a_truncated_file(store):
+    _, _, d = store
+    path = d.cache_dir / "val.pt"
+    path.write_bytes(path.read_bytes()[:-300])
+    with pytest.raises(GraphStoreError, match=re.escape(f"graph store {path} is unreadable (")):
+        GraphSet.load(path)
+
+
+def _assert_same(a, b) -> None:
+    assert list(a.splits) == list(b.splits)
+    for s in a.splits:
+        for name in GraphSet.TENSORS:
+            assert torch.equal(getattr(a.splits[s], name), getattr(b.splits[s], name)), (s, name)
+
+
+@pytest.mark.parametrize("damage, words", [
+    ("overwrite", "train.pt is corrupt (checksum mismatch in x): rebuilding"),
+    ("truncate", "train.pt is unreadable ("),
+    ("delete", "train.pt is missing: rebuilding"),
+    ("swap", "train.pt belongs elsewhere (split 'val', expected 'train'): rebuilding"),
+    ("meta", "meta.json is unreadable (JSONDecodeError"),
+])
+def test_prepare_rebuilds_a_damaged_store(store, capsys, damage: str, words: str):
+    root, cache, first = store
+    path = first.cache_dir / "train.pt"
+    if damage == "overwrite":
+        _overwrite_x(path, first.splits["train"])
+    elif damage == "truncate":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "delete":
+        path.unlink()
+    elif damage == "swap":
+        path.write_bytes((first.cache_dir / "val.pt").read_bytes())
+    else:
+        meta = first.cache_dir / "meta.json"
+        meta.write_text(meta.read_text()[:100])
+    capsys.readouterr()
+    d = prepare("hcrl_sa", PrepareConfig(window=10, stride=10), data_root=root, cache_dir=cache)
+    err = capsys.readouterr().err
+    assert not d.loaded_from_cache and d.cache_dir == first.cache_dir
+    assert f"kdkit: graph cache {first.cache_dir}" in err and words in err
+    assert all(torch.isfinite(gs.x).all() and torch.isfinite(gs.edge_attr).all() for gs in d.splits.values())
+    _assert_same(d, first)
+    again = prepare("hcrl_sa", PrepareConfig(window=10, stride=10), data_root=root, cache_dir=cache)
+    assert again.loaded_from_cache and capsys.readouterr().err == ""
+    _assert_same(again, first)
+    assert json.loads((first.cache_dir / "meta.json").read_text())["key"] == first.cache_dir.name
+
+
+def test_store_metadata_holds_a_checksum_per_tensor(store):
+    _, _, d = store
+    meta = json.loads(torch.load(d.cache_dir / "train.pt", weights_only=True)["_meta"])
+    assert set(meta["checksums"]) == set(GraphSet.TENSORS)
+    assert all(re.fullmatch(r"[0-9a-f]{64}", v) for v in meta["checksums"].values())
+    empty = replace(d.splits["val"]).subset(np.zeros(0, np.int64))  # empty tensors have checksums too
+    empty.save(d.cache_dir.parent / "empty.pt")
+    assert len(GraphSet.load(d.cache_dir.parent / "empty.pt")) == 0
