@@ -348,3 +348,24 @@ def test_saved_models_copy_is_only_replaced_by_an_equal_or_better_run(synthetic,
     inferred = compat_record(copy)
     assert inferred["inferred"] and inferred["value"] == max(h["val_f1"] for h in b["history"])
     assert inferred["run_dir"] == b["run_dir"]
+
+
+def test_evaluate_on_bad_rows_overrides_the_checkpoints(teacher_run, kdkit_env, tmp_path, monkeypatch, capsys):
+    """A recording with a malformed row: `kdkit evaluate` stops at file:line as the checkpoint was
+    trained (on_bad_rows error), and with --on-bad-rows skip it evaluates, the row counted."""
+    _base, summary = teacher_run
+    src = Path(str(kdkit_env / "synthetic-seed{seed}").replace("{seed}", "0"))
+    copy = tmp_path / "synthetic-seed0"
+    shutil.copytree(src, copy)
+    victim = sorted((copy / "test_01_known_vehicle_known_attack").glob("*.csv*"))[0]
+    lines = victim.read_text().splitlines(keepends=True)
+    lines[5] = "not,a,can,row\n"
+    victim.write_text("".join(lines))
+    monkeypatch.setenv("KDKIT_SYNTHETIC_ROOT", str(tmp_path / "synthetic-seed{seed}"))
+    monkeypatch.setenv("KDKIT_CACHE_DIR", str(tmp_path / "cache"))
+    argv = ["evaluate", "--checkpoint", summary["best_checkpoint"], "--dataset", "synthetic", "--out", str(tmp_path)]
+    assert main(argv) == 2
+    assert f"{victim.name}:6" in capsys.readouterr().err
+    assert main([*argv, "--on-bad-rows", "skip", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["overall"]["windows"] > 0

@@ -89,8 +89,7 @@ def print_skipped(skipped: dict | None) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-
-    res = evaluate_checkpoint(args.checkpoint, args.dataset, args.data_root, args.out)
+    res = evaluate_checkpoint(args.checkpoint, args.dataset, args.data_root, args.out, on_bad_rows=args.on_bad_rows)
     if args.json:
         print(json.dumps(res, indent=2, default=float))
     else:
@@ -124,6 +123,8 @@ def register(sub) -> None:
     p.add_argument("--data-root", default=None)
     p.add_argument("--out", default=None, help="folder for evaluation_<dataset>.json (default: the run folder of "
                                                "<run>/checkpoints/X.pt, else beside the checkpoint)")
+    p.add_argument("--on-bad-rows", choices=["error", "skip"], default=None,
+                   help="malformed rows: stop or skip and count (default: as the checkpoint was trained)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
     _register_batch_size_and_demo(sub)

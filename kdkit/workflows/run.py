@@ -78,13 +78,15 @@ def prepare_config(cfg: TrainConfig) -> PrepareConfig:
 
 
 def checkpoint_data(ckpt: dict, dataset: str | None = None, data_root: str | None = None,
-                    synthetic_seed: int = 0) -> PreparedDataset:
+                    synthetic_seed: int = 0, on_bad_rows: str | None = None) -> PreparedDataset:
     """The prepared dataset with the graph settings a checkpoint was trained with (window,
-    stride, labels, split, bad-row handling); ``dataset`` defaults to the checkpoint's training dataset."""
+    stride, labels, split, bad-row handling unless ``on_bad_rows`` is given); ``dataset``
+    defaults to the checkpoint's training dataset."""
     tc = ckpt.get("train_config", {})
     window = int(tc.get("window", 100))
     pcfg = PrepareConfig(window=window, stride=int(tc.get("stride", window)), label_threshold=tc.get("label_threshold", 0.0),
-                         val_fraction=tc.get("val_fraction", 0.2), on_bad_rows=tc.get("on_bad_rows", "error"))
+                         val_fraction=tc.get("val_fraction", 0.2),
+                         on_bad_rows=on_bad_rows or tc.get("on_bad_rows", "error"))
     return prepare(dataset or tc.get("dataset", "synthetic"), pcfg, data_root or tc.get("data_root"),
                    synthetic_seed=synthetic_seed)
 
@@ -669,24 +671,25 @@ def evaluation_dir(path: str | Path) -> Path:
 
 
 def evaluate_checkpoint(path: str | Path, dataset: str, data_root: str | None = None, out_dir: str | Path | None = None,
-                        synthetic_seed: int = 0) -> dict:
+                        synthetic_seed: int = 0, on_bad_rows: str | None = None, progress: bool | None = None) -> dict:
     """Evaluate a checkpoint on every test scenario of ``dataset`` with the graph settings and threshold stored in it.
 
     A scenario without windows (its recordings shorter than the checkpoint's window) is skipped
     with a warning and listed under ``skipped_scenarios``; none with windows at all is an error.
     The JSON goes to ``out_dir``, else the run folder (checkpoint in ``<run>/checkpoints/``), else
-    beside the checkpoint.
+    beside the checkpoint. ``on_bad_rows`` (``error``/``skip``) overrides the checkpoint's
+    bad-row handling; ``progress``: a progress bar (None: when stderr is a terminal).
     """
-
     ckpt = load_checkpoint(path)
     graph = check_graph_settings(ckpt, path)
     prov = provenance(ckpt, path)
-    data = checkpoint_data(ckpt, dataset, data_root, synthetic_seed)
+    data = checkpoint_data(ckpt, dataset, data_root, synthetic_seed, on_bad_rows)
     check_compatible(ckpt, data, "evaluated")
     skipped = empty_scenarios(data, "its window is the checkpoint's: nothing to evaluate there")
     model = model_from_checkpoint(ckpt, path).eval()
     scenarios = [s for s in data.scenarios if s not in skipped]
-    results = evaluate_model(model, data.splits, float(ckpt.get("threshold", 0.5)), scenarios=scenarios)
+    results = evaluate_model(model, data.splits, float(ckpt.get("threshold", 0.5)), scenarios=scenarios,
+                             progress=progress)
     out = {"checkpoint": str(path), "dataset": dataset, "threshold": float(ckpt.get("threshold", 0.5)),
            "role": prov.get("role"), "graph": {**graph, "graph_format": prov.get("graph", {}).get("graph_format")},
            **{k: v for k, v in results.items() if k != "scores"}, "skipped_scenarios": skipped}
