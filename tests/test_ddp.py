@@ -62,7 +62,7 @@ def test_ddp_run_of_kdkit_train_shares_rank_zeros_run_folder(kdkit_env, tmp_path
     """``kdkit train --devices 2``: Fabric starts the worker as the same command (LOCAL_RANK=1); rank
     zero owns the run folder's lock and the worker shares the folder instead of being refused as a
     second run of the same name."""
-    from kdkit.workflows.run import RunLock
+    from kdkit.workflows.run_dir import RunLock
 
     run = tmp_path / "runs" / "ddp"
     kdkit = str(Path(sys.executable).parent / "kdkit")

@@ -25,15 +25,9 @@ import torch
 from kdkit.cli.main import main
 from kdkit.config import make_config
 from kdkit.training.checkpoint import load_checkpoint
-from kdkit.workflows.run import (
-    RunDirError,
-    RunLock,
-    compat_path,
-    compat_record,
-    evaluate_checkpoint,
-    save_compat_copy,
-    train,
-)
+from kdkit.workflows.run import evaluate_checkpoint, train
+from kdkit.workflows.run_dir import RunDirError, RunLock
+from kdkit.workflows.saved_models import compat_path, compat_record, save_compat_copy
 
 TINY = dict(hidden=8, layers=1, heads=1, embedding_dim=4, batch_size=64, epochs=1, patience=100, precision="32-true",
             warmup_steps=2, accelerator="cpu", num_workers=0, save_compat=False)
@@ -86,7 +80,7 @@ def test_reused_run_name_is_refused_unless_overwrite(synthetic, tmp_path):
 
 HOLD = textwrap.dedent('''
     import sys
-    from kdkit.workflows.run import RunLock
+    from kdkit.workflows.run_dir import RunLock
     lock = RunLock(sys.argv[1]).acquire()
     print("locked", flush=True)
     sys.stdin.read()

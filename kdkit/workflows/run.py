@@ -18,13 +18,7 @@ checkpoint of that folder.
 """
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import json
 import logging
-import math
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -52,25 +46,10 @@ from kdkit.training.legacy import legacy_fit
 from kdkit.training.memory import phase_peak, release_memory
 from kdkit.training.task import Task
 from kdkit.training.trainer import FabricTrainer, check_resumable
+from kdkit.workflows.run_dir import RunLock, check_run_dir, clear_run_outputs, inside, launch_rank, write_json
+from kdkit.workflows.saved_models import compat_path, save_compat_copy
 
 log = logging.getLogger(__name__)
-
-# saved_models/ names: the migration guide's for teachers and distilled students; a student trained
-# without a teacher gets its own name, so it never replaces (or is mistaken for) a distilled one.
-COMPAT_NAMES = {("gat", "teacher"): "best_teacher_model_{d}.pth", ("vgae", "teacher"): "autoencoder_{d}.pth",
-                ("gat", "student"): "best_student_model_{d}.pth", ("vgae", "student"): "student_autoencoder_{d}.pth",
-                ("gat", "student_nokd"): "best_student_nokd_model_{d}.pth",
-                ("vgae", "student_nokd"): "student_nokd_autoencoder_{d}.pth"}
-
-# What ``train`` writes into a run folder; ``overwrite`` removes these and nothing else (a SLURM
-# job's script and logs in the same folder stay).
-RUN_OUTPUTS = ("config.json", "summary.json", "metrics.json", "test_scores.npz", "fabric_training.log", "report.html",
-               "evaluation_*.json", "checkpoints", "logs", "tb")
-
-
-class RunDirError(ValueError):
-    """A run folder that is in use by another process, or holds a run this one would replace."""
-
 
 def prepare_config(cfg: TrainConfig) -> PrepareConfig:
     return PrepareConfig(window=cfg.window, stride=cfg.stride, label_threshold=cfg.label_threshold,
@@ -238,127 +217,6 @@ def check_windows(data: PreparedDataset, objective: str = "classify") -> dict[st
     return empty_scenarios(data)
 
 
-# ----------------------------------------------------------------------------- run folder
-def launch_rank(cfg: TrainConfig) -> int:
-    """This process's global rank as its launcher set it, known before Fabric starts.
-
-    0 for a single-process run. Under DDP the workers that Fabric's launcher, torchrun or
-    ``srun`` start carry ``LOCAL_RANK`` / ``RANK`` / ``NODE_RANK`` / ``SLURM_PROCID``; a
-    process where any of them is non-zero is not rank zero and shares rank zero's run folder.
-    """
-    if cfg.devices * cfg.num_nodes <= 1:
-        return 0
-    for var in ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK"):
-        try:
-            rank = int(os.environ.get(var, "0") or 0)
-        except ValueError:
-            continue
-        if rank:
-            return rank
-    return 0
-
-
-class RunLock:
-    """An exclusive, non-blocking ``fcntl.flock`` on ``<run_dir>/.lock`` (the holder's pid is written in it).
-
-    The kernel releases it when the process ends, even on ``kill -9``: a stale ``.lock`` file
-    never blocks a later run. Usable as a context manager.
-    """
-
-    def __init__(self, run_dir: str | Path):
-        self.run_dir = Path(run_dir)
-        self.path = self.run_dir / ".lock"
-        self._fd: int | None = None
-
-    def acquire(self) -> "RunLock":
-        """Take the lock or raise :class:`RunDirError` naming the holder's pid."""
-        for attempt in range(3):  # the folder may vanish between mkdir and open (a failed run removing it)
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-                break
-            except FileNotFoundError:
-                if attempt == 2:
-                    raise
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = ""
-            for _ in range(20):  # the holder writes its pid right after taking the lock
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-                if holder:
-                    break
-                time.sleep(0.05)
-            os.close(fd)
-            raise RunDirError(f"run dir {self.run_dir} is in use by another kdkit process (pid {holder or 'unknown'}); "
-                              "wait for it to finish, or choose another --run-name") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
-        return self
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> "RunLock":
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-
-def existing_run(run_dir: Path) -> list[str]:
-    """What in ``run_dir`` shows a run was (or is being) trained there: config.json, summary.json, checkpoints."""
-    found = [name for name in ("config.json", "summary.json") if (run_dir / name).is_file()]
-    ckpts = sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt")) if (run_dir / "checkpoints").is_dir() else []
-    return found + [f"checkpoints/{name}" for name in ckpts]
-
-
-def _inside(path: str | Path, folder: Path) -> bool:
-    return Path(path).resolve().is_relative_to(folder.resolve())
-
-
-def check_run_dir(run_dir: Path, cfg: TrainConfig, resume: str | Path | None) -> None:
-    """Refuse to train into a folder that holds a run, unless ``overwrite`` or resuming from that folder.
-
-    Raises:
-        RunDirError: naming the folder, what it holds and the three ways on.
-    """
-    held = existing_run(run_dir)
-    if not held or cfg.overwrite or (resume and _inside(resume, run_dir)):
-        return
-    last = run_dir / "checkpoints" / "last.pt"
-    resume_hint = f", --resume {last} to continue it" if last.is_file() else ""
-    raise RunDirError(f"run dir {run_dir} already holds a run ({', '.join(held)}); training again would replace it. "
-                      f"Pass --overwrite to replace it{resume_hint}, or choose another --run-name")
-
-
-def clear_run_outputs(run_dir: Path) -> list[str]:
-    """Remove what a previous ``train`` wrote into ``run_dir`` (:data:`RUN_OUTPUTS`); returns the names removed."""
-    removed = []
-    for pattern in RUN_OUTPUTS:
-        for path in sorted(run_dir.glob(pattern)):
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-            removed.append(path.name)
-    return removed
-
-
-def _write_json(path: Path, obj) -> None:
-    """Write JSON atomically (a temp file renamed over the target)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(obj, indent=2, default=float))
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 # ----------------------------------------------------------------------------- checks of given checkpoints
 def check_teacher(tck: dict, cfg: TrainConfig, data: PreparedDataset, path: str | Path) -> None:
     """``--teacher`` must be a teacher checkpoint of the student's family, vocabulary, feature layout and window.
@@ -482,11 +340,11 @@ def _train(cfg: TrainConfig, run_dir: Path, owner: bool, resume, progress, on_ep
              "provenance": make_provenance(cfg.type, cfg.model, cfg.dataset, vocab, cfg.to_dict(), kd,
                                            str(cfg.teacher) if kd else None)}
     if owner:  # every check passed: now the folder is this run's
-        if cfg.overwrite and not (resume and _inside(resume, run_dir)):
+        if cfg.overwrite and not (resume and inside(resume, run_dir)):
             removed = clear_run_outputs(run_dir)
             if removed:
                 log.warning("--overwrite: removed the previous run's %s from %s", ", ".join(removed), run_dir)
-        _write_json(run_dir / "config.json", cfg.to_dict())
+        write_json(run_dir / "config.json", cfg.to_dict())
 
     t0 = time.perf_counter()
     memory: dict = {}  # peak memory per phase; each phase ends by releasing memory (kdkit.training.memory.phase_peak)
@@ -538,116 +396,19 @@ def _train(cfg: TrainConfig, run_dir: Path, owner: bool, resume, progress, on_ep
         summary["compat_copy"] = str(compat_path(cfg)) if copied else None
         summary["compat_note"] = note
         (log.info if copied else log.warning)(note)
-        _write_json(run_dir / "summary.json", summary)
+        write_json(run_dir / "summary.json", summary)
     return summary
 
 
 def write_run_outputs(run_dir: Path, cfg: TrainConfig, summary: dict, results: dict) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(run_dir / "config.json", cfg.to_dict())
-    _write_json(run_dir / "summary.json", summary)
+    write_json(run_dir / "config.json", cfg.to_dict())
+    write_json(run_dir / "summary.json", summary)
     np.savez(run_dir / "test_scores.npz", **{k: v for k, v in results["scores"].items()})
     metrics = {"f1": {k: v["f1"] for k, v in results["scenarios"].items()}, "overall": results["overall"],
                "parameters": summary["parameters"], "train_seconds": summary["train_seconds"],
                "skipped_scenarios": summary.get("skipped_scenarios", {})}
-    _write_json(run_dir / "metrics.json", metrics)
-
-
-# ----------------------------------------------------------------------------- saved_models/
-def compat_path(cfg: TrainConfig) -> Path:
-    """``saved_models/<guide's name>`` beside the runs folder (``runs`` -> ``./saved_models``).
-
-    A distilled student, a student trained alone and a teacher have different names; families
-    without a guide name get ``best_<family>_<role>_model_<dataset>.pth``.
-    """
-    role = cfg.type if cfg.type != "student" else ("student" if cfg.teacher else "student_nokd")
-    name = COMPAT_NAMES.get((cfg.model, role), f"best_{cfg.model}_{role}_model_{{d}}.pth").format(d=cfg.dataset)
-    return Path(cfg.runs_dir).parent / "saved_models" / name
-
-
-def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def compat_record(copy: Path) -> dict | None:
-    """What a ``saved_models`` copy is: its sidecar ``.json`` when it describes this very file, else
-    inferred from the checkpoint's own history (value None when neither says); None without a copy."""
-    if not copy.is_file():
-        return None
-    sidecar = copy.with_suffix(".json")
-    try:
-        record = json.loads(sidecar.read_text())
-        if record.get("sha256") == _sha256(copy):
-            return record
-    except (OSError, ValueError):
-        pass
-    try:
-        ck = load_checkpoint(copy)
-    except (OSError, ValueError):
-        return {"metric": None, "value": None, "run_dir": "?"}
-    kind = (ck.get("model_config") or {}).get("kind")
-    classify = getattr(MODEL_CLASSES.get(kind), "objective", "classify") == "classify"
-    metric, mode = ("val_f1", "max") if classify else ("val_loss", "min")
-    values = [r[metric] for r in ck.get("history") or [] if isinstance(r, dict) and r.get(metric) is not None]
-    tc = ck.get("train_config") or {}
-    run_dir = str(Path(tc["runs_dir"]) / tc["run_name"]) if tc.get("runs_dir") and tc.get("run_name") else "?"
-    return {"metric": metric, "mode": mode, "value": (max if mode == "max" else min)(values) if values else None,
-            "run_dir": run_dir, "inferred": True}
-
-
-def save_compat_copy(best_path: Path, target: Path, record: dict) -> tuple[bool, str]:
-    """Copy a finished run's best checkpoint to ``target`` unless the copy there is better.
-
-    The copy there is replaced when this run's best validation metric is at least as good
-    (``record``: metric, mode max|min, value, run_dir); else it is kept and the note says so.
-    A sidecar ``<name>.json`` records the metric, run and the copy's sha256. Copies are
-    atomic, and concurrent runs take turns (a lock on ``saved_models/.lock``).
-
-    Returns:
-        (copied, a one-line note for the user).
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shown = target.parent.name + "/" + target.name
-    value, metric = record["value"], record["metric"]
-    with open(target.parent / ".lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # short: the comparison and two renames
-        old = compat_record(target)
-        if old is not None:
-            known = old.get("metric") == metric and _finite(old.get("value"))
-            better = known and _finite(value) and (value >= old["value"] if record["mode"] == "max"
-                                                   else value <= old["value"])
-            if not better:
-                source = f"run {old.get('run_dir')}"
-                if old.get("run_dir") == record["run_dir"]:
-                    source = f"the earlier run in {old.get('run_dir')}, which this run overwrote"
-                if not known:
-                    why = f"it records no {metric} to compare with; delete it to let a run replace it"
-                elif not _finite(value):
-                    why = f"{metric} {old['value']:.4g} from {source}; this run has no {metric} to compare"
-                else:
-                    why = f"{metric} {old['value']:.4g} from {source}) over this run's {value:.4g}"
-                return False, (f"{shown} kept ({why}{')' if not known or not _finite(value) else ''}; the run's own "
-                               f"best.pt is in {Path(record['checkpoint']).parent.parent}")
-        tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-        try:
-            shutil.copyfile(best_path, tmp)
-            digest = _sha256(tmp)
-            tmp.replace(target)
-        finally:
-            tmp.unlink(missing_ok=True)
-        _write_json(target.with_suffix(".json"),
-                    {**record, "sha256": digest, "saved_at": time.strftime("%Y-%m-%d %H:%M:%S")})
-    if old is None:
-        return True, f"{shown} written ({metric} {value:.4g})"
-    return True, f"{shown} replaced ({metric} {value:.4g} >= {old['value']:.4g} from run {old.get('run_dir')})"
+    write_json(run_dir / "metrics.json", metrics)
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -695,5 +456,5 @@ def evaluate_checkpoint(path: str | Path, dataset: str, data_root: str | None = 
            **{k: v for k, v in results.items() if k != "scores"}, "skipped_scenarios": skipped}
     target = Path(out_dir) if out_dir else evaluation_dir(path)
     target.mkdir(parents=True, exist_ok=True)
-    _write_json(target / f"evaluation_{dataset}.json", out)
+    write_json(target / f"evaluation_{dataset}.json", out)
     return out
