@@ -1,4 +1,4 @@
-"""Tests of kdkit.batching_auto (DynamicBatchSizer, peak memory, phases) and the hardware presets.
+"""Tests of the batch sizer, peak memory and phases (kdkit.training) and the hardware presets.
 
 Run: .venv/bin/python -m pytest tests/test_batch_sizer.py -q
 """

@@ -1,4 +1,4 @@
-"""Tests of kdkit.batching: fast batches equal PyG's collate, sampler budgets, seeding, DDP shards.
+"""Tests of kdkit.data.loader: fast batches equal PyG's collate, sampler budgets, seeding, DDP shards.
 
 Run: .venv/bin/python -m pytest tests/test_batching.py -q
 """

@@ -1,4 +1,4 @@
-"""Tests of kdkit.distill: golden KD values, invariances, gradients, end-to-end losses.
+"""Tests of kdkit.models.distill: golden KD values, invariances, gradients, end-to-end losses.
 
 Run: .venv/bin/python -m pytest tests/test_distill.py -q
 """

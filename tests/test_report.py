@@ -1,4 +1,4 @@
-"""kdkit.report: run records, tables, the HTML report and ``kdkit report``."""
+"""kdkit.reporting: run records, tables, the HTML report and ``kdkit report``."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""kdkit.slurm against a real one-node SLURM cluster (.ci/slurm-cluster.sh, started by the
+"""kdkit.cluster against a real one-node SLURM cluster (.ci/slurm-cluster.sh, started by the
 ``slurm_cluster`` fixture in conftest.py).
 
     .venv/bin/python -m pytest tests/test_slurm_cluster.py -m slurm -q

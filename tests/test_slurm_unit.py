@@ -1,4 +1,4 @@
-"""kdkit.slurm without a cluster: rendering (golden files), parsing Slurm output, the job
+"""kdkit.cluster without a cluster: rendering (golden files), parsing Slurm output, the job
 registry, wait(), input validation and shell-injection safety.
 
     .venv/bin/python -m pytest tests/test_slurm_unit.py -q

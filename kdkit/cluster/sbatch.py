@@ -1,12 +1,13 @@
-"""Building SLURM batch scripts: value allow-lists, template rendering, notebook parameters.
+"""Building SLURM batch scripts: value allow-lists, template rendering, resource presets.
 
-kdkit/slurm.py's orchestrator calls these; they also work on their own::
+kdkit/cluster/orchestrator.py calls these; they also work on their own::
 
-    from kdkit.slurm_script import render, validate, load_presets, check_parameters, to_yaml
+    from kdkit.cluster.sbatch import render, validate, load_presets, to_yaml
     fields = validate({"job_name": "demo", "time": "01:00:00", "mem": "8G"})
     load_presets()["a100"]                     # resources from slurm_templates/presets.ini
-    check_parameters("notebooks/teacher.ipynb", {"epochs": 5})   # names/types vs its parameters cell
     to_yaml({"lr": 1e-05})                     # '{"lr": 1.0e-05}' for papermill -y
+
+(Notebook parameters are checked by :func:`kdkit.workflows.notebooks.check_parameters`.)
 
 Every value is checked against an allow-list (``VALIDATORS``) before it reaches a
 script; ``#SBATCH`` lines take plain tokens only and shell lines get ``shlex.quote``.
