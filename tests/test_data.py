@@ -12,6 +12,7 @@ import pytest
 from conftest import require
 
 from kdkit.data.readers import (
+    EXTENDED_ID_FLAG,
     CTT_HEADER,
     DataFormatError,
     Messages,
@@ -57,7 +58,7 @@ def assert_good_messages(m: Messages) -> None:
     assert m.dlc.dtype == np.uint8 and m.payload.dtype == np.uint8 and m.label.dtype == np.uint8
     assert m.timestamp.tolist() == [1513921815.350702, 1513921815.350959, 1513921815.3512, 1513921815.3512,
                                     1513921815.3515]
-    assert m.can_id.tolist() == [0x081, 0x110, 0x4B1, 0x0C1, 0x1FFFFFFF]
+    assert m.can_id.tolist() == [0x081, 0x110, 0x4B1, 0x0C1, 0x1FFFFFFF | EXTENDED_ID_FLAG]  # 8 digits: extended
     assert m.dlc.tolist() == [8, 2, 0, 3, 8]
     assert m.payload.tolist() == [
         [0x7F, 0x84, 0x69, 0, 0, 0, 0, 0x69],
@@ -88,7 +89,7 @@ def test_ctt_csv_crlf_bom_and_trailing_blank_lines(tmp_path: Path):
 def test_all_digit_ids_are_hex(tmp_path: Path):
     rows = ["1.0,110,00,0", "2.0,100,00,0", "3.0,799,00,0", "4.0,7,00,0", "5.0,00000123,00,0", "6.0,00000999,00,0"]
     m = read_messages(write(tmp_path / "x.csv", rows))
-    assert m.can_id.tolist() == [0x110, 0x100, 0x799, 0x7, 0x123, 0x999]  # 8 digits: extended IDs
+    assert m.can_id.tolist() == [0x110, 0x100, 0x799, 0x7, 0x123 | EXTENDED_ID_FLAG, 0x999 | EXTENDED_ID_FLAG]  # 8 digits: extended
 
 
 def test_hex_digit_table_covers_every_byte():
@@ -104,10 +105,10 @@ def test_hex_digit_table_covers_every_byte():
 
 def test_hex_parsers_on_mixed_lengths():
     ids, ok = parse_hex_ids(pa.array(["0", "7ff", "1FFFFFFF", "20000000", "", "123456789", "g1"]))
-    assert ids[:3].tolist() == [0, 0x7FF, 0x1FFFFFFF]
+    assert ids[:3].tolist() == [0, 0x7FF, 0x1FFFFFFF | EXTENDED_ID_FLAG]
     assert ok.tolist() == [True, True, True, False, False, False, False]  # > 29 bits, empty, > 8 digits, not hex
     ids, ok = parse_hex_ids(pa.array(["1FFFFFFF", "20000000", "FFFFFFFF", "00000000"]))  # uniform width
-    assert ids[[0, 3]].tolist() == [0x1FFFFFFF, 0] and ok.tolist() == [True, False, False, True]
+    assert ids[[0, 3]].tolist() == [0x1FFFFFFF | EXTENDED_ID_FLAG, EXTENDED_ID_FLAG] and ok.tolist() == [True, False, False, True]
     # fewer than 8 digits: an 11-bit standard ID, so at most 0x7FF (uniform and mixed widths)
     assert parse_hex_ids(pa.array(["7FF", "800", "FFF"]))[1].tolist() == [True, False, False]
     assert parse_hex_ids(pa.array(["07FF", "0800", "1A2B3", "00000800", "7ff"]))[1].tolist() == [True, False, False,
@@ -180,7 +181,7 @@ def test_bad_row_skipped_and_counted(tmp_path: Path, kind: str):
 def assert_good_messages_except_skipped(m: Messages, skipped: int) -> None:
     """The good rows come through exactly; nothing of a bad row became 0 or NaN."""
     assert m.skipped_rows == skipped
-    assert m.can_id.tolist() == [0x081, 0x110, 0x4B1, 0x0C1, 0x1FFFFFFF]
+    assert m.can_id.tolist() == [0x081, 0x110, 0x4B1, 0x0C1, 0x1FFFFFFF | EXTENDED_ID_FLAG]  # 8 digits: extended
     assert np.isfinite(m.timestamp).all() and m.timestamp.min() > 1.5e9
     assert m.label.tolist() == [0, 1, 0, 0, 1]
     assert m.payload[0].tolist() == [0x7F, 0x84, 0x69, 0, 0, 0, 0, 0x69]
@@ -376,7 +377,7 @@ def test_candump_log_sample(tmp_path: Path, gz: bool):
     path.write_bytes(gzip.compress(CANDUMP.encode()) if gz else CANDUMP.encode())
     m = read_messages(path)
     # the remote frame (123#R) is dropped; logger files carry no labels
-    assert m.can_id.tolist() == [0x044, 0x110, 0x7FF, 0x18FEF100]
+    assert m.can_id.tolist() == [0x044, 0x110, 0x7FF, 0x18FEF100 | EXTENDED_ID_FLAG]
     assert m.dlc.tolist() == [5, 0, 8, 2]
     assert m.payload[0].tolist() == [0x2A, 0x36, 0x6C, 0x2B, 0xBA, 0, 0, 0]
     assert m.payload[2].tolist() == [0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77]

@@ -26,7 +26,7 @@ from kdkit.cli.main import main
 from kdkit.config import add_config_arguments, make_config, overrides_from_args, validate_overrides
 from kdkit.data.datasets import PrepareConfig, prepare
 from kdkit.data.graphs import GraphSet, GraphStoreError, IdVocab, build_graphs
-from kdkit.data.readers import DataFormatError, Messages, read_messages
+from kdkit.data.readers import EXTENDED_ID_FLAG, DataFormatError, Messages, read_messages
 from kdkit.workflows.run import checkpoint_data, prepare_config
 
 HEADER = "timestamp,arbitration_id,data_field,attack\n"
@@ -95,7 +95,7 @@ def test_logger_file_time_order_and_ids(tmp_path: Path):
         read_messages(path)
     assert str(err.value).startswith(f"{path}:3: timestamp 1.5 goes backwards: earlier than 2.0 on line 2")
     m = read_messages(path, on_bad_rows="skip")  # read_messages passes on_bad_rows on to logger files
-    assert m.can_id.tolist() == [0x044, 0x110, 0x800, 0x7FF] and m.timestamp.tolist() == [1.0, 2.0, 4.0, 4.5]
+    assert m.can_id.tolist() == [0x044, 0x110, 0x800 | EXTENDED_ID_FLAG, 0x7FF] and m.timestamp.tolist() == [1.0, 2.0, 4.0, 4.5]
     assert m.skipped_rows == 2 and m.skipped_attack_rows == 0
     assert m.skipped_examples[1] == (f"{path}:4: CAN ID 0x800 is above 0x7FF, the largest 11-bit ID, but the frame is "
                                      f"not flagged extended (29-bit)")
@@ -111,7 +111,7 @@ def test_blf_frames_are_numbered(tmp_path: Path):
                                               r"on frame 2"):
         read_messages(path)
     m = read_messages(path, on_bad_rows="skip")
-    assert m.can_id.tolist() == [0x44, 0x18FEF100] and m.skipped_rows == 2
+    assert m.can_id.tolist() == [0x44, 0x18FEF100 | EXTENDED_ID_FLAG] and m.skipped_rows == 2
     assert m.skipped_examples[1].endswith("frame 4: CAN ID 0x800 is above 0x7FF, the largest 11-bit ID, but the frame "
                                           "is not flagged extended (29-bit)")
 

@@ -38,7 +38,8 @@ from torch_geometric.data import Data
 
 from kdkit.data.readers import Messages
 
-GRAPH_FORMAT_VERSION = 5  # bump whenever features or layout change: it invalidates every store
+GRAPH_FORMAT_VERSION = 6  # bump whenever features or layout change: it invalidates every store
+# 6: extended IDs carry readers.EXTENDED_ID_FLAG (0x81 extended and 0x081 standard are two nodes)
 # 5: a SHA-256 checksum per tensor in the store's metadata; timestamps going backwards are refused
 
 

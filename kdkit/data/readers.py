@@ -56,6 +56,18 @@ MAX_CAN_ID = 0x1FFFFFFF  # 29-bit extended identifiers
 MAX_STANDARD_ID = 0x7FF  # 11-bit identifiers; a larger ID must be written with 8 hex digits (extended)
 
 
+EXTENDED_ID_FLAG = 1 << 31  # set in Messages.can_id for a 29-bit (extended) ID: 0x81 extended != 0x081 standard
+
+
+def can_id_key(arbitration_id: np.ndarray | int, is_extended: np.ndarray | bool) -> np.ndarray | int:
+    """The ``Messages.can_id`` of a frame: its arbitration ID, with :data:`EXTENDED_ID_FLAG` set
+    when the frame is extended, so a standard and an extended ID of equal value stay two nodes."""
+    if isinstance(arbitration_id, (int, np.integer)) and isinstance(is_extended, (bool, np.bool_)):
+        return int(arbitration_id) | (EXTENDED_ID_FLAG if is_extended else 0)
+    ids = np.asarray(arbitration_id, np.uint32)
+    return ids | (np.asarray(is_extended, bool).astype(np.uint32) << np.uint32(31))
+
+
 _ATTACK_ALIASES = {
     "dos": "DoS", "fuzzy": "fuzzing", "fuzzing": "fuzzing", "gear": "gear", "rpm": "rpm",
     "malfunction": "malfunction", "suppress": "suppress", "masquerade": "masquerade",
@@ -184,8 +196,9 @@ def _bad_rows(bad_chars: np.ndarray, offsets: np.ndarray) -> np.ndarray:
 def parse_hex_ids(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """Hex CAN IDs (1..8 digits) -> (uint32 values, ok mask). All-digit IDs are hex too.
 
-    An ID of 8 digits is a 29-bit extended ID (at most ``0x1FFFFFFF``); a shorter one is an
-    11-bit standard ID, so above ``0x7FF`` it is not ok (see :func:`id_problem`).
+    An ID of 8 digits is a 29-bit extended ID (at most ``0x1FFFFFFF``; its value carries
+    :data:`EXTENDED_ID_FLAG`); a shorter one is an 11-bit standard ID, so above ``0x7FF`` it is
+    not ok (see :func:`id_problem`).
     """
     offsets, data = _string_parts(arr)
     n = offsets.shape[0] - 1
@@ -200,12 +213,15 @@ def parse_hex_ids(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         for j in range(1, first):
             value = (value << 4) | block[:, j]
         ok &= value <= (MAX_CAN_ID if first == 8 else MAX_STANDARD_ID)
+        if first == 8:
+            value |= np.uint32(EXTENDED_ID_FLAG)
     else:
         block = _gather(nib, offsets[:-1] - offsets[0], 8).astype(np.uint32)
         value = np.zeros(n, np.uint32)
         for j in range(8):
             value = np.where(j < lengths, (value << 4) | block[:, j], value)
         ok &= np.where(lengths == 8, value <= MAX_CAN_ID, value <= MAX_STANDARD_ID)
+        value = np.where(lengths == 8, value | np.uint32(EXTENDED_ID_FLAG), value)
     return value, ok
 
 
@@ -744,14 +760,15 @@ def read_logger_file(path: str | Path, channel: str | None = None, on_bad_rows: 
         raise DataFormatError(path, None, "no data frames" + (f" on channel {channel!r}" if channel else ""))
     n = len(frames)
     ts = np.fromiter((m.timestamp for m in frames), np.float64, n)
-    ids = np.fromiter((m.arbitration_id for m in frames), np.uint32, n)
+    raw_ids = np.fromiter((m.arbitration_id for m in frames), np.uint32, n)
     extended = np.fromiter((m.is_extended_id for m in frames), bool, n)
+    ids = can_id_key(raw_ids, extended)
     dlc = np.fromiter((min(len(m.data), 8) for m in frames), np.uint8, n)
     joined = b"".join(bytes(m.data[:8]).ljust(8, b"\0") for m in frames)
     payload = np.frombuffer(joined, np.uint8).reshape(n, 8).copy()
 
     ok_ts = np.isfinite(ts)
-    ok_id = extended | (ids <= MAX_STANDARD_ID)
+    ok_id = extended | (raw_ids <= MAX_STANDARD_ID)
     negative, backwards = _time_order(ts, ok_ts & ok_id)
     ok = ok_ts & ok_id & ~negative & ~backwards
 
@@ -763,7 +780,7 @@ def read_logger_file(path: str | Path, channel: str | None = None, on_bad_rows: 
         if not ok_ts[i]:
             return f"{frame}timestamp {float(ts[i])!r} is not a finite number"
         if not ok_id[i]:
-            return (f"{frame}CAN ID 0x{ids[i]:X} is above 0x7FF, the largest 11-bit ID, but the frame is not "
+            return (f"{frame}CAN ID 0x{raw_ids[i]:X} is above 0x7FF, the largest 11-bit ID, but the frame is not "
                     f"flagged extended (29-bit)")
         return frame + _time_problem(ts, ok_ts & ok_id, negative, i, lambda j: repr(float(ts[j])), where)
 
