@@ -11,6 +11,7 @@ import pyarrow as pa
 import pytest
 from conftest import require
 
+from kdkit.data.loggers import read_logger_file
 from kdkit.data.readers import (
     EXTENDED_ID_FLAG,
     CTT_HEADER,
@@ -22,7 +23,7 @@ from kdkit.data.readers import (
     parse_hex_payload,
     read_ctt_csv,
     read_hcrl_car_hacking,
-    read_logger_file,
+
     read_messages,
 )
 

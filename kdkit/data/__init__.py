@@ -7,11 +7,26 @@ and batches gathered from the store for models (:mod:`.loader`).
 
 Layer 0: imports no other kdkit package.
 """
+from kdkit.data import loggers  # noqa: F401  (registers the logger formats with read_messages)
 from kdkit.data.datasets import REGISTRY, PrepareConfig, PreparedDataset, prepare
 from kdkit.data.graphs import EDGE_FEATURES, NODE_FEATURES, GraphSet, IdVocab, build_graphs
 from kdkit.data.loader import collate_indices, gather_windows, graph_loader
 from kdkit.data.readers import DataFormatError, Messages, read_messages
 
-__all__ = ["REGISTRY", "PrepareConfig", "PreparedDataset", "prepare", "EDGE_FEATURES", "NODE_FEATURES", "GraphSet",
-           "IdVocab", "build_graphs", "collate_indices", "gather_windows", "graph_loader", "DataFormatError", "Messages",
-           "read_messages"]
+__all__ = [
+           "EDGE_FEATURES",
+           "NODE_FEATURES",
+           "REGISTRY",
+           "DataFormatError",
+           "GraphSet",
+           "IdVocab",
+           "Messages",
+           "PrepareConfig",
+           "PreparedDataset",
+           "build_graphs",
+           "collate_indices",
+           "gather_windows",
+           "graph_loader",
+           "prepare",
+           "read_messages",
+]
