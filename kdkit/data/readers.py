@@ -106,6 +106,11 @@ class Messages:
         skipped_attack_rows: how many of the skipped rows were labelled attack rows.
         skipped_unlabelled_rows: how many of the skipped rows had no readable label (the
             rest of ``skipped_rows`` were normal rows).
+        row_type: optional uint8 [N] per-message attack type, an index into ``type_names``
+            (0 = ``normal``), for recordings whose label column names the attack (ROAD,
+            OTIDS-like value maps) or whose sidecar intervals do; None: the recording's
+            ``attack_type`` applies to every attack message.
+        type_names: the names ``row_type`` indexes; ``type_names[0] == "normal"``.
     """
 
     timestamp: np.ndarray
@@ -119,6 +124,8 @@ class Messages:
     skipped_examples: list[str] = field(default_factory=list)
     skipped_attack_rows: int = 0
     skipped_unlabelled_rows: int = 0
+    row_type: np.ndarray | None = None
+    type_names: tuple[str, ...] = ("normal",)
 
     def __len__(self) -> int:
         return int(self.timestamp.shape[0])
@@ -130,15 +137,33 @@ class Messages:
                 raise ValueError(f"Messages.{name} has shape {getattr(self, name).shape}, expected ({n},)")
         if self.payload.shape != (n, 8):
             raise ValueError(f"Messages.payload has shape {self.payload.shape}, expected ({n}, 8)")
+        if self.row_type is not None:
+            if self.row_type.shape != (n,):
+                raise ValueError(f"Messages.row_type has shape {self.row_type.shape}, expected ({n},)")
+            if not self.type_names or self.type_names[0] != "normal":
+                raise ValueError(f"Messages.type_names must start with 'normal', got {self.type_names!r}")
+            if n and int(self.row_type.max()) >= len(self.type_names):
+                raise ValueError(f"Messages.row_type holds {int(self.row_type.max())}, beyond type_names {self.type_names!r}")
 
     def slice(self, start: int, stop: int) -> "Messages":
         """Rows ``start:stop`` as a new Messages sharing memory."""
-        return Messages(self.timestamp[start:stop], self.can_id[start:stop], self.dlc[start:stop],
-                        self.payload[start:stop], self.label[start:stop], self.source, self.attack_type)
+        return self.take(slice(start, stop))
+
+    def take(self, rows: slice | np.ndarray) -> "Messages":
+        """The rows selected by a slice, a boolean mask or indices, as new Messages (same
+        source, types and skip counts)."""
+        return Messages(self.timestamp[rows], self.can_id[rows], self.dlc[rows], self.payload[rows], self.label[rows],
+                        self.source, self.attack_type, self.skipped_rows, list(self.skipped_examples),
+                        self.skipped_attack_rows, self.skipped_unlabelled_rows,
+                        None if self.row_type is None else self.row_type[rows], self.type_names)
 
     @property
     def message_attack_type(self) -> np.ndarray:
-        """Per-message attack type: the recording's type where labelled, else ``normal``."""
+        """Per-message attack type: ``row_type``'s name where given, else the recording's type
+        where labelled; ``normal`` for normal messages."""
+        if self.row_type is not None:
+            names = np.array(self.type_names, dtype=object)[self.row_type]
+            return np.where(self.label.astype(bool), names, "normal")
         return np.where(self.label.astype(bool), self.attack_type, "normal")
 
 
