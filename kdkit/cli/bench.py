@@ -3,6 +3,7 @@
     kdkit bench preprocess --file PATH [--json]
     kdkit bench train --model gat --type teacher --dataset hcrl_sa [--steps N] [--repeats R] [--json]
     kdkit bench infer --checkpoint PATH [--json]
+    kdkit bench detect --model student.pt2 --input capture.log [--channel can0] [--live] [--json]
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import argparse
 import json
 
 from kdkit.bench import preprocess as bench
+from kdkit.bench.detect import bench_live, bench_replay
 from kdkit.bench.infer import bench_infer
 from kdkit.bench.train import bench_train
 from kdkit.data.datasets import REGISTRY
@@ -71,8 +73,32 @@ def cmd_bench_infer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_detect(args: argparse.Namespace) -> int:
+    if args.live:
+        result = bench_live(args.model, args.input, args.channel, args.seconds, args.threads)
+    else:
+        result = bench_replay(args.model, args.input, args.channel, args.repeats, args.threads)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{result['benchmark']}: {result['model']} on {result['input']}"
+          + (f" (channel {result['channel']})" if result["channel"] else "") + f", {result['threads']} thread(s):")
+    if args.live:
+        print(f"  {result['messages']:,} messages, {result['windows']:,} windows in {result['seconds']} s of recording; "
+              f"decision latency p50 {result['latency_ms_p50']} ms, p99 {result['latency_ms_p99']} ms, "
+              f"max {result['latency_ms_max']} ms")
+        return 0
+    m, c = result["messages_per_s"], result["cpu_seconds"]
+    print(f"  {result['messages']:,} messages, {result['windows']:,} windows, {result['alarms']:,} alarms; reader "
+          f"{result['reader']}")
+    print(f"  {m['median']:,.0f} messages/s [{m['min']:,.0f}..{m['max']:,.0f}] over {result['repeats']} repeats, "
+          f"{c['median']} CPU s; reading {result['read_seconds']['median']} s, detecting "
+          f"{result['detect_seconds']['median']} s ({result['detect_messages_per_s']['median']:,.0f} messages/s)")
+    return 0
+
+
 def register(sub) -> None:
-    """Adds ``kdkit bench preprocess|train|infer``."""
+    """Adds ``kdkit bench preprocess|train|infer|detect``."""
     bench_sub = sub.add_parser("bench", help="benchmarks that print JSON").add_subparsers(dest="bench_command", required=True)
     p = bench_sub.add_parser("preprocess", help="read -> messages -> windows -> graphs -> store throughput")
     src = p.add_mutually_exclusive_group(required=True)
@@ -114,3 +140,14 @@ def register(sub) -> None:
     p.add_argument("--variants", default="all", help="all, or a comma list of fp32-eager,bf16-eager,fp32-compiled,bf16-compiled,fp32-aot")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_infer)
+
+    p = bench_sub.add_parser("detect", help="kdkit detect end to end: replay messages/s, or live decision latency")
+    p.add_argument("--model", required=True, help="an exported student (.pt2) or a checkpoint (best.pt)")
+    p.add_argument("--input", required=True, help="the recording to replay (candump .log, .asc, .blf, .trc, CSV)")
+    p.add_argument("--channel", default=None, help="only this channel of a logger file (e.g. can0)")
+    p.add_argument("--repeats", type=int, default=5, help="timed replays after one burn-in (default 5)")
+    p.add_argument("--live", action="store_true", help="measure live latency on a virtual bus at the recorded pace")
+    p.add_argument("--seconds", type=float, default=10.0, help="with --live: seconds of the recording sent (default 10)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_detect)

@@ -1,0 +1,117 @@
+"""``kdkit detect``: live detection on a python-can bus or over a replayed recording.
+
+    kdkit detect --model student.pt2 --input capture.log --channel can0 [--realtime]
+    kdkit detect --checkpoint best.pt --bus socketcan:can0 [--max-seconds 60] [--alarms alarms.jsonl]
+
+Alarms (or, with ``--all-decisions``, every window's decision) are JSON lines on stdout or in
+``--alarms FILE``; the summary goes to stderr at the end (``--summary FILE``: as JSON too),
+also after Ctrl-C. Exit status: 0, or 1 when a lost bus connection ended the run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from kdkit.stream.detector import Detector
+from kdkit.stream.run import BusError, listen_bus, open_bus, replay_file
+
+
+def _detector(args: argparse.Namespace) -> Detector:
+    if args.model:
+        return Detector.from_exported(args.model, threshold=args.threshold, stride=args.stride, channel=args.channel)
+    return Detector.from_checkpoint(args.checkpoint, threshold=args.threshold, stride=args.stride, channel=args.channel)
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="kdkit detect: %(levelname)s: %(message)s", stream=sys.stderr)
+    for name, value in (("--max-seconds", args.max_seconds), ("--stall-seconds", args.stall_seconds)):
+        if value is not None and value <= 0:
+            raise ValueError(f"{name} must be > 0, got {value}")
+    if args.max_messages is not None and args.max_messages < 1:
+        raise ValueError(f"--max-messages must be >= 1, got {args.max_messages}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    detector = _detector(args)
+    out = open(args.alarms, "w", encoding="utf-8") if args.alarms else sys.stdout  # noqa: SIM115 - closed below
+
+    def emit(decision) -> None:
+        if decision.is_attack or args.all_decisions:
+            out.write(json.dumps(decision.to_dict()) + "\n")
+            if args.flush:
+                out.flush()
+
+    try:
+        return _run(args, detector, out, emit)
+    except BrokenPipeError:  # the reader of our stdout went away (`| head`): stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print("kdkit detect: the alarm output was closed; stopped", file=sys.stderr)
+        return 1
+    finally:
+        if out is not sys.stdout:
+            out.close()
+
+
+def _run(args: argparse.Namespace, detector: Detector, out, emit) -> int:
+    try:
+        if args.input:
+            summary = replay_file(detector, args.input, channel=args.channel, realtime=args.realtime, on_decision=emit,
+                                  on_bad_rows=args.on_bad_rows, max_messages=args.max_messages,
+                                  max_seconds=args.max_seconds)
+        else:
+            try:
+                bus = open_bus(args.bus)
+            except BusError as err:
+                print(f"kdkit: error: {err}", file=sys.stderr)
+                return 2
+            try:
+                summary = listen_bus(detector, bus, source=args.bus, on_decision=emit, max_seconds=args.max_seconds,
+                                     max_messages=args.max_messages, stall_seconds=args.stall_seconds)
+            finally:
+                bus.shutdown()
+    finally:
+        out.flush()
+    print(summary.format(), file=sys.stderr)
+    if args.summary:
+        Path(args.summary).write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
+    if summary.error:
+        print(f"kdkit: error: {summary.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def register(sub) -> None:
+    """Adds ``kdkit detect``."""
+    p = sub.add_parser("detect", help="live detection on a python-can bus or a replayed recording",
+                       description="Windows -> graphs -> model -> alarms, frame by frame. Alarms are JSON lines; a "
+                                   "summary (windows, alarms, messages/s, decision latency p50/p99) ends every run, "
+                                   "also on Ctrl-C.")
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", help="a kdkit checkpoint (best.pt; GAT or VGAE)")
+    model.add_argument("--model", help="an exported student (.pt2 from kdkit export, with its .json beside it)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", help="replay a recording: candump .log, .asc, .blf, .trc or CSV (.gz too)")
+    src.add_argument("--bus", help="a live bus as INTERFACE:CHANNEL (python-can), e.g. socketcan:can0, virtual:demo")
+    p.add_argument("--channel", default=None, help="keep only frames of this channel (e.g. can0 of a multi-bus log)")
+    p.add_argument("--realtime", action="store_true", help="replay at the recorded pace (can.MessageSync), frame by frame")
+    p.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the model's)")
+    p.add_argument("--stride", type=int, default=None, help="messages between window starts (default: the model's; "
+                                                            "smaller slides)")
+    p.add_argument("--alarms", default=None, help="write the alarm JSON lines here (default: stdout)")
+    p.add_argument("--all-decisions", action="store_true", help="write every window's decision, not only alarms")
+    p.add_argument("--summary", default=None, help="also write the summary as JSON to this file")
+    p.add_argument("--max-seconds", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--max-messages", type=int, default=None, help="stop after this many frames")
+    p.add_argument("--stall-seconds", type=float, default=2.0, help="a live bus silent this long is a stall: logged, "
+                                                                     "counted, the loop goes on (default 2)")
+    p.add_argument("--on-bad-rows", choices=["skip", "error"], default="skip",
+                   help="bad rows of a replayed file: skip and count them (default) or stop with an error")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; 0: torch's default)")
+    p.add_argument("--no-flush", dest="flush", action="store_false", help="do not flush after every alarm line")
+    p.set_defaults(func=cmd_detect)

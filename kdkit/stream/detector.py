@@ -1,0 +1,509 @@
+"""A streaming detector: CAN frames in, one decision per closed window out.
+
+    det = Detector.from_exported("student.pt2")          # or Detector.from_checkpoint("best.pt")
+    decision = det.feed(msg)                             # a can.Message or (timestamp, id, data, is_extended)
+    if decision is not None and decision.is_attack: ...  # an alarm
+    decisions = det.feed_many(read_messages("capture.log"))   # a batch: vectorized
+
+Windows are the offline ones: window ``k`` holds messages ``k * stride .. k * stride + window - 1``
+of the stream (the model's window and stride, from its checkpoint or export metadata; a
+smaller stride slides). A window closes with its last message; its graph is built by
+:func:`kdkit.data.graphs.build_graphs` from the buffered messages plus the one before it (the
+bus-load feature looks one message back), so graphs and scores equal those of
+``build_graphs`` over the whole recording (tested). :meth:`Detector.feed_many` builds the
+graphs of every window a batch closes in one call and scores them in batches.
+
+Scores are the kit's: a GAT checkpoint's attack probability and a VGAE checkpoint's anomaly
+score (both through :func:`kdkit.reporting.metrics.predict_scores`, as ``kdkit evaluate``), an
+exported student's ``softmax(logits)[:, 1]``; a window is an attack when ``score >=
+threshold`` (:func:`kdkit.models.thresholds.is_attack`).
+
+Frames that cannot be a classic CAN data frame are dropped, logged (the first few of each
+kind) and counted in :attr:`Detector.dropped` (:data:`DROP_REASONS`); feeding never raises for
+a bad frame. Timestamps are the frames' own; a stream whose timestamps come faster than a CAN
+bus can carry them (a source that re-stamps frames on sending or arrival, e.g. python-can's
+virtual bus without ``preserve_timestamps=True``) is warned about once.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kdkit.data.graphs import EDGE_FEATURES, GRAPH_FORMAT_VERSION, NODE_FEATURES, GraphSet, IdVocab, build_graphs
+from kdkit.data.loader import gather_windows
+from kdkit.data.readers import EXTENDED_ID_FLAG, MAX_CAN_ID, MAX_STANDARD_ID, Messages
+from kdkit.deploy.export import load_exported
+from kdkit.models.thresholds import GAT_THRESHOLD, is_attack
+from kdkit.reporting.metrics import predict_scores
+from kdkit.training.checkpoint import load_checkpoint, model_from_checkpoint, provenance
+from kdkit.workflows.run import check_graph_settings
+
+log = logging.getLogger("kdkit.stream")
+
+DROP_REASONS = {
+    "error_frame": "an error frame",
+    "remote_frame": "a remote (RTR) frame",
+    "fd_frame": "a CAN FD frame or more than 8 data bytes (the models read classic CAN)",
+    "bad_id": "an arbitration ID outside 0..0x7FF (standard) or 0..0x1FFFFFFF (extended)",
+    "bad_payload": "data that is not bytes",
+    "bad_timestamp": "a timestamp that is not a finite number",
+    "time_backwards": "a timestamp earlier than the previous frame's",
+    "other_channel": "a frame of another channel than the detector's",
+    "bad_frame": "neither a can.Message nor a (timestamp, id, data, is_extended) tuple",
+}
+"""Why a frame was dropped: key -> description (the keys of :attr:`Detector.dropped`)."""
+
+LOGGED_PER_REASON = 3  # dropped frames logged one by one per reason; the rest are only counted
+
+RESTAMP_SPAN = 256  # timestamps per re-stamping check
+MIN_MEAN_GAP_S = 40e-6  # a CAN bus at 1 Mbit/s carries at most ~21,000 frames/s (a gap of ~47 us)
+
+BLOCK_MESSAGES = 1 << 16  # feed_many works through large inputs in blocks of this many messages
+
+
+def format_can_id(key: int) -> str:
+    """A ``Messages.can_id`` as candump writes it: 3 hex digits, 8 for an extended ID."""
+    key = int(key)
+    return f"{key & ~EXTENDED_ID_FLAG:08X}" if key & EXTENDED_ID_FLAG else f"{key:03X}"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The verdict on one closed window. An alarm is a decision with ``is_attack``.
+
+    Attributes:
+        window: the window's number in the stream (0, 1, ...).
+        first_message: index of its first message among the accepted messages.
+        start_time, end_time: the timestamps of its first and last message.
+        messages: messages in the window (the model's window).
+        score: attack probability (GAT) or anomaly score (VGAE).
+        threshold: the decision threshold; ``is_attack`` is ``score >= threshold``.
+        is_attack: the decision.
+        oov_ids: CAN IDs in the window outside the model's vocabulary (``Messages.can_id`` keys).
+        latency_s: seconds from the arrival of its last message (when fed) to the decision.
+        attack_share: share of messages labelled attack, when the input was a labelled
+            :class:`~kdkit.data.readers.Messages` (None for frames).
+    """
+
+    window: int
+    first_message: int
+    start_time: float
+    end_time: float
+    messages: int
+    score: float
+    threshold: float
+    is_attack: bool
+    oov_ids: tuple[int, ...] = ()
+    latency_s: float | None = None
+    attack_share: float | None = None
+
+    def to_dict(self) -> dict:
+        """JSON-ready: IDs as candump hex strings, the latency in milliseconds."""
+        out = {"window": self.window, "first_message": self.first_message, "start_time": self.start_time,
+               "end_time": self.end_time, "messages": self.messages, "score": self.score, "threshold": self.threshold,
+               "is_attack": self.is_attack, "oov_ids": [format_can_id(i) for i in self.oov_ids],
+               "latency_ms": None if self.latency_s is None else round(self.latency_s * 1e3, 4)}
+        if self.attack_share is not None:
+            out["attack_share"] = self.attack_share
+        return out
+
+
+class _Drop(Exception):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+def _frame_fields(frame) -> tuple[float, int, bytes, str | None]:
+    """(timestamp, Messages.can_id key, data, channel) of a frame; raises _Drop for a bad one."""
+    if hasattr(frame, "arbitration_id"):  # a python-can Message
+        if getattr(frame, "is_error_frame", False):
+            raise _Drop("error_frame", f"error frame at {frame.timestamp}")
+        if getattr(frame, "is_remote_frame", False):
+            raise _Drop("remote_frame", f"remote frame ID 0x{frame.arbitration_id:X} at {frame.timestamp}")
+        ts, arb, data, ext = frame.timestamp, frame.arbitration_id, frame.data, frame.is_extended_id
+        channel = frame.channel
+        if getattr(frame, "is_fd", False):
+            raise _Drop("fd_frame", f"CAN FD frame ID 0x{arb:X} with {len(data or b'')} bytes at {ts}")
+    else:
+        try:
+            ts, arb, data, ext = frame
+        except (TypeError, ValueError):
+            raise _Drop("bad_frame", f"{type(frame).__name__} {str(frame)[:80]!r}") from None
+        channel = None
+    try:
+        ts = float(ts)
+    except (TypeError, ValueError):
+        raise _Drop("bad_timestamp", f"timestamp {ts!r}") from None
+    if not math.isfinite(ts):
+        raise _Drop("bad_timestamp", f"timestamp {ts!r}")
+    if isinstance(arb, bool) or not isinstance(arb, (int, np.integer)) or arb < 0 \
+            or arb > (MAX_CAN_ID if ext else MAX_STANDARD_ID):
+        shown = f"0x{arb:X}" if isinstance(arb, (int, np.integer)) and not isinstance(arb, bool) and arb >= 0 else repr(arb)
+        raise _Drop("bad_id", f"{'extended' if ext else 'standard'} ID {shown} at {ts}")
+    try:
+        data = bytes(data if data is not None else b"")
+    except (TypeError, ValueError):
+        raise _Drop("bad_payload", f"data {data!r} of ID 0x{arb:X} at {ts}") from None
+    if len(data) > 8:
+        raise _Drop("fd_frame", f"{len(data)} data bytes in ID 0x{arb:X} at {ts}")
+    return ts, int(arb) | (EXTENDED_ID_FLAG if ext else 0), data, None if channel is None else str(channel)
+
+
+class _RestampCheck:
+    """Warns once when timestamps come faster than a CAN bus can carry frames: on average
+    less than :data:`MIN_MEAN_GAP_S` apart over :data:`RESTAMP_SPAN` consecutive frames."""
+
+    def __init__(self, where: str):
+        self.where, self.warned = where, False
+        self._tail = np.zeros(0)
+
+    def check(self, ts: np.ndarray) -> None:
+        if self.warned or ts.size == 0:
+            return
+        arr = np.concatenate([self._tail, ts]) if self._tail.size else ts
+        n = RESTAMP_SPAN - 1  # gaps per check
+        if arr.size <= n:
+            self._tail = arr.copy()
+            return
+        idx = np.arange(0, arr.size - n, n)
+        gaps = (arr[idx + n] - arr[idx]) / n
+        self._tail = arr[idx[-1] + n:].copy()
+        low = np.flatnonzero(gaps < MIN_MEAN_GAP_S)
+        if low.size:
+            self.warned = True
+            gap = float(gaps[low[0]])
+            wall = abs(float(arr[idx[low[0]] + n]) - time.time()) < 60
+            log.warning(
+                "%s: frame timestamps come %s apart on average over %d frames, faster than a CAN bus carries "
+                "frames (~47 us at 1 Mbit/s)%s: they are not the frames' bus times, the timing features collapse and "
+                "windows will alarm. Fix: keep the recorded timestamps: python-can's virtual bus re-stamps every "
+                "frame with its send time unless the sending bus is created with preserve_timestamps=True "
+                "(can.Bus(interface='virtual', channel=..., preserve_timestamps=True)); pace a replay with "
+                "can.MessageSync (kdkit detect --realtime), or feed (timestamp, id, data, is_extended) tuples with "
+                "the recorded times. This warning is shown once.",
+                self.where, f"{gap * 1e6:.1f} us" if gap > 0 else "0 s", RESTAMP_SPAN,
+                " and equal the wall clock (stamped on sending or arrival)" if wall else "")
+
+
+class Detector:
+    """Windows -> graphs -> scores -> decisions over a stream of CAN frames.
+
+    Args:
+        score_windows: ``GraphSet -> float array [windows]`` (the model's scores; see
+            :meth:`from_checkpoint`, :meth:`from_exported`).
+        vocab: the model's ID vocabulary.
+        window, stride: messages per window and between window starts (stride < window slides).
+        threshold: a window is an attack when ``score >= threshold``.
+        label_threshold: the model's label rule, for ``attack_share`` of labelled input.
+        channel: keep only frames of this channel (frames without a channel are kept).
+        name: the model's name in messages.
+    """
+
+    def __init__(self, score_windows: Callable[[GraphSet], np.ndarray], vocab: IdVocab, window: int,
+                 stride: int | None = None, threshold: float = GAT_THRESHOLD, label_threshold: float = 0.0,
+                 channel: str | None = None, name: str = "model"):
+        stride = window if stride is None else stride
+        if int(window) < 2 or int(stride) < 1:
+            raise ValueError(f"{name}: window must be >= 2 and stride >= 1, got window={window}, stride={stride}")
+        if not math.isfinite(float(threshold)):
+            raise ValueError(f"{name}: threshold {threshold!r} is not a finite number")
+        self.score_windows, self.vocab, self.name = score_windows, vocab, name
+        self.window, self.stride, self.threshold = int(window), int(stride), float(threshold)
+        self.label_threshold, self.channel = float(label_threshold), channel
+        self.dropped: Counter[str] = Counter()
+        self.windows = self.alarms = self.frames = 0
+        self._channels_seen: set[str] = set()
+        self._restamp = _RestampCheck(name)
+        cap = max(4 * self.window, 1024)
+        self._ts, self._id = np.zeros(cap), np.zeros(cap, np.uint32)
+        self._dlc, self._pl, self._lab = np.zeros(cap, np.uint8), np.zeros((cap, 8), np.uint8), np.zeros(cap, np.uint8)
+        self._n = 0          # buffered rows
+        self._base = 0       # stream index of buffer row 0
+        self._next = 0       # stream index of the next window's first message
+        self._last_ts = -math.inf
+        self._one: list[float] = []  # timestamps fed one by one, for the re-stamping check
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, threshold: float | None = None, stride: int | None = None,
+                        channel: str | None = None, batch_size: int = 256) -> Detector:
+        """A detector for a kdkit checkpoint (GAT or VGAE), in eval mode, with its vocabulary,
+        window, stride and threshold (``threshold``/``stride`` override them)."""
+        ckpt = load_checkpoint(path)
+        graph = check_graph_settings(ckpt, path)
+        _check_layout(ckpt.get("node_features"), ckpt.get("edge_features"),
+                      provenance(ckpt, path).get("graph", {}).get("graph_format"), path)
+        if not ckpt.get("vocab"):
+            raise ValueError(f"{path} holds no ID vocabulary: use a checkpoint written by kdkit train")
+        model = model_from_checkpoint(ckpt, path).eval()
+
+        def score(gs: GraphSet) -> np.ndarray:
+            return predict_scores(model, gs, batch_size=batch_size)
+
+        thr = float(ckpt.get("threshold", GAT_THRESHOLD)) if threshold is None else threshold
+        return cls(score, IdVocab.from_list(ckpt["vocab"]), graph["window"], stride or graph["stride"], thr,
+                   graph.get("label_threshold") or 0.0, channel, name=str(path))
+
+    @classmethod
+    def from_exported(cls, path: str | Path, threshold: float | None = None, stride: int | None = None,
+                      channel: str | None = None, batch_size: int = 128) -> Detector:
+        """A detector for an exported ``.pt2`` (``kdkit export``), configured from the ``.json``
+        metadata beside it (vocabulary, feature layout, window, stride, threshold)."""
+        path = Path(path)
+        meta_path = path.with_suffix(".json")
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{meta_path} not found: an exported model needs the metadata kdkit export writes "
+                                    f"beside the package (vocabulary, window, threshold)")
+        meta = json.loads(meta_path.read_text())
+        missing = [k for k in ("vocab", "window", "stride", "node_features", "edge_features") if meta.get(k) is None]
+        if missing:
+            raise ValueError(f"{meta_path} lacks {', '.join(missing)}: re-export the model with kdkit export")
+        _check_layout(meta["node_features"], meta["edge_features"], meta.get("graph_format"), meta_path)
+        program = load_exported(path)
+
+        def score(gs: GraphSet) -> np.ndarray:
+            out = []
+            with torch.no_grad():
+                for i in range(0, len(gs), batch_size):
+                    logits = program(gather_windows(gs, np.arange(i, min(i + batch_size, len(gs)))))
+                    out.append(torch.softmax(logits.float(), dim=-1)[:, 1])
+            return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+
+        thr = float(meta.get("threshold") if meta.get("threshold") is not None else GAT_THRESHOLD)
+        return cls(score, IdVocab.from_list(meta["vocab"]), int(meta["window"]), stride or int(meta["stride"]),
+                   thr if threshold is None else threshold, meta.get("label_threshold") or 0.0, channel, name=str(path))
+
+    @classmethod
+    def load(cls, path: str | Path, threshold: float | None = None, stride: int | None = None,
+             channel: str | None = None) -> Detector:
+        """:meth:`from_exported` for a ``.pt2``, else :meth:`from_checkpoint`."""
+        make = cls.from_exported if Path(path).suffix == ".pt2" else cls.from_checkpoint
+        return make(path, threshold=threshold, stride=stride, channel=channel)
+
+    def clone(self) -> Detector:
+        """A new detector with the same model and settings and no stream state."""
+        return Detector(self.score_windows, self.vocab, self.window, self.stride, self.threshold,
+                        self.label_threshold, self.channel, self.name)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def messages(self) -> int:
+        """Messages accepted so far (frames not dropped)."""
+        return self._base + self._n
+
+    @property
+    def restamped(self) -> bool:
+        """True once the re-stamped-timestamps warning was given."""
+        return self._restamp.warned
+
+    def stats(self) -> dict:
+        """Counters: frames seen, messages accepted, windows, alarms, dropped frames by reason."""
+        return {"frames": self.frames, "messages": self.messages, "windows": self.windows, "alarms": self.alarms,
+                "dropped": dict(self.dropped), "restamped": self.restamped, "window": self.window,
+                "stride": self.stride, "threshold": self.threshold}
+
+    def _drop(self, reason: str, detail: str) -> None:
+        self.dropped[reason] += 1
+        n = self.dropped[reason]
+        if n <= LOGGED_PER_REASON:
+            log.warning("%s: dropped %s (%s)%s", self.name, detail, DROP_REASONS[reason],
+                        "; further ones are counted, not logged" if n == LOGGED_PER_REASON else "")
+
+    def _other_channel(self, channel: str) -> None:
+        self.dropped["other_channel"] += 1
+        if channel not in self._channels_seen:
+            self._channels_seen.add(channel)
+            log.warning("%s: frames of channel %r are skipped (this detector reads channel %r); counted as other_channel",
+                        self.name, channel, self.channel)
+
+    # ------------------------------------------------------------------ feeding
+    def feed(self, frame, arrival: float | None = None) -> Decision | None:
+        """One frame; returns the decision of the window it closes, else None.
+
+        ``frame``: a python-can ``can.Message`` or ``(timestamp, arbitration_id, data,
+        is_extended)``. ``arrival``: its ``time.perf_counter()`` arrival time (default: now),
+        from which the decision's latency is measured. A bad frame is dropped and counted.
+        """
+        arrival = time.perf_counter() if arrival is None else arrival
+        self.frames += 1
+        try:
+            ts, key, data, channel = _frame_fields(frame)
+        except _Drop as d:
+            self._drop(d.reason, d.detail)
+            return None
+        if self.channel is not None and channel is not None and channel != self.channel:
+            self._other_channel(channel)
+            return None
+        if ts < self._last_ts:
+            self._drop("time_backwards", f"ID {format_can_id(key)} at {ts} after a frame at {self._last_ts}")
+            return None
+        self._last_ts = ts
+        if self._n == self._ts.shape[0]:
+            self._make_room(1)
+        n = self._n
+        self._ts[n], self._id[n], self._dlc[n], self._lab[n] = ts, key, len(data), 0
+        row = self._pl[n]
+        row[:] = 0
+        if data:
+            row[:len(data)] = np.frombuffer(data, np.uint8)
+        self._n = n + 1
+        self._one.append(ts)
+        if len(self._one) >= RESTAMP_SPAN:
+            self._restamp.check(np.asarray(self._one))
+            self._one.clear()
+        if self.messages == self._next + self.window:
+            return self._close(np.array([self._next]), arrival, labelled=False)[0]
+        return None
+
+    def feed_many(self, frames: Messages | Iterable, arrival: float | None = None,
+                  labelled: bool | None = None) -> list[Decision]:
+        """A batch: a :class:`~kdkit.data.readers.Messages` (vectorized end to end) or an
+        iterable of frames as :meth:`feed` takes. Returns the decisions of every window the
+        batch closes, in order. ``arrival``: the batch's ``time.perf_counter()`` arrival
+        (default: now), for the decisions' latency. ``labelled``: the Messages' labels are
+        real (default True for Messages; pass False for an unlabelled logger file): the
+        decisions then carry ``attack_share``."""
+        arrival = time.perf_counter() if arrival is None else arrival
+        if isinstance(frames, Messages):
+            cols, labelled = self._check_messages(frames), labelled is not False
+        else:
+            cols, labelled = self._collect(frames), False
+        out: list[Decision] = []
+        n = cols[0].shape[0]
+        for i in range(0, n, BLOCK_MESSAGES):
+            out += self._append_block(*(c[i:i + BLOCK_MESSAGES] for c in cols), arrival=arrival, labelled=labelled)
+        return out
+
+    def _check_messages(self, msgs: Messages) -> tuple[np.ndarray, ...]:
+        """The columns of ``msgs`` with bad rows dropped and counted (vectorized)."""
+        self.frames += len(msgs)
+        ts, ids, dlc = msgs.timestamp, msgs.can_id, msgs.dlc
+        finite = np.isfinite(ts)
+        raw = ids & np.uint32(~EXTENDED_ID_FLAG & 0xFFFFFFFF)
+        ext = (ids & np.uint32(EXTENDED_ID_FLAG)) != 0
+        ok_id = np.where(ext, raw <= MAX_CAN_ID, raw <= MAX_STANDARD_ID)
+        ok_dlc = dlc <= 8
+        good = finite & ok_id & ok_dlc
+        run_max = np.maximum.accumulate(np.concatenate([[self._last_ts], np.where(good, ts, -np.inf)]))[:-1]
+        forward = ts >= run_max
+        keep = good & forward
+        if keep.all():
+            return ts, ids, dlc, msgs.payload, msgs.label
+        where = msgs.source or "messages"
+        for mask, reason in ((~finite, "bad_timestamp"), (finite & ~ok_id, "bad_id"), (finite & ok_id & ~ok_dlc, "fd_frame"),
+                             (good & ~forward, "time_backwards")):
+            for i in np.flatnonzero(mask)[:LOGGED_PER_REASON]:
+                self._drop(reason, f"{where} message {int(i)} (ID {format_can_id(ids[i])}, timestamp {float(ts[i])!r})")
+            extra = int(mask.sum()) - LOGGED_PER_REASON
+            if extra > 0:
+                self.dropped[reason] += extra
+        return ts[keep], ids[keep], dlc[keep], msgs.payload[keep], msgs.label[keep]
+
+    def _collect(self, frames: Iterable) -> tuple[np.ndarray, ...]:
+        """Columns of the good frames of an iterable (one Python step per frame)."""
+        ts_l, id_l, dlc_l, pl = [], [], [], bytearray()
+        last = self._last_ts
+        for frame in frames:
+            self.frames += 1
+            try:
+                ts, key, data, channel = _frame_fields(frame)
+            except _Drop as d:
+                self._drop(d.reason, d.detail)
+                continue
+            if self.channel is not None and channel is not None and channel != self.channel:
+                self._other_channel(channel)
+                continue
+            if ts < last:
+                self._drop("time_backwards", f"ID {format_can_id(key)} at {ts} after a frame at {last}")
+                continue
+            last = ts
+            ts_l.append(ts)
+            id_l.append(key)
+            dlc_l.append(len(data))
+            pl += data.ljust(8, b"\0")
+        n = len(ts_l)
+        return (np.asarray(ts_l, np.float64).reshape(n), np.asarray(id_l, np.uint32).reshape(n),
+                np.asarray(dlc_l, np.uint8).reshape(n), np.frombuffer(bytes(pl), np.uint8).reshape(n, 8),
+                np.zeros(n, np.uint8))
+
+    def _make_room(self, extra: int) -> None:
+        """Drop buffered rows no future window needs; grow the buffer if that is not enough."""
+        keep = max(min(self._next - 1, self.messages), 0) - self._base  # the next window's preceding message on
+        if keep > 0:
+            for a in (self._ts, self._id, self._dlc, self._pl, self._lab):
+                a[:self._n - keep] = a[keep:self._n]
+            self._n -= keep
+            self._base += keep
+        need = self._n + extra
+        if need > self._ts.shape[0]:
+            cap = max(need, 2 * self._ts.shape[0])
+            for name in ("_ts", "_id", "_dlc", "_pl", "_lab"):
+                old = getattr(self, name)
+                new = np.zeros((cap, *old.shape[1:]), old.dtype)
+                new[:self._n] = old[:self._n]
+                setattr(self, name, new)
+
+    def _append_block(self, ts, ids, dlc, payload, label, arrival: float, labelled: bool) -> list[Decision]:
+        if ts.size == 0:
+            return []
+        self._restamp.check(ts)
+        self._make_room(ts.shape[0])
+        n, m = self._n, ts.shape[0]
+        self._ts[n:n + m], self._id[n:n + m], self._dlc[n:n + m] = ts, ids, dlc
+        self._pl[n:n + m], self._lab[n:n + m] = payload, label
+        self._n = n + m
+        self._last_ts = float(ts[-1])
+        last_start = self.messages - self.window
+        if last_start < self._next:
+            return []
+        return self._close(np.arange(self._next, last_start + 1, self.stride), arrival, labelled)
+
+    def _close(self, starts: np.ndarray, arrival: float, labelled: bool) -> list[Decision]:
+        """Build, score and decide the windows starting at stream indices ``starts``."""
+        lo = max(int(starts[0]) - 1, 0) - self._base  # the first window's preceding message (none at the start)
+        hi = self._n
+        msgs = Messages(self._ts[lo:hi], self._id[lo:hi], self._dlc[lo:hi], self._pl[lo:hi], self._lab[lo:hi],
+                        source=self.name)
+        rel = starts - (self._base + lo)
+        gs = build_graphs(msgs, self.vocab, self.window, self.stride, self.label_threshold, starts=rel)
+        scores = np.asarray(self.score_windows(gs), dtype=np.float64).reshape(-1)
+        if scores.shape[0] != len(gs):
+            raise RuntimeError(f"{self.name}: scored {scores.shape[0]} windows, expected {len(gs)}")
+        attack = is_attack(scores, self.threshold)
+        oov_ids: list[tuple[int, ...]] = [()] * len(gs)
+        oov = np.flatnonzero(gs.node_id.numpy() == 0)
+        if oov.size:  # nodes are stored graph by graph: each graph's OOV nodes are one run
+            graph_of = np.searchsorted(gs.node_ptr.numpy()[1:], oov, side="right")
+            can = gs.can_id.numpy()[oov].tolist()
+            bounds = np.searchsorted(graph_of, np.arange(len(gs) + 1)).tolist()
+            for g in np.unique(graph_of).tolist():
+                oov_ids[g] = tuple(can[bounds[g]:bounds[g + 1]])
+        ts = msgs.timestamp
+        t0, t1 = ts[rel].tolist(), ts[rel + self.window - 1].tolist()
+        share = gs.attack_share.numpy().tolist() if labelled else [None] * len(gs)
+        latency = time.perf_counter() - arrival
+        first, first_msg, score_l, attack_l = self.windows, starts.tolist(), scores.tolist(), attack.tolist()
+        out = [Decision(first + k, first_msg[k], t0[k], t1[k], self.window, score_l[k], self.threshold, attack_l[k],
+                        oov_ids[k], latency, share[k]) for k in range(len(gs))]
+        self.windows += len(out)
+        self.alarms += int(attack.sum())
+        self._next = int(starts[-1]) + self.stride
+        return out
+
+
+def _check_layout(node_features, edge_features, graph_format, where) -> None:
+    """The model must read this kdkit's graphs: same feature layout and graph format."""
+    if list(node_features or []) != list(NODE_FEATURES) or list(edge_features or []) != list(EDGE_FEATURES) \
+            or graph_format not in (None, GRAPH_FORMAT_VERSION):
+        raise ValueError(f"{where} was built for another graph layout (graph format {graph_format or 'unknown'}, this "
+                         f"kdkit builds {GRAPH_FORMAT_VERSION}, or other node/edge features): retrain or re-export it")

@@ -1,0 +1,227 @@
+"""The detection loops ``kdkit detect``, the gateway notebook and ``kdkit bench detect`` share.
+
+    summary = replay_file(det, "capture.log", channel="can0", on_decision=print)   # as fast as it goes
+    summary = replay_file(det, "capture.log", realtime=True)                       # paced: can.MessageSync
+    with open_bus("socketcan:can0") as bus:
+        summary = listen_bus(det, bus, on_decision=print, max_seconds=60)
+    print(summary.format())
+
+A replay reads the file with :func:`kdkit.data.read_messages` (every kdkit format; bad rows
+skipped and counted) and feeds it to :meth:`~kdkit.stream.detector.Detector.feed_many` in
+blocks, or, with ``realtime``, frame by frame at the recorded pace. A live bus is read with a
+``bus.recv`` loop: a stall (no frame for ``stall_seconds``) is logged and counted and the loop
+goes on; ``can.CanError``/``OSError`` from ``recv`` (a lost connection) ends the run with the
+error in its summary; Ctrl-C ends either loop with its summary.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import can
+import numpy as np
+
+from kdkit.data.readers import EXTENDED_ID_FLAG, LOGGER_SUFFIXES, Messages, read_messages
+from kdkit.stream.detector import BLOCK_MESSAGES, Decision, Detector
+
+log = logging.getLogger("kdkit.stream")
+
+
+class BusError(RuntimeError):
+    """A bus that cannot be opened (unknown interface, missing device, bad channel)."""
+
+
+class RunSummary:
+    """What a detection run did: counts, rates, decision latency, why it stopped.
+
+    ``decisions`` keeps every decision when the run was asked to (``keep=True``)."""
+
+    def __init__(self, detector: Detector, source: str, mode: str, keep: bool = False):
+        self.detector, self.source, self.mode = detector, source, mode
+        self.latencies: list[float] = []
+        self.decisions: list[Decision] | None = [] if keep else None
+        self.stalls = 0
+        self.stopped_by = "end of input"
+        self.error: str | None = None
+        self.skipped_rows = 0
+        self.read_seconds = 0.0
+        self._t0, self._c0 = time.perf_counter(), time.process_time()
+        self.seconds = self.cpu_seconds = 0.0
+
+    def add(self, decision: Decision) -> None:
+        if decision.latency_s is not None:
+            self.latencies.append(decision.latency_s)
+        if self.decisions is not None:
+            self.decisions.append(decision)
+
+    def finish(self) -> RunSummary:
+        self.seconds = time.perf_counter() - self._t0
+        self.cpu_seconds = time.process_time() - self._c0
+        return self
+
+    def to_dict(self) -> dict:
+        """The summary as JSON-ready values (latencies in ms; None where nothing was decided)."""
+        d = self.detector
+        lat = np.asarray(self.latencies) * 1e3
+        pct = (lambda q: round(float(np.percentile(lat, q)), 4)) if lat.size else (lambda q: None)
+        return {"source": self.source, "mode": self.mode, "model": d.name, "window": d.window, "stride": d.stride,
+                "threshold": d.threshold, "frames": d.frames, "messages": d.messages, "windows": d.windows,
+                "alarms": d.alarms, "alarm_rate": round(d.alarms / d.windows, 6) if d.windows else None,
+                "dropped": dict(d.dropped), "skipped_rows": self.skipped_rows, "stalls": self.stalls,
+                "restamped": d.restamped, "seconds": round(self.seconds, 4), "cpu_seconds": round(self.cpu_seconds, 4),
+                "read_seconds": round(self.read_seconds, 4),
+                "messages_per_s": round(d.messages / self.seconds) if self.seconds > 0 else None,
+                "latency_ms_p50": pct(50), "latency_ms_p99": pct(99), "latency_ms_max": pct(100),
+                "stopped_by": self.stopped_by, "error": self.error}
+
+    def format(self) -> str:
+        """A few human-readable lines."""
+        s = self.to_dict()
+        rate = f"{s['alarm_rate']:.2%}" if s["alarm_rate"] is not None else "-"
+        lat = (f"decision latency p50 {s['latency_ms_p50']:.3f} ms, p99 {s['latency_ms_p99']:.3f} ms"
+               if s["latency_ms_p50"] is not None else "no decision")
+        dropped = ", ".join(f"{k} {v}" for k, v in sorted(s["dropped"].items())) or "none"
+        lines = [(f"{s['mode']} of {s['source']} with {s['model']} (window {s['window']}, stride {s['stride']}, "
+                  f"threshold {s['threshold']:g}): stopped by {s['stopped_by']}"),
+                 (f"  {s['windows']:,} windows, {s['alarms']:,} alarms (rate {rate}); {s['messages']:,} messages in "
+                  f"{s['seconds']:.3f} s ({s['messages_per_s'] or 0:,} messages/s, {s['cpu_seconds']:.3f} CPU s); {lat}"),
+                 f"  dropped frames: {dropped}; skipped rows: {s['skipped_rows']}; stalls: {s['stalls']}"
+                 + ("; timestamps looked re-stamped (see the warning)" if s["restamped"] else "")]
+        if s["error"]:
+            lines.append(f"  error: {s['error']}")
+        return "\n".join(lines)
+
+
+def _emit(summary: RunSummary, decisions: list[Decision], on_decision: Callable[[Decision], None] | None) -> None:
+    for dec in decisions:
+        summary.add(dec)
+        if on_decision is not None:
+            on_decision(dec)
+
+
+def as_can_messages(msgs: Messages, channel: str | None = None) -> Iterator[can.Message]:
+    """The rows of ``msgs`` as python-can messages (extended IDs flagged, data cut to the DLC)."""
+    raw = msgs.can_id & np.uint32(~EXTENDED_ID_FLAG & 0xFFFFFFFF)
+    ext = (msgs.can_id & np.uint32(EXTENDED_ID_FLAG)) != 0
+    payload = msgs.payload
+    for i in range(len(msgs)):
+        yield can.Message(timestamp=float(msgs.timestamp[i]), arbitration_id=int(raw[i]), is_extended_id=bool(ext[i]),
+                          data=payload[i, :int(msgs.dlc[i])].tobytes(), channel=channel)
+
+
+def replay_file(detector: Detector, path: str | Path, channel: str | None = None, realtime: bool = False,
+                on_decision: Callable[[Decision], None] | None = None, on_bad_rows: str = "skip",
+                max_messages: int | None = None, max_seconds: float | None = None, keep: bool = False) -> RunSummary:
+    """Replay a recording through ``detector``; returns the run's summary.
+
+    Args:
+        detector: a fresh :class:`~kdkit.stream.detector.Detector`.
+        path: any file :func:`kdkit.data.read_messages` reads (candump ``.log``, ``.asc``,
+            ``.blf``, ``.trc``, CSV; ``.gz`` too).
+        channel: keep only this channel of a logger file (CSV files have none).
+        realtime: feed frame by frame at the recorded pace (``can.MessageSync``); the latency
+            is then per window. Otherwise blocks are fed as fast as they are built and scored.
+        on_decision: called with every decision, in order.
+        on_bad_rows: ``"skip"`` (default: dropped and counted in ``skipped_rows``, the first
+            ones logged) or ``"error"``.
+        max_messages, max_seconds: stop after this many messages / seconds.
+        keep: keep every decision in ``summary.decisions``.
+    """
+    path = Path(path)
+    summary = RunSummary(detector, str(path), "realtime replay" if realtime else "replay", keep)
+    try:
+        msgs = read_messages(path, on_bad_rows=on_bad_rows, channel=channel)
+        logger = Path(path.name.lower().removesuffix(".gz")).suffix in LOGGER_SUFFIXES  # unlabelled formats
+        if channel is not None and not logger:
+            log.warning("%s: --channel %s ignored: this format has no channels", path, channel)
+        summary.read_seconds = time.perf_counter() - summary._t0
+        summary.skipped_rows = msgs.skipped_rows
+        if msgs.skipped_rows:
+            log.warning("%s: %d bad rows skipped, e.g. %s", path, msgs.skipped_rows, "; ".join(msgs.skipped_examples[:3]))
+        if max_messages is not None and len(msgs) > max_messages:
+            msgs = msgs.slice(0, max_messages)
+            summary.stopped_by = "max-messages"
+        if realtime:
+            for frame in can.MessageSync(as_can_messages(msgs, channel), timestamps=True, gap=0.0):
+                dec = detector.feed(frame, time.perf_counter())
+                if dec is not None:
+                    _emit(summary, [dec], on_decision)
+                if max_seconds is not None and time.perf_counter() - summary._t0 >= max_seconds:
+                    summary.stopped_by = "max-seconds"
+                    break
+        else:
+            for i in range(0, len(msgs), BLOCK_MESSAGES):
+                _emit(summary, detector.feed_many(msgs.slice(i, i + BLOCK_MESSAGES), labelled=not logger), on_decision)
+                if max_seconds is not None and time.perf_counter() - summary._t0 >= max_seconds:
+                    summary.stopped_by = "max-seconds"
+                    break
+    except KeyboardInterrupt:
+        summary.stopped_by = "interrupted (Ctrl-C)"
+    return summary.finish()
+
+
+def open_bus(spec: str, **kwargs) -> can.BusABC:
+    """A python-can bus from ``INTERFACE:CHANNEL`` (``socketcan:can0``, ``virtual:demo``);
+    ``kwargs`` go to ``can.Bus``. Raises :class:`BusError` naming the bus when it cannot be opened."""
+    iface, sep, channel = spec.partition(":")
+    if not sep or not iface or not channel:
+        raise BusError(f"bus {spec!r}: expected INTERFACE:CHANNEL, e.g. socketcan:can0 or virtual:demo")
+    try:
+        return can.Bus(interface=iface, channel=channel, **kwargs)
+    except (can.CanError, OSError, ImportError, NotImplementedError, ValueError, TypeError) as err:
+        raise BusError(f"cannot open bus {spec} (python-can interface {iface!r}, channel {channel!r}): "
+                       f"{type(err).__name__}: {err}") from err
+
+
+def listen_bus(detector: Detector, bus: can.BusABC, source: str | None = None,
+               on_decision: Callable[[Decision], None] | None = None, max_seconds: float | None = None,
+               max_messages: int | None = None, stall_seconds: float = 2.0, keep: bool = False) -> RunSummary:
+    """Detect on a live bus until ``max_seconds``, ``max_messages`` frames, a lost connection or
+    Ctrl-C; returns the run's summary (its ``error`` says why a lost connection ended it).
+
+    A stall (no frame for ``stall_seconds``) is logged and counted once per silence; the loop
+    goes on. Latency is measured from the moment ``recv`` returned the window's last frame."""
+    source = source or getattr(bus, "channel_info", None) or str(bus)
+    summary = RunSummary(detector, source, "live", keep)
+    last_frame = time.perf_counter()
+    stalled = False
+    try:
+        while True:
+            now = time.perf_counter()
+            timeout = stall_seconds
+            if max_seconds is not None:
+                left = max_seconds - (now - summary._t0)
+                if left <= 0:
+                    summary.stopped_by = "max-seconds"
+                    break
+                timeout = min(timeout, left)
+            try:
+                frame = bus.recv(timeout=timeout)
+            except (can.CanError, OSError) as err:
+                summary.stopped_by = "lost connection"
+                summary.error = f"lost connection to {source}: {type(err).__name__}: {err}"
+                log.error("%s", summary.error)
+                break
+            arrival = time.perf_counter()
+            if frame is None:
+                if not stalled and arrival - last_frame >= stall_seconds:
+                    stalled = True
+                    summary.stalls += 1
+                    log.warning("%s: no frame for %.1f s (stall %d); still listening", source, arrival - last_frame,
+                                summary.stalls)
+                continue
+            if stalled:
+                log.warning("%s: frames again after %.1f s of silence", source, arrival - last_frame)
+                stalled = False
+            last_frame = arrival
+            dec = detector.feed(frame, arrival)
+            if dec is not None:
+                _emit(summary, [dec], on_decision)
+            if max_messages is not None and detector.frames >= max_messages:
+                summary.stopped_by = "max-messages"
+                break
+    except KeyboardInterrupt:
+        summary.stopped_by = "interrupted (Ctrl-C)"
+    return summary.finish()

@@ -1,0 +1,404 @@
+"""Live detection (kdkit.stream, ``kdkit detect``, ``kdkit bench detect``): a python-can virtual
+bus end to end, streaming scores equal to the offline ones (checkpoint and exported student),
+sliding windows, re-stamped timestamps, malformed frames, stalls, a lost connection, Ctrl-C,
+and the shared real RAV4 candump log replayed with ``--channel``.
+
+Run: .venv/bin/python -m pytest tests/test_stream.py -q
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+from pathlib import Path
+
+import can
+import numpy as np
+import pytest
+import torch
+from conftest import require
+
+from kdkit.cli import detect as cli_detect
+from kdkit.cli.main import main
+from kdkit.data.graphs import IdVocab, build_graphs
+from kdkit.data.readers import EXTENDED_ID_FLAG, read_messages
+from kdkit.reporting.metrics import evaluate_model, predict_scores
+from kdkit.stream import Detector, listen_bus, open_bus, replay_file
+from kdkit.stream.run import BusError, as_can_messages
+from kdkit.training.checkpoint import load_checkpoint, model_from_checkpoint
+from kdkit.workflows.run import checkpoint_data
+
+REAL_CANDUMP = Path(__file__).resolve().parents[2] / "shared" / "data" / "candump" / "toyota-rav4-2018-highway.candump.log.gz"
+SCENARIO = "test_01_known_vehicle_known_attack"
+
+
+@pytest.fixture(scope="module")
+def trained(kdkit_env, tmp_path_factory):
+    """A GAT student (preset size) trained 2 epochs on the synthetic data: it flags the known
+    vehicle's DoS bursts and nothing before them."""
+    from kdkit.config import make_config
+    from kdkit.workflows import train
+
+    torch.set_num_threads(1)
+    runs = tmp_path_factory.mktemp("stream_runs")
+    cfg = make_config(model="gat", type="student", dataset="synthetic", epochs=2, precision="32-true",
+                      accelerator="cpu", num_workers=0, runs_dir=str(runs), run_name="student", save_compat=False)
+    return Path(train(cfg, progress=False)["best_checkpoint"])
+
+
+@pytest.fixture(scope="module")
+def recording(kdkit_env, trained) -> Path:
+    """The known vehicle's DoS test recording (attack bursts from window 33 on)."""
+    from kdkit.data.simulate import default_synthetic_root
+
+    return default_synthetic_root(0) / SCENARIO / "DoS-bravo.csv"
+
+
+@pytest.fixture(scope="module")
+def offline(trained):
+    """``scores(messages, stride)`` of the offline path: build_graphs over the whole recording,
+    predict_scores (what kdkit evaluate runs)."""
+    ckpt = load_checkpoint(trained)
+    model = model_from_checkpoint(ckpt).eval()
+    vocab = IdVocab.from_list(ckpt["vocab"])
+
+    def scores(msgs, stride=100):
+        return predict_scores(model, build_graphs(msgs, vocab, 100, stride))
+
+    return scores
+
+
+def _scores(decisions) -> np.ndarray:
+    return np.array([d.score for d in decisions])
+
+
+def _frames(msgs, n=None):
+    """(timestamp, id, data, is_extended) tuples of a recording's first ``n`` messages."""
+    raw = msgs.can_id & np.uint32(~EXTENDED_ID_FLAG & 0xFFFFFFFF)
+    ext = (msgs.can_id & np.uint32(EXTENDED_ID_FLAG)) != 0
+    return [(float(msgs.timestamp[i]), int(raw[i]), msgs.payload[i, :msgs.dlc[i]].tobytes(), bool(ext[i]))
+            for i in range(len(msgs) if n is None else n)]
+
+
+# ----------------------------------------------------------------------------- equality with offline scoring
+def test_streaming_scores_equal_kdkit_evaluate(trained, recording):
+    """The detector over the replayed file scores every window as kdkit evaluate does (its
+    scenario's windows of this file), fed as one batch, in odd-sized batches, or frame by frame."""
+    ckpt = load_checkpoint(trained)
+    data = checkpoint_data(ckpt)  # the graphs kdkit evaluate builds, with the checkpoint's settings
+    gs = data.splits[SCENARIO]
+    model = model_from_checkpoint(ckpt).eval()
+    reference = evaluate_model(model, data.splits, float(ckpt["threshold"]), scenarios=[SCENARIO])["scores"][SCENARIO]
+    mine = gs.file_index.numpy() == [Path(f).name for f in gs.files].index(recording.name)
+    reference = reference[mine]
+
+    msgs = read_messages(recording)
+    det = Detector.from_checkpoint(trained)
+    batch = det.feed_many(msgs)
+    assert len(batch) == len(reference) == len(msgs) // 100 and det.windows == len(batch)
+    np.testing.assert_allclose(_scores(batch), reference, rtol=0, atol=1e-6)
+    assert [d.is_attack for d in batch] == (reference >= 0.5).tolist()
+    assert [d.first_message for d in batch] == list(range(0, 100 * len(batch), 100))
+    assert batch[3].start_time == msgs.timestamp[300] and batch[3].end_time == msgs.timestamp[399]
+    assert [d.attack_share for d in batch] == pytest.approx(gs.attack_share.numpy()[mine].tolist())
+
+    parts, one = det.clone(), det.clone()
+    got = []
+    for a, b in ((0, 1), (1, 37), (37, 5000), (5000, 5099), (5099, len(msgs))):
+        got += parts.feed_many(msgs.slice(a, b))
+    np.testing.assert_allclose(_scores(got), reference, rtol=0, atol=1e-6)
+    frames = _frames(msgs, 3000)
+    single = [d for d in map(one.feed, frames) if d is not None]
+    assert len(single) == 30 and all(d.attack_share is None and d.latency_s >= 0 for d in single)
+    np.testing.assert_allclose(_scores(single), reference[:30], rtol=0, atol=1e-6)
+    assert det.dropped == {} and not det.restamped
+
+
+@pytest.mark.parametrize("stride", [30, 170])
+def test_sliding_and_gapped_windows_equal_offline(trained, recording, offline, stride):
+    msgs = read_messages(recording).slice(0, 4000)
+    det = Detector.from_checkpoint(trained, stride=stride)
+    assert (det.window, det.stride) == (100, stride)
+    got = det.feed_many(msgs.slice(0, 1234)) + det.feed_many(_frames(msgs.slice(1234, 2000)))
+    got += [d for d in map(det.feed, _frames(msgs.slice(2000, 4000))) if d is not None]
+    ref = offline(msgs, stride)
+    assert [d.first_message for d in got] == list(range(0, 4000 - 99, stride))
+    np.testing.assert_allclose(_scores(got), ref, rtol=0, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    """The student exported once per module (AOT compilation takes ~30 s on 2 cores)."""
+    from kdkit.deploy.export import export_checkpoint
+
+    out = tmp_path_factory.mktemp("stream_export") / "student.pt2"
+    export_checkpoint(trained, out)
+    return out
+
+
+def test_exported_student_streams_the_offline_scores(exported, trained, recording, offline):
+    from kdkit.data.loader import gather_windows
+    from kdkit.deploy.export import load_exported
+
+    msgs = read_messages(recording)
+    det = Detector.from_exported(exported)
+    meta = json.loads(exported.with_suffix(".json").read_text())
+    assert (det.window, det.stride, det.threshold) == (meta["window"], meta["stride"], meta["threshold"])
+    got = det.feed_many(msgs)
+    gs = build_graphs(msgs, IdVocab.from_list(meta["vocab"]), meta["window"], meta["stride"])
+    with torch.no_grad():  # the README's gateway path over the whole file
+        ref = load_exported(exported)(gather_windows(gs, np.arange(len(gs)))).softmax(-1)[:, 1].numpy()
+    np.testing.assert_allclose(_scores(got), ref, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(_scores(got), offline(msgs), rtol=0, atol=1e-4)  # = the checkpoint's model
+    single = [d for d in map(det.clone().feed, _frames(msgs, 1500)) if d is not None]
+    np.testing.assert_allclose(_scores(single), ref[:15], rtol=0, atol=1e-5)
+    assert main(["detect", "--model", str(exported), "--input", str(recording), "--all-decisions",
+                 "--alarms", str(exported.parent / "all.jsonl")]) == 0
+    lines = [json.loads(x) for x in (exported.parent / "all.jsonl").read_text().splitlines()]
+    np.testing.assert_allclose([x["score"] for x in lines], ref, rtol=0, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- a python-can virtual bus
+def _send(channel: str, frames, preserve_timestamps: bool = True) -> threading.Thread:
+    """Send ``frames`` (can.Message) on virtual bus ``channel`` from a thread, as fast as possible."""
+    def run():
+        with can.Bus(interface="virtual", channel=channel, preserve_timestamps=preserve_timestamps) as tx:
+            for frame in frames:
+                tx.send(frame)
+
+    return threading.Thread(target=run, daemon=True)
+
+
+def test_virtual_bus_end_to_end_alarms_where_the_attack_is(trained, recording, offline):
+    msgs = read_messages(recording).slice(0, 8000)  # the first DoS burst starts in window 33
+    first_attack = int(np.flatnonzero(msgs.label)[0])
+    det = Detector.from_checkpoint(trained)
+    with open_bus("virtual:kdkit-test-e2e") as rx:
+        sender = _send("kdkit-test-e2e", list(as_can_messages(msgs)))
+        sender.start()
+        summary = listen_bus(det, rx, max_messages=len(msgs), max_seconds=60, keep=True)
+        sender.join(10)
+    assert summary.stopped_by == "max-messages" and summary.error is None
+    decisions = summary.decisions
+    assert len(decisions) == 80 and det.messages == 8000 and not det.restamped
+    np.testing.assert_allclose(_scores(decisions), offline(msgs), rtol=0, atol=1e-6)
+    alarms = [d for d in decisions if d.is_attack]
+    assert alarms, "no alarm on the DoS bursts"
+    assert all(d.first_message + 99 >= first_attack for d in alarms)  # none before the attack
+    truth = msgs.label.reshape(80, 100).any(axis=1)
+    assert all(truth[d.window] for d in alarms)  # every alarm is on an attack window
+    s = summary.to_dict()
+    assert s["windows"] == 80 and s["alarms"] == len(alarms) and s["latency_ms_p50"] > 0
+    assert s["latency_ms_p50"] <= s["latency_ms_p99"] <= s["latency_ms_max"]
+
+
+def test_restamping_source_is_warned_once(trained, recording, caplog):
+    """python-can's virtual bus without preserve_timestamps stamps every frame with its send time:
+    sent unpaced, the frames come microseconds apart. Warned once, with the fix."""
+    msgs = read_messages(recording).slice(0, 1500)
+    det = Detector.from_checkpoint(trained)
+    with caplog.at_level(logging.WARNING, logger="kdkit.stream"), open_bus("virtual:kdkit-test-restamp") as rx:
+        sender = _send("kdkit-test-restamp", list(as_can_messages(msgs)), preserve_timestamps=False)
+        sender.start()
+        summary = listen_bus(det, rx, max_messages=len(msgs), max_seconds=60)
+        sender.join(10)
+    warned = [r.getMessage() for r in caplog.records if "preserve_timestamps=True" in r.getMessage()]
+    assert len(warned) == 1 and det.restamped and summary.to_dict()["restamped"]
+    assert "faster than a CAN bus" in warned[0] and "wall clock" in warned[0] and "--realtime" in warned[0]
+
+    caplog.clear()  # the recorded timestamps of the same frames: no warning
+    quiet = Detector.from_checkpoint(trained)
+    quiet.feed_many(msgs)
+    assert not quiet.restamped and not [r for r in caplog.records if "preserve_timestamps" in r.getMessage()]
+    stamped = Detector.from_checkpoint(trained)  # all frames at one time (tuples built with timestamp 0)
+    stamped.feed_many([(0.0, 0x100, b"\x01", False)] * 600)
+    assert stamped.restamped and stamped.windows == 6
+
+
+def test_malformed_frames_are_dropped_and_counted(trained, recording, offline, caplog):
+    msgs = read_messages(recording).slice(0, 300)
+    good = _frames(msgs)
+    t = good[150][0]
+    bad = [can.Message(timestamp=t, arbitration_id=0x100, is_error_frame=True),
+           can.Message(timestamp=t, arbitration_id=0x100, is_remote_frame=True),
+           can.Message(timestamp=t, arbitration_id=0x100, is_fd=True, data=bytes(12)),
+           (t, 0x100, bytes(9), False),            # 9 data bytes
+           (t, 0x800, b"\x00", False),             # above 0x7FF, not extended
+           (t, 0x20000000, b"\x00", True),         # above 29 bits
+           (t, -1, b"\x00", False), (t, "7DF", b"\x00", False),
+           (t, 0x100, [300], False),               # not bytes
+           (math.nan, 0x100, b"\x00", False), ("soon", 0x100, b"\x00", False),
+           (t - 1.0, 0x100, b"\x00", False),       # earlier than the previous frame
+           (t, 0x100), "not a frame", None,
+           can.Message(timestamp=t, arbitration_id=0x100, channel="can1")]  # another channel
+    frames = good[:150] + bad + good[150:]
+    det = Detector.from_checkpoint(trained, channel="can0")
+    with caplog.at_level(logging.WARNING, logger="kdkit.stream"):
+        got = [d for d in map(det.feed, frames) if d is not None]
+    assert det.dropped == {"error_frame": 1, "remote_frame": 1, "fd_frame": 2, "bad_id": 4, "bad_payload": 1,
+                           "bad_timestamp": 2, "time_backwards": 1, "bad_frame": 3, "other_channel": 1}
+    assert det.frames == len(frames) and det.messages == 300
+    np.testing.assert_allclose(_scores(got), offline(msgs), rtol=0, atol=1e-6)  # the good frames' windows
+    logged = caplog.text
+    assert "error frame" in logged and "channel 'can1'" in logged and "0x800" in logged
+
+    batch = Detector.from_checkpoint(trained, channel="can0")  # the same frames as one batch
+    np.testing.assert_allclose(_scores(batch.feed_many(frames)), offline(msgs), rtol=0, atol=1e-6)
+    assert batch.dropped == det.dropped
+
+    m = msgs.slice(0, 300)  # a Messages table with bad rows: dropped vectorized, same counts
+    m.timestamp = m.timestamp.copy()
+    m.timestamp[10], m.timestamp[20] = np.inf, m.timestamp[19] - 1
+    m.can_id = m.can_id.copy()
+    m.can_id[30] = 0x900
+    table = Detector.from_checkpoint(trained)
+    assert len(table.feed_many(m)) == 2 and table.messages == 297
+    assert table.dropped == {"bad_timestamp": 1, "time_backwards": 1, "bad_id": 1}
+
+
+# ----------------------------------------------------------------------------- the live loop's edge cases
+class _ScriptedBus:
+    """A bus whose recv returns the given items in turn (an exception instance is raised)."""
+
+    def __init__(self, items):
+        self.items, self.shut = list(items), False
+        self.channel_info = "scripted bus"
+
+    def recv(self, timeout=None):
+        item = self.items.pop(0) if self.items else None
+        if item is None and timeout:
+            threading.Event().wait(min(timeout, 0.05))
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def shutdown(self):
+        self.shut = True
+
+
+def test_stall_is_counted_and_a_lost_connection_ends_with_the_summary(trained, recording, caplog):
+    frames = list(as_can_messages(read_messages(recording).slice(0, 250)))
+    bus = _ScriptedBus(frames[:120] + [None] * 6 + frames[120:] + [can.CanOperationError("Network is down [Errno 100]")])
+    det = Detector.from_checkpoint(trained)
+    with caplog.at_level(logging.WARNING, logger="kdkit.stream"):
+        summary = listen_bus(det, bus, stall_seconds=0.1, max_seconds=30)
+    assert summary.stalls == 1 and "no frame for" in caplog.text and "frames again" in caplog.text
+    assert summary.stopped_by == "lost connection" and "Network is down" in summary.error
+    assert summary.to_dict()["windows"] == 2 and det.messages == 250
+
+    bus = _ScriptedBus(frames[:150] + [OSError(19, "No such device")])
+    out = summary_path = None
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cli_detect, "open_bus", lambda spec: bus)
+        summary_path = Path(recording).parent.parent / "lost.json"
+        out = main(["detect", "--checkpoint", str(trained), "--bus", "socketcan:can0", "--summary", str(summary_path)])
+    s = json.loads(summary_path.read_text())
+    assert out == 1 and bus.shut and s["stopped_by"] == "lost connection" and "No such device" in s["error"]
+    assert s["messages"] == 150 and s["windows"] == 1
+
+
+def test_ctrl_c_stops_with_the_summary(trained, recording, capsys):
+    frames = list(as_can_messages(read_messages(recording).slice(0, 250)))
+    bus = _ScriptedBus(frames + [KeyboardInterrupt()])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cli_detect, "open_bus", lambda spec: bus)
+        assert main(["detect", "--checkpoint", str(trained), "--bus", "virtual:x", "--all-decisions"]) == 0
+    out = capsys.readouterr()
+    assert len(out.out.splitlines()) == 2 and "stopped by interrupted (Ctrl-C)" in out.err and "2 windows" in out.err
+
+
+def test_cli_live_virtual_bus(trained, recording, tmp_path, capsys):
+    """kdkit detect --bus virtual:NAME with a sender on the same virtual channel."""
+    msgs = read_messages(recording).slice(0, 3000)
+    stop = threading.Event()
+
+    def run():
+        with can.Bus(interface="virtual", channel="kdkit-test-cli", preserve_timestamps=True) as tx:
+            stop.wait(1.0)  # until kdkit detect listens
+            for frame in as_can_messages(msgs):
+                tx.send(frame)
+
+    sender = threading.Thread(target=run, daemon=True)
+    sender.start()
+    rc = main(["detect", "--checkpoint", str(trained), "--bus", "virtual:kdkit-test-cli", "--max-messages", "3000",
+               "--max-seconds", "60", "--summary", str(tmp_path / "s.json"), "--alarms", str(tmp_path / "a.jsonl")])
+    sender.join(10)
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert rc == 0 and s["mode"] == "live" and s["source"] == "virtual:kdkit-test-cli"
+    assert s["messages"] == 3000 and s["windows"] == 30 and s["stopped_by"] == "max-messages"
+    assert "decision latency p50" in capsys.readouterr().err
+
+
+def test_cli_bus_errors_name_the_bus(trained, capsys):
+    assert main(["detect", "--checkpoint", str(trained), "--bus", "nosuch:can0"]) == 2
+    assert "cannot open bus nosuch:can0" in capsys.readouterr().err
+    assert main(["detect", "--checkpoint", str(trained), "--bus", "can0"]) == 2
+    assert "expected INTERFACE:CHANNEL" in capsys.readouterr().err
+    with pytest.raises(BusError, match="virtual"):
+        open_bus(":x")
+
+
+def test_model_files_are_checked(trained, tmp_path):
+    with pytest.raises(FileNotFoundError, match="metadata kdkit export writes"):
+        Detector.from_exported(tmp_path / "student.pt2")
+    (tmp_path / "old.json").write_text(json.dumps({"vocab": [1], "window": 100, "stride": 100, "node_features": ["x"],
+                                                   "edge_features": ["y"], "graph_format": 5}))
+    with pytest.raises(ValueError, match="graph format 5, this kdkit builds"):
+        Detector.from_exported(tmp_path / "old.pt2")
+    with pytest.raises(ValueError, match="threshold"):
+        Detector(lambda gs: np.zeros(len(gs)), IdVocab.from_list([1]), 100, threshold=math.nan)
+
+
+# ----------------------------------------------------------------------------- replays through kdkit detect
+def test_real_candump_replayed_with_channel(trained, tmp_path, capsys):
+    """The shared RAV4 log: can0 of its four channels, through kdkit detect, scored as offline."""
+    require(REAL_CANDUMP.is_file(), f"{REAL_CANDUMP} not found")
+    rc = main(["detect", "--checkpoint", str(trained), "--input", str(REAL_CANDUMP), "--channel", "can0",
+               "--all-decisions", "--summary", str(tmp_path / "s.json")])
+    out = capsys.readouterr()
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert rc == 0 and s["messages"] == 53_800 and s["windows"] == 538 and s["stopped_by"] == "end of input"
+    assert s["dropped"] == {} and s["skipped_rows"] == 0 and not s["restamped"] and s["messages_per_s"] > 0
+    lines = [json.loads(x) for x in out.out.splitlines()]
+    assert len(lines) == 538 and "attack_share" not in lines[0]  # a logger file is unlabelled
+    ckpt = load_checkpoint(trained)
+    ref = predict_scores(model_from_checkpoint(ckpt).eval(),
+                         build_graphs(read_messages(REAL_CANDUMP, channel="can0"), IdVocab.from_list(ckpt["vocab"]), 100, 100))
+    np.testing.assert_allclose([x["score"] for x in lines], ref, rtol=0, atol=1e-6)
+    assert lines[0]["start_time"] == 46408.58493 and lines[0]["oov_ids"]  # the car's IDs are not the synthetic vocabulary
+    assert "538 windows" in out.err
+
+
+def test_realtime_replay_and_limits(trained, recording, tmp_path, capsys):
+    """--realtime paces frames with can.MessageSync (latency per window); --max-messages stops."""
+    small = tmp_path / "DoS-short.csv"
+    lines = recording.read_text().splitlines()
+    small.write_text("\n".join(lines[:1 + 400]) + "\n")  # 400 messages, ~0.1 s of traffic
+    assert main(["detect", "--checkpoint", str(trained), "--input", str(small), "--realtime", "--all-decisions",
+                 "--summary", str(tmp_path / "s.json")]) == 0
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["mode"] == "realtime replay" and s["windows"] == 4 and s["latency_ms_p99"] < 1000
+    assert s["seconds"] >= 0.9 * (float(lines[400].split(",")[0]) - float(lines[1].split(",")[0]))
+    capsys.readouterr()
+    assert main(["detect", "--checkpoint", str(trained), "--input", str(recording), "--max-messages", "1000",
+                 "--summary", str(tmp_path / "m.json"), "--threshold", "0"]) == 0
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["messages"] == 1000 and m["alarms"] == m["windows"] == 10 and m["threshold"] == 0
+    assert len(capsys.readouterr().out.splitlines()) == 10  # threshold 0: every window is an alarm
+
+
+def test_replay_summary_and_bench_detect(trained, recording, capsys):
+    summary = replay_file(Detector.from_checkpoint(trained), recording)
+    s = summary.to_dict()
+    assert s["windows"] == 160 and 0 < s["read_seconds"] < s["seconds"] and s["cpu_seconds"] > 0
+    assert "160 windows" in summary.format()
+    assert main(["bench", "detect", "--model", str(trained), "--input", str(recording), "--repeats", "2", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    m = r["messages_per_s"]
+    assert r["messages"] == 16_093 and r["repeats"] == 2 and 0 < m["min"] <= m["median"] <= m["max"]
+    assert r["reader"].startswith("kdkit.data.readers") and r["machine"]["cores"] >= 1
+    assert main(["bench", "detect", "--model", str(trained), "--input", str(recording), "--live", "--seconds", "0.6",
+                 "--json"]) == 0
+    live = json.loads(capsys.readouterr().out)
+    assert live["windows"] >= 4 and 0 < live["latency_ms_p50"] <= live["latency_ms_p99"]
