@@ -178,7 +178,8 @@ def test_invalid_utf8_in_hcrl_car_hacking_files(tmp_path: Path):
 def test_invalid_utf8_in_a_logger_file_names_the_line(tmp_path: Path):
     path = tmp_path / "drive.log"
     path.write_bytes(b"(1.000000) vcan0 044#2A36\n(2.000000) vcan0 044#2\xff\n")
-    with pytest.raises(DataFormatError, match=re.escape(f"{path}:2: python-can could not parse this line")):
+    with pytest.raises(DataFormatError, match=re.escape(f"{path}:2: not a candump -L frame line: data '2?' is not "
+                                                        f"pairs of hex digits (the line holds bytes that are not ASCII")):
         read_messages(path)
 
 

@@ -1,128 +1,881 @@
 """Logger files as CAN recordings: candump ``.log``, Vector ``.asc``/``.blf``, PEAK ``.trc``
-(optionally gzip-compressed), read with python-can into a :class:`~kdkit.data.readers.Messages`.
+(optionally gzip-compressed), read into a :class:`~kdkit.data.readers.Messages`.
 
     from kdkit.data.loggers import read_logger_file
     msgs = read_logger_file("capture.log.gz", channel="can0")
 
 Importing this module makes :func:`kdkit.data.readers.read_messages` read these formats.
+
+- candump ``-L`` text (``(46408.584930) can0 260#08FFFB0000001884``) is parsed by a vectorized
+  pyarrow/numpy path (several million lines per second); only unusual lines (remote, error and
+  CAN FD frames, odd spacing, bad lines) go through a per-line parser. ``.asc``, ``.blf`` and
+  ``.trc`` are read with python-can.
+- Nothing is lost without a word. A line or frame kdkit cannot use raises
+  :class:`~kdkit.data.readers.DataFormatError` naming the file and line (the frame number or
+  byte offset for ``.blf``), or with ``on_bad_rows="skip"`` is dropped and counted in
+  ``Messages.skipped_rows``: unparsable lines (also the ones python-can skips without a word in
+  ``.asc``/``.trc``), frames with more than 8 data bytes (CAN FD: kdkit models classic CAN),
+  a standard ID above ``0x7FF``, time going backwards, a truncated ``.blf`` or gzip file (the
+  part before the cut is kept; the loss is counted). Corrupt compressed data is always an error.
+- Header, comment and event lines of the formats (``date``, ``base hex``, ``// ...``,
+  ``Begin Triggerblock``, statistics and status events in ``.asc``; ``;`` lines and non-frame
+  records in ``.trc``) are not frames and not errors.
+- Remote and error frames carry no payload for the models: they are dropped, and counted in the
+  attribute ``dropped_frames`` set on the returned object (``{"remote": n, "error": n}``, frames
+  of the selected channel; ``Messages.take`` does not carry it over).
+- Extended IDs keep :data:`~kdkit.data.readers.EXTENDED_ID_FLAG`: ``00000081`` (candump),
+  ``81x`` (``.asc``) and an extended ``.blf``/``.trc`` frame differ from the standard ``081``.
+- Labels: a logger file has none (label 0, ``attack_type="attack-free"``) unless a sidecar
+  ``<file>.labels.csv`` lies beside it (:func:`read_label_intervals`).
 """
 from __future__ import annotations
 
+import csv
 import gzip
+import re
+import struct
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 
 from kdkit.data.readers import (
+    MAX_CAN_ID,
     MAX_STANDARD_ID,
     DataFormatError,
     Messages,
     OnBadRows,
     _BadRows,
+    _parse_float,
+    _string_parts,
     _time_order,
     _time_problem,
     can_id_key,
+    id_problem,
+    parse_hex_ids,
     set_logger_reader,
 )
 
 _CAN_READERS = {".log": "CanutilsLogReader", ".asc": "ASCReader", ".blf": "BLFReader", ".trc": "TRCReader"}
+CAN_ERR_FLAG = 0x20000000  # candump: an error frame's ID carries this bit (linux/can/error.h)
+_FD_HINT = ("kdkit models classic CAN (at most 8 bytes); read a classic CAN channel with channel=..., "
+            "or drop such frames with on_bad_rows='skip'")
 
 
-class _LineCounter:
-    """A text file handle that counts the lines python-can has read from it, so a frame (or a
-    parse error) can be placed at its line."""
+# --------------------------------------------------------------------------------------
+# sidecar labels
 
-    def __init__(self, handle) -> None:
-        self.handle = handle
-        self.line = 0
 
-    def __iter__(self) -> "_LineCounter":
-        return self
+@dataclass
+class LabelIntervals:
+    """Attack intervals from a ``<recording>.labels.csv`` sidecar, one entry per data row.
 
-    def __next__(self) -> str:
-        text = next(self.handle)
-        self.line += 1
-        return text
+    Attributes:
+        path: the sidecar file.
+        start, end: float64 seconds; a message is labelled when ``start <= timestamp <= end``.
+        attack_type: the attack type of each interval.
+        can_id: uint32 ``Messages.can_id`` values (extended flag included) or None for
+            intervals without a ``can_id`` (every ID).
+        line: the sidecar line of each interval.
+    """
 
-    def readline(self, *args) -> str:
-        text = self.handle.readline(*args)
-        self.line += bool(text)
-        return text
+    path: Path
+    start: np.ndarray
+    end: np.ndarray
+    attack_type: list[str]
+    can_id: list[int | None]
+    line: list[int]
 
-    def __getattr__(self, name: str):
-        return getattr(self.handle, name)
+    def __len__(self) -> int:
+        return len(self.line)
+
+
+def label_sidecar(path: str | Path) -> Path | None:
+    """The sidecar label file of a recording, if one exists: ``<name>.labels.csv`` beside it
+    (for ``drive.log.gz`` also ``drive.log.labels.csv``)."""
+    path = Path(path)
+    found = [path.with_name(path.name + ".labels.csv")]
+    if path.name.lower().endswith(".gz"):
+        found.append(path.with_name(path.name[:-3] + ".labels.csv"))
+    found = [p for p in found if p.is_file()]
+    if len(found) > 1:
+        raise DataFormatError(path, None, f"two label sidecars: {found[0].name} and {found[1].name}; keep one")
+    return found[0] if found else None
+
+
+def read_label_intervals(path: str | Path) -> LabelIntervals:
+    """Read a sidecar label file: header ``start,end,attack_type`` with an optional 4th column
+    ``can_id`` (hex; 8 digits = extended ID, empty = every ID); one attack interval per row.
+
+    Raises :class:`DataFormatError` (sidecar file and line) on a wrong header, a time that is not
+    a finite number, ``end < start``, an empty or ``normal`` attack type, or a bad CAN ID.
+    """
+    path = Path(path)
+    with open(path, newline="", encoding="utf-8", errors="replace") as handle:
+        rows = list(csv.reader(handle))
+    header = [h.strip() for h in rows[0]] if rows else []
+    if header not in (["start", "end", "attack_type"], ["start", "end", "attack_type", "can_id"]):
+        raise DataFormatError(path, 1, f"header {','.join(header)[:80]!r}; expected 'start,end,attack_type' "
+                                       f"or 'start,end,attack_type,can_id'")
+    start, end, types, ids, lines = [], [], [], [], []
+    for line, row in enumerate(rows[1:], 2):
+        cells = [c.strip() for c in row]
+        if not any(cells):
+            continue
+        if len(cells) != len(header):
+            raise DataFormatError(path, line, f"expected {len(header)} fields ({','.join(header)}), got {len(cells)}")
+        try:
+            s, e = float(cells[0]), float(cells[1])
+        except ValueError:
+            raise DataFormatError(path, line, f"start {cells[0]!r} or end {cells[1]!r} is not a number") from None
+        if not (np.isfinite(s) and np.isfinite(e)):
+            raise DataFormatError(path, line, f"start {cells[0]!r} and end {cells[1]!r} must be finite")
+        if e < s:
+            raise DataFormatError(path, line, f"end {cells[1]} is before start {cells[0]}")
+        if not cells[2] or cells[2].lower() in ("normal", "attack-free", "attack_free"):
+            raise DataFormatError(path, line, f"attack_type {cells[2]!r}: name the attack (e.g. DoS, fuzzing, spoofing)")
+        cid = None
+        if len(cells) == 4 and cells[3]:
+            text = cells[3].removeprefix("0x").removeprefix("0X")
+            value, ok = parse_hex_ids(pa.array([text], pa.string()))
+            if not ok[0]:
+                raise DataFormatError(path, line, f"can_id {cells[3]!r}: {id_problem(text)}")
+            cid = int(value[0])
+        start.append(s)
+        end.append(e)
+        types.append(cells[2])
+        ids.append(cid)
+        lines.append(line)
+    return LabelIntervals(path, np.array(start, np.float64), np.array(end, np.float64), types, ids, lines)
+
+
+def _interval_labels(ts: np.ndarray, can_id: np.ndarray, intervals: LabelIntervals
+                     ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """(label uint8, row_type uint8, type_names) of messages under ``intervals``; a message in
+    two intervals of different attack types is an error naming both sidecar lines."""
+    names = ("normal", *dict.fromkeys(intervals.attack_type))
+    if len(names) > 255:
+        raise DataFormatError(intervals.path, None, f"{len(names) - 1} attack types; at most 254")
+    row_type = np.zeros(ts.shape, np.uint8)
+    owner = np.full(ts.shape, -1, np.int64)
+    for k in range(len(intervals)):
+        hit = (ts >= intervals.start[k]) & (ts <= intervals.end[k])
+        if intervals.can_id[k] is not None:
+            hit &= can_id == np.uint32(intervals.can_id[k])
+        t = names.index(intervals.attack_type[k])
+        clash = hit & (row_type != 0) & (row_type != t)
+        if clash.any():
+            i = int(np.flatnonzero(clash)[0])
+            other = intervals.line[int(owner[i])]
+            raise DataFormatError(intervals.path, intervals.line[k],
+                                  f"overlaps the interval on line {other} with another attack type "
+                                  f"({names[t]!r} vs {names[row_type[i]]!r}) at timestamp {float(ts[i])!r}")
+        row_type[hit] = t
+        owner[hit] = k
+    return (row_type > 0).astype(np.uint8), row_type, names
+
+
+def _check_span(intervals: LabelIntervals, ts: np.ndarray, recording: str) -> None:
+    """Every interval must overlap the recording's time span (else the time base is wrong)."""
+    if not len(intervals):
+        return
+    lo, hi = (float(ts.min()), float(ts.max())) if ts.size else (np.inf, -np.inf)
+    outside = np.flatnonzero((intervals.end < lo) | (intervals.start > hi))
+    if outside.size:
+        k = int(outside[0])
+        raise DataFormatError(intervals.path, intervals.line[k],
+                              f"interval {float(intervals.start[k])!r}..{float(intervals.end[k])!r} lies outside the recording "
+                              f"{recording} ({lo!r}..{hi!r}); are the times in the recording's time base?")
+
+
+def apply_label_intervals(msgs: Messages, intervals: LabelIntervals) -> Messages:
+    """``msgs`` labelled by sidecar ``intervals``: label 1 and the interval's attack type
+    (``row_type``/``type_names``) inside each interval; ``attack_type`` is the one type, or
+    ``"mixed"`` for several, or ``"attack-free"`` for a sidecar without intervals.
+
+    Raises :class:`DataFormatError` (sidecar file and line) for an interval outside the
+    recording's time span or overlapping intervals of different types.
+    """
+    _check_span(intervals, msgs.timestamp, msgs.source)
+    label, row_type, names = _interval_labels(msgs.timestamp, msgs.can_id, intervals)
+    return Messages(msgs.timestamp, msgs.can_id, msgs.dlc, msgs.payload, label, msgs.source,
+                    _recording_type(names), msgs.skipped_rows, list(msgs.skipped_examples), msgs.skipped_attack_rows,
+                    msgs.skipped_unlabelled_rows, row_type, names)
+
+
+def _recording_type(names: tuple[str, ...]) -> str:
+    return {1: "attack-free", 2: names[-1]}.get(len(names), "mixed")
+
+
+# --------------------------------------------------------------------------------------
+# shared end of every logger reader
+
+
+@dataclass
+class _Frames:
+    """Every data frame read, in file order, before the checks (channel filter applied)."""
+
+    ts: np.ndarray          # float64
+    arb_id: np.ndarray      # uint32, without flags
+    extended: np.ndarray    # bool
+    dlc: np.ndarray         # uint8
+    payload: np.ndarray     # uint8 [n, 8]
+    where: np.ndarray       # int64: line (text formats) or frame number (.blf)
+    problem: dict[int, str]  # row -> why the frame cannot be used (more than 8 bytes, ...)
+
+
+def _finish(path: Path, bad: _BadRows, frames: _Frames, binary: bool, earlier: list[tuple[int | None, str]],
+            lost: tuple[int, str] | None, dropped: dict[str, int], intervals: LabelIntervals | None) -> Messages:
+    """Checks (finite time, ID range, time order), skip or raise, sidecar labels -> Messages."""
+    ts, raw_ids, extended = frames.ts, frames.arb_id, frames.extended
+    n = ts.shape[0]
+    ids = can_id_key(raw_ids, extended)
+    ok_ts = np.isfinite(ts)
+    ok_id = extended | (raw_ids <= MAX_STANDARD_ID)
+    ok_fields = ok_ts & ok_id
+    if frames.problem:
+        ok_fields[list(frames.problem)] = False
+    negative, backwards = _time_order(ts, ok_fields)
+    ok = ok_fields & ~negative & ~backwards
+
+    def where(i: int) -> str:
+        return f"frame {frames.where[i]}" if binary else f"line {frames.where[i]}"
+
+    def describe(i: int) -> str:
+        prefix = f"frame {frames.where[i]}: " if binary else ""
+        if i in frames.problem:
+            return prefix + frames.problem[i]
+        if not ok_ts[i]:
+            return f"{prefix}timestamp {float(ts[i])!r} is not a finite number"
+        if not ok_id[i]:
+            return (f"{prefix}CAN ID 0x{raw_ids[i]:X} is above 0x7FF, the largest 11-bit ID, but the frame is not "
+                    f"flagged extended (29-bit)")
+        return prefix + _time_problem(ts, ok_fields, negative, i, lambda j: repr(float(ts[j])), where)
+
+    if intervals is not None:
+        label, row_type, names = _interval_labels(ts, ids, intervals)
+    else:
+        label, row_type, names = np.zeros(n, np.uint8), None, ("normal",)
+    if lost is not None and bad.mode == "error":
+        raise DataFormatError(path, None, lost[1] + "; read the part before the cut with on_bad_rows='skip'")
+    bad.check(ok, lambda i: None if binary else int(frames.where[i]), describe, earlier, label=label, label_ok=ok_fields)
+    if lost is not None:  # skip mode: the loss is counted and named first
+        bad.count += lost[0]
+        bad.unlabelled += lost[0]
+        bad.examples = [f"{path}: {lost[1]}", *bad.examples][:5]
+    if not ok.all():
+        ts, ids, label = ts[ok], ids[ok], label[ok]
+        dlc, payload = frames.dlc[ok], frames.payload[ok]
+        row_type = None if row_type is None else row_type[ok]
+    else:
+        dlc, payload = frames.dlc, frames.payload
+    if ts.shape[0] == 0:
+        raise DataFormatError(path, None, "no usable data frames (all were skipped)")
+    msgs = bad.messages(ts, ids, dlc, payload, label, source=str(path), attack_type="attack-free")
+    if intervals is not None:
+        _check_span(intervals, ts, str(path))
+        msgs.row_type, msgs.type_names, msgs.attack_type = row_type, names, _recording_type(names)
+        msgs.__post_init__()
+    msgs.dropped_frames = dict(dropped)  # type: ignore[attr-defined]
+    return msgs
+
+
+def _no_channel(path: Path, channel: str, counts: dict[str, int]) -> DataFormatError:
+    listed = ", ".join(f"{name!r} ({k} data frames)" for name, k in sorted(counts.items())) or "none"
+    return DataFormatError(path, None, f"no data frames on channel {channel!r}; the file's channels: {listed}")
+
+
+def _channel_name(text: str) -> str:
+    """A channel as python-can names it: all-digit names are numbers (``"01"`` -> ``"1"``)."""
+    return str(int(text)) if text.isascii() and text.isdigit() else text
 
 
 def read_logger_file(path: str | Path, channel: str | None = None, on_bad_rows: OnBadRows = "error") -> Messages:
-    """Read a python-can logger file (candump ``.log``, ``.asc``, ``.blf``, ``.trc``; ``.gz`` ok).
+    """Read a logger file (candump ``.log``, ``.asc``, ``.blf``, ``.trc``; ``.gz`` ok).
 
     Args:
         path: the log file.
-        channel: keep only this bus channel (e.g. ``can0``); None keeps every frame.
+        channel: keep only this bus channel (e.g. ``can0``; python-can numbers ``.asc``/``.blf``
+            channels from 0); None keeps every frame. An unknown channel is an error listing
+            the file's channels.
         on_bad_rows: ``"error"`` (default) raises :class:`DataFormatError` at the first bad
-            frame (a negative timestamp, time going backwards, an ID above 0x7FF not flagged
-            extended); ``"skip"`` drops such frames and counts them. A line python-can cannot
-            parse is always an error (python-can stops reading there).
+            line or frame; ``"skip"`` drops such frames and counts them (module docstring).
 
-    The messages are unlabelled (label 0). Remote and error frames are dropped. Errors name
-    the line for the text formats and the frame number for ``.blf``.
+    Labels come from a ``<file>.labels.csv`` sidecar if there is one (else label 0,
+    ``attack_type="attack-free"``). The count of dropped remote and error frames is in the
+    returned object's ``dropped_frames`` attribute.
     """
-    import can  # python-can; imported lazily, it is slow to import
-
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
     bad = _BadRows(path, on_bad_rows)
     name = path.name.lower().removesuffix(".gz")
     suffix = Path(name).suffix
     if suffix not in _CAN_READERS:
         raise DataFormatError(path, None, f"unknown logger format {suffix!r}; expected one of {sorted(_CAN_READERS)}")
-    binary = suffix == ".blf"
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    frames: list = []
-    lines: list[int] = []  # where each frame is: its line (text formats) or its number in the file (.blf)
-    with opener(path, "rb") if binary else opener(path, "rt", encoding="utf-8", errors="replace") as handle:
-        source = handle if binary else _LineCounter(handle)
+    sidecar = label_sidecar(path)
+    intervals = read_label_intervals(sidecar) if sidecar is not None else None
+    if suffix == ".log":
+        frames, earlier, lost, dropped = _read_candump(path, channel)
+    else:
+        frames, earlier, lost, dropped = _read_python_can(path, suffix, channel, bad.mode)
+    return _finish(path, bad, frames, suffix == ".blf", earlier, lost, dropped, intervals)
+
+
+# --------------------------------------------------------------------------------------
+# candump -L: vectorized
+
+
+def _decompress(path: Path) -> tuple[bytes, str | None]:
+    """The file's bytes (gunzipped when gzip, several members too) and, for a truncated gzip
+    file, what was lost (its last, cut line is removed). Corrupt compressed data raises
+    :class:`DataFormatError` naming the compressed byte range and the text line."""
+    raw = path.read_bytes()
+    if raw[:2] != b"\x1f\x8b":
+        return raw, None
+    parts: list[bytes] = []
+    pos, chunk = 0, 1 << 22
+
+    def line_now() -> int:
+        return sum(p.count(b"\n") for p in parts) + 1
+
+    while True:
+        d = zlib.decompressobj(wbits=31)
+        while pos < len(raw) and not d.eof:
+            stop = min(pos + chunk, len(raw))
+            try:
+                parts.append(d.decompress(raw[pos:stop]))
+            except zlib.error as err:
+                raise DataFormatError(path, None, f"corrupt gzip data in compressed bytes {pos}..{stop} "
+                                                  f"(text line {line_now()}): {err}") from err
+            pos = stop - len(d.unused_data) if d.eof else stop
+        if not d.eof:
+            text = b"".join(parts)
+            cut = text.rfind(b"\n") + 1
+            line = text.count(b"\n", 0, cut) + 1
+            partial = f"line {line} is cut short and " if cut < len(text) else ""
+            return text[:cut], (f"truncated gzip file: the compressed data ends inside the stream at byte {len(raw)}; "
+                                f"{partial}whatever followed line {line - 1} is lost (counted as 1 skipped row)")
+        rest = raw[pos:]
+        if not rest.strip(b"\0"):
+            return b"".join(parts), None
+        if rest[:2] != b"\x1f\x8b":
+            raise DataFormatError(path, None, f"corrupt gzip data: {len(rest)} bytes of garbage after the gzip "
+                                              f"stream at byte {pos}")
+
+
+_TS_RE = re.compile(r"\(([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\)\Z")
+_HEX_RE = re.compile(r"[0-9A-Fa-f]*\Z")
+
+
+def _candump_line(text: str) -> tuple:
+    """One candump ``-L`` line, the way can-utils writes it:
+    ``('blank',)``, ``('bad', why)``, ``('remote'|'error', ts, channel)`` or
+    ``('frame', ts, channel, arbitration_id, extended, data bytes, is_fd)``."""
+    tokens = text.split()
+    if not tokens:
+        return ("blank",)
+    if len(tokens) == 4 and tokens[3] in ("R", "T", "r", "t"):  # direction, as python-can reads it
+        tokens = tokens[:3]
+    if len(tokens) != 3:
+        return ("bad", f"expected '(timestamp) channel ID#data', got {len(tokens)} fields: {text.strip()[:80]!r}")
+    ts_text, chan, frame = tokens
+    m = _TS_RE.match(ts_text)
+    if not m:
+        return ("bad", f"timestamp {ts_text[:40]!r} is not '(seconds)'")
+    ts = float(m.group(1))
+    if "#" not in frame:
+        return ("bad", f"frame {frame[:40]!r} has no '#' between the CAN ID and the data")
+    id_text, data = frame.split("#", 1)
+    if not id_text or not _HEX_RE.match(id_text):
+        return ("bad", f"CAN ID {id_text[:20]!r} is not hex")
+    if len(id_text) not in (1, 2, 3, 8):
+        return ("bad", (f"CAN ID {id_text!r} has {len(id_text)} hex digits; candump writes 3 (standard, 11-bit) "
+                       f"or 8 (extended, 29-bit)"))
+    value = int(id_text, 16)
+    if len(id_text) == 8 and value & CAN_ERR_FLAG:
+        return ("error", ts, chan)
+    if value > MAX_CAN_ID:
+        return ("bad", f"CAN ID 0x{value:X} is above 0x1FFFFFFF, the largest 29-bit ID")
+    fd = data.startswith("#")
+    if fd:
+        if len(data) < 2 or data[1] not in "0123456789ABCDEFabcdef":
+            return ("bad", f"CAN FD frame {frame[:40]!r}: a flags digit must follow '##'")
+        data = data[2:]
+    if data[:1] in ("R", "r"):
+        if not (data[1:].isascii() and data[1:].isdigit()) and data[1:]:
+            return ("bad", f"remote frame {frame[:40]!r}: 'R' may only be followed by a DLC digit")
+        return ("remote", ts, chan)
+    if len(data) % 2 or not _HEX_RE.match(data):
+        return ("bad", f"data {data[:40]!r} is not pairs of hex digits")
+    return ("frame", ts, chan, value, len(id_text) == 8, bytes.fromhex(data), fd)
+
+
+def _candump_table(text: bytes) -> tuple[pa.Table, list[tuple[int, str]]]:
+    """The lines as three binary columns split at single spaces; lines with another number of
+    fields are returned as (line, text) for the per-line parser."""
+    odd: list[tuple[int, str]] = []
+
+    def on_invalid(row: pacsv.InvalidRow) -> str:
+        odd.append((row.number, row.text))
+        return "skip"
+
+    table = pacsv.read_csv(
+        pa.py_buffer(text),
+        read_options=pacsv.ReadOptions(column_names=["t", "c", "f"], use_threads=False, block_size=1 << 24),
+        parse_options=pacsv.ParseOptions(delimiter=" ", quote_char=False, ignore_empty_lines=False,
+                                         invalid_row_handler=on_invalid),
+        convert_options=pacsv.ConvertOptions(column_types={k: pa.binary() for k in "tcf"}, strings_can_be_null=False,
+                                             null_values=[], check_utf8=False),
+    )
+    return table, odd
+
+
+def _ascii(text: bytes) -> tuple[bytes, set[int]]:
+    """``text`` with non-ASCII bytes made ``?`` and the lines that held them (counted as
+    python's text mode counts lines: ``\\n``, ``\\r\\n`` and ``\\r`` end one)."""
+    if text.isascii():
+        return text, set()
+    chars = np.frombuffer(text, np.uint8)
+    ends = (chars == 10) | ((chars == 13) & (np.append(chars[1:], 0) != 10))
+    high = np.flatnonzero(chars >= 0x80)
+    lines = set((np.searchsorted(np.flatnonzero(ends), high) + 1).tolist())
+    fixed = chars.copy()
+    fixed[high] = ord("?")
+    return fixed.tobytes(), lines
+
+
+def _nibbles(chars: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ASCII characters (uint8, any shape) -> (hex digit values, True where not a hex digit)."""
+    value = (chars & np.uint8(0x0F)) + (chars >> np.uint8(6)) * np.uint8(9)  # '0'-'9', 'A'-'F', 'a'-'f'
+    digit = (chars - np.uint8(48)) <= 9
+    letter = ((chars | np.uint8(0x20)) - np.uint8(97)) <= 5
+    return value, ~(digit | letter)
+
+
+def _any_row(flags: np.ndarray) -> np.ndarray:
+    """Rows of a contiguous bool [n, 8k] array holding a True."""
+    words = np.ascontiguousarray(flags).view(np.uint64)
+    out = words[:, 0] != 0
+    for j in range(1, words.shape[1]):
+        out |= words[:, j] != 0
+    return out
+
+
+_WITHIN_DLC = (np.arange(16) < 2 * np.arange(9)[:, None])  # [dlc, character of the payload]
+
+
+def _parse_frames(f_col: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """candump ``ID#data`` cells -> (ID value uint32 without flags, ID digits, payload uint8 [n, 8],
+    dlc, ok). ok only for the plain case: 3 or 8 hex digits, ``#``, 0-16 hex digits of even length
+    (remote, error and CAN FD frames and anything odd are left to :func:`_candump_line`)."""
+    offsets, data = _string_parts(f_col)
+    n = offsets.shape[0] - 1
+    base = int(offsets[0]) if n else 0
+    size = int(offsets[-1]) - base if n else 0
+    chars = np.zeros(size + 32, np.uint8)  # zero padding: reads past the end see no '#' and no hex
+    chars[:size] = data[base:base + size]
+    windows = np.lib.stride_tricks.sliding_window_view(chars, 16)  # row i: the 16 characters from i on
+    start = offsets[:-1] - base
+    length = np.diff(offsets)
+    head = windows[start, :9]  # whole-row copies: much faster than gathering single characters
+    h3 = (length >= 4) & (head[:, 3] == 35)
+    h8 = ~h3 & (length >= 9) & (head[:, 8] == 35)
+    id_len = np.where(h8, 8, 3)
+    nib, bad = _nibbles(head[:, :8].copy())
+    nib32 = nib.astype(np.uint32)
+    value = (nib32[:, 0] << 8) | (nib32[:, 1] << 4) | nib32[:, 2]
+    ok = (h3 & ~(bad[:, 0] | bad[:, 1] | bad[:, 2]) & (value <= MAX_STANDARD_ID)) | (h8 & ~_any_row(bad))
+    if h8.any():
+        rows = np.flatnonzero(h8)
+        v8 = np.zeros(rows.size, np.uint32)
+        for j in range(8):
+            v8 = (v8 << 4) | nib32[rows, j]
+        value[rows] = v8
+        ok[rows] &= v8 <= MAX_CAN_ID
+    p_start = start + id_len + 1
+    p_len = length - id_len - 1
+    ok &= (p_len >= 0) & (p_len <= 16) & (p_len % 2 == 0)
+    dlc = np.clip(p_len // 2, 0, 8).astype(np.uint8)
+    text = windows[np.where(ok, p_start, 0)]  # [n, 16] payload characters (and what follows)
+    nib, bad = _nibbles(text)
+    within = _WITHIN_DLC[dlc]
+    ok &= ~_any_row(bad & within)
+    payload = ((nib[:, 0::2] << 4) | nib[:, 1::2]) * within[:, 0::2]
+    return value, id_len, payload, dlc, ok
+
+
+def _read_candump(path: Path, channel: str | None):
+    """candump ``-L`` text -> (_Frames, earlier bad lines, loss, dropped counts)."""
+    text, cut = _decompress(path)
+    text, non_ascii = _ascii(text)
+    try:
+        table, odd = _candump_table(text)
+    except pa.ArrowInvalid as err:
+        raise DataFormatError(path, None, f"unreadable text ({err})") from err
+    n = table.num_rows
+    t_col, c_col, f_col = (table.column(k).combine_chunks() for k in "tcf")
+    # line of each table row: the lines the CSV parser handed to on_invalid are not rows
+    if odd:
+        handed = np.array([line for line, _ in odd], np.int64)
+        is_row = np.ones(n + handed.size, bool)
+        is_row[handed - 1] = False
+        line_of_row = np.flatnonzero(is_row) + 1
+    else:
+        line_of_row = np.arange(1, n + 1)
+
+    # fields, vectorized; a row any check fails goes to the per-line parser
+    t_off, t_data = _string_parts(t_col)
+    t_len = np.diff(t_off)
+    padded = np.append(t_data, np.uint8(0))
+    paren = (t_len >= 3) & (padded[t_off[:-1]] == ord("(")) & (padded[np.maximum(t_off[1:] - 1, 0)] == ord(")"))
+    ts, ok_ts = _parse_float(pc.binary_slice(t_col, 1, -1))
+    value, id_len, payload, dlc, ok_frame = _parse_frames(f_col)
+    fast = paren & ok_ts & ok_frame
+    slow_rows = np.flatnonzero(~fast)
+    if slow_rows.size:
+        c_len, f_len = np.diff(_string_parts(c_col)[0]), np.diff(_string_parts(f_col)[0])
+        slow_rows = slow_rows[(t_len[slow_rows] != 0) | (c_len[slow_rows] != 0) | (f_len[slow_rows] != 0)]  # not blank
+    c_codes = pc.dictionary_encode(c_col)
+    codes = c_codes.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    names = [_channel_name(b.decode("ascii", "replace")) for b in c_codes.dictionary.to_pylist()]
+
+    # the other lines, one by one
+    slow: list[tuple[int, str]] = list(odd)
+    for i in slow_rows.tolist():
+        slow.append((int(line_of_row[i]), b" ".join((t_col[i].as_py(), c_col[i].as_py(), f_col[i].as_py())).decode("ascii")))
+    slow.sort()
+    earlier: list[tuple[int | None, str]] = []
+    dropped = {"remote": 0, "error": 0}
+    counts: dict[str, int] = {}
+    extra = {"ts": [], "id": [], "ext": [], "data": [], "line": [], "code": [], "problem": []}
+    name_code = {nm: k for k, nm in enumerate(names)}
+    for line, line_text in slow:
+        parsed = _candump_line(line_text)
+        kind = parsed[0]
+        if kind == "blank":
+            continue
+        if kind == "bad":
+            note = " (the line holds bytes that are not ASCII text, shown as '?')" if line in non_ascii else ""
+            earlier.append((line, f"not a candump -L frame line: {parsed[1]}{note}"))
+            continue
+        chan = _channel_name(parsed[2])
+        if chan not in name_code:
+            name_code[chan] = len(names)
+            names.append(chan)
+        if kind in ("remote", "error"):
+            if channel is None or chan == channel:
+                dropped[kind] += 1
+            continue
+        _, t, _, arb, ext, data, fd = parsed
+        problem = None
+        if len(data) > 8:
+            problem = (f"CAN FD frame with {len(data)} data bytes: {_FD_HINT}" if fd else
+                       f"{len(data)} data bytes: a classic CAN frame carries at most 8")
+        for key, v in zip(("ts", "id", "ext", "data", "line", "code", "problem"),
+                          (t, arb, ext, data[:8], line, name_code[chan], problem)):
+            extra[key].append(v)
+
+    # channels: frame counts per channel name, then the filter
+    per_code = np.bincount(codes[fast], minlength=len(names)) if n else np.zeros(len(names), np.int64)
+    per_code = np.append(per_code, np.zeros(len(names) - per_code.size, np.int64))
+    for code in extra["code"]:
+        per_code[code] += 1
+    for k, nm in enumerate(names):
+        if per_code[k]:
+            counts[nm] = counts.get(nm, 0) + int(per_code[k])
+    keep_fast = fast
+    keep_extra = np.ones(len(extra["line"]), bool)
+    if channel is not None:
+        wanted = [k for k, nm in enumerate(names) if nm == channel]
+        if not wanted or not per_code[wanted].sum():
+            raise _no_channel(path, channel, counts)
+        keep_fast = fast & np.isin(codes, wanted)
+        keep_extra = np.isin(np.array(extra["code"], np.int64), wanted)
+    elif not fast.any() and not extra["line"] and not earlier:
+        raise DataFormatError(path, None, "no data frames" + (" (the file is empty)" if n + len(odd) == 0 else ""))
+
+    rows = slice(None) if keep_fast.all() else np.flatnonzero(keep_fast)  # usually every row: no copies
+    frames = _Frames(ts[rows], value[rows], id_len[rows] == 8, dlc[rows], payload[rows],
+                     line_of_row[rows].astype(np.int64), {})
+    if extra["line"]:
+        sel = np.flatnonzero(keep_extra)
+        e_payload = np.zeros((sel.size, 8), np.uint8)
+        for j, i in enumerate(sel.tolist()):
+            e_payload[j, :len(extra["data"][i])] = np.frombuffer(extra["data"][i], np.uint8)
+        merged_lines = np.concatenate([frames.where, np.array(extra["line"], np.int64)[sel]])
+        order = np.argsort(merged_lines, kind="stable")
+        position = np.empty_like(order)
+        position[order] = np.arange(order.size)
+        extra_problem = {int(position[frames.where.size + j]): extra["problem"][i]
+                         for j, i in enumerate(sel.tolist()) if extra["problem"][i]}
+        frames = _Frames(
+            np.concatenate([frames.ts, np.array(extra["ts"], np.float64)[sel]])[order],
+            np.concatenate([frames.arb_id, np.array(extra["id"], np.uint32)[sel]])[order],
+            np.concatenate([frames.extended, np.array(extra["ext"], bool)[sel]])[order],
+            np.concatenate([frames.dlc, np.array([min(len(d), 8) for d in extra["data"]], np.uint8)[sel]])[order],
+            np.concatenate([frames.payload, e_payload])[order],
+            merged_lines[order], extra_problem)
+    lost = (1, cut) if cut is not None else None
+    return frames, earlier, lost, dropped
+
+
+# --------------------------------------------------------------------------------------
+# python-can: .asc, .blf, .trc
+
+
+class _Lines:
+    """A text source for python-can that counts the file's lines and keeps the lines read since
+    the last frame (to find the lines python-can skipped). ``prefix`` lines (not counted) come first."""
+
+    def __init__(self, handle, prefix: list[str] | None = None) -> None:
+        self.handle = handle
+        self.prefix = list(prefix or [])
+        self.line = 0
+        self.pending: list[tuple[int, str]] = []
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        if self.prefix:
+            return self.prefix.pop(0)
+        text = next(self.handle)
+        self.line += 1
+        self.pending.append((self.line, text))
+        return text
+
+    def readline(self, *args) -> str:
         try:
-            for number, m in enumerate(getattr(can, _CAN_READERS[suffix])(source), 1):
-                if not m.is_remote_frame and not m.is_error_frame and (channel is None or str(m.channel) == channel):
-                    frames.append(m)
-                    lines.append(number if binary else source.line)
-        except (ValueError, IndexError) as err:
-            line = None if binary else source.line
-            what = "it" if binary else "this line"
-            raise DataFormatError(path, line, f"python-can could not parse {what}: {err}") from err
-    if not frames:
-        raise DataFormatError(path, None, "no data frames" + (f" on channel {channel!r}" if channel else ""))
-    n = len(frames)
-    ts = np.fromiter((m.timestamp for m in frames), np.float64, n)
-    raw_ids = np.fromiter((m.arbitration_id for m in frames), np.uint32, n)
-    extended = np.fromiter((m.is_extended_id for m in frames), bool, n)
-    ids = can_id_key(raw_ids, extended)
-    dlc = np.fromiter((min(len(m.data), 8) for m in frames), np.uint8, n)
-    joined = b"".join(bytes(m.data[:8]).ljust(8, b"\0") for m in frames)
-    payload = np.frombuffer(joined, np.uint8).reshape(n, 8).copy()
+            return next(self)
+        except StopIteration:
+            return ""
 
-    ok_ts = np.isfinite(ts)
-    ok_id = extended | (raw_ids <= MAX_STANDARD_ID)
-    negative, backwards = _time_order(ts, ok_ts & ok_id)
-    ok = ok_ts & ok_id & ~negative & ~backwards
+    def __getattr__(self, name: str):
+        return getattr(self.handle, name)
 
-    def where(i: int) -> str:
-        return f"frame {lines[i]}" if binary else f"line {lines[i]}"
 
-    def describe(i: int) -> str:
-        frame = f"frame {lines[i]}: " if binary else ""
-        if not ok_ts[i]:
-            return f"{frame}timestamp {float(ts[i])!r} is not a finite number"
-        if not ok_id[i]:
-            return (f"{frame}CAN ID 0x{raw_ids[i]:X} is above 0x7FF, the largest 11-bit ID, but the frame is not "
-                    f"flagged extended (29-bit)")
-        return frame + _time_problem(ts, ok_ts & ok_id, negative, i, lambda j: repr(float(ts[j])), where)
+class _Reads:
+    """A binary source for python-can's BLF reader that tracks the byte offset and the first short
+    read (a truncated file); reads of 1-3 bytes are the padding after an object and do not count."""
 
-    label = np.zeros(n, np.uint8)
-    bad.check(ok, lambda i: None if binary else lines[i], describe, label=label)
-    keep = ok if not ok.all() else slice(None)
-    return bad.messages(ts[keep], ids[keep], dlc[keep], payload[keep], label[keep], source=str(path),
-                        attack_type="attack-free")
+    def __init__(self, handle) -> None:
+        self.handle = handle
+        self.offset = 0
+        self.short: tuple[int, int, int] | None = None  # (offset, wanted, got)
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.handle.read(n)
+        # an empty 16-byte read is the end of the file between two objects; anything else short is a cut
+        if n > 3 and len(data) < n and self.short is None and (data or n != 16):
+            self.short = (self.offset, n, len(data))
+        self.offset += len(data)
+        return data
+
+    def __getattr__(self, name: str):
+        return getattr(self.handle, name)
+
+
+_ASC_META = re.compile(
+    r"(date\s|base\s+(hex|dec)\b|(no\s+)?internal\s+events\s+logged|begin\s+triggerblock|end\s+triggerblock|//)",
+    re.IGNORECASE)
+_ASC_FRAME_SHAPE = re.compile(r"\S+\s+(\d+|CANFD)\s+(\d+\s+)?[0-9A-Fa-f]+x?\s+(Rx|Tx)\b", re.IGNORECASE)
+_ASC_EVENT = re.compile(r"\d+\.\d+\s+\S")
+
+
+def _asc_skipped(text: str) -> str | None:
+    """Why a line python-can's ASC reader skipped is junk, or None for a header/comment/event line."""
+    line = text.strip()
+    if not line or _ASC_META.match(line):
+        return None
+    if _ASC_FRAME_SHAPE.match(line):
+        return f"python-can's ASC reader skipped this CAN frame line: {line[:80]!r}"
+    if _ASC_EVENT.match(line):  # '<time> Start of measurement', statistics, chip status, J1939TP, ...
+        return None
+    return f"not an ASC frame, event, header or comment line: {line[:80]!r}"
+
+
+_TRC_RECORDS = {"Warng", "Error"}  # non-frame record types of TRC 1.1/1.3
+_TRC2_RECORDS = {"ST", "EC", "ER", "EV"}  # TRC 2.x: status, error counter, error frame, event
+
+
+def _trc_skipped(text: str, reader) -> str | None:
+    """Why a line python-can's TRC reader skipped is junk, or None for a comment or a record that
+    is not a data frame (bus info, status, error counter, error frame, event)."""
+    line = text.strip()
+    if not line or line.startswith(";"):
+        return None
+    cols = line.split()
+    version = getattr(reader.file_version, "value", 0)
+    if version in (0, 100):
+        record = len(cols) > 2 and cols[2] == "FFFFFFFF"  # bus info
+    else:
+        k = reader.columns.get("T") if version >= 200 else 2 if version == 101 else 3
+        known = _TRC2_RECORDS if version >= 200 else _TRC_RECORDS
+        record = k is not None and len(cols) > k and cols[k] in known
+    if record:
+        return None
+    return f"python-can's TRC reader skipped this line (not a frame it could read): {line[:80]!r}"
+
+
+def _trc_error_record(text: str, reader) -> bool:
+    cols = text.split()
+    version = getattr(reader.file_version, "value", 0)
+    if version >= 200:
+        k = reader.columns.get("T")
+        return k is not None and len(cols) > k and cols[k] == "ER"
+    k = 2 if version == 101 else 3 if version == 103 else None
+    return k is not None and len(cols) > k and cols[k] == "Error"
+
+
+def _read_python_can(path: Path, suffix: str, channel: str | None, mode: OnBadRows):
+    """``.asc``/``.blf``/``.trc`` through python-can -> (_Frames, earlier, loss, dropped)."""
+    import can  # python-can; imported lazily, it is slow to import
+
+    binary = suffix == ".blf"
+    gz = path.name.lower().endswith(".gz")
+    opener = gzip.open if gz else open
+    ts: list[float] = []
+    arb: list[int] = []
+    ext: list[bool] = []
+    datas: list[bytes] = []
+    where: list[int] = []
+    problem: dict[int, str] = {}
+    earlier: list[tuple[int | None, str]] = []
+    dropped = {"remote": 0, "error": 0}
+    counts: dict[str, int] = {}
+    lost = None
+    number = 0  # messages python-can yielded (the .blf frame number)
+
+    def take(m) -> None:
+        nonlocal number
+        number += 1
+        chan = str(m.channel)
+        if not m.is_error_frame and not m.is_remote_frame:
+            counts[chan] = counts.get(chan, 0) + 1
+        if channel is not None and chan != channel:
+            return
+        if m.is_remote_frame or m.is_error_frame:
+            dropped["error" if m.is_error_frame else "remote"] += 1
+            return
+        data = bytes(m.data)
+        if len(data) > 8:
+            problem[len(ts)] = (f"CAN FD frame with {len(data)} data bytes: {_FD_HINT}" if m.is_fd else
+                                f"{len(data)} data bytes: a classic CAN frame carries at most 8")
+        ts.append(m.timestamp)
+        arb.append(m.arbitration_id)
+        ext.append(m.is_extended_id)
+        datas.append(data[:8])
+
+    if binary:
+        try:
+            with opener(path, "rb") as handle:
+                source = _Reads(handle)
+                reader = can.BLFReader(source)
+                try:
+                    for m in reader:
+                        before = len(ts)
+                        take(m)
+                        if len(ts) > before:
+                            where.append(number)
+                except (struct.error, zlib.error, can.io.blf.BLFParseError) as err:
+                    if source.short is None:
+                        raise DataFormatError(path, None, f"corrupt BLF data near byte {source.offset} (after frame "
+                                                          f"{number}): {type(err).__name__} {err}") from err
+                file_size = reader.file_size
+                object_count = reader.object_count
+        except (OSError, EOFError, zlib.error) as err:  # gzip, or the file header
+            raise DataFormatError(path, None, f"corrupt or unreadable file ({type(err).__name__}: {err})") from err
+        except (struct.error, can.io.blf.BLFParseError) as err:
+            raise DataFormatError(path, None, f"not a BLF file or a truncated header ({type(err).__name__} {err})") from err
+        end = source.offset
+        if source.short is not None or file_size > end:
+            at = source.short[0] if source.short is not None else end
+            missing = object_count - number if object_count > number else None
+            what = (f"{missing} of the {object_count} objects the header counts are missing" if missing
+                    else "an unknown number of frames is lost")
+            lost = (missing or 1, (f"truncated BLF file: cut at byte {at} (the header says {file_size} bytes) after "
+                                  f"frame {number}; {what}"))
+    else:
+        prefix: list[str] = []
+        skipped_junk: list[tuple[int, str]] = []
+        header_lines: list[str] = []
+        done_lines: set[int] = set()
+        try:
+            with opener(path, "rt", encoding="utf-8", errors="replace") as handle:
+                while True:
+                    source = _Lines(handle, prefix)
+                    source.line = max(done_lines, default=0)
+                    reader = getattr(can, _CAN_READERS[suffix])(source)
+                    try:
+                        for m in reader:
+                            frame_line, _ = source.pending[-1]
+                            for line, text in source.pending[:-1]:
+                                _classify(suffix, line, text, reader, skipped_junk, dropped, header_lines, channel)
+                            source.pending.clear()
+                            before = len(ts)
+                            take(m)
+                            if len(ts) > before:
+                                where.append(frame_line)
+                        for line, text in source.pending:
+                            _classify(suffix, line, text, reader, skipped_junk, dropped, header_lines, channel)
+                        break
+                    except (ValueError, IndexError, KeyError, NotImplementedError) as err:
+                        line = source.pending[-1][0] if source.pending else source.line
+                        for ln, text in source.pending[:-1]:
+                            _classify(suffix, ln, text, reader, skipped_junk, dropped, header_lines, channel)
+                        earlier.append((line, f"python-can could not parse this line: {type(err).__name__} {err}"))
+                        if mode == "error":
+                            break
+                        done_lines.add(source.line)
+                        prefix = _resume_prefix(suffix, reader, header_lines)
+        except (OSError, EOFError, zlib.error) as err:
+            raise DataFormatError(path, None, f"corrupt or unreadable file after line {source.line} "
+                                              f"({type(err).__name__}: {err})") from err
+        earlier.extend(skipped_junk)
+        earlier.sort()
+    if not ts and not earlier and lost is None:
+        if channel is not None:
+            raise _no_channel(path, channel, counts)
+        raise DataFormatError(path, None, "no data frames")
+    if channel is not None and not counts.get(channel):
+        raise _no_channel(path, channel, counts)
+    n = len(ts)
+    payload = np.zeros((n, 8), np.uint8)
+    for i, d in enumerate(datas):
+        payload[i, :len(d)] = np.frombuffer(d, np.uint8)
+    frames = _Frames(np.array(ts, np.float64), np.array(arb, np.uint32), np.array(ext, bool),
+                     np.array([len(d) for d in datas], np.uint8), payload, np.array(where, np.int64), problem)
+    return frames, earlier, lost, dropped
+
+
+def _classify(suffix: str, line: int, text: str, reader, junk: list, dropped: dict, header_lines: list,
+              channel: str | None) -> None:
+    """A line python-can read without yielding a frame: junk (counted), or header/meta."""
+    if suffix == ".trc":
+        if text.strip().startswith(";"):
+            header_lines.append(text)
+        why = _trc_skipped(text, reader)
+        if why is None and channel is None and _trc_error_record(text, reader):
+            dropped["error"] += 1
+    else:
+        if _ASC_META.match(text.strip()):
+            header_lines.append(text)
+        why = _asc_skipped(text)
+    if why is not None:
+        junk.append((line, why))
+
+
+def _resume_prefix(suffix: str, reader, header_lines: list[str]) -> list[str]:
+    """Lines that put a fresh python-can reader in the state of ``reader`` (after a bad line)."""
+    if suffix == ".trc":
+        return [h for h in header_lines if h.strip().startswith(";$")]
+    base = getattr(reader, "base", "hex")
+    return [f"base {base} timestamps absolute\n", "no internal events logged\n"]
 
 
 set_logger_reader(read_logger_file)
