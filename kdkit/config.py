@@ -31,7 +31,7 @@ from typing import Any, Callable, Optional, Union, get_args, get_origin, get_typ
 
 import torch
 
-from kdkit.data.datasets import REGISTRY
+from kdkit.data.datasets import check_dataset, dataset_defaults, dataset_name, known_datasets
 from kdkit.models.registry import MODEL_CLASSES, PRESETS
 
 # Hardware presets (the migration guide's tuning section, measured where we could).
@@ -46,7 +46,8 @@ PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed", "32", "16", "bf16")
 
 
 def param(default: Any, help: str, *, group: str, choices: tuple | Callable[[], tuple] | None = None, low: float | None = None,
-          high: float | None = None, panel: bool = False) -> Any:
+          high: float | None = None, panel: bool = False, check: Callable[[Any], None] | None = None,
+          suggestions: Callable[[], tuple] | None = None) -> Any:
     """A :class:`TrainConfig` field with what every front end needs to know about it.
 
     Args:
@@ -58,9 +59,13 @@ def param(default: Any, help: str, *, group: str, choices: tuple | Callable[[], 
         low: smallest allowed value (numbers), inclusive.
         high: largest allowed value (numbers), inclusive.
         panel: the widget panel shows a control for it (the others go in its JSON box).
+        check: for an open set (the datasets: keys, folders, spec files), a function that
+            raises ValueError naming what is wrong with a value.
+        suggestions: the values a control offers for an open set (typing another is allowed).
     """
     return field(default=default, metadata={"help": help, "group": group, "choices": choices, "low": low,
-                                            "high": high, "panel": panel})
+                                            "high": high, "panel": panel, "check": check,
+                                            "suggestions": suggestions})
 
 
 WHAT, GRAPHS, MODEL, OPTIM, KD, HARDWARE, OUTPUT = (
@@ -79,7 +84,9 @@ class TrainConfig:
     # --- what to train
     model: str = param("gat", "model family", group=WHAT, choices=lambda: tuple(MODEL_CLASSES), panel=True)
     type: str = param("teacher", "teacher or student preset", group=WHAT, choices=("teacher", "student"), panel=True)
-    dataset: str = param("synthetic", "dataset registry key", group=WHAT, choices=lambda: tuple(REGISTRY), panel=True)
+    dataset: str = param("synthetic", "dataset: a registry key, a folder, a spec file (.toml/.json[:name]) or a name "
+                         "declared in ./datasets.toml or $KDKIT_DATASETS", group=WHAT, panel=True, check=check_dataset,
+                         suggestions=known_datasets)
     data_root: Optional[str] = param(None, "folder holding hcrl-sa/ etc. (default $KDKIT_DATA_ROOT)", group=WHAT)
     teacher: Optional[str] = param(None, "teacher checkpoint for a KD student; None trains the student alone",
                                    group=WHAT, panel=True)
@@ -160,7 +167,7 @@ class TrainConfig:
         if self.run_name:
             return self.run_name
         role = "student_kd" if self.type == "student" and self.teacher else self.type
-        return f"{self.dataset}_{self.model}_{role}"
+        return f"{dataset_name(self.dataset)}_{self.model}_{role}"
 
 
 @dataclass(frozen=True)
@@ -177,6 +184,8 @@ class FieldSpec:
     low: float | None
     high: float | None
     panel: bool
+    check: Callable[[Any], None] | None = None
+    suggestions: tuple | None = None
 
     @property
     def flag(self) -> str:
@@ -195,8 +204,10 @@ def schema(cls: type = TrainConfig) -> list[FieldSpec]:
         meta = f.metadata
         choices = meta.get("choices")
         choices = tuple(choices()) if callable(choices) else choices
+        suggestions = meta.get("suggestions")
         out.append(FieldSpec(f.name, base, optional, f.default, meta.get("help", ""), meta.get("group", "other"),
-                             choices, meta.get("low"), meta.get("high"), bool(meta.get("panel"))))
+                             choices, meta.get("low"), meta.get("high"), bool(meta.get("panel")), meta.get("check"),
+                             tuple(suggestions()) if callable(suggestions) else suggestions))
     return out
 
 
@@ -224,6 +235,11 @@ def _check_value(spec: FieldSpec, value: Any) -> Any:
         raise ValueError(f"config key {key!r}: must be >= {spec.low:g}, got {value!r}")
     if spec.high is not None and value > spec.high:
         raise ValueError(f"config key {key!r}: must be <= {spec.high:g}, got {value!r}")
+    if spec.check is not None:
+        try:
+            spec.check(value)
+        except (ValueError, OSError) as err:
+            raise ValueError(f"config key {key!r}: {err}") from None
     return value
 
 
@@ -277,9 +293,9 @@ def detect_preset() -> str:
 
 
 def make_config(cls: type = TrainConfig, /, **overrides: Any) -> TrainConfig:
-    """Build a validated run config: defaults <- hardware preset <- user overrides.
+    """Build a validated run config: defaults <- hardware preset <- dataset spec <- user overrides.
 
-    The preset only fills keys the user did not set. ``cls`` is the schema (``TrainConfig``
+    The preset and a dataset spec's ``window``/``stride`` only fill keys the user did not set. ``cls`` is the schema (``TrainConfig``
     unless a caller extends it).
     """
     user = validate_overrides(dict(overrides), cls)
@@ -288,6 +304,9 @@ def make_config(cls: type = TrainConfig, /, **overrides: Any) -> TrainConfig:
     base = {k: v for k, v in HARDWARE_PRESETS[preset_name].items() if k not in user}
     if base.get("precision") and "precision" not in user:
         base["precision"] = "auto"  # the precision policy decides from the hardware unless the user says
+    dataset = user.get("dataset", getattr(cls, "dataset", None))
+    if isinstance(dataset, str):
+        base.update({k: v for k, v in dataset_defaults(dataset).items() if k not in user})
     if os.environ.get("KDKIT_EPOCHS") and "epochs" not in user:  # smoke runs in CI
         base["epochs"] = int(os.environ["KDKIT_EPOCHS"])
     merged = {**base, **user}

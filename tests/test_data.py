@@ -141,7 +141,7 @@ BAD_ROWS = {
     "nan timestamp": ("nan,0C1,00,0", "timestamp 'nan': not a number"),
     "inf timestamp": ("inf,0C1,00,0", "timestamp 'inf': not a number"),
     "empty timestamp": (",0C1,00,0", "timestamp '': not a number"),
-    "padded timestamp": (" 1.5,0C1,00,0", "timestamp ' 1.5': not a number"),
+    "space in timestamp": ("1. 5,0C1,00,0", "timestamp '1. 5': not a number"),  # spaces around a field are stripped
     "hex timestamp": ("0x10,0C1,00,0", "timestamp '0x10': not a number"),
     "label 2": ("1.5,0C1,00,2", "attack '2': label must be 0 or 1"),
     "label text": ("1.5,0C1,00,yes", "attack 'yes': label must be 0 or 1"),

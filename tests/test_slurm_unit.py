@@ -399,7 +399,7 @@ def test_training_config_reaches_kdkit_train_verbatim(tmp_path):
     ({"epochs": True}, "config key 'epochs': expected int"),
     ({"epochs": 0}, "config key 'epochs': must be >= 1"),
     ({"dataset": 3}, "config key 'dataset': expected str"),
-    ({"dataset": "nope"}, "config key 'dataset': 'nope' is not one of"),
+    ({"dataset": "nope"}, "config key 'dataset': unknown dataset 'nope'"),
     ({"tags": "a"}, "default is list"),
     ({"learning_rate": float("nan")}, "only JSON data"),
     ({"note": object()}, "only JSON data"),

@@ -10,7 +10,7 @@ import argparse
 import json
 
 from kdkit.config import validate_overrides
-from kdkit.data.datasets import REGISTRY, PrepareConfig, format_info, prepare, skipped_rows_report
+from kdkit.data.datasets import REGISTRY, PrepareConfig, dataset_defaults, format_info, prepare, skipped_rows_report
 from kdkit.data.simulate import simulate
 
 # flags shared with the run schema (kdkit train): checked by the same rules (types, ranges, finite)
@@ -19,11 +19,13 @@ SCHEMA_FLAGS = ("window", "stride", "label_threshold", "val_fraction")
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
 
-    p.add_argument("--dataset", required=True, choices=sorted(REGISTRY), help="dataset key")
+    p.add_argument("--dataset", required=True, metavar="NAME|PATH",
+                   help=f"registry key ({', '.join(REGISTRY)}), a dataset folder, a spec file (.toml/.json[:name]) or a "
+                        "name declared in ./datasets.toml or $KDKIT_DATASETS")
     p.add_argument("--data-root", default=None, help="folder holding hcrl-sa/, hcrl-ch/, set_01/ ... (default: $KDKIT_DATA_ROOT)")
     p.add_argument("--cache-dir", default=None, help="graph store folder (default: runs/cache or $KDKIT_CACHE_DIR)")
-    p.add_argument("--window", type=int, default=100, help="messages per window (default 100)")
-    p.add_argument("--stride", type=int, default=100, help="offset between windows (default 100)")
+    p.add_argument("--window", type=int, default=None, help="messages per window (default: the dataset spec's, else 100)")
+    p.add_argument("--stride", type=int, default=None, help="offset between windows (default: the spec's, else 100)")
     p.add_argument("--label-threshold", type=float, default=0.0, help="window is an attack if its attack share > this (default 0)")
     p.add_argument("--val-fraction", type=float, default=0.2, help="validation share of each training file (default 0.2)")
     p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
@@ -37,6 +39,9 @@ def prepare_config_from_args(args: argparse.Namespace) -> PrepareConfig:
     Raises:
         ValueError: naming the flag and its value (``--label-threshold nan``, ``-1``...).
     """
+    spec = dataset_defaults(args.dataset)
+    args.window = args.window if args.window is not None else spec.get("window", 100)
+    args.stride = args.stride if args.stride is not None else spec.get("stride", 100)
     for key in SCHEMA_FLAGS:
         value = getattr(args, key)
         try:
@@ -59,7 +64,7 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
     ds = prepare(args.dataset, prepare_config_from_args(args), args.data_root, args.cache_dir, rebuild=args.rebuild, progress=True)
     state = "loaded from" if ds.loaded_from_cache else "built into"
-    print(f"{args.dataset}: {sum(len(g) for g in ds.splits.values())} graphs {state} {ds.cache_dir}")
+    print(f"{ds.name}: {sum(len(g) for g in ds.splits.values())} graphs {state} {ds.cache_dir}")
     for line in skipped_rows_report(ds.info):
         print(line)
     return 0
@@ -67,7 +72,7 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
 def cmd_data_info(args: argparse.Namespace) -> int:
     ds = prepare(args.dataset, prepare_config_from_args(args), args.data_root, args.cache_dir)
-    print(json.dumps(ds.info, indent=2) if args.json else format_info(args.dataset, ds))
+    print(json.dumps(ds.info, indent=2) if args.json else format_info(ds.name, ds))
     return 0
 
 

@@ -43,6 +43,7 @@ from pathlib import Path
 
 from kdkit.cluster.sbatch import RESOURCE_KEYS, ShellArgs, load_presets, render, to_yaml, validate
 from kdkit.config import TrainConfig, to_argv, validate_overrides
+from kdkit.data.datasets import REGISTRY, dataset_name
 from kdkit.workflows.notebooks import check_parameters, notebook_parameters
 
 TERMINAL_STATES = frozenset({
@@ -384,7 +385,12 @@ class FabricSlurmTrainingOrchestrator:
             raise FileNotFoundError(f"teacher checkpoint {teacher} does not exist")
         validate(dict(model=model, dataset=dataset, model_type=model_type, teacher=teacher, epochs=epochs))
         validate_overrides({"model": model, "dataset": dataset, "type": model_type}, self.schema)
-        name = run_name or self._new_run_name(f"{model}_{dataset}_{model_type}")
+        if dataset not in REGISTRY and Path(dataset.split(":", 1)[0]).expanduser().exists():
+            # a folder or spec file: the job may start elsewhere, so give it the absolute path
+            head, sep, pick = dataset.partition(":") if re.match(r"^.+\.(toml|json):[^/\\]+$", dataset, re.I) \
+                else (dataset, "", "")
+            dataset = str(Path(head).expanduser().resolve()) + sep + pick
+        name = run_name or self._new_run_name(f"{model}_{dataset_name(dataset)}_{model_type}")
         validate({"run_name": name})
         run = {"model": model, "dataset": dataset, "type": model_type}
         if teacher is not None:

@@ -71,7 +71,7 @@ _MAIL = r"NONE|BEGIN|END|FAIL|REQUEUE|ALL|INVALID_DEPEND|STAGE_OUT|TIME_LIMIT(_\
 VALIDATORS = {
     "job_name": _pattern(_NAME, "job name"),
     "run_name": _pattern(_NAME, "run name"),
-    "dataset": _pattern(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", "dataset name"),
+    "dataset": _pattern(r"[A-Za-z0-9_./~][A-Za-z0-9_./:+@~-]{0,1023}", "dataset key, folder or spec file (no spaces)"),
     "model": _pattern(r"gat|vgae", "model (gat or vgae)"),
     "model_type": _pattern(r"teacher|student", "model type (teacher or student)"),
     "partition": _pattern(r"[A-Za-z0-9_.-]+(,[A-Za-z0-9_.-]+)*", "partition name (list)"),

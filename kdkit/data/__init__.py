@@ -7,7 +7,7 @@ and batches gathered from the store for models (:mod:`.loader`).
 
 Layer 0: imports no other kdkit package.
 """
-from kdkit.data import loggers  # noqa: F401  (registers the logger formats with read_messages)
+from kdkit.data import columns, loggers  # noqa: F401  (register logger formats and known headers with read_messages)
 from kdkit.data.datasets import REGISTRY, PrepareConfig, PreparedDataset, prepare
 from kdkit.data.graphs import EDGE_FEATURES, NODE_FEATURES, GraphSet, IdVocab, build_graphs
 from kdkit.data.loader import collate_indices, gather_windows, graph_loader

@@ -36,8 +36,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from kdkit.data.graphs import GRAPH_FORMAT_VERSION, GraphSet, GraphStoreError, IdVocab, build_graphs, window_starts
-from kdkit.data.readers import Messages, attack_type_from_name, data_suffixes, read_messages
+from kdkit.data.readers import Messages, attack_type_from_name, data_suffixes
 from kdkit.data.simulate import ensure_synthetic
+from kdkit.data.sources import DatasetSource, DatasetSpecError, declared_datasets, folder_source, resolve_custom
 
 DATA_SUFFIXES = (".csv", ".csv.gz")  # built in; readers.register_reader adds others (readers.data_suffixes)
 
@@ -117,6 +118,8 @@ class DatasetFiles:
     duplicates: list[tuple[Path, Path]] = field(default_factory=list)  # (skipped, same content as)
     excluded: list[Path] = field(default_factory=list)  # left out of training
     hashes: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
+    source: DatasetSource | None = None
+    missing_scenarios: dict[str, str] = field(default_factory=dict)  # scenario -> why it has no files
 
 
 def resolve_data_root(data_root: str | Path | None = None) -> Path:
@@ -132,17 +135,105 @@ def resolve_data_root(data_root: str | Path | None = None) -> Path:
 
 
 def dataset_dir(name: str, data_root: str | Path | None = None, synthetic_seed: int = 0) -> Path:
-    """The folder of one dataset; ``synthetic`` is simulated there on first use."""
+    """The folder of a registry dataset; ``synthetic`` is simulated there on first use."""
     if name not in REGISTRY:
         raise KeyError(f"unknown dataset {name!r}; known: {', '.join(REGISTRY)}")
     if name == "synthetic":
-
         return Path(ensure_synthetic(seed=synthetic_seed))
     return resolve_data_root(data_root) / REGISTRY[name].folder
 
 
+def resolve_source(name: str, data_root: str | Path | None = None, synthetic_seed: int = 0) -> DatasetSource:
+    """What ``--dataset name`` means: a registry key (under ``data_root``), a spec file
+    (``file.toml[:name]``), a folder, or a name declared in ``./datasets.toml`` or
+    ``$KDKIT_DATASETS`` (see :mod:`kdkit.data.sources`)."""
+    if name in REGISTRY:
+        source = folder_source(dataset_dir(name, data_root, synthetic_seed), name=name)
+        source.hints.append(f"set --data-root or KDKIT_DATA_ROOT to the folder holding '{REGISTRY[name].folder or name}'")
+        return source
+    source = resolve_custom(name)
+    if source is None:
+        try:
+            declared = sorted(declared_datasets())
+        except DatasetSpecError:
+            declared = []
+        raise FileNotFoundError(
+            f"unknown dataset {name!r}: not a registry key ({', '.join(REGISTRY)}), not an existing folder or spec "
+            f"file (.toml/.json), and not declared in ./datasets.toml or $KDKIT_DATASETS"
+            + (f" (declared there: {', '.join(declared)})" if declared else "")
+            + "; see the README section 'Bring your own data'")
+    return source
+
+
+def check_dataset(name: str) -> None:
+    """Raise ValueError (naming what is wrong) unless ``name`` is a registry key, a dataset
+    folder, a spec file or a declared name. The files themselves are checked when read."""
+    if name in REGISTRY:
+        return
+    if resolve_custom(name) is None:  # a broken spec raises DatasetSpecError (a ValueError) here
+        try:
+            resolve_source(name)
+        except FileNotFoundError as err:
+            raise ValueError(str(err)) from None
+
+
+def dataset_defaults(name: str) -> dict[str, int]:
+    """The graph settings a dataset's spec declares (``window``, ``stride``); {} for none."""
+    if name in REGISTRY:
+        return {}
+    try:
+        source = resolve_custom(name)
+    except (DatasetSpecError, OSError):
+        return {}
+    if source is None:
+        return {}
+    return {k: v for k, v in (("window", source.window), ("stride", source.stride)) if v is not None}
+
+
+def known_datasets() -> tuple[str, ...]:
+    """Registry keys and the names declared in ./datasets.toml and $KDKIT_DATASETS (for the panel)."""
+    try:
+        declared = tuple(declared_datasets())
+    except DatasetSpecError:
+        declared = ()
+    return (*REGISTRY, *(d for d in declared if d not in REGISTRY))
+
+
+def dataset_name(name: str, data_root: str | Path | None = None) -> str:
+    """The dataset's own name for run folders and caches: the key, the spec's name or the folder's name."""
+    if name in REGISTRY:
+        return name
+    try:
+        source = resolve_custom(name)
+    except (DatasetSpecError, OSError):
+        source = None
+    return source.name if source is not None else name
+
+
+_NOT_RECORDINGS = ("readme", "license", "licence", "notes", "changelog")
+
+
+def _is_recording(p: Path) -> bool:
+    """A file a dataset folder's glob takes as a recording: a known ending, not a sidecar label
+    file (``*.labels.csv``), not hidden, not a README/LICENSE text."""
+    low = p.name.lower()
+    return (p.is_file() and low.endswith(data_suffixes()) and not low.endswith(".labels.csv")
+            and not low.startswith((".", *_NOT_RECORDINGS)))
+
+
 def _data_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(data_suffixes()))
+    return sorted(p for p in folder.iterdir() if _is_recording(p))
+
+
+def _glob(root: Path, patterns: list[str]) -> list[Path]:
+    """Recordings matched by the globs under ``root`` (a folder matched by a glob: its recordings), sorted, once each."""
+    out: dict[Path, None] = {}
+    for pattern in patterns:
+        for p in sorted(root.glob(pattern)):
+            for f in (_data_files(p) if p.is_dir() else [p]):
+                if _is_recording(f) or (not p.is_dir() and f.is_file()):
+                    out[f] = None
+    return list(out)
 
 
 _HASH_MEMO: dict[tuple, str] = {}
@@ -162,28 +253,38 @@ def file_sha256(path: Path) -> str:
 
 
 def discover(name: str, data_root: str | Path | None = None, include_excluded: bool = False,
-             synthetic_seed: int = 0) -> DatasetFiles:
-    """Find a dataset's train files and test scenarios; a clear error names what is missing."""
-    root = dataset_dir(name, data_root, synthetic_seed)
-    layout = (f"expected {root}/train_01_attack_free/*.csv[.gz], {root}/train_02_with_attacks/*.csv[.gz] "
-              f"and {root}/test_0*_*/ folders (can-train-and-test v1.5 layout); set --data-root or KDKIT_DATA_ROOT "
-              f"to the folder holding '{REGISTRY[name].folder or name}'")
+             synthetic_seed: int = 0, source: DatasetSource | None = None) -> DatasetFiles:
+    """Find a dataset's train files and test scenarios; a clear error names what is missing.
+    A test scenario without files is reported in ``missing_scenarios``, not fatal."""
+    source = source or resolve_source(name, data_root, synthetic_seed)
+    root = source.root
+    if source.layout == "folder":
+        layout = (f"expected {root}/train_01_attack_free/ and/or {root}/train_02_with_attacks/ holding recordings "
+                  f"({', '.join(data_suffixes())}) and {root}/test_*/ folders (can-train-and-test layout), "
+                  f"or a {root}/kdkit-dataset.toml spec")
+    else:
+        layout = f"check the globs in {source.spec}"
+    layout += "".join(f"; {h}" for h in source.hints)
     if not root.is_dir():
-        raise FileNotFoundError(f"dataset {name!r}: folder {root} does not exist; {layout}")
-    train_dirs = [root / "train_01_attack_free", root / "train_02_with_attacks"]
-    missing = [d.name for d in train_dirs if not d.is_dir()]
-    if missing:
-        raise FileNotFoundError(f"dataset {name!r}: missing {', '.join(missing)} in {root}; {layout}")
-    test_dirs = sorted(d for d in root.iterdir() if d.is_dir() and d.name.startswith("test_"))
-    if not test_dirs:
-        raise FileNotFoundError(f"dataset {name!r}: no test_* folders in {root}; {layout}")
-
-    files = DatasetFiles(name=name, root=root, train=[], tests={})
+        raise FileNotFoundError(f"dataset {source.name!r}: folder {root} does not exist; {layout}")
+    files = DatasetFiles(name=source.name, root=root, train=[], tests={}, source=source)
+    train_sets = [(g, _glob(root, [g])) for g in source.train_attack_free + source.train_with_attacks]
+    if source.layout == "folder":
+        present = [g for g, found in train_sets if (root / g.split("/")[0]).is_dir()]
+        if not present:
+            raise FileNotFoundError(f"dataset {source.name!r}: no train_01_attack_free or train_02_with_attacks "
+                                    f"folder in {root}; {layout}")
+        for g, found in train_sets:
+            if (root / g.split("/")[0]).is_dir() and not found:
+                raise FileNotFoundError(f"dataset {source.name!r}: no recordings ({'/'.join(data_suffixes())}) in "
+                                        f"{root / g.split('/')[0]}; {layout}")
+    else:
+        for g, found in train_sets:
+            if not found:
+                raise FileNotFoundError(f"dataset {source.name!r}: training glob {g!r} matches no recording under "
+                                        f"{root}; {layout}")
     seen: dict[str, Path] = {}
-    for d in train_dirs:
-        found = _data_files(d)
-        if not found:
-            raise FileNotFoundError(f"dataset {name!r}: no {'/'.join(data_suffixes())} files in {d}; {layout}")
+    for _, found in train_sets:
         for p in found:
             digest = file_sha256(p)
             files.hashes[str(p.relative_to(root))] = digest
@@ -195,13 +296,16 @@ def discover(name: str, data_root: str | Path | None = None, include_excluded: b
                 files.excluded.append(p)
                 continue
             files.train.append(p)
-    for d in test_dirs:
-        found = _data_files(d)
+    for scen, globs in source.tests.items():
+        found = _glob(root, globs)
         if not found:
-            raise FileNotFoundError(f"dataset {name!r}: test folder {d} holds no {'/'.join(data_suffixes())} files")
-        files.tests[d.name] = found
+            files.missing_scenarios[scen] = f"no recordings match {globs} under {root}"
+            continue
+        files.tests[scen] = found
         for p in found:
             files.hashes[str(p.relative_to(root))] = file_sha256(p)
+    if not files.tests and source.layout == "folder":
+        files.missing_scenarios["test_*"] = f"no test_* folder with recordings in {root}"
     return files
 
 
@@ -233,7 +337,11 @@ class PreparedDataset:
 
 
 def cache_key(files: DatasetFiles, config: PrepareConfig) -> str:
-    payload = {"graph_format": GRAPH_FORMAT_VERSION, "config": asdict(config),
+    src = files.source
+    reading = {"format": src.format, "mapping": src.mapping.to_dict() if src.mapping else None, "channel": src.channel,
+               "tests": {k: sorted(str(p.relative_to(files.root)) for p in v) for k, v in files.tests.items()}} \
+        if src is not None else None
+    payload = {"graph_format": GRAPH_FORMAT_VERSION, "config": asdict(config), "reading": reading,
                "files": sorted(files.hashes.items()), "train": [str(p.relative_to(files.root)) for p in files.train]}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -245,7 +353,7 @@ def default_cache_dir() -> Path:
 def _split_stats(gs: GraphSet, messages: int) -> dict:
     nn, ne = gs.num_nodes, gs.num_edges
     y = gs.y.numpy()
-    return {"messages": int(messages), "windows": int(len(gs)), "attack_windows": int(y.sum()),
+    return {"messages": int(messages), "windows": len(gs), "attack_windows": int(y.sum()),
             "attack_share": float(y.mean()) if len(y) else 0.0,
             "distinct_ids": int(np.unique(gs.can_id.numpy()).size), "oov_nodes": int((gs.node_id == 0).sum()),
             "nodes_mean": float(nn.mean()) if len(nn) else 0.0, "nodes_std": float(nn.std()) if len(nn) else 0.0,
@@ -269,6 +377,7 @@ def prepare(name: str, config: PrepareConfig | None = None, data_root: str | Pat
     """
     config = config or PrepareConfig()
     files = discover(name, data_root, config.include_excluded, synthetic_seed)
+    name = files.name  # a folder's or spec's own name, for the store and the summaries
     key = cache_key(files, config)
     store = Path(cache_dir or default_cache_dir()) / name / key
     meta_path = store / "meta.json"
@@ -347,7 +456,7 @@ def _build(name: str, files: DatasetFiles, config: PrepareConfig, bar) -> tuple[
     train_msgs: list[tuple[Messages, np.ndarray, np.ndarray]] = []
     skipped: dict[str, dict] = {}
     for p in files.train:
-        msgs = read_messages(p, on_bad_rows=config.on_bad_rows)  # type: ignore[arg-type]
+        msgs = files.source.read(p, on_bad_rows=config.on_bad_rows)  # type: ignore[arg-type,union-attr]
         _note_skipped(skipped, p, msgs)
         starts = window_starts(len(msgs), config.window, config.stride)
         v0, v1 = validation_block(len(starts), config.val_fraction, rng)
@@ -381,7 +490,9 @@ def _build(name: str, files: DatasetFiles, config: PrepareConfig, bar) -> tuple[
     info = {"dataset": name, "root": str(files.root), "config": asdict(config), "vocab_size": len(vocab),
             "duplicates_skipped": [[str(a), str(b)] for a, b in files.duplicates],
             "excluded_from_training": [str(p) for p in files.excluded],
-            "skipped_rows": {p: v["rows"] for p, v in skipped.items()}, "skipped": skipped, "splits": {}}
+            "skipped_rows": {p: v["rows"] for p, v in skipped.items()}, "skipped": skipped, "splits": {},
+            "source": files.source.describe() if files.source else None,
+            "missing_scenarios": dict(files.missing_scenarios)}
     info["splits"]["train"] = _split_stats(splits["train"], counts["train"])
     info["splits"]["val"] = _split_stats(splits["val"], counts["val"])
     scenarios = dict(files.tests)
@@ -390,7 +501,7 @@ def _build(name: str, files: DatasetFiles, config: PrepareConfig, bar) -> tuple[
     for scen, paths in scenarios.items():
         parts, n_msgs = [], 0
         for p in paths:
-            msgs = read_messages(p, on_bad_rows=config.on_bad_rows)  # type: ignore[arg-type]
+            msgs = files.source.read(p, on_bad_rows=config.on_bad_rows)  # type: ignore[arg-type,union-attr]
             _note_skipped(skipped, p, msgs)
             n_msgs += len(msgs)
             parts.append(build_graphs(msgs, vocab, config.window, config.stride, config.label_threshold))
@@ -409,6 +520,7 @@ def format_info(name: str, ds: PreparedDataset) -> str:
     lines += [f"  read once: {a} (identical to {b})" for a, b in info["duplicates_skipped"]]
     lines += [f"  excluded from training: {p}" for p in info["excluded_from_training"]]
     lines += skipped_rows_report(info)
+    lines += [f"  missing test scenario {k}: {why}" for k, why in info.get("missing_scenarios", {}).items()]
     lines.append(f"{'split':<42}{'messages':>10}{'windows':>9}{'attack':>8}{'share':>7}{'IDs':>6}{'OOV nodes':>10}"
                  f"{'nodes/win':>13}{'edges/win':>13}")
     for split, s in info["splits"].items():

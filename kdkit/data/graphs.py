@@ -38,8 +38,9 @@ from torch_geometric.data import Data
 
 from kdkit.data.readers import Messages
 
-GRAPH_FORMAT_VERSION = 6  # bump whenever features or layout change: it invalidates every store
+GRAPH_FORMAT_VERSION = 7  # bump whenever features or layout change: it invalidates every store
 # 6: extended IDs carry readers.EXTENDED_ID_FLAG (0x81 extended and 0x081 standard are two nodes)
+# 7: a window's attack type from per-message types (Messages.row_type) where a recording has them
 # 5: a SHA-256 checksum per tensor in the store's metadata; timestamps going backwards are refused
 
 
@@ -493,9 +494,12 @@ def build_graphs(msgs: Messages, vocab: IdVocab, window: int = 100, stride: int 
     share = cat("share")
     y = (share > label_threshold).astype(np.int64)
     # A recording named attack-free that still holds labelled rows keeps them visible as "unnamed".
-    named = msgs.attack_type not in ("attack-free", "normal")
-    types = ["normal", msgs.attack_type if named else "unnamed"] if (named or y.any()) else ["normal"]
-    atype = y * (len(types) - 1)
+    if msgs.row_type is not None:  # per-message types: a window takes its most frequent attack type
+        types, atype = list(msgs.type_names), y * _window_types(msgs.row_type, starts, W, len(msgs.type_names))
+    else:
+        named = msgs.attack_type not in ("attack-free", "normal")
+        types = ["normal", msgs.attack_type if named else "unnamed"] if (named or y.any()) else ["normal"]
+        atype = y * (len(types) - 1)
     return GraphSet(
         x=torch.from_numpy(cat("x")), node_id=torch.from_numpy(vocab.lookup(node_can)), can_id=torch.from_numpy(node_can),
         node_y=torch.from_numpy(cat("node_y")), edge_index=torch.from_numpy(cat("edge_index", axis=1)),
@@ -503,6 +507,19 @@ def build_graphs(msgs: Messages, vocab: IdVocab, window: int = 100, stride: int 
         y=torch.from_numpy(y), attack_share=torch.from_numpy(share.astype(np.float32)),
         attack_type=torch.from_numpy(atype), file_index=torch.zeros(G, dtype=torch.long),
         start=torch.from_numpy(starts.copy()), attack_types=types, files=[msgs.source])
+
+
+def _window_types(row_type: np.ndarray, starts: np.ndarray, W: int, n_types: int) -> np.ndarray:
+    """Per window, the attack type (index > 0) most of its attack messages carry; 0 for none."""
+    best = np.zeros(starts.shape[0], np.int64)
+    top = np.zeros(starts.shape[0], np.int64)
+    for lo in range(0, starts.shape[0], 4096):
+        rows = row_type[starts[lo:lo + 4096, None] + np.arange(W)]
+        for code in range(1, n_types):
+            count = (rows == code).sum(axis=1)
+            better = count > top[lo:lo + 4096]
+            best[lo:lo + 4096][better], top[lo:lo + 4096][better] = code, count[better]
+    return best
 
 
 def _chunk_graphs(msgs: Messages, payload64: np.ndarray, starts: np.ndarray, W: int) -> dict[str, np.ndarray]:

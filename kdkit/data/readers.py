@@ -34,10 +34,12 @@ import gzip
 import re
 import sys
 import threading
+import zipfile
 import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -145,11 +147,11 @@ class Messages:
             if n and int(self.row_type.max()) >= len(self.type_names):
                 raise ValueError(f"Messages.row_type holds {int(self.row_type.max())}, beyond type_names {self.type_names!r}")
 
-    def slice(self, start: int, stop: int) -> "Messages":
+    def slice(self, start: int, stop: int) -> Messages:
         """Rows ``start:stop`` as a new Messages sharing memory."""
         return self.take(slice(start, stop))
 
-    def take(self, rows: slice | np.ndarray) -> "Messages":
+    def take(self, rows: slice | np.ndarray) -> Messages:
         """The rows selected by a slice, a boolean mask or indices, as new Messages (same
         source, types and skip counts)."""
         return Messages(self.timestamp[rows], self.can_id[rows], self.dlc[rows], self.payload[rows], self.label[rows],
@@ -355,7 +357,7 @@ class _BadRows:
             self.unlabelled += int(bad.size)
         self.examples = [f"{_where(self.path, line)}: {problem}" for line, problem in found[:5]]
 
-    def messages(self, *arrays: np.ndarray, source: str, attack_type: str) -> "Messages":
+    def messages(self, *arrays: np.ndarray, source: str, attack_type: str) -> Messages:
         """The kept rows as Messages, with this collector's counts."""
         return Messages(*arrays, source, attack_type, self.count, self.examples, self.attack, self.unlabelled)
 
@@ -513,7 +515,7 @@ def read_ctt_csv(path: str | Path, on_bad_rows: OnBadRows = "error") -> Messages
     a = 0
     for batch in table.to_batches():
         b = a + batch.num_rows
-        ts_a, id_a, pl_a, at_a = batch.columns
+        ts_a, id_a, pl_a, at_a = (_trimmed(c) for c in batch.columns)
         ts[a:b], checks[0, a:b] = _parse_float(ts_a)
         ids[a:b], checks[1, a:b] = parse_hex_ids(id_a)
         payload[a:b], dlc[a:b], checks[2, a:b] = parse_hex_payload(pl_a)
@@ -564,6 +566,37 @@ def read_ctt_csv(path: str | Path, on_bad_rows: OnBadRows = "error") -> Messages
     return bad.messages(ts, ids, dlc, payload, lab, source=str(path), attack_type=attack_type_from_name(path))
 
 
+_BLANKS = np.array([9, 10, 11, 12, 13, 32], np.uint8)
+
+
+def _trimmed(arr: pa.Array) -> pa.Array:
+    """``arr`` without whitespace around its values (a real can-train-and-test file has a payload
+    ending in a tab); the same array when it holds no whitespace (the usual case, one scan)."""
+    data = _string_parts(arr)[1]
+    if not np.isin(data, _BLANKS).any():
+        return arr
+    offsets, _ = _string_parts(arr)
+    lengths = np.diff(offsets)
+    starts, ends = offsets[:-1].copy(), offsets[1:].copy()
+    blank = np.zeros(data.size + 1, bool)
+    blank[:data.size] = np.isin(data, _BLANKS)
+    for _ in range(int(lengths.max(initial=0))):  # peel one blank at a time from both ends (few, short fields)
+        lead = (starts < ends) & blank[np.minimum(starts, data.size)]
+        trail = (starts < ends) & blank[np.maximum(ends - 1, 0)]
+        if not (lead.any() or trail.any()):
+            break
+        starts += lead
+        ends -= trail & (starts < ends)
+    keep = np.zeros(data.size + 1, np.int64)
+    np.add.at(keep, starts, 1)
+    np.add.at(keep, ends, -1)
+    mask = np.cumsum(keep)[:data.size] > 0
+    new_offsets = np.zeros(len(arr) + 1, np.int32)
+    np.cumsum(ends - starts, out=new_offsets[1:])
+    return pa.Array.from_buffers(pa.binary(), len(arr), [None, pa.py_buffer(new_offsets),
+                                                         pa.py_buffer(np.ascontiguousarray(data[mask]))])
+
+
 def _read_ctt_table(source, on_invalid: Callable[[pacsv.InvalidRow], str]) -> pa.Table:
     """The four columns of a can-train-and-test CSV as binary, header skipped."""
     return pacsv.read_csv(
@@ -597,7 +630,7 @@ class _RowDecodeErrors:
         else:
             (cls._previous or sys.__unraisablehook__)(unraisable)
 
-    def __enter__(self) -> "_RowDecodeErrors":
+    def __enter__(self) -> _RowDecodeErrors:
         cls = type(self)
         with cls._lock:
             if cls._active == 0:
@@ -745,9 +778,38 @@ def register_reader(suffix: str, reader: Callable[..., Messages]) -> None:
     _EXTRA_READERS[suffix] = reader
 
 
+# Known CSV headers (stripped column names) -> reader(path, on_bad_rows): added by kdkit.data.columns for
+# the public layouts it has presets for (DAGA, ROAD), so such files are read as published, by their header.
+_HEADER_READERS: dict[tuple[str, ...], Callable[..., Messages]] = {}
+
+
+def register_header_reader(header: Sequence[str], reader: Callable[..., Messages]) -> None:
+    """Read a CSV whose header is exactly ``header`` with ``reader(path, on_bad_rows=...)``."""
+    _HEADER_READERS[tuple(header)] = reader
+
+
 def data_suffixes() -> tuple[str, ...]:
     """Every file ending a dataset folder's recordings may have (built-in and registered)."""
-    return (".csv", ".csv.gz", *(s + gz for s in _EXTRA_READERS for gz in ("", ".gz")))
+    builtin = (".csv", ".txt", *LOGGER_SUFFIXES)
+    return (*(s + gz for s in builtin for gz in ("", ".gz")), ".zip",
+            *(s + gz for s in _EXTRA_READERS for gz in ("", ".gz")))
+
+
+def _first_bytes(path: Path, n: int = 4096) -> bytes:
+    """The first bytes of a plain, gzip or single-recording zip file."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                members = [m for m in zf.infolist() if not m.is_dir() and not m.filename.startswith("__MACOSX/")]
+                if len(members) != 1:
+                    raise DataFormatError(path, None, f"a zip must hold exactly one recording, found "
+                                                      f"{[m.filename for m in members]}")
+                with zf.open(members[0]) as handle:
+                    return handle.read(n)
+        with (gzip.open(path, "rb") if _is_gzip(path) else open(path, "rb")) as handle:
+            return handle.read(n)
+    except (OSError, EOFError, zlib.error, zipfile.BadZipFile) as err:
+        raise DataFormatError(path, None, f"corrupt or unreadable file ({err})") from err
 
 
 def read_messages(path: str | Path, on_bad_rows: OnBadRows = "error", channel: str | None = None) -> Messages:
@@ -768,12 +830,15 @@ def read_messages(path: str | Path, on_bad_rows: OnBadRows = "error", channel: s
         if not _LOGGER_READER:
             raise RuntimeError("kdkit.data.loggers is not imported (import kdkit.data first)")
         return _LOGGER_READER[0](path, channel=channel, on_bad_rows=on_bad_rows)
-    with (gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")) as handle:
-        try:
-            head = handle.read(256).decode("utf-8", "replace").lstrip("\ufeff")
-        except (OSError, EOFError) as err:
-            raise DataFormatError(path, None, f"corrupt gzip data ({err})") from err
+    head = _first_bytes(path).decode("utf-8", "replace").lstrip("\ufeff")
     first = head.split("\n", 1)[0].strip()
+    header = tuple(c.strip() for c in first.split(","))
+    if header in _HEADER_READERS:
+        return _HEADER_READERS[header](path, on_bad_rows=on_bad_rows)
+    if path.name.lower().endswith(".zip"):
+        raise DataFormatError(path, 1, f"header {first[:100]!r} is not a layout kdkit knows by its header "
+                                       f"({', '.join(','.join(h) for h in _HEADER_READERS)}); declare its columns "
+                                       f"in a dataset spec (README: 'Bring your own data')")
     if first.startswith("Timestamp:") or re.match(r"^\d+(\.\d+)?\s*,\s*[0-9A-Fa-f]{1,8}\s*,\s*\d\s*,", first):
         return read_hcrl_car_hacking(path, on_bad_rows)
     return read_ctt_csv(path, on_bad_rows)

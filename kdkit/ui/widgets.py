@@ -35,6 +35,7 @@ from matplotlib.ticker import MaxNLocator
 
 from kdkit.cluster.orchestrator import FabricSlurmTrainingOrchestrator, load_presets
 from kdkit.config import KD, FieldSpec, TrainConfig, format_value, make_config, parse_config_json, schema
+from kdkit.data.datasets import dataset_name
 from kdkit.workflows.batch_size import optimize_config_batch_size
 from kdkit.workflows.run import train
 
@@ -63,6 +64,10 @@ def control_for(spec: FieldSpec, value: Any, style: dict) -> w.Widget:
             return w.ToggleButtons(options=options, value=value, layout=w.Layout(display="flex", width="auto"),
                                    **{**common, "style": {**style, "button_width": "80px"}})
         return w.Dropdown(options=options, value=value, **common)
+    if spec.suggestions and spec.base is str:  # an open set (datasets): pick a known one or type a folder/spec path
+        return w.Combobox(options=list(spec.suggestions), value="" if value is None else str(value),
+                          ensure_option=False, placeholder="key, folder or spec file", layout=w.Layout(width="420px"),
+                          **common)
     if spec.base is bool and not spec.choices:
         return w.Checkbox(value=bool(value), indent=False, **common)
     if spec.base is int and not spec.optional:
@@ -377,7 +382,7 @@ class TrainPanel:
             if spec.group in STUDENT_ONLY_GROUPS or spec.name in STUDENT_ONLY_KEYS:
                 self.controls[spec.name].disabled = not student
         if student and not self.teacher.value:  # offer the teacher the panel's defaults would have written
-            guess = Path(TrainConfig.runs_dir) / f"{self.dataset.value}_{self.model.value}_teacher/checkpoints/best.pt"
+            guess = Path(TrainConfig.runs_dir) / f"{dataset_name(self.dataset.value)}_{self.model.value}_teacher/checkpoints/best.pt"
             if guess.is_file():
                 self.teacher.value = str(guess)
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from kdkit.config import TrainConfig
-from kdkit.data.datasets import PrepareConfig, PreparedDataset, prepare
+from kdkit.data.datasets import PrepareConfig, PreparedDataset, dataset_name, prepare
 from kdkit.data.graphs import EDGE_FEATURES, GRAPH_FORMAT_VERSION, NODE_FEATURES, GraphSet
 from kdkit.data.readers import read_messages
 from kdkit.models.registry import MODEL_CLASSES, build_model, count_parameters, model_size_bytes
@@ -229,7 +229,7 @@ def check_teacher(tck: dict, cfg: TrainConfig, data: PreparedDataset, path: str 
         tc = tck.get("train_config") or {}
         raise ValueError(f"--teacher {path} is a {prov.get('role')} checkpoint (run {tc.get('run_name') or '?'}), "
                          f"not a teacher: pass a teacher's best.pt (kdkit train --type teacher), e.g. "
-                         f"{Path(cfg.runs_dir) / f'{cfg.dataset}_{cfg.model}_teacher' / 'checkpoints' / 'best.pt'}")
+                         f"{Path(cfg.runs_dir) / f'{dataset_name(cfg.dataset)}_{cfg.model}_teacher' / 'checkpoints' / 'best.pt'}")
     kind = (tck.get("model_config") or {}).get("kind")
     if kind != cfg.model:
         raise ValueError(f"--teacher {path} is a {kind} model, the student is {cfg.model}: distil from a {cfg.model} "
@@ -456,5 +456,5 @@ def evaluate_checkpoint(path: str | Path, dataset: str, data_root: str | None = 
            **{k: v for k, v in results.items() if k != "scores"}, "skipped_scenarios": skipped}
     target = Path(out_dir) if out_dir else evaluation_dir(path)
     target.mkdir(parents=True, exist_ok=True)
-    write_json(target / f"evaluation_{dataset}.json", out)
+    write_json(target / f"evaluation_{dataset_name(dataset)}.json", out)
     return out

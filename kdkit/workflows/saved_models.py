@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from kdkit.config import TrainConfig
+from kdkit.data.datasets import dataset_name
 from kdkit.models.registry import MODEL_CLASSES
 from kdkit.training.checkpoint import load_checkpoint
 from kdkit.workflows.run_dir import write_json
@@ -36,7 +37,7 @@ def compat_path(cfg: TrainConfig) -> Path:
     without a guide name get ``best_<family>_<role>_model_<dataset>.pth``.
     """
     role = cfg.type if cfg.type != "student" else ("student" if cfg.teacher else "student_nokd")
-    name = COMPAT_NAMES.get((cfg.model, role), f"best_{cfg.model}_{role}_model_{{d}}.pth").format(d=cfg.dataset)
+    name = COMPAT_NAMES.get((cfg.model, role), f"best_{cfg.model}_{role}_model_{{d}}.pth").format(d=dataset_name(cfg.dataset))
     return Path(cfg.runs_dir).parent / "saved_models" / name
 
 
