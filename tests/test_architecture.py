@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent / "kdkit"
 LAYERS = [{"data"}, {"models"}, {"config"}, {"training"}, {"reporting"}, {"workflows"}, {"deploy", "cluster"},
-          {"bench"}, {"cli", "ui"}]
+          {"stream"}, {"bench"}, {"cli", "ui"}]
 RANK = {pkg: i for i, group in enumerate(LAYERS) for pkg in group}
 
 
