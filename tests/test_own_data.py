@@ -329,3 +329,22 @@ def test_teacher_notebook_takes_a_dataset_path(tmp_path: Path):
                  heads=2)
     assert m["dataset"] in ("my-car", str(spec)) and set(m["f1"]) == {"replay"}
     assert Path(m["checkpoint"]).is_file()
+
+
+def test_slurm_jobs_and_the_panel_take_a_dataset_path(tmp_path: Path, monkeypatch):
+    from kdkit.cluster.orchestrator import FabricSlurmTrainingOrchestrator
+    from kdkit.config import schema
+    from kdkit.ui.widgets import control_for
+
+    _daga_like_dataset(tmp_path / "data")
+    write_text(tmp_path / "my-car.toml", SPEC)
+    monkeypatch.chdir(tmp_path)
+    orch = FabricSlurmTrainingOrchestrator(tmp_path / "runs", preset="cpu", venv=None)
+    script = orch.submit_gat_training("my-car.toml", "teacher", dry_run=True)
+    assert f"--dataset {tmp_path / 'my-car.toml'}" in script  # absolute: the job may start in another folder
+    assert "my-car_teacher" in script or "gat_my-car_teacher" in script  # the run is named by the dataset's name
+    with pytest.raises(ValueError, match="unknown dataset 'nope.toml'"):
+        orch.submit_gat_training("nope.toml", "teacher", dry_run=True)
+    spec = next(s for s in schema() if s.name == "dataset")
+    control = control_for(spec, "my-car.toml", {})
+    assert type(control).__name__ == "Combobox" and "synthetic" in control.options and control.value == "my-car.toml"

@@ -229,6 +229,17 @@ class JobRegistry:
 
 
 # ------------------------------------------------------------------------ orchestrator
+def absolute_dataset(dataset: str) -> str:
+    """A dataset folder or spec file (``file.toml[:name]``) as an absolute path, since a job may
+    start in another folder; registry keys and declared names unchanged."""
+    if dataset in REGISTRY:
+        return dataset
+    head, sep, pick = dataset.partition(":") if re.match(r"^.+\.(toml|json):[^/\\]+$", dataset, re.I) \
+        else (dataset, "", "")
+    path = Path(head).expanduser()
+    return str(path.resolve()) + sep + pick if path.exists() else dataset
+
+
 class FabricSlurmTrainingOrchestrator:
     """Submits kdkit training runs and notebooks as SLURM batch jobs and tracks them.
 
@@ -359,6 +370,8 @@ class FabricSlurmTrainingOrchestrator:
         name = validate({"run_name": run_name or self._new_run_name(notebook.stem)})["run_name"]
         run_dir = self.runs_dir / name
         parameters = dict(parameters or {})
+        if isinstance(parameters.get("dataset"), str):
+            parameters["dataset"] = absolute_dataset(parameters["dataset"])
         if "run_dir" in notebook_parameters(notebook):
             parameters.setdefault("run_dir", str(run_dir))
         check_parameters(notebook, parameters)
@@ -385,11 +398,7 @@ class FabricSlurmTrainingOrchestrator:
             raise FileNotFoundError(f"teacher checkpoint {teacher} does not exist")
         validate(dict(model=model, dataset=dataset, model_type=model_type, teacher=teacher, epochs=epochs))
         validate_overrides({"model": model, "dataset": dataset, "type": model_type}, self.schema)
-        if dataset not in REGISTRY and Path(dataset.split(":", 1)[0]).expanduser().exists():
-            # a folder or spec file: the job may start elsewhere, so give it the absolute path
-            head, sep, pick = dataset.partition(":") if re.match(r"^.+\.(toml|json):[^/\\]+$", dataset, re.I) \
-                else (dataset, "", "")
-            dataset = str(Path(head).expanduser().resolve()) + sep + pick
+        dataset = absolute_dataset(dataset)
         name = run_name or self._new_run_name(f"{model}_{dataset_name(dataset)}_{model_type}")
         validate({"run_name": name})
         run = {"model": model, "dataset": dataset, "type": model_type}
