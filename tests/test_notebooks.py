@@ -18,7 +18,7 @@ import pytest
 from conftest import REPO, require
 
 NOTEBOOK_DIR = REPO / "notebooks"
-NOTEBOOKS = ("teacher", "student", "benchmark")
+NOTEBOOKS = ("teacher", "student", "benchmark", "gateway")
 KERNEL = "kdkit"
 
 

@@ -19,12 +19,12 @@ import pytest
 import torch
 from conftest import require
 
-from kdkit.cli import detect as cli_detect
 from kdkit.cli.main import main
 from kdkit.data.graphs import IdVocab, build_graphs
 from kdkit.data.readers import EXTENDED_ID_FLAG, read_messages
 from kdkit.reporting.metrics import evaluate_model, predict_scores
 from kdkit.stream import Detector, listen_bus, open_bus, replay_file
+from kdkit.stream import run as stream_run
 from kdkit.stream.run import BusError, as_can_messages
 from kdkit.training.checkpoint import load_checkpoint, model_from_checkpoint
 from kdkit.workflows.run import checkpoint_data
@@ -276,6 +276,12 @@ class _ScriptedBus:
     def shutdown(self):
         self.shut = True
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.shutdown()
+
 
 def test_stall_is_counted_and_a_lost_connection_ends_with_the_summary(trained, recording, caplog):
     frames = list(as_can_messages(read_messages(recording).slice(0, 250)))
@@ -288,9 +294,8 @@ def test_stall_is_counted_and_a_lost_connection_ends_with_the_summary(trained, r
     assert summary.to_dict()["windows"] == 2 and det.messages == 250
 
     bus = _ScriptedBus(frames[:150] + [OSError(19, "No such device")])
-    out = summary_path = None
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cli_detect, "open_bus", lambda spec: bus)
+        mp.setattr(stream_run, "open_bus", lambda spec: bus)
         summary_path = Path(recording).parent.parent / "lost.json"
         out = main(["detect", "--checkpoint", str(trained), "--bus", "socketcan:can0", "--summary", str(summary_path)])
     s = json.loads(summary_path.read_text())
@@ -302,7 +307,7 @@ def test_ctrl_c_stops_with_the_summary(trained, recording, capsys):
     frames = list(as_can_messages(read_messages(recording).slice(0, 250)))
     bus = _ScriptedBus(frames + [KeyboardInterrupt()])
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cli_detect, "open_bus", lambda spec: bus)
+        mp.setattr(stream_run, "open_bus", lambda spec: bus)
         assert main(["detect", "--checkpoint", str(trained), "--bus", "virtual:x", "--all-decisions"]) == 0
     out = capsys.readouterr()
     assert len(out.out.splitlines()) == 2 and "stopped by interrupted (Ctrl-C)" in out.err and "2 windows" in out.err

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from kdkit.stream.detector import Detector
-from kdkit.stream.run import BusError, listen_bus, open_bus, replay_file
+from kdkit.stream.run import BusError, run_detection
 
 
 def _detector(args: argparse.Namespace) -> Detector:
@@ -60,21 +60,13 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, detector: Detector, out, emit) -> int:
     try:
-        if args.input:
-            summary = replay_file(detector, args.input, channel=args.channel, realtime=args.realtime, on_decision=emit,
-                                  on_bad_rows=args.on_bad_rows, max_messages=args.max_messages,
-                                  max_seconds=args.max_seconds)
-        else:
-            try:
-                bus = open_bus(args.bus)
-            except BusError as err:
-                print(f"kdkit: error: {err}", file=sys.stderr)
-                return 2
-            try:
-                summary = listen_bus(detector, bus, source=args.bus, on_decision=emit, max_seconds=args.max_seconds,
-                                     max_messages=args.max_messages, stall_seconds=args.stall_seconds)
-            finally:
-                bus.shutdown()
+        summary = run_detection(detector, recording=args.input, bus=args.bus, channel=args.channel,
+                                realtime=args.realtime, on_decision=emit, max_seconds=args.max_seconds,
+                                max_messages=args.max_messages, stall_seconds=args.stall_seconds,
+                                on_bad_rows=args.on_bad_rows)
+    except BusError as err:
+        print(f"kdkit: error: {err}", file=sys.stderr)
+        return 2
     finally:
         out.flush()
     print(summary.format(), file=sys.stderr)

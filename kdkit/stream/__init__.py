@@ -13,6 +13,7 @@ Layer 7 (between deploy/cluster and bench): may import every library layer up to
 :mod:`kdkit.deploy`; never bench or a front end.
 """
 from kdkit.stream.detector import DROP_REASONS, Decision, Detector
-from kdkit.stream.run import RunSummary, listen_bus, open_bus, replay_file
+from kdkit.stream.run import BusError, RunSummary, listen_bus, open_bus, replay_file, run_detection
 
-__all__ = ["DROP_REASONS", "Decision", "Detector", "RunSummary", "listen_bus", "open_bus", "replay_file"]
+__all__ = ["DROP_REASONS", "BusError", "Decision", "Detector", "RunSummary", "listen_bus", "open_bus", "replay_file",
+           "run_detection"]

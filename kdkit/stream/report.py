@@ -72,16 +72,15 @@ def latency_histogram(latencies_s: Sequence[float], title: str = "") -> Figure:
 
 
 def alarm_rows(decisions: Sequence[Decision], limit: int = 50) -> list[dict]:
-    """The first ``limit`` alarms as table rows."""
+    """The first ``limit`` alarms as table rows (``attack_share`` None for unlabelled input)."""
     rows = []
     for d in decisions:
         if not d.is_attack:
             continue
         row = {"window": d.window, "start": round(d.start_time, 6), "end": round(d.end_time, 6),
                "score": round(d.score, 4), "oov_ids": " ".join(format_can_id(i) for i in d.oov_ids[:6])
-               + (" ..." if len(d.oov_ids) > 6 else "")}
-        if d.attack_share is not None:
-            row["attack_share"] = round(d.attack_share, 3)
+               + (" ..." if len(d.oov_ids) > 6 else ""),
+               "attack_share": None if d.attack_share is None else round(d.attack_share, 3)}
         rows.append(row)
         if len(rows) >= limit:
             break

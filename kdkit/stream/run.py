@@ -225,3 +225,21 @@ def listen_bus(detector: Detector, bus: can.BusABC, source: str | None = None,
     except KeyboardInterrupt:
         summary.stopped_by = "interrupted (Ctrl-C)"
     return summary.finish()
+
+
+def run_detection(detector: Detector, recording: str | Path | None = None, bus: str | None = None,
+                  channel: str | None = None, realtime: bool = False,
+                  on_decision: Callable[[Decision], None] | None = None, max_seconds: float | None = None,
+                  max_messages: int | None = None, stall_seconds: float = 2.0, on_bad_rows: str = "skip",
+                  keep: bool = False) -> RunSummary:
+    """Detect over a ``recording`` (:func:`replay_file`) or a live ``bus`` given as
+    ``INTERFACE:CHANNEL`` (:func:`open_bus` + :func:`listen_bus`, shut down at the end): exactly
+    one of them. Raises :class:`BusError` when the bus cannot be opened."""
+    if (recording is None) == (bus is None):
+        raise ValueError("run_detection: give a recording or a bus (exactly one)")
+    if recording is not None:
+        return replay_file(detector, recording, channel=channel, realtime=realtime, on_decision=on_decision,
+                           on_bad_rows=on_bad_rows, max_messages=max_messages, max_seconds=max_seconds, keep=keep)
+    with open_bus(bus) as live:
+        return listen_bus(detector, live, source=bus, on_decision=on_decision, max_seconds=max_seconds,
+                          max_messages=max_messages, stall_seconds=stall_seconds, keep=keep)
