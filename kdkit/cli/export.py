@@ -1,28 +1,29 @@
-"""``kdkit export --checkpoint best.pt [--out student.pt2]``."""
+"""``kdkit export --checkpoint best.pt [--out student.pt2]``: needs only the checkpoint."""
 from __future__ import annotations
 
 import json
 
-from kdkit.data.datasets import REGISTRY
 from kdkit.deploy.export import export_checkpoint
 
 
 def cmd_export(args) -> int:
-    result = export_checkpoint(args.checkpoint, args.out, args.dataset, args.data_root)
+    result = export_checkpoint(args.checkpoint, args.out)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         print(f"exported {result['parameters']:,} parameters to {result['package']} ({result['bytes'] / 2**20:.1f} MiB, "
-              f"{result['seconds']} s); graph-building metadata in {result['metadata']}")
+              f"{result['seconds']} s; threshold {result['threshold']:.6g}); graph-building metadata in "
+              f"{result['metadata']}")
     return 0
 
 
 def register(sub) -> None:
 
-    p = sub.add_parser("export", help="ahead-of-time compile a GAT checkpoint for deployment (.pt2)")
+    p = sub.add_parser("export", help="ahead-of-time compile a GAT checkpoint for deployment (.pt2)",
+                       description="Ahead-of-time compile a GAT checkpoint for a gateway. Needs only the checkpoint: "
+                                   "the graphs it is traced with are synthesized from its vocabulary and graph "
+                                   "settings, so no training data is read.")
     p.add_argument("--checkpoint", required=True, help="a kdkit GAT checkpoint (best.pt)")
     p.add_argument("--out", default=None, help="package path (default: the checkpoint with .pt2)")
-    p.add_argument("--dataset", choices=sorted(REGISTRY), default=None, help="example graphs (default: the checkpoint's dataset)")
-    p.add_argument("--data-root", default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_export)

@@ -9,6 +9,7 @@
     kdkit train ... --run-name s1 --overwrite          # replace runs/s1 (a reused run name is refused otherwise)
     kdkit train ... --run-name s1 --resume runs/s1/checkpoints/last.pt
     kdkit evaluate --checkpoint runs/hcrl_sa_gat_teacher/checkpoints/best.pt --dataset hcrl_sa --json
+    kdkit evaluate --checkpoint best.pt --input capture.log.gz other_recordings/ --channel can0
 """
 from __future__ import annotations
 
@@ -26,11 +27,11 @@ from kdkit.config import (
     parse_config_json,
     validate_overrides,
 )
-from kdkit.data.datasets import REGISTRY
 from kdkit.reporting.metrics import format_table
 from kdkit.workflows.batch_size import describe, optimize_config_batch_size, sizer_for_config
 from kdkit.workflows.demo import demo
 from kdkit.workflows.run import evaluate_checkpoint, load_data, train
+from kdkit.workflows.scoring import evaluate_inputs, format_inputs_report
 
 
 def overrides_from_cli(args: argparse.Namespace) -> dict:
@@ -89,6 +90,24 @@ def print_skipped(skipped: dict | None) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.input:
+        for flag, value in (("--dataset", args.dataset), ("--data-root", args.data_root)):
+            if value is not None:
+                raise ValueError(f"{flag} {value} and --input: evaluate either a dataset's test scenarios (--dataset) "
+                                 "or given recordings (--input), not both")
+        res = evaluate_inputs(args.checkpoint, args.input, channel=args.channel, on_bad_rows=args.on_bad_rows,
+                              threshold=args.threshold, out_dir=args.out)
+        print(json.dumps(res, indent=2, default=float) if args.json else format_inputs_report(res))
+        if not args.json:
+            print(f"written {res['json']}")
+        return 0
+    if args.dataset is None:
+        raise ValueError("kdkit evaluate needs --dataset NAME (its test scenarios) or --input FILE_OR_FOLDER ... "
+                         "(any recordings)")
+    for flag, value in (("--channel", args.channel), ("--threshold", args.threshold)):
+        if value is not None:
+            raise ValueError(f"{flag} {value} applies to --input recordings; --dataset {args.dataset} is evaluated "
+                             "with the checkpoint's threshold on its test scenarios")
     res = evaluate_checkpoint(args.checkpoint, args.dataset, args.data_root, args.out, on_bad_rows=args.on_bad_rows)
     if args.json:
         print(json.dumps(res, indent=2, default=float))
@@ -117,12 +136,24 @@ def register(sub) -> None:
     add_train_arguments(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="metrics of a checkpoint on every test scenario")
+    p = sub.add_parser("evaluate", help="metrics of a checkpoint on every test scenario",
+                       description="Evaluate a checkpoint on a dataset's test scenarios (--dataset), or score any "
+                                   "recordings with it (--input): metrics for labelled ones; alarm rate, score "
+                                   "distribution and unknown-ID share for all. Both use the checkpoint's own "
+                                   "vocabulary, window, stride and threshold.")
     p.add_argument("--checkpoint", required=True, help="a kdkit checkpoint (best.pt)")
-    p.add_argument("--dataset", required=True, choices=sorted(REGISTRY))
+    p.add_argument("--dataset", default=None, metavar="NAME|PATH", help="evaluate its test scenarios (a registry key, folder or spec file)")
     p.add_argument("--data-root", default=None)
-    p.add_argument("--out", default=None, help="folder for evaluation_<dataset>.json (default: the run folder of "
-                                               "<run>/checkpoints/X.pt, else beside the checkpoint)")
+    p.add_argument("--input", nargs="+", default=None, metavar="FILE_OR_FOLDER",
+                   help="score these recordings instead (any format kdkit reads; a folder: every recording in it, "
+                        "recursively); writes evaluation_inputs.json")
+    p.add_argument("--channel", default=None, help="--input logger files (.log/.asc/.blf/.trc): keep only this bus "
+                                                   "channel")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="--input: decide with this threshold instead of the checkpoint's")
+    p.add_argument("--out", default=None, help="folder for evaluation_<dataset>.json or evaluation_inputs.json "
+                                               "(default: the run folder of <run>/checkpoints/X.pt, else beside the "
+                                               "checkpoint)")
     p.add_argument("--on-bad-rows", choices=["error", "skip"], default=None,
                    help="malformed rows: stop or skip and count (default: as the checkpoint was trained)")
     p.add_argument("--json", action="store_true")

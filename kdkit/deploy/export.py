@@ -1,6 +1,7 @@
 """``kdkit export``: a GAT checkpoint's inference pass (:class:`kdkit.models.scorer.GATScorer`) as an
 ahead-of-time compiled ``.pt2`` package (torch.export + AOTInductor) with the metadata a
-gateway needs to build graphs (vocabulary, feature layout, window, threshold).
+gateway needs to build graphs (vocabulary, feature layout, window, threshold). Needs only the
+checkpoint: the example graphs it is traced with are synthesized from its vocabulary.
 
     kdkit export --checkpoint runs/x/checkpoints/best.pt --out student.pt2
     score = load_exported("student.pt2"); score(batch)
@@ -10,17 +11,21 @@ from __future__ import annotations
 import copy
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
+from kdkit.data.graphs import IdVocab, build_graphs
 from kdkit.data.loader import collate_indices
+from kdkit.data.readers import Messages
 from kdkit.models.scorer import INPUTS, GATScorer, check_batch, scorer_inputs
 from kdkit.training.checkpoint import load_checkpoint, model_from_checkpoint, provenance
 from kdkit.training.cpu_speedups import tune_cpu_allocator
-from kdkit.workflows.run import check_compatible, check_graph_settings, checkpoint_data
+from kdkit.workflows.run import check_graph_settings
+from kdkit.workflows.scoring import check_checkpoint_layout
 
 
 def export_model(model: nn.Module, example_batch, out: str | Path) -> Path:
@@ -51,13 +56,52 @@ def export_model(model: nn.Module, example_batch, out: str | Path) -> Path:
     return out
 
 
-def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, dataset: str | None = None,
-                      data_root: str | None = None) -> dict:
+EXAMPLE_WINDOWS = 4  # graphs in the traced example batch
+
+
+def example_batch(vocab: list[int], window: int, label_threshold: float = 0.0, seed: int = 0):
+    """A batch of :data:`EXAMPLE_WINDOWS` window graphs to trace an export with, built from
+    synthesized messages (no recording needed).
+
+    The messages draw CAN IDs from ``vocab`` and three IDs outside it (each window a different
+    number of them) with 1 ms gaps and random payloads, and go through
+    :func:`kdkit.data.graphs.build_graphs` (back-to-back windows of the checkpoint's window
+    length, its label threshold): the tensors have exactly the kdkit graph layout. The sizes of
+    the example (nodes, edges, graphs, widest graph) are all different and above 1, so
+    torch.export keeps each of them a dynamic dimension. Works for any checkpoint, also those
+    written before kdkit stored anything about examples.
+    """
+    rng = np.random.default_rng(seed)
+    top = max(vocab, default=0x100)
+    pool = np.array([*vocab, top + 1, top + 2, top + 3], np.uint32)  # three IDs outside the vocabulary
+    for _ in range(64):
+        ids = []
+        for _ in range(EXAMPLE_WINDOWS):
+            k = int(rng.integers(2, min(len(pool), window) + 1))  # distinct IDs in this window
+            chosen = rng.choice(pool, size=k, replace=False)
+            ids.append(rng.choice(chosen, size=window))
+            ids[-1][:k] = chosen  # every chosen ID occurs
+        starts = np.arange(EXAMPLE_WINDOWS, dtype=np.int64) * window
+        can_id = np.concatenate(ids)
+        n = can_id.size
+        msgs = Messages(timestamp=np.arange(n) * 1e-3, can_id=can_id, dlc=np.full(n, 8, np.uint8),
+                        payload=rng.integers(0, 256, (n, 8), dtype=np.uint8), label=np.zeros(n, np.uint8),
+                        source="<synthesized example>", attack_type="attack-free")
+        gs = build_graphs(msgs, IdVocab.from_list(vocab), window, window, label_threshold, starts=starts)
+        sizes = (int(gs.num_nodes.sum()), int(gs.num_edges.sum()), len(gs), int(gs.num_nodes.max()))
+        if len(set(sizes)) == len(sizes) and min(sizes) > 1:
+            return collate_indices(gs, list(range(len(gs))))
+    raise ValueError(f"no example batch with distinct sizes for window {window} and {len(vocab)} IDs; "
+                     "export needs a window of at least 3 messages")
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None) -> dict:
     """Export a kdkit GAT checkpoint; returns a summary (paths, seconds, parameters).
 
-    The checkpoint must be a kdkit GAT checkpoint that records its graph settings; the example
-    graphs are built with them (and must share its vocabulary and feature layout), and the
-    metadata beside the package carries them to the gateway.
+    Needs only the checkpoint: it must record its graph settings and carry a vocabulary that
+    fits its model; the example graphs are synthesized from that vocabulary with those settings
+    (:func:`example_batch`), and the metadata beside the package carries them (and the
+    threshold, a calibrated one included) to the gateway.
     """
 
     checkpoint = Path(checkpoint)
@@ -70,13 +114,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, dat
     prov = provenance(ckpt, checkpoint)
     out = Path(out) if out else checkpoint.with_suffix(".pt2")
     model = model_from_checkpoint(ckpt, checkpoint)  # checks the config against the weights first
-    data = checkpoint_data(ckpt, dataset, data_root)
-    check_compatible(ckpt, data, "exported")
-    gs = data.splits["val"] if len(data.splits["val"]) >= 2 else data.splits["train"]
-    if len(gs) < 2:
-        raise ValueError(f"dataset {data.name!r} has fewer than 2 windows of {graph['window']} messages to trace the "
-                         "export with; give --dataset with longer recordings")
-    example = collate_indices(gs, list(range(min(8, len(gs)))))
+    check_checkpoint_layout(ckpt, checkpoint, "exported")
+    example = example_batch(ckpt["vocab"], int(graph["window"]), float(graph.get("label_threshold") or 0.0))
     t0 = time.perf_counter()
     export_model(model, example, out)
     seconds = time.perf_counter() - t0
@@ -87,13 +126,24 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, dat
             "model_config": ckpt["model_config"], "vocab": ckpt.get("vocab"), "node_features": ckpt.get("node_features"),
             "edge_features": ckpt.get("edge_features"), "threshold": ckpt.get("threshold"), "window": graph["window"],
             "stride": graph["stride"], "label_threshold": graph["label_threshold"],
-            "graph_format": prov.get("graph", {}).get("graph_format"), "role": prov.get("role")}
+            "graph_format": prov.get("graph", {}).get("graph_format"), "role": prov.get("role"),
+            "calibration": _calibration_note(prov.get("calibration")),
+            "example": f"{example.num_graphs} graphs synthesized from the checkpoint's vocabulary (no data needed)"}
     meta_path = out.with_suffix(".json")
     tmp = meta_path.with_name(f".{meta_path.name}.tmp")
     tmp.write_text(json.dumps(meta, indent=2))
     tmp.replace(meta_path)
     return {"package": str(out), "metadata": str(meta_path), "seconds": round(seconds, 1),
-            "parameters": sum(p.numel() for p in model.parameters()), "bytes": out.stat().st_size}
+            "parameters": sum(p.numel() for p in model.parameters()), "bytes": out.stat().st_size,
+            "threshold": ckpt.get("threshold")}
+
+
+def _calibration_note(record: dict | None) -> dict | None:
+    """The calibration record of a calibrated checkpoint, without its per-file list (names only)."""
+    if not record:
+        return None
+    return {**{k: v for k, v in record.items() if k != "files"},
+            "files": [f.get("path") for f in record.get("files", [])]}
 
 
 def load_exported(path: str | Path, tune_allocator: bool = True, validate: bool = True) -> Callable:

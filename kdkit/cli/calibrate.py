@@ -1,0 +1,55 @@
+"""``kdkit calibrate``: re-set a checkpoint's threshold for a new car from its attack-free recordings.
+
+    kdkit calibrate --checkpoint best.pt --clean rav4-clean.log.gz --channel can0 --fpr 0.01 --out best_rav4.pt
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from kdkit.workflows.calibrate import calibrate_checkpoint
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    res = calibrate_checkpoint(args.checkpoint, args.clean, args.out, fpr=args.fpr, channel=args.channel,
+                               on_bad_rows=args.on_bad_rows, allow_attacks=args.allow_attacks, force=args.force)
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return 0
+    for f in res["files"]:
+        note = f", {f['left_out_attack_windows']:,} attack windows left out" if f["left_out_attack_windows"] else ""
+        if f["skipped_rows"]:
+            note += f", {f['skipped_rows']:,} malformed rows skipped ({f['skipped_attack_rows']:,} attack rows)"
+        rate = "-" if f["alarm_rate_before"] is None else f"{f['alarm_rate_before']:.2%} -> {f['alarm_rate_after']:.2%}"
+        print(f"{f['path']}: {f['windows']:,} windows{note}; alarm rate {rate}")
+    print(f"calibrated on {res['windows']:,} clean windows (fpr {res['fpr']:g}): threshold {res['old_threshold']:.6g} -> "
+          f"{res['new_threshold']:.6g}; alarm rate on them {res['alarm_rate_before']:.2%} ({res['alarms_before']:,}) -> "
+          f"{res['alarm_rate_after']:.2%} ({res['alarms_after']:,})")
+    for w in res["warnings"]:
+        print(f"warning: {w}")
+    print(f"written {res['out']} (the threshold and its provenance's calibration record changed, nothing else)")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("calibrate", help="re-set a checkpoint's threshold from a new car's attack-free recordings",
+                       description="Score every window of a new car's attack-free recordings with the checkpoint and "
+                                   "write a copy whose threshold keeps their alarm rate <= --fpr. Only the threshold "
+                                   "changes: the model still knows only the IDs of the car it was trained on, so a "
+                                   "new car needs its own attack-free recording.")
+    p.add_argument("--checkpoint", required=True, help="a kdkit GAT or VGAE checkpoint (best.pt)")
+    p.add_argument("--clean", required=True, nargs="+", metavar="FILE_OR_FOLDER",
+                   help="attack-free recordings of the new car (any format kdkit reads; a folder: every recording "
+                        "in it, recursively)")
+    p.add_argument("--fpr", type=float, default=0.01,
+                   help="alarm rate to keep on the clean windows, in (0, 0.5); needs >= 1/fpr windows (default 0.01)")
+    p.add_argument("--out", required=True, help="the calibrated checkpoint to write")
+    p.add_argument("--channel", default=None, help="logger files (.log/.asc/.blf/.trc): keep only this bus channel")
+    p.add_argument("--on-bad-rows", choices=["error", "skip"], default=None,
+                   help="malformed rows: stop or skip and count (default: as the checkpoint was trained)")
+    p.add_argument("--allow-attacks", action="store_true",
+                   help="recordings with labelled attack rows: calibrate on their attack-free windows instead of "
+                        "refusing them")
+    p.add_argument("--force", action="store_true", help="allow --out to be the checkpoint itself (replaced)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_calibrate)

@@ -1,0 +1,186 @@
+"""Re-setting a checkpoint's threshold for a new car from that car's attack-free recordings
+(``kdkit calibrate``).
+
+    from kdkit.workflows.calibrate import calibrate_checkpoint
+    res = calibrate_checkpoint("best.pt", ["rav4-clean.log.gz"], "best_rav4.pt", fpr=0.01, channel="can0")
+    res["alarm_rate_before"], res["alarm_rate_after"]
+
+A model trained on one car alarms far more often on another car's normal traffic (other IDs,
+periods and payloads). Calibration scores every window of the new car's attack-free recordings
+with the checkpoint's own vocabulary and graph settings and sets the threshold to the smallest
+value that keeps the alarm rate on them at most ``fpr`` under kdkit's rule (a window is an
+attack when ``score >= threshold``). Only the threshold changes: the weights, the vocabulary and
+the graph settings stay, and the new checkpoint's provenance records what it was calibrated on.
+Calibration cannot teach the model the new car's IDs: a new car needs its own attack-free
+recording, and the detection rate on that car is unknown until it is measured on labelled
+attacks of that car.
+"""
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from kdkit.data.datasets import file_sha256
+from kdkit.models.thresholds import is_attack, quantile_threshold
+from kdkit.training.checkpoint import atomic_torch_save, load_checkpoint, provenance
+from kdkit.workflows.scoring import (
+    alarm_summary,
+    check_channel,
+    load_scoring_model,
+    oov_warning,
+    recording_files,
+    score_recording,
+)
+
+log = logging.getLogger(__name__)
+
+CALIBRATED_HINT = ("the new threshold bounds its false alarms on traffic like this, but the model cannot tell this "
+                   "car's unknown IDs from injected ones: measure detection on labelled attacks of this car, or "
+                   "retrain on its traffic")
+
+
+def windows_needed(fpr: float) -> int:
+    """Fewest windows with which a false-alarm budget of ``fpr`` allows one alarm (``ceil(1 / fpr)``)."""
+    return math.ceil(1.0 / fpr - 1e-9)
+
+
+def fpr_threshold(scores: np.ndarray, fpr: float) -> float:
+    """The smallest threshold with at most ``floor(fpr * n)`` of the ``n`` scores ``>=`` it.
+
+    The value is a float32 number (scores are float32; a gateway compares float32 probabilities
+    with it), so the budget holds whether the comparison runs in float32 or float64.
+    """
+    s = np.asarray(scores, np.float32)
+    exact = quantile_threshold(s.astype(np.float64), 1.0 - fpr)
+    t = np.float32(exact)
+    if float(t) < exact:  # "just above the highest allowed score" rounded down to it in float32
+        t = np.nextafter(t, np.float32(np.inf))
+    allowed = math.floor(fpr * s.size + 1e-9)
+    while int(is_attack(s, t).sum()) > allowed or int(is_attack(s.astype(np.float64), float(t)).sum()) > allowed:
+        t = np.nextafter(t, np.float32(np.inf))  # ties at the boundary (float32 rounding): step above them
+    return float(t)
+
+
+def check_fpr(fpr: float) -> None:
+    """Raises ValueError unless ``0 < fpr < 0.5``."""
+    if not (isinstance(fpr, (int, float)) and math.isfinite(fpr) and 0.0 < fpr < 0.5):
+        shown = f"{fpr:g}" if isinstance(fpr, (int, float)) else repr(fpr)
+        raise ValueError(f"--fpr {shown}: the false-alarm rate to keep on the clean recordings must be in (0, 0.5), "
+                         "e.g. 0.01")
+
+
+def calibrate_checkpoint(checkpoint: str | Path, clean: Sequence[str | Path], out: str | Path, fpr: float = 0.01,
+                         channel: str | None = None, on_bad_rows: str | None = None, allow_attacks: bool = False,
+                         force: bool = False, batch_size: int = 256) -> dict:
+    """Set a checkpoint's threshold from attack-free recordings of a new car; write it to ``out``.
+
+    Every window of the ``clean`` recordings (files or folders, any format kdkit reads) is scored
+    with the checkpoint's vocabulary and graph settings; the new threshold is the smallest value
+    that keeps their alarm rate ``<= fpr``. ``out`` is written atomically (temp file + replace)
+    with the new threshold and a ``calibration`` entry in its provenance (files with SHA-256,
+    fpr, windows, old and new threshold, alarm rates, date); everything else is kept.
+
+    Args:
+        checkpoint: a kdkit GAT or VGAE checkpoint.
+        clean: attack-free recordings of the new car.
+        out: the new checkpoint's path.
+        fpr: the alarm rate to keep on the clean windows, in (0, 0.5).
+        channel: logger files: keep only this bus channel.
+        on_bad_rows: ``error``/``skip`` (default: as the checkpoint was trained).
+        allow_attacks: calibrate on the attack-free windows of recordings that hold labelled
+            attack rows (their attack windows are left out) instead of refusing them.
+        force: allow ``out`` to be ``checkpoint`` itself (replaced).
+        batch_size: windows per forward pass.
+
+    Returns:
+        ``{"checkpoint", "out", "fpr", "windows", "old_threshold", "new_threshold",
+        "alarm_rate_before", "alarm_rate_after", "files": [...], "warnings": [...], ...}``.
+
+    Raises:
+        FileNotFoundError: a missing checkpoint or recording.
+        ValueError: fpr outside (0, 0.5); ``out`` is the checkpoint without ``force``; a folder
+            without recordings; ``channel`` without logger files or matching no frame; labelled
+            attack rows in the clean recordings (without ``allow_attacks``); fewer than
+            ``ceil(1 / fpr)`` windows.
+    """
+    check_fpr(fpr)
+    checkpoint, out = Path(checkpoint), Path(out)
+    if out.exists() and out.resolve() == checkpoint.resolve() and not force:
+        raise ValueError(f"--out {out} is the checkpoint being calibrated: it would be replaced; write the calibrated "
+                         "copy elsewhere, or pass --force to replace it")
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder: give the new checkpoint's file name (e.g. {out / 'calibrated.pt'})")
+    files = recording_files(clean, "--clean")
+    check_channel(files, channel)
+    sm = load_scoring_model(checkpoint, "calibrated")
+    old = sm.threshold
+    scored, entries, attacks = [], [], []
+    for f in files:
+        rec = score_recording(sm, f, channel, on_bad_rows, batch_size)
+        n_attack = int(rec.messages.label.sum())
+        keep = np.ones(rec.windows, bool)
+        if n_attack:
+            attack_windows = int(rec.graphs.y.sum())
+            if not allow_attacks:
+                attacks.append(f"{f}: {n_attack:,} of {len(rec.messages):,} messages are labelled attacks "
+                               f"({attack_windows:,} of {rec.windows:,} windows)")
+            keep = rec.graphs.y.numpy() == 0
+        scored.append((rec, keep))
+        entries.append({"path": str(f.resolve()), "sha256": file_sha256(f), "messages": len(rec.messages),
+                        "windows": int(keep.sum()), "attack_messages": n_attack,
+                        "left_out_attack_windows": int((~keep).sum()), "skipped_rows": rec.messages.skipped_rows,
+                        "skipped_attack_rows": rec.messages.skipped_attack_rows})
+    if attacks:
+        raise ValueError("--clean takes attack-free recordings, and these hold labelled attacks: " + "; ".join(attacks)
+                         + ". Remove them, or pass --allow-attacks to calibrate on their attack-free windows only")
+    scores = np.concatenate([rec.scores[keep] for rec, keep in scored]) if scored else np.zeros(0, np.float32)
+    need = windows_needed(fpr)
+    if scores.size < need:
+        per = f"window {sm.graph['window']:,}, stride {sm.graph['stride']:,}"
+        raise ValueError(f"--fpr {fpr:g} needs at least {need:,} clean windows (so the budget allows one alarm), and the "
+                         f"{len(files)} recording(s) give {scores.size:,} ({per}: about "
+                         f"{(need - 1) * int(sm.graph['stride']) + int(sm.graph['window']):,} messages are needed); "
+                         f"record more attack-free traffic, or raise --fpr to at least {1.0 / max(scores.size, 1):.3g}")
+    new = fpr_threshold(scores, fpr)
+    before = float(is_attack(scores, old).mean())
+    after = float(is_attack(scores, new).mean())
+    if after > fpr:  # fpr_threshold guarantees it; a broken guarantee must not be written
+        raise RuntimeError(f"calibration failed: alarm rate {after} > fpr {fpr} at threshold {new}")
+    graphs = [rec.graphs.subset(np.flatnonzero(keep)) for rec, keep in scored]
+    summary = alarm_summary(graphs, scores, new)
+    warnings = [w for w in [oov_warning(summary, "clean recordings", CALIBRATED_HINT)] if w]
+    if new > float(scores.max()):
+        warnings.append(f"the new threshold {new:.6g} is above every clean window's score (max {float(scores.max()):.6g}): "
+                        "with this few windows the model alarms on none of them; it may miss attacks that score "
+                        "like this car's normal traffic")
+    record = {"files": entries, "channel": channel, "fpr": fpr, "windows": int(scores.size), "old_threshold": old,
+              "new_threshold": new, "alarm_rate_before": before, "alarm_rate_after": after,
+              "from_checkpoint": str(checkpoint.resolve()), "from_checkpoint_sha256": file_sha256(checkpoint),
+              "allow_attacks": allow_attacks, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    ckpt = copy.copy(sm.ckpt)
+    prov = copy.deepcopy(provenance(sm.ckpt, checkpoint))
+    prov["calibration"] = record
+    prov["calibrations"] = [*prov.get("calibrations", []), record]  # every calibration, oldest first
+    ckpt["provenance"] = prov
+    ckpt["threshold"] = new
+    atomic_torch_save(ckpt, out)
+    load_checkpoint(out)  # the written file loads as a kdkit checkpoint
+    log.info("calibrated %s on %d windows: threshold %.6g -> %.6g, alarm rate %.4f -> %.4f; written to %s",
+             checkpoint, scores.size, old, new, before, after, out)
+    per_file = []
+    for (rec, keep), entry in zip(scored, entries):
+        s = rec.scores[keep]
+        per_file.append({**entry, "alarm_rate_before": float(is_attack(s, old).mean()) if s.size else None,
+                         "alarm_rate_after": float(is_attack(s, new).mean()) if s.size else None})
+    return {"checkpoint": str(checkpoint), "out": str(out), "fpr": fpr, "windows": int(scores.size),
+            "windows_needed": need, "old_threshold": old, "new_threshold": new, "alarm_rate_before": before,
+            "alarm_rate_after": after, "alarms_before": int(is_attack(scores, old).sum()),
+            "alarms_after": int(is_attack(scores, new).sum()), "scores": summary["scores"],
+            "oov_node_share": summary["oov_node_share"], "family": sm.family, "files": per_file,
+            "warnings": warnings}
