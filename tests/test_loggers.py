@@ -380,9 +380,22 @@ def test_label_intervals_for_a_csv_recording(tmp_path: Path):
 
 
 def test_bench_preprocess_reads_a_logger_file(tmp_path: Path):
-    from kdkit.bench.preprocess import preprocess_file
+    from kdkit.bench.preprocess import preprocess_file, python_can_baseline
 
     path = write_text(tmp_path / "drive.log.gz", "".join(f"({k / 1000:.6f}) can0 {0x100 + k % 5:03X}#{k % 256:02X}\n"
                                                          for k in range(1000)))
     result = preprocess_file(path, repeats=1)
     assert result["messages"] == 1000 and result["windows"] == 10
+    assert python_can_baseline(path, repeats=1)["messages"] == 1000
+
+
+@pytest.mark.parametrize("first_with_direction", [False, True])
+def test_candump_direction_field_on_many_lines(tmp_path: Path, first_with_direction: bool):
+    """Lines with the optional direction field (' R'/' T') are parsed by the fast path as well."""
+    lines = []
+    for k in range(300):
+        direction = (" R", " T", "")[k % 3] if k or first_with_direction else ""
+        lines.append(f"({k / 1000:.6f}) can{k % 2} {0x100 + k % 9:03X}#{k % 256:02X}{'EE' * (k % 4)}{direction}\n")
+    path = write_text(tmp_path / "drive.log", "".join(lines))
+    assert_same(read_logger_file(path), python_can_frames(path))
+    assert_same(read_logger_file(path, channel="can1"), python_can_frames(path, "can1"))

@@ -3,6 +3,7 @@
     kdkit bench preprocess --file hcrl-sa/train_02_with_attacks/DoS-kia.csv.gz --json
     kdkit bench preprocess --dataset hcrl_sa --json      # whole dataset, fresh process, peak RSS
     kdkit bench preprocess --file F --baseline pandas    # the predecessor-style pandas loop
+    kdkit bench preprocess --file drive.log.gz --baseline python-can   # python-can's reader alone
 
 Throughput is measured on one core (torch and BLAS threads pinned to 1) after one
 burn-in run; the median of the repeats is reported together with every repeat.
@@ -39,7 +40,8 @@ def _one_core() -> None:
 
 
 def preprocess_file(path: str | Path, repeats: int = 5, window: int = 100, stride: int = 100) -> dict:
-    """End-to-end throughput of one file: read -> messages -> windows -> graphs -> store."""
+    """End-to-end throughput of one file (any format :func:`read_messages` reads, logger files
+    included): read -> messages -> windows -> graphs -> store."""
 
     _one_core()
     path = Path(path)
@@ -95,8 +97,44 @@ def pandas_baseline(path: str | Path, limit: int = 20000, window: int = 100) -> 
                  for cid, v in nodes.items()}
         graphs.append((feats, edges))
     dt = time.perf_counter() - t0
-    return {"benchmark": "preprocess-pandas-baseline", "file": str(path), "messages": int(len(df)),
+    return {"benchmark": "preprocess-pandas-baseline", "file": str(path), "messages": len(df),
             "windows": len(graphs), "seconds": round(dt, 4), "messages_per_s": round(len(df) / dt)}
+
+
+def python_can_baseline(path: str | Path, repeats: int = 3) -> dict:
+    """python-can's own reader on a logger file (``.log``, ``.asc``, ``.blf``, ``.trc``, ``.gz`` ok):
+    frames -> timestamp/ID/payload arrays, no checks; the reference for kdkit's candump fast path."""
+    import gzip
+
+    import can
+
+    _one_core()
+    path = Path(path)
+    kind = {".log": can.CanutilsLogReader, ".asc": can.ASCReader, ".blf": can.BLFReader, ".trc": can.TRCReader}[
+        Path(path.name.lower().removesuffix(".gz")).suffix]
+    binary = kind is can.BLFReader
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    times: list[float] = []
+    cpu: list[float] = []
+    n = 0
+    for i in range(repeats + 1):  # run 0 is burn-in
+        c0, t0 = time.process_time(), time.perf_counter()
+        with opener(path, "rb" if binary else "rt") as handle:
+            frames = [m for m in kind(handle) if not m.is_remote_frame and not m.is_error_frame]
+        n = len(frames)
+        ts = np.fromiter((m.timestamp for m in frames), np.float64, n)
+        ids = np.fromiter((m.arbitration_id for m in frames), np.uint32, n)
+        payload = np.frombuffer(b"".join(bytes(m.data[:8]).ljust(8, b"\0") for m in frames), np.uint8).reshape(n, 8)
+        t1, c1 = time.perf_counter(), time.process_time()
+        del ts, ids, payload, frames
+        if i:
+            times.append(t1 - t0)
+            cpu.append(c1 - c0)
+    med = statistics.median(times)
+    return {"benchmark": "read-python-can", "file": str(path), "messages": n, "seconds_median": round(med, 4),
+            "seconds_all": [round(t, 4) for t in times], "messages_per_s": round(n / med),
+            "cpu_seconds_median": round(statistics.median(cpu), 4), "messages_per_cpu_s": round(n / statistics.median(cpu)),
+            "threads": 1, "machine": machine_info()}
 
 
 def preprocess_dataset(name: str, data_root: str | None = None) -> dict:

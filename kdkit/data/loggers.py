@@ -415,24 +415,76 @@ def _candump_line(text: str) -> tuple:
     return ("frame", ts, chan, value, len(id_text) == 8, bytes.fromhex(data), fd)
 
 
-def _candump_table(text: bytes) -> tuple[pa.Table, list[tuple[int, str]]]:
-    """The lines as three binary columns split at single spaces; lines with another number of
-    fields are returned as (line, text) for the per-line parser."""
+def _candump_table(text: bytes, columns: int) -> tuple[pa.Table, list[tuple[int, str]]]:
+    """The lines as ``columns`` binary columns split at single spaces; lines with another number
+    of fields come back as (line, text)."""
     odd: list[tuple[int, str]] = []
 
     def on_invalid(row: pacsv.InvalidRow) -> str:
         odd.append((row.number, row.text))
         return "skip"
 
+    names = ["t", "c", "f", "d"][:columns]
     table = pacsv.read_csv(
         pa.py_buffer(text),
-        read_options=pacsv.ReadOptions(column_names=["t", "c", "f"], use_threads=False, block_size=1 << 24),
+        read_options=pacsv.ReadOptions(column_names=names, use_threads=False, block_size=1 << 24),
         parse_options=pacsv.ParseOptions(delimiter=" ", quote_char=False, ignore_empty_lines=False,
                                          invalid_row_handler=on_invalid),
-        convert_options=pacsv.ConvertOptions(column_types={k: pa.binary() for k in "tcf"}, strings_can_be_null=False,
+        convert_options=pacsv.ConvertOptions(column_types={k: pa.binary() for k in names}, strings_can_be_null=False,
                                              null_values=[], check_utf8=False),
     )
     return table, odd
+
+
+def _rows_and_handed(n: int, odd: list[tuple[int, str]]) -> np.ndarray:
+    """1-based line of each of the ``n`` table rows: the lines handed to on_invalid are no rows."""
+    if not odd:
+        return np.arange(1, n + 1)
+    is_row = np.ones(n + len(odd), bool)
+    is_row[np.array([line for line, _ in odd], np.int64) - 1] = False
+    return np.flatnonzero(is_row) + 1
+
+
+@dataclass
+class _Part:
+    """Lines parsed by the vectorized path: the plain frames (``fast``) and the other lines."""
+
+    lines: np.ndarray
+    ts: np.ndarray
+    value: np.ndarray
+    id_len: np.ndarray
+    payload: np.ndarray
+    dlc: np.ndarray
+    fast: np.ndarray
+    channel: np.ndarray    # per row: index into the channel names of the part
+    names: list[str]
+    slow: list[tuple[int, str]]
+
+
+def _vector_part(table: pa.Table, lines: np.ndarray, direction: bool = False) -> _Part:
+    """Rows of ``(timestamp) channel ID#data`` [``R``|``T``] split into columns -> a :class:`_Part`."""
+    t_col, c_col, f_col = (table.column(k).combine_chunks() for k in "tcf")
+    t_off, t_data = _string_parts(t_col)
+    t_len = np.diff(t_off)
+    padded = np.append(t_data, np.uint8(0))
+    paren = (t_len >= 3) & (padded[t_off[:-1]] == ord("(")) & (padded[np.maximum(t_off[1:] - 1, 0)] == ord(")"))
+    ts, ok_ts = _parse_float(pc.binary_slice(t_col, 1, -1))
+    value, id_len, payload, dlc, ok_frame = _parse_frames(f_col)
+    fast = paren & ok_ts & ok_frame
+    if direction:
+        d_off, d_data = _string_parts(table.column("d").combine_chunks())
+        first = np.append(d_data, np.uint8(0))[d_off[:-1]] | np.uint8(0x20)
+        fast &= (np.diff(d_off) == 1) & ((first == ord("r")) | (first == ord("t")))
+    slow_rows = np.flatnonzero(~fast)
+    if slow_rows.size:
+        c_len, f_len = np.diff(_string_parts(c_col)[0]), np.diff(_string_parts(f_col)[0])
+        slow_rows = slow_rows[(t_len[slow_rows] != 0) | (c_len[slow_rows] != 0) | (f_len[slow_rows] != 0)]  # not blank
+    cols = [table.column(k).combine_chunks() for k in table.column_names]
+    slow = [(int(lines[i]), b" ".join(c[i].as_py() for c in cols).decode("ascii")) for i in slow_rows.tolist()]
+    c_codes = pc.dictionary_encode(c_col)
+    names = [_channel_name(b.decode("ascii", "replace")) for b in c_codes.dictionary.to_pylist()]
+    return _Part(lines, ts, value, id_len, payload, dlc, fast, c_codes.indices.to_numpy(zero_copy_only=False), names,
+                 slow)
 
 
 def _ascii(text: bytes) -> tuple[bytes, set[int]]:
@@ -512,49 +564,29 @@ def _parse_frames(f_col: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
 def _read_candump(path: Path, channel: str | None):
     """candump ``-L`` text -> (_Frames, earlier bad lines, loss, dropped counts)."""
     text, cut = _decompress(path)
+    if not text.strip():
+        raise DataFormatError(path, None, "empty file: no data frames")
     text, non_ascii = _ascii(text)
     try:
-        table, odd = _candump_table(text)
+        # lines have three fields, or four with the direction ('... 123#11 R'): split the file as its
+        # first line is, then the other lines (if many) the other way; the rest go one by one
+        first = text.lstrip()[:200].split(b"\n", 1)[0].strip().split(b" ")
+        columns = 4 if len(first) == 4 else 3
+        table, odd = _candump_table(text, columns)
+        parts = [_vector_part(table, _rows_and_handed(table.num_rows, odd), direction=columns == 4)]
+        if len(odd) > 64:
+            table, odd2 = _candump_table("\n".join(line_text for _, line_text in odd).encode(), 7 - columns)
+            index = _rows_and_handed(table.num_rows, odd2) - 1
+            parts.append(_vector_part(table, np.array([odd[k][0] for k in index], np.int64), direction=columns == 3))
+            odd = [odd[k - 1] for k, _ in odd2]
     except pa.ArrowInvalid as err:
         raise DataFormatError(path, None, f"unreadable text ({err})") from err
-    n = table.num_rows
-    t_col, c_col, f_col = (table.column(k).combine_chunks() for k in "tcf")
-    # line of each table row: the lines the CSV parser handed to on_invalid are not rows
-    if odd:
-        handed = np.array([line for line, _ in odd], np.int64)
-        is_row = np.ones(n + handed.size, bool)
-        is_row[handed - 1] = False
-        line_of_row = np.flatnonzero(is_row) + 1
-    else:
-        line_of_row = np.arange(1, n + 1)
 
-    # fields, vectorized; a row any check fails goes to the per-line parser
-    t_off, t_data = _string_parts(t_col)
-    t_len = np.diff(t_off)
-    padded = np.append(t_data, np.uint8(0))
-    paren = (t_len >= 3) & (padded[t_off[:-1]] == ord("(")) & (padded[np.maximum(t_off[1:] - 1, 0)] == ord(")"))
-    ts, ok_ts = _parse_float(pc.binary_slice(t_col, 1, -1))
-    value, id_len, payload, dlc, ok_frame = _parse_frames(f_col)
-    fast = paren & ok_ts & ok_frame
-    slow_rows = np.flatnonzero(~fast)
-    if slow_rows.size:
-        c_len, f_len = np.diff(_string_parts(c_col)[0]), np.diff(_string_parts(f_col)[0])
-        slow_rows = slow_rows[(t_len[slow_rows] != 0) | (c_len[slow_rows] != 0) | (f_len[slow_rows] != 0)]  # not blank
-    c_codes = pc.dictionary_encode(c_col)
-    codes = c_codes.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    names = [_channel_name(b.decode("ascii", "replace")) for b in c_codes.dictionary.to_pylist()]
-
-    # the other lines, one by one
-    slow: list[tuple[int, str]] = list(odd)
-    for i in slow_rows.tolist():
-        slow.append((int(line_of_row[i]), b" ".join((t_col[i].as_py(), c_col[i].as_py(), f_col[i].as_py())).decode("ascii")))
-    slow.sort()
+    # the lines left over, one by one
     earlier: list[tuple[int | None, str]] = []
     dropped = {"remote": 0, "error": 0}
-    counts: dict[str, int] = {}
-    extra = {"ts": [], "id": [], "ext": [], "data": [], "line": [], "code": [], "problem": []}
-    name_code = {nm: k for k, nm in enumerate(names)}
-    for line, line_text in slow:
+    extra: dict[str, list] = {"ts": [], "id": [], "ext": [], "data": [], "line": [], "chan": [], "problem": []}
+    for line, line_text in sorted(odd + [row for part in parts for row in part.slow]):
         parsed = _candump_line(line_text)
         kind = parsed[0]
         if kind == "blank":
@@ -564,62 +596,62 @@ def _read_candump(path: Path, channel: str | None):
             earlier.append((line, f"not a candump -L frame line: {parsed[1]}{note}"))
             continue
         chan = _channel_name(parsed[2])
-        if chan not in name_code:
-            name_code[chan] = len(names)
-            names.append(chan)
         if kind in ("remote", "error"):
-            if channel is None or chan == channel:
-                dropped[kind] += 1
+            dropped[kind] += channel is None or chan == channel
             continue
         _, t, _, arb, ext, data, fd = parsed
         problem = None
         if len(data) > 8:
             problem = (f"CAN FD frame with {len(data)} data bytes: {_FD_HINT}" if fd else
                        f"{len(data)} data bytes: a classic CAN frame carries at most 8")
-        for key, v in zip(("ts", "id", "ext", "data", "line", "code", "problem"),
-                          (t, arb, ext, data[:8], line, name_code[chan], problem)):
+        for key, v in zip(extra, (t, arb, ext, data[:8], line, chan, problem)):
             extra[key].append(v)
 
-    # channels: frame counts per channel name, then the filter
-    per_code = np.bincount(codes[fast], minlength=len(names)) if n else np.zeros(len(names), np.int64)
-    per_code = np.append(per_code, np.zeros(len(names) - per_code.size, np.int64))
-    for code in extra["code"]:
-        per_code[code] += 1
-    for k, nm in enumerate(names):
-        if per_code[k]:
-            counts[nm] = counts.get(nm, 0) + int(per_code[k])
-    keep_fast = fast
-    keep_extra = np.ones(len(extra["line"]), bool)
-    if channel is not None:
-        wanted = [k for k, nm in enumerate(names) if nm == channel]
-        if not wanted or not per_code[wanted].sum():
-            raise _no_channel(path, channel, counts)
-        keep_fast = fast & np.isin(codes, wanted)
-        keep_extra = np.isin(np.array(extra["code"], np.int64), wanted)
-    elif not fast.any() and not extra["line"] and not earlier:
-        raise DataFormatError(path, None, "no data frames" + (" (the file is empty)" if n + len(odd) == 0 else ""))
+    # data frames per channel, and the channel filter
+    counts: dict[str, int] = {}
+    keep = []
+    for part in parts:
+        per_code = np.bincount(part.channel[part.fast], minlength=len(part.names))
+        for name, k in zip(part.names, per_code.tolist()):
+            counts[name] = counts.get(name, 0) + k
+        wanted = [k for k, name in enumerate(part.names) if name == channel]
+        keep.append(part.fast if channel is None else part.fast & np.isin(part.channel, wanted))
+    for name in extra["chan"]:
+        counts[name] = counts.get(name, 0) + 1
+    counts = {name: k for name, k in counts.items() if k}
+    keep_extra = np.array([channel is None or name == channel for name in extra["chan"]], bool)
+    if channel is not None and not counts.get(channel):
+        raise _no_channel(path, channel, counts)
+    if not counts and not earlier:
+        raise DataFormatError(path, None, f"no data frames ({dropped['remote']} remote and {dropped['error']} error "
+                              f"frames dropped)")
 
-    rows = slice(None) if keep_fast.all() else np.flatnonzero(keep_fast)  # usually every row: no copies
-    frames = _Frames(ts[rows], value[rows], id_len[rows] == 8, dlc[rows], payload[rows],
-                     line_of_row[rows].astype(np.int64), {})
-    if extra["line"]:
-        sel = np.flatnonzero(keep_extra)
+    # the frames of every part, in line order
+    pieces = []
+    for part, rows in zip(parts, keep):
+        rows = slice(None) if rows.all() else np.flatnonzero(rows)  # usually every row: no copies
+        pieces.append((part.ts[rows], part.value[rows], part.id_len[rows] == 8, part.dlc[rows], part.payload[rows],
+                       part.lines[rows].astype(np.int64)))
+    sel = np.flatnonzero(keep_extra)
+    if sel.size:
         e_payload = np.zeros((sel.size, 8), np.uint8)
         for j, i in enumerate(sel.tolist()):
             e_payload[j, :len(extra["data"][i])] = np.frombuffer(extra["data"][i], np.uint8)
-        merged_lines = np.concatenate([frames.where, np.array(extra["line"], np.int64)[sel]])
-        order = np.argsort(merged_lines, kind="stable")
-        position = np.empty_like(order)
-        position[order] = np.arange(order.size)
-        extra_problem = {int(position[frames.where.size + j]): extra["problem"][i]
-                         for j, i in enumerate(sel.tolist()) if extra["problem"][i]}
-        frames = _Frames(
-            np.concatenate([frames.ts, np.array(extra["ts"], np.float64)[sel]])[order],
-            np.concatenate([frames.arb_id, np.array(extra["id"], np.uint32)[sel]])[order],
-            np.concatenate([frames.extended, np.array(extra["ext"], bool)[sel]])[order],
-            np.concatenate([frames.dlc, np.array([min(len(d), 8) for d in extra["data"]], np.uint8)[sel]])[order],
-            np.concatenate([frames.payload, e_payload])[order],
-            merged_lines[order], extra_problem)
+        pieces.append((np.array(extra["ts"], np.float64)[sel], np.array(extra["id"], np.uint32)[sel],
+                       np.array(extra["ext"], bool)[sel], np.array([len(d) for d in extra["data"]], np.uint8)[sel],
+                       e_payload, np.array(extra["line"], np.int64)[sel]))
+    pieces = [p for p in pieces if p[0].size] or pieces[:1]
+    if len(pieces) == 1:
+        frames = _Frames(*pieces[0], {})
+    else:
+        columns = [np.concatenate(c) for c in zip(*pieces)]
+        order = np.argsort(columns[-1], kind="stable")
+        frames = _Frames(*(c[order] for c in columns), {})
+    if sel.size:
+        extra_line = {int(extra["line"][i]): extra["problem"][i] for i in sel.tolist() if extra["problem"][i]}
+        if extra_line:
+            at = np.flatnonzero(np.isin(frames.where, list(extra_line)))
+            frames.problem = {int(i): extra_line[int(frames.where[i])] for i in at}
     lost = (1, cut) if cut is not None else None
     return frames, earlier, lost, dropped
 
