@@ -32,6 +32,8 @@ def cmd_bench_preprocess(args: argparse.Namespace) -> int:
         result = bench.preprocess_dataset(args.dataset, args.data_root)
     elif args.baseline == "pandas":
         result = bench.pandas_baseline(args.file, limit=args.limit)
+    elif args.baseline == "python-can":
+        result = bench.python_can_baseline(args.file, repeats=args.repeats)
     else:
         result = bench.preprocess_file(args.file, repeats=args.repeats)
     print_result(result, args.json)
@@ -106,7 +108,9 @@ def register(sub) -> None:
     src.add_argument("--dataset", help="a whole dataset, prepared from scratch in a fresh process")
     p.add_argument("--data-root", default=None)
     p.add_argument("--repeats", type=int, default=5, help="measured repeats after one burn-in (default 5)")
-    p.add_argument("--baseline", choices=["pandas"], help="run the predecessor-style pandas baseline instead")
+    p.add_argument("--baseline", choices=["pandas", "python-can"],
+                   help="run a baseline instead: the predecessor-style pandas loop, or python-can's reader alone "
+                        "(logger files)")
     p.add_argument("--limit", type=int, default=20000, help="messages for the pandas baseline (default 20000)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_preprocess)
