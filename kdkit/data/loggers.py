@@ -15,11 +15,15 @@ Importing this module makes :func:`kdkit.data.readers.read_messages` read these 
   byte offset for ``.blf``), or with ``on_bad_rows="skip"`` is dropped and counted in
   ``Messages.skipped_rows``: unparsable lines (also the ones python-can skips without a word in
   ``.asc``/``.trc``), frames with more than 8 data bytes (CAN FD: kdkit models classic CAN),
-  a standard ID above ``0x7FF``, time going backwards, a truncated ``.blf`` or gzip file (the
+  a standard ID above ``0x7FF``, time going backwards, a truncated ``.blf`` or ``.log.gz`` (the
   part before the cut is kept; the loss is counted). Corrupt compressed data is always an error.
 - Header, comment and event lines of the formats (``date``, ``base hex``, ``// ...``,
   ``Begin Triggerblock``, statistics and status events in ``.asc``; ``;`` lines and non-frame
   records in ``.trc``) are not frames and not errors.
+- candump IDs follow can-utils: 1-3 hex digits are standard, 8 are extended, an 8-digit ID with
+  ``CAN_ERR_FLAG`` (``0x20000000``) is an error frame; 4-7 digits are a bad line (python-can would
+  call them extended, and keeps error frames other than bus errors as data frames). CAN FD frames
+  of at most 8 data bytes are kept like classic frames.
 - Remote and error frames carry no payload for the models: they are dropped, and counted in the
   attribute ``dropped_frames`` set on the returned object (``{"remote": n, "error": n}``, frames
   of the selected channel; ``Messages.take`` does not carry it over).
@@ -115,7 +119,7 @@ def read_label_intervals(path: str | Path) -> LabelIntervals:
     a finite number, ``end < start``, an empty or ``normal`` attack type, or a bad CAN ID.
     """
     path = Path(path)
-    with open(path, newline="", encoding="utf-8", errors="replace") as handle:
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as handle:
         rows = list(csv.reader(handle))
     header = [h.strip() for h in rows[0]] if rows else []
     if header not in (["start", "end", "attack_type"], ["start", "end", "attack_type", "can_id"]):
@@ -521,6 +525,9 @@ def _any_row(flags: np.ndarray) -> np.ndarray:
 _WITHIN_DLC = (np.arange(16) < 2 * np.arange(9)[:, None])  # [dlc, character of the payload]
 
 
+_BLOCK_ROWS = 1 << 14  # frames decoded per block: the temporaries stay in the CPU cache
+
+
 def _parse_frames(f_col: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """candump ``ID#data`` cells -> (ID value uint32 without flags, ID digits, payload uint8 [n, 8],
     dlc, ok). ok only for the plain case: 3 or 8 hex digits, ``#``, 0-16 hex digits of even length
@@ -534,6 +541,17 @@ def _parse_frames(f_col: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     windows = np.lib.stride_tricks.sliding_window_view(chars, 16)  # row i: the 16 characters from i on
     start = offsets[:-1] - base
     length = np.diff(offsets)
+    out = (np.empty(n, np.uint32), np.empty(n, np.int64), np.empty((n, 8), np.uint8), np.empty(n, np.uint8),
+           np.empty(n, bool))
+    for a in range(0, n, _BLOCK_ROWS):
+        b = min(a + _BLOCK_ROWS, n)
+        for column, part in zip(out, _parse_block(windows, start[a:b], length[a:b])):
+            column[a:b] = part
+    return out
+
+
+def _parse_block(windows: np.ndarray, start: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, ...]:
+    """:func:`_parse_frames` for the cells at ``start`` (of ``length``) in ``windows``."""
     head = windows[start, :9]  # whole-row copies: much faster than gathering single characters
     h3 = (length >= 4) & (head[:, 3] == 35)
     h8 = ~h3 & (length >= 9) & (head[:, 8] == 35)
