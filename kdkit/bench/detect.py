@@ -5,7 +5,7 @@
 
 Replay (default): read -> windows -> graphs -> model -> alarms over the whole file, as
 ``kdkit detect --input`` runs it, after one untimed burn-in; messages/s (min/median/max over
-the repeats), CPU seconds, and how the time splits between reading the file and detecting.
+the repeats), CPU seconds and messages per CPU second (the figure to read on a shared machine), and how the time splits between reading the file and detecting.
 Live (``--live``): the file's frames are sent at their recorded pace (``can.MessageSync``, with
 ``preserve_timestamps=True``) on a python-can virtual bus from a thread, and a ``recv`` loop
 feeds the detector frame by frame: per-window decision latency p50/p99 from ``recv`` returning
@@ -59,6 +59,7 @@ def bench_replay(model: str | Path, path: str | Path, channel: str | None = None
             "reader": reader_name(path), "window": last["window"], "stride": last["stride"],
             "messages": last["messages"], "windows": last["windows"], "alarms": last["alarms"], "repeats": repeats,
             "messages_per_s": _spread([r["messages_per_s"] for r in runs], 0),
+            "messages_per_cpu_s": _spread([r["messages"] / max(r["cpu_seconds"], 1e-9) for r in runs], 0),
             "seconds": _spread([r["seconds"] for r in runs]), "cpu_seconds": _spread([r["cpu_seconds"] for r in runs]),
             "read_seconds": _spread([r["read_seconds"] for r in runs]),
             "detect_seconds": _spread([r["seconds"] - r["read_seconds"] for r in runs]),
@@ -100,5 +101,6 @@ def bench_live(model: str | Path, path: str | Path, channel: str | None = None, 
             "channel": channel, "seconds": round(float(msgs.timestamp[-1] - msgs.timestamp[0]), 3) if n else 0.0,
             "messages": summary["messages"], "windows": summary["windows"], "alarms": summary["alarms"],
             "latency_ms_p50": summary["latency_ms_p50"], "latency_ms_p99": summary["latency_ms_p99"],
-            "latency_ms_max": summary["latency_ms_max"], "cpu_seconds": summary["cpu_seconds"],
+            "latency_ms_max": summary["latency_ms_max"], "cpu_ms_p50": summary["cpu_ms_p50"],
+            "cpu_ms_p99": summary["cpu_ms_p99"], "cpu_seconds": summary["cpu_seconds"],
             "stopped_by": summary["stopped_by"], "threads": threads, "machine": machine_info()}

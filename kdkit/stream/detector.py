@@ -90,6 +90,8 @@ class Decision:
         is_attack: the decision.
         oov_ids: CAN IDs in the window outside the model's vocabulary (``Messages.can_id`` keys).
         latency_s: seconds from the arrival of its last message (when fed) to the decision.
+        cpu_s: CPU seconds this thread spent from feeding that message to the decision (the
+            latency without waiting for a core: on a busy machine the two differ).
         attack_share: share of messages labelled attack, when the input was a labelled
             :class:`~kdkit.data.readers.Messages` (None for frames).
     """
@@ -105,13 +107,15 @@ class Decision:
     oov_ids: tuple[int, ...] = ()
     latency_s: float | None = None
     attack_share: float | None = None
+    cpu_s: float | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready: IDs as candump hex strings, the latency in milliseconds."""
         out = {"window": self.window, "first_message": self.first_message, "start_time": self.start_time,
                "end_time": self.end_time, "messages": self.messages, "score": self.score, "threshold": self.threshold,
                "is_attack": self.is_attack, "oov_ids": [format_can_id(i) for i in self.oov_ids],
-               "latency_ms": None if self.latency_s is None else round(self.latency_s * 1e3, 4)}
+               "latency_ms": None if self.latency_s is None else round(self.latency_s * 1e3, 4),
+               "cpu_ms": None if self.cpu_s is None else round(self.cpu_s * 1e3, 4)}
         if self.attack_share is not None:
             out["attack_share"] = self.attack_share
         return out
@@ -335,6 +339,7 @@ class Detector:
         from which the decision's latency is measured. A bad frame is dropped and counted.
         """
         arrival = time.perf_counter() if arrival is None else arrival
+        cpu0 = time.thread_time()
         self.frames += 1
         try:
             ts, key, data, channel = _frame_fields(frame)
@@ -362,7 +367,7 @@ class Detector:
             self._restamp.check(np.asarray(self._one))
             self._one.clear()
         if self.messages == self._next + self.window:
-            return self._close(np.array([self._next]), arrival, labelled=False)[0]
+            return self._close(np.array([self._next]), arrival, cpu0, labelled=False)[0]
         return None
 
     def feed_many(self, frames: Messages | Iterable, arrival: float | None = None,
@@ -374,6 +379,7 @@ class Detector:
         real (default True for Messages; pass False for an unlabelled logger file): the
         decisions then carry ``attack_share``."""
         arrival = time.perf_counter() if arrival is None else arrival
+        cpu0 = time.thread_time()
         if isinstance(frames, Messages):
             cols, labelled = self._check_messages(frames), labelled is not False
         else:
@@ -381,7 +387,8 @@ class Detector:
         out: list[Decision] = []
         n = cols[0].shape[0]
         for i in range(0, n, BLOCK_MESSAGES):
-            out += self._append_block(*(c[i:i + BLOCK_MESSAGES] for c in cols), arrival=arrival, labelled=labelled)
+            out += self._append_block(*(c[i:i + BLOCK_MESSAGES] for c in cols), arrival=arrival, cpu0=cpu0,
+                                      labelled=labelled)
         return out
 
     def _check_messages(self, msgs: Messages) -> tuple[np.ndarray, ...]:
@@ -453,7 +460,8 @@ class Detector:
                 new[:self._n] = old[:self._n]
                 setattr(self, name, new)
 
-    def _append_block(self, ts, ids, dlc, payload, label, arrival: float, labelled: bool) -> list[Decision]:
+    def _append_block(self, ts, ids, dlc, payload, label, arrival: float, cpu0: float,
+                      labelled: bool) -> list[Decision]:
         if ts.size == 0:
             return []
         self._restamp.check(ts)
@@ -466,9 +474,9 @@ class Detector:
         last_start = self.messages - self.window
         if last_start < self._next:
             return []
-        return self._close(np.arange(self._next, last_start + 1, self.stride), arrival, labelled)
+        return self._close(np.arange(self._next, last_start + 1, self.stride), arrival, cpu0, labelled)
 
-    def _close(self, starts: np.ndarray, arrival: float, labelled: bool) -> list[Decision]:
+    def _close(self, starts: np.ndarray, arrival: float, cpu0: float, labelled: bool) -> list[Decision]:
         """Build, score and decide the windows starting at stream indices ``starts``."""
         lo = max(int(starts[0]) - 1, 0) - self._base  # the first window's preceding message (none at the start)
         hi = self._n
@@ -491,10 +499,10 @@ class Detector:
         ts = msgs.timestamp
         t0, t1 = ts[rel].tolist(), ts[rel + self.window - 1].tolist()
         share = gs.attack_share.numpy().tolist() if labelled else [None] * len(gs)
-        latency = time.perf_counter() - arrival
+        latency, cpu = time.perf_counter() - arrival, time.thread_time() - cpu0
         first, first_msg, score_l, attack_l = self.windows, starts.tolist(), scores.tolist(), attack.tolist()
         out = [Decision(first + k, first_msg[k], t0[k], t1[k], self.window, score_l[k], self.threshold, attack_l[k],
-                        oov_ids[k], latency, share[k]) for k in range(len(gs))]
+                        oov_ids[k], latency, share[k], cpu) for k in range(len(gs))]
         self.windows += len(out)
         self.alarms += int(attack.sum())
         self._next = int(starts[-1]) + self.stride

@@ -41,6 +41,7 @@ class RunSummary:
     def __init__(self, detector: Detector, source: str, mode: str, keep: bool = False):
         self.detector, self.source, self.mode = detector, source, mode
         self.latencies: list[float] = []
+        self.cpu_latencies: list[float] = []
         self.decisions: list[Decision] | None = [] if keep else None
         self.stalls = 0
         self.stopped_by = "end of input"
@@ -53,6 +54,8 @@ class RunSummary:
     def add(self, decision: Decision) -> None:
         if decision.latency_s is not None:
             self.latencies.append(decision.latency_s)
+        if decision.cpu_s is not None:
+            self.cpu_latencies.append(decision.cpu_s)
         if self.decisions is not None:
             self.decisions.append(decision)
 
@@ -64,8 +67,9 @@ class RunSummary:
     def to_dict(self) -> dict:
         """The summary as JSON-ready values (latencies in ms; None where nothing was decided)."""
         d = self.detector
-        lat = np.asarray(self.latencies) * 1e3
-        pct = (lambda q: round(float(np.percentile(lat, q)), 4)) if lat.size else (lambda q: None)
+        def pct(values: list[float], q: float) -> float | None:
+            return round(float(np.percentile(np.asarray(values) * 1e3, q)), 4) if values else None
+
         return {"source": self.source, "mode": self.mode, "model": d.name, "window": d.window, "stride": d.stride,
                 "threshold": d.threshold, "frames": d.frames, "messages": d.messages, "windows": d.windows,
                 "alarms": d.alarms, "alarm_rate": round(d.alarms / d.windows, 6) if d.windows else None,
@@ -73,15 +77,18 @@ class RunSummary:
                 "restamped": d.restamped, "seconds": round(self.seconds, 4), "cpu_seconds": round(self.cpu_seconds, 4),
                 "read_seconds": round(self.read_seconds, 4),
                 "messages_per_s": round(d.messages / self.seconds) if self.seconds > 0 else None,
-                "latency_ms_p50": pct(50), "latency_ms_p99": pct(99), "latency_ms_max": pct(100),
+                "latency_ms_p50": pct(self.latencies, 50), "latency_ms_p99": pct(self.latencies, 99),
+                "latency_ms_max": pct(self.latencies, 100), "cpu_ms_p50": pct(self.cpu_latencies, 50),
+                "cpu_ms_p99": pct(self.cpu_latencies, 99),
                 "stopped_by": self.stopped_by, "error": self.error}
 
     def format(self) -> str:
         """A few human-readable lines."""
         s = self.to_dict()
         rate = f"{s['alarm_rate']:.2%}" if s["alarm_rate"] is not None else "-"
-        lat = (f"decision latency p50 {s['latency_ms_p50']:.3f} ms, p99 {s['latency_ms_p99']:.3f} ms"
-               if s["latency_ms_p50"] is not None else "no decision")
+        lat = (f"decision latency p50 {s['latency_ms_p50']:.3f} ms, p99 {s['latency_ms_p99']:.3f} ms (CPU p50 "
+               f"{s['cpu_ms_p50']:.3f} ms, p99 {s['cpu_ms_p99']:.3f} ms)" if s["latency_ms_p50"] is not None
+               else "no decision")
         dropped = ", ".join(f"{k} {v}" for k, v in sorted(s["dropped"].items())) or "none"
         lines = [(f"{s['mode']} of {s['source']} with {s['model']} (window {s['window']}, stride {s['stride']}, "
                   f"threshold {s['threshold']:g}): stopped by {s['stopped_by']}"),
