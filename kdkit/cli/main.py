@@ -32,6 +32,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "slurm": ("kdkit.cli.slurm", "submit and follow SLURM jobs"),
     "report": ("kdkit.cli.report", "summarise a run folder, or write a self-contained HTML report"),
     "export": ("kdkit.cli.export", "ahead-of-time compile a GAT checkpoint for deployment (.pt2)"),
+    "calibrate": ("kdkit.cli.calibrate", "re-set a checkpoint's threshold from a new car's attack-free recordings"),
+    "detect": ("kdkit.cli.detect", "live detection on a python-can bus or a replayed recording"),
 }
 
 
