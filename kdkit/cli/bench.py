@@ -88,13 +88,15 @@ def cmd_bench_detect(args: argparse.Namespace) -> int:
     if args.live:
         print(f"  {result['messages']:,} messages, {result['windows']:,} windows in {result['seconds']} s of recording; "
               f"decision latency p50 {result['latency_ms_p50']} ms, p99 {result['latency_ms_p99']} ms, "
-              f"max {result['latency_ms_max']} ms")
+              f"max {result['latency_ms_max']} ms; CPU time per decision p50 {result['cpu_ms_p50']} ms, "
+              f"p99 {result['cpu_ms_p99']} ms")
         return 0
     m, c = result["messages_per_s"], result["cpu_seconds"]
     print(f"  {result['messages']:,} messages, {result['windows']:,} windows, {result['alarms']:,} alarms; reader "
           f"{result['reader']}")
     print(f"  {m['median']:,.0f} messages/s [{m['min']:,.0f}..{m['max']:,.0f}] over {result['repeats']} repeats, "
-          f"{c['median']} CPU s; reading {result['read_seconds']['median']} s, detecting "
+          f"{c['median']} CPU s ({result['messages_per_cpu_s']['median']:,.0f} messages per CPU second); reading "
+          f"{result['read_seconds']['median']} s, detecting "
           f"{result['detect_seconds']['median']} s ({result['detect_messages_per_s']['median']:,.0f} messages/s)")
     return 0
 
