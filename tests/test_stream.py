@@ -407,3 +407,32 @@ def test_replay_summary_and_bench_detect(trained, recording, capsys):
                  "--json"]) == 0
     live = json.loads(capsys.readouterr().out)
     assert live["windows"] >= 4 and 0 < live["latency_ms_p50"] <= live["latency_ms_p99"]
+
+
+def test_vgae_checkpoint_uses_its_anomaly_score_and_threshold(kdkit_env, tmp_path, recording):
+    from kdkit.config import make_config
+    from kdkit.workflows import train
+
+    cfg = make_config(model="vgae", type="student", dataset="synthetic", epochs=1, hidden=8, layers=1, heads=1,
+                      embedding_dim=4, precision="32-true", accelerator="cpu", num_workers=0,
+                      runs_dir=str(tmp_path / "runs"), run_name="vgae", save_compat=False)
+    path = Path(train(cfg, progress=False)["best_checkpoint"])
+    ckpt = load_checkpoint(path)
+    det = Detector.from_checkpoint(path)
+    assert det.threshold == ckpt["threshold"] != 0.5
+    msgs = read_messages(recording).slice(0, 3000)
+    got = det.feed_many(msgs)
+    ref = predict_scores(model_from_checkpoint(ckpt).eval(), build_graphs(msgs, IdVocab.from_list(ckpt["vocab"]), 100, 100))
+    np.testing.assert_allclose(_scores(got), ref, rtol=1e-6, atol=1e-6)
+    assert [d.is_attack for d in got] == (ref >= ckpt["threshold"]).tolist()
+
+
+def test_extended_ids_are_their_own_nodes_and_print_as_candump(trained):
+    det = Detector.from_checkpoint(trained)
+    frames = [(i * 1e-3, 0x18FEF100 if i % 2 else 0x100, bytes([i % 256]), bool(i % 2)) for i in range(100)]
+    (d,) = det.feed_many(frames)
+    assert set(d.oov_ids) == {0x100, 0x18FEF100 | EXTENDED_ID_FLAG} and det.dropped == {}
+    assert sorted(d.to_dict()["oov_ids"]) == ["100", "18FEF100"]
+    fd = det.clone()  # CAN FD frames of at most 8 bytes are kept, as kdkit.data.loggers keeps them
+    fd.feed(can.Message(timestamp=1.0, arbitration_id=0x100, is_fd=True, data=bytes(8)))
+    assert fd.messages == 1 and fd.dropped == {}

@@ -52,7 +52,7 @@ log = logging.getLogger("kdkit.stream")
 DROP_REASONS = {
     "error_frame": "an error frame",
     "remote_frame": "a remote (RTR) frame",
-    "fd_frame": "a CAN FD frame or more than 8 data bytes (the models read classic CAN)",
+    "fd_frame": "more than 8 data bytes (CAN FD; the models read classic CAN; FD frames of <= 8 bytes are kept)",
     "bad_id": "an arbitration ID outside 0..0x7FF (standard) or 0..0x1FFFFFFF (extended)",
     "bad_payload": "data that is not bytes",
     "bad_timestamp": "a timestamp that is not a finite number",
@@ -136,8 +136,6 @@ def _frame_fields(frame) -> tuple[float, int, bytes, str | None]:
             raise _Drop("remote_frame", f"remote frame ID 0x{frame.arbitration_id:X} at {frame.timestamp}")
         ts, arb, data, ext = frame.timestamp, frame.arbitration_id, frame.data, frame.is_extended_id
         channel = frame.channel
-        if getattr(frame, "is_fd", False):
-            raise _Drop("fd_frame", f"CAN FD frame ID 0x{arb:X} with {len(data or b'')} bytes at {ts}")
     else:
         try:
             ts, arb, data, ext = frame
@@ -159,7 +157,7 @@ def _frame_fields(frame) -> tuple[float, int, bytes, str | None]:
     except (TypeError, ValueError):
         raise _Drop("bad_payload", f"data {data!r} of ID 0x{arb:X} at {ts}") from None
     if len(data) > 8:
-        raise _Drop("fd_frame", f"{len(data)} data bytes in ID 0x{arb:X} at {ts}")
+        raise _Drop("fd_frame", f"{len(data)} data bytes in ID 0x{arb:X} at {ts}")  # as kdkit.data.loggers
     return ts, int(arb) | (EXTENDED_ID_FLAG if ext else 0), data, None if channel is None else str(channel)
 
 

@@ -145,6 +145,9 @@ def replay_file(detector: Detector, path: str | Path, channel: str | None = None
             log.warning("%s: --channel %s ignored: this format has no channels", path, channel)
         summary.read_seconds = time.perf_counter() - summary._t0
         summary.skipped_rows = msgs.skipped_rows
+        for kind, n in (getattr(msgs, "dropped_frames", None) or {}).items():  # remote/error frames the reader dropped
+            if n:
+                detector.dropped[f"{kind}_frame"] += int(n)
         if msgs.skipped_rows:
             log.warning("%s: %d bad rows skipped, e.g. %s", path, msgs.skipped_rows, "; ".join(msgs.skipped_examples[:3]))
         if max_messages is not None and len(msgs) > max_messages:
