@@ -14,7 +14,6 @@ from kdkit.bench import preprocess as bench
 from kdkit.bench.detect import bench_live, bench_replay
 from kdkit.bench.infer import bench_infer
 from kdkit.bench.train import bench_train
-from kdkit.data.datasets import REGISTRY
 
 
 def print_result(obj: dict, as_json: bool) -> None:
@@ -120,7 +119,8 @@ def register(sub) -> None:
     p = bench_sub.add_parser("train", help="legacy loop vs Fabric path: graphs/s and peak memory")
     p.add_argument("--model", choices=["gat", "vgae"], default="gat", help="model family (default gat)")
     p.add_argument("--type", choices=["teacher", "student"], default="teacher", help="model preset (default teacher)")
-    p.add_argument("--dataset", choices=sorted(REGISTRY), default="synthetic", help="dataset key (default synthetic)")
+    p.add_argument("--dataset", default="synthetic", metavar="NAME|PATH",
+                   help="dataset key, folder or spec file (default synthetic)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--steps", type=int, default=20, help="measured steps per repeat (default 20)")
     p.add_argument("--repeats", type=int, default=3, help="repeats of each variant, alternating (default 3)")
@@ -137,7 +137,8 @@ def register(sub) -> None:
 
     p = bench_sub.add_parser("infer", help="batched messages/s and single-window p50/p99 latency on one core")
     p.add_argument("--checkpoint", required=True, help="a kdkit checkpoint (best.pt)")
-    p.add_argument("--dataset", choices=sorted(REGISTRY), default=None, help="default: the checkpoint's dataset")
+    p.add_argument("--dataset", default=None, metavar="NAME|PATH",
+                   help="dataset key, folder or spec file (default: the checkpoint's dataset)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--split", default="val", help="split whose windows are scored (default val)")
     p.add_argument("--batch-size", type=int, default=64, help="windows per batch (default 64)")
