@@ -526,7 +526,7 @@ def _any_row(flags: np.ndarray) -> np.ndarray:
     return out
 
 
-_BLOCK_ROWS = 1 << 14  # frames decoded per block: the temporaries stay in the CPU cache
+_BLOCK_ROWS = 1 << 13  # frames decoded per block: the temporaries stay in the CPU cache
 
 
 def _parse_frames(f_col: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -862,12 +862,13 @@ def _read_python_can(path: Path, suffix: str, channel: str | None, mode: OnBadRo
         prefix: list[str] = []
         skipped_junk: list[tuple[int, str]] = []
         header_lines: list[str] = []
-        done_lines: set[int] = set()
+        source: _Lines | None = None
         try:
             with opener(path, "rt", encoding="utf-8", errors="replace") as handle:
-                while True:
+                while True:  # once, or after each line python-can could not parse (skip mode)
+                    start = source.line if source is not None else 0
                     source = _Lines(handle, prefix)
-                    source.line = max(done_lines, default=0)
+                    source.line = start
                     reader = getattr(can, _CAN_READERS[suffix])(source)
                     try:
                         for m in reader:
@@ -886,13 +887,15 @@ def _read_python_can(path: Path, suffix: str, channel: str | None, mode: OnBadRo
                         line = source.pending[-1][0] if source.pending else source.line
                         for ln, text in source.pending[:-1]:
                             _classify(suffix, ln, text, reader, skipped_junk, dropped, header_lines, channel)
+                        if source.line == start:  # no line read: the file (or its header) cannot be read
+                            raise DataFormatError(path, line or None, f"python-can could not read the file: "
+                                                                      f"{type(err).__name__} {err}") from err
                         earlier.append((line, f"python-can could not parse this line: {type(err).__name__} {err}"))
                         if mode == "error":
                             break
-                        done_lines.add(source.line)
                         prefix = _resume_prefix(suffix, reader, header_lines)
         except (OSError, EOFError, zlib.error) as err:
-            raise DataFormatError(path, None, f"corrupt or unreadable file after line {source.line} "
+            raise DataFormatError(path, None, f"corrupt or unreadable file after line {source.line if source else 0} "
                                               f"({type(err).__name__}: {err})") from err
         earlier.extend(skipped_junk)
         earlier.sort()
