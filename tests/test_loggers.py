@@ -399,3 +399,14 @@ def test_candump_direction_field_on_many_lines(tmp_path: Path, first_with_direct
     path = write_text(tmp_path / "drive.log", "".join(lines))
     assert_same(read_logger_file(path), python_can_frames(path))
     assert_same(read_logger_file(path, channel="can1"), python_can_frames(path, "can1"))
+
+
+def test_unreadable_files_are_errors_in_both_modes(tmp_path: Path):
+    trc = write_text(tmp_path / "nocolumns.trc", ";$FILEVERSION=2.1\n;$STARTTIME=25569.0\n"
+                                                 "      0         0.000 DT  1  0000100 Rx -  2    00 00\n")
+    empty = write_text(tmp_path / "empty.log", "\n \n")
+    for mode in ("error", "skip"):
+        with pytest.raises(DataFormatError, match=r"nocolumns\.trc:3: python-can could not .*File has no column"):
+            read_logger_file(trc, on_bad_rows=mode)
+        with pytest.raises(DataFormatError, match=r"empty\.log: empty file: no data frames"):
+            read_logger_file(empty, on_bad_rows=mode)
