@@ -63,17 +63,18 @@ def test_export_cli_package_matches_model(student_checkpoint, synthetic, tmp_pat
     with pytest.raises(ValueError, match=r"edge_index spans 0\.\.5, outside 0\.\.2"):  # not an abort
         score(Batch.from_data_list([graph(3, [(0, 5)])]))
 
-    # the README's gateway example runs as written (its file names swapped for this test's files)
+    # the README's live-detection example runs as written (its file names swapped for this test's files)
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    start = readme.index('meta = json.load(open("student.json"))')
+    start = readme.index('det = Detector.from_exported("student.pt2")')
     code = readme[readme.rindex("```python", 0, start) + len("```python"):readme.index("```", start)]
     recording = sorted(Path(os.environ["KDKIT_SYNTHETIC_ROOT"].format(seed=0)).rglob("*.csv*"))[0]
-    for name, path in (("student.json", out.with_suffix(".json")), ("student.pt2", out), ("capture.log", recording)):
+    for name, path in (("student.pt2", out), ("capture.log", recording)):
         assert f'"{name}"' in code, name
         code = code.replace(f'"{name}"', repr(str(path)))
     names: dict = {}
-    exec(compile(code, "README.md (gateway example)", "exec"), names)  # noqa: S102 - our own README
-    assert len(names["graphs"]) > 0 and names["alarm"].dtype == torch.bool and names["alarm"].numel() > 0
+    exec(compile(code, "README.md (live detection example)", "exec"), names)  # noqa: S102 - our own README
+    assert len(names["decisions"]) > 0 and all(d["score"] >= d["threshold"] for d in names["alarms"])
+    assert names["decision"] is None  # one more frame does not close a window
 
 
 def test_export_rejects_vgae_and_missing_package(synthetic, tmp_path):

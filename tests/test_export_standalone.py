@@ -51,6 +51,7 @@ def test_export_with_only_a_calibrated_checkpoint(student_checkpoint, synthetic,
     assert meta["calibration"]["fpr"] == 0.05
     assert meta["calibration"]["files"] == [str(Path(f).resolve()) for f in clean]
     assert f"{EXAMPLE_WINDOWS} graphs synthesized" in meta["example"]
+    assert meta["threads"] == 1  # compiled for one gateway core (a 2-thread package is ~2.8x slower on one)
 
     model = model_from_checkpoint(load_checkpoint(calibrated)).eval()
     score = load_exported(out)

@@ -7,7 +7,7 @@ from kdkit.deploy.export import export_checkpoint
 
 
 def cmd_export(args) -> int:
-    result = export_checkpoint(args.checkpoint, args.out)
+    result = export_checkpoint(args.checkpoint, args.out, threads=args.threads)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -25,5 +25,8 @@ def register(sub) -> None:
                                    "settings, so no training data is read.")
     p.add_argument("--checkpoint", required=True, help="a kdkit GAT checkpoint (best.pt)")
     p.add_argument("--out", default=None, help="package path (default: the checkpoint with .pt2)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads the package is compiled for (default 1: one gateway core; a package compiled "
+                        "for more threads is slower on one)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_export)
