@@ -1,6 +1,8 @@
 """The run functions every front end calls: CLI, notebooks, widgets and SLURM jobs.
 
-Owns one training run end to end and the evaluation of a checkpoint (:mod:`.run`), run folders
+Owns one training run end to end and the evaluation of a checkpoint (:mod:`.run`), scoring any
+recordings with a checkpoint alone (:mod:`.scoring`), re-setting a threshold for a new car
+(:mod:`.calibrate`), run folders
 and their locks (:mod:`.run_dir`), the ``saved_models/`` copies (:mod:`.saved_models`), the
 batch sizer applied to a run config (:mod:`.batch_size`), notebook execution and
 parameter checks (:mod:`.notebooks`) and the demo story (:mod:`.demo`).
