@@ -348,3 +348,30 @@ def test_slurm_jobs_and_the_panel_take_a_dataset_path(tmp_path: Path, monkeypatc
     spec = next(s for s in schema() if s.name == "dataset")
     control = control_for(spec, "my-car.toml", {})
     assert type(control).__name__ == "Combobox" and "synthetic" in control.options and control.value == "my-car.toml"
+
+
+def test_a_candump_capture_in_a_folder_dataset_with_dropped_frames_reported(tmp_path: Path, monkeypatch, capsys):
+    """A capture of one's own car dropped into train_01_attack_free/: attack-free training data;
+    its remote frames are left out and said so by data info."""
+    folder = tmp_path / "mycar"
+    simulate(folder, seed=0, scale=0.2)
+    lines = [f"({i * 0.001:.6f}) can0 {['0C1', '1A0', '2B0'][i % 3]}#{i % 256:02X}00000000000000" for i in range(400)]
+    lines.insert(10, "(0.009500) can0 123#R")
+    lines.insert(20, "(0.019500) can1 7FF#00")  # another bus: not this dataset's channel
+    write_text(folder / "train_01_attack_free" / "capture.log", "\n".join(lines) + "\n")
+    spec = write_text(folder / "kdkit-dataset.toml", """
+[dataset]
+name = "mycar"
+channel = "can0"
+train_attack_free = ["train_01_attack_free/*"]
+train_with_attacks = ["train_02_with_attacks/*"]
+[dataset.tests]
+dos = ["test_01_known_vehicle_known_attack/*"]
+""")
+    assert spec.is_file()
+    monkeypatch.setenv("KDKIT_CACHE_DIR", str(tmp_path / "cache"))
+    assert main(["data", "info", "--dataset", str(folder), "--window", "50", "--stride", "50"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("dataset mycar") and "capture.log: 1 remote frames" in out
+    ds = prepare(str(folder), PrepareConfig(window=50, stride=50))
+    assert any(f.endswith("capture.log") for f in ds.splits["train"].files + ds.splits["val"].files)

@@ -427,8 +427,11 @@ def _load_store(name: str, config: PrepareConfig, store: Path, key: str) -> Prep
     return PreparedDataset(name, config, vocab, splits, info, store, True)
 
 
-def _note_skipped(skipped: dict[str, dict], path: Path, msgs: Messages) -> None:
-    """Record a file's skipped rows (``on_bad_rows="skip"``) for ``info["skipped"]``."""
+def _note_skipped(skipped: dict[str, dict], path: Path, msgs: Messages, dropped: dict[str, dict] | None = None) -> None:
+    """Record a file's skipped rows (``on_bad_rows="skip"``) for ``info["skipped"]``, and the
+    remote/error frames a logger file held for ``info["dropped_frames"]``."""
+    if dropped is not None and any(msgs.dropped_frames.values()):
+        dropped[str(path)] = {k: int(v) for k, v in msgs.dropped_frames.items() if v}
     if msgs.skipped_rows:
         attack, unlabelled = msgs.skipped_attack_rows, msgs.skipped_unlabelled_rows
         skipped[str(path)] = {"rows": msgs.skipped_rows, "attack_rows": attack, "unlabelled_rows": unlabelled,
@@ -455,9 +458,10 @@ def _build(name: str, files: DatasetFiles, config: PrepareConfig, bar) -> tuple[
     rng = np.random.default_rng(config.seed)
     train_msgs: list[tuple[Messages, np.ndarray, np.ndarray]] = []
     skipped: dict[str, dict] = {}
+    dropped: dict[str, dict] = {}
     for p in files.train:
         msgs = files.source.read(p, on_bad_rows=config.on_bad_rows)  # type: ignore[arg-type,union-attr]
-        _note_skipped(skipped, p, msgs)
+        _note_skipped(skipped, p, msgs, dropped)
         starts = window_starts(len(msgs), config.window, config.stride)
         v0, v1 = validation_block(len(starts), config.val_fraction, rng)
         val_starts = starts[v0:v1]
@@ -492,7 +496,7 @@ def _build(name: str, files: DatasetFiles, config: PrepareConfig, bar) -> tuple[
             "excluded_from_training": [str(p) for p in files.excluded],
             "skipped_rows": {p: v["rows"] for p, v in skipped.items()}, "skipped": skipped, "splits": {},
             "source": files.source.describe() if files.source else None,
-            "missing_scenarios": dict(files.missing_scenarios)}
+            "missing_scenarios": dict(files.missing_scenarios), "dropped_frames": dropped}
     info["splits"]["train"] = _split_stats(splits["train"], counts["train"])
     info["splits"]["val"] = _split_stats(splits["val"], counts["val"])
     scenarios = dict(files.tests)
@@ -502,7 +506,7 @@ def _build(name: str, files: DatasetFiles, config: PrepareConfig, bar) -> tuple[
         parts, n_msgs = [], 0
         for p in paths:
             msgs = files.source.read(p, on_bad_rows=config.on_bad_rows)  # type: ignore[arg-type,union-attr]
-            _note_skipped(skipped, p, msgs)
+            _note_skipped(skipped, p, msgs, dropped)
             n_msgs += len(msgs)
             parts.append(build_graphs(msgs, vocab, config.window, config.stride, config.label_threshold))
             if bar:
@@ -521,6 +525,8 @@ def format_info(name: str, ds: PreparedDataset) -> str:
     lines += [f"  excluded from training: {p}" for p in info["excluded_from_training"]]
     lines += skipped_rows_report(info)
     lines += [f"  missing test scenario {k}: {why}" for k, why in info.get("missing_scenarios", {}).items()]
+    lines += [f"  left out of {path}: " + ", ".join(f"{n} {kind} frames" for kind, n in kinds.items())
+              for path, kinds in info.get("dropped_frames", {}).items()]
     lines.append(f"{'split':<42}{'messages':>10}{'windows':>9}{'attack':>8}{'share':>7}{'IDs':>6}{'OOV nodes':>10}"
                  f"{'nodes/win':>13}{'edges/win':>13}")
     for split, s in info["splits"].items():

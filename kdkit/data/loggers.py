@@ -26,8 +26,8 @@ Importing this module makes :func:`kdkit.data.readers.read_messages` read these 
   call them extended, and keeps error frames other than bus errors as data frames). CAN FD frames
   of at most 8 data bytes are kept like classic frames.
 - Remote and error frames carry no payload for the models: they are dropped, and counted in the
-  attribute ``dropped_frames`` set on the returned object (``{"remote": n, "error": n}``, frames
-  of the selected channel; ``Messages.take`` does not carry it over).
+  field ``Messages.dropped_frames`` (``{"remote": n, "error": n}``, frames of the selected channel;
+  ``kdkit data info`` prints them).
 - Extended IDs keep :data:`~kdkit.data.readers.EXTENDED_ID_FLAG`: ``00000081`` (candump),
   ``81x`` (``.asc``) and an extended ``.blf``/``.trc`` frame differ from the standard ``081``.
 - Labels: a logger file has none (label 0, ``attack_type="attack-free"``) unless a sidecar
@@ -285,7 +285,7 @@ def _finish(path: Path, bad: _BadRows, frames: _Frames, binary: bool, earlier: l
         _check_span(intervals, ts, str(path))
         msgs.row_type, msgs.type_names, msgs.attack_type = row_type, names, _recording_type(names)
         msgs.__post_init__()
-    msgs.dropped_frames = dict(dropped)  # type: ignore[attr-defined]
+    msgs.dropped_frames = dict(dropped)
     return msgs
 
 
@@ -311,8 +311,8 @@ def read_logger_file(path: str | Path, channel: str | None = None, on_bad_rows: 
             line or frame; ``"skip"`` drops such frames and counts them (module docstring).
 
     Labels come from a ``<file>.labels.csv`` sidecar if there is one (else label 0,
-    ``attack_type="attack-free"``). The count of dropped remote and error frames is in the
-    returned object's ``dropped_frames`` attribute.
+    ``attack_type="attack-free"``). The count of dropped remote and error frames is in
+    ``Messages.dropped_frames``.
     """
     path = Path(path)
     if not path.is_file():

@@ -113,6 +113,8 @@ class Messages:
             OTIDS-like value maps) or whose sidecar intervals do; None: the recording's
             ``attack_type`` applies to every attack message.
         type_names: the names ``row_type`` indexes; ``type_names[0] == "normal"``.
+        dropped_frames: frames a logger file holds that are no data messages and were left
+            out, by kind (``{"remote": 3, "error": 1}``); counted, never silent.
     """
 
     timestamp: np.ndarray
@@ -128,6 +130,7 @@ class Messages:
     skipped_unlabelled_rows: int = 0
     row_type: np.ndarray | None = None
     type_names: tuple[str, ...] = ("normal",)
+    dropped_frames: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.timestamp.shape[0])
@@ -157,7 +160,8 @@ class Messages:
         return Messages(self.timestamp[rows], self.can_id[rows], self.dlc[rows], self.payload[rows], self.label[rows],
                         self.source, self.attack_type, self.skipped_rows, list(self.skipped_examples),
                         self.skipped_attack_rows, self.skipped_unlabelled_rows,
-                        None if self.row_type is None else self.row_type[rows], self.type_names)
+                        None if self.row_type is None else self.row_type[rows], self.type_names,
+                        dict(self.dropped_frames))
 
     @property
     def message_attack_type(self) -> np.ndarray:
