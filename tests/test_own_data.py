@@ -124,6 +124,19 @@ def test_label_values_outside_the_map_are_errors_naming_the_line(tmp_path: Path)
         read_messages(path)
 
 
+def test_otids_text_through_a_spec_format(tmp_path: Path, monkeypatch):
+    """OTIDS / HCRL text lines (`Timestamp: ... ID: ... 000 DLC: n bytes`), whitespace-separated, as a spec's format."""
+    lines = [f"Timestamp: {1479121434.850202 + i * 0.001:.6f}        ID: {['0316', '018f', '0260'][i % 3]}    000    "
+             f"DLC: 8    05 28 84 66 6d 00 00 a2" for i in range(300)]
+    for folder in ("free", "dos"):
+        write_text(tmp_path / "data" / folder / "Attack_free_dataset.txt", "\n".join(lines) + "\n")
+    spec = write_text(tmp_path / "otids.toml", '[dataset]\nname = "otids"\nroot = "data"\nformat = "otids"\n'
+                      'train_attack_free = ["free/*.txt"]\n[dataset.tests]\ndos = ["dos/*.txt"]\n')
+    monkeypatch.setenv("KDKIT_CACHE_DIR", str(tmp_path / "cache"))
+    ds = prepare(str(spec), PrepareConfig(window=30, stride=30))
+    assert ds.info["splits"]["dos"]["messages"] == 300 and ds.vocab and len(ds.vocab) == 4  # 3 IDs + OOV
+
+
 def test_mapping_without_header_decimal_ids_and_millisecond_times(tmp_path: Path):
     mapping = ColumnMapping(timestamp=0, can_id=1, payload=2, time_unit="ms", id_base=10, header=False,
                             delimiter="whitespace", label=3, label_map={"R": "normal", "T": "attack"})
@@ -271,7 +284,12 @@ def test_zero_training_windows_is_an_error_never_a_run(tmp_path: Path, monkeypat
     assert not list((tmp_path / "runs").glob("*/checkpoints/*.pt"))
 
 
-def test_train_on_a_spec_dataset_names_the_run_and_saved_model(tmp_path: Path, monkeypatch):
+def _last_json(capsys) -> str:
+    out = capsys.readouterr().out
+    return out[out.index("{"):]
+
+
+def test_train_evaluate_calibrate_export_on_a_spec_dataset(tmp_path: Path, monkeypatch, capsys):
     _daga_like_dataset(tmp_path / "data")
     spec = write_text(tmp_path / "my-car.toml", SPEC)
     monkeypatch.setenv("KDKIT_CACHE_DIR", str(tmp_path / "cache"))
@@ -281,10 +299,22 @@ def test_train_on_a_spec_dataset_names_the_run_and_saved_model(tmp_path: Path, m
     run = tmp_path / "runs" / "my-car_gat_student"
     assert (run / "checkpoints" / "best.pt").is_file()
     assert list((tmp_path / "saved_models").glob("*my-car*"))
+    capsys.readouterr()
     assert main(["evaluate", "--checkpoint", str(run / "checkpoints" / "best.pt"), "--dataset", str(spec)]) == 0
     assert (run / "evaluation_my-car.json").is_file()
     ev = json.loads((run / "evaluation_my-car.json").read_text())
     assert "replay" in json.dumps(ev)
+    # ... -> calibrate on a clean recording of "another car" -> export from the checkpoint alone
+    other = write_zip(tmp_path / "other-car" / "clean.can.zip", DAGA_HEADER, daga_rows(3000, t0=5.0))
+    calibrated = tmp_path / "calibrated.pt"
+    assert main(["calibrate", "--checkpoint", str(run / "checkpoints" / "best.pt"), "--clean", str(other),
+                 "--fpr", "0.05", "--out", str(calibrated), "--json"]) == 0
+    cal = json.loads(_last_json(capsys))
+    assert cal["alarm_rate_after"] <= 0.05
+    monkeypatch.setenv("KDKIT_DATA_ROOT", str(tmp_path / "nothing"))
+    assert main(["export", "--checkpoint", str(calibrated), "--out", str(tmp_path / "my-car.pt2")]) == 0
+    meta = json.loads((tmp_path / "my-car.json").read_text())
+    assert meta["threshold"] == cal["new_threshold"] and meta["window"] == 50
 
 
 # ------------------------------------------------------------------ the real DAGA traces
