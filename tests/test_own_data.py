@@ -405,3 +405,14 @@ dos = ["test_01_known_vehicle_known_attack/*"]
     assert out.startswith("dataset mycar") and "capture.log: 1 remote frames" in out
     ds = prepare(str(folder), PrepareConfig(window=50, stride=50))
     assert any(f.endswith("capture.log") for f in ds.splits["train"].files + ds.splits["val"].files)
+
+
+def test_a_zip_must_hold_one_recording(tmp_path: Path):
+    path = tmp_path / "two.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("a.csv", DAGA_HEADER + "\n")
+        zf.writestr("b.csv", DAGA_HEADER + "\n")
+    with pytest.raises(DataFormatError, match=r"two\.zip: a zip must hold exactly one recording, found \['a.csv', 'b.csv'\]"):
+        read_messages(path)
+    with pytest.raises(DataFormatError, match="exactly one recording"):
+        read_mapped(path, PRESETS["daga"])

@@ -50,6 +50,7 @@ from kdkit.data.readers import (
     parse_hex_ids,
     parse_hex_payload,
     register_header_reader,
+    zip_recording,
 )
 
 TIME_UNITS = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}  # per second (dividing is exact for 1001 ms)
@@ -190,11 +191,7 @@ def _open_text(path: Path) -> bytes:
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as zf:
-                members = [m for m in zf.infolist() if not m.is_dir() and not m.filename.startswith("__MACOSX/")]
-                if len(members) != 1:
-                    raise DataFormatError(path, None, f"a zip must hold exactly one recording, found "
-                                                      f"{[m.filename for m in members]}")
-                return zf.read(members[0])
+                return zf.read(zip_recording(zf, path))
         with open(path, "rb") as handle:
             raw = handle.read()
         return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw

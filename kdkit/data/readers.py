@@ -799,17 +799,20 @@ def data_suffixes() -> tuple[str, ...]:
             *(s + gz for s in _EXTRA_READERS for gz in ("", ".gz")))
 
 
+def zip_recording(zf: zipfile.ZipFile, path: Path) -> zipfile.ZipInfo:
+    """The one recording a zip holds (DAGA publishes each trace so); macOS metadata ignored."""
+    members = [m for m in zf.infolist() if not m.is_dir() and not m.filename.startswith("__MACOSX/")]
+    if len(members) != 1:
+        raise DataFormatError(path, None, f"a zip must hold exactly one recording, found {[m.filename for m in members]}")
+    return members[0]
+
+
 def _first_bytes(path: Path, n: int = 4096) -> bytes:
     """The first bytes of a plain, gzip or single-recording zip file."""
     try:
         if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as zf:
-                members = [m for m in zf.infolist() if not m.is_dir() and not m.filename.startswith("__MACOSX/")]
-                if len(members) != 1:
-                    raise DataFormatError(path, None, f"a zip must hold exactly one recording, found "
-                                                      f"{[m.filename for m in members]}")
-                with zf.open(members[0]) as handle:
-                    return handle.read(n)
+            with zipfile.ZipFile(path) as zf, zf.open(zip_recording(zf, path)) as handle:
+                return handle.read(n)
         with (gzip.open(path, "rb") if _is_gzip(path) else open(path, "rb")) as handle:
             return handle.read(n)
     except (OSError, EOFError, zlib.error, zipfile.BadZipFile) as err:
