@@ -145,9 +145,11 @@ def test_jupyterlab_renders_and_runs_the_panel(jupyterlab):
             train.wait_for(state="visible", timeout=90_000)
             for label in ("Optimize", "Submit to SLURM"):
                 assert output.locator("button.jupyter-button", has_text=label).is_visible()
-            dataset = output.locator(".widget-dropdown select").first
+            # the dataset box: a combobox offering the keys (and declared names), a path may be typed
+            dataset = output.locator(".widget-text input[list]").first
             assert dataset.input_value() == "synthetic"
-            assert "hcrl_sa" in dataset.locator("option").all_inner_texts()
+            offered = page.locator(f"datalist[id='{dataset.get_attribute('list')}'] option")
+            assert "hcrl_sa" in [o.get_attribute("value") for o in offered.all()]
             assert output.locator(".widget-inline-hbox .widget-label", has_text="Dataset").count() >= 1
             assert output.locator(".widget-text input[type=number]").first.input_value() == "1"  # epochs
             assert output.locator("img").first.get_attribute("src").startswith("blob:")  # the loss plot
