@@ -48,6 +48,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+try:  # ISA-L's inflate (python-isal): 3.3x faster than zlib on the RAV4 log (5.4 vs 18 ms), same API
+    from isal import isal_zlib as _inflate
+except ImportError:  # pragma: no cover - a dependency; zlib gives the same bytes, slower
+    _inflate = zlib
+
 from kdkit.data.readers import (
     MAX_CAN_ID,
     MAX_STANDARD_ID,
@@ -350,12 +355,12 @@ def _decompress(path: Path) -> tuple[bytes, str | None]:
         return sum(p.count(b"\n") for p in parts) + 1
 
     while True:
-        d = zlib.decompressobj(wbits=31)
+        d = _inflate.decompressobj(wbits=31)
         while pos < len(raw) and not d.eof:
             stop = min(pos + chunk, len(raw))
             try:
                 parts.append(d.decompress(view[pos:stop]))
-            except zlib.error as err:
+            except (zlib.error, _inflate.error) as err:
                 raise DataFormatError(path, None, f"corrupt gzip data in compressed bytes {pos}..{stop} "
                                                   f"(text line {line_now()}): {err}") from err
             pos = stop - len(d.unused_data) if d.eof else stop
