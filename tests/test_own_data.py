@@ -416,3 +416,14 @@ def test_a_zip_must_hold_one_recording(tmp_path: Path):
         read_messages(path)
     with pytest.raises(DataFormatError, match="exactly one recording"):
         read_mapped(path, PRESETS["daga"])
+
+
+def test_globs_take_recordings_not_documents_or_sidecars(tmp_path: Path):
+    from kdkit.data.datasets import _glob
+
+    for name in ("a.csv", "b.dat", "README.md", "notes.txt", "a.csv.labels.csv", ".hidden.csv", "meta.json"):
+        write_text(tmp_path / "d" / name, "x\n")
+    write_text(tmp_path / "d" / "sub" / "c.log", "x\n")
+    assert [p.name for p in _glob(tmp_path, ["d/*"])] == ["a.csv", "b.dat", "c.log"]  # a matched folder: its recordings
+    assert [p.name for p in _glob(tmp_path, ["d/sub"])] == ["c.log"]
+    assert [p.name for p in _glob(tmp_path, ["d/*.csv", "d/a.csv"])] == ["a.csv"]  # once each

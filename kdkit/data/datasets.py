@@ -225,14 +225,22 @@ def _data_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if _is_recording(p))
 
 
+_NEVER_RECORDINGS = (".md", ".json", ".toml", ".yml", ".yaml", ".pdf", ".png", ".jpg", ".html", ".py", ".ipynb")
+
+
 def _glob(root: Path, patterns: list[str]) -> list[Path]:
-    """Recordings matched by the globs under ``root`` (a folder matched by a glob: its recordings), sorted, once each."""
+    """Recordings matched by the globs under ``root``, sorted, once each. A folder matched by a
+    glob gives its recordings (known endings); a file matched by name is taken whatever its
+    ending (a spec's column mapping may read ``.dat`` files), unless it is a sidecar label file,
+    hidden, a README/LICENSE or a document (``.md``, ``.json``, ...)."""
     out: dict[Path, None] = {}
     for pattern in patterns:
         for p in sorted(root.glob(pattern)):
-            for f in (_data_files(p) if p.is_dir() else [p]):
-                if _is_recording(f) or (not p.is_dir() and f.is_file()):
-                    out[f] = None
+            if p.is_dir():
+                out.update(dict.fromkeys(_data_files(p)))
+            elif _is_recording(p) or (p.is_file() and not p.name.lower().endswith((".labels.csv", *_NEVER_RECORDINGS))
+                                      and not p.name.lower().startswith((".", *_NOT_RECORDINGS))):
+                out[p] = None
     return list(out)
 
 

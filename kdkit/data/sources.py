@@ -231,11 +231,6 @@ def declared_datasets() -> dict[str, Path]:
     return out
 
 
-def looks_like_path(text: str) -> bool:
-    return any(sep in text for sep in ("/", os.sep)) or text.startswith((".", "~")) or \
-        text.lower().endswith((".toml", ".json")) or ":" in text and text.split(":", 1)[0].lower().endswith((".toml", ".json"))
-
-
 def resolve_custom(text: str) -> DatasetSource | None:
     """The source ``text`` names when it is not a registry key: a spec file (``file[:name]``),
     a folder, or a declared name; None when it is none of them."""
