@@ -77,7 +77,7 @@ def make_provenance(role: str, family: str, dataset: str, vocab: list[int], trai
     Args:
         role: ``"teacher"`` or ``"student"``.
         family: the model family (``model.config["kind"]``).
-        dataset: the dataset registry key it was trained on.
+        dataset: the dataset it was trained on (registry key, folder or spec file, as given).
         vocab: its ID vocabulary (``IdVocab.to_list()``).
         train_config: the run's ``TrainConfig.to_dict()`` (graph settings are read from it).
         kd: a student distilled from a teacher.
