@@ -111,6 +111,29 @@ def test_fabric_fit_writes_run_and_checkpoints(synthetic, tmp_path):
     assert all(0.0 <= v <= 1.0 for v in f1.values())
 
 
+def test_best_checkpoint_breaks_f1_ties_by_validation_loss(synthetic, tmp_path, monkeypatch):
+    """Validation F1 saturates (1.0 from an early epoch on): among tied epochs the best checkpoint
+    is the one with the lowest validation loss, not the earliest; a full tie keeps the earliest."""
+    from kdkit.training.checkpoint import load_checkpoint
+    from kdkit.training.task import Task
+    from kdkit.workflows.run import train
+
+    scripted = iter([(0.5, 0.50), (1.0, 0.30), (1.0, 0.10), (1.0, 0.20), (1.0, 0.10)])
+    real = Task.validate
+
+    def validate(self, loader):
+        out = real(self, loader)
+        out["val_f1"], out["val_loss"] = next(scripted)
+        return out
+
+    monkeypatch.setattr(Task, "validate", validate)
+    s = train(tiny_cfg(tmp_path, run_name="ties", epochs=5, patience=10), progress=False,
+              data=synthetic)
+    assert [h["val_f1"] for h in s["history"]] == [0.5, 1.0, 1.0, 1.0, 1.0]
+    ck = load_checkpoint(tmp_path / "runs" / "ties" / "checkpoints" / "best.pt")
+    assert ck["epoch"] == 2 and ck["best_tiebreak"] == 0.10  # epoch 4 ties on both: the earlier one stays
+
+
 def test_resume_reaches_same_weights(synthetic, tmp_path):
     """An interrupted run resumed from last.pt ends with the same weights as an uninterrupted one."""
     from kdkit.workflows.run import train

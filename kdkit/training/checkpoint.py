@@ -26,8 +26,8 @@ from kdkit.models.registry import model_from_config
 log = logging.getLogger(__name__)
 
 CHECKPOINT_KEYS = {"format", "model", "model_config", "train_config", "vocab", "node_features", "edge_features",
-                   "threshold", "optimizer", "scheduler", "kd", "epoch", "step", "rng", "best_metric", "bad_epochs",
-                   "history", "batch_size", "kdkit_version", "provenance"}
+                   "threshold", "optimizer", "scheduler", "kd", "epoch", "step", "rng", "best_metric", "best_tiebreak",
+                   "bad_epochs", "history", "batch_size", "kdkit_version", "provenance"}
 
 GRAPH_SETTINGS = ("window", "stride", "label_threshold", "val_fraction")  # train_config keys that shape the graphs
 

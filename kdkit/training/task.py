@@ -115,3 +115,10 @@ class Task(nn.Module):
     def monitor(self) -> tuple[str, str]:
         """(metric, mode) for early stopping and the best checkpoint."""
         return ("val_f1", "max") if self.objective == "classify" else ("val_loss", "min")
+
+    @property
+    def tiebreak(self) -> str | None:
+        """The lower-is-better metric that decides between epochs of equal :attr:`monitor` value:
+        a classifier's validation F1 often reaches 1.0 in the first epochs, and the earliest of
+        those is not the best model (its validation loss still falls); None for the VGAE."""
+        return "val_loss" if self.objective == "classify" else None

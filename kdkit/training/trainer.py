@@ -188,12 +188,12 @@ class FabricTrainer:
         self._handler = handler
 
     def _checkpoint_state(self, task: Task, optimizer, scheduler, epoch: int, step: int, best: float, bad: int,
-                          history: list, extra: dict) -> dict:
+                          history: list, extra: dict, best_tiebreak: float = math.inf) -> dict:
         return {"format": CHECKPOINT_FORMAT, "model": task.model.state_dict(),
                 "kd": task.kd.state_dict() if task.kd is not None else {},
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step,
-                "rng": torch.get_rng_state(), "best_metric": best, "bad_epochs": bad, "history": history,
-                "batch_size": self.batch_size, "model_config": task.model.config, "train_config": self.cfg.to_dict(),
+                "rng": torch.get_rng_state(), "best_metric": best, "best_tiebreak": best_tiebreak, "bad_epochs": bad,
+                "history": history, "batch_size": self.batch_size, "model_config": task.model.config, "train_config": self.cfg.to_dict(),
                 **extra}
 
     def _save(self, state: dict, path: Path) -> None:
@@ -353,8 +353,10 @@ class FabricTrainer:
         scheduler = make_scheduler(optimizer, cfg, total_steps)
 
         metric, mode = task.monitor
+        tiebreak = task.tiebreak  # equal F1 (it saturates at 1.0 early): the lower validation loss wins
         sign = 1.0 if mode == "max" else -1.0
         start_epoch, step, best, bad, history = 0, 0, -math.inf, 0, []
+        best_tie = math.inf
         resumed_at = None
         if resume:
             ck = load_checkpoint(resume)
@@ -366,6 +368,7 @@ class FabricTrainer:
             scheduler.load_state_dict(upgrade_scheduler_state(ck["scheduler"], optimizer))
             torch.set_rng_state(ck["rng"])
             start_epoch, step, best, bad, history = ck["epoch"] + 1, ck["step"], ck["best_metric"], ck["bad_epochs"], list(ck["history"])
+            best_tie = float(ck.get("best_tiebreak", math.inf))  # checkpoints before the tie-break: none
             self.batch_size = int(ck.get("batch_size", self.batch_size))
             resumed_at = start_epoch
             log.info("resumed from %s at epoch %d", resume, start_epoch)
@@ -421,12 +424,15 @@ class FabricTrainer:
                           "train_peak_mib": train_mem["peak_mib"], "val_peak_mib": val_mem["peak_mib"]}
                 history.append(record)
                 fabric.log_dict({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
-                improved = sign * val[metric] > best
+                score = sign * val[metric]
+                tie_value = float(val[tiebreak]) if tiebreak else math.inf
+                improved = score > best or (tiebreak is not None and score == best and tie_value < best_tie)
                 if improved:
-                    best, bad = sign * val[metric], 0
+                    best, best_tie, bad = score, tie_value, 0
                 else:
                     bad += 1
-                state = self._checkpoint_state(task, optimizer, scheduler, epoch, step, best, bad, history, extra)
+                state = self._checkpoint_state(task, optimizer, scheduler, epoch, step, best, bad, history, extra,
+                                               best_tie)
                 if improved:
                     self._save(state, best_path)
                 self._save(state, last_path)
