@@ -44,6 +44,13 @@ GRAPH_FORMAT_VERSION = 7  # bump whenever features or layout change: it invalida
 # 5: a SHA-256 checksum per tensor in the store's metadata; timestamps going backwards are refused
 
 
+def layout_matches(node_features, edge_features, graph_format) -> bool:
+    """Whether a model built on graphs with these feature names and graph format (None: not
+    recorded, older checkpoints) reads the graphs this kdkit builds."""
+    return (list(node_features or []) == list(NODE_FEATURES) and list(edge_features or []) == list(EDGE_FEATURES)
+            and graph_format in (None, GRAPH_FORMAT_VERSION))
+
+
 class GraphStoreError(ValueError):
     """A graph store file that cannot be used: truncated, unreadable, altered (checksum
     mismatch) or of another format version. ``reason`` says which; the file should be rebuilt."""

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kdkit.data.graphs import EDGE_FEATURES, GRAPH_FORMAT_VERSION, NODE_FEATURES, GraphSet, IdVocab, build_graphs
+from kdkit.data.graphs import GRAPH_FORMAT_VERSION, GraphSet, IdVocab, build_graphs, layout_matches
 from kdkit.data.loader import gather_windows
 from kdkit.data.readers import EXTENDED_ID_FLAG, MAX_CAN_ID, MAX_STANDARD_ID, Messages
 from kdkit.deploy.export import load_exported
@@ -509,7 +509,6 @@ class Detector:
 
 def _check_layout(node_features, edge_features, graph_format, where) -> None:
     """The model must read this kdkit's graphs: same feature layout and graph format."""
-    if list(node_features or []) != list(NODE_FEATURES) or list(edge_features or []) != list(EDGE_FEATURES) \
-            or graph_format not in (None, GRAPH_FORMAT_VERSION):
+    if not layout_matches(node_features, edge_features, graph_format):
         raise ValueError(f"{where} was built for another graph layout (graph format {graph_format or 'unknown'}, this "
                          f"kdkit builds {GRAPH_FORMAT_VERSION}, or other node/edge features): retrain or re-export it")

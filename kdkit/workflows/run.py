@@ -28,7 +28,7 @@ import torch
 
 from kdkit.config import TrainConfig
 from kdkit.data.datasets import PrepareConfig, PreparedDataset, dataset_name, prepare
-from kdkit.data.graphs import EDGE_FEATURES, GRAPH_FORMAT_VERSION, NODE_FEATURES, GraphSet
+from kdkit.data.graphs import EDGE_FEATURES, GRAPH_FORMAT_VERSION, NODE_FEATURES, GraphSet, layout_matches
 from kdkit.data.readers import read_messages
 from kdkit.models.registry import MODEL_CLASSES, build_model, count_parameters, model_size_bytes
 from kdkit.models.thresholds import choose_threshold
@@ -82,8 +82,7 @@ def model_overrides(cfg: TrainConfig) -> dict:
 def check_compatible(ckpt: dict, data: PreparedDataset, what: str = "teacher") -> None:
     """A checkpoint must have been trained on the same ID vocabulary, feature layout and graph format."""
     recorded = (ckpt.get("provenance") or {}).get("graph", {}).get("graph_format")
-    if (ckpt.get("node_features") != list(NODE_FEATURES) or ckpt.get("edge_features") != list(EDGE_FEATURES)
-            or recorded not in (None, GRAPH_FORMAT_VERSION)):
+    if not layout_matches(ckpt.get("node_features"), ckpt.get("edge_features"), recorded):
         raise ValueError(f"{what} checkpoint was built with another feature layout "
                          f"(graph format {recorded or 'unknown'} vs {GRAPH_FORMAT_VERSION}); retrain it")
     vocab = ckpt.get("vocab")

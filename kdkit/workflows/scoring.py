@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kdkit.data.graphs import EDGE_FEATURES, GRAPH_FORMAT_VERSION, NODE_FEATURES, GraphSet, IdVocab, build_graphs
+from kdkit.data.graphs import GRAPH_FORMAT_VERSION, GraphSet, IdVocab, build_graphs, layout_matches
 from kdkit.data.readers import LOGGER_SUFFIXES, Messages, data_suffixes, read_messages
 from kdkit.models.thresholds import is_attack
 from kdkit.reporting.metrics import evaluate_scores, predict_scores
@@ -131,8 +131,7 @@ def check_checkpoint_layout(ckpt: dict, path: str | Path, what: str = "scored") 
         ValueError: naming the checkpoint and what differs.
     """
     recorded = (ckpt.get("provenance") or {}).get("graph", {}).get("graph_format")
-    if (ckpt.get("node_features") != list(NODE_FEATURES) or ckpt.get("edge_features") != list(EDGE_FEATURES)
-            or recorded not in (None, GRAPH_FORMAT_VERSION)):
+    if not layout_matches(ckpt.get("node_features"), ckpt.get("edge_features"), recorded):
         raise ValueError(f"{what} checkpoint {path} was built with another feature layout "
                          f"(graph format {recorded or 'unknown'} vs {GRAPH_FORMAT_VERSION}); retrain it")
     vocab = ckpt.get("vocab")
