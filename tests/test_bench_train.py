@@ -22,15 +22,47 @@ def test_bench_train_smoke(synthetic, capsys):
                "--repeats", "1", "--burn-in", "1", "--batch-size", "16", "--threads", "1", "--in-process", "--json"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
-    assert {"legacy", "fabric", "speedup", "speedup_cpu_time", "memory_ratio", "machine", "memory_measured_by"} <= set(out)
+    assert {"plain", "fabric", "speedup", "speedup_cpu_time", "memory_ratio", "machine", "memory_measured_by",
+            "baseline"} <= set(out)
     assert out["steps"] == 3 and out["batch_size"] == 16
-    for name in ("legacy", "fabric"):
+    for name in ("plain", "fabric"):
         r = out[name]
-        for key in ("graphs_per_s", "graphs_per_cpu_s", "step_ms", "peak_mib"):
+        for key in ("graphs_per_s", "graphs_per_cpu_s", "step_ms", "peak_mib", "cpu_seconds", "wall_seconds"):
             _positive(r[key])
         assert r["threads"] == 1
-    assert out["legacy"]["precision"] == "32-true"
+    assert out["plain"]["precision"] == "32-true"
+    assert out["fabric"]["precision_reason"].startswith(("policy:", "asked for"))
     assert out["speedup"] > 0 and out["memory_ratio"] > 0 and out["machine"]["cores"] >= 1
+
+
+@pytest.mark.parametrize("model", ["gat", "vgae"])
+def test_plain_loop_computes_the_trainers_loss(synthetic, model):
+    """benchmarks/plain_pyg_loop.py (the baseline) and the trainer's Task give the same loss on the
+    same batch with the same weights: the baseline trains the same thing, only the loop differs."""
+    from kdkit.bench.train import plain_loop_module
+    from kdkit.config import make_config
+    from kdkit.data.loader import collate_indices
+    from kdkit.training.task import Task
+    from kdkit.workflows.run import build_student_or_teacher, class_weights, vgae_train_sets
+
+    plain = plain_loop_module()
+    cfg = make_config(model=model, type="student", dataset="synthetic", vehicle_dropout=0.0, seed=0)
+    train = synthetic.splits["train"] if model == "gat" else vgae_train_sets(synthetic)[0]
+    net = build_student_or_teacher(cfg, synthetic).eval()  # eval: dropout and the VGAE's sampling off
+    weight = class_weights(train) if model == "gat" else None
+    task = Task(net, cfg, None, weight).eval()
+    idx = list(range(16))
+    pyg_batch = next(iter(plain.plain_loader([train.to_data_list()[i] for i in idx], 16)))  # PyG's collate, shuffled
+    kdkit_batch = collate_indices(train, idx)  # the trainer's batch of the same windows (a mean: order-free)
+    with torch.no_grad():
+        ours, _ = task.training_loss(kdkit_batch)
+        theirs = plain.plain_loss(net, pyg_batch, weight)
+    assert torch.isfinite(ours) and ours.item() == pytest.approx(theirs.item(), rel=1e-5)
+    # and a step of the plain loop changes the weights (it trains)
+    before = [p.detach().clone() for p in net.parameters()]
+    net.train()
+    plain.plain_step(net, plain.plain_optimizer(net), pyg_batch, weight)
+    assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
 
 
 def test_bench_train_worker_runs_isolated(synthetic):

@@ -1,8 +1,10 @@
-"""``kdkit bench train``: the legacy loop against the Fabric trainer on the same batches
-(graphs/s, CPU seconds, peak memory), each variant in a fresh process, interleaved."""
+"""``kdkit bench train``: the plain PyG loop a user writes (``benchmarks/plain_pyg_loop.py``) against
+the Fabric trainer on the same model and data (graphs/s, CPU seconds, peak memory), each variant in
+fresh processes, interleaved, with min/median/max over the repeats and the precision used and why."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import statistics
@@ -10,14 +12,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from kdkit.config import make_config
 from kdkit.training.hardware import machine_info
-from kdkit.training.legacy import legacy_loader, legacy_step
 from kdkit.training.memory import PeakMemory, trim_heap
+from kdkit.training.precision import cpu_has_native_bf16, measure_cpu_bf16_speedup
 from kdkit.training.optim import make_scheduler
 from kdkit.training.task import Task
 from kdkit.training.trainer import FabricTrainer, resolve_accelerator
@@ -71,20 +74,32 @@ def _cycle(loader):
         epoch += 1
 
 
-def _legacy_steps(cfg, train_set, task, device):
-    """kdkit.legacy's loop body: PyG DataLoader over a list of Data, fp32, plain autograd."""
+PLAIN_LOOP = Path(__file__).resolve().parents[2] / "benchmarks" / "plain_pyg_loop.py"
 
-    task.to(device)
-    loader = legacy_loader(train_set, cfg.batch_size, True, cfg.seed)
-    optimizer = torch.optim.AdamW([p for p in task.parameters() if p.requires_grad], lr=cfg.learning_rate,
-                                  weight_decay=cfg.weight_decay)
-    scheduler = make_scheduler(optimizer, cfg, 10**6)
-    task.train()
-    batches = _cycle(loader)
+
+def plain_loop_module():
+    """``benchmarks/plain_pyg_loop.py`` (the baseline), imported from the kdkit checkout."""
+    if not PLAIN_LOOP.is_file():
+        raise FileNotFoundError(f"the baseline loop {PLAIN_LOOP} is missing: `kdkit bench train` runs from a kdkit "
+                                "checkout (pip install -e .), where benchmarks/ sits beside kdkit/")
+    spec = importlib.util.spec_from_file_location("kdkit_plain_pyg_loop", PLAIN_LOOP)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _plain_steps(cfg, train_set, task, device):
+    """The plain PyG loop: DataLoader over a list of Data, the model, AdamW, backward, step; fp32."""
+
+    plain = plain_loop_module()
+    model = task.model.to(device).train()
+    weight = task.class_weights.to(device) if task.objective == "classify" and cfg.class_weighting else None
+    optimizer = plain.plain_optimizer(model, cfg.learning_rate, cfg.weight_decay)
+    batches = _cycle(plain.plain_loader(train_set.to_data_list(), cfg.batch_size, cfg.seed))
 
     def step() -> int:
         batch = next(batches).to(device)
-        legacy_step(task, optimizer, scheduler, batch, cfg.grad_clip)
+        plain.plain_step(model, optimizer, batch, weight)
         return batch.num_graphs
 
     return step, "32-true"
@@ -116,7 +131,7 @@ def _fabric_steps(cfg, train_set, task, compile_model: bool, run_dir: str):
 
 
 def run_variant(opts: dict) -> dict:
-    """One variant (``opts["variant"]`` = legacy | fabric), measured in this process."""
+    """One variant (``opts["variant"]`` = plain | fabric), measured in this process."""
 
     if opts.get("threads"):
         torch.set_num_threads(int(opts["threads"]))
@@ -126,8 +141,8 @@ def run_variant(opts: dict) -> dict:
     trim_heap()
     with tempfile.TemporaryDirectory() as tmp:
         with PeakMemory(device if device.type == "cuda" else "cpu") as setup_mem:  # not timed; memory counted
-            if opts["variant"] == "legacy":
-                step, precision = _legacy_steps(cfg, train_set, task, device)
+            if opts["variant"] == "plain":
+                step, precision = _plain_steps(cfg, train_set, task, device)
             else:
                 step, precision = _fabric_steps(cfg, train_set, task, bool(opts.get("compile")), tmp)
             t_burn = time.perf_counter()
@@ -180,19 +195,33 @@ def _summary(runs: list[dict], key: str) -> dict:
     return {"median": round(statistics.median(vals), 2), "min": round(min(vals), 2), "max": round(max(vals), 2)}
 
 
+def precision_reason(requested: str, accelerator: str, chosen: str) -> str:
+    """Why the Fabric variant ran at ``chosen`` (what the precision policy saw)."""
+    if requested != "auto":
+        return f"asked for with --precision {requested}"
+    if accelerator == "cuda":
+        major, minor = torch.cuda.get_device_capability()
+        return f"policy: CUDA compute capability {major}.{minor} -> {chosen}"
+    if not cpu_has_native_bf16():
+        return "policy: this CPU has no native bf16 (avx512_bf16/amx_bf16) -> fp32"
+    ratio = measure_cpu_bf16_speedup()
+    return (f"policy: native bf16, a GATv2 training step measured {ratio:.2f}x faster in bf16 on this CPU "
+            f"({'>=' if ratio >= 1.2 else '<'} 1.2 needed) -> {chosen}")
+
+
 def bench_train(model: str = "gat", type: str = "teacher", dataset: str = "synthetic", steps: int = 20,
                 repeats: int = 3, burn_in: int = 3, batch_size: int = 64, precision: str = "auto",
                 compile: str = "off", threads: int | None = None, data_root: str | None = None,
                 isolate: bool = True, accelerator: str = "auto") -> dict:
-    """Legacy loop vs Fabric path, same model, data, batch size and steps (see the module docstring).
+    """The plain PyG loop vs the Fabric path, same model, initial weights, data, batch size and steps.
 
     Args:
         model, type, dataset: what to train (model preset ``model``/``type``).
         steps: measured optimizer steps per repeat. Default 20.
-        repeats: runs of each variant, alternating. Default 3.
+        repeats: runs of each variant, alternating (plain, fabric, plain, ...). Default 3.
         burn_in: untimed steps before measuring (compilation, allocator warm-up). Default 3.
         batch_size: graphs per batch for both. Default 64.
-        precision: the Fabric path's precision (``auto`` = the trainer's policy). Legacy is fp32.
+        precision: the Fabric path's precision (``auto`` = the trainer's policy). The plain loop is fp32.
         compile: ``on`` compiles the Fabric path's model (``torch.compile(dynamic=True)``). Default off.
         threads: torch threads for both variants (default: torch's default).
         data_root: folder holding the datasets (default ``$KDKIT_DATA_ROOT``).
@@ -203,26 +232,32 @@ def bench_train(model: str = "gat", type: str = "teacher", dataset: str = "synth
     base = {"model": model, "type": type, "dataset": dataset, "steps": steps, "burn_in": burn_in,
             "batch_size": batch_size, "precision": precision, "threads": threads, "data_root": data_root,
             "accelerator": accelerator, "compile_imports": compile == "on"}
-    variants = {"legacy": {**base, "variant": "legacy", "precision": "32-true"},
+    variants = {"plain": {**base, "variant": "plain", "precision": "32-true"},
                 "fabric": {**base, "variant": "fabric", "compile": compile == "on"}}
-    runs: dict[str, list[dict]] = {"legacy": [], "fabric": []}
+    runs: dict[str, list[dict]] = {"plain": [], "fabric": []}
     for _ in range(repeats):
         for name, opts in variants.items():
             runs[name].append(_run_isolated(opts) if isolate else run_variant(opts))
     out: dict[str, Any] = {"benchmark": "train", "model": model, "type": type, "dataset": dataset, "steps": steps,
-                           "repeats": repeats, "burn_in": burn_in, "batch_size": batch_size, "isolated": isolate}
+                           "repeats": repeats, "burn_in": burn_in, "batch_size": batch_size, "isolated": isolate,
+                           "baseline": "plain PyG loop (benchmarks/plain_pyg_loop.py): DataLoader over a list of "
+                                       "Data, model, AdamW, backward, step; fp32"}
     for name, rs in runs.items():
         out[name] = {"precision": rs[0]["precision"], "compiled": rs[0]["compiled"], "threads": rs[0]["threads"],
                      "device": rs[0]["device"], "graphs_per_s": _summary(rs, "graphs_per_s"),
                      "graphs_per_cpu_s": _summary(rs, "graphs_per_cpu_s"), "step_ms": _summary(rs, "step_ms_median"),
+                     "cpu_seconds": _summary(rs, "cpu_seconds"), "wall_seconds": _summary(rs, "seconds"),
                      "peak_mib": _summary(rs, "peak_mib"), "rss_peak_mib": _summary(rs, "rss_peak_mib"),
                      "burn_in_seconds": _summary(rs, "burn_in_seconds")}
-    lg, fb = out["legacy"], out["fabric"]
-    out["speedup"] = round(fb["graphs_per_s"]["median"] / max(lg["graphs_per_s"]["median"], 1e-9), 2)
-    out["speedup_cpu_time"] = round(fb["graphs_per_cpu_s"]["median"] / max(lg["graphs_per_cpu_s"]["median"], 1e-9), 2)
-    out["memory_ratio"] = round(fb["peak_mib"]["median"] / max(lg["peak_mib"]["median"], 1e-9), 2)
-    out["memory_ratio_rss"] = round(fb["rss_peak_mib"]["median"] / max(lg["rss_peak_mib"]["median"], 1e-9), 2)
+    fabric_device = runs["fabric"][0]["device"].split(":")[0]
+    out["fabric"]["precision_reason"] = precision_reason(precision, fabric_device, out["fabric"]["precision"])
+    pl, fb = out["plain"], out["fabric"]
+    out["speedup"] = round(fb["graphs_per_s"]["median"] / max(pl["graphs_per_s"]["median"], 1e-9), 2)
+    out["speedup_cpu_time"] = round(fb["graphs_per_cpu_s"]["median"] / max(pl["graphs_per_cpu_s"]["median"], 1e-9), 2)
+    out["memory_ratio"] = round(fb["peak_mib"]["median"] / max(pl["peak_mib"]["median"], 1e-9), 2)
+    out["memory_ratio_rss"] = round(fb["rss_peak_mib"]["median"] / max(pl["rss_peak_mib"]["median"], 1e-9), 2)
     out["memory_measured_by"] = runs["fabric"][0]["memory_measured_by"]
+    out["legacy"] = out["plain"]  # TRANSITION: the key older notebooks read; removed once they read "plain"
     out["machine"] = machine_info()
     return out
 

@@ -49,13 +49,15 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
         return 0
     print(f"{result['model']} {result['type']} on {result['dataset']}: {result['steps']} steps x {result['repeats']} "
           f"repeats, batch {result['batch_size']}")
-    for name in ("legacy", "fabric"):
+    print(f"  baseline: {result['baseline']}")
+    for name in ("plain", "fabric"):
         r = result[name]
+        g, c = r["graphs_per_s"], r["graphs_per_cpu_s"]
         print(f"  {name:<7} {r['precision']:<11}{' compiled' if r['compiled'] else '':<10} "
-              f"{r['graphs_per_s']['median']:>9.1f} graphs/s [{r['graphs_per_s']['min']:.1f}..{r['graphs_per_s']['max']:.1f}]"
-              f"  {r['graphs_per_cpu_s']['median']:>8.1f} graphs/CPU-s  peak {r['peak_mib']['median']:.1f} MiB"
-              f" (RSS {r['rss_peak_mib']['median']:.1f} MiB)")
-    print(f"  fabric/legacy: {result['speedup']}x graphs/s ({result['speedup_cpu_time']}x per CPU second), "
+              f"{g['median']:>9.1f} graphs/s [{g['min']:.1f}..{g['max']:.1f}]  {c['median']:>8.1f} graphs/CPU-s "
+              f"[{c['min']:.1f}..{c['max']:.1f}]  peak {r['peak_mib']['median']:.1f} MiB (RSS {r['rss_peak_mib']['median']:.1f} MiB)")
+    print(f"  precision: {result['fabric']['precision_reason']}")
+    print(f"  fabric/plain: {result['speedup']}x graphs/s ({result['speedup_cpu_time']}x per CPU second), "
           f"{result['memory_ratio']}x peak memory ({result['memory_ratio_rss']}x RSS); memory: {result['memory_measured_by']}")
     return 0
 
@@ -116,18 +118,18 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_preprocess)
 
-    p = bench_sub.add_parser("train", help="legacy loop vs Fabric path: graphs/s and peak memory")
+    p = bench_sub.add_parser("train", help="the plain PyG loop vs the Fabric path: graphs/s, CPU s, peak memory")
     p.add_argument("--model", choices=["gat", "vgae"], default="gat", help="model family (default gat)")
     p.add_argument("--type", choices=["teacher", "student"], default="teacher", help="model preset (default teacher)")
     p.add_argument("--dataset", default="synthetic", metavar="NAME|PATH",
                    help="dataset key, folder or spec file (default synthetic)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--steps", type=int, default=20, help="measured steps per repeat (default 20)")
-    p.add_argument("--repeats", type=int, default=3, help="repeats of each variant, alternating (default 3)")
+    p.add_argument("--repeats", type=int, default=3, help="repeats of each variant, alternating in fresh processes (default 3)")
     p.add_argument("--burn-in", type=int, default=3, help="untimed steps first (default 3)")
     p.add_argument("--batch-size", type=int, default=64, help="graphs per batch for both (default 64)")
     p.add_argument("--precision", default="auto", choices=["auto", "32-true", "bf16-mixed", "16-mixed"],
-                   help="Fabric path precision (default: the trainer's policy); legacy is always fp32")
+                   help="Fabric path precision (default: the trainer's policy); the plain loop is always fp32")
     p.add_argument("--compile", choices=["on", "off"], default="off", help="torch.compile the Fabric path's model")
     p.add_argument("--threads", type=int, default=None, help="torch threads for both (default: torch's default)")
     p.add_argument("--accelerator", choices=["auto", "cpu", "cuda"], default="auto")
