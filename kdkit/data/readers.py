@@ -36,7 +36,7 @@ import sys
 import threading
 import zipfile
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -359,7 +359,8 @@ class _BadRows:
             self.unlabelled += int((~known).sum())
         else:
             self.unlabelled += int(bad.size)
-        self.examples = [f"{_where(self.path, line)}: {problem}" for line, problem in found[:5]]
+        # several calls (a streamed file's chunks, in line order) keep the file's first five
+        self.examples = (self.examples + [f"{_where(self.path, line)}: {problem}" for line, problem in found])[:5]
 
     def messages(self, *arrays: np.ndarray, source: str, attack_type: str) -> Messages:
         """The kept rows as Messages, with this collector's counts."""
@@ -369,18 +370,23 @@ class _BadRows:
 _TIME_HINT = "timestamps must not decrease; sort the file by time, or skip such rows with on_bad_rows='skip'"
 
 
-def _time_order(ts: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _time_order(ts: np.ndarray, ok: np.ndarray, floor: float = -np.inf) -> tuple[np.ndarray, np.ndarray]:
     """(negative, backwards) masks over the rows where ``ok``: a row is backwards when its
-    timestamp is below that of a good row before it. Skipping both leaves non-decreasing times
-    (a bad row never raises the running maximum, so rows after it are compared with good ones)."""
-    if ts.size and ts[0] >= 0 and ok.all() and not (ts[1:] < ts[:-1]).any():  # the usual case, ~10x faster
+    timestamp is below that of a good row before it (or below ``floor``, the largest good
+    timestamp of the chunks before, when a file is read in chunks). Skipping both leaves
+    non-decreasing times (a bad row never raises the running maximum, so rows after it are
+    compared with good ones)."""
+    if ts.size and ts[0] >= 0 and ts[0] >= floor and ok.all() and not (ts[1:] < ts[:-1]).any():  # usual, ~10x faster
         none = np.zeros(ts.shape, bool)
         return none, none
     negative = ok & (ts < 0)
     good = ok & ~negative
     running = np.where(good, ts, -np.inf)
     np.maximum.accumulate(running, out=running)
+    np.maximum(running, floor, out=running)
     backwards = np.zeros_like(good)
+    if ts.size:
+        backwards[0] = ts[0] < floor
     np.less(ts[1:], running[:-1], out=backwards[1:])
     backwards &= good
     return negative, backwards
@@ -456,19 +462,56 @@ def _head(path: Path, gz: bool) -> bytes:
 _CTT_BATCH_BYTES = 1 << 20  # CSV parsed and decoded about 25 k rows at a time: small, reused temporaries
 
 
-def read_ctt_csv(path: str | Path, on_bad_rows: OnBadRows = "error") -> Messages:
-    """Read a can-train-and-test v1.5 CSV (``timestamp,arbitration_id,data_field,attack``).
+CHUNK_ROWS = 1 << 19  # rows per chunk a streamed recording is handed out in (~12 MB of messages)
 
-    The file is streamed through pyarrow (decompressed on the fly) and decoded one CSV
-    block at a time into the output arrays.
+
+def read_ctt_csv(path: str | Path, on_bad_rows: OnBadRows = "error") -> Messages:
+    """Read a can-train-and-test v1.5 CSV (``timestamp,arbitration_id,data_field,attack``)
+    whole: the chunks of :func:`iter_ctt_csv` joined.
 
     Args:
         path: ``.csv`` or ``.csv.gz`` file.
         on_bad_rows: ``"error"`` (default) raises :class:`DataFormatError` at the first bad
             row; ``"skip"`` drops bad rows and counts them in ``Messages.skipped_rows``.
     """
+    return concat_messages(list(iter_ctt_csv(path, on_bad_rows)))
+
+
+def concat_messages(chunks: Sequence[Messages]) -> Messages:
+    """The chunks of one streamed recording as one Messages; counts (skipped rows, dropped
+    frames) from the last chunk, which carries the file's totals."""
+    last = chunks[-1]
+    if len(chunks) == 1:
+        return last
+    cat = lambda name: np.concatenate([getattr(c, name) for c in chunks])  # noqa: E731
+    return Messages(cat("timestamp"), cat("can_id"), cat("dlc"), cat("payload"), cat("label"), last.source,
+                    last.attack_type, last.skipped_rows, list(last.skipped_examples), last.skipped_attack_rows,
+                    last.skipped_unlabelled_rows, None if last.row_type is None else cat("row_type"), last.type_names,
+                    dict(last.dropped_frames))
+
+
+def iter_ctt_csv(path: str | Path, on_bad_rows: OnBadRows = "error", chunk_rows: int = CHUNK_ROWS,
+                 block_bytes: int = _CTT_BATCH_BYTES) -> Iterator[Messages]:
+    """A can-train-and-test CSV in chunks, in bounded memory whatever the file's size.
+
+    pyarrow's streaming reader parses ``block_bytes`` of text at a time (decompressing a
+    ``.gz`` on the fly); the rows are decoded and checked block by block, carrying what a
+    check needs across blocks (the largest timestamp so far and its line, blank rows that are
+    bad only if a row follows them, rows the parser dropped). The chunks hold the good rows of
+    ``chunk_rows`` CSV rows each; every chunk carries the skip counts so far, so the last one
+    (always yielded, maybe empty) has the file's totals. Joined (:func:`concat_messages`) they
+    equal the file read whole, bad-row errors (file:line) and skip counts included.
+
+    Args:
+        path: ``.csv`` or ``.csv.gz`` file.
+        on_bad_rows: ``"error"`` (default) or ``"skip"``, as :func:`read_ctt_csv`.
+        chunk_rows: CSV rows per chunk (default :data:`CHUNK_ROWS`).
+        block_bytes: bytes pyarrow parses at a time (default 1 MiB).
+    """
     path = Path(path)
-    bad = _BadRows(path, on_bad_rows)
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    _BadRows(path, on_bad_rows)  # the mode is checked before anything is read
     gz = _is_gzip(path)
     head = _head(path, gz)
     if not head.strip():
@@ -480,94 +523,174 @@ def read_ctt_csv(path: str | Path, on_bad_rows: OnBadRows = "error") -> Messages
         raise DataFormatError(path, 1, f"wrong or missing header {first_line[:80]!r}; expected 'timestamp,arbitration_id,data_field,attack'")
     if len(head) < _HEAD_BYTES and not rest.strip():
         raise DataFormatError(path, None, "no data rows after the header")
-
-    field_errors: list[tuple[int, str]] = []  # rows the parser dropped: (line, problem)
-    non_ascii: set[int] = set()  # lines whose non-ASCII bytes were replaced (the slow path below)
-
-    def on_invalid(row: pacsv.InvalidRow) -> str:
-        # never raise here: pyarrow would swallow the exception; collect, decide below
-        note = _NON_ASCII_NOTE if row.number in non_ascii else ""
-        field_errors.append((row.number, f"expected 4 fields (timestamp,arbitration_id,data_field,attack), "
-                                         f"got {row.actual_columns}: {_text(row.text)}{note}"))
-        return "skip"
-
-    on_invalid._kdkit_row_handler = True  # type: ignore[attr-defined]
-    quiet = _RowDecodeErrors()
+    handed = 0
     try:
-        compression = "gzip" if gz else None
-        with quiet, pa.input_stream(str(path), compression=compression, buffer_size=_CTT_BATCH_BYTES) as stream:
-            table = _read_ctt_table(stream, on_invalid)
-    except pa.ArrowInvalid as err:
-        if not quiet.seen:
-            raise DataFormatError(path, None, f"unreadable CSV ({err})") from err
-        # A row with the wrong number of fields held invalid UTF-8: pyarrow cannot even build its
-        # text for the handler. Rare: read the whole file again with such bytes made '?'.
-        field_errors.clear()
-        raw, lines = _ascii_only(_open_bytes(path))
-        non_ascii.update(lines)
-        try:
-            table = _read_ctt_table(pa.BufferReader(raw), on_invalid)
-        except pa.ArrowInvalid as err2:
-            raise DataFormatError(path, None, f"unreadable CSV ({err2})") from err2
-    except OSError as err:
-        raise DataFormatError(path, None, f"{'corrupt gzip data' if gz else 'unreadable file'} ({err})") from err
+        for chunk in _CttStream(path, on_bad_rows, chunk_rows, block_bytes, gz):
+            handed += len(chunk)
+            yield chunk
+        return
+    except _UndecodableRow:
+        pass
+    # A row with the wrong number of fields held invalid UTF-8: pyarrow cannot even build its text
+    # for the handler. Rare: read the file again (whole, in memory) with such bytes made '?', and
+    # hand out only the rows after those already handed out (the rows are the same).
+    raw, lines = _ascii_only(_open_bytes(path))
+    for chunk in _CttStream(path, on_bad_rows, chunk_rows, block_bytes, gz, raw=raw, non_ascii=lines):
+        cut = min(handed, len(chunk))
+        handed -= cut
+        if cut < len(chunk) or not handed:
+            yield chunk.slice(cut, len(chunk)) if cut else chunk
 
-    n = table.num_rows
-    ts, ids = np.empty(n, np.float64), np.empty(n, np.uint32)
-    dlc, payload, lab = np.empty(n, np.uint8), np.empty((n, 8), np.uint8), np.empty(n, np.uint8)
-    checks = np.empty((5, n), bool)  # ok_ts, ok_id, ok_pl, ok_lab, blank
-    a = 0
-    for batch in table.to_batches():
-        b = a + batch.num_rows
-        ts_a, id_a, pl_a, at_a = (_trimmed(c) for c in batch.columns)
-        ts[a:b], checks[0, a:b] = _parse_float(ts_a)
-        ids[a:b], checks[1, a:b] = parse_hex_ids(id_a)
-        payload[a:b], dlc[a:b], checks[2, a:b] = parse_hex_payload(pl_a)
-        at_off, at_data = _string_parts(at_a)
-        lab[a:b] = np.append(at_data, np.uint8(0))[at_off[:-1]] - np.uint8(48)  # first character: '0'/'1' -> 0/1
-        checks[3, a:b] = (np.diff(at_off) == 1) & (lab[a:b] <= 1)
-        lengths = [np.diff(_string_parts(c)[0]) for c in (ts_a, id_a, pl_a)]
-        checks[4, a:b] = (lengths[0] == 0) & (lengths[1] == 0) & (lengths[2] == 0) & (np.diff(at_off) == 0)
-        a = b
-    ok_ts, ok_id, ok_pl, ok_lab, blank = checks
-    filled = np.flatnonzero(~blank)
-    k = int(filled[-1]) + 1 if filled.size else 0  # trailing blank lines end the file, they are no rows
-    if k == 0 and not field_errors:
-        raise DataFormatError(path, None, "no data rows after the header")
-    fields_ok = (ok_ts & ok_id & ok_pl & ok_lab & ~blank)[:k]
-    negative, backwards = _time_order(ts[:k], fields_ok)
-    ok = fields_ok & ~negative & ~backwards
 
-    dropped = sorted(line for line, _ in field_errors)
+class _UndecodableRow(Exception):
+    """pyarrow could not decode a malformed row's text for the row handler (see iter_ctt_csv)."""
 
-    def line_of(i: int) -> int:
-        line = i + 2  # 1-based, after the header
-        for s in dropped:  # rows the parser dropped shift the physical line numbers
-            if s <= line:
-                line += 1
+
+class _CttStream:
+    """The decoding and checking state of one streamed can-train-and-test CSV (iter_ctt_csv)."""
+
+    def __init__(self, path: Path, mode: OnBadRows, chunk_rows: int, block_bytes: int, gz: bool,
+                 raw: bytes | None = None, non_ascii: set[int] | None = None):
+        self.path, self.chunk_rows, self.block_bytes, self.gz, self.raw = path, chunk_rows, block_bytes, gz, raw
+        self.bad = _BadRows(path, mode)
+        self.non_ascii = non_ascii or set()
+        self.field_errors: list[tuple[int, str]] = []  # rows the parser dropped: (line, problem), in line order
+        self.consumed = 0  # field errors already reported
+        self.rows = 0  # CSV rows parsed so far (not counting the dropped ones)
+        self.pending: list[int] = []  # blank rows at the end so far: bad only if a row follows
+        self.any_row = False
+        self.floor, self.floor_text, self.floor_line = -np.inf, "", 0  # the largest good timestamp so far
+        self.out: list[tuple[np.ndarray, ...]] = []
+
+    def line_of(self, row: int) -> int:
+        """The 1-based file line of CSV row ``row`` (0-based, after the header)."""
+        line = row + 2
+        for s, _ in self.field_errors:  # rows the parser dropped shift the physical line numbers
+            if s > line:
+                break
+            line += 1
         return line
 
-    def cell(col: int, i: int) -> str:
-        return _text(table.column(col)[i].as_py())
+    def _on_invalid(self, row: pacsv.InvalidRow) -> str:
+        # never raise here: pyarrow would swallow the exception; collect, decide below
+        note = _NON_ASCII_NOTE if row.number in self.non_ascii else ""
+        self.field_errors.append((row.number, f"expected 4 fields (timestamp,arbitration_id,data_field,attack), "
+                                              f"got {row.actual_columns}: {_text(row.text)}{note}"))
+        return "skip"
 
-    def describe(i: int) -> str:
-        note = _NON_ASCII_NOTE if non_ascii and line_of(i) in non_ascii else ""
-        if blank[i]:
-            return "empty row"
-        for col, good, hint in ((0, ok_ts, "timestamp {}: not a number"),
-                                (1, ok_id, "arbitration_id {}: " + id_problem(table.column(1)[i].as_py())),
-                                (2, ok_pl, "data_field {}: payload must be 0-16 hex digits of even length"),
-                                (3, ok_lab, "attack {}: label must be 0 or 1")):
-            if not good[i]:
-                return hint.format(cell(col, i)) + note
-        if negative[i] or backwards[i]:
-            return _time_problem(ts, fields_ok, negative, i, lambda j: cell(0, j), lambda j: f"line {line_of(j)}")
-        return "bad row"
+    def __iter__(self) -> Iterator[Messages]:
+        on_invalid = self._on_invalid
+        handler = lambda row: on_invalid(row)  # noqa: E731  (a function object can carry the marker below)
+        handler._kdkit_row_handler = True  # type: ignore[attr-defined]
+        quiet = _RowDecodeErrors()
+        options = dict(
+            read_options=pacsv.ReadOptions(use_threads=False, block_size=self.block_bytes, column_names=CTT_HEADER,
+                                           skip_rows=1),
+            parse_options=pacsv.ParseOptions(invalid_row_handler=handler, ignore_empty_lines=False),
+            # binary, not string: the hex and number parsers below validate every byte anyway
+            convert_options=pacsv.ConvertOptions(column_types={c: pa.binary() for c in CTT_HEADER},
+                                                 strings_can_be_null=False, null_values=[], check_utf8=False))
+        try:
+            with quiet, (pa.BufferReader(self.raw) if self.raw is not None else
+                         pa.input_stream(str(self.path), compression="gzip" if self.gz else None,
+                                         buffer_size=self.block_bytes)) as stream:
+                reader = pacsv.open_csv(stream, **options)
+                while True:
+                    try:
+                        batch = reader.read_next_batch()
+                    except StopIteration:
+                        break
+                    a = 0
+                    while a < batch.num_rows:  # cut at every multiple of chunk_rows
+                        b = min(batch.num_rows, a + self.chunk_rows - self.rows % self.chunk_rows)
+                        self._decode(batch.slice(a, b - a))
+                        a = b
+                        if self.rows % self.chunk_rows == 0:
+                            yield self._chunk()
+        except pa.ArrowInvalid as err:
+            if quiet.seen and self.raw is None:
+                raise _UndecodableRow() from err
+            raise DataFormatError(self.path, None, f"unreadable CSV ({err})") from err
+        except OSError as err:
+            raise DataFormatError(self.path, None, f"{'corrupt gzip data' if self.gz else 'unreadable file'} ({err})") from err
+        if not self.any_row and not self.field_errors:
+            raise DataFormatError(self.path, None, "no data rows after the header")
+        rest = self.field_errors[self.consumed:]  # rows the parser dropped after the last row
+        self.consumed = len(self.field_errors)
+        self.bad.check(np.ones(0, bool), self.line_of, str, rest)
+        yield self._chunk()
 
-    bad.check(ok, line_of, describe, field_errors, label=lab[:k], label_ok=ok_lab[:k])
-    if k < n or not ok.all():
-        ts, ids, dlc, payload, lab = ts[:k][ok], ids[:k][ok], dlc[:k][ok], payload[:k][ok], lab[:k][ok]
-    return bad.messages(ts, ids, dlc, payload, lab, source=str(path), attack_type=attack_type_from_name(path))
+    def _chunk(self) -> Messages:
+        parts = self.out
+        self.out = []
+        cols = [np.concatenate([p[j] for p in parts]) if len(parts) != 1 else parts[0][j] for j in range(5)] \
+            if parts else [np.zeros(0, np.float64), np.zeros(0, np.uint32), np.zeros(0, np.uint8),
+                           np.zeros((0, 8), np.uint8), np.zeros(0, np.uint8)]
+        return self.bad.messages(*cols, source=str(self.path), attack_type=attack_type_from_name(self.path))
+
+    def _decode(self, batch: pa.RecordBatch) -> None:
+        """Decode and check one slice of CSV rows; keep its good rows in ``self.out``."""
+        n, g0 = batch.num_rows, self.rows
+        self.rows += n
+        ts_a, id_a, pl_a, at_a = (_trimmed(c) for c in batch.columns)
+        ts, ok_ts = _parse_float(ts_a)
+        ids, ok_id = parse_hex_ids(id_a)
+        payload, dlc, ok_pl = parse_hex_payload(pl_a)
+        at_off, at_data = _string_parts(at_a)
+        lab = np.append(at_data, np.uint8(0))[at_off[:-1]] - np.uint8(48)  # first character: '0'/'1' -> 0/1
+        ok_lab = (np.diff(at_off) == 1) & (lab <= 1)
+        lengths = [np.diff(_string_parts(c)[0]) for c in (ts_a, id_a, pl_a)]
+        blank = (lengths[0] == 0) & (lengths[1] == 0) & (lengths[2] == 0) & (np.diff(at_off) == 0)
+        filled = np.flatnonzero(~blank)
+        k = int(filled[-1]) + 1 if filled.size else 0  # blank rows after the last row: bad if a row follows
+        earlier: list[tuple[int | None, str]] = []
+        if k:
+            self.any_row = True
+            earlier = [(self.line_of(r), "empty row") for r in self.pending]
+            self.pending = []
+            last = self.line_of(g0 + k - 1)
+            take = self.consumed
+            while take < len(self.field_errors) and self.field_errors[take][0] <= last:
+                take += 1
+            earlier += self.field_errors[self.consumed:take]
+            self.consumed = take
+        self.pending += range(g0 + k, g0 + n)
+        fields_ok = (ok_ts & ok_id & ok_pl & ok_lab & ~blank)[:k]
+        negative, backwards = _time_order(ts[:k], fields_ok, self.floor)
+        ok = fields_ok & ~negative & ~backwards
+
+        def cell(col: int, i: int) -> str:
+            return _text(batch.column(col)[i].as_py())
+
+        def describe(i: int) -> str:
+            note = _NON_ASCII_NOTE if self.non_ascii and self.line_of(g0 + i) in self.non_ascii else ""
+            if blank[i]:
+                return "empty row"
+            for col, good, hint in ((0, ok_ts, "timestamp {}: not a number"),
+                                    (1, ok_id, "arbitration_id {}: " + id_problem(batch.column(1)[i].as_py())),
+                                    (2, ok_pl, "data_field {}: payload must be 0-16 hex digits of even length"),
+                                    (3, ok_lab, "attack {}: label must be 0 or 1")):
+                if not good[i]:
+                    return hint.format(cell(col, i)) + note
+            if negative[i]:
+                return f"timestamp {cell(0, i)} is negative (timestamps are seconds >= 0)"
+            if backwards[i]:
+                before = np.where((fields_ok & ~negative)[:i], ts[:i], -np.inf)
+                j = int(np.argmax(before)) if i else -1
+                shown, line = (cell(0, j), self.line_of(g0 + j)) if j >= 0 and before[j] > self.floor \
+                    else (self.floor_text, self.floor_line)
+                return f"timestamp {cell(0, i)} goes backwards: earlier than {shown} on line {line} ({_TIME_HINT})"
+            return "bad row"
+
+        self.bad.check(ok, lambda i: self.line_of(g0 + i), describe, earlier, label=lab[:k], label_ok=ok_lab[:k])
+        whole = k == n and ok.all()
+        keep = slice(None) if whole else np.flatnonzero(ok)
+        if k and ok.any():
+            top = np.where(ok, ts[:k], -np.inf)
+            j = int(np.argmax(top))
+            if top[j] > self.floor:
+                self.floor, self.floor_text, self.floor_line = float(top[j]), cell(0, j), self.line_of(g0 + j)
+        self.out.append((ts[keep], ids[keep], dlc[keep], payload[keep], lab[keep]))
 
 
 _BLANKS = np.array([9, 10, 11, 12, 13, 32], np.uint8)
@@ -599,19 +722,6 @@ def _trimmed(arr: pa.Array) -> pa.Array:
     np.cumsum(ends - starts, out=new_offsets[1:])
     return pa.Array.from_buffers(pa.binary(), len(arr), [None, pa.py_buffer(new_offsets),
                                                          pa.py_buffer(np.ascontiguousarray(data[mask]))])
-
-
-def _read_ctt_table(source, on_invalid: Callable[[pacsv.InvalidRow], str]) -> pa.Table:
-    """The four columns of a can-train-and-test CSV as binary, header skipped."""
-    return pacsv.read_csv(
-        source,
-        read_options=pacsv.ReadOptions(use_threads=False, block_size=_CTT_BATCH_BYTES, column_names=CTT_HEADER,
-                                       skip_rows=1),
-        parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid, ignore_empty_lines=False),
-        # binary, not string: the hex and number parsers below validate every byte anyway
-        convert_options=pacsv.ConvertOptions(column_types={c: pa.binary() for c in CTT_HEADER},
-                                             strings_can_be_null=False, null_values=[], check_utf8=False),
-    )
 
 
 class _RowDecodeErrors:
