@@ -117,3 +117,77 @@ def test_inference_bars_p50_with_p99_whisker():
     assert [b.get_height() for b in _bars(lat)] == [1.5, 2.0]
     err = next(c for c in lat.collections if c.get_segments()).get_segments()
     assert [tuple(s[:, 1]) for s in err] == [(1.5, 4.0), (2.0, 2.5)]
+
+
+# ----------------------------------------------------------------------------- research figures
+def test_stamp_writes_the_smoke_label_on_the_figure():
+    fig = plots.stamp(plots.training_curves(HISTORY), "smoke run: 2 steps, not a measurement")
+    assert [t.get_text() for t in fig.texts].count("smoke run: 2 steps, not a measurement") == 2
+    assert plots.stamp(plots.training_curves(HISTORY), None).texts == []
+
+
+def test_attack_recall_one_bar_per_model_and_attack_type():
+    fig = plots.attack_recall({"teacher": {"s1": {"DoS": 1.0, "fuzzing": 0.5}},
+                               "student": {"s1": {"DoS": 0.75}, "s2": {"gear": 0.25}}})
+    ax = fig.axes[0]
+    heights = [b.get_height() for b in _bars(ax)]
+    assert heights[:3] == [1.0, 0.5] + [pytest.approx(np.nan, nan_ok=True)]  # teacher: DoS, fuzzing, (no gear)
+    assert heights[3:] == [0.75, pytest.approx(np.nan, nan_ok=True), 0.25]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["DoS\ns1", "fuzzing\ns1", "gear\ns2"]
+
+
+def test_score_histograms_split_the_classes_and_draw_the_threshold():
+    y = {"test_01_a": np.array([0, 0, 0, 1, 1]), "only_normal": np.array([0, 0])}
+    s = {"test_01_a": np.array([0.1, 0.2, 0.3, 0.8, 0.9]), "only_normal": np.array([0.1, 0.7])}
+    fig = plots.score_histograms(y, s, 0.6)
+    assert len([a for a in fig.axes if a.axison]) == 2
+    first = fig.axes[0]
+    assert sum(b.get_height() for b in _bars(first)) == 5  # 3 normal + 2 attack windows
+    (line,) = first.get_lines()
+    assert list(line.get_xdata()) == [0.6, 0.6]
+    assert sum(b.get_height() for b in _bars(fig.axes[1])) == 2 and len(fig.axes[1].get_legend().texts) == 2
+
+
+def test_roc_pr_over_teacher_marks_each_operating_point():
+    y = {"s": np.array([0, 0, 1, 1]), "normal_only": np.array([0, 0])}
+    student = {"s": np.array([0.1, 0.6, 0.7, 0.2]), "normal_only": np.array([0.1, 0.2])}
+    teacher = {"s": np.array([0.1, 0.2, 0.8, 0.9]), "normal_only": np.array([0.1, 0.2])}
+    fig = plots.roc_pr_over_teacher(y, student, teacher, 0.5, 0.5)
+    assert len(fig.axes) == 2  # the one-class scenario has no curve
+    roc, pr = fig.axes
+    points = {ln.get_label(): (list(ln.get_xdata()), list(ln.get_ydata()))
+              for ln in roc.get_lines() if "threshold" in ln.get_label()}
+    assert points == {"teacher at threshold 0.5": ([0.0], [1.0]), "student (KD) at threshold 0.5": ([0.5], [0.5])}
+    pr_points = [(list(ln.get_xdata()), list(ln.get_ydata())) for ln in pr.get_lines() if ln.get_marker() == "o"]
+    assert pr_points == [([1.0], [1.0]), ([0.5], [0.5])]  # (recall, precision) of teacher, student
+
+
+def test_training_curves_overlay_one_line_per_run_and_panel():
+    fig = plots.training_curves_overlay({"a": HISTORY, "b": [{"epoch": 0, "val_loss": 0.3}]})
+    f1_ax, loss_ax = fig.axes
+    assert [ln.get_label() for ln in loss_ax.get_lines()] == ["a", "b"]
+    assert list(loss_ax.get_lines()[1].get_ydata()) == [0.3] and list(f1_ax.get_lines()[0].get_ydata()) == [0.5, 0.8]
+
+
+def test_grid_heatmap_annotates_mean_std_and_runs():
+    from kdkit.reporting import sweep_plots
+
+    cells = {(2.0, 0.5): {"kd_f1": [0.6, 0.8], "kd_gain": [0.1, 0.3]}, (4.0, 0.5): {"kd_f1": [0.9], "kd_gain": []}}
+    fig = sweep_plots.grid_heatmap(cells, "T", [2.0, 4.0], "alpha", [0.5])
+    f1_ax, gain_ax = fig.axes[0], fig.axes[1]
+    assert [t.get_text() for t in f1_ax.texts] == ["0.700\n± 0.141\nn=2", "0.900\nn=1"]
+    assert [t.get_text() for t in gain_ax.texts] == ["0.200\n± 0.141\nn=2", "-"]
+    assert f1_ax.images[0].get_array()[0, 1] == pytest.approx(0.9)
+
+
+def test_pareto_front_and_plot():
+    from kdkit.reporting import sweep_plots
+
+    front = sweep_plots.pareto_front([(10, 0.5), (5, 0.4), (20, 0.45), (5, 0.3), (30, 0.9)])
+    assert front == [(5, 0.4), (10, 0.5), (30, 0.9)]
+    pts = [{"model": "teacher", "f1": 0.9, "parameters": 1000, "latency_ms_p99": 3.0},
+           {"model": "student (KD)", "f1": 0.8, "parameters": 100, "latency_ms_p99": None}]
+    params_ax, lat_ax = sweep_plots.pareto(pts).axes
+    assert len(params_ax.collections) == 2 and len(lat_ax.collections) == 1  # no latency: no dot there
+    front = next(ln for ln in params_ax.get_lines() if ln.get_label() == "Pareto front")
+    assert list(front.get_ydata()) == [0.8, 0.9]

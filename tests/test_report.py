@@ -11,7 +11,7 @@ import nbformat
 import pytest
 from matplotlib import pyplot as plt
 
-from kdkit.reporting import html
+from kdkit.reporting import headline, html, sweep
 from kdkit.reporting import records as report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -76,7 +76,7 @@ def test_epoch_printer(capsys):
 
 def _run_dir(tmp_path):
     run = tmp_path / "runs" / "demo"
-    rec = report.RunRecord(run / "teacher", "teacher", dataset="synthetic", overall={"f1": 0.875})
+    rec = report.RunRecord(run / "teacher", "teacher", dataset="synthetic", overall={"f1": 0.875}, parameters=100)
     fig, ax = plt.subplots()
     ax.bar([0], [1])
     rec.figure(fig, "bars")
@@ -93,9 +93,12 @@ def test_html_report_of_a_run_dir_is_self_contained(tmp_path):
     out = html.build_html(run)
     assert out == run / "report.html"
     page = out.read_text()
-    assert page.count("<h2>") == 2  # the two notebook records; the nested train record is left to them
-    assert page.index("teacher: teacher") < page.index("student: student")
-    assert "data:image/png;base64," in page and "0.875" in page and "per scenario" in page
+    # the headline of the teacher record (the only one with a model), then the two records; the nested
+    # train record is left to them
+    assert page.count("<h2") == 3 and page.index("id='headline'") < page.index("<h2>Teacher training (teacher)</h2>")
+    assert page.index("Teacher training (teacher)") < page.index("Student: distilled against trained alone (student)")
+    assert "data:image/png;base64," in page and "0.875" in page and "Metrics per test scenario" in page
+    assert page.count("<details class='raw'>") == 2  # the raw values folded away, one per record
     assert "src='http" not in page and 'src="http' not in page and "<link" not in page
 
 
@@ -138,4 +141,218 @@ def test_html_report_of_a_kdkit_train_run_draws_from_its_summary(tmp_path):
     (run / "summary.json").write_text(json.dumps(summary))
     page = html.build_html(run).read_text()
     assert page.count("data:image/png;base64,") == 2  # training curves and confusion matrices
-    assert "<h2>run: hcrl_sa_gat_student</h2>" in page and not list(run.glob("*.png"))  # nothing written beside
+    assert "<h2>Training run (hcrl_sa_gat_student)</h2>" in page
+    assert not list(run.glob("*.png"))  # nothing written beside
+    assert "<h3>Training curves</h3>" in page and "<h3>Confusion matrices at the threshold</h3>" in page
+
+
+# ----------------------------------------------------------------------------- headline table
+def _model(f1s, mcc=0.5, det=0.75, parameters=100, history=None, types=None):
+    """A model entry of a student notebook's metrics.json: ``f1s`` per scenario s0, s1 and overall."""
+    scen = {f"s{i}": {"f1": f, "mcc": mcc, "detection_at_1pct_fpr": det, "false_positive_rate": 0.0,
+                      "per_attack_type": (types or {}).get(f"s{i}", {})} for i, f in enumerate(f1s[:-1])}
+    return {"parameters": parameters, "size_bytes": 4 * parameters, "threshold": 0.5, "scenarios": scen,
+            "f1": {k: v["f1"] for k, v in scen.items()}, "history": history or [],
+            "overall": {"f1": f1s[-1], "mcc": mcc, "detection_at_1pct_fpr": det}}
+
+
+def _student_record(kd=(0.8, 0.6, 0.7), alone=(0.7, 0.4, 0.55), teacher=(0.9, 0.8, 0.85), **extra):
+    rows = [{"name": "teacher", "latency_ms_p99": 3.0}, {"name": "student (KD)", "latency_ms_p99": 1.0},
+            {"name": "student alone", "latency_ms_p99": 1.5}]
+    return {"notebook": "student", "started": "2026-01-01T00:00:00", "teacher": _model(teacher, parameters=1000),
+            "student_kd": _model(kd), "student_alone": _model(alone), **extra,
+            "tables": {"comparison": {"columns": ["name", "latency_ms_p99"], "rows": rows}}, "figures": []}
+
+
+def _row(h, metric, scenario):
+    return next(r for r in h["rows"] if r["metric"] == metric and r["scenario"] == scenario)
+
+
+def test_headline_puts_models_side_by_side_with_the_kd_gain():
+    h = headline.headline([_student_record()])
+    assert h["labels"] == ["teacher", "student (KD)", "student alone"] and h["records"] == 1
+    assert [(r["metric"], r["scenario"]) for r in h["rows"]][:3] == [("f1", "s0"), ("f1", "s1"), ("f1", "overall")]
+    f1 = _row(h, "f1", "s1")
+    assert f1["values"] == {"teacher": [0.8], "student_kd": [0.6], "student_alone": [0.4]}
+    assert f1["gain"] == [pytest.approx(0.2)]
+    lat = _row(h, "latency_ms_p99", "")
+    assert lat["values"] == {"teacher": [3.0], "student_kd": [1.0], "student_alone": [1.5]} and lat["gain"] is None
+    assert _row(h, "parameters", "")["values"]["teacher"] == [1000]
+
+
+def test_headline_over_seeds_is_mean_and_std_with_the_gain_paired_by_seed():
+    recs = [_student_record(kd=(0.8, 0.6, 0.7), alone=(0.7, 0.4, 0.5)),
+            _student_record(kd=(0.8, 1.0, 0.9), alone=(0.7, 0.4, 0.6))]
+    row = _row(headline.headline(recs), "f1", "overall")
+    assert row["values"]["student_kd"] == [0.7, 0.9] and row["gain"] == [pytest.approx(0.2), pytest.approx(0.3)]
+    assert headline.fmt(row["values"]["student_kd"]) == "0.800 ± 0.141"
+    assert headline.fmt(row["gain"], signed=True) == "+0.250 ± 0.071"
+    assert headline.fmt([4546, 4546], "parameters") == "4,546 ± 0" and headline.fmt([], "f1") == "-"
+    page = headline.headline_html(headline.headline(recs))
+    assert page.startswith("<table class='kdkit headline' id='headline'>")
+    assert "<td class='gain up'>+0.250 ± 0.071</td>" in page and "<th>KD gain</th>" in page
+
+
+def test_headline_takes_a_fused_model_and_an_older_record_with_f1_only():
+    rec = _student_record(student_fused=_model((0.95, 0.9, 0.92)))
+    old = {"notebook": "student", "teacher": {"parameters": 5, "overall": {"f1": 0.5}, "f1": {"s0": 0.25}},
+           "student_kd": {"parameters": 2, "overall": {"f1": 0.2}, "f1": {"s0": 0.125}}}
+    h = headline.headline([rec])
+    assert h["labels"] == ["teacher", "student (KD)", "student alone", "student (fused)"]
+    assert _row(h, "f1", "overall")["values"]["student_fused"] == [0.92]
+    h_old = headline.headline([old])
+    assert _row(h_old, "f1", "s0")["values"] == {"teacher": [0.25], "student_kd": [0.125]}
+    assert _row(h_old, "mcc", "s0")["values"] == {"teacher": [], "student_kd": []}  # not recorded: "-"
+    assert all(r["gain"] is None for r in h_old["rows"])  # no student alone: no KD gain column
+    assert "KD gain" not in headline.headline_html(h_old)
+    with pytest.raises(ValueError, match="no model entry"):
+        headline.headline([{"notebook": "benchmark"}])
+
+
+def test_run_metrics_records_per_scenario_metrics_attack_types_and_history(tmp_path):
+    s = _summary(tmp_path)
+    s["test"]["scenarios"]["s0"].update(mcc=0.25, detection_at_1pct_fpr=0.5, false_positive_rate=0.125,
+                                        per_attack_type={"DoS": {"windows": 4, "recall": 0.75}})
+    s["test"]["overall"]["detection_at_1pct_fpr"] = 0.625
+    s["history"] = [{"epoch": 0, "train_loss": 1.0, "val_f1": 0.5, "lr": 0.1}]
+    m = report.run_metrics(s)
+    assert m["scenarios"]["s0"]["mcc"] == 0.25 and m["scenarios"]["s0"]["false_positive_rate"] == 0.125
+    assert m["scenarios"]["s0"]["per_attack_type"] == {"DoS": 0.75} and m["scenarios"]["s1"]["mcc"] is None
+    assert m["overall"]["detection_at_1pct_fpr"] == 0.625
+    assert m["history"] == [{"epoch": 0, "train_loss": 1.0, "val_f1": 0.5}]  # the curve, not every logged key
+    assert report.attack_recall({"notebook": "student", "student_kd": {**m, "parameters": 1}}) == {
+        "student (KD)": {"s0": {"DoS": 0.75}, "s1": {}}}
+
+
+def test_scores_saved_beside_metrics_and_loaded_back(tmp_path):
+    import numpy as np
+    import torch
+
+    class Split:
+        def __init__(self, y):
+            self.y = torch.tensor(y)
+
+    data = type("Data", (), {"splits": {"s0": Split([0, 1, 1]), "s1": Split([0, 0])}})()
+    runs = {}
+    for name, s0 in (("kd", [0.1, 0.9, 0.4]), ("alone", [0.2, 0.6, 0.7])):
+        (tmp_path / name).mkdir()
+        np.savez(tmp_path / name / "test_scores.npz", s0=np.array(s0), s1=np.array([0.3, 0.05]))
+        runs[name] = {"run_dir": str(tmp_path / name), "test": {"scenarios": {"s0": {}, "s1": {}}}}
+    path = report.save_scores(tmp_path, {"student_kd": runs["kd"], "student_alone": runs["alone"]}, data)
+    assert path == tmp_path / "scores.npz"
+    got = report.load_scores(tmp_path)
+    assert set(got) == {"label", "student_kd", "student_alone"}
+    assert got["label"]["s0"].tolist() == [0, 1, 1] and got["label"]["s0"].dtype == np.uint8
+    assert got["student_alone"]["s0"].tolist() == pytest.approx([0.2, 0.6, 0.7])
+    assert got["student_kd"]["s1"].dtype == np.float32
+    assert report.load_scores(tmp_path / "kd") == {}
+    with pytest.raises(ValueError, match="may not contain '/'"):
+        report.save_scores(tmp_path, {"a/b": runs["kd"]}, data)
+
+
+def test_smoke_label_below_the_measurement_settings():
+    assert report.smoke_label(steps=2, repeats=2) == "smoke run: 2 steps, 2 repeats, not a measurement"
+    assert report.smoke_label(steps=30, repeats=5) is None
+    label = report.smoke_label(infer_seconds=3.0, infer_calls=200)
+    assert label.startswith("smoke run: 3 infer seconds, 200 infer calls")
+    with pytest.raises(ValueError, match="unknown setting"):
+        report.smoke_label(epochs=1)
+
+
+def test_run_report_opens_with_the_headline_and_draws_from_the_scores(tmp_path):
+    import numpy as np
+
+    run = tmp_path / "student"
+    run.mkdir()
+    types = {"s0": {"DoS": 0.5, "fuzzing": 1.0}}
+    history = [{"epoch": 0, "val_loss": 0.5, "val_f1": 0.25}, {"epoch": 1, "val_loss": 0.4, "val_f1": 0.5}]
+    rec = _student_record()
+    rec["student_kd"] = _model((0.8, 0.6, 0.7), types=types, history=history)
+    (run / "metrics.json").write_text(json.dumps(rec))
+    y = np.array([0, 0, 1, 1], np.uint8)
+    np.savez(run / "scores.npz", **{"label/s0": y, "label/s1": y, "teacher/s0": [0.1, 0.2, 0.8, 0.9],
+                                    "teacher/s1": [0.1, 0.6, 0.4, 0.9], "student_kd/s0": [0.3, 0.2, 0.6, 0.9],
+                                    "student_kd/s1": [0.1, 0.2, 0.3, 0.9], "student_alone/s0": [0.1, 0.2, 0.3, 0.4],
+                                    "student_alone/s1": [0.5, 0.5, 0.5, 0.5]})
+    page = html.build_html(tmp_path).read_text()
+    assert page.index("id='headline'") < page.index("<figure") and page.count("id='headline'") == 1
+    figures = [f.split("'")[0] for f in page.split("data-figure='")[1:]]
+    assert figures == ["roc_pr_over_teacher", "score_histograms_kd", "attack_recall", "training_curves_overlay"]
+    assert "<th>KD gain</th>" in page and "<td class='gain up'>+0.150</td>" in page  # overall F1 0.7 - 0.55
+    assert "<h3>Recall per attack type</h3>" in page and "<figcaption>" in page
+
+
+# ----------------------------------------------------------------------------- sweep report
+def _sweep(tmp_path, rows, grid=None):
+    d = tmp_path / "sweep"
+    d.mkdir(exist_ok=True)
+    (d / "results.json").write_text(json.dumps({"sweep": "kd", "notebook": "notebooks/student.ipynb",
+                                                "grid": grid or {"kd_temperature": [2.0, 4.0], "kd_alpha": [0.5]},
+                                                "seeds": [0, 1], "rows": rows}))
+    return d
+
+
+def _task(task, T, seed, kd_f1, alone_f1=0.5, state="COMPLETED", error=None):
+    hist = [{"epoch": 0, "val_loss": 0.5, "val_f1": 0.25}]
+    metrics = _student_record(kd=(kd_f1, kd_f1, kd_f1), alone=(alone_f1,) * 3) if state == "COMPLETED" else {}
+    if metrics:
+        metrics["student_kd"]["history"] = hist
+    return {"task": task, "state": state, "seed": seed, "params": {"kd_temperature": T, "kd_alpha": 0.5},
+            "run_dir": f"runs/{task}", "job_id": f"7_{task}", "error": error, "metrics": metrics}
+
+
+def test_sweep_report_pools_seeds_lists_failures_and_draws_the_figures(tmp_path):
+    rows = [_task(0, 2.0, 0, 0.6), _task(1, 2.0, 1, 0.8), _task(2, 4.0, 0, 0.9, alone_f1=0.95),
+            _task(3, 4.0, 1, None, state="FAILED", error="cell 8: RuntimeError: boom"),
+            {**_task(4, 4.0, 2, 0.1), "metrics": {}}]  # completed, but nothing collected
+    d = _sweep(tmp_path, rows)
+    table = sweep.sweep_rows(sweep.load_results(d))
+    assert [(r["kd_temperature"], r["runs"]) for r in table] == [(4.0, 1), (2.0, 2)]  # best KD student first
+    assert "kd_alpha" not in table[0]  # one value only: not a column
+    assert table[1]["_values"]["student (KD) F1"] == ("f1", [0.6, 0.8])
+    assert table[1]["_values"]["KD gain F1"][1] == [pytest.approx(0.1), pytest.approx(0.3)]
+    assert table[0]["_values"]["student (KD) p99 ms"] == ("latency_ms_p99", [1.0])
+    lost = sweep.unfinished(sweep.load_results(d))
+    assert [(r["task"], r["state"]) for r in lost] == [(3, "FAILED"), (4, "COMPLETED")]
+    assert lost[0]["error"] == "cell 8: RuntimeError: boom" and "no metrics.json" in lost[1]["error"]
+    page = sweep.build_sweep_report(d).read_text()
+    assert (d / "report.html").is_file() and page.count("id='headline'") == 1 and "id='headline-best'" in page
+    assert "<td>0.700 ± 0.141</td>" in page and "<td class='gain up'>+0.200 ± 0.141</td>" in page
+    assert "<td class='gain down'>-0.050</td>" in page
+    assert 'id="unfinished"' in page and "RuntimeError: boom" in page
+    figures = [f.split("'")[0] for f in page.split("data-figure='")[1:]]
+    assert figures == ["sweep_heatmap", "sweep_pareto", "sweep_training_curves"]
+    assert "<summary>every task (5)</summary>" in page
+
+
+def test_sweep_with_nothing_finished_still_reports(tmp_path):
+    d = _sweep(tmp_path, [_task(0, 2.0, 0, None, state="PENDING")])
+    page = sweep.build_sweep_report(d, tmp_path / "r.html").read_text()
+    assert "no task finished" in page and "PENDING" in page and "data-figure" not in page
+
+
+def test_sweep_results_errors_name_the_file_and_row(tmp_path):
+    with pytest.raises(FileNotFoundError, match="results.json does not exist"):
+        sweep.load_results(tmp_path)
+    d = _sweep(tmp_path, [{"task": 0, "state": "COMPLETED"}])
+    with pytest.raises(sweep.SweepFormatError, match=r"results.json: rows\[0\] lacks params"):
+        sweep.load_results(d)
+    (d / "results.json").write_text("{")
+    with pytest.raises(sweep.SweepFormatError, match="not JSON"):
+        sweep.load_results(d)
+
+
+def test_heatmap_axes_are_the_two_grid_parameters_with_most_values():
+    grid = {"hidden": [8], "kd_alpha": [0.3, 0.7], "kd_temperature": [1.0, 2.0, 4.0], "seed": [0, 1, 2, 3]}
+    assert sweep.heatmap_axes({"grid": grid}) == ("kd_temperature", [1.0, 2.0, 4.0], "kd_alpha", [0.3, 0.7])
+    assert sweep.heatmap_axes({"grid": {"kd_alpha": [0.3, 0.7], "hidden": [8]}}) == ("kd_alpha", [0.3, 0.7], "", [None])
+    assert sweep.heatmap_axes({"grid": {"hidden": [8]}}) is None
+
+
+def test_cli_report_detects_a_sweep_folder(tmp_path, capsys):
+    from kdkit.cli.main import main
+
+    d = _sweep(tmp_path, [_task(0, 2.0, 0, 0.6)])
+    assert main(["report", str(d), "--html"]) == 0
+    assert capsys.readouterr().out.strip() == str(d / "report.html")
+    assert "kdkit sweep report: kd" in (d / "report.html").read_text()

@@ -14,16 +14,70 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from kdkit.reporting import plots
-from kdkit.reporting.records import Table, _cell
+from kdkit.reporting.headline import headline, headline_html
+from kdkit.reporting.records import Table, _cell, attack_recall, load_scores, model_entries, model_label, smoke_label
+from kdkit.reporting.records import headline as headline_line
 
 # ----------------------------------------------------------------------------- HTML report
-_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
-h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;margin-top:2em}h3{font-size:1.05em}
+CSS = """body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;color:#222;line-height:1.4}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;margin-top:2em}h3{font-size:1.05em;margin-bottom:.2em}
 table.kdkit{border-collapse:collapse;margin:.6em 0;font-size:.85em}
 table.kdkit td,table.kdkit th{border:1px solid #ddd;padding:3px 8px;text-align:right}
 table.kdkit td:first-child,table.kdkit th:first-child{text-align:left}
 table.kdkit caption{text-align:left;font-weight:bold;padding:4px 0}
-img{max-width:100%;border:1px solid #eee;margin:.4em 0}.muted{color:#777;font-size:.85em}"""
+table.headline{font-size:.9em}table.headline thead th{background:#f3f3f3}
+table.headline tr.group{border-top:2px solid #999}
+table.headline td:nth-child(2),table.headline th:nth-child(2){text-align:left}
+td.gain.up{color:#17692b;font-weight:bold}td.gain.down{color:#a11}
+figure{margin:1em 0}figcaption{font-size:.9em;color:#444;max-width:900px}
+img{max-width:100%;border:1px solid #eee;margin:.4em 0}.muted{color:#777;font-size:.85em}
+.warning{background:#fff3cd;border:1px solid #e0c060;padding:.5em .8em}
+details{margin:.8em 0}summary{cursor:pointer;color:#555}"""
+
+# section titles of the notebooks' records
+SECTION_TITLES = {"teacher": "Teacher training", "student": "Student: distilled against trained alone",
+                  "benchmark": "Benchmark: legacy loop against Fabric, preprocessing, inference",
+                  "gateway": "Gateway: streaming detection on a recording"}
+
+# figure file stem -> (title, what to look at)
+FIGURES = {
+    "training_curves": ("Training curves", "Loss per epoch (train and validation) and validation F1: a validation "
+                        "loss that turns up means over-fitting; an F1 still climbing means more epochs would help."),
+    "training_curves_kd": ("Training curves of the KD student",
+                           "Loss and validation F1 per epoch of the distilled student."),
+    "training_curves_overlay": ("Training curves: KD student and student alone",
+                                "Validation F1 and loss per epoch of both students: distillation should reach a given "
+                                "F1 in fewer epochs or end higher."),
+    "roc_pr": ("ROC and precision-recall per scenario", "Curves near the top-left (ROC) and top-right (PR) corners "
+               "separate attacks from normal traffic at every threshold."),
+    "confusion_matrices": ("Confusion matrices at the threshold", "Counts of windows: top right are false alarms, "
+                           "bottom left missed attacks."),
+    "f1_per_scenario": ("F1 per test scenario", "The unknown-attack scenarios (03, 04) are the hard ones: a student "
+                        "close to the teacher there generalises, not just memorises."),
+    "size_and_latency": ("Size and inference latency", "What the student buys: parameters, bytes and single-window "
+                         "latency against the teacher, measured on this machine."),
+    "roc_pr_over_teacher": ("Student ROC and precision-recall over the teacher's", "Dashed grey: teacher; orange: "
+                            "KD student; dots: where each model decides (its threshold). A student curve close to the "
+                            "teacher's and a dot near the top-left corner is what distillation is for."),
+    "score_histograms_kd": ("Scores of the KD student against its threshold",
+                            "Normal windows (blue) should sit left of "
+                            "the dashed threshold, attacks (red) right of it; overlap is where it errs. Log scale."),
+    "score_histograms_teacher": ("Scores of the teacher against its threshold", "As above, for the teacher."),
+    "attack_recall": ("Recall per attack type", "Share of attack windows detected, per attack type and scenario: "
+                      "a type the student misses but the teacher catches is knowledge the distillation lost."),
+    "train_graphs_per_s": ("Training throughput: legacy loop against Fabric", "Median graphs per second, bars from "
+                           "the fastest to the slowest repeat; higher is better."),
+    "train_peak_memory": ("Peak memory of the training steps", "Lower is better."),
+    "preprocess": ("Preprocessing throughput", "Messages per second read, windowed and turned into graphs: "
+                   "the vectorized path against the pandas loop."),
+    "inference": ("Student inference: throughput and latency", "Batched messages per second, and single-window "
+                  "latency (bar p50, whisker p99)."),
+    "alarm_timeline": ("Alarm timeline", "Window scores over time with the threshold; shaded: labelled attacks."),
+    "latency": ("Decision latency", "From a window's last frame to its decision."),
+}
+TABLE_TITLES = {"per_scenario": "Metrics per test scenario", "f1_per_scenario": "F1 per test scenario",
+                "comparison": "Size, F1 and inference speed", "speedup": "Legacy loop against Fabric: epoch time",
+                "inference": "Inference throughput and latency", "alarms": "First alarms"}
 
 
 def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
@@ -51,25 +105,69 @@ def find_records(root: str | Path) -> list[Path]:
     return [p for p, m in sorted(notebooks or found, key=lambda pm: (pm[1].get("started", ""), str(pm[0])))]
 
 
-def _section(root: Path, path: Path) -> str:
+def png_html(png: bytes, name: str, caption: str = "", title: str = "") -> str:
+    """A ``<figure>``: human title, the PNG embedded as base64, a caption saying what to look at.
+
+    ``name`` is the figure's file stem; its title and caption come from :data:`FIGURES`
+    (``caption`` and ``title`` replace the stored ones), an unknown name is its stem in words.
+    """
+    stored_title, stored = FIGURES.get(name, (name.replace("_", " ").capitalize(), ""))
+    title = title or stored_title
+    data = base64.b64encode(png).decode()
+    cap = caption or stored
+    return (f"<figure data-figure='{html.escape(name)}'><h3>{html.escape(title)}</h3>"
+            f"<img alt='{html.escape(title)}' src='data:image/png;base64,{data}'>"
+            + (f"<figcaption>{html.escape(cap)}</figcaption>" if cap else "") + "</figure>")
+
+
+def fig_png(fig, dpi: int = 100) -> bytes:
+    """A matplotlib figure as PNG bytes."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def raw_values_html(metrics: Mapping, title: str = "raw recorded values") -> str:
+    """Every scalar of a record as a key/value table, folded away (``<details>``)."""
+    flat = _flatten({k: v for k, v in metrics.items() if k not in ("figures", "tables", "history")})
+    table = Table([{"key": k, "value": v} for k, v in flat.items()], ["key", "value"])._repr_html_()
+    return f"<details class='raw'><summary>{html.escape(title)} ({len(flat)})</summary>{table}</details>"
+
+
+def _smoke(metrics: Mapping) -> str | None:
+    """The smoke label of a benchmark record (recorded, or from its steps and repeats)."""
+    if metrics.get("smoke"):
+        return str(metrics["smoke"])
+    settings = {k: metrics[k] for k in ("steps", "repeats") if isinstance(metrics.get(k), (int, float))}
+    return smoke_label(**settings) if metrics.get("notebook") == "benchmark" and settings else None
+
+
+def _section(root: Path, path: Path, shown: set[str]) -> str:
+    """One record: human title, its tables, its figures not already shown above, raw values folded."""
     metrics = json.loads(path.read_text())
     rel = path.parent.relative_to(root).as_posix()
-    title = f"{metrics.get('notebook', 'run')}: {rel if rel != '.' else root.name}"
+    where = rel if rel != "." else root.name
+    kind = metrics.get("notebook")
+    title = f"{SECTION_TITLES.get(kind, kind or 'Training run')} ({where})"
     parts = [f"<h2>{html.escape(title)}</h2>"]
-    scalars = {k: v for k, v in _flatten({k: v for k, v in metrics.items() if k not in ("figures", "tables", "history")}).items()}
-    parts.append(Table([{"key": k, "value": v} for k, v in scalars.items()], ["key", "value"], "recorded values")._repr_html_())
+    if kind in ("teacher", "student") and model_entries(metrics):
+        parts.append(f"<p class='muted'>{html.escape(headline_line(metrics))}</p>")
+    smoke = _smoke(metrics)
+    if smoke:
+        parts.append(f"<p class='warning smoke'>{html.escape(smoke)}: the timings below show that the benchmark "
+                     "runs, not how fast anything is. The measurement command is in notebooks/benchmark.ipynb.</p>")
     for name, t in (metrics.get("tables") or {}).items():
-        parts.append(Table(t["rows"], t.get("columns"), name.replace("_", " "))._repr_html_())
-    pngs = {f: (path.parent / f).read_bytes() for f in metrics.get("figures") or sorted(p.name for p in path.parent.glob("*.png"))
-            if (path.parent / f).is_file()}
+        parts.append(Table(t["rows"], t.get("columns"), TABLE_TITLES.get(name, name.replace("_", " ")))._repr_html_())
+    names = metrics.get("figures") or sorted(p.name for p in path.parent.glob("*.png"))
+    pngs = {f: (path.parent / f).read_bytes() for f in names
+            if (path.parent / f).is_file() and (kind != "student" or Path(f).stem not in shown)}
     if not pngs and (path.parent / "summary.json").is_file():  # a `kdkit train` run: draw from its summary
         pngs = _summary_figures(json.loads((path.parent / "summary.json").read_text()))
-    for fig, png in pngs.items():
-        data = base64.b64encode(png).decode()
-        parts.append(f"<h3>{html.escape(Path(fig).stem.replace('_', ' '))}</h3><img alt='{html.escape(fig)}' src='data:image/png;base64,{data}'>")
+    parts += [png_html(png, Path(fig).stem) for fig, png in pngs.items()]
     for nb in sorted(path.parent.glob("*.ipynb")):
         parts.append(f"<p class='muted'>executed notebook {html.escape(nb.name)}: as HTML with "
                      f"<code>kdkit report {html.escape(str(nb))} --html</code></p>")
+    parts.append(raw_values_html(metrics))
     return "\n".join(parts)
 
 
@@ -81,25 +179,70 @@ def _summary_figures(summary: Mapping) -> dict[str, bytes]:
         figs["training_curves.png"] = plots.training_curves(summary["history"])
     if summary.get("test", {}).get("scenarios"):
         figs["confusion_matrices.png"] = plots.confusion_matrices(summary["test"])
-    out = {}
-    for name, fig in figs.items():
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-        out[name] = buf.getvalue()
-    return out
+    return {name: fig_png(fig, 110) for name, fig in figs.items()}
+
+
+HEADLINE_CAPTION = ("F1, MCC and detection rate at 1 % false-positive rate on each test scenario, then size and "
+                    "p99 single-window latency. KD gain: KD student minus the same student trained alone "
+                    "(green: distillation helped). The scenarios with an unknown attack are the test of "
+                    "generalisation.")
+
+
+def headline_section(record: Mapping, run_dir: Path) -> tuple[str, set[str]]:
+    """The report's opening: the headline table of a student (or teacher) record and the figures
+    drawn from it and its ``scores.npz``; returns the HTML and the figure names it drew."""
+    h = headline([record])
+    figs: dict[str, Any] = {}
+    entries = model_entries(record)
+    scores = load_scores(run_dir)
+    student = "student_kd" if "student_kd" in entries else next(iter(entries))
+    if "label" in scores and student in scores:
+        figs["roc_pr_over_teacher"] = plots.roc_pr_over_teacher(
+            scores["label"], scores[student], scores.get("teacher") if student != "teacher" else None,
+            entries[student].get("threshold", 0.5), entries.get("teacher", {}).get("threshold"), model_label(student))
+        figs["score_histograms_kd"] = plots.score_histograms(
+            scores["label"], scores[student], entries[student].get("threshold", 0.5), model_label(student))
+    recall = attack_recall(record)
+    if recall:
+        figs["attack_recall"] = plots.attack_recall(recall)
+    histories = {model_label(k): e["history"] for k, e in entries.items() if e.get("history") and k != "teacher"}
+    if histories:
+        figs["training_curves_overlay"] = plots.training_curves_overlay(histories)
+    lead = "Teacher, KD student and student alone" if len(entries) > 1 else f"The {model_label(next(iter(entries)))}"
+    parts = [f"<h2 id='headline-title'>{html.escape(lead)}</h2>",
+             f"<p class='caption'>{html.escape(HEADLINE_CAPTION)}</p>", headline_html(h)]
+    if "label" not in scores:
+        parts.append("<p class='muted'>no scores.npz beside this record (recorded by an older student notebook): "
+                     "no score histograms or ROC/PR curves.</p>")
+    parts += [png_html(fig_png(fig), name) for name, fig in figs.items()]
+    return "\n".join(parts), set(figs) | {"training_curves_kd"}
+
+
+def page_html(title: str, subtitle: str, body: str) -> str:
+    """A self-contained page: the CSS inline, no external resource."""
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"
+            f"<p class='muted'>{subtitle}</p>{body}</body></html>")
 
 
 def run_dir_html(root: str | Path, out: str | Path | None = None) -> Path:
-    """One self-contained HTML page for every recorded run under ``root`` (figures as base64)."""
+    """One self-contained HTML page for every recorded run under ``root`` (figures as base64).
+
+    It opens with the headline table of the newest student record (else of the newest teacher
+    record), then one section per record.
+    """
     root = Path(root)
     records = find_records(root)
     if not records:
         raise FileNotFoundError(f"no metrics.json under {root}: run a notebook with run_dir={str(root)!r} first")
-    body = "\n".join(_section(root, p) for p in records)
+    loaded = [(p, json.loads(p.read_text())) for p in records]
+    lead = next((pm for kind in ("student", "teacher") for pm in reversed(loaded) if pm[1].get("notebook") == kind
+                 and model_entries(pm[1])), None)
+    top, shown = headline_section(lead[1], lead[0].parent) if lead else ("", set())
+    body = top + "\n".join(_section(root, p, shown if lead and p == lead[0] else set()) for p in records)
     stamp = time.strftime("%Y-%m-%d %H:%M")
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>kdkit report: {html.escape(root.name)}</title>"
-            f"<style>{_CSS}</style></head><body><h1>kdkit report: {html.escape(str(root))}</h1>"
-            f"<p class='muted'>{len(records)} run record(s), generated {stamp} by <code>kdkit report</code></p>{body}</body></html>")
+    page = page_html(f"kdkit report: {root}", f"{len(records)} run record(s), generated {stamp} by "
+                     f"<code>kdkit report</code>", body)
     target = Path(out) if out else root / "report.html"
     target.write_text(page, encoding="utf-8")
     return target

@@ -249,3 +249,164 @@ def inference_bars(rows: Sequence[Mapping], title: str = "student inference, one
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+# ----------------------------------------------------------------------------- research figures of a run
+def stamp(fig: Figure, label: str | None) -> Figure:
+    """Writes ``label`` (e.g. :func:`kdkit.reporting.records.smoke_label`) across the figure; none: unchanged.
+
+    A smoke run's timings are not a measurement: the stamp travels with the PNG wherever it is shown.
+    """
+    if label:
+        fig.text(0.5, 0.5, label, ha="center", va="center", rotation=12, fontsize=13, color="tab:red", alpha=0.35,
+                 weight="bold", wrap=True, gid="smoke-stamp")
+        fig.text(0.99, 0.005, label, ha="right", va="bottom", fontsize=8, color="tab:red")
+    return fig
+
+
+def attack_recall(recall: Mapping[str, Mapping[str, Mapping[str, float]]],
+                  title: str = "recall per attack type") -> Figure:
+    """Grouped bars: one group per (scenario, attack type), one bar per model.
+
+    Args:
+        recall: ``{model label: {scenario: {attack type: recall}}}``, e.g. from each model's
+            ``scenarios[name]["per_attack_type"]`` in a student notebook's metrics.json.
+    """
+    models = list(recall)
+    groups = list(dict.fromkeys((sc, t) for m in recall.values() for sc, types in m.items() for t in types))
+    fig, (ax,) = _new(size=(max(6.0, 0.45 * len(groups) * max(len(models), 1)), 4.0))
+    width = 0.8 / max(len(models), 1)
+    x = np.arange(len(groups))
+    for i, name in enumerate(models):
+        vals = [float(recall[name].get(sc, {}).get(t, np.nan)) for sc, t in groups]
+        bars = ax.bar(x + (i - (len(models) - 1) / 2) * width, vals, width, label=name)
+        ax.bar_label(bars, labels=[_fmt(v) for v in vals], fontsize=6)
+    ax.set_xticks(x, [f"{t}\n{_scenario_tag(sc)}" for sc, t in groups], fontsize=7)
+    ax.set(ylabel="recall (attack windows detected)", ylim=(0, 1.1), title=title)
+    if models:
+        ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def _scenario_tag(name: str) -> str:
+    """``test_03_known_vehicle_unknown_attack`` -> ``test 03``: short enough for a tick label."""
+    parts = name.split("_")
+    return " ".join(parts[:2]) if len(parts) > 2 and parts[1].isdigit() else _short(name, 14)
+
+
+def score_histograms(labels: Mapping[str, np.ndarray], scores: Mapping[str, np.ndarray], threshold: float,
+                     title: str = "") -> Figure:
+    """Scores of normal and attack windows per scenario, with the decision threshold as a line.
+
+    Args:
+        labels: ``{scenario: y}`` (1 = attack).
+        scores: ``{scenario: score}`` of one model.
+        threshold: a window is an attack when its score is ``>=`` this.
+        title: figure title. Default none.
+    """
+    names = list(scores)
+    fig, axes = _new(min(len(names), 4) or 1, max(-(-len(names) // 4), 1), size=(3.4, 2.8))
+    for ax, name in zip(axes, names):
+        y, s = np.asarray(labels[name]).astype(int), np.asarray(scores[name], dtype=float)
+        bins = np.histogram_bin_edges(np.concatenate([s, [threshold]]), bins=30)
+        for cls, color, label in ((0, "tab:blue", "normal"), (1, "tab:red", "attack")):
+            if (y == cls).any():
+                ax.hist(s[y == cls], bins=bins, color=color, alpha=0.55, label=f"{label} ({int((y == cls).sum())})")
+        ax.axvline(threshold, color="black", ls="--", lw=1, label=f"threshold {threshold:.3g}")
+        ax.set_yscale("log")
+        ax.set_title(_short(name, 30), fontsize=8)
+        ax.set_xlabel("score", fontsize=8)
+        ax.legend(fontsize=6)
+    for ax in axes[len(names):]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def roc_pr_over_teacher(labels: Mapping[str, np.ndarray], student: Mapping[str, np.ndarray],
+                        teacher: Mapping[str, np.ndarray] | None, student_threshold: float,
+                        teacher_threshold: float | None = None, student_label: str = "student (KD)") -> Figure:
+    """Per scenario (one column each): the student's ROC (top row) and PR curves (bottom row) over
+    the teacher's, with each model's operating point (its threshold) marked.
+
+    Args:
+        labels: ``{scenario: y}``.
+        student, teacher: ``{scenario: score}``; teacher may be None (no curve).
+        student_threshold, teacher_threshold: where each model decides (the marked point).
+        student_label: legend name of the student.
+    """
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    names = [n for n in student if len(np.unique(np.asarray(labels[n]).astype(int))) == 2]
+    fig, axes = _new(max(len(names), 1), 2, size=(3.3, 3.1))
+    curves = [(teacher, teacher_threshold, "teacher", "grey", "--"),
+              (student, student_threshold, student_label, "tab:orange", "-")]
+    for col, name in enumerate(names):
+        roc, pr = axes[col], axes[len(names) + col]
+        y = np.asarray(labels[name]).astype(int)
+        for scores, thr, label, color, ls in curves:
+            if scores is None or name not in scores:
+                continue
+            s = np.asarray(scores[name], dtype=float)
+            fpr, tpr, _ = roc_curve(y, s)
+            prec, rec, _ = precision_recall_curve(y, s)
+            roc.plot(fpr, tpr, ls=ls, color=color, label=label)
+            pr.plot(rec, prec, ls=ls, color=color, label=label)
+            if thr is not None:
+                pred = s >= thr
+                tp, fp = int((pred & (y == 1)).sum()), int((pred & (y == 0)).sum())
+                op_fpr, op_tpr = fp / max(int((y == 0).sum()), 1), tp / max(int((y == 1).sum()), 1)
+                roc.plot([op_fpr], [op_tpr], "o", color=color, ms=6, mec="black",
+                         label=f"{label} at threshold {thr:.3g}")
+                if tp + fp:
+                    pr.plot([op_tpr], [tp / (tp + fp)], "o", color=color, ms=6, mec="black")
+        roc.plot([0, 1], [0, 1], ":", color="lightgrey")
+        roc.set(xlabel="false-positive rate", ylabel="true-positive rate", xlim=(-0.01, 1), ylim=(0, 1.02))
+        pr.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
+        roc.set_title(f"ROC\n{_short(name, 40)}", fontsize=8)
+        pr.set_title(f"precision-recall\n{_short(name, 40)}", fontsize=8)
+        for a in (roc, pr):
+            a.grid(alpha=0.3)
+        roc.legend(fontsize=6, loc="lower right")
+    if not names:
+        axes[0].text(0.5, 0.5, "no scenario with both classes: no curve", ha="center", va="center")
+        for a in axes:
+            a.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def training_curves_overlay(histories: Mapping[str, Sequence[Mapping]], title: str = "",
+                            colors: Mapping[str, str] | None = None) -> Figure:
+    """Validation F1 (when recorded) and validation loss per epoch of several runs on shared axes.
+
+    Args:
+        histories: ``{run label: history}`` (each as in :func:`training_curves`).
+        title: figure title. Default none.
+        colors: ``{run label: colour}``, e.g. one colour per grid value. Default: one per run.
+            The legend is shown for up to 12 runs.
+    """
+    has_f1 = any("val_f1" in h for hist in histories.values() for h in hist)
+    keys = (["val_f1"] if has_f1 else []) + ["val_loss"]
+    fig, axes = _new(len(keys), size=(5.2, 3.8))
+    for i, (label, hist) in enumerate(histories.items()):
+        epochs = [int(h["epoch"]) + 1 for h in hist]
+        color = (colors or {}).get(label, f"C{i % 10}")
+        for ax, key in zip(axes, keys):
+            ax.plot(epochs, [h.get(key, np.nan) for h in hist], "o-", ms=3, lw=1.2, color=color, alpha=0.8, label=label)
+    for ax, key in zip(axes, keys):
+        ax.set(xlabel="epoch", ylabel=key.replace("val_", "validation ").replace("f1", "F1"))
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+    if has_f1:
+        axes[0].set_ylim(0, 1.02)
+    if 0 < len(histories) <= 12:
+        axes[-1].legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -12,6 +12,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from kdkit.reporting.metrics import predict_scores
+from kdkit.training.checkpoint import load_checkpoint, model_from_checkpoint
+
 
 class Table:
     """Rows of dicts shown as an HTML table in Jupyter, as markdown in nbconvert, as text elsewhere."""
@@ -135,17 +138,133 @@ def epoch_printer(total_epochs: int) -> Callable[[dict], None]:
     return show
 
 
+# per-scenario values a notebook records for each model (what the report's headline table and figures read)
+SCENARIO_KEYS = ("windows", "attack_windows", "f1", "mcc", "detection_at_1pct_fpr", "false_positive_rate",
+                 "precision", "recall", "roc_auc", "pr_auc")
+OVERALL_KEYS = ("f1", "accuracy", "precision", "recall", "mcc", "roc_auc", "pr_auc", "detection_at_1pct_fpr",
+                "false_positive_rate")
+HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "val_f1", "epoch_seconds")
+
+
 def run_metrics(summary: Mapping, prefix: str = "") -> dict:
-    """The scalars of a ``pipeline.train`` summary worth keeping (F1 per scenario, sizes, time)."""
+    """The values of a ``pipeline.train`` summary worth keeping.
+
+    F1 per scenario (``f1``), per scenario the headline metrics and the recall per attack
+    type (``scenarios``), overall metrics, sizes, time and the training curve (``history``).
+    """
     test = summary["test"]
+    scenarios = {name: {**{k: m.get(k) for k in SCENARIO_KEYS},
+                        "per_attack_type": {t: v["recall"] for t, v in (m.get("per_attack_type") or {}).items()}}
+                 for name, m in test["scenarios"].items()}
+    history = [{k: h[k] for k in HISTORY_KEYS if k in h} for h in summary.get("history") or []]
     out = {"model": summary["model"], "type": summary["type"], "kd": summary.get("kd", False),
            "parameters": summary["parameters"], "size_bytes": summary["size_bytes"],
            "epochs_run": summary.get("epochs_run"), "train_seconds": summary.get("train_seconds"),
            "precision": summary.get("precision"), "threshold": summary.get("threshold"),
-           "checkpoint": summary["best_checkpoint"],
-           "f1": {k: v["f1"] for k, v in test["scenarios"].items()},
-           "overall": {k: test["overall"].get(k) for k in ("f1", "accuracy", "precision", "recall", "mcc", "roc_auc", "pr_auc")}}
+           "checkpoint": summary["best_checkpoint"], "run_dir": summary.get("run_dir"),
+           "f1": {k: v["f1"] for k, v in test["scenarios"].items()}, "scenarios": scenarios,
+           "overall": {k: test["overall"].get(k) for k in OVERALL_KEYS}, "history": history}
     return {f"{prefix}{k}": v for k, v in out.items()} if prefix else out
+
+
+SCORES_FILE = "scores.npz"
+
+
+def save_scores(run_dir: str | Path, models: Mapping[str, Mapping], data) -> Path:
+    """Test-window scores of each model beside metrics.json: ``<run_dir>/scores.npz``.
+
+    Keys ``<model>/<scenario>`` (float32 scores) and ``label/<scenario>`` (uint8, 1 = attack):
+    what the report's score histograms and ROC/PR curves are drawn from. A model's scores
+    come from its run's ``test_scores.npz``, or (a loaded checkpoint) are computed here.
+
+    Args:
+        run_dir: the notebook's run folder.
+        models: ``{record key: summary}`` (``train``'s or ``compare.load_teacher``'s), e.g.
+            ``{"teacher": teacher, "student_kd": kd}``.
+        data: the prepared dataset the models were evaluated on (``load_data``).
+    """
+    arrays: dict[str, np.ndarray] = {}
+    for key, summary in models.items():
+        if "/" in key:
+            raise ValueError(f"model key {key!r} may not contain '/'")
+        for name, score in model_scores(summary, data).items():
+            arrays[f"{key}/{name}"] = np.asarray(score, dtype=np.float32)
+            arrays[f"label/{name}"] = data.splits[name].y.numpy().astype(np.uint8)
+    path = Path(run_dir) / SCORES_FILE
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+def model_scores(summary: Mapping, data) -> dict[str, np.ndarray]:
+    """``{scenario: scores}`` of a summary's model on ``data``'s test scenarios."""
+    saved = Path(summary.get("run_dir") or "") / "test_scores.npz"
+    scenarios = list(summary["test"]["scenarios"])
+    if summary.get("run_dir") and saved.is_file():
+        with np.load(saved) as npz:
+            if set(scenarios) <= set(npz.files):
+                return {k: npz[k] for k in scenarios}
+    ckpt = load_checkpoint(summary["best_checkpoint"])
+    model = model_from_checkpoint(ckpt).eval()
+    return {k: predict_scores(model, data.splits[k]) for k in scenarios}
+
+
+def load_scores(run_dir: str | Path) -> dict[str, dict[str, np.ndarray]]:
+    """``{model key or "label": {scenario: array}}`` from ``<run_dir>/scores.npz`` ({} without one)."""
+    path = Path(run_dir) / SCORES_FILE
+    if not path.is_file():
+        return {}
+    out: dict[str, dict[str, np.ndarray]] = {}
+    with np.load(path) as npz:
+        for k in npz.files:
+            model, _, scenario = k.partition("/")
+            out.setdefault(model, {})[scenario] = npz[k]
+    return out
+
+
+# the record keys of models in a student notebook's metrics.json and how tables label them;
+# any other entry with "overall" and "parameters" (a fused model, ...) is a model too
+MODEL_LABELS = {"teacher": "teacher", "student_kd": "student (KD)", "student_alone": "student alone",
+                "fused": "fused", "student_fused": "student (fused)"}
+
+
+def model_entries(metrics: Mapping) -> dict[str, Mapping]:
+    """``{key: entry}`` of the models a notebook record holds, teacher first, then KD, alone, others.
+
+    A teacher notebook's record is one model itself (key ``teacher``).
+    """
+    if metrics.get("notebook") == "teacher" and "overall" in metrics and "parameters" in metrics:
+        return {"teacher": metrics}
+    found = {k: v for k, v in metrics.items() if isinstance(v, Mapping) and "overall" in v and "parameters" in v}
+    order = [k for k in MODEL_LABELS if k in found] + [k for k in found if k not in MODEL_LABELS]
+    return {k: found[k] for k in order}
+
+
+def model_label(key: str) -> str:
+    """The column label of a model record key (``student_kd`` -> ``student (KD)``)."""
+    return MODEL_LABELS.get(key, key.replace("_", " "))
+
+
+# A benchmark below these settings is a smoke run, labelled so on its figures: `kdkit bench train`
+# measures with 30 steps x 5 repeats (the benchmark notebook's measurement command), `kdkit bench
+# infer` 3 s of throughput and 2000 single-window calls by default, preprocessing 3 repeats.
+MEASUREMENT_SETTINGS = {"steps": 30, "repeats": 5, "infer_seconds": 3.0, "infer_calls": 2000, "preprocess_repeats": 3}
+
+
+def smoke_label(**settings: float) -> str | None:
+    """``"smoke run: 2 steps, 2 repeats, not a measurement"`` when a setting is below
+    :data:`MEASUREMENT_SETTINGS`; None for a measurement.
+
+    Args:
+        **settings: names of :data:`MEASUREMENT_SETTINGS` with the values used.
+    """
+    unknown = set(settings) - set(MEASUREMENT_SETTINGS)
+    if unknown:
+        raise ValueError(f"smoke_label: unknown setting(s) {sorted(unknown)}; known: {sorted(MEASUREMENT_SETTINGS)}")
+    low = [k for k, v in settings.items() if v < MEASUREMENT_SETTINGS[k]]
+    if not low:
+        return None
+    shown = ", ".join(f"{_cell(v)} {k.replace('_', ' ')}" for k, v in settings.items())
+    return f"smoke run: {shown}, not a measurement"
 
 
 def scenario_rows(test: Mapping) -> list[dict]:
@@ -179,3 +298,14 @@ def _f1(overall: Mapping) -> str:
     """An F1 for a headline: 3 decimals, or ``-`` when undefined (no attack windows)."""
     f1 = overall.get("f1")
     return "-" if f1 is None else f"{f1:.3f}"
+
+
+def attack_recall(metrics: Mapping) -> dict[str, dict[str, dict[str, float]]]:
+    """``{model label: {scenario: {attack type: recall}}}`` of a notebook record (for
+    :func:`kdkit.reporting.plots.attack_recall`); models without per-type recall are left out."""
+    out = {}
+    for key, entry in model_entries(metrics).items():
+        per = {sc: dict(m.get("per_attack_type") or {}) for sc, m in (entry.get("scenarios") or {}).items()}
+        if any(per.values()):
+            out[model_label(key)] = per
+    return out
