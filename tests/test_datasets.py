@@ -131,8 +131,8 @@ def test_byte_identical_files_are_read_once(root: Path, tmp_path: Path, monkeypa
     assert len(files.hashes) == 7
 
     reads: list[str] = []
-    real = DatasetSource.read
-    monkeypatch.setattr(DatasetSource, "read", lambda self, p, **kw: reads.append(Path(p).name) or real(self, p, **kw))
+    real = DatasetSource.chunks  # recordings are streamed in chunks
+    monkeypatch.setattr(DatasetSource, "chunks", lambda self, p, **kw: reads.append(Path(p).name) or real(self, p, **kw))
     d = prepare("hcrl_sa", CFG, data_root=root, cache_dir=tmp_path / "cache")
     assert sorted(reads) == sorted(["attack-free-alpha.csv", "attack-free-bravo.csv", "DoS-alpha.csv",
                                     "DoS-bravo.csv", "DoS-charlie.csv"])  # each distinct file once
@@ -270,8 +270,8 @@ def test_cache_hit_and_invalidation(root: Path, tmp_path: Path):
     _assert_same_splits(first, again)
     assert again.vocab.to_list() == first.vocab.to_list() and again.info == json.loads(json.dumps(first.info))
     store = sorted(p.name for p in first.cache_dir.iterdir())
-    assert store == sorted(["meta.json", "train.pt", "val.pt", "test_01_known_vehicle_known_attack.pt",
-                            "test_02_unknown_vehicle_known_attack.pt"])  # nothing temporary left
+    assert store == sorted(["meta.json", "train.store", "val.store", "test_01_known_vehicle_known_attack.store",
+                            "test_02_unknown_vehicle_known_attack.store"])  # nothing temporary left
 
     for change in (dict(window=12), dict(stride=5), dict(seed=1), dict(val_fraction=0.3), dict(label_threshold=0.1),
                    dict(include_excluded=True), dict(vocab_source="all"), dict(on_bad_rows="skip")):

@@ -13,7 +13,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kdkit.data import graphs
+from kdkit.data import graphs, store
 from kdkit.data.graphs import (
     EDGE_FEATURES,
     NODE_FEATURES,
@@ -397,9 +397,11 @@ def test_store_roundtrip_mmap_weights_only(tmp_path: Path):
     assert [p.name for p in path.parent.iterdir()] == ["train.pt"]  # no temp file left behind
     for mmap in (True, False):
         _assert_same(GraphSet.load(path, mmap=mmap), both)
-    # the store is a plain weights-only torch file: no pickled code
-    blob = torch.load(path, weights_only=True)
-    assert set(blob) == set(GraphSet.TENSORS) | {"_meta"}
+    # the store is raw arrays behind a JSON header: no pickled code
+    header, start, size = store.read_header(path)
+    assert path.read_bytes()[:8] == store.MAGIC and set(header["tensors"]) == set(GraphSet.TENSORS)
+    assert header["split"] == "train" and header["format"] == graphs.GRAPH_FORMAT_VERSION
+    assert size == start + sum(-(-t["nbytes"] // 64) * 64 for t in header["tensors"].values())  # 64-byte aligned
     empty = empty_graphset()
     empty.save(tmp_path / "empty.pt")
     assert len(GraphSet.load(tmp_path / "empty.pt")) == 0
@@ -410,11 +412,10 @@ def test_store_write_is_atomic(tmp_path: Path, monkeypatch):
     path = tmp_path / "train.pt"
     a.save(path)
 
-    def crash(obj, f, *args, **kwargs):
-        Path(f).write_bytes(b"partial")
+    def crash(self, data):
         raise OSError("disk full")
 
-    monkeypatch.setattr(torch, "save", crash)
+    monkeypatch.setattr(store._BlockHasher, "update", crash)  # fails half-way through writing the file
     with pytest.raises(OSError, match="disk full"):
         b.save(path)
     monkeypatch.undo()

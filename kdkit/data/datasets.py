@@ -30,12 +30,14 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from kdkit.data.graphs import GRAPH_FORMAT_VERSION, GraphSet, GraphStoreError, IdVocab, build_graphs, window_starts
+from kdkit.data.graphs import GRAPH_FORMAT_VERSION, GraphSet, GraphStoreError, IdVocab
+from kdkit.data.prep import SplitStats, build_parts, excluded_block, remove_parts, vocab_ids, write_split
 from kdkit.data.readers import Messages, attack_type_from_name, data_suffixes
 from kdkit.data.simulate import ensure_synthetic
 from kdkit.data.sources import DatasetSource, DatasetSpecError, declared_datasets, folder_source, resolve_custom
@@ -358,21 +360,14 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("KDKIT_CACHE_DIR", "runs/cache"))
 
 
-def _split_stats(gs: GraphSet, messages: int) -> dict:
-    nn, ne = gs.num_nodes, gs.num_edges
-    y = gs.y.numpy()
-    return {"messages": int(messages), "windows": len(gs), "attack_windows": int(y.sum()),
-            "attack_share": float(y.mean()) if len(y) else 0.0,
-            "distinct_ids": int(np.unique(gs.can_id.numpy()).size), "oov_nodes": int((gs.node_id == 0).sum()),
-            "nodes_mean": float(nn.mean()) if len(nn) else 0.0, "nodes_std": float(nn.std()) if len(nn) else 0.0,
-            "edges_mean": float(ne.mean()) if len(ne) else 0.0, "edges_std": float(ne.std()) if len(ne) else 0.0,
-            "files": [Path(f).name for f in gs.files]}
-
-
 def prepare(name: str, config: PrepareConfig | None = None, data_root: str | Path | None = None,
             cache_dir: str | Path | None = None, rebuild: bool = False, progress: bool = False,
-            synthetic_seed: int = 0) -> PreparedDataset:
+            synthetic_seed: int = 0, workers: int | None = None) -> PreparedDataset:
     """Build (or load from the store) the graphs of every split of a dataset.
+
+    Recordings are streamed in chunks and the splits written part by part (see
+    :mod:`kdkit.data.prep`): memory stays bounded whatever the files' sizes, and the splits
+    come back memory-mapped.
 
     Args:
         name: registry key (``hcrl_sa``, ``synthetic``, ...).
@@ -382,8 +377,11 @@ def prepare(name: str, config: PrepareConfig | None = None, data_root: str | Pat
         rebuild: ignore an existing store.
         progress: show a tqdm bar per file.
         synthetic_seed: seed of the simulated dataset (``synthetic`` only).
+        workers: recordings prepared at once, each in its own process (default
+            ``KDKIT_PREPARE_WORKERS`` or 1); the store is the same for any number.
     """
     config = config or PrepareConfig()
+    workers = prepare_workers(workers)
     files = discover(name, data_root, config.include_excluded, synthetic_seed)
     name = files.name  # a folder's or spec's own name, for the store and the summaries
     key = cache_key(files, config)
@@ -397,21 +395,35 @@ def prepare(name: str, config: PrepareConfig | None = None, data_root: str | Pat
     t0 = time.perf_counter()
     bar = None
     if progress:
-
-        bar = tqdm(total=len(files.train) + sum(len(v) for v in files.tests.values()), desc=f"prepare {name}", unit="file")
+        bar = tqdm(total=len(_recordings(files)), desc=f"prepare {name}", unit="file")
     try:
-        vocab, splits, info = _build(name, files, config, bar)
+        vocab, splits, info = _build(name, files, config, store, key, bar, workers)
     finally:
         if bar:
             bar.close()  # also on an error, so the message starts on its own line
     info["build_seconds"] = round(time.perf_counter() - t0, 3)
-    store.mkdir(parents=True, exist_ok=True)
-    for s, gs in splits.items():
-        gs.save(store / f"{s}.pt", meta={"dataset": name, "split": s, "key": key})
     tmp = meta_path.with_name(f"meta.json.{os.getpid()}.tmp")  # per process: parallel jobs may build the same key
     tmp.write_text(json.dumps({"key": key, "splits": list(splits), "vocab": vocab.to_list(), "info": info}, indent=1))
     tmp.replace(meta_path)  # meta.json last: its presence marks a complete store
     return PreparedDataset(name, config, vocab, splits, info, store, False)
+
+
+def prepare_workers(workers: int | None = None) -> int:
+    """The number of preparation processes: ``workers``, else ``KDKIT_PREPARE_WORKERS``, else 1."""
+    if workers is None:
+        text = os.environ.get("KDKIT_PREPARE_WORKERS", "1")
+        try:
+            workers = int(text)
+        except ValueError:
+            raise ValueError(f"KDKIT_PREPARE_WORKERS={text!r}: expected a whole number of processes >= 1") from None
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1 (processes preparing recordings at once), got {workers}")
+    return workers
+
+
+def store_file(store: Path, split: str) -> Path:
+    """A split's file in a dataset's store folder."""
+    return store / f"{split}.store"
 
 
 def _load_store(name: str, config: PrepareConfig, store: Path, key: str) -> PreparedDataset | None:
@@ -428,7 +440,7 @@ def _load_store(name: str, config: PrepareConfig, store: Path, key: str) -> Prep
     splits = {}
     for s in split_names:
         try:
-            splits[s] = GraphSet.load(store / f"{s}.pt", expect={"key": key, "split": s})
+            splits[s] = GraphSet.load(store_file(store, s), expect={"key": key, "split": s})
         except GraphStoreError as err:
             print(f"kdkit: graph cache {err.path} {err.reason}: rebuilding", file=sys.stderr, flush=True)
             return None
@@ -461,67 +473,80 @@ def skipped_rows_report(info: dict) -> list[str]:
     return lines
 
 
-def _build(name: str, files: DatasetFiles, config: PrepareConfig, bar) -> tuple[IdVocab, dict[str, GraphSet], dict]:
-    """Read every file once, split, fit the vocabulary on the training split, build the graphs."""
-    rng = np.random.default_rng(config.seed)
-    train_msgs: list[tuple[Messages, np.ndarray, np.ndarray]] = []
-    skipped: dict[str, dict] = {}
-    dropped: dict[str, dict] = {}
-    for p in files.train:
-        msgs = files.source.read(p, on_bad_rows=config.on_bad_rows)  # type: ignore[arg-type,union-attr]
-        _note_skipped(skipped, p, msgs, dropped)
-        starts = window_starts(len(msgs), config.window, config.stride)
-        v0, v1 = validation_block(len(starts), config.val_fraction, rng)
-        val_starts = starts[v0:v1]
-        if v1 > v0:  # training windows must not overlap the validation messages
-            lo, hi = starts[v0], starts[v1 - 1] + config.window
-            tr = starts[(starts + config.window <= lo) | (starts >= hi)]
-        else:
-            tr = starts
-        train_msgs.append((msgs, tr, val_starts))
-        if bar:
-            bar.update(1)
+def _recordings(files: DatasetFiles) -> list[Path]:
+    """Every recording to read, once each: training files, then test scenarios' and excluded ones."""
+    return list(dict.fromkeys([*files.train, *(p for ps in _scenarios(files).values() for p in ps)]))
 
-    def used_ids(msgs: Messages, tr: np.ndarray) -> np.ndarray:
-        if tr.size == 0:
-            return np.zeros(0, np.uint32)
-        idx = (tr[:, None] + np.arange(config.window)).ravel()
-        idx = np.unique(idx) if config.stride < config.window else idx
-        keep = msgs.label[idx] == 0 if config.vocab_source == "normal" else slice(None)
-        return msgs.can_id[idx][keep]
 
-    vocab = IdVocab.fit([used_ids(m, tr) for m, tr, _ in train_msgs])
-    train_parts, val_parts = [], []
-    counts = {"train": 0, "val": 0}
-    for msgs, tr, va in train_msgs:
-        train_parts.append(build_graphs(msgs, vocab, config.window, config.stride, config.label_threshold, starts=tr))
-        val_parts.append(build_graphs(msgs, vocab, config.window, config.stride, config.label_threshold, starts=va))
-        counts["train"] += len(tr) * config.window
-        counts["val"] += len(va) * config.window
-    splits = {"train": GraphSet.concat(train_parts), "val": GraphSet.concat(val_parts)}
-    info = {"dataset": name, "root": str(files.root), "config": asdict(config), "vocab_size": len(vocab),
-            "duplicates_skipped": [[str(a), str(b)] for a, b in files.duplicates],
-            "excluded_from_training": [str(p) for p in files.excluded],
-            "skipped_rows": {p: v["rows"] for p, v in skipped.items()}, "skipped": skipped, "splits": {},
-            "source": files.source.describe() if files.source else None,
-            "missing_scenarios": dict(files.missing_scenarios), "dropped_frames": dropped}
-    info["splits"]["train"] = _split_stats(splits["train"], counts["train"])
-    info["splits"]["val"] = _split_stats(splits["val"], counts["val"])
+def _scenarios(files: DatasetFiles) -> dict[str, list[Path]]:
     scenarios = dict(files.tests)
     if files.excluded:  # suppress/masquerade training recordings: not trained on, still evaluated
         scenarios["train_excluded_" + "_".join(sorted({attack_type_from_name(p) for p in files.excluded}))] = files.excluded
-    for scen, paths in scenarios.items():
-        parts, n_msgs = [], 0
-        for p in paths:
-            msgs = files.source.read(p, on_bad_rows=config.on_bad_rows)  # type: ignore[arg-type,union-attr]
-            _note_skipped(skipped, p, msgs, dropped)
-            n_msgs += len(msgs)
-            parts.append(build_graphs(msgs, vocab, config.window, config.stride, config.label_threshold))
-            if bar:
-                bar.update(1)
-        splits[scen] = GraphSet.concat(parts)
-        info["splits"][scen] = _split_stats(splits[scen], n_msgs)
+    return scenarios
+
+
+def _chunks(source: DatasetSource, path: Path, chunk_rows: int, on_bad_rows: str = "error"):
+    """A recording's chunks (module level: pickled for preparation workers)."""
+    return source.chunks(path, on_bad_rows=on_bad_rows, chunk_rows=chunk_rows)  # type: ignore[arg-type]
+
+
+def _build(name: str, files: DatasetFiles, config: PrepareConfig, store: Path, key: str, bar,
+           workers: int = 1) -> tuple[IdVocab, dict[str, GraphSet], dict]:
+    """Stream every recording once into a part, split, fit the vocabulary on the training split,
+    write every split's store (see :mod:`kdkit.data.prep`) and map it."""
+    W, S = config.window, config.stride
+    folder = store / f"parts.{os.getpid()}"
+    reader = partial(_chunks, files.source, on_bad_rows=config.on_bad_rows)
+    try:
+        parts = build_parts(reader, _recordings(files), folder, W, S, config.vocab_source, workers,
+                            done=(lambda: bar.update(1)) if bar else None)
+        rng = np.random.default_rng(config.seed)
+        skipped: dict[str, dict] = {}
+        dropped: dict[str, dict] = {}
+        selections: dict[str, list] = {"train": [], "val": []}
+        vocab_parts = []
+        for p in files.train:
+            part = parts[str(p)]
+            _note_skipped(skipped, p, part.last, dropped)
+            v0, v1 = validation_block(part.windows, config.val_fraction, rng)
+            a, b = excluded_block(part, v0, v1, W, S)
+            selections["train"].append((part, [(0, a), (b, part.windows)] if b > a else [(0, part.windows)],
+                                        (part.windows - (b - a)) * W))
+            selections["val"].append((part, [(v0, v1)], (v1 - v0) * W))
+            vocab_parts.append(vocab_ids(part, a, b))
+        vocab = IdVocab.fit(vocab_parts)
+        info = {"dataset": name, "root": str(files.root), "config": asdict(config), "vocab_size": len(vocab),
+                "duplicates_skipped": [[str(a), str(b)] for a, b in files.duplicates],
+                "excluded_from_training": [str(p) for p in files.excluded],
+                "skipped_rows": {p: v["rows"] for p, v in skipped.items()}, "skipped": skipped, "splits": {},
+                "source": files.source.describe() if files.source else None,
+                "missing_scenarios": dict(files.missing_scenarios), "dropped_frames": dropped}
+        for scen, paths in _scenarios(files).items():
+            selections[scen] = []
+            for p in paths:
+                part = parts[str(p)]
+                _note_skipped(skipped, p, part.last, dropped)
+                selections[scen].append((part, [(0, part.windows)], part.messages))
+        splits: dict[str, GraphSet] = {}
+        for split, chosen in selections.items():
+            path = store_file(store, split)
+            _, stats = write_split(path, chosen, vocab, config.label_threshold, {"dataset": name, "split": split, "key": key})
+            info["splits"][split] = _split_info(stats)
+            splits[split] = GraphSet.load(path, verify=False)
+    finally:
+        remove_parts(folder)
     return vocab, splits, info
+
+
+def _split_info(stats: SplitStats) -> dict:
+    """What ``kdkit data info`` shows of a split ."""
+    cat = lambda arrays: np.concatenate(arrays) if arrays else np.zeros(0, np.int64)  # noqa: E731
+    y, nn, ne = cat(stats.y), cat(stats.nodes), cat(stats.edges)
+    return {"messages": int(stats.messages), "windows": int(y.size), "attack_windows": int(y.sum()),
+            "attack_share": float(y.mean()) if len(y) else 0.0, "distinct_ids": int(stats.ids.size), "oov_nodes": stats.oov,
+            "nodes_mean": float(nn.mean()) if len(nn) else 0.0, "nodes_std": float(nn.std()) if len(nn) else 0.0,
+            "edges_mean": float(ne.mean()) if len(ne) else 0.0, "edges_std": float(ne.std()) if len(ne) else 0.0,
+            "files": stats.files}
 
 
 def format_info(name: str, ds: PreparedDataset) -> str:

@@ -17,28 +17,29 @@ Timing features use ``log1p(milliseconds)`` of differences of timestamps, so a r
 timestamps must never decrease: the readers report a step backwards as a bad row (file:line),
 and :func:`build_graphs` refuses one (nothing is clamped to 0).
 
-The store (:meth:`GraphSet.save`) keeps a SHA-256 checksum of every tensor's bytes in its
-metadata; :meth:`GraphSet.load` verifies them and raises :class:`GraphStoreError` for a
-truncated, unreadable or altered file (``datasets.prepare`` then rebuilds the cache).
+The store (:meth:`GraphSet.save`, format in :mod:`kdkit.data.store`) keeps a SHA-256 checksum
+of every tensor's bytes in its header; :meth:`GraphSet.load` verifies them, maps the file and
+raises :class:`GraphStoreError` for a truncated, unreadable or altered file
+(``datasets.prepare`` then rebuilds the cache).
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.serialization import config as serialization_config
 from torch_geometric.data import Data
 
 from kdkit.data.readers import Messages
+from kdkit.data.store import GraphStoreError, StoreMapping, open_store, read_header, write_arrays
 
-GRAPH_FORMAT_VERSION = 7  # bump whenever features or layout change: it invalidates every store
+GRAPH_FORMAT_VERSION = 8  # bump whenever features or layout change: it invalidates every store
+# 8: the store is kdkit's own file (data.store): written as a stream, read memory-mapped
 # 6: extended IDs carry readers.EXTENDED_ID_FLAG (0x81 extended and 0x081 standard are two nodes)
 # 7: a window's attack type from per-message types (Messages.row_type) where a recording has them
 # 5: a SHA-256 checksum per tensor in the store's metadata; timestamps going backwards are refused
@@ -49,15 +50,6 @@ def layout_matches(node_features, edge_features, graph_format) -> bool:
     recorded, older checkpoints) reads the graphs this kdkit builds."""
     return (list(node_features or []) == list(NODE_FEATURES) and list(edge_features or []) == list(EDGE_FEATURES)
             and graph_format in (None, GRAPH_FORMAT_VERSION))
-
-
-class GraphStoreError(ValueError):
-    """A graph store file that cannot be used: truncated, unreadable, altered (checksum
-    mismatch) or of another format version. ``reason`` says which; the file should be rebuilt."""
-
-    def __init__(self, path: str | Path, reason: str):
-        self.path, self.reason = str(path), reason
-        super().__init__(f"graph store {path} {reason}")
 
 
 _HASH_BLOCK = 1 << 23  # checksums hash 8 MiB blocks in parallel threads
@@ -220,6 +212,7 @@ class GraphSet:
     start: torch.Tensor        # int64 [G] first message of the window in its file
     attack_types: list[str] = field(default_factory=lambda: ["normal"])
     files: list[str] = field(default_factory=list)
+    backing: StoreMapping | None = field(default=None, repr=False, compare=False)  # the mapped store file
 
     TENSORS = ("x", "node_id", "can_id", "node_y", "edge_index", "edge_attr", "node_ptr", "edge_ptr",
                "y", "attack_share", "attack_type", "file_index", "start")
@@ -283,68 +276,64 @@ class GraphSet:
                    y=cat("y"), attack_share=cat("attack_share"), attack_type=torch.cat(ats), file_index=torch.cat(fis),
                    start=cat("start"), attack_types=types, files=files)
 
-    # ---- the on-disk store: one torch file, loaded memory-mapped and weights_only -----
-    def save(self, path: str | Path, meta: dict | None = None) -> None:
-        """Write atomically (temp file + rename) so a crash never leaves a partial store.
+    def release_pages(self) -> None:
+        """Hand the pages of a memory-mapped store back to the page cache (the loaders call
+        this as they go, so a store larger than RAM is read in a bounded resident set); a
+        no-op for graphs held in memory."""
+        if self.backing is not None:
+            self.backing.release()
 
-        The metadata holds a SHA-256 checksum of every tensor, verified by :meth:`load`.
-        """
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        blob = {name: getattr(self, name).contiguous() for name in self.TENSORS}
-        checksums = store_checksums(blob)
-        blob["_meta"] = json.dumps({"attack_types": self.attack_types, "files": self.files,
-                                    "format": GRAPH_FORMAT_VERSION, "checksums": checksums, **(meta or {})})
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: concurrent writers never share one
-        try:
-            # torch.load never checks the zip CRC32s (our checksums cover the data); computing them
-            # is a third of the write time
-            with serialization_config.patch({"save.compute_crc32": False}):
-                torch.save(blob, tmp)
-            tmp.replace(path)
-        finally:
-            tmp.unlink(missing_ok=True)  # after a failed write; after a rename it is already gone
+    # ---- the on-disk store (kdkit.data.store): one file per split, loaded memory-mapped -----
+    def save(self, path: str | Path, meta: dict | None = None) -> int:
+        """Write atomically (temp file + rename) so a crash never leaves a partial store; returns
+        its size. The header holds a SHA-256 checksum of every tensor, verified by :meth:`load`.
+        A split too large for memory is written part by part instead (``datasets.prepare``)."""
+        arrays = {name: getattr(self, name).contiguous().numpy() for name in self.TENSORS}
+        return write_arrays(path, arrays, store_header(self.attack_types, self.files, meta))
 
     @classmethod
     def load(cls, path: str | Path, mmap: bool = True, verify: bool = True, expect: dict | None = None) -> "GraphSet":
-        """Load a store written by :meth:`save`.
+        """Load a store written by :meth:`save` or ``datasets.prepare``.
 
         Args:
-            path: the ``.pt`` file.
-            mmap: map the file instead of reading it (default True).
+            path: the store file.
+            mmap: map the file (copy-on-write) instead of reading it (default True): batches
+                read the pages they touch; :meth:`release_pages` drops them again.
             verify: check every tensor against the checksum saved with it (default True;
-                about 0.25 s per 100 MB on one core, less with more: see :func:`store_checksums`).
-            expect: metadata entries the store must carry (e.g. ``{"key": ..., "split": ...}``).
+                about 0.25 s per 100 MB on one core, less with more threads).
+            expect: header entries the store must carry (e.g. ``{"key": ..., "split": ...}``).
 
         Raises:
             GraphStoreError: the file is missing, truncated or unreadable, a checksum does not
                 match, an expected entry differs, or it was written by another format version.
         """
-        try:
-            blob = torch.load(path, mmap=mmap, weights_only=True)
-            meta = json.loads(blob.pop("_meta"))
-            tensors = {k: blob[k] for k in cls.TENSORS}
-            attack_types, files = meta["attack_types"], meta["files"]
-        except FileNotFoundError as err:
-            raise GraphStoreError(path, "is missing") from err
-        except Exception as err:  # torch, zip, pickle, JSON: any of them means the file is damaged
-            raise GraphStoreError(path, f"is unreadable ({type(err).__name__}: {str(err)[:200]})") from err
-        if meta.get("format") != GRAPH_FORMAT_VERSION:
-            raise GraphStoreError(path, f"has format {meta.get('format')}, this kdkit writes {GRAPH_FORMAT_VERSION}; "
-                                        f"delete it to rebuild")
-        for key, value in (expect or {}).items():
-            if meta.get(key) != value:
-                raise GraphStoreError(path, f"belongs elsewhere ({key} {meta.get(key)!r}, expected {value!r})")
-        if verify:
-            saved = meta.get("checksums") or {}
-            missing = [name for name in cls.TENSORS if name not in saved]
-            if missing:
-                raise GraphStoreError(path, f"is corrupt (no checksum for {', '.join(missing)})")
-            actual = store_checksums({k: t.contiguous() for k, t in tensors.items()})
-            for name in cls.TENSORS:
-                if actual[name] != saved[name]:
-                    raise GraphStoreError(path, f"is corrupt (checksum mismatch in {name})")
-        return cls(**tensors, attack_types=attack_types, files=files)
+        header = read_store_header(path, expect)
+        mapping = open_store(path, mmap_file=mmap, verify=verify)
+        missing = [name for name in cls.TENSORS if name not in mapping.arrays]
+        if missing:
+            raise GraphStoreError(path, f"is unreadable (no {', '.join(missing)})")
+        tensors = {name: torch.from_numpy(mapping.arrays[name]) for name in cls.TENSORS}
+        return cls(**tensors, attack_types=list(header["attack_types"]), files=list(header["files"]),
+                   backing=mapping if mmap else None)
+
+
+def store_header(attack_types: Sequence[str], files: Sequence[str], meta: dict | None = None) -> dict:
+    """The JSON header entries of a store file besides the tensors' layout and checksums."""
+    return {"attack_types": list(attack_types), "files": list(files), "format": GRAPH_FORMAT_VERSION, **(meta or {})}
+
+
+def read_store_header(path: str | Path, expect: dict | None = None) -> dict:
+    """A store file's header, checked for this format version and the ``expect`` entries."""
+    from_file, _, _ = read_header(path)
+    if from_file.get("format") != GRAPH_FORMAT_VERSION:
+        raise GraphStoreError(path, f"has format {from_file.get('format')}, this kdkit writes {GRAPH_FORMAT_VERSION}; "
+                                    f"delete it to rebuild")
+    for key, value in (expect or {}).items():
+        if from_file.get(key) != value:
+            raise GraphStoreError(path, f"belongs elsewhere ({key} {from_file.get(key)!r}, expected {value!r})")
+    if not isinstance(from_file.get("attack_types"), list) or not isinstance(from_file.get("files"), list):
+        raise GraphStoreError(path, "is unreadable (header without attack_types/files)")
+    return from_file
 
 
 def _gather_ranges(ptr: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -485,35 +474,115 @@ def build_graphs(msgs: Messages, vocab: IdVocab, window: int = 100, stride: int 
         out = empty_graphset()
         out.files = [msgs.source]
         return out
-    payload64 = np.ascontiguousarray(msgs.payload).view(np.uint64).reshape(-1)  # one uint64 per message
-    per = max(1, _CHUNK_MESSAGES // W)
-    parts = [_chunk_graphs(msgs, payload64, starts[i:i + per], W) for i in range(0, G, per)]
-
-    def cat(name: str, axis: int = 0) -> np.ndarray:
-        arrays = [p[name] for p in parts]
-        return arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=axis)
-
+    arrays = window_arrays(msgs, starts, W)
     node_ptr = np.zeros(G + 1, np.int64)
-    np.cumsum(cat("nodes"), out=node_ptr[1:])
+    np.cumsum(arrays["nodes"], out=node_ptr[1:])
     edge_ptr = np.zeros(G + 1, np.int64)
-    np.cumsum(cat("edges"), out=edge_ptr[1:])
-    node_can = cat("can_id")
-    share = cat("share")
+    np.cumsum(arrays["edges"], out=edge_ptr[1:])
+    node_can = arrays["can_id"]
+    share = arrays["share"]
     y = (share > label_threshold).astype(np.int64)
-    # A recording named attack-free that still holds labelled rows keeps them visible as "unnamed".
-    if msgs.row_type is not None:  # per-message types: a window takes its most frequent attack type
-        types, atype = list(msgs.type_names), y * _window_types(msgs.row_type, starts, W, len(msgs.type_names))
-    else:
-        named = msgs.attack_type not in ("attack-free", "normal")
-        types = ["normal", msgs.attack_type if named else "unnamed"] if (named or y.any()) else ["normal"]
-        atype = y * (len(types) - 1)
+    types, atype = window_types(msgs.attack_type, msgs.type_names if msgs.row_type is not None else None, y,
+                                arrays.get("row_type"))
     return GraphSet(
-        x=torch.from_numpy(cat("x")), node_id=torch.from_numpy(vocab.lookup(node_can)), can_id=torch.from_numpy(node_can),
-        node_y=torch.from_numpy(cat("node_y")), edge_index=torch.from_numpy(cat("edge_index", axis=1)),
-        edge_attr=torch.from_numpy(cat("edge_attr")), node_ptr=torch.from_numpy(node_ptr), edge_ptr=torch.from_numpy(edge_ptr),
+        x=torch.from_numpy(arrays["x"]), node_id=torch.from_numpy(vocab.lookup(node_can)),
+        can_id=torch.from_numpy(node_can), node_y=torch.from_numpy(arrays["node_y"]),
+        edge_index=torch.from_numpy(arrays["edge_index"]), edge_attr=torch.from_numpy(arrays["edge_attr"]),
+        node_ptr=torch.from_numpy(node_ptr), edge_ptr=torch.from_numpy(edge_ptr),
         y=torch.from_numpy(y), attack_share=torch.from_numpy(share.astype(np.float32)),
         attack_type=torch.from_numpy(atype), file_index=torch.zeros(G, dtype=torch.long),
         start=torch.from_numpy(starts.copy()), attack_types=types, files=[msgs.source])
+
+
+def window_types(attack_type: str, type_names: Sequence[str] | None, y: np.ndarray,
+                 row_type: np.ndarray | None) -> tuple[list[str], np.ndarray]:
+    """(attack_types, per-window index into them) of a recording's windows with labels ``y``.
+
+    With per-message types (``type_names``; ``row_type`` the most frequent attack type of each
+    window's messages) a window takes its own; otherwise an attack window takes the
+    recording's type. A recording named attack-free that still holds labelled rows keeps them
+    visible as "unnamed". No window: ``["normal"]``.
+    """
+    if y.size == 0:
+        return ["normal"], np.zeros(0, np.int64)
+    if type_names is not None:
+        return list(type_names), y * row_type
+    named = attack_type not in ("attack-free", "normal")
+    types = ["normal", attack_type if named else "unnamed"] if (named or y.any()) else ["normal"]
+    return types, y * (len(types) - 1)
+
+
+def window_arrays(msgs: Messages, starts: np.ndarray, W: int, normal_flags: bool = False) -> dict[str, np.ndarray]:
+    """The graph arrays of the windows at ``starts`` of ``msgs`` (node and edge indices local
+    to each window; the vocabulary is not applied): ``x``, ``can_id``, ``node_y``,
+    ``edge_index``, ``edge_attr``, ``nodes`` and ``edges`` (per window), ``share``, plus
+    ``row_type`` (each window's most frequent attack type) for per-message types and, with
+    ``normal_flags``, ``node_normal`` (the node has a normal message: the vocabulary's IDs).
+    Windows are computed ~32 k messages at a time; each window's values do not depend on
+    which others are computed with it (streamed preparation relies on this)."""
+    payload64 = np.ascontiguousarray(msgs.payload).view(np.uint64).reshape(-1)  # one uint64 per message
+    per = max(1, _CHUNK_MESSAGES // W)
+    G = int(starts.shape[0])
+    parts = [_chunk_graphs(msgs, payload64, starts[i:i + per], W, normal_flags) for i in range(0, G, per)]
+    out = {name: parts[0][name] if len(parts) == 1 else np.concatenate([p[name] for p in parts],
+                                                                        axis=1 if name == "edge_index" else 0)
+           for name in parts[0]}
+    if msgs.row_type is not None:
+        out["row_type"] = _window_types(msgs.row_type, starts, W, len(msgs.type_names))
+    return out
+
+
+class WindowStream:
+    """Windows of a recording handed out in chunks: :meth:`feed` joins a chunk to the messages
+    the next windows still need (and the one before them: the gap feature) and says which
+    windows are now complete, as starts in that joined table and in the recording.
+
+    Args:
+        window: messages per window.
+        stride: offset between window starts (the recording's windows: :func:`window_starts`).
+    """
+
+    def __init__(self, window: int, stride: int):
+        window_starts(0, window, stride)  # checks the settings
+        self.window, self.stride = window, stride
+        self.tail: Messages | None = None
+        self.tail_start = 0  # the recording's index of tail[0]
+        self.next_start = 0  # the next window's start
+        self.messages = 0
+
+    def feed(self, chunk: Messages) -> tuple[Messages, np.ndarray, np.ndarray]:
+        """(joined messages, complete windows' starts in them, the same in the recording)."""
+        buf = chunk if self.tail is None else _join(self.tail, chunk)
+        base = self.tail_start
+        self.messages += len(chunk)
+        end = base + len(buf)
+        W, S = self.window, self.stride
+        if self.next_start + W <= end:
+            count = (end - W - self.next_start) // S + 1
+            starts = self.next_start + S * np.arange(count, dtype=np.int64)
+            self.next_start += count * S
+        else:
+            starts = np.zeros(0, np.int64)
+        keep = max(min(self.next_start - 1, end - 1), base)  # the message before the next window, or the last
+        self.tail = _copy(buf.slice(keep - base, len(buf))) if len(buf) else self.tail
+        self.tail_start = keep if len(buf) else self.tail_start
+        check_time_order(buf)
+        return buf, starts - base, starts
+
+
+def _copy(msgs: Messages) -> Messages:
+    """Messages that own their arrays (a tail must not keep the whole previous chunk alive)."""
+    return Messages(msgs.timestamp.copy(), msgs.can_id.copy(), msgs.dlc.copy(), msgs.payload.copy(), msgs.label.copy(),
+                    msgs.source, msgs.attack_type, row_type=None if msgs.row_type is None else msgs.row_type.copy(),
+                    type_names=msgs.type_names)
+
+
+def _join(a: Messages, b: Messages) -> Messages:
+    cat = lambda name: np.concatenate([getattr(a, name), getattr(b, name)])  # noqa: E731
+    row_type = None if b.row_type is None else np.concatenate([a.row_type if a.row_type is not None
+                                                               else np.zeros(len(a), np.uint8), b.row_type])
+    return Messages(cat("timestamp"), cat("can_id"), cat("dlc"), cat("payload"), cat("label"), b.source, b.attack_type,
+                    row_type=row_type, type_names=b.type_names)
 
 
 def _window_types(row_type: np.ndarray, starts: np.ndarray, W: int, n_types: int) -> np.ndarray:
@@ -529,9 +598,9 @@ def _window_types(row_type: np.ndarray, starts: np.ndarray, W: int, n_types: int
     return best
 
 
-def _chunk_graphs(msgs: Messages, payload64: np.ndarray, starts: np.ndarray, W: int) -> dict[str, np.ndarray]:
-    """The graph arrays of the windows at ``starts`` (see ``build_graphs``); node and edge
-    indices are local to each window."""
+def _chunk_graphs(msgs: Messages, payload64: np.ndarray, starts: np.ndarray, W: int,
+                  normal_flags: bool = False) -> dict[str, np.ndarray]:
+    """The graph arrays of the windows at ``starts`` (see :func:`window_arrays`)."""
     G = int(starts.shape[0])
     N = G * W
     s0 = int(starts[0])
@@ -630,5 +699,8 @@ def _chunk_graphs(msgs: Messages, payload64: np.ndarray, starts: np.ndarray, W: 
     edge_index[1] = e_dst
 
     share = lab.reshape(G, W).mean(axis=1, dtype=np.float64)
-    return {"x": x, "can_id": node_can, "node_y": node_y.astype(np.uint8), "nodes": node_ptr[1:] - node_ptr[:-1],
-            "edge_index": edge_index, "edge_attr": ea, "edges": edge_ptr[1:] - edge_ptr[:-1], "share": share}
+    out = {"x": x, "can_id": node_can, "node_y": node_y.astype(np.uint8), "nodes": node_ptr[1:] - node_ptr[:-1],
+           "edge_index": edge_index, "edge_attr": ea, "edges": edge_ptr[1:] - edge_ptr[:-1], "share": share}
+    if normal_flags:
+        out["node_normal"] = _group_sums((lab[order] == 0).astype(np.int64), grp_last) > 0
+    return out

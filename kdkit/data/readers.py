@@ -38,6 +38,7 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -84,6 +85,9 @@ class DataFormatError(ValueError):
     def __init__(self, path: str | Path, line: int | None, problem: str):
         self.path, self.line, self.problem = str(path), line, problem
         super().__init__(f"{_where(path, line)}: {problem}")
+
+    def __reduce__(self):  # raised in a preparation worker process, re-raised in the parent
+        return (type(self), (self.path, self.line, self.problem))
 
 
 def _where(path: str | Path, line: int | None) -> str:
@@ -937,25 +941,58 @@ def read_messages(path: str | Path, on_bad_rows: OnBadRows = "error", channel: s
         on_bad_rows: ``"error"`` (default) or ``"skip"``; see the module docstring.
         channel: for logger files, keep only this channel.
     """
-    path = Path(path)
+    reader, _ = pick_reader(Path(path), channel)
+    return reader(Path(path), on_bad_rows=on_bad_rows)
+
+
+def iter_messages(path: str | Path, on_bad_rows: OnBadRows = "error", channel: str | None = None,
+                  chunk_rows: int = CHUNK_ROWS) -> Iterator[Messages]:
+    """:func:`read_messages` in chunks of about ``chunk_rows`` rows (the last carries the file's
+    skip counts; see :func:`iter_ctt_csv`). can-train-and-test CSVs and candump logs are
+    streamed in bounded memory; other formats are read whole and handed out in slices."""
+    reader, chunked = pick_reader(Path(path), channel)
+    if chunked is not None:
+        return chunked(Path(path), on_bad_rows=on_bad_rows, chunk_rows=chunk_rows)
+    return slices(reader(Path(path), on_bad_rows=on_bad_rows), chunk_rows)
+
+
+def slices(msgs: Messages, chunk_rows: int = CHUNK_ROWS) -> Iterator[Messages]:
+    """A recording read whole, handed out as chunks (views) of ``chunk_rows`` rows, at least one."""
+    for a in range(0, max(len(msgs), 1), chunk_rows):
+        yield msgs.slice(a, min(a + chunk_rows, len(msgs)))
+
+
+# Chunked logger reader (candump), set by kdkit.data.loggers: reader(path, channel=, on_bad_rows=, chunk_rows=)
+_LOGGER_CHUNKS: list[Callable[..., Iterator[Messages]]] = []
+
+
+def set_logger_chunks(reader: Callable[..., Iterator[Messages]]) -> None:
+    """Called by :mod:`kdkit.data.loggers` at import: the chunked reader of the logger formats."""
+    _LOGGER_CHUNKS[:] = [reader]
+
+
+def pick_reader(path: Path, channel: str | None = None) -> tuple[Callable[..., Messages], Callable[..., Iterator[Messages]] | None]:
+    """The reader of a file by its name and first line, and its chunked form (None: none)."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     name = path.name.lower().removesuffix(".gz")
     if Path(name).suffix in _EXTRA_READERS:
-        return _EXTRA_READERS[Path(name).suffix](path, on_bad_rows=on_bad_rows)
+        return _EXTRA_READERS[Path(name).suffix], None
     if Path(name).suffix in LOGGER_SUFFIXES:
         if not _LOGGER_READER:
             raise RuntimeError("kdkit.data.loggers is not imported (import kdkit.data first)")
-        return _LOGGER_READER[0](path, channel=channel, on_bad_rows=on_bad_rows)
+        chunked = _LOGGER_CHUNKS[0] if _LOGGER_CHUNKS else None
+        return (partial(_LOGGER_READER[0], channel=channel),
+                partial(chunked, channel=channel) if chunked is not None else None)
     head = _first_bytes(path).decode("utf-8", "replace").lstrip("\ufeff")
     first = head.split("\n", 1)[0].strip()
     header = tuple(c.strip() for c in first.split(","))
     if header in _HEADER_READERS:
-        return _HEADER_READERS[header](path, on_bad_rows=on_bad_rows)
+        return _HEADER_READERS[header], None
     if path.name.lower().endswith(".zip"):
         raise DataFormatError(path, 1, f"header {first[:100]!r} is not a layout kdkit knows by its header "
                                        f"({', '.join(','.join(h) for h in _HEADER_READERS)}); declare its columns "
                                        f"in a dataset spec (README: 'Bring your own data')")
     if first.startswith("Timestamp:") or re.match(r"^\d+(\.\d+)?\s*,\s*[0-9A-Fa-f]{1,8}\s*,\s*\d\s*,", first):
-        return read_hcrl_car_hacking(path, on_bad_rows)
-    return read_ctt_csv(path, on_bad_rows)
+        return read_hcrl_car_hacking, None
+    return read_ctt_csv, iter_ctt_csv

@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -44,7 +44,17 @@ import tomllib
 
 from kdkit.data.columns import PRESETS, ColumnMapping, read_mapped
 from kdkit.data.loggers import read_logger_file
-from kdkit.data.readers import Messages, OnBadRows, read_ctt_csv, read_hcrl_car_hacking, read_messages
+from kdkit.data.readers import (
+    CHUNK_ROWS,
+    Messages,
+    OnBadRows,
+    iter_ctt_csv,
+    iter_messages,
+    read_ctt_csv,
+    read_hcrl_car_hacking,
+    read_messages,
+    slices,
+)
 
 SPEC_IN_FOLDER = "kdkit-dataset.toml"
 SPEC_SEARCH = ("datasets.toml",)  # in the working directory; plus the files in $KDKIT_DATASETS
@@ -104,6 +114,16 @@ class DatasetSource:
 
     def read(self, path: Path, on_bad_rows: OnBadRows = "error") -> Messages:
         return self.reader()(path, on_bad_rows=on_bad_rows)
+
+    def chunks(self, path: Path, on_bad_rows: OnBadRows = "error", chunk_rows: int = CHUNK_ROWS) -> Iterator[Messages]:
+        """:meth:`read` in chunks (the last one carries the file's skip counts): streamed in
+        bounded memory for can-train-and-test CSVs and candump logs, else read whole and sliced."""
+        if self.mapping is None and not isinstance(PRESETS.get(self.format), ColumnMapping):
+            if self.format == "can-train-and-test":
+                return iter_ctt_csv(path, on_bad_rows, chunk_rows)
+            if self.format == "auto":
+                return iter_messages(path, on_bad_rows, self.channel, chunk_rows)
+        return slices(self.read(path, on_bad_rows), chunk_rows)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "root": str(self.root), "layout": self.layout,
