@@ -76,15 +76,27 @@ def test_bench_train_worker_runs_isolated(synthetic):
 
 
 def test_bench_infer_smoke(student_checkpoint, capsys):
-    rc = main(["bench", "infer", "--checkpoint", str(student_checkpoint), "--variants", "fp32-eager,bf16-eager,fp32-aot",
-               "--seconds", "0.2", "--single", "20", "--batch-size", "64", "--json"])
+    rc = main(["bench", "infer", "--checkpoint", str(student_checkpoint), "--variants",
+               "fp32-eager,fp32-scorer,bf16-eager,fp32-aot", "--seconds", "0.3", "--single", "30", "--batch-size", "64",
+               "--rounds", "2", "--end-to-end-repeats", "1", "--json"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["window"] == 100 and out["threads"] == 1 and set(out["variants"]) == {"fp32-eager", "bf16-eager", "fp32-aot"}
+    assert out["window"] == 100 and out["threads"] == 1 and out["rounds"] == 2
+    assert list(out["variants"]) == ["fp32-eager", "fp32-scorer", "bf16-eager", "fp32-aot"]
+    # the algorithm's and the compilation's effects are separate ratios
+    assert set(out["effects"]) == {"algorithm: scorer / stock, both eager fp32", "precision: bf16 / fp32, stock eager",
+                                   "ahead of time: exported scorer / eager scorer, fp32"}
     for r in out["variants"].values():
         assert r["messages_per_s"] == pytest.approx(r["windows_per_s"] * 100, rel=0.01)
+        s = r["messages_per_s_spread"]
+        assert s["min"] <= s["median"] <= s["max"]
         assert r["messages_per_s"] > 0 and r["messages_per_cpu_s"] > 0
         assert 0 < r["latency_ms_p50"] <= r["latency_ms_p99"] and 0 < r["latency_cpu_ms_p50"] <= r["latency_cpu_ms_p99"]
+    e2e = out["end_to_end"]  # the split's longest recording replayed, stock checkpoint and exported package
+    forms = {k: v for k, v in e2e.items() if isinstance(v, dict)}
+    assert set(forms) == {"checkpoint (stock model, eager)", "exported (.pt2, AOT scorer)"}
+    for r in forms.values():
+        assert r["messages"] > 0 and r["messages_per_s"]["median"] > 0
 
 
 def test_self_loops_once_gives_identical_scores(student_checkpoint, synthetic):

@@ -1,8 +1,24 @@
-"""``kdkit bench infer``: student inference throughput and single-window latency on one core,
-per variant (eager, compiled, AOT-exported; fp32 and bf16)."""
+"""``kdkit bench infer``: student inference throughput and single-window latency on one core.
+
+Variants (``--variants``), each ``<precision>-<path>``:
+
+- ``fp32-eager`` / ``bf16-eager``: the stock PyG model, eager (what ``model(batch)`` runs).
+- ``fp32-scorer`` / ``bf16-scorer``: :class:`kdkit.models.scorer.GATScorer` (no scatter max), still
+  eager: scorer/eager is the gain of the *algorithm* alone.
+- ``fp32-stock-compiled``: the stock model under ``torch.compile``; ``fp32-compiled`` /
+  ``bf16-compiled``: the scorer under ``torch.compile``; compiled/scorer is the gain of *compilation*.
+- ``fp32-aot``: the scorer exported ahead of time (``kdkit export``, what a gateway loads).
+
+Every variant is built (and compiled) first, then measured in interleaved rounds (variant A, B,
+C, A, B, C, ...), so a slow phase of a shared machine hits all of them; each figure is the
+min/median/max over the rounds, with CPU time of the measuring thread beside wall time. The
+throughput figures score windows already in the graph store; ``end_to_end`` replays a recording
+through :mod:`kdkit.stream` (read -> windows -> graphs -> scores), messages per second.
+"""
 from __future__ import annotations
 
 import contextlib
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -10,13 +26,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kdkit.bench.detect import bench_replay
 from kdkit.data.loader import collate_indices, gather_windows
-from kdkit.deploy.export import export_model, load_exported
+from kdkit.deploy.export import export_checkpoint, load_exported
 from kdkit.models.scorer import GATScorer, scorer_inputs
 from kdkit.training.checkpoint import load_checkpoint, model_from_checkpoint
 from kdkit.training.cpu_speedups import tune_cpu_allocator
 from kdkit.training.hardware import machine_info
 from kdkit.workflows.run import checkpoint_data
+
+VARIANTS = ("fp32-eager", "bf16-eager", "fp32-scorer", "bf16-scorer", "fp32-stock-compiled", "fp32-compiled",
+            "bf16-compiled", "fp32-aot")
+GAT_ONLY = {"fp32-scorer", "bf16-scorer", "fp32-compiled", "bf16-compiled", "fp32-aot"}
+DEFAULT_VARIANTS = ("fp32-eager", "fp32-scorer", "fp32-compiled", "fp32-aot", "bf16-eager")
 
 
 # ----------------------------------------------------------------------------- inference
@@ -24,9 +46,44 @@ def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
+def _spread(values: list[float], digits: int = 3) -> dict:
+    return {"min": round(min(values), digits), "median": round(statistics.median(values), digits),
+            "max": round(max(values), digits)}
+
+
+def _build(name: str, ckpt: dict, kind: str, checkpoint: str | Path, package: Path):
+    """The scoring callable of variant ``name`` (compiled/exported here, untimed); the AOT
+    variant exports ``checkpoint`` to ``package`` as ``kdkit export`` does."""
+    prec, mode = name.split("-", 1)
+    model = model_from_checkpoint(ckpt).eval()
+    model.node_input.validate_inputs = False
+    if mode == "aot":  # ahead-of-time compiled package (kdkit export): what a gateway runs
+        export_checkpoint(checkpoint, package)
+        fn = load_exported(package)
+    elif mode in ("scorer", "compiled"):
+        scorer = GATScorer(model)
+        if mode == "compiled":
+            import torch._dynamo as dynamo
+
+            dynamo.reset()
+            scorer = torch.compile(scorer, dynamic=True)
+        fn = lambda batch, s=scorer: s(*scorer_inputs(batch))
+    elif mode == "stock-compiled":
+        import torch._dynamo as dynamo
+
+        dynamo.reset()
+        fn = torch.compile(model, dynamic=True)
+    else:
+        fn = model
+    if kind == "vgae":
+        return (lambda batch, m=fn: m.anomaly_score(batch)), prec
+    return fn, prec
+
+
 def bench_infer(checkpoint: str | Path, dataset: str | None = None, data_root: str | None = None,
-                batch_size: int = 64, seconds: float = 3.0, single: int = 2000, variants: str = "all",
-                split: str = "val") -> dict:
+                batch_size: int = 64, seconds: float = 3.0, single: int = 2000, variants: str = "default",
+                split: str = "val", rounds: int = 3, end_to_end: str | Path | None = None,
+                end_to_end_repeats: int = 3) -> dict:
     """Inference throughput and latency of a checkpoint on one core (see the module docstring).
 
     Args:
@@ -37,11 +94,16 @@ def bench_infer(checkpoint: str | Path, dataset: str | None = None, data_root: s
             machine the AOT student scored 1.47-1.61 M messages/s at 32 hcrl-sa windows, 1.51-1.65 M
             at 64, 1.32-1.52 M at 128 and 0.94-1.19 M at 256 (3 alternating runs each; smaller
             per-edge tensors stay in cache).
-        seconds: measuring time per throughput figure (after one untimed pass). Default 3.
-        single: single-window calls timed for p50/p99 (after 100 untimed). Default 2000.
-        variants: ``all`` or a comma list of ``fp32-eager``, ``bf16-eager``, ``fp32-compiled``, ``bf16-compiled``,
-            ``fp32-aot`` (GAT only: :mod:`kdkit.deploy.export`'s ahead-of-time compiled package).
+        seconds: measuring time per throughput figure, split over the rounds. Default 3.
+        single: single-window calls timed for p50/p99 per variant, split over the rounds. Default 2000.
+        variants: ``default`` (fp32 eager/scorer/compiled/aot and bf16 eager), ``all``, or a comma list of
+            :data:`VARIANTS` (the scorer variants are GAT only).
         split: which split's windows to score. Default ``val``.
+        rounds: interleaved measuring rounds per variant. Default 3.
+        end_to_end: a recording replayed through the detector (read -> graphs -> scores) for the
+            end-to-end figure; ``auto`` = the longest file behind the scored split; None (default here;
+            ``kdkit bench infer`` passes ``auto``) skips it.
+        end_to_end_repeats: timed replays of it per model form. Default 3.
     """
 
     torch.set_num_threads(1)
@@ -52,74 +114,113 @@ def bench_infer(checkpoint: str | Path, dataset: str | None = None, data_root: s
     gs = data.splits[split]
     kind = ckpt["model_config"]["kind"]
     n = len(gs)
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
     spans = [np.arange(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
-
-    def score(m, batch):
-        return m.anomaly_score(batch) if kind == "vgae" else m(batch)
-
-    known = ["fp32-eager", "bf16-eager", "fp32-compiled", "bf16-compiled", "fp32-aot"]
-    wanted = [v for v in known if kind == "gat" or v != "fp32-aot"] if variants == "all" else variants.split(",")
-    unknown = sorted(set(wanted) - set(known))
+    if variants in ("all", "default"):
+        wanted = [v for v in (VARIANTS if variants == "all" else DEFAULT_VARIANTS) if kind == "gat" or v not in GAT_ONLY]
+    else:
+        wanted = [v.strip() for v in variants.split(",") if v.strip()]
+    unknown = sorted(set(wanted) - set(VARIANTS))
     if unknown:
-        raise ValueError(f"--variants: unknown {unknown}; choose from {known}")
-    results = {}
+        raise ValueError(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
+    if kind != "gat" and set(wanted) & GAT_ONLY:
+        raise ValueError(f"--variants {sorted(set(wanted) & GAT_ONLY)} need a GAT classifier, {checkpoint} holds a {kind}")
     n_params = sum(p.numel() for p in model_from_checkpoint(ckpt).parameters())
+
+    def gather(idx):  # store -> batch, timed with the model
+        return gather_windows(gs, idx) if kind == "gat" else collate_indices(gs, idx)
+
+    tmp = tempfile.TemporaryDirectory()
+    package = Path(tmp.name) / "student.pt2"
+    built, warmup = {}, {}
     for name in wanted:
-        prec, mode = name.split("-")
-        model = model_from_checkpoint(ckpt).eval()
-        model.node_input.validate_inputs = False
-        fast = mode in ("compiled", "aot") and kind == "gat"  # kdkit.models.scorer's scorer: no scatter max
-        t_export = time.perf_counter()
-        if mode == "aot":  # ahead-of-time compiled package (kdkit export), timed as warm-up
-
-            with tempfile.TemporaryDirectory() as tmp:  # what a gateway runs: load_exported (checks included)
-                package = export_model(model, collate_indices(gs, list(range(min(8, n)))), Path(tmp) / "m.pt2")
-                model = load_exported(package)
-        elif mode == "compiled":
-            import torch._dynamo as dynamo
-
-            dynamo.reset()
-            if fast:
-                compiled = torch.compile(GATScorer(model), dynamic=True)
-                model = lambda batch, compiled=compiled: compiled(*scorer_inputs(batch))  # noqa: E731
-            else:
-                model = torch.compile(model, dynamic=True)
-
-        def gather(idx):  # store -> batch, timed with the model
-            return gather_windows(gs, idx) if kind == "gat" else collate_indices(gs, idx)
-
+        t0 = time.perf_counter()
+        fn, prec = _build(name, ckpt, kind, checkpoint, package)  # outside inference mode: torch.export traces here
         amp = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if prec == "bf16" else contextlib.nullcontext
         with torch.inference_mode(), amp():
             for idx in spans[:2]:  # untimed: compilation, allocator warm-up
-                score(model, gather(idx))
-            score(model, gather([0]))
-            t_compile = time.perf_counter() - t_export
-            windows, t0, c0 = 0, time.perf_counter(), time.thread_time()
-            while time.perf_counter() - t0 < seconds:
-                for idx in spans:
-                    score(model, gather(idx))
-                    windows += len(idx)
-            dt, dc = time.perf_counter() - t0, time.thread_time() - c0
-            lat, lat_cpu = [], []
-            for i in range(single + 100):
-                t, c = time.perf_counter(), time.thread_time()
-                score(model, gather([i % n]))
-                if i >= 100:
-                    lat.append(time.perf_counter() - t)
-                    lat_cpu.append(time.thread_time() - c)
-        results[name] = {"windows_per_s": round(windows / dt), "messages_per_s": round(windows / dt * window),
-                         "messages_per_cpu_s": round(windows / max(dc, 1e-9) * window),
-                         "latency_ms_p50": round(1000 * _percentile(lat, 50), 3),
-                         "latency_ms_p99": round(1000 * _percentile(lat, 99), 3),
-                         "latency_cpu_ms_p50": round(1000 * _percentile(lat_cpu, 50), 3),
-                         "latency_cpu_ms_p99": round(1000 * _percentile(lat_cpu, 99), 3),
-                         "warmup_seconds": round(t_compile, 2)}
+                fn(gather(idx))
+            fn(gather([0]))
+        built[name], warmup[name] = (fn, amp), time.perf_counter() - t0
+    tput = {k: [] for k in wanted}
+    tput_cpu = {k: [] for k in wanted}
+    lat = {k: [] for k in wanted}
+    lat_cpu = {k: [] for k in wanted}
+    per_round, calls = seconds / rounds, max(single // rounds, 1)
+    with torch.inference_mode():
+        for r in range(rounds):
+            for name in wanted:  # interleaved: every variant once per round
+                fn, amp = built[name]
+                with amp():
+                    windows, t0, c0 = 0, time.perf_counter(), time.thread_time()
+                    while time.perf_counter() - t0 < per_round:
+                        for idx in spans:
+                            fn(gather(idx))
+                            windows += len(idx)
+                    dt, dc = time.perf_counter() - t0, time.thread_time() - c0
+                    tput[name].append(windows / dt * window)
+                    tput_cpu[name].append(windows / max(dc, 1e-9) * window)
+                    for i in range(calls + (20 if r == 0 else 0)):
+                        t, c = time.perf_counter(), time.thread_time()
+                        fn(gather([(r * calls + i) % n]))
+                        if r > 0 or i >= 20:
+                            lat[name].append(time.perf_counter() - t)
+                            lat_cpu[name].append(time.thread_time() - c)
+    results = {}
+    for name in wanted:
+        m = _spread(tput[name], 0)
+        results[name] = {"messages_per_s": round(statistics.median(tput[name])), "messages_per_s_spread": m,
+                         "windows_per_s": round(statistics.median(tput[name]) / window),
+                         "messages_per_cpu_s": round(statistics.median(tput_cpu[name])),
+                         "latency_ms_p50": round(1000 * _percentile(lat[name], 50), 3),
+                         "latency_ms_p99": round(1000 * _percentile(lat[name], 99), 3),
+                         "latency_cpu_ms_p50": round(1000 * _percentile(lat_cpu[name], 50), 3),
+                         "latency_cpu_ms_p99": round(1000 * _percentile(lat_cpu[name], 99), 3),
+                         "warmup_seconds": round(warmup[name], 2)}
     best = max(results, key=lambda k: results[k]["messages_per_s"])
     fastest_p99 = min(results, key=lambda k: results[k]["latency_ms_p99"])
-    return {"benchmark": "infer", "checkpoint": str(checkpoint), "model": kind, "parameters": n_params,
-            "dataset": data.name, "split": split, "windows": n, "window": window, "batch_size": batch_size,
-            "nodes_per_window": round(float(gs.num_nodes.mean()), 1), "edges_per_window": round(float(gs.num_edges.mean()), 1),
-            "threads": 1, "variants": results, "best_throughput": best, "best_p99": fastest_p99,
-            "latency_includes": "gather of one window from the graph store + forward (no graph building from messages)",
-            "cpu_figures": "per CPU second of the measuring thread (time.thread_time): what an idle core would give",
-            "machine": machine_info()}
+    out = {"benchmark": "infer", "checkpoint": str(checkpoint), "model": kind, "parameters": n_params,
+           "dataset": data.name, "split": split, "windows": n, "window": window, "batch_size": batch_size,
+           "nodes_per_window": round(float(np.mean(gs.num_nodes)), 1),
+           "edges_per_window": round(float(np.mean(gs.num_edges)), 1), "threads": 1, "rounds": rounds,
+           "variants": results, "effects": _effects(results), "best_throughput": best, "best_p99": fastest_p99,
+           "latency_includes": "gather of one window from the graph store + forward (no graph building from messages)",
+           "cpu_figures": "per CPU second of the measuring thread (time.thread_time): what an idle core would give"}
+    with tmp:
+        if end_to_end:
+            out["end_to_end"] = _end_to_end(checkpoint, gs, end_to_end, end_to_end_repeats,
+                                            package if package.is_file() else None)
+    out["machine"] = machine_info()
+    return out
+
+
+def _effects(results: dict) -> dict:
+    """Speed ratios that separate the algorithm (scorer vs stock, both eager) from compilation."""
+    pairs = {"algorithm: scorer / stock, both eager fp32": ("fp32-scorer", "fp32-eager"),
+             "compilation: compiled scorer / eager scorer, fp32": ("fp32-compiled", "fp32-scorer"),
+             "compilation: compiled stock / eager stock, fp32": ("fp32-stock-compiled", "fp32-eager"),
+             "ahead of time: exported scorer / eager scorer, fp32": ("fp32-aot", "fp32-scorer"),
+             "precision: bf16 / fp32, stock eager": ("bf16-eager", "fp32-eager")}
+    return {label: round(results[a]["messages_per_s"] / max(results[b]["messages_per_s"], 1), 2)
+            for label, (a, b) in pairs.items() if a in results and b in results}
+
+
+def _end_to_end(checkpoint, gs, path, repeats: int, package: Path | None) -> dict:
+    """Replay a recording through the detector: file -> windows -> graphs -> scores, messages/s."""
+    if path == "auto":
+        files = [Path(f) for f in getattr(gs, "files", []) if Path(f).is_file()]
+        if not files:
+            return {"skipped": "the scored split lists no readable recording; pass end_to_end=PATH"}
+        path = max(files, key=lambda f: f.stat().st_size)
+    out = {"input": str(path)}
+    forms = {"checkpoint (stock model, eager)": str(checkpoint)}
+    if package is not None:
+        forms["exported (.pt2, AOT scorer)"] = str(package)
+    for label, model in forms.items():
+        r = bench_replay(model, path, repeats=repeats)
+        out[label] = {"messages_per_s": r["messages_per_s"], "messages_per_cpu_s": r["messages_per_cpu_s"],
+                      "messages": r["messages"], "windows": r["windows"]}
+    return out
+
+

@@ -20,8 +20,8 @@ import torch
 from kdkit.config import make_config
 from kdkit.training.hardware import machine_info
 from kdkit.training.memory import PeakMemory, trim_heap
-from kdkit.training.precision import cpu_has_native_bf16, measure_cpu_bf16_speedup
 from kdkit.training.optim import make_scheduler
+from kdkit.training.precision import cpu_has_native_bf16, measure_cpu_bf16_speedup
 from kdkit.training.task import Task
 from kdkit.training.trainer import FabricTrainer, resolve_accelerator
 from kdkit.workflows.run import build_student_or_teacher, class_weights, load_data, vgae_train_sets

@@ -64,15 +64,30 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
 
 def cmd_bench_infer(args: argparse.Namespace) -> int:
     result = bench_infer(args.checkpoint, args.dataset, args.data_root, args.batch_size, args.seconds, args.single,
-                         args.variants, args.split)
+                         args.variants, args.split, rounds=args.rounds,
+                         end_to_end=None if args.end_to_end == "off" else args.end_to_end,
+                         end_to_end_repeats=args.end_to_end_repeats)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"{result['model']} ({result['parameters']:,} parameters) on {result['dataset']}/{result['split']}, one core:")
+    print(f"{result['model']} ({result['parameters']:,} parameters) on {result['dataset']}/{result['split']}, one core, "
+          f"{result['rounds']} interleaved rounds (median [min..max]):")
     for name, r in result["variants"].items():
-        print(f"  {name:<14} {r['messages_per_s']:>12,} messages/s  {r['windows_per_s']:>8,} windows/s  "
+        s = r["messages_per_s_spread"]
+        print(f"  {name:<20} {r['messages_per_s']:>11,} messages/s [{s['min']:,.0f}..{s['max']:,.0f}]  "
               f"p50 {r['latency_ms_p50']:.3f} ms  p99 {r['latency_ms_p99']:.3f} ms  |  per CPU second: "
               f"{r['messages_per_cpu_s']:,} messages/s, p50 {r['latency_cpu_ms_p50']:.3f} ms, p99 {r['latency_cpu_ms_p99']:.3f} ms")
+    for label, ratio in result["effects"].items():
+        print(f"  {label}: {ratio}x")
+    e2e = result.get("end_to_end")
+    if e2e and "skipped" not in e2e:
+        print(f"  end to end (read -> graphs -> scores) on {e2e['input']}:")
+        for label, r in e2e.items():
+            if isinstance(r, dict):
+                m = r["messages_per_s"]
+                print(f"    {label:<34} {m['median']:>11,.0f} messages/s [{m['min']:,.0f}..{m['max']:,.0f}]")
+    elif e2e:
+        print(f"  end to end: {e2e['skipped']}")
     return 0
 
 
@@ -146,7 +161,13 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="windows per batch (default 64)")
     p.add_argument("--seconds", type=float, default=3.0, help="measuring time per throughput figure (default 3)")
     p.add_argument("--single", type=int, default=2000, help="single-window calls for p50/p99 (default 2000)")
-    p.add_argument("--variants", default="all", help="all, or a comma list of fp32-eager,bf16-eager,fp32-compiled,bf16-compiled,fp32-aot")
+    p.add_argument("--variants", default="default",
+                   help="default, all, or a comma list of fp32-eager, bf16-eager (stock model), fp32-scorer, bf16-scorer "
+                        "(GATScorer, eager), fp32-stock-compiled, fp32-compiled, bf16-compiled (scorer), fp32-aot")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved measuring rounds per variant (default 3)")
+    p.add_argument("--end-to-end", default="auto", metavar="FILE|auto|off",
+                   help="a recording replayed file -> graphs -> scores (default auto: the split's longest file)")
+    p.add_argument("--end-to-end-repeats", type=int, default=3, help="timed replays per model form (default 3)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_infer)
 
