@@ -17,7 +17,7 @@ export KDKIT_DATA_ROOT=$DATA
 mkdir -p "$OUT"
 CSV="$DATA/hcrl-sa/train_02_with_attacks/DoS-kia.csv.gz"
 REPLAY="$DATA/hcrl-sa/test_01_known_vehicle_known_attack/DoS-sonata.csv.gz"
-CANDUMP=$(ls "$DATA"/candump/*.log* 2>/dev/null | head -1 || true)
+CANDUMP=$(ls "$DATA"/../candump/*.log* 2>/dev/null | head -1 || true)  # the RAV4 log beside can-train-and-test
 
 echo "== preprocessing: file -> graphs ($CSV)"
 $KDKIT bench preprocess --file "$CSV" --repeats "$REPEATS" --json > "$OUT/preprocess.json"
