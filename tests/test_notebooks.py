@@ -17,6 +17,8 @@ import nbformat
 import pytest
 from conftest import REPO, require
 
+from kdkit.reporting import records as report
+
 NOTEBOOK_DIR = REPO / "notebooks"
 NOTEBOOKS = ("teacher", "student", "benchmark", "gateway")
 KERNEL = "kdkit"
@@ -180,7 +182,22 @@ def test_student_notebook_distills_a_given_teacher(vgae_teacher, vgae_student):
     assert rows["teacher"]["param_share"] == 1.0 and rows["student (KD)"]["param_share"] < 1.0
     for key in ("teacher", "student_kd", "student_alone"):
         _check_f1(m[key]["f1"])
-    _check_figures(out, m, {"f1_per_scenario.png", "size_and_latency.png"})
+        assert set(m[key]["scenarios"]) == set(m[key]["f1"])  # per scenario: what the report's headline reads
+        for sc in m[key]["scenarios"].values():
+            assert {"f1", "mcc", "detection_at_1pct_fpr", "false_positive_rate", "per_attack_type"} <= set(sc)
+            assert 0.0 <= sc["detection_at_1pct_fpr"] <= 1.0
+            assert all(0 <= r <= 1 for r in sc["per_attack_type"].values())
+        assert m[key]["overall"]["detection_at_1pct_fpr"] is not None
+    assert len(m["student_kd"]["history"]) == m["student_kd"]["epochs_run"] == 1
+    assert m["scores"] == "scores.npz"
+    scores = report.load_scores(out)
+    assert set(scores) == {"label", "teacher", "student_kd", "student_alone"}
+    for key in ("teacher", "student_kd", "student_alone"):  # the loaded teacher's scores are computed, the others saved
+        assert set(scores[key]) == set(m[key]["f1"])
+        for sc, s in scores[key].items():
+            assert s.shape == scores["label"][sc].shape == (m[key]["scenarios"][sc]["windows"],)
+    _check_figures(out, m, {"f1_per_scenario.png", "size_and_latency.png", "roc_pr_over_teacher.png",
+                            "score_histograms_kd.png", "attack_recall.png"})
 
 
 @pytest.mark.notebook
@@ -207,6 +224,7 @@ def test_benchmark_notebook_with_other_parameters(vgae_student, nb_env):
     v = m["infer"]["variants"]["fp32-eager"]
     assert 0 < v["latency_ms_p50"] <= v["latency_ms_p99"] and v["messages_per_s"] > 0
     _check_figures(out, m, {"train_graphs_per_s.png", "train_peak_memory.png", "preprocess.png", "inference.png"})
+    assert m["smoke"] == "smoke run: 2 steps, 3 repeats, not a measurement"  # stamped on the figures too
 
 
 @pytest.mark.notebook

@@ -187,7 +187,7 @@ def test_headline_over_seeds_is_mean_and_std_with_the_gain_paired_by_seed():
     assert row["values"]["student_kd"] == [0.7, 0.9] and row["gain"] == [pytest.approx(0.2), pytest.approx(0.3)]
     assert headline.fmt(row["values"]["student_kd"]) == "0.800 ± 0.141"
     assert headline.fmt(row["gain"], signed=True) == "+0.250 ± 0.071"
-    assert headline.fmt([4546, 4546], "parameters") == "4,546 ± 0" and headline.fmt([], "f1") == "-"
+    assert headline.fmt([4546, 4546], "parameters") == "4,546" and headline.fmt([], "f1") == "-"
     page = headline.headline_html(headline.headline(recs))
     assert page.startswith("<table class='kdkit headline' id='headline'>")
     assert "<td class='gain up'>+0.250 ± 0.071</td>" in page and "<th>KD gain</th>" in page

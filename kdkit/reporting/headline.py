@@ -98,7 +98,7 @@ def fmt(values: Sequence[float], metric: str = "f1", signed: bool = False) -> st
         return "-"
     if metric in ("parameters", "size_bytes"):
         text = f"{mean:,.0f}"
-        return text if std is None else f"{text} ± {std:,.0f}"
+        return text if not std else f"{text} ± {std:,.0f}"  # one model size over seeds: no "± 0"
     digits = 2 if metric == "latency_ms_p99" else 3
     text = f"{mean:+.{digits}f}" if signed else f"{mean:.{digits}f}"
     return text if std is None else f"{text} ± {std:.{digits}f}"
