@@ -183,9 +183,9 @@ def _summary_figures(summary: Mapping) -> dict[str, bytes]:
 
 
 HEADLINE_CAPTION = ("F1, MCC and detection rate at 1 % false-positive rate on each test scenario, then size and "
-                    "p99 single-window latency. KD gain: KD student minus the same student trained alone "
-                    "(green: distillation helped). The scenarios with an unknown attack are the test of "
-                    "generalisation.")
+                    "p99 single-window latency (where measured). The scenarios with an unknown attack are the test "
+                    "of generalisation.")
+KD_GAIN_CAPTION = " KD gain: KD student minus the same student trained alone (green: distillation helped)."
 
 
 def headline_section(record: Mapping, run_dir: Path) -> tuple[str, set[str]]:
@@ -195,13 +195,15 @@ def headline_section(record: Mapping, run_dir: Path) -> tuple[str, set[str]]:
     figs: dict[str, Any] = {}
     entries = model_entries(record)
     scores = load_scores(run_dir)
-    student = "student_kd" if "student_kd" in entries else next(iter(entries))
-    if "label" in scores and student in scores:
-        figs["roc_pr_over_teacher"] = plots.roc_pr_over_teacher(
-            scores["label"], scores[student], scores.get("teacher") if student != "teacher" else None,
-            entries[student].get("threshold", 0.5), entries.get("teacher", {}).get("threshold"), model_label(student))
-        figs["score_histograms_kd"] = plots.score_histograms(
-            scores["label"], scores[student], entries[student].get("threshold", 0.5), model_label(student))
+    main = "student_kd" if "student_kd" in entries else next(iter(entries))
+    threshold = entries[main].get("threshold", 0.5)
+    if "label" in scores and main in scores:
+        if main != "teacher":  # a teacher record's own ROC/PR figure is shown with it below
+            figs["roc_pr_over_teacher"] = plots.roc_pr_over_teacher(
+                scores["label"], scores[main], scores.get("teacher"), threshold,
+                entries.get("teacher", {}).get("threshold"), model_label(main))
+        figs["score_histograms_teacher" if main == "teacher" else "score_histograms_kd"] = plots.score_histograms(
+            scores["label"], scores[main], threshold, model_label(main))
     recall = attack_recall(record)
     if recall:
         figs["attack_recall"] = plots.attack_recall(recall)
@@ -209,10 +211,12 @@ def headline_section(record: Mapping, run_dir: Path) -> tuple[str, set[str]]:
     if histories:
         figs["training_curves_overlay"] = plots.training_curves_overlay(histories)
     lead = "Teacher, KD student and student alone" if len(entries) > 1 else f"The {model_label(next(iter(entries)))}"
+    gain = any(r["gain"] is not None for r in h["rows"])
     parts = [f"<h2 id='headline-title'>{html.escape(lead)}</h2>",
-             f"<p class='caption'>{html.escape(HEADLINE_CAPTION)}</p>", headline_html(h)]
+             f"<p class='caption'>{html.escape(HEADLINE_CAPTION + (KD_GAIN_CAPTION if gain else ''))}</p>",
+             headline_html(h)]
     if "label" not in scores:
-        parts.append("<p class='muted'>no scores.npz beside this record (recorded by an older student notebook): "
+        parts.append("<p class='muted'>no scores.npz beside this record (recorded by an older notebook): "
                      "no score histograms or ROC/PR curves.</p>")
     parts += [png_html(fig_png(fig), name) for name, fig in figs.items()]
     return "\n".join(parts), set(figs) | {"training_curves_kd"}
