@@ -191,3 +191,12 @@ def test_pareto_front_and_plot():
     assert len(params_ax.collections) == 2 and len(lat_ax.collections) == 1  # no latency: no dot there
     front = next(ln for ln in params_ax.get_lines() if ln.get_label() == "Pareto front")
     assert list(front.get_ydata()) == [0.8, 0.9]
+
+
+def test_training_curves_overlay_of_many_runs_names_the_colour_groups():
+    hist = {f"run {i}": HISTORY for i in range(13)}
+    colors = {f"run {i}": "C0" if i < 7 else "C1" for i in range(13)}
+    fig = plots.training_curves_overlay(hist, colors=colors, groups={"T = 2": "C0", "T = 4": "C1"})
+    assert [t.get_text() for t in fig.axes[-1].get_legend().texts] == ["T = 2", "T = 4"]
+    assert fig.axes[0].get_lines()[12].get_color() == "C1"
+    assert plots.training_curves_overlay(hist).axes[-1].get_legend() is None

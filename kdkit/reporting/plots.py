@@ -19,6 +19,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 
 def _short(name: str, width: int = 22) -> str:
@@ -381,14 +382,16 @@ def roc_pr_over_teacher(labels: Mapping[str, np.ndarray], student: Mapping[str, 
 
 
 def training_curves_overlay(histories: Mapping[str, Sequence[Mapping]], title: str = "",
-                            colors: Mapping[str, str] | None = None) -> Figure:
+                            colors: Mapping[str, str] | None = None, groups: Mapping[str, str] | None = None) -> Figure:
     """Validation F1 (when recorded) and validation loss per epoch of several runs on shared axes.
 
     Args:
         histories: ``{run label: history}`` (each as in :func:`training_curves`).
         title: figure title. Default none.
         colors: ``{run label: colour}``, e.g. one colour per grid value. Default: one per run.
-            The legend is shown for up to 12 runs.
+        groups: ``{legend text: colour}`` naming the colours (e.g. ``{"kd_alpha = 0.5": "C0"}``),
+            the legend when there are more than 12 runs. Default none: no legend then.
+            Up to 12 runs, the legend names each run.
     """
     has_f1 = any("val_f1" in h for hist in histories.values() for h in hist)
     keys = (["val_f1"] if has_f1 else []) + ["val_loss"]
@@ -406,6 +409,9 @@ def training_curves_overlay(histories: Mapping[str, Sequence[Mapping]], title: s
         axes[0].set_ylim(0, 1.02)
     if 0 < len(histories) <= 12:
         axes[-1].legend(fontsize=7)
+    elif groups:
+        axes[-1].legend(handles=[Line2D([], [], color=c, marker="o", ms=3, label=t) for t, c in groups.items()],
+                        fontsize=7)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

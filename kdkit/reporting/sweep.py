@@ -306,15 +306,18 @@ def _figures(results: Mapping, sweep_dir: Path) -> dict[str, Any]:
     if points:
         figs["sweep_pareto"] = sweep_plots.pareto(points)
     params = shown_params(results)
-    histories = {}
+    histories, colors = {}, {}
     for row in results["rows"]:
         hist = run_history(row, sweep_dir) if finished(row) else []
         if hist:
             seed = f", seed {row['seed']}" if row.get("seed") is not None else ""
-            label = _params_text({p: row["params"].get(p) for p in params}) + seed
-            histories[f"task {row['task']}: {label}"] = hist
+            label = f"task {row['task']}: " + _params_text({p: row["params"].get(p) for p in params}) + seed
+            histories[label] = hist
+            if axes and row["params"].get(axes[0]) in axes[1]:  # one colour per value of the heat map's x
+                colors[label] = f"C{axes[1].index(row['params'][axes[0]]) % 10}"
     if histories:
-        figs["sweep_training_curves"] = plots.training_curves_overlay(histories)
+        groups = {f"{axes[0]} = {_param(v)}": f"C{i % 10}" for i, v in enumerate(axes[1])} if colors else None
+        figs["sweep_training_curves"] = plots.training_curves_overlay(histories, colors=colors, groups=groups)
     return figs
 
 
