@@ -356,6 +356,11 @@ def test_cli_report_detects_a_sweep_folder(tmp_path, capsys):
     assert main(["report", str(d), "--html"]) == 0
     assert capsys.readouterr().out.strip() == str(d / "report.html")
     assert "kdkit sweep report: kd" in (d / "report.html").read_text()
+    assert main(["report", str(d)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "sweep kd: mean ± std over seeds"
+    assert lines[1].split()[:3] == ["kd_temperature", "runs", "teacher"]
+    assert lines[3].split()[:5] == ["2", "1", "0.850", "0.600", "0.500"]  # T, runs, teacher/KD/alone overall F1
 
 
 def test_run_report_of_a_teacher_alone_has_no_kd_gain_and_no_over_teacher_curves(tmp_path):
@@ -364,7 +369,8 @@ def test_run_report_of_a_teacher_alone_has_no_kd_gain_and_no_over_teacher_curves
     rec = {"notebook": "teacher", "started": "2026-01-01", **_model((0.5, 1.0, 0.75), types={"s0": {"DoS": 0.5}})}
     (tmp_path / "metrics.json").write_text(json.dumps(rec))
     y = np.array([0, 1], np.uint8)
-    np.savez(tmp_path / "scores.npz", **{"label/s0": y, "label/s1": y, "teacher/s0": [0.2, 0.7], "teacher/s1": [0.1, 0.9]})
+    np.savez(tmp_path / "scores.npz", **{"label/s0": y, "label/s1": y, "teacher/s0": [0.2, 0.7],
+                                        "teacher/s1": [0.1, 0.9]})
     page = html.build_html(tmp_path).read_text()
     assert "<h2 id='headline-title'>The teacher</h2>" in page and "KD gain" not in page
     figures = [f.split("'")[0] for f in page.split("data-figure='")[1:]]

@@ -5,13 +5,13 @@ import argparse
 from pathlib import Path
 
 from kdkit.reporting.html import build_html, text_summary
-from kdkit.reporting.sweep import RESULTS_FILE, build_sweep_report
+from kdkit.reporting.sweep import RESULTS_FILE, build_sweep_report, sweep_text
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     path = Path(args.path)
-    if args.html and (path / RESULTS_FILE).is_file():  # a sweep folder
-        print(build_sweep_report(path, args.out))
+    if (path / RESULTS_FILE).is_file():  # a sweep folder
+        print(build_sweep_report(path, args.out) if args.html else sweep_text(path))
     elif args.html or path.suffix == ".ipynb":
         print(build_html(path, args.out))
     else:

@@ -331,3 +331,18 @@ def _raw_tasks(results: Mapping) -> str:
                      "run_dir": row.get("run_dir")})
     table = Table(rows)._repr_html_()
     return f"<details class='raw'><summary>every task ({len(rows)})</summary>{table}</details>"
+
+
+def sweep_text(sweep_dir: str | Path) -> str:
+    """The headline table and the tasks without a result as plain text (``kdkit report SWEEP_DIR``)."""
+    results = load_results(sweep_dir)
+    params = shown_params(results)
+    rows = []
+    for r in sweep_rows(results):
+        cells = {c: fmt(v, "f1" if m == "gain" else m, signed=m == "gain") for c, (m, v) in r["_values"].items()}
+        rows.append({**{p: _param(r[p]) for p in params}, "runs": r["runs"], **cells})
+    blocks = [repr(Table(rows, title=f"sweep {results.get('sweep') or Path(sweep_dir).name}: mean ± std over seeds"))]
+    lost = unfinished(results)
+    if lost:
+        blocks.append(repr(Table(lost, ["task", "state", "seed", "params", "job", "error"], "tasks without a result")))
+    return "\n\n".join(blocks)
