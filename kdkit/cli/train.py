@@ -8,6 +8,7 @@
     kdkit train --model gat --dataset hcrl_sa --type teacher --use-slurm --slurm-preset v100 --partition gpu
     kdkit train ... --run-name s1 --overwrite          # replace runs/s1 (a reused run name is refused otherwise)
     kdkit train ... --run-name s1 --resume runs/s1/checkpoints/last.pt
+    kdkit train ... --run-name s1 --resume auto        # runs/s1's last.pt if there is one, else a fresh start
     kdkit evaluate --checkpoint runs/hcrl_sa_gat_teacher/checkpoints/best.pt --dataset hcrl_sa --json
     kdkit evaluate --checkpoint best.pt --input capture.log.gz other_recordings/ --channel can0
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from kdkit.cli.slurm import add_slurm_arguments, submit_train_from_args
@@ -28,6 +30,7 @@ from kdkit.config import (
     validate_overrides,
 )
 from kdkit.reporting.metrics import format_table
+from kdkit.training.preemption import REQUEUE_EXIT_CODE, Preempted
 from kdkit.workflows.batch_size import describe, optimize_config_batch_size, sizer_for_config
 from kdkit.workflows.demo import demo
 from kdkit.workflows.run import evaluate_checkpoint, load_data, train
@@ -67,11 +70,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = make_config(**overrides)
     if cfg.optimize_batch_size:
         cfg = optimize_config_batch_size(cfg)
-    summary = train(cfg, resume=args.resume)
+    try:
+        summary = train(cfg, resume=args.resume)
+    except Preempted as stopped:  # the requeue wrapper (kdkit.cluster.requeue) requeues the job on this status
+        print(f"kdkit train: {stopped}", file=sys.stderr)
+        return REQUEUE_EXIT_CODE
     if summary.get("rank", 0) != 0:
         return 0
     if summary.get("resumed_from"):
-        print(f"resumed from {summary['resumed_from']} at epoch {summary['resumed_at_epoch']}")
+        batch = f", batch {summary['resumed_at_batch']}" if summary.get("resumed_at_batch") else ""
+        print(f"resumed from {summary['resumed_from']} at epoch {summary['resumed_at_epoch']}{batch}")
     print(f"\n{summary['model']} {summary['type']} ({'KD' if summary['kd'] else 'no KD'}): {summary['parameters']:,} parameters, "
           f"{summary['size_bytes'] / 1024:.1f} KiB, {summary['epochs_run']} epochs in {summary['train_seconds']:.1f} s "
           f"[{summary['trainer']}, {summary['precision']}]")
@@ -121,7 +129,8 @@ def add_train_arguments(p: argparse.ArgumentParser, cls: type = TrainConfig) -> 
     """The ``kdkit train`` options: its own (config JSON, resume, SLURM) and one flag per run-schema field."""
     p.add_argument("--config", help="JSON object of config keys (see --list-configs), or @file.json; flags win")
     p.add_argument("--resume", help="continue an interrupted run from its last.pt (same settings; into its own run "
-                                    "folder, the metrics history continues)")
+                                    "folder, the metrics history continues); 'auto': the run folder's last.pt if "
+                                    "there is one, else start fresh (what SLURM jobs pass)")
     p.add_argument("--no-teacher", action="store_true", help="train a student alone without a notice")
     p.add_argument("--list-configs", action="store_true", help="print presets and every config key, then exit")
     add_config_arguments(p, cls)

@@ -2,26 +2,149 @@
 
     python -m kdkit.cluster.requeue [--max-requeues N] -- COMMAND ...
 
-Job scripts ``exec`` this as their last line (``#SBATCH --signal=B:USR1@<grace>`` and
-``#SBATCH --requeue`` above it). SKELETON: runs COMMAND and passes its exit status on;
-the signal forwarding, stop file and ``scontrol requeue`` are being written (issue 16).
+Job scripts ``exec`` this as their last line, below ``#SBATCH --signal=B:USR1@<grace>`` and
+``#SBATCH --requeue``. It runs COMMAND with ``KDKIT_STOP_FILE=<a fresh file>`` in its
+environment (and ``KDKIT_RESUME=auto`` when SLURM_RESTART_COUNT says the job was requeued), and
+on USR1 (the time-limit warning) or TERM (preemption) it touches that file, and sends the signal
+on to COMMAND's process when that process catches it (``kdkit train``, ``srun``; never a
+papermill that would die of it). The trainer finishes its step, writes ``last.pt`` and exits with
+status 85 (a notebook's kernel writes ``<stop file>.saved`` instead, as papermill exits 1). Then:
+
+- the job is requeued (``scontrol requeue $SLURM_JOB_ID``) while SLURM_RESTART_COUNT < N, and
+  this exits 0; the requeued job runs the same script and resumes from ``last.pt``;
+- with N requeues spent, outside a SLURM job, or when ``scontrol`` fails, it says so and exits 85
+  (``kdkit slurm resubmit JOB`` starts it again from ``last.pt``).
+
+Any other exit of COMMAND is passed on as is (a signal as 128 + its number).
 """
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
+
+# The contract with kdkit.training.preemption, repeated here (tests/test_preemption.py checks that they
+# agree): importing it would load torch into the batch shell for the whole life of the job.
+STOP_FILE_ENV, RESUME_ENV, REQUEUE_EXIT_CODE = "KDKIT_STOP_FILE", "KDKIT_RESUME", 85
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
+
+def saved_marker(stop_file: str | os.PathLike) -> str:
+    """The file a stopped fit writes beside the stop file once ``last.pt`` is saved."""
+    return f"{os.fspath(stop_file)}.saved"
+
+SCONTROL_TIMEOUT = 60  # seconds for `scontrol requeue`
+
+
+def _say(message: str) -> None:
+    print(f"kdkit.cluster.requeue: {message}", file=sys.stderr, flush=True)
+
+
+def catches(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has a handler for ``signum`` (the ``SigCgt`` mask of /proc/PID/status).
+
+    A process without one would die of the signal (USR1's default action is to terminate), so
+    only a process that catches it gets it forwarded; the stop file reaches the others.
+    """
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    for line in status.splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
+
+
+class Wrapper:
+    """COMMAND as a child process, its stop file, and what the signals did."""
+
+    def __init__(self, command: list[str], max_requeues: int):
+        self.command, self.max_requeues = command, max_requeues
+        self.stop_dir = Path(tempfile.mkdtemp(prefix="kdkit-stop-"))
+        self.stop_file = self.stop_dir / "stop"
+        self.child: subprocess.Popen | None = None
+        self.received: list[int] = []
+
+    def on_signal(self, signum, frame) -> None:
+        self.received.append(signum)
+        self.stop_file.touch()
+        child = self.child
+        if child is not None and child.poll() is None and catches(child.pid, signum):
+            os.kill(child.pid, signum)
+
+    def run(self) -> int:
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+        env = dict(os.environ, **{STOP_FILE_ENV: str(self.stop_file)})
+        if restarts > 0:
+            env.setdefault(RESUME_ENV, "auto")
+        for sig in STOP_SIGNALS:  # before the child starts: a signal in between still touches the file
+            signal.signal(sig, self.on_signal)
+        try:
+            try:
+                self.child = subprocess.Popen(self.command, env=env)
+            except OSError as err:
+                _say(f"cannot start {self.command[0]!r}: {err}")
+                return 127
+            rc = self.child.wait()
+            marker = Path(saved_marker(self.stop_file))
+            checkpoint = marker.read_text().strip() if marker.is_file() else None
+            return self.after(rc, checkpoint, restarts)
+        finally:
+            shutil.rmtree(self.stop_dir, ignore_errors=True)
+
+    def after(self, rc: int, checkpoint: str | None, restarts: int) -> int:
+        """The exit status once the child ended: requeue when it saved a checkpoint and requeues remain."""
+        rc = 128 - rc if rc < 0 else rc
+        if rc != REQUEUE_EXIT_CODE and checkpoint is None:
+            if self.received and rc != 0:
+                names = ", ".join(signal.Signals(s).name for s in self.received)
+                _say(f"{names} received, and {self.command[0]} exited with status {rc} without saving a checkpoint "
+                     "to resume from: not requeued")
+            return rc
+        where = checkpoint or "its last.pt"
+        job = os.environ.get("SLURM_JOB_ID")
+        if not job:
+            _say(f"{self.command[0]} stopped on request and saved {where}, but this is not a SLURM job "
+                 "(no SLURM_JOB_ID): nothing to requeue; run the command again with --resume auto")
+            return REQUEUE_EXIT_CODE
+        if restarts >= self.max_requeues:
+            _say(f"job {job} stopped and saved {where}, but it was requeued {restarts} time(s) already "
+                 f"(--max-requeues {self.max_requeues}): not requeued; `kdkit slurm resubmit {job}` continues it")
+            return REQUEUE_EXIT_CODE
+        try:
+            proc = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True,
+                                  timeout=SCONTROL_TIMEOUT, check=False)
+            failure = (proc.stderr.strip() or proc.stdout.strip() or f"exit status {proc.returncode}") \
+                if proc.returncode else None
+        except (OSError, subprocess.TimeoutExpired) as err:
+            failure = str(err)
+        if failure is not None:
+            _say(f"job {job} saved {where}, but `scontrol requeue {job}` failed ({failure}): "
+                 f"`kdkit slurm resubmit {job}` continues it")
+            return REQUEUE_EXIT_CODE
+        _say(f"job {job} saved {where} and was requeued (restart {restarts + 1} of at most {self.max_requeues}); "
+             "it resumes from there")
+        return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kdkit.cluster.requeue", description=__doc__.splitlines()[0])
-    parser.add_argument("--max-requeues", type=int, default=3, help="requeue the job at most this many times")
+    parser.add_argument("--max-requeues", type=int, default=3, help="requeue the job at most this many times "
+                                                                     "(SLURM_RESTART_COUNT counts them; default 3)")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command to run")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("no command given (python -m kdkit.cluster.requeue -- COMMAND ...)")
-    return subprocess.call(command)
+    if args.max_requeues < 0:
+        parser.error(f"--max-requeues {args.max_requeues}: expected 0 or more")
+    return Wrapper(command, args.max_requeues).run()
 
 
 if __name__ == "__main__":

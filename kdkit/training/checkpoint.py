@@ -26,8 +26,11 @@ from kdkit.models.registry import model_from_config
 log = logging.getLogger(__name__)
 
 CHECKPOINT_KEYS = {"format", "model", "model_config", "train_config", "vocab", "node_features", "edge_features",
-                   "threshold", "optimizer", "scheduler", "kd", "epoch", "step", "rng", "best_metric", "best_tiebreak",
-                   "bad_epochs", "history", "batch_size", "kdkit_version", "provenance"}
+                   "threshold", "optimizer", "scheduler", "kd", "epoch", "step", "rng", "rng_other", "best_metric",
+                   "best_tiebreak", "bad_epochs", "history", "batch_size", "kdkit_version", "provenance", "position"}
+"""Keys a kdkit checkpoint may hold. ``position`` (only in a ``last.pt`` written when a job was asked
+to stop mid-epoch): the epoch, the loader batches of it already trained, the sampler's batch size
+and those batches' losses; ``rng_other``: numpy's, Python's and CUDA's generator states."""
 
 GRAPH_SETTINGS = ("window", "stride", "label_threshold", "val_fraction")  # train_config keys that shape the graphs
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import random
 import time
 import warnings
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from lightning.fabric import Fabric
 from lightning.fabric.loggers import CSVLogger, TensorBoardLogger
@@ -45,6 +47,7 @@ from kdkit.training.cpu_speedups import (
 from kdkit.training.memory import is_oom, phase_peak, release_memory
 from kdkit.training.optim import make_scheduler
 from kdkit.training.precision import choose_precision, resolve_accelerator
+from kdkit.training.preemption import Preempted, StopRequest
 from kdkit.training.task import Task
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,7 @@ class FitResult:
     final_batch_size: int = 0
     resumed_from: str | None = None      # the checkpoint a resumed fit continued from
     resumed_at_epoch: int | None = None  # the first epoch it trained (0-based)
+    resumed_at_batch: int = 0            # loader batches of that epoch the checkpoint had trained already
 
 
 def _schedule_exhausted(scheduler) -> bool:
@@ -150,13 +154,19 @@ class FabricTrainer:
         on_epoch_end: optional callback ``f(record: dict)`` (the widget's live plot).
         should_stop: optional ``f() -> bool`` checked after every epoch; True ends training
             cleanly (checkpoints stay valid), e.g. the widget's Stop button.
+        stop: asked after every loader batch whether the cluster wants the job to stop (time
+            limit, preemption); when it does, ``last.pt`` is written at that step and
+            :class:`~kdkit.training.preemption.Preempted` raised. Default: a
+            :class:`~kdkit.training.preemption.StopRequest` from ``$KDKIT_STOP_FILE``.
     """
 
     def __init__(self, cfg: TrainConfig, run_dir: str | Path, progress: bool = True,
-                 on_epoch_end: Callable[[dict], None] | None = None, should_stop: Callable[[], bool] | None = None):
+                 on_epoch_end: Callable[[dict], None] | None = None, should_stop: Callable[[], bool] | None = None,
+                 stop: StopRequest | None = None):
 
         self.cfg, self.run_dir, self.progress, self.on_epoch_end = cfg, Path(run_dir), progress, on_epoch_end
         self.should_stop = should_stop
+        self.stop = stop if stop is not None else StopRequest()
         accelerator = resolve_accelerator(cfg.accelerator)
         self.precision = choose_precision(cfg.precision, accelerator)
         loggers = [CSVLogger(str(self.run_dir), name="logs", version="")]
@@ -192,7 +202,7 @@ class FabricTrainer:
         return {"format": CHECKPOINT_FORMAT, "model": task.model.state_dict(),
                 "kd": task.kd.state_dict() if task.kd is not None else {},
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step,
-                "rng": torch.get_rng_state(), "best_metric": best, "best_tiebreak": best_tiebreak, "bad_epochs": bad,
+                "rng": torch.get_rng_state(), "rng_other": _other_rng_states(self.fabric.device), "best_metric": best, "best_tiebreak": best_tiebreak, "bad_epochs": bad,
                 "history": history, "batch_size": self.batch_size, "model_config": task.model.config, "train_config": self.cfg.to_dict(),
                 **extra}
 
@@ -358,6 +368,7 @@ class FabricTrainer:
         start_epoch, step, best, bad, history = 0, 0, -math.inf, 0, []
         best_tie = math.inf
         resumed_at = None
+        position = None  # where in its epoch a mid-epoch checkpoint stopped (None: at an epoch's end)
         if resume:
             ck = load_checkpoint(resume)
             check_resumable(ck, task, resume)
@@ -366,12 +377,15 @@ class FabricTrainer:
                 task.kd.load_state_dict(ck["kd"])
             optimizer.load_state_dict(upgrade_optimizer_state(ck["optimizer"], optimizer, task.parameters()))
             scheduler.load_state_dict(upgrade_scheduler_state(ck["scheduler"], optimizer))
-            torch.set_rng_state(ck["rng"])
+            position = ck.get("position")
+            if position is None:  # an epoch's end: the next epoch starts from these states
+                _restore_rng_states(ck["rng"], ck.get("rng_other"), fabric.device)
             start_epoch, step, best, bad, history = ck["epoch"] + 1, ck["step"], ck["best_metric"], ck["bad_epochs"], list(ck["history"])
             best_tie = float(ck.get("best_tiebreak", math.inf))  # checkpoints before the tie-break: none
             self.batch_size = int(ck.get("batch_size", self.batch_size))
             resumed_at = start_epoch
-            log.info("resumed from %s at epoch %d", resume, start_epoch)
+            log.info("resumed from %s at epoch %d%s", resume, start_epoch,
+                     f", batch {position['batches_done']}" if position else "")
             # The metrics history continues: the CSV is rewritten from the checkpoint's history (the
             # epochs that the resumed weights went through, each once), then the new epochs follow.
             with warnings.catch_warnings():  # "previous log files ... will be deleted": they are rewritten here
@@ -385,7 +399,9 @@ class FabricTrainer:
         log.info("fit: %s %s, precision %s, device %s, world size %d, %d train / %d val graphs",
                  task.kind, cfg.type, self.precision, fabric.device, fabric.world_size, len(train_set), len(val_set))
         epoch = start_epoch - 1
+        resumed_batch = position["batches_done"] if position else 0
         status = "failed"
+        self.stop.__enter__()  # USR1/TERM handlers under the requeue wrapper; restored in the finally below
         try:
             for epoch in range(start_epoch, cfg.epochs):
                 if bad >= cfg.patience:
@@ -396,13 +412,28 @@ class FabricTrainer:
                 sampler.set_epoch(epoch)
                 task_m.train()
                 losses = _StepLosses()  # on the device; read every LOSS_READ_EVERY steps and at the end
+                done = 0  # loader batches of this epoch trained
+                if position is not None:  # a mid-epoch checkpoint: the same batches, minus those trained
+                    sampler.batch_size, done = position["sampler_batch_size"], position["batches_done"]
+                    losses.values = [v.to(fabric.device) for v in position["losses"].unbind()]
+                sampler.skip_batches = done  # read when the first batch is drawn: keep it until the next epoch
                 te = time.perf_counter()
                 bar = None
                 if self.progress and fabric.global_rank == 0:
 
-                    bar = tqdm(total=len(train_loader), desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
+                    bar = tqdm(total=len(train_loader) + done, initial=done, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                               leave=False)
+                # The loader draws a seed from the torch generator when its first batch is fetched, so
+                # a mid-epoch checkpoint's generator states are restored after that (or after the loop).
                 with phase_peak("train", device=fabric.device, release=False) as train_mem:
                     for batch in train_loader:
+                        if position is not None:
+                            _restore_rng_states(ck["rng"], ck.get("rng_other"), fabric.device)
+                            position = ck = None
+                        if self._stop_now(done):
+                            self._stop(task, optimizer, scheduler, epoch, done, step, best, bad, history, extra,
+                                       best_tie, losses, last_path)
+                        done += 1
                         fresh = False
                         for loss, parts in self._run_batch(task, task_m, optimizer, scheduler, train_set,
                                                            self._to_device(batch)):
@@ -414,6 +445,12 @@ class FabricTrainer:
                                 bar.set_postfix(loss=f"{losses.latest:.4f}")
                 if bar:
                     bar.close()
+                if position is not None:  # resumed after the epoch's last batch: no batch was fetched
+                    _restore_rng_states(ck["rng"], ck.get("rng_other"), fabric.device)
+                    position = ck = None
+                if self._stop_now(0):  # after the epoch's last batch: validation runs after the resume
+                    self._stop(task, optimizer, scheduler, epoch, done, step, best, bad, history, extra, best_tie,
+                               losses, last_path)
                 with phase_peak("validate", device=fabric.device, release=False) as val_mem:
                     val = task.validate(val_loader)
                 # val: already global (Task.validate sums its counts over the ranks); never average it
@@ -446,12 +483,19 @@ class FabricTrainer:
                 if self.should_stop is not None and self.should_stop():
                     log.info("stopped on request after epoch %d", epoch)
                     break
+                if epoch + 1 < cfg.epochs and bad < cfg.patience and self._stop_now(0):
+                    raise self._preempted(last_path, epoch + 1, 0)  # last.pt: this epoch's end
             status = "success"
             if fabric.world_size > 1 and torch.distributed.is_initialized():
                 # Leave together: a rank exiting while another is still inside gloo aborts the job.
                 fabric.barrier()
                 torch.distributed.destroy_process_group()
+        except Preempted as stopped:
+            status = "preempted"
+            log.info("%s", stopped)
+            raise
         finally:
+            self.stop.__exit__(None, None, None)
             for logger in fabric.loggers:
                 logger.finalize(status)
             if getattr(self, "_handler", None) is not None:
@@ -460,7 +504,38 @@ class FabricTrainer:
                 self._handler = None
         return FitResult(best_path, last_path, sign * best if math.isfinite(best) else float("nan"), epoch + 1, history,
                          time.perf_counter() - t0, self.oom_events, self.batch_size,
-                         str(resume) if resume else None, resumed_at)
+                         str(resume) if resume else None, resumed_at, resumed_batch)
+
+    def _stop_now(self, done: int) -> bool:
+        """Whether to stop before loader batch ``done`` (or at a check outside the batches).
+
+        One ``stat`` per batch in a single process. Under DDP every rank must stop at the same
+        step, so the ranks agree (an all-reduce) every ``LOSS_READ_EVERY`` batches and at the
+        checks outside the batches (``done == 0``): one rank that sees the stop file stops all.
+        """
+        fabric = self.fabric
+        if fabric.world_size == 1:
+            return self.stop.requested()
+        if done % LOSS_READ_EVERY:
+            return False
+        flag = torch.tensor(float(self.stop.requested()), device=fabric.device)
+        return bool(fabric.all_reduce(flag, reduce_op="sum") > 0)
+
+    def _stop(self, task, optimizer, scheduler, epoch, done, step, best, bad, history, extra, best_tie,
+              losses: _StepLosses, last_path: Path) -> None:
+        """Write ``last.pt`` at this step (the exact place in the epoch) and raise :class:`Preempted`."""
+        state = self._checkpoint_state(task, optimizer, scheduler, epoch - 1, step, best, bad, history, extra,
+                                       best_tie)
+        state["position"] = {
+            "epoch": epoch, "batches_done": done, "sampler_batch_size": self._train_sampler.batch_size,
+            "losses": torch.stack(losses.values).detach().cpu() if losses.values else torch.zeros(0)}
+        self._save(state, last_path)
+        raise self._preempted(last_path, epoch, done)
+
+    def _preempted(self, last_path: Path, epoch: int, done: int) -> Preempted:
+        if self.fabric.global_rank == 0:
+            self.stop.acknowledge(last_path)
+        return Preempted(last_path, epoch, done, self.stop.reason())
 
     def _csv_loggers(self) -> list[CSVLogger]:
         return [lg for lg in self.fabric.loggers if isinstance(lg, CSVLogger)]
@@ -490,6 +565,29 @@ def check_resumable(ck: dict, task: Task, path: str | Path) -> None:
         shown = ", ".join(f"{k} {theirs.get(k)!r} vs {ours.get(k)!r}" for k in diff[:6])
         raise ValueError(f"--resume {path}: the checkpoint's model differs from this run's ({shown}; checkpoint vs "
                          "run); resume with the run's original settings (its config.json) or start a new run")
+
+
+def _other_rng_states(device: torch.device) -> dict:
+    """numpy's, Python's and (on a GPU) CUDA's generator states, as ``weights_only``-loadable values."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    states = {"numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+              "python": random.getstate()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def _restore_rng_states(torch_state: torch.Tensor, other: dict | None, device: torch.device) -> None:
+    """Set every generator as :meth:`FabricTrainer._checkpoint_state` found it (older checkpoints: torch's only)."""
+    torch.set_rng_state(torch_state)
+    if not other:
+        return
+    name, keys, pos, has_gauss, gauss = other["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = other["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if device.type == "cuda" and "cuda" in other:
+        torch.cuda.set_rng_state(other["cuda"], device)
 
 
 class _CollateWithIndex(_Collate):

@@ -14,11 +14,15 @@ copy in ``saved_models/`` (beside the runs folder) unless a better one is there.
 A run owns its folder: it holds an exclusive lock on ``<run>/.lock`` for its whole life (a
 second process with the same run name fails at once), and a folder that already holds a run
 is refused unless ``overwrite`` (its previous outputs are removed) or ``resume`` from a
-checkpoint of that folder.
+checkpoint of that folder. ``resume="auto"`` (or ``$KDKIT_RESUME=auto``, set in a requeued SLURM
+job) continues from the folder's own ``last.pt`` when there is one and starts fresh otherwise; a
+fit stopped by the cluster (``$KDKIT_STOP_FILE``, docs/PREEMPTION.md) raises
+:class:`~kdkit.training.preemption.Preempted` after writing that ``last.pt``.
 """
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -44,9 +48,18 @@ from kdkit.training.checkpoint import (
 )
 from kdkit.training.legacy import legacy_fit
 from kdkit.training.memory import phase_peak, release_memory
+from kdkit.training.preemption import RESUME_ENV, StopRequest
 from kdkit.training.task import Task
 from kdkit.training.trainer import FabricTrainer, check_resumable
-from kdkit.workflows.run_dir import RunLock, check_run_dir, clear_run_outputs, inside, launch_rank, write_json
+from kdkit.workflows.run_dir import (
+    RunLock,
+    check_run_dir,
+    clear_run_outputs,
+    inside,
+    launch_rank,
+    resolve_resume,
+    write_json,
+)
 from kdkit.workflows.saved_models import compat_path, save_compat_copy
 
 log = logging.getLogger(__name__)
@@ -273,21 +286,26 @@ def check_resume(ck: dict, cfg: TrainConfig, data: PreparedDataset, path: str | 
 # ----------------------------------------------------------------------------- train
 def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = True,
           on_epoch_end: Callable[[dict], None] | None = None, data: PreparedDataset | None = None,
-          should_stop: Callable[[], bool] | None = None) -> dict:
+          should_stop: Callable[[], bool] | None = None, stop: StopRequest | None = None) -> dict:
     """Train one model end to end and evaluate it; returns the run summary (also in summary.json).
 
     The run holds the lock of ``runs_dir/<run name>`` from start to end (rank zero under DDP).
+    ``resume``: a checkpoint, or ``"auto"`` (the run folder's ``last.pt`` if any, else a fresh
+    start; ``$KDKIT_RESUME=auto`` means the same when ``resume`` is None). ``stop``: asked after
+    every batch whether the cluster wants the job to stop (default ``$KDKIT_STOP_FILE``).
 
     Raises:
         RunDirError: the folder is in use by another process, or holds a run and neither
             ``cfg.overwrite`` nor a ``resume`` checkpoint from that folder was given.
         ValueError: a split without windows, an unsuitable teacher or resume checkpoint (all
             before a model is built or trained).
+        Preempted: the cluster asked the job to stop; ``last.pt`` holds the exact state.
     """
+    run_dir = Path(cfg.runs_dir) / cfg.resolved_run_name
+    resume = resolve_resume(resume, run_dir, os.environ.get(RESUME_ENV))
     if resume and cfg.trainer == "legacy":
         raise ValueError("--resume needs the fabric trainer (the legacy baseline cannot continue a run); drop "
                          "--trainer legacy")
-    run_dir = Path(cfg.runs_dir) / cfg.resolved_run_name
     owner = launch_rank(cfg) == 0  # DDP workers share rank zero's folder and lock
     created = not run_dir.exists()
     lock = RunLock(run_dir).acquire() if owner else None
@@ -295,7 +313,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
     try:
         if owner:
             check_run_dir(run_dir, cfg, resume)
-        summary = _train(cfg, run_dir, owner, resume, progress, on_epoch_end, data, should_stop)
+        summary = _train(cfg, run_dir, owner, resume, progress, on_epoch_end, data, should_stop, stop)
         finished = True
         return summary
     finally:
@@ -306,7 +324,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
                 run_dir.rmdir()
 
 
-def _train(cfg: TrainConfig, run_dir: Path, owner: bool, resume, progress, on_epoch_end, data, should_stop) -> dict:
+def _train(cfg: TrainConfig, run_dir: Path, owner: bool, resume, progress, on_epoch_end, data, should_stop,
+           stop) -> dict:
     data = data or load_data(cfg, progress=progress)
     skipped = check_windows(data, MODEL_CLASSES[cfg.model].objective)
     kd = cfg.type == "student" and bool(cfg.teacher)
@@ -354,7 +373,8 @@ def _train(cfg: TrainConfig, run_dir: Path, owner: bool, resume, progress, on_ep
             rank = 0
             precision = "32-true"
         else:
-            trainer = FabricTrainer(cfg, run_dir, progress=progress, on_epoch_end=on_epoch_end, should_stop=should_stop)
+            trainer = FabricTrainer(cfg, run_dir, progress=progress, on_epoch_end=on_epoch_end, should_stop=should_stop,
+                                    stop=stop)
             fit = trainer.fit(task, train_set, val_set, resume=resume, checkpoint_extra=extra)
             rank = trainer.fabric.global_rank
             precision = trainer.precision
@@ -383,7 +403,7 @@ def _train(cfg: TrainConfig, run_dir: Path, owner: bool, resume, progress, on_ep
         "epochs_run": fit.epochs_run, "train_seconds": round(train_seconds, 2), "best_val_metric": fit.best_metric,
         "val_metric": metric, "threshold": threshold, "threshold_rule": how, "best_checkpoint": str(fit.best_path),
         "last_checkpoint": str(fit.last_path), "resumed_from": fit.resumed_from,
-        "resumed_at_epoch": fit.resumed_at_epoch, "history": fit.history,
+        "resumed_at_epoch": fit.resumed_at_epoch, "resumed_at_batch": fit.resumed_at_batch, "history": fit.history,
         "oom_events": fit.oom_events, "test": {k: v for k, v in results.items() if k != "scores"},
         "skipped_scenarios": skipped, "memory": memory,
     }

@@ -123,6 +123,25 @@ def check_run_dir(run_dir: Path, cfg: TrainConfig, resume: str | Path | None) ->
                       f"Pass --overwrite to replace it{resume_hint}, or choose another --run-name")
 
 
+def resolve_resume(resume: str | os.PathLike | None, run_dir: Path, env: str | None = None) -> Path | None:
+    """The checkpoint to resume from: ``resume`` as given; ``"auto"``: ``run_dir/checkpoints/last.pt``
+    when it exists, else None (a fresh start). ``env`` (``$KDKIT_RESUME``) stands in for a missing
+    ``resume``: a requeued SLURM job sets it to ``auto``.
+
+    Raises:
+        ValueError: ``env`` is set to anything but ``auto``.
+    """
+    if resume is None and env:
+        if env != "auto":
+            raise ValueError(f"KDKIT_RESUME={env!r}: the only value is 'auto' (resume from the run folder's last.pt "
+                             "when there is one); unset it to start fresh")
+        resume = "auto"
+    if resume is None or os.fspath(resume) != "auto":
+        return Path(resume) if resume is not None else None
+    last = run_dir / "checkpoints" / "last.pt"
+    return last if last.is_file() else None
+
+
 def clear_run_outputs(run_dir: Path) -> list[str]:
     """Remove what a previous ``train`` wrote into ``run_dir`` (:data:`RUN_OUTPUTS`); returns the names removed."""
     removed = []
