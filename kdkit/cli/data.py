@@ -1,7 +1,7 @@
 """``kdkit data simulate|prepare|info``: the built-in traffic and the graph store of a dataset.
 
     kdkit data simulate --out DIR --seed N
-    kdkit data prepare --dataset hcrl_sa [--data-root DIR]
+    kdkit data prepare --dataset hcrl_sa [--data-root DIR] [--workers N]
     kdkit data info --dataset hcrl_sa [--json]
 """
 from __future__ import annotations
@@ -31,6 +31,9 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
     p.add_argument("--on-bad-rows", choices=["error", "skip"], default="error", help="malformed rows: stop (default) or skip and count")
     p.add_argument("--include-excluded", action="store_true", help="also train on suppress/masquerade recordings")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="recordings prepared at once, one process each; the store is the same for any N "
+                        "(default: $KDKIT_PREPARE_WORKERS, else 1)")
 
 
 def prepare_config_from_args(args: argparse.Namespace) -> PrepareConfig:
@@ -62,7 +65,8 @@ def cmd_data_simulate(args: argparse.Namespace) -> int:
 
 def cmd_data_prepare(args: argparse.Namespace) -> int:
 
-    ds = prepare(args.dataset, prepare_config_from_args(args), args.data_root, args.cache_dir, rebuild=args.rebuild, progress=True)
+    ds = prepare(args.dataset, prepare_config_from_args(args), args.data_root, args.cache_dir, rebuild=args.rebuild,
+                 progress=True, workers=args.workers)
     state = "loaded from" if ds.loaded_from_cache else "built into"
     print(f"{ds.name}: {sum(len(g) for g in ds.splits.values())} graphs {state} {ds.cache_dir}")
     for line in skipped_rows_report(ds.info):
@@ -71,7 +75,7 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_data_info(args: argparse.Namespace) -> int:
-    ds = prepare(args.dataset, prepare_config_from_args(args), args.data_root, args.cache_dir)
+    ds = prepare(args.dataset, prepare_config_from_args(args), args.data_root, args.cache_dir, workers=args.workers)
     print(json.dumps(ds.info, indent=2) if args.json else format_info(ds.name, ds))
     return 0
 

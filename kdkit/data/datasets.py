@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from kdkit.data.graphs import GRAPH_FORMAT_VERSION, GraphSet, GraphStoreError, IdVocab
 from kdkit.data.prep import SplitStats, build_parts, excluded_block, remove_parts, vocab_ids, write_split
-from kdkit.data.readers import Messages, attack_type_from_name, data_suffixes
+from kdkit.data.readers import CHUNK_ROWS, Messages, attack_type_from_name, data_suffixes
 from kdkit.data.simulate import ensure_synthetic
 from kdkit.data.sources import DatasetSource, DatasetSpecError, declared_datasets, folder_source, resolve_custom
 
@@ -408,6 +408,9 @@ def prepare(name: str, config: PrepareConfig | None = None, data_root: str | Pat
     return PreparedDataset(name, config, vocab, splits, info, store, False)
 
 
+PREPARE_CHUNK_ROWS = CHUNK_ROWS  # rows of a recording read at a time (memory ~ 60 bytes a row, see kdkit.data.prep)
+
+
 def prepare_workers(workers: int | None = None) -> int:
     """The number of preparation processes: ``workers``, else ``KDKIT_PREPARE_WORKERS``, else 1."""
     if workers is None:
@@ -498,7 +501,7 @@ def _build(name: str, files: DatasetFiles, config: PrepareConfig, store: Path, k
     folder = store / f"parts.{os.getpid()}"
     reader = partial(_chunks, files.source, on_bad_rows=config.on_bad_rows)
     try:
-        parts = build_parts(reader, _recordings(files), folder, W, S, config.vocab_source, workers,
+        parts = build_parts(reader, _recordings(files), folder, W, S, config.vocab_source, workers, PREPARE_CHUNK_ROWS,
                             done=(lambda: bar.update(1)) if bar else None)
         rng = np.random.default_rng(config.seed)
         skipped: dict[str, dict] = {}
@@ -520,7 +523,8 @@ def _build(name: str, files: DatasetFiles, config: PrepareConfig, store: Path, k
                 "excluded_from_training": [str(p) for p in files.excluded],
                 "skipped_rows": {p: v["rows"] for p, v in skipped.items()}, "skipped": skipped, "splits": {},
                 "source": files.source.describe() if files.source else None,
-                "missing_scenarios": dict(files.missing_scenarios), "dropped_frames": dropped}
+                "missing_scenarios": dict(files.missing_scenarios), "dropped_frames": dropped,
+                "messages_read": sum(part.messages for part in parts.values())}
         for scen, paths in _scenarios(files).items():
             selections[scen] = []
             for p in paths:

@@ -213,6 +213,7 @@ class GraphSet:
     attack_types: list[str] = field(default_factory=lambda: ["normal"])
     files: list[str] = field(default_factory=list)
     backing: StoreMapping | None = field(default=None, repr=False, compare=False)  # the mapped store file
+    gathered: int = field(default=0, repr=False, compare=False)  # graphs read from the mapping since its release
 
     TENSORS = ("x", "node_id", "can_id", "node_y", "edge_index", "edge_attr", "node_ptr", "edge_ptr",
                "y", "attack_share", "attack_type", "file_index", "start")
@@ -276,12 +277,23 @@ class GraphSet:
                    y=cat("y"), attack_share=cat("attack_share"), attack_type=torch.cat(ats), file_index=torch.cat(fis),
                    start=cat("start"), attack_types=types, files=files)
 
+    RELEASE_GRAPHS = 2048  # a gathered graph touches ~8 pages (32 KiB): ~64 MiB resident at most
+
     def release_pages(self) -> None:
-        """Hand the pages of a memory-mapped store back to the page cache (the loaders call
-        this as they go, so a store larger than RAM is read in a bounded resident set); a
-        no-op for graphs held in memory."""
+        """Hand the pages of a memory-mapped store back to the page cache; a no-op for graphs
+        held in memory."""
         if self.backing is not None:
             self.backing.release()
+            self.gathered = 0
+
+    def note_gathered(self, graphs: int) -> None:
+        """Count graphs read from a mapped store and release its pages every
+        :attr:`RELEASE_GRAPHS` (the loaders call this), so a store larger than RAM is read in a
+        bounded resident set: what is not resident is read again from the page cache or disk."""
+        if self.backing is not None:
+            self.gathered += graphs
+            if self.gathered >= self.RELEASE_GRAPHS:
+                self.release_pages()
 
     # ---- the on-disk store (kdkit.data.store): one file per split, loaded memory-mapped -----
     def save(self, path: str | Path, meta: dict | None = None) -> int:
@@ -520,16 +532,21 @@ def window_arrays(msgs: Messages, starts: np.ndarray, W: int, normal_flags: bool
     ``normal_flags``, ``node_normal`` (the node has a normal message: the vocabulary's IDs).
     Windows are computed ~32 k messages at a time; each window's values do not depend on
     which others are computed with it (streamed preparation relies on this)."""
+    parts = list(iter_window_arrays(msgs, starts, W, normal_flags))
+    return {name: parts[0][name] if len(parts) == 1 else np.concatenate([p[name] for p in parts],
+                                                                         axis=1 if name == "edge_index" else 0)
+            for name in parts[0]}
+
+
+def iter_window_arrays(msgs: Messages, starts: np.ndarray, W: int, normal_flags: bool = False) -> Iterator[dict[str, np.ndarray]]:
+    """:func:`window_arrays` in pieces of ~32 k messages (``starts`` non-empty)."""
     payload64 = np.ascontiguousarray(msgs.payload).view(np.uint64).reshape(-1)  # one uint64 per message
     per = max(1, _CHUNK_MESSAGES // W)
-    G = int(starts.shape[0])
-    parts = [_chunk_graphs(msgs, payload64, starts[i:i + per], W, normal_flags) for i in range(0, G, per)]
-    out = {name: parts[0][name] if len(parts) == 1 else np.concatenate([p[name] for p in parts],
-                                                                        axis=1 if name == "edge_index" else 0)
-           for name in parts[0]}
-    if msgs.row_type is not None:
-        out["row_type"] = _window_types(msgs.row_type, starts, W, len(msgs.type_names))
-    return out
+    for i in range(0, int(starts.shape[0]), per):
+        out = _chunk_graphs(msgs, payload64, starts[i:i + per], W, normal_flags)
+        if msgs.row_type is not None:
+            out["row_type"] = _window_types(msgs.row_type, starts[i:i + per], W, len(msgs.type_names))
+        yield out
 
 
 class WindowStream:

@@ -1,7 +1,9 @@
 """Fast batches straight from the packed graph store.
 
 A batch is gathered from a :class:`~kdkit.graphs.GraphSet` with a few vectorized index
-operations: no per-graph ``Data`` objects and no PyG collate in the hot path. It is still a
+operations: no per-graph ``Data`` objects and no PyG collate in the hot path. From a
+memory-mapped store (``datasets.prepare``) only the batch's pages are read, and they are
+released every few thousand graphs, so a store larger than RAM trains in bounded memory. It is still a
 ``torch.utils.data.DataLoader`` (Fabric's ``setup_dataloaders`` accepts it); the batch
 sampler shuffles per epoch with the seed and shards by rank itself under DDP, so Fabric
 must be told ``use_distributed_sampler=False``.
@@ -75,6 +77,7 @@ def collate_indices(gs: GraphSet, idx: torch.Tensor | np.ndarray | list[int]):
                 edge_attr=take(gs.edge_attr, g.edges), y=gs.y[g.idx], node_y=take(gs.node_y, g.nodes).long(), batch=g.batch,
                 ptr=g.ptr)
     out._num_graphs = g.idx.numel()
+    gs.note_gathered(out._num_graphs)  # a memory-mapped store: the pages read are released as it goes
     return out
 
 
@@ -229,5 +232,7 @@ def gather_windows(gs, idx) -> WindowBatch:
     PyG ``Batch`` around them, labels left out."""
 
     g = gather_structure(gs, idx)
-    return WindowBatch(gs.x[g.nodes], gs.node_id[g.nodes], g.edge_index, gs.edge_attr[g.edges], g.batch, g.ptr,
-                       g.idx.numel())
+    out = WindowBatch(gs.x[g.nodes], gs.node_id[g.nodes], g.edge_index, gs.edge_attr[g.edges], g.batch, g.ptr,
+                      g.idx.numel())
+    gs.note_gathered(out.num_graphs)  # views stay valid after a release: the pages are read again from the file
+    return out

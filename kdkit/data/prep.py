@@ -29,9 +29,17 @@ from pathlib import Path
 
 import numpy as np
 
-from kdkit.data.graphs import EDGE_FEATURES, NODE_FEATURES, IdVocab, WindowStream, store_header, window_arrays, window_types
+from kdkit.data.graphs import (
+    EDGE_FEATURES,
+    NODE_FEATURES,
+    IdVocab,
+    WindowStream,
+    iter_window_arrays,
+    store_header,
+    window_types,
+)
 from kdkit.data.readers import CHUNK_ROWS, Messages
-from kdkit.data.store import StoreWriter, open_store
+from kdkit.data.store import ColumnFiles, StoreWriter, read_columns
 
 PART_COLUMNS = {
     "x": (np.float32, (len(NODE_FEATURES),)), "can_id": (np.int64, ()), "node_y": (np.uint8, ()),
@@ -40,23 +48,15 @@ PART_COLUMNS = {
     "share": (np.float64, ()), "row_type": (np.int64, ()), "start": (np.int64, ()),
 }
 
-SPLIT_COLUMNS = {
-    "x": (np.float32, (len(NODE_FEATURES),)), "node_id": (np.int64, ()), "can_id": (np.int64, ()),
-    "node_y": (np.uint8, ()), "edge_index.0": (np.int32, ()), "edge_index.1": (np.int32, ()),
-    "edge_attr": (np.float32, (len(EDGE_FEATURES),)), "node_ptr": (np.int64, ()), "edge_ptr": (np.int64, ()),
-    "y": (np.int64, ()), "attack_share": (np.float32, ()), "attack_type": (np.int64, ()), "file_index": (np.int64, ()),
-    "start": (np.int64, ()),
-}
-
 COPY_WINDOWS = 1 << 15  # windows copied from a part to a split at a time
 
 
 @dataclass
 class FilePart:
-    """One recording's windows in a part file, and what the later steps need of it."""
+    """One recording's windows in part files, and what the later steps need of it."""
 
     path: str
-    store: str
+    folder: str
     messages: int
     windows: int
     attack_type: str
@@ -75,6 +75,8 @@ def _id_ranges(ids: np.ndarray, window_of: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 def _merge_ranges(a: tuple[np.ndarray, ...], b: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+    if not a[0].size or np.array_equal(a[0], b[0]):  # the usual case: the same IDs chunk after chunk
+        return b if not a[0].size else (a[0], np.minimum(a[1], b[1]), np.maximum(a[2], b[2]))
     ids = np.concatenate([a[0], b[0]])
     u, inv = np.unique(ids, return_inverse=True)
     first = np.full(u.size, np.iinfo(np.int64).max)
@@ -84,11 +86,11 @@ def _merge_ranges(a: tuple[np.ndarray, ...], b: tuple[np.ndarray, ...]) -> tuple
     return u, first, last
 
 
-def build_part(chunks: Iterator[Messages], path: str, store: Path, window: int, stride: int,
+def build_part(chunks: Iterator[Messages], path: str, folder: Path, window: int, stride: int,
                vocab_source: str = "normal") -> FilePart:
-    """Stream one recording's chunks into a part file of all its windows (no vocabulary)."""
+    """Stream one recording's chunks into part files of all its windows (no vocabulary)."""
     stream = WindowStream(window, stride)
-    writer = StoreWriter(store, PART_COLUMNS)
+    cols = ColumnFiles(folder, PART_COLUMNS)
     ranges: tuple[np.ndarray, ...] = (np.zeros(0, np.int64),) * 3
     windows, last = 0, None
     try:
@@ -97,29 +99,32 @@ def build_part(chunks: Iterator[Messages], path: str, store: Path, window: int, 
             buf, local, starts = stream.feed(chunk)
             if not starts.size:
                 continue
-            arr = window_arrays(buf, local, window, normal_flags=True)
-            writer.append({"x": arr["x"], "can_id": arr["can_id"], "node_y": arr["node_y"],
-                           "node_normal": arr["node_normal"], "edge_index.0": arr["edge_index"][0],
-                           "edge_index.1": arr["edge_index"][1], "edge_attr": arr["edge_attr"], "nodes": arr["nodes"],
-                           "edges": arr["edges"], "share": arr["share"],
-                           "row_type": arr.get("row_type", np.zeros(starts.size, np.int64)), "start": starts})
-            window_of = np.repeat(np.arange(windows, windows + starts.size), arr["nodes"])
-            keep = arr["node_normal"] if vocab_source == "normal" else slice(None)
-            ranges = _merge_ranges(ranges, _id_ranges(arr["can_id"][keep], window_of[keep]))
-            windows += starts.size
+            done = 0
+            for arr in iter_window_arrays(buf, local, window, normal_flags=True):
+                g = arr["nodes"].size
+                cols.append({"x": arr["x"], "can_id": arr["can_id"], "node_y": arr["node_y"],
+                             "node_normal": arr["node_normal"], "edge_index.0": arr["edge_index"][0],
+                             "edge_index.1": arr["edge_index"][1], "edge_attr": arr["edge_attr"], "nodes": arr["nodes"],
+                             "edges": arr["edges"], "share": arr["share"],
+                             "row_type": arr.get("row_type", np.zeros(g, np.int64)), "start": starts[done:done + g]})
+                window_of = np.repeat(np.arange(windows, windows + g), arr["nodes"])
+                keep = arr["node_normal"] if vocab_source == "normal" else slice(None)
+                ranges = _merge_ranges(ranges, _id_ranges(arr["can_id"][keep], window_of[keep]))
+                windows += g
+                done += g
         if last is None:
             raise ValueError(f"{path}: the reader handed out no chunk")
-        writer.finish({"part": path})
+        cols.close()
     except BaseException:
-        writer.abort()
+        cols.remove()
         raise
-    return FilePart(path, str(store), stream.messages, windows, last.attack_type,
+    return FilePart(path, str(folder), stream.messages, windows, last.attack_type,
                     list(last.type_names) if last.row_type is not None else None, last.slice(0, 0), *ranges)
 
 
 def _part_job(job: tuple) -> FilePart:
-    reader, path, store, window, stride, vocab_source, chunk_rows = job
-    return build_part(reader(Path(path), chunk_rows), path, Path(store), window, stride, vocab_source)
+    reader, path, folder, window, stride, vocab_source, chunk_rows = job
+    return build_part(reader(Path(path), chunk_rows), path, Path(folder), window, stride, vocab_source)
 
 
 def build_parts(reader: Callable[[Path, int], Iterator[Messages]], paths: list[Path], folder: Path, window: int,
@@ -129,7 +134,7 @@ def build_parts(reader: Callable[[Path, int], Iterator[Messages]], paths: list[P
     yields a recording's chunks and must pickle for workers (a module-level function or a
     ``functools.partial`` of one). The first failing recording in ``paths`` order raises."""
     folder.mkdir(parents=True, exist_ok=True)
-    jobs = [(reader, str(p), str(folder / f"{i}.part"), window, stride, vocab_source, chunk_rows)
+    jobs = [(reader, str(p), str(folder / f"{i}"), window, stride, vocab_source, chunk_rows)
             for i, p in enumerate(paths)]
     parts: dict[str, FilePart] = {}
     if workers <= 1 or len(jobs) <= 1:
@@ -138,8 +143,11 @@ def build_parts(reader: Callable[[Path, int], Iterator[Messages]], paths: list[P
             if done:
                 done()
         return parts
-    # spawn, not fork: the parent may hold torch's and pyarrow's thread pools
-    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn")) as pool:
+    # not fork: the parent may hold torch's and pyarrow's thread pools. A fork server imports kdkit
+    # once (seconds) and forks every worker from that clean process, for this and later calls.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["kdkit.data.prep"])
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
         futures = [pool.submit(_part_job, job) for job in jobs]
         try:
             for job, fut in zip(jobs, futures):
@@ -196,25 +204,42 @@ def write_split(path: Path, selections: list[tuple[FilePart, list[tuple[int, int
     Returns:
         (file size, the split's statistics).
     """
-    writer = StoreWriter(path, SPLIT_COLUMNS)
+    pointers = {}
+    n_graphs = n_nodes = n_edges = 0
+    for part, ranges, _ in selections:  # the split's sizes, from the parts' per-window counts
+        if part.folder not in pointers:
+            cols = read_columns(part.folder).arrays
+            nptr, eptr = np.zeros(part.windows + 1, np.int64), np.zeros(part.windows + 1, np.int64)
+            np.cumsum(cols["nodes"], out=nptr[1:])
+            np.cumsum(cols["edges"], out=eptr[1:])
+            pointers[part.folder] = nptr, eptr
+        nptr, eptr = pointers[part.folder]
+        for w0, w1 in ranges:
+            n_graphs += max(w1 - w0, 0)
+            n_nodes += int(nptr[max(w1, w0)] - nptr[w0])
+            n_edges += int(eptr[max(w1, w0)] - eptr[w0])
+    F, E = len(NODE_FEATURES), len(EDGE_FEATURES)
+    writer = StoreWriter(path, {
+        "x": (np.float32, (n_nodes, F)), "node_id": (np.int64, (n_nodes,)), "can_id": (np.int64, (n_nodes,)),
+        "node_y": (np.uint8, (n_nodes,)), "edge_index": (np.int32, (2, n_edges)), "edge_attr": (np.float32, (n_edges, E)),
+        "node_ptr": (np.int64, (n_graphs + 1,)), "edge_ptr": (np.int64, (n_graphs + 1,)), "y": (np.int64, (n_graphs,)),
+        "attack_share": (np.float32, (n_graphs,)), "attack_type": (np.int64, (n_graphs,)),
+        "file_index": (np.int64, (n_graphs,)), "start": (np.int64, (n_graphs,))})
     types: list[str] = ["normal"]
     files: list[str] = []
     stats = SplitStats()
     n_off = e_off = 0
     try:
-        writer.append({**{k: np.zeros((0, *inner), dt) for k, (dt, inner) in SPLIT_COLUMNS.items()},
-                       "node_ptr": np.zeros(1, np.int64), "edge_ptr": np.zeros(1, np.int64)})
+        writer.write("node_ptr", np.zeros(1, np.int64))
+        writer.write("edge_ptr", np.zeros(1, np.int64))
         for part, ranges, messages in selections:
             stats.messages += messages
             if part.path not in files:
                 files.append(part.path)
             file_index = files.index(part.path)
-            mapping = open_store(part.store, verify=False)
+            mapping = read_columns(part.folder)
             a = mapping.arrays
-            nptr = np.zeros(part.windows + 1, np.int64)
-            np.cumsum(a["nodes"], out=nptr[1:])
-            eptr = np.zeros(part.windows + 1, np.int64)
-            np.cumsum(a["edges"], out=eptr[1:])
+            nptr, eptr = pointers[part.folder]
             y_sel = np.concatenate([(a["share"][w0:w1] > label_threshold) for w0, w1 in ranges] or [np.zeros(0, bool)])
             part_types, _ = window_types(part.attack_type, part.type_names, y_sel.astype(np.int64),
                                          np.zeros(y_sel.size, np.int64))
@@ -223,19 +248,20 @@ def write_split(path: Path, selections: list[tuple[FilePart, list[tuple[int, int
                 for c0 in range(w0, w1, COPY_WINDOWS):
                     c1 = min(w1, c0 + COPY_WINDOWS)
                     n0, n1, e0, e1 = nptr[c0], nptr[c1], eptr[c0], eptr[c1]
-                    can = np.array(a["can_id"][n0:n1])
+                    can = a["can_id"][n0:n1]
                     node_id = vocab.lookup(can)
                     y = (a["share"][c0:c1] > label_threshold).astype(np.int64)
-                    if part.type_names is not None:
-                        atype = remap[y * a["row_type"][c0:c1]]
-                    else:
-                        atype = remap[y * (len(part_types) - 1)]
-                    writer.append({"x": a["x"][n0:n1], "node_id": node_id, "can_id": can, "node_y": a["node_y"][n0:n1],
-                                   "edge_index.0": a["edge_index"][0, e0:e1], "edge_index.1": a["edge_index"][1, e0:e1],
-                                   "edge_attr": a["edge_attr"][e0:e1], "node_ptr": nptr[c0 + 1:c1 + 1] - n0 + n_off,
-                                   "edge_ptr": eptr[c0 + 1:c1 + 1] - e0 + e_off, "y": y,
-                                   "attack_share": a["share"][c0:c1].astype(np.float32), "attack_type": atype,
-                                   "file_index": np.full(c1 - c0, file_index, np.int64), "start": a["start"][c0:c1]})
+                    atype = remap[y * a["row_type"][c0:c1]] if part.type_names is not None else remap[y * (len(part_types) - 1)]
+                    for name, value in (("x", a["x"][n0:n1]), ("node_id", node_id), ("can_id", can),
+                                        ("node_y", a["node_y"][n0:n1]), ("edge_attr", a["edge_attr"][e0:e1]),
+                                        ("node_ptr", nptr[c0 + 1:c1 + 1] - n0 + n_off),
+                                        ("edge_ptr", eptr[c0 + 1:c1 + 1] - e0 + e_off), ("y", y),
+                                        ("attack_share", a["share"][c0:c1].astype(np.float32)), ("attack_type", atype),
+                                        ("file_index", np.full(c1 - c0, file_index, np.int64)),
+                                        ("start", a["start"][c0:c1])):
+                        writer.write(name, value)
+                    writer.write("edge_index", a["edge_index.0"][e0:e1], row=0)
+                    writer.write("edge_index", a["edge_index.1"][e0:e1], row=1)
                     n_off += int(n1 - n0)
                     e_off += int(e1 - e0)
                     stats.y.append(y)

@@ -578,22 +578,24 @@ class _CttStream:
     def _on_invalid(self, row: pacsv.InvalidRow) -> str:
         # never raise here: pyarrow would swallow the exception; collect, decide below
         note = _NON_ASCII_NOTE if row.number in self.non_ascii else ""
-        self.field_errors.append((row.number, f"expected 4 fields (timestamp,arbitration_id,data_field,attack), "
-                                              f"got {row.actual_columns}: {_text(row.text)}{note}"))
+        problem = (f"expected 4 fields (timestamp,arbitration_id,data_field,attack), "
+                   f"got {row.actual_columns}: {_text(row.text)}{note}")
+        self.field_errors.append((row.number, problem))
         return "skip"
 
     def __iter__(self) -> Iterator[Messages]:
-        on_invalid = self._on_invalid
-        handler = lambda row: on_invalid(row)  # noqa: E731  (a function object can carry the marker below)
+        def handler(row: pacsv.InvalidRow) -> str:  # a function object can carry the marker below
+            return self._on_invalid(row)
+
         handler._kdkit_row_handler = True  # type: ignore[attr-defined]
         quiet = _RowDecodeErrors()
-        options = dict(
-            read_options=pacsv.ReadOptions(use_threads=False, block_size=self.block_bytes, column_names=CTT_HEADER,
-                                           skip_rows=1),
-            parse_options=pacsv.ParseOptions(invalid_row_handler=handler, ignore_empty_lines=False),
+        options = {
+            "read_options": pacsv.ReadOptions(use_threads=False, block_size=self.block_bytes, column_names=CTT_HEADER,
+                                              skip_rows=1),
+            "parse_options": pacsv.ParseOptions(invalid_row_handler=handler, ignore_empty_lines=False),
             # binary, not string: the hex and number parsers below validate every byte anyway
-            convert_options=pacsv.ConvertOptions(column_types={c: pa.binary() for c in CTT_HEADER},
-                                                 strings_can_be_null=False, null_values=[], check_utf8=False))
+            "convert_options": pacsv.ConvertOptions(column_types={c: pa.binary() for c in CTT_HEADER},
+                                                    strings_can_be_null=False, null_values=[], check_utf8=False)}
         try:
             with quiet, (pa.BufferReader(self.raw) if self.raw is not None else
                          pa.input_stream(str(self.path), compression="gzip" if self.gz else None,

@@ -1,13 +1,14 @@
 """The graph store on disk: one file per split, written as a stream, read memory-mapped.
 
-A store file is ``KDKITGS\\0``, the header's length (8 bytes, little-endian), the header
+A store file is ``KDKITGS\\0``, the header's offset and length (8 bytes each, little-endian),
+every tensor's raw bytes from byte 64 on (each at a 64-byte aligned offset), then the header
 (JSON: format version, tensor dtypes, shapes and offsets, SHA-256 checksums, the split's
-``attack_types`` and ``files``, the caller's metadata) and then every tensor's raw bytes at
-a 64-byte aligned offset. Nothing in it needs the whole split in memory:
+``attack_types`` and ``files``, the caller's metadata), written last. Nothing in it needs the
+whole split in memory:
 
-- :class:`StoreWriter` appends graphs part by part (each tensor to its own spill file next to
-  the target), then writes the file once, hashing while it copies, and renames it into place
-  (a crash never leaves a partial store).
+- :class:`StoreWriter` fills a file of known tensor sizes piece by piece, hashing as it
+  writes, and renames it into place (a crash never leaves a partial store);
+  :class:`ColumnFiles` holds the columns of a recording whose size is not known yet.
 - :func:`open_store` verifies the checksums with plain reads (no page stays resident) and maps
   the file copy-on-write: tensors are views of the mapping, pages are read when a batch
   touches them, and :meth:`StoreMapping.release` hands them back to the page cache, so a
@@ -33,6 +34,7 @@ import numpy as np
 
 MAGIC = b"KDKITGS\0"
 ALIGN = 64
+DATA_START = 64  # after MAGIC, the header's offset and length
 HASH_BLOCK = 1 << 23  # 8 MiB, as graphs.store_checksums
 
 
@@ -73,118 +75,152 @@ def _digest_of_empty() -> str:
     return hashlib.sha256(hashlib.sha256(b"").digest()).hexdigest()
 
 
-@dataclass
-class _Column:
-    dtype: np.dtype
-    inner: tuple[int, ...]  # shape without the first (growing) dimension
-    rows: int = 0
-
-
-class StoreWriter:
-    """Append graph arrays to a store file in parts; :meth:`finish` writes it.
+class ColumnFiles:
+    """Columns appended part by part to raw files in a folder (no header, no checksum): the
+    scratch space of a streamed preparation, read back with :meth:`arrays`.
 
     Args:
-        path: the store file to write (replaced atomically).
-        columns: tensor name -> (dtype, shape without the first dimension). A name whose
-            shape is ``(2, ...)`` in the store is given as two columns ``name.0``, ``name.1``
-            (written one after the other: the ``[2, E]`` layout of ``edge_index``).
+        folder: created; :meth:`remove` deletes it.
+        columns: name -> (dtype, shape without the first, growing, dimension).
     """
 
-    def __init__(self, path: str | Path, columns: dict[str, tuple[np.dtype, tuple[int, ...]]]):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.spill = self.path.with_name(f"{self.path.name}.{os.getpid()}.{id(self)}.parts")
-        self.spill.mkdir()
-        self.columns = {name: _Column(np.dtype(dt), tuple(inner)) for name, (dt, inner) in columns.items()}
-        self.handles = {name: open(self.spill / name, "wb") for name in self.columns}
+    def __init__(self, folder: str | Path, columns: dict[str, tuple[np.dtype, tuple[int, ...]]]):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True)
+        self.columns = {name: (np.dtype(dt), tuple(inner)) for name, (dt, inner) in columns.items()}
+        self.rows = dict.fromkeys(self.columns, 0)
+        self.handles = {name: open(self.folder / name, "wb") for name in self.columns}  # noqa: SIM115  (closed in close)
 
     def append(self, arrays: dict[str, np.ndarray]) -> None:
         """Append rows to every column (all columns in each call)."""
         if set(arrays) != set(self.columns):
-            raise ValueError(f"StoreWriter.append needs exactly {sorted(self.columns)}, got {sorted(arrays)}")
+            raise ValueError(f"append needs exactly {sorted(self.columns)}, got {sorted(arrays)}")
         for name, arr in arrays.items():
-            col = self.columns[name]
-            arr = np.ascontiguousarray(arr, dtype=col.dtype)
-            if arr.shape[1:] != col.inner:
-                raise ValueError(f"column {name}: rows of shape {arr.shape[1:]}, expected {col.inner}")
+            dtype, inner = self.columns[name]
+            arr = np.ascontiguousarray(arr, dtype=dtype)
+            if arr.shape[1:] != inner:
+                raise ValueError(f"column {name}: rows of shape {arr.shape[1:]}, expected {inner}")
             if arr.size:
                 self.handles[name].write(memoryview(arr.reshape(-1)).cast("B"))
-            col.rows += arr.shape[0]
+            self.rows[name] += arr.shape[0]
+
+    def close(self) -> None:
+        """Close the files and record the columns' dtypes and lengths (for :func:`read_columns`)."""
+        for h in self.handles.values():
+            h.close()
+        (self.folder / "columns.json").write_text(json.dumps(
+            {name: {"dtype": dt.str, "shape": [self.rows[name], *inner]} for name, (dt, inner) in self.columns.items()}))
+
+    def remove(self) -> None:
+        for h in self.handles.values():
+            h.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def read_columns(folder: str | Path) -> StoreMapping:
+    """The columns a :class:`ColumnFiles` wrote, each file mapped copy-on-write."""
+    folder = Path(folder)
+    layout = json.loads((folder / "columns.json").read_text())
+    arrays, maps = {}, []
+    for name, t in layout.items():
+        dtype, shape = np.dtype(t["dtype"]), tuple(t["shape"])
+        if not shape[0]:
+            arrays[name] = np.zeros(shape, dtype)
+            continue
+        with open(folder / name, "rb") as f:
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        maps.append(mm)
+        arrays[name] = np.frombuffer(mm, dtype).reshape(shape)
+    return StoreMapping(folder, maps, arrays, {})
+
+
+class StoreWriter:
+    """A store file of known tensor sizes, filled tensor by tensor in sequential pieces, each
+    hashed as it is written; :meth:`finish` writes the header and renames the file into place.
+
+    Args:
+        path: the store file to write (replaced atomically).
+        layout: tensor name -> (dtype, full shape).
+    """
+
+    def __init__(self, path: str | Path, layout: dict[str, tuple[np.dtype, tuple[int, ...]]]):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.layout, offset = {}, 0
+        for name, (dt, shape) in layout.items():
+            dtype = np.dtype(dt)
+            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            self.layout[name] = {"dtype": dtype.str, "shape": [int(d) for d in shape], "offset": offset, "nbytes": nbytes}
+            offset += -(-nbytes // ALIGN) * ALIGN
+        self.size = offset
+        self.written: dict = dict.fromkeys(self.layout, 0)
+        self.rehash: set[str] = set()
+        self.hashers = {name: _BlockHasher() for name in self.layout}
+        self.tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.{id(self)}.tmp")
+        self.out = open(self.tmp, "w+b")  # noqa: SIM115  (closed in finish or abort)
+        self.data_start = DATA_START
+
+    def write(self, name: str, arr: np.ndarray, row: int | None = None) -> None:
+        """The next bytes of tensor ``name`` (its pieces in order), or with ``row`` the next
+        bytes of ``name[row]`` (a ``[2, E]`` tensor filled in both rows at once)."""
+        t = self.layout[name]
+        arr = np.ascontiguousarray(arr, dtype=np.dtype(t["dtype"]))
+        if not arr.size:
+            return
+        data = memoryview(arr.reshape(-1)).cast("B")
+        key = name if row is None else (name, row)
+        done = self.written.get(key, 0)
+        limit = t["nbytes"] if row is None else t["nbytes"] // t["shape"][0]
+        if done + data.nbytes > limit:
+            raise ValueError(f"tensor {name}{'' if row is None else f'[{row}]'}: more than its {limit} bytes written")
+        at = self.data_start + t["offset"] + (0 if row is None else row * limit) + done
+        os.pwrite(self.out.fileno(), data, at)
+        self.written[key] = done + data.nbytes
+        if row is None:
+            self.hashers[name].update(data)
+        else:  # hashed from the file at the end (the rows are written interleaved)
+            self.written[name] = self.written.get(name, 0) + data.nbytes
+            self.rehash.add(name)
 
     def finish(self, header: dict) -> int:
-        """Write the store file with ``header`` added to its JSON header; returns its size."""
-        for h in self.handles.values():
-            h.close()
-        tensors: dict[str, list[str]] = {}
-        for name in self.columns:
-            base = name.split(".")[0]
-            tensors.setdefault(base, []).append(name)
-        layout, offset = {}, 0
-        for base, parts in tensors.items():
-            col = self.columns[parts[0]]
-            shape = ([len(parts)] if len(parts) > 1 else []) + [col.rows, *col.inner]
-            nbytes = int(np.prod(shape, dtype=np.int64)) * col.dtype.itemsize
-            layout[base] = {"dtype": col.dtype.str, "shape": shape, "offset": offset, "nbytes": nbytes}
-            offset += -(-nbytes // ALIGN) * ALIGN
-        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        """Write the header (with ``header``'s entries) after the data and rename the file into
+        place; returns its size."""
         try:
-            checksums = {}
-            with open(tmp, "wb") as out:
-                head = _header_bytes({**header, "tensors": layout, "checksums": {b: "0" * 64 for b in tensors}})
-                data_start = _data_start(len(head))
-                out.seek(data_start)
-                for base, parts in tensors.items():
-                    out.seek(data_start + layout[base]["offset"])
-                    hasher = _BlockHasher()
-                    for name in parts:
-                        with open(self.spill / name, "rb") as src:
-                            while block := src.read(HASH_BLOCK):
-                                hasher.update(memoryview(block))
-                                out.write(block)
-                    checksums[base] = hasher.hexdigest() if layout[base]["nbytes"] else _digest_of_empty()
-                end = data_start + offset
-                out.truncate(end)
-                head = _header_bytes({**header, "tensors": layout, "checksums": checksums})
-                if _data_start(len(head)) != data_start:  # the checksums have a fixed length: never happens
-                    raise RuntimeError("store header changed size")
-                out.seek(0)
-                out.write(head)
-            tmp.replace(self.path)
+            short = [name for name, t in self.layout.items() if self.written[name] != t["nbytes"]]
+            if short:
+                raise ValueError(f"store {self.path}: tensors {short} not completely written")
+            self.out.flush()
+            for name in self.rehash:
+                t, hasher = self.layout[name], _BlockHasher()
+                for i in range(0, t["nbytes"], HASH_BLOCK):
+                    hasher.update(memoryview(os.pread(self.out.fileno(), min(HASH_BLOCK, t["nbytes"] - i),
+                                                      self.data_start + t["offset"] + i)))
+                self.hashers[name] = hasher
+            checksums = {name: self.hashers[name].hexdigest() if t["nbytes"] else _digest_of_empty()
+                         for name, t in self.layout.items()}
+            text = json.dumps({**header, "tensors": self.layout, "checksums": checksums}, sort_keys=True).encode()
+            at = DATA_START + self.size
+            os.pwrite(self.out.fileno(), MAGIC + at.to_bytes(8, "little") + len(text).to_bytes(8, "little"), 0)
+            os.pwrite(self.out.fileno(), text, at)
+            self.out.truncate(at + len(text))
+            self.out.close()
+            self.tmp.replace(self.path)
         finally:
-            tmp.unlink(missing_ok=True)
-            shutil.rmtree(self.spill, ignore_errors=True)
-        return end
+            self.abort()
+        return at + len(text)
 
     def abort(self) -> None:
-        """Drop the spill files (after an error)."""
-        for h in self.handles.values():
-            h.close()
-        shutil.rmtree(self.spill, ignore_errors=True)
-
-
-def _header_bytes(header: dict) -> bytes:
-    text = json.dumps(header, sort_keys=True).encode()
-    return MAGIC + len(text).to_bytes(8, "little") + text
-
-
-def _data_start(head_len: int) -> int:
-    return -(-head_len // ALIGN) * ALIGN
+        """Drop the unfinished file (after an error)."""
+        self.out.close()
+        self.tmp.unlink(missing_ok=True)
 
 
 def write_arrays(path: str | Path, arrays: dict[str, np.ndarray], header: dict) -> int:
     """A store file of arrays held in memory (``GraphSet.save``); returns its size."""
-    columns = {}
-    for name, arr in arrays.items():
-        if name == "edge_index":
-            columns.update({f"{name}.0": (arr.dtype, ()), f"{name}.1": (arr.dtype, ())})
-        else:
-            columns[name] = (arr.dtype, arr.shape[1:])
-    writer = StoreWriter(path, columns)
+    writer = StoreWriter(path, {name: (arr.dtype, arr.shape) for name, arr in arrays.items()})
     try:
-        parts = {k: v for k, v in arrays.items() if k != "edge_index"}
-        if "edge_index" in arrays:
-            parts.update({"edge_index.0": arrays["edge_index"][0], "edge_index.1": arrays["edge_index"][1]})
-        writer.append(parts)
+        for name, arr in arrays.items():
+            writer.write(name, arr)
     except BaseException:
         writer.abort()
         raise
@@ -193,17 +229,19 @@ def write_arrays(path: str | Path, arrays: dict[str, np.ndarray], header: dict) 
 
 @dataclass
 class StoreMapping:
-    """A store file mapped copy-on-write; the arrays are views of ``mm``."""
+    """A store file (or column files) mapped copy-on-write; the arrays are views of ``maps``."""
 
     path: Path
-    mm: mmap.mmap | None
+    maps: list[mmap.mmap]
     arrays: dict[str, np.ndarray]
     header: dict
 
     def release(self) -> None:
-        """Drop the mapped pages from this process (they stay in the page cache)."""
-        if self.mm is not None and hasattr(self.mm, "madvise"):
-            self.mm.madvise(mmap.MADV_DONTNEED)
+        """Drop the mapped pages from this process; they stay in the page cache, and the arrays
+        stay valid (a later read maps the file's pages again)."""
+        for mm in self.maps:
+            if hasattr(mm, "madvise"):
+                mm.madvise(mmap.MADV_DONTNEED)
 
 
 def read_header(path: str | Path) -> tuple[dict, int, int]:
@@ -212,14 +250,15 @@ def read_header(path: str | Path) -> tuple[dict, int, int]:
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
-            start = f.read(16)
+            start = f.read(24)
             if start[:8] != MAGIC:
                 if zipfile.is_zipfile(path):  # a torch.save store of kdkit <= format 7
                     raise GraphStoreError(path, "has format 7 or older (a torch file); delete it to rebuild")
                 raise GraphStoreError(path, "is unreadable (not a kdkit graph store)")
-            n = int.from_bytes(start[8:16], "little")
-            if n > size:
-                raise GraphStoreError(path, "is truncated (header)")
+            at, n = int.from_bytes(start[8:16], "little"), int.from_bytes(start[16:24], "little")
+            if at + n > size:
+                raise GraphStoreError(path, f"is truncated ({size} of {at + n} bytes)")
+            f.seek(at)
             header = json.loads(f.read(n))
     except FileNotFoundError as err:
         raise GraphStoreError(path, "is missing") from err
@@ -227,7 +266,9 @@ def read_header(path: str | Path) -> tuple[dict, int, int]:
         if isinstance(err, GraphStoreError):
             raise
         raise GraphStoreError(path, f"is unreadable ({type(err).__name__}: {str(err)[:200]})") from err
-    return header, _data_start(16 + n), size
+    if not isinstance(header, dict):
+        raise GraphStoreError(path, "is unreadable (its header is no JSON object)")
+    return header, DATA_START, size
 
 
 def verify_file(path: str | Path, header: dict, data_start: int) -> None:
@@ -283,10 +324,11 @@ def open_store(path: str | Path, mmap_file: bool = True, verify: bool = True) ->
     if verify:
         verify_file(path, header, data_start)
     arrays: dict[str, np.ndarray] = {}
-    mm = None
+    maps = []
     if mmap_file:
         with open(path, "rb") as f:
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        maps.append(mm)
         for name, t in layout.items():
             count = t["nbytes"] // np.dtype(t["dtype"]).itemsize
             arrays[name] = np.frombuffer(mm, np.dtype(t["dtype"]), count, data_start + t["offset"]).reshape(t["shape"])
@@ -297,4 +339,4 @@ def open_store(path: str | Path, mmap_file: bool = True, verify: bool = True) ->
                 arr = np.empty(t["shape"], np.dtype(t["dtype"]))
                 f.readinto(memoryview(arr).cast("B"))
                 arrays[name] = arr
-    return StoreMapping(path, mm, arrays, header)
+    return StoreMapping(path, maps, arrays, header)

@@ -1,0 +1,178 @@
+"""Peak memory and speed of ``kdkit data prepare`` on recordings of any size.
+
+    # a can-train-and-test CSV (.csv or .csv.gz) of N generated rows, written in slices
+    .venv/bin/python benchmarks/prep_memory.py make runs/big/train_02_with_attacks/DoS-big.csv.gz 30000000
+    # prepare a dataset folder once in a fresh process: one JSON line
+    .venv/bin/python benchmarks/prep_memory.py measure runs/big runs/big-cache [--workers N]
+    # the table of docs/PERFORMANCE.md "Preparation at any size": sizes x repeats, interleaved
+    .venv/bin/python benchmarks/prep_memory.py table --sizes 200000,2700000,30000000 --repeats 3 --out runs/prep_memory.json
+
+``measure`` reports the peak RSS (``ru_maxrss``, of the process and of any worker) above the
+RSS right after ``import kdkit.data``, the CPU seconds (process and workers) beside the wall
+seconds, and messages per CPU second; one torch thread. Generated data goes under ``runs/``
+(git-ignored) and ``table`` deletes it afterwards.
+
+The generated traffic: 40 IDs sent in a shuffled cycle (like periodic ECUs), 8 random payload
+bytes, a DoS interval (ID 0x000 every other message) in every 10th block of 100 k rows.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HEADER = b"timestamp,arbitration_id,data_field,attack\n"
+SLICE = 1 << 20  # rows generated at a time
+HEX = np.frombuffer(b"0123456789ABCDEF", np.uint8)
+
+
+def _digits(values: np.ndarray, width: int) -> np.ndarray:
+    """Decimal digits (ASCII) of non-negative integers, zero-padded to ``width``: [n, width]."""
+    out = np.empty((values.size, width), np.uint8)
+    v = values.astype(np.int64).copy()
+    for j in range(width - 1, -1, -1):
+        out[:, j] = 48 + v % 10
+        v //= 10
+    return out
+
+
+def rows_text(first: int, n: int, rng: np.random.Generator) -> bytes:
+    """``n`` CSV rows starting at row ``first`` (fixed width: 41 bytes a row)."""
+    i = np.arange(first, first + n, dtype=np.int64)
+    us = 1_500_000_000_000_000 + i * 500 + rng.integers(0, 100, n)  # ~2000 messages a second
+    pool = np.arange(0x100, 0x100 + 40 * 0x11, 0x11)
+    ids = pool[(i + (i // 40) * 7) % 40]
+    attack = ((i // 100_000) % 10 == 9) & (i % 2 == 0)
+    ids = np.where(attack, 0, ids)
+    payload = rng.integers(0, 256, (n, 8), dtype=np.uint8)
+    text = np.empty((n, 41), np.uint8)
+    text[:, 0:10] = _digits(us // 1_000_000, 10)
+    text[:, 10] = ord(".")
+    text[:, 11:17] = _digits(us % 1_000_000, 6)
+    text[:, 17] = ord(",")
+    text[:, 18:21] = HEX[np.stack([(ids >> 8) & 15, (ids >> 4) & 15, ids & 15], axis=1)]
+    text[:, 21] = ord(",")
+    text[:, 22:38:2] = HEX[payload >> 4]
+    text[:, 23:38:2] = HEX[payload & 15]
+    text[:, 38] = ord(",")
+    text[:, 39] = 48 + attack
+    text[:, 40] = ord("\n")
+    return text.tobytes()
+
+
+def make(path: Path, rows: int, seed: int = 0) -> Path:
+    """Write a generated can-train-and-test CSV of ``rows`` rows (gzip when ``path`` ends in .gz)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    with (gzip.open(path, "wb", compresslevel=1) if path.suffix == ".gz" else open(path, "wb")) as out:
+        out.write(HEADER)
+        for a in range(0, rows, SLICE):
+            out.write(rows_text(a, min(SLICE, rows - a), rng))
+    return path
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
+def measure(dataset: str, cache: str, workers: int = 1) -> dict:
+    """Prepare ``dataset`` once (rebuild) in this process; the figures as a dict."""
+    import torch
+
+    torch.set_num_threads(1)
+    import kdkit.data  # noqa: F401  (the imports are the baseline)
+    from kdkit.data.datasets import prepare
+
+    base = _rss_mib()
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    ch0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    d = prepare(dataset, cache_dir=cache, rebuild=True, workers=workers)
+    wall = time.perf_counter() - wall0
+    ch = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = time.process_time() - cpu0 + (ch.ru_utime + ch.ru_stime) - (ch0.ru_utime + ch0.ru_stime)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    child_peak = ch.ru_maxrss / 1024
+    messages = d.info["messages_read"]
+    store_bytes = sum(p.stat().st_size for p in d.cache_dir.glob("*.store"))
+    return {"dataset": dataset, "workers": workers, "messages": messages, "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
+            "msg_per_cpu_s": round(messages / cpu), "msg_per_wall_s": round(messages / wall),
+            "rss_after_imports_mib": round(base, 1), "peak_rss_mib": round(peak, 1),
+            "peak_above_imports_mib": round(max(peak, child_peak) - base, 1), "worker_peak_rss_mib": round(child_peak, 1),
+            "store_bytes": store_bytes}
+
+
+def _layout(root: Path, rows: int) -> Path:
+    """A dataset folder with one generated training recording (and no test scenario)."""
+    make(root / "train_02_with_attacks" / "DoS-generated.csv.gz", rows)
+    return root
+
+
+def table(sizes: list[int], repeats: int, work: Path, workers: int = 1) -> list[dict]:
+    """Every size prepared ``repeats`` times, interleaved (size after size, round after round),
+    each in a fresh process; min/median/max per size."""
+    runs: dict[int, list[dict]] = {s: [] for s in sizes}
+    try:
+        roots = {s: _layout(work / f"gen-{s}", s) for s in sizes}
+        for _ in range(repeats):
+            for s in sizes:
+                out = subprocess.run([sys.executable, __file__, "measure", str(roots[s]), str(work / f"cache-{s}"),
+                                      "--workers", str(workers)], check=True, capture_output=True, text=True)
+                runs[s].append(json.loads(out.stdout.strip().splitlines()[-1]))
+                print(json.dumps(runs[s][-1]), flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    summary = []
+    for s, rs in runs.items():
+        row = {"messages": s, "runs": len(rs), "store_bytes": rs[0]["store_bytes"] if rs else None}
+        for key in ("peak_above_imports_mib", "cpu_s", "wall_s", "msg_per_cpu_s", "msg_per_wall_s"):
+            vals = [r[key] for r in rs]
+            row[key] = {"min": min(vals), "median": statistics.median(vals), "max": max(vals)}
+        summary.append(row)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("make", help="write a generated CSV")
+    m.add_argument("path", type=Path)
+    m.add_argument("rows", type=int)
+    m.add_argument("--seed", type=int, default=0)
+    r = sub.add_parser("measure", help="prepare a dataset folder once; one JSON line")
+    r.add_argument("dataset")
+    r.add_argument("cache")
+    r.add_argument("--workers", type=int, default=1)
+    t = sub.add_parser("table", help="sizes x repeats, interleaved, generated under runs/ and deleted")
+    t.add_argument("--sizes", default="200000,2700000,30000000")
+    t.add_argument("--repeats", type=int, default=3)
+    t.add_argument("--work", type=Path, default=Path("runs/prep_memory"))
+    t.add_argument("--workers", type=int, default=1)
+    t.add_argument("--out", type=Path, default=None, help="also write the summary JSON here")
+    args = p.parse_args(argv)
+    if args.cmd == "make":
+        make(args.path, args.rows, args.seed)
+    elif args.cmd == "measure":
+        print(json.dumps(measure(args.dataset, args.cache, args.workers)))
+    else:
+        summary = table([int(s) for s in args.sizes.split(",")], args.repeats, args.work, args.workers)
+        text = json.dumps({"machine": os.uname().nodename, "cores": os.cpu_count(), "summary": summary}, indent=1)
+        print(text)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
