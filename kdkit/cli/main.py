@@ -4,6 +4,7 @@
     kdkit train ... | evaluate ... | batch-size ... | demo   (kdkit/cli/train.py)
     kdkit bench preprocess|train|infer ...                   (kdkit/cli/bench.py)
     kdkit slurm status|wait|cancel|logs|submit-notebook      (kdkit/cli/slurm.py)
+    kdkit sweep --notebook NB --grid G | status|wait|...     (kdkit/cli/sweep.py)
     kdkit report RUN_DIR [--html]                            (kdkit/cli/report.py)
     kdkit export --checkpoint best.pt                        (kdkit/cli/export.py)
 
@@ -30,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("kdkit.cli.train", "the whole story on built-in synthetic traffic"),
     "bench": ("kdkit.cli.bench", "benchmarks that print JSON"),
     "slurm": ("kdkit.cli.slurm", "submit and follow SLURM jobs"),
+    "sweep": ("kdkit.cli.sweep", "grids of notebook runs: one SLURM job array or a local pool; status, retry"),
     "report": ("kdkit.cli.report", "summarise a run folder, or write a self-contained HTML report"),
     "export": ("kdkit.cli.export", "ahead-of-time compile a GAT checkpoint for deployment (.pt2)"),
     "calibrate": ("kdkit.cli.calibrate", "re-set a checkpoint's threshold from a new car's attack-free recordings"),

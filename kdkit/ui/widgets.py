@@ -7,8 +7,10 @@ The panel builds a :class:`~kdkit.config.TrainConfig` with :func:`~kdkit.config.
 from its controls (``p.config()``) and hands it to :func:`kdkit.workflows.train`, the function
 ``kdkit train`` runs, in a background thread: the kernel stays responsive while the
 progress bar and the loss plot update after every epoch. "Submit to SLURM" calls the
-orchestrator ``kdkit train --use-slurm`` calls. Nothing waits for a click: a notebook
-executed by papermill or nbval shows the panel and runs on.
+orchestrator ``kdkit train --use-slurm`` calls. "Run sweep" runs a notebook over a grid (and
+seeds) with the panel's settings as its fixed parameters, as ``kdkit sweep`` does: locally in a
+pool, or as one SLURM job array. Nothing waits for a click: a notebook executed by papermill or
+nbval shows the panel and runs on.
 
 The controls come from the run schema: every :class:`~kdkit.config.TrainConfig` field
 declared with ``panel=True`` gets one (its kind from the field's type, choices and range,
@@ -33,10 +35,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from kdkit.cluster import sweep
 from kdkit.cluster.orchestrator import FabricSlurmTrainingOrchestrator, load_presets
 from kdkit.config import KD, FieldSpec, TrainConfig, format_value, make_config, parse_config_json, schema
 from kdkit.data.datasets import dataset_name
 from kdkit.workflows.batch_size import optimize_config_batch_size
+from kdkit.workflows.notebooks import NOTEBOOK_DIR, notebook_parameters
 from kdkit.workflows.run import train
 
 PRECISION_ALIASES = {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed"}  # what choose_precision normalises
@@ -118,6 +122,8 @@ class TrainPanel:
         history: the epoch records of the running or last run (train_loss, val_loss, ...).
         error: the exception of the last background job, None when it succeeded.
         job_id: the last SLURM job submitted from the panel.
+        sweep_dir: the folder of the last sweep started from the panel.
+        sweep_results: the collected results of the last local sweep (``kdkit.cluster.sweep.collect``).
     """
 
     def __init__(self, slurm_preset: str = "cpu", schema: type = TrainConfig, **defaults: Any):
@@ -142,6 +148,18 @@ class TrainPanel:
         self.slurm_account = w.Text(description="Account", placeholder="cluster default", style=style)
         self.slurm_time = w.Text(description="Time limit", placeholder="preset's (HH:MM:SS)", style=style)
 
+        self.sweep_notebook = w.Text(value=str(NOTEBOOK_DIR / "student.ipynb"), description="Notebook",
+                                     style=style, layout=w.Layout(width="560px"))
+        self.sweep_grid = w.Textarea(description="Grid (JSON)", placeholder='{"kd_temperature": [2, 4], "kd_alpha": [0.5, 0.9]}',
+                                     style=style, layout=w.Layout(width="560px", height="60px"))
+        self.sweep_seeds = w.Text(description="Seeds", placeholder="e.g. 0,1,2 (empty: the notebook's seed)", style=style)
+        self.sweep_parallel = w.BoundedIntText(value=min(2, sweep.local_cores()), min=1, max=10_000,
+                                               description="At once", style=style,
+                                               tooltip="tasks running at once (here: at most the cores; SLURM: %K)")
+        self.sweep_slurm = w.Checkbox(value=False, indent=False, description="as a SLURM job array (SLURM resources)")
+        self.sweep_button = w.Button(description="Run sweep", icon="th",
+                                     tooltip="one notebook run per grid point x seed, with the panel's settings")
+
         self.train_button = w.Button(description="Train", button_style="primary", icon="play")
         self.slurm_button = w.Button(description="Submit to SLURM", icon="server", layout=w.Layout(width="170px"))
         self.stop_button = w.Button(description="Stop", icon="stop", disabled=True,
@@ -159,6 +177,8 @@ class TrainPanel:
         self.history: list[dict] = []
         self.error: BaseException | None = None
         self.job_id: str | None = None
+        self.sweep_dir: Path | None = None
+        self.sweep_results: dict | None = None
         self._log: list[str] = []
         self._thread: threading.Thread | None = None
 
@@ -167,6 +187,7 @@ class TrainPanel:
         self.train_button.on_click(lambda _b: self._clicked(self.train))
         self.optimize_button.on_click(lambda _b: self._clicked(self.optimize_batch_size))
         self.slurm_button.on_click(lambda _b: self._clicked(self.submit_slurm))
+        self.sweep_button.on_click(lambda _b: self._clicked(self.run_sweep))
         self.stop_button.on_click(lambda _b: self.stop())
         self._on_type({"new": self.type.value})
         self._draw()
@@ -179,7 +200,10 @@ class TrainPanel:
             column = "student" if spec.group in STUDENT_ONLY_GROUPS or spec.name in STUDENT_ONLY_KEYS else "run"
             groups.setdefault(column, []).append(control)
         slurm = w.VBox([self.slurm_preset, self.slurm_partition, self.slurm_account, self.slurm_time])
-        options = w.Accordion(children=[self.extra, slurm], titles=("Extra config (JSON)", "SLURM resources"))
+        sweep_box = w.VBox([self.sweep_notebook, self.sweep_grid, w.HBox([self.sweep_seeds, self.sweep_parallel]),
+                            self.sweep_slurm, self.sweep_button])
+        options = w.Accordion(children=[self.extra, slurm, sweep_box],
+                              titles=("Extra config (JSON)", "SLURM resources", "Sweep (a grid of notebook runs)"))
         self.root = w.VBox([
             w.HTML("<b>kdkit: train a CAN intrusion detector</b>"),
             w.HBox([w.VBox(groups.get("run", [])), w.VBox(groups.get("student", []))]),
@@ -292,8 +316,78 @@ class TrainPanel:
         self._say(f"submitted SLURM job {self.job_id}; run dir {run_dir}; follow it: kdkit slurm wait {self.job_id}")
         return self.job_id
 
+    def sweep_parameters(self, notebook: str | Path, grid: dict, seeds: list[int] | None = None) -> dict[str, Any]:
+        """The panel's settings the notebook declares as parameters (``teacher`` as ``teacher_checkpoint``),
+        without the grid's keys: every sweep task's fixed parameters."""
+        declared = notebook_parameters(notebook)
+        out = {}
+        for key, value in self.overrides().items():
+            name = "teacher_checkpoint" if key == "teacher" else key
+            if name in declared and name not in grid and name != "run_dir" and value is not None \
+                    and not (name == "seed" and seeds):
+                out[name] = value
+        return out
+
+    def run_sweep(self, blocking: bool = False) -> threading.Thread | dict | str:
+        """Runs the notebook over the sweep grid with the panel's settings, like ``kdkit sweep``.
+
+        Locally the pool runs in the background (the progress bar counts tasks); with "as a
+        SLURM job array" the sweep is submitted with the panel's SLURM resources.
+
+        Args:
+            blocking: wait for a local sweep and return its results. Default False.
+
+        Returns:
+            The background thread (or the results when blocking); the array's job ID on SLURM.
+        """
+        text = self.sweep_grid.value.strip()
+        try:
+            grid = json.loads(text) if text else None
+        except json.JSONDecodeError as err:
+            raise ValueError(f"Sweep grid is not valid JSON ({err}); e.g. {{\"kd_alpha\": [0.5, 0.9]}}") from None
+        if grid is None:
+            raise ValueError('Sweep grid is empty: give notebook parameters and their values, e.g. {"kd_alpha": [0.5, 0.9]}')
+        seeds = sweep.parse_seeds(self.sweep_seeds.value) if self.sweep_seeds.value.strip() else None
+        notebook = Path(self.sweep_notebook.value.strip())
+        spec = sweep.plan(notebook, grid, seeds, parameters=self.sweep_parameters(notebook, grid, seeds),
+                          sweeps_dir=Path(self.config().runs_dir) / "sweeps")
+        k = self.sweep_parallel.value
+        if self.sweep_slurm.value:
+            resources = {k_: getattr(self, f"slurm_{k_}").value.strip() for k_ in ("partition", "account", "time")}
+            resources = {k_: v for k_, v in resources.items() if v}
+            orch = FabricSlurmTrainingOrchestrator(runs_dir=Path(spec["sweeps_dir"]) / spec["name"],
+                                                   preset=self.slurm_preset.value, schema=self.schema)
+            orch._resources(resources)                  # a bad resource is refused before anything is written
+            self.sweep_dir = sweep.create(spec)
+            self.job_id = sweep.submit(self.sweep_dir, orch, max_parallel=k, **resources)
+            self._say(f"submitted sweep {spec['name']} ({len(spec['tasks'])} tasks) as job array {self.job_id}; "
+                      f"follow it: kdkit sweep status {self.sweep_dir}")
+            return self.job_id
+        if self._thread is not None and self._thread.is_alive():     # before the sweep's folder is written
+            raise RuntimeError("the panel is still busy with the previous job; wait for it to finish")
+        self.sweep_dir = sweep.create(spec)
+        total = len(spec["tasks"])
+        self.progress.max, self.progress.value, self.progress.bar_style = total, 0, ""
+        self.progress.description = f"Tasks 0/{total}"
+
+        def task_ended(index: int, state: str) -> None:
+            self.progress.value += 1
+            self.progress.description = f"Tasks {self.progress.value}/{total}"
+            self._say(f"sweep task {index}: {state}")
+
+        def job():
+            self._say(f"sweep {spec['name']}: {total} run(s) of {notebook.name}, {k} at a time, in {self.sweep_dir}")
+            self.sweep_results = sweep.run_local(self.sweep_dir, max_parallel=k, on_task_end=task_ended)
+            failed = [r["task"] for r in self.sweep_results["rows"] if r["state"] != "COMPLETED"]
+            self.progress.bar_style = "warning" if failed else "success"
+            self._say(f"sweep done: {total - len(failed)}/{total} completed; table {self.sweep_dir / 'results.csv'}"
+                      + (f"; not completed: tasks {failed} (kdkit sweep retry-failed {self.sweep_dir})" if failed else ""))
+            return self.sweep_results
+
+        return self._run(job, blocking, self.sweep_button)
+
     def wait(self, timeout: float | None = None) -> None:
-        """Waits for the running background job (training or batch search)."""
+        """Waits for the running background job (training, batch search or a local sweep)."""
         if self._thread is not None:
             self._thread.join(timeout)
 
