@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import subprocess
 from pathlib import Path
@@ -353,8 +354,11 @@ def _run_script_with_stubs(script: str, cwd: Path) -> list[list[str]]:
     by stubs that record their arguments; returns the recorded argument lists."""
     stubs = ('rec() { python3 -c \'import json,sys; print(json.dumps(sys.argv[1:]))\' "$@" >> calls.jsonl; }\n'
              'srun() { rec srun "$@"; }; papermill() { rec papermill "$@"; }; module() { rec module "$@"; }\n'
-             'source() { rec source "$@"; }; conda() { echo /nonexistent; }\n')
-    body = script.split("\n", 1)[1]
+             'source() { rec source "$@"; }; conda() { echo /nonexistent; }\n'
+             'requeue_stub() { rec requeue "$1"; shift; "$@"; }\n')
+    # the last line execs the requeue wrapper (a program: shell stubs cannot stand in for it)
+    body = re.sub(r"exec python -m kdkit\.cluster\.requeue --max-requeues (\d+) --", r"requeue_stub \1",
+                  script.split("\n", 1)[1])
     (cwd / "job.sh").write_text("#!/bin/bash\n" + stubs + body)
     proc = subprocess.run(["bash", "job.sh"], cwd=cwd, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
@@ -371,7 +375,8 @@ def test_notebook_parameters_reach_papermill_verbatim(tmp_path):
     calls = _run_script_with_stubs(script, tmp_path)
     assert not (tmp_path / "PWNED").exists()
     assert calls[0] == ["source", str(tmp_path / "my venv $(touch PWNED)" / "bin" / "activate")]
-    argv = calls[1]
+    assert calls[1] == ["requeue", "3"]  # the command runs under kdkit.cluster.requeue --max-requeues 3
+    argv = calls[2]
     assert argv[:3] == ["papermill", str(NOTEBOOK), str(tmp_path / "runs" / "evil" / "params.ipynb")]
     params = yaml.safe_load(argv[argv.index("--parameters_yaml") + 1])     # what papermill will read
     assert params == {"note": EVIL[0], "tags": EVIL, "learning_rate": 1e-05,
@@ -386,10 +391,12 @@ def test_training_config_reaches_kdkit_train_verbatim(tmp_path):
     calls = _run_script_with_stubs(script, tmp_path)
     assert not (tmp_path / "PWNED").exists()
     assert calls[0] == ["module", "load", "cuda/12.1"]
-    assert calls[1] == ["srun", "--kill-on-bad-exit=1", "kdkit", "train", "--model", "gat", "--dataset", "hcrl_sa",
+    assert calls[1] == ["requeue", "3"]
+    assert calls[2] == ["srun", "--kill-on-bad-exit=1", "kdkit", "train", "--model", "gat", "--dataset", "hcrl_sa",
                         "--type", "student", "--teacher", str(tmp_path / "t $(x)/best.pt"), "--epochs", "3",
                         "--data-root", config["data_root"], "--learning-rate", "0.5", "--run-name", "r1",
-                        "--runs-dir", str(tmp_path / "runs"), "--devices", "1", "--num-nodes", "1"]
+                        "--runs-dir", str(tmp_path / "runs"), "--devices", "1", "--num-nodes", "1",
+                        "--resume", "auto"]
 
 
 @pytest.mark.parametrize("params, message", [
@@ -491,3 +498,62 @@ def test_pipeline_run_name_names_both_runs(orch, fake, tmp_path):
     orch.submit_pipeline("synthetic", run_name="exp1")
     assert sorted(r["name"] for r in orch.registry.load().values()) == ["exp1_student", "exp1_teacher"]
     assert f"--teacher {tmp_path}/runs/exp1_teacher/checkpoints/best.pt" in fake.scripts["102"]
+
+
+# ---------------------------------------------------------------------- surviving the cluster
+def test_jobs_ask_for_the_time_limit_warning_and_requeue(orch):
+    script = orch.submit_gat_training("synthetic", "teacher", run_name="g", dry_run=True)
+    assert "#SBATCH --signal=B:USR1@120\n#SBATCH --requeue\n" in script
+    assert "exec python -m kdkit.cluster.requeue --max-requeues 3 -- \\\n    srun" in script
+    assert script.rstrip().endswith("--resume auto")
+    script = orch.submit_gat_training("synthetic", "teacher", run_name="g", dry_run=True, signal_grace=300,
+                                      max_requeues=0)
+    assert "#SBATCH --signal=B:USR1@300\n" in script and "--max-requeues 0 --" in script
+    script = orch.submit_notebook(NOTEBOOK, {}, run_name="nb", dry_run=True, signal_grace=0)
+    assert "--signal" not in script and "#SBATCH --requeue\n" in script  # 0: no warning signal
+    assert "exec python -m kdkit.cluster.requeue --max-requeues 3 -- \\\n    papermill" in script
+    for bad in ({"signal_grace": -1}, {"max_requeues": "3; id"}, {"signal_grace": True}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            orch.submit_gat_training("synthetic", "teacher", run_name="g", dry_run=True, **bad)
+
+
+def test_presets_set_signal_grace_and_max_requeues(tmp_path, monkeypatch):
+    (tmp_path / "presets.ini").write_text("[long]\ntime = 2-00:00:00\nsignal_grace = 900\nmax_requeues = 10\n"
+                                          "[bad]\nsignal_grace = soon\n")
+    monkeypatch.setenv("KDKIT_SLURM_TEMPLATES", str(tmp_path))
+    with pytest.raises(ValueError, match=r"presets.ini \[bad\]: .*signal_grace"):
+        load_presets()
+    (tmp_path / "presets.ini").write_text("[long]\ntime = 2-00:00:00\nsignal_grace = 900\nmax_requeues = 10\n")
+    script = FabricSlurmTrainingOrchestrator(tmp_path / "runs", preset="long", venv=None).submit_gat_training(
+        "synthetic", "teacher", run_name="g", dry_run=True)
+    assert "#SBATCH --signal=B:USR1@900\n" in script and "--max-requeues 10 --" in script
+
+
+@pytest.mark.parametrize("state, exit_code, ok", [
+    ("TIMEOUT", "0:15", True), ("PREEMPTED", "0:0", True), ("NODE_FAIL", "0:0", True),
+    ("FAILED", "85:0", True),   # stopped with a checkpoint after its last requeue
+    ("FAILED", "1:0", False), ("COMPLETED", "0:0", False), ("CANCELLED", "0:15", False)])
+def test_resubmit_resumes_only_stopped_jobs(orch, fake, state, exit_code, ok):
+    job = orch.submit_gat_training("synthetic", "teacher", run_name="r")
+    fake.states[job], fake.exit_codes[job] = [state], exit_code
+    if not ok:
+        with pytest.raises(ValueError, match=rf"job {job} is {state} \(exit code {exit_code}\): only a job that ended "
+                                             r"NODE_FAIL, PREEMPTED, TIMEOUT, or FAILED with exit code 85:0"):
+            orch.resubmit(job)
+        assert [c[0] for c in fake.calls].count("sbatch") == 1
+        return
+    new = orch.resubmit(job)
+    assert fake.calls[-1] == ["sbatch", "--parsable", "--export=ALL,KDKIT_RESUME=auto",
+                              str(orch.runs_dir / "r" / "job.sbatch")]
+    jobs = orch.registry.load()
+    assert jobs[new]["resubmitted_from"] == job and jobs[job]["resubmitted_as"] == new
+    assert jobs[new]["run_dir"] == jobs[job]["run_dir"] and jobs[new]["log"].endswith(f"slurm-{new}.out")
+    assert jobs[new]["state"] == "PENDING"
+
+
+def test_resubmit_refuses_array_tasks_and_foreign_jobs(orch, fake):
+    with pytest.raises(ValueError, match="array task: `kdkit sweep retry-failed"):
+        orch.resubmit("12_3")
+    fake.states["77"], fake.exit_codes["77"] = ["TIMEOUT"], "0:0"
+    with pytest.raises(FileNotFoundError, match="job 77: no job.sbatch in its run folder"):
+        orch.resubmit("77")

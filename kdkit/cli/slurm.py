@@ -4,10 +4,12 @@
     kdkit slurm wait 123 [--timeout 3600] [--poll 10]
     kdkit slurm logs 123 [--tail 50]
     kdkit slurm cancel 123
+    kdkit slurm resubmit 123         # a PREEMPTED/TIMEOUT/NODE_FAIL job again, resuming its last.pt
     kdkit slurm submit-notebook notebooks/teacher.ipynb -p dataset hcrl_ch -p epochs 5 \\
         [--preset cpu] [--partition P] [--account A] [--time 01:00:00] [--dry-run]
     kdkit train --model gat --dataset hcrl_ch --type teacher --use-slurm \\
         [--slurm-preset v100 --partition gpu --account X --time 04:00:00 --dry-run]
+        [--signal-grace 300 --max-requeues 5]    # USR1 5 min before the time limit; requeue up to 5 times
 
 Every sub-command's ``func`` returns the process exit status: 0 when the job (or the
 request) succeeded, 1 when Slurm refused, did not answer (squeue/scontrol/sacct/scancel
@@ -24,7 +26,7 @@ import sys
 
 from kdkit.cluster.orchestrator import FabricSlurmTrainingOrchestrator, SlurmError, SlurmUnavailable, load_presets
 
-_RESOURCE_FLAGS = ("partition", "account", "qos", "time", "gpus", "mem")
+_RESOURCE_FLAGS = ("partition", "account", "qos", "time", "gpus", "mem", "signal_grace", "max_requeues")
 
 
 def format_job(info: dict) -> str:
@@ -53,6 +55,11 @@ def _add_resource_flags(parser: argparse.ArgumentParser, preset_flag: str) -> No
     parser.add_argument("--time", help="time limit, e.g. 04:00:00 (default: the preset's)")
     parser.add_argument("--gpus", type=int, help="GPUs per node (default: the preset's)")
     parser.add_argument("--mem", help="memory per node, e.g. 32G (default: the preset's)")
+    parser.add_argument("--signal-grace", type=int, metavar="SECONDS",
+                        help="SLURM warns the job (USR1) this long before its time limit; the run saves last.pt and "
+                             "the job requeues itself (default 120; 0: no warning)")
+    parser.add_argument("--max-requeues", type=int, metavar="N",
+                        help="requeue a job stopped by its time limit or preemption at most N times (default 3)")
     parser.add_argument("--dry-run", action="store_true", help="print the sbatch script, do not submit")
 
 
@@ -129,6 +136,12 @@ def _cmd_cancel(args) -> int:
     return 0
 
 
+def _cmd_resubmit(args) -> int:
+    new = _orchestrator(args).resubmit(args.job)
+    print(f"resubmitted job {args.job} as {new}: it resumes from its run folder's last.pt")
+    return 0
+
+
 def _cmd_logs(args) -> int:
     print(_orchestrator(args).logs(args.job, tail=args.tail))
     return 0
@@ -166,7 +179,7 @@ def _errors_to_status(func):
 
 
 def register(subparsers) -> None:
-    """Adds the ``slurm`` sub-command (status, wait, cancel, logs, submit-notebook)."""
+    """Adds the ``slurm`` sub-command (status, wait, cancel, resubmit, logs, submit-notebook)."""
     slurm = subparsers.add_parser("slurm", help="submit and follow SLURM jobs")
     slurm.add_argument("--runs-dir", default="runs", help="run dirs and slurm_jobs.json (default runs)")
     sub = slurm.add_subparsers(dest="slurm_command", required=True)
@@ -182,6 +195,9 @@ def register(subparsers) -> None:
     p = sub.add_parser("cancel", help="cancel a job")
     p.add_argument("job", help="job ID")
     p.set_defaults(func=_errors_to_status(_cmd_cancel))
+    p = sub.add_parser("resubmit", help="submit a PREEMPTED, TIMEOUT or NODE_FAIL job again, resuming its last.pt")
+    p.add_argument("job", help="job ID")
+    p.set_defaults(func=_errors_to_status(_cmd_resubmit))
     p = sub.add_parser("logs", help="the end of a job's log")
     p.add_argument("job", help="job ID")
     p.add_argument("--tail", type=int, default=50, help="lines (default 50)")

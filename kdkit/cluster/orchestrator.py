@@ -6,6 +6,7 @@ Commands (see kdkit/cli/slurm.py)::
     kdkit slurm submit-notebook notebooks/teacher.ipynb -p dataset hcrl_ch --preset cpu
     kdkit slurm status | kdkit slurm wait 123 | kdkit slurm logs 123 --tail 100
     kdkit slurm cancel 123
+    kdkit slurm resubmit 123             # a PREEMPTED/TIMEOUT/NODE_FAIL job again, resuming its last.pt
 
 Python::
 
@@ -21,6 +22,13 @@ survives restarts. Scripts come from ``slurm_templates/`` at the repo top (overr
 the directory with ``KDKIT_SLURM_TEMPLATES``); rendering and value checks live in
 kdkit/cluster/sbatch.py. A local test cluster:
 ``.ci/slurm-cluster.sh start``.
+
+Every job asks SLURM for USR1 ``signal_grace`` seconds (default 120) before its time limit and
+runs its command under :mod:`kdkit.cluster.requeue`: the run saves ``last.pt`` at its current step
+and the job requeues itself (at most ``max_requeues`` times, default 3); training jobs pass
+``--resume auto``, so the requeued job continues where it stopped (docs/PREEMPTION.md).
+:meth:`~FabricSlurmTrainingOrchestrator.resubmit` starts a job that ended PREEMPTED, TIMEOUT or
+NODE_FAIL (or ran out of requeues) again from its run folder, resuming the same way.
 
 Job IDs must look like ``123`` or ``123_4`` (:func:`check_job_id`) and reach Slurm only after
 ``--`` or as ``--jobs=``, never where they could be read as an option. Each squeue, scontrol,
@@ -41,6 +49,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from kdkit.cluster.requeue import REQUEUE_EXIT_CODE, RESUME_ENV
 from kdkit.cluster.sbatch import RESOURCE_KEYS, ShellArgs, load_presets, render, to_yaml, validate
 from kdkit.config import TrainConfig, to_argv, validate_overrides
 from kdkit.data.datasets import REGISTRY, dataset_name
@@ -56,6 +65,14 @@ KNOWN_STATES = TERMINAL_STATES | {
     "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED",
     "RESV_DEL_HOLD", "UNKNOWN"}
 
+
+RESUBMITTABLE = frozenset({"PREEMPTED", "TIMEOUT", "NODE_FAIL"})
+"""Final states :meth:`FabricSlurmTrainingOrchestrator.resubmit` starts again (plus FAILED with
+exit code 85: stopped with a checkpoint after its last requeue)."""
+
+SIGNAL_GRACE, MAX_REQUEUES = 120, 3
+"""Defaults of the resource keys ``signal_grace`` (seconds of warning before the time limit) and
+``max_requeues``; a preset or a keyword overrides them."""
 
 QUERY_TIMEOUT = 10.0
 """Seconds one squeue/scontrol/sacct/scancel call may take (Slurm's own default MessageTimeout);
@@ -258,7 +275,9 @@ class FabricSlurmTrainingOrchestrator:
             cpus_per_task, mem, gpus, gpu_type, constraint, mail_user, mail_type,
             modules (list), venv (default: this interpreter's venv, if any),
             conda_env (replaces venv), kernel (default ``"kdkit"``), workdir (default:
-            the current directory), separate_stderr (default False).
+            the current directory), separate_stderr (default False), signal_grace
+            (seconds between SLURM's USR1 warning and the time limit; default 120; 0: none),
+            max_requeues (default 3).
     """
 
     def __init__(self, runs_dir: str | os.PathLike = "runs", preset: str = "cpu", *,
@@ -269,8 +288,8 @@ class FabricSlurmTrainingOrchestrator:
         self.runs_dir = Path(validate({"runs_dir": runs_dir})["runs_dir"])
         self.preset, self.schema = preset, schema
         in_venv = sys.prefix != sys.base_prefix
-        self.defaults = {"venv": sys.prefix if in_venv else None, "kernel": "kdkit",
-                         "separate_stderr": False, **presets[preset]}
+        self.defaults = {"venv": sys.prefix if in_venv else None, "kernel": "kdkit", "separate_stderr": False,
+                         "signal_grace": SIGNAL_GRACE, "max_requeues": MAX_REQUEUES, **presets[preset]}
         self.defaults = self._resources(defaults)
         self.registry = JobRegistry(self.runs_dir / "slurm_jobs.json")
         self.query_timeout = _query_timeout(query_timeout)
@@ -413,7 +432,8 @@ class FabricSlurmTrainingOrchestrator:
         if devices > 1 or num_nodes > 1:
             run.setdefault("strategy", "ddp")
         # the run schema checks every key and value here: a bad one is refused before sbatch
-        train_args = ShellArgs(to_argv(run, self.schema))
+        # --resume auto: a requeued job continues from the run folder's last.pt, a fresh one starts
+        train_args = ShellArgs([*to_argv(run, self.schema), "--resume", "auto"])
         fields = dict(res, train_args=train_args, nodes=num_nodes, ntasks_per_node=devices, dependency=dependency)
         return self._submit("train.sbatch", name, fields, run, dry_run)
 
@@ -446,6 +466,8 @@ class FabricSlurmTrainingOrchestrator:
             run_dir=str(run_dir), output=str(log), module=fields.get("modules"),
             error=str(run_dir / "slurm-%j.err") if fields.get("separate_stderr") else str(log),
             kill_on_invalid_dep="yes" if fields.get("dependency") else None,
+            signal_grace=fields.get("signal_grace") or None,
+            max_requeues=MAX_REQUEUES if fields.get("max_requeues") is None else fields["max_requeues"],
             gres_gpu=(f"{fields['gpu_type']}:{gpus}" if fields.get("gpu_type") else str(gpus))
             if gpus else None)
         script = render(template, fields)
@@ -466,6 +488,48 @@ class FabricSlurmTrainingOrchestrator:
                              dependency=fields.get("dependency"), state="PENDING",
                              submitted=datetime.now().isoformat(timespec="seconds"))
         return job_id
+
+    def resubmit(self, job_id: str) -> str:
+        """Submits a job that ended PREEMPTED, TIMEOUT or NODE_FAIL (or stopped with a checkpoint
+        after its last requeue: FAILED, exit code 85) again from its run folder's ``job.sbatch``,
+        with ``KDKIT_RESUME=auto``: it continues from the run's ``last.pt``.
+
+        Returns:
+            The new job's ID (registered with ``resubmitted_from``; the old record gets
+            ``resubmitted_as``).
+
+        Raises:
+            ValueError: not a job ID, an array task (``kdkit sweep retry-failed`` resubmits
+                those), or a job in another state.
+            FileNotFoundError: its run folder has no ``job.sbatch``.
+            SlurmError: sbatch refused.
+        """
+        job_id = check_job_id(job_id)
+        if "_" in job_id:
+            raise ValueError(f"job {job_id} is an array task: `kdkit sweep retry-failed SWEEP` resubmits a sweep's "
+                             "stopped tasks")
+        info = self.status(job_id)
+        state, exit_code = info.get("state"), info.get("exit_code")
+        out_of_requeues = state == "FAILED" and exit_code == f"{REQUEUE_EXIT_CODE}:0"
+        if state not in RESUBMITTABLE and not out_of_requeues:
+            raise ValueError(f"job {job_id} is {state}{f' (exit code {exit_code})' if exit_code else ''}: only a job "
+                             f"that ended {', '.join(sorted(RESUBMITTABLE))}, or FAILED with exit code "
+                             f"{REQUEUE_EXIT_CODE}:0 (stopped with a checkpoint after its last requeue), is "
+                             "resubmitted; submit a new run otherwise")
+        if not info.get("run_dir") or not (Path(info["run_dir"]) / "job.sbatch").is_file():
+            raise FileNotFoundError(f"job {job_id}: no job.sbatch in its run folder {info.get('run_dir')} (was it "
+                                    f"submitted by kdkit into {self.runs_dir}?)")
+        run_dir = Path(info["run_dir"])
+        proc = self._slurm(["sbatch", "--parsable", f"--export=ALL,{RESUME_ENV}=auto", str(run_dir / "job.sbatch")])
+        if proc.returncode != 0:
+            raise SlurmError(f"sbatch rejected {run_dir / 'job.sbatch'}: {proc.stderr.strip()}")
+        new_id, cluster = parse_sbatch(proc.stdout)
+        self.registry.update(new_id, cluster=cluster, name=info.get("name"), kind=info.get("kind"),
+                             run_dir=str(run_dir), log=str(run_dir / f"slurm-{new_id}.out"), dependency=None,
+                             state="PENDING", submitted=datetime.now().isoformat(timespec="seconds"),
+                             resubmitted_from=job_id)
+        self.registry.update(job_id, resubmitted_as=new_id)
+        return new_id
 
     # ---- monitoring
     def status(self, job_id: str) -> dict:

@@ -29,7 +29,11 @@ TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "slurm_templates"
 
 RESOURCE_KEYS = ("partition", "account", "qos", "time", "cpus_per_task", "mem", "gpus",
                  "gpu_type", "constraint", "mail_user", "mail_type", "modules", "venv",
-                 "conda_env", "kernel", "workdir", "separate_stderr")
+                 "conda_env", "kernel", "workdir", "separate_stderr", "signal_grace", "max_requeues")
+"""Resource keys of presets and of :class:`~kdkit.cluster.orchestrator.FabricSlurmTrainingOrchestrator`.
+``signal_grace``: seconds before the time limit at which SLURM sends the job USR1 (0: no warning);
+``max_requeues``: how often a job stopped by the time limit or preemption requeues itself
+(see :mod:`kdkit.cluster.requeue`)."""
 
 
 # --------------------------------------------------------------------------- validation
@@ -82,6 +86,7 @@ VALIDATORS = {
     "mem": _pattern(r"\d+[KMGT]?", "memory size (e.g. 16G)"),
     "cpus_per_task": _int(1), "nodes": _int(1), "ntasks_per_node": _int(1),
     "devices": _int(1), "num_nodes": _int(1), "epochs": _int(1), "gpus": _int(0),
+    "signal_grace": _int(0), "max_requeues": _int(0),
     "gpu_type": _pattern(r"[A-Za-z0-9_.-]+", "GPU type"),
     "constraint": _pattern(r"[A-Za-z0-9_.,&|\[\]*:()!-]+", "constraint expression"),
     "mail_user": _pattern(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+", "e-mail address"),
@@ -120,14 +125,20 @@ def template_path(name: str) -> Path:
     return TEMPLATE_DIR / name
 
 
+_INT_KEYS = ("cpus_per_task", "gpus", "signal_grace", "max_requeues")
+
+
 def load_presets() -> dict[str, dict]:
     """Resource presets (cpu, v100, a100, h100, ...) from ``presets.ini``."""
     parser, path = configparser.ConfigParser(), template_path("presets.ini")
     parser.read(path)
     presets = {}
     for name in parser.sections():
-        preset = {k: (int(v) if k in ("cpus_per_task", "gpus") and v else v or None)
-                  for k, v in parser[name].items()}
+        try:
+            preset = {k: (int(v) if k in _INT_KEYS and v else v or None) for k, v in parser[name].items()}
+        except ValueError as err:
+            raise ValueError(f"{path} [{name}]: {err} (cpus_per_task, gpus, signal_grace and max_requeues are "
+                             "whole numbers)") from None
         unknown = set(preset) - set(RESOURCE_KEYS)
         if unknown:
             raise ValueError(f"{path} [{name}]: unknown key(s) {sorted(unknown)}; known: {RESOURCE_KEYS}")
