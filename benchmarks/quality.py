@@ -1,0 +1,195 @@
+"""Detection quality over seeds: teacher, KD student and student alone, per test folder, mean ± std.
+
+For every model family and seed: a teacher, a student distilled from that seed's teacher and the
+same student trained without KD, each evaluated on every test folder of the dataset. The table
+gives, per folder, F1, MCC, detection at 1 % FPR and the false-positive rate as mean ± std over the
+seeds, the recall per attack type, parameters, CPU seconds of training (and the final test pass),
+and the KD gain (KD student minus student alone, per seed, then mean ± std). One JSON record
+(``--out``) and a Markdown table (``--markdown``) for the README.
+
+    KDKIT_DATA_ROOT=../shared/data/can-train-and-test \\
+        python benchmarks/quality.py --dataset hcrl_sa --models gat,vgae --seeds 0,1,2 --epochs 8
+    python benchmarks/quality.py --dataset docs/datasets/daga-volvo-v40.toml --models gat --seeds 0,1,2
+
+Generalises the single-seed ``quality_hcrl_sa.py`` (kept for the README's older table).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+METRICS = ("f1", "mcc", "detection_at_1pct_fpr", "false_positive_rate")
+ROLES = ("teacher", "student_kd", "student_alone")
+
+
+def spread(values: list) -> dict | None:
+    """``{"mean", "std", "n", "values"}`` of the defined values (None: undefined, e.g. F1 of a
+    folder without attacks); sample std (0 for one value)."""
+    vals = [float(v) for v in values if v is not None]
+    if not vals:
+        return None
+    std = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return {"mean": round(statistics.fmean(vals), 4), "std": round(std, 4), "n": len(vals),
+            "values": [round(v, 4) for v in vals]}
+
+
+def brief(summary: dict, cpu_seconds: float) -> dict:
+    """What the table needs from a ``kdkit.workflows.run.train`` summary."""
+    scen = summary["test"]["scenarios"]
+    return {"parameters": summary["parameters"], "size_bytes": summary["size_bytes"],
+            "epochs_run": summary["epochs_run"], "train_seconds": summary["train_seconds"],
+            "cpu_seconds": round(cpu_seconds, 1), "threshold": summary["threshold"],
+            "threshold_rule": summary.get("threshold_rule"), "checkpoint": summary["best_checkpoint"],
+            "scenarios": {name: {**{k: m.get(k) for k in METRICS},
+                                 "per_attack_type": {t: v["recall"] for t, v in (m.get("per_attack_type") or {}).items()}}
+                          for name, m in scen.items()}}
+
+
+def aggregate(runs: dict[str, list[dict]]) -> dict:
+    """Per role: per scenario and metric mean ± std over the seeds; parameters; CPU seconds; the
+    KD gain per scenario and metric (paired by seed)."""
+    out: dict = {}
+    for role, per_seed in runs.items():
+        if not per_seed:
+            continue
+        scenarios = list(per_seed[0]["scenarios"])
+        table = {}
+        for name in scenarios:
+            row = {k: spread([r["scenarios"][name][k] for r in per_seed]) for k in METRICS}
+            types = sorted({t for r in per_seed for t in r["scenarios"][name]["per_attack_type"]})
+            row["per_attack_type_recall"] = {t: spread([r["scenarios"][name]["per_attack_type"].get(t) for r in per_seed])
+                                             for t in types}
+            table[name] = row
+        out[role] = {"parameters": per_seed[0]["parameters"], "size_bytes": per_seed[0]["size_bytes"],
+                     "cpu_seconds": spread([r["cpu_seconds"] for r in per_seed]),
+                     "epochs_run": spread([r["epochs_run"] for r in per_seed]), "scenarios": table}
+    kd, alone = runs.get("student_kd") or [], runs.get("student_alone") or []
+    if kd and alone:
+        gain = {}
+        for name in kd[0]["scenarios"]:
+            gain[name] = {k: spread([None if a["scenarios"][name][k] is None or b["scenarios"][name][k] is None
+                                     else a["scenarios"][name][k] - b["scenarios"][name][k] for a, b in zip(kd, alone)])
+                          for k in ("f1", "mcc", "detection_at_1pct_fpr")}
+        out["kd_gain"] = gain
+    if runs.get("teacher") and kd:
+        out["student_share_of_teacher_parameters"] = round(kd[0]["parameters"] / runs["teacher"][0]["parameters"], 4)
+    return out
+
+
+def _cell(s: dict | None) -> str:
+    if s is None:
+        return "-"
+    return f"{s['mean']:.3f}" if s["n"] == 1 else f"{s['mean']:.3f} ± {s['std']:.3f}"
+
+
+def markdown(record: dict) -> str:
+    """One Markdown table per model family: rows = roles, columns = test folders (F1 / MCC /
+    det@1%FPR / FPR), then parameters and CPU seconds."""
+    lines = []
+    for family, agg in record["families"].items():
+        roles = [r for r in ROLES if r in agg]
+        if not roles:
+            continue
+        scenarios = list(agg[roles[0]]["scenarios"])
+        lines.append(f"**{family.upper()}** on {record['dataset']}, seeds {record['seeds']} "
+                     f"(F1 / MCC / detection at 1 % FPR / false-positive rate, mean ± std)\n")
+        lines.append("| model | parameters | CPU s | " + " | ".join(scenarios) + " |")
+        lines.append("|---|---:|---:|" + "---|" * len(scenarios))
+        for role in roles:
+            a = agg[role]
+            cells = [" / ".join(_cell(a["scenarios"][s][k]) for k in METRICS) for s in scenarios]
+            lines.append(f"| {role.replace('_', ' ')} | {a['parameters']:,} | {_cell(a['cpu_seconds'])} | "
+                         + " | ".join(cells) + " |")
+        if "kd_gain" in agg:
+            cells = [_cell(agg["kd_gain"][s]["f1"]) for s in scenarios]
+            lines.append("| KD gain (F1) | | | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def run(dataset: str, families: list[str], seeds: list[int], epochs: int, student_epochs: int | None,
+        runs_dir: str, data_root: str | None = None, threads: int = 1, extra: dict | None = None) -> dict:
+    """Train and evaluate every (family, seed, role); returns the JSON record."""
+    if threads:
+        torch.set_num_threads(threads)
+    from kdkit.config import make_config
+    from kdkit.training.hardware import machine_info
+    from kdkit.workflows.run import load_data, train
+
+    base = dict(dataset=dataset, runs_dir=runs_dir, save_compat=False, precision="32-true", overwrite=True,
+                **({"data_root": data_root} if data_root else {}), **(extra or {}))
+    t0 = time.perf_counter()
+    record: dict = {"benchmark": "quality", "dataset": dataset, "seeds": seeds, "epochs": epochs,
+                    "student_epochs": student_epochs or epochs, "torch_threads": torch.get_num_threads(),
+                    "families": {}, "runs": {}}
+    for family in families:
+        data = load_data(make_config(model=family, **base))
+        runs: dict[str, list[dict]] = {r: [] for r in ROLES}
+        for seed in seeds:
+            def fit(role: str, **kw) -> dict:
+                c = time.process_time()
+                s = train(make_config(model=family, seed=seed, run_name=f"{family}_{role}_seed{seed}", **base, **kw),
+                          progress=False, data=data)
+                return brief(s, time.process_time() - c)
+
+            teacher = fit("teacher", type="teacher", epochs=epochs)
+            runs["teacher"].append(teacher)
+            se = student_epochs or epochs
+            runs["student_kd"].append(fit("student_kd", type="student", teacher=teacher["checkpoint"], epochs=se))
+            runs["student_alone"].append(fit("student_alone", type="student", epochs=se))
+        record["runs"][family] = runs
+        record["families"][family] = aggregate(runs)
+    record["total_seconds"] = round(time.perf_counter() - t0, 1)
+    record["machine"] = machine_info()
+    return record
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", default="hcrl_sa", help="registry key, folder or spec file")
+    ap.add_argument("--models", default="gat", help="model families, comma-separated (gat, vgae)")
+    ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--student-epochs", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1; 0: torch's default)")
+    ap.add_argument("--data-root", default=None)
+    ap.add_argument("--runs-dir", default="runs/quality")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                    help="any run-schema key for every run, e.g. --set window=50 (value parsed as JSON if it can be)")
+    ap.add_argument("--out", default=None, help="write the JSON record here")
+    ap.add_argument("--markdown", action="store_true", help="print the Markdown table instead of the JSON")
+    args = ap.parse_args(argv)
+    families = [m.strip() for m in args.models.split(",") if m.strip()]
+    bad = sorted(set(families) - {"gat", "vgae"})
+    if bad:
+        ap.error(f"--models: unknown {bad}; choose from gat, vgae")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        ap.error(f"--seeds {args.seeds!r}: comma-separated integers, e.g. 0,1,2")
+    extra = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            ap.error(f"--set {item!r}: write KEY=VALUE")
+        try:
+            extra[key] = json.loads(value)
+        except json.JSONDecodeError:
+            extra[key] = value
+    record = run(args.dataset, families, seeds, args.epochs, args.student_epochs, args.runs_dir, args.data_root,
+                 args.threads, extra)
+    record["markdown"] = markdown(record)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(record, indent=1))
+    print(record["markdown"] if args.markdown else json.dumps({k: v for k, v in record.items() if k != "runs"}, indent=1))
+    return record
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""benchmarks/quality.py: seeds aggregated into mean ± std from the per-seed runs (no hard-coded
+figure), the KD gain paired by seed, and a Markdown table, on tiny synthetic runs.
+
+Run: .venv/bin/python -m pytest tests/test_quality_bench.py -q
+"""
+from __future__ import annotations
+
+import importlib.util
+import statistics
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _quality():
+    spec = importlib.util.spec_from_file_location("kdkit_quality_bench", REPO / "benchmarks" / "quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_spread_of_defined_values():
+    q = _quality()
+    s = q.spread([0.5, None, 0.7])
+    assert s["n"] == 2 and s["mean"] == pytest.approx(0.6) and s["std"] == pytest.approx(statistics.stdev([0.5, 0.7]), abs=1e-4)
+    assert q.spread([None, None]) is None and q.spread([0.3])["std"] == 0.0
+
+
+def test_quality_over_two_seeds_on_synthetic(synthetic, tmp_path):
+    q = _quality()
+    out = tmp_path / "q.json"
+    record = q.main(["--dataset", "synthetic", "--models", "gat", "--seeds", "0,1", "--epochs", "1",
+                     "--runs-dir", str(tmp_path / "runs"), "--set", "batch_size=32", "--set", "hidden=24",
+                     "--out", str(out)])
+    assert out.is_file() and record["seeds"] == [0, 1]
+    runs, agg = record["runs"]["gat"], record["families"]["gat"]
+    assert [len(runs[r]) for r in q.ROLES] == [2, 2, 2]
+    # two seeds really are two runs: different weights
+    assert runs["teacher"][0]["checkpoint"] != runs["teacher"][1]["checkpoint"]
+    scenario = next(iter(agg["teacher"]["scenarios"]))
+    for role in q.ROLES:
+        for metric in q.METRICS:
+            vals = [r["scenarios"][scenario][metric] for r in runs[role]]
+            s = agg[role]["scenarios"][scenario][metric]
+            if all(v is None for v in vals):
+                assert s is None
+                continue
+            defined = [v for v in vals if v is not None]
+            assert s["mean"] == pytest.approx(statistics.fmean(defined), abs=1e-4) and s["n"] == len(defined)
+    kd, alone = runs["student_kd"], runs["student_alone"]
+    gain = [a["scenarios"][scenario]["f1"] - b["scenarios"][scenario]["f1"] for a, b in zip(kd, alone)
+            if a["scenarios"][scenario]["f1"] is not None and b["scenarios"][scenario]["f1"] is not None]
+    if gain:
+        assert agg["kd_gain"][scenario]["f1"]["mean"] == pytest.approx(statistics.fmean(gain), abs=1e-4)
+    assert 0 < agg["student_share_of_teacher_parameters"] < 1
+    table = record["markdown"]
+    assert "| teacher |" in table and "| student kd |" in table and "KD gain" in table and scenario in table
