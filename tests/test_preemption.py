@@ -296,3 +296,14 @@ def test_wrapper_passes_a_normal_exit_on(tmp_path):
 def test_wrapper_needs_a_command():
     with pytest.raises(SystemExit):
         requeue.main(["--max-requeues", "1"])
+
+
+def test_signals_go_on_only_to_a_direct_command_that_catches_them():
+    """srun would pass USR1 to tasks still importing torch (no handler yet: they would die)."""
+    me = os.getpid()
+    with StopRequest(stop_file="/nonexistent/stop"):  # this process now catches USR1 and TERM
+        assert requeue.catches(me, signal.SIGUSR1) and requeue.catches(me, signal.SIGTERM)
+        assert requeue.forwards_to([sys.executable, "-m", "kdkit"], me, signal.SIGUSR1)
+        assert not requeue.forwards_to(["/usr/bin/srun", "kdkit", "train"], me, signal.SIGUSR1)
+    assert not requeue.catches(me, signal.SIGUSR1)
+    assert not requeue.forwards_to(["papermill"], me, signal.SIGUSR1)

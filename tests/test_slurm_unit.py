@@ -557,3 +557,16 @@ def test_resubmit_refuses_array_tasks_and_foreign_jobs(orch, fake):
     fake.states["77"], fake.exit_codes["77"] = ["TIMEOUT"], "0:0"
     with pytest.raises(FileNotFoundError, match="job 77: no job.sbatch in its run folder"):
         orch.resubmit("77")
+
+
+@pytest.mark.parametrize("limit, seconds", [("5", 300), ("05:30", 330), ("02:00:00", 7200), ("1-00", 86400),
+                                            ("1-02:03", 93780), ("1-02:03:04", 93784), ("INFINITE", None), (None, None)])
+def test_slurm_time_limits_in_seconds(limit, seconds):
+    assert slurm.slurm_seconds(limit) == seconds
+
+
+def test_warning_is_at_most_half_the_time_limit(orch):
+    assert slurm.signal_grace_for(120, "1") == 30            # else the run would stop at its first step
+    assert slurm.signal_grace_for(120, "02:00:00") == 120 and slurm.signal_grace_for(0, "5") is None
+    script = orch.submit_gat_training("synthetic", "teacher", run_name="g", dry_run=True, time="1")
+    assert "#SBATCH --signal=B:USR1@30\n" in script

@@ -466,7 +466,7 @@ class FabricSlurmTrainingOrchestrator:
             run_dir=str(run_dir), output=str(log), module=fields.get("modules"),
             error=str(run_dir / "slurm-%j.err") if fields.get("separate_stderr") else str(log),
             kill_on_invalid_dep="yes" if fields.get("dependency") else None,
-            signal_grace=fields.get("signal_grace") or None,
+            signal_grace=signal_grace_for(fields.get("signal_grace"), fields.get("time")),
             max_requeues=MAX_REQUEUES if fields.get("max_requeues") is None else fields["max_requeues"],
             gres_gpu=(f"{fields['gpu_type']}:{gpus}" if fields.get("gpu_type") else str(gpus))
             if gpus else None)
@@ -763,6 +763,31 @@ class FabricSlurmTrainingOrchestrator:
         if record["state"] in TERMINAL_STATES - {"COMPLETED"}:
             record["log_tail"] = read_tail(record.get("log"), 20)
         return record
+
+
+def slurm_seconds(limit: str | None) -> int | None:
+    """A Slurm time limit (``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH[:MM[:SS]]``) in seconds; None
+    for none, ``INFINITE`` or ``UNLIMITED``."""
+    if not limit or limit in ("INFINITE", "UNLIMITED"):
+        return None
+    days, _, rest = limit.rpartition("-")
+    parts = [int(p) for p in rest.split(":")]
+    if days:                  # D-HH, D-HH:MM, D-HH:MM:SS
+        hours, minutes, seconds = (parts + [0, 0])[:3]
+    elif len(parts) == 3:     # HH:MM:SS
+        hours, minutes, seconds = parts
+    else:                     # MM, MM:SS
+        hours, (minutes, seconds) = 0, (parts + [0])[:2]
+    return ((int(days or 0) * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+def signal_grace_for(grace: int | None, limit: str | None) -> int | None:
+    """The warning time a job asks for: ``grace`` seconds, at most half its time limit (a grace as
+    long as the limit would stop the run at its first step); None for 0 (no warning)."""
+    if not grace:
+        return None
+    seconds = slurm_seconds(limit)
+    return grace if seconds is None else max(min(grace, seconds // 2), 1)
 
 
 def _query_timeout(value) -> float:

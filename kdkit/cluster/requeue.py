@@ -6,9 +6,9 @@ Job scripts ``exec`` this as their last line, below ``#SBATCH --signal=B:USR1@<g
 ``#SBATCH --requeue``. It runs COMMAND with ``KDKIT_STOP_FILE=<a fresh file>`` in its
 environment (and ``KDKIT_RESUME=auto`` when SLURM_RESTART_COUNT says the job was requeued), and
 on USR1 (the time-limit warning) or TERM (preemption) it touches that file, and sends the signal
-on to COMMAND's process when that process catches it (``kdkit train``, ``srun``; never a
-papermill that would die of it). The trainer finishes its step, writes ``last.pt`` and exits with
-status 85 (a notebook's kernel writes ``<stop file>.saved`` instead, as papermill exits 1). Then:
+on to a direct python COMMAND that catches it (:func:`forwards_to`). The trainer finishes its step,
+writes ``last.pt`` and exits with status 85 (a notebook's kernel writes ``<stop file>.saved``
+instead, as papermill exits 1). Then:
 
 - the job is requeued (``scontrol requeue $SLURM_JOB_ID``) while SLURM_RESTART_COUNT < N, and
   this exits 0; the requeued job runs the same script and resumes from ``last.pt``;
@@ -61,6 +61,16 @@ def catches(pid: int, signum: int) -> bool:
     return False
 
 
+def forwards_to(command: list[str], pid: int, signum: int) -> bool:
+    """Whether the signal goes on to the child too (the stop file always does).
+
+    Only to a direct command that catches it (:func:`catches`): USR1 would kill a papermill, and
+    ``srun`` would pass it on to tasks that may still be importing torch, with no handler yet
+    (each task sees the stop file instead; under DDP the ranks agree on it).
+    """
+    return Path(command[0]).name != "srun" and catches(pid, signum)
+
+
 class Wrapper:
     """COMMAND as a child process, its stop file, and what the signals did."""
 
@@ -75,7 +85,7 @@ class Wrapper:
         self.received.append(signum)
         self.stop_file.touch()
         child = self.child
-        if child is not None and child.poll() is None and catches(child.pid, signum):
+        if child is not None and child.poll() is None and forwards_to(self.command, child.pid, signum):
             os.kill(child.pid, signum)
 
     def run(self) -> int:
