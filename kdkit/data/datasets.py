@@ -408,7 +408,7 @@ def prepare(name: str, config: PrepareConfig | None = None, data_root: str | Pat
     return PreparedDataset(name, config, vocab, splits, info, store, False)
 
 
-PREPARE_CHUNK_ROWS = CHUNK_ROWS  # rows of a recording read at a time (memory ~ 60 bytes a row, see kdkit.data.prep)
+PREPARE_CHUNK_ROWS = 1 << 18  # rows of a recording read at a time (a few hundred bytes a row while it is decoded)
 
 
 def prepare_workers(workers: int | None = None) -> int:

@@ -48,7 +48,7 @@ PART_COLUMNS = {
     "share": (np.float64, ()), "row_type": (np.int64, ()), "start": (np.int64, ()),
 }
 
-COPY_WINDOWS = 1 << 15  # windows copied from a part to a split at a time
+COPY_WINDOWS = 4096  # windows copied from a part to a split at a time (~12 MB of pages resident)
 
 
 @dataclass
