@@ -21,7 +21,7 @@ from kdkit.reporting.records import headline as headline_line
 # ----------------------------------------------------------------------------- HTML report
 CSS = """body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;color:#222;line-height:1.4}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;margin-top:2em}h3{font-size:1.05em;margin-bottom:.2em}
-table.kdkit{border-collapse:collapse;margin:.6em 0;font-size:.85em}
+table.kdkit{border-collapse:collapse;margin:.6em 0;font-size:.85em;display:block;max-width:100%;overflow-x:auto}
 table.kdkit td,table.kdkit th{border:1px solid #ddd;padding:3px 8px;text-align:right}
 table.kdkit td:first-child,table.kdkit th:first-child{text-align:left}
 table.kdkit caption{text-align:left;font-weight:bold;padding:4px 0}
