@@ -35,7 +35,9 @@ class FakeSlurm:
 
     def __call__(self, argv):
         self.calls.append(argv)
-        ok = lambda out="": subprocess.CompletedProcess(argv, 0, out, "")  # noqa: E731
+        def ok(out=""):
+            return subprocess.CompletedProcess(argv, 0, out, "")
+
         if argv[0] == "sbatch":
             self.next_id += 1
             self.scripts[str(self.next_id)] = Path(argv[-1]).read_text()
@@ -182,7 +184,8 @@ def test_collect_keeps_finished_results_beside_failed_and_missing_tasks(tmp_path
     d = _sweep(tmp_path)                                  # 3 x values x 2 seeds = 6 tasks, none run
     assert [r["state"] for r in json.loads((d / "results.json").read_text())["rows"]] == ["PENDING"] * 6
     _task_json(d, 0, state="COMPLETED", job_id=None)
-    _metrics(d, 0, overall={"f1": 0.5, "mcc": None}, history=[1, 2], tables={"t": {"x": 1}}, notebook="task")
+    _metrics(d, 0, overall={"f1": 0.5, "mcc": None}, history=[1, 2], tables={"t": {"x": 1}}, notebook="task",
+             x=1.0, seed=0)                              # the notebook's copies of its parameters: not repeated
     _task_json(d, 1, state="FAILED", job_id=None, error="ValueError: stand-in failure for x=1.0")
     _metrics(d, 1, overall={"f1": 0.1})                   # written before the failure: kept
     _task_json(d, 2, state="COMPLETED", job_id=None)      # completed but no metrics.json: {}

@@ -23,11 +23,7 @@ from pathlib import Path
 from kdkit.cli.slurm import _add_resource_flags, _parameter_value, _resources
 from kdkit.cluster import sweep as sw
 from kdkit.cluster.orchestrator import FabricSlurmTrainingOrchestrator, SlurmError
-
-try:  # the sweep HTML report (kdkit/reporting/sweep.py) is written alongside
-    from kdkit.reporting.sweep import build_sweep_report
-except ImportError:
-    build_sweep_report = None
+from kdkit.reporting.sweep import build_sweep_report
 
 
 def format_results(results: dict, teacher: dict | None = None) -> str:
@@ -147,10 +143,7 @@ def _cmd_retry(args) -> int:
 
 def _cmd_report(args) -> int:
     sweep_dir = sw.find(args.sweep, args.sweeps_dir)
-    if build_sweep_report is None:
-        raise ValueError("the sweep report (kdkit.reporting.sweep) is not part of this kdkit yet; "
-                         f"the table is in {sweep_dir / 'results.csv'}")
-    sw.collect(sweep_dir)
+    sw.status(sweep_dir, _orchestrator(args, sweep_dir))      # the latest states into results.json first
     print(build_sweep_report(sweep_dir))
     return 0
 

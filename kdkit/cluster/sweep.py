@@ -696,7 +696,8 @@ def flatten(metrics: dict, prefix: str = "") -> dict:
 
 def _write_csv(path: Path, params: list[str], rows: list[dict]) -> None:
     flat = [flatten(r["metrics"]) for r in rows]
-    metric_columns = list(dict.fromkeys(k for f in flat for k in f))
+    fixed = {"task", "state", "seed", *params}      # a metric of the same name (the notebook's own copy) stays out
+    metric_columns = [k for k in dict.fromkeys(k for f in flat for k in f) if k not in fixed]
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w", newline="") as f:
         writer = csv.writer(f)
