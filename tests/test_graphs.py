@@ -431,3 +431,15 @@ def test_store_format_version_is_checked(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(graphs, "GRAPH_FORMAT_VERSION", graphs.GRAPH_FORMAT_VERSION + 1)
     with pytest.raises(ValueError, match="delete it to rebuild"):
         GraphSet.load(tmp_path / "s.pt")
+
+
+def test_store_only_format_bumps_keep_models_valid():
+    """A graph-format bump for the store file or labels alone must not invalidate trained models;
+    format 5 (before extended IDs got their own keys) only with 11-bit IDs."""
+    from kdkit.data.graphs import EDGE_FEATURES, GRAPH_FORMAT_VERSION, NODE_FEATURES, layout_matches, model_reads_format
+
+    for fmt in (None, 6, 7, GRAPH_FORMAT_VERSION):
+        assert model_reads_format(fmt) and layout_matches(NODE_FEATURES, EDGE_FEATURES, fmt)
+    assert model_reads_format(5, [0x0, 0x2A0, 0x7FF]) and not model_reads_format(5, [0x18FF0001])
+    assert not model_reads_format(5) and not model_reads_format(4, [0x10])
+    assert not layout_matches(list(NODE_FEATURES)[:-1], EDGE_FEATURES, GRAPH_FORMAT_VERSION)

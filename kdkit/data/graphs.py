@@ -45,11 +45,28 @@ GRAPH_FORMAT_VERSION = 8  # bump whenever features or layout change: it invalida
 # 5: a SHA-256 checksum per tensor in the store's metadata; timestamps going backwards are refused
 
 
-def layout_matches(node_features, edge_features, graph_format) -> bool:
-    """Whether a model built on graphs with these feature names and graph format (None: not
-    recorded, older checkpoints) reads the graphs this kdkit builds."""
+# Graph formats whose graphs a *model* reads exactly as this kdkit builds them (same node and edge
+# features, same ID keys): the format number also versions the store file (a cache is rebuilt on
+# any bump), but a bump that changes only the file (5: checksums, 8: kdkit's own file) or the
+# labels (7: attack types) must not invalidate trained models. 6 changed the keys of extended IDs,
+# so a format-5 model is still read the same when its vocabulary holds no ID above 0x7FF.
+MODEL_FORMATS = frozenset({6, 7, 8})
+STANDARD_ID_FORMATS = frozenset({5})  # same graphs as MODEL_FORMATS for vocabularies of 11-bit IDs only
+
+
+def model_reads_format(graph_format, vocab=None) -> bool:
+    """Whether a model trained on graphs of ``graph_format`` (None: not recorded, older
+    checkpoints) with ID vocabulary ``vocab`` reads today's graphs unchanged."""
+    if graph_format is None or graph_format == GRAPH_FORMAT_VERSION or graph_format in MODEL_FORMATS:
+        return True
+    return graph_format in STANDARD_ID_FORMATS and vocab is not None and all(int(k) <= 0x7FF for k in vocab)
+
+
+def layout_matches(node_features, edge_features, graph_format, vocab=None) -> bool:
+    """Whether a model built on graphs with these feature names, graph format and ID vocabulary
+    reads the graphs this kdkit builds (:func:`model_reads_format`)."""
     return (list(node_features or []) == list(NODE_FEATURES) and list(edge_features or []) == list(EDGE_FEATURES)
-            and graph_format in (None, GRAPH_FORMAT_VERSION))
+            and model_reads_format(graph_format, vocab))
 
 
 _HASH_BLOCK = 1 << 23  # checksums hash 8 MiB blocks in parallel threads

@@ -244,7 +244,7 @@ class Detector:
         ckpt = load_checkpoint(path)
         graph = check_graph_settings(ckpt, path)
         _check_layout(ckpt.get("node_features"), ckpt.get("edge_features"),
-                      provenance(ckpt, path).get("graph", {}).get("graph_format"), path)
+                      provenance(ckpt, path).get("graph", {}).get("graph_format"), path, ckpt.get("vocab"))
         if not ckpt.get("vocab"):
             raise ValueError(f"{path} holds no ID vocabulary: use a checkpoint written by kdkit train")
         model = model_from_checkpoint(ckpt, path).eval()
@@ -270,7 +270,7 @@ class Detector:
         missing = [k for k in ("vocab", "window", "stride", "node_features", "edge_features") if meta.get(k) is None]
         if missing:
             raise ValueError(f"{meta_path} lacks {', '.join(missing)}: re-export the model with kdkit export")
-        _check_layout(meta["node_features"], meta["edge_features"], meta.get("graph_format"), meta_path)
+        _check_layout(meta["node_features"], meta["edge_features"], meta.get("graph_format"), meta_path, meta["vocab"])
         program = load_exported(path)
 
         def score(gs: GraphSet) -> np.ndarray:
@@ -507,8 +507,8 @@ class Detector:
         return out
 
 
-def _check_layout(node_features, edge_features, graph_format, where) -> None:
-    """The model must read this kdkit's graphs: same feature layout and graph format."""
-    if not layout_matches(node_features, edge_features, graph_format):
+def _check_layout(node_features, edge_features, graph_format, where, vocab=None) -> None:
+    """The model must read this kdkit's graphs: same feature layout and a compatible graph format."""
+    if not layout_matches(node_features, edge_features, graph_format, vocab):
         raise ValueError(f"{where} was built for another graph layout (graph format {graph_format or 'unknown'}, this "
                          f"kdkit builds {GRAPH_FORMAT_VERSION}, or other node/edge features): retrain or re-export it")

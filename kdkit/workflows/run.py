@@ -32,7 +32,8 @@ import torch
 
 from kdkit.config import TrainConfig
 from kdkit.data.datasets import PrepareConfig, PreparedDataset, dataset_name, prepare
-from kdkit.data.graphs import EDGE_FEATURES, GRAPH_FORMAT_VERSION, NODE_FEATURES, GraphSet, layout_matches
+from kdkit.data.graphs import (EDGE_FEATURES, GRAPH_FORMAT_VERSION, NODE_FEATURES, GraphSet, layout_matches,
+                               model_reads_format)
 from kdkit.data.readers import read_messages
 from kdkit.models.registry import MODEL_CLASSES, build_model, count_parameters, model_size_bytes
 from kdkit.models.thresholds import choose_threshold
@@ -95,7 +96,7 @@ def model_overrides(cfg: TrainConfig) -> dict:
 def check_compatible(ckpt: dict, data: PreparedDataset, what: str = "teacher") -> None:
     """A checkpoint must have been trained on the same ID vocabulary, feature layout and graph format."""
     recorded = (ckpt.get("provenance") or {}).get("graph", {}).get("graph_format")
-    if not layout_matches(ckpt.get("node_features"), ckpt.get("edge_features"), recorded):
+    if not layout_matches(ckpt.get("node_features"), ckpt.get("edge_features"), recorded, ckpt.get("vocab")):
         raise ValueError(f"{what} checkpoint was built with another feature layout "
                          f"(graph format {recorded or 'unknown'} vs {GRAPH_FORMAT_VERSION}); retrain it")
     vocab = ckpt.get("vocab")
@@ -276,7 +277,7 @@ def check_resume(ck: dict, cfg: TrainConfig, data: PreparedDataset, path: str | 
     for key in GRAPH_SETTINGS:
         if graph.get(key) is not None and graph.get(key) != getattr(cfg, key):
             diffs.append(f"{key} {graph.get(key)} vs {getattr(cfg, key)}")
-    if graph.get("graph_format") not in (None, GRAPH_FORMAT_VERSION):
+    if not model_reads_format(graph.get("graph_format"), ck.get("vocab")):
         diffs.append(f"graph format {graph.get('graph_format')} vs {GRAPH_FORMAT_VERSION}")
     if diffs:
         raise ValueError(f"--resume {path} comes from another run than this one ({'; '.join(diffs)}; checkpoint vs "

@@ -131,7 +131,7 @@ def check_checkpoint_layout(ckpt: dict, path: str | Path, what: str = "scored") 
         ValueError: naming the checkpoint and what differs.
     """
     recorded = (ckpt.get("provenance") or {}).get("graph", {}).get("graph_format")
-    if not layout_matches(ckpt.get("node_features"), ckpt.get("edge_features"), recorded):
+    if not layout_matches(ckpt.get("node_features"), ckpt.get("edge_features"), recorded, ckpt.get("vocab")):
         raise ValueError(f"{what} checkpoint {path} was built with another feature layout "
                          f"(graph format {recorded or 'unknown'} vs {GRAPH_FORMAT_VERSION}); retrain it")
     vocab = ckpt.get("vocab")
