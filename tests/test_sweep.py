@@ -303,6 +303,26 @@ def test_local_pool_runs_collects_and_retries_only_the_failed_task(kdkit_env, tm
             ("COMPLETED", "0.1"), ("COMPLETED", "0.2"), ("COMPLETED", "0.3")]
 
 
+def test_cancel_stops_the_local_pool(kdkit_env, tmp_path):
+    import threading
+    import time
+
+    d = _sweep(tmp_path, {"x": [1.0, 2.0, 3.0]}, seeds=None, parameters={"sleep": 600.0})
+    box = {}
+    pool = threading.Thread(target=lambda: box.update(results=sw.run_local(d, max_parallel=1, poll=0.2)))
+    pool.start()
+    deadline = time.monotonic() + 300
+    while sw.collect(d)["rows"][0]["state"] != "RUNNING":
+        assert time.monotonic() < deadline and pool.is_alive()
+        time.sleep(0.5)
+    assert sw.cancel(d) == ["local pool"]
+    pool.join(120)
+    assert not pool.is_alive()
+    rows = box["results"]["rows"]
+    assert [r["state"] for r in rows] == ["CANCELLED"] * 3 and rows[1]["error"] == "cancelled (kdkit sweep cancel)"
+    assert sw.failed_tasks(box["results"]) == [0, 1, 2]    # retry-failed would run them again
+
+
 def test_local_sweep_of_the_student_notebook(kdkit_env, tmp_path):
     """A tiny real sweep: student.ipynb on synthetic data, 1 epoch, tiny models, 2 at a time."""
     tiny = {"epochs": 1, "teacher_epochs": 1, "teacher_layers": 1, "teacher_heads": 1, "layers": 1, "heads": 1,

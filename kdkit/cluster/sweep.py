@@ -60,6 +60,7 @@ SWEEPS_DIR = Path("runs") / "sweeps"
 RETRY_STATES = frozenset({"FAILED", "PREEMPTED", "TIMEOUT", "NODE_FAIL", "CANCELLED", "BOOT_FAIL", "OUT_OF_MEMORY"})
 MAX_REQUEUES = 3      # requeues after a time-limit warning or preemption, per task (resource key max_requeues)
 SIGNAL_GRACE = 120    # seconds between SLURM's USR1 warning and the time limit (resource key signal_grace)
+KERNEL_START_TIMEOUT = 300   # seconds; papermill's 60 s fail a task when a loaded node starts kernels slowly
 _ARRAY = re.compile(r"\d+(-\d+)?(,\d+(-\d+)?)*(%\d+)?")
 _RESERVED = ("run_dir",)   # set per task by the sweep
 
@@ -367,7 +368,7 @@ def run_task(sweep_dir: str | os.PathLike, task: int | None = None, *, teacher: 
     try:
         papermill.execute_notebook(str(notebook), str(run_dir / notebook.name), parameters=params,
                                    kernel_name=spec.get("kernel", KERNEL), cwd=str(notebook.parent),
-                                   progress_bar=False, log_output=True)
+                                   progress_bar=False, log_output=True, start_timeout=KERNEL_START_TIMEOUT)
     except BaseException as err:   # recorded for the results table, then re-raised: the job fails
         stop_file = os.environ.get(STOP_FILE_ENV)
         if stop_file and Path(saved_marker(stop_file)).exists():   # time limit or preemption: last.pt saved
