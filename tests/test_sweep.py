@@ -303,6 +303,15 @@ def test_local_pool_runs_collects_and_retries_only_the_failed_task(kdkit_env, tm
             ("COMPLETED", "0.1"), ("COMPLETED", "0.2"), ("COMPLETED", "0.3")]
 
 
+def test_a_task_process_that_dies_before_its_run_is_failed_with_its_log(kdkit_env, tmp_path):
+    d = _sweep(tmp_path, {"x": [1.0]}, seeds=None, teacher_notebook=TASK_NB)
+    (d / "teacher").mkdir()
+    (d / "teacher" / "task.json").write_text(json.dumps({"state": "COMPLETED", "job_id": None}))  # but no metrics.json
+    (row,) = sw.run_local(d, max_parallel=1)["rows"]
+    assert row["state"] == "FAILED" and row["error"].startswith("exit status 2\n")
+    assert "the teacher run" in row["error"] and "recorded no checkpoint" in row["error"]
+
+
 def test_cancel_stops_the_local_pool(kdkit_env, tmp_path):
     import threading
     import time

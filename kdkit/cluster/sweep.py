@@ -465,6 +465,10 @@ def run_local(sweep_dir: str | os.PathLike, max_parallel: int | None = None, ind
         for i, proc in list(running.items()):
             if proc.poll() is not None:
                 del running[i]
+                run_dir = sweep_dir / spec["tasks"][i]["run_dir"]
+                if _task_record(run_dir).get("state") not in TERMINAL_STATES:   # died before recording an end
+                    _record_task(run_dir, state="FAILED", job_id=None, ended=_now(),
+                                 error=f"exit status {proc.returncode}\n" + read_tail(run_dir / "task.log", 20))
                 state = collect(sweep_dir)["rows"][i]["state"]
                 if on_task_end is not None:
                     on_task_end(i, state)
