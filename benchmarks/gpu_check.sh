@@ -158,9 +158,9 @@ def bench():
             "fabric_fp32_graphs_per_s": fp32["graphs_per_s"], "fabric_bf16_graphs_per_s": bf16["graphs_per_s"],
             "bf16_over_fp32": round(bf16["graphs_per_s"]["median"] / fp32["graphs_per_s"]["median"], 2),
             "fabric_fp32_peak_mib": fp32["peak_mib"], "fabric_bf16_peak_mib": bf16["peak_mib"],
-            "legacy_fp32_graphs_per_s": runs["32-true"]["legacy"]["graphs_per_s"],
-            "legacy_fp32_peak_mib": runs["32-true"]["legacy"]["peak_mib"],
-            "fabric_over_legacy": {p: r["speedup"] for p, r in runs.items()},
+            "plain_fp32_graphs_per_s": runs["32-true"]["plain"]["graphs_per_s"],
+            "plain_fp32_peak_mib": runs["32-true"]["plain"]["peak_mib"],
+            "fabric_over_plain": {p: r["speedup"] for p, r in runs.items()},
             "memory_ratio": {p: r["memory_ratio"] for p, r in runs.items()}}
 
 

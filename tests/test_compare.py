@@ -36,10 +36,10 @@ def _s(med, lo, hi):
     return {"median": med, "min": lo, "max": hi}
 
 
-def _bench(model, precision, legacy, fabric, speedup):
+def _bench(model, precision, plain, fabric, speedup):
     side = lambda g, prec: {"precision": prec, "graphs_per_s": _s(*g), "peak_mib": _s(10.0, 9.0, 11.0),  # noqa: E731
                             "step_ms": _s(5.0, 4.0, 6.0)}
-    return {"model": model, "type": "teacher", "legacy": side(legacy, "32-true"), "fabric": side(fabric, precision),
+    return {"model": model, "type": "teacher", "plain": side(plain, "32-true"), "fabric": side(fabric, precision),
             "speedup": speedup, "memory_ratio": 1.0}
 
 
@@ -47,9 +47,9 @@ RESULTS = [_bench("gat", "32-true", (100.0, 90.0, 110.0), (200.0, 150.0, 210.0),
            _bench("gat", "bf16-mixed", (120.0, 80.0, 130.0), (300.0, 290.0, 310.0), 2.5)]
 
 
-def test_train_rows_pool_legacy_runs_into_one_bar():
+def test_train_rows_pool_plain_loop_runs_into_one_bar():
     rows = compare.train_rows(RESULTS)
-    assert [(r["model"], r["variant"]) for r in rows] == [("gat teacher", "legacy (fp32)"),
+    assert [(r["model"], r["variant"]) for r in rows] == [("gat teacher", "plain PyG loop (fp32)"),
                                                           ("gat teacher", "fabric (32-true)"),
                                                           ("gat teacher", "fabric (bf16-mixed)")]
     assert rows[0]["graphs_per_s"] == {"median": 110.0, "min": 80.0, "max": 130.0}
@@ -61,8 +61,8 @@ def test_speedup_rows_epoch_time_from_graphs_per_second():
     assert compare.train_windows(data, "gat") == 400 and compare.train_windows(data, "vgae") == 300
     row = compare.speedup_rows(RESULTS[:1], data)[0]
     assert row["model"] == "GAT Teacher" and row["precision"] == "32-true"
-    assert row["legacy_epoch_s"] == pytest.approx(4.0) and row["fabric_epoch_s"] == pytest.approx(2.0)
-    assert row["speedup"] == 2.0 and row["legacy_peak_mib"] == 10.0
+    assert row["plain_epoch_s"] == pytest.approx(4.0) and row["fabric_epoch_s"] == pytest.approx(2.0)
+    assert row["speedup"] == 2.0 and row["plain_peak_mib"] == 10.0
 
 
 def test_infer_rows():

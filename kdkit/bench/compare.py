@@ -1,4 +1,4 @@
-"""Side by side: teacher vs students, legacy vs Fabric, vectorized vs pandas preprocessing.
+"""Side by side: teacher vs students, the plain PyG loop vs Fabric, vectorized vs pandas preprocessing.
 
 What the student and benchmark notebooks call; every figure comes from a benchmark a user
 can rerun (``kdkit bench train|infer|preprocess``), recorded with the machine it ran on.
@@ -114,7 +114,7 @@ def compare_models(models: Mapping[str, Mapping], dataset: str, data_root: str |
     return rows
 
 
-# ----------------------------------------------------------------------------- legacy vs Fabric
+# ----------------------------------------------------------------------------- the plain PyG loop vs Fabric
 def split_list(text: str) -> list[str]:
     """``"gat, vgae"`` -> ``["gat", "vgae"]`` (notebook parameters are flat strings)."""
     return [t.strip() for t in text.split(",") if t.strip()]
@@ -124,7 +124,7 @@ def bench_grid(models: Sequence[str], types: Sequence[str], precisions: Sequence
     """``kdkit bench train`` for every model x type x Fabric precision; prints one line each.
 
     Args:
-        models, types, precisions: the grid (legacy always runs fp32 next to each Fabric precision).
+        models, types, precisions: the grid (the plain PyG loop runs fp32 next to each Fabric precision).
         **kwargs: passed to :func:`kdkit.bench.train.bench_train` (dataset, steps, repeats, ...).
     """
 
@@ -135,21 +135,21 @@ def bench_grid(models: Sequence[str], types: Sequence[str], precisions: Sequence
                 r = bench_train(model=model, type=type_, precision=precision, **kwargs)
                 results.append(r)
                 print(f"{model} {type_:<8} fabric {r['fabric']['precision']:<10} {r['fabric']['graphs_per_s']['median']:>8.1f} "
-                      f"graphs/s, legacy {r['legacy']['graphs_per_s']['median']:>8.1f}: {r['speedup']}x", flush=True)
+                      f"graphs/s, plain PyG loop {r['plain']['graphs_per_s']['median']:>8.1f}: {r['speedup']}x", flush=True)
     return results
 
 
 def train_rows(results: Sequence[Mapping]) -> list[dict]:
     """Bar rows (``model``, ``variant``, per-metric ``{median, min, max}``) from :func:`bench_grid`.
 
-    The legacy loop is fp32 in every call: its measurements are pooled into one bar per model.
+    The plain loop is fp32 in every call: its measurements are pooled into one bar per model.
     """
     rows: dict[tuple[str, str], dict] = {}
     for r in results:
         group = f"{r['model']} {r['type']}"
-        for name in ("legacy", "fabric"):
+        for name in ("plain", "fabric"):
             v = r[name]
-            key = (group, "legacy (fp32)" if name == "legacy" else f"fabric ({v['precision']})")
+            key = (group, "plain PyG loop (fp32)" if name == "plain" else f"fabric ({v['precision']})")
             row = rows.setdefault(key, {"model": group, "variant": key[1], "graphs_per_s": [], "peak_mib": [], "step_ms": []})
             for metric in ("graphs_per_s", "peak_mib", "step_ms"):
                 row[metric].append(v[metric])
@@ -172,10 +172,10 @@ def speedup_rows(results: Sequence[Mapping], data) -> list[dict]:
     rows = []
     for r in results:
         n = train_windows(data, r["model"])
-        lg, fb = r["legacy"], r["fabric"]
+        pl, fb = r["plain"], r["fabric"]
         rows.append({"model": f"{r['model'].upper()} {r['type'].capitalize()}", "precision": fb["precision"],
-                     "legacy_epoch_s": n / lg["graphs_per_s"]["median"], "fabric_epoch_s": n / fb["graphs_per_s"]["median"],
-                     "speedup": r["speedup"], "legacy_peak_mib": lg["peak_mib"]["median"],
+                     "plain_epoch_s": n / pl["graphs_per_s"]["median"], "fabric_epoch_s": n / fb["graphs_per_s"]["median"],
+                     "speedup": r["speedup"], "plain_peak_mib": pl["peak_mib"]["median"],
                      "fabric_peak_mib": fb["peak_mib"]["median"], "memory_ratio": r["memory_ratio"]})
     return rows
 

@@ -257,7 +257,6 @@ def bench_train(model: str = "gat", type: str = "teacher", dataset: str = "synth
     out["memory_ratio"] = round(fb["peak_mib"]["median"] / max(pl["peak_mib"]["median"], 1e-9), 2)
     out["memory_ratio_rss"] = round(fb["rss_peak_mib"]["median"] / max(pl["rss_peak_mib"]["median"], 1e-9), 2)
     out["memory_measured_by"] = runs["fabric"][0]["memory_measured_by"]
-    out["legacy"] = out["plain"]  # TRANSITION: the key older notebooks read; removed once they read "plain"
     out["machine"] = machine_info()
     return out
 

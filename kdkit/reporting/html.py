@@ -36,7 +36,7 @@ details{margin:.8em 0}summary{cursor:pointer;color:#555}"""
 
 # section titles of the notebooks' records
 SECTION_TITLES = {"teacher": "Teacher training", "student": "Student: distilled against trained alone",
-                  "benchmark": "Benchmark: legacy loop against Fabric, preprocessing, inference",
+                  "benchmark": "Benchmark: the plain PyG loop against Fabric, preprocessing, inference",
                   "gateway": "Gateway: streaming detection on a recording"}
 
 # figure file stem -> (title, what to look at)
@@ -65,7 +65,7 @@ FIGURES = {
     "score_histograms_teacher": ("Scores of the teacher against its threshold", "As above, for the teacher."),
     "attack_recall": ("Recall per attack type", "Share of attack windows detected, per attack type and scenario: "
                       "a type the student misses but the teacher catches is knowledge the distillation lost."),
-    "train_graphs_per_s": ("Training throughput: legacy loop against Fabric", "Median graphs per second, bars from "
+    "train_graphs_per_s": ("Training throughput: the plain PyG loop against Fabric", "Median graphs per second, bars from "
                            "the fastest to the slowest repeat; higher is better."),
     "train_peak_memory": ("Peak memory of the training steps", "Lower is better."),
     "preprocess": ("Preprocessing throughput", "Messages per second read, windowed and turned into graphs: "
