@@ -157,8 +157,8 @@ def test_array_script_carries_the_requeue_interface():
     script = _golden_cases()["array_cpu"]()
     lines = script.splitlines()
     assert "#SBATCH --array=0-26%2" in lines and "#SBATCH --requeue" in lines
-    assert f"#SBATCH --signal=B:USR1@{sw.SIGNAL_GRACE}" in lines
-    assert lines[-1].startswith(f"exec python -m kdkit.cluster.requeue --max-requeues {sw.MAX_REQUEUES} -- "
+    assert "#SBATCH --signal=B:USR1@120" in lines and "#SBATCH --open-mode=append" in lines   # the requeue defaults
+    assert lines[-1].startswith("exec python -m kdkit.cluster.requeue --max-requeues 3 -- "
                                 "python -m kdkit.cli sweep run-task /scratch/kdkit/runs/sweeps/kd_grid")
     assert "--teacher" in _golden_cases()["teacher_cpu"]() and "#SBATCH --array" not in _golden_cases()["teacher_cpu"]()
     with pytest.raises(ValueError, match="cannot go in an #SBATCH line|path usable in #SBATCH"):

@@ -43,6 +43,7 @@ from pathlib import Path
 import tomllib
 
 from kdkit.cluster.orchestrator import (
+    MAX_REQUEUES,
     TERMINAL_STATES,
     FabricSlurmTrainingOrchestrator,
     SlurmError,
@@ -51,6 +52,7 @@ from kdkit.cluster.orchestrator import (
     parse_sbatch,
     parse_squeue,
     read_tail,
+    signal_grace_for,
 )
 from kdkit.cluster.requeue import RESUME_ENV, STOP_FILE_ENV, saved_marker
 from kdkit.cluster.sbatch import ShellArgs, render, validate
@@ -58,8 +60,6 @@ from kdkit.workflows.notebooks import KERNEL, check_parameters, ensure_kernel, n
 
 SWEEPS_DIR = Path("runs") / "sweeps"
 RETRY_STATES = frozenset({"FAILED", "PREEMPTED", "TIMEOUT", "NODE_FAIL", "CANCELLED", "BOOT_FAIL", "OUT_OF_MEMORY"})
-MAX_REQUEUES = 3      # requeues after a time-limit warning or preemption, per task (resource key max_requeues)
-SIGNAL_GRACE = 120    # seconds between SLURM's USR1 warning and the time limit (resource key signal_grace)
 KERNEL_START_TIMEOUT = 300   # seconds; papermill's 60 s fail a task when a loaded node starts kernels slowly
 _ARRAY = re.compile(r"\d+(-\d+)?(,\d+(-\d+)?)*(%\d+)?")
 _RESERVED = ("run_dir",)   # set per task by the sweep
@@ -525,7 +525,7 @@ def render_job(sweep_dir: Path, name: str, orch: FabricSlurmTrainingOrchestrator
         output=str(log), error=str(log.with_suffix(".err")) if res.get("separate_stderr") else str(log),
         module=res.get("modules"), dependency=validate({"dependency": dependency})["dependency"],
         kill_on_invalid_dep="yes" if dependency else None,
-        signal_grace=res.get("signal_grace", SIGNAL_GRACE) or None,          # 0: no warning line
+        signal_grace=signal_grace_for(res.get("signal_grace"), res.get("time")),   # None: no warning line
         max_requeues=MAX_REQUEUES if res.get("max_requeues") is None else res["max_requeues"],
         gres_gpu=(f"{res['gpu_type']}:{gpus}" if res.get("gpu_type") else str(gpus)) if gpus else None,
         sweep_dir=str(sweep_dir),
