@@ -4,6 +4,8 @@
     .venv/bin/python benchmarks/prep_memory.py make runs/big/train_02_with_attacks/DoS-big.csv.gz 30000000
     # prepare a dataset folder once in a fresh process: one JSON line
     .venv/bin/python benchmarks/prep_memory.py measure runs/big runs/big-cache [--workers N]
+    # one shuffled pass of the training loader over a prepared (memory-mapped) split: peak RSS
+    .venv/bin/python benchmarks/prep_memory.py iterate runs/big-cache/NAME/KEY/train.store --batch-size 256
     # the table of docs/PERFORMANCE.md "Preparation at any size": sizes x repeats, interleaved
     .venv/bin/python benchmarks/prep_memory.py table --sizes 200000,2700000,30000000 --repeats 3 --out runs/prep_memory.json
 
@@ -112,6 +114,29 @@ def measure(dataset: str, cache: str, workers: int = 1) -> dict:
             "store_bytes": store_bytes}
 
 
+def iterate(store: str, batch_size: int = 256) -> dict:
+    """One shuffled epoch of ``graph_loader`` batches over a store file (memory-mapped, checksums
+    verified first): peak RSS above the imports against the file's size."""
+    import torch
+
+    torch.set_num_threads(1)
+    from kdkit.data.graphs import GraphSet
+    from kdkit.data.loader import graph_loader
+
+    base = _rss_mib()
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    gs = GraphSet.load(store)
+    graphs = nodes = 0
+    for batch in graph_loader(gs, batch_size=batch_size, shuffle=True, num_workers=0):
+        graphs += batch.num_graphs
+        nodes += batch.num_nodes
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"store": store, "store_bytes": os.path.getsize(store), "graphs": graphs, "nodes": nodes,
+            "batch_size": batch_size, "cpu_s": round(time.process_time() - cpu0, 2),
+            "wall_s": round(time.perf_counter() - wall0, 2), "rss_after_imports_mib": round(base, 1),
+            "peak_above_imports_mib": round(peak - base, 1)}
+
+
 def _layout(root: Path, rows: int) -> Path:
     """A dataset folder with one generated training recording (and no test scenario)."""
     make(root / "train_02_with_attacks" / "DoS-generated.csv.gz", rows)
@@ -153,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("dataset")
     r.add_argument("cache")
     r.add_argument("--workers", type=int, default=1)
+    i = sub.add_parser("iterate", help="one shuffled loader pass over a store file; one JSON line")
+    i.add_argument("store")
+    i.add_argument("--batch-size", type=int, default=256)
     t = sub.add_parser("table", help="sizes x repeats, interleaved, generated under runs/ and deleted")
     t.add_argument("--sizes", default="200000,2700000,30000000")
     t.add_argument("--repeats", type=int, default=3)
@@ -164,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         make(args.path, args.rows, args.seed)
     elif args.cmd == "measure":
         print(json.dumps(measure(args.dataset, args.cache, args.workers)))
+    elif args.cmd == "iterate":
+        print(json.dumps(iterate(args.store, args.batch_size)))
     else:
         summary = table([int(s) for s in args.sizes.split(",")], args.repeats, args.work, args.workers)
         text = json.dumps({"machine": os.uname().nodename, "cores": os.cpu_count(), "summary": summary}, indent=1)

@@ -295,3 +295,22 @@ def test_predecessor_algorithm_builds_the_same_graphs(tmp_path: Path):
         new = gs.to_data(i)
         for key in ("x", "node_id", "edge_index", "edge_attr", "y", "node_y"):
             assert torch.equal(getattr(d, key), getattr(new, key)), (i, key)
+
+
+def test_loader_releases_a_large_mapped_store_and_gives_the_same_batches(tmp_path: Path, monkeypatch):
+    from kdkit.data.loader import collate_indices, graph_loader
+
+    base = _dataset(tmp_path)
+    d = prepare(str(base), PrepareConfig(window=10), cache_dir=tmp_path / "c")
+    mapped, in_memory = GraphSet.load(d.cache_dir / "train.store"), GraphSet.load(d.cache_dir / "train.store", mmap=False)
+    assert in_memory.backing is None
+    monkeypatch.setattr(GraphSet, "RELEASE_ABOVE_BYTES", 0)  # this tiny store counts as large
+    monkeypatch.setattr(GraphSet, "RELEASE_GRAPHS", 7)
+    released = []
+    monkeypatch.setattr(mapped, "release_pages", lambda: released.append(mapped.gathered) or setattr(mapped, "gathered", 0))
+    loader = graph_loader(mapped, batch_size=5, shuffle=True, seed=1, num_workers=0)
+    for batch, idx in zip(loader, loader.batch_sampler):
+        want = collate_indices(in_memory, idx)
+        for key in ("x", "node_id", "edge_index", "edge_attr", "y", "node_y", "batch"):
+            assert torch.equal(getattr(batch, key), getattr(want, key)), key
+    assert released and all(n >= 7 for n in released) and len(released) == len(mapped) // 10

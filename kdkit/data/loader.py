@@ -2,8 +2,8 @@
 
 A batch is gathered from a :class:`~kdkit.graphs.GraphSet` with a few vectorized index
 operations: no per-graph ``Data`` objects and no PyG collate in the hot path. From a
-memory-mapped store (``datasets.prepare``) only the batch's pages are read, and they are
-released every few thousand graphs, so a store larger than RAM trains in bounded memory. It is still a
+memory-mapped store (``datasets.prepare``) only the batch's pages are read, and a large store's
+pages are released every 256 graphs, so a store larger than RAM trains in bounded memory. It is still a
 ``torch.utils.data.DataLoader`` (Fabric's ``setup_dataloaders`` accepts it); the batch
 sampler shuffles per epoch with the seed and shards by rank itself under DDP, so Fabric
 must be told ``use_distributed_sampler=False``.

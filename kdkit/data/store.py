@@ -236,6 +236,11 @@ class StoreMapping:
     arrays: dict[str, np.ndarray]
     header: dict
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the mapped arrays."""
+        return sum(int(a.nbytes) for a in self.arrays.values())
+
     def release(self) -> None:
         """Drop the mapped pages from this process; they stay in the page cache, and the arrays
         stay valid (a later read maps the file's pages again)."""
@@ -328,6 +333,8 @@ def open_store(path: str | Path, mmap_file: bool = True, verify: bool = True) ->
     if mmap_file:
         with open(path, "rb") as f:
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        if hasattr(mm, "madvise"):  # batches touch a few pages per graph: no readahead
+            mm.madvise(mmap.MADV_RANDOM)
         maps.append(mm)
         for name, t in layout.items():
             count = t["nbytes"] // np.dtype(t["dtype"]).itemsize
