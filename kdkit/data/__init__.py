@@ -1,8 +1,9 @@
 """Files -> messages -> windows -> graphs: everything kdkit knows about CAN recordings.
 
 Owns the one internal messages table and its readers (:mod:`.readers`), the built-in
-traffic simulator (:mod:`.simulate`), windows -> graphs and the packed graph store
-(:mod:`.graphs`), the dataset registry, splits and cached preparation (:mod:`.datasets`)
+traffic simulator (:mod:`.simulate`), windows -> graphs (:mod:`.graphs`), the graph store
+file, written as a stream and read memory-mapped (:mod:`.store`), the dataset registry, splits
+and cached preparation (:mod:`.datasets`) in bounded memory, files in parallel (:mod:`.prep`),
 and batches gathered from the store for models (:mod:`.loader`).
 
 Layer 0: imports no other kdkit package.
