@@ -306,6 +306,7 @@ def test_loader_releases_a_large_mapped_store_and_gives_the_same_batches(tmp_pat
     assert in_memory.backing is None
     monkeypatch.setattr(GraphSet, "RELEASE_ABOVE_BYTES", 0)  # this tiny store counts as large
     monkeypatch.setattr(GraphSet, "RELEASE_GRAPHS", 7)
+    monkeypatch.setattr(GraphSet, "RELEASE_ROWS", 16)  # a batch's rows are taken in pieces, released between
     released = []
     monkeypatch.setattr(mapped, "release_pages", lambda: released.append(mapped.gathered) or setattr(mapped, "gathered", 0))
     loader = graph_loader(mapped, batch_size=5, shuffle=True, seed=1, num_workers=0)
@@ -313,4 +314,4 @@ def test_loader_releases_a_large_mapped_store_and_gives_the_same_batches(tmp_pat
         want = collate_indices(in_memory, idx)
         for key in ("x", "node_id", "edge_index", "edge_attr", "y", "node_y", "batch"):
             assert torch.equal(getattr(batch, key), getattr(want, key)), key
-    assert released and all(n >= 7 for n in released) and len(released) == len(mapped) // 10
+    assert len(released) > len(mapped) // 5  # between the pieces of every batch (each has > 16 nodes)

@@ -308,12 +308,33 @@ class GraphSet:
             self.backing.release()
             self.gathered = 0
 
+    RELEASE_ROWS = 8192  # rows gathered at a time from a released store (~200 graphs' pages)
+
+    @property
+    def releasing(self) -> bool:
+        """Whether this set's pages are released as batches are gathered (a mapped store above
+        :attr:`RELEASE_ABOVE_BYTES`)."""
+        return self.backing is not None and self.backing.nbytes > self.RELEASE_ABOVE_BYTES
+
+    def rows(self, t: torch.Tensor, index, dim: int = 0) -> torch.Tensor:
+        """``t[index]`` (``dim`` 0) or ``t[:, index]`` (``dim`` 1) of one of this set's tensors. From a
+        released store the rows are taken :attr:`RELEASE_ROWS` at a time, the pages released after
+        each piece, so even one large batch never holds more than a piece's pages."""
+        take = (lambda i: t[i]) if dim == 0 else (lambda i: t[:, i])  # noqa: E731
+        if not self.releasing or isinstance(index, slice) or index.numel() <= self.RELEASE_ROWS:
+            return take(index)
+        pieces = []
+        for part in torch.split(index, self.RELEASE_ROWS):
+            pieces.append(take(part))
+            self.release_pages()
+        return torch.cat(pieces, dim)
+
     def note_gathered(self, graphs: int) -> None:
         """Count graphs read from a mapped store and release its pages every
         :attr:`RELEASE_GRAPHS` (the loaders call this) when it is larger than
         :attr:`RELEASE_ABOVE_BYTES`, so a store larger than RAM is read in a bounded resident set:
         what is not resident is read again from the page cache or disk."""
-        if self.backing is not None and self.backing.nbytes > self.RELEASE_ABOVE_BYTES:
+        if self.releasing:
             self.gathered += graphs
             if self.gathered >= self.RELEASE_GRAPHS:
                 self.release_pages()

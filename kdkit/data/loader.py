@@ -61,7 +61,7 @@ def gather_structure(gs: GraphSet, idx) -> Gathered:
         order = torch.arange(n_graphs)
         batch_vec = torch.repeat_interleave(order, node_ptr[1:] - node_ptr[:-1], output_size=n_nodes)
         edge_graph = torch.repeat_interleave(order, edge_ptr[1:] - edge_ptr[:-1], output_size=n_edges)
-        edge_index = gs.edge_index[:, edges].long() + node_ptr[:-1][edge_graph]  # a new tensor, never the store
+        edge_index = gs.rows(gs.edge_index, edges, dim=1).long() + node_ptr[:-1][edge_graph]  # a new tensor
     return Gathered(nodes, edges, node_ptr, batch_vec, edge_index, idx)
 
 
@@ -71,7 +71,7 @@ def collate_indices(gs: GraphSet, idx: torch.Tensor | np.ndarray | list[int]):
     g = gather_structure(gs, idx)
 
     def take(t: torch.Tensor, rows) -> torch.Tensor:  # a batch owns its tensors (loader workers share
-        return t[rows].clone() if isinstance(rows, slice) else t[rows]  # a view's whole store otherwise)
+        return t[rows].clone() if isinstance(rows, slice) else gs.rows(t, rows)  # a view's whole store otherwise)
 
     out = Batch(x=take(gs.x, g.nodes), node_id=take(gs.node_id, g.nodes), edge_index=g.edge_index,
                 edge_attr=take(gs.edge_attr, g.edges), y=gs.y[g.idx], node_y=take(gs.node_y, g.nodes).long(), batch=g.batch,
@@ -232,7 +232,7 @@ def gather_windows(gs, idx) -> WindowBatch:
     PyG ``Batch`` around them, labels left out."""
 
     g = gather_structure(gs, idx)
-    out = WindowBatch(gs.x[g.nodes], gs.node_id[g.nodes], g.edge_index, gs.edge_attr[g.edges], g.batch, g.ptr,
-                      g.idx.numel())
+    out = WindowBatch(gs.rows(gs.x, g.nodes), gs.rows(gs.node_id, g.nodes), g.edge_index,
+                      gs.rows(gs.edge_attr, g.edges), g.batch, g.ptr, g.idx.numel())
     gs.note_gathered(out.num_graphs)  # views stay valid after a release: the pages are read again from the file
     return out
