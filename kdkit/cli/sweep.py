@@ -81,7 +81,7 @@ def cmd_sweep(args) -> int:
         print(sw.describe(spec, orch, max_parallel=args.max_parallel, slurm=args.use_slurm, **resources), end="")
         return 0
     if args.use_slurm:
-        orch._resources(resources)
+        orch.resources(resources)
         sweep_dir = sw.create(spec)
         job = sw.submit(sweep_dir, orch, max_parallel=args.max_parallel, **resources)
         print(f"submitted sweep {spec['name']} ({len(spec['tasks'])} tasks) as job array {job}: {sweep_dir}\n"

@@ -290,7 +290,7 @@ class FabricSlurmTrainingOrchestrator:
         in_venv = sys.prefix != sys.base_prefix
         self.defaults = {"venv": sys.prefix if in_venv else None, "kernel": "kdkit", "separate_stderr": False,
                          "signal_grace": SIGNAL_GRACE, "max_requeues": MAX_REQUEUES, **presets[preset]}
-        self.defaults = self._resources(defaults)
+        self.defaults = self.resources(defaults)
         self.registry = JobRegistry(self.runs_dir / "slurm_jobs.json")
         self.query_timeout = _query_timeout(query_timeout)
         self._runner = runner or (lambda argv: subprocess.run(
@@ -394,7 +394,7 @@ class FabricSlurmTrainingOrchestrator:
         if "run_dir" in notebook_parameters(notebook):
             parameters.setdefault("run_dir", str(run_dir))
         check_parameters(notebook, parameters)
-        fields = dict(self._resources(resources), notebook=str(notebook),
+        fields = dict(self.resources(resources), notebook=str(notebook),
                       output_notebook=str(run_dir / notebook.name), notebook_dir=str(notebook.parent),
                       parameters_yaml=to_yaml(parameters), dependency=dependency)
         return self._submit("notebook.sbatch", name, fields, parameters, dry_run)
@@ -402,7 +402,7 @@ class FabricSlurmTrainingOrchestrator:
     def _submit_training(self, model, dataset, model_type, teacher, *, epochs=None,
                          config=None, run_name=None, devices=None, num_nodes=1,
                          dependency=None, dry_run=False, **resources):
-        res = self._resources(resources)
+        res = self.resources(resources)
         devices = devices or max(res.get("gpus") or 0, 1)
         if res.get("gpus"):
             res["gpus"] = devices          # one task per GPU
@@ -437,7 +437,9 @@ class FabricSlurmTrainingOrchestrator:
         fields = dict(res, train_args=train_args, nodes=num_nodes, ntasks_per_node=devices, dependency=dependency)
         return self._submit("train.sbatch", name, fields, run, dry_run)
 
-    def _resources(self, overrides: dict) -> dict:
+    def resources(self, overrides: dict) -> dict:
+        """This orchestrator's defaults with ``overrides`` (resource keys only; an unknown key is a
+        ``TypeError`` naming the valid ones), checked before anything is written or submitted."""
         unknown = set(overrides) - set(RESOURCE_KEYS)
         if unknown:
             raise TypeError(f"unknown option(s) {', '.join(sorted(unknown))}; "
@@ -479,7 +481,7 @@ class FabricSlurmTrainingOrchestrator:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "job.sbatch").write_text(script)
         (run_dir / "parameters.json").write_text(json.dumps(parameters, indent=1, default=str) + "\n")
-        proc = self._slurm(["sbatch", "--parsable", str(run_dir / "job.sbatch")])
+        proc = self.run_slurm(["sbatch", "--parsable", str(run_dir / "job.sbatch")])
         if proc.returncode != 0:
             raise SlurmError(f"sbatch rejected {run_dir / 'job.sbatch'}: {proc.stderr.strip()}")
         job_id, cluster = parse_sbatch(proc.stdout)
@@ -520,7 +522,7 @@ class FabricSlurmTrainingOrchestrator:
             raise FileNotFoundError(f"job {job_id}: no job.sbatch in its run folder {info.get('run_dir')} (was it "
                                     f"submitted by kdkit into {self.runs_dir}?)")
         run_dir = Path(info["run_dir"])
-        proc = self._slurm(["sbatch", "--parsable", f"--export=ALL,{RESUME_ENV}=auto", str(run_dir / "job.sbatch")])
+        proc = self.run_slurm(["sbatch", "--parsable", f"--export=ALL,{RESUME_ENV}=auto", str(run_dir / "job.sbatch")])
         if proc.returncode != 0:
             raise SlurmError(f"sbatch rejected {run_dir / 'job.sbatch'}: {proc.stderr.strip()}")
         new_id, cluster = parse_sbatch(proc.stdout)
@@ -633,7 +635,7 @@ class FabricSlurmTrainingOrchestrator:
         """
         job_id = check_job_id(job_id)
         cluster = self.registry.load().get(job_id, {}).get("cluster")
-        proc = self._slurm(["scancel", *self._cluster_args(cluster), "--", job_id])
+        proc = self.run_slurm(["scancel", *self._cluster_args(cluster), "--", job_id])
         if proc.returncode != 0:
             raise SlurmError(f"scancel {job_id}: {proc.stderr.strip()}")
 
@@ -652,7 +654,9 @@ class FabricSlurmTrainingOrchestrator:
         return text
 
     # ---- Slurm calls
-    def _slurm(self, argv: list[str]) -> subprocess.CompletedProcess:
+    def run_slurm(self, argv: list[str]) -> subprocess.CompletedProcess:
+        """Run a Slurm command (sbatch, scancel, ...) through this orchestrator's runner;
+        :class:`SlurmUnavailable` when the command is not installed."""
         try:
             return self._runner(argv)
         except FileNotFoundError:
@@ -667,7 +671,7 @@ class FabricSlurmTrainingOrchestrator:
 
     def _ask_controller(self, argv: list[str]) -> subprocess.CompletedProcess:
         """Runs squeue/scontrol; any failure other than "Invalid job id" means the controller is down."""
-        proc = self._slurm(argv)
+        proc = self.run_slurm(argv)
         if proc.returncode != 0 and "invalid job id" not in (proc.stderr or "").lower():
             why = (proc.stderr or "").strip() or f"no message, exit status {proc.returncode}"
             raise SlurmUnavailable(f"the Slurm controller did not answer: {why} (from `{' '.join(argv)}`; "
@@ -719,7 +723,7 @@ class FabricSlurmTrainingOrchestrator:
             argv = ["sacct", *self._cluster_args(cluster), *extra, "-n", "-P", "-X",
                     "-o", "JobID,State,ExitCode,NodeList", "--jobs=" + ",".join(missing)]
             try:
-                proc = self._slurm(argv)
+                proc = self.run_slurm(argv)
             except SlurmUnavailable:
                 continue
             if proc.returncode == 0:

@@ -511,7 +511,7 @@ def render_job(sweep_dir: Path, name: str, orch: FabricSlurmTrainingOrchestrator
         dependency: e.g. ``afterok:123``. Default None.
         **resources: resource keys of the orchestrator (time, mem, partition, ...).
     """
-    res = orch._resources(resources)
+    res = orch.resources(resources)
     sweep_dir = Path(validate({"runs_dir": sweep_dir})["runs_dir"])
     teacher = indices is None
     array = None if teacher else array_spec(indices, max_parallel)
@@ -577,7 +577,7 @@ def submit(sweep_dir: str | os.PathLike, orch: FabricSlurmTrainingOrchestrator |
 
 def _sbatch(orch, path: Path, script: str, resume: bool = False) -> str:
     path.write_text(script)
-    proc = orch._slurm(["sbatch", "--parsable", *([f"--export=ALL,{RESUME_ENV}=auto"] if resume else []), str(path)])
+    proc = orch.run_slurm(["sbatch", "--parsable", *([f"--export=ALL,{RESUME_ENV}=auto"] if resume else []), str(path)])
     if proc.returncode != 0:
         raise SlurmError(f"sbatch rejected {path}: {proc.stderr.strip()}")
     return parse_sbatch(proc.stdout)[0]
@@ -606,7 +606,7 @@ def slurm_states(sweep_dir: str | os.PathLike, orch: FabricSlurmTrainingOrchestr
         return {}
     arrays = sorted({j.split("_")[0] for j in jobs}, key=int)
     argv = ["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T|%r|%N", "--jobs=" + ",".join(arrays)]
-    proc = orch._slurm(argv)
+    proc = orch.run_slurm(argv)
     if proc.returncode != 0 and "invalid job id" not in (proc.stderr or "").lower():
         raise SlurmUnavailable(f"the Slurm controller did not answer: {(proc.stderr or '').strip()} (from "
                                f"`{' '.join(argv)}`; `scontrol ping` checks the controller)")
@@ -819,7 +819,7 @@ def run_sweep(notebook, grid, seeds=None, *, parameters=None, use_slurm=False, m
                         slurm=use_slurm, **resources)
     if use_slurm:
         orch = orchestrator or FabricSlurmTrainingOrchestrator(runs_dir=Path(spec["sweeps_dir"]) / spec["name"])
-        orch._resources(resources)                     # a bad resource is refused before anything is written
+        orch.resources(resources)                     # a bad resource is refused before anything is written
         sweep_dir = create(spec)
         submit(sweep_dir, orch, max_parallel=max_parallel, **resources)
         return sweep_dir

@@ -357,7 +357,7 @@ class TrainPanel:
             resources = {k_: v for k_, v in resources.items() if v}
             orch = FabricSlurmTrainingOrchestrator(runs_dir=Path(spec["sweeps_dir"]) / spec["name"],
                                                    preset=self.slurm_preset.value, schema=self.schema)
-            orch._resources(resources)                  # a bad resource is refused before anything is written
+            orch.resources(resources)                  # a bad resource is refused before anything is written
             self.sweep_dir = sweep.create(spec)
             self.job_id = sweep.submit(self.sweep_dir, orch, max_parallel=k, **resources)
             self._say(f"submitted sweep {spec['name']} ({len(spec['tasks'])} tasks) as job array {self.job_id}; "
