@@ -33,7 +33,15 @@ from kdkit.training.hardware import machine_info
 
 
 def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far (MiB)."""
+    """Peak resident memory of this process so far (MiB): ``VmHWM``, not ``ru_maxrss`` (which
+    Linux carries over ``exec`` from the process image that started this one)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -264,12 +272,13 @@ def python_can_baseline(path: str | Path, repeats: int = 3) -> dict:
 
 def preprocess_dataset(name: str, data_root: str | None = None) -> dict:
     """Prepare a whole dataset from scratch in a fresh process; report time and peak RSS."""
-    code = ("import json,sys,time,tempfile,resource; from kdkit.datasets import prepare; "
+    code = ("import json,sys,time,tempfile; from kdkit.data.datasets import prepare; "
+            "from kdkit.bench.preprocess import peak_rss_mib; "
             "t=time.perf_counter(); d=prepare(sys.argv[1], data_root=sys.argv[2] or None, cache_dir=tempfile.mkdtemp(), rebuild=True); "
             "dt=time.perf_counter()-t; msgs=sum(s['messages'] for s in d.info['splits'].values()); "
             "print(json.dumps({'seconds': round(dt,3), 'messages': msgs, 'messages_per_s': round(msgs/dt), "
             "'windows': {k: v['windows'] for k, v in d.info['splits'].items()}, "
-            "'peak_rss_mib': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024,1)}))")
+            "'peak_rss_mib': round(peak_rss_mib(),1)}))")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     out = subprocess.run([sys.executable, "-c", code, name, data_root or ""], capture_output=True, text=True, env=env, check=False)
     if out.returncode != 0:
