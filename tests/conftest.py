@@ -21,6 +21,27 @@ def require(condition: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+SCREENSHOTS = REPO / "runs" / "screenshots"
+
+
+def sync_playwright_or_require():
+    """playwright's ``sync_playwright`` for the headless-Chromium tests; under CI the Debian
+    Chromium is installed first if missing (``.ci/system-deps.sh``)."""
+    import subprocess
+
+    if IN_CI and not Path(CHROMIUM).exists():
+        subprocess.run(["bash", str(REPO / ".ci" / "system-deps.sh")], check=False, timeout=900)
+    require(Path(CHROMIUM).exists(), f"{CHROMIUM} missing: apt-get install chromium (or bash .ci/system-deps.sh)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        require(False, "playwright (python) not installed: pip install -e '.[test]'")
+    return sync_playwright
+
+
 @pytest.fixture(scope="session")
 def kdkit_env(tmp_path_factory):
     """Session-wide synthetic data and graph cache in a temp dir (env vars kdkit reads)."""

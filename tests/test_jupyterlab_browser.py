@@ -21,14 +21,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import IN_CI, REPO, require
+from conftest import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, sync_playwright_or_require
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
-SCREENSHOTS = REPO / "runs" / "screenshots"
 # The tiny run Train starts in the browser (the same panel(**defaults) a notebook calls).
 PANEL_CELL = """from kdkit.ui.widgets import panel
 p = panel(dataset="synthetic", epochs=1, precision="32-true", hidden=8, layers=1, heads=1, embedding_dim=4,
@@ -109,19 +105,8 @@ def jupyterlab(tmp_path):
             proc.wait(timeout=10)
 
 
-def _playwright():
-    if IN_CI and not Path(CHROMIUM).exists():
-        subprocess.run(["bash", str(REPO / ".ci" / "system-deps.sh")], check=False, timeout=900)
-    require(Path(CHROMIUM).exists(), f"{CHROMIUM} missing: apt-get install chromium (or bash .ci/system-deps.sh)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        require(False, "playwright (python) not installed: pip install -e '.[test]'")
-    return sync_playwright
-
-
 def test_jupyterlab_renders_and_runs_the_panel(jupyterlab):
-    sync_playwright = _playwright()
+    sync_playwright = sync_playwright_or_require()
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=60_000)

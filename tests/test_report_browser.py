@@ -19,14 +19,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import IN_CI, REPO, require
+from conftest import CHROMIUM, CHROMIUM_ARGS, REPO, SCREENSHOTS, require, sync_playwright_or_require
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.notebook]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
-SCREENSHOTS = REPO / "runs" / "screenshots"
 TINY = {"epochs": 1, "teacher_epochs": 1, "latency_calls": 20}
 
 
@@ -68,20 +64,9 @@ def runs(tmp_path_factory):
     return sweep / "tasks" / "task0", sweep
 
 
-def _browser():
-    if IN_CI and not Path(CHROMIUM).exists():
-        subprocess.run(["bash", str(REPO / ".ci" / "system-deps.sh")], check=False, timeout=900)
-    require(Path(CHROMIUM).exists(), f"{CHROMIUM} missing: apt-get install chromium (or bash .ci/system-deps.sh)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        require(False, "playwright (python) not installed: pip install -e '.[test]'")
-    return sync_playwright
-
-
 def _render(report: Path, screenshot: str) -> dict:
     """Open ``report`` in headless Chromium; the DOM facts the tests check; a full-page screenshot."""
-    sync_playwright = _browser()
+    sync_playwright = sync_playwright_or_require()
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=60_000)
