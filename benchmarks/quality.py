@@ -112,6 +112,17 @@ def markdown(record: dict) -> str:
     return "\n".join(lines)
 
 
+def _fit(role: str, family: str, seed: int, data, base: dict, **kw) -> dict:
+    """Train and evaluate one (family, seed, role) run; its brief with the CPU seconds."""
+    from kdkit.config import make_config
+    from kdkit.workflows.run import train
+
+    c = time.process_time()
+    s = train(make_config(model=family, seed=seed, run_name=f"{family}_{role}_seed{seed}", **base, **kw),
+              progress=False, data=data)
+    return brief(s, time.process_time() - c)
+
+
 def run(dataset: str, families: list[str], seeds: list[int], epochs: int, student_epochs: int | None,
         runs_dir: str, data_root: str | None = None, threads: int = 1, extra: dict | None = None) -> dict:
     """Train and evaluate every (family, seed, role); returns the JSON record."""
@@ -119,7 +130,7 @@ def run(dataset: str, families: list[str], seeds: list[int], epochs: int, studen
         torch.set_num_threads(threads)
     from kdkit.config import make_config
     from kdkit.training.hardware import machine_info
-    from kdkit.workflows.run import load_data, train
+    from kdkit.workflows.run import load_data
 
     base = dict(dataset=dataset, runs_dir=runs_dir, save_compat=False, precision="32-true", overwrite=True,
                 **({"data_root": data_root} if data_root else {}), **(extra or {}))
@@ -131,17 +142,12 @@ def run(dataset: str, families: list[str], seeds: list[int], epochs: int, studen
         data = load_data(make_config(model=family, **base))
         runs: dict[str, list[dict]] = {r: [] for r in ROLES}
         for seed in seeds:
-            def fit(role: str, **kw) -> dict:
-                c = time.process_time()
-                s = train(make_config(model=family, seed=seed, run_name=f"{family}_{role}_seed{seed}", **base, **kw),
-                          progress=False, data=data)
-                return brief(s, time.process_time() - c)
-
-            teacher = fit("teacher", type="teacher", epochs=epochs)
+            one = {"family": family, "seed": seed, "data": data, "base": base}
+            teacher = _fit("teacher", **one, type="teacher", epochs=epochs)
             runs["teacher"].append(teacher)
             se = student_epochs or epochs
-            runs["student_kd"].append(fit("student_kd", type="student", teacher=teacher["checkpoint"], epochs=se))
-            runs["student_alone"].append(fit("student_alone", type="student", epochs=se))
+            runs["student_kd"].append(_fit("student_kd", **one, type="student", teacher=teacher["checkpoint"], epochs=se))
+            runs["student_alone"].append(_fit("student_alone", **one, type="student", epochs=se))
         record["runs"][family] = runs
         record["families"][family] = aggregate(runs)
     record["total_seconds"] = round(time.perf_counter() - t0, 1)
