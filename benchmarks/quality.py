@@ -68,6 +68,11 @@ def aggregate(runs: dict[str, list[dict]]) -> dict:
         out[role] = {"parameters": per_seed[0]["parameters"], "size_bytes": per_seed[0]["size_bytes"],
                      "cpu_seconds": spread([r["cpu_seconds"] for r in per_seed]),
                      "epochs_run": spread([r["epochs_run"] for r in per_seed]), "scenarios": table}
+        if all("ablation" in r for r in per_seed):
+            out[role]["ablation"] = {v: {name: {k: spread([r["ablation"][v][name][k] for r in per_seed])
+                                                for k in ("f1", "false_positive_rate")}
+                                         for name in per_seed[0]["ablation"][v]}
+                                     for v in per_seed[0]["ablation"]}
     kd, alone = runs.get("student_kd") or [], runs.get("student_alone") or []
     if kd and alone:
         gain = {}
@@ -109,18 +114,88 @@ def markdown(record: dict) -> str:
             cells = [_cell(agg["kd_gain"][s]["f1"]) for s in scenarios]
             lines.append("| KD gain (F1) | | | " + " | ".join(cells) + " |")
         lines.append("")
+        for role in roles:
+            if "ablation" not in agg[role]:
+                continue
+            lines.append(f"{role.replace('_', ' ')}: heads alone and combiners, all fitted on validation "
+                         "(F1 / false-positive rate)\n")
+            lines.append("| variant | " + " | ".join(scenarios) + " |")
+            lines.append("|---|" + "---|" * len(scenarios))
+            for variant, per in agg[role]["ablation"].items():
+                cells = [" / ".join(_cell(per[s][k]) for k in ("f1", "false_positive_rate")) if s in per else "-"
+                         for s in scenarios]
+                lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+            lines.append("")
     return "\n".join(lines)
 
 
 def _fit(role: str, family: str, seed: int, data, base: dict, **kw) -> dict:
-    """Train and evaluate one (family, seed, role) run; its brief with the CPU seconds."""
+    """Train and evaluate one (family, seed, role) run; its brief with the CPU seconds (a fusion run
+    also with its :func:`fusion_ablation`)."""
     from kdkit.config import make_config
     from kdkit.workflows.run import train
 
     c = time.process_time()
-    s = train(make_config(model=family, seed=seed, run_name=f"{family}_{role}_seed{seed}", **base, **kw),
-              progress=False, data=data)
-    return brief(s, time.process_time() - c)
+    cfg = make_config(model=family, seed=seed, run_name=f"{family}_{role}_seed{seed}", **base, **kw)
+    s = train(cfg, progress=False, data=data)
+    out = brief(s, time.process_time() - c)
+    if family == "fusion":
+        out["ablation"] = fusion_ablation(s["best_checkpoint"], data, cfg.fusion_quantile, cfg.threshold_quantile)
+    return out
+
+
+ABLATION = ("classifier_at_0.5", "classifier_at_val_fpr", "autoencoder_at_val_fpr", "autoencoder_standardised",
+            *(f"fused_{k}" for k in ("max", "logistic", "mlp", "policy")))
+
+
+def fusion_ablation(checkpoint: str, data, quantile: float, vgae_quantile: float) -> dict:
+    """F1 per test folder of a fusion model's heads alone and of every combiner, all fitted on the
+    validation split only (the model is trained once; only the combination differs):
+
+    - ``classifier_at_0.5``: the classification head as a GAT decides (attack probability >= 0.5);
+    - ``classifier_at_val_fpr``: the same head at the ``quantile`` of attack-free validation scores;
+    - ``autoencoder_at_val_fpr``: the reconstruction head as a VGAE decides (feature + ID + edge error
+      at the ``vgae_quantile`` of attack-free validation windows);
+    - ``autoencoder_standardised``: the reconstruction parts (and OOV share) each standardised on
+      attack-free validation windows, their maximum (the ``max`` combiner without the classifier);
+    - ``fused_<kind>``: :class:`kdkit.models.fusion.Combiner` of that kind.
+    """
+    import numpy as np
+    import torch
+
+    from kdkit.models.fusion import Combiner, fit_combiner, predict_parts
+    from kdkit.models.thresholds import quantile_threshold
+    from kdkit.reporting.metrics import binary_metrics
+    from kdkit.training.checkpoint import load_checkpoint, model_from_checkpoint
+
+    model = model_from_checkpoint(load_checkpoint(checkpoint), checkpoint).eval()
+    val = data.splits["val"]
+    yv = val.y.numpy()
+    known, unknown = predict_parts(model, val), predict_parts(model, val, ids_hidden=True)
+    tests = {name: (predict_parts(model, data.splits[name]), data.splits[name].y.numpy())
+             for name in data.scenarios if len(data.splits[name])}
+    c = model.config
+    recon = lambda p: p[:, 1] + c["id_weight"] * p[:, 2] + c["edge_weight"] * p[:, 3]  # noqa: E731 - the VGAE's score
+    scorers = {
+        "classifier_at_0.5": (lambda p: p[:, 0], 0.0),
+        "classifier_at_val_fpr": (lambda p: p[:, 0], quantile_threshold(known[yv == 0, 0], quantile)),
+        "autoencoder_at_val_fpr": (recon, quantile_threshold(recon(known[yv == 0]), vgae_quantile)),
+    }
+    standardised = Combiner("max", unknown_vehicle_share=c["unknown_vehicle_share"])
+    standardised.mask[:, 0] = 0.0  # the reconstruction parts (and OOV share) alone, each on its validation scale
+    fit_combiner(standardised, (known, yv), (unknown, yv), quantile=quantile)
+    scorers["autoencoder_standardised"] = (lambda p: standardised(torch.as_tensor(p, dtype=torch.float32)).numpy(), 0.0)
+    for kind in ("max", "logistic", "mlp", "policy"):
+        comb = Combiner(kind, c["combiner_hidden"], unknown_vehicle_share=c["unknown_vehicle_share"])
+        fit_combiner(comb, (known, yv), (unknown, yv), quantile=quantile)
+        scorers[f"fused_{kind}"] = (lambda p, m=comb: m(torch.as_tensor(p, dtype=torch.float32)).numpy(), 0.0)
+    out: dict = {}
+    for variant, (score, threshold) in scorers.items():
+        out[variant] = {}
+        for name, (parts, y) in tests.items():
+            m = binary_metrics(y, np.asarray(score(parts), np.float64), threshold)
+            out[variant][name] = {"f1": m["f1"], "false_positive_rate": m["false_positive_rate"]}
+    return out
 
 
 def run(dataset: str, families: list[str], seeds: list[int], epochs: int, student_epochs: int | None,
@@ -158,7 +233,7 @@ def run(dataset: str, families: list[str], seeds: list[int], epochs: int, studen
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", default="hcrl_sa", help="registry key, folder or spec file")
-    ap.add_argument("--models", default="gat", help="model families, comma-separated (gat, vgae)")
+    ap.add_argument("--models", default="gat", help="model families, comma-separated (gat, vgae, fusion)")
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--student-epochs", type=int, default=None)
@@ -171,9 +246,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--markdown", action="store_true", help="print the Markdown table instead of the JSON")
     args = ap.parse_args(argv)
     families = [m.strip() for m in args.models.split(",") if m.strip()]
-    bad = sorted(set(families) - {"gat", "vgae"})
+    bad = sorted(set(families) - {"gat", "vgae", "fusion"})
     if bad:
-        ap.error(f"--models: unknown {bad}; choose from gat, vgae")
+        ap.error(f"--models: unknown {bad}; choose from gat, vgae, fusion")
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:

@@ -108,6 +108,12 @@ class TrainConfig:
     threshold_rule: str = param("quantile", "VGAE threshold: quantile of attack-free validation scores | youden "
                                 "(labelled validation)", group=MODEL, choices=("quantile", "youden"))
     threshold_quantile: float = param(0.99, "the quantile for threshold_rule quantile", group=MODEL, low=0, high=1)
+    combiner: str = param("max", "fusion: how the classifier's and the autoencoder's evidence become one score, fitted "
+                          "on validation data (max | logistic | mlp | policy; docs/FUSION.md)", group=MODEL,
+                          choices=("max", "logistic", "mlp", "policy"))
+    fusion_quantile: float = param(0.999, "fusion: per vehicle mode, the share of attack-free validation windows "
+                                   "scored below the threshold (1 - the false-positive budget)", group=MODEL,
+                                   low=0.5, high=1)
     id_dropout: float = param(0.2, "training-time share of node IDs replaced by the OOV bucket", group=MODEL, low=0, high=1)
     vehicle_dropout: float = param(0.25, "training-time share of windows whose IDs are ALL hidden (unknown-vehicle "
                                    "augmentation)", group=MODEL, low=0, high=1)
@@ -129,6 +135,8 @@ class TrainConfig:
     kd_alpha: float = param(0.7, "weight of the KD term", group=KD, low=0, high=1, panel=True)
     kd_feature_weight: float = param(0.1, "multi-level KD: weight of projected node-embedding MSE", group=KD, low=0)
     kd_latent_weight: float = param(1.0, "VGAE KD: weight of projected-latent MSE", group=KD, low=0)
+    kd_score_weight: float = param(1.0, "fusion KD: weight of matching the teacher's reconstruction errors per part "
+                                   "(anomaly-score KD, on a log scale, over every window)", group=KD, low=0)
     # --- hardware and speed
     trainer: str = param("fabric", "fabric | legacy (plain PyTorch baseline)", group=HARDWARE, choices=("fabric", "legacy"))
     preset: str = param("auto", "hardware preset", group=HARDWARE, choices=("auto", *HARDWARE_PRESETS))

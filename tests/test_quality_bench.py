@@ -57,3 +57,22 @@ def test_quality_over_two_seeds_on_synthetic(synthetic, tmp_path):
     assert 0 < agg["student_share_of_teacher_parameters"] < 1
     table = record["markdown"]
     assert "| teacher |" in table and "| student kd |" in table and "KD gain" in table and scenario in table
+
+
+def test_fusion_ablation_refits_combiners_on_validation_and_reproduces_the_run(synthetic, tmp_path):
+    q = _quality()
+    small = ["--set", "hidden=16", "--set", "layers=2", "--set", "heads=2", "--set", "embedding_dim=4",
+             "--set", "latent_dim=8", "--set", "batch_size=64", "--set", "compile=false"]
+    record = q.main(["--dataset", "synthetic", "--models", "fusion", "--seeds", "0", "--epochs", "1",
+                     "--runs-dir", str(tmp_path / "runs"), *small])
+    teacher = record["runs"]["fusion"]["teacher"][0]
+    assert set(teacher["ablation"]) == set(q.ABLATION)
+    for variant, per in teacher["ablation"].items():
+        assert set(per) == set(teacher["scenarios"])
+        for m in per.values():
+            assert m["false_positive_rate"] is None or 0.0 <= m["false_positive_rate"] <= 1.0
+    # the run's own combiner is the max rule at the same quantile: the ablation refits it identically
+    for name, m in teacher["scenarios"].items():
+        assert teacher["ablation"]["fused_max"][name]["f1"] == pytest.approx(m["f1"])
+    table = record["markdown"]
+    assert "fused_logistic" in table and "classifier_at_0.5" in table

@@ -77,6 +77,8 @@ def _build(name: str, ckpt: dict, kind: str, checkpoint: str | Path, package: Pa
         fn = model
     if kind == "vgae":
         return (lambda batch, m=fn: m.anomaly_score(batch)), prec
+    if kind == "fusion":
+        return (lambda batch, m=fn: m.window_score(batch)), prec
     return fn, prec
 
 

@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdkit.models.fusion import LOG_EPS, FusionOutput, masked_vgae_loss
 from kdkit.models.layers import GATOutput, VGAEOutput
-from kdkit.models.vgae import vgae_loss
+from kdkit.models.vgae import reconstruction_errors, vgae_loss
 
 
 def soft_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
@@ -287,5 +288,69 @@ class DistillationLoss(nn.Module):
             value = term(student_out, teacher_out, batch)
             loss = loss + value
             parts[name] = value.detach()
+        parts["total"] = loss.detach()
+        return loss, parts
+
+
+def score_matching(student: VGAEOutput, teacher: VGAEOutput, batch) -> Tensor:
+    """Anomaly-score KD: the mean squared difference of the log reconstruction errors per part
+    (node features, IDs, edges) of every window, student against teacher (detached)."""
+    s_err, t_err = reconstruction_errors(student, batch), reconstruction_errors(teacher, batch)
+    terms = [(torch.log(s_err[k] + LOG_EPS) - torch.log(t_err[k].detach() + LOG_EPS)).pow(2).mean() for k in s_err]
+    return torch.stack(terms).mean()
+
+
+class FusionKD(nn.Module):
+    """Distillation of the fusion teacher pair into the two-headed student.
+
+    ``L = LogitKD(s.logits, t.logits, y)
+    + recon_weight * ((1 - alpha) * VGAE loss on attack-free windows + alpha * score_weight * score matching)
+    + FeatureKD(student encoder layers, teacher classifier layers)``.
+
+    The score matching (:func:`score_matching`) runs over every window, attacks included: it is
+    what teaches the student's reconstruction head which windows the teacher's autoencoder finds
+    anomalous (the student's own loss sees attack-free windows only).
+
+    Args:
+        student_dims, teacher_dims: layer widths for the feature term.
+        temperature, alpha: logit KD (``alpha`` also weighs score matching against the own loss).
+        beta: feature KD weight (0: off).
+        score_weight: weight of the score matching. Default 1.0.
+        recon_weight: weight of the reconstruction terms beside the classification ones. Default 1.0.
+        vgae_weights: the student's ``{"beta", "id_weight", "edge_weight"}``.
+        class_weight: class weights of the hard-label CE.
+    """
+
+    def __init__(self, student_dims: Sequence[int], teacher_dims: Sequence[int], temperature: float = 4.0,
+                 alpha: float = 0.7, beta: float = 0.1, score_weight: float = 1.0, recon_weight: float = 1.0,
+                 vgae_weights: dict[str, float] | None = None, class_weight: Tensor | None = None):
+        super().__init__()
+        self.alpha, self.score_weight, self.recon_weight = alpha, score_weight, recon_weight
+        self.logits = LogitKDLoss(temperature, alpha, class_weight)
+        self.features = FeatureKD(student_dims, teacher_dims, beta) if beta > 0 else None
+        self.vgae_weights = dict(vgae_weights or {"beta": 0.01, "id_weight": 1.0, "edge_weight": 1.0})
+
+    @classmethod
+    def from_models(cls, student: nn.Module, teacher: nn.Module, **kwargs: Any) -> FusionKD:
+        s, t = student.config, teacher.config
+        for key in ("kind", "num_node_features", "num_edge_features", "num_ids"):
+            if s[key] != t[key]:
+                raise ValueError(f"student {key}={s[key]!r} but teacher {key}={t[key]!r}: "
+                                 "distil between models of one kind built on the same graphs")
+        kwargs.setdefault("vgae_weights", {k: s[k] for k in ("beta", "id_weight", "edge_weight")})
+        kwargs.setdefault("recon_weight", s["recon_weight"])
+        return cls(student.embedding_dims, teacher.embedding_dims, **kwargs)
+
+    def forward(self, student_out: FusionOutput, teacher_out: FusionOutput, batch) -> tuple[Tensor, dict[str, Tensor]]:
+        loss, parts = self.logits(student_out.logits, teacher_out.logits, batch.y)
+        own = masked_vgae_loss(student_out.recon, batch, batch.y == 0, **self.vgae_weights)
+        match = score_matching(student_out.recon, teacher_out.recon, batch)
+        recon = (1 - self.alpha) * own["loss"] + self.alpha * self.score_weight * match
+        loss = loss + self.recon_weight * recon
+        parts = {**parts, "recon": own["loss"].detach(), "score_match": match.detach()}
+        if self.features is not None:
+            feat = self.features(student_out.node_embeddings, teacher_out.node_embeddings)
+            loss = loss + feat
+            parts["feature"] = feat.detach()
         parts["total"] = loss.detach()
         return loss, parts

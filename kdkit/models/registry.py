@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from kdkit.models.fusion import FusionModel
 from kdkit.models.gat import GATClassifier
 from kdkit.models.layers import GraphModel, count_parameters, model_size_bytes  # noqa: F401 (public here)
 from kdkit.models.vgae import VGAE
@@ -31,10 +32,19 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                     "encoder_heads": 4, "decoder_heads": 2, "embedding_dim": 8,
                     "concat_heads": False},
     },
+    # the teacher is the pair (a GAT and a VGAE of the sizes above, trained together); the student
+    # is one shared encoder with a classification and a reconstruction head
+    "fusion": {
+        "teacher": {"shared_encoder": False, "hidden": 64, "num_layers": 5, "heads": 8, "embedding_dim": 16,
+                    "concat_heads": True, "latent_dim": 32, "vgae_layers": 4, "decoder_layers": 4,
+                    "decoder_heads": 4},
+        "student": {"shared_encoder": True, "hidden": 32, "num_layers": 3, "heads": 4, "embedding_dim": 8,
+                    "concat_heads": False, "latent_dim": 16, "decoder_layers": 1, "decoder_heads": 2},
+    },
 }
 
 
-MODEL_CLASSES: dict[str, type[GraphModel]] = {"gat": GATClassifier, "vgae": VGAE}
+MODEL_CLASSES: dict[str, type[GraphModel]] = {"gat": GATClassifier, "vgae": VGAE, "fusion": FusionModel}
 
 # Sane upper bounds of a model's shape options, checked before anything is allocated: a
 # checkpoint's model_config (or a typo such as --hidden 100000) must not make kdkit build a
@@ -89,7 +99,8 @@ def build_model(kind: str, size: str, num_node_features: int, num_edge_features:
     """Build a preset model.
 
     Args:
-        kind: "gat" (supervised classifier) or "vgae" (unsupervised autoencoder).
+        kind: "gat" (supervised classifier), "vgae" (unsupervised autoencoder) or "fusion" (both:
+            a teacher pair, or a two-headed student).
         size: "teacher" or "student".
         num_node_features: width of ``batch.x``.
         num_edge_features: width of ``batch.edge_attr``.

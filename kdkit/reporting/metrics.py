@@ -69,7 +69,7 @@ def detection_rate_at_fpr(y_true: np.ndarray, score: np.ndarray, max_fpr: float)
 @torch.no_grad()
 def predict_scores(model: torch.nn.Module, gs: GraphSet, batch_size: int = 256, device: str | torch.device = "cpu",
                    bar: tqdm | None = None) -> np.ndarray:
-    """Window scores of a GraphSet: attack probability (GAT) or anomaly score (VGAE).
+    """Window scores of a GraphSet: attack probability (GAT), anomaly score (VGAE) or fused score (fusion).
 
     ``bar``: a progress bar advanced by one per batch (default none).
     """
@@ -80,7 +80,9 @@ def predict_scores(model: torch.nn.Module, gs: GraphSet, batch_size: int = 256, 
         if bar is not None:
             bar.update(1)
         batch = batch.to(device)
-        if hasattr(model, "anomaly_score"):
+        if hasattr(model, "window_score"):  # a fusion model: its fused score
+            out.append(model.window_score(batch).float().cpu())
+        elif hasattr(model, "anomaly_score"):
             out.append(model.anomaly_score(batch).float().cpu())
         else:
             out.append(torch.softmax(model(batch).float(), dim=-1)[:, 1].cpu())

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from kdkit.config import TrainConfig
-from kdkit.models.distill import DistillationLoss
+from kdkit.models.distill import DistillationLoss, FusionKD
 from kdkit.models.thresholds import GAT_THRESHOLD, is_attack
 
 
@@ -26,8 +26,11 @@ class Task(nn.Module):
         self.cfg = cfg
         self._teacher = [teacher] if teacher is not None else []  # a list hides it from nn.Module
         self.kd = None
-        if teacher is not None:
-
+        if teacher is not None and self.objective == "fuse":
+            self.kd = FusionKD.from_models(model, teacher, temperature=cfg.kd_temperature, alpha=cfg.kd_alpha,
+                                           beta=cfg.kd_feature_weight, score_weight=cfg.kd_score_weight,
+                                           class_weight=class_weights)
+        elif teacher is not None:
             extra = {"class_weight": class_weights} if self.objective == "classify" else {}
             self.kd = DistillationLoss.from_models(model, teacher, temperature=cfg.kd_temperature, alpha=cfg.kd_alpha,
                                                    beta=cfg.kd_feature_weight, latent_weight=cfg.kd_latent_weight, **extra)
@@ -73,6 +76,9 @@ class Task(nn.Module):
             logits = self.model(batch)
             loss = nn.functional.cross_entropy(logits.float(), batch.y, weight=self.class_weights)
             return loss, {"ce": loss.detach()}
+        if self.objective == "fuse":
+            parts = self.model.loss(batch, class_weight=self.class_weights)
+            return parts["loss"], {k: v for k, v in parts.items() if k != "loss"}
         parts = self.model.loss(batch)
         return parts["loss"], {k: v.detach() for k, v in parts.items() if k != "loss"}
 
@@ -91,11 +97,15 @@ class Task(nn.Module):
         # [summed loss, windows, tp, fp, fn]; float64 keeps the counts exact far beyond any set size
         stats = torch.zeros(5, dtype=torch.float64, device=device)
         for batch in loader:
-            if self.objective == "classify":
-                logits = self.model(batch).float()
+            if self.objective in ("classify", "fuse"):
+                out = self.model(batch)
+                logits = (out.logits if self.objective == "fuse" else out).float()
                 # the decision evaluation makes: attack probability >= 0.5 (ties included)
                 pred, y = is_attack(torch.softmax(logits, dim=-1)[:, 1], GAT_THRESHOLD).long(), batch.y
-                stats[0] += nn.functional.cross_entropy(logits, y, reduction="sum").double()
+                if self.objective == "fuse":  # the pair's/student's whole loss: CE + attack-free reconstruction
+                    stats[0] += self.model.loss(batch, out)["loss"].detach().double() * batch.num_graphs
+                else:
+                    stats[0] += nn.functional.cross_entropy(logits, y, reduction="sum").double()
                 stats[2] += ((pred == 1) & (y == 1)).sum()
                 stats[3] += ((pred == 1) & (y == 0)).sum()
                 stats[4] += ((pred == 0) & (y == 1)).sum()
@@ -106,7 +116,7 @@ class Task(nn.Module):
             torch.distributed.all_reduce(stats, op=torch.distributed.ReduceOp.SUM)
         tot, n, tp, fp, fn = stats.tolist()
         out = {"val_loss": tot / max(n, 1)}
-        if self.objective == "classify":
+        if self.objective in ("classify", "fuse"):
             out["val_f1"] = 2 * tp / max(2 * tp + fp + fn, 1)
         self.model.train()
         return out
@@ -114,11 +124,11 @@ class Task(nn.Module):
     @property
     def monitor(self) -> tuple[str, str]:
         """(metric, mode) for early stopping and the best checkpoint."""
-        return ("val_f1", "max") if self.objective == "classify" else ("val_loss", "min")
+        return ("val_f1", "max") if self.objective in ("classify", "fuse") else ("val_loss", "min")
 
     @property
     def tiebreak(self) -> str | None:
         """The lower-is-better metric that decides between epochs of equal :attr:`monitor` value:
         a classifier's validation F1 often reaches 1.0 in the first epochs, and the earliest of
         those is not the best model (its validation loss still falls); None for the VGAE."""
-        return "val_loss" if self.objective == "classify" else None
+        return "val_loss" if self.objective in ("classify", "fuse") else None

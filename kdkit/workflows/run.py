@@ -35,6 +35,7 @@ from kdkit.data.datasets import PrepareConfig, PreparedDataset, dataset_name, pr
 from kdkit.data.graphs import (EDGE_FEATURES, GRAPH_FORMAT_VERSION, NODE_FEATURES, GraphSet, layout_matches,
                                model_reads_format)
 from kdkit.data.readers import read_messages
+from kdkit.models.fusion import fit_on_validation
 from kdkit.models.registry import MODEL_CLASSES, build_model, count_parameters, model_size_bytes
 from kdkit.models.thresholds import choose_threshold
 from kdkit.reporting.metrics import evaluate_model, predict_scores
@@ -202,12 +203,13 @@ def empty_scenarios(data: PreparedDataset, window_hint: str = "lower --window to
     return skipped
 
 
-def check_windows(data: PreparedDataset, objective: str = "classify") -> dict[str, str]:
+def check_windows(data: PreparedDataset, objective: str = "classify", combiner: str = "max") -> dict[str, str]:
     """Every split a run needs holds windows; called before a model is built.
 
     Args:
         data: the prepared dataset.
-        objective: the model family's (``"reconstruct"``: train/val need attack-free windows).
+        objective: the model family's (``"reconstruct"``, ``"fuse"``: train/val need attack-free windows).
+        combiner: a fusion model's combiner (all but ``max`` learn from attack windows in validation).
 
     Returns:
         The empty test scenarios with their reason (they are skipped, listed in the summary).
@@ -219,7 +221,11 @@ def check_windows(data: PreparedDataset, objective: str = "classify") -> dict[st
     for split in ("train", "val"):
         if len(data.splits[split]) == 0:
             raise ValueError(_no_windows_message(data, split))
-    if objective == "reconstruct":
+    if objective == "fuse" and combiner != "max" and not bool((data.splits["val"].y == 1).any()):
+        raise ValueError(f"no attack windows in the validation split of dataset {data.name!r}: combiner "
+                         f"{combiner!r} learns from labelled validation windows; use --combiner max (it needs "
+                         "attack-free validation windows only)")
+    if objective in ("reconstruct", "fuse"):
         for split, name in (("train", "training"), ("val", "validation")):
             gs = data.splits[split]
             if not bool((gs.y == 0).any()):
@@ -328,7 +334,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
 def _train(cfg: TrainConfig, run_dir: Path, owner: bool, resume, progress, on_epoch_end, data, should_stop,
            stop) -> dict:
     data = data or load_data(cfg, progress=progress)
-    skipped = check_windows(data, MODEL_CLASSES[cfg.model].objective)
+    skipped = check_windows(data, MODEL_CLASSES[cfg.model].objective, cfg.combiner)
     kd = cfg.type == "student" and bool(cfg.teacher)
     tck = None
     if kd:
@@ -346,7 +352,7 @@ def _train(cfg: TrainConfig, run_dir: Path, owner: bool, resume, progress, on_ep
                         "size_bytes": model_size_bytes(teacher)}
         for p in teacher.parameters():
             p.requires_grad_(False)
-    classify = model.objective == "classify"  # a reconstruction model learns attack-free windows only
+    classify = model.objective in ("classify", "fuse")  # a reconstruction model learns attack-free windows only
     train_set, val_set = (data.splits["train"], data.splits["val"]) if classify else vgae_train_sets(data)
     task = Task(model, cfg, teacher, class_weights(train_set) if cfg.class_weighting and classify else None)
     metric, mode = task.monitor
@@ -389,10 +395,15 @@ def _train(cfg: TrainConfig, run_dir: Path, owner: bool, resume, progress, on_ep
 
     best = load_checkpoint(fit.best_path)
     model = model_from_checkpoint(best, fit.best_path).eval()
-    threshold, how = 0.5, "attack_probability_at_least_0.5"
+    threshold, how, combiner = 0.5, "attack_probability_at_least_0.5", None
     if model.objective == "reconstruct":
         threshold, how = choose_vgae_threshold(model, data.splits["val"], cfg.threshold_rule, cfg.threshold_quantile)
         best["threshold"] = threshold
+        atomic_torch_save(best, fit.best_path)
+    elif model.objective == "fuse":  # the combiner and its per-mode thresholds, from validation windows only
+        combiner = fit_on_validation(model, data.splits["val"], cfg.fusion_quantile, cfg.seed)
+        threshold, how = 0.0, f"fused_score_at_least_0_(q{cfg.fusion_quantile:g}_of_attack_free_validation_per_mode)"
+        best["model"], best["threshold"] = model.state_dict(), threshold
         atomic_torch_save(best, fit.best_path)
     scenarios = [s for s in data.scenarios if s not in skipped]
     with phase_peak("evaluate", memory):
@@ -402,7 +413,8 @@ def _train(cfg: TrainConfig, run_dir: Path, owner: bool, resume, progress, on_ep
         "dataset": cfg.dataset, "kd": teacher is not None, "teacher": teacher_info, "trainer": cfg.trainer,
         "precision": precision, "parameters": count_parameters(model), "size_bytes": model_size_bytes(model),
         "epochs_run": fit.epochs_run, "train_seconds": round(train_seconds, 2), "best_val_metric": fit.best_metric,
-        "val_metric": metric, "threshold": threshold, "threshold_rule": how, "best_checkpoint": str(fit.best_path),
+        "val_metric": metric, "threshold": threshold, "threshold_rule": how, "combiner": combiner,
+        "best_checkpoint": str(fit.best_path),
         "last_checkpoint": str(fit.last_path), "resumed_from": fit.resumed_from,
         "resumed_at_epoch": fit.resumed_at_epoch, "resumed_at_batch": fit.resumed_at_batch, "history": fit.history,
         "oom_events": fit.oom_events, "test": {k: v for k, v in results.items() if k != "scores"},

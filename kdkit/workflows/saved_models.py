@@ -70,7 +70,7 @@ def compat_record(copy: Path) -> dict | None:
     except (OSError, ValueError):
         return {"metric": None, "value": None, "run_dir": "?"}
     kind = (ck.get("model_config") or {}).get("kind")
-    classify = getattr(MODEL_CLASSES.get(kind), "objective", "classify") == "classify"
+    classify = getattr(MODEL_CLASSES.get(kind), "objective", "classify") in ("classify", "fuse")
     metric, mode = ("val_f1", "max") if classify else ("val_loss", "min")
     values = [r[metric] for r in ck.get("history") or [] if isinstance(r, dict) and r.get(metric) is not None]
     tc = ck.get("train_config") or {}

@@ -1,0 +1,435 @@
+"""Fusion: a supervised classifier and an autoencoder judged together, so known attacks are caught
+like the GAT catches them and unknown ones like the VGAE does.
+
+Two shapes of one model family (``kind="fusion"``):
+
+- the teacher *pair* (``shared_encoder=False``): a :class:`~kdkit.models.gat.GATClassifier` and a
+  :class:`~kdkit.models.vgae.VGAE`, trained together in one run (cross-entropy on every window,
+  reconstruction on the attack-free ones only);
+- the *student* (``shared_encoder=True``): one GATv2 encoder with two heads, a classification head
+  (JumpingKnowledge, mean+max pooling, MLP) and the VGAE's reconstruction head (latent, decoder, node
+  features, tied ID head, inner-product edges), so a gateway runs one model and one ``.pt2``.
+
+Both give, per window, the *parts* of the evidence (:data:`PARTS`): the classifier's attack log-odds,
+the three reconstruction errors and the share of the window's nodes whose CAN ID is out of the
+vocabulary. A :class:`Combiner` turns them into one score. It is fitted after training on validation
+data only (:func:`fit_combiner`): no test folder is read.
+
+Known vehicle or unknown vehicle is an explicit decision of the combiner, per window: when at least
+``unknown_vehicle_share`` of a window's nodes carry IDs outside the vocabulary, the window comes from
+a vehicle the model does not know, and only the ID-agnostic parts judge it (attack log-odds, feature
+and edge reconstruction), calibrated on validation windows whose IDs were all hidden. Below that
+share the vehicle is known, and a never-seen ID is evidence of an attack (the ``oov`` part), not
+something to ignore. Each mode has its own standardisation and its own threshold offset, both from
+validation windows, so the stored threshold is 0: a window is an attack when ``score >= 0``.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.linear_model import LogisticRegression
+from sklearn.neural_network import MLPClassifier
+from torch import Tensor, nn
+from torch_geometric.nn import MLP, JumpingKnowledge, global_max_pool, global_mean_pool
+
+from kdkit.data.loader import graph_loader
+from kdkit.models.gat import GATClassifier
+from kdkit.models.layers import GraphModel, VGAEOutput, _capture_config, graph_index
+from kdkit.models.thresholds import quantile_threshold
+from kdkit.models.vgae import VGAE, reconstruction_errors
+
+PARTS = ("attack_logit", "feat", "id", "edge", "oov")
+"""The evidence per window, in the order of :meth:`FusionModel.score_parts`'s columns."""
+ID_AGNOSTIC = ("attack_logit", "feat", "edge")
+"""The parts that judge a window of an unknown vehicle (its IDs say nothing)."""
+ERROR_PARTS = ("feat", "id", "edge")  # reconstruction errors: compared on a log scale
+COMBINERS = ("max", "logistic", "mlp", "policy")
+KNOWN, UNKNOWN = 0, 1  # combiner modes: the vehicle is known / unknown
+LOG_EPS = 1e-6
+MIN_SCALE = {"oov": 0.01}  # a known vehicle's validation traffic holds no OOV IDs: one new ID among ~30 is ~3 sigma
+POLICY_ACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)  # weight of the classifier in the policy combiner
+
+
+class FusionOutput(NamedTuple):
+    """Output of :class:`FusionModel`."""
+
+    logits: Tensor  # [G, 2], the classification head
+    recon: VGAEOutput  # the reconstruction head's output
+    node_embeddings: list[Tensor]  # the classifier's (pair) or the shared encoder's (student) layers
+
+
+def masked_vgae_loss(out: VGAEOutput, batch, normal: Tensor, beta: float, id_weight: float,
+                     edge_weight: float) -> dict[str, Tensor]:
+    """:func:`~kdkit.models.vgae.vgae_loss` over the windows where ``normal`` is True only (attack
+    windows are not learned as normal traffic); zeros with a gradient path when there are none."""
+    batch_vec, _ = graph_index(batch)
+    err = reconstruction_errors(out, batch)
+    w = normal.float()
+    n = w.sum().clamp(min=1)
+    parts = {k: (v * w).sum() / n for k, v in err.items()}
+    node_w = w[batch_vec]
+    mu, logvar = out.mu.float(), out.logvar.float()
+    kl_node = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=-1)
+    kl = (kl_node * node_w).sum() / node_w.sum().clamp(min=1)
+    total = parts["feat"] + id_weight * parts["id"] + edge_weight * parts["edge"] + beta * kl
+    return {"loss": total, **parts, "kl": kl}
+
+
+class Combiner(nn.Module):
+    """Parts ``[G, 5]`` -> one score ``[G]`` per window; an attack when ``score >= 0``.
+
+    Every parameter is a buffer filled by :func:`fit_combiner` (saved with the model's
+    ``state_dict``, exported with it). Per mode (known / unknown vehicle): the parts are
+    standardised (``(t - center) / scale``, ``t`` the log of a reconstruction error, the attack
+    log-odds and the OOV share as they are), unused parts masked, combined by ``kind``, and the
+    mode's offset (its validation threshold) subtracted:
+
+    - ``max``: the largest standardised part; no learned weight, the calibrated "either head".
+    - ``logistic``: a logistic regression on the standardised parts (the log-odds, before the sigmoid).
+    - ``mlp``: a one-hidden-layer MLP (ReLU) on the standardised parts.
+    - ``policy``: the predecessor's learned policy reduced to its decision: per state (binned
+      classifier and anomaly evidence) the weight ``a`` of the classifier in
+      ``a * sigmoid(attack log-odds) + (1 - a) * sigmoid(anomaly - its validation 99th percentile)``,
+      chosen from :data:`POLICY_ACTIONS` to maximise the class-balanced accuracy of the ``>= 0.5``
+      decision on validation windows (a one-step DQN's optimum, found exactly).
+
+    Args:
+        kind: one of :data:`COMBINERS`. Default "max".
+        hidden: hidden units of the ``mlp`` kind. Default 8.
+        bins: state bins per axis of the ``policy`` kind. Default 4.
+        unknown_vehicle_share: OOV share of a window's nodes from which it counts as an unknown
+            vehicle. Default 0.5.
+    """
+
+    def __init__(self, kind: str = "max", hidden: int = 8, bins: int = 4, unknown_vehicle_share: float = 0.5):
+        super().__init__()
+        if kind not in COMBINERS:
+            raise ValueError(f"combiner {kind!r}: choose one of {list(COMBINERS)}")
+        if not 0.0 < unknown_vehicle_share <= 1.0:
+            raise ValueError(f"unknown_vehicle_share={unknown_vehicle_share}: must be in (0, 1]")
+        self.kind, self.unknown_vehicle_share = kind, unknown_vehicle_share
+        p = len(PARTS)
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("center", torch.zeros(2, p))
+        self.register_buffer("scale", torch.ones(2, p))
+        mask = torch.ones(2, p)
+        mask[UNKNOWN] = torch.tensor([float(name in ID_AGNOSTIC) for name in PARTS])
+        self.register_buffer("mask", mask)
+        self.register_buffer("offset", torch.zeros(2))
+        self.register_buffer("weight", torch.zeros(2, p))
+        self.register_buffer("bias", torch.zeros(2))
+        self.register_buffer("w1", torch.zeros(2, hidden, p))
+        self.register_buffer("b1", torch.zeros(2, hidden))
+        self.register_buffer("w2", torch.zeros(2, hidden))
+        self.register_buffer("b2", torch.zeros(2))
+        self.register_buffer("edges", torch.zeros(2, 2, bins - 1))  # [mode, axis (classifier, anomaly), edge]
+        self.register_buffer("table", torch.full((2, bins, bins), 0.5))  # classifier weight per state
+        self.register_buffer("anomaly_center", torch.zeros(2))  # the policy's anomaly "probability 0.5" point
+
+    # -- the parts -> standardised evidence
+    @staticmethod
+    def transform(parts: Tensor) -> Tensor:
+        """Reconstruction errors on a log scale; the other parts as they are."""
+        t = parts.float().clone()
+        for name in ERROR_PARTS:
+            i = PARTS.index(name)
+            t[:, i] = torch.log(parts[:, i].float().clamp(min=0) + LOG_EPS)
+        return t
+
+    def mode(self, parts: Tensor) -> Tensor:
+        """``UNKNOWN`` (1) for windows whose OOV share reaches ``unknown_vehicle_share``, else ``KNOWN`` (0)."""
+        return (parts[:, PARTS.index("oov")] >= self.unknown_vehicle_share).long()
+
+    def standardise(self, parts: Tensor, mode: Tensor) -> Tensor:
+        return (self.transform(parts) - self.center[mode]) / self.scale[mode] * self.mask[mode]
+
+    def anomaly(self, z: Tensor, mode: Tensor) -> Tensor:
+        """The largest standardised reconstruction/OOV part the mode uses, ``[G]``."""
+        used = self.mask[mode][:, 1:] > 0
+        return torch.where(used, z[:, 1:], torch.full_like(z[:, 1:], -1e9)).amax(dim=1)
+
+    def raw(self, z: Tensor, mode: Tensor) -> Tensor:
+        """The kind's combined evidence before the mode's offset."""
+        if self.kind == "max":
+            used = self.mask[mode] > 0
+            return torch.where(used, z, torch.full_like(z, -1e9)).amax(dim=1)
+        if self.kind == "logistic":
+            return (z * self.weight[mode]).sum(dim=1) + self.bias[mode]
+        if self.kind == "mlp":
+            h = torch.relu(torch.einsum("ghp,gp->gh", self.w1[mode], z) + self.b1[mode])
+            return (h * self.w2[mode]).sum(dim=1) + self.b2[mode]
+        cls, anom = z[:, 0], self.anomaly(z, mode)
+        a = self.table[mode, self._bin(cls, mode, 0), self._bin(anom, mode, 1)]
+        cls_p = torch.sigmoid(cls * self.scale[mode, 0] + self.center[mode, 0])  # back to the attack probability
+        return a * cls_p + (1 - a) * torch.sigmoid(anom - self.anomaly_center[mode])
+
+    def _bin(self, v: Tensor, mode: Tensor, axis: int) -> Tensor:
+        return (v.unsqueeze(1) > self.edges[mode, axis]).sum(dim=1)
+
+    def forward(self, parts: Tensor) -> Tensor:
+        """The fused score ``[G]``: the mode's combined evidence minus its validation threshold."""
+        mode = self.mode(parts)
+        return self.raw(self.standardise(parts, mode), mode) - self.offset[mode]
+
+
+class FusionModel(GraphModel):
+    """The fusion family: a GAT + VGAE teacher pair, or a two-headed student on one encoder.
+
+    Args:
+        num_node_features, num_edge_features, num_ids: the graph layout (as every kdkit model).
+        shared_encoder: False builds the teacher pair (two models), True the two-headed student.
+        hidden: node width of every GATv2 stack. Default 32.
+        num_layers: layers of the classifier (pair) or of the shared encoder (student). Default 3.
+        heads: attention heads of those layers. Default 4.
+        embedding_dim: CAN-ID embedding width. Default 8.
+        concat_heads: concatenate heads and project (True) or average them. Default False.
+        latent_dim: VGAE latent width. Default 16.
+        vgae_layers: the pair's VGAE encoder layers (the student's encoder is shared). Default 2.
+        decoder_layers: VGAE decoder layers. Default 2.
+        decoder_heads: heads per decoder layer. Default 2.
+        dropout: dropout after each layer. Default 0.1.
+        id_dropout: training-time share of node IDs replaced by OOV 0. Default 0.2.
+        beta: KL weight of the reconstruction loss. Default 0.01.
+        id_weight, edge_weight: weights of the ID and edge reconstruction terms. Default 1.0.
+        recon_weight: weight of the reconstruction loss beside the cross-entropy. Default 1.0.
+        combiner: how the parts become one score (:data:`COMBINERS`). Default "max".
+        combiner_hidden: hidden units of the ``mlp`` combiner. Default 8.
+        unknown_vehicle_share: OOV share from which a window counts as an unknown vehicle. Default 0.5.
+    """
+
+    objective = "fuse"
+
+    @classmethod
+    def options_from_run(cls, run: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {"id_dropout": run.id_dropout, "dropout": run.dropout}
+        for key, option in (("hidden", "hidden"), ("embedding_dim", "embedding_dim"), ("layers", "num_layers"),
+                            ("heads", "heads"), ("latent_dim", "latent_dim")):
+            if getattr(run, key) is not None:
+                out[option] = getattr(run, key)
+        if getattr(run, "combiner", None):
+            out["combiner"] = run.combiner
+        return out
+
+    def __init__(self, num_node_features: int, num_edge_features: int, num_ids: int, shared_encoder: bool = True,
+                 hidden: int = 32, num_layers: int = 3, heads: int = 4, embedding_dim: int = 8,
+                 concat_heads: bool = False, latent_dim: int = 16, vgae_layers: int = 2, decoder_layers: int = 2,
+                 decoder_heads: int = 2, dropout: float = 0.1, id_dropout: float = 0.2, beta: float = 0.01,
+                 id_weight: float = 1.0, edge_weight: float = 1.0, recon_weight: float = 1.0,
+                 combiner: str = "max", combiner_hidden: int = 8, unknown_vehicle_share: float = 0.5):
+        config = _capture_config("fusion", locals())
+        super().__init__()
+        self.config = config
+        vgae_options = {"hidden": hidden, "latent_dim": latent_dim, "decoder_layers": decoder_layers,
+                        "encoder_heads": heads, "decoder_heads": decoder_heads, "embedding_dim": embedding_dim,
+                        "concat_heads": concat_heads, "dropout": dropout, "id_dropout": id_dropout, "beta": beta,
+                        "id_weight": id_weight, "edge_weight": edge_weight}
+        if shared_encoder:
+            # one encoder: the VGAE's; the classification head reads its layers
+            self.autoencoder = VGAE(num_node_features, num_edge_features, num_ids,
+                                    encoder_layers=num_layers, **vgae_options)
+            self.jk = JumpingKnowledge("cat")
+            self.head = MLP([2 * hidden * num_layers, hidden, 2], act="elu", dropout=dropout, norm=None)
+        else:
+            self.classifier = GATClassifier(num_node_features, num_edge_features, num_ids, hidden=hidden,
+                                            num_layers=num_layers, heads=heads, embedding_dim=embedding_dim,
+                                            concat_heads=concat_heads, dropout=dropout, id_dropout=id_dropout)
+            self.autoencoder = VGAE(num_node_features, num_edge_features, num_ids,
+                                    encoder_layers=vgae_layers, **vgae_options)
+        self.combiner = Combiner(combiner, combiner_hidden, unknown_vehicle_share=unknown_vehicle_share)
+
+    def forward(self, batch, return_features: bool = False) -> FusionOutput:
+        """Both heads on ``batch``. ``return_features`` is accepted for the KD interface (the
+        output always carries the node embeddings)."""
+        recon = self.autoencoder(batch)
+        if self.config["shared_encoder"]:
+            batch_vec, num_graphs = graph_index(batch)
+            nodes = self.jk(recon.node_embeddings)
+            graph = torch.cat([global_mean_pool(nodes, batch_vec, num_graphs),
+                               global_max_pool(nodes, batch_vec, num_graphs)], dim=-1)
+            return FusionOutput(self.head(graph), recon, recon.node_embeddings)
+        out = self.classifier(batch, return_features=True)
+        return FusionOutput(out.logits, recon, out.node_embeddings)
+
+    def loss(self, batch, out: FusionOutput | None = None, class_weight: Tensor | None = None) -> dict[str, Tensor]:
+        """``CE(logits, y) + recon_weight * VGAE loss on the attack-free windows``; parts detached."""
+        out = self(batch) if out is None else out
+        c = self.config
+        ce = F.cross_entropy(out.logits.float(), batch.y, weight=class_weight)
+        rec = masked_vgae_loss(out.recon, batch, batch.y == 0, c["beta"], c["id_weight"], c["edge_weight"])
+        total = ce + c["recon_weight"] * rec["loss"]
+        return {"loss": total, "ce": ce.detach(), "recon": rec["loss"].detach(),
+                **{k: v.detach() for k, v in rec.items() if k != "loss"}}
+
+    def score_parts(self, batch, out: FusionOutput | None = None) -> Tensor:
+        """The evidence per window ``[G, 5]`` in the order of :data:`PARTS` (eval mode, no grad)."""
+        out = self(batch) if out is None else out
+        batch_vec, num_graphs = graph_index(batch)
+        err = reconstruction_errors(out.recon, batch)
+        logits = out.logits.float()
+        oov = torch.zeros(num_graphs, device=logits.device).index_add(0, batch_vec, (batch.node_id == 0).float())
+        nodes = torch.zeros(num_graphs, device=logits.device).index_add(0, batch_vec, torch.ones_like(oov[batch_vec]))
+        return torch.stack([logits[:, 1] - logits[:, 0], err["feat"], err["id"], err["edge"],
+                            oov / nodes.clamp(min=1)], dim=1)
+
+    def window_score(self, batch) -> Tensor:
+        """The fused score per window (an attack when ``>= 0``); needs a fitted combiner."""
+        if not bool(self.combiner.fitted):
+            raise RuntimeError("the fusion model's combiner is not fitted: kdkit train fits it on validation data "
+                               "(kdkit.models.fusion.fit_combiner); a checkpoint from before that step cannot score")
+        return self.combiner(self.score_parts(batch))
+
+    @property
+    def embedding_dims(self) -> list[int]:
+        return [self.config["hidden"]] * self.config["num_layers"]
+
+
+# ----------------------------------------------------------------------------- fitting on validation
+def hide_ids(batch):
+    """A copy of ``batch`` whose every node ID is the OOV bucket: how an unknown vehicle looks."""
+    hidden = batch.clone()
+    hidden.node_id = torch.zeros_like(batch.node_id)
+    return hidden
+
+
+def _standardisation(t: np.ndarray, normal: np.ndarray, used: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ref = t[normal] if normal.any() else t
+    center = np.median(ref, axis=0)
+    q75, q25 = np.percentile(ref, [75, 25], axis=0)
+    scale = np.maximum(np.maximum(ref.std(axis=0), (q75 - q25) / 1.349), 1e-3)
+    for name, low in MIN_SCALE.items():
+        i = PARTS.index(name)
+        scale[i] = max(scale[i], low)
+    return np.where(used, center, 0.0), np.where(used, scale, 1.0)
+
+
+def _class_balanced(y: np.ndarray) -> np.ndarray:
+    counts = np.maximum(np.bincount(y, minlength=2), 1)
+    return (len(y) / (2.0 * counts))[y]
+
+
+def fit_combiner(combiner: Combiner, known: tuple[np.ndarray, np.ndarray], unknown: tuple[np.ndarray, np.ndarray],
+                 quantile: float = 0.999, seed: int = 0) -> dict:
+    """Fit every buffer of ``combiner`` on validation parts; returns a record of the fit.
+
+    Args:
+        combiner: the model's :class:`Combiner` (filled in place).
+        known: ``(parts [n, 5], labels [n])`` of the validation windows as they are.
+        unknown: the same windows with every ID hidden (:func:`hide_ids`): the unknown-vehicle view.
+        quantile: per mode, the share of attack-free validation windows that must score below the
+            threshold (a false-positive budget of ``1 - quantile``). Default 0.999.
+        seed: seeds the ``mlp`` fit.
+
+    Only validation data enter: the weights (``logistic``/``mlp``/``policy``) see the labelled
+    validation windows; the standardisation and the thresholds only their attack-free windows.
+
+    Raises:
+        ValueError: no attack-free windows in a view, or a learned kind without attack windows.
+    """
+    record: dict[str, Any] = {"kind": combiner.kind, "quantile": quantile, "modes": {}}
+    state = {k: v.clone() for k, v in combiner.state_dict().items()}
+    for mode, (parts, y) in ((KNOWN, known), (UNKNOWN, unknown)):
+        name = "known" if mode == KNOWN else "unknown"
+        pt = torch.as_tensor(np.asarray(parts), dtype=torch.float32)
+        y = np.asarray(y).astype(int)
+        in_mode = combiner.mode(pt).numpy() == mode
+        if not in_mode.any():  # e.g. a vocabulary so small that every window looks foreign: use them all
+            in_mode[:] = True
+        pt, y = pt[in_mode], y[in_mode]
+        normal = y == 0
+        if not normal.any():
+            raise ValueError(f"fit_combiner: no attack-free validation windows of a {name} vehicle; the "
+                             "standardisation and the threshold need them")
+        if combiner.kind != "max" and normal.all():
+            raise ValueError(f"fit_combiner: combiner {combiner.kind!r} learns from labelled validation windows, "
+                             "and the validation windows hold no attack; use combiner 'max' (attack-free "
+                             "validation data suffice for it)")
+        used = combiner.mask[mode].numpy() > 0
+        t = Combiner.transform(pt).numpy().astype(np.float64)
+        center, scale = _standardisation(t, normal, used)
+        state["center"][mode] = torch.as_tensor(center)
+        state["scale"][mode] = torch.as_tensor(scale)
+        z = (t - center) / scale * used
+        if combiner.kind == "logistic":
+            lr = LogisticRegression(C=1.0, max_iter=2000).fit(z[:, used], y, sample_weight=_class_balanced(y))
+            w = np.zeros(len(PARTS))
+            w[used] = lr.coef_[0]
+            state["weight"][mode] = torch.as_tensor(w)
+            state["bias"][mode] = float(lr.intercept_[0])
+        elif combiner.kind == "mlp":
+            h = combiner.w1.size(1)
+            idx = _balanced_index(y, seed)  # MLPClassifier takes no sample weights: repeat the rarer class
+            mlp = MLPClassifier(hidden_layer_sizes=(h,), alpha=1e-3, max_iter=500, random_state=seed)
+            mlp.fit(z[idx][:, used], y[idx])
+            w1 = np.zeros((h, len(PARTS)))
+            w1[:, used] = mlp.coefs_[0].T
+            state["w1"][mode] = torch.as_tensor(w1)
+            state["b1"][mode] = torch.as_tensor(mlp.intercepts_[0])
+            state["w2"][mode] = torch.as_tensor(mlp.coefs_[1][:, 0])
+            state["b2"][mode] = float(mlp.intercepts_[1][0])
+        elif combiner.kind == "policy":
+            _fit_policy(state, mode, z, y, used)
+        combiner.load_state_dict(state)
+        modes = torch.full((len(y),), mode, dtype=torch.long)
+        raw = combiner.raw(torch.as_tensor(z, dtype=torch.float32), modes).double().numpy()
+        offset = quantile_threshold(raw[normal], quantile)
+        state["offset"][mode] = offset
+        record["modes"][name] = {
+            "windows": int(len(y)), "attack_windows": int((~normal).sum()), "offset": offset,
+            "validation_fpr": float((raw[normal] >= offset).mean()),
+            "validation_recall": float((raw[~normal] >= offset).mean()) if (~normal).any() else None}
+    state["fitted"] = torch.ones((), dtype=torch.bool)
+    combiner.load_state_dict(state)
+    return record
+
+
+def _balanced_index(y: np.ndarray, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    idx0, idx1 = np.flatnonzero(y == 0), np.flatnonzero(y == 1)
+    small, big = (idx0, idx1) if len(idx0) < len(idx1) else (idx1, idx0)
+    return np.concatenate([big, rng.choice(small, size=len(big), replace=True)])
+
+
+def _fit_policy(state: dict, mode: int, z: np.ndarray, y: np.ndarray, used: np.ndarray) -> None:
+    """The policy combiner: per (classifier, anomaly) state the classifier weight with the best
+    class-balanced accuracy of ``fused >= 0.5`` on the validation windows of that state."""
+    bins = state["table"].size(1)
+    cls = z[:, 0]
+    anom = np.where(used[1:], z[:, 1:], -1e9).max(axis=1)
+    anomaly_center = float(np.quantile(anom[y == 0], 0.99))
+    qs = np.linspace(0, 1, bins + 1)[1:-1]
+    edges = np.stack([np.quantile(cls, qs), np.quantile(anom, qs)])
+    state["edges"][mode] = torch.as_tensor(edges)
+    state["anomaly_center"][mode] = anomaly_center
+    b_cls = (cls[:, None] > edges[0][None, :]).sum(axis=1)
+    b_anom = (anom[:, None] > edges[1][None, :]).sum(axis=1)
+    cls_p = 1 / (1 + np.exp(-(cls * state["scale"][mode, 0].item() + state["center"][mode, 0].item())))
+    anom_p = 1 / (1 + np.exp(-(anom - anomaly_center)))
+    w = _class_balanced(y)
+    for i in range(bins):
+        for j in range(bins):
+            sel = (b_cls == i) & (b_anom == j)
+            if not sel.any():
+                continue
+            fused = [a * cls_p[sel] + (1 - a) * anom_p[sel] >= 0.5 for a in POLICY_ACTIONS]
+            rewards = [(w[sel] * np.where(d == (y[sel] == 1), 1.0, -1.0)).sum() for d in fused]
+            state["table"][mode, i, j] = POLICY_ACTIONS[int(np.argmax(rewards))]
+
+
+@torch.no_grad()
+def predict_parts(model: FusionModel, gs, batch_size: int = 256, ids_hidden: bool = False) -> np.ndarray:
+    """The parts ``[n, 5]`` of every window of a GraphSet (``ids_hidden``: as an unknown vehicle)."""
+    model.eval()
+    out = []
+    for batch in graph_loader(gs, batch_size=batch_size, shuffle=False, num_workers=0):
+        out.append(model.score_parts(hide_ids(batch) if ids_hidden else batch).cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, len(PARTS)), np.float32)
+
+
+def fit_on_validation(model: FusionModel, val, quantile: float = 0.999, seed: int = 0) -> dict:
+    """Fit ``model.combiner`` on a validation GraphSet (both vehicle views); returns the fit record."""
+    y = val.y.numpy()
+    return fit_combiner(model.combiner, (predict_parts(model, val), y),
+                        (predict_parts(model, val, ids_hidden=True), y), quantile=quantile, seed=seed)

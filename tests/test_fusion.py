@@ -1,0 +1,282 @@
+"""Fusion: the teacher pair and the two-headed student on hand-written graphs (shapes, losses with
+golden values), the combiner (fitted on validation only, vehicle modes, every kind), and the run
+through ``kdkit train`` on the synthetic data.
+
+Run: .venv/bin/python -m pytest tests/test_fusion.py -q
+"""
+import numpy as np
+import pytest
+import torch
+from torch_geometric.data import Batch, Data
+
+from kdkit.models import fusion as fusion_mod
+from kdkit.models.distill import FusionKD, score_matching
+from kdkit.models.fusion import (COMBINERS, KNOWN, PARTS, UNKNOWN, Combiner, FusionModel, FusionOutput, fit_combiner,
+                                 hide_ids, masked_vgae_loss)
+from kdkit.models.registry import build_model, count_parameters, model_from_config
+from kdkit.models.vgae import vgae_loss
+
+F_NODE, F_EDGE, NUM_IDS = 4, 3, 6
+SMALL = {"hidden": 16, "num_layers": 2, "heads": 2, "embedding_dim": 4, "latent_dim": 8, "vgae_layers": 2,
+         "decoder_layers": 1, "decoder_heads": 2}
+
+
+def graph(node_id, edges, y, seed):
+    g = torch.Generator().manual_seed(seed)
+    ei = torch.tensor(edges, dtype=torch.long).t()
+    return Data(x=torch.rand(len(node_id), F_NODE, generator=g), node_id=torch.tensor(node_id), edge_index=ei,
+                edge_attr=torch.rand(ei.size(1), F_EDGE, generator=g), y=torch.tensor([y]))
+
+
+def make_batch():
+    """Graph 0 (normal): IDs 1->2->3->1; graph 1 (attack): IDs 1->0 (OOV)->5->2, one node of four unseen;
+    graph 2 (normal): IDs 0, 0, 4 (two of three unseen: an unknown vehicle)."""
+    return Batch.from_data_list([
+        graph([1, 2, 3], [[0, 1], [1, 2], [2, 0]], 0, seed=0),
+        graph([1, 0, 5, 2], [[0, 1], [1, 1], [1, 2], [2, 3]], 1, seed=1),
+        graph([0, 0, 4], [[0, 1], [1, 2]], 0, seed=2),
+    ])
+
+
+def small(shared: bool, **kw):
+    torch.manual_seed(0)
+    return FusionModel(F_NODE, F_EDGE, NUM_IDS, shared_encoder=shared, **{**SMALL, **kw})
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_forward_shapes_and_parts(shared):
+    model = small(shared).eval()
+    batch = make_batch()
+    out = model(batch)
+    assert isinstance(out, FusionOutput)
+    assert out.logits.shape == (3, 2)
+    assert out.recon.x_recon.shape == (10, F_NODE) and out.recon.id_logits.shape == (10, NUM_IDS)
+    assert len(out.node_embeddings) == SMALL["num_layers"]
+    parts = model.score_parts(batch)
+    assert parts.shape == (3, len(PARTS))
+    # the attack log-odds is the classification head's, the OOV share is counted per window
+    torch.testing.assert_close(parts[:, 0], out.logits[:, 1] - out.logits[:, 0])
+    torch.testing.assert_close(parts[:, PARTS.index("oov")], torch.tensor([0.0, 0.25, 2 / 3]))
+    assert (parts[:, 1:4] >= 0).all()
+
+
+def test_pair_is_a_gat_and_a_vgae_and_student_shares_one_encoder():
+    pair, student = small(False), small(True)
+    assert hasattr(pair, "classifier") and hasattr(pair, "autoencoder") and not hasattr(student, "classifier")
+    # the student's classification head reads the autoencoder's encoder layers: one encoder
+    out = student.eval()(make_batch())
+    for a, b in zip(out.node_embeddings, out.recon.node_embeddings):
+        assert a is b
+
+
+def test_presets_keep_the_student_under_ten_percent_of_the_pair():
+    teacher = build_model("fusion", "teacher", F_NODE, F_EDGE, 2100)
+    student = build_model("fusion", "student", F_NODE, F_EDGE, 2100)
+    assert not teacher.config["shared_encoder"] and student.config["shared_encoder"]
+    assert count_parameters(student) <= 0.10 * count_parameters(teacher)
+    rebuilt = model_from_config(student.config)
+    assert count_parameters(rebuilt) == count_parameters(student)
+
+
+def test_masked_vgae_loss_equals_the_vgae_loss_of_the_normal_windows_alone():
+    model = small(True).eval()  # eval: z = mu, no dropout, deterministic
+    batch = make_batch()
+    normal_only = Batch.from_data_list([batch.get_example(0), batch.get_example(2)])
+    with torch.no_grad():
+        full = masked_vgae_loss(model.autoencoder(batch), batch, batch.y == 0, 0.01, 1.0, 1.0)
+        ref = vgae_loss(model.autoencoder(normal_only), normal_only, 0.01, 1.0, 1.0)
+    for key in ("loss", "feat", "id", "edge", "kl"):
+        torch.testing.assert_close(full[key], ref[key], rtol=1e-5, atol=1e-6)
+
+
+def test_loss_is_cross_entropy_plus_weighted_reconstruction_and_trains():
+    model = small(False, recon_weight=0.5).eval()
+    batch = make_batch()
+    with torch.no_grad():
+        out = model(batch)
+        parts = model.loss(batch, out)
+        ce = torch.nn.functional.cross_entropy(out.logits, batch.y)
+        rec = masked_vgae_loss(out.recon, batch, batch.y == 0, 0.01, 1.0, 1.0)["loss"]
+    torch.testing.assert_close(parts["loss"], ce + 0.5 * rec)
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    first = None
+    for _ in range(30):
+        loss = model.loss(batch)["loss"]
+        first = first if first is not None else float(loss.detach())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss) < first
+    assert all(p.grad is not None for n, p in model.named_parameters() if n.startswith("classifier.head"))
+
+
+def test_fusion_kd_golden_parts_and_gradients_reach_both_heads():
+    teacher, student = small(False).eval(), small(True)
+    kd = FusionKD.from_models(student, teacher, temperature=2.0, alpha=0.5, beta=0.0, score_weight=2.0)
+    batch = make_batch()
+    with torch.no_grad():
+        t_out = teacher(batch)
+    student.eval()
+    s_out = student(batch)
+    loss, parts = kd(s_out, t_out, batch)
+    # golden: the total is the sum of its documented parts
+    from kdkit.models.distill import soft_kl
+    own = masked_vgae_loss(s_out.recon, batch, batch.y == 0, 0.01, 1.0, 1.0)["loss"]
+    match = score_matching(s_out.recon, t_out.recon, batch)
+    ce = torch.nn.functional.cross_entropy(s_out.logits, batch.y)
+    expected = 0.5 * soft_kl(s_out.logits, t_out.logits, 2.0) + 0.5 * ce + (0.5 * own + 0.5 * 2.0 * match)
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(parts["score_match"], match.detach())
+    loss.backward()
+    assert student.head.lins[-1].weight.grad is not None
+    assert student.autoencoder.feat_out.weight.grad is not None
+    # identical reconstructions match perfectly
+    assert float(score_matching(t_out.recon, t_out.recon, batch)) == 0.0
+
+
+# ----------------------------------------------------------------------------- the combiner
+def fake_parts(n, rng, attack=False, oov=0.0, logit_shift=0.0, recon_shift=0.0):
+    """Parts of n windows: normal windows have log-odds ~N(-6, 1) and errors ~lognormal(0, 0.2)."""
+    logit = rng.normal(-6 + logit_shift, 1.0, n)
+    errs = np.exp(rng.normal(recon_shift, 0.2, (n, 3)))
+    return np.column_stack([logit, errs, np.full(n, oov)]), np.full(n, int(attack))
+
+
+def validation(rng):
+    """Validation as kdkit sees it: normal windows and a known attack the classifier catches."""
+    pn, yn = fake_parts(2000, rng)
+    pa, ya = fake_parts(200, rng, attack=True, logit_shift=12.0, recon_shift=0.3, oov=0.05)
+    known = (np.concatenate([pn, pa]), np.concatenate([yn, ya]))
+    hidden = known[0].copy()
+    hidden[:, PARTS.index("oov")] = 1.0  # every ID hidden
+    hidden[:, PARTS.index("id")] *= 3.0  # the ID head is lost without IDs
+    return known, (hidden, known[1])
+
+
+@pytest.mark.parametrize("kind", COMBINERS)
+def test_every_combiner_keeps_the_validation_false_positive_budget_and_catches_the_known_attack(kind):
+    rng = np.random.default_rng(0)
+    known, unknown = validation(rng)
+    comb = Combiner(kind)
+    record = fit_combiner(comb, known, unknown, quantile=0.99)
+    assert bool(comb.fitted)
+    for mode in ("known", "unknown"):
+        assert record["modes"][mode]["validation_fpr"] <= 0.01
+        assert record["modes"][mode]["validation_recall"] >= 0.95
+    # fresh windows from the same distributions: about 1 % false positives, the known attack caught
+    pn, _ = fake_parts(4000, rng)
+    pa, _ = fake_parts(400, rng, attack=True, logit_shift=12.0, recon_shift=0.3, oov=0.05)
+    with torch.no_grad():
+        fp = (comb(torch.as_tensor(pn, dtype=torch.float32)) >= 0).float().mean()
+        tp = (comb(torch.as_tensor(pa, dtype=torch.float32)) >= 0).float().mean()
+    assert float(fp) < 0.03 and float(tp) > 0.95
+
+
+def test_max_combiner_catches_an_attack_only_the_autoencoder_sees():
+    """The unknown attack: the classifier calls it normal, the reconstruction error is far up."""
+    rng = np.random.default_rng(1)
+    known, unknown = validation(rng)
+    comb = Combiner("max")
+    fit_combiner(comb, known, unknown, quantile=0.99)
+    unseen, _ = fake_parts(300, rng, recon_shift=1.5)  # classifier log-odds as normal as normal traffic
+    with torch.no_grad():
+        recall = (comb(torch.as_tensor(unseen, dtype=torch.float32)) >= 0).float().mean()
+    assert float(recall) > 0.95
+
+
+def test_vehicle_modes_new_id_on_a_known_vehicle_is_suspicious_an_unknown_vehicle_is_not_judged_by_its_ids():
+    rng = np.random.default_rng(2)
+    known, unknown = validation(rng)
+    comb = Combiner("max")
+    fit_combiner(comb, known, unknown, quantile=0.99)
+    base, _ = fake_parts(1, np.random.default_rng(5))
+    base[0, 1:4] = np.exp([0.0, 0.0, 0.0])  # a typical normal window
+    window = torch.as_tensor(base, dtype=torch.float32)
+    assert comb.mode(window).item() == KNOWN and float(comb(window)) < 0
+    one_new_id = window.clone()
+    one_new_id[0, PARTS.index("oov")] = 1 / 25  # one never-seen ID among 25 nodes of a known vehicle
+    assert float(comb(one_new_id)) >= 0
+    foreign = window.clone()
+    foreign[0, PARTS.index("oov")] = 0.9  # most IDs unseen: an unknown vehicle
+    assert comb.mode(foreign).item() == UNKNOWN
+    assert float(comb(foreign)) < 0
+    worse_ids = foreign.clone()
+    worse_ids[0, PARTS.index("id")] = 1e4  # the ID part does not count for an unknown vehicle
+    assert float(comb(worse_ids)) == pytest.approx(float(comb(foreign)))
+
+
+def test_learned_combiner_without_validation_attacks_is_refused_and_max_works():
+    rng = np.random.default_rng(3)
+    pn, yn = fake_parts(500, rng)
+    hidden = pn.copy()
+    hidden[:, PARTS.index("oov")] = 1.0
+    with pytest.raises(ValueError, match="no attack"):
+        fit_combiner(Combiner("logistic"), (pn, yn), (hidden, yn))
+    rec = fit_combiner(Combiner("max"), (pn, yn), (hidden, yn), quantile=0.99)
+    assert rec["modes"]["known"]["validation_recall"] is None
+
+
+def test_unfitted_fusion_model_refuses_to_score():
+    model = small(True).eval()
+    with pytest.raises(RuntimeError, match="not fitted"):
+        model.window_score(make_batch())
+
+
+def test_hide_ids_hides_every_id_and_keeps_the_rest():
+    batch = make_batch()
+    hidden = hide_ids(batch)
+    assert int(hidden.node_id.abs().sum()) == 0 and int(batch.node_id.abs().sum()) > 0
+    assert torch.equal(hidden.x, batch.x) and torch.equal(hidden.edge_index, batch.edge_index)
+
+
+# ----------------------------------------------------------------------------- a run
+@pytest.fixture(scope="module")
+def fusion_runs(tmp_path_factory):
+    from kdkit.config import make_config
+    from kdkit.workflows.run import train
+
+    runs = tmp_path_factory.mktemp("fusion_runs")
+    seen = []
+    real = fusion_mod.fit_combiner
+
+    def spy(combiner, known, unknown, **kw):
+        seen.append((np.asarray(known[1]).copy(), np.asarray(unknown[1]).copy()))
+        return real(combiner, known, unknown, **kw)
+
+    small_opts = {"hidden": 16, "layers": 2, "heads": 2, "embedding_dim": 4, "latent_dim": 8}
+    base = dict(dataset="synthetic", runs_dir=str(runs), save_compat=False, epochs=2, batch_size=64,
+                compile=False, **small_opts)
+    fusion_mod.fit_combiner = spy
+    try:
+        teacher = train(make_config(model="fusion", type="teacher", **base), progress=False)
+        student = train(make_config(model="fusion", type="student", teacher=teacher["best_checkpoint"], **base),
+                        progress=False)
+    finally:
+        fusion_mod.fit_combiner = real
+    return teacher, student, seen
+
+
+def test_train_fits_the_combiner_on_validation_windows_only(fusion_runs):
+    from kdkit.config import make_config
+    from kdkit.workflows.run import load_data
+
+    teacher, student, seen = fusion_runs
+    val_y = load_data(make_config(dataset="synthetic")).splits["val"].y.numpy()
+    assert len(seen) == 2
+    for known_y, unknown_y in seen:  # the labels the combiner saw are the validation split's, in order
+        assert np.array_equal(known_y, val_y) and np.array_equal(unknown_y, val_y)
+    for summary in (teacher, student):
+        assert summary["threshold"] == 0.0 and summary["combiner"]["kind"] == "max"
+        assert summary["combiner"]["modes"]["known"]["validation_fpr"] <= 0.001 + 1e-9
+        assert set(summary["test"]) and summary["test"]["overall"]["windows"] > 0
+    assert student["kd"] and student["parameters"] < teacher["parameters"]
+
+
+def test_checkpoint_alone_scores_like_the_run(fusion_runs, tmp_path):
+    from kdkit.workflows.run import evaluate_checkpoint
+
+    _, student, _ = fusion_runs
+    out = evaluate_checkpoint(student["best_checkpoint"], "synthetic", out_dir=tmp_path)
+    for name, m in out["scenarios"].items():
+        assert m["f1"] == pytest.approx(student["test"]["scenarios"][name]["f1"])
