@@ -12,18 +12,21 @@ def cmd_export(args) -> int:
         print(json.dumps(result, indent=2))
     else:
         print(f"exported {result['parameters']:,} parameters to {result['package']} ({result['bytes'] / 2**20:.1f} MiB, "
-              f"{result['seconds']} s; threshold {result['threshold']:.6g}); graph-building metadata in "
-              f"{result['metadata']}")
+              f"{result['seconds']} s; output {result['output_kind']}, threshold {result['threshold']:.6g}); "
+              f"graph-building metadata in {result['metadata']}")
     return 0
 
 
 def register(sub) -> None:
 
-    p = sub.add_parser("export", help="ahead-of-time compile a GAT checkpoint for deployment (.pt2)",
-                       description="Ahead-of-time compile a GAT checkpoint for a gateway. Needs only the checkpoint: "
-                                   "the graphs it is traced with are synthesized from its vocabulary and graph "
-                                   "settings, so no training data is read.")
-    p.add_argument("--checkpoint", required=True, help="a kdkit GAT checkpoint (best.pt)")
+    p = sub.add_parser("export", help="ahead-of-time compile a GAT or fusion-student checkpoint for deployment (.pt2)",
+                       description="Ahead-of-time compile a GAT or fusion-student checkpoint for a gateway. Needs only "
+                                   "the checkpoint: the graphs it is traced with are synthesized from its vocabulary "
+                                   "and graph settings, so no training data is read. The GAT's package returns "
+                                   "logits [graphs, 2] (attack when softmax(...)[:, 1] >= threshold), the fusion "
+                                   "student's the fused score [graphs] (attack when score >= threshold); the "
+                                   "metadata's output_kind says which.")
+    p.add_argument("--checkpoint", required=True, help="a kdkit GAT or fusion-student checkpoint (best.pt)")
     p.add_argument("--out", default=None, help="package path (default: the checkpoint with .pt2)")
     p.add_argument("--threads", type=int, default=1,
                    help="CPU threads the package is compiled for (default 1: one gateway core; a package compiled "

@@ -1,10 +1,18 @@
-"""``kdkit export``: a GAT checkpoint's inference pass (:class:`kdkit.models.scorer.GATScorer`) as an
-ahead-of-time compiled ``.pt2`` package (torch.export + AOTInductor) with the metadata a
-gateway needs to build graphs (vocabulary, feature layout, window, threshold). Needs only the
+"""``kdkit export``: a checkpoint's inference pass as an ahead-of-time compiled ``.pt2`` package
+(torch.export + AOTInductor) with the metadata a gateway needs to build graphs (vocabulary,
+feature layout, window, threshold) and to read the output (``output_kind``). Needs only the
 checkpoint: the example graphs it is traced with are synthesized from its vocabulary.
 
+Two families export, with the same tensor inputs (:data:`kdkit.models.scorer.INPUTS`):
+
+- the GAT classifier (:class:`kdkit.models.scorer.GATScorer`): ``output_kind`` ``"logits"``,
+  ``[G, 2]``; a window is an attack when ``softmax(logits)[:, 1] >= threshold``;
+- the fusion student (:class:`kdkit.models.fusion_scorer.FusionScorer`, ``shared_encoder=True``):
+  ``output_kind`` ``"score"``, the fused score ``[G]``; a window is an attack when
+  ``score >= threshold`` (0.0), no softmax.
+
     kdkit export --checkpoint runs/x/checkpoints/best.pt --out student.pt2
-    score = load_exported("student.pt2"); score(batch)
+    score = load_exported("student.pt2"); score(batch)      # score.output_kind says which
 """
 from __future__ import annotations
 
@@ -21,6 +29,8 @@ from torch import nn
 from kdkit.data.graphs import IdVocab, build_graphs
 from kdkit.data.loader import collate_indices
 from kdkit.data.readers import Messages
+from kdkit.models.fusion_scorer import OUTPUT_KIND as FUSION_OUTPUT_KIND
+from kdkit.models.fusion_scorer import FusionScorer
 from kdkit.models.scorer import INPUTS, GATScorer, check_batch, scorer_inputs
 from kdkit.training.checkpoint import load_checkpoint, model_from_checkpoint, provenance
 from kdkit.training.cpu_speedups import tune_cpu_allocator
@@ -28,9 +38,39 @@ from kdkit.workflows.run import check_graph_settings
 from kdkit.workflows.scoring import check_checkpoint_layout
 
 
+OUTPUTS = {  # output_kind -> what the metadata's "output" says
+    "logits": "logits [graphs, 2]; attack probability = softmax(...)[:, 1]",
+    FUSION_OUTPUT_KIND: "fused score [graphs] (kdkit.models.fusion.FusionModel.window_score); an attack when "
+                        "score >= threshold (compare directly, no softmax)",
+}
+UNSUPPORTED = ("export supports the GAT classifier and the fusion student (the VGAE's anomaly score is not "
+               "exported; the fusion teacher pair neither: distil a fusion student from it)")
+
+
+def _fusion_teacher_message(where: str) -> str:
+    return (f"{where} is a fusion teacher pair (shared_encoder=False): export supports the fusion student "
+            "(one shared encoder with two heads); distil one with kdkit train --model fusion --type student "
+            "--teacher <this checkpoint>")
+
+
+def output_kind(config: dict) -> str:
+    """``"logits"`` (GAT) or ``"score"`` (fusion student) for a model config; ``ValueError`` for
+    anything :func:`export_model` does not export."""
+    kind = (config or {}).get("kind")
+    if kind == "gat":
+        return "logits"
+    if kind == "fusion":
+        if not config.get("shared_encoder"):
+            raise ValueError(_fusion_teacher_message("the model"))
+        return FUSION_OUTPUT_KIND
+    raise ValueError(f"{UNSUPPORTED}, not {kind!r}")
+
+
 def export_model(model: nn.Module, example_batch, out: str | Path, threads: int = 1) -> Path:
-    """Export ``model`` (a GATClassifier, any mode: exported in eval mode) to ``out`` (``.pt2``)
-    as a :class:`~kdkit.models.scorer.GATScorer`. ``example_batch``: a kdkit batch of >= 2 graphs.
+    """Export ``model`` (any mode: exported in eval mode) to ``out`` (``.pt2``): a GATClassifier as a
+    :class:`~kdkit.models.scorer.GATScorer` (logits ``[G, 2]``), a fitted fusion student as a
+    :class:`~kdkit.models.fusion_scorer.FusionScorer` (fused score ``[G]``).
+    ``example_batch``: a kdkit batch of >= 2 graphs.
 
     ``threads``: the CPU threads the package is compiled for (default 1, a gateway core).
     AOTInductor bakes the thread count of the compiling process into its kernels: a package
@@ -40,13 +80,13 @@ def export_model(model: nn.Module, example_batch, out: str | Path, threads: int 
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
 
-    if getattr(model, "config", {}).get("kind") != "gat":
-        raise ValueError(f"export supports the GAT classifier, not {getattr(model, 'config', {}).get('kind')!r} "
-                         "(the VGAE's anomaly score has data-dependent shapes)")
+    kind = output_kind(getattr(model, "config", {}))
     if example_batch.num_graphs < 2:
         raise ValueError("export needs an example batch of at least 2 graphs (a size of 1 would be fixed)")
-    scorer = GATScorer(copy.deepcopy(model).eval()).eval()
-    scorer.model.node_input.validate_inputs = False
+    copied = copy.deepcopy(model).eval()
+    scorer = (GATScorer(copied) if kind == "logits" else FusionScorer(copied)).eval()
+    node_input = scorer.model.node_input if kind == "logits" else scorer.model.autoencoder.node_input
+    node_input.validate_inputs = False
     nodes, edges, graphs, width = (torch.export.Dim("nodes", min=1), torch.export.Dim("edges", min=1),
                                    torch.export.Dim("graphs", min=1), torch.export.Dim("width", min=1))
     shapes = {"x": {0: nodes}, "node_id": {0: nodes}, "edge_index": {1: edges}, "edge_attr": {0: edges},
@@ -124,10 +164,13 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, thr
 
     checkpoint = Path(checkpoint)
     ckpt = load_checkpoint(checkpoint)
-    kind = (ckpt.get("model_config") or {}).get("kind")
-    if kind != "gat":
-        raise ValueError(f"{checkpoint} is a {kind} checkpoint: export supports the GAT classifier (the VGAE's anomaly "
-                         "score has data-dependent shapes)")
+    config = ckpt.get("model_config") or {}
+    kind = config.get("kind")
+    if kind not in ("gat", "fusion"):
+        raise ValueError(f"{checkpoint} is a {kind} checkpoint: {UNSUPPORTED}")
+    if kind == "fusion" and not config.get("shared_encoder"):
+        raise ValueError(_fusion_teacher_message(str(checkpoint)))
+    out_kind = output_kind(config)
     graph = check_graph_settings(ckpt, checkpoint)
     prov = provenance(ckpt, checkpoint)
     out = Path(out) if out else checkpoint.with_suffix(".pt2")
@@ -140,7 +183,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, thr
     meta = {"checkpoint": str(checkpoint), "package": str(out), "inputs": list(INPUTS),
             "inputs_note": "a kdkit batch's tensors; ptr: graph offsets [G+1]; node_slots: any tensor of "
                            "[largest graph's node count, 0] (sizes the max pool); GATv2's self-loops are added inside",
-            "output": "logits [graphs, 2]; attack probability = softmax(...)[:, 1]",
+            "output": OUTPUTS[out_kind], "output_kind": out_kind,
             "model_config": ckpt["model_config"], "vocab": ckpt.get("vocab"), "node_features": ckpt.get("node_features"),
             "edge_features": ckpt.get("edge_features"), "threshold": ckpt.get("threshold"), "window": graph["window"],
             "stride": graph["stride"], "label_threshold": graph["label_threshold"],
@@ -154,7 +197,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, thr
     tmp.replace(meta_path)
     return {"package": str(out), "metadata": str(meta_path), "seconds": round(seconds, 1),
             "parameters": sum(p.numel() for p in model.parameters()), "bytes": out.stat().st_size,
-            "threshold": ckpt.get("threshold")}
+            "threshold": ckpt.get("threshold"), "output_kind": out_kind}
 
 
 def _calibration_note(record: dict | None) -> dict | None:
@@ -166,7 +209,12 @@ def _calibration_note(record: dict | None) -> dict | None:
 
 
 def load_exported(path: str | Path, tune_allocator: bool = True, validate: bool = True) -> Callable:
-    """Load an exported package; returns ``score(batch) -> logits`` for a kdkit batch.
+    """Load an exported package; returns ``score(batch)`` for a kdkit batch: the GAT's logits
+    ``[G, 2]`` or the fusion student's fused score ``[G]``. The function carries
+    ``score.output_kind`` (``"logits"`` or ``"score"``, from the ``.json`` beside the package; a
+    package exported before the key existed is a GAT's, ``"logits"``) and ``score.threshold``
+    (None without the ``.json``): with ``"score"`` a window is an attack when
+    ``score(batch) >= score.threshold``, with ``"logits"`` when ``softmax(...)[:, 1]`` is.
 
     ``validate`` (default) checks each batch's edge and ID ranges first
     (:func:`kdkit.models.scorer.check_batch`, ~15 us): compiled code does not bounds-check its gathers
@@ -183,11 +231,14 @@ def load_exported(path: str | Path, tune_allocator: bool = True, validate: bool 
         tune_cpu_allocator()
     program = torch._inductor.aoti_load_package(str(path))
     meta_path = path.with_suffix(".json")
-    num_ids = json.loads(meta_path.read_text())["model_config"]["num_ids"] if meta_path.is_file() else None
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    num_ids = meta["model_config"]["num_ids"] if meta else None
 
     def score(batch):
         if validate:
             check_batch(batch, num_ids, where=str(path))
         return program(*scorer_inputs(batch))
 
+    score.output_kind = meta.get("output_kind", "logits")
+    score.threshold = meta.get("threshold")
     return score
