@@ -111,6 +111,24 @@ def test_candump_bad_lines_error_and_skip(tmp_path: Path):
     assert "expected '(timestamp) channel ID#data', got 1 fields" in m.skipped_examples[2]
 
 
+def test_candump_channel_lines_of_other_channels_are_not_parsed(tmp_path: Path):
+    """With channel=, other channels' lines are left out before parsing: a fault there is not the
+    selected channel's; faults of the selected channel still name their line."""
+    lines = [f"({k / 1000:.6f}) can{k % 2} {0x100 + k % 7:03X}#{k % 256:02X}\n" for k in range(200)]
+    lines[51] = "(0.051000) can1 1X0#00\n"       # line 52: a bad ID on can1
+    lines[77] = "(0.077000)  can0\t107#4D\n"     # line 78: odd spacing, a can0 frame all the same
+    path = write_text(tmp_path / "drive.log", "".join(lines))
+    can0 = read_logger_file(path, channel="can0")
+    assert len(can0) == 101 and can0.skipped_rows == 0 and 0.077 in can0.timestamp.tolist()
+    with pytest.raises(DataFormatError, match=re.escape(f"{path}:52: not a candump -L frame line")):
+        read_logger_file(path, channel="can1")
+    lines[120] = "(0.120000) can0 120#0\n"        # line 121: odd hex digits on can0
+    path = write_text(tmp_path / "drive.log", "".join(lines))
+    with pytest.raises(DataFormatError, match=re.escape(f"{path}:121: not a candump -L frame line: data '0'")):
+        read_logger_file(path, channel="can0")
+    assert read_logger_file(path, channel="can0", on_bad_rows="skip").skipped_rows == 1
+
+
 def test_can_fd_frames_with_more_than_8_bytes_are_refused(tmp_path: Path):
     """A 64-byte CAN FD payload was cut to 8 bytes without a word."""
     path = write_text(tmp_path / "drive.log", "(1.0) can0 044#01\n(2.0) can0 123##1" + "AB" * 64 + "\n"
