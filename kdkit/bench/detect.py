@@ -80,10 +80,11 @@ def bench_live(model: str | Path, path: str | Path, channel: str | None = None, 
     rx = can.Bus(interface="virtual", channel=name)
     tx = can.Bus(interface="virtual", channel=name, preserve_timestamps=True)
     sent = threading.Event()
+    frames = list(as_can_messages(msgs))  # made before the clock starts: the sender thread holds the GIL less
 
     def send() -> None:
         try:
-            for frame in can.MessageSync(as_can_messages(msgs), timestamps=True, gap=0.0):
+            for frame in can.MessageSync(frames, timestamps=True, gap=0.0):
                 tx.send(frame)
         finally:
             sent.set()

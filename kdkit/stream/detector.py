@@ -7,11 +7,13 @@
 
 Windows are the offline ones: window ``k`` holds messages ``k * stride .. k * stride + window - 1``
 of the stream (the model's window and stride, from its checkpoint or export metadata; a
-smaller stride slides). A window closes with its last message; its graph is built by
-:func:`kdkit.data.graphs.build_graphs` from the buffered messages plus the one before it (the
-bus-load feature looks one message back), so graphs and scores equal those of
-``build_graphs`` over the whole recording (tested). :meth:`Detector.feed_many` builds the
-graphs of every window a batch closes in one call and scores them in batches.
+smaller stride slides). A window closes with its last message; its graph is built from the
+buffered messages plus the one before it (the bus-load feature looks one message back), so
+graphs and scores equal those of :func:`kdkit.data.graphs.build_graphs` over the whole recording
+(tested). :meth:`Detector.feed_many` builds the graphs of every window a batch closes in one
+``build_graphs`` call and scores them in batches; :meth:`Detector.feed` of an exported student
+builds the one window it closes with :func:`kdkit.stream.window.window_graph` (the same
+tensors at a quarter of the CPU time) and scores it straight away.
 
 Scores are the kit's: a GAT checkpoint's attack probability and a VGAE checkpoint's anomaly
 score (both through :func:`kdkit.reporting.metrics.predict_scores`, as ``kdkit evaluate``), an
@@ -39,11 +41,12 @@ import numpy as np
 import torch
 
 from kdkit.data.graphs import GRAPH_FORMAT_VERSION, GraphSet, IdVocab, build_graphs, layout_matches
-from kdkit.data.loader import gather_windows
+from kdkit.data.loader import WindowBatch, gather_windows
 from kdkit.data.readers import EXTENDED_ID_FLAG, MAX_CAN_ID, MAX_STANDARD_ID, Messages
 from kdkit.deploy.export import load_exported
 from kdkit.models.thresholds import GAT_THRESHOLD, is_attack
 from kdkit.reporting.metrics import predict_scores
+from kdkit.stream.window import window_graph
 from kdkit.training.checkpoint import load_checkpoint, model_from_checkpoint, provenance
 from kdkit.workflows.run import check_graph_settings
 
@@ -209,17 +212,22 @@ class Detector:
         label_threshold: the model's label rule, for ``attack_share`` of labelled input.
         channel: keep only frames of this channel (frames without a channel are kept).
         name: the model's name in messages.
+        score_batch: ``WindowBatch -> float array [windows]``, the same scores on a batch of
+            windows' tensors (:class:`kdkit.data.loader.WindowBatch`); given, :meth:`feed`
+            builds the window it closes with :func:`~kdkit.stream.window.window_graph` and
+            scores it without a ``GraphSet`` (the latency path of an exported student).
     """
 
     def __init__(self, score_windows: Callable[[GraphSet], np.ndarray], vocab: IdVocab, window: int,
                  stride: int | None = None, threshold: float = GAT_THRESHOLD, label_threshold: float = 0.0,
-                 channel: str | None = None, name: str = "model"):
+                 channel: str | None = None, name: str = "model",
+                 score_batch: Callable[[WindowBatch], np.ndarray] | None = None):
         stride = window if stride is None else stride
         if int(window) < 2 or int(stride) < 1:
             raise ValueError(f"{name}: window must be >= 2 and stride >= 1, got window={window}, stride={stride}")
         if not math.isfinite(float(threshold)):
             raise ValueError(f"{name}: threshold {threshold!r} is not a finite number")
-        self.score_windows, self.vocab, self.name = score_windows, vocab, name
+        self.score_windows, self.score_batch, self.vocab, self.name = score_windows, score_batch, vocab, name
         self.window, self.stride, self.threshold = int(window), int(stride), float(threshold)
         self.label_threshold, self.channel = float(label_threshold), channel
         self.dropped: Counter[str] = Counter()
@@ -271,19 +279,28 @@ class Detector:
         if missing:
             raise ValueError(f"{meta_path} lacks {', '.join(missing)}: re-export the model with kdkit export")
         _check_layout(meta["node_features"], meta["edge_features"], meta.get("graph_format"), meta_path, meta["vocab"])
-        program = load_exported(path)
+        vocab = IdVocab.from_list(meta["vocab"])
+        num_ids = (meta.get("model_config") or {}).get("num_ids")
+        if num_ids is not None and len(vocab) > num_ids:
+            raise ValueError(f"{meta_path}: a vocabulary of {len(vocab)} IDs for a model of num_ids={num_ids}: the "
+                             f"metadata is not this package's; re-export the model with kdkit export")
+        # the detector builds every graph with this vocabulary, so node IDs and edge endpoints are in
+        # range by construction: the per-batch range check (~30 us a window) is left out
+        program = load_exported(path, validate=num_ids is None)
+
+        def score_batch(batch: WindowBatch) -> np.ndarray:
+            with torch.no_grad():
+                return torch.softmax(program(batch).float(), dim=-1)[:, 1].numpy()
 
         def score(gs: GraphSet) -> np.ndarray:
-            out = []
-            with torch.no_grad():
-                for i in range(0, len(gs), batch_size):
-                    logits = program(gather_windows(gs, np.arange(i, min(i + batch_size, len(gs)))))
-                    out.append(torch.softmax(logits.float(), dim=-1)[:, 1])
-            return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+            out = [score_batch(gather_windows(gs, np.arange(i, min(i + batch_size, len(gs)))))
+                   for i in range(0, len(gs), batch_size)]
+            return np.concatenate(out) if out else np.zeros(0, np.float32)
 
         thr = float(meta.get("threshold") if meta.get("threshold") is not None else GAT_THRESHOLD)
-        return cls(score, IdVocab.from_list(meta["vocab"]), int(meta["window"]), stride or int(meta["stride"]),
-                   thr if threshold is None else threshold, meta.get("label_threshold") or 0.0, channel, name=str(path))
+        return cls(score, vocab, int(meta["window"]), stride or int(meta["stride"]),
+                   thr if threshold is None else threshold, meta.get("label_threshold") or 0.0, channel, name=str(path),
+                   score_batch=score_batch)
 
     @classmethod
     def load(cls, path: str | Path, threshold: float | None = None, stride: int | None = None,
@@ -295,7 +312,7 @@ class Detector:
     def clone(self) -> Detector:
         """A new detector with the same model and settings and no stream state."""
         return Detector(self.score_windows, self.vocab, self.window, self.stride, self.threshold,
-                        self.label_threshold, self.channel, self.name)
+                        self.label_threshold, self.channel, self.name, self.score_batch)
 
     # ------------------------------------------------------------------ state
     @property
@@ -365,6 +382,8 @@ class Detector:
             self._restamp.check(np.asarray(self._one))
             self._one.clear()
         if self.messages == self._next + self.window:
+            if self.score_batch is not None:
+                return self._close_one(arrival, cpu0)
             return self._close(np.array([self._next]), arrival, cpu0, labelled=False)[0]
         return None
 
@@ -473,6 +492,24 @@ class Detector:
         if last_start < self._next:
             return []
         return self._close(np.arange(self._next, last_start + 1, self.stride), arrival, cpu0, labelled)
+
+    def _close_one(self, arrival: float, cpu0: float) -> Decision:
+        """Build, score and decide the next window, which the last fed frame closed (unlabelled)."""
+        start, W = self._next, self.window
+        r = start - self._base
+        prev = float(self._ts[r - 1]) if start > 0 else None
+        graph = window_graph(self._ts[r:r + W], self._id[r:r + W], self._dlc[r:r + W], self._pl[r:r + W], prev,
+                             self.vocab)
+        score = float(self.score_batch(graph.batch())[0])
+        attack = bool(is_attack(score, self.threshold))
+        oov = tuple(graph.can_id[graph.node_id == 0].tolist())
+        latency, cpu = time.perf_counter() - arrival, time.thread_time() - cpu0
+        out = Decision(self.windows, start, float(self._ts[r]), float(self._ts[r + W - 1]), W, score, self.threshold,
+                       attack, oov, latency, None, cpu)
+        self.windows += 1
+        self.alarms += attack
+        self._next = start + self.stride
+        return out
 
     def _close(self, starts: np.ndarray, arrival: float, cpu0: float, labelled: bool) -> list[Decision]:
         """Build, score and decide the windows starting at stream indices ``starts``."""

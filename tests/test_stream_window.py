@@ -1,0 +1,110 @@
+"""The live detector's one-window graph builder (kdkit.stream.window): bit-identical to
+build_graphs' graph of the same window, on hand-made streams (first window, sliding and
+gapped windows, one-ID windows, extended IDs, equal timestamps) and on the shared real data;
+and a detector fed frame by frame through it decides exactly as through build_graphs.
+
+Run: .venv/bin/python -m pytest tests/test_stream_window.py -q
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import require
+
+from kdkit.data.graphs import IdVocab, build_graphs
+from kdkit.data.loader import gather_windows
+from kdkit.data.readers import EXTENDED_ID_FLAG, Messages, read_messages
+from kdkit.stream import Detector
+from kdkit.stream.window import window_graph
+
+REAL_CANDUMP = Path(__file__).resolve().parents[2] / "shared" / "data" / "candump" / "toyota-rav4-2018-highway.candump.log.gz"
+
+
+def _stream(n: int, seed: int = 0) -> Messages:
+    """Random traffic: a few IDs (some extended, some repeated in runs), random DLCs and payloads,
+    timestamps with equal neighbours."""
+    rng = np.random.default_rng(seed)
+    pool = np.array([0x100, 0x101, 0x2A0, 0x7FF, 0x18FEF100 | EXTENDED_ID_FLAG, 0x81 | EXTENDED_ID_FLAG], np.uint32)
+    ids = pool[rng.integers(0, pool.size, n)]
+    ids[40:60] = 0x2A0  # a run of one ID: windows of a single node
+    ts = np.cumsum(rng.choice([0.0, 1e-4, 3e-4, 2e-3], n))
+    dlc = rng.integers(0, 9, n).astype(np.uint8)
+    payload = rng.integers(0, 256, (n, 8)).astype(np.uint8)
+    payload[np.arange(8) >= dlc[:, None]] = 0
+    return Messages(ts, ids, dlc, payload, np.zeros(n, np.uint8), source="random")
+
+
+def _assert_windows_equal(msgs: Messages, vocab: IdVocab, window: int, stride: int) -> int:
+    gs = build_graphs(msgs, vocab, window, stride)
+    for g in range(len(gs)):
+        s = int(gs.start[g])
+        got = window_graph(msgs.timestamp[s:s + window], msgs.can_id[s:s + window], msgs.dlc[s:s + window],
+                           msgs.payload[s:s + window], float(msgs.timestamp[s - 1]) if s else None, vocab)
+        ref = gather_windows(gs, np.array([g]))
+        assert np.array_equal(got.x, ref.x.numpy()), (window, stride, g)
+        assert np.array_equal(got.node_id, ref.node_id.numpy())
+        assert np.array_equal(got.can_id, gs.can_id[gs.node_ptr[g]:gs.node_ptr[g + 1]].numpy())
+        assert np.array_equal(got.edge_index, ref.edge_index.numpy())
+        assert np.array_equal(got.edge_attr, ref.edge_attr.numpy())
+        batch = got.batch()
+        assert batch.num_graphs == 1 and batch.ptr.tolist() == [0, got.x.shape[0]] and not batch.batch.any()
+    return len(gs)
+
+
+@pytest.mark.parametrize("window", [2, 3, 7, 100])
+def test_window_graph_equals_build_graphs(window):
+    msgs = _stream(700)
+    vocab = IdVocab.from_list([0x100, 0x2A0, 0x18FEF100 | EXTENDED_ID_FLAG])  # the others are out of vocabulary
+    for stride in sorted({1, max(window - 1, 1), window, window + 3}):
+        assert _assert_windows_equal(msgs, vocab, window, stride) > 0
+
+
+def test_window_graph_equals_build_graphs_on_real_traffic(shared_data_root):
+    require(REAL_CANDUMP.is_file(), f"{REAL_CANDUMP} not found")
+    rav4 = read_messages(REAL_CANDUMP, channel="can0").slice(0, 12_000)
+    fuzzing = read_messages(shared_data_root / "hcrl-sa" / "test_01_known_vehicle_known_attack" / "fuzzing-kia.csv.gz")
+    for msgs in (rav4, fuzzing.slice(0, 12_000)):
+        vocab = IdVocab.fit([msgs.can_id[:3000]])
+        assert _assert_windows_equal(msgs, vocab, 100, 100) == 120
+        assert _assert_windows_equal(msgs.slice(0, 3000), vocab, 100, 37) > 70
+
+
+def _fake_scores(batch) -> np.ndarray:
+    """A deterministic stand-in for a model: a per-window sum over every input tensor (float64,
+    summed in node and edge order, so equal tensors give equal scores)."""
+    g = batch.batch
+    node = batch.x.double().sum(1) * (batch.node_id.double() + 1)
+    edge = batch.edge_attr.double().sum(1) * (batch.edge_index[0] - batch.edge_index[1]).double()
+    out = torch.zeros(batch.num_graphs, dtype=torch.float64).index_add_(0, g, node)
+    return out.index_add_(0, g[batch.edge_index[0]], edge).numpy()
+
+
+@pytest.mark.parametrize("stride", [100, 60, 130])
+def test_feed_decides_as_the_graphset_path(stride):
+    """feed() through window_graph + score_batch gives the decisions of the build_graphs path,
+    field by field (scores bit-equal), and of feed_many over the same messages."""
+    msgs = _stream(3000, seed=1)
+    vocab = IdVocab.from_list([0x100, 0x101, 0x7FF])
+
+    def score_windows(gs):
+        return _fake_scores(gather_windows(gs, np.arange(len(gs))))
+
+    threshold = float(np.median(score_windows(build_graphs(msgs, vocab, 100, stride))))  # half the windows alarm
+    fast = Detector(score_windows, vocab, 100, stride, threshold=threshold, score_batch=_fake_scores)
+    plain = Detector(score_windows, vocab, 100, stride, threshold=threshold)
+    keys = msgs.can_id.tolist()
+    frames = [(float(msgs.timestamp[i]), keys[i] & ~EXTENDED_ID_FLAG, msgs.payload[i, :msgs.dlc[i]].tobytes(),
+               bool(keys[i] & EXTENDED_ID_FLAG)) for i in range(len(msgs))]
+    got = [d for d in map(fast.feed, frames) if d is not None]
+    ref = [d for d in map(plain.feed, frames) if d is not None]
+    batch = fast.clone().feed_many(msgs, labelled=False)
+    assert len(got) == len(ref) == len(batch) == (3000 - 100) // stride + 1
+    strip = lambda d: {k: v for k, v in d.to_dict().items() if k not in ("latency_ms", "cpu_ms")}  # noqa: E731
+    assert [strip(d) for d in got] == [strip(d) for d in ref]
+    assert {d.is_attack for d in got} == {True, False} and any(d.oov_ids for d in got)
+    np.testing.assert_allclose([d.score for d in got], [d.score for d in batch], rtol=1e-12)
+    assert (fast.windows, fast.alarms) == (plain.windows, plain.alarms)
+    assert fast.clone().score_batch is _fake_scores
