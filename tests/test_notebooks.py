@@ -239,3 +239,28 @@ def test_nbval_runs_every_notebook_with_its_stored_defaults(nb_env):
     passed = [line for line in proc.stdout.splitlines() if "::Cell " in line and " PASSED" in line]
     for name in NOTEBOOKS:  # every notebook was collected and its cells ran
         assert any(f"notebooks/{name}" in line for line in passed), proc.stdout[-3000:]
+
+
+@pytest.fixture(scope="module")
+def fusion_teacher(nb_env):
+    base, env = nb_env
+    out = base / "teacher_fusion"
+    return out, _execute("teacher", out, env, model="fusion", epochs=1, seed=0, hidden=32, layers=2, heads=2)
+
+
+@pytest.mark.notebook
+@pytest.mark.slow
+def test_teacher_notebook_trains_the_fusion_pair_and_student_notebook_distils_it(fusion_teacher, nb_env):
+    base, env = nb_env
+    out, tm = fusion_teacher
+    assert tm["model"] == "fusion" and tm["type"] == "teacher" and tm["threshold"] == 0.0
+    _check_f1(tm["f1"])
+    _check_figures(out, tm, {"training_curves.png", "roc_pr.png", "confusion_matrices.png"})
+    out = base / "student_fusion"
+    m = _execute("student", out, env, model="fusion", teacher_checkpoint=tm["checkpoint"], epochs=1, hidden=16,
+                 layers=2, heads=2, seed=1, latency_calls=30)
+    assert m["teacher"]["checkpoint"] == tm["checkpoint"] and m["student_kd"]["kd"] is True
+    assert m["student_kd"]["parameters"] < m["teacher"]["parameters"]
+    for key in ("teacher", "student_kd", "student_alone"):
+        _check_f1(m[key]["f1"])
+    _check_figures(out, m, {"f1_per_scenario.png", "roc_pr_over_teacher.png", "score_histograms_kd.png"})

@@ -301,13 +301,14 @@ def test_run_dir_is_never_reused(orch):
     assert orch._new_run_name("x") == a + "-2"
 
 
-def test_pipeline_chains_student_after_teacher(orch, fake, tmp_path):
-    teacher, student = orch.submit_pipeline("hcrl_ch", model="vgae", epochs=2,
+@pytest.mark.parametrize("family", ["vgae", "fusion"])
+def test_pipeline_chains_student_after_teacher(orch, fake, tmp_path, family):
+    teacher, student = orch.submit_pipeline("hcrl_ch", model=family, epochs=2,
                                             student_overrides={"time": "00:10:00"})
     t_run = json.loads((tmp_path / "runs" / "slurm_jobs.json").read_text())["jobs"][teacher]["run_dir"]
     script = fake.scripts[student]
     assert f"#SBATCH --dependency=afterok:{teacher}\n" in script and "#SBATCH --kill-on-invalid-dep=yes\n" in script
-    assert f"--teacher {t_run}/checkpoints/best.pt" in script and "--model vgae" in script
+    assert f"--teacher {t_run}/checkpoints/best.pt" in script and f"--model {family}" in script
     assert "#SBATCH --time=00:10:00" in script and "#SBATCH --time=00:10:00" not in fake.scripts[teacher]
 
 

@@ -24,6 +24,8 @@ import shlex
 from pathlib import Path
 from string import Template
 
+from kdkit.models.registry import MODEL_CLASSES
+
 TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "slurm_templates"
 
 
@@ -76,7 +78,7 @@ VALIDATORS = {
     "job_name": _pattern(_NAME, "job name"),
     "run_name": _pattern(_NAME, "run name"),
     "dataset": _pattern(r"[A-Za-z0-9_./~][A-Za-z0-9_./:+@~-]{0,1023}", "dataset key, folder or spec file (no spaces)"),
-    "model": _pattern(r"gat|vgae", "model (gat or vgae)"),
+    "model": _pattern("|".join(MODEL_CLASSES), f"model ({', '.join(MODEL_CLASSES)})"),
     "model_type": _pattern(r"teacher|student", "model type (teacher or student)"),
     "partition": _pattern(r"[A-Za-z0-9_.-]+(,[A-Za-z0-9_.-]+)*", "partition name (list)"),
     "account": _pattern(r"[A-Za-z0-9_.-]+", "account name"),

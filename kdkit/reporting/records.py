@@ -161,6 +161,7 @@ def run_metrics(summary: Mapping, prefix: str = "") -> dict:
            "parameters": summary["parameters"], "size_bytes": summary["size_bytes"],
            "epochs_run": summary.get("epochs_run"), "train_seconds": summary.get("train_seconds"),
            "precision": summary.get("precision"), "threshold": summary.get("threshold"),
+           "combiner": summary.get("combiner"),
            "checkpoint": summary["best_checkpoint"], "run_dir": summary.get("run_dir"),
            "f1": {k: v["f1"] for k, v in test["scenarios"].items()}, "scenarios": scenarios,
            "overall": {k: test["overall"].get(k) for k in OVERALL_KEYS}, "history": history}
