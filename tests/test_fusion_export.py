@@ -70,8 +70,8 @@ def fitted_student(**kw) -> FusionModel:
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
-@pytest.mark.parametrize("combiner", COMBINERS)
-@pytest.mark.parametrize("shape", [{}, {"concat_heads": True, "decoder_layers": 2}, {"decoder_layers": 0}])
+@pytest.mark.parametrize("combiner, shape", [(kind, {}) for kind in COMBINERS] + [
+    ("max", {"concat_heads": True, "decoder_layers": 2}), ("logistic", {"decoder_layers": 0})])
 def test_scorer_equals_window_score(combiner, shape):
     model = fitted_student(combiner=combiner, **shape)
     scorer = FusionScorer(model)

@@ -19,9 +19,10 @@ What differs from the model's own code, and why it is the same arithmetic:
 - Edge reconstruction (:func:`kdkit.models.vgae.edge_recon_error`): ``to_dense_batch`` and
   ``to_dense_adj`` have data-dependent shapes. The scorer places each graph's nodes in a
   ``[graphs, width]`` slot layout with ``index_copy`` (``width`` = ``node_slots.size(0)``, the
-  largest graph's node count, the same ``M`` as ``to_dense_batch``'s), builds the adjacency with
-  ``index_put`` (accumulating, as ``to_dense_adj`` sums repeated edges), and takes the pairwise
-  logits, the BCE and the masks as the model does.
+  largest graph's node count, the same ``M`` as ``to_dense_batch``'s), takes the pairwise logits
+  per graph from it, and keeps one row of them per real node (``[nodes, width]``); the adjacency
+  is written into that layout with ``index_put`` (both directions: ``A + A.T``), and the BCE, the
+  masks and the sums are the model's (:func:`dense_edge_error`).
 - Per-graph means (``scatter(..., reduce="mean")``) are ``index_add`` sums divided by the node
   counts ``ptr[1:] - ptr[:-1]`` (clamped at 1, as ``scatter``'s mean), the max pool a dense
   ``amax`` over the slot layout (an empty graph pools to 0).
@@ -91,26 +92,34 @@ def gat_stack(stack: nn.Module, h: Tensor, src: Tensor, dst: Tensor, keep: Tenso
 def dense_edge_error(z: Tensor, src: Tensor, dst: Tensor, batch: Tensor, ptr: Tensor, width: int) -> Tensor:
     """:func:`kdkit.models.vgae.edge_recon_error` without data-dependent shapes, ``[G]``.
 
-    ``width``: at least the largest graph's node count (the slots of padding are masked out)."""
+    The model's dense ``[graphs, M, M]`` pair layout (``M`` the largest graph's node count) is
+    padded wherever a graph is smaller than the largest; here each node has one row of ``width``
+    (>= ``M``) slots of its own graph: the pair logits are the rows of ``zd @ zd.T`` (``zd`` the
+    ``[graphs, width, D]`` slot layout) of the real nodes, the symmetrised adjacency is written
+    straight into that ``[nodes, width]`` layout (both directions of every edge), and the BCE,
+    the masks (``j`` a node of the graph, ``j != i``) and the four sums per graph are the model's,
+    summed per node and then per graph. Fewer cells than the model's layout (``nodes * width``
+    instead of ``graphs * M * M``) and contiguous rows, which Inductor vectorises.
+    An edge between two graphs (not in a kdkit batch) cannot index outside the layout."""
     graphs, n = ptr.size(0) - 1, z.size(0)
     counts = ptr[1:] - ptr[:-1]
     slot = torch.arange(n, device=z.device) - ptr[batch]                                # position inside its graph
+    row = batch * width + slot                                                           # row of the slot layout
     zf = z.float()
-    zd = zf.new_zeros(graphs * width, zf.size(1)).index_copy(0, batch * width + slot, zf).view(graphs, width, -1)
-    logits = zd @ zd.transpose(1, 2)                                                     # [G, W, W]
-    g = batch[src]
-    cell = (g * width + (src - ptr[g])) * width + (dst - ptr[g])
-    adj = zf.new_zeros(graphs * width * width).index_put((cell,), torch.ones_like(cell, dtype=zf.dtype),
-                                                         accumulate=True).view(graphs, width, width)
-    adj = ((adj + adj.transpose(1, 2)) > 0).float()
-    pos_ = torch.arange(width, device=z.device)
-    mask = pos_.unsqueeze(0) < counts.unsqueeze(1)                                      # [G, W]
-    eye = pos_.unsqueeze(0) == pos_.unsqueeze(1)
-    pairs = (mask[:, :, None] & mask[:, None, :] & ~eye).float()
+    zd = zf.new_zeros(graphs * width, zf.size(1)).index_copy(0, row, zf).view(graphs, width, -1)
+    logits = (zd @ zd.transpose(1, 2))[batch, slot]                                      # [N, W]: z_i . z_j
+    ones = torch.ones_like(src, dtype=zf.dtype)
+    cells = torch.cat([src * width + slot[dst], dst * width + slot[src]])              # A + A.T
+    adj = (zf.new_zeros(n * width).index_put((cells,), torch.cat([ones, ones]), accumulate=True) > 0)
+    adj = adj.float().view(n, width)
+    j = torch.arange(width, device=z.device).unsqueeze(0)
+    pairs = ((j < counts[batch].unsqueeze(1)) & (j != slot.unsqueeze(1))).float()      # j in the graph, j != i
     bce = F.binary_cross_entropy_with_logits(logits, adj, reduction="none")
     pos, neg = adj * pairs, (1 - adj) * pairs
-    pos_err = (bce * pos).sum((1, 2)) / pos.sum((1, 2)).clamp(min=1)
-    neg_err = (bce * neg).sum((1, 2)) / neg.sum((1, 2)).clamp(min=1)
+    per_node = torch.stack([(bce * pos).sum(1), pos.sum(1), (bce * neg).sum(1), neg.sum(1)], dim=1)
+    sums = zf.new_zeros(graphs, 4).index_add(0, batch, per_node)
+    pos_err = sums[:, 0] / sums[:, 1].clamp(min=1)
+    neg_err = sums[:, 2] / sums[:, 3].clamp(min=1)
     return 0.5 * (pos_err + neg_err)
 
 
@@ -162,7 +171,7 @@ class FusionScorer(nn.Module):
             loop_sum = torch.zeros(n, edge_attr.size(1), dtype=edge_attr.dtype, device=x.device).index_add(
                 0, dst, edge_attr * w)
             loop_cnt = torch.zeros(n, 1, dtype=edge_attr.dtype, device=x.device).index_add(0, dst, w)
-            loop_attr = loop_sum / loop_cnt.clamp(min=1)                                # mean of the in-edges, 0 if none
+            loop_attr = loop_sum / loop_cnt.clamp(min=1)                               # mean of the in-edges, 0 if none
 
         # the reconstruction head (VGAE.forward in eval mode: z = mu)
         layers = gat_stack(ae.encoder, ae.node_input(x, node_id), src, dst, keep, edge_attr_used, loop_attr)
