@@ -13,7 +13,7 @@ graphs and scores equal those of :func:`kdkit.data.graphs.build_graphs` over the
 (tested). :meth:`Detector.feed_many` builds the graphs of every window a batch closes in one
 ``build_graphs`` call and scores them in batches; :meth:`Detector.feed` of an exported student
 builds the one window it closes with :func:`kdkit.stream.window.window_graph` (the same
-tensors at a quarter of the CPU time) and scores it straight away.
+tensors at ~40 % of the CPU time, no GraphSet) and scores it straight away.
 
 Scores are the kit's: a GAT checkpoint's attack probability and a VGAE checkpoint's anomaly
 score (both through :func:`kdkit.reporting.metrics.predict_scores`, as ``kdkit evaluate``), an

@@ -6,8 +6,9 @@
 :func:`kdkit.data.graphs.build_graphs` builds many windows at once; on a single window most
 of its time is fixed cost (chunking, per-window offsets, a :class:`~kdkit.data.graphs.GraphSet`
 and then :func:`~kdkit.data.loader.gather_windows` around one graph). This module computes the
-same node and edge features for one window with a few dozen numpy calls over its ``W`` messages
-and no per-window bookkeeping: about 4x less CPU per decision of a frame-by-frame detector.
+same node and edge features for one window with ~150 small numpy calls over its ``W`` messages
+and no per-window bookkeeping: ~40 % of the CPU time of ``build_graphs`` + ``gather_windows``
+for one window (0.49 vs 1.26 ms p50 measured on a loaded 2-core VM).
 
 The features are :data:`kdkit.data.graphs.NODE_FEATURES` and :data:`~kdkit.data.graphs.EDGE_FEATURES`
 computed with the same float64 operations in the same order as ``build_graphs``, so the
