@@ -108,3 +108,38 @@ def test_feed_decides_as_the_graphset_path(stride):
     np.testing.assert_allclose([d.score for d in got], [d.score for d in batch], rtol=1e-12)
     assert (fast.windows, fast.alarms) == (plain.windows, plain.alarms)
     assert fast.clone().score_batch is _fake_scores
+
+
+
+@pytest.mark.parametrize("kind", ["logits", "score"])
+def test_exported_output_kind(tmp_path, monkeypatch, kind):
+    """A GAT package's logits become softmax(...)[:, 1]; a fusion student's fused score is the score;
+    a vocabulary larger than the model's num_ids is refused."""
+    import json
+
+    from kdkit.data.graphs import EDGE_FEATURES, GRAPH_FORMAT_VERSION, NODE_FEATURES
+    from kdkit.stream import detector as detector_module
+
+    def program(batch):  # per-window sum of the node features, as logits or as a score
+        total = torch.zeros(batch.num_graphs).index_add_(0, batch.batch, batch.x.sum(1))
+        return torch.stack([total, -total], 1) if kind == "logits" else total
+
+    program.output_kind = kind
+    monkeypatch.setattr(detector_module, "load_exported", lambda path, validate=True: program)
+    meta = {"vocab": [0x100], "window": 100, "stride": 100, "node_features": list(NODE_FEATURES),
+            "edge_features": list(EDGE_FEATURES), "graph_format": GRAPH_FORMAT_VERSION, "threshold": 0.0,
+            "model_config": {"num_ids": 2}}
+    (tmp_path / "m.json").write_text(json.dumps(meta))
+    det = Detector.from_exported(tmp_path / "m.pt2")
+    msgs = _stream(300)
+    totals = program(gather_windows(build_graphs(msgs, det.vocab, 100, 100), np.arange(3)))
+    ref = (torch.softmax(totals, -1)[:, 1] if kind == "logits" else totals).numpy()
+    keys = msgs.can_id.tolist()
+    frames = [(float(msgs.timestamp[i]), keys[i] & ~EXTENDED_ID_FLAG, msgs.payload[i, :msgs.dlc[i]].tobytes(),
+               bool(keys[i] & EXTENDED_ID_FLAG)) for i in range(len(msgs))]
+    np.testing.assert_allclose([d.score for d in det.feed_many(msgs)], ref, rtol=1e-6)
+    np.testing.assert_allclose([d.score for d in map(det.clone().feed, frames) if d], ref, rtol=1e-6)
+    assert det.threshold == 0.0
+    (tmp_path / "m.json").write_text(json.dumps({**meta, "vocab": [0x100, 0x200], "model_config": {"num_ids": 2}}))
+    with pytest.raises(ValueError, match="a vocabulary of 3 IDs for a model of num_ids=2"):
+        Detector.from_exported(tmp_path / "m.pt2")

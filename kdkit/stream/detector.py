@@ -17,7 +17,7 @@ tensors at ~40 % of the CPU time, no GraphSet) and scores it straight away.
 
 Scores are the kit's: a GAT checkpoint's attack probability and a VGAE checkpoint's anomaly
 score (both through :func:`kdkit.reporting.metrics.predict_scores`, as ``kdkit evaluate``), an
-exported student's ``softmax(logits)[:, 1]``; a window is an attack when ``score >=
+exported GAT student's ``softmax(logits)[:, 1]``, an exported fusion student's fused score; a window is an attack when ``score >=
 threshold`` (:func:`kdkit.models.thresholds.is_attack`).
 
 Frames that cannot be a classic CAN data frame are dropped, logged (the first few of each
@@ -268,7 +268,9 @@ class Detector:
     def from_exported(cls, path: str | Path, threshold: float | None = None, stride: int | None = None,
                       channel: str | None = None, batch_size: int = 128) -> Detector:
         """A detector for an exported ``.pt2`` (``kdkit export``), configured from the ``.json``
-        metadata beside it (vocabulary, feature layout, window, stride, threshold)."""
+        metadata beside it (vocabulary, feature layout, window, stride, threshold). A GAT's package
+        (``output_kind`` ``"logits"``) scores ``softmax(logits)[:, 1]``, a fusion student's
+        (``"score"``) its fused score as it comes."""
         path = Path(path)
         meta_path = path.with_suffix(".json")
         if not meta_path.is_file():
@@ -288,9 +290,12 @@ class Detector:
         # range by construction: the per-batch range check (~30 us a window) is left out
         program = load_exported(path, validate=num_ids is None)
 
+        logits = getattr(program, "output_kind", "logits") == "logits"
+
         def score_batch(batch: WindowBatch) -> np.ndarray:
             with torch.no_grad():
-                return torch.softmax(program(batch).float(), dim=-1)[:, 1].numpy()
+                out = program(batch).float()
+                return (torch.softmax(out, dim=-1)[:, 1] if logits else out).numpy()
 
         def score(gs: GraphSet) -> np.ndarray:
             out = [score_batch(gather_windows(gs, np.arange(i, min(i + batch_size, len(gs)))))
