@@ -181,12 +181,12 @@ def fusion_ablation(checkpoint: str, data, quantile: float, vgae_quantile: float
         "classifier_at_val_fpr": (lambda p: p[:, 0], quantile_threshold(known[yv == 0, 0], quantile)),
         "autoencoder_at_val_fpr": (recon, quantile_threshold(recon(known[yv == 0]), vgae_quantile)),
     }
-    standardised = Combiner("max", unknown_vehicle_share=c["unknown_vehicle_share"])
+    standardised = Combiner("max", known_id_fraction=c["known_id_fraction"])
     standardised.mask[:, 0] = 0.0  # the reconstruction parts (and OOV share) alone, each on its validation scale
     fit_combiner(standardised, (known, yv), (unknown, yv), quantile=quantile)
     scorers["autoencoder_standardised"] = (lambda p: standardised(torch.as_tensor(p, dtype=torch.float32)).numpy(), 0.0)
     for kind in ("max", "logistic", "mlp", "policy"):
-        comb = Combiner(kind, c["combiner_hidden"], unknown_vehicle_share=c["unknown_vehicle_share"])
+        comb = Combiner(kind, c["combiner_hidden"], known_id_fraction=c["known_id_fraction"])
         fit_combiner(comb, (known, yv), (unknown, yv), quantile=quantile)
         scorers[f"fused_{kind}"] = (lambda p, m=comb: m(torch.as_tensor(p, dtype=torch.float32)).numpy(), 0.0)
     out: dict = {}

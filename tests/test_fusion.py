@@ -53,10 +53,11 @@ def test_forward_shapes_and_parts(shared):
     assert out.recon.x_recon.shape == (10, F_NODE) and out.recon.id_logits.shape == (10, NUM_IDS)
     assert len(out.node_embeddings) == SMALL["num_layers"]
     parts = model.score_parts(batch)
-    assert parts.shape == (3, len(PARTS))
+    assert parts.shape == (3, len(PARTS)) == (3, 6)
     # the attack log-odds is the classification head's, the OOV share is counted per window
     torch.testing.assert_close(parts[:, 0], out.logits[:, 1] - out.logits[:, 0])
     torch.testing.assert_close(parts[:, PARTS.index("oov")], torch.tensor([0.0, 0.25, 2 / 3]))
+    torch.testing.assert_close(parts[:, PARTS.index("known_ids")], torch.tensor([3.0, 3.0, 1.0]))
     assert (parts[:, 1:4] >= 0).all()
 
 
@@ -136,11 +137,13 @@ def test_fusion_kd_golden_parts_and_gradients_reach_both_heads():
 
 
 # ----------------------------------------------------------------------------- the combiner
-def fake_parts(n, rng, attack=False, oov=0.0, logit_shift=0.0, recon_shift=0.0):
-    """Parts of n windows: normal windows have log-odds ~N(-6, 1) and errors ~lognormal(0, 0.2)."""
+def fake_parts(n, rng, attack=False, oov=0.0, logit_shift=0.0, recon_shift=0.0, known_ids=25):
+    """Parts of n windows: normal windows have log-odds ~N(-6, 1) and errors ~lognormal(0, 0.2)
+    and hold about ``known_ids`` in-vocabulary IDs."""
     logit = rng.normal(-6 + logit_shift, 1.0, n)
     errs = np.exp(rng.normal(recon_shift, 0.2, (n, 3)))
-    return np.column_stack([logit, errs, np.full(n, oov)]), np.full(n, int(attack))
+    known = np.maximum(known_ids + rng.integers(-3, 4, n), 0) if known_ids else np.zeros(n)
+    return np.column_stack([logit, errs, np.full(n, oov), known]), np.full(n, int(attack))
 
 
 def validation(rng):
@@ -150,6 +153,7 @@ def validation(rng):
     known = (np.concatenate([pn, pa]), np.concatenate([yn, ya]))
     hidden = known[0].copy()
     hidden[:, PARTS.index("oov")] = 1.0  # every ID hidden
+    hidden[:, PARTS.index("known_ids")] = 0.0
     hidden[:, PARTS.index("id")] *= 3.0  # the ID head is lost without IDs
     return known, (hidden, known[1])
 
@@ -191,14 +195,20 @@ def test_vehicle_modes_new_id_on_a_known_vehicle_is_suspicious_an_unknown_vehicl
     comb = Combiner("max")
     fit_combiner(comb, known, unknown, quantile=0.99)
     base, _ = fake_parts(1, np.random.default_rng(5))
-    base[0, 1:4] = np.exp([0.0, 0.0, 0.0])  # a typical normal window
+    base[0, :4] = [-6.0, 1.0, 1.0, 1.0]  # a typical normal window
+    base[0, 5] = 25
     window = torch.as_tensor(base, dtype=torch.float32)
     assert comb.mode(window).item() == KNOWN and float(comb(window)) < 0
+    assert float(comb.known_min) == pytest.approx(0.5 * np.quantile(known[0][known[1] == 0, -1], 0.01))
     one_new_id = window.clone()
     one_new_id[0, PARTS.index("oov")] = 1 / 25  # one never-seen ID among 25 nodes of a known vehicle
     assert float(comb(one_new_id)) >= 0
+    fuzzed = window.clone()  # many new IDs, the vehicle's own still there: a known vehicle under attack
+    fuzzed[0, PARTS.index("oov")] = 0.7
+    assert comb.mode(fuzzed).item() == KNOWN and float(comb(fuzzed)) >= 0
     foreign = window.clone()
-    foreign[0, PARTS.index("oov")] = 0.9  # most IDs unseen: an unknown vehicle
+    foreign[0, PARTS.index("oov")] = 0.9  # most IDs unseen and only two known: an unknown vehicle
+    foreign[0, PARTS.index("known_ids")] = 2
     assert comb.mode(foreign).item() == UNKNOWN
     assert float(comb(foreign)) < 0
     worse_ids = foreign.clone()
@@ -211,6 +221,7 @@ def test_learned_combiner_without_validation_attacks_is_refused_and_max_works():
     pn, yn = fake_parts(500, rng)
     hidden = pn.copy()
     hidden[:, PARTS.index("oov")] = 1.0
+    hidden[:, PARTS.index("known_ids")] = 0.0
     with pytest.raises(ValueError, match="no attack"):
         fit_combiner(Combiner("logistic"), (pn, yn), (hidden, yn))
     rec = fit_combiner(Combiner("max"), (pn, yn), (hidden, yn), quantile=0.99)
@@ -280,3 +291,31 @@ def test_checkpoint_alone_scores_like_the_run(fusion_runs, tmp_path):
     out = evaluate_checkpoint(student["best_checkpoint"], "synthetic", out_dir=tmp_path)
     for name, m in out["scenarios"].items():
         assert m["f1"] == pytest.approx(student["test"]["scenarios"][name]["f1"])
+
+
+def test_simulated_vehicles_land_in_their_mode_and_the_unknown_one_keeps_the_false_positive_budget(fusion_runs):
+    """The simulator's vehicles: alpha and bravo are known (their windows are judged in the known
+    mode), charlie is not (its windows go to the unknown-vehicle mode, calibrated on ID-less
+    validation windows). There the pair's GAT head, deciding at 0.5 as kdkit's GAT does, is not
+    calibrated for a foreign vehicle; the fused student's false-positive rate on charlie's normal
+    windows stays small."""
+    from kdkit.config import make_config
+    from kdkit.models.fusion import predict_parts
+    from kdkit.training.checkpoint import load_checkpoint, model_from_checkpoint
+    from kdkit.workflows.run import load_data
+
+    _, student, _ = fusion_runs
+    data = load_data(make_config(dataset="synthetic"))
+    fused = model_from_checkpoint(load_checkpoint(student["best_checkpoint"])).eval()
+    for name, mode in (("test_01_known_vehicle_known_attack", KNOWN), ("test_03_known_vehicle_unknown_attack", KNOWN),
+                       ("test_02_unknown_vehicle_known_attack", UNKNOWN),
+                       ("test_04_unknown_vehicle_unknown_attack", UNKNOWN)):
+        gs = data.splits[name]
+        parts = torch.as_tensor(predict_parts(fused, gs))
+        modes = fused.combiner.mode(parts).numpy()
+        assert (modes == mode).mean() > 0.9, (name, (modes == mode).mean())
+        if mode == UNKNOWN:
+            normal = gs.y.numpy() == 0
+            with torch.no_grad():
+                scores = fused.combiner(parts).numpy()
+            assert normal.sum() > 100 and (scores[normal] >= 0).mean() <= 0.05

@@ -179,6 +179,24 @@ def test_export_cli_fusion_student_scores_like_window_score(fusion_checkpoints, 
     with pytest.raises(ValueError, match=r"edge_index spans 0\.\.5, outside 0\.\.2"):  # not an abort
         score(Batch.from_data_list([graph([1, 2, 3], [(0, 5)], 0, nf, ef)]))
 
+    # the detector round trip: a recording streamed through the package decides as the checkpoint does
+    import numpy as np
+
+    from kdkit.data.readers import read_messages
+    from kdkit.stream.detector import Detector
+
+    msgs = read_messages(gs.files[0]).slice(0, 3000)
+    by_package = Detector.from_exported(out)
+    by_checkpoint = Detector.from_checkpoint(ckpt_path)
+    assert by_package.threshold == by_checkpoint.threshold == 0.0
+    got, ref = by_package.feed_many(msgs), by_checkpoint.feed_many(msgs)
+    assert len(got) == len(ref) == 30
+    np.testing.assert_allclose([d.score for d in got], [d.score for d in ref], rtol=0, atol=1e-4)
+    frames = [(float(msgs.timestamp[i]), int(msgs.can_id[i]), msgs.payload[i, :msgs.dlc[i]].tobytes(), False)
+              for i in range(1000)]  # one by one: the live path's single-window graphs
+    one_by_one = [d for d in map(by_package.clone().feed, frames) if d is not None]
+    np.testing.assert_allclose([d.score for d in one_by_one], [d.score for d in ref[:10]], rtol=0, atol=1e-4)
+
 
 def test_export_refuses_the_fusion_teacher_pair(fusion_checkpoints, synthetic, tmp_path, capsys):
     from kdkit.deploy.export import export_model

@@ -15,13 +15,16 @@ the three reconstruction errors and the share of the window's nodes whose CAN ID
 vocabulary. A :class:`Combiner` turns them into one score. It is fitted after training on validation
 data only (:func:`fit_combiner`): no test folder is read.
 
-Known vehicle or unknown vehicle is an explicit decision of the combiner, per window: when at least
-``unknown_vehicle_share`` of a window's nodes carry IDs outside the vocabulary, the window comes from
-a vehicle the model does not know, and only the ID-agnostic parts judge it (attack log-odds, feature
-and edge reconstruction), calibrated on validation windows whose IDs were all hidden. Below that
-share the vehicle is known, and a never-seen ID is evidence of an attack (the ``oov`` part), not
-something to ignore. Each mode has its own standardisation and its own threshold offset, both from
-validation windows, so the stored threshold is 0: a window is an attack when ``score >= 0``.
+Known vehicle or unknown vehicle is an explicit decision of the combiner, per window, from the
+number of distinct in-vocabulary IDs in it: a known vehicle's windows hold many of its IDs (and
+keep them during an attack that injects new IDs: fuzzing adds IDs, it does not remove the
+vehicle's), an unknown vehicle's hold few. Below ``known_id_fraction`` of the low (1 %) quantile
+of that count over attack-free validation windows, the window comes from a vehicle the model does
+not know, and only the ID-agnostic parts judge it (attack log-odds, feature and edge
+reconstruction), calibrated on validation windows whose IDs were all hidden. Otherwise the vehicle
+is known, and a never-seen ID is evidence of an attack (the ``oov`` part), not something to
+ignore. Each mode has its own standardisation and its own threshold offset, both from validation
+windows, so the stored threshold is 0: a window is an attack when ``score >= 0``.
 """
 from __future__ import annotations
 
@@ -41,11 +44,13 @@ from kdkit.models.layers import GraphModel, VGAEOutput, _capture_config, graph_i
 from kdkit.models.thresholds import quantile_threshold
 from kdkit.models.vgae import VGAE, reconstruction_errors
 
-PARTS = ("attack_logit", "feat", "id", "edge", "oov")
-"""The evidence per window, in the order of :meth:`FusionModel.score_parts`'s columns."""
+PARTS = ("attack_logit", "feat", "id", "edge", "oov", "known_ids")
+"""What the model says of each window, in the order of :meth:`FusionModel.score_parts`'s columns: the
+evidence (the first five) and the number of distinct in-vocabulary IDs, which decides the vehicle mode."""
 ID_AGNOSTIC = ("attack_logit", "feat", "edge")
 """The parts that judge a window of an unknown vehicle (its IDs say nothing)."""
 ERROR_PARTS = ("feat", "id", "edge")  # reconstruction errors: compared on a log scale
+NOT_EVIDENCE = ("known_ids",)  # decides the mode, never adds to the score
 COMBINERS = ("max", "logistic", "mlp", "policy")
 KNOWN, UNKNOWN = 0, 1  # combiner modes: the vehicle is known / unknown
 LOG_EPS = 1e-6
@@ -79,7 +84,7 @@ def masked_vgae_loss(out: VGAEOutput, batch, normal: Tensor, beta: float, id_wei
 
 
 class Combiner(nn.Module):
-    """Parts ``[G, 5]`` -> one score ``[G]`` per window; an attack when ``score >= 0``.
+    """Parts ``[G, 6]`` -> one score ``[G]`` per window; an attack when ``score >= 0``.
 
     Every parameter is a buffer filled by :func:`fit_combiner` (saved with the model's
     ``state_dict``, exported with it). Per mode (known / unknown vehicle): the parts are
@@ -100,23 +105,25 @@ class Combiner(nn.Module):
         kind: one of :data:`COMBINERS`. Default "max".
         hidden: hidden units of the ``mlp`` kind. Default 8.
         bins: state bins per axis of the ``policy`` kind. Default 4.
-        unknown_vehicle_share: OOV share of a window's nodes from which it counts as an unknown
-            vehicle. Default 0.5.
+        known_id_fraction: a window whose number of in-vocabulary IDs is below this fraction of the
+            validation windows' low quantile counts as an unknown vehicle. Default 0.5.
     """
 
-    def __init__(self, kind: str = "max", hidden: int = 8, bins: int = 4, unknown_vehicle_share: float = 0.5):
+    def __init__(self, kind: str = "max", hidden: int = 8, bins: int = 4, known_id_fraction: float = 0.5):
         super().__init__()
         if kind not in COMBINERS:
             raise ValueError(f"combiner {kind!r}: choose one of {list(COMBINERS)}")
-        if not 0.0 < unknown_vehicle_share <= 1.0:
-            raise ValueError(f"unknown_vehicle_share={unknown_vehicle_share}: must be in (0, 1]")
-        self.kind, self.unknown_vehicle_share = kind, unknown_vehicle_share
+        if not 0.0 < known_id_fraction <= 1.0:
+            raise ValueError(f"known_id_fraction={known_id_fraction}: must be in (0, 1]")
+        self.kind, self.known_id_fraction = kind, known_id_fraction
         p = len(PARTS)
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("known_min", torch.ones(()))  # fewer in-vocabulary IDs: an unknown vehicle
         self.register_buffer("center", torch.zeros(2, p))
         self.register_buffer("scale", torch.ones(2, p))
         mask = torch.ones(2, p)
         mask[UNKNOWN] = torch.tensor([float(name in ID_AGNOSTIC) for name in PARTS])
+        mask[:, [PARTS.index(name) for name in NOT_EVIDENCE]] = 0.0
         self.register_buffer("mask", mask)
         self.register_buffer("offset", torch.zeros(2))
         self.register_buffer("weight", torch.zeros(2, p))
@@ -140,8 +147,8 @@ class Combiner(nn.Module):
         return t
 
     def mode(self, parts: Tensor) -> Tensor:
-        """``UNKNOWN`` (1) for windows whose OOV share reaches ``unknown_vehicle_share``, else ``KNOWN`` (0)."""
-        return (parts[:, PARTS.index("oov")] >= self.unknown_vehicle_share).long()
+        """``UNKNOWN`` (1) for windows with fewer than ``known_min`` distinct in-vocabulary IDs, else ``KNOWN`` (0)."""
+        return (parts[:, PARTS.index("known_ids")] < self.known_min).long()
 
     def standardise(self, parts: Tensor, mode: Tensor) -> Tensor:
         return (self.transform(parts) - self.center[mode]) / self.scale[mode] * self.mask[mode]
@@ -197,7 +204,7 @@ class FusionModel(GraphModel):
         recon_weight: weight of the reconstruction loss beside the cross-entropy. Default 1.0.
         combiner: how the parts become one score (:data:`COMBINERS`). Default "max".
         combiner_hidden: hidden units of the ``mlp`` combiner. Default 8.
-        unknown_vehicle_share: OOV share from which a window counts as an unknown vehicle. Default 0.5.
+        known_id_fraction: see :class:`Combiner`. Default 0.5.
     """
 
     objective = "fuse"
@@ -218,7 +225,7 @@ class FusionModel(GraphModel):
                  concat_heads: bool = False, latent_dim: int = 16, vgae_layers: int = 2, decoder_layers: int = 2,
                  decoder_heads: int = 2, dropout: float = 0.1, id_dropout: float = 0.2, beta: float = 0.01,
                  id_weight: float = 1.0, edge_weight: float = 1.0, recon_weight: float = 1.0,
-                 combiner: str = "max", combiner_hidden: int = 8, unknown_vehicle_share: float = 0.5):
+                 combiner: str = "max", combiner_hidden: int = 8, known_id_fraction: float = 0.5):
         config = _capture_config("fusion", locals())
         super().__init__()
         self.config = config
@@ -238,7 +245,7 @@ class FusionModel(GraphModel):
                                             concat_heads=concat_heads, dropout=dropout, id_dropout=id_dropout)
             self.autoencoder = VGAE(num_node_features, num_edge_features, num_ids,
                                     encoder_layers=vgae_layers, **vgae_options)
-        self.combiner = Combiner(combiner, combiner_hidden, unknown_vehicle_share=unknown_vehicle_share)
+        self.combiner = Combiner(combiner, combiner_hidden, known_id_fraction=known_id_fraction)
 
     def forward(self, batch, return_features: bool = False) -> FusionOutput:
         """Both heads on ``batch``. ``return_features`` is accepted for the KD interface (the
@@ -264,15 +271,16 @@ class FusionModel(GraphModel):
                 **{k: v.detach() for k, v in rec.items() if k != "loss"}}
 
     def score_parts(self, batch, out: FusionOutput | None = None) -> Tensor:
-        """The evidence per window ``[G, 5]`` in the order of :data:`PARTS` (eval mode, no grad)."""
+        """What the model says of each window, ``[G, 6]`` in the order of :data:`PARTS`."""
         out = self(batch) if out is None else out
         batch_vec, num_graphs = graph_index(batch)
         err = reconstruction_errors(out.recon, batch)
         logits = out.logits.float()
-        oov = torch.zeros(num_graphs, device=logits.device).index_add(0, batch_vec, (batch.node_id == 0).float())
-        nodes = torch.zeros(num_graphs, device=logits.device).index_add(0, batch_vec, torch.ones_like(oov[batch_vec]))
+        oov = (batch.node_id == 0).float()
+        unseen = torch.zeros(num_graphs, device=logits.device).index_add(0, batch_vec, oov)
+        known = torch.zeros(num_graphs, device=logits.device).index_add(0, batch_vec, 1.0 - oov)
         return torch.stack([logits[:, 1] - logits[:, 0], err["feat"], err["id"], err["edge"],
-                            oov / nodes.clamp(min=1)], dim=1)
+                            unseen / (unseen + known).clamp(min=1), known], dim=1)
 
     def window_score(self, batch) -> Tensor:
         """The fused score per window (an attack when ``>= 0``); needs a fitted combiner."""
@@ -316,7 +324,7 @@ def fit_combiner(combiner: Combiner, known: tuple[np.ndarray, np.ndarray], unkno
 
     Args:
         combiner: the model's :class:`Combiner` (filled in place).
-        known: ``(parts [n, 5], labels [n])`` of the validation windows as they are.
+        known: ``(parts [n, 6], labels [n])`` of the validation windows as they are.
         unknown: the same windows with every ID hidden (:func:`hide_ids`): the unknown-vehicle view.
         quantile: per mode, the share of attack-free validation windows that must score below the
             threshold (a false-positive budget of ``1 - quantile``). Default 0.999.
@@ -330,6 +338,12 @@ def fit_combiner(combiner: Combiner, known: tuple[np.ndarray, np.ndarray], unkno
     """
     record: dict[str, Any] = {"kind": combiner.kind, "quantile": quantile, "modes": {}}
     state = {k: v.clone() for k, v in combiner.state_dict().items()}
+    counts = np.asarray(known[0])[np.asarray(known[1]) == 0, PARTS.index("known_ids")]
+    if counts.size == 0:
+        raise ValueError("fit_combiner: no attack-free validation windows; the thresholds need them")
+    state["known_min"] = torch.tensor(max(1.0, combiner.known_id_fraction * float(np.quantile(counts, 0.01))))
+    combiner.load_state_dict(state)
+    record["known_vehicle_min_ids"] = float(state["known_min"])
     for mode, (parts, y) in ((KNOWN, known), (UNKNOWN, unknown)):
         name = "known" if mode == KNOWN else "unknown"
         pt = torch.as_tensor(np.asarray(parts), dtype=torch.float32)
@@ -420,7 +434,7 @@ def _fit_policy(state: dict, mode: int, z: np.ndarray, y: np.ndarray, used: np.n
 
 @torch.no_grad()
 def predict_parts(model: FusionModel, gs, batch_size: int = 256, ids_hidden: bool = False) -> np.ndarray:
-    """The parts ``[n, 5]`` of every window of a GraphSet (``ids_hidden``: as an unknown vehicle)."""
+    """The parts ``[n, 6]`` of every window of a GraphSet (``ids_hidden``: as an unknown vehicle)."""
     model.eval()
     out = []
     for batch in graph_loader(gs, batch_size=batch_size, shuffle=False, num_workers=0):

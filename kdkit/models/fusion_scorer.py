@@ -156,7 +156,7 @@ class FusionScorer(nn.Module):
 
     def parts(self, x: Tensor, node_id: Tensor, edge_index: Tensor, edge_attr: Tensor, batch: Tensor,
               ptr: Tensor, node_slots: Tensor) -> Tensor:
-        """The evidence per window ``[G, 5]`` in the order of :data:`kdkit.models.fusion.PARTS`."""
+        """What the model says per window ``[G, 6]`` in the order of :data:`kdkit.models.fusion.PARTS`."""
         m = self.model
         if m.training:
             raise RuntimeError("FusionScorer is for inference: put the model in eval mode (model.eval())")
@@ -204,7 +204,8 @@ class FusionScorer(nn.Module):
         ce = graph_mean(F.cross_entropy(id_logits.float(), node_id, reduction="none"))
         edge = dense_edge_error(z, src, dst, batch, ptr, width)
         oov = graph_mean((node_id == 0).float())
-        return torch.stack([logits[:, 1] - logits[:, 0], feat, ce, edge, oov], dim=1)
+        known = torch.zeros(graphs, device=x.device).index_add(0, batch, (node_id != 0).float())
+        return torch.stack([logits[:, 1] - logits[:, 0], feat, ce, edge, oov, known], dim=1)
 
     def forward(self, x: Tensor, node_id: Tensor, edge_index: Tensor, edge_attr: Tensor, batch: Tensor,
                 ptr: Tensor, node_slots: Tensor) -> Tensor:
