@@ -661,7 +661,11 @@ def _window_types(row_type: np.ndarray, starts: np.ndarray, W: int, n_types: int
 
 def _chunk_graphs(msgs: Messages, payload64: np.ndarray, starts: np.ndarray, W: int,
                   normal_flags: bool = False) -> dict[str, np.ndarray]:
-    """The graph arrays of the windows at ``starts`` (see :func:`window_arrays`)."""
+    """The graph arrays of the windows at ``starts`` (see :func:`window_arrays`).
+
+    ``kdkit/stream/window.py`` computes the same arrays for one window on the live path, in the
+    same float64 operations: a feature change here must be made there too
+    (``tests/test_stream_window.py`` compares the two bit for bit)."""
     G = int(starts.shape[0])
     N = G * W
     s0 = int(starts[0])
