@@ -114,6 +114,14 @@ def markdown(record: dict) -> str:
             cells = [_cell(agg["kd_gain"][s]["f1"]) for s in scenarios]
             lines.append("| KD gain (F1) | | | " + " | ".join(cells) + " |")
         lines.append("")
+        lines.append("Recall per attack type (test folder: type), mean ± std\n")
+        lines.append("| model | " + " | ".join(scenarios) + " |")
+        lines.append("|---|" + "---|" * len(scenarios))
+        for role in roles:
+            cells = ["<br>".join(f"{t} {_cell(v)}" for t, v in agg[role]["scenarios"][s]["per_attack_type_recall"].items())
+                     or "-" for s in scenarios]
+            lines.append(f"| {role.replace('_', ' ')} | " + " | ".join(cells) + " |")
+        lines.append("")
         for role in roles:
             if "ablation" not in agg[role]:
                 continue
