@@ -3,7 +3,7 @@
 # JSON record (with the machine) to $OUT/all.json, plus one file per benchmark. Each figure is
 # a min/median/max over >= 3 interleaved runs (fresh processes where the benchmark allows it).
 # Run it on a quiet machine (other jobs distort wall time; CPU seconds are printed beside it):
-#   bash benchmarks/run_all.sh            # ~25 min on the 2-core CI VM
+#   bash benchmarks/run_all.sh            # ~60 min on the 2-core CI VM (SCALING=0: ~25 min)
 #   STEPS=10 REPEATS=3 bash benchmarks/run_all.sh   # shorter training runs
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,6 +47,17 @@ if [ -n "$CANDUMP" ]; then
 fi
 $KDKIT bench detect --model "$OUT/student.pt2" --input "$REPLAY" --live --seconds 10 --json > "$OUT/detect_live.json"
 
+echo "== multi-process training: 1 process vs 2 (whole kdkit train runs, interleaved; ~35 min)"
+TK="$OUT/teacher/hcrl_sa_gat_teacher/checkpoints/best.pt"
+if [ ! -f "$TK" ]; then  # a 1-epoch teacher to distil from: its speed is what matters here
+  $KDKIT train --model gat --dataset hcrl_sa --type teacher --epochs 1 --runs-dir "$OUT/teacher" \
+    --no-save-compat --compile false > "$OUT/teacher_train.log"
+fi
+if [ "${SCALING:-1}" = 1 ]; then
+  $PY benchmarks/scaling.py --roles student,student_kd,teacher --teacher "$TK" --epochs 2 --repeats "$REPEATS" \
+    --runs-dir "$OUT/scaling" --out "$OUT/scaling.json" --markdown > "$OUT/scaling.md"
+fi
+
 $PY - "$OUT" <<'PY'
 import json, pathlib, sys
 from kdkit.training.hardware import machine_info
@@ -68,5 +79,9 @@ for k in ("detect_csv", "detect_candump"):
     if k in r:
         print(k, r[k]["messages_per_s"])
 print("detect_live p50/p99 ms:", r["detect_live"]["latency_ms_p50"], r["detect_live"]["latency_ms_p99"])
+for role, variants in r.get("scaling", {}).get("table", {}).items():
+    for name, v in variants.items():
+        print(f"scaling {role} {name}: {v['epoch_s']['median']} s/epoch ({v['epoch_speedup_vs_p1t2']}x), "
+              f"fixed {v['train_fixed_s']['median']} s, test pass {v['test_pass_s']['median']} s")
 print(f"written: {out / 'all.json'}")
 PY

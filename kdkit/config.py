@@ -108,6 +108,9 @@ class TrainConfig:
     threshold_rule: str = param("quantile", "VGAE threshold: quantile of attack-free validation scores | youden "
                                 "(labelled validation)", group=MODEL, choices=("quantile", "youden"))
     threshold_quantile: float = param(0.99, "the quantile for threshold_rule quantile", group=MODEL, low=0, high=1)
+    vgae_score: str = param("sum", "VGAE anomaly score: sum (feature + ID + edge reconstruction error) | standardised "
+                            "(each error on a log scale, standardised on attack-free validation windows; the largest)",
+                            group=MODEL, choices=("sum", "standardised"))
     combiner: str = param("max", "fusion: how the classifier's and the autoencoder's evidence become one score, fitted "
                           "on validation data (max | logistic | mlp | policy; docs/FUSION.md)", group=MODEL,
                           choices=("max", "logistic", "mlp", "policy"))
@@ -126,6 +129,9 @@ class TrainConfig:
                            choices=("cosine", "onecycle", "none"))
     warmup_steps: int = param(20, "linear warm-up steps before cosine decay", group=OPTIM, low=0)
     grad_clip: float = param(1.0, "max gradient norm (0 = off)", group=OPTIM, low=0)
+    lr_scaling: str = param("sqrt", "with N data-parallel processes the global batch is N x batch_size: the peak "
+                            "learning rate is multiplied by sqrt(N) (AdamW's square-root rule) | N (linear) | none",
+                            group=OPTIM, choices=("sqrt", "linear", "none"))
     class_weighting: bool = param(True, "weight cross-entropy by inverse class frequency", group=OPTIM)
     patience: int = param(5, "early stopping: epochs without improvement of the monitored metric", group=OPTIM, low=1)
     seed: int = param(0, "seeds weights, shuffling and id_dropout", group=OPTIM)

@@ -8,6 +8,12 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
+import pytest
+import torch
+
+from kdkit.data.loader import shard_bounds
+
 SCRIPT = textwrap.dedent('''
     import json, sys, torch
     from kdkit.config import make_config
@@ -75,6 +81,83 @@ def test_ddp_run_of_kdkit_train_shares_rank_zeros_run_folder(kdkit_env, tmp_path
     assert proc.returncode == 0, err[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["epochs_run"] == 1 and summary["test"]["scenarios"] and "run folder:" in out
+    assert summary["world_size"] == 2
     assert (run / ".lock").read_text().strip() == str(proc.pid)  # rank zero (the command started) held it
     with RunLock(run):  # and released it at the end
         pass
+    # the test pass was split over the two ranks and gathered: the same scores, in window order, as
+    # one process scoring the best checkpoint, and the same metrics as kdkit evaluate
+    from kdkit.data.datasets import prepare
+    from kdkit.reporting.metrics import predict_scores
+    from kdkit.workflows.run import evaluate_checkpoint, load_checkpoint, model_from_checkpoint
+
+    best = run / "checkpoints" / "best.pt"
+    model = model_from_checkpoint(load_checkpoint(best), best).eval()
+    data = prepare("synthetic")
+    gathered = np.load(run / "test_scores.npz")
+    assert set(gathered.files) == set(summary["test"]["scenarios"])
+    for name in gathered.files:
+        np.testing.assert_allclose(gathered[name], predict_scores(model, data.splits[name]), rtol=0, atol=1e-6)
+    alone = evaluate_checkpoint(best, "synthetic", out_dir=tmp_path / "eval")
+    for name, metrics in summary["test"]["scenarios"].items():
+        assert metrics["confusion_matrix"] == alone["scenarios"][name]["confusion_matrix"], name
+    assert "time:" in out and "test pass" in out
+    assert {"data_s", "train_s", "evaluate_s", "total_s"} <= set(summary["timings"])
+
+
+@pytest.mark.parametrize("n", [0, 1, 5, 64, 65])
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_shards_are_contiguous_blocks_covering_every_window_once(n, world):
+    bounds = [shard_bounds(n, r, world) for r in range(world)]
+    assert bounds[0][0] == 0 and bounds[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))  # contiguous, in rank order
+    sizes = [hi - lo for lo, hi in bounds]
+    assert max(sizes) - min(sizes) <= 1
+    with pytest.raises(ValueError, match="rank 3 outside"):
+        shard_bounds(n, 3, world)
+
+
+def test_scores_of_the_shards_joined_equal_the_whole(synthetic):
+    from kdkit.models.registry import build_model
+    from kdkit.reporting.metrics import predict_scores
+
+    torch.manual_seed(0)
+    gs = synthetic.splits["val"]
+    model = build_model("gat", "student", gs.x.size(1), gs.edge_attr.size(1), int(gs.node_id.max()) + 1).eval()
+    whole = predict_scores(model, gs, batch_size=7)
+    parts = [predict_scores(model, gs, batch_size=7, part=(r, 3)) for r in range(3)]
+    assert [len(p) for p in parts] == [hi - lo for lo, hi in (shard_bounds(len(gs), r, 3) for r in range(3))]
+    np.testing.assert_allclose(np.concatenate(parts), whole, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(predict_scores(model, gs), whole, rtol=0, atol=1e-6)  # the default batch (64 on CPU)
+
+
+def test_timings_line_names_each_phase():
+    from kdkit.cli.train import format_timings
+
+    t = {"data_s": 0.5, "train_s": 20.0, "calibrate_s": 0.1, "evaluate_s": 5.0, "total_s": 25.6}
+    line = format_timings(t, 36.0)
+    assert line.startswith("time: 36.0 s in all: start-up and imports 10.4 s")
+    assert "training 20.0 s" in line and "test pass 5.0 s" in line and "threshold/combiner 0.1 s" in line
+    assert format_timings(t, None).startswith("time: data 0.5 s") and format_timings(None) == ""
+
+
+@pytest.mark.parametrize("rule, world, factor", [("sqrt", 1, 1.0), ("sqrt", 4, 2.0), ("linear", 4, 4.0),
+                                                 ("none", 4, 1.0), ("linear", 1, 1.0)])
+def test_peak_learning_rate_scales_with_the_processes(rule, world, factor):
+    from kdkit.config import make_config
+    from kdkit.training.cpu_speedups import make_optimizer
+    from kdkit.training.optim import make_scheduler, scaled_learning_rate
+
+    cfg = make_config(learning_rate=1e-3, lr_scaling=rule, warmup_steps=0)
+    lr = scaled_learning_rate(cfg, world)
+    assert lr == pytest.approx(1e-3 * factor)
+    for schedule in ("cosine", "onecycle"):  # every schedule peaks at the scaled rate
+        cfg_s = make_config(learning_rate=1e-3, lr_scaling=rule, scheduler=schedule, warmup_steps=0)
+        opt = make_optimizer(torch.nn.Linear(3, 2).parameters(), cfg_s, torch.device("cpu"), lr=lr)
+        sched = make_scheduler(opt, cfg_s, total_steps=100)
+        peak = 0.0
+        for _ in range(100):
+            peak = max(peak, opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        assert peak == pytest.approx(lr, rel=0.05), schedule

@@ -88,9 +88,9 @@ def test_scorer_equals_window_score(combiner, shape):
 
 def test_scorer_equals_window_score_on_the_per_node_max_branch(monkeypatch):
     """Attention scores far apart take PyG's per-node maximum (``torch.cond``'s other branch)."""
-    import kdkit.models.fusion_scorer as fusion_scorer
+    import kdkit.models.scorer as scorer  # the GATv2 layer FusionScorer shares with GATScorer
 
-    monkeypatch.setattr(fusion_scorer, "SAFE_SHIFT", -1.0)  # every layer takes the per-node max
+    monkeypatch.setattr(scorer, "SAFE_SHIFT", -1.0)  # every layer takes the per-node max
     model = fitted_student()
     for batch in hand_made():
         with torch.no_grad():

@@ -135,6 +135,39 @@ def test_compiled_gat_fit_keeps_the_module_and_matches_checkpoint(synthetic, tmp
         torch.testing.assert_close(model.eval()(batch), fresh(batch))
 
 
+def test_compiled_kd_fit_compiles_the_gat_teacher_too(synthetic, tmp_path):
+    """With compile, a distilled GAT student's teacher is compiled as well (its forward pass is most
+    of a KD step on CPU): it stays the same module (same state_dict keys) and gives the eager
+    teacher's logits and per-layer embeddings on a training batch (self-loops added by the loader)."""
+    from kdkit.config import make_config
+    from kdkit.training.task import Task
+    from kdkit.training.trainer import FabricTrainer
+    from kdkit.workflows.run import class_weights
+
+    train_set, val_set = synthetic.splits["train"], synthetic.splits["val"]
+    teacher = _gat(train_set, "teacher").eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    keys = list(teacher.state_dict())
+    cfg = make_config(model="gat", type="student", dataset="synthetic", epochs=1, batch_size=32, compile=True,
+                      accelerator="cpu", precision="32-true", devices=1, vehicle_dropout=0.0)
+    student = _gat(train_set, "student", seed=1)
+    task = Task(student, cfg, teacher, class_weights(train_set))
+    trainer = FabricTrainer(cfg, tmp_path / "kd", progress=False)
+    trainer.fabric.launch()
+    loader, _, task_m, _ = trainer.prepare(task, train_set, val_set)
+    assert teacher._compiled_call_impl is not None and student._compiled_call_impl is not None
+    assert list(teacher.state_dict()) == keys
+    batch = next(iter(loader))
+    with torch.no_grad():
+        compiled = teacher(batch, return_features=True)
+        teacher._compiled_call_impl = None  # the same module, eager
+        eager = teacher(batch, return_features=True)
+    torch.testing.assert_close(compiled.logits, eager.logits, rtol=1e-4, atol=1e-5)
+    for a, b in zip(compiled.node_embeddings, eager.node_embeddings):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt/mallinfo2")
 def test_allocator_tuning_and_allocated_bytes():
     from kdkit.training.memory import PeakMemory, allocated_bytes

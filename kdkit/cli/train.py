@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -83,12 +84,38 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"\n{summary['model']} {summary['type']} ({'KD' if summary['kd'] else 'no KD'}): {summary['parameters']:,} parameters, "
           f"{summary['size_bytes'] / 1024:.1f} KiB, {summary['epochs_run']} epochs in {summary['train_seconds']:.1f} s "
           f"[{summary['trainer']}, {summary['precision']}]")
+    print(format_timings(summary.get("timings"), _process_seconds()))
     print(format_table(summary["test"]))
     print_skipped(summary.get("skipped_scenarios"))
     print(f"\nrun folder: {summary['run_dir']}  best checkpoint: {summary['best_checkpoint']}")
     if summary.get("compat_note"):
         print(summary["compat_note"])
     return 0
+
+
+def _process_seconds() -> float | None:
+    """Seconds since this process started (Linux ``/proc``; None elsewhere)."""
+    try:
+        with open("/proc/self/stat") as fh:
+            start_ticks = int(fh.read().rsplit(")", 1)[1].split()[19])  # field 22: start time after boot
+        with open("/proc/uptime") as fh:
+            uptime = float(fh.read().split()[0])
+        return max(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 0.0)
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def format_timings(timings: dict | None, process_s: float | None = None) -> str:
+    """One line: where a run's wall time went (start-up = the process's age minus the run's phases)."""
+    if not timings:
+        return ""
+    parts = [("data", "data_s"), ("training", "train_s"), ("threshold/combiner", "calibrate_s"),
+             ("test pass", "evaluate_s")]
+    text = ", ".join(f"{label} {timings[key]:.1f} s" for label, key in parts if key in timings)
+    if process_s is not None and "total_s" in timings:
+        startup = max(process_s - timings["total_s"], 0.0)
+        return f"time: {process_s:.1f} s in all: start-up and imports {startup:.1f} s, {text}"
+    return f"time: {text}"
 
 
 def print_skipped(skipped: dict | None) -> None:

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdkit.models.layers import GATv2Layer
-from kdkit.models.scorer import SAFE_SHIFT, _by_loop_score, _by_max_score
+from kdkit.models.scorer import gatv2_layer
 
 OUTPUT_KIND = "score"  # what the exported fusion package returns: the fused score [G], compared with the threshold
 
@@ -49,34 +49,6 @@ def _check_stack(stack: nn.Module, edge_features: bool, where: str) -> None:
                 or (conv.lin_edge is not None) != edge_features:
             raise ValueError(f"FusionScorer supports GATv2 layers with their own self-loops (filled with the mean), "
                              f"no weight sharing and no residual (kdkit's layers); the {where} has another layer")
-
-
-def gatv2_layer(conv: GATv2Layer, h: Tensor, src: Tensor, dst: Tensor, keep: Tensor, edge_attr: Tensor | None,
-                loop_attr: Tensor | None) -> Tensor:
-    """One :class:`~kdkit.models.layers.GATv2Layer` in eval mode (its self-loops added, the data's
-    masked by ``keep``); ``edge_attr``/``loop_attr`` None for a layer without edge features."""
-    n, heads, ch = h.size(0), conv.heads, conv.out_channels
-    xl = conv.lin_l(h).view(n, heads, ch)
-    xr = conv.lin_r(h).view(n, heads, ch)
-    att = conv.att.view(1, heads, ch)
-    slope = conv.negative_slope
-    pre_edge = xl[src] + xr[dst]
-    pre_loop = xl + xr
-    if conv.lin_edge is not None:
-        pre_edge = pre_edge + conv.lin_edge(edge_attr).view(-1, heads, ch)
-        pre_loop = pre_loop + conv.lin_edge(loop_attr).view(n, heads, ch)
-    edge_score = (F.leaky_relu(pre_edge, slope) * att).sum(-1)                        # [E, H]
-    loop_score = (F.leaky_relu(pre_loop, slope) * att).sum(-1)                        # [N, H]
-    shifted = torch.where(keep.unsqueeze(-1), edge_score - loop_score[dst], torch.zeros_like(edge_score))
-    safe = torch.cat([shifted.reshape(-1), shifted.new_zeros(1)]).amax() <= SAFE_SHIFT
-    p_edge, p_loop = torch.cond(safe, _by_loop_score, _by_max_score, (shifted, edge_score, loop_score, dst, keep))
-    denom = p_loop.index_add(0, dst, p_edge)                                          # [N, H]
-    num = (xl * p_loop.unsqueeze(-1)).index_add(0, dst, xl[src] * p_edge.unsqueeze(-1))
-    out = num / denom.unsqueeze(-1)
-    out = out.reshape(n, heads * ch) if conv.concat else out.mean(dim=1)
-    if conv.bias is not None:
-        out = out + conv.bias
-    return out
 
 
 def gat_stack(stack: nn.Module, h: Tensor, src: Tensor, dst: Tensor, keep: Tensor, edge_attr: Tensor | None,

@@ -57,6 +57,35 @@ def _by_max_score(shifted: Tensor, edge_score: Tensor, loop_score: Tensor, dst: 
     return torch.exp(masked - top[dst]), torch.exp(loop_score - top)
 
 
+def gatv2_layer(conv: GATv2Layer, h: Tensor, src: Tensor, dst: Tensor, keep: Tensor, edge_attr: Tensor | None,
+                loop_attr: Tensor | None) -> Tensor:
+    """One :class:`~kdkit.models.layers.GATv2Layer` in eval mode (its self-loops added, the data's
+    masked by ``keep``); ``edge_attr``/``loop_attr`` None for a layer without edge features."""
+    n, heads, ch = h.size(0), conv.heads, conv.out_channels
+    xl = conv.lin_l(h).view(n, heads, ch)
+    xr = conv.lin_r(h).view(n, heads, ch)
+    att = conv.att.view(1, heads, ch)
+    slope = conv.negative_slope
+    pre_edge = xl[src] + xr[dst]
+    pre_loop = xl + xr
+    if conv.lin_edge is not None:
+        pre_edge = pre_edge + conv.lin_edge(edge_attr).view(-1, heads, ch)
+        pre_loop = pre_loop + conv.lin_edge(loop_attr).view(n, heads, ch)
+    edge_score = (F.leaky_relu(pre_edge, slope) * att).sum(-1)                        # [E, H]
+    loop_score = (F.leaky_relu(pre_loop, slope) * att).sum(-1)                        # [N, H]
+    shifted = torch.where(keep.unsqueeze(-1), edge_score - loop_score[dst], torch.zeros_like(edge_score))
+    safe = torch.cat([shifted.reshape(-1), shifted.new_zeros(1)]).amax() <= SAFE_SHIFT
+    p_edge, p_loop = torch.cond(safe, _by_loop_score, _by_max_score, (shifted, edge_score, loop_score, dst, keep))
+    denom = p_loop.index_add(0, dst, p_edge)                                          # [N, H]
+    num = (xl * p_loop.unsqueeze(-1)).index_add(0, dst, xl[src] * p_edge.unsqueeze(-1))
+    out = num / denom.unsqueeze(-1)
+    out = out.reshape(n, heads * ch) if conv.concat else out.mean(dim=1)
+    if conv.bias is not None:
+        out = out + conv.bias
+    return out
+
+
+
 class GATScorer(nn.Module):
     """Inference-only view of a :class:`~kdkit.models.GATClassifier` (eval mode; shares its
     parameters). ``forward(x, node_id, edge_index, edge_attr, batch, ptr, node_slots)`` returns the
@@ -76,29 +105,6 @@ class GATScorer(nn.Module):
                                  "with the mean, no weight sharing and no residual (the kdkit GAT's layers)")
         self.model = model
 
-    def _layer(self, conv, h: Tensor, src: Tensor, dst: Tensor, keep: Tensor, edge_attr: Tensor,
-               loop_attr: Tensor) -> Tensor:
-        n, heads, ch = h.size(0), conv.heads, conv.out_channels
-        xl = conv.lin_l(h).view(n, heads, ch)
-        xr = conv.lin_r(h).view(n, heads, ch)
-        att = conv.att.view(1, heads, ch)
-        slope = conv.negative_slope
-        edge_score = (F.leaky_relu(xl[src] + xr[dst] + conv.lin_edge(edge_attr).view(-1, heads, ch), slope)
-                      * att).sum(-1)                                                  # [E, H]
-        loop_score = (F.leaky_relu(xl + xr + conv.lin_edge(loop_attr).view(n, heads, ch), slope)
-                      * att).sum(-1)
-        shifted = torch.where(keep.unsqueeze(-1), edge_score - loop_score[dst], torch.zeros_like(edge_score))
-        safe = torch.cat([shifted.reshape(-1), shifted.new_zeros(1)]).amax() <= SAFE_SHIFT
-        p_edge, p_loop = torch.cond(safe, _by_loop_score, _by_max_score,
-                                    (shifted, edge_score, loop_score, dst, keep))
-        denom = p_loop.index_add(0, dst, p_edge)                                      # [N, H]
-        num = (xl * p_loop.unsqueeze(-1)).index_add(0, dst, xl[src] * p_edge.unsqueeze(-1))
-        out = num / denom.unsqueeze(-1)
-        out = out.reshape(n, heads * ch) if conv.concat else out.mean(dim=1)
-        if conv.bias is not None:
-            out = out + conv.bias
-        return out
-
     def forward(self, x: Tensor, node_id: Tensor, edge_index: Tensor, edge_attr: Tensor, batch: Tensor,
                 ptr: Tensor, node_slots: Tensor) -> Tensor:
         m = self.model
@@ -114,7 +120,7 @@ class GATScorer(nn.Module):
         h = m.node_input(x, node_id)
         layers = []
         for conv, proj, norm in zip(m.gnn.convs, m.gnn.projs, m.gnn.norms):
-            h = F.elu(norm(h + proj(self._layer(conv, h, src, dst, keep, edge_attr, loop_attr))))
+            h = F.elu(norm(h + proj(gatv2_layer(conv, h, src, dst, keep, edge_attr, loop_attr))))
             layers.append(h)
         nodes = torch.cat(layers, dim=-1) if m.config["jk"] == "cat" else torch.stack(layers).amax(dim=0)
         counts = (ptr[1:] - ptr[:-1]).unsqueeze(-1)

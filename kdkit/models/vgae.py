@@ -9,9 +9,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.utils import scatter, to_dense_adj, to_dense_batch
 
+from kdkit.data.loader import collate_indices
 from kdkit.models.layers import GATStack, GraphModel, NodeInput, VGAEOutput, _capture_config, graph_index
 
 MAX_LOGVAR = 10.0  # clamp of the VGAE log-variance, keeps exp(logvar) finite
+SCORES = ("sum", "standardised")
+ERROR_PARTS = ("feat", "id", "edge")
+LOG_FLOOR = 1e-6  # an error below it counts as it on the log scale (a window without node pairs: edge error 0)
+MIN_LOG_SCALE = 0.05  # the smallest spread a part's log error may have (a constant part never dominates)
 
 
 class VGAE(GraphModel):
@@ -49,6 +54,10 @@ class VGAE(GraphModel):
         beta: weight of the KL term in ``loss``. Default 0.01.
         id_weight: weight of the ID cross-entropy in ``loss`` and ``anomaly_score``. Default 1.0.
         edge_weight: weight of the edge BCE in ``loss`` and ``anomaly_score``. Default 1.0.
+        score: how ``anomaly_score`` combines the three reconstruction errors: ``"sum"``
+            (``feat + id_weight * id + edge_weight * edge``) or ``"standardised"`` (each error on a
+            log scale, standardised by its median and spread on attack-free validation windows,
+            :func:`fit_score_standardisation`; the largest). Default "sum".
     """
 
     objective = "reconstruct"
@@ -56,7 +65,7 @@ class VGAE(GraphModel):
     @classmethod
     def options_from_run(cls, run: Any) -> dict[str, Any]:
         """``layers`` sets encoder and decoder depth, ``heads`` the encoder's (the decoder gets half)."""
-        out: dict[str, Any] = {"id_dropout": run.id_dropout, "dropout": run.dropout}
+        out: dict[str, Any] = {"id_dropout": run.id_dropout, "dropout": run.dropout, "score": run.vgae_score}
         for key in ("hidden", "embedding_dim", "latent_dim"):
             if getattr(run, key) is not None:
                 out[key] = getattr(run, key)
@@ -72,12 +81,17 @@ class VGAE(GraphModel):
                  embedding_dim: int = 16, concat_heads: bool = True, dropout: float = 0.1,
                  attn_dropout: float = 0.0, id_dropout: float = 0.2, norm: str = "layer",
                  add_self_loops: bool = True, beta: float = 0.01, id_weight: float = 1.0,
-                 edge_weight: float = 1.0):
+                 edge_weight: float = 1.0, score: str = "sum"):
         config = _capture_config("vgae", locals())
         super().__init__()
         self.config = config
         if encoder_layers < 1:
             raise ValueError(f"encoder_layers={encoder_layers}: need at least one")
+        if score not in SCORES:
+            raise ValueError(f"score={score!r}: choose from {SCORES}")
+        if score == "standardised":  # fitted on attack-free validation windows after training
+            self.register_buffer("score_center", torch.zeros(len(ERROR_PARTS)))
+            self.register_buffer("score_scale", torch.ones(len(ERROR_PARTS)))
         self.node_input = NodeInput(num_node_features, num_ids, embedding_dim, hidden, id_dropout)
         self.encoder = GATStack(hidden, encoder_layers, encoder_heads, num_edge_features or None,
                                 concat_heads, dropout, attn_dropout, add_self_loops, norm)
@@ -111,13 +125,16 @@ class VGAE(GraphModel):
         return vgae_loss(out, batch, c["beta"], c["id_weight"], c["edge_weight"])
 
     def anomaly_score(self, batch, out: VGAEOutput | None = None) -> Tensor:
-        """Per-window score ``feat_mse + id_weight * id_ce + edge_weight * edge_bce``, ``[G]``.
+        """Per-window score, ``[G]``: ``feat_mse + id_weight * id_ce + edge_weight * edge_bce``, or
+        with ``score="standardised"`` the largest standardised log error.
 
         Deterministic in eval mode (call ``model.eval()`` and wrap in ``torch.no_grad()``);
         higher means more anomalous. Pick the threshold with ``choose_threshold``.
         """
         out = self(batch) if out is None else out
         err = reconstruction_errors(out, batch)
+        if self.config.get("score", "sum") == "standardised":
+            return ((log_errors(err) - self.score_center) / self.score_scale).amax(dim=-1)
         return err["feat"] + self.config["id_weight"] * err["id"] + self.config["edge_weight"] * err["edge"]
 
     @property
@@ -189,3 +206,40 @@ def vgae_loss(out: VGAEOutput, batch, beta: float = 0.01, id_weight: float = 1.0
     kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=-1)).mean()
     total = err["feat"] + id_weight * err["id"] + edge_weight * err["edge"] + beta * kl
     return {"loss": total, **err, "kl": kl}
+
+
+def log_errors(err: dict[str, Tensor]) -> Tensor:
+    """The reconstruction errors of :func:`reconstruction_errors` on a log scale, ``[G, 3]``
+    (feat, id, edge): the parts differ by orders of magnitude and their spread grows with their size."""
+    return torch.stack([err[k].float().clamp(min=LOG_FLOOR).log() for k in ERROR_PARTS], dim=-1)
+
+
+@torch.no_grad()
+def fit_score_standardisation(model: VGAE, gs, batch_size: int = 64) -> dict[str, list[float]]:
+    """Fit a ``score="standardised"`` VGAE's per-part centre and spread on the attack-free
+    windows of ``gs`` (validation): the median of each log error and ``max(std, IQR / 1.349,
+    MIN_LOG_SCALE)``. Returns them by part name.
+
+    Raises:
+        ValueError: the model scores by ``sum``, or ``gs`` has no attack-free window.
+    """
+    if model.config.get("score", "sum") != "standardised":
+        raise ValueError("fit_score_standardisation: the model scores by 'sum' (build it with score='standardised')")
+    normal = torch.nonzero(gs.y == 0).flatten()
+    if normal.numel() == 0:
+        raise ValueError("fit_score_standardisation: no attack-free window to fit on")
+    model.eval()
+    device = next(model.parameters()).device
+    parts = []
+    for lo in range(0, normal.numel(), batch_size):
+        batch = collate_indices(gs, normal[lo:lo + batch_size]).to(device)
+        parts.append(log_errors(reconstruction_errors(model(batch), batch)).cpu())
+    t = torch.cat(parts).double()
+    center = t.median(dim=0).values
+    q = torch.quantile(t, torch.tensor([0.25, 0.75], dtype=t.dtype), dim=0)
+    spread = torch.maximum(t.std(dim=0, correction=1) if t.size(0) > 1 else torch.zeros(t.size(1), dtype=t.dtype),
+                           (q[1] - q[0]) / 1.349).clamp(min=MIN_LOG_SCALE)
+    model.score_center.copy_(center.float())
+    model.score_scale.copy_(spread.float())
+    return {"center": dict(zip(ERROR_PARTS, center.tolist())), "scale": dict(zip(ERROR_PARTS, spread.tolist())),
+            "windows": int(normal.numel())}

@@ -24,7 +24,7 @@ from sklearn import metrics as skm
 from tqdm.auto import tqdm
 
 from kdkit.data.graphs import GraphSet
-from kdkit.data.loader import graph_loader
+from kdkit.data.loader import collate_indices, eval_batch_size, shard_bounds
 from kdkit.models.thresholds import is_attack
 
 
@@ -67,26 +67,31 @@ def detection_rate_at_fpr(y_true: np.ndarray, score: np.ndarray, max_fpr: float)
 
 
 @torch.no_grad()
-def predict_scores(model: torch.nn.Module, gs: GraphSet, batch_size: int = 256, device: str | torch.device = "cpu",
-                   bar: tqdm | None = None) -> np.ndarray:
+def predict_scores(model: torch.nn.Module, gs: GraphSet, batch_size: int | None = None,
+                   device: str | torch.device = "cpu", bar: tqdm | None = None,
+                   part: tuple[int, int] = (0, 1)) -> np.ndarray:
     """Window scores of a GraphSet: attack probability (GAT), anomaly score (VGAE) or fused score (fusion).
 
-    ``bar``: a progress bar advanced by one per batch (default none).
+    ``batch_size``: windows per pass (default :func:`eval_batch_size` of ``device``). ``bar``: a
+    progress bar advanced by one per batch (default none). ``part=(rank, world_size)``: score
+    only that rank's contiguous block of windows (:func:`shard_bounds`; default all).
     """
 
     model.eval()
+    bs = batch_size or eval_batch_size(device)
+    start, stop = shard_bounds(len(gs), *part)
     out = []
-    for batch in graph_loader(gs, batch_size=batch_size, shuffle=False, num_workers=0):
+    for lo in range(start, stop, bs):
         if bar is not None:
             bar.update(1)
-        batch = batch.to(device)
+        batch = collate_indices(gs, torch.arange(lo, min(lo + bs, stop))).to(device)
         if hasattr(model, "window_score"):  # a fusion model: its fused score
             out.append(model.window_score(batch).float().cpu())
         elif hasattr(model, "anomaly_score"):
             out.append(model.anomaly_score(batch).float().cpu())
         else:
             out.append(torch.softmax(model(batch).float(), dim=-1)[:, 1].cpu())
-    return torch.cat(out).numpy() if out else np.zeros(0)
+    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
 
 
 def evaluate_scores(gs: GraphSet, score: np.ndarray, threshold: float) -> dict:
@@ -105,7 +110,7 @@ def evaluate_scores(gs: GraphSet, score: np.ndarray, threshold: float) -> dict:
     return res
 
 
-def evaluate_model(model: torch.nn.Module, splits: dict[str, GraphSet], threshold: float, batch_size: int = 256,
+def evaluate_model(model: torch.nn.Module, splits: dict[str, GraphSet], threshold: float, batch_size: int | None = None,
                    device: str | torch.device = "cpu", scenarios: list[str] | None = None,
                    progress: bool | None = None) -> dict:
     """Evaluate on every scenario (default: all splits except train/val) and overall.
@@ -114,7 +119,7 @@ def evaluate_model(model: torch.nn.Module, splits: dict[str, GraphSet], threshol
         model: a GAT (scored by attack probability) or VGAE (anomaly score).
         splits: ``{name: GraphSet}``, e.g. ``prepare(...).splits``.
         threshold: a window is an attack when its score is ``>=`` this.
-        batch_size: windows per forward pass. Default 256.
+        batch_size: windows per forward pass. Default :func:`eval_batch_size` of ``device``.
         device: where the model runs. Default CPU.
         scenarios: which splits to evaluate. Default: all but train/val.
         progress: a progress bar over the batches of all scenarios (on stderr). Default None:
@@ -125,18 +130,28 @@ def evaluate_model(model: torch.nn.Module, splits: dict[str, GraphSet], threshol
     """
     names = scenarios or [k for k in splits if k not in ("train", "val")]
     show = _isatty(sys.stderr) if progress is None else progress
-    total = sum(math.ceil(len(splits[name]) / batch_size) for name in names)
-    results, all_y, all_s, scores = {}, [], [], {}
+    bs = batch_size or eval_batch_size(device)
+    total = sum(math.ceil(len(splits[name]) / bs) for name in names)
+    scores = {}
     with tqdm(total=total, desc="evaluate", unit="batch", leave=False, disable=not show) as bar:
         for name in names:
             bar.set_postfix_str(name, refresh=False)
-            s = predict_scores(model, splits[name], batch_size, device, bar=bar)
-            scores[name] = s
-            results[name] = evaluate_scores(splits[name], s, threshold)
-            all_y.append(splits[name].y.numpy())
-            all_s.append(s)
-    overall = binary_metrics(np.concatenate(all_y), np.concatenate(all_s), threshold) if names else {}
-    return {"scenarios": results, "overall": overall, "scores": scores}
+            scores[name] = predict_scores(model, splits[name], bs, device, bar=bar)
+    return evaluate_all_scores(splits, scores, threshold)
+
+
+def evaluate_all_scores(splits: dict[str, GraphSet], scores: dict[str, np.ndarray], threshold: float) -> dict:
+    """:func:`evaluate_model`'s result from scores already computed (``{scenario: scores}``, in
+    window order), e.g. gathered from the ranks of a multi-process run."""
+    results, all_y, all_s = {}, [], []
+    for name, s in scores.items():
+        if len(s) != len(splits[name]):
+            raise ValueError(f"{name}: {len(s)} scores for {len(splits[name])} windows")
+        results[name] = evaluate_scores(splits[name], s, threshold)
+        all_y.append(splits[name].y.numpy())
+        all_s.append(s)
+    overall = binary_metrics(np.concatenate(all_y), np.concatenate(all_s), threshold) if scores else {}
+    return {"scenarios": results, "overall": overall, "scores": dict(scores)}
 
 
 def _isatty(stream) -> bool:

@@ -58,8 +58,11 @@ def tune_cpu_allocator(mmap_threshold: int = 256 * 2**20, trim_threshold: int = 
     return ok
 
 
-def make_optimizer(params, cfg, device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer(params, cfg, device: torch.device, lr: float | None = None) -> torch.optim.Optimizer:
     """AdamW, fused (one kernel for all parameters) where torch supports it for the device.
+
+    ``lr``: the peak learning rate (default ``cfg.learning_rate``; the trainer passes it scaled
+    for data-parallel runs, :func:`kdkit.training.optim.scaled_learning_rate`).
 
     Two parameter groups (nanoGPT's rule): weight decay ``cfg.weight_decay`` for tensors with
     at least 2 dimensions (weight matrices, embeddings, attention vectors stored as
@@ -71,7 +74,8 @@ def make_optimizer(params, cfg, device: torch.device) -> torch.optim.Optimizer:
     fused = device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in params)
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate if lr is None else lr,
+                             weight_decay=cfg.weight_decay,
                              fused=fused or None)
 
 

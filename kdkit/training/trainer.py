@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from kdkit.config import TrainConfig
 from kdkit.data.graphs import GraphSet
-from kdkit.data.loader import _Collate, graph_loader
+from kdkit.data.loader import _Collate, eval_batch_size, graph_loader
 from kdkit.models.layers import with_self_loops
 from kdkit.training.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 from kdkit.training.cpu_speedups import (
@@ -45,7 +45,7 @@ from kdkit.training.cpu_speedups import (
     upgrade_scheduler_state,
 )
 from kdkit.training.memory import is_oom, phase_peak, release_memory
-from kdkit.training.optim import make_scheduler
+from kdkit.training.optim import make_scheduler, scaled_learning_rate
 from kdkit.training.precision import choose_precision, resolve_accelerator
 from kdkit.training.preemption import Preempted, StopRequest
 from kdkit.training.task import Task
@@ -294,8 +294,8 @@ class FabricTrainer:
         What it does beyond the plain loop, all documented where it lives: on CPU the glibc
         allocator keeps freed tensors (:func:`~kdkit.training.cpu_speedups.tune_cpu_allocator`);
         with ``compile`` a GAT's batches carry their self-loops
-        (:func:`~kdkit.models.layers.with_self_loops`, so the layers add none) and the model is
-        compiled with ``nn.Module.compile`` (parameters and ``state_dict`` unchanged); AdamW is
+        (:func:`~kdkit.models.layers.with_self_loops`, so the layers add none) and the model (and a
+        GAT teacher) is compiled with ``nn.Module.compile`` (parameters and ``state_dict`` unchanged); AdamW is
         fused (:func:`~kdkit.training.cpu_speedups.make_optimizer`).
         """
         cfg, fabric = self.cfg, self.fabric
@@ -317,13 +317,20 @@ class FabricTrainer:
         train_loader = fabric.setup_dataloaders(train_loader, use_distributed_sampler=False, move_to_device=False)
         val_loader = None
         if val_set is not None:
-            val_loader = graph_loader(val_set, max(self.batch_size, 256), shuffle=False, num_workers=0,
+            val_loader = graph_loader(val_set, eval_batch_size(fabric.device), shuffle=False, num_workers=0,
                                       rank=fabric.global_rank, world_size=fabric.world_size, transform=transform,
                                       pad=False)  # every validation window counted once over the ranks
             val_loader = fabric.setup_dataloaders(val_loader, use_distributed_sampler=False)
         if compile_model:  # nn.Module.compile: the module stays itself (same parameters, state_dict keys)
             task.model.compile(dynamic=True)
-        optimizer = make_optimizer(task.parameters(), cfg, fabric.device)
+            if task.teacher is not None and task.teacher.objective == "classify":
+                # a GAT teacher's forward is most of a distilled student's step (~70 % on CPU)
+                task.teacher.compile(dynamic=True)
+        lr = scaled_learning_rate(cfg, fabric.world_size)
+        if fabric.world_size > 1:
+            log.info("%d processes x batch %d: peak learning rate %.3g (%s scaling of %.3g)", fabric.world_size,
+                     self.batch_size, lr, cfg.lr_scaling, cfg.learning_rate)
+        optimizer = make_optimizer(task.parameters(), cfg, fabric.device, lr=lr)
         task_m, optimizer = fabric.setup(task, optimizer)
         if task.teacher is not None:
             task.teacher.to(fabric.device)
@@ -344,8 +351,13 @@ class FabricTrainer:
         return on
 
     def fit(self, task: Task, train_set: GraphSet, val_set: GraphSet, resume: str | Path | None = None,
-            checkpoint_extra: dict | None = None) -> FitResult:
-        """Train until ``epochs`` or early stopping; returns the best/last checkpoint paths."""
+            checkpoint_extra: dict | None = None, keep_group: bool = False) -> FitResult:
+        """Train until ``epochs`` or early stopping; returns the best/last checkpoint paths.
+
+        ``keep_group``: under DDP, keep the process group after training (the caller then
+        scores the test sets on every rank and calls :meth:`close`); by default the ranks leave
+        it together at the end.
+        """
         cfg, fabric = self.cfg, self.fabric
         fabric.launch()
         fabric.seed_everything(cfg.seed, workers=True)
@@ -486,10 +498,8 @@ class FabricTrainer:
                 if epoch + 1 < cfg.epochs and bad < cfg.patience and self._stop_now(0):
                     raise self._preempted(last_path, epoch + 1, 0)  # last.pt: this epoch's end
             status = "success"
-            if fabric.world_size > 1 and torch.distributed.is_initialized():
-                # Leave together: a rank exiting while another is still inside gloo aborts the job.
-                fabric.barrier()
-                torch.distributed.destroy_process_group()
+            if not keep_group:
+                self.close()
         except Preempted as stopped:
             status = "preempted"
             log.info("%s", stopped)
@@ -505,6 +515,13 @@ class FabricTrainer:
         return FitResult(best_path, last_path, sign * best if math.isfinite(best) else float("nan"), epoch + 1, history,
                          time.perf_counter() - t0, self.oom_events, self.batch_size,
                          str(resume) if resume else None, resumed_at, resumed_batch)
+
+    def close(self) -> None:
+        """Under DDP, leave the process group together (a barrier, then destroy it): a rank exiting
+        while another is still inside gloo aborts the job. Nothing to do in one process."""
+        if self.fabric.world_size > 1 and torch.distributed.is_initialized():
+            self.fabric.barrier()
+            torch.distributed.destroy_process_group()
 
     def _stop_now(self, done: int) -> bool:
         """Whether to stop before loader batch ``done`` (or at a check outside the batches).

@@ -34,11 +34,13 @@ from kdkit.config import TrainConfig
 from kdkit.data.datasets import PrepareConfig, PreparedDataset, dataset_name, prepare
 from kdkit.data.graphs import (EDGE_FEATURES, GRAPH_FORMAT_VERSION, NODE_FEATURES, GraphSet, layout_matches,
                                model_reads_format)
+from kdkit.data.loader import shard_bounds
 from kdkit.data.readers import read_messages
 from kdkit.models.fusion import fit_on_validation
 from kdkit.models.registry import MODEL_CLASSES, build_model, count_parameters, model_size_bytes
 from kdkit.models.thresholds import choose_threshold
-from kdkit.reporting.metrics import evaluate_model, predict_scores
+from kdkit.models.vgae import fit_score_standardisation
+from kdkit.reporting.metrics import evaluate_all_scores, evaluate_model, predict_scores
 from kdkit.training.checkpoint import (
     GRAPH_SETTINGS,
     atomic_torch_save,
@@ -333,7 +335,10 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
 
 def _train(cfg: TrainConfig, run_dir: Path, owner: bool, resume, progress, on_epoch_end, data, should_stop,
            stop) -> dict:
+    timings: dict[str, float] = {}
+    t_run = time.perf_counter()
     data = data or load_data(cfg, progress=progress)
+    timings["data_s"] = time.perf_counter() - t_run
     skipped = check_windows(data, MODEL_CLASSES[cfg.model].objective, cfg.combiner)
     kd = cfg.type == "student" and bool(cfg.teacher)
     tck = None
@@ -373,41 +378,33 @@ def _train(cfg: TrainConfig, run_dir: Path, owner: bool, resume, progress, on_ep
 
     t0 = time.perf_counter()
     memory: dict = {}  # peak memory per phase; each phase ends by releasing memory (kdkit.training.memory.phase_peak)
+    trainer = None
     with phase_peak("train", memory):
         if cfg.trainer == "legacy":
 
             fit = legacy_fit(task, cfg, train_set, val_set, run_dir, extra)
-            rank = 0
+            rank, world = 0, 1
             precision = "32-true"
         else:
             trainer = FabricTrainer(cfg, run_dir, progress=progress, on_epoch_end=on_epoch_end, should_stop=should_stop,
                                     stop=stop)
-            fit = trainer.fit(task, train_set, val_set, resume=resume, checkpoint_extra=extra)
-            rank = trainer.fabric.global_rank
+            # under DDP the ranks stay together after training and score the test sets in shards
+            fit = trainer.fit(task, train_set, val_set, resume=resume, checkpoint_extra=extra, keep_group=True)
+            rank, world = trainer.fabric.global_rank, trainer.fabric.world_size
             precision = trainer.precision
     train_seconds = time.perf_counter() - t0
-    if rank != 0:  # evaluation and reports happen once, on rank zero
+    timings["train_s"] = train_seconds
+    del task, model  # the best checkpoint is loaded for the test pass; the trained model's memory goes now
+    try:
+        out = _evaluate_run(cfg, data, fit, rank, world, trainer, teacher, skipped, memory, timings, progress)
+    finally:
+        if trainer is not None:
+            trainer.close()
+    if out is None:  # a worker rank: evaluation results and reports are rank zero's
         return {"rank": rank}
-    if teacher is not None:  # memory safety: the teacher is not needed any more
-        teacher.to("cpu")
-        del task
-        release_memory()
-
-    best = load_checkpoint(fit.best_path)
-    model = model_from_checkpoint(best, fit.best_path).eval()
-    threshold, how, combiner = 0.5, "attack_probability_at_least_0.5", None
-    if model.objective == "reconstruct":
-        threshold, how = choose_vgae_threshold(model, data.splits["val"], cfg.threshold_rule, cfg.threshold_quantile)
-        best["threshold"] = threshold
-        atomic_torch_save(best, fit.best_path)
-    elif model.objective == "fuse":  # the combiner and its per-mode thresholds, from validation windows only
-        combiner = fit_on_validation(model, data.splits["val"], cfg.fusion_quantile, cfg.seed)
-        threshold, how = 0.0, f"fused_score_at_least_0_(q{cfg.fusion_quantile:g}_of_attack_free_validation_per_mode)"
-        best["model"], best["threshold"] = model.state_dict(), threshold
-        atomic_torch_save(best, fit.best_path)
-    scenarios = [s for s in data.scenarios if s not in skipped]
-    with phase_peak("evaluate", memory):
-        results = evaluate_model(model, data.splits, threshold, scenarios=scenarios, progress=None if progress else False)
+    model, threshold, how, combiner, results = out
+    timings["total_s"] = time.perf_counter() - t_run
+    timings = {k: round(v, 2) for k, v in timings.items()}
     summary = {
         "run_name": cfg.resolved_run_name, "run_dir": str(run_dir), "model": cfg.model, "type": cfg.type,
         "dataset": cfg.dataset, "kd": teacher is not None, "teacher": teacher_info, "trainer": cfg.trainer,
@@ -418,7 +415,7 @@ def _train(cfg: TrainConfig, run_dir: Path, owner: bool, resume, progress, on_ep
         "last_checkpoint": str(fit.last_path), "resumed_from": fit.resumed_from,
         "resumed_at_epoch": fit.resumed_at_epoch, "resumed_at_batch": fit.resumed_at_batch, "history": fit.history,
         "oom_events": fit.oom_events, "test": {k: v for k, v in results.items() if k != "scores"},
-        "skipped_scenarios": skipped, "memory": memory,
+        "skipped_scenarios": skipped, "memory": memory, "timings": timings, "world_size": world,
     }
     write_run_outputs(run_dir, cfg, summary, results)
     if cfg.save_compat:  # a finished run only: its outputs are written
@@ -430,6 +427,93 @@ def _train(cfg: TrainConfig, run_dir: Path, owner: bool, resume, progress, on_ep
         (log.info if copied else log.warning)(note)
         write_json(run_dir / "summary.json", summary)
     return summary
+
+
+def _evaluate_run(cfg: TrainConfig, data: PreparedDataset, fit, rank: int, world: int, trainer, teacher, skipped,
+                  memory: dict, timings: dict, progress: bool):
+    """After training: the threshold (VGAE) or combiner (fusion) from validation, then the test pass.
+
+    Rank zero fits the threshold/combiner and re-saves ``best.pt``. In one process it then scores
+    every test scenario. Under DDP every rank loads that ``best.pt`` and scores its contiguous
+    block of each scenario's windows; rank zero gathers the scores (in window order) and computes
+    the metrics. Returns ``(model, threshold, how, combiner, results)`` on rank zero, None on the
+    other ranks. A failure on rank zero before the test pass is passed to the other ranks, which
+    then stop without scoring (they would otherwise wait for it in a collective).
+    """
+    sharded = world > 1 and trainer is not None and torch.distributed.is_initialized()
+    if rank != 0 and not sharded:
+        return None
+    if teacher is not None:  # memory safety: the teacher is not needed any more
+        teacher.to("cpu")
+        release_memory()
+    t = time.perf_counter()
+    model = threshold = how = combiner = None
+    failure = None
+    if rank == 0:
+        try:
+            best = load_checkpoint(fit.best_path)
+            model = model_from_checkpoint(best, fit.best_path).eval()
+            threshold, how = 0.5, "attack_probability_at_least_0.5"
+            if model.objective == "reconstruct":
+                if model.config.get("score", "sum") == "standardised":  # each error's scale, from validation
+                    combiner = {"vgae_score": "standardised",
+                                **fit_score_standardisation(model, data.splits["val"])}
+                    best["model"] = model.state_dict()
+                threshold, how = choose_vgae_threshold(model, data.splits["val"], cfg.threshold_rule,
+                                                       cfg.threshold_quantile)
+                best["threshold"] = threshold
+                atomic_torch_save(best, fit.best_path)
+            elif model.objective == "fuse":  # the combiner and its per-mode thresholds, from validation windows only
+                combiner = fit_on_validation(model, data.splits["val"], cfg.fusion_quantile, cfg.seed)
+                threshold = 0.0
+                how = f"fused_score_at_least_0_(q{cfg.fusion_quantile:g}_of_attack_free_validation_per_mode)"
+                best["model"], best["threshold"] = model.state_dict(), threshold
+                atomic_torch_save(best, fit.best_path)
+        except BaseException as err:  # noqa: BLE001 - re-raised below, after the other ranks are told
+            failure = err
+    if sharded:
+        ok = trainer.fabric.all_reduce(torch.tensor(float(failure is None), device=trainer.fabric.device),
+                                       reduce_op="min")
+        if float(ok) < 1:
+            if failure is not None:
+                raise failure
+            return None  # rank zero failed and reports it
+        if rank != 0:
+            best = load_checkpoint(fit.best_path)
+            model = model_from_checkpoint(best, fit.best_path).eval()
+            threshold = float(best.get("threshold", 0.5))
+    elif failure is not None:
+        raise failure
+    timings["calibrate_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    scenarios = [s for s in data.scenarios if s not in skipped]
+    with phase_peak("evaluate", memory):
+        if sharded:
+            device = trainer.fabric.device
+            scores = {name: _gathered_scores(trainer.fabric,
+                                             predict_scores(model.to(device), data.splits[name], device=device,
+                                                            part=(rank, world)), len(data.splits[name]))
+                      for name in scenarios}
+            model.cpu()
+            results = evaluate_all_scores(data.splits, scores, threshold) if rank == 0 else None
+        else:
+            results = evaluate_model(model, data.splits, threshold, scenarios=scenarios,
+                                     progress=None if progress else False)
+    timings["evaluate_s"] = time.perf_counter() - t
+    if rank != 0:
+        return None
+    return model, threshold, how, combiner, results
+
+
+def _gathered_scores(fabric, part: np.ndarray, n: int) -> np.ndarray:
+    """Every rank's block of scores (:func:`~kdkit.data.loader.shard_bounds`) joined in window order."""
+    world = fabric.world_size
+    bounds = [shard_bounds(n, r, world) for r in range(world)]
+    width = max(hi - lo for lo, hi in bounds)
+    buf = torch.zeros(max(width, 1), dtype=torch.float32, device=fabric.device)
+    buf[:len(part)] = torch.from_numpy(np.asarray(part, dtype=np.float32)).to(fabric.device)
+    every = fabric.all_gather(buf).cpu().reshape(world, -1)
+    return torch.cat([every[r, :hi - lo] for r, (lo, hi) in enumerate(bounds)]).numpy()
 
 
 def write_run_outputs(run_dir: Path, cfg: TrainConfig, summary: dict, results: dict) -> None:

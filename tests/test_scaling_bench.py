@@ -1,0 +1,61 @@
+"""benchmarks/scaling.py: the table comes from the runs (speed-ups against the one-process run,
+fixed costs, quality), a real one-round run of ``kdkit train`` with 1 and 2 processes on
+synthetic data, and the gloo all-reduce measurement.
+
+Run: .venv/bin/python -m pytest tests/test_scaling_bench.py -q
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _scaling():
+    spec = importlib.util.spec_from_file_location("kdkit_scaling_bench", REPO / "benchmarks" / "scaling.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(variant: str, epochs: list[float], wall: float, fixed: float = 0.5) -> dict:
+    return {"role": "student", "variant": variant, "processes": 2 if variant == "p2t1" else 1, "threads": 1,
+            "wall_s": wall, "cpu_s": wall * 1.5, "epoch_s": epochs, "timings": {"evaluate_s": 3.0, "total_s": wall - 9},
+            "train_fixed_s": fixed, "outside_run_s": 9.0, "steps": 10 if variant == "p2t1" else 20,
+            "val_loss": 0.1, "val_f1": 1.0, "test_f1": 0.9, "world_size": 1, "parameters": 1000}
+
+
+def test_table_speedups_come_from_the_runs():
+    s = _scaling()
+    runs = [_run("p1t2", [10.0, 12.0], 40.0), _run("p2t1", [5.0, 6.0], 38.0, fixed=10.0),
+            _run("p1t2", [11.0, 11.0], 42.0), _run("p2t1", [6.0, 6.0], 36.0, fixed=11.0)]
+    table = s.summarise(runs)["student"]
+    assert table["p1t2"]["epoch_s"]["median"] == pytest.approx(11.0)
+    assert table["p2t1"]["epoch_s"] == {"min": 5.5, "median": 5.75, "max": 6.0, "n": 2}
+    assert table["p2t1"]["epoch_speedup_vs_p1t2"] == pytest.approx(round(11.0 / 5.75, 2))
+    assert table["p2t1"]["wall_speedup_vs_p1t2"] == pytest.approx(round(41.0 / 37.0, 2))
+    assert table["p2t1"]["train_fixed_s"]["median"] == pytest.approx(10.5) and table["p2t1"]["steps"] == 10
+    md = s.markdown({"student": table}, {"1000": {"min": 0.1, "median": 0.2, "max": 0.5, "n": 3}})
+    assert "| student | 2 processes x 1 thread | 5.8 (5.5-6.0) | 1.91x |" in md
+    assert "1,000 fp32 values" in md
+
+
+def test_one_round_of_real_runs_on_synthetic(kdkit_env, tmp_path):
+    s = _scaling()
+    out = tmp_path / "scaling.json"
+    assert s.main(["--dataset", "synthetic", "--roles", "student", "--variants", "p1t2,p2t1", "--epochs", "1",
+                   "--repeats", "1", "--runs-dir", str(tmp_path / "runs"), "--out", str(out)]) == 0
+    import json
+
+    record = json.loads(out.read_text())
+    by_variant = {r["variant"]: r for r in record["runs"]}
+    assert by_variant["p2t1"]["world_size"] == 2 and by_variant["p1t2"]["world_size"] == 1
+    # two processes split each epoch's windows: half the optimizer steps (batch 64 per process)
+    assert by_variant["p2t1"]["steps"] == pytest.approx(by_variant["p1t2"]["steps"] / 2, abs=1)
+    assert all(r["epoch_s"] and r["timings"]["evaluate_s"] > 0 for r in record["runs"])
+    (size, ms), = record["allreduce_ms"].items()
+    assert int(size) == by_variant["p1t2"]["parameters"] and 0 < ms["median"] < 1000
+    assert record["machine"]
