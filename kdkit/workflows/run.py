@@ -512,8 +512,9 @@ def _gathered_scores(fabric, part: np.ndarray, n: int) -> np.ndarray:
     width = max(hi - lo for lo, hi in bounds)
     buf = torch.zeros(max(width, 1), dtype=torch.float32, device=fabric.device)
     buf[:len(part)] = torch.from_numpy(np.asarray(part, dtype=np.float32)).to(fabric.device)
-    every = fabric.all_gather(buf).cpu().reshape(world, -1)
-    return torch.cat([every[r, :hi - lo] for r, (lo, hi) in enumerate(bounds)]).numpy()
+    every = [torch.empty_like(buf) for _ in range(world)]
+    torch.distributed.all_gather(every, buf)  # plain collective (Fabric's goes through a deprecated autograd op)
+    return torch.cat([every[r][:hi - lo].cpu() for r, (lo, hi) in enumerate(bounds)]).numpy()
 
 
 def write_run_outputs(run_dir: Path, cfg: TrainConfig, summary: dict, results: dict) -> None:
