@@ -135,8 +135,9 @@ def summarise(runs: list[dict]) -> dict:
     table = {}
     for role, by_variant in out.items():
         table[role] = {}
-        base = statistics.median(statistics.median(r["epoch_s"]) for r in by_variant.get("p1t2", by_variant[next(iter(by_variant))]))
-        base_wall = statistics.median(r["wall_s"] for r in by_variant.get("p1t2", by_variant[next(iter(by_variant))]))
+        reference = by_variant.get("p1t2") or next(iter(by_variant.values()))  # speed-ups are against this
+        base = statistics.median(statistics.median(r["epoch_s"]) for r in reference)
+        base_wall = statistics.median(r["wall_s"] for r in reference)
         for variant, rs in by_variant.items():
             epoch = [statistics.median(r["epoch_s"]) for r in rs]
             table[role][variant] = {

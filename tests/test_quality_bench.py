@@ -5,20 +5,15 @@ Run: .venv/bin/python -m pytest tests/test_quality_bench.py -q
 """
 from __future__ import annotations
 
-import importlib.util
 import statistics
-from pathlib import Path
 
 import pytest
+from conftest import load_benchmark
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _quality():
-    spec = importlib.util.spec_from_file_location("kdkit_quality_bench", REPO / "benchmarks" / "quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("quality")
 
 
 def test_spread_of_defined_values():

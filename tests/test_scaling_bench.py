@@ -6,19 +6,14 @@ Run: .venv/bin/python -m pytest tests/test_scaling_bench.py -q
 """
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import pytest
+from conftest import load_benchmark
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _scaling():
-    spec = importlib.util.spec_from_file_location("kdkit_scaling_bench", REPO / "benchmarks" / "scaling.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("scaling")
 
 
 def _run(variant: str, epochs: list[float], wall: float, fixed: float = 0.5) -> dict:
