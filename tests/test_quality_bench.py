@@ -11,7 +11,6 @@ import pytest
 from conftest import load_benchmark
 
 
-
 def _quality():
     return load_benchmark("quality")
 
