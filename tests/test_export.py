@@ -17,7 +17,8 @@ from kdkit.data.loader import collate_indices
 
 
 def test_export_cli_package_matches_model(student_checkpoint, synthetic, tmp_path, capsys):
-    from kdkit.deploy.export import load_exported
+    from kdkit.deploy.export import load_exported, package_runner
+    from kdkit.models.scorer import scorer_inputs
     from kdkit.training.checkpoint import load_checkpoint, model_from_checkpoint
 
     out = tmp_path / "gateway" / "student.pt2"
@@ -43,6 +44,10 @@ def test_export_cli_package_matches_model(student_checkpoint, synthetic, tmp_pat
         assert got.shape == (len(idx), 2)
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
         assert torch.equal(batch.edge_index, collate_indices(gs, idx).edge_index)  # the caller's batch untouched
+        # the cached-spec runner gives exactly what the stock AOTICompiledModel call gives
+        stock = torch._inductor.aoti_load_package(str(out))
+        assert torch.equal(score.run(*scorer_inputs(batch)), stock(*scorer_inputs(batch)))
+        assert package_runner(stock) is not stock
 
     # shapes the example never had: one node with only a data self-loop, no edges, a wide graph
     from torch_geometric.data import Batch, Data
@@ -110,3 +115,39 @@ def test_export_checks_the_checkpoint_before_building_anything(student_checkpoin
         err = capsys.readouterr().err
         assert message in err and (name in err or "vocabulary" in message), err
     assert not list(tmp_path.glob("*.pt2")) and not list(tmp_path.glob(".*tmp*"))
+
+
+def test_package_runner_caches_the_call_spec_and_falls_back_for_other_inputs():
+    from torch.utils import _pytree as pytree
+
+    from kdkit.deploy.export import package_runner
+    from kdkit.models.scorer import INPUTS
+
+    class Loader:  # an AOTIModelPackageLoader's call interface; the "kernel" adds 1 to the first input
+        def __init__(self, n_inputs):
+            self.spec_calls = 0
+            args = tuple(torch.zeros(1) for _ in range(n_inputs))
+            self.spec = (pytree.treespec_dumps(pytree.tree_flatten((args, {}))[1]),
+                         pytree.treespec_dumps(pytree.tree_flatten(torch.zeros(1))[1]))
+
+        def get_call_spec(self):
+            self.spec_calls += 1
+            return self.spec
+
+        def boxed_run(self, flat):
+            return [flat[0] + 1]
+
+    class Program:
+        def __init__(self, n_inputs):
+            self.loader = Loader(n_inputs)
+
+    program = Program(len(INPUTS))
+    run = package_runner(program)
+    tensors = [torch.full((2,), float(i)) for i in range(len(INPUTS))]
+    for _ in range(3):
+        assert torch.equal(run(*tensors), torch.ones(2))
+    assert program.loader.spec_calls == 1  # parsed once, not per call
+    with pytest.raises(TypeError, match="takes 7 tensors"):
+        run(*tensors[:3])
+    other = Program(1)  # not the scorer's inputs: the package is called the stock way
+    assert package_runner(other) is other
