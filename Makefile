@@ -5,6 +5,8 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
+# pytest-xdist workers for make test: one per core (TEST_WORKERS=0 runs the suite in one process)
+TEST_WORKERS ?= auto
 
 .PHONY: demo test venv clean
 
@@ -21,7 +23,7 @@ demo: venv
 	$(BIN)/kdkit demo
 
 test: venv
-	$(BIN)/python -m pytest -ra --durations=15
+	$(BIN)/python -m pytest -ra --durations=15 -n $(TEST_WORKERS) --dist loadgroup
 
 clean:
 	rm -rf runs/demo

@@ -42,6 +42,38 @@ def sync_playwright_or_require():
     return sync_playwright
 
 
+SLURM_TEST_FILES = ("test_requeue_cluster.py", "test_slurm_cluster.py", "test_sweep_cluster.py")
+"""The test files that use the real SLURM cluster (the ``slurm_cluster`` fixture)."""
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test on the real SLURM cluster must sit in one of :data:`SLURM_TEST_FILES`."""
+    for item in items:
+        if "slurm_cluster" in getattr(item, "fixturenames", ()) and item.path.name not in SLURM_TEST_FILES:
+            raise pytest.UsageError(f"{item.nodeid} uses the SLURM cluster: add {item.path.name} to SLURM_TEST_FILES in "
+                                    f"tests/conftest.py, so that pytest-xdist runs it on the cluster's worker")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``make test`` runs one pytest-xdist worker per core. Every test on the real SLURM cluster
+    goes to one worker: the cluster is this machine's only one, some tests restart its
+    controller, and the worker that started it stops it when its session ends. (The
+    ``xdist_group`` mark does the same but is ignored with pytest 9.2 and xdist 3.8:
+    pytest-dev/pytest-xdist#1386.) The cluster's tests are one work unit, queued first as the
+    largest; every other test is a unit of its own, as with ``--dist load``."""
+    if config.getvalue("dist") not in ("load", "loadgroup"):
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class ClusterTestsOnOneWorker(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            file = nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+            return "slurm-cluster" if file in SLURM_TEST_FILES else nodeid
+
+    return ClusterTestsOnOneWorker(config, log)
+
+
 @pytest.fixture(scope="session")
 def kdkit_env(tmp_path_factory):
     """Session-wide synthetic data and graph cache in a temp dir (env vars kdkit reads)."""
