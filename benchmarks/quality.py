@@ -153,7 +153,7 @@ def _fit(role: str, family: str, seed: int, data, base: dict, **kw) -> dict:
 
 
 ABLATION = ("classifier_at_0.5", "classifier_at_val_fpr", "autoencoder_at_val_fpr", "autoencoder_standardised",
-            *(f"fused_{k}" for k in ("max", "logistic", "mlp", "policy")))
+            "id_profile_at_val_fpr", "fused_max_without_profile", *(f"fused_{k}" for k in ("max", "logistic", "mlp", "policy")))
 
 
 def fusion_ablation(checkpoint: str, data, quantile: float, vgae_quantile: float) -> dict:
@@ -165,13 +165,18 @@ def fusion_ablation(checkpoint: str, data, quantile: float, vgae_quantile: float
     - ``autoencoder_at_val_fpr``: the reconstruction head as a VGAE decides (feature + ID + edge error
       at the ``vgae_quantile`` of attack-free validation windows);
     - ``autoencoder_standardised``: the reconstruction parts (and OOV share) each standardised on
-      attack-free validation windows, their maximum (the ``max`` combiner without the classifier);
+      attack-free validation windows, their maximum (the ``max`` combiner without the classifier
+      and the ID profiles);
+    - ``id_profile_at_val_fpr``: the ID-profile distance alone, at the ``quantile`` of the attack-free
+      validation windows of a known vehicle (windows of an unknown vehicle: never an attack);
+    - ``fused_max_without_profile``: the ``max`` combiner without the ID-profile part (the fused
+      decision before that part existed);
     - ``fused_<kind>``: :class:`kdkit.models.fusion.Combiner` of that kind.
     """
     import numpy as np
     import torch
 
-    from kdkit.models.fusion import Combiner, fit_combiner, predict_parts
+    from kdkit.models.fusion import KNOWN, PARTS, Combiner, fit_combiner, predict_parts
     from kdkit.models.thresholds import quantile_threshold
     from kdkit.reporting.metrics import binary_metrics
     from kdkit.training.checkpoint import load_checkpoint, model_from_checkpoint
@@ -189,10 +194,23 @@ def fusion_ablation(checkpoint: str, data, quantile: float, vgae_quantile: float
         "classifier_at_val_fpr": (lambda p: p[:, 0], quantile_threshold(known[yv == 0, 0], quantile)),
         "autoencoder_at_val_fpr": (recon, quantile_threshold(recon(known[yv == 0]), vgae_quantile)),
     }
+    at = PARTS.index("profile")
     standardised = Combiner("max", known_id_fraction=c["known_id_fraction"])
-    standardised.mask[:, 0] = 0.0  # the reconstruction parts (and OOV share) alone, each on its validation scale
+    standardised.mask[:, [0, at]] = 0.0  # the reconstruction parts (and OOV share) alone, each on its validation scale
     fit_combiner(standardised, (known, yv), (unknown, yv), quantile=quantile)
     scorers["autoencoder_standardised"] = (lambda p: standardised(torch.as_tensor(p, dtype=torch.float32)).numpy(), 0.0)
+    in_known = standardised.mode(torch.as_tensor(known, dtype=torch.float32)).numpy() == KNOWN
+    profile_cut = quantile_threshold(known[(yv == 0) & in_known, at], quantile)
+
+    def profile_alone(p):
+        mode = standardised.mode(torch.as_tensor(p, dtype=torch.float32)).numpy()
+        return np.where(mode == KNOWN, p[:, at] - profile_cut, -1e9)
+
+    scorers["id_profile_at_val_fpr"] = (profile_alone, 0.0)
+    without = Combiner("max", known_id_fraction=c["known_id_fraction"])
+    without.mask[:, at] = 0.0
+    fit_combiner(without, (known, yv), (unknown, yv), quantile=quantile)
+    scorers["fused_max_without_profile"] = (lambda p: without(torch.as_tensor(p, dtype=torch.float32)).numpy(), 0.0)
     for kind in ("max", "logistic", "mlp", "policy"):
         comb = Combiner(kind, c["combiner_hidden"], known_id_fraction=c["known_id_fraction"])
         fit_combiner(comb, (known, yv), (unknown, yv), quantile=quantile)
@@ -238,6 +256,32 @@ def run(dataset: str, families: list[str], seeds: list[int], epochs: int, studen
     return record
 
 
+def merge(records: list[dict]) -> dict:
+    """One record from records of the same dataset and epochs over different seeds (e.g. seeds run
+    as separate processes or SLURM jobs): runs concatenated per family and role, re-aggregated.
+
+    Raises:
+        ValueError: the records differ in dataset or epochs, or share a seed.
+    """
+    first = records[0]
+    for key in ("dataset", "epochs", "student_epochs"):
+        values = {json.dumps(r.get(key)) for r in records}
+        if len(values) > 1:
+            raise ValueError(f"--merge: the records differ in {key} ({sorted(values)}); only runs of one setting merge")
+    seeds = [s for r in records for s in r["seeds"]]
+    if len(set(seeds)) < len(seeds):
+        raise ValueError(f"--merge: a seed appears in more than one record ({seeds})")
+    out = {k: v for k, v in first.items() if k not in ("runs", "families", "markdown", "total_seconds")}
+    out["seeds"], out["runs"], out["families"] = seeds, {}, {}
+    out["total_seconds"] = round(sum(r.get("total_seconds", 0.0) for r in records), 1)
+    out["merged_from"] = len(records)
+    for family in dict.fromkeys(f for r in records for f in r["runs"]):
+        runs = {role: [run for r in records for run in r["runs"].get(family, {}).get(role, [])] for role in ROLES}
+        out["runs"][family] = runs
+        out["families"][family] = aggregate(runs)
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", default="hcrl_sa", help="registry key, folder or spec file")
@@ -252,7 +296,18 @@ def main(argv: list[str] | None = None) -> dict:
                     help="any run-schema key for every run, e.g. --set window=50 (value parsed as JSON if it can be)")
     ap.add_argument("--out", default=None, help="write the JSON record here")
     ap.add_argument("--markdown", action="store_true", help="print the Markdown table instead of the JSON")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="RECORD.json",
+                    help="train nothing: merge the JSON records of separate runs over other seeds into one table")
     args = ap.parse_args(argv)
+    if args.merge:
+        record = merge([json.loads(Path(p).read_text()) for p in args.merge])
+        record["markdown"] = markdown(record)
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(record, indent=1))
+        print(record["markdown"] if args.markdown else json.dumps({k: v for k, v in record.items() if k != "runs"},
+                                                                  indent=1))
+        return record
     families = [m.strip() for m in args.models.split(",") if m.strip()]
     bad = sorted(set(families) - {"gat", "vgae", "fusion"})
     if bad:

@@ -53,12 +53,13 @@ def test_forward_shapes_and_parts(shared):
     assert out.recon.x_recon.shape == (10, F_NODE) and out.recon.id_logits.shape == (10, NUM_IDS)
     assert len(out.node_embeddings) == SMALL["num_layers"]
     parts = model.score_parts(batch)
-    assert parts.shape == (3, len(PARTS)) == (3, 6)
+    assert parts.shape == (3, len(PARTS)) == (3, 7)
     # the attack log-odds is the classification head's, the OOV share is counted per window
     torch.testing.assert_close(parts[:, 0], out.logits[:, 1] - out.logits[:, 0])
     torch.testing.assert_close(parts[:, PARTS.index("oov")], torch.tensor([0.0, 0.25, 2 / 3]))
     torch.testing.assert_close(parts[:, PARTS.index("known_ids")], torch.tensor([3.0, 3.0, 1.0]))
     assert (parts[:, 1:4] >= 0).all()
+    assert float(parts[:, PARTS.index("profile")].detach().abs().sum()) == 0.0  # an unfitted profile says nothing
 
 
 def test_pair_is_a_gat_and_a_vgae_and_student_shares_one_encoder():
@@ -137,13 +138,15 @@ def test_fusion_kd_golden_parts_and_gradients_reach_both_heads():
 
 
 # ----------------------------------------------------------------------------- the combiner
-def fake_parts(n, rng, attack=False, oov=0.0, logit_shift=0.0, recon_shift=0.0, known_ids=25):
-    """Parts of n windows: normal windows have log-odds ~N(-6, 1) and errors ~lognormal(0, 0.2)
-    and hold about ``known_ids`` in-vocabulary IDs."""
+def fake_parts(n, rng, attack=False, oov=0.0, logit_shift=0.0, recon_shift=0.0, known_ids=25, profile_shift=0.0):
+    """Parts of n windows: normal windows have log-odds ~N(-6, 1), errors ~lognormal(0, 0.2), a
+    profile distance ~3 lognormal(0, 0.2) (the largest of a window's ~25 node distances), and hold
+    about ``known_ids`` in-vocabulary IDs."""
     logit = rng.normal(-6 + logit_shift, 1.0, n)
     errs = np.exp(rng.normal(recon_shift, 0.2, (n, 3)))
+    profile = 3.0 * np.exp(rng.normal(profile_shift, 0.2, n)) if known_ids else np.zeros(n)
     known = np.maximum(known_ids + rng.integers(-3, 4, n), 0) if known_ids else np.zeros(n)
-    return np.column_stack([logit, errs, np.full(n, oov), known]), np.full(n, int(attack))
+    return np.column_stack([logit, errs, np.full(n, oov), profile, known]), np.full(n, int(attack))
 
 
 def validation(rng):
@@ -154,6 +157,7 @@ def validation(rng):
     hidden = known[0].copy()
     hidden[:, PARTS.index("oov")] = 1.0  # every ID hidden
     hidden[:, PARTS.index("known_ids")] = 0.0
+    hidden[:, PARTS.index("profile")] = 0.0  # no ID, no profile
     hidden[:, PARTS.index("id")] *= 3.0  # the ID head is lost without IDs
     return known, (hidden, known[1])
 
@@ -189,6 +193,19 @@ def test_max_combiner_catches_an_attack_only_the_autoencoder_sees():
     assert float(recall) > 0.95
 
 
+def test_max_combiner_catches_an_injection_only_the_id_profiles_see():
+    """A known ID injected faster than its period: graph, payloads and classifier look normal, only
+    the profile distance is far up; in the known-vehicle mode that is enough."""
+    rng = np.random.default_rng(4)
+    known, unknown = validation(rng)
+    comb = Combiner("max")
+    fit_combiner(comb, known, unknown, quantile=0.99)
+    injected, _ = fake_parts(300, rng, profile_shift=1.5)  # distance ~13 where normal windows reach ~5
+    with torch.no_grad():
+        recall = (comb(torch.as_tensor(injected, dtype=torch.float32)) >= 0).float().mean()
+    assert float(recall) > 0.95
+
+
 def test_vehicle_modes_new_id_on_a_known_vehicle_is_suspicious_an_unknown_vehicle_is_not_judged_by_its_ids():
     rng = np.random.default_rng(2)
     known, unknown = validation(rng)
@@ -196,7 +213,8 @@ def test_vehicle_modes_new_id_on_a_known_vehicle_is_suspicious_an_unknown_vehicl
     fit_combiner(comb, known, unknown, quantile=0.99)
     base, _ = fake_parts(1, np.random.default_rng(5))
     base[0, :4] = [-6.0, 1.0, 1.0, 1.0]  # a typical normal window
-    base[0, 5] = 25
+    base[0, PARTS.index("profile")] = 3.0
+    base[0, PARTS.index("known_ids")] = 25
     window = torch.as_tensor(base, dtype=torch.float32)
     assert comb.mode(window).item() == KNOWN and float(comb(window)) < 0
     assert float(comb.known_min) == pytest.approx(0.5 * np.quantile(known[0][known[1] == 0, -1], 0.01))
@@ -213,6 +231,7 @@ def test_vehicle_modes_new_id_on_a_known_vehicle_is_suspicious_an_unknown_vehicl
     assert float(comb(foreign)) < 0
     worse_ids = foreign.clone()
     worse_ids[0, PARTS.index("id")] = 1e4  # the ID part does not count for an unknown vehicle
+    worse_ids[0, PARTS.index("profile")] = 1e4  # nor the IDs' timing profiles
     assert float(comb(worse_ids)) == pytest.approx(float(comb(foreign)))
 
 
@@ -222,6 +241,7 @@ def test_learned_combiner_without_validation_attacks_is_refused_and_max_works():
     hidden = pn.copy()
     hidden[:, PARTS.index("oov")] = 1.0
     hidden[:, PARTS.index("known_ids")] = 0.0
+    hidden[:, PARTS.index("profile")] = 0.0
     with pytest.raises(ValueError, match="no attack"):
         fit_combiner(Combiner("logistic"), (pn, yn), (hidden, yn))
     rec = fit_combiner(Combiner("max"), (pn, yn), (hidden, yn), quantile=0.99)
@@ -239,6 +259,98 @@ def test_hide_ids_hides_every_id_and_keeps_the_rest():
     hidden = hide_ids(batch)
     assert int(hidden.node_id.abs().sum()) == 0 and int(batch.node_id.abs().sum()) > 0
     assert torch.equal(hidden.x, batch.x) and torch.equal(hidden.edge_index, batch.edge_index)
+
+
+# ----------------------------------------------------------------------------- the ID profiles
+@pytest.fixture(scope="module")
+def synthetic_data():
+    from kdkit.config import make_config
+    from kdkit.workflows.run import load_data
+
+    return load_data(make_config(dataset="synthetic"))
+
+
+def test_fit_profile_is_each_ids_mean_and_spread_over_attack_free_training_windows(synthetic_data):
+    from kdkit.data.graphs import NODE_FEATURES
+
+    train = synthetic_data.splits["train"]
+    num_ids = len(synthetic_data.vocab) + 1
+    profile = fusion_mod.IdProfile(num_ids, len(NODE_FEATURES))
+    assert not profile.fitted
+    record = fusion_mod.fit_profile(profile, train)
+    assert profile.fitted and record["features"] == list(fusion_mod.PROFILE_FEATURES)
+    # reference: per ID, numpy over the nodes of the attack-free windows
+    graph_of = np.repeat(np.arange(len(train)), train.num_nodes)
+    normal = (train.y.numpy() == 0)[graph_of]
+    assert normal.sum() < len(normal)  # the training split holds attack windows: they must be left out
+    ids, x = train.node_id.numpy()[normal], train.x.numpy()[normal].astype(np.float64)
+    cols = fusion_mod.profile_feature_index()
+    counts = np.bincount(ids, minlength=num_ids)
+    for i in (int(np.argmax(counts[1:])) + 1, int(np.flatnonzero(counts >= fusion_mod.PROFILE_MIN_WINDOWS)[-1])):
+        rows = x[ids == i][:, cols]
+        assert len(rows) >= fusion_mod.PROFILE_MIN_WINDOWS
+        np.testing.assert_allclose(profile.mean[i, cols].numpy(), rows.mean(0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(profile.inv_scale[i, cols].numpy(),
+                                   1 / np.maximum(rows.std(0), fusion_mod.PROFILE_MIN_SCALE), rtol=1e-4)
+    other = [j for j in range(len(NODE_FEATURES)) if j not in cols]
+    assert float(profile.inv_scale[:, other].abs().sum()) == 0.0 and float(profile.inv_scale[0].abs().sum()) == 0.0
+    assert record["ids_profiled"] == int((counts[1:] >= fusion_mod.PROFILE_MIN_WINDOWS).sum()) > 0
+    assert record["ids_profiled"] == int((profile.inv_scale[:, cols[0]] > 0).sum())
+    # read in small chunks (a memory-mapped store is never loaded whole): the same profile
+    chunked = fusion_mod.IdProfile(num_ids, len(NODE_FEATURES))
+    fusion_mod.fit_profile(chunked, train, chunk_nodes=1000)
+    torch.testing.assert_close(chunked.mean, profile.mean)
+    torch.testing.assert_close(chunked.inv_scale, profile.inv_scale)
+
+
+def test_profile_distance_of_an_injected_known_id_and_nothing_for_oov_or_unprofiled(synthetic_data):
+    from kdkit.data.graphs import NODE_FEATURES
+
+    train = synthetic_data.splits["train"]
+    profile = fusion_mod.IdProfile(len(synthetic_data.vocab) + 1, len(NODE_FEATURES))
+    fusion_mod.fit_profile(profile, train)
+    g = int(np.flatnonzero(train.y.numpy() == 0)[0])
+    n0, n1 = int(train.node_ptr[g]), int(train.node_ptr[g + 1])
+    x, ids = train.x[n0:n1].clone(), train.node_id[n0:n1].clone()
+    normal = profile(x, ids)
+    assert normal.shape == (n1 - n0,) and float(normal.max()) < 10
+    count, iat = NODE_FEATURES.index("count_frac"), NODE_FEATURES.index("iat_mean")
+    k = int(np.flatnonzero((profile.inv_scale[ids, count] > 0).numpy() & (x[:, iat] > 0).numpy())[0])
+    injected = x.clone()  # node k's ID now sent four times as often, at a quarter of its interval
+    injected[k, count] *= 4
+    injected[k, iat] = torch.log1p(torch.expm1(injected[k, iat]) / 4)
+    assert float(profile(injected, ids)[k]) > max(5.0, 2 * float(normal.max()))  # beyond every node of the window
+    unprofiled = (profile.inv_scale[ids, count] == 0).numpy()
+    assert (normal.numpy()[unprofiled] == 0).all()
+    oov = ids.clone()
+    oov[k] = 0
+    assert float(profile(injected, oov)[k]) == 0.0
+
+
+def test_checkpoint_from_before_the_profile_loads_and_scores_as_it_did(tmp_path):
+    """A six-part state dict (no IdProfile): upgraded on load, the profile unfitted and masked out of
+    the combiner, so every score is what that model gave."""
+    from kdkit.training.checkpoint import model_from_checkpoint
+
+    model = small(True).eval()
+    batch = make_batch()
+    rng = np.random.default_rng(0)
+    known, unknown = model.score_parts(batch).detach().numpy(), model.score_parts(hide_ids(batch)).detach().numpy()
+    y = np.tile([0, 1, 0], 20)
+    jitter = rng.uniform(0.5, 1.5, (2, 60, len(PARTS)))
+    fit_combiner(model.combiner, (np.tile(known, (20, 1)) * jitter[0], y), (np.tile(unknown, (20, 1)) * jitter[1], y),
+                 quantile=0.9)
+    model.combiner.mask[:, PARTS.index("profile")] = 0.0  # what an old model combined
+    at = PARTS.index("profile")
+    old = {k: v for k, v in model.state_dict().items() if not k.startswith("profile.")}
+    for name in ("center", "scale", "mask", "weight", "w1"):
+        t = old[f"combiner.{name}"]
+        old[f"combiner.{name}"] = torch.cat([t[..., :at], t[..., at + 1:]], dim=-1)
+    assert old["combiner.center"].shape[-1] == 6
+    loaded = model_from_checkpoint({"model": old, "model_config": model.config}).eval()
+    assert not loaded.profile.fitted
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.window_score(batch), model.window_score(batch))
 
 
 # ----------------------------------------------------------------------------- a run

@@ -18,7 +18,7 @@ from torch_geometric.data import Batch, Data
 
 from kdkit.cli.main import main
 from kdkit.data.loader import collate_indices
-from kdkit.models.fusion import COMBINERS, FusionModel, fit_combiner, hide_ids
+from kdkit.models.fusion import COMBINERS, PARTS, FusionModel, fit_combiner, hide_ids
 from kdkit.models.fusion_scorer import FusionScorer
 from kdkit.models.scorer import scorer_inputs
 
@@ -55,9 +55,14 @@ def hand_made(num_ids=NUM_IDS, nf=F_NODE, ef=F_EDGE):
 
 
 def fitted_student(**kw) -> FusionModel:
-    """A random-weight student whose combiner is fitted on (jittered) parts of the hand-made windows."""
+    """A random-weight student with a profile of some IDs, whose combiner is fitted on (jittered)
+    parts of the hand-made windows."""
     torch.manual_seed(0)
     model = FusionModel(F_NODE, F_EDGE, NUM_IDS, shared_encoder=True, **{**SMALL, **kw}).eval()
+    profiled = torch.zeros(NUM_IDS, F_NODE)
+    profiled[1:NUM_IDS - 1, :2] = 1.0  # IDs 1..4 profiled on two features; OOV 0 and ID 5 not
+    model.profile.mean.copy_(torch.rand(NUM_IDS, F_NODE) * profiled)
+    model.profile.inv_scale.copy_((1.0 + 4.0 * torch.rand(NUM_IDS, F_NODE)) * profiled)
     batch = hand_made()[0]
     with torch.no_grad():
         known, unknown = model.score_parts(batch).numpy(), model.score_parts(hide_ids(batch)).numpy()
@@ -84,6 +89,8 @@ def test_scorer_equals_window_score(combiner, shape):
         assert got.shape == (batch.num_graphs,)
         torch.testing.assert_close(parts, ref_parts, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    profile = model.score_parts(batches[0])[:, PARTS.index("profile")]
+    assert (profile > 0).any() and float(model.score_parts(batches[-1])[:, PARTS.index("profile")].abs().sum()) == 0.0
 
 
 def test_scorer_equals_window_score_on_the_per_node_max_branch(monkeypatch):

@@ -51,6 +51,25 @@ def test_quality_over_two_seeds_on_synthetic(synthetic, tmp_path):
     assert 0 < agg["student_share_of_teacher_parameters"] < 1
     table = record["markdown"]
     assert "| teacher |" in table and "| student kd |" in table and "KD gain" in table and scenario in table
+    # seeds run apart (two processes, two SLURM jobs) merge into the same table
+    import copy
+    import json
+    halves = []
+    for i, seed in enumerate(record["seeds"]):
+        half = copy.deepcopy({k: v for k, v in record.items() if k not in ("families", "markdown")})
+        half["seeds"] = [seed]
+        half["runs"] = {"gat": {r: [runs[r][i]] for r in q.ROLES}}
+        path = tmp_path / f"half{seed}.json"
+        path.write_text(json.dumps(half))
+        halves.append(str(path))
+    merged = q.main(["--merge", *halves])
+    assert merged["seeds"] == [0, 1] and merged["families"] == json.loads(json.dumps(agg_of(record)))
+    with pytest.raises(ValueError, match="more than one record"):
+        q.main(["--merge", halves[0], halves[0]])
+
+
+def agg_of(record):
+    return {"gat": record["families"]["gat"]}
 
 
 def test_fusion_ablation_refits_combiners_on_validation_and_reproduces_the_run(synthetic, tmp_path):

@@ -11,8 +11,10 @@ Two shapes of one model family (``kind="fusion"``):
   features, tied ID head, inner-product edges), so a gateway runs one model and one ``.pt2``.
 
 Both give, per window, the *parts* of the evidence (:data:`PARTS`): the classifier's attack log-odds,
-the three reconstruction errors and the share of the window's nodes whose CAN ID is out of the
-vocabulary. A :class:`Combiner` turns them into one score. It is fitted after training on validation
+the three reconstruction errors, the share of the window's nodes whose CAN ID is out of the
+vocabulary, and how far the window's IDs are from their own timing profile (:class:`IdProfile`: per
+ID, the mean and spread of its rate and intervals over the attack-free training windows; a known
+ID sent faster or irregularly, as an injection does, is far from it). A :class:`Combiner` turns them into one score. It is fitted after training on validation
 data only (:func:`fit_combiner`): no test folder is read.
 
 Known vehicle or unknown vehicle is an explicit decision of the combiner, per window, from the
@@ -37,19 +39,27 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPClassifier
 from torch import Tensor, nn
 from torch_geometric.nn import MLP, JumpingKnowledge, global_max_pool, global_mean_pool
+from torch_geometric.utils import scatter
 
+from kdkit.data.graphs import NODE_FEATURES
 from kdkit.data.loader import graph_loader
 from kdkit.models.gat import GATClassifier
 from kdkit.models.layers import GraphModel, VGAEOutput, _capture_config, graph_index
 from kdkit.models.thresholds import quantile_threshold
 from kdkit.models.vgae import VGAE, reconstruction_errors
 
-PARTS = ("attack_logit", "feat", "id", "edge", "oov", "known_ids")
+PARTS = ("attack_logit", "feat", "id", "edge", "oov", "profile", "known_ids")
 """What the model says of each window, in the order of :meth:`FusionModel.score_parts`'s columns: the
-evidence (the first five) and the number of distinct in-vocabulary IDs, which decides the vehicle mode."""
+evidence (the first six) and the number of distinct in-vocabulary IDs, which decides the vehicle mode."""
 ID_AGNOSTIC = ("attack_logit", "feat", "edge")
 """The parts that judge a window of an unknown vehicle (its IDs say nothing)."""
-ERROR_PARTS = ("feat", "id", "edge")  # reconstruction errors: compared on a log scale
+LOG_PARTS = ("feat", "id", "edge", "profile")  # reconstruction errors and the profile distance: on a log scale
+PROFILE_FEATURES = ("count_frac", "iat_mean", "iat_std")
+"""The node features of an ID's timing profile (:class:`IdProfile`): how often it is sent in a window
+and the mean and spread of its intervals. Most CAN IDs are periodic, so these are properties of the
+vehicle's software, stable across drives; payload bytes follow the driving and are left out."""
+PROFILE_MIN_SCALE = 0.02  # floor of a profiled feature's spread (2 % of a window's messages; log1p(ms) units)
+PROFILE_MIN_WINDOWS = 20  # attack-free training windows an ID needs before its profile is used
 NOT_EVIDENCE = ("known_ids",)  # decides the mode, never adds to the score
 COMBINERS = ("max", "logistic", "mlp", "policy")
 KNOWN, UNKNOWN = 0, 1  # combiner modes: the vehicle is known / unknown
@@ -83,13 +93,108 @@ def masked_vgae_loss(out: VGAEOutput, batch, normal: Tensor, beta: float, id_wei
     return {"loss": total, **parts, "kl": kl}
 
 
+class IdProfile(nn.Module):
+    """Each known CAN ID's timing profile, and how far a window's IDs are from theirs.
+
+    Fitted (:func:`fit_profile`) on the attack-free training windows: per vocabulary index and
+    profiled node feature (:data:`PROFILE_FEATURES`), the mean and the standard deviation (floored at
+    :data:`PROFILE_MIN_SCALE`). :meth:`forward` gives per node the largest ``|x - mean| / scale``
+    over the profiled features; the window's ``profile`` part is the largest over its nodes. An
+    injection of a known ID (more frames of it, shorter intervals) moves its node far from the
+    profile even when the graph's shape and the payloads look normal, which a supervised head that
+    never saw that attack and an autoencoder that reconstructs what it is given both miss.
+
+    OOV nodes, IDs with fewer than :data:`PROFILE_MIN_WINDOWS` attack-free training windows, and every
+    node of an unfitted profile count 0: the part says nothing about a vehicle the model does not
+    know (the combiner's unknown-vehicle mode leaves it out). Every value is a buffer, saved and
+    exported with the model; nothing here is trained by gradient.
+    """
+
+    def __init__(self, num_ids: int, num_node_features: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(num_ids, num_node_features))
+        self.register_buffer("inv_scale", torch.zeros(num_ids, num_node_features))  # 0: not profiled
+
+    def forward(self, x: Tensor, node_id: Tensor) -> Tensor:
+        """Per node, the largest standardised distance from its ID's profile ``[N]`` (0 when unprofiled)."""
+        dev = (x.float() - self.mean[node_id]).abs() * self.inv_scale[node_id]
+        return dev.amax(dim=-1) if dev.size(-1) else x.new_zeros(x.size(0))
+
+    @property
+    def fitted(self) -> bool:
+        return bool((self.inv_scale > 0).any())
+
+
+def profile_feature_index(names: tuple[str, ...] = PROFILE_FEATURES) -> list[int]:
+    """Column indices of ``names`` in :data:`kdkit.data.graphs.NODE_FEATURES`."""
+    return [list(NODE_FEATURES).index(n) for n in names]
+
+
+@torch.no_grad()
+def fit_profile(profile: IdProfile, gs, features: list[int] | None = None, chunk_nodes: int = 1 << 20) -> dict:
+    """Fit ``profile`` on the attack-free windows of a GraphSet (the training split); returns a record.
+
+    Args:
+        profile: the model's :class:`IdProfile` (filled in place).
+        gs: a :class:`kdkit.data.graphs.GraphSet`; only its windows labelled 0 are read, in chunks of
+            about ``chunk_nodes`` nodes (a memory-mapped store is never loaded whole).
+        features: node-feature columns to profile (default :func:`profile_feature_index`, which needs
+            kdkit's node layout).
+
+    Raises:
+        ValueError: the graphs' node layout does not hold the profiled features, or no attack-free window.
+    """
+    num_ids, width = profile.mean.shape
+    if features is None:
+        if width != len(NODE_FEATURES):
+            raise ValueError(f"fit_profile: the model reads {width} node features, kdkit's layout has "
+                             f"{len(NODE_FEATURES)}; pass the columns to profile (features=...)")
+        features = profile_feature_index()
+    if gs.x.size(1) != width:
+        raise ValueError(f"fit_profile: the graphs have {gs.x.size(1)} node features, the model {width}")
+    total = np.zeros((num_ids, width))
+    square = np.zeros((num_ids, width))
+    count = np.zeros(num_ids)
+    node_ptr = gs.node_ptr.numpy()
+    normal = gs.y.numpy() == 0
+    if not normal.any():
+        raise ValueError("fit_profile: no attack-free window to learn the IDs' timing profiles from")
+    g = 0
+    while g < len(normal):  # graph ranges of about chunk_nodes nodes
+        end = int(np.searchsorted(node_ptr, node_ptr[g] + chunk_nodes, side="right")) - 1
+        end = min(max(end, g + 1), len(normal))
+        n0, n1 = int(node_ptr[g]), int(node_ptr[end])
+        keep = np.repeat(normal[g:end], np.diff(node_ptr[g:end + 1]))
+        ids = gs.node_id[n0:n1].numpy()[keep]
+        x = gs.x[n0:n1].numpy()[keep].astype(np.float64)
+        np.add.at(count, ids, 1.0)
+        for f in features:
+            total[:, f] += np.bincount(ids, weights=x[:, f], minlength=num_ids)
+            square[:, f] += np.bincount(ids, weights=x[:, f] ** 2, minlength=num_ids)
+        g = end
+    safe = np.maximum(count, 1.0)[:, None]
+    mean = total / safe
+    std = np.sqrt(np.maximum(square / safe - mean ** 2, 0.0))
+    profiled = count >= PROFILE_MIN_WINDOWS
+    profiled[0] = False  # the OOV bucket is no ID
+    use = np.zeros(width, bool)
+    use[features] = True
+    inv = np.where(profiled[:, None] & use[None, :], 1.0 / np.maximum(std, PROFILE_MIN_SCALE), 0.0)
+    profile.mean.copy_(torch.as_tensor(np.where(use[None, :], mean, 0.0)))
+    profile.inv_scale.copy_(torch.as_tensor(inv))
+    return {"features": [NODE_FEATURES[f] if width == len(NODE_FEATURES) else int(f) for f in features],
+            "ids_profiled": int(profiled.sum()), "ids_in_vocabulary": int(num_ids - 1),
+            "attack_free_windows": int(normal.sum()), "min_scale": PROFILE_MIN_SCALE,
+            "min_windows": PROFILE_MIN_WINDOWS}
+
+
 class Combiner(nn.Module):
-    """Parts ``[G, 6]`` -> one score ``[G]`` per window; an attack when ``score >= 0``.
+    """Parts ``[G, 7]`` -> one score ``[G]`` per window; an attack when ``score >= 0``.
 
     Every parameter is a buffer filled by :func:`fit_combiner` (saved with the model's
     ``state_dict``, exported with it). Per mode (known / unknown vehicle): the parts are
-    standardised (``(t - center) / scale``, ``t`` the log of a reconstruction error, the attack
-    log-odds and the OOV share as they are), unused parts masked, combined by ``kind``, and the
+    standardised (``(t - center) / scale``, ``t`` the log of a reconstruction error or of the
+    profile distance, the attack log-odds and the OOV share as they are), unused parts masked, combined by ``kind``, and the
     mode's offset (its validation threshold) subtracted:
 
     - ``max``: the largest standardised part; no learned weight, the calibrated "either head".
@@ -139,9 +244,9 @@ class Combiner(nn.Module):
     # -- the parts -> standardised evidence
     @staticmethod
     def transform(parts: Tensor) -> Tensor:
-        """Reconstruction errors on a log scale; the other parts as they are."""
+        """Reconstruction errors and the profile distance on a log scale; the other parts as they are."""
         t = parts.float().clone()
-        for name in ERROR_PARTS:
+        for name in LOG_PARTS:
             i = PARTS.index(name)
             t[:, i] = torch.log(parts[:, i].float().clamp(min=0) + LOG_EPS)
         return t
@@ -245,7 +350,28 @@ class FusionModel(GraphModel):
                                             concat_heads=concat_heads, dropout=dropout, id_dropout=id_dropout)
             self.autoencoder = VGAE(num_node_features, num_edge_features, num_ids,
                                     encoder_layers=vgae_layers, **vgae_options)
+        self.profile = IdProfile(num_ids, num_node_features)
         self.combiner = Combiner(combiner, combiner_hidden, known_id_fraction=known_id_fraction)
+
+    @staticmethod
+    def upgrade_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """A state dict from before the ``profile`` part (six parts, no :class:`IdProfile`) in the
+        current layout: the profile unfitted and the part masked out of the combiner, so the model
+        scores exactly as it did. Current state dicts are returned as they are."""
+        if "profile.mean" in state or "combiner.center" not in state or state["combiner.center"].size(-1) != 6:
+            return state
+        at = PARTS.index("profile")
+        out = dict(state)
+        pads = {"center": 0.0, "scale": 1.0, "mask": 0.0, "weight": 0.0, "w1": 0.0}
+        for name, value in pads.items():
+            t = state[f"combiner.{name}"]
+            pad = torch.full((*t.shape[:-1], 1), value, dtype=t.dtype)
+            out[f"combiner.{name}"] = torch.cat([t[..., :at], pad, t[..., at:]], dim=-1)
+        num_ids = state["autoencoder.id_bias"].size(0)
+        width = state["autoencoder.feat_out.weight"].size(0)
+        out["profile.mean"] = torch.zeros(num_ids, width)
+        out["profile.inv_scale"] = torch.zeros(num_ids, width)
+        return out
 
     def forward(self, batch, return_features: bool = False) -> FusionOutput:
         """Both heads on ``batch``. ``return_features`` is accepted for the KD interface (the
@@ -271,7 +397,7 @@ class FusionModel(GraphModel):
                 **{k: v.detach() for k, v in rec.items() if k != "loss"}}
 
     def score_parts(self, batch, out: FusionOutput | None = None) -> Tensor:
-        """What the model says of each window, ``[G, 6]`` in the order of :data:`PARTS`."""
+        """What the model says of each window, ``[G, 7]`` in the order of :data:`PARTS`."""
         out = self(batch) if out is None else out
         batch_vec, num_graphs = graph_index(batch)
         err = reconstruction_errors(out.recon, batch)
@@ -279,8 +405,9 @@ class FusionModel(GraphModel):
         oov = (batch.node_id == 0).float()
         unseen = torch.zeros(num_graphs, device=logits.device).index_add(0, batch_vec, oov)
         known = torch.zeros(num_graphs, device=logits.device).index_add(0, batch_vec, 1.0 - oov)
+        far = scatter(self.profile(batch.x, batch.node_id), batch_vec, 0, dim_size=num_graphs, reduce="max")
         return torch.stack([logits[:, 1] - logits[:, 0], err["feat"], err["id"], err["edge"],
-                            unseen / (unseen + known).clamp(min=1), known], dim=1)
+                            unseen / (unseen + known).clamp(min=1), far, known], dim=1)
 
     def window_score(self, batch) -> Tensor:
         """The fused score per window (an attack when ``>= 0``); needs a fitted combiner."""
@@ -324,7 +451,7 @@ def fit_combiner(combiner: Combiner, known: tuple[np.ndarray, np.ndarray], unkno
 
     Args:
         combiner: the model's :class:`Combiner` (filled in place).
-        known: ``(parts [n, 6], labels [n])`` of the validation windows as they are.
+        known: ``(parts [n, 7], labels [n])`` of the validation windows as they are.
         unknown: the same windows with every ID hidden (:func:`hide_ids`): the unknown-vehicle view.
         quantile: per mode, the share of attack-free validation windows that must score below the
             threshold (a false-positive budget of ``1 - quantile``). Default 0.999.
@@ -434,7 +561,7 @@ def _fit_policy(state: dict, mode: int, z: np.ndarray, y: np.ndarray, used: np.n
 
 @torch.no_grad()
 def predict_parts(model: FusionModel, gs, batch_size: int = 256, ids_hidden: bool = False) -> np.ndarray:
-    """The parts ``[n, 6]`` of every window of a GraphSet (``ids_hidden``: as an unknown vehicle)."""
+    """The parts ``[n, 7]`` of every window of a GraphSet (``ids_hidden``: as an unknown vehicle)."""
     model.eval()
     out = []
     for batch in graph_loader(gs, batch_size=batch_size, shuffle=False, num_workers=0):
@@ -447,3 +574,11 @@ def fit_on_validation(model: FusionModel, val, quantile: float = 0.999, seed: in
     y = val.y.numpy()
     return fit_combiner(model.combiner, (predict_parts(model, val), y),
                         (predict_parts(model, val, ids_hidden=True), y), quantile=quantile, seed=seed)
+
+
+def fit_after_training(model: FusionModel, train, val, quantile: float = 0.999, seed: int = 0) -> dict:
+    """After training: the ID profiles from the attack-free training windows (:func:`fit_profile`),
+    then the combiner from the validation windows (:func:`fit_on_validation`); no test window is
+    read. Returns the combiner's fit record with the profile's under ``"profile"``."""
+    record = {"profile": fit_profile(model.profile, train)}
+    return {**fit_on_validation(model, val, quantile, seed), **record}

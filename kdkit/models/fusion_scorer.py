@@ -26,6 +26,9 @@ What differs from the model's own code, and why it is the same arithmetic:
 - Per-graph means (``scatter(..., reduce="mean")``) are ``index_add`` sums divided by the node
   counts ``ptr[1:] - ptr[:-1]`` (clamped at 1, as ``scatter``'s mean), the max pool a dense
   ``amax`` over the slot layout (an empty graph pools to 0).
+- The ``profile`` part: the model's own :class:`~kdkit.models.fusion.IdProfile` per node, its
+  per-graph maximum an ``amax`` over the slot layout padded with 0 (the distances are >= 0, and
+  ``scatter``'s max gives an empty graph 0 too).
 - The combiner is the model's own module (:class:`~kdkit.models.fusion.Combiner`), called as is.
 
     scorer = FusionScorer(model.eval())
@@ -99,7 +102,7 @@ class FusionScorer(nn.Module):
     """Inference-only view of a fitted two-headed :class:`~kdkit.models.fusion.FusionModel`.
 
     ``forward(x, node_id, edge_index, edge_attr, batch, ptr, node_slots)`` returns the fused
-    score ``[G]`` (``model.window_score``); :meth:`parts` the evidence ``[G, 5]``
+    score ``[G]`` (``model.window_score``); :meth:`parts` the evidence and the vehicle-mode count ``[G, 7]``
     (``model.score_parts``). ``ptr``: graph offsets ``[G + 1]`` (nodes stored graph by graph, as in
     a PyG batch); ``node_slots``: any tensor with one row per node of the largest graph.
 
@@ -128,7 +131,7 @@ class FusionScorer(nn.Module):
 
     def parts(self, x: Tensor, node_id: Tensor, edge_index: Tensor, edge_attr: Tensor, batch: Tensor,
               ptr: Tensor, node_slots: Tensor) -> Tensor:
-        """What the model says per window ``[G, 6]`` in the order of :data:`kdkit.models.fusion.PARTS`."""
+        """What the model says per window ``[G, 7]`` in the order of :data:`kdkit.models.fusion.PARTS`."""
         m = self.model
         if m.training:
             raise RuntimeError("FusionScorer is for inference: put the model in eval mode (model.eval())")
@@ -176,8 +179,10 @@ class FusionScorer(nn.Module):
         ce = graph_mean(F.cross_entropy(id_logits.float(), node_id, reduction="none"))
         edge = dense_edge_error(z, src, dst, batch, ptr, width)
         oov = graph_mean((node_id == 0).float())
+        far = x.new_zeros(graphs * width, dtype=torch.float32).index_copy(0, batch * width + slot, m.profile(x, node_id))
+        far = far.view(graphs, width).amax(dim=1)                                         # distances >= 0: pad 0
         known = torch.zeros(graphs, device=x.device).index_add(0, batch, (node_id != 0).float())
-        return torch.stack([logits[:, 1] - logits[:, 0], feat, ce, edge, oov, known], dim=1)
+        return torch.stack([logits[:, 1] - logits[:, 0], feat, ce, edge, oov, far, known], dim=1)
 
     def forward(self, x: Tensor, node_id: Tensor, edge_index: Tensor, edge_attr: Tensor, batch: Tensor,
                 ptr: Tensor, node_slots: Tensor) -> Tensor:

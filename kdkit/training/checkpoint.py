@@ -151,6 +151,9 @@ def model_from_checkpoint(ckpt: dict, where: str | Path = "checkpoint") -> nn.Mo
             skeleton = model_from_config(config)
     except (TypeError, ValueError) as err:
         raise ValueError(f"{where}: its model_config cannot be built ({err})") from err
+    upgrade = getattr(type(skeleton), "upgrade_state", None)  # a family's older layouts, read as the current one
+    if upgrade is not None:
+        state = upgrade(state)
     diff = _shape_differences(skeleton.state_dict(), state)
     if diff:
         more = f" (and {len(diff) - 3} more)" if len(diff) > 3 else ""

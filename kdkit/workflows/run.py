@@ -36,7 +36,7 @@ from kdkit.data.graphs import (EDGE_FEATURES, GRAPH_FORMAT_VERSION, NODE_FEATURE
                                model_reads_format)
 from kdkit.data.loader import shard_bounds
 from kdkit.data.readers import read_messages
-from kdkit.models.fusion import fit_on_validation
+from kdkit.models.fusion import fit_after_training
 from kdkit.models.registry import MODEL_CLASSES, build_model, count_parameters, model_size_bytes
 from kdkit.models.thresholds import choose_threshold
 from kdkit.models.vgae import fit_score_standardisation
@@ -463,8 +463,9 @@ def _evaluate_run(cfg: TrainConfig, data: PreparedDataset, fit, rank: int, world
                                                        cfg.threshold_quantile)
                 best["threshold"] = threshold
                 atomic_torch_save(best, fit.best_path)
-            elif model.objective == "fuse":  # the combiner and its per-mode thresholds, from validation windows only
-                combiner = fit_on_validation(model, data.splits["val"], cfg.fusion_quantile, cfg.seed)
+            elif model.objective == "fuse":  # ID profiles from attack-free training windows; combiner, thresholds from validation
+                combiner = fit_after_training(model, data.splits["train"], data.splits["val"], cfg.fusion_quantile,
+                                              cfg.seed)
                 threshold = 0.0
                 how = f"fused_score_at_least_0_(q{cfg.fusion_quantile:g}_of_attack_free_validation_per_mode)"
                 best["model"], best["threshold"] = model.state_dict(), threshold
