@@ -176,7 +176,7 @@ def fusion_ablation(checkpoint: str, data, quantile: float, vgae_quantile: float
     import numpy as np
     import torch
 
-    from kdkit.models.fusion import KNOWN, PARTS, Combiner, fit_combiner, predict_parts
+    from kdkit.models.fusion import KNOWN, PARTS, Combiner, calibration_windows, fit_combiner, predict_parts
     from kdkit.models.thresholds import quantile_threshold
     from kdkit.reporting.metrics import binary_metrics
     from kdkit.training.checkpoint import load_checkpoint, model_from_checkpoint
@@ -185,22 +185,23 @@ def fusion_ablation(checkpoint: str, data, quantile: float, vgae_quantile: float
     val = data.splits["val"]
     yv = val.y.numpy()
     known, unknown = predict_parts(model, val), predict_parts(model, val, ids_hidden=True)
+    ref, _ = calibration_windows(val)  # as the run calibrates
     tests = {name: (predict_parts(model, data.splits[name]), data.splits[name].y.numpy())
              for name in data.scenarios if len(data.splits[name])}
     c = model.config
     recon = lambda p: p[:, 1] + c["id_weight"] * p[:, 2] + c["edge_weight"] * p[:, 3]  # noqa: E731 - the VGAE's score
     scorers = {
         "classifier_at_0.5": (lambda p: p[:, 0], 0.0),
-        "classifier_at_val_fpr": (lambda p: p[:, 0], quantile_threshold(known[yv == 0, 0], quantile)),
-        "autoencoder_at_val_fpr": (recon, quantile_threshold(recon(known[yv == 0]), vgae_quantile)),
+        "classifier_at_val_fpr": (lambda p: p[:, 0], quantile_threshold(known[(yv == 0) & ref, 0], quantile)),
+        "autoencoder_at_val_fpr": (recon, quantile_threshold(recon(known[(yv == 0) & ref]), vgae_quantile)),
     }
     at = PARTS.index("profile")
     standardised = Combiner("max", known_id_fraction=c["known_id_fraction"])
     standardised.mask[:, [0, at]] = 0.0  # the reconstruction parts (and OOV share) alone, each on its validation scale
-    fit_combiner(standardised, (known, yv), (unknown, yv), quantile=quantile)
+    fit_combiner(standardised, (known, yv), (unknown, yv), quantile=quantile, reference=ref)
     scorers["autoencoder_standardised"] = (lambda p: standardised(torch.as_tensor(p, dtype=torch.float32)).numpy(), 0.0)
     in_known = standardised.mode(torch.as_tensor(known, dtype=torch.float32)).numpy() == KNOWN
-    profile_cut = quantile_threshold(known[(yv == 0) & in_known, at], quantile)
+    profile_cut = quantile_threshold(known[(yv == 0) & in_known & ref, at], quantile)
 
     def profile_alone(p):
         mode = standardised.mode(torch.as_tensor(p, dtype=torch.float32)).numpy()
@@ -209,11 +210,11 @@ def fusion_ablation(checkpoint: str, data, quantile: float, vgae_quantile: float
     scorers["id_profile_at_val_fpr"] = (profile_alone, 0.0)
     without = Combiner("max", known_id_fraction=c["known_id_fraction"])
     without.mask[:, at] = 0.0
-    fit_combiner(without, (known, yv), (unknown, yv), quantile=quantile)
+    fit_combiner(without, (known, yv), (unknown, yv), quantile=quantile, reference=ref)
     scorers["fused_max_without_profile"] = (lambda p: without(torch.as_tensor(p, dtype=torch.float32)).numpy(), 0.0)
     for kind in ("max", "logistic", "mlp", "policy"):
         comb = Combiner(kind, c["combiner_hidden"], known_id_fraction=c["known_id_fraction"])
-        fit_combiner(comb, (known, yv), (unknown, yv), quantile=quantile)
+        fit_combiner(comb, (known, yv), (unknown, yv), quantile=quantile, reference=ref)
         scorers[f"fused_{kind}"] = (lambda p, m=comb: m(torch.as_tensor(p, dtype=torch.float32)).numpy(), 0.0)
     out: dict = {}
     for variant, (score, threshold) in scorers.items():
@@ -254,6 +255,47 @@ def run(dataset: str, families: list[str], seeds: list[int], epochs: int, studen
     record["total_seconds"] = round(time.perf_counter() - t0, 1)
     record["machine"] = machine_info()
     return record
+
+
+def refit(record: dict, data_root: str | None = None) -> dict:
+    """Re-fit what a fusion run fits after training (the ID profiles and the combiner, with the
+    current code) on every run's stored checkpoint, re-evaluate and redo its ablation; training is
+    not repeated (a scoring rule changed, the weights did not). The checkpoints are rewritten.
+
+    Raises:
+        ValueError: a family other than fusion (its threshold is fitted the same way as before).
+    """
+    from kdkit.config import make_config
+    from kdkit.models.fusion import fit_after_training
+    from kdkit.reporting.metrics import evaluate_model
+    from kdkit.training.checkpoint import atomic_torch_save, load_checkpoint, model_from_checkpoint
+    from kdkit.workflows.run import load_data
+
+    bad = sorted(set(record["runs"]) - {"fusion"})
+    if bad:
+        raise ValueError(f"--refit: only fusion runs are re-fitted (the record holds {bad})")
+    out = json.loads(json.dumps(record))
+    data = load_data(make_config(model="fusion", dataset=record["dataset"], **({"data_root": data_root} if data_root else {})))
+    for family, runs in out["runs"].items():
+        for role, per_seed in runs.items():
+            for run in per_seed:
+                ckpt = load_checkpoint(run["checkpoint"])
+                model = model_from_checkpoint(ckpt, run["checkpoint"]).eval()
+                quantile = float(ckpt.get("train_config", {}).get("fusion_quantile", 0.999))
+                seed = int(ckpt.get("train_config", {}).get("seed", 0))
+                fit = fit_after_training(model, data.splits["train"], data.splits["val"], quantile, seed)
+                ckpt["model"] = model.state_dict()
+                atomic_torch_save(ckpt, Path(run["checkpoint"]))
+                res = evaluate_model(model, data.splits, float(ckpt.get("threshold", 0.0)), progress=False)
+                run["scenarios"] = {name: {**{k: m.get(k) for k in METRICS},
+                                           "per_attack_type": {t: v["recall"] for t, v in (m.get("per_attack_type") or {}).items()}}
+                                    for name, m in res["scenarios"].items()}
+                run["refit"] = {"profile": fit.get("profile"), "calibrated_on": fit.get("calibrated_on")}
+                run["ablation"] = fusion_ablation(run["checkpoint"], data, quantile,
+                                                  float(ckpt.get("train_config", {}).get("threshold_quantile", 0.99)))
+        out["families"][family] = aggregate(runs)
+    out["refitted"] = True
+    return out
 
 
 def merge(records: list[dict]) -> dict:
@@ -298,9 +340,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--markdown", action="store_true", help="print the Markdown table instead of the JSON")
     ap.add_argument("--merge", nargs="+", default=None, metavar="RECORD.json",
                     help="train nothing: merge the JSON records of separate runs over other seeds into one table")
+    ap.add_argument("--refit", default=None, metavar="RECORD.json",
+                    help="train nothing: re-fit the profiles and combiners of a fusion record's checkpoints with the "
+                         "current code and re-evaluate them")
     args = ap.parse_args(argv)
-    if args.merge:
-        record = merge([json.loads(Path(p).read_text()) for p in args.merge])
+    if args.merge or args.refit:
+        record = merge([json.loads(Path(p).read_text()) for p in args.merge]) if args.merge else \
+            refit(json.loads(Path(args.refit).read_text()), args.data_root)
         record["markdown"] = markdown(record)
         if args.out:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)

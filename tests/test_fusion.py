@@ -235,6 +235,46 @@ def test_vehicle_modes_new_id_on_a_known_vehicle_is_suspicious_an_unknown_vehicl
     assert float(comb(worse_ids)) == pytest.approx(float(comb(foreign)))
 
 
+def test_reference_windows_alone_set_the_thresholds_and_calibration_windows_are_the_clean_recordings():
+    """Two attack-free windows of an attack recording that score like attacks (an attack's
+    after-effects) set a 0.1 % budget's threshold when they calibrate; left out of the reference
+    (the clean recordings' windows), they do not."""
+    rng = np.random.default_rng(6)
+    known, unknown = validation(rng)
+    parts, y = known[0].copy(), known[1]
+    aftermath = np.flatnonzero(y == 0)[:2]
+    parts[aftermath, 0] = 20.0  # attack log-odds far up on two normal windows
+    every, clean = Combiner("max"), Combiner("max")
+    fit_combiner(every, (parts, y), unknown, quantile=0.999)
+    ref = np.ones(len(y), bool)
+    ref[np.flatnonzero(y == 0)[:400]] = False  # the normal windows of an attack recording
+    rec = fit_combiner(clean, (parts, y), unknown, quantile=0.999, reference=ref)
+    assert rec["modes"]["known"]["reference_windows"] == int(((y == 0) & ref).sum())
+    assert float(clean.offset[KNOWN]) < float(every.offset[KNOWN])
+    injected, _ = fake_parts(300, rng, profile_shift=1.2)
+    with torch.no_grad():
+        caught = [float((c(torch.as_tensor(injected, dtype=torch.float32)) >= 0).float().mean()) for c in (every, clean)]
+    assert caught[1] > caught[0] and caught[1] > 0.9
+    with pytest.raises(ValueError, match="reference"):
+        fit_combiner(Combiner("max"), (parts, y), unknown, reference=ref[:-1])
+
+
+def test_calibration_windows_are_the_attack_free_recordings_when_there_are_enough(synthetic_data):
+    val = synthetic_data.splits["val"]
+    mask, rule = fusion_mod.calibration_windows(val)
+    y, files = val.y.numpy(), val.file_index.numpy()
+    attacked = set(files[y == 1].tolist())
+    if mask.sum() >= fusion_mod.MIN_REFERENCE_WINDOWS:
+        assert rule == "attack_free_recordings"
+        assert not (mask & np.isin(files, list(attacked))).any() and (y[mask] == 0).all()
+        assert mask.sum() == int((~np.isin(files, list(attacked))).sum())
+    else:
+        assert rule == "every_attack_free_window" and np.array_equal(mask, y == 0)
+    few = val.subset(torch.as_tensor(np.flatnonzero(np.isin(files, list(attacked)) | (np.arange(len(y)) < 10))))
+    mask, rule = fusion_mod.calibration_windows(few)
+    assert rule == "every_attack_free_window" and np.array_equal(mask, few.y.numpy() == 0)
+
+
 def test_learned_combiner_without_validation_attacks_is_refused_and_max_works():
     rng = np.random.default_rng(3)
     pn, yn = fake_parts(500, rng)
@@ -274,28 +314,36 @@ def test_fit_profile_is_each_ids_mean_and_spread_over_attack_free_training_windo
     from kdkit.data.graphs import NODE_FEATURES
 
     train = synthetic_data.splits["train"]
-    num_ids = len(synthetic_data.vocab) + 1
+    num_ids = len(synthetic_data.vocab)
     profile = fusion_mod.IdProfile(num_ids, len(NODE_FEATURES))
     assert not profile.fitted
     record = fusion_mod.fit_profile(profile, train)
     assert profile.fitted and record["features"] == list(fusion_mod.PROFILE_FEATURES)
-    # reference: per ID, numpy over the nodes of the attack-free windows
+    assert record["interval_features"] == ["iat_mean", "iat_std"]
+    # reference: per ID, numpy over the nodes of the attack-free windows; the intervals over the
+    # nodes with two or more messages only (a node sent once has none: stored as 0)
     graph_of = np.repeat(np.arange(len(train)), train.num_nodes)
     normal = (train.y.numpy() == 0)[graph_of]
     assert normal.sum() < len(normal)  # the training split holds attack windows: they must be left out
     ids, x = train.node_id.numpy()[normal], train.x.numpy()[normal].astype(np.float64)
+    count, intervals = fusion_mod.profile_feature_index(("count_frac",)), fusion_mod.profile_feature_index(("iat_mean", "iat_std"))
+    twice = (x[:, intervals] > 0).any(axis=1)
+    assert twice.any() and not twice.all()
+    checked = 0
+    for i in range(1, num_ids):
+        for cols, rows in ((count, x[ids == i][:, count]), (intervals, x[(ids == i) & twice][:, intervals])):
+            if len(rows) < fusion_mod.PROFILE_MIN_WINDOWS:
+                assert float(profile.inv_scale[i, cols].abs().sum()) == 0.0  # too rare to profile
+                continue
+            np.testing.assert_allclose(profile.mean[i, cols].numpy(), rows.mean(0), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(profile.inv_scale[i, cols].numpy(),
+                                       1 / np.maximum(rows.std(0), fusion_mod.PROFILE_MIN_SCALE), rtol=1e-4)
+            checked += 1
+    assert checked >= num_ids // 2
     cols = fusion_mod.profile_feature_index()
-    counts = np.bincount(ids, minlength=num_ids)
-    for i in (int(np.argmax(counts[1:])) + 1, int(np.flatnonzero(counts >= fusion_mod.PROFILE_MIN_WINDOWS)[-1])):
-        rows = x[ids == i][:, cols]
-        assert len(rows) >= fusion_mod.PROFILE_MIN_WINDOWS
-        np.testing.assert_allclose(profile.mean[i, cols].numpy(), rows.mean(0), rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(profile.inv_scale[i, cols].numpy(),
-                                   1 / np.maximum(rows.std(0), fusion_mod.PROFILE_MIN_SCALE), rtol=1e-4)
     other = [j for j in range(len(NODE_FEATURES)) if j not in cols]
     assert float(profile.inv_scale[:, other].abs().sum()) == 0.0 and float(profile.inv_scale[0].abs().sum()) == 0.0
-    assert record["ids_profiled"] == int((counts[1:] >= fusion_mod.PROFILE_MIN_WINDOWS).sum()) > 0
-    assert record["ids_profiled"] == int((profile.inv_scale[:, cols[0]] > 0).sum())
+    assert record["ids_profiled"] == int((profile.inv_scale[:, cols].amax(dim=1) > 0).sum()) > 0
     # read in small chunks (a memory-mapped store is never loaded whole): the same profile
     chunked = fusion_mod.IdProfile(num_ids, len(NODE_FEATURES))
     fusion_mod.fit_profile(chunked, train, chunk_nodes=1000)
@@ -307,7 +355,7 @@ def test_profile_distance_of_an_injected_known_id_and_nothing_for_oov_or_unprofi
     from kdkit.data.graphs import NODE_FEATURES
 
     train = synthetic_data.splits["train"]
-    profile = fusion_mod.IdProfile(len(synthetic_data.vocab) + 1, len(NODE_FEATURES))
+    profile = fusion_mod.IdProfile(len(synthetic_data.vocab), len(NODE_FEATURES))
     fusion_mod.fit_profile(profile, train)
     g = int(np.flatnonzero(train.y.numpy() == 0)[0])
     n0, n1 = int(train.node_ptr[g]), int(train.node_ptr[g + 1])
@@ -325,6 +373,11 @@ def test_profile_distance_of_an_injected_known_id_and_nothing_for_oov_or_unprofi
     oov = ids.clone()
     oov[k] = 0
     assert float(profile(injected, oov)[k]) == 0.0
+    once = x.clone()  # sent once in the window: no interval (0), compared on its count alone
+    once[k, iat] = 0.0
+    once[k, NODE_FEATURES.index("iat_std")] = 0.0
+    count_only = (x[k, count] - profile.mean[ids[k], count]).abs() * profile.inv_scale[ids[k], count]
+    torch.testing.assert_close(profile(once, ids)[k], count_only)
 
 
 def test_checkpoint_from_before_the_profile_loads_and_scores_as_it_did(tmp_path):

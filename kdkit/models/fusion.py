@@ -104,6 +104,11 @@ class IdProfile(nn.Module):
     profile even when the graph's shape and the payloads look normal, which a supervised head that
     never saw that attack and an autoencoder that reconstructs what it is given both miss.
 
+    The interval features (``interval`` columns) are undefined for an ID sent once in the window
+    (the graph stores 0 there): they are compared only for nodes with two or more messages, against
+    statistics of such nodes; a slow ID that training saw once per window is profiled on its count
+    alone (its first interval is no evidence of anything).
+
     OOV nodes, IDs with fewer than :data:`PROFILE_MIN_WINDOWS` attack-free training windows, and every
     node of an unfitted profile count 0: the part says nothing about a vehicle the model does not
     know (the combiner's unknown-vehicle mode leaves it out). Every value is a buffer, saved and
@@ -114,11 +119,14 @@ class IdProfile(nn.Module):
         super().__init__()
         self.register_buffer("mean", torch.zeros(num_ids, num_node_features))
         self.register_buffer("inv_scale", torch.zeros(num_ids, num_node_features))  # 0: not profiled
+        self.register_buffer("interval", torch.zeros(num_node_features))  # 1: defined only with >= 2 messages
 
     def forward(self, x: Tensor, node_id: Tensor) -> Tensor:
         """Per node, the largest standardised distance from its ID's profile ``[N]`` (0 when unprofiled)."""
-        dev = (x.float() - self.mean[node_id]).abs() * self.inv_scale[node_id]
-        return dev.amax(dim=-1) if dev.size(-1) else x.new_zeros(x.size(0))
+        x = x.float()
+        once = (x.abs() * self.interval).amax(dim=-1, keepdim=True) <= 0  # [N, 1]: no interval in this window
+        weight = self.inv_scale[node_id] * torch.where(once & (self.interval > 0), 0.0, 1.0)
+        return ((x - self.mean[node_id]).abs() * weight).amax(dim=-1)
 
     @property
     def fitted(self) -> bool:
@@ -131,30 +139,37 @@ def profile_feature_index(names: tuple[str, ...] = PROFILE_FEATURES) -> list[int
 
 
 @torch.no_grad()
-def fit_profile(profile: IdProfile, gs, features: list[int] | None = None, chunk_nodes: int = 1 << 20) -> dict:
+def fit_profile(profile: IdProfile, gs, features: list[int] | None = None, interval: list[int] | None = None,
+                chunk_nodes: int = 1 << 20) -> dict:
     """Fit ``profile`` on the attack-free windows of a GraphSet (the training split); returns a record.
 
     Args:
         profile: the model's :class:`IdProfile` (filled in place).
         gs: a :class:`kdkit.data.graphs.GraphSet`; only its windows labelled 0 are read, in chunks of
             about ``chunk_nodes`` nodes (a memory-mapped store is never loaded whole).
-        features: node-feature columns to profile (default :func:`profile_feature_index`, which needs
-            kdkit's node layout).
+        features: node-feature columns to profile (default :data:`PROFILE_FEATURES` in kdkit's layout).
+        interval: those of them that are undefined (0) for a node with one message (default
+            ``iat_mean`` and ``iat_std`` in kdkit's layout; none for another layout).
 
     Raises:
         ValueError: the graphs' node layout does not hold the profiled features, or no attack-free window.
     """
     num_ids, width = profile.mean.shape
+    kdkit_layout = width == len(NODE_FEATURES)
     if features is None:
-        if width != len(NODE_FEATURES):
+        if not kdkit_layout:
             raise ValueError(f"fit_profile: the model reads {width} node features, kdkit's layout has "
                              f"{len(NODE_FEATURES)}; pass the columns to profile (features=...)")
         features = profile_feature_index()
+    if interval is None:
+        interval = [f for f in profile_feature_index(("iat_mean", "iat_std")) if f in features] if kdkit_layout else []
     if gs.x.size(1) != width:
         raise ValueError(f"fit_profile: the graphs have {gs.x.size(1)} node features, the model {width}")
+    is_interval = np.zeros(width, bool)
+    is_interval[interval] = True
     total = np.zeros((num_ids, width))
     square = np.zeros((num_ids, width))
-    count = np.zeros(num_ids)
+    count = np.zeros((num_ids, 2))  # nodes per ID: all of them / those with an interval (>= 2 messages)
     node_ptr = gs.node_ptr.numpy()
     normal = gs.y.numpy() == 0
     if not normal.any():
@@ -167,25 +182,31 @@ def fit_profile(profile: IdProfile, gs, features: list[int] | None = None, chunk
         keep = np.repeat(normal[g:end], np.diff(node_ptr[g:end + 1]))
         ids = gs.node_id[n0:n1].numpy()[keep]
         x = gs.x[n0:n1].numpy()[keep].astype(np.float64)
-        np.add.at(count, ids, 1.0)
+        twice = (np.abs(x[:, is_interval]) > 0).any(axis=1) if is_interval.any() else np.ones(len(ids), bool)
+        count[:, 0] += np.bincount(ids, minlength=num_ids)
+        count[:, 1] += np.bincount(ids[twice], minlength=num_ids)
         for f in features:
-            total[:, f] += np.bincount(ids, weights=x[:, f], minlength=num_ids)
-            square[:, f] += np.bincount(ids, weights=x[:, f] ** 2, minlength=num_ids)
+            w = np.where(twice, x[:, f], 0.0) if is_interval[f] else x[:, f]
+            total[:, f] += np.bincount(ids, weights=w, minlength=num_ids)
+            square[:, f] += np.bincount(ids, weights=w ** 2, minlength=num_ids)
         g = end
-    safe = np.maximum(count, 1.0)[:, None]
-    mean = total / safe
-    std = np.sqrt(np.maximum(square / safe - mean ** 2, 0.0))
-    profiled = count >= PROFILE_MIN_WINDOWS
-    profiled[0] = False  # the OOV bucket is no ID
+    n = np.where(is_interval[None, :], count[:, 1:2], count[:, 0:1])  # [ids, features]
+    mean = total / np.maximum(n, 1.0)
+    std = np.sqrt(np.maximum(square / np.maximum(n, 1.0) - mean ** 2, 0.0))
     use = np.zeros(width, bool)
     use[features] = True
-    inv = np.where(profiled[:, None] & use[None, :], 1.0 / np.maximum(std, PROFILE_MIN_SCALE), 0.0)
-    profile.mean.copy_(torch.as_tensor(np.where(use[None, :], mean, 0.0)))
+    profiled = use[None, :] & (n >= PROFILE_MIN_WINDOWS)
+    profiled[0] = False  # the OOV bucket is no ID
+    inv = np.where(profiled, 1.0 / np.maximum(std, PROFILE_MIN_SCALE), 0.0)
+    profile.mean.copy_(torch.as_tensor(np.where(profiled, mean, 0.0)))
     profile.inv_scale.copy_(torch.as_tensor(inv))
-    return {"features": [NODE_FEATURES[f] if width == len(NODE_FEATURES) else int(f) for f in features],
-            "ids_profiled": int(profiled.sum()), "ids_in_vocabulary": int(num_ids - 1),
-            "attack_free_windows": int(normal.sum()), "min_scale": PROFILE_MIN_SCALE,
-            "min_windows": PROFILE_MIN_WINDOWS}
+    profile.interval.copy_(torch.as_tensor(is_interval.astype(np.float32)))
+    name = (lambda f: NODE_FEATURES[f]) if kdkit_layout else int
+    return {"features": [name(f) for f in features], "interval_features": [name(f) for f in interval],
+            "ids_profiled": int(profiled.any(axis=1).sum()),
+            "ids_with_intervals_profiled": int(profiled[:, is_interval].any(axis=1).sum()) if is_interval.any() else 0,
+            "ids_in_vocabulary": int(num_ids - 1), "attack_free_windows": int(normal.sum()),
+            "min_scale": PROFILE_MIN_SCALE, "min_windows": PROFILE_MIN_WINDOWS}
 
 
 class Combiner(nn.Module):
@@ -358,6 +379,8 @@ class FusionModel(GraphModel):
         """A state dict from before the ``profile`` part (six parts, no :class:`IdProfile`) in the
         current layout: the profile unfitted and the part masked out of the combiner, so the model
         scores exactly as it did. Current state dicts are returned as they are."""
+        if "profile.mean" in state and "profile.interval" not in state:  # a profile without undefined intervals
+            return {**state, "profile.interval": torch.zeros(state["profile.mean"].size(1))}
         if "profile.mean" in state or "combiner.center" not in state or state["combiner.center"].size(-1) != 6:
             return state
         at = PARTS.index("profile")
@@ -371,6 +394,7 @@ class FusionModel(GraphModel):
         width = state["autoencoder.feat_out.weight"].size(0)
         out["profile.mean"] = torch.zeros(num_ids, width)
         out["profile.inv_scale"] = torch.zeros(num_ids, width)
+        out["profile.interval"] = torch.zeros(width)
         return out
 
     def forward(self, batch, return_features: bool = False) -> FusionOutput:
@@ -429,11 +453,19 @@ def hide_ids(batch):
     return hidden
 
 
+TAIL_Z = 2.326  # a normal distribution's 99th percentile, in standard deviations
+
+
 def _standardisation(t: np.ndarray, normal: np.ndarray, used: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per part: the median of the attack-free windows, and a scale that is at least their standard
+    deviation, their IQR / 1.349, and (99th percentile - median) / 2.326: a part with a heavy upper
+    tail has its 99th percentile where a normal one's is, so its tail does not set the ``max``
+    combiner's threshold for every other part (an injection that only the ID profiles see would
+    otherwise need the reconstruction errors' extreme windows' score to count)."""
     ref = t[normal] if normal.any() else t
     center = np.median(ref, axis=0)
-    q75, q25 = np.percentile(ref, [75, 25], axis=0)
-    scale = np.maximum(np.maximum(ref.std(axis=0), (q75 - q25) / 1.349), 1e-3)
+    q75, q25, q99 = np.percentile(ref, [75, 25, 99], axis=0)
+    scale = np.maximum.reduce([ref.std(axis=0), (q75 - q25) / 1.349, (q99 - center) / TAIL_Z, np.full_like(center, 1e-3)])
     for name, low in MIN_SCALE.items():
         i = PARTS.index(name)
         scale[i] = max(scale[i], low)
@@ -446,7 +478,7 @@ def _class_balanced(y: np.ndarray) -> np.ndarray:
 
 
 def fit_combiner(combiner: Combiner, known: tuple[np.ndarray, np.ndarray], unknown: tuple[np.ndarray, np.ndarray],
-                 quantile: float = 0.999, seed: int = 0) -> dict:
+                 quantile: float = 0.999, seed: int = 0, reference: np.ndarray | None = None) -> dict:
     """Fit every buffer of ``combiner`` on validation parts; returns a record of the fit.
 
     Args:
@@ -456,16 +488,21 @@ def fit_combiner(combiner: Combiner, known: tuple[np.ndarray, np.ndarray], unkno
         quantile: per mode, the share of attack-free validation windows that must score below the
             threshold (a false-positive budget of ``1 - quantile``). Default 0.999.
         seed: seeds the ``mlp`` fit.
+        reference: ``[n]`` bool, the attack-free windows that calibrate (standardisation, thresholds,
+            the vehicle-mode count); default every attack-free window (see :func:`calibration_windows`).
 
     Only validation data enter: the weights (``logistic``/``mlp``/``policy``) see the labelled
-    validation windows; the standardisation and the thresholds only their attack-free windows.
+    validation windows; the standardisation and the thresholds only their attack-free (reference) windows.
 
     Raises:
         ValueError: no attack-free windows in a view, or a learned kind without attack windows.
     """
     record: dict[str, Any] = {"kind": combiner.kind, "quantile": quantile, "modes": {}}
     state = {k: v.clone() for k, v in combiner.state_dict().items()}
-    counts = np.asarray(known[0])[np.asarray(known[1]) == 0, PARTS.index("known_ids")]
+    ref = np.ones(len(known[1]), bool) if reference is None else np.asarray(reference, bool)
+    if ref.shape != (len(known[1]),):
+        raise ValueError(f"fit_combiner: reference has {ref.shape} entries, the validation windows are {len(known[1])}")
+    counts = np.asarray(known[0])[(np.asarray(known[1]) == 0) & ref, PARTS.index("known_ids")]
     if counts.size == 0:
         raise ValueError("fit_combiner: no attack-free validation windows; the thresholds need them")
     state["known_min"] = torch.tensor(max(1.0, combiner.known_id_fraction * float(np.quantile(counts, 0.01))))
@@ -480,6 +517,9 @@ def fit_combiner(combiner: Combiner, known: tuple[np.ndarray, np.ndarray], unkno
             in_mode[:] = True
         pt, y = pt[in_mode], y[in_mode]
         normal = y == 0
+        calib = normal & ref[in_mode]
+        if not calib.any():  # no reference window in this mode: every attack-free one
+            calib = normal
         if not normal.any():
             raise ValueError(f"fit_combiner: no attack-free validation windows of a {name} vehicle; the "
                              "standardisation and the threshold need them")
@@ -489,7 +529,7 @@ def fit_combiner(combiner: Combiner, known: tuple[np.ndarray, np.ndarray], unkno
                              "validation data suffice for it)")
         used = combiner.mask[mode].numpy() > 0
         t = Combiner.transform(pt).numpy().astype(np.float64)
-        center, scale = _standardisation(t, normal, used)
+        center, scale = _standardisation(t, calib, used)
         state["center"][mode] = torch.as_tensor(center)
         state["scale"][mode] = torch.as_tensor(scale)
         z = (t - center) / scale * used
@@ -515,11 +555,12 @@ def fit_combiner(combiner: Combiner, known: tuple[np.ndarray, np.ndarray], unkno
         combiner.load_state_dict(state)
         modes = torch.full((len(y),), mode, dtype=torch.long)
         raw = combiner.raw(torch.as_tensor(z, dtype=torch.float32), modes).double().numpy()
-        offset = quantile_threshold(raw[normal], quantile)
+        offset = quantile_threshold(raw[calib], quantile)
         state["offset"][mode] = offset
         record["modes"][name] = {
-            "windows": int(len(y)), "attack_windows": int((~normal).sum()), "offset": offset,
-            "validation_fpr": float((raw[normal] >= offset).mean()),
+            "windows": int(len(y)), "attack_windows": int((~normal).sum()), "reference_windows": int(calib.sum()),
+            "offset": offset, "validation_fpr": float((raw[calib] >= offset).mean()),
+            "validation_fpr_every_attack_free_window": float((raw[normal] >= offset).mean()),
             "validation_recall": float((raw[~normal] >= offset).mean()) if (~normal).any() else None}
     state["fitted"] = torch.ones((), dtype=torch.bool)
     combiner.load_state_dict(state)
@@ -569,11 +610,38 @@ def predict_parts(model: FusionModel, gs, batch_size: int = 256, ids_hidden: boo
     return torch.cat(out).numpy() if out else np.zeros((0, len(PARTS)), np.float32)
 
 
-def fit_on_validation(model: FusionModel, val, quantile: float = 0.999, seed: int = 0) -> dict:
-    """Fit ``model.combiner`` on a validation GraphSet (both vehicle views); returns the fit record."""
+MIN_REFERENCE_WINDOWS = 200  # fewer windows of attack-free recordings: calibrate on every attack-free window
+
+
+def calibration_windows(val) -> tuple[np.ndarray, str]:
+    """Which attack-free validation windows calibrate the combiner: those of the recordings with no
+    attack window in the split (a clean drive), when there are at least
+    :data:`MIN_REFERENCE_WINDOWS`; else every attack-free window. Returns ``(mask [n], rule)``.
+
+    The normal windows of an attack recording carry the attack's after-effects (frames queued during
+    a flood and sent after it, an injector's bus load) and are labelled by where a window boundary
+    falls; a few of them score like attacks. A false-positive budget of 0.1 % over ~1,000 windows
+    is set by its one or two highest windows, so on DAGA those set every threshold (the classifier's
+    log-odds reached 16 units on two of them) and the unknown attacks stayed under it."""
     y = val.y.numpy()
-    return fit_combiner(model.combiner, (predict_parts(model, val), y),
-                        (predict_parts(model, val, ids_hidden=True), y), quantile=quantile, seed=seed)
+    files = val.file_index.numpy()
+    attacked = np.zeros(int(files.max()) + 1 if len(files) else 0, bool)
+    attacked[files[y == 1]] = True
+    clean = ~attacked[files] if len(files) else np.zeros(0, bool)
+    if clean.sum() >= MIN_REFERENCE_WINDOWS:
+        return clean, "attack_free_recordings"
+    return y == 0, "every_attack_free_window"
+
+
+def fit_on_validation(model: FusionModel, val, quantile: float = 0.999, seed: int = 0) -> dict:
+    """Fit ``model.combiner`` on a validation GraphSet (both vehicle views, calibrated on
+    :func:`calibration_windows`); returns the fit record."""
+    y = val.y.numpy()
+    reference, rule = calibration_windows(val)
+    record = fit_combiner(model.combiner, (predict_parts(model, val), y),
+                          (predict_parts(model, val, ids_hidden=True), y), quantile=quantile, seed=seed,
+                          reference=reference)
+    return {**record, "calibrated_on": rule, "calibration_windows": int(reference.sum())}
 
 
 def fit_after_training(model: FusionModel, train, val, quantile: float = 0.999, seed: int = 0) -> dict:
