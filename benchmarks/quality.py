@@ -45,9 +45,14 @@ def brief(summary: dict, cpu_seconds: float) -> dict:
             "epochs_run": summary["epochs_run"], "train_seconds": summary["train_seconds"],
             "cpu_seconds": round(cpu_seconds, 1), "threshold": summary["threshold"],
             "threshold_rule": summary.get("threshold_rule"), "checkpoint": summary["best_checkpoint"],
-            "scenarios": {name: {**{k: m.get(k) for k in METRICS},
-                                 "per_attack_type": {t: v["recall"] for t, v in (m.get("per_attack_type") or {}).items()}}
-                          for name, m in scen.items()}}
+            "scenarios": scenario_brief(scen)}
+
+
+def scenario_brief(scenarios: dict) -> dict:
+    """Per test folder: :data:`METRICS` and the recall per attack type of its metrics."""
+    return {name: {**{k: m.get(k) for k in METRICS},
+                   "per_attack_type": {t: v["recall"] for t, v in (m.get("per_attack_type") or {}).items()}}
+            for name, m in scenarios.items()}
 
 
 def aggregate(runs: dict[str, list[dict]]) -> dict:
@@ -287,9 +292,7 @@ def refit(record: dict, data_root: str | None = None) -> dict:
                 ckpt["model"] = model.state_dict()
                 atomic_torch_save(ckpt, Path(run["checkpoint"]))
                 res = evaluate_model(model, data.splits, float(ckpt.get("threshold", 0.0)), progress=False)
-                run["scenarios"] = {name: {**{k: m.get(k) for k in METRICS},
-                                           "per_attack_type": {t: v["recall"] for t, v in (m.get("per_attack_type") or {}).items()}}
-                                    for name, m in res["scenarios"].items()}
+                run["scenarios"] = scenario_brief(res["scenarios"])
                 run["refit"] = {"profile": fit.get("profile"), "calibrated_on": fit.get("calibrated_on")}
                 run["ablation"] = fusion_ablation(run["checkpoint"], data, quantile,
                                                   float(ckpt.get("train_config", {}).get("threshold_quantile", 0.99)))
@@ -347,13 +350,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.merge or args.refit:
         record = merge([json.loads(Path(p).read_text()) for p in args.merge]) if args.merge else \
             refit(json.loads(Path(args.refit).read_text()), args.data_root)
-        record["markdown"] = markdown(record)
-        if args.out:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(json.dumps(record, indent=1))
-        print(record["markdown"] if args.markdown else json.dumps({k: v for k, v in record.items() if k != "runs"},
-                                                                  indent=1))
-        return record
+        return _report(record, args)
     families = [m.strip() for m in args.models.split(",") if m.strip()]
     bad = sorted(set(families) - {"gat", "vgae", "fusion"})
     if bad:
@@ -373,6 +370,11 @@ def main(argv: list[str] | None = None) -> dict:
             extra[key] = value
     record = run(args.dataset, families, seeds, args.epochs, args.student_epochs, args.runs_dir, args.data_root,
                  args.threads, extra)
+    return _report(record, args)
+
+
+def _report(record: dict, args: argparse.Namespace) -> dict:
+    """Add the Markdown table, write ``--out``, print the table or the JSON; returns the record."""
     record["markdown"] = markdown(record)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
