@@ -410,6 +410,9 @@ def test_replay_summary_and_bench_detect(trained, recording, capsys):
                  "--json"]) == 0
     live = json.loads(capsys.readouterr().out)
     assert live["windows"] >= 4 and 0 < live["latency_ms_p50"] <= live["latency_ms_p99"]
+    # from send: the same decisions, plus the frame's time in the bus queue (clocks of one process)
+    assert 0 < live["send_to_decision_ms_p50"] <= live["send_to_decision_ms_p99"] <= live["send_to_decision_ms_max"]
+    assert live["send_to_decision_ms_max"] >= live["latency_ms_max"]
 
 
 def test_vgae_checkpoint_uses_its_anomaly_score_and_threshold(kdkit_env, tmp_path, recording):

@@ -9,10 +9,13 @@ the repeats), CPU seconds and messages per CPU second (the figure to read on a s
 Live (``--live``): the file's frames are sent at their recorded pace (``can.MessageSync``, with
 ``preserve_timestamps=True``) on a python-can virtual bus from a thread, and a ``recv`` loop
 feeds the detector frame by frame: per-window decision latency p50/p99 from ``recv`` returning
-the window's last frame to the decision.
+the window's last frame to the decision, and from the sender's ``send`` of that frame to the
+decision (``send_to_decision_ms_*``: adds the time the frame waited in the bus's queue, e.g. while
+the previous frame was still being decided).
 """
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import threading
@@ -67,6 +70,16 @@ def bench_replay(model: str | Path, path: str | Path, channel: str | None = None
             "threads": threads, "machine": machine_info()}
 
 
+def _send_to_decision(send_times: list[float], decided: list[tuple[int, float]]) -> dict:
+    """p50/p99/max milliseconds from sending a window's last frame to its decision."""
+    ms = [(t - send_times[last]) * 1e3 for last, t in decided if last < len(send_times)]
+    ms = [v for v in ms if math.isfinite(v)]
+    if not ms:
+        return {"send_to_decision_ms_p50": None, "send_to_decision_ms_p99": None, "send_to_decision_ms_max": None}
+    return {f"send_to_decision_ms_{k}": round(float(np.percentile(ms, q)), 4) for k, q in (("p50", 50), ("p99", 99),
+                                                                                             ("max", 100))}
+
+
 def bench_live(model: str | Path, path: str | Path, channel: str | None = None, seconds: float = 10.0,
                threads: int = 1) -> dict:
     """Send the first ``seconds`` of ``path`` at its recorded pace on a virtual bus and detect
@@ -81,19 +94,25 @@ def bench_live(model: str | Path, path: str | Path, channel: str | None = None, 
     tx = can.Bus(interface="virtual", channel=name, preserve_timestamps=True)
     sent = threading.Event()
     frames = list(as_can_messages(msgs))  # made before the clock starts: the sender thread holds the GIL less
+    send_times = [math.nan] * len(frames)
+    decided: list[tuple[int, float]] = []  # (the window's last message, decision time)
 
     def send() -> None:
         try:
-            for frame in can.MessageSync(frames, timestamps=True, gap=0.0):
+            for i, frame in enumerate(can.MessageSync(frames, timestamps=True, gap=0.0)):
+                send_times[i] = time.perf_counter()  # before send: the frame cannot arrive earlier
                 tx.send(frame)
         finally:
             sent.set()
+
+    def on_decision(dec) -> None:
+        decided.append((dec.first_message + dec.messages - 1, time.perf_counter()))
 
     sender = threading.Thread(target=send, name="kdkit-bench-sender", daemon=True)
     try:
         sender.start()
         summary = listen_bus(det, rx, source=f"virtual:{name}", max_messages=n, max_seconds=seconds + 30,
-                             stall_seconds=5.0).to_dict()
+                             stall_seconds=5.0, on_decision=on_decision).to_dict()
     finally:
         sent.wait(timeout=seconds + 30)
         rx.shutdown()
@@ -102,6 +121,7 @@ def bench_live(model: str | Path, path: str | Path, channel: str | None = None, 
             "channel": channel, "seconds": round(float(msgs.timestamp[-1] - msgs.timestamp[0]), 3) if n else 0.0,
             "messages": summary["messages"], "windows": summary["windows"], "alarms": summary["alarms"],
             "latency_ms_p50": summary["latency_ms_p50"], "latency_ms_p99": summary["latency_ms_p99"],
-            "latency_ms_max": summary["latency_ms_max"], "cpu_ms_p50": summary["cpu_ms_p50"],
+            "latency_ms_max": summary["latency_ms_max"], **_send_to_decision(send_times, decided),
+            "cpu_ms_p50": summary["cpu_ms_p50"],
             "cpu_ms_p99": summary["cpu_ms_p99"], "cpu_seconds": summary["cpu_seconds"],
             "stopped_by": summary["stopped_by"], "threads": threads, "machine": machine_info()}

@@ -12,8 +12,8 @@ buffered messages plus the one before it (the bus-load feature looks one message
 graphs and scores equal those of :func:`kdkit.data.graphs.build_graphs` over the whole recording
 (tested). :meth:`Detector.feed_many` builds the graphs of every window a batch closes in one
 ``build_graphs`` call and scores them in batches; :meth:`Detector.feed` of an exported student
-builds the one window it closes with :func:`kdkit.stream.window.window_graph` (the same
-tensors at ~40 % of the CPU time, no GraphSet) and scores it straight away.
+builds the one window it closes with :func:`kdkit.stream.window.window_graph` (one compiled
+loop over the window, no GraphSet) and scores it straight away through the package's direct call.
 
 Scores are the kit's: a GAT checkpoint's attack probability and a VGAE checkpoint's anomaly
 score (both through :func:`kdkit.reporting.metrics.predict_scores`, as ``kdkit evaluate``), an
@@ -46,7 +46,7 @@ from kdkit.data.readers import EXTENDED_ID_FLAG, MAX_CAN_ID, MAX_STANDARD_ID, Me
 from kdkit.deploy.export import load_exported
 from kdkit.models.thresholds import GAT_THRESHOLD, is_attack
 from kdkit.reporting.metrics import predict_scores
-from kdkit.stream.window import window_graph
+from kdkit.stream.window import WindowGraph, window_graph
 from kdkit.training.checkpoint import load_checkpoint, model_from_checkpoint, provenance
 from kdkit.workflows.run import check_graph_settings
 
@@ -216,18 +216,25 @@ class Detector:
             windows' tensors (:class:`kdkit.data.loader.WindowBatch`); given, :meth:`feed`
             builds the window it closes with :func:`~kdkit.stream.window.window_graph` and
             scores it without a ``GraphSet`` (the latency path of an exported student).
+        score_graph: ``WindowGraph -> float``, one window's score, equal to
+            ``score_batch(graph.batch())[0]`` up to float rounding at less cost a call (default: that).
     """
 
     def __init__(self, score_windows: Callable[[GraphSet], np.ndarray], vocab: IdVocab, window: int,
                  stride: int | None = None, threshold: float = GAT_THRESHOLD, label_threshold: float = 0.0,
                  channel: str | None = None, name: str = "model",
-                 score_batch: Callable[[WindowBatch], np.ndarray] | None = None):
+                 score_batch: Callable[[WindowBatch], np.ndarray] | None = None,
+                 score_graph: Callable[[WindowGraph], float] | None = None):
         stride = window if stride is None else stride
         if int(window) < 2 or int(stride) < 1:
             raise ValueError(f"{name}: window must be >= 2 and stride >= 1, got window={window}, stride={stride}")
         if not math.isfinite(float(threshold)):
             raise ValueError(f"{name}: threshold {threshold!r} is not a finite number")
         self.score_windows, self.score_batch, self.vocab, self.name = score_windows, score_batch, vocab, name
+        if score_graph is None and score_batch is not None:
+            def score_graph(graph: WindowGraph) -> float:
+                return float(score_batch(graph.batch())[0])
+        self.score_graph = score_graph
         self.window, self.stride, self.threshold = int(window), int(stride), float(threshold)
         self.label_threshold, self.channel = float(label_threshold), channel
         self.dropped: Counter[str] = Counter()
@@ -303,9 +310,23 @@ class Detector:
             return np.concatenate(out) if out else np.zeros(0, np.float32)
 
         thr = float(meta.get("threshold") if meta.get("threshold") is not None else GAT_THRESHOLD)
-        return cls(score, vocab, int(meta["window"]), stride or int(meta["stride"]),
-                   thr if threshold is None else threshold, meta.get("label_threshold") or 0.0, channel, name=str(path),
-                   score_batch=score_batch)
+        det = cls(score, vocab, int(meta["window"]), stride or int(meta["stride"]),
+                  thr if threshold is None else threshold, meta.get("label_threshold") or 0.0, channel, name=str(path),
+                  score_batch=score_batch, score_graph=_graph_scorer(program, logits))
+        det.warm_up()
+        return det
+
+    def warm_up(self) -> None:
+        """Build and score one made-up window, so that the first real decision does not pay for
+        loading the compiled graph builder (~1 s from numba's disk cache, longer the first time)
+        and the package's first call. Called by :meth:`from_exported`; no stream state changes."""
+        if self.score_graph is None:
+            return
+        n = self.window
+        ids = np.asarray(self.vocab.ids[:3] if self.vocab.ids.size else [0x100], np.uint32)
+        graph = window_graph(np.arange(n) * 1e-3, ids[np.arange(n) % ids.size], np.full(n, 8, np.uint8),
+                             np.zeros((n, 8), np.uint8), None, self.vocab)
+        self.score_graph(graph)
 
     @classmethod
     def load(cls, path: str | Path, threshold: float | None = None, stride: int | None = None,
@@ -317,7 +338,7 @@ class Detector:
     def clone(self) -> Detector:
         """A new detector with the same model and settings and no stream state."""
         return Detector(self.score_windows, self.vocab, self.window, self.stride, self.threshold,
-                        self.label_threshold, self.channel, self.name, self.score_batch)
+                        self.label_threshold, self.channel, self.name, self.score_batch, self.score_graph)
 
     # ------------------------------------------------------------------ state
     @property
@@ -387,7 +408,7 @@ class Detector:
             self._restamp.check(np.asarray(self._one))
             self._one.clear()
         if self.messages == self._next + self.window:
-            if self.score_batch is not None:
+            if self.score_graph is not None:
                 return self._close_one(arrival, cpu0)
             return self._close(np.array([self._next]), arrival, cpu0, labelled=False)[0]
         return None
@@ -505,9 +526,9 @@ class Detector:
         prev = float(self._ts[r - 1]) if start > 0 else None
         graph = window_graph(self._ts[r:r + W], self._id[r:r + W], self._dlc[r:r + W], self._pl[r:r + W], prev,
                              self.vocab)
-        score = float(self.score_batch(graph.batch())[0])
+        score = self.score_graph(graph)
         attack = bool(is_attack(score, self.threshold))
-        oov = tuple(graph.can_id[graph.node_id == 0].tolist())
+        oov = tuple(k for k, v in zip(graph.can_id.tolist(), graph.node_id.tolist()) if v == 0)
         latency, cpu = time.perf_counter() - arrival, time.thread_time() - cpu0
         out = Decision(self.windows, start, float(self._ts[r]), float(self._ts[r + W - 1]), W, score, self.threshold,
                        attack, oov, latency, None, cpu)
@@ -547,6 +568,36 @@ class Detector:
         self.alarms += int(attack.sum())
         self._next = int(starts[-1]) + self.stride
         return out
+
+
+def _graph_scorer(program, logits: bool) -> Callable[[WindowGraph], float] | None:
+    """``score(graph) -> float`` for one window through an exported package's direct call
+    (``program.run``, :func:`kdkit.deploy.export.package_runner`): the graph's arrays go in as
+    tensors without a batch object, the per-size inputs (``batch``, ``ptr``, ``node_slots``) are
+    made once per node count, and a GAT's two logits become the attack probability in plain
+    Python (``softmax(logits)[1]`` in float64; the batch path's float32 softmax differs by float
+    rounding). None when the program has no direct call."""
+    run = getattr(program, "run", None)
+    if run is None:
+        return None
+    from_numpy, fixed_inputs = torch.from_numpy, {}
+
+    def score(graph: WindowGraph) -> float:
+        n = graph.x.shape[0]
+        fixed = fixed_inputs.get(n)
+        if fixed is None:
+            fixed = fixed_inputs[n] = (torch.zeros(n, dtype=torch.long), torch.tensor([0, n]), torch.empty(n, 0))
+        out = run(from_numpy(graph.x), from_numpy(graph.node_id), from_numpy(graph.edge_index),
+                  from_numpy(graph.edge_attr), *fixed).tolist()[0]
+        if not logits:
+            return float(out)
+        d = out[0] - out[1]  # softmax(l)[1] = 1 / (1 + exp(l0 - l1)), in the form that cannot overflow
+        if d > 0:
+            e = math.exp(-d)
+            return e / (1.0 + e)
+        return 1.0 / (1.0 + math.exp(d))
+
+    return score
 
 
 def _check_layout(node_features, edge_features, graph_format, where, vocab=None) -> None:

@@ -1,23 +1,28 @@
-"""One window's graph, built straight into the tensors a model reads: the live detector's path.
+"""One window's graph, built straight into the arrays a model reads: the live detector's path.
 
     graph = window_graph(ts, ids, dlc, payload, prev_ts, vocab)   # the window's W messages
     logits = program(graph.batch())                                # a kdkit.data.loader.WindowBatch
 
-:func:`kdkit.data.graphs.build_graphs` builds many windows at once; on a single window most
-of its time is fixed cost (chunking, per-window offsets, a :class:`~kdkit.data.graphs.GraphSet`
-and then :func:`~kdkit.data.loader.gather_windows` around one graph). This module computes the
-same node and edge features for one window with ~150 small numpy calls over its ``W`` messages
-and no per-window bookkeeping: ~40 % of the CPU time of ``build_graphs`` + ``gather_windows``
-for one window (0.49 vs 1.26 ms p50 measured on a loaded 2-core VM).
+:func:`kdkit.data.graphs.build_graphs` builds many windows at once with vectorized numpy; on a
+single window most of its time is fixed cost (chunking, per-window offsets, a
+:class:`~kdkit.data.graphs.GraphSet`, then :func:`~kdkit.data.loader.gather_windows` around one
+graph), and even a lean numpy version for one window makes ~150 small numpy calls. A live
+decision waits for that, after the ~100 ms between two windows in which caches go cold, so here
+one window's graph is a single loop over its ``W`` messages compiled to machine code with numba
+(:func:`_graph_arrays`, compiled on first use and cached on disk): measured on the RAV4 can0
+windows, ~60 us warm and ~210 us after a 10 ms pause, against ~370 / ~940 us for the numpy one.
 
-The features are :data:`kdkit.data.graphs.NODE_FEATURES` and :data:`~kdkit.data.graphs.EDGE_FEATURES`
-computed with the same float64 operations in the same order as ``build_graphs``, so the
-tensors are bit-identical to its graph of the same window (``tests/test_stream_window.py``
-checks that on simulated and real traffic; a change of the feature layout there must be made
-here too, and that test fails until it is).
+The features are :data:`kdkit.data.graphs.NODE_FEATURES` and :data:`~kdkit.data.graphs.EDGE_FEATURES`,
+summed in the order ``build_graphs`` sums them (messages of an ID in time order, transitions in
+window order). ``math.log1p`` here and numpy's vectorized ``log1p`` there may differ in the last
+bit, and the 8 payload-byte spreads are added in another order, so the float32 features equal
+``build_graphs``' exactly on most windows and within 1e-6 on every window
+(``tests/test_stream_window.py`` checks that on simulated and real traffic; a change of the
+feature layout there must be made here too, and that test fails until it is).
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -46,32 +51,152 @@ class WindowGraph(NamedTuple):
                            torch.tensor([0, n]), 1)
 
 
-def _log_ms(seconds: np.ndarray) -> np.ndarray:
-    return np.log1p(seconds * 1000.0)  # as kdkit.data.graphs
+def _graph_arrays(ts, ids, dlc, payload, prev_ts, vocab):
+    """The arrays of :class:`WindowGraph` for one window (plain Python, compiled by numba).
+
+    ``prev_ts``: the timestamp of the message before the window (``ts[0]`` for the stream's first
+    window: a gap of 0). ``vocab``: the vocabulary's IDs, ascending (``IdVocab.ids``)."""
+    W = ts.shape[0]
+    gap = np.empty(W)  # log1p(ms) since the stream's previous message
+    gap[0] = math.log1p((ts[0] - prev_ts) * 1000.0)
+    for i in range(1, W):
+        gap[i] = math.log1p((ts[i] - ts[i - 1]) * 1000.0)
+
+    # nodes: one per distinct ID, ascending; a stable sort keeps each ID's messages in time order
+    order = np.argsort(ids, kind="mergesort")
+    node_of = np.empty(W, np.int64)
+    n = 0
+    for p in range(W):
+        if p > 0 and ids[order[p]] != ids[order[p - 1]]:
+            n += 1
+        node_of[order[p]] = n
+    n += 1
+    can_id = np.empty(n, np.int64)
+    cnt = np.zeros(n)
+    first = np.zeros(n, np.int64)
+    last = np.zeros(n, np.int64)
+    pay_sum = np.zeros((n, 8), np.int64)
+    pay_sq = np.zeros((n, 8), np.int64)
+    dlc_sum = np.zeros(n, np.int64)
+    gap_sum = np.zeros(n)
+    iat_sum = np.zeros(n)
+    iat_sq = np.zeros(n)
+    change_sum = np.zeros(n)
+    prev = 0
+    for p in range(W):
+        m = order[p]
+        k = node_of[m]
+        if cnt[k] == 0:
+            can_id[k] = ids[m]
+            first[k] = m
+        else:  # the ID's previous message is order[p - 1]
+            iat = math.log1p((ts[m] - ts[prev]) * 1000.0)
+            iat_sum[k] += iat
+            iat_sq[k] += iat * iat
+            change = 0
+            for j in range(8):
+                change += abs(np.int64(payload[m, j]) - np.int64(payload[prev, j]))
+            change_sum[k] += change / 8.0
+        last[k] = m
+        cnt[k] += 1
+        for j in range(8):
+            b = np.int64(payload[m, j])
+            pay_sum[k, j] += b
+            pay_sq[k, j] += b * b
+        dlc_sum[k] += dlc[m]
+        gap_sum[k] += gap[m]
+        prev = m
+
+    x = np.empty((n, 17), np.float32)
+    node_id = np.zeros(n, np.int64)
+    for k in range(n):
+        c = cnt[k]
+        spread = 0.0
+        for j in range(8):
+            mean = pay_sum[k, j] / c
+            x[k, j] = mean / 255.0
+            spread += math.sqrt(max(pay_sq[k, j] / c - mean * mean, 0.0))
+        pairs = max(c - 1.0, 1.0)
+        iat_mean = iat_sum[k] / pairs
+        x[k, 8] = c / W
+        x[k, 9] = first[k] / W
+        x[k, 10] = last[k] / W
+        x[k, 11] = dlc_sum[k] / c / 8.0
+        x[k, 12] = iat_mean
+        x[k, 13] = math.sqrt(max(iat_sq[k] / pairs - iat_mean * iat_mean, 0.0))
+        x[k, 14] = gap_sum[k] / c
+        x[k, 15] = change_sum[k] / pairs / 255.0
+        x[k, 16] = spread / 8 / 255.0
+        pos = np.searchsorted(vocab, can_id[k])
+        if pos < vocab.shape[0] and vocab[pos] == can_id[k]:
+            node_id[k] = pos + 1  # 0 = out of vocabulary
+
+    # edges: consecutive messages (a -> b), one edge per distinct pair, ordered by (a, b)
+    code = np.empty(W - 1, np.int64)
+    for j in range(W - 1):
+        code[j] = node_of[j] * n + node_of[j + 1]
+    e_order = np.argsort(code, kind="mergesort")
+    E = 1
+    for p in range(1, W - 1):
+        if code[e_order[p]] != code[e_order[p - 1]]:
+            E += 1
+    e_code = np.empty(E, np.int64)
+    e_cnt = np.zeros(E)
+    e_first = np.zeros(E, np.int64)
+    e_last = np.zeros(E, np.int64)
+    e_sum = np.zeros(E)
+    e_sq = np.zeros(E)
+    e = -1
+    for p in range(W - 1):
+        j = e_order[p]
+        if p == 0 or code[j] != code[e_order[p - 1]]:
+            e += 1
+            e_code[e] = code[j]
+            e_first[e] = j
+        e_last[e] = j
+        e_cnt[e] += 1
+        g = gap[j + 1]  # the gap of message j + 1 is the time from message j
+        e_sum[e] += g
+        e_sq[e] += g * g
+    edge_index = np.empty((2, E), np.int64)
+    edge_attr = np.empty((E, 7), np.float32)
+    for e in range(E):
+        a = e_code[e] // n
+        b = e_code[e] - a * n
+        edge_index[0, e] = a
+        edge_index[1, e] = b
+        c = e_cnt[e]
+        mean = e_sum[e] / c
+        edge_attr[e, 0] = c / (W - 1)
+        edge_attr[e, 1] = mean
+        edge_attr[e, 2] = math.sqrt(max(e_sq[e] / c - mean * mean, 0.0))
+        edge_attr[e, 3] = e_first[e] / W
+        edge_attr[e, 4] = e_last[e] / W
+        edge_attr[e, 5] = 1.0 if a == b else 0.0
+        rev = b * n + a
+        q = np.searchsorted(e_code, rev)
+        edge_attr[e, 6] = 1.0 if q < E and e_code[q] == rev else 0.0
+    return x, can_id, node_id, edge_index, edge_attr
 
 
-def _mean_std(values: np.ndarray, group: np.ndarray, count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-group mean and std of ``values`` (0 for an empty group), as ``build_graphs`` computes them."""
-    safe = np.maximum(count, 1.0)
-    mean = np.bincount(group, weights=values, minlength=count.shape[0]) / safe
-    s2 = np.bincount(group, weights=values * values, minlength=count.shape[0])
-    return mean, np.sqrt(np.maximum(s2 / safe - mean * mean, 0.0))
+_compiled = None
 
 
-def _runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Runs of equal values in sorted ``keys``: (new run here, run of each element, first, last)."""
-    n = keys.shape[0]
-    is_start = np.empty(n, bool)
-    is_start[0] = True
-    np.not_equal(keys[1:], keys[:-1], out=is_start[1:])
-    run = is_start.cumsum()
-    run -= 1
-    first = is_start.nonzero()[0]
-    last = np.empty_like(first)
-    last[:-1] = first[1:]
-    last[-1] = n
-    last -= 1
-    return is_start, run, first, last
+def _kernel():
+    """:func:`_graph_arrays` compiled (numba, on first use; cached beside this file)."""
+    global _compiled
+    if _compiled is None:
+        import numba  # imported here: only the detector's one-window path needs it
+
+        def a1(dtype):  # a 1-D array of any layout
+            return numba.types.Array(dtype, 1, "A")
+
+        signature = numba.types.Tuple((numba.float32[:, :], numba.int64[:], numba.int64[:], numba.int64[:, :],
+                                       numba.float32[:, :]))(
+            a1(numba.float64), a1(numba.uint32), a1(numba.uint8), numba.types.Array(numba.uint8, 2, "A"),
+            numba.float64, a1(numba.uint32))
+        _compiled = numba.njit(signature, cache=True, nogil=True)(_graph_arrays)  # one signature: one compilation
+    return _compiled
 
 
 def window_graph(ts: np.ndarray, ids: np.ndarray, dlc: np.ndarray, payload: np.ndarray, prev_ts: float | None,
@@ -85,72 +210,14 @@ def window_graph(ts: np.ndarray, ids: np.ndarray, dlc: np.ndarray, payload: np.n
             message back); None for the stream's first window.
         vocab: the model's ID vocabulary.
     """
-    W = ts.shape[0]
-    gap = np.empty(W)
-    gap[0] = 0.0 if prev_ts is None else ts[0] - prev_ts
-    np.subtract(ts[1:], ts[:-1], out=gap[1:])
-    gap = _log_ms(gap)
+    if ts.shape[0] < 2:
+        raise ValueError(f"a window needs at least 2 messages, got {ts.shape[0]}")
+    ts, ids, dlc, payload, vocab_ids = (_as_kernel_arg(a, t) for a, t in ((ts, np.float64), (ids, np.uint32), (dlc, np.uint8),
+                                                                     (payload, np.uint8), (vocab.ids, np.uint32)))
+    return WindowGraph(*_kernel()(ts, ids, dlc, payload, float(ts[0]) if prev_ts is None else float(prev_ts), vocab_ids))
 
-    # nodes: one per distinct ID, ascending; a stable sort keeps each ID's messages in time order
-    order = np.argsort(ids, kind="stable")
-    new_node, node_sorted, first, last = _runs(ids[order])
-    n = first.shape[0]
-    node_of_msg = np.empty(W, np.int64)
-    node_of_msg[order] = node_sorted
-    can_id = ids[order[first]].astype(np.int64)
-    cnt = (last - first + 1).astype(np.float64)
-    rows = np.empty((W, 17), np.int64)  # per message in node order: payload bytes, their squares, DLC
-    rows[:, :8] = payload[order]
-    np.multiply(rows[:, :8], rows[:, :8], out=rows[:, 8:16])
-    rows[:, 16] = dlc[order]
-    sums = np.add.reduceat(rows, first, axis=0)  # exact integer sums per node
-    pl_mean = sums[:, :8] / cnt[:, None]
-    pl_var = np.maximum(sums[:, 8:16] / cnt[:, None] - pl_mean ** 2, 0.0)
-    pl_std = np.add.reduce(np.sqrt(pl_var), axis=1) / 8  # = .mean(axis=1), without its Python overhead
-    dlc_mean = sums[:, 16] / cnt
-    gap_mean = np.bincount(node_of_msg, weights=gap, minlength=n) / np.maximum(cnt, 1.0)
-    same = ~new_node[1:]  # consecutive messages of one ID
-    pair_node = node_sorted[1:][same]
-    ts_s = ts[order]
-    iat_mean, iat_std = _mean_std(_log_ms(ts_s[1:][same] - ts_s[:-1][same]), pair_node, cnt - 1.0)
-    change = np.add.reduce(np.abs(rows[1:, :8] - rows[:-1, :8]), axis=1)[same] / 8.0
-    change_mean = np.bincount(pair_node, weights=change, minlength=n) / np.maximum(cnt - 1.0, 1.0)
 
-    x = np.empty((n, len(NODE_FEATURES)), np.float32)
-    np.divide(pl_mean, 255.0, out=x[:, 0:8])
-    x[:, 8] = cnt / W
-    x[:, 9] = order[first] / W
-    x[:, 10] = order[last] / W
-    x[:, 11] = dlc_mean / 8.0
-    x[:, 12] = iat_mean
-    x[:, 13] = iat_std
-    x[:, 14] = gap_mean
-    x[:, 15] = change_mean / 255.0
-    x[:, 16] = pl_std / 255.0
-
-    # edges: consecutive messages (a -> b), one edge per distinct pair, ordered by (a, b)
-    code = node_of_msg[:-1] * n + node_of_msg[1:]
-    e_order = np.argsort(code, kind="stable")
-    e_code_sorted = code[e_order]
-    _, edge_sorted, e_first, e_last = _runs(e_code_sorted)
-    edge_of_pair = np.empty(W - 1, np.int64)
-    edge_of_pair[e_order] = edge_sorted
-    e_code = e_code_sorted[e_first]
-    edge_index = np.empty((2, e_code.shape[0]), np.int64)
-    src, dst = edge_index
-    np.floor_divide(e_code, n, out=src)
-    np.subtract(e_code, src * n, out=dst)
-    e_cnt = (e_last - e_first + 1).astype(np.float64)
-    e_mean, e_std = _mean_std(gap[1:], edge_of_pair, e_cnt)  # the gap of message j+1 is the time from message j
-    rev = dst * n + src
-    reciprocal = e_code[np.minimum(np.searchsorted(e_code, rev), e_code.shape[0] - 1)] == rev
-
-    ea = np.empty((e_code.shape[0], len(EDGE_FEATURES)), np.float32)
-    ea[:, 0] = e_cnt / (W - 1)
-    ea[:, 1] = e_mean
-    ea[:, 2] = e_std
-    ea[:, 3] = e_order[e_first] / W
-    ea[:, 4] = e_order[e_last] / W
-    ea[:, 5] = src == dst
-    ea[:, 6] = reciprocal
-    return WindowGraph(x, can_id, vocab.lookup(can_id), edge_index, ea)
+def _as_kernel_arg(a: np.ndarray, dtype) -> np.ndarray:
+    """``a`` as the compiled kernel's one signature takes it: that dtype, writeable (numba types
+    read-only arrays, e.g. views of pyarrow buffers, apart); a copy only when needed."""
+    return a if a.dtype == dtype and a.flags.writeable else np.array(a, dtype)
