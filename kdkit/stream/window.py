@@ -22,7 +22,9 @@ feature layout there must be made here too, and that test fails until it is).
 """
 from __future__ import annotations
 
+import logging
 import math
+import time
 from typing import NamedTuple
 
 import numpy as np
@@ -195,7 +197,13 @@ def _kernel():
                                        numba.float32[:, :]))(
             a1(numba.float64), a1(numba.uint32), a1(numba.uint8), numba.types.Array(numba.uint8, 2, "A"),
             numba.float64, a1(numba.uint32))
+        started = time.perf_counter()
         _compiled = numba.njit(signature, cache=True, nogil=True)(_graph_arrays)  # one signature: one compilation
+        took = time.perf_counter() - started
+        if took > 2.0:
+            logging.getLogger("kdkit.stream").info(
+                "compiled the one-window graph builder in %.1f s (numba, first use; cached on disk for the next start)",
+                took)
     return _compiled
 
 
