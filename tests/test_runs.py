@@ -128,7 +128,9 @@ def test_kill_9_then_resume_keeps_every_epoch_once(kdkit_env, synthetic, tmp_pat
     run = runs / "cut"
     last = run / "checkpoints" / "last.pt"
     with open(tmp_path / "killed.err", "w") as err:
-        proc = subprocess.Popen(cli_tiny(runs, "cut", 200, "--patience", "1000"), stdout=subprocess.DEVNULL, stderr=err)
+        # --compile false: 200 planned epochs would switch compile "auto" on (a 30-90 s first epoch)
+        proc = subprocess.Popen(cli_tiny(runs, "cut", 200, "--patience", "1000", "--compile", "false"),
+                                stdout=subprocess.DEVNULL, stderr=err)
     deadline = time.monotonic() + 500
     while not last.is_file() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
