@@ -45,6 +45,35 @@ def sync_playwright_or_require():
 SLURM_TEST_FILES = ("test_requeue_cluster.py", "test_slurm_cluster.py", "test_sweep_cluster.py")
 """The test files that use the real SLURM cluster (the ``slurm_cluster`` fixture)."""
 
+SHARED_FIXTURE_FILES = ("test_notebooks.py", "test_report_browser.py", "test_fusion.py", "test_stream.py",
+                        "test_realdata.py", "test_preemption.py", "test_runs.py", "test_calibrate.py",
+                        "test_evaluate_input.py")
+"""Test files whose module-scoped fixtures are expensive (notebook runs through papermill, trained
+runs, an exported package, the real dataset prepared): each file's tests go to one pytest-xdist
+worker, so that the fixture is built once, not once on every worker that draws one of its tests."""
+
+ALONE = ("tests/test_notebooks.py::test_nbval_runs_every_notebook_with_its_stored_defaults",)
+"""Tests of :data:`SHARED_FIXTURE_FILES` that use none of the file's expensive fixtures: units of
+their own (the nbval run alone takes ~3 min)."""
+
+HEAVY_FIRST = (
+    "slurm-cluster", "test_notebooks.py", "tests/test_notebooks.py::test_nbval_runs_every_notebook_with_its_stored_defaults",
+    "test_report_browser.py", "tests/test_sweep.py::test_local_pool_runs_collects_and_retries_only_the_failed_task",
+    "tests/test_trainer.py::test_compiled_forward_trains_and_saves_plain_keys", "test_fusion.py",
+    "tests/test_speedups.py::test_compiled_gat_fit_keeps_the_module_and_matches_checkpoint",
+    "tests/test_sweep.py::test_local_sweep_of_the_student_notebook",
+    "tests/test_fusion_export.py::test_export_cli_fusion_student_scores_like_window_score", "test_stream.py",
+    "tests/test_quality_bench.py::test_quality_over_two_seeds_on_synthetic", "test_runs.py",
+    "tests/test_bench_train.py::test_bench_infer_smoke", "tests/test_scaling_bench.py::test_one_round_of_real_runs_on_synthetic",
+    "tests/test_export.py::test_export_cli_package_matches_model",
+    "tests/test_own_data.py::test_train_evaluate_calibrate_export_on_a_spec_dataset",
+    "tests/test_export_standalone.py::test_export_with_only_a_calibrated_checkpoint",
+    "tests/test_quality_bench.py::test_fusion_ablation_refits_combiners_on_validation_and_reproduces_the_run",
+)
+"""Work units handed out before the others, longest first (durations of the CI runs on the 2-core
+VM): the longest units start early and the short tests fill the end, instead of a 3-minute test
+drawn last by one worker while the other idles."""
+
 
 def pytest_collection_modifyitems(config, items):
     """A test on the real SLURM cluster must sit in one of :data:`SLURM_TEST_FILES`."""
@@ -60,16 +89,29 @@ def pytest_xdist_make_scheduler(config, log):
     goes to one worker: the cluster is this machine's only one, some tests restart its
     controller, and the worker that started it stops it when its session ends. (The
     ``xdist_group`` mark does the same but is ignored with pytest 9.2 and xdist 3.8:
-    pytest-dev/pytest-xdist#1386.) The cluster's tests are one work unit, queued first as the
-    largest; every other test is a unit of its own, as with ``--dist load``."""
+    pytest-dev/pytest-xdist#1386.) The cluster's tests are one work unit, and so are the tests of
+    each of :data:`SHARED_FIXTURE_FILES` (but those in :data:`ALONE`); every other test is a unit
+    of its own, as with ``--dist load``. Units go out in the order of :data:`HEAVY_FIRST`, then
+    the rest in collection order."""
     if config.getvalue("dist") not in ("load", "loadgroup"):
         return None
     from xdist.scheduler import LoadGroupScheduling
 
+    rank = {scope: i for i, scope in enumerate(HEAVY_FIRST)}
+
     class ClusterTestsOnOneWorker(LoadGroupScheduling):
         def _split_scope(self, nodeid: str) -> str:
             file = nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
-            return "slurm-cluster" if file in SLURM_TEST_FILES else nodeid
+            if file in SLURM_TEST_FILES:
+                return "slurm-cluster"
+            if file in SHARED_FIXTURE_FILES and nodeid not in ALONE:
+                return file
+            return nodeid
+
+        def _assign_work_unit(self, node) -> None:
+            heaviest = min(self.workqueue, key=lambda scope: rank.get(scope, len(rank)))
+            self.workqueue.move_to_end(heaviest, last=False)  # min() keeps collection order among the rest
+            super()._assign_work_unit(node)
 
     return ClusterTestsOnOneWorker(config, log)
 
