@@ -64,8 +64,7 @@ HEAVY_FIRST = (
     "tests/test_sweep.py::test_local_sweep_of_the_student_notebook",
     "tests/test_fusion_export.py::test_export_cli_fusion_student_scores_like_window_score", "test_stream.py",
     "tests/test_quality_bench.py::test_quality_over_two_seeds_on_synthetic", "test_runs.py",
-    "tests/test_bench_train.py::test_bench_infer_smoke", "tests/test_scaling_bench.py::test_one_round_of_real_runs_on_synthetic",
-    "tests/test_export.py::test_export_cli_package_matches_model",
+    "exported-student", "tests/test_scaling_bench.py::test_one_round_of_real_runs_on_synthetic",
     "tests/test_own_data.py::test_train_evaluate_calibrate_export_on_a_spec_dataset",
     "tests/test_export_standalone.py::test_export_with_only_a_calibrated_checkpoint",
     "tests/test_quality_bench.py::test_fusion_ablation_refits_combiners_on_validation_and_reproduces_the_run",
@@ -90,7 +89,8 @@ def pytest_xdist_make_scheduler(config, log):
     controller, and the worker that started it stops it when its session ends. (The
     ``xdist_group`` mark does the same but is ignored with pytest 9.2 and xdist 3.8:
     pytest-dev/pytest-xdist#1386.) The cluster's tests are one work unit, and so are the tests of
-    each of :data:`SHARED_FIXTURE_FILES` (but those in :data:`ALONE`); every other test is a unit
+    each of :data:`SHARED_FIXTURE_FILES` (but those in :data:`ALONE`), and the two
+    :data:`EXPORTED_STUDENT_TESTS`; every other test is a unit
     of its own, as with ``--dist load``. Units go out in the order of :data:`HEAVY_FIRST`, then
     the rest in collection order."""
     if config.getvalue("dist") not in ("load", "loadgroup"):
@@ -106,6 +106,8 @@ def pytest_xdist_make_scheduler(config, log):
                 return "slurm-cluster"
             if file in SHARED_FIXTURE_FILES and nodeid not in ALONE:
                 return file
+            if nodeid in EXPORTED_STUDENT_TESTS:
+                return "exported-student"
             return nodeid
 
         def _assign_work_unit(self, node) -> None:
@@ -175,9 +177,7 @@ def slurm_cluster():
         subprocess.run(["bash", str(script), "stop"], capture_output=True, timeout=120)
 
 
-@pytest.fixture()
-def student_checkpoint(synthetic, tmp_path):
-    """A (random-weight) student checkpoint for the synthetic dataset, as FabricTrainer writes it."""
+def _save_student_checkpoint(synthetic, path: Path) -> Path:
     from kdkit.config import make_config
     from kdkit.data.graphs import EDGE_FEATURES, NODE_FEATURES
     from kdkit.training.checkpoint import CHECKPOINT_FORMAT
@@ -185,11 +185,40 @@ def student_checkpoint(synthetic, tmp_path):
 
     cfg = make_config(model="gat", type="student", dataset="synthetic", precision="32-true")
     model = build_student_or_teacher(cfg, synthetic)
-    path = tmp_path / "student.pt"
     torch.save({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "model_config": model.config,
                 "train_config": cfg.to_dict(), "vocab": synthetic.vocab.to_list(), "node_features": list(NODE_FEATURES),
                 "edge_features": list(EDGE_FEATURES), "threshold": 0.5}, path)
     return path
+
+
+@pytest.fixture()
+def student_checkpoint(synthetic, tmp_path):
+    """A (random-weight) student checkpoint for the synthetic dataset, as FabricTrainer writes it."""
+    return _save_student_checkpoint(synthetic, tmp_path / "student.pt")
+
+
+EXPORTED_STUDENT_TESTS = ("tests/test_export.py::test_export_cli_package_matches_model",
+                          "tests/test_bench_train.py::test_bench_infer_smoke")
+"""The tests of the ``exported_student`` fixture: one xdist unit, so that the package is compiled once."""
+
+
+@pytest.fixture(scope="session")
+def exported_student(synthetic, tmp_path_factory):
+    """The :func:`student_checkpoint` (seeded: the same weights) exported by ``kdkit export
+    --json`` once per session (the AOT compile is ~1 min on a small CPU): (the checkpoint, the
+    ``.pt2`` package, the command's JSON output)."""
+    import contextlib
+    import io
+    import json
+
+    from kdkit.cli.main import main
+
+    base = tmp_path_factory.mktemp("exported_student")
+    checkpoint = _save_student_checkpoint(synthetic, base / "student.pt")
+    out = base / "gateway" / "student.pt2"
+    with contextlib.redirect_stdout(io.StringIO()) as stdout:
+        assert main(["export", "--checkpoint", str(checkpoint), "--out", str(out), "--json"]) == 0
+    return checkpoint, out, json.loads(stdout.getvalue())
 
 
 def load_benchmark(name: str):

@@ -75,7 +75,20 @@ def test_bench_train_worker_runs_isolated(synthetic):
     assert r["graphs"] == 16 and r["graphs_per_s"] > 0 and r["peak_mib"] > 0 and r["precision"] == "32-true"
 
 
-def test_bench_infer_smoke(student_checkpoint, capsys):
+def test_bench_infer_smoke(exported_student, capsys, monkeypatch):
+    import shutil
+    from pathlib import Path
+
+    import kdkit.bench.infer
+
+    student_checkpoint, package, _ = exported_student
+
+    def export_checkpoint(checkpoint, out):  # the session's `kdkit export` of this checkpoint (a 1 min AOT compile)
+        assert Path(checkpoint) == student_checkpoint
+        for suffix in (".pt2", ".json"):
+            shutil.copyfile(package.with_suffix(suffix), Path(out).with_suffix(suffix))
+
+    monkeypatch.setattr(kdkit.bench.infer, "export_checkpoint", export_checkpoint)
     rc = main(["bench", "infer", "--checkpoint", str(student_checkpoint), "--variants",
                "fp32-eager,fp32-scorer,bf16-eager,fp32-aot", "--seconds", "0.3", "--single", "30", "--batch-size", "64",
                "--rounds", "2", "--end-to-end-repeats", "1", "--json"])
