@@ -47,7 +47,7 @@ SLURM_TEST_FILES = ("test_requeue_cluster.py", "test_slurm_cluster.py", "test_sw
 
 SHARED_FIXTURE_FILES = ("test_notebooks.py", "test_report_browser.py", "test_fusion.py", "test_stream.py",
                         "test_realdata.py", "test_preemption.py", "test_runs.py", "test_calibrate.py",
-                        "test_evaluate_input.py")
+                        "test_evaluate_input.py", "test_gateway_notebook.py", "test_simulate.py")
 """Test files whose module-scoped fixtures are expensive (notebook runs through papermill, trained
 runs, an exported package, the real dataset prepared): each file's tests go to one pytest-xdist
 worker, so that the fixture is built once, not once on every worker that draws one of its tests."""
@@ -63,7 +63,7 @@ HEAVY_FIRST = (
     "tests/test_speedups.py::test_compiled_gat_fit_keeps_the_module_and_matches_checkpoint",
     "tests/test_sweep.py::test_local_sweep_of_the_student_notebook",
     "tests/test_fusion_export.py::test_export_cli_fusion_student_scores_like_window_score", "test_stream.py",
-    "tests/test_quality_bench.py::test_quality_over_two_seeds_on_synthetic", "test_runs.py",
+    "test_gateway_notebook.py", "tests/test_quality_bench.py::test_quality_over_two_seeds_on_synthetic", "test_runs.py",
     "exported-student", "tests/test_scaling_bench.py::test_one_round_of_real_runs_on_synthetic",
     "tests/test_own_data.py::test_train_evaluate_calibrate_export_on_a_spec_dataset",
     "tests/test_export_standalone.py::test_export_with_only_a_calibrated_checkpoint",
