@@ -220,9 +220,10 @@ def window_graph(ts: np.ndarray, ids: np.ndarray, dlc: np.ndarray, payload: np.n
     """
     if ts.shape[0] < 2:
         raise ValueError(f"a window needs at least 2 messages, got {ts.shape[0]}")
-    ts, ids, dlc, payload, vocab_ids = (_as_kernel_arg(a, t) for a, t in ((ts, np.float64), (ids, np.uint32), (dlc, np.uint8),
-                                                                     (payload, np.uint8), (vocab.ids, np.uint32)))
-    return WindowGraph(*_kernel()(ts, ids, dlc, payload, float(ts[0]) if prev_ts is None else float(prev_ts), vocab_ids))
+    ts, ids, dlc = _as_kernel_arg(ts, np.float64), _as_kernel_arg(ids, np.uint32), _as_kernel_arg(dlc, np.uint8)
+    payload, vocab_ids = _as_kernel_arg(payload, np.uint8), _as_kernel_arg(vocab.ids, np.uint32)
+    prev = float(ts[0]) if prev_ts is None else float(prev_ts)  # the stream's first window: a gap of 0
+    return WindowGraph(*_kernel()(ts, ids, dlc, payload, prev, vocab_ids))
 
 
 def _as_kernel_arg(a: np.ndarray, dtype) -> np.ndarray:
