@@ -5,6 +5,7 @@ Run: .venv/bin/python -m pytest tests/test_batch_sizer.py -q
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import numpy as np
@@ -321,3 +322,28 @@ def test_cpu_bf16_verdict_is_measured_once_per_machine(monkeypatch, tmp_path):
     monkeypatch.setattr(trainer, "_stored_bf16_speedup", lambda: None)
     measured = trainer.measure_cpu_bf16_speedup()
     assert measured > 0 and json.loads(path.read_text())[key] == round(measured, 3)
+
+
+def test_peak_memory_is_exact_for_a_peak_no_sample_sees_and_for_nested_blocks():
+    import mmap
+
+    from kdkit.training import memory
+
+    if memory._hwm_bytes() is None or not memory._reset_hwm():
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI runs on Linux: /proc/self/clear_refs must reset VmHWM")
+        pytest.skip("no /proc/self/clear_refs: RSS peaks are sampled here")
+
+    def touch_and_unmap(mib):  # fresh pages whatever the malloc tuning of earlier tests
+        block = mmap.mmap(-1, mib * 2**20)
+        np.frombuffer(block, dtype=np.uint8)[:] = 1
+        block.close()
+
+    # an hour between samples: only the kernel's high-water mark can see these peaks
+    with PeakMemory("cpu", interval=3600) as outer:
+        touch_and_unmap(96)
+        with PeakMemory("cpu", interval=3600) as inner:  # resets the mark: the outer peak must survive
+            touch_and_unmap(40)
+    assert "VmHWM" in outer.how
+    assert 95 * 2**20 <= outer.peak_bytes < 110 * 2**20
+    assert 39 * 2**20 <= inner.peak_bytes < 54 * 2**20

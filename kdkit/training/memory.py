@@ -63,6 +63,34 @@ def _ru_maxrss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
+def _hwm_bytes() -> int | None:
+    """The kernel's peak RSS of this process (``VmHWM``) since start or the last reset."""
+    try:
+        with open("/proc/self/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_hwm() -> bool:
+    """Reset ``VmHWM`` to the current RSS (Linux >= 4.0: ``echo 5 > /proc/self/clear_refs``)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+# CPU blocks whose peak is the kernel's VmHWM. Each reset of the process-wide mark first folds the
+# mark so far into every open block, so nested blocks (a batch-size probe inside a phase) stay exact.
+_HWM_LOCK = threading.Lock()
+_HWM_OPEN: list["PeakMemory"] = []
+
+
 def trim_heap(collect: bool = True) -> None:
     """Give freed heap back to the OS (glibc ``malloc_trim``), so RSS growth measured next is
     not hidden by memory an earlier step left in the allocator; first collect garbage cycles
@@ -76,11 +104,16 @@ def trim_heap(collect: bool = True) -> None:
 
 
 class PeakMemory:
-    """Peak memory of this process inside a ``with`` block (see the module docstring).
+    """Peak memory of this process inside a ``with`` block.
+
+    On CPU the peak RSS is the kernel's own high-water mark (``VmHWM``, reset at the start of
+    the block), so a peak shorter than any sampling interval still counts; where that reset is
+    not available (not Linux) a thread samples RSS every ``interval`` seconds, and getrusage's
+    lifetime ``ru_maxrss`` is used when it rose inside the block.
 
     Args:
         device: ``"cpu"`` or a CUDA device; CUDA measures allocator bytes, CPU measures RSS.
-        interval: seconds between RSS samples on CPU (default 0.001).
+        interval: seconds between RSS (and allocator) samples on CPU (default 0.001).
 
     After the block: ``peak_bytes`` (CUDA: peak allocated; CPU: peak RSS growth over the
     start), ``start_bytes`` and ``how`` (a one-line description of the method). On CPU with
@@ -114,10 +147,18 @@ class PeakMemory:
             self.start_bytes = torch.cuda.memory_allocated(self.device)
             self.how = "torch.cuda.max_memory_allocated after reset_peak_memory_stats"
             return self
+        with _HWM_LOCK:
+            hwm = _hwm_bytes()
+            for block in _HWM_OPEN:
+                block._max = max(block._max, hwm)
+            self._hwm = hwm is not None and _reset_hwm()
+            if self._hwm:
+                _HWM_OPEN.append(self)
         self.start_bytes = self._max = _rss_bytes()
         self.alloc_start_bytes = self._alloc_max = allocated_bytes()
         self._ru_start = _ru_maxrss_bytes()
-        self.how = "peak RSS growth: 1 ms RSS samples, or getrusage ru_maxrss when it rose"
+        self.how = ("peak RSS growth: the kernel's VmHWM, reset at the start" if self._hwm else
+                    f"peak RSS growth: {self.interval * 1e3:g} ms RSS samples, or getrusage ru_maxrss when it rose")
         self._stop.clear()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -131,6 +172,10 @@ class PeakMemory:
         self._stop.set()
         self._thread.join()
         peak = max(self._max, _rss_bytes())
+        if self._hwm:  # exact: no sample can miss a short peak
+            with _HWM_LOCK:
+                peak = max(peak, _hwm_bytes() or 0)
+                _HWM_OPEN.remove(self)
         ru = _ru_maxrss_bytes()
         if ru > self._ru_start:  # a new lifetime peak was reached inside the block: exact
             peak = max(peak, ru)
