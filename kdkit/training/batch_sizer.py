@@ -255,6 +255,7 @@ class DynamicBatchSizer:
                 raise
             oom = True  # handled outside the except block, so the failed step's tensors are freed
         self._probe_opt.zero_grad(set_to_none=True)
+        self._measured_by = meter.how
         if oom:
             release_memory()
             return None
@@ -337,5 +338,7 @@ class DynamicBatchSizer:
                                seconds=round(time.perf_counter() - t0, 3), measured_by=self._how())
 
     def _how(self) -> str:
+        if getattr(self, "_measured_by", None):  # what the last probe's PeakMemory used
+            return self._measured_by
         return ("torch.cuda.max_memory_allocated after reset_peak_memory_stats" if self.device.type == "cuda"
-                else "peak RSS growth: 1 ms RSS samples, or getrusage ru_maxrss when it rose")
+                else "peak RSS growth (kdkit.training.memory.PeakMemory)")

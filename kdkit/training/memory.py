@@ -109,7 +109,8 @@ class PeakMemory:
     On CPU the peak RSS is the kernel's own high-water mark (``VmHWM``, reset at the start of
     the block), so a peak shorter than any sampling interval still counts; where that reset is
     not available (not Linux) a thread samples RSS every ``interval`` seconds, and getrusage's
-    lifetime ``ru_maxrss`` is used when it rose inside the block.
+    lifetime ``ru_maxrss`` is used when it rose inside the block. The reset is process-wide:
+    after a block, ``VmHWM`` and ``ru_maxrss`` no longer hold the process's lifetime peak.
 
     Args:
         device: ``"cpu"`` or a CUDA device; CUDA measures allocator bytes, CPU measures RSS.
