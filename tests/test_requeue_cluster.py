@@ -7,7 +7,7 @@ Three real ``kdkit train`` jobs of one config (synthetic data, a small GAT, no c
 is logged (the marker), saves last.pt at its current step, requeues itself and resumes; ``out``
 (``max_requeues=0``) stops the same way, ends FAILED with exit code 85 and is resumed by
 ``kdkit slurm resubmit``. All three must end with identical weights and history. Slurm holds a
-requeued job for ~2 min (Reason=BeginTime); the test releases it at once (``scontrol update
+requeued job for ~2 min (Reason=BeginTime); the test releases it 3 s later (``scontrol update
 StartTime=now``) to keep the wall time near 2 min. Skips without Slurm or the real ``kdkit``,
 except under CI=true, where it fails.
 """
@@ -75,6 +75,10 @@ def _release_when_held(job: str, timeout: float = 120) -> str:
     while time.monotonic() < deadline:
         text = _scontrol(job)
         if "Reason=BeginTime" in text:
+            # not at once: slurmd refuses a launch whose credential is from the same second as the revocation
+            # of the killed attempt's ("Job credential revoked", the job then ends FAILED with no output); the
+            # ~2 min hold Slurm itself puts on a requeued job is there for that
+            time.sleep(3)
             subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, timeout=30)
             return text
         time.sleep(0.5)
