@@ -165,3 +165,12 @@ def test_calibrate_on_the_real_rav4_log(gat_checkpoint, tmp_path, capsys):
     assert main(["calibrate", "--checkpoint", str(gat_checkpoint), "--clean", str(RAV4), "--channel", "can9",
                  "--out", str(tmp_path / "x.pt")]) == 2
     assert f"{RAV4}: no data frames on channel 'can9'" in capsys.readouterr().err
+
+
+def test_adapt_refuses_a_gat_checkpoint_and_names_the_alternative(gat_checkpoint, clean_folder, tmp_path, capsys):
+    out = tmp_path / "adapted.pt"
+    assert main(["calibrate", "--adapt", "--checkpoint", str(gat_checkpoint), "--clean", str(clean_folder),
+                 "--out", str(out)]) != 0
+    err = capsys.readouterr().err
+    assert "--adapt needs a fusion checkpoint" in err and "is a gat model" in err and "without --adapt" in err
+    assert not out.exists()

@@ -1,16 +1,45 @@
-"""``kdkit calibrate``: re-set a checkpoint's threshold for a new car from its attack-free recordings.
+"""``kdkit calibrate``: re-set a checkpoint's threshold for a new car from its attack-free recordings,
+or (``--adapt``, fusion checkpoints) adapt it to that car: its IDs, their timing and the score scales.
 
     kdkit calibrate --checkpoint best.pt --clean rav4-clean.log.gz --channel can0 --fpr 0.01 --out best_rav4.pt
+    kdkit calibrate --adapt --checkpoint fusion.pt --clean rav4-clean.log.gz --channel can0 --out fusion_rav4.pt
 """
 from __future__ import annotations
 
 import argparse
 import json
 
-from kdkit.workflows.calibrate import calibrate_checkpoint
+from kdkit.workflows.calibrate import adapt_checkpoint, calibrate_checkpoint
+
+
+def _print_adapted(res: dict) -> None:
+    for f in res["files"]:
+        note = f", {f['left_out_attack_windows']:,} attack windows left out" if f["left_out_attack_windows"] else ""
+        print(f"{f['path']}: {f['windows']:,} clean windows{note}")
+
+    def rate(r):
+        return "-" if r is None else f"{r:.2%}"
+
+    print(f"adapted on {res['windows']:,} clean windows (fpr {res['fpr']:g}): the car sends {res['ids_of_the_car']:,} IDs, "
+          f"{res['ids_shared_with_training']:,} known from training, {res['ids_added']:,} added to the vocabulary "
+          f"(e.g. {', '.join(res['added_id_examples']) or '-'}); {res['ids_profiled']:,} IDs with a timing profile")
+    print(f"on the clean windows: alarm rate {rate(res['alarm_rate_before'])} -> {rate(res['alarm_rate_after'])}, "
+          f"judged as an unknown vehicle {rate(res['unknown_vehicle_share_before'])} -> "
+          f"{rate(res['unknown_vehicle_share_after'])}")
+    for w in res["warnings"]:
+        print(f"note: {w}")
+    print(f"written {res['out']} (the weights are the checkpoint's; vocabulary, ID profiles and combiner re-fitted)")
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    if args.adapt:
+        res = adapt_checkpoint(args.checkpoint, args.clean, args.out, fpr=args.fpr, channel=args.channel,
+                               on_bad_rows=args.on_bad_rows, allow_attacks=args.allow_attacks, force=args.force)
+        if args.json:
+            print(json.dumps(res, indent=2))
+        else:
+            _print_adapted(res)
+        return 0
     res = calibrate_checkpoint(args.checkpoint, args.clean, args.out, fpr=args.fpr, channel=args.channel,
                                on_bad_rows=args.on_bad_rows, allow_attacks=args.allow_attacks, force=args.force)
     if args.json:
@@ -36,7 +65,9 @@ def register(sub) -> None:
                        description="Score every window of a new car's attack-free recordings with the checkpoint and "
                                    "write a copy whose threshold keeps their alarm rate <= --fpr. Only the threshold "
                                    "changes: the model still knows only the IDs of the car it was trained on, so a "
-                                   "new car needs its own attack-free recording.")
+                                   "new car needs its own attack-free recording. With --adapt (fusion checkpoints) "
+                                   "the model learns the new car's IDs, their timing and its score scales from "
+                                   "those recordings, keeping its trained weights.")
     p.add_argument("--checkpoint", required=True, help="a kdkit GAT or VGAE checkpoint (best.pt)")
     p.add_argument("--clean", required=True, nargs="+", metavar="FILE_OR_FOLDER",
                    help="attack-free recordings of the new car (any format kdkit reads; a folder: every recording "
@@ -50,6 +81,10 @@ def register(sub) -> None:
     p.add_argument("--allow-attacks", action="store_true",
                    help="recordings with labelled attack rows: calibrate on their attack-free windows instead of "
                         "refusing them")
+    p.add_argument("--adapt", action="store_true",
+                   help="fusion checkpoints: adapt the model to the new car instead of moving the threshold: the "
+                        "car's IDs join the vocabulary, their timing profiles and the combiner's scales and "
+                        "thresholds are re-fitted on the clean recordings (the trained weights stay)")
     p.add_argument("--force", action="store_true", help="allow --out to be the checkpoint itself (replaced)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_calibrate)

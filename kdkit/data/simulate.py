@@ -300,6 +300,37 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def simulate_drive(path: str | os.PathLike, vehicle: str = "charlie", seed: int = 0, duration_s: float = 10.0,
+                   attack: str = "attack-free", drive: str = "drive") -> Path:
+    """Write one more recording of a simulated vehicle: e.g. a clean drive of the unknown vehicle
+    ``charlie`` to adapt a model to it (``kdkit calibrate --adapt``), its test files untouched.
+
+    Args:
+        path: the CSV file to write (``.csv`` or ``.csv.gz``).
+        vehicle: ``alpha``, ``bravo`` or ``charlie`` of the data set of the same ``seed``.
+        seed: the data set's seed (the vehicles' profiles).
+        duration_s: seconds of traffic.
+        attack: ``attack-free`` or one of the simulator's attack types.
+        drive: names the drive; other names give other noise and attack times. Default ``drive``.
+    """
+    ids = _vehicle_ids(seed)
+    if vehicle not in ids:
+        raise ValueError(f"vehicle {vehicle!r}: choose one of {sorted(ids)}")
+    if attack != "attack-free" and attack not in ATTACKS:
+        raise ValueError(f"attack {attack!r}: choose attack-free or one of {sorted(ATTACKS)}")
+    if duration_s <= 0:
+        raise ValueError("duration_s must be positive")
+    cols, _targets = _recording(seed, f"{drive}/{attack}-{vehicle}", _profile(seed, vehicle, ids[vehicle]), attack,
+                                duration_s, 1.0)
+    data = _format_csv(*cols)
+    out = Path(path)
+    if out.name.endswith(".gz"):
+        data = _gzip.compress(data, compresslevel=6, mtime=0)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out, data)
+    return out
+
+
 def simulate(out_dir: str | os.PathLike, seed: int = 0, duration_s: float = 10.0,
              scale: float = 1.0, gzip: bool = False) -> Path:
     """Write a synthetic can-train-and-test style data set.

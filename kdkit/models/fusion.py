@@ -478,7 +478,8 @@ def _class_balanced(y: np.ndarray) -> np.ndarray:
 
 
 def fit_combiner(combiner: Combiner, known: tuple[np.ndarray, np.ndarray], unknown: tuple[np.ndarray, np.ndarray],
-                 quantile: float = 0.999, seed: int = 0, reference: np.ndarray | None = None) -> dict:
+                 quantile: float = 0.999, seed: int = 0, reference: np.ndarray | None = None,
+                 keep_weights: bool = False) -> dict:
     """Fit every buffer of ``combiner`` on validation parts; returns a record of the fit.
 
     Args:
@@ -490,6 +491,9 @@ def fit_combiner(combiner: Combiner, known: tuple[np.ndarray, np.ndarray], unkno
         seed: seeds the ``mlp`` fit.
         reference: ``[n]`` bool, the attack-free windows that calibrate (standardisation, thresholds,
             the vehicle-mode count); default every attack-free window (see :func:`calibration_windows`).
+        keep_weights: re-fit only what attack-free windows set (the vehicle-mode count, the
+            standardisation, the thresholds) and keep the learned weights of a ``logistic``/``mlp``/
+            ``policy`` combiner: the re-calibration for another car (:func:`adapt_to_vehicle`).
 
     Only validation data enter: the weights (``logistic``/``mlp``/``policy``) see the labelled
     validation windows; the standardisation and the thresholds only their attack-free (reference) windows.
@@ -497,7 +501,7 @@ def fit_combiner(combiner: Combiner, known: tuple[np.ndarray, np.ndarray], unkno
     Raises:
         ValueError: no attack-free windows in a view, or a learned kind without attack windows.
     """
-    record: dict[str, Any] = {"kind": combiner.kind, "quantile": quantile, "modes": {}}
+    record: dict[str, Any] = {"kind": combiner.kind, "quantile": quantile, "modes": {}, "weights_kept": keep_weights}
     state = {k: v.clone() for k, v in combiner.state_dict().items()}
     ref = np.ones(len(known[1]), bool) if reference is None else np.asarray(reference, bool)
     if ref.shape != (len(known[1]),):
@@ -523,7 +527,7 @@ def fit_combiner(combiner: Combiner, known: tuple[np.ndarray, np.ndarray], unkno
         if not normal.any():
             raise ValueError(f"fit_combiner: no attack-free validation windows of a {name} vehicle; the "
                              "standardisation and the threshold need them")
-        if combiner.kind != "max" and normal.all():
+        if combiner.kind != "max" and normal.all() and not keep_weights:
             raise ValueError(f"fit_combiner: combiner {combiner.kind!r} learns from labelled validation windows, "
                              "and the validation windows hold no attack; use combiner 'max' (attack-free "
                              "validation data suffice for it)")
@@ -533,7 +537,9 @@ def fit_combiner(combiner: Combiner, known: tuple[np.ndarray, np.ndarray], unkno
         state["center"][mode] = torch.as_tensor(center)
         state["scale"][mode] = torch.as_tensor(scale)
         z = (t - center) / scale * used
-        if combiner.kind == "logistic":
+        if keep_weights:
+            pass
+        elif combiner.kind == "logistic":
             lr = LogisticRegression(C=1.0, max_iter=2000).fit(z[:, used], y, sample_weight=_class_balanced(y))
             w = np.zeros(len(PARTS))
             w[used] = lr.coef_[0]
@@ -650,3 +656,65 @@ def fit_after_training(model: FusionModel, train, val, quantile: float = 0.999, 
     read. Returns the combiner's fit record with the profile's under ``"profile"``."""
     record = {"profile": fit_profile(model.profile, train)}
     return {**fit_on_validation(model, val, quantile, seed), **record}
+
+
+# ----------------------------------------------------------------------------- another car
+def id_table_keys(config: dict) -> list[str]:
+    """The state-dict entries of a fusion model with one row per vocabulary index (ID embeddings,
+    the ID decoder's bias, the ID profiles): those whose first dimension follows ``num_ids``."""
+    with torch.device("meta"):
+        a = FusionModel(**{**_model_kwargs(config), "num_ids": 2}).state_dict()
+        b = FusionModel(**{**_model_kwargs(config), "num_ids": 3}).state_dict()
+    keys = [k for k in a if a[k].shape != b[k].shape]
+    for k in keys:
+        if a[k].shape[1:] != b[k].shape[1:]:
+            raise RuntimeError(f"{k}: a vocabulary-sized tensor whose other dimensions change too")
+    return keys
+
+
+def _model_kwargs(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k != "kind"}
+
+
+def extend_vocabulary(state: dict[str, Tensor], config: dict, vocab: list[int], new_ids) -> tuple[dict, dict, list[int]]:
+    """A fusion model's state with ``new_ids`` added to its ID vocabulary.
+
+    The vocabulary stays sorted (index ``i + 1`` <-> ``vocab[i]``, 0 the out-of-vocabulary bucket),
+    so every vocabulary-sized table (:func:`id_table_keys`) is re-indexed: a known ID keeps its
+    row, a new ID starts as a copy of the out-of-vocabulary row, so the network sees it exactly as
+    it saw any unseen ID before; what changes is that the new ID now has its own slot for a
+    timing profile and no longer counts as out-of-vocabulary evidence.
+
+    Returns ``(state, config, vocab)``: new objects; the arguments are not modified.
+    """
+    old = [int(i) for i in vocab]
+    merged = sorted(set(old) | {int(i) for i in new_ids})
+    where = {can_id: k + 1 for k, can_id in enumerate(old)}
+    rows = torch.tensor([0] + [where.get(i, 0) for i in merged])
+    out = dict(state)
+    for key in id_table_keys(config):
+        if state[key].size(0) != len(old) + 1:
+            raise ValueError(f"{key} has {state[key].size(0)} rows, the vocabulary {len(old)} IDs + the OOV bucket")
+        out[key] = state[key].index_select(0, rows).clone()
+    return out, {**config, "num_ids": len(merged) + 1}, merged
+
+
+def adapt_to_vehicle(model: FusionModel, clean, quantile: float = 0.99) -> dict:
+    """Re-fit a fusion model's per-car parts on attack-free windows of another car.
+
+    The ID profiles (:func:`fit_profile`) and, keeping any learned weights, the combiner's
+    vehicle-mode count, standardisation and thresholds (:func:`fit_combiner` with
+    ``keep_weights``) are fitted on ``clean`` (a GraphSet of the car's attack-free windows, built
+    with the model's vocabulary, the car's IDs added by :func:`extend_vocabulary`). The trained
+    weights do not change. Returns the fit record (``profile`` and ``combiner``).
+    """
+    if not bool(model.combiner.fitted):
+        raise ValueError("adapt_to_vehicle: the model's combiner was never fitted (kdkit train fits it)")
+    y = clean.y.numpy()
+    if (y != 0).any():
+        raise ValueError(f"adapt_to_vehicle: {int((y != 0).sum())} of the {len(y)} windows are labelled attacks; "
+                         "pass the attack-free windows only")
+    profile = fit_profile(model.profile, clean)
+    known, hidden = predict_parts(model, clean), predict_parts(model, clean, ids_hidden=True)
+    combiner = fit_combiner(model.combiner, (known, y), (hidden, y), quantile=quantile, keep_weights=True)
+    return {"profile": profile, "combiner": combiner}

@@ -88,7 +88,7 @@ def _reset_hwm() -> bool:
 # CPU blocks whose peak is the kernel's VmHWM. Each reset of the process-wide mark first folds the
 # mark so far into every open block, so nested blocks (a batch-size probe inside a phase) stay exact.
 _HWM_LOCK = threading.Lock()
-_HWM_OPEN: list["PeakMemory"] = []
+_HWM_OPEN: list[PeakMemory] = []
 
 
 def trim_heap(collect: bool = True) -> None:

@@ -25,13 +25,19 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from kdkit.data.datasets import file_sha256
+from kdkit.data.graphs import GraphSet, IdVocab, build_graphs
+from kdkit.data.readers import read_messages
+from kdkit.models.fusion import PROFILE_MIN_WINDOWS, adapt_to_vehicle, extend_vocabulary, predict_parts
 from kdkit.models.thresholds import is_attack, quantile_threshold
-from kdkit.training.checkpoint import atomic_torch_save, load_checkpoint, provenance
+from kdkit.reporting.metrics import predict_scores
+from kdkit.training.checkpoint import atomic_torch_save, load_checkpoint, model_from_checkpoint, provenance, vocab_hash
 from kdkit.workflows.scoring import (
     alarm_summary,
     check_channel,
+    is_logger_file,
     load_scoring_model,
     oov_warning,
     recording_files,
@@ -184,3 +190,133 @@ def calibrate_checkpoint(checkpoint: str | Path, clean: Sequence[str | Path], ou
             "alarms_after": int(is_attack(scores, new).sum()), "scores": summary["scores"],
             "oov_node_share": summary["oov_node_share"], "family": sm.family, "files": per_file,
             "warnings": warnings}
+
+
+ADAPT_HINT = ("adapted: this car's IDs, their timing and the score scales now come from its clean recordings; "
+              "detection on this car is unknown until it is measured on labelled attacks of it")
+
+
+def adapt_checkpoint(checkpoint: str | Path, clean: Sequence[str | Path], out: str | Path, fpr: float = 0.01,
+                     channel: str | None = None, on_bad_rows: str | None = None, allow_attacks: bool = False,
+                     force: bool = False) -> dict:
+    """Adapt a fusion checkpoint to a new car from that car's attack-free recordings (``kdkit
+    calibrate --adapt``); write the adapted copy to ``out``.
+
+    A threshold alone cannot make a model trained on one car useful on another: the new car's IDs
+    are all unknown to it, so it judges the car in the unknown-vehicle mode with the known car's
+    score scales. Adapting keeps every trained weight and re-fits what belongs to the car, from
+    its clean windows only: the car's IDs join the vocabulary (:func:`~kdkit.models.fusion.extend_vocabulary`:
+    each starts as the unknown-ID embedding), each ID's timing profile is learned, and the
+    combiner's vehicle-mode count, standardisation and thresholds are re-fitted so that at most
+    ``fpr`` of the clean windows alarm (:func:`~kdkit.models.fusion.adapt_to_vehicle`). The car
+    is then a known vehicle: an ID it never sends is suspicious again, and an ID off its own
+    timing is seen by the profile.
+
+    Args and the written file as :func:`calibrate_checkpoint`; the optimizer state is left out
+    (the adapted copy cannot be resumed: it scores, exports and streams). Needs at least
+    ``max(ceil(1 / fpr), 20)`` clean windows.
+
+    Returns:
+        ``{"checkpoint", "out", "fpr", "windows", "ids_before", "ids_added", "ids_profiled",
+        "alarm_rate_before", "alarm_rate_after", "unknown_vehicle_share_before", "files", ...}``.
+
+    Raises:
+        FileNotFoundError, ValueError: as :func:`calibrate_checkpoint`; a checkpoint that is not
+            a fusion model with a fitted combiner.
+    """
+    check_fpr(fpr)
+    checkpoint, out = Path(checkpoint), Path(out)
+    if out.exists() and out.resolve() == checkpoint.resolve() and not force:
+        raise ValueError(f"--out {out} is the checkpoint being adapted: it would be replaced; write the adapted copy "
+                         "elsewhere, or pass --force to replace it")
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder: give the new checkpoint's file name (e.g. {out / 'adapted.pt'})")
+    files = recording_files(clean, "--clean")
+    check_channel(files, channel)
+    sm = load_scoring_model(checkpoint, "adapted")
+    if sm.family != "fusion":
+        raise ValueError(f"--adapt needs a fusion checkpoint (kdkit train --model fusion), {checkpoint} is a "
+                         f"{sm.family} model: only a fusion model has the per-car parts (ID profiles, a vehicle-mode "
+                         "combiner) to re-fit; calibrate its threshold instead (kdkit calibrate without --adapt)")
+    bad = on_bad_rows or (sm.ckpt.get("train_config") or {}).get("on_bad_rows") or "error"
+    msgs, entries, attacks = [], [], []
+    for f in files:
+        m = read_messages(f, on_bad_rows=bad, channel=channel if is_logger_file(f) else None)
+        n_attack = int(m.label.sum())
+        if n_attack and not allow_attacks:
+            attacks.append(f"{f}: {n_attack:,} of {len(m):,} messages are labelled attacks")
+        msgs.append(m)
+        entries.append({"path": str(f.resolve()), "sha256": file_sha256(f), "messages": len(m), "attack_messages": n_attack,
+                        "skipped_rows": m.skipped_rows, "skipped_attack_rows": m.skipped_attack_rows})
+    if attacks:
+        raise ValueError("--clean takes attack-free recordings, and these hold labelled attacks: " + "; ".join(attacks)
+                         + ". Remove them, or pass --allow-attacks to adapt on their attack-free windows only")
+    window, stride = int(sm.graph["window"]), int(sm.graph["stride"])
+    label_threshold = float(sm.graph.get("label_threshold") or 0.0)
+    # the car's IDs: those of its normal traffic (an attack row's ID is not the car's)
+    seen = np.unique(np.concatenate([m.can_id[m.label == 0] for m in msgs])) if msgs else np.zeros(0, np.uint32)
+    before_parts = [build_graphs(m, sm.vocab, window, stride, label_threshold) for m in msgs]
+    before_scores = np.concatenate([predict_scores(sm.model, g) for g in before_parts if len(g)] or
+                                   [np.zeros(0, np.float32)])
+    before_keep = np.concatenate([g.y.numpy() == 0 for g in before_parts if len(g)] or [np.zeros(0, bool)])
+    before_mode = np.concatenate([_unknown_mode(sm.model, g) for g in before_parts if len(g)] or [np.zeros(0, bool)])
+
+    state, config, vocab = extend_vocabulary(sm.ckpt["model"], sm.ckpt["model_config"], sm.ckpt["vocab"], seen.tolist())
+    ckpt = {k: v for k, v in sm.ckpt.items() if k not in ("optimizer", "scheduler", "kd", "rng", "rng_other")}
+    ckpt.update(model=state, model_config=config, vocab=vocab)
+    model = model_from_checkpoint(ckpt, checkpoint).eval()
+    ids = IdVocab.from_list(vocab)
+    graphs = [build_graphs(m, ids, window, stride, label_threshold) for m in msgs]
+    for g, entry in zip(graphs, entries):
+        entry["windows"] = int((g.y == 0).sum())
+        entry["left_out_attack_windows"] = int((g.y != 0).sum())
+    graphs = [g.subset(np.flatnonzero(g.y.numpy() == 0)) for g in graphs if len(g)]
+    n = sum(len(g) for g in graphs)
+    need = max(windows_needed(fpr), PROFILE_MIN_WINDOWS)
+    if n < need:
+        raise ValueError(f"--adapt with --fpr {fpr:g} needs at least {need:,} clean windows, and the {len(files)} "
+                         f"recording(s) give {n:,} (window {window:,}, stride {stride:,}: about "
+                         f"{(need - 1) * stride + window:,} messages are needed); record more attack-free traffic"
+                         + (f", or raise --fpr to at least {1.0 / max(n, 1):.3g}" if n >= PROFILE_MIN_WINDOWS else ""))
+    clean_gs = GraphSet.concat(graphs) if len(graphs) > 1 else graphs[0]
+    fit = adapt_to_vehicle(model, clean_gs, quantile=1.0 - fpr)
+    scores = predict_scores(model, clean_gs)
+    if not np.isfinite(scores).all():
+        raise ValueError(f"the adapted model gives {int((~np.isfinite(scores)).sum())} NaN or infinite scores on the "
+                         "clean windows; nothing was written")
+    ckpt["model"] = {k: v.detach().clone() for k, v in model.state_dict().items()}  # the re-fitted profile and combiner
+    threshold = float(sm.threshold)
+    after = float(is_attack(scores, threshold).mean())
+    before = float(is_attack(before_scores[before_keep], threshold).mean()) if before_keep.any() else None
+    added = sorted(set(vocab) - set(sm.ckpt["vocab"]))
+    record = {"kind": "adapt", "files": entries, "channel": channel, "fpr": fpr, "windows": int(n),
+              "ids_before": len(sm.ckpt["vocab"]), "ids_added": len(added), "ids_of_the_car": int(seen.size),
+              "ids_shared_with_training": int(seen.size) - len(added),
+              "ids_profiled": fit["profile"]["ids_profiled"], "combiner": fit["combiner"],
+              "alarm_rate_before": before, "alarm_rate_after": after,
+              "from_checkpoint": str(checkpoint.resolve()), "from_checkpoint_sha256": file_sha256(checkpoint),
+              "allow_attacks": allow_attacks, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    prov = copy.deepcopy(provenance(sm.ckpt, checkpoint))
+    prov["calibration"] = record
+    prov["calibrations"] = [*prov.get("calibrations", []), record]
+    prov["vocab_hash"], prov["vocab_size"] = vocab_hash(vocab), len(vocab)
+    ckpt["provenance"] = prov
+    atomic_torch_save(ckpt, out)
+    load_checkpoint(out)
+    log.info("adapted %s to %d clean windows: %d IDs added (%d profiled), alarm rate %s -> %.4f; written to %s",
+             checkpoint, n, len(added), fit["profile"]["ids_profiled"],
+             "-" if before is None else f"{before:.4f}", after, out)
+    return {"checkpoint": str(checkpoint), "out": str(out), "fpr": fpr, "windows": int(n), "windows_needed": need,
+            "ids_before": record["ids_before"], "ids_added": len(added), "ids_of_the_car": int(seen.size),
+            "ids_shared_with_training": record["ids_shared_with_training"], "ids_profiled": record["ids_profiled"],
+            "added_id_examples": [f"0x{i & 0x1FFFFFFF:X}" for i in added[:5]],
+            "alarm_rate_before": before, "alarm_rate_after": after,
+            "unknown_vehicle_share_before": float(before_mode[before_keep].mean()) if before_keep.any() else None,
+            "unknown_vehicle_share_after": float(np.concatenate([_unknown_mode(model, g) for g in graphs]).mean()),
+            "threshold": threshold, "family": "fusion", "files": entries, "warnings": [ADAPT_HINT]}
+
+
+def _unknown_mode(model, gs: GraphSet) -> np.ndarray:
+    """Per window: judged as an unknown vehicle by the fusion model's combiner."""
+    parts = torch.as_tensor(predict_parts(model, gs))
+    return model.combiner.mode(parts).numpy() == 1
