@@ -285,9 +285,12 @@ def adapt_checkpoint(checkpoint: str | Path, clean: Sequence[str | Path], out: s
         raise ValueError(f"the adapted model gives {int((~np.isfinite(scores)).sum())} NaN or infinite scores on the "
                          "clean windows; nothing was written")
     ckpt["model"] = {k: v.detach().clone() for k, v in model.state_dict().items()}  # the re-fitted profile and combiner
-    threshold = float(sm.threshold)
+    # the re-fitted combiner puts the decision at a fused score of 0 (a threshold an earlier threshold-only
+    # calibration moved no longer applies)
+    threshold = 0.0
+    ckpt["threshold"] = threshold
     after = float(is_attack(scores, threshold).mean())
-    before = float(is_attack(before_scores[before_keep], threshold).mean()) if before_keep.any() else None
+    before = float(is_attack(before_scores[before_keep], sm.threshold).mean()) if before_keep.any() else None
     added = sorted(set(vocab) - set(sm.ckpt["vocab"]))
     record = {"kind": "adapt", "files": entries, "channel": channel, "fpr": fpr, "windows": int(n),
               "ids_before": len(sm.ckpt["vocab"]), "ids_added": len(added), "ids_of_the_car": int(seen.size),
