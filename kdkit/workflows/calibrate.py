@@ -32,9 +32,9 @@ from kdkit.data.graphs import GraphSet, IdVocab, build_graphs
 from kdkit.data.readers import read_messages
 from kdkit.models.fusion import PROFILE_MIN_WINDOWS, adapt_to_vehicle, extend_vocabulary, predict_parts
 from kdkit.models.thresholds import is_attack, quantile_threshold
-from kdkit.reporting.metrics import predict_scores
 from kdkit.training.checkpoint import atomic_torch_save, load_checkpoint, model_from_checkpoint, provenance, vocab_hash
 from kdkit.workflows.scoring import (
+    ScoringModel,
     alarm_summary,
     check_channel,
     is_logger_file,
@@ -81,6 +81,22 @@ def check_fpr(fpr: float) -> None:
                          "e.g. 0.01")
 
 
+def _open_inputs(checkpoint: str | Path, clean: Sequence[str | Path], out: str | Path, fpr: float,
+                 channel: str | None, force: bool, what: str) -> tuple[Path, Path, list[Path], ScoringModel]:
+    """The checks shared by calibration and adaptation (``what``: ``calibrated`` or ``adapted``);
+    returns the checkpoint and output paths, the clean recordings and the loaded checkpoint."""
+    check_fpr(fpr)
+    checkpoint, out = Path(checkpoint), Path(out)
+    if out.exists() and out.resolve() == checkpoint.resolve() and not force:
+        raise ValueError(f"--out {out} is the checkpoint being {what}: it would be replaced; write the {what} "
+                         "copy elsewhere, or pass --force to replace it")
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder: give the new checkpoint's file name (e.g. {out / f'{what}.pt'})")
+    files = recording_files(clean, "--clean")
+    check_channel(files, channel)
+    return checkpoint, out, files, load_scoring_model(checkpoint, what)
+
+
 def calibrate_checkpoint(checkpoint: str | Path, clean: Sequence[str | Path], out: str | Path, fpr: float = 0.01,
                          channel: str | None = None, on_bad_rows: str | None = None, allow_attacks: bool = False,
                          force: bool = False, batch_size: int = 256) -> dict:
@@ -115,16 +131,7 @@ def calibrate_checkpoint(checkpoint: str | Path, clean: Sequence[str | Path], ou
             attack rows in the clean recordings (without ``allow_attacks``); fewer than
             ``ceil(1 / fpr)`` windows.
     """
-    check_fpr(fpr)
-    checkpoint, out = Path(checkpoint), Path(out)
-    if out.exists() and out.resolve() == checkpoint.resolve() and not force:
-        raise ValueError(f"--out {out} is the checkpoint being calibrated: it would be replaced; write the calibrated "
-                         "copy elsewhere, or pass --force to replace it")
-    if out.is_dir():
-        raise ValueError(f"--out {out} is a folder: give the new checkpoint's file name (e.g. {out / 'calibrated.pt'})")
-    files = recording_files(clean, "--clean")
-    check_channel(files, channel)
-    sm = load_scoring_model(checkpoint, "calibrated")
+    checkpoint, out, files, sm = _open_inputs(checkpoint, clean, out, fpr, channel, force, "calibrated")
     old = sm.threshold
     scored, entries, attacks = [], [], []
     for f in files:
@@ -224,16 +231,7 @@ def adapt_checkpoint(checkpoint: str | Path, clean: Sequence[str | Path], out: s
         FileNotFoundError, ValueError: as :func:`calibrate_checkpoint`; a checkpoint that is not
             a fusion model with a fitted combiner.
     """
-    check_fpr(fpr)
-    checkpoint, out = Path(checkpoint), Path(out)
-    if out.exists() and out.resolve() == checkpoint.resolve() and not force:
-        raise ValueError(f"--out {out} is the checkpoint being adapted: it would be replaced; write the adapted copy "
-                         "elsewhere, or pass --force to replace it")
-    if out.is_dir():
-        raise ValueError(f"--out {out} is a folder: give the new checkpoint's file name (e.g. {out / 'adapted.pt'})")
-    files = recording_files(clean, "--clean")
-    check_channel(files, channel)
-    sm = load_scoring_model(checkpoint, "adapted")
+    checkpoint, out, files, sm = _open_inputs(checkpoint, clean, out, fpr, channel, force, "adapted")
     if sm.family != "fusion":
         raise ValueError(f"--adapt needs a fusion checkpoint (kdkit train --model fusion), {checkpoint} is a "
                          f"{sm.family} model: only a fusion model has the per-car parts (ID profiles, a vehicle-mode "
@@ -255,11 +253,6 @@ def adapt_checkpoint(checkpoint: str | Path, clean: Sequence[str | Path], out: s
     label_threshold = float(sm.graph.get("label_threshold") or 0.0)
     # the car's IDs: those of its normal traffic (an attack row's ID is not the car's)
     seen = np.unique(np.concatenate([m.can_id[m.label == 0] for m in msgs])) if msgs else np.zeros(0, np.uint32)
-    before_parts = [build_graphs(m, sm.vocab, window, stride, label_threshold) for m in msgs]
-    before_scores = np.concatenate([predict_scores(sm.model, g) for g in before_parts if len(g)] or
-                                   [np.zeros(0, np.float32)])
-    before_keep = np.concatenate([g.y.numpy() == 0 for g in before_parts if len(g)] or [np.zeros(0, bool)])
-    before_mode = np.concatenate([_unknown_mode(sm.model, g) for g in before_parts if len(g)] or [np.zeros(0, bool)])
 
     state, config, vocab = extend_vocabulary(sm.ckpt["model"], sm.ckpt["model_config"], sm.ckpt["vocab"], seen.tolist())
     ckpt = {k: v for k, v in sm.ckpt.items() if k not in ("optimizer", "scheduler", "kd", "rng", "rng_other")}
@@ -279,8 +272,12 @@ def adapt_checkpoint(checkpoint: str | Path, clean: Sequence[str | Path], out: s
                          f"{(need - 1) * stride + window:,} messages are needed); record more attack-free traffic"
                          + (f", or raise --fpr to at least {1.0 / max(n, 1):.3g}" if n >= PROFILE_MIN_WINDOWS else ""))
     clean_gs = GraphSet.concat(graphs) if len(graphs) > 1 else graphs[0]
+    before = [g for g in (build_graphs(m, sm.vocab, window, stride, label_threshold) for m in msgs) if len(g)]
+    before = GraphSet.concat(before) if len(before) > 1 else before[0]  # n >= need: one at least
+    before_scores, before_mode = _fused(sm.model, before)
+    before_keep = before.y.numpy() == 0
     fit = adapt_to_vehicle(model, clean_gs, quantile=1.0 - fpr)
-    scores = predict_scores(model, clean_gs)
+    scores, after_mode = _fused(model, clean_gs)
     if not np.isfinite(scores).all():
         raise ValueError(f"the adapted model gives {int((~np.isfinite(scores)).sum())} NaN or infinite scores on the "
                          "clean windows; nothing was written")
@@ -290,13 +287,13 @@ def adapt_checkpoint(checkpoint: str | Path, clean: Sequence[str | Path], out: s
     threshold = 0.0
     ckpt["threshold"] = threshold
     after = float(is_attack(scores, threshold).mean())
-    before = float(is_attack(before_scores[before_keep], sm.threshold).mean()) if before_keep.any() else None
+    rate_before = float(is_attack(before_scores[before_keep], sm.threshold).mean()) if before_keep.any() else None
     added = sorted(set(vocab) - set(sm.ckpt["vocab"]))
     record = {"kind": "adapt", "files": entries, "channel": channel, "fpr": fpr, "windows": int(n),
               "ids_before": len(sm.ckpt["vocab"]), "ids_added": len(added), "ids_of_the_car": int(seen.size),
               "ids_shared_with_training": int(seen.size) - len(added),
               "ids_profiled": fit["profile"]["ids_profiled"], "combiner": fit["combiner"],
-              "alarm_rate_before": before, "alarm_rate_after": after,
+              "alarm_rate_before": rate_before, "alarm_rate_after": after,
               "from_checkpoint": str(checkpoint.resolve()), "from_checkpoint_sha256": file_sha256(checkpoint),
               "allow_attacks": allow_attacks, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     prov = copy.deepcopy(provenance(sm.ckpt, checkpoint))
@@ -308,18 +305,21 @@ def adapt_checkpoint(checkpoint: str | Path, clean: Sequence[str | Path], out: s
     load_checkpoint(out)
     log.info("adapted %s to %d clean windows: %d IDs added (%d profiled), alarm rate %s -> %.4f; written to %s",
              checkpoint, n, len(added), fit["profile"]["ids_profiled"],
-             "-" if before is None else f"{before:.4f}", after, out)
+             "-" if rate_before is None else f"{rate_before:.4f}", after, out)
     return {"checkpoint": str(checkpoint), "out": str(out), "fpr": fpr, "windows": int(n), "windows_needed": need,
             "ids_before": record["ids_before"], "ids_added": len(added), "ids_of_the_car": int(seen.size),
             "ids_shared_with_training": record["ids_shared_with_training"], "ids_profiled": record["ids_profiled"],
             "added_id_examples": [f"0x{i & 0x1FFFFFFF:X}" for i in added[:5]],
-            "alarm_rate_before": before, "alarm_rate_after": after,
+            "alarm_rate_before": rate_before, "alarm_rate_after": after,
             "unknown_vehicle_share_before": float(before_mode[before_keep].mean()) if before_keep.any() else None,
-            "unknown_vehicle_share_after": float(np.concatenate([_unknown_mode(model, g) for g in graphs]).mean()),
+            "unknown_vehicle_share_after": float(after_mode.mean()),
             "threshold": threshold, "family": "fusion", "files": entries, "warnings": [ADAPT_HINT]}
 
 
-def _unknown_mode(model, gs: GraphSet) -> np.ndarray:
-    """Per window: judged as an unknown vehicle by the fusion model's combiner."""
+def _fused(model, gs: GraphSet) -> tuple[np.ndarray, np.ndarray]:
+    """Per window of a fusion model, from one pass: the fused score (as ``predict_scores`` gives it)
+    and whether the combiner judged it as an unknown vehicle."""
     parts = torch.as_tensor(predict_parts(model, gs))
-    return model.combiner.mode(parts).numpy() == 1
+    with torch.no_grad():
+        scores = model.combiner(parts).float().numpy()
+    return scores, model.combiner.mode(parts).numpy() == 1
