@@ -157,6 +157,9 @@ class TrainConfig:
     compile: Union[bool, str] = param("auto", "torch.compile the forward: true | false | auto (on for a GAT on CPU "
                                       "with >= 1500 optimizer steps; ~1.5x faster CPU steps after 10-15 s)",
                                       group=HARDWARE, choices=(True, False, "auto"))
+    attention: str = param("auto", "GATv2 attention kernel: auto | fused (one CPU kernel per layer, no per-edge "
+                           "tensors; docs/PERFORMANCE.md) | stock (PyG's); auto = fused where it applies", group=HARDWARE,
+                           choices=("auto", "fused", "stock"))
     node_budget: int = param(0, ">0: batches by node budget instead of graph count", group=HARDWARE, low=0)
     optimize_batch_size: bool = param(False, "run the DynamicBatchSizer and use its result", group=HARDWARE)
     target_memory_usage: float = param(0.85, "batch sizer: share of device memory to fill", group=HARDWARE, low=0, high=1)

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from kdkit.config import make_config
+from kdkit.models.layers import GATv2Layer, set_attention_kernel
 from kdkit.training.hardware import machine_info
 from kdkit.training.memory import PeakMemory, trim_heap
 from kdkit.training.optim import make_scheduler
@@ -35,7 +36,7 @@ def _setup(opts: dict):
 
     overrides = {"model": opts["model"], "type": opts["type"], "dataset": opts["dataset"],
                  "batch_size": opts["batch_size"], "accelerator": opts.get("accelerator", "auto"), "seed": 0,
-                 "precision": opts.get("precision", "auto"), "epochs": 1000}
+                 "precision": opts.get("precision", "auto"), "epochs": 1000, "attention": opts.get("attention", "auto")}
     if opts.get("data_root"):
         overrides["data_root"] = opts["data_root"]
     cfg = make_config(**overrides)
@@ -93,6 +94,7 @@ def _plain_steps(cfg, train_set, task, device):
 
     plain = plain_loop_module()
     model = task.model.to(device).train()
+    set_attention_kernel(model, "stock")  # the loop a PyG user writes runs PyG's GATv2Conv path
     weight = task.class_weights.to(device) if task.objective == "classify" and cfg.class_weighting else None
     optimizer = plain.plain_optimizer(model, cfg.learning_rate, cfg.weight_decay)
     batches = _cycle(plain.plain_loader(train_set.to_data_list(), cfg.batch_size, cfg.seed))
@@ -170,7 +172,10 @@ def run_variant(opts: dict) -> dict:
     if on_cpu and mem.alloc_peak_bytes is not None:
         alloc_peak = mem.alloc_peak_bytes + (mem.alloc_start_bytes - setup_mem.alloc_start_bytes)
     peak = alloc_peak if alloc_peak is not None else rss_peak
+    convs = [m for m in task.model.modules() if isinstance(m, GATv2Layer)]
+    attention = "stock" if opts["variant"] == "plain" or not convs else convs[0].attention
     return {"variant": opts["variant"], "precision": precision, "compiled": bool(opts.get("compile")),
+            "attention": attention,
             "graphs": graphs, "seconds": wall, "cpu_seconds": cpu_s, "graphs_per_s": graphs / wall,
             "graphs_per_cpu_s": graphs / max(cpu_s, 1e-9), "step_ms_median": 1000 * statistics.median(times),
             "burn_in_seconds": burn_seconds, "peak_mib": peak / MIB, "rss_peak_mib": rss_peak / MIB,
@@ -212,7 +217,7 @@ def precision_reason(requested: str, accelerator: str, chosen: str) -> str:
 def bench_train(model: str = "gat", type: str = "teacher", dataset: str = "synthetic", steps: int = 20,
                 repeats: int = 3, burn_in: int = 3, batch_size: int = 64, precision: str = "auto",
                 compile: str = "off", threads: int | None = None, data_root: str | None = None,
-                isolate: bool = True, accelerator: str = "auto") -> dict:
+                isolate: bool = True, accelerator: str = "auto", attention: str = "auto") -> dict:
     """The plain PyG loop vs the Fabric path, same model, initial weights, data, batch size and steps.
 
     Args:
@@ -227,13 +232,15 @@ def bench_train(model: str = "gat", type: str = "teacher", dataset: str = "synth
         data_root: folder holding the datasets (default ``$KDKIT_DATA_ROOT``).
         isolate: each run in a fresh process (default True; False runs in this process, for smoke tests).
         accelerator: ``auto`` | ``cpu`` | ``cuda``.
+        attention: the Fabric path's GATv2 attention kernel (``auto`` | ``fused`` | ``stock``, the run
+            config key); the plain loop always runs PyG's stock path.
     """
 
     base = {"model": model, "type": type, "dataset": dataset, "steps": steps, "burn_in": burn_in,
             "batch_size": batch_size, "precision": precision, "threads": threads, "data_root": data_root,
             "accelerator": accelerator, "compile_imports": compile == "on"}
     variants = {"plain": {**base, "variant": "plain", "precision": "32-true"},
-                "fabric": {**base, "variant": "fabric", "compile": compile == "on"}}
+                "fabric": {**base, "variant": "fabric", "compile": compile == "on", "attention": attention}}
     runs: dict[str, list[dict]] = {"plain": [], "fabric": []}
     for _ in range(repeats):
         for name, opts in variants.items():
@@ -244,6 +251,7 @@ def bench_train(model: str = "gat", type: str = "teacher", dataset: str = "synth
                                        "Data, model, AdamW, backward, step; fp32"}
     for name, rs in runs.items():
         out[name] = {"precision": rs[0]["precision"], "compiled": rs[0]["compiled"], "threads": rs[0]["threads"],
+                     "attention": rs[0]["attention"],
                      "device": rs[0]["device"], "graphs_per_s": _summary(rs, "graphs_per_s"),
                      "graphs_per_cpu_s": _summary(rs, "graphs_per_cpu_s"), "step_ms": _summary(rs, "step_ms_median"),
                      "cpu_seconds": _summary(rs, "cpu_seconds"), "wall_seconds": _summary(rs, "seconds"),

@@ -43,7 +43,7 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     result = bench_train(model=args.model, type=args.type, dataset=args.dataset, steps=args.steps, repeats=args.repeats,
                          burn_in=args.burn_in, batch_size=args.batch_size, precision=args.precision,
                          compile=args.compile, threads=args.threads, data_root=args.data_root,
-                         isolate=not args.in_process, accelerator=args.accelerator)
+                         isolate=not args.in_process, accelerator=args.accelerator, attention=args.attention)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -147,6 +147,8 @@ def register(sub) -> None:
     p.add_argument("--precision", default="auto", choices=["auto", "32-true", "bf16-mixed", "16-mixed"],
                    help="Fabric path precision (default: the trainer's policy); the plain loop is always fp32")
     p.add_argument("--compile", choices=["on", "off"], default="off", help="torch.compile the Fabric path's model")
+    p.add_argument("--attention", choices=["auto", "fused", "stock"], default="auto",
+                   help="the Fabric path's GATv2 attention kernel (default auto: fused on CPU); the plain loop runs PyG's")
     p.add_argument("--threads", type=int, default=None, help="torch threads for both (default: torch's default)")
     p.add_argument("--accelerator", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--in-process", action="store_true", help="run every variant in this process (faster, less clean memory)")

@@ -12,6 +12,10 @@ from torch_geometric.nn.inits import glorot
 from torch_geometric.profile import count_parameters as _pyg_count_parameters
 from torch_geometric.utils import add_self_loops, remove_self_loops
 
+from kdkit.models.fused_attention import gatv2_attention
+
+ATTENTION_KERNELS = ("auto", "fused", "stock")
+
 
 class GATOutput(NamedTuple):
     """What ``GATClassifier(batch, return_features=True)`` returns."""
@@ -137,19 +141,29 @@ class EdgeProjection(nn.Module):
 
 
 class GATv2Layer(GATv2Conv):
-    """PyG's ``GATv2Conv`` with two speed-ups that keep its math and its ``state_dict``.
+    """PyG's ``GATv2Conv`` with three speed-ups that keep its math and its ``state_dict``.
 
     - Self-loops: like ``GATv2Conv(add_self_loops=True, fill_value="mean")`` it drops a graph's
       self-loops and adds one per node with the mean of its incoming edge features, unless the
       batch already holds them (``loops_added=True``, set by :func:`with_self_loops`, the
       loaders' transform under ``torch.compile``: the data-dependent ``remove_self_loops``
       would otherwise split a compiled GAT into 6 graphs; without it, it compiles to one).
-    - The edge projection is an :class:`EdgeProjection` (fast weight gradient on CPU).
+    - On CPU the attention (scores, softmax, aggregation and the edge projection) runs as one
+      fused kernel (:func:`kdkit.models.fused_attention.gatv2_attention`) instead of PyG's
+      gathers and scatters over ``[edges, heads, channels]`` tensors; ``attention`` picks it:
+      ``"auto"`` (the default: fused where it applies), ``"fused"`` (the same; the name says it
+      was asked for) or ``"stock"`` (PyG's path). It does not apply, and the stock path runs, on
+      a GPU, with attention dropout in training, under ``torch.export`` (``kdkit export``) and for
+      inputs other than float32/float64; under bf16/fp16 autocast it computes in float32 (as
+      autocast does for softmax). Set it for a whole model with :func:`set_attention_kernel`.
+    - The stock path's edge projection is an :class:`EdgeProjection` (fast weight gradient on CPU).
 
     Args:
         in_channels, out_channels, heads, concat, dropout, edge_dim: as ``GATv2Conv``.
         self_loops: add self-loops (GATv2Conv's ``add_self_loops``). Default True.
     """
+
+    attention: str = "auto"
 
     def __init__(self, in_channels: int, out_channels: int, heads: int = 1, concat: bool = True,
                  dropout: float = 0.0, edge_dim: int | None = None, self_loops: bool = True):
@@ -164,7 +178,46 @@ class GATv2Layer(GATv2Conv):
         if self.self_loops and not loops_added:
             edge_index, edge_attr = remove_self_loops(edge_index, edge_attr)
             edge_index, edge_attr = add_self_loops(edge_index, edge_attr, fill_value="mean", num_nodes=x.size(0))
+        if self.uses_fused_kernel(x, edge_attr):
+            return self._fused_forward(x, edge_index, edge_attr)
         return super().forward(x, edge_index, edge_attr)
+
+    def uses_fused_kernel(self, x: Tensor, edge_attr: Tensor | None = None) -> bool:
+        """Whether ``forward`` on these inputs runs the fused CPU kernel (see the class docstring)."""
+        if self.attention == "stock":
+            return False
+        return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+                and not (self.training and self.dropout > 0) and not self.share_weights
+                and not torch.compiler.is_exporting() and not torch.jit.is_scripting()
+                and (edge_attr is None or (self.lin_edge is not None and not edge_attr.requires_grad)))
+
+    def _fused_forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor | None) -> Tensor:
+        H, C = self.heads, self.out_channels
+        x_l, x_r = self.lin_l(x).view(-1, H, C), self.lin_r(x).view(-1, H, C)
+        if x_l.dtype not in (torch.float32, torch.float64):  # bf16/fp16 autocast: attention in fp32, as softmax
+            x_l, x_r = x_l.float(), x_r.float()
+        if edge_attr is not None and edge_attr.dim() == 1:
+            edge_attr = edge_attr.view(-1, 1)
+        weight = self.lin_edge.weight if edge_attr is not None else None
+        out = gatv2_attention(x_l, x_r, edge_index, self.att, edge_attr, weight, negative_slope=self.negative_slope)
+        out = out.reshape(-1, H * C) if self.concat else out.mean(dim=1)
+        if self.res is not None:
+            out = out + self.res(x)
+        if self.bias is not None:
+            out = out + self.bias
+        return out
+
+
+def set_attention_kernel(model: nn.Module, kernel: str) -> int:
+    """Set ``attention`` (``"auto"``, ``"fused"`` or ``"stock"``) on every :class:`GATv2Layer` of
+    ``model``; returns how many layers it set. The run config's ``attention`` key does this for
+    training; results are the same within float rounding, only speed and memory differ."""
+    if kernel not in ATTENTION_KERNELS:
+        raise ValueError(f"attention={kernel!r}: choose one of {', '.join(ATTENTION_KERNELS)}")
+    layers = [m for m in model.modules() if isinstance(m, GATv2Layer)]
+    for layer in layers:
+        layer.attention = kernel
+    return len(layers)
 
 
 def with_self_loops(batch):

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from kdkit.config import TrainConfig
 from kdkit.data.graphs import GraphSet
 from kdkit.data.loader import _Collate, eval_batch_size, graph_loader
-from kdkit.models.layers import with_self_loops
+from kdkit.models.layers import set_attention_kernel, with_self_loops
 from kdkit.training.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 from kdkit.training.cpu_speedups import (
     make_optimizer,
@@ -321,6 +321,9 @@ class FabricTrainer:
                                       rank=fabric.global_rank, world_size=fabric.world_size, transform=transform,
                                       pad=False)  # every validation window counted once over the ranks
             val_loader = fabric.setup_dataloaders(val_loader, use_distributed_sampler=False)
+        set_attention_kernel(task.model, cfg.attention)
+        if task.teacher is not None:
+            set_attention_kernel(task.teacher, cfg.attention)
         if compile_model:  # nn.Module.compile: the module stays itself (same parameters, state_dict keys)
             task.model.compile(dynamic=True)
             if task.teacher is not None and task.teacher.objective == "classify":

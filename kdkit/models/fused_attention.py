@@ -1,0 +1,245 @@
+"""GATv2 attention as one fused CPU kernel: scores, softmax and aggregation without per-edge tensors.
+
+PyG's ``GATv2Conv`` computes, for every edge ``j -> i`` and head ``h``,
+
+    z   = x_l[j] + x_r[i] + W_e e_ij                 # [E, H, C]
+    s   = a . LeakyReLU(z)                           # [E, H]
+    att = softmax of s over the edges into i         # [E, H]
+    out[i] = sum_j att * x_l[j]                      # [N, H, C]
+
+with gathers and scatters, each a pass over an ``[edges, heads, channels]`` tensor that autograd
+also keeps for the backward pass. A window's graph is tiny (~30 nodes, ~50 edges), so a batch's
+step is bound by those memory passes, not by arithmetic (``docs/PERFORMANCE.md``); eager PyTorch
+cannot fuse them. Here the same math runs as two loops over the edges compiled with numba: the
+forward keeps only ``att`` ([E, H]) for the backward pass, which recomputes ``z`` and
+writes the gradients of ``x_l``, ``x_r``, the edge projection and ``a`` directly.
+
+:func:`gatv2_attention` is a ``torch.library`` custom operator (``kdkit::gatv2_attention``) with
+its own autograd formula and a shape-only ("fake") implementation, so ``torch.compile`` keeps it
+as one opaque call inside a compiled graph instead of breaking the graph. CPU and float32/float64
+only; :class:`kdkit.models.layers.GATv2Layer` falls back to the stock PyG path elsewhere (CUDA,
+attention dropout in training, ``torch.export``). The result equals the stock layer's within
+float rounding (``tests/test_fused_attention.py``: forward and every gradient).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import numpy as np
+import torch
+from torch import Tensor
+
+_NEG_SLOPE_DEFAULT = 0.2
+
+
+def _forward_loops(xl, xr, ep, att, src, dst, consts, num_nodes, alpha, out):
+    """Fill ``alpha`` [E, H] (attention) and ``out`` [N, H, C] (zeroed by the caller).
+
+    ``ep`` is the projected edge features [E, H, C], or an array with 0 rows for none.
+    ``consts`` = [0, 1, negative slope, 1e-16] in the arrays' dtype, so that every sum stays in
+    that dtype (a Python float would promote float32 arithmetic to float64). The inner loops over
+    channels are branch-free so that LLVM vectorizes them."""
+    E, H, C = alpha.shape[0], xl.shape[1], xl.shape[2]
+    has_edge = ep.shape[0] > 0
+    zero, slope, eps = consts[0], consts[2], consts[3]
+    mx = np.full((num_nodes, H), -np.inf, dtype=xl.dtype)
+    for k in range(E):  # scores, and each destination's maximum (softmax stability, as PyG)
+        j, i = src[k], dst[k]
+        for h in range(H):
+            s = zero
+            if has_edge:
+                for c in range(C):
+                    z = xl[j, h, c] + xr[i, h, c] + ep[k, h, c]
+                    s += att[h, c] * max(z, z * slope)
+            else:
+                for c in range(C):
+                    z = xl[j, h, c] + xr[i, h, c]
+                    s += att[h, c] * max(z, z * slope)
+            alpha[k, h] = s
+            if s > mx[i, h]:
+                mx[i, h] = s
+    den = np.zeros((num_nodes, H), dtype=xl.dtype)
+    for k in range(E):
+        i = dst[k]
+        for h in range(H):
+            e = math.exp(alpha[k, h] - mx[i, h])
+            alpha[k, h] = e
+            den[i, h] += e
+    for k in range(E):  # normalise (PyG adds 1e-16 to the sum) and aggregate
+        j, i = src[k], dst[k]
+        for h in range(H):
+            alpha[k, h] = alpha[k, h] / (den[i, h] + eps)
+            a = alpha[k, h]
+            for c in range(C):
+                out[i, h, c] += a * xl[j, h, c]
+
+
+def _backward_loops(grad, xl, xr, ep, att, src, dst, consts, alpha, g_xl, g_xr, g_ep, g_att):
+    """Accumulate the gradients into ``g_xl``, ``g_xr`` [N, H, C] and ``g_att`` [H, C] (zeroed by
+    the caller) and write ``g_ep`` [E, H, C] (0 rows when there is no ``ep``); ``z`` is
+    recomputed, not stored."""
+    E, H, C = alpha.shape[0], xl.shape[1], xl.shape[2]
+    has_edge = ep.shape[0] > 0
+    zero, one, slope = consts[0], consts[1], consts[2]
+    num_nodes = xl.shape[0]
+    g_alpha = np.empty((E, H), dtype=xl.dtype)
+    dot = np.zeros((num_nodes, H), dtype=xl.dtype)
+    for k in range(E):  # through the aggregation: out[i] += a * x_l[j]
+        j, i = src[k], dst[k]
+        for h in range(H):
+            a = alpha[k, h]
+            ga = zero
+            for c in range(C):
+                g = grad[i, h, c]
+                ga += g * xl[j, h, c]
+                g_xl[j, h, c] += a * g
+            g_alpha[k, h] = ga
+            dot[i, h] += a * ga
+    for k in range(E):  # through the softmax, LeakyReLU and the sum z = x_l[j] + x_r[i] + ep
+        j, i = src[k], dst[k]
+        for h in range(H):
+            gs = alpha[k, h] * (g_alpha[k, h] - dot[i, h])
+            if has_edge:
+                for c in range(C):
+                    z = xl[j, h, c] + xr[i, h, c] + ep[k, h, c]
+                    dz = one if z > zero else slope  # LeakyReLU's derivative (torch's: slope at 0)
+                    g_att[h, c] += gs * z * dz
+                    gz = gs * att[h, c] * dz
+                    g_xl[j, h, c] += gz
+                    g_xr[i, h, c] += gz
+                    g_ep[k, h, c] = gz
+            else:
+                for c in range(C):
+                    z = xl[j, h, c] + xr[i, h, c]
+                    dz = one if z > zero else slope
+                    g_att[h, c] += gs * z * dz
+                    gz = gs * att[h, c] * dz
+                    g_xl[j, h, c] += gz
+                    g_xr[i, h, c] += gz
+
+
+_kernels: dict[str, object] = {}
+# Reassociation lets LLVM vectorize the channel sums; no "nnan"/"ninf": a NaN or inf in the
+# inputs propagates to the output as in the stock layer.
+_FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+
+
+def _kernel(name: str):
+    """The loops compiled by numba on first use (cached on disk beside this file)."""
+    if name not in _kernels:
+        import numba  # imported here: only the fused CPU path needs it
+
+        started = time.perf_counter()
+        fn = {"forward": _forward_loops, "backward": _backward_loops}[name]
+        _kernels[name] = numba.njit(cache=True, nogil=True, fastmath=_FASTMATH, error_model="numpy")(fn)
+        took = time.perf_counter() - started
+        if took > 2.0:
+            logging.getLogger("kdkit.models").info("compiled the fused GATv2 %s kernel in %.1f s (numba, first use)",
+                                                   name, took)
+    return _kernels[name]
+
+
+def _np(t: Tensor) -> np.ndarray:
+    return t.detach().contiguous().numpy()
+
+
+def _consts(like: Tensor, negative_slope: float) -> np.ndarray:
+    return np.array([0.0, 1.0, negative_slope, 1e-16], dtype=np.float32 if like.dtype == torch.float32 else np.float64)
+
+
+def _edge_projection(edge_attr: Tensor, w_edge: Tensor, H: int, C: int) -> Tensor:
+    """``lin_edge(edge_attr)`` as [E, H, C] (MKL's matmul; [E, 0] edge features give 0 rows)."""
+    if w_edge.shape[0] == 0:
+        return edge_attr.new_empty((0, H, C))
+    with torch.autocast(edge_attr.device.type, enabled=False):  # in the kernel's dtype under bf16 autocast too
+        return (edge_attr @ w_edge).view(-1, H, C)
+
+
+@torch.library.custom_op("kdkit::gatv2_attention", mutates_args=())
+def _attention_op(xl: Tensor, xr: Tensor, edge_attr: Tensor, w_edge: Tensor, att: Tensor, edge_index: Tensor,
+                  negative_slope: float) -> tuple[Tensor, Tensor]:
+    N, H, C = xl.shape
+    E = edge_index.shape[1]
+    out = torch.zeros((N, H, C), dtype=xl.dtype)
+    alpha = torch.empty((E, H), dtype=xl.dtype)
+    ep = _edge_projection(edge_attr, w_edge, H, C)  # transient: the backward pass recomputes it
+    ei = _np(edge_index)
+    _kernel("forward")(_np(xl), _np(xr), _np(ep), _np(att), ei[0], ei[1], _consts(xl, negative_slope), N,
+                       alpha.numpy(), out.numpy())
+    return out, alpha
+
+
+@_attention_op.register_fake
+def _(xl, xr, edge_attr, w_edge, att, edge_index, negative_slope):
+    return xl.new_empty(xl.shape), xl.new_empty((edge_index.shape[1], xl.shape[1]))
+
+
+@torch.library.custom_op("kdkit::gatv2_attention_backward", mutates_args=())
+def _attention_backward_op(grad: Tensor, xl: Tensor, xr: Tensor, edge_attr: Tensor, w_edge: Tensor, att: Tensor,
+                           edge_index: Tensor, alpha: Tensor,
+                           negative_slope: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    N, H, C = xl.shape
+    g_xl, g_xr, g_att = torch.zeros_like(xl), torch.zeros_like(xr), torch.zeros_like(att)
+    ep = _edge_projection(edge_attr, w_edge, H, C)
+    g_ep = torch.empty(ep.shape, dtype=xl.dtype)
+    ei = _np(edge_index)
+    _kernel("backward")(_np(grad), _np(xl), _np(xr), _np(ep), _np(att), ei[0], ei[1], _consts(xl, negative_slope),
+                        _np(alpha), g_xl.numpy(), g_xr.numpy(), g_ep.numpy(), g_att.numpy())
+    # the weight gradient as (x.T @ g): the layout MKL handles fast when x has few columns (EdgeProjection)
+    with torch.autocast(xl.device.type, enabled=False):
+        g_w = edge_attr.t() @ g_ep.view(-1, H * C) if w_edge.shape[0] else torch.zeros_like(w_edge)
+    return g_xl, g_xr, g_w, g_att
+
+
+@_attention_backward_op.register_fake
+def _(grad, xl, xr, edge_attr, w_edge, att, edge_index, alpha, negative_slope):
+    return xl.new_empty(xl.shape), xr.new_empty(xr.shape), w_edge.new_empty(w_edge.shape), att.new_empty(att.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    xl, xr, edge_attr, w_edge, att, edge_index, negative_slope = inputs
+    ctx.save_for_backward(xl, xr, edge_attr, w_edge, att, edge_index, output[1])
+    ctx.negative_slope = negative_slope
+
+
+def _backward(ctx, grad_out, grad_alpha):
+    xl, xr, edge_attr, w_edge, att, edge_index, alpha = ctx.saved_tensors  # no gradient flows into alpha
+    g_xl, g_xr, g_w, g_att = _attention_backward_op(grad_out.contiguous(), xl, xr, edge_attr, w_edge, att,
+                                                    edge_index, alpha, ctx.negative_slope)
+    return g_xl, g_xr, None, (g_w if w_edge.shape[0] else None), g_att, None, None
+
+
+_attention_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def gatv2_attention(x_l: Tensor, x_r: Tensor, edge_index: Tensor, att: Tensor, edge_attr: Tensor | None = None,
+                    edge_weight: Tensor | None = None, negative_slope: float = _NEG_SLOPE_DEFAULT) -> Tensor:
+    """GATv2's attention and aggregation, fused: ``out[i] = sum_j softmax_j(a . LeakyReLU(x_l[j] + x_r[i]
+    + W_e e_ji)) * x_l[j]``, per head.
+
+    Args:
+        x_l, x_r: ``lin_l(x)`` and ``lin_r(x)`` as ``[N, H, C]``.
+        edge_index: ``[2, E]`` int64 (source, destination), any order; self-loops already added.
+        att: the attention vector, ``[H, C]`` or GATv2Conv's ``[1, H, C]``.
+        edge_attr: edge features ``[E, D]`` (no gradient is computed for them), or None.
+        edge_weight: the edge projection's weight ``[H * C, D]`` (``lin_edge.weight``); with ``edge_attr``.
+        negative_slope: LeakyReLU's slope. Default 0.2 (GATv2Conv's).
+
+    Returns:
+        ``[N, H, C]``, before GATv2Conv's concat/mean and bias. Differentiable in ``x_l``, ``x_r``,
+        ``att`` and ``edge_weight``.
+    """
+    N, H, C = x_l.shape
+    if (edge_attr is None) != (edge_weight is None):
+        raise ValueError("gatv2_attention: give both edge_attr and edge_weight, or neither")
+    if edge_attr is None:
+        edge_attr, w_edge = x_l.new_empty((edge_index.shape[1], 0)), x_l.new_empty((0, H * C))
+    else:
+        if edge_attr.requires_grad:
+            raise ValueError("gatv2_attention: edge_attr requires a gradient, which the fused kernel does not compute")
+        w_edge = edge_weight.t()  # [D, H * C]
+    out, _ = _attention_op(x_l.contiguous(), x_r.contiguous(), edge_attr.to(x_l.dtype).contiguous(),
+                           w_edge.contiguous(), att.reshape(H, C).contiguous(), edge_index, float(negative_slope))
+    return out

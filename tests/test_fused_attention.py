@@ -1,0 +1,158 @@
+"""The fused GATv2 attention kernel equals PyG's GATv2Conv: forward and every gradient, alone and
+inside kdkit's models, eager and under torch.compile; torch.export keeps the stock path.
+
+Run: .venv/bin/python -m pytest tests/test_fused_attention.py -q
+"""
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch_geometric.data import Batch, Data
+from torch_geometric.nn import GATv2Conv
+
+from kdkit.models.fused_attention import gatv2_attention
+from kdkit.models.layers import GATv2Layer, set_attention_kernel, with_self_loops
+from kdkit.models.registry import build_model
+
+
+def _random_graph(num_nodes, num_edges, seed, edge_dim=7, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    # the last 3 nodes get no incoming edge; duplicates, self-loops and any order are kept
+    ei = torch.randint(0, num_nodes - 3, (2, num_edges), generator=g)
+    ea = torch.rand(num_edges, edge_dim, generator=g, dtype=dtype) if edge_dim else None
+    return ei, ea
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("edge_dim", [None, 7])
+@pytest.mark.parametrize("concat", [True, False])
+def test_kernel_equals_gatv2conv_forward_and_gradients(dtype, tol, edge_dim, concat):
+    torch.manual_seed(0)
+    H, C = 4, 8
+    conv = GATv2Conv(12, C, heads=H, concat=concat, edge_dim=edge_dim, add_self_loops=False).to(dtype)
+    with torch.no_grad():  # non-zero bias and attention far from 0: every term of the gradient matters
+        conv.bias.normal_()
+        conv.att.mul_(5)
+    x = torch.randn(30, 12, dtype=dtype, requires_grad=True)
+    ei, ea = _random_graph(30, 90, seed=1, edge_dim=edge_dim or 0, dtype=dtype)
+    ea = ea if edge_dim else None
+    params = [x] + list(conv.parameters())
+
+    ref = conv(x, ei, ea)
+    g = torch.randn_like(ref)
+    ref_grads = torch.autograd.grad(ref, params, g, allow_unused=True)
+
+    x_l, x_r = conv.lin_l(x).view(-1, H, C), conv.lin_r(x).view(-1, H, C)
+    out = gatv2_attention(x_l, x_r, ei, conv.att, ea, conv.lin_edge.weight if edge_dim else None,
+                          negative_slope=conv.negative_slope)
+    out = (out.reshape(-1, H * C) if concat else out.mean(dim=1)) + conv.bias
+    grads = torch.autograd.grad(out, params, g, allow_unused=True)
+
+    torch.testing.assert_close(out, ref, atol=tol, rtol=tol)
+    assert out[-3:].abs().sum() > 0  # nodes without incoming edges get the bias, as in PyG
+    for name, a, b in zip(["x"] + [n for n, _ in conv.named_parameters()], grads, ref_grads):
+        if b is None:
+            assert a is None or not a.abs().sum(), name
+        else:
+            torch.testing.assert_close(a, b, atol=tol * 10, rtol=tol * 10, msg=name)
+
+
+def test_kernel_passes_gradcheck_in_float64():
+    torch.manual_seed(0)
+    H, C, N = 2, 3, 7
+    ei, ea = _random_graph(N, 16, seed=2, edge_dim=3, dtype=torch.float64)
+    inputs = (torch.randn(N, H, C, dtype=torch.float64, requires_grad=True),
+              torch.randn(N, H, C, dtype=torch.float64, requires_grad=True),
+              torch.randn(H, C, dtype=torch.float64, requires_grad=True),
+              torch.randn(H * C, 3, dtype=torch.float64, requires_grad=True))
+    assert torch.autograd.gradcheck(lambda xl, xr, att, w: gatv2_attention(xl, xr, ei, att, ea, w), inputs)
+
+
+def test_kernel_propagates_nan_and_checks_its_arguments():
+    ei, ea = _random_graph(10, 20, seed=3)
+    x_l = torch.randn(10, 2, 4)
+    x_l[ei[0, 0]] = float("nan")
+    out = gatv2_attention(x_l, torch.randn(10, 2, 4), ei, torch.randn(2, 4), ea, torch.randn(8, 7))
+    assert torch.isnan(out[ei[1, 0]]).any()  # a NaN input is not hidden by the kernel
+    with pytest.raises(ValueError, match="both edge_attr and edge_weight"):
+        gatv2_attention(x_l, x_l, ei, torch.randn(2, 4), ea)
+
+
+def _batch(num_graphs=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    graphs = []
+    for k in range(num_graphs):
+        n = 5 + k
+        ei = torch.randint(0, n, (2, 3 * n), generator=g)
+        graphs.append(Data(x=torch.rand(n, 11, generator=g), node_id=torch.randint(0, 20, (n,), generator=g),
+                           edge_index=ei, edge_attr=torch.rand(ei.size(1), 7, generator=g), y=torch.tensor([k % 2])))
+    return Batch.from_data_list(graphs)
+
+
+@pytest.mark.parametrize("kind,size", [("gat", "teacher"), ("gat", "student"), ("vgae", "student")])
+def test_models_give_the_same_outputs_and_gradients_with_either_kernel(kind, size):
+    torch.manual_seed(0)
+    model = build_model(kind, size, 11, 7, 20).eval()  # eval: no dropout, so both paths see the same math
+    batch = _batch()
+
+    def run(kernel):
+        assert set_attention_kernel(model, kernel) > 0
+        model.zero_grad()
+        out = model(batch)
+        loss = out.square().mean() if kind == "gat" else model.loss(batch)["loss"]
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    conv = next(m for m in model.modules() if isinstance(m, GATv2Layer))
+    assert conv.uses_fused_kernel(batch.x) and not conv.uses_fused_kernel(batch.x.to(torch.bfloat16))
+    loss_stock, grads_stock = run("stock")
+    loss_fused, grads_fused = run("fused")
+    torch.testing.assert_close(loss_fused, loss_stock, atol=1e-5, rtol=1e-5)
+    assert grads_fused.keys() == grads_stock.keys()
+    for name in grads_stock:
+        torch.testing.assert_close(grads_fused[name], grads_stock[name], atol=2e-5, rtol=1e-3, msg=name)
+
+
+def test_training_mode_and_attention_dropout_choose_the_path():
+    layer = GATv2Layer(8, 4, heads=2, dropout=0.3, edge_dim=7)
+    x = torch.randn(5, 8)
+    assert layer.train().uses_fused_kernel(x) is False  # attention dropout in training: PyG's path
+    assert layer.eval().uses_fused_kernel(x) is True
+    layer.attention = "stock"
+    assert layer.uses_fused_kernel(x) is False
+    with pytest.raises(ValueError, match="attention='dense'"):
+        set_attention_kernel(layer, "dense")
+
+
+def test_compiled_model_keeps_the_kernel_in_one_graph_and_matches_eager():
+    torch.manual_seed(0)
+    model = build_model("gat", "student", 11, 7, 20).eval()
+    batch = with_self_loops(_batch(seed=1))  # as the trainer compiles: the loops added by the loader
+    eager = model(batch)
+    compiled = torch.compile(model, fullgraph=True, dynamic=True)  # fullgraph: a graph break would raise
+    torch.testing.assert_close(compiled(batch), eager, atol=1e-5, rtol=1e-5)
+    model.zero_grad()
+    compiled(batch).sum().backward()
+    assert all(p.grad is not None for p in model.gnn.parameters())
+
+
+def test_torch_export_traces_the_stock_path():
+    """kdkit export goes through kdkit.models.scorer, which never calls GATv2Layer.forward; a user
+    exporting a model directly still gets a graph without the Python-only operator."""
+    torch.manual_seed(0)
+    model = build_model("gat", "student", 11, 7, 20).eval()
+    batch = with_self_loops(_batch(seed=2))  # torch.export cannot trace the data-dependent remove_self_loops
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x, node_id, edge_index, edge_attr, vec):
+            return self.model(SimpleNamespace(x=x, node_id=node_id, edge_index=edge_index, edge_attr=edge_attr,
+                                              batch=vec, num_graphs=6, loops_added=True))
+
+    args = (batch.x, batch.node_id, batch.edge_index, batch.edge_attr, batch.batch)
+    program = torch.export.export(Wrapped(), args)
+    assert "gatv2_attention" not in str(program.graph)  # kdkit export's AOTInductor package needs no Python op
+    torch.testing.assert_close(program.module()(*args), model(batch), atol=1e-5, rtol=1e-5)
