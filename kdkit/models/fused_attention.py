@@ -97,27 +97,31 @@ def _backward_loops(grad, xl, xr, ep, att, src, dst, consts, alpha, g_xl, g_xr, 
                 g_xl[j, h, c] += a * g
             g_alpha[k, h] = ga
             dot[i, h] += a * ga
+    # Each inner loop touches few arrays: LLVM vectorizes a loop only if it can check at run time
+    # that its arrays do not overlap, and gives up beyond a handful of them.
+    gz = np.empty(C, dtype=xl.dtype)
     for k in range(E):  # through the softmax, LeakyReLU and the sum z = x_l[j] + x_r[i] + ep
         j, i = src[k], dst[k]
         for h in range(H):
             gs = alpha[k, h] * (g_alpha[k, h] - dot[i, h])
             if has_edge:
                 for c in range(C):
-                    z = xl[j, h, c] + xr[i, h, c] + ep[k, h, c]
-                    dz = one if z > zero else slope  # LeakyReLU's derivative (torch's: slope at 0)
-                    g_att[h, c] += gs * z * dz
-                    gz = gs * att[h, c] * dz
-                    g_xl[j, h, c] += gz
-                    g_xr[i, h, c] += gz
-                    g_ep[k, h, c] = gz
+                    gz[c] = xl[j, h, c] + xr[i, h, c] + ep[k, h, c]  # z for now
             else:
                 for c in range(C):
-                    z = xl[j, h, c] + xr[i, h, c]
-                    dz = one if z > zero else slope
-                    g_att[h, c] += gs * z * dz
-                    gz = gs * att[h, c] * dz
-                    g_xl[j, h, c] += gz
-                    g_xr[i, h, c] += gz
+                    gz[c] = xl[j, h, c] + xr[i, h, c]
+            for c in range(C):
+                z = gz[c]
+                dz = one if z > zero else slope  # LeakyReLU's derivative (torch's: slope at 0)
+                g_att[h, c] += gs * z * dz
+                gz[c] = gs * att[h, c] * dz
+            for c in range(C):
+                g_xl[j, h, c] += gz[c]
+            for c in range(C):
+                g_xr[i, h, c] += gz[c]
+            if has_edge:
+                for c in range(C):
+                    g_ep[k, h, c] = gz[c]
 
 
 _kernels: dict[str, object] = {}

@@ -268,6 +268,11 @@ class GATStack(nn.Module):
         """Return the node embeddings after every layer (empty list for 0 layers).
         ``loops_added``: the edges already hold every layer's self-loops (:func:`with_self_loops`)."""
         out = []
+        if not loops_added and len(self.convs) > 1 and self.convs[0].self_loops:
+            # every layer would drop and add the same self-loops: do it once for the stack
+            edge_index, edge_attr = remove_self_loops(edge_index, edge_attr)
+            edge_index, edge_attr = add_self_loops(edge_index, edge_attr, fill_value="mean", num_nodes=h.size(0))
+            loops_added = True
         for conv, proj, norm in zip(self.convs, self.projs, self.norms):
             h = F.dropout(F.elu(norm(h + proj(conv(h, edge_index, edge_attr, loops_added)))),
                           p=self.dropout, training=self.training)
