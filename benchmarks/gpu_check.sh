@@ -16,6 +16,10 @@
 #              fit, FabricTrainer.fit backs off on a real CUDA OOM, finishes the epoch, and
 #              trains every graph exactly once
 #   bench      kdkit bench train, GAT teacher, fp32 vs bf16-mixed on CUDA (graphs/s, CUDA peak)
+#   attention  the fused GATv2 attention kernel is CPU-only: on CUDA every layer takes PyG's path
+#              (attention "auto" and "stock" give the same loss and gradients on a real batch, up to
+#              CUDA's summation order),
+#              and a CUDA-trained state_dict scores the same on CPU with the fused kernel
 # Data: hcrl_sa when $KDKIT_DATA_ROOT (or ../shared/data/can-train-and-test) holds it, else
 # the built-in synthetic dataset (simulated on first use).
 set -euo pipefail
@@ -164,7 +168,35 @@ def bench():
             "memory_ratio": {p: r["memory_ratio"] for p, r in runs.items()}}
 
 
-for name, fn in (("precision", precision), ("sizer", sizer), ("oom", oom), ("bench", bench)):
+def attention():
+    from kdkit.data.loader import collate_indices
+    from kdkit.models.layers import GATv2Layer, set_attention_kernel
+
+    model = build_student_or_teacher(cfg, data).cuda().eval()
+    batch = collate_indices(train, list(range(64)))
+    convs = [m for m in model.modules() if isinstance(m, GATv2Layer)]
+    on_cuda = [c.uses_fused_kernel(batch.x.cuda()) for c in convs]
+    losses, grads = {}, {}
+    for kernel in ("auto", "stock"):
+        set_attention_kernel(model, kernel)
+        model.zero_grad()
+        loss = model(batch.to("cuda")).logsumexp(dim=-1).mean()
+        loss.backward()
+        losses[kernel] = float(loss)
+        grads[kernel] = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    set_attention_kernel(model, "auto")
+    cpu = model.cpu()
+    batch = batch.to("cpu")
+    fused_cpu = float(cpu(batch).logsumexp(dim=-1).mean())
+    set_attention_kernel(cpu, "stock")
+    stock_cpu = float(cpu(batch).logsumexp(dim=-1).mean())
+    # both runs take PyG's path; CUDA's atomic scatter-adds make them equal up to summation order
+    same = abs(losses["auto"] - losses["stock"]) < 1e-5 and torch.allclose(grads["auto"], grads["stock"], atol=1e-5)
+    return {"passed": not any(on_cuda) and same and abs(fused_cpu - stock_cpu) < 1e-4,
+            "fused_on_cuda": any(on_cuda), "cuda_loss": losses, "cpu_fused_vs_stock": [fused_cpu, stock_cpu]}
+
+
+for name, fn in (("precision", precision), ("sizer", sizer), ("oom", oom), ("bench", bench), ("attention", attention)):
     check(name, fn)
 from kdkit.training.hardware import machine_info
 

@@ -155,7 +155,8 @@ class TrainConfig:
     num_workers: int = param(-1, "DataLoader workers (-1 = from hardware)", group=HARDWARE, low=-1)
     prefetch_factor: int = param(2, "batches prefetched per worker", group=HARDWARE, low=1)
     compile: Union[bool, str] = param("auto", "torch.compile the forward: true | false | auto (on for a GAT on CPU "
-                                      "with >= 1500 optimizer steps; ~1.5x faster CPU steps after 10-15 s)",
+                                      "with >= 1500 optimizer steps and attention: stock; the fused attention "
+                                      "kernel runs faster eager)",
                                       group=HARDWARE, choices=(True, False, "auto"))
     attention: str = param("auto", "GATv2 attention kernel: auto | fused (one CPU kernel per layer, no per-edge "
                            "tensors; docs/PERFORMANCE.md) | stock (PyG's); auto = fused where it applies", group=HARDWARE,

@@ -222,8 +222,9 @@ def test_make_optimizer_decays_matrices_only(synthetic):
 
 
 def test_compile_auto_policy_and_config_values(synthetic, tmp_path):
-    """compile "auto" (the default) turns on for a GAT on CPU with a long run only; the config
-    takes true, false or "auto" and nothing else."""
+    """compile "auto" (the default) turns on for a GAT on CPU with a long run and PyG's attention
+    only (the fused attention kernel, the default, runs eager faster); the config takes true,
+    false or "auto" and nothing else."""
     from kdkit.config import make_config, parse_config_json
     from kdkit.training.task import Task
     from kdkit.training.trainer import COMPILE_AUTO_MIN_STEPS, FabricTrainer
@@ -240,9 +241,9 @@ def test_compile_auto_policy_and_config_values(synthetic, tmp_path):
     steps_per_epoch = -(-len(train_set) // 64)
     long_epochs = -(-COMPILE_AUTO_MIN_STEPS // steps_per_epoch)
 
-    def decide(model: str, epochs: int, compile="auto") -> bool:
+    def decide(model: str, epochs: int, compile="auto", attention="stock") -> bool:
         cfg = make_config(model=model, type="student", dataset="synthetic", epochs=epochs, batch_size=64,
-                          accelerator="cpu", devices=1, compile=compile)
+                          accelerator="cpu", devices=1, compile=compile, attention=attention)
         task = Task(build_student_or_teacher(cfg, synthetic), cfg)
         return FabricTrainer(cfg, tmp_path / model, progress=False).use_compile(task, train_set)
 
@@ -250,6 +251,8 @@ def test_compile_auto_policy_and_config_values(synthetic, tmp_path):
     assert decide("gat", max(long_epochs - 1, 1)) is (max(long_epochs - 1, 1) * steps_per_epoch >= COMPILE_AUTO_MIN_STEPS)
     assert decide("gat", 1) is False and decide("vgae", long_epochs) is False
     assert decide("gat", 1, compile=True) is True and decide("gat", long_epochs, compile=False) is False
+    assert decide("gat", long_epochs, attention="auto") is False and decide("gat", long_epochs, attention="fused") is False
+    assert decide("gat", 1, compile=True, attention="auto") is True
 
 
 def test_old_one_group_optimizer_state_resumes_into_two_groups():
