@@ -10,9 +10,11 @@ PyG's ``GATv2Conv`` computes, for every edge ``j -> i`` and head ``h``,
 with gathers and scatters, each a pass over an ``[edges, heads, channels]`` tensor that autograd
 also keeps for the backward pass. A window's graph is tiny (~30 nodes, ~50 edges), so a batch's
 step is bound by those memory passes, not by arithmetic (``docs/PERFORMANCE.md``); eager PyTorch
-cannot fuse them. Here the same math runs as two loops over the edges compiled with numba: the
-forward keeps only ``att`` ([E, H]) for the backward pass, which recomputes ``z`` and
-writes the gradients of ``x_l``, ``x_r``, the edge projection and ``a`` directly.
+cannot fuse them. Here the same math runs as loops over the edges compiled with numba (three
+for the forward pass, two for the backward pass): the forward keeps only ``att`` ([E, H]) for
+the backward pass, which recomputes ``z`` and writes the gradients of ``x_l``, ``x_r``, the
+projected edge features and ``a`` directly. The edge projection ``W_e e`` itself is one matrix
+product (MKL), recomputed in the backward pass rather than kept.
 
 :func:`gatv2_attention` is a ``torch.library`` custom operator (``kdkit::gatv2_attention``) with
 its own autograd formula and a shape-only ("fake") implementation, so ``torch.compile`` keeps it
@@ -184,7 +186,7 @@ def _(xl, xr, edge_attr, w_edge, att, edge_index, negative_slope):
 def _attention_backward_op(grad: Tensor, xl: Tensor, xr: Tensor, edge_attr: Tensor, w_edge: Tensor, att: Tensor,
                            edge_index: Tensor, alpha: Tensor,
                            negative_slope: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    N, H, C = xl.shape
+    _, H, C = xl.shape
     g_xl, g_xr, g_att = torch.zeros_like(xl), torch.zeros_like(xr), torch.zeros_like(att)
     ep = _edge_projection(edge_attr, w_edge, H, C)
     g_ep = torch.empty(ep.shape, dtype=xl.dtype)
@@ -235,7 +237,7 @@ def gatv2_attention(x_l: Tensor, x_r: Tensor, edge_index: Tensor, att: Tensor, e
         ``[N, H, C]``, before GATv2Conv's concat/mean and bias. Differentiable in ``x_l``, ``x_r``,
         ``att`` and ``edge_weight``.
     """
-    N, H, C = x_l.shape
+    _, H, C = x_l.shape
     if (edge_attr is None) != (edge_weight is None):
         raise ValueError("gatv2_attention: give both edge_attr and edge_weight, or neither")
     if edge_attr is None:

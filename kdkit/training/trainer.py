@@ -322,6 +322,9 @@ class FabricTrainer:
                                       pad=False)  # every validation window counted once over the ranks
             val_loader = fabric.setup_dataloaders(val_loader, use_distributed_sampler=False)
         set_attention_kernel(task.model, cfg.attention)
+        if cfg.attention == "fused" and not on_cpu:
+            log.warning("attention: fused runs on CPU only; on %s the GATv2 layers take PyG's attention",
+                        fabric.device.type)
         if task.teacher is not None:
             set_attention_kernel(task.teacher, cfg.attention)
         if compile_model:  # nn.Module.compile: the module stays itself (same parameters, state_dict keys)
