@@ -23,10 +23,12 @@ echo "== preprocessing: file -> graphs ($CSV)"
 $KDKIT bench preprocess --file "$CSV" --repeats "$REPEATS" --json > "$OUT/preprocess.json"
 
 echo "== training step: the plain PyG loop vs the Fabric trainer (fresh processes, interleaved)"
+# the README's rows: fused attention (the default) eager and compiled, and PyG's attention eager; fp32
 for model_type in student teacher; do
-  for comp in off on; do
-    $KDKIT bench train --model gat --type $model_type --dataset hcrl_sa --threads 1 --compile $comp \
-      --steps "$STEPS" --repeats "$REPEATS" --json > "$OUT/train_gat_${model_type}_compile_${comp}.json"
+  for variant in "off auto" "on auto" "off stock"; do
+    set -- $variant
+    $KDKIT bench train --model gat --type $model_type --dataset hcrl_sa --threads 1 --precision 32-true --compile "$1" \
+      --attention "$2" --steps "$STEPS" --repeats "$REPEATS" --json > "$OUT/train_gat_${model_type}_compile_$1_attention_$2.json"
   done
 done
 
@@ -70,7 +72,7 @@ for p in sorted(out.glob("*.json")):
 r = record["results"]
 for name, v in r.items():
     if name.startswith("train_"):
-        print(f"{name}: fabric/plain {v['speedup']}x wall, {v['speedup_cpu_time']}x CPU, memory {v['memory_ratio']}x; "
+        print(f"{name} ({v['fabric']['attention']}): fabric/plain {v['speedup']}x wall, {v['speedup_cpu_time']}x CPU, memory {v['memory_ratio']}x; "
               f"plain {v['plain']['graphs_per_s']} fabric {v['fabric']['graphs_per_s']} graphs/s; {v['fabric']['precision_reason']}")
 for k, v in r["infer"]["variants"].items():
     print(f"infer {k}: {v['messages_per_s_spread']} messages/s, p50 {v['latency_ms_p50']} p99 {v['latency_ms_p99']} ms")
