@@ -33,6 +33,8 @@ def test_bench_train_smoke(synthetic, capsys):
     assert out["plain"]["precision"] == "32-true"
     assert out["fabric"]["precision_reason"].startswith(("policy:", "asked for"))
     assert out["speedup"] > 0 and out["memory_ratio"] > 0 and out["machine"]["cores"] >= 1
+    # the baseline runs PyG's attention, the trainer the fused kernel (its default on CPU)
+    assert out["plain"]["attention"] == "stock" and out["fabric"]["attention"] == "auto"
 
 
 @pytest.mark.parametrize("model", ["gat", "vgae"])
