@@ -76,6 +76,10 @@ def test_kernel_propagates_nan_and_checks_its_arguments():
     assert torch.isnan(out[ei[1, 0]]).any()  # a NaN input is not hidden by the kernel
     with pytest.raises(ValueError, match="both edge_attr and edge_weight"):
         gatv2_attention(x_l, x_l, ei, torch.randn(2, 4), ea)
+    bad = ei.clone()
+    bad[1, 3] = 10  # a node that does not exist: a clear error, not a read past the array
+    with pytest.raises(ValueError, match=r"edge_index spans 0\.\.10 but there are 10 nodes"):
+        gatv2_attention(x_l, x_l, bad, torch.randn(2, 4), ea, torch.randn(8, 7))
 
 
 def _batch(num_graphs=6, seed=0):

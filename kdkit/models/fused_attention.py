@@ -172,6 +172,8 @@ def _attention_op(xl: Tensor, xr: Tensor, edge_attr: Tensor, w_edge: Tensor, att
     alpha = torch.empty((E, H), dtype=xl.dtype)
     ep = _edge_projection(edge_attr, w_edge, H, C)  # transient: the backward pass recomputes it
     ei = _np(edge_index)
+    if E and (ei.min() < 0 or ei.max() >= N):  # the compiled loops do not check bounds: fail here, clearly
+        raise ValueError(f"kdkit::gatv2_attention: edge_index spans {ei.min()}..{ei.max()} but there are {N} nodes")
     _kernel("forward")(_np(xl), _np(xr), _np(ep), _np(att), ei[0], ei[1], _consts(xl, negative_slope), N,
                        alpha.numpy(), out.numpy())
     return out, alpha
