@@ -176,8 +176,7 @@ class GATv2Layer(GATv2Conv):
     def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor | None = None,
                 loops_added: bool = False) -> Tensor:
         if self.self_loops and not loops_added:
-            edge_index, edge_attr = remove_self_loops(edge_index, edge_attr)
-            edge_index, edge_attr = add_self_loops(edge_index, edge_attr, fill_value="mean", num_nodes=x.size(0))
+            edge_index, edge_attr = gat_self_loops(edge_index, edge_attr, x.size(0))
         if self.uses_fused_kernel(x, edge_attr):
             return self._fused_forward(x, edge_index, edge_attr)
         return super().forward(x, edge_index, edge_attr)
@@ -220,12 +219,19 @@ def set_attention_kernel(model: nn.Module, kernel: str) -> int:
     return len(layers)
 
 
+def gat_self_loops(edge_index: Tensor, edge_attr: Tensor | None, num_nodes: int) -> tuple[Tensor, Tensor | None]:
+    """The edges a :class:`GATv2Layer` attends over: the graph's own self-loops dropped and one
+    added per node, with the mean of its incoming edge features (``GATv2Conv``'s
+    ``add_self_loops=True, fill_value="mean"``)."""
+    edge_index, edge_attr = remove_self_loops(edge_index, edge_attr)
+    return add_self_loops(edge_index, edge_attr, fill_value="mean", num_nodes=num_nodes)
+
+
 def with_self_loops(batch):
     """The loaders' transform under ``torch.compile``: every :class:`GATv2Layer`'s self-loops
     added to the batch once (what each layer would add), marked with ``loops_added`` so the
     layers add none. The GAT's output is unchanged (tested)."""
-    edge_index, edge_attr = remove_self_loops(batch.edge_index, batch.edge_attr)
-    batch.edge_index, batch.edge_attr = add_self_loops(edge_index, edge_attr, fill_value="mean",
+    batch.edge_index, batch.edge_attr = gat_self_loops(batch.edge_index, batch.edge_attr,
                                                        num_nodes=batch.x.size(0))
     batch.loops_added = True
     return batch
@@ -270,8 +276,7 @@ class GATStack(nn.Module):
         out = []
         if not loops_added and len(self.convs) > 1 and self.convs[0].self_loops:
             # every layer would drop and add the same self-loops: do it once for the stack
-            edge_index, edge_attr = remove_self_loops(edge_index, edge_attr)
-            edge_index, edge_attr = add_self_loops(edge_index, edge_attr, fill_value="mean", num_nodes=h.size(0))
+            edge_index, edge_attr = gat_self_loops(edge_index, edge_attr, h.size(0))
             loops_added = True
         for conv, proj, norm in zip(self.convs, self.projs, self.norms):
             h = F.dropout(F.elu(norm(h + proj(conv(h, edge_index, edge_attr, loops_added)))),
