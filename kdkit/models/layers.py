@@ -12,6 +12,7 @@ from torch_geometric.nn.inits import glorot
 from torch_geometric.profile import count_parameters as _pyg_count_parameters
 from torch_geometric.utils import add_self_loops, remove_self_loops
 
+from kdkit.models.dropout import dropout
 from kdkit.models.fused_attention import gatv2_attention
 
 ATTENTION_KERNELS = ("auto", "fused", "stock")
@@ -209,13 +210,19 @@ class GATv2Layer(GATv2Conv):
 
 def set_attention_kernel(model: nn.Module, kernel: str) -> int:
     """Set ``attention`` (``"auto"``, ``"fused"`` or ``"stock"``) on every :class:`GATv2Layer` of
-    ``model``; returns how many layers it set. The run config's ``attention`` key does this for
-    training; results are the same within float rounding, only speed and memory differ."""
+    ``model``; returns how many layers it set. ``"stock"`` also gives every :class:`GATStack`
+    torch's own dropout masks (``F.dropout``) instead of kdkit's cheap CPU ones
+    (:mod:`kdkit.models.dropout`): the plain PyTorch/PyG path throughout. The run config's
+    ``attention`` key does this for training. Outputs are the same within float rounding; in
+    training the dropout masks are other random numbers from the same distribution."""
     if kernel not in ATTENTION_KERNELS:
         raise ValueError(f"attention={kernel!r}: choose one of {', '.join(ATTENTION_KERNELS)}")
     layers = [m for m in model.modules() if isinstance(m, GATv2Layer)]
     for layer in layers:
         layer.attention = kernel
+    for stack in model.modules():
+        if isinstance(stack, GATStack):
+            stack.fast_dropout = kernel != "stock"
     return len(layers)
 
 
@@ -261,6 +268,7 @@ class GATStack(nn.Module):
         if norm not in norms:
             raise ValueError(f"norm={norm!r}: choose one of {sorted(norms)}")
         self.dropout = dropout
+        self.fast_dropout = True  # kdkit's cheap CPU masks (kdkit.models.dropout); set_attention_kernel "stock": torch's
         self.convs, self.projs, self.norms = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
         for _ in range(num_layers):
             self.convs.append(GATv2Layer(hidden, hidden, heads=heads, concat=concat_heads, dropout=attn_dropout,
@@ -279,8 +287,8 @@ class GATStack(nn.Module):
             edge_index, edge_attr = gat_self_loops(edge_index, edge_attr, h.size(0))
             loops_added = True
         for conv, proj, norm in zip(self.convs, self.projs, self.norms):
-            h = F.dropout(F.elu(norm(h + proj(conv(h, edge_index, edge_attr, loops_added)))),
-                          p=self.dropout, training=self.training)
+            h = dropout(F.elu(norm(h + proj(conv(h, edge_index, edge_attr, loops_added)))),
+                        self.dropout, self.training, fast=self.fast_dropout)
             out.append(h)
         return out
 
