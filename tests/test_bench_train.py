@@ -35,6 +35,8 @@ def test_bench_train_smoke(synthetic, capsys):
     assert out["speedup"] > 0 and out["memory_ratio"] > 0 and out["machine"]["cores"] >= 1
     # the baseline runs PyG's attention, the trainer the fused kernel (its default on CPU)
     assert out["plain"]["attention"] == "stock" and out["fabric"]["attention"] == "auto"
+    # and torch's dropout masks against kdkit's (kdkit.models.dropout)
+    assert out["plain"]["dropout_masks"] == "torch" and out["fabric"]["dropout_masks"] == "kdkit"
 
 
 @pytest.mark.parametrize("model", ["gat", "vgae"])

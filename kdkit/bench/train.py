@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from kdkit.config import make_config
-from kdkit.models.layers import GATv2Layer, set_attention_kernel
+from kdkit.models.layers import GATStack, GATv2Layer, set_attention_kernel
 from kdkit.training.hardware import machine_info
 from kdkit.training.memory import PeakMemory, trim_heap
 from kdkit.training.optim import make_scheduler
@@ -174,8 +174,10 @@ def run_variant(opts: dict) -> dict:
     peak = alloc_peak if alloc_peak is not None else rss_peak
     convs = [m for m in task.model.modules() if isinstance(m, GATv2Layer)]
     attention = "stock" if opts["variant"] == "plain" or not convs else convs[0].attention
+    stacks = [m for m in task.model.modules() if isinstance(m, GATStack)]
+    kdkit_masks = bool(stacks) and stacks[0].fast_dropout and on_cpu and not opts.get("compile")  # else F.dropout
     return {"variant": opts["variant"], "precision": precision, "compiled": bool(opts.get("compile")),
-            "attention": attention,
+            "attention": attention, "dropout_masks": "kdkit" if kdkit_masks else "torch",
             "graphs": graphs, "seconds": wall, "cpu_seconds": cpu_s, "graphs_per_s": graphs / wall,
             "graphs_per_cpu_s": graphs / max(cpu_s, 1e-9), "step_ms_median": 1000 * statistics.median(times),
             "burn_in_seconds": burn_seconds, "peak_mib": peak / MIB, "rss_peak_mib": rss_peak / MIB,
@@ -233,7 +235,8 @@ def bench_train(model: str = "gat", type: str = "teacher", dataset: str = "synth
         isolate: each run in a fresh process (default True; False runs in this process, for smoke tests).
         accelerator: ``auto`` | ``cpu`` | ``cuda``.
         attention: the Fabric path's GATv2 attention kernel (``auto`` | ``fused`` | ``stock``, the run
-            config key); the plain loop always runs PyG's stock path.
+            config key; ``stock`` also means torch's dropout masks); the plain loop always runs PyG's
+            stock path and torch's masks. Each side records both (``attention``, ``dropout_masks``).
     """
 
     base = {"model": model, "type": type, "dataset": dataset, "steps": steps, "burn_in": burn_in,
@@ -251,7 +254,7 @@ def bench_train(model: str = "gat", type: str = "teacher", dataset: str = "synth
                                        "Data, model, AdamW, backward, step; fp32"}
     for name, rs in runs.items():
         out[name] = {"precision": rs[0]["precision"], "compiled": rs[0]["compiled"], "threads": rs[0]["threads"],
-                     "attention": rs[0]["attention"],
+                     "attention": rs[0]["attention"], "dropout_masks": rs[0]["dropout_masks"],
                      "device": rs[0]["device"], "graphs_per_s": _summary(rs, "graphs_per_s"),
                      "graphs_per_cpu_s": _summary(rs, "graphs_per_cpu_s"), "step_ms": _summary(rs, "step_ms_median"),
                      "cpu_seconds": _summary(rs, "cpu_seconds"), "wall_seconds": _summary(rs, "seconds"),
