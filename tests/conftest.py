@@ -89,7 +89,7 @@ def pytest_xdist_make_scheduler(config, log):
     controller, and the worker that started it stops it when its session ends. (The
     ``xdist_group`` mark does the same but is ignored with pytest 9.2 and xdist 3.8:
     pytest-dev/pytest-xdist#1386.) The cluster's tests are one work unit, and so are the tests of
-    each of :data:`SHARED_FIXTURE_FILES` (but those in :data:`ALONE`), and the two
+    each of :data:`SHARED_FIXTURE_FILES` (but those in :data:`ALONE`), and the
     :data:`EXPORTED_STUDENT_TESTS`; every other test is a unit
     of its own, as with ``--dist load``. Units go out in the order of :data:`HEAVY_FIRST`, then
     the rest in collection order."""
@@ -198,7 +198,8 @@ def student_checkpoint(synthetic, tmp_path):
 
 
 EXPORTED_STUDENT_TESTS = ("tests/test_export.py::test_export_cli_package_matches_model",
-                          "tests/test_bench_train.py::test_bench_infer_smoke")
+                          "tests/test_bench_train.py::test_bench_infer_smoke",
+                          "tests/test_native.py::test_export_writes_native_weights_the_detector_uses")
 """The tests of the ``exported_student`` fixture: one xdist unit, so that the package is compiled once."""
 
 

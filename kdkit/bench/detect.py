@@ -46,12 +46,12 @@ def _spread(values: list[float], digits: int = 4) -> dict:
 
 
 def bench_replay(model: str | Path, path: str | Path, channel: str | None = None, repeats: int = 5,
-                 threads: int = 1) -> dict:
+                 threads: int = 1, engine: str = "auto") -> dict:
     """Replay ``path`` through a detector ``repeats`` times (after one untimed burn-in)."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     torch.set_num_threads(threads)
-    base = Detector.load(model)
+    base = Detector.load(model, engine=engine)
     replay_file(base.clone(), path, channel=channel)  # burn-in: allocator, compiled kernels, page cache
     runs = []
     for _ in range(repeats):
@@ -67,7 +67,7 @@ def bench_replay(model: str | Path, path: str | Path, channel: str | None = None
             "read_seconds": _spread([r["read_seconds"] for r in runs]),
             "detect_seconds": _spread([r["seconds"] - r["read_seconds"] for r in runs]),
             "detect_messages_per_s": _spread([r["messages"] / max(r["seconds"] - r["read_seconds"], 1e-9) for r in runs], 0),
-            "threads": threads, "machine": machine_info()}
+            "threads": threads, "engine": base.engine, "machine": machine_info()}
 
 
 def _send_to_decision(send_times: list[float], decided: list[tuple[int, float]]) -> dict:
@@ -81,11 +81,11 @@ def _send_to_decision(send_times: list[float], decided: list[tuple[int, float]])
 
 
 def bench_live(model: str | Path, path: str | Path, channel: str | None = None, seconds: float = 10.0,
-               threads: int = 1) -> dict:
+               threads: int = 1, engine: str = "auto") -> dict:
     """Send the first ``seconds`` of ``path`` at its recorded pace on a virtual bus and detect
     live; per-window decision latency p50/p99."""
     torch.set_num_threads(threads)
-    det = Detector.load(model)
+    det = Detector.load(model, engine=engine)
     msgs = read_messages(path, on_bad_rows="skip", channel=channel)
     n = int(np.searchsorted(msgs.timestamp, msgs.timestamp[0] + seconds, side="right"))
     msgs = msgs.slice(0, n)
@@ -124,4 +124,4 @@ def bench_live(model: str | Path, path: str | Path, channel: str | None = None, 
             "latency_ms_max": summary["latency_ms_max"], **_send_to_decision(send_times, decided),
             "cpu_ms_p50": summary["cpu_ms_p50"],
             "cpu_ms_p99": summary["cpu_ms_p99"], "cpu_seconds": summary["cpu_seconds"],
-            "stopped_by": summary["stopped_by"], "threads": threads, "machine": machine_info()}
+            "stopped_by": summary["stopped_by"], "threads": threads, "engine": det.engine, "machine": machine_info()}

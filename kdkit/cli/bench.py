@@ -14,6 +14,7 @@ from kdkit.bench import preprocess as bench
 from kdkit.bench.detect import bench_live, bench_replay
 from kdkit.bench.infer import bench_infer
 from kdkit.bench.train import bench_train
+from kdkit.stream.detector import ENGINES
 
 
 def print_result(obj: dict, as_json: bool) -> None:
@@ -93,14 +94,15 @@ def cmd_bench_infer(args: argparse.Namespace) -> int:
 
 def cmd_bench_detect(args: argparse.Namespace) -> int:
     if args.live:
-        result = bench_live(args.model, args.input, args.channel, args.seconds, args.threads)
+        result = bench_live(args.model, args.input, args.channel, args.seconds, args.threads, args.engine)
     else:
-        result = bench_replay(args.model, args.input, args.channel, args.repeats, args.threads)
+        result = bench_replay(args.model, args.input, args.channel, args.repeats, args.threads, args.engine)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     print(f"{result['benchmark']}: {result['model']} on {result['input']}"
-          + (f" (channel {result['channel']})" if result["channel"] else "") + f", {result['threads']} thread(s):")
+          + (f" (channel {result['channel']})" if result["channel"] else "")
+          + f", {result['threads']} thread(s), engine {result['engine']}:")
     if args.live:
         print(f"  {result['messages']:,} messages, {result['windows']:,} windows in {result['seconds']} s of recording; "
               f"decision latency p50 {result['latency_ms_p50']} ms, p99 {result['latency_ms_p99']} ms, "
@@ -182,5 +184,7 @@ def register(sub) -> None:
     p.add_argument("--live", action="store_true", help="measure live latency on a virtual bus at the recorded pace")
     p.add_argument("--seconds", type=float, default=10.0, help="with --live: seconds of the recording sent (default 10)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--engine", choices=list(ENGINES), default="auto",
+                   help="the detector's engine for single windows (kdkit detect --engine; default auto)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_detect)

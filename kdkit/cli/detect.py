@@ -18,14 +18,16 @@ from pathlib import Path
 
 import torch
 
-from kdkit.stream.detector import Detector
+from kdkit.stream.detector import ENGINES, Detector
 from kdkit.stream.run import BusError, run_detection
 
 
 def _detector(args: argparse.Namespace) -> Detector:
     if args.model:
-        return Detector.from_exported(args.model, threshold=args.threshold, stride=args.stride, channel=args.channel)
-    return Detector.from_checkpoint(args.checkpoint, threshold=args.threshold, stride=args.stride, channel=args.channel)
+        return Detector.from_exported(args.model, threshold=args.threshold, stride=args.stride, channel=args.channel,
+                                      engine=args.engine)
+    return Detector.from_checkpoint(args.checkpoint, threshold=args.threshold, stride=args.stride, channel=args.channel,
+                                    engine=args.engine)
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
@@ -105,5 +107,9 @@ def register(sub) -> None:
     p.add_argument("--on-bad-rows", choices=["skip", "error"], default="skip",
                    help="bad rows of a replayed file: skip and count them (default) or stop with an error")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; 0: torch's default)")
+    p.add_argument("--engine", choices=list(ENGINES), default="auto",
+                   help="what scores a window that a frame closes (live, --realtime): auto (default: kdkit's native "
+                        "GAT engine where it applies, else the exported package or the checkpoint's model), native, "
+                        "package (a .pt2 only) or torch (a checkpoint only); replayed blocks run the package or model")
     p.add_argument("--no-flush", dest="flush", action="store_false", help="do not flush after every alarm line")
     p.set_defaults(func=cmd_detect)

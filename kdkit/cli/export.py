@@ -13,7 +13,9 @@ def cmd_export(args) -> int:
     else:
         print(f"exported {result['parameters']:,} parameters to {result['package']} ({result['bytes'] / 2**20:.1f} MiB, "
               f"{result['seconds']} s; output {result['output_kind']}, threshold {result['threshold']:.6g}); "
-              f"graph-building metadata in {result['metadata']}")
+              f"graph-building metadata in {result['metadata']}"
+              + (f"; the detector's native engine weights in {result['native_weights']}" if result["native_weights"]
+                 else ""))
     return 0
 
 

@@ -13,6 +13,10 @@ Two families export, with the same tensor inputs (:data:`kdkit.models.scorer.INP
 
     kdkit export --checkpoint runs/x/checkpoints/best.pt --out student.pt2
     score = load_exported("student.pt2"); score(batch)      # score.output_kind says which
+
+Beside a GAT's package it also writes ``student.npz``: the same weights for
+:class:`kdkit.models.native.NativeGAT`, the detector's engine for single windows (copy it to the
+gateway with the ``.pt2`` and the ``.json``; without it the detector calls the package).
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ from kdkit.data.loader import collate_indices
 from kdkit.data.readers import Messages
 from kdkit.models.fusion_scorer import OUTPUT_KIND as FUSION_OUTPUT_KIND
 from kdkit.models.fusion_scorer import FusionScorer
+from kdkit.models.native import NativeGAT, unsupported_reason
 from kdkit.models.scorer import INPUTS, GATScorer, check_batch, scorer_inputs
 from kdkit.training.checkpoint import load_checkpoint, model_from_checkpoint, provenance
 from kdkit.training.cpu_speedups import tune_cpu_allocator
@@ -192,13 +197,36 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, thr
             "calibration": _calibration_note(prov.get("calibration")),
             "example": f"{example.num_graphs} graphs synthesized from the checkpoint's vocabulary (no data needed)",
             "threads": threads}
+    native = _write_native_weights(model, out)
+    meta["native_weights"] = native.name if native else None
     meta_path = out.with_suffix(".json")
     tmp = meta_path.with_name(f".{meta_path.name}.tmp")
     tmp.write_text(json.dumps(meta, indent=2))
     tmp.replace(meta_path)
-    return {"package": str(out), "metadata": str(meta_path), "seconds": round(seconds, 1),
+    return {"package": str(out), "metadata": str(meta_path), "native_weights": str(native) if native else None,
+            "seconds": round(seconds, 1),
             "parameters": sum(p.numel() for p in model.parameters()), "bytes": out.stat().st_size,
             "threshold": ckpt.get("threshold"), "output_kind": out_kind}
+
+
+def native_weights_path(package: str | Path) -> Path:
+    """Where :func:`export_checkpoint` writes a GAT's native weights beside its package: the
+    ``.pt2``'s name with ``.npz`` (:class:`kdkit.models.native.NativeGAT`, the detector's engine
+    for single windows)."""
+    return Path(package).with_suffix(".npz")
+
+
+def _write_native_weights(model, out: Path) -> Path | None:
+    """The native engine's copy of a GAT's weights beside its package (None for a model it cannot
+    run; a stale copy from an earlier export of another model is removed then)."""
+    path = native_weights_path(out)
+    if unsupported_reason(model) is not None:
+        path.unlink(missing_ok=True)
+        return None
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez(tmp, **NativeGAT.from_model(model.eval()).arrays())
+    tmp.replace(path)
+    return path
 
 
 def _calibration_note(record: dict | None) -> dict | None:

@@ -13,7 +13,11 @@ graphs and scores equal those of :func:`kdkit.data.graphs.build_graphs` over the
 (tested). :meth:`Detector.feed_many` builds the graphs of every window a batch closes in one
 ``build_graphs`` call and scores them in batches; :meth:`Detector.feed` of an exported student
 builds the one window it closes with :func:`kdkit.stream.window.window_graph` (one compiled
-loop over the window, no GraphSet) and scores it straight away through the package's direct call.
+loop over the window, no GraphSet) and scores it straight away: a GAT classifier (checkpoint, or
+an export with its ``.npz`` weights) with :class:`kdkit.models.native.NativeGAT` (one compiled
+loop from features to logits), any other exported student through the package's direct call.
+:attr:`Detector.engine` says which (``"native"``, ``"package"``, ``"torch"``: the batch path of a
+checkpoint, for every window).
 
 Scores are the kit's: a GAT checkpoint's attack probability and a VGAE checkpoint's anomaly
 score (both through :func:`kdkit.reporting.metrics.predict_scores`, as ``kdkit evaluate``), an
@@ -43,7 +47,8 @@ import torch
 from kdkit.data.graphs import GRAPH_FORMAT_VERSION, GraphSet, IdVocab, build_graphs, layout_matches
 from kdkit.data.loader import WindowBatch, gather_windows
 from kdkit.data.readers import EXTENDED_ID_FLAG, MAX_CAN_ID, MAX_STANDARD_ID, Messages
-from kdkit.deploy.export import load_exported
+from kdkit.deploy.export import load_exported, native_weights_path
+from kdkit.models.native import NativeGAT, unsupported_reason
 from kdkit.models.thresholds import GAT_THRESHOLD, is_attack
 from kdkit.reporting.metrics import predict_scores
 from kdkit.stream.window import WindowGraph, window_graph
@@ -71,6 +76,12 @@ RESTAMP_SPAN = 256  # timestamps per re-stamping check
 MIN_MEAN_GAP_S = 40e-6  # a CAN bus at 1 Mbit/s carries at most ~21,000 frames/s (a gap of ~47 us)
 
 BLOCK_MESSAGES = 1 << 16  # feed_many works through large inputs in blocks of this many messages
+
+ENGINES = ("auto", "native", "package", "torch")
+"""How :meth:`Detector.feed` scores the one window a frame closes: ``auto`` (the native engine where
+it applies, else the package's direct call for an export or the model's batch path for a
+checkpoint), ``native`` (:class:`~kdkit.models.native.NativeGAT`; an error where it does not
+apply), ``package`` (an export's AOTInductor package), ``torch`` (a checkpoint's model)."""
 
 
 def format_can_id(key: int) -> str:
@@ -218,13 +229,14 @@ class Detector:
             scores it without a ``GraphSet`` (the latency path of an exported student).
         score_graph: ``WindowGraph -> float``, one window's score, equal to
             ``score_batch(graph.batch())[0]`` up to float rounding at less cost a call (default: that).
+        engine: what ``score_graph`` runs, for summaries (``"native"``, ``"package"``, ``"torch"``).
     """
 
     def __init__(self, score_windows: Callable[[GraphSet], np.ndarray], vocab: IdVocab, window: int,
                  stride: int | None = None, threshold: float = GAT_THRESHOLD, label_threshold: float = 0.0,
                  channel: str | None = None, name: str = "model",
                  score_batch: Callable[[WindowBatch], np.ndarray] | None = None,
-                 score_graph: Callable[[WindowGraph], float] | None = None):
+                 score_graph: Callable[[WindowGraph], float] | None = None, engine: str | None = None):
         stride = window if stride is None else stride
         if int(window) < 2 or int(stride) < 1:
             raise ValueError(f"{name}: window must be >= 2 and stride >= 1, got window={window}, stride={stride}")
@@ -235,6 +247,7 @@ class Detector:
             def score_graph(graph: WindowGraph) -> float:
                 return float(score_batch(graph.batch())[0])
         self.score_graph = score_graph
+        self.engine = engine or ("package" if score_graph is not None else "torch")
         self.window, self.stride, self.threshold = int(window), int(stride), float(threshold)
         self.label_threshold, self.channel = float(label_threshold), channel
         self.dropped: Counter[str] = Counter()
@@ -253,9 +266,11 @@ class Detector:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_checkpoint(cls, path: str | Path, threshold: float | None = None, stride: int | None = None,
-                        channel: str | None = None, batch_size: int = 256) -> Detector:
+                        channel: str | None = None, batch_size: int = 256, engine: str = "auto") -> Detector:
         """A detector for a kdkit checkpoint (GAT or VGAE), in eval mode, with its vocabulary,
-        window, stride and threshold (``threshold``/``stride`` override them)."""
+        window, stride and threshold (``threshold``/``stride`` override them). ``engine``: see
+        :data:`ENGINES` (a GAT classifier's single windows run natively by default)."""
+        _check_engine(engine, ("auto", "native", "torch"), path)
         ckpt = load_checkpoint(path)
         graph = check_graph_settings(ckpt, path)
         _check_layout(ckpt.get("node_features"), ckpt.get("edge_features"),
@@ -268,16 +283,29 @@ class Detector:
             return predict_scores(model, gs, batch_size=batch_size)
 
         thr = float(ckpt.get("threshold", GAT_THRESHOLD)) if threshold is None else threshold
-        return cls(score, IdVocab.from_list(ckpt["vocab"]), graph["window"], stride or graph["stride"], thr,
-                   graph.get("label_threshold") or 0.0, channel, name=str(path))
+        score_graph, used = None, "torch"
+        if engine != "torch":
+            why = unsupported_reason(model)
+            if why is None:
+                score_graph, used = _native_scorer(NativeGAT.from_model(model)), "native"
+            elif engine == "native":
+                raise ValueError(f"{path}: the native engine cannot run {why}; use engine 'auto' or 'torch'")
+        det = cls(score, IdVocab.from_list(ckpt["vocab"]), graph["window"], stride or graph["stride"], thr,
+                  graph.get("label_threshold") or 0.0, channel, name=str(path), score_graph=score_graph, engine=used)
+        det.warm_up()
+        return det
 
     @classmethod
     def from_exported(cls, path: str | Path, threshold: float | None = None, stride: int | None = None,
-                      channel: str | None = None, batch_size: int = 128) -> Detector:
+                      channel: str | None = None, batch_size: int = 128, engine: str = "auto") -> Detector:
         """A detector for an exported ``.pt2`` (``kdkit export``), configured from the ``.json``
         metadata beside it (vocabulary, feature layout, window, stride, threshold). A GAT's package
         (``output_kind`` ``"logits"``) scores ``softmax(logits)[:, 1]``, a fusion student's
-        (``"score"``) its fused score as it comes."""
+        (``"score"``) its fused score as it comes. Batches (:meth:`feed_many`) run the package; a
+        single window (:meth:`feed`) runs the native engine when the ``.npz`` of native weights
+        ``kdkit export`` writes for a GAT lies beside the package, else the package's direct call
+        (``engine``: see :data:`ENGINES`)."""
+        _check_engine(engine, ("auto", "native", "package"), path)
         path = Path(path)
         meta_path = path.with_suffix(".json")
         if not meta_path.is_file():
@@ -310,9 +338,22 @@ class Detector:
             return np.concatenate(out) if out else np.zeros(0, np.float32)
 
         thr = float(meta.get("threshold") if meta.get("threshold") is not None else GAT_THRESHOLD)
+        score_graph, used = _graph_scorer(program, logits), "package"
+        native_path = native_weights_path(path)
+        if engine != "package" and logits and native_path.is_file():
+            with np.load(native_path) as arrays:
+                native = NativeGAT.from_arrays(arrays)
+            if native.num_ids < len(vocab):
+                raise ValueError(f"{native_path}: native weights for num_ids={native.num_ids} beside a vocabulary of "
+                                 f"{len(vocab)} IDs: not this package's; re-export the model with kdkit export")
+            score_graph, used = _native_scorer(native), "native"
+        elif engine == "native":
+            why = ("a fusion student's fused score" if not logits else
+                   f"no {native_path.name} beside the package (exported before kdkit wrote one): re-export it")
+            raise ValueError(f"{path}: the native engine cannot run it: {why}")
         det = cls(score, vocab, int(meta["window"]), stride or int(meta["stride"]),
                   thr if threshold is None else threshold, meta.get("label_threshold") or 0.0, channel, name=str(path),
-                  score_batch=score_batch, score_graph=_graph_scorer(program, logits))
+                  score_batch=score_batch, score_graph=score_graph, engine=used)
         det.warm_up()
         return det
 
@@ -330,15 +371,15 @@ class Detector:
 
     @classmethod
     def load(cls, path: str | Path, threshold: float | None = None, stride: int | None = None,
-             channel: str | None = None) -> Detector:
+             channel: str | None = None, engine: str = "auto") -> Detector:
         """:meth:`from_exported` for a ``.pt2``, else :meth:`from_checkpoint`."""
         make = cls.from_exported if Path(path).suffix == ".pt2" else cls.from_checkpoint
-        return make(path, threshold=threshold, stride=stride, channel=channel)
+        return make(path, threshold=threshold, stride=stride, channel=channel, engine=engine)
 
     def clone(self) -> Detector:
         """A new detector with the same model and settings and no stream state."""
         return Detector(self.score_windows, self.vocab, self.window, self.stride, self.threshold,
-                        self.label_threshold, self.channel, self.name, self.score_batch, self.score_graph)
+                        self.label_threshold, self.channel, self.name, self.score_batch, self.score_graph, self.engine)
 
     # ------------------------------------------------------------------ state
     @property
@@ -355,7 +396,7 @@ class Detector:
         """Counters: frames seen, messages accepted, windows, alarms, dropped frames by reason."""
         return {"frames": self.frames, "messages": self.messages, "windows": self.windows, "alarms": self.alarms,
                 "dropped": dict(self.dropped), "restamped": self.restamped, "window": self.window,
-                "stride": self.stride, "threshold": self.threshold}
+                "stride": self.stride, "threshold": self.threshold, "engine": self.engine}
 
     def _drop(self, reason: str, detail: str) -> None:
         self.dropped[reason] += 1
@@ -589,15 +630,32 @@ def _graph_scorer(program, logits: bool) -> Callable[[WindowGraph], float] | Non
             fixed = fixed_inputs[n] = (torch.zeros(n, dtype=torch.long), torch.tensor([0, n]), torch.empty(n, 0))
         out = run(from_numpy(graph.x), from_numpy(graph.node_id), from_numpy(graph.edge_index),
                   from_numpy(graph.edge_attr), *fixed).tolist()[0]
-        if not logits:
-            return float(out)
-        d = out[0] - out[1]  # softmax(l)[1] = 1 / (1 + exp(l0 - l1)), in the form that cannot overflow
-        if d > 0:
-            e = math.exp(-d)
-            return e / (1.0 + e)
-        return 1.0 / (1.0 + math.exp(d))
+        return _attack_probability(out[0], out[1]) if logits else float(out)
 
     return score
+
+
+def _attack_probability(l0: float, l1: float) -> float:
+    """``softmax([l0, l1])[1]`` in float64, in the form that cannot overflow."""
+    d = l0 - l1  # softmax(l)[1] = 1 / (1 + exp(l0 - l1))
+    if d > 0:
+        e = math.exp(-d)
+        return e / (1.0 + e)
+    return 1.0 / (1.0 + math.exp(d))
+
+
+def _native_scorer(native: NativeGAT) -> Callable[[WindowGraph], float]:
+    """``score(graph) -> float``, a GAT's attack probability for one window from the native engine."""
+    def score(graph: WindowGraph) -> float:
+        out = native.logits_window(graph.x, graph.node_id, graph.edge_index, graph.edge_attr)
+        return _attack_probability(float(out[0]), float(out[1]))
+
+    return score
+
+
+def _check_engine(engine: str, allowed: tuple[str, ...], where) -> None:
+    if engine not in allowed:
+        raise ValueError(f"{where}: engine={engine!r}; choose one of {', '.join(allowed)} for this kind of model")
 
 
 def _check_layout(node_features, edge_features, graph_format, where, vocab=None) -> None:
