@@ -199,7 +199,8 @@ def student_checkpoint(synthetic, tmp_path):
 
 EXPORTED_STUDENT_TESTS = ("tests/test_export.py::test_export_cli_package_matches_model",
                           "tests/test_bench_train.py::test_bench_infer_smoke",
-                          "tests/test_native.py::test_export_writes_native_weights_the_detector_uses")
+                          "tests/test_native.py::test_export_writes_native_weights_the_detector_uses",
+                          "tests/test_native.py::test_native_weights_of_another_export_are_never_used")
 """The tests of the ``exported_student`` fixture: one xdist unit, so that the package is compiled once."""
 
 

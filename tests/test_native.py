@@ -209,3 +209,24 @@ def test_export_writes_native_weights_the_detector_uses(exported_student, synthe
     assert Detector.from_exported(bare / package.name).engine == "package"
     with pytest.raises(ValueError, match="re-export"):
         Detector.from_exported(bare / package.name, engine="native")
+
+
+def test_native_weights_of_another_export_are_never_used(exported_student, synthetic, tmp_path, caplog):
+    checkpoint, package, _ = exported_student
+    meta = json.loads(package.with_suffix(".json").read_text())
+    assert len(meta["native_weights_sha256"]) == 64
+    gateway = tmp_path / "gateway"
+    gateway.mkdir()
+    for f in (package, package.with_suffix(".json")):
+        (gateway / f.name).write_bytes(f.read_bytes())
+    gs = synthetic.splits["val"].subset(np.arange(5))
+    other = NativeGAT.from_model(_model(gs, seed=7))  # a stale .npz: another model's weights, same shapes
+    np.savez(gateway / "student.npz", **other.arrays())
+    with pytest.raises(ValueError, match="not the one exported with"):
+        Detector.from_exported(gateway / package.name)
+    # metadata that names no weights (an export from before them): the .npz is ignored, with a warning
+    meta.pop("native_weights"), meta.pop("native_weights_sha256")
+    (gateway / "student.json").write_text(json.dumps(meta))
+    with caplog.at_level("WARNING", logger="kdkit.stream"):
+        assert Detector.from_exported(gateway / package.name).engine == "package"
+    assert "is not named by student.json" in caplog.text

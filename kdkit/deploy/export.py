@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
+from kdkit.data.datasets import file_sha256
 from kdkit.data.graphs import IdVocab, build_graphs
 from kdkit.data.loader import collate_indices
 from kdkit.data.readers import Messages
@@ -199,6 +200,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, thr
             "threads": threads}
     native = _write_native_weights(model, out)
     meta["native_weights"] = native.name if native else None
+    meta["native_weights_sha256"] = file_sha256(native) if native else None  # the detector checks it
     meta_path = out.with_suffix(".json")
     tmp = meta_path.with_name(f".{meta_path.name}.tmp")
     tmp.write_text(json.dumps(meta, indent=2))

@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kdkit.data.datasets import file_sha256
 from kdkit.data.graphs import GRAPH_FORMAT_VERSION, GraphSet, IdVocab, build_graphs, layout_matches
 from kdkit.data.loader import WindowBatch, gather_windows
 from kdkit.data.readers import EXTENDED_ID_FLAG, MAX_CAN_ID, MAX_STANDARD_ID, Messages
@@ -339,17 +340,16 @@ class Detector:
 
         thr = float(meta.get("threshold") if meta.get("threshold") is not None else GAT_THRESHOLD)
         score_graph, used = _graph_scorer(program, logits), "package"
-        native_path = native_weights_path(path)
-        if engine != "package" and logits and native_path.is_file():
-            with np.load(native_path) as arrays:
-                native = NativeGAT.from_arrays(arrays)
+        native = _native_weights(path, meta, meta_path) if engine != "package" and logits else None
+        if native is not None:
             if native.num_ids < len(vocab):
-                raise ValueError(f"{native_path}: native weights for num_ids={native.num_ids} beside a vocabulary of "
-                                 f"{len(vocab)} IDs: not this package's; re-export the model with kdkit export")
+                raise ValueError(f"{native_weights_path(path)}: native weights for num_ids={native.num_ids} beside a "
+                                 f"vocabulary of {len(vocab)} IDs: not this package's; re-export the model")
             score_graph, used = _native_scorer(native), "native"
         elif engine == "native":
             why = ("a fusion student's fused score" if not logits else
-                   f"no {native_path.name} beside the package (exported before kdkit wrote one): re-export it")
+                   f"no {native_weights_path(path).name} beside the package named by {meta_path.name} (exported "
+                   f"before kdkit wrote one): re-export it with kdkit export")
             raise ValueError(f"{path}: the native engine cannot run it: {why}")
         det = cls(score, vocab, int(meta["window"]), stride or int(meta["stride"]),
                   thr if threshold is None else threshold, meta.get("label_threshold") or 0.0, channel, name=str(path),
@@ -651,6 +651,26 @@ def _native_scorer(native: NativeGAT) -> Callable[[WindowGraph], float]:
         return _attack_probability(float(out[0]), float(out[1]))
 
     return score
+
+
+def _native_weights(package: Path, meta: dict, meta_path: Path) -> NativeGAT | None:
+    """The native weights beside an exported package when its metadata names them and their
+    SHA-256 matches (a ``.npz`` left from another export must not score this package's windows);
+    None when there are none to use."""
+    path = native_weights_path(package)
+    if not path.is_file():
+        return None
+    if meta.get("native_weights") != path.name or not meta.get("native_weights_sha256"):
+        log.warning("%s: %s is not named by %s (another export's?): ignored, single windows run the package; "
+                    "re-export the model to use the native engine", package, path.name, meta_path.name)
+        return None
+    digest = file_sha256(path)
+    if digest != meta["native_weights_sha256"]:
+        raise ValueError(f"{path} is not the one exported with {package} (SHA-256 {digest[:12]}..., {meta_path.name} "
+                         f"records {meta['native_weights_sha256'][:12]}...): copy the three files of one export "
+                         f"together, or re-export the model")
+    with np.load(path) as arrays:
+        return NativeGAT.from_arrays(arrays)
 
 
 def _check_engine(engine: str, allowed: tuple[str, ...], where) -> None:
