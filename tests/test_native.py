@@ -162,7 +162,7 @@ def test_detector_engines_give_the_same_scores(student_checkpoint, synthetic):
     batch = [d.score for d in torch_det.feed_many(msgs)]
     assert len(one_by_one) == len(batch) == 30
     np.testing.assert_allclose(one_by_one, batch, rtol=0, atol=1e-6)
-    assert native.stats()["engine"] == "native"
+    assert (native.stats()["engine"], native.stats()["batch_engine"]) == ("native", "torch")
 
 
 def test_detector_engine_errors(student_checkpoint, synthetic, tmp_path):
@@ -194,7 +194,11 @@ def test_export_writes_native_weights_the_detector_uses(exported_student, synthe
     frames = [(float(msgs.timestamp[i]), int(msgs.can_id[i]), msgs.payload[i, :int(msgs.dlc[i])].tobytes(), False)
               for i in range(len(msgs))]
     native, package_det = Detector.from_exported(package), Detector.from_exported(package, engine="package")
-    assert (native.engine, package_det.engine) == ("native", "package")
+    assert (native.engine, package_det.engine, native.batch_engine) == ("native", "package", "package")
+    from kdkit.stream import replay_file
+
+    assert "engine package)" in replay_file(native.clone(), recording, max_messages=500).format()  # blocks
+    assert "engine native)" in replay_file(native.clone(), recording, realtime=True, max_messages=300).format()
     a = [d.score for d in map(native.feed, frames) if d is not None]
     b = [d.score for d in map(package_det.feed, frames) if d is not None]
     c = [d.score for d in Detector.from_exported(package).feed_many(msgs)]  # batches: the package

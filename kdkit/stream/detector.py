@@ -230,7 +230,9 @@ class Detector:
             scores it without a ``GraphSet`` (the latency path of an exported student).
         score_graph: ``WindowGraph -> float``, one window's score, equal to
             ``score_batch(graph.batch())[0]`` up to float rounding at less cost a call (default: that).
-        engine: what ``score_graph`` runs, for summaries (``"native"``, ``"package"``, ``"torch"``).
+        engine: what ``score_graph`` runs, for summaries (``"native"``, ``"package"``, ``"torch"``);
+            :attr:`batch_engine` says what :meth:`feed_many`'s blocks run (``"package"`` given
+            ``score_batch``, else ``"torch"``).
     """
 
     def __init__(self, score_windows: Callable[[GraphSet], np.ndarray], vocab: IdVocab, window: int,
@@ -249,6 +251,7 @@ class Detector:
                 return float(score_batch(graph.batch())[0])
         self.score_graph = score_graph
         self.engine = engine or ("package" if score_graph is not None else "torch")
+        self.batch_engine = "package" if score_batch is not None else "torch"  # what feed_many's blocks run
         self.window, self.stride, self.threshold = int(window), int(stride), float(threshold)
         self.label_threshold, self.channel = float(label_threshold), channel
         self.dropped: Counter[str] = Counter()
@@ -396,7 +399,8 @@ class Detector:
         """Counters: frames seen, messages accepted, windows, alarms, dropped frames by reason."""
         return {"frames": self.frames, "messages": self.messages, "windows": self.windows, "alarms": self.alarms,
                 "dropped": dict(self.dropped), "restamped": self.restamped, "window": self.window,
-                "stride": self.stride, "threshold": self.threshold, "engine": self.engine}
+                "stride": self.stride, "threshold": self.threshold, "engine": self.engine,
+                "batch_engine": self.batch_engine}
 
     def _drop(self, reason: str, detail: str) -> None:
         self.dropped[reason] += 1

@@ -71,7 +71,7 @@ class RunSummary:
             return round(float(np.percentile(np.asarray(values) * 1e3, q)), 4) if values else None
 
         return {"source": self.source, "mode": self.mode, "model": d.name, "window": d.window, "stride": d.stride,
-                "threshold": d.threshold, "engine": d.engine, "frames": d.frames, "messages": d.messages, "windows": d.windows,
+                "threshold": d.threshold, "engine": d.engine, "batch_engine": d.batch_engine, "frames": d.frames, "messages": d.messages, "windows": d.windows,
                 "alarms": d.alarms, "alarm_rate": round(d.alarms / d.windows, 6) if d.windows else None,
                 "dropped": dict(d.dropped), "skipped_rows": self.skipped_rows, "stalls": self.stalls,
                 "restamped": d.restamped, "seconds": round(self.seconds, 4), "cpu_seconds": round(self.cpu_seconds, 4),
@@ -90,8 +90,9 @@ class RunSummary:
                f"{s['cpu_ms_p50']:.3f} ms, p99 {s['cpu_ms_p99']:.3f} ms)" if s["latency_ms_p50"] is not None
                else "no decision")
         dropped = ", ".join(f"{k} {v}" for k, v in sorted(s["dropped"].items())) or "none"
+        engine = s["batch_engine"] if s["mode"] == "replay" else s["engine"]  # a replay decides in blocks
         lines = [(f"{s['mode']} of {s['source']} with {s['model']} (window {s['window']}, stride {s['stride']}, "
-                  f"threshold {s['threshold']:g}, engine {s['engine']}): stopped by {s['stopped_by']}"),
+                  f"threshold {s['threshold']:g}, engine {engine}): stopped by {s['stopped_by']}"),
                  (f"  {s['windows']:,} windows, {s['alarms']:,} alarms (rate {rate}); {s['messages']:,} messages in "
                   f"{s['seconds']:.3f} s ({s['messages_per_s'] or 0:,} messages/s, {s['cpu_seconds']:.3f} CPU s); {lat}"),
                  f"  dropped frames: {dropped}; skipped rows: {s['skipped_rows']}; stalls: {s['stalls']}"
