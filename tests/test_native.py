@@ -162,7 +162,9 @@ def test_detector_engines_give_the_same_scores(student_checkpoint, synthetic):
     batch = [d.score for d in torch_det.feed_many(msgs)]
     assert len(one_by_one) == len(batch) == 30
     np.testing.assert_allclose(one_by_one, batch, rtol=0, atol=1e-6)
-    assert (native.stats()["engine"], native.stats()["batch_engine"]) == ("native", "torch")
+    assert (native.stats()["engine"], native.stats()["batch_engine"]) == ("native", "native")
+    assert torch_det.batch_engine == "torch"
+    np.testing.assert_allclose([d.score for d in native.clone().feed_many(msgs)], batch, rtol=0, atol=1e-6)
 
 
 def test_detector_engine_errors(student_checkpoint, synthetic, tmp_path):
