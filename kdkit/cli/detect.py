@@ -108,8 +108,9 @@ def register(sub) -> None:
                    help="bad rows of a replayed file: skip and count them (default) or stop with an error")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; 0: torch's default)")
     p.add_argument("--engine", choices=list(ENGINES), default="auto",
-                   help="what scores a window that a frame closes (live, --realtime): auto (default: kdkit's native "
-                        "GAT engine where it applies, else the exported package or the checkpoint's model), native, "
-                        "package (a .pt2 only) or torch (a checkpoint only); replayed blocks run the package or model")
+                   help="what scores a window that a frame closes (live, --realtime) and a checkpoint's replayed "
+                        "blocks: auto (default: kdkit's native GAT engine where it applies, else the exported package "
+                        "or the checkpoint's model), native, package (a .pt2 only) or torch (a checkpoint only); an "
+                        "export's replayed blocks always run its package")
     p.add_argument("--no-flush", dest="flush", action="store_false", help="do not flush after every alarm line")
     p.set_defaults(func=cmd_detect)
