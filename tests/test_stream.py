@@ -406,10 +406,11 @@ def test_replay_summary_and_bench_detect(trained, recording, capsys):
     m = r["messages_per_s"]
     assert r["messages"] == 16_093 and r["repeats"] == 2 and 0 < m["min"] <= m["median"] <= m["max"]
     assert r["reader"].startswith("kdkit.data.readers") and r["machine"]["cores"] >= 1
+    assert (r["engine"], r["single_window_engine"]) == ("native", "native")  # a GAT checkpoint: native throughout
     assert main(["bench", "detect", "--model", str(trained), "--input", str(recording), "--live", "--seconds", "0.6",
                  "--json"]) == 0
     live = json.loads(capsys.readouterr().out)
-    assert live["windows"] >= 4 and 0 < live["latency_ms_p50"] <= live["latency_ms_p99"]
+    assert live["windows"] >= 4 and 0 < live["latency_ms_p50"] <= live["latency_ms_p99"] and live["engine"] == "native"
     # from send: the same decisions, plus the frame's time in the bus queue (clocks of one process)
     assert 0 < live["send_to_decision_ms_p50"] <= live["send_to_decision_ms_p99"] <= live["send_to_decision_ms_max"]
     assert live["send_to_decision_ms_max"] >= live["latency_ms_max"]

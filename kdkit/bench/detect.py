@@ -67,7 +67,8 @@ def bench_replay(model: str | Path, path: str | Path, channel: str | None = None
             "read_seconds": _spread([r["read_seconds"] for r in runs]),
             "detect_seconds": _spread([r["seconds"] - r["read_seconds"] for r in runs]),
             "detect_messages_per_s": _spread([r["messages"] / max(r["seconds"] - r["read_seconds"], 1e-9) for r in runs], 0),
-            "threads": threads, "engine": base.engine, "machine": machine_info()}
+            "threads": threads, "engine": base.batch_engine, "single_window_engine": base.engine,
+            "machine": machine_info()}
 
 
 def _send_to_decision(send_times: list[float], decided: list[tuple[int, float]]) -> dict:
