@@ -22,7 +22,8 @@ not cover (batch norm, a residual GATv2, another head depth) is refused by
 
     native = NativeGAT.from_model(model.eval())          # or NativeGAT.from_arrays(np.load(...))
     logits = native.logits(gs)                            # a GraphSet: [windows, 2]
-    p = native.attack_probability_window(x, node_id, edge_index, edge_attr)   # one window
+    probs = native.attack_probability(gs)                 # softmax(logits)[:, 1], float64
+    logits = native.logits_window(x, node_id, edge_index, edge_attr)   # one window: [2]
 """
 from __future__ import annotations
 
@@ -174,8 +175,10 @@ class NativeGAT:
 
     def logits_window(self, x: np.ndarray, node_id: np.ndarray, edge_index: np.ndarray,
                       edge_attr: np.ndarray) -> np.ndarray:
-        """Logits ``[classes]`` of one window's graph (the live path: no checks beyond the
-        kernel's own, the inputs are the detector's own graph builder's)."""
+        """Logits ``[classes]`` of one window's graph (the live path). Unchecked: the compiled
+        loops do not bound-check, so the inputs must be well-formed, as the detector's own graph
+        builder (:func:`kdkit.stream.window.window_graph`) makes them; use :meth:`logits_arrays`
+        for anything else."""
         n, e = x.shape[0], edge_index.shape[1]
         ptrs = self._ptrs.get((n, e))
         if ptrs is None:
