@@ -185,6 +185,6 @@ def register(sub) -> None:
     p.add_argument("--seconds", type=float, default=10.0, help="with --live: seconds of the recording sent (default 10)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--engine", choices=list(ENGINES), default="auto",
-                   help="the detector's engine for single windows (kdkit detect --engine; default auto)")
+                   help="the detector's engine, as kdkit detect --engine (default auto)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_detect)
