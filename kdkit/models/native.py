@@ -130,8 +130,6 @@ class NativeGAT:
                               np.int64),
             "eps_slope": np.array([norms[0].eps, convs[0].negative_slope], np.float32),
         }
-        if project and outc == hidden:
-            raise ValueError("the native engine: a projection of equal width is not a kdkit GAT layout")
         return cls(arrays)
 
     @classmethod
@@ -212,8 +210,10 @@ class NativeGAT:
 
 
 def _attack_probability(logits: np.ndarray) -> np.ndarray:
+    """``softmax(logits)[:, 1]`` in float64, in the form that cannot overflow."""
     d = logits[:, 0].astype(np.float64) - logits[:, 1].astype(np.float64)
-    return np.where(d > 0, np.exp(-np.abs(d)) / (1.0 + np.exp(-np.abs(d))), 1.0 / (1.0 + np.exp(np.minimum(d, 0))))
+    e = np.exp(-np.abs(d))
+    return np.where(d > 0, e, 1.0) / (1.0 + e)
 
 
 def _f32(a: np.ndarray) -> np.ndarray:
