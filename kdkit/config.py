@@ -140,7 +140,11 @@ class TrainConfig:
                                   low=1e-3, high=100, panel=True)
     kd_alpha: float = param(0.7, "weight of the KD term", group=KD, low=0, high=1, panel=True)
     kd_feature_weight: float = param(0.1, "multi-level KD: weight of projected node-embedding MSE", group=KD, low=0)
-    kd_latent_weight: float = param(1.0, "VGAE KD: weight of projected-latent MSE", group=KD, low=0)
+    kd_latent_weight: float = param(0.0, "VGAE KD: weight of projected-latent MSE (with the reconstructed features' "
+                                    "MSE and the ID logits' KL; 0 = off: they slowed the student's own "
+                                    "reconstruction)", group=KD, low=0)
+    kd_edge_weight: float = param(1.0, "VGAE KD: weight of matching the teacher's link probabilities (relational "
+                                  "KD of the edge decoder)", group=KD, low=0)
     kd_score_weight: float = param(1.0, "fusion KD: weight of matching the teacher's reconstruction errors per part "
                                    "(anomaly-score KD, on a log scale, over every window)", group=KD, low=0)
     # --- hardware and speed

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch_geometric.data import Batch, Data
 
-from kdkit.models.distill import DistillationLoss, FeatureKD, LatentKD, LogitKDLoss, layer_map, soft_kl
+from kdkit.models.distill import (DistillationLoss, FeatureKD, LatentKD, LogitKDLoss, edge_structure_kd, layer_map,
+                                  soft_kl)
 from kdkit.models.layers import VGAEOutput
 from kdkit.models.registry import build_model
 
@@ -187,7 +188,7 @@ def test_distillation_loss_end_to_end(kind):
         t_out = call(teacher)
     loss, parts = kd(student_out := call(student), t_out, batch)
     assert torch.isfinite(loss) and parts["total"].item() == loss.item()
-    expected = {"gat": {"kd", "ce"}, "vgae": {"task", "feat", "id", "edge", "kl", "latent", "recon", "id_kd"}}
+    expected = {"gat": {"kd", "ce"}, "vgae": {"task", "feat", "id", "edge", "kl", "edge_kd"}}
     assert set(parts) == expected[kind] | {"feature", "total"}
     assert all(not v.requires_grad and v.dim() == 0 for v in parts.values())
     loss.backward()
@@ -198,7 +199,7 @@ def test_distillation_loss_end_to_end(kind):
     _, other = models(kind, seed_teacher=1)
     with torch.no_grad():
         t2 = call(other)
-    key = "kd" if kind == "gat" else "latent"
+    key = "kd" if kind == "gat" else "edge_kd"
     student_out = call(student)
     assert kd(student_out, t2, batch)[1][key].item() != kd(student_out, t_out, batch)[1][key].item()
 
@@ -231,3 +232,63 @@ def test_logit_kd_hard_label_term_uses_class_weights():
     weighted = LogitKDLoss(4.0, 0.7, class_weight=w)(s, t, y)[1]["ce"]
     assert torch.allclose(weighted, F.cross_entropy(s, y, weight=w))
     assert not torch.allclose(plain, weighted)
+
+
+def test_edge_structure_kd_golden_value():
+    """One window of two nodes and one of a single node: the KL of the two ordered pairs' link
+    probabilities, by hand; the lone node adds no pair."""
+    import math
+
+    zs = torch.tensor([[1.0, 0.0], [0.5, 2.0], [3.0, 3.0]], requires_grad=True)
+    zt = torch.tensor([[1.0, 1.0, 0.0], [-1.0, 0.5, 2.0], [9.0, 9.0, 9.0]])
+    batch = Data(batch=torch.tensor([0, 0, 1]), num_graphs=2, edge_index=torch.zeros(2, 0, dtype=torch.long))
+    s_out = VGAEOutput(zs, torch.zeros(3, 2), zs, torch.zeros(3, F_NODE), torch.zeros(3, NUM_IDS), [])
+    t_out = VGAEOutput(zt, torch.zeros(3, 3), zt, torch.zeros(3, F_NODE), torch.zeros(3, NUM_IDS), [])
+    sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
+    p, q = sig(-1.0 + 0.5 + 0.0), sig(0.5)  # teacher t0 . t1 = -0.5, student z0 . z1 = 0.5
+    kl = p * math.log(p / q) + (1 - p) * math.log((1 - p) / (1 - q))
+    value = edge_structure_kd(s_out, t_out, batch)
+    assert value.item() == pytest.approx(kl, rel=1e-5)  # both ordered pairs give the same KL
+    value.backward()
+    assert zs.grad[:2].abs().sum() > 0 and zs.grad[2].abs().sum() == 0  # the lone node has no pair
+
+
+def test_edge_structure_kd_zero_when_inner_products_agree():
+    """Latents of other widths with the same inner products (a rotation padded with a zero column)
+    give 0; another teacher gives more than 0."""
+    batch = make_batch()
+    torch.manual_seed(0)
+    z = torch.randn(batch.num_nodes, 4)
+    rot, _ = torch.linalg.qr(torch.randn(4, 4))
+    zt = torch.cat([z @ rot, torch.zeros(batch.num_nodes, 1)], dim=1)
+    out = lambda v: VGAEOutput(v, torch.zeros_like(v), v, torch.zeros(len(v), F_NODE),  # noqa: E731
+                               torch.zeros(len(v), NUM_IDS), [])
+    assert edge_structure_kd(out(z), out(zt), batch).abs().item() < 1e-5
+    assert edge_structure_kd(out(z), out(torch.randn_like(zt)), batch).item() > 1e-3
+
+
+def test_vgae_distillation_total_and_opt_in_latent_terms():
+    """VGAE KD = the student's own loss at full weight + alpha * edge KD (+ feature KD); with
+    latent_weight > 0 the latent matching joins the KD term."""
+    from kdkit.models.vgae import vgae_loss
+
+    student, teacher = models("vgae")
+    batch = make_batch()
+    with torch.no_grad():
+        t_out = teacher(batch)
+    kd = DistillationLoss.from_models(student, teacher, alpha=0.6, beta=0.0, edge_kd_weight=2.0)
+    assert kd.latent is None
+    torch.manual_seed(5)
+    s_out = student(batch)
+    loss, parts = kd(s_out, t_out, batch)
+    own = vgae_loss(s_out, batch, **kd.vgae_weights)["loss"]
+    expected = own + 0.6 * 2.0 * edge_structure_kd(s_out, t_out, batch)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    with_latent = DistillationLoss.from_models(student, teacher, alpha=0.6, beta=0.0, latent_weight=0.5)
+    loss2, parts2 = with_latent(s_out, t_out, batch)
+    latent, _ = with_latent.latent(s_out, t_out)
+    assert {"latent", "recon", "id_kd", "edge_kd"} <= set(parts2)
+    assert loss2.item() == pytest.approx((own + 0.6 * (edge_structure_kd(s_out, t_out, batch) + latent)).item(),
+                                         rel=1e-6)
+    with pytest.raises(ValueError, match="edge_kd_weight"):
+        DistillationLoss.from_models(student, teacher, edge_kd_weight=-1.0)

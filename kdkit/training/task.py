@@ -33,7 +33,8 @@ class Task(nn.Module):
         elif teacher is not None:
             extra = {"class_weight": class_weights} if self.objective == "classify" else {}
             self.kd = DistillationLoss.from_models(model, teacher, temperature=cfg.kd_temperature, alpha=cfg.kd_alpha,
-                                                   beta=cfg.kd_feature_weight, latent_weight=cfg.kd_latent_weight, **extra)
+                                                   beta=cfg.kd_feature_weight, latent_weight=cfg.kd_latent_weight,
+                                                   edge_kd_weight=cfg.kd_edge_weight, **extra)
         self.register_buffer("class_weights", class_weights if class_weights is not None else torch.ones(2))
 
     @property
