@@ -109,6 +109,24 @@ def test_fabric_fit_writes_run_and_checkpoints(synthetic, tmp_path):
     assert set(s["test"]["scenarios"]) == set(synthetic.scenarios)
     f1 = json.loads((run / "metrics.json").read_text())["f1"]
     assert all(0.0 <= v <= 1.0 for v in f1.values())
+    from kdkit.training.trainer import convergence_note
+    assert s["still_learning"] == convergence_note(s["history"], 2)  # the run's own verdict, in its summary
+
+
+def test_convergence_note_says_when_the_epochs_ran_out_while_learning():
+    """A note when the epoch limit ended a run whose validation loss was still falling (> 1 % in
+    the last epoch, the lowest of the run); none when it flattened, rose, or early stopping ended it."""
+    from kdkit.training.trainer import convergence_note
+
+    hist = lambda *losses: [{"epoch": i, "val_loss": v} for i, v in enumerate(losses)]  # noqa: E731
+    note = convergence_note(hist(3.27, 1.58, 1.07), epochs=3)
+    assert note is not None and "32.3 %" in note and "1.58 -> 1.07" in note and "--epochs" in note
+    assert convergence_note(hist(1.0, 0.995), epochs=2) is None      # fell 0.5 %: converged enough
+    assert convergence_note(hist(1.0, 0.8, 0.9), epochs=3) is None   # rose in the last epoch
+    assert convergence_note(hist(1.0, 0.5, 0.4), epochs=5) is None   # early stopping ended it, not the limit
+    assert convergence_note(hist(1.0), epochs=1) is None             # one epoch: nothing to compare
+    assert convergence_note([{"epoch": 0}, {"epoch": 1}], epochs=2) is None  # no validation loss
+    assert convergence_note(hist(float("nan"), 0.5), epochs=2) is None
 
 
 def test_best_checkpoint_breaks_f1_ties_by_validation_loss(synthetic, tmp_path, monkeypatch):

@@ -87,6 +87,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(format_timings(summary.get("timings"), _process_seconds()))
     print(format_table(summary["test"]))
     print_skipped(summary.get("skipped_scenarios"))
+    if summary.get("still_learning"):
+        print(f"\nnote: {summary['still_learning']}")
     print(f"\nrun folder: {summary['run_dir']}  best checkpoint: {summary['best_checkpoint']}")
     if summary.get("compat_note"):
         print(summary["compat_note"])

@@ -54,7 +54,7 @@ from kdkit.training.legacy import legacy_fit
 from kdkit.training.memory import phase_peak, release_memory
 from kdkit.training.preemption import RESUME_ENV, StopRequest
 from kdkit.training.task import Task
-from kdkit.training.trainer import FabricTrainer, check_resumable
+from kdkit.training.trainer import FabricTrainer, check_resumable, convergence_note
 from kdkit.workflows.run_dir import (
     RunLock,
     check_run_dir,
@@ -394,6 +394,9 @@ def _train(cfg: TrainConfig, run_dir: Path, owner: bool, resume, progress, on_ep
             precision = trainer.precision
     train_seconds = time.perf_counter() - t0
     timings["train_s"] = train_seconds
+    still_learning = convergence_note(fit.history, cfg.epochs) if rank == 0 else None
+    if still_learning:
+        log.warning("%s: %s", cfg.resolved_run_name, still_learning)
     del task, model  # the best checkpoint is loaded for the test pass; the trained model's memory goes now
     try:
         out = _evaluate_run(cfg, data, fit, rank, world, trainer, teacher, skipped, memory, timings, progress)
@@ -414,7 +417,8 @@ def _train(cfg: TrainConfig, run_dir: Path, owner: bool, resume, progress, on_ep
         "best_checkpoint": str(fit.best_path),
         "last_checkpoint": str(fit.last_path), "resumed_from": fit.resumed_from,
         "resumed_at_epoch": fit.resumed_at_epoch, "resumed_at_batch": fit.resumed_at_batch, "history": fit.history,
-        "oom_events": fit.oom_events, "test": {k: v for k, v in results.items() if k != "scores"},
+        "oom_events": fit.oom_events, "still_learning": still_learning,
+        "test": {k: v for k, v in results.items() if k != "scores"},
         "skipped_scenarios": skipped, "memory": memory, "timings": timings, "world_size": world,
     }
     write_run_outputs(run_dir, cfg, summary, results)
