@@ -45,7 +45,7 @@ def brief(summary: dict, cpu_seconds: float) -> dict:
             "epochs_run": summary["epochs_run"], "train_seconds": summary["train_seconds"],
             "cpu_seconds": round(cpu_seconds, 1), "threshold": summary["threshold"],
             "threshold_rule": summary.get("threshold_rule"), "checkpoint": summary["best_checkpoint"],
-            "scenarios": scenario_brief(scen)}
+            "still_learning": summary.get("still_learning"), "scenarios": scenario_brief(scen)}
 
 
 def scenario_brief(scenarios: dict) -> dict:
@@ -119,6 +119,12 @@ def markdown(record: dict) -> str:
             cells = [_cell(agg["kd_gain"][s]["f1"]) for s in scenarios]
             lines.append("| KD gain (F1) | | | " + " | ".join(cells) + " |")
         lines.append("")
+        runs = (record.get("runs") or {}).get(family) or {}
+        learning = {r: sum(bool(b.get("still_learning")) for b in runs.get(r, [])) for r in roles}
+        if any(learning.values()):  # the epoch limit ended these runs while their validation loss still fell
+            lines.append("Still learning when their epochs ran out (validation loss fell > 1 % in the last epoch): "
+                         + ", ".join(f"{r.replace('_', ' ')} {n} of {len(runs.get(r, []))}"
+                                     for r, n in learning.items() if n) + "; train longer before reading the table.\n")
         lines.append("Recall per attack type (test folder: type), mean ± std\n")
         lines.append("| model | " + " | ".join(scenarios) + " |")
         lines.append("|---|" + "---|" * len(scenarios))

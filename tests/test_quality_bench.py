@@ -51,6 +51,12 @@ def test_quality_over_two_seeds_on_synthetic(synthetic, tmp_path):
     assert 0 < agg["student_share_of_teacher_parameters"] < 1
     table = record["markdown"]
     assert "| teacher |" in table and "| student kd |" in table and "KD gain" in table and scenario in table
+    # one epoch cannot tell whether a run still learns; a run that did is named under the table
+    assert all("still_learning" in b and b["still_learning"] is None for r in q.ROLES for b in runs[r])
+    assert "Still learning" not in table
+    flagged = {**record, "runs": {"gat": {r: [dict(b) for b in runs[r]] for r in q.ROLES}}}
+    flagged["runs"]["gat"]["teacher"][1]["still_learning"] = "still learning when training stopped: ..."
+    assert "Still learning when their epochs ran out" in q.markdown(flagged) and "teacher 1 of 2" in q.markdown(flagged)
     # seeds run apart (two processes, two SLURM jobs) merge into the same table
     import copy
     import json
