@@ -21,11 +21,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch_geometric.utils import to_dense_batch
 
 from kdkit.models.fusion import LOG_EPS, FusionOutput, masked_vgae_loss
 from kdkit.models.layers import GATOutput, VGAEOutput, graph_index
-from kdkit.models.vgae import reconstruction_errors, vgae_loss
+from kdkit.models.vgae import reconstruction_errors, vgae_loss, window_pairs
 
 
 def soft_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
@@ -315,11 +314,8 @@ def edge_structure_kd(student: VGAEOutput, teacher: VGAEOutput, batch) -> Tensor
     edge error scores. The latents may differ in width: only their inner products are compared.
     0 when the inner products agree, and when no window has two nodes."""
     batch_vec, num_graphs = graph_index(batch)
-    zs, mask = to_dense_batch(student.z.float(), batch_vec, batch_size=num_graphs)  # [G, M, Ds]
-    zt, _ = to_dense_batch(teacher.z.detach().float(), batch_vec, batch_size=num_graphs)  # [G, M, Dt]
-    m = zs.size(1)
-    eye = torch.eye(m, dtype=torch.bool, device=zs.device)
-    pairs = (mask[:, :, None] & mask[:, None, :] & ~eye).float()
+    zs, pairs = window_pairs(student.z, batch_vec, num_graphs)  # [G, M, Ds], [G, M, M]
+    zt, _ = window_pairs(teacher.z.detach(), batch_vec, num_graphs)  # [G, M, Dt]
     t_logits = zt @ zt.transpose(1, 2)
     target = torch.sigmoid(t_logits)
     # cross-entropy minus the target's own entropy: the KL, with the cross-entropy's gradient

@@ -143,6 +143,15 @@ class VGAE(GraphModel):
         return [self.config["hidden"]] * self.config["encoder_layers"]
 
 
+def window_pairs(z: Tensor, batch_vec: Tensor, num_graphs: int) -> tuple[Tensor, Tensor]:
+    """Node latents per window, ``[G, M, D]`` (float32, zero-padded), and the mask of each window's
+    ordered node pairs ``i != j``, ``[G, M, M]`` (1.0 / 0.0): the pairs an inner-product edge
+    decoder scores."""
+    zd, mask = to_dense_batch(z.float(), batch_vec, batch_size=num_graphs)
+    eye = torch.eye(zd.size(1), dtype=torch.bool, device=z.device)
+    return zd, (mask[:, :, None] & mask[:, None, :] & ~eye).float()
+
+
 def edge_recon_error(z: Tensor, edge_index: Tensor, batch_vec: Tensor, num_graphs: int) -> Tensor:
     """Balanced inner-product edge reconstruction error per graph, ``[G]``.
 
@@ -156,13 +165,10 @@ def edge_recon_error(z: Tensor, edge_index: Tensor, batch_vec: Tensor, num_graph
         ``(mean BCE over linked pairs + mean BCE over unlinked pairs) / 2`` over the
         ordered pairs ``i != j`` of each graph; a graph without such pairs scores 0.
     """
-    zd, mask = to_dense_batch(z.float(), batch_vec, batch_size=num_graphs)  # [G, M, D]
-    m = zd.size(1)
+    zd, pairs = window_pairs(z, batch_vec, num_graphs)
     logits = zd @ zd.transpose(1, 2)
-    adj = to_dense_adj(edge_index, batch_vec, max_num_nodes=m, batch_size=num_graphs)
+    adj = to_dense_adj(edge_index, batch_vec, max_num_nodes=zd.size(1), batch_size=num_graphs)
     adj = ((adj + adj.transpose(1, 2)) > 0).float()
-    eye = torch.eye(m, dtype=torch.bool, device=z.device)
-    pairs = (mask[:, :, None] & mask[:, None, :] & ~eye).float()
     bce = F.binary_cross_entropy_with_logits(logits, adj, reduction="none")
     pos, neg = adj * pairs, (1 - adj) * pairs
     pos_err = (bce * pos).sum((1, 2)) / pos.sum((1, 2)).clamp(min=1)
