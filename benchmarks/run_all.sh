@@ -47,6 +47,20 @@ if [ -n "$CANDUMP" ]; then
   $KDKIT bench detect --model "$OUT/student.pt2" --input "$CANDUMP" --channel can0 --repeats "$REPEATS" --json \
     > "$OUT/detect_candump.json"
 fi
+# the same recording as a one-channel candump log (reader cost of that format, same graphs), and a
+# recording with larger graphs (fuzzing's random IDs)
+$PY - "$REPLAY" "$OUT/replay.candump.log.gz" <<'PY'
+import gzip, sys
+from kdkit.data.readers import read_messages
+m = read_messages(sys.argv[1])
+with gzip.open(sys.argv[2], "wt") as f:
+    f.writelines(f"({t:.6f}) can0 {int(i):03X}#{bytes(p[:d]).hex().upper()}\n"
+                 for t, i, d, p in zip(m.timestamp, m.can_id, m.dlc, m.payload))
+PY
+$KDKIT bench detect --model "$OUT/student.pt2" --input "$OUT/replay.candump.log.gz" --repeats "$REPEATS" --json \
+  > "$OUT/detect_candump_1ch.json"
+$KDKIT bench detect --model "$OUT/student.pt2" --input "$DATA/hcrl-sa/test_01_known_vehicle_known_attack/fuzzing-kia.csv.gz" \
+  --repeats "$REPEATS" --json > "$OUT/detect_csv_fuzzing.json"
 $KDKIT bench detect --model "$OUT/student.pt2" --input "$REPLAY" --live --seconds 10 --json > "$OUT/detect_live.json"
 
 echo "== multi-process training: 1 process vs 2 (whole kdkit train runs, interleaved; ~35 min)"
@@ -77,7 +91,7 @@ for name, v in r.items():
 for k, v in r["infer"]["variants"].items():
     print(f"infer {k}: {v['messages_per_s_spread']} messages/s, p50 {v['latency_ms_p50']} p99 {v['latency_ms_p99']} ms")
 print("infer effects:", r["infer"]["effects"])
-for k in ("detect_csv", "detect_candump"):
+for k in ("detect_csv", "detect_candump_1ch", "detect_csv_fuzzing", "detect_candump"):
     if k in r:
         print(k, r[k]["messages_per_s"])
 print("detect_live p50/p99 ms:", r["detect_live"]["latency_ms_p50"], r["detect_live"]["latency_ms_p99"])
