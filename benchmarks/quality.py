@@ -106,8 +106,10 @@ def markdown(record: dict) -> str:
         if not roles:
             continue
         scenarios = list(agg[roles[0]]["scenarios"])
+        students = record.get("student_set")
         lines.append(f"**{family.upper()}** on {record['dataset']}, seeds {record['seeds']} "
-                     f"(F1 / MCC / detection at 1 % FPR / false-positive rate, mean ± std)\n")
+                     f"(F1 / MCC / detection at 1 % FPR / false-positive rate, mean ± std)"
+                     + (f"; students with {json.dumps(students)}" if students else "") + "\n")
         lines.append("| model | parameters | CPU s | " + " | ".join(scenarios) + " |")
         lines.append("|---|---:|---:|" + "---|" * len(scenarios))
         for role in roles:
@@ -237,8 +239,14 @@ def fusion_ablation(checkpoint: str, data, quantile: float, vgae_quantile: float
 
 
 def run(dataset: str, families: list[str], seeds: list[int], epochs: int, student_epochs: int | None,
-        runs_dir: str, data_root: str | None = None, threads: int = 1, extra: dict | None = None) -> dict:
-    """Train and evaluate every (family, seed, role); returns the JSON record."""
+        runs_dir: str, data_root: str | None = None, threads: int = 1, extra: dict | None = None,
+        student_extra: dict | None = None, teachers: dict | None = None) -> dict:
+    """Train and evaluate every (family, seed, role); returns the JSON record.
+
+    ``student_extra`` holds run-schema keys for the student runs only (a student size or loss
+    ablation); ``teachers`` is an earlier record whose teacher runs (per family and seed) are
+    reused instead of trained again, so student variants share the very same teachers.
+    """
     if threads:
         torch.set_num_threads(threads)
     from kdkit.config import make_config
@@ -251,21 +259,66 @@ def run(dataset: str, families: list[str], seeds: list[int], epochs: int, studen
     record: dict = {"benchmark": "quality", "dataset": dataset, "seeds": seeds, "epochs": epochs,
                     "student_epochs": student_epochs or epochs, "torch_threads": torch.get_num_threads(),
                     "families": {}, "runs": {}}
+    if student_extra:
+        record["student_set"] = student_extra
+    stored = _stored_teachers(teachers, dataset, families, seeds, epochs) if teachers else {}
+    if stored:
+        record["teachers_from"] = teachers.get("path")
     for family in families:
         data = load_data(make_config(model=family, **base))
         runs: dict[str, list[dict]] = {r: [] for r in ROLES}
         for seed in seeds:
             one = {"family": family, "seed": seed, "data": data, "base": base}
-            teacher = _fit("teacher", **one, type="teacher", epochs=epochs)
+            teacher = stored.get((family, seed)) or _fit("teacher", **one, type="teacher", epochs=epochs)
             runs["teacher"].append(teacher)
             se = student_epochs or epochs
-            runs["student_kd"].append(_fit("student_kd", **one, type="student", teacher=teacher["checkpoint"], epochs=se))
-            runs["student_alone"].append(_fit("student_alone", **one, type="student", epochs=se))
+            sx = student_extra or {}
+            runs["student_kd"].append(_fit("student_kd", **one, type="student", teacher=teacher["checkpoint"], epochs=se, **sx))
+            runs["student_alone"].append(_fit("student_alone", **one, type="student", epochs=se, **sx))
         record["runs"][family] = runs
         record["families"][family] = aggregate(runs)
     record["total_seconds"] = round(time.perf_counter() - t0, 1)
     record["machine"] = machine_info()
     return record
+
+
+def _stored_teachers(record: dict, dataset: str, families: list[str], seeds: list[int], epochs: int) -> dict:
+    """The teacher runs of an earlier record, keyed by (family, seed).
+
+    Raises:
+        ValueError: the record is of another dataset or teacher epochs, lacks a family or seed
+            asked for, or its checkpoint file is gone.
+    """
+    where = record.get("path", "the --teachers record")
+    if record.get("dataset") != dataset or record.get("epochs") != epochs:
+        raise ValueError(f"--teachers {where}: its teachers are dataset {record.get('dataset')!r}, "
+                         f"{record.get('epochs')} epochs; this run asks for {dataset!r}, {epochs} epochs")
+    out = {}
+    for family in families:
+        by_seed = {}
+        for run in record.get("runs", {}).get(family, {}).get("teacher", []):
+            seed = load_checkpoint_seed(run["checkpoint"])
+            by_seed[seed] = run
+        for seed in seeds:
+            run = by_seed.get(seed)
+            if run is None:
+                raise ValueError(f"--teachers {where}: no {family} teacher of seed {seed} "
+                                 f"(it holds seeds {sorted(by_seed)})")
+            out[(family, seed)] = run
+    return out
+
+
+def load_checkpoint_seed(path: str) -> int:
+    """The seed a stored checkpoint was trained with (its run config).
+
+    Raises:
+        ValueError: the checkpoint file is missing.
+    """
+    from kdkit.training.checkpoint import load_checkpoint
+
+    if not Path(path).is_file():
+        raise ValueError(f"--teachers: the teacher checkpoint {path} is gone; train the teachers again")
+    return int(load_checkpoint(path).get("train_config", {}).get("seed", 0))
 
 
 def refit(record: dict, data_root: str | None = None) -> dict:
@@ -315,7 +368,7 @@ def merge(records: list[dict]) -> dict:
         ValueError: the records differ in dataset or epochs, or share a seed.
     """
     first = records[0]
-    for key in ("dataset", "epochs", "student_epochs"):
+    for key in ("dataset", "epochs", "student_epochs", "student_set"):
         values = {json.dumps(r.get(key)) for r in records}
         if len(values) > 1:
             raise ValueError(f"--merge: the records differ in {key} ({sorted(values)}); only runs of one setting merge")
@@ -345,6 +398,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--runs-dir", default="runs/quality")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                     help="any run-schema key for every run, e.g. --set window=50 (value parsed as JSON if it can be)")
+    ap.add_argument("--student-set", action="append", default=[], metavar="KEY=JSON",
+                    help="a run-schema key for the student runs only, e.g. --student-set heads=2 (a size ablation)")
+    ap.add_argument("--teachers", default=None, metavar="RECORD.json",
+                    help="reuse the teacher runs of this earlier record (same dataset, teacher epochs and seeds) "
+                         "instead of training them again")
     ap.add_argument("--out", default=None, help="write the JSON record here")
     ap.add_argument("--markdown", action="store_true", help="print the Markdown table instead of the JSON")
     ap.add_argument("--merge", nargs="+", default=None, metavar="RECORD.json",
@@ -365,18 +423,30 @@ def main(argv: list[str] | None = None) -> dict:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         ap.error(f"--seeds {args.seeds!r}: comma-separated integers, e.g. 0,1,2")
-    extra = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            ap.error(f"--set {item!r}: write KEY=VALUE")
-        try:
-            extra[key] = json.loads(value)
-        except json.JSONDecodeError:
-            extra[key] = value
-    record = run(args.dataset, families, seeds, args.epochs, args.student_epochs, args.runs_dir, args.data_root,
-                 args.threads, extra)
+    extra, student_extra = ({k: v for k, v in (_key_value(ap, flag, item) for item in items)}
+                            for flag, items in (("--set", args.set), ("--student-set", args.student_set)))
+    teachers = None
+    if args.teachers:
+        teachers = {**json.loads(Path(args.teachers).read_text()), "path": args.teachers}
+    try:
+        record = run(args.dataset, families, seeds, args.epochs, args.student_epochs, args.runs_dir, args.data_root,
+                     args.threads, extra, student_extra, teachers)
+    except ValueError as e:
+        if str(e).startswith("--teachers"):
+            ap.error(str(e))
+        raise
     return _report(record, args)
+
+
+def _key_value(ap: argparse.ArgumentParser, flag: str, item: str) -> tuple[str, object]:
+    """``KEY=VALUE`` of ``--set``/``--student-set``; the value parsed as JSON if it can be."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        ap.error(f"{flag} {item!r}: write KEY=VALUE")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def _report(record: dict, args: argparse.Namespace) -> dict:

@@ -74,6 +74,37 @@ def test_quality_over_two_seeds_on_synthetic(synthetic, tmp_path):
         q.main(["--merge", halves[0], halves[0]])
 
 
+def test_student_variants_reuse_the_same_teachers(synthetic, tmp_path):
+    """--student-set changes the students only; --teachers reuses an earlier record's teachers
+    (the same checkpoints, not trained again) and refuses a record that cannot serve."""
+    import json
+
+    from kdkit.training.checkpoint import load_checkpoint
+
+    q = _quality()
+    common = ["--dataset", "synthetic", "--models", "gat", "--seeds", "0", "--epochs", "1", "--set", "batch_size=32"]
+    first = tmp_path / "first.json"
+    base = q.main([*common, "--runs-dir", str(tmp_path / "a"), "--out", str(first)])
+    variant = q.main([*common, "--runs-dir", str(tmp_path / "b"), "--teachers", str(first), "--student-set", "heads=2"])
+    t0, t1 = base["runs"]["gat"]["teacher"][0], variant["runs"]["gat"]["teacher"][0]
+    assert t1 == t0 and variant["teachers_from"] == str(first) and variant["student_set"] == {"heads": 2}
+    kd = variant["runs"]["gat"]["student_kd"][0]
+    assert load_checkpoint(kd["checkpoint"])["train_config"]["teacher"] == t0["checkpoint"]
+    for role in ("student_kd", "student_alone"):
+        cfg = load_checkpoint(variant["runs"]["gat"][role][0]["checkpoint"])["train_config"]
+        assert cfg["heads"] == 2
+        assert variant["runs"]["gat"][role][0]["parameters"] < base["runs"]["gat"][role][0]["parameters"]
+    assert load_checkpoint(t0["checkpoint"])["train_config"]["heads"] is None
+    assert '{"heads": 2}' in variant["markdown"]
+    with pytest.raises(SystemExit):
+        q.main([*common, "--seeds", "5", "--runs-dir", str(tmp_path / "c"), "--teachers", str(first)])
+    with pytest.raises(SystemExit):
+        q.main([*common[:-4], "--epochs", "2", "--runs-dir", str(tmp_path / "c"), "--teachers", str(first)])
+    # student variants of one setting merge; a record of other students does not merge with them
+    with pytest.raises(ValueError, match="student_set"):
+        q.merge([base, json.loads(json.dumps(variant))])
+
+
 def agg_of(record):
     return {"gat": record["families"]["gat"]}
 
