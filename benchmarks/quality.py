@@ -157,7 +157,7 @@ def _fit(role: str, family: str, seed: int, data, base: dict, **kw) -> dict:
     from kdkit.workflows.run import train
 
     c = time.process_time()
-    cfg = make_config(model=family, seed=seed, run_name=f"{family}_{role}_seed{seed}", **base, **kw)
+    cfg = make_config(**{**base, "model": family, "seed": seed, "run_name": f"{family}_{role}_seed{seed}", **kw})
     s = train(cfg, progress=False, data=data)
     out = brief(s, time.process_time() - c)
     if family == "fusion":
@@ -272,9 +272,9 @@ def run(dataset: str, families: list[str], seeds: list[int], epochs: int, studen
             teacher = stored.get((family, seed)) or _fit("teacher", **one, type="teacher", epochs=epochs)
             runs["teacher"].append(teacher)
             se = student_epochs or epochs
-            sx = student_extra or {}
-            runs["student_kd"].append(_fit("student_kd", **one, type="student", teacher=teacher["checkpoint"], epochs=se, **sx))
-            runs["student_alone"].append(_fit("student_alone", **one, type="student", epochs=se, **sx))
+            sx = {"epochs": se, **(student_extra or {}), "type": "student"}  # --student-set wins over --set
+            runs["student_kd"].append(_fit("student_kd", **one, teacher=teacher["checkpoint"], **sx))
+            runs["student_alone"].append(_fit("student_alone", **one, **sx))
         record["runs"][family] = runs
         record["families"][family] = aggregate(runs)
     record["total_seconds"] = round(time.perf_counter() - t0, 1)
@@ -425,6 +425,10 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error(f"--seeds {args.seeds!r}: comma-separated integers, e.g. 0,1,2")
     extra, student_extra = ({k: v for k, v in (_key_value(ap, flag, item) for item in items)}
                             for flag, items in (("--set", args.set), ("--student-set", args.student_set)))
+    fixed = sorted(set(student_extra) & {"model", "type", "teacher", "seed", "run_name", "dataset", "runs_dir"})
+    if fixed:
+        ap.error(f"--student-set {fixed}: the benchmark sets these itself (use --models, --seeds, --dataset, "
+                 f"--student-epochs)")
     teachers = None
     if args.teachers:
         teachers = {**json.loads(Path(args.teachers).read_text()), "path": args.teachers}

@@ -85,17 +85,20 @@ def test_student_variants_reuse_the_same_teachers(synthetic, tmp_path):
     common = ["--dataset", "synthetic", "--models", "gat", "--seeds", "0", "--epochs", "1", "--set", "batch_size=32"]
     first = tmp_path / "first.json"
     base = q.main([*common, "--runs-dir", str(tmp_path / "a"), "--out", str(first)])
-    variant = q.main([*common, "--runs-dir", str(tmp_path / "b"), "--teachers", str(first), "--student-set", "hidden=12"])
+    variant = q.main([*common, "--runs-dir", str(tmp_path / "b"), "--teachers", str(first), "--student-set", "hidden=12",
+                      "--student-set", "batch_size=16"])  # --student-set wins over --set for the students
     t0, t1 = base["runs"]["gat"]["teacher"][0], variant["runs"]["gat"]["teacher"][0]
-    assert t1 == t0 and variant["teachers_from"] == str(first) and variant["student_set"] == {"hidden": 12}
+    assert t1 == t0 and variant["teachers_from"] == str(first) and variant["student_set"] == {"hidden": 12, "batch_size": 16}
     kd = variant["runs"]["gat"]["student_kd"][0]
     assert load_checkpoint(kd["checkpoint"])["train_config"]["teacher"] == t0["checkpoint"]
     for role in ("student_kd", "student_alone"):
         cfg = load_checkpoint(variant["runs"]["gat"][role][0]["checkpoint"])["train_config"]
-        assert cfg["hidden"] == 12
+        assert cfg["hidden"] == 12 and cfg["batch_size"] == 16
         assert variant["runs"]["gat"][role][0]["parameters"] < base["runs"]["gat"][role][0]["parameters"]
     assert load_checkpoint(t0["checkpoint"])["train_config"]["hidden"] is None
-    assert '{"hidden": 12}' in variant["markdown"]
+    assert '{"hidden": 12, "batch_size": 16}' in variant["markdown"]
+    with pytest.raises(SystemExit):
+        q.main([*common, "--student-set", "teacher=x.pt", "--teachers", str(first)])
     with pytest.raises(SystemExit):
         q.main([*common, "--seeds", "5", "--runs-dir", str(tmp_path / "c"), "--teachers", str(first)])
     with pytest.raises(SystemExit):
