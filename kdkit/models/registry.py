@@ -24,7 +24,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # one head (14 k parameters, 2.6 % of the teacher): on hcrl_sa, DAGA and the simulator
         # (3 seeds each) its F1 is within the seed spread of the 4-head student (36 k) it
         # replaced on 2026-12-05, at a quarter of the attention arithmetic per message
-        # (README, "A lighter GAT student"; replay 1.1-1.6 M messages/s instead of 0.6-1.0 M)
+        # (README, "A lighter GAT student"; replay 0.9-1.6 M messages/s instead of 0.6-1.05 M)
         "student": {"hidden": 32, "num_layers": 3, "heads": 1, "embedding_dim": 8,
                     "concat_heads": False, "jk": "cat", "dropout": 0.1},
     },
