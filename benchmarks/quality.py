@@ -283,7 +283,8 @@ def run(dataset: str, families: list[str], seeds: list[int], epochs: int, studen
 
 
 def _stored_teachers(record: dict, dataset: str, families: list[str], seeds: list[int], epochs: int) -> dict:
-    """The teacher runs of an earlier record, keyed by (family, seed).
+    """The teacher runs of an earlier record, keyed by (family, seed) (a record lists its runs in
+    the order of its ``seeds``, merged records too).
 
     Raises:
         ValueError: the record is of another dataset or teacher epochs, lacks a family or seed
@@ -295,30 +296,17 @@ def _stored_teachers(record: dict, dataset: str, families: list[str], seeds: lis
                          f"{record.get('epochs')} epochs; this run asks for {dataset!r}, {epochs} epochs")
     out = {}
     for family in families:
-        by_seed = {}
-        for run in record.get("runs", {}).get(family, {}).get("teacher", []):
-            seed = load_checkpoint_seed(run["checkpoint"])
-            by_seed[seed] = run
+        by_seed = dict(zip(record.get("seeds", []), record.get("runs", {}).get(family, {}).get("teacher", [])))
         for seed in seeds:
             run = by_seed.get(seed)
             if run is None:
                 raise ValueError(f"--teachers {where}: no {family} teacher of seed {seed} "
                                  f"(it holds seeds {sorted(by_seed)})")
+            if not Path(run["checkpoint"]).is_file():
+                raise ValueError(f"--teachers {where}: the teacher checkpoint {run['checkpoint']} is gone; "
+                                 "train the teachers again")
             out[(family, seed)] = run
     return out
-
-
-def load_checkpoint_seed(path: str) -> int:
-    """The seed a stored checkpoint was trained with (its run config).
-
-    Raises:
-        ValueError: the checkpoint file is missing.
-    """
-    from kdkit.training.checkpoint import load_checkpoint
-
-    if not Path(path).is_file():
-        raise ValueError(f"--teachers: the teacher checkpoint {path} is gone; train the teachers again")
-    return int(load_checkpoint(path).get("train_config", {}).get("seed", 0))
 
 
 def refit(record: dict, data_root: str | None = None) -> dict:

@@ -103,6 +103,11 @@ def test_student_variants_reuse_the_same_teachers(synthetic, tmp_path):
         q.main([*common, "--seeds", "5", "--runs-dir", str(tmp_path / "c"), "--teachers", str(first)])
     with pytest.raises(SystemExit):
         q.main([*common[:-4], "--epochs", "2", "--runs-dir", str(tmp_path / "c"), "--teachers", str(first)])
+    gone = json.loads(first.read_text())
+    gone["runs"]["gat"]["teacher"][0]["checkpoint"] = str(tmp_path / "missing.pt")
+    (tmp_path / "gone.json").write_text(json.dumps(gone))
+    with pytest.raises(SystemExit):
+        q.main([*common, "--runs-dir", str(tmp_path / "c"), "--teachers", str(tmp_path / "gone.json")])
     # student variants of one setting merge; a record of other students does not merge with them
     with pytest.raises(ValueError, match="student_set"):
         q.merge([base, json.loads(json.dumps(variant))])
