@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from conftest import require
 
+from kdkit.data import loggers
 from kdkit.data.loggers import apply_label_intervals, read_label_intervals, read_logger_file
 from kdkit.data.readers import EXTENDED_ID_FLAG, DataFormatError, Messages, can_id_key, read_messages
 
@@ -36,6 +37,14 @@ EVERY_KIND = (
     "\n"
     "(1436509052.259000) vcan0 3A4#0506070809\n"
 )
+
+
+@pytest.fixture(autouse=True, params=["scanner", "pyarrow"])
+def candump_path(request, monkeypatch):
+    """Every test runs with candump text read by the compiled scanner (kdkit.data.candump_scan,
+    used for large files) and by the pyarrow path (small files): both must give the same."""
+    monkeypatch.setattr(loggers, "_SCAN_MIN_BYTES", 0 if request.param == "scanner" else 1 << 62)
+    return request.param
 
 
 def python_can_frames(path: Path, channel: str | None = None) -> list[can.Message]:
@@ -428,3 +437,4 @@ def test_unreadable_files_are_errors_in_both_modes(tmp_path: Path):
             read_logger_file(trc, on_bad_rows=mode)
         with pytest.raises(DataFormatError, match=r"empty\.log: empty file: no data frames"):
             read_logger_file(empty, on_bad_rows=mode)
+

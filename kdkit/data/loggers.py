@@ -6,14 +6,15 @@
 
 Importing this module makes :func:`kdkit.data.readers.read_messages` read these formats.
 
-- candump ``-L`` text (``(46408.584930) can0 260#08FFFB0000001884``) is parsed by a vectorized
-  pyarrow/numpy path (about 3 million lines per second on one core, python-can's reader about
-  0.15 million, with the same result); only unusual lines (remote, error and
-  CAN FD frames, odd spacing, bad lines) go through a per-line parser. With ``channel=`` the
-  lines of other channels are left out once the lines are split, before their timestamps and
-  frames are parsed (the RAV4 log's can0: 40 % of the lines, about half the reading time), so a
-  fault in another channel's frame is neither counted nor raised. ``.asc``, ``.blf`` and
-  ``.trc`` are read with python-can.
+- candump ``-L`` text (``(46408.584930) can0 260#08FFFB0000001884``) of 1 MiB or more is read
+  by one compiled pass (:mod:`kdkit.data.candump_scan`, numba: 12 million lines per second on
+  one core, 18 million with ``channel=``), smaller text by a vectorized pyarrow/numpy path (about 3 million; python-can's
+  reader about 0.15 million, with the same result); both give the same frames and faults
+  (tested on mangled lines). Only unusual lines (remote, error and CAN FD frames, odd spacing,
+  bad lines) go through a per-line parser. With ``channel=`` the lines of other channels
+  (the second of 3 or 4 space-separated fields) are left out before their timestamps and frames
+  are parsed (the RAV4 log's can0: 40 % of the lines), so a fault in another channel's frame is
+  neither counted nor raised. ``.asc``, ``.blf`` and ``.trc`` are read with python-can.
 - Nothing is lost without a word. A line or frame kdkit cannot use raises
   :class:`~kdkit.data.readers.DataFormatError` naming the file and line (the frame number or
   byte offset for ``.blf``), or with ``on_bad_rows="skip"`` is dropped and counted in
@@ -56,6 +57,7 @@ try:  # ISA-L's inflate (python-isal): 3.3x faster than zlib on the RAV4 log (5.
 except ImportError:  # pragma: no cover - a dependency; zlib gives the same bytes, slower
     _inflate = zlib
 
+from kdkit.data.candump_scan import scan_candump
 from kdkit.data.readers import (
     MAX_CAN_ID,
     MAX_STANDARD_ID,
@@ -384,6 +386,7 @@ def _decompress(path: Path) -> tuple[bytes, str | None]:
 
 _TS_RE = re.compile(r"\(([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\)\Z")
 _HEX_RE = re.compile(r"[0-9A-Fa-f]*\Z")
+_SCAN_MIN_BYTES = 1 << 20  # candump text from this size on is read by the compiled scanner (numba loads in ~0.4 s)
 
 
 def _candump_line(text: str) -> tuple:
@@ -475,19 +478,25 @@ class _Part:
     slow: list[tuple[int, str]]
 
 
+def _clean_channel(field: bytes) -> bool:
+    """A channel field that names a channel: not empty, no spaces, tabs or control characters
+    (else the line's fields are not where they seem, and the per-line parser reads it)."""
+    return bool(field) and min(field) > 32
+
+
 def _vector_part(table: pa.Table, lines: np.ndarray, direction: bool = False, channel: str | None = None) -> _Part:
     """Rows of ``(timestamp) channel ID#data`` [``R``|``T``] split into columns -> a :class:`_Part`.
 
     ``channel``: when some rows are of that channel, the rows of other channels are left out
     before their timestamps and frames are parsed (most of the reading time). A row whose
-    channel field is empty or holds whitespace (odd spacing: the fields are not where they
+    channel field is empty or holds a tab or control character (odd spacing: the fields are not where they
     seem) is kept for the per-line parser."""
     c_codes = pc.dictionary_encode(table.column("c").combine_chunks())
     raw = c_codes.dictionary.to_pylist()
     names = [_channel_name(b.decode("ascii", "replace")) for b in raw]
     codes = c_codes.indices.to_numpy(zero_copy_only=False)
     if channel in names:
-        other = [k for k, (b, name) in enumerate(zip(raw, names)) if name != channel and b.split() == [b]]
+        other = [k for k, (b, name) in enumerate(zip(raw, names)) if name != channel and _clean_channel(b)]
         keep = ~np.isin(codes, other)
         if not keep.all():
             table, lines, codes = table.filter(pa.array(keep)), lines[keep], codes[keep]
@@ -501,7 +510,7 @@ def _vector_part(table: pa.Table, lines: np.ndarray, direction: bool = False, ch
              & (t_data[np.clip(t_off[1:] - 1, 0, last)] == ord(")")))
     ts, ok_ts = _parse_float(pc.binary_slice(t_col, 1, -1))
     value, id_len, payload, dlc, ok_frame = _parse_frames(f_col)
-    fast = paren & ok_ts & ok_frame
+    fast = paren & ok_ts & ok_frame & np.array([_clean_channel(b) for b in raw], bool)[codes]
     if direction:
         d_off, d_data = _string_parts(table.column("d").combine_chunks())
         first = np.append(d_data, np.uint8(0))[d_off[:-1]] | np.uint8(0x20)
@@ -611,19 +620,30 @@ def _read_candump(path: Path, channel: str | None):
     if not text or text.isspace():  # (no stripped copy of the whole text)
         raise DataFormatError(path, None, "empty file: no data frames")
     text, non_ascii = _ascii(text)
+    # lines have three fields, or four with the direction ('... 123#11 R'): split the file as its
+    # first line is, then the other lines (if many) the other way; the rest go one by one
+    first = text[:4096].lstrip().split(b"\n", 1)[0].strip().split(b" ")
+    columns = 4 if len(first) == 4 else 3
+    scanned = None
+    if len(text) >= _SCAN_MIN_BYTES and (channel is None or not (channel.isascii() and channel.isdigit())):
+        # one compiled pass (kdkit.data.candump_scan); all-digit channels ('1' is also '01') and a
+        # channel without plain frames (the error lists every channel) take the pyarrow path below
+        scanned = scan_candump(text, channel)
+        if channel is not None and not scanned[0][0].size:
+            scanned = None
     try:
-        # lines have three fields, or four with the direction ('... 123#11 R'): split the file as its
-        # first line is, then the other lines (if many) the other way; the rest go one by one
-        first = text[:4096].lstrip().split(b"\n", 1)[0].strip().split(b" ")
-        columns = 4 if len(first) == 4 else 3
-        table, odd = _candump_table(text, columns)
-        parts = [_vector_part(table, _rows_and_handed(table.num_rows, odd), direction=columns == 4, channel=channel)]
-        if len(odd) > 64:
-            table, odd2 = _candump_table("\n".join(line_text for _, line_text in odd).encode(), 7 - columns)
-            index = _rows_and_handed(table.num_rows, odd2) - 1
-            parts.append(_vector_part(table, np.array([odd[k][0] for k in index], np.int64), direction=columns == 3,
-                                      channel=channel))
-            odd = [odd[k - 1] for k, _ in odd2]
+        if scanned is not None:
+            parts, odd = [], scanned[1]
+        else:
+            table, odd = _candump_table(text, columns)
+            parts = [_vector_part(table, _rows_and_handed(table.num_rows, odd), direction=columns == 4,
+                                  channel=channel)]
+            if len(odd) > 64:
+                table, odd2 = _candump_table("\n".join(line_text for _, line_text in odd).encode(), 7 - columns)
+                index = _rows_and_handed(table.num_rows, odd2) - 1
+                parts.append(_vector_part(table, np.array([odd[k][0] for k in index], np.int64),
+                                          direction=columns == 3, channel=channel))
+                odd = [odd[k - 1] for k, _ in odd2]
     except pa.ArrowInvalid as err:
         raise DataFormatError(path, None, f"unreadable text ({err})") from err
 
@@ -631,7 +651,15 @@ def _read_candump(path: Path, channel: str | None):
     earlier: list[tuple[int | None, str]] = []
     dropped = {"remote": 0, "error": 0}
     extra: dict[str, list] = {"ts": [], "id": [], "ext": [], "data": [], "line": [], "chan": [], "problem": []}
+    # with channel=, a line of another channel is left out unparsed here as well (its channel is
+    # the second of its 3 or 4 space-separated fields, as for the lines split above), unless the channel has no frames split out above: then
+    # every line is parsed, for the error that lists the file's channels
+    skip_others = channel is not None and (scanned is not None or any(channel in part.names for part in parts))
     for line, line_text in sorted(odd + [row for part in parts for row in part.slow]):
+        if skip_others:
+            fields = line_text.split(" ")
+            if len(fields) in (3, 4) and _clean_channel(fields[1].encode()) and _channel_name(fields[1]) != channel:
+                continue
         parsed = _candump_line(line_text)
         kind = parsed[0]
         if kind == "blank":
@@ -654,6 +682,8 @@ def _read_candump(path: Path, channel: str | None):
 
     # data frames per channel, and the channel filter
     counts: dict[str, int] = {}
+    if scanned is not None:  # plain frames of the channel (or of all channels: counted under '')
+        counts[channel or ""] = scanned[0][0].size
     keep = []
     for part in parts:
         per_code = np.bincount(part.channel[part.fast], minlength=len(part.names))
@@ -672,7 +702,7 @@ def _read_candump(path: Path, channel: str | None):
                               f"frames dropped)")
 
     # the frames of every part, in line order
-    pieces = []
+    pieces = [scanned[0]] if scanned is not None else []
     for part, rows in zip(parts, keep):
         rows = slice(None) if rows.all() else np.flatnonzero(rows)  # usually every row: no copies
         pieces.append((part.ts[rows], part.value[rows], part.id_len[rows] == 8, part.dlc[rows], part.payload[rows],
