@@ -8,9 +8,9 @@ Importing this module makes :func:`kdkit.data.readers.read_messages` read these 
 
 - candump ``-L`` text (``(46408.584930) can0 260#08FFFB0000001884``) of 1 MiB or more is read
   by one compiled pass (:mod:`kdkit.data.candump_scan`, numba: 12 million lines per second on
-  one core, 18 million with ``channel=``), smaller text by a vectorized pyarrow/numpy path (about 3 million; python-can's
-  reader about 0.15 million, with the same result); both give the same frames and faults
-  (tested on mangled lines). Only unusual lines (remote, error and CAN FD frames, odd spacing,
+  one core, 18 million with ``channel=``), smaller text by a vectorized pyarrow/numpy path
+  (about 3 million; python-can's reader about 0.15 million, with the same result); both give
+  the same frames and faults (tested on mangled lines). Only unusual lines (remote, error and CAN FD frames, odd spacing,
   bad lines) go through a per-line parser. With ``channel=`` the lines of other channels
   (the second of 3 or 4 space-separated fields) are left out before their timestamps and frames
   are parsed (the RAV4 log's can0: 40 % of the lines), so a fault in another channel's frame is

@@ -30,7 +30,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from kdkit.data.graphs import EDGE_FEATURES, NODE_FEATURES, IdVocab
+from kdkit.data.graphs import IdVocab
 from kdkit.data.loader import WindowBatch
 
 
