@@ -2,12 +2,15 @@
 
     # a can-train-and-test CSV (.csv or .csv.gz) of N generated rows, written in slices
     .venv/bin/python benchmarks/prep_memory.py make runs/big/train_02_with_attacks/DoS-big.csv.gz 30000000
+    # the same messages as a candump -L log (a name ending in .log or .log.gz)
+    .venv/bin/python benchmarks/prep_memory.py make runs/bigc/train_01_attack_free/drive-big.log.gz 30000000
     # prepare a dataset folder once in a fresh process: one JSON line
     .venv/bin/python benchmarks/prep_memory.py measure runs/big runs/big-cache [--workers N]
     # one shuffled pass of the training loader over a prepared (memory-mapped) split: peak RSS
     .venv/bin/python benchmarks/prep_memory.py iterate runs/big-cache/NAME/KEY/train.store --batch-size 256
     # the table of docs/PERFORMANCE.md "Preparation at any size": sizes x repeats, interleaved
     .venv/bin/python benchmarks/prep_memory.py table --sizes 200000,2700000,30000000 --repeats 3 --out runs/prep_memory.json
+    .venv/bin/python benchmarks/prep_memory.py table --format candump ...   # the same with candump logs
 
 ``measure`` reports the peak RSS (``VmHWM`` of the process, ``ru_maxrss`` of any worker) above the
 RSS right after ``import kdkit.data``, the CPU seconds (process and workers) beside the wall
@@ -48,8 +51,9 @@ def _digits(values: np.ndarray, width: int) -> np.ndarray:
     return out
 
 
-def rows_text(first: int, n: int, rng: np.random.Generator) -> bytes:
-    """``n`` CSV rows starting at row ``first`` (fixed width: 41 bytes a row)."""
+def rows_text(first: int, n: int, rng: np.random.Generator, candump: bool = False) -> bytes:
+    """``n`` CSV rows starting at row ``first`` (fixed width: 41 bytes a row), or the same
+    messages as candump ``-L`` lines (``(seconds) can0 ID#data``, 46 bytes, no labels)."""
     i = np.arange(first, first + n, dtype=np.int64)
     us = 1_500_000_000_000_000 + i * 500 + rng.integers(0, 100, n)  # ~2000 messages a second
     pool = np.arange(0x100, 0x100 + 40 * 0x11, 0x11)
@@ -69,17 +73,30 @@ def rows_text(first: int, n: int, rng: np.random.Generator) -> bytes:
     text[:, 38] = ord(",")
     text[:, 39] = 48 + attack
     text[:, 40] = ord("\n")
+    if candump:  # (seconds) can0 ID#data
+        line = np.empty((n, 46), np.uint8)
+        line[:, 0] = ord("(")
+        line[:, 1:18] = text[:, 0:17]
+        line[:, 18:25] = np.frombuffer(b") can0 ", np.uint8)
+        line[:, 25:28] = text[:, 18:21]
+        line[:, 28] = ord("#")
+        line[:, 29:45] = text[:, 22:38]
+        line[:, 45] = ord("\n")
+        return line.tobytes()
     return text.tobytes()
 
 
 def make(path: Path, rows: int, seed: int = 0) -> Path:
-    """Write a generated can-train-and-test CSV of ``rows`` rows (gzip when ``path`` ends in .gz)."""
+    """Write a generated can-train-and-test CSV of ``rows`` rows, or a candump log when the name
+    ends in ``.log`` (gzip when ``path`` ends in .gz)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
+    candump = path.name.removesuffix(".gz").endswith(".log")
     with (gzip.open(path, "wb", compresslevel=1) if path.suffix == ".gz" else open(path, "wb")) as out:
-        out.write(HEADER)
+        if not candump:
+            out.write(HEADER)
         for a in range(0, rows, SLICE):
-            out.write(rows_text(a, min(SLICE, rows - a), rng))
+            out.write(rows_text(a, min(SLICE, rows - a), rng, candump))
     return path
 
 
@@ -148,18 +165,18 @@ def iterate(store: str, batch_size: int = 256) -> dict:
             "peak_above_imports_mib": round(peak - base, 1)}
 
 
-def _layout(root: Path, rows: int) -> Path:
+def _layout(root: Path, rows: int, fmt: str = "csv") -> Path:
     """A dataset folder with one generated training recording (and no test scenario)."""
-    make(root / "train_02_with_attacks" / "DoS-generated.csv.gz", rows)
+    make(root / "train_02_with_attacks" / ("DoS-generated.csv.gz" if fmt == "csv" else "drive-generated.log.gz"), rows)
     return root
 
 
-def table(sizes: list[int], repeats: int, work: Path, workers: int = 1) -> list[dict]:
+def table(sizes: list[int], repeats: int, work: Path, workers: int = 1, fmt: str = "csv") -> list[dict]:
     """Every size prepared ``repeats`` times, interleaved (size after size, round after round),
     each in a fresh process; min/median/max per size."""
     runs: dict[int, list[dict]] = {s: [] for s in sizes}
     try:
-        roots = {s: _layout(work / f"gen-{s}", s) for s in sizes}
+        roots = {s: _layout(work / f"gen-{s}", s, fmt) for s in sizes}
         for _ in range(repeats):
             for s in sizes:
                 out = subprocess.run([sys.executable, __file__, "measure", str(roots[s]), str(work / f"cache-{s}"),
@@ -197,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--repeats", type=int, default=3)
     t.add_argument("--work", type=Path, default=Path("runs/prep_memory"))
     t.add_argument("--workers", type=int, default=1)
+    t.add_argument("--format", choices=["csv", "candump"], default="csv",
+                   help="generate can-train-and-test CSVs (default) or candump -L logs")
     t.add_argument("--out", type=Path, default=None, help="also write the summary JSON here")
     args = p.parse_args(argv)
     if args.cmd == "make":
@@ -206,8 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "iterate":
         print(json.dumps(iterate(args.store, args.batch_size)))
     else:
-        summary = table([int(s) for s in args.sizes.split(",")], args.repeats, args.work, args.workers)
-        text = json.dumps({"machine": os.uname().nodename, "cores": os.cpu_count(), "summary": summary}, indent=1)
+        summary = table([int(s) for s in args.sizes.split(",")], args.repeats, args.work, args.workers, args.format)
+        text = json.dumps({"machine": os.uname().nodename, "cores": os.cpu_count(), "format": args.format,
+                           "summary": summary}, indent=1)
         print(text)
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)

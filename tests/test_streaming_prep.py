@@ -280,6 +280,48 @@ def test_peak_memory_stays_bounded_on_a_large_file(tmp_path: Path):
     assert os.path.getsize(base / "train_02_with_attacks" / "DoS-big.csv.gz") > 0
 
 
+def test_peak_memory_stays_bounded_on_a_large_candump_log(tmp_path: Path):
+    """5 M candump lines (230 MB of text): read whole, ~100 bytes a message stayed in memory
+    (3 M lines peaked 318 MiB above the imports); streamed, the peak stays under 300 MiB."""
+    base = tmp_path / "bigc"
+    _make_big_csv(base / "train_01_attack_free" / "drive-big.log.gz", 5_000_000)  # (.log: candump lines)
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "prep_memory.py"), "measure", str(base),
+                          str(tmp_path / "cache")], check=True, cwd=ROOT, capture_output=True, text=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["messages"] == 5_000_000
+    assert result["peak_above_imports_mib"] < 300, result
+
+
+def test_streamed_candump_store_equals_the_whole_file_read(tmp_path: Path, monkeypatch):
+    """A dataset of candump logs prepared from the streamed reader (tiny blocks, tiny chunks)
+    equals the same dataset prepared from the logs read whole, tensor for tensor."""
+    import kdkit.data.loggers as loggers
+    import kdkit.data.readers as readers
+
+    base = tmp_path / "logs"
+    for folder, name, seed in (("train_01_attack_free", "drive-a.log", 0),
+                               ("train_01_attack_free", "drive-b.log.gz", 1),
+                               ("test_01_known_vehicle_known_attack", "drive-c.log", 2)):
+        rng = np.random.default_rng(seed)
+        lines = [f"({100 + k / 1000:.6f}) can{k % 2} {int(rng.integers(0, 40)) * 0x11:03X}#"
+                 f"{rng.bytes(int(rng.integers(0, 9))).hex().upper()}\n" for k in range(3000)]
+        path = base / folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = "".join(lines).encode()
+        path.write_bytes(gzip.compress(text) if name.endswith(".gz") else text)
+    config = PrepareConfig(window=20, stride=15, val_fraction=0.2)
+    monkeypatch.setattr(loggers, "_GZ_PIECE", 333)
+    monkeypatch.setattr(ds, "PREPARE_CHUNK_ROWS", 97)
+    streamed = prepare(str(base), config, cache_dir=tmp_path / "streamed")
+    monkeypatch.setattr(readers, "_LOGGER_CHUNKS", [])  # no chunked reader: every log read whole
+    monkeypatch.setattr(ds, "PREPARE_CHUNK_ROWS", 10 ** 6)
+    read_whole = prepare(str(base), config, cache_dir=tmp_path / "whole")
+    assert streamed.vocab.to_list() == read_whole.vocab.to_list() and list(streamed.splits) == list(read_whole.splits)
+    for name in streamed.splits:
+        _assert_equal_sets(streamed.splits[name], read_whole.splits[name], name)
+    assert streamed.info["messages_read"] == read_whole.info["messages_read"] == 9000
+
+
 def test_predecessor_algorithm_builds_the_same_graphs(tmp_path: Path):
     """bench preprocess's baseline (row-wise hex parsing, Python loops per window, node and edge)
     gives kdkit's graphs bit for bit (the sums run in the same order)."""

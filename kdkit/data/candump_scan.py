@@ -221,7 +221,8 @@ def _kernel():
 
 def scan_candump(text: bytes, channel: str | None):
     """Scan ASCII candump text. Returns ``(ts, arb_id, extended, dlc, payload, line)`` of the
-    plain frames (file order) and ``[(line, text), ...]`` of the lines handed back."""
+    plain frames (file order), ``[(line, text), ...]`` of the lines handed back, and the number
+    of lines of the text (a ``\n``, ``\r\n`` or ``\r`` ends one; 1-based line numbers)."""
     chars = np.frombuffer(text, np.uint8)
     words = np.frombuffer(text, np.uint64, count=len(text) // 8)
     n_max = len(text) // 11 + 1  # a plain frame line takes at least 11 bytes: '(0) c 000#\n'
@@ -240,4 +241,4 @@ def scan_candump(text: bytes, channel: str | None):
         if pos >= len(text):
             break
         cap = min(cap * 16, n_max * 11)
-    return tuple(a[:n_fast] for a in out), handed
+    return tuple(a[:n_fast] for a in out), handed, line_no

@@ -1,8 +1,10 @@
 """Logger files as CAN recordings: candump ``.log``, Vector ``.asc``/``.blf``, PEAK ``.trc``
 (optionally gzip-compressed), read into a :class:`~kdkit.data.readers.Messages`.
 
-    from kdkit.data.loggers import read_logger_file
+    from kdkit.data.loggers import iter_logger_file, read_logger_file
     msgs = read_logger_file("capture.log.gz", channel="can0")
+    for chunk in iter_logger_file("capture.log.gz", channel="can0"):   # bounded memory, any size
+        ...
 
 Importing this module makes :func:`kdkit.data.readers.read_messages` read these formats.
 
@@ -10,11 +12,15 @@ Importing this module makes :func:`kdkit.data.readers.read_messages` read these 
   by one compiled pass (:mod:`kdkit.data.candump_scan`, numba: 12 million lines per second on
   one core, 18 million with ``channel=``), smaller text by a vectorized pyarrow/numpy path
   (about 3 million; python-can's reader about 0.15 million, with the same result); both give
-  the same frames and faults (tested on mangled lines). Only unusual lines (remote, error and CAN FD frames, odd spacing,
-  bad lines) go through a per-line parser. With ``channel=`` the lines of other channels
+  the same frames and faults (tested on mangled lines). Only unusual lines (remote, error and
+  CAN FD frames, odd spacing, bad lines) go through a per-line parser. With ``channel=`` the lines of other channels
   (the second of 3 or 4 space-separated fields) are left out before their timestamps and frames
   are parsed (the RAV4 log's can0: 40 % of the lines), so a fault in another channel's frame is
   neither counted nor raised. ``.asc``, ``.blf`` and ``.trc`` are read with python-can.
+- :func:`iter_logger_file` reads a candump log in chunks of messages, ~4 MiB of the file at a
+  time through the compiled pass: the same frames, skips and errors as reading it whole, in
+  memory that does not grow with the file (``kdkit data prepare`` uses it; the other formats
+  are read whole and handed out in slices).
 - Nothing is lost without a word. A line or frame kdkit cannot use raises
   :class:`~kdkit.data.readers.DataFormatError` naming the file and line (the frame number or
   byte offset for ``.blf``), or with ``on_bad_rows="skip"`` is dropped and counted in
@@ -41,9 +47,11 @@ from __future__ import annotations
 
 import csv
 import gzip
+import os
 import re
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +67,7 @@ except ImportError:  # pragma: no cover - a dependency; zlib gives the same byte
 
 from kdkit.data.candump_scan import scan_candump
 from kdkit.data.readers import (
+    CHUNK_ROWS,
     MAX_CAN_ID,
     MAX_STANDARD_ID,
     DataFormatError,
@@ -67,14 +76,18 @@ from kdkit.data.readers import (
     _BadRows,
     _parse_float,
     _string_parts,
+    _TIME_HINT,
     _time_order,
     _time_problem,
     can_id_key,
     id_problem,
     parse_hex_ids,
+    set_logger_chunks,
     set_logger_reader,
+    slices,
 )
 
+_GZ_PIECE = 1 << 22  # compressed bytes inflated at a time (the byte ranges named by corrupt-data errors)
 _CAN_READERS = {".log": "CanutilsLogReader", ".asc": "ASCReader", ".blf": "BLFReader", ".trc": "TRCReader"}
 CAN_ERR_FLAG = 0x20000000  # candump: an error frame's ID carries this bit (linux/can/error.h)
 _FD_HINT = ("kdkit models classic CAN (at most 8 bytes); read a classic CAN channel with channel=..., "
@@ -353,7 +366,7 @@ def _decompress(path: Path) -> tuple[bytes, str | None]:
     if raw[:2] != b"\x1f\x8b":
         return raw, None
     parts: list[bytes] = []
-    pos, chunk = 0, 1 << 22
+    pos, chunk = 0, _GZ_PIECE
     view = memoryview(raw)
 
     def line_now() -> int:
@@ -628,7 +641,7 @@ def _read_candump(path: Path, channel: str | None):
     if len(text) >= _SCAN_MIN_BYTES and (channel is None or not (channel.isascii() and channel.isdigit())):
         # one compiled pass (kdkit.data.candump_scan); all-digit channels ('1' is also '01') and a
         # channel without plain frames (the error lists every channel) take the pyarrow path below
-        scanned = scan_candump(text, channel)
+        scanned = scan_candump(text, channel)[:2]
         if channel is not None and not scanned[0][0].size:
             scanned = None
     try:
@@ -647,38 +660,13 @@ def _read_candump(path: Path, channel: str | None):
     except pa.ArrowInvalid as err:
         raise DataFormatError(path, None, f"unreadable text ({err})") from err
 
-    # the lines left over, one by one
-    earlier: list[tuple[int | None, str]] = []
-    dropped = {"remote": 0, "error": 0}
-    extra: dict[str, list] = {"ts": [], "id": [], "ext": [], "data": [], "line": [], "chan": [], "problem": []}
-    # with channel=, a line of another channel is left out unparsed here as well (its channel is
-    # the second of its 3 or 4 space-separated fields, as for the lines split above), unless the channel has no frames split out above: then
-    # every line is parsed, for the error that lists the file's channels
+    # the lines left over, one by one; with channel=, a line of another channel is left out unparsed
+    # here as well, unless the channel has no frames split out above: then every line is parsed,
+    # for the error that lists the file's channels
     skip_others = channel is not None and (scanned is not None or any(channel in part.names for part in parts))
-    for line, line_text in sorted(odd + [row for part in parts for row in part.slow]):
-        if skip_others:
-            fields = line_text.split(" ")
-            if len(fields) in (3, 4) and _clean_channel(fields[1].encode()) and _channel_name(fields[1]) != channel:
-                continue
-        parsed = _candump_line(line_text)
-        kind = parsed[0]
-        if kind == "blank":
-            continue
-        if kind == "bad":
-            note = " (the line holds bytes that are not ASCII text, shown as '?')" if line in non_ascii else ""
-            earlier.append((line, f"not a candump -L frame line: {parsed[1]}{note}"))
-            continue
-        chan = _channel_name(parsed[2])
-        if kind in ("remote", "error"):
-            dropped[kind] += channel is None or chan == channel
-            continue
-        _, t, _, arb, ext, data, fd = parsed
-        problem = None
-        if len(data) > 8:
-            problem = (f"CAN FD frame with {len(data)} data bytes: {_FD_HINT}" if fd else
-                       f"{len(data)} data bytes: a classic CAN frame carries at most 8")
-        for key, v in zip(extra, (t, arb, ext, data[:8], line, chan, problem)):
-            extra[key].append(v)
+    dropped = {"remote": 0, "error": 0}
+    earlier, extra = _parse_lines(sorted(odd + [row for part in parts for row in part.slow]), channel, skip_others,
+                                  non_ascii, dropped)
 
     # data frames per channel, and the channel filter
     counts: dict[str, int] = {}
@@ -707,15 +695,62 @@ def _read_candump(path: Path, channel: str | None):
         rows = slice(None) if rows.all() else np.flatnonzero(rows)  # usually every row: no copies
         pieces.append((part.ts[rows], part.value[rows], part.id_len[rows] == 8, part.dlc[rows], part.payload[rows],
                        part.lines[rows].astype(np.int64)))
+    frames = _merge_frames(pieces, extra, keep_extra)
+    lost = (1, cut) if cut is not None else None
+    return frames, earlier, lost, dropped
+
+
+def _parse_lines(lines: list[tuple[int, str]], channel: str | None, skip_others: bool, non_ascii: set[int],
+                 dropped: dict[str, int]) -> tuple[list[tuple[int | None, str]], dict[str, list]]:
+    """The lines the vectorized paths handed back, one by one (in line order): their bad lines
+    (line, problem), and their data frames as columns (``extra``: ts, id, ext, data, line, chan,
+    problem). Remote and error frames of the channel are counted in ``dropped``. ``skip_others``:
+    a line of another channel (the second of its 3 or 4 space-separated fields) is left out
+    unparsed, as the vectorized paths leave such lines out."""
+    earlier: list[tuple[int | None, str]] = []
+    extra: dict[str, list] = {"ts": [], "id": [], "ext": [], "data": [], "line": [], "chan": [], "problem": []}
+    for line, line_text in lines:
+        if skip_others:
+            fields = line_text.split(" ")
+            if len(fields) in (3, 4) and _clean_channel(fields[1].encode()) and _channel_name(fields[1]) != channel:
+                continue
+        parsed = _candump_line(line_text)
+        kind = parsed[0]
+        if kind == "blank":
+            continue
+        if kind == "bad":
+            note = " (the line holds bytes that are not ASCII text, shown as '?')" if line in non_ascii else ""
+            earlier.append((line, f"not a candump -L frame line: {parsed[1]}{note}"))
+            continue
+        chan = _channel_name(parsed[2])
+        if kind in ("remote", "error"):
+            dropped[kind] += channel is None or chan == channel
+            continue
+        _, t, _, arb, ext, data, fd = parsed
+        problem = None
+        if len(data) > 8:
+            problem = (f"CAN FD frame with {len(data)} data bytes: {_FD_HINT}" if fd else
+                       f"{len(data)} data bytes: a classic CAN frame carries at most 8")
+        for key, v in zip(extra, (t, arb, ext, data[:8], line, chan, problem)):
+            extra[key].append(v)
+    return earlier, extra
+
+
+def _merge_frames(pieces: list[tuple[np.ndarray, ...]], extra: dict[str, list], keep_extra: np.ndarray) -> _Frames:
+    """The vectorized paths' frames (``pieces``: ts, ID, extended, dlc, payload, line) and the
+    kept frames of :func:`_parse_lines` as one :class:`_Frames` in line order."""
     sel = np.flatnonzero(keep_extra)
     if sel.size:
         e_payload = np.zeros((sel.size, 8), np.uint8)
         for j, i in enumerate(sel.tolist()):
             e_payload[j, :len(extra["data"][i])] = np.frombuffer(extra["data"][i], np.uint8)
-        pieces.append((np.array(extra["ts"], np.float64)[sel], np.array(extra["id"], np.uint32)[sel],
-                       np.array(extra["ext"], bool)[sel], np.array([len(d) for d in extra["data"]], np.uint8)[sel],
-                       e_payload, np.array(extra["line"], np.int64)[sel]))
+        pieces = pieces + [(np.array(extra["ts"], np.float64)[sel], np.array(extra["id"], np.uint32)[sel],
+                            np.array(extra["ext"], bool)[sel], np.array([len(d) for d in extra["data"]], np.uint8)[sel],
+                            e_payload, np.array(extra["line"], np.int64)[sel])]
     pieces = [p for p in pieces if p[0].size] or pieces[:1]
+    if not pieces:
+        return _Frames(np.zeros(0), np.zeros(0, np.uint32), np.zeros(0, bool), np.zeros(0, np.uint8),
+                       np.zeros((0, 8), np.uint8), np.zeros(0, np.int64), {})
     if len(pieces) == 1:
         frames = _Frames(*pieces[0], {})
     else:
@@ -727,8 +762,248 @@ def _read_candump(path: Path, channel: str | None):
         if extra_line:
             at = np.flatnonzero(np.isin(frames.where, list(extra_line)))
             frames.problem = {int(i): extra_line[int(frames.where[i])] for i in at}
-    lost = (1, cut) if cut is not None else None
-    return frames, earlier, lost, dropped
+    return frames
+
+
+# --------------------------------------------------------------------------------------
+# candump -L in chunks, in bounded memory
+
+
+
+def _cut_lines(buf: bytes) -> tuple[bytes, bytes]:
+    """``buf`` split after its last complete line (a ``\r`` at the very end may be half of a
+    ``\r\n``, so it waits for the next block)."""
+    cut = max(buf.rfind(b"\n"), buf.rfind(b"\r", 0, len(buf) - 1)) + 1
+    return buf[:cut], buf[cut:]
+
+
+class _TextBlocks:
+    """A candump file's text (gunzipped on the fly when gzip, several members too) as blocks that
+    end at a line end (the last block may not): ~4 MiB of the file at a time. Corrupt compressed
+    data raises :class:`DataFormatError` as :func:`_decompress` does; after the iteration ``lost``
+    says what a truncated gzip file lost (None if nothing)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.lost: str | None = None
+        self.newlines = 0  # '\n' inflated so far (the text line of a corrupt byte range)
+
+    def __iter__(self) -> Iterator[bytes]:
+        with open(self.path, "rb") as handle:
+            if handle.read(2) != b"\x1f\x8b":
+                handle.seek(0)
+                carry = b""
+                while piece := handle.read(_GZ_PIECE):
+                    out, carry = _cut_lines(carry + piece)
+                    if out:
+                        yield out
+                if carry:
+                    yield carry
+                return
+            handle.seek(0)
+            yield from self._inflated(handle)
+
+    def _inflated(self, handle) -> Iterator[bytes]:
+        size = os.fstat(handle.fileno()).st_size
+        pos, carry = 0, b""  # pos: the file offset of the next compressed byte to inflate
+        pending = handle.read(_GZ_PIECE)
+        while True:  # one gzip member per turn
+            d = _inflate.decompressobj(wbits=31)
+            while not d.eof:
+                if not pending:
+                    pending = handle.read(_GZ_PIECE)
+                    if not pending:  # the file ends inside the stream: truncated
+                        cut = carry.rfind(b"\n") + 1
+                        line = self.newlines + 1
+                        partial = f"line {line} is cut short and " if cut < len(carry) else ""
+                        self.lost = (f"truncated gzip file: the compressed data ends inside the stream at byte {size}; "
+                                     f"{partial}whatever followed line {line - 1} is lost (counted as 1 skipped row)")
+                        if cut:
+                            yield carry[:cut]
+                        return
+                try:
+                    text = d.decompress(pending)
+                except (zlib.error, _inflate.error) as err:
+                    raise DataFormatError(self.path, None, f"corrupt gzip data in compressed bytes {pos}.."
+                                                           f"{pos + len(pending)} (text line {self.newlines + 1}): "
+                                                           f"{err}") from err
+                self.newlines += text.count(b"\n")
+                used = len(pending) - len(d.unused_data) if d.eof else len(pending)
+                pos += used
+                pending = pending[used:]
+                out, carry = _cut_lines(carry + text)
+                if out:
+                    yield out
+            # the member ended: another member, zero padding, or garbage
+            if len(pending) < 2:
+                pending += handle.read(_GZ_PIECE)
+            if pending[:2] == b"\x1f\x8b":
+                pending += handle.read(max(_GZ_PIECE - len(pending), 0))  # the same byte ranges as _decompress
+                continue
+            zeros = not pending.strip(b"\0")
+            while zeros and (more := handle.read(_GZ_PIECE)):
+                zeros = not more.strip(b"\0")
+            if not zeros:
+                raise DataFormatError(self.path, None, f"corrupt gzip data: {size - pos} bytes of garbage after the "
+                                                       f"gzip stream at byte {pos}")
+            if carry:
+                yield carry
+            return
+
+
+class _CandumpStream:
+    """The reading and checking state of one candump log read in chunks (:func:`iter_logger_file`)."""
+
+    def __init__(self, path: Path, channel: str | None, mode: OnBadRows, chunk_rows: int):
+        self.path, self.channel, self.chunk_rows = path, channel, chunk_rows
+        self.bad = _BadRows(path, mode)
+        self.dropped = {"remote": 0, "error": 0}
+        self.floor, self.floor_text, self.floor_line = -np.inf, "", 0  # the largest good timestamp so far
+        self.parts: list[tuple[np.ndarray, ...]] = []  # good frames not handed out yet
+        self.buffered = 0
+        self.frames = 0  # data frames of the channel read (before the checks)
+        self.good = 0
+        self.deferred: DataFormatError | None = None
+
+    def __iter__(self) -> Iterator[Messages]:
+        blocks = _TextBlocks(self.path)
+        base, any_text = 0, False
+        for text in blocks:
+            any_text = any_text or not text.isspace()
+            text, non_ascii = _ascii(text)
+            plain, handed, n_lines = scan_candump(text, self.channel)
+            plain = (*plain[:5], plain[5] + base)
+            handed = [(line + base, line_text) for line, line_text in handed]
+            earlier, extra = _parse_lines(handed, self.channel, self.channel is not None,
+                                          {line + base for line in non_ascii}, self.dropped)
+            keep_extra = np.array([self.channel is None or name == self.channel for name in extra["chan"]], bool)
+            self.frames += plain[0].size + int(keep_extra.sum())
+            self._check(_merge_frames([plain], extra, keep_extra), earlier)
+            if self.deferred is not None and self.frames:
+                raise self.deferred
+            while self.buffered >= self.chunk_rows:
+                yield self._chunk(self.chunk_rows)
+            base += n_lines
+        if not any_text:
+            raise DataFormatError(self.path, None, "empty file: no data frames")
+        if self.channel is not None and not self.frames:
+            raise _no_channel(self.path, self.channel, _count_channels(self.path))
+        if not self.frames and not self.bad.count:
+            raise DataFormatError(self.path, None, f"no data frames ({self.dropped['remote']} remote and "
+                                                   f"{self.dropped['error']} error frames dropped)")
+        if blocks.lost is not None:
+            if self.bad.mode == "error":
+                raise DataFormatError(self.path, None, blocks.lost + "; read the part before the cut with "
+                                                                     "on_bad_rows='skip'")
+            self.bad.count += 1
+            self.bad.unlabelled += 1
+            self.bad.examples = [f"{self.path}: {blocks.lost}", *self.bad.examples][:5]
+        if not self.good:
+            raise DataFormatError(self.path, None, "no usable data frames (all were skipped)")
+        yield self._chunk(self.buffered)
+
+    def _check(self, frames: _Frames, earlier: list[tuple[int | None, str]]) -> None:
+        """:func:`_finish`'s checks for one block, time order against the blocks before."""
+        ts, raw_ids, extended = frames.ts, frames.arb_id, frames.extended
+        ok_ts = np.isfinite(ts)
+        ok_id = extended | (raw_ids <= MAX_STANDARD_ID)
+        ok_fields = ok_ts & ok_id
+        if frames.problem:
+            ok_fields[list(frames.problem)] = False
+        negative, backwards = _time_order(ts, ok_fields, self.floor)
+        ok = ok_fields & ~negative & ~backwards
+
+        def describe(i: int) -> str:
+            if i in frames.problem:
+                return frames.problem[i]
+            if not ok_ts[i]:
+                return f"timestamp {float(ts[i])!r} is not a finite number"
+            if not ok_id[i]:
+                return (f"CAN ID 0x{raw_ids[i]:X} is above 0x7FF, the largest 11-bit ID, but the frame is not "
+                        f"flagged extended (29-bit)")
+            if negative[i]:
+                return f"timestamp {float(ts[i])!r} is negative (timestamps are seconds >= 0)"
+            before = np.where((ok_fields & ~negative)[:i], ts[:i], -np.inf)
+            j = int(np.argmax(before)) if i else -1
+            shown, line = (repr(float(ts[j])), int(frames.where[j])) if j >= 0 and before[j] > self.floor \
+                else (self.floor_text, self.floor_line)
+            return f"timestamp {float(ts[i])!r} goes backwards: earlier than {shown} on line {line} ({_TIME_HINT})"
+
+        label = np.zeros(ts.shape[0], np.uint8)
+        try:
+            self.bad.check(ok, lambda i: int(frames.where[i]), describe, earlier, label=label, label_ok=ok_fields)
+        except DataFormatError as err:
+            # a fault before the channel's first frame: a channel without frames is the error to
+            # raise instead (as when the file is read whole), so it waits for the first frame
+            first = self.deferred if self.deferred is not None else err
+            if self.channel is None or self.frames:
+                raise first from None
+            self.deferred = first
+            return
+        if ok.any():
+            top = np.where(ok, ts, -np.inf)
+            j = int(np.argmax(top))
+            if top[j] > self.floor:
+                self.floor, self.floor_text, self.floor_line = float(top[j]), repr(float(top[j])), int(frames.where[j])
+        keep = slice(None) if ok.all() else np.flatnonzero(ok)
+        part = (ts[keep], can_id_key(raw_ids[keep], extended[keep]), frames.dlc[keep], frames.payload[keep])
+        self.parts.append(part)
+        self.buffered += part[0].shape[0]
+        self.good += part[0].shape[0]
+
+    def _chunk(self, rows: int) -> Messages:
+        """The next ``rows`` good frames as Messages (with the counts so far)."""
+        cols = [np.concatenate([p[j] for p in self.parts]) if len(self.parts) != 1 else self.parts[0][j]
+                for j in range(4)] if self.parts else [np.zeros(0), np.zeros(0, np.uint32), np.zeros(0, np.uint8),
+                                                         np.zeros((0, 8), np.uint8)]
+        rest = cols[0].shape[0] - rows
+        self.parts = [tuple(c[rows:] for c in cols)] if rest else []
+        self.buffered = rest
+        ts, ids, dlc, payload = (c[:rows] for c in cols)
+        msgs = self.bad.messages(ts, ids, dlc, payload, np.zeros(rows, np.uint8), source=str(self.path),
+                                 attack_type="attack-free")
+        msgs.dropped_frames = dict(self.dropped)
+        return msgs
+
+
+def _count_channels(path: Path) -> dict[str, int]:
+    """Data frames per channel of a candump file, a block at a time (for the error of an unknown channel)."""
+    counts: dict[str, int] = {}
+    for text in _TextBlocks(path):
+        text, non_ascii = _ascii(text)
+        first = text[:4096].lstrip().split(b"\n", 1)[0].strip().split(b" ")
+        table, odd = _candump_table(text, 4 if len(first) == 4 else 3)
+        part = _vector_part(table, _rows_and_handed(table.num_rows, odd))
+        for name, k in zip(part.names, np.bincount(part.channel[part.fast], minlength=len(part.names)).tolist()):
+            counts[name] = counts.get(name, 0) + k
+        _, extra = _parse_lines(sorted(odd + part.slow), None, False, non_ascii, {"remote": 0, "error": 0})
+        for name in extra["chan"]:
+            counts[name] = counts.get(name, 0) + 1
+    return {name: k for name, k in counts.items() if k}
+
+
+def iter_logger_file(path: str | Path, channel: str | None = None, on_bad_rows: OnBadRows = "error",
+                     chunk_rows: int = CHUNK_ROWS) -> Iterator[Messages]:
+    """:func:`read_logger_file` in chunks of ``chunk_rows`` messages (the last one, possibly
+    shorter or empty, carries the file's skip and drop counts).
+
+    A candump ``.log`` (``.gz`` too) is read in bounded memory whatever its size: ~4 MiB of the
+    file at a time, through the compiled scanner, with the same frames, skips and ``file:line``
+    errors as :func:`read_logger_file` (tested), time order checked across blocks. In error mode
+    a fault is raised when its block is read, so chunks before it may have been handed out; a
+    truncated ``.gz`` is known at its end. Read whole and sliced instead: ``.asc``/``.blf``/
+    ``.trc`` (python-can), a file with a label sidecar, and an all-digit ``channel``."""
+    path = Path(path)
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    suffix = Path(path.name.lower().removesuffix(".gz")).suffix
+    if (suffix != ".log" or label_sidecar(path) is not None
+            or (channel is not None and channel.isascii() and channel.isdigit())):
+        return slices(read_logger_file(path, channel, on_bad_rows), chunk_rows)
+    _BadRows(path, on_bad_rows)  # the mode is checked now, not at the first chunk
+    return iter(_CandumpStream(path, channel, on_bad_rows, chunk_rows))
 
 
 # --------------------------------------------------------------------------------------
@@ -990,3 +1265,4 @@ def _resume_prefix(suffix: str, reader, header_lines: list[str]) -> list[str]:
 
 
 set_logger_reader(read_logger_file)
+set_logger_chunks(iter_logger_file)

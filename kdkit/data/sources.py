@@ -43,7 +43,7 @@ from typing import Any
 import tomllib
 
 from kdkit.data.columns import PRESETS, ColumnMapping, read_mapped
-from kdkit.data.loggers import read_logger_file
+from kdkit.data.loggers import iter_logger_file, read_logger_file
 from kdkit.data.readers import (
     CHUNK_ROWS,
     Messages,
@@ -123,6 +123,8 @@ class DatasetSource:
                 return iter_ctt_csv(path, on_bad_rows, chunk_rows)
             if self.format == "auto":
                 return iter_messages(path, on_bad_rows, self.channel, chunk_rows)
+            if self.format == "candump":
+                return iter_logger_file(path, self.channel, on_bad_rows, chunk_rows)
         return slices(self.read(path, on_bad_rows), chunk_rows)
 
     def describe(self) -> dict[str, Any]:

@@ -1,0 +1,135 @@
+"""candump logs read in chunks (kdkit.data.loggers.iter_logger_file): the same frames, skips and
+file:line errors as reading the file whole, across block boundaries at every awkward place
+(tiny blocks), for gzip files with several members, truncated or corrupt ones, and time going
+backwards across a block boundary; the chunks have the asked size and the last carries the counts."""
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import require
+
+from kdkit.data import loggers
+from kdkit.data.loggers import iter_logger_file, read_logger_file
+from kdkit.data.readers import DataFormatError, concat_messages, iter_messages
+
+REAL_CANDUMP = Path(__file__).resolve().parents[2] / "shared" / "data" / "candump" / "toyota-rav4-2018-highway.candump.log.gz"
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_bytes(gzip.compress(text.encode()) if path.name.endswith(".gz") else text.encode())
+    return path
+
+
+def whole(path: Path, **kwargs):
+    try:
+        m = read_logger_file(path, **kwargs)
+    except DataFormatError as err:
+        return str(err)
+    return (m.timestamp.tolist(), m.can_id.tolist(), m.dlc.tolist(), m.payload.tolist(), m.skipped_rows,
+            m.skipped_examples, m.dropped_frames)
+
+
+def streamed(path: Path, chunk_rows: int = 7, **kwargs):
+    try:
+        chunks = list(iter_logger_file(path, chunk_rows=chunk_rows, **kwargs))
+    except DataFormatError as err:
+        return str(err)
+    assert all(len(c) == chunk_rows for c in chunks[:-1]) and len(chunks[-1]) <= chunk_rows
+    m = concat_messages(chunks)
+    return (m.timestamp.tolist(), m.can_id.tolist(), m.dlc.tolist(), m.payload.tolist(), m.skipped_rows,
+            m.skipped_examples, m.dropped_frames)
+
+
+def mangled(seed: int, n: int = 300) -> str:
+    """Random candump lines, some with faults (as tests/test_candump_scan.py)."""
+    rng = np.random.default_rng(seed)
+    lines = []
+    for k in range(n):
+        hexdata = "".join(f"{b:02X}" for b in rng.integers(0, 256, rng.integers(0, 10)))
+        ts = f"({1e9 + k / 1000:.6f})" if rng.random() < .9 else str(rng.choice(["(x)", "(1e3)", f"({k}.5"]))
+        can_id = f"{int(rng.integers(0, 0x800)):03X}" if rng.random() < .85 else str(rng.choice(["1X0", "FFF", "1234",
+                                                                                               "18FEF100"]))
+        data = str(rng.choice([hexdata, hexdata, hexdata, "R", "#1AB", hexdata + "0"]))
+        line = f"{ts} {('can0', 'can1', 'vcan0')[k % 3]} {can_id}#{data}"
+        if rng.random() < .04:
+            line = line.replace(" ", "\t", 1)
+        lines.append(line + ("\r\n" if rng.random() < .05 else "\n"))
+    return "".join(lines)
+
+
+@pytest.mark.parametrize("piece", [1, 13, 97, 1 << 22])
+@pytest.mark.parametrize("name", ["drive.log", "drive.log.gz"])
+def test_streamed_equals_whole_on_mangled_lines(tmp_path: Path, monkeypatch, piece: int, name: str):
+    """Blocks of 1 byte up: every line and every CRLF cut somewhere; both modes, every channel."""
+    monkeypatch.setattr(loggers, "_GZ_PIECE", piece)
+    for seed in range(3):
+        path = write(tmp_path / name, mangled(seed))
+        for channel in (None, "can0", "vcan0", "can7"):
+            for mode in ("error", "skip"):
+                assert streamed(path, channel=channel, on_bad_rows=mode) == whole(path, channel=channel,
+                                                                                   on_bad_rows=mode), (seed, channel, mode)
+
+
+def test_gzip_members_truncated_and_corrupt(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(loggers, "_GZ_PIECE", 4096)
+    text = "".join(f"({1.0 + k / 1000:.6f}) can0 {0x100 + k % 7:03X}#{k % 256:02X}{k * 7 % 256:02X}\n" for k in range(20000))
+    half = len(text) // 2
+    half = text.index("\n", half) + 1
+    members = tmp_path / "members.log.gz"
+    members.write_bytes(gzip.compress(text[:half].encode()) + gzip.compress(text[half:].encode()) + b"\0" * 100)
+    assert streamed(members, chunk_rows=5000) == whole(members)
+    assert len(read_logger_file(members)) == 20000
+
+    packed = gzip.compress(text.encode())
+    cut = tmp_path / "cut.log.gz"
+    cut.write_bytes(packed[:len(packed) // 2])
+    for mode in ("error", "skip"):
+        got = streamed(cut, chunk_rows=1000, on_bad_rows=mode)
+        assert got == whole(cut, on_bad_rows=mode)
+    assert "truncated gzip file" in streamed(cut) and streamed(cut, on_bad_rows="skip")[4] == 1
+
+    bad = bytearray(packed)
+    bad[len(bad) // 2:len(bad) // 2 + 40] = b"\x00" * 40
+    (tmp_path / "bad.log.gz").write_bytes(bytes(bad))
+    message = streamed(tmp_path / "bad.log.gz", on_bad_rows="skip")
+    assert "corrupt gzip data in compressed bytes" in message and message == whole(tmp_path / "bad.log.gz")
+
+    garbage = tmp_path / "garbage.log.gz"
+    garbage.write_bytes(packed + b"this is not gzip")
+    assert "bytes of garbage after the gzip stream" in streamed(garbage) and streamed(garbage) == whole(garbage)
+
+
+def test_time_backwards_across_a_block_boundary(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(loggers, "_GZ_PIECE", 64)
+    lines = [f"({k}.000000) can0 123#{k:02X}\n" for k in range(40)]
+    lines[30] = "(3.500000) can0 123#FF\n"  # line 31: earlier than line 30's 29.0, many blocks later
+    path = write(tmp_path / "drive.log", "".join(lines))
+    message = streamed(path)
+    assert message == whole(path)
+    assert "drive.log:31: timestamp 3.5 goes backwards: earlier than 29.0 on line 30" in message
+    skipped = streamed(path, on_bad_rows="skip")
+    assert skipped == whole(path, on_bad_rows="skip") and skipped[4] == 1
+
+
+def test_chunks_carry_the_counts_and_formats_without_a_stream(tmp_path: Path):
+    path = write(tmp_path / "drive.log", "".join(f"({k}.0) can0 123#R\n({k}.5) can0 124#0{k % 10}\n"
+                                                 for k in range(25)) + "junk\n")
+    chunks = list(iter_logger_file(path, on_bad_rows="skip", chunk_rows=10))
+    assert [len(c) for c in chunks] == [10, 10, 5]
+    assert chunks[-1].skipped_rows == 1 and chunks[-1].dropped_frames == {"remote": 25, "error": 0}
+    assert [len(c) for c in iter_messages(path, on_bad_rows="skip", chunk_rows=10)] == [10, 10, 5]
+    asc = write(tmp_path / "a.asc", "date Wed Dec 2 04:00:00.000 pm 2026\nbase hex  timestamps absolute\n"
+                                    "internal events logged\n   1.000000 1  81              Rx   d 1 01\n")
+    assert len(concat_messages(list(iter_logger_file(asc)))) == 1  # python-can: read whole, sliced
+    with pytest.raises(ValueError, match="on_bad_rows"):
+        iter_logger_file(path, on_bad_rows="ignore")
+
+
+def test_real_candump_streamed(monkeypatch):
+    require(REAL_CANDUMP.is_file(), f"{REAL_CANDUMP} not found")
+    monkeypatch.setattr(loggers, "_GZ_PIECE", 1 << 16)  # ~50 blocks
+    for channel in (None, "can0", "tx1"):
+        assert streamed(REAL_CANDUMP, chunk_rows=10_000, channel=channel) == whole(REAL_CANDUMP, channel=channel)
