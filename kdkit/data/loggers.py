@@ -13,10 +13,11 @@ Importing this module makes :func:`kdkit.data.readers.read_messages` read these 
   one core, 18 million with ``channel=``), smaller text by a vectorized pyarrow/numpy path
   (about 3 million; python-can's reader about 0.15 million, with the same result); both give
   the same frames and faults (tested on mangled lines). Only unusual lines (remote, error and
-  CAN FD frames, odd spacing, bad lines) go through a per-line parser. With ``channel=`` the lines of other channels
-  (the second of 3 or 4 space-separated fields) are left out before their timestamps and frames
-  are parsed (the RAV4 log's can0: 40 % of the lines), so a fault in another channel's frame is
-  neither counted nor raised. ``.asc``, ``.blf`` and ``.trc`` are read with python-can.
+  CAN FD frames, odd spacing, bad lines) go through a per-line parser. With ``channel=`` the
+  lines of other channels (the second of 3 or 4 space-separated fields) are left out before
+  their timestamps and frames are parsed (the RAV4 log's can0: 40 % of the lines), so a fault
+  in another channel's frame is neither counted nor raised. ``.asc``, ``.blf`` and ``.trc``
+  are read with python-can.
 - :func:`iter_logger_file` reads a candump log in chunks of messages, ~4 MiB of the file at a
   time through the compiled pass: the same frames, skips and errors as reading it whole, in
   memory that does not grow with the file (``kdkit data prepare`` uses it; the other formats
@@ -502,8 +503,8 @@ def _vector_part(table: pa.Table, lines: np.ndarray, direction: bool = False, ch
 
     ``channel``: when some rows are of that channel, the rows of other channels are left out
     before their timestamps and frames are parsed (most of the reading time). A row whose
-    channel field is empty or holds a tab or control character (odd spacing: the fields are not where they
-    seem) is kept for the per-line parser."""
+    channel field is empty or holds a tab or control character (odd spacing: the fields are not
+    where they seem) is kept for the per-line parser."""
     c_codes = pc.dictionary_encode(table.column("c").combine_chunks())
     raw = c_codes.dictionary.to_pylist()
     names = [_channel_name(b.decode("ascii", "replace")) for b in raw]
