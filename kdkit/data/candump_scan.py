@@ -220,7 +220,7 @@ def _kernel():
 
 
 def scan_candump(text: bytes, channel: str | None):
-    """Scan ASCII candump text. Returns ``(ts, arb_id, extended, dlc, payload, line)`` of the
+    r"""Scan ASCII candump text. Returns ``(ts, arb_id, extended, dlc, payload, line)`` of the
     plain frames (file order), ``[(line, text), ...]`` of the lines handed back, and the number
     of lines of the text (a ``\n``, ``\r\n`` or ``\r`` ends one; 1-based line numbers)."""
     chars = np.frombuffer(text, np.uint8)

@@ -772,7 +772,7 @@ def _merge_frames(pieces: list[tuple[np.ndarray, ...]], extra: dict[str, list], 
 
 
 def _cut_lines(buf: bytes) -> tuple[bytes, bytes]:
-    """``buf`` split after its last complete line (a ``\r`` at the very end may be half of a
+    r"""``buf`` split after its last complete line (a ``\r`` at the very end may be half of a
     ``\r\n``, so it waits for the next block)."""
     cut = max(buf.rfind(b"\n"), buf.rfind(b"\r", 0, len(buf) - 1)) + 1
     return buf[:cut], buf[cut:]
