@@ -416,6 +416,33 @@ def test_replay_summary_and_bench_detect(trained, recording, capsys):
     assert live["send_to_decision_ms_max"] >= live["latency_ms_max"]
 
 
+def test_a_large_file_replays_in_chunks_with_the_same_decisions(trained, recording, tmp_path, monkeypatch):
+    """From ``STREAM_BYTES`` on a recording is replayed in chunks (bounded memory; the first
+    decisions before the whole file is read): the same decisions as read whole, for a CSV and a
+    candump log, windows across chunk boundaries, --max-messages inside a chunk, counts kept."""
+    import kdkit.stream.run as run
+
+    msgs = read_messages(recording)
+    log = tmp_path / "drive.log"
+    lines = [f"({t:.6f}) can0 {int(i):03X}#{p[:d].tobytes().hex().upper()}\n"
+             for t, i, p, d in zip(msgs.timestamp, msgs.can_id, msgs.payload, msgs.dlc)]
+    lines.insert(777, "(1.0) can0 12#00\n")  # a bad line (2-digit ID is fine, time going back is not): skipped
+    log.write_text("".join(lines))
+    whole = {p: replay_file(Detector.from_checkpoint(trained), p, keep=True) for p in (recording, log)}
+    monkeypatch.setattr(run, "STREAM_BYTES", 0)
+    monkeypatch.setattr(run, "REPLAY_CHUNK_ROWS", 333)
+    for path in (recording, log):
+        chunked = replay_file(Detector.from_checkpoint(trained), path, keep=True)
+        a, b = whole[path].to_dict(), chunked.to_dict()
+        assert (b["messages"], b["windows"], b["alarms"], b["skipped_rows"]) == \
+            (a["messages"], a["windows"], a["alarms"], a["skipped_rows"])
+        assert [d.first_message for d in chunked.decisions] == [d.first_message for d in whole[path].decisions]
+        np.testing.assert_array_equal(_scores(chunked.decisions), _scores(whole[path].decisions))
+    assert whole[log].to_dict()["skipped_rows"] == 1
+    limited = replay_file(Detector.from_checkpoint(trained), recording, max_messages=1000).to_dict()
+    assert limited["messages"] == 1000 and limited["windows"] == 10 and limited["stopped_by"] == "max-messages"
+
+
 def test_vgae_checkpoint_uses_its_anomaly_score_and_threshold(kdkit_env, tmp_path, recording):
     from kdkit.config import make_config
     from kdkit.workflows import train
