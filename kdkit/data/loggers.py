@@ -18,10 +18,10 @@ Importing this module makes :func:`kdkit.data.readers.read_messages` read these 
   their timestamps and frames are parsed (the RAV4 log's can0: 40 % of the lines), so a fault
   in another channel's frame is neither counted nor raised. ``.asc``, ``.blf`` and ``.trc``
   are read with python-can.
-- :func:`iter_logger_file` reads a candump log in chunks of messages, ~4 MiB of the file at a
-  time through the compiled pass: the same frames, skips and errors as reading it whole, in
-  memory that does not grow with the file (``kdkit data prepare`` uses it; the other formats
-  are read whole and handed out in slices).
+- :func:`iter_logger_file` reads a logger file in chunks of messages (a candump log ~4 MiB of the
+  file at a time through the compiled pass, the other formats python-can's frames 65,536 at a
+  time): the same frames, skips and errors as reading it whole, in memory that does not grow
+  with the file (``kdkit data prepare`` and long ``kdkit detect`` replays use it).
 - Nothing is lost without a word. A line or frame kdkit cannot use raises
   :class:`~kdkit.data.readers.DataFormatError` naming the file and line (the frame number or
   byte offset for ``.blf``), or with ``on_bad_rows="skip"`` is dropped and counted in
@@ -852,59 +852,44 @@ class _TextBlocks:
             return
 
 
-class _CandumpStream:
-    """The reading and checking state of one candump log read in chunks (:func:`iter_logger_file`)."""
+class _CheckedChunks:
+    """Frames of a logger file checked block by block as :func:`_finish` checks them all (time
+    order against the blocks before), handed out as Messages chunks of ``chunk_rows``."""
 
-    def __init__(self, path: Path, channel: str | None, mode: OnBadRows, chunk_rows: int):
-        self.path, self.channel, self.chunk_rows = path, channel, chunk_rows
+    def __init__(self, path: Path, channel: str | None, mode: OnBadRows, chunk_rows: int, binary: bool = False):
+        self.path, self.channel, self.chunk_rows, self.binary = path, channel, chunk_rows, binary
         self.bad = _BadRows(path, mode)
         self.dropped = {"remote": 0, "error": 0}
-        self.floor, self.floor_text, self.floor_line = -np.inf, "", 0  # the largest good timestamp so far
+        self.floor, self.floor_text, self.floor_where = -np.inf, "", 0  # the largest good timestamp so far
         self.parts: list[tuple[np.ndarray, ...]] = []  # good frames not handed out yet
         self.buffered = 0
         self.frames = 0  # data frames of the channel read (before the checks)
         self.good = 0
         self.deferred: DataFormatError | None = None
 
-    def __iter__(self) -> Iterator[Messages]:
-        blocks = _TextBlocks(self.path)
-        base, any_text = 0, False
-        for text in blocks:
-            any_text = any_text or not text.isspace()
-            text, non_ascii = _ascii(text)
-            plain, handed, n_lines = scan_candump(text, self.channel)
-            plain = (*plain[:5], plain[5] + base)
-            handed = [(line + base, line_text) for line, line_text in handed]
-            earlier, extra = _parse_lines(handed, self.channel, self.channel is not None,
-                                          {line + base for line in non_ascii}, self.dropped)
-            keep_extra = np.array([self.channel is None or name == self.channel for name in extra["chan"]], bool)
-            self.frames += plain[0].size + int(keep_extra.sum())
-            self._check(_merge_frames([plain], extra, keep_extra), earlier)
-            if self.deferred is not None and self.frames:
-                raise self.deferred
-            while self.buffered >= self.chunk_rows:
-                yield self._chunk(self.chunk_rows)
-            base += n_lines
-        if not any_text:
-            raise DataFormatError(self.path, None, "empty file: no data frames")
-        if self.channel is not None and not self.frames:
-            raise _no_channel(self.path, self.channel, _count_channels(self.path))
-        if not self.frames and not self.bad.count:
-            raise DataFormatError(self.path, None, f"no data frames ({self.dropped['remote']} remote and "
-                                                   f"{self.dropped['error']} error frames dropped)")
-        if blocks.lost is not None:
+    def add(self, frames: _Frames, earlier: list[tuple[int | None, str]]) -> Iterator[Messages]:
+        """Check one block's frames (and its bad lines), then hand out the chunks now full."""
+        self.frames += frames.ts.shape[0]
+        self._check(frames, earlier)
+        if self.deferred is not None and self.frames:
+            raise self.deferred
+        while self.buffered >= self.chunk_rows:
+            yield self._chunk(self.chunk_rows)
+
+    def close(self, lost: tuple[int, str] | None) -> Messages:
+        """The last chunk, with the file's counts (the loss of a truncated file among them)."""
+        if lost is not None:
             if self.bad.mode == "error":
-                raise DataFormatError(self.path, None, blocks.lost + "; read the part before the cut with "
-                                                                     "on_bad_rows='skip'")
-            self.bad.count += 1
-            self.bad.unlabelled += 1
-            self.bad.examples = [f"{self.path}: {blocks.lost}", *self.bad.examples][:5]
+                raise DataFormatError(self.path, None, lost[1] + "; read the part before the cut with "
+                                                                  "on_bad_rows='skip'")
+            self.bad.count += lost[0]
+            self.bad.unlabelled += lost[0]
+            self.bad.examples = [f"{self.path}: {lost[1]}", *self.bad.examples][:5]
         if not self.good:
             raise DataFormatError(self.path, None, "no usable data frames (all were skipped)")
-        yield self._chunk(self.buffered)
+        return self._chunk(self.buffered)
 
     def _check(self, frames: _Frames, earlier: list[tuple[int | None, str]]) -> None:
-        """:func:`_finish`'s checks for one block, time order against the blocks before."""
         ts, raw_ids, extended = frames.ts, frames.arb_id, frames.extended
         ok_ts = np.isfinite(ts)
         ok_id = extended | (raw_ids <= MAX_STANDARD_ID)
@@ -913,26 +898,30 @@ class _CandumpStream:
             ok_fields[list(frames.problem)] = False
         negative, backwards = _time_order(ts, ok_fields, self.floor)
         ok = ok_fields & ~negative & ~backwards
+        unit = "frame" if self.binary else "line"
 
         def describe(i: int) -> str:
+            prefix = f"frame {frames.where[i]}: " if self.binary else ""
             if i in frames.problem:
-                return frames.problem[i]
+                return prefix + frames.problem[i]
             if not ok_ts[i]:
-                return f"timestamp {float(ts[i])!r} is not a finite number"
+                return f"{prefix}timestamp {float(ts[i])!r} is not a finite number"
             if not ok_id[i]:
-                return (f"CAN ID 0x{raw_ids[i]:X} is above 0x7FF, the largest 11-bit ID, but the frame is not "
-                        f"flagged extended (29-bit)")
+                return (f"{prefix}CAN ID 0x{raw_ids[i]:X} is above 0x7FF, the largest 11-bit ID, but the frame is "
+                        f"not flagged extended (29-bit)")
             if negative[i]:
-                return f"timestamp {float(ts[i])!r} is negative (timestamps are seconds >= 0)"
+                return f"{prefix}timestamp {float(ts[i])!r} is negative (timestamps are seconds >= 0)"
             before = np.where((ok_fields & ~negative)[:i], ts[:i], -np.inf)
             j = int(np.argmax(before)) if i else -1
-            shown, line = (repr(float(ts[j])), int(frames.where[j])) if j >= 0 and before[j] > self.floor \
-                else (self.floor_text, self.floor_line)
-            return f"timestamp {float(ts[i])!r} goes backwards: earlier than {shown} on line {line} ({_TIME_HINT})"
+            shown, at = (repr(float(ts[j])), int(frames.where[j])) if j >= 0 and before[j] > self.floor \
+                else (self.floor_text, self.floor_where)
+            return (f"{prefix}timestamp {float(ts[i])!r} goes backwards: earlier than {shown} on {unit} {at} "
+                    f"({_TIME_HINT})")
 
         label = np.zeros(ts.shape[0], np.uint8)
         try:
-            self.bad.check(ok, lambda i: int(frames.where[i]), describe, earlier, label=label, label_ok=ok_fields)
+            self.bad.check(ok, lambda i: None if self.binary else int(frames.where[i]), describe, earlier,
+                           label=label, label_ok=ok_fields)
         except DataFormatError as err:
             # a fault before the channel's first frame: a channel without frames is the error to
             # raise instead (as when the file is read whole), so it waits for the first frame
@@ -945,7 +934,7 @@ class _CandumpStream:
             top = np.where(ok, ts, -np.inf)
             j = int(np.argmax(top))
             if top[j] > self.floor:
-                self.floor, self.floor_text, self.floor_line = float(top[j]), repr(float(top[j])), int(frames.where[j])
+                self.floor, self.floor_text, self.floor_where = float(top[j]), repr(float(top[j])), int(frames.where[j])
         keep = slice(None) if ok.all() else np.flatnonzero(ok)
         part = (ts[keep], can_id_key(raw_ids[keep], extended[keep]), frames.dlc[keep], frames.payload[keep])
         self.parts.append(part)
@@ -965,6 +954,53 @@ class _CandumpStream:
                                  attack_type="attack-free")
         msgs.dropped_frames = dict(self.dropped)
         return msgs
+
+
+def _candump_chunks(path: Path, channel: str | None, mode: OnBadRows, chunk_rows: int) -> Iterator[Messages]:
+    """A candump log in chunks (:func:`iter_logger_file`): text blocks through the compiled pass."""
+    out = _CheckedChunks(path, channel, mode, chunk_rows)
+    blocks = _TextBlocks(path)
+    base, any_text = 0, False
+    for text in blocks:
+        any_text = any_text or not text.isspace()
+        text, non_ascii = _ascii(text)
+        plain, handed, n_lines = scan_candump(text, channel)
+        plain = (*plain[:5], plain[5] + base)
+        handed = [(line + base, line_text) for line, line_text in handed]
+        earlier, extra = _parse_lines(handed, channel, channel is not None, {line + base for line in non_ascii},
+                                      out.dropped)
+        keep_extra = np.array([channel is None or name == channel for name in extra["chan"]], bool)
+        yield from out.add(_merge_frames([plain], extra, keep_extra), earlier)
+        base += n_lines
+    if not any_text:
+        raise DataFormatError(path, None, "empty file: no data frames")
+    if channel is not None and not out.frames:
+        raise _no_channel(path, channel, _count_channels(path))
+    if not out.frames and not out.bad.count:
+        raise DataFormatError(path, None, f"no data frames ({out.dropped['remote']} remote and "
+                                          f"{out.dropped['error']} error frames dropped)")
+    yield out.close((1, blocks.lost) if blocks.lost is not None else None)
+
+
+def _python_can_chunks(path: Path, suffix: str, channel: str | None, mode: OnBadRows,
+                       chunk_rows: int) -> Iterator[Messages]:
+    """An ``.asc``/``.blf``/``.trc`` file in chunks (:func:`iter_logger_file`): python-can's
+    frames ``chunk_rows`` at a time."""
+    out = _CheckedChunks(path, channel, mode, chunk_rows, binary=suffix == ".blf")
+    source = _PythonCanFrames(path, suffix, channel, mode, min(chunk_rows, 1 << 16))  # (Python objects: ~200 B a frame)
+    n_earlier = 0
+    for frames, earlier in source:
+        n_earlier += len(earlier)
+        out.dropped.update(source.dropped)
+        yield from out.add(frames, earlier)
+    out.dropped.update(source.dropped)
+    if not out.frames and not n_earlier and source.lost is None:
+        if channel is not None:
+            raise _no_channel(path, channel, source.counts)
+        raise DataFormatError(path, None, "no data frames")
+    if channel is not None and not source.counts.get(channel):
+        raise _no_channel(path, channel, source.counts)
+    yield out.close(source.lost)
 
 
 def _count_channels(path: Path) -> dict[str, int]:
@@ -988,23 +1024,28 @@ def iter_logger_file(path: str | Path, channel: str | None = None, on_bad_rows: 
     """:func:`read_logger_file` in chunks of ``chunk_rows`` messages (the last one, possibly
     shorter or empty, carries the file's skip and drop counts).
 
-    A candump ``.log`` (``.gz`` too) is read in bounded memory whatever its size: ~4 MiB of the
-    file at a time, through the compiled scanner, with the same frames, skips and ``file:line``
-    errors as :func:`read_logger_file` (tested), time order checked across blocks. In error mode
-    a fault is raised when its block is read, so chunks before it may have been handed out; a
-    truncated ``.gz`` is known at its end. Read whole and sliced instead: ``.asc``/``.blf``/
-    ``.trc`` (python-can), a file with a label sidecar, and an all-digit ``channel``."""
+    Read in bounded memory whatever the file's size, with the same frames, skips and
+    ``file:line`` errors as :func:`read_logger_file` (tested), time order checked across blocks:
+    a candump ``.log`` (``.gz`` too) ~4 MiB of the file at a time through the compiled scanner;
+    ``.asc``/``.blf``/``.trc`` python-can's frames 65,536 at a time. In error mode a fault is
+    raised when its block is read, so chunks before it may have been handed out; a truncated
+    ``.gz``/``.blf`` is known at its end. Read whole and sliced instead: a file with a label
+    sidecar, and a candump log read with an all-digit ``channel``."""
     path = Path(path)
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     suffix = Path(path.name.lower().removesuffix(".gz")).suffix
-    if (suffix != ".log" or label_sidecar(path) is not None
-            or (channel is not None and channel.isascii() and channel.isdigit())):
+    if suffix not in _CAN_READERS:
+        raise DataFormatError(path, None, f"unknown logger format {suffix!r}; expected one of {sorted(_CAN_READERS)}")
+    if label_sidecar(path) is not None or (suffix == ".log" and channel is not None and channel.isascii()
+                                           and channel.isdigit()):
         return slices(read_logger_file(path, channel, on_bad_rows), chunk_rows)
     _BadRows(path, on_bad_rows)  # the mode is checked now, not at the first chunk
-    return iter(_CandumpStream(path, channel, on_bad_rows, chunk_rows))
+    if suffix == ".log":
+        return _candump_chunks(path, channel, on_bad_rows, chunk_rows)
+    return _python_can_chunks(path, suffix, channel, on_bad_rows, chunk_rows)
 
 
 # --------------------------------------------------------------------------------------
@@ -1118,126 +1159,157 @@ def _trc_error_record(text: str, reader) -> bool:
 
 def _read_python_can(path: Path, suffix: str, channel: str | None, mode: OnBadRows):
     """``.asc``/``.blf``/``.trc`` through python-can -> (_Frames, earlier, loss, dropped)."""
-    import can  # python-can; imported lazily, it is slow to import
+    source = _PythonCanFrames(path, suffix, channel, mode)
+    (frames, earlier), = list(source)  # one batch: every frame
+    if not frames.ts.size and not earlier and source.lost is None:
+        if channel is not None:
+            raise _no_channel(path, channel, source.counts)
+        raise DataFormatError(path, None, "no data frames")
+    if channel is not None and not source.counts.get(channel):
+        raise _no_channel(path, channel, source.counts)
+    return frames, earlier, source.lost, source.dropped
 
-    binary = suffix == ".blf"
-    gz = path.name.lower().endswith(".gz")
-    opener = gzip.open if gz else open
-    ts: list[float] = []
-    arb: list[int] = []
-    ext: list[bool] = []
-    datas: list[bytes] = []
-    where: list[int] = []
-    problem: dict[int, str] = {}
-    earlier: list[tuple[int | None, str]] = []
-    dropped = {"remote": 0, "error": 0}
-    counts: dict[str, int] = {}
-    lost = None
-    number = 0  # messages python-can yielded (the .blf frame number)
 
-    def take(m) -> None:
-        nonlocal number
-        number += 1
-        chan = str(m.channel)
-        if not m.is_error_frame and not m.is_remote_frame:
-            counts[chan] = counts.get(chan, 0) + 1
-        if channel is not None and chan != channel:
-            return
-        if m.is_remote_frame or m.is_error_frame:
-            dropped["error" if m.is_error_frame else "remote"] += 1
-            return
-        data = bytes(m.data)
-        if len(data) > 8:
-            problem[len(ts)] = (f"CAN FD frame with {len(data)} data bytes: {_FD_HINT}" if m.is_fd else
-                                f"{len(data)} data bytes: a classic CAN frame carries at most 8")
-        ts.append(m.timestamp)
-        arb.append(m.arbitration_id)
-        ext.append(m.is_extended_id)
-        datas.append(data[:8])
+class _PythonCanFrames:
+    """The data frames python-can reads from an ``.asc``/``.blf``/``.trc`` file (of ``channel``),
+    as ``(_Frames, bad lines)`` batches of ``batch`` frames (None: one batch), in file order.
+    After the iteration: ``lost`` (a truncated ``.blf``: (frames lost, why)), ``dropped``
+    (remote and error frames of the channel) and ``counts`` (data frames per channel)."""
 
-    if binary:
-        try:
-            with opener(path, "rb") as handle:
-                source = _Reads(handle)
-                reader = can.BLFReader(source)
-                try:
-                    for m in reader:
-                        before = len(ts)
-                        take(m)
-                        if len(ts) > before:
-                            where.append(number)
-                except (struct.error, zlib.error, can.io.blf.BLFParseError) as err:
-                    if source.short is None:
-                        raise DataFormatError(path, None, f"corrupt BLF data near byte {source.offset} (after frame "
-                                                          f"{number}): {type(err).__name__} {err}") from err
-                file_size = reader.file_size
-                object_count = reader.object_count
-        except (OSError, EOFError, zlib.error) as err:  # gzip, or the file header
-            raise DataFormatError(path, None, f"corrupt or unreadable file ({type(err).__name__}: {err})") from err
-        except (struct.error, can.io.blf.BLFParseError) as err:
-            raise DataFormatError(path, None, f"not a BLF file or a truncated header ({type(err).__name__} {err})") from err
-        end = source.offset
-        if source.short is not None or file_size > end:
-            at = source.short[0] if source.short is not None else end
-            missing = object_count - number if object_count > number else None
-            what = (f"{missing} of the {object_count} objects the header counts are missing" if missing
-                    else "an unknown number of frames is lost")
-            lost = (missing or 1, (f"truncated BLF file: cut at byte {at} (the header says {file_size} bytes) after "
-                                  f"frame {number}; {what}"))
-    else:
-        prefix: list[str] = []
+    def __init__(self, path: Path, suffix: str, channel: str | None, mode: OnBadRows, batch: int | None = None):
+        self.path, self.suffix, self.channel, self.mode, self.batch = path, suffix, channel, mode, batch
+        self.lost: tuple[int, str] | None = None
+        self.dropped = {"remote": 0, "error": 0}
+        self.counts: dict[str, int] = {}
+
+    def __iter__(self) -> Iterator[tuple[_Frames, list[tuple[int | None, str]]]]:
+        import can  # python-can; imported lazily, it is slow to import
+
+        path, suffix, channel, mode, dropped, counts = (self.path, self.suffix, self.channel, self.mode, self.dropped,
+                                                        self.counts)
+        binary = suffix == ".blf"
+        gz = path.name.lower().endswith(".gz")
+        opener = gzip.open if gz else open
+        ts: list[float] = []
+        arb: list[int] = []
+        ext: list[bool] = []
+        datas: list[bytes] = []
+        where: list[int] = []
+        problem: dict[int, str] = {}
+        earlier: list[tuple[int | None, str]] = []
         skipped_junk: list[tuple[int, str]] = []
-        header_lines: list[str] = []
-        source: _Lines | None = None
-        try:
-            with opener(path, "rt", encoding="utf-8", errors="replace") as handle:
-                while True:  # once, or after each line python-can could not parse (skip mode)
-                    start = source.line if source is not None else 0
-                    source = _Lines(handle, prefix)
-                    source.line = start
-                    reader = getattr(can, _CAN_READERS[suffix])(source)
+        number = 0  # messages python-can yielded (the .blf frame number)
+
+        def take(m) -> None:
+            nonlocal number
+            number += 1
+            chan = str(m.channel)
+            if not m.is_error_frame and not m.is_remote_frame:
+                counts[chan] = counts.get(chan, 0) + 1
+            if channel is not None and chan != channel:
+                return
+            if m.is_remote_frame or m.is_error_frame:
+                dropped["error" if m.is_error_frame else "remote"] += 1
+                return
+            data = bytes(m.data)
+            if len(data) > 8:
+                problem[len(ts)] = (f"CAN FD frame with {len(data)} data bytes: {_FD_HINT}" if m.is_fd else
+                                    f"{len(data)} data bytes: a classic CAN frame carries at most 8")
+            ts.append(m.timestamp)
+            arb.append(m.arbitration_id)
+            ext.append(m.is_extended_id)
+            datas.append(data[:8])
+
+        def flush() -> tuple[_Frames, list[tuple[int | None, str]]]:
+            """The frames and bad lines so far, as one batch (the lists emptied)."""
+            n = len(ts)
+            payload = np.zeros((n, 8), np.uint8)
+            for i, d in enumerate(datas):
+                payload[i, :len(d)] = np.frombuffer(d, np.uint8)
+            frames = _Frames(np.array(ts, np.float64), np.array(arb, np.uint32), np.array(ext, bool),
+                             np.array([len(d) for d in datas], np.uint8), payload, np.array(where, np.int64),
+                             dict(problem))
+            bad = sorted(earlier + skipped_junk)
+            for items in (ts, arb, ext, datas, where, earlier, skipped_junk):
+                items.clear()
+            problem.clear()
+            return frames, bad
+
+        full = (lambda: len(ts) >= self.batch) if self.batch else (lambda: False)
+        if binary:
+            try:
+                with opener(path, "rb") as handle:
+                    source = _Reads(handle)
+                    reader = can.BLFReader(source)
                     try:
                         for m in reader:
-                            frame_line, _ = source.pending[-1]
-                            for line, text in source.pending[:-1]:
-                                _classify(suffix, line, text, reader, skipped_junk, dropped, header_lines, channel)
-                            source.pending.clear()
                             before = len(ts)
                             take(m)
                             if len(ts) > before:
-                                where.append(frame_line)
-                        for line, text in source.pending:
-                            _classify(suffix, line, text, reader, skipped_junk, dropped, header_lines, channel)
-                        break
-                    except (ValueError, IndexError, KeyError, NotImplementedError) as err:
-                        line = source.pending[-1][0] if source.pending else source.line
-                        for ln, text in source.pending[:-1]:
-                            _classify(suffix, ln, text, reader, skipped_junk, dropped, header_lines, channel)
-                        if source.line == start:  # no line read: the file (or its header) cannot be read
-                            raise DataFormatError(path, line or None, f"python-can could not read the file: "
-                                                                      f"{type(err).__name__} {err}") from err
-                        earlier.append((line, f"python-can could not parse this line: {type(err).__name__} {err}"))
-                        if mode == "error":
+                                where.append(number)
+                                if full():
+                                    yield flush()
+                    except (struct.error, zlib.error, can.io.blf.BLFParseError) as err:
+                        if source.short is None:
+                            raise DataFormatError(path, None, f"corrupt BLF data near byte {source.offset} (after "
+                                                              f"frame {number}): {type(err).__name__} {err}") from err
+                    file_size = reader.file_size
+                    object_count = reader.object_count
+            except (OSError, EOFError, zlib.error) as err:  # gzip, or the file header
+                raise DataFormatError(path, None, f"corrupt or unreadable file ({type(err).__name__}: {err})") from err
+            except (struct.error, can.io.blf.BLFParseError) as err:
+                raise DataFormatError(path, None, f"not a BLF file or a truncated header ({type(err).__name__} "
+                                                  f"{err})") from err
+            end = source.offset
+            if source.short is not None or file_size > end:
+                at = source.short[0] if source.short is not None else end
+                missing = object_count - number if object_count > number else None
+                what = (f"{missing} of the {object_count} objects the header counts are missing" if missing
+                        else "an unknown number of frames is lost")
+                self.lost = (missing or 1, (f"truncated BLF file: cut at byte {at} (the header says {file_size} "
+                                            f"bytes) after frame {number}; {what}"))
+        else:
+            prefix: list[str] = []
+            header_lines: list[str] = []
+            source: _Lines | None = None
+            try:
+                with opener(path, "rt", encoding="utf-8", errors="replace") as handle:
+                    while True:  # once, or after each line python-can could not parse (skip mode)
+                        start = source.line if source is not None else 0
+                        source = _Lines(handle, prefix)
+                        source.line = start
+                        reader = getattr(can, _CAN_READERS[suffix])(source)
+                        try:
+                            for m in reader:
+                                frame_line, _ = source.pending[-1]
+                                for line, text in source.pending[:-1]:
+                                    _classify(suffix, line, text, reader, skipped_junk, dropped, header_lines, channel)
+                                source.pending.clear()
+                                before = len(ts)
+                                take(m)
+                                if len(ts) > before:
+                                    where.append(frame_line)
+                                    if full():
+                                        yield flush()
+                            for line, text in source.pending:
+                                _classify(suffix, line, text, reader, skipped_junk, dropped, header_lines, channel)
                             break
-                        prefix = _resume_prefix(suffix, reader, header_lines)
-        except (OSError, EOFError, zlib.error) as err:
-            raise DataFormatError(path, None, f"corrupt or unreadable file after line {source.line if source else 0} "
-                                              f"({type(err).__name__}: {err})") from err
-        earlier.extend(skipped_junk)
-        earlier.sort()
-    if not ts and not earlier and lost is None:
-        if channel is not None:
-            raise _no_channel(path, channel, counts)
-        raise DataFormatError(path, None, "no data frames")
-    if channel is not None and not counts.get(channel):
-        raise _no_channel(path, channel, counts)
-    n = len(ts)
-    payload = np.zeros((n, 8), np.uint8)
-    for i, d in enumerate(datas):
-        payload[i, :len(d)] = np.frombuffer(d, np.uint8)
-    frames = _Frames(np.array(ts, np.float64), np.array(arb, np.uint32), np.array(ext, bool),
-                     np.array([len(d) for d in datas], np.uint8), payload, np.array(where, np.int64), problem)
-    return frames, earlier, lost, dropped
+                        except (ValueError, IndexError, KeyError, NotImplementedError) as err:
+                            line = source.pending[-1][0] if source.pending else source.line
+                            for ln, text in source.pending[:-1]:
+                                _classify(suffix, ln, text, reader, skipped_junk, dropped, header_lines, channel)
+                            if source.line == start:  # no line read: the file (or its header) cannot be read
+                                raise DataFormatError(path, line or None, f"python-can could not read the file: "
+                                                                          f"{type(err).__name__} {err}") from err
+                            earlier.append((line, f"python-can could not parse this line: {type(err).__name__} {err}"))
+                            if mode == "error":
+                                break
+                            prefix = _resume_prefix(suffix, reader, header_lines)
+            except (OSError, EOFError, zlib.error) as err:
+                after = source.line if source else 0
+                raise DataFormatError(path, None, f"corrupt or unreadable file after line {after} "
+                                                  f"({type(err).__name__}: {err})") from err
+        yield flush()
 
 
 def _classify(suffix: str, line: int, text: str, reader, junk: list, dropped: dict, header_lines: list,

@@ -1,15 +1,18 @@
-"""candump logs read in chunks (kdkit.data.loggers.iter_logger_file): the same frames, skips and
-file:line errors as reading the file whole, across block boundaries at every awkward place
-(tiny blocks), for gzip files with several members, truncated or corrupt ones, and time going
-backwards across a block boundary; the chunks have the asked size and the last carries the counts."""
+"""Logger files read in chunks (kdkit.data.loggers.iter_logger_file): the same frames, skips and
+file:line errors as reading the file whole. candump logs across block boundaries at every awkward
+place (tiny blocks), gzip files with several members, truncated or corrupt ones, time going
+backwards across a block boundary; .asc/.trc/.blf through python-can in chunks of a few frames;
+the chunks have the asked size and the last carries the counts."""
 from __future__ import annotations
 
 import gzip
 from pathlib import Path
 
+import can
 import numpy as np
 import pytest
 from conftest import require
+
 
 from kdkit.data import loggers
 from kdkit.data.loggers import iter_logger_file, read_logger_file
@@ -121,9 +124,6 @@ def test_chunks_carry_the_counts_and_formats_without_a_stream(tmp_path: Path):
     assert [len(c) for c in chunks] == [10, 10, 5]
     assert chunks[-1].skipped_rows == 1 and chunks[-1].dropped_frames == {"remote": 25, "error": 0}
     assert [len(c) for c in iter_messages(path, on_bad_rows="skip", chunk_rows=10)] == [10, 10, 5]
-    asc = write(tmp_path / "a.asc", "date Wed Dec 2 04:00:00.000 pm 2026\nbase hex  timestamps absolute\n"
-                                    "internal events logged\n   1.000000 1  81              Rx   d 1 01\n")
-    assert len(concat_messages(list(iter_logger_file(asc)))) == 1  # python-can: read whole, sliced
     with pytest.raises(ValueError, match="on_bad_rows"):
         iter_logger_file(path, on_bad_rows="ignore")
 
@@ -133,3 +133,67 @@ def test_real_candump_streamed(monkeypatch):
     monkeypatch.setattr(loggers, "_GZ_PIECE", 1 << 16)  # ~50 blocks
     for channel in (None, "can0", "tx1"):
         assert streamed(REAL_CANDUMP, chunk_rows=10_000, channel=channel) == whole(REAL_CANDUMP, channel=channel)
+
+
+ASC_HEAD = ("date Wed Dec 2 04:00:00.000 pm 2026\nbase hex  timestamps absolute\ninternal events logged\n"
+            "// version 9.0.0\nBegin Triggerblock Wed Dec 2 04:00:00.000 pm 2026\n   0.000000 Start of measurement\n")
+
+
+def asc_text(n: int = 120) -> str:
+    """An .asc of two channels with junk, a line python-can cannot parse, remote and error
+    frames, a standard ID above 0x7FF and time going backwards."""
+    lines = [ASC_HEAD]
+    for k in range(n):
+        t = 1.0 + k / 100
+        if k == 40:
+            t = 0.5  # backwards
+        body = f"{1 + k % 2}  {0x100 + k % 9:X}             Rx   d 2 {k % 256:02X} 0{k % 10}"
+        if k % 17 == 5:
+            body = f"{1 + k % 2}  {0x120:X}             Rx   r"
+        if k % 23 == 7:
+            body = f"{1 + k % 2}  ErrorFrame"
+        if k == 60:
+            body = "1  12G             Rx   d 1 00"  # python-can cannot parse it
+        if k == 75:
+            body = "1  9FF             Rx   d 1 00"  # 3 digits above 0x7FF, not flagged extended
+        lines.append(f"   {t:.6f} {body}\n")
+        if k == 90:
+            lines.append("garbage here\n")
+    lines.append("End TriggerBlock\n")
+    return "".join(lines)
+
+
+@pytest.mark.parametrize("name", ["drive.asc", "drive.asc.gz"])
+def test_asc_in_chunks_equals_whole(tmp_path: Path, name: str):
+    path = write(tmp_path / name, asc_text())
+    for channel in (None, "0", "1", "5"):
+        for mode in ("error", "skip"):
+            assert streamed(path, chunk_rows=4, channel=channel, on_bad_rows=mode) == \
+                whole(path, channel=channel, on_bad_rows=mode), (channel, mode)
+    assert whole(path, on_bad_rows="skip")[4] == 4  # backwards, unparsable, above 0x7FF, garbage
+
+
+def test_trc_and_blf_in_chunks_equal_whole(tmp_path: Path):
+    trc = tmp_path / "drive.trc"
+    with can.TRCWriter(str(trc)) as writer:
+        for k in range(50):
+            writer.on_message_received(can.Message(timestamp=1.0 + k / 10 - (2.0 if k == 30 else 0),
+                                                   arbitration_id=0x100 + k % 5, data=bytes([k % 256, 1])))
+    lines = trc.read_text().splitlines()
+    lines[-10:-10] = ["this is not a frame"]
+    trc.write_text("\n".join(lines) + "\n")
+    blf = tmp_path / "drive.blf"
+    writer = can.BLFWriter(str(blf))
+    for k in range(300):
+        writer.on_message_received(can.Message(timestamp=1.0 + k / 100, arbitration_id=0x100 + k % 16, channel=k % 2,
+                                               data=bytes([k % 256] * (k % 9)), is_remote_frame=k % 37 == 3))
+    writer.stop()
+    cut = tmp_path / "cut.blf"
+    cut.write_bytes(blf.read_bytes()[:int(blf.stat().st_size * 0.6)])
+    for path in (trc, blf, cut):
+        for channel in (None, "0", "1"):
+            for mode in ("error", "skip"):
+                assert streamed(path, chunk_rows=7, channel=channel, on_bad_rows=mode) == \
+                    whole(path, channel=channel, on_bad_rows=mode), (path.name, channel, mode)
+    assert "truncated BLF file" in streamed(cut) and streamed(cut, on_bad_rows="skip")[4] > 0
+    assert streamed(trc, on_bad_rows="skip")[4] == 2
