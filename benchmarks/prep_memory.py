@@ -2,7 +2,7 @@
 
     # a can-train-and-test CSV (.csv or .csv.gz) of N generated rows, written in slices
     .venv/bin/python benchmarks/prep_memory.py make runs/big/train_02_with_attacks/DoS-big.csv.gz 30000000
-    # the same messages as a candump -L log (a name ending in .log or .log.gz)
+    # the same messages as a candump -L log (a name ending in .log or .log.gz) or a Vector ASC log (.asc)
     .venv/bin/python benchmarks/prep_memory.py make runs/bigc/train_01_attack_free/drive-big.log.gz 30000000
     # prepare a dataset folder once in a fresh process: one JSON line
     .venv/bin/python benchmarks/prep_memory.py measure runs/big runs/big-cache [--workers N]
@@ -86,17 +86,37 @@ def rows_text(first: int, n: int, rng: np.random.Generator, candump: bool = Fals
     return text.tobytes()
 
 
+ASC_HEADER = (b"date Wed Dec 2 04:00:00.000 pm 2026\nbase hex  timestamps absolute\ninternal events logged\n"
+              b"Begin Triggerblock Wed Dec 2 04:00:00.000 pm 2026\n")
+
+
+def asc_text(first: int, n: int, rng: np.random.Generator) -> bytes:
+    """The messages of :func:`rows_text` as Vector ASC frame lines (time from the first message)."""
+    lines = np.frombuffer(rows_text(first, n, rng, candump=True), np.uint8).reshape(n, 46)
+    out = []
+    for row in lines.tobytes().splitlines():
+        stamp, _, frame = row.split(b" ")
+        ident, data = frame.split(b"#")
+        seconds = float(stamp[1:-1]) - 1_500_000_000
+        out.append(b"%11.6f 1  %s             Rx   d 8 %s\n" % (seconds, ident,
+                                                                b" ".join(data[k:k + 2] for k in range(0, 16, 2))))
+    return b"".join(out)
+
+
 def make(path: Path, rows: int, seed: int = 0) -> Path:
-    """Write a generated can-train-and-test CSV of ``rows`` rows, or a candump log when the name
-    ends in ``.log`` (gzip when ``path`` ends in .gz)."""
+    """Write a generated can-train-and-test CSV of ``rows`` rows, or the same messages as a
+    candump log (a name ending in ``.log``) or a Vector ASC log (``.asc``); gzip when ``path``
+    ends in .gz."""
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    candump = path.name.removesuffix(".gz").endswith(".log")
+    kind = Path(path.name.removesuffix(".gz")).suffix
     with (gzip.open(path, "wb", compresslevel=1) if path.suffix == ".gz" else open(path, "wb")) as out:
-        if not candump:
-            out.write(HEADER)
+        out.write({".log": b"", ".asc": ASC_HEADER}.get(kind, HEADER))
         for a in range(0, rows, SLICE):
-            out.write(rows_text(a, min(SLICE, rows - a), rng, candump))
+            n = min(SLICE, rows - a)
+            out.write(asc_text(a, n, rng) if kind == ".asc" else rows_text(a, n, rng, kind == ".log"))
+        if kind == ".asc":
+            out.write(b"End TriggerBlock\n")
     return path
 
 
