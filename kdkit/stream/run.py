@@ -9,8 +9,9 @@
 A replay reads the file with :func:`kdkit.data.read_messages` (every kdkit format; bad rows
 skipped and counted; a file of 64 MiB or more in chunks of messages with
 :func:`kdkit.data.iter_messages`, so that a long capture replays in bounded memory and its first
-decisions come before the whole file is read) and feeds it to :meth:`~kdkit.stream.detector.Detector.feed_many` in
-blocks, or, with ``realtime``, frame by frame at the recorded pace. A live bus is read with a
+decisions come before the whole file is read) and feeds it to
+:meth:`~kdkit.stream.detector.Detector.feed_many` in blocks, or, with ``realtime``, frame by frame
+at the recorded pace. A live bus is read with a
 ``bus.recv`` loop: a stall (no frame for ``stall_seconds``) is logged and counted and the loop
 goes on; ``can.CanError``/``OSError`` from ``recv`` (a lost connection) ends the run with the
 error in its summary; Ctrl-C ends either loop with its summary.
@@ -26,10 +27,10 @@ import can
 import numpy as np
 
 from kdkit.data.readers import CHUNK_ROWS, EXTENDED_ID_FLAG, LOGGER_SUFFIXES, Messages, iter_messages, read_messages
+from kdkit.stream.detector import BLOCK_MESSAGES, Decision, Detector
 
 STREAM_BYTES = 64 << 20  # files from this size on are replayed in chunks (bounded memory); smaller ones read whole
 REPLAY_CHUNK_ROWS = CHUNK_ROWS  # messages per chunk of a streamed replay
-from kdkit.stream.detector import BLOCK_MESSAGES, Decision, Detector
 
 log = logging.getLogger("kdkit.stream")
 
