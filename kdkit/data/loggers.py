@@ -52,7 +52,7 @@ import os
 import re
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +68,7 @@ except ImportError:  # pragma: no cover - a dependency; zlib gives the same byte
 
 from kdkit.data.candump_scan import scan_candump
 from kdkit.data.readers import (
+    _TIME_HINT,
     CHUNK_ROWS,
     MAX_CAN_ID,
     MAX_STANDARD_ID,
@@ -77,9 +78,7 @@ from kdkit.data.readers import (
     _BadRows,
     _parse_float,
     _string_parts,
-    _TIME_HINT,
     _time_order,
-    _time_problem,
     can_id_key,
     id_problem,
     parse_hex_ids,
@@ -257,22 +256,20 @@ class _Frames:
     problem: dict[int, str]  # row -> why the frame cannot be used (more than 8 bytes, ...)
 
 
-def _finish(path: Path, bad: _BadRows, frames: _Frames, binary: bool, earlier: list[tuple[int | None, str]],
-            lost: tuple[int, str] | None, dropped: dict[str, int], intervals: LabelIntervals | None) -> Messages:
-    """Checks (finite time, ID range, time order), skip or raise, sidecar labels -> Messages."""
+def _frame_checks(frames: _Frames, binary: bool, floor: float = -np.inf, floor_text: str = "",
+                  floor_where: int = 0) -> tuple[np.ndarray, np.ndarray, Callable[[int], str]]:
+    """The checks of every frame (finite time, ID range, the reader's problems, time order; a
+    block of a file read in chunks compares with ``floor``, the largest good timestamp of the
+    blocks before, shown as ``floor_text`` at ``floor_where``): ``(ok, ok_fields, describe)``."""
     ts, raw_ids, extended = frames.ts, frames.arb_id, frames.extended
-    n = ts.shape[0]
-    ids = can_id_key(raw_ids, extended)
     ok_ts = np.isfinite(ts)
     ok_id = extended | (raw_ids <= MAX_STANDARD_ID)
     ok_fields = ok_ts & ok_id
     if frames.problem:
         ok_fields[list(frames.problem)] = False
-    negative, backwards = _time_order(ts, ok_fields)
+    negative, backwards = _time_order(ts, ok_fields, floor)
     ok = ok_fields & ~negative & ~backwards
-
-    def where(i: int) -> str:
-        return f"frame {frames.where[i]}" if binary else f"line {frames.where[i]}"
+    unit = "frame" if binary else "line"
 
     def describe(i: int) -> str:
         prefix = f"frame {frames.where[i]}: " if binary else ""
@@ -281,9 +278,26 @@ def _finish(path: Path, bad: _BadRows, frames: _Frames, binary: bool, earlier: l
         if not ok_ts[i]:
             return f"{prefix}timestamp {float(ts[i])!r} is not a finite number"
         if not ok_id[i]:
-            return (f"{prefix}CAN ID 0x{raw_ids[i]:X} is above 0x7FF, the largest 11-bit ID, but the frame is not "
-                    f"flagged extended (29-bit)")
-        return prefix + _time_problem(ts, ok_fields, negative, i, lambda j: repr(float(ts[j])), where)
+            return (f"{prefix}CAN ID 0x{raw_ids[i]:X} is above 0x7FF, the largest 11-bit ID, but the frame is "
+                    f"not flagged extended (29-bit)")
+        if negative[i]:
+            return f"{prefix}timestamp {float(ts[i])!r} is negative (timestamps are seconds >= 0)"
+        before = np.where((ok_fields & ~negative)[:i], ts[:i], -np.inf)
+        j = int(np.argmax(before)) if i else -1
+        shown, at = (repr(float(ts[j])), int(frames.where[j])) if j >= 0 and before[j] > floor \
+            else (floor_text, floor_where)
+        return f"{prefix}timestamp {float(ts[i])!r} goes backwards: earlier than {shown} on {unit} {at} ({_TIME_HINT})"
+
+    return ok, ok_fields, describe
+
+
+def _finish(path: Path, bad: _BadRows, frames: _Frames, binary: bool, earlier: list[tuple[int | None, str]],
+            lost: tuple[int, str] | None, dropped: dict[str, int], intervals: LabelIntervals | None) -> Messages:
+    """Checks (finite time, ID range, time order), skip or raise, sidecar labels -> Messages."""
+    ts, raw_ids, extended = frames.ts, frames.arb_id, frames.extended
+    n = ts.shape[0]
+    ids = can_id_key(raw_ids, extended)
+    ok, ok_fields, describe = _frame_checks(frames, binary)
 
     if intervals is not None:
         label, row_type, names = _interval_labels(ts, ids, intervals)
@@ -891,33 +905,7 @@ class _CheckedChunks:
 
     def _check(self, frames: _Frames, earlier: list[tuple[int | None, str]]) -> None:
         ts, raw_ids, extended = frames.ts, frames.arb_id, frames.extended
-        ok_ts = np.isfinite(ts)
-        ok_id = extended | (raw_ids <= MAX_STANDARD_ID)
-        ok_fields = ok_ts & ok_id
-        if frames.problem:
-            ok_fields[list(frames.problem)] = False
-        negative, backwards = _time_order(ts, ok_fields, self.floor)
-        ok = ok_fields & ~negative & ~backwards
-        unit = "frame" if self.binary else "line"
-
-        def describe(i: int) -> str:
-            prefix = f"frame {frames.where[i]}: " if self.binary else ""
-            if i in frames.problem:
-                return prefix + frames.problem[i]
-            if not ok_ts[i]:
-                return f"{prefix}timestamp {float(ts[i])!r} is not a finite number"
-            if not ok_id[i]:
-                return (f"{prefix}CAN ID 0x{raw_ids[i]:X} is above 0x7FF, the largest 11-bit ID, but the frame is "
-                        f"not flagged extended (29-bit)")
-            if negative[i]:
-                return f"{prefix}timestamp {float(ts[i])!r} is negative (timestamps are seconds >= 0)"
-            before = np.where((ok_fields & ~negative)[:i], ts[:i], -np.inf)
-            j = int(np.argmax(before)) if i else -1
-            shown, at = (repr(float(ts[j])), int(frames.where[j])) if j >= 0 and before[j] > self.floor \
-                else (self.floor_text, self.floor_where)
-            return (f"{prefix}timestamp {float(ts[i])!r} goes backwards: earlier than {shown} on {unit} {at} "
-                    f"({_TIME_HINT})")
-
+        ok, ok_fields, describe = _frame_checks(frames, self.binary, self.floor, self.floor_text, self.floor_where)
         label = np.zeros(ts.shape[0], np.uint8)
         try:
             self.bad.check(ok, lambda i: None if self.binary else int(frames.where[i]), describe, earlier,
