@@ -27,6 +27,27 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 SCREENSHOTS = REPO / "runs" / "screenshots"
 
 
+def write_text_file(path: Path, text: str) -> Path:
+    """``text`` written to ``path``, gzip-compressed when the name ends in ``.gz``."""
+    import gzip
+
+    path.write_bytes(gzip.compress(text.encode()) if path.name.endswith(".gz") else text.encode())
+    return path
+
+
+def read_outcome(read) -> tuple | str:
+    """What ``read()`` gives, comparable across readers: the frames and counts of its Messages,
+    or the text of the DataFormatError it raised."""
+    from kdkit.data.readers import DataFormatError
+
+    try:
+        m = read()
+    except DataFormatError as err:
+        return str(err)
+    return (m.timestamp.tolist(), m.can_id.tolist(), m.dlc.tolist(), m.payload.tolist(), m.skipped_rows,
+            m.skipped_examples, m.dropped_frames)
+
+
 def sync_playwright_or_require():
     """playwright's ``sync_playwright`` for the headless-Chromium tests; under CI the Debian
     Chromium is installed first if missing (``.ci/system-deps.sh``)."""

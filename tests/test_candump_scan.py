@@ -3,29 +3,19 @@ kdkit.data.loggers, on random lines with random faults. (tests/test_loggers.py r
 candump suite both ways as well.)"""
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import read_outcome
+from conftest import write_text_file as write_text
 
 from kdkit.data import loggers
 from kdkit.data.loggers import read_logger_file
-from kdkit.data.readers import DataFormatError
-
-
-def write_text(path: Path, text: str) -> Path:
-    path.write_bytes(gzip.compress(text.encode()) if path.name.endswith(".gz") else text.encode())
-    return path
 
 
 def _read_or_error(path: Path, **kwargs):
-    try:
-        m = read_logger_file(path, **kwargs)
-    except DataFormatError as err:
-        return str(err)
-    return (m.timestamp.tolist(), m.can_id.tolist(), m.dlc.tolist(), m.payload.tolist(), m.skipped_rows,
-            m.skipped_examples, m.dropped_frames)
+    return read_outcome(lambda: read_logger_file(path, **kwargs))
 
 
 @pytest.mark.parametrize("seed", range(40))

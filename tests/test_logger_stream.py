@@ -11,39 +11,27 @@ from pathlib import Path
 import can
 import numpy as np
 import pytest
-from conftest import require
-
+from conftest import read_outcome, require
+from conftest import write_text_file as write
 
 from kdkit.data import loggers
 from kdkit.data.loggers import iter_logger_file, read_logger_file
-from kdkit.data.readers import DataFormatError, concat_messages, iter_messages
+from kdkit.data.readers import concat_messages, iter_messages
 
 REAL_CANDUMP = Path(__file__).resolve().parents[2] / "shared" / "data" / "candump" / "toyota-rav4-2018-highway.candump.log.gz"
 
 
-def write(path: Path, text: str) -> Path:
-    path.write_bytes(gzip.compress(text.encode()) if path.name.endswith(".gz") else text.encode())
-    return path
-
-
 def whole(path: Path, **kwargs):
-    try:
-        m = read_logger_file(path, **kwargs)
-    except DataFormatError as err:
-        return str(err)
-    return (m.timestamp.tolist(), m.can_id.tolist(), m.dlc.tolist(), m.payload.tolist(), m.skipped_rows,
-            m.skipped_examples, m.dropped_frames)
+    return read_outcome(lambda: read_logger_file(path, **kwargs))
 
 
 def streamed(path: Path, chunk_rows: int = 7, **kwargs):
-    try:
+    def read():
         chunks = list(iter_logger_file(path, chunk_rows=chunk_rows, **kwargs))
-    except DataFormatError as err:
-        return str(err)
-    assert all(len(c) == chunk_rows for c in chunks[:-1]) and len(chunks[-1]) <= chunk_rows
-    m = concat_messages(chunks)
-    return (m.timestamp.tolist(), m.can_id.tolist(), m.dlc.tolist(), m.payload.tolist(), m.skipped_rows,
-            m.skipped_examples, m.dropped_frames)
+        assert all(len(c) == chunk_rows for c in chunks[:-1]) and len(chunks[-1]) <= chunk_rows
+        return concat_messages(chunks)
+
+    return read_outcome(read)
 
 
 def mangled(seed: int, n: int = 300) -> str:
