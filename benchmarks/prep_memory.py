@@ -11,6 +11,7 @@
     # the table of docs/PERFORMANCE.md "Preparation at any size": sizes x repeats, interleaved
     .venv/bin/python benchmarks/prep_memory.py table --sizes 200000,2700000,30000000 --repeats 3 --out runs/prep_memory.json
     .venv/bin/python benchmarks/prep_memory.py table --format candump ...   # the same with candump logs
+    .venv/bin/python benchmarks/prep_memory.py table --builders numpy,auto ...  # both graph builders, interleaved
 
 ``measure`` reports the peak RSS (``VmHWM`` of the process, ``ru_maxrss`` of any worker) above the
 RSS right after ``import kdkit.data``, the CPU seconds (process and workers) beside the wall
@@ -155,7 +156,9 @@ def measure(dataset: str, cache: str, workers: int = 1) -> dict:
     child_peak = ch.ru_maxrss / 1024
     messages = d.info["messages_read"]
     store_bytes = sum(p.stat().st_size for p in d.cache_dir.glob("*.store"))
-    return {"dataset": dataset, "workers": workers, "messages": messages, "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
+    from kdkit.data import graphs
+
+    return {"dataset": dataset, "workers": workers, "builder": graphs.BUILDER, "messages": messages, "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
             "msg_per_cpu_s": round(messages / cpu), "msg_per_wall_s": round(messages / wall),
             "rss_after_imports_mib": round(base, 1), "peak_rss_mib": round(peak, 1),
             "peak_above_imports_mib": round(max(peak, child_peak) - base, 1), "worker_peak_rss_mib": round(child_peak, 1),
@@ -191,23 +194,27 @@ def _layout(root: Path, rows: int, fmt: str = "csv") -> Path:
     return root
 
 
-def table(sizes: list[int], repeats: int, work: Path, workers: int = 1, fmt: str = "csv") -> list[dict]:
-    """Every size prepared ``repeats`` times, interleaved (size after size, round after round),
-    each in a fresh process; min/median/max per size."""
-    runs: dict[int, list[dict]] = {s: [] for s in sizes}
+def table(sizes: list[int], repeats: int, work: Path, workers: int = 1, fmt: str = "csv",
+          builders: tuple[str, ...] = ("auto",)) -> list[dict]:
+    """Every size prepared ``repeats`` times with every graph builder (``$KDKIT_GRAPH_BUILDER``),
+    interleaved (builder after builder, size after size, round after round), each in a fresh
+    process; min/median/max per size and builder."""
+    runs: dict[tuple[int, str], list[dict]] = {(s, b): [] for s in sizes for b in builders}
     try:
         roots = {s: _layout(work / f"gen-{s}", s, fmt) for s in sizes}
         for _ in range(repeats):
             for s in sizes:
-                out = subprocess.run([sys.executable, __file__, "measure", str(roots[s]), str(work / f"cache-{s}"),
-                                      "--workers", str(workers)], check=True, capture_output=True, text=True)
-                runs[s].append(json.loads(out.stdout.strip().splitlines()[-1]))
-                print(json.dumps(runs[s][-1]), flush=True)
+                for b in builders:
+                    out = subprocess.run([sys.executable, __file__, "measure", str(roots[s]), str(work / f"cache-{s}"),
+                                          "--workers", str(workers)], check=True, capture_output=True, text=True,
+                                         env={**os.environ, "KDKIT_GRAPH_BUILDER": b})
+                    runs[s, b].append(json.loads(out.stdout.strip().splitlines()[-1]))
+                    print(json.dumps(runs[s, b][-1]), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     summary = []
-    for s, rs in runs.items():
-        row = {"messages": s, "runs": len(rs), "store_bytes": rs[0]["store_bytes"] if rs else None}
+    for (s, b), rs in runs.items():
+        row = {"messages": s, "builder": b, "runs": len(rs), "store_bytes": rs[0]["store_bytes"] if rs else None}
         for key in ("peak_above_imports_mib", "cpu_s", "wall_s", "msg_per_cpu_s", "msg_per_wall_s"):
             vals = [r[key] for r in rs]
             row[key] = {"min": min(vals), "median": statistics.median(vals), "max": max(vals)}
@@ -236,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--workers", type=int, default=1)
     t.add_argument("--format", choices=["csv", "candump"], default="csv",
                    help="generate can-train-and-test CSVs (default) or candump -L logs")
+    t.add_argument("--builders", default="auto",
+                   help="graph builders to interleave, e.g. numpy,auto (kdkit.data.graphs.BUILDER)")
     t.add_argument("--out", type=Path, default=None, help="also write the summary JSON here")
     args = p.parse_args(argv)
     if args.cmd == "make":
@@ -245,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "iterate":
         print(json.dumps(iterate(args.store, args.batch_size)))
     else:
-        summary = table([int(s) for s in args.sizes.split(",")], args.repeats, args.work, args.workers, args.format)
+        summary = table([int(s) for s in args.sizes.split(",")], args.repeats, args.work, args.workers, args.format,
+                        tuple(args.builders.split(",")))
         text = json.dumps({"machine": os.uname().nodename, "cores": os.cpu_count(), "format": args.format,
                            "summary": summary}, indent=1)
         print(text)
