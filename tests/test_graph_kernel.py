@@ -128,11 +128,15 @@ def test_prepared_store_identical_through_both_builders(builder, monkeypatch, tm
 def test_auto_switches_after_enough_messages(monkeypatch):
     monkeypatch.setattr(graphs, "BUILDER", "auto")
     monkeypatch.setattr(graphs, "_built_messages", 0)
+    monkeypatch.setattr(graphs, "_expected_messages", 0)
     monkeypatch.setattr(graphs, "COMPILED_AFTER", 10_000)
     assert graphs._compiled_builder(6_000, 100) is False  # numba's first call (~0.6 s) not worth it yet
     assert graphs._compiled_builder(4_000, 100) is False  # 10,000: not more
     assert graphs._compiled_builder(6_000, 100) is True   # 16,000 built in this process
     assert graphs._compiled_builder(10, graph_kernel.MAX_WINDOW + 1) is False  # the W x W table: too large
+    monkeypatch.setattr(graphs, "_built_messages", 0)
+    graphs.expect_messages(20_000)  # a preparation's estimate: compiled from the first window on
+    assert graphs._compiled_builder(100, 100) is True
     monkeypatch.setattr(graphs, "BUILDER", "numpy")
     assert graphs._compiled_builder(10**9, 100) is False
     monkeypatch.setattr(graphs, "BUILDER", "compiled")
@@ -140,6 +144,15 @@ def test_auto_switches_after_enough_messages(monkeypatch):
     monkeypatch.setattr(graphs, "BUILDER", "fast")
     with pytest.raises(ValueError, match="BUILDER must be 'auto', 'numpy' or 'compiled', got 'fast'"):
         graphs._compiled_builder(1, 100)
+
+
+def test_expected_messages_from_file_size(tmp_path: Path):
+    from kdkit.data.prep import expected_messages
+
+    (tmp_path / "a.csv.gz").write_bytes(b"x" * 1600)
+    (tmp_path / "b.log").write_bytes(b"x" * 4000)
+    assert expected_messages(tmp_path / "a.csv.gz") == 100 and expected_messages(tmp_path / "b.log") == 100
+    assert expected_messages(tmp_path / "missing.csv") == 0
 
 
 def test_scratch_reused_across_sizes(builder):

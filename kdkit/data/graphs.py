@@ -587,12 +587,22 @@ BUILDER = os.environ.get("KDKIT_GRAPH_BUILDER", "auto")
 """Which window graph builder :func:`window_arrays` runs: ``"numpy"`` (vectorized, below),
 ``"compiled"`` (:mod:`kdkit.data.graph_kernel`, numba: the same arrays bit for bit, ~2x faster)
 or ``"auto"`` (the default; ``$KDKIT_GRAPH_BUILDER`` sets another): compiled once this process
-has built windows of :data:`COMPILED_AFTER` messages, for windows of up to
+has built, or expects to build (:func:`expect_messages`), the windows of more than
+:data:`COMPILED_AFTER` messages, for windows of up to
 :data:`kdkit.data.graph_kernel.MAX_WINDOW` messages. The compiled builder's first call costs
 ~0.6 CPU s (numba sets up its compiler and loads the cached machine code) and saves ~0.1-0.15 us
 a message: it pays for itself after ~4-5 M messages, i.e. on large recordings only."""
 COMPILED_AFTER = 4_000_000
 _built_messages = 0
+_expected_messages = 0
+
+
+def expect_messages(n: int) -> None:
+    """Tell the ``"auto"`` builder that this process is about to build the windows of ~``n``
+    messages (a preparation's estimate from a recording's file size): when that is more than
+    :data:`COMPILED_AFTER`, the compiled builder is taken from the first window on."""
+    global _expected_messages
+    _expected_messages = max(_expected_messages, int(n))
 
 
 def _compiled_builder(n_messages: int, window: int) -> bool:
@@ -605,7 +615,7 @@ def _compiled_builder(n_messages: int, window: int) -> bool:
     _built_messages += n_messages
     if BUILDER == "numpy" or not graph_kernel.available(window):
         return False
-    return BUILDER == "compiled" or _built_messages > COMPILED_AFTER
+    return BUILDER == "compiled" or max(_built_messages, _expected_messages) > COMPILED_AFTER
 
 
 def iter_window_arrays(msgs: Messages, starts: np.ndarray, W: int, normal_flags: bool = False) -> Iterator[dict[str, np.ndarray]]:

@@ -34,6 +34,7 @@ from kdkit.data.graphs import (
     NODE_FEATURES,
     IdVocab,
     WindowStream,
+    expect_messages,
     iter_window_arrays,
     store_header,
     window_types,
@@ -86,9 +87,20 @@ def _merge_ranges(a: tuple[np.ndarray, ...], b: tuple[np.ndarray, ...]) -> tuple
     return u, first, last
 
 
+def expected_messages(path: str | Path) -> int:
+    """A rough count of a recording's messages from its file size (~16 bytes a message
+    compressed, ~40 in text): enough to pick the graph builder (:func:`graphs.expect_messages`)."""
+    try:
+        size = Path(path).stat().st_size
+    except OSError:
+        return 0
+    return size // (16 if Path(path).suffix.lower() in (".gz", ".zip", ".blf") else 40)
+
+
 def build_part(chunks: Iterator[Messages], path: str, folder: Path, window: int, stride: int,
                vocab_source: str = "normal") -> FilePart:
     """Stream one recording's chunks into part files of all its windows (no vocabulary)."""
+    expect_messages(expected_messages(path))
     stream = WindowStream(window, stride)
     cols = ColumnFiles(folder, PART_COLUMNS)
     ranges: tuple[np.ndarray, ...] = (np.zeros(0, np.int64),) * 3
