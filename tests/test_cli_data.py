@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from kdkit.cli.main import main
+from kdkit.data import graphs
 
 
 @pytest.fixture
@@ -105,7 +106,7 @@ def test_missing_data_root_is_a_clear_error(env: Path, capsys):
     assert "unknown dataset 'hcrl-sa'" in err and "hcrl_sa" in err and "Bring your own data" in err
 
 
-def test_bench_preprocess_file_and_baseline(env: Path, capsys):
+def test_bench_preprocess_file_and_baseline(env: Path, capsys, monkeypatch):
     out = simulate(env, capsys)
     path = out / "train_02_with_attacks" / "DoS-alpha.csv"
     assert main(["bench", "preprocess", "--file", str(path), "--repeats", "1", "--json"]) == 0
@@ -114,6 +115,11 @@ def test_bench_preprocess_file_and_baseline(env: Path, capsys):
     assert r["benchmark"] == "preprocess" and r["messages"] == n and r["windows"] == n // 100
     assert set(r["stage_seconds_median"]) == {"read", "graphs", "store"} and len(r["seconds_all"]) == 1
     assert r["messages_per_s"] > 0 and r["threads"] == 1 and "cpu" in r["machine"]
+    monkeypatch.setenv("KDKIT_GRAPH_BUILDER", "auto")  # restored afterwards: --builder sets it for the cold runs
+    monkeypatch.setattr(graphs, "BUILDER", "auto")
+    assert main(["bench", "preprocess", "--file", str(path), "--repeats", "1", "--builder", "compiled", "--json"]) == 0
+    c = json.loads(capsys.readouterr().out)
+    assert c["builder"] == "compiled" and c["messages"] == n and c["windows"] == r["windows"]
     assert main(["bench", "preprocess", "--file", str(path), "--baseline", "pandas", "--limit", "300", "--json"]) == 0
     b = json.loads(capsys.readouterr().out)
     assert b["benchmark"] == "preprocess-pandas-baseline" and b["messages"] == 300 and b["windows"] == 3

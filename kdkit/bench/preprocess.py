@@ -4,6 +4,7 @@
     kdkit bench preprocess --dataset hcrl_sa --json      # whole dataset, fresh process, peak RSS
     kdkit bench preprocess --file F --baseline pandas    # the predecessor's algorithm vs kdkit, same messages
     kdkit bench preprocess --file drive.log.gz --baseline python-can   # python-can's reader alone
+    kdkit bench preprocess --file F --builder compiled   # the compiled graph builder (default: auto)
 
 Throughput is measured on one core (torch and BLAS threads pinned to 1): warm runs after one
 burn-in, cold runs each the first of a fresh process, alternating; wall and CPU seconds with
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 from torch_geometric.data import Data
 
+from kdkit.data import graphs
 from kdkit.data.graphs import IdVocab, build_graphs
 from kdkit.data.readers import read_messages
 from kdkit.training.hardware import machine_info
@@ -110,7 +112,7 @@ def preprocess_file(path: str | Path, repeats: int = 5, window: int = 100, strid
             for k, v in zip(stage, st):
                 stage[k].append(v)
     med = statistics.median(warm_wall)
-    out = {"benchmark": "preprocess", "file": str(path), "messages": n, "windows": g,
+    out = {"benchmark": "preprocess", "file": str(path), "builder": graphs.BUILDER, "messages": n, "windows": g,
            "seconds_median": round(med, 4), "seconds_all": [round(t, 4) for t in warm_wall],
            "messages_per_s": round(n / med), "stage_seconds_median": {k: round(statistics.median(v), 4) for k, v in stage.items()},
            # CPU seconds next to wall seconds: on a shared machine the wall time also counts waiting for the core

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from kdkit.bench import preprocess as bench
 from kdkit.bench.detect import bench_live, bench_replay
 from kdkit.bench.infer import bench_infer
 from kdkit.bench.train import bench_train
+from kdkit.data import graphs
 from kdkit.stream.detector import ENGINES
 
 
@@ -27,6 +29,9 @@ def print_result(obj: dict, as_json: bool) -> None:
 
 
 def cmd_bench_preprocess(args: argparse.Namespace) -> int:
+    if args.builder:  # this process and the fresh ones of the cold runs
+        os.environ["KDKIT_GRAPH_BUILDER"] = args.builder
+        graphs.BUILDER = args.builder
 
     if args.dataset:
         result = bench.preprocess_dataset(args.dataset, args.data_root)
@@ -133,6 +138,9 @@ def register(sub) -> None:
                    help="run a baseline instead: the predecessor-style pandas loop, or python-can's reader alone "
                         "(logger files)")
     p.add_argument("--limit", type=int, default=20000, help="messages for the pandas baseline (default 20000)")
+    p.add_argument("--builder", choices=["auto", "numpy", "compiled"], default=None,
+                   help="window graph builder (kdkit.data.graphs.BUILDER; default $KDKIT_GRAPH_BUILDER or auto: "
+                        "compiled only past 4 M messages)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_preprocess)
 
