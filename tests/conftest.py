@@ -35,6 +35,66 @@ def write_text_file(path: Path, text: str) -> Path:
     return path
 
 
+# The public layouts as small fixtures (tests of the readers, column mappings and streamed reading).
+
+HCRL_ROWS = [
+    "1478198376.389427,0316,8,05,21,68,09,21,21,00,6f,R",
+    "1478198376.389636,018f,8,fe,5b,00,00,00,3c,00,00,T",
+    "1478198376.389864,0260,2,19,21,R",          # DLC 2: the flag sits in column 5
+    "1478198376.390000,02a0,0,T",                # DLC 0
+    "1478198376.390200,0000,8,00,00,00,00,00,00,00,00,T",
+]
+"""HCRL Car-Hacking CSV rows (no header; ``Timestamp,CAN ID,DLC,DATA...,Flag``)."""
+
+HCRL_BAD = {
+    "flag not R/T": ("1478198376.4,0316,2,05,21,X", "flag must be R or T"),
+    "DLC mismatch": ("1478198376.4,0316,3,05,21,R", "DLC does not match the number of data bytes"),
+    "extra field": ("1478198376.4,0316,8,00,00,00,00,00,00,00,00,R,R", "expected 4 + DLC fields"),
+    "missing fields": ("1478198376.4,0316,R", "expected 4 + DLC fields"),
+    "bad hex byte": ("1478198376.4,0316,2,05,2G,R", "data bytes are not 2-digit hex"),
+    "bad hex ID": ("1478198376.4,03X6,2,05,21,R", "CAN ID is not 1-8 hex digits"),
+    "na ID": ("1478198376.4,na,2,05,21,R", "CAN ID is not 1-8 hex digits"),
+    "text timestamp": ("abc,0316,2,05,21,R", "timestamp is not a number"),
+    "ID above 0x7FF without 8 digits": ("1478198376.4,0800,2,05,21,R", "CAN ID '0800': 0x800 is above 0x7FF"),
+    "timestamp going backwards": ("1478198376.3,0316,2,05,21,T", "timestamp '1478198376.3' goes backwards: earlier "
+                                                                 "than '1478198376.389864' on line 3"),
+    "negative timestamp": ("-1478198376.3,0316,2,05,21,R", "timestamp '-1478198376.3' is negative"),
+}
+"""Bad HCRL CSV rows: kind -> (row, the words of its error when it is line 4 after ``HCRL_ROWS[:3]``)."""
+
+DAGA_HEADER = "timestamp,CAN_ID,DLC,PAYLOAD_HEX,PAYLOAD_BIN,ANOMALY"
+ROAD_HEADER = "Time,Id,Byte1,Byte2,Byte3,Byte4,Byte5,Byte6,Byte7,Byte8,Label"
+
+
+def _bits(hex_payload: str) -> str:
+    return "".join(f"{int(hex_payload[i:i + 2], 16):08b}" for i in range(0, len(hex_payload), 2)) or "0"
+
+
+def daga_rows(n: int = 40, attack_every: int = 0, t0: float = 0.0) -> list[str]:
+    """DAGA-like rows: relative timestamps (one in scientific notation), unpadded hex IDs, DLC in
+    bits, FALSE/True labels mixed as in the published files."""
+    rows = []
+    for i in range(n):
+        cid = ["10", "1D0", "291", "390"][i % 4]
+        payload = f"{i:016X}"
+        attack = attack_every and i % attack_every == attack_every - 1
+        ts = "9e-06" if i == 1 and t0 == 0 else repr(round(t0 + i * 0.001, 6))
+        if attack:
+            cid, payload = "290.0", "0"  # the injected rows' quirks: a float ID, an all-zero payload as '0'
+        rows.append(f"{ts},{cid},64,{payload},{_bits(payload)},{'True' if attack else 'False'}")
+    return rows
+
+
+def write_zip(path: Path, header: str, rows: list[str]) -> Path:
+    """A zip holding one recording (as DAGA publishes its traces), deflated."""
+    import zipfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(path.name.removesuffix(".zip") + ".txt", "\n".join([header, *rows]) + "\n")
+    return path
+
+
 def read_outcome(read) -> tuple | str:
     """What ``read()`` gives, comparable across readers: the frames and counts of its Messages,
     or the text of the DataFormatError it raised."""

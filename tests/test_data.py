@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import require
+from conftest import HCRL_BAD, HCRL_ROWS, require
 
 from kdkit.data.loggers import read_logger_file
 from kdkit.data.readers import (
-    EXTENDED_ID_FLAG,
     CTT_HEADER,
+    EXTENDED_ID_FLAG,
     DataFormatError,
     Messages,
     _hex_values,
@@ -23,7 +23,6 @@ from kdkit.data.readers import (
     parse_hex_payload,
     read_ctt_csv,
     read_hcrl_car_hacking,
-
     read_messages,
 )
 
@@ -284,15 +283,6 @@ def test_multi_member_gzip(tmp_path: Path):
 # --------------------------------------------------------------------------------------
 # HCRL Car-Hacking original release
 
-HCRL_ROWS = [
-    "1478198376.389427,0316,8,05,21,68,09,21,21,00,6f,R",
-    "1478198376.389636,018f,8,fe,5b,00,00,00,3c,00,00,T",
-    "1478198376.389864,0260,2,19,21,R",          # DLC 2: the flag sits in column 5
-    "1478198376.390000,02a0,0,T",                # DLC 0
-    "1478198376.390200,0000,8,00,00,00,00,00,00,00,00,T",
-]
-
-
 def test_hcrl_car_hacking_csv(tmp_path: Path):
     path = write(tmp_path / "gear_dataset.csv", HCRL_ROWS, header=None)
     m = read_messages(path)
@@ -323,22 +313,6 @@ def test_hcrl_normal_run_text_form(tmp_path: Path):
     assert m.label.tolist() == [0, 0, 0, 0]
     assert m.timestamp.tolist() == [1479121434.850202, 1479121434.850423, 1479121434.850664, 1479121434.8508]
     assert m.attack_type == "attack-free"
-
-
-HCRL_BAD = {
-    "flag not R/T": ("1478198376.4,0316,2,05,21,X", "flag must be R or T"),
-    "DLC mismatch": ("1478198376.4,0316,3,05,21,R", "DLC does not match the number of data bytes"),
-    "extra field": ("1478198376.4,0316,8,00,00,00,00,00,00,00,00,R,R", "expected 4 + DLC fields"),
-    "missing fields": ("1478198376.4,0316,R", "expected 4 + DLC fields"),
-    "bad hex byte": ("1478198376.4,0316,2,05,2G,R", "data bytes are not 2-digit hex"),
-    "bad hex ID": ("1478198376.4,03X6,2,05,21,R", "CAN ID is not 1-8 hex digits"),
-    "na ID": ("1478198376.4,na,2,05,21,R", "CAN ID is not 1-8 hex digits"),
-    "text timestamp": ("abc,0316,2,05,21,R", "timestamp is not a number"),
-    "ID above 0x7FF without 8 digits": ("1478198376.4,0800,2,05,21,R", "CAN ID '0800': 0x800 is above 0x7FF"),
-    "timestamp going backwards": ("1478198376.3,0316,2,05,21,T",
-                                  "timestamp '1478198376.3' goes backwards: earlier than '1478198376.389864' on line 3"),
-    "negative timestamp": ("-1478198376.3,0316,2,05,21,R", "timestamp '-1478198376.3' is negative"),
-}
 
 
 @pytest.mark.parametrize("kind", list(HCRL_BAD))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import DAGA_HEADER, ROAD_HEADER, daga_rows, write_zip
 
 from kdkit.cli.main import main
 from kdkit.config import make_config, validate_overrides
@@ -28,36 +29,6 @@ REPO = Path(__file__).resolve().parent.parent
 DAGA_SPEC = REPO / "docs" / "datasets" / "daga-volvo-v40.toml"
 DAGA_ROOT = REPO.parent / "shared" / "data" / "daga-volvo-v40"
 IN_CI = os.environ.get("CI", "").lower() == "true"
-
-DAGA_HEADER = "timestamp,CAN_ID,DLC,PAYLOAD_HEX,PAYLOAD_BIN,ANOMALY"
-ROAD_HEADER = "Time,Id,Byte1,Byte2,Byte3,Byte4,Byte5,Byte6,Byte7,Byte8,Label"
-
-
-def _bits(hex_payload: str) -> str:
-    return "".join(f"{int(hex_payload[i:i + 2], 16):08b}" for i in range(0, len(hex_payload), 2)) or "0"
-
-
-def daga_rows(n: int = 40, attack_every: int = 0, t0: float = 0.0) -> list[str]:
-    """DAGA-like rows: relative timestamps (one in scientific notation), unpadded hex IDs, DLC in
-    bits, FALSE/True labels mixed as in the published files."""
-    rows = []
-    for i in range(n):
-        cid = ["10", "1D0", "291", "390"][i % 4]
-        payload = f"{i:016X}"
-        attack = attack_every and i % attack_every == attack_every - 1
-        ts = "9e-06" if i == 1 and t0 == 0 else repr(round(t0 + i * 0.001, 6))
-        if attack:
-            cid, payload = "290.0", "0"  # the injected rows' quirks: a float ID, an all-zero payload as '0'
-        rows.append(f"{ts},{cid},64,{payload},{_bits(payload)},{'True' if attack else 'False'}")
-    return rows
-
-
-def write_zip(path: Path, header: str, rows: list[str]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr(path.name.removesuffix(".zip") + ".txt", "\n".join([header, *rows]) + "\n")
-    return path
-
 
 def write_text(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)

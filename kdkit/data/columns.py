@@ -1,8 +1,10 @@
 """Any CSV-like CAN recording through one explicit column mapping, and the presets for the
 public layouts a CAN-IDS researcher meets.
 
-    from kdkit.data.columns import ColumnMapping, PRESETS, read_mapped
+    from kdkit.data.columns import ColumnMapping, PRESETS, iter_mapped, read_mapped
     msgs = read_mapped("V40_03.can.zip", PRESETS["daga"])
+    for chunk in iter_mapped("V40_03.can.zip", PRESETS["daga"]):   # bounded memory, any size
+        ...
     mapping = ColumnMapping(timestamp="Time", can_id="Id", payload=[f"Byte{i}" for i in range(1, 9)],
                             byte_base=10, label="Label", label_map={"Benign": "normal", "Fuzzing": "fuzzing"})
 
@@ -14,15 +16,24 @@ column and a value map giving normal or the attack type per message. Every quirk
 never guessed: a value outside the mapping is a bad row (``DataFormatError`` with file:line, or a
 counted skip with ``on_bad_rows="skip"``, attack rows among the skipped counted).
 
-Whitespace around every field is stripped. Files may be ``.csv``/``.txt``, gzip-compressed
-(``.gz``) or a ``.zip`` holding one recording (DAGA publishes its traces so).
+Whitespace around every field is stripped, and double quotes around a field. One message per
+line: quotes hide no delimiter and no line break. Files may be ``.csv``/``.txt`` (UTF-8),
+gzip-compressed (``.gz``) or a ``.zip`` holding one recording (DAGA publishes its traces so).
+Empty lines are no rows; error messages name the file's physical line, whatever blank or rejected
+lines precede it.
+
+:func:`iter_mapped` reads the same in chunks of messages in bounded memory (``kdkit data prepare``
+does): the file inflated and parsed ~1 MiB at a time, with the same messages, skip counts and
+errors as :func:`read_mapped`.
 """
 from __future__ import annotations
 
+import codecs
 import gzip
 import re
+import sys
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
@@ -34,6 +45,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from kdkit.data.readers import (
+    CHUNK_ROWS,
     EXTENDED_ID_FLAG,
     MAX_CAN_ID,
     MAX_STANDARD_ID,
@@ -41,12 +53,15 @@ from kdkit.data.readers import (
     Messages,
     OnBadRows,
     _BadRows,
+    _Chunker,
     _parse_float,
+    _stream_text,
     _string_parts,
     _text,
     _time_order,
     _time_problem,
     attack_type_from_name,
+    concat_messages,
     parse_hex_ids,
     parse_hex_payload,
     register_header_reader,
@@ -205,62 +220,93 @@ def _attack_type(path: Path, mapping: ColumnMapping) -> str:
     return attack_type_from_name(path)
 
 
-def _read_table(raw: bytes, path: Path, mapping: ColumnMapping) -> tuple[pa.Table, list[tuple[int, str]]]:
-    """(table of trimmed string columns, rows the parser rejected as (line, problem))."""
-    if mapping.delimiter == "whitespace":
-        raw = re.sub(rb"[ \t]+", b" ", raw)
-        raw = re.sub(rb"(?m)^ | $", b"", raw)
-        delimiter = " "
-    else:
-        delimiter = mapping.delimiter
+def _read_table(raw: bytes, path: Path, names: list[str], delimiter: str, skip: int
+                ) -> tuple[pa.Table, list[tuple[int, str]]]:
+    """(table of trimmed string columns, rows the parser rejected as (pyarrow's row number, problem)).
+
+    One row per line, whatever the quotes: a field written in double quotes loses them (and the
+    blanks around and inside them), but quotes hide no delimiter and no line break, so a row never
+    spans two lines and a file can be cut at any line end. Empty lines are no rows; pyarrow numbers
+    the rows it sees (lines with a character) from 1, the ``skip`` header rows counted."""
     rejected: list[tuple[int, str]] = []
 
     def on_invalid(row: pacsv.InvalidRow) -> str:
         rejected.append((row.number, f"expected {row.expected_columns} fields, got {row.actual_columns}: {_text(row.text)}"))
         return "skip"
 
-    first = raw.lstrip(b"\r\n").split(b"\n", 1)[0].decode("utf-8", "replace").strip().lstrip("\ufeff")
-    names = [c.strip() for c in first.split(delimiter)]
-    if not mapping.header:
-        names = [f"f{i}" for i in range(len(names))]
-    elif len(set(names)) != len(names):
-        raise DataFormatError(path, 1, f"header {first[:120]!r} repeats a column name")
     try:
         table = pacsv.read_csv(
             pa.py_buffer(raw),
-            read_options=pacsv.ReadOptions(use_threads=False, column_names=names, skip_rows=int(mapping.header)),
-            parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid,
+            read_options=pacsv.ReadOptions(use_threads=False, column_names=names, skip_rows=skip),
+            parse_options=pacsv.ParseOptions(delimiter=delimiter, quote_char=False, invalid_row_handler=on_invalid,
                                              ignore_empty_lines=True),
             convert_options=pacsv.ConvertOptions(strings_can_be_null=False, null_values=[], check_utf8=True,
                                                  column_types={c: pa.string() for c in names}))
     except pa.ArrowInvalid as err:
         raise DataFormatError(path, None, f"unreadable CSV ({err})") from err
-    # every column as trimmed text
-    cols = {name: pc.ascii_trim_whitespace(table.column(name)).combine_chunks() for name in table.column_names}
+    quoted = b'"' in raw
+    cols = {}
+    for name in table.column_names:  # every column as trimmed text
+        col = pc.ascii_trim_whitespace(table.column(name)).combine_chunks()
+        if quoted:
+            col = pc.ascii_trim_whitespace(pc.replace_substring_regex(col, r'^"(.*)"$', r"\1"))
+        cols[name] = col
     return pa.table(cols), rejected
 
 
-def _row_lines(raw: bytes, header: bool, rejected: set[int]) -> list[int]:
-    """The 1-based physical line of every data row (blank lines and rejected rows skipped)."""
-    blank = [i + 1 for i, line in enumerate(raw.split(b"\n")) if not line.strip()]
-    skip = set(blank) | rejected
-    out, line = [], 1 + (1 if header else 0)
-    total = raw.count(b"\n") + 1
-    while line <= total:
-        if line not in skip:
-            out.append(line)
-        line += 1
-    return out
+_LINE_END = re.compile(rb"\r\n|\n|\r")
 
 
-def _column(table: pa.Table, ref: str | int, path: Path) -> pa.Array:
+def _utf8_problem(raw: bytes, start: int = 0) -> tuple[int, int, str] | None:
+    """The first line of ``raw`` from byte ``start`` on holding bytes that are not UTF-8 text, as
+    (its 1-based line in ``raw``, the offset where it starts, the problem); None if there is none."""
+    if raw.isascii():
+        return None
+    try:
+        codecs.utf_8_decode(memoryview(raw)[start:], "strict", True)
+    except UnicodeDecodeError as err:
+        a = start + err.start
+        line = raw.count(b"\n", 0, a) + raw.count(b"\r", 0, a) - raw.count(b"\r\n", 0, a) + 1
+        begin = max(raw.rfind(b"\n", 0, a), raw.rfind(b"\r", 0, a)) + 1
+        return line, begin, (f"bytes that are not UTF-8 text ({raw[a:a + 4]!r}...); a CSV read through a mapping "
+                             f"is UTF-8")
+    return None
+
+
+def _line_count(raw: bytes) -> int:
+    r"""Lines in ``raw`` as pyarrow's CSV parser counts them (ended by ``\n``, ``\r\n`` or a lone
+    ``\r``; text after the last line end is a line too)."""
+    ends = raw.count(b"\n") + raw.count(b"\r") - raw.count(b"\r\n")
+    return ends + (1 if raw and raw[-1] not in b"\r\n" else 0)
+
+
+def _filled_lines(raw: bytes) -> np.ndarray:
+    """The 1-based numbers of the lines of ``raw`` (as :func:`_line_count` counts them) holding
+    at least one character: the lines pyarrow's CSV parser makes rows of (it skips empty ones)."""
+    chars = np.frombuffer(raw, np.uint8)
+    lf, cr = chars == 10, chars == 13
+    end = lf.copy()
+    end[:-1] |= cr[:-1] & ~lf[1:]  # a lone \r ends a line; the \r of a \r\n is part of its end
+    end[-1:] |= cr[-1:]
+    ends = np.flatnonzero(end)
+    starts = np.concatenate([[0], ends + 1])
+    stops = np.concatenate([ends, [chars.size]])
+    crlf = np.zeros(starts.size, np.int64)
+    crlf[:-1] = lf[ends] & cr[np.maximum(ends - 1, 0)] & (ends > 0)
+    length = stops - starts - crlf
+    if starts[-1] == chars.size:  # nothing after the last line end: no line there
+        length = length[:-1]
+    return np.flatnonzero(length > 0) + 1
+
+
+def _column(table: pa.Table, ref: str | int, path: Path, header_line: int = 1) -> pa.Array:
     names = table.column_names
     if isinstance(ref, int):
         if ref >= len(names):
-            raise DataFormatError(path, 1, f"column {ref} does not exist: rows have {len(names)} fields")
+            raise DataFormatError(path, header_line, f"column {ref} does not exist: rows have {len(names)} fields")
         return table.column(ref).combine_chunks()  # positions: columns are f0, f1, ... in order
     if ref not in names:
-        raise DataFormatError(path, 1, f"column {ref!r} not in the header {names}")
+        raise DataFormatError(path, header_line, f"column {ref!r} not in the header {names}")
     return table.column(ref).combine_chunks()
 
 
@@ -334,114 +380,254 @@ def _payload(table: pa.Table, mapping: ColumnMapping, dlc_bytes: np.ndarray | No
 
 
 def read_mapped(path: str | Path, mapping: ColumnMapping, on_bad_rows: OnBadRows = "error") -> Messages:
-    """Read one recording with ``mapping``; see the module docstring.
+    """Read one recording with ``mapping``; see the module docstring. The whole text is decoded
+    at once; :func:`iter_mapped` reads the same in chunks.
 
     Raises:
         DataFormatError: a missing column, an unreadable file, or (``on_bad_rows="error"``) the
             first bad row, naming file:line and the field.
     """
     path = Path(path)
-    bad = _BadRows(path, on_bad_rows)
+    stream = _MappedStream(path, mapping, on_bad_rows, sys.maxsize)
     raw = _open_text(path)
     if not raw.strip():
         raise DataFormatError(path, None, "empty file")
-    table, rejected = _read_table(raw, path, mapping)
-    line_no: list[int] = []  # physical line of each row, computed for the first error only
-    n = table.num_rows
-    if n == 0 and not rejected:
-        raise DataFormatError(path, None, "no data rows" + (" after the header" if mapping.header else ""))
-    for ref in mapping.columns():
-        _column(table, ref, path)  # missing columns fail here, before any row
-
-    ts, ok_ts = _parse_float(_column(table, mapping.timestamp, path))
-    ts = ts / TIME_UNITS[mapping.time_unit]
-    ext_flags, ok_ext = (None, np.ones(n, bool))
-    if mapping.extended is not None:
-        ext_flags, ok_ext = _flags(_column(table, mapping.extended, path))
-    ids, ok_id = _parse_ids(_column(table, mapping.can_id, path), mapping, ext_flags)
-    dlc_bytes, ok_dlc = None, np.ones(n, bool)
-    if mapping.dlc is not None:
-        dlc_num, ok_dlc = _parse_float(_column(table, mapping.dlc, path))
-        unit = 8 if mapping.dlc_unit == "bits" else 1
-        ok_dlc &= (dlc_num >= 0) & (dlc_num <= 8 * unit) & (dlc_num % unit == 0) & (dlc_num == np.round(dlc_num))
-        dlc_bytes = np.where(ok_dlc, dlc_num // unit, 0).astype(np.int64)
-    payload, dlc, ok_pl = _payload(table, mapping, dlc_bytes, path)
-    if dlc_bytes is not None:
-        ok_dlc &= ~ok_pl | (dlc.astype(np.int64) == dlc_bytes)
-
-    label = np.zeros(n, np.uint8)
-    ok_lab = np.ones(n, bool)
-    recording_type = _attack_type(path, mapping)
-    row_type, type_names = None, ("normal",)
-    if mapping.label is not None:
-        values = _column(table, mapping.label, path).to_numpy(zero_copy_only=False)
-        names = [NORMAL] + sorted({(recording_type if v == ATTACK else v) for v in mapping.label_map.values()} - {NORMAL})
-        code_of = {k: names.index(recording_type if v == ATTACK else v) for k, v in mapping.label_map.items()}
-        uniq, inverse = np.unique(values.astype(str), return_inverse=True)
-        codes = np.array([code_of.get(u, -1) for u in uniq], np.int64)[inverse] if n else np.zeros(0, np.int64)
-        ok_lab = codes >= 0
-        row_type = np.where(ok_lab, codes, 0).astype(np.uint8)
-        label = (row_type > 0).astype(np.uint8)
-        type_names = tuple(names)
-    fields_ok = ok_ts & ok_id & ok_pl & ok_dlc & ok_lab & ok_ext
-    negative, backwards = _time_order(ts, fields_ok)
-    ok = fields_ok & ~negative & ~backwards
-
-    def line_of(i: int) -> int:
-        if not line_no:  # header (if any) is line 1; blank and rejected lines shift the rest
-            line_no.extend(_row_lines(raw, mapping.header, {line for line, _ in rejected}))
-        return line_no[i] if i < len(line_no) else i + 1 + int(mapping.header)
-
-    def cell(ref: str | int | None, i: int) -> str:
-        return repr(_column(table, ref, path)[i].as_py()) if ref is not None else ""
-
-    def describe(i: int) -> str:
-        def name(ref: str | int | None) -> str:
-            return ref if isinstance(ref, str) else f"column {ref}"
-
-        pl_ref = mapping.payload if not isinstance(mapping.payload, tuple) else mapping.payload[0]
-        if not ok_ts[i]:
-            return f"{name(mapping.timestamp)} {cell(mapping.timestamp, i)}: not a number"
-        if not ok_ext[i]:
-            return f"{name(mapping.extended)} {cell(mapping.extended, i)}: expected 1/0 or true/false"
-        if not ok_id[i]:
-            base = "hex" if mapping.id_base == 16 else "decimal"
-            hint = "" if mapping.float_ids or "." not in cell(mapping.can_id, i) else \
-                " (a float-formatted ID is accepted only with float_ids = true in the mapping)"
-            return (f"{name(mapping.can_id)} {cell(mapping.can_id, i)}: not a {base} CAN ID of at most 0x7FF "
-                    f"(standard) or 0x1FFFFFFF (extended){hint}")
-        if not ok_pl[i]:
-            what = {"hex": "hex digits of even length (at most 16)", "bits": "0/1 characters, 8 per byte (at most 64)",
-                    "bytes": f"byte values in base {mapping.byte_base} (0-255), no gap"}[mapping.payload_format]
-            return f"{name(pl_ref)} {cell(pl_ref, i)}: payload must be {what}"
-        if not ok_dlc[i]:
-            return (f"{name(mapping.dlc)} {cell(mapping.dlc, i)}: not a DLC in {mapping.dlc_unit} matching the "
-                    f"payload's {int(dlc[i])} bytes")
-        if not ok_lab[i]:
-            return (f"{name(mapping.label)} {cell(mapping.label, i)}: not a value of the mapping's label_map "
-                    f"{sorted(mapping.label_map)}")
-        return _time_problem(ts, fields_ok, negative, i, lambda j: cell(mapping.timestamp, j),
-                             lambda j: f"line {line_of(j)}")
-
-    bad.check(ok, line_of, describe, rejected, label=label, label_ok=ok_lab)
-    keep = ok if not ok.all() else slice(None)
-    msgs = bad.messages(ts[keep], ids[keep], dlc[keep], payload[keep], label[keep], source=str(path),
-                        attack_type=_recording_type(recording_type, row_type, type_names, label, keep))
-    if row_type is not None:
-        msgs.row_type, msgs.type_names = row_type[keep], type_names
-    return msgs
+    return concat_messages([*stream.feed(raw), stream.close()])
 
 
-def _recording_type(from_name: str, row_type: np.ndarray | None, names: Sequence[str], label: np.ndarray,
-                    keep) -> str:
-    """The recording's attack type: the one type its labelled rows carry, ``mixed`` for several,
-    ``attack-free`` for none."""
-    if row_type is None:
-        return from_name
-    used = sorted({names[c] for c in np.unique(row_type[keep]) if c > 0})
-    if not used:
+def iter_mapped(path: str | Path, mapping: ColumnMapping, on_bad_rows: OnBadRows = "error",
+                chunk_rows: int = CHUNK_ROWS, block_bytes: int | None = None) -> Iterator[Messages]:
+    """:func:`read_mapped` in chunks of ``chunk_rows`` messages, in bounded memory whatever the
+    file's size.
+
+    The file is read ``block_bytes`` at a time (a ``.gz`` or the recording of a ``.zip`` inflated
+    on the fly) and parsed in pieces of whole lines of about ``block_bytes``, carrying across
+    pieces the column names (from the header), the line count, the largest good timestamp so far
+    and its line (time order) and the attack types of the rows kept so far. Joined
+    (:func:`~kdkit.data.readers.concat_messages`), the chunks equal :func:`read_mapped`: the same
+    messages, per-message types, skip counts and ``file:line`` errors (tested at every cut).
+
+    Every chunk carries the counts as they stand when it is handed out, so the last one (always
+    handed out, maybe empty) has the file's: the skip counts, and the recording's
+    ``attack_type`` where the mapping has a label column, which names the types of the rows kept
+    (one type, ``mixed`` or ``attack-free``) and so is known only at the end (a first pass could
+    not know it either without decoding every row: in skip mode only the checks tell which rows
+    are kept). The per-message types (``row_type``, ``type_names``) are exact in every chunk:
+    ``type_names`` follow from the mapping and the file's name alone. In error mode a bad row
+    raises when its piece is read, after the chunks before it were handed out.
+
+    Args:
+        path: ``.csv``/``.txt`` (any name), optionally ``.gz``, or a ``.zip`` holding one recording.
+        mapping: the layout.
+        on_bad_rows: ``"error"`` (default) or ``"skip"``, as :func:`read_mapped`.
+        chunk_rows: messages per chunk (default :data:`~kdkit.data.readers.CHUNK_ROWS`).
+        block_bytes: text decoded at a time (default ``readers._TEXT_PIECE``, 1 MiB).
+    """
+    path = Path(path)
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    stream = _MappedStream(path, mapping, on_bad_rows, chunk_rows)  # the mode is checked before anything is read
+    try:
+        zipped = zipfile.is_zipfile(path)
+    except OSError as err:
+        raise DataFormatError(path, None, f"unreadable or corrupt file ({err})") from err
+    return _stream_text(stream, path, block_bytes, zipped)
+
+
+class _MappedStream:
+    """The decoding and checking state of one recording read through a column mapping, fed
+    piece by piece (pieces of whole lines; a whole read is one piece): the column names (from
+    the header, or the first line's fields), the lines so far, the largest good timestamp so far
+    and its line, and the attack types of the rows kept so far."""
+
+    def __init__(self, path: Path, mapping: ColumnMapping, mode: OnBadRows, chunk_rows: int):
+        self.path, self.mapping = path, mapping
+        self.bad = _BadRows(path, mode)
+        from_name = _attack_type(path, mapping)
+        self.code_of: dict[str, int] = {}  # label value -> index into type_names
+        type_names = None
+        if mapping.label is not None:
+            kinds = {(from_name if v == ATTACK else v) for v in mapping.label_map.values()}
+            names = [NORMAL] + sorted(kinds - {NORMAL})
+            self.code_of = {k: names.index(from_name if v == ATTACK else v) for k, v in mapping.label_map.items()}
+            type_names = tuple(names)
+        self.out = _Chunker(self.bad, chunk_rows, str(path), from_name if type_names is None else "attack-free",
+                            type_names)
+        self.delimiter = " " if mapping.delimiter == "whitespace" else mapping.delimiter
+        self.names: list[str] | None = None  # the columns, known from the first line with a character
+        self.header_line = 1  # that line
+        self.lines = 0  # lines of the pieces so far
+        self.any_text = self.any_row = False
+        self.used: set[int] = set()  # type codes of the rows kept so far
+        self.floor, self.floor_text, self.floor_line = -np.inf, "", 0  # the largest good timestamp so far
+
+    def feed(self, raw: bytes) -> Iterator[Messages]:
+        """Decode and check one piece of whole lines; hand out the chunks now full."""
+        mapping, path = self.mapping, self.path
+        self.any_text = self.any_text or (bool(raw) and not raw.isspace())  # (no stripped copy)
+        if mapping.delimiter == "whitespace":  # line by line: the same on a piece as on the whole text
+            raw = re.sub(rb"[ \t]+", b" ", raw)
+            raw = re.sub(rb"(?m)^ | $", b"", raw)
+        skip = 0
+        if self.names is None:  # the file's first line with a character names the columns
+            text = raw.lstrip(b"\r\n")
+            self.lines += _line_count(raw[:len(raw) - len(text)])
+            if not text:
+                return
+            raw, skip = text, int(mapping.header)
+            head = _LINE_END.search(raw)
+            first = raw[:head.start() if head else len(raw)].decode("utf-8", "replace").strip().lstrip("\ufeff")
+            names = [c.strip() for c in first.split(self.delimiter)]
+            self.header_line = self.lines + 1
+            if not mapping.header:
+                names = [f"f{i}" for i in range(len(names))]
+            elif len(set(names)) != len(names):
+                raise DataFormatError(path, self.header_line, f"header {first[:120]!r} repeats a column name")
+            self.names = names
+        base = self.lines  # the piece's line k (1-based) is the file's line base + k
+        self.lines += _line_count(raw)
+        body = 0  # where the rows start: the header is not decoded (pyarrow skips it); alone it is no row
+        if skip:
+            head = _LINE_END.search(raw)
+            if head is None:
+                return
+            body = head.end()
+        bad_text = _utf8_problem(raw, body)
+        if bad_text is None:
+            yield from self._decode(raw, base, skip)
+            return
+        # an error in both modes (pyarrow's names no line), after the lines before it, whose bad
+        # rows come first (as when a piece ends right before it)
+        line, start, problem = bad_text
+        if start > body:
+            yield from self._decode(raw[:start], base, skip)
+        raise DataFormatError(path, base + line, problem)
+
+    def _decode(self, raw: bytes, base: int, skip: int) -> Iterator[Messages]:
+        """Parse, decode and check whole lines (the file's lines ``base + 1``...; the first is the
+        header when ``skip``); hand out the chunks now full."""
+        mapping, path = self.mapping, self.path
+        table, rejected = _read_table(raw, path, self.names, self.delimiter, skip)
+        n = table.num_rows
+        if not n and not rejected:
+            return
+        self.any_row = True
+        for ref in mapping.columns():
+            _column(table, ref, path, self.header_line)  # missing columns fail here, before any row
+        line_no: list[np.ndarray] = []  # the file line of each row, computed where a row is bad
+
+        def row_lines() -> np.ndarray:
+            if not line_no:  # the lines with a character, less the header and the rejected rows
+                filled = _filled_lines(raw) + base
+                drop = [0] * skip + [number - 1 for number, _ in rejected]
+                line_no.append(np.delete(filled, drop))
+                line_no.append(filled)
+                if line_no[0].size != n:
+                    raise DataFormatError(path, None, f"cannot number the rows of lines {base + 1}..{self.lines}: "
+                                                      f"{n} rows parsed in {filled.size - len(drop)} lines")
+            return line_no[0]
+
+        def line_of(i: int) -> int:
+            return int(row_lines()[i])
+
+        earlier = []
+        if rejected:
+            row_lines()
+            earlier = [(int(line_no[1][number - 1]), problem) for number, problem in rejected]
+
+        ts, ok_ts = _parse_float(_column(table, mapping.timestamp, path))
+        ts = ts / TIME_UNITS[mapping.time_unit]
+        ext_flags, ok_ext = (None, np.ones(n, bool))
+        if mapping.extended is not None:
+            ext_flags, ok_ext = _flags(_column(table, mapping.extended, path))
+        ids, ok_id = _parse_ids(_column(table, mapping.can_id, path), mapping, ext_flags)
+        dlc_bytes, ok_dlc = None, np.ones(n, bool)
+        if mapping.dlc is not None:
+            dlc_num, ok_dlc = _parse_float(_column(table, mapping.dlc, path))
+            unit = 8 if mapping.dlc_unit == "bits" else 1
+            ok_dlc &= (dlc_num >= 0) & (dlc_num <= 8 * unit) & (dlc_num % unit == 0) & (dlc_num == np.round(dlc_num))
+            dlc_bytes = np.where(ok_dlc, dlc_num // unit, 0).astype(np.int64)
+        payload, dlc, ok_pl = _payload(table, mapping, dlc_bytes, path)
+        if dlc_bytes is not None:
+            ok_dlc &= ~ok_pl | (dlc.astype(np.int64) == dlc_bytes)
+
+        label = np.zeros(n, np.uint8)
+        ok_lab = np.ones(n, bool)
+        row_type = None
+        if mapping.label is not None:
+            values = _column(table, mapping.label, path).to_numpy(zero_copy_only=False)
+            uniq, inverse = np.unique(values.astype(str), return_inverse=True)
+            codes = np.array([self.code_of.get(u, -1) for u in uniq], np.int64)[inverse] if n else np.zeros(0, np.int64)
+            ok_lab = codes >= 0
+            row_type = np.where(ok_lab, codes, 0).astype(np.uint8)
+            label = (row_type > 0).astype(np.uint8)
+        fields_ok = ok_ts & ok_id & ok_pl & ok_dlc & ok_lab & ok_ext
+        negative, backwards = _time_order(ts, fields_ok, self.floor)
+        ok = fields_ok & ~negative & ~backwards
+
+        def cell(ref: str | int | None, i: int) -> str:
+            return repr(_column(table, ref, path)[i].as_py()) if ref is not None else ""
+
+        def describe(i: int) -> str:
+            def name(ref: str | int | None) -> str:
+                return ref if isinstance(ref, str) else f"column {ref}"
+
+            pl_ref = mapping.payload if not isinstance(mapping.payload, tuple) else mapping.payload[0]
+            if not ok_ts[i]:
+                return f"{name(mapping.timestamp)} {cell(mapping.timestamp, i)}: not a number"
+            if not ok_ext[i]:
+                return f"{name(mapping.extended)} {cell(mapping.extended, i)}: expected 1/0 or true/false"
+            if not ok_id[i]:
+                base16 = "hex" if mapping.id_base == 16 else "decimal"
+                hint = "" if mapping.float_ids or "." not in cell(mapping.can_id, i) else \
+                    " (a float-formatted ID is accepted only with float_ids = true in the mapping)"
+                return (f"{name(mapping.can_id)} {cell(mapping.can_id, i)}: not a {base16} CAN ID of at most 0x7FF "
+                        f"(standard) or 0x1FFFFFFF (extended){hint}")
+            if not ok_pl[i]:
+                what = {"hex": "hex digits of even length (at most 16)",
+                        "bits": "0/1 characters, 8 per byte (at most 64)",
+                        "bytes": f"byte values in base {mapping.byte_base} (0-255), no gap"}[mapping.payload_format]
+                return f"{name(pl_ref)} {cell(pl_ref, i)}: payload must be {what}"
+            if not ok_dlc[i]:
+                return (f"{name(mapping.dlc)} {cell(mapping.dlc, i)}: not a DLC in {mapping.dlc_unit} matching the "
+                        f"payload's {int(dlc[i])} bytes")
+            if not ok_lab[i]:
+                return (f"{name(mapping.label)} {cell(mapping.label, i)}: not a value of the mapping's label_map "
+                        f"{sorted(mapping.label_map)}")
+            return _time_problem(ts, fields_ok, negative, i, lambda j: cell(mapping.timestamp, j),
+                                 lambda j: f"line {line_of(j)}", self.floor, self.floor_text, f"line {self.floor_line}")
+
+        self.bad.check(ok, line_of, describe, earlier, label=label, label_ok=ok_lab)
+        if ok.any():
+            top = np.where(ok, ts, -np.inf)
+            j = int(np.argmax(top))
+            if top[j] > self.floor:
+                self.floor, self.floor_text, self.floor_line = float(top[j]), cell(mapping.timestamp, j), line_of(j)
+        keep = ok if not ok.all() else slice(None)
+        columns = [ts[keep], ids[keep], dlc[keep], payload[keep], label[keep]]
+        if row_type is not None:
+            columns.append(row_type[keep])
+            self.used.update(np.unique(row_type[keep]).tolist())
+            self.out.attack_type = _recording_type(self.out.type_names, self.used)
+        yield from self.out.add(*columns)
+
+    def close(self) -> Messages:
+        """The last chunk, with the file's skip counts and attack type."""
+        if not self.any_text:
+            raise DataFormatError(self.path, None, "empty file")
+        if not self.any_row:
+            after = " after the header" if self.mapping.header else ""
+            raise DataFormatError(self.path, None, f"no data rows{after}")
+        return self.out.take()
+
+
+def _recording_type(names: Sequence[str], used: set[int]) -> str:
+    """The recording's attack type from the type codes of its kept rows: the one attack type they
+    carry, ``mixed`` for several, ``attack-free`` for none."""
+    kinds = sorted({names[c] for c in used if c > 0})
+    if not kinds:
         return "attack-free"
-    return used[0] if len(used) == 1 else "mixed"
+    return kinds[0] if len(kinds) == 1 else "mixed"
 
 
 # The published headers of the mapped presets: a file with exactly this header is read with the preset by
@@ -451,6 +637,7 @@ PRESET_HEADERS = {
     "road": ("Time", "Id", *_BYTES, "Label"),
 }
 for _name, _header in PRESET_HEADERS.items():
-    register_header_reader(_header, partial(read_mapped, mapping=PRESETS[_name]))
+    register_header_reader(_header, partial(read_mapped, mapping=PRESETS[_name]),
+                           partial(iter_mapped, mapping=PRESETS[_name]))
 
-__all__ = ["ATTACK", "EXTENDED_ID_FLAG", "NORMAL", "PRESETS", "ColumnMapping", "read_mapped"]
+__all__ = ["ATTACK", "EXTENDED_ID_FLAG", "NORMAL", "PRESETS", "ColumnMapping", "iter_mapped", "read_mapped"]

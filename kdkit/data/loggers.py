@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import os
 import re
 import struct
 import zlib
@@ -61,11 +60,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-try:  # ISA-L's inflate (python-isal): 3.3x faster than zlib on the RAV4 log (5.4 vs 18 ms), same API
-    from isal import isal_zlib as _inflate
-except ImportError:  # pragma: no cover - a dependency; zlib gives the same bytes, slower
-    _inflate = zlib
-
 from kdkit.data.candump_scan import scan_candump
 from kdkit.data.readers import (
     _TIME_HINT,
@@ -76,8 +70,11 @@ from kdkit.data.readers import (
     Messages,
     OnBadRows,
     _BadRows,
+    _Chunker,
+    _inflate,  # ISA-L's inflate where installed (python-isal), else zlib
     _parse_float,
     _string_parts,
+    _TextBlocks,
     _time_order,
     can_id_key,
     id_problem,
@@ -88,6 +85,7 @@ from kdkit.data.readers import (
 )
 
 _GZ_PIECE = 1 << 22  # compressed bytes inflated at a time (the byte ranges named by corrupt-data errors)
+_LOST = " (counted as 1 skipped row)"  # what a truncated gzip file's loss counts as
 _CAN_READERS = {".log": "CanutilsLogReader", ".asc": "ASCReader", ".blf": "BLFReader", ".trc": "TRCReader"}
 CAN_ERR_FLAG = 0x20000000  # candump: an error frame's ID carries this bit (linux/can/error.h)
 _FD_HINT = ("kdkit models classic CAN (at most 8 bytes); read a classic CAN channel with channel=..., "
@@ -403,7 +401,7 @@ def _decompress(path: Path) -> tuple[bytes, str | None]:
             line = text.count(b"\n", 0, cut) + 1
             partial = f"line {line} is cut short and " if cut < len(text) else ""
             return text[:cut], (f"truncated gzip file: the compressed data ends inside the stream at byte {len(raw)}; "
-                                f"{partial}whatever followed line {line - 1} is lost (counted as 1 skipped row)")
+                                f"{partial}whatever followed line {line - 1} is lost{_LOST}")
         rest = raw[pos:]
         if not rest.strip(b"\0"):
             return b"".join(parts), None
@@ -784,111 +782,28 @@ def _merge_frames(pieces: list[tuple[np.ndarray, ...]], extra: dict[str, list], 
 # candump -L in chunks, in bounded memory
 
 
-
-def _cut_lines(buf: bytes) -> tuple[bytes, bytes]:
-    r"""``buf`` split after its last complete line (a ``\r`` at the very end may be half of a
-    ``\r\n``, so it waits for the next block)."""
-    cut = max(buf.rfind(b"\n"), buf.rfind(b"\r", 0, len(buf) - 1)) + 1
-    return buf[:cut], buf[cut:]
-
-
-class _TextBlocks:
-    """A candump file's text (gunzipped on the fly when gzip, several members too) as blocks that
-    end at a line end (the last block may not): ~4 MiB of the file at a time. Corrupt compressed
-    data raises :class:`DataFormatError` as :func:`_decompress` does; after the iteration ``lost``
-    says what a truncated gzip file lost (None if nothing)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.lost: str | None = None
-        self.newlines = 0  # '\n' inflated so far (the text line of a corrupt byte range)
-
-    def __iter__(self) -> Iterator[bytes]:
-        with open(self.path, "rb") as handle:
-            if handle.read(2) != b"\x1f\x8b":
-                handle.seek(0)
-                carry = b""
-                while piece := handle.read(_GZ_PIECE):
-                    out, carry = _cut_lines(carry + piece)
-                    if out:
-                        yield out
-                if carry:
-                    yield carry
-                return
-            handle.seek(0)
-            yield from self._inflated(handle)
-
-    def _inflated(self, handle) -> Iterator[bytes]:
-        size = os.fstat(handle.fileno()).st_size
-        pos, carry = 0, b""  # pos: the file offset of the next compressed byte to inflate
-        pending = handle.read(_GZ_PIECE)
-        while True:  # one gzip member per turn
-            d = _inflate.decompressobj(wbits=31)
-            while not d.eof:
-                if not pending:
-                    pending = handle.read(_GZ_PIECE)
-                    if not pending:  # the file ends inside the stream: truncated
-                        cut = carry.rfind(b"\n") + 1
-                        line = self.newlines + 1
-                        partial = f"line {line} is cut short and " if cut < len(carry) else ""
-                        self.lost = (f"truncated gzip file: the compressed data ends inside the stream at byte {size}; "
-                                     f"{partial}whatever followed line {line - 1} is lost (counted as 1 skipped row)")
-                        if cut:
-                            yield carry[:cut]
-                        return
-                try:
-                    text = d.decompress(pending)
-                except (zlib.error, _inflate.error) as err:
-                    raise DataFormatError(self.path, None, f"corrupt gzip data in compressed bytes {pos}.."
-                                                           f"{pos + len(pending)} (text line {self.newlines + 1}): "
-                                                           f"{err}") from err
-                self.newlines += text.count(b"\n")
-                used = len(pending) - len(d.unused_data) if d.eof else len(pending)
-                pos += used
-                pending = pending[used:]
-                out, carry = _cut_lines(carry + text)
-                if out:
-                    yield out
-            # the member ended: another member, zero padding, or garbage
-            if len(pending) < 2:
-                pending += handle.read(_GZ_PIECE)
-            if pending[:2] == b"\x1f\x8b":
-                pending += handle.read(max(_GZ_PIECE - len(pending), 0))  # the same byte ranges as _decompress
-                continue
-            zeros = not pending.strip(b"\0")
-            while zeros and (more := handle.read(_GZ_PIECE)):
-                zeros = not more.strip(b"\0")
-            if not zeros:
-                raise DataFormatError(self.path, None, f"corrupt gzip data: {size - pos} bytes of garbage after the "
-                                                       f"gzip stream at byte {pos}")
-            if carry:
-                yield carry
-            return
-
-
 class _CheckedChunks:
     """Frames of a logger file checked block by block as :func:`_finish` checks them all (time
     order against the blocks before), handed out as Messages chunks of ``chunk_rows``."""
 
     def __init__(self, path: Path, channel: str | None, mode: OnBadRows, chunk_rows: int, binary: bool = False):
-        self.path, self.channel, self.chunk_rows, self.binary = path, channel, chunk_rows, binary
+        self.path, self.channel, self.binary = path, channel, binary
         self.bad = _BadRows(path, mode)
+        self.out = _Chunker(self.bad, chunk_rows, str(path), "attack-free")  # good frames not handed out yet
         self.dropped = {"remote": 0, "error": 0}
         self.floor, self.floor_text, self.floor_where = -np.inf, "", 0  # the largest good timestamp so far
-        self.parts: list[tuple[np.ndarray, ...]] = []  # good frames not handed out yet
-        self.buffered = 0
         self.frames = 0  # data frames of the channel read (before the checks)
-        self.good = 0
         self.deferred: DataFormatError | None = None
 
     def add(self, frames: _Frames, earlier: list[tuple[int | None, str]]) -> Iterator[Messages]:
         """Check one block's frames (and its bad lines), then hand out the chunks now full."""
         self.frames += frames.ts.shape[0]
-        self._check(frames, earlier)
+        part = self._check(frames, earlier)
         if self.deferred is not None and self.frames:
             raise self.deferred
-        while self.buffered >= self.chunk_rows:
-            yield self._chunk(self.chunk_rows)
+        for msgs in self.out.add(*part) if part is not None else ():
+            msgs.dropped_frames = dict(self.dropped)
+            yield msgs
 
     def close(self, lost: tuple[int, str] | None) -> Messages:
         """The last chunk, with the file's counts (the loss of a truncated file among them)."""
@@ -899,11 +814,14 @@ class _CheckedChunks:
             self.bad.count += lost[0]
             self.bad.unlabelled += lost[0]
             self.bad.examples = [f"{self.path}: {lost[1]}", *self.bad.examples][:5]
-        if not self.good:
+        if not self.out.rows:
             raise DataFormatError(self.path, None, "no usable data frames (all were skipped)")
-        return self._chunk(self.buffered)
+        msgs = self.out.take()
+        msgs.dropped_frames = dict(self.dropped)
+        return msgs
 
-    def _check(self, frames: _Frames, earlier: list[tuple[int | None, str]]) -> None:
+    def _check(self, frames: _Frames, earlier: list[tuple[int | None, str]]) -> tuple[np.ndarray, ...] | None:
+        """The block's good frames as Messages columns (None: a fault deferred, see below)."""
         ts, raw_ids, extended = frames.ts, frames.arb_id, frames.extended
         ok, ok_fields, describe = _frame_checks(frames, self.binary, self.floor, self.floor_text, self.floor_where)
         label = np.zeros(ts.shape[0], np.uint8)
@@ -917,37 +835,20 @@ class _CheckedChunks:
             if self.channel is None or self.frames:
                 raise first from None
             self.deferred = first
-            return
+            return None
         if ok.any():
             top = np.where(ok, ts, -np.inf)
             j = int(np.argmax(top))
             if top[j] > self.floor:
                 self.floor, self.floor_text, self.floor_where = float(top[j]), repr(float(top[j])), int(frames.where[j])
         keep = slice(None) if ok.all() else np.flatnonzero(ok)
-        part = (ts[keep], can_id_key(raw_ids[keep], extended[keep]), frames.dlc[keep], frames.payload[keep])
-        self.parts.append(part)
-        self.buffered += part[0].shape[0]
-        self.good += part[0].shape[0]
-
-    def _chunk(self, rows: int) -> Messages:
-        """The next ``rows`` good frames as Messages (with the counts so far)."""
-        cols = [np.concatenate([p[j] for p in self.parts]) if len(self.parts) != 1 else self.parts[0][j]
-                for j in range(4)] if self.parts else [np.zeros(0), np.zeros(0, np.uint32), np.zeros(0, np.uint8),
-                                                         np.zeros((0, 8), np.uint8)]
-        rest = cols[0].shape[0] - rows
-        self.parts = [tuple(c[rows:] for c in cols)] if rest else []
-        self.buffered = rest
-        ts, ids, dlc, payload = (c[:rows] for c in cols)
-        msgs = self.bad.messages(ts, ids, dlc, payload, np.zeros(rows, np.uint8), source=str(self.path),
-                                 attack_type="attack-free")
-        msgs.dropped_frames = dict(self.dropped)
-        return msgs
+        return ts[keep], can_id_key(raw_ids[keep], extended[keep]), frames.dlc[keep], frames.payload[keep], label[keep]
 
 
 def _candump_chunks(path: Path, channel: str | None, mode: OnBadRows, chunk_rows: int) -> Iterator[Messages]:
     """A candump log in chunks (:func:`iter_logger_file`): text blocks through the compiled pass."""
     out = _CheckedChunks(path, channel, mode, chunk_rows)
-    blocks = _TextBlocks(path)
+    blocks = _TextBlocks(path, _GZ_PIECE)
     base, any_text = 0, False
     for text in blocks:
         any_text = any_text or not text.isspace()
@@ -967,7 +868,7 @@ def _candump_chunks(path: Path, channel: str | None, mode: OnBadRows, chunk_rows
     if not out.frames and not out.bad.count:
         raise DataFormatError(path, None, f"no data frames ({out.dropped['remote']} remote and "
                                           f"{out.dropped['error']} error frames dropped)")
-    yield out.close((1, blocks.lost) if blocks.lost is not None else None)
+    yield out.close((1, blocks.lost + _LOST) if blocks.lost is not None else None)
 
 
 def _python_can_chunks(path: Path, suffix: str, channel: str | None, mode: OnBadRows,
@@ -994,7 +895,7 @@ def _python_can_chunks(path: Path, suffix: str, channel: str | None, mode: OnBad
 def _count_channels(path: Path) -> dict[str, int]:
     """Data frames per channel of a candump file, a block at a time (for the error of an unknown channel)."""
     counts: dict[str, int] = {}
-    for text in _TextBlocks(path):
+    for text in _TextBlocks(path, _GZ_PIECE):
         text, non_ascii = _ascii(text)
         first = text[:4096].lstrip().split(b"\n", 1)[0].strip().split(b" ")
         table, odd = _candump_table(text, 4 if len(first) == 4 else 3)

@@ -14,6 +14,10 @@ Formats:
   R/T flag shifted left for DLC < 8) and its ``normal_run_data.txt`` text form.
 - Logger formats (candump ``.log``, Vector ``.asc``/``.blf``, PEAK ``.trc``, optionally
   gzip-compressed) are read by :mod:`kdkit.data.loggers`, which plugs into :func:`read_messages`.
+- Any CSV-like layout through a column mapping (DAGA, ROAD, ...: :mod:`kdkit.data.columns`).
+
+Every built-in format is also read in chunks of messages in bounded memory, with the same messages,
+skip counts and errors as a whole read (:func:`iter_messages`; ``kdkit data prepare`` uses it).
 
 Malformed input raises :class:`DataFormatError` naming the file, the line and the problem.
 With ``on_bad_rows="skip"`` such rows are dropped instead and counted in
@@ -31,12 +35,13 @@ file). Nothing is turned into 0 or NaN. Besides unparsable fields, these rows ar
 from __future__ import annotations
 
 import gzip
+import os
 import re
 import sys
 import threading
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -51,6 +56,10 @@ try:  # ISA-L's gzip reader (python-isal): inflates 2.2x faster than zlib on a 4
     from isal import igzip as _igzip
 except ImportError:  # pragma: no cover - a dependency; pyarrow's zlib gives the same bytes, slower
     _igzip = None
+try:  # ISA-L's inflate (python-isal): 3.3x faster than zlib on the RAV4 log (5.4 vs 18 ms), same API
+    from isal import isal_zlib as _inflate
+except ImportError:  # pragma: no cover - a dependency; zlib gives the same bytes, slower
+    _inflate = zlib
 
 OnBadRows = Literal["error", "skip"]
 
@@ -401,19 +410,21 @@ def _time_order(ts: np.ndarray, ok: np.ndarray, floor: float = -np.inf) -> tuple
     return negative, backwards
 
 
-def _earlier_row(ts: np.ndarray, good: np.ndarray, i: int) -> int:
-    """The row before ``i`` holding the largest good timestamp (the one row ``i`` is earlier than)."""
-    return int(np.argmax(np.where(good[:i], ts[:i], -np.inf)))
-
-
 def _time_problem(ts: np.ndarray, ok: np.ndarray, negative: np.ndarray, i: int, shown: Callable[[int], str],
-                  where: Callable[[int], str]) -> str:
+                  where: Callable[[int], str], floor: float = -np.inf, floor_shown: str = "",
+                  floor_where: str = "") -> str:
     """The message for row ``i`` flagged by :func:`_time_order`; ``shown(j)`` is row j's timestamp
-    as written, ``where(j)`` its place (``line 12``)."""
+    as written, ``where(j)`` its place (``line 12``). In a file read in pieces, ``floor`` is the
+    largest good timestamp of the pieces before (written ``floor_shown``, at ``floor_where``): the
+    row ``i`` is earlier than is the one holding the largest good timestamp before it, the first
+    of equal ones, as when the file is read whole."""
     if negative[i]:
         return f"timestamp {shown(i)} is negative (timestamps are seconds >= 0)"
-    j = _earlier_row(ts, ok & ~negative, i)
-    return f"timestamp {shown(i)} goes backwards: earlier than {shown(j)} on {where(j)} ({_TIME_HINT})"
+    before = np.where((ok & ~negative)[:i], ts[:i], -np.inf)
+    j = int(np.argmax(before)) if i else -1
+    if j >= 0 and before[j] > floor:
+        return f"timestamp {shown(i)} goes backwards: earlier than {shown(j)} on {where(j)} ({_TIME_HINT})"
+    return f"timestamp {shown(i)} goes backwards: earlier than {floor_shown} on {floor_where} ({_TIME_HINT})"
 
 
 def _ascii_only(raw: bytes) -> tuple[bytes, set[int]]:
@@ -466,6 +477,189 @@ def _head(path: Path, gz: bool) -> bytes:
             return handle.read(_HEAD_BYTES)
     except (OSError, EOFError, zlib.error) as err:
         raise DataFormatError(path, None, f"corrupt gzip data ({err})") from err
+
+
+# --------------------------------------------------------------------------------------
+# text files in blocks, in bounded memory (the streamed readers here, in loggers.py and columns.py)
+
+_GZ_PIECE = 1 << 22  # bytes of the file read (compressed bytes inflated) at a time; corrupt-data errors name them
+
+
+def _cut_lines(buf: bytes) -> tuple[bytes, bytes]:
+    r"""``buf`` split after its last complete line (a ``\r`` at the very end may be half of a
+    ``\r\n``, so it waits for the next block)."""
+    cut = max(buf.rfind(b"\n"), buf.rfind(b"\r", 0, len(buf) - 1)) + 1
+    return buf[:cut], buf[cut:]
+
+
+class _TextBlocks:
+    """A text file's bytes as blocks that end at a line end (the last block may not), ``piece``
+    bytes of the file at a time: gunzipped on the fly when gzip (several members too), the one
+    recording of a zip inflated on the fly when ``zipped`` (see :func:`zip_recording`).
+
+    Corrupt compressed data raises :class:`DataFormatError` naming the compressed byte range and
+    the text line it reached (gzip) or zipfile's words (zip). After the iteration ``lost`` says
+    what a truncated gzip file lost (None if nothing): the blocks end with its last complete line.
+    """
+
+    def __init__(self, path: Path, piece: int = _GZ_PIECE, zipped: bool = False):
+        self.path, self.piece, self.zipped = path, piece, zipped
+        self.lost: str | None = None
+        self.newlines = 0  # '\n' inflated so far (the text line of a corrupt byte range)
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self.zipped:
+            try:
+                with zipfile.ZipFile(self.path) as zf, zf.open(zip_recording(zf, self.path)) as handle:
+                    yield from self._plain(handle)
+            except (OSError, EOFError, zlib.error, zipfile.BadZipFile) as err:
+                raise DataFormatError(self.path, None, f"unreadable or corrupt file ({err})") from err
+            return
+        with open(self.path, "rb") as handle:
+            if handle.read(2) != b"\x1f\x8b":
+                handle.seek(0)
+                yield from self._plain(handle)
+                return
+            handle.seek(0)
+            yield from self._inflated(handle)
+
+    def _plain(self, handle) -> Iterator[bytes]:
+        carry = b""
+        while piece := handle.read(self.piece):
+            out, carry = _cut_lines(carry + piece)
+            if out:
+                yield out
+        if carry:
+            yield carry
+
+    def _inflated(self, handle) -> Iterator[bytes]:
+        size = os.fstat(handle.fileno()).st_size
+        pos, carry = 0, b""  # pos: the file offset of the next compressed byte to inflate
+        pending = handle.read(self.piece)
+        while True:  # one gzip member per turn
+            d = _inflate.decompressobj(wbits=31)
+            while not d.eof:
+                if not pending:
+                    pending = handle.read(self.piece)
+                    if not pending:  # the file ends inside the stream: truncated
+                        cut = carry.rfind(b"\n") + 1
+                        line = self.newlines + 1
+                        partial = f"line {line} is cut short and " if cut < len(carry) else ""
+                        self.lost = (f"truncated gzip file: the compressed data ends inside the stream at byte {size}; "
+                                     f"{partial}whatever followed line {line - 1} is lost")
+                        if cut:
+                            yield carry[:cut]
+                        return
+                try:
+                    text = d.decompress(pending)
+                except (zlib.error, _inflate.error) as err:
+                    raise DataFormatError(self.path, None, f"corrupt gzip data in compressed bytes {pos}.."
+                                                           f"{pos + len(pending)} (text line {self.newlines + 1}): "
+                                                           f"{err}") from err
+                self.newlines += text.count(b"\n")
+                used = len(pending) - len(d.unused_data) if d.eof else len(pending)
+                pos += used
+                pending = pending[used:]
+                out, carry = _cut_lines(carry + text)
+                if out:
+                    yield out
+            # the member ended: another member, zero padding, or garbage
+            if len(pending) < 2:
+                pending += handle.read(self.piece)
+            if pending[:2] == b"\x1f\x8b":
+                pending += handle.read(max(self.piece - len(pending), 0))  # the same byte ranges as a whole read
+                continue
+            zeros = not pending.strip(b"\0")
+            while zeros and (more := handle.read(self.piece)):
+                zeros = not more.strip(b"\0")
+            if not zeros:
+                raise DataFormatError(self.path, None, f"corrupt gzip data: {size - pos} bytes of garbage after the "
+                                                       f"gzip stream at byte {pos}")
+            if carry:
+                yield carry
+            return
+
+
+_TEXT_PIECE = 1 << 20  # text a streamed HCRL or column-mapped reader parses at a time (~15-25 k rows)
+
+
+def _line_pieces(blocks: Iterable[bytes], size: int) -> Iterator[bytes]:
+    r"""Text blocks re-cut into pieces of about ``size`` bytes that end after a ``\n`` (the last
+    one may not): the unit a streamed CSV reader parses at once. A row never spans two pieces,
+    and a ``\r\n`` is never cut."""
+    carry = b""
+    for block in blocks:
+        buf = carry + block if carry else block
+        a = 0
+        while len(buf) - a >= size:
+            cut = buf.find(b"\n", a + size - 1) + 1
+            if not cut:
+                break
+            yield buf[a:cut]
+            a = cut
+        carry = buf[a:]
+    if carry:
+        yield carry
+
+
+class _Chunker:
+    """The good rows of a recording decoded piece by piece, handed out as Messages of exactly
+    ``chunk_rows`` rows, and by :meth:`take` at the end the rest (maybe none). Every chunk carries
+    the skip counts of ``bad`` so far, so the last one has the file's, and the recording's
+    ``attack_type`` as it stands when the chunk is handed out. With ``type_names`` the rows carry
+    per-message types (``Messages.row_type``)."""
+
+    def __init__(self, bad: _BadRows, chunk_rows: int, source: str, attack_type: str,
+                 type_names: tuple[str, ...] | None = None):
+        self.bad, self.chunk_rows, self.source = bad, chunk_rows, source
+        self.attack_type, self.type_names = attack_type, type_names
+        self.parts: list[tuple[np.ndarray, ...]] = []  # good rows not handed out yet
+        self.buffered = 0
+        self.rows = 0  # good rows added so far
+
+    def add(self, *columns: np.ndarray) -> Iterator[Messages]:
+        """Buffer good rows (timestamp, can_id, dlc, payload, label and, with ``type_names``,
+        row_type); hand out the chunks now full."""
+        n = columns[0].shape[0]
+        if n:
+            self.parts.append(columns)
+            self.buffered += n
+            self.rows += n
+        while self.buffered >= self.chunk_rows:
+            yield self.take(self.chunk_rows)
+
+    def take(self, rows: int | None = None) -> Messages:
+        """The next ``rows`` buffered rows (default: all of them) as Messages."""
+        k = 5 if self.type_names is None else 6
+        if self.parts:
+            cols = [np.concatenate([p[j] for p in self.parts]) if len(self.parts) != 1 else self.parts[0][j]
+                    for j in range(k)]
+        else:
+            cols = [np.zeros(0, np.float64), np.zeros(0, np.uint32), np.zeros(0, np.uint8), np.zeros((0, 8), np.uint8),
+                    np.zeros(0, np.uint8), np.zeros(0, np.uint8)][:k]
+        rows = cols[0].shape[0] if rows is None else rows
+        rest = cols[0].shape[0] - rows
+        self.parts = [tuple(c[rows:] for c in cols)] if rest else []
+        self.buffered = rest
+        msgs = self.bad.messages(*(c[:rows] for c in cols[:5]), source=self.source, attack_type=self.attack_type)
+        if self.type_names is not None:
+            msgs.row_type, msgs.type_names = cols[5][:rows], self.type_names
+        return msgs
+
+
+def _stream_text(stream, path: Path, block_bytes: int | None, zipped: bool = False) -> Iterator[Messages]:
+    """The chunks of a streamed text reader: the file read ``block_bytes`` at a time (None:
+    :data:`_TEXT_PIECE`) by :class:`_TextBlocks`, fed to ``stream`` in pieces of whole lines of
+    about that size (``stream.feed(piece)`` hands out the chunks filled, ``stream.close()`` returns
+    the last, with the file's counts). A truncated gzip file is an error once its readable part is
+    read (a whole read cannot decompress it at all)."""
+    size = block_bytes or _TEXT_PIECE
+    blocks = _TextBlocks(path, size, zipped)
+    for piece in _line_pieces(blocks, size):
+        yield from stream.feed(piece)
+    if blocks.lost is not None:
+        raise DataFormatError(path, None, blocks.lost)
+    yield stream.close()
 
 
 _CTT_BATCH_BYTES = 1 << 20  # CSV parsed and decoded about 25 k rows at a time: small, reused temporaries
@@ -782,23 +976,27 @@ class _RowDecodeErrors:
         return type(self)._count - self._start
 
 
-def _read_lines(raw: bytes, path: Path) -> tuple[pa.Array, set[int]]:
-    """Every line of a text file as one pyarrow string array (no CSV splitting), and the
-    1-based lines whose non-ASCII bytes were replaced by ``?`` (see :func:`_ascii_only`)."""
-    raw, non_ascii = _ascii_only(raw)
-    table = pacsv.read_csv(
-        pa.py_buffer(raw),
-        read_options=pacsv.ReadOptions(use_threads=False, column_names=["line"], block_size=1 << 24),
-        parse_options=pacsv.ParseOptions(delimiter="\x1f", quote_char=False, ignore_empty_lines=False),
-        convert_options=pacsv.ConvertOptions(column_types={"line": pa.string()}, strings_can_be_null=False, null_values=[]),
-    )
-    lines = table.column("line").combine_chunks()
-    # A trailing newline does not make an extra line, but trailing blank lines do: drop those.
-    n = len(lines)
+def _read_lines(raw: bytes, path: Path) -> pa.Array:
+    r"""Every line of ASCII text as one pyarrow string array (no CSV splitting; lines end with
+    ``\n``, ``\r\n`` or a lone ``\r``, as pyarrow counts them). A trailing newline does not make
+    an extra line; blank lines are lines."""
+    try:
+        table = pacsv.read_csv(
+            pa.py_buffer(raw),
+            read_options=pacsv.ReadOptions(use_threads=False, column_names=["line"], block_size=1 << 24),
+            parse_options=pacsv.ParseOptions(delimiter="\x1f", quote_char=False, ignore_empty_lines=False),
+            convert_options=pacsv.ConvertOptions(column_types={"line": pa.string()}, strings_can_be_null=False,
+                                                 null_values=[]))
+    except pa.ArrowInvalid as err:  # (a line holding the unit separator 0x1F would split in two columns)
+        raise DataFormatError(path, None, f"unreadable text ({err})") from err
+    return table.column("line").combine_chunks()
+
+
+def _filled(lines: pa.Array) -> int:
+    """How many of ``lines`` there are up to the last one that is not blank (0: none)."""
     lengths = pc.utf8_length(pc.utf8_trim_whitespace(lines)).to_numpy(zero_copy_only=False)
-    while n and lengths[n - 1] == 0:
-        n -= 1
-    return lines.slice(0, n), non_ascii
+    filled = np.flatnonzero(lengths)
+    return int(filled[-1]) + 1 if filled.size else 0
 
 
 def read_hcrl_car_hacking(path: str | Path, on_bad_rows: OnBadRows = "error") -> Messages:
@@ -807,77 +1005,163 @@ def read_hcrl_car_hacking(path: str | Path, on_bad_rows: OnBadRows = "error") ->
     CSV rows are ``Timestamp,CAN ID,DLC,DATA[0]..DATA[DLC-1],Flag`` (no header; Flag ``T`` =
     injected, ``R`` = normal; the flag sits in column ``3 + DLC``). The text form is
     ``Timestamp: 1479121434.850202  ID: 0350  000  DLC: 8  05 28 84 66 6d 00 00 a2``.
+    The whole text is decoded at once; :func:`iter_hcrl_car_hacking` reads the same in chunks.
     """
     path = Path(path)
-    bad = _BadRows(path, on_bad_rows)
+    stream = _HcrlStream(path, on_bad_rows, sys.maxsize)
     raw = _open_bytes(path)
     if not raw.strip():
         raise DataFormatError(path, None, "empty file")
-    lines, non_ascii = _read_lines(raw, path)
-    text_form = lines[0].as_py().lstrip().startswith("Timestamp:")
-    if text_form:
-        rx = r"^\s*Timestamp:\s*(?P<ts>\S+)\s+ID:\s*(?P<id>\S+)\s+\S+\s+DLC:\s*(?P<dlc>\d+)\s*(?P<data>(?:[0-9A-Fa-f]{2}\s*)*)$"
-        parts = pc.extract_regex(lines, rx)
-        matched = parts.is_valid().to_numpy(zero_copy_only=False)
-        filled = pc.if_else(parts.is_valid(), parts, pa.scalar({"ts": "0", "id": "0", "dlc": "0", "data": ""}, parts.type))
-        ts_a, id_a, dlc_a, data_a = (pc.struct_field(filled, i) for i in range(4))
-        data_a = pc.replace_substring_regex(data_a, r"\s+", "")
-        flag_ok = np.ones(len(lines), bool)
-        label = np.zeros(len(lines), np.uint8)
-    else:
-        fields = pc.split_pattern(lines, ",")
-        nfields = pc.list_value_length(fields).to_numpy(zero_copy_only=False)
-        flat = pc.utf8_trim_whitespace(pc.list_flatten(fields))
-        starts = fields.offsets.to_numpy()[:-1] - fields.offsets.to_numpy()[0]
-        matched = (nfields >= 4) & (nfields <= 12)  # timestamp, ID, DLC, 0..8 data bytes, flag
-        safe_starts = np.where(matched, starts, 0)
-        ts_a = pc.take(flat, pa.array(safe_starts))
-        id_a = pc.take(flat, pa.array(safe_starts + 1))
-        dlc_a = pc.take(flat, pa.array(safe_starts + 2))
-        dlc_guess = np.clip(nfields - 4, 0, 8)
-        data_a = pa.array(np.full(len(lines), "", dtype=object), pa.string())
-        for j in range(8):
-            col = pc.take(flat, pa.array(np.where(dlc_guess > j, safe_starts + 3 + j, safe_starts)))
-            col = pc.if_else(pa.array(dlc_guess > j), col, "")
-            data_a = pc.binary_join_element_wise(data_a, col, "")
-        flag = pc.take(flat, pa.array(safe_starts + 3 + dlc_guess)).to_numpy(zero_copy_only=False)
-        flag_ok = (flag == "R") | (flag == "T")
-        label = (flag == "T").astype(np.uint8)
-    ts, ok_ts = _parse_float(ts_a)
-    ids, ok_id = parse_hex_ids(id_a)
-    pl, dlc_from_data, ok_pl = parse_hex_payload(data_a)
-    dlc_num, ok_dlc = _parse_float(dlc_a)
-    ok_dlc &= (dlc_num >= 0) & (dlc_num <= 8) & (dlc_num == np.round(dlc_num))
-    ok_dlc &= np.where(ok_dlc, dlc_num.astype(np.int64) == dlc_from_data, False)
-    fields_ok = matched & ok_ts & ok_id & ok_pl & ok_dlc & flag_ok
-    negative, backwards = _time_order(ts, fields_ok)
-    ok = fields_ok & ~negative & ~backwards
+    return concat_messages([*stream.feed(raw), stream.close()])
 
-    def id_what(i: int) -> str:
-        text = id_a[i].as_py()
-        problem = id_problem(text)
-        return "CAN ID is not 1-8 hex digits" if problem.startswith("not a hex") else f"CAN ID {text!r}: {problem}"
 
-    def describe(i: int) -> str:
-        note = _NON_ASCII_NOTE if i + 1 in non_ascii else ""
-        if not matched[i]:
-            if not text_form:
-                return (f"expected 4 + DLC fields (timestamp,ID,DLC,data bytes...,flag), got {nfields[i]}: "
-                        f"{lines[i].as_py()[:80]!r}{note}")
-            return f"unrecognised row {lines[i].as_py()[:80]!r}{note}"
-        for good, what in ((ok_ts, "timestamp is not a number"), (ok_id, None),
-                           (ok_pl, "data bytes are not 2-digit hex"), (ok_dlc, "DLC does not match the number of data bytes"),
-                           (flag_ok, "flag must be R or T")):
-            if not good[i]:
-                return f"{what or id_what(i)}: {lines[i].as_py()[:80]!r}{note}"
-        if negative[i] or backwards[i]:
-            return _time_problem(ts, fields_ok, negative, i, lambda j: repr(ts_a[j].as_py()), lambda j: f"line {j + 1}")
-        return "bad row"
+def iter_hcrl_car_hacking(path: str | Path, on_bad_rows: OnBadRows = "error", chunk_rows: int = CHUNK_ROWS,
+                          block_bytes: int | None = None) -> Iterator[Messages]:
+    """An HCRL Car-Hacking file (CSV or text form) in chunks of ``chunk_rows`` messages, in
+    bounded memory whatever the file's size.
 
-    bad.check(ok, lambda i: i + 1, describe, label=label, label_ok=matched & flag_ok)
-    keep = ok if not ok.all() else slice(None)
-    return bad.messages(ts[keep], ids[keep], dlc_from_data[keep], pl[keep], label[keep], source=str(path),
-                        attack_type=attack_type_from_name(path))
+    The file is read ``block_bytes`` at a time (a ``.gz`` inflated on the fly) and decoded in
+    pieces of whole lines of about ``block_bytes``, carrying across pieces what the checks need:
+    the line count, the largest good timestamp so far and its line (time order), and the blank
+    lines at a piece's end (rows only if a row follows them). Joined (:func:`concat_messages`),
+    the chunks equal :func:`read_hcrl_car_hacking`: the same messages, skip counts and
+    ``file:line`` errors (tested at every cut). Every chunk carries the skip counts so far; the
+    last (always handed out, maybe empty) has the file's. In error mode a bad row raises when its
+    piece is read, after the chunks before it were handed out. A truncated ``.gz`` raises once
+    its readable part is read (a whole read raises at once).
+
+    Args:
+        path: ``.csv``/``.txt``, optionally ``.gz``.
+        on_bad_rows: ``"error"`` (default) or ``"skip"``, as :func:`read_hcrl_car_hacking`.
+        chunk_rows: messages per chunk (default :data:`CHUNK_ROWS`).
+        block_bytes: text decoded at a time (default :data:`_TEXT_PIECE`, 1 MiB).
+    """
+    path = Path(path)
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    stream = _HcrlStream(path, on_bad_rows, chunk_rows)  # the mode is checked before anything is read
+    return _stream_text(stream, path, block_bytes)
+
+
+_HCRL_TEXT_RX = (r"^\s*Timestamp:\s*(?P<ts>\S+)\s+ID:\s*(?P<id>\S+)\s+\S+\s+DLC:\s*(?P<dlc>\d+)\s*"
+                 r"(?P<data>(?:[0-9A-Fa-f]{2}\s*)*)$")
+
+
+class _HcrlStream:
+    """The decoding and checking state of one HCRL Car-Hacking file fed piece by piece (pieces of
+    whole lines; a whole read is one piece): the form (CSV or text, from the first line), the
+    lines so far, the largest good timestamp so far and its line, and the blank lines at the end
+    so far (rows only when a row follows them: blank lines at the end of a file are no rows)."""
+
+    def __init__(self, path: Path, mode: OnBadRows, chunk_rows: int):
+        self.path = path
+        self.bad = _BadRows(path, mode)
+        self.out = _Chunker(self.bad, chunk_rows, str(path), attack_type_from_name(path))
+        self.text_form: bool | None = None
+        self.rows = 0  # lines decoded so far (the held-back blank lines not counted)
+        self.newlines = 0  # '\n' in the pieces so far (_ascii_only numbers the lines it names by them)
+        self.pending: pa.Array | None = None  # blank lines at the end so far
+        self.any_text = False
+        self.floor, self.floor_text, self.floor_line = -np.inf, "", 0  # the largest good timestamp so far
+
+    def feed(self, raw: bytes) -> Iterator[Messages]:
+        """Decode and check one piece of whole lines; hand out the chunks now full."""
+        self.any_text = self.any_text or (bool(raw) and not raw.isspace())  # (no stripped copy)
+        raw, non_ascii = _ascii_only(raw)
+        if b"\x1f" in raw:  # the separator _read_lines splits on (no CAN text holds it): a bad row, not a bad file
+            raw = raw.replace(b"\x1f", b"?")
+        non_ascii = {self.newlines + line for line in non_ascii}
+        self.newlines += raw.count(b"\n")
+        lines = _read_lines(raw, self.path)
+        if self.pending is not None:
+            lines = pa.concat_arrays([self.pending, lines])
+        if self.text_form is None and len(lines):
+            self.text_form = lines[0].as_py().lstrip().startswith("Timestamp:")
+        k = _filled(lines)
+        self.pending = lines.slice(k) if k < len(lines) else None
+        if k:
+            yield from self._decode(lines.slice(0, k) if k < len(lines) else lines, non_ascii)
+
+    def close(self) -> Messages:
+        """The last chunk, with the file's skip counts."""
+        if not self.any_text:
+            raise DataFormatError(self.path, None, "empty file")
+        return self.out.take()
+
+    def _decode(self, lines: pa.Array, non_ascii: set[int]) -> Iterator[Messages]:
+        n, base = len(lines), self.rows  # line base + i + 1 is the row i
+        self.rows += n
+        text_form = self.text_form
+        if text_form:
+            parts = pc.extract_regex(lines, _HCRL_TEXT_RX)
+            matched = parts.is_valid().to_numpy(zero_copy_only=False)
+            filled = pc.if_else(parts.is_valid(), parts, pa.scalar({"ts": "0", "id": "0", "dlc": "0", "data": ""},
+                                                                   parts.type))
+            ts_a, id_a, dlc_a, data_a = (pc.struct_field(filled, i) for i in range(4))
+            data_a = pc.replace_substring_regex(data_a, r"\s+", "")
+            flag_ok = np.ones(n, bool)
+            label = np.zeros(n, np.uint8)
+        else:
+            fields = pc.split_pattern(lines, ",")
+            nfields = pc.list_value_length(fields).to_numpy(zero_copy_only=False)
+            flat = pc.utf8_trim_whitespace(pc.list_flatten(fields))
+            starts = fields.offsets.to_numpy()[:-1] - fields.offsets.to_numpy()[0]
+            matched = (nfields >= 4) & (nfields <= 12)  # timestamp, ID, DLC, 0..8 data bytes, flag
+
+            def field(k: np.ndarray | int) -> pa.Array:  # field k of every row (of a row not matched: its first)
+                return pc.take(flat, pa.array(np.where(matched, starts + k, starts)))
+
+            ts_a, id_a, dlc_a = field(0), field(1), field(2)
+            dlc_guess = np.clip(nfields - 4, 0, 8)
+            data_a = pa.array(np.full(n, "", dtype=object), pa.string())
+            for j in range(8):
+                col = pc.if_else(pa.array(dlc_guess > j), field(np.where(dlc_guess > j, 3 + j, 0)), "")
+                data_a = pc.binary_join_element_wise(data_a, col, "")
+            flag = field(3 + dlc_guess).to_numpy(zero_copy_only=False)
+            flag_ok = (flag == "R") | (flag == "T")
+            label = (flag == "T").astype(np.uint8)
+        ts, ok_ts = _parse_float(ts_a)
+        ids, ok_id = parse_hex_ids(id_a)
+        pl, dlc_from_data, ok_pl = parse_hex_payload(data_a)
+        dlc_num, ok_dlc = _parse_float(dlc_a)
+        ok_dlc &= (dlc_num >= 0) & (dlc_num <= 8) & (dlc_num == np.round(dlc_num))
+        ok_dlc &= np.where(ok_dlc, dlc_num.astype(np.int64) == dlc_from_data, False)
+        fields_ok = matched & ok_ts & ok_id & ok_pl & ok_dlc & flag_ok
+        negative, backwards = _time_order(ts, fields_ok, self.floor)
+        ok = fields_ok & ~negative & ~backwards
+
+        def id_what(i: int) -> str:
+            text = id_a[i].as_py()
+            problem = id_problem(text)
+            return "CAN ID is not 1-8 hex digits" if problem.startswith("not a hex") else f"CAN ID {text!r}: {problem}"
+
+        def describe(i: int) -> str:
+            note = _NON_ASCII_NOTE if base + i + 1 in non_ascii else ""
+            if not matched[i]:
+                if not text_form:
+                    return (f"expected 4 + DLC fields (timestamp,ID,DLC,data bytes...,flag), got {nfields[i]}: "
+                            f"{lines[i].as_py()[:80]!r}{note}")
+                return f"unrecognised row {lines[i].as_py()[:80]!r}{note}"
+            for good, what in ((ok_ts, "timestamp is not a number"), (ok_id, None),
+                               (ok_pl, "data bytes are not 2-digit hex"),
+                               (ok_dlc, "DLC does not match the number of data bytes"),
+                               (flag_ok, "flag must be R or T")):
+                if not good[i]:
+                    return f"{what or id_what(i)}: {lines[i].as_py()[:80]!r}{note}"
+            if negative[i] or backwards[i]:
+                return _time_problem(ts, fields_ok, negative, i, lambda j: repr(ts_a[j].as_py()),
+                                     lambda j: f"line {base + j + 1}", self.floor, self.floor_text,
+                                     f"line {self.floor_line}")
+            return "bad row"
+
+        self.bad.check(ok, lambda i: base + i + 1, describe, label=label, label_ok=matched & flag_ok)
+        if ok.any():
+            top = np.where(ok, ts, -np.inf)
+            j = int(np.argmax(top))
+            if top[j] > self.floor:
+                self.floor, self.floor_text, self.floor_line = float(top[j]), repr(ts_a[j].as_py()), base + j + 1
+        keep = ok if not ok.all() else slice(None)
+        yield from self.out.add(ts[keep], ids[keep], dlc_from_data[keep], pl[keep], label[keep])
 
 
 LOGGER_SUFFIXES = (".log", ".asc", ".blf", ".trc")  # read by kdkit.data.loggers (candump, Vector, PEAK)
@@ -909,14 +1193,18 @@ def register_reader(suffix: str, reader: Callable[..., Messages]) -> None:
     _EXTRA_READERS[suffix] = reader
 
 
-# Known CSV headers (stripped column names) -> reader(path, on_bad_rows): added by kdkit.data.columns for
-# the public layouts it has presets for (DAGA, ROAD), so such files are read as published, by their header.
-_HEADER_READERS: dict[tuple[str, ...], Callable[..., Messages]] = {}
+# Known CSV headers (stripped column names) -> (reader(path, on_bad_rows), its chunked form or None): added by
+# kdkit.data.columns for the public layouts it has presets for (DAGA, ROAD), so such files are read as published,
+# by their header.
+_HEADER_READERS: dict[tuple[str, ...], tuple[Callable[..., Messages], Callable[..., Iterator[Messages]] | None]] = {}
 
 
-def register_header_reader(header: Sequence[str], reader: Callable[..., Messages]) -> None:
-    """Read a CSV whose header is exactly ``header`` with ``reader(path, on_bad_rows=...)``."""
-    _HEADER_READERS[tuple(header)] = reader
+def register_header_reader(header: Sequence[str], reader: Callable[..., Messages],
+                           chunked: Callable[..., Iterator[Messages]] | None = None) -> None:
+    """Read a CSV whose header is exactly ``header`` with ``reader(path, on_bad_rows=...)``, and in
+    :func:`iter_messages` with ``chunked(path, on_bad_rows=..., chunk_rows=...)`` (None: read
+    whole and handed out in slices)."""
+    _HEADER_READERS[tuple(header)] = (reader, chunked)
 
 
 def data_suffixes() -> tuple[str, ...]:
@@ -961,8 +1249,11 @@ def read_messages(path: str | Path, on_bad_rows: OnBadRows = "error", channel: s
 def iter_messages(path: str | Path, on_bad_rows: OnBadRows = "error", channel: str | None = None,
                   chunk_rows: int = CHUNK_ROWS) -> Iterator[Messages]:
     """:func:`read_messages` in chunks of about ``chunk_rows`` rows (the last carries the file's
-    skip counts; see :func:`iter_ctt_csv`). can-train-and-test CSVs and candump logs are
-    streamed in bounded memory; other formats are read whole and handed out in slices."""
+    skip counts; see :func:`iter_ctt_csv`). Every built-in format is streamed in bounded memory:
+    can-train-and-test CSVs (:func:`iter_ctt_csv`), HCRL Car-Hacking files
+    (:func:`iter_hcrl_car_hacking`), logger files (:func:`kdkit.data.loggers.iter_logger_file`)
+    and the layouts known by their header (DAGA, ROAD: :func:`kdkit.data.columns.iter_mapped`).
+    A reader added with :func:`register_reader` is read whole and handed out in slices."""
     reader, chunked = pick_reader(Path(path), channel)
     if chunked is not None:
         return chunked(Path(path), on_bad_rows=on_bad_rows, chunk_rows=chunk_rows)
@@ -1001,11 +1292,11 @@ def pick_reader(path: Path, channel: str | None = None) -> tuple[Callable[..., M
     first = head.split("\n", 1)[0].strip()
     header = tuple(c.strip() for c in first.split(","))
     if header in _HEADER_READERS:
-        return _HEADER_READERS[header], None
+        return _HEADER_READERS[header]
     if path.name.lower().endswith(".zip"):
         raise DataFormatError(path, 1, f"header {first[:100]!r} is not a layout kdkit knows by its header "
                                        f"({', '.join(','.join(h) for h in _HEADER_READERS)}); declare its columns "
                                        f"in a dataset spec (README: 'Bring your own data')")
     if first.startswith("Timestamp:") or re.match(r"^\d+(\.\d+)?\s*,\s*[0-9A-Fa-f]{1,8}\s*,\s*\d\s*,", first):
-        return read_hcrl_car_hacking, None
+        return read_hcrl_car_hacking, iter_hcrl_car_hacking
     return read_ctt_csv, iter_ctt_csv

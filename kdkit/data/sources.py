@@ -42,18 +42,18 @@ from typing import Any
 
 import tomllib
 
-from kdkit.data.columns import PRESETS, ColumnMapping, read_mapped
+from kdkit.data.columns import PRESETS, ColumnMapping, iter_mapped, read_mapped
 from kdkit.data.loggers import iter_logger_file, read_logger_file
 from kdkit.data.readers import (
     CHUNK_ROWS,
     Messages,
     OnBadRows,
     iter_ctt_csv,
+    iter_hcrl_car_hacking,
     iter_messages,
     read_ctt_csv,
     read_hcrl_car_hacking,
     read_messages,
-    slices,
 )
 
 SPEC_IN_FOLDER = "kdkit-dataset.toml"
@@ -116,16 +116,22 @@ class DatasetSource:
         return self.reader()(path, on_bad_rows=on_bad_rows)
 
     def chunks(self, path: Path, on_bad_rows: OnBadRows = "error", chunk_rows: int = CHUNK_ROWS) -> Iterator[Messages]:
-        """:meth:`read` in chunks (the last one carries the file's skip counts): streamed in
-        bounded memory for can-train-and-test CSVs and candump logs, else read whole and sliced."""
-        if self.mapping is None and not isinstance(PRESETS.get(self.format), ColumnMapping):
-            if self.format == "can-train-and-test":
-                return iter_ctt_csv(path, on_bad_rows, chunk_rows)
-            if self.format == "auto":
-                return iter_messages(path, on_bad_rows, self.channel, chunk_rows)
-            if self.format == "candump":
-                return iter_logger_file(path, self.channel, on_bad_rows, chunk_rows)
-        return slices(self.read(path, on_bad_rows), chunk_rows)
+        """:meth:`read` in chunks of ``chunk_rows`` messages (the last one carries the file's skip
+        counts), streamed in bounded memory for every format: a column mapping or a mapped preset
+        (DAGA, ROAD, ...: :func:`~kdkit.data.columns.iter_mapped`), can-train-and-test, HCRL
+        Car-Hacking and OTIDS, logger files, and ``auto``
+        (:func:`~kdkit.data.readers.iter_messages`: there only a reader added with
+        ``register_reader`` is read whole and handed out in slices)."""
+        mapping = self.mapping if self.mapping is not None else PRESETS.get(self.format)
+        if isinstance(mapping, ColumnMapping):
+            return iter_mapped(path, mapping, on_bad_rows, chunk_rows)
+        if self.format == "can-train-and-test":
+            return iter_ctt_csv(path, on_bad_rows, chunk_rows)
+        if self.format in ("hcrl-car-hacking", "otids"):
+            return iter_hcrl_car_hacking(path, on_bad_rows, chunk_rows)
+        if self.format == "candump":
+            return iter_logger_file(path, self.channel, on_bad_rows, chunk_rows)
+        return iter_messages(path, on_bad_rows, self.channel, chunk_rows)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "root": str(self.root), "layout": self.layout,

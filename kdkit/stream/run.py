@@ -152,8 +152,8 @@ def replay_file(detector: Detector, path: str | Path, channel: str | None = None
     left = [max_messages]
 
     def chunks() -> Iterator[Messages]:
-        """The recording in chunks (candump logs and can-train-and-test CSVs streamed in bounded
-        memory, kdkit.data.iter_messages), the time spent reading them counted."""
+        """The recording in chunks (every built-in format streamed in bounded memory,
+        kdkit.data.iter_messages), the time spent reading them counted."""
         t = time.perf_counter()
         if path.is_file() and path.stat().st_size >= STREAM_BYTES:
             stream = iter_messages(path, on_bad_rows=on_bad_rows, channel=channel, chunk_rows=REPLAY_CHUNK_ROWS)
