@@ -20,6 +20,7 @@ import torch
 from conftest import require
 
 from kdkit.cli.main import main
+from kdkit.data import graphs
 from kdkit.data.graphs import IdVocab, build_graphs
 from kdkit.data.readers import EXTENDED_ID_FLAG, read_messages
 from kdkit.reporting.metrics import evaluate_model, predict_scores
@@ -431,6 +432,11 @@ def test_a_large_file_replays_in_chunks_with_the_same_decisions(trained, recordi
     whole = {p: replay_file(Detector.from_checkpoint(trained), p, keep=True) for p in (recording, log)}
     monkeypatch.setattr(run, "STREAM_BYTES", 0)
     monkeypatch.setattr(run, "REPLAY_CHUNK_ROWS", 333)
+    # a long replay announces its size: the graphs of the chunks come from the compiled builder
+    monkeypatch.setattr(graphs, "COMPILED_AFTER", 1000)
+    monkeypatch.setattr(graphs, "_expected_messages", 0)
+    monkeypatch.setattr(graphs, "_built_messages", 0)
+    monkeypatch.setattr(graphs, "BUILDER", "auto")
     for path in (recording, log):
         chunked = replay_file(Detector.from_checkpoint(trained), path, keep=True)
         a, b = whole[path].to_dict(), chunked.to_dict()
@@ -439,6 +445,7 @@ def test_a_large_file_replays_in_chunks_with_the_same_decisions(trained, recordi
         assert [d.first_message for d in chunked.decisions] == [d.first_message for d in whole[path].decisions]
         np.testing.assert_array_equal(_scores(chunked.decisions), _scores(whole[path].decisions))
     assert whole[log].to_dict()["skipped_rows"] == 1
+    assert graphs._expected_messages > 1000  # so every chunk went through the compiled builder
     limited = replay_file(Detector.from_checkpoint(trained), recording, max_messages=1000).to_dict()
     assert limited["messages"] == 1000 and limited["windows"] == 10 and limited["stopped_by"] == "max-messages"
 

@@ -26,6 +26,8 @@ from pathlib import Path
 import can
 import numpy as np
 
+from kdkit.data.graphs import expect_messages
+from kdkit.data.prep import expected_messages
 from kdkit.data.readers import CHUNK_ROWS, EXTENDED_ID_FLAG, LOGGER_SUFFIXES, Messages, iter_messages, read_messages
 from kdkit.stream.detector import BLOCK_MESSAGES, Decision, Detector
 
@@ -156,6 +158,7 @@ def replay_file(detector: Detector, path: str | Path, channel: str | None = None
         kdkit.data.iter_messages), the time spent reading them counted."""
         t = time.perf_counter()
         if path.is_file() and path.stat().st_size >= STREAM_BYTES:
+            expect_messages(expected_messages(path))  # a long replay: the compiled graph builder from the start
             stream = iter_messages(path, on_bad_rows=on_bad_rows, channel=channel, chunk_rows=REPLAY_CHUNK_ROWS)
         else:  # (read whole: one chunk; a can-train-and-test CSV reads ~8 % faster so)
             stream = iter([read_messages(path, on_bad_rows=on_bad_rows, channel=channel)])
