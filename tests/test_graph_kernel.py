@@ -130,10 +130,14 @@ def test_auto_switches_after_enough_messages(monkeypatch):
     monkeypatch.setattr(graphs, "_built_messages", 0)
     monkeypatch.setattr(graphs, "_expected_messages", 0)
     monkeypatch.setattr(graphs, "COMPILED_AFTER", 10_000)
+    monkeypatch.setattr(graphs.candump_scan, "_compiled", None)
     assert graphs._compiled_builder(6_000, 100) is False  # numba's first call (~0.6 s) not worth it yet
     assert graphs._compiled_builder(4_000, 100) is False  # 10,000: not more
     assert graphs._compiled_builder(6_000, 100) is True   # 16,000 built in this process
     assert graphs._compiled_builder(10, graph_kernel.MAX_WINDOW + 1) is False  # the W x W table: too large
+    monkeypatch.setattr(graphs.candump_scan, "_compiled", object())  # the candump reader ran: numba is set up
+    assert graphs._compiled_builder(10, 100) is True
+    monkeypatch.setattr(graphs.candump_scan, "_compiled", None)
     monkeypatch.setattr(graphs, "_built_messages", 0)
     graphs.expect_messages(20_000)  # a preparation's estimate: compiled from the first window on
     assert graphs._compiled_builder(100, 100) is True

@@ -219,6 +219,12 @@ def _kernel():
     return _compiled
 
 
+def warm() -> bool:
+    """Whether the scanner has run in this process: numba's compiler is then set up, and other
+    compiled code (the window graph builder) loads in ~20 ms instead of ~0.6 s."""
+    return _compiled is not None
+
+
 def scan_candump(text: bytes, channel: str | None):
     r"""Scan ASCII candump text. Returns ``(ts, arb_id, extended, dlc, payload, line)`` of the
     plain frames (file order), ``[(line, text), ...]`` of the lines handed back, and the number

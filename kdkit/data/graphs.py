@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch_geometric.data import Data
 
-from kdkit.data import graph_kernel
+from kdkit.data import candump_scan, graph_kernel
 from kdkit.data.readers import Messages
 from kdkit.data.store import GraphStoreError, StoreMapping, open_store, read_header, write_arrays
 
@@ -588,7 +588,8 @@ BUILDER = os.environ.get("KDKIT_GRAPH_BUILDER", "auto")
 ``"compiled"`` (:mod:`kdkit.data.graph_kernel`, numba: the same arrays bit for bit, ~2x faster)
 or ``"auto"`` (the default; ``$KDKIT_GRAPH_BUILDER`` sets another): compiled once this process
 has built, or expects to build (:func:`expect_messages`), the windows of more than
-:data:`COMPILED_AFTER` messages, for windows of up to
+:data:`COMPILED_AFTER` messages, or has run the compiled candump reader (numba is set up then,
+and the builder loads in ~20 ms), for windows of up to
 :data:`kdkit.data.graph_kernel.MAX_WINDOW` messages. The compiled builder's first call costs
 ~0.6 CPU s (numba sets up its compiler and loads the cached machine code) and saves ~0.1-0.15 us
 a message: it pays for itself after ~4-5 M messages, i.e. on large recordings only."""
@@ -615,7 +616,8 @@ def _compiled_builder(n_messages: int, window: int) -> bool:
     _built_messages += n_messages
     if BUILDER == "numpy" or not graph_kernel.available(window):
         return False
-    return BUILDER == "compiled" or max(_built_messages, _expected_messages) > COMPILED_AFTER
+    return (BUILDER == "compiled" or max(_built_messages, _expected_messages) > COMPILED_AFTER
+            or candump_scan.warm())
 
 
 def iter_window_arrays(msgs: Messages, starts: np.ndarray, W: int, normal_flags: bool = False) -> Iterator[dict[str, np.ndarray]]:
