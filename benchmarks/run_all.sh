@@ -63,6 +63,14 @@ $KDKIT bench detect --model "$OUT/student.pt2" --input "$DATA/hcrl-sa/test_01_kn
   --repeats "$REPEATS" --json > "$OUT/detect_csv_fuzzing.json"
 $KDKIT bench detect --model "$OUT/student.pt2" --input "$REPLAY" --live --seconds 10 --json > "$OUT/detect_live.json"
 
+echo "== preparation at any size: generated CSVs and candump logs, both graph builders (fresh processes, interleaved)"
+# PREP_SIZES=200000,2700000,30000000 adds the 30 M rows of the README (~6 min more per format)
+PREP_SIZES=${PREP_SIZES:-200000,2700000}
+for fmt in csv candump; do
+  $PY benchmarks/prep_memory.py table --format $fmt --sizes "$PREP_SIZES" --repeats "$REPEATS" --builders numpy,auto \
+    --work "$OUT/prep_work" --out "$OUT/prep_$fmt.json" > "$OUT/prep_$fmt.log"
+done
+
 echo "== multi-process training: 1 process vs 2 (whole kdkit train runs, interleaved; ~35 min)"
 TK="$OUT/teacher/hcrl_sa_gat_teacher/checkpoints/best.pt"
 if [ ! -f "$TK" ]; then  # a 1-epoch teacher to distil from: its speed is what matters here
@@ -95,6 +103,10 @@ for k in ("detect_csv", "detect_candump_1ch", "detect_csv_fuzzing", "detect_cand
     if k in r:
         print(k, r[k]["messages_per_s"])
 print("detect_live p50/p99 ms:", r["detect_live"]["latency_ms_p50"], r["detect_live"]["latency_ms_p99"])
+for fmt in ("csv", "candump"):
+    for row in r.get(f"prep_{fmt}", {}).get("summary", []):
+        print(f"prepare {fmt} {row['messages']:,} ({row['builder']}): {row['msg_per_cpu_s']} messages per CPU s, "
+              f"peak above imports {row['peak_above_imports_mib']} MiB")
 for role, variants in r.get("scaling", {}).get("table", {}).items():
     for name, v in variants.items():
         print(f"scaling {role} {name}: {v['epoch_s']['median']} s/epoch ({v['epoch_speedup_vs_p1t2']}x), "
