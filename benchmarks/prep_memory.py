@@ -194,32 +194,44 @@ def _layout(root: Path, rows: int, fmt: str = "csv") -> Path:
     return root
 
 
-def table(sizes: list[int], repeats: int, work: Path, workers: int = 1, fmt: str = "csv",
-          builders: tuple[str, ...] = ("auto",)) -> list[dict]:
-    """Every size prepared ``repeats`` times with every graph builder (``$KDKIT_GRAPH_BUILDER``),
-    interleaved (builder after builder, size after size, round after round), each in a fresh
-    process; min/median/max per size and builder."""
-    runs: dict[tuple[int, str], list[dict]] = {(s, b): [] for s in sizes for b in builders}
+def interleaved(script: str, roots: dict[int, Path], work: Path, repeats: int,
+                variants: dict[object, tuple[list[str], dict[str, str]]], key: str) -> list[dict]:
+    """``script measure ROOT CACHE`` for every size (``roots``) and variant (name -> extra
+    arguments and environment), ``repeats`` rounds, interleaved (variant after variant, size after
+    size, round after round), each in a fresh process; min/median/max per size and variant, the
+    variant's name under ``key``. ``work`` is deleted afterwards."""
+    runs: dict[tuple[int, object], list[dict]] = {(s, v): [] for s in roots for v in variants}
     try:
-        roots = {s: _layout(work / f"gen-{s}", s, fmt) for s in sizes}
         for _ in range(repeats):
-            for s in sizes:
-                for b in builders:
-                    out = subprocess.run([sys.executable, __file__, "measure", str(roots[s]), str(work / f"cache-{s}"),
-                                          "--workers", str(workers)], check=True, capture_output=True, text=True,
-                                         env={**os.environ, "KDKIT_GRAPH_BUILDER": b})
-                    runs[s, b].append(json.loads(out.stdout.strip().splitlines()[-1]))
-                    print(json.dumps(runs[s, b][-1]), flush=True)
+            for s, root in roots.items():
+                for v, (extra, env) in variants.items():
+                    out = subprocess.run([sys.executable, script, "measure", str(root), str(work / f"cache-{s}"), *extra],
+                                         check=True, capture_output=True, text=True, env={**os.environ, **env})
+                    runs[s, v].append(json.loads(out.stdout.strip().splitlines()[-1]))
+                    print(json.dumps(runs[s, v][-1]), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     summary = []
-    for (s, b), rs in runs.items():
-        row = {"messages": s, "builder": b, "runs": len(rs), "store_bytes": rs[0]["store_bytes"] if rs else None}
-        for key in ("peak_above_imports_mib", "cpu_s", "wall_s", "msg_per_cpu_s", "msg_per_wall_s"):
-            vals = [r[key] for r in rs]
-            row[key] = {"min": min(vals), "median": statistics.median(vals), "max": max(vals)}
+    for (s, v), rs in runs.items():
+        row = {"messages": s, key: v, "runs": len(rs), "store_bytes": rs[0]["store_bytes"] if rs else None}
+        for name in ("peak_above_imports_mib", "cpu_s", "wall_s", "msg_per_cpu_s", "msg_per_wall_s"):
+            vals = [r[name] for r in rs]
+            row[name] = {"min": min(vals), "median": statistics.median(vals), "max": max(vals)}
         summary.append(row)
     return summary
+
+
+def table(sizes: list[int], repeats: int, work: Path, workers: int = 1, fmt: str = "csv",
+          builders: tuple[str, ...] = ("auto",)) -> list[dict]:
+    """Every size prepared ``repeats`` times with every graph builder (``$KDKIT_GRAPH_BUILDER``),
+    interleaved, each in a fresh process; min/median/max per size and builder."""
+    try:
+        roots = {s: _layout(work / f"gen-{s}", s, fmt) for s in sizes}
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    variants = {b: (["--workers", str(workers)], {"KDKIT_GRAPH_BUILDER": b}) for b in builders}
+    return interleaved(__file__, roots, work, repeats, variants, "builder")
 
 
 def main(argv: list[str] | None = None) -> int:

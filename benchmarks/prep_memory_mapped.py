@@ -23,8 +23,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
-import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -109,27 +107,13 @@ def measure(dataset: str, cache: str, read_whole: bool = False) -> dict:
 def table(fmt: str, sizes: list[int], repeats: int, work: Path) -> list[dict]:
     """Every size prepared streamed and read whole, ``repeats`` times, interleaved, each in a fresh
     process; min/median/max per size and way."""
-    runs: dict[tuple[int, bool], list[dict]] = {(s, w): [] for s in sizes for w in (False, True)}
     try:
         roots = {s: make(work / f"gen-{s}" / "train_02_with_attacks" / NAMES[fmt], s, fmt).parents[1] for s in sizes}
-        for _ in range(repeats):
-            for s in sizes:
-                for whole in (False, True):
-                    out = subprocess.run([sys.executable, __file__, "measure", str(roots[s]), str(work / f"cache-{s}"),
-                                          *(["--read-whole"] if whole else [])], check=True, capture_output=True,
-                                         text=True)
-                    runs[s, whole].append(json.loads(out.stdout.strip().splitlines()[-1]))
-                    print(json.dumps(runs[s, whole][-1]), flush=True)
-    finally:
+    except BaseException:
         shutil.rmtree(work, ignore_errors=True)
-    summary = []
-    for (s, whole), rs in runs.items():
-        row = {"messages": s, "read_whole": whole, "runs": len(rs), "store_bytes": rs[0]["store_bytes"] if rs else None}
-        for key in ("peak_above_imports_mib", "cpu_s", "wall_s", "msg_per_cpu_s", "msg_per_wall_s"):
-            vals = [r[key] for r in rs]
-            row[key] = {"min": min(vals), "median": statistics.median(vals), "max": max(vals)}
-        summary.append(row)
-    return summary
+        raise
+    return prep_memory.interleaved(__file__, roots, work, repeats, {False: ([], {}), True: (["--read-whole"], {})},
+                                   "read_whole")
 
 
 def main(argv: list[str] | None = None) -> int:
