@@ -1124,7 +1124,16 @@ class _PythonCanFrames:
             problem.clear()
             return frames, bad
 
-        full = (lambda: len(ts) >= self.batch) if self.batch else (lambda: False)
+        def add(m, line: int | None = None) -> bool:
+            """Take python-can's frame ``m`` read at ``line`` (None: its frame number, .blf);
+            whether a batch is full now."""
+            before = len(ts)
+            take(m)
+            if len(ts) == before:
+                return False
+            where.append(number if line is None else line)
+            return bool(self.batch) and len(ts) >= self.batch
+
         if binary:
             try:
                 with opener(path, "rb") as handle:
@@ -1132,12 +1141,8 @@ class _PythonCanFrames:
                     reader = can.BLFReader(source)
                     try:
                         for m in reader:
-                            before = len(ts)
-                            take(m)
-                            if len(ts) > before:
-                                where.append(number)
-                                if full():
-                                    yield flush()
+                            if add(m):
+                                yield flush()
                     except (struct.error, zlib.error, can.io.blf.BLFParseError) as err:
                         if source.short is None:
                             raise DataFormatError(path, None, f"corrupt BLF data near byte {source.offset} (after "
@@ -1174,12 +1179,8 @@ class _PythonCanFrames:
                                 for line, text in source.pending[:-1]:
                                     _classify(suffix, line, text, reader, skipped_junk, dropped, header_lines, channel)
                                 source.pending.clear()
-                                before = len(ts)
-                                take(m)
-                                if len(ts) > before:
-                                    where.append(frame_line)
-                                    if full():
-                                        yield flush()
+                                if add(m, frame_line):
+                                    yield flush()
                             for line, text in source.pending:
                                 _classify(suffix, line, text, reader, skipped_junk, dropped, header_lines, channel)
                             break
