@@ -159,6 +159,7 @@ def test_torch_export_traces_the_stock_path():
     args = (batch.x, batch.node_id, batch.edge_index, batch.edge_attr, batch.batch)
     program = torch.export.export(Wrapped(), args)
     assert "gatv2_attention" not in str(program.graph)  # kdkit export's AOTInductor package needs no Python op
+    assert "mean_max_pool" not in str(program.graph)
     torch.testing.assert_close(program.module()(*args), model(batch), atol=1e-5, rtol=1e-5)
 
 
@@ -175,18 +176,19 @@ def test_kernel_writes_every_output_row_without_a_zero_fill():
     xl, xr = torch.randn(N, H, C, dtype=torch.float64), torch.randn(N, H, C, dtype=torch.float64)
     att, w = torch.randn(H, C, dtype=torch.float64), torch.randn(3, H * C, dtype=torch.float64)
     src, dst, consts = ei[0].numpy(), ei[1].numpy(), fa._consts(xl, 0.2)
+    w_t = w  # the operator's w_edge: [D, H * C]
+    pe = fa._projected(ea, w_t, H, C)
     out, alpha = np.full((N, H, C), np.nan), np.full((30, H), np.nan)  # garbage, as torch.empty may hold
-    fa._kernel("forward")(xl.numpy(), xr.numpy(), ea.numpy(), w.numpy().reshape(3, H, C), att.numpy(), src, dst,
-                          consts, N, alpha, out)
-    ref_out, ref_alpha = fa._attention_op(xl, xr, ea, w, att, ei, 0.2)
+    fa._kernel("forward")(xl.numpy(), xr.numpy(), pe, att.numpy(), src, dst, consts, N, alpha, out)
+    ref_out, ref_alpha = fa._attention_op(xl, xr, ea, w_t, att, ei, 0.2)
     np.testing.assert_allclose(out, ref_out.numpy(), rtol=1e-12, atol=1e-12)
     assert (out[9:] == 0).all() and not np.isnan(out).any()
     grad = np.random.default_rng(0).standard_normal((N, H, C))
     g_xl, g_xr = np.full((N, H, C), np.nan), np.full((N, H, C), np.nan)
     g_we, g_att = np.zeros((3, H, C)), np.zeros((H, C))
-    fa._kernel("backward")(grad, xl.numpy(), xr.numpy(), ea.numpy(), w.numpy().reshape(3, H, C), att.numpy(), src,
-                           dst, consts, alpha, g_xl, g_xr, g_we, g_att)
-    refs = fa._attention_backward_op(torch.from_numpy(grad), xl, xr, ea, w, att, ei, ref_alpha, 0.2)
+    fa._kernel("backward")(grad, xl.numpy(), xr.numpy(), pe, ea.numpy(), att.numpy(), src, dst, consts, alpha,
+                           g_xl, g_xr, g_we, g_att)
+    refs = fa._attention_backward_op(torch.from_numpy(grad), xl, xr, ea, w_t, att, ei, ref_alpha, 0.2)
     for got, ref in zip((g_xl, g_xr, g_we.reshape(3, H * C), g_att), refs):
         np.testing.assert_allclose(got, ref.numpy(), rtol=1e-12, atol=1e-12)
     assert (g_xl[9:] == 0).all() and (g_xr[9:] == 0).all()

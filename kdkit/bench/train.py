@@ -175,7 +175,7 @@ def run_variant(opts: dict) -> dict:
     convs = [m for m in task.model.modules() if isinstance(m, GATv2Layer)]
     attention = "stock" if opts["variant"] == "plain" or not convs else convs[0].attention
     stacks = [m for m in task.model.modules() if isinstance(m, GATStack)]
-    kdkit_masks = bool(stacks) and stacks[0].fast_dropout and on_cpu and not opts.get("compile")  # else F.dropout
+    kdkit_masks = bool(stacks) and stacks[0].fast_dropout and on_cpu  # else F.dropout (eager and compiled alike)
     return {"variant": opts["variant"], "precision": precision, "compiled": bool(opts.get("compile")),
             "attention": attention, "dropout_masks": "kdkit" if kdkit_masks else "torch",
             "graphs": graphs, "seconds": wall, "cpu_seconds": cpu_s, "graphs_per_s": graphs / wall,

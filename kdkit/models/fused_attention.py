@@ -13,12 +13,14 @@ step is bound by those memory passes, not by arithmetic (``docs/PERFORMANCE.md``
 cannot fuse them. Here the same math runs as loops over the edges compiled with numba (three
 for the forward pass, two for the backward pass): the forward keeps only ``att`` ([E, H]) for
 the backward pass, which recomputes ``z`` and writes the gradients of ``x_l``, ``x_r``, the edge
-projection's weight and ``a`` directly. The edge projection ``W_e e`` is computed inside the
-loops (a window's edges carry ~7 features), in both passes, and never written to memory.
+projection's weight and ``a`` directly. The edge projection ``W_e e`` (a window's edges carry ~7
+features) is one matrix product before the loops in each pass, not kept between them; the
+weight's gradient is summed inside the backward loops.
 
-:func:`gatv2_attention` is a ``torch.library`` custom operator (``kdkit::gatv2_attention``) with
-its own autograd formula and a shape-only ("fake") implementation, so ``torch.compile`` keeps it
-as one opaque call inside a compiled graph instead of breaking the graph. CPU and float32/float64
+Under ``torch.compile``, :func:`gatv2_attention` calls a ``torch.library`` custom operator
+(``kdkit::gatv2_attention``) with its own autograd formula and a shape-only ("fake")
+implementation, so the compiler keeps it as one opaque call inside a compiled graph instead of
+breaking the graph; in eager mode it calls the same loops through an ``autograd.Function``. CPU and float32/float64
 only; :class:`kdkit.models.layers.GATv2Layer` falls back to the stock PyG path elsewhere (CUDA,
 attention dropout in training, ``torch.export``). The result equals the stock layer's within
 float rounding (``tests/test_fused_attention.py``: forward and every gradient).
@@ -36,16 +38,18 @@ from torch import Tensor
 _NEG_SLOPE_DEFAULT = 0.2
 
 
-def _forward_loops(xl, xr, ea, we, att, src, dst, consts, num_nodes, alpha, out):
+def _forward_loops(xl, xr, pe, att, src, dst, consts, num_nodes, alpha, out):
     """Fill ``alpha`` [E, H] (attention) and ``out`` [N, H, C].
 
-    ``ea`` is the edge features [E, D] and ``we`` the edge projection's weight as [D, H, C]
-    (D = 0 for none): ``W_e e`` is computed here, edge by edge, rather than as an [E, H, C]
-    matrix product written to memory and read back (with D ~ 7 MKL's product was slower than the
-    whole kernel). ``consts`` = [0, 1, negative slope, 1e-16] in the arrays' dtype, so that
-    every sum stays in that dtype (a Python float would promote float32 arithmetic to float64).
-    The inner loops over channels are branch-free so that LLVM vectorizes them."""
-    E, H, C, D = alpha.shape[0], xl.shape[1], xl.shape[2], we.shape[0]
+    ``pe`` is the projected edge features ``W_e e`` as [E, H, C], or [0, H, C] for none. It is
+    one matrix product before the loops (``torch.mm``, ~50 us for a student batch): computed
+    in here, edge by edge, the product's inner loop over the ~7 edge features cannot keep its
+    sums in registers and took 3x as long. ``consts`` = [0, 1, negative slope, 1e-16] in the
+    arrays' dtype, so that every sum stays in that dtype (a Python float would promote float32
+    arithmetic to float64). The inner loops over channels are branch-free so that LLVM
+    vectorizes them."""
+    E, H, C = alpha.shape[0], xl.shape[1], xl.shape[2]
+    has_edge = pe.shape[0] > 0
     zero, slope, eps = consts[0], consts[2], consts[3]
     mx = np.full((num_nodes, H), -np.inf, dtype=xl.dtype)
     den = np.zeros((num_nodes, H), dtype=xl.dtype)
@@ -53,12 +57,12 @@ def _forward_loops(xl, xr, ea, we, att, src, dst, consts, num_nodes, alpha, out)
     for k in range(E):  # scores, and each destination's maximum (softmax stability, as PyG)
         j, i = src[k], dst[k]
         for h in range(H):
-            for c in range(C):
-                z[c] = xl[j, h, c] + xr[i, h, c]
-            for d in range(D):
-                v = ea[k, d]
+            if has_edge:
                 for c in range(C):
-                    z[c] += v * we[d, h, c]
+                    z[c] = xl[j, h, c] + xr[i, h, c] + pe[k, h, c]
+            else:
+                for c in range(C):
+                    z[c] = xl[j, h, c] + xr[i, h, c]
             s = zero
             for c in range(C):
                 s += att[h, c] * max(z[c], z[c] * slope)
@@ -89,14 +93,17 @@ def _forward_loops(xl, xr, ea, we, att, src, dst, consts, num_nodes, alpha, out)
             out[n] = zero
 
 
-def _backward_loops(grad, xl, xr, ea, we, att, src, dst, consts, alpha, g_xl, g_xr, g_we, g_att):
+def _backward_loops(grad, xl, xr, pe, ea, att, src, dst, consts, alpha, g_xl, g_xr, g_we, g_att):
     """Write the gradients ``g_xl``, ``g_xr`` [N, H, C] and accumulate ``g_we`` [D, H, C] and
-    ``g_att`` [H, C] (zeroed by the caller); ``z`` is recomputed, not stored. A node row is
+    ``g_att`` [H, C] (zeroed by the caller); ``z`` is recomputed from ``pe`` (the projected edge
+    features, recomputed by the caller), not stored. The edge weight's gradient is summed here,
+    edge by edge: writing the per-edge gradient of ``pe`` out for one matrix product measured slower. A node row is
     assigned on its first write and accumulated after it (rows never written are zeroed at the
     end), which saves a zero fill of each [N, H, C] array: ~0.7 ms a teacher layer each.
     Each inner loop touches few arrays: LLVM vectorizes a loop only if it can check at run time
     that its arrays do not overlap, and gives up beyond a handful of them."""
-    E, H, C, D = alpha.shape[0], xl.shape[1], xl.shape[2], we.shape[0]
+    E, H, C, D = alpha.shape[0], xl.shape[1], xl.shape[2], g_we.shape[0]
+    has_edge = pe.shape[0] > 0
     zero, one, slope = consts[0], consts[1], consts[2]
     num_nodes = xl.shape[0]
     g_alpha = np.empty((E, H), dtype=xl.dtype)
@@ -123,12 +130,12 @@ def _backward_loops(grad, xl, xr, ea, we, att, src, dst, consts, alpha, g_xl, g_
         j, i = src[k], dst[k]
         for h in range(H):
             gs = alpha[k, h] * (g_alpha[k, h] - dot[i, h])
-            for c in range(C):
-                gz[c] = xl[j, h, c] + xr[i, h, c]  # z for now
-            for d in range(D):
-                v = ea[k, d]
+            if has_edge:
                 for c in range(C):
-                    gz[c] += v * we[d, h, c]
+                    gz[c] = xl[j, h, c] + xr[i, h, c] + pe[k, h, c]  # z for now
+            else:
+                for c in range(C):
+                    gz[c] = xl[j, h, c] + xr[i, h, c]
             for c in range(C):
                 z = gz[c]
                 dz = one if z > zero else slope  # LeakyReLU's derivative (torch's: slope at 0)
@@ -179,12 +186,19 @@ def _np(t: Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
 
+def _projected(edge_attr: Tensor, w_edge: Tensor, H: int, C: int) -> np.ndarray:
+    """``W_e e`` for every edge as [E, H, C] (one matrix product), or [0, H, C] without edge features."""
+    w = _np(w_edge)
+    if w.shape[0] == 0:
+        return np.empty((0, H, C), dtype=w.dtype)
+    return np.matmul(_np(edge_attr), w).reshape(-1, H, C)  # numpy's: no autocast to bf16 in here
+
+
 def _consts(like: Tensor, negative_slope: float) -> np.ndarray:
     return np.array([0.0, 1.0, negative_slope, 1e-16], dtype=np.float32 if like.dtype == torch.float32 else np.float64)
 
 
-@torch.library.custom_op("kdkit::gatv2_attention", mutates_args=())
-def _attention_op(xl: Tensor, xr: Tensor, edge_attr: Tensor, w_edge: Tensor, att: Tensor, edge_index: Tensor,
+def _forward_impl(xl: Tensor, xr: Tensor, edge_attr: Tensor, w_edge: Tensor, att: Tensor, edge_index: Tensor,
                   negative_slope: float) -> tuple[Tensor, Tensor]:
     N, H, C = xl.shape
     E = edge_index.shape[1]
@@ -193,9 +207,31 @@ def _attention_op(xl: Tensor, xr: Tensor, edge_attr: Tensor, w_edge: Tensor, att
     ei = _np(edge_index)
     if E and (ei.min() < 0 or ei.max() >= N):  # the compiled loops do not check bounds: fail here, clearly
         raise ValueError(f"kdkit::gatv2_attention: edge_index spans {ei.min()}..{ei.max()} but there are {N} nodes")
-    _kernel("forward")(_np(xl), _np(xr), _np(edge_attr), _np(w_edge).reshape(-1, H, C), _np(att), ei[0], ei[1],
+    _kernel("forward")(_np(xl), _np(xr), _projected(edge_attr, w_edge, H, C), _np(att), ei[0], ei[1],
                        _consts(xl, negative_slope), N, alpha.numpy(), out.numpy())
     return out, alpha
+
+
+def _backward_impl(grad: Tensor, xl: Tensor, xr: Tensor, edge_attr: Tensor, w_edge: Tensor, att: Tensor,
+                   edge_index: Tensor, alpha: Tensor, negative_slope: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    _, H, C = xl.shape
+    g_xl, g_xr = torch.empty_like(xl), torch.empty_like(xr)  # every row is written by the kernel
+    g_att, g_w = torch.zeros_like(att), torch.zeros_like(w_edge)
+    ei = _np(edge_index)
+    _kernel("backward")(_np(grad), _np(xl), _np(xr), _projected(edge_attr, w_edge, H, C), _np(edge_attr), _np(att),
+                        ei[0], ei[1], _consts(xl, negative_slope), _np(alpha), g_xl.numpy(), g_xr.numpy(),
+                        g_w.numpy().reshape(-1, H, C), g_att.numpy())
+    return g_xl, g_xr, g_w, g_att
+
+
+# Two entry points to the same loops. Under torch.compile: the custom operators below, which the
+# compiler keeps as opaque calls. In eager mode: an autograd.Function, because a custom
+# operator's Python dispatch costs ~0.1 ms a call (forward and backward), ~0.6 ms of a 1-head
+# student's ~12 ms step with its three layers (kdkit bench train).
+@torch.library.custom_op("kdkit::gatv2_attention", mutates_args=())
+def _attention_op(xl: Tensor, xr: Tensor, edge_attr: Tensor, w_edge: Tensor, att: Tensor, edge_index: Tensor,
+                  negative_slope: float) -> tuple[Tensor, Tensor]:
+    return _forward_impl(xl, xr, edge_attr, w_edge, att, edge_index, negative_slope)
 
 
 @_attention_op.register_fake
@@ -207,14 +243,7 @@ def _(xl, xr, edge_attr, w_edge, att, edge_index, negative_slope):
 def _attention_backward_op(grad: Tensor, xl: Tensor, xr: Tensor, edge_attr: Tensor, w_edge: Tensor, att: Tensor,
                            edge_index: Tensor, alpha: Tensor,
                            negative_slope: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    _, H, C = xl.shape
-    g_xl, g_xr = torch.empty_like(xl), torch.empty_like(xr)  # every row is written by the kernel
-    g_att, g_w = torch.zeros_like(att), torch.zeros_like(w_edge)
-    ei = _np(edge_index)
-    _kernel("backward")(_np(grad), _np(xl), _np(xr), _np(edge_attr), _np(w_edge).reshape(-1, H, C), _np(att),
-                        ei[0], ei[1], _consts(xl, negative_slope), _np(alpha), g_xl.numpy(), g_xr.numpy(),
-                        g_w.numpy().reshape(-1, H, C), g_att.numpy())
-    return g_xl, g_xr, g_w, g_att
+    return _backward_impl(grad, xl, xr, edge_attr, w_edge, att, edge_index, alpha, negative_slope)
 
 
 @_attention_backward_op.register_fake
@@ -236,6 +265,24 @@ def _backward(ctx, grad_out, grad_alpha):
 
 
 _attention_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _AttentionFn(torch.autograd.Function):
+    """The eager-mode entry point: the same loops as :func:`_attention_op`, without the operator dispatch."""
+
+    @staticmethod
+    def forward(ctx, xl, xr, edge_attr, w_edge, att, edge_index, negative_slope):
+        out, alpha = _forward_impl(xl, xr, edge_attr, w_edge, att, edge_index, negative_slope)
+        ctx.save_for_backward(xl, xr, edge_attr, w_edge, att, edge_index, alpha)
+        ctx.negative_slope = negative_slope
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        xl, xr, edge_attr, w_edge, att, edge_index, alpha = ctx.saved_tensors
+        g_xl, g_xr, g_w, g_att = _backward_impl(grad_out.contiguous(), xl, xr, edge_attr, w_edge, att, edge_index,
+                                                alpha, ctx.negative_slope)
+        return g_xl, g_xr, None, (g_w if w_edge.shape[0] else None), g_att, None, None
 
 
 def gatv2_attention(x_l: Tensor, x_r: Tensor, edge_index: Tensor, att: Tensor, edge_attr: Tensor | None = None,
@@ -264,6 +311,8 @@ def gatv2_attention(x_l: Tensor, x_r: Tensor, edge_index: Tensor, att: Tensor, e
         if edge_attr.requires_grad:
             raise ValueError("gatv2_attention: edge_attr requires a gradient, which the fused kernel does not compute")
         w_edge = edge_weight.t()  # [D, H * C]
-    out, _ = _attention_op(x_l.contiguous(), x_r.contiguous(), edge_attr.to(x_l.dtype).contiguous(),
-                           w_edge.contiguous(), att.reshape(H, C).contiguous(), edge_index, float(negative_slope))
-    return out
+    args = (x_l.contiguous(), x_r.contiguous(), edge_attr.to(x_l.dtype).contiguous(), w_edge.contiguous(),
+            att.reshape(H, C).contiguous(), edge_index, float(negative_slope))
+    if torch.compiler.is_compiling():
+        return _attention_op(*args)[0]
+    return _AttentionFn.apply(*args)

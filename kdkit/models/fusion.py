@@ -38,13 +38,14 @@ import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPClassifier
 from torch import Tensor, nn
-from torch_geometric.nn import MLP, JumpingKnowledge, global_max_pool, global_mean_pool
+from torch_geometric.nn import MLP, JumpingKnowledge
 from torch_geometric.utils import scatter
 
 from kdkit.data.graphs import NODE_FEATURES
 from kdkit.data.loader import graph_loader
 from kdkit.models.gat import GATClassifier
 from kdkit.models.layers import GraphModel, VGAEOutput, _capture_config, graph_index
+from kdkit.models.readout import mean_max_pool
 from kdkit.models.thresholds import quantile_threshold
 from kdkit.models.vgae import VGAE, reconstruction_errors
 
@@ -334,6 +335,7 @@ class FusionModel(GraphModel):
     """
 
     objective = "fuse"
+    fast_readout = True  # the fused CPU readout (kdkit.models.readout); set_attention_kernel "stock": PyG's
 
     @classmethod
     def options_from_run(cls, run: Any) -> dict[str, Any]:
@@ -404,8 +406,7 @@ class FusionModel(GraphModel):
         if self.config["shared_encoder"]:
             batch_vec, num_graphs = graph_index(batch)
             nodes = self.jk(recon.node_embeddings)
-            graph = torch.cat([global_mean_pool(nodes, batch_vec, num_graphs),
-                               global_max_pool(nodes, batch_vec, num_graphs)], dim=-1)
+            graph = mean_max_pool(nodes, batch_vec, num_graphs, fused=self.fast_readout)
             return FusionOutput(self.head(graph), recon, recon.node_embeddings)
         out = self.classifier(batch, return_features=True)
         return FusionOutput(out.logits, recon, out.node_embeddings)

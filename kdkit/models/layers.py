@@ -212,7 +212,8 @@ def set_attention_kernel(model: nn.Module, kernel: str) -> int:
     """Set ``attention`` (``"auto"``, ``"fused"`` or ``"stock"``) on every :class:`GATv2Layer` of
     ``model``; returns how many layers it set. ``"stock"`` also gives every :class:`GATStack`
     torch's own dropout masks (``F.dropout``) instead of kdkit's cheap CPU ones
-    (:mod:`kdkit.models.dropout`): the plain PyTorch/PyG path throughout. The run config's
+    (:mod:`kdkit.models.dropout`) and every GAT or fusion model PyG's pooling functions instead
+    of the fused readout (:mod:`kdkit.models.readout`): the plain PyTorch/PyG path throughout. The run config's
     ``attention`` key does this for training. Outputs are the same within float rounding; in
     training the dropout masks are other random numbers from the same distribution."""
     if kernel not in ATTENTION_KERNELS:
@@ -220,9 +221,11 @@ def set_attention_kernel(model: nn.Module, kernel: str) -> int:
     layers = [m for m in model.modules() if isinstance(m, GATv2Layer)]
     for layer in layers:
         layer.attention = kernel
-    for stack in model.modules():
-        if isinstance(stack, GATStack):
-            stack.fast_dropout = kernel != "stock"
+    for module in model.modules():
+        if isinstance(module, GATStack):
+            module.fast_dropout = kernel != "stock"
+        if hasattr(module, "fast_readout"):  # GAT and fusion models: the fused mean/max readout
+            module.fast_readout = kernel != "stock"
     return len(layers)
 
 
