@@ -377,7 +377,7 @@ class FabricTrainer:
         1-head student's step is ~1.2x its eager one (``kdkit bench train``, AMD EPYC: 6,031-6,650
         against 4,696-5,581 graphs/s), which repays the compiling only after several thousand
         steps, and the teacher's is no faster (418-434 against 413-434), so ``"auto"`` leaves it
-        off; ``compile: true`` turns it on.
+        off; ``compile: true`` turns it on."""
         cfg = self.cfg
         if cfg.compile != "auto":
             return bool(cfg.compile)
