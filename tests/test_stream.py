@@ -220,6 +220,61 @@ def test_restamping_source_is_warned_once(trained, recording, caplog):
     assert stamped.restamped and stamped.windows == 6
 
 
+def test_a_bus_of_unknown_ids_is_warned_once_and_decisions_stay(trained, recording, caplog):
+    """A car whose IDs the model never saw (here: the known car's traffic with every ID made an
+    extended one) is judged after 100 windows and warned about once, frame by frame and in
+    blocks; the known car is not; the decisions are the model's either way."""
+    msgs = read_messages(recording)
+    known = Detector.from_checkpoint(trained)
+    with caplog.at_level(logging.WARNING, logger="kdkit.stream"):
+        ref = known.feed_many(msgs)
+    assert known.unknown_vehicle is False and known.vehicle.share_of_windows == 0.0
+    assert not [r for r in caplog.records if "does not look like a vehicle" in r.getMessage()]
+
+    foreign = [(t, i, d, True) for t, i, d, _ in _frames(msgs, 12_000)]  # 120 windows of foreign IDs
+    det = Detector.from_checkpoint(trained)
+    assert det.score_graph is not None  # frame by frame: the single-window path
+    decisions = [d for d in (det.feed(f) for f in foreign) if d is not None]
+    assert len(decisions) == 120 and det.unknown_vehicle is True and det.vehicle.share_of_windows == 1.0
+    warned = [r.getMessage() for r in caplog.records if "does not look like a vehicle" in r.getMessage()]
+    assert len(warned) == 1 and "kdkit calibrate" in warned[0] and "first 100 windows" in warned[0]
+    assert det.stats()["unknown_vehicle"] is True
+    blocks = Detector.from_checkpoint(trained)
+    assert blocks.unknown_vehicle is None
+    blocks.feed_many(foreign[:9_900])
+    assert blocks.unknown_vehicle is None  # 99 windows: not judged yet
+    blocks.feed_many(foreign[9_900:])
+    assert blocks.unknown_vehicle is True
+    assert len([r for r in caplog.records if "does not look like a vehicle" in r.getMessage()]) == 2  # once each
+    np.testing.assert_allclose(_scores(decisions), _scores(Detector.from_checkpoint(trained).feed_many(foreign)),
+                               rtol=0, atol=1e-6)  # the verdict changes no decision
+
+
+def test_vehicle_check_tells_a_foreign_car_from_an_attack_with_new_ids(caplog):
+    """Fuzzing fills some windows with unknown IDs, a DoS adds one; only a bus whose windows are
+    mostly unknown in at least 75 % of the first 100 counts as another vehicle."""
+    from kdkit.stream.detector import VehicleCheck
+
+    def judge(unknown_per_window):
+        check = VehicleCheck("m")
+        unknown = np.asarray(unknown_per_window)
+        check.add(np.full(unknown.size, 30), unknown, [(0x7A0,)] * unknown.size)
+        return check.verdict, check.share_of_windows
+
+    assert judge([0] * 100) == (False, 0.0)
+    assert judge([1] * 100) == (False, 0.0)  # a DoS on one new ID in every window
+    assert judge([20, 0] * 50) == (False, 0.5)  # fuzzing bursts between normal windows
+    assert judge([16] * 74 + [0] * 26) == (False, 0.74)
+    assert judge([16] * 75 + [0] * 25) == (True, 0.75)
+    assert judge([15] * 100) == (False, 0.0)  # half the IDs unknown is not "most"
+    check = VehicleCheck("m", windows=10)
+    check.add(np.full(4, 30), np.full(4, 30), [()] * 4)
+    assert check.verdict is None
+    with caplog.at_level(logging.WARNING, logger="kdkit.stream"):
+        check.add(np.full(20, 30), np.zeros(20, int), [()] * 20)  # only 6 more are judged
+    assert check.verdict is False and check.share_of_windows == 0.4
+
+
 def test_malformed_frames_are_dropped_and_counted(trained, recording, offline, caplog):
     msgs = read_messages(recording).slice(0, 300)
     good = _frames(msgs)
@@ -377,6 +432,7 @@ def test_real_candump_replayed_with_channel(trained, tmp_path, capsys):
     np.testing.assert_allclose([x["score"] for x in lines], ref, rtol=0, atol=1e-6)
     assert lines[0]["start_time"] == 46408.58493 and lines[0]["oov_ids"]  # the car's IDs are not the synthetic vocabulary
     assert "538 windows" in out.err
+    assert s["unknown_vehicle"] is True and "does not look like a vehicle the model was trained on" in out.err
 
 
 def test_realtime_replay_and_limits(trained, recording, tmp_path, capsys):

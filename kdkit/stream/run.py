@@ -82,7 +82,8 @@ class RunSummary:
                 "threshold": d.threshold, "engine": d.engine, "batch_engine": d.batch_engine, "frames": d.frames, "messages": d.messages, "windows": d.windows,
                 "alarms": d.alarms, "alarm_rate": round(d.alarms / d.windows, 6) if d.windows else None,
                 "dropped": dict(d.dropped), "skipped_rows": self.skipped_rows, "stalls": self.stalls,
-                "restamped": d.restamped, "seconds": round(self.seconds, 4), "cpu_seconds": round(self.cpu_seconds, 4),
+                "restamped": d.restamped, "unknown_vehicle": d.unknown_vehicle,
+                "seconds": round(self.seconds, 4), "cpu_seconds": round(self.cpu_seconds, 4),
                 "read_seconds": round(self.read_seconds, 4),
                 "messages_per_s": round(d.messages / self.seconds) if self.seconds > 0 else None,
                 "latency_ms_p50": pct(self.latencies, 50), "latency_ms_p99": pct(self.latencies, 99),
@@ -105,6 +106,9 @@ class RunSummary:
                   f"{s['seconds']:.3f} s ({s['messages_per_s'] or 0:,} messages/s, {s['cpu_seconds']:.3f} CPU s); {lat}"),
                  f"  dropped frames: {dropped}; skipped rows: {s['skipped_rows']}; stalls: {s['stalls']}"
                  + ("; timestamps looked re-stamped (see the warning)" if s["restamped"] else "")]
+        if s["unknown_vehicle"]:
+            lines.append("  the bus does not look like a vehicle the model was trained on (most IDs unknown to it; see "
+                         "the warning): calibrate it on a clean capture of this car (kdkit calibrate)")
         if s["error"]:
             lines.append(f"  error: {s['error']}")
         return "\n".join(lines)
