@@ -20,8 +20,8 @@ weight's gradient is summed inside the backward loops.
 Under ``torch.compile``, :func:`gatv2_attention` calls a ``torch.library`` custom operator
 (``kdkit::gatv2_attention``) with its own autograd formula and a shape-only ("fake")
 implementation, so the compiler keeps it as one opaque call inside a compiled graph instead of
-breaking the graph; in eager mode it calls the same loops through an ``autograd.Function``. CPU and float32/float64
-only; :class:`kdkit.models.layers.GATv2Layer` falls back to the stock PyG path elsewhere (CUDA,
+breaking the graph; in eager mode it calls the same loops through an ``autograd.Function``.
+CPU and float32/float64 only; :class:`kdkit.models.layers.GATv2Layer` falls back to the stock PyG path elsewhere (CUDA,
 attention dropout in training, ``torch.export``). The result equals the stock layer's within
 float rounding (``tests/test_fused_attention.py``: forward and every gradient).
 """
@@ -42,9 +42,9 @@ def _forward_loops(xl, xr, pe, att, src, dst, consts, num_nodes, alpha, out):
     """Fill ``alpha`` [E, H] (attention) and ``out`` [N, H, C].
 
     ``pe`` is the projected edge features ``W_e e`` as [E, H, C], or [0, H, C] for none. It is
-    one matrix product before the loops (``torch.mm``, ~50 us for a student batch): computed
-    in here, edge by edge, the product's inner loop over the ~7 edge features cannot keep its
-    sums in registers and took 3x as long. ``consts`` = [0, 1, negative slope, 1e-16] in the
+    one matrix product before the loops (:func:`_projected`, ~55 us for a student batch):
+    computed in here, edge by edge, the product's inner loop over the ~7 edge features cannot
+    keep its sums in registers and took ~180 us. ``consts`` = [0, 1, negative slope, 1e-16] in the
     arrays' dtype, so that every sum stays in that dtype (a Python float would promote float32
     arithmetic to float64). The inner loops over channels are branch-free so that LLVM
     vectorizes them."""
@@ -97,9 +97,10 @@ def _backward_loops(grad, xl, xr, pe, ea, att, src, dst, consts, alpha, g_xl, g_
     """Write the gradients ``g_xl``, ``g_xr`` [N, H, C] and accumulate ``g_we`` [D, H, C] and
     ``g_att`` [H, C] (zeroed by the caller); ``z`` is recomputed from ``pe`` (the projected edge
     features, recomputed by the caller), not stored. The edge weight's gradient is summed here,
-    edge by edge: writing the per-edge gradient of ``pe`` out for one matrix product measured slower. A node row is
-    assigned on its first write and accumulated after it (rows never written are zeroed at the
-    end), which saves a zero fill of each [N, H, C] array: ~0.7 ms a teacher layer each.
+    edge by edge: writing the per-edge gradient of ``pe`` out for one matrix product measured
+    slower. A node row is assigned on its first write and accumulated after it (rows never
+    written are zeroed at the end), which saves a zero fill of each [N, H, C] array: ~0.7 ms a
+    teacher layer each.
     Each inner loop touches few arrays: LLVM vectorizes a loop only if it can check at run time
     that its arrays do not overlap, and gives up beyond a handful of them."""
     E, H, C, D = alpha.shape[0], xl.shape[1], xl.shape[2], g_we.shape[0]

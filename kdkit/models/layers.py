@@ -213,8 +213,8 @@ def set_attention_kernel(model: nn.Module, kernel: str) -> int:
     ``model``; returns how many layers it set. ``"stock"`` also gives every :class:`GATStack`
     torch's own dropout masks (``F.dropout``) instead of kdkit's cheap CPU ones
     (:mod:`kdkit.models.dropout`) and every GAT or fusion model PyG's pooling functions instead
-    of the fused readout (:mod:`kdkit.models.readout`): the plain PyTorch/PyG path throughout. The run config's
-    ``attention`` key does this for training. Outputs are the same within float rounding; in
+    of the fused readout (:mod:`kdkit.models.readout`): the plain PyTorch/PyG path throughout.
+    The run config's ``attention`` key does this for training. Outputs are the same within float rounding; in
     training the dropout masks are other random numbers from the same distribution."""
     if kernel not in ATTENTION_KERNELS:
         raise ValueError(f"attention={kernel!r}: choose one of {', '.join(ATTENTION_KERNELS)}")
