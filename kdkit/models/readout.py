@@ -3,7 +3,7 @@
 A GAT classifier reads each window out as ``cat(global_mean_pool(h), global_max_pool(h))``.
 PyG computes it with two scatters forward and, for the maximum, a gather, a comparison, a
 count of ties and a scatter backward, each a pass over the ``[nodes, features]`` tensor and each
-a separate operator call. Eager, that is ~0.4 ms of a ~13 ms student step; under
+a separate operator call. Eager, replacing them saved ~0.4 ms of a ~13 ms student step; under
 ``torch.compile`` the generated C++ for those scatters with dynamic shapes took ~2.5 ms a step
 (``kdkit bench train``, 1-head GAT student, docs/PERFORMANCE.md). Here one numba loop writes
 both halves forward and one writes the gradient backward, registered as the ``torch.library``
