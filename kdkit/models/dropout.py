@@ -68,6 +68,8 @@ def uses_fast_mask(x: Tensor) -> bool:
 
 
 def _fill_mask(mask: Tensor, p: float, seed: int) -> Tensor:
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout probability p={p} must be in [0, 1)")
     np_dtype = np.float32 if mask.dtype == torch.float32 else np.float64
     _kernel()(mask.view(-1).numpy(), round(p * 65536), np_dtype(1.0 / (1.0 - p)), seed)
     return mask
@@ -90,8 +92,6 @@ def dropout_mask(shape: tuple[int, ...] | torch.Size, p: float, dtype: torch.dty
     """A CPU dropout mask of ``shape``: ``1 / (1 - p)`` where kept, 0 where dropped (probability
     ``p``, rounded to a multiple of 1/65,536). The seed comes from ``generator`` (torch's default
     generator when None)."""
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout probability p={p} must be in [0, 1)")
     seed = int(torch.randint(0, 2**62, (), generator=generator))
     return _fill_mask(torch.empty(shape, dtype=dtype), p, seed)
 
@@ -103,8 +103,6 @@ def dropout(x: Tensor, p: float, training: bool = True, fast: bool = True) -> Te
         return x
     if not fast or p >= 1.0 or not uses_fast_mask(x):
         return F.dropout(x, p, training=True)
-    if torch.compiler.is_compiling():
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"dropout probability p={p} must be in [0, 1)")
+    if torch.compiler.is_compiling():  # p is checked where the mask is filled (_fill_mask)
         return x * _mask_op(x.detach(), p, torch.randint(0, 2**62, (), dtype=torch.int64))
     return x * dropout_mask(x.shape, p, x.dtype)
