@@ -181,3 +181,45 @@ def test_unpadded_shards_cover_every_graph_once():
         assert sorted(np.concatenate(shards).tolist()) == list(range(n))
         padded = [sum(len(b) for b in GraphBatchSampler(n, 4, shuffle=False, rank=r, world_size=world)) for r in range(world)]
         assert len(set(padded)) == 1 and sum(padded) >= n
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_compiled_gather_equals_the_indexing_path_with_and_without_self_loops(seed, monkeypatch):
+    """A shuffled batch of an in-memory store goes through the compiled two-pass gather; it is
+    the torch indexing path's batch bit for bit, and with ``self_loops`` the batch
+    ``with_self_loops`` makes of it (the graphs' own self-loops dropped, one per node with the
+    mean of its incoming edges, 0 for a node without any), in the same edge order."""
+    import kdkit.data.loader as loader
+    from kdkit.models.layers import with_self_loops
+
+    graphs = random_graphs(40, seed)  # random edges: self-loops, duplicates, graphs without edges
+    gs = pack(graphs)
+    rng = np.random.default_rng(seed)
+    for size in (2, 7, 40):
+        idx = rng.choice(len(graphs), size=size, replace=True)
+        if (np.diff(idx) == 1).all():
+            idx = idx[::-1].copy()
+        assert loader._compiled_applies(gs, idx)
+        fast, fast_loops = collate_indices(gs, idx), collate_indices(gs, idx, self_loops=True)
+        monkeypatch.setattr(loader, "COMPILED_GATHER", False)
+        ref = collate_indices(gs, idx)
+        assert not loader._compiled_applies(gs, idx)
+        ref_loops = with_self_loops(collate_indices(gs, idx))
+        monkeypatch.setattr(loader, "COMPILED_GATHER", True)
+        assert_same_batch(fast, ref)
+        assert_same_batch(fast, Batch.from_data_list([graphs[i] for i in idx]))
+        assert not getattr(fast, "loops_added", False) and fast_loops.loops_added
+        assert_same_batch(fast_loops, ref_loops)
+        assert with_self_loops(fast_loops) is fast_loops  # already looped: returned as is
+    assert (gs.edge_index[0] == gs.edge_index[1]).any()  # the case of a graph's own self-loops was met
+
+
+def test_compiled_gather_is_not_used_out_of_range_or_for_a_run():
+    import kdkit.data.loader as loader
+
+    gs = pack(random_graphs(5, 0))
+    assert not loader._compiled_applies(gs, np.array([1, 2, 3]))  # a run: sliced
+    assert not loader._compiled_applies(gs, np.array([3]))
+    assert not loader._compiled_applies(gs, np.array([4, 5]))  # out of range: the indexing path raises
+    with pytest.raises(IndexError):
+        collate_indices(gs, [4, 5])

@@ -286,3 +286,74 @@ def test_old_one_group_optimizer_state_resumes_into_two_groups():
     assert [g["lr"] for g in new.param_groups] == [0.005, 0.005]
     same = cpu_speedups.upgrade_optimizer_state(new.state_dict(), new, model.parameters())
     assert same["param_groups"] == new.state_dict()["param_groups"]  # a current state passes through
+
+
+@pytest.mark.parametrize("max_norm", [1e-3, 1e9])
+def test_clip_grad_norm_cpu_equals_torch(max_norm):
+    torch.manual_seed(0)
+    a = [torch.nn.Parameter(torch.randn(s)) for s in ((7, 5), (5,), (3, 2, 4))]
+    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
+    for p, q in zip(a, b):
+        p.grad = torch.randn(p.shape)
+        q.grad = p.grad.clone()
+    a.append(torch.nn.Parameter(torch.randn(2)))  # no gradient: left out, as torch does
+    want = torch.nn.utils.clip_grad_norm_(b, max_norm)
+    got = cpu_speedups.clip_grad_norm_cpu(a, max_norm)
+    torch.testing.assert_close(got, want)
+    for p, q in zip(a, b):
+        torch.testing.assert_close(p.grad, q.grad)
+    assert a[-1].grad is None
+
+
+def test_clip_grad_norm_cpu_spreads_a_nan_like_torch():
+    p, q = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2))
+    p.grad, q.grad = torch.tensor([1.0, float("nan"), 2.0]), torch.tensor([3.0, 4.0])
+    assert torch.isnan(cpu_speedups.clip_grad_norm_cpu([p, q], 1.0))
+    assert torch.isnan(p.grad).all() and torch.isnan(q.grad).all()  # the broken step shows in every tensor
+
+
+def test_training_steps_run_on_one_core(synthetic, tmp_path):
+    """A 1-thread training run keeps to one core: no library thread (numpy's OpenBLAS spun one
+    at 100 % after every product in the fused attention) burns another while it trains."""
+    import os
+    from pathlib import Path
+
+    from kdkit.bench.train import _fabric_steps
+    from kdkit.config import make_config
+    from kdkit.training.task import Task
+
+    if not Path("/proc/self/task").is_dir():
+        pytest.skip("needs Linux /proc")
+    gs = synthetic.splits["train"]
+    cfg = make_config(model="gat", type="student", dataset="synthetic", epochs=1, batch_size=32,
+                      accelerator="cpu", precision="32-true", devices=1)
+    task = Task(_gat(gs), cfg)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        step, _ = _fabric_steps(cfg, gs, task, False, str(tmp_path))
+        for _ in range(3):
+            step()
+
+        def ticks():
+            out = {}
+            for tid in os.listdir("/proc/self/task"):
+                try:
+                    fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                out[tid] = int(fields[11]) + int(fields[12])  # utime + stime
+            return out
+
+        before = ticks()
+        t = time.perf_counter()
+        while time.perf_counter() - t < 1.5:
+            step()
+        after = ticks()
+    finally:
+        torch.set_num_threads(threads)
+    main = str(os.getpid())
+    used = {tid: after[tid] - before.get(tid, 0) for tid in after}
+    others = sum(v for tid, v in used.items() if tid != main)
+    assert used[main] > 0
+    assert others <= 0.2 * used[main], f"other threads used {others} ticks while the main thread used {used[main]}"

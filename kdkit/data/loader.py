@@ -65,10 +65,131 @@ def gather_structure(gs: GraphSet, idx) -> Gathered:
     return Gathered(nodes, edges, node_ptr, batch_vec, edge_index, idx)
 
 
-def collate_indices(gs: GraphSet, idx: torch.Tensor | np.ndarray | list[int]):
-    """Graphs ``idx`` of ``gs`` as one PyG ``Batch``, equal to ``Batch.from_data_list`` of them."""
+def _batch_sizes(node_ptr, edge_ptr, edge_index, idx, loops, out_node_ptr, out_edge_ptr):
+    """The batch's node and edge pointers for graphs ``idx`` (first pass of the compiled gather);
+    with ``loops`` the edges counted are those that are not self-loops."""
+    out_node_ptr[0] = 0
+    out_edge_ptr[0] = 0
+    for g in range(idx.shape[0]):
+        i = idx[g]
+        out_node_ptr[g + 1] = out_node_ptr[g] + node_ptr[i + 1] - node_ptr[i]
+        kept = edge_ptr[i + 1] - edge_ptr[i]
+        if loops:
+            for r in range(edge_ptr[i], edge_ptr[i + 1]):
+                if edge_index[0, r] == edge_index[1, r]:
+                    kept -= 1
+        out_edge_ptr[g + 1] = out_edge_ptr[g] + kept
 
-    g = gather_structure(gs, idx)
+
+def _gather_loops(node_ptr, edge_ptr, idx, x, node_id, node_y, edge_index, edge_attr, loops, out_node_ptr,
+                  out_edge_ptr, out_x, out_id, out_y, out_ei, out_ea, out_batch):
+    """Copy graphs ``idx``'s node and edge rows into the batch tensors, re-basing ``edge_index``
+    by each graph's first batch node and writing the ``batch`` vector (second pass).
+
+    With ``loops``, the GATv2 layers' self-loops as ``GATv2Conv(add_self_loops=True,
+    fill_value="mean")`` makes them from the batch (``remove_self_loops`` then
+    ``add_self_loops``): the graphs' own self-loops are left out, and after all other edges
+    comes one loop per batch node, whose features are the mean of the node's incoming edges'
+    (0 without any), summed in edge order and divided as PyG's scatter mean does."""
+    G, N = idx.shape[0], out_node_ptr[idx.shape[0]]
+    E = out_edge_ptr[G]
+    F = edge_attr.shape[1]
+    if loops:
+        count = np.zeros(N, dtype=out_ea.dtype)
+        for n in range(N):
+            out_ei[0, E + n] = n
+            out_ei[1, E + n] = n
+            for f in range(F):
+                out_ea[E + n, f] = 0
+    for g in range(G):
+        i = idx[g]
+        a, n = node_ptr[i], out_node_ptr[g]
+        for r in range(node_ptr[i + 1] - a):
+            for f in range(x.shape[1]):
+                out_x[n + r, f] = x[a + r, f]
+            out_id[n + r] = node_id[a + r]
+            out_y[n + r] = node_y[a + r]
+            out_batch[n + r] = g
+        e = out_edge_ptr[g]
+        for r in range(edge_ptr[i], edge_ptr[i + 1]):
+            src, dst = edge_index[0, r], edge_index[1, r]
+            if loops and src == dst:
+                continue
+            for f in range(F):
+                out_ea[e, f] = edge_attr[r, f]
+            out_ei[0, e] = src + n
+            out_ei[1, e] = dst + n
+            if loops:
+                count[dst + n] += 1
+                for f in range(F):
+                    out_ea[E + dst + n, f] += edge_attr[r, f]
+            e += 1
+    if loops:
+        for n in range(N):
+            c = max(count[n], 1)
+            for f in range(F):
+                out_ea[E + n, f] = out_ea[E + n, f] / c
+
+
+_kernels: dict[str, object] = {}
+
+
+def _kernel(name: str):
+    if name not in _kernels:
+        import numba  # imported here: only the gathered CPU batch needs it
+
+        fn = {"sizes": _batch_sizes, "gather": _gather_loops}[name]
+        _kernels[name] = numba.njit(cache=True, nogil=True)(fn)
+    return _kernels[name]
+
+
+def _collate_compiled(gs: GraphSet, idx_np: np.ndarray, self_loops: bool = False) -> Batch:
+    """:func:`collate_indices` for a gathered batch of an in-memory store, in two compiled passes
+    instead of ~20 indexing operators (~0.3 ms instead of ~0.7 ms for 64 hcrl_sa windows)."""
+    G = idx_np.size
+    node_ptr, edge_ptr = torch.empty(G + 1, dtype=torch.long), torch.empty(G + 1, dtype=torch.long)
+    src = [t.numpy() for t in (gs.node_ptr, gs.edge_ptr)]
+    _kernel("sizes")(*src, gs.edge_index.numpy(), idx_np, self_loops, node_ptr.numpy(), edge_ptr.numpy())
+    N, E = int(node_ptr[-1]), int(edge_ptr[-1]) + (int(node_ptr[-1]) if self_loops else 0)
+    x = torch.empty((N, gs.x.shape[1]), dtype=gs.x.dtype)
+    node_id, node_y, batch_vec = (torch.empty(N, dtype=torch.long) for _ in range(3))
+    edge_index = torch.empty((2, E), dtype=torch.long)
+    edge_attr = torch.empty((E, gs.edge_attr.shape[1]), dtype=gs.edge_attr.dtype)
+    _kernel("gather")(*src, idx_np, gs.x.numpy(), gs.node_id.numpy(), gs.node_y.numpy(), gs.edge_index.numpy(),
+                      gs.edge_attr.numpy(), self_loops, node_ptr.numpy(), edge_ptr.numpy(), x.numpy(),
+                      node_id.numpy(), node_y.numpy(), edge_index.numpy(), edge_attr.numpy(), batch_vec.numpy())
+    idx = torch.from_numpy(idx_np)
+    out = Batch(x=x, node_id=node_id, edge_index=edge_index, edge_attr=edge_attr, y=gs.y[idx], node_y=node_y,
+                batch=batch_vec, ptr=node_ptr)
+    out._num_graphs = G
+    if self_loops:
+        out.loops_added = True
+    return out
+
+
+def _compiled_applies(gs: GraphSet, idx_np: np.ndarray) -> bool:
+    """A shuffled batch of more than one graph from a store held in memory, indices in range
+    (the loops do not check bounds). A run of consecutive graphs is sliced, a store whose pages
+    are released as it is read goes through :meth:`GraphSet.rows`."""
+    return (COMPILED_GATHER and idx_np.size > 1 and not gs.releasing and gs.x.is_contiguous()
+            and gs.edge_attr.is_contiguous() and gs.edge_index.is_contiguous()
+            and 0 <= idx_np.min() and idx_np.max() < len(gs) and not (np.diff(idx_np) == 1).all())
+
+
+COMPILED_GATHER = True  # False: always the torch indexing path (tests compare the two)
+
+
+def collate_indices(gs: GraphSet, idx: torch.Tensor | np.ndarray | list[int], self_loops: bool = False):
+    """Graphs ``idx`` of ``gs`` as one PyG ``Batch``, equal to ``Batch.from_data_list`` of them.
+
+    ``self_loops``: where the compiled gather applies (a shuffled batch from a store in memory),
+    the batch also carries the GATv2 layers' self-loops and ``loops_added=True`` (what
+    :func:`kdkit.models.layers.with_self_loops` makes of it); elsewhere it comes without, and the
+    caller's transform adds them."""
+    idx_np = np.asarray(idx, dtype=np.int64).reshape(-1)
+    if _compiled_applies(gs, idx_np):
+        return _collate_compiled(gs, idx_np, self_loops)
+    g = gather_structure(gs, idx_np)
 
     def take(t: torch.Tensor, rows) -> torch.Tensor:  # a batch owns its tensors (loader workers share
         return t[rows].clone() if isinstance(rows, slice) else gs.rows(t, rows)  # a view's whole store otherwise)
@@ -176,11 +297,11 @@ class _IndexDataset(torch.utils.data.Dataset):
 
 
 class _Collate:
-    def __init__(self, gs: GraphSet, transform=None):
-        self.gs, self.transform = gs, transform
+    def __init__(self, gs: GraphSet, transform=None, self_loops: bool = False):
+        self.gs, self.transform, self.self_loops = gs, transform, self_loops
 
     def __call__(self, indices: list[int]):
-        batch = collate_indices(self.gs, indices)
+        batch = collate_indices(self.gs, indices, self.self_loops)
         return self.transform(batch) if self.transform is not None else batch
 
 

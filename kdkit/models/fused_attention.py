@@ -189,10 +189,13 @@ def _np(t: Tensor) -> np.ndarray:
 
 def _projected(edge_attr: Tensor, w_edge: Tensor, H: int, C: int) -> np.ndarray:
     """``W_e e`` for every edge as [E, H, C] (one matrix product), or [0, H, C] without edge features."""
-    w = _np(w_edge)
-    if w.shape[0] == 0:
-        return np.empty((0, H, C), dtype=w.dtype)
-    return np.matmul(_np(edge_attr), w).reshape(-1, H, C)  # numpy's: no autocast to bf16 in here
+    if w_edge.shape[0] == 0:
+        return np.empty((0, H, C), dtype=np.float32 if w_edge.dtype == torch.float32 else np.float64)
+    # torch's product with autocast off (under bf16 autocast it would run in bf16), not numpy's:
+    # numpy's OpenBLAS starts its own threads, which then spin on another core after every call
+    # (a 1-thread training run used two cores)
+    with torch.autocast("cpu", enabled=False):
+        return _np(torch.mm(edge_attr.detach(), w_edge.detach())).reshape(-1, H, C)
 
 
 def _consts(like: Tensor, negative_slope: float) -> np.ndarray:

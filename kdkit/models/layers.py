@@ -14,6 +14,7 @@ from torch_geometric.utils import add_self_loops, remove_self_loops
 
 from kdkit.models.dropout import dropout
 from kdkit.models.fused_attention import gatv2_attention
+from kdkit.models.norm_act import norm_elu_dropout, uses_fused_norm_act
 
 ATTENTION_KERNELS = ("auto", "fused", "stock")
 
@@ -200,7 +201,7 @@ class GATv2Layer(GATv2Conv):
             edge_attr = edge_attr.view(-1, 1)
         weight = self.lin_edge.weight if edge_attr is not None else None
         out = gatv2_attention(x_l, x_r, edge_index, self.att, edge_attr, weight, negative_slope=self.negative_slope)
-        out = out.reshape(-1, H * C) if self.concat else out.mean(dim=1)
+        out = out.reshape(-1, H * C) if self.concat or H == 1 else out.mean(dim=1)  # one head: no copy
         if self.res is not None:
             out = out + self.res(x)
         if self.bias is not None:
@@ -238,13 +239,28 @@ def gat_self_loops(edge_index: Tensor, edge_attr: Tensor | None, num_nodes: int)
 
 
 def with_self_loops(batch):
-    """The loaders' transform under ``torch.compile``: every :class:`GATv2Layer`'s self-loops
-    added to the batch once (what each layer would add), marked with ``loops_added`` so the
-    layers add none. The GAT's output is unchanged (tested)."""
+    """The training loaders' transform for a GAT classifier: every :class:`GATv2Layer`'s
+    self-loops added to the batch once (what each layer would add), marked with ``loops_added``
+    so the layers add none. The GAT's output is unchanged (tested). A batch that already has
+    them (the compiled gather, :func:`kdkit.data.loader.collate_indices`) is returned as is."""
+    if getattr(batch, "loops_added", False):
+        return batch
     batch.edge_index, batch.edge_attr = gat_self_loops(batch.edge_index, batch.edge_attr,
                                                        num_nodes=batch.x.size(0))
     batch.loops_added = True
     return batch
+
+
+def takes_batch_self_loops(*models: nn.Module | None) -> bool:
+    """Whether batches with :func:`with_self_loops`'s self-loops suit these models: each has
+    GATv2 layers and every one of them adds self-loops (``add_self_loops=True``)."""
+    for model in models:
+        if model is None:
+            continue
+        layers = [m for m in model.modules() if isinstance(m, GATv2Layer)]
+        if not layers or not all(layer.self_loops for layer in layers):
+            return False
+    return True
 
 
 class GATStack(nn.Module):
@@ -290,8 +306,11 @@ class GATStack(nn.Module):
             edge_index, edge_attr = gat_self_loops(edge_index, edge_attr, h.size(0))
             loops_added = True
         for conv, proj, norm in zip(self.convs, self.projs, self.norms):
-            h = dropout(F.elu(norm(h + proj(conv(h, edge_index, edge_attr, loops_added)))),
-                        self.dropout, self.training, fast=self.fast_dropout)
+            c = proj(conv(h, edge_index, edge_attr, loops_added))
+            if self.fast_dropout and uses_fused_norm_act(h, norm):  # one CPU operator for the four below
+                h = norm_elu_dropout(h, c, norm, self.dropout, self.training)
+            else:
+                h = dropout(F.elu(norm(h + c)), self.dropout, self.training, fast=self.fast_dropout)
             out.append(h)
         return out
 
