@@ -163,13 +163,16 @@ def test_torch_export_traces_the_stock_path():
     torch.testing.assert_close(program.module()(*args), model(batch), atol=1e-5, rtol=1e-5)
 
 
-def test_kernel_writes_every_output_row_without_a_zero_fill():
+@pytest.mark.parametrize("inline", [False, True])
+def test_kernel_writes_every_output_row_without_a_zero_fill(inline, monkeypatch):
     """The kernel assigns a node's row on its first write instead of zero-filling the outputs:
-    rows that no edge touches (isolated nodes) must still come out as 0, whatever the memory held."""
+    rows that no edge touches (isolated nodes) must still come out as 0, whatever the memory held.
+    Both ways of taking the edge projection: one product before the loops, or summed in them."""
     import numpy as np
 
     from kdkit.models import fused_attention as fa
 
+    monkeypatch.setattr(fa, "INLINE_EDGES_FROM", 1 if inline else 10**9)
     torch.manual_seed(0)
     N, H, C = 12, 2, 4
     ei, ea = _random_graph(N, 30, seed=6, edge_dim=3, dtype=torch.float64)  # nodes 9-11: no edges
@@ -178,16 +181,18 @@ def test_kernel_writes_every_output_row_without_a_zero_fill():
     src, dst, consts = ei[0].numpy(), ei[1].numpy(), fa._consts(xl, 0.2)
     w_t = w  # the operator's w_edge: [D, H * C]
     pe = fa._projected(ea, w_t, H, C)
+    assert pe.shape[0] == (0 if inline else 30)
+    we = w_t.numpy().reshape(3, H, C)
     out, alpha = np.full((N, H, C), np.nan), np.full((30, H), np.nan)  # garbage, as torch.empty may hold
-    fa._kernel("forward")(xl.numpy(), xr.numpy(), pe, att.numpy(), src, dst, consts, N, alpha, out)
+    fa._kernel("forward")(xl.numpy(), xr.numpy(), pe, ea.numpy(), we, att.numpy(), src, dst, consts, N, alpha, out)
     ref_out, ref_alpha = fa._attention_op(xl, xr, ea, w_t, att, ei, 0.2)
     np.testing.assert_allclose(out, ref_out.numpy(), rtol=1e-12, atol=1e-12)
     assert (out[9:] == 0).all() and not np.isnan(out).any()
     grad = np.random.default_rng(0).standard_normal((N, H, C))
     g_xl, g_xr = np.full((N, H, C), np.nan), np.full((N, H, C), np.nan)
     g_we, g_att = np.zeros((3, H, C)), np.zeros((H, C))
-    fa._kernel("backward")(grad, xl.numpy(), xr.numpy(), pe, ea.numpy(), att.numpy(), src, dst, consts, alpha,
-                           g_xl, g_xr, g_we, g_att)
+    fa._kernel("backward")(grad, xl.numpy(), xr.numpy(), pe, ea.numpy(), we, att.numpy(), src, dst, consts,
+                           alpha, g_xl, g_xr, g_we, g_att)
     refs = fa._attention_backward_op(torch.from_numpy(grad), xl, xr, ea, w_t, att, ei, ref_alpha, 0.2)
     for got, ref in zip((g_xl, g_xr, g_we.reshape(3, H * C), g_att), refs):
         np.testing.assert_allclose(got, ref.numpy(), rtol=1e-12, atol=1e-12)

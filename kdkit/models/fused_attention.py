@@ -14,7 +14,8 @@ cannot fuse them. Here the same math runs as loops over the edges compiled with 
 for the forward pass, two for the backward pass): the forward keeps only ``att`` ([E, H]) for
 the backward pass, which recomputes ``z`` and writes the gradients of ``x_l``, ``x_r``, the edge
 projection's weight and ``a`` directly. The edge projection ``W_e e`` (a window's edges carry ~7
-features) is one matrix product before the loops in each pass, not kept between them; the
+features) is, for few heads x channels, one matrix product before the loops in each pass, not
+kept between them, and for many summed inside the loops (:data:`INLINE_EDGES_FROM`); the
 weight's gradient is summed inside the backward loops.
 
 Under ``torch.compile``, :func:`gatv2_attention` calls a ``torch.library`` custom operator
@@ -38,18 +39,19 @@ from torch import Tensor
 _NEG_SLOPE_DEFAULT = 0.2
 
 
-def _forward_loops(xl, xr, pe, att, src, dst, consts, num_nodes, alpha, out):
+def _forward_loops(xl, xr, pe, ea, we, att, src, dst, consts, num_nodes, alpha, out):
     """Fill ``alpha`` [E, H] (attention) and ``out`` [N, H, C].
 
-    ``pe`` is the projected edge features ``W_e e`` as [E, H, C], or [0, H, C] for none. It is
-    one matrix product before the loops (:func:`_projected`, ~55 us for a student batch):
-    computed in here, edge by edge, the product's inner loop over the ~7 edge features cannot
-    keep its sums in registers and took ~180 us. ``consts`` = [0, 1, negative slope, 1e-16] in the
+    ``pe`` is the projected edge features ``W_e e`` as [E, H, C] (one matrix product before the
+    loops, :func:`_projected`), or [0, H, C]: then, if ``we`` [D, H, C] is not empty, ``W_e e``
+    is summed here edge by edge from ``ea`` [E, D] (see :func:`_edges_inline` for which is
+    faster when). ``consts`` = [0, 1, negative slope, 1e-16] in the
     arrays' dtype, so that every sum stays in that dtype (a Python float would promote float32
     arithmetic to float64). The inner loops over channels are branch-free so that LLVM
     vectorizes them."""
     E, H, C = alpha.shape[0], xl.shape[1], xl.shape[2]
     has_edge = pe.shape[0] > 0
+    inline, D = pe.shape[0] == 0 and we.shape[0] > 0, we.shape[0]
     zero, slope, eps = consts[0], consts[2], consts[3]
     mx = np.full((num_nodes, H), -np.inf, dtype=xl.dtype)
     den = np.zeros((num_nodes, H), dtype=xl.dtype)
@@ -63,6 +65,11 @@ def _forward_loops(xl, xr, pe, att, src, dst, consts, num_nodes, alpha, out):
             else:
                 for c in range(C):
                     z[c] = xl[j, h, c] + xr[i, h, c]
+                if inline:
+                    for d in range(D):
+                        v = ea[k, d]
+                        for c in range(C):
+                            z[c] += v * we[d, h, c]
             s = zero
             for c in range(C):
                 s += att[h, c] * max(z[c], z[c] * slope)
@@ -93,10 +100,11 @@ def _forward_loops(xl, xr, pe, att, src, dst, consts, num_nodes, alpha, out):
             out[n] = zero
 
 
-def _backward_loops(grad, xl, xr, pe, ea, att, src, dst, consts, alpha, g_xl, g_xr, g_we, g_att):
+def _backward_loops(grad, xl, xr, pe, ea, we, att, src, dst, consts, alpha, g_xl, g_xr, g_we, g_att):
     """Write the gradients ``g_xl``, ``g_xr`` [N, H, C] and accumulate ``g_we`` [D, H, C] and
     ``g_att`` [H, C] (zeroed by the caller); ``z`` is recomputed from ``pe`` (the projected edge
-    features, recomputed by the caller), not stored. The edge weight's gradient is summed here,
+    features, recomputed by the caller) or, with ``pe`` empty, from ``ea`` and ``we`` as in the
+    forward loops, not stored. The edge weight's gradient is summed here,
     edge by edge: writing the per-edge gradient of ``pe`` out for one matrix product measured
     slower. A node row is assigned on its first write and accumulated after it (rows never
     written are zeroed at the end), which saves a zero fill of each [N, H, C] array: ~0.7 ms a
@@ -105,6 +113,7 @@ def _backward_loops(grad, xl, xr, pe, ea, att, src, dst, consts, alpha, g_xl, g_
     that its arrays do not overlap, and gives up beyond a handful of them."""
     E, H, C, D = alpha.shape[0], xl.shape[1], xl.shape[2], g_we.shape[0]
     has_edge = pe.shape[0] > 0
+    inline = pe.shape[0] == 0 and we.shape[0] > 0
     zero, one, slope = consts[0], consts[1], consts[2]
     num_nodes = xl.shape[0]
     g_alpha = np.empty((E, H), dtype=xl.dtype)
@@ -137,6 +146,11 @@ def _backward_loops(grad, xl, xr, pe, ea, att, src, dst, consts, alpha, g_xl, g_
             else:
                 for c in range(C):
                     gz[c] = xl[j, h, c] + xr[i, h, c]
+                if inline:
+                    for d in range(D):
+                        v = ea[k, d]
+                        for c in range(C):
+                            gz[c] += v * we[d, h, c]
             for c in range(C):
                 z = gz[c]
                 dz = one if z > zero else slope  # LeakyReLU's derivative (torch's: slope at 0)
@@ -187,9 +201,22 @@ def _np(t: Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
 
+# Heads x channels from which the loops sum W_e e themselves instead of taking one product:
+# with few channels the loops' sum over the ~7 edge features cannot keep its sums in registers
+# (1-head student, 32: ~180 us a layer against ~55 us for the product), with many the product's
+# [E, H * C] output is the cost (teacher, 8 x 64: ~10 MB written per call, 2-5 ms in a training
+# step against ~1 ms summed in the loops; kdkit bench train).
+INLINE_EDGES_FROM = 128
+
+
+def _edges_inline(H: int, C: int) -> bool:
+    return H * C >= INLINE_EDGES_FROM
+
+
 def _projected(edge_attr: Tensor, w_edge: Tensor, H: int, C: int) -> np.ndarray:
-    """``W_e e`` for every edge as [E, H, C] (one matrix product), or [0, H, C] without edge features."""
-    if w_edge.shape[0] == 0:
+    """``W_e e`` for every edge as [E, H, C] (one matrix product), or [0, H, C] without edge
+    features or when the loops sum it themselves (:func:`_edges_inline`)."""
+    if w_edge.shape[0] == 0 or _edges_inline(H, C):
         return np.empty((0, H, C), dtype=np.float32 if w_edge.dtype == torch.float32 else np.float64)
     # torch's product with autocast off (under bf16 autocast it would run in bf16), not numpy's:
     # numpy's OpenBLAS starts its own threads, which then spin on another core after every call
@@ -211,8 +238,9 @@ def _forward_impl(xl: Tensor, xr: Tensor, edge_attr: Tensor, w_edge: Tensor, att
     ei = _np(edge_index)
     if E and (ei.min() < 0 or ei.max() >= N):  # the compiled loops do not check bounds: fail here, clearly
         raise ValueError(f"kdkit::gatv2_attention: edge_index spans {ei.min()}..{ei.max()} but there are {N} nodes")
-    _kernel("forward")(_np(xl), _np(xr), _projected(edge_attr, w_edge, H, C), _np(att), ei[0], ei[1],
-                       _consts(xl, negative_slope), N, alpha.numpy(), out.numpy())
+    _kernel("forward")(_np(xl), _np(xr), _projected(edge_attr, w_edge, H, C), _np(edge_attr),
+                       _np(w_edge).reshape(-1, H, C), _np(att), ei[0], ei[1], _consts(xl, negative_slope), N,
+                       alpha.numpy(), out.numpy())
     return out, alpha
 
 
@@ -222,8 +250,8 @@ def _backward_impl(grad: Tensor, xl: Tensor, xr: Tensor, edge_attr: Tensor, w_ed
     g_xl, g_xr = torch.empty_like(xl), torch.empty_like(xr)  # every row is written by the kernel
     g_att, g_w = torch.zeros_like(att), torch.zeros_like(w_edge)
     ei = _np(edge_index)
-    _kernel("backward")(_np(grad), _np(xl), _np(xr), _projected(edge_attr, w_edge, H, C), _np(edge_attr), _np(att),
-                        ei[0], ei[1], _consts(xl, negative_slope), _np(alpha), g_xl.numpy(), g_xr.numpy(),
+    _kernel("backward")(_np(grad), _np(xl), _np(xr), _projected(edge_attr, w_edge, H, C), _np(edge_attr),
+                        _np(w_edge).reshape(-1, H, C), _np(att), ei[0], ei[1], _consts(xl, negative_slope), _np(alpha), g_xl.numpy(), g_xr.numpy(),
                         g_w.numpy().reshape(-1, H, C), g_att.numpy())
     return g_xl, g_xr, g_w, g_att
 

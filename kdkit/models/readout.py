@@ -39,8 +39,8 @@ def _forward_loops(x, batch, out, count):
         count[g] += 1
         for f in range(F):
             sums[g, f] += x[n, f]
-        for f in range(F):
-            maxs[g, f] = max(maxs[g, f], x[n, f])
+        for f in range(F):  # np.maximum vectorizes (and keeps a NaN); the builtin max did not
+            maxs[g, f] = np.maximum(maxs[g, f], x[n, f])
     zero = x.dtype.type(0)
     for g in range(G):
         c = count[g]
@@ -56,15 +56,21 @@ def _forward_loops(x, batch, out, count):
 
 def _backward_loops(grad, x, batch, out, count, g_x):
     """``g_x[n] = grad_mean[g] / count[g] + grad_max[g] / ties[g]`` where ``x[n]`` is its
-    graph's maximum (``ties``: how many nodes hold it), else only the mean's share."""
+    graph's maximum (``ties``: how many nodes hold it), else only the mean's share. The maxima
+    are copied out of ``out`` first: indexing ``out[g, F + f]`` in the per-node loops kept LLVM
+    from vectorizing them (~5x slower)."""
     N, F = x.shape
     G = out.shape[0]
     one, zero = x.dtype.type(1), x.dtype.type(0)
+    mx = np.empty((G, F), dtype=x.dtype)
     ties = np.zeros((G, F), dtype=x.dtype)
+    for g in range(G):
+        for f in range(F):
+            mx[g, f] = out[g, F + f]
     for n in range(N):
         g = batch[n]
         for f in range(F):
-            ties[g, f] += one if x[n, f] == out[g, F + f] else zero
+            ties[g, f] += one if x[n, f] == mx[g, f] else zero
     share = np.empty((G, F), dtype=x.dtype)
     for g in range(G):  # per graph: the mean's share, and the maximum's share per tied node
         c = max(count[g], 1)
@@ -75,7 +81,7 @@ def _backward_loops(grad, x, batch, out, count, g_x):
     for n in range(N):
         g = batch[n]
         for f in range(F):
-            g_x[n, f] = share[g, f] + (ties[g, f] if x[n, f] == out[g, F + f] else zero)
+            g_x[n, f] = share[g, f] + (ties[g, f] if x[n, f] == mx[g, f] else zero)
 
 
 _kernels: dict[str, object] = {}
