@@ -97,15 +97,21 @@ def _forward_loops(h, c, weight, bias, eps, mask, use_mask, need_grad, out, xhat
         else:
             for j in range(C):
                 out[n, j] = ar[j]
-        if need_grad:
+        if need_grad:  # the mask is folded into the derivative: the backward needs no mask
             for j in range(C):
                 xhat[n, j] = xr[j]
-                dfac[n, j] = dr[j]
+            if use_mask:
+                for j in range(C):
+                    dfac[n, j] = dr[j] * mask[n, j]
+            else:
+                for j in range(C):
+                    dfac[n, j] = dr[j]
             rstd[n] = r
 
 
-def _backward_loops(grad, mask, use_mask, xhat, dfac, rstd, weight, g_v, g_weight, g_bias):
-    """Gradients of :func:`_forward_loops` w.r.t. ``h + c`` (``g_v``), the weight and the bias."""
+def _backward_loops(grad, xhat, dfac, rstd, weight, g_v, g_weight, g_bias):
+    """Gradients of :func:`_forward_loops` w.r.t. ``h + c`` (``g_v``), the weight and the bias;
+    ``dfac`` is the ELU's derivative times the dropout mask."""
     N, C = grad.shape
     zero, inv_c = grad.dtype.type(0), grad.dtype.type(1.0 / C)
     t, gy = np.empty(C, grad.dtype), np.empty(C, grad.dtype)
@@ -113,12 +119,8 @@ def _backward_loops(grad, mask, use_mask, xhat, dfac, rstd, weight, g_v, g_weigh
         g_weight[j] = zero
         g_bias[j] = zero
     for n in range(N):  # as in the forward: no branch inside the inner loops
-        if use_mask:
-            for j in range(C):
-                t[j] = grad[n, j] * mask[n, j] * dfac[n, j]
-        else:
-            for j in range(C):
-                t[j] = grad[n, j] * dfac[n, j]
+        for j in range(C):
+            t[j] = grad[n, j] * dfac[n, j]
         s1 = zero
         s2 = zero
         for j in range(C):
@@ -170,20 +172,20 @@ def _forward_impl(h: Tensor, c: Tensor, weight: Tensor, bias: Tensor, eps: float
     xhat, dfac, rstd = torch.empty(shape, dtype=dt), torch.empty(shape, dtype=dt), torch.empty(shape[0], dtype=dt)
     m = mask if mask is not None else out  # not read when use_mask is False
     _kernel("forward")(h.detach().contiguous().numpy(), c.detach().contiguous().numpy(),
-          weight.detach().to(dt).contiguous().numpy(), bias.detach().to(dt).contiguous().numpy(),
-          eps, m.numpy(), mask is not None, need_grad, out.numpy(), xhat.numpy(), dfac.numpy(), rstd.numpy())
+                       weight.detach().to(dt).contiguous().numpy(), bias.detach().to(dt).contiguous().numpy(),
+                       eps, m.numpy(), mask is not None, need_grad, out.numpy(), xhat.numpy(), dfac.numpy(),
+                       rstd.numpy())
     return out, xhat, dfac, rstd
 
 
-def _backward_impl(grad: Tensor, mask: Tensor | None, xhat: Tensor, dfac: Tensor, rstd: Tensor,
+def _backward_impl(grad: Tensor, xhat: Tensor, dfac: Tensor, rstd: Tensor,
                    weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     dt = xhat.dtype
     g_v = torch.empty_like(xhat)
     g_w, g_b = torch.empty(xhat.shape[1], dtype=dt), torch.empty(xhat.shape[1], dtype=dt)
     grad = grad.to(dt).contiguous()
-    _kernel("backward")(grad.numpy(), (mask if mask is not None else grad).numpy(), mask is not None,
-                        xhat.numpy(), dfac.numpy(), rstd.numpy(), weight.detach().to(dt).contiguous().numpy(),
-                        g_v.numpy(), g_w.numpy(), g_b.numpy())
+    _kernel("backward")(grad.numpy(), xhat.numpy(), dfac.numpy(), rstd.numpy(),
+                        weight.detach().to(dt).contiguous().numpy(), g_v.numpy(), g_w.numpy(), g_b.numpy())
     return g_v, g_w.to(weight.dtype), g_b.to(weight.dtype)
 
 
@@ -193,13 +195,13 @@ class _NormActFn(torch.autograd.Function):
         need_grad = any(ctx.needs_input_grad[:4])
         out, xhat, dfac, rstd = _forward_impl(h, c, weight, bias, eps, mask, need_grad)
         if need_grad:
-            ctx.save_for_backward(mask, xhat, dfac, rstd, weight)
+            ctx.save_for_backward(xhat, dfac, rstd, weight)  # the mask is folded into dfac
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        mask, xhat, dfac, rstd, weight = ctx.saved_tensors
-        g_v, g_w, g_b = _backward_impl(grad_out, mask, xhat, dfac, rstd, weight)
+        xhat, dfac, rstd, weight = ctx.saved_tensors
+        g_v, g_w, g_b = _backward_impl(grad_out, xhat, dfac, rstd, weight)
         need = ctx.needs_input_grad
         return (g_v if need[0] else None, g_v if need[1] else None, g_w if need[2] else None,
                 g_b if need[3] else None, None, None)
