@@ -1,7 +1,9 @@
 """Fast batches straight from the packed graph store.
 
-A batch is gathered from a :class:`~kdkit.graphs.GraphSet` with a few vectorized index
-operations: no per-graph ``Data`` objects and no PyG collate in the hot path. From a
+A batch is gathered from a :class:`~kdkit.graphs.GraphSet` without per-graph ``Data`` objects
+or PyG's collate: a shuffled batch of a store in memory in two compiled (numba) passes, which can
+also write a GAT classifier's self-loops (``collate_indices(..., self_loops=True)``), anything else
+with a few vectorized index operations. From a
 memory-mapped store (``datasets.prepare``) only the batch's pages are read, and a large store's
 pages are released every 256 graphs, so a store larger than RAM trains in bounded memory. It is still a
 ``torch.utils.data.DataLoader`` (Fabric's ``setup_dataloaders`` accepts it); the batch
