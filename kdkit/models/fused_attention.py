@@ -251,8 +251,8 @@ def _backward_impl(grad: Tensor, xl: Tensor, xr: Tensor, edge_attr: Tensor, w_ed
     g_att, g_w = torch.zeros_like(att), torch.zeros_like(w_edge)
     ei = _np(edge_index)
     _kernel("backward")(_np(grad), _np(xl), _np(xr), _projected(edge_attr, w_edge, H, C), _np(edge_attr),
-                        _np(w_edge).reshape(-1, H, C), _np(att), ei[0], ei[1], _consts(xl, negative_slope), _np(alpha), g_xl.numpy(), g_xr.numpy(),
-                        g_w.numpy().reshape(-1, H, C), g_att.numpy())
+                        _np(w_edge).reshape(-1, H, C), _np(att), ei[0], ei[1], _consts(xl, negative_slope),
+                        _np(alpha), g_xl.numpy(), g_xr.numpy(), g_w.numpy().reshape(-1, H, C), g_att.numpy())
     return g_xl, g_xr, g_w, g_att
 
 
