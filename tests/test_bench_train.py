@@ -42,6 +42,16 @@ def test_bench_train_smoke(synthetic, capsys):
     assert out["plain"]["dropout_masks"] == "torch" and out["fabric"]["dropout_masks"] == "kdkit"
 
 
+def test_bench_train_text_report(synthetic, capsys):
+    """Without --json: both loops' figures, the ratios, and numba's set-up named beside them."""
+    rc = main(["bench", "train", "--model", "gat", "--type", "student", "--dataset", "synthetic", "--steps", "2",
+               "--repeats", "1", "--burn-in", "1", "--batch-size", "8", "--threads", "1", "--in-process"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "plain" in text and "fabric" in text and "graphs/s" in text and "peak memory" in text
+    assert "numba's one-time set-up" in text and "counted as the Fabric path's" in text
+
+
 @pytest.mark.parametrize("model", ["gat", "vgae"])
 def test_plain_loop_computes_the_trainers_loss(synthetic, model):
     """benchmarks/plain_pyg_loop.py (the baseline) and the trainer's Task give the same loss on the
