@@ -24,9 +24,16 @@ def _random_graph(num_nodes, num_edges, seed, edge_dim=7, dtype=torch.float32):
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
-@pytest.mark.parametrize("edge_dim", [None, 7])
+# every way of taking the edge projection W_e e: none, one product before the loops (3 features,
+# few heads x channels), the loops' generic sum (3 features, INLINE_EDGES_FROM lowered) and their
+# one-pass sum of kdkit's 7 features
+@pytest.mark.parametrize("edge_dim,inline_from", [(None, 128), (3, 128), (3, 1), (7, 128)])
 @pytest.mark.parametrize("concat", [True, False])
-def test_kernel_equals_gatv2conv_forward_and_gradients(dtype, tol, edge_dim, concat):
+def test_kernel_equals_gatv2conv_forward_and_gradients(dtype, tol, edge_dim, inline_from, concat, monkeypatch):
+    from kdkit.models import fused_attention as fa
+
+    monkeypatch.setattr(fa, "INLINE_EDGES_FROM", inline_from)
+    assert not edge_dim or fa._edges_inline(4, 8, edge_dim) == (edge_dim == 7 or inline_from == 1)
     torch.manual_seed(0)
     H, C = 4, 8
     conv = GATv2Conv(12, C, heads=H, concat=concat, edge_dim=edge_dim, add_self_loops=False).to(dtype)

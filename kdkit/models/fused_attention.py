@@ -13,10 +13,10 @@ step is bound by those memory passes, not by arithmetic (``docs/PERFORMANCE.md``
 cannot fuse them. Here the same math runs as loops over the edges compiled with numba (three
 for the forward pass, two for the backward pass): the forward keeps only ``att`` ([E, H]) for
 the backward pass, which recomputes ``z`` and writes the gradients of ``x_l``, ``x_r``, the edge
-projection's weight and ``a`` directly. The edge projection ``W_e e`` (a window's edges carry ~7
-features) is, for few heads x channels, one matrix product before the loops in each pass, not
-kept between them, and for many summed inside the loops (:data:`INLINE_EDGES_FROM`); the
-weight's gradient is summed inside the backward loops.
+projection's weight and ``a`` directly. The edge projection ``W_e e`` is summed inside the
+loops for kdkit's 7 edge features (one pass, the seven products written out) and for many heads x
+channels; otherwise it is one matrix product before the loops in each pass, not kept between them
+(:func:`_edges_inline`). The weight's gradient is summed inside the backward loops.
 
 Under ``torch.compile``, :func:`gatv2_attention` calls a ``torch.library`` custom operator
 (``kdkit::gatv2_attention``) with its own autograd formula and a shape-only ("fake")
@@ -52,6 +52,7 @@ def _forward_loops(xl, xr, pe, ea, we, att, src, dst, consts, num_nodes, alpha, 
     E, H, C = alpha.shape[0], xl.shape[1], xl.shape[2]
     has_edge = pe.shape[0] > 0
     inline, D = pe.shape[0] == 0 and we.shape[0] > 0, we.shape[0]
+    inline7 = inline and D == 7
     zero, slope, eps = consts[0], consts[2], consts[3]
     mx = np.full((num_nodes, H), -np.inf, dtype=xl.dtype)
     den = np.zeros((num_nodes, H), dtype=xl.dtype)
@@ -65,7 +66,12 @@ def _forward_loops(xl, xr, pe, ea, we, att, src, dst, consts, num_nodes, alpha, 
             else:
                 for c in range(C):
                     z[c] = xl[j, h, c] + xr[i, h, c]
-                if inline:
+                if inline7:  # kdkit's 7 edge features: one pass over z instead of seven
+                    v0, v1, v2, v3, v4, v5, v6 = ea[k, 0], ea[k, 1], ea[k, 2], ea[k, 3], ea[k, 4], ea[k, 5], ea[k, 6]
+                    for c in range(C):
+                        z[c] += (((v0 * we[0, h, c] + v1 * we[1, h, c]) + (v2 * we[2, h, c] + v3 * we[3, h, c]))
+                                 + ((v4 * we[4, h, c] + v5 * we[5, h, c]) + v6 * we[6, h, c]))
+                elif inline:
                     for d in range(D):
                         v = ea[k, d]
                         for c in range(C):
@@ -114,6 +120,7 @@ def _backward_loops(grad, xl, xr, pe, ea, we, att, src, dst, consts, alpha, g_xl
     E, H, C, D = alpha.shape[0], xl.shape[1], xl.shape[2], g_we.shape[0]
     has_edge = pe.shape[0] > 0
     inline = pe.shape[0] == 0 and we.shape[0] > 0
+    inline7 = inline and D == 7
     zero, one, slope = consts[0], consts[1], consts[2]
     num_nodes = xl.shape[0]
     g_alpha = np.empty((E, H), dtype=xl.dtype)
@@ -146,7 +153,12 @@ def _backward_loops(grad, xl, xr, pe, ea, we, att, src, dst, consts, alpha, g_xl
             else:
                 for c in range(C):
                     gz[c] = xl[j, h, c] + xr[i, h, c]
-                if inline:
+                if inline7:  # as in the forward loops, the same sums in the same order
+                    v0, v1, v2, v3, v4, v5, v6 = ea[k, 0], ea[k, 1], ea[k, 2], ea[k, 3], ea[k, 4], ea[k, 5], ea[k, 6]
+                    for c in range(C):
+                        gz[c] += (((v0 * we[0, h, c] + v1 * we[1, h, c]) + (v2 * we[2, h, c] + v3 * we[3, h, c]))
+                                  + ((v4 * we[4, h, c] + v5 * we[5, h, c]) + v6 * we[6, h, c]))
+                elif inline:
                     for d in range(D):
                         v = ea[k, d]
                         for c in range(C):
@@ -201,22 +213,26 @@ def _np(t: Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
 
-# Heads x channels from which the loops sum W_e e themselves instead of taking one product:
-# with few channels the loops' sum over the ~7 edge features cannot keep its sums in registers
-# (1-head student, 32: ~180 us a layer against ~55 us for the product), with many the product's
-# [E, H * C] output is the cost (teacher, 8 x 64: ~10 MB written per call, 2-5 ms in a training
-# step against ~1 ms summed in the loops; kdkit bench train).
+# Heads x channels from which the loops sum W_e e themselves for any number of edge features
+# instead of taking one product: their generic sum (one pass over the channels per feature) is
+# slow for few channels (1-head student, 32: ~180 us a layer against ~55 us for the product);
+# with many the product's [E, H * C] output is the cost (teacher, 8 x 64: ~10 MB written per
+# call, 2-5 ms in a training step against ~1 ms summed in the loops; kdkit bench train).
 INLINE_EDGES_FROM = 128
 
 
-def _edges_inline(H: int, C: int) -> bool:
-    return H * C >= INLINE_EDGES_FROM
+def _edges_inline(H: int, C: int, D: int) -> bool:
+    """Whether the loops sum ``W_e e`` themselves: always for kdkit's 7 edge features (the loops
+    write the seven products out in one pass: an in-process A/B of whole training steps measured
+    the teacher 4-6 % and the 1-head student ~3 % faster than with the generic sum and the
+    product, docs/PERFORMANCE.md), else from :data:`INLINE_EDGES_FROM` heads x channels."""
+    return D == 7 or H * C >= INLINE_EDGES_FROM
 
 
 def _projected(edge_attr: Tensor, w_edge: Tensor, H: int, C: int) -> np.ndarray:
     """``W_e e`` for every edge as [E, H, C] (one matrix product), or [0, H, C] without edge
     features or when the loops sum it themselves (:func:`_edges_inline`)."""
-    if w_edge.shape[0] == 0 or _edges_inline(H, C):
+    if w_edge.shape[0] == 0 or _edges_inline(H, C, w_edge.shape[0]):
         return np.empty((0, H, C), dtype=np.float32 if w_edge.dtype == torch.float32 else np.float64)
     # torch's product with autocast off (under bf16 autocast it would run in bf16), not numpy's:
     # numpy's OpenBLAS starts its own threads, which then spin on another core after every call
