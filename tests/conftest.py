@@ -174,13 +174,12 @@ def pytest_configure(config):
     once, in a subprocess (a short GAT and VGAE run on synthetic data; ~10-30 s on a fresh clone,
     which the workers then do not spend compiling).
 
-    Why: with the kernels compiled during the test session (a fresh clone, as in CI),
-    ``test_preemption``'s bit-for-bit resume test failed in 3 of 12 runs (the CI run of
-    2026-12-05 night, 2 of 11 module runs with the caches deleted first; with the old and the new
-    attention kernel alike), and in none of 22 with the caches already there (6 module runs, 16
-    repetitions in one process). The cause is not pinned down: a fresh compile and a load from
-    the cache gave the same weights in every direct comparison. Skipped without workers
-    (``-n 0``) and when only collecting."""
+    It was added when ``test_preemption``'s bit-for-bit resume test failed in 3 of 12 runs with the
+    kernels compiled during the session (a fresh clone, as in CI) and in none with them cached. The
+    cause turned out to be the heap, not the compile: the layer-tail kernel's row sums took another
+    path when a row buffer landed just after its input. That was fixed on 2026-12-06 (kdkit/models/norm_act.py,
+    docs/PREEMPTION.md "Limits"). The warm-up stays because it saves each worker a compile. Skipped
+    without workers (``-n 0``) and when only collecting."""
     if hasattr(config, "workerinput") or not config.getoption("numprocesses", None) or config.getoption("collectonly"):
         return
     import subprocess

@@ -356,11 +356,11 @@ def _forward_loops(x, node_id, src_all, dst_all, ea_all, node_ptr, edge_ptr, emb
                         score[q + 1] = sc
                         if sc > top:
                             top = sc
-                    total = zero
                     for q in range(deg + 1):
-                        w = np.exp(score[q] - top)
-                        score[q] = w
-                        total += w
+                        score[q] = np.exp(score[q] - top)
+                    total = zero
+                    for q in range(deg + 1):  # a sum in a loop that stores nothing (kdkit.models.norm_act)
+                        total += score[q]
                     inv = one / (total + np.float32(1e-16))
                     for c in range(hidden):
                         acc[c] = score[0] * inv * xlr[i, b + c]

@@ -15,6 +15,14 @@ the square root, ``elu(y) = y if y > 0 else expm1(y)`` (alpha 1), and the same d
 masks). A NaN in a row makes that row NaN. ``tests/test_norm_act.py`` checks values and
 gradients against ``F.dropout(F.elu(F.layer_norm(h + c)))``.
 
+Every row sum sits in a loop that stores nothing. The sums are reassociated so that they
+vectorize, and a loop that also stores to an array gets a run-time overlap check from LLVM: it
+falls back to the scalar loop when the store's address lies within 256 bytes after a row it reads.
+The row buffers are allocated when the kernel is called, so that happened now and then, for the
+last rows of an input that the heap placed just before a buffer. Those rows then summed in
+another order, and the same training differed in the last bits from run to run (docs/PREEMPTION.md,
+"Limits"). A loop that only reads needs no check, so it takes one path for every row.
+
 It is used in eager CPU training and evaluation of float32/float64 models (the default kernels,
 ``attention: auto``); ``attention: stock``, GPUs, ``torch.compile`` (whose own generated C++
 fuses these four), ``torch.export`` and other dtypes keep the PyTorch operators.
@@ -75,9 +83,10 @@ def _forward_loops(h, c, weight, bias, eps, mask, use_mask, need_grad, out, xhat
     zero, inv_c, eps = dt(0), dt(1.0 / C), dt(eps)  # everything in h's float type
     v, xr, ar, dr = np.empty(C, h.dtype), np.empty(C, h.dtype), np.empty(C, h.dtype), np.empty(C, h.dtype)
     for n in range(N):  # row buffers and no branch inside the inner loops: they vectorize
-        s = zero
         for j in range(C):
             v[j] = h[n, j] + c[n, j]
+        s = zero
+        for j in range(C):  # a sum in a loop that stores nothing: see the module docstring
             s += v[j]
         mu = s * inv_c
         q = zero
@@ -121,15 +130,15 @@ def _backward_loops(grad, xhat, dfac, rstd, weight, g_v, g_weight, g_bias):
     for n in range(N):  # as in the forward: no branch inside the inner loops
         for j in range(C):
             t[j] = grad[n, j] * dfac[n, j]
-        s1 = zero
-        s2 = zero
         for j in range(C):
             g_weight[j] += t[j] * xhat[n, j]
             g_bias[j] += t[j]
-            d = t[j] * weight[j]
-            gy[j] = d
-            s1 += d
-            s2 += d * xhat[n, j]
+            gy[j] = t[j] * weight[j]
+        s1 = zero
+        s2 = zero
+        for j in range(C):  # the row sums in a loop that stores nothing (module docstring)
+            s1 += gy[j]
+            s2 += gy[j] * xhat[n, j]
         m1 = s1 * inv_c
         m2 = s2 * inv_c
         r = rstd[n]
