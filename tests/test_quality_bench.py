@@ -5,6 +5,7 @@ Run: .venv/bin/python -m pytest tests/test_quality_bench.py -q
 """
 from __future__ import annotations
 
+import json
 import statistics
 
 import pytest
@@ -59,7 +60,6 @@ def test_quality_over_two_seeds_on_synthetic(synthetic, tmp_path):
     assert "Still learning when their epochs ran out" in q.markdown(flagged) and "teacher 1 of 2" in q.markdown(flagged)
     # seeds run apart (two processes, two SLURM jobs) merge into the same table
     import copy
-    import json
     halves = []
     for i, seed in enumerate(record["seeds"]):
         half = copy.deepcopy({k: v for k, v in record.items() if k not in ("families", "markdown")})
@@ -77,7 +77,6 @@ def test_quality_over_two_seeds_on_synthetic(synthetic, tmp_path):
 def test_student_variants_reuse_the_same_teachers(synthetic, tmp_path):
     """--student-set changes the students only; --teachers reuses an earlier record's teachers
     (the same checkpoints, not trained again) and refuses a record that cannot serve."""
-    import json
 
     from kdkit.training.checkpoint import load_checkpoint
 
@@ -133,4 +132,12 @@ def test_fusion_ablation_refits_combiners_on_validation_and_reproduces_the_run(s
     for name, m in teacher["scenarios"].items():
         assert teacher["ablation"]["fused_max"][name]["f1"] == pytest.approx(m["f1"])
     table = record["markdown"]
-    assert "fused_logistic" in table and "classifier_at_0.5" in table
+    assert "fused_logistic" in table and "classifier_at_0.5" in table and "fused_max_every_feature" in table
+    # a record from before a variant existed merges with a current one: the variants both have
+    older = json.loads(json.dumps(record))
+    older["seeds"] = [1]
+    for per_seed in older["runs"]["fusion"].values():
+        for run in per_seed:
+            run["ablation"].pop("fused_max_every_feature")
+    merged = q.merge([record, older])["families"]["fusion"]["teacher"]["ablation"]
+    assert set(merged) == set(q.ABLATION) - {"fused_max_every_feature"}
