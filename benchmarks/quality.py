@@ -74,7 +74,7 @@ def aggregate(runs: dict[str, list[dict]]) -> dict:
                      "cpu_seconds": spread([r["cpu_seconds"] for r in per_seed]),
                      "epochs_run": spread([r["epochs_run"] for r in per_seed]), "scenarios": table}
         if all("ablation" in r for r in per_seed):
-            # the variants every seed has (a record merged with one from before a variant existed)
+            # the variants every seed has (records of different versions merged)
             variants = [v for v in per_seed[0]["ablation"] if all(v in r["ablation"] for r in per_seed)]
             out[role]["ablation"] = {v: {name: {k: spread([r["ablation"][v][name][k] for r in per_seed])
                                                 for k in ("f1", "false_positive_rate")}
@@ -168,8 +168,7 @@ def _fit(role: str, family: str, seed: int, data, base: dict, **kw) -> dict:
 
 
 ABLATION = ("classifier_at_0.5", "classifier_at_val_fpr", "autoencoder_at_val_fpr", "autoencoder_standardised",
-            "id_profile_at_val_fpr", "fused_max_without_profile", "fused_max_every_feature",
-            *(f"fused_{k}" for k in ("max", "logistic", "mlp", "policy")))
+            "id_profile_at_val_fpr", "fused_max_without_profile", *(f"fused_{k}" for k in ("max", "logistic", "mlp", "policy")))
 
 
 def fusion_ablation(checkpoint: str, data, quantile: float, vgae_quantile: float) -> dict:
@@ -187,8 +186,6 @@ def fusion_ablation(checkpoint: str, data, quantile: float, vgae_quantile: float
       validation windows of a known vehicle (windows of an unknown vehicle: never an attack);
     - ``fused_max_without_profile``: the ``max`` combiner without the ID-profile part (the fused
       decision before that part existed);
-    - ``fused_max_every_feature``: the ``max`` combiner with every node feature in the ``feat``
-      part, the payload byte means too (the score before 2026-12-06; :func:`kdkit.models.fusion.scored_features`);
     - ``fused_<kind>``: :class:`kdkit.models.fusion.Combiner` of that kind.
     """
     import numpy as np
@@ -230,13 +227,6 @@ def fusion_ablation(checkpoint: str, data, quantile: float, vgae_quantile: float
     without.mask[:, at] = 0.0
     fit_combiner(without, (known, yv), (unknown, yv), quantile=quantile, reference=ref)
     scorers["fused_max_without_profile"] = (lambda p: without(torch.as_tensor(p, dtype=torch.float32)).numpy(), 0.0)
-    kept = model.feat_score_weight.clone()
-    model.feat_score_weight.fill_(1.0)
-    every = Combiner("max", known_id_fraction=c["known_id_fraction"])
-    every_val = predict_parts(model, val)
-    fit_combiner(every, (every_val, yv), (predict_parts(model, val, ids_hidden=True), yv), quantile=quantile, reference=ref)
-    every_tests = {name: predict_parts(model, data.splits[name]) for name in tests}
-    model.feat_score_weight.copy_(kept)
     for kind in ("max", "logistic", "mlp", "policy"):
         comb = Combiner(kind, c["combiner_hidden"], known_id_fraction=c["known_id_fraction"])
         fit_combiner(comb, (known, yv), (unknown, yv), quantile=quantile, reference=ref)
@@ -247,11 +237,6 @@ def fusion_ablation(checkpoint: str, data, quantile: float, vgae_quantile: float
         for name, (parts, y) in tests.items():
             m = binary_metrics(y, np.asarray(score(parts), np.float64), threshold)
             out[variant][name] = {"f1": m["f1"], "false_positive_rate": m["false_positive_rate"]}
-    out["fused_max_every_feature"] = {}
-    for name, (_, y) in tests.items():
-        s = every(torch.as_tensor(every_tests[name], dtype=torch.float32)).numpy().astype(np.float64)
-        m = binary_metrics(y, s, 0.0)
-        out["fused_max_every_feature"][name] = {"f1": m["f1"], "false_positive_rate": m["false_positive_rate"]}
     return out
 
 
@@ -328,15 +313,14 @@ def _stored_teachers(record: dict, dataset: str, families: list[str], seeds: lis
 
 def refit(record: dict, data_root: str | None = None) -> dict:
     """Re-fit what a fusion run fits after training (the ID profiles and the combiner, with the
-    current code and the current ``feat`` part's features) on every run's stored checkpoint,
-    re-evaluate and redo its ablation; training is not repeated (a scoring rule changed, the
-    weights did not). The checkpoints are rewritten.
+    current code) on every run's stored checkpoint, re-evaluate and redo its ablation; training is
+    not repeated (a scoring rule changed, the weights did not). The checkpoints are rewritten.
 
     Raises:
         ValueError: a family other than fusion (its threshold is fitted the same way as before).
     """
     from kdkit.config import make_config
-    from kdkit.models.fusion import fit_after_training, scored_features
+    from kdkit.models.fusion import fit_after_training
     from kdkit.reporting.metrics import evaluate_model
     from kdkit.training.checkpoint import atomic_torch_save, load_checkpoint, model_from_checkpoint
     from kdkit.workflows.run import load_data
@@ -351,7 +335,6 @@ def refit(record: dict, data_root: str | None = None) -> dict:
             for run in per_seed:
                 ckpt = load_checkpoint(run["checkpoint"])
                 model = model_from_checkpoint(ckpt, run["checkpoint"]).eval()
-                model.feat_score_weight.copy_(scored_features(model.feat_score_weight.numel()))  # the current rule
                 quantile = float(ckpt.get("train_config", {}).get("fusion_quantile", 0.999))
                 seed = int(ckpt.get("train_config", {}).get("seed", 0))
                 fit = fit_after_training(model, data.splits["train"], data.splits["val"], quantile, seed)

@@ -406,63 +406,6 @@ def test_checkpoint_from_before_the_profile_loads_and_scores_as_it_did(tmp_path)
         torch.testing.assert_close(loaded.window_score(batch), model.window_score(batch))
 
 
-def _kdkit_layout_batch():
-    from kdkit.data.graphs import NODE_FEATURES
-
-    g = torch.Generator().manual_seed(3)
-    return Batch.from_data_list([
-        Data(x=torch.rand(n, len(NODE_FEATURES), generator=g), node_id=torch.tensor(ids),
-             edge_index=torch.tensor(edges).t(), edge_attr=torch.rand(len(edges), F_EDGE, generator=g))
-        for n, ids, edges in ((3, [1, 2, 3], [[0, 1], [1, 2], [2, 0]]), (4, [1, 0, 5, 2], [[0, 1], [1, 2], [2, 3]]))])
-
-
-def test_feat_part_leaves_out_the_payload_byte_means():
-    """In kdkit's node layout the score's ``feat`` part is the mean squared reconstruction error of
-    every feature but the eight payload byte means (they follow the driving); training still
-    reconstructs all of them."""
-    from kdkit.data.graphs import NODE_FEATURES
-
-    weight = fusion_mod.scored_features(len(NODE_FEATURES))
-    left_out = [name for name, w in zip(NODE_FEATURES, weight.tolist()) if w == 0.0]
-    assert left_out == [f"payload_mean_b{j}" for j in range(8)] and int(weight.sum()) == len(NODE_FEATURES) - 8
-    assert bool((fusion_mod.scored_features(F_NODE) == 1.0).all())  # another layout: every feature
-    torch.manual_seed(0)
-    model = FusionModel(len(NODE_FEATURES), F_EDGE, NUM_IDS, shared_encoder=True, **SMALL).eval()
-    batch = _kdkit_layout_batch()
-    with torch.no_grad():
-        out = model(batch)
-        feat = model.score_parts(batch, out)[:, PARTS.index("feat")]
-    sq = (out.recon.x_recon - batch.x).pow(2)
-    kept = [i for i, name in enumerate(NODE_FEATURES) if not name.startswith("payload_mean")]
-    per_node = sq[:, kept].mean(dim=1)
-    expected = torch.stack([per_node[:3].mean(), per_node[3:].mean()])
-    torch.testing.assert_close(feat, expected)
-    every = torch.stack([sq[:3].mean(), sq[3:].mean()])
-    assert not torch.allclose(feat, every)  # the weight matters
-    # the training loss reconstructs every feature, the payload means too
-    loss = fusion_mod.masked_vgae_loss(out.recon, batch, torch.ones(2, dtype=torch.bool), 0.0, 0.0, 0.0)
-    torch.testing.assert_close(loss["feat"], every.mean())
-
-
-def test_checkpoint_from_before_the_feat_weight_scores_every_feature():
-    """A state dict without ``feat_score_weight`` (trained and fitted before 2026-12-06) loads with
-    every feature counted, as its combiner was fitted."""
-    from kdkit.data.graphs import NODE_FEATURES
-    from kdkit.training.checkpoint import model_from_checkpoint
-
-    torch.manual_seed(0)
-    model = FusionModel(len(NODE_FEATURES), F_EDGE, NUM_IDS, shared_encoder=True, **SMALL).eval()
-    old = {k: v for k, v in model.state_dict().items() if k != "feat_score_weight"}
-    loaded = model_from_checkpoint({"model": old, "model_config": model.config}).eval()
-    assert bool((loaded.feat_score_weight == 1.0).all()) and int(model.feat_score_weight.sum()) == len(NODE_FEATURES) - 8
-    batch = _kdkit_layout_batch()
-    with torch.no_grad():
-        out = loaded(batch)
-        feat = loaded.score_parts(batch, out)[:, PARTS.index("feat")]
-    sq = (out.recon.x_recon - batch.x).pow(2)
-    torch.testing.assert_close(feat, torch.stack([sq[:3].mean(), sq[3:].mean()]))
-
-
 # ----------------------------------------------------------------------------- a run
 @pytest.fixture(scope="module")
 def fusion_runs(tmp_path_factory):

@@ -93,25 +93,6 @@ def test_scorer_equals_window_score(combiner, shape):
     assert (profile > 0).any() and float(model.score_parts(batches[-1])[:, PARTS.index("profile")].abs().sum()) == 0.0
 
 
-def test_scorer_weights_the_feat_part_as_the_model():
-    """Features left out of the ``feat`` part (``feat_score_weight`` 0) are left out by the export too."""
-    model = fitted_student()
-    model.feat_score_weight.copy_(torch.tensor([1.0, 0.0, 0.0, 1.0]))
-    scorer = FusionScorer(model)
-    at = PARTS.index("feat")
-    for batch in hand_made():
-        with torch.no_grad():
-            ref_parts, parts = model.score_parts(batch), scorer.parts(*scorer_inputs(batch))
-            torch.testing.assert_close(parts, ref_parts, rtol=1e-5, atol=1e-5)
-            torch.testing.assert_close(scorer(*scorer_inputs(batch)), model.window_score(batch), rtol=1e-5, atol=1e-5)
-    first = hand_made()[0]
-    with torch.no_grad():
-        weighted = model.score_parts(first)[:, at]
-        model.feat_score_weight.fill_(1.0)
-        every = model.score_parts(first)[:, at]
-    assert not torch.allclose(every, weighted)  # the weight matters on these windows
-
-
 def test_scorer_equals_window_score_on_the_per_node_max_branch(monkeypatch):
     """Attention scores far apart take PyG's per-node maximum (``torch.cond``'s other branch)."""
     import kdkit.models.scorer as scorer  # the GATv2 layer FusionScorer shares with GATScorer

@@ -132,12 +132,12 @@ def test_fusion_ablation_refits_combiners_on_validation_and_reproduces_the_run(s
     for name, m in teacher["scenarios"].items():
         assert teacher["ablation"]["fused_max"][name]["f1"] == pytest.approx(m["f1"])
     table = record["markdown"]
-    assert "fused_logistic" in table and "classifier_at_0.5" in table and "fused_max_every_feature" in table
+    assert "fused_logistic" in table and "classifier_at_0.5" in table
     # a record from before a variant existed merges with a current one: the variants both have
     older = json.loads(json.dumps(record))
     older["seeds"] = [1]
     for per_seed in older["runs"]["fusion"].values():
         for run in per_seed:
-            run["ablation"].pop("fused_max_every_feature")
+            run["ablation"].pop("id_profile_at_val_fpr")
     merged = q.merge([record, older])["families"]["fusion"]["teacher"]["ablation"]
-    assert set(merged) == set(q.ABLATION) - {"fused_max_every_feature"}
+    assert set(merged) == set(q.ABLATION) - {"id_profile_at_val_fpr"}

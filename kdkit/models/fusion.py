@@ -59,9 +59,6 @@ PROFILE_FEATURES = ("count_frac", "iat_mean", "iat_std")
 """The node features of an ID's timing profile (:class:`IdProfile`): how often it is sent in a window
 and the mean and spread of its intervals. Most CAN IDs are periodic, so these are properties of the
 vehicle's software, stable across drives; payload bytes follow the driving and are left out."""
-DRIVE_DEPENDENT = tuple(f"payload_mean_b{j}" for j in range(8))
-"""The node features the score's ``feat`` part leaves out (:func:`scored_features`): a payload byte's
-mean follows the driving (speed, gear, pedal) and differs between drives of the same car."""
 PROFILE_MIN_SCALE = 0.02  # floor of a profiled feature's spread (2 % of a window's messages; log1p(ms) units)
 PROFILE_MIN_WINDOWS = 20  # attack-free training windows an ID needs before its profile is used
 NOT_EVIDENCE = ("known_ids",)  # decides the mode, never adds to the score
@@ -135,23 +132,6 @@ class IdProfile(nn.Module):
     @property
     def fitted(self) -> bool:
         return bool((self.inv_scale > 0).any())
-
-
-def scored_features(width: int) -> Tensor:
-    """``[width]`` weights of the node features in the score's ``feat`` part: 0 for
-    :data:`DRIVE_DEPENDENT` in kdkit's layout (:data:`kdkit.data.graphs.NODE_FEATURES`), 1 for the rest.
-
-    The autoencoder still reconstructs every feature (the training loss is unchanged); only the
-    window's anomaly evidence leaves the payload byte means out. Their values follow the driving and
-    differ between drives, so their reconstruction error tells a drive unlike the validation drives
-    from an attack poorly: on hcrl_sa's known car, the KD student's false alarms on a test drive's
-    normal windows came from them (with them, the ``feat`` part's 99th percentile on those windows
-    was 1 unit above the validation windows'). How payloads move (``payload_change``,
-    ``payload_std``) and every timing feature still count. Another layout: every feature counts."""
-    w = torch.ones(width)
-    if width == len(NODE_FEATURES):
-        w[[NODE_FEATURES.index(name) for name in DRIVE_DEPENDENT]] = 0.0
-    return w
 
 
 def profile_feature_index(names: tuple[str, ...] = PROFILE_FEATURES) -> list[int]:
@@ -395,22 +375,12 @@ class FusionModel(GraphModel):
                                     encoder_layers=vgae_layers, **vgae_options)
         self.profile = IdProfile(num_ids, num_node_features)
         self.combiner = Combiner(combiner, combiner_hidden, known_id_fraction=known_id_fraction)
-        # which node features the score's ``feat`` part averages (training reconstructs all of them)
-        self.register_buffer("feat_score_weight", scored_features(num_node_features))
 
     @staticmethod
     def upgrade_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Older state dicts in the current layout, scoring exactly as they did:
-
-        - from before ``feat_score_weight`` (2026-12-06): every node feature counts in the ``feat``
-          part (a weight of ones), as it did when their combiner was fitted;
-        - from before the ``profile`` part (six parts, no :class:`IdProfile`): the profile unfitted
-          and the part masked out of the combiner.
-
-        Current state dicts are returned as they are."""
-        if "feat_score_weight" not in state and "autoencoder.feat_out.weight" in state:
-            width = state["autoencoder.feat_out.weight"].size(0)
-            state = {**state, "feat_score_weight": torch.ones(width)}
+        """A state dict from before the ``profile`` part (six parts, no :class:`IdProfile`) in the
+        current layout: the profile unfitted and the part masked out of the combiner, so the model
+        scores exactly as it did. Current state dicts are returned as they are."""
         if "profile.mean" in state and "profile.interval" not in state:  # a profile without undefined intervals
             return {**state, "profile.interval": torch.zeros(state["profile.mean"].size(1))}
         if "profile.mean" in state or "combiner.center" not in state or state["combiner.center"].size(-1) != 6:
@@ -455,7 +425,7 @@ class FusionModel(GraphModel):
         """What the model says of each window, ``[G, 7]`` in the order of :data:`PARTS`."""
         out = self(batch) if out is None else out
         batch_vec, num_graphs = graph_index(batch)
-        err = reconstruction_errors(out.recon, batch, self.feat_score_weight)
+        err = reconstruction_errors(out.recon, batch)
         logits = out.logits.float()
         oov = (batch.node_id == 0).float()
         unseen = torch.zeros(num_graphs, device=logits.device).index_add(0, batch_vec, oov)

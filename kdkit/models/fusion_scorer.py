@@ -175,8 +175,7 @@ class FusionScorer(nn.Module):
         def graph_mean(v: Tensor) -> Tensor:
             return torch.zeros(graphs, dtype=v.dtype, device=x.device).index_add(0, batch, v) / per_graph
 
-        w = m.feat_score_weight
-        feat = graph_mean(((x_recon.float() - x.float()).pow(2) * w).sum(dim=-1) / w.sum())
+        feat = graph_mean((x_recon.float() - x.float()).pow(2).mean(dim=-1))
         ce = graph_mean(F.cross_entropy(id_logits.float(), node_id, reduction="none"))
         edge = dense_edge_error(z, src, dst, batch, ptr, width)
         oov = graph_mean((node_id == 0).float())

@@ -176,16 +176,14 @@ def edge_recon_error(z: Tensor, edge_index: Tensor, batch_vec: Tensor, num_graph
     return 0.5 * (pos_err + neg_err)
 
 
-def reconstruction_errors(out: VGAEOutput, batch, feature_weight: Tensor | None = None) -> dict[str, Tensor]:
+def reconstruction_errors(out: VGAEOutput, batch) -> dict[str, Tensor]:
     """Per-graph reconstruction errors ``{"feat", "id", "edge"}``, each ``[G]``.
 
-    ``feat``: mean squared error of the node features (``feature_weight`` ``[F]``: their weighted
-    mean instead, e.g. 0 for features left out); ``id``: mean cross-entropy of the CAN-ID head
-    against ``batch.node_id``; ``edge``: ``edge_recon_error`` of ``out.z``.
+    ``feat``: mean squared error of the node features; ``id``: mean cross-entropy of the
+    CAN-ID head against ``batch.node_id``; ``edge``: ``edge_recon_error`` of ``out.z``.
     """
     batch_vec, num_graphs = graph_index(batch)
-    sq = (out.x_recon.float() - batch.x.float()).pow(2)
-    feat = sq.mean(dim=-1) if feature_weight is None else (sq * feature_weight).sum(dim=-1) / feature_weight.sum()
+    feat = (out.x_recon.float() - batch.x.float()).pow(2).mean(dim=-1)
     ce = F.cross_entropy(out.id_logits.float(), batch.node_id, reduction="none")
     return {"feat": scatter(feat, batch_vec, 0, dim_size=num_graphs, reduce="mean"),
             "id": scatter(ce, batch_vec, 0, dim_size=num_graphs, reduce="mean"),
