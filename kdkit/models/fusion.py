@@ -35,8 +35,6 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.linear_model import LogisticRegression
-from sklearn.neural_network import MLPClassifier
 from torch import Tensor, nn
 from torch_geometric.nn import MLP, JumpingKnowledge
 from torch_geometric.utils import scatter
@@ -541,6 +539,8 @@ def fit_combiner(combiner: Combiner, known: tuple[np.ndarray, np.ndarray], unkno
         if keep_weights:
             pass
         elif combiner.kind == "logistic":
+            from sklearn.linear_model import LogisticRegression  # here: ~0.3 s of every process's start-up otherwise
+
             lr = LogisticRegression(C=1.0, max_iter=2000).fit(z[:, used], y, sample_weight=_class_balanced(y))
             w = np.zeros(len(PARTS))
             w[used] = lr.coef_[0]
@@ -548,6 +548,8 @@ def fit_combiner(combiner: Combiner, known: tuple[np.ndarray, np.ndarray], unkno
             state["bias"][mode] = float(lr.intercept_[0])
         elif combiner.kind == "mlp":
             h = combiner.w1.size(1)
+            from sklearn.neural_network import MLPClassifier
+
             idx = _balanced_index(y, seed)  # MLPClassifier takes no sample weights: repeat the rarer class
             mlp = MLPClassifier(hidden_layer_sizes=(h,), alpha=1e-3, max_iter=500, random_state=seed)
             mlp.fit(z[idx][:, used], y[idx])

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_curve
 
 GAT_THRESHOLD = 0.5  # a GAT window is an attack when its attack probability is >= 0.5
 
@@ -52,6 +51,8 @@ def choose_threshold(scores, labels=None, quantile: float = 0.99) -> float:
     if len(np.unique(y)) < 2:
         raise ValueError("choose_threshold: labels hold one class only; pass labels=None to "
                          "use a quantile of attack-free scores")
+    from sklearn.metrics import roc_curve  # here: ~0.3 s of every process's start-up otherwise
+
     fpr, tpr, thresholds = roc_curve(y, s)
     return float(thresholds[int(np.argmax(tpr - fpr))])
 

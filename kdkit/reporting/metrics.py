@@ -20,7 +20,6 @@ import sys
 
 import numpy as np
 import torch
-from sklearn import metrics as skm
 from tqdm.auto import tqdm
 
 from kdkit.data.graphs import GraphSet
@@ -35,6 +34,8 @@ def binary_metrics(y_true: np.ndarray, score: np.ndarray, threshold: float) -> d
     windows; MCC, ROC-AUC, PR-AUC and detection at 1 % FPR with one class only; the
     false-positive rate without normal windows.
     """
+    from sklearn import metrics as skm  # here: ~0.3 s of every process's start-up otherwise
+
     y_true = np.asarray(y_true).astype(int)
     score = np.asarray(score, dtype=np.float64)
     if not np.isfinite(score).all():
@@ -61,7 +62,9 @@ def binary_metrics(y_true: np.ndarray, score: np.ndarray, threshold: float) -> d
 
 def detection_rate_at_fpr(y_true: np.ndarray, score: np.ndarray, max_fpr: float) -> float:
     """Highest true-positive rate reachable with false-positive rate <= ``max_fpr``."""
-    fpr, tpr, _ = skm.roc_curve(y_true, score)
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(y_true, score)
     ok = fpr <= max_fpr + 1e-12
     return float(tpr[ok].max()) if ok.any() else 0.0
 
