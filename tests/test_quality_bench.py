@@ -77,7 +77,6 @@ def test_quality_over_two_seeds_on_synthetic(synthetic, tmp_path):
 def test_student_variants_reuse_the_same_teachers(synthetic, tmp_path):
     """--student-set changes the students only; --teachers reuses an earlier record's teachers
     (the same checkpoints, not trained again) and refuses a record that cannot serve."""
-
     from kdkit.training.checkpoint import load_checkpoint
 
     q = _quality()
