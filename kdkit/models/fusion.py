@@ -397,18 +397,6 @@ class FusionModel(GraphModel):
         out["profile.interval"] = torch.zeros(width)
         return out
 
-    def clip_groups(self) -> list[list[nn.Parameter]] | None:
-        """The teacher pair: the GAT and the VGAE clipped each on its own gradient norm (trained
-        jointly under one norm, the VGAE's gradients, ~17x the GAT's at the median on hcrl_sa, set
-        the clip on 84 % of the steps and scaled the GAT's step by ~0.34). The two-headed student
-        shares its encoder: one norm (``None``)."""
-        if self.config["shared_encoder"]:
-            return None
-        parts = [[p for p in m.parameters() if p.requires_grad] for m in (self.classifier, self.autoencoder)]
-        seen = {id(p) for group in parts for p in group}
-        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in seen]
-        return [g for g in (*parts, rest) if g]
-
     def forward(self, batch, return_features: bool = False) -> FusionOutput:
         """Both heads on ``batch``. ``return_features`` is accepted for the KD interface (the
         output always carries the node embeddings)."""

@@ -346,13 +346,6 @@ class GraphModel(nn.Module):
                 out[option] = getattr(run, key)
         return out
 
-    def clip_groups(self) -> list[list[nn.Parameter]] | None:
-        """Trainable parameters whose gradient norm is clipped on its own, one list a group, or
-        ``None``: every parameter under one norm (the default). A model made of independent parts
-        trained side by side (the fusion teacher pair) returns one group a part, so that one part's
-        large gradients do not scale down the other's steps."""
-        return None
-
     def _edge_attr(self, batch) -> Tensor | None:
         return batch.edge_attr if self.config["num_edge_features"] > 0 else None
 

@@ -255,39 +255,18 @@ class FabricTrainer:
         loss, parts = model(batch)
         self.fabric.backward(loss)
         if self.cfg.grad_clip > 0:
-            self._clip(task, model, optimizer)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if not _schedule_exhausted(scheduler):
-            scheduler.step()
-        return loss.detach(), parts
-
-    def _clip(self, task: Task, model, optimizer) -> None:
-        """Gradient-norm clipping at ``grad_clip``: over every parameter, or per group where the
-        model names groups (:meth:`~kdkit.models.layers.GraphModel.clip_groups`: the fusion teacher
-        pair's two models each on its own norm)."""
-        strategy = self.fabric.strategy
-        plain = isinstance(strategy, (SingleDeviceStrategy, DDPStrategy))
-        groups = task.model.clip_groups() if hasattr(task.model, "clip_groups") else None
-        on_cpu = self.fabric.device.type == "cpu"
-        if groups is None or not plain:
-            if groups is not None and not getattr(self, "_warned_clip", False):
-                self._warned_clip = True
-                log.warning("grad_clip: the %s strategy clips every parameter under one norm; the model's "
-                            "%d clip groups are clipped together", type(strategy).__name__, len(groups))
-            if on_cpu and plain:
+            strategy = self.fabric.strategy
+            if self.fabric.device.type == "cpu" and isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)):
                 # what Fabric's clip_gradients does for these strategies, with the cheaper CPU norm
                 strategy.precision.unscale_gradients(optimizer)
                 clip_grad_norm_cpu(strategy.precision.main_params(optimizer), self.cfg.grad_clip)
             else:
                 self.fabric.clip_gradients(model, optimizer, max_norm=self.cfg.grad_clip, error_if_nonfinite=False)
-            return
-        strategy.precision.unscale_gradients(optimizer)
-        for group in groups:
-            if on_cpu:
-                clip_grad_norm_cpu(group, self.cfg.grad_clip)
-            else:
-                torch.nn.utils.clip_grad_norm_(group, self.cfg.grad_clip, error_if_nonfinite=False)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if not _schedule_exhausted(scheduler):
+            scheduler.step()
+        return loss.detach(), parts
 
     def _chunk(self, gs: GraphSet, idx: torch.Tensor):
         """Graphs ``idx`` as a batch on the device, keeping the indices for a further back-off."""
