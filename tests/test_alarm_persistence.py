@@ -51,3 +51,20 @@ def test_threshold_comes_from_the_calibration_windows_only():
     assert first["t"]["f1"] > 0.95
     raw = b.evaluate(val, {"t": test}, "raw", 1, 0.999)
     assert raw["threshold"] == 0.0 and raw["t"]["fpr"] == pytest.approx(float((test["s"][:500] >= 0).mean()))
+
+
+def test_drive_baseline_takes_out_a_drive_shift_but_not_an_attack():
+    b = _bench()
+    # a drive whose normal scores sit 2 units above the calibration median (0), then an attack at +10
+    score = np.r_[np.full(6, 2.0), np.full(3, 10.0), np.full(2, 2.0)]
+    files, start = np.zeros(11, int), np.arange(11, dtype=float)
+    out = b.drive_baseline(score, files, start, center=0.0, threshold=5.0, horizon=4, warmup=3)
+    # the first 3 windows are taken as they are; then the shift (median 2 - center 0) comes off
+    assert out.tolist() == [2.0, 2.0, 2.0, 0.0, 0.0, 0.0, 8.0, 8.0, 8.0, 0.0, 0.0]
+    # the attack's windows alarmed, so they never entered the baseline; a downward shift is kept
+    low = b.drive_baseline(np.full(5, -3.0), np.zeros(5, int), np.arange(5.0), 0.0, 5.0, 4, 1)
+    assert low.tolist() == [-3.0] * 5
+    # per recording: a second recording starts without the first one's baseline
+    two = b.drive_baseline(np.r_[np.full(4, 2.0), np.full(4, 2.0)], np.repeat([0, 1], 4),
+                           np.tile(np.arange(4.0), 2), 0.0, 5.0, 4, 3)
+    assert two.tolist() == [2.0, 2.0, 2.0, 0.0] * 2
