@@ -193,7 +193,7 @@ class DistillationLoss(nn.Module):
     teacher's link probabilities alone: on hcrl_sa, scaling the own loss by ``1 - alpha`` and
     matching the projected latent, the reconstructed features and the ID logits each slowed the
     student's edge reconstruction, the part that carries most of the anomaly signal, and left the
-    KD student below the same student trained alone (README, "VGAE students").
+    KD student below the same student trained alone (docs/QUALITY.md, "VGAE students").
 
     Args:
         kind: the student's objective, "classify" (alias "gat") or "reconstruct" (alias "vgae").

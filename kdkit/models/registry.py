@@ -24,7 +24,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # one head (14 k parameters, 2.6 % of the teacher): on hcrl_sa, DAGA and the simulator
         # (3 seeds each) its F1 is within the seed spread of the 4-head student (36 k) it
         # replaced on 2026-12-05, at a quarter of the attention arithmetic per message
-        # (README, "A lighter GAT student"; replay 0.9-1.6 M messages/s instead of 0.6-1.05 M)
+        # (docs/QUALITY.md, "A lighter GAT student"; replay 0.9-1.6 M messages/s instead of 0.6-1.05 M)
         "student": {"hidden": 32, "num_layers": 3, "heads": 1, "embedding_dim": 8,
                     "concat_heads": False, "jk": "cat", "dropout": 0.1},
     },
@@ -34,7 +34,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                     "concat_heads": True},
         # hidden 40 / latent 20 (47 k parameters, 7.5 % of the teacher): at hidden 32 / latent 16
         # (31 k) the student could not learn the neighbourhood reconstruction that finds unknown
-        # attacks (README, "VGAE students": hcrl_sa test_03 F1 of the KD student 0.43-0.79 over
+        # attacks (docs/QUALITY.md, "VGAE students": hcrl_sa test_03 F1 of the KD student 0.43-0.79 over
         # 3 seeds at 32 / 16, 0.76-0.93 at 40 / 20; wider ones alarm more on the known car)
         "student": {"hidden": 40, "latent_dim": 20, "encoder_layers": 2, "decoder_layers": 2,
                     "encoder_heads": 4, "decoder_heads": 2, "embedding_dim": 8,

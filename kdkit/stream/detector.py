@@ -235,7 +235,7 @@ class VehicleCheck:
     model of the Kia and the Sonata). So the bus is judged *unknown* when at least
     :data:`UNKNOWN_VEHICLE_WINDOW_SHARE` of the judged windows have an unknown share above
     :data:`UNKNOWN_VEHICLE_ID_SHARE`. The detector then warns once: the threshold was set on the
-    training vehicles' normal traffic, and another car's normal traffic lies elsewhere (README,
+    training vehicles' normal traffic, and another car's normal traffic lies elsewhere (docs/QUALITY.md,
     "Fusion on the real hcrl_sa": false-positive rates of 0.6-1.0 there), so the alarms mean little
     until the model is calibrated on a clean capture of this car (``kdkit calibrate``; a fusion
     model also learns its IDs with ``--adapt``). The per-window decisions are not changed.
