@@ -121,6 +121,18 @@ def test_lazy_imports_only_in_the_command_dispatch():
                 "import_module(", 1)[1][:80], f"{module} imports a kdkit module lazily"
 
 
+def test_kdkit_help_says_what_each_command_says_of_itself():
+    """``kdkit --help`` lists the lazy table's one-line help (no topic module imported); it must be
+    the help each topic module registers, or the two drift apart (export said "GAT" only)."""
+    import argparse
+
+    from kdkit.cli.main import COMMANDS, build_parser
+
+    sub = next(a for a in build_parser("*")._actions if isinstance(a, argparse._SubParsersAction))
+    registered = {choice.dest: choice.help for choice in sub._choices_actions}
+    assert {name: text for name, (_, text) in COMMANDS.items()} == registered
+
+
 def test_training_and_the_detector_start_without_scikit_learn():
     """scikit-learn is imported where a metric or a learned combiner is computed, not at import:
     it added ~0.3 CPU s to every process's start-up (a second training rank's, a detector's)."""

@@ -32,9 +32,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("kdkit.cli.bench", "benchmarks that print JSON"),
     "slurm": ("kdkit.cli.slurm", "submit and follow SLURM jobs"),
     "sweep": ("kdkit.cli.sweep", "grids of notebook runs: one SLURM job array or a local pool; status, retry"),
-    "report": ("kdkit.cli.report", "summarise a run folder, or write a self-contained HTML report"),
-    "export": ("kdkit.cli.export", "ahead-of-time compile a GAT checkpoint for deployment (.pt2)"),
-    "calibrate": ("kdkit.cli.calibrate", "re-set a checkpoint's threshold from a new car's attack-free recordings"),
+    "report": ("kdkit.cli.report", "summarise a run or sweep folder, or write a self-contained HTML report"),
+    "export": ("kdkit.cli.export", "ahead-of-time compile a GAT or fusion-student checkpoint for deployment (.pt2)"),
+    "calibrate": ("kdkit.cli.calibrate", "re-set a checkpoint's threshold (--adapt: its IDs and scales too) from a new car's attack-free recordings"),
     "detect": ("kdkit.cli.detect", "live detection on a python-can bus or a replayed recording"),
 }
 

@@ -166,7 +166,7 @@ def _errors_to_status(func):
 
 def register(subparsers) -> None:
     """Adds ``kdkit sweep`` and its sub-commands."""
-    p = subparsers.add_parser("sweep", help="grids of notebook runs: SLURM job arrays or a local pool",
+    p = subparsers.add_parser("sweep", help="grids of notebook runs: one SLURM job array or a local pool; status, retry",
                               allow_abbrev=False,    # `run-task DIR --teacher` is not --teacher-notebook
                               description="One papermill run of NOTEBOOK per grid point x seed: on SLURM one job "
                                           "array, locally a pool bounded by the cores. See docs/SWEEPS.md.")
