@@ -174,3 +174,32 @@ def test_adapt_refuses_a_gat_checkpoint_and_names_the_alternative(gat_checkpoint
     err = capsys.readouterr().err
     assert "--adapt needs a fusion checkpoint" in err and "is a gat model" in err and "without --adapt" in err
     assert not out.exists()
+
+
+def test_first_seconds_calibrates_on_the_start_of_each_recording(gat_checkpoint, clean_folder, tmp_path, capsys):
+    """``--first-seconds S``: only each recording's first S seconds are scored (a drive's clean start;
+    the rest can be replayed with kdkit detect); the record says so; a bad S is refused by name."""
+    from kdkit.data.graphs import build_graphs
+    from kdkit.data.readers import read_messages
+    from kdkit.workflows.scoring import first_seconds_of, load_scoring_model, recording_files
+
+    sm = load_scoring_model(gat_checkpoint)
+    window, stride = int(sm.graph["window"]), int(sm.graph["stride"])
+    expected = full = 0
+    for f in recording_files([clean_folder], "--clean"):
+        m = read_messages(f)
+        start = m.slice(0, int((m.timestamp < m.timestamp[0] + 5.0).sum()))
+        assert len(first_seconds_of(m, 5.0)) == len(start) and 0 < len(start) < len(m)
+        expected += len(build_graphs(start, sm.vocab, window, stride))
+        full += len(build_graphs(m, sm.vocab, window, stride))
+    out = tmp_path / "start.pt"
+    assert main(["calibrate", "--checkpoint", str(gat_checkpoint), "--clean", str(clean_folder), "--fpr", "0.05",
+                 "--first-seconds", "5", "--out", str(out)]) == 0
+    assert "clean windows of each recording's first 5 s" in capsys.readouterr().out
+    record = load_checkpoint(out)["provenance"]["calibration"]
+    assert record["first_seconds"] == 5.0 and record["windows"] == expected and 20 <= expected < full
+    for bad in ("0", "-3", "nan"):
+        assert main(["calibrate", "--checkpoint", str(gat_checkpoint), "--clean", str(clean_folder),
+                     "--first-seconds", bad, "--out", str(tmp_path / "bad.pt")]) == 2
+        assert f"--first-seconds {float(bad)}: must be a positive number of seconds" in capsys.readouterr().err
+    assert not (tmp_path / "bad.pt").exists()

@@ -569,6 +569,12 @@ def test_adapting_to_the_simulated_unknown_vehicle_makes_it_a_known_one(fusion_r
     assert after.ckpt["provenance"]["calibration"]["kind"] == "adapt" and "optimizer" not in after.ckpt
     rec = score_recording(after, clean)  # the written file scores the clean drive as the adapted model did
     assert float((rec.scores >= after.threshold).mean()) == pytest.approx(res["alarm_rate_after"])
+    # the drive's first 12.5 s alone (--first-seconds): about half its windows, and the record says so
+    assert main(["calibrate", "--adapt", "--checkpoint", student["best_checkpoint"], "--clean", str(clean),
+                 "--first-seconds", "12.5", "--out", str(tmp_path / "half.pt"), "--json"]) == 0
+    half = json.loads(capsys.readouterr().out)
+    assert half["first_seconds"] == 12.5 and 0.4 * res["windows"] < half["windows"] < 0.6 * res["windows"]
+    assert load_scoring_model(tmp_path / "half.pt").ckpt["provenance"]["calibration"]["first_seconds"] == 12.5
     root = default_synthetic_root(0)
     rows = {}
     for folder in ("test_02_unknown_vehicle_known_attack", "test_04_unknown_vehicle_unknown_attack"):

@@ -3,6 +3,7 @@ or (``--adapt``, fusion checkpoints) adapt it to that car: its IDs, their timing
 
     kdkit calibrate --checkpoint best.pt --clean rav4-clean.log.gz --channel can0 --fpr 0.01 --out best_rav4.pt
     kdkit calibrate --adapt --checkpoint fusion.pt --clean rav4-clean.log.gz --channel can0 --out fusion_rav4.pt
+    kdkit calibrate --adapt --checkpoint fusion.pt --clean drive.log.gz --first-seconds 60 --out fusion_car.pt
 """
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ import argparse
 import json
 
 from kdkit.workflows.calibrate import adapt_checkpoint, calibrate_checkpoint
+
+
+def _part(res: dict) -> str:
+    return "" if res.get("first_seconds") is None else f" of each recording's first {res['first_seconds']:g} s"
 
 
 def _print_adapted(res: dict) -> None:
@@ -20,7 +25,7 @@ def _print_adapted(res: dict) -> None:
     def rate(r):
         return "-" if r is None else f"{r:.2%}"
 
-    print(f"adapted on {res['windows']:,} clean windows (fpr {res['fpr']:g}): the car sends {res['ids_of_the_car']:,} IDs, "
+    print(f"adapted on {res['windows']:,} clean windows{_part(res)} (fpr {res['fpr']:g}): the car sends {res['ids_of_the_car']:,} IDs, "
           f"{res['ids_shared_with_training']:,} known from training, {res['ids_added']:,} added to the vocabulary "
           f"(e.g. {', '.join(res['added_id_examples']) or '-'}); {res['ids_profiled']:,} IDs with a timing profile")
     print(f"on the clean windows: alarm rate {rate(res['alarm_rate_before'])} -> {rate(res['alarm_rate_after'])}, "
@@ -34,14 +39,16 @@ def _print_adapted(res: dict) -> None:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.adapt:
         res = adapt_checkpoint(args.checkpoint, args.clean, args.out, fpr=args.fpr, channel=args.channel,
-                               on_bad_rows=args.on_bad_rows, allow_attacks=args.allow_attacks, force=args.force)
+                               on_bad_rows=args.on_bad_rows, allow_attacks=args.allow_attacks, force=args.force,
+                               first_seconds=args.first_seconds)
         if args.json:
             print(json.dumps(res, indent=2))
         else:
             _print_adapted(res)
         return 0
     res = calibrate_checkpoint(args.checkpoint, args.clean, args.out, fpr=args.fpr, channel=args.channel,
-                               on_bad_rows=args.on_bad_rows, allow_attacks=args.allow_attacks, force=args.force)
+                               on_bad_rows=args.on_bad_rows, allow_attacks=args.allow_attacks, force=args.force,
+                               first_seconds=args.first_seconds)
     if args.json:
         print(json.dumps(res, indent=2))
         return 0
@@ -51,7 +58,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             note += f", {f['skipped_rows']:,} malformed rows skipped ({f['skipped_attack_rows']:,} attack rows)"
         rate = "-" if f["alarm_rate_before"] is None else f"{f['alarm_rate_before']:.2%} -> {f['alarm_rate_after']:.2%}"
         print(f"{f['path']}: {f['windows']:,} windows{note}; alarm rate {rate}")
-    print(f"calibrated on {res['windows']:,} clean windows (fpr {res['fpr']:g}): threshold {res['old_threshold']:.6g} -> "
+    print(f"calibrated on {res['windows']:,} clean windows{_part(res)} (fpr {res['fpr']:g}): threshold {res['old_threshold']:.6g} -> "
           f"{res['new_threshold']:.6g}; alarm rate on them {res['alarm_rate_before']:.2%} ({res['alarms_before']:,}) -> "
           f"{res['alarm_rate_after']:.2%} ({res['alarms_after']:,})")
     for w in res["warnings"]:
@@ -69,12 +76,15 @@ def register(sub) -> None:
                                    "new car needs its own attack-free recording. With --adapt (fusion checkpoints) "
                                    "the model learns the new car's IDs, their timing and its score scales from "
                                    "those recordings, keeping its trained weights.")
-    p.add_argument("--checkpoint", required=True, help="a kdkit GAT or VGAE checkpoint (best.pt)")
+    p.add_argument("--checkpoint", required=True, help="a kdkit GAT, VGAE or fusion checkpoint (best.pt)")
     p.add_argument("--clean", required=True, nargs="+", metavar="FILE_OR_FOLDER",
                    help="attack-free recordings of the new car (any format kdkit reads; a folder: every recording "
                         "in it, recursively)")
     p.add_argument("--fpr", type=float, default=0.01,
                    help="alarm rate to keep on the clean windows, in (0, 0.5); needs >= 1/fpr windows (default 0.01)")
+    p.add_argument("--first-seconds", type=float, default=None, metavar="S",
+                   help="use only the first S seconds of each recording (e.g. the clean start of a drive; replay "
+                        "the rest with kdkit detect). Default: every message")
     p.add_argument("--out", required=True, help="the calibrated checkpoint to write")
     p.add_argument("--channel", default=None, help="logger files (.log/.asc/.blf/.trc): keep only this bus channel")
     p.add_argument("--on-bad-rows", choices=["error", "skip"], default=None,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -103,7 +104,9 @@ def export_model(model: nn.Module, example_batch, out: str | Path, threads: int 
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # torch's own pytree deprecation, raised while it copies its graph: nothing a user can change
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
             program = torch.export.export(scorer, scorer_inputs(example_batch), dynamic_shapes=shapes)
             tmp = out.with_name(f".{out.name}.tmp.pt2")
             try:

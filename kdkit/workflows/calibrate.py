@@ -37,6 +37,8 @@ from kdkit.workflows.scoring import (
     ScoringModel,
     alarm_summary,
     check_channel,
+    check_first_seconds,
+    first_seconds_of,
     is_logger_file,
     load_scoring_model,
     oov_warning,
@@ -99,7 +101,7 @@ def _open_inputs(checkpoint: str | Path, clean: Sequence[str | Path], out: str |
 
 def calibrate_checkpoint(checkpoint: str | Path, clean: Sequence[str | Path], out: str | Path, fpr: float = 0.01,
                          channel: str | None = None, on_bad_rows: str | None = None, allow_attacks: bool = False,
-                         force: bool = False, batch_size: int = 256) -> dict:
+                         force: bool = False, batch_size: int = 256, first_seconds: float | None = None) -> dict:
     """Set a checkpoint's threshold from attack-free recordings of a new car; write it to ``out``.
 
     Every window of the ``clean`` recordings (files or folders, any format kdkit reads) is scored
@@ -119,6 +121,8 @@ def calibrate_checkpoint(checkpoint: str | Path, clean: Sequence[str | Path], ou
             attack rows (their attack windows are left out) instead of refusing them.
         force: allow ``out`` to be ``checkpoint`` itself (replaced).
         batch_size: windows per forward pass.
+        first_seconds: use only the first seconds of each recording (e.g. the clean start of a
+            drive whose rest is then replayed); None: every message.
 
     Returns:
         ``{"checkpoint", "out", "fpr", "windows", "old_threshold", "new_threshold",
@@ -131,11 +135,12 @@ def calibrate_checkpoint(checkpoint: str | Path, clean: Sequence[str | Path], ou
             attack rows in the clean recordings (without ``allow_attacks``); fewer than
             ``ceil(1 / fpr)`` windows.
     """
+    check_first_seconds(first_seconds)
     checkpoint, out, files, sm = _open_inputs(checkpoint, clean, out, fpr, channel, force, "calibrated")
     old = sm.threshold
     scored, entries, attacks = [], [], []
     for f in files:
-        rec = score_recording(sm, f, channel, on_bad_rows, batch_size)
+        rec = score_recording(sm, f, channel, on_bad_rows, batch_size, first_seconds)
         n_attack = int(rec.messages.label.sum())
         keep = np.ones(rec.windows, bool)
         if n_attack:
@@ -172,7 +177,8 @@ def calibrate_checkpoint(checkpoint: str | Path, clean: Sequence[str | Path], ou
         warnings.append(f"the new threshold {new:.6g} is above every clean window's score (max {float(scores.max()):.6g}): "
                         "with this few windows the model alarms on none of them; it may miss attacks that score "
                         "like this car's normal traffic")
-    record = {"files": entries, "channel": channel, "fpr": fpr, "windows": int(scores.size), "old_threshold": old,
+    record = {"files": entries, "channel": channel, "first_seconds": first_seconds, "fpr": fpr,
+              "windows": int(scores.size), "old_threshold": old,
               "new_threshold": new, "alarm_rate_before": before, "alarm_rate_after": after,
               "from_checkpoint": str(checkpoint.resolve()), "from_checkpoint_sha256": file_sha256(checkpoint),
               "allow_attacks": allow_attacks, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
@@ -191,8 +197,8 @@ def calibrate_checkpoint(checkpoint: str | Path, clean: Sequence[str | Path], ou
         s = rec.scores[keep]
         per_file.append({**entry, "alarm_rate_before": float(is_attack(s, old).mean()) if s.size else None,
                          "alarm_rate_after": float(is_attack(s, new).mean()) if s.size else None})
-    return {"checkpoint": str(checkpoint), "out": str(out), "fpr": fpr, "windows": int(scores.size),
-            "windows_needed": need, "old_threshold": old, "new_threshold": new, "alarm_rate_before": before,
+    return {"checkpoint": str(checkpoint), "out": str(out), "fpr": fpr, "first_seconds": first_seconds,
+            "windows": int(scores.size), "windows_needed": need, "old_threshold": old, "new_threshold": new, "alarm_rate_before": before,
             "alarm_rate_after": after, "alarms_before": int(is_attack(scores, old).sum()),
             "alarms_after": int(is_attack(scores, new).sum()), "scores": summary["scores"],
             "oov_node_share": summary["oov_node_share"], "family": sm.family, "files": per_file,
@@ -205,7 +211,7 @@ ADAPT_HINT = ("adapted: this car's IDs, their timing and the score scales now co
 
 def adapt_checkpoint(checkpoint: str | Path, clean: Sequence[str | Path], out: str | Path, fpr: float = 0.01,
                      channel: str | None = None, on_bad_rows: str | None = None, allow_attacks: bool = False,
-                     force: bool = False) -> dict:
+                     force: bool = False, first_seconds: float | None = None) -> dict:
     """Adapt a fusion checkpoint to a new car from that car's attack-free recordings (``kdkit
     calibrate --adapt``); write the adapted copy to ``out``.
 
@@ -231,6 +237,7 @@ def adapt_checkpoint(checkpoint: str | Path, clean: Sequence[str | Path], out: s
         FileNotFoundError, ValueError: as :func:`calibrate_checkpoint`; a checkpoint that is not
             a fusion model with a fitted combiner.
     """
+    check_first_seconds(first_seconds)
     checkpoint, out, files, sm = _open_inputs(checkpoint, clean, out, fpr, channel, force, "adapted")
     if sm.family != "fusion":
         raise ValueError(f"--adapt needs a fusion checkpoint (kdkit train --model fusion), {checkpoint} is a "
@@ -239,7 +246,8 @@ def adapt_checkpoint(checkpoint: str | Path, clean: Sequence[str | Path], out: s
     bad = on_bad_rows or (sm.ckpt.get("train_config") or {}).get("on_bad_rows") or "error"
     msgs, entries, attacks = [], [], []
     for f in files:
-        m = read_messages(f, on_bad_rows=bad, channel=channel if is_logger_file(f) else None)
+        m = first_seconds_of(read_messages(f, on_bad_rows=bad, channel=channel if is_logger_file(f) else None),
+                             first_seconds)
         n_attack = int(m.label.sum())
         if n_attack and not allow_attacks:
             attacks.append(f"{f}: {n_attack:,} of {len(m):,} messages are labelled attacks")
@@ -289,7 +297,8 @@ def adapt_checkpoint(checkpoint: str | Path, clean: Sequence[str | Path], out: s
     after = float(is_attack(scores, threshold).mean())
     rate_before = float(is_attack(before_scores[before_keep], sm.threshold).mean()) if before_keep.any() else None
     added = sorted(set(vocab) - set(sm.ckpt["vocab"]))
-    record = {"kind": "adapt", "files": entries, "channel": channel, "fpr": fpr, "windows": int(n),
+    record = {"kind": "adapt", "files": entries, "channel": channel, "first_seconds": first_seconds, "fpr": fpr,
+              "windows": int(n),
               "ids_before": len(sm.ckpt["vocab"]), "ids_added": len(added), "ids_of_the_car": int(seen.size),
               "ids_shared_with_training": int(seen.size) - len(added),
               "ids_profiled": fit["profile"]["ids_profiled"], "combiner": fit["combiner"],
@@ -306,7 +315,8 @@ def adapt_checkpoint(checkpoint: str | Path, clean: Sequence[str | Path], out: s
     log.info("adapted %s to %d clean windows: %d IDs added (%d profiled), alarm rate %s -> %.4f; written to %s",
              checkpoint, n, len(added), fit["profile"]["ids_profiled"],
              "-" if rate_before is None else f"{rate_before:.4f}", after, out)
-    return {"checkpoint": str(checkpoint), "out": str(out), "fpr": fpr, "windows": int(n), "windows_needed": need,
+    return {"checkpoint": str(checkpoint), "out": str(out), "fpr": fpr, "first_seconds": first_seconds,
+            "windows": int(n), "windows_needed": need,
             "ids_before": record["ids_before"], "ids_added": len(added), "ids_of_the_car": int(seen.size),
             "ids_shared_with_training": record["ids_shared_with_training"], "ids_profiled": record["ids_profiled"],
             "added_id_examples": [f"0x{i & 0x1FFFFFFF:X}" for i in added[:5]],

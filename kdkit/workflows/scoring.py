@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -188,14 +189,34 @@ class ScoredRecording:
         return len(self.graphs)
 
 
+def first_seconds_of(msgs: Messages, seconds: float | None) -> Messages:
+    """The messages of the recording's first ``seconds`` (timestamps below the first one plus
+    ``seconds``; a recording's timestamps are in order, the readers check it); all of them for None."""
+    if seconds is None or len(msgs) == 0:
+        return msgs
+    end = int(np.searchsorted(msgs.timestamp, msgs.timestamp[0] + float(seconds), side="left"))
+    return msgs.slice(0, end)
+
+
+def check_first_seconds(seconds: float | None) -> None:
+    """``--first-seconds``: None, or a positive finite number of seconds."""
+    if seconds is not None and not (math.isfinite(float(seconds)) and float(seconds) > 0):
+        raise ValueError(f"--first-seconds {seconds}: must be a positive number of seconds (the start of each "
+                         "recording to use), or left out to use every message")
+
+
 def score_recording(sm: ScoringModel, path: str | Path, channel: str | None = None,
-                    on_bad_rows: str | None = None, batch_size: int = 256) -> ScoredRecording:
+                    on_bad_rows: str | None = None, batch_size: int = 256,
+                    first_seconds: float | None = None) -> ScoredRecording:
     """Read one recording and score its windows with the checkpoint's settings.
 
     ``on_bad_rows`` defaults to the checkpoint's (``train_config.on_bad_rows``, else ``error``).
+    ``first_seconds``: score only the recording's first seconds (:func:`first_seconds_of`).
     """
+    check_first_seconds(first_seconds)
     bad = on_bad_rows or (sm.ckpt.get("train_config") or {}).get("on_bad_rows") or "error"
     msgs = read_messages(path, on_bad_rows=bad, channel=channel if is_logger_file(path) else None)  # type: ignore[arg-type]
+    msgs = first_seconds_of(msgs, first_seconds)
     if msgs.skipped_rows:
         log.warning("%s: skipped %d malformed rows (%d of them attack rows)", path, msgs.skipped_rows,
                     msgs.skipped_attack_rows)
