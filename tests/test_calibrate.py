@@ -203,3 +203,7 @@ def test_first_seconds_calibrates_on_the_start_of_each_recording(gat_checkpoint,
                      "--first-seconds", bad, "--out", str(tmp_path / "bad.pt")]) == 2
         assert f"--first-seconds {float(bad)}: must be a positive number of seconds" in capsys.readouterr().err
     assert not (tmp_path / "bad.pt").exists()
+    # too short a start for the budget: the error says --first-seconds is one way out
+    assert main(["calibrate", "--checkpoint", str(gat_checkpoint), "--clean", str(clean_folder), "--fpr", "0.001",
+                 "--first-seconds", "1", "--out", str(tmp_path / "short.pt")]) == 2
+    assert "or use more than the first 1 s: --first-seconds" in capsys.readouterr().err

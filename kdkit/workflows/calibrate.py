@@ -99,6 +99,10 @@ def _open_inputs(checkpoint: str | Path, clean: Sequence[str | Path], out: str |
     return checkpoint, out, files, load_scoring_model(checkpoint, what)
 
 
+def _longer(first_seconds: float | None) -> str:
+    return "" if first_seconds is None else f" (or use more than the first {first_seconds:g} s: --first-seconds)"
+
+
 def calibrate_checkpoint(checkpoint: str | Path, clean: Sequence[str | Path], out: str | Path, fpr: float = 0.01,
                          channel: str | None = None, on_bad_rows: str | None = None, allow_attacks: bool = False,
                          force: bool = False, batch_size: int = 256, first_seconds: float | None = None) -> dict:
@@ -164,7 +168,8 @@ def calibrate_checkpoint(checkpoint: str | Path, clean: Sequence[str | Path], ou
         raise ValueError(f"--fpr {fpr:g} needs at least {need:,} clean windows (so the budget allows one alarm), and the "
                          f"{len(files)} recording(s) give {scores.size:,} ({per}: about "
                          f"{(need - 1) * int(sm.graph['stride']) + int(sm.graph['window']):,} messages are needed); "
-                         f"record more attack-free traffic, or raise --fpr to at least {1.0 / max(scores.size, 1):.3g}")
+                         f"record more attack-free traffic{_longer(first_seconds)}, or raise --fpr to at least "
+                         f"{1.0 / max(scores.size, 1):.3g}")
     new = fpr_threshold(scores, fpr)
     before = float(is_attack(scores, old).mean())
     after = float(is_attack(scores, new).mean())
@@ -278,6 +283,7 @@ def adapt_checkpoint(checkpoint: str | Path, clean: Sequence[str | Path], out: s
         raise ValueError(f"--adapt with --fpr {fpr:g} needs at least {need:,} clean windows, and the {len(files)} "
                          f"recording(s) give {n:,} (window {window:,}, stride {stride:,}: about "
                          f"{(need - 1) * stride + window:,} messages are needed); record more attack-free traffic"
+                         + _longer(first_seconds)
                          + (f", or raise --fpr to at least {1.0 / max(n, 1):.3g}" if n >= PROFILE_MIN_WINDOWS else ""))
     clean_gs = GraphSet.concat(graphs) if len(graphs) > 1 else graphs[0]
     before = [g for g in (build_graphs(m, sm.vocab, window, stride, label_threshold) for m in msgs) if len(g)]
