@@ -459,6 +459,8 @@ def test_replay_summary_and_bench_detect(trained, recording, capsys):
     s = summary.to_dict()
     assert s["windows"] == 160 and 0 < s["read_seconds"] < s["seconds"] and s["cpu_seconds"] > 0
     assert "160 windows" in summary.format()
+    # a fast replay decides a block's windows at once: its summary does not call that a decision latency
+    assert "latency per block of windows p50" in summary.format() and "decision latency" not in summary.format()
     assert main(["bench", "detect", "--model", str(trained), "--input", str(recording), "--repeats", "2", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     m = r["messages_per_s"]
