@@ -18,8 +18,9 @@ validation windows treated the same way.
 
 Measured (docs/FUSION.md, "Tried and not kept"): every persistence rule raises the false-positive
 rate on hcrl_sa, as the known car's false alarms come from a drive whose scores sit higher as a
-whole, not from isolated windows. The drive baseline helps on hcrl_sa and costs recall on the
-simulator and on DAGA, where it was not tuned.
+whole, not from isolated windows. The drive baseline (running, or ``--frozen`` after a drive's
+first windows) helps on hcrl_sa and costs recall on the simulator and on DAGA, where it was not
+tuned.
 """
 from __future__ import annotations
 
@@ -72,6 +73,40 @@ def drive_baseline(score: np.ndarray, files: np.ndarray, start: np.ndarray, cent
             out[i] = score[i] - shift
             if out[i] < threshold:
                 kept.append(float(score[i]))
+    return out
+
+
+def frozen_baseline(score: np.ndarray, files: np.ndarray, start: np.ndarray, center: float, first: int,
+                    threshold: float = 0.0) -> np.ndarray:
+    """The drive baseline taken once: the median of a recording's first ``first`` windows under
+    ``threshold`` (in time order), and each later window's score minus its upward shift from
+    ``center``; the windows before it are left as they are. An attack later in the drive cannot
+    move it."""
+    score = np.asarray(score, dtype=np.float64)
+    out = score.copy()
+    for f in np.unique(files):
+        idx = np.flatnonzero(files == f)
+        idx = idx[np.argsort(start[idx], kind="stable")]
+        kept: list[float] = []
+        shift = None
+        for i in idx:
+            if shift is not None:
+                out[i] = score[i] - shift
+                continue
+            if score[i] < threshold:
+                kept.append(float(score[i]))
+            if len(kept) >= first:
+                shift = max(float(np.median(kept)) - center, 0.0)
+    return out
+
+
+def evaluate_frozen(val: dict, tests: dict[str, dict], first: int) -> dict:
+    """The frozen drive baseline with the model's own threshold (0)."""
+    center = float(np.median(val["s"][val["ref"] & (val["y"] == 0)]))
+    out = {"threshold": 0.0, "center": center}
+    for name, t in tests.items():
+        f1, fpr = _f1_fpr(t["y"], frozen_baseline(t["s"], t["f"], t["t"], center, first) >= 0.0)
+        out[name] = {"f1": round(f1, 4), "fpr": round(fpr, 4)}
     return out
 
 
@@ -131,6 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--k", default="2,3,5", help="window counts (default 2,3,5)")
     ap.add_argument("--baseline", default="200,1000", help="drive-baseline horizons in windows ('' for none)")
     ap.add_argument("--warmup", type=int, default=50, help="non-alarmed windows before the baseline applies")
+    ap.add_argument("--frozen", default="100,300", help="frozen baselines: windows of a drive's start ('' for none)")
     ap.add_argument("--quantile", type=float, default=0.999)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None)
@@ -148,6 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
     ks = [int(k) for k in args.k.split(",")]
     variants = [("raw", 1)] + [(rule, k) for rule in RULES for k in ks if k > 1]
     horizons = [int(m) for m in args.baseline.split(",") if m.strip()]
+    frozen = [int(m) for m in args.frozen.split(",") if m.strip()]
     per_checkpoint = {}
     for path in paths:
         model = model_from_checkpoint(load_checkpoint(path), path).eval()
@@ -159,10 +196,13 @@ def main(argv: list[str] | None = None) -> dict:
             per_checkpoint[path][f"baseline{m}"] = evaluate_baseline(val, tests, m, args.warmup, args.quantile)
             per_checkpoint[path][f"baseline{m}_own_threshold"] = evaluate_baseline(val, tests, m, args.warmup,
                                                                                    args.quantile, refit=False)
+        for first in frozen:
+            per_checkpoint[path][f"frozen{first}"] = evaluate_frozen(val, tests, first)
         print(path, json.dumps({v: {n: r[n]["f1"] for n in tests} for v, r in per_checkpoint[path].items()}), flush=True)
     summary: dict = {}
     for name in ([f"{rule}{k}" for rule, k in variants]
-                 + [f"baseline{m}{end}" for m in horizons for end in ("", "_own_threshold")]):
+                 + [f"baseline{m}{end}" for m in horizons for end in ("", "_own_threshold")]
+                 + [f"frozen{first}" for first in frozen]):
         summary[name] = {}
         for test in data.scenarios:
             f1 = [per_checkpoint[p][name][test]["f1"] for p in paths]

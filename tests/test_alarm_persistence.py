@@ -68,3 +68,14 @@ def test_drive_baseline_takes_out_a_drive_shift_but_not_an_attack():
     two = b.drive_baseline(np.r_[np.full(4, 2.0), np.full(4, 2.0)], np.repeat([0, 1], 4),
                            np.tile(np.arange(4.0), 2), 0.0, 5.0, 4, 3)
     assert two.tolist() == [2.0, 2.0, 2.0, 0.0] * 2
+
+
+def test_frozen_baseline_is_taken_once_from_the_drive_start():
+    b = _bench()
+    # a drive starting 2 above the calibration median (threshold 3), then an attack ramp
+    score = np.r_[np.full(4, 2.0), 5.0, 9.0, 2.5]
+    out = b.frozen_baseline(score, np.zeros(7, int), np.arange(7.0), center=0.0, first=3, threshold=3.0)
+    # the first 3 windows under 3 give the shift 2; windows from the 3rd on (after it is known) lose it
+    assert out.tolist() == [2.0, 2.0, 2.0, 0.0, 3.0, 7.0, 0.5]
+    # a drive that never has `first` quiet windows keeps its scores
+    assert b.frozen_baseline(np.full(3, 9.0), np.zeros(3, int), np.arange(3.0), 0.0, 2, 3.0).tolist() == [9.0] * 3
