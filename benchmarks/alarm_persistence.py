@@ -100,9 +100,14 @@ def frozen_baseline(score: np.ndarray, files: np.ndarray, start: np.ndarray, cen
     return out
 
 
+def _center(val: dict) -> float:
+    """The calibration windows' median score: where a drive without a shift sits."""
+    return float(np.median(val["s"][val["ref"] & (val["y"] == 0)]))
+
+
 def evaluate_frozen(val: dict, tests: dict[str, dict], first: int) -> dict:
     """The frozen drive baseline with the model's own threshold (0)."""
-    center = float(np.median(val["s"][val["ref"] & (val["y"] == 0)]))
+    center = _center(val)
     out = {"threshold": 0.0, "center": center}
     for name, t in tests.items():
         f1, fpr = _f1_fpr(t["y"], frozen_baseline(t["s"], t["f"], t["t"], center, first) >= 0.0)
@@ -116,7 +121,7 @@ def evaluate_baseline(val: dict, tests: dict[str, dict], horizon: int, warmup: i
     is the model's own (0) or, with ``refit``, the ``quantile`` of the calibration windows' shifted
     scores (fitted twice: the alarms of the first fit leave the baseline in the second)."""
     calib = val["ref"] & (val["y"] == 0)
-    center = float(np.median(val["s"][calib]))
+    center = _center(val)
     threshold = 0.0
     for _ in range(2 if refit else 0):
         sv = drive_baseline(val["s"], val["f"], val["t"], center, threshold, horizon, warmup)

@@ -122,8 +122,9 @@ def test_lazy_imports_only_in_the_command_dispatch():
 
 
 def test_kdkit_help_says_what_each_command_says_of_itself():
-    """``kdkit --help`` lists the lazy table's one-line help (no topic module imported); it must be
-    the help each topic module registers, or the two drift apart (export said "GAT" only)."""
+    """``kdkit --help`` lists the lazy table's one-line help (no topic module imported); each topic
+    module registers its command with that same text (``COMMANDS[name][1]``), so the two cannot
+    drift apart again (export said "GAT" only, calibrate nothing of --adapt)."""
     import argparse
 
     from kdkit.cli.main import COMMANDS, build_parser

@@ -15,6 +15,7 @@ from kdkit.bench import preprocess as bench
 from kdkit.bench.detect import bench_live, bench_replay
 from kdkit.bench.infer import bench_infer
 from kdkit.bench.train import bench_train
+from kdkit.cli.main import COMMANDS
 from kdkit.data import graphs
 from kdkit.stream.detector import ENGINES
 
@@ -129,7 +130,7 @@ def cmd_bench_detect(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     """Adds ``kdkit bench preprocess|train|infer|detect``."""
-    bench_sub = sub.add_parser("bench", help="benchmarks that print JSON").add_subparsers(dest="bench_command", required=True)
+    bench_sub = sub.add_parser("bench", help=COMMANDS["bench"][1]).add_subparsers(dest="bench_command", required=True)
     p = bench_sub.add_parser("preprocess", help="read -> messages -> windows -> graphs -> store throughput")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--file", help="one CAN file")

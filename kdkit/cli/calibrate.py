@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from kdkit.cli.main import COMMANDS
 from kdkit.workflows.calibrate import adapt_checkpoint, calibrate_checkpoint
 
 
@@ -68,8 +69,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("calibrate", help="re-set a checkpoint's threshold (--adapt: its IDs and scales too) from a new car's "
-                            "attack-free recordings",
+    p = sub.add_parser("calibrate", help=COMMANDS["calibrate"][1],
                        description="Score every window of a new car's attack-free recordings with the checkpoint and "
                                    "write a copy whose threshold keeps their alarm rate <= --fpr. Only the threshold "
                                    "changes: the model still knows only the IDs of the car it was trained on, so a "

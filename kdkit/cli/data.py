@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from kdkit.cli.main import COMMANDS
 from kdkit.config import validate_overrides
 from kdkit.data.datasets import REGISTRY, PrepareConfig, dataset_defaults, format_info, prepare, skipped_rows_report
 from kdkit.data.simulate import simulate
@@ -82,7 +83,7 @@ def cmd_data_info(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     """Adds ``kdkit data simulate|prepare|info``."""
-    data = sub.add_parser("data", help="simulate, prepare and inspect datasets").add_subparsers(dest="data_command", required=True)
+    data = sub.add_parser("data", help=COMMANDS["data"][1]).add_subparsers(dest="data_command", required=True)
     p = data.add_parser("simulate", help="write built-in synthetic CAN traffic in the can-train-and-test layout")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from kdkit.cli.main import COMMANDS
 from kdkit.stream.detector import ENGINES, Detector
 from kdkit.stream.run import BusError, run_detection
 
@@ -82,7 +83,7 @@ def _run(args: argparse.Namespace, detector: Detector, out, emit) -> int:
 
 def register(sub) -> None:
     """Adds ``kdkit detect``."""
-    p = sub.add_parser("detect", help="live detection on a python-can bus or a replayed recording",
+    p = sub.add_parser("detect", help=COMMANDS["detect"][1],
                        description="Windows -> graphs -> model -> alarms, frame by frame. Alarms are JSON lines; a "
                                    "summary (windows, alarms, messages/s, decision latency p50/p99) ends every run, "
                                    "also on Ctrl-C.")

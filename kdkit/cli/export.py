@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+from kdkit.cli.main import COMMANDS
 from kdkit.deploy.export import export_checkpoint
 
 
@@ -21,7 +22,7 @@ def cmd_export(args) -> int:
 
 def register(sub) -> None:
 
-    p = sub.add_parser("export", help="ahead-of-time compile a GAT or fusion-student checkpoint for deployment (.pt2)",
+    p = sub.add_parser("export", help=COMMANDS["export"][1],
                        description="Ahead-of-time compile a GAT or fusion-student checkpoint for a gateway. Needs only "
                                    "the checkpoint: the graphs it is traced with are synthesized from its vocabulary "
                                    "and graph settings, so no training data is read. The GAT's package returns "

@@ -12,7 +12,8 @@ Every sub-command calls the same library functions the notebooks and SLURM jobs 
 
 The topic modules import torch, PyG and Lightning (seconds on a small machine), so only the
 one a command needs is imported: :data:`COMMANDS` names each sub-command's module and
-one-line help, which is all ``kdkit --help`` shows. This is the one place kdkit imports its
+one-line help, which is all ``kdkit --help`` shows (each topic module registers its command with
+that text, so ``kdkit CMD --help`` and ``kdkit --help`` say the same). This is the one place kdkit imports its
 own modules lazily (``tests/test_architecture.py`` knows it).
 """
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from kdkit.cli.main import COMMANDS
 from kdkit.reporting.html import build_html, text_summary
 from kdkit.reporting.sweep import RESULTS_FILE, build_sweep_report, sweep_text
 
@@ -21,7 +22,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     """Adds ``kdkit report PATH [--html] [--out FILE]``."""
-    p = sub.add_parser("report", help="summarise a run or sweep folder, or write a self-contained HTML report",
+    p = sub.add_parser("report", help=COMMANDS["report"][1],
                        description="Print the metrics recorded under a run folder, or with --html write one HTML "
                                    "file (figures embedded) and print its path. A sweep folder (holding results.json) "
                                    "gets the sweep report; an .ipynb is rendered with nbconvert.")

@@ -24,6 +24,7 @@ import argparse
 import json
 import sys
 
+from kdkit.cli.main import COMMANDS
 from kdkit.cluster.orchestrator import FabricSlurmTrainingOrchestrator, SlurmError, SlurmUnavailable, load_presets
 
 _RESOURCE_FLAGS = ("partition", "account", "qos", "time", "gpus", "mem", "signal_grace", "max_requeues")
@@ -180,7 +181,7 @@ def _errors_to_status(func):
 
 def register(subparsers) -> None:
     """Adds the ``slurm`` sub-command (status, wait, cancel, resubmit, logs, submit-notebook)."""
-    slurm = subparsers.add_parser("slurm", help="submit and follow SLURM jobs")
+    slurm = subparsers.add_parser("slurm", help=COMMANDS["slurm"][1])
     slurm.add_argument("--runs-dir", default="runs", help="run dirs and slurm_jobs.json (default runs)")
     sub = slurm.add_subparsers(dest="slurm_command", required=True)
 

@@ -20,6 +20,7 @@ import json
 import sys
 from pathlib import Path
 
+from kdkit.cli.main import COMMANDS
 from kdkit.cli.slurm import _add_resource_flags, _parameter_value, _resources
 from kdkit.cluster import sweep as sw
 from kdkit.cluster.orchestrator import FabricSlurmTrainingOrchestrator, SlurmError
@@ -166,7 +167,7 @@ def _errors_to_status(func):
 
 def register(subparsers) -> None:
     """Adds ``kdkit sweep`` and its sub-commands."""
-    p = subparsers.add_parser("sweep", help="grids of notebook runs: one SLURM job array or a local pool; status, retry",
+    p = subparsers.add_parser("sweep", help=COMMANDS["sweep"][1],
                               allow_abbrev=False,    # `run-task DIR --teacher` is not --teacher-notebook
                               description="One papermill run of NOTEBOOK per grid point x seed: on SLURM one job "
                                           "array, locally a pool bounded by the cores. See docs/SWEEPS.md.")

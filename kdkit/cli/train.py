@@ -20,6 +20,7 @@ import os
 import sys
 from pathlib import Path
 
+from kdkit.cli.main import COMMANDS
 from kdkit.cli.slurm import add_slurm_arguments, submit_train_from_args
 from kdkit.config import (
     TrainConfig,
@@ -168,13 +169,13 @@ def add_train_arguments(p: argparse.ArgumentParser, cls: type = TrainConfig) -> 
 
 def register(sub) -> None:
     """Adds ``kdkit train``, ``evaluate``, ``batch-size`` and ``demo``."""
-    p = sub.add_parser("train", help="train a teacher or a (distilled) student",
+    p = sub.add_parser("train", help=COMMANDS["train"][1],
                        description="Train a GAT or VGAE teacher, or a student distilled from --teacher. Every config "
                                    "key is a flag (--list-configs lists them with their defaults).")
     add_train_arguments(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="metrics of a checkpoint on every test scenario",
+    p = sub.add_parser("evaluate", help=COMMANDS["evaluate"][1],
                        description="Evaluate a checkpoint on a dataset's test scenarios (--dataset), or score any "
                                    "recordings with it (--input): metrics for labelled ones; alarm rate, score "
                                    "distribution and unknown-ID share for all. Both use the checkpoint's own "
@@ -228,7 +229,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _register_batch_size_and_demo(sub) -> None:
-    p = sub.add_parser("batch-size", help="the largest batch that fits (DynamicBatchSizer); reports, trains nothing",
+    p = sub.add_parser("batch-size", help=COMMANDS["batch-size"][1],
                        description="Report the largest batch that fits for the run the flags describe (both presets "
                                    "unless --type is given); trains nothing.")
     p.add_argument("--config", help="JSON config keys, e.g. '{\"target_memory_usage\": 0.7, \"max_batch_size\": 1024}'")
@@ -236,7 +237,7 @@ def _register_batch_size_and_demo(sub) -> None:
     add_config_arguments(p)
     p.set_defaults(func=report_batch_size)
 
-    p = sub.add_parser("demo", help="the whole story on built-in synthetic traffic")
+    p = sub.add_parser("demo", help=COMMANDS["demo"][1])
     p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
     p.add_argument("--quick", action="store_true", help="data summary only")
     p.set_defaults(func=cmd_demo)
