@@ -147,6 +147,12 @@ class TrainConfig:
                                   "KD of the edge decoder)", group=KD, low=0)
     kd_score_weight: float = param(1.0, "fusion KD: weight of matching the teacher's reconstruction errors per part "
                                    "(anomaly-score KD, on a log scale, over every window)", group=KD, low=0)
+    kd_augment: str = param("off", "VGAE KD on corrupted copies of the training windows (another node's "
+                            "features on a fifth of the nodes): match the teacher's link probabilities and reconstructed "
+                            "features there (match) or how much the corruption raises each part of its error (rise); "
+                            "measured on hcrl_sa and not better than off (docs/QUALITY.md)", group=KD,
+                            choices=("off", "match", "rise"))
+    kd_augment_weight: float = param(1.0, "VGAE KD: weight of the kd_augment term", group=KD, low=0)
     # --- hardware and speed
     trainer: str = param("fabric", "fabric | legacy (plain PyTorch baseline)", group=HARDWARE, choices=("fabric", "legacy"))
     preset: str = param("auto", "hardware preset", group=HARDWARE, choices=("auto", *HARDWARE_PRESETS))

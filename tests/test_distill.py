@@ -4,10 +4,11 @@ Run: .venv/bin/python -m pytest tests/test_distill.py -q
 """
 import pytest
 import torch
+import torch.nn.functional as F
 from torch_geometric.data import Batch, Data
 
-from kdkit.models.distill import (DistillationLoss, FeatureKD, LatentKD, LogitKDLoss, edge_structure_kd, layer_map,
-                                  soft_kl)
+from kdkit.models.distill import (DistillationLoss, FeatureKD, LatentKD, LogitKDLoss, augmented_kd, edge_structure_kd,
+                                  layer_map, perturb_windows, soft_kl)
 from kdkit.models.layers import VGAEOutput
 from kdkit.models.registry import build_model
 
@@ -220,8 +221,6 @@ def test_distillation_loss_checks_its_inputs():
 
 def test_logit_kd_hard_label_term_uses_class_weights():
     """The student's CE term carries the teacher's class weights (imbalanced data)."""
-    import torch.nn.functional as F
-
     from kdkit.models.distill import LogitKDLoss
 
     torch.manual_seed(0)
@@ -292,3 +291,78 @@ def test_vgae_distillation_total_and_opt_in_latent_terms():
                                          rel=1e-6)
     with pytest.raises(ValueError, match="edge_kd_weight"):
         DistillationLoss.from_models(student, teacher, edge_kd_weight=-1.0)
+
+
+def test_perturb_windows_corrupts_a_copy_within_each_window():
+    """Node features are swapped for other nodes' (never invented), extra edges stay inside their
+    window with an existing edge's features, edges stay grouped by window, the input is untouched."""
+    batch = make_batch()
+    before = {k: getattr(batch, k).clone() for k in ("x", "edge_index", "edge_attr", "node_id")}
+    gen = torch.Generator().manual_seed(3)
+    out = perturb_windows(batch, node_share=0.5, edge_share=1.0, generator=gen)
+    for k, v in before.items():
+        assert torch.equal(getattr(batch, k), v)  # the batch itself is not modified
+    assert torch.equal(out.node_id, batch.node_id)
+    changed = (out.x != batch.x).any(dim=1)
+    assert changed.any()
+    for row in out.x[changed]:  # every new row is another node's row
+        assert (batch.x == row).all(dim=1).any()
+    e = batch.edge_index.size(1)
+    assert out.edge_index.size(1) == 2 * e and out.edge_attr.size(0) == 2 * e
+    g = batch.batch
+    assert torch.equal(g[out.edge_index[0]], g[out.edge_index[1]])  # no edge between windows
+    assert (g[out.edge_index[0]].diff() >= 0).all()  # grouped by window, as PyG batches them
+    for row in out.edge_attr:
+        assert (batch.edge_attr == row).all(dim=1).any()
+    same = perturb_windows(batch, 0.5, 1.0, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(same.x, out.x) and torch.equal(same.edge_index, out.edge_index)
+    untouched = perturb_windows(batch, 0.0, 0.0)
+    assert torch.equal(untouched.x, batch.x) and torch.equal(untouched.edge_index, batch.edge_index)
+    with pytest.raises(ValueError, match="node_share"):
+        perturb_windows(batch, node_share=1.5)
+
+
+def test_augmented_kd_is_zero_for_the_teacher_itself_and_trains_the_student():
+    """On corrupted windows the term is the link-probability KL + the reconstructed features' MSE
+    (+ the ID logits' KL on request): 0 when the student is the teacher, positive and with
+    gradients for another student."""
+    student, teacher = models("vgae")
+    batch = perturb_windows(make_batch(), 0.3, 0.5, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        t_out = teacher(batch)
+    assert augmented_kd(t_out, t_out, batch).abs().item() < 1e-5
+    s_out = student(batch)
+    value = augmented_kd(s_out, t_out, batch)
+    expected = edge_structure_kd(s_out, t_out, batch) + F.mse_loss(s_out.x_recon, t_out.x_recon)
+    assert value.item() == pytest.approx(expected.item(), rel=1e-6) and value.item() > 0
+    with_ids = augmented_kd(s_out, t_out, batch, terms=("edge", "feat", "id"))
+    assert with_ids.item() == pytest.approx((expected + soft_kl(s_out.id_logits, t_out.id_logits, 2.0)).item(),
+                                            rel=1e-6)
+    value.backward()
+    assert all(p.grad is not None for p in student.feat_out.parameters())
+
+
+@pytest.mark.parametrize("mode", ["match", "rise"])
+def test_task_adds_the_corrupted_window_kd_to_a_vgae_student(mode):
+    """``kd_augment``: the training loss is the plain KD loss + weight x the corrupted-window term
+    (same random draws for the clean part), reported as ``augment_kd``; a GAT student refuses it."""
+    from kdkit.config import make_config
+    from kdkit.training.task import Task
+
+    student, teacher = models("vgae")
+    batch = make_batch()
+    torch.manual_seed(1)  # the feature KD's projections: the same in both
+    plain = Task(student, make_config(model="vgae", vehicle_dropout=0.0), teacher)
+    torch.manual_seed(1)
+    task = Task(student, make_config(model="vgae", vehicle_dropout=0.0, kd_augment=mode, kd_augment_weight=0.5), teacher)
+    torch.manual_seed(0)
+    base, _ = plain.training_loss(batch)
+    torch.manual_seed(0)
+    loss, parts = task.training_loss(batch)
+    assert parts["augment_kd"].item() > 0
+    assert loss.item() == pytest.approx(base.item() + 0.5 * parts["augment_kd"].item(), rel=1e-5)
+    assert parts["total"].item() == pytest.approx(loss.item())
+    loss.backward()
+    gat_student, gat_teacher = models("gat")
+    with pytest.raises(ValueError, match="kd_augment"):
+        Task(gat_student, make_config(model="gat", kd_augment=mode), gat_teacher)

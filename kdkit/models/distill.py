@@ -15,6 +15,7 @@ projection layers of the loss are trainable and belong in the optimizer)::
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -322,6 +323,83 @@ def edge_structure_kd(student: VGAEOutput, teacher: VGAEOutput, batch) -> Tensor
     kl = (F.binary_cross_entropy_with_logits(zs @ zs.transpose(1, 2), target, reduction="none")
           - F.binary_cross_entropy_with_logits(t_logits, target, reduction="none"))
     return (kl * pairs).sum() / pairs.sum().clamp(min=1.0)
+
+
+def perturb_windows(batch, node_share: float = 0.2, edge_share: float = 0.0,
+                    generator: torch.Generator | None = None):
+    """A corrupted copy of a batch of windows, for distilling how the teacher reacts off the
+    training distribution (the student's own loss never sees it).
+
+    Generic corruptions, not modelled on any attack:
+    - each node, with probability ``node_share``, takes the node features of a node drawn at
+      random from the whole batch: its ID, edges and timing edges stay, so the ID no longer
+      matches how it behaves (rate, payload, position);
+    - ``edge_share`` x E extra directed edges, each between two random nodes of the window of a
+      random existing edge, with that edge's features: transitions the window did not have.
+
+    The tensors of ``batch`` are not modified (a shallow copy with new ``x`` / edges).
+
+    Args:
+        batch: a PyG Batch of windows (``x``, ``node_id``, ``edge_index``, ``edge_attr``, ``batch``).
+        node_share: probability that a node's features are replaced. Default 0.2.
+        edge_share: extra edges as a share of the batch's edges. Default 0.0.
+        generator: a torch generator for reproducible corruption (on the batch's device).
+    """
+    if not 0.0 <= node_share <= 1.0 or edge_share < 0:
+        raise ValueError(f"node_share={node_share} must be in [0, 1] and edge_share={edge_share} >= 0")
+    out = copy.copy(batch)
+    x = batch.x
+    n = x.size(0)
+    dev = x.device
+    if node_share > 0 and n > 1:
+        hit = torch.rand(n, device=dev, generator=generator) < node_share
+        src = torch.randint(0, n, (n,), device=dev, generator=generator)
+        out.x = torch.where(hit[:, None], x[src], x)
+    e = batch.edge_index.size(1)
+    extra = int(round(edge_share * e))
+    if extra > 0 and e > 0:
+        batch_vec, num_graphs = graph_index(batch)
+        ptr = torch.zeros(num_graphs + 1, dtype=torch.long, device=dev)
+        ptr[1:] = torch.bincount(batch_vec, minlength=num_graphs).cumsum(0)
+        pick = torch.randint(0, e, (extra,), device=dev, generator=generator)
+        g = batch_vec[batch.edge_index[0, pick]]
+        size = (ptr[g + 1] - ptr[g]).to(x.dtype)
+        ends = [ptr[g] + (torch.rand(extra, device=dev, generator=generator) * size).long().clamp(max=n - 1)
+                for _ in range(2)]
+        edge_index = torch.cat([batch.edge_index, torch.stack(ends)], dim=1)
+        # keep the edges grouped by window, as in a PyG batch
+        order = torch.sort(batch_vec[edge_index[0]], stable=True).indices
+        out.edge_index = edge_index[:, order]
+        if getattr(batch, "edge_attr", None) is not None:
+            out.edge_attr = torch.cat([batch.edge_attr, batch.edge_attr[pick]])[order]
+    return out
+
+
+def augmented_kd(student: VGAEOutput, teacher: VGAEOutput, batch, terms: Sequence[str] = ("edge", "feat"),
+                 temperature: float = 2.0) -> Tensor:
+    """VGAE KD on corrupted windows (:func:`perturb_windows`): the student matches what the
+    teacher's anomaly score is made of there: the link probabilities (``"edge"``,
+    :func:`edge_structure_kd`) and the reconstructed node features (``"feat"``, MSE); ``"id"``
+    adds the ID logits' KL at ``temperature``."""
+    out = {}
+    if "edge" in terms:
+        out["edge"] = edge_structure_kd(student, teacher, batch)
+    if "feat" in terms:
+        out["feat"] = F.mse_loss(student.x_recon.float(), teacher.x_recon.detach().float())
+    if "id" in terms:
+        out["id"] = soft_kl(student.id_logits, teacher.id_logits, temperature)
+    return torch.stack(list(out.values())).sum()
+
+
+def sensitivity_kd(student_clean: VGAEOutput, student: VGAEOutput, teacher_clean: VGAEOutput, teacher: VGAEOutput,
+                   clean, corrupted) -> Tensor:
+    """Anomaly-sensitivity KD: per window and reconstruction part, how much the corruption raises
+    the log error, student against teacher (MSE). Only the rise is matched, not the level a
+    smaller student cannot reach."""
+    def rise(a, b):
+        ea, eb = reconstruction_errors(a, clean), reconstruction_errors(b, corrupted)
+        return torch.stack([torch.log(eb[k] + LOG_EPS) - torch.log(ea[k] + LOG_EPS) for k in ea], dim=-1)
+    return (rise(student_clean, student) - rise(teacher_clean, teacher).detach()).pow(2).mean()
 
 
 def score_matching(student: VGAEOutput, teacher: VGAEOutput, batch) -> Tensor:

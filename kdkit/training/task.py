@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from kdkit.config import TrainConfig
-from kdkit.models.distill import DistillationLoss, FusionKD
+from kdkit.models.distill import DistillationLoss, FusionKD, augmented_kd, perturb_windows, sensitivity_kd
 from kdkit.models.thresholds import GAT_THRESHOLD, is_attack
 
 
@@ -28,6 +28,9 @@ class Task(nn.Module):
         self.cfg = cfg
         self._teacher = [teacher] if teacher is not None else []  # a list hides it from nn.Module
         self.kd = None
+        if teacher is not None and cfg.kd_augment != "off" and self.objective != "reconstruct":
+            raise ValueError(f"config key 'kd_augment'={cfg.kd_augment!r}: the KD on corrupted windows is for "
+                             f"VGAE students; this student is a {self.kind} (set kd_augment to 'off')")
         if teacher is not None and self.objective == "fuse":
             self.kd = FusionKD.from_models(model, teacher, temperature=cfg.kd_temperature, alpha=cfg.kd_alpha,
                                            beta=cfg.kd_feature_weight, score_weight=cfg.kd_score_weight,
@@ -55,6 +58,20 @@ class Task(nn.Module):
         batch.node_id = batch.node_id.masked_fill(hide[batch.batch], 0)
         return batch
 
+    def augmented_loss(self, batch, loss, parts, s_out, t_out):
+        """Add the VGAE KD on corrupted copies of ``batch`` (``kd_augment``): the student learns how
+        the teacher scores windows unlike the training ones (an unknown attack is one)."""
+        corrupted = perturb_windows(batch)
+        with torch.no_grad():
+            t_cor = self.teacher(corrupted)
+        s_cor = self.model(corrupted)
+        if self.cfg.kd_augment == "rise":
+            aug = sensitivity_kd(s_out, s_cor, t_out, t_cor, batch, corrupted)
+        else:
+            aug = augmented_kd(s_cor, t_cor, corrupted)
+        loss = loss + self.cfg.kd_augment_weight * aug
+        return loss, {**parts, "augment_kd": aug.detach(), "total": loss.detach()}
+
     def forward(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The training loss of a batch (what Fabric's wrapped module calls)."""
         return self.training_loss(batch)
@@ -74,6 +91,8 @@ class Task(nn.Module):
                 t_out = teacher(batch, **features)
             s_out = self.model(batch, **features)
             loss, parts = self.kd(s_out, t_out, batch)
+            if self.objective == "reconstruct" and self.cfg.kd_augment != "off":
+                loss, parts = self.augmented_loss(batch, loss, parts, s_out, t_out)
             return loss, {k: v.detach() for k, v in parts.items()}
         if self.objective == "classify":
             logits = self.model(batch)
