@@ -366,3 +366,26 @@ def test_task_adds_the_corrupted_window_kd_to_a_vgae_student(mode):
     gat_student, gat_teacher = models("gat")
     with pytest.raises(ValueError, match="kd_augment"):
         Task(gat_student, make_config(model="gat", kd_augment=mode), gat_teacher)
+
+
+def test_sensitivity_kd_matches_the_rise_of_each_part_not_its_level():
+    """``rise``: 0 for the teacher itself; otherwise the mean over windows and parts of the squared
+    difference of the log-error rises, written out by hand; ``parts`` picks the parts."""
+    from kdkit.models.distill import sensitivity_kd
+    from kdkit.models.vgae import reconstruction_errors
+
+    student, teacher = models("vgae")
+    clean = make_batch()
+    corrupted = perturb_windows(clean, 0.5, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        t_clean, t_cor = teacher(clean), teacher(corrupted)
+    assert sensitivity_kd(t_clean, t_cor, t_clean, t_cor, clean, corrupted).item() < 1e-10
+    s_clean, s_cor = student(clean), student(corrupted)
+    full = sensitivity_kd(s_clean, s_cor, t_clean, t_cor, clean, corrupted)
+    edge = sensitivity_kd(s_clean, s_cor, t_clean, t_cor, clean, corrupted, parts=("edge",))
+    rise = {k: [torch.log(reconstruction_errors(b, c)[k] + 1e-6) for b, c in ((s_clean, clean), (s_cor, corrupted),
+                                                                               (t_clean, clean), (t_cor, corrupted))]
+            for k in ("feat", "id", "edge")}
+    by_part = {k: ((v[1] - v[0]) - (v[3] - v[2])).pow(2).mean() for k, v in rise.items()}
+    assert edge.item() == pytest.approx(by_part["edge"].item(), rel=1e-4)
+    assert full.item() == pytest.approx(sum(by_part.values()).item() / 3, rel=1e-4)

@@ -392,13 +392,13 @@ def augmented_kd(student: VGAEOutput, teacher: VGAEOutput, batch, terms: Sequenc
 
 
 def sensitivity_kd(student_clean: VGAEOutput, student: VGAEOutput, teacher_clean: VGAEOutput, teacher: VGAEOutput,
-                   clean, corrupted) -> Tensor:
-    """Anomaly-sensitivity KD: per window and reconstruction part, how much the corruption raises
-    the log error, student against teacher (MSE). Only the rise is matched, not the level a
-    smaller student cannot reach."""
+                   clean, corrupted, parts: Sequence[str] = ("feat", "id", "edge")) -> Tensor:
+    """Anomaly-sensitivity KD: per window and reconstruction part (``parts``), how much the
+    corruption raises the log error, student against teacher (MSE). Only the rise is matched, not
+    the level a smaller student cannot reach."""
     def rise(a, b):
         ea, eb = reconstruction_errors(a, clean), reconstruction_errors(b, corrupted)
-        return torch.stack([torch.log(eb[k] + LOG_EPS) - torch.log(ea[k] + LOG_EPS) for k in ea], dim=-1)
+        return torch.stack([torch.log(eb[k] + LOG_EPS) - torch.log(ea[k] + LOG_EPS) for k in parts], dim=-1)
     return (rise(student_clean, student) - rise(teacher_clean, teacher).detach()).pow(2).mean()
 
 
