@@ -187,6 +187,8 @@ def fusion_ablation(checkpoint: str, data, quantile: float, vgae_quantile: float
     - ``fused_max_without_profile``: the ``max`` combiner without the ID-profile part (the fused
       decision before that part existed);
     - ``fused_<kind>``: :class:`kdkit.models.fusion.Combiner` of that kind.
+
+    The ``fused`` variants judge an unknown vehicle's windows by the run's ``unknown_vehicle`` rule.
     """
     import numpy as np
     import torch
@@ -223,12 +225,13 @@ def fusion_ablation(checkpoint: str, data, quantile: float, vgae_quantile: float
         return np.where(mode == KNOWN, p[:, at] - profile_cut, -1e9)
 
     scorers["id_profile_at_val_fpr"] = (profile_alone, 0.0)
-    without = Combiner("max", known_id_fraction=c["known_id_fraction"])
+    rule = c.get("unknown_vehicle", "fused")  # the run's unknown-vehicle rule, for the fused variants
+    without = Combiner("max", known_id_fraction=c["known_id_fraction"], unknown_vehicle=rule)
     without.mask[:, at] = 0.0
     fit_combiner(without, (known, yv), (unknown, yv), quantile=quantile, reference=ref)
     scorers["fused_max_without_profile"] = (lambda p: without(torch.as_tensor(p, dtype=torch.float32)).numpy(), 0.0)
     for kind in ("max", "logistic", "mlp", "policy"):
-        comb = Combiner(kind, c["combiner_hidden"], known_id_fraction=c["known_id_fraction"])
+        comb = Combiner(kind, c["combiner_hidden"], known_id_fraction=c["known_id_fraction"], unknown_vehicle=rule)
         fit_combiner(comb, (known, yv), (unknown, yv), quantile=quantile, reference=ref)
         scorers[f"fused_{kind}"] = (lambda p, m=comb: m(torch.as_tensor(p, dtype=torch.float32)).numpy(), 0.0)
     out: dict = {}
@@ -311,10 +314,12 @@ def _stored_teachers(record: dict, dataset: str, families: list[str], seeds: lis
     return out
 
 
-def refit(record: dict, data_root: str | None = None) -> dict:
+def refit(record: dict, data_root: str | None = None, unknown_vehicle: str | None = None) -> dict:
     """Re-fit what a fusion run fits after training (the ID profiles and the combiner, with the
     current code) on every run's stored checkpoint, re-evaluate and redo its ablation; training is
     not repeated (a scoring rule changed, the weights did not). The checkpoints are rewritten.
+    ``unknown_vehicle`` also sets that rule in each checkpoint's model config (a checkpoint from
+    before the option scores with ``"fused"``).
 
     Raises:
         ValueError: a family other than fusion (its threshold is fitted the same way as before).
@@ -334,6 +339,8 @@ def refit(record: dict, data_root: str | None = None) -> dict:
         for role, per_seed in runs.items():
             for run in per_seed:
                 ckpt = load_checkpoint(run["checkpoint"])
+                if unknown_vehicle is not None:
+                    ckpt["model_config"] = {**ckpt["model_config"], "unknown_vehicle": unknown_vehicle}
                 model = model_from_checkpoint(ckpt, run["checkpoint"]).eval()
                 quantile = float(ckpt.get("train_config", {}).get("fusion_quantile", 0.999))
                 seed = int(ckpt.get("train_config", {}).get("seed", 0))
@@ -400,10 +407,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--refit", default=None, metavar="RECORD.json",
                     help="train nothing: re-fit the profiles and combiners of a fusion record's checkpoints with the "
                          "current code and re-evaluate them")
+    ap.add_argument("--unknown-vehicle", default=None, choices=("classifier", "fused"),
+                    help="with --refit: the fusion models' unknown-vehicle rule to set (default: each checkpoint's own)")
     args = ap.parse_args(argv)
+    if args.unknown_vehicle and not args.refit:
+        ap.error("--unknown-vehicle goes with --refit (a training run takes --set unknown_vehicle=...)")
     if args.merge or args.refit:
         record = merge([json.loads(Path(p).read_text()) for p in args.merge]) if args.merge else \
-            refit(json.loads(Path(args.refit).read_text()), args.data_root)
+            refit(json.loads(Path(args.refit).read_text()), args.data_root, args.unknown_vehicle)
         return _report(record, args)
     families = [m.strip() for m in args.models.split(",") if m.strip()]
     bad = sorted(set(families) - {"gat", "vgae", "fusion"})

@@ -114,6 +114,11 @@ class TrainConfig:
     combiner: str = param("max", "fusion: how the classifier's and the autoencoder's evidence become one score, fitted "
                           "on validation data (max | logistic | mlp | policy; docs/FUSION.md)", group=MODEL,
                           choices=("max", "logistic", "mlp", "policy"))
+    unknown_vehicle: str = param("classifier", "fusion: how a window of a vehicle the model does not know (most IDs "
+                                 "unseen) is judged: classifier (the classification head at the decision it learned "
+                                 "on ID-hidden training windows) | fused (the ID-agnostic parts at the validation "
+                                 "threshold, the rule before 2026-12-06; docs/FUSION.md)", group=MODEL,
+                                 choices=("classifier", "fused"))
     fusion_quantile: float = param(0.999, "fusion: per vehicle mode, the share of attack-free validation windows "
                                    "scored below the threshold (1 - the false-positive budget)", group=MODEL,
                                    low=0.5, high=1)

@@ -235,6 +235,38 @@ def test_vehicle_modes_new_id_on_a_known_vehicle_is_suspicious_an_unknown_vehicl
     assert float(comb(worse_ids)) == pytest.approx(float(comb(foreign)))
 
 
+def test_unknown_vehicle_rule_classifier_judges_a_foreign_car_by_its_log_odds_alone():
+    """``unknown_vehicle="classifier"``: a window of an unknown vehicle scores its attack log-odds
+    (an attack at >= 0, the trained decision), so another car's unfamiliar traffic (every
+    reconstruction error far up) raises no alarm, while the classifier's attacks do; windows of a
+    known vehicle score as with the ``fused`` rule. Old model configs (no key) keep ``fused``."""
+    rng = np.random.default_rng(2)
+    known, unknown = validation(rng)
+    fused, by_classifier = Combiner("max"), Combiner("max", unknown_vehicle="classifier")
+    fit_combiner(fused, known, unknown, quantile=0.99)
+    record = fit_combiner(by_classifier, known, unknown, quantile=0.99)
+    rule = record["modes"]["unknown"]["classifier_rule"]
+    assert record["unknown_vehicle"] == "classifier" and rule["validation_fpr"] == 0.0 and rule["validation_recall"] > 0.95
+    own, _ = fake_parts(300, rng)  # the known vehicle: the same scores under both rules
+    own = torch.as_tensor(own, dtype=torch.float32)
+    torch.testing.assert_close(by_classifier(own), fused(own))
+    car, _ = fake_parts(300, rng, recon_shift=1.5, known_ids=0, oov=1.0)  # a foreign car's normal traffic
+    car = torch.as_tensor(car, dtype=torch.float32)
+    assert (fused.mode(car) == UNKNOWN).all()
+    assert float((fused(car) >= 0).float().mean()) > 0.95  # its scale is not the known cars'
+    torch.testing.assert_close(by_classifier(car), car[:, PARTS.index("attack_logit")])
+    assert not bool((by_classifier(car) >= 0).any())
+    flood = car.clone()
+    flood[:, PARTS.index("attack_logit")] = 2.0  # the classifier calls it an attack
+    assert bool((by_classifier(flood) >= 0).all())
+    with pytest.raises(ValueError, match="unknown_vehicle"):
+        Combiner("max", unknown_vehicle="ids")
+    assert small(True).combiner.unknown_vehicle == "fused"  # a config from before the option
+    assert small(True, unknown_vehicle="classifier").combiner.unknown_vehicle == "classifier"
+    from kdkit.config import make_config
+    assert FusionModel.options_from_run(make_config(model="fusion"))["unknown_vehicle"] == "classifier"
+
+
 def test_reference_windows_alone_set_the_thresholds_and_calibration_windows_are_the_clean_recordings():
     """Two attack-free windows of an attack recording that score like attacks (an attack's
     after-effects) set a 0.1 % budget's threshold when they calibrate; left out of the reference
@@ -460,10 +492,9 @@ def test_checkpoint_alone_scores_like_the_run(fusion_runs, tmp_path):
 
 def test_simulated_vehicles_land_in_their_mode_and_the_unknown_one_keeps_the_false_positive_budget(fusion_runs):
     """The simulator's vehicles: alpha and bravo are known (their windows are judged in the known
-    mode), charlie is not (its windows go to the unknown-vehicle mode, calibrated on ID-less
-    validation windows). There the pair's GAT head, deciding at 0.5 as kdkit's GAT does, is not
-    calibrated for a foreign vehicle; the fused student's false-positive rate on charlie's normal
-    windows stays small."""
+    mode), charlie is not (its windows go to the unknown-vehicle mode, judged by the classification
+    head's trained decision, ``unknown_vehicle="classifier"``, the default); the fused student's
+    false-positive rate on charlie's normal windows stays small."""
     from kdkit.config import make_config
     from kdkit.models.fusion import predict_parts
     from kdkit.training.checkpoint import load_checkpoint, model_from_checkpoint

@@ -76,7 +76,8 @@ def fitted_student(**kw) -> FusionModel:
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 @pytest.mark.parametrize("combiner, shape", [(kind, {}) for kind in COMBINERS] + [
-    ("max", {"concat_heads": True, "decoder_layers": 2}), ("logistic", {"decoder_layers": 0})])
+    ("max", {"concat_heads": True, "decoder_layers": 2}), ("logistic", {"decoder_layers": 0}),
+    ("max", {"unknown_vehicle": "classifier"})])
 def test_scorer_equals_window_score(combiner, shape):
     model = fitted_student(combiner=combiner, **shape)
     scorer = FusionScorer(model)

@@ -62,6 +62,7 @@ PROFILE_MIN_WINDOWS = 20  # attack-free training windows an ID needs before its 
 NOT_EVIDENCE = ("known_ids",)  # decides the mode, never adds to the score
 COMBINERS = ("max", "logistic", "mlp", "policy")
 KNOWN, UNKNOWN = 0, 1  # combiner modes: the vehicle is known / unknown
+UNKNOWN_VEHICLE_RULES = ("classifier", "fused")
 LOG_EPS = 1e-6
 MIN_SCALE = {"oov": 0.01}  # a known vehicle's validation traffic holds no OOV IDs: one new ID among ~30 is ~3 sigma
 POLICY_ACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)  # weight of the classifier in the policy combiner
@@ -232,12 +233,23 @@ class Combiner(nn.Module):
         bins: state bins per axis of the ``policy`` kind. Default 4.
         known_id_fraction: a window whose number of in-vocabulary IDs is below this fraction of the
             validation windows' low quantile counts as an unknown vehicle. Default 0.5.
+        unknown_vehicle: how an unknown vehicle's windows are judged: ``"fused"`` (the ID-agnostic
+            parts combined by ``kind``, at the unknown mode's validation threshold) or
+            ``"classifier"`` (the attack log-odds alone, an attack when ``>= 0``: the decision the
+            classification head learned on ID-hidden training windows; the validation windows are
+            the known cars' and set no threshold that carries to another car, docs/FUSION.md).
+            Default "fused" (what checkpoints from before the option scored with); new runs take
+            the run schema's ``unknown_vehicle``.
     """
 
-    def __init__(self, kind: str = "max", hidden: int = 8, bins: int = 4, known_id_fraction: float = 0.5):
+    def __init__(self, kind: str = "max", hidden: int = 8, bins: int = 4, known_id_fraction: float = 0.5,
+                 unknown_vehicle: str = "fused"):
         super().__init__()
         if kind not in COMBINERS:
             raise ValueError(f"combiner {kind!r}: choose one of {list(COMBINERS)}")
+        if unknown_vehicle not in UNKNOWN_VEHICLE_RULES:
+            raise ValueError(f"unknown_vehicle {unknown_vehicle!r}: choose one of {list(UNKNOWN_VEHICLE_RULES)}")
+        self.unknown_vehicle = unknown_vehicle
         if not 0.0 < known_id_fraction <= 1.0:
             raise ValueError(f"known_id_fraction={known_id_fraction}: must be in (0, 1]")
         self.kind, self.known_id_fraction = kind, known_id_fraction
@@ -302,9 +314,13 @@ class Combiner(nn.Module):
         return (v.unsqueeze(1) > self.edges[mode, axis]).sum(dim=1)
 
     def forward(self, parts: Tensor) -> Tensor:
-        """The fused score ``[G]``: the mode's combined evidence minus its validation threshold."""
+        """The fused score ``[G]``: the mode's combined evidence minus its validation threshold (with
+        ``unknown_vehicle="classifier"``, an unknown vehicle's windows score their attack log-odds)."""
         mode = self.mode(parts)
-        return self.raw(self.standardise(parts, mode), mode) - self.offset[mode]
+        score = self.raw(self.standardise(parts, mode), mode) - self.offset[mode]
+        if self.unknown_vehicle == "classifier":
+            score = torch.where(mode == UNKNOWN, parts[:, PARTS.index("attack_logit")].float(), score)
+        return score
 
 
 class FusionModel(GraphModel):
@@ -330,6 +346,8 @@ class FusionModel(GraphModel):
         combiner: how the parts become one score (:data:`COMBINERS`). Default "max".
         combiner_hidden: hidden units of the ``mlp`` combiner. Default 8.
         known_id_fraction: see :class:`Combiner`. Default 0.5.
+        unknown_vehicle: see :class:`Combiner`. Default "fused" (a model config without the key
+            predates it); ``kdkit train`` sets the run schema's value.
     """
 
     objective = "fuse"
@@ -344,6 +362,8 @@ class FusionModel(GraphModel):
                 out[option] = getattr(run, key)
         if getattr(run, "combiner", None):
             out["combiner"] = run.combiner
+        if getattr(run, "unknown_vehicle", None):
+            out["unknown_vehicle"] = run.unknown_vehicle
         return out
 
     def __init__(self, num_node_features: int, num_edge_features: int, num_ids: int, shared_encoder: bool = True,
@@ -351,7 +371,8 @@ class FusionModel(GraphModel):
                  concat_heads: bool = False, latent_dim: int = 16, vgae_layers: int = 2, decoder_layers: int = 2,
                  decoder_heads: int = 2, dropout: float = 0.1, id_dropout: float = 0.2, beta: float = 0.01,
                  id_weight: float = 1.0, edge_weight: float = 1.0, recon_weight: float = 1.0,
-                 combiner: str = "max", combiner_hidden: int = 8, known_id_fraction: float = 0.5):
+                 combiner: str = "max", combiner_hidden: int = 8, known_id_fraction: float = 0.5,
+                 unknown_vehicle: str = "fused"):
         config = _capture_config("fusion", locals())
         super().__init__()
         self.config = config
@@ -372,7 +393,8 @@ class FusionModel(GraphModel):
             self.autoencoder = VGAE(num_node_features, num_edge_features, num_ids,
                                     encoder_layers=vgae_layers, **vgae_options)
         self.profile = IdProfile(num_ids, num_node_features)
-        self.combiner = Combiner(combiner, combiner_hidden, known_id_fraction=known_id_fraction)
+        self.combiner = Combiner(combiner, combiner_hidden, known_id_fraction=known_id_fraction,
+                                 unknown_vehicle=unknown_vehicle)
 
     @staticmethod
     def upgrade_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -573,6 +595,14 @@ def fit_combiner(combiner: Combiner, known: tuple[np.ndarray, np.ndarray], unkno
             "validation_recall": float((raw[~normal] >= offset).mean()) if (~normal).any() else None}
     state["fitted"] = torch.ones((), dtype=torch.bool)
     combiner.load_state_dict(state)
+    record["unknown_vehicle"] = combiner.unknown_vehicle
+    if combiner.unknown_vehicle == "classifier":  # what the rule does on the ID-hidden validation windows
+        hidden = torch.as_tensor(np.asarray(unknown[0]), dtype=torch.float32)
+        y = np.asarray(unknown[1]).astype(int)
+        alarm = (combiner(hidden).numpy() >= 0) & (combiner.mode(hidden).numpy() == UNKNOWN)
+        record["modes"]["unknown"]["classifier_rule"] = {
+            "validation_fpr": float(alarm[y == 0].mean()) if (y == 0).any() else None,
+            "validation_recall": float(alarm[y == 1].mean()) if (y == 1).any() else None}
     return record
 
 
