@@ -358,9 +358,10 @@ def perturb_windows(batch, node_share: float = 0.2, edge_share: float = 0.0,
     e = batch.edge_index.size(1)
     extra = int(round(edge_share * e))
     if extra > 0 and e > 0:
-        batch_vec, num_graphs = graph_index(batch)
-        ptr = torch.zeros(num_graphs + 1, dtype=torch.long, device=dev)
-        ptr[1:] = torch.bincount(batch_vec, minlength=num_graphs).cumsum(0)
+        batch_vec, _ = graph_index(batch)
+        ptr = getattr(batch, "ptr", None)  # a PyG Batch's node offsets; a lone window: [0, n]
+        if ptr is None:
+            ptr = torch.tensor([0, n], device=dev)
         pick = torch.randint(0, e, (extra,), device=dev, generator=generator)
         g = batch_vec[batch.edge_index[0, pick]]
         size = (ptr[g + 1] - ptr[g]).to(x.dtype)
@@ -381,14 +382,10 @@ def augmented_kd(student: VGAEOutput, teacher: VGAEOutput, batch, terms: Sequenc
     teacher's anomaly score is made of there: the link probabilities (``"edge"``,
     :func:`edge_structure_kd`) and the reconstructed node features (``"feat"``, MSE); ``"id"``
     adds the ID logits' KL at ``temperature``."""
-    out = {}
-    if "edge" in terms:
-        out["edge"] = edge_structure_kd(student, teacher, batch)
-    if "feat" in terms:
-        out["feat"] = F.mse_loss(student.x_recon.float(), teacher.x_recon.detach().float())
-    if "id" in terms:
-        out["id"] = soft_kl(student.id_logits, teacher.id_logits, temperature)
-    return torch.stack(list(out.values())).sum()
+    term = {"edge": lambda: edge_structure_kd(student, teacher, batch),
+            "feat": lambda: F.mse_loss(student.x_recon.float(), teacher.x_recon.detach().float()),
+            "id": lambda: soft_kl(student.id_logits, teacher.id_logits, temperature)}
+    return sum(term[name]() for name in terms)
 
 
 def sensitivity_kd(student_clean: VGAEOutput, student: VGAEOutput, teacher_clean: VGAEOutput, teacher: VGAEOutput,
