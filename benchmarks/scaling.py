@@ -12,7 +12,9 @@ docs/PERFORMANCE.md.
 
 Variants: ``p1t2`` one process with as many threads as cores (what ``kdkit train`` does),
 ``p1t1`` one process, one thread (the per-core baseline), ``p2t1`` two processes, one thread
-each (Lightning gives each rank cores / processes threads).
+each (Lightning gives each rank cores / processes threads; the worker forked from the command,
+``kdkit.training.fork_ranks``), ``p2t1L`` the same with the worker started by Lightning's launcher
+as a second command (``$KDKIT_DDP_LAUNCHER=lightning``, what ``kdkit train`` did before 2026-12-06).
 
     KDKIT_DATA_ROOT=../shared/data/can-train-and-test \\
         python benchmarks/scaling.py --roles student,student_kd,teacher --epochs 2 --repeats 3 \\
@@ -30,7 +32,8 @@ import sys
 import time
 from pathlib import Path
 
-VARIANTS = {"p1t2": (1, None), "p1t1": (1, 1), "p2t1": (2, 1)}  # name: (processes, threads per process)
+# name: (processes, threads per process, $KDKIT_DDP_LAUNCHER); kdkit train forks its workers unless told "lightning"
+VARIANTS = {"p1t2": (1, None, None), "p1t1": (1, 1, None), "p2t1": (2, 1, None), "p2t1L": (2, 1, "lightning")}
 
 
 def spread(values: list[float]) -> dict:
@@ -43,6 +46,36 @@ def spread(values: list[float]) -> dict:
 def children_cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
+
+
+def become_subreaper() -> bool:
+    """Make orphaned descendants this process's children (Linux ``PR_SET_CHILD_SUBREAPER``).
+
+    A worker that Lightning's launcher starts is not waited for by rank zero: when it outlives
+    rank zero it goes to init, and its CPU seconds were never counted in ``RUSAGE_CHILDREN`` (the
+    tables before 2026-12-06 undercounted the 2-process runs' CPU that way). As subreaper this
+    process inherits it and :func:`reap_orphans` counts it.
+    """
+    import ctypes
+
+    global _SUBREAPER
+    try:
+        _SUBREAPER = ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        _SUBREAPER = False
+    return _SUBREAPER
+
+
+_SUBREAPER = False
+
+
+def reap_orphans() -> None:
+    """As subreaper: wait for every remaining descendant (call with no other child running)."""
+    while _SUBREAPER:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
 
 
 def train_cmd(kdkit: str, role: str, devices: int, args, run_dir: Path, name: str) -> list[str]:
@@ -60,16 +93,21 @@ def train_cmd(kdkit: str, role: str, devices: int, args, run_dir: Path, name: st
 
 
 def one_run(kdkit: str, role: str, variant: str, args, run_dir: Path, i: int) -> dict:
-    devices, threads = VARIANTS[variant]
+    devices, threads, launcher = VARIANTS[variant]
     name = f"{role}_{variant}_r{i}"
     env = dict(os.environ)
     env.pop("OMP_NUM_THREADS", None)
+    env.pop("KDKIT_DDP_LAUNCHER", None)
+    if launcher:
+        env["KDKIT_DDP_LAUNCHER"] = launcher
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)  # torch and Lightning read it (Lightning sets it per rank otherwise)
     cpu0, t0 = children_cpu(), time.perf_counter()
     proc = subprocess.run(train_cmd(kdkit, role, devices, args, run_dir, name), env=env, capture_output=True,
                           text=True)
-    wall, cpu = time.perf_counter() - t0, children_cpu() - cpu0
+    wall = time.perf_counter() - t0
+    reap_orphans()  # a worker still ending after rank zero (its CPU seconds count too)
+    cpu = children_cpu() - cpu0
     if proc.returncode != 0:
         raise RuntimeError(f"{name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     s = json.loads((run_dir / name / "summary.json").read_text())
@@ -82,6 +120,7 @@ def one_run(kdkit: str, role: str, variant: str, args, run_dir: Path, i: int) ->
             "outside_run_s": round(wall - t.get("total_s", wall), 2),
             "steps": last["step"], "val_loss": last.get("val_loss"), "val_f1": last.get("val_f1"),
             "test_f1": s["test"]["overall"].get("f1"), "world_size": s.get("world_size", devices),
+            "launcher": s.get("launcher"),
             "parameters": s["parameters"]}
 
 
@@ -157,7 +196,8 @@ def summarise(runs: list[dict]) -> dict:
 def markdown(table: dict, allreduce: dict | None) -> str:
     lines = ["| model | variant | s / epoch | epoch speed-up | wall s (whole run) | CPU s | training fixed s | "
              "test pass s | steps | val loss | test F1 |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    names = {"p1t2": "1 process x 2 threads", "p1t1": "1 process x 1 thread", "p2t1": "2 processes x 1 thread"}
+    names = {"p1t2": "1 process x 2 threads", "p1t1": "1 process x 1 thread", "p2t1": "2 processes x 1 thread",
+             "p2t1L": "2 processes x 1 thread, worker started by Lightning"}
 
     def rng(d: dict, fmt: str = "{:.1f}") -> str:
         return f"{fmt.format(d['median'])} ({fmt.format(d['min'])}-{fmt.format(d['max'])})"
@@ -218,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     from kdkit.training.hardware import machine_info
 
     record = {"machine": machine_info(), "args": vars(args), "runs": runs, "table": summarise(runs),
-              "allreduce_ms": allreduce}
+              "allreduce_ms": allreduce, "cpu_counts_every_rank": _SUBREAPER}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(record, indent=1))
@@ -227,4 +267,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    become_subreaper()  # here only: not in a process that imports main() (a test runner)
     sys.exit(main())

@@ -64,6 +64,11 @@ def test_two_process_ddp_keeps_ranks_in_sync(kdkit_env, tmp_path):
     assert set(r0["seen"]) | set(r1["seen"]) == set(range(n_train))
 
 
+DDP_TRAIN = ["train", "--dataset", "synthetic", "--epochs", "1", "--hidden", "8", "--layers", "1", "--heads", "1",
+             "--embedding-dim", "4", "--precision", "32-true", "--accelerator", "cpu", "--devices", "2", "--strategy",
+             "ddp", "--num-workers", "0", "--no-save-compat"]
+
+
 def test_ddp_run_of_kdkit_train_shares_rank_zeros_run_folder(kdkit_env, tmp_path):
     """``kdkit train --devices 2``: Fabric starts the worker as the same command (LOCAL_RANK=1); rank
     zero owns the run folder's lock and the worker shares the folder instead of being refused as a
@@ -72,16 +77,14 @@ def test_ddp_run_of_kdkit_train_shares_rank_zeros_run_folder(kdkit_env, tmp_path
 
     run = tmp_path / "runs" / "ddp"
     kdkit = str(Path(sys.executable).parent / "kdkit")
-    proc = subprocess.Popen([kdkit, "train", "--dataset", "synthetic", "--epochs", "1", "--hidden", "8", "--layers",
-                             "1", "--heads", "1", "--embedding-dim", "4", "--precision", "32-true", "--accelerator", "cpu",
-                             "--devices", "2", "--strategy", "ddp", "--num-workers", "0", "--no-save-compat",
-                             "--runs-dir", str(tmp_path / "runs"), "--run-name", "ddp"],
+    proc = subprocess.Popen([kdkit, *DDP_TRAIN, "--runs-dir", str(tmp_path / "runs"), "--run-name", "ddp"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["epochs_run"] == 1 and summary["test"]["scenarios"] and "run folder:" in out
     assert summary["world_size"] == 2
+    assert summary["launcher"] == "fork"  # the worker was forked from the command, not started as a second one
     assert (run / ".lock").read_text().strip() == str(proc.pid)  # rank zero (the command started) held it
     with RunLock(run):  # and released it at the end
         pass
@@ -161,3 +164,115 @@ def test_peak_learning_rate_scales_with_the_processes(rule, world, factor):
             opt.step()
             sched.step()
         assert peak == pytest.approx(lr, rel=0.05), schedule
+
+
+# ---------------------------------------------------------------- forked workers (kdkit.training.fork_ranks)
+def test_forked_workers_train_exactly_as_lightnings_launcher(kdkit_env, tmp_path):
+    """The same run with the worker forked (default) and started by Lightning as a second command
+    (``$KDKIT_DDP_LAUNCHER=lightning``): bit-identical weights and test scores."""
+    import os
+
+    kdkit = str(Path(sys.executable).parent / "kdkit")
+    for name, launcher in (("forked", None), ("lightning", "lightning")):
+        env = dict(os.environ)
+        env.pop("KDKIT_DDP_LAUNCHER", None)
+        if launcher:
+            env["KDKIT_DDP_LAUNCHER"] = launcher
+        proc = subprocess.run([kdkit, *DDP_TRAIN, "--runs-dir", str(tmp_path / "runs"), "--run-name", name],
+                              capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    forked, lightning = (tmp_path / "runs" / "forked"), (tmp_path / "runs" / "lightning")
+    assert json.loads((forked / "summary.json").read_text())["launcher"] == "fork"
+    assert json.loads((lightning / "summary.json").read_text())["launcher"] == "lightning"
+    a = torch.load(forked / "checkpoints" / "best.pt", weights_only=False)["model"]
+    b = torch.load(lightning / "checkpoints" / "best.pt", weights_only=False)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    sa, sb = np.load(forked / "test_scores.npz"), np.load(lightning / "test_scores.npz")
+    assert set(sa.files) == set(sb.files) and all(np.array_equal(sa[k], sb[k]) for k in sa.files)
+
+
+FAILING = textwrap.dedent('''
+    import json, os, sys
+    import kdkit.workflows.run as run
+    from kdkit.cli.main import main
+
+    fail_rank, out = sys.argv[1], sys.argv[2]
+    real_train, real_fork = run._train, run.fork_ranks
+    def failing(*args, **kwargs):
+        if os.environ.get("LOCAL_RANK") == fail_rank:
+            raise RuntimeError(f"injected failure on rank {fail_rank}")
+        return real_train(*args, **kwargs)
+    def fork_and_record(devices):
+        ranks = real_fork(devices)
+        if ranks.rank == 0:
+            with open(f"{out}/pids.json", "w") as fh:
+                json.dump({"rank0": os.getpid(), **{str(r): p for r, p in ranks.pids.items()}}, fh)
+        return ranks
+    run._train, run.fork_ranks = failing, fork_and_record
+    sys.exit(main(sys.argv[3:]))
+''')
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped by init) is not running
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("fail_rank", ["1", "0"])
+def test_a_failing_rank_stops_the_forked_run_at_once(kdkit_env, tmp_path, fail_rank):
+    """A worker that fails before the process group forms would leave rank zero waiting for it for
+    up to 30 minutes; a rank zero that fails would leave its worker waiting. Either way the run
+    stops at once, non-zero, naming the failure, with no process left and the run folder unlocked."""
+    import time
+
+    from kdkit.workflows.run_dir import RunLock
+
+    script = tmp_path / "failing.py"
+    script.write_text(FAILING)
+    t = time.monotonic()
+    proc = subprocess.run([sys.executable, str(script), fail_rank, str(tmp_path), *DDP_TRAIN,
+                           "--runs-dir", str(tmp_path / "runs"), "--run-name", "ddp"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert time.monotonic() - t < 120
+    assert f"injected failure on rank {fail_rank}" in proc.stderr
+    if fail_rank == "1":
+        assert "DDP rank 1 (pid" in proc.stderr and "stopping rank 0" in proc.stderr
+    pids = json.loads((tmp_path / "pids.json").read_text())
+    deadline = time.monotonic() + 10
+    while _alive(pids["1"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(pids["1"]), "the forked worker outlived the run"
+    assert not (tmp_path / "runs" / "ddp" / "checkpoints" / "best.pt").exists()
+    with RunLock(tmp_path / "runs" / "ddp"):  # released: a new run of that name can start
+        pass
+
+
+def test_workers_are_forked_only_where_lightning_would_start_them(monkeypatch):
+    from kdkit.training.fork_ranks import can_fork_ranks
+
+    for var in ("LOCAL_RANK", "RANK", "SLURM_NTASKS", "SLURM_JOB_NAME", "TORCHELASTIC_RUN_ID", "KDKIT_DDP_LAUNCHER",
+                "LSB_JOBID", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    assert can_fork_ranks(2, 1, "cpu") == (True, "")
+    assert not can_fork_ranks(1, 1, "cpu")[0]
+    assert "one node" in can_fork_ranks(2, 2, "cpu")[1]
+    assert "CUDA" in can_fork_ranks(2, 1, "cuda")[1]
+    with monkeypatch.context() as m:
+        m.setenv("KDKIT_DDP_LAUNCHER", "lightning")
+        assert not can_fork_ranks(2, 1, "cpu")[0]
+    with monkeypatch.context() as m:
+        m.setenv("LOCAL_RANK", "0")  # torchrun or another launcher started this process
+        assert "launcher" in can_fork_ranks(2, 1, "cpu")[1]
+    with monkeypatch.context() as m:  # a SLURM job step: srun starts the ranks
+        m.setenv("SLURM_NTASKS", "2")
+        m.setenv("SLURM_JOB_NAME", "train")
+        assert "SLURM" in can_fork_ranks(2, 1, "cpu")[1]

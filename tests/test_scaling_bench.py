@@ -47,6 +47,7 @@ def test_one_round_of_real_runs_on_synthetic(kdkit_env, tmp_path):
     record = json.loads(out.read_text())
     by_variant = {r["variant"]: r for r in record["runs"]}
     assert by_variant["p2t1"]["world_size"] == 2 and by_variant["p1t2"]["world_size"] == 1
+    assert by_variant["p2t1"]["launcher"] == "fork" and by_variant["p1t2"]["launcher"] is None
     # two processes split each epoch's windows: half the optimizer steps (batch 64 per process)
     assert by_variant["p2t1"]["steps"] == pytest.approx(by_variant["p1t2"]["steps"] / 2, abs=1)
     assert all(r["epoch_s"] and r["timings"]["evaluate_s"] > 0 for r in record["runs"])

@@ -50,8 +50,10 @@ from kdkit.training.checkpoint import (
     provenance,
     vocab_hash,
 )
+from kdkit.training.fork_ranks import ForkedRanks, can_fork_ranks, fork_ranks
 from kdkit.training.legacy import legacy_fit
 from kdkit.training.memory import phase_peak, release_memory
+from kdkit.training.precision import resolve_accelerator
 from kdkit.training.preemption import RESUME_ENV, StopRequest
 from kdkit.training.task import Task
 from kdkit.training.trainer import FabricTrainer, check_resumable, convergence_note
@@ -295,13 +297,17 @@ def check_resume(ck: dict, cfg: TrainConfig, data: PreparedDataset, path: str | 
 # ----------------------------------------------------------------------------- train
 def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = True,
           on_epoch_end: Callable[[dict], None] | None = None, data: PreparedDataset | None = None,
-          should_stop: Callable[[], bool] | None = None, stop: StopRequest | None = None) -> dict:
+          should_stop: Callable[[], bool] | None = None, stop: StopRequest | None = None,
+          fork_workers: bool = False) -> dict:
     """Train one model end to end and evaluate it; returns the run summary (also in summary.json).
 
     The run holds the lock of ``runs_dir/<run name>`` from start to end (rank zero under DDP).
     ``resume``: a checkpoint, or ``"auto"`` (the run folder's ``last.pt`` if any, else a fresh
     start; ``$KDKIT_RESUME=auto`` means the same when ``resume`` is None). ``stop``: asked after
     every batch whether the cluster wants the job to stop (default ``$KDKIT_STOP_FILE``).
+    ``fork_workers``: for a multi-process run on one machine, fork the DDP workers from this
+    process (:mod:`kdkit.training.fork_ranks`) instead of letting Lightning start them as new
+    interpreters; only safe in a process that has not run tensor work yet (``kdkit train`` passes it).
 
     Raises:
         RunDirError: the folder is in use by another process, or holds a run and neither
@@ -319,13 +325,26 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
     created = not run_dir.exists()
     lock = RunLock(run_dir).acquire() if owner else None
     finished = False
+    ranks = None
     try:
         if owner:
             check_run_dir(run_dir, cfg, resume)
-        summary = _train(cfg, run_dir, owner, resume, progress, on_epoch_end, data, should_stop, stop)
+        if fork_workers and owner and cfg.devices * cfg.num_nodes > 1 and cfg.trainer != "legacy":
+            ok, why = can_fork_ranks(cfg.devices, cfg.num_nodes, resolve_accelerator(cfg.accelerator))
+            if ok:
+                ranks = fork_ranks(cfg.devices)
+                if ranks.rank:  # a worker: it runs its share of the run and exits
+                    ranks.run_worker(lambda: _train(cfg, run_dir, False, resume, False, None, data, None, stop, ranks))
+            else:
+                log.info("DDP workers started by Lightning: %s", why)
+        summary = _train(cfg, run_dir, owner, resume, progress, on_epoch_end, data, should_stop, stop, ranks)
+        if ranks is not None:
+            ranks.join()
         finished = True
         return summary
     finally:
+        if ranks is not None and not finished:
+            ranks.abort()
         if lock is not None:
             lock.release()
             if not finished and created and {p.name for p in run_dir.iterdir()} <= {".lock"}:
@@ -334,10 +353,14 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
 
 
 def _train(cfg: TrainConfig, run_dir: Path, owner: bool, resume, progress, on_epoch_end, data, should_stop,
-           stop) -> dict:
+           stop, ranks: ForkedRanks | None = None) -> dict:
     timings: dict[str, float] = {}
     t_run = time.perf_counter()
+    if ranks is not None:
+        ranks.before_data()  # a forked worker waits for rank zero's data (the store is cached then)
     data = data or load_data(cfg, progress=progress)
+    if ranks is not None:
+        ranks.after_data()
     timings["data_s"] = time.perf_counter() - t_run
     skipped = check_windows(data, MODEL_CLASSES[cfg.model].objective, cfg.combiner)
     kd = cfg.type == "student" and bool(cfg.teacher)
@@ -377,6 +400,7 @@ def _train(cfg: TrainConfig, run_dir: Path, owner: bool, resume, progress, on_ep
         write_json(run_dir / "config.json", cfg.to_dict())
 
     t0 = time.perf_counter()
+    launcher = None
     memory: dict = {}  # peak memory per phase; each phase ends by releasing memory (kdkit.training.memory.phase_peak)
     trainer = None
     with phase_peak("train", memory):
@@ -388,6 +412,10 @@ def _train(cfg: TrainConfig, run_dir: Path, owner: bool, resume, progress, on_ep
         else:
             trainer = FabricTrainer(cfg, run_dir, progress=progress, on_epoch_end=on_epoch_end, should_stop=should_stop,
                                     stop=stop)
+            # who starts the ranks (asked before fit: Lightning's launcher sets LOCAL_RANK when it starts them)
+            env = getattr(trainer.fabric.strategy, "cluster_environment", None)
+            launcher = ("fork" if ranks is not None else "external" if env.creates_processes_externally
+                        else "lightning") if env is not None and trainer.fabric.world_size > 1 else None
             # under DDP the ranks stay together after training and score the test sets in shards
             fit = trainer.fit(task, train_set, val_set, resume=resume, checkpoint_extra=extra, keep_group=True)
             rank, world = trainer.fabric.global_rank, trainer.fabric.world_size
@@ -420,6 +448,7 @@ def _train(cfg: TrainConfig, run_dir: Path, owner: bool, resume, progress, on_ep
         "oom_events": fit.oom_events, "still_learning": still_learning,
         "test": {k: v for k, v in results.items() if k != "scores"},
         "skipped_scenarios": skipped, "memory": memory, "timings": timings, "world_size": world,
+        "launcher": launcher,
     }
     write_run_outputs(run_dir, cfg, summary, results)
     if cfg.save_compat:  # a finished run only: its outputs are written
