@@ -54,3 +54,35 @@ def test_one_round_of_real_runs_on_synthetic(kdkit_env, tmp_path):
     (size, ms), = record["allreduce_ms"].items()
     assert int(size) == by_variant["p1t2"]["parameters"] and 0 < ms["median"] < 1000
     assert record["machine"]
+
+
+def test_cpu_of_a_worker_that_outlives_its_parent_is_counted(tmp_path):
+    """A worker started by Lightning's launcher may outlive rank zero, which does not wait for it;
+    as subreaper the benchmark inherits it and counts its CPU seconds (they were lost before)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = tmp_path / "orphan.py"
+    script.write_text(textwrap.dedent(f'''
+        import json, subprocess, sys, time
+        sys.path.insert(0, {str(load_benchmark("scaling").__file__.rsplit("/", 1)[0])!r})
+        import scaling
+        counted = sys.argv[1] == "1"
+        if counted:
+            assert scaling.become_subreaper()
+        # the "rank zero": starts a CPU-burning "worker" and exits without waiting for it
+        parent = "import subprocess, sys; subprocess.Popen([sys.executable, '-c', " \\
+                 "'import time\\\\nt = time.process_time()\\\\nwhile time.process_time() - t < 1.0: pass'])"
+        cpu0 = scaling.children_cpu()
+        subprocess.run([sys.executable, "-c", parent], check=True)
+        scaling.reap_orphans()
+        if not counted:
+            time.sleep(1.5)  # the orphan ends under init meanwhile
+        print(json.dumps(scaling.children_cpu() - cpu0))
+    '''))
+    with_reaper = float(subprocess.run([sys.executable, str(script), "1"], capture_output=True, text=True,
+                                       check=True, timeout=60).stdout)
+    without = float(subprocess.run([sys.executable, str(script), "0"], capture_output=True, text=True,
+                                   check=True, timeout=60).stdout)
+    assert with_reaper >= 1.0 > without
