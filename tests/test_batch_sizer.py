@@ -251,8 +251,8 @@ def test_train_optimize_applies_the_size_to_the_run(synthetic, capsys, monkeypat
 
     seen = {}
 
-    def fake_train(cfg, resume=None):
-        seen["cfg"] = cfg
+    def fake_train(cfg, resume=None, fork_workers=True):
+        seen["cfg"], seen["fork_workers"] = cfg, fork_workers
         return {"rank": 1}
 
     monkeypatch.setattr(cli_train, "train", fake_train)
@@ -263,6 +263,8 @@ def test_train_optimize_applies_the_size_to_the_run(synthetic, capsys, monkeypat
     cfg = seen["cfg"]
     assert "--optimize-batch-size: gat student on synthetic: batch size" in capsys.readouterr().out
     assert 1 <= cfg.batch_size <= 4 and cfg.max_batch_size == 4 and cfg.target_memory_usage == 0.0005
+    # the sizer ran tensor work in this process: DDP workers are not forked from it (OpenMP after fork)
+    assert seen["fork_workers"] is False
 
 
 PRESETS = {"a100": ("bf16-mixed", 128, 8, 4), "h100": ("bf16-mixed", 256, 8, 4), "v100": ("16-mixed", 64, 4, 2),
