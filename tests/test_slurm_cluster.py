@@ -52,8 +52,8 @@ if behaviour == "fail":
     sys.exit(1)
 if behaviour == "ddp":
     import torch
-    from lightning.fabric import Fabric
-    from lightning.fabric.plugins.environments import SLURMEnvironment
+    from lightning_fabric import Fabric
+    from lightning_fabric.plugins.environments import SLURMEnvironment
 
     fabric = Fabric(accelerator="cpu", devices=int(a.devices), num_nodes=int(a.num_nodes), strategy="ddp")
     fabric.launch()

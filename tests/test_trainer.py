@@ -269,7 +269,7 @@ def test_list_configs(capsys):
 def test_training_step_goes_through_the_fabric_module(synthetic, tmp_path, monkeypatch):
     """The loss must come from the wrapped module's forward: that is where Fabric applies autocast
     and where DDP hooks in its gradient synchronisation."""
-    from lightning.fabric.wrappers import _FabricModule
+    from lightning_fabric.wrappers import _FabricModule
 
     from kdkit.workflows.run import train
 

@@ -82,7 +82,7 @@ def _import_trainer_libraries(compile_model: bool = False) -> None:
     as training memory: it does not grow with the batch."""
     import importlib
 
-    names = ["lightning.fabric", "lightning.fabric.loggers", "tensorboard", "torch_geometric.loader"]
+    names = ["lightning_fabric", "lightning_fabric.loggers", "tensorboard", "torch_geometric.loader"]
     if compile_model:
         names += ["torch._dynamo", "torch._inductor.compile_fx"]
     for name in names:

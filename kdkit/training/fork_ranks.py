@@ -54,7 +54,7 @@ def can_fork_ranks(devices: int, num_nodes: int, accelerator: str) -> tuple[bool
         return False, "fork launch is Linux only"
     if any(v in os.environ for v in ("LOCAL_RANK", "RANK")):
         return False, "the ranks are started by a launcher already"
-    from lightning.fabric.plugins.environments import (
+    from lightning_fabric.plugins.environments import (
         LSFEnvironment,
         MPIEnvironment,
         SLURMEnvironment,
@@ -229,6 +229,6 @@ class ForkedRanks:
 
 def fork_ranks(devices: int) -> ForkedRanks:
     """Fork ``devices - 1`` workers now (call :func:`can_fork_ranks` first). Returns in every process."""
-    from lightning.fabric.plugins.environments.lightning import find_free_network_port
+    from lightning_fabric.plugins.environments.lightning import find_free_network_port
 
     return ForkedRanks(devices, find_free_network_port()).start()

@@ -28,9 +28,9 @@ from typing import Callable
 
 import numpy as np
 import torch
-from lightning.fabric import Fabric
-from lightning.fabric.loggers import CSVLogger, TensorBoardLogger
-from lightning.fabric.strategies import DDPStrategy, SingleDeviceStrategy
+from lightning_fabric import Fabric
+from lightning_fabric.loggers import CSVLogger, TensorBoardLogger
+from lightning_fabric.strategies import DDPStrategy, SingleDeviceStrategy
 from tqdm.auto import tqdm
 
 from kdkit.config import TrainConfig
