@@ -85,6 +85,7 @@ def test_ddp_run_of_kdkit_train_shares_rank_zeros_run_folder(kdkit_env, tmp_path
     assert summary["epochs_run"] == 1 and summary["test"]["scenarios"] and "run folder:" in out
     assert summary["world_size"] == 2
     assert summary["launcher"] == "fork"  # the worker was forked from the command, not started as a second one
+    assert "32-true, 2 processes (forked)]" in out
     assert (run / ".lock").read_text().strip() == str(proc.pid)  # rank zero (the command started) held it
     with RunLock(run):  # and released it at the end
         pass

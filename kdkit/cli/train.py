@@ -86,7 +86,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"resumed from {summary['resumed_from']} at epoch {summary['resumed_at_epoch']}{batch}")
     print(f"\n{summary['model']} {summary['type']} ({'KD' if summary['kd'] else 'no KD'}): {summary['parameters']:,} parameters, "
           f"{summary['size_bytes'] / 1024:.1f} KiB, {summary['epochs_run']} epochs in {summary['train_seconds']:.1f} s "
-          f"[{summary['trainer']}, {summary['precision']}]")
+          f"[{summary['trainer']}, {summary['precision']}{_processes(summary)}]")
     print(format_timings(summary.get("timings"), _process_seconds()))
     print(format_table(summary["test"]))
     print_skipped(summary.get("skipped_scenarios"))
@@ -96,6 +96,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     if summary.get("compat_note"):
         print(summary["compat_note"])
     return 0
+
+
+def _processes(summary: dict) -> str:
+    """', 2 processes (forked)' for a DDP run: how many ranks, and who started them."""
+    world = summary.get("world_size") or 1
+    if world <= 1:
+        return ""
+    who = {"fork": "forked", "lightning": "started by Lightning", "external": "started by the launcher"}
+    launcher = summary.get("launcher")
+    return f", {world} processes" + (f" ({who.get(launcher, launcher)})" if launcher else "")
 
 
 def _process_seconds() -> float | None:
