@@ -29,7 +29,6 @@ import os
 import signal
 import sys
 import threading
-import time
 import traceback
 from typing import Callable, NoReturn
 
@@ -192,14 +191,12 @@ class ForkedRanks:
         with self._lock:
             self._finishing = True
         self._close_gate()
-        deadline = time.monotonic() + timeout
-        while not self._done.wait(0.1):
-            if time.monotonic() > deadline:
-                self._kill_workers()
-                self._done.wait(5.0)
-                self.restore_env()
-                raise RuntimeError(f"DDP worker(s) {sorted(set(self.pids) - set(self._exits))} did not finish "
-                                   f"{timeout:.0f} s after rank 0; stopped them")
+        if not self._done.wait(timeout):
+            self._kill_workers()
+            self._done.wait(5.0)
+            self.restore_env()
+            raise RuntimeError(f"DDP worker(s) {sorted(set(self.pids) - set(self._exits))} did not finish "
+                               f"{timeout:.0f} s after rank 0; stopped them")
         self.restore_env()
         failed = {r: c for r, c in self._exits.items() if c != 0}
         if failed:
