@@ -316,9 +316,8 @@ class DynamicBatchSizer:
                         hi = mid
         finally:
             del self._probe_model, self._probe_opt
-
-            release_memory()
-            trim_heap()
+            release_memory()  # collects garbage once
+            trim_heap(collect=False)
         if lo == 0:
             log.warning("even batch size %d does not fit in %.0f MiB (%.0f %% of %s memory); using it anyway",
                         self.min_batch_size, budget / MIB, 100 * self.target, self.device.type)

@@ -215,9 +215,8 @@ def phase_peak(name: str, record: dict | None = None, device: str | torch.device
         out["cuda_peak_mib"] = round(cuda.peak_bytes / MIB, 1)
     out["peak_mib"] = out.get("cuda_peak_mib", out["rss_peak_mib"])  # the device's figure
     if release:
-
-        release_memory()
-        trim_heap()
+        release_memory()  # collects garbage once; the trim below need not collect again
+        trim_heap(collect=False)
     if record is not None:
         record[name] = out
     log.info("phase %s: %.1f s, RSS %.0f MiB at start, peak growth %.0f MiB%s", name, out["seconds"],
