@@ -15,6 +15,8 @@ Variants: ``p1t2`` one process with as many threads as cores (what ``kdkit train
 each (Lightning gives each rank cores / processes threads; the worker forked from the command,
 ``kdkit.training.fork_ranks``), ``p2t1L`` the same with the worker started by Lightning's launcher
 as a second command (``$KDKIT_DDP_LAUNCHER=lightning``, what ``kdkit train`` did before 2026-12-06).
+A suffix ``bN`` sets the batch per process (``p2t1b128``: two processes, 128 windows each a step);
+without it the preset's batch.
 
     KDKIT_DATA_ROOT=../shared/data/can-train-and-test \\
         python benchmarks/scaling.py --roles student,student_kd,teacher --epochs 2 --repeats 3 \\
@@ -34,6 +36,14 @@ from pathlib import Path
 
 # name: (processes, threads per process, $KDKIT_DDP_LAUNCHER); kdkit train forks its workers unless told "lightning"
 VARIANTS = {"p1t2": (1, None, None), "p1t1": (1, 1, None), "p2t1": (2, 1, None), "p2t1L": (2, 1, "lightning")}
+
+
+def parse_variant(name: str) -> tuple[int, int | None, str | None, int | None]:
+    """(processes, threads, launcher, batch per process or None) of a variant such as ``p2t1b128``."""
+    base, _, batch = name.partition("b")
+    if base not in VARIANTS or (batch and not (batch.isdigit() and int(batch) > 0)) or (_ and not batch):
+        raise ValueError(f"unknown variant {name!r}: one of {sorted(VARIANTS)}, optionally + bN (batch per process)")
+    return (*VARIANTS[base], int(batch) if batch else None)
 
 
 def spread(values: list[float]) -> dict:
@@ -78,13 +88,16 @@ def reap_orphans() -> None:
             return
 
 
-def train_cmd(kdkit: str, role: str, devices: int, args, run_dir: Path, name: str) -> list[str]:
+def train_cmd(kdkit: str, role: str, devices: int, args, run_dir: Path, name: str,
+              batch: int | None = None) -> list[str]:
     typ = "teacher" if role == "teacher" else "student"
     cmd = [kdkit, "train", "--model", args.model, "--type", typ, "--dataset", args.dataset, "--epochs",
            str(args.epochs), "--devices", str(devices), "--compile", "false", "--runs-dir", str(run_dir),
            "--run-name", name, "--overwrite", "--no-save-compat", "--seed", str(args.seed)]
     if devices > 1:
         cmd += ["--strategy", "ddp"]
+    if batch:
+        cmd += ["--batch-size", str(batch)]
     if role == "student_kd":
         cmd += ["--teacher", str(args.teacher)]
     elif role == "student":
@@ -93,7 +106,7 @@ def train_cmd(kdkit: str, role: str, devices: int, args, run_dir: Path, name: st
 
 
 def one_run(kdkit: str, role: str, variant: str, args, run_dir: Path, i: int) -> dict:
-    devices, threads, launcher = VARIANTS[variant]
+    devices, threads, launcher, batch = parse_variant(variant)
     name = f"{role}_{variant}_r{i}"
     env = dict(os.environ)
     env.pop("OMP_NUM_THREADS", None)
@@ -103,8 +116,8 @@ def one_run(kdkit: str, role: str, variant: str, args, run_dir: Path, i: int) ->
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)  # torch and Lightning read it (Lightning sets it per rank otherwise)
     cpu0, t0 = children_cpu(), time.perf_counter()
-    proc = subprocess.run(train_cmd(kdkit, role, devices, args, run_dir, name), env=env, capture_output=True,
-                          text=True)
+    proc = subprocess.run(train_cmd(kdkit, role, devices, args, run_dir, name, batch), env=env,
+                          capture_output=True, text=True)
     wall = time.perf_counter() - t0
     reap_orphans()  # a worker still ending after rank zero (its CPU seconds count too)
     cpu = children_cpu() - cpu0
@@ -120,7 +133,7 @@ def one_run(kdkit: str, role: str, variant: str, args, run_dir: Path, i: int) ->
             "outside_run_s": round(wall - t.get("total_s", wall), 2),
             "steps": last["step"], "val_loss": last.get("val_loss"), "val_f1": last.get("val_f1"),
             "test_f1": s["test"]["overall"].get("f1"), "world_size": s.get("world_size", devices),
-            "launcher": s.get("launcher"),
+            "launcher": s.get("launcher"), "batch_size": last.get("batch_size", batch),
             "parameters": s["parameters"]}
 
 
@@ -202,9 +215,13 @@ def markdown(table: dict, allreduce: dict | None) -> str:
     def rng(d: dict, fmt: str = "{:.1f}") -> str:
         return f"{fmt.format(d['median'])} ({fmt.format(d['min'])}-{fmt.format(d['max'])})"
 
+    def name(variant: str) -> str:
+        base, _, batch = variant.partition("b")
+        return names.get(base, base) + (f", batch {batch}" if batch else "")
+
     for role, by_variant in table.items():
         for variant, v in by_variant.items():
-            lines.append(f"| {role} | {names.get(variant, variant)} | {rng(v['epoch_s'])} | {v['epoch_speedup_vs_p1t2']}x | "
+            lines.append(f"| {role} | {name(variant)} | {rng(v['epoch_s'])} | {v['epoch_speedup_vs_p1t2']}x | "
                          f"{rng(v['wall_s'])} | {rng(v['cpu_s'])} | {rng(v['train_fixed_s'])} | {rng(v['test_pass_s'])} | "
                          f"{v['steps']} | {rng(v['val_loss'], '{:.4f}')} | {rng(v['test_f1'], '{:.3f}')} |")
     if allreduce:
@@ -239,9 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     if "student_kd" in roles and not args.teacher:
         p.error("--roles student_kd needs --teacher PATH")
     variants = [v for v in args.variants.split(",") if v]
-    unknown = set(variants) - set(VARIANTS)
-    if unknown:
-        p.error(f"unknown variants {sorted(unknown)}; choose from {sorted(VARIANTS)}")
+    for v in variants:
+        try:
+            parse_variant(v)
+        except ValueError as err:
+            p.error(str(err))
     kdkit = str(Path(sys.executable).parent / "kdkit")
     run_dir = Path(args.runs_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

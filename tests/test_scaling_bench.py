@@ -6,6 +6,8 @@ Run: .venv/bin/python -m pytest tests/test_scaling_bench.py -q
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
 
 import pytest
 from conftest import load_benchmark
@@ -86,3 +88,36 @@ def test_cpu_of_a_worker_that_outlives_its_parent_is_counted(tmp_path):
     without = float(subprocess.run([sys.executable, str(script), "0"], capture_output=True, text=True,
                                    check=True, timeout=60).stdout)
     assert with_reaper >= 1.0 > without
+
+
+def test_variant_names_with_a_batch_per_process():
+    s = _scaling()
+    assert s.parse_variant("p2t1") == (2, 1, None, None)
+    assert s.parse_variant("p2t1b128") == (2, 1, None, 128)
+    assert s.parse_variant("p1t2b256") == (1, None, None, 256)
+    for bad in ("p3t1", "p2t1b", "p2t1b0", "p2t1bx"):
+        with pytest.raises(ValueError, match="unknown variant"):
+            s.parse_variant(bad)
+    cmd = s.train_cmd("kdkit", "student", 2, type("A", (), {"model": "gat", "dataset": "synthetic", "epochs": 1,
+                                                            "seed": 0})(), Path("runs"), "x", 128)
+    assert cmd[cmd.index("--batch-size") + 1] == "128"
+    table = s.summarise([_run("p1t2", [10.0], 40.0), {**_run("p2t1", [4.0], 30.0), "variant": "p2t1b128"}])
+    assert "| student | 2 processes x 1 thread, batch 128 | 4.0 (4.0-4.0) | 2.5x |" in s.markdown(table, None)
+
+
+def test_ddp_step_times_the_parts_of_a_synchronised_step(kdkit_env, tmp_path):
+    """benchmarks/ddp_step.py on synthetic data: one rank alone and two ranks synchronising by
+    hand; the parts of the synchronised step add up to (at most) the step."""
+    bench = load_benchmark("ddp_step")
+    out = tmp_path / "step.json"
+    result = bench.main(["--dataset", "synthetic", "--modes", "alone,split", "--steps", "4", "--burn-in", "1",
+                         "--rounds", "1", "--out", str(out)])
+    assert json.loads(out.read_text()) == result
+    alone, split = result["modes"]["alone"], result["modes"]["split"]
+    assert alone["step_ms"]["median"] > 0 and "parts_ms" not in alone
+    parts = split["parts_ms"]
+    assert set(parts) == {"forward_backward", "barrier", "allreduce", "optimizer"}
+    assert all(v["median"] >= 0 for v in parts.values()) and parts["allreduce"]["median"] > 0
+    # each part's median is the slower rank's, so their sum may exceed the step's median a little
+    assert sum(v["median"] for v in parts.values()) <= 1.5 * split["step_ms"]["median"] + 1
+    assert split["graphs_per_s"]["median"] > 0
