@@ -62,20 +62,27 @@ def test_the_main_entry_points():
 
 
 def test_the_command_freezes_its_imports_and_a_caller_keeps_its_collector(monkeypatch):
-    """``kdkit`` as its own process moves the imports' objects out of the garbage collector's
-    reach (each full collection walked ~430,000 of them); a caller of ``main(argv)`` (a test, a
-    notebook) keeps its collector as it was."""
+    """``kdkit`` as its own process runs no garbage collection during its imports and then moves
+    their objects out of the collector's reach (each full collection walked ~430,000 of them); a
+    caller of ``main(argv)`` (a test, a notebook) keeps its collector as it was."""
     import gc
     import sys
 
     import kdkit.cli  # noqa: F401  (loads kdkit.cli.main)
 
     cli_main = sys.modules["kdkit.cli.main"]  # the module: kdkit.cli.main the attribute is the function
-    frozen = []
+    frozen, collecting_while_importing = [], []
     monkeypatch.setattr(cli_main.gc, "freeze", lambda: frozen.append(True))
+    build = cli_main.build_parser
+    monkeypatch.setattr(cli_main, "build_parser",
+                        lambda command: collecting_while_importing.append(gc.isenabled()) or build(command))
     assert cli_main.main(["train", "--list-configs"]) == 0
-    assert frozen == []
+    assert frozen == [] and collecting_while_importing == [True]
     monkeypatch.setattr(sys, "argv", ["kdkit", "train", "--list-configs"])
     assert cli_main.main() == 0
-    assert frozen == [True]
+    assert frozen == [True] and collecting_while_importing == [True, False]  # no collection during the imports
     assert gc.isenabled()
+    monkeypatch.setattr(sys, "argv", ["kdkit", "train", "--no-such-flag"])
+    with pytest.raises(SystemExit):
+        cli_main.main()
+    assert gc.isenabled() and frozen == [True, True]  # a command that fails to parse leaves it as it found it

@@ -65,13 +65,20 @@ def main(argv: list[str] | None = None) -> int:
     own_process = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     command = _command(argv)
-    args = build_parser(command if command in COMMANDS else None).parse_args(argv)  # an unknown command: argparse says so
     if own_process:
         # The imports (torch, PyG, Fabric) leave ~430,000 objects that live as long as the process.
-        # Every full garbage collection walked them all, ~0.2 s each, and a run's phases collect on
-        # purpose (kdkit.training.memory.phase_peak). Frozen, they are skipped; forked DDP workers
-        # inherit it. Not for a caller's process (tests, notebooks): what it frees later stays.
-        gc.freeze()
+        # Every full garbage collection walked them all, up to ~0.2 s each: while the imports ran
+        # (they collect as the objects pile up) and when a run's phases collect on purpose
+        # (kdkit.training.memory.phase_peak). So no collection runs during the imports, and then
+        # their objects are frozen out of the collector's reach; forked DDP workers inherit it.
+        # Not in a caller's process (tests, notebooks): what it frees later must stay collectable.
+        gc.disable()
+    try:
+        args = build_parser(command if command in COMMANDS else None).parse_args(argv)  # an unknown command: argparse says so
+    finally:
+        if own_process:
+            gc.freeze()
+            gc.enable()
     try:
         return int(args.func(args) or 0)
     except (FileNotFoundError, KeyError, ValueError) as err:  # incl. kdkit.data.readers.DataFormatError
