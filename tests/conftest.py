@@ -2,11 +2,22 @@
 outside CI when it is missing, but under ``CI=true`` a missing prerequisite is a failure."""
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 
 import pytest
 import torch
+import torch_geometric  # noqa: F401  (imported once here, for the freeze below)
+
+import kdkit.workflows.run  # noqa: F401
+
+# The imports of torch, PyG and kdkit leave ~430,000 objects that live as long as the test process.
+# Frozen out of the garbage collector's reach, the full collections that tests and the trainer's
+# phases run skip them (as the kdkit command does): tests/test_{models,distill,fused_attention,
+# trainer}.py in one process spent 12.5-14.0 s in full collections, 6.0 s frozen (32-40 -> 21-23 s).
+gc.collect()
+gc.freeze()
 
 REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
