@@ -3,7 +3,7 @@
 # JSON record (with the machine) to $OUT/all.json, plus one file per benchmark. Each figure is
 # a min/median/max over >= 3 interleaved runs (fresh processes where the benchmark allows it).
 # Run it on a quiet machine (other jobs distort wall time; CPU seconds are printed beside it):
-#   bash benchmarks/run_all.sh            # ~60 min on the 2-core CI VM (SCALING=0: ~25 min)
+#   bash benchmarks/run_all.sh            # ~70 min on the 2-core CI VM (SCALING=0: ~25 min)
 #   STEPS=10 REPEATS=3 bash benchmarks/run_all.sh   # shorter training runs
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -80,6 +80,15 @@ fi
 if [ "${SCALING:-1}" = 1 ]; then
   $PY benchmarks/scaling.py --roles student,student_kd,teacher --teacher "$TK" --epochs 2 --repeats "$REPEATS" \
     --runs-dir "$OUT/scaling" --out "$OUT/scaling.json" --markdown > "$OUT/scaling.md"
+  # the student over 6 epochs (the first epoch's warm-up weighs less), batch 64 and 128 per process, 3 seeds
+  for seed in 0 1 2; do
+    $PY benchmarks/scaling.py --roles student --variants p1t2,p2t1,p1t2b128,p2t1b128 --epochs 6 --repeats 1 \
+      --seed $seed --runs-dir "$OUT/scaling" --out "$OUT/scaling_student_s$seed.json" --markdown > "$OUT/scaling_student_s$seed.md"
+  done
+  # where a synchronised step's time goes: alone, two apart, DDP, synchronised by hand
+  for batch in 64 128; do
+    $PY benchmarks/ddp_step.py --dataset hcrl_sa --batch-size $batch --rounds "$REPEATS" --out "$OUT/ddp_step_$batch.json" > /dev/null
+  done
 fi
 
 $PY - "$OUT" <<'PY'
@@ -111,5 +120,8 @@ for role, variants in r.get("scaling", {}).get("table", {}).items():
     for name, v in variants.items():
         print(f"scaling {role} {name}: {v['epoch_s']['median']} s/epoch ({v['epoch_speedup_vs_p1t2']}x), "
               f"fixed {v['train_fixed_s']['median']} s, test pass {v['test_pass_s']['median']} s")
+for batch in (64, 128):
+    for mode, v in r.get(f"ddp_step_{batch}", {}).get("modes", {}).items():
+        print(f"ddp_step batch {batch} {mode}: step {v['step_ms']['median']} ms, {v['graphs_per_s']['median']} graphs/s")
 print(f"written: {out / 'all.json'}")
 PY
