@@ -34,9 +34,12 @@ def test_table_speedups_come_from_the_runs():
     assert table["p2t1"]["epoch_speedup_vs_p1t2"] == pytest.approx(round(11.0 / 5.75, 2))
     assert table["p2t1"]["wall_speedup_vs_p1t2"] == pytest.approx(round(41.0 / 37.0, 2))
     assert table["p2t1"]["train_fixed_s"]["median"] == pytest.approx(10.5) and table["p2t1"]["steps"] == 10
+    assert table["p2t1"]["epoch_s_after_first"] == {"min": 6.0, "median": 6.0, "max": 6.0, "n": 2}
+    assert table["p2t1"]["epochs"] == 2
     md = s.markdown({"student": table}, {"1000": {"min": 0.1, "median": 0.2, "max": 0.5, "n": 3}})
     assert "| student | 2 processes x 1 thread | 5.8 (5.5-6.0) | 1.91x |" in md
     assert "1,000 fp32 values" in md
+    assert "Fewer than 3 epochs" in md
 
 
 def test_one_round_of_real_runs_on_synthetic(kdkit_env, tmp_path):
