@@ -94,6 +94,22 @@ def test_bench_train_worker_runs_isolated(synthetic):
     assert r["numba_setup_mib"] > 1.0
 
 
+def test_bench_train_worker_imports_without_the_collector_and_freezes_them():
+    """An isolated worker starts as the kdkit command does: its imports' objects frozen out of the
+    garbage collector's reach, the collector on again before the variant runs."""
+    import subprocess
+    import sys
+
+    from kdkit.bench import train as bench_train_module
+
+    start = bench_train_module._WORKER_START
+    assert start.index("gc.disable()") < start.index("import worker_main") < start.index("gc.freeze()")
+    probe = start.replace("worker_main(sys.argv[1])", "print(gc.get_freeze_count(), gc.isenabled())")
+    out = subprocess.run([sys.executable, "-c", probe, "{}"], capture_output=True, text=True, check=True)
+    frozen, enabled = out.stdout.split()
+    assert int(frozen) > 100_000 and enabled == "True"  # torch, PyG and kdkit's objects
+
+
 def test_bench_infer_smoke(exported_student, capsys, monkeypatch):
     import shutil
     from pathlib import Path
