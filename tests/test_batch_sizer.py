@@ -347,3 +347,61 @@ def test_peak_memory_is_exact_for_a_peak_no_sample_sees_and_for_nested_blocks():
     assert "VmHWM" in outer.how
     assert 95 * 2**20 <= outer.peak_bytes < 110 * 2**20
     assert 39 * 2**20 <= inner.peak_bytes < 54 * 2**20
+
+
+def test_collections_skip_older_objects_keeps_collecting_what_the_block_makes():
+    """Inside the block the objects from before are frozen (full collections skip them) while
+    cyclic garbage made inside is still collected; afterwards they are collectable again, unless
+    the process had frozen objects before (the kdkit command's imports), which stay frozen."""
+    import subprocess
+    import sys
+
+    code = """
+import gc, weakref
+from kdkit.training.memory import collections_skip_older_objects
+
+class Node:
+    pass
+
+def cycle():
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    return weakref.ref(a)
+
+old = [Node() for _ in range(10)]
+assert gc.get_freeze_count() == 0
+with collections_skip_older_objects():
+    frozen = gc.get_freeze_count()
+    assert frozen >= len(old)
+    made = cycle()
+    gc.collect()
+    assert made() is None                      # the block's own cyclic garbage is collected
+    with collections_skip_older_objects():     # nested: the inner block leaves the outer's freeze alone
+        pass
+    assert gc.get_freeze_count() >= frozen
+assert gc.get_freeze_count() == 0              # unfrozen: collectable again
+gc.freeze()                                    # as the kdkit command does with its imports
+before = gc.get_freeze_count()
+with collections_skip_older_objects():
+    pass
+assert gc.get_freeze_count() >= before         # the command's freeze is not undone
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_train_runs_with_the_callers_older_objects_frozen(monkeypatch, tmp_path):
+    """workflows.run.train freezes the objects older than the run for its duration (here the
+    test process had frozen its imports before, as the kdkit command does: they stay frozen)."""
+    import gc
+
+    from kdkit.config import make_config
+    from kdkit.workflows import run as run_module
+
+    seen = []
+    monkeypatch.setattr(run_module, "_train_locked", lambda *a, **k: seen.append(gc.get_freeze_count()) or {"ok": 1})
+    count = gc.get_freeze_count()
+    older = [[i] for i in range(1000)]  # tracked objects made before the run
+    assert run_module.train(make_config(dataset="synthetic", runs_dir=str(tmp_path))) == {"ok": 1}
+    assert seen[0] >= count + len(older)

@@ -20,7 +20,7 @@ import torch
 from kdkit.config import make_config
 from kdkit.models.layers import GATStack, GATv2Layer, set_attention_kernel
 from kdkit.training.hardware import machine_info
-from kdkit.training.memory import PeakMemory, allocated_bytes, trim_heap
+from kdkit.training.memory import PeakMemory, allocated_bytes, collections_skip_older_objects, trim_heap
 from kdkit.training.optim import make_scheduler
 from kdkit.training.precision import cpu_has_native_bf16, measure_cpu_bf16_speedup
 from kdkit.training.task import Task
@@ -215,7 +215,7 @@ def run_variant(opts: dict) -> dict:
             "memory_measured_by": "allocated bytes (glibc mallinfo2), 0.2 ms samples" if alloc_peak is not None else mem.how}
 
 
-# A worker's start, as the kdkit command's (kdkit.cli.main): the imports with the garbage collector
+# A worker's start, as the kdkit command's (``kdkit.cli.main``): the imports with the garbage collector
 # off, then their objects frozen out of its reach. Importing this module took 4.6-5.4 s with the
 # collector on, 3.1 s so; and no full collection over the imports' ~430,000 objects can land
 # inside the timed steps (either variant's: both run in such workers).
@@ -295,9 +295,10 @@ def bench_train(model: str = "gat", type: str = "teacher", dataset: str = "synth
     variants = {"plain": {**base, "variant": "plain", "precision": "32-true"},
                 "fabric": {**base, "variant": "fabric", "compile": compile == "on", "attention": attention}}
     runs: dict[str, list[dict]] = {"plain": [], "fabric": []}
-    for _ in range(repeats):
-        for name, opts in variants.items():
-            runs[name].append(_run_isolated(opts) if isolate else run_variant(opts))
+    with collections_skip_older_objects():  # in-process runs: each run's trim_heap collects its own garbage only
+        for _ in range(repeats):
+            for name, opts in variants.items():
+                runs[name].append(_run_isolated(opts) if isolate else run_variant(opts))
     out: dict[str, Any] = {"benchmark": "train", "model": model, "type": type, "dataset": dataset, "steps": steps,
                            "repeats": repeats, "burn_in": burn_in, "batch_size": batch_size, "isolated": isolate,
                            "baseline": "plain PyG loop (benchmarks/plain_pyg_loop.py): DataLoader over a list of "

@@ -52,7 +52,7 @@ from kdkit.training.checkpoint import (
 )
 from kdkit.training.fork_ranks import ForkedRanks, can_fork_ranks, fork_ranks
 from kdkit.training.legacy import legacy_fit
-from kdkit.training.memory import phase_peak, release_memory
+from kdkit.training.memory import collections_skip_older_objects, phase_peak, release_memory
 from kdkit.training.precision import resolve_accelerator
 from kdkit.training.preemption import RESUME_ENV, StopRequest
 from kdkit.training.task import Task
@@ -316,6 +316,15 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
             before a model is built or trained).
         Preempted: the cluster asked the job to stop; ``last.pt`` holds the exact state.
     """
+    # the caller's objects (a notebook's imports, its data) outlive the run: its phase-end
+    # collections need not walk them (kdkit.training.memory.collections_skip_older_objects)
+    with collections_skip_older_objects():
+        return _train_locked(cfg, resume, progress, on_epoch_end, data, should_stop, stop, fork_workers)
+
+
+def _train_locked(cfg: TrainConfig, resume, progress, on_epoch_end, data, should_stop, stop,
+                  fork_workers: bool) -> dict:
+    """:func:`train` inside its run folder's lock (and, for ``fork_workers``, its forked ranks)."""
     run_dir = Path(cfg.runs_dir) / cfg.resolved_run_name
     resume = resolve_resume(resume, run_dir, os.environ.get(RESUME_ENV))
     if resume and cfg.trainer == "legacy":
