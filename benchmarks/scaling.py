@@ -38,12 +38,18 @@ from pathlib import Path
 VARIANTS = {"p1t2": (1, None, None), "p1t1": (1, 1, None), "p2t1": (2, 1, None), "p2t1L": (2, 1, "lightning")}
 
 
+def _split_variant(name: str) -> tuple[str, int | None]:
+    """``p2t1b128`` -> ("p2t1", 128); ``p2t1`` -> ("p2t1", None)."""
+    base, sep, batch = name.partition("b")
+    if base not in VARIANTS or (sep and not (batch.isdigit() and int(batch) > 0)):
+        raise ValueError(f"unknown variant {name!r}: one of {sorted(VARIANTS)}, optionally + bN (batch per process)")
+    return base, int(batch) if sep else None
+
+
 def parse_variant(name: str) -> tuple[int, int | None, str | None, int | None]:
     """(processes, threads, launcher, batch per process or None) of a variant such as ``p2t1b128``."""
-    base, _, batch = name.partition("b")
-    if base not in VARIANTS or (batch and not (batch.isdigit() and int(batch) > 0)) or (_ and not batch):
-        raise ValueError(f"unknown variant {name!r}: one of {sorted(VARIANTS)}, optionally + bN (batch per process)")
-    return (*VARIANTS[base], int(batch) if batch else None)
+    base, batch = _split_variant(name)
+    return (*VARIANTS[base], batch)
 
 
 def spread(values: list[float]) -> dict:
@@ -220,8 +226,8 @@ def markdown(table: dict, allreduce: dict | None) -> str:
         return f"{fmt.format(d['median'])} ({fmt.format(d['min'])}-{fmt.format(d['max'])})"
 
     def name(variant: str) -> str:
-        base, _, batch = variant.partition("b")
-        return names.get(base, base) + (f", batch {batch}" if batch else "")
+        base, batch = _split_variant(variant)
+        return names[base] + (f", batch {batch}" if batch else "")
 
     for role, by_variant in table.items():
         for variant, v in by_variant.items():
