@@ -60,7 +60,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = overrides_from_cli(args)
     if "dataset" not in overrides:
         raise ValueError("--dataset is required (see --list-configs)")
-    if overrides.get("type") == "student" and not overrides.get("teacher") and not args.no_teacher:
+    worker = os.environ.get("LOCAL_RANK", "0") not in ("", "0")  # a DDP worker: rank zero says it
+    if overrides.get("type") == "student" and not overrides.get("teacher") and not args.no_teacher and not worker:
         print("note: training a student without --teacher (no distillation); pass --teacher PATH to distill")
     if overrides.get("optimize_batch_size") and "type" not in overrides:
         return report_batch_size(args)
@@ -103,7 +104,8 @@ def _processes(summary: dict) -> str:
     world = summary.get("world_size") or 1
     if world <= 1:
         return ""
-    who = {"fork": "forked", "lightning": "started by Lightning", "external": "started by the launcher"}
+    who = {"fork": "forked", "spawn": "started by kdkit", "lightning": "started by Lightning",
+           "external": "started by the launcher"}
     launcher = summary.get("launcher")
     return f", {world} processes" + (f" ({who.get(launcher, launcher)})" if launcher else "")
 

@@ -43,16 +43,21 @@ LAUNCHER_ENV = "KDKIT_DDP_LAUNCHER"
 _PR_SET_PDEATHSIG = 1
 
 
-def can_fork_ranks(devices: int, num_nodes: int, accelerator: str) -> tuple[bool, str]:
-    """Whether this process may fork its DDP workers, and why not when it may not."""
-    if devices <= 1 or num_nodes != 1:
-        return False, "not a multi-process run on one node"
-    if os.environ.get(LAUNCHER_ENV, "").strip().lower() == "lightning":
-        return False, f"${LAUNCHER_ENV}=lightning"
-    if not sys.platform.startswith("linux"):
-        return False, "fork launch is Linux only"
-    if any(v in os.environ for v in ("LOCAL_RANK", "RANK")):
-        return False, "the ranks are started by a launcher already"
+def threads_per_rank(world: int) -> int:
+    """CPU threads for each of ``world`` processes on this machine: ``$OMP_NUM_THREADS`` when set,
+    else the cores this process may use divided among the processes (what Lightning's launchers give)."""
+    try:
+        given = int(os.environ.get("OMP_NUM_THREADS", "") or 0)
+    except ValueError:
+        given = 0
+    if given > 0:
+        return given
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, world))
+
+
+def cluster_starts_ranks() -> str:
+    """Why the ranks are a cluster's to start (SLURM, torchelastic, LSF, MPI), or "" when they are not."""
     from lightning_fabric.plugins.environments import (
         LSFEnvironment,
         MPIEnvironment,
@@ -63,7 +68,23 @@ def can_fork_ranks(devices: int, num_nodes: int, accelerator: str) -> tuple[bool
     with _srun_warning_outside_slurm():  # Lightning warns while it looks for SLURM
         for env in (TorchElasticEnvironment, SLURMEnvironment, LSFEnvironment, MPIEnvironment):
             if env.detect():
-                return False, f"{env.__name__} starts the ranks"
+                return f"{env.__name__} starts the ranks"
+    return ""
+
+
+def can_fork_ranks(devices: int, num_nodes: int, accelerator: str) -> tuple[bool, str]:
+    """Whether this process may fork its DDP workers, and why not when it may not."""
+    if devices <= 1 or num_nodes != 1:
+        return False, "not a multi-process run on one node"
+    if os.environ.get(LAUNCHER_ENV, "").strip().lower() == "lightning":
+        return False, f"${LAUNCHER_ENV}=lightning"
+    if not sys.platform.startswith("linux"):
+        return False, "fork launch is Linux only"
+    if any(v in os.environ for v in ("LOCAL_RANK", "RANK")):
+        return False, "the ranks are started by a launcher already"
+    why = cluster_starts_ranks()
+    if why:
+        return False, why
     if accelerator != "cpu":
         return False, f"accelerator {accelerator}: CUDA cannot be used after a fork"
     import torch
@@ -79,6 +100,8 @@ class ForkedRanks:
     In rank zero (the command's process) ``rank`` is 0 and it keeps the workers' pids; in a
     worker ``rank`` is its local rank and :meth:`run_worker` never returns.
     """
+
+    launcher = "fork"
 
     def __init__(self, world: int, port: int):
         self.world, self.port = world, port

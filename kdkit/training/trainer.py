@@ -31,6 +31,7 @@ import torch
 from lightning_fabric import Fabric
 from lightning_fabric.loggers import CSVLogger, TensorBoardLogger
 from lightning_fabric.strategies import DDPStrategy, SingleDeviceStrategy
+from lightning_fabric.utilities.imports import _IS_INTERACTIVE
 from tqdm.auto import tqdm
 
 from kdkit.config import TrainConfig
@@ -109,6 +110,20 @@ def _schedule_exhausted(scheduler) -> bool:
 
 # Lightning's warning when an ``srun`` binary is on PATH but the process was not started by it
 SRUN_WARNING = r"The `srun` command is available on your system but is not used"
+
+
+class _StartedRanksDDP(DDPStrategy):
+    """DDP without a launcher where the ranks were started outside Fabric, in an interactive process.
+
+    Fabric refuses its subprocess launcher in a notebook kernel (``_IS_INTERACTIVE``), even when
+    the cluster environment says the processes exist already and the launcher would start
+    nothing; without a launcher ``Fabric.launch()`` just forms the process group.
+    """
+
+    def _configure_launcher(self) -> None:
+        super()._configure_launcher()
+        if self.cluster_environment is not None and self.cluster_environment.creates_processes_externally:
+            self._launcher = None
 
 
 @contextmanager
@@ -208,6 +223,10 @@ class FabricTrainer:
         if strategy == "ddp" and accelerator == "cpu":
 
             strategy = DDPStrategy(process_group_backend="gloo")
+        if cfg.strategy in ("auto", "ddp") and cfg.devices * cfg.num_nodes > 1 and _IS_INTERACTIVE:
+            # a notebook kernel whose ranks kdkit started (kdkit.training.spawn_ranks): Fabric would pick
+            # its fork launcher here, or refuse any launcher, though every rank exists already
+            strategy = _StartedRanksDDP(process_group_backend="gloo" if accelerator == "cpu" else None)
         with _srun_warning_outside_slurm():  # Lightning checks for srun while it picks the cluster environment
             self.fabric = Fabric(accelerator=accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
                                  strategy=strategy, precision=self.precision, loggers=loggers)

@@ -55,6 +55,7 @@ from kdkit.training.legacy import legacy_fit
 from kdkit.training.memory import collections_skip_older_objects, phase_peak, release_memory
 from kdkit.training.precision import resolve_accelerator
 from kdkit.training.preemption import RESUME_ENV, StopRequest
+from kdkit.training.spawn_ranks import SpawnedRanks, SpawnedWorker, can_spawn_ranks, spawn_ranks, spawned_worker
 from kdkit.training.task import Task
 from kdkit.training.trainer import FabricTrainer, check_resumable, convergence_note
 from kdkit.workflows.run_dir import (
@@ -306,8 +307,11 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
     start; ``$KDKIT_RESUME=auto`` means the same when ``resume`` is None). ``stop``: asked after
     every batch whether the cluster wants the job to stop (default ``$KDKIT_STOP_FILE``).
     ``fork_workers``: for a multi-process run on one machine, fork the DDP workers from this
-    process (:mod:`kdkit.training.fork_ranks`) instead of letting Lightning start them as new
-    interpreters; only safe in a process that has not run tensor work yet (``kdkit train`` passes it).
+    process (:mod:`kdkit.training.fork_ranks`); only safe in a process that has not run tensor work
+    yet (``kdkit train`` passes it). Without it (a notebook, a script) the workers are started as
+    ``kdkit train`` processes with this config (:mod:`kdkit.training.spawn_ranks`) and this process
+    is rank zero: its callbacks and the returned summary work as with one process. Under SLURM,
+    torchrun and the like, their launcher starts the ranks.
 
     Raises:
         RunDirError: the folder is in use by another process, or holds a run and neither
@@ -338,15 +342,31 @@ def _train_locked(cfg: TrainConfig, resume, progress, on_epoch_end, data, should
     try:
         if owner:
             check_run_dir(run_dir, cfg, resume)
-        if fork_workers and owner and cfg.devices * cfg.num_nodes > 1 and cfg.trainer != "legacy":
-            ok, why = can_fork_ranks(cfg.devices, cfg.num_nodes, resolve_accelerator(cfg.accelerator))
-            if ok:
-                ranks = fork_ranks(cfg.devices)
-                if ranks.rank:  # a worker: it runs its share of the run and exits
-                    ranks.run_worker(lambda: _train(cfg, run_dir, False, resume, False, None, data, None, stop, ranks))
-            else:
-                log.info("DDP workers started by Lightning: %s", why)
-        summary = _train(cfg, run_dir, owner, resume, progress, on_epoch_end, data, should_stop, stop, ranks)
+        if owner and cfg.devices * cfg.num_nodes > 1 and cfg.trainer != "legacy":
+            if fork_workers:
+                ok, why = can_fork_ranks(cfg.devices, cfg.num_nodes, resolve_accelerator(cfg.accelerator))
+                if ok:
+                    ranks = fork_ranks(cfg.devices)
+                    if ranks.rank:  # a worker: it runs its share of the run and exits
+                        ranks.run_worker(lambda: _train(cfg, run_dir, False, resume, False, None, data, None, stop,
+                                                        ranks))
+                else:
+                    log.info("DDP workers started by Lightning: %s", why)
+            else:  # a notebook or a script: the workers run `kdkit train` with this config (kdkit.training.spawn_ranks)
+                ok, why = can_spawn_ranks(cfg.devices, cfg.num_nodes)
+                if ok:
+                    ranks = spawn_ranks(cfg, resume)
+                else:
+                    log.info("DDP workers started by Lightning: %s", why)
+        elif not owner:
+            ranks = spawned_worker()  # None unless rank zero started this process with spawn_ranks
+        try:
+            summary = _train(cfg, run_dir, owner, resume, progress, on_epoch_end, data, should_stop, stop, ranks)
+        except Exception as err:
+            why = ranks.worker_failure() if isinstance(ranks, SpawnedRanks) else ""
+            if why:  # name the worker that died, not only the transport error it left on this rank
+                raise RuntimeError(why) from err
+            raise
         if ranks is not None:
             ranks.join()
         finished = True
@@ -362,11 +382,11 @@ def _train_locked(cfg: TrainConfig, resume, progress, on_epoch_end, data, should
 
 
 def _train(cfg: TrainConfig, run_dir: Path, owner: bool, resume, progress, on_epoch_end, data, should_stop,
-           stop, ranks: ForkedRanks | None = None) -> dict:
+           stop, ranks: ForkedRanks | SpawnedRanks | SpawnedWorker | None = None) -> dict:
     timings: dict[str, float] = {}
     t_run = time.perf_counter()
     if ranks is not None:
-        ranks.before_data()  # a forked worker waits for rank zero's data (the store is cached then)
+        ranks.before_data()  # a worker waits for rank zero's data (the store is cached then)
     data = data or load_data(cfg, progress=progress)
     if ranks is not None:
         ranks.after_data()
@@ -423,7 +443,7 @@ def _train(cfg: TrainConfig, run_dir: Path, owner: bool, resume, progress, on_ep
                                     stop=stop)
             # who starts the ranks (asked before fit: Lightning's launcher sets LOCAL_RANK when it starts them)
             env = getattr(trainer.fabric.strategy, "cluster_environment", None)
-            launcher = ("fork" if ranks is not None else "external" if env.creates_processes_externally
+            launcher = (ranks.launcher if ranks is not None else "external" if env.creates_processes_externally
                         else "lightning") if env is not None and trainer.fabric.world_size > 1 else None
             # under DDP the ranks stay together after training and score the test sets in shards
             fit = trainer.fit(task, train_set, val_set, resume=resume, checkpoint_extra=extra, keep_group=True)
