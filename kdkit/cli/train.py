@@ -75,7 +75,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = optimize_config_batch_size(cfg)
     try:
         # DDP workers are forked from this process (no second start-up) unless the batch sizer
-        # already ran tensor work in it (an OpenMP pool used before a fork can hang the workers)
+        # already ran tensor work in it (an OpenMP pool used before a fork can hang the workers):
+        # then they start as new processes with the batch size found (kdkit.training.spawn_ranks)
         summary = train(cfg, resume=args.resume, fork_workers=not cfg.optimize_batch_size)
     except Preempted as stopped:  # the requeue wrapper (kdkit.cluster.requeue) requeues the job on this status
         print(f"kdkit train: {stopped}", file=sys.stderr)
