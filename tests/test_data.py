@@ -350,7 +350,7 @@ def test_hcrl_text_bad_rows_and_empty(tmp_path: Path):
 def test_candump_log_sample(tmp_path: Path, gz: bool):
     path = tmp_path / ("drive.log.gz" if gz else "drive.log")
     path.write_bytes(gzip.compress(CANDUMP.encode()) if gz else CANDUMP.encode())
-    m = read_messages(path)
+    m = read_messages(path, channel="*")
     # the remote frame (123#R) is dropped; logger files carry no labels
     assert m.can_id.tolist() == [0x044, 0x110, 0x7FF, 0x18FEF100 | EXTENDED_ID_FLAG]
     assert m.dlc.tolist() == [5, 0, 8, 2]
@@ -372,7 +372,7 @@ def test_logger_unknown_format(tmp_path: Path):
 
 def test_real_candump_file():
     require(REAL_CANDUMP.is_file(), f"{REAL_CANDUMP} not found")
-    m = read_messages(REAL_CANDUMP)
+    m = read_messages(REAL_CANDUMP, channel="*")
     assert len(m) == 135_468  # every frame of the minute, all four channels
     assert np.isfinite(m.timestamp).all() and m.timestamp[0] == 46408.584930 and m.timestamp[-1] == 46468.577630
     assert m.can_id[0] == 0x260 and m.payload[0].tolist() == [0x08, 0xFF, 0xFB, 0x00, 0x00, 0x00, 0x18, 0x84]

@@ -91,7 +91,7 @@ def test_logger_file_time_order_and_ids(tmp_path: Path):
                     "(1.500000) vcan0 123#00\n"       # line 3: backwards
                     "(3.000000) vcan0 800#00\n"       # line 4: 3 digits, above 0x7FF, not extended
                     "(4.000000) vcan0 00000800#01\n"  # 8 digits: an extended ID, fine
-                    "(4.500000) vcan1 7FF#\n")
+                    "(4.500000) vcan0 7FF#\n")
     with pytest.raises(DataFormatError) as err:
         read_messages(path)
     assert str(err.value).startswith(f"{path}:3: timestamp 1.5 goes backwards: earlier than 2.0 on line 2")

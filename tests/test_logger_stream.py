@@ -58,7 +58,7 @@ def test_streamed_equals_whole_on_mangled_lines(tmp_path: Path, monkeypatch, pie
     monkeypatch.setattr(loggers, "_GZ_PIECE", piece)
     for seed in range(3):
         path = write(tmp_path / name, mangled(seed))
-        for channel in (None, "can0", "vcan0", "can7"):
+        for channel in (None, "*", "can0", "vcan0", "can7"):
             for mode in ("error", "skip"):
                 assert streamed(path, channel=channel, on_bad_rows=mode) == whole(path, channel=channel,
                                                                                    on_bad_rows=mode), (seed, channel, mode)
@@ -119,7 +119,7 @@ def test_chunks_carry_the_counts_and_formats_without_a_stream(tmp_path: Path):
 def test_real_candump_streamed(monkeypatch):
     require(REAL_CANDUMP.is_file(), f"{REAL_CANDUMP} not found")
     monkeypatch.setattr(loggers, "_GZ_PIECE", 1 << 16)  # ~50 blocks
-    for channel in (None, "can0", "tx1"):
+    for channel in (None, "*", "can0", "tx1"):
         assert streamed(REAL_CANDUMP, chunk_rows=10_000, channel=channel) == whole(REAL_CANDUMP, channel=channel)
 
 
@@ -158,7 +158,7 @@ def test_asc_in_chunks_equals_whole(tmp_path: Path, name: str):
         for mode in ("error", "skip"):
             assert streamed(path, chunk_rows=4, channel=channel, on_bad_rows=mode) == \
                 whole(path, channel=channel, on_bad_rows=mode), (channel, mode)
-    assert whole(path, on_bad_rows="skip")[4] == 4  # backwards, unparsable, above 0x7FF, garbage
+    assert whole(path, channel="*", on_bad_rows="skip")[4] == 4  # backwards, unparsable, above 0x7FF, garbage
 
 
 def test_trc_and_blf_in_chunks_equal_whole(tmp_path: Path):
@@ -179,9 +179,10 @@ def test_trc_and_blf_in_chunks_equal_whole(tmp_path: Path):
     cut = tmp_path / "cut.blf"
     cut.write_bytes(blf.read_bytes()[:int(blf.stat().st_size * 0.6)])
     for path in (trc, blf, cut):
-        for channel in (None, "0", "1"):
+        for channel in (None, "*", "0", "1"):
             for mode in ("error", "skip"):
                 assert streamed(path, chunk_rows=7, channel=channel, on_bad_rows=mode) == \
                     whole(path, channel=channel, on_bad_rows=mode), (path.name, channel, mode)
-    assert "truncated BLF file" in streamed(cut) and streamed(cut, on_bad_rows="skip")[4] > 0
+    assert "truncated BLF file" in streamed(cut, channel="*") and streamed(cut, channel="*", on_bad_rows="skip")[4] > 0
+    assert "frames of 2 bus channels (data frames in its first 10,000 frames: 0 (" in streamed(cut)
     assert streamed(trc, on_bad_rows="skip")[4] == 2

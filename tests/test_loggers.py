@@ -79,7 +79,7 @@ def write_text(path: Path, text: str) -> Path:
 @pytest.mark.parametrize("name", ["drive.log", "drive.log.gz"])
 def test_candump_fast_path_matches_python_can(tmp_path: Path, name: str):
     path = write_text(tmp_path / name, EVERY_KIND)
-    m = read_logger_file(path)
+    m = read_logger_file(path, channel="*")
     assert_same(m, python_can_frames(path))
     assert m.dropped_frames == {"remote": 2, "error": 1}
     assert m.skipped_rows == 0 and m.label.sum() == 0 and m.attack_type == "attack-free"
@@ -90,7 +90,7 @@ def test_candump_fast_path_matches_python_can(tmp_path: Path, name: str):
 
 def test_real_candump_matches_python_can():
     require(REAL_CANDUMP.is_file(), f"{REAL_CANDUMP} not found")
-    m = read_logger_file(REAL_CANDUMP)
+    m = read_logger_file(REAL_CANDUMP, channel="*")
     assert_same(m, python_can_frames(REAL_CANDUMP))
     assert m.dropped_frames == {"remote": 0, "error": 0}
     for channel, count in (("can0", 53_800), ("can1", 45_000), ("tx0", 12_434), ("tx1", 24_234)):
@@ -202,9 +202,9 @@ End TriggerBlock
 
 
 def test_extended_ids_stay_distinct(tmp_path: Path):
-    log = read_logger_file(write_text(tmp_path / "a.log", "(1.0) can0 081#01\n(2.0) can0 00000081#02\n"))
+    log = read_logger_file(write_text(tmp_path / "a.log", "(1.0) can0 081#01\n(2.0) can0 00000081#02\n"), channel="*")
     assert log.can_id.tolist() == [0x81, 0x81 | EXTENDED_ID_FLAG]
-    asc = read_logger_file(write_text(tmp_path / "a.asc", ASC))
+    asc = read_logger_file(write_text(tmp_path / "a.asc", ASC), channel="*")
     assert asc.can_id.tolist() == [0x81, 0x81 | EXTENDED_ID_FLAG, 0x18FEF100 | EXTENDED_ID_FLAG, 0x7FF]
     assert asc.dropped_frames == {"remote": 1, "error": 1} and asc.skipped_rows == 0
     assert_same(asc, python_can_frames(tmp_path / "a.asc"))
@@ -215,12 +215,12 @@ def test_extended_ids_stay_distinct(tmp_path: Path):
     for msg in messages:
         writer.on_message_received(msg)
     writer.stop()
-    assert read_logger_file(blf).can_id.tolist() == [0x81, 0x81 | EXTENDED_ID_FLAG]
+    assert read_logger_file(blf, channel="*").can_id.tolist() == [0x81, 0x81 | EXTENDED_ID_FLAG]
     trc = tmp_path / "a.trc"
     with can.TRCWriter(str(trc)) as writer:
         for msg in messages:
             writer.on_message_received(msg)
-    assert read_logger_file(trc).can_id.tolist() == [0x81, 0x81 | EXTENDED_ID_FLAG]
+    assert read_logger_file(trc, channel="*").can_id.tolist() == [0x81, 0x81 | EXTENDED_ID_FLAG]
 
 
 # --------------------------------------------------------------------------------------
@@ -235,8 +235,8 @@ def test_asc_junk_lines_are_counted(tmp_path: Path):
     junk = [lines.index("garbage here") + 1, lines.index("2 1  7FF             Rx   d 1 00") + 1]
     with pytest.raises(DataFormatError, match=re.escape(f"{path}:{junk[0]}: not an ASC frame, event, header or "
                                                         f"comment line: 'garbage here'")):
-        read_logger_file(path)
-    m = read_logger_file(path, on_bad_rows="skip")
+        read_logger_file(path, channel="*")
+    m = read_logger_file(path, on_bad_rows="skip", channel="*")
     assert len(m) == 4 and m.skipped_rows == 2
     assert m.skipped_examples[1].startswith(f"{path}:{junk[1]}: python-can's ASC reader skipped this CAN frame line")
 
@@ -246,8 +246,8 @@ def test_asc_line_python_can_cannot_parse_skips_only_that_line(tmp_path: Path):
     path = write_text(tmp_path / "drive.asc", text)
     line = text.splitlines().index("   1.150000 1  12G             Rx   d 1 00") + 1
     with pytest.raises(DataFormatError, match=re.escape(f"{path}:{line}: python-can could not parse this line")):
-        read_logger_file(path)
-    m = read_logger_file(path, on_bad_rows="skip")
+        read_logger_file(path, channel="*")
+    m = read_logger_file(path, on_bad_rows="skip", channel="*")
     assert m.can_id.tolist() == [0x81, 0x81 | EXTENDED_ID_FLAG, 0x18FEF100 | EXTENDED_ID_FLAG, 0x7FF]
     assert m.skipped_rows == 1 and m.dropped_frames == {"remote": 1, "error": 1}
 
@@ -275,9 +275,9 @@ def test_asc_and_trc_headers_and_comments_are_not_junk(tmp_path: Path):
         writer.on_message_received(can.Message(timestamp=1.0, arbitration_id=0x100, data=b"\x01"))
     text = trc.read_text()
     assert text.startswith(";$FILEVERSION")
-    m = read_logger_file(trc)
+    m = read_logger_file(trc, channel="*")
     assert len(m) == 1 and m.skipped_rows == 0
-    assert read_logger_file(write_text(tmp_path / "clean.asc", ASC)).skipped_rows == 0
+    assert read_logger_file(write_text(tmp_path / "clean.asc", ASC), channel="*").skipped_rows == 0
 
 
 # --------------------------------------------------------------------------------------
@@ -424,7 +424,7 @@ def test_candump_direction_field_on_many_lines(tmp_path: Path, first_with_direct
         direction = (" R", " T", "")[k % 3] if k or first_with_direction else ""
         lines.append(f"({k / 1000:.6f}) can{k % 2} {0x100 + k % 9:03X}#{k % 256:02X}{'EE' * (k % 4)}{direction}\n")
     path = write_text(tmp_path / "drive.log", "".join(lines))
-    assert_same(read_logger_file(path), python_can_frames(path))
+    assert_same(read_logger_file(path, channel="*"), python_can_frames(path))
     assert_same(read_logger_file(path, channel="can1"), python_can_frames(path, "can1"))
 
 
@@ -438,3 +438,39 @@ def test_unreadable_files_are_errors_in_both_modes(tmp_path: Path):
         with pytest.raises(DataFormatError, match=r"empty\.log: empty file: no data frames"):
             read_logger_file(empty, on_bad_rows=mode)
 
+
+
+def test_a_log_of_several_buses_needs_a_channel(tmp_path: Path):
+    """Without a channel, a file of several buses is an error naming them (windows of one stream
+    would mix buses); '*' reads them as one stream on purpose; a file of one bus needs nothing."""
+    from kdkit.data.loggers import iter_logger_file
+
+    two = write_text(tmp_path / "two.log", "".join(f"({k}.0) {('can0', 'can1')[k % 3 == 0]} 1{k % 10}0#0102\n"
+                                                   for k in range(30)))
+    for read in (lambda **kw: read_logger_file(two, **kw), lambda **kw: list(iter_logger_file(two, **kw)),
+                 lambda **kw: read_messages(two, **kw)):
+        with pytest.raises(DataFormatError, match=re.escape("frames of 2 bus channels (data frames in its first MiB: "
+                                                            "can0 (20), can1 (10)); windows of one stream would mix")
+                           + ".*--channel NAME.*--channel '\\*'"):
+            read()
+    assert len(read_logger_file(two, channel="*")) == 30
+    assert sum(len(c) for c in iter_logger_file(two, channel="*", chunk_rows=7)) == 30
+    assert len(read_logger_file(two, channel="can1")) == 10
+    one = write_text(tmp_path / "one.log", "".join(f"({k}.0) can0 1{k % 10}0#0102\n" for k in range(30)))
+    assert len(read_logger_file(one)) == len(read_logger_file(one, channel="*")) == 30
+    asc = write_text(tmp_path / "two.asc", ASC)  # channels 1 and 2 in the file: python-can's 0 and 1
+    with pytest.raises(DataFormatError, match=r"frames of 2 bus channels \(data frames in its first 10,000 frames: 0 \("):
+        read_logger_file(asc)
+    assert len(read_logger_file(asc, channel="*")) == len(read_logger_file(asc, channel="0")) + \
+        len(read_logger_file(asc, channel="1"))
+
+
+def test_the_real_four_bus_capture_needs_a_channel():
+    require(REAL_CANDUMP.is_file(), f"{REAL_CANDUMP} not found")
+    from kdkit.data.loggers import iter_logger_file
+
+    expected = "frames of 4 bus channels (data frames in its first MiB: can0 (10,709), can1 (8,960), tx1 (4,836), tx0 (2,479))"
+    for read in (lambda: read_logger_file(REAL_CANDUMP), lambda: iter_logger_file(REAL_CANDUMP)):
+        with pytest.raises(DataFormatError, match=re.escape(expected)):
+            read()
+    assert len(read_logger_file(REAL_CANDUMP, channel="*")) == 135_468

@@ -255,6 +255,27 @@ def test_zero_training_windows_is_an_error_never_a_run(tmp_path: Path, monkeypat
     assert not list((tmp_path / "runs").glob("*/checkpoints/*.pt"))
 
 
+def test_a_classifier_without_attack_windows_is_refused_before_training(tmp_path: Path, monkeypatch, capsys):
+    """A capture of one's own car (attack-free) is training data for an autoencoder, not for a
+    classifier: a GAT would learn one class and report F1 0 as if it had trained."""
+    import shutil
+
+    folder = tmp_path / "mycar"
+    simulate(folder, seed=0, scale=0.2)
+    shutil.rmtree(folder / "train_02_with_attacks")
+    monkeypatch.setenv("KDKIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    common = ["--dataset", str(folder), "--epochs", "1", "--runs-dir", str(tmp_path / "runs"), "--hidden", "16",
+              "--precision", "32-true", "--no-save-compat"]
+    code = main(["train", "--model", "gat", "--type", "student", "--no-teacher", *common])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "no attack windows in the training split of dataset 'mycar' (all " in err and "--model vgae" in err
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("*.pt"))
+    assert main(["train", "--model", "vgae", "--type", "student", "--no-teacher", *common]) == 0
+    assert list((tmp_path / "runs").rglob("best.pt"))
+
+
 def _last_json(capsys) -> str:
     out = capsys.readouterr().out
     return out[out.index("{"):]

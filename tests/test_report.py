@@ -138,10 +138,14 @@ def test_html_report_of_a_kdkit_train_run_draws_from_its_summary(tmp_path):
     (run / "metrics.json").write_text(json.dumps({"f1": {"s0": 0.5}, "parameters": 10}))
     summary = _summary(run)
     summary["history"] = [{"epoch": 0, "train_loss": 1.0, "val_loss": 0.5, "val_f1": 0.5}]
+    summary["dataset"] = "hcrl_sa"
     (run / "summary.json").write_text(json.dumps(summary))
     page = html.build_html(run).read_text()
     assert page.count("data:image/png;base64,") == 2  # training curves and confusion matrices
-    assert "<h2>Training run (hcrl_sa_gat_student)</h2>" in page
+    # the headline of its summary; without config.json no test labels, so no score figures (said so)
+    assert "<h2 id='headline-title'>The teacher (gat on hcrl_sa)</h2>" in page and "id='headline'" in page
+    assert "no score figures: no config.json in" in page
+    assert "<h2>Training run: gat teacher on hcrl_sa (hcrl_sa_gat_student)</h2>" in page
     assert not list(run.glob("*.png"))  # nothing written beside
     assert "<h3>Training curves</h3>" in page and "<h3>Confusion matrices at the threshold</h3>" in page
 

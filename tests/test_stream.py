@@ -297,7 +297,8 @@ def test_malformed_frames_are_dropped_and_counted(trained, recording, offline, c
     with caplog.at_level(logging.WARNING, logger="kdkit.stream"):
         got = [d for d in map(det.feed, frames) if d is not None]
     assert det.dropped == {"error_frame": 1, "remote_frame": 1, "fd_frame": 2, "bad_id": 4, "bad_payload": 1,
-                           "bad_timestamp": 2, "time_backwards": 1, "bad_frame": 3, "other_channel": 1}
+                           "bad_timestamp": 2, "time_backwards": 1, "bad_frame": 3}
+    assert det.other_channels == {"can1": 1}  # left out, not dropped as bad
     assert det.frames == len(frames) and det.messages == 300
     np.testing.assert_allclose(_scores(got), offline(msgs), rtol=0, atol=1e-6)  # the good frames' windows
     logged = caplog.text
@@ -405,8 +406,12 @@ def test_cli_bus_errors_name_the_bus(trained, capsys):
 
 
 def test_model_files_are_checked(trained, tmp_path):
-    with pytest.raises(FileNotFoundError, match="metadata kdkit export writes"):
+    with pytest.raises(FileNotFoundError, match="model file .*student.pt2 does not exist"):
         Detector.from_exported(tmp_path / "student.pt2")
+    (tmp_path / "lone.pt2").write_bytes(b"not a package")
+    with pytest.raises(FileNotFoundError, match="metadata kdkit export writes"):
+        Detector.from_exported(tmp_path / "lone.pt2")
+    (tmp_path / "old.pt2").write_bytes(b"not a package")
     (tmp_path / "old.json").write_text(json.dumps({"vocab": [1], "window": 100, "stride": 100, "node_features": ["x"],
                                                    "edge_features": ["y"], "graph_format": 5}))
     with pytest.raises(ValueError, match="graph format 5, this kdkit builds"):

@@ -146,6 +146,7 @@ def test_exported_output_kind(tmp_path, monkeypatch, kind):
             "edge_features": list(EDGE_FEATURES), "graph_format": GRAPH_FORMAT_VERSION, "threshold": 0.0,
             "model_config": {"num_ids": 2}}
     (tmp_path / "m.json").write_text(json.dumps(meta))
+    (tmp_path / "m.pt2").write_bytes(b"")  # the package itself is stubbed above; the file must exist
     det = Detector.from_exported(tmp_path / "m.pt2")
     msgs = _stream(300)
     totals = program(gather_windows(build_graphs(msgs, det.vocab, 100, 100), np.arange(3)))

@@ -303,7 +303,7 @@ def test_streamed_candump_store_equals_the_whole_file_read(tmp_path: Path, monke
                                ("train_01_attack_free", "drive-b.log.gz", 1),
                                ("test_01_known_vehicle_known_attack", "drive-c.log", 2)):
         rng = np.random.default_rng(seed)
-        lines = [f"({100 + k / 1000:.6f}) can{k % 2} {int(rng.integers(0, 40)) * 0x11:03X}#"
+        lines = [f"({100 + k / 1000:.6f}) can0 {int(rng.integers(0, 40)) * 0x11:03X}#"
                  f"{rng.bytes(int(rng.integers(0, 9))).hex().upper()}\n" for k in range(3000)]
         path = base / folder / name
         path.parent.mkdir(parents=True, exist_ok=True)

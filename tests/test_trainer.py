@@ -228,8 +228,13 @@ def test_checkpoint_errors(synthetic, tmp_path):
     with pytest.raises(ValueError, match="not a loadable kdkit checkpoint"):
         load_checkpoint(tmp_path / "evil.pt")
     mismatched = dict(ck, vocab=ck["vocab"][:-3])
-    with pytest.raises(ValueError, match="ID vocabulary .* does not match dataset 'synthetic'"):
+    with pytest.raises(ValueError, match="the --teacher checkpoint .* and dataset 'synthetic' .* have different ID "
+                                         "vocabularies"):
         check_compatible(mismatched, synthetic)
+    other = dict(mismatched, provenance={"dataset": "docs/datasets/daga-volvo-v40.toml"})
+    with pytest.raises(ValueError, match=r"the checkpoint \(trained on dataset 'docs/datasets/daga-volvo-v40.toml', "
+                                         r"\d+ IDs\) and dataset 'synthetic' .*--input FILE"):
+        check_compatible(other, synthetic, "evaluated")
 
 
 # ----------------------------------------------------------------------------- CLI end to end

@@ -47,15 +47,18 @@ def _spread(values: list[float], digits: int = 4) -> dict:
 
 def bench_replay(model: str | Path, path: str | Path, channel: str | None = None, repeats: int = 5,
                  threads: int = 1, engine: str = "auto") -> dict:
-    """Replay ``path`` through a detector ``repeats`` times (after one untimed burn-in)."""
+    """Replay ``path`` through a detector ``repeats`` times (after one untimed burn-in). The
+    replays are clones of one detector: a once-only warning (an unknown vehicle, re-stamped
+    timestamps) is given once for the whole benchmark."""
     if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
+        raise ValueError(f"--repeats must be >= 1, got {repeats}")
+    _check_threads(threads)
     torch.set_num_threads(threads)
     base = Detector.load(model, engine=engine)
-    replay_file(base.clone(), path, channel=channel)  # burn-in: allocator, compiled kernels, page cache
+    replay_file(base.clone(), path, channel=channel, count_channels=False)  # burn-in: allocator, kernels, page cache
     runs = []
     for _ in range(repeats):
-        s = replay_file(base.clone(), path, channel=channel).to_dict()
+        s = replay_file(base.clone(), path, channel=channel, count_channels=False).to_dict()
         runs.append(s)
     last = runs[-1]
     return {"benchmark": "detect replay", "model": str(model), "input": str(path), "channel": channel,
@@ -69,6 +72,11 @@ def bench_replay(model: str | Path, path: str | Path, channel: str | None = None
             "detect_messages_per_s": _spread([r["messages"] / max(r["seconds"] - r["read_seconds"], 1e-9) for r in runs], 0),
             "threads": threads, "engine": base.batch_engine, "single_window_engine": base.engine,
             "machine": machine_info()}
+
+
+def _check_threads(threads: int) -> None:
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads!r}")
 
 
 def _send_to_decision(send_times: list[float], decided: list[tuple[int, float]]) -> dict:
@@ -85,6 +93,9 @@ def bench_live(model: str | Path, path: str | Path, channel: str | None = None, 
                threads: int = 1, engine: str = "auto") -> dict:
     """Send the first ``seconds`` of ``path`` at its recorded pace on a virtual bus and detect
     live; per-window decision latency p50/p99."""
+    if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"--seconds must be a finite number > 0, got {seconds!r}")
+    _check_threads(threads)
     torch.set_num_threads(threads)
     det = Detector.load(model, engine=engine)
     msgs = read_messages(path, on_bad_rows="skip", channel=channel)

@@ -190,7 +190,9 @@ def register(sub) -> None:
     p = bench_sub.add_parser("detect", help="kdkit detect end to end: replay messages/s, or live decision latency")
     p.add_argument("--model", required=True, help="an exported student (.pt2) or a checkpoint (best.pt)")
     p.add_argument("--input", required=True, help="the recording to replay (candump .log, .asc, .blf, .trc, CSV)")
-    p.add_argument("--channel", default=None, help="only this channel of a logger file (e.g. can0)")
+    p.add_argument("--channel", default=None,
+                   help="only this channel of a logger file (e.g. can0). A file of several"
+                        " buses needs one ('*' reads them all as one stream).")
     p.add_argument("--repeats", type=int, default=5, help="timed replays after one burn-in (default 5)")
     p.add_argument("--live", action="store_true", help="measure live latency on a virtual bus at the recorded pace")
     p.add_argument("--seconds", type=float, default=10.0, help="with --live: seconds of the recording sent (default 10)")

@@ -86,7 +86,9 @@ def register(sub) -> None:
                    help="use only the first S seconds of each recording (e.g. the clean start of a drive; replay "
                         "the rest with kdkit detect). Default: every message")
     p.add_argument("--out", required=True, help="the calibrated checkpoint to write")
-    p.add_argument("--channel", default=None, help="logger files (.log/.asc/.blf/.trc): keep only this bus channel")
+    p.add_argument("--channel", default=None,
+                   help="logger files (.log/.asc/.blf/.trc): keep only this bus channel. A file of several"
+                        " buses needs one ('*' reads them all as one stream).")
     p.add_argument("--on-bad-rows", choices=["error", "skip"], default=None,
                    help="malformed rows: stop or skip and count (default: as the checkpoint was trained)")
     p.add_argument("--allow-attacks", action="store_true",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -31,14 +32,28 @@ def _detector(args: argparse.Namespace) -> Detector:
                                     engine=args.engine)
 
 
+def _check_options(args: argparse.Namespace) -> None:
+    """Refuse numeric options that make no sense before the model is loaded (the option and value named)."""
+    for name, value in (("--max-seconds", args.max_seconds), ("--stall-seconds", args.stall_seconds)):
+        if value is not None and not value > 0:  # (NaN too)
+            raise ValueError(f"{name} must be > 0, got {value}")
+    if not math.isfinite(args.stall_seconds):
+        raise ValueError(f"--stall-seconds must be a finite number of seconds, got {args.stall_seconds}")
+    if args.max_messages is not None and args.max_messages < 1:
+        raise ValueError(f"--max-messages must be >= 1, got {args.max_messages}")
+    if args.stride is not None and args.stride < 1:
+        raise ValueError(f"--stride must be >= 1 (messages between window starts; leave it out for the model's own), "
+                         f"got {args.stride}")
+    if args.threshold is not None and not math.isfinite(args.threshold):
+        raise ValueError(f"--threshold must be a finite number, got {args.threshold}")
+    if args.threads < 0:
+        raise ValueError(f"--threads must be >= 0 (0: torch's default), got {args.threads}")
+
+
 def cmd_detect(args: argparse.Namespace) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="kdkit detect: %(levelname)s: %(message)s", stream=sys.stderr)
-    for name, value in (("--max-seconds", args.max_seconds), ("--stall-seconds", args.stall_seconds)):
-        if value is not None and value <= 0:
-            raise ValueError(f"{name} must be > 0, got {value}")
-    if args.max_messages is not None and args.max_messages < 1:
-        raise ValueError(f"--max-messages must be >= 1, got {args.max_messages}")
+    _check_options(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     detector = _detector(args)
@@ -93,7 +108,9 @@ def register(sub) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", help="replay a recording: candump .log, .asc, .blf, .trc or CSV (.gz too)")
     src.add_argument("--bus", help="a live bus as INTERFACE:CHANNEL (python-can), e.g. socketcan:can0, virtual:demo")
-    p.add_argument("--channel", default=None, help="keep only frames of this channel (e.g. can0 of a multi-bus log)")
+    p.add_argument("--channel", default=None,
+                   help="keep only frames of this channel (e.g. can0 of a multi-bus log). A file of several"
+                        " buses needs one ('*' reads them all as one stream).")
     p.add_argument("--realtime", action="store_true", help="replay at the recorded pace (can.MessageSync), frame by frame")
     p.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the model's)")
     p.add_argument("--stride", type=int, default=None, help="messages between window starts (default: the model's; "

@@ -92,6 +92,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(format_timings(summary.get("timings"), _process_seconds()))
     print(format_table(summary["test"]))
     print_skipped(summary.get("skipped_scenarios"))
+    for path, rows in (summary.get("skipped_rows") or {}).items():
+        print(f"skipped {rows:,} malformed rows of {path} (--on-bad-rows skip)")
     if summary.get("still_learning"):
         print(f"\nnote: {summary['still_learning']}")
     print(f"\nrun folder: {summary['run_dir']}  best checkpoint: {summary['best_checkpoint']}")
@@ -202,7 +204,8 @@ def register(sub) -> None:
                    help="score these recordings instead (any format kdkit reads; a folder: every recording in it, "
                         "recursively); writes evaluation_inputs.json")
     p.add_argument("--channel", default=None, help="--input logger files (.log/.asc/.blf/.trc): keep only this bus "
-                                                   "channel")
+                                                   "channel. A file of several buses needs one ('*' reads them all "
+                                                   "as one stream).")
     p.add_argument("--threshold", type=float, default=None,
                    help="--input: decide with this threshold instead of the checkpoint's")
     p.add_argument("--out", default=None, help="folder for evaluation_<dataset>.json or evaluation_inputs.json "

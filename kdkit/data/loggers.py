@@ -330,6 +330,67 @@ def _no_channel(path: Path, channel: str, counts: dict[str, int]) -> DataFormatE
     return DataFormatError(path, None, f"no data frames on channel {channel!r}; the file's channels: {listed}")
 
 
+ALL_CHANNELS = "*"  # channel= value that reads the frames of every channel as one stream, on purpose
+_PROBE_BYTES = 1 << 20  # a candump log's first MiB, or
+_PROBE_FRAMES = 10_000  # an .asc/.blf/.trc file's first frames, tell its channels when none is chosen
+
+
+def _candump_block_channels(text: bytes) -> dict[str, int]:
+    """Data frames per channel of a block of candump text (whole lines)."""
+    first = text[:4096].lstrip().split(b"\n", 1)[0].strip().split(b" ")
+    table, odd = _candump_table(text, 4 if len(first) == 4 else 3)
+    part = _vector_part(table, _rows_and_handed(table.num_rows, odd))
+    counts: dict[str, int] = {}
+    for name, k in zip(part.names, np.bincount(part.channel[part.fast], minlength=len(part.names)).tolist()):
+        counts[name] = counts.get(name, 0) + k
+    _, extra = _parse_lines(sorted(odd + part.slow), None, False, set(), {"remote": 0, "error": 0})
+    for name in extra["chan"]:
+        counts[name] = counts.get(name, 0) + 1
+    return {name: k for name, k in counts.items() if k}
+
+
+def _first_channels(path: Path, suffix: str) -> dict[str, int]:
+    """Data frames per channel at the start of a logger file: a candump log's first MiB, an
+    ``.asc``/``.blf``/``.trc`` file's first 10,000 frames (a capture's buses interleave from its
+    start). Faults are left for the reader to report: {} when the start cannot be read."""
+    try:
+        if suffix == ".log":
+            head, size = [], 0
+            for text in _TextBlocks(path, _GZ_PIECE):
+                head.append(text)
+                size += len(text)
+                if size >= _PROBE_BYTES:
+                    break
+            text = _ascii(b"".join(head))[0][:_PROBE_BYTES]
+            if size > _PROBE_BYTES:
+                text = text[:text.rfind(b"\n") + 1]
+            return _candump_block_channels(text) if text.strip() else {}
+        source = _PythonCanFrames(path, suffix, None, "skip", _PROBE_FRAMES)
+        batches = iter(source)
+        next(batches, None)
+        batches.close()
+        return dict(source.counts)
+    except (DataFormatError, pa.ArrowInvalid, OSError, EOFError, ValueError, zlib.error):
+        return {}
+
+
+def _chosen_channel(path: Path, suffix: str, channel: str | None) -> str | None:
+    """The channel to read (None: every frame). Without one, a file whose start holds frames of
+    several channels is an error listing them: windows of one stream would mix buses, which is no
+    bus's traffic. ``"*"`` reads them all as one stream on purpose."""
+    if channel == ALL_CHANNELS:
+        return None
+    if channel is None:
+        counts = _first_channels(path, suffix)
+        if len(counts) > 1:
+            listed = ", ".join(f"{name} ({k:,})" for name, k in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+            where = "first MiB" if suffix == ".log" else f"first {_PROBE_FRAMES:,} frames"
+            raise DataFormatError(path, None, f"frames of {len(counts)} bus channels (data frames in its {where}: "
+                                  f"{listed}); windows of one stream would mix buses. Choose one with --channel NAME "
+                                  f"(channel= in Python), or --channel '{ALL_CHANNELS}' to read them as one stream")
+    return channel
+
+
 def _channel_name(text: str) -> str:
     """A channel as python-can names it: all-digit names are numbers (``"01"`` -> ``"1"``)."""
     return str(int(text)) if text.isascii() and text.isdigit() else text
@@ -341,8 +402,10 @@ def read_logger_file(path: str | Path, channel: str | None = None, on_bad_rows: 
     Args:
         path: the log file.
         channel: keep only this bus channel (e.g. ``can0``; python-can numbers ``.asc``/``.blf``
-            channels from 0); None keeps every frame. An unknown channel is an error listing
-            the file's channels.
+            channels from 0). None reads a file of one channel; a file holding frames of several
+            is then an error listing them (a window mixing buses is no bus's traffic; for a
+            candump log its first MiB is looked at). ``"*"`` (:data:`ALL_CHANNELS`) reads every
+            channel as one stream. An unknown channel is an error listing the file's channels.
         on_bad_rows: ``"error"`` (default) raises :class:`DataFormatError` at the first bad
             line or frame; ``"skip"`` drops such frames and counts them (module docstring).
 
@@ -360,6 +423,7 @@ def read_logger_file(path: str | Path, channel: str | None = None, on_bad_rows: 
         raise DataFormatError(path, None, f"unknown logger format {suffix!r}; expected one of {sorted(_CAN_READERS)}")
     sidecar = label_sidecar(path)
     intervals = read_label_intervals(sidecar) if sidecar is not None else None
+    channel = _chosen_channel(path, suffix, channel)
     if suffix == ".log":
         frames, earlier, lost, dropped = _read_candump(path, channel)
     else:
@@ -892,20 +956,29 @@ def _python_can_chunks(path: Path, suffix: str, channel: str | None, mode: OnBad
     yield out.close(source.lost)
 
 
+def channel_counts(path: str | Path) -> dict[str, int]:
+    """Data frames per channel of a whole logger file (candump ``.log``, ``.asc``, ``.blf``,
+    ``.trc``; ``.gz`` too), the channels named as ``channel=`` names them. Bad lines are passed
+    over (the readers report them). One pass over the file: ~0.1 s for the RAV4's 135,468 lines."""
+    path = Path(path)
+    suffix = Path(path.name.lower().removesuffix(".gz")).suffix
+    if suffix not in _CAN_READERS:
+        raise DataFormatError(path, None, f"unknown logger format {suffix!r}; expected one of {sorted(_CAN_READERS)}")
+    if suffix == ".log":
+        return _count_channels(path)
+    source = _PythonCanFrames(path, suffix, "\0", "skip", batch=1 << 16)  # keeps no frame, counts every channel
+    for _ in source:
+        pass
+    return dict(source.counts)
+
+
 def _count_channels(path: Path) -> dict[str, int]:
     """Data frames per channel of a candump file, a block at a time (for the error of an unknown channel)."""
     counts: dict[str, int] = {}
     for text in _TextBlocks(path, _GZ_PIECE):
-        text, non_ascii = _ascii(text)
-        first = text[:4096].lstrip().split(b"\n", 1)[0].strip().split(b" ")
-        table, odd = _candump_table(text, 4 if len(first) == 4 else 3)
-        part = _vector_part(table, _rows_and_handed(table.num_rows, odd))
-        for name, k in zip(part.names, np.bincount(part.channel[part.fast], minlength=len(part.names)).tolist()):
+        for name, k in _candump_block_channels(_ascii(text)[0]).items():
             counts[name] = counts.get(name, 0) + k
-        _, extra = _parse_lines(sorted(odd + part.slow), None, False, non_ascii, {"remote": 0, "error": 0})
-        for name in extra["chan"]:
-            counts[name] = counts.get(name, 0) + 1
-    return {name: k for name, k in counts.items() if k}
+    return counts
 
 
 def iter_logger_file(path: str | Path, channel: str | None = None, on_bad_rows: OnBadRows = "error",
@@ -932,6 +1005,7 @@ def iter_logger_file(path: str | Path, channel: str | None = None, on_bad_rows: 
                                            and channel.isdigit()):
         return slices(read_logger_file(path, channel, on_bad_rows), chunk_rows)
     _BadRows(path, on_bad_rows)  # the mode is checked now, not at the first chunk
+    channel = _chosen_channel(path, suffix, channel)
     if suffix == ".log":
         return _candump_chunks(path, channel, on_bad_rows, chunk_rows)
     return _python_can_chunks(path, suffix, channel, on_bad_rows, chunk_rows)

@@ -1,5 +1,6 @@
 """One self-contained HTML report of a run folder (every metrics.json and figure under it) or
-of an executed notebook.
+of an executed notebook. It opens with the headline table of a notebook record or, without one,
+of a ``kdkit train`` run (:mod:`kdkit.reporting.train_run`), and the figures drawn from its scores.
 
     kdkit report runs/demo --html
 """
@@ -15,8 +16,10 @@ from typing import Any, Mapping
 
 from kdkit.reporting import plots
 from kdkit.reporting.headline import headline, headline_html
-from kdkit.reporting.records import Table, _cell, attack_recall, load_scores, model_entries, model_label, smoke_label
+from kdkit.reporting.records import (Table, _cell, attack_recall, attack_recall_rows, load_scores, model_entries,
+                                     model_label, scenario_rows, smoke_label)
 from kdkit.reporting.records import headline as headline_line
+from kdkit.reporting.train_run import TrainRun, is_train_run, read_json, role_key, train_run_record
 
 # ----------------------------------------------------------------------------- HTML report
 CSS = """body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;color:#222;line-height:1.4}
@@ -63,6 +66,8 @@ FIGURES = {
                             "Normal windows (blue) should sit left of "
                             "the dashed threshold, attacks (red) right of it; overlap is where it errs. Log scale."),
     "score_histograms_teacher": ("Scores of the teacher against its threshold", "As above, for the teacher."),
+    "score_histograms": ("Scores against the threshold", "Normal windows (blue) should sit left of the dashed "
+                         "threshold, attacks (red) right of it; overlap is where the model errs. Log scale."),
     "attack_recall": ("Recall per attack type", "Share of attack windows detected, per attack type and scenario: "
                       "a type the student misses but the teacher catches is knowledge the distillation lost."),
     "train_graphs_per_s": ("Training throughput: the plain PyG loop against Fabric", "Median graphs per second, bars from "
@@ -142,13 +147,21 @@ def _smoke(metrics: Mapping) -> str | None:
     return smoke_label(**settings) if metrics.get("notebook") == "benchmark" and settings else None
 
 
-def _section(root: Path, path: Path, shown: set[str]) -> str:
-    """One record: human title, its tables, its figures not already shown above, raw values folded."""
+def _section(root: Path, path: Path, shown: set[str], run: TrainRun | None = None) -> str:
+    """One record: human title, its tables, its figures not already shown above, raw values folded.
+
+    ``run``: the record is the ``kdkit train`` run whose headline opens the report (its scores
+    draw the ROC/PR curves here when the headline has none).
+    """
     metrics = json.loads(path.read_text())
     rel = path.parent.relative_to(root).as_posix()
     where = rel if rel != "." else root.name
     kind = metrics.get("notebook")
+    summary = read_json(path.parent / "summary.json") if kind is None else None
     title = f"{SECTION_TITLES.get(kind, kind or 'Training run')} ({where})"
+    if summary and summary.get("model") and summary.get("type"):
+        title = (f"Training run: {summary['model']} {model_label(role_key(summary))} on {summary.get('dataset')} "
+                 f"({where})")
     parts = [f"<h2>{html.escape(title)}</h2>"]
     if kind in ("teacher", "student") and model_entries(metrics):
         parts.append(f"<p class='muted'>{html.escape(headline_line(metrics))}</p>")
@@ -158,11 +171,15 @@ def _section(root: Path, path: Path, shown: set[str]) -> str:
                      "runs, not how fast anything is. The measurement command is in notebooks/benchmark.ipynb.</p>")
     for name, t in (metrics.get("tables") or {}).items():
         parts.append(Table(t["rows"], t.get("columns"), TABLE_TITLES.get(name, name.replace("_", " ")))._repr_html_())
+    if summary and (summary.get("test") or {}).get("scenarios"):  # a `kdkit train` run: its summary's tables
+        parts.append(Table(scenario_rows(summary["test"]), title=TABLE_TITLES["per_scenario"])._repr_html_())
+        parts += _evaluation_tables(path.parent)
     names = metrics.get("figures") or sorted(p.name for p in path.parent.glob("*.png"))
     pngs = {f: (path.parent / f).read_bytes() for f in names
             if (path.parent / f).is_file() and (kind != "student" or Path(f).stem not in shown)}
-    if not pngs and (path.parent / "summary.json").is_file():  # a `kdkit train` run: draw from its summary
-        pngs = _summary_figures(json.loads((path.parent / "summary.json").read_text()))
+    if not pngs and summary:  # a `kdkit train` run: draw from its summary
+        scores = run.scores if run is not None and "roc_pr_over_teacher" not in shown else {}
+        pngs = _summary_figures(summary, scores.get("label"), scores.get(run.main) if scores else None)
     parts += [png_html(png, Path(fig).stem) for fig, png in pngs.items()]
     for nb in sorted(path.parent.glob("*.ipynb")):
         parts.append(f"<p class='muted'>executed notebook {html.escape(nb.name)}: as HTML with "
@@ -171,12 +188,28 @@ def _section(root: Path, path: Path, shown: set[str]) -> str:
     return "\n".join(parts)
 
 
-def _summary_figures(summary: Mapping) -> dict[str, bytes]:
-    """Training curves and confusion matrices of a ``pipeline.train`` summary, as PNG bytes."""
+def _evaluation_tables(folder: Path) -> list[str]:
+    """The metrics per scenario of each ``evaluation_<dataset>.json`` (``kdkit evaluate``) in a run folder."""
+    out = []
+    for path in sorted(folder.glob("evaluation_*.json")):
+        ev = read_json(path)
+        if not ev or not ev.get("scenarios"):
+            continue
+        title = f"kdkit evaluate on {ev.get('dataset', path.stem.removeprefix('evaluation_'))} ({path.name})"
+        out.append(Table(scenario_rows({"scenarios": ev["scenarios"], "overall": ev.get("overall") or {}}),
+                         title=title)._repr_html_())
+    return out
+
+
+def _summary_figures(summary: Mapping, labels: Mapping | None = None, scores: Mapping | None = None) -> dict[str, bytes]:
+    """Training curves, ROC/PR curves (with ``labels`` and ``scores`` per scenario) and confusion
+    matrices of a ``pipeline.train`` summary, as PNG bytes."""
 
     figs = {}
     if summary.get("history"):
         figs["training_curves.png"] = plots.training_curves(summary["history"])
+    if labels and scores:
+        figs["roc_pr.png"] = plots.roc_pr_curves(labels, scores)
     if summary.get("test", {}).get("scenarios"):
         figs["confusion_matrices.png"] = plots.confusion_matrices(summary["test"])
     return {name: fig_png(fig, 110) for name, fig in figs.items()}
@@ -186,39 +219,70 @@ HEADLINE_CAPTION = ("F1, MCC and detection rate at 1 % false-positive rate on ea
                     "p99 single-window latency (where measured). The scenarios with an unknown attack are the test "
                     "of generalisation.")
 KD_GAIN_CAPTION = " KD gain: KD student minus the same student trained alone (green: distillation helped)."
+NO_SCORES = ("no scores.npz beside this record (recorded by an older notebook): no score histograms or ROC/PR "
+             "curves.")
+# how the headline's title names each model
+LEAD_NAMES = {"teacher": "teacher", "student_kd": "KD student", "student_alone": "student alone"}
 
 
-def headline_section(record: Mapping, run_dir: Path) -> tuple[str, set[str]]:
+def headline_title(keys: list[str]) -> str:
+    """``The teacher`` (one model), ``Teacher and KD student``, ``Teacher, KD student and student alone``."""
+    if len(keys) == 1:
+        return f"The {model_label(keys[0])}"
+    names = [LEAD_NAMES.get(k, model_label(k)) for k in keys]
+    text = ", ".join(names[:-1]) + " and " + names[-1]
+    return text[0].upper() + text[1:]
+
+
+def headline_section(record: Mapping, run_dir: Path, scores: Mapping | None = None, notes: list[str] | None = None,
+                     subject: str = "", main: str | None = None, overlay: bool = True) -> tuple[str, set[str]]:
     """The report's opening: the headline table of a student (or teacher) record and the figures
-    drawn from it and its ``scores.npz``; returns the HTML and the figure names it drew."""
+    drawn from it and its scores; returns the HTML and the figure names it drew.
+
+    Args:
+        record: a notebook's metrics.json, or a ``kdkit train`` run's
+            (:func:`~kdkit.reporting.train_run.train_run_record`).
+        run_dir: where ``scores.npz`` is read when ``scores`` is None.
+        scores: ``{model key or "label": {scenario: array}}``; without labels, no score figures.
+        notes: what is left out, said under the table (default: no scores.npz beside the record).
+        subject: added to the title, e.g. ``(gat on synthetic)``.
+        main: the model whose scores are drawn (default the KD student, else the first model).
+        overlay: draw the validation curves of the students overlaid.
+    """
     h = headline([record])
     figs: dict[str, Any] = {}
+    titles: dict[str, str] = {}
     entries = model_entries(record)
-    scores = load_scores(run_dir)
-    main = "student_kd" if "student_kd" in entries else next(iter(entries))
+    scores = load_scores(run_dir) if scores is None else scores
+    main = main or ("student_kd" if "student_kd" in entries else next(iter(entries)))
     threshold = entries[main].get("threshold", 0.5)
     if "label" in scores and main in scores:
-        if main != "teacher":  # a teacher record's own ROC/PR figure is shown with it below
+        if main != "teacher" and "teacher" in scores:  # a teacher record's own ROC/PR figure is shown with it below
             figs["roc_pr_over_teacher"] = plots.roc_pr_over_teacher(
                 scores["label"], scores[main], scores.get("teacher"), threshold,
                 entries.get("teacher", {}).get("threshold"), model_label(main))
-        figs["score_histograms_teacher" if main == "teacher" else "score_histograms_kd"] = plots.score_histograms(
-            scores["label"], scores[main], threshold, model_label(main))
+        hist = {"teacher": "score_histograms_teacher", "student_kd": "score_histograms_kd"}.get(main, "score_histograms")
+        figs[hist] = plots.score_histograms(scores["label"], scores[main], threshold, model_label(main))
+        if hist == "score_histograms":
+            titles[hist] = f"Scores of the {model_label(main)} against its threshold"
     recall = attack_recall(record)
     if recall:
         figs["attack_recall"] = plots.attack_recall(recall)
     histories = {model_label(k): e["history"] for k, e in entries.items() if e.get("history") and k != "teacher"}
-    if histories:
+    if histories and overlay:
         figs["training_curves_overlay"] = plots.training_curves_overlay(histories)
-    lead = "Teacher, KD student and student alone" if len(entries) > 1 else f"The {model_label(next(iter(entries)))}"
+    lead = headline_title(list(entries)) + (f" ({subject})" if subject else "")
     gain = any(r["gain"] is not None for r in h["rows"])
     parts = [f"<h2 id='headline-title'>{html.escape(lead)}</h2>",
              f"<p class='caption'>{html.escape(HEADLINE_CAPTION + (KD_GAIN_CAPTION if gain else ''))}</p>",
              headline_html(h)]
-    if "label" not in scores:
-        parts.append("<p class='muted'>no scores.npz beside this record (recorded by an older notebook): "
-                     "no score histograms or ROC/PR curves.</p>")
-    parts += [png_html(fig_png(fig), name) for name, fig in figs.items()]
+    if notes is None and "label" not in scores:
+        notes = [NO_SCORES]
+    parts += [f"<p class='muted note'>{html.escape(n)}</p>" for n in notes or []]
+    for name, fig in figs.items():
+        parts.append(png_html(fig_png(fig), name, title=titles.get(name, "")))
+        if name == "attack_recall":
+            parts.append(f"<div id='attack-recall'>{attack_recall_rows(recall)._repr_html_()}</div>")
     return "\n".join(parts), set(figs) | {"training_curves_kd"}
 
 
@@ -229,11 +293,25 @@ def page_html(title: str, subtitle: str, body: str) -> str:
             f"<p class='muted'>{subtitle}</p>{body}</body></html>")
 
 
+# which `kdkit train` run of a folder opens its report: a KD student, else a student alone, else a teacher
+LEAD_ORDER = ("student_kd", "student_alone", "teacher")
+
+
+def lead_train_run(records: list[Path]) -> Path | None:
+    """The folder of the ``kdkit train`` run among ``records`` whose headline opens the report (the
+    last in path order of the first role of :data:`LEAD_ORDER` found); None without one."""
+    runs = [p.parent for p in records if is_train_run(p.parent)]
+    roles = {d: role_key(read_json(d / "summary.json")) for d in runs}
+    return next((d for role in LEAD_ORDER for d in reversed(runs) if roles[d] == role), None)
+
+
 def run_dir_html(root: str | Path, out: str | Path | None = None) -> Path:
     """One self-contained HTML page for every recorded run under ``root`` (figures as base64).
 
     It opens with the headline table of the newest student record (else of the newest teacher
-    record), then one section per record.
+    record); without a notebook record, of a ``kdkit train`` run (a KD student with its teacher
+    and a student alone beside it where found, else a student alone, else a teacher). Then one
+    section per record.
     """
     root = Path(root)
     records = find_records(root)
@@ -242,8 +320,18 @@ def run_dir_html(root: str | Path, out: str | Path | None = None) -> Path:
     loaded = [(p, json.loads(p.read_text())) for p in records]
     lead = next((pm for kind in ("student", "teacher") for pm in reversed(loaded) if pm[1].get("notebook") == kind
                  and model_entries(pm[1])), None)
-    top, shown = headline_section(lead[1], lead[0].parent) if lead else ("", set())
-    body = top + "\n".join(_section(root, p, shown if lead and p == lead[0] else set()) for p in records)
+    run, lead_path = None, lead[0] if lead else None
+    if lead:
+        top, shown = headline_section(lead[1], lead[0].parent)
+    elif (folder := lead_train_run(records)) is not None:
+        run = train_run_record(folder, [p.parent for p in records])
+        lead_path = folder / "metrics.json"
+        subject = " on ".join(str(v) for v in (run.record.get("model"), run.record.get("dataset")) if v)
+        top, shown = headline_section(run.record, folder, run.scores, run.notes, subject, run.main, overlay=False)
+    else:
+        top, shown = "", set()
+    body = top + "\n".join(_section(root, p, shown if p == lead_path else set(), run if p == lead_path else None)
+                           for p in records)
     stamp = time.strftime("%Y-%m-%d %H:%M")
     page = page_html(f"kdkit report: {root}", f"{len(records)} run record(s), generated {stamp} by "
                      f"<code>kdkit report</code>", body)

@@ -310,3 +310,13 @@ def attack_recall(metrics: Mapping) -> dict[str, dict[str, dict[str, float]]]:
         if any(per.values()):
             out[model_label(key)] = per
     return out
+
+
+def attack_recall_rows(recall: Mapping[str, Mapping[str, Mapping[str, float]]]) -> Table:
+    """The numbers of :func:`attack_recall` as a table: one row per (scenario, attack type), one
+    recall column per model (``-`` where a model has none)."""
+    models = list(recall)
+    pairs = dict.fromkeys((sc, t) for per in recall.values() for sc, types in per.items() for t in types)
+    rows = [{"scenario": sc.replace("_", " "), "attack type": t,
+             **{m: (recall[m].get(sc) or {}).get(t) for m in models}} for sc, t in pairs]
+    return Table(rows, ["scenario", "attack type", *models], "Recall per attack type")

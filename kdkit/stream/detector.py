@@ -57,7 +57,7 @@ from kdkit.models.native import NativeGAT, unsupported_reason
 from kdkit.models.thresholds import GAT_THRESHOLD, is_attack
 from kdkit.reporting.metrics import predict_scores
 from kdkit.stream.window import WindowGraph, window_graph
-from kdkit.training.checkpoint import load_checkpoint, model_from_checkpoint, provenance
+from kdkit.training.checkpoint import archive_kind, load_checkpoint, model_from_checkpoint, provenance
 from kdkit.workflows.run import check_graph_settings
 
 log = logging.getLogger("kdkit.stream")
@@ -70,10 +70,11 @@ DROP_REASONS = {
     "bad_payload": "data that is not bytes",
     "bad_timestamp": "a timestamp that is not a finite number",
     "time_backwards": "a timestamp earlier than the previous frame's",
-    "other_channel": "a frame of another channel than the detector's",
     "bad_frame": "neither a can.Message nor a (timestamp, id, data, is_extended) tuple",
 }
-"""Why a frame was dropped: key -> description (the keys of :attr:`Detector.dropped`)."""
+"""Why a frame was dropped: key -> description (the keys of :attr:`Detector.dropped`). Frames of
+another channel than the detector's are not dropped as bad: they are left out and counted per
+channel in :attr:`Detector.other_channels`."""
 
 LOGGED_PER_REASON = 3  # dropped frames logged one by one per reason; the rest are only counted
 
@@ -186,8 +187,9 @@ class _RestampCheck:
     """Warns once when timestamps come faster than a CAN bus can carry frames: on average
     less than :data:`MIN_MEAN_GAP_S` apart over :data:`RESTAMP_SPAN` consecutive frames."""
 
-    def __init__(self, where: str):
+    def __init__(self, where: str, shown: set[str] | None = None):
         self.where, self.warned = where, False
+        self._shown = set() if shown is None else shown  # warnings already given (shared by clones)
         self._tail = np.zeros(0)
 
     def check(self, ts: np.ndarray) -> None:
@@ -204,6 +206,9 @@ class _RestampCheck:
         low = np.flatnonzero(gaps < MIN_MEAN_GAP_S)
         if low.size:
             self.warned = True
+            if "restamped" in self._shown:
+                return
+            self._shown.add("restamped")
             gap = float(gaps[low[0]])
             wall = abs(float(arr[idx[low[0]] + n]) - time.time()) < 60
             log.warning(
@@ -216,6 +221,25 @@ class _RestampCheck:
                 "the recorded times. This warning is shown once.",
                 self.where, f"{gap * 1e6:.1f} us" if gap > 0 else "0 s", RESTAMP_SPAN,
                 " and equal the wall clock (stamped on sending or arrival)" if wall else "")
+
+
+def describe_calibration(record: dict) -> str:
+    """What a calibration record names, in a few words: the clean recordings (file names), their
+    channel, the part used, the windows, the alarm-rate budget and the date."""
+    files = [Path(f.get("path", "?") if isinstance(f, dict) else str(f)).name for f in record.get("files") or []]
+    shown = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "") if files else "clean recordings"
+    details = []
+    if record.get("channel"):
+        details.append(f"channel {record['channel']}")
+    if record.get("first_seconds") is not None:
+        details.append(f"first {float(record['first_seconds']):g} s")
+    if record.get("windows") is not None:
+        details.append(f"{int(record['windows']):,} clean windows")
+    if record.get("fpr") is not None:
+        details.append(f"fpr {float(record['fpr']):g}")
+    if record.get("date"):
+        details.append(str(record["date"])[:10])
+    return shown + (f" ({', '.join(details)})" if details else "")
 
 
 UNKNOWN_VEHICLE_WINDOWS = 100  # windows judged before the verdict on the bus
@@ -248,10 +272,19 @@ class VehicleCheck:
     fuzzed from its first window on would be judged unknown too, which the warning says. A car
     that shares the training vehicles' IDs (the simulator's ``charlie``) is not flagged: this
     check sees IDs, not timing or payloads.
+
+    ``calibration``: the calibration record of a model ``kdkit calibrate`` re-set (a checkpoint's
+    ``provenance["calibration"]``, an export's ``calibration`` metadata). Its threshold then was
+    set on the capture the record names, not on the training vehicles' traffic: the warning says
+    so instead of asking for a calibration. ``shown``: warnings already given, shared by a
+    detector's clones so that a command replaying a file several times warns once.
     """
 
-    def __init__(self, name: str, windows: int = UNKNOWN_VEHICLE_WINDOWS):
+    def __init__(self, name: str, windows: int = UNKNOWN_VEHICLE_WINDOWS, calibration: dict | None = None,
+                 shown: set[str] | None = None):
         self.name, self.needed = name, int(windows)
+        self.calibration = calibration or None
+        self._shown = set() if shown is None else shown
         self.verdict: bool | None = None  # None until judged
         self.share_of_windows: float | None = None  # of the judged windows, those mostly of unknown IDs
         self._mostly_unknown = self._seen = 0
@@ -273,8 +306,20 @@ class VehicleCheck:
     def _judge(self) -> None:
         self.share_of_windows = self._mostly_unknown / self._seen
         self.verdict = self.share_of_windows >= UNKNOWN_VEHICLE_WINDOW_SHARE
-        if self.verdict:
+        if self.verdict and "unknown_vehicle" not in self._shown:
+            self._shown.add("unknown_vehicle")
             examples = ", ".join(format_can_id(i) for i, _ in self._unknown_ids.most_common(5))
+            if self.calibration is not None:
+                adapted = self.calibration.get("kind") == "adapt"
+                log.warning(
+                    "%s: most IDs on this bus are outside the model's training vocabulary: in %.0f %% of the first %d "
+                    "windows (%d such IDs, e.g. %s). %s %s, not on the training vehicles' traffic: "
+                    "its false-alarm rate holds for traffic like that capture's; the model still cannot tell this "
+                    "car's unknown IDs from injected ones. This warning is shown once.",
+                    self.name, 100 * self.share_of_windows, self._seen, len(self._unknown_ids), examples,
+                    "The model was adapted (kdkit calibrate --adapt) to" if adapted else
+                    "Its threshold was calibrated (kdkit calibrate) on", describe_calibration(self.calibration))
+                return
             log.warning(
                 "%s: this bus does not look like a vehicle the model was trained on: in %.0f %% of the first %d "
                 "windows most IDs are outside the model's vocabulary (%d such IDs, e.g. %s). Its threshold was set "
@@ -306,6 +351,9 @@ class Detector:
         engine: what ``score_graph`` runs, for summaries (``"native"``, ``"package"``, ``"torch"``).
         batch_engine: what ``score_windows`` runs on :meth:`feed_many`'s blocks (default
             ``"package"`` given ``score_batch``, else ``"torch"``).
+        calibration: the model's calibration record (``kdkit calibrate``), when it has one: the
+            unknown-vehicle warning names what the threshold was calibrated on.
+        shown: the once-only warnings already given (:meth:`clone` shares its detector's).
     """
 
     def __init__(self, score_windows: Callable[[GraphSet], np.ndarray], vocab: IdVocab, window: int,
@@ -313,12 +361,13 @@ class Detector:
                  channel: str | None = None, name: str = "model",
                  score_batch: Callable[[WindowBatch], np.ndarray] | None = None,
                  score_graph: Callable[[WindowGraph], float] | None = None, engine: str | None = None,
-                 batch_engine: str | None = None):
+                 batch_engine: str | None = None, calibration: dict | None = None, shown: set[str] | None = None):
         stride = window if stride is None else stride
-        if int(window) < 2 or int(stride) < 1:
-            raise ValueError(f"{name}: window must be >= 2 and stride >= 1, got window={window}, stride={stride}")
+        _check_stride(stride, name)
+        if int(window) < 2:
+            raise ValueError(f"{name}: window must be >= 2 messages, got window={window}")
         if not math.isfinite(float(threshold)):
-            raise ValueError(f"{name}: threshold {threshold!r} is not a finite number")
+            raise ValueError(f"{name}: --threshold {threshold!r} is not a finite number")
         self.score_windows, self.score_batch, self.vocab, self.name = score_windows, score_batch, vocab, name
         if score_graph is None and score_batch is not None:
             def score_graph(graph: WindowGraph) -> float:
@@ -329,10 +378,12 @@ class Detector:
         self.window, self.stride, self.threshold = int(window), int(stride), float(threshold)
         self.label_threshold, self.channel = float(label_threshold), channel
         self.dropped: Counter[str] = Counter()
+        self.other_channels: Counter[str] = Counter()  # frames of other channels left out, per channel
         self.windows = self.alarms = self.frames = 0
-        self._channels_seen: set[str] = set()
-        self._restamp = _RestampCheck(name)
-        self.vehicle = VehicleCheck(name)
+        self.calibration = calibration or None
+        self._shown: set[str] = set() if shown is None else shown
+        self._restamp = _RestampCheck(name, self._shown)
+        self.vehicle = VehicleCheck(name, calibration=self.calibration, shown=self._shown)
         cap = max(4 * self.window, 1024)
         self._ts, self._id = np.zeros(cap), np.zeros(cap, np.uint32)
         self._dlc, self._pl, self._lab = np.zeros(cap, np.uint8), np.zeros((cap, 8), np.uint8), np.zeros(cap, np.uint8)
@@ -350,6 +401,8 @@ class Detector:
         window, stride and threshold (``threshold``/``stride`` override them). ``engine``: see
         :data:`ENGINES` (a GAT classifier runs natively by default, single windows and blocks alike)."""
         _check_engine(engine, ("auto", "native", "torch"), path)
+        if stride is not None:
+            _check_stride(stride, path)
         ckpt = load_checkpoint(path)
         graph = check_graph_settings(ckpt, path)
         _check_layout(ckpt.get("node_features"), ckpt.get("edge_features"),
@@ -357,6 +410,9 @@ class Detector:
         if not ckpt.get("vocab"):
             raise ValueError(f"{path} holds no ID vocabulary: use a checkpoint written by kdkit train")
         model = model_from_checkpoint(ckpt, path).eval()
+        probability = not (hasattr(model, "window_score") or hasattr(model, "anomaly_score"))  # a GAT classifier
+        if threshold is not None:
+            _check_threshold(threshold, probability, path)
 
         def score(gs: GraphSet) -> np.ndarray:
             return predict_scores(model, gs, batch_size=batch_size)
@@ -370,9 +426,9 @@ class Detector:
                 score, score_graph, used = native.attack_probability, _native_scorer(native), "native"
             elif engine == "native":
                 raise ValueError(f"{path}: the native engine cannot run {why}; use engine 'auto' or 'torch'")
-        det = cls(score, IdVocab.from_list(ckpt["vocab"]), graph["window"], stride or graph["stride"], thr,
-                  graph.get("label_threshold") or 0.0, channel, name=str(path), score_graph=score_graph, engine=used,
-                  batch_engine=used)
+        det = cls(score, IdVocab.from_list(ckpt["vocab"]), graph["window"], graph["stride"] if stride is None else stride,
+                  thr, graph.get("label_threshold") or 0.0, channel, name=str(path), score_graph=score_graph,
+                  engine=used, batch_engine=used, calibration=provenance(ckpt, path).get("calibration"))
         det.warm_up()
         return det
 
@@ -388,6 +444,14 @@ class Detector:
         (``engine``: see :data:`ENGINES`)."""
         _check_engine(engine, ("auto", "native", "package"), path)
         path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"model file {path} does not exist" + (" (a folder)" if path.is_dir() else "")
+                                    + ": --model takes an exported .pt2 written by kdkit export")
+        if archive_kind(path) == "checkpoint":
+            raise ValueError(f"{path} is a training checkpoint, not an exported model: run it with --checkpoint {path}, "
+                             f"or export it first (kdkit export --checkpoint {path}) and pass the .pt2 to --model")
+        if stride is not None:
+            _check_stride(stride, path)
         meta_path = path.with_suffix(".json")
         if not meta_path.is_file():
             raise FileNotFoundError(f"{meta_path} not found: an exported model needs the metadata kdkit export writes "
@@ -407,6 +471,8 @@ class Detector:
         program = load_exported(path, validate=num_ids is None)
 
         logits = getattr(program, "output_kind", "logits") == "logits"
+        if threshold is not None:
+            _check_threshold(threshold, logits, path)  # a GAT's score is a probability, a fusion student's is not
 
         def score_batch(batch: WindowBatch) -> np.ndarray:
             with torch.no_grad():
@@ -431,9 +497,9 @@ class Detector:
                    f"no {native_weights_path(path).name} beside the package named by {meta_path.name} (exported "
                    f"before kdkit wrote one): re-export it with kdkit export")
             raise ValueError(f"{path}: the native engine cannot run it: {why}")
-        det = cls(score, vocab, int(meta["window"]), stride or int(meta["stride"]),
+        det = cls(score, vocab, int(meta["window"]), int(meta["stride"]) if stride is None else stride,
                   thr if threshold is None else threshold, meta.get("label_threshold") or 0.0, channel, name=str(path),
-                  score_batch=score_batch, score_graph=score_graph, engine=used)
+                  score_batch=score_batch, score_graph=score_graph, engine=used, calibration=meta.get("calibration"))
         det.warm_up()
         return det
 
@@ -457,10 +523,12 @@ class Detector:
         return make(path, threshold=threshold, stride=stride, channel=channel, engine=engine)
 
     def clone(self) -> Detector:
-        """A new detector with the same model and settings and no stream state."""
+        """A new detector with the same model and settings and no stream state. The once-only
+        warnings (re-stamped timestamps, an unknown vehicle, a skipped channel) it shares with this
+        detector: a bus warned about here is not warned about again there."""
         return Detector(self.score_windows, self.vocab, self.window, self.stride, self.threshold,
                         self.label_threshold, self.channel, self.name, self.score_batch, self.score_graph, self.engine,
-                        self.batch_engine)
+                        self.batch_engine, self.calibration, self._shown)
 
     # ------------------------------------------------------------------ state
     @property
@@ -480,9 +548,11 @@ class Detector:
         return self.vehicle.verdict
 
     def stats(self) -> dict:
-        """Counters: frames seen, messages accepted, windows, alarms, dropped frames by reason."""
+        """Counters: frames seen, messages accepted, windows, alarms, dropped frames by reason,
+        frames of other channels left out by channel."""
         return {"frames": self.frames, "messages": self.messages, "windows": self.windows, "alarms": self.alarms,
-                "dropped": dict(self.dropped), "restamped": self.restamped, "window": self.window,
+                "dropped": dict(self.dropped), "other_channels": dict(self.other_channels),
+                "restamped": self.restamped, "window": self.window,
                 "stride": self.stride, "threshold": self.threshold, "engine": self.engine,
                 "batch_engine": self.batch_engine, "unknown_vehicle": self.unknown_vehicle}
 
@@ -494,11 +564,11 @@ class Detector:
                         "; further ones are counted, not logged" if n == LOGGED_PER_REASON else "")
 
     def _other_channel(self, channel: str) -> None:
-        self.dropped["other_channel"] += 1
-        if channel not in self._channels_seen:
-            self._channels_seen.add(channel)
-            log.warning("%s: frames of channel %r are skipped (this detector reads channel %r); counted as other_channel",
-                        self.name, channel, self.channel)
+        self.other_channels[channel] += 1
+        if f"channel:{channel}" not in self._shown:
+            self._shown.add(f"channel:{channel}")
+            log.warning("%s: frames of channel %r are left out (this detector reads channel %r); counted in "
+                        "other_channels", self.name, channel, self.channel)
 
     # ------------------------------------------------------------------ feeding
     def feed(self, frame, arrival: float | None = None) -> Decision | None:
@@ -776,3 +846,27 @@ def _check_layout(node_features, edge_features, graph_format, where, vocab=None)
     if not layout_matches(node_features, edge_features, graph_format, vocab):
         raise ValueError(f"{where} was built for another graph layout (graph format {graph_format or 'unknown'}, this "
                          f"kdkit builds {GRAPH_FORMAT_VERSION}, or other node/edge features): retrain or re-export it")
+
+
+def _check_stride(stride, where) -> None:
+    """A stride (messages between window starts) must be a whole number >= 1."""
+    whole = isinstance(stride, (int, np.integer)) or (isinstance(stride, (float, np.floating)) and math.isfinite(stride)
+                                                       and float(stride).is_integer())
+    if isinstance(stride, bool) or not whole or stride < 1:
+        raise ValueError(f"{where}: --stride {stride!r}: the messages between window starts must be a whole number "
+                         f">= 1 (leave --stride out for the model's own)")
+
+
+def _check_threshold(threshold, probability: bool, where) -> None:
+    """A threshold must be a finite number, and within [0, 1] for a model whose score is an attack
+    probability (a GAT classifier): outside it every window or none would alarm."""
+    try:
+        value = float(threshold)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: --threshold {threshold!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{where}: --threshold {threshold!r} is not a finite number")
+    if probability and not 0.0 <= value <= 1.0:
+        raise ValueError(f"{where}: --threshold {threshold!r} is outside [0, 1]: this model's score is an attack "
+                         f"probability, so {'no window' if value > 1 else 'every window'} would alarm; leave "
+                         f"--threshold out for the model's own")

@@ -14,6 +14,8 @@ import hashlib
 import json
 import logging
 import os
+import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -49,15 +51,53 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")  # terminal colour and style codes (torch's unpickler errors hold them)
+
+
+def archive_kind(path: str | Path) -> str | None:
+    """What a torch file is, from its zip archive's members: ``"package"`` (a ``torch.export``
+    archive, the ``.pt2`` kdkit export writes), ``"checkpoint"`` (a ``torch.save`` file: a
+    training checkpoint) or None (neither, or not readable as a zip)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return None
+    if any(n.rsplit("/", 1)[-1] == "data.pkl" for n in names):
+        return "checkpoint"
+    if any(n.rsplit("/", 1)[-1] == "archive_format" or "/aotinductor/" in n for n in names):
+        return "package"
+    return None
+
+
+def _error_text(err: Exception, limit: int = 200) -> str:
+    """An exception's text on one line, without terminal colour codes, cut to ``limit`` characters."""
+    text = " ".join(_ANSI.sub("", str(err)).split())
+    return text if len(text) <= limit else text[:limit].rstrip() + " ..."
+
+
+def _exported_from(package: Path) -> str:
+    """`` (PATH)``: the checkpoint an exported package's ``.json`` names, or a hint where to find it."""
+    try:
+        named = json.loads(package.with_suffix(".json").read_text()).get("checkpoint")
+    except (OSError, ValueError, AttributeError):
+        named = None
+    return f" ({named})" if isinstance(named, str) and named else " (the .json beside the package names it)"
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """Load a kdkit checkpoint safely (``weights_only``) and check its keys."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if archive_kind(path) == "package":
+        raise ValueError(f"{path} is an exported model package (.pt2, written by kdkit export), not a training "
+                         f"checkpoint: run it with kdkit detect --model {path}, or give the checkpoint it was exported "
+                         f"from{_exported_from(path)}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises several types for foreign pickles
-        raise ValueError(f"{path}: not a loadable kdkit checkpoint ({type(err).__name__}: {str(err)[:200]})") from err
+        raise ValueError(f"{path}: not a loadable kdkit checkpoint ({type(err).__name__}: {_error_text(err)})") from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a kdkit checkpoint (format {ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__})")
     extra = set(ckpt) - CHECKPOINT_KEYS

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from kdkit.config import TrainConfig
-from kdkit.data.datasets import PrepareConfig, PreparedDataset, dataset_name, prepare
+from kdkit.data.datasets import PrepareConfig, PreparedDataset, dataset_name, prepare, skipped_rows_report
 from kdkit.data.graphs import (EDGE_FEATURES, GRAPH_FORMAT_VERSION, NODE_FEATURES, GraphSet, layout_matches,
                                model_reads_format)
 from kdkit.data.loader import shard_bounds
@@ -100,7 +100,11 @@ def model_overrides(cfg: TrainConfig) -> dict:
 
 
 def check_compatible(ckpt: dict, data: PreparedDataset, what: str = "teacher") -> None:
-    """A checkpoint must have been trained on the same ID vocabulary, feature layout and graph format."""
+    """A checkpoint must have been trained on the same ID vocabulary, feature layout and graph format.
+
+    ``what``: ``"teacher"`` (a student's ``--teacher``) or ``"evaluated"`` (``kdkit evaluate``),
+    which the message's advice follows.
+    """
     recorded = (ckpt.get("provenance") or {}).get("graph", {}).get("graph_format")
     if not layout_matches(ckpt.get("node_features"), ckpt.get("edge_features"), recorded, ckpt.get("vocab")):
         raise ValueError(f"{what} checkpoint was built with another feature layout "
@@ -109,8 +113,16 @@ def check_compatible(ckpt: dict, data: PreparedDataset, what: str = "teacher") -
     if vocab != data.vocab.to_list():
         theirs = set(vocab or [])
         ours = set(data.vocab.to_list())
-        raise ValueError(f"{what} checkpoint's ID vocabulary ({len(theirs)} IDs) does not match dataset {data.name!r} "
-                         f"({len(ours)} IDs; {len(theirs ^ ours)} differ): train the {what} on the same dataset and settings")
+        trained_on = (ckpt.get("provenance") or {}).get("dataset")
+        origin = f"trained on dataset {trained_on!r}, " if trained_on and dataset_name(trained_on) != data.name else ""
+        advice = ("train the student on the dataset (and window settings) its teacher was trained on"
+                  if what == "teacher" else
+                  "to score recordings of another car or dataset with this model, pass them as "
+                  f"kdkit evaluate --checkpoint ... --input FILE... (IDs it never saw count as unknown), or "
+                  f"train a model on {data.name!r}")
+        label = "the --teacher checkpoint" if what == "teacher" else "the checkpoint"
+        raise ValueError(f"{label} ({origin}{len(theirs)} IDs) and dataset {data.name!r} ({len(ours)} IDs) have "
+                         f"different ID vocabularies ({len(theirs ^ ours)} IDs in one only): {advice}")
 
 
 def vgae_train_sets(data: PreparedDataset) -> tuple[GraphSet, GraphSet]:
@@ -221,7 +233,8 @@ def check_windows(data: PreparedDataset, objective: str = "classify", combiner: 
 
     Raises:
         ValueError: no training or validation windows (or no attack-free ones for a
-            reconstruction model), or no test windows at all; naming the split and what to change.
+            reconstruction model, or training windows of one class only for a classifier), or no
+            test windows at all; naming the split and what to change.
     """
     for split in ("train", "val"):
         if len(data.splits[split]) == 0:
@@ -230,6 +243,16 @@ def check_windows(data: PreparedDataset, objective: str = "classify", combiner: 
         raise ValueError(f"no attack windows in the validation split of dataset {data.name!r}: combiner "
                          f"{combiner!r} learns from labelled validation windows; use --combiner max (it needs "
                          "attack-free validation windows only)")
+    if objective in ("classify", "fuse"):
+        y = data.splits["train"].y
+        for label, what in ((1, "attack"), (0, "attack-free")):
+            if not bool((y == label).any()):
+                hint = ("use --model vgae (an autoencoder: it learns attack-free traffic and flags what it cannot "
+                        "reconstruct), or add recordings with labelled attacks (train_02_with_attacks/)" if label
+                        else "add attack-free recordings (train_01_attack_free/) or lower --label-threshold")
+                raise ValueError(f"no {what} windows in the training split of dataset {data.name!r} (all {len(y):,} "
+                                 f"windows are {'attack-free' if label else 'attacks'}): a classifier learns to tell "
+                                 f"attacks from normal traffic and cannot learn it from one kind alone; {hint}")
     if objective in ("reconstruct", "fuse"):
         for split, name in (("train", "training"), ("val", "validation")):
             gs = data.splits[split]
@@ -293,6 +316,11 @@ def check_resume(ck: dict, cfg: TrainConfig, data: PreparedDataset, path: str | 
     if diffs:
         raise ValueError(f"--resume {path} comes from another run than this one ({'; '.join(diffs)}; checkpoint vs "
                          "run): resume with the interrupted run's settings (its config.json), or start a new run")
+
+
+def _skipped_rows(info: dict) -> dict[str, int]:
+    """Malformed rows dropped per recording (``--on-bad-rows skip``), for the run summary."""
+    return {path: int(s["rows"]) for path, s in (info.get("skipped") or {}).items() if s.get("rows")}
 
 
 # ----------------------------------------------------------------------------- train
@@ -391,6 +419,9 @@ def _train(cfg: TrainConfig, run_dir: Path, owner: bool, resume, progress, on_ep
     if ranks is not None:
         ranks.after_data()
     timings["data_s"] = time.perf_counter() - t_run
+    if owner:  # --on-bad-rows skip: say what was dropped, as kdkit data info does
+        for line in skipped_rows_report(data.info):
+            log.warning(line.strip())
     skipped = check_windows(data, MODEL_CLASSES[cfg.model].objective, cfg.combiner)
     kd = cfg.type == "student" and bool(cfg.teacher)
     tck = None
@@ -476,10 +507,11 @@ def _train(cfg: TrainConfig, run_dir: Path, owner: bool, resume, progress, on_ep
         "resumed_at_epoch": fit.resumed_at_epoch, "resumed_at_batch": fit.resumed_at_batch, "history": fit.history,
         "oom_events": fit.oom_events, "still_learning": still_learning,
         "test": {k: v for k, v in results.items() if k != "scores"},
-        "skipped_scenarios": skipped, "memory": memory, "timings": timings, "world_size": world,
-        "launcher": launcher,
+        "skipped_scenarios": skipped, "skipped_rows": _skipped_rows(data.info), "memory": memory,
+        "timings": timings, "world_size": world, "launcher": launcher,
     }
-    write_run_outputs(run_dir, cfg, summary, results)
+    labels = {name: data.splits[name].y.numpy().astype(np.uint8) for name in results["scores"]}
+    write_run_outputs(run_dir, cfg, summary, results, labels)
     if cfg.save_compat:  # a finished run only: its outputs are written
         record = {"metric": metric, "mode": mode, "value": fit.best_metric, "run_dir": str(run_dir),
                   "run_name": cfg.resolved_run_name, "checkpoint": str(fit.best_path)}
@@ -580,11 +612,16 @@ def _gathered_scores(fabric, part: np.ndarray, n: int) -> np.ndarray:
     return torch.cat([every[r][:hi - lo].cpu() for r, (lo, hi) in enumerate(bounds)]).numpy()
 
 
-def write_run_outputs(run_dir: Path, cfg: TrainConfig, summary: dict, results: dict) -> None:
+def write_run_outputs(run_dir: Path, cfg: TrainConfig, summary: dict, results: dict,
+                      labels: dict[str, np.ndarray] | None = None) -> None:
+    """A finished run's files: config, summary, metrics, the test scores and (``labels``) the test
+    windows' labels, scenario by scenario, for the report's score figures."""
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", cfg.to_dict())
     write_json(run_dir / "summary.json", summary)
     np.savez(run_dir / "test_scores.npz", **{k: v for k, v in results["scores"].items()})
+    if labels is not None:
+        np.savez(run_dir / "test_labels.npz", **labels)
     metrics = {"f1": {k: v["f1"] for k, v in results["scenarios"].items()}, "overall": results["overall"],
                "parameters": summary["parameters"], "train_seconds": summary["train_seconds"],
                "skipped_scenarios": summary.get("skipped_scenarios", {})}

@@ -18,7 +18,8 @@ from kdkit.config import TrainConfig
 
 # What ``train`` writes into a run folder; ``overwrite`` removes these and nothing else (a SLURM
 # job's script and logs in the same folder stay).
-RUN_OUTPUTS = ("config.json", "summary.json", "metrics.json", "test_scores.npz", "fabric_training.log", "report.html",
+RUN_OUTPUTS = ("config.json", "summary.json", "metrics.json", "test_scores.npz", "test_labels.npz",
+               "fabric_training.log", "report.html",
                "evaluation_*.json", "checkpoints", "logs", "tb")
 
 

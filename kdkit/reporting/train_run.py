@@ -1,0 +1,233 @@
+"""A ``kdkit train`` run folder as a report record, so that its HTML report opens with the same
+headline table and figures as a notebook run's.
+
+A run folder holds ``summary.json`` (the test metrics per scenario), ``test_scores.npz`` (the
+window scores per test scenario) and ``config.json``. :func:`train_run_record` turns it into what
+a notebook's ``metrics.json`` and ``scores.npz`` hold:
+
+- the model entry (:func:`kdkit.reporting.records.run_metrics` of the summary) under its role:
+  ``teacher``, ``student_kd`` (trained with a teacher) or ``student_alone``;
+- for a KD student, the teacher's entry when the teacher checkpoint's run folder (with its
+  ``summary.json``) is found and was trained on the same data;
+- a student alone of the same architecture and data among the other runs given (``kdkit report``
+  of a folder holding both students): the KD gain;
+- the scores, with the window labels of the test split they were computed on. The labels are
+  not stored in a run folder: they come from the prepared dataset named in ``config.json``
+  (the graph cache, built when missing), and are used only when they reproduce every model's
+  recorded confusion matrix on every scenario exactly.
+
+Whatever is left out is said in :attr:`TrainRun.notes`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from kdkit.data.datasets import PrepareConfig, prepare
+from kdkit.models.thresholds import is_attack
+from kdkit.reporting.records import run_metrics
+
+SUMMARY_FILE = "summary.json"
+TEST_SCORES_FILE = "test_scores.npz"
+TEST_LABELS_FILE = "test_labels.npz"  # the test windows' labels, written beside the scores
+CONFIG_FILE = "config.json"
+# config.json keys that shape the prepared graphs, as kdkit.workflows.run.prepare_config reads them
+PREPARE_KEYS = ("window", "stride", "label_threshold", "val_fraction", "on_bad_rows")
+DATA_KEYS = ("dataset", "data_root", "synthetic_seed", *PREPARE_KEYS)
+
+
+@dataclass
+class TrainRun:
+    """What the report draws from a ``kdkit train`` run folder.
+
+    Attributes:
+        record: model entries as in a student notebook's metrics.json (``teacher``,
+            ``student_kd``, ``student_alone``), plus ``model`` and ``dataset``.
+        scores: ``{model key or "label": {scenario: array}}`` (as :func:`~kdkit.reporting.records.load_scores`);
+            empty without labels.
+        main: the record key of the run itself.
+        folders: ``{record key: run folder}``.
+        notes: what is left out, and why.
+    """
+
+    record: dict
+    scores: dict
+    main: str
+    folders: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+
+
+def is_train_run(folder: str | Path) -> bool:
+    """A ``kdkit train`` run folder: it holds ``summary.json`` with test metrics."""
+    summary = read_json(Path(folder) / SUMMARY_FILE)
+    return bool(summary and (summary.get("test") or {}).get("scenarios"))
+
+
+def read_json(path: Path) -> dict | None:
+    """A JSON object from ``path``; None when missing or unreadable."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def role_key(summary: Mapping) -> str:
+    """The record key of a run: ``teacher``, ``student_kd`` or ``student_alone``."""
+    if summary.get("type") == "teacher":
+        return "teacher"
+    return "student_kd" if summary.get("kd") else "student_alone"
+
+
+def data_settings(folder: Path, summary: Mapping) -> dict:
+    """The dataset and graph settings of a run (config.json; the summary's dataset without one)."""
+    cfg = read_json(folder / CONFIG_FILE) or {}
+    return {k: cfg.get(k, summary.get(k)) for k in DATA_KEYS}
+
+
+def teacher_folder(summary: Mapping, folder: Path) -> tuple[Path | None, str]:
+    """The run folder of a KD student's teacher (from ``summary["teacher"]["path"]``) and a note
+    when it is not found or is not that teacher (another size)."""
+    info = summary.get("teacher") or {}
+    path = info.get("path")
+    if not path:
+        return None, ""
+    ckpt = Path(path)
+    candidates = [ckpt]
+    run_dir = Path(summary.get("run_dir") or "")
+    if not ckpt.is_absolute() and not run_dir.is_absolute() and run_dir.parts:
+        # trained from another working directory: the summary's run_dir is relative to it
+        here = folder.resolve()
+        n = len(run_dir.parts)
+        if here.parts[-n:] == run_dir.parts and len(here.parents) >= n:
+            candidates.append(here.parents[n - 1] / ckpt)
+    candidates.append(folder.resolve().parent / (ckpt.parent.parent.name if ckpt.parent.name == "checkpoints"
+                                                  else ckpt.parent.name) / "checkpoints" / ckpt.name)
+    for cand in candidates:
+        run = cand.parent.parent if cand.parent.name == "checkpoints" else cand.parent
+        teacher = read_json(run / SUMMARY_FILE)
+        if teacher is None or teacher.get("type") != "teacher":
+            continue
+        if any(info.get(k) is not None and teacher.get(k) != info[k] for k in ("parameters", "size_bytes")):
+            return None, (f"teacher left out: {run} holds a teacher of {teacher.get('parameters')} parameters, "
+                          f"this student was distilled from one of {info.get('parameters')} ({path})")
+        return run, ""
+    return None, (f"teacher left out: no run folder with summary.json for its checkpoint {path} "
+                  "(only a kdkit train run folder records the teacher's test metrics)")
+
+
+def same_student(a: Mapping, b: Mapping, a_data: Mapping, b_data: Mapping) -> bool:
+    """Two students of one architecture (model, parameters, bytes) on the same data and graphs."""
+    return (all(a.get(k) == b.get(k) for k in ("model", "parameters", "size_bytes")) and a_data == b_data
+            and set(a["test"]["scenarios"]) == set(b["test"]["scenarios"]))
+
+
+def train_run_record(folder: str | Path, others: Sequence[str | Path] = ()) -> TrainRun:
+    """The record, scores and notes of a ``kdkit train`` run folder (see the module docstring).
+
+    Args:
+        folder: the run folder (holding ``summary.json``).
+        others: other run folders of the same report; a student alone among them of the same
+            architecture and data as a KD student ``folder`` is put beside it.
+    """
+    folder = Path(folder)
+    summary = read_json(folder / SUMMARY_FILE)
+    if summary is None:
+        raise FileNotFoundError(f"no readable {SUMMARY_FILE} in {folder}: not a kdkit train run folder")
+    data = data_settings(folder, summary)
+    main = role_key(summary)
+    runs = {main: (folder, summary)}
+    notes = []
+    if main == "student_kd":
+        tdir, note = teacher_folder(summary, folder)
+        if tdir is not None:
+            teacher = read_json(tdir / SUMMARY_FILE)
+            tdata = data_settings(tdir, teacher)
+            if tdata != data:
+                diff = {k: (tdata[k], data[k]) for k in DATA_KEYS if tdata[k] != data[k]}
+                notes.append(f"teacher left out: its run {tdir} was tested on other data or graphs "
+                             f"(teacher, student: {diff})")
+            else:
+                runs["teacher"] = (tdir, teacher)
+                notes.append(f"teacher: the run {tdir} (its checkpoint {summary['teacher'].get('path')})")
+        elif note:
+            notes.append(note)
+        for other in others:
+            other = Path(other)
+            alone = read_json(other / SUMMARY_FILE)
+            if (alone and other.resolve() != folder.resolve() and role_key(alone) == "student_alone"
+                    and same_student(summary, alone, data, data_settings(other, alone))):
+                runs["student_alone"] = (other, alone)
+                notes.append(f"student alone: the run {other} (same model, size, data and graphs)")
+                break
+    order = [k for k in ("teacher", "student_kd", "student_alone") if k in runs]
+    record = {"model": summary.get("model"), "dataset": summary.get("dataset"),
+              **{k: run_metrics(runs[k][1]) for k in order}}
+    if (folder / CONFIG_FILE).is_file():
+        scores, note = run_scores({k: runs[k] for k in order}, data)
+    else:
+        scores, note = {}, f"no score figures: no {CONFIG_FILE} in {folder} to rebuild the test labels from"
+    if note:
+        notes.append(note)
+    return TrainRun(record, scores, main, {k: runs[k][0] for k in order}, notes)
+
+
+def stored_labels(folders: list[Path]) -> dict[str, np.ndarray]:
+    """``{scenario: y}`` from the first run folder holding ``test_labels.npz`` (written by runs
+    since 2026-12-06; checked against the recorded results like rebuilt labels); {} if none."""
+    for folder in folders:
+        try:
+            with np.load(Path(folder) / TEST_LABELS_FILE) as npz:
+                return {k: npz[k] for k in npz.files}
+        except (OSError, ValueError):
+            continue
+    return {}
+
+
+def split_labels(data: Mapping) -> dict[str, np.ndarray]:
+    """``{scenario: y}`` of the test scenarios of the prepared dataset with a run's settings."""
+    pcfg = PrepareConfig(**{k: data[k] for k in PREPARE_KEYS if data.get(k) is not None})
+    prepared = prepare(data["dataset"], pcfg, data.get("data_root"), synthetic_seed=data.get("synthetic_seed") or 0)
+    return {name: prepared.splits[name].y.numpy().astype(np.uint8) for name in prepared.scenarios}
+
+
+def confusion(y: np.ndarray, score: np.ndarray, threshold: float) -> list[list[int]]:
+    """``[[tn, fp], [fn, tp]]`` of ``score >= threshold`` against ``y``."""
+    y = np.asarray(y).astype(bool)
+    pred = np.asarray(is_attack(np.asarray(score), threshold), dtype=bool)
+    return [[int((~y & ~pred).sum()), int((~y & pred).sum())], [int((y & ~pred).sum()), int((y & pred).sum())]]
+
+
+def run_scores(runs: Mapping[str, tuple[Path, Mapping]], data: Mapping) -> tuple[dict, str]:
+    """``({model key or "label": {scenario: array}}, note)``: each run's ``test_scores.npz`` with the
+    labels of the test split, checked against every recorded confusion matrix; ``({}, why)``
+    when the labels cannot be had or do not match."""
+    arrays: dict[str, dict[str, np.ndarray]] = {}
+    for key, (folder, _) in runs.items():
+        try:
+            with np.load(folder / TEST_SCORES_FILE) as npz:
+                arrays[key] = {k: npz[k] for k in npz.files}
+        except (OSError, ValueError) as err:
+            return {}, f"no score figures: {folder / TEST_SCORES_FILE} is unreadable ({type(err).__name__}: {err})"
+    try:
+        labels = stored_labels([folder for folder, _ in runs.values()]) or split_labels(data)
+    except Exception as err:  # noqa: BLE001 - any failure to rebuild the split only costs the figures
+        return {}, (f"no score figures: the test labels of dataset {data.get('dataset')!r} (config.json) could not "
+                    f"be read ({type(err).__name__}: {err})")
+    for key, (folder, summary) in runs.items():
+        threshold = float(summary.get("threshold", 0.5))
+        for name, m in summary["test"]["scenarios"].items():
+            score, y = arrays[key].get(name), labels.get(name)
+            if score is None or y is None or len(score) != len(y) or confusion(y, score, threshold) != m.get(
+                    "confusion_matrix"):
+                return {}, (f"no score figures: the test split of dataset {data.get('dataset')!r} prepared now does "
+                            f"not reproduce the recorded results of {folder} on {name} (the data changed since "
+                            "training?)")
+    scenarios = list(dict.fromkeys(name for _, summary in runs.values() for name in summary["test"]["scenarios"]))
+    out = {"label": {k: labels[k] for k in scenarios}}
+    out.update({key: {k: arrays[key][k] for k in scenarios if k in arrays[key]} for key in runs})
+    return out, ""

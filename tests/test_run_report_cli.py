@@ -1,0 +1,206 @@
+"""``kdkit report RUN --html`` of real ``kdkit train`` runs (tiny models, built-in synthetic data): the
+page opens with the headline table of the run's recorded test metrics (the teacher and a student
+alone beside a KD student where found), then ROC/PR curves and score histograms drawn with the
+test labels of the data the scores belong to, and the recall per attack type."""
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+from kdkit.cli.main import main
+from kdkit.reporting.headline import fmt
+from kdkit.reporting.records import _cell
+from kdkit.reporting.train_run import train_run_record
+
+TINY = ["--dataset", "synthetic", "--hidden", "8", "--layers", "1", "--heads", "1", "--embedding-dim", "4",
+        "--epochs", "1", "--precision", "32-true", "--compile", "false", "--no-save-compat"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def runs(kdkit_env):
+    """A GAT teacher, a KD student of it, the same student alone and a VGAE student, by ``kdkit train``."""
+    runs_dir = kdkit_env / "report_runs"
+    teacher = runs_dir / "synthetic_gat_teacher"
+    for args in (["--model", "gat", "--type", "teacher"],
+                 ["--model", "gat", "--type", "student", "--teacher", str(teacher / "checkpoints" / "best.pt")],
+                 ["--model", "gat", "--type", "student"],
+                 ["--model", "vgae", "--type", "student"]):
+        assert main(["train", *args, *TINY, "--runs-dir", str(runs_dir)]) == 0
+    return runs_dir
+
+
+def _report(path, capsys) -> str:
+    assert main(["report", str(path), "--html"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()[-1]
+    assert out == str(path / "report.html")
+    return (path / "report.html").read_text()
+
+
+def _summary(run) -> dict:
+    return json.loads((run / "summary.json").read_text())
+
+
+def _text(cell: str) -> str:
+    return re.sub(r"<[^>]+>", "", cell).strip()
+
+
+def _headline(page: str) -> tuple[list[str], list[list[str]]]:
+    """Header cells and body rows (cell texts) of the headline table."""
+    table = re.search(r"<table class='kdkit headline' id='headline'>(.*?)</table>", page, re.S).group(1)
+    head = [_text(c) for c in re.findall(r"<th>(.*?)</th>", table.split("</thead>")[0])]
+    rows = [[_text(c) for c in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", r)]
+            for r in re.findall(r"<tr[^>]*>(.*?)</tr>", table.split("<tbody>")[1], re.S)]
+    return head, rows
+
+
+def _f1_rows(rows: list[list[str]]) -> dict[str, list[str]]:
+    """``{scenario: [cells per model]}`` of the F1 block (the first five rows)."""
+    assert rows[0][0] == "F1"
+    return {r[1]: r[2:] for r in rows[:5]}
+
+
+def _figures(page: str) -> dict[str, bytes]:
+    """``{data-figure name: decoded PNG}``, each checked to be a real, non-trivial image."""
+    out = {}
+    for name, data in re.findall(r"<figure data-figure='([^']+)'><h3>[^<]+</h3><img alt='[^']+' "
+                                 r"src='data:image/png;base64,([^']+)'>", page):
+        png = base64.b64decode(data)
+        assert png.startswith(PNG_MAGIC) and len(png) > 5_000, name
+        out[name] = png
+    assert len(out) == page.count("<figure"), "every figure holds an embedded PNG"
+    return out
+
+
+def _recall_rows(page: str) -> list[list[str]]:
+    table = re.search(r"<div id='attack-recall'>(.*?)</div>", page, re.S).group(1)
+    assert "<caption>Recall per attack type</caption>" in table
+    return [[_text(c) for c in re.findall(r"<td>(.*?)</td>", r)]
+            for r in re.findall(r"<tr>(.*?)</tr>", table.split("<tbody>")[1], re.S)]
+
+
+def _expected_recall(summary: dict) -> list[list[str]]:
+    return [[sc.replace("_", " "), t, _cell(v["recall"])]
+            for sc, m in summary["test"]["scenarios"].items() for t, v in m["per_attack_type"].items()]
+
+
+def _scenario(name: str) -> str:
+    return name.replace("_", " ")
+
+
+def test_report_of_a_kd_student_run_puts_its_teacher_beside_it(runs, capsys):
+    kd_dir, teacher_dir = runs / "synthetic_gat_student_kd", runs / "synthetic_gat_teacher"
+    kd, teacher = _summary(kd_dir), _summary(teacher_dir)
+    page = _report(kd_dir, capsys)
+    assert page.index("<h2 id='headline-title'>Teacher and KD student (gat on synthetic)</h2>") < page.index("<figure")
+    head, rows = _headline(page)
+    assert head == ["metric", "scenario", "teacher", "student (KD)"]  # no student alone in this folder: no KD gain
+    f1 = _f1_rows(rows)
+    for name, m in kd["test"]["scenarios"].items():
+        assert f1[_scenario(name)] == [fmt([teacher["test"]["scenarios"][name]["f1"]]), fmt([m["f1"]])]
+    assert f1["overall"] == [fmt([teacher["test"]["overall"]["f1"]]), fmt([kd["test"]["overall"]["f1"]])]
+    params = next(r for r in rows if r[0] == "parameters")
+    assert params[2:] == [f"{teacher['parameters']:,}", f"{kd['parameters']:,}"]
+    assert [r[0] for r in rows if r[0]] == ["F1", "MCC", "detection at 1 % FPR", "parameters", "bytes",
+                                            "p99 latency (ms / window)"]
+    assert f"teacher: the run {teacher_dir}" in page
+    figures = _figures(page)
+    assert list(figures) == ["roc_pr_over_teacher", "score_histograms_kd", "attack_recall", "training_curves",
+                             "confusion_matrices"]
+    # recall per attack type: one row per (scenario, type), the teacher's and the KD student's recorded values
+    expected = [[sc, t, _cell(teacher["test"]["scenarios"][name]["per_attack_type"][t]["recall"]), r]
+                for (sc, t, r), name in zip(_expected_recall(kd), [n for n, m in kd["test"]["scenarios"].items()
+                                                                  for _ in m["per_attack_type"]])]
+    assert _recall_rows(page) == expected and len(expected) >= 4
+    assert "Metrics per test scenario" in page and "<details class='raw'>" in page
+
+
+def test_report_of_a_teacher_run(runs, capsys):
+    run = runs / "synthetic_gat_teacher"
+    summary = _summary(run)
+    page = _report(run, capsys)
+    assert "<h2 id='headline-title'>The teacher (gat on synthetic)</h2>" in page
+    head, rows = _headline(page)
+    assert head == ["metric", "scenario", "teacher"]
+    f1 = _f1_rows(rows)
+    assert {k: v[0] for k, v in f1.items()} == {
+        **{_scenario(k): fmt([m["f1"]]) for k, m in summary["test"]["scenarios"].items()},
+        "overall": fmt([summary["test"]["overall"]["f1"]])}
+    figures = _figures(page)
+    assert list(figures) == ["score_histograms_teacher", "attack_recall", "training_curves", "roc_pr",
+                             "confusion_matrices"]
+    assert _recall_rows(page) == _expected_recall(summary)
+
+
+def test_report_of_a_vgae_student_alone(runs, capsys):
+    run = runs / "synthetic_vgae_student"
+    summary = _summary(run)
+    page = _report(run, capsys)
+    assert "<h2 id='headline-title'>The student alone (vgae on synthetic)</h2>" in page
+    head, rows = _headline(page)
+    assert head == ["metric", "scenario", "student alone"]
+    assert _f1_rows(rows)["overall"] == [fmt([summary["test"]["overall"]["f1"]])]
+    figures = _figures(page)
+    assert list(figures) == ["score_histograms", "attack_recall", "training_curves", "roc_pr", "confusion_matrices"]
+    assert "<h3>Scores of the student alone against its threshold</h3>" in page
+    assert _recall_rows(page) == _expected_recall(summary)
+
+
+def test_report_of_the_runs_folder_has_the_kd_gain(runs, capsys):
+    kd, alone, teacher = (_summary(runs / f"synthetic_gat_{r}") for r in ("student_kd", "student", "teacher"))
+    page = _report(runs, capsys)
+    assert "<h2 id='headline-title'>Teacher, KD student and student alone (gat on synthetic)</h2>" in page
+    head, rows = _headline(page)
+    assert head == ["metric", "scenario", "teacher", "student (KD)", "student alone", "KD gain"]
+    for name, m in kd["test"]["scenarios"].items():
+        a = alone["test"]["scenarios"][name]["f1"]
+        assert _f1_rows(rows)[_scenario(name)] == [fmt([teacher["test"]["scenarios"][name]["f1"]]), fmt([m["f1"]]),
+                                                  fmt([a]), fmt([m["f1"] - a], signed=True)]
+    assert f"student alone: the run {runs / 'synthetic_gat_student'}" in page
+    assert page.count("<h2>Training run: ") == 4  # one section per run folder
+
+
+def test_score_figures_use_the_labels_of_the_scored_data(runs, synthetic, tmp_path, capsys):
+    run = runs / "synthetic_gat_student"
+    rec = train_run_record(run)
+    summary = _summary(run)
+    assert set(rec.scores["label"]) == set(summary["test"]["scenarios"])
+    for name, m in summary["test"]["scenarios"].items():
+        y = rec.scores["label"][name]
+        assert len(y) == m["windows"] and int(y.sum()) == m["attack_windows"]
+        assert np.array_equal(y, synthetic.splits[name].y.numpy())  # the run's settings are the defaults here
+    with np.load(run / "test_labels.npz") as npz:  # written at training: the report reads them, no data needed
+        assert {k: npz[k].tolist() for k in npz.files} == {k: v.tolist() for k, v in rec.scores["label"].items()}
+    older = tmp_path / "older"  # a run from before test_labels.npz: the labels are rebuilt from the data
+    shutil.copytree(run, older, ignore=shutil.ignore_patterns("checkpoints", "report.html", "test_labels.npz"))
+    rebuilt = train_run_record(older).scores["label"]
+    assert {k: v.tolist() for k, v in rebuilt.items()} == {k: v.tolist() for k, v in rec.scores["label"].items()}
+    # scores that do not belong to the data: no score figures, and the page says why
+    copy = tmp_path / "tampered"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("checkpoints", "report.html", "test_labels.npz"))
+    with np.load(copy / "test_scores.npz") as npz:
+        scores = {k: npz[k][::-1].copy() for k in npz.files}
+    np.savez(copy / "test_scores.npz", **scores)
+    page = _report(copy, capsys)
+    assert "does not reproduce the recorded results" in page
+    figures = _figures(page)
+    assert "score_histograms" not in figures and "roc_pr" not in figures and "attack_recall" in figures
+    assert _f1_rows(_headline(page)[1])["overall"] == [fmt([summary["test"]["overall"]["f1"]])]
+
+
+def test_report_shows_a_kdkit_evaluate_result(runs, tmp_path, capsys):
+    run = tmp_path / "evaluated"
+    shutil.copytree(runs / "synthetic_gat_teacher", run)
+    assert main(["evaluate", "--checkpoint", str(run / "checkpoints" / "best.pt"), "--dataset", "synthetic"]) == 0
+    capsys.readouterr()
+    evaluation = json.loads((run / "evaluation_synthetic.json").read_text())
+    page = _report(run, capsys)
+    table = re.search(r"<caption>kdkit evaluate on synthetic \(evaluation_synthetic.json\)</caption>(.*?)</table>",
+                      page, re.S).group(1)
+    overall = next(r for r in re.findall(r"<tr>(.*?)</tr>", table, re.S) if "<td>overall</td>" in r)
+    assert f"<td>{_cell(evaluation['overall']['f1'])}</td>" in overall
