@@ -91,8 +91,10 @@ class TrainConfig:
     teacher: Optional[str] = param(None, "teacher checkpoint for a KD student; None trains the student alone",
                                    group=WHAT, panel=True)
     # --- graphs
-    window: int = param(100, "messages per window", group=GRAPHS, low=1)
-    stride: int = param(100, "offset between windows", group=GRAPHS, low=1)
+    window: int = param(100, "messages per window; a dataset spec's window, when it sets one, comes before this "
+                        "default", group=GRAPHS, low=1)
+    stride: int = param(100, "offset between windows; a dataset spec's stride, when it sets one, comes before "
+                        "this default", group=GRAPHS, low=1)
     label_threshold: float = param(0.0, "a window is an attack when its attack share > this", group=GRAPHS, low=0, high=1)
     val_fraction: float = param(0.2, "contiguous validation block per training file", group=GRAPHS, low=0, high=1)
     on_bad_rows: str = param("error", "malformed input rows (bad fields, time going backwards): stop with file:line, "
@@ -292,23 +294,35 @@ def validate_overrides(overrides: dict[str, Any], cls: type = TrainConfig) -> di
 
 
 def parse_config_json(text: str | None, cls: type = TrainConfig) -> dict[str, Any]:
-    """``--config`` JSON (a string, or ``@file.json``) -> validated overrides."""
-    return validate_overrides(read_config_json(text), cls)
+    """``--config`` JSON (a string, or ``@file.json``) -> validated overrides (errors name the file)."""
+    data = read_config_json(text)
+    try:
+        return validate_overrides(data, cls)
+    except ValueError as err:
+        if text and text.startswith("@"):
+            raise ValueError(f"--config {text}: {err}") from err
+        raise
 
 
 def read_config_json(text: str | None) -> dict[str, Any]:
     """``--config`` JSON (a string, or ``@file.json``) -> a dict, not yet validated."""
     if not text:
         return {}
+    where = "--config"
     if text.startswith("@"):
-        with open(text[1:], encoding="utf-8") as handle:
-            text = handle.read()
+        where = f"--config {text}"
+        try:
+            with open(text[1:], encoding="utf-8") as handle:
+                text = handle.read()
+        except OSError as err:
+            raise ValueError(f"{where}: cannot read the file ({err.strerror or err}); @FILE names a JSON file "
+                             "of config keys, relative to the current directory") from err
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"--config is not valid JSON ({err.msg} at line {err.lineno} column {err.colno})") from err
+        raise ValueError(f"{where} is not valid JSON ({err.msg} at line {err.lineno} column {err.colno})") from err
     if not isinstance(data, dict):
-        raise ValueError(f"--config must be a JSON object, got {type(data).__name__}")
+        raise ValueError(f"{where} must be a JSON object, got {type(data).__name__}")
     return data
 
 

@@ -365,7 +365,8 @@ def test_slurm_jobs_and_the_panel_take_a_dataset_path(tmp_path: Path, monkeypatc
     script = orch.submit_gat_training("my-car.toml", "teacher", dry_run=True)
     assert f"--dataset {tmp_path / 'my-car.toml'}" in script  # absolute: the job may start in another folder
     assert "my-car_teacher" in script or "gat_my-car_teacher" in script  # the run is named by the dataset's name
-    with pytest.raises(ValueError, match="unknown dataset 'nope.toml'"):
+    with pytest.raises(ValueError, match="unknown dataset 'nope.toml' .*nope.toml does not exist: a relative path is "
+                                         "taken from the current directory"):
         orch.submit_gat_training("nope.toml", "teacher", dry_run=True)
     spec = next(s for s in schema() if s.name == "dataset")
     control = control_for(spec, "my-car.toml", {})

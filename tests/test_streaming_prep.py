@@ -91,7 +91,7 @@ def test_chunked_reading_equals_whole_file(tmp_path: Path, chunk_rows: int, bloc
         list(iter_ctt_csv(path, "error", chunk_rows=chunk_rows, block_bytes=block_bytes))
     assert str(err.value) == (f"{path}:42: timestamp '100.001' goes backwards: earlier than '100.019500' on line 41 "
                               f"(timestamps must not decrease; sort the file by time, or skip such rows with "
-                              f"on_bad_rows='skip')")
+                              f"--on-bad-rows skip (on_bad_rows='skip' in Python))")
 
 
 def test_chunked_errors_name_the_line_across_chunks(tmp_path: Path):

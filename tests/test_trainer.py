@@ -45,6 +45,20 @@ def test_config_json_parsing():
         parse_config_json("[1, 2]")
 
 
+def test_config_file_errors_name_the_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"--config @nofile.json: cannot read the file \(No such file or directory\)"):
+        parse_config_json("@nofile.json")
+    (tmp_path / "cfg.json").write_text('{"epochs": -3}')
+    with pytest.raises(ValueError, match=r"--config @cfg.json: .*epochs"):
+        parse_config_json("@cfg.json")
+    (tmp_path / "bad.json").write_text('{"epochs": 3,}')
+    with pytest.raises(ValueError, match=r"--config @bad.json is not valid JSON"):
+        parse_config_json("@bad.json")
+    (tmp_path / "ok.json").write_text('{"epochs": 3}')
+    assert parse_config_json("@ok.json") == {"epochs": 3}
+
+
 def test_preset_fills_only_unset_keys():
     cfg = make_config(preset="v100", batch_size=7)
     assert cfg.batch_size == 7 and cfg.num_workers == 4 and cfg.preset == "v100"

@@ -159,9 +159,12 @@ def resolve_source(name: str, data_root: str | Path | None = None, synthetic_see
             declared = sorted(declared_datasets())
         except DatasetSpecError:
             declared = []
+        looks_like_path = "/" in name or name.endswith((".toml", ".json"))
+        where = (f" ({Path(name).resolve()} does not exist: a relative path is taken from the current directory, "
+                 f"{Path.cwd()})" if looks_like_path and not Path(name).exists() else "")
         raise FileNotFoundError(
-            f"unknown dataset {name!r}: not a registry key ({', '.join(REGISTRY)}), not an existing folder or spec "
-            f"file (.toml/.json), and not declared in ./datasets.toml or $KDKIT_DATASETS"
+            f"unknown dataset {name!r}{where}: not a registry key ({', '.join(REGISTRY)}), not an existing folder or "
+            f"spec file (.toml/.json), and not declared in ./datasets.toml or $KDKIT_DATASETS"
             + (f" (declared there: {', '.join(declared)})" if declared else "")
             + "; see the README section 'Bring your own data'")
     return source

@@ -191,7 +191,7 @@ def check_time_order(msgs: Messages) -> None:
         i = int(back[0]) + 1
         raise ValueError(f"{name}: message {i} (timestamp {float(ts[i])!r}) is earlier than message {i - 1} "
                          f"({float(ts[i - 1])!r}); {back.size} such steps backwards. Timestamps must not decrease: "
-                         f"read the file with kdkit's readers (they name the line, and on_bad_rows='skip' drops such "
+                         f"read the file with kdkit's readers (they name the line, and --on-bad-rows skip (on_bad_rows='skip') drops such "
                          f"rows) or sort the messages by time")
 
 

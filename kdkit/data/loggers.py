@@ -89,7 +89,7 @@ _LOST = " (counted as 1 skipped row)"  # what a truncated gzip file's loss count
 _CAN_READERS = {".log": "CanutilsLogReader", ".asc": "ASCReader", ".blf": "BLFReader", ".trc": "TRCReader"}
 CAN_ERR_FLAG = 0x20000000  # candump: an error frame's ID carries this bit (linux/can/error.h)
 _FD_HINT = ("kdkit models classic CAN (at most 8 bytes); read a classic CAN channel with channel=..., "
-            "or drop such frames with on_bad_rows='skip'")
+            "or drop such frames with --on-bad-rows skip (on_bad_rows='skip' in Python)")
 
 
 # --------------------------------------------------------------------------------------
@@ -302,7 +302,8 @@ def _finish(path: Path, bad: _BadRows, frames: _Frames, binary: bool, earlier: l
     else:
         label, row_type, names = np.zeros(n, np.uint8), None, ("normal",)
     if lost is not None and bad.mode == "error":
-        raise DataFormatError(path, None, lost[1] + "; read the part before the cut with on_bad_rows='skip'")
+        raise DataFormatError(path, None, lost[1] + "; read the part before the cut with --on-bad-rows skip "
+                                                    "(on_bad_rows='skip' in Python)")
     bad.check(ok, lambda i: None if binary else int(frames.where[i]), describe, earlier, label=label, label_ok=ok_fields)
     if lost is not None:  # skip mode: the loss is counted and named first
         bad.count += lost[0]
@@ -874,7 +875,7 @@ class _CheckedChunks:
         if lost is not None:
             if self.bad.mode == "error":
                 raise DataFormatError(self.path, None, lost[1] + "; read the part before the cut with "
-                                                                  "on_bad_rows='skip'")
+                                                                  "--on-bad-rows skip (on_bad_rows='skip' in Python)")
             self.bad.count += lost[0]
             self.bad.unlabelled += lost[0]
             self.bad.examples = [f"{self.path}: {lost[1]}", *self.bad.examples][:5]

@@ -385,7 +385,8 @@ class _BadRows:
         return Messages(*arrays, source, attack_type, self.count, self.examples, self.attack, self.unlabelled)
 
 
-_TIME_HINT = "timestamps must not decrease; sort the file by time, or skip such rows with on_bad_rows='skip'"
+_TIME_HINT = ("timestamps must not decrease; sort the file by time, or skip such rows with --on-bad-rows skip "
+              "(on_bad_rows='skip' in Python)")
 
 
 def _time_order(ts: np.ndarray, ok: np.ndarray, floor: float = -np.inf) -> tuple[np.ndarray, np.ndarray]:

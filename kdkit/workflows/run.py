@@ -274,7 +274,11 @@ def check_teacher(tck: dict, cfg: TrainConfig, data: PreparedDataset, path: str 
     prov = provenance(tck, path)
     if prov.get("role") != "teacher":
         tc = tck.get("train_config") or {}
-        raise ValueError(f"--teacher {path} is a {prov.get('role')} checkpoint (run {tc.get('run_name') or '?'}), "
+        facts = [f"{prov['family']} model" if prov.get("family") else "",
+                 f"trained on {prov['dataset']}" if prov.get("dataset") else "",
+                 f"run {tc['run_name']}" if tc.get("run_name") else ""]
+        about = f" ({', '.join(f for f in facts if f)})" if any(facts) else ""
+        raise ValueError(f"--teacher {path} is a {prov.get('role')} checkpoint{about}, "
                          f"not a teacher: pass a teacher's best.pt (kdkit train --type teacher), e.g. "
                          f"{Path(cfg.runs_dir) / f'{dataset_name(cfg.dataset)}_{cfg.model}_teacher' / 'checkpoints' / 'best.pt'}")
     kind = (tck.get("model_config") or {}).get("kind")
