@@ -21,10 +21,19 @@ CLI_TINY = ["train", "--dataset", "synthetic", "--epochs", "1", "--hidden", "8",
             "ddp", "--num-workers", "0", "--no-save-compat"]
 
 
-def _workers_left() -> list[str]:
-    """Processes still running a spawned worker's command line (its config file is kdkit-ranks-*.json)."""
+def _workers_left(cwd: Path) -> list[str]:
+    """Processes still running a spawned worker's command line (its config file is kdkit-ranks-*.json)
+    in ``cwd``, the folder its rank zero ran in (tests on other xdist workers spawn their own)."""
     out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if "kdkit-ranks-" in line and "ps -eo" not in line]
+    left = []
+    for line in out.splitlines():
+        if "kdkit-ranks-" in line and "ps -eo" not in line:
+            try:
+                if Path(os.readlink(f"/proc/{line.split()[0]}/cwd")).resolve() == cwd.resolve():
+                    left.append(line)
+            except OSError:  # ended meanwhile
+                pass
+    return left
 
 
 @pytest.mark.notebook
@@ -52,7 +61,7 @@ def test_a_notebook_trains_on_two_processes_with_its_callbacks(kdkit_env, tmp_pa
     assert "[rank 1] " in text  # the worker's output, in the cell
     summary = json.loads((tmp_path / "runs" / "nb" / "summary.json").read_text())
     assert summary["launcher"] == "spawn" and summary["world_size"] == 2
-    assert not _workers_left()
+    assert not _workers_left(tmp_path)
 
 
 def test_spawned_workers_train_what_forked_workers_train(kdkit_env, tmp_path):
@@ -76,7 +85,7 @@ def test_spawned_workers_train_what_forked_workers_train(kdkit_env, tmp_path):
     fs = json.loads((runs / "fork" / "summary.json").read_text())
     ss = json.loads((runs / "spawn" / "summary.json").read_text())
     assert ss["test"]["overall"]["confusion_matrix"] == fs["test"]["overall"]["confusion_matrix"]
-    assert not _workers_left()
+    assert not _workers_left(tmp_path)
 
 
 def test_a_worker_that_ends_before_training_is_named_at_once(kdkit_env, tmp_path, monkeypatch):
