@@ -162,6 +162,13 @@ def test_calibrate_on_the_real_rav4_log(gat_checkpoint, tmp_path, capsys):
     assert res["windows"] == 538 and res["alarm_rate_after"] <= 0.01
     assert res["oov_node_share"] > 0.9 and any("does not know this car" in w for w in res["warnings"])
     assert load_checkpoint(out)["provenance"]["calibration"]["files"][0]["sha256"] == sha256(RAV4)
+    # scored again: the unknown-car warning says on what it was calibrated, not "calibrate it"
+    before = evaluate_inputs(gat_checkpoint, [RAV4], channel="can0", out_dir=tmp_path / "e0")["warnings"]
+    after = evaluate_inputs(out, [RAV4], channel="can0", out_dir=tmp_path / "e1")["warnings"]
+    assert any("(kdkit calibrate), better retrain" in w for w in before)
+    assert after and not any("(kdkit calibrate), better retrain" in w for w in after)
+    assert any("its threshold was calibrated (kdkit calibrate) on toyota-rav4-2018-highway.candump.log.gz (channel "
+               "can0, 538 clean windows, fpr 0.01" in w for w in after)
     assert main(["calibrate", "--checkpoint", str(gat_checkpoint), "--clean", str(RAV4), "--channel", "can9",
                  "--out", str(tmp_path / "x.pt")]) == 2
     assert f"{RAV4}: no data frames on channel 'can9'" in capsys.readouterr().err

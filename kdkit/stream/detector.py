@@ -57,7 +57,8 @@ from kdkit.models.native import NativeGAT, unsupported_reason
 from kdkit.models.thresholds import GAT_THRESHOLD, is_attack
 from kdkit.reporting.metrics import predict_scores
 from kdkit.stream.window import WindowGraph, window_graph
-from kdkit.training.checkpoint import archive_kind, load_checkpoint, model_from_checkpoint, provenance
+from kdkit.training.checkpoint import (archive_kind, describe_calibration, load_checkpoint, model_from_checkpoint,
+                                      provenance)
 from kdkit.workflows.run import check_graph_settings
 
 log = logging.getLogger("kdkit.stream")
@@ -221,25 +222,6 @@ class _RestampCheck:
                 "the recorded times. This warning is shown once.",
                 self.where, f"{gap * 1e6:.1f} us" if gap > 0 else "0 s", RESTAMP_SPAN,
                 " and equal the wall clock (stamped on sending or arrival)" if wall else "")
-
-
-def describe_calibration(record: dict) -> str:
-    """What a calibration record names, in a few words: the clean recordings (file names), their
-    channel, the part used, the windows, the alarm-rate budget and the date."""
-    files = [Path(f.get("path", "?") if isinstance(f, dict) else str(f)).name for f in record.get("files") or []]
-    shown = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "") if files else "clean recordings"
-    details = []
-    if record.get("channel"):
-        details.append(f"channel {record['channel']}")
-    if record.get("first_seconds") is not None:
-        details.append(f"first {float(record['first_seconds']):g} s")
-    if record.get("windows") is not None:
-        details.append(f"{int(record['windows']):,} clean windows")
-    if record.get("fpr") is not None:
-        details.append(f"fpr {float(record['fpr']):g}")
-    if record.get("date"):
-        details.append(str(record["date"])[:10])
-    return shown + (f" ({', '.join(details)})" if details else "")
 
 
 UNKNOWN_VEHICLE_WINDOWS = 100  # windows judged before the verdict on the bus

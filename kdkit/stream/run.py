@@ -30,7 +30,8 @@ from kdkit.data.graphs import expect_messages
 from kdkit.data.loggers import channel_counts
 from kdkit.data.prep import expected_messages
 from kdkit.data.readers import CHUNK_ROWS, EXTENDED_ID_FLAG, LOGGER_SUFFIXES, Messages, iter_messages, read_messages
-from kdkit.stream.detector import BLOCK_MESSAGES, Decision, Detector, describe_calibration
+from kdkit.stream.detector import BLOCK_MESSAGES, Decision, Detector
+from kdkit.training.checkpoint import describe_calibration
 
 STREAM_BYTES = 64 << 20  # files from this size on are replayed in chunks (bounded memory); smaller ones read whole
 REPLAY_CHUNK_ROWS = CHUNK_ROWS  # messages per chunk of a streamed replay

@@ -203,3 +203,22 @@ def model_from_checkpoint(ckpt: dict, where: str | Path = "checkpoint") -> nn.Mo
     model = model_from_config(config)
     model.load_state_dict(state)
     return model
+
+
+def describe_calibration(record: dict) -> str:
+    """What a calibration record names, in a few words: the clean recordings (file names), their
+    channel, the part used, the windows, the alarm-rate budget and the date."""
+    files = [Path(f.get("path", "?") if isinstance(f, dict) else str(f)).name for f in record.get("files") or []]
+    shown = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "") if files else "clean recordings"
+    details = []
+    if record.get("channel"):
+        details.append(f"channel {record['channel']}")
+    if record.get("first_seconds") is not None:
+        details.append(f"first {float(record['first_seconds']):g} s")
+    if record.get("windows") is not None:
+        details.append(f"{int(record['windows']):,} clean windows")
+    if record.get("fpr") is not None:
+        details.append(f"fpr {float(record['fpr']):g}")
+    if record.get("date"):
+        details.append(str(record["date"])[:10])
+    return shown + (f" ({', '.join(details)})" if details else "")

@@ -30,7 +30,7 @@ from kdkit.data.graphs import GRAPH_FORMAT_VERSION, GraphSet, IdVocab, build_gra
 from kdkit.data.readers import LOGGER_SUFFIXES, Messages, data_suffixes, read_messages
 from kdkit.models.thresholds import is_attack
 from kdkit.reporting.metrics import evaluate_scores, predict_scores
-from kdkit.training.checkpoint import load_checkpoint, model_from_checkpoint, provenance, vocab_hash
+from kdkit.training.checkpoint import describe_calibration, load_checkpoint, model_from_checkpoint, provenance, vocab_hash
 from kdkit.workflows.run import check_graph_settings, evaluation_dir
 from kdkit.workflows.run_dir import write_json
 
@@ -296,6 +296,11 @@ def evaluate_inputs(checkpoint: str | Path, inputs: Sequence[str | Path], channe
     check_channel(files, channel)
     sm = load_scoring_model(checkpoint, "evaluated", threshold)
     prov = provenance(sm.ckpt, sm.path)
+    hint = NEW_CAR_HINT
+    if prov.get("calibration") and threshold is None:  # no advice to calibrate a calibrated checkpoint again
+        hint = (f"its threshold was calibrated (kdkit calibrate) on {describe_calibration(prov['calibration'])}, which "
+                "bounds its false alarms on traffic like that; it cannot tell this car's unknown IDs from injected "
+                "ones: measure detection on labelled attacks of this car, or retrain on its traffic")
     per_file, skipped, warnings = [], {}, []
     scored: list[ScoredRecording] = []
     for f in files:
@@ -312,7 +317,7 @@ def evaluate_inputs(checkpoint: str | Path, inputs: Sequence[str | Path], channe
                  **alarm_summary([rec.graphs], rec.scores, sm.threshold)}
         if rec.labelled:
             entry["metrics"] = evaluate_scores(rec.graphs, rec.scores, sm.threshold)
-        warn = oov_warning(entry, str(f))
+        warn = oov_warning(entry, str(f), hint)
         if warn:
             warnings.append(warn)
         per_file.append(entry)
@@ -328,7 +333,7 @@ def evaluate_inputs(checkpoint: str | Path, inputs: Sequence[str | Path], channe
         gs = GraphSet.concat([r.graphs for r in labelled])
         overall["metrics"] = evaluate_scores(gs, np.concatenate([r.scores for r in labelled]), sm.threshold)
     if len(scored) > 1:
-        warn = oov_warning(overall, "overall")
+        warn = oov_warning(overall, "overall", hint)
         if warn and not warnings:
             warnings.append(warn)
     out = {"checkpoint": str(checkpoint), "inputs": [str(i) for i in inputs], "channel": channel,
