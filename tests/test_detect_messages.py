@@ -288,3 +288,15 @@ def test_bench_detect_warns_once(ckpt, tmp_path, capsys, caplog):
 def test_extended_flag_is_what_makes_the_frames_foreign(ckpt):
     vocab = Detector.from_checkpoint(ckpt).vocab
     assert not np.isin((0x1ABC000 + np.arange(24)) | EXTENDED_ID_FLAG, vocab.ids).any()
+
+
+def test_a_channel_for_a_file_without_channels_is_warned_about_once(ckpt, synthetic, caplog):
+    """kdkit bench detect replays a file many times: '--channel ignored' once per file, not per replay."""
+    from kdkit.data.datasets import dataset_dir
+    from kdkit.stream.run import replay_file
+
+    csv = sorted(dataset_dir("synthetic").glob("test_01*/*.csv*"))[0]
+    with caplog.at_level(logging.WARNING, logger="kdkit.stream"):
+        for _ in range(3):
+            replay_file(Detector.from_checkpoint(ckpt), csv, channel="can0")
+    assert len([r for r in caplog.records if "--channel can0 ignored: this format has no channels" in r.getMessage()]) == 1

@@ -170,6 +170,9 @@ def as_can_messages(msgs: Messages, channel: str | None = None) -> Iterator[can.
                           data=payload[i, :int(msgs.dlc[i])].tobytes(), channel=channel)
 
 
+_CHANNEL_IGNORED: set[tuple[str, str]] = set()  # (file, channel) already warned about in this process
+
+
 def replay_file(detector: Detector, path: str | Path, channel: str | None = None, realtime: bool = False,
                 on_decision: Callable[[Decision], None] | None = None, on_bad_rows: str = "skip",
                 max_messages: int | None = None, max_seconds: float | None = None, keep: bool = False,
@@ -195,7 +198,8 @@ def replay_file(detector: Detector, path: str | Path, channel: str | None = None
     path = Path(path)
     summary = RunSummary(detector, str(path), "realtime replay" if realtime else "replay", keep)
     logger = Path(path.name.lower().removesuffix(".gz")).suffix in LOGGER_SUFFIXES  # unlabelled formats
-    if channel is not None and not logger:
+    if channel is not None and not logger and (str(path), channel) not in _CHANNEL_IGNORED:
+        _CHANNEL_IGNORED.add((str(path), channel))  # once per file and process (kdkit bench detect replays it often)
         log.warning("%s: --channel %s ignored: this format has no channels", path, channel)
     summary.channel = channel if logger else None
     last: list[Messages] = []  # the last chunk read: it carries the file's skip and drop counts
