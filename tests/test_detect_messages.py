@@ -22,7 +22,7 @@ from conftest import require
 
 from kdkit.cli.main import main
 from kdkit.config import make_config
-from kdkit.data.readers import EXTENDED_ID_FLAG, read_messages
+from kdkit.data.readers import EXTENDED_ID_FLAG, DataFormatError, read_messages
 from kdkit.deploy.export import export_checkpoint
 from kdkit.stream import Detector, replay_file
 from kdkit.stream.detector import VehicleCheck
@@ -300,3 +300,18 @@ def test_a_channel_for_a_file_without_channels_is_warned_about_once(ckpt, synthe
         for _ in range(3):
             replay_file(Detector.from_checkpoint(ckpt), csv, channel="can0")
     assert len([r for r in caplog.records if "--channel can0 ignored: this format has no channels" in r.getMessage()]) == 1
+
+
+def test_every_channel_on_purpose_keeps_every_frame(ckpt, tmp_path):
+    """--channel '*': the replay reads every bus as one stream and the detector drops none of them."""
+    from kdkit.stream.run import replay_file
+
+    log = _candump(tmp_path / "two.log", {"can0": 1_500, "can1": 1_500})
+    with pytest.raises(DataFormatError, match="frames of 2 bus channels"):
+        replay_file(Detector.from_checkpoint(ckpt), log)
+    det = Detector.from_checkpoint(ckpt, channel="*")
+    summary = replay_file(det, log, channel="*").to_dict()
+    assert det.channel is None and summary["messages"] == 3_000
+    det = Detector.from_checkpoint(ckpt, channel="*")
+    det.feed_many([(k * 1e-3, 0x100 + k % 7, b"\x01", ("can0", "vcan3")[k % 2]) for k in range(300)])
+    assert sum(det.dropped.values()) == 0 and not det.other_channels

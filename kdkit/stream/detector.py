@@ -51,6 +51,7 @@ import torch
 from kdkit.data.datasets import file_sha256
 from kdkit.data.graphs import GRAPH_FORMAT_VERSION, GraphSet, IdVocab, build_graphs, layout_matches
 from kdkit.data.loader import WindowBatch, gather_windows
+from kdkit.data.loggers import ALL_CHANNELS
 from kdkit.data.readers import EXTENDED_ID_FLAG, MAX_CAN_ID, MAX_STANDARD_ID, Messages
 from kdkit.deploy.export import load_exported, native_weights_path
 from kdkit.models.native import NativeGAT, unsupported_reason
@@ -358,7 +359,8 @@ class Detector:
         self.engine = engine or ("package" if score_graph is not None else "torch")
         self.batch_engine = batch_engine or ("package" if score_batch is not None else "torch")  # feed_many's blocks
         self.window, self.stride, self.threshold = int(window), int(stride), float(threshold)
-        self.label_threshold, self.channel = float(label_threshold), channel
+        # '*' (ALL_CHANNELS): every channel on purpose, as the logger readers take it
+        self.label_threshold, self.channel = float(label_threshold), None if channel == ALL_CHANNELS else channel
         self.dropped: Counter[str] = Counter()
         self.other_channels: Counter[str] = Counter()  # frames of other channels left out, per channel
         self.windows = self.alarms = self.frames = 0
