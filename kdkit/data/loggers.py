@@ -388,7 +388,8 @@ def _chosen_channel(path: Path, suffix: str, channel: str | None) -> str | None:
             where = "first MiB" if suffix == ".log" else f"first {_PROBE_FRAMES:,} frames"
             raise DataFormatError(path, None, f"frames of {len(counts)} bus channels (data frames in its {where}: "
                                   f"{listed}); windows of one stream would mix buses. Choose one with --channel NAME "
-                                  f"(channel= in Python), or --channel '{ALL_CHANNELS}' to read them as one stream")
+                                  f"(a dataset spec: channel = \"NAME\"; Python: channel=), or --channel "
+                                  f"'{ALL_CHANNELS}' to read them as one stream")
     return channel
 
 
