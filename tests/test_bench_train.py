@@ -163,3 +163,12 @@ def test_self_loops_once_gives_identical_scores(student_checkpoint, synthetic):
             looped = with_self_loops(collate_indices(gs, idx))
             assert looped.edge_index.size(1) == batch.edge_index.size(1) - n_loops + batch.num_nodes
             assert torch.allclose(ref(batch), fast(looped), atol=1e-6)
+
+
+@pytest.mark.parametrize("flag,kwargs", [("--steps 0", {"steps": 0}), ("--repeats 0", {"repeats": 0}),
+                                         ("--batch-size 0", {"batch_size": 0}), ("--burn-in -1", {"burn_in": -1})])
+def test_bench_train_refuses_nonsense_counts_by_flag(flag, kwargs):
+    from kdkit.bench.train import bench_train
+
+    with pytest.raises(ValueError, match=f"{flag}: must be at least"):  # before any data is read (was ZeroDivisionError)
+        bench_train(dataset="no-such-dataset", **kwargs)

@@ -69,6 +69,8 @@ def test_infer_rows():
     res = {"variants": {"fp32-eager": {"messages_per_s": 10, "latency_ms_p50": 1.0, "latency_ms_p99": 2.0}}}
     assert compare.infer_rows(res) == [{"variant": "fp32-eager", "messages_per_s": 10, "latency_ms_p50": 1.0,
                                         "latency_ms_p99": 2.0}]
+    spread = {"variants": {"eager": {"messages_per_s_spread": {"min": 2618481.0, "median": 2700000.5, "max": 2.8e6}}}}
+    assert compare.infer_rows(spread) == [{"variant": "eager", "messages_per_s_spread": "2,618,481-2,700,000-2,800,000"}]
 
 
 def test_best_epoch_is_the_first_best_of_the_monitored_metric():

@@ -315,3 +315,18 @@ def test_every_channel_on_purpose_keeps_every_frame(ckpt, tmp_path):
     det = Detector.from_checkpoint(ckpt, channel="*")
     det.feed_many([(k * 1e-3, 0x100 + k % 7, b"\x01", ("can0", "vcan3")[k % 2]) for k in range(300)])
     assert sum(det.dropped.values()) == 0 and not det.other_channels
+
+
+def test_alarm_table_times_are_seconds_since_the_first_window(ckpt, synthetic):
+    """As the timeline plots them: a bus time of ~1.5e9 s would print as the same number on every row."""
+    from kdkit.data.datasets import dataset_dir
+    from kdkit.stream.report import alarm_rows
+    from kdkit.stream.run import replay_file
+
+    csv = sorted(dataset_dir("synthetic").glob("test_01*/*.csv*"))[0]
+    summary = replay_file(Detector.from_checkpoint(ckpt, threshold=0.0), csv, keep=True)
+    rows = alarm_rows(summary.decisions, limit=10)
+    t0 = summary.decisions[0].start_time
+    assert len(rows) == 10 and rows[0]["start_s"] == round(summary.decisions[0].start_time - t0, 6) == 0.0
+    assert all(0 <= r["start_s"] <= r["end_s"] for r in rows) and len({r["start_s"] for r in rows}) == 10
+    assert "start" not in rows[0] and rows[-1]["end_s"] < 1e4

@@ -474,3 +474,17 @@ def test_the_real_four_bus_capture_needs_a_channel():
         with pytest.raises(DataFormatError, match=re.escape(expected)):
             read()
     assert len(read_logger_file(REAL_CANDUMP, channel="*")) == 135_468
+
+
+def test_bench_preprocess_takes_a_channel(tmp_path: Path):
+    from kdkit.bench.preprocess import preprocess_file, python_can_baseline
+
+    two = write_text(tmp_path / "two.log", "".join(f"({k / 100:.2f}) {('can0', 'can1')[k % 4 == 0]} 1{k % 10}0#0102\n"
+                                                   for k in range(400)))
+    with pytest.raises(DataFormatError, match="frames of 2 bus channels"):
+        preprocess_file(two, repeats=1, cold=False)
+    assert preprocess_file(two, repeats=1, cold=False, channel="can1")["messages"] == 100
+    assert preprocess_file(two, repeats=1, cold=False, channel="*")["messages"] == 400
+    assert python_can_baseline(two, repeats=1, channel="can1")["messages"] == 100
+    with pytest.raises(ValueError, match="--repeats 0: at least 1"):
+        preprocess_file(two, repeats=0, channel="can1")

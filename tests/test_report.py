@@ -319,6 +319,10 @@ def test_sweep_report_pools_seeds_lists_failures_and_draws_the_figures(tmp_path)
     lost = sweep.unfinished(sweep.load_results(d))
     assert [(r["task"], r["state"]) for r in lost] == [(3, "FAILED"), (4, "COMPLETED")]
     assert lost[0]["error"] == "cell 8: RuntimeError: boom" and "no metrics.json" in lost[1]["error"]
+    # a notebook's traceback: the cell shows its exception line, not 20 lines of it
+    long = "Traceback (most recent call last):\n" + "  File x, line 1\n" * 20 + "\x1b[0;31mValueError\x1b[0m: bad value\n\n"
+    assert sweep.error_line(long) == "ValueError: bad value" and sweep.error_line(None) == ""
+    assert len(sweep.error_line("E: " + "x" * 500)) == 240
     page = sweep.build_sweep_report(d).read_text()
     assert (d / "report.html").is_file() and page.count("id='headline'") == 1 and "id='headline-best'" in page
     assert "<td>0.700 ± 0.141</td>" in page and "<td class='gain up'>+0.200 ± 0.141</td>" in page

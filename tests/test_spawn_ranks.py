@@ -154,3 +154,17 @@ def test_threads_per_rank_share_the_cores_unless_told(monkeypatch):
     assert threads_per_rank(1) == cores
     assert threads_per_rank(2) == max(1, cores // 2)
     assert threads_per_rank(10 * cores) == 1
+
+
+def test_rank_zeros_own_error_is_not_replaced_by_the_workers_exit(kdkit_env, tmp_path, monkeypatch):
+    """A config error rank zero hits itself (the worker hits it too and exits 2) is reported as it
+    is, not as "DDP rank 1 exited with status 2"."""
+    from kdkit.config import make_config
+    from kdkit.workflows.run import train
+
+    worker = ("import os, sys, time; g, r = int(os.environ['KDKIT_RANK_GATE_FD']), int(os.environ['KDKIT_RANK_READY_FD']); "
+              "os.read(g, 1); os.write(r, b'1'); time.sleep(0.5); print('worker: same error'); sys.exit(2)")
+    monkeypatch.setattr(spawn_ranks, "worker_command", lambda config_path, resume=None: [sys.executable, "-c", worker])
+    cfg = make_config(**{**TINY, "hidden": 8, "embedding_dim": 8}, runs_dir=str(tmp_path / "runs"), run_name="cfg")
+    with pytest.raises(ValueError, match="embedding_dim=8 must be in 1..hidden-1"):
+        train(cfg, progress=False)

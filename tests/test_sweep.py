@@ -396,3 +396,28 @@ def test_panel_sweep_runs_the_notebook_with_the_panels_settings(kdkit_env, tmp_p
         (1.0, 3, 3), (5.0, 3, 3)]
     assert p.sweep_dir.parent == tmp_path / "runs" / "sweeps" and (p.progress.value, p.progress.max) == (2, 2)
     assert "sweep done: 2/2 completed" in p.status.value
+
+
+def test_tasks_run_where_the_sweep_was_planned(tmp_path, monkeypatch):
+    """Not in the notebook's folder: relative data roots, ./datasets.toml and the default runs/
+    cache resolve as they did when the plan was checked (and nothing lands in notebooks/runs/)."""
+    import papermill
+
+    here = tmp_path / "work"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    d = _sweep(tmp_path, seeds=None)
+    spec = sw.load(d)
+    assert spec["cwd"] == str(here)
+    seen = {}
+
+    def fake_execute(src, dst, **kw):
+        seen.update(kw)
+        Path(dst).write_text(Path(src).read_text())
+
+    monkeypatch.setattr(papermill, "execute_notebook", fake_execute)
+    monkeypatch.chdir(tmp_path)  # a SLURM task or the pool may start elsewhere
+    assert sw.run_task(d, 0) == "COMPLETED"
+    assert seen["cwd"] == str(here)
+    assert sw._task_cwd({}, TASK_NB) == str(TASK_NB.parent)  # a sweep planned before: as then
+    assert sw._task_cwd({"cwd": str(tmp_path / "gone")}, TASK_NB) == str(TASK_NB.parent)

@@ -9,6 +9,7 @@ import pytest
 
 import kdkit.ui.widgets
 from kdkit.ui.widgets import TrainPanel, panel
+from kdkit.workflows.run_dir import RunDirError
 
 TINY = {"hidden": 8, "layers": 1, "heads": 1, "embedding_dim": 4, "patience": 100, "save_compat": False,
         "warmup_steps": 1}
@@ -188,3 +189,22 @@ def test_stop_button_ends_training_after_the_current_epoch(kdkit_env, tmp_path):
     summary = p.train(blocking=True)
     assert summary["epochs_run"] == 1 and "stop requested" in p.status.value
     assert p.stop_button.disabled and not p.train_button.disabled
+
+
+def test_panel_errors_speak_of_its_own_boxes(kdkit_env, tmp_path):
+    """Training twice into one run folder, and bad Extra config JSON: advice in the panel's terms,
+    not the command line's (--overwrite, --config)."""
+    p = panel(dataset="synthetic", precision="32-true", runs_dir=str(tmp_path / "runs"), **TINY)
+    p.epochs.value = 1
+    p.train(blocking=True)
+    with pytest.raises(RunDirError, match=r'already holds a run .*: put \{"overwrite": true\} in Extra config to '
+                                          r'replace it, or \{"run_name": "another name"\}'):
+        p.train(blocking=True)
+    p.extra.value = '{"overwrite": true}'
+    assert p.train(blocking=True)["epochs_run"] == 1
+    p.extra.value = "{overwrite: true}"
+    with pytest.raises(ValueError, match=r"^Extra config is not valid JSON"):
+        p.config()
+    p.extra.value = "[1]"
+    with pytest.raises(ValueError, match=r"^Extra config must be a JSON object"):
+        p.config()

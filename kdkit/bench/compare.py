@@ -202,5 +202,13 @@ def bench_preprocess(path: str | Path, repeats: int = 3, baseline_limit: int = 2
 
 
 def infer_rows(result: Mapping) -> list[dict]:
-    """Rows of a ``bench_infer`` result: one per variant (fp32/bf16, eager/compiled)."""
-    return [{"variant": name, **v} for name, v in result["variants"].items()]
+    """Rows of a ``bench_infer`` result: one per variant (fp32/bf16, eager/compiled); a min/median/max
+    spread as one ``min-median-max`` cell."""
+    def cell(v):
+        if isinstance(v, Mapping) and {"min", "max"} <= set(v):
+            parts = [v["min"], v.get("median"), v["max"]]
+            return "-".join(f"{x:,.0f}" if isinstance(x, (int, float)) and abs(x) >= 100 else f"{x:.4g}"
+                            for x in parts if x is not None)
+        return v
+
+    return [{"variant": name, **{k: cell(x) for k, x in v.items()}} for name, v in result["variants"].items()]

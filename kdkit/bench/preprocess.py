@@ -53,10 +53,11 @@ def _one_core() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-def _run_kdkit(path: Path, window: int, stride: int, store: Path) -> tuple[int, int, list[float]]:
+def _run_kdkit(path: Path, window: int, stride: int, store: Path,
+               channel: str | None = None) -> tuple[int, int, list[float]]:
     """read -> messages -> windows -> graphs -> store once: (messages, windows, stage wall seconds)."""
     t0 = time.perf_counter()
-    msgs = read_messages(path)
+    msgs = read_messages(path, channel=channel)
     t1 = time.perf_counter()
     vocab = IdVocab.fit([msgs.can_id[msgs.label == 0]])
     gs = build_graphs(msgs, vocab, window, stride)
@@ -65,14 +66,16 @@ def _run_kdkit(path: Path, window: int, stride: int, store: Path) -> tuple[int, 
     return len(msgs), len(gs), [t1 - t0, t2 - t1, time.perf_counter() - t2]
 
 
-def _cold_run(path: Path, window: int, stride: int) -> dict:
+def _cold_run(path: Path, window: int, stride: int, channel: str | None = None) -> dict:
     """The first run in a fresh process (imports done, nothing warmed up): wall and CPU seconds."""
     code = ("import json,sys,time,tempfile,pathlib; from kdkit.bench.preprocess import _one_core,_run_kdkit; _one_core(); "
             "d=tempfile.mkdtemp(); c=time.process_time(); t=time.perf_counter(); "
-            "n,g,st=_run_kdkit(pathlib.Path(sys.argv[1]),int(sys.argv[2]),int(sys.argv[3]),pathlib.Path(d)/'s.store'); "
+            "n,g,st=_run_kdkit(pathlib.Path(sys.argv[1]),int(sys.argv[2]),int(sys.argv[3]),pathlib.Path(d)/'s.store',"
+            "sys.argv[4] or None); "
             "print(json.dumps({'wall':time.perf_counter()-t,'cpu':time.process_time()-c,'messages':n}))")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-c", code, str(path), str(window), str(stride)], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", code, str(path), str(window), str(stride), channel or ""],
+                         capture_output=True, text=True,
                          env=env, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"cold run on {path} failed:\n{out.stderr[-2000:]}")
@@ -85,13 +88,21 @@ def spread(values: list[float], digits: int = 4) -> dict:
             "max": round(max(values), digits)}
 
 
-def preprocess_file(path: str | Path, repeats: int = 5, window: int = 100, stride: int = 100, cold: bool = True) -> dict:
+def preprocess_file(path: str | Path, repeats: int = 5, window: int = 100, stride: int = 100, cold: bool = True,
+                    channel: str | None = None) -> dict:
     """End-to-end throughput of one file (any format :func:`read_messages` reads, logger files
     included): read -> messages -> windows -> graphs -> store.
 
     Warm runs repeat in this process after one burn-in; cold runs are each the first run of a
     fresh process (``cold``, default True). The two alternate, round after round, so a busy
-    spell of a shared machine hits both; wall and CPU seconds with min/median/max."""
+    spell of a shared machine hits both; wall and CPU seconds with min/median/max. ``channel``:
+    a logger file's bus (``"*"``: every bus as one stream).
+
+    Raises:
+        ValueError: ``repeats`` below 1.
+    """
+    if repeats < 1:
+        raise ValueError(f"--repeats {repeats}: at least 1 measured run is needed")
 
     _one_core()
     path = Path(path)
@@ -101,18 +112,19 @@ def preprocess_file(path: str | Path, repeats: int = 5, window: int = 100, strid
     stage: dict[str, list[float]] = {"read": [], "graphs": [], "store": []}
     n = g = 0
     with tempfile.TemporaryDirectory() as tmp:
-        _run_kdkit(path, window, stride, Path(tmp) / "s.store")  # burn-in
+        _run_kdkit(path, window, stride, Path(tmp) / "s.store", channel)  # burn-in
         for _ in range(repeats):
             if cold:
-                colds.append(_cold_run(path, window, stride))
+                colds.append(_cold_run(path, window, stride, channel))
             c0, t0 = time.process_time(), time.perf_counter()
-            n, g, st = _run_kdkit(path, window, stride, Path(tmp) / "s.store")
+            n, g, st = _run_kdkit(path, window, stride, Path(tmp) / "s.store", channel)
             warm_wall.append(time.perf_counter() - t0)
             warm_cpu.append(time.process_time() - c0)
             for k, v in zip(stage, st):
                 stage[k].append(v)
     med = statistics.median(warm_wall)
-    out = {"benchmark": "preprocess", "file": str(path), "builder": graphs.BUILDER, "messages": n, "windows": g,
+    out = {"benchmark": "preprocess", "file": str(path), "channel": channel, "builder": graphs.BUILDER, "messages": n,
+           "windows": g,
            "seconds_median": round(med, 4), "seconds_all": [round(t, 4) for t in warm_wall],
            "messages_per_s": round(n / med), "stage_seconds_median": {k: round(statistics.median(v), 4) for k, v in stage.items()},
            # CPU seconds next to wall seconds: on a shared machine the wall time also counts waiting for the core
@@ -236,9 +248,12 @@ def pandas_baseline(path: str | Path, limit: int = 20000, window: int = 100, rep
             "repeats": repeats, "threads": 1, "machine": machine_info()}
 
 
-def python_can_baseline(path: str | Path, repeats: int = 3) -> dict:
+def python_can_baseline(path: str | Path, repeats: int = 3, channel: str | None = None) -> dict:
     """python-can's own reader on a logger file (``.log``, ``.asc``, ``.blf``, ``.trc``, ``.gz`` ok):
-    frames -> timestamp/ID/payload arrays, no checks; the reference for kdkit's candump fast path."""
+    frames -> timestamp/ID/payload arrays, no checks; the reference for kdkit's candump fast path.
+    ``channel``: keep that bus's frames only (None or ``"*"``: every frame)."""
+    if repeats < 1:
+        raise ValueError(f"--repeats {repeats}: at least 1 measured run is needed")
     import gzip
 
     import can
@@ -255,7 +270,8 @@ def python_can_baseline(path: str | Path, repeats: int = 3) -> dict:
     for i in range(repeats + 1):  # run 0 is burn-in
         c0, t0 = time.process_time(), time.perf_counter()
         with opener(path, "rb" if binary else "rt") as handle:
-            frames = [m for m in kind(handle) if not m.is_remote_frame and not m.is_error_frame]
+            frames = [m for m in kind(handle) if not m.is_remote_frame and not m.is_error_frame
+                      and (channel in (None, "*") or str(m.channel) == channel)]
         n = len(frames)
         ts = np.fromiter((m.timestamp for m in frames), np.float64, n)
         ids = np.fromiter((m.arbitration_id for m in frames), np.uint32, n)

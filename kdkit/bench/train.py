@@ -287,7 +287,15 @@ def bench_train(model: str = "gat", type: str = "teacher", dataset: str = "synth
         attention: the Fabric path's GATv2 attention kernel (``auto`` | ``fused`` | ``stock``, the run
             config key; ``stock`` also means torch's dropout masks); the plain loop always runs PyG's
             stock path and torch's masks. Each side records both (``attention``, ``dropout_masks``).
+
+    Raises:
+        ValueError: ``steps``, ``repeats`` or ``batch_size`` below 1, ``burn_in`` below 0 (named as the
+            ``kdkit bench train`` flag).
     """
+    for flag, value, least in (("--steps", steps, 1), ("--repeats", repeats, 1), ("--batch-size", batch_size, 1),
+                               ("--burn-in", burn_in, 0)):
+        if value < least:
+            raise ValueError(f"{flag} {value}: must be at least {least}")
 
     base = {"model": model, "type": type, "dataset": dataset, "steps": steps, "burn_in": burn_in,
             "batch_size": batch_size, "precision": precision, "threads": threads, "data_root": data_root,

@@ -39,9 +39,9 @@ def cmd_bench_preprocess(args: argparse.Namespace) -> int:
     elif args.baseline == "pandas":
         result = bench.pandas_baseline(args.file, limit=args.limit)
     elif args.baseline == "python-can":
-        result = bench.python_can_baseline(args.file, repeats=args.repeats)
+        result = bench.python_can_baseline(args.file, repeats=args.repeats, channel=args.channel)
     else:
-        result = bench.preprocess_file(args.file, repeats=args.repeats)
+        result = bench.preprocess_file(args.file, repeats=args.repeats, channel=args.channel)
     print_result(result, args.json)
     return 0
 
@@ -137,6 +137,8 @@ def register(sub) -> None:
     src.add_argument("--dataset", help="a whole dataset, prepared from scratch in a fresh process")
     p.add_argument("--data-root", default=None)
     p.add_argument("--repeats", type=int, default=5, help="measured repeats after one burn-in (default 5)")
+    p.add_argument("--channel", default=None,
+                   help="a logger file of several buses: this bus ('*': every bus as one stream)")
     p.add_argument("--baseline", choices=["pandas", "python-can"],
                    help="run a baseline instead: the predecessor-style pandas loop, or python-can's reader alone "
                         "(logger files)")

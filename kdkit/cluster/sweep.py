@@ -211,7 +211,10 @@ def plan(notebook: str | os.PathLike, grid: dict[str, list], seeds: list[int] | 
     return {"version": 1, "name": name, "sweeps_dir": str(Path(sweeps_dir).expanduser().resolve()),
             "notebook": str(notebook), "kernel": kernel, "grid": grid, "seeds": list(seeds or []),
             "parameters": parameters, "teacher": teacher, "tasks": tasks, "backend": None,
-            "max_parallel": None, "submissions": []}
+            "max_parallel": None, "submissions": [],
+            # the tasks run where the sweep was planned: relative data roots, ./datasets.toml and the
+            # default runs/ cache resolve as they did for the plan's checks (not in the notebook's folder)
+            "cwd": os.getcwd()}
 
 
 def _task_parameters(spec: dict, task: dict, sweep_dir: Path, teacher_checkpoint: str | None = None) -> dict:
@@ -330,6 +333,13 @@ def teacher_checkpoint_of(sweep_dir: Path, spec: dict) -> str | None:
     return checkpoint
 
 
+def _task_cwd(spec: dict, notebook: Path) -> str:
+    """The folder a task's notebook runs in: where the sweep was planned (sweeps planned before
+    2026-12-06 recorded none: the notebook's folder, as then), if it still exists."""
+    cwd = spec.get("cwd")
+    return cwd if cwd and Path(cwd).is_dir() else str(notebook.parent)
+
+
 def run_task(sweep_dir: str | os.PathLike, task: int | None = None, *, teacher: bool = False) -> str:
     """Runs one task of the sweep (or its teacher) with papermill; returns its final state.
 
@@ -367,7 +377,7 @@ def run_task(sweep_dir: str | os.PathLike, task: int | None = None, *, teacher: 
         ensure_kernel()
     try:
         papermill.execute_notebook(str(notebook), str(run_dir / notebook.name), parameters=params,
-                                   kernel_name=spec.get("kernel", KERNEL), cwd=str(notebook.parent),
+                                   kernel_name=spec.get("kernel", KERNEL), cwd=_task_cwd(spec, notebook),
                                    progress_bar=False, log_output=True, start_timeout=KERNEL_START_TIMEOUT)
     except BaseException as err:   # recorded for the results table, then re-raised: the job fails
         stop_file = os.environ.get(STOP_FILE_ENV)

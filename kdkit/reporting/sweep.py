@@ -21,6 +21,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -170,13 +171,24 @@ def _param(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
+def error_line(text: str | None, limit: int = 240) -> str:
+    """A task's error for a table cell: its last non-blank line (the exception, after a notebook's
+    traceback), without terminal colour codes, at most ``limit`` characters."""
+    lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;?]*[ -/]*[@-~]", "", text or "").splitlines() if ln.strip()]
+    last = lines[-1] if lines else ""
+    return last if len(last) <= limit else last[:limit - 4].rstrip() + " ..."
+
+
 def unfinished(results: Mapping) -> list[dict]:
-    """The tasks that did not leave a result: state, seed, parameters, job, error."""
+    """The tasks that did not leave a result: state, seed, parameters, job, and the error's last
+    line (the whole text is in results.json and the task's task.json; ``kdkit sweep status`` shows
+    its end)."""
     out = []
     for row in results["rows"]:
         if finished(row):
             continue
-        why = row.get("error") or ("completed but no metrics.json was collected" if row.get("state") == DONE else "")
+        why = error_line(row.get("error")) or ("completed but no metrics.json was collected"
+                                               if row.get("state") == DONE else "")
         out.append({"task": row["task"], "state": row["state"], "seed": row.get("seed"),
                     "params": _params_text(row["params"]), "job": row.get("job_id"), "error": why})
     return out

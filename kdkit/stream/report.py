@@ -72,12 +72,15 @@ def latency_histogram(latencies_s: Sequence[float], title: str = "") -> Figure:
 
 
 def alarm_rows(decisions: Sequence[Decision], limit: int = 50) -> list[dict]:
-    """The first ``limit`` alarms as table rows (``attack_share`` None for unlabelled input)."""
+    """The first ``limit`` alarms as table rows (``attack_share`` None for unlabelled input). The
+    window's span is in seconds since the first window's start, as :func:`alarm_timeline` plots
+    it (a bus timestamp of ~1.5e9 s would show no difference between rows in a table)."""
     rows = []
+    t0 = decisions[0].start_time if decisions else 0.0
     for d in decisions:
         if not d.is_attack:
             continue
-        row = {"window": d.window, "start": round(d.start_time, 6), "end": round(d.end_time, 6),
+        row = {"window": d.window, "start_s": round(d.start_time - t0, 6), "end_s": round(d.end_time - t0, 6),
                "score": round(d.score, 4), "oov_ids": " ".join(format_can_id(i) for i in d.oov_ids[:6])
                + (" ..." if len(d.oov_ids) > 6 else ""),
                "attack_share": None if d.attack_share is None else round(d.attack_share, 3)}

@@ -42,6 +42,7 @@ from kdkit.data.datasets import dataset_name
 from kdkit.workflows.batch_size import optimize_config_batch_size
 from kdkit.workflows.notebooks import NOTEBOOK_DIR, notebook_parameters
 from kdkit.workflows.run import train
+from kdkit.workflows.run_dir import RunDirError
 
 PRECISION_ALIASES = {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed"}  # what choose_precision normalises
 STUDENT_ONLY_GROUPS = (KD,)       # settings that mean nothing to a teacher: disabled for one
@@ -221,7 +222,12 @@ class TrainPanel:
         Raises:
             ValueError: the extra JSON is invalid, or sets a key that has a control.
         """
-        extra = parse_config_json(self.extra.value.strip(), self.schema)
+        try:
+            extra = parse_config_json(self.extra.value.strip(), self.schema)
+        except ValueError as err:  # the box is the panel's --config: say which box
+            text = str(err)
+            raise ValueError("Extra config" + text[len("--config"):] if text.startswith("--config") else
+                             f"Extra config: {text}") from err
         clash = sorted(set(extra) & {s.name for s in panel_fields(self.schema)})
         if clash:
             raise ValueError(f"Extra config sets {', '.join(clash)}: use the panel's control for "
@@ -264,6 +270,12 @@ class TrainPanel:
             self.stop_button.disabled = False
             try:
                 summary = train(cfg, progress=False, on_epoch_end=self._on_epoch_end, should_stop=self._stop.is_set)
+            except RunDirError as err:
+                if not getattr(err, "held", None):
+                    raise
+                raise RunDirError(f"run folder {err.run_dir} already holds a run ({', '.join(err.held)}): put "
+                                  '{"overwrite": true} in Extra config to replace it, or {"run_name": "another name"} '
+                                  "to train into a new folder") from err
             finally:
                 self.stop_button.disabled = True
             self.summary = summary

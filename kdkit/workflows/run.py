@@ -394,7 +394,7 @@ def _train_locked(cfg: TrainConfig, resume, progress, on_epoch_end, data, should
             ranks = spawned_worker()  # None unless rank zero started this process with spawn_ranks
         try:
             summary = _train(cfg, run_dir, owner, resume, progress, on_epoch_end, data, should_stop, stop, ranks)
-        except Exception as err:
+        except RuntimeError as err:  # torch.distributed's errors (a dead peer) are RuntimeErrors
             why = ranks.worker_failure() if isinstance(ranks, SpawnedRanks) else ""
             if why:  # name the worker that died, not only the transport error it left on this rank
                 raise RuntimeError(why) from err

@@ -120,8 +120,10 @@ def check_run_dir(run_dir: Path, cfg: TrainConfig, resume: str | Path | None) ->
         return
     last = run_dir / "checkpoints" / "last.pt"
     resume_hint = f", --resume {last} to continue it" if last.is_file() else ""
-    raise RunDirError(f"run dir {run_dir} already holds a run ({', '.join(held)}); training again would replace it. "
-                      f"Pass --overwrite to replace it{resume_hint}, or choose another --run-name")
+    error = RunDirError(f"run dir {run_dir} already holds a run ({', '.join(held)}); training again would replace "
+                        f"it. Pass --overwrite to replace it{resume_hint}, or choose another --run-name")
+    error.run_dir, error.held = run_dir, held  # for callers that say it their own way (the panel)
+    raise error
 
 
 def resolve_resume(resume: str | os.PathLike | None, run_dir: Path, env: str | None = None) -> Path | None:
