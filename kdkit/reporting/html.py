@@ -81,7 +81,7 @@ FIGURES = {
     "latency": ("Decision latency", "From a window's last frame to its decision."),
 }
 TABLE_TITLES = {"per_scenario": "Metrics per test scenario", "f1_per_scenario": "F1 per test scenario",
-                "comparison": "Size, F1 and inference speed", "speedup": "Legacy loop against Fabric: epoch time",
+                "comparison": "Size, F1 and inference speed", "speedup": "The plain PyG loop against Fabric: epoch time",
                 "inference": "Inference throughput and latency", "alarms": "First alarms"}
 
 
