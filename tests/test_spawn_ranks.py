@@ -160,11 +160,31 @@ def test_rank_zeros_own_error_is_not_replaced_by_the_workers_exit(kdkit_env, tmp
     """A config error rank zero hits itself (the worker hits it too and exits 2) is reported as it
     is, not as "DDP rank 1 exited with status 2"."""
     from kdkit.config import make_config
+    from kdkit.workflows import run as run_module
     from kdkit.workflows.run import train
 
     worker = ("import os, sys, time; g, r = int(os.environ['KDKIT_RANK_GATE_FD']), int(os.environ['KDKIT_RANK_READY_FD']); "
               "os.read(g, 1); os.write(r, b'1'); time.sleep(0.5); print('worker: same error'); sys.exit(2)")
     monkeypatch.setattr(spawn_ranks, "worker_command", lambda config_path, resume=None: [sys.executable, "-c", worker])
-    cfg = make_config(**{**TINY, "hidden": 8, "embedding_dim": 8}, runs_dir=str(tmp_path / "runs"), run_name="cfg")
-    with pytest.raises(ValueError, match="embedding_dim=8 must be in 1..hidden-1"):
+
+    def refused(cfg, data):  # rank zero's own error after its data, as a model that cannot be built
+        raise ValueError("this model cannot be built from the config")
+
+    monkeypatch.setattr(run_module, "build_student_or_teacher", refused)
+    cfg = make_config(**TINY, runs_dir=str(tmp_path / "runs"), run_name="cfg")
+    with pytest.raises(ValueError, match="this model cannot be built from the config"):
         train(cfg, progress=False)
+
+
+def test_model_sizes_are_checked_before_data_or_workers(kdkit_env, tmp_path, monkeypatch):
+    """A hidden width the preset's ID embedding does not fit fails at once, naming whose size is whose."""
+    from kdkit.config import make_config
+    from kdkit.workflows import run as run_module
+    from kdkit.workflows.run import train
+
+    monkeypatch.setattr(run_module, "spawn_ranks", lambda *a, **k: pytest.fail("workers started"))
+    monkeypatch.setattr(run_module, "load_data", lambda *a, **k: pytest.fail("data loaded"))
+    cfg = make_config(**{**TINY, "hidden": 8, "embedding_dim": None}, type="student", runs_dir=str(tmp_path / "r"))
+    with pytest.raises(ValueError, match=r"embedding_dim=8 \(the gat student preset's\) must be below hidden=8: "):
+        train(cfg, progress=False)
+    assert not (tmp_path / "r").exists()

@@ -102,6 +102,26 @@ def check_shape_limits(options: dict[str, Any], what: str) -> None:
                              "kdkit refuses to build a model of that size (a corrupted or foreign model config?)")
 
 
+def check_sizes(kind: str, size: str, hidden: int | None = None, embedding_dim: int | None = None) -> None:
+    """The CAN-ID embedding takes part of each node's ``hidden`` channels, so it must be narrower,
+    whether each size is given or the preset's (``None``). Cheap: a run checks it before its data.
+
+    Raises:
+        ValueError: naming both sizes, whose each is, and what to change.
+    """
+    preset = PRESETS.get(kind, {}).get(size, {})
+    h, e = hidden or preset.get("hidden"), embedding_dim or preset.get("embedding_dim")
+    if h is None or e is None or 0 < e < h:
+        return
+
+    def whose(given):
+        return "" if given else f" (the {kind} {size} preset's)"
+
+    raise ValueError(f"embedding_dim={e}{whose(embedding_dim)} must be below hidden={h}{whose(hidden)}: the CAN-ID "
+                     f"embedding takes part of each node's hidden channels; set embedding_dim below {h} (e.g. "
+                     f"{max(1, h // 4)}) or a larger hidden")
+
+
 def build_model(kind: str, size: str, num_node_features: int, num_edge_features: int,
                 num_ids: int, **overrides: Any) -> GraphModel:
     """Build a preset model.

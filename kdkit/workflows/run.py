@@ -37,7 +37,7 @@ from kdkit.data.graphs import (EDGE_FEATURES, GRAPH_FORMAT_VERSION, NODE_FEATURE
 from kdkit.data.loader import shard_bounds
 from kdkit.data.readers import read_messages
 from kdkit.models.fusion import fit_after_training
-from kdkit.models.registry import MODEL_CLASSES, build_model, count_parameters, model_size_bytes
+from kdkit.models.registry import MODEL_CLASSES, build_model, check_sizes, count_parameters, model_size_bytes
 from kdkit.models.thresholds import choose_threshold
 from kdkit.models.vgae import fit_score_standardisation
 from kdkit.reporting.metrics import evaluate_all_scores, evaluate_model, predict_scores
@@ -352,6 +352,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
             before a model is built or trained).
         Preempted: the cluster asked the job to stop; ``last.pt`` holds the exact state.
     """
+    check_sizes(cfg.model, cfg.type, cfg.hidden, cfg.embedding_dim)  # before data, workers or a teacher
     # the caller's objects (a notebook's imports, its data) outlive the run: its phase-end
     # collections need not walk them (kdkit.training.memory.collections_skip_older_objects)
     with collections_skip_older_objects():
