@@ -293,24 +293,25 @@ def validate_overrides(overrides: dict[str, Any], cls: type = TrainConfig) -> di
     return out
 
 
-def parse_config_json(text: str | None, cls: type = TrainConfig) -> dict[str, Any]:
-    """``--config`` JSON (a string, or ``@file.json``) -> validated overrides (errors name the file)."""
-    data = read_config_json(text)
+def parse_config_json(text: str | None, cls: type = TrainConfig, source: str = "--config") -> dict[str, Any]:
+    """``--config`` JSON (a string, or ``@file.json``) -> validated overrides. Errors name ``source``
+    (where the JSON came from: ``--config``, the panel's ``Extra config``) and the file."""
+    data = read_config_json(text, source)
     try:
         return validate_overrides(data, cls)
     except ValueError as err:
         if text and text.startswith("@"):
-            raise ValueError(f"--config {text}: {err}") from err
+            raise ValueError(f"{source} {text}: {err}") from err
         raise
 
 
-def read_config_json(text: str | None) -> dict[str, Any]:
-    """``--config`` JSON (a string, or ``@file.json``) -> a dict, not yet validated."""
+def read_config_json(text: str | None, source: str = "--config") -> dict[str, Any]:
+    """``--config`` JSON (a string, or ``@file.json``) -> a dict, not yet validated; errors name ``source``."""
     if not text:
         return {}
-    where = "--config"
+    where = source
     if text.startswith("@"):
-        where = f"--config {text}"
+        where = f"{source} {text}"
         try:
             with open(text[1:], encoding="utf-8") as handle:
                 text = handle.read()

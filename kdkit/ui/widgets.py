@@ -222,12 +222,7 @@ class TrainPanel:
         Raises:
             ValueError: the extra JSON is invalid, or sets a key that has a control.
         """
-        try:
-            extra = parse_config_json(self.extra.value.strip(), self.schema)
-        except ValueError as err:  # the box is the panel's --config: say which box
-            text = str(err)
-            raise ValueError("Extra config" + text[len("--config"):] if text.startswith("--config") else
-                             f"Extra config: {text}") from err
+        extra = parse_config_json(self.extra.value.strip(), self.schema, source="Extra config")
         clash = sorted(set(extra) & {s.name for s in panel_fields(self.schema)})
         if clash:
             raise ValueError(f"Extra config sets {', '.join(clash)}: use the panel's control for "
