@@ -264,3 +264,35 @@ def test_teacher_notebook_trains_the_fusion_pair_and_student_notebook_distils_it
     for key in ("teacher", "student_kd", "student_alone"):
         _check_f1(m[key]["f1"])
     _check_figures(out, m, {"f1_per_scenario.png", "roc_pr_over_teacher.png", "score_histograms_kd.png"})
+
+
+def test_check_notebook_refuses_a_papermill_parameter_the_notebook_does_not_have():
+    """papermill assigns `-p epoch 1` beside the real `epochs` with only a warning on its stderr; the
+    first cell finds the injected names in the kernel's input history and refuses the unknown one."""
+    from kdkit.workflows.notebooks import check_notebook, injected_names
+
+    ns = {"epochs": 1, "In": ["", "epochs = 1  # epochs", '# Parameters\nepoch = 1\nmodel = "gat"\n'], "epoch": 1,
+          "model": "gat"}
+    assert injected_names(ns) == ["epoch", "model"]
+    with pytest.raises(ValueError, match=r"parameter 'epoch' is not in teacher.ipynb's parameters cell; "
+                                         r"did you mean 'epochs'\?"):
+        check_notebook("teacher", ns)
+    # interactive use: no injected cell, other variables of the kernel are not parameters
+    assert injected_names({"In": ["x = 3", "epochs = 2"], "x": 3}) == []
+    assert check_notebook("teacher", {"In": ["x = 3"], "x": 3, "epochs": 2})["epochs"] == 2
+    # a notebook-only number below its smallest value
+    with pytest.raises(ValueError, match=r"gateway.ipynb parameter paced_seconds=-1: must be > 0"):
+        check_notebook("gateway", {"paced_seconds": -1})
+
+
+@pytest.mark.notebook
+def test_papermill_run_with_a_misspelt_parameter_fails_in_the_first_cell(nb_env, tmp_path):
+    base, env = nb_env
+    out = tmp_path / "typo"
+    out.mkdir()
+    cmd = [sys.executable, "-m", "papermill", str(NOTEBOOK_DIR / "teacher.ipynb"), str(out / "teacher.ipynb"),
+           "-k", KERNEL, "--no-progress-bar", "-p", "run_dir", str(out), "-p", "epoch", "1"]
+    proc = subprocess.run(cmd, cwd=out, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "parameter 'epoch' is not in teacher.ipynb's parameters cell; did you mean 'epochs'?" in proc.stderr
+    assert not (out / "metrics.json").exists()  # nothing trained

@@ -72,7 +72,7 @@ def test_expand_is_the_product_with_seeds_innermost():
 
 
 def test_plan_checks_every_key_and_value_against_the_notebook_and_the_schema(tmp_path):
-    spec = sw.plan(STUDENT, {"kd_temperature": [2.0, 4.0], "hidden": [8, None]}, seeds=[0, 1, 2],
+    spec = sw.plan(STUDENT, {"kd_temperature": [2.0, 4.0], "hidden": [16, None]}, seeds=[0, 1, 2],
                    parameters={"epochs": 1}, name="ok", sweeps_dir=tmp_path)
     assert len(spec["tasks"]) == 12 and spec["tasks"][5]["run_dir"] == "tasks/task0005"
     assert spec["notebook"] == str(STUDENT) and spec["parameters"] == {"epochs": 1}
@@ -104,6 +104,18 @@ def test_plan_checks_every_key_and_value_against_the_notebook_and_the_schema(tmp
                 teacher_parameters={"kd_alpha": 0.5}, sweeps_dir=tmp_path)
     with pytest.raises(ValueError, match="run name"):
         sw.plan(STUDENT, {"kd_alpha": [0.5]}, name="bad name", sweeps_dir=tmp_path)
+    # run_dir is the sweep's: a fixed one would be ignored, so it is refused
+    with pytest.raises(ValueError, match=r"parameter run_dir='x': the sweep sets it for each task .*--name and --sweeps-dir"):
+        sw.plan(STUDENT, {"kd_alpha": [0.5]}, parameters={"run_dir": "x"}, sweeps_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"teacher parameter run_dir='x': the sweep runs the teacher in <sweep>/teacher"):
+        sw.plan(STUDENT, {"kd_alpha": [0.5]}, teacher_notebook=REPO / "notebooks" / "teacher.ipynb",
+                teacher_parameters={"run_dir": "x"}, sweeps_dir=tmp_path)
+    # sizes that only fail together (hidden against the preset's ID embedding), per task and for the teacher
+    with pytest.raises(ValueError, match=r"task 1 \({'hidden': 8}\): student.ipynb parameter hidden=8: embedding_dim=8"):
+        sw.plan(STUDENT, {"hidden": [16, 8]}, sweeps_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"teacher.ipynb parameter hidden=4: embedding_dim=16"):
+        sw.plan(STUDENT, {"kd_alpha": [0.5]}, teacher_notebook=REPO / "notebooks" / "teacher.ipynb",
+                teacher_parameters={"hidden": 4}, sweeps_dir=tmp_path)
     assert not any(tmp_path.iterdir())      # planning writes nothing
 
 

@@ -56,7 +56,7 @@ from kdkit.cluster.orchestrator import (
 )
 from kdkit.cluster.requeue import RESUME_ENV, STOP_FILE_ENV, saved_marker
 from kdkit.cluster.sbatch import ShellArgs, render, validate
-from kdkit.workflows.notebooks import KERNEL, check_parameters, ensure_kernel, notebook_parameters
+from kdkit.workflows.notebooks import KERNEL, check_model_sizes, check_parameters, ensure_kernel, notebook_parameters
 
 SWEEPS_DIR = Path("runs") / "sweeps"
 RETRY_STATES = frozenset({"FAILED", "PREEMPTED", "TIMEOUT", "NODE_FAIL", "CANCELLED", "BOOT_FAIL", "OUT_OF_MEMORY"})
@@ -177,6 +177,10 @@ def plan(notebook: str | os.PathLike, grid: dict[str, list], seeds: list[int] | 
         raise SweepError(f"{notebook} has no 'run_dir' parameter: a sweep gives each task its own run dir")
     if seeds and "seed" not in declared:
         raise SweepError(f"--seeds given but {notebook} has no 'seed' parameter")
+    for key in _RESERVED:
+        if key in parameters:
+            raise SweepError(f"parameter {key}={parameters[key]!r}: the sweep sets it for each task "
+                             f"(<sweeps dir>/<name>/tasks/taskNNNN); choose where with --name and --sweeps-dir")
     check_parameters(notebook, parameters)
     teacher = None
     if teacher_notebook is not None and teacher_checkpoint is not None:
@@ -196,16 +200,23 @@ def plan(notebook: str | os.PathLike, grid: dict[str, list], seeds: list[int] | 
         if not t_nb.is_file():
             raise FileNotFoundError(f"teacher notebook {t_nb} does not exist")
         t_params = _absolute(dict(teacher_parameters or {}))
-        t_params.pop("run_dir", None)
+        if "run_dir" in t_params:
+            raise SweepError(f"teacher parameter run_dir={t_params['run_dir']!r}: the sweep runs the teacher in "
+                             "<sweep>/teacher")
         if "run_dir" not in notebook_parameters(t_nb):
             raise SweepError(f"teacher notebook {t_nb} has no 'run_dir' parameter: the sweep runs it in <sweep>/teacher")
         check_parameters(t_nb, t_params)
+        check_model_sizes(t_nb, t_params)
         teacher = {"notebook": str(t_nb), "parameters": t_params, "run_dir": "teacher"}
     tasks = expand(grid, seeds)
     width = max(4, len(str(len(tasks) - 1)))
     for task in tasks:
         task["run_dir"] = f"tasks/task{task['task']:0{width}d}"
-        check_parameters(notebook, _task_parameters({"parameters": parameters}, task, Path("/x")))
+        values = check_parameters(notebook, _task_parameters({"parameters": parameters}, task, Path("/x")))
+        try:
+            check_model_sizes(notebook, values)
+        except ValueError as err:
+            raise SweepError(f"task {task['task']} ({task['params']}): {err}") from None
     name = name or f"{notebook.stem}_{datetime.now():%Y%m%d-%H%M%S}"
     validate({"run_name": name})
     return {"version": 1, "name": name, "sweeps_dir": str(Path(sweeps_dir).expanduser().resolve()),

@@ -4,6 +4,7 @@ names and types against the notebook's ``parameters`` cell, run keys against the
 from __future__ import annotations
 
 import ast
+import difflib
 import json
 import os
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from kdkit.config import TrainConfig, schema, validate_overrides
+from kdkit.models.registry import check_sizes
 
 # ----------------------------------------------------------------------------- executing notebooks
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
@@ -92,8 +94,25 @@ _TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), 
           "dict": (dict,)}
 
 
+# notebook-only numbers and their smallest values: (minimum, whether the minimum itself is allowed)
+_LIMITS = {"steps": (1, True), "burn_in": (0, True), "repeats": (1, True), "threads": (1, True),
+           "preprocess_repeats": (1, True), "baseline_limit": (1, True), "infer_seconds": (0, False),
+           "infer_calls": (1, True), "bus_seconds": (0, False), "paced_seconds": (0, False),
+           "latency_calls": (1, True)}
+
+
+def _check_limit(notebook, key: str, value: Any) -> None:
+    if key not in _LIMITS or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    low, inclusive = _LIMITS[key]
+    if value < low or (value == low and not inclusive):
+        raise ValueError(f"{notebook} parameter {key}={value!r}: must be {'>=' if inclusive else '>'} {low}")
+
+
 def _check_annotated(notebook, key: str, value: Any, default: Any, annotation: str | None) -> None:
-    """A notebook-only parameter against its annotation (``int``, ``str | None``, ...) or its default's type."""
+    """A notebook-only parameter against its annotation (``int``, ``str | None``, ...) or its default's type,
+    and a number against its smallest value (:data:`_LIMITS`)."""
+    _check_limit(notebook, key, value)
     if annotation:
         optional = annotation.startswith("Optional[")
         parts = [p.strip() for p in annotation.removeprefix("Optional[").removesuffix("]" if optional else "").split("|")]
@@ -129,7 +148,9 @@ def check_parameters(notebook, parameters: dict, cls: type = TrainConfig) -> dic
     specs = {s.name: s for s in schema(cls)}
     for key, value in parameters.items():
         if key not in declared:
-            raise ValueError(f"parameter {key!r} is not in {notebook}'s parameters cell "
+            close = difflib.get_close_matches(key, declared, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"parameter {key!r} is not in {Path(notebook).name}'s parameters cell{hint} "
                              f"(known: {', '.join(sorted(declared))})")
         try:
             json.dumps(value, allow_nan=False)
@@ -156,5 +177,56 @@ def check_notebook(name: str, namespace: Mapping[str, Any]) -> dict:
         The parameters, by name.
     """
     path = NOTEBOOK_DIR / f"{name}.ipynb"
-    values = {k: namespace[k] for k in _declared(path) if k in namespace}
-    return check_parameters(path, values)
+    declared = _declared(path)
+    for key in injected_names(namespace):  # papermill -p NAME of a name the notebook does not have
+        if key not in declared:
+            check_parameters(path, {key: namespace.get(key)})  # raises, naming it and the closest known name
+    values = check_parameters(path, {k: namespace[k] for k in declared if k in namespace})
+    check_model_sizes(path, values)
+    return values
+
+
+# the models a notebook builds: (preset size, prefix of its parameters)
+_BUILDS = {"teacher": [("teacher", "")], "student": [("student", ""), ("teacher", "teacher_")]}
+
+
+def check_model_sizes(notebook: str | os.PathLike, values: Mapping[str, Any]) -> None:
+    """Sizes checked together, as ``train()`` does (``hidden`` against the preset's ID embedding), so a
+    bad pair fails in the first cell (or a sweep's plan) and not after the quick teacher has trained.
+    ``notebook``'s file name says which models it builds (kdkit's ``teacher`` and ``student``)."""
+    path = Path(notebook)
+    if path.stem not in _BUILDS:
+        return
+    values = {**notebook_parameters(path), **values}  # what is not given is the parameters cell's
+    for size, prefix in _BUILDS[path.stem]:
+        if prefix and values.get("teacher_checkpoint"):
+            continue  # a given teacher is not built here
+        if isinstance(values.get("model"), str) and values.get(f"{prefix}hidden") is not None:
+            try:
+                check_sizes(values["model"], size, values[f"{prefix}hidden"], values.get(f"{prefix}embedding_dim"))
+            except ValueError as err:
+                raise ValueError(f"{path.name} parameter {prefix}hidden={values[f'{prefix}hidden']!r}: {err}") from None
+
+
+PAPERMILL_COMMENT = "# Parameters"
+"""The first line of the cell papermill injects (``papermill.translators.PythonTranslator.codify``)."""
+
+
+def injected_names(namespace: Mapping[str, Any]) -> list[str]:
+    """Names assigned by the last parameters cell papermill injected in this kernel, from the kernel's
+    input history (IPython's ``In``); ``[]`` outside papermill.
+
+    papermill assigns any ``-p NAME VALUE`` after the notebook's own parameters cell, known or not,
+    with only a warning on its own stderr: the kernel sees an unknown name as just another variable.
+    The injected cell's source is in the history, so its names can be checked.
+    """
+    history = namespace.get("In") or namespace.get("_ih") or []
+    for source in reversed(list(history)):
+        if isinstance(source, str) and source.startswith(PAPERMILL_COMMENT + "\n"):
+            try:
+                body = ast.parse(source).body
+            except SyntaxError:
+                return []
+            return [t.id for node in body if isinstance(node, ast.Assign) for t in node.targets
+                    if isinstance(t, ast.Name)]
+    return []
