@@ -405,3 +405,22 @@ def test_train_runs_with_the_callers_older_objects_frozen(monkeypatch, tmp_path)
     older = [[i] for i in range(1000)]  # tracked objects made before the run
     assert run_module.train(make_config(dataset="synthetic", runs_dir=str(tmp_path))) == {"ok": 1}
     assert seen[0] >= count + len(older)
+
+
+def test_sizer_never_picks_a_batch_larger_than_the_training_split(synthetic, tmp_path, monkeypatch):
+    """Memory would allow thousands of tiny windows a batch; the training split has 644: the batch is at
+    most the split (one process's share) and a batch that leaves few steps an epoch is said so."""
+    from kdkit.config import make_config
+    from kdkit.workflows.batch_size import few_steps_note, optimize_config_batch_size
+
+    monkeypatch.setenv("KDKIT_CACHE_DIR", str(tmp_path))  # no cached size from another test
+    said = []
+    cfg = make_config(dataset="synthetic", model="gat", type="student", max_batch_size=4096, precision="32-true")
+    out = optimize_config_batch_size(cfg, data=synthetic, echo=said.append)
+    windows = len(synthetic.splits["train"])
+    assert out.batch_size <= windows
+    assert any(f"over {windows:,} training windows" in s and "--max-batch-size (now 4096)" in s for s in said), said
+    # the note's arithmetic: 644 windows at 64 a batch is 11 steps (no note); at 100, 7 steps
+    assert few_steps_note(64, 644, 1024) is None
+    assert few_steps_note(100, 644, 1024).startswith("batch size 100 gives 7 optimizer steps an epoch over 644 ")
+    assert "(the training split's size" in few_steps_note(644, 644, 1024)

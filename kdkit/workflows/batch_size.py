@@ -22,9 +22,15 @@ def sizer_for_config(cfg, data=None) -> DynamicBatchSizer:
 
         train = vgae_train_sets(data)[0]
     accelerator = resolve_accelerator(cfg.accelerator)
-    return DynamicBatchSizer(model, train, target_memory_usage=cfg.target_memory_usage,
-                             min_batch_size=cfg.min_batch_size, max_batch_size=cfg.max_batch_size,
-                             precision=choose_precision(cfg.precision, accelerator), device=accelerator)
+    # a batch holds at most one process's share of the training windows: a larger one would be
+    # padded by nothing and give one step an epoch at a size no epoch ever reaches
+    windows = max(1, len(train) // max(1, cfg.devices))
+    sizer = DynamicBatchSizer(model, train, target_memory_usage=cfg.target_memory_usage,
+                              min_batch_size=cfg.min_batch_size,
+                              max_batch_size=max(cfg.min_batch_size, min(cfg.max_batch_size, windows)),
+                              precision=choose_precision(cfg.precision, accelerator), device=accelerator)
+    sizer.train_windows = windows
+    return sizer
 
 
 def describe(cfg, result: BatchSizeResult) -> str:
@@ -41,4 +47,23 @@ def optimize_config_batch_size(cfg, data=None, echo: Callable[[str], None] = pri
     sizer = sizer_for_config(cfg, data)
     size = sizer.estimate_optimal_batch_size()
     echo(f"--optimize-batch-size: {describe(cfg, sizer.result)}")
+    note = few_steps_note(size, sizer.train_windows, cfg.max_batch_size)
+    if note:
+        echo(f"--optimize-batch-size: {note}")
     return dataclasses.replace(cfg, batch_size=size)
+
+
+FEW_STEPS = 10
+"""Below this many optimizer steps an epoch, the batch the memory allows is said to be large for the data."""
+
+
+def few_steps_note(batch_size: int, windows: int, max_batch_size: int) -> str | None:
+    """A note when ``batch_size`` leaves fewer than :data:`FEW_STEPS` steps an epoch over ``windows``
+    training windows (one process's share), else None."""
+    steps = -(-windows // batch_size)
+    if steps >= FEW_STEPS:
+        return None
+    capped = " (the training split's size: memory would allow more)" if batch_size >= windows else ""
+    return (f"batch size {batch_size}{capped} gives {steps} optimizer step{'s' if steps != 1 else ''} an epoch over "
+            f"{windows:,} training windows; for more updates per epoch set --max-batch-size (now {max_batch_size}) "
+            f"to about {max(1, windows // FEW_STEPS)}")
