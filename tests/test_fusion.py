@@ -4,6 +4,8 @@ through ``kdkit train`` on the synthetic data.
 
 Run: .venv/bin/python -m pytest tests/test_fusion.py -q
 """
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -621,3 +623,34 @@ def test_adapting_to_the_simulated_unknown_vehicle_makes_it_a_known_one(fusion_r
     for name, m in rows.items():
         assert m["after"]["recall"] >= 0.8 and m["after"]["false_positive_rate"] <= 0.1, (name, m)
         assert m["after"]["f1"] >= m["before"]["f1"], (name, m)
+
+
+def test_fusion_checkpoints_are_ranked_by_the_fused_detectors_validation_f1(fusion_runs, tmp_path):
+    """The fit record's F1 is the fused score's on the validation windows (recomputed here from the
+    checkpoint), and a saved_models copy ranked by the classification head's val_f1 gives way to it."""
+    from sklearn.metrics import f1_score
+
+    from kdkit.config import make_config
+    from kdkit.models.fusion import fused_validation_f1
+    from kdkit.reporting.metrics import predict_scores
+    from kdkit.training.checkpoint import load_checkpoint, model_from_checkpoint
+    from kdkit.workflows.run import load_data
+    from kdkit.workflows.saved_models import save_compat_copy
+
+    _, student, _ = fusion_runs
+    val = load_data(make_config(dataset="synthetic")).splits["val"]
+    known = student["combiner"]["modes"]["known"]
+    assert known["windows"] == len(val)  # the simulator's known cars: every validation window in the known mode
+    model = model_from_checkpoint(load_checkpoint(student["best_checkpoint"]), student["best_checkpoint"])
+    expected = f1_score(val.y.numpy(), predict_scores(model, val) >= 0)
+    assert fused_validation_f1(student["combiner"]) == pytest.approx(expected, abs=1e-9)
+    assert fused_validation_f1({"modes": {"known": {**known, "attack_windows": 0}}}) is None
+
+    copy = tmp_path / "saved_models" / "best_fusion_student_model_synthetic.pth"
+    head = {"metric": "val_f1", "mode": "max", "value": 1.0, "run_dir": "runs/old", "checkpoint": "x"}
+    assert save_compat_copy(Path(student["best_checkpoint"]), copy, head)[0]
+    fused = {"metric": "val_fused_f1", "mode": "max", "value": 0.5, "run_dir": student["run_dir"],
+             "checkpoint": student["best_checkpoint"], "supersedes": ["val_f1"]}
+    copied, note = save_compat_copy(Path(student["best_checkpoint"]), copy, fused)
+    assert copied and "was ranked by val_f1, which val_fused_f1 supersedes" in note
+    assert not save_compat_copy(Path(student["best_checkpoint"]), copy, {**fused, "value": 0.4})[0]  # now by its own

@@ -585,7 +585,9 @@ def fit_combiner(combiner: Combiner, known: tuple[np.ndarray, np.ndarray], unkno
             _fit_policy(state, mode, z, y, used)
         combiner.load_state_dict(state)
         modes = torch.full((len(y),), mode, dtype=torch.long)
-        raw = combiner.raw(torch.as_tensor(z, dtype=torch.float32), modes).double().numpy()
+        # as forward() computes it (float32 standardisation): a threshold just above the highest
+        # allowed window must stay above it in the model's own arithmetic
+        raw = combiner.raw(combiner.standardise(pt, modes), modes).double().numpy()
         offset = quantile_threshold(raw[calib], quantile)
         state["offset"][mode] = offset
         record["modes"][name] = {
@@ -681,6 +683,19 @@ def fit_on_validation(model: FusionModel, val, quantile: float = 0.999, seed: in
                           (predict_parts(model, val, ids_hidden=True), y), quantile=quantile, seed=seed,
                           reference=reference)
     return {**record, "calibrated_on": rule, "calibration_windows": int(reference.sum())}
+
+
+def fused_validation_f1(record: dict) -> float | None:
+    """The fused detector's F1 on the validation windows it judges as a known vehicle, at its fitted
+    threshold, from a fit record (:func:`fit_combiner`): what ranks fusion checkpoints, where the
+    training's ``val_f1`` is the classification head's alone. None without attack windows there."""
+    known = (record.get("modes") or {}).get("known") or {}
+    windows, attacks = known.get("windows"), known.get("attack_windows")
+    recall, fpr = known.get("validation_recall"), known.get("validation_fpr_every_attack_free_window")
+    if not attacks or recall is None or fpr is None:
+        return None
+    tp, fn, fp = recall * attacks, (1 - recall) * attacks, fpr * (windows - attacks)
+    return float(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn > 0 else None
 
 
 def fit_after_training(model: FusionModel, train, val, quantile: float = 0.999, seed: int = 0) -> dict:

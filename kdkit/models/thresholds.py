@@ -69,4 +69,28 @@ def quantile_threshold(scores: np.ndarray, quantile: float) -> float:
     allowed = min(int(np.floor((1.0 - quantile) * n + 1e-9)), n - 1)  # false positives the budget allows
     boundary = s[n - allowed - 1]  # the highest score that must stay below the threshold
     above = s[s > boundary]
-    return float(above[0]) if above.size else float(np.nextafter(boundary, np.inf))
+    if above.size:
+        return _float32_up(float(above[0]))
+    return _float32_up(float(boundary), ulps=ABOVE_ALL_ULPS)
+
+
+ABOVE_ALL_ULPS = 16
+"""When no score may alarm (fewer than ``1 / (1 - quantile)`` scores), the threshold is this many
+float32 steps above the highest score instead of one: a window's score moves by a few steps when it
+is scored in another batch (BLAS blocks rows by the batch's size), and one step was measured too
+little (a fusion student's highest calibration window, fitted in batches of 256, alarmed when its
+run scored the split in larger ones)."""
+
+
+def _float32_up(t: float, ulps: int = 0) -> float:
+    """The smallest float32 value >= ``t``, then ``ulps`` float32 steps above it.
+
+    Models score in float32 and compare (or subtract) the threshold there: a float64 threshold just
+    above the highest allowed score rounds down onto it, and that window alarms after all. On the
+    float32 grid, ``score >= t`` means the same in either precision."""
+    t32 = np.float32(t)
+    if t32 < t:
+        t32 = np.nextafter(t32, np.float32(np.inf))
+    for _ in range(ulps):
+        t32 = np.nextafter(t32, np.float32(np.inf))
+    return float(t32)

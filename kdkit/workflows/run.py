@@ -36,7 +36,7 @@ from kdkit.data.graphs import (EDGE_FEATURES, GRAPH_FORMAT_VERSION, NODE_FEATURE
                                model_reads_format)
 from kdkit.data.loader import shard_bounds
 from kdkit.data.readers import read_messages
-from kdkit.models.fusion import fit_after_training
+from kdkit.models.fusion import fit_after_training, fused_validation_f1
 from kdkit.models.registry import MODEL_CLASSES, build_model, check_sizes, count_parameters, model_size_bytes
 from kdkit.models.thresholds import choose_threshold
 from kdkit.models.vgae import fit_score_standardisation
@@ -70,6 +70,9 @@ from kdkit.workflows.run_dir import (
 from kdkit.workflows.saved_models import compat_path, save_compat_copy
 
 log = logging.getLogger(__name__)
+
+END_NOTE = "kdkit_end_note"
+"""Attribute of log records whose text the run's summary carries too (``summary["still_learning"]``)."""
 
 def prepare_config(cfg: TrainConfig) -> PrepareConfig:
     return PrepareConfig(window=cfg.window, stride=cfg.stride, label_threshold=cfg.label_threshold,
@@ -489,7 +492,8 @@ def _train(cfg: TrainConfig, run_dir: Path, owner: bool, resume, progress, on_ep
     timings["train_s"] = train_seconds
     still_learning = convergence_note(fit.history, cfg.epochs) if rank == 0 else None
     if still_learning:
-        log.warning("%s: %s", cfg.resolved_run_name, still_learning)
+        # END_NOTE: a front end that repeats the summary's note at its end (kdkit train) drops this record
+        log.warning("%s: %s", cfg.resolved_run_name, still_learning, extra={END_NOTE: True})
     del task, model  # the best checkpoint is loaded for the test pass; the trained model's memory goes now
     try:
         out = _evaluate_run(cfg, data, fit, rank, world, trainer, teacher, skipped, memory, timings, progress)
@@ -520,6 +524,9 @@ def _train(cfg: TrainConfig, run_dir: Path, owner: bool, resume, progress, on_ep
     if cfg.save_compat:  # a finished run only: its outputs are written
         record = {"metric": metric, "mode": mode, "value": fit.best_metric, "run_dir": str(run_dir),
                   "run_name": cfg.resolved_run_name, "checkpoint": str(fit.best_path)}
+        fused = fused_validation_f1(combiner) if cfg.model == "fusion" and isinstance(combiner, dict) else None
+        if fused is not None:  # the detector the checkpoint is, not its classification head alone (val_f1)
+            record.update(metric="val_fused_f1", mode="max", value=fused, supersedes=["val_f1"])
         copied, note = save_compat_copy(fit.best_path, compat_path(cfg), record)
         summary["compat_copy"] = str(compat_path(cfg)) if copied else None
         summary["compat_note"] = note

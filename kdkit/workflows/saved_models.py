@@ -83,7 +83,9 @@ def save_compat_copy(best_path: Path, target: Path, record: dict) -> tuple[bool,
     """Copy a finished run's best checkpoint to ``target`` unless the copy there is better.
 
     The copy there is replaced when this run's best validation metric is at least as good
-    (``record``: metric, mode max|min, value, run_dir); else it is kept and the note says so.
+    (``record``: metric, mode max|min, value, run_dir); else it is kept and the note says so. A
+    copy ranked by a metric the record ``supersedes`` (a fusion copy ranked by its classification
+    head's ``val_f1`` before ``val_fused_f1``) is replaced.
     A sidecar ``<name>.json`` records the metric, run and the copy's sha256. Copies are
     atomic, and concurrent runs take turns (a lock on ``saved_models/.lock``).
 
@@ -96,7 +98,8 @@ def save_compat_copy(best_path: Path, target: Path, record: dict) -> tuple[bool,
     with open(target.parent / ".lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)  # short: the comparison and two renames
         old = compat_record(target)
-        if old is not None:
+        superseded = old is not None and old.get("metric") in record.get("supersedes", ())
+        if old is not None and not superseded:
             known = old.get("metric") == metric and _finite(old.get("value"))
             better = known and _finite(value) and (value >= old["value"] if record["mode"] == "max"
                                                    else value <= old["value"])
@@ -123,4 +126,7 @@ def save_compat_copy(best_path: Path, target: Path, record: dict) -> tuple[bool,
                     {**record, "sha256": digest, "saved_at": time.strftime("%Y-%m-%d %H:%M:%S")})
     if old is None:
         return True, f"{shown} written ({metric} {value:.4g})"
+    if superseded:
+        return True, (f"{shown} replaced ({metric} {value:.4g}; the copy there, from run {old.get('run_dir')}, was "
+                      f"ranked by {old['metric']}, which {metric} supersedes)")
     return True, f"{shown} replaced ({metric} {value:.4g} >= {old['value']:.4g} from run {old.get('run_dir')})"
