@@ -312,3 +312,21 @@ def test_compiled_forward_trains_and_saves_plain_keys(synthetic, tmp_path):
     s = train(tiny_cfg(tmp_path, run_name="comp", epochs=1, compile=True), progress=False, data=synthetic)
     keys = load_checkpoint(s["best_checkpoint"])["model"].keys()
     assert not any("_orig_mod" in k for k in keys) and torch.isfinite(torch.tensor(s["history"][0]["train_loss"]))
+
+
+def test_kdkit_train_prints_the_still_learning_note_once(caplog):
+    """`kdkit train` prints the note after its table; the run's log record of it is held back
+    meanwhile (other warnings of the run are not), and a library caller still gets the record."""
+    import logging
+
+    from kdkit.cli.train import _end_notes_held
+    from kdkit.workflows.run import END_NOTE
+
+    run_log = logging.getLogger("kdkit.workflows.run")
+    with caplog.at_level(logging.WARNING, logger="kdkit.workflows.run"):
+        with _end_notes_held():
+            run_log.warning("still learning when training stopped: ...", extra={END_NOTE: True})
+            run_log.warning("another warning")
+        run_log.warning("still learning (library caller)", extra={END_NOTE: True})
+    assert [r.getMessage() for r in caplog.records] == ["another warning", "still learning (library caller)"]
+    assert not run_log.filters  # the filter goes with the command

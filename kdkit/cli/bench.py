@@ -181,7 +181,9 @@ def register(sub) -> None:
     p.add_argument("--single", type=int, default=2000, help="single-window calls for p50/p99 (default 2000)")
     p.add_argument("--variants", default="default",
                    help="default, all, or a comma list of fp32-eager, bf16-eager (stock model), fp32-scorer, bf16-scorer "
-                        "(GATScorer, eager), fp32-stock-compiled, fp32-compiled, bf16-compiled (scorer), fp32-aot")
+                        "(GATScorer, eager), fp32-stock-compiled, fp32-compiled, bf16-compiled (scorer), fp32-aot. "
+                        "The compiled and AOT variants are built before they are timed: ~50 s each on a 2-core CPU, "
+                        "untimed, reported as warmup_seconds")
     p.add_argument("--rounds", type=int, default=3, help="interleaved measuring rounds per variant (default 3)")
     p.add_argument("--end-to-end", default="auto", metavar="FILE|auto|off",
                    help="a recording replayed file -> graphs -> scores (default auto: the split's longest file)")

@@ -15,7 +15,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -35,7 +37,7 @@ from kdkit.reporting.metrics import format_table
 from kdkit.training.preemption import REQUEUE_EXIT_CODE, Preempted
 from kdkit.workflows.batch_size import describe, optimize_config_batch_size, sizer_for_config
 from kdkit.workflows.demo import demo
-from kdkit.workflows.run import evaluate_checkpoint, load_data, train
+from kdkit.workflows.run import END_NOTE, evaluate_checkpoint, load_data, train
 from kdkit.workflows.scoring import evaluate_inputs, format_inputs_report
 
 
@@ -77,7 +79,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         # DDP workers are forked from this process (no second start-up) unless the batch sizer
         # already ran tensor work in it (an OpenMP pool used before a fork can hang the workers):
         # then they start as new processes with the batch size found (kdkit.training.spawn_ranks)
-        summary = train(cfg, resume=args.resume, fork_workers=not cfg.optimize_batch_size)
+        with _end_notes_held():
+            summary = train(cfg, resume=args.resume, fork_workers=not cfg.optimize_batch_size)
     except Preempted as stopped:  # the requeue wrapper (kdkit.cluster.requeue) requeues the job on this status
         print(f"kdkit train: {stopped}", file=sys.stderr)
         return REQUEUE_EXIT_CODE
@@ -100,6 +103,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     if summary.get("compat_note"):
         print(summary["compat_note"])
     return 0
+
+
+@contextlib.contextmanager
+def _end_notes_held():
+    """While training, the run's end notes (the "still learning" note) are not logged: ``cmd_train``
+    prints them once, after the table."""
+    logger = logging.getLogger("kdkit.workflows.run")
+    hold = _drop_end_notes
+    logger.addFilter(hold)
+    try:
+        yield
+    finally:
+        logger.removeFilter(hold)
+
+
+def _drop_end_notes(record: logging.LogRecord) -> bool:
+    return not getattr(record, END_NOTE, False)
 
 
 def _processes(summary: dict) -> str:
