@@ -192,6 +192,7 @@ def test_wrapper_agrees_with_the_trainer():
 #   marker:  catches nothing (as papermill), writes <stop>.saved when the stop file appears, exits 1
 #   fail:    catches USR1, exits 1 without a checkpoint
 #   done:    exits 0 at once
+#   late_marker: dies of TERM at once; a forked process writes <stop>.saved a second later
 CHILD = r'''
 import os, signal, sys, time
 from pathlib import Path
@@ -205,6 +206,17 @@ if mode in ("handler", "fail"):
 (out / "ready").touch()
 if mode == "done":
     sys.exit(0)
+if mode == "late_marker":  # papermill under TERM: dies at once; its kernel (here a forked child) saves later
+    if os.fork() == 0:
+        while not os.path.exists(stop):
+            time.sleep(0.02)
+        time.sleep(1.0)
+        Path(stop + ".saved").write_text("/runs/x/checkpoints/late.pt\n")
+        os._exit(0)
+    while not os.path.exists(stop):
+        time.sleep(0.02)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)  # as papermill dies of the job's TERM
 deadline = time.time() + 60
 while not os.path.exists(stop) and time.time() < deadline:
     time.sleep(0.02)
@@ -215,15 +227,21 @@ if mode == "marker":
 sys.exit(85 if mode == "handler" else 1)
 '''
 
-FAKE_SCONTROL = '#!/bin/sh\necho "$@" >> "{log}"\nexit {status}\n'
+# `scontrol -o show job J` answers with the job's output file (where slurmstepd says how a job was
+# ended); every other call is logged and exits with {status}
+FAKE_SCONTROL = ('#!/bin/sh\nif [ "$2" = show ]; then echo "JobId=$4 JobState=COMPLETING StdErr={stderr}"; exit 0; fi\n'
+                 'echo "$@" >> "{log}"\nexit {status}\n')
 
 
-def _wrap(tmp_path, mode, *, restarts=0, max_requeues=2, scontrol_status=0, job="4242", signal_to_send=signal.SIGUSR1):
+def _wrap(tmp_path, mode, *, restarts=0, max_requeues=2, scontrol_status=0, job="4242", signal_to_send=signal.SIGUSR1,
+          job_output=""):
     out = tmp_path / "out"
     out.mkdir()
     (tmp_path / "bin").mkdir()
+    (tmp_path / "job.out").write_text(job_output)
     scontrol = tmp_path / "bin" / "scontrol"
-    scontrol.write_text(FAKE_SCONTROL.format(log=tmp_path / "scontrol.log", status=scontrol_status))
+    scontrol.write_text(FAKE_SCONTROL.format(log=tmp_path / "scontrol.log", status=scontrol_status,
+                                             stderr=tmp_path / "job.out"))
     scontrol.chmod(0o755)
     (tmp_path / "child.py").write_text(CHILD)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "KDKIT_RESUME", "KDKIT_STOP"))}
@@ -255,6 +273,31 @@ def test_wrapper_forwards_term_and_sets_resume_when_requeued(tmp_path):
     rc, _err, calls, out = _wrap(tmp_path, "handler", restarts=1, signal_to_send=signal.SIGTERM)
     assert rc == 0 and calls == "requeue 4242\n"
     assert (out / "signals").read_text() == "SIGTERM" and (out / "env").read_text() == "auto"
+
+
+def test_wrapper_does_not_requeue_a_job_cancelled_by_scancel(tmp_path):
+    """scancel's TERM looks like preemption's to the job; slurmstepd's line in the job's output tells
+    them apart. Cancelled: the checkpoint is kept, nothing is requeued (it would run on to its end)."""
+    line = "slurmstepd-vm: error: *** JOB 4242 ON vm CANCELLED AT 2026-12-06T23:49:54 ***\n"
+    rc, err, calls, _ = _wrap(tmp_path, "handler", signal_to_send=signal.SIGTERM, job_output="epoch 3\n" + line)
+    assert rc == 143 and calls == ""
+    assert ("job 4242 was cancelled (JOB 4242 ON vm CANCELLED AT 2026-12-06T23:49:54): not requeued; it saved its "
+            "last.pt, from which `kdkit slurm resubmit 4242` or `kdkit train ... --resume auto` continues it") in err
+
+
+@pytest.mark.parametrize("why", ["DUE TO PREEMPTION", "DUE TO TIME LIMIT"])
+def test_wrapper_requeues_after_a_preemption_or_time_limit_term(tmp_path, why):
+    line = f"slurmstepd-vm: error: *** JOB 4242 ON vm CANCELLED AT 2026-12-06T23:49:54 {why} ***\n"
+    rc, err, calls, _ = _wrap(tmp_path, "handler", signal_to_send=signal.SIGTERM, job_output=line)
+    assert rc == 0 and calls == "requeue 4242\n" and "was requeued" in err
+
+
+def test_wrapper_waits_for_a_kernel_that_reports_its_checkpoint_after_papermill_died(tmp_path):
+    """Under TERM papermill ends at once (status 143); the kernel it ran, signalled too, writes the
+    saved-marker a moment later: the wrapper waits for it and requeues."""
+    rc, err, calls, _ = _wrap(tmp_path, "late_marker", signal_to_send=signal.SIGTERM)
+    assert rc == 0 and calls == "requeue 4242\n"
+    assert "saved /runs/x/checkpoints/late.pt and was requeued" in err
 
 
 def test_wrapper_uses_only_the_stop_file_for_a_child_that_does_not_catch(tmp_path):

@@ -157,3 +157,40 @@ def test_signalled_job_requeues_itself_and_resumes_to_identical_weights(slurm_cl
     _same_run(ref, cut)
     _same_run(ref, out)
     assert cut["test"]["overall"] == ref["test"]["overall"] == out["test"]["overall"]
+
+
+# a stand-in trainer: catches TERM/USR1, waits for the stop file, "saves" and exits 85 as kdkit train does
+STOPPING_CHILD = r'''
+import os, signal, sys, time
+signal.signal(signal.SIGTERM, lambda *a: None)
+signal.signal(signal.SIGUSR1, lambda *a: None)
+open(sys.argv[1], "w").write("started")
+while not os.path.exists(os.environ["KDKIT_STOP_FILE"]):
+    time.sleep(0.05)
+sys.exit(85)
+'''
+
+
+def test_scancel_of_a_running_job_is_a_cancel_not_a_preemption(slurm_cluster, tmp_path):
+    """A person's scancel sends the job the same TERM as a preemption; the job must end CANCELLED,
+    not requeue itself and run on (found by a user: `kdkit slurm cancel` left the job pending)."""
+    child, started, log = tmp_path / "child.py", tmp_path / "started", tmp_path / "job.out"
+    child.write_text(STOPPING_CHILD)
+    script = tmp_path / "job.sbatch"
+    script.write_text(f"#!/bin/bash\n#SBATCH --requeue\n#SBATCH --mem=200M\n#SBATCH --output={log}\n"
+                      f"cd {Path(__file__).resolve().parent.parent}\n"
+                      f"exec {sys.executable} -m kdkit.cluster.requeue -- {sys.executable} {child} {started}\n")
+    job = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, check=True,
+                         timeout=30).stdout.strip().split(";")[0]
+    deadline = time.monotonic() + 120
+    while not started.exists():
+        assert time.monotonic() < deadline, _scontrol(job)
+        time.sleep(0.1)
+    subprocess.run(["scancel", job], check=True, timeout=30)
+    deadline = time.monotonic() + 120
+    while "JobState=CANCELLED" not in (text := _scontrol(job)):
+        assert time.monotonic() < deadline and "JobState=PENDING" not in text, text
+        time.sleep(0.5)
+    assert "Restarts=0" in text
+    out = log.read_text(errors="replace")
+    assert f"job {job} was cancelled (JOB {job} ON " in out and "not requeued" in out, out

@@ -533,13 +533,19 @@ def test_presets_set_signal_grace_and_max_requeues(tmp_path, monkeypatch):
 @pytest.mark.parametrize("state, exit_code, ok", [
     ("TIMEOUT", "0:15", True), ("PREEMPTED", "0:0", True), ("NODE_FAIL", "0:0", True),
     ("FAILED", "85:0", True),   # stopped with a checkpoint after its last requeue
-    ("FAILED", "1:0", False), ("COMPLETED", "0:0", False), ("CANCELLED", "0:15", False)])
+    ("FAILED", "1:0", False), ("COMPLETED", "0:0", False), ("CANCELLED", "0:15", False),
+    ("CANCELLED", "last.pt", True)])  # cancelled by hand after it saved a checkpoint: continued on request
 def test_resubmit_resumes_only_stopped_jobs(orch, fake, state, exit_code, ok):
     job = orch.submit_gat_training("synthetic", "teacher", run_name="r")
+    if exit_code == "last.pt":
+        (orch.runs_dir / "r" / "checkpoints").mkdir(parents=True)
+        (orch.runs_dir / "r" / "checkpoints" / "last.pt").write_bytes(b"x")
+        exit_code = "0:15"
     fake.states[job], fake.exit_codes[job] = [state], exit_code
     if not ok:
         with pytest.raises(ValueError, match=rf"job {job} is {state} \(exit code {exit_code}\): only a job that ended "
-                                             r"NODE_FAIL, PREEMPTED, TIMEOUT, or FAILED with exit code 85:0"):
+                                             r"NODE_FAIL, PREEMPTED, TIMEOUT, FAILED with exit code 85:0 .*, or "
+                                             r"CANCELLED with a last.pt in its run folder"):
             orch.resubmit(job)
         assert [c[0] for c in fake.calls].count("sbatch") == 1
         return

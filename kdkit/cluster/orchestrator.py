@@ -493,7 +493,8 @@ class FabricSlurmTrainingOrchestrator:
 
     def resubmit(self, job_id: str) -> str:
         """Submits a job that ended PREEMPTED, TIMEOUT or NODE_FAIL (or stopped with a checkpoint
-        after its last requeue: FAILED, exit code 85) again from its run folder's ``job.sbatch``,
+        after its last requeue: FAILED, exit code 85; or CANCELLED after it saved ``last.pt``)
+        again from its run folder's ``job.sbatch``,
         with ``KDKIT_RESUME=auto``: it continues from the run's ``last.pt``.
 
         Returns:
@@ -513,11 +514,14 @@ class FabricSlurmTrainingOrchestrator:
         info = self.status(job_id)
         state, exit_code = info.get("state"), info.get("exit_code")
         out_of_requeues = state == "FAILED" and exit_code == f"{REQUEUE_EXIT_CODE}:0"
-        if state not in RESUBMITTABLE and not out_of_requeues:
+        # a run cancelled by hand after it saved a checkpoint can be continued too, on request
+        cancelled_with_checkpoint = state == "CANCELLED" and bool(info.get("run_dir")) and \
+            (Path(info["run_dir"]) / "checkpoints" / "last.pt").is_file()
+        if state not in RESUBMITTABLE and not out_of_requeues and not cancelled_with_checkpoint:
             raise ValueError(f"job {job_id} is {state}{f' (exit code {exit_code})' if exit_code else ''}: only a job "
-                             f"that ended {', '.join(sorted(RESUBMITTABLE))}, or FAILED with exit code "
-                             f"{REQUEUE_EXIT_CODE}:0 (stopped with a checkpoint after its last requeue), is "
-                             "resubmitted; submit a new run otherwise")
+                             f"that ended {', '.join(sorted(RESUBMITTABLE))}, FAILED with exit code "
+                             f"{REQUEUE_EXIT_CODE}:0 (stopped with a checkpoint after its last requeue), or CANCELLED "
+                             "with a last.pt in its run folder, is resubmitted; submit a new run otherwise")
         if not info.get("run_dir") or not (Path(info["run_dir"]) / "job.sbatch").is_file():
             raise FileNotFoundError(f"job {job_id}: no job.sbatch in its run folder {info.get('run_dir')} (was it "
                                     f"submitted by kdkit into {self.runs_dir}?)")

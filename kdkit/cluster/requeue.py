@@ -5,7 +5,8 @@
 Job scripts ``exec`` this as their last line, below ``#SBATCH --signal=B:USR1@<grace>`` and
 ``#SBATCH --requeue``. It runs COMMAND with ``KDKIT_STOP_FILE=<a fresh file>`` in its
 environment (and ``KDKIT_RESUME=auto`` when SLURM_RESTART_COUNT says the job was requeued), and
-on USR1 (the time-limit warning) or TERM (preemption) it touches that file, and sends the signal
+on USR1 (the time-limit warning) or TERM (preemption; a cancel by ``scancel`` is told apart by
+slurmstepd's line in the job's output, :func:`cancelled_by_user`, and not requeued) it touches that file, and sends the signal
 on to a direct python COMMAND that catches it (:func:`forwards_to`). The trainer finishes its step,
 writes ``last.pt`` and exits with status 85 (a notebook's kernel writes ``<stop file>.saved``
 instead, as papermill exits 1). Then:
@@ -21,11 +22,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 # The contract with kdkit.training.preemption, repeated here (tests/test_preemption.py checks that they
@@ -39,6 +42,37 @@ def saved_marker(stop_file: str | os.PathLike) -> str:
     return f"{os.fspath(stop_file)}.saved"
 
 SCONTROL_TIMEOUT = 60  # seconds for `scontrol requeue`
+MARKER_WAIT = 20.0      # seconds a stopped child's kernel may take to report its checkpoint after the child ended
+
+
+def cancelled_by_user(job: str) -> str | None:
+    """The line in which slurmstepd said that ``job`` was cancelled by ``scancel`` (a person, or
+    ``kdkit slurm cancel``), else None.
+
+    The TERM of a cancel, of a preemption and of a time limit look the same to the job, and
+    ``scontrol`` shows all three as ``JobState=COMPLETING`` until the job ends. slurmstepd writes
+    which it was into the job's output before it signals: ``*** JOB 211 ON node CANCELLED AT
+    <time> ***`` for a cancel, the same with ``DUE TO TIME LIMIT`` / ``DUE TO PREEMPTION`` for the
+    others. A cancelled job must not requeue itself: it would run on to its end.
+    """
+    try:
+        text = subprocess.run(["scontrol", "-o", "show", "job", job], capture_output=True, text=True,
+                              timeout=SCONTROL_TIMEOUT, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    paths = dict.fromkeys(m.group(1) for m in re.finditer(r"\bStd(?:Err|Out)=(\S+)", text))
+    pattern = re.compile(rf"\*\*\* JOB {re.escape(job)} ON \S+ CANCELLED AT \S+ \*\*\*")
+    for path in paths:
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(max(0, os.fstat(handle.fileno()).st_size - (1 << 16)))
+                tail = handle.read().decode(errors="replace")
+        except OSError:
+            continue
+        found = pattern.search(tail)
+        if found:
+            return found.group(0)
+    return None
 
 
 def _say(message: str) -> None:
@@ -103,6 +137,11 @@ class Wrapper:
                 return 127
             rc = self.child.wait()
             marker = Path(saved_marker(self.stop_file))
+            if self.received and (rc < 0 or rc > 128) and not marker.is_file():
+                # killed by the signal: papermill dies of the TERM at once; its kernel, signalled too, is still saving
+                deadline = time.monotonic() + MARKER_WAIT
+                while not marker.is_file() and time.monotonic() < deadline:
+                    time.sleep(0.1)
             checkpoint = marker.read_text().strip() if marker.is_file() else None
             return self.after(rc, checkpoint, restarts)
         finally:
@@ -123,6 +162,12 @@ class Wrapper:
             _say(f"{self.command[0]} stopped on request and saved {where}, but this is not a SLURM job "
                  "(no SLURM_JOB_ID): nothing to requeue; run the command again with --resume auto")
             return REQUEUE_EXIT_CODE
+        cancelled = cancelled_by_user(job) if signal.SIGTERM in self.received else None
+        if cancelled:
+            _say(f"job {job} was cancelled ({cancelled.strip('* ')}): not requeued; it saved {where}, from which "
+                 f"`kdkit slurm resubmit {job}` or `kdkit train ... --resume {where if checkpoint else 'auto'}` "
+                 "continues it")
+            return rc if rc != REQUEUE_EXIT_CODE else 128 + signal.SIGTERM
         if restarts >= self.max_requeues:
             _say(f"job {job} stopped and saved {where}, but it was requeued {restarts} time(s) already "
                  f"(--max-requeues {self.max_requeues}): not requeued; `kdkit slurm resubmit {job}` continues it")
