@@ -293,7 +293,7 @@ def test_sbatch_refusal_and_missing_slurm(tmp_path):
 
 def test_run_dir_is_never_reused(orch):
     orch.submit_gat_training("synthetic", "teacher", run_name="same")
-    with pytest.raises(FileExistsError, match="choose another run_name"):
+    with pytest.raises(FileExistsError, match=r"choose another run name \(--run-name\)"):
         orch.submit_gat_training("synthetic", "teacher", run_name="same")
     a, b = orch._new_run_name("x"), orch._new_run_name("x")
     assert a == b                                                     # free until used
@@ -577,3 +577,28 @@ def test_warning_is_at_most_half_the_time_limit(orch):
     assert slurm.signal_grace_for(120, "02:00:00") == 120 and slurm.signal_grace_for(0, "5") is None
     script = orch.submit_gat_training("synthetic", "teacher", run_name="g", dry_run=True, time="1")
     assert "#SBATCH --signal=B:USR1@30\n" in script
+
+
+def test_a_student_given_a_queued_teachers_checkpoint_waits_for_that_job(orch, fake, tmp_path):
+    """`kdkit train --type student --teacher runs/<teacher>/checkpoints/best.pt --use-slurm` while the
+    teacher's job is still queued: the student is chained on it (afterok), not refused."""
+    teacher = orch.submit_gat_training("synthetic", "teacher", run_name="t")
+    ckpt = orch.runs_dir / "t" / "checkpoints" / "best.pt"
+    student = orch.submit_run({"dataset": "synthetic", "type": "student", "teacher": str(ckpt), "run_name": "s"})
+    assert f"#SBATCH --dependency=afterok:{teacher}\n" in fake.scripts[student]
+    assert orch.registry.load()[student]["dependency"] == f"afterok:{teacher}"
+    fake.states[teacher] = ["FAILED"]  # a teacher job that ended without the checkpoint: refused, named
+    with pytest.raises(FileNotFoundError, match=r"teacher checkpoint .*t/checkpoints/best.pt does not exist \(nor is "
+                                                r"it the checkpoint of a queued or running job"):
+        orch.submit_run({"dataset": "synthetic", "type": "student", "teacher": str(ckpt), "run_name": "s2"})
+
+
+def test_sizes_that_only_fail_together_are_refused_before_sbatch(orch, fake):
+    with pytest.raises(ValueError, match=r"embedding_dim=16 \(the gat teacher preset's\) must be below hidden=16"):
+        orch.submit_run({"dataset": "synthetic", "hidden": 16, "layers": 2, "run_name": "bad"})
+    assert not [c for c in fake.calls if c[0] == "sbatch"] and not (orch.runs_dir / "bad").exists()
+
+
+def test_default_slurm_run_name_reads_like_a_local_one(orch, fake):
+    job = orch.submit_gat_training("synthetic", "student")
+    assert orch.registry.load()[job]["name"].startswith("synthetic_gat_student_")

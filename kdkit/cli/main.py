@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             gc.enable()
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, KeyError, ValueError) as err:  # incl. kdkit.data.readers.DataFormatError
+    except (FileNotFoundError, FileExistsError, KeyError, ValueError) as err:  # incl. kdkit.data.readers.DataFormatError
         if os.environ.get("KDKIT_DEBUG"):
             raise
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err

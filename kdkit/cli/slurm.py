@@ -99,6 +99,9 @@ def submit_train_from_args(args: argparse.Namespace, overrides: dict) -> str | N
         print(result, end="")
         return None
     record = orch.registry.load()[result]
+    if record.get("dependency"):
+        print(f"starts once job {record['dependency'].split(':', 1)[1]} has succeeded ({record['dependency']}: the "
+              "teacher's job, which writes the --teacher checkpoint)")
     print(f"run dir {record['run_dir']}; follow it: kdkit slurm wait {result} / kdkit slurm logs {result}")
     return result
 

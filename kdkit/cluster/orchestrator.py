@@ -53,7 +53,8 @@ from kdkit.cluster.requeue import REQUEUE_EXIT_CODE, RESUME_ENV
 from kdkit.cluster.sbatch import RESOURCE_KEYS, ShellArgs, load_presets, render, to_yaml, validate
 from kdkit.config import TrainConfig, to_argv, validate_overrides
 from kdkit.data.datasets import REGISTRY, dataset_name
-from kdkit.workflows.notebooks import check_parameters, notebook_parameters
+from kdkit.models.registry import check_sizes
+from kdkit.workflows.notebooks import check_model_sizes, check_parameters, notebook_parameters
 
 TERMINAL_STATES = frozenset({
     "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
@@ -394,8 +395,13 @@ class FabricSlurmTrainingOrchestrator:
         if "run_dir" in notebook_parameters(notebook):
             parameters.setdefault("run_dir", str(run_dir))
         check_parameters(notebook, parameters)
-        fields = dict(self.resources(resources), notebook=str(notebook),
-                      output_notebook=str(run_dir / notebook.name), notebook_dir=str(notebook.parent),
+        check_model_sizes(notebook, parameters)
+        res = self.resources(resources)
+        # the kernel runs in the job's working directory (where it was submitted, or `workdir`), as
+        # sweeps do: relative data roots, ./datasets.toml and the runs/ cache resolve as for the
+        # submitter, and nothing is written into the notebook's (maybe read-only) folder
+        fields = dict(res, notebook=str(notebook), output_notebook=str(run_dir / notebook.name),
+                      notebook_dir=res.get("workdir") or os.getcwd(),
                       parameters_yaml=to_yaml(parameters), dependency=dependency)
         return self._submit("notebook.sbatch", name, fields, parameters, dry_run)
 
@@ -414,11 +420,17 @@ class FabricSlurmTrainingOrchestrator:
         if config is not None and not isinstance(config, dict):
             raise ValueError(f"config must be a JSON object, got {config!r}")
         if teacher is not None and dependency is None and not Path(teacher).is_file():
-            raise FileNotFoundError(f"teacher checkpoint {teacher} does not exist")
+            job = self.teacher_job(teacher)
+            if job is None:
+                raise FileNotFoundError(f"teacher checkpoint {teacher} does not exist (nor is it the checkpoint of a "
+                                        f"queued or running job in {self.registry.path})")
+            dependency = f"afterok:{job}"  # the student starts once the teacher's job has succeeded
         validate(dict(model=model, dataset=dataset, model_type=model_type, teacher=teacher, epochs=epochs))
         validate_overrides({"model": model, "dataset": dataset, "type": model_type}, self.schema)
+        check_sizes(model, model_type, (config or {}).get("hidden"), (config or {}).get("embedding_dim"))
         dataset = absolute_dataset(dataset)
-        name = run_name or self._new_run_name(f"{model}_{dataset_name(dataset)}_{model_type}")
+        # <dataset>_<model>_<type> as a local run's default name, with the time: a name per job
+        name = run_name or self._new_run_name(f"{dataset_name(dataset)}_{model}_{model_type}")
         validate({"run_name": name})
         run = {"model": model, "dataset": dataset, "type": model_type}
         if teacher is not None:
@@ -436,6 +448,23 @@ class FabricSlurmTrainingOrchestrator:
         train_args = ShellArgs([*to_argv(run, self.schema), "--resume", "auto"])
         fields = dict(res, train_args=train_args, nodes=num_nodes, ntasks_per_node=devices, dependency=dependency)
         return self._submit("train.sbatch", name, fields, run, dry_run)
+
+    def teacher_job(self, checkpoint) -> str | None:
+        """The job of this registry that will write ``checkpoint`` (``<run dir>/checkpoints/*.pt``)
+        and has not ended yet (PENDING or RUNNING, refreshed from Slurm), else None: a student given
+        that checkpoint waits for it (``afterok``)."""
+        path = Path(checkpoint).expanduser().resolve()
+        if path.parent.name != "checkpoints":
+            return None
+        for job_id, record in reversed(list(self.registry.load().items())):
+            if record.get("run_dir") and Path(record["run_dir"]).resolve() == path.parent.parent \
+                    and record.get("kind") == "train":
+                try:
+                    state = self.status(job_id).get("state")
+                except SlurmUnavailable:
+                    state = record.get("state")
+                return job_id if state in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING") else None
+        return None
 
     def resources(self, overrides: dict) -> dict:
         """This orchestrator's defaults with ``overrides`` (resource keys only; an unknown key is a
@@ -477,7 +506,7 @@ class FabricSlurmTrainingOrchestrator:
             return script
         self.registry.load()              # a broken registry is refused before anything is submitted
         if (run_dir / "job.sbatch").exists():
-            raise FileExistsError(f"{run_dir} already holds a job; choose another run_name")
+            raise FileExistsError(f"{run_dir} already holds a job; choose another run name (--run-name)")
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "job.sbatch").write_text(script)
         (run_dir / "parameters.json").write_text(json.dumps(parameters, indent=1, default=str) + "\n")
