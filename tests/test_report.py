@@ -116,8 +116,11 @@ def test_html_report_of_an_executed_notebook(tmp_path):
 def test_report_errors_speak(tmp_path):
     with pytest.raises(FileNotFoundError, match="no metrics.json under"):
         html.build_html(tmp_path)
-    with pytest.raises(FileNotFoundError, match="neither a run folder nor an .ipynb"):
+    with pytest.raises(FileNotFoundError, match=r"nope does not exist \(a run folder, a runs folder or an executed"):
         html.build_html(tmp_path / "nope")
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(FileNotFoundError, match="neither a run folder nor an .ipynb"):
+        html.build_html(tmp_path / "file.txt")
 
 
 def test_cli_report_prints_the_html_path_and_text(tmp_path, capsys):

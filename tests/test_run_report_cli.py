@@ -204,3 +204,35 @@ def test_report_shows_a_kdkit_evaluate_result(runs, tmp_path, capsys):
                       page, re.S).group(1)
     overall = next(r for r in re.findall(r"<tr>(.*?)</tr>", table, re.S) if "<td>overall</td>" in r)
     assert f"<td>{_cell(evaluation['overall']['f1'])}</td>" in overall
+
+
+def test_a_teacher_given_as_its_saved_models_copy_is_found_through_the_copys_record(tmp_path, monkeypatch):
+    """The Quick tour distils from saved_models/best_teacher_model_<dataset>.pth: the copy's sidecar
+    names the run it came from, so the report finds the teacher's run folder (not when the copy was
+    replaced since: the sidecar then describes another file)."""
+    import hashlib
+    from pathlib import Path
+
+    from kdkit.reporting.train_run import teacher_folder
+
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "runs" / "hcrl_sa_gat_teacher"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "best.pt").write_bytes(b"weights")
+    (run / "summary.json").write_text(json.dumps({"type": "teacher", "parameters": 10, "size_bytes": 40}))
+    copy = tmp_path / "saved_models" / "best_teacher_model_hcrl_sa.pth"
+    copy.parent.mkdir()
+    copy.write_bytes(b"weights")
+    sidecar = {"metric": "val_f1", "value": 1.0, "run_dir": "runs/hcrl_sa_gat_teacher",
+               "checkpoint": "runs/hcrl_sa_gat_teacher/checkpoints/best.pt",
+               "sha256": hashlib.sha256(b"weights").hexdigest()}
+    copy.with_suffix(".json").write_text(json.dumps(sidecar))
+    student = tmp_path / "runs" / "hcrl_sa_gat_student_kd"
+    student.mkdir()
+    summary = {"run_dir": "runs/hcrl_sa_gat_student_kd",
+               "teacher": {"path": "saved_models/best_teacher_model_hcrl_sa.pth", "parameters": 10, "size_bytes": 40}}
+    found, note = teacher_folder(summary, student)
+    assert (Path(found).resolve(), note) == (run.resolve(), "")
+    copy.write_bytes(b"other weights")  # replaced by a later run: the record is not this file's
+    found, note = teacher_folder(summary, student)
+    assert found is None and note.startswith("teacher left out: no run folder with summary.json")

@@ -549,8 +549,8 @@ def test_resubmit_resumes_only_stopped_jobs(orch, fake, state, exit_code, ok):
             orch.resubmit(job)
         assert [c[0] for c in fake.calls].count("sbatch") == 1
         return
-    new = orch.resubmit(job)
-    assert fake.calls[-1] == ["sbatch", "--parsable", "--export=ALL,KDKIT_RESUME=auto",
+    new = orch.resubmit(job, time="08:00:00")  # more time than the script's own limit
+    assert fake.calls[-1] == ["sbatch", "--parsable", "--time=08:00:00", "--export=ALL,KDKIT_RESUME=auto",
                               str(orch.runs_dir / "r" / "job.sbatch")]
     jobs = orch.registry.load()
     assert jobs[new]["resubmitted_from"] == job and jobs[job]["resubmitted_as"] == new
@@ -602,3 +602,11 @@ def test_sizes_that_only_fail_together_are_refused_before_sbatch(orch, fake):
 def test_default_slurm_run_name_reads_like_a_local_one(orch, fake):
     job = orch.submit_gat_training("synthetic", "student")
     assert orch.registry.load()[job]["name"].startswith("synthetic_gat_student_")
+
+
+def test_a_finished_job_does_not_keep_the_reason_of_its_pending_state(orch, fake):
+    job = orch.submit_gat_training("synthetic", "teacher", run_name="why")
+    orch._refresh(job, orch.registry.load()[job], {"job_id": job, "state": "PENDING", "reason": "Dependency"})
+    assert orch.registry.load()[job]["reason"] == "Dependency"
+    orch._refresh(job, orch.registry.load()[job], {"job_id": job, "state": "COMPLETED", "reason": None})
+    assert "reason" not in orch.registry.load()[job]

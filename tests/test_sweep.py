@@ -76,7 +76,7 @@ def test_plan_checks_every_key_and_value_against_the_notebook_and_the_schema(tmp
                    parameters={"epochs": 1}, name="ok", sweeps_dir=tmp_path)
     assert len(spec["tasks"]) == 12 and spec["tasks"][5]["run_dir"] == "tasks/task0005"
     assert spec["notebook"] == str(STUDENT) and spec["parameters"] == {"epochs": 1}
-    bad = [({"kd_tmperature": [2.0]}, r"grid key 'kd_tmperature' is not a parameter of .*student.ipynb \(known: .*kd_temperature"),
+    bad = [({"kd_tmperature": [2.0]}, r"grid key 'kd_tmperature' is not a parameter of .*student.ipynb; did you mean 'kd_temperature'\? \(known: .*kd_temperature"),
            ({"kd_alpha": [0.5, 1.5]}, r"grid key 'kd_alpha', value 1.5: .*kd_alpha"),
            ({"batch_size": [32, "two"]}, r"grid key 'batch_size', value 'two'"),
            ({"precision": ["32-true", "fp8"]}, r"grid key 'precision', value 'fp8'"),
@@ -199,7 +199,7 @@ def test_collect_keeps_finished_results_beside_failed_and_missing_tasks(tmp_path
     _metrics(d, 0, overall={"f1": 0.5, "mcc": None}, history=[1, 2], tables={"t": {"x": 1}}, notebook="task",
              x=1.0, seed=0)                              # the notebook's copies of its parameters: not repeated
     _task_json(d, 1, state="FAILED", job_id=None, error="ValueError: stand-in failure for x=1.0")
-    _metrics(d, 1, overall={"f1": 0.1})                   # written before the failure: kept
+    _metrics(d, 1, overall={"f1": 0.1})                   # written before the failure: kept apart
     _task_json(d, 2, state="COMPLETED", job_id=None)      # completed but no metrics.json: {}
     results = sw.collect(d)
     assert set(results) == {"sweep", "notebook", "grid", "seeds", "rows"}
@@ -209,7 +209,8 @@ def test_collect_keeps_finished_results_beside_failed_and_missing_tasks(tmp_path
     assert [r["state"] for r in rows] == ["COMPLETED", "FAILED", "COMPLETED", "PENDING", "PENDING", "PENDING"]
     assert rows[0] == {"task": 0, "state": "COMPLETED", "seed": 0, "params": {"x": 1.0}, "run_dir": "tasks/task0000",
                        "job_id": None, "error": None, "metrics": json.loads((d / "tasks/task0000/metrics.json").read_text())}
-    assert rows[1]["error"] == "ValueError: stand-in failure for x=1.0" and rows[1]["metrics"] == {"overall": {"f1": 0.1}}
+    assert rows[1]["error"] == "ValueError: stand-in failure for x=1.0" and rows[1]["metrics"] == {}
+    assert rows[1]["partial_metrics"] == {"overall": {"f1": 0.1}}  # not in a mean over finished tasks
     assert rows[2]["metrics"] == {} and rows[5] == dict(rows[5], seed=1, params={"x": 3.0}, metrics={}, error=None)
     assert json.loads((d / "results.json").read_text()) == results
     with open(d / "results.csv", newline="") as f:
@@ -217,7 +218,7 @@ def test_collect_keeps_finished_results_beside_failed_and_missing_tasks(tmp_path
     assert list(table[0]) == ["task", "state", "seed", "x", "overall.f1", "overall.mcc", "notebook"]
     assert table[0] == {"task": "0", "state": "COMPLETED", "seed": "0", "x": "1.0", "overall.f1": "0.5",
                         "overall.mcc": "", "notebook": "task"}
-    assert table[1]["overall.f1"] == "0.1" and table[1]["state"] == "FAILED" and table[3]["overall.f1"] == ""
+    assert table[1]["overall.f1"] == "" and table[1]["state"] == "FAILED" and table[3]["overall.f1"] == ""
 
 
 def test_a_local_task_whose_process_died_counts_as_failed(tmp_path):
@@ -259,9 +260,10 @@ def test_retry_failed_resubmits_exactly_the_failed_tasks_into_their_run_dirs(tmp
     fake.tasks = {"100_0": "COMPLETED", "100_1": "FAILED", "100_2": "PREEMPTED", "100_3": "RUNNING",
                   "100_4": "NODE_FAIL", "100_5": "COMPLETED"}
     assert sw.failed_tasks(sw.status(d, orch)) == [1, 2, 4]
-    indices, job = sw.retry_failed(d, orch)
+    indices, job = sw.retry_failed(d, orch, time="02:00:00")  # a task that timed out gets more time
     assert (indices, job) == ([1, 2, 4], "101")
     assert "#SBATCH --array=1-2,4%2" in fake.scripts["101"].splitlines()
+    assert "#SBATCH --time=02:00:00" in fake.scripts["101"].splitlines()
     sbatch = [c for c in fake.calls if c[0] == "sbatch"]
     assert "--export=ALL,KDKIT_RESUME=auto" in sbatch[1] and not any(a.startswith("--export") for a in sbatch[0])
     assert f"run-task {d}" in fake.scripts["101"]        # the same sweep, so the same task run dirs

@@ -4,7 +4,7 @@
     kdkit slurm wait 123 [--timeout 3600] [--poll 10]
     kdkit slurm logs 123 [--tail 50]
     kdkit slurm cancel 123
-    kdkit slurm resubmit 123         # a PREEMPTED/TIMEOUT/NODE_FAIL job again, resuming its last.pt
+    kdkit slurm resubmit 123 [--time 08:00:00]   # a PREEMPTED/TIMEOUT/NODE_FAIL job again, resuming its last.pt
     kdkit slurm submit-notebook notebooks/teacher.ipynb -p dataset hcrl_ch -p epochs 5 \\
         [--preset cpu] [--partition P] [--account A] [--time 01:00:00] [--dry-run]
     kdkit train --model gat --dataset hcrl_ch --type teacher --use-slurm \\
@@ -141,8 +141,10 @@ def _cmd_cancel(args) -> int:
 
 
 def _cmd_resubmit(args) -> int:
-    new = _orchestrator(args).resubmit(args.job)
-    print(f"resubmitted job {args.job} as {new}: it resumes from its run folder's last.pt")
+    new = _orchestrator(args).resubmit(args.job, time=args.time, mem=args.mem)
+    limits = ", ".join(f"--{k} {v}" for k, v in (("time", args.time), ("mem", args.mem)) if v)
+    print(f"resubmitted job {args.job} as {new}{f' ({limits})' if limits else ''}: it resumes from its run "
+          "folder's last.pt")
     return 0
 
 
@@ -199,8 +201,11 @@ def register(subparsers) -> None:
     p = sub.add_parser("cancel", help="cancel a job")
     p.add_argument("job", help="job ID")
     p.set_defaults(func=_errors_to_status(_cmd_cancel))
-    p = sub.add_parser("resubmit", help="submit a PREEMPTED, TIMEOUT or NODE_FAIL job again, resuming its last.pt")
+    p = sub.add_parser("resubmit", help="submit a PREEMPTED, TIMEOUT or NODE_FAIL job (or one cancelled after it "
+                                        "saved last.pt) again, resuming its last.pt")
     p.add_argument("job", help="job ID")
+    p.add_argument("--time", help="a new time limit for it, e.g. 08:00:00 (default: the job's)")
+    p.add_argument("--mem", help="a new memory limit for it, e.g. 32G (default: the job's)")
     p.set_defaults(func=_errors_to_status(_cmd_resubmit))
     p = sub.add_parser("logs", help="the end of a job's log")
     p.add_argument("job", help="job ID")

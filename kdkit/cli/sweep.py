@@ -6,7 +6,7 @@
     kdkit sweep status [SWEEP] [--json]      (no SWEEP: every sweep under --sweeps-dir)
     kdkit sweep wait SWEEP [--timeout S] [--poll S]
     kdkit sweep cancel SWEEP
-    kdkit sweep retry-failed SWEEP [--max-parallel K]
+    kdkit sweep retry-failed SWEEP [--max-parallel K] [--time 02:00:00] [--mem 8G]
     kdkit sweep report SWEEP                  (the sweep's HTML report)
     kdkit sweep run-task SWEEP_DIR [--task N | --teacher]   (what each array task runs)
 
@@ -131,7 +131,9 @@ def _cmd_cancel(args) -> int:
 
 def _cmd_retry(args) -> int:
     sweep_dir = sw.find(args.sweep, args.sweeps_dir)
-    indices, result = sw.retry_failed(sweep_dir, _orchestrator(args, sweep_dir), max_parallel=args.max_parallel)
+    limits = {k: getattr(args, k) for k in ("time", "mem") if getattr(args, k, None)}
+    indices, result = sw.retry_failed(sweep_dir, _orchestrator(args, sweep_dir), max_parallel=args.max_parallel,
+                                      **limits)
     if not indices:
         print("no failed tasks to retry")
         return 0
@@ -205,6 +207,9 @@ def register(subparsers) -> None:
     s = sub.add_parser("retry-failed", help="run the FAILED/TIMEOUT/PREEMPTED/... tasks again, in their run dirs")
     s.add_argument("sweep", help="sweep name or folder")
     s.add_argument("--max-parallel", dest="max_parallel", type=int, help="tasks at once (default: the sweep's)")
+    s.add_argument("--time", help="SLURM: a new time limit per task, e.g. 02:00:00 (a task that timed out needs "
+                                  "more; default: the sweep's)")
+    s.add_argument("--mem", help="SLURM: a new memory limit per task, e.g. 8G (default: the sweep's)")
     s.set_defaults(sub_func=_cmd_retry)
     s = sub.add_parser("report", help="write the sweep's HTML report and print its path")
     s.add_argument("sweep", help="sweep name or folder")

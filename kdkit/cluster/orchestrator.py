@@ -520,11 +520,14 @@ class FabricSlurmTrainingOrchestrator:
                              submitted=datetime.now().isoformat(timespec="seconds"))
         return job_id
 
-    def resubmit(self, job_id: str) -> str:
+    def resubmit(self, job_id: str, *, time: str | None = None, mem: str | None = None) -> str:
         """Submits a job that ended PREEMPTED, TIMEOUT or NODE_FAIL (or stopped with a checkpoint
         after its last requeue: FAILED, exit code 85; or CANCELLED after it saved ``last.pt``)
         again from its run folder's ``job.sbatch``,
         with ``KDKIT_RESUME=auto``: it continues from the run's ``last.pt``.
+
+        ``time`` and ``mem`` replace the script's limits for this submission (``sbatch --time/--mem``
+        win over its ``#SBATCH`` lines): a job that hit its time limit can get more.
 
         Returns:
             The new job's ID (registered with ``resubmitted_from``; the old record gets
@@ -537,6 +540,7 @@ class FabricSlurmTrainingOrchestrator:
             SlurmError: sbatch refused.
         """
         job_id = check_job_id(job_id)
+        limits = validate({k: v for k, v in (("time", time), ("mem", mem)) if v is not None})
         if "_" in job_id:
             raise ValueError(f"job {job_id} is an array task: `kdkit sweep retry-failed SWEEP` resubmits a sweep's "
                              "stopped tasks")
@@ -555,7 +559,8 @@ class FabricSlurmTrainingOrchestrator:
             raise FileNotFoundError(f"job {job_id}: no job.sbatch in its run folder {info.get('run_dir')} (was it "
                                     f"submitted by kdkit into {self.runs_dir}?)")
         run_dir = Path(info["run_dir"])
-        proc = self.run_slurm(["sbatch", "--parsable", f"--export=ALL,{RESUME_ENV}=auto", str(run_dir / "job.sbatch")])
+        proc = self.run_slurm(["sbatch", "--parsable", *(f"--{k}={v}" for k, v in limits.items()),
+                               f"--export=ALL,{RESUME_ENV}=auto", str(run_dir / "job.sbatch")])
         if proc.returncode != 0:
             raise SlurmError(f"sbatch rejected {run_dir / 'job.sbatch'}: {proc.stderr.strip()}")
         new_id, cluster = parse_sbatch(proc.stdout)
@@ -776,6 +781,9 @@ class FabricSlurmTrainingOrchestrator:
         else:                                                   # a real answer clears an old error
             fields = {k: v for k, v in info.items() if v is not None and k not in ("job_id", "error")}
             drop = ("stale", "last_error", "last_error_at")
+            if info.get("state") and info.get("reason") in (None, "None"):
+                drop += ("reason",)  # a reason of an earlier state (Dependency, BeginTime) does not carry over
+                fields.pop("reason", None)
             if record.get("log"):
                 fields.pop("log", None)        # ours (in the run dir) beats scontrol's
         if job_id not in self.registry.load():

@@ -26,6 +26,7 @@ of just those indices into the same run dirs.
 from __future__ import annotations
 
 import csv
+import difflib
 import fcntl
 import itertools
 import json
@@ -167,7 +168,10 @@ def plan(notebook: str | os.PathLike, grid: dict[str, list], seeds: list[int] | 
         if key in parameters:
             raise SweepError(f"grid key {key!r} is also a fixed parameter ({key}={parameters[key]!r}): give it once")
         if key not in declared:
-            raise SweepError(f"grid key {key!r} is not a parameter of {notebook} (known: {', '.join(sorted(declared))})")
+            close = difflib.get_close_matches(key, declared, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise SweepError(f"grid key {key!r} is not a parameter of {notebook}{hint} "
+                             f"(known: {', '.join(sorted(declared))})")
         for value in grid[key]:
             try:
                 check_parameters(notebook, _absolute({key: value}))
@@ -674,8 +678,14 @@ def _row(spec: dict, sweep_dir: Path, task: dict, job: str | None, live: dict, p
         metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     except json.JSONDecodeError:
         metrics = {}
-    return {"task": task["task"], "state": state, "seed": task.get("seed"), "params": task["params"],
-            "run_dir": task["run_dir"], "job_id": job, "error": error, "metrics": metrics}
+    row = {"task": task["task"], "state": state, "seed": task.get("seed"), "params": task["params"],
+           "run_dir": task["run_dir"], "job_id": job, "error": error, "metrics": metrics}
+    if state != "COMPLETED" and metrics:
+        # a running, stopped or failed notebook may have written part of its metrics (its quick
+        # teacher's, an earlier attempt's): kept apart, so that a mean over the rows (results.csv)
+        # takes in finished tasks only
+        row.update(metrics={}, partial_metrics=metrics)
+    return row
 
 
 def collect(sweep_dir: str | os.PathLike, live: dict[str, dict] | None = None) -> dict:
@@ -683,7 +693,8 @@ def collect(sweep_dir: str | os.PathLike, live: dict[str, dict] | None = None) -
 
     A task's state is its own final record (``task.json``) of its current job, else the Slurm
     state in ``live`` (:func:`slurm_states`), else the last known one, else PENDING. A failed
-    task keeps its error tail; the others' results are unaffected.
+    task keeps its error tail; the others' results are unaffected. Only a COMPLETED task's
+    metrics are its ``metrics``; another's, if it wrote some, are its ``partial_metrics``.
 
     Returns:
         ``{"sweep", "notebook", "grid", "seeds", "rows": [{"task", "state", "seed", "params",
@@ -819,6 +830,8 @@ def retry_failed(sweep_dir: str | os.PathLike, orch: FabricSlurmTrainingOrchestr
         return [], None
     if spec.get("backend") == "slurm":
         return indices, submit(sweep_dir, orch, max_parallel=max_parallel, indices=indices, resume=True, **resources)
+    if resources:
+        raise ValueError(f"{', '.join(sorted(resources))}: SLURM resources, and sweep {spec['name']} runs here")
     return indices, run_local(sweep_dir, max_parallel=max_parallel, indices=indices, resume=True)
 
 

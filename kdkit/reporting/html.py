@@ -358,6 +358,9 @@ def build_html(path: str | Path, out: str | Path | None = None) -> Path:
         if not path.is_file():
             raise FileNotFoundError(f"notebook {path} does not exist")
         return notebook_html(path, out)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist (a run folder, a runs folder or an executed .ipynb; "
+                                f"sweeps: `kdkit sweep report NAME`)")
     if not path.is_dir():
         raise FileNotFoundError(f"{path} is neither a run folder nor an .ipynb file")
     return run_dir_html(path, out)

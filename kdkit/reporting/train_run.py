@@ -20,6 +20,7 @@ Whatever is left out is said in :attr:`TrainRun.notes`.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,6 +108,10 @@ def teacher_folder(summary: Mapping, folder: Path) -> tuple[Path | None, str]:
             candidates.append(here.parents[n - 1] / ckpt)
     candidates.append(folder.resolve().parent / (ckpt.parent.parent.name if ckpt.parent.name == "checkpoints"
                                                   else ckpt.parent.name) / "checkpoints" / ckpt.name)
+    for cand in list(candidates):  # a saved_models/ copy: its sidecar names the run it was copied from
+        source = _copied_from(cand)
+        if source is not None:
+            candidates.append(source)
     for cand in candidates:
         run = cand.parent.parent if cand.parent.name == "checkpoints" else cand.parent
         teacher = read_json(run / SUMMARY_FILE)
@@ -118,6 +123,22 @@ def teacher_folder(summary: Mapping, folder: Path) -> tuple[Path | None, str]:
         return run, ""
     return None, (f"teacher left out: no run folder with summary.json for its checkpoint {path} "
                   "(only a kdkit train run folder records the teacher's test metrics)")
+
+
+def _copied_from(copy: Path) -> Path | None:
+    """The run checkpoint a ``saved_models/`` copy was made from, from its sidecar ``<name>.json``
+    (``kdkit.workflows.saved_models``) when the sidecar describes this very file (its sha256)."""
+    record = read_json(copy.with_suffix(".json")) if copy.suffix != ".json" else None
+    if not record or not record.get("checkpoint") or not copy.is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(copy, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    if record.get("sha256") != digest.hexdigest():
+        return None  # replaced since: the sidecar is another copy's
+    source = Path(record["checkpoint"])
+    return source if source.is_absolute() else copy.parent.parent / source
 
 
 def same_student(a: Mapping, b: Mapping, a_data: Mapping, b_data: Mapping) -> bool:

@@ -146,6 +146,7 @@ def check_parameters(notebook, parameters: dict, cls: type = TrainConfig) -> dic
     """
     declared = _declared(notebook)
     specs = {s.name: s for s in schema(cls)}
+    shown = Path(notebook).name  # the file's name: a user's copy of a notebook is checked against kdkit's
     for key, value in parameters.items():
         if key not in declared:
             close = difflib.get_close_matches(key, declared, n=1)
@@ -163,9 +164,9 @@ def check_parameters(notebook, parameters: dict, cls: type = TrainConfig) -> dic
             try:
                 validate_overrides({field: value}, cls)
             except ValueError as err:
-                raise ValueError(f"{notebook} parameter {key}={value!r}: {err}") from None
+                raise ValueError(f"{shown} parameter {key}={value!r}: {err}") from None
         else:
-            _check_annotated(notebook, key, value, default, annotation)
+            _check_annotated(shown, key, value, default, annotation)
     return parameters
 
 
