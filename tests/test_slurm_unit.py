@@ -610,3 +610,11 @@ def test_a_finished_job_does_not_keep_the_reason_of_its_pending_state(orch, fake
     assert orch.registry.load()[job]["reason"] == "Dependency"
     orch._refresh(job, orch.registry.load()[job], {"job_id": job, "state": "COMPLETED", "reason": None})
     assert "reason" not in orch.registry.load()[job]
+
+
+def test_train_resume_with_use_slurm_points_to_resubmit(capsys):
+    from kdkit.cli.main import main
+
+    assert main(["train", "--dataset", "synthetic", "--use-slurm", "--resume", "auto", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "a SLURM job resumes its run folder's last.pt by itself" in err and "`kdkit slurm resubmit JOB`" in err

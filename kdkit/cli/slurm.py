@@ -89,7 +89,9 @@ def submit_train_from_args(args: argparse.Namespace, overrides: dict) -> str | N
         The job ID; None with ``--dry-run`` (the script is printed instead).
     """
     if getattr(args, "resume", None):
-        raise ValueError("--resume cannot be combined with --use-slurm; resume inside a job instead")
+        raise ValueError("--resume cannot be combined with --use-slurm: a SLURM job resumes its run folder's "
+                         "last.pt by itself (--resume auto in its script); to continue a job that stopped or was "
+                         "cancelled, `kdkit slurm resubmit JOB` (`kdkit slurm status` lists the jobs)")
     run = dict(overrides)
     orch = FabricSlurmTrainingOrchestrator(runs_dir=run.pop("runs_dir", None) or "runs",
                                            preset=getattr(args, "slurm_preset", None) or "cpu")
