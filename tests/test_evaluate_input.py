@@ -23,7 +23,7 @@ from kdkit.models.registry import build_model
 from kdkit.training.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 from kdkit.workflows.calibrate import calibrate_checkpoint
 from kdkit.workflows.run import evaluate_checkpoint, train
-from kdkit.workflows.scoring import evaluate_inputs
+from kdkit.workflows.scoring import evaluate_inputs, inputs_json_name
 
 TINY = {"hidden": 8, "layers": 1, "heads": 1, "embedding_dim": 4, "batch_size": 64, "epochs": 1, "patience": 100,
         "precision": "32-true", "warmup_steps": 2, "accelerator": "cpu", "num_workers": 0, "save_compat": False}
@@ -74,7 +74,7 @@ def test_labelled_input_gives_the_dataset_evaluations_metrics(gat_checkpoint, sy
         for key in METRICS:
             assert same(got[key], expected[key]), (key, got[key], expected[key])
         assert set(got["per_attack_type"]) >= {"malfunction"} if name.startswith("test_03") else {"DoS", "fuzzing"}
-        written = json.loads((tmp_path / name / "evaluation_inputs.json").read_text())
+        written = json.loads((tmp_path / name / inputs_json_name([folder])).read_text())
         assert written["overall"]["metrics"]["f1"] == got["f1"] and written["threshold"] == 0.5
         assert res["overall"]["alarms"] == got["confusion_matrix"][0][1] + got["confusion_matrix"][1][1]
 
@@ -95,7 +95,8 @@ def test_unlabelled_log_reports_alarm_rate_scores_and_unknown_ids(gat_checkpoint
     out = capsys.readouterr().out
     assert f"{log}: 50 windows, alarm rate " in out and "p50" in out and "p99" in out and "max" in out
     assert "unknown-ID nodes 0.00%" in out and "labelled:" not in out and "warning" not in out
-    res = json.loads((tmp_path / "evaluation_inputs.json").read_text())
+    assert f"written {tmp_path / inputs_json_name([folder], 'can0')}" in out
+    res = json.loads((tmp_path / inputs_json_name([folder], "can0")).read_text())
     entry = res["files"][0]
     assert not entry["labelled"] and "metrics" not in entry and entry["messages"] == 5000 and entry["windows"] == 50
     assert entry["alarm_rate"] == entry["alarms"] / 50 and set(entry["scores"]) == {"min", "p50", "p90", "p99", "max"}
@@ -136,7 +137,7 @@ def test_bad_inputs_are_clear_errors(gat_checkpoint, synthetic, tmp_path, capsys
         assert main(["evaluate", "--checkpoint", ck, *extra]) == 2, extra
         err = capsys.readouterr().err
         assert message in err, (extra, err)
-    assert not (gat_checkpoint.parent.parent / "evaluation_inputs.json").exists()
+    assert not list(gat_checkpoint.parent.parent.glob("evaluation_inputs*.json"))
 
     # a malformed row: file:line by default, a counted skip that is printed with --on-bad-rows skip
     lines = Path(csv).read_text().splitlines()

@@ -20,8 +20,15 @@ from pathlib import Path
 import torch
 
 from kdkit.cli.main import COMMANDS
-from kdkit.stream.detector import ENGINES, Detector
+from kdkit.stream.detector import ENGINES, MODEL_ENGINES, Detector
 from kdkit.stream.run import BusError, run_detection
+from kdkit.training.checkpoint import wrong_recording_kind
+from kdkit.workflows.scoring import check_channel
+
+ENGINE_CHOICES_TEXT = (f"with --checkpoint {', '.join(MODEL_ENGINES['--checkpoint'][:-1])} or "
+                       f"{MODEL_ENGINES['--checkpoint'][-1]}; with --model (.pt2) "
+                       f"{', '.join(MODEL_ENGINES['--model'][:-1])} or {MODEL_ENGINES['--model'][-1]}")
+"""Which engines go with which kind of model, for the ``--engine`` help and error."""
 
 
 def _detector(args: argparse.Namespace) -> Detector:
@@ -48,12 +55,27 @@ def _check_options(args: argparse.Namespace) -> None:
         raise ValueError(f"--threshold must be a finite number, got {args.threshold}")
     if args.threads < 0:
         raise ValueError(f"--threads must be >= 0 (0: torch's default), got {args.threads}")
+    flag = "--model" if args.model else "--checkpoint"
+    if args.engine not in MODEL_ENGINES[flag]:  # (a Detector refuses it too, after loading the model)
+        raise ValueError(f"--engine {args.engine} does not go with {flag}: {ENGINE_CHOICES_TEXT}")
+
+
+def _check_input(args: argparse.Namespace) -> None:
+    """A replayed file must be a recording (not a model file), and ``--channel`` must apply to it:
+    only logger files have bus channels (as kdkit evaluate --input refuses it)."""
+    if args.input is None:
+        return
+    wrong = wrong_recording_kind(args.input)
+    if wrong is not None:
+        raise ValueError(wrong)
+    check_channel([Path(args.input)], args.channel)
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="kdkit detect: %(levelname)s: %(message)s", stream=sys.stderr)
     _check_options(args)
+    _check_input(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     detector = _detector(args)
@@ -127,8 +149,8 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; 0: torch's default)")
     p.add_argument("--engine", choices=list(ENGINES), default="auto",
                    help="what scores a window that a frame closes (live, --realtime) and a checkpoint's replayed "
-                        "blocks: auto (default: kdkit's native GAT engine where it applies, else the exported package "
-                        "or the checkpoint's model), native, package (a .pt2 only) or torch (a checkpoint only); an "
-                        "export's replayed blocks always run its package")
+                        f"blocks: {ENGINE_CHOICES_TEXT}. auto (default): kdkit's native GAT engine where it applies, "
+                        "else the exported package or the checkpoint's model; an export's replayed blocks always run "
+                        "its package")
     p.add_argument("--no-flush", dest="flush", action="store_false", help="do not flush after every alarm line")
     p.set_defaults(func=cmd_detect)

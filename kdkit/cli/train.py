@@ -33,12 +33,13 @@ from kdkit.config import (
     parse_config_json,
     validate_overrides,
 )
+from kdkit.data.datasets import dataset_name
 from kdkit.reporting.metrics import format_table
 from kdkit.training.preemption import REQUEUE_EXIT_CODE, Preempted
 from kdkit.workflows.batch_size import describe, optimize_config_batch_size, sizer_for_config
 from kdkit.workflows.demo import demo
-from kdkit.workflows.run import END_NOTE, evaluate_checkpoint, load_data, train
-from kdkit.workflows.scoring import evaluate_inputs, format_inputs_report
+from kdkit.workflows.run import END_NOTE, evaluate_checkpoint, evaluation_dir, load_data, train
+from kdkit.workflows.scoring import evaluate_inputs, format_attack_type_recall, format_inputs_report
 
 
 def overrides_from_cli(args: argparse.Namespace) -> dict:
@@ -188,7 +189,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(res, indent=2, default=float))
     else:
         print(format_table(res))
+        per_type = format_attack_type_recall(res["scenarios"])
+        if per_type:
+            print(f"\n{per_type}")
         print_skipped(res.get("skipped_scenarios"))
+        # where evaluate_checkpoint wrote it
+        written = (Path(args.out) if args.out else evaluation_dir(args.checkpoint)) / \
+            f"evaluation_{dataset_name(args.dataset)}.json"
+        print(f"written {written}")
     return 0
 
 
@@ -222,13 +230,14 @@ def register(sub) -> None:
     p.add_argument("--data-root", default=None)
     p.add_argument("--input", nargs="+", default=None, metavar="FILE_OR_FOLDER",
                    help="score these recordings instead (any format kdkit reads; a folder: every recording in it, "
-                        "recursively); writes evaluation_inputs.json")
+                        "recursively); writes evaluation_inputs_<first input>_<hash of the inputs and "
+                        "channel>.json")
     p.add_argument("--channel", default=None, help="--input logger files (.log/.asc/.blf/.trc): keep only this bus "
                                                    "channel. A file of several buses needs one ('*' reads them all "
                                                    "as one stream).")
     p.add_argument("--threshold", type=float, default=None,
                    help="--input: decide with this threshold instead of the checkpoint's")
-    p.add_argument("--out", default=None, help="folder for evaluation_<dataset>.json or evaluation_inputs.json "
+    p.add_argument("--out", default=None, help="folder for evaluation_<dataset>.json or evaluation_inputs_*.json "
                                                "(default: the run folder of <run>/checkpoints/X.pt, else beside the "
                                                "checkpoint)")
     p.add_argument("--on-bad-rows", choices=["error", "skip"], default=None,

@@ -58,7 +58,7 @@ from kdkit.models.native import NativeGAT, unsupported_reason
 from kdkit.models.thresholds import GAT_THRESHOLD, is_attack
 from kdkit.reporting.metrics import predict_scores
 from kdkit.stream.window import WindowGraph, window_graph
-from kdkit.training.checkpoint import (archive_kind, describe_calibration, load_checkpoint, model_from_checkpoint,
+from kdkit.training.checkpoint import (describe_calibration, file_kind, load_checkpoint, model_from_checkpoint,
                                       provenance)
 from kdkit.workflows.run import check_graph_settings
 
@@ -92,6 +92,10 @@ the package's direct call for an export or the model for a checkpoint), ``native
 (:class:`~kdkit.models.native.NativeGAT`; an error where it does not apply), ``package`` (an
 export's AOTInductor package), ``torch`` (a checkpoint's PyTorch model). An export's blocks always
 run its package (faster than the native engine on batches)."""
+
+MODEL_ENGINES = {"--checkpoint": ("auto", "native", "torch"), "--model": ("auto", "native", "package")}
+"""The :data:`ENGINES` each kind of model runs on: a checkpoint (:meth:`Detector.from_checkpoint`)
+and an exported ``.pt2`` (:meth:`Detector.from_exported`), keyed by their ``kdkit detect`` option."""
 
 
 def format_can_id(key: int) -> str:
@@ -384,7 +388,7 @@ class Detector:
         """A detector for a kdkit checkpoint (GAT or VGAE), in eval mode, with its vocabulary,
         window, stride and threshold (``threshold``/``stride`` override them). ``engine``: see
         :data:`ENGINES` (a GAT classifier runs natively by default, single windows and blocks alike)."""
-        _check_engine(engine, ("auto", "native", "torch"), path)
+        _check_engine(engine, "--checkpoint", path)
         if stride is not None:
             _check_stride(stride, path)
         ckpt = load_checkpoint(path)
@@ -426,14 +430,22 @@ class Detector:
         single window (:meth:`feed`) runs the native engine when the ``.npz`` of native weights
         ``kdkit export`` writes for a GAT lies beside the package, else the package's direct call
         (``engine``: see :data:`ENGINES`)."""
-        _check_engine(engine, ("auto", "native", "package"), path)
+        _check_engine(engine, "--model", path)
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"model file {path} does not exist" + (" (a folder)" if path.is_dir() else "")
                                     + ": --model takes an exported .pt2 written by kdkit export")
-        if archive_kind(path) == "checkpoint":
+        kind = file_kind(path)
+        if kind == "checkpoint":
             raise ValueError(f"{path} is a training checkpoint, not an exported model: run it with --checkpoint {path}, "
                              f"or export it first (kdkit export --checkpoint {path}) and pass the .pt2 to --model")
+        if kind in ("export_metadata", "native_weights"):
+            raise ValueError(f"{path} is the {'metadata' if kind == 'export_metadata' else 'native-engine weights'} of "
+                             f"an exported model, not its package: pass the .pt2 to --model ({path.with_suffix('.pt2')}, "
+                             f"with {path.with_suffix('.json').name} and {path.with_suffix('.npz').name} beside it)")
+        if kind == "recording":
+            raise ValueError(f"{path} is a CAN recording, not an exported model: replay it with --input {path}, and give "
+                             f"--model the .pt2 kdkit export writes")
         if stride is not None:
             _check_stride(stride, path)
         meta_path = path.with_suffix(".json")
@@ -470,7 +482,7 @@ class Detector:
 
         thr = float(meta.get("threshold") if meta.get("threshold") is not None else GAT_THRESHOLD)
         score_graph, used = _graph_scorer(program, logits), "package"
-        native = _native_weights(path, meta, meta_path) if engine != "package" and logits else None
+        native = _native_weights(path, meta, meta_path, engine) if engine != "package" and logits else None
         if native is not None:
             if native.num_ids < len(vocab):
                 raise ValueError(f"{native_weights_path(path)}: native weights for num_ids={native.num_ids} beside a "
@@ -800,12 +812,34 @@ def _native_scorer(native: NativeGAT) -> Callable[[WindowGraph], float]:
     return score
 
 
-def _native_weights(package: Path, meta: dict, meta_path: Path) -> NativeGAT | None:
+_NPZ_MISSING_WARNED: set[str] = set()  # packages whose missing .npz was warned about in this process
+
+
+def _native_weights(package: Path, meta: dict, meta_path: Path, engine: str = "auto") -> NativeGAT | None:
     """The native weights beside an exported package when its metadata names them and their
     SHA-256 matches (a ``.npz`` left from another export must not score this package's windows);
-    None when there are none to use."""
+    None when there are none to use.
+
+    A ``.npz`` the metadata names but that is not there (the package and its ``.json`` copied
+    without it) is an error for ``engine="native"`` and is warned about once per package and
+    process otherwise: single windows then run the slower package. An export that never had one
+    (kdkit before it wrote the ``.npz``) names none: None, silently."""
     path = native_weights_path(package)
     if not path.is_file():
+        if not meta.get("native_weights"):
+            return None
+        missing = path
+        if engine == "native":
+            raise ValueError(f"{package}: the native engine cannot run it: {missing.name} is missing at {missing} "
+                             f"({meta_path.name} names it): copy the three files of one export ({package.name}, "
+                             f"{meta_path.name}, {missing.name}) together, or re-export it with kdkit export")
+        if str(package) not in _NPZ_MISSING_WARNED:
+            _NPZ_MISSING_WARNED.add(str(package))
+            log.warning("%s: %s is missing at %s (%s names it): single windows (live, --realtime) run on the slower "
+                        "package engine instead of the native single-window engine. A gateway needs the three files of "
+                        "one export together (%s, %s, %s): copy it beside the package, or re-export the model with "
+                        "kdkit export. This warning is shown once.", package, missing.name, missing, meta_path.name,
+                        package.name, meta_path.name, missing.name)
         return None
     if meta.get("native_weights") != path.name or not meta.get("native_weights_sha256"):
         log.warning("%s: %s is not named by %s (another export's?): ignored, single windows run the package; "
@@ -820,9 +854,15 @@ def _native_weights(package: Path, meta: dict, meta_path: Path) -> NativeGAT | N
         return NativeGAT.from_arrays(arrays)
 
 
-def _check_engine(engine: str, allowed: tuple[str, ...], where) -> None:
+def _check_engine(engine: str, flag: str, where) -> None:
+    """``engine`` must be one of the engines of the model kind ``flag`` names (:data:`MODEL_ENGINES`)."""
+    allowed = MODEL_ENGINES[flag]
     if engine not in allowed:
-        raise ValueError(f"{where}: engine={engine!r}; choose one of {', '.join(allowed)} for this kind of model")
+        kind = "a checkpoint" if flag == "--checkpoint" else "an exported model (.pt2)"
+        other = "--model" if flag == "--checkpoint" else "--checkpoint"
+        runs = (f"; {engine!r} is for {'a checkpoint' if other == '--checkpoint' else 'an exported model'} ({other})"
+                if engine in MODEL_ENGINES[other] else "")
+        raise ValueError(f"{where}: engine={engine!r}; {kind} runs on {', '.join(allowed)}{runs}")
 
 
 def _check_layout(node_features, edge_features, graph_format, where, vocab=None) -> None:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from kdkit.data.graphs import GRAPH_FORMAT_VERSION
+from kdkit.data.readers import data_suffixes
 from kdkit.models.registry import model_from_config
 
 log = logging.getLogger(__name__)
@@ -85,19 +86,107 @@ def _exported_from(package: Path) -> str:
     return f" ({named})" if isinstance(named, str) and named else " (the .json beside the package names it)"
 
 
+EXPORT_META_KEYS = ("package", "output_kind", "native_weights")  # keys only the .json of kdkit export holds
+
+
+def file_kind(path: str | Path) -> str | None:
+    """What kind of kdkit-related file ``path`` is, from its content where that is cheap (a zip's
+    member names, a ``.json``'s keys) and else its name: ``"checkpoint"`` (a ``torch.save``
+    file), ``"package"`` (an exported ``.pt2``), ``"export_metadata"`` (the ``.json`` kdkit
+    export writes beside it), ``"native_weights"`` (its ``.npz``), ``"recording"`` (a file
+    ending as kdkit's readers read: ``.csv``, ``.txt``, ``.log``, ``.asc``, ``.blf``, ``.trc``,
+    each also ``.gz``, or a ``.zip`` that is no torch archive), or None (none of these)."""
+    path = Path(path)
+    kind = archive_kind(path)
+    if kind is not None:
+        return kind
+    name = path.name.lower()
+    if name.endswith(".npz"):
+        return "native_weights"
+    if name.endswith(".json"):
+        try:
+            meta = json.loads(path.read_text())
+        except (OSError, ValueError, UnicodeDecodeError):
+            return None
+        return "export_metadata" if isinstance(meta, dict) and any(k in meta for k in EXPORT_META_KEYS) else None
+    if name.endswith(data_suffixes()):
+        return "recording"
+    return None
+
+
+def _export_files(path: Path) -> str:
+    """``X.pt2, X.json and X.npz``: the files of the export ``path`` belongs to."""
+    return f"{path.with_suffix('.pt2').name}, {path.with_suffix('.json').name} and {path.with_suffix('.npz').name}"
+
+
+def wrong_checkpoint_kind(path: str | Path, kind: str | None = None) -> str | None:
+    """Why ``path`` (given as a training checkpoint) is another kind of file, naming what it is
+    and what to pass instead; None when it may be a checkpoint (:func:`file_kind`)."""
+    path = Path(path)
+    kind = file_kind(path) if kind is None else kind
+    if kind == "package":
+        return (f"{path} is an exported model package (.pt2, written by kdkit export), not a training checkpoint: run it "
+                f"with kdkit detect --model {path}, or give the checkpoint it was exported from{_exported_from(path)}")
+    if kind in ("export_metadata", "native_weights"):
+        what = "metadata" if kind == "export_metadata" else "native-engine weights (.npz)"
+        return (f"{path} is the {what} of an exported model (kdkit export writes {_export_files(path)}), not a "
+                f"training checkpoint: run the export with kdkit detect --model {path.with_suffix('.pt2')}, or give "
+                f"the checkpoint it was exported from{_exported_from(path.with_suffix('.pt2'))}")
+    if kind == "recording":
+        return (f"{path} is a CAN recording, not a training checkpoint: --checkpoint takes the best.pt (or last.pt) "
+                f"kdkit train writes in runs/<run>/checkpoints/; a recording goes to --input (kdkit evaluate, kdkit "
+                f"detect) or --clean (kdkit calibrate)")
+    return None
+
+
+def wrong_recording_kind(path: str | Path, flag: str = "--input") -> str | None:
+    """Why ``path`` (given as a recording) is a model file instead, naming what it is and where it
+    goes; None when it may be a recording."""
+    path = Path(path)
+    kind = file_kind(path)
+    if kind == "checkpoint":
+        return (f"{flag} {path} is a training checkpoint, not a CAN recording: give it to --checkpoint, and to {flag} "
+                f"the recordings to score (candump .log, .asc, .blf, .trc or CSV, .gz too)")
+    if kind in ("package", "export_metadata", "native_weights"):
+        what = {"package": "an exported model package (.pt2)", "export_metadata": "the metadata of an exported model",
+                "native_weights": "the native-engine weights of an exported model"}[kind]
+        return (f"{flag} {path} is {what}, not a CAN recording (kdkit export writes {_export_files(path)}): run "
+                f"the export with kdkit detect --model {path.with_suffix('.pt2')} --input RECORDING, or give "
+                f"--checkpoint the checkpoint it was exported from{_exported_from(path.with_suffix('.pt2'))}")
+    return None
+
+
+_TORCH_ADVICE = re.compile(r"WeightsUnpickler error:\s*(.*?)(?:\.\s|\s*Please use|\s*Check the documentation|$)")
+
+
+def _load_error(err: Exception) -> str:
+    """Why ``torch.load`` failed (`` (...)`` or ``: ...``, to follow "not a loadable kdkit checkpoint"), without torch's advice to load the file unsafely
+    (``weights_only=False``) or to allow its globals."""
+    text = _error_text(err, limit=100_000)
+    if "Weights only load failed" not in text:
+        return f" ({type(err).__name__}: {_error_text(err)})"
+    match = _TORCH_ADVICE.search(text)
+    detail = match.group(1).strip().rstrip(".") if match else ""
+    if detail.startswith("Unsupported global"):
+        return (f": it holds Python objects no kdkit checkpoint holds ({detail}); kdkit loads checkpoints "
+                f"weights-only and runs no code from a file")
+    return f": not a file torch.save wrote ({detail[:1].lower() + detail[1:] if detail else 'unpickling failed'})"
+
+
 def load_checkpoint(path: str | Path) -> dict:
-    """Load a kdkit checkpoint safely (``weights_only``) and check its keys."""
+    """Load a kdkit checkpoint safely (``weights_only``) and check its keys. A file of another
+    kind (an exported model, a recording: :func:`file_kind`) is refused naming what it is."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if archive_kind(path) == "package":
-        raise ValueError(f"{path} is an exported model package (.pt2, written by kdkit export), not a training "
-                         f"checkpoint: run it with kdkit detect --model {path}, or give the checkpoint it was exported "
-                         f"from{_exported_from(path)}")
+    wrong = wrong_checkpoint_kind(path)
+    if wrong is not None:
+        raise ValueError(wrong)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises several types for foreign pickles
-        raise ValueError(f"{path}: not a loadable kdkit checkpoint ({type(err).__name__}: {_error_text(err)})") from err
+        raise ValueError(f"{path}: not a loadable kdkit checkpoint{_load_error(err)}. --checkpoint takes the best.pt "
+                         f"(or last.pt) kdkit train writes in runs/<run>/checkpoints/") from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a kdkit checkpoint (format {ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__})")
     extra = set(ckpt) - CHECKPOINT_KEYS

@@ -18,8 +18,11 @@ high share means the model does not know this car).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,7 +33,8 @@ from kdkit.data.graphs import GRAPH_FORMAT_VERSION, GraphSet, IdVocab, build_gra
 from kdkit.data.readers import LOGGER_SUFFIXES, Messages, data_suffixes, read_messages
 from kdkit.models.thresholds import is_attack
 from kdkit.reporting.metrics import evaluate_scores, predict_scores
-from kdkit.training.checkpoint import describe_calibration, load_checkpoint, model_from_checkpoint, provenance, vocab_hash
+from kdkit.training.checkpoint import (describe_calibration, load_checkpoint, model_from_checkpoint, provenance, vocab_hash,
+                                      wrong_recording_kind)
 from kdkit.workflows.run import check_graph_settings, evaluation_dir
 from kdkit.workflows.run_dir import write_json
 
@@ -54,7 +58,8 @@ def recording_files(inputs: Sequence[str | Path], flag: str = "--input") -> list
 
     Raises:
         FileNotFoundError: an input that does not exist.
-        ValueError: no inputs, or a folder without recordings.
+        ValueError: no inputs, a folder without recordings, or a model file (a checkpoint, an
+            exported package or its ``.json``/``.npz``) given as a recording.
     """
     if not inputs:
         raise ValueError(f"{flag}: give at least one recording file or folder")
@@ -63,6 +68,9 @@ def recording_files(inputs: Sequence[str | Path], flag: str = "--input") -> list
     for item in inputs:
         path = Path(item)
         if path.is_file():
+            wrong = wrong_recording_kind(path, flag)  # a model file given as a recording: say so, not a reader error
+            if wrong is not None:
+                raise ValueError(wrong)
             files.append(path)
         elif path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(suffixes)
@@ -278,7 +286,9 @@ def evaluate_inputs(checkpoint: str | Path, inputs: Sequence[str | Path], channe
     out-of-vocabulary nodes; for labelled recordings also the metrics of ``kdkit evaluate
     --dataset`` (``metrics``, with recall per attack type). A recording shorter than one window
     is listed under ``skipped_files``; none with a window is an error. Written to
-    ``evaluation_inputs.json`` in ``out_dir`` (default: the run folder, as ``evaluate_checkpoint``).
+    ``evaluation_inputs_<name>_<hash>.json`` (:func:`inputs_json_name`: one file per set of inputs
+    and channel) in ``out_dir`` (default: the run folder, as ``evaluate_checkpoint``); the
+    result's ``json`` names it.
 
     Args:
         checkpoint: a kdkit GAT or VGAE checkpoint.
@@ -344,9 +354,50 @@ def evaluate_inputs(checkpoint: str | Path, inputs: Sequence[str | Path], channe
            "files": per_file, "overall": overall, "skipped_files": skipped, "warnings": warnings}
     target = Path(out_dir) if out_dir else evaluation_dir(checkpoint)
     target.mkdir(parents=True, exist_ok=True)
-    write_json(target / "evaluation_inputs.json", out)
-    out["json"] = str(target / "evaluation_inputs.json")
+    path = target / inputs_json_name(inputs, channel)
+    write_json(path, out)
+    out["json"] = str(path)
     return out
+
+
+def inputs_json_name(inputs: Sequence[str | Path], channel: str | None = None) -> str:
+    """``evaluation_inputs_<first input's name>_<hash>.json``: the file :func:`evaluate_inputs`
+    writes for these inputs. The hash (8 hex digits of SHA-256) is of the inputs' resolved paths
+    (sorted, duplicates once) and the channel: scoring the same recordings again replaces their
+    file, other recordings or another channel of them get their own."""
+    resolved = sorted({str(Path(i).resolve()) for i in inputs})
+    digest = hashlib.sha256(json.dumps({"inputs": resolved, "channel": channel}).encode()).hexdigest()[:8]
+    first = Path(inputs[0]).name if inputs else "none"
+    for suffix in sorted(recording_suffixes(), key=len, reverse=True):  # capture.log.gz -> capture
+        if first.lower().endswith(suffix):
+            first = first[:-len(suffix)]
+            break
+    first = re.sub(r"[^A-Za-z0-9_.-]+", "_", first).strip("._")[:40] or "input"
+    return f"evaluation_inputs_{first}_{digest}.json"
+
+
+def format_attack_type_recall(scenarios: dict) -> str | None:
+    """A table of the recall per attack type in each scenario (``per_attack_type`` of
+    :func:`kdkit.reporting.metrics.evaluate_scores`), with each type's recall over all scenarios
+    (weighted by its attack windows) when it occurs in more than one; None when no scenario
+    carries attack types."""
+    rows = [(name, t, v["windows"], v["recall"]) for name, m in scenarios.items()
+            for t, v in (m.get("per_attack_type") or {}).items()]
+    if not rows:
+        return None
+    totals: dict[str, list[float]] = {}
+    for _, t, n, recall in rows:
+        acc = totals.setdefault(t, [0, 0.0, 0])
+        acc[0] += n
+        acc[1] += recall * n
+        acc[2] += 1
+    rows += [("all scenarios", t, n, hit / n) for t, (n, hit, k) in totals.items() if k > 1 and n]
+    name_w = max(len("scenario"), *(len(r[0]) for r in rows)) + 2
+    type_w = max(len("attack type"), *(len(r[1]) for r in rows)) + 2
+    lines = ["recall per attack type (share of the type's attack windows that alarm):",
+             f"{'scenario':<{name_w}}{'attack type':<{type_w}}{'windows':>9}{'recall':>9}"]
+    lines += [f"{name:<{name_w}}{t:<{type_w}}{n:>9,}{recall:>9.4f}" for name, t, n, recall in rows]
+    return "\n".join(lines)
 
 
 def format_inputs_report(res: dict) -> str:
