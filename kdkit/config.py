@@ -88,6 +88,10 @@ class TrainConfig:
                          "declared in ./datasets.toml or $KDKIT_DATASETS", group=WHAT, panel=True, check=check_dataset,
                          suggestions=known_datasets)
     data_root: Optional[str] = param(None, "folder holding hcrl-sa/ etc. (default $KDKIT_DATA_ROOT)", group=WHAT)
+    channel: Optional[str] = param(None, "logger files of the dataset (.log/.asc/.blf/.trc, e.g. a multi-bus capture "
+                                   "in a dataset folder): keep only this bus channel, e.g. can0 ('*': every channel "
+                                   "as one stream, on purpose); None: the dataset spec's channel, if any. Given, it "
+                                   "replaces the spec's", group=WHAT)
     teacher: Optional[str] = param(None, "teacher checkpoint for a KD student; None trains the student alone",
                                    group=WHAT, panel=True)
     # --- graphs
@@ -97,6 +101,9 @@ class TrainConfig:
                         "this default", group=GRAPHS, low=1)
     label_threshold: float = param(0.0, "a window is an attack when its attack share > this", group=GRAPHS, low=0, high=1)
     val_fraction: float = param(0.2, "contiguous validation block per training file", group=GRAPHS, low=0, high=1)
+    include_excluded: bool = param(False, "also train on the suppress/masquerade recordings of the training folders "
+                                   "(by default they are kept out of training and evaluated as a test scenario, "
+                                   "train_excluded_*)", group=GRAPHS)
     on_bad_rows: str = param("error", "malformed input rows (bad fields, time going backwards): stop with file:line, "
                              "or skip and count them", choices=("error", "skip"), group=GRAPHS)
     synthetic_seed: int = param(0, "seed of the built-in synthetic dataset", group=GRAPHS)
@@ -192,6 +199,9 @@ class TrainConfig:
     save_compat: bool = param(True, "also copy the best checkpoint to saved_models/ (beside runs_dir) under the "
                               "guide's names, unless a better one is there", group=OUTPUT)
 
+    def __post_init__(self) -> None:
+        check_combination({"type": self.type, "teacher": self.teacher})
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -278,8 +288,22 @@ def _check_value(spec: FieldSpec, value: Any) -> Any:
     return value
 
 
+def check_combination(values: dict[str, Any]) -> None:
+    """Keys valid alone but not together (the ones ``values`` holds; a missing ``type`` is not
+    assumed): a ``teacher`` checkpoint is for a distilled student, a teacher run would ignore it.
+
+    Raises:
+        ValueError: naming the keys and what to change.
+    """
+    if values.get("teacher") and values.get("type") == "teacher":
+        raise ValueError(f"config key 'teacher': {values['teacher']!r} is given for a run of type 'teacher'; a "
+                         "teacher checkpoint is what a student distils from (type 'student'), a teacher trains "
+                         "alone and would ignore it: drop --teacher, or set --type student to distil from it")
+
+
 def validate_overrides(overrides: dict[str, Any], cls: type = TrainConfig) -> dict[str, Any]:
-    """Check keys, types, choices and ranges of user overrides; return them with ints widened to floats.
+    """Check keys, types, choices and ranges of user overrides, and the keys given together
+    (:func:`check_combination`); return them with ints widened to floats.
 
     Raises:
         ValueError: naming the key, the value and what is allowed (unknown keys list the valid ones).
@@ -290,6 +314,7 @@ def validate_overrides(overrides: dict[str, Any], cls: type = TrainConfig) -> di
         if key not in specs:
             raise ValueError(f"unknown config key {key!r}; valid keys: {', '.join(specs)}")
         out[key] = _check_value(specs[key], value)
+    check_combination(out)
     return out
 
 

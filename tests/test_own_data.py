@@ -364,7 +364,7 @@ def test_slurm_jobs_and_the_panel_take_a_dataset_path(tmp_path: Path, monkeypatc
     orch = FabricSlurmTrainingOrchestrator(tmp_path / "runs", preset="cpu", venv=None)
     script = orch.submit_gat_training("my-car.toml", "teacher", dry_run=True)
     assert f"--dataset {tmp_path / 'my-car.toml'}" in script  # absolute: the job may start in another folder
-    assert "my-car_teacher" in script or "gat_my-car_teacher" in script  # the run is named by the dataset's name
+    assert "my-car_gat_teacher_" in script  # the run is named by the dataset's name, as a local run: <dataset>_<model>_<type>_<time>
     with pytest.raises(ValueError, match="unknown dataset 'nope.toml' .*nope.toml does not exist: a relative path is "
                                          "taken from the current directory"):
         orch.submit_gat_training("nope.toml", "teacher", dry_run=True)

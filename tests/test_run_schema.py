@@ -123,3 +123,36 @@ def test_cli_values_are_checked_by_the_schema(argv, message):
         return
     with pytest.raises(ValueError, match=message):
         overrides_from_cli(args)
+
+
+def test_a_teacher_checkpoint_for_a_teacher_run_is_refused_everywhere(tmp_path, capsys):
+    """A teacher trains alone: a --teacher path given to a run of type teacher would be ignored (and
+    recorded in config.json as if used). The schema refuses it for the CLI, --config JSON, make_config
+    (notebooks, the panel), SLURM job arguments; a student takes one."""
+    from kdkit.cli.main import main
+
+    message = r"config key 'teacher': 'x\.pth' is given for a run of type 'teacher'.*--type student"
+    with pytest.raises(ValueError, match=message):
+        make_config(dataset="synthetic", teacher="x.pth")  # type teacher by default
+    with pytest.raises(ValueError, match=message):
+        make_config(dataset="synthetic", type="teacher", teacher="x.pth")
+    with pytest.raises(ValueError, match=message):
+        validate_overrides({"type": "teacher", "teacher": "x.pth"})
+    with pytest.raises(ValueError, match=message):
+        overrides_from_cli(_parser().parse_args(["--dataset", "synthetic", "--config",
+                                                 json.dumps({"type": "teacher", "teacher": "x.pth"})]))
+    with pytest.raises(ValueError, match=message):
+        to_argv({"dataset": "synthetic", "type": "teacher", "teacher": "x.pth"})
+    teacher = tmp_path / "x.pth"
+    teacher.write_bytes(b"")
+    orch = FabricSlurmTrainingOrchestrator(tmp_path / "runs", venv=None)
+    with pytest.raises(ValueError, match="config key 'teacher': .* is given for a run of type 'teacher'"):
+        orch.submit_run({"dataset": "synthetic", "type": "teacher", "teacher": str(teacher), "run_name": "r"},
+                        dry_run=True)
+    assert main(["train", "--model", "gat", "--type", "teacher", "--teacher", "x.pth", "--dataset", "synthetic",
+                 "--runs-dir", str(tmp_path / "runs")]) != 0
+    assert "is given for a run of type 'teacher'" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+    # a student distils from it; a teacher without one is the plain teacher run
+    assert make_config(dataset="synthetic", type="student", teacher="x.pth").teacher == "x.pth"
+    assert make_config(dataset="synthetic", type="teacher", teacher=None).teacher is None

@@ -196,6 +196,50 @@ def test_resume_reaches_same_weights(synthetic, tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
+def test_train_seconds_add_up_over_resumed_attempts(synthetic, tmp_path):
+    """summary.json's train_seconds is the training time of every attempt (last.pt's provenance
+    carries the seconds so far, a resumed fit adds its own), train_seconds_this_attempt the last
+    attempt's; a checkpoint written before they were carried resumes as before, counting its attempt only."""
+    from kdkit.training.trainer import TRAIN_SECONDS, train_seconds_so_far
+    from kdkit.workflows.run import train
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_at(epoch):
+        def check(record):
+            if record["epoch"] == epoch:
+                raise Interrupt
+        return check
+
+    cfg = tiny_cfg(tmp_path, run_name="cut", epochs=3)
+    last = tmp_path / "runs" / "cut" / "checkpoints" / "last.pt"
+    with pytest.raises(Interrupt):
+        train(cfg, progress=False, data=synthetic, on_epoch_end=stop_at(0))
+    first = train_seconds_so_far(torch.load(last, weights_only=True))
+    assert first > 0
+    with pytest.raises(Interrupt):  # the second attempt trains epoch 1 and stops again
+        train(cfg, resume=last, progress=False, data=synthetic, on_epoch_end=stop_at(1))
+    ck = torch.load(last, weights_only=True)
+    so_far = train_seconds_so_far(ck)
+    assert ck["epoch"] == 1 and so_far > first  # the first attempt's seconds plus the second's
+    resumed = train(cfg, resume=last, progress=False, data=synthetic)
+    assert resumed["resumed_at_epoch"] == 2 and 0 < resumed["train_seconds_this_attempt"] < resumed["train_seconds"]
+    assert resumed["train_seconds"] == pytest.approx(so_far + resumed["train_seconds_this_attempt"], abs=0.02)
+    assert json.loads((tmp_path / "runs" / "cut" / "metrics.json").read_text())["train_seconds"] == \
+        resumed["train_seconds"]
+    # a checkpoint without the key (written before it existed): resumed as before, its attempt counted alone
+    cfg = tiny_cfg(tmp_path, run_name="old", epochs=2)
+    last = tmp_path / "runs" / "old" / "checkpoints" / "last.pt"
+    with pytest.raises(Interrupt):
+        train(cfg, progress=False, data=synthetic, on_epoch_end=stop_at(0))
+    ck = torch.load(last, weights_only=True)
+    del ck["provenance"][TRAIN_SECONDS]
+    torch.save(ck, last)
+    resumed = train(cfg, resume=last, progress=False, data=synthetic)
+    assert resumed["resumed_at_epoch"] == 1 and resumed["train_seconds"] == resumed["train_seconds_this_attempt"] > 0
+
+
 def test_bf16_smoke_on_cpu(synthetic, tmp_path):
     from kdkit.workflows.run import train
 

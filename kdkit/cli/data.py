@@ -2,6 +2,7 @@
 
     kdkit data simulate --out DIR --seed N
     kdkit data prepare --dataset hcrl_sa [--data-root DIR] [--workers N]
+    kdkit data prepare --dataset mycar --channel can0       # a folder holding a multi-bus logger capture
     kdkit data info --dataset hcrl_sa [--json]
 """
 from __future__ import annotations
@@ -32,6 +33,9 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
     p.add_argument("--on-bad-rows", choices=["error", "skip"], default="error", help="malformed rows: stop (default) or skip and count")
     p.add_argument("--include-excluded", action="store_true", help="also train on suppress/masquerade recordings")
+    p.add_argument("--channel", default=None, metavar="NAME",
+                   help="logger files (.log/.asc/.blf/.trc): keep only this bus channel, e.g. can0 ('*': every channel "
+                        "as one stream); default: the dataset spec's channel, if any (given, it replaces it)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="recordings prepared at once, one process each; the store is the same for any N "
                         "(default: $KDKIT_PREPARE_WORKERS, else 1)")
@@ -67,7 +71,7 @@ def cmd_data_simulate(args: argparse.Namespace) -> int:
 def cmd_data_prepare(args: argparse.Namespace) -> int:
 
     ds = prepare(args.dataset, prepare_config_from_args(args), args.data_root, args.cache_dir, rebuild=args.rebuild,
-                 progress=True, workers=args.workers)
+                 progress=True, workers=args.workers, channel=args.channel)
     state = "loaded from" if ds.loaded_from_cache else "built into"
     print(f"{ds.name}: {sum(len(g) for g in ds.splits.values())} graphs {state} {ds.cache_dir}")
     for line in skipped_rows_report(ds.info):
@@ -76,7 +80,8 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_data_info(args: argparse.Namespace) -> int:
-    ds = prepare(args.dataset, prepare_config_from_args(args), args.data_root, args.cache_dir, workers=args.workers)
+    ds = prepare(args.dataset, prepare_config_from_args(args), args.data_root, args.cache_dir, workers=args.workers,
+                 channel=args.channel)
     print(json.dumps(ds.info, indent=2) if args.json else format_info(ds.name, ds))
     return 0
 

@@ -23,13 +23,14 @@ each test folder a named scenario. ``synthetic`` is simulated on first use (no d
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -37,6 +38,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from kdkit.data.graphs import GRAPH_FORMAT_VERSION, GraphSet, GraphStoreError, IdVocab
+from kdkit.data.loggers import ALL_CHANNELS, MixedChannelsError
 from kdkit.data.prep import SplitStats, build_parts, excluded_block, remove_parts, vocab_ids, write_split
 from kdkit.data.readers import Messages, attack_type_from_name, data_suffixes
 from kdkit.data.simulate import ensure_synthetic
@@ -136,13 +138,41 @@ def resolve_data_root(data_root: str | Path | None = None) -> Path:
     return Path(_DEFAULT_ROOTS[0])
 
 
+def data_root_candidates(data_root: str | Path | None = None) -> list[Path]:
+    """The data roots a registry dataset's folder is looked for in, in order: the argument, else
+    ``KDKIT_DATA_ROOT``, else the fallback roots (relative to the current directory)."""
+    if data_root or os.environ.get("KDKIT_DATA_ROOT"):
+        return [resolve_data_root(data_root)]
+    return [Path(cand) for cand in _DEFAULT_ROOTS]
+
+
 def dataset_dir(name: str, data_root: str | Path | None = None, synthetic_seed: int = 0) -> Path:
-    """The folder of a registry dataset; ``synthetic`` is simulated there on first use."""
+    """The folder of a registry dataset; ``synthetic`` is simulated there on first use. Without
+    ``data_root`` and ``KDKIT_DATA_ROOT``, the first fallback root holding the dataset's folder."""
     if name not in REGISTRY:
-        raise KeyError(f"unknown dataset {name!r}; known: {', '.join(REGISTRY)}")
+        guess = did_you_mean(name, list(REGISTRY))
+        raise KeyError(f"unknown dataset {name!r}; known: {', '.join(REGISTRY)}"
+                       + (f"; did you mean {guess!r}?" if guess else ""))
     if name == "synthetic":
         return Path(ensure_synthetic(seed=synthetic_seed))
-    return resolve_data_root(data_root) / REGISTRY[name].folder
+    folder = REGISTRY[name].folder
+    for root in data_root_candidates(data_root):
+        if (root / folder).is_dir():
+            return root / folder
+    return resolve_data_root(data_root) / folder
+
+
+def did_you_mean(name: str, names: list[str]) -> str | None:
+    """The one of ``names`` that ``name`` nearly is (``-`` for ``_``, a registry dataset's folder
+    name such as ``hcrl-sa`` for ``hcrl_sa``, a typo), else None."""
+    folders = {spec.folder: key for key, spec in REGISTRY.items() if spec.folder and key in names}
+    norm = lambda text: text.lower().replace("-", "_")  # noqa: E731
+    normalised = {norm(n): n for n in names}
+    guess = folders.get(name) or normalised.get(norm(name))
+    if guess is None:
+        close = difflib.get_close_matches(norm(name), list(normalised), n=1)
+        guess = normalised[close[0]] if close else None
+    return guess if guess != name else None
 
 
 def resolve_source(name: str, data_root: str | Path | None = None, synthetic_seed: int = 0) -> DatasetSource:
@@ -151,6 +181,8 @@ def resolve_source(name: str, data_root: str | Path | None = None, synthetic_see
     ``$KDKIT_DATASETS`` (see :mod:`kdkit.data.sources`)."""
     if name in REGISTRY:
         source = folder_source(dataset_dir(name, data_root, synthetic_seed), name=name)
+        if name != "synthetic":
+            source.searched = [root / REGISTRY[name].folder for root in data_root_candidates(data_root)]
         source.hints.append(f"set --data-root or KDKIT_DATA_ROOT to the folder holding '{REGISTRY[name].folder or name}'")
         return source
     source = resolve_custom(name)
@@ -162,8 +194,10 @@ def resolve_source(name: str, data_root: str | Path | None = None, synthetic_see
         looks_like_path = "/" in name or name.endswith((".toml", ".json"))
         where = (f" ({Path(name).resolve()} does not exist: a relative path is taken from the current directory, "
                  f"{Path.cwd()})" if looks_like_path and not Path(name).exists() else "")
+        guess = None if looks_like_path else did_you_mean(name, [*REGISTRY, *declared])
         raise FileNotFoundError(
-            f"unknown dataset {name!r}{where}: not a registry key ({', '.join(REGISTRY)}), not an existing folder or "
+            f"unknown dataset {name!r}{where}" + (f" (did you mean {guess!r}?)" if guess else "")
+            + f": not a registry key ({', '.join(REGISTRY)}), not an existing folder or "
             f"spec file (.toml/.json), and not declared in ./datasets.toml or $KDKIT_DATASETS"
             + (f" (declared there: {', '.join(declared)})" if declared else "")
             + "; see the README section 'Bring your own data'")
@@ -266,10 +300,13 @@ def file_sha256(path: Path) -> str:
 
 
 def discover(name: str, data_root: str | Path | None = None, include_excluded: bool = False,
-             synthetic_seed: int = 0, source: DatasetSource | None = None) -> DatasetFiles:
+             synthetic_seed: int = 0, source: DatasetSource | None = None, channel: str | None = None) -> DatasetFiles:
     """Find a dataset's train files and test scenarios; a clear error names what is missing.
-    A test scenario without files is reported in ``missing_scenarios``, not fatal."""
+    A test scenario without files is reported in ``missing_scenarios``, not fatal. ``channel``
+    (logger files: the bus channel to keep) replaces the dataset spec's when given."""
     source = source or resolve_source(name, data_root, synthetic_seed)
+    if channel is not None:
+        source = replace(source, channel=channel)
     root = source.root
     if source.layout == "folder":
         layout = (f"expected {root}/train_01_attack_free/ and/or {root}/train_02_with_attacks/ holding recordings "
@@ -279,6 +316,10 @@ def discover(name: str, data_root: str | Path | None = None, include_excluded: b
         layout = f"check the globs in {source.spec}"
     layout += "".join(f"; {h}" for h in source.hints)
     if not root.is_dir():
+        if len(source.searched) > 1:  # no --data-root nor KDKIT_DATA_ROOT: every fallback root was looked in
+            raise FileNotFoundError(f"dataset {source.name!r}: none of the folders looked in exists: "
+                                    f"{', '.join(map(str, source.searched))} (relative to the current directory, "
+                                    f"{Path.cwd()}); {layout}")
         raise FileNotFoundError(f"dataset {source.name!r}: folder {root} does not exist; {layout}")
     files = DatasetFiles(name=source.name, root=root, train=[], tests={}, source=source)
     train_sets = [(g, _glob(root, [g])) for g in source.train_attack_free + source.train_with_attacks]
@@ -365,7 +406,7 @@ def default_cache_dir() -> Path:
 
 def prepare(name: str, config: PrepareConfig | None = None, data_root: str | Path | None = None,
             cache_dir: str | Path | None = None, rebuild: bool = False, progress: bool = False,
-            synthetic_seed: int = 0, workers: int | None = None) -> PreparedDataset:
+            synthetic_seed: int = 0, workers: int | None = None, channel: str | None = None) -> PreparedDataset:
     """Build (or load from the store) the graphs of every split of a dataset.
 
     Recordings are streamed in chunks and the splits written part by part (see
@@ -382,10 +423,13 @@ def prepare(name: str, config: PrepareConfig | None = None, data_root: str | Pat
         synthetic_seed: seed of the simulated dataset (``synthetic`` only).
         workers: recordings prepared at once, each in its own process (default
             ``KDKIT_PREPARE_WORKERS`` or 1); the store is the same for any number.
+        channel: logger files: keep only this bus channel (``"*"``: every channel as one
+            stream); None: the dataset spec's channel, if any. Given, it replaces the spec's and,
+            like it, enters the cache key.
     """
     config = config or PrepareConfig()
     workers = prepare_workers(workers)
-    files = discover(name, data_root, config.include_excluded, synthetic_seed)
+    files = discover(name, data_root, config.include_excluded, synthetic_seed, channel=channel)
     name = files.name  # a folder's or spec's own name, for the store and the summaries
     key = cache_key(files, config)
     store = Path(cache_dir or default_cache_dir()) / name / key
@@ -401,6 +445,8 @@ def prepare(name: str, config: PrepareConfig | None = None, data_root: str | Pat
         bar = tqdm(total=len(_recordings(files)), desc=f"prepare {name}", unit="file")
     try:
         vocab, splits, info = _build(name, files, config, store, key, bar, workers)
+    except MixedChannelsError as err:  # say how to choose a channel for a dataset, not for one file
+        raise err.choosing(_choose_channel(files.source)) from None
     finally:
         if bar:
             bar.close()  # also on an error, so the message starts on its own line
@@ -409,6 +455,14 @@ def prepare(name: str, config: PrepareConfig | None = None, data_root: str | Pat
     tmp.write_text(json.dumps({"key": key, "splits": list(splits), "vocab": vocab.to_list(), "info": info}, indent=1))
     tmp.replace(meta_path)  # meta.json last: its presence marks a complete store
     return PreparedDataset(name, config, vocab, splits, info, store, False)
+
+
+def _choose_channel(source: DatasetSource | None) -> str:
+    """How to pick a bus channel for a dataset's logger files (the end of a :class:`MixedChannelsError`)."""
+    spec = f"; or channel = \"NAME\" in its spec {source.spec}" if source is not None and source.spec else ""
+    return (f"Choose one with --channel NAME on kdkit train and kdkit data prepare|info (config key \"channel\"; "
+            f"Python: make_config(channel=...), prepare(..., channel=...){spec}), or --channel '{ALL_CHANNELS}' to "
+            "read them as one stream")
 
 
 PREPARE_CHUNK_ROWS = 1 << 18  # rows of a recording read at a time (a few hundred bytes a row while it is decoded)

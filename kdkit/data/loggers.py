@@ -334,6 +334,28 @@ def _no_channel(path: Path, channel: str, counts: dict[str, int]) -> DataFormatE
 ALL_CHANNELS = "*"  # channel= value that reads the frames of every channel as one stream, on purpose
 _PROBE_BYTES = 1 << 20  # a candump log's first MiB, or
 _PROBE_FRAMES = 10_000  # an .asc/.blf/.trc file's first frames, tell its channels when none is chosen
+CHOOSE_CHANNEL = (f"Choose one with --channel NAME (a dataset spec: channel = \"NAME\"; Python: channel=), or "
+                  f"--channel '{ALL_CHANNELS}' to read them as one stream")  # a dataset's: datasets.prepare
+
+
+class MixedChannelsError(DataFormatError):
+    """A logger file holding frames of several bus channels, read without choosing one.
+
+    ``found``: the channels found; ``remedy``: how to choose one, for the caller at hand (the
+    default names every way; :func:`kdkit.data.datasets.prepare` names a dataset's, with
+    :meth:`choosing`).
+    """
+
+    def __init__(self, path: str | Path, found: str, remedy: str = CHOOSE_CHANNEL):
+        self.found, self.remedy = found, remedy
+        super().__init__(path, None, f"{found}; windows of one stream would mix buses. {remedy}")
+
+    def __reduce__(self):  # raised in a preparation worker process, re-raised in the parent
+        return (type(self), (self.path, self.found, self.remedy))
+
+    def choosing(self, remedy: str) -> MixedChannelsError:
+        """The same error, ending with another way to choose."""
+        return MixedChannelsError(self.path, self.found, remedy)
 
 
 def _candump_block_channels(text: bytes) -> dict[str, int]:
@@ -386,10 +408,8 @@ def _chosen_channel(path: Path, suffix: str, channel: str | None) -> str | None:
         if len(counts) > 1:
             listed = ", ".join(f"{name} ({k:,})" for name, k in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
             where = "first MiB" if suffix == ".log" else f"first {_PROBE_FRAMES:,} frames"
-            raise DataFormatError(path, None, f"frames of {len(counts)} bus channels (data frames in its {where}: "
-                                  f"{listed}); windows of one stream would mix buses. Choose one with --channel NAME "
-                                  f"(a dataset spec: channel = \"NAME\"; Python: channel=), or --channel "
-                                  f"'{ALL_CHANNELS}' to read them as one stream")
+            raise MixedChannelsError(path, f"frames of {len(counts)} bus channels (data frames in its {where}: "
+                                           f"{listed})")
     return channel
 
 

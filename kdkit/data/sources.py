@@ -24,7 +24,8 @@ folder); a folder holding ``kdkit-dataset.toml`` uses that spec. A spec (TOML or
     [dataset.tests]                         # one named scenario per key
     single_id_replay = ["infected/SingleIDReplay/*.zip"]
 
-Several datasets in one file: ``[datasets.<name>]`` tables instead of ``[dataset]``. Every
+Several datasets in one file: ``[datasets.<name>]`` tables instead of ``[dataset]`` (JSON: an
+object of name -> dataset, ``{"datasets": {"volvo": {...}, ...}}``, not a list). Every
 key is checked; an unknown key, a wrong type or a missing training glob is an error naming the
 file and the key. A test scenario whose globs match nothing is reported (``missing_scenarios``),
 not fatal: releases are often partial.
@@ -80,6 +81,8 @@ class DatasetSource:
         channel: logger files keep only this channel.
         window, stride: the spec's defaults for the graph settings (None: the kit's).
         spec: the spec file, if any.
+        searched: a registry dataset's folder under each data root looked in (the fallback roots
+            when no data root is set), for the error when none exists.
     """
 
     name: str
@@ -96,6 +99,7 @@ class DatasetSource:
     description: str = ""
     layout: str = "spec"  # "spec" or "folder"
     hints: list[str] = field(default_factory=list)
+    searched: list[Path] = field(default_factory=list)
 
     def reader(self) -> Callable[..., Messages]:
         """``read(path, on_bad_rows=...)`` for this dataset's recordings."""
@@ -161,19 +165,43 @@ def _load_spec_file(path: Path) -> dict[str, dict]:
     extra = sorted(set(doc) - {"dataset", "datasets"})
     if extra:
         raise DatasetSpecError(f"{path}: unknown top-level key(s) {extra}; expected [dataset] or [datasets.<name>]")
+    json_spec = path.suffix.lower() == ".json"
     out: dict[str, dict] = {}
     if "dataset" in doc:
         table = doc["dataset"]
-        if not isinstance(table, dict) or not isinstance(table.get("name"), str):
+        if not isinstance(table, dict):
+            raise DatasetSpecError(
+                f"{path}: " + ('"dataset" must be one object, {"dataset": {"name": "...", ...}}' if json_spec
+                               else "[dataset] must be one table") + f", got {_kind(table, json_spec)}; several "
+                f"datasets go in " + ('"datasets", an object of name -> dataset' if json_spec
+                                      else "[datasets.<name>] tables"))
+        if not isinstance(table.get("name"), str):
             raise DatasetSpecError(f"{path}: [dataset] needs a name = \"...\"")
         out[table["name"]] = table
-    for name, table in (doc.get("datasets") or {}).items():
+    datasets = doc.get("datasets") or {}
+    if not isinstance(datasets, dict):
+        names = [t.get("name") for t in datasets if isinstance(t, dict)] if isinstance(datasets, list) else []
+        example = (f'"{names[0]}"' if names and isinstance(names[0], str) else '"NAME"')
+        raise DatasetSpecError(
+            f"{path}: " + (f'"datasets" must be an object of name -> dataset, e.g. {{"datasets": {{{example}: '
+                           f'{{"root": "...", "train_attack_free": [...]}}, ...}}}}' if json_spec
+                           else "datasets must be [datasets.<name>] tables, one per dataset") +
+            f", got {_kind(datasets, json_spec)}; one dataset: " +
+            ('{"dataset": {"name": "...", ...}}' if json_spec else "a [dataset] table with name = \"...\""))
+    for name, table in datasets.items():
         if not isinstance(table, dict):
             raise DatasetSpecError(f"{path}: datasets.{name} must be a table")
         out[name] = {**table, "name": table.get("name", name)}
     if not out:
         raise DatasetSpecError(f"{path}: declares no dataset ([dataset] or [datasets.<name>])")
     return out
+
+
+def _kind(value: Any, json_spec: bool) -> str:
+    """What a spec value is, in the file's own words: a JSON list / a TOML array, a string..."""
+    if isinstance(value, list):
+        return ("a list" if json_spec else "an array (of tables: [[...]])") + f" of {len(value)}"
+    return {str: "a string", bool: "a boolean", int: "a number", float: "a number"}.get(type(value), type(value).__name__)
 
 
 def _globs(value: Any, where: str) -> list[str]:

@@ -72,6 +72,7 @@ class FitResult:
     resumed_from: str | None = None      # the checkpoint a resumed fit continued from
     resumed_at_epoch: int | None = None  # the first epoch it trained (0-based)
     resumed_at_batch: int = 0            # loader batches of that epoch the checkpoint had trained already
+    seconds_before: float = 0.0          # training seconds of the earlier attempts a resumed fit continues
 
 
 STILL_IMPROVING = 0.01  # a validation loss that fell by more than this share in the last epoch was still falling
@@ -246,12 +247,16 @@ class FabricTrainer:
 
     def _checkpoint_state(self, task: Task, optimizer, scheduler, epoch: int, step: int, best: float, bad: int,
                           history: list, extra: dict, best_tiebreak: float = math.inf) -> dict:
-        return {"format": CHECKPOINT_FORMAT, "model": task.model.state_dict(),
-                "kd": task.kd.state_dict() if task.kd is not None else {},
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step,
-                "rng": torch.get_rng_state(), "rng_other": _other_rng_states(self.fabric.device), "best_metric": best, "best_tiebreak": best_tiebreak, "bad_epochs": bad,
-                "history": history, "batch_size": self.batch_size, "model_config": task.model.config, "train_config": self.cfg.to_dict(),
-                **extra}
+        state = {"format": CHECKPOINT_FORMAT, "model": task.model.state_dict(),
+                 "kd": task.kd.state_dict() if task.kd is not None else {},
+                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step,
+                 "rng": torch.get_rng_state(), "rng_other": _other_rng_states(self.fabric.device), "best_metric": best, "best_tiebreak": best_tiebreak, "bad_epochs": bad,
+                 "history": history, "batch_size": self.batch_size, "model_config": task.model.config, "train_config": self.cfg.to_dict(),
+                 **extra}
+        if isinstance(state.get("provenance"), dict):  # the seconds of every attempt so far (TRAIN_SECONDS)
+            state["provenance"] = {**state["provenance"],
+                                   TRAIN_SECONDS: self._seconds_before + (time.perf_counter() - self._t0)}
+        return state
 
     def _save(self, state: dict, path: Path) -> None:
         """Atomic save on rank zero: Fabric writes a temp file, then it is renamed."""
@@ -449,6 +454,7 @@ class FabricTrainer:
         best_tie = math.inf
         resumed_at = None
         position = None  # where in its epoch a mid-epoch checkpoint stopped (None: at an epoch's end)
+        self._seconds_before = 0.0  # training seconds of earlier attempts (a resumed fit: its checkpoint's)
         if resume:
             ck = load_checkpoint(resume)
             check_resumable(ck, task, resume)
@@ -462,6 +468,7 @@ class FabricTrainer:
                 _restore_rng_states(ck["rng"], ck.get("rng_other"), fabric.device)
             start_epoch, step, best, bad, history = ck["epoch"] + 1, ck["step"], ck["best_metric"], ck["bad_epochs"], list(ck["history"])
             best_tie = float(ck.get("best_tiebreak", math.inf))  # checkpoints before the tie-break: none
+            self._seconds_before = train_seconds_so_far(ck)
             self.batch_size = int(ck.get("batch_size", self.batch_size))
             resumed_at = start_epoch
             log.info("resumed from %s at epoch %d%s", resume, start_epoch,
@@ -475,7 +482,7 @@ class FabricTrainer:
                         logger.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
                 self._flush_csv()
         extra = checkpoint_extra or {}
-        t0 = time.perf_counter()
+        t0 = self._t0 = time.perf_counter()
         log.info("fit: %s %s, precision %s, device %s, world size %d, %d train / %d val graphs",
                  task.kind, cfg.type, self.precision, fabric.device, fabric.world_size, len(train_set), len(val_set))
         epoch = start_epoch - 1
@@ -582,7 +589,7 @@ class FabricTrainer:
                 self._handler = None
         return FitResult(best_path, last_path, sign * best if math.isfinite(best) else float("nan"), epoch + 1, history,
                          time.perf_counter() - t0, self.oom_events, self.batch_size,
-                         str(resume) if resume else None, resumed_at, resumed_batch)
+                         str(resume) if resume else None, resumed_at, resumed_batch, self._seconds_before)
 
     def close(self) -> None:
         """Under DDP, leave the process group together (a barrier, then destroy it): a rank exiting
@@ -632,6 +639,16 @@ class FabricTrainer:
 
 
 RESUME_KEYS = ("model", "optimizer", "scheduler", "rng", "epoch", "step", "best_metric", "bad_epochs", "history")
+TRAIN_SECONDS = "train_seconds"
+"""Key of a checkpoint's ``provenance`` (the checkpoint's own keys are a closed set,
+:data:`~kdkit.training.checkpoint.CHECKPOINT_KEYS`): the training seconds of every attempt up to
+that checkpoint; a fit resumed from it adds its own. Checkpoints written before it lack it."""
+
+
+def train_seconds_so_far(ck: dict) -> float:
+    """The training seconds a checkpoint's run had spent when it was written (every attempt); 0 for a
+    checkpoint written before kdkit recorded them."""
+    return float((ck.get("provenance") or {}).get(TRAIN_SECONDS, 0.0))
 
 
 def check_resumable(ck: dict, task: Task, path: str | Path) -> None:

@@ -76,25 +76,30 @@ END_NOTE = "kdkit_end_note"
 
 def prepare_config(cfg: TrainConfig) -> PrepareConfig:
     return PrepareConfig(window=cfg.window, stride=cfg.stride, label_threshold=cfg.label_threshold,
-                         val_fraction=cfg.val_fraction, seed=0, on_bad_rows=cfg.on_bad_rows)
+                         val_fraction=cfg.val_fraction, seed=0, include_excluded=cfg.include_excluded,
+                         on_bad_rows=cfg.on_bad_rows)
 
 
 def checkpoint_data(ckpt: dict, dataset: str | None = None, data_root: str | None = None,
                     synthetic_seed: int = 0, on_bad_rows: str | None = None) -> PreparedDataset:
     """The prepared dataset with the graph settings a checkpoint was trained with (window,
-    stride, labels, split, bad-row handling unless ``on_bad_rows`` is given); ``dataset``
+    stride, labels, split, suppress/masquerade recordings in training or not, bad-row handling
+    unless ``on_bad_rows`` is given, and on its own dataset the bus channel); ``dataset``
     defaults to the checkpoint's training dataset."""
     tc = ckpt.get("train_config", {})
     window = int(tc.get("window", 100))
     pcfg = PrepareConfig(window=window, stride=int(tc.get("stride", window)), label_threshold=tc.get("label_threshold", 0.0),
                          val_fraction=tc.get("val_fraction", 0.2),
+                         include_excluded=bool(tc.get("include_excluded", False)),
                          on_bad_rows=on_bad_rows or tc.get("on_bad_rows", "error"))
+    own = dataset is None or dataset == tc.get("dataset")  # another dataset's logger files have their own channels
     return prepare(dataset or tc.get("dataset", "synthetic"), pcfg, data_root or tc.get("data_root"),
-                   synthetic_seed=synthetic_seed)
+                   synthetic_seed=synthetic_seed, channel=tc.get("channel") if own else None)
 
 
 def load_data(cfg: TrainConfig, progress: bool = False) -> PreparedDataset:
-    return prepare(cfg.dataset, prepare_config(cfg), cfg.data_root, progress=progress, synthetic_seed=cfg.synthetic_seed)
+    return prepare(cfg.dataset, prepare_config(cfg), cfg.data_root, progress=progress, synthetic_seed=cfg.synthetic_seed,
+                   channel=cfg.channel)
 
 
 def model_overrides(cfg: TrainConfig) -> dict:
@@ -164,12 +169,13 @@ def build_student_or_teacher(cfg: TrainConfig, data: PreparedDataset):
 
 
 # ----------------------------------------------------------------------------- windows per split
-def _longest_recording(gs: GraphSet, on_bad_rows: str = "error") -> tuple[int, str] | None:
-    """(messages, file name) of the longest recording behind a split; None when unreadable."""
+def _longest_recording(gs: GraphSet, on_bad_rows: str = "error", channel: str | None = None) -> tuple[int, str] | None:
+    """(messages, file name) of the longest recording behind a split (logger files: of ``channel``);
+    None when unreadable."""
     best = None
     for f in gs.files:
         try:
-            n = len(read_messages(f, on_bad_rows=on_bad_rows))  # type: ignore[arg-type]
+            n = len(read_messages(f, on_bad_rows=on_bad_rows, channel=channel))  # type: ignore[arg-type]
         except Exception:  # noqa: BLE001 - only a detail of an error message
             continue
         if best is None or n > best[0]:
@@ -180,7 +186,7 @@ def _longest_recording(gs: GraphSet, on_bad_rows: str = "error") -> tuple[int, s
 def _no_windows_message(data: PreparedDataset, split: str) -> str:
     """Why the train or val split of ``data`` holds no windows, and what to change."""
     c = data.config
-    longest = _longest_recording(data.splits[split], c.on_bad_rows)
+    longest = _longest_recording(data.splits[split], c.on_bad_rows, (data.info.get("source") or {}).get("channel"))
     where = f"the longest training recording ({longest[0]:,} messages, {longest[1]})" if longest else \
         "every training recording"
     if longest and longest[0] < c.window:
@@ -211,7 +217,7 @@ def empty_scenarios(data: PreparedDataset, window_hint: str = "lower --window to
         if len(data.splits[name]):
             continue
         gs = data.splits[name]
-        longest = _longest_recording(gs, data.config.on_bad_rows)
+        longest = _longest_recording(gs, data.config.on_bad_rows, (data.info.get("source") or {}).get("channel"))
         held = f"at most {longest[0]:,} messages" if longest else "too few messages"
         skipped[name] = (f"no windows: its {len(gs.files)} recording(s) hold {held}, fewer than the window of "
                          f"{data.config.window:,}; {window_hint}")
@@ -488,7 +494,7 @@ def _train(cfg: TrainConfig, run_dir: Path, owner: bool, resume, progress, on_ep
             fit = trainer.fit(task, train_set, val_set, resume=resume, checkpoint_extra=extra, keep_group=True)
             rank, world = trainer.fabric.global_rank, trainer.fabric.world_size
             precision = trainer.precision
-    train_seconds = time.perf_counter() - t0
+    train_seconds = time.perf_counter() - t0  # this attempt's; a resumed fit adds its earlier attempts' below
     timings["train_s"] = train_seconds
     still_learning = convergence_note(fit.history, cfg.epochs) if rank == 0 else None
     if still_learning:
@@ -509,7 +515,8 @@ def _train(cfg: TrainConfig, run_dir: Path, owner: bool, resume, progress, on_ep
         "run_name": cfg.resolved_run_name, "run_dir": str(run_dir), "model": cfg.model, "type": cfg.type,
         "dataset": cfg.dataset, "kd": teacher is not None, "teacher": teacher_info, "trainer": cfg.trainer,
         "precision": precision, "parameters": count_parameters(model), "size_bytes": model_size_bytes(model),
-        "epochs_run": fit.epochs_run, "train_seconds": round(train_seconds, 2), "best_val_metric": fit.best_metric,
+        "epochs_run": fit.epochs_run, "train_seconds": round(fit.seconds_before + train_seconds, 2),
+        "train_seconds_this_attempt": round(train_seconds, 2), "best_val_metric": fit.best_metric,
         "val_metric": metric, "threshold": threshold, "threshold_rule": how, "combiner": combiner,
         "best_checkpoint": str(fit.best_path),
         "last_checkpoint": str(fit.last_path), "resumed_from": fit.resumed_from,
