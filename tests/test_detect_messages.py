@@ -330,3 +330,11 @@ def test_alarm_table_times_are_seconds_since_the_first_window(ckpt, synthetic):
     assert len(rows) == 10 and rows[0]["start_s"] == round(summary.decisions[0].start_time - t0, 6) == 0.0
     assert all(0 <= r["start_s"] <= r["end_s"] for r in rows) and len({r["start_s"] for r in rows}) == 10
     assert "start" not in rows[0] and rows[-1]["end_s"] < 1e4
+
+
+def test_bench_detect_refuses_a_channel_for_a_file_without_channels(ckpt, synthetic, capsys):
+    from kdkit.data.datasets import dataset_dir
+
+    csv = sorted(dataset_dir("synthetic").glob("test_01*/*.csv*"))[0]
+    assert main(["bench", "detect", "--model", str(ckpt), "--input", str(csv), "--channel", "can0"]) == 2
+    assert "--channel can0: only logger files" in capsys.readouterr().err  # as kdkit detect and evaluate say

@@ -205,6 +205,9 @@ def test_evaluations_of_other_inputs_do_not_overwrite_each_other(exported_studen
     assert sorted(p.name for p in (tmp_path / "ev").iterdir()) == sorted({p.name for p in written})
     assert written[0].name.startswith("evaluation_inputs_two_") and written[2].name.startswith("evaluation_inputs_one_")
     assert inputs_json_name([log, tmp_path / "ev" / ".." / "one.log"]) == inputs_json_name([str(log), one])
+    # another --threshold is another evaluation: its own file (none given: the name as before)
+    assert inputs_json_name([log], "can0", 0.3) not in (inputs_json_name([log], "can0"), inputs_json_name([log], "can0", 0.4))
+    assert inputs_json_name([log], "can0", None) == written[0].name
 
 
 # ----------------------------------------------------------------------------- 5. which engines go with which model

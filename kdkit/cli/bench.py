@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from pathlib import Path
 
 from kdkit.bench import preprocess as bench
 from kdkit.bench.detect import bench_live, bench_replay
@@ -18,6 +19,7 @@ from kdkit.bench.train import bench_train
 from kdkit.cli.main import COMMANDS
 from kdkit.data import graphs
 from kdkit.stream.detector import ENGINES
+from kdkit.workflows.scoring import check_channel
 
 
 def print_result(obj: dict, as_json: bool) -> None:
@@ -101,6 +103,7 @@ def cmd_bench_infer(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_detect(args: argparse.Namespace) -> int:
+    check_channel([Path(args.input)], args.channel)  # as kdkit detect: a CSV has no channels to pick
     if args.live:
         result = bench_live(args.model, args.input, args.channel, args.seconds, args.threads, args.engine)
     else:
