@@ -74,6 +74,7 @@ log = logging.getLogger(__name__)
 END_NOTE = "kdkit_end_note"
 """Attribute of log records whose text the run's summary carries too (``summary["still_learning"]``)."""
 
+
 def prepare_config(cfg: TrainConfig) -> PrepareConfig:
     return PrepareConfig(window=cfg.window, stride=cfg.stride, label_threshold=cfg.label_threshold,
                          val_fraction=cfg.val_fraction, seed=0, include_excluded=cfg.include_excluded,
