@@ -618,3 +618,15 @@ def test_train_resume_with_use_slurm_points_to_resubmit(capsys):
     assert main(["train", "--dataset", "synthetic", "--use-slurm", "--resume", "auto", "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert "a SLURM job resumes its run folder's last.pt by itself" in err and "`kdkit slurm resubmit JOB`" in err
+
+
+def test_cli_status_points_to_the_sweeps_beside_the_jobs(capsys, tmp_path, monkeypatch):
+    """A sweep's job arrays are in its own folder, not in slurm_jobs.json: `kdkit slurm status` says where."""
+    for name in ("a", "b"):
+        (tmp_path / "sweeps" / name).mkdir(parents=True)
+        (tmp_path / "sweeps" / name / "sweep.json").write_text("{}")
+    args = _parser().parse_args(["slurm", "--runs-dir", str(tmp_path), "status"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert f"no jobs in {tmp_path}/slurm_jobs.json" in out
+    assert "sweeps (2, job arrays not listed here): kdkit sweep status [a, b]" in out

@@ -23,9 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from kdkit.cli.main import COMMANDS
 from kdkit.cluster.orchestrator import FabricSlurmTrainingOrchestrator, SlurmError, SlurmUnavailable, load_presets
+from kdkit.cluster.sweep import list_sweeps
 
 _RESOURCE_FLAGS = ("partition", "account", "qos", "time", "gpus", "mem", "signal_grace", "max_requeues")
 
@@ -127,6 +129,10 @@ def _cmd_status(args) -> int:
         print(format_job(info))
     if not jobs and not args.json:
         print(f"no jobs in {args.runs_dir}/slurm_jobs.json")
+    sweeps = list_sweeps(Path(args.runs_dir) / "sweeps")
+    if sweeps and not args.json:  # a sweep's job arrays are the sweep's, not in this registry
+        print(f"sweeps ({len(sweeps)}, job arrays not listed here): kdkit sweep status "
+              f"[{', '.join(p.name for p in sweeps[-3:])}{', ...' if len(sweeps) > 3 else ''}]")
     return 0
 
 
