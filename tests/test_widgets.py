@@ -208,3 +208,32 @@ def test_panel_errors_speak_of_its_own_boxes(kdkit_env, tmp_path):
     p.extra.value = "[1]"
     with pytest.raises(ValueError, match=r"^Extra config must be a JSON object"):
         p.config()
+
+
+def test_a_teacher_panels_sizes_go_to_the_student_notebooks_quick_teacher():
+    """A sweep of the student notebook from a panel set to a teacher: the panel's sizes and epochs
+    describe the quick teacher (teacher_hidden, ...), not the students the sweep compares."""
+    from kdkit.ui.widgets import panel
+    from kdkit.workflows.notebooks import NOTEBOOK_DIR
+
+    p = panel(dataset="synthetic", epochs=1, hidden=32, layers=3, heads=4)
+    params = p.sweep_parameters(NOTEBOOK_DIR / "student.ipynb", {"kd_alpha": [0.5, 0.9]})
+    assert {params.get(k) for k in ("teacher_hidden", "teacher_layers", "teacher_heads", "teacher_epochs")} == {32, 3, 4, 1}
+    assert not {"hidden", "layers", "heads", "epochs"} & set(params)
+    p.type.value = "student"  # a student panel describes the students
+    params = p.sweep_parameters(NOTEBOOK_DIR / "student.ipynb", {"kd_alpha": [0.5, 0.9]})
+    assert params.get("hidden") == 32 and "teacher_hidden" not in params
+
+
+def test_a_student_without_a_teacher_is_said_to_train_alone(kdkit_env, tmp_path, monkeypatch):
+    import kdkit.ui.widgets
+
+    def fake_train(cfg, **kw):
+        raise RuntimeError("stand-in: not trained here")
+
+    monkeypatch.setattr(kdkit.ui.widgets, "train", fake_train)
+    p = panel(dataset="synthetic", type="student", runs_dir=str(tmp_path / "runs"), **TINY)
+    p.teacher.value = ""  # (the panel offers a teacher it finds under ./runs)
+    with pytest.raises(RuntimeError, match="stand-in"):
+        p.train(blocking=True)
+    assert "student alone (no Teacher checkpoint: no distillation)" in p.status.value

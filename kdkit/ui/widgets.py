@@ -258,7 +258,8 @@ class TrainPanel:
 
         def job():
 
-            self._say(f"training {cfg.model} {cfg.type} on {cfg.dataset} (run {cfg.resolved_run_name}); "
+            alone = " alone (no Teacher checkpoint: no distillation)" if cfg.type == "student" and not cfg.teacher else ""
+            self._say(f"training {cfg.model} {cfg.type}{alone} on {cfg.dataset} (run {cfg.resolved_run_name}); "
                       "preparing data ...")
             t0 = time.perf_counter()
             self._stop.clear()
@@ -325,11 +326,16 @@ class TrainPanel:
 
     def sweep_parameters(self, notebook: str | Path, grid: dict, seeds: list[int] | None = None) -> dict[str, Any]:
         """The panel's settings the notebook declares as parameters (``teacher`` as ``teacher_checkpoint``),
-        without the grid's keys: every sweep task's fixed parameters."""
+        without the grid's keys: every sweep task's fixed parameters. A panel set to train a teacher
+        describes the teacher: a setting the notebook has a ``teacher_`` parameter for (the student
+        notebook's quick teacher: sizes, epochs) goes there, not to the student."""
         declared = notebook_parameters(notebook)
+        teacher_panel = self.type.value == "teacher"
         out = {}
         for key, value in self.overrides().items():
             name = "teacher_checkpoint" if key == "teacher" else key
+            if teacher_panel and f"teacher_{key}" in declared:
+                name = f"teacher_{key}"
             if name in declared and name not in grid and name != "run_dir" and value is not None \
                     and not (name == "seed" and seeds):
                 out[name] = value
