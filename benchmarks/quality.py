@@ -108,9 +108,10 @@ def markdown(record: dict) -> str:
         if not roles:
             continue
         scenarios = list(agg[roles[0]]["scenarios"])
-        students = record.get("student_set")
+        students, every = record.get("student_set"), record.get("set")
         lines.append(f"**{family.upper()}** on {record['dataset']}, seeds {record['seeds']} "
                      f"(F1 / MCC / detection at 1 % FPR / false-positive rate, mean ± std)"
+                     + (f"; every run with {json.dumps(every)}" if every else "")
                      + (f"; students with {json.dumps(students)}" if students else "") + "\n")
         lines.append("| model | parameters | CPU s | " + " | ".join(scenarios) + " |")
         lines.append("|---|---:|---:|" + "---|" * len(scenarios))
@@ -264,9 +265,11 @@ def run(dataset: str, families: list[str], seeds: list[int], epochs: int, studen
     record: dict = {"benchmark": "quality", "dataset": dataset, "seeds": seeds, "epochs": epochs,
                     "student_epochs": student_epochs or epochs, "torch_threads": torch.get_num_threads(),
                     "families": {}, "runs": {}}
+    if extra:
+        record["set"] = extra  # every run's settings: records of other settings must not merge
     if student_extra:
         record["student_set"] = student_extra
-    stored = _stored_teachers(teachers, dataset, families, seeds, epochs) if teachers else {}
+    stored = _stored_teachers(teachers, dataset, families, seeds, epochs, extra) if teachers else {}
     if stored:
         record["teachers_from"] = teachers.get("path")
     for family in families:
@@ -287,7 +290,8 @@ def run(dataset: str, families: list[str], seeds: list[int], epochs: int, studen
     return record
 
 
-def _stored_teachers(record: dict, dataset: str, families: list[str], seeds: list[int], epochs: int) -> dict:
+def _stored_teachers(record: dict, dataset: str, families: list[str], seeds: list[int], epochs: int,
+                     extra: dict | None = None) -> dict:
     """The teacher runs of an earlier record, keyed by (family, seed) (a record lists its runs in
     the order of its ``seeds``, merged records too).
 
@@ -299,6 +303,9 @@ def _stored_teachers(record: dict, dataset: str, families: list[str], seeds: lis
     if record.get("dataset") != dataset or record.get("epochs") != epochs:
         raise ValueError(f"--teachers {where}: its teachers are dataset {record.get('dataset')!r}, "
                          f"{record.get('epochs')} epochs; this run asks for {dataset!r}, {epochs} epochs")
+    if (record.get("set") or {}) != (extra or {}):
+        raise ValueError(f"--teachers {where}: its runs were trained with --set {json.dumps(record.get('set') or {})}, "
+                         f"this run asks for --set {json.dumps(extra or {})}: give the same --set")
     out = {}
     for family in families:
         by_seed = dict(zip(record.get("seeds", []), record.get("runs", {}).get(family, {}).get("teacher", [])))
@@ -365,7 +372,7 @@ def merge(records: list[dict]) -> dict:
         ValueError: the records differ in dataset or epochs, or share a seed.
     """
     first = records[0]
-    for key in ("dataset", "epochs", "student_epochs", "student_set"):
+    for key in ("dataset", "epochs", "student_epochs", "set", "student_set"):
         values = {json.dumps(r.get(key)) for r in records}
         if len(values) > 1:
             raise ValueError(f"--merge: the records differ in {key} ({sorted(values)}); only runs of one setting merge")

@@ -419,7 +419,7 @@ def test_sizer_never_picks_a_batch_larger_than_the_training_split(synthetic, tmp
     out = optimize_config_batch_size(cfg, data=synthetic, echo=said.append)
     windows = len(synthetic.splits["train"])
     assert out.batch_size <= windows
-    assert any(f"over {windows:,} training windows" in s and "--max-batch-size (now 4096)" in s for s in said), said
+    assert any(f"over {windows:,} training windows" in s and "max_batch_size (--max-batch-size; now 4096)" in s for s in said), said
     # the note's arithmetic: 644 windows at 64 a batch is 11 steps (no note); at 100, 7 steps
     assert few_steps_note(64, 644, 1024) is None
     assert few_steps_note(100, 644, 1024).startswith("batch size 100 gives 7 optimizer steps an epoch over 644 ")

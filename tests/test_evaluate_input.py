@@ -74,7 +74,7 @@ def test_labelled_input_gives_the_dataset_evaluations_metrics(gat_checkpoint, sy
         for key in METRICS:
             assert same(got[key], expected[key]), (key, got[key], expected[key])
         assert set(got["per_attack_type"]) >= {"malfunction"} if name.startswith("test_03") else {"DoS", "fuzzing"}
-        written = json.loads((tmp_path / name / inputs_json_name([folder])).read_text())
+        written = json.loads((tmp_path / name / inputs_json_name([folder], checkpoint=gat_checkpoint)).read_text())
         assert written["overall"]["metrics"]["f1"] == got["f1"] and written["threshold"] == 0.5
         assert res["overall"]["alarms"] == got["confusion_matrix"][0][1] + got["confusion_matrix"][1][1]
 
@@ -95,8 +95,9 @@ def test_unlabelled_log_reports_alarm_rate_scores_and_unknown_ids(gat_checkpoint
     out = capsys.readouterr().out
     assert f"{log}: 50 windows, alarm rate " in out and "p50" in out and "p99" in out and "max" in out
     assert "unknown-ID nodes 0.00%" in out and "labelled:" not in out and "warning" not in out
-    assert f"written {tmp_path / inputs_json_name([folder], 'can0')}" in out
-    res = json.loads((tmp_path / inputs_json_name([folder], "can0")).read_text())
+    name = inputs_json_name([folder], "can0", checkpoint=gat_checkpoint)
+    assert f"written {tmp_path / name}" in out
+    res = json.loads((tmp_path / name).read_text())
     entry = res["files"][0]
     assert not entry["labelled"] and "metrics" not in entry and entry["messages"] == 5000 and entry["windows"] == 50
     assert entry["alarm_rate"] == entry["alarms"] / 50 and set(entry["scores"]) == {"min", "p50", "p90", "p99", "max"}

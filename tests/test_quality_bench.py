@@ -109,6 +109,13 @@ def test_student_variants_reuse_the_same_teachers(synthetic, tmp_path):
     # student variants of one setting merge; a record of other students does not merge with them
     with pytest.raises(ValueError, match="student_set"):
         q.merge([base, json.loads(json.dumps(variant))])
+    # --set is recorded and shown: records of other settings do not merge, nor reuse each other's teachers
+    assert base["set"] == {"batch_size": 32} and '; every run with {"batch_size": 32}' in base["markdown"]
+    other = {**json.loads(json.dumps(base)), "seeds": [1], "set": {"window": 50}}
+    with pytest.raises(ValueError, match=r"--merge: the records differ in set"):
+        q.merge([base, other])
+    with pytest.raises(SystemExit):  # the teachers of batch_size=32 for runs without it
+        q.main([*common[:-2], "--runs-dir", str(tmp_path / "d"), "--teachers", str(first)])
 
 
 def agg_of(record):

@@ -236,3 +236,16 @@ def test_a_teacher_given_as_its_saved_models_copy_is_found_through_the_copys_rec
     copy.write_bytes(b"other weights")  # replaced by a later run: the record is not this file's
     found, note = teacher_folder(summary, student)
     assert found is None and note.startswith("teacher left out: no run folder with summary.json")
+
+
+def test_the_kd_gain_pairs_a_kd_student_with_the_student_alone_of_its_own_seed(runs, tmp_path):
+    """A runs folder of several seeds: the KD student's gain is over the student alone of the same
+    seed, never another seed's (found by a user: seed 1's KD student against seed 0's student alone)."""
+    alone = runs / "synthetic_gat_student"
+    other_seed = tmp_path / "synthetic_gat_student_seed1"
+    shutil.copytree(alone, other_seed)
+    cfg = json.loads((other_seed / "config.json").read_text())
+    (other_seed / "config.json").write_text(json.dumps({**cfg, "seed": cfg["seed"] + 1}))
+    kd = runs / "synthetic_gat_student_kd"
+    assert "student_alone" not in train_run_record(kd, [other_seed]).folders
+    assert train_run_record(kd, [other_seed, alone]).folders["student_alone"] == alone

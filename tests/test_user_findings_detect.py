@@ -207,7 +207,9 @@ def test_evaluations_of_other_inputs_do_not_overwrite_each_other(exported_studen
     assert inputs_json_name([log, tmp_path / "ev" / ".." / "one.log"]) == inputs_json_name([str(log), one])
     # another --threshold is another evaluation: its own file (none given: the name as before)
     assert inputs_json_name([log], "can0", 0.3) not in (inputs_json_name([log], "can0"), inputs_json_name([log], "can0", 0.4))
-    assert inputs_json_name([log], "can0", None) == written[0].name
+    assert inputs_json_name([log], "can0", None, checkpoint) == written[0].name
+    # another checkpoint evaluated into the same --out: its own file
+    assert inputs_json_name([log], "can0", None, tmp_path / "other.pt") != written[0].name
 
 
 # ----------------------------------------------------------------------------- 5. which engines go with which model

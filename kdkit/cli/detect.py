@@ -125,7 +125,7 @@ def register(sub) -> None:
                                    "summary (windows, alarms, messages/s, decision latency p50/p99) ends every run, "
                                    "also on Ctrl-C.")
     model = p.add_mutually_exclusive_group(required=True)
-    model.add_argument("--checkpoint", help="a kdkit checkpoint (best.pt; GAT or VGAE)")
+    model.add_argument("--checkpoint", help="a kdkit checkpoint (best.pt; GAT, VGAE or fusion)")
     model.add_argument("--model", help="an exported student (.pt2 from kdkit export, with its .json beside it)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", help="replay a recording: candump .log, .asc, .blf, .trc or CSV (.gz too)")

@@ -141,6 +141,11 @@ def _copied_from(copy: Path) -> Path | None:
     return source if source.is_absolute() else copy.parent.parent / source
 
 
+def run_seed(folder: Path):
+    """The training seed of a run folder (its config.json), None when it does not record one."""
+    return (read_json(folder / CONFIG_FILE) or {}).get("seed")
+
+
 def same_student(a: Mapping, b: Mapping, a_data: Mapping, b_data: Mapping) -> bool:
     """Two students of one architecture (model, parameters, bytes) on the same data and graphs."""
     return (all(a.get(k) == b.get(k) for k in ("model", "parameters", "size_bytes")) and a_data == b_data
@@ -177,13 +182,16 @@ def train_run_record(folder: str | Path, others: Sequence[str | Path] = ()) -> T
                 notes.append(f"teacher: the run {tdir} (its checkpoint {summary['teacher'].get('path')})")
         elif note:
             notes.append(note)
+        seed = run_seed(folder)
         for other in others:
             other = Path(other)
             alone = read_json(other / SUMMARY_FILE)
+            # the KD gain is paired per seed: a student alone of another seed would mix the seeds' spread in
             if (alone and other.resolve() != folder.resolve() and role_key(alone) == "student_alone"
+                    and run_seed(other) == seed
                     and same_student(summary, alone, data, data_settings(other, alone))):
                 runs["student_alone"] = (other, alone)
-                notes.append(f"student alone: the run {other} (same model, size, data and graphs)")
+                notes.append(f"student alone: the run {other} (same model, size, data, graphs and seed)")
                 break
     order = [k for k in ("teacher", "student_kd", "student_alone") if k in runs]
     record = {"model": summary.get("model"), "dataset": summary.get("dataset"),

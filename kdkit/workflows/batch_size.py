@@ -65,5 +65,5 @@ def few_steps_note(batch_size: int, windows: int, max_batch_size: int) -> str | 
         return None
     capped = " (the training split's size: memory would allow more)" if batch_size >= windows else ""
     return (f"batch size {batch_size}{capped} gives {steps} optimizer step{'s' if steps != 1 else ''} an epoch over "
-            f"{windows:,} training windows; for more updates per epoch set --max-batch-size (now {max_batch_size}) "
-            f"to about {max(1, windows // FEW_STEPS)}")
+            f"{windows:,} training windows; for more updates per epoch set max_batch_size (--max-batch-size; now "
+            f"{max_batch_size}) to about {max(1, windows // FEW_STEPS)}")

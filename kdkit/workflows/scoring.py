@@ -354,20 +354,22 @@ def evaluate_inputs(checkpoint: str | Path, inputs: Sequence[str | Path], channe
            "files": per_file, "overall": overall, "skipped_files": skipped, "warnings": warnings}
     target = Path(out_dir) if out_dir else evaluation_dir(checkpoint)
     target.mkdir(parents=True, exist_ok=True)
-    path = target / inputs_json_name(inputs, channel, threshold)
+    path = target / inputs_json_name(inputs, channel, threshold, checkpoint)
     write_json(path, out)
     out["json"] = str(path)
     return out
 
 
-def inputs_json_name(inputs: Sequence[str | Path], channel: str | None = None, threshold: float | None = None) -> str:
+def inputs_json_name(inputs: Sequence[str | Path], channel: str | None = None, threshold: float | None = None,
+                     checkpoint: str | Path | None = None) -> str:
     """``evaluation_inputs_<first input's name>_<hash>.json``: the file :func:`evaluate_inputs`
     writes for these inputs. The hash (8 hex digits of SHA-256) is of the inputs' resolved paths
-    (sorted, duplicates once), the channel and a ``--threshold`` (when given): scoring the same
-    recordings again replaces their file, other recordings, another channel or another threshold
-    get their own."""
+    (sorted, duplicates once), the channel, a ``--threshold`` and the checkpoint (each when given):
+    scoring the same recordings with the same model again replaces their file; other recordings,
+    another channel, threshold or model (two checkpoints evaluated into one ``--out``) get their own."""
     resolved = sorted({str(Path(i).resolve()) for i in inputs})
-    key = {"inputs": resolved, "channel": channel, **({"threshold": float(threshold)} if threshold is not None else {})}
+    key = {"inputs": resolved, "channel": channel, **({"threshold": float(threshold)} if threshold is not None else {}),
+           **({"checkpoint": str(Path(checkpoint).resolve())} if checkpoint is not None else {})}
     digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:8]
     first = Path(inputs[0]).name if inputs else "none"
     for suffix in sorted(recording_suffixes(), key=len, reverse=True):  # capture.log.gz -> capture
