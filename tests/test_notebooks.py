@@ -296,3 +296,33 @@ def test_papermill_run_with_a_misspelt_parameter_fails_in_the_first_cell(nb_env,
     assert proc.returncode != 0
     assert "parameter 'epoch' is not in teacher.ipynb's parameters cell; did you mean 'epochs'?" in proc.stderr
     assert not (out / "metrics.json").exists()  # nothing trained
+
+
+def test_kd_verdict_says_per_scenario_whether_distillation_helped():
+    from kdkit.bench.compare import kd_verdict
+
+    def run(f1s, overall):
+        return {"test": {"scenarios": {k: {"f1": v} for k, v in f1s.items()}, "overall": {"f1": overall}}}
+
+    text = kd_verdict(run({"test_01": 0.9, "test_03": 0.5}, 0.8), run({"test_01": 0.8, "test_03": 0.6}, 0.75))
+    assert "  test_01: +0.100\n  test_03: -0.100\n  overall: +0.050\n" in text
+    assert "distillation helped on 1 of 2 scenarios, on this one seed" in text
+    assert "helped on none of the 1 scenarios" in kd_verdict(run({"a": 0.1}, 0.1), run({"a": 0.2}, 0.2))
+
+
+def test_a_teacher_checkpoint_of_another_family_is_refused_in_the_first_cell(tmp_path):
+    """student.ipynb with a GAT teacher and model='vgae' failed only in the KD cell, after the data and
+    the teacher's evaluation; now the first cell names both parameters."""
+    from kdkit.config import make_config
+    from kdkit.workflows.notebooks import check_notebook
+    from kdkit.workflows.run import train
+
+    cfg = make_config(dataset="synthetic", model="gat", type="teacher", epochs=1, hidden=8, layers=1, heads=1,
+                      embedding_dim=4, runs_dir=str(tmp_path / "runs"), save_compat=False, precision="32-true")
+    teacher = train(cfg, progress=False)["best_checkpoint"]
+    with pytest.raises(ValueError, match=r"student.ipynb parameters: teacher_checkpoint=.* is a gat teacher and "
+                                         r"model='vgae'; set model='gat' to distil it"):
+        check_notebook("student", {"model": "vgae", "teacher_checkpoint": teacher})
+    assert check_notebook("student", {"model": "gat", "teacher_checkpoint": teacher})["model"] == "gat"
+    with pytest.raises(FileNotFoundError, match=r"teacher_checkpoint='nope.pt': .*nope.pt does not exist"):
+        check_notebook("student", {"teacher_checkpoint": "nope.pt"})

@@ -88,6 +88,28 @@ def f1_rows(models: Mapping[str, Mapping]) -> list[dict]:
     return rows
 
 
+def kd_verdict(kd: Mapping, alone: Mapping) -> str:
+    """Whether distillation helped, in words: the KD gain in F1 (student with KD minus the same
+    student alone) per scenario and overall, from two ``train`` summaries of one seed."""
+    gains = {}
+    for name, m in kd["test"]["scenarios"].items():
+        a = alone["test"]["scenarios"].get(name, {}).get("f1")
+        if m.get("f1") is not None and a is not None:
+            gains[name] = m["f1"] - a
+    if not gains:
+        return "KD gain: no scenario with an F1 for both students"
+    overall = [kd["test"]["overall"].get("f1"), alone["test"]["overall"].get("f1")]
+    helped = sum(g > 0 for g in gains.values())
+    lines = ["KD gain (F1 of the student with KD minus the same student alone):"]
+    lines += [f"  {name}: {gain:+.3f}" for name, gain in gains.items()]
+    if None not in overall:
+        lines.append(f"  overall: {overall[0] - overall[1]:+.3f}")
+    where = f"none of the {len(gains)}" if helped == 0 else f"{helped} of {len(gains)}"
+    lines.append(f"distillation helped on {where} scenarios, on this one seed; seeds differ by more than small "
+                 "gains, so repeat over seeds before concluding (kdkit sweep --seeds 0,1,2)")
+    return "\n".join(lines)
+
+
 def compare_models(models: Mapping[str, Mapping], dataset: str, data_root: str | None = None,
                    latency_calls: int = 200, seconds: float = 0.5, variant: str = "fp32-eager") -> list[dict]:
     """Size, overall F1 and measured inference speed (``kdkit bench infer``) of each model.

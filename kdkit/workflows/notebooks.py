@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from kdkit.config import TrainConfig, schema, validate_overrides
 from kdkit.models.registry import check_sizes
+from kdkit.training.checkpoint import load_checkpoint, provenance
 
 # ----------------------------------------------------------------------------- executing notebooks
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
@@ -184,7 +185,33 @@ def check_notebook(name: str, namespace: Mapping[str, Any]) -> dict:
             check_parameters(path, {key: namespace.get(key)})  # raises, naming it and the closest known name
     values = check_parameters(path, {k: namespace[k] for k in declared if k in namespace})
     check_model_sizes(path, values)
+    check_teacher_checkpoint(path, values)
     return values
+
+
+def check_teacher_checkpoint(notebook: str | os.PathLike, values: Mapping[str, Any]) -> None:
+    """A notebook's ``teacher_checkpoint``, when given, must exist and be a teacher of the notebook's
+    ``model`` family: checked in the first cell, before data, the teacher's evaluation or training.
+
+    Raises:
+        ValueError, FileNotFoundError: naming the parameters and what the file is.
+    """
+    given = values.get("teacher_checkpoint")
+    if not given or not isinstance(given, str):
+        return
+    shown, path = Path(notebook).name, Path(given).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{shown} parameter teacher_checkpoint={given!r}: {path.resolve()} does not exist "
+                                "(a teacher's best.pt; empty: train a quick teacher here)")
+    ck = load_checkpoint(path)
+    prov, kind = provenance(ck, path), (ck.get("model_config") or {}).get("kind")
+    model = {**notebook_parameters(notebook), **values}.get("model")
+    if prov.get("role") != "teacher":
+        raise ValueError(f"{shown} parameter teacher_checkpoint={given!r}: a {prov.get('role')} checkpoint ({kind}), "
+                         "not a teacher: give a teacher's best.pt, or leave it empty to train a quick teacher here")
+    if isinstance(model, str) and kind != model:
+        raise ValueError(f"{shown} parameters: teacher_checkpoint={given!r} is a {kind} teacher and model={model!r}; "
+                         f"set model={kind!r} to distil it, or give a {model} teacher")
 
 
 # the models a notebook builds: (preset size, prefix of its parameters)
