@@ -326,3 +326,18 @@ def test_a_teacher_checkpoint_of_another_family_is_refused_in_the_first_cell(tmp
     assert check_notebook("student", {"model": "gat", "teacher_checkpoint": teacher})["model"] == "gat"
     with pytest.raises(FileNotFoundError, match=r"teacher_checkpoint='nope.pt': .*nope.pt does not exist"):
         check_notebook("student", {"teacher_checkpoint": "nope.pt"})
+
+
+def test_benchmark_notebook_checks_its_inference_variants_in_the_first_cell():
+    """A misspelt variant failed in section 5, after the whole training benchmark: the setup cell
+    calls the same check bench infer uses."""
+    import json as _json
+
+    from kdkit.bench.infer import VARIANTS, check_variants
+
+    setup = "".join(_json.loads((NOTEBOOK_DIR / "benchmark.ipynb").read_text())["cells"][2]["source"])
+    assert "check_variants(infer_variants)" in setup
+    with pytest.raises(ValueError, match=r"--variants: unknown \['fp32-foo'\]; choose from .*'default' or 'all'"):
+        check_variants("fp32-foo,fp32-eager")
+    assert check_variants("fp32-eager, bf16-eager") == ["fp32-eager", "bf16-eager"]
+    assert check_variants("all") == list(VARIANTS)

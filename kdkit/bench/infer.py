@@ -84,6 +84,23 @@ def _build(name: str, ckpt: dict, kind: str, checkpoint: str | Path, package: Pa
     return fn, prec
 
 
+def check_variants(variants: str, kind: str = "gat") -> list[str]:
+    """The variant names ``variants`` stands for (``default``, ``all`` or a comma list of
+    :data:`VARIANTS`); cheap, so a notebook checks them before its long sections.
+
+    Raises:
+        ValueError: an unknown name, listing every known one.
+    """
+    if variants in ("all", "default"):
+        return [v for v in (VARIANTS if variants == "all" else DEFAULT_VARIANTS) if kind == "gat" or v not in GAT_ONLY]
+    wanted = [v.strip() for v in variants.split(",") if v.strip()]
+    unknown = sorted(set(wanted) - set(VARIANTS))
+    if unknown or not wanted:
+        raise ValueError(f"--variants: unknown {unknown or repr(variants)}; choose from {list(VARIANTS)}, "
+                         "'default' or 'all'")
+    return wanted
+
+
 def bench_infer(checkpoint: str | Path, dataset: str | None = None, data_root: str | None = None,
                 batch_size: int = 64, seconds: float = 3.0, single: int = 2000, variants: str = "default",
                 split: str = "val", rounds: int = 3, end_to_end: str | Path | None = None,
@@ -121,13 +138,7 @@ def bench_infer(checkpoint: str | Path, dataset: str | None = None, data_root: s
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     spans = [np.arange(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
-    if variants in ("all", "default"):
-        wanted = [v for v in (VARIANTS if variants == "all" else DEFAULT_VARIANTS) if kind == "gat" or v not in GAT_ONLY]
-    else:
-        wanted = [v.strip() for v in variants.split(",") if v.strip()]
-    unknown = sorted(set(wanted) - set(VARIANTS))
-    if unknown:
-        raise ValueError(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
+    wanted = check_variants(variants, kind)
     if kind != "gat" and set(wanted) & GAT_ONLY:
         raise ValueError(f"--variants {sorted(set(wanted) & GAT_ONLY)} need a GAT classifier, {checkpoint} holds a {kind}")
     n_params = sum(p.numel() for p in model_from_checkpoint(ckpt).parameters())
