@@ -341,3 +341,14 @@ def test_benchmark_notebook_checks_its_inference_variants_in_the_first_cell():
         check_variants("fp32-foo,fp32-eager")
     assert check_variants("fp32-eager, bf16-eager") == ["fp32-eager", "bf16-eager"]
     assert check_variants("all") == list(VARIANTS)
+
+
+def test_a_cuda_accelerator_on_a_machine_without_cuda_is_refused_in_the_first_cell(monkeypatch):
+    import torch
+
+    from kdkit.workflows.notebooks import check_notebook
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"teacher.ipynb parameter accelerator 'cuda': torch sees no CUDA device"):
+        check_notebook("teacher", {"accelerator": "cuda"})
+    assert check_notebook("teacher", {"accelerator": "cpu"})["accelerator"] == "cpu"

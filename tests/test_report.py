@@ -386,3 +386,12 @@ def test_run_report_of_a_teacher_alone_has_no_kd_gain_and_no_over_teacher_curves
     assert "<h2 id='headline-title'>The teacher</h2>" in page and "KD gain" not in page
     figures = [f.split("'")[0] for f in page.split("data-figure='")[1:]]
     assert figures == ["score_histograms_teacher", "attack_recall"]
+
+
+def test_an_empty_table_says_it_has_no_rows():
+    from kdkit.reporting.records import Table
+
+    t = Table([], title="first alarms (0 in all)")
+    assert repr(t) == "first alarms (0 in all)\n(no rows)"
+    assert "(no rows)" in t._repr_html_() and "<table" not in t._repr_html_()
+    assert t._repr_markdown_() == "**first alarms (0 in all)**\n\n(no rows)"

@@ -237,3 +237,9 @@ def test_a_student_without_a_teacher_is_said_to_train_alone(kdkit_env, tmp_path,
     with pytest.raises(RuntimeError, match="stand-in"):
         p.train(blocking=True)
     assert "student alone (no Teacher checkpoint: no distillation)" in p.status.value
+
+
+def test_stop_without_a_running_training_says_so():
+    p = panel(dataset="synthetic")
+    p.stop()
+    assert "nothing to stop: no training is running" in p.status.value and not p._stop.is_set()

@@ -19,6 +19,8 @@ from kdkit.training.checkpoint import load_checkpoint, model_from_checkpoint
 class Table:
     """Rows of dicts shown as an HTML table in Jupyter, as markdown in nbconvert, as text elsewhere."""
 
+    EMPTY = "(no rows)"
+
     def __init__(self, rows: Sequence[Mapping], columns: Sequence[str] | None = None, title: str = ""):
         self.rows = [dict(r) for r in rows]
         self.columns = list(columns or dict.fromkeys(k for r in self.rows for k in r))
@@ -28,6 +30,8 @@ class Table:
         return [[_cell(r.get(c)) for c in self.columns] for r in self.rows]
 
     def __repr__(self) -> str:
+        if not self.rows:  # an empty table says so (e.g. no alarms), not a header with nothing under it
+            return "\n".join(([self.title] if self.title else []) + [self.EMPTY])
         cells = [self.columns] + self.cells()
         widths = [max(len(row[i]) for row in cells) for i in range(len(self.columns))]
         lines = ["  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths))) for row in cells]
@@ -35,11 +39,16 @@ class Table:
 
     def _repr_markdown_(self) -> str:
         head = f"**{self.title}**\n\n" if self.title else ""
+        if not self.rows:
+            return head + self.EMPTY
         rows = ["| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
         rows += ["| " + " | ".join(r) + " |" for r in self.cells()]
         return head + "\n".join(rows)
 
     def _repr_html_(self) -> str:
+        if not self.rows:
+            cap = f"<b>{html.escape(self.title)}</b>: " if self.title else ""
+            return f'<p class="kdkit">{cap}{self.EMPTY}</p>'
         head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
         body = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in r) + "</tr>" for r in self.cells())
         cap = f"<caption>{html.escape(self.title)}</caption>" if self.title else ""

@@ -160,6 +160,15 @@ def choose_precision(requested: str = "auto", accelerator: str = "cpu") -> str:
 
 
 def resolve_accelerator(requested: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when a CUDA device is there, else ``cpu``; ``gpu`` -> ``cuda``.
+
+    Raises:
+        ValueError: ``cuda``/``gpu`` asked for where torch sees no CUDA device (Lightning's own
+            error names its accelerator class, not the setting).
+    """
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested in ("cuda", "gpu") and not torch.cuda.is_available():
+        raise ValueError(f"accelerator {requested!r}: torch sees no CUDA device on this machine "
+                         f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}); use 'auto' or 'cpu'")
     return "cuda" if requested == "gpu" else requested

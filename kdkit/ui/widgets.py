@@ -278,7 +278,11 @@ class TrainPanel:
             self.progress.bar_style = "success"
             self.progress.description = "done"
             self.results.value = results_table(summary)
-            early = f" (early stop at {summary['epochs_run']}/{cfg.epochs})" if summary["epochs_run"] < cfg.epochs else ""
+            early = ""
+            if summary["epochs_run"] < cfg.epochs:
+                why = "stopped on request" if self._stop.is_set() else \
+                    f"early stopping: no better validation for {cfg.patience} epochs"
+                early = f" ({why} after epoch {summary['epochs_run']}/{cfg.epochs})"
             self._say(f"done in {time.perf_counter() - t0:.1f} s{early}; best checkpoint {summary['best_checkpoint']}")
             return summary
 
@@ -286,6 +290,9 @@ class TrainPanel:
 
     def stop(self) -> None:
         """Ask a running Train to stop after its current epoch (checkpoints stay valid)."""
+        if self._thread is None or not self._thread.is_alive():
+            self._say("nothing to stop: no training is running")
+            return
         self._stop.set()
         self._say("stop requested: finishing the current epoch")
 

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 from kdkit.config import TrainConfig, schema, validate_overrides
 from kdkit.models.registry import check_sizes
 from kdkit.training.checkpoint import load_checkpoint, provenance
+from kdkit.training.precision import resolve_accelerator
 
 # ----------------------------------------------------------------------------- executing notebooks
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
@@ -186,6 +187,11 @@ def check_notebook(name: str, namespace: Mapping[str, Any]) -> dict:
     values = check_parameters(path, {k: namespace[k] for k in declared if k in namespace})
     check_model_sizes(path, values)
     check_teacher_checkpoint(path, values)
+    if isinstance(values.get("accelerator"), str):
+        try:  # a device this machine lacks fails here, not in the training cell
+            resolve_accelerator(values["accelerator"])
+        except ValueError as err:
+            raise ValueError(f"{path.name} parameter {err}") from None
     return values
 
 
