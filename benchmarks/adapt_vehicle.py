@@ -23,6 +23,7 @@ import argparse
 import glob
 import gzip
 import json
+import os
 import re
 import statistics
 import tempfile
@@ -37,7 +38,10 @@ from kdkit.reporting.metrics import binary_metrics
 from kdkit.workflows.calibrate import adapt_checkpoint, calibrate_checkpoint
 from kdkit.workflows.scoring import load_scoring_model, score_recording
 
-HCRL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "can-train-and-test" / "hcrl-sa"
+# hcrl_sa as kdkit finds it ($KDKIT_DATA_ROOT or the fallback roots), else the shared copy beside the repository
+HCRL = next((r / "hcrl-sa" for r in (*([Path(os.environ["KDKIT_DATA_ROOT"])] if os.environ.get("KDKIT_DATA_ROOT") else []),
+                                      Path(__file__).resolve().parents[1].parent / "shared" / "data" / "can-train-and-test")
+             if (r / "hcrl-sa").is_dir()), Path("hcrl-sa"))
 FOLDERS = {"test_02_unknown_vehicle_known_attack": ["DoS-spark", "fuzzing-Spark"],
            "test_04_unknown_vehicle_unknown_attack": ["malfunction-spark"]}
 VARIANTS = ("as_trained", "threshold_calibrated", "adapted")

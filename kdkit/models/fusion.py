@@ -30,6 +30,7 @@ windows, so the stored threshold is 0: a window is an attack when ``score >= 0``
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -570,11 +571,14 @@ def fit_combiner(combiner: Combiner, known: tuple[np.ndarray, np.ndarray], unkno
             state["bias"][mode] = float(lr.intercept_[0])
         elif combiner.kind == "mlp":
             h = combiner.w1.size(1)
+            from sklearn.exceptions import ConvergenceWarning
             from sklearn.neural_network import MLPClassifier
 
             idx = _balanced_index(y, seed)  # MLPClassifier takes no sample weights: repeat the rarer class
             mlp = MLPClassifier(hidden_layer_sizes=(h,), alpha=1e-3, max_iter=500, random_state=seed)
-            mlp.fit(z[idx][:, used], y[idx])
+            with warnings.catch_warnings():  # 500 iterations on a few thousand windows; its fit is checked by
+                warnings.simplefilter("ignore", ConvergenceWarning)  # the validation thresholds, not by lbfgs's
+                mlp.fit(z[idx][:, used], y[idx])
             w1 = np.zeros((h, len(PARTS)))
             w1[:, used] = mlp.coefs_[0].T
             state["w1"][mode] = torch.as_tensor(w1)

@@ -319,6 +319,7 @@ def score_histograms(labels: Mapping[str, np.ndarray], scores: Mapping[str, np.n
         ax.set_yscale("log")
         ax.set_title(_short(name, 30), fontsize=8)
         ax.set_xlabel("score", fontsize=8)
+        ax.set_ylabel("windows", fontsize=8)
         ax.legend(fontsize=6)
     for ax in axes[len(names):]:
         ax.axis("off")

@@ -98,8 +98,8 @@ def convergence_note(history: list[dict], epochs: int, key: str = "val_loss") ->
     if fall <= STILL_IMPROVING:
         return None
     return (f"still learning when training stopped: {key} fell {100 * fall:.1f} % in the last of {epochs} epochs "
-            f"({prev:.4g} -> {last:.4g}); test results understate the model, train longer (--epochs, "
-            f"early stopping ends it when it stops improving)")
+            f"({prev:.4g} -> {last:.4g}); test results understate the model, train longer (more epochs: --epochs, "
+            f"or a notebook's epochs; early stopping ends a run when it stops improving)")
 
 
 def _schedule_exhausted(scheduler) -> bool:
