@@ -249,3 +249,20 @@ def test_the_kd_gain_pairs_a_kd_student_with_the_student_alone_of_its_own_seed(r
     kd = runs / "synthetic_gat_student_kd"
     assert "student_alone" not in train_run_record(kd, [other_seed]).folders
     assert train_run_record(kd, [other_seed, alone]).folders["student_alone"] == alone
+
+
+def test_a_runs_folder_of_several_seeds_gets_a_headline_over_the_seeds(runs, tmp_path, capsys):
+    """benchmarks/quality.py's runs folder (teacher, KD student, student alone per seed): the report
+    opens with the mean ± std over the seeds, each KD student paired with its own seed's runs."""
+    root = tmp_path / "seeds"
+    for seed in (0, 1):
+        for role in ("teacher", "student_kd", "student"):
+            dst = root / f"synthetic_gat_{role}_seed{seed}"
+            shutil.copytree(runs / f"synthetic_gat_{role}", dst)
+            cfg = json.loads((dst / "config.json").read_text())
+            (dst / "config.json").write_text(json.dumps({**cfg, "seed": seed}))
+    page = _report(root, capsys)
+    assert "<h2 id='headline-seeds-title'>Over 2 seeds (0, 1)</h2>" in page
+    table = re.search(r"<table class='kdkit headline' id='headline-seeds'>(.*?)</table>", page, re.S).group(1)
+    assert "±" in table  # mean ± std cells
+    assert page.index("headline-seeds-title") < page.index("id='headline-title'")

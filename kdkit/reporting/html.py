@@ -19,7 +19,8 @@ from kdkit.reporting.headline import headline, headline_html
 from kdkit.reporting.records import (Table, _cell, attack_recall, attack_recall_rows, load_scores, model_entries,
                                      model_label, scenario_rows, smoke_label)
 from kdkit.reporting.records import headline as headline_line
-from kdkit.reporting.train_run import TrainRun, is_train_run, read_json, role_key, train_run_record
+from kdkit.reporting.train_run import (TrainRun, data_settings, is_train_run, read_json, role_key, run_seed,
+                                       same_student, train_run_record)
 
 # ----------------------------------------------------------------------------- HTML report
 CSS = """body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;color:#222;line-height:1.4}
@@ -305,6 +306,27 @@ def lead_train_run(records: list[Path]) -> Path | None:
     return next((d for role in LEAD_ORDER for d in reversed(runs) if roles[d] == role), None)
 
 
+def seeds_section(lead: Path, records: list[Path]) -> str:
+    """The headline over seeds of a runs folder (``benchmarks/quality.py``'s, or ``kdkit train``
+    runs of several seeds): every KD student of the lead's architecture and data, each with its own
+    seed's teacher and student alone, as mean ± std; "" for fewer than two seeds."""
+    summary = read_json(lead / "summary.json")
+    if not summary or role_key(summary) != "student_kd":
+        return ""
+    folders = [p.parent for p in records]
+    lead_data = data_settings(lead, summary)
+    same = [f for f in folders if is_train_run(f) and (s := read_json(f / "summary.json")) is not None
+            and role_key(s) == "student_kd" and same_student(summary, s, lead_data, data_settings(f, s))]
+    seeds = [run_seed(f) for f in same]
+    if len(same) < 2 or None in seeds or len(set(seeds)) < len(seeds):
+        return ""
+    h = headline([train_run_record(f, folders, with_scores=False).record for f in same])
+    return (f"<h2 id='headline-seeds-title'>Over {len(same)} seeds ({', '.join(map(str, sorted(seeds)))})</h2>"
+            f"<p class='caption'>{html.escape(HEADLINE_CAPTION + KD_GAIN_CAPTION)} Mean ± std over the seeds; each "
+            "KD student beside the teacher and the student alone of its own seed.</p>"
+            + headline_html(h, table_id="headline-seeds"))
+
+
 def run_dir_html(root: str | Path, out: str | Path | None = None) -> Path:
     """One self-contained HTML page for every recorded run under ``root`` (figures as base64).
 
@@ -328,6 +350,7 @@ def run_dir_html(root: str | Path, out: str | Path | None = None) -> Path:
         lead_path = folder / "metrics.json"
         subject = " on ".join(str(v) for v in (run.record.get("model"), run.record.get("dataset")) if v)
         top, shown = headline_section(run.record, folder, run.scores, run.notes, subject, run.main, overlay=False)
+        top = seeds_section(folder, records) + top
     else:
         top, shown = "", set()
     body = top + "\n".join(_section(root, p, shown if p == lead_path else set(), run if p == lead_path else None)

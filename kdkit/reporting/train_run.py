@@ -152,13 +152,14 @@ def same_student(a: Mapping, b: Mapping, a_data: Mapping, b_data: Mapping) -> bo
             and set(a["test"]["scenarios"]) == set(b["test"]["scenarios"]))
 
 
-def train_run_record(folder: str | Path, others: Sequence[str | Path] = ()) -> TrainRun:
+def train_run_record(folder: str | Path, others: Sequence[str | Path] = (), with_scores: bool = True) -> TrainRun:
     """The record, scores and notes of a ``kdkit train`` run folder (see the module docstring).
 
     Args:
         folder: the run folder (holding ``summary.json``).
         others: other run folders of the same report; a student alone among them of the same
             architecture and data as a KD student ``folder`` is put beside it.
+        with_scores: read the scores for the figures (False: the record and notes only).
     """
     folder = Path(folder)
     summary = read_json(folder / SUMMARY_FILE)
@@ -196,7 +197,9 @@ def train_run_record(folder: str | Path, others: Sequence[str | Path] = ()) -> T
     order = [k for k in ("teacher", "student_kd", "student_alone") if k in runs]
     record = {"model": summary.get("model"), "dataset": summary.get("dataset"),
               **{k: run_metrics(runs[k][1]) for k in order}}
-    if (folder / CONFIG_FILE).is_file():
+    if not with_scores:
+        scores, note = {}, ""
+    elif (folder / CONFIG_FILE).is_file():
         scores, note = run_scores({k: runs[k] for k in order}, data)
     else:
         scores, note = {}, f"no score figures: no {CONFIG_FILE} in {folder} to rebuild the test labels from"
