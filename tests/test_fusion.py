@@ -654,3 +654,15 @@ def test_fusion_checkpoints_are_ranked_by_the_fused_detectors_validation_f1(fusi
     copied, note = save_compat_copy(Path(student["best_checkpoint"]), copy, fused)
     assert copied and "was ranked by val_f1, which val_fused_f1 supersedes" in note
     assert not save_compat_copy(Path(student["best_checkpoint"]), copy, {**fused, "value": 0.4})[0]  # now by its own
+
+
+def test_evaluating_a_fusion_model_on_an_unknown_car_points_to_adapt(fusion_runs, tmp_path):
+    """A threshold alone cannot give a fusion model the car's IDs: the unknown-car warning of
+    `kdkit evaluate --input` names `kdkit calibrate --adapt` for it."""
+    from kdkit.data.simulate import simulate_drive
+    from kdkit.workflows.scoring import evaluate_inputs
+
+    _, student, _ = fusion_runs
+    drive = simulate_drive(tmp_path / "charlie-clean.csv", "charlie", seed=0, duration_s=10.0)
+    res = evaluate_inputs(student["best_checkpoint"], [drive], out_dir=tmp_path)
+    assert any("does not know this car" in w and "kdkit calibrate --adapt" in w for w in res["warnings"]), res["warnings"]

@@ -310,8 +310,9 @@ class VehicleCheck:
             log.warning(
                 "%s: this bus does not look like a vehicle the model was trained on: in %.0f %% of the first %d "
                 "windows most IDs are outside the model's vocabulary (%d such IDs, e.g. %s). Its threshold was set "
-                "on the training vehicles' normal traffic, so expect false alarms here (or an attack that sends "
-                "mostly new IDs from the start). Calibrate the model on a clean capture of this car first: kdkit "
+                "on the training vehicles' normal traffic, so its decisions here are unreliable: false alarms, or "
+                "attacks missed (a fusion model judges an unknown car by its classifier alone), or an attack that "
+                "sends mostly new IDs from the start. Calibrate the model on a clean capture of this car first: kdkit "
                 "calibrate --checkpoint MODEL.pt --clean CLEAN_CAPTURE --fpr 0.01 --out MODEL_car.pt (a fusion model "
                 "also learns the car's IDs with --adapt). This warning is shown once.",
                 self.name, 100 * self.share_of_windows, self._seen, len(self._unknown_ids), examples)

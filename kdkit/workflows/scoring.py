@@ -307,6 +307,10 @@ def evaluate_inputs(checkpoint: str | Path, inputs: Sequence[str | Path], channe
     sm = load_scoring_model(checkpoint, "evaluated", threshold)
     prov = provenance(sm.ckpt, sm.path)
     hint = NEW_CAR_HINT
+    if sm.family == "fusion":  # it can learn the car's IDs and timing, which a threshold alone cannot give it
+        hint = ("its decisions say little on this traffic (false alarms, or attacks missed: an unknown car is judged "
+                "by the classification head alone): adapt it to this car on an attack-free recording of it "
+                "(kdkit calibrate --adapt --checkpoint MODEL.pt --clean CLEAN --out MODEL_car.pt)")
     if prov.get("calibration") and threshold is None:  # no advice to calibrate a calibrated checkpoint again
         hint = (f"its threshold was calibrated (kdkit calibrate) on {describe_calibration(prov['calibration'])}, which "
                 "bounds its false alarms on traffic like that; it cannot tell this car's unknown IDs from injected "
