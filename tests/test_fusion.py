@@ -666,3 +666,19 @@ def test_evaluating_a_fusion_model_on_an_unknown_car_points_to_adapt(fusion_runs
     drive = simulate_drive(tmp_path / "charlie-clean.csv", "charlie", seed=0, duration_s=10.0)
     res = evaluate_inputs(student["best_checkpoint"], [drive], out_dir=tmp_path)
     assert any("does not know this car" in w and "kdkit calibrate --adapt" in w for w in res["warnings"]), res["warnings"]
+
+
+def test_an_adapted_checkpoint_evaluated_on_its_training_dataset_says_it_is_another_cars_model(fusion_runs, tmp_path):
+    from kdkit.cli.main import main
+    from kdkit.data.simulate import simulate_drive
+    from kdkit.workflows.run import evaluate_checkpoint
+
+    _, student, _ = fusion_runs
+    clean = simulate_drive(tmp_path / "charlie-clean.csv", "charlie", seed=0, duration_s=25.0)
+    out = tmp_path / "adapted.pt"
+    assert main(["calibrate", "--adapt", "--checkpoint", student["best_checkpoint"], "--clean", str(clean),
+                 "--out", str(out)]) == 0
+    with pytest.raises(ValueError, match=r"this checkpoint was adapted to another car \(kdkit calibrate --adapt, "
+                                         r"\d+ IDs added\): it is that car's model; evaluate the checkpoint it was "
+                                         r"adapted from on 'synthetic'"):
+        evaluate_checkpoint(out, "synthetic", out_dir=tmp_path)

@@ -129,6 +129,12 @@ def check_compatible(ckpt: dict, data: PreparedDataset, what: str = "teacher") -
                   "to score recordings of another car or dataset with this model, pass them as "
                   f"kdkit evaluate --checkpoint ... --input FILE... (IDs it never saw count as unknown), or "
                   f"train a model on {data.name!r}")
+        calibration = (ckpt.get("provenance") or {}).get("calibration") or {}
+        if calibration.get("kind") == "adapt" and theirs >= ours:
+            # an adapted copy holds its training vocabulary plus the new car's IDs, and that car's thresholds
+            advice = (f"this checkpoint was adapted to another car (kdkit calibrate --adapt, {len(theirs - ours)} IDs "
+                      f"added): it is that car's model; evaluate the checkpoint it was adapted from on {data.name!r}, "
+                      "and this one on the car's recordings with --input")
         label = "the --teacher checkpoint" if what == "teacher" else "the checkpoint"
         raise ValueError(f"{label} ({origin}{len(theirs)} IDs) and dataset {data.name!r} ({len(ours)} IDs) have "
                          f"different ID vocabularies ({len(theirs ^ ours)} IDs in one only): {advice}")
