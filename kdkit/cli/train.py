@@ -33,12 +33,11 @@ from kdkit.config import (
     parse_config_json,
     validate_overrides,
 )
-from kdkit.data.datasets import dataset_name
 from kdkit.reporting.metrics import format_table
 from kdkit.training.preemption import REQUEUE_EXIT_CODE, Preempted
 from kdkit.workflows.batch_size import describe, optimize_config_batch_size, sizer_for_config
 from kdkit.workflows.demo import demo
-from kdkit.workflows.run import END_NOTE, evaluate_checkpoint, evaluation_dir, load_data, train
+from kdkit.workflows.run import END_NOTE, evaluate_checkpoint, load_data, train
 from kdkit.workflows.scoring import evaluate_inputs, format_attack_type_recall, format_inputs_report
 
 
@@ -193,10 +192,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if per_type:
             print(f"\n{per_type}")
         print_skipped(res.get("skipped_scenarios"))
-        # where evaluate_checkpoint wrote it
-        written = (Path(args.out) if args.out else evaluation_dir(args.checkpoint)) / \
-            f"evaluation_{dataset_name(args.dataset)}.json"
-        print(f"written {written}")
+        print(f"written {res['json']}")
     return 0
 
 

@@ -26,7 +26,6 @@ of just those indices into the same run dirs.
 from __future__ import annotations
 
 import csv
-import difflib
 import fcntl
 import itertools
 import json
@@ -57,7 +56,8 @@ from kdkit.cluster.orchestrator import (
 )
 from kdkit.cluster.requeue import RESUME_ENV, STOP_FILE_ENV, saved_marker
 from kdkit.cluster.sbatch import ShellArgs, render, validate
-from kdkit.workflows.notebooks import KERNEL, check_model_sizes, check_parameters, ensure_kernel, notebook_parameters
+from kdkit.workflows.notebooks import (KERNEL, check_model_sizes, check_parameters, closest_hint, ensure_kernel,
+                                      notebook_parameters)
 
 SWEEPS_DIR = Path("runs") / "sweeps"
 RETRY_STATES = frozenset({"FAILED", "PREEMPTED", "TIMEOUT", "NODE_FAIL", "CANCELLED", "BOOT_FAIL", "OUT_OF_MEMORY"})
@@ -168,9 +168,7 @@ def plan(notebook: str | os.PathLike, grid: dict[str, list], seeds: list[int] | 
         if key in parameters:
             raise SweepError(f"grid key {key!r} is also a fixed parameter ({key}={parameters[key]!r}): give it once")
         if key not in declared:
-            close = difflib.get_close_matches(key, declared, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise SweepError(f"grid key {key!r} is not a parameter of {notebook}{hint} "
+            raise SweepError(f"grid key {key!r} is not a parameter of {notebook}{closest_hint(key, declared)} "
                              f"(known: {', '.join(sorted(declared))})")
         for value in grid[key]:
             try:

@@ -20,7 +20,6 @@ Whatever is left out is said in :attr:`TrainRun.notes`.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from kdkit.data.datasets import PrepareConfig, prepare
+from kdkit.data.datasets import PrepareConfig, file_sha256, prepare
 from kdkit.models.thresholds import is_attack
 from kdkit.reporting.records import run_metrics
 
@@ -131,11 +130,7 @@ def _copied_from(copy: Path) -> Path | None:
     record = read_json(copy.with_suffix(".json")) if copy.suffix != ".json" else None
     if not record or not record.get("checkpoint") or not copy.is_file():
         return None
-    digest = hashlib.sha256()
-    with open(copy, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    if record.get("sha256") != digest.hexdigest():
+    if record.get("sha256") != file_sha256(copy):
         return None  # replaced since: the sidecar is another copy's
     source = Path(record["checkpoint"])
     return source if source.is_absolute() else copy.parent.parent / source

@@ -134,6 +134,12 @@ def _check_annotated(notebook, key: str, value: Any, default: Any, annotation: s
                          f"{type(default).__name__} {default!r}")
 
 
+def closest_hint(name: str, names) -> str:
+    """``"; did you mean 'epochs'?"`` for the one of ``names`` that ``name`` nearly is, else ``""``."""
+    close = difflib.get_close_matches(name, list(names), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def check_parameters(notebook, parameters: dict, cls: type = TrainConfig) -> dict:
     """Checks ``parameters`` against the notebook's parameters cell and the run schema.
 
@@ -151,9 +157,8 @@ def check_parameters(notebook, parameters: dict, cls: type = TrainConfig) -> dic
     shown = Path(notebook).name  # the file's name: a user's copy of a notebook is checked against kdkit's
     for key, value in parameters.items():
         if key not in declared:
-            close = difflib.get_close_matches(key, declared, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"parameter {key!r} is not in {Path(notebook).name}'s parameters cell{hint} "
+            raise ValueError(f"parameter {key!r} is not in {Path(notebook).name}'s parameters cell"
+                             f"{closest_hint(key, declared)} "
                              f"(known: {', '.join(sorted(declared))})")
         try:
             json.dumps(value, allow_nan=False)

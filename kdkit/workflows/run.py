@@ -699,5 +699,7 @@ def evaluate_checkpoint(path: str | Path, dataset: str, data_root: str | None = 
            **{k: v for k, v in results.items() if k != "scores"}, "skipped_scenarios": skipped}
     target = Path(out_dir) if out_dir else evaluation_dir(path)
     target.mkdir(parents=True, exist_ok=True)
-    write_json(target / f"evaluation_{dataset_name(dataset)}.json", out)
+    path = target / f"evaluation_{dataset_name(dataset)}.json"
+    write_json(path, out)
+    out["json"] = str(path)  # where it went (not in the file), as evaluate_inputs says
     return out
