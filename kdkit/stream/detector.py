@@ -829,18 +829,17 @@ def _native_weights(package: Path, meta: dict, meta_path: Path, engine: str = "a
     if not path.is_file():
         if not meta.get("native_weights"):
             return None
-        missing = path
         if engine == "native":
-            raise ValueError(f"{package}: the native engine cannot run it: {missing.name} is missing at {missing} "
+            raise ValueError(f"{package}: the native engine cannot run it: {path.name} is missing at {path} "
                              f"({meta_path.name} names it): copy the three files of one export ({package.name}, "
-                             f"{meta_path.name}, {missing.name}) together, or re-export it with kdkit export")
+                             f"{meta_path.name}, {path.name}) together, or re-export it with kdkit export")
         if str(package) not in _NPZ_MISSING_WARNED:
             _NPZ_MISSING_WARNED.add(str(package))
             log.warning("%s: %s is missing at %s (%s names it): single windows (live, --realtime) run on the slower "
                         "package engine instead of the native single-window engine. A gateway needs the three files of "
                         "one export together (%s, %s, %s): copy it beside the package, or re-export the model with "
-                        "kdkit export. This warning is shown once.", package, missing.name, missing, meta_path.name,
-                        package.name, meta_path.name, missing.name)
+                        "kdkit export. This warning is shown once.", package, path.name, path, meta_path.name,
+                        package.name, meta_path.name, path.name)
         return None
     if meta.get("native_weights") != path.name or not meta.get("native_weights_sha256"):
         log.warning("%s: %s is not named by %s (another export's?): ignored, single windows run the package; "
