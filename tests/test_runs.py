@@ -366,3 +366,21 @@ def test_evaluate_on_bad_rows_overrides_the_checkpoints(teacher_run, kdkit_env, 
     assert main([*argv, "--on-bad-rows", "skip", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["overall"]["windows"] > 0
+
+
+def test_threads_apply_to_the_run_only(synthetic, tmp_path, monkeypatch):
+    """``--threads N`` (run-schema ``threads``): the run trains on N torch threads, the summary says
+    so, and the caller's threads and ``$OMP_NUM_THREADS`` are back afterwards (a notebook goes on)."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    target = 2 if before == 1 else 1
+    seen = []
+    summary = train(tiny(tmp_path, run_name="th", threads=target), progress=False, data=synthetic,
+                    on_epoch_end=lambda row: seen.append((torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS"))))
+    assert seen and set(seen) == {(target, str(target))}
+    assert summary["threads"] == target
+    assert torch.get_num_threads() == before and "OMP_NUM_THREADS" not in os.environ
+    default = train(tiny(tmp_path, run_name="th0"), progress=False, data=synthetic)
+    assert default["threads"] == before  # 0: the process's own setting, untouched
+    with pytest.raises(ValueError, match="threads"):
+        tiny(tmp_path, threads=-1)

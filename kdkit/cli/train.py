@@ -123,14 +123,17 @@ def _drop_end_notes(record: logging.LogRecord) -> bool:
 
 
 def _processes(summary: dict) -> str:
-    """', 2 processes (forked)' for a DDP run: how many ranks, and who started them."""
+    """', 2 threads' for one process, ', 2 processes x 1 thread (forked)' for a DDP run: how many
+    ranks, their torch threads each, and who started them."""
     world = summary.get("world_size") or 1
+    threads = summary.get("threads")
+    each = f" x {threads} thread{'s' if threads != 1 else ''}" if threads else ""
     if world <= 1:
-        return ""
+        return f", {threads} thread{'s' if threads != 1 else ''}" if threads else ""
     who = {"fork": "forked", "spawn": "started by kdkit", "lightning": "started by Lightning",
            "external": "started by the launcher"}
     launcher = summary.get("launcher")
-    return f", {world} processes" + (f" ({who.get(launcher, launcher)})" if launcher else "")
+    return f", {world} processes{each}" + (f" ({who.get(launcher, launcher)})" if launcher else "")
 
 
 def _process_seconds() -> float | None:

@@ -23,6 +23,7 @@ killed outright takes them with it (``PR_SET_PDEATHSIG``).
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -41,6 +42,29 @@ LAUNCH_VARS = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_P
 # "lightning" makes kdkit train use Lightning's own launcher (benchmarks, troubleshooting)
 LAUNCHER_ENV = "KDKIT_DDP_LAUNCHER"
 _PR_SET_PDEATHSIG = 1
+
+
+@contextlib.contextmanager
+def cpu_threads(threads: int):
+    """While inside, torch and every process started from here use ``threads`` CPU threads
+    (``torch.set_num_threads`` and ``$OMP_NUM_THREADS``, which :func:`threads_per_rank` and the
+    spawned or forked DDP workers read); both are restored on exit. ``0`` changes nothing."""
+    if threads <= 0:
+        yield
+        return
+    import torch
+
+    before, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+        if env is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = env
 
 
 def threads_per_rank(world: int) -> int:

@@ -50,7 +50,7 @@ from kdkit.training.checkpoint import (
     provenance,
     vocab_hash,
 )
-from kdkit.training.fork_ranks import ForkedRanks, can_fork_ranks, fork_ranks
+from kdkit.training.fork_ranks import ForkedRanks, can_fork_ranks, cpu_threads, fork_ranks
 from kdkit.training.legacy import legacy_fit
 from kdkit.training.memory import collections_skip_older_objects, phase_peak, release_memory
 from kdkit.training.precision import resolve_accelerator
@@ -371,7 +371,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
     check_sizes(cfg.model, cfg.type, cfg.hidden, cfg.embedding_dim)  # before data, workers or a teacher
     # the caller's objects (a notebook's imports, its data) outlive the run: its phase-end
     # collections need not walk them (kdkit.training.memory.collections_skip_older_objects)
-    with collections_skip_older_objects():
+    with collections_skip_older_objects(), cpu_threads(cfg.threads):
         return _train_locked(cfg, resume, progress, on_epoch_end, data, should_stop, stop, fork_workers)
 
 
@@ -531,7 +531,7 @@ def _train(cfg: TrainConfig, run_dir: Path, owner: bool, resume, progress, on_ep
         "oom_events": fit.oom_events, "still_learning": still_learning,
         "test": {k: v for k, v in results.items() if k != "scores"},
         "skipped_scenarios": skipped, "skipped_rows": _skipped_rows(data.info), "memory": memory,
-        "timings": timings, "world_size": world, "launcher": launcher,
+        "timings": timings, "world_size": world, "launcher": launcher, "threads": torch.get_num_threads(),
     }
     labels = {name: data.splits[name].y.numpy().astype(np.uint8) for name in results["scores"]}
     write_run_outputs(run_dir, cfg, summary, results, labels)
