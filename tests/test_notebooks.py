@@ -285,6 +285,37 @@ def test_check_notebook_refuses_a_papermill_parameter_the_notebook_does_not_have
         check_notebook("gateway", {"paced_seconds": -1})
 
 
+def test_a_copy_of_a_notebook_is_checked_against_its_own_parameters_cell():
+    """A user's copy of teacher.ipynb with a parameter of its own (``note``) and without kdkit's
+    ``threads``: the first cell checks the parameters cell the kernel ran (its annotations), so
+    ``-p note x`` is accepted and typed, a misspelt name is still refused with the copy's names."""
+    from kdkit.workflows.notebooks import check_notebook
+
+    ran = {"dataset": str, "epochs": int, "note": "Optional[str]", "accelerator": str}
+    ns = {"__annotations__": ran, "dataset": "synthetic", "epochs": 1, "note": "x", "accelerator": "cpu",
+          "In": ["", '# Parameters\nnote = "x"\n']}
+    assert check_notebook("teacher", ns)["note"] == "x"  # kdkit's file has no `note`: refused before
+    with pytest.raises(ValueError, match=r"teacher.ipynb parameter note=3: expected Optional\[str\]"):
+        check_notebook("teacher", {**ns, "note": 3, "In": ["", "# Parameters\nnote = 3\n"]})
+    with pytest.raises(ValueError, match=r"parameter 'threads' is not in .*\(known: accelerator, dataset, epochs, note\)"):
+        check_notebook("teacher", {**ns, "threads": 2, "In": ["", "# Parameters\nthreads = 2\n"]})
+    with pytest.raises(ValueError, match=r"epochs"):  # a run-schema name is checked as the run schema says
+        check_notebook("teacher", {**ns, "epochs": 0})
+
+
+def test_kdkit_notebooks_opened_in_their_folder_run_from_the_checkout_root(monkeypatch, tmp_path, capsys):
+    """JupyterLab and nbval start a notebook's kernel in the notebook's folder: kdkit's own notebooks
+    then move to the checkout's root, so `run_dir runs/x` is the same folder as for `kdkit train`."""
+    from kdkit.workflows.notebooks import NOTEBOOK_DIR, check_notebook, move_to_project_folder
+
+    monkeypatch.chdir(NOTEBOOK_DIR)
+    check_notebook("teacher", {"epochs": 2})
+    assert Path.cwd() == NOTEBOOK_DIR.parent.resolve()
+    assert f"working folder: {NOTEBOOK_DIR.parent}" in capsys.readouterr().out
+    monkeypatch.chdir(tmp_path)  # papermill from elsewhere, a copy in the user's project: left where it is
+    assert move_to_project_folder() is None and Path.cwd() == tmp_path.resolve()
+
+
 @pytest.mark.notebook
 def test_papermill_run_with_a_misspelt_parameter_fails_in_the_first_cell(nb_env, tmp_path):
     base, env = nb_env

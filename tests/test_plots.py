@@ -200,3 +200,15 @@ def test_training_curves_overlay_of_many_runs_names_the_colour_groups():
     assert [t.get_text() for t in fig.axes[-1].get_legend().texts] == ["T = 2", "T = 4"]
     assert fig.axes[0].get_lines()[12].get_color() == "C1"
     assert plots.training_curves_overlay(hist).axes[-1].get_legend() is None
+
+
+def test_gateway_plots_of_an_empty_bus_say_so():
+    """An idle bus (or a recording shorter than one window) closes no window: the timeline and the
+    latency figure say that instead of showing an empty frame."""
+    from kdkit.stream import report as gateway
+
+    timeline = gateway.alarm_timeline([], 0.5, title="idle")
+    texts = [t.get_text() for t in timeline.axes[0].texts]
+    assert texts == ["no window closed: fewer messages arrived than one window holds"]
+    latency = gateway.latency_histogram([])
+    assert [t.get_text() for t in latency.axes[0].texts] == ["no window was decided: no latency to show"]

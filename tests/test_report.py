@@ -395,3 +395,12 @@ def test_an_empty_table_says_it_has_no_rows():
     assert repr(t) == "first alarms (0 in all)\n(no rows)"
     assert "(no rows)" in t._repr_html_() and "<table" not in t._repr_html_()
     assert t._repr_markdown_() == "**first alarms (0 in all)**\n\n(no rows)"
+
+
+def test_stop_note_says_why_a_run_ended_before_its_last_epoch():
+    from kdkit.reporting.records import stop_note
+
+    summary = {"epochs_run": 7, "best_checkpoint": "runs/x/checkpoints/best.pt"}
+    assert stop_note(summary, 50, 5) == "stopped early after epoch 7/50: no better validation for 5 epochs"
+    assert stop_note(summary, 50, 5, requested=True) == "stopped on request after epoch 7/50"
+    assert stop_note({**summary, "epochs_run": 50}, 50, 5) == ""

@@ -147,6 +147,18 @@ def epoch_printer(total_epochs: int) -> Callable[[dict], None]:
     return show
 
 
+def stop_note(summary: Mapping, epochs: int, patience: int, requested: bool = False) -> str:
+    """Why a run ended before its last epoch, for the line after the epoch lines: ``"stopped early after
+    epoch 7/50: no better validation for 5 epochs"`` (or ``"stopped on request after epoch 3/50"``);
+    ``""`` for a run that trained every epoch."""
+    ran = summary.get("epochs_run") or 0
+    if ran >= epochs:
+        return ""
+    if requested:
+        return f"stopped on request after epoch {ran}/{epochs}"
+    return f"stopped early after epoch {ran}/{epochs}: no better validation for {patience} epochs"
+
+
 # per-scenario values a notebook records for each model (what the report's headline table and figures read)
 SCENARIO_KEYS = ("windows", "attack_windows", "f1", "mcc", "detection_at_1pct_fpr", "false_positive_rate",
                  "precision", "recall", "roc_auc", "pr_auc")

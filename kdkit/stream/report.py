@@ -46,12 +46,19 @@ def alarm_timeline(decisions: Sequence[Decision], threshold: float,
                        label="labelled attack" if k == 0 else None)
         ax.plot(t, s, color="tab:blue", lw=0.8, label="window score")
         ax.scatter(t[alarm], s[alarm], color="tab:red", s=12, zorder=3, label=f"alarm ({int(alarm.sum())})")
+    else:  # an idle bus, a short recording, every frame filtered out: say so instead of an empty frame
+        _empty_note(ax, "no window closed: fewer messages arrived than one window holds")
     ax.axhline(threshold, color="black", ls="--", lw=1, label=f"threshold {threshold:g}")
     ax.set_xlabel("seconds since the first window")
     ax.set_ylabel("score")
     ax.set_title(title or "alarm timeline")
     ax.legend(loc="upper right", fontsize=8)
     return fig
+
+
+def _empty_note(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=10, color="0.3")
+    ax.set_xticks([]), ax.set_yticks([])
 
 
 def latency_histogram(latencies_s: Sequence[float], title: str = "") -> Figure:
@@ -65,6 +72,8 @@ def latency_histogram(latencies_s: Sequence[float], title: str = "") -> Figure:
             v = float(np.percentile(ms, q))
             ax.axvline(v, color="black", ls=style, lw=1, label=f"p{q} {v:.3f} ms")
         ax.legend(fontsize=8)
+    else:
+        _empty_note(ax, "no window was decided: no latency to show")
     ax.set_xlabel("decision latency after the window's last frame (ms)")
     ax.set_ylabel("windows")
     ax.set_title(title or "decision latency")

@@ -39,6 +39,7 @@ from kdkit.cluster import sweep
 from kdkit.cluster.orchestrator import FabricSlurmTrainingOrchestrator, load_presets
 from kdkit.config import KD, FieldSpec, TrainConfig, format_value, make_config, parse_config_json, schema
 from kdkit.data.datasets import dataset_name
+from kdkit.reporting.records import stop_note
 from kdkit.workflows.batch_size import optimize_config_batch_size
 from kdkit.workflows.notebooks import NOTEBOOK_DIR, notebook_parameters
 from kdkit.workflows.run import train
@@ -278,11 +279,8 @@ class TrainPanel:
             self.progress.bar_style = "success"
             self.progress.description = "done"
             self.results.value = results_table(summary)
-            early = ""
-            if summary["epochs_run"] < cfg.epochs:
-                why = "stopped on request" if self._stop.is_set() else \
-                    f"early stopping: no better validation for {cfg.patience} epochs"
-                early = f" ({why} after epoch {summary['epochs_run']}/{cfg.epochs})"
+            early = stop_note(summary, cfg.epochs, cfg.patience, requested=self._stop.is_set())
+            early = f" ({early})" if early else ""
             self._say(f"done in {time.perf_counter() - t0:.1f} s{early}; best checkpoint {summary['best_checkpoint']}")
             return summary
 

@@ -13,8 +13,10 @@ from typing import Any, Mapping
 
 from kdkit.config import TrainConfig, schema, validate_overrides
 from kdkit.models.registry import check_sizes
+from kdkit.reporting.records import epoch_printer, stop_note
 from kdkit.training.checkpoint import load_checkpoint, provenance
 from kdkit.training.precision import resolve_accelerator
+from kdkit.workflows.run import train
 
 # ----------------------------------------------------------------------------- executing notebooks
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
@@ -56,6 +58,15 @@ def execute_notebook(name: str, run_dir: str | Path, **parameters: Any) -> dict:
     pm.execute_notebook(str(source), str(run_dir / source.name), parameters={**parameters, "run_dir": str(run_dir)},
                         kernel_name=KERNEL, progress_bar=False)
     return json.loads((run_dir / "metrics.json").read_text())
+
+
+def train_logged(cfg: TrainConfig, data=None) -> dict:
+    """``train(cfg)`` as the notebooks run it: one line per epoch while it trains, then one saying how it
+    ended (``trained all 20 epochs``, or ``stopped early after epoch 7/20: no better validation for 5
+    epochs``); returns the run summary."""
+    summary = train(cfg, progress=False, on_epoch_end=epoch_printer(cfg.epochs), data=data)
+    print(stop_note(summary, cfg.epochs, cfg.patience) or f"trained all {cfg.epochs} epochs", flush=True)
+    return summary
 
 
 # ------------------------------------------------------------------ notebook parameters
@@ -140,19 +151,22 @@ def closest_hint(name: str, names) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def check_parameters(notebook, parameters: dict, cls: type = TrainConfig) -> dict:
+def check_parameters(notebook, parameters: dict, cls: type = TrainConfig,
+                     declared: Mapping[str, tuple[Any, str | None]] | None = None) -> dict:
     """Checks ``parameters`` against the notebook's parameters cell and the run schema.
 
     A parameter named like a run-schema field (``epochs``, ``kd_alpha``, ...; also with a
     ``teacher_`` prefix, the notebooks' quick-teacher settings) is checked as that field:
     type, choices, range, ``None`` only where the field allows it. The others are checked
-    against their annotation in the parameters cell (or the default's type).
+    against their annotation in the parameters cell (or the default's type). ``declared``: the
+    parameters cell's names, defaults and annotations when they are not the file's
+    (:func:`check_notebook`: the cell as the kernel ran it).
 
     Raises:
         ValueError: an unknown name, a value that is not JSON data, or a bad value, naming
             the notebook, the parameter and what is allowed.
     """
-    declared = _declared(notebook)
+    declared = _declared(notebook) if declared is None else declared
     specs = {s.name: s for s in schema(cls)}
     shown = Path(notebook).name  # the file's name: a user's copy of a notebook is checked against kdkit's
     for key, value in parameters.items():
@@ -185,11 +199,12 @@ def check_notebook(name: str, namespace: Mapping[str, Any]) -> dict:
         The parameters, by name.
     """
     path = NOTEBOOK_DIR / f"{name}.ipynb"
-    declared = _declared(path)
+    move_to_project_folder()
+    declared = running_parameters(_declared(path), namespace)
     for key in injected_names(namespace):  # papermill -p NAME of a name the notebook does not have
         if key not in declared:
-            check_parameters(path, {key: namespace.get(key)})  # raises, naming it and the closest known name
-    values = check_parameters(path, {k: namespace[k] for k in declared if k in namespace})
+            check_parameters(path, {key: namespace.get(key)}, declared=declared)  # raises, naming the closest name
+    values = check_parameters(path, {k: namespace[k] for k in declared if k in namespace}, declared=declared)
     check_model_sizes(path, values)
     check_teacher_checkpoint(path, values)
     if isinstance(values.get("accelerator"), str):
@@ -198,6 +213,42 @@ def check_notebook(name: str, namespace: Mapping[str, Any]) -> dict:
         except ValueError as err:
             raise ValueError(f"{path.name} parameter {err}") from None
     return values
+
+
+def running_parameters(declared: Mapping[str, tuple[Any, str | None]],
+                       namespace: Mapping[str, Any]) -> dict[str, tuple[Any, str | None]]:
+    """The parameters cell as the kernel ran it: the names annotated in ``namespace`` (IPython keeps a
+    cell's ``name: type = value`` in ``__annotations__``), with ``declared`` (kdkit's own cell) for
+    the defaults of the names both have. A user's copy of a notebook with a parameter of its own,
+    or without one of kdkit's, is checked against its own cell, not against kdkit's file. Without
+    annotations (not a kernel, or a cell without them) it is ``declared``."""
+    ran = namespace.get("__annotations__")
+    if not isinstance(ran, Mapping) or not ran:
+        return dict(declared)
+    own = {}
+    for key, annotation in ran.items():
+        shown = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", None)
+        default, file_annotation = declared.get(key, (..., None))
+        own[key] = (default, shown or file_annotation)
+    return own
+
+
+def move_to_project_folder() -> Path | None:
+    """A kernel that runs kdkit's own notebooks in their folder (JupyterLab's kernels start in the
+    notebook's folder, nbval's too) moves to the checkout's root, where ``kdkit train`` and the README's
+    papermill commands run: a relative ``run_dir``, spec file or teacher checkpoint then means the
+    same in a notebook as on the command line (``runs/x``, not ``notebooks/runs/x``). Returns the
+    folder it moved to, or None when the kernel is elsewhere (papermill from the root, a copy)."""
+    try:
+        here = Path.cwd().resolve()
+    except OSError:
+        return None
+    if here != NOTEBOOK_DIR.resolve():
+        return None
+    os.chdir(NOTEBOOK_DIR.parent)
+    print(f"working folder: {NOTEBOOK_DIR.parent} (kdkit's checkout: relative paths such as run_dir resolve here, "
+          "as for kdkit train)")
+    return NOTEBOOK_DIR.parent
 
 
 def check_teacher_checkpoint(notebook: str | os.PathLike, values: Mapping[str, Any]) -> None:
