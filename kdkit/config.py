@@ -173,8 +173,8 @@ class TrainConfig:
     accelerator: str = param("auto", "device kind", group=HARDWARE, choices=("auto", "cpu", "cuda", "gpu"))
     devices: int = param(1, "processes per node (DDP when > 1)", group=HARDWARE, low=1)
     num_nodes: int = param(1, "nodes (under SLURM)", group=HARDWARE, low=1)
-    threads: int = param(0, "torch CPU threads per process (0: $OMP_NUM_THREADS when set, else every core this "
-                            "process may use, divided among the processes)", group=HARDWARE, low=0)
+    threads: Optional[int] = param(None, "torch CPU threads per process (None: $OMP_NUM_THREADS when set, else every "
+                                         "core this process may use, divided among the processes)", group=HARDWARE, low=1)
     strategy: str = param("auto", "distribution strategy", group=HARDWARE, choices=("auto", "ddp", "ddp_spawn"))
     precision: str = param("auto", "numeric precision (auto: the precision policy picks from the hardware)",
                            group=HARDWARE, choices=PRECISIONS, panel=True)

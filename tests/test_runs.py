@@ -381,6 +381,17 @@ def test_threads_apply_to_the_run_only(synthetic, tmp_path, monkeypatch):
     assert summary["threads"] == target
     assert torch.get_num_threads() == before and "OMP_NUM_THREADS" not in os.environ
     default = train(tiny(tmp_path, run_name="th0"), progress=False, data=synthetic)
-    assert default["threads"] == before  # 0: the process's own setting, untouched
+    assert default["threads"] == before  # None: the process's own setting, untouched
     with pytest.raises(ValueError, match="threads"):
-        tiny(tmp_path, threads=-1)
+        tiny(tmp_path, threads=0)
+
+
+def test_notebook_threads_none_is_the_run_schemas_none():
+    """The notebooks' ``threads None`` (torch's default; the README's papermill command) is the run
+    schema's ``threads`` None: a sweep plan or the first cell accepts it."""
+    from kdkit.workflows.notebooks import NOTEBOOK_DIR, check_parameters
+
+    for name in ("teacher", "student", "gateway", "benchmark"):
+        assert check_parameters(NOTEBOOK_DIR / f"{name}.ipynb", {"threads": None}) == {"threads": None}
+    with pytest.raises(ValueError, match="threads"):
+        check_parameters(NOTEBOOK_DIR / "teacher.ipynb", {"threads": 0})

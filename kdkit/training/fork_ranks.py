@@ -45,11 +45,11 @@ _PR_SET_PDEATHSIG = 1
 
 
 @contextlib.contextmanager
-def cpu_threads(threads: int):
+def cpu_threads(threads: int | None):
     """While inside, torch and every process started from here use ``threads`` CPU threads
     (``torch.set_num_threads`` and ``$OMP_NUM_THREADS``, which :func:`threads_per_rank` and the
-    spawned or forked DDP workers read); both are restored on exit. ``0`` changes nothing."""
-    if threads <= 0:
+    spawned or forked DDP workers read); both are restored on exit. ``None`` changes nothing."""
+    if not threads:
         yield
         return
     import torch
