@@ -97,9 +97,11 @@ class TrainConfig:
     # --- graphs
     window: int = param(100, "messages per window; a dataset spec's window, when it sets one, comes before this "
                         "default", group=GRAPHS, low=1)
-    stride: int = param(100, "offset between windows; a dataset spec's stride, when it sets one, comes before "
-                        "this default", group=GRAPHS, low=1)
-    label_threshold: float = param(0.0, "a window is an attack when its attack share > this", group=GRAPHS, low=0, high=1)
+    stride: Optional[int] = param(None, "offset between windows (None: the window, so that windows neither overlap "
+                                        "nor leave messages out); a dataset spec's stride, when it sets one, comes "
+                                        "before this default unless the window is set", group=GRAPHS, low=1)
+    label_threshold: float = param(0.0, "a window is an attack when its attack share > this (below 1)", group=GRAPHS,
+                                   low=0, high=1, check=lambda v: _below_one(v))
     val_fraction: float = param(0.2, "contiguous validation block per training file", group=GRAPHS, low=0, high=1)
     include_excluded: bool = param(False, "also train on the suppress/masquerade recordings of the training folders "
                                    "(by default they are kept out of training and evaluated as a test scenario, "
@@ -203,6 +205,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_combination({"type": self.type, "teacher": self.teacher})
+        if self.stride is None:  # non-overlapping windows of the chosen size
+            object.__setattr__(self, "stride", self.window)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -288,6 +292,12 @@ def _check_value(spec: FieldSpec, value: Any) -> Any:
         except (ValueError, OSError) as err:
             raise ValueError(f"config key {key!r}: {err}") from None
     return value
+
+
+def _below_one(share: float) -> None:
+    if share >= 1:
+        raise ValueError(f"{share!r}: a window is an attack when its share of attack messages is above this, which "
+                         "no window's is at 1; use a value below 1 (0: any attack message makes it an attack window)")
 
 
 def check_combination(values: dict[str, Any]) -> None:
@@ -381,7 +391,10 @@ def make_config(cls: type = TrainConfig, /, **overrides: Any) -> TrainConfig:
         base["precision"] = "auto"  # the precision policy decides from the hardware unless the user says
     dataset = user.get("dataset", getattr(cls, "dataset", None))
     if isinstance(dataset, str):
-        base.update({k: v for k, v in dataset_defaults(dataset).items() if k not in user})
+        spec = dataset_defaults(dataset)
+        if "window" in user:  # the spec's stride was meant for the spec's window: it follows the user's
+            spec.pop("stride", None)
+        base.update({k: v for k, v in spec.items() if k not in user})
     if os.environ.get("KDKIT_EPOCHS") and "epochs" not in user:  # smoke runs in CI
         base["epochs"] = int(os.environ["KDKIT_EPOCHS"])
     merged = {**base, **user}

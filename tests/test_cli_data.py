@@ -123,3 +123,32 @@ def test_bench_preprocess_file_and_baseline(env: Path, capsys, monkeypatch):
     assert main(["bench", "preprocess", "--file", str(path), "--baseline", "pandas", "--limit", "300", "--json"]) == 0
     b = json.loads(capsys.readouterr().out)
     assert b["benchmark"] == "preprocess-pandas-baseline" and b["messages"] == 300 and b["windows"] == 3
+
+
+def test_stride_follows_the_window_and_a_gap_between_windows_is_warned(env: Path, capsys, caplog, tmp_path):
+    """A new user's `--window 50` kept the stride at 100: every other 50 messages (attacks among them)
+    were in no window, silently. The stride now follows the window unless it is set (also over a
+    spec's stride, which was meant for the spec's window); a stride above the window is warned."""
+    import logging
+
+    from kdkit.config import make_config
+
+    simulate(env, capsys)
+    assert main(["data", "info", "--dataset", "synthetic", "--json", "--window", "50"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["config"]["window"], info["config"]["stride"]) == (50, 50)
+    assert make_config(dataset="synthetic", window=50).stride == 50
+    assert make_config(dataset="synthetic").stride == 100
+    spec = tmp_path / "spec.toml"
+    spec.write_text(f'[dataset]\nname = "s"\nroot = "{env / "synthetic-seed0"}"\nwindow = 40\nstride = 20\n'
+                    'train_attack_free = ["train_01_attack_free/*.csv"]\n')
+    assert (make_config(dataset=str(spec)).window, make_config(dataset=str(spec)).stride) == (40, 20)
+    assert make_config(dataset=str(spec), window=60).stride == 60
+    assert make_config(dataset=str(spec), window=60, stride=30).stride == 30
+    with caplog.at_level(logging.WARNING, logger="kdkit.data"):
+        assert main(["data", "info", "--dataset", "synthetic", "--window", "50", "--stride", "100"]) == 0
+    assert "stride 100 > window 50: 50 of every 100 messages fall in no window" in caplog.text
+    with pytest.raises(ValueError, match="no window's is at 1"):
+        make_config(label_threshold=1.0)
+    assert main(["data", "info", "--dataset", "synthetic", "--label-threshold", "1"]) == 2
+    assert "no window's is at 1" in capsys.readouterr().err

@@ -27,7 +27,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None, help="folder holding hcrl-sa/, hcrl-ch/, set_01/ ... (default: $KDKIT_DATA_ROOT)")
     p.add_argument("--cache-dir", default=None, help="graph store folder (default: runs/cache or $KDKIT_CACHE_DIR)")
     p.add_argument("--window", type=int, default=None, help="messages per window (default: the dataset spec's, else 100)")
-    p.add_argument("--stride", type=int, default=None, help="offset between windows (default: the spec's, else 100)")
+    p.add_argument("--stride", type=int, default=None, help="offset between windows (default: the spec's, else the window)")
     p.add_argument("--label-threshold", type=float, default=0.0, help="window is an attack if its attack share > this (default 0)")
     p.add_argument("--val-fraction", type=float, default=0.2, help="validation share of each training file (default 0.2)")
     p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
@@ -48,8 +48,10 @@ def prepare_config_from_args(args: argparse.Namespace) -> PrepareConfig:
         ValueError: naming the flag and its value (``--label-threshold nan``, ``-1``...).
     """
     spec = dataset_defaults(args.dataset)
+    if args.window is not None:  # as kdkit train: the spec's stride was meant for the spec's window
+        spec.pop("stride", None)
     args.window = args.window if args.window is not None else spec.get("window", 100)
-    args.stride = args.stride if args.stride is not None else spec.get("stride", 100)
+    args.stride = args.stride if args.stride is not None else spec.get("stride", args.window)
     for key in SCHEMA_FLAGS:
         value = getattr(args, key)
         try:

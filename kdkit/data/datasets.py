@@ -26,6 +26,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import logging
 import math
 import os
 import sys
@@ -43,6 +44,8 @@ from kdkit.data.prep import SplitStats, build_parts, excluded_block, remove_part
 from kdkit.data.readers import Messages, attack_type_from_name, data_suffixes
 from kdkit.data.simulate import ensure_synthetic
 from kdkit.data.sources import DatasetSource, DatasetSpecError, declared_datasets, folder_source, resolve_custom
+
+log = logging.getLogger("kdkit.data")
 
 DATA_SUFFIXES = (".csv", ".csv.gz")  # built in; readers.register_reader adds others (readers.data_suffixes)
 
@@ -74,7 +77,8 @@ class PrepareConfig:
 
     Args:
         window: messages per window (default 100).
-        stride: offset between windows (default 100).
+        stride: offset between windows (default 100; ``kdkit train`` and ``kdkit data`` default it to
+            the window). Above the window, messages between windows are left out (warned).
         label_threshold: window is an attack when its attack share > this (default 0.0).
         val_fraction: share of each training file's windows held out for validation (0.2).
         seed: seeds the position of each file's validation block (0).
@@ -100,9 +104,9 @@ class PrepareConfig:
             threshold = float(self.label_threshold)
         except (TypeError, ValueError):
             threshold = math.nan
-        if not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
-            raise ValueError(f"label_threshold must be a number in [0, 1] (a share of attack messages), "
-                             f"got {self.label_threshold!r}")
+        if not (math.isfinite(threshold) and 0.0 <= threshold < 1.0):
+            raise ValueError(f"label_threshold must be a number in [0, 1) (a window is an attack when its share of "
+                             f"attack messages is above it), got {self.label_threshold!r}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.vocab_source not in ("normal", "all"):
@@ -428,6 +432,11 @@ def prepare(name: str, config: PrepareConfig | None = None, data_root: str | Pat
             like it, enters the cache key.
     """
     config = config or PrepareConfig()
+    if config.stride > config.window:
+        gap = config.stride - config.window
+        log.warning("stride %d > window %d: %d of every %d messages fall in no window (never trained on, "
+                    "validated or tested, attacks included); leave stride unset (it follows the window) or set "
+                    "it <= the window to use every message", config.stride, config.window, gap, config.stride)
     workers = prepare_workers(workers)
     files = discover(name, data_root, config.include_excluded, synthetic_seed, channel=channel)
     name = files.name  # a folder's or spec's own name, for the store and the summaries
