@@ -238,6 +238,48 @@ def test_a_teacher_given_as_its_saved_models_copy_is_found_through_the_copys_rec
     assert found is None and note.startswith("teacher left out: no run folder with summary.json")
 
 
+def test_a_kd_student_keeps_its_own_teacher_after_the_saved_models_copy_is_replaced(tmp_path, monkeypatch):
+    """A new user distilled from saved_models/best_teacher_model_<dataset>.pth, then trained a better
+    teacher that replaced the copy: the student's report showed the new teacher as its own. The
+    student records its teacher file's sha256; the report pairs it with the run that holds that file
+    (found beside the student), or leaves the teacher out and says why."""
+    import hashlib
+    from pathlib import Path
+
+    from kdkit.reporting.train_run import teacher_folder
+
+    monkeypatch.chdir(tmp_path)
+    runs = tmp_path / "runs"
+
+    def teacher_run(name: str, weights: bytes) -> Path:
+        run = runs / name
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "checkpoints" / "best.pt").write_bytes(weights)
+        (run / "summary.json").write_text(json.dumps({"type": "teacher", "parameters": 10, "size_bytes": 40,
+                                                      "best_checkpoint": str(run / "checkpoints" / "best.pt")}))
+        return run
+
+    first, second = teacher_run("t1", b"first weights"), teacher_run("t2", b"better weights")
+    copy = tmp_path / "saved_models" / "best_teacher_model_d.pth"
+    copy.parent.mkdir()
+    copy.write_bytes(b"better weights")  # replaced by t2 after the student was distilled from t1's copy
+    copy.with_suffix(".json").write_text(json.dumps({"checkpoint": "runs/t2/checkpoints/best.pt",
+                                                     "sha256": hashlib.sha256(b"better weights").hexdigest()}))
+    student = runs / "student_kd"
+    student.mkdir()
+    summary = {"run_dir": "runs/student_kd",
+               "teacher": {"path": "saved_models/best_teacher_model_d.pth", "parameters": 10, "size_bytes": 40,
+                           "sha256": hashlib.sha256(b"first weights").hexdigest()}}
+    found, note = teacher_folder(summary, student)
+    assert (Path(found).resolve(), note) == (first.resolve(), "")  # t1, found by its hash; not t2
+    (first / "checkpoints" / "best.pt").unlink()
+    found, note = teacher_folder(summary, student)
+    assert found is None and "is no longer the teacher this student was distilled from" in note
+    assert str(second) in note or "runs/t2" in note
+    summary["teacher"]["sha256"] = hashlib.sha256(b"better weights").hexdigest()  # distilled from t2 itself
+    assert Path(teacher_folder(summary, student)[0]).resolve() == second.resolve()
+
+
 def test_the_kd_gain_pairs_a_kd_student_with_the_student_alone_of_its_own_seed(runs, tmp_path):
     """A runs folder of several seeds: the KD student's gain is over the student alone of the same
     seed, never another seed's (found by a user: seed 1's KD student against seed 0's student alone)."""

@@ -9,6 +9,7 @@ Run: .venv/bin/python -m pytest tests/test_runs.py -q
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import shutil
@@ -211,6 +212,8 @@ def test_kd_and_plain_students_do_not_share_folders_or_saved_models(teacher_run,
     alone = train(tiny(tmp_path, type="student", save_compat=True), progress=False, data=synthetic)
     assert Path(kd["run_dir"]).name == "synthetic_gat_student_kd"
     assert Path(alone["run_dir"]).name == "synthetic_gat_student"
+    # the teacher file's hash: the report pairs the student with this very teacher (not a later copy)
+    assert kd["teacher"]["sha256"] == hashlib.sha256(Path(summary["best_checkpoint"]).read_bytes()).hexdigest()
     saved = tmp_path / "saved_models"  # beside the runs folder, not in the working directory
     assert kd["compat_copy"] == str(saved / "best_student_model_synthetic.pth")
     assert alone["compat_copy"] == str(saved / "best_student_nokd_model_synthetic.pth")

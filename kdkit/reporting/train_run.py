@@ -91,11 +91,15 @@ def data_settings(folder: Path, summary: Mapping) -> dict:
 
 def teacher_folder(summary: Mapping, folder: Path) -> tuple[Path | None, str]:
     """The run folder of a KD student's teacher (from ``summary["teacher"]["path"]``) and a note
-    when it is not found or is not that teacher (another size)."""
+    when it is not found or is not that teacher (another size, or, for runs that recorded the
+    teacher file's sha256, another file: a ``saved_models/`` copy replaced by a better teacher
+    since). A teacher whose file was replaced is looked for by its hash among the run folders
+    beside the student's."""
     info = summary.get("teacher") or {}
     path = info.get("path")
     if not path:
         return None, ""
+    want = info.get("sha256")
     ckpt = Path(path)
     candidates = [ckpt]
     run_dir = Path(summary.get("run_dir") or "")
@@ -111,17 +115,39 @@ def teacher_folder(summary: Mapping, folder: Path) -> tuple[Path | None, str]:
         source = _copied_from(cand)
         if source is not None:
             candidates.append(source)
+    replaced = None
     for cand in candidates:
         run = cand.parent.parent if cand.parent.name == "checkpoints" else cand.parent
         teacher = read_json(run / SUMMARY_FILE)
         if teacher is None or teacher.get("type") != "teacher":
             continue
+        if want and not _holds_checkpoint(run, teacher, want):
+            replaced = replaced or run
+            continue
         if any(info.get(k) is not None and teacher.get(k) != info[k] for k in ("parameters", "size_bytes")):
             return None, (f"teacher left out: {run} holds a teacher of {teacher.get('parameters')} parameters, "
                           f"this student was distilled from one of {info.get('parameters')} ({path})")
         return run, ""
+    if want:
+        for run in sorted(p for p in folder.resolve().parent.iterdir() if p.is_dir()):
+            teacher = read_json(run / SUMMARY_FILE)
+            if teacher is not None and teacher.get("type") == "teacher" and _holds_checkpoint(run, teacher, want):
+                return run, ""
+    if replaced is not None:
+        return None, (f"teacher left out: {path} is no longer the teacher this student was distilled from (the file "
+                      f"changed since: now the best checkpoint of {replaced}), and no run folder beside "
+                      f"{folder.resolve()} holds the original")
     return None, (f"teacher left out: no run folder with summary.json for its checkpoint {path} "
                   "(only a kdkit train run folder records the teacher's test metrics)")
+
+
+def _holds_checkpoint(run: Path, summary: Mapping, sha256: str) -> bool:
+    """Whether a teacher run folder's best checkpoint is the file with this content hash."""
+    best = Path(summary.get("best_checkpoint") or "")
+    for ck in (run / "checkpoints" / best.name if best.name else None, run / "checkpoints" / "best.pt"):
+        if ck is not None and ck.is_file():
+            return file_sha256(ck) == sha256
+    return False
 
 
 def _copied_from(copy: Path) -> Path | None:

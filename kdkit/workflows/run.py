@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from kdkit.config import TrainConfig
-from kdkit.data.datasets import PrepareConfig, PreparedDataset, dataset_name, prepare, skipped_rows_report
+from kdkit.data.datasets import PrepareConfig, PreparedDataset, dataset_name, file_sha256, prepare, skipped_rows_report
 from kdkit.data.graphs import (EDGE_FEATURES, GRAPH_FORMAT_VERSION, NODE_FEATURES, GraphSet, layout_matches,
                                model_reads_format)
 from kdkit.data.loader import shard_bounds
@@ -458,7 +458,8 @@ def _train(cfg: TrainConfig, run_dir: Path, owner: bool, resume, progress, on_ep
     if tck is not None:
         teacher = model_from_checkpoint(tck, cfg.teacher).eval()
         teacher_info = {"path": str(cfg.teacher), "parameters": count_parameters(teacher),
-                        "size_bytes": model_size_bytes(teacher)}
+                        "size_bytes": model_size_bytes(teacher),
+                        "sha256": file_sha256(Path(cfg.teacher))}  # the report finds this very teacher
         for p in teacher.parameters():
             p.requires_grad_(False)
     classify = model.objective in ("classify", "fuse")  # a reconstruction model learns attack-free windows only
