@@ -324,3 +324,22 @@ def test_synthetic_dataset_prepares(kdkit_env):
     d = prepare("synthetic", PrepareConfig())
     assert d.scenarios and len(d.splits["train"]) > 0 and len(d.splits["val"]) > 0
     assert Path(os.environ["KDKIT_CACHE_DIR"]) in d.cache_dir.parents
+
+
+def test_split_messages_count_the_messages_in_its_windows_the_same_way_for_every_split():
+    """`kdkit data info`'s messages column: the messages in a split's windows, each once, for train,
+    validation and test scenarios alike (it was windows x W for train/val and every message read for
+    the tests, so a stride above the window showed 245,756 test messages for 492 windows)."""
+    from kdkit.data.datasets import covered_messages
+
+    assert covered_messages([(0, 10)], 100, 100) == 1000
+    assert covered_messages([(0, 10)], 100, 50) == 550  # overlapping windows share messages
+    assert covered_messages([(0, 10)], 100, 500) == 1000  # the 400 between windows are in none
+    assert covered_messages([(0, 3), (5, 9)], 100, 100) == 700 and covered_messages([(4, 4)], 100, 100) == 0
+
+
+def test_same_named_recordings_are_told_apart_in_a_splits_files():
+    from kdkit.data.prep import _shown_names
+
+    assert _shown_names(["/d/clean/a.zip", "/d/x/b.zip"]) == ["a.zip", "b.zip"]
+    assert _shown_names(["/d/clean/V.zip", "/d/inf/DoS/V.zip"]) == ["clean/V.zip", "inf/DoS/V.zip"]

@@ -420,3 +420,17 @@ def test_globs_take_recordings_not_documents_or_sidecars(tmp_path: Path):
     assert [p.name for p in _glob(tmp_path, ["d/*"])] == ["a.csv", "b.dat", "c.log"]  # a matched folder: its recordings
     assert [p.name for p in _glob(tmp_path, ["d/sub"])] == ["c.log"]
     assert [p.name for p in _glob(tmp_path, ["d/*.csv", "d/a.csv"])] == ["a.csv"]  # once each
+
+
+def test_a_copied_spec_whose_relative_root_is_gone_says_where_it_looked(tmp_path):
+    """A spec's root is relative to the spec file: a copy elsewhere named a nonexistent folder and told
+    the user to check the globs. The error gives the resolved folder and says what root is relative to."""
+    from kdkit.data.datasets import discover
+
+    spec = tmp_path / "copied.toml"
+    spec.write_text('[dataset]\nname = "c"\nroot = "../../nowhere/daga"\ntrain_attack_free = ["clean/*.zip"]\n')
+    with pytest.raises(FileNotFoundError) as err:
+        discover(str(spec))
+    text = str(err.value)
+    assert f"its root {(tmp_path / '../../nowhere/daga').resolve()} does not exist" in text
+    assert f"root is relative to the spec file's folder, {tmp_path.resolve()}" in text

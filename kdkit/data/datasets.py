@@ -324,6 +324,10 @@ def discover(name: str, data_root: str | Path | None = None, include_excluded: b
             raise FileNotFoundError(f"dataset {source.name!r}: none of the folders looked in exists: "
                                     f"{', '.join(map(str, source.searched))} (relative to the current directory, "
                                     f"{Path.cwd()}); {layout}")
+        if source.spec is not None and source.layout != "folder":  # a spec's root is relative to the spec file
+            raise FileNotFoundError(f"dataset {source.name!r}: its root {root.resolve()} does not exist ({source.spec}: "
+                                    f"root is relative to the spec file's folder, {Path(source.spec).resolve().parent}; "
+                                    "a spec copied elsewhere needs its root changed, or an absolute one)")
         raise FileNotFoundError(f"dataset {source.name!r}: folder {root} does not exist; {layout}")
     files = DatasetFiles(name=source.name, root=root, train=[], tests={}, source=source)
     train_sets = [(g, _glob(root, [g])) for g in source.train_attack_free + source.train_with_attacks]
@@ -446,6 +450,7 @@ def prepare(name: str, config: PrepareConfig | None = None, data_root: str | Pat
     if meta_path.is_file() and not rebuild:
         cached = _load_store(name, config, store, key)
         if cached is not None:
+            cached.info["root"] = str(files.root)  # where the recordings are now (the store's key is their content)
             return cached
 
     t0 = time.perf_counter()
@@ -488,6 +493,17 @@ def prepare_workers(workers: int | None = None) -> int:
     if workers < 1:
         raise ValueError(f"workers must be >= 1 (processes preparing recordings at once), got {workers}")
     return workers
+
+
+def covered_messages(ranges: list[tuple[int, int]], window: int, stride: int) -> int:
+    """Messages in the windows ``[w0, w1)`` of a recording, each counted once (overlapping windows
+    share messages; a stride above the window leaves the ones between windows out; the last
+    messages of a recording that fill no whole window are in none): the split's ``messages``."""
+    total = 0
+    for w0, w1 in ranges:
+        if w1 > w0:
+            total += (w1 - w0) * window if stride >= window else (w1 - w0 - 1) * stride + window
+    return total
 
 
 def store_file(store: Path, split: str) -> Path:
@@ -579,9 +595,9 @@ def _build(name: str, files: DatasetFiles, config: PrepareConfig, store: Path, k
             _note_skipped(skipped, p, part.last, dropped)
             v0, v1 = validation_block(part.windows, config.val_fraction, rng)
             a, b = excluded_block(part, v0, v1, W, S)
-            selections["train"].append((part, [(0, a), (b, part.windows)] if b > a else [(0, part.windows)],
-                                        (part.windows - (b - a)) * W))
-            selections["val"].append((part, [(v0, v1)], (v1 - v0) * W))
+            kept = [(0, a), (b, part.windows)] if b > a else [(0, part.windows)]
+            selections["train"].append((part, kept, covered_messages(kept, W, S)))
+            selections["val"].append((part, [(v0, v1)], covered_messages([(v0, v1)], W, S)))
             vocab_parts.append(vocab_ids(part, a, b))
         vocab = IdVocab.fit(vocab_parts)
         info = {"dataset": name, "root": str(files.root), "config": asdict(config), "vocab_size": len(vocab),
@@ -596,7 +612,7 @@ def _build(name: str, files: DatasetFiles, config: PrepareConfig, store: Path, k
             for p in paths:
                 part = parts[str(p)]
                 _note_skipped(skipped, p, part.last, dropped)
-                selections[scen].append((part, [(0, part.windows)], part.messages))
+                selections[scen].append((part, [(0, part.windows)], covered_messages([(0, part.windows)], W, S)))
         splits: dict[str, GraphSet] = {}
         for split, chosen in selections.items():
             path = store_file(store, split)

@@ -21,6 +21,7 @@ The stores are bit-identical to building each split in memory with ``build_graph
 from __future__ import annotations
 
 import multiprocessing
+import os
 import shutil
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -286,8 +287,18 @@ def write_split(path: Path, selections: list[tuple[FilePart, list[tuple[int, int
         writer.abort()
         raise
     size = writer.finish(store_header(types, files, meta))
-    stats.files = [Path(f).name for f in files]
+    stats.files = _shown_names(files)
     return size, stats
+
+
+def _shown_names(paths: list[str]) -> list[str]:
+    """The recordings' file names, or, where two share a name (DAGA's ``V40_03.can.zip`` in several
+    attack folders), their paths below the folder they have in common."""
+    names = [Path(p).name for p in paths]
+    if len(set(names)) == len(names):
+        return names
+    common = os.path.commonpath([str(Path(p).parent) for p in paths])
+    return [os.path.relpath(p, common) for p in paths]
 
 
 def remove_parts(folder: Path) -> None:

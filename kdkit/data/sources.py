@@ -226,7 +226,10 @@ def source_from_spec(table: dict, spec: Path) -> DatasetSource:
         raise DatasetSpecError(f"{where}: name {table['name']!r} must be letters, digits, '-', '_' or '.' "
                                f"(it names folders), e.g. {safe_name(table['name'])!r}")
     root = Path(table.get("root", ".")).expanduser()
-    root = root if root.is_absolute() else (spec.parent / root)
+    if not root.is_absolute():
+        root = spec.parent / root
+        tidy = Path(os.path.normpath(root))  # docs/datasets/../../x -> ../x, where symlinks do not make them differ
+        root = tidy if tidy.resolve() == root.resolve() else root
     train_free = _globs(table.get("train_attack_free", []), f"{where}: train_attack_free")
     train_att = _globs(table.get("train_with_attacks", []), f"{where}: train_with_attacks")
     if not train_free and not train_att:
