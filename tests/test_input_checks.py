@@ -63,6 +63,7 @@ def test_backwards_rows_skipped_and_counted_kept_times_never_decrease(tmp_path: 
     assert m.skipped_rows == 2 and m.skipped_attack_rows == 1 and m.skipped_unlabelled_rows == 0
     assert [e.split(": ", 1)[0] for e in m.skipped_examples] == [f"{tmp_path / 'DoS-x.csv.gz'}:{n}" for n in (5, 6)]
     assert all("earlier than '9.0' on line 4" in e for e in m.skipped_examples)
+    assert not any("--on-bad-rows skip" in e for e in m.skipped_examples)  # they were skipped: no advice to skip
 
 
 def test_negative_timestamp(tmp_path: Path):

@@ -335,6 +335,12 @@ def _text(value: object) -> str:
     return repr(str(value)[:80])
 
 
+def _without_hints(problem: str) -> str:
+    for hint in _HINTS:
+        problem = problem.replace(hint, "")
+    return problem
+
+
 class _BadRows:
     """Collects bad rows; raises on the first one unless skipping."""
 
@@ -377,8 +383,10 @@ class _BadRows:
             self.unlabelled += int((~known).sum())
         else:
             self.unlabelled += int(bad.size)
-        # several calls (a streamed file's chunks, in line order) keep the file's first five
-        self.examples = (self.examples + [f"{_where(self.path, line)}: {problem}" for line, problem in found])[:5]
+        # several calls (a streamed file's chunks, in line order) keep the file's first five, without the advice
+        # on skipping that an error gives (these rows were skipped)
+        self.examples = (self.examples + [f"{_where(self.path, line)}: {_without_hints(problem)}"
+                                          for line, problem in found])[:5]
 
     def messages(self, *arrays: np.ndarray, source: str, attack_type: str) -> Messages:
         """The kept rows as Messages, with this collector's counts."""
@@ -387,6 +395,8 @@ class _BadRows:
 
 _TIME_HINT = ("timestamps must not decrease; sort the file by time, or skip such rows with --on-bad-rows skip "
               "(on_bad_rows='skip' in Python)")
+# what to do about a row, said in an error; a skipped row's example needs none of it
+_HINTS = (f" ({_TIME_HINT})",)
 
 
 def _time_order(ts: np.ndarray, ok: np.ndarray, floor: float = -np.inf) -> tuple[np.ndarray, np.ndarray]:
