@@ -318,6 +318,47 @@ def test_malformed_frames_are_dropped_and_counted(trained, recording, offline, c
     assert table.dropped == {"bad_timestamp": 1, "time_backwards": 1, "bad_id": 1}
 
 
+@pytest.mark.parametrize("glitch", ["one frame 100 s ahead", "clock reset to 0"])
+def test_time_going_back_for_good_restarts_the_windows_instead_of_blinding_the_detector(trained, recording, offline,
+                                                                                        caplog, glitch):
+    """A new user's gateway: one frame stamped 100 s in the future made the detector drop every frame
+    after it (1,999 of 3,000) until the clock caught up, silently after 3 log lines; an interface
+    whose timestamp counter resets would never be decided again. After RESTART_AFTER frames in a
+    row behind, in order, the detector takes their timeline: the windows restart after that frame
+    and score as a fresh detector would from there, frame by frame and as one batch alike."""
+    from kdkit.stream.detector import RESTART_AFTER
+
+    msgs = read_messages(recording).slice(0, 3000)
+    frames = _frames(msgs)
+    k = 1000
+    if glitch == "one frame 100 s ahead":
+        frames[k] = (frames[k][0] + 100.0, *frames[k][1:])
+        first_new = k + RESTART_AFTER  # frames k+1 .. k+RESTART_AFTER-1 dropped, k+RESTART_AFTER starts the timeline
+    else:
+        frames[k + 1:] = [(f[0] - frames[k + 1][0] + 0.001, *f[1:]) for f in frames[k + 1:]]
+        first_new = k + RESTART_AFTER
+    det = Detector.from_checkpoint(trained)
+    with caplog.at_level(logging.WARNING, logger="kdkit.stream"):
+        got = [d for d in map(det.feed, frames) if d is not None]
+    assert det.timeline_restarts == 1 and det.dropped == {"time_backwards": RESTART_AFTER - 1}
+    assert "time went back" in caplog.text and "windows restart on the new timeline" in caplog.text
+    before = [d for d in got if d.first_message < k]
+    assert len(before) == k // 100  # the windows closed before the glitch are kept
+    after = got[len(before):]
+    # the rest: windows of the frames after the restart frame, as a fresh detector scores them (the
+    # restart frame is their first window's preceding message)
+    rest = msgs.slice(first_new + 1, 3000)
+    fresh = Detector.from_checkpoint(trained)
+    expected = [d for d in map(fresh.feed, _frames(rest)) if d is not None]
+    assert len(after) == len(expected) > 15
+    np.testing.assert_allclose(_scores(after)[1:], _scores(expected)[1:], rtol=0, atol=1e-6)
+    assert det.stats()["timeline_restarts"] == 1
+
+    batch = Detector.from_checkpoint(trained)  # the same frames as one batch (an iterable)
+    np.testing.assert_allclose(_scores(batch.feed_many(frames)), _scores(got), rtol=0, atol=1e-6)
+    assert batch.timeline_restarts == 1 and batch.dropped == det.dropped
+
+
 # ----------------------------------------------------------------------------- the live loop's edge cases
 class _ScriptedBus:
     """A bus whose recv returns the given items in turn (an exception instance is raised)."""

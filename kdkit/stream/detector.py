@@ -81,6 +81,10 @@ channel in :attr:`Detector.other_channels`."""
 LOGGED_PER_REASON = 3  # dropped frames logged one by one per reason; the rest are only counted
 
 RESTAMP_SPAN = 256  # timestamps per re-stamping check
+# frames in a row, in order among themselves, that went back in time before the detector takes their timeline:
+# one frame stamped in the future (a glitch) or a clock stepped back would otherwise blind it until the clock
+# catches up (forever after an interface's timestamp counter resets)
+RESTART_AFTER = 8
 MIN_MEAN_GAP_S = 40e-6  # a CAN bus at 1 Mbit/s carries at most ~21,000 frames/s (a gap of ~47 us)
 
 BLOCK_MESSAGES = 1 << 16  # feed_many works through large inputs in blocks of this many messages
@@ -381,6 +385,9 @@ class Detector:
         self._next = 0       # stream index of the next window's first message
         self._last_ts = -math.inf
         self._one: list[float] = []  # timestamps fed one by one, for the re-stamping check
+        self.timeline_restarts = 0  # times the frames' clock went back and the detector took the new timeline
+        self._behind = 0  # frames in a row behind _last_ts, in order among themselves
+        self._behind_ts = -math.inf
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -549,6 +556,7 @@ class Detector:
         frames of other channels left out by channel."""
         return {"frames": self.frames, "messages": self.messages, "windows": self.windows, "alarms": self.alarms,
                 "dropped": dict(self.dropped), "other_channels": dict(self.other_channels),
+                "timeline_restarts": self.timeline_restarts,
                 "restamped": self.restamped, "window": self.window,
                 "stride": self.stride, "threshold": self.threshold, "engine": self.engine,
                 "batch_engine": self.batch_engine, "unknown_vehicle": self.unknown_vehicle}
@@ -587,8 +595,12 @@ class Detector:
             self._other_channel(channel)
             return None
         if ts < self._last_ts:
-            self._drop("time_backwards", f"ID {format_can_id(key)} at {ts} after a frame at {self._last_ts}")
-            return None
+            if not self._behind_again(ts, self._last_ts, self.messages):
+                self._drop("time_backwards", f"ID {format_can_id(key)} at {ts} after a frame at {self._last_ts}")
+                return None
+            self._next = self.messages + 1  # the windows restart after this frame (_restart_timeline)
+        else:
+            self._behind = 0
         self._last_ts = ts
         if self._n == self._ts.shape[0]:
             self._make_room(1)
@@ -619,15 +631,20 @@ class Detector:
         decisions then carry ``attack_share``."""
         arrival = time.perf_counter() if arrival is None else arrival
         cpu0 = time.thread_time()
+        restarts: list[int] = []
         if isinstance(frames, Messages):
             cols, labelled = self._check_messages(frames), labelled is not False
         else:
-            cols, labelled = self._collect(frames), False
+            (cols, restarts), labelled = self._collect(frames), False
         out: list[Decision] = []
         n = cols[0].shape[0]
-        for i in range(0, n, BLOCK_MESSAGES):
-            out += self._append_block(*(c[i:i + BLOCK_MESSAGES] for c in cols), arrival=arrival, cpu0=cpu0,
-                                      labelled=labelled)
+        bounds = [0, *restarts, n]
+        for a, b in zip(bounds[:-1], bounds[1:]):  # each timeline apart: its windows restart after its first frame
+            if a in restarts:
+                self._next = self.messages + 1
+            for i in range(a, b, BLOCK_MESSAGES):
+                out += self._append_block(*(c[i:min(b, i + BLOCK_MESSAGES)] for c in cols), arrival=arrival,
+                                          cpu0=cpu0, labelled=labelled)
         return out
 
     def _check_messages(self, msgs: Messages) -> tuple[np.ndarray, ...]:
@@ -659,6 +676,7 @@ class Detector:
         """Columns of the good frames of an iterable (one Python step per frame)."""
         ts_l, id_l, dlc_l, pl = [], [], [], bytearray()
         last = self._last_ts
+        restarts = []  # positions where the frames' timeline went back and the windows restart after
         for frame in frames:
             self.frames += 1
             try:
@@ -670,8 +688,12 @@ class Detector:
                 self._other_channel(channel)
                 continue
             if ts < last:
-                self._drop("time_backwards", f"ID {format_can_id(key)} at {ts} after a frame at {last}")
-                continue
+                if not self._behind_again(ts, last, self.messages + len(ts_l)):
+                    self._drop("time_backwards", f"ID {format_can_id(key)} at {ts} after a frame at {last}")
+                    continue
+                restarts.append(len(ts_l))
+            else:
+                self._behind = 0
             last = ts
             ts_l.append(ts)
             id_l.append(key)
@@ -680,7 +702,30 @@ class Detector:
         n = len(ts_l)
         return (np.asarray(ts_l, np.float64).reshape(n), np.asarray(id_l, np.uint32).reshape(n),
                 np.asarray(dlc_l, np.uint8).reshape(n), np.frombuffer(bytes(pl), np.uint8).reshape(n, 8),
-                np.zeros(n, np.uint8))
+                np.zeros(n, np.uint8)), restarts
+
+    def _behind_again(self, ts: float, last: float, at: int) -> bool:
+        """A frame behind the last accepted one (at ``last``): True when it is the :data:`RESTART_AFTER`-th
+        in a row behind it and in order with the ones before it; the caller then takes the frames' new
+        timeline from this frame on, which will be message ``at`` (:meth:`_restart_timeline`). Else the
+        caller drops it."""
+        self._behind = self._behind + 1 if self._behind and ts >= self._behind_ts else 1
+        self._behind_ts = ts
+        if self._behind < RESTART_AFTER:
+            return False
+        self._restart_timeline(ts, last, at)
+        return True
+
+    def _restart_timeline(self, ts: float, last: float, at: int) -> None:
+        """The frames' clock went back (a frame stamped in the future before, or a clock stepped back):
+        the caller restarts the windows after message ``at``, this frame, which becomes the first window's
+        preceding message. The open window's messages and the frames dropped while the clock was behind
+        are not decided; said once per restart, and counted (``timeline_restarts``)."""
+        self._behind, self.timeline_restarts = 0, self.timeline_restarts + 1
+        log.warning("%s: the frames' time went back %.6g s (from %r to %r) and stayed there for %d frames: a frame "
+                    "stamped in the future, or the clock stepped back; the windows restart on the new timeline "
+                    "(the %d frames before this one and the open window's %d messages are not decided)", self.name,
+                    last - ts, last, ts, RESTART_AFTER, RESTART_AFTER - 1, max(at - self._next, 0))
 
     def _make_room(self, extra: int) -> None:
         """Drop buffered rows no future window needs; grow the buffer if that is not enough."""

@@ -90,7 +90,8 @@ class RunSummary:
                 "threshold": d.threshold, "engine": engine, "single_window_engine": d.engine,
                 "batch_engine": d.batch_engine, "frames": d.frames, "messages": d.messages, "windows": d.windows,
                 "alarms": d.alarms, "alarm_rate": round(d.alarms / d.windows, 6) if d.windows else None,
-                "dropped": dict(d.dropped), "channel": self.channel or d.channel, "other_channels": others,
+                "dropped": dict(d.dropped), "timeline_restarts": d.timeline_restarts,
+                "channel": self.channel or d.channel, "other_channels": others,
                 "other_channel_frames": None if self.other_channels_note else sum(others.values()),
                 "skipped_rows": self.skipped_rows, "stalls": self.stalls,
                 "restamped": d.restamped, "unknown_vehicle": d.unknown_vehicle,
@@ -120,7 +121,9 @@ class RunSummary:
                  (f"  {s['windows']:,} windows, {s['alarms']:,} alarms (rate {rate}); {s['messages']:,} messages in "
                   f"{s['seconds']:.3f} s ({s['messages_per_s'] or 0:,} messages/s, {s['cpu_seconds']:.3f} CPU s); {lat}"),
                  f"  dropped frames: {dropped}; skipped rows: {s['skipped_rows']}; stalls: {s['stalls']}"
-                 + ("; timestamps looked re-stamped (see the warning)" if s["restamped"] else "")]
+                 + ("; timestamps looked re-stamped (see the warning)" if s["restamped"] else "")
+                 + (f"; time went back and the windows restarted {s['timeline_restarts']} time(s) (see the warning)"
+                    if s["timeline_restarts"] else "")]
         if s["channel"] is not None:
             if s["other_channel_frames"] is None:
                 lines.append(f"  frames of channels other than {s['channel']}: not counted ({self.other_channels_note})")
