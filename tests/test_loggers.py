@@ -162,8 +162,10 @@ def test_can_fd_frames_with_more_than_8_bytes_are_refused(tmp_path: Path):
 def test_remote_and_error_frames_are_counted(tmp_path: Path):
     path = write_text(tmp_path / "drive.log", "(1.0) can0 044#01\n(1.5) can0 044#R\n(2.0) can1 20000080#00\n"
                                              "(2.5) can0 20000004#0004000000000000\n")
-    m = read_logger_file(path)
+    m = read_logger_file(path, channel="*")
     assert len(m) == 1 and m.dropped_frames == {"remote": 1, "error": 2}
+    # without a channel: the one whose data frames the file's start holds (can0); can1's error frame is not its
+    assert read_logger_file(path).dropped_frames == {"remote": 1, "error": 1}
     # python-can keeps 20000004 (an error frame of class 'controller problems') as a data frame with ID 4
     assert 4 not in m.can_id.tolist()
 

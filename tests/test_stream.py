@@ -482,6 +482,31 @@ def test_real_candump_replayed_with_channel(trained, tmp_path, capsys):
     assert s["unknown_vehicle"] is True and "does not look like a vehicle the model was trained on" in out.err
 
 
+def test_a_log_whose_other_buses_start_late_is_read_as_its_first_bus(trained, recording, tmp_path):
+    """A new user's capture held only can0 for its first 1.2 MiB (the readers look at the first MiB),
+    then four buses: read without --channel, the other buses' frames were mixed into can0's windows
+    silently. The file is read as the channel its start holds; the others are left out, counted and
+    named in the summary, as with --channel can0."""
+    from kdkit.stream import replay_file
+
+    msgs = read_messages(recording)
+    raw = msgs.can_id & np.uint32(~EXTENDED_ID_FLAG & 0xFFFFFFFF)
+    span = float(msgs.timestamp[-1] - msgs.timestamp[0]) + 0.001
+    rows = [f"({msgs.timestamp[i] + k * span:.6f}) can0 {raw[i]:03X}#"
+            f"{msgs.payload[i, :msgs.dlc[i]].tobytes().hex().upper()}" for k in range(2) for i in range(len(msgs))]
+    late = len(rows) * 9 // 10
+    lines = rows[:late] + [x for i, r in enumerate(rows[late:]) for x in (r, r.replace(" can0 ", " can1 ", 1))
+                           if x == r or i % 2 == 0]
+    path = tmp_path / "late.log"
+    path.write_text("\n".join(lines) + "\n")
+    assert len("\n".join(rows[:late])) > (1 << 20)  # the other bus starts after the first MiB
+    s = replay_file(Detector.from_checkpoint(trained), path).to_dict()
+    extra = (len(rows) - late + 1) // 2
+    assert s["channel"] == "can0" and s["messages"] == len(rows) and s["other_channels"] == {"can1": extra}
+    same = replay_file(Detector.from_checkpoint(trained), path, channel="can0").to_dict()
+    assert (same["windows"], same["alarms"], same["other_channels"]) == (s["windows"], s["alarms"], s["other_channels"])
+
+
 def test_realtime_replay_and_limits(trained, recording, tmp_path, capsys):
     """--realtime paces frames with can.MessageSync (latency per window); --max-messages stops."""
     small = tmp_path / "DoS-short.csv"

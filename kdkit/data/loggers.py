@@ -400,7 +400,9 @@ def _first_channels(path: Path, suffix: str) -> dict[str, int]:
 def _chosen_channel(path: Path, suffix: str, channel: str | None) -> str | None:
     """The channel to read (None: every frame). Without one, a file whose start holds frames of
     several channels is an error listing them: windows of one stream would mix buses, which is no
-    bus's traffic. ``"*"`` reads them all as one stream on purpose."""
+    bus's traffic. A file whose start holds one channel is read as that channel, so frames of
+    other channels further on (a capture whose other buses start late) are left out, not mixed
+    in. ``"*"`` reads them all as one stream on purpose."""
     if channel == ALL_CHANNELS:
         return None
     if channel is None:
@@ -410,7 +412,16 @@ def _chosen_channel(path: Path, suffix: str, channel: str | None) -> str | None:
             where = "first MiB" if suffix == ".log" else f"first {_PROBE_FRAMES:,} frames"
             raise MixedChannelsError(path, f"frames of {len(counts)} bus channels (data frames in its {where}: "
                                            f"{listed})")
+        if len(counts) == 1:
+            return next(iter(counts))
     return channel
+
+
+def read_channel(path: str | Path, channel: str | None = None) -> str | None:
+    """The channel the readers read of a logger file given ``channel`` (None: the one its start
+    holds; ``"*"``: every channel, None back); raises :class:`MixedChannelsError` as they do."""
+    path = Path(path)
+    return _chosen_channel(path, Path(path.name.lower().removesuffix(".gz")).suffix, channel)
 
 
 def _channel_name(text: str) -> str:

@@ -27,7 +27,7 @@ import can
 import numpy as np
 
 from kdkit.data.graphs import expect_messages
-from kdkit.data.loggers import channel_counts
+from kdkit.data.loggers import channel_counts, read_channel
 from kdkit.data.prep import expected_messages
 from kdkit.data.readers import CHUNK_ROWS, EXTENDED_ID_FLAG, LOGGER_SUFFIXES, Messages, iter_messages, read_messages
 from kdkit.stream.detector import BLOCK_MESSAGES, Decision, Detector
@@ -205,6 +205,10 @@ def replay_file(detector: Detector, path: str | Path, channel: str | None = None
         _CHANNEL_IGNORED.add((str(path), channel))  # once per file and process (kdkit bench detect replays it often)
         log.warning("%s: --channel %s ignored: this format has no channels", path, channel)
     summary.channel = channel if logger else None
+    if logger and channel is None and path.name.lower().removesuffix(".gz").endswith(".log"):
+        # the readers read the one channel a file's start holds, so buses that start later are left out, not
+        # mixed in: a candump log's (counted after the run by a compiled pass) are named in the summary
+        summary.channel = channel = read_channel(path)
     last: list[Messages] = []  # the last chunk read: it carries the file's skip and drop counts
     left = [max_messages]
 
