@@ -415,6 +415,35 @@ def test_ctrl_c_stops_with_the_summary(trained, recording, capsys):
     assert len(out.out.splitlines()) == 2 and "stopped by interrupted (Ctrl-C)" in out.err and "2 windows" in out.err
 
 
+def test_sigterm_stops_kdkit_detect_with_its_summary(trained, tmp_path):
+    """A gateway service stopped by systemd, docker or `timeout` (SIGTERM) lost its summary and its
+    --summary file; it now stops as on Ctrl-C."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    kdkit = str(Path(sys.executable).parent / "kdkit")
+    summary = tmp_path / "term.json"
+    proc = subprocess.Popen([kdkit, "detect", "--checkpoint", str(trained), "--bus", "virtual:term",
+                             "--stall-seconds", "0.5", "--max-seconds", "120", "--summary", str(summary)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err_lines = []
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:  # listening: the stall warning says so
+        line = proc.stderr.readline()
+        err_lines.append(line)
+        if "no frame for" in line or not line:
+            break
+    os.kill(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    err = "".join(err_lines) + err
+    assert proc.returncode == 0, err
+    assert "stopped by terminated (SIGTERM)" in err
+    assert json.loads(summary.read_text())["stopped_by"] == "terminated (SIGTERM)"
+
+
 def test_cli_live_virtual_bus(trained, recording, tmp_path, capsys):
     """kdkit detect --bus virtual:NAME with a sender on the same virtual channel."""
     msgs = read_messages(recording).slice(0, 3000)
@@ -434,7 +463,10 @@ def test_cli_live_virtual_bus(trained, recording, tmp_path, capsys):
     s = json.loads((tmp_path / "s.json").read_text())
     assert rc == 0 and s["mode"] == "live" and s["source"] == "virtual:kdkit-test-cli"
     assert s["messages"] == 3000 and s["windows"] == 30 and s["stopped_by"] == "max-messages"
-    assert "decision latency p50" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "decision latency p50" in err
+    # a new user fed virtual:NAME from another process and got 0 frames without a word
+    assert "frames sent from another process never reach this one" in err and "socketcan:vcan0" in err
 
 
 def test_cli_bus_errors_name_the_bus(trained, capsys):

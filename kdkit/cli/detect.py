@@ -14,14 +14,16 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import torch
 
 from kdkit.cli.main import COMMANDS
 from kdkit.stream.detector import ENGINES, MODEL_ENGINES, Detector
-from kdkit.stream.run import BusError, run_detection
+from kdkit.stream.run import BusError, Terminated, run_detection
 from kdkit.training.checkpoint import wrong_recording_kind
 from kdkit.workflows.scoring import check_channel
 
@@ -79,6 +81,12 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     detector = _detector(args)
+    if args.bus and args.bus.partition(":")[0] == "virtual":
+        print("kdkit detect: note: python-can's virtual bus carries frames only between the buses of one process: "
+              "frames sent from another process never reach this one. To feed it from another process use a "
+              "SocketCAN vcan interface (Linux: ip link add dev vcan0 type vcan; --bus socketcan:vcan0) or "
+              "python-can's udp_multicast interface (needs msgpack); in Python, run_detection with a sender thread "
+              "(docs/DETECTOR.md)", file=sys.stderr)
     out = open(args.alarms, "w", encoding="utf-8") if args.alarms else sys.stdout  # noqa: SIM115 - closed below
 
     def emit(decision) -> None:
@@ -98,7 +106,14 @@ def cmd_detect(args: argparse.Namespace) -> int:
             out.close()
 
 
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def _run(args: argparse.Namespace, detector: Detector, out, emit) -> int:
+    # SIGTERM (systemd, docker stop, timeout, a SLURM job's end) stops the run as Ctrl-C does: with its summary
+    before = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() \
+        else None
     try:
         summary = run_detection(detector, recording=args.input, bus=args.bus, channel=args.channel,
                                 realtime=args.realtime, on_decision=emit, max_seconds=args.max_seconds,
@@ -108,6 +123,8 @@ def _run(args: argparse.Namespace, detector: Detector, out, emit) -> int:
         print(f"kdkit: error: {err}", file=sys.stderr)
         return 2
     finally:
+        if before is not None:
+            signal.signal(signal.SIGTERM, before)
         out.flush()
     print(summary.format(), file=sys.stderr)
     if args.summary:
@@ -129,7 +146,8 @@ def register(sub) -> None:
     model.add_argument("--model", help="an exported student (.pt2 from kdkit export, with its .json beside it)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", help="replay a recording: candump .log, .asc, .blf, .trc or CSV (.gz too)")
-    src.add_argument("--bus", help="a live bus as INTERFACE:CHANNEL (python-can), e.g. socketcan:can0, virtual:demo")
+    src.add_argument("--bus", help="a live bus as INTERFACE:CHANNEL (python-can), e.g. socketcan:can0 (virtual:NAME, python-can's "
+                          "in-process bus, receives only what this process sends: for tests through the Python API)")
     p.add_argument("--channel", default=None,
                    help="keep only frames of this channel (e.g. can0 of a multi-bus log). A file of several"
                         " buses needs one ('*' reads them all as one stream).")

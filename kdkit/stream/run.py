@@ -143,6 +143,16 @@ class RunSummary:
         return "\n".join(lines)
 
 
+class Terminated(KeyboardInterrupt):
+    """Raised by ``kdkit detect``'s SIGTERM handler (a service manager, ``timeout``, ``docker stop``, a
+    SLURM job's end): the run stops as on Ctrl-C, with its summary."""
+
+
+def stopped_by(stop: KeyboardInterrupt) -> str:
+    """The summary's ``stopped_by`` for an interruption."""
+    return "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted (Ctrl-C)"
+
+
 def channel_frame_counts(path: str | Path) -> dict[str, int] | None:
     """Data frames per channel of a logger file (candump ``.log``, ``.asc``, ``.blf``, ``.trc``;
     ``.gz`` too), counted the way :func:`kdkit.data.read_messages` names the channels; None (with a
@@ -259,8 +269,8 @@ def replay_file(detector: Detector, path: str | Path, channel: str | None = None
                         break
                 if summary.stopped_by == "max-seconds":
                     break
-    except KeyboardInterrupt:
-        summary.stopped_by = "interrupted (Ctrl-C)"
+    except KeyboardInterrupt as stop:
+        summary.stopped_by = stopped_by(stop)
     if last:
         msgs = last[0]
         summary.skipped_rows = msgs.skipped_rows
@@ -348,8 +358,8 @@ def listen_bus(detector: Detector, bus: can.BusABC, source: str | None = None,
             if max_messages is not None and detector.frames >= max_messages:
                 summary.stopped_by = "max-messages"
                 break
-    except KeyboardInterrupt:
-        summary.stopped_by = "interrupted (Ctrl-C)"
+    except KeyboardInterrupt as stop:
+        summary.stopped_by = stopped_by(stop)
     return summary.finish()
 
 
