@@ -539,6 +539,25 @@ def test_a_log_whose_other_buses_start_late_is_read_as_its_first_bus(trained, re
     assert (same["windows"], same["alarms"], same["other_channels"]) == (s["windows"], s["alarms"], s["other_channels"])
 
 
+def test_a_labelled_logger_file_gives_labelled_decisions(trained, recording, tmp_path):
+    """A candump log with a ``.labels.csv`` sidecar (what train/evaluate read as labels): detect's
+    decisions carry each window's attack share, as for a CSV recording (they had none)."""
+    from kdkit.stream import replay_file
+
+    msgs = read_messages(recording).slice(0, 2000)
+    raw = msgs.can_id & np.uint32(~EXTENDED_ID_FLAG & 0xFFFFFFFF)
+    path = tmp_path / "drive.log"
+    path.write_text("".join(f"({msgs.timestamp[i]:.6f}) can0 {raw[i]:03X}#"
+                            f"{msgs.payload[i, :msgs.dlc[i]].tobytes().hex().upper()}\n" for i in range(len(msgs))))
+    t0, t1 = float(msgs.timestamp[500]), float(msgs.timestamp[799])
+    (tmp_path / "drive.log.labels.csv").write_text(f"start,end,attack_type\n{t0:.6f},{t1:.6f},DoS\n")
+    s = replay_file(Detector.from_checkpoint(trained), path, keep=True)
+    shares = [d.attack_share for d in s.decisions]
+    assert len(shares) == 20 and shares[5:8] == [1.0, 1.0, 1.0] and shares[:5] == [0.0] * 5
+    (tmp_path / "drive.log.labels.csv").unlink()  # no sidecar: unlabelled, as before
+    assert {d.attack_share for d in replay_file(Detector.from_checkpoint(trained), path, keep=True).decisions} == {None}
+
+
 def test_realtime_replay_and_limits(trained, recording, tmp_path, capsys):
     """--realtime paces frames with can.MessageSync (latency per window); --max-messages stops."""
     small = tmp_path / "DoS-short.csv"

@@ -27,7 +27,7 @@ import can
 import numpy as np
 
 from kdkit.data.graphs import expect_messages
-from kdkit.data.loggers import channel_counts, read_channel
+from kdkit.data.loggers import channel_counts, label_sidecar, read_channel
 from kdkit.data.prep import expected_messages
 from kdkit.data.readers import CHUNK_ROWS, EXTENDED_ID_FLAG, LOGGER_SUFFIXES, Messages, iter_messages, read_messages
 from kdkit.stream.detector import BLOCK_MESSAGES, Decision, Detector
@@ -210,7 +210,8 @@ def replay_file(detector: Detector, path: str | Path, channel: str | None = None
     """
     path = Path(path)
     summary = RunSummary(detector, str(path), "realtime replay" if realtime else "replay", keep)
-    logger = Path(path.name.lower().removesuffix(".gz")).suffix in LOGGER_SUFFIXES  # unlabelled formats
+    logger = Path(path.name.lower().removesuffix(".gz")).suffix in LOGGER_SUFFIXES
+    labelled = not logger or label_sidecar(path) is not None  # a logger file is labelled by its sidecar only
     if channel is not None and not logger and (str(path), channel) not in _CHANNEL_IGNORED:
         _CHANNEL_IGNORED.add((str(path), channel))  # once per file and process (kdkit bench detect replays it often)
         log.warning("%s: --channel %s ignored: this format has no channels", path, channel)
@@ -262,7 +263,7 @@ def replay_file(detector: Detector, path: str | Path, channel: str | None = None
         else:
             for chunk in chunks():
                 for i in range(0, len(chunk), BLOCK_MESSAGES):
-                    _emit(summary, detector.feed_many(chunk.slice(i, i + BLOCK_MESSAGES), labelled=not logger),
+                    _emit(summary, detector.feed_many(chunk.slice(i, i + BLOCK_MESSAGES), labelled=labelled),
                           on_decision)
                     if max_seconds is not None and time.perf_counter() - summary._t0 >= max_seconds:
                         summary.stopped_by = "max-seconds"
