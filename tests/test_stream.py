@@ -558,6 +558,26 @@ def test_a_labelled_logger_file_gives_labelled_decisions(trained, recording, tmp
     assert {d.attack_share for d in replay_file(Detector.from_checkpoint(trained), path, keep=True).decisions} == {None}
 
 
+def test_a_cut_gz_log_says_so_in_the_summary_line(trained, recording, tmp_path):
+    """A .log.gz cut in half lost half its frames, but the summary line said "skipped rows: 1" (the
+    loss counts as one row): it says the file is cut, and where."""
+    import gzip
+
+    from kdkit.stream import replay_file
+
+    msgs = read_messages(recording).slice(0, 5000)
+    raw = msgs.can_id & np.uint32(~EXTENDED_ID_FLAG & 0xFFFFFFFF)
+    text = "".join(f"({msgs.timestamp[i]:.6f}) can0 {raw[i]:03X}#{msgs.payload[i, :msgs.dlc[i]].tobytes().hex().upper()}\n"
+                   for i in range(len(msgs)))
+    packed = gzip.compress(text.encode())
+    path = tmp_path / "cut.log.gz"
+    path.write_bytes(packed[:len(packed) // 2])
+    s = replay_file(Detector.from_checkpoint(trained), path)
+    d = s.to_dict()
+    assert d["skipped_rows"] == 1 and "is lost" in d["truncated"] and d["messages"] < 4000
+    assert "skipped rows: 1 (the file is cut: " in s.format()
+
+
 def test_realtime_replay_and_limits(trained, recording, tmp_path, capsys):
     """--realtime paces frames with can.MessageSync (latency per window); --max-messages stops."""
     small = tmp_path / "DoS-short.csv"

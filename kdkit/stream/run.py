@@ -27,7 +27,7 @@ import can
 import numpy as np
 
 from kdkit.data.graphs import expect_messages
-from kdkit.data.loggers import channel_counts, label_sidecar, read_channel
+from kdkit.data.loggers import TRUNCATED, channel_counts, label_sidecar, read_channel
 from kdkit.data.prep import expected_messages
 from kdkit.data.readers import CHUNK_ROWS, EXTENDED_ID_FLAG, LOGGER_SUFFIXES, Messages, iter_messages, read_messages
 from kdkit.stream.detector import BLOCK_MESSAGES, Decision, Detector
@@ -59,6 +59,7 @@ class RunSummary:
         self.skipped_rows = 0
         self.channel: str | None = None  # the channel a replay of a logger file read (others left out)
         self.other_channels_note: str | None = None  # why a replay's other channels were not counted
+        self.truncated: str | None = None  # a cut .gz file: what was lost (counted as one skipped row)
         self.read_seconds = 0.0
         self._t0, self._c0 = time.perf_counter(), time.process_time()
         self.seconds = self.cpu_seconds = 0.0
@@ -93,7 +94,7 @@ class RunSummary:
                 "dropped": dict(d.dropped), "timeline_restarts": d.timeline_restarts,
                 "channel": self.channel or d.channel, "other_channels": others,
                 "other_channel_frames": None if self.other_channels_note else sum(others.values()),
-                "skipped_rows": self.skipped_rows, "stalls": self.stalls,
+                "skipped_rows": self.skipped_rows, "truncated": self.truncated, "stalls": self.stalls,
                 "restamped": d.restamped, "unknown_vehicle": d.unknown_vehicle,
                 "calibrated_on": describe_calibration(d.calibration) if d.calibration else None,
                 "calibration_kind": None if not d.calibration else (
@@ -120,7 +121,8 @@ class RunSummary:
                   f"threshold {s['threshold']:g}, engine {s['engine']}): stopped by {s['stopped_by']}"),
                  (f"  {s['windows']:,} windows, {s['alarms']:,} alarms (rate {rate}); {s['messages']:,} messages in "
                   f"{s['seconds']:.3f} s ({s['messages_per_s'] or 0:,} messages/s, {s['cpu_seconds']:.3f} CPU s); {lat}"),
-                 f"  dropped frames: {dropped}; skipped rows: {s['skipped_rows']}; stalls: {s['stalls']}"
+                 f"  dropped frames: {dropped}; skipped rows: {s['skipped_rows']}"
+                 + (f" (the file is cut: {s['truncated']})" if s["truncated"] else "") + f"; stalls: {s['stalls']}"
                  + ("; timestamps looked re-stamped (see the warning)" if s["restamped"] else "")
                  + (f"; time went back and the windows restarted {s['timeline_restarts']} time(s) (see the warning)"
                     if s["timeline_restarts"] else "")]
@@ -275,6 +277,7 @@ def replay_file(detector: Detector, path: str | Path, channel: str | None = None
     if last:
         msgs = last[0]
         summary.skipped_rows = msgs.skipped_rows
+        summary.truncated = next((e.split(": ", 1)[-1] for e in msgs.skipped_examples if TRUNCATED in e), None)
         for kind, n in (getattr(msgs, "dropped_frames", None) or {}).items():  # remote/error frames the reader dropped
             if n:
                 detector.dropped[f"{kind}_frame"] += int(n)
