@@ -239,6 +239,12 @@ def test_a_bus_of_unknown_ids_is_warned_once_and_decisions_stay(trained, recordi
     assert len(decisions) == 120 and det.unknown_vehicle is True and det.vehicle.share_of_windows == 1.0
     warned = [r.getMessage() for r in caplog.records if "does not look like a vehicle" in r.getMessage()]
     assert len(warned) == 1 and "kdkit calibrate" in warned[0] and "first 100 windows" in warned[0]
+    # the command for this very model, and no fusion remark for a GAT (a new user ran a GAT .pt2 and read it)
+    assert f"kdkit calibrate --checkpoint {trained} --clean CLEAN_CAPTURE --fpr 0.01" in warned[0]
+    assert "fusion" not in warned[0] and det.vehicle.family == "gat" and det.clone().vehicle.family == "gat"
+    on_bus = Detector.from_checkpoint(trained, channel="can0")
+    on_bus.vehicle.family = "fusion"
+    assert "--clean CLEAN_CAPTURE --channel can0" in on_bus.vehicle._calibrate_command()
     assert det.stats()["unknown_vehicle"] is True
     blocks = Detector.from_checkpoint(trained)
     assert blocks.unknown_vehicle is None

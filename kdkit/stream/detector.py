@@ -276,10 +276,22 @@ class VehicleCheck:
         self.name, self.needed = name, int(windows)
         self.calibration = calibration or None
         self._shown = set() if shown is None else shown
+        self.family: str | None = None  # the model's family (gat, vgae, fusion), for the advice; set by the loaders
+        self.channel: str | None = None  # the channel the detector reads, for the advice
         self.verdict: bool | None = None  # None until judged
         self.share_of_windows: float | None = None  # of the judged windows, those mostly of unknown IDs
         self._mostly_unknown = self._seen = 0
         self._unknown_ids: Counter[int] = Counter()
+
+    def _calibrate_command(self) -> str:
+        """The ``kdkit calibrate`` command for this model and bus (an export: its checkpoint's, then export)."""
+        channel = f" --channel {self.channel}" if self.channel else ""
+        model = Path(self.name)
+        if model.suffix == ".pt2":
+            return (f"kdkit calibrate --checkpoint BEST.pt --clean CLEAN_CAPTURE{channel} --fpr 0.01 --out car.pt "
+                    f"with the checkpoint {model.name} was exported from, then kdkit export car.pt")
+        return (f"kdkit calibrate --checkpoint {self.name} --clean CLEAN_CAPTURE{channel} --fpr 0.01 --out "
+                f"{model.with_name(model.stem + '_car.pt')}")
 
     def add(self, nodes: np.ndarray, unknown: np.ndarray, unknown_ids: list[tuple[int, ...]]) -> None:
         """Consecutive windows' node counts, unknown-node counts and unknown IDs (one tuple a window)."""
@@ -311,15 +323,16 @@ class VehicleCheck:
                     "The model was adapted (kdkit calibrate --adapt) to" if adapted else
                     "Its threshold was calibrated (kdkit calibrate) on", describe_calibration(self.calibration))
                 return
+            fusion = self.family == "fusion"
             log.warning(
                 "%s: this bus does not look like a vehicle the model was trained on: in %.0f %% of the first %d "
                 "windows most IDs are outside the model's vocabulary (%d such IDs, e.g. %s). Its threshold was set "
                 "on the training vehicles' normal traffic, so its decisions here are unreliable: false alarms, or "
-                "attacks missed (a fusion model judges an unknown car by its classifier alone), or an attack that "
-                "sends mostly new IDs from the start. Calibrate the model on a clean capture of this car first: kdkit "
-                "calibrate --checkpoint MODEL.pt --clean CLEAN_CAPTURE --fpr 0.01 --out MODEL_car.pt (a fusion model "
-                "also learns the car's IDs with --adapt). This warning is shown once.",
-                self.name, 100 * self.share_of_windows, self._seen, len(self._unknown_ids), examples)
+                "attacks missed%s, or an attack that sends mostly new IDs from the start. Calibrate the model on a "
+                "clean capture of this car first: %s%s. This warning is shown once.",
+                self.name, 100 * self.share_of_windows, self._seen, len(self._unknown_ids), examples,
+                " (a fusion model judges an unknown car by its classifier alone)" if fusion else "",
+                self._calibrate_command(), " (a fusion model also learns the car's IDs with --adapt)" if fusion else "")
 
 
 class Detector:
@@ -377,6 +390,7 @@ class Detector:
         self._shown: set[str] = set() if shown is None else shown
         self._restamp = _RestampCheck(name, self._shown)
         self.vehicle = VehicleCheck(name, calibration=self.calibration, shown=self._shown)
+        self.vehicle.channel = self.channel
         cap = max(4 * self.window, 1024)
         self._ts, self._id = np.zeros(cap), np.zeros(cap, np.uint32)
         self._dlc, self._pl, self._lab = np.zeros(cap, np.uint8), np.zeros((cap, 8), np.uint8), np.zeros(cap, np.uint8)
@@ -425,6 +439,7 @@ class Detector:
         det = cls(score, IdVocab.from_list(ckpt["vocab"]), graph["window"], graph["stride"] if stride is None else stride,
                   thr, graph.get("label_threshold") or 0.0, channel, name=str(path), score_graph=score_graph,
                   engine=used, batch_engine=used, calibration=provenance(ckpt, path).get("calibration"))
+        det.vehicle.family = (ckpt.get("model_config") or {}).get("kind")
         det.warm_up()
         return det
 
@@ -504,6 +519,7 @@ class Detector:
         det = cls(score, vocab, int(meta["window"]), int(meta["stride"]) if stride is None else stride,
                   thr if threshold is None else threshold, meta.get("label_threshold") or 0.0, channel, name=str(path),
                   score_batch=score_batch, score_graph=score_graph, engine=used, calibration=meta.get("calibration"))
+        det.vehicle.family = (meta.get("model_config") or {}).get("kind")
         det.warm_up()
         return det
 
@@ -530,9 +546,11 @@ class Detector:
         """A new detector with the same model and settings and no stream state. The once-only
         warnings (re-stamped timestamps, an unknown vehicle, a skipped channel) it shares with this
         detector: a bus warned about here is not warned about again there."""
-        return Detector(self.score_windows, self.vocab, self.window, self.stride, self.threshold,
+        twin = Detector(self.score_windows, self.vocab, self.window, self.stride, self.threshold,
                         self.label_threshold, self.channel, self.name, self.score_batch, self.score_graph, self.engine,
                         self.batch_engine, self.calibration, self._shown)
+        twin.vehicle.family = self.vehicle.family
+        return twin
 
     # ------------------------------------------------------------------ state
     @property
