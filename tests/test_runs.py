@@ -205,13 +205,17 @@ def test_teacher_must_be_a_teacher_of_the_same_family_vocabulary_and_window(teac
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
 
 
-def test_kd_and_plain_students_do_not_share_folders_or_saved_models(teacher_run, synthetic, tmp_path):
+def test_kd_and_plain_students_do_not_share_folders_or_saved_models(teacher_run, synthetic, tmp_path, caplog):
     _, summary = teacher_run
-    kd = train(tiny(tmp_path, type="student", teacher=summary["best_checkpoint"], save_compat=True), progress=False,
-               data=synthetic)
+    with caplog.at_level("WARNING", logger="kdkit.workflows.run"):
+        kd = train(tiny(tmp_path, type="student", teacher=summary["best_checkpoint"], save_compat=True),
+                   progress=False, data=synthetic)
     alone = train(tiny(tmp_path, type="student", save_compat=True), progress=False, data=synthetic)
     assert Path(kd["run_dir"]).name == "synthetic_gat_student_kd"
     assert Path(alone["run_dir"]).name == "synthetic_gat_student"
+    # the tiny test sizes give the student its teacher's size: said, as a new user's fusion student of the
+    # preset (42,646 parameters) was twice its small teacher's size without a word
+    assert kd["parameters"] >= summary["parameters"] and "is not smaller than its teacher" in caplog.text
     # the teacher file's hash: the report pairs the student with this very teacher (not a later copy)
     assert kd["teacher"]["sha256"] == hashlib.sha256(Path(summary["best_checkpoint"]).read_bytes()).hexdigest()
     saved = tmp_path / "saved_models"  # beside the runs folder, not in the working directory
@@ -258,8 +262,10 @@ def test_zero_training_or_validation_windows_is_an_error_before_any_model(kdkit_
     monkeypatch.chdir(tmp_path)
     base = ["train", "--dataset", "synthetic", "--epochs", "1", "--hidden", "8", "--layers", "1", "--heads", "1",
             "--embedding-dim", "4", "--run-name", "z"]
-    for config, expected in (('{"window": 10000}', "no training windows in dataset 'synthetic': with window 10,000 and "
+    for config, expected in (('{"window": 10000, "stride": 100}', "no training windows in dataset 'synthetic': with window 10,000 and "
                                                     "stride 100, every window of the longest training recording ("),
+                             ('{"window": 10000}', "no validation windows in dataset 'synthetic': val_fraction 0.2 "
+                                                   "of the windows of the longest training recording"),
                              ('{"window": 30000}', "window 30,000 > the longest training recording ("),
                              ('{"val_fraction": 0}', "no validation windows in dataset 'synthetic': val_fraction 0")):
         assert main([*base, "--config", config]) == 2

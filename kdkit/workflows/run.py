@@ -462,6 +462,11 @@ def _train(cfg: TrainConfig, run_dir: Path, owner: bool, resume, progress, on_ep
                         "sha256": file_sha256(Path(cfg.teacher))}  # the report finds this very teacher
         for p in teacher.parameters():
             p.requires_grad_(False)
+        student_size = count_parameters(model)
+        if owner and student_size >= teacher_info["parameters"]:
+            log.warning("the student (%s parameters) is not smaller than its teacher (%s, %s): distillation "
+                        "then buys no size; give the student smaller sizes (--hidden, --layers, --heads)",
+                        f"{student_size:,}", f"{teacher_info['parameters']:,}", cfg.teacher)
     classify = model.objective in ("classify", "fuse")  # a reconstruction model learns attack-free windows only
     train_set, val_set = (data.splits["train"], data.splits["val"]) if classify else vgae_train_sets(data)
     task = Task(model, cfg, teacher, class_weights(train_set) if cfg.class_weighting and classify else None)
