@@ -644,6 +644,7 @@ def test_fusion_checkpoints_are_ranked_by_the_fused_detectors_validation_f1(fusi
     model = model_from_checkpoint(load_checkpoint(student["best_checkpoint"]), student["best_checkpoint"])
     expected = f1_score(val.y.numpy(), predict_scores(model, val) >= 0)
     assert fused_validation_f1(student["combiner"]) == pytest.approx(expected, abs=1e-9)
+    assert student["val_fused_f1"] == fused_validation_f1(student["combiner"])  # named beside best_val_metric
     assert fused_validation_f1({"modes": {"known": {**known, "attack_windows": 0}}}) is None
 
     copy = tmp_path / "saved_models" / "best_fusion_student_model_synthetic.pth"

@@ -308,3 +308,18 @@ def test_a_runs_folder_of_several_seeds_gets_a_headline_over_the_seeds(runs, tmp
     table = re.search(r"<table class='kdkit headline' id='headline-seeds'>(.*?)</table>", page, re.S).group(1)
     assert "±" in table  # mean ± std cells
     assert page.index("headline-seeds-title") < page.index("id='headline-title'")
+
+
+def test_each_model_family_gets_its_headline_in_the_html_and_the_text_report(runs, capsys):
+    """A new user's runs folder of GAT and fusion runs: only one family got the headline table, and
+    the text report (`kdkit report runs`, no --html) listed raw keys without the teacher / KD
+    student / student alone comparison. Both now open with a headline per family."""
+    page = _report(runs, capsys)
+    assert "id='headline'" in page and "id='headline-2'" in page and "id='headline-title-2'" in page
+    assert "(gat on synthetic)" in page and "(vgae on synthetic)" in page
+    assert main(["report", str(runs)]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("== Teacher, KD student and student alone (gat on synthetic")
+    assert "KD gain" in text.splitlines()[1] and "== The student alone (vgae on synthetic" in text
+    first_table = text.split("\n\n")[0].splitlines()
+    assert any(line.startswith("F1 ") for line in first_table)

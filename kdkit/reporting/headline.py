@@ -4,6 +4,7 @@ record, e.g. a fused one) side by side, with the KD gain.
     from kdkit.reporting.headline import headline, headline_html
     h = headline([json.load(open("runs/x_student/metrics.json"))])   # several records: mean +- std
     html = headline_html(h)
+    text = headline_text(h)                                           # the same table as plain text
 
 Rows: F1, MCC and detection at 1 % false-positive rate per test scenario and overall, then
 parameters, bytes and p99 single-window latency. Columns: one per model, then the KD gain
@@ -131,3 +132,23 @@ def headline_html(h: Mapping, table_id: str = "headline") -> str:
         body.append(f"<tr{cls}>" + "".join(cells) + "</tr>")
     return (f"<table class='kdkit headline' id='{html.escape(table_id)}'><thead><tr>{head}</tr></thead>"
             f"<tbody>{''.join(body)}</tbody></table>")
+
+
+def headline_text(h: Mapping) -> str:
+    """The headline table as aligned plain text (``kdkit report`` without ``--html``)."""
+    gain = any(r["gain"] is not None for r in h["rows"])
+    columns = ["metric", "scenario", *h["labels"], *([GAIN] if gain else [])]
+    rows, last = [], None
+    for r in h["rows"]:
+        first = r["label"] if r["label"] != last else ""
+        last = r["label"]
+        cells = [first, _scenario_name(r["scenario"]), *(fmt(r["values"][k], r["metric"]) for k in h["models"])]
+        if gain:
+            cells.append("" if r["gain"] is None else fmt(r["gain"], r["metric"], signed=True))
+        rows.append(cells)
+    widths = [max(len(str(row[i])) for row in [columns, *rows]) for i in range(len(columns))]
+
+    def line(cells) -> str:
+        return "  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    return "\n".join([line(columns), *(line(r) for r in rows)])

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from kdkit.reporting import plots
-from kdkit.reporting.headline import headline, headline_html
+from kdkit.reporting.headline import headline, headline_html, headline_text
 from kdkit.reporting.records import (Table, _cell, attack_recall, attack_recall_rows, load_scores, model_entries,
                                      model_label, scenario_rows, smoke_label)
 from kdkit.reporting.records import headline as headline_line
@@ -236,7 +236,8 @@ def headline_title(keys: list[str]) -> str:
 
 
 def headline_section(record: Mapping, run_dir: Path, scores: Mapping | None = None, notes: list[str] | None = None,
-                     subject: str = "", main: str | None = None, overlay: bool = True) -> tuple[str, set[str]]:
+                     subject: str = "", main: str | None = None, overlay: bool = True,
+                     ident: str = "") -> tuple[str, set[str]]:
     """The report's opening: the headline table of a student (or teacher) record and the figures
     drawn from it and its scores; returns the HTML and the figure names it drew.
 
@@ -249,6 +250,7 @@ def headline_section(record: Mapping, run_dir: Path, scores: Mapping | None = No
         subject: added to the title, e.g. ``(gat on synthetic)``.
         main: the model whose scores are drawn (default the KD student, else the first model).
         overlay: draw the validation curves of the students overlaid.
+        ident: added to the element ids (a report with a headline per model family: ``-2``, ...).
     """
     h = headline([record])
     figs: dict[str, Any] = {}
@@ -274,16 +276,16 @@ def headline_section(record: Mapping, run_dir: Path, scores: Mapping | None = No
         figs["training_curves_overlay"] = plots.training_curves_overlay(histories)
     lead = headline_title(list(entries)) + (f" ({subject})" if subject else "")
     gain = any(r["gain"] is not None for r in h["rows"])
-    parts = [f"<h2 id='headline-title'>{html.escape(lead)}</h2>",
+    parts = [f"<h2 id='headline-title{ident}'>{html.escape(lead)}</h2>",
              f"<p class='caption'>{html.escape(HEADLINE_CAPTION + (KD_GAIN_CAPTION if gain else ''))}</p>",
-             headline_html(h)]
+             headline_html(h, table_id=f"headline{ident}")]
     if notes is None and "label" not in scores:
         notes = [NO_SCORES]
     parts += [f"<p class='muted note'>{html.escape(n)}</p>" for n in notes or []]
     for name, fig in figs.items():
         parts.append(png_html(fig_png(fig), name, title=titles.get(name, "")))
         if name == "attack_recall":
-            parts.append(f"<div id='attack-recall'>{attack_recall_rows(recall)._repr_html_()}</div>")
+            parts.append(f"<div id='attack-recall{ident}'>{attack_recall_rows(recall)._repr_html_()}</div>")
     return "\n".join(parts), set(figs) | {"training_curves_kd"}
 
 
@@ -306,7 +308,25 @@ def lead_train_run(records: list[Path]) -> Path | None:
     return next((d for role in LEAD_ORDER for d in reversed(runs) if roles[d] == role), None)
 
 
-def seeds_section(lead: Path, records: list[Path]) -> str:
+def lead_train_runs(records: list[Path]) -> list[Path]:
+    """One lead run per model family among ``records`` (a runs folder of GAT and fusion runs gets a
+    headline for each): :func:`lead_train_run`'s first, then each other family's, by :data:`LEAD_ORDER`."""
+    first = lead_train_run(records)
+    if first is None:
+        return []
+    runs = [p.parent for p in records if is_train_run(p.parent)]
+    summaries = {d: read_json(d / "summary.json") or {} for d in runs}
+    families = list(dict.fromkeys([summaries[first].get("model"), *(summaries[d].get("model") for d in runs)]))
+    leads = [first]
+    for family in families[1:]:
+        mine = [d for d in runs if summaries[d].get("model") == family]
+        lead = next((d for role in LEAD_ORDER for d in reversed(mine) if role_key(summaries[d]) == role), None)
+        if lead is not None:
+            leads.append(lead)
+    return leads
+
+
+def seeds_section(lead: Path, records: list[Path], ident: str = "") -> str:
     """The headline over seeds of a runs folder (``benchmarks/quality.py``'s, or ``kdkit train``
     runs of several seeds): every KD student of the lead's architecture and data, each with its own
     seed's teacher and student alone, as mean ± std; "" for fewer than two seeds."""
@@ -321,10 +341,10 @@ def seeds_section(lead: Path, records: list[Path]) -> str:
     if len(same) < 2 or None in seeds or len(set(seeds)) < len(seeds):
         return ""
     h = headline([train_run_record(f, folders, with_scores=False).record for f in same])
-    return (f"<h2 id='headline-seeds-title'>Over {len(same)} seeds ({', '.join(map(str, sorted(seeds)))})</h2>"
+    return (f"<h2 id='headline-seeds-title{ident}'>Over {len(same)} seeds ({', '.join(map(str, sorted(seeds)))})</h2>"
             f"<p class='caption'>{html.escape(HEADLINE_CAPTION + KD_GAIN_CAPTION)} Mean ± std over the seeds; each "
             "KD student beside the teacher and the student alone of its own seed.</p>"
-            + headline_html(h, table_id="headline-seeds"))
+            + headline_html(h, table_id=f"headline-seeds{ident}"))
 
 
 def run_dir_html(root: str | Path, out: str | Path | None = None) -> Path:
@@ -342,19 +362,21 @@ def run_dir_html(root: str | Path, out: str | Path | None = None) -> Path:
     loaded = [(p, json.loads(p.read_text())) for p in records]
     lead = next((pm for kind in ("student", "teacher") for pm in reversed(loaded) if pm[1].get("notebook") == kind
                  and model_entries(pm[1])), None)
-    run, lead_path = None, lead[0] if lead else None
+    shown: dict[Path, set[str]] = {}  # the figures a headline drew, per record
+    runs: dict[Path, TrainRun] = {}
+    top = ""
     if lead:
-        top, shown = headline_section(lead[1], lead[0].parent)
-    elif (folder := lead_train_run(records)) is not None:
-        run = train_run_record(folder, [p.parent for p in records])
-        lead_path = folder / "metrics.json"
-        subject = " on ".join(str(v) for v in (run.record.get("model"), run.record.get("dataset")) if v)
-        top, shown = headline_section(run.record, folder, run.scores, run.notes, subject, run.main, overlay=False)
-        top = seeds_section(folder, records) + top
-    else:
-        top, shown = "", set()
-    body = top + "\n".join(_section(root, p, shown if p == lead_path else set(), run if p == lead_path else None)
-                           for p in records)
+        top, shown[lead[0]] = headline_section(lead[1], lead[0].parent)
+    else:  # `kdkit train` runs: a headline per model family
+        for i, folder in enumerate(lead_train_runs(records)):
+            ident = f"-{i + 1}" if i else ""
+            run = train_run_record(folder, [p.parent for p in records])
+            subject = " on ".join(str(v) for v in (run.record.get("model"), run.record.get("dataset")) if v)
+            section, shown[folder / "metrics.json"] = headline_section(run.record, folder, run.scores, run.notes,
+                                                                       subject, run.main, overlay=False, ident=ident)
+            top += seeds_section(folder, records, ident) + section
+            runs[folder / "metrics.json"] = run
+    body = top + "\n".join(_section(root, p, shown.get(p, set()), runs.get(p)) for p in records)
     stamp = time.strftime("%Y-%m-%d %H:%M")
     page = page_html(f"kdkit report: {root}", f"{len(records)} run record(s), generated {stamp} by "
                      f"<code>kdkit report</code>", body)
@@ -390,9 +412,17 @@ def build_html(path: str | Path, out: str | Path | None = None) -> Path:
 
 
 def text_summary(root: str | Path) -> str:
-    """The recorded values of every run under ``root`` as plain text."""
+    """The recorded values of every run under ``root`` as plain text, opened (for ``kdkit train`` runs)
+    by the headline of each model family: teacher, KD student and student alone with the KD gain, as
+    the HTML report's."""
     blocks = []
-    for p in find_records(root):
+    records = find_records(root)
+    for folder in lead_train_runs(records):
+        run = train_run_record(folder, [p.parent for p in records], with_scores=False)
+        subject = " on ".join(str(v) for v in (run.record.get("model"), run.record.get("dataset")) if v)
+        blocks += [f"== {headline_title(list(model_entries(run.record)))} ({subject}; {folder})",
+                   headline_text(headline([run.record])), *(f"  note: {n}" for n in run.notes or []), ""]
+    for p in records:
         metrics = json.loads(p.read_text())
         flat = _flatten({k: v for k, v in metrics.items() if k not in ("figures", "tables", "history")})
         blocks.append(f"== {p.parent}  ({metrics.get('notebook', 'run')})")

@@ -539,15 +539,22 @@ def _train(cfg: TrainConfig, run_dir: Path, owner: bool, resume, progress, on_ep
         "skipped_scenarios": skipped, "skipped_rows": _skipped_rows(data.info), "memory": memory,
         "timings": timings, "world_size": world, "launcher": launcher, "threads": torch.get_num_threads(),
     }
+    # fusion: the fused detector's F1 on validation at its fitted threshold, beside the classification head's
+    # val_f1 that chose the epoch (two validation F1s of one run, each named)
+    fused = fused_validation_f1(combiner) if cfg.model == "fusion" and isinstance(combiner, dict) else None
+    if fused is not None:
+        summary["val_fused_f1"] = fused
     labels = {name: data.splits[name].y.numpy().astype(np.uint8) for name in results["scores"]}
     write_run_outputs(run_dir, cfg, summary, results, labels)
     if cfg.save_compat:  # a finished run only: its outputs are written
         record = {"metric": metric, "mode": mode, "value": fit.best_metric, "run_dir": str(run_dir),
                   "run_name": cfg.resolved_run_name, "checkpoint": str(fit.best_path)}
-        fused = fused_validation_f1(combiner) if cfg.model == "fusion" and isinstance(combiner, dict) else None
         if fused is not None:  # the detector the checkpoint is, not its classification head alone (val_f1)
             record.update(metric="val_fused_f1", mode="max", value=fused, supersedes=["val_f1"])
         copied, note = save_compat_copy(fit.best_path, compat_path(cfg), record)
+        if fused is not None:
+            note += (f" (val_fused_f1: the fused detector's F1 on validation at its fitted threshold; training chose "
+                     f"the epoch by the classification head's {metric} {fit.best_metric:.4g})")
         summary["compat_copy"] = str(compat_path(cfg)) if copied else None
         summary["compat_note"] = note
         (log.info if copied else log.warning)(note)
