@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -68,6 +69,11 @@ def test_calibrated_checkpoint_keeps_the_alarm_rate_and_only_changes_the_thresho
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "calibrated on " in text and "clean windows (fpr 0.05): threshold 0.5 -> " in text and "alarm rate" in text
+    m = re.search(r"threshold 0\.5 -> ([0-9.e-]+); alarm rate on them [0-9.]+% \(([0-9,]+)\) -> [0-9.]+% \(([0-9,]+)\)",
+                  text)
+    lowered = float(m.group(1)) < 0.5 and int(m.group(3).replace(",", "")) > int(m.group(2).replace(",", ""))
+    # a threshold lowered to spend the budget (more alarms than before on this car) is said, with what to do
+    assert ("note: the threshold went down" in text) == lowered
     assert gat_checkpoint.read_bytes() == before  # the original is untouched
     assert not list(tmp_path.glob(".*tmp*"))
 

@@ -62,6 +62,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     print(f"calibrated on {res['windows']:,} clean windows{_part(res)} (fpr {res['fpr']:g}): threshold {res['old_threshold']:.6g} -> "
           f"{res['new_threshold']:.6g}; alarm rate on them {res['alarm_rate_before']:.2%} ({res['alarms_before']:,}) -> "
           f"{res['alarm_rate_after']:.2%} ({res['alarms_after']:,})")
+    if res["new_threshold"] < res["old_threshold"] and res["alarms_after"] > res["alarms_before"]:
+        print(f"note: the threshold went down: on this capture the model alarmed on fewer clean windows than the "
+              f"--fpr budget of {res['fpr']:.2%}, and the calibrated threshold spends that budget, so it alarms more "
+              "here (and catches more); give a smaller --fpr to keep fewer false alarms")
     for w in res["warnings"]:
         print(f"warning: {w}")
     print(f"written {res['out']} (the threshold and its provenance's calibration record changed, nothing else)")
