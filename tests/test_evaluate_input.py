@@ -197,3 +197,20 @@ def test_per_message_attack_types_reach_the_recall_per_type(gat_checkpoint, monk
     per_type = res["files"][0]["metrics"]["per_attack_type"]
     assert per_type == {"fabrication": {"windows": 1, "recall": 1.0}, "masquerade": {"windows": 1, "recall": 1.0}}
     assert res["overall"]["metrics"]["per_attack_type"] == per_type
+
+
+def test_a_training_recording_given_as_input_is_said_to_be_in_sample(gat_checkpoint, synthetic, tmp_path):
+    """A new user evaluated a DAGA training trace with --input and read F1 0.80 as a test result: the
+    checkpoint lists its training recordings' hashes, and such an input is flagged in-sample."""
+    from kdkit.training.checkpoint import load_checkpoint, provenance
+
+    trained = provenance(load_checkpoint(gat_checkpoint))["training_files"]
+    root = Path(synthetic.info["root"])
+    assert trained and all((root / name).is_file() for name in trained)
+    train_file = root / sorted(trained)[0]
+    test_file = Path(synthetic.splits["test_01_known_vehicle_known_attack"].files[0])
+    res = evaluate_inputs(gat_checkpoint, [train_file, test_file], out_dir=tmp_path)
+    flags = {Path(f["file"]).name: f.get("in_sample", False) for f in res["files"]}
+    assert flags == {train_file.name: True, test_file.name: False}
+    assert any(f"{train_file} is {sorted(trained)[0]}, a training recording of this model" in w and "in-sample" in w
+               for w in res["warnings"])

@@ -451,6 +451,7 @@ def prepare(name: str, config: PrepareConfig | None = None, data_root: str | Pat
         cached = _load_store(name, config, store, key)
         if cached is not None:
             cached.info["root"] = str(files.root)  # where the recordings are now (the store's key is their content)
+            cached.info["train_files_sha256"] = train_hashes(files)
             return cached
 
     t0 = time.perf_counter()
@@ -493,6 +494,12 @@ def prepare_workers(workers: int | None = None) -> int:
     if workers < 1:
         raise ValueError(f"workers must be >= 1 (processes preparing recordings at once), got {workers}")
     return workers
+
+
+def train_hashes(files: DatasetFiles) -> dict[str, str]:
+    """The training recordings' content hashes by path below the root (what trained and validated a
+    model: ``evaluate --input`` of one of them says its metrics are in-sample)."""
+    return {str(p.relative_to(files.root)): files.hashes[str(p.relative_to(files.root))] for p in files.train}
 
 
 def covered_messages(ranges: list[tuple[int, int]], window: int, stride: int) -> int:
@@ -606,7 +613,8 @@ def _build(name: str, files: DatasetFiles, config: PrepareConfig, store: Path, k
                 "skipped_rows": {p: v["rows"] for p, v in skipped.items()}, "skipped": skipped, "splits": {},
                 "source": files.source.describe() if files.source else None,
                 "missing_scenarios": dict(files.missing_scenarios), "dropped_frames": dropped,
-                "messages_read": sum(part.messages for part in parts.values())}
+                "messages_read": sum(part.messages for part in parts.values()),
+                "train_files_sha256": train_hashes(files)}
         for scen, paths in _scenarios(files).items():
             selections[scen] = []
             for p in paths:

@@ -477,8 +477,9 @@ def _train(cfg: TrainConfig, run_dir: Path, owner: bool, resume, progress, on_ep
     vocab = data.vocab.to_list()
     extra = {"vocab": vocab, "node_features": list(NODE_FEATURES), "edge_features": list(EDGE_FEATURES),
              "threshold": 0.5, "kdkit_version": "0.1.0",
-             "provenance": make_provenance(cfg.type, cfg.model, cfg.dataset, vocab, cfg.to_dict(), kd,
-                                           str(cfg.teacher) if kd else None)}
+             "provenance": {**make_provenance(cfg.type, cfg.model, cfg.dataset, vocab, cfg.to_dict(), kd,
+                                              str(cfg.teacher) if kd else None),
+                            "training_files": data.info.get("train_files_sha256")}}
     if owner:  # every check passed: now the folder is this run's
         if cfg.overwrite and not (resume and inside(resume, run_dir)):
             removed = clear_run_outputs(run_dir)

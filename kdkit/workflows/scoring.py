@@ -23,12 +23,13 @@ import json
 import logging
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from kdkit.data.datasets import file_sha256
 from kdkit.data.graphs import GRAPH_FORMAT_VERSION, GraphSet, IdVocab, build_graphs, layout_matches
 from kdkit.data.readers import LOGGER_SUFFIXES, Messages, data_suffixes, read_messages
 from kdkit.models.thresholds import is_attack
@@ -334,6 +335,12 @@ def evaluate_inputs(checkpoint: str | Path, inputs: Sequence[str | Path], channe
         warn = oov_warning(entry, str(f), hint)
         if warn:
             warnings.append(warn)
+        trained = in_sample(prov, f)
+        if trained:
+            entry["in_sample"] = True
+            warnings.append(f"{f} is {trained}, a training recording of this model: its windows trained it (all but "
+                            "the validation block, which chose its epoch and threshold), so these metrics are "
+                            "in-sample, not a test; evaluate on recordings it did not see (kdkit evaluate --dataset)")
         per_file.append(entry)
     if not scored:
         raise ValueError(f"no windows to score: each of the {len(files)} recording(s) is shorter than the checkpoint's "
@@ -362,6 +369,16 @@ def evaluate_inputs(checkpoint: str | Path, inputs: Sequence[str | Path], channe
     write_json(path, out)
     out["json"] = str(path)
     return out
+
+
+def in_sample(prov: Mapping, path: Path) -> str | None:
+    """The training recording (its path below the dataset root) ``path`` is, by content hash, when
+    the checkpoint's provenance lists its training files (runs since 2026-12-07); else None."""
+    trained = prov.get("training_files") or {}
+    if not trained:
+        return None
+    digest = file_sha256(Path(path))
+    return next((name for name, sha in trained.items() if sha == digest), None)
 
 
 def inputs_json_name(inputs: Sequence[str | Path], channel: str | None = None, threshold: float | None = None,
