@@ -152,3 +152,14 @@ def test_stride_follows_the_window_and_a_gap_between_windows_is_warned(env: Path
         make_config(label_threshold=1.0)
     assert main(["data", "info", "--dataset", "synthetic", "--label-threshold", "1"]) == 2
     assert "no window's is at 1" in capsys.readouterr().err
+
+
+def test_data_info_tells_the_attack_types_of_each_split_apart(env: Path, capsys):
+    """A new user could not tell DoS from fuzzing windows in the training split: data info counts
+    the attack windows of each split per attack type."""
+    simulate(env, capsys)
+    assert main(["data", "info", "--dataset", "synthetic"]) == 0
+    out = capsys.readouterr().out
+    assert "attack windows by type:" in out
+    train = next(line for line in out.splitlines() if line.startswith("  train "))
+    assert "DoS" in train and "fuzzing" in train

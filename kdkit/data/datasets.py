@@ -660,5 +660,19 @@ def format_info(name: str, ds: PreparedDataset) -> str:
         lines.append(f"{split:<42}{s['messages']:>10}{s['windows']:>9}{s['attack_windows']:>8}{s['attack_share']:>7.3f}"
                      f"{s['distinct_ids']:>6}{s['oov_nodes']:>10}{s['nodes_mean']:>7.1f}±{s['nodes_std']:<5.1f}"
                      f"{s['edges_mean']:>7.1f}±{s['edges_std']:<5.1f}")
+    by_type = [(split, attack_windows_by_type(gs)) for split, gs in ds.splits.items()]
+    if any(len(types) > 1 for _, types in by_type):  # the attacks of a split told apart (one type: the table says it)
+        lines.append("attack windows by type:")
+        lines += [f"  {split:<40}" + ", ".join(f"{t} {n:,}" for t, n in types.items()) for split, types in by_type
+                  if types]
     return "\n".join(lines)
+
+
+def attack_windows_by_type(gs: GraphSet) -> dict[str, int]:
+    """Attack windows of a split per attack type (a window's type is its attack messages' type)."""
+    y = gs.y.numpy() == 1
+    if not y.any():
+        return {}
+    kinds, counts = np.unique(gs.attack_type.numpy()[y], return_counts=True)
+    return {gs.attack_types[int(k)]: int(n) for k, n in zip(kinds, counts)}
 
