@@ -141,10 +141,13 @@ def test_stride_follows_the_window_and_a_gap_between_windows_is_warned(env: Path
     assert make_config(dataset="synthetic").stride == 100
     spec = tmp_path / "spec.toml"
     spec.write_text(f'[dataset]\nname = "s"\nroot = "{env / "synthetic-seed0"}"\nwindow = 40\nstride = 20\n'
+                    'description = "two drives; the tests reuse the training drive"\n'
                     'train_attack_free = ["train_01_attack_free/*.csv"]\n')
     assert (make_config(dataset=str(spec)).window, make_config(dataset=str(spec)).stride) == (40, 20)
     assert make_config(dataset=str(spec), window=60).stride == 60
     assert make_config(dataset=str(spec), window=60, stride=30).stride == 30
+    assert main(["data", "info", "--dataset", str(spec)]) == 0  # a spec's description is shown under its name
+    assert capsys.readouterr().out.splitlines()[1] == "  two drives; the tests reuse the training drive"
     with caplog.at_level(logging.WARNING, logger="kdkit.data"):
         assert main(["data", "info", "--dataset", "synthetic", "--window", "50", "--stride", "100"]) == 0
     assert "stride 100 > window 50: 50 of every 100 messages fall in no window" in caplog.text

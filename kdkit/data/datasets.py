@@ -452,6 +452,7 @@ def prepare(name: str, config: PrepareConfig | None = None, data_root: str | Pat
         if cached is not None:
             cached.info["root"] = str(files.root)  # where the recordings are now (the store's key is their content)
             cached.info["train_files_sha256"] = train_hashes(files)
+            cached.info["description"] = files.source.description if files.source else ""
             return cached
 
     t0 = time.perf_counter()
@@ -614,7 +615,8 @@ def _build(name: str, files: DatasetFiles, config: PrepareConfig, store: Path, k
                 "source": files.source.describe() if files.source else None,
                 "missing_scenarios": dict(files.missing_scenarios), "dropped_frames": dropped,
                 "messages_read": sum(part.messages for part in parts.values()),
-                "train_files_sha256": train_hashes(files)}
+                "train_files_sha256": train_hashes(files),
+                "description": files.source.description if files.source else ""}
         for scen, paths in _scenarios(files).items():
             selections[scen] = []
             for p in paths:
@@ -648,6 +650,8 @@ def format_info(name: str, ds: PreparedDataset) -> str:
     per split and scenario the messages, windows, attack share, IDs, OOV nodes and graph sizes."""
     info = ds.info
     lines = [f"dataset {name} ({info['root']}), vocabulary {info['vocab_size']} IDs incl. OOV, store {ds.cache_dir}"]
+    if info.get("description"):  # a spec's own words (what the data is, and what its tests measure)
+        lines.append(f"  {info['description']}")
     lines += [f"  read once: {a} (identical to {b})" for a, b in info["duplicates_skipped"]]
     lines += [f"  excluded from training: {p}" for p in info["excluded_from_training"]]
     lines += skipped_rows_report(info)
