@@ -295,9 +295,10 @@ def test_a_copy_of_a_notebook_is_checked_against_its_own_parameters_cell():
     ns = {"__annotations__": ran, "dataset": "synthetic", "epochs": 1, "note": "x", "accelerator": "cpu",
           "In": ["", '# Parameters\nnote = "x"\n']}
     assert check_notebook("teacher", ns)["note"] == "x"  # kdkit's file has no `note`: refused before
-    with pytest.raises(ValueError, match=r"teacher.ipynb parameter note=3: expected Optional\[str\]"):
+    with pytest.raises(ValueError, match=r"your copy of teacher.ipynb parameter note=3: expected Optional\[str\]"):
         check_notebook("teacher", {**ns, "note": 3, "In": ["", "# Parameters\nnote = 3\n"]})
-    with pytest.raises(ValueError, match=r"parameter 'threads' is not in .*\(known: accelerator, dataset, epochs, note\)"):
+    with pytest.raises(ValueError, match=r"parameter 'threads' is not in your copy of teacher.ipynb's parameters cell "
+                                         r"\(known: accelerator, dataset, epochs, note\)"):
         check_notebook("teacher", {**ns, "threads": 2, "In": ["", "# Parameters\nthreads = 2\n"]})
     with pytest.raises(ValueError, match=r"epochs"):  # a run-schema name is checked as the run schema says
         check_notebook("teacher", {**ns, "epochs": 0})

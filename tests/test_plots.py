@@ -212,3 +212,29 @@ def test_gateway_plots_of_an_empty_bus_say_so():
     assert texts == ["no window closed: fewer messages arrived than one window holds"]
     latency = gateway.latency_histogram([])
     assert [t.get_text() for t in latency.axes[0].texts] == ["no window was decided: no latency to show"]
+
+
+def test_the_alarm_timeline_shades_attack_windows_and_tells_hits_from_false_alarms():
+    """DAGA injects about one frame a window: its 1-ms attack bursts were invisible on a 150 s axis,
+    so 380 correct alarms looked like false ones. Labelled decisions shade their attack windows'
+    spans (adjacent ones joined) and mark each alarm as a hit or a false alarm."""
+    from kdkit.reporting.records import gateway_line
+    from kdkit.stream import report as gateway
+    from kdkit.stream.detector import Decision
+
+    def d(i, share, score):
+        return Decision(window=i, first_message=100 * i, start_time=10.0 + i, end_time=10.0 + i + 0.99, messages=100,
+                        score=score, threshold=0.5, is_attack=score >= 0.5, oov_ids=(), latency_s=0.0, cpu_s=0.0,
+                        attack_share=share)
+
+    decisions = [d(0, 0.0, 0.1), d(1, 0.01, 0.9), d(2, 0.02, 0.2), d(3, 0.0, 0.7), d(4, 0.0, 0.1)]
+    ax = gateway.alarm_timeline(decisions, 0.5).axes[0]
+    spans = [p for p in ax.patches]  # axvspan rectangles
+    assert len(spans) == 1  # windows 1 and 2 touch: one span from 1 s to 2.99 s
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "alarm on an attack window (1)" in labels and "false alarm (1)" in labels
+    assert "attack windows (labelled)" in labels
+    counts = gateway.detection_counts(decisions)
+    line = gateway_line({"counts": counts, "summary": {"unknown_vehicle": True}})
+    assert line.startswith("gateway: 5 windows, 2 alarms (40.0%); attack windows 2, detected 1, false alarms 1")
+    assert "did not look like a vehicle the model was trained on" in line

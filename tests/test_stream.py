@@ -138,6 +138,21 @@ def exported(trained, tmp_path_factory):
     return out
 
 
+def test_the_unknown_car_advice_of_an_export_is_a_command_that_runs(exported, trained):
+    """A new user ran the advice "then kdkit export car.pt" of a .pt2's unknown-car warning: export
+    needs --checkpoint and --out, and the checkpoint the package came from is in its metadata."""
+    from kdkit.stream.detector import VehicleCheck
+
+    det = Detector.from_exported(exported, channel="can0")
+    assert det.vehicle.source_checkpoint == str(trained) and det.clone().vehicle.source_checkpoint == str(trained)
+    assert det.vehicle._calibrate_command() == (
+        f"kdkit calibrate --checkpoint {trained} --clean CLEAN_CAPTURE --channel can0 --fpr 0.01 --out car.pt (the "
+        f"checkpoint student.pt2 was exported from), then kdkit export --checkpoint car.pt --out "
+        f"{exported.with_name('student_car.pt2')}")
+    bare = VehicleCheck("student.pt2")  # an export without its metadata's checkpoint: a placeholder
+    assert bare._calibrate_command().startswith("kdkit calibrate --checkpoint BEST.pt --clean CLEAN_CAPTURE --fpr")
+
+
 def test_exported_student_streams_the_offline_scores(exported, trained, recording, offline):
     from kdkit.data.loader import gather_windows
     from kdkit.deploy.export import load_exported

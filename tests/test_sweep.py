@@ -111,9 +111,12 @@ def test_plan_checks_every_key_and_value_against_the_notebook_and_the_schema(tmp
         sw.plan(STUDENT, {"kd_alpha": [0.5]}, teacher_notebook=REPO / "notebooks" / "teacher.ipynb",
                 teacher_parameters={"run_dir": "x"}, sweeps_dir=tmp_path)
     # sizes that only fail together (hidden against the preset's ID embedding), per task and for the teacher
-    with pytest.raises(ValueError, match=r"task 1 \({'hidden': 8}\): student.ipynb parameter hidden=8: embedding_dim=8"):
+    # (the notebooks have no embedding_dim parameter: the advice is a larger hidden, the preset's embedding named)
+    with pytest.raises(ValueError, match=r"task 1 \({'hidden': 8}\): student.ipynb parameter hidden=8: the gat student "
+                                         r"preset's CAN-ID embedding \(embedding_dim 8\) .* give hidden above 8"):
         sw.plan(STUDENT, {"hidden": [16, 8]}, sweeps_dir=tmp_path)
-    with pytest.raises(ValueError, match=r"teacher.ipynb parameter hidden=4: embedding_dim=16"):
+    with pytest.raises(ValueError, match=r"teacher.ipynb parameter hidden=4: the gat teacher preset's CAN-ID embedding "
+                                         r"\(embedding_dim 16\)"):
         sw.plan(STUDENT, {"kd_alpha": [0.5]}, teacher_notebook=REPO / "notebooks" / "teacher.ipynb",
                 teacher_parameters={"hidden": 4}, sweeps_dir=tmp_path)
     assert not any(tmp_path.iterdir())      # planning writes nothing

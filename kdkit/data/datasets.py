@@ -398,12 +398,18 @@ class PreparedDataset:
         return [k for k in self.splits if k not in ("train", "val")]
 
 
+# what a store holds beyond the graph format: its info's meaning (2: a split's messages are those in its windows,
+# files named below their common folder) and the reading (2: a logger file whose start holds one bus is read as
+# that bus). A store of another version is rebuilt, not reused with old numbers.
+STORE_VERSION = 2
+
+
 def cache_key(files: DatasetFiles, config: PrepareConfig) -> str:
     src = files.source
     reading = {"format": src.format, "mapping": src.mapping.to_dict() if src.mapping else None, "channel": src.channel,
                "tests": {k: sorted(str(p.relative_to(files.root)) for p in v) for k, v in files.tests.items()}} \
         if src is not None else None
-    payload = {"graph_format": GRAPH_FORMAT_VERSION, "config": asdict(config), "reading": reading,
+    payload = {"graph_format": GRAPH_FORMAT_VERSION, "store": STORE_VERSION, "config": asdict(config), "reading": reading,
                "files": sorted(files.hashes.items()), "train": [str(p.relative_to(files.root)) for p in files.train]}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -56,8 +56,8 @@ FIGURES = {
                "separate attacks from normal traffic at every threshold."),
     "confusion_matrices": ("Confusion matrices at the threshold", "Counts of windows: top right are false alarms, "
                            "bottom left missed attacks."),
-    "f1_per_scenario": ("F1 per test scenario", "The unknown-attack scenarios (03, 04) are the hard ones: a student "
-                        "close to the teacher there generalises, not just memorises."),
+    "f1_per_scenario": ("F1 per test scenario", "The scenarios with attacks (or a car) unseen in training are the "
+                        "hard ones: a student close to the teacher there generalises, not just memorises."),
     "size_and_latency": ("Size and inference latency", "What the student buys: parameters, bytes and single-window "
                          "latency against the teacher, measured on this machine."),
     "roc_pr_over_teacher": ("Student ROC and precision-recall over the teacher's", "Dashed grey: teacher; orange: "
@@ -166,6 +166,9 @@ def _section(root: Path, path: Path, shown: set[str], run: TrainRun | None = Non
     parts = [f"<h2>{html.escape(title)}</h2>"]
     if kind in ("teacher", "student") and model_entries(metrics):
         parts.append(f"<p class='muted'>{html.escape(headline_line(metrics))}</p>")
+    if kind == "gateway" and metrics.get("counts"):  # what the run found, and a foreign car said up front
+        unknown = (metrics.get("summary") or {}).get("unknown_vehicle")
+        parts.append(f"<p class='{'warning' if unknown else 'muted'} gateway'>{html.escape(headline_line(metrics))}</p>")
     smoke = _smoke(metrics)
     if smoke:
         parts.append(f"<p class='warning smoke'>{html.escape(smoke)}: the timings below show that the benchmark "
@@ -217,8 +220,9 @@ def _summary_figures(summary: Mapping, labels: Mapping | None = None, scores: Ma
 
 
 HEADLINE_CAPTION = ("F1, MCC and detection rate at 1 % false-positive rate on each test scenario, then size and "
-                    "p99 single-window latency (where measured). The scenarios with an unknown attack are the test "
-                    "of generalisation.")
+                    "p99 single-window latency (where measured: one short run on this machine, which can differ by "
+                    "2x between two models of one size on a busy host; kdkit bench infer interleaves repeats). The "
+                    "scenarios with an attack unseen in training are the test of generalisation.")
 KD_GAIN_CAPTION = " KD gain: KD student minus the same student trained alone (green: distillation helped)."
 NO_SCORES = ("no scores.npz beside this record (recorded by an older notebook): no score histograms or ROC/PR "
              "curves.")
@@ -417,15 +421,23 @@ def text_summary(root: str | Path) -> str:
     the HTML report's."""
     blocks = []
     records = find_records(root)
-    for folder in lead_train_runs(records):
+    loaded = [(p, json.loads(p.read_text())) for p in records]
+    # the newest student (else teacher) notebook record opens it, as the HTML report does; else kdkit train runs
+    lead = next((pm for kind in ("student", "teacher") for pm in reversed(loaded)
+                 if pm[1].get("notebook") == kind and model_entries(pm[1])), None)
+    if lead:
+        blocks += [f"== {headline_title(list(model_entries(lead[1])))} ({lead[0].parent})",
+                   headline_text(headline([lead[1]])), ""]
+    for folder in ([] if lead else lead_train_runs(records)):
         run = train_run_record(folder, [p.parent for p in records], with_scores=False)
         subject = " on ".join(str(v) for v in (run.record.get("model"), run.record.get("dataset")) if v)
         blocks += [f"== {headline_title(list(model_entries(run.record)))} ({subject}; {folder})",
                    headline_text(headline([run.record])), *(f"  note: {n}" for n in run.notes or []), ""]
-    for p in records:
-        metrics = json.loads(p.read_text())
+    for p, metrics in loaded:
         flat = _flatten({k: v for k, v in metrics.items() if k not in ("figures", "tables", "history")})
         blocks.append(f"== {p.parent}  ({metrics.get('notebook', 'run')})")
+        if metrics.get("notebook") in ("teacher", "student", "gateway"):
+            blocks.append(f"  {headline_line(metrics)}")
         blocks += [f"  {k:<44} {_cell(v)}" for k, v in flat.items()]
         for name, t in (metrics.get("tables") or {}).items():
             blocks.append(repr(Table(t["rows"], t.get("columns"), f"  [{name}]")))

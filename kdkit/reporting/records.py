@@ -313,7 +313,30 @@ def headline(metrics: Mapping) -> str:
         kd, alone = metrics["student_kd"], metrics["student_alone"]
         return (f"student: {kd['parameters']:,} parameters, overall F1 {_f1(kd['overall'])} with KD, "
                 f"{_f1(alone['overall'])} alone (teacher {_f1(metrics['teacher']['overall'])})")
+    if kind == "gateway" and isinstance(metrics.get("counts"), Mapping):
+        return gateway_line(metrics)
     return f"{kind}: {len(metrics.get('figures', []))} figures, {len(metrics.get('tables', {}))} tables"
+
+
+UNKNOWN_BUS = ("the bus did not look like a vehicle the model was trained on (most IDs outside its vocabulary): "
+               "its decisions there are unreliable, false alarms or attacks missed; calibrate it on a clean capture "
+               "of this car (kdkit calibrate)")
+
+
+def gateway_line(metrics: Mapping) -> str:
+    """A gateway record in one line: windows, alarms and, for labelled input, detected attack
+    windows and false alarms; and what the detector said of an unknown car."""
+    c = metrics["counts"]
+    rate = f" ({c['alarms'] / c['windows']:.1%})" if c.get("windows") else ""
+    text = f"gateway: {c.get('windows', 0):,} windows, {c.get('alarms', 0):,} alarms{rate}"
+    if "attack_windows" in c:
+        text += (f"; attack windows {c['attack_windows']:,}, detected {c['detected']:,}, "
+                 f"false alarms {c['false_alarms']:,}")
+    else:
+        text += "; unlabelled input (no truth to score against)"
+    if (metrics.get("summary") or {}).get("unknown_vehicle"):
+        text += f". Warning: {UNKNOWN_BUS}"
+    return text
 
 
 def _f1(overall: Mapping) -> str:

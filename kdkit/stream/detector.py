@@ -278,6 +278,7 @@ class VehicleCheck:
         self._shown = set() if shown is None else shown
         self.family: str | None = None  # the model's family (gat, vgae, fusion), for the advice; set by the loaders
         self.channel: str | None = None  # the channel the detector reads, for the advice
+        self.source_checkpoint: str | None = None  # an export's checkpoint (its metadata), for the advice
         self.verdict: bool | None = None  # None until judged
         self.share_of_windows: float | None = None  # of the judged windows, those mostly of unknown IDs
         self._mostly_unknown = self._seen = 0
@@ -288,8 +289,10 @@ class VehicleCheck:
         channel = f" --channel {self.channel}" if self.channel else ""
         model = Path(self.name)
         if model.suffix == ".pt2":
-            return (f"kdkit calibrate --checkpoint BEST.pt --clean CLEAN_CAPTURE{channel} --fpr 0.01 --out car.pt "
-                    f"with the checkpoint {model.name} was exported from, then kdkit export car.pt")
+            source = self.source_checkpoint or "BEST.pt"
+            return (f"kdkit calibrate --checkpoint {source} --clean CLEAN_CAPTURE{channel} --fpr 0.01 --out car.pt "
+                    f"(the checkpoint {model.name} was exported from), then kdkit export --checkpoint car.pt --out "
+                    f"{model.with_name(model.stem + '_car.pt2')}")
         return (f"kdkit calibrate --checkpoint {self.name} --clean CLEAN_CAPTURE{channel} --fpr 0.01 --out "
                 f"{model.with_name(model.stem + '_car.pt')}")
 
@@ -520,6 +523,7 @@ class Detector:
                   thr if threshold is None else threshold, meta.get("label_threshold") or 0.0, channel, name=str(path),
                   score_batch=score_batch, score_graph=score_graph, engine=used, calibration=meta.get("calibration"))
         det.vehicle.family = (meta.get("model_config") or {}).get("kind")
+        det.vehicle.source_checkpoint = meta.get("checkpoint")
         det.warm_up()
         return det
 
@@ -549,7 +553,7 @@ class Detector:
         twin = Detector(self.score_windows, self.vocab, self.window, self.stride, self.threshold,
                         self.label_threshold, self.channel, self.name, self.score_batch, self.score_graph, self.engine,
                         self.batch_engine, self.calibration, self._shown)
-        twin.vehicle.family = self.vehicle.family
+        twin.vehicle.family, twin.vehicle.source_checkpoint = self.vehicle.family, self.vehicle.source_checkpoint
         return twin
 
     # ------------------------------------------------------------------ state

@@ -32,8 +32,13 @@ def attack_intervals(msgs: Messages, join_s: float = 0.05) -> list[tuple[float, 
 
 
 def alarm_timeline(decisions: Sequence[Decision], threshold: float,
-                   intervals: Sequence[tuple[float, float]] = (), title: str = "") -> Figure:
-    """Each window's score at its end time, the threshold, alarms marked, true attack bursts shaded."""
+                   intervals: Sequence[tuple[float, float]] = (), title: str = "",
+                   label_threshold: float = 0.0) -> Figure:
+    """Each window's score at its end time, the threshold, and the truth: with labelled decisions
+    (``attack_share``), the attack windows (share above ``label_threshold``) shaded over their time
+    span and each alarm marked as a hit (on an attack window) or a false alarm; else the labelled
+    attack bursts ``intervals`` shaded. Window spans stay visible where an attack injects one frame
+    a window (DAGA), which a burst of one frame is not on a long axis."""
     fig, ax = plt.subplots(figsize=(10, 3.4))
     plt.close(fig)
     if decisions:
@@ -41,11 +46,24 @@ def alarm_timeline(decisions: Sequence[Decision], threshold: float,
         t = np.array([d.end_time for d in decisions]) - t0
         s = np.array([d.score for d in decisions])
         alarm = np.array([d.is_attack for d in decisions])
-        for k, (a, b) in enumerate(intervals):
-            ax.axvspan(a - t0, max(b, a + 1e-3) - t0, color="tab:orange", alpha=0.25, lw=0,
-                       label="labelled attack" if k == 0 else None)
+        shares = [d.attack_share for d in decisions]
+        labelled = all(v is not None for v in shares)
+        if labelled:
+            truth = np.array(shares, np.float64) > label_threshold
+            spans = _window_spans(decisions, truth, t0)
+        else:
+            spans = [(a - t0, max(b, a + 1e-3) - t0) for a, b in intervals]
+        for k, (a, b) in enumerate(spans):
+            ax.axvspan(a, b, color="tab:orange", alpha=0.3, lw=0,
+                       label=("attack windows (labelled)" if labelled else "labelled attack") if k == 0 else None)
         ax.plot(t, s, color="tab:blue", lw=0.8, label="window score")
-        ax.scatter(t[alarm], s[alarm], color="tab:red", s=12, zorder=3, label=f"alarm ({int(alarm.sum())})")
+        if labelled:
+            hit, false = alarm & truth, alarm & ~truth
+            ax.scatter(t[hit], s[hit], color="tab:red", s=12, zorder=3, label=f"alarm on an attack window ({int(hit.sum())})")
+            ax.scatter(t[false], s[false], color="black", marker="x", s=16, zorder=3,
+                       label=f"false alarm ({int(false.sum())})")
+        else:
+            ax.scatter(t[alarm], s[alarm], color="tab:red", s=12, zorder=3, label=f"alarm ({int(alarm.sum())})")
     else:  # an idle bus, a short recording, every frame filtered out: say so instead of an empty frame
         _empty_note(ax, "no window closed: fewer messages arrived than one window holds")
     ax.axhline(threshold, color="black", ls="--", lw=1, label=f"threshold {threshold:g}")
@@ -54,6 +72,18 @@ def alarm_timeline(decisions: Sequence[Decision], threshold: float,
     ax.set_title(title or "alarm timeline")
     ax.legend(loc="upper right", fontsize=8)
     return fig
+
+
+def _window_spans(decisions: Sequence[Decision], truth: np.ndarray, t0: float) -> list[tuple[float, float]]:
+    """Time spans (since ``t0``) of the runs of consecutive windows where ``truth``: one span a run."""
+    spans, start = [], None
+    for k, (d, y) in enumerate(zip(decisions, truth)):
+        if y and start is None:
+            start = d.start_time
+        if y and (k + 1 == len(decisions) or not truth[k + 1]):
+            spans.append((start - t0, d.end_time - t0))
+            start = None
+    return spans
 
 
 def _empty_note(ax, text: str) -> None:

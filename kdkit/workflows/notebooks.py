@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from kdkit.config import TrainConfig, schema, validate_overrides
-from kdkit.models.registry import check_sizes
+from kdkit.models.registry import PRESETS, check_sizes
 from kdkit.reporting.records import epoch_printer, stop_note
 from kdkit.training.checkpoint import load_checkpoint, provenance
 from kdkit.training.precision import resolve_accelerator
@@ -65,7 +65,8 @@ def train_logged(cfg: TrainConfig, data=None) -> dict:
     ended (``trained all 20 epochs``, or ``stopped early after epoch 7/20: no better validation for 5
     epochs``); returns the run summary."""
     summary = train(cfg, progress=False, on_epoch_end=epoch_printer(cfg.epochs), data=data)
-    print(stop_note(summary, cfg.epochs, cfg.patience) or f"trained all {cfg.epochs} epochs", flush=True)
+    every = f"trained all {cfg.epochs} epochs" if cfg.epochs != 1 else "trained its 1 epoch"
+    print(stop_note(summary, cfg.epochs, cfg.patience) or every, flush=True)
     return summary
 
 
@@ -200,11 +201,14 @@ def check_notebook(name: str, namespace: Mapping[str, Any]) -> dict:
     """
     path = NOTEBOOK_DIR / f"{name}.ipynb"
     move_to_project_folder()
-    declared = running_parameters(_declared(path), namespace)
+    own = _declared(path)
+    declared = running_parameters(own, namespace)
+    # a copy whose parameters cell differs from kdkit's is named as what it is in the messages
+    shown = path if set(declared) == set(own) else Path(f"your copy of {path.name}")
     for key in injected_names(namespace):  # papermill -p NAME of a name the notebook does not have
         if key not in declared:
-            check_parameters(path, {key: namespace.get(key)}, declared=declared)  # raises, naming the closest name
-    values = check_parameters(path, {k: namespace[k] for k in declared if k in namespace}, declared=declared)
+            check_parameters(shown, {key: namespace.get(key)}, declared=declared)  # raises, naming the closest name
+    values = check_parameters(shown, {k: namespace[k] for k in declared if k in namespace}, declared=declared)
     check_model_sizes(path, values)
     check_teacher_checkpoint(path, values)
     if isinstance(values.get("accelerator"), str):
@@ -295,7 +299,13 @@ def check_model_sizes(notebook: str | os.PathLike, values: Mapping[str, Any]) ->
             try:
                 check_sizes(values["model"], size, values[f"{prefix}hidden"], values.get(f"{prefix}embedding_dim"))
             except ValueError as err:
-                raise ValueError(f"{path.name} parameter {prefix}hidden={values[f'{prefix}hidden']!r}: {err}") from None
+                why = str(err)
+                if f"{prefix}embedding_dim" not in values:  # the notebook has no such parameter: a larger hidden only
+                    preset = PRESETS.get(values["model"], {}).get(size, {}).get("embedding_dim")
+                    why = (f"the {values['model']} {size} preset's CAN-ID embedding (embedding_dim {preset}) takes "
+                           f"part of each node's hidden channels: give {prefix}hidden above {preset}, or None for the "
+                           "preset")
+                raise ValueError(f"{path.name} parameter {prefix}hidden={values[f'{prefix}hidden']!r}: {why}") from None
 
 
 PAPERMILL_COMMENT = "# Parameters"
