@@ -436,8 +436,9 @@ def text_summary(root: str | Path) -> str:
     for p, metrics in loaded:
         flat = _flatten({k: v for k, v in metrics.items() if k not in ("figures", "tables", "history")})
         blocks.append(f"== {p.parent}  ({metrics.get('notebook', 'run')})")
-        if metrics.get("notebook") in ("teacher", "student", "gateway"):
-            blocks.append(f"  {headline_line(metrics)}")
+        kind = metrics.get("notebook")
+        if (kind in ("teacher", "student") and model_entries(metrics)) or (kind == "gateway" and metrics.get("counts")):
+            blocks.append(f"  {headline_line(metrics)}")  # as the HTML section's line
         blocks += [f"  {k:<44} {_cell(v)}" for k, v in flat.items()]
         for name, t in (metrics.get("tables") or {}).items():
             blocks.append(repr(Table(t["rows"], t.get("columns"), f"  [{name}]")))
