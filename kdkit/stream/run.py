@@ -120,7 +120,9 @@ class RunSummary:
         lines = [(f"{s['mode']} of {s['source']} with {s['model']} (window {s['window']}, stride {s['stride']}, "
                   f"threshold {s['threshold']:g}, engine {s['engine']}): stopped by {s['stopped_by']}"),
                  (f"  {s['windows']:,} windows, {s['alarms']:,} alarms (rate {rate}); {s['messages']:,} messages in "
-                  f"{s['seconds']:.3f} s ({s['messages_per_s'] or 0:,} messages/s, {s['cpu_seconds']:.3f} CPU s); {lat}"),
+                  f"{s['seconds']:.3f} s ({s['messages_per_s'] or 0:,} messages/s"
+                  + (", one run: kdkit bench detect repeats it after a burn-in" if s["mode"] == "replay" else "")
+                  + f", {s['cpu_seconds']:.3f} CPU s); {lat}"),
                  f"  dropped frames: {dropped}; skipped rows: {s['skipped_rows']}"
                  + (f" (the file is cut: {s['truncated']})" if s["truncated"] else "") + f"; stalls: {s['stalls']}"
                  + ("; timestamps looked re-stamped (see the warning)" if s["restamped"] else "")
