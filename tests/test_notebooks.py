@@ -315,6 +315,10 @@ def test_kdkit_notebooks_opened_in_their_folder_run_from_the_checkout_root(monke
     assert f"working folder: {NOTEBOOK_DIR.parent}" in capsys.readouterr().out
     monkeypatch.chdir(tmp_path)  # papermill from elsewhere, a copy in the user's project: left where it is
     assert move_to_project_folder() is None and Path.cwd() == tmp_path.resolve()
+    # papermill in notebooks/ (a SLURM job submitted from there): its run stays with the job's files
+    monkeypatch.chdir(NOTEBOOK_DIR)
+    check_notebook("teacher", {"epochs": 2, "In": ["", "# Parameters\nepochs = 2\n"]})
+    assert Path.cwd() == NOTEBOOK_DIR.resolve()
 
 
 @pytest.mark.notebook

@@ -587,6 +587,17 @@ def test_a_student_given_a_queued_teachers_checkpoint_waits_for_that_job(orch, f
     student = orch.submit_run({"dataset": "synthetic", "type": "student", "teacher": str(ckpt), "run_name": "s"})
     assert f"#SBATCH --dependency=afterok:{teacher}\n" in fake.scripts[student]
     assert orch.registry.load()[student]["dependency"] == f"afterok:{teacher}"
+    # the teacher's first epoch wrote a best.pt while its job still runs: the student still waits (a new user's
+    # student started beside its running teacher and distilled whatever best.pt was there)
+    fake.states[teacher] = ["RUNNING"]
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    ckpt.write_bytes(b"epoch 1")
+    running = orch.submit_run({"dataset": "synthetic", "type": "student", "teacher": str(ckpt), "run_name": "s1"})
+    assert f"#SBATCH --dependency=afterok:{teacher}\n" in fake.scripts[running]
+    fake.states[teacher] = ["COMPLETED"]  # done: the checkpoint is final, no dependency
+    done = orch.submit_run({"dataset": "synthetic", "type": "student", "teacher": str(ckpt), "run_name": "s3"})
+    assert "--dependency" not in fake.scripts[done]
+    ckpt.unlink()
     fake.states[teacher] = ["FAILED"]  # a teacher job that ended without the checkpoint: refused, named
     with pytest.raises(FileNotFoundError, match=r"teacher checkpoint .*t/checkpoints/best.pt does not exist \(nor is "
                                                 r"it the checkpoint of a queued or running job"):
@@ -618,6 +629,19 @@ def test_train_resume_with_use_slurm_points_to_resubmit(capsys):
     assert main(["train", "--dataset", "synthetic", "--use-slurm", "--resume", "auto", "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert "a SLURM job resumes its run folder's last.pt by itself" in err and "`kdkit slurm resubmit JOB`" in err
+
+
+def test_a_stride_above_the_window_is_warned_when_the_job_is_submitted(capsys, tmp_path):
+    """It was said only in the job's log, after the queue; now at submission (here a dry run)."""
+    from kdkit.cli.main import main
+
+    assert main(["train", "--dataset", "synthetic", "--use-slurm", "--window", "50", "--stride", "100", "--dry-run",
+                 "--runs-dir", str(tmp_path / "runs")]) == 0
+    err = capsys.readouterr().err
+    assert "kdkit train: warning: stride 100 > window 50: 50 of every 100 messages fall in no window" in err
+    assert main(["train", "--dataset", "synthetic", "--use-slurm", "--window", "50", "--dry-run",
+                 "--runs-dir", str(tmp_path / "runs")]) == 0
+    assert "stride" not in capsys.readouterr().err  # the stride follows the window
 
 
 def test_cli_status_points_to_the_sweeps_beside_the_jobs(capsys, tmp_path, monkeypatch):

@@ -438,3 +438,12 @@ def test_tasks_run_where_the_sweep_was_planned(tmp_path, monkeypatch):
     assert seen["cwd"] == str(here)
     assert sw._task_cwd({}, TASK_NB) == str(TASK_NB.parent)  # a sweep planned before: as then
     assert sw._task_cwd({"cwd": str(tmp_path / "gone")}, TASK_NB) == str(TASK_NB.parent)
+
+
+def test_sweep_and_submit_notebook_read_p_values_as_papermill_does():
+    """The README's papermill command passes `-p threads None`; `kdkit sweep -p threads None` took it
+    as the string 'None' and refused it. -p values are JSON, or papermill's None / True / False."""
+    from kdkit.cli.slurm import _parameter_value
+
+    assert [_parameter_value(v) for v in ("None", "True", "False", "null", "3", "0.5", "[1, 2]", "runs/x")] == \
+        [None, True, False, None, 3, 0.5, [1, 2], "runs/x"]

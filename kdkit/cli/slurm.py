@@ -161,8 +161,15 @@ def _cmd_logs(args) -> int:
     return 0
 
 
+_PYTHON_WORDS = {"None": None, "True": True, "False": False}
+
+
 def _parameter_value(text: str):
-    """``-p`` values: JSON when they parse (3, 0.5, true, null, [1, 2]), else the string."""
+    """``-p`` values: JSON when they parse (3, 0.5, true, null, [1, 2]), papermill's own words
+    ``None``, ``True`` and ``False`` as papermill's ``-p`` reads them (the README's ``-p threads None``),
+    else the string."""
+    if text in _PYTHON_WORDS:
+        return _PYTHON_WORDS[text]
     try:
         return json.loads(text)
     except json.JSONDecodeError:

@@ -33,6 +33,7 @@ from kdkit.config import (
     parse_config_json,
     validate_overrides,
 )
+from kdkit.data.datasets import stride_gap_note
 from kdkit.reporting.metrics import format_table
 from kdkit.training.preemption import REQUEUE_EXIT_CODE, Preempted
 from kdkit.workflows.batch_size import describe, optimize_config_batch_size, sizer_for_config
@@ -68,6 +69,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if overrides.get("optimize_batch_size") and "type" not in overrides:
         return report_batch_size(args)
     if args.use_slurm:
+        planned = make_config(**overrides)  # said now, not hours later in the job's log
+        if stride_gap_note(planned.window, planned.stride):
+            print(f"kdkit train: warning: {stride_gap_note(planned.window, planned.stride)}", file=sys.stderr)
         job = submit_train_from_args(args, overrides)
         if job:
             print(f"submitted SLURM job {job}")

@@ -419,12 +419,15 @@ class FabricSlurmTrainingOrchestrator:
                 raise ValueError(f"config is not valid JSON: {err}") from None
         if config is not None and not isinstance(config, dict):
             raise ValueError(f"config must be a JSON object, got {config!r}")
-        if teacher is not None and dependency is None and not Path(teacher).is_file():
+        if teacher is not None and dependency is None:
+            # a teacher job still queued or running will write (or rewrite: best.pt after every better epoch) that
+            # checkpoint: the student waits for it, even when a first best.pt is already there
             job = self.teacher_job(teacher)
-            if job is None:
+            if job is None and not Path(teacher).is_file():
                 raise FileNotFoundError(f"teacher checkpoint {teacher} does not exist (nor is it the checkpoint of a "
                                         f"queued or running job in {self.registry.path})")
-            dependency = f"afterok:{job}"  # the student starts once the teacher's job has succeeded
+            if job is not None:
+                dependency = f"afterok:{job}"  # the student starts once the teacher's job has succeeded
         validate(dict(model=model, dataset=dataset, model_type=model_type, teacher=teacher, epochs=epochs))
         validate_overrides({"model": model, "dataset": dataset, "type": model_type}, self.schema)
         check_sizes(model, model_type, (config or {}).get("hidden"), (config or {}).get("embedding_dim"))

@@ -443,10 +443,7 @@ def prepare(name: str, config: PrepareConfig | None = None, data_root: str | Pat
     """
     config = config or PrepareConfig()
     if config.stride > config.window:
-        gap = config.stride - config.window
-        log.warning("stride %d > window %d: %d of every %d messages fall in no window (never trained on, "
-                    "validated or tested, attacks included); leave stride unset (it follows the window) or set "
-                    "it <= the window to use every message", config.stride, config.window, gap, config.stride)
+        log.warning("%s", stride_gap_note(config.window, config.stride))
     workers = prepare_workers(workers)
     files = discover(name, data_root, config.include_excluded, synthetic_seed, channel=channel)
     name = files.name  # a folder's or spec's own name, for the store and the summaries
@@ -501,6 +498,15 @@ def prepare_workers(workers: int | None = None) -> int:
     if workers < 1:
         raise ValueError(f"workers must be >= 1 (processes preparing recordings at once), got {workers}")
     return workers
+
+
+def stride_gap_note(window: int, stride: int) -> str:
+    """What a stride above the window leaves out ("" when it does not)."""
+    if stride <= window:
+        return ""
+    return (f"stride {stride} > window {window}: {stride - window} of every {stride} messages fall in no window (never "
+            "trained on, validated or tested, attacks included); leave stride unset (it follows the window) or set "
+            "it <= the window to use every message")
 
 
 def train_hashes(files: DatasetFiles) -> dict[str, str]:

@@ -200,7 +200,8 @@ def check_notebook(name: str, namespace: Mapping[str, Any]) -> dict:
         The parameters, by name.
     """
     path = NOTEBOOK_DIR / f"{name}.ipynb"
-    move_to_project_folder()
+    if not injected_names(namespace):  # papermill (a SLURM job, a script) runs where its caller chose: stay there
+        move_to_project_folder()
     own = _declared(path)
     declared = running_parameters(own, namespace)
     # a copy whose parameters cell differs from kdkit's is named as what it is in the messages
@@ -242,7 +243,9 @@ def move_to_project_folder() -> Path | None:
     notebook's folder, nbval's too) moves to the checkout's root, where ``kdkit train`` and the README's
     papermill commands run: a relative ``run_dir``, spec file or teacher checkpoint then means the
     same in a notebook as on the command line (``runs/x``, not ``notebooks/runs/x``). Returns the
-    folder it moved to, or None when the kernel is elsewhere (papermill from the root, a copy)."""
+    folder it moved to, or None when the kernel is elsewhere (papermill from the root, a copy).
+    :func:`check_notebook` does not call it under papermill: a papermill run (``kdkit slurm
+    submit-notebook``'s job included) stays in the folder its caller chose, with its job files."""
     try:
         here = Path.cwd().resolve()
     except OSError:
