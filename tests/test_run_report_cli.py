@@ -323,3 +323,24 @@ def test_each_model_family_gets_its_headline_in_the_html_and_the_text_report(run
     assert "KD gain" in text.splitlines()[1] and "== The student alone (vgae on synthetic" in text
     first_table = text.split("\n\n")[0].splitlines()
     assert any(line.startswith("F1 ") for line in first_table)
+
+
+def test_the_headline_names_the_runs_of_its_kind_it_leaves_out(tmp_path):
+    """A folder of three KD students (one teacher each) showed one in the headline and said nothing
+    of the others: the note names them."""
+    from pathlib import Path
+
+    from kdkit.reporting.html import others_note
+
+    def run(name: str, **summary) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "summary.json").write_text(json.dumps({"model": "gat", "test": {"scenarios": {"s": {}}}, **summary}))
+        (folder / "metrics.json").write_text("{}")
+        return folder / "metrics.json"
+
+    records = [run("s1", type="student", kd=True), run("s2", type="student", kd=True), run("s3", type="student", kd=True),
+               run("t1", type="teacher"), run("v1", type="student", kd=True, model="vgae")]
+    note = others_note(tmp_path / "s3", records)
+    assert note.startswith("2 other gat KD student run(s) in this folder, not in this table: s1, s2")
+    assert others_note(tmp_path / "t1", records) is None  # the only gat teacher

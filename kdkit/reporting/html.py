@@ -330,6 +330,20 @@ def lead_train_runs(records: list[Path]) -> list[Path]:
     return leads
 
 
+def others_note(lead: Path, records: list[Path]) -> str | None:
+    """A note naming the other runs of the lead's family and role in the folder, which its headline
+    leaves out (a folder of three KD students shows one); None when there are none."""
+    summary = read_json(lead / "summary.json") or {}
+    family, role = summary.get("model"), role_key(summary)
+    others = [p.parent.name for p in records if is_train_run(p.parent) and p.parent != lead
+              and (s := read_json(p.parent / "summary.json")) is not None and s.get("model") == family
+              and role_key(s) == role]
+    if not others:
+        return None
+    return (f"{len(others)} other {family} {LEAD_NAMES.get(role, role)} run(s) in this folder, not in this table: "
+            f"{', '.join(sorted(others))} (their own sections below; kdkit report RUN_FOLDER for each one's table)")
+
+
 def seeds_section(lead: Path, records: list[Path], ident: str = "") -> str:
     """The headline over seeds of a runs folder (``benchmarks/quality.py``'s, or ``kdkit train``
     runs of several seeds): every KD student of the lead's architecture and data, each with its own
@@ -375,10 +389,13 @@ def run_dir_html(root: str | Path, out: str | Path | None = None) -> Path:
         for i, folder in enumerate(lead_train_runs(records)):
             ident = f"-{i + 1}" if i else ""
             run = train_run_record(folder, [p.parent for p in records])
+            seeds = seeds_section(folder, records, ident)
+            if not seeds:  # several seeds are pooled there; else say which runs of this kind the table leaves out
+                run.notes = [*(run.notes or []), *filter(None, [others_note(folder, records)])]
             subject = " on ".join(str(v) for v in (run.record.get("model"), run.record.get("dataset")) if v)
             section, shown[folder / "metrics.json"] = headline_section(run.record, folder, run.scores, run.notes,
                                                                        subject, run.main, overlay=False, ident=ident)
-            top += seeds_section(folder, records, ident) + section
+            top += seeds + section
             runs[folder / "metrics.json"] = run
     body = top + "\n".join(_section(root, p, shown.get(p, set()), runs.get(p)) for p in records)
     stamp = time.strftime("%Y-%m-%d %H:%M")
@@ -431,8 +448,9 @@ def text_summary(root: str | Path) -> str:
     for folder in ([] if lead else lead_train_runs(records)):
         run = train_run_record(folder, [p.parent for p in records], with_scores=False)
         subject = " on ".join(str(v) for v in (run.record.get("model"), run.record.get("dataset")) if v)
+        notes = [*(run.notes or []), *filter(None, [others_note(folder, records)])]
         blocks += [f"== {headline_title(list(model_entries(run.record)))} ({subject}; {folder})",
-                   headline_text(headline([run.record])), *(f"  note: {n}" for n in run.notes or []), ""]
+                   headline_text(headline([run.record])), *(f"  note: {n}" for n in notes), ""]
     for p, metrics in loaded:
         flat = _flatten({k: v for k, v in metrics.items() if k not in ("figures", "tables", "history")})
         blocks.append(f"== {p.parent}  ({metrics.get('notebook', 'run')})")
