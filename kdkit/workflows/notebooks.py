@@ -169,7 +169,7 @@ def check_parameters(notebook, parameters: dict, cls: type = TrainConfig,
     """
     declared = _declared(notebook) if declared is None else declared
     specs = {s.name: s for s in schema(cls)}
-    shown = Path(notebook).name  # the file's name: a user's copy of a notebook is checked against kdkit's
+    shown = Path(notebook).name  # the file's name ("your copy of teacher.ipynb" from check_notebook for a copy)
     for key, value in parameters.items():
         if key not in declared:
             raise ValueError(f"parameter {key!r} is not in {Path(notebook).name}'s parameters cell"
