@@ -631,8 +631,9 @@ def test_train_resume_with_use_slurm_points_to_resubmit(capsys):
     assert "a SLURM job resumes its run folder's last.pt by itself" in err and "`kdkit slurm resubmit JOB`" in err
 
 
-def test_a_stride_above_the_window_is_warned_when_the_job_is_submitted(capsys, tmp_path):
-    """It was said only in the job's log, after the queue; now at submission (here a dry run)."""
+def test_submission_warns_of_a_stride_gap_and_asks_the_cpus_its_threads_use(capsys, tmp_path):
+    """A stride above the window was said only in the job's log, after the queue: now at submission (a
+    dry run here)."""
     from kdkit.cli.main import main
 
     assert main(["train", "--dataset", "synthetic", "--use-slurm", "--window", "50", "--stride", "100", "--dry-run",
@@ -642,6 +643,13 @@ def test_a_stride_above_the_window_is_warned_when_the_job_is_submitted(capsys, t
     assert main(["train", "--dataset", "synthetic", "--use-slurm", "--window", "50", "--dry-run",
                  "--runs-dir", str(tmp_path / "runs")]) == 0
     assert "stride" not in capsys.readouterr().err  # the stride follows the window
+    # --threads N: the job asks N CPUs a task (the cpu preset's 4 stood idle and held up other jobs)
+    assert main(["train", "--dataset", "synthetic", "--use-slurm", "--threads", "1", "--dry-run",
+                 "--runs-dir", str(tmp_path / "runs")]) == 0
+    script = capsys.readouterr().out
+    assert "#SBATCH --cpus-per-task=1\n" in script and "--threads 1" in script
+    assert main(["train", "--dataset", "synthetic", "--use-slurm", "--dry-run", "--runs-dir", str(tmp_path / "runs")]) == 0
+    assert "#SBATCH --cpus-per-task=4\n" in capsys.readouterr().out  # the preset's without --threads
 
 
 def test_cli_status_points_to_the_sweeps_beside_the_jobs(capsys, tmp_path, monkeypatch):

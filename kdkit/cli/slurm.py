@@ -98,7 +98,10 @@ def submit_train_from_args(args: argparse.Namespace, overrides: dict) -> str | N
     orch = FabricSlurmTrainingOrchestrator(runs_dir=run.pop("runs_dir", None) or "runs",
                                            preset=getattr(args, "slurm_preset", None) or "cpu")
     dry_run = bool(getattr(args, "dry_run", False))
-    result = orch.submit_run(run, dry_run=dry_run, **_resources(args))
+    resources = _resources(args)
+    if run.get("threads"):  # --threads N: each task asks the CPUs it uses (the cpu preset's 4 would idle)
+        resources.setdefault("cpus_per_task", int(run["threads"]))
+    result = orch.submit_run(run, dry_run=dry_run, **resources)
     if dry_run:
         print(result, end="")
         return None
