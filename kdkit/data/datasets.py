@@ -453,9 +453,7 @@ def prepare(name: str, config: PrepareConfig | None = None, data_root: str | Pat
     if meta_path.is_file() and not rebuild:
         cached = _load_store(name, config, store, key)
         if cached is not None:
-            cached.info["root"] = str(files.root)  # where the recordings are now (the store's key is their content)
-            cached.info["train_files_sha256"] = train_hashes(files)
-            cached.info["description"] = files.source.description if files.source else ""
+            cached.info.update(_files_info(files))  # where the recordings are now (the store's key is their content)
             return cached
 
     t0 = time.perf_counter()
@@ -507,6 +505,13 @@ def stride_gap_note(window: int, stride: int) -> str:
     return (f"stride {stride} > window {window}: {stride - window} of every {stride} messages fall in no window (never "
             "trained on, validated or tested, attacks included); leave stride unset (it follows the window) or set "
             "it <= the window to use every message")
+
+
+def _files_info(files: DatasetFiles) -> dict:
+    """The info a store's recordings give as they are now (set again when a cached store is loaded):
+    their root, the training recordings' hashes and the spec's description."""
+    return {"root": str(files.root), "train_files_sha256": train_hashes(files),
+            "description": files.source.description if files.source else ""}
 
 
 def train_hashes(files: DatasetFiles) -> dict[str, str]:
@@ -620,15 +625,13 @@ def _build(name: str, files: DatasetFiles, config: PrepareConfig, store: Path, k
             selections["val"].append((part, [(v0, v1)], covered_messages([(v0, v1)], W, S)))
             vocab_parts.append(vocab_ids(part, a, b))
         vocab = IdVocab.fit(vocab_parts)
-        info = {"dataset": name, "root": str(files.root), "config": asdict(config), "vocab_size": len(vocab),
+        info = {"dataset": name, **_files_info(files), "config": asdict(config), "vocab_size": len(vocab),
                 "duplicates_skipped": [[str(a), str(b)] for a, b in files.duplicates],
                 "excluded_from_training": [str(p) for p in files.excluded],
                 "skipped_rows": {p: v["rows"] for p, v in skipped.items()}, "skipped": skipped, "splits": {},
                 "source": files.source.describe() if files.source else None,
                 "missing_scenarios": dict(files.missing_scenarios), "dropped_frames": dropped,
-                "messages_read": sum(part.messages for part in parts.values()),
-                "train_files_sha256": train_hashes(files),
-                "description": files.source.description if files.source else ""}
+                "messages_read": sum(part.messages for part in parts.values())}
         for scen, paths in _scenarios(files).items():
             selections[scen] = []
             for p in paths:

@@ -312,6 +312,17 @@ def lead_train_run(records: list[Path]) -> Path | None:
     return next((d for role in LEAD_ORDER for d in reversed(runs) if roles[d] == role), None)
 
 
+def notebook_lead(loaded: list[tuple[Path, dict]]) -> tuple[Path, dict] | None:
+    """The notebook record a report opens with: the newest student record with models, else teacher."""
+    return next((pm for kind in ("student", "teacher") for pm in reversed(loaded)
+                 if pm[1].get("notebook") == kind and model_entries(pm[1])), None)
+
+
+def run_subject(record: Mapping) -> str:
+    """``gat on hcrl_sa``: a train run record's model and dataset, for a headline's title."""
+    return " on ".join(str(v) for v in (record.get("model"), record.get("dataset")) if v)
+
+
 def lead_train_runs(records: list[Path]) -> list[Path]:
     """One lead run per model family among ``records`` (a runs folder of GAT and fusion runs gets a
     headline for each): :func:`lead_train_run`'s first, then each other family's, by :data:`LEAD_ORDER`."""
@@ -378,8 +389,7 @@ def run_dir_html(root: str | Path, out: str | Path | None = None) -> Path:
     if not records:
         raise FileNotFoundError(f"no metrics.json under {root}: run a notebook with run_dir={str(root)!r} first")
     loaded = [(p, json.loads(p.read_text())) for p in records]
-    lead = next((pm for kind in ("student", "teacher") for pm in reversed(loaded) if pm[1].get("notebook") == kind
-                 and model_entries(pm[1])), None)
+    lead = notebook_lead(loaded)
     shown: dict[Path, set[str]] = {}  # the figures a headline drew, per record
     runs: dict[Path, TrainRun] = {}
     top = ""
@@ -392,7 +402,7 @@ def run_dir_html(root: str | Path, out: str | Path | None = None) -> Path:
             seeds = seeds_section(folder, records, ident)
             if not seeds:  # several seeds are pooled there; else say which runs of this kind the table leaves out
                 run.notes = [*(run.notes or []), *filter(None, [others_note(folder, records)])]
-            subject = " on ".join(str(v) for v in (run.record.get("model"), run.record.get("dataset")) if v)
+            subject = run_subject(run.record)
             section, shown[folder / "metrics.json"] = headline_section(run.record, folder, run.scores, run.notes,
                                                                        subject, run.main, overlay=False, ident=ident)
             top += seeds + section
@@ -439,15 +449,13 @@ def text_summary(root: str | Path) -> str:
     blocks = []
     records = find_records(root)
     loaded = [(p, json.loads(p.read_text())) for p in records]
-    # the newest student (else teacher) notebook record opens it, as the HTML report does; else kdkit train runs
-    lead = next((pm for kind in ("student", "teacher") for pm in reversed(loaded)
-                 if pm[1].get("notebook") == kind and model_entries(pm[1])), None)
+    lead = notebook_lead(loaded)  # as the HTML report opens; else kdkit train runs
     if lead:
         blocks += [f"== {headline_title(list(model_entries(lead[1])))} ({lead[0].parent})",
                    headline_text(headline([lead[1]])), ""]
     for folder in ([] if lead else lead_train_runs(records)):
         run = train_run_record(folder, [p.parent for p in records], with_scores=False)
-        subject = " on ".join(str(v) for v in (run.record.get("model"), run.record.get("dataset")) if v)
+        subject = run_subject(run.record)
         notes = [*(run.notes or []), *filter(None, [others_note(folder, records)])]
         blocks += [f"== {headline_title(list(model_entries(run.record)))} ({subject}; {folder})",
                    headline_text(headline([run.record])), *(f"  note: {n}" for n in notes), ""]

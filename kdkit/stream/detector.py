@@ -621,7 +621,7 @@ class Detector:
                 self._drop("time_backwards", f"ID {format_can_id(key)} at {ts} after a frame at {self._last_ts}")
                 return None
             self._next = self.messages + 1  # the windows restart after this frame (_restart_timeline)
-        else:
+        elif self._behind:  # back in order: no store per frame on the hot path otherwise
             self._behind = 0
         self._last_ts = ts
         if self._n == self._ts.shape[0]:
@@ -714,7 +714,7 @@ class Detector:
                     self._drop("time_backwards", f"ID {format_can_id(key)} at {ts} after a frame at {last}")
                     continue
                 restarts.append(len(ts_l))
-            else:
+            elif self._behind:
                 self._behind = 0
             last = ts
             ts_l.append(ts)
