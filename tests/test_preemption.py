@@ -193,6 +193,7 @@ def test_wrapper_agrees_with_the_trainer():
 #   fail:    catches USR1, exits 1 without a checkpoint
 #   done:    exits 0 at once
 #   late_marker: dies of TERM at once; a forked process writes <stop>.saved a second later
+#   empty_marker: as late_marker, but the forked process creates <stop>.saved empty first, fills it later
 CHILD = r'''
 import os, signal, sys, time
 from pathlib import Path
@@ -206,10 +207,12 @@ if mode in ("handler", "fail"):
 (out / "ready").touch()
 if mode == "done":
     sys.exit(0)
-if mode == "late_marker":  # papermill under TERM: dies at once; its kernel (here a forked child) saves later
+if mode in ("late_marker", "empty_marker"):  # papermill under TERM: dies at once; its kernel (a forked child) saves later
     if os.fork() == 0:
         while not os.path.exists(stop):
             time.sleep(0.02)
+        if mode == "empty_marker":  # the wrapper sees the file between its creation and its text
+            Path(stop + ".saved").touch()
         time.sleep(1.0)
         Path(stop + ".saved").write_text("/runs/x/checkpoints/late.pt\n")
         os._exit(0)
@@ -298,6 +301,20 @@ def test_wrapper_waits_for_a_kernel_that_reports_its_checkpoint_after_papermill_
     rc, err, calls, _ = _wrap(tmp_path, "late_marker", signal_to_send=signal.SIGTERM)
     assert rc == 0 and calls == "requeue 4242\n"
     assert "saved /runs/x/checkpoints/late.pt and was requeued" in err
+
+
+def test_wrapper_reads_a_marker_only_once_its_path_is_written(tmp_path):
+    """A marker seen empty (created, not yet written) was read as "no path": the report named last.pt."""
+    rc, err, calls, _ = _wrap(tmp_path, "empty_marker", signal_to_send=signal.SIGTERM)
+    assert rc == 0 and calls == "requeue 4242\n"
+    assert "saved /runs/x/checkpoints/late.pt and was requeued" in err
+
+
+def test_acknowledge_writes_the_marker_whole(tmp_path):
+    stop = tmp_path / "stop"
+    StopRequest(stop_file=str(stop)).acknowledge("/runs/x/checkpoints/last.pt")
+    assert Path(preemption.saved_marker(stop)).read_text() == "/runs/x/checkpoints/last.pt\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stop.saved"]  # no .partial left behind
 
 
 def test_wrapper_uses_only_the_stop_file_for_a_child_that_does_not_catch(tmp_path):

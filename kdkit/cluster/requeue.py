@@ -75,6 +75,15 @@ def cancelled_by_user(job: str) -> str | None:
     return None
 
 
+def _read_marker(marker: Path) -> str | None:
+    """The checkpoint path a stopped fit wrote into its saved-marker; None while there is none (or it is
+    still empty: a kernel of another process may be between creating and writing it)."""
+    try:
+        return marker.read_text().strip() or None
+    except OSError:
+        return None
+
+
 def _say(message: str) -> None:
     print(f"kdkit.cluster.requeue: {message}", file=sys.stderr, flush=True)
 
@@ -137,12 +146,14 @@ class Wrapper:
                 return 127
             rc = self.child.wait()
             marker = Path(saved_marker(self.stop_file))
-            if self.received and (rc < 0 or rc > 128) and not marker.is_file():
-                # killed by the signal: papermill dies of the TERM at once; its kernel, signalled too, is still saving
+            checkpoint = _read_marker(marker)
+            if self.received and (rc < 0 or rc > 128) and checkpoint is None:
+                # killed by the signal: papermill dies of the TERM at once; its kernel, signalled too, is still
+                # saving (or is writing the marker: an empty one is not read as "no path")
                 deadline = time.monotonic() + MARKER_WAIT
-                while not marker.is_file() and time.monotonic() < deadline:
+                while checkpoint is None and time.monotonic() < deadline:
                     time.sleep(0.1)
-            checkpoint = marker.read_text().strip() if marker.is_file() else None
+                    checkpoint = _read_marker(marker)
             return self.after(rc, checkpoint, restarts)
         finally:
             shutil.rmtree(self.stop_dir, ignore_errors=True)

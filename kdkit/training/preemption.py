@@ -80,7 +80,9 @@ class StopRequest:
         if self.stop_file is not None:
             saved = Path(saved_marker(self.stop_file))
             saved.parent.mkdir(parents=True, exist_ok=True)
-            saved.write_text(f"{checkpoint}\n")
+            partial = saved.with_name(saved.name + ".partial")  # whole or absent: the wrapper may be reading it
+            partial.write_text(f"{checkpoint}\n")
+            os.replace(partial, saved)
 
     def reason(self) -> str:
         if self.received is not None:
