@@ -662,3 +662,27 @@ def test_cli_status_points_to_the_sweeps_beside_the_jobs(capsys, tmp_path, monke
     out = capsys.readouterr().out
     assert f"no jobs in {tmp_path}/slurm_jobs.json" in out
     assert "sweeps (2, job arrays not listed here): kdkit sweep status [a, b]" in out
+
+
+def test_cli_status_of_named_jobs(capsys, tmp_path, monkeypatch, fake):
+    """`kdkit slurm status JOB` took no job ID: now the jobs named, with the run folder and log of each;
+    a job neither registered nor known to Slurm is said so (exit 1)."""
+    import kdkit.cli.slurm as cli_slurm
+
+    orch = FabricSlurmTrainingOrchestrator(tmp_path / "runs", runner=fake, venv=None, workdir=tmp_path)
+    job = orch.submit_vgae_training("synthetic", "teacher", run_name="vgae_t")
+    other = orch.submit_vgae_training("synthetic", "teacher", run_name="vgae_u")
+    fake.states[job] = ["RUNNING"]
+    monkeypatch.setattr(cli_slurm, "_orchestrator", lambda args: orch)
+    args = _parser().parse_args(["slurm", "--runs-dir", str(tmp_path / "runs"), "status", job])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split()[:3] == [job, "RUNNING", "vgae_t"] and other not in out
+    assert f"run dir: {tmp_path / 'runs' / 'vgae_t'}" in out and "log: " in out
+    args = _parser().parse_args(["slurm", "--runs-dir", str(tmp_path / "runs"), "status", job, "999", "--json"])
+    assert args.func(args) == 1
+    infos = json.loads(capsys.readouterr().out)
+    assert [i["job_id"] for i in infos] == [job, "999"] and infos[1]["state"] == "UNKNOWN"
+    args = _parser().parse_args(["slurm", "--runs-dir", str(tmp_path / "runs"), "status", "999"])
+    assert args.func(args) == 1
+    assert "not in " in capsys.readouterr().out

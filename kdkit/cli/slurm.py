@@ -1,6 +1,6 @@
 """``kdkit slurm ...`` and ``kdkit train --use-slurm``: the command line over kdkit.cluster.
 
-    kdkit slurm status [--runs-dir runs]
+    kdkit slurm status [123 ...] [--runs-dir runs]   # every registered job, or the ones named
     kdkit slurm wait 123 [--timeout 3600] [--poll 10]
     kdkit slurm logs 123 [--tail 50]
     kdkit slurm cancel 123
@@ -118,6 +118,8 @@ def _orchestrator(args) -> FabricSlurmTrainingOrchestrator:
 
 
 def _cmd_status(args) -> int:
+    if args.jobs:
+        return _status_of(args)
     try:
         jobs = _orchestrator(args).check_all_jobs()
     except SlurmUnavailable as err:                   # last known states, then the error (exit 1)
@@ -137,6 +139,25 @@ def _cmd_status(args) -> int:
         print(f"sweeps ({len(sweeps)}, job arrays not listed here): kdkit sweep status "
               f"[{', '.join(p.name for p in sweeps[-3:])}{', ...' if len(sweeps) > 3 else ''}]")
     return 0
+
+
+def _status_of(args) -> int:
+    """``kdkit slurm status JOB ...``: the jobs named, with their run folder and log; exit 1 when one
+    is not known to the registry or to Slurm (state UNKNOWN)."""
+    orch = _orchestrator(args)
+    infos = [orch.status(job) for job in args.jobs]
+    if args.json:
+        print(json.dumps(infos, indent=1))
+        return 1 if any(i.get("state") == "UNKNOWN" for i in infos) else 0
+    for info in infos:
+        print(format_job(info))
+        if info.get("state") == "UNKNOWN":
+            print(f"    not in {args.runs_dir}/slurm_jobs.json, and Slurm does not know it "
+                  "(`kdkit slurm status` lists the registered jobs)")
+        for key in ("run_dir", "log"):
+            if info.get(key) and not (key == "log" and info.get("log_tail")):
+                print(f"    {key.replace('_', ' ')}: {info[key]}")
+    return 1 if any(i.get("state") == "UNKNOWN" for i in infos) else 0
 
 
 def _cmd_wait(args) -> int:
@@ -208,7 +229,8 @@ def register(subparsers) -> None:
     slurm.add_argument("--runs-dir", default="runs", help="run dirs and slurm_jobs.json (default runs)")
     sub = slurm.add_subparsers(dest="slurm_command", required=True)
 
-    p = sub.add_parser("status", help="every registered job, refreshed from Slurm")
+    p = sub.add_parser("status", help="every registered job (or the ones named), refreshed from Slurm")
+    p.add_argument("jobs", nargs="*", metavar="JOB", help="job IDs (default: every registered job)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_errors_to_status(_cmd_status))
     p = sub.add_parser("wait", help="wait until a job ends; exit 0 only if it COMPLETED")
