@@ -36,11 +36,11 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from kdkit.data.graphs import GRAPH_FORMAT_VERSION, GraphSet, GraphStoreError, IdVocab
 from kdkit.data.loggers import ALL_CHANNELS, MixedChannelsError
 from kdkit.data.prep import SplitStats, build_parts, excluded_block, remove_parts, vocab_ids, write_split
+from kdkit.data.progress import progress_bar
 from kdkit.data.readers import Messages, attack_type_from_name, data_suffixes
 from kdkit.data.simulate import ensure_synthetic
 from kdkit.data.sources import DatasetSource, DatasetSpecError, declared_datasets, folder_source, resolve_custom
@@ -433,7 +433,7 @@ def prepare(name: str, config: PrepareConfig | None = None, data_root: str | Pat
         data_root: folder holding the datasets (default: ``KDKIT_DATA_ROOT`` or a known path).
         cache_dir: where the store lives (default ``runs/cache`` or ``KDKIT_CACHE_DIR``).
         rebuild: ignore an existing store.
-        progress: show a tqdm bar per file.
+        progress: show a progress bar per file (a line a minute in a log).
         synthetic_seed: seed of the simulated dataset (``synthetic`` only).
         workers: recordings prepared at once, each in its own process (default
             ``KDKIT_PREPARE_WORKERS`` or 1); the store is the same for any number.
@@ -459,7 +459,7 @@ def prepare(name: str, config: PrepareConfig | None = None, data_root: str | Pat
     t0 = time.perf_counter()
     bar = None
     if progress:
-        bar = tqdm(total=len(_recordings(files)), desc=f"prepare {name}", unit="file")
+        bar = progress_bar(total=len(_recordings(files)), desc=f"prepare {name}", unit="file")
     try:
         vocab, splits, info = _build(name, files, config, store, key, bar, workers)
     except MixedChannelsError as err:  # say how to choose a channel for a dataset, not for one file

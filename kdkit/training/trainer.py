@@ -32,11 +32,11 @@ from lightning_fabric import Fabric
 from lightning_fabric.loggers import CSVLogger, TensorBoardLogger
 from lightning_fabric.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning_fabric.utilities.imports import _IS_INTERACTIVE
-from tqdm.auto import tqdm
 
 from kdkit.config import TrainConfig
 from kdkit.data.graphs import GraphSet
 from kdkit.data.loader import _Collate, eval_batch_size, graph_loader
+from kdkit.data.progress import progress_bar
 from kdkit.models.layers import set_attention_kernel, takes_batch_self_loops, with_self_loops
 from kdkit.training.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 from kdkit.training.cpu_speedups import (
@@ -194,7 +194,7 @@ class FabricTrainer:
     Args:
         cfg: the run's TrainConfig (precision, devices, epochs, patience, ...).
         run_dir: where checkpoints, ``fabric_training.log`` and CSV metrics go.
-        progress: show a tqdm bar per epoch on rank zero (default True).
+        progress: show a progress bar per epoch on rank zero (default True; a line a minute in a log).
         on_epoch_end: optional callback ``f(record: dict)`` (the widget's live plot).
         should_stop: optional ``f() -> bool`` checked after every epoch; True ends training
             cleanly (checkpoints stay valid), e.g. the widget's Stop button.
@@ -508,7 +508,7 @@ class FabricTrainer:
                 bar = None
                 if self.progress and fabric.global_rank == 0:
 
-                    bar = tqdm(total=len(train_loader) + done, initial=done, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                    bar = progress_bar(total=len(train_loader) + done, initial=done, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                                leave=False)
                 # The loader draws a seed from the torch generator when its first batch is fetched, so
                 # a mid-epoch checkpoint's generator states are restored after that (or after the loop).
