@@ -45,24 +45,46 @@ def write_csv(path: Path, rows: list[str], raw_tail: bytes = b"") -> Path:
 
 
 def test_backwards_timestamp_names_both_lines_and_values(tmp_path: Path):
-    path = write_csv(tmp_path / "DoS-x.csv", ["1.0,0C1,00,0", "2.0,0C1,00,0", "1.5,0C1,00,1", "3.0,0C1,00,0"])
+    path = write_csv(tmp_path / "DoS-x.csv", ["1.0,0C1,00,0", "2.0,0C1,00,0", "3.0,0C1,00,0", "1.5,0C1,00,1",
+                                              "4.0,0C1,00,0"])
     with pytest.raises(DataFormatError) as err:
         read_messages(path)
-    assert err.value.line == 4 and err.value.path == str(path)
-    assert str(err.value).startswith(f"{path}:4: timestamp '1.5' goes backwards: earlier than '2.0' on line 3")
+    assert err.value.line == 5 and err.value.path == str(path)
+    assert str(err.value).startswith(f"{path}:5: timestamp '1.5' goes backwards: earlier than '3.0' on line 4")
     assert "on_bad_rows='skip'" in str(err.value)  # what to do
 
 
+def test_a_lone_glitch_is_named_and_skipped_alone(tmp_path: Path):
+    """One row later than the row after it, which follows on from the row before: that row is out
+    of line, not every row after it (a timestamp with a wrong digit cost the rest of the file)."""
+    path = write_csv(tmp_path / "DoS-x.csv", ["1.0,0C1,00,0", "2.0,0C1,00,1", "9.0,0C1,00,1", "2.5,0C1,00,1",
+                                              "3.0,0C1,00,0"])
+    with pytest.raises(DataFormatError) as err:
+        read_messages(path)
+    assert str(err.value).startswith(f"{path}:4: timestamp '9.0' is out of line: later than the row after it "
+                                     f"('2.5' on line 5), which follows on from the row before it ('2.0' on line 3) "
+                                     "(a glitched timestamp, or rows out of order: correct, move or delete that row")
+    m = read_messages(path, on_bad_rows="skip")
+    assert m.timestamp.tolist() == [1.0, 2.0, 2.5, 3.0] and m.label.tolist() == [0, 1, 1, 0]
+    assert m.skipped_rows == 1 and m.skipped_attack_rows == 1
+    assert m.skipped_examples == [f"{path}:4: timestamp '9.0' is out of line: later than the row after it ('2.5' on "
+                                  f"line 5), which follows on from the row before it ('2.0' on line 3)"]
+    first = write_csv(tmp_path / "first.csv", ["7.0,0C1,00,0", "1.0,0C1,00,0", "2.0,0C1,00,0"])
+    m = read_messages(first, on_bad_rows="skip")
+    assert m.timestamp.tolist() == [1.0, 2.0] and "'7.0' is out of line: later than the row after it ('1.0' on " \
+        "line 3) (the first row)" in m.skipped_examples[0]
+
+
 def test_backwards_rows_skipped_and_counted_kept_times_never_decrease(tmp_path: Path):
-    # line 4 jumps ahead; lines 5 and 6 are earlier than it; line 7 is at the same time (allowed)
-    rows = ["1.0,0C1,00,0", "2.0,0C1,00,1", "9.0,0C1,00,0", "2.5,0C1,00,1", "3.0,0C1,00,0", "9.0,0C1,00,0",
-            "10.0,0C1,00,1"]
+    # lines 4 and 5 jump ahead (no lone glitch); lines 6 and 7 are earlier; line 8 is at the same time (allowed)
+    rows = ["1.0,0C1,00,0", "2.0,0C1,00,1", "8.0,0C1,00,0", "9.0,0C1,00,0", "2.5,0C1,00,1", "3.0,0C1,00,0",
+            "9.0,0C1,00,0", "10.0,0C1,00,1"]
     m = read_messages(write_csv(tmp_path / "DoS-x.csv.gz", rows), on_bad_rows="skip")
-    assert m.timestamp.tolist() == [1.0, 2.0, 9.0, 9.0, 10.0]
-    assert m.label.tolist() == [0, 1, 0, 0, 1]
+    assert m.timestamp.tolist() == [1.0, 2.0, 8.0, 9.0, 9.0, 10.0]
+    assert m.label.tolist() == [0, 1, 0, 0, 0, 1]
     assert m.skipped_rows == 2 and m.skipped_attack_rows == 1 and m.skipped_unlabelled_rows == 0
-    assert [e.split(": ", 1)[0] for e in m.skipped_examples] == [f"{tmp_path / 'DoS-x.csv.gz'}:{n}" for n in (5, 6)]
-    assert all("earlier than '9.0' on line 4" in e for e in m.skipped_examples)
+    assert [e.split(": ", 1)[0] for e in m.skipped_examples] == [f"{tmp_path / 'DoS-x.csv.gz'}:{n}" for n in (6, 7)]
+    assert all("earlier than '9.0' on line 5" in e for e in m.skipped_examples)
     assert not any("--on-bad-rows skip" in e for e in m.skipped_examples)  # they were skipped: no advice to skip
 
 
@@ -89,13 +111,13 @@ def test_logger_file_time_order_and_ids(tmp_path: Path):
     path = tmp_path / "drive.log"
     path.write_text("(1.000000) vcan0 044#2A36\n"
                     "(2.000000) vcan0 110#\n"
-                    "(1.500000) vcan0 123#00\n"       # line 3: backwards
+                    "(0.500000) vcan0 123#00\n"       # line 3: backwards (earlier than lines 1 and 2)
                     "(3.000000) vcan0 800#00\n"       # line 4: 3 digits, above 0x7FF, not extended
                     "(4.000000) vcan0 00000800#01\n"  # 8 digits: an extended ID, fine
                     "(4.500000) vcan0 7FF#\n")
     with pytest.raises(DataFormatError) as err:
         read_messages(path)
-    assert str(err.value).startswith(f"{path}:3: timestamp 1.5 goes backwards: earlier than 2.0 on line 2")
+    assert str(err.value).startswith(f"{path}:3: timestamp 0.5 goes backwards: earlier than 2.0 on line 2")
     m = read_messages(path, on_bad_rows="skip")  # read_messages passes on_bad_rows on to logger files
     assert m.can_id.tolist() == [0x044, 0x110, 0x800 | EXTENDED_ID_FLAG, 0x7FF] and m.timestamp.tolist() == [1.0, 2.0, 4.0, 4.5]
     assert m.skipped_rows == 2 and m.skipped_attack_rows == 0
@@ -109,11 +131,12 @@ def test_blf_frames_are_numbered(tmp_path: Path):
     for t, cid, ext in ((10.0, 0x44, False), (11.0, 0x18FEF100, True), (10.5, 0x44, False), (12.0, 0x800, False)):
         writer.on_message_received(can.Message(timestamp=t, arbitration_id=cid, is_extended_id=ext, data=b"\x01"))
     writer.stop()
-    with pytest.raises(DataFormatError, match=r"drive\.blf: frame 3: timestamp .* goes backwards: earlier than .* "
-                                              r"on frame 2"):
+    with pytest.raises(DataFormatError, match=r"drive\.blf: frame 2: timestamp 1\.0 is out of line: later than the "
+                                              r"row after it \(0\.5 on frame 3\), which follows on from the row "
+                                              r"before it \(0\.0 on frame 1\)"):
         read_messages(path)
     m = read_messages(path, on_bad_rows="skip")
-    assert m.can_id.tolist() == [0x44, 0x18FEF100 | EXTENDED_ID_FLAG] and m.skipped_rows == 2
+    assert m.can_id.tolist() == [0x44, 0x44] and m.timestamp.tolist() == [0.0, 0.5] and m.skipped_rows == 2
     assert m.skipped_examples[1].endswith("frame 4: CAN ID 0x800 is above 0x7FF, the largest 11-bit ID, but the frame "
                                           "is not flagged extended (29-bit)")
 
@@ -399,3 +422,84 @@ def test_store_metadata_holds_a_checksum_per_tensor(store):
     empty = replace(d.splits["val"]).subset(np.zeros(0, np.int64))  # empty tensors have checksums too
     empty.save(d.cache_dir.parent / "empty.store")
     assert len(GraphSet.load(d.cache_dir.parent / "empty.store")) == 0
+
+
+def _reference_order(ts: list[float], good_fields: list[bool]) -> list[str]:
+    """The time-order rule row by row, as docs and readers state it: 'kept', 'field', 'negative',
+    'backwards' or 'glitch' for each row."""
+    out, top = [], -np.inf
+    good = [f and t >= 0 for t, f in zip(ts, good_fields)]
+    for k, t in enumerate(ts):
+        if not good_fields[k]:
+            out.append("field")
+        elif t < 0:
+            out.append("negative")
+        elif t < top:
+            out.append("backwards")
+        else:
+            nxt = next((ts[j] for j in range(k + 1, len(ts)) if good[j]), None)
+            if nxt is not None and top <= nxt < t:
+                out.append("glitch")
+            else:
+                out.append("kept")
+                top = t
+    return out
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_time_order_in_blocks_equals_the_rule_row_by_row(seed):
+    """Random timestamps (steps, lone spikes, runs ahead, clock resets, equal times, negative and
+    bad-field rows), cut into random blocks: the rows kept and the verdicts are the rule's."""
+    from kdkit.data.readers import _BadRows, _TimeOrder
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 200))
+    ts = np.cumsum(rng.choice([0.0, 1.0, 1.0, 1.0, 2.0], n))
+    for _ in range(int(rng.integers(0, 12))):  # disorder of every kind
+        k = int(rng.integers(0, n))
+        kind = rng.integers(0, 5)
+        if kind == 0:
+            ts[k] += 50           # a lone spike
+        elif kind == 1:
+            ts[k:k + 3] += 50     # a run ahead
+        elif kind == 2:
+            ts[k:] -= ts[k] + 1   # a clock reset (some go negative)
+        elif kind == 3:
+            ts[k] -= 3            # a row behind
+        else:
+            ts[k] = -1.0
+    fields = rng.random(n) > 0.1
+    want = _reference_order(ts.tolist(), fields.tolist())
+    cuts = sorted(set(rng.integers(0, n + 1, int(rng.integers(0, 8))).tolist()) | {0, n})
+    order, bad = _TimeOrder(), _BadRows(Path("x.csv"), "skip")
+    kept, verdicts, held_glitches = [], [None] * n, 0
+    rows = np.arange(n)
+    none = (np.zeros(0), np.zeros(0, int))
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        block = order.check(ts[a:b], fields[a:b], lambda j, a=a: repr(float(ts[a + j])), lambda j, a=a: f"line {a + j}")
+        if order.held is not None and block.held:  # the block before's last row, a glitch after all
+            verdicts[int(order.held.columns[1][0])] = "glitch"
+            held_glitches += 1
+        kept += [int(r) for r in (order.release(block, bad) or none)[1]]
+        ok = fields[a:b] & ~block.bad
+        for j in range(b - a):
+            verdicts[a + j] = ("field" if not fields[a + j] else "negative" if block.negative[j] else
+                               "backwards" if block.backwards[j] else "glitch" if block.glitch[j] else "kept")
+        kept += [int(r) for r in order.hold((ts[a:b][ok], rows[a:b][ok]), lambda j: j)[1]]
+    kept += [int(r) for r in (order.close() or none)[1]]
+    assert verdicts == want
+    assert kept == [k for k, v in enumerate(want) if v == "kept"]
+    assert bad.count == held_glitches  # a held row found a glitch is reported by release (the rest by the reader)
+    assert np.all(np.diff(ts[kept]) >= 0)
+
+
+def test_a_cascade_of_glitches_is_decided_row_by_row():
+    """Each glitch found lowers the maxima after it and may reveal the next: past the vectorized
+    rounds the block is decided row by row, with the same verdicts."""
+    from kdkit.data.readers import _FIXPOINT_ROUNDS, _order_block
+
+    g = np.array([0.0, *range(3 * _FIXPOINT_ROUNDS, 0, -1), 100.0])  # a spike, then a descending run
+    back, glitch = _order_block(g, -np.inf)
+    want = _reference_order(g.tolist(), [True] * g.size)
+    assert ["backwards" if b else "glitch" if x else "kept" for b, x in zip(back, glitch)] == want
+    assert want.count("glitch") > _FIXPOINT_ROUNDS

@@ -58,8 +58,7 @@ from kdkit.data.readers import (
     _stream_text,
     _string_parts,
     _text,
-    _time_order,
-    _time_problem,
+    _TimeOrder,
     attack_type_from_name,
     concat_messages,
     parse_hex_ids,
@@ -459,7 +458,7 @@ class _MappedStream:
         self.lines = 0  # lines of the pieces so far
         self.any_text = self.any_row = False
         self.used: set[int] = set()  # type codes of the rows kept so far
-        self.floor, self.floor_text, self.floor_line = -np.inf, "", 0  # the largest good timestamp so far
+        self.order = _TimeOrder()
 
     def feed(self, raw: bytes) -> Iterator[Messages]:
         """Decode and check one piece of whole lines; hand out the chunks now full."""
@@ -562,11 +561,13 @@ class _MappedStream:
             row_type = np.where(ok_lab, codes, 0).astype(np.uint8)
             label = (row_type > 0).astype(np.uint8)
         fields_ok = ok_ts & ok_id & ok_pl & ok_dlc & ok_lab & ok_ext
-        negative, backwards = _time_order(ts, fields_ok, self.floor)
-        ok = fields_ok & ~negative & ~backwards
 
         def cell(ref: str | int | None, i: int) -> str:
             return repr(_column(table, ref, path)[i].as_py()) if ref is not None else ""
+
+        order = self.order.check(ts, fields_ok, lambda j: cell(mapping.timestamp, j), lambda j: f"line {line_of(j)}")
+        ok = fields_ok & ~order.bad if order.any_bad else fields_ok
+        released = self.order.release(order, self.bad)
 
         def describe(i: int) -> str:
             def name(ref: str | int | None) -> str:
@@ -594,22 +595,25 @@ class _MappedStream:
             if not ok_lab[i]:
                 return (f"{name(mapping.label)} {cell(mapping.label, i)}: not a value of the mapping's label_map "
                         f"{sorted(mapping.label_map)}")
-            return _time_problem(ts, fields_ok, negative, i, lambda j: cell(mapping.timestamp, j),
-                                 lambda j: f"line {line_of(j)}", self.floor, self.floor_text, f"line {self.floor_line}")
+            return order.describe(i)
 
         self.bad.check(ok, line_of, describe, earlier, label=label, label_ok=ok_lab)
-        if ok.any():
-            top = np.where(ok, ts, -np.inf)
-            j = int(np.argmax(top))
-            if top[j] > self.floor:
-                self.floor, self.floor_text, self.floor_line = float(top[j]), cell(mapping.timestamp, j), line_of(j)
         keep = ok if not ok.all() else slice(None)
         columns = [ts[keep], ids[keep], dlc[keep], payload[keep], label[keep]]
         if row_type is not None:
             columns.append(row_type[keep])
-            self.used.update(np.unique(row_type[keep]).tolist())
-            self.out.attack_type = _recording_type(self.out.type_names, self.used)
+        if released:
+            self._note_types(released)
+            yield from self.out.add(*released)
+        columns = self.order.hold(columns, line_of)
+        self._note_types(columns)
         yield from self.out.add(*columns)
+
+    def _note_types(self, columns: Sequence[np.ndarray]) -> None:
+        """The attack types of rows handed out (the recording's type is theirs)."""
+        if len(columns) > 5 and columns[5].size:
+            self.used.update(np.unique(columns[5]).tolist())
+            self.out.attack_type = _recording_type(self.out.type_names, self.used)
 
     def close(self) -> Messages:
         """The last chunk, with the file's skip counts and attack type."""
@@ -618,6 +622,9 @@ class _MappedStream:
         if not self.any_row:
             after = " after the header" if self.mapping.header else ""
             raise DataFormatError(self.path, None, f"no data rows{after}")
+        held = self.order.close()
+        self._note_types(held)
+        self.out.put(*held)
         return self.out.take()
 
 

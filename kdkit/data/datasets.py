@@ -400,8 +400,9 @@ class PreparedDataset:
 
 # what a store holds beyond the graph format: its info's meaning (2: a split's messages are those in its windows,
 # files named below their common folder) and the reading (2: a logger file whose start holds one bus is read as
-# that bus). A store of another version is rebuilt, not reused with old numbers.
-STORE_VERSION = 2
+# that bus; 3: a lone glitched timestamp is the row skipped, not every row after it). A store of another version
+# is rebuilt, not reused with old numbers.
+STORE_VERSION = 3
 
 
 def cache_key(files: DatasetFiles, config: PrepareConfig) -> str:

@@ -62,7 +62,7 @@ import pyarrow.csv as pacsv
 
 from kdkit.data.candump_scan import scan_candump
 from kdkit.data.readers import (
-    _TIME_HINT,
+    _Order,
     CHUNK_ROWS,
     MAX_CAN_ID,
     MAX_STANDARD_ID,
@@ -75,7 +75,7 @@ from kdkit.data.readers import (
     _parse_float,
     _string_parts,
     _TextBlocks,
-    _time_order,
+    _TimeOrder,
     can_id_key,
     id_problem,
     parse_hex_ids,
@@ -255,20 +255,21 @@ class _Frames:
     problem: dict[int, str]  # row -> why the frame cannot be used (more than 8 bytes, ...)
 
 
-def _frame_checks(frames: _Frames, binary: bool, floor: float = -np.inf, floor_text: str = "",
-                  floor_where: int = 0) -> tuple[np.ndarray, np.ndarray, Callable[[int], str]]:
+def _frame_checks(frames: _Frames, binary: bool, order: _TimeOrder | None = None,
+                  ) -> tuple[np.ndarray, np.ndarray, Callable[[int], str], _Order]:
     """The checks of every frame (finite time, ID range, the reader's problems, time order; a
-    block of a file read in chunks compares with ``floor``, the largest good timestamp of the
-    blocks before, shown as ``floor_text`` at ``floor_where``): ``(ok, ok_fields, describe)``."""
+    block of a file read in chunks goes on from the blocks before through ``order``, a whole file
+    has one of its own): ``(ok, ok_fields, describe, order verdicts)``."""
     ts, raw_ids, extended = frames.ts, frames.arb_id, frames.extended
     ok_ts = np.isfinite(ts)
     ok_id = extended | (raw_ids <= MAX_STANDARD_ID)
     ok_fields = ok_ts & ok_id
     if frames.problem:
         ok_fields[list(frames.problem)] = False
-    negative, backwards = _time_order(ts, ok_fields, floor)
-    ok = ok_fields & ~negative & ~backwards
     unit = "frame" if binary else "line"
+    verdict = (order or _TimeOrder()).check(ts, ok_fields, lambda j: repr(float(ts[j])),
+                                            lambda j: f"{unit} {int(frames.where[j])}")
+    ok = ok_fields & ~verdict.bad if verdict.any_bad else ok_fields
 
     def describe(i: int) -> str:
         prefix = f"frame {frames.where[i]}: " if binary else ""
@@ -279,15 +280,9 @@ def _frame_checks(frames: _Frames, binary: bool, floor: float = -np.inf, floor_t
         if not ok_id[i]:
             return (f"{prefix}CAN ID 0x{raw_ids[i]:X} is above 0x7FF, the largest 11-bit ID, but the frame is "
                     f"not flagged extended (29-bit)")
-        if negative[i]:
-            return f"{prefix}timestamp {float(ts[i])!r} is negative (timestamps are seconds >= 0)"
-        before = np.where((ok_fields & ~negative)[:i], ts[:i], -np.inf)
-        j = int(np.argmax(before)) if i else -1
-        shown, at = (repr(float(ts[j])), int(frames.where[j])) if j >= 0 and before[j] > floor \
-            else (floor_text, floor_where)
-        return f"{prefix}timestamp {float(ts[i])!r} goes backwards: earlier than {shown} on {unit} {at} ({_TIME_HINT})"
+        return prefix + verdict.describe(i)
 
-    return ok, ok_fields, describe
+    return ok, ok_fields, describe, verdict
 
 
 def _finish(path: Path, bad: _BadRows, frames: _Frames, binary: bool, earlier: list[tuple[int | None, str]],
@@ -296,7 +291,7 @@ def _finish(path: Path, bad: _BadRows, frames: _Frames, binary: bool, earlier: l
     ts, raw_ids, extended = frames.ts, frames.arb_id, frames.extended
     n = ts.shape[0]
     ids = can_id_key(raw_ids, extended)
-    ok, ok_fields, describe = _frame_checks(frames, binary)
+    ok, ok_fields, describe, _ = _frame_checks(frames, binary)  # a whole file: its last frame waits for nothing
 
     if intervals is not None:
         label, row_type, names = _interval_labels(ts, ids, intervals)
@@ -889,7 +884,7 @@ class _CheckedChunks:
         self.bad = _BadRows(path, mode)
         self.out = _Chunker(self.bad, chunk_rows, str(path), "attack-free")  # good frames not handed out yet
         self.dropped = {"remote": 0, "error": 0}
-        self.floor, self.floor_text, self.floor_where = -np.inf, "", 0  # the largest good timestamp so far
+        self.order = _TimeOrder()
         self.frames = 0  # data frames of the channel read (before the checks)
         self.deferred: DataFormatError | None = None
 
@@ -912,6 +907,7 @@ class _CheckedChunks:
             self.bad.count += lost[0]
             self.bad.unlabelled += lost[0]
             self.bad.examples = [f"{self.path}: {lost[1]}", *self.bad.examples][:5]
+        self.out.put(*self.order.close())
         if not self.out.rows:
             raise DataFormatError(self.path, None, "no usable data frames (all were skipped)")
         msgs = self.out.take()
@@ -921,8 +917,9 @@ class _CheckedChunks:
     def _check(self, frames: _Frames, earlier: list[tuple[int | None, str]]) -> tuple[np.ndarray, ...] | None:
         """The block's good frames as Messages columns (None: a fault deferred, see below)."""
         ts, raw_ids, extended = frames.ts, frames.arb_id, frames.extended
-        ok, ok_fields, describe = _frame_checks(frames, self.binary, self.floor, self.floor_text, self.floor_where)
+        ok, ok_fields, describe, verdict = _frame_checks(frames, self.binary, self.order)
         label = np.zeros(ts.shape[0], np.uint8)
+        self.out.put(*self.order.release(verdict, self.bad))  # the block before's last frame, unless a glitch
         try:
             self.bad.check(ok, lambda i: None if self.binary else int(frames.where[i]), describe, earlier,
                            label=label, label_ok=ok_fields)
@@ -934,13 +931,10 @@ class _CheckedChunks:
                 raise first from None
             self.deferred = first
             return None
-        if ok.any():
-            top = np.where(ok, ts, -np.inf)
-            j = int(np.argmax(top))
-            if top[j] > self.floor:
-                self.floor, self.floor_text, self.floor_where = float(top[j]), repr(float(top[j])), int(frames.where[j])
         keep = slice(None) if ok.all() else np.flatnonzero(ok)
-        return ts[keep], can_id_key(raw_ids[keep], extended[keep]), frames.dlc[keep], frames.payload[keep], label[keep]
+        return self.order.hold((ts[keep], can_id_key(raw_ids[keep], extended[keep]), frames.dlc[keep],
+                                frames.payload[keep], label[keep]),
+                               lambda i: None if self.binary else int(frames.where[i]))
 
 
 def _candump_chunks(path: Path, channel: str | None, mode: OnBadRows, chunk_rows: int) -> Iterator[Messages]:

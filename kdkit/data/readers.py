@@ -24,9 +24,10 @@ With ``on_bad_rows="skip"`` such rows are dropped instead and counted in
 ``Messages.skipped_rows`` (with how many of them were attack rows; the CLI reports them per
 file). Nothing is turned into 0 or NaN. Besides unparsable fields, these rows are malformed:
 
-- a negative timestamp, or one earlier than a previous row's (time never goes backwards: the
-  timing features are differences of timestamps). With ``"skip"`` the rows kept are exactly
-  those not earlier than every row kept before them.
+- a negative timestamp, or one earlier than a row kept before it (time never goes backwards:
+  the timing features are differences of timestamps), or a lone glitch: one row later than the
+  row after it while that row follows on from the rows before (:class:`_TimeOrder`). The glitch is
+  the row skipped, not every row after it. With ``"skip"`` the rows kept never go back in time.
 - an ID above ``0x7FF`` (the largest 11-bit ID) written with fewer than 8 hex digits. An ID
   written with 8 digits (``18FEF100``), or flagged extended by a logger format, is a 29-bit
   extended ID; HCRL's 4-digit standard IDs (``0316``) stay valid.
@@ -395,47 +396,227 @@ class _BadRows:
 
 _TIME_HINT = ("timestamps must not decrease; sort the file by time, or skip such rows with --on-bad-rows skip "
               "(on_bad_rows='skip' in Python)")
+_GLITCH_HINT = ("a glitched timestamp, or rows out of order: correct, move or delete that row, or skip such rows "
+                "with --on-bad-rows skip (on_bad_rows='skip' in Python); only that row is skipped, not the rows "
+                "after it")
 # what to do about a row, said in an error; a skipped row's example needs none of it
-_HINTS = (f" ({_TIME_HINT})",)
+_HINTS = (f" ({_TIME_HINT})", f" ({_GLITCH_HINT})")
+_FIXPOINT_ROUNDS = 8  # vectorized passes over a block's glitches before the row-by-row pass
 
 
-def _time_order(ts: np.ndarray, ok: np.ndarray, floor: float = -np.inf) -> tuple[np.ndarray, np.ndarray]:
-    """(negative, backwards) masks over the rows where ``ok``: a row is backwards when its
-    timestamp is below that of a good row before it (or below ``floor``, the largest good
-    timestamp of the chunks before, when a file is read in chunks). Skipping both leaves
-    non-decreasing times (a bad row never raises the running maximum, so rows after it are
-    compared with good ones)."""
-    if ts.size and ts[0] >= 0 and ts[0] >= floor and ok.all() and not (ts[1:] < ts[:-1]).any():  # usual, ~10x faster
-        none = np.zeros(ts.shape, bool)
-        return none, none
-    negative = ok & (ts < 0)
-    good = ok & ~negative
-    running = np.where(good, ts, -np.inf)
-    np.maximum.accumulate(running, out=running)
-    np.maximum(running, floor, out=running)
-    backwards = np.zeros_like(good)
-    if ts.size:
-        backwards[0] = ts[0] < floor
-    np.less(ts[1:], running[:-1], out=backwards[1:])
-    backwards &= good
-    return negative, backwards
+@dataclass
+class _Held:
+    """The last good row of a block, kept unless the next block's first good row shows it a glitch."""
+
+    ts: float
+    shown: str
+    where: str                   # "line 12" / "frame 12", for messages
+    line: int | None             # for the bad-row report
+    before_at: tuple[str, str]   # the largest kept timestamp before it, and where
+    columns: tuple = ()          # its Messages columns (one row each), handed out when it is kept
+    next_at: tuple[str, str] = ("", "")
 
 
-def _time_problem(ts: np.ndarray, ok: np.ndarray, negative: np.ndarray, i: int, shown: Callable[[int], str],
-                  where: Callable[[int], str], floor: float = -np.inf, floor_shown: str = "",
-                  floor_where: str = "") -> str:
-    """The message for row ``i`` flagged by :func:`_time_order`; ``shown(j)`` is row j's timestamp
-    as written, ``where(j)`` its place (``line 12``). In a file read in pieces, ``floor`` is the
-    largest good timestamp of the pieces before (written ``floor_shown``, at ``floor_where``): the
-    row ``i`` is earlier than is the one holding the largest good timestamp before it, the first
-    of equal ones, as when the file is read whole."""
-    if negative[i]:
-        return f"timestamp {shown(i)} is negative (timestamps are seconds >= 0)"
-    before = np.where((ok & ~negative)[:i], ts[:i], -np.inf)
-    j = int(np.argmax(before)) if i else -1
-    if j >= 0 and before[j] > floor:
-        return f"timestamp {shown(i)} goes backwards: earlier than {shown(j)} on {where(j)} ({_TIME_HINT})"
-    return f"timestamp {shown(i)} goes backwards: earlier than {floor_shown} on {floor_where} ({_TIME_HINT})"
+class _TimeOrder:
+    """The time order of one recording read block by block (a whole read is one block).
+
+    A row whose fields are good and whose timestamp is not negative ("good") is
+    - *backwards* when it is earlier than a row kept before it;
+    - a *glitch* when it is not, but the next good row is earlier than it and not earlier than
+      the rows kept before it: one row out of line with both its neighbours (a timestamp with a
+      wrong digit, a frame stamped in the future). It is the row skipped (or named by the
+      error), not every row after it, which its timestamp would otherwise put "in the past";
+    - kept otherwise. The rows kept never go back in time.
+
+    The last good row of a block waits for the next block's first good row: :meth:`check`
+    decides it (``Order.held``), the reader hands it out first (:meth:`release`) and keeps the
+    block's own last good row back (:meth:`hold`) until then; :meth:`close` hands out the last.
+    The result is the same wherever the blocks are cut.
+    """
+
+    def __init__(self) -> None:
+        self.floor, self.floor_at = -np.inf, ("", "")  # the largest kept timestamp (the held row's, if any)
+        self.below, self.below_at = -np.inf, ("", "")  # the largest kept before the held row
+        self.held: _Held | None = None
+        self._candidate: tuple[int, float, tuple[str, str]] | None = None
+
+    def check(self, ts: np.ndarray, fields_ok: np.ndarray, shown: Callable[[int], str],
+              where: Callable[[int], str]) -> _Order:
+        """The block's masks and, when this block has a good row, the verdict on the held row."""
+        n = ts.shape[0]
+        in_order = bool(n and ts[0] >= 0 and fields_ok.all() and not (ts[1:] < ts[:-1]).any())
+        if in_order:  # every row good and in order (the usual case): no index, no copy
+            gi, g, negative = None, ts, None
+        else:
+            negative = fields_ok & (ts < 0)
+            gi = np.flatnonzero(fields_ok & ~negative)
+            g = ts[gi]
+        held_glitch: bool | None = None
+        base, base_at = self.floor, self.floor_at
+        if self.held is not None and g.size:
+            held_glitch = bool(g[0] < self.held.ts and g[0] >= self.below)
+            if held_glitch:
+                base, base_at = self.below, self.held.before_at
+                first = int(gi[0]) if gi is not None else 0
+                self.held.next_at = (shown(first), where(first))
+        m = g.size
+        if m and g[0] >= base and (in_order or not (g[1:] < g[:-1]).any()):  # in order
+            order = _Order(self, n, gi, g, negative, None, None, base, base_at, held_glitch, shown, where)
+            last = m - 1
+        else:
+            back, glitch = _order_block(g, base)
+            order = _Order(self, n, gi, g, negative, back, glitch, base, base_at, held_glitch, shown, where)
+            kept = np.flatnonzero(~back & ~glitch)
+            last = int(kept[-1]) if kept.size else -1
+        self._candidate = None
+        if last >= 0:  # the largest kept is the last one: kept rows never go back
+            row = order.row(last)
+            self.floor, self.floor_at = float(g[last]), (shown(row), where(row))
+            if last == m - 1:  # the block's last good row: a glitch or not, the next block tells
+                self.below, self.below_at = order.kept_before(last)
+                self._candidate = (row, self.floor, self.floor_at)
+        elif held_glitch:
+            self.floor, self.floor_at = base, base_at
+        return order
+
+    def release(self, order: _Order, bad: _BadRows) -> tuple:
+        """The held row's columns to hand out before this block's rows (empty when there is none,
+        it is still undecided, or it was a glitch: reported to ``bad`` instead, which may raise)."""
+        held = self.held
+        if held is None or order.held is None:
+            return ()
+        self.held = None
+        if not order.held:
+            return held.columns
+        bad.check(np.zeros(1, bool), lambda i: held.line, lambda i: _glitch_text(held.shown, held.before_at,
+                                                                                 held.next_at),
+                  label=held.columns[4] if len(held.columns) > 4 else None)
+        return ()
+
+    def hold(self, columns: Sequence[np.ndarray], line_of: Callable[[int], int | None]) -> tuple:
+        """This block's kept columns, less the last good row when it waits for the next block (kept
+        here; ``line_of`` gives its line for the bad-row report)."""
+        if self._candidate is None:
+            return tuple(columns)
+        row, value, (text, at) = self._candidate
+        self._candidate = None
+        self.held = _Held(value, text, at, line_of(row), self.below_at, tuple(c[-1:] for c in columns))
+        return tuple(c[:-1] for c in columns)
+
+    def close(self) -> tuple:
+        """The held row's columns at the end of the recording (nothing follows it: it is kept)."""
+        held, self.held = self.held, None
+        return held.columns if held is not None else ()
+
+
+def _glitch_text(text: str, before: tuple[str, str], after: tuple[str, str]) -> str:
+    """A glitch's message: its timestamp, the row after it and the one kept before it (none at the start)."""
+    prev = f", which follows on from the row before it ({before[0]} on {before[1]})" if before[0] else \
+        " (the first row)"
+    return (f"timestamp {text} is out of line: later than the row after it ({after[0]} on {after[1]}){prev} "
+            f"({_GLITCH_HINT})")
+
+
+def _max_before(g: np.ndarray, dropped: np.ndarray | None, base: float) -> np.ndarray:
+    """The largest kept timestamp before each good row (``base``: of the blocks before)."""
+    out = np.full(g.shape, base, np.float64)
+    if g.size > 1:
+        vals = np.where(dropped, -np.inf, g) if dropped is not None else g.copy()
+        np.maximum.accumulate(vals, out=vals)
+        np.maximum(vals[:-1], base, out=out[1:])
+    return out
+
+
+def _order_block(g: np.ndarray, base: float) -> tuple[np.ndarray, np.ndarray]:
+    """(backwards, glitch) over a block's good rows, as :class:`_TimeOrder` defines them; the last
+    row is never a glitch here (its next row is in the next block)."""
+    m = g.size
+    glitch = np.zeros(m, bool)
+    for _ in range(_FIXPOINT_ROUNDS):  # marking a glitch only lowers the maxima after it: glitches only grow
+        before = _max_before(g, glitch, base)
+        back = g < before
+        new = np.zeros(m, bool)
+        new[:-1] = ~back[:-1] & (g[1:] < g[:-1]) & (g[1:] >= before[:-1])
+        if not (new & ~glitch).any():
+            return back, glitch
+        glitch |= new
+    back = np.zeros(m, bool)  # a cascade of glitches: row by row
+    glitch[:] = False
+    top = base
+    for k in range(m):
+        if g[k] < top:
+            back[k] = True
+        elif k + 1 < m and top <= g[k + 1] < g[k]:
+            glitch[k] = True
+        else:
+            top = g[k]
+    return back, glitch
+
+
+class _Order:
+    """One block's time-order verdicts (:meth:`_TimeOrder.check`); masks over the block's rows."""
+
+    def __init__(self, state: _TimeOrder, n: int, gi: np.ndarray | None, g: np.ndarray, negative: np.ndarray | None,
+                 back: np.ndarray | None, glitch: np.ndarray | None, base: float, base_at: tuple[str, str],
+                 held: bool | None, shown: Callable[[int], str], where: Callable[[int], str]):
+        self.n, self.gi, self.g, self.base, self.base_at = n, gi, g, base, base_at
+        self.held = held  # the held row of the block before: a glitch (True), kept (False), undecided (None)
+        self.shown, self.where = shown, where
+        self._back, self._glitch = back, glitch  # over the good rows (None: none)
+        self.any_bad = bool((negative is not None and negative.any()) or (back is not None and (back | glitch).any()))
+        self.negative = negative if negative is not None else np.zeros(n, bool)
+        self.backwards, self.glitch = self._spread(back), self._spread(glitch)
+        self._before: np.ndarray | None = None
+
+    def _spread(self, mask: np.ndarray | None) -> np.ndarray:
+        out = np.zeros(self.n, bool)
+        if mask is not None and self.any_bad:
+            out[self.gi if self.gi is not None else slice(None)] = mask
+        return out
+
+    @property
+    def bad(self) -> np.ndarray:
+        """The rows out of time order (negative, backwards or a glitch)."""
+        return self.negative | self.backwards | self.glitch if self.any_bad else self.negative
+
+    def row(self, k: int) -> int:
+        """The block row of good row ``k``."""
+        return int(self.gi[k]) if self.gi is not None else k
+
+    @property
+    def before(self) -> np.ndarray:
+        """The largest kept timestamp before each good row."""
+        if self._before is None:
+            dropped = None if self._back is None else self._back | self._glitch
+            self._before = _max_before(self.g, dropped, self.base)
+        return self._before
+
+    def kept_before(self, k: int) -> tuple[float, tuple[str, str]]:
+        """The largest kept timestamp before good row ``k`` and where it is (the first of equal ones;
+        ``("", "")`` where there is none)."""
+        if self._back is None:  # the block in order: the row before, unless the blocks before hold its equal
+            value = float(self.g[k - 1]) if k else self.base
+            j = int(np.searchsorted(self.g[:k], value)) if value > self.base else -1
+        else:
+            value = float(self.before[k])
+            kept = (self.g[:k] == value) & ~(self._back[:k] | self._glitch[:k])
+            j = int(np.flatnonzero(kept)[0]) if value > self.base else -1
+        if j < 0:
+            return value, (self.base_at if value > -np.inf else ("", ""))
+        row = self.row(j)
+        return value, (self.shown(row), self.where(row))
+
+    def describe(self, i: int) -> str:
+        """The time problem of block row ``i`` (negative, backwards or a glitch)."""
+        shown, where = self.shown, self.where
+        if self.negative[i]:
+            return f"timestamp {shown(i)} is negative (timestamps are seconds >= 0)"
+        k = int(np.searchsorted(self.gi, i)) if self.gi is not None else i
+        _, at = self.kept_before(k)
+        if self.glitch[i]:
+            nxt = self.row(k + 1)
+            return _glitch_text(shown(i), at, (shown(nxt), where(nxt)))
+        return f"timestamp {shown(i)} goes backwards: earlier than {at[0]} on {at[1]} ({_TIME_HINT})"
 
 
 def _ascii_only(raw: bytes) -> tuple[bytes, set[int]]:
@@ -631,13 +812,17 @@ class _Chunker:
     def add(self, *columns: np.ndarray) -> Iterator[Messages]:
         """Buffer good rows (timestamp, can_id, dlc, payload, label and, with ``type_names``,
         row_type); hand out the chunks now full."""
-        n = columns[0].shape[0]
+        self.put(*columns)
+        while self.buffered >= self.chunk_rows:
+            yield self.take(self.chunk_rows)
+
+    def put(self, *columns: np.ndarray) -> None:
+        """Buffer good rows without handing out a chunk (the end of a recording: :meth:`take` next)."""
+        n = columns[0].shape[0] if columns else 0
         if n:
             self.parts.append(columns)
             self.buffered += n
             self.rows += n
-        while self.buffered >= self.chunk_rows:
-            yield self.take(self.chunk_rows)
 
     def take(self, rows: int | None = None) -> Messages:
         """The next ``rows`` buffered rows (default: all of them) as Messages."""
@@ -710,9 +895,10 @@ def iter_ctt_csv(path: str | Path, on_bad_rows: OnBadRows = "error", chunk_rows:
 
     pyarrow's streaming reader parses ``block_bytes`` of text at a time (decompressing a
     ``.gz`` on the fly); the rows are decoded and checked block by block, carrying what a
-    check needs across blocks (the largest timestamp so far and its line, blank rows that are
-    bad only if a row follows them, rows the parser dropped). The chunks hold the good rows of
-    ``chunk_rows`` CSV rows each; every chunk carries the skip counts so far, so the last one
+    check needs across blocks (the time order's state and the row it holds back, blank rows that
+    are bad only if a row follows them, rows the parser dropped). The chunks hold the good rows of
+    ``chunk_rows`` CSV rows each (a block's last good row waits for the next block, which tells
+    whether it was a glitch: it may move to the next chunk); every chunk carries the skip counts so far, so the last one
     (always yielded, maybe empty) has the file's totals. Joined (:func:`concat_messages`) they
     equal the file read whole, bad-row errors (file:line) and skip counts included.
 
@@ -773,7 +959,7 @@ class _CttStream:
         self.rows = 0  # CSV rows parsed so far (not counting the dropped ones)
         self.pending: list[int] = []  # blank rows at the end so far: bad only if a row follows
         self.any_row = False
-        self.floor, self.floor_text, self.floor_line = -np.inf, "", 0  # the largest good timestamp so far
+        self.order = _TimeOrder()
         self.out: list[tuple[np.ndarray, ...]] = []
 
     def line_of(self, row: int) -> int:
@@ -832,6 +1018,7 @@ class _CttStream:
         rest = self.field_errors[self.consumed:]  # rows the parser dropped after the last row
         self.consumed = len(self.field_errors)
         self.bad.check(np.ones(0, bool), self.line_of, str, rest)
+        self._emit(self.order.close())
         yield self._chunk()
 
     def _open(self):
@@ -878,11 +1065,13 @@ class _CttStream:
             self.consumed = take
         self.pending += range(g0 + k, g0 + n)
         fields_ok = (ok_ts & ok_id & ok_pl & ok_lab & ~blank)[:k]
-        negative, backwards = _time_order(ts[:k], fields_ok, self.floor)
-        ok = fields_ok & ~negative & ~backwards
 
         def cell(col: int, i: int) -> str:
             return _text(batch.column(col)[i].as_py())
+
+        order = self.order.check(ts[:k], fields_ok, lambda i: cell(0, i), lambda i: f"line {self.line_of(g0 + i)}")
+        ok = fields_ok & ~order.bad if order.any_bad else fields_ok
+        self._emit(self.order.release(order, self.bad))
 
         def describe(i: int) -> str:
             note = _NON_ASCII_NOTE if self.non_ascii and self.line_of(g0 + i) in self.non_ascii else ""
@@ -894,25 +1083,17 @@ class _CttStream:
                                     (3, ok_lab, "attack {}: label must be 0 or 1")):
                 if not good[i]:
                     return hint.format(cell(col, i)) + note
-            if negative[i]:
-                return f"timestamp {cell(0, i)} is negative (timestamps are seconds >= 0)"
-            if backwards[i]:
-                before = np.where((fields_ok & ~negative)[:i], ts[:i], -np.inf)
-                j = int(np.argmax(before)) if i else -1
-                shown, line = (cell(0, j), self.line_of(g0 + j)) if j >= 0 and before[j] > self.floor \
-                    else (self.floor_text, self.floor_line)
-                return f"timestamp {cell(0, i)} goes backwards: earlier than {shown} on line {line} ({_TIME_HINT})"
-            return "bad row"
+            return order.describe(i)
 
         self.bad.check(ok, lambda i: self.line_of(g0 + i), describe, earlier, label=lab[:k], label_ok=ok_lab[:k])
         whole = k == n and ok.all()
         keep = slice(None) if whole else np.flatnonzero(ok)
-        if k and ok.any():
-            top = np.where(ok, ts[:k], -np.inf)
-            j = int(np.argmax(top))
-            if top[j] > self.floor:
-                self.floor, self.floor_text, self.floor_line = float(top[j]), cell(0, j), self.line_of(g0 + j)
-        self.out.append((ts[keep], ids[keep], dlc[keep], payload[keep], lab[keep]))
+        self._emit(self.order.hold((ts[keep], ids[keep], dlc[keep], payload[keep], lab[keep]),
+                                   lambda i: self.line_of(g0 + i)))
+
+    def _emit(self, columns: tuple) -> None:
+        if columns:
+            self.out.append(columns)
 
 
 _BLANKS = np.array([9, 10, 11, 12, 13, 32], np.uint8)
@@ -1073,7 +1254,7 @@ class _HcrlStream:
         self.newlines = 0  # '\n' in the pieces so far (_ascii_only numbers the lines it names by them)
         self.pending: pa.Array | None = None  # blank lines at the end so far
         self.any_text = False
-        self.floor, self.floor_text, self.floor_line = -np.inf, "", 0  # the largest good timestamp so far
+        self.order = _TimeOrder()
 
     def feed(self, raw: bytes) -> Iterator[Messages]:
         """Decode and check one piece of whole lines; hand out the chunks now full."""
@@ -1097,6 +1278,7 @@ class _HcrlStream:
         """The last chunk, with the file's skip counts."""
         if not self.any_text:
             raise DataFormatError(self.path, None, "empty file")
+        self.out.put(*self.order.close())
         return self.out.take()
 
     def _decode(self, lines: pa.Array, non_ascii: set[int]) -> Iterator[Messages]:
@@ -1138,8 +1320,9 @@ class _HcrlStream:
         ok_dlc &= (dlc_num >= 0) & (dlc_num <= 8) & (dlc_num == np.round(dlc_num))
         ok_dlc &= np.where(ok_dlc, dlc_num.astype(np.int64) == dlc_from_data, False)
         fields_ok = matched & ok_ts & ok_id & ok_pl & ok_dlc & flag_ok
-        negative, backwards = _time_order(ts, fields_ok, self.floor)
-        ok = fields_ok & ~negative & ~backwards
+        order = self.order.check(ts, fields_ok, lambda j: repr(ts_a[j].as_py()), lambda j: f"line {base + j + 1}")
+        ok = fields_ok & ~order.bad if order.any_bad else fields_ok
+        released = self.order.release(order, self.bad)
 
         def id_what(i: int) -> str:
             text = id_a[i].as_py()
@@ -1159,20 +1342,14 @@ class _HcrlStream:
                                (flag_ok, "flag must be R or T")):
                 if not good[i]:
                     return f"{what or id_what(i)}: {lines[i].as_py()[:80]!r}{note}"
-            if negative[i] or backwards[i]:
-                return _time_problem(ts, fields_ok, negative, i, lambda j: repr(ts_a[j].as_py()),
-                                     lambda j: f"line {base + j + 1}", self.floor, self.floor_text,
-                                     f"line {self.floor_line}")
-            return "bad row"
+            return order.describe(i)
 
         self.bad.check(ok, lambda i: base + i + 1, describe, label=label, label_ok=matched & flag_ok)
-        if ok.any():
-            top = np.where(ok, ts, -np.inf)
-            j = int(np.argmax(top))
-            if top[j] > self.floor:
-                self.floor, self.floor_text, self.floor_line = float(top[j]), repr(ts_a[j].as_py()), base + j + 1
         keep = ok if not ok.all() else slice(None)
-        yield from self.out.add(ts[keep], ids[keep], dlc_from_data[keep], pl[keep], label[keep])
+        if released:
+            yield from self.out.add(*released)
+        yield from self.out.add(*self.order.hold((ts[keep], ids[keep], dlc_from_data[keep], pl[keep], label[keep]),
+                                                 lambda i: base + i + 1))
 
 
 LOGGER_SUFFIXES = (".log", ".asc", ".blf", ".trc")  # read by kdkit.data.loggers (candump, Vector, PEAK)
