@@ -149,6 +149,9 @@ def test_teacher_notebook_with_other_parameters(vgae_teacher):
     out, m = vgae_teacher
     assert m["notebook"] == "teacher" and m["model"] == "vgae" and m["type"] == "teacher"
     assert m["epochs_run"] == 1 and m["sizes"] == {"hidden": 32, "layers": 2, "heads": 2}
+    # every value of the parameters cell as the run had it (injected or default): a table over runs reads them
+    assert m["notebook_parameters"]["model"] == "vgae" and m["notebook_parameters"]["seed"] == 1
+    assert m["notebook_parameters"]["run_dir"] == str(out) and m["notebook_parameters"]["threads"] == 1
     assert 1_000 < m["parameters"] < 200_000 and m["size_bytes"] >= 4 * m["parameters"]
     _check_f1(m["f1"])
     assert set(m["f1"]) == {r["scenario"] for r in m["tables"]["per_scenario"]["rows"]} - {"overall"}
@@ -170,7 +173,7 @@ def vgae_student(vgae_teacher, nb_env):
 def test_student_notebook_distills_a_given_teacher(vgae_teacher, vgae_student):
     _, tm = vgae_teacher
     out, m = vgae_student
-    assert m["notebook"] == "student" and m["kd_alpha"] == 0.5
+    assert m["notebook"] == "student" and m["kd_alpha"] == 0.5 and m["notebook_parameters"]["kd_latent_weight"] == 0.5
     assert m["teacher"]["checkpoint"] == tm["checkpoint"]  # loaded, not retrained
     assert m["teacher"]["f1"] == pytest.approx(tm["f1"])  # same checkpoint, same data, same scores
     assert m["student_kd"]["kd"] is True and m["student_alone"]["kd"] is False
