@@ -575,8 +575,20 @@ def test_a_labelled_logger_file_gives_labelled_decisions(trained, recording, tmp
     s = replay_file(Detector.from_checkpoint(trained), path, keep=True)
     shares = [d.attack_share for d in s.decisions]
     assert len(shares) == 20 and shares[5:8] == [1.0, 1.0, 1.0] and shares[:5] == [0.0] * 5
+    # the summary meets the labels: "0 alarms" on a recording full of missed attacks looked clean
+    lab = s.to_dict()["labels"]
+    attack = [d.is_attack for d in s.decisions if d.attack_share > 0]
+    normal = [d.is_attack for d in s.decisions if d.attack_share == 0]
+    assert lab["windows"] == 20 and lab["attack_windows"] == len(attack) == 3
+    assert (lab["detected"], lab["missed"]) == (sum(attack), len(attack) - sum(attack))
+    assert (lab["false_alarms"], lab["normal_windows"]) == (sum(normal), len(normal))
+    assert lab["recall"] == pytest.approx(sum(attack) / 3, abs=1e-6)
+    assert (f"  labels: 3 attack windows, {sum(attack)} detected (recall {sum(attack) / 3:.2%}), "
+            f"{3 - sum(attack)} missed; {sum(normal)} false alarms in {len(normal)} normal windows") in s.format()
     (tmp_path / "drive.log.labels.csv").unlink()  # no sidecar: unlabelled, as before
-    assert {d.attack_share for d in replay_file(Detector.from_checkpoint(trained), path, keep=True).decisions} == {None}
+    unlabelled = replay_file(Detector.from_checkpoint(trained), path, keep=True)
+    assert {d.attack_share for d in unlabelled.decisions} == {None}
+    assert unlabelled.to_dict()["labels"] is None and "labels:" not in unlabelled.format()
 
 
 def test_a_cut_gz_log_says_so_in_the_summary_line(trained, recording, tmp_path):

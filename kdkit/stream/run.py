@@ -61,10 +61,18 @@ class RunSummary:
         self.other_channels_note: str | None = None  # why a replay's other channels were not counted
         self.truncated: str | None = None  # a cut .gz file: what was lost (counted as one skipped row)
         self.read_seconds = 0.0
+        # labelled input (a labelled recording, a .labels.csv sidecar): [attack windows detected, missed, false
+        # alarms, normal windows without alarm], by the model's label rule (attack share > label_threshold)
+        self.confusion = [0, 0, 0, 0]
+        self.labelled = 0
         self._t0, self._c0 = time.perf_counter(), time.process_time()
         self.seconds = self.cpu_seconds = 0.0
 
     def add(self, decision: Decision) -> None:
+        if decision.attack_share is not None:
+            self.labelled += 1
+            attack = decision.attack_share > self.detector.label_threshold
+            self.confusion[(0 if decision.is_attack else 1) if attack else (2 if decision.is_attack else 3)] += 1
         if decision.latency_s is not None:
             self.latencies.append(decision.latency_s)
         if decision.cpu_s is not None:
@@ -105,7 +113,18 @@ class RunSummary:
                 "latency_ms_p50": pct(self.latencies, 50), "latency_ms_p99": pct(self.latencies, 99),
                 "latency_ms_max": pct(self.latencies, 100), "cpu_ms_p50": pct(self.cpu_latencies, 50),
                 "cpu_ms_p99": pct(self.cpu_latencies, 99),
-                "stopped_by": self.stopped_by, "error": self.error}
+                "labels": self.labels(), "stopped_by": self.stopped_by, "error": self.error}
+
+    def labels(self) -> dict | None:
+        """How the alarms met the input's labels (None: unlabelled input): attack windows detected and
+        missed, false alarms among the normal windows, recall, precision and the false-positive rate."""
+        if not self.labelled:
+            return None
+        hit, missed, false, quiet = self.confusion
+        ratio = lambda a, b: round(a / b, 6) if b else None  # noqa: E731
+        return {"windows": self.labelled, "attack_windows": hit + missed, "detected": hit, "missed": missed,
+                "false_alarms": false, "normal_windows": false + quiet, "recall": ratio(hit, hit + missed),
+                "precision": ratio(hit, hit + false), "false_positive_rate": ratio(false, false + quiet)}
 
     def format(self) -> str:
         """A few human-readable lines."""
@@ -128,6 +147,12 @@ class RunSummary:
                  + ("; timestamps looked re-stamped (see the warning)" if s["restamped"] else "")
                  + (f"; time went back and the windows restarted {s['timeline_restarts']} time(s) (see the warning)"
                     if s["timeline_restarts"] else "")]
+        if s["labels"] is not None:
+            lab = s["labels"]
+            pct = lambda v: "-" if v is None else f"{v:.2%}"  # noqa: E731
+            lines.append(f"  labels: {lab['attack_windows']:,} attack windows, {lab['detected']:,} detected (recall "
+                         f"{pct(lab['recall'])}), {lab['missed']:,} missed; {lab['false_alarms']:,} false alarms in "
+                         f"{lab['normal_windows']:,} normal windows (rate {pct(lab['false_positive_rate'])})")
         if s["channel"] is not None:
             if s["other_channel_frames"] is None:
                 lines.append(f"  frames of channels other than {s['channel']}: not counted ({self.other_channels_note})")
