@@ -236,3 +236,23 @@ def test_native_weights_of_another_export_are_never_used(exported_student, synth
     with caplog.at_level("WARNING", logger="kdkit.stream"):
         assert Detector.from_exported(gateway / package.name).engine == "package"
     assert "is not named by student.json" in caplog.text
+
+
+def test_a_package_beside_another_exports_metadata_is_refused(exported_student, tmp_path):
+    """A .pt2 copied over another (a gateway update that copied only the package, a teacher renamed
+    student.pt2) ran with the other export's threshold and vocabulary, silently: the .json records
+    its package's SHA-256, and the checkpoint's absolute path for the calibrate advice."""
+    checkpoint, package, _ = exported_student
+    meta = json.loads(package.with_suffix(".json").read_text())
+    assert Path(meta["checkpoint"]).is_absolute() and Path(meta["checkpoint"]) == checkpoint.resolve()
+    gateway = tmp_path / "gateway"
+    gateway.mkdir()
+    for f in (package, package.with_suffix(".json"), package.with_suffix(".npz")):
+        (gateway / f.name).write_bytes(f.read_bytes())
+    assert Detector.from_exported(gateway / package.name).engine == "native"  # the three files of one export
+    (gateway / package.name).write_bytes(package.read_bytes() + b"\0")  # another package's bytes
+    with pytest.raises(ValueError, match=r"student\.pt2 is not the package student\.json was exported with "
+                                         r"\(SHA-256 .*\): its threshold, window and vocabulary would be another "
+                                         r"model's\. Copy the files of one export together \(student\.pt2, "
+                                         r"student\.json, student\.npz\), or re-export with kdkit export"):
+        Detector.from_exported(gateway / package.name)

@@ -190,7 +190,9 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, thr
     t0 = time.perf_counter()
     export_model(model, example, out, threads=threads)
     seconds = time.perf_counter() - t0
-    meta = {"checkpoint": str(checkpoint), "package": str(out), "inputs": list(INPUTS),
+    # the checkpoint's absolute path: the detector's calibrate advice names it, run from anywhere on the machine
+    meta = {"checkpoint": str(checkpoint.resolve()), "package": str(out), "package_sha256": file_sha256(out),
+            "inputs": list(INPUTS),
             "inputs_note": "a kdkit batch's tensors; ptr: graph offsets [G+1]; node_slots: any tensor of "
                            "[largest graph's node count, 0] (sizes the max pool); GATv2's self-loops are added inside",
             "output": OUTPUTS[out_kind], "output_kind": out_kind,
@@ -262,11 +264,12 @@ def load_exported(path: str | Path, tune_allocator: bool = True, validate: bool 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"exported model {path} does not exist (kdkit export --checkpoint ... --out {path})")
+    meta_path = path.with_suffix(".json")
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    check_package(path, meta, meta_path)
     if tune_allocator:
         tune_cpu_allocator()
     run = package_runner(torch._inductor.aoti_load_package(str(path)))
-    meta_path = path.with_suffix(".json")
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     num_ids = meta["model_config"]["num_ids"] if meta else None
 
     def score(batch):
@@ -278,6 +281,27 @@ def load_exported(path: str | Path, tune_allocator: bool = True, validate: bool 
     score.threshold = meta.get("threshold")
     score.run = run
     return score
+
+
+def check_package(path: Path, meta: dict, meta_path: Path) -> None:
+    """The ``.json`` beside a package must be its own export's: its threshold, window and vocabulary
+    are what the package is scored with. A ``.pt2`` copied over another (a gateway update that copied
+    only the package, a teacher renamed ``student.pt2``) ran with the other's metadata, silently.
+
+    Raises:
+        ValueError: the package's SHA-256 is not the one the ``.json`` records (exports before
+            2026-12-07 record none and are not checked).
+    """
+    want = meta.get("package_sha256")
+    if not want:
+        return
+    digest = file_sha256(path)
+    if digest != want:
+        raise ValueError(f"{path} is not the package {meta_path.name} was exported with (SHA-256 {digest[:12]}..., "
+                         f"{meta_path.name} records {want[:12]}...): its threshold, window and vocabulary would be "
+                         f"another model's. Copy the files of one export together ({path.name}, {meta_path.name}"
+                         f"{', ' + meta['native_weights'] if meta.get('native_weights') else ''}), or re-export with "
+                         f"kdkit export --checkpoint {meta.get('checkpoint') or 'CHECKPOINT'} --out {path}")
 
 
 def package_runner(program) -> Callable:
