@@ -686,3 +686,45 @@ def test_cli_status_of_named_jobs(capsys, tmp_path, monkeypatch, fake):
     args = _parser().parse_args(["slurm", "--runs-dir", str(tmp_path / "runs"), "status", "999"])
     assert args.func(args) == 1
     assert "not in " in capsys.readouterr().out
+
+
+def test_a_refused_submission_leaves_no_run_folder(tmp_path, fake):
+    """sbatch refused (no controller): the run folder held a job.sbatch of a job that does not exist."""
+    def refusing(argv):
+        if argv[0] == "sbatch":
+            return subprocess.CompletedProcess(argv, 1, "", "sbatch: error: Unable to contact slurm controller")
+        return fake(argv)
+
+    orch = FabricSlurmTrainingOrchestrator(tmp_path / "runs", runner=refusing, venv=None, workdir=tmp_path)
+    with pytest.raises(SlurmError, match=r"sbatch rejected the job \(sbatch: error: Unable to contact slurm "
+                                         r"controller\); nothing was submitted"):
+        orch.submit_vgae_training("synthetic", "teacher", run_name="v")
+    assert not (tmp_path / "runs" / "v").exists()
+    (tmp_path / "runs" / "w").mkdir(parents=True)
+    (tmp_path / "runs" / "w" / "notes.txt").write_text("mine")  # a folder the user made: kept, with their file
+    with pytest.raises(SlurmError):
+        orch.submit_vgae_training("synthetic", "teacher", run_name="w")
+    assert [p.name for p in (tmp_path / "runs" / "w").iterdir()] == ["notes.txt"]
+
+
+def test_cli_train_slurm_options_without_use_slurm_and_a_failed_submission(capsys, tmp_path, monkeypatch):
+    """`--dry-run` without --use-slurm trained for real; a refused submission ended in a traceback."""
+    from kdkit.cli.main import main
+
+    runs = str(tmp_path / "runs")
+    assert main(["train", "--dataset", "synthetic", "--epochs", "1", "--dry-run", "--runs-dir", runs]) == 2
+    err = capsys.readouterr().err
+    assert "--dry-run applies to a SLURM job only: add --use-slurm" in err and not (tmp_path / "runs").exists()
+    assert main(["train", "--dataset", "synthetic", "--time", "01:00:00", "--partition", "gpu", "--runs-dir", runs]) == 2
+    assert "--partition, --time apply to a SLURM job only" in capsys.readouterr().err
+    # the batch sizer's settings without the batch sizer: said, not silently without effect
+    assert main(["train", "--dataset", "synthetic", "--config", '{"target_memory_usage": 0.7, "max_batch_size": 256}',
+                 "--use-slurm", "--dry-run", "--runs-dir", runs]) == 0
+    assert ("kdkit train: warning: target_memory_usage, max_batch_size only steer the batch sizer: add "
+            "--optimize-batch-size (now batch_size 64 is used as it is)") in capsys.readouterr().err
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
+    assert main(["train", "--dataset", "synthetic", "--use-slurm", "--runs-dir", runs]) == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith("kdkit train: sbatch not found") and "Traceback" not in err
+    left = sorted(p.name for p in (tmp_path / "runs").rglob("*")) if (tmp_path / "runs").exists() else []
+    assert left == []  # no run folder of a job that was never submitted

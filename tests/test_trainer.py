@@ -65,11 +65,15 @@ def test_preset_fills_only_unset_keys():
 
 
 # ----------------------------------------------------------------------------- precision policy
-def test_precision_policy(monkeypatch):
+def test_precision_policy(monkeypatch, caplog):
     from kdkit.training import precision as trainer
 
     assert trainer.choose_precision("bf16", "cpu") == "bf16-mixed"
-    assert trainer.choose_precision("16-mixed", "cpu") == "16-mixed"
+    # fp16 autocast does not run on a CPU: Fabric ran bf16 while the run recorded 16-mixed
+    with caplog.at_level("WARNING", logger="kdkit.training.precision"):
+        assert trainer.choose_precision("16-mixed", "cpu") == trainer.choose_precision("16", "cpu") == "bf16-mixed"
+    assert "precision 16-mixed: fp16 autocast does not run on a CPU; the run uses bf16-mixed" in caplog.text
+    assert trainer.choose_precision("16-mixed", "cuda") == "16-mixed"
     monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda: False)
     assert trainer.choose_precision("auto", "cpu") == "32-true"
     monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda: True)

@@ -23,7 +23,8 @@ import sys
 from pathlib import Path
 
 from kdkit.cli.main import COMMANDS
-from kdkit.cli.slurm import add_slurm_arguments, submit_train_from_args
+from kdkit.cli.slurm import _RESOURCE_FLAGS, add_slurm_arguments, submit_train_from_args
+from kdkit.cluster.orchestrator import SlurmError
 from kdkit.config import (
     TrainConfig,
     add_config_arguments,
@@ -63,21 +64,37 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = overrides_from_cli(args)
     if "dataset" not in overrides:
         raise ValueError("--dataset is required (see --list-configs)")
+    if not args.use_slurm:  # a SLURM option alone would be ignored: --dry-run trained for real
+        given = [f"--{k.replace('_', '-')}" for k in ("dry_run", *_RESOURCE_FLAGS) if getattr(args, k, None)]
+        if given:
+            raise ValueError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to a SLURM job only: "
+                             "add --use-slurm (with --dry-run it prints the job's script and submits nothing); "
+                             "without it kdkit train trains here")
     worker = os.environ.get("LOCAL_RANK", "0") not in ("", "0")  # a DDP worker: rank zero says it
     if overrides.get("type") == "student" and not overrides.get("teacher") and not args.no_teacher and not worker:
         print("note: training a student without --teacher (no distillation); pass --teacher PATH to distill")
+    sizer_keys = [k for k in ("target_memory_usage", "max_batch_size") if k in overrides]
+    if sizer_keys and not overrides.get("optimize_batch_size"):
+        print(f"kdkit train: warning: {', '.join(sizer_keys)} only steer the batch sizer: add --optimize-batch-size "
+              f"(now batch_size {make_config(**overrides).batch_size} is used as it is)", file=sys.stderr)
     if overrides.get("optimize_batch_size") and "type" not in overrides:
         return report_batch_size(args)
     if args.use_slurm:
         planned = make_config(**overrides)  # said now, not hours later in the job's log
         if stride_gap_note(planned.window, planned.stride):
             print(f"kdkit train: warning: {stride_gap_note(planned.window, planned.stride)}", file=sys.stderr)
-        job = submit_train_from_args(args, overrides)
+        try:
+            job = submit_train_from_args(args, overrides)
+        except SlurmError as err:
+            print(f"kdkit train: {err}", file=sys.stderr)
+            return 1
         if job:
             print(f"submitted SLURM job {job}")
         return 0
     cfg = make_config(**overrides)
     if cfg.optimize_batch_size:
+        print(f"--optimize-batch-size with --type {cfg.type}: sizing the batch, then training the {cfg.type} with "
+              "it (without --type it only reports the sizes)")
         cfg = optimize_config_batch_size(cfg)
     try:
         # DDP workers are forked from this process (no second start-up) unless the batch sizer

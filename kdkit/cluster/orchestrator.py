@@ -510,12 +510,23 @@ class FabricSlurmTrainingOrchestrator:
         self.registry.load()              # a broken registry is refused before anything is submitted
         if (run_dir / "job.sbatch").exists():
             raise FileExistsError(f"{run_dir} already holds a job; choose another run name (--run-name)")
+        created = not run_dir.exists()
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "job.sbatch").write_text(script)
         (run_dir / "parameters.json").write_text(json.dumps(parameters, indent=1, default=str) + "\n")
-        proc = self.run_slurm(["sbatch", "--parsable", str(run_dir / "job.sbatch")])
-        if proc.returncode != 0:
-            raise SlurmError(f"sbatch rejected {run_dir / 'job.sbatch'}: {proc.stderr.strip()}")
+        try:
+            proc = self.run_slurm(["sbatch", "--parsable", str(run_dir / "job.sbatch")])
+            if proc.returncode != 0:
+                raise SlurmError(f"sbatch rejected the job ({proc.stderr.strip() or f'exit status {proc.returncode}'}); "
+                                 "nothing was submitted")
+        except SlurmUnavailable:  # no answer in time: the job may be queued all the same, its files stay
+            raise
+        except SlurmError:  # refused or no sbatch: no run folder is left behind for a job that does not exist
+            for leftover in ("job.sbatch", "parameters.json"):
+                (run_dir / leftover).unlink(missing_ok=True)
+            if created and not any(run_dir.iterdir()):
+                run_dir.rmdir()
+            raise
         job_id, cluster = parse_sbatch(proc.stdout)
         self.registry.update(job_id, cluster=cluster, name=name, kind=template.split(".")[0],
                              run_dir=str(run_dir), log=str(run_dir / f"slurm-{job_id}.out"),

@@ -3,8 +3,8 @@
     from kdkit.precision import choose_precision
     choose_precision("auto", "cpu")   # "32-true", or "bf16-mixed" where bf16 is native and measured faster
 
-An explicit request always wins. The CPU verdict (is a GATv2 training step faster under bf16
-autocast?) is measured once per CPU model and torch version and stored in
+An explicit request always wins (16-mixed on a CPU runs as bf16-mixed, as Fabric would, and says
+so). The CPU verdict (is a GATv2 training step faster under bf16 autocast?) is measured once per CPU model and torch version and stored in
 ``<cache dir>/precision_policy.json``, so a ratio near the threshold cannot flip between runs.
 """
 from __future__ import annotations
@@ -151,7 +151,12 @@ def choose_precision(requested: str = "auto", accelerator: str = "cpu") -> str:
     """
     aliases = {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed"}
     if requested != "auto":
-        return aliases.get(requested, requested)
+        chosen = aliases.get(requested, requested)
+        if chosen == "16-mixed" and accelerator == "cpu":  # what Fabric would run: the run records what it ran
+            log.warning("precision %s: fp16 autocast does not run on a CPU; the run uses bf16-mixed instead (as "
+                        "Lightning Fabric would) and records it", requested)
+            return "bf16-mixed"
+        return chosen
     for rule in PRECISION_RULES:
         chosen = rule(accelerator)
         if chosen is not None:
