@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import math
 import os
@@ -324,7 +325,8 @@ def validate_overrides(overrides: dict[str, Any], cls: type = TrainConfig) -> di
     out = {}
     for key, value in overrides.items():
         if key not in specs:
-            raise ValueError(f"unknown config key {key!r}; valid keys: {', '.join(specs)}")
+            hint = _key_hint(key, specs)
+            raise ValueError(f"unknown config key {key!r}{hint}; valid keys: {', '.join(specs)}")
         out[key] = _check_value(specs[key], value)
     check_combination(out)
     return out
@@ -407,11 +409,28 @@ def format_value(value: Any) -> str:
     return "none" if value is None else value if isinstance(value, str) else json.dumps(value)
 
 
+# a model's own option names (as the presets and checkpoints write them) -> the run-schema key that sets them
+MODEL_OPTION_KEYS = {"num_layers": "layers", "encoder_layers": "layers", "decoder_layers": "layers",
+                     "vgae_layers": "layers", "encoder_heads": "heads", "decoder_heads": "heads"}
+RUN_SCHEMA_MODEL_KEYS = ("dropout", "id_dropout")  # set by the run schema for every model, whatever the preset
+
+
+def _key_hint(key: str, names) -> str:
+    """``"; did you mean 'layers'?"`` for a misspelt key or a model option's own name, else ``""``."""
+    if key in MODEL_OPTION_KEYS:
+        return f"; the model option {key} is set by the config key {MODEL_OPTION_KEYS[key]!r}"
+    close = difflib.get_close_matches(key, list(names), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def list_configs(cls: type = TrainConfig) -> str:
     """Every preset and every config key with its default and meaning (``--list-configs``)."""
-    lines = ["Model presets (--model/--type):"]
+    lines = ["Model presets (--model/--type; the model's own option names: hidden, embedding_dim and "
+             "layers (num_layers, encoder_layers, decoder_layers) and heads set them; dropout and id_dropout "
+             "are the config keys below, for every model):"]
     for name, preset in PRESETS.items():
-        lines.append(f"  {name:<14} {json.dumps(preset)}")
+        shown = {size: {k: v for k, v in opts.items() if k not in RUN_SCHEMA_MODEL_KEYS} for size, opts in preset.items()}
+        lines.append(f"  {name:<14} {json.dumps(shown)}")
     lines.append("\nHardware presets (--preset NAME; auto-detected: " + detect_preset() + "):")
     for name, preset in HARDWARE_PRESETS.items():
         lines.append(f"  {name:<14} {json.dumps(preset)}")

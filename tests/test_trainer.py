@@ -20,8 +20,23 @@ def tiny_cfg(tmp_path, **kw) -> TrainConfig:
 
 # ----------------------------------------------------------------------------- config
 def test_unknown_config_key_lists_valid_keys():
-    with pytest.raises(ValueError, match=r"unknown config key 'learnin_rate'; valid keys: .*learning_rate"):
+    with pytest.raises(ValueError, match=r"unknown config key 'learnin_rate'; did you mean 'learning_rate'\?; "
+                                         r"valid keys: .*learning_rate"):
         validate_overrides({"learnin_rate": 0.1})
+    # --list-configs shows the presets with the model's own option names: the config key that sets them is named
+    with pytest.raises(ValueError, match=r"unknown config key 'num_layers'; the model option num_layers is set by "
+                                         r"the config key 'layers'"):
+        validate_overrides({"num_layers": 3})
+
+
+def test_list_configs_shows_what_a_run_uses():
+    """The GAT teacher preset listed dropout 0.2, but the run schema's dropout (0.1) always applied."""
+    from kdkit.config import list_configs
+
+    text = list_configs()
+    presets = text.split("Hardware presets")[0]
+    assert '"dropout"' not in presets and "dropout and id_dropout are the config keys below" in presets
+    assert "dropout                default 0.1" in text
 
 
 @pytest.mark.parametrize("overrides,match", [
