@@ -86,3 +86,19 @@ def test_the_command_freezes_its_imports_and_a_caller_keeps_its_collector(monkey
     with pytest.raises(SystemExit):
         cli_main.main()
     assert gc.isenabled() and frozen == [True, True]  # a command that fails to parse leaves it as it found it
+
+
+def test_ctrl_c_while_a_command_starts_ends_it_without_a_traceback(monkeypatch, capsys, tmp_path):
+    """Ctrl-C while kdkit detect loaded its model (seconds of start-up) printed a 70-line traceback."""
+    import kdkit.cli.detect as detect_cli
+    from kdkit.cli.main import main
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(detect_cli, "_detector", interrupted)
+    rec = tmp_path / "drive.csv"
+    rec.write_text("timestamp,arbitration_id,data_field,attack\n0.0,0C1,00,0\n")
+    assert main(["detect", "--model", str(tmp_path / "student.pt2"), "--input", str(rec)]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "kdkit detect: interrupted (Ctrl-C)"

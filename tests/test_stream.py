@@ -711,3 +711,62 @@ def test_extended_ids_are_their_own_nodes_and_print_as_candump(trained):
     fd = det.clone()  # CAN FD frames of at most 8 bytes are kept, as kdkit.data.loggers keeps them
     fd.feed(can.Message(timestamp=1.0, arbitration_id=0x100, is_fd=True, data=bytes(8)))
     assert fd.messages == 1 and fd.dropped == {}
+
+
+def test_max_seconds_and_all_channels_say_what_the_replay_did(trained, recording, tmp_path):
+    """A file decided whole in its first block said "stopped by max-seconds" (and that the other
+    channels were not counted); `--channel '*'` read every frame and counted them all as left out."""
+    from kdkit.data.loggers import ALL_CHANNELS
+    from kdkit.stream import replay_file
+
+    msgs = read_messages(recording).slice(0, 3000)
+    whole = replay_file(Detector.from_checkpoint(trained), recording).to_dict()
+    fast = replay_file(Detector.from_checkpoint(trained), recording, max_seconds=1e-9).to_dict()
+    assert fast["stopped_by"] == "end of input" and fast["windows"] == whole["windows"]
+    fast_rt = replay_file(Detector.from_checkpoint(trained), recording, realtime=True, max_seconds=1e-9).to_dict()
+    assert fast_rt["stopped_by"] == "max-seconds" and fast_rt["windows"] == 0  # paced: stopped before its first frame
+    raw = msgs.can_id & np.uint32(~EXTENDED_ID_FLAG & 0xFFFFFFFF)
+    path = tmp_path / "two.log"
+    path.write_text("".join(f"({msgs.timestamp[i]:.6f}) can{i % 2} {raw[i]:03X}#"
+                            f"{msgs.payload[i, :msgs.dlc[i]].tobytes().hex().upper()}\n" for i in range(len(msgs))))
+    s = replay_file(Detector.from_checkpoint(trained), path, channel=ALL_CHANNELS)
+    d = s.to_dict()
+    assert d["messages"] == 3000 and d["other_channel_frames"] == 0 and d["other_channels"] == {}
+    assert "left out as other channels" not in s.format()
+
+
+def test_kdkit_detect_hears_another_process_on_a_udp_multicast_bus(trained, recording, tmp_path):
+    """A live bus fed by another process without SocketCAN (no vcan module on this kernel):
+    python-can's udp_multicast interface (msgpack is a dependency for it)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import can
+
+    group = f"239.74.{os.getpid() % 250}.{int(time.time()) % 250 + 1}"  # one group per run: no crosstalk
+    kdkit = str(Path(sys.executable).parent / "kdkit")
+    summary = tmp_path / "udp.json"
+    proc = subprocess.Popen([kdkit, "detect", "--checkpoint", str(trained), "--bus", f"udp_multicast:{group}",
+                             "--max-messages", "300", "--max-seconds", "120", "--stall-seconds", "0.5",
+                             "--summary", str(summary)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err_lines = []
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:  # listening: the stall warning says so
+        line = proc.stderr.readline()
+        err_lines.append(line)
+        if "no frame for" in line or not line:
+            break
+    tx = can.Bus(interface="udp_multicast", channel=group)
+    try:
+        for frame in as_can_messages(read_messages(recording).slice(0, 300)):
+            tx.send(frame)
+            time.sleep(0.0005)
+    finally:
+        tx.shutdown()
+    out, err = proc.communicate(timeout=60)
+    err = "".join(err_lines) + err
+    assert proc.returncode == 0, err
+    s = json.loads(summary.read_text())
+    assert s["stopped_by"] == "max-messages" and s["messages"] == 300 and s["windows"] == 3, err

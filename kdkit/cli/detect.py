@@ -85,7 +85,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         print("kdkit detect: note: python-can's virtual bus carries frames only between the buses of one process: "
               "frames sent from another process never reach this one. To feed it from another process use a "
               "SocketCAN vcan interface (Linux: ip link add dev vcan0 type vcan; --bus socketcan:vcan0) or "
-              "python-can's udp_multicast interface (needs msgpack); in Python, run_detection with a sender thread "
+              "python-can's udp_multicast interface (--bus udp_multicast:239.74.163.2); in Python, run_detection with a sender thread "
               "(docs/DETECTOR.md)", file=sys.stderr)
     out = open(args.alarms, "w", encoding="utf-8") if args.alarms else sys.stdout  # noqa: SIM115 - closed below
 

@@ -74,13 +74,18 @@ def main(argv: list[str] | None = None) -> int:
         # Not in a caller's process (tests, notebooks): what it frees later must stay collectable.
         gc.disable()
     try:
-        args = build_parser(command if command in COMMANDS else None).parse_args(argv)  # an unknown command: argparse says so
-    finally:
-        if own_process:
-            gc.freeze()
-            gc.enable()
-    try:
+        try:
+            args = build_parser(command if command in COMMANDS else None).parse_args(argv)  # an unknown command: argparse says so
+        finally:
+            if own_process:
+                gc.freeze()
+                gc.enable()
         return int(args.func(args) or 0)
+    except KeyboardInterrupt:  # Ctrl-C while starting (the imports, loading a model): no traceback
+        if os.environ.get("KDKIT_DEBUG"):
+            raise
+        print(f"kdkit{' ' + command if command in COMMANDS else ''}: interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
     except (FileNotFoundError, FileExistsError, KeyError, ValueError) as err:  # incl. kdkit.data.readers.DataFormatError
         if os.environ.get("KDKIT_DEBUG"):
             raise

@@ -18,6 +18,7 @@ error in its summary; Ctrl-C ends either loop with its summary.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -27,7 +28,7 @@ import can
 import numpy as np
 
 from kdkit.data.graphs import expect_messages
-from kdkit.data.loggers import TRUNCATED, channel_counts, label_sidecar, read_channel
+from kdkit.data.loggers import ALL_CHANNELS, TRUNCATED, channel_counts, label_sidecar, read_channel
 from kdkit.data.prep import expected_messages
 from kdkit.data.readers import CHUNK_ROWS, EXTENDED_ID_FLAG, LOGGER_SUFFIXES, Messages, iter_messages, read_messages
 from kdkit.stream.detector import BLOCK_MESSAGES, Decision, Detector
@@ -96,6 +97,8 @@ class RunSummary:
         engine = d.batch_engine if self.mode == "replay" else d.engine
         others = dict(sorted(d.other_channels.items(), key=lambda kv: (-kv[1], kv[0])))
         return {"source": self.source, "mode": self.mode, "model": d.name, "window": d.window, "stride": d.stride,
+                # what latency_ms_* time: a fast replay's blocks of windows, every other run's single windows
+                "latency_of": "block" if self.mode == "replay" else "window",
                 "threshold": d.threshold, "engine": engine, "single_window_engine": d.engine,
                 "batch_engine": d.batch_engine, "frames": d.frames, "messages": d.messages, "windows": d.windows,
                 "alarms": d.alarms, "alarm_rate": round(d.alarms / d.windows, 6) if d.windows else None,
@@ -283,20 +286,23 @@ def replay_file(detector: Detector, path: str | Path, channel: str | None = None
         if realtime:
             frames = (frame for chunk in chunks() for frame in as_can_messages(chunk, channel))
             for frame in can.MessageSync(frames, timestamps=True, gap=0.0):
+                if max_seconds is not None and time.perf_counter() - summary._t0 >= max_seconds:
+                    summary.stopped_by = "max-seconds"  # before the frame: the last frame of a file ends by its end
+                    break
                 dec = detector.feed(frame, time.perf_counter())
                 if dec is not None:
                     _emit(summary, [dec], on_decision)
-                if max_seconds is not None and time.perf_counter() - summary._t0 >= max_seconds:
-                    summary.stopped_by = "max-seconds"
-                    break
         else:
+            first = True
             for chunk in chunks():
                 for i in range(0, len(chunk), BLOCK_MESSAGES):
-                    _emit(summary, detector.feed_many(chunk.slice(i, i + BLOCK_MESSAGES), labelled=labelled),
-                          on_decision)
-                    if max_seconds is not None and time.perf_counter() - summary._t0 >= max_seconds:
+                    # asked before a block, not after it: a file decided whole in its first block ended by its end
+                    if not first and max_seconds is not None and time.perf_counter() - summary._t0 >= max_seconds:
                         summary.stopped_by = "max-seconds"
                         break
+                    first = False
+                    _emit(summary, detector.feed_many(chunk.slice(i, i + BLOCK_MESSAGES), labelled=labelled),
+                          on_decision)
                 if summary.stopped_by == "max-seconds":
                     break
     except KeyboardInterrupt as stop:
@@ -311,7 +317,7 @@ def replay_file(detector: Detector, path: str | Path, channel: str | None = None
         if msgs.skipped_rows:
             log.warning("%s: %d bad rows skipped, e.g. %s", path, msgs.skipped_rows, "; ".join(msgs.skipped_examples[:3]))
     summary.finish()
-    if summary.channel is not None:
+    if summary.channel is not None and summary.channel != ALL_CHANNELS:  # ('*': every channel was read, none left out)
         # the reader leaves the other channels' frames out unread: count them (they are not bad frames)
         counts = None
         if not count_channels:
@@ -338,8 +344,15 @@ def open_bus(spec: str, **kwargs) -> can.BusABC:
     try:
         return can.Bus(interface=iface, channel=channel, **kwargs)
     except (can.CanError, OSError, ImportError, NotImplementedError, ValueError, TypeError) as err:
+        hint = ""
+        if isinstance(err, OSError) and err.errno == errno.EAFNOSUPPORT:  # no AF_CAN: the kernel lacks SocketCAN
+            hint = ("; this machine's kernel has no SocketCAN (the can and vcan modules: modprobe vcan, or a kernel "
+                    "or container with CAN support); python-can's udp_multicast interface works without it")
+        elif isinstance(err, OSError) and err.errno == errno.ENODEV:
+            hint = f"; no interface {channel!r} here (`ip link show` lists them; a virtual one: ip link add dev " \
+                   f"{channel} type vcan && ip link set up {channel})"
         raise BusError(f"cannot open bus {spec} (python-can interface {iface!r}, channel {channel!r}): "
-                       f"{type(err).__name__}: {err}") from err
+                       f"{type(err).__name__}: {err}{hint}") from err
 
 
 def listen_bus(detector: Detector, bus: can.BusABC, source: str | None = None,
