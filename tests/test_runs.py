@@ -320,8 +320,14 @@ def test_evaluation_json_goes_to_the_run_folder_or_beside_the_checkpoint(teacher
     shutil.copyfile(summary["best_checkpoint"], elsewhere)
     assert main(["evaluate", "--checkpoint", str(elsewhere), "--dataset", "synthetic", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["checkpoint"] == str(elsewhere)
-    assert (elsewhere.parent / "evaluation_synthetic.json").is_file()
+    assert (elsewhere.parent / "evaluation_synthetic_good.json").is_file()
     assert not (tmp_path / "x" / "evaluation_synthetic.json").exists()
+    # a folder of several models (saved_models/): each one's evaluation is its own, none replaces another
+    other = elsewhere.with_name("other.pt")
+    shutil.copyfile(summary["best_checkpoint"], other)
+    assert main(["evaluate", "--checkpoint", str(other), "--dataset", "synthetic"]) == 0
+    assert sorted(p.name for p in elsewhere.parent.glob("evaluation_*.json")) == [
+        "evaluation_synthetic_good.json", "evaluation_synthetic_other.json"]
 
 
 # ----------------------------------------------------------------------------- saved_models

@@ -118,7 +118,7 @@ def test_a_file_of_another_kind_given_as_a_checkpoint_is_named(exported_student,
         with pytest.raises(ValueError, match="not a loadable kdkit checkpoint") as info:
             load_checkpoint(path)
         text = str(info.value)
-        assert detail in text and "--checkpoint takes the best.pt" in text, text
+        assert detail in text and "checkpoint (--checkpoint, --teacher) is the best.pt" in text, text
         assert not any(a in text for a in TORCH_ADVICE), text
     assert [file_kind(p) for p in (package, package.with_suffix(".json"), package.with_suffix(".npz"), checkpoint,
                                    gz, junk)] == ["package", "export_metadata", "native_weights", "checkpoint",
@@ -165,7 +165,7 @@ def test_evaluate_dataset_prints_recall_per_attack_type_and_the_json(exported_st
     checkpoint, _, _ = exported_student
     assert main(["evaluate", "--checkpoint", str(checkpoint), "--dataset", "synthetic", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    written = tmp_path / "evaluation_synthetic.json"
+    written = tmp_path / f"evaluation_synthetic_{checkpoint.stem}.json"  # --out: a folder of any models
     assert f"written {written}" in out.splitlines()
     res = json.loads(written.read_text())
     lines = out.splitlines()
@@ -230,3 +230,19 @@ def test_engine_help_and_errors_say_which_engines_go_with_which_model(exported_s
         Detector.from_exported(package, engine="torch")
     with pytest.raises(ValueError, match="a checkpoint runs on auto, native, torch; 'package' is for an exported model"):
         Detector.from_checkpoint(checkpoint, engine="package")
+
+
+def test_a_run_folder_given_as_a_checkpoint_names_the_file(tmp_path):
+    """`--teacher runs/hcrl_sa_gat_teacher` (the folder) said only that the checkpoint did not exist."""
+    import re
+
+    from kdkit.training.checkpoint import load_checkpoint
+
+    run = tmp_path / "runs" / "t"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "best.pt").write_bytes(b"x")
+    with pytest.raises(FileNotFoundError, match=rf"checkpoint {re.escape(str(run))} is a folder, not a checkpoint "
+                                                rf"file: give {re.escape(str(run / 'checkpoints' / 'best.pt'))}"):
+        load_checkpoint(run)
+    with pytest.raises(FileNotFoundError, match=r"is a folder, not a checkpoint file: give the best.pt"):
+        load_checkpoint(tmp_path / "runs")

@@ -133,7 +133,8 @@ def wrong_checkpoint_kind(path: str | Path, kind: str | None = None) -> str | No
                 f"training checkpoint: run the export with kdkit detect --model {path.with_suffix('.pt2')}, or give "
                 f"the checkpoint it was exported from{_exported_from(path.with_suffix('.pt2'))}")
     if kind == "recording":
-        return (f"{path} is a CAN recording, not a training checkpoint: --checkpoint takes the best.pt (or last.pt) "
+        return (f"{path} is a CAN recording, not a training checkpoint: a checkpoint (--checkpoint, --teacher) is the "
+                f"best.pt (or last.pt) "
                 f"kdkit train writes in runs/<run>/checkpoints/; a recording goes to --input (kdkit evaluate, kdkit "
                 f"detect) or --clean (kdkit calibrate)")
     return None
@@ -177,6 +178,11 @@ def load_checkpoint(path: str | Path) -> dict:
     """Load a kdkit checkpoint safely (``weights_only``) and check its keys. A file of another
     kind (an exported model, a recording: :func:`file_kind`) is refused naming what it is."""
     path = Path(path)
+    if path.is_dir():  # a run folder given for its checkpoint
+        found = [p for p in (path / "checkpoints" / "best.pt", path / "best.pt") if p.is_file()]
+        raise FileNotFoundError(f"checkpoint {path} is a folder, not a checkpoint file: "
+                                + (f"give {found[0]}" if found else "give the best.pt (or last.pt) kdkit train writes "
+                                   "in runs/<run>/checkpoints/"))
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     wrong = wrong_checkpoint_kind(path)
@@ -185,7 +191,8 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises several types for foreign pickles
-        raise ValueError(f"{path}: not a loadable kdkit checkpoint{_load_error(err)}. --checkpoint takes the best.pt "
+        raise ValueError(f"{path}: not a loadable kdkit checkpoint{_load_error(err)}. A checkpoint (--checkpoint, "
+                         f"--teacher) is the best.pt "
                          f"(or last.pt) kdkit train writes in runs/<run>/checkpoints/") from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a kdkit checkpoint (format {ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__})")

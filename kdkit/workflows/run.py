@@ -694,8 +694,9 @@ def evaluate_checkpoint(path: str | Path, dataset: str, data_root: str | None = 
 
     A scenario without windows (its recordings shorter than the checkpoint's window) is skipped
     with a warning and listed under ``skipped_scenarios``; none with windows at all is an error.
-    The JSON goes to ``out_dir``, else the run folder (checkpoint in ``<run>/checkpoints/``), else
-    beside the checkpoint. ``on_bad_rows`` (``error``/``skip``) overrides the checkpoint's
+    The JSON goes to ``out_dir``, else the run folder (checkpoint in ``<run>/checkpoints/``:
+    ``evaluation_<dataset>.json``), else beside the checkpoint (outside a run folder, and in
+    ``out_dir``, named ``evaluation_<dataset>_<checkpoint name>.json``: a folder of several models). ``on_bad_rows`` (``error``/``skip``) overrides the checkpoint's
     bad-row handling; ``progress``: a progress bar (None: when stderr is a terminal).
     """
     ckpt = load_checkpoint(path)
@@ -713,7 +714,10 @@ def evaluate_checkpoint(path: str | Path, dataset: str, data_root: str | None = 
            **{k: v for k, v in results.items() if k != "scores"}, "skipped_scenarios": skipped}
     target = Path(out_dir) if out_dir else evaluation_dir(path)
     target.mkdir(parents=True, exist_ok=True)
-    path = target / f"evaluation_{dataset_name(dataset)}.json"
+    # in its run folder a checkpoint's evaluation is the run's; elsewhere (saved_models/, --out) a folder holds
+    # several models, whose evaluations must not replace one another
+    own_run = out_dir is None and Path(path).resolve().parent.name == "checkpoints"
+    path = target / f"evaluation_{dataset_name(dataset)}{'' if own_run else '_' + Path(path).stem}.json"
     write_json(path, out)
     out["json"] = str(path)  # where it went (not in the file), as evaluate_inputs says
     return out
