@@ -343,7 +343,8 @@ def test_saved_models_copy_is_only_replaced_by_an_equal_or_better_run(synthetic,
     sidecar.write_text(json.dumps({**record, "value": 0.99}))  # as if run a had reached 0.99
     b = train(tiny(tmp_path, run_name="b", save_compat=True, seed=1), progress=False, data=synthetic)
     assert b["compat_copy"] is None and copy.read_bytes() == Path(a["best_checkpoint"]).read_bytes()
-    assert b["compat_note"] == (f"saved_models/best_teacher_model_synthetic.pth kept (val_f1 0.99 from run "
+    # the copy named as it can be passed on (--teacher): absolute here, the working folder is elsewhere
+    assert b["compat_note"] == (f"{copy} kept (val_f1 0.99 from run "
                                 f"{a['run_dir']}) over this run's {b['best_val_metric']:.4g}; the run's own best.pt "
                                 f"is in {b['run_dir']}")
     assert json.loads((Path(b["run_dir"]) / "summary.json").read_text())["compat_note"] == b["compat_note"]
@@ -352,7 +353,7 @@ def test_saved_models_copy_is_only_replaced_by_an_equal_or_better_run(synthetic,
     copied, note = save_compat_copy(Path(b["best_checkpoint"]), copy, {"metric": "val_f1", "mode": "max", "value": 0.99,
                                                                        "run_dir": b["run_dir"], "run_name": "b",
                                                                        "checkpoint": b["best_checkpoint"]})
-    assert copied and note.startswith("saved_models/best_teacher_model_synthetic.pth replaced (val_f1 0.99 >= 0.99")
+    assert copied and note.startswith(f"{copy} replaced (val_f1 0.99 >= 0.99")
     assert copy.read_bytes() == Path(b["best_checkpoint"]).read_bytes()
     assert json.loads(sidecar.read_text())["run_dir"] == b["run_dir"]
     # a copy without its record (written before kdkit kept one): its own history tells its metric
@@ -410,3 +411,17 @@ def test_notebook_threads_none_is_the_run_schemas_none():
         assert check_parameters(NOTEBOOK_DIR / f"{name}.ipynb", {"threads": None}) == {"threads": None}
     with pytest.raises(ValueError, match="threads"):
         check_parameters(NOTEBOOK_DIR / "teacher.ipynb", {"threads": 0})
+
+
+def test_a_saved_models_note_names_the_copy_as_it_can_be_passed_on(tmp_path, monkeypatch):
+    """Run from another folder with --runs-dir elsewhere, the note said `saved_models/x.pth`, which
+    `--teacher` could not find from there."""
+    from kdkit.workflows.saved_models import _shown
+
+    target = tmp_path / "work" / "saved_models" / "best_teacher_model_d.pth"
+    target.parent.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "work")
+    assert _shown(target) == "saved_models/best_teacher_model_d.pth"
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert _shown(target) == str(target)

@@ -79,6 +79,16 @@ def compat_record(copy: Path) -> dict | None:
             "run_dir": run_dir, "inferred": True}
 
 
+def _shown(path: Path) -> str:
+    """``path`` as a user can pass it on from here (``--teacher``): relative to the working folder when
+    it lies under it, else absolute (``saved_models/x.pth`` named a folder beside another runs folder)."""
+    full = path.resolve()
+    try:
+        return str(full.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(full)
+
+
 def save_compat_copy(best_path: Path, target: Path, record: dict) -> tuple[bool, str]:
     """Copy a finished run's best checkpoint to ``target`` unless the copy there is better.
 
@@ -93,7 +103,7 @@ def save_compat_copy(best_path: Path, target: Path, record: dict) -> tuple[bool,
         (copied, a one-line note for the user).
     """
     target.parent.mkdir(parents=True, exist_ok=True)
-    shown = target.parent.name + "/" + target.name
+    shown = _shown(target)
     value, metric = record["value"], record["metric"]
     with open(target.parent / ".lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)  # short: the comparison and two renames
