@@ -19,6 +19,7 @@ from kdkit.data.readers import (
     Messages,
     _hex_values,
     attack_type_from_name,
+    iter_ctt_csv,
     parse_hex_ids,
     parse_hex_payload,
     read_ctt_csv,
@@ -241,8 +242,36 @@ def test_bad_files(tmp_path: Path, content: str, words: str):
 def test_corrupt_gzip_and_missing_file(tmp_path: Path):
     path = tmp_path / "x.csv.gz"
     path.write_bytes(gzip.compress((HEADER + "\n" + "\n".join(GOOD_ROWS)).encode())[:-12])  # truncated
-    with pytest.raises(DataFormatError, match="corrupt gzip data"):
-        read_ctt_csv(path)
+    with pytest.raises(DataFormatError, match=r"x\.csv\.gz: truncated gzip file: the compressed data ends before any "
+                                              r"text could be read"):
+        read_ctt_csv(path, "skip")
+    # skip: the part before the cut, the loss counted as one row (it was an error in both modes)
+    rows = [f"{i * 0.001:.6f},{0x100 + i % 20:03X},0011223344556677,{int(i % 50 == 0)}" for i in range(60_000)]
+    whole = gzip.compress((HEADER + "\n" + "\n".join(rows) + "\n").encode())
+    cut = tmp_path / "DoS-cut.csv.gz"
+    cut.write_bytes(whole[:len(whole) // 2])
+    with pytest.raises(DataFormatError, match=r"DoS-cut\.csv\.gz: truncated gzip file: the compressed data ends "
+                                              r"inside the stream; whatever followed line \d+ is lost; read the part "
+                                              r"before the cut with --on-bad-rows skip"):
+        read_ctt_csv(cut)
+    m = read_ctt_csv(cut, "skip")
+    assert 0 < len(m) < 60_000 and m.skipped_rows == 1 and m.skipped_unlabelled_rows == 1
+    assert m.timestamp.tolist() == [round(i * 0.001, 6) for i in range(len(m))]  # every row before the cut, whole
+    assert m.skipped_examples == [f"{cut}: truncated gzip file: the compressed data ends inside the stream; whatever "
+                                  f"followed line {len(m) + 1} is lost (counted as 1 skipped row)"]
+    # a cut zip (a DAGA trace) was read as a CSV whose header was the zip's binary start
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "V40_03.can.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("V40_03.can.txt", "\n".join(rows))
+    (tmp_path / "cut.can.zip").write_bytes((tmp_path / "V40_03.can.zip").read_bytes()[:5000])
+    with pytest.raises(DataFormatError, match=r"cut\.can\.zip: a cut or damaged zip file \(5,000 bytes; the table of "
+                                              r"contents at the end of a zip is missing\)"):
+        read_messages(tmp_path / "cut.can.zip")
+    for chunk_rows in (1000, 7):
+        chunks = list(iter_ctt_csv(cut, "skip", chunk_rows=chunk_rows, block_bytes=4096))
+        assert np.array_equal(np.concatenate([c.timestamp for c in chunks]), m.timestamp[:sum(map(len, chunks))])
+        assert chunks[-1].skipped_rows == 1
     with pytest.raises(FileNotFoundError, match="no such file"):
         read_messages(tmp_path / "absent.csv")
     with pytest.raises(ValueError, match="on_bad_rows must be 'error' or 'skip'"):

@@ -62,6 +62,8 @@ import pyarrow.csv as pacsv
 
 from kdkit.data.candump_scan import scan_candump
 from kdkit.data.readers import (
+    _LOST,
+    TRUNCATED,
     _Order,
     CHUNK_ROWS,
     MAX_CAN_ID,
@@ -85,8 +87,6 @@ from kdkit.data.readers import (
 )
 
 _GZ_PIECE = 1 << 22  # compressed bytes inflated at a time (the byte ranges named by corrupt-data errors)
-_LOST = " (counted as 1 skipped row)"  # what a truncated gzip file's loss counts as
-TRUNCATED = "is lost" + _LOST  # how a skipped row's example says the file was cut there
 _CAN_READERS = {".log": "CanutilsLogReader", ".asc": "ASCReader", ".blf": "BLFReader", ".trc": "TRCReader"}
 CAN_ERR_FLAG = 0x20000000  # candump: an error frame's ID carries this bit (linux/can/error.h)
 _FD_HINT = ("kdkit models classic CAN (at most 8 bytes); read a classic CAN channel with channel=..., "

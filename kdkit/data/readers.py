@@ -664,11 +664,18 @@ _HEAD_BYTES = 1 << 16
 
 def _head(path: Path, gz: bool) -> bytes:
     """The first 64 KiB of the file, decompressed."""
+    out = bytearray()
     try:
         with (gzip.open(path, "rb") if gz else open(path, "rb")) as handle:
-            return handle.read(_HEAD_BYTES)
-    except (OSError, EOFError, zlib.error) as err:
+            while len(out) < _HEAD_BYTES and (piece := handle.read(min(1 << 13, _HEAD_BYTES - len(out)))):
+                out += piece
+    except EOFError as err:  # a cut .gz: its head is what could be read (the streamed read says where it is cut)
+        if not out:
+            raise DataFormatError(path, None, "truncated gzip file: the compressed data ends before any text could "
+                                              "be read") from err
+    except (OSError, zlib.error) as err:
         raise DataFormatError(path, None, f"corrupt gzip data ({err})") from err
+    return bytes(out)
 
 
 # --------------------------------------------------------------------------------------
@@ -858,6 +865,49 @@ def _stream_text(stream, path: Path, block_bytes: int | None, zipped: bool = Fal
     yield stream.close()
 
 
+_LOST = " (counted as 1 skipped row)"  # what a truncated gzip file's loss counts as
+TRUNCATED = "is lost" + _LOST  # how a skipped row's example says the file was cut there
+class _WholeLines:
+    """A gzip file's text for pyarrow's CSV reader (read as it is inflated, nothing copied) that ends
+    at its last complete line when the file is cut (truncated: ``EOFError`` from the inflater, whose
+    failing read would lose its text): the text after what was handed out is then inflated again
+    piece by piece up to the cut (:class:`_TextBlocks`, a second pass only for a cut file), and
+    ``lost`` says the file was cut (the reader counts the loss as one skipped row, as for a cut
+    logger file)."""
+
+    def __init__(self, raw, path: Path):
+        self.raw, self.path = raw, path
+        self.handed = 0  # text bytes handed out
+        self.lost, self.closed, self.rest = False, False, b""
+
+    def read(self, n: int = -1) -> bytes:
+        if self.lost:
+            out, self.rest = self.rest, b""
+            return out
+        try:
+            data = self.raw.read(n)
+        except EOFError:  # cut: the text after what was handed out, to the cut's last line end
+            self.lost = True
+            blocks, skip, tail = _TextBlocks(self.path), self.handed, []
+            for block in blocks:
+                if skip >= len(block):
+                    skip -= len(block)
+                    continue
+                tail.append(block[skip:])
+                skip = 0
+            self.rest = b"".join(tail)
+            return self.read(n)
+        self.handed += len(data)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.closed = True
+        self.raw.close()
+
+
 _CTT_BATCH_BYTES = 1 << 20  # CSV parsed and decoded about 25 k rows at a time: small, reused temporaries
 
 
@@ -960,6 +1010,7 @@ class _CttStream:
         self.pending: list[int] = []  # blank rows at the end so far: bad only if a row follows
         self.any_row = False
         self.order = _TimeOrder()
+        self.text: _WholeLines | None = None  # a .gz file's text (says whether the file was cut)
         self.out: list[tuple[np.ndarray, ...]] = []
 
     def line_of(self, row: int) -> int:
@@ -1013,11 +1064,21 @@ class _CttStream:
             raise DataFormatError(self.path, None, f"unreadable CSV ({err})") from err
         except (OSError, EOFError, zlib.error) as err:
             raise DataFormatError(self.path, None, f"{'corrupt gzip data' if self.gz else 'unreadable file'} ({err})") from err
-        if not self.any_row and not self.field_errors:
+        if not self.any_row and not self.field_errors and not (self.text is not None and self.text.lost):
             raise DataFormatError(self.path, None, "no data rows after the header")
         rest = self.field_errors[self.consumed:]  # rows the parser dropped after the last row
         self.consumed = len(self.field_errors)
         self.bad.check(np.ones(0, bool), self.line_of, str, rest)
+        if self.text is not None and self.text.lost:
+            last = self.line_of(self.rows - 1) if self.rows else 1
+            cut = (f"truncated gzip file: the compressed data ends inside the stream; whatever followed line {last} "
+                   f"is lost")
+            if self.bad.mode == "error":
+                raise DataFormatError(self.path, None, cut + "; read the part before the cut with --on-bad-rows skip "
+                                                             "(on_bad_rows='skip' in Python)")
+            self.bad.count += 1
+            self.bad.unlabelled += 1
+            self.bad.examples = [f"{self.path}: {cut}{_LOST}", *self.bad.examples][:5]
         self._emit(self.order.close())
         yield self._chunk()
 
@@ -1026,7 +1087,8 @@ class _CttStream:
         if self.raw is not None:
             return pa.BufferReader(self.raw)
         if self.gz and _igzip is not None:
-            return pa.PythonFile(_igzip.open(self.path, "rb"), mode="r")
+            self.text = _WholeLines(_igzip.open(self.path, "rb"), self.path)
+            return pa.PythonFile(self.text, mode="r")
         return pa.input_stream(str(self.path), compression="gzip" if self.gz else None, buffer_size=self.block_bytes)
 
     def _chunk(self) -> Messages:
@@ -1416,6 +1478,11 @@ def _first_bytes(path: Path, n: int = 4096) -> bytes:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as zf, zf.open(zip_recording(zf, path)) as handle:
                 return handle.read(n)
+        with open(path, "rb") as handle:
+            if handle.read(4) == b"PK\x03\x04":  # a zip's first entry, but no table of contents at its end
+                raise DataFormatError(path, None, f"a cut or damaged zip file ({path.stat().st_size:,} bytes; the "
+                                                  "table of contents at the end of a zip is missing): copy or download "
+                                                  "it again (unzip -t tests it)")
         with (gzip.open(path, "rb") if _is_gzip(path) else open(path, "rb")) as handle:
             return handle.read(n)
     except (OSError, EOFError, zlib.error, zipfile.BadZipFile) as err:
