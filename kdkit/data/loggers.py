@@ -63,7 +63,6 @@ import pyarrow.csv as pacsv
 from kdkit.data.candump_scan import scan_candump
 from kdkit.data.readers import (
     _LOST,
-    TRUNCATED,
     _Order,
     CHUNK_ROWS,
     MAX_CAN_ID,

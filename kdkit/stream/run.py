@@ -28,9 +28,17 @@ import can
 import numpy as np
 
 from kdkit.data.graphs import expect_messages
-from kdkit.data.loggers import ALL_CHANNELS, TRUNCATED, channel_counts, label_sidecar, read_channel
+from kdkit.data.loggers import ALL_CHANNELS, channel_counts, label_sidecar, read_channel
 from kdkit.data.prep import expected_messages
-from kdkit.data.readers import CHUNK_ROWS, EXTENDED_ID_FLAG, LOGGER_SUFFIXES, Messages, iter_messages, read_messages
+from kdkit.data.readers import (
+    CHUNK_ROWS,
+    EXTENDED_ID_FLAG,
+    LOGGER_SUFFIXES,
+    TRUNCATED,
+    Messages,
+    iter_messages,
+    read_messages,
+)
 from kdkit.stream.detector import BLOCK_MESSAGES, Decision, Detector
 from kdkit.training.checkpoint import describe_calibration
 
