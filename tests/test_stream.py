@@ -733,6 +733,10 @@ def test_max_seconds_and_all_channels_say_what_the_replay_did(trained, recording
     d = s.to_dict()
     assert d["messages"] == 3000 and d["other_channel_frames"] == 0 and d["other_channels"] == {}
     assert "left out as other channels" not in s.format()
+    # 30 windows: too few for the vehicle check, which the summary said nothing about (unknown_vehicle: null)
+    assert d["unknown_vehicle"] is None and d["windows"] == 30
+    assert ("  vehicle check: not judged (30 of the 100 windows it needs); whether the model knows this car is "
+            "unknown") in s.format()
 
 
 def test_kdkit_detect_hears_another_process_on_a_udp_multicast_bus(trained, recording, tmp_path):
@@ -770,3 +774,14 @@ def test_kdkit_detect_hears_another_process_on_a_udp_multicast_bus(trained, reco
     assert proc.returncode == 0, err
     s = json.loads(summary.read_text())
     assert s["stopped_by"] == "max-messages" and s["messages"] == 300 and s["windows"] == 3, err
+
+
+def test_detect_warns_of_a_stride_above_the_window(trained, recording, capsys):
+    """`--stride 150` with a 100-message window never looked at a third of the messages, silently."""
+    assert main(["detect", "--checkpoint", str(trained), "--input", str(recording), "--stride", "150",
+                 "--max-messages", "1500"]) == 0
+    err = capsys.readouterr().err
+    assert ("kdkit detect: warning: stride 150 > window 100: 50 of every 150 messages fall in no window and are never "
+            "scored (attacks in them included)") in err
+    assert main(["detect", "--checkpoint", str(trained), "--input", str(recording), "--max-messages", "500"]) == 0
+    assert "stride" not in capsys.readouterr().err.split("replay of")[0]

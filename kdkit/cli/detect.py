@@ -81,6 +81,10 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     detector = _detector(args)
+    if detector.stride > detector.window:
+        print(f"kdkit detect: warning: stride {detector.stride} > window {detector.window}: "
+              f"{detector.stride - detector.window} of every {detector.stride} messages fall in no window and are "
+              "never scored (attacks in them included); a stride <= the window scores every message", file=sys.stderr)
     if args.bus and args.bus.partition(":")[0] == "virtual":
         print("kdkit detect: note: python-can's virtual bus carries frames only between the buses of one process: "
               "frames sent from another process never reach this one. To feed it from another process use a "

@@ -178,6 +178,10 @@ class RunSummary:
         elif s["unknown_vehicle"]:
             lines.append("  the bus does not look like a vehicle the model was trained on (most IDs unknown to it; see "
                          "the warning): calibrate it on a clean capture of this car (kdkit calibrate)")
+        elif s["unknown_vehicle"] is None and s["windows"]:  # the verdict needs its windows: say it was not made
+            need = self.detector.vehicle.needed
+            lines.append(f"  vehicle check: not judged ({s['windows']:,} of the {need} windows it needs); whether the "
+                         "model knows this car is unknown")
         if s["error"]:
             lines.append(f"  error: {s['error']}")
         return "\n".join(lines)
