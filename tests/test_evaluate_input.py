@@ -128,7 +128,6 @@ def test_bad_inputs_are_clear_errors(gat_checkpoint, synthetic, tmp_path, capsys
         (["--input", csv, "--channel", "can0"], "--channel can0: only logger files"),
         (["--input", str(log), "--channel", "can9"], f"{log}: no data frames on channel 'can9'"),
         (["--input", csv, "--dataset", "synthetic"], "--dataset synthetic and --input: evaluate either"),
-        ([], "kdkit evaluate needs --dataset NAME (its test scenarios) or --input"),
         (["--dataset", "synthetic", "--threshold", "0.3"], "--threshold 0.3 applies to --input recordings"),
         (["--input", str(short)], ("no windows to score: each of the 1 recording(s) is shorter than the "
                                    "checkpoint's window of 100 messages")),
@@ -139,6 +138,11 @@ def test_bad_inputs_are_clear_errors(gat_checkpoint, synthetic, tmp_path, capsys
         err = capsys.readouterr().err
         assert message in err, (extra, err)
     assert not list(gat_checkpoint.parent.parent.glob("evaluation_inputs*.json"))
+    # neither --dataset nor --input: the dataset the checkpoint records (it was refused)
+    assert main(["evaluate", "--checkpoint", ck, "--out", str(tmp_path / "ev")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("dataset synthetic (the checkpoint's training data; --dataset or --input evaluates others)")
+    assert (tmp_path / "ev" / f"evaluation_synthetic_{gat_checkpoint.stem}.json").is_file()
 
     # a malformed row: file:line by default, a counted skip that is printed with --on-bad-rows skip
     lines = Path(csv).read_text().splitlines()

@@ -102,3 +102,16 @@ def test_ctrl_c_while_a_command_starts_ends_it_without_a_traceback(monkeypatch, 
     assert main(["detect", "--model", str(tmp_path / "student.pt2"), "--input", str(rec)]) == 130
     err = capsys.readouterr().err
     assert err.strip() == "kdkit detect: interrupted (Ctrl-C)"
+
+
+def test_a_bad_flag_is_one_error_line_and_the_role_word_as_model_is_explained(capsys):
+    """`--model teacher` (the guide's scripts took role words) printed kdkit train's 45-line usage."""
+    from kdkit.cli.main import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--dataset", "hcrl_sa", "--model", "teacher"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err == ("kdkit train: error: argument --model: invalid choice: 'teacher' (choose from 'gat', 'vgae', "
+                   "'fusion'); --model is the family (gat, vgae, fusion), --type the role: --model gat --type teacher\n"
+                   "(`kdkit train --help` lists the options)\n")

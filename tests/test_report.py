@@ -113,9 +113,13 @@ def test_html_report_of_an_executed_notebook(tmp_path):
     assert out == tmp_path / "run.html" and "data:image/png;base64," in out.read_text()
 
 
-def test_report_errors_speak(tmp_path):
+def test_report_errors_speak(tmp_path, capsys):
+    from kdkit.cli.main import main
+
     with pytest.raises(FileNotFoundError, match="no metrics.json under"):
         html.build_html(tmp_path)
+    assert main(["report", str(tmp_path / "nope")]) == 2  # (the text report said "no metrics.json under" it)
+    assert f"{tmp_path / 'nope'} does not exist (kdkit report takes a run folder" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match=r"nope does not exist \(a run folder, a runs folder or an executed"):
         html.build_html(tmp_path / "nope")
     (tmp_path / "file.txt").write_text("x")

@@ -41,10 +41,25 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# a guide-era mix-up of the model family and its role: --model teacher (the predecessor's scripts took both words)
+_ROLE_WORDS = ("teacher", "student")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, whose error is the error: no usage dump of every option (``kdkit train``'s ran to 45
+    lines above it), ``--help`` named instead, and a hint for ``--model teacher``."""
+
+    def error(self, message: str):  # type: ignore[override]
+        hint = ""
+        if "argument --model: invalid choice" in message and any(f"'{w}'" in message for w in _ROLE_WORDS):
+            hint = "; --model is the family (gat, vgae, fusion), --type the role: --model gat --type teacher"
+        self.exit(2, f"{self.prog}: error: {message}{hint}\n(`{self.prog} --help` lists the options)\n")
+
+
 def build_parser(command: str | None = "*") -> argparse.ArgumentParser:
     """The ``kdkit`` parser: full options for the sub-commands of ``command``'s topic module
     (``"*"``: every topic; None: none) and one-line entries for the others."""
-    parser = argparse.ArgumentParser(prog="kdkit", description="Train, distill and benchmark CAN-bus intrusion detection GNNs.")
+    parser = _Parser(prog="kdkit", description="Train, distill and benchmark CAN-bus intrusion detection GNNs.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
     wanted = {module for name, (module, _) in COMMANDS.items() if command in ("*", name)}
     for module in dict.fromkeys(module for module, _ in COMMANDS.values()):

@@ -11,6 +11,9 @@ from kdkit.reporting.sweep import RESULTS_FILE, build_sweep_report, sweep_text
 
 def cmd_report(args: argparse.Namespace) -> int:
     path = Path(args.path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist (kdkit report takes a run folder, a folder of runs, a sweep "
+                                "folder or an executed notebook)")
     if (path / RESULTS_FILE).is_file():  # a sweep folder
         print(build_sweep_report(path, args.out) if args.html else sweep_text(path))
     elif args.html or path.suffix == ".ipynb":

@@ -36,6 +36,7 @@ from kdkit.config import (
 )
 from kdkit.data.datasets import stride_gap_note
 from kdkit.reporting.metrics import format_table
+from kdkit.training.checkpoint import load_checkpoint
 from kdkit.training.preemption import REQUEUE_EXIT_CODE, Preempted
 from kdkit.workflows.batch_size import describe, optimize_config_batch_size, sizer_for_config
 from kdkit.workflows.demo import demo
@@ -200,9 +201,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"written {res['json']}")
         return 0
-    if args.dataset is None:
-        raise ValueError("kdkit evaluate needs --dataset NAME (its test scenarios) or --input FILE_OR_FOLDER ... "
-                         "(any recordings)")
+    if args.dataset is None:  # the dataset the checkpoint was trained on: its test scenarios
+        trained_on = (load_checkpoint(args.checkpoint).get("train_config") or {}).get("dataset")
+        if not trained_on:
+            raise ValueError("kdkit evaluate needs --dataset NAME (its test scenarios) or --input FILE_OR_FOLDER ... "
+                             f"(any recordings): {args.checkpoint} records no dataset")
+        args.dataset = trained_on
+        print(f"dataset {trained_on} (the checkpoint's training data; --dataset or --input evaluates others)")
     for flag, value in (("--channel", args.channel), ("--threshold", args.threshold)):
         if value is not None:
             raise ValueError(f"{flag} {value} applies to --input recordings; --dataset {args.dataset} is evaluated "
@@ -235,7 +240,7 @@ def add_train_arguments(p: argparse.ArgumentParser, cls: type = TrainConfig) -> 
 def register(sub) -> None:
     """Adds ``kdkit train``, ``evaluate``, ``batch-size`` and ``demo``."""
     p = sub.add_parser("train", help=COMMANDS["train"][1],
-                       description="Train a GAT or VGAE teacher, or a student distilled from --teacher. Every config "
+                       description="Train a GAT, VGAE or fusion teacher, or a student distilled from --teacher. Every config "
                                    "key is a flag (--list-configs lists them with their defaults).")
     add_train_arguments(p)
     p.set_defaults(func=cmd_train)
@@ -246,7 +251,8 @@ def register(sub) -> None:
                                    "distribution and unknown-ID share for all. Both use the checkpoint's own "
                                    "vocabulary, window, stride and threshold.")
     p.add_argument("--checkpoint", required=True, help="a kdkit checkpoint (best.pt)")
-    p.add_argument("--dataset", default=None, metavar="NAME|PATH", help="evaluate its test scenarios (a registry key, folder or spec file)")
+    p.add_argument("--dataset", default=None, metavar="NAME|PATH", help="evaluate its test scenarios (a registry key, folder or spec file; default, "
+                                                                   "without --input: the checkpoint's training dataset)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--input", nargs="+", default=None, metavar="FILE_OR_FOLDER",
                    help="score these recordings instead (any format kdkit reads; a folder: every recording in it, "
