@@ -367,3 +367,28 @@ def test_signals_go_on_only_to_a_direct_command_that_catches_them():
         assert not requeue.forwards_to(["/usr/bin/srun", "kdkit", "train"], me, signal.SIGUSR1)
     assert not requeue.catches(me, signal.SIGUSR1)
     assert not requeue.forwards_to(["papermill"], me, signal.SIGUSR1)
+
+
+def test_a_plain_kdkit_train_saves_last_pt_on_sigterm(tmp_path):
+    """Outside SLURM, `kill` (or `timeout`) ended a training without a word and lost the epoch in
+    progress; it now saves last.pt where it stopped and says how to resume."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "KDKIT_RESUME", "KDKIT_STOP"))}
+    env.update(OMP_NUM_THREADS="1", KDKIT_SYNTHETIC_ROOT=str(tmp_path / "synthetic-seed{seed}"),
+               KDKIT_CACHE_DIR=str(tmp_path / "cache"))
+    kdkit = str(Path(sys.executable).parent / "kdkit")
+    proc = subprocess.Popen([kdkit, "train", "--dataset", "synthetic", "--type", "student", "--no-teacher",
+                             "--epochs", "200", "--precision", "32-true", "--accelerator", "cpu", "--num-workers", "0",
+                             "--no-save-compat", "--runs-dir", str(tmp_path / "runs"), "--run-name", "long"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "runs" / "long" / "logs" / "metrics.csv"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:  # training: an epoch has been logged
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == preemption.REQUEUE_EXIT_CODE, err[-2000:]
+    last = tmp_path / "runs" / "long" / "checkpoints" / "last.pt"
+    assert "kdkit train: stopped on request (signal SIGTERM) in epoch" in err and str(last) in err
+    assert "--resume auto" in err and last.is_file()

@@ -37,7 +37,7 @@ from kdkit.config import (
 from kdkit.data.datasets import stride_gap_note
 from kdkit.reporting.metrics import format_table
 from kdkit.training.checkpoint import load_checkpoint
-from kdkit.training.preemption import REQUEUE_EXIT_CODE, Preempted
+from kdkit.training.preemption import REQUEUE_EXIT_CODE, Preempted, StopRequest
 from kdkit.workflows.batch_size import describe, optimize_config_batch_size, sizer_for_config
 from kdkit.workflows.demo import demo
 from kdkit.workflows.run import END_NOTE, evaluate_checkpoint, load_data, train
@@ -102,7 +102,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         # already ran tensor work in it (an OpenMP pool used before a fork can hang the workers):
         # then they start as new processes with the batch size found (kdkit.training.spawn_ranks)
         with _end_notes_held():
-            summary = train(cfg, resume=args.resume, fork_workers=not cfg.optimize_batch_size)
+            # TERM (and the cluster's USR1) save last.pt mid-epoch and stop, also outside a SLURM job: a
+            # `kill`, `timeout` or a closed session lost the epoch in progress without a word
+            summary = train(cfg, resume=args.resume, fork_workers=not cfg.optimize_batch_size,
+                            stop=StopRequest(signals=True))
     except Preempted as stopped:  # the requeue wrapper (kdkit.cluster.requeue) requeues the job on this status
         print(f"kdkit train: {stopped}", file=sys.stderr)
         return REQUEUE_EXIT_CODE
