@@ -8,6 +8,7 @@ import base64
 import json
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -193,6 +194,12 @@ def test_score_figures_use_the_labels_of_the_scored_data(runs, synthetic, tmp_pa
     assert _f1_rows(_headline(page)[1])["overall"] == [fmt([summary["test"]["overall"]["f1"]])]
 
 
+def _synthetic_test_files() -> list[Path]:
+    from kdkit.data.simulate import default_synthetic_root
+
+    return sorted(default_synthetic_root(0).glob("test_*/*.csv"))
+
+
 def test_report_shows_a_kdkit_evaluate_result(runs, tmp_path, capsys):
     run = tmp_path / "evaluated"
     shutil.copytree(runs / "synthetic_gat_teacher", run)
@@ -204,6 +211,16 @@ def test_report_shows_a_kdkit_evaluate_result(runs, tmp_path, capsys):
                       page, re.S).group(1)
     overall = next(r for r in re.findall(r"<tr>(.*?)</tr>", table, re.S) if "<td>overall</td>" in r)
     assert f"<td>{_cell(evaluation['overall']['f1'])}</td>" in overall
+    # kdkit evaluate --input into the run folder: its recordings were left out of the page
+    recording = _synthetic_test_files()[0]
+    assert main(["evaluate", "--checkpoint", str(run / "checkpoints" / "best.pt"), "--input", str(recording)]) == 0
+    capsys.readouterr()
+    inputs = json.loads(next(run.glob("evaluation_inputs_*.json")).read_text())
+    page = _report(run, capsys)
+    table = re.search(r"<caption>kdkit evaluate --input, threshold [^<]*\((evaluation_inputs_[^)]*)\)</caption>(.*?)"
+                      r"</table>", page, re.S).group(2)
+    row = next(r for r in re.findall(r"<tr>(.*?)</tr>", table, re.S) if f"<td>{recording.name}</td>" in r)
+    assert f"<td>{_cell(inputs['files'][0]['metrics']['f1'])}</td>" in row
 
 
 def test_a_teacher_given_as_its_saved_models_copy_is_found_through_the_copys_record(tmp_path, monkeypatch):

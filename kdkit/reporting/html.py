@@ -193,10 +193,19 @@ def _section(root: Path, path: Path, shown: set[str], run: TrainRun | None = Non
 
 
 def _evaluation_tables(folder: Path) -> list[str]:
-    """The metrics per scenario of each ``evaluation_<dataset>.json`` (``kdkit evaluate``) in a run folder."""
+    """The metrics per scenario of each ``evaluation_<dataset>.json`` (``kdkit evaluate``) in a run folder,
+    and one row per recording of each ``evaluation_inputs_*.json`` (``kdkit evaluate --input``)."""
     out = []
     for path in sorted(folder.glob("evaluation_*.json")):
         ev = read_json(path)
+        if ev and ev.get("files"):  # --input: alarm rate and score spread per recording, metrics where labelled
+            rows = [{"recording": Path(e["file"]).name, "windows": e["windows"], "alarm_rate": e["alarm_rate"],
+                     "unknown_id_share": e.get("oov_node_share"), **{k: (e.get("metrics") or {}).get(k)
+                                                                     for k in ("f1", "recall", "false_positive_rate")}}
+                    for e in ev["files"]]
+            out.append(Table(rows, title=f"kdkit evaluate --input, threshold {ev.get('threshold', float('nan')):.6g} "
+                                         f"({path.name})")._repr_html_())
+            continue
         if not ev or not ev.get("scenarios"):
             continue
         title = f"kdkit evaluate on {ev.get('dataset', path.stem.removeprefix('evaluation_'))} ({path.name})"
