@@ -345,8 +345,6 @@ def test_each_model_family_gets_its_headline_in_the_html_and_the_text_report(run
 def test_the_headline_names_the_runs_of_its_kind_it_leaves_out(tmp_path):
     """A folder of three KD students (one teacher each) showed one in the headline and said nothing
     of the others: the note names them."""
-    from pathlib import Path
-
     from kdkit.reporting.html import others_note
 
     def run(name: str, **summary) -> Path:
