@@ -34,8 +34,9 @@ def spread(values: list) -> dict | None:
     if not vals:
         return None
     std = statistics.stdev(vals) if len(vals) > 1 else 0.0
-    return {"mean": round(statistics.fmean(vals), 4), "std": round(std, 4), "n": len(vals),
-            "values": [round(v, 4) for v in vals]}
+    # not rounded here: the tables round once (rounded to 4 places and then to 3, 0.83648 ± 0.06648 was
+    # printed 0.837 ± 0.067 where kdkit report printed 0.836 ± 0.066)
+    return {"mean": statistics.fmean(vals), "std": std, "n": len(vals), "values": [round(v, 6) for v in vals]}
 
 
 def brief(summary: dict, cpu_seconds: float) -> dict:
@@ -93,10 +94,11 @@ def aggregate(runs: dict[str, list[dict]]) -> dict:
     return out
 
 
-def _cell(s: dict | None) -> str:
+def _cell(s: dict | None, signed: bool = False) -> str:
     if s is None:
         return "-"
-    return f"{s['mean']:.3f}" if s["n"] == 1 else f"{s['mean']:.3f} ± {s['std']:.3f}"
+    mean = f"{s['mean']:+.3f}" if signed else f"{s['mean']:.3f}"
+    return mean if s["n"] == 1 else f"{mean} ± {s['std']:.3f}"
 
 
 def markdown(record: dict) -> str:
@@ -121,7 +123,7 @@ def markdown(record: dict) -> str:
             lines.append(f"| {role.replace('_', ' ')} | {a['parameters']:,} | {_cell(a['cpu_seconds'])} | "
                          + " | ".join(cells) + " |")
         if "kd_gain" in agg:
-            cells = [_cell(agg["kd_gain"][s]["f1"]) for s in scenarios]
+            cells = [_cell(agg["kd_gain"][s]["f1"], signed=True) for s in scenarios]
             lines.append("| KD gain (F1) | | | " + " | ".join(cells) + " |")
         lines.append("")
         runs = (record.get("runs") or {}).get(family) or {}

@@ -21,6 +21,9 @@ def test_spread_of_defined_values():
     s = q.spread([0.5, None, 0.7])
     assert s["n"] == 2 and s["mean"] == pytest.approx(0.6) and s["std"] == pytest.approx(statistics.stdev([0.5, 0.7]), abs=1e-4)
     assert q.spread([None, None]) is None and q.spread([0.3])["std"] == 0.0
+    # rounded once, by the table: 0.83648 ± 0.06648 was 0.837 ± 0.067 (rounded to 4 places first)
+    s = q.spread([0.83648 - 0.06648 / 2 ** 0.5, 0.83648 + 0.06648 / 2 ** 0.5])
+    assert q._cell(s) == "0.836 ± 0.066" and q._cell({"mean": 0.244, "std": 0.0, "n": 1}, signed=True) == "+0.244"
 
 
 def test_quality_over_two_seeds_on_synthetic(synthetic, tmp_path):

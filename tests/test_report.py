@@ -408,3 +408,20 @@ def test_stop_note_says_why_a_run_ended_before_its_last_epoch():
     assert stop_note(summary, 50, 5) == "stopped early after epoch 7/50: no better validation for 5 epochs"
     assert stop_note(summary, 50, 5, requested=True) == "stopped on request after epoch 7/50"
     assert stop_note({**summary, "epochs_run": 50}, 50, 5) == ""
+
+
+def test_one_teacher_given_to_every_seed_is_one_value_not_a_zero_spread(tmp_path):
+    """--teacher-checkpoint / --teacher-notebook: every seed's record holds the same teacher, and the
+    table said "0.850 ± 0.000", a teacher without seed-to-seed spread."""
+    rows = [_task(0, 2.0, 0, 0.6), _task(1, 2.0, 1, 0.8)]
+    for r in rows:
+        r["metrics"]["teacher"]["checkpoint"] = "runs/sweeps/s/teacher/checkpoints/best.pt"
+        r["metrics"]["student_kd"]["checkpoint"] = f"runs/{r['task']}/kd/checkpoints/best.pt"
+    table = sweep.sweep_rows(sweep.load_results(_sweep(tmp_path, rows, grid={"kd_temperature": [2.0]})))
+    assert table[0]["_values"]["teacher F1"] == ("f1", [0.85]) and table[0]["runs"] == 2
+    assert table[0]["_values"]["student (KD) F1"] == ("f1", [0.6, 0.8])  # distinct runs: both
+    assert "0.850 ± " not in sweep.sweep_text(tmp_path / "sweep")
+    for i, r in enumerate(rows):  # each seed trained its own teacher: pooled as before
+        r["metrics"]["teacher"]["checkpoint"] = f"runs/{i}/teacher/checkpoints/best.pt"
+    table = sweep.sweep_rows(sweep.load_results(_sweep(tmp_path, rows, grid={"kd_temperature": [2.0]})))
+    assert table[0]["_values"]["teacher F1"] == ("f1", [0.85, 0.85])

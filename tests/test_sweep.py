@@ -107,6 +107,9 @@ def test_plan_checks_every_key_and_value_against_the_notebook_and_the_schema(tmp
     # run_dir is the sweep's: a fixed one would be ignored, so it is refused
     with pytest.raises(ValueError, match=r"parameter run_dir='x': the sweep sets it for each task .*--name and --sweeps-dir"):
         sw.plan(STUDENT, {"kd_alpha": [0.5]}, parameters={"run_dir": "x"}, sweeps_dir=tmp_path)
+    # so is a fixed seed beside --seeds (-p seed 1 --seeds 0,1,2 ran seeds 0, 1, 2 without a word)
+    with pytest.raises(ValueError, match=r"parameter seed=1 and --seeds: the sweep sets each task's seed"):
+        sw.plan(STUDENT, {"kd_alpha": [0.5]}, [0, 1], parameters={"seed": 1}, sweeps_dir=tmp_path)
     with pytest.raises(ValueError, match=r"teacher parameter run_dir='x': the sweep runs the teacher in <sweep>/teacher"):
         sw.plan(STUDENT, {"kd_alpha": [0.5]}, teacher_notebook=REPO / "notebooks" / "teacher.ipynb",
                 teacher_parameters={"run_dir": "x"}, sweeps_dir=tmp_path)
@@ -133,7 +136,7 @@ def test_grid_files_json_and_toml(tmp_path):
     with pytest.raises(FileNotFoundError, match="grid file .*none.json does not exist"):
         sw.load_grid(tmp_path / "none.json")
     assert sw.parse_seeds("0, 1,2") == [0, 1, 2]
-    for text in ("0,x", "1,1", ""):
+    for text in ("0,x", "1,1", "", "0,1,,2", "-1", "4294967296"):  # the last three failed in the task, or not at all
         with pytest.raises(ValueError, match="--seeds"):
             sw.parse_seeds(text)
 

@@ -99,12 +99,18 @@ def check_grid_shape(grid, where: str = "grid") -> dict[str, list]:
 
 def parse_seeds(text: str) -> list[int]:
     """``"0,1,2"`` -> ``[0, 1, 2]``."""
+    parts = text.split(",")
+    if any(not s.strip() for s in parts):  # "0,1,,2": a typo, not a list of three
+        raise SweepError(f"--seeds {text!r}: an empty value between commas; expected e.g. 0,1,2")
     try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
+        seeds = [int(s) for s in parts]
     except ValueError:
         raise SweepError(f"--seeds {text!r}: expected integers separated by commas, e.g. 0,1,2") from None
     if len(set(seeds)) != len(seeds) or not seeds:
         raise SweepError(f"--seeds {text!r}: expected distinct integers, e.g. 0,1,2")
+    bad = [s for s in seeds if not 0 <= s < 2 ** 32]  # what numpy's and torch's seeding accept
+    if bad:
+        raise SweepError(f"--seeds {text!r}: {bad[0]} is not a seed (0 to 4294967295), checked before a task runs")
     return seeds
 
 
@@ -179,6 +185,9 @@ def plan(notebook: str | os.PathLike, grid: dict[str, list], seeds: list[int] | 
         raise SweepError(f"{notebook} has no 'run_dir' parameter: a sweep gives each task its own run dir")
     if seeds and "seed" not in declared:
         raise SweepError(f"--seeds given but {notebook} has no 'seed' parameter")
+    if seeds and "seed" in parameters:  # each task's seed wins: the fixed one would be ignored without a word
+        raise SweepError(f"parameter seed={parameters['seed']!r} and --seeds: the sweep sets each task's seed from "
+                         "--seeds; give one of them")
     for key in _RESERVED:
         if key in parameters:
             raise SweepError(f"parameter {key}={parameters[key]!r}: the sweep sets it for each task "

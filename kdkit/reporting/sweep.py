@@ -125,8 +125,8 @@ def sweep_rows(results: Mapping) -> list[dict]:
         row["runs"] = len(members)
         row["_values"] = values = {}
         for k in keys:
-            values[f"{model_label(k)} F1"] = ("f1", [model_entries(m)[k]["overall"].get("f1") for m in records
-                                                     if k in model_entries(m)])
+            values[f"{model_label(k)} F1"] = ("f1", _per_model_run([model_entries(m)[k] for m in records
+                                                                    if k in model_entries(m)]))
         if {"student_kd", "student_alone"} <= set(keys):
             values["KD gain F1"] = ("gain", [_gain(m) for m in records if _gain(m) is not None])
         label = model_label(main)
@@ -138,6 +138,22 @@ def sweep_rows(results: Mapping) -> list[dict]:
         row["_sort"] = mean_std(values[f"{label} F1"][1])[0]
         rows.append(row)
     return sorted(rows, key=lambda r: -r["_sort"] if math.isfinite(r["_sort"]) else math.inf)
+
+
+def _per_model_run(entries: Sequence[Mapping]) -> list:
+    """The overall F1 of each distinct model run: one teacher checkpoint given to every seed
+    (``--teacher-checkpoint``, ``--teacher-notebook``) is one value, not n equal ones whose
+    "± 0.000" would claim the teacher has no seed-to-seed spread."""
+    seen: dict[str, Any] = {}
+    out = []
+    for e in entries:
+        where = e.get("checkpoint")
+        if where is not None and where in seen:
+            continue
+        if where is not None:
+            seen[where] = True
+        out.append(e["overall"].get("f1"))
+    return out
 
 
 def _gain(metrics: Mapping) -> float | None:
