@@ -425,3 +425,28 @@ def test_one_teacher_given_to_every_seed_is_one_value_not_a_zero_spread(tmp_path
         r["metrics"]["teacher"]["checkpoint"] = f"runs/{i}/teacher/checkpoints/best.pt"
     table = sweep.sweep_rows(sweep.load_results(_sweep(tmp_path, rows, grid={"kd_temperature": [2.0]})))
     assert table[0]["_values"]["teacher F1"] == ("f1", [0.85, 0.85])
+
+
+def test_notebook_records_of_several_seeds_are_pooled_in_both_reports(tmp_path, capsys):
+    """A sweep's tasks (or any folder of student notebook runs of one setting and several seeds): the
+    reports opened with one task's table; they now open with mean ± std over the seeds, and a teacher
+    given to every seed is one value."""
+    from kdkit.cli.main import main
+
+    for seed, kd in ((0, 0.6), (1, 0.8)):
+        rec = _student_record(kd=(kd, kd, kd))
+        rec["notebook_parameters"] = {"model": "gat", "epochs": 1, "seed": seed, "run_dir": f"runs/t{seed}"}
+        rec["teacher"]["checkpoint"] = "runs/teacher/checkpoints/best.pt"
+        (tmp_path / f"t{seed}").mkdir()
+        (tmp_path / f"t{seed}" / "metrics.json").write_text(json.dumps(rec))
+    other = _student_record()  # another setting (epochs 5): not pooled with them
+    other["notebook_parameters"] = {"model": "gat", "epochs": 5, "seed": 0, "run_dir": "runs/x"}
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "metrics.json").write_text(json.dumps({**other, "started": "2025-01-01T00:00:00"}))
+    assert main(["report", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    first = text.split("\n\n")[0]
+    assert first.startswith("== over 2 seeds (0, 1): ") and "0.700 ± 0.141" in first  # KD overall F1 0.6 / 0.8
+    assert "0.850 ±" not in first and "0.850" in first  # the one teacher: one value
+    page = html.build_html(tmp_path).read_text()
+    assert "Over 2 seeds (0, 1)</h2>" in page and page.index("headline-seeds") < page.index("id='headline'")

@@ -325,6 +325,11 @@ def test_a_runs_folder_of_several_seeds_gets_a_headline_over_the_seeds(runs, tmp
     table = re.search(r"<table class='kdkit headline' id='headline-seeds'>(.*?)</table>", page, re.S).group(1)
     assert "±" in table  # mean ± std cells
     assert page.index("headline-seeds-title") < page.index("id='headline-title'")
+    # the text report opens the same way (it showed one seed's table and "1 other KD student run")
+    assert main(["report", str(root)]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("== over 2 seeds (0, 1): Teacher, KD student and student alone (gat on synthetic), mean ± std")
+    assert "±" in text.split("\n\n")[0] and "not in this table" not in text
 
 
 def test_each_model_family_gets_its_headline_in_the_html_and_the_text_report(runs, capsys):

@@ -68,8 +68,24 @@ def headline(records: Sequence[Mapping]) -> dict:
     has_gain = "student_kd" in keys and "student_alone" in keys
     rows = []
 
+    def distinct(k: str) -> list[Mapping]:
+        """The records holding model ``k``, one per model run: a teacher checkpoint given to every seed
+        is one run (pooled n times it showed a "± 0.000" spread it does not have)."""
+        seen, out = set(), []
+        for r in records:
+            if k not in model_entries(r):
+                continue
+            where = model_entries(r)[k].get("checkpoint")
+            if where is not None and where in seen:
+                continue
+            seen.add(where)
+            out.append(r)
+        return out
+
+    runs = {k: distinct(k) for k in keys}
+
     def collect(metric: str, label: str, scenario: str, get, gain: bool) -> None:
-        values = {k: [v for r in records if k in model_entries(r) and (v := get(r, k)) is not None] for k in keys}
+        values = {k: [v for r in runs[k] if (v := get(r, k)) is not None] for k in keys}
         diffs = None
         if gain and has_gain:
             diffs = [a - b for r in records if {"student_kd", "student_alone"} <= set(model_entries(r))

@@ -364,25 +364,57 @@ def others_note(lead: Path, records: list[Path]) -> str | None:
             f"{', '.join(sorted(others))} (their own sections below; kdkit report RUN_FOLDER for each one's table)")
 
 
-def seeds_section(lead: Path, records: list[Path], ident: str = "") -> str:
+def seeds_headline(lead: Path, records: list[Path]) -> tuple[dict, list] | None:
     """The headline over seeds of a runs folder (``benchmarks/quality.py``'s, or ``kdkit train``
     runs of several seeds): every KD student of the lead's architecture and data, each with its own
-    seed's teacher and student alone, as mean ± std; "" for fewer than two seeds."""
+    seed's teacher and student alone, pooled; ``(headline, seeds)``, None for fewer than two seeds."""
     summary = read_json(lead / "summary.json")
     if not summary or role_key(summary) != "student_kd":
-        return ""
+        return None
     folders = [p.parent for p in records]
     lead_data = data_settings(lead, summary)
     same = [f for f in folders if is_train_run(f) and (s := read_json(f / "summary.json")) is not None
             and role_key(s) == "student_kd" and same_student(summary, s, lead_data, data_settings(f, s))]
     seeds = [run_seed(f) for f in same]
     if len(same) < 2 or None in seeds or len(set(seeds)) < len(seeds):
+        return None
+    return headline([train_run_record(f, folders, with_scores=False).record for f in same]), sorted(seeds)
+
+
+_NOT_SETTINGS = ("seed", "run_dir")  # what differs between the seeds of one notebook setting
+
+
+def notebook_seeds_headline(lead: tuple[Path, dict], loaded: list[tuple[Path, dict]]) -> tuple[dict, list] | None:
+    """The headline over seeds of the notebook records that share the lead's parameters cell but for
+    its seed and run_dir (a sweep's tasks of one grid point, a folder of seed runs), pooled;
+    ``(headline, seeds)``, None for fewer than two seeds or records without ``notebook_parameters``."""
+    params = lead[1].get("notebook_parameters") or {}
+    if "seed" not in params:
+        return None
+    setting = {k: v for k, v in params.items() if k not in _NOT_SETTINGS}
+    same = [m for _, m in loaded if m.get("notebook") == lead[1].get("notebook") and model_entries(m)
+            and {k: v for k, v in (m.get("notebook_parameters") or {}).items() if k not in _NOT_SETTINGS} == setting]
+    seeds = [m["notebook_parameters"].get("seed") for m in same]
+    if len(same) < 2 or None in seeds or len(set(seeds)) < len(seeds):
+        return None
+    return headline(same), sorted(seeds)
+
+
+def seeds_html(pooled: tuple[dict, list] | None, ident: str = "") -> str:
+    """The pooled headline as HTML (""without one): mean ± std over the seeds, named."""
+    if pooled is None:
         return ""
-    h = headline([train_run_record(f, folders, with_scores=False).record for f in same])
-    return (f"<h2 id='headline-seeds-title{ident}'>Over {len(same)} seeds ({', '.join(map(str, sorted(seeds)))})</h2>"
+    h, seeds = pooled
+    return (f"<h2 id='headline-seeds-title{ident}'>Over {len(seeds)} seeds ({', '.join(map(str, seeds))})</h2>"
             f"<p class='caption'>{html.escape(HEADLINE_CAPTION + KD_GAIN_CAPTION)} Mean ± std over the seeds; each "
-            "KD student beside the teacher and the student alone of its own seed.</p>"
+            "KD student beside the teacher and the student alone of its own seed (one teacher given to every seed "
+            "is one value). The table and figures below are one seed's.</p>"
             + headline_html(h, table_id=f"headline-seeds{ident}"))
+
+
+def seeds_section(lead: Path, records: list[Path], ident: str = "") -> str:
+    """:func:`seeds_headline` as HTML; "" for fewer than two seeds."""
+    return seeds_html(seeds_headline(lead, records), ident)
 
 
 def run_dir_html(root: str | Path, out: str | Path | None = None) -> Path:
@@ -404,6 +436,7 @@ def run_dir_html(root: str | Path, out: str | Path | None = None) -> Path:
     top = ""
     if lead:
         top, shown[lead[0]] = headline_section(lead[1], lead[0].parent)
+        top = seeds_html(notebook_seeds_headline(lead, loaded)) + top
     else:  # `kdkit train` runs: a headline per model family
         for i, folder in enumerate(lead_train_runs(records)):
             ident = f"-{i + 1}" if i else ""
@@ -459,13 +492,23 @@ def text_summary(root: str | Path) -> str:
     records = find_records(root)
     loaded = [(p, json.loads(p.read_text())) for p in records]
     lead = notebook_lead(loaded)  # as the HTML report opens; else kdkit train runs
+
+    def over_seeds(pooled: tuple[dict, list] | None, what: str) -> list[str]:
+        if pooled is None:
+            return []
+        h, seeds = pooled
+        return [f"== over {len(seeds)} seeds ({', '.join(map(str, seeds))}): {what}, mean ± std", headline_text(h), ""]
+
     if lead:
+        blocks += over_seeds(notebook_seeds_headline(lead, loaded), headline_title(list(model_entries(lead[1]))))
         blocks += [f"== {headline_title(list(model_entries(lead[1])))} ({lead[0].parent})",
                    headline_text(headline([lead[1]])), ""]
     for folder in ([] if lead else lead_train_runs(records)):
         run = train_run_record(folder, [p.parent for p in records], with_scores=False)
         subject = run_subject(run.record)
-        notes = [*(run.notes or []), *filter(None, [others_note(folder, records)])]
+        pooled = seeds_headline(folder, records)
+        blocks += over_seeds(pooled, f"{headline_title(list(model_entries(run.record)))} ({subject})")
+        notes = [*(run.notes or []), *([] if pooled else filter(None, [others_note(folder, records)]))]
         blocks += [f"== {headline_title(list(model_entries(run.record)))} ({subject}; {folder})",
                    headline_text(headline([run.record])), *(f"  note: {n}" for n in notes), ""]
     for p, metrics in loaded:
