@@ -251,7 +251,7 @@ def test_train_optimize_applies_the_size_to_the_run(synthetic, capsys, monkeypat
 
     seen = {}
 
-    def fake_train(cfg, resume=None, fork_workers=True):
+    def fake_train(cfg, resume=None, fork_workers=True, stop=None):
         seen["cfg"], seen["fork_workers"] = cfg, fork_workers
         return {"rank": 1}
 
