@@ -436,27 +436,35 @@ def test_ctrl_c_stops_with_the_summary(trained, recording, capsys):
     assert len(out.out.splitlines()) == 2 and "stopped by interrupted (Ctrl-C)" in out.err and "2 windows" in out.err
 
 
-def test_sigterm_stops_kdkit_detect_with_its_summary(trained, tmp_path):
-    """A gateway service stopped by systemd, docker or `timeout` (SIGTERM) lost its summary and its
-    --summary file; it now stops as on Ctrl-C."""
-    import os
-    import signal
+def _listening_detector(trained, bus: str, summary: Path, *extra: str):
+    """``kdkit detect --bus BUS`` in a subprocess, returned once it listens (its stall warning says
+    so), with the stderr lines read so far."""
     import subprocess
     import sys
     import time
 
     kdkit = str(Path(sys.executable).parent / "kdkit")
-    summary = tmp_path / "term.json"
-    proc = subprocess.Popen([kdkit, "detect", "--checkpoint", str(trained), "--bus", "virtual:term",
-                             "--stall-seconds", "0.5", "--max-seconds", "120", "--summary", str(summary)],
+    proc = subprocess.Popen([kdkit, "detect", "--checkpoint", str(trained), "--bus", bus, "--stall-seconds", "0.5",
+                             "--max-seconds", "120", "--summary", str(summary), *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     err_lines = []
     deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:  # listening: the stall warning says so
+    while time.monotonic() < deadline:
         line = proc.stderr.readline()
         err_lines.append(line)
         if "no frame for" in line or not line:
             break
+    return proc, err_lines
+
+
+def test_sigterm_stops_kdkit_detect_with_its_summary(trained, tmp_path):
+    """A gateway service stopped by systemd, docker or `timeout` (SIGTERM) lost its summary and its
+    --summary file; it now stops as on Ctrl-C."""
+    import os
+    import signal
+
+    summary = tmp_path / "term.json"
+    proc, err_lines = _listening_detector(trained, "virtual:term", summary)
     os.kill(proc.pid, signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     err = "".join(err_lines) + err
@@ -743,25 +751,13 @@ def test_kdkit_detect_hears_another_process_on_a_udp_multicast_bus(trained, reco
     """A live bus fed by another process without SocketCAN (no vcan module on this kernel):
     python-can's udp_multicast interface (msgpack is a dependency for it)."""
     import os
-    import subprocess
-    import sys
     import time
 
     import can
 
     group = f"239.74.{os.getpid() % 250}.{int(time.time()) % 250 + 1}"  # one group per run: no crosstalk
-    kdkit = str(Path(sys.executable).parent / "kdkit")
     summary = tmp_path / "udp.json"
-    proc = subprocess.Popen([kdkit, "detect", "--checkpoint", str(trained), "--bus", f"udp_multicast:{group}",
-                             "--max-messages", "300", "--max-seconds", "120", "--stall-seconds", "0.5",
-                             "--summary", str(summary)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    err_lines = []
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:  # listening: the stall warning says so
-        line = proc.stderr.readline()
-        err_lines.append(line)
-        if "no frame for" in line or not line:
-            break
+    proc, err_lines = _listening_detector(trained, f"udp_multicast:{group}", summary, "--max-messages", "300")
     tx = can.Bus(interface="udp_multicast", channel=group)
     try:
         for frame in as_can_messages(read_messages(recording).slice(0, 300)):
