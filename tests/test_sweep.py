@@ -450,3 +450,14 @@ def test_sweep_and_submit_notebook_read_p_values_as_papermill_does():
 
     assert [_parameter_value(v) for v in ("None", "True", "False", "null", "3", "0.5", "[1, 2]", "runs/x")] == \
         [None, True, False, None, 3, 0.5, [1, 2], "runs/x"]
+
+
+def test_status_names_the_model_whose_f1_it_shows():
+    """`f1=0.0000` per task read like a failure and did not say which model (the KD student's)."""
+    from kdkit.cli.sweep import format_results
+
+    row = {"task": 0, "state": "COMPLETED", "job_id": None, "params": {"kd_alpha": 0.7}, "seed": 1, "error": None,
+           "metrics": {"student_kd": {"overall": {"f1": 0.8}}, "student_alone": {"overall": {"f1": 0.5}}}}
+    teacher_only = {**row, "task": 1, "metrics": {"overall": {"f1": 0.9}}}
+    text = format_results({"sweep": "s", "rows": [row, teacher_only]})
+    assert "kd_alpha=0.7 seed=1  KD student F1 0.8000" in text and "overall F1 0.9000" in text and "f1=" not in text

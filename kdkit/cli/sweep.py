@@ -39,12 +39,14 @@ def format_results(results: dict, teacher: dict | None = None) -> str:
         lines.append(f"  teacher: {teacher['state']}" + (f" (job {teacher['job_id']})" if teacher.get("job_id") else "")
                      + ("\n    | " + "\n    | ".join(teacher["error"].splitlines()[-5:]) if teacher.get("error") else ""))
     for r in rows:
-        f1 = sw.flatten(r["metrics"]).get("student_kd.overall.f1", sw.flatten(r["metrics"]).get("overall.f1"))
+        flat = sw.flatten(r["metrics"])
+        which, f1 = ("KD student", flat["student_kd.overall.f1"]) if "student_kd.overall.f1" in flat \
+            else ("overall", flat.get("overall.f1"))
         params = " ".join(f"{k}={json.dumps(v)}" for k, v in r["params"].items())
         seed = "" if r["seed"] is None else f" seed={r['seed']}"
         line = f"  {r['task']:>4} {r['state']:<13} {r['job_id'] or '-':>10}  {params}{seed}"
         if isinstance(f1, (int, float)):
-            line += f"  f1={f1:.4f}"
+            line += f"  {which} F1 {f1:.4f}"
         if r["error"] and r["state"] != "COMPLETED":
             line += "\n    | " + "\n    | ".join(r["error"].splitlines()[-5:])
         lines.append(line)
