@@ -450,3 +450,15 @@ def test_notebook_records_of_several_seeds_are_pooled_in_both_reports(tmp_path, 
     assert "0.850 ±" not in first and "0.850" in first  # the one teacher: one value
     page = html.build_html(tmp_path).read_text()
     assert "Over 2 seeds (0, 1)</h2>" in page and page.index("headline-seeds") < page.index("id='headline'")
+
+
+def test_a_grid_point_no_better_than_chance_is_said_though_f1_ranks_it(tmp_path):
+    """A 1-epoch KD student that flags most windows ranked "best" by F1 with an MCC below 0."""
+    rows = [_task(0, 2.0, 0, 0.6), _task(1, 4.0, 0, 0.5)]
+    rows[0]["metrics"]["student_kd"]["overall"]["mcc"] = -0.08  # ranked first by F1 0.6
+    d = _sweep(tmp_path, rows)
+    text = sweep.sweep_text(d)
+    assert ("note: kd_temperature = 2: student (KD) MCC -0.080, no better than chance, though its F1 ranks it"
+            in text) and "kd_temperature = 4" not in text.split("note:")[1]
+    page = sweep.build_sweep_report(d).read_text()
+    assert "<p class='warning chance'>kd_temperature = 2: student (KD) MCC -0.080" in page

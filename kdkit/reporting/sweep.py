@@ -140,6 +140,23 @@ def sweep_rows(results: Mapping) -> list[dict]:
     return sorted(rows, key=lambda r: -r["_sort"] if math.isfinite(r["_sort"]) else math.inf)
 
 
+def chance_notes(rows: Sequence[Mapping], params: Sequence[str]) -> list[str]:
+    """A note per grid point whose ranked model's mean MCC is at or below 0: its F1 ranks it, but it
+    separates attacks from normal windows no better than chance (a 1-epoch KD student flagging
+    most windows ranked "best" by F1 with MCC -0.08)."""
+    notes = []
+    for r in rows:
+        mcc = next(((name, vals) for name, (metric, vals) in r["_values"].items() if metric == "mcc"), None)
+        if mcc is None:
+            continue
+        mean, _, n = mean_std(mcc[1])
+        if n and mean <= 0:
+            where = ", ".join(f"{p} = {_param(r[p])}" for p in params) or "the sweep's one setting"
+            notes.append(f"{where}: {mcc[0]} {mean:+.3f}, no better than chance, though its F1 ranks it; read its "
+                         "F1 as the F1 of flagging most windows (a smoke run's epochs, or a model that did not learn)")
+    return notes
+
+
 def _per_model_run(entries: Sequence[Mapping]) -> list:
     """The overall F1 of each distinct model run: one teacher checkpoint given to every seed
     (``--teacher-checkpoint``, ``--teacher-notebook``) is one value, not n equal ones whose
@@ -296,6 +313,7 @@ def build_sweep_report(sweep_dir: str | Path, out: str | Path | None = None) -> 
              f"several seeds each value is mean ± standard deviation over them (runs: how many finished). KD gain: KD "
              f"student minus the same student trained alone, paired by seed.</p>",
              sweep_table_html(rows, params)]
+    parts += [f"<p class='warning chance'>{html.escape(n)}</p>" for n in chance_notes(rows, params)]
     if rows:
         best = rows[0]
         members = next(ms for point, ms in groups(results) if all(point.get(p) == best[p] for p in params))
@@ -370,6 +388,7 @@ def sweep_text(sweep_dir: str | Path) -> str:
         cells = {c: fmt(v, "f1" if m == "gain" else m, signed=m == "gain") for c, (m, v) in r["_values"].items()}
         rows.append({**{p: _param(r[p]) for p in params}, "runs": r["runs"], **cells})
     blocks = [repr(Table(rows, title=f"sweep {results.get('sweep') or Path(sweep_dir).name}: mean ± std over seeds"))]
+    blocks += [f"note: {n}" for n in chance_notes(sweep_rows(results), params)]
     lost = unfinished(results)
     if lost:
         blocks.append(repr(Table(lost, ["task", "state", "seed", "params", "job", "error"], "tasks without a result")))
