@@ -881,8 +881,9 @@ class _WholeLines:
         self.lost, self.closed, self.rest = False, False, b""
 
     def read(self, n: int = -1) -> bytes:
-        if self.lost:
-            out, self.rest = self.rest, b""
+        if self.lost:  # at most n bytes, as a file's read gives
+            cut = len(self.rest) if n is None or n < 0 else n
+            out, self.rest = self.rest[:cut], self.rest[cut:]
             return out
         try:
             data = self.raw.read(n)
