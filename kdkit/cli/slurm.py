@@ -146,9 +146,10 @@ def _status_of(args) -> int:
     is not known to the registry or to Slurm (state UNKNOWN)."""
     orch = _orchestrator(args)
     infos = [orch.status(job) for job in args.jobs]
+    status = 1 if any(i.get("state") == "UNKNOWN" for i in infos) else 0
     if args.json:
         print(json.dumps(infos, indent=1))
-        return 1 if any(i.get("state") == "UNKNOWN" for i in infos) else 0
+        return status
     for info in infos:
         print(format_job(info))
         if info.get("state") == "UNKNOWN":
@@ -157,7 +158,7 @@ def _status_of(args) -> int:
         for key in ("run_dir", "log"):
             if info.get(key) and not (key == "log" and info.get("log_tail")):
                 print(f"    {key.replace('_', ' ')}: {info[key]}")
-    return 1 if any(i.get("state") == "UNKNOWN" for i in infos) else 0
+    return status
 
 
 def _cmd_wait(args) -> int:

@@ -412,7 +412,8 @@ class _Held:
     shown: str
     where: str                   # "line 12" / "frame 12", for messages
     line: int | None             # for the bad-row report
-    before_at: tuple[str, str]   # the largest kept timestamp before it, and where
+    before: float                # the largest kept timestamp before it
+    before_at: tuple[str, str]   # and where that is
     columns: tuple = ()          # its Messages columns (one row each), handed out when it is kept
     next_at: tuple[str, str] = ("", "")
 
@@ -436,9 +437,9 @@ class _TimeOrder:
 
     def __init__(self) -> None:
         self.floor, self.floor_at = -np.inf, ("", "")  # the largest kept timestamp (the held row's, if any)
-        self.below, self.below_at = -np.inf, ("", "")  # the largest kept before the held row
         self.held: _Held | None = None
-        self._candidate: tuple[int, float, tuple[str, str]] | None = None
+        # the block's last good row when kept: (row, its place, the largest kept before it and where), for hold()
+        self._candidate: tuple[int, tuple[str, str], float, tuple[str, str]] | None = None
 
     def check(self, ts: np.ndarray, fields_ok: np.ndarray, shown: Callable[[int], str],
               where: Callable[[int], str]) -> _Order:
@@ -454,9 +455,9 @@ class _TimeOrder:
         held_glitch: bool | None = None
         base, base_at = self.floor, self.floor_at
         if self.held is not None and g.size:
-            held_glitch = bool(g[0] < self.held.ts and g[0] >= self.below)
+            held_glitch = bool(g[0] < self.held.ts and g[0] >= self.held.before)
             if held_glitch:
-                base, base_at = self.below, self.held.before_at
+                base, base_at = self.held.before, self.held.before_at
                 first = int(gi[0]) if gi is not None else 0
                 self.held.next_at = (shown(first), where(first))
         m = g.size
@@ -473,8 +474,7 @@ class _TimeOrder:
             row = order.row(last)
             self.floor, self.floor_at = float(g[last]), (shown(row), where(row))
             if last == m - 1:  # the block's last good row: a glitch or not, the next block tells
-                self.below, self.below_at = order.kept_before(last)
-                self._candidate = (row, self.floor, self.floor_at)
+                self._candidate = (row, self.floor_at, *order.kept_before(last))
         elif held_glitch:
             self.floor, self.floor_at = base, base_at
         return order
@@ -498,9 +498,9 @@ class _TimeOrder:
         here; ``line_of`` gives its line for the bad-row report)."""
         if self._candidate is None:
             return tuple(columns)
-        row, value, (text, at) = self._candidate
+        row, (text, at), before, before_at = self._candidate
         self._candidate = None
-        self.held = _Held(value, text, at, line_of(row), self.below_at, tuple(c[-1:] for c in columns))
+        self.held = _Held(self.floor, text, at, line_of(row), before, before_at, tuple(c[-1:] for c in columns))
         return tuple(c[:-1] for c in columns)
 
     def close(self) -> tuple:

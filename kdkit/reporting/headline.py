@@ -51,6 +51,23 @@ def scenarios_of(records: Sequence[Mapping]) -> list[str]:
                               for sc in (e.get("scenarios") or e.get("f1") or {})))
 
 
+def distinct_runs(records: Sequence[Mapping], key: str) -> list[Mapping]:
+    """The records holding model ``key``, one per model run: a teacher checkpoint given to every seed
+    (``--teacher-checkpoint``, ``--teacher-notebook``) is one run; pooled n times it showed a "± 0.000"
+    spread it does not have. Entries without a recorded checkpoint count each."""
+    seen, out = set(), []
+    for r in records:
+        if key not in model_entries(r):
+            continue
+        where = model_entries(r)[key].get("checkpoint")
+        if where is not None:
+            if where in seen:
+                continue
+            seen.add(where)
+        out.append(r)
+    return out
+
+
 def headline(records: Sequence[Mapping]) -> dict:
     """Values of the headline table of one record, or of several (seeds) pooled.
 
@@ -68,21 +85,7 @@ def headline(records: Sequence[Mapping]) -> dict:
     has_gain = "student_kd" in keys and "student_alone" in keys
     rows = []
 
-    def distinct(k: str) -> list[Mapping]:
-        """The records holding model ``k``, one per model run: a teacher checkpoint given to every seed
-        is one run (pooled n times it showed a "± 0.000" spread it does not have)."""
-        seen, out = set(), []
-        for r in records:
-            if k not in model_entries(r):
-                continue
-            where = model_entries(r)[k].get("checkpoint")
-            if where is not None and where in seen:
-                continue
-            seen.add(where)
-            out.append(r)
-        return out
-
-    runs = {k: distinct(k) for k in keys}
+    runs = {k: distinct_runs(records, k) for k in keys}
 
     def collect(metric: str, label: str, scenario: str, get, gain: bool) -> None:
         values = {k: [v for r in runs[k] if (v := get(r, k)) is not None] for k in keys}

@@ -376,9 +376,14 @@ def seeds_headline(lead: Path, records: list[Path]) -> tuple[dict, list] | None:
     same = [f for f in folders if is_train_run(f) and (s := read_json(f / "summary.json")) is not None
             and role_key(s) == "student_kd" and same_student(summary, s, lead_data, data_settings(f, s))]
     seeds = [run_seed(f) for f in same]
-    if len(same) < 2 or None in seeds or len(set(seeds)) < len(seeds):
+    if not _distinct_seeds(seeds):
         return None
     return headline([train_run_record(f, folders, with_scores=False).record for f in same]), sorted(seeds)
+
+
+def _distinct_seeds(seeds: list) -> bool:
+    """Whether runs of these seeds pool: two or more, each seed known and once."""
+    return len(seeds) >= 2 and None not in seeds and len(set(seeds)) == len(seeds)
 
 
 _NOT_SETTINGS = ("seed", "run_dir")  # what differs between the seeds of one notebook setting
@@ -395,9 +400,7 @@ def notebook_seeds_headline(lead: tuple[Path, dict], loaded: list[tuple[Path, di
     same = [m for _, m in loaded if m.get("notebook") == lead[1].get("notebook") and model_entries(m)
             and {k: v for k, v in (m.get("notebook_parameters") or {}).items() if k not in _NOT_SETTINGS} == setting]
     seeds = [m["notebook_parameters"].get("seed") for m in same]
-    if len(same) < 2 or None in seeds or len(set(seeds)) < len(seeds):
-        return None
-    return headline(same), sorted(seeds)
+    return (headline(same), sorted(seeds)) if _distinct_seeds(seeds) else None
 
 
 def seeds_html(pooled: tuple[dict, list] | None, ident: str = "") -> str:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from kdkit.reporting import plots, sweep_plots
-from kdkit.reporting.headline import cost_value, fmt, headline, headline_html, mean_std
+from kdkit.reporting.headline import cost_value, distinct_runs, fmt, headline, headline_html, mean_std
 from kdkit.reporting.html import fig_png, page_html, png_html
 from kdkit.reporting.records import Table, model_entries, model_label
 
@@ -125,8 +125,8 @@ def sweep_rows(results: Mapping) -> list[dict]:
         row["runs"] = len(members)
         row["_values"] = values = {}
         for k in keys:
-            values[f"{model_label(k)} F1"] = ("f1", _per_model_run([model_entries(m)[k] for m in records
-                                                                    if k in model_entries(m)]))
+            values[f"{model_label(k)} F1"] = ("f1", [model_entries(m)[k]["overall"].get("f1")
+                                                     for m in distinct_runs(records, k)])
         if {"student_kd", "student_alone"} <= set(keys):
             values["KD gain F1"] = ("gain", [_gain(m) for m in records if _gain(m) is not None])
         label = model_label(main)
@@ -155,22 +155,6 @@ def chance_notes(rows: Sequence[Mapping], params: Sequence[str]) -> list[str]:
             notes.append(f"{where}: {mcc[0]} {mean:+.3f}, no better than chance, though its F1 ranks it; read its "
                          "F1 as the F1 of flagging most windows (a smoke run's epochs, or a model that did not learn)")
     return notes
-
-
-def _per_model_run(entries: Sequence[Mapping]) -> list:
-    """The overall F1 of each distinct model run: one teacher checkpoint given to every seed
-    (``--teacher-checkpoint``, ``--teacher-notebook``) is one value, not n equal ones whose
-    "± 0.000" would claim the teacher has no seed-to-seed spread."""
-    seen: dict[str, Any] = {}
-    out = []
-    for e in entries:
-        where = e.get("checkpoint")
-        if where is not None and where in seen:
-            continue
-        if where is not None:
-            seen[where] = True
-        out.append(e["overall"].get("f1"))
-    return out
 
 
 def _gain(metrics: Mapping) -> float | None:
