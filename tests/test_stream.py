@@ -22,7 +22,7 @@ from conftest import require
 from kdkit.cli.main import main
 from kdkit.data import graphs
 from kdkit.data.graphs import IdVocab, build_graphs
-from kdkit.data.readers import EXTENDED_ID_FLAG, read_messages
+from kdkit.data.readers import EXTENDED_ID_FLAG, Messages, read_messages
 from kdkit.reporting.metrics import evaluate_model, predict_scores
 from kdkit.stream import Detector, listen_bus, open_bus, replay_file
 from kdkit.stream import run as stream_run
@@ -339,45 +339,97 @@ def test_malformed_frames_are_dropped_and_counted(trained, recording, offline, c
     assert table.dropped == {"bad_timestamp": 1, "time_backwards": 1, "bad_id": 1}
 
 
-@pytest.mark.parametrize("glitch", ["one frame 100 s ahead", "clock reset to 0"])
-def test_time_going_back_for_good_restarts_the_windows_instead_of_blinding_the_detector(trained, recording, offline,
-                                                                                        caplog, glitch):
+def _as_messages(frames, source="table"):
+    """Frames (timestamp, id, data, is_extended) as one Messages table."""
+    n = len(frames)
+    payload = np.zeros((n, 8), np.uint8)
+    for i, f in enumerate(frames):
+        payload[i, :len(f[2])] = np.frombuffer(f[2], np.uint8)
+    return Messages(np.array([f[0] for f in frames]), np.array([f[1] for f in frames], np.uint32),
+                    np.array([len(f[2]) for f in frames], np.uint8), payload, np.zeros(n, np.uint8), source=source)
+
+
+def _fed_every_way(trained, frames, cut):
+    """The decisions and counters of the frames fed one by one, as one iterable, as one Messages
+    table and as two tables cut before frame ``cut``: all four must agree."""
+    ways = {}
+    det = Detector.from_checkpoint(trained)
+    ways["feed"] = ([d for d in map(det.feed, frames) if d is not None], det)
+    det = Detector.from_checkpoint(trained)
+    ways["iterable"] = (det.feed_many(frames), det)
+    det = Detector.from_checkpoint(trained)
+    ways["table"] = (det.feed_many(_as_messages(frames)), det)
+    det = Detector.from_checkpoint(trained)
+    ways["two tables"] = (det.feed_many(_as_messages(frames[:cut])) + det.feed_many(_as_messages(frames[cut:])), det)
+    return ways
+
+
+def test_one_glitched_frame_is_dropped_alone_as_the_readers_skip_it(trained, recording, offline, caplog):
+    """One frame stamped 100 s in the future cost the live detector 8 frames and its open window (it
+    waited for 8 frames behind, then restarted the windows), and a Messages table fed to feed_many
+    everything after it (699 of 1,000 messages dropped, no restart), where the file readers skip that
+    one row. The frame after it shows it a lone glitch: it is withdrawn, alone, the same fed every
+    way, and the windows are the offline windows of the recording without it."""
+    msgs = read_messages(recording).slice(0, 3000)
+    frames = _frames(msgs)
+    k = 1050  # inside window 10, which it does not close
+    frames[k] = (frames[k][0] + 100.0, *frames[k][1:])
+    expected = offline(Messages(*(np.delete(getattr(msgs, a), k, axis=0) for a in
+                                  ("timestamp", "can_id", "dlc", "payload", "label"))))
+    with caplog.at_level(logging.WARNING, logger="kdkit.stream"):
+        ways = _fed_every_way(trained, frames, cut=k + 1)  # "two tables": the glitch ends the first one
+    for how, (got, det) in ways.items():
+        assert det.dropped == {"time_glitch": 1} and det.timeline_restarts == 0, how
+        assert det.messages == 2999 and len(got) == 29, how
+        np.testing.assert_allclose(_scores(got), expected, rtol=0, atol=1e-6, err_msg=how)
+    assert "glitched timestamp" in caplog.text and "time went back" not in caplog.text
+
+
+@pytest.mark.parametrize("glitch", ["a glitched frame that closed a window", "clock reset to 0"])
+def test_time_going_back_for_good_restarts_the_windows_instead_of_blinding_the_detector(trained, recording, caplog,
+                                                                                        glitch):
     """A new user's gateway: one frame stamped 100 s in the future made the detector drop every frame
     after it (1,999 of 3,000) until the clock caught up, silently after 3 log lines; an interface
-    whose timestamp counter resets would never be decided again. After RESTART_AFTER frames in a
-    row behind, in order, the detector takes their timeline: the windows restart after that frame
-    and score as a fresh detector would from there, frame by frame and as one batch alike."""
+    whose timestamp counter resets would never be decided again. A glitched frame that closed a
+    window fed alone cannot be withdrawn (its window was decided; in a batch it can, the windows are
+    decided after the batch's frames are checked). After RESTART_AFTER frames in a row behind,
+    in order, the detector takes their timeline: the windows restart after that frame and score as a
+    fresh detector would from there, frame by frame, as one batch and as a Messages table alike."""
     from kdkit.stream.detector import RESTART_AFTER
 
     msgs = read_messages(recording).slice(0, 3000)
     frames = _frames(msgs)
-    k = 1000
-    if glitch == "one frame 100 s ahead":
+    if glitch == "a glitched frame that closed a window":
+        k = 999  # the last frame of window 9: the frame that decides it
         frames[k] = (frames[k][0] + 100.0, *frames[k][1:])
-        first_new = k + RESTART_AFTER  # frames k+1 .. k+RESTART_AFTER-1 dropped, k+RESTART_AFTER starts the timeline
+        decided_before = 10
     else:
+        k = 1000
         frames[k + 1:] = [(f[0] - frames[k + 1][0] + 0.001, *f[1:]) for f in frames[k + 1:]]
-        first_new = k + RESTART_AFTER
-    det = Detector.from_checkpoint(trained)
+        decided_before = 10
+    first_new = k + RESTART_AFTER  # frames k+1 .. k+RESTART_AFTER-1 dropped, k+RESTART_AFTER starts the timeline
     with caplog.at_level(logging.WARNING, logger="kdkit.stream"):
-        got = [d for d in map(det.feed, frames) if d is not None]
-    assert det.timeline_restarts == 1 and det.dropped == {"time_backwards": RESTART_AFTER - 1}
+        ways = _fed_every_way(trained, frames, cut=k + 3)
     assert "time went back" in caplog.text and "windows restart on the new timeline" in caplog.text
+    got, det = ways["feed"]
+    assert det.timeline_restarts == 1 and det.dropped == {"time_backwards": RESTART_AFTER - 1}
     before = [d for d in got if d.first_message < k]
-    assert len(before) == k // 100  # the windows closed before the glitch are kept
+    assert len(before) == decided_before  # the windows closed before the clock went back are kept
     after = got[len(before):]
     # the rest: windows of the frames after the restart frame, as a fresh detector scores them (the
     # restart frame is their first window's preceding message)
-    rest = msgs.slice(first_new + 1, 3000)
     fresh = Detector.from_checkpoint(trained)
-    expected = [d for d in map(fresh.feed, _frames(rest)) if d is not None]
+    expected = [d for d in map(fresh.feed, frames[first_new + 1:]) if d is not None]
     assert len(after) == len(expected) > 15
     np.testing.assert_allclose(_scores(after)[1:], _scores(expected)[1:], rtol=0, atol=1e-6)
     assert det.stats()["timeline_restarts"] == 1
-
-    batch = Detector.from_checkpoint(trained)  # the same frames as one batch (an iterable)
-    np.testing.assert_allclose(_scores(batch.feed_many(frames)), _scores(got), rtol=0, atol=1e-6)
-    assert batch.timeline_restarts == 1 and batch.dropped == det.dropped
+    for how, (other, d) in ways.items():
+        if glitch == "a glitched frame that closed a window" and how != "feed":
+            # a batch is collected before its windows are decided: its glitch is withdrawn alone
+            assert d.dropped == {"time_glitch": 1} and d.timeline_restarts == 0 and len(other) == 29, how
+            continue
+        np.testing.assert_allclose(_scores(other), _scores(got), rtol=0, atol=1e-6, err_msg=how)
+        assert d.timeline_restarts == 1 and d.dropped == det.dropped, how
 
 
 # ----------------------------------------------------------------------------- the live loop's edge cases

@@ -72,6 +72,8 @@ DROP_REASONS = {
     "bad_payload": "data that is not bytes",
     "bad_timestamp": "a timestamp that is not a finite number",
     "time_backwards": "a timestamp earlier than the previous frame's",
+    "time_glitch": ("a timestamp later than the frame after it, which follows on from the frame before it: a "
+                    "glitched timestamp; that frame alone is dropped, as the file readers skip such a row"),
     "bad_frame": "neither a can.Message nor a (timestamp, id, data, is_extended) tuple",
 }
 """Why a frame was dropped: key -> description (the keys of :attr:`Detector.dropped`). Frames of
@@ -401,6 +403,9 @@ class Detector:
         self._base = 0       # stream index of buffer row 0
         self._next = 0       # stream index of the next window's first message
         self._last_ts = -math.inf
+        # the largest timestamp accepted before the last frame; math.inf: the last frame is not withdrawn as a glitch
+        self._prev_ts = -math.inf
+        self._decided_to = -1  # stream index of the last message in a decided window
         self._one: list[float] = []  # timestamps fed one by one, for the re-stamping check
         self.timeline_restarts = 0  # times the frames' clock went back and the detector took the new timeline
         self._behind = 0  # frames in a row behind _last_ts, in order among themselves
@@ -617,13 +622,17 @@ class Detector:
             self._other_channel(channel)
             return None
         if ts < self._last_ts:
-            if not self._behind_again(ts, self._last_ts, self.messages):
+            if self._glitch_before(ts):
+                self._withdraw_last(ts)
+            elif not self._behind_again(ts, self._last_ts, self.messages):
                 self._drop("time_backwards", f"ID {format_can_id(key)} at {ts} after a frame at {self._last_ts}")
                 return None
-            self._next = self.messages + 1  # the windows restart after this frame (_restart_timeline)
+            else:
+                self._next = self.messages + 1  # the windows restart after this frame (_restart_timeline)
+                self._last_ts = math.inf  # the restart frame is not withdrawn (becomes _prev_ts below)
         elif self._behind:  # back in order: no store per frame on the hot path otherwise
             self._behind = 0
-        self._last_ts = ts
+        self._prev_ts, self._last_ts = self._last_ts, ts
         if self._n == self._ts.shape[0]:
             self._make_room(1)
         n = self._n
@@ -655,7 +664,7 @@ class Detector:
         cpu0 = time.thread_time()
         restarts: list[int] = []
         if isinstance(frames, Messages):
-            cols, labelled = self._check_messages(frames), labelled is not False
+            (cols, restarts), labelled = self._check_messages(frames), labelled is not False
         else:
             (cols, restarts), labelled = self._collect(frames), False
         out: list[Decision] = []
@@ -669,8 +678,10 @@ class Detector:
                                           cpu0=cpu0, labelled=labelled)
         return out
 
-    def _check_messages(self, msgs: Messages) -> tuple[np.ndarray, ...]:
-        """The columns of ``msgs`` with bad rows dropped and counted (vectorized)."""
+    def _check_messages(self, msgs: Messages) -> tuple[tuple[np.ndarray, ...], list[int]]:
+        """The columns of ``msgs`` with bad rows dropped and counted (vectorized), and where the
+        timeline restarts in them (as :meth:`_collect`). Time order is decided frame by frame, as
+        :meth:`feed` does, from the first row out of order on."""
         self.frames += len(msgs)
         ts, ids, dlc = msgs.timestamp, msgs.can_id, msgs.dlc
         finite = np.isfinite(ts)
@@ -682,22 +693,71 @@ class Detector:
         run_max = np.maximum.accumulate(np.concatenate([[self._last_ts], np.where(good, ts, -np.inf)]))[:-1]
         forward = ts >= run_max
         keep = good & forward
-        if keep.all():
-            return ts, ids, dlc, msgs.payload, msgs.label
         where = msgs.source or "messages"
-        for mask, reason in ((~finite, "bad_timestamp"), (finite & ~ok_id, "bad_id"), (finite & ok_id & ~ok_dlc, "fd_frame"),
-                             (good & ~forward, "time_backwards")):
+        for mask, reason in ((~finite, "bad_timestamp"), (finite & ~ok_id, "bad_id"), (finite & ok_id & ~ok_dlc, "fd_frame")):
             for i in np.flatnonzero(mask)[:LOGGED_PER_REASON]:
                 self._drop(reason, f"{where} message {int(i)} (ID {format_can_id(ids[i])}, timestamp {float(ts[i])!r})")
             extra = int(mask.sum()) - LOGGED_PER_REASON
             if extra > 0:
                 self.dropped[reason] += extra
-        return ts[keep], ids[keep], dlc[keep], msgs.payload[keep], msgs.label[keep]
+        restarts: list[int] = []
+        if (good & ~forward).any():
+            keep, restarts = self._time_order(ts, ids, good, int(np.argmin(forward | ~good)), where)
+        elif good.any():
+            g = ts[good]
+            self._prev_ts, self._last_ts = (float(g[-2]) if g.size > 1 else self._last_ts), float(g[-1])
+            self._behind = 0
+        if keep.all():
+            return (ts, ids, dlc, msgs.payload, msgs.label), restarts
+        return (ts[keep], ids[keep], dlc[keep], msgs.payload[keep], msgs.label[keep]), restarts
+
+    def _time_order(self, ts: np.ndarray, ids: np.ndarray, good: np.ndarray, first: int,
+                    where: str) -> tuple[np.ndarray, list[int]]:
+        """:meth:`feed`'s time rule over a table's good rows from ``first`` (the first one behind)
+        on, row by row: (rows kept, restart positions among them)."""
+        keep = good.copy()
+        g = ts[good]
+        if first:
+            before = g[:int(good[:first].sum())]
+            if before.size:
+                self._prev_ts = float(before[-2]) if before.size > 1 else self._last_ts
+                self._last_ts, self._behind = float(before[-1]), 0
+        last, prev = self._last_ts, self._prev_ts
+        kept_at = int(good[:first].sum())  # kept rows before row i
+        last_row = int(np.flatnonzero(good[:first])[-1]) if kept_at else -1  # the last kept row of this table
+        restarts: list[int] = []
+        for i in np.flatnonzero(good[first:]).tolist():
+            i += first
+            t = float(ts[i])
+            if t < last:
+                if last_row >= 0 and keep[last_row] and not self._behind and t >= prev:
+                    self._drop("time_glitch", f"{where} message {last_row} (ID {format_can_id(ids[last_row])}, "
+                                              f"timestamp {float(ts[last_row])!r}): the next one is at {t!r}")
+                    keep[last_row] = False
+                    kept_at -= 1
+                    last, prev = prev, math.inf
+                elif last_row < 0 and self._glitch_before(t):  # the last frame of a batch before
+                    self._withdraw_last(t)
+                    last, prev = self._last_ts, self._prev_ts
+                elif not self._behind_again(t, last, self.messages + kept_at):
+                    self._drop("time_backwards", f"{where} message {i} (ID {format_can_id(ids[i])}, timestamp {t!r}) "
+                                                 f"after a frame at {last!r}")
+                    keep[i] = False
+                    continue
+                else:
+                    restarts.append(kept_at)
+                    last = math.inf
+            elif self._behind:
+                self._behind = 0
+            prev, last, last_row = last, t, i
+            kept_at += 1
+        self._last_ts, self._prev_ts = last, prev
+        return keep, restarts
 
     def _collect(self, frames: Iterable) -> tuple[np.ndarray, ...]:
         """Columns of the good frames of an iterable (one Python step per frame)."""
         ts_l, id_l, dlc_l, pl = [], [], [], bytearray()
-        last = self._last_ts
+        last, prev = self._last_ts, self._prev_ts
         restarts = []  # positions where the frames' timeline went back and the windows restart after
         for frame in frames:
             self.frames += 1
@@ -710,21 +770,51 @@ class Detector:
                 self._other_channel(channel)
                 continue
             if ts < last:
-                if not self._behind_again(ts, last, self.messages + len(ts_l)):
+                if ts_l and not self._behind and ts >= prev:  # the frame before, of this batch, was a lone glitch
+                    self._drop("time_glitch", f"ID {format_can_id(id_l[-1])} at {ts_l[-1]}: the frame after it is "
+                                              f"at {ts}, the one before it at {prev}")
+                    ts_l.pop(), id_l.pop(), dlc_l.pop()
+                    del pl[-8:]
+                    last, prev = prev, math.inf
+                elif not ts_l and self._glitch_before(ts):  # ... of a batch before, still undecided
+                    self._withdraw_last(ts)
+                    last, prev = self._last_ts, self._prev_ts
+                elif not self._behind_again(ts, last, self.messages + len(ts_l)):
                     self._drop("time_backwards", f"ID {format_can_id(key)} at {ts} after a frame at {last}")
                     continue
-                restarts.append(len(ts_l))
+                else:
+                    restarts.append(len(ts_l))
+                    last = math.inf  # the restart frame is not withdrawn
             elif self._behind:
                 self._behind = 0
-            last = ts
+            prev, last = last, ts
             ts_l.append(ts)
             id_l.append(key)
             dlc_l.append(len(data))
             pl += data.ljust(8, b"\0")
         n = len(ts_l)
+        self._last_ts, self._prev_ts = last, prev
         return (np.asarray(ts_l, np.float64).reshape(n), np.asarray(id_l, np.uint32).reshape(n),
                 np.asarray(dlc_l, np.uint8).reshape(n), np.frombuffer(bytes(pl), np.uint8).reshape(n, 8),
                 np.zeros(n, np.uint8)), restarts
+
+    def _glitch_before(self, ts: float) -> bool:
+        """Whether a frame at ``ts``, behind the last accepted one, shows that one a lone glitch that
+        can still be withdrawn: ``ts`` follows on from the frames before it (the readers' rule for a
+        file's rows, :class:`kdkit.data.readers._TimeOrder`), no frame is behind already, and no
+        decided window holds it (it closed none)."""
+        return (not self._behind and ts >= self._prev_ts and self._n > 0
+                and self.messages - 1 > self._decided_to)
+
+    def _withdraw_last(self, ts: float) -> None:
+        """Drop the last accepted frame (buffered, in no decided window) as a glitch revealed by ``ts``."""
+        self._n -= 1
+        glitch, key = float(self._ts[self._n]), int(self._id[self._n])
+        if self._one and self._one[-1] == glitch:
+            self._one.pop()
+        self._drop("time_glitch", f"ID {format_can_id(key)} at {glitch}: the frame after it is at {ts}, "
+                                  f"the one before it at {self._prev_ts}")
+        self._last_ts, self._prev_ts = self._prev_ts, math.inf
 
     def _behind_again(self, ts: float, last: float, at: int) -> bool:
         """A frame behind the last accepted one (at ``last``): True when it is the :data:`RESTART_AFTER`-th
@@ -776,7 +866,6 @@ class Detector:
         self._ts[n:n + m], self._id[n:n + m], self._dlc[n:n + m] = ts, ids, dlc
         self._pl[n:n + m], self._lab[n:n + m] = payload, label
         self._n = n + m
-        self._last_ts = float(ts[-1])
         last_start = self.messages - self.window
         if last_start < self._next:
             return []
@@ -800,6 +889,7 @@ class Detector:
         self.windows += 1
         self.alarms += attack
         self._next = start + self.stride
+        self._decided_to = start + W - 1
         return out
 
     def _close(self, starts: np.ndarray, arrival: float, cpu0: float, labelled: bool) -> list[Decision]:
@@ -835,6 +925,7 @@ class Detector:
         self.windows += len(out)
         self.alarms += int(attack.sum())
         self._next = int(starts[-1]) + self.stride
+        self._decided_to = int(starts[-1]) + self.window - 1
         return out
 
 
