@@ -50,7 +50,8 @@ def _assert_identical(ref: dict, got: dict) -> None:
         assert got[name].tobytes() == ref[name].tobytes(), f"{name} differs"  # bit for bit, signed zeros too
 
 
-ID_POOL = [0x000, 0x001, 0x0C1, 0x110, 0x4B1, 0x7FF, 0xFFFF, 0x10000, 0x18FEF100 | EXTENDED_ID_FLAG,
+ID_POOL = [0x000, 0x001, 0x0C1, 0x110, 0x4B1, 0x7FF, 0xFFFF | EXTENDED_ID_FLAG, 0x10000 | EXTENDED_ID_FLAG,
+           0x18FEF100 | EXTENDED_ID_FLAG,
            0x1FFFFFFF | EXTENDED_ID_FLAG, 0x081 | EXTENDED_ID_FLAG]
 
 
@@ -82,6 +83,7 @@ def test_random_recordings_give_identical_arrays(builder, ids, seed, window, str
 def test_shapes_give_identical_arrays(builder, window: int, n: int, n_ids: int):
     rng = np.random.default_rng(window)
     pool = rng.choice(np.arange(0, 1 << 20, dtype=np.uint32), size=n_ids, replace=False)
+    pool = np.where(pool > 0x7FF, pool | np.uint32(EXTENDED_ID_FLAG), pool)  # a table's IDs: 29-bit ones flagged
     p = np.full(n_ids, 0.1 / max(n_ids - 1, 1))
     p[0] = 0.9 if n_ids > 1 else 1.0
     ids = rng.choice(pool, size=n, p=p) if n_ids < n else rng.permutation(pool)[:n]

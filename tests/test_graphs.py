@@ -23,7 +23,7 @@ from kdkit.data.graphs import (
     empty_graphset,
     window_starts,
 )
-from kdkit.data.readers import Messages, read_messages
+from kdkit.data.readers import EXTENDED_ID_FLAG, Messages, read_messages
 
 NF = {name: i for i, name in enumerate(NODE_FEATURES)}
 EF = {name: i for i, name in enumerate(EDGE_FEATURES)}
@@ -265,7 +265,7 @@ def _messages(ids: np.ndarray, seed: int, attack_type: str = "DoS") -> Messages:
     return Messages(ts, ids.astype(np.uint32), dlc, payload, label, "mem://test", attack_type)
 
 
-ID_POOL = [0x000, 0x001, 0x0C1, 0x110, 0x4B1, 0x7FF, 0x1FFFFFFF]
+ID_POOL = [0x000, 0x001, 0x0C1, 0x110, 0x4B1, 0x7FF, 0x1FFFFFFF | EXTENDED_ID_FLAG]
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -401,11 +401,11 @@ def test_label_intervals_for_a_csv_recording(tmp_path: Path):
     sidecar = tmp_path / "rec.csv.labels.csv"
     sidecar.write_text("start,end,attack_type,can_id\n0.002,0.003,spoofing,18FEF100\n")
     n = 5
-    msgs = Messages(np.arange(n) / 1000, np.array([0x0C1, 0x0C1, 0x18FEF100 | EXTENDED_ID_FLAG, 0x18FEF100, 0x0C1],
+    msgs = Messages(np.arange(n) / 1000, np.array([0x0C1, 0x0C1, 0x18FEF100 | EXTENDED_ID_FLAG, 0x100, 0x0C1],
                                                    np.uint32), np.zeros(n, np.uint8), np.zeros((n, 8), np.uint8),
                     np.zeros(n, np.uint8), "rec.csv")
     out = apply_label_intervals(msgs, read_label_intervals(sidecar))
-    assert out.label.tolist() == [0, 0, 1, 0, 0] and out.attack_type == "spoofing"  # 8 digits: the extended ID only
+    assert out.label.tolist() == [0, 0, 1, 0, 0] and out.attack_type == "spoofing"  # the interval's ID only
 
 
 def test_bench_preprocess_reads_a_logger_file(tmp_path: Path):

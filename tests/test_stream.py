@@ -671,6 +671,34 @@ def test_a_cut_gz_log_says_so_in_the_summary_line(trained, recording, tmp_path):
     assert "skipped rows: 1 (the file is cut: " in s.format()
 
 
+@pytest.mark.parametrize("realtime", [False, True])
+def test_a_replayed_file_whose_clock_went_back_is_decided_as_the_live_bus_would(trained, recording, tmp_path, realtime,
+                                                                                 caplog):
+    """A candump log whose logger restarted its clock at frame 1,500 (and with one glitched frame
+    before that) lost everything after the restart in `kdkit detect --input`: the reader skipped
+    every row "going backwards" (1,500 of 3,000) before the detector saw them, where the same frames
+    on a live bus restart the windows after 8. A replay now leaves the time order to the detector:
+    the glitch is dropped alone, the windows restart on the new timeline, and the decisions are the
+    live detector's, replayed as blocks or in real time."""
+    msgs = read_messages(recording).slice(0, 3000)
+    frames = _frames(msgs)
+    frames[700] = (frames[700][0] + 50.0, *frames[700][1:])
+    frames[1500:] = [(f[0] - frames[1500][0] + 0.5, *f[1:]) for f in frames[1500:]]
+    log = tmp_path / "restarted.log"
+    log.write_text("".join(f"({t:.6f}) can0 {i:03X}#{d.hex().upper()}\n" for t, i, d, _ in frames))
+    live = Detector.from_checkpoint(trained)
+    expected = [d for d in map(live.feed, frames) if d is not None]
+    with caplog.at_level(logging.WARNING, logger="kdkit.stream"):
+        s = replay_file(Detector.from_checkpoint(trained), log, keep=True, realtime=realtime).to_dict()
+    assert "faster than a CAN bus carries frames" not in caplog.text  # (the re-stamping check spanned the reset)
+    assert not s["restamped"]
+    assert s["skipped_rows"] == 0 and s["timeline_restarts"] == 1
+    assert s["dropped"] == {"time_glitch": 1, "time_backwards": 7} == dict(live.dropped)
+    assert s["windows"] == len(expected) == 28 and s["messages"] == live.messages == 2992
+    with pytest.raises(Exception, match=r"restarted.log:701: timestamp .* is out of line"):  # "error": named
+        replay_file(Detector.from_checkpoint(trained), log, on_bad_rows="error")
+
+
 def test_realtime_replay_and_limits(trained, recording, tmp_path, capsys):
     """--realtime paces frames with can.MessageSync (latency per window); --max-messages stops."""
     small = tmp_path / "DoS-short.csv"
@@ -734,11 +762,12 @@ def test_a_large_file_replays_in_chunks_with_the_same_decisions(trained, recordi
     for path in (recording, log):
         chunked = replay_file(Detector.from_checkpoint(trained), path, keep=True)
         a, b = whole[path].to_dict(), chunked.to_dict()
-        assert (b["messages"], b["windows"], b["alarms"], b["skipped_rows"]) == \
-            (a["messages"], a["windows"], a["alarms"], a["skipped_rows"])
+        assert (b["messages"], b["windows"], b["alarms"], b["skipped_rows"], b["dropped"]) == \
+            (a["messages"], a["windows"], a["alarms"], a["skipped_rows"], a["dropped"])
         assert [d.first_message for d in chunked.decisions] == [d.first_message for d in whole[path].decisions]
         np.testing.assert_array_equal(_scores(chunked.decisions), _scores(whole[path].decisions))
-    assert whole[log].to_dict()["skipped_rows"] == 1
+    # the row's time order is the detector's to decide in a replay, as on a live bus
+    assert whole[log].to_dict()["skipped_rows"] == 0 and whole[log].to_dict()["dropped"] == {"time_backwards": 1}
     assert graphs._expected_messages > 1000  # so every chunk went through the compiled builder
     limited = replay_file(Detector.from_checkpoint(trained), recording, max_messages=1000).to_dict()
     assert limited["messages"] == 1000 and limited["windows"] == 10 and limited["stopped_by"] == "max-messages"

@@ -522,6 +522,9 @@ def build_graphs(msgs: Messages, vocab: IdVocab, window: int = 100, stride: int 
     Raises:
         ValueError: when a timestamp is not finite or goes backwards (``check_time_order``).
     """
+    if not 0.0 <= float(label_threshold) < 1.0:
+        raise ValueError(f"label_threshold must be in [0, 1): a window is an attack when its attack share is above it "
+                         f"(0.0: any attack message), got {label_threshold!r}")
     if starts is None:
         starts = window_starts(len(msgs), window, stride)
     starts = np.asarray(starts, dtype=np.int64)

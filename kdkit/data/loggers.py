@@ -290,7 +290,7 @@ def _finish(path: Path, bad: _BadRows, frames: _Frames, binary: bool, earlier: l
     ts, raw_ids, extended = frames.ts, frames.arb_id, frames.extended
     n = ts.shape[0]
     ids = can_id_key(raw_ids, extended)
-    ok, ok_fields, describe, _ = _frame_checks(frames, binary)  # a whole file: its last frame waits for nothing
+    ok, ok_fields, describe, _ = _frame_checks(frames, binary, _TimeOrder(bad.mode))  # a whole file: its last frame waits for nothing
 
     if intervals is not None:
         label, row_type, names = _interval_labels(ts, ids, intervals)
@@ -883,7 +883,7 @@ class _CheckedChunks:
         self.bad = _BadRows(path, mode)
         self.out = _Chunker(self.bad, chunk_rows, str(path), "attack-free")  # good frames not handed out yet
         self.dropped = {"remote": 0, "error": 0}
-        self.order = _TimeOrder()
+        self.order = _TimeOrder(mode)
         self.frames = 0  # data frames of the channel read (before the checks)
         self.deferred: DataFormatError | None = None
 
@@ -1205,6 +1205,9 @@ class _PythonCanFrames:
             if len(data) > 8:
                 problem[len(ts)] = (f"CAN FD frame with {len(data)} data bytes: {_FD_HINT}" if m.is_fd else
                                     f"{len(data)} data bytes: a classic CAN frame carries at most 8")
+            elif not m.is_fd and len(data) < min(m.dlc, 8):  # python-can keeps the bytes a cut line still has
+                problem[len(ts)] = (f"the frame's DLC is {m.dlc} but it holds {len(data)} data bytes "
+                                    f"(a cut or damaged line)")
             ts.append(m.timestamp)
             arb.append(m.arbitration_id)
             ext.append(m.is_extended_id)
@@ -1267,6 +1270,13 @@ class _PythonCanFrames:
             prefix: list[str] = []
             header_lines: list[str] = []
             source: _Lines | None = None
+            blocks = _AscBlocks() if suffix == ".asc" else None
+            if blocks is not None:
+                with opener(path, "rt", encoding="utf-8", errors="replace") as handle:
+                    head = handle.read(4096)
+                relative = re.search(r"^\s*base\s+(hex|dec)\s+timestamps\s+relative\b", head, re.I | re.M)
+                if relative is not None:
+                    raise DataFormatError(path, head.count("\n", 0, relative.start()) + 1, _ASC_RELATIVE)
             try:
                 with opener(path, "rt", encoding="utf-8", errors="replace") as handle:
                     while True:  # once, or after each line python-can could not parse (skip mode)
@@ -1279,7 +1289,11 @@ class _PythonCanFrames:
                                 frame_line, _ = source.pending[-1]
                                 for line, text in source.pending[:-1]:
                                     _classify(suffix, line, text, reader, skipped_junk, dropped, header_lines, channel)
+                                    if blocks is not None:
+                                        blocks.see(text)
                                 source.pending.clear()
+                                if blocks is not None:
+                                    m.timestamp = blocks.place(m.timestamp)
                                 if add(m, frame_line):
                                     yield flush()
                             for line, text in source.pending:
@@ -1301,6 +1315,49 @@ class _PythonCanFrames:
                 raise DataFormatError(path, None, f"corrupt or unreadable file after line {after} "
                                                   f"({type(err).__name__}: {err})") from err
         yield flush()
+
+
+_ASC_RELATIVE = ("the header says 'timestamps relative': each frame's time is its gap to the event before it, and "
+                 "kdkit reads absolute times (python-can's ASC reader would hand out the gaps as times); export "
+                 "the log with absolute timestamps (CANoe/CANalyzer: the logging block's format)")
+_ASC_TRIGGER = re.compile(r"begin\s+triggerblock\s+\w+\s+(.+)", re.IGNORECASE)
+
+
+class _AscBlocks:
+    """The trigger blocks of an ``.asc`` file: python-can reads each block's times from 0 (its
+    ``relative_timestamp``). A block whose times start again below the block before's is placed
+    on the first block's clock by the dates its ``Begin Triggerblock`` lines carry (a logger that
+    logged several times into one file); times that go on across blocks are kept as they are."""
+
+    def __init__(self) -> None:
+        self.first: float | None = None  # the first block's date (epoch seconds)
+        self.started: float | None = None  # the date of a block whose first frame is still to come
+        self.offset = 0.0
+        self.last = -np.inf  # the last frame's time, placed
+
+    def see(self, text: str) -> None:
+        match = _ASC_TRIGGER.match(text.strip())
+        if match is None:
+            return
+        import can  # (already imported by the caller)
+
+        try:
+            date = can.io.asc.ASCReader._datetime_to_timestamp(match.group(1).strip())
+        except ValueError:  # a date python-can cannot read: the block's times stay as they are
+            date = None
+        if self.first is None:
+            self.first = date
+        else:
+            self.started = date
+
+    def place(self, ts: float) -> float:
+        if self.started is not None:
+            if ts + self.offset < self.last and self.first is not None:  # its clock started again
+                self.offset = self.started - self.first
+            self.started = None
+        placed = ts + self.offset
+        self.last = max(self.last, placed)
+        return placed
 
 
 def _classify(suffix: str, line: int, text: str, reader, junk: list, dropped: dict, header_lines: list,

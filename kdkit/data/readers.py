@@ -28,6 +28,8 @@ file). Nothing is turned into 0 or NaN. Besides unparsable fields, these rows ar
   the timing features are differences of timestamps), or a lone glitch: one row later than the
   row after it while that row follows on from the rows before (:class:`_TimeOrder`). The glitch is
   the row skipped, not every row after it. With ``"skip"`` the rows kept never go back in time.
+  ``"skip_untimed"`` skips the other malformed rows and leaves the time order to the caller
+  (``kdkit detect`` replays a file so: its detector decides it as it does on a live bus).
 - an ID above ``0x7FF`` (the largest 11-bit ID) written with fewer than 8 hex digits. An ID
   written with 8 digits (``18FEF100``), or flagged extended by a logger format, is a 29-bit
   extended ID; HCRL's 4-digit standard IDs (``0316``) stay valid.
@@ -62,7 +64,8 @@ try:  # ISA-L's inflate (python-isal): 3.3x faster than zlib on the RAV4 log (5.
 except ImportError:  # pragma: no cover - a dependency; zlib gives the same bytes, slower
     _inflate = zlib
 
-OnBadRows = Literal["error", "skip"]
+OnBadRows = Literal["error", "skip", "skip_untimed"]
+SKIP_UNTIMED = "skip_untimed"  # skip bad rows but rows out of time order: the caller decides those (a Detector)
 
 
 CTT_HEADER = ["timestamp", "arbitration_id", "data_field", "attack"]
@@ -115,10 +118,12 @@ class Messages:
 
     Attributes:
         timestamp: float64 [N] seconds, as recorded.
-        can_id: uint32 [N] arbitration IDs.
+        can_id: uint32 [N] arbitration IDs: a standard (11-bit) ID as it is (``0x316``), an
+            extended (29-bit) one with :data:`EXTENDED_ID_FLAG` set (``0x18FEF100 | EXTENDED_ID_FLAG``),
+            so that ``0x81`` extended and ``0x081`` standard stay apart.
         dlc: uint8 [N] data length codes (0..8).
         payload: uint8 [N, 8] payload bytes, zero past ``dlc``.
-        label: uint8 [N], 1 = injected/attack message.
+        label: uint8 [N], 1 = injected/attack message, 0 = normal.
         source: the file this came from.
         attack_type: the recording's attack type from its file name (``DoS``, ``fuzzing``,
             ``malfunction``, ``gear``, ``rpm``, ``attack-free``, ...).
@@ -155,6 +160,10 @@ class Messages:
         return int(self.timestamp.shape[0])
 
     def __post_init__(self) -> None:
+        for name, dtype in _COLUMN_TYPES.items():  # a table built by hand (pandas columns, int64 bytes): cast or refused
+            value = getattr(self, name)
+            if not (isinstance(value, np.ndarray) and value.dtype == dtype):
+                setattr(self, name, _as_column(name, value, dtype))
         n = self.timestamp.shape[0]
         for name in ("can_id", "dlc", "label"):
             if getattr(self, name).shape != (n,):
@@ -168,6 +177,8 @@ class Messages:
                 raise ValueError(f"Messages.type_names must start with 'normal', got {self.type_names!r}")
             if n and int(self.row_type.max()) >= len(self.type_names):
                 raise ValueError(f"Messages.row_type holds {int(self.row_type.max())}, beyond type_names {self.type_names!r}")
+        if n:
+            _check_values(self)
 
     def slice(self, start: int, stop: int) -> Messages:
         """Rows ``start:stop`` as a new Messages sharing memory."""
@@ -190,6 +201,73 @@ class Messages:
             names = np.array(self.type_names, dtype=object)[self.row_type]
             return np.where(self.label.astype(bool), names, "normal")
         return np.where(self.label.astype(bool), self.attack_type, "normal")
+
+
+_COLUMN_TYPES = {"timestamp": np.float64, "can_id": np.uint32, "dlc": np.uint8, "payload": np.uint8, "label": np.uint8}
+_COLUMN_HINTS = {
+    "timestamp": "seconds as numbers (datetimes: (t - t[0]) / np.timedelta64(1, 's'))",
+    "can_id": ("arbitration IDs as unsigned integers (hex text: int(text, 16)); an extended (29-bit) ID with "
+               "EXTENDED_ID_FLAG set (can_id | kdkit.data.readers.EXTENDED_ID_FLAG)"),
+    "dlc": "data length codes 0..8",
+    "payload": "[N, 8] bytes 0..255, zero past the dlc",
+    "label": "1 for an attack message, 0 for a normal one",
+}
+
+
+def _as_column(name: str, value, dtype) -> np.ndarray:
+    """``value`` (an array, a pandas column, a list) as a Messages column of ``dtype``, when every
+    value is exactly representable; else a ValueError naming the column, the row and the value."""
+    where = f"Messages.{name}"
+    hint = _COLUMN_HINTS[name]
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}: not an array ({type(value).__name__}: {err}); expected {hint}") from None
+    kind = arr.dtype.kind
+    if kind not in "biuf":
+        sample = repr(arr.flat[0].item() if hasattr(arr.flat[0], "item") else arr.flat[0]) if arr.size else "none"
+        raise ValueError(f"{where} holds {arr.dtype} values (e.g. {sample}); expected {hint}")
+    if dtype is np.float64 or kind == "b":
+        return arr.astype(dtype)
+    flat = arr.reshape(-1)
+    if kind == "f":
+        bad = np.flatnonzero(~np.isfinite(flat) | (flat != np.round(flat)))
+        if bad.size:
+            raise ValueError(f"{where}{_row(arr, int(bad[0]))} is {flat[bad[0]].item()!r}, not a whole number; "
+                             f"expected {hint}")
+    top = np.iinfo(dtype).max
+    bad = np.flatnonzero((flat < 0) | (flat > top))
+    if bad.size:
+        raise ValueError(f"{where}{_row(arr, int(bad[0]))} is {flat[bad[0]].item()!r}, outside 0..{top}; "
+                         f"expected {hint}")
+    return arr.astype(dtype)
+
+
+def _row(arr: np.ndarray, flat_index: int) -> str:
+    """``[i]`` / ``[i, j]``: where a flat index lies in ``arr``."""
+    return "[" + ", ".join(str(int(i)) for i in np.unravel_index(flat_index, arr.shape)) + "]" if arr.ndim else ""
+
+
+def _check_values(m: Messages) -> None:
+    """The value rules of a Messages table (cheap reductions; a row named when one is broken)."""
+    if int(m.dlc.max()) > 8:
+        i = int(np.argmax(m.dlc > 8))
+        raise ValueError(f"Messages.dlc[{i}] is {int(m.dlc[i])}; expected {_COLUMN_HINTS['dlc']} (kdkit reads classic "
+                         f"CAN: a CAN FD frame of more than 8 bytes has no place in a table)")
+    if int(m.label.max()) > 1:
+        i = int(np.argmax(m.label > 1))
+        raise ValueError(f"Messages.label[{i}] is {int(m.label[i])}; expected {_COLUMN_HINTS['label']}")
+    if int(m.can_id.max()) > MAX_STANDARD_ID:  # (the usual case, every ID standard, costs one reduction)
+        ext = (m.can_id & np.uint32(EXTENDED_ID_FLAG)) != 0
+        raw = m.can_id & np.uint32(~EXTENDED_ID_FLAG & 0xFFFFFFFF)
+        bad = np.flatnonzero(np.where(ext, raw > MAX_CAN_ID, raw > MAX_STANDARD_ID))
+        if bad.size:
+            i = int(bad[0])
+            v = int(m.can_id[i])
+            fix = (f"if it is the extended ID 0x{v:X}, set EXTENDED_ID_FLAG: can_id | kdkit.data.readers.EXTENDED_ID_FLAG"
+                   if v <= MAX_CAN_ID else "an extended ID has at most 29 bits")
+            raise ValueError(f"Messages.can_id[{i}] is 0x{v:X}: above 0x7FF, the largest standard (11-bit) ID, and not "
+                             f"flagged extended ({fix})")
 
 
 def attack_type_from_name(path: str | Path) -> str:
@@ -346,7 +424,7 @@ class _BadRows:
     """Collects bad rows; raises on the first one unless skipping."""
 
     def __init__(self, path: Path, mode: OnBadRows):
-        if mode not in ("error", "skip"):
+        if mode not in ("error", "skip", SKIP_UNTIMED):
             raise ValueError(f"on_bad_rows must be 'error' or 'skip', got {mode!r}")
         self.path, self.mode = path, mode
         self.count = 0
@@ -435,7 +513,8 @@ class _TimeOrder:
     The result is the same wherever the blocks are cut.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, mode: OnBadRows = "error") -> None:
+        self.checked = mode != SKIP_UNTIMED  # False: only negative timestamps are bad, the caller orders the rest
         self.floor, self.floor_at = -np.inf, ("", "")  # the largest kept timestamp (the held row's, if any)
         self.held: _Held | None = None
         # the block's last good row when kept: (row, its place, the largest kept before it and where), for hold()
@@ -445,6 +524,10 @@ class _TimeOrder:
               where: Callable[[int], str]) -> _Order:
         """The block's masks and, when this block has a good row, the verdict on the held row."""
         n = ts.shape[0]
+        if not self.checked:
+            negative = fields_ok & (ts < 0)
+            return _Order(self, n, None, ts, negative if negative.any() else None, None, None, -np.inf, ("", ""),
+                          None, shown, where)
         in_order = bool(n and ts[0] >= 0 and fields_ok.all() and not (ts[1:] < ts[:-1]).any())
         if in_order:  # every row good and in order (the usual case): no index, no copy
             gi, g, negative = None, ts, None
@@ -1010,7 +1093,7 @@ class _CttStream:
         self.rows = 0  # CSV rows parsed so far (not counting the dropped ones)
         self.pending: list[int] = []  # blank rows at the end so far: bad only if a row follows
         self.any_row = False
-        self.order = _TimeOrder()
+        self.order = _TimeOrder(mode)
         self.text: _WholeLines | None = None  # a .gz file's text (says whether the file was cut)
         self.out: list[tuple[np.ndarray, ...]] = []
 
@@ -1317,7 +1400,7 @@ class _HcrlStream:
         self.newlines = 0  # '\n' in the pieces so far (_ascii_only numbers the lines it names by them)
         self.pending: pa.Array | None = None  # blank lines at the end so far
         self.any_text = False
-        self.order = _TimeOrder()
+        self.order = _TimeOrder(mode)
 
     def feed(self, raw: bytes) -> Iterator[Messages]:
         """Decode and check one piece of whole lines; hand out the chunks now full."""
@@ -1499,7 +1582,7 @@ def read_messages(path: str | Path, on_bad_rows: OnBadRows = "error", channel: s
         channel: for logger files, keep only this channel.
     """
     reader, _ = pick_reader(Path(path), channel)
-    return reader(Path(path), on_bad_rows=on_bad_rows)
+    return reader(Path(path), on_bad_rows=_for_reader(Path(path), on_bad_rows))
 
 
 def iter_messages(path: str | Path, on_bad_rows: OnBadRows = "error", channel: str | None = None,
@@ -1511,9 +1594,17 @@ def iter_messages(path: str | Path, on_bad_rows: OnBadRows = "error", channel: s
     and the layouts known by their header (DAGA, ROAD: :func:`kdkit.data.columns.iter_mapped`).
     A reader added with :func:`register_reader` is read whole and handed out in slices."""
     reader, chunked = pick_reader(Path(path), channel)
+    on_bad_rows = _for_reader(Path(path), on_bad_rows)
     if chunked is not None:
         return chunked(Path(path), on_bad_rows=on_bad_rows, chunk_rows=chunk_rows)
     return slices(reader(Path(path), on_bad_rows=on_bad_rows), chunk_rows)
+
+
+def _for_reader(path: Path, on_bad_rows: OnBadRows) -> OnBadRows:
+    """``on_bad_rows`` as the file's reader takes it: a reader added with :func:`register_reader`
+    knows ``"error"`` and ``"skip"`` (its rows' time order is its own)."""
+    extra = Path(path.name.lower().removesuffix(".gz")).suffix in _EXTRA_READERS
+    return "skip" if extra and on_bad_rows == SKIP_UNTIMED else on_bad_rows
 
 
 def slices(msgs: Messages, chunk_rows: int = CHUNK_ROWS) -> Iterator[Messages]:

@@ -204,6 +204,10 @@ class _RestampCheck:
         self._shown = set() if shown is None else shown  # warnings already given (shared by clones)
         self._tail = np.zeros(0)
 
+    def restart(self) -> None:
+        """The frames' timeline restarted: spacing is measured on the new one from here."""
+        self._tail = np.zeros(0)
+
     def check(self, ts: np.ndarray) -> None:
         if self.warned or ts.size == 0:
             return
@@ -630,6 +634,8 @@ class Detector:
             else:
                 self._next = self.messages + 1  # the windows restart after this frame (_restart_timeline)
                 self._last_ts = math.inf  # the restart frame is not withdrawn (becomes _prev_ts below)
+                self._one.clear()  # the re-stamping check measures spacing on one timeline
+                self._restamp.restart()
         elif self._behind:  # back in order: no store per frame on the hot path otherwise
             self._behind = 0
         self._prev_ts, self._last_ts = self._last_ts, ts
@@ -673,6 +679,7 @@ class Detector:
         for a, b in zip(bounds[:-1], bounds[1:]):  # each timeline apart: its windows restart after its first frame
             if a in restarts:
                 self._next = self.messages + 1
+                self._restamp.restart()
             for i in range(a, b, BLOCK_MESSAGES):
                 out += self._append_block(*(c[i:min(b, i + BLOCK_MESSAGES)] for c in cols), arrival=arrival,
                                           cpu0=cpu0, labelled=labelled)

@@ -98,6 +98,23 @@ def checkpoint_data(ckpt: dict, dataset: str | None = None, data_root: str | Non
                    synthetic_seed=synthetic_seed, channel=tc.get("channel") if own else None)
 
 
+def check_data_matches(cfg: TrainConfig, data: PreparedDataset) -> None:
+    """``train(cfg, data=...)``: the data must be what ``cfg`` prepares, for the checkpoint records
+    ``cfg``'s dataset and graph settings (evaluation, export and the detector rebuild windows from
+    them). A ValueError names every difference."""
+    want, have = prepare_config(cfg), data.config
+    diffs = [f"{k}={getattr(have, k)!r} (the config: {getattr(want, k)!r})"
+             for k in ("window", "stride", "label_threshold", "val_fraction", "include_excluded", "on_bad_rows")
+             if getattr(have, k) != getattr(want, k)]
+    name = dataset_name(cfg.dataset, cfg.data_root)
+    if data.name != name:
+        diffs.insert(0, f"dataset {data.name!r} (the config: {cfg.dataset!r})")
+    if diffs:
+        raise ValueError(f"train(data=...): the data were prepared with {', '.join(diffs)}, and the checkpoint would "
+                         f"record the config's settings: prepare them from this config (kdkit.workflows.load_data(cfg)), "
+                         f"or make the config match (make_config(dataset=..., window=..., ...))")
+
+
 def load_data(cfg: TrainConfig, progress: bool = False) -> PreparedDataset:
     return prepare(cfg.dataset, prepare_config(cfg), cfg.data_root, progress=progress, synthetic_seed=cfg.synthetic_seed,
                    channel=cfg.channel)
@@ -354,7 +371,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
     ``resume``: a checkpoint, or ``"auto"`` (the run folder's ``last.pt`` if any, else a fresh
     start; ``$KDKIT_RESUME=auto`` means the same when ``resume`` is None). ``stop``: asked after
     every batch whether the cluster wants the job to stop (default ``$KDKIT_STOP_FILE``).
-    ``fork_workers``: for a multi-process run on one machine, fork the DDP workers from this
+    ``data``: the prepared dataset (default: prepared from ``cfg``, :func:`load_data`); given, it must
+    be what ``cfg`` prepares (:func:`check_data_matches`). ``fork_workers``: for a multi-process run on one machine, fork the DDP workers from this
     process (:mod:`kdkit.training.fork_ranks`); only safe in a process that has not run tensor work
     yet (``kdkit train`` passes it). Without it (a notebook, a script) the workers are started as
     ``kdkit train`` processes with this config (:mod:`kdkit.training.spawn_ranks`) and this process
@@ -369,6 +387,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, progress: bool = T
         Preempted: the cluster asked the job to stop; ``last.pt`` holds the exact state.
     """
     check_sizes(cfg.model, cfg.type, cfg.hidden, cfg.embedding_dim)  # before data, workers or a teacher
+    if data is not None:
+        check_data_matches(cfg, data)
     # the caller's objects (a notebook's imports, its data) outlive the run: its phase-end
     # collections need not walk them (kdkit.training.memory.collections_skip_older_objects)
     with collections_skip_older_objects(), cpu_threads(cfg.threads):

@@ -1,0 +1,70 @@
+"""A new user's own logger files with the quirks real captures have (the walkthrough of
+2026-12-07): Vector ASC files with several trigger blocks, relative timestamps and cut data lines."""
+from __future__ import annotations
+
+import gzip
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kdkit.data.loggers import iter_logger_file, read_logger_file
+from kdkit.data.readers import DataFormatError, concat_messages
+
+HEAD = "date Mon Jan 6 10:00:00.000 am 2025\nbase hex  timestamps absolute\ninternal events logged\n"
+
+
+def _block(date: str, times, first_id: int = 0x100) -> str:
+    rows = "".join(f"   {t:.6f} 1  {first_id + k % 4:X}             Rx   d 8 11 22 33 44 55 66 77 {k % 256:02X}\n"
+                   for k, t in enumerate(times))
+    return f"Begin Triggerblock Mon Jan 6 {date} am 2025\n{rows}End TriggerBlock\n"
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_asc_trigger_blocks_whose_clock_starts_again_are_placed_by_their_dates(tmp_path: Path, chunked):
+    """Two measurements logged into one .asc (a second 'Begin Triggerblock', 5 minutes later, its
+    times from 0 again): the second block's first frame "went backwards", an error advising to sort
+    the file (which would interleave the two), and with skip its 1,000 frames were lost. Its times
+    are now placed by the block dates; blocks whose times go on are kept as they are."""
+    times = np.arange(1, 1001) * 1e-3
+    path = tmp_path / "two_drives.asc"
+    path.write_text(HEAD + _block("10:00:00.000", times) + _block("10:05:00.000", times))
+    read = (lambda p: concat_messages(list(iter_logger_file(p, chunk_rows=300)))) if chunked else read_logger_file
+    m = read(path)
+    assert len(m) == 2000 and m.skipped_rows == 0
+    np.testing.assert_allclose(m.timestamp[:1000], times)
+    np.testing.assert_allclose(m.timestamp[1000:], 300.0 + times)  # 10:05 is 300 s after 10:00
+    on = tmp_path / "one_clock.asc"  # times that go on across blocks (relative to the measurement): as they are
+    on.write_text(HEAD + _block("10:00:00.000", times) + _block("10:00:01.000", 1.0 + times))
+    np.testing.assert_allclose(read(on).timestamp, np.concatenate([times, 1.0 + times]))
+
+
+def test_asc_relative_timestamps_are_refused_naming_the_header_line(tmp_path: Path):
+    """'base hex timestamps relative': python-can hands out each frame's gap to the event before it
+    as its time. Four frames 1 ms apart were read at t=0.001 each, silently; a file of varying
+    gaps lost 646 of 1,000 rows as "out of line" under skip, the kept ones with wrong times."""
+    path = tmp_path / "rel.asc.gz"
+    text = HEAD.replace("timestamps absolute", "timestamps relative") + _block("10:00:00.000", [0.001] * 4)
+    path.write_bytes(gzip.compress(text.encode()))
+    for mode in ("error", "skip"):
+        with pytest.raises(DataFormatError, match=re.escape(f"{path}:2: the header says 'timestamps relative'") +
+                           r".*export the log with absolute timestamps"):
+            read_logger_file(path, on_bad_rows=mode)
+
+
+def test_asc_data_line_with_fewer_bytes_than_its_dlc_is_a_bad_row(tmp_path: Path):
+    """A file cut in a data line ('d 8 11 22 3') was kept as a 3-byte frame, and 'd 4 01 02' as a
+    2-byte one, without a word: python-can keeps the bytes a line has."""
+    path = tmp_path / "cut.asc"
+    rows = ["   0.001000 1  100             Rx   d 8 11 22 33 44 55 66 77 88",
+            "   0.002000 1  129             Rx   d 4 01 02",
+            "   0.003000 1  12A             Rx   d 2 01 02",
+            "   0.004000 1  128             Rx   d 8 11 22 3"]
+    path.write_text(HEAD + "Begin Triggerblock Mon Jan 6 10:00:00.000 am 2025\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DataFormatError, match=re.escape(f"{path}:6: the frame's DLC is 4 but it holds 2 data bytes "
+                                                        f"(a cut or damaged line)")):
+        read_logger_file(path)
+    m = read_logger_file(path, on_bad_rows="skip")
+    assert m.can_id.tolist() == [0x100, 0x12A] and m.dlc.tolist() == [8, 2] and m.skipped_rows == 2
+    assert "cut.asc:8: the frame's DLC is 8 but it holds 3 data bytes" in m.skipped_examples[1]
