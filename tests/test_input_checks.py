@@ -426,7 +426,9 @@ def test_store_metadata_holds_a_checksum_per_tensor(store):
 
 def _reference_order(ts: list[float], good_fields: list[bool]) -> list[str]:
     """The time-order rule row by row, as docs and readers state it: 'kept', 'field', 'negative',
-    'backwards' or 'glitch' for each row."""
+    'backwards', 'glitch' or 'restart' (kept: the first row of a new timeline) for each row."""
+    from kdkit.data.readers import RESTART_ROWS
+
     out, top = [], -np.inf
     good = [f and t >= 0 for t, f in zip(ts, good_fields)]
     for k, t in enumerate(ts):
@@ -435,7 +437,13 @@ def _reference_order(ts: list[float], good_fields: list[bool]) -> list[str]:
         elif t < 0:
             out.append("negative")
         elif t < top:
-            out.append("backwards")
+            run = [ts[j] for j in range(k, len(ts)) if good[j]][:RESTART_ROWS]
+            if (len(run) == RESTART_ROWS and all(x < top for x in run)
+                    and all(x <= y for x, y in zip(run[:-1], run[1:]))):
+                out.append("restart")
+                top = t
+            else:
+                out.append("backwards")
         else:
             nxt = next((ts[j] for j in range(k + 1, len(ts)) if good[j]), None)
             if nxt is not None and top <= nxt < t:
@@ -446,10 +454,14 @@ def _reference_order(ts: list[float], good_fields: list[bool]) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("seed", range(40))
+_NAMES = {0: "kept", 1: "backwards", 2: "glitch", 3: "restart"}
+
+
+@pytest.mark.parametrize("seed", range(60))
 def test_time_order_in_blocks_equals_the_rule_row_by_row(seed):
-    """Random timestamps (steps, lone spikes, runs ahead, clock resets, equal times, negative and
-    bad-field rows), cut into random blocks: the rows kept and the verdicts are the rule's."""
+    """Random timestamps (steps, lone spikes, runs ahead, clock resets, short runs behind, equal
+    times, negative and bad-field rows), cut into random blocks: the rows kept, the verdicts and
+    the new timelines are the rule's, wherever the blocks are cut."""
     from kdkit.data.readers import _BadRows, _TimeOrder
 
     rng = np.random.default_rng(seed)
@@ -457,7 +469,7 @@ def test_time_order_in_blocks_equals_the_rule_row_by_row(seed):
     ts = np.cumsum(rng.choice([0.0, 1.0, 1.0, 1.0, 2.0], n))
     for _ in range(int(rng.integers(0, 12))):  # disorder of every kind
         k = int(rng.integers(0, n))
-        kind = rng.integers(0, 5)
+        kind = rng.integers(0, 6)
         if kind == 0:
             ts[k] += 50           # a lone spike
         elif kind == 1:
@@ -466,31 +478,45 @@ def test_time_order_in_blocks_equals_the_rule_row_by_row(seed):
             ts[k:] -= ts[k] + 1   # a clock reset (some go negative)
         elif kind == 3:
             ts[k] -= 3            # a row behind
+        elif kind == 4:
+            ts[k:k + int(rng.integers(2, 12))] -= 500  # a run behind: a new timeline from 8 rows on
         else:
             ts[k] = -1.0
     fields = rng.random(n) > 0.1
     want = _reference_order(ts.tolist(), fields.tolist())
     cuts = sorted(set(rng.integers(0, n + 1, int(rng.integers(0, 8))).tolist()) | {0, n})
-    order, bad = _TimeOrder(), _BadRows(Path("x.csv"), "skip")
-    kept, verdicts, held_glitches = [], [None] * n, 0
+    bad = _BadRows(Path("x.csv"), "skip")
+    order = _TimeOrder(bad)
+    kept, verdicts, reported = [], [None] * n, 0
     rows = np.arange(n)
     none = (np.zeros(0), np.zeros(0, int))
+
+    def judge(block, a):
+        nonlocal reported
+        pending = order.pending
+        done = min(block.end, block.k)
+        for j in range(done):  # rows held from the blocks before, decided now
+            v = _NAMES[int(block.codes[j])] if block.codes is not None else "kept"
+            verdicts[int(pending.columns[1][j])] = v
+            reported += v in ("backwards", "glitch")
+        return [int(r) for r in (order.release(block, bad) or none)[1]]
+
     for a, b in zip(cuts[:-1], cuts[1:]):
         block = order.check(ts[a:b], fields[a:b], lambda j, a=a: repr(float(ts[a + j])), lambda j, a=a: f"line {a + j}")
-        if order.held is not None and block.held:  # the block before's last row, a glitch after all
-            verdicts[int(order.held.columns[1][0])] = "glitch"
-            held_glitches += 1
-        kept += [int(r) for r in (order.release(block, bad) or none)[1]]
+        kept += judge(block, a)
         ok = fields[a:b] & ~block.bad
         for j in range(b - a):
             verdicts[a + j] = ("field" if not fields[a + j] else "negative" if block.negative[j] else
-                               "backwards" if block.backwards[j] else "glitch" if block.glitch[j] else "kept")
+                               "backwards" if block.backwards[j] else "glitch" if block.glitch[j] else
+                               "restart" if block.restart[j] else "kept")
         kept += [int(r) for r in order.hold((ts[a:b][ok], rows[a:b][ok]), lambda j: j)[1]]
-    kept += [int(r) for r in (order.close() or none)[1]]
+    kept += judge(order.check(np.zeros(0), np.zeros(0, bool), str, str, final=True), n)
     assert verdicts == want
-    assert kept == [k for k, v in enumerate(want) if v == "kept"]
-    assert bad.count == held_glitches  # a held row found a glitch is reported by release (the rest by the reader)
-    assert np.all(np.diff(ts[kept]) >= 0)
+    assert kept == [k for k, v in enumerate(want) if v in ("kept", "restart")]
+    assert bad.count == reported  # a held row decided bad is reported by release (the rest by the reader)
+    assert bad.restarts == want.count("restart")
+    down = np.flatnonzero(np.diff(ts[kept]) < 0) + 1  # time goes back only where a new timeline starts
+    assert all(want[kept[i]] == "restart" for i in down)
 
 
 def test_a_cascade_of_glitches_is_decided_row_by_row():
@@ -500,6 +526,6 @@ def test_a_cascade_of_glitches_is_decided_row_by_row():
 
     g = np.array([0.0, *range(3 * _FIXPOINT_ROUNDS, 0, -1), 100.0])  # a spike, then a descending run
     back, glitch = _order_block(g, -np.inf)
-    want = _reference_order(g.tolist(), [True] * g.size)
+    want = [v if v != "restart" else "backwards" for v in _reference_order(g.tolist(), [True] * g.size)]
     assert ["backwards" if b else "glitch" if x else "kept" for b, x in zip(back, glitch)] == want
     assert want.count("glitch") > _FIXPOINT_ROUNDS

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from kdkit.data.loggers import iter_logger_file, read_logger_file
 from kdkit.data.readers import DataFormatError, concat_messages
@@ -68,3 +69,79 @@ def test_asc_data_line_with_fewer_bytes_than_its_dlc_is_a_bad_row(tmp_path: Path
     m = read_logger_file(path, on_bad_rows="skip")
     assert m.can_id.tolist() == [0x100, 0x12A] and m.dlc.tolist() == [8, 2] and m.skipped_rows == 2
     assert "cut.asc:8: the frame's DLC is 8 but it holds 3 data bytes" in m.skipped_examples[1]
+
+
+# --------------------------------------------------------------------------------------------
+# a clock that restarts inside a recording
+
+
+def _restarted_log(path: Path, before: int = 450, after: int = 1000) -> Path:
+    """A candump log whose logger restarted its clock after ``before`` frames."""
+    lines = [f"({1000 + k / 1000:.6f}) can0 {0x100 + k % 5:03X}#{k % 256:02X}{(k * 7) % 256:02X}\n" for k in range(before)]
+    lines += [f"({0.5 + k / 1000:.6f}) can0 {0x100 + k % 5:03X}#{k % 256:02X}{(k * 3) % 256:02X}\n" for k in range(after)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(lines))
+    return path
+
+
+def test_a_restarted_clock_starts_a_new_timeline_instead_of_losing_the_rest(tmp_path: Path):
+    """A logger restarted mid-file (its clock back to 0.5 s after 1,000 s): every row after it was
+    "going backwards": an error advising to sort the file (which would interleave two drives) and,
+    with --on-bad-rows skip, 1,000 of 1,450 rows lost as "malformed", a dataset of 0 windows. The
+    rows from the restart on are a new timeline, named in the report; windows never cross it."""
+    from kdkit.data.graphs import IdVocab, build_graphs, timeline_window_starts
+
+    path = _restarted_log(tmp_path / "drive.log")
+    for mode in ("error", "skip"):
+        m = read_logger_file(path, on_bad_rows=mode)
+        assert len(m) == 1450 and m.skipped_rows == 0 and m.timeline_restarts == 1
+        assert np.flatnonzero(m.restart).tolist() == [450]
+        assert m.timeline_examples == [f"{path} line 451: the clock goes back from 1000.449 (line 450) to 0.5 and "
+                                       f"stays there: a new timeline starts"]
+    chunked = concat_messages(list(iter_logger_file(path, chunk_rows=97)))
+    np.testing.assert_array_equal(chunked.timestamp, m.timestamp)
+    np.testing.assert_array_equal(chunked.restart, m.restart)
+    starts = timeline_window_starts(m, 100, 100)
+    assert starts.tolist() == [0, 100, 200, 300, *range(450, 1450 - 99, 100)]  # 50 messages before the restart unused
+    gs = build_graphs(m, IdVocab.fit([m.can_id]), 100, 100)
+    assert len(gs) == 14 and bool(torch.isfinite(gs.x).all())
+    # a window starting on the restart is the first window of a recording of that timeline alone
+    alone = build_graphs(m.slice(450, 1450), IdVocab.fit([m.can_id]), 100, 100)
+    np.testing.assert_array_equal(gs.x[gs.node_ptr[4]:].numpy(), alone.x.numpy())
+
+
+def test_a_dataset_with_a_restarted_clock_prepares_every_timeline_and_says_so(tmp_path: Path, monkeypatch):
+    from kdkit.data import datasets
+    from kdkit.data.datasets import PrepareConfig, format_info, prepare
+
+    folder = tmp_path / "mycar"
+    _restarted_log(folder / "train_01_attack_free" / "drive.log", 450, 3000)
+    _restarted_log(folder / "test_01_drive" / "other.log", 300, 700)
+    monkeypatch.setenv("KDKIT_CACHE_DIR", str(tmp_path / "cache"))
+    whole = prepare(str(folder), PrepareConfig(window=100, stride=100, val_fraction=0.2))
+    info = whole.info
+    assert set(info["timelines"]) == {str(folder / "train_01_attack_free" / "drive.log"),
+                                      str(folder / "test_01_drive" / "other.log")}
+    assert info["splits"]["train"]["windows"] + info["splits"]["val"]["windows"] == 4 + 30
+    assert info["splits"]["test_01_drive"]["windows"] == 3 + 7
+    text = format_info("mycar", whole)
+    assert "the clock restarted 1 time(s) in " in text and "no window crosses a restart" in text
+    monkeypatch.setattr(datasets, "PREPARE_CHUNK_ROWS", 77)  # streamed in chunks: the same graphs
+    chunked = prepare(str(folder), PrepareConfig(window=100, stride=100, val_fraction=0.2), rebuild=True)
+    for split in whole.splits:
+        np.testing.assert_array_equal(chunked.splits[split].x.numpy(), whole.splits[split].x.numpy())
+        np.testing.assert_array_equal(chunked.splits[split].start.numpy(), whole.splits[split].start.numpy())
+
+
+def test_the_detector_restarts_its_windows_where_the_reader_found_a_new_timeline(tmp_path: Path):
+    """A Messages table whose reader marked a restarted clock, fed to a Detector: the windows restart
+    after the timeline's first message, as when the detector finds the clock went back itself, and
+    nothing is dropped."""
+    from kdkit.data.graphs import IdVocab
+    from kdkit.stream import Detector
+
+    m = read_logger_file(_restarted_log(tmp_path / "drive.log"))
+    det = Detector(lambda gs: np.zeros(len(gs)), IdVocab.fit([m.can_id]), 100)
+    got = det.feed_many(m)
+    assert det.timeline_restarts == 1 and not det.dropped and det.messages == 1450
+    assert [d.first_message for d in got] == [0, 100, 200, 300, *range(451, 1450 - 99, 100)]

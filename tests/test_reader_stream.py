@@ -157,7 +157,9 @@ def outcome(read) -> tuple | str:
         m = concat_messages(m)
     return (m.timestamp.tolist(), m.can_id.tolist(), m.dlc.tolist(), m.payload.tolist(), m.label.tolist(),
             None if m.row_type is None else m.row_type.tolist(), m.type_names, m.attack_type, m.source,
-            m.skipped_rows, m.skipped_examples, m.skipped_attack_rows, m.skipped_unlabelled_rows)
+            m.skipped_rows, m.skipped_examples, m.skipped_attack_rows, m.skipped_unlabelled_rows,
+            None if m.restart is None else np.flatnonzero(m.restart).tolist(), m.timeline_restarts,
+            m.timeline_examples)
 
 
 # (chunk_rows, block_bytes): every chunk size asked for, pieces of one line (1), cut anywhere (97) and the default
@@ -288,12 +290,18 @@ def test_time_going_backwards_across_a_piece_boundary(tmp_path: Path):
     for block_bytes in (1, 7, None):
         assert outcome(lambda: list(iter_mapped(path, PRESETS["daga"], "skip", chunk_rows=4,
                                                 block_bytes=block_bytes))) == want
-    # two rows in the future are no lone glitch: the rows after them go backwards, as before
+    # two rows in the future are no lone glitch: the 58 rows after them, behind them and in order, are a
+    # new timeline (they were skipped, "going backwards", before the readers knew a restarted clock)
     rows[41] = "5.1,10,64,00,0,False"
     path = write_zip(tmp_path / "DoS" / "spike2.can.zip", DAGA_HEADER, rows)
-    want = outcome(lambda: read_mapped(path, PRESETS["daga"], "skip"))
-    assert want[9] == 58 and want[0][-1] == 5.1
-    assert outcome(lambda: list(iter_mapped(path, PRESETS["daga"], "skip", chunk_rows=4, block_bytes=1))) == want
+    want = outcome(lambda: read_mapped(path, PRESETS["daga"], "error"))
+    assert want[9] == 0 and len(want[0]) == 100 and want[0][41:43] == [5.1, 0.042]
+    assert want[13] == [42] and want[14] == 1
+    assert want[15] == [f"{path} line 44: the clock goes back from '5.1' (line 43) to '0.042' and stays there: a new "
+                        f"timeline starts"]
+    for block_bytes in (1, 7, None):
+        assert outcome(lambda: list(iter_mapped(path, PRESETS["daga"], "skip", chunk_rows=4,
+                                                block_bytes=block_bytes))) == want
 
 
 def test_empty_truncated_and_header_only_files(tmp_path: Path):

@@ -458,7 +458,7 @@ class _MappedStream:
         self.lines = 0  # lines of the pieces so far
         self.any_text = self.any_row = False
         self.used: set[int] = set()  # type codes of the rows kept so far
-        self.order = _TimeOrder(mode)
+        self.order = _TimeOrder(self.bad)
 
     def feed(self, raw: bytes) -> Iterator[Messages]:
         """Decode and check one piece of whole lines; hand out the chunks now full."""

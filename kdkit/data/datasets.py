@@ -400,9 +400,10 @@ class PreparedDataset:
 
 # what a store holds beyond the graph format: its info's meaning (2: a split's messages are those in its windows,
 # files named below their common folder) and the reading (2: a logger file whose start holds one bus is read as
-# that bus; 3: a lone glitched timestamp is the row skipped, not every row after it). A store of another version
+# that bus; 3: a lone glitched timestamp is the row skipped, not every row after it; 4: a restarted clock starts a new
+# timeline, its rows kept, where they were skipped as going backwards). A store of another version
 # is rebuilt, not reused with old numbers.
-STORE_VERSION = 3
+STORE_VERSION = 4
 
 
 def cache_key(files: DatasetFiles, config: PrepareConfig) -> str:
@@ -455,6 +456,7 @@ def prepare(name: str, config: PrepareConfig | None = None, data_root: str | Pat
         cached = _load_store(name, config, store, key)
         if cached is not None:
             cached.info.update(_files_info(files))  # where the recordings are now (the store's key is their content)
+            cached.info["missing_scenarios"] = dict(files.missing_scenarios)  # (empty test folders are no content)
             return cached
 
     t0 = time.perf_counter()
@@ -558,9 +560,13 @@ def _load_store(name: str, config: PrepareConfig, store: Path, key: str) -> Prep
     return PreparedDataset(name, config, vocab, splits, info, store, True)
 
 
-def _note_skipped(skipped: dict[str, dict], path: Path, msgs: Messages, dropped: dict[str, dict] | None = None) -> None:
-    """Record a file's skipped rows (``on_bad_rows="skip"``) for ``info["skipped"]``, and the
-    remote/error frames a logger file held for ``info["dropped_frames"]``."""
+def _note_skipped(skipped: dict[str, dict], path: Path, msgs: Messages, dropped: dict[str, dict] | None = None,
+                  timelines: dict[str, dict] | None = None) -> None:
+    """Record a file's skipped rows (``on_bad_rows="skip"``) for ``info["skipped"]``, the
+    remote/error frames a logger file held for ``info["dropped_frames"]``, and the new timelines
+    its reader found (a restarted clock) for ``info["timelines"]``."""
+    if timelines is not None and msgs.timeline_restarts:
+        timelines[str(path)] = {"restarts": int(msgs.timeline_restarts), "examples": list(msgs.timeline_examples)}
     if dropped is not None and any(msgs.dropped_frames.values()):
         dropped[str(path)] = {k: int(v) for k, v in msgs.dropped_frames.items() if v}
     if msgs.skipped_rows:
@@ -581,6 +587,11 @@ def skipped_rows_report(info: dict) -> list[str]:
         lines.append(f"  skipped {s['rows']} malformed rows in {path} ({', '.join(parts)})")
         if s["examples"]:
             lines.append(f"    first: {s['examples'][0]}")
+    for path, t in info.get("timelines", {}).items():
+        lines.append(f"  the clock restarted {t['restarts']} time(s) in {path}: each part is read as a timeline of its "
+                     f"own, no window crosses a restart")
+        if t["examples"]:
+            lines.append(f"    first: {t['examples'][0]}")
     return lines
 
 
@@ -614,11 +625,12 @@ def _build(name: str, files: DatasetFiles, config: PrepareConfig, store: Path, k
         rng = np.random.default_rng(config.seed)
         skipped: dict[str, dict] = {}
         dropped: dict[str, dict] = {}
+        timelines: dict[str, dict] = {}
         selections: dict[str, list] = {"train": [], "val": []}
         vocab_parts = []
         for p in files.train:
             part = parts[str(p)]
-            _note_skipped(skipped, p, part.last, dropped)
+            _note_skipped(skipped, p, part.last, dropped, timelines)
             v0, v1 = validation_block(part.windows, config.val_fraction, rng)
             a, b = excluded_block(part, v0, v1, W, S)
             kept = [(0, a), (b, part.windows)] if b > a else [(0, part.windows)]
@@ -631,13 +643,13 @@ def _build(name: str, files: DatasetFiles, config: PrepareConfig, store: Path, k
                 "excluded_from_training": [str(p) for p in files.excluded],
                 "skipped_rows": {p: v["rows"] for p, v in skipped.items()}, "skipped": skipped, "splits": {},
                 "source": files.source.describe() if files.source else None,
-                "missing_scenarios": dict(files.missing_scenarios), "dropped_frames": dropped,
+                "missing_scenarios": dict(files.missing_scenarios), "dropped_frames": dropped, "timelines": timelines,
                 "messages_read": sum(part.messages for part in parts.values())}
         for scen, paths in _scenarios(files).items():
             selections[scen] = []
             for p in paths:
                 part = parts[str(p)]
-                _note_skipped(skipped, p, part.last, dropped)
+                _note_skipped(skipped, p, part.last, dropped, timelines)
                 selections[scen].append((part, [(0, part.windows)], covered_messages([(0, part.windows)], W, S)))
         splits: dict[str, GraphSet] = {}
         for split, chosen in selections.items():

@@ -169,6 +169,15 @@ def window_starts(n_messages: int, window: int, stride: int) -> np.ndarray:
     return np.arange(0, n_messages - window + 1, stride, dtype=np.int64)
 
 
+def timeline_window_starts(msgs: Messages, window: int, stride: int) -> np.ndarray:
+    """:func:`window_starts` of each timeline of a recording (``Messages.restart``): no window
+    crosses a restarted clock."""
+    if msgs.restart is None or not msgs.restart[1:].any():
+        return window_starts(len(msgs), window, stride)
+    bounds = [0, *(np.flatnonzero(msgs.restart[1:]) + 1).tolist(), len(msgs)]
+    return np.concatenate([a + window_starts(b - a, window, stride) for a, b in zip(bounds[:-1], bounds[1:])])
+
+
 def _log_ms(seconds: np.ndarray) -> np.ndarray:
     """log1p of milliseconds; ``seconds`` are never negative (``check_time_order``)."""
     return np.log1p(seconds * 1000.0)
@@ -187,6 +196,8 @@ def check_time_order(msgs: Messages) -> None:
         i = int(np.flatnonzero(~np.isfinite(ts))[0])
         raise ValueError(f"{name}: message {i} has timestamp {float(ts[i])!r}; timestamps must be finite")
     back = np.flatnonzero(ts[1:] < ts[:-1])
+    if back.size and msgs.restart is not None:  # a reader's new timelines (a restarted clock) go back on purpose
+        back = back[~msgs.restart[back + 1]]
     if back.size:
         i = int(back[0]) + 1
         raise ValueError(f"{name}: message {i} (timestamp {float(ts[i])!r}) is earlier than message {i - 1} "
@@ -514,7 +525,8 @@ def build_graphs(msgs: Messages, vocab: IdVocab, window: int = 100, stride: int 
         stride: offset between window starts (default 100: no overlap).
         label_threshold: a window is an attack when its attack share is > this (default 0.0:
             any attack message makes the window an attack).
-        starts: explicit window start offsets (default: every full window).
+        starts: explicit window start offsets (default: every full window of each timeline,
+            :func:`timeline_window_starts`).
 
     Returns:
         A GraphSet with one graph per window.
@@ -526,7 +538,7 @@ def build_graphs(msgs: Messages, vocab: IdVocab, window: int = 100, stride: int 
         raise ValueError(f"label_threshold must be in [0, 1): a window is an attack when its attack share is above it "
                          f"(0.0: any attack message), got {label_threshold!r}")
     if starts is None:
-        starts = window_starts(len(msgs), window, stride)
+        starts = timeline_window_starts(msgs, window, stride)
     starts = np.asarray(starts, dtype=np.int64)
     check_time_order(msgs)
     G, W = int(starts.shape[0]), window
@@ -654,18 +666,26 @@ class WindowStream:
         self.messages = 0
 
     def feed(self, chunk: Messages) -> tuple[Messages, np.ndarray, np.ndarray]:
-        """(joined messages, complete windows' starts in them, the same in the recording)."""
+        """(joined messages, complete windows' starts in them, the same in the recording). A new
+        timeline (``Messages.restart``) ends the windows of the one before: the next window starts
+        on its first message."""
         buf = chunk if self.tail is None else _join(self.tail, chunk)
         base = self.tail_start
+        first_new = self.messages
         self.messages += len(chunk)
         end = base + len(buf)
         W, S = self.window, self.stride
-        if self.next_start + W <= end:
-            count = (end - W - self.next_start) // S + 1
-            starts = self.next_start + S * np.arange(count, dtype=np.int64)
-            self.next_start += count * S
-        else:
-            starts = np.zeros(0, np.int64)
+        found = []
+        restarts = [] if chunk.restart is None else (np.flatnonzero(chunk.restart) + first_new).tolist()
+        for r in [*restarts, end]:  # the windows of each timeline, up to the next one's first message
+            stop = end if r == end else r
+            if self.next_start + W <= stop:
+                count = (stop - W - self.next_start) // S + 1
+                found.append(self.next_start + S * np.arange(count, dtype=np.int64))
+                self.next_start += count * S
+            if r != end:
+                self.next_start = r
+        starts = np.concatenate(found) if found else np.zeros(0, np.int64)
         keep = max(min(self.next_start - 1, end - 1), base)  # the message before the next window, or the last
         self.tail = _copy(buf.slice(keep - base, len(buf))) if len(buf) else self.tail
         self.tail_start = keep if len(buf) else self.tail_start
@@ -677,15 +697,17 @@ def _copy(msgs: Messages) -> Messages:
     """Messages that own their arrays (a tail must not keep the whole previous chunk alive)."""
     return Messages(msgs.timestamp.copy(), msgs.can_id.copy(), msgs.dlc.copy(), msgs.payload.copy(), msgs.label.copy(),
                     msgs.source, msgs.attack_type, row_type=None if msgs.row_type is None else msgs.row_type.copy(),
-                    type_names=msgs.type_names)
+                    type_names=msgs.type_names, restart=None if msgs.restart is None else msgs.restart.copy())
 
 
 def _join(a: Messages, b: Messages) -> Messages:
     cat = lambda name: np.concatenate([getattr(a, name), getattr(b, name)])  # noqa: E731
     row_type = None if b.row_type is None else np.concatenate([a.row_type if a.row_type is not None
                                                                else np.zeros(len(a), np.uint8), b.row_type])
+    restart = None if a.restart is None and b.restart is None else np.concatenate(
+        [m.restart if m.restart is not None else np.zeros(len(m), bool) for m in (a, b)])
     return Messages(cat("timestamp"), cat("can_id"), cat("dlc"), cat("payload"), cat("label"), b.source, b.attack_type,
-                    row_type=row_type, type_names=b.type_names)
+                    row_type=row_type, type_names=b.type_names, restart=restart)
 
 
 def _window_types(row_type: np.ndarray, starts: np.ndarray, W: int, n_types: int) -> np.ndarray:
@@ -718,7 +740,10 @@ def _chunk_graphs(msgs: Messages, payload64: np.ndarray, starts: np.ndarray, W: 
         ts = msgs.timestamp[s0:s0 + N]
         payload = payload64[s0:s0 + N]
         gap = np.empty(N)
-        if s0 == 0:
+        if msgs.restart is not None and msgs.restart[s0:s0 + N].any():  # a timeline's first message: gap 0
+            step = ts - (msgs.timestamp[s0 - 1:s0 + N - 1] if s0 else np.concatenate([ts[:1], ts[:-1]]))
+            gap[:] = _log_ms(np.where(msgs.restart[s0:s0 + N], 0.0, step))
+        elif s0 == 0:
             gap[0] = 0.0  # the recording's first message
             gap[1:] = _log_ms(ts[1:] - ts[:-1])
         else:
@@ -726,8 +751,9 @@ def _chunk_graphs(msgs: Messages, payload64: np.ndarray, starts: np.ndarray, W: 
     else:
         midx = (starts[:, None] + np.arange(W)).ravel()
         ids, lab, dlc, ts, payload = msgs.can_id[midx], msgs.label[midx], msgs.dlc[midx], msgs.timestamp[midx], payload64[midx]
-        # gap to the preceding message of the recording (0 for the very first one)
-        gap = _log_ms(ts - msgs.timestamp[np.maximum(midx - 1, 0)])
+        # gap to the preceding message of the recording (0 for the very first one, and a timeline's first)
+        step = ts - msgs.timestamp[np.maximum(midx - 1, 0)]
+        gap = _log_ms(step if msgs.restart is None else np.where(msgs.restart[midx], 0.0, step))
     if scratch is not None:
         out = graph_kernel.chunk_graphs(ids, payload, dlc, lab, gap, ts, W, normal_flags, scratch)
         out["share"] = lab.reshape(G, W).mean(axis=1, dtype=np.float64)

@@ -254,11 +254,11 @@ class _Frames:
     problem: dict[int, str]  # row -> why the frame cannot be used (more than 8 bytes, ...)
 
 
-def _frame_checks(frames: _Frames, binary: bool, order: _TimeOrder | None = None,
+def _frame_checks(frames: _Frames, binary: bool, order: _TimeOrder, final: bool = False,
                   ) -> tuple[np.ndarray, np.ndarray, Callable[[int], str], _Order]:
     """The checks of every frame (finite time, ID range, the reader's problems, time order; a
     block of a file read in chunks goes on from the blocks before through ``order``, a whole file
-    has one of its own): ``(ok, ok_fields, describe, order verdicts)``."""
+    has one of its own, ``final``): ``(ok, ok_fields, describe, order verdicts)``."""
     ts, raw_ids, extended = frames.ts, frames.arb_id, frames.extended
     ok_ts = np.isfinite(ts)
     ok_id = extended | (raw_ids <= MAX_STANDARD_ID)
@@ -266,8 +266,8 @@ def _frame_checks(frames: _Frames, binary: bool, order: _TimeOrder | None = None
     if frames.problem:
         ok_fields[list(frames.problem)] = False
     unit = "frame" if binary else "line"
-    verdict = (order or _TimeOrder()).check(ts, ok_fields, lambda j: repr(float(ts[j])),
-                                            lambda j: f"{unit} {int(frames.where[j])}")
+    verdict = order.check(ts, ok_fields, lambda j: repr(float(ts[j])), lambda j: f"{unit} {int(frames.where[j])}",
+                          final=final)
     ok = ok_fields & ~verdict.bad if verdict.any_bad else ok_fields
 
     def describe(i: int) -> str:
@@ -290,7 +290,7 @@ def _finish(path: Path, bad: _BadRows, frames: _Frames, binary: bool, earlier: l
     ts, raw_ids, extended = frames.ts, frames.arb_id, frames.extended
     n = ts.shape[0]
     ids = can_id_key(raw_ids, extended)
-    ok, ok_fields, describe, _ = _frame_checks(frames, binary, _TimeOrder(bad.mode))  # a whole file: its last frame waits for nothing
+    ok, ok_fields, describe, _ = _frame_checks(frames, binary, _TimeOrder(bad), final=True)  # a whole file
 
     if intervals is not None:
         label, row_type, names = _interval_labels(ts, ids, intervals)
@@ -883,7 +883,7 @@ class _CheckedChunks:
         self.bad = _BadRows(path, mode)
         self.out = _Chunker(self.bad, chunk_rows, str(path), "attack-free")  # good frames not handed out yet
         self.dropped = {"remote": 0, "error": 0}
-        self.order = _TimeOrder(mode)
+        self.order = _TimeOrder(self.bad)
         self.frames = 0  # data frames of the channel read (before the checks)
         self.deferred: DataFormatError | None = None
 

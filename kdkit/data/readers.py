@@ -139,6 +139,12 @@ class Messages:
         type_names: the names ``row_type`` indexes; ``type_names[0] == "normal"``.
         dropped_frames: frames a logger file holds that are no data messages and were left
             out, by kind (``{"remote": 3, "error": 1}``); counted, never silent.
+        restart: optional bool [N], True on the first row of a new timeline: the recording's clock
+            restarted there (a logger restarted, two recordings in one file; see the readers'
+            time-order rule). Timestamps go back only at such rows; windows never cross them.
+            None: one timeline.
+        timeline_restarts: how many new timelines the recording's reader found (the file's total
+            on its last chunk), ``timeline_examples`` the first five as ``file line N: ...``.
     """
 
     timestamp: np.ndarray
@@ -155,6 +161,9 @@ class Messages:
     row_type: np.ndarray | None = None
     type_names: tuple[str, ...] = ("normal",)
     dropped_frames: dict[str, int] = field(default_factory=dict)
+    restart: np.ndarray | None = None
+    timeline_restarts: int = 0
+    timeline_examples: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.timestamp.shape[0])
@@ -177,6 +186,10 @@ class Messages:
                 raise ValueError(f"Messages.type_names must start with 'normal', got {self.type_names!r}")
             if n and int(self.row_type.max()) >= len(self.type_names):
                 raise ValueError(f"Messages.row_type holds {int(self.row_type.max())}, beyond type_names {self.type_names!r}")
+        if self.restart is not None:
+            self.restart = np.asarray(self.restart, bool)
+            if self.restart.shape != (n,):
+                raise ValueError(f"Messages.restart has shape {self.restart.shape}, expected ({n},)")
         if n:
             _check_values(self)
 
@@ -191,7 +204,8 @@ class Messages:
                         self.source, self.attack_type, self.skipped_rows, list(self.skipped_examples),
                         self.skipped_attack_rows, self.skipped_unlabelled_rows,
                         None if self.row_type is None else self.row_type[rows], self.type_names,
-                        dict(self.dropped_frames))
+                        dict(self.dropped_frames), None if self.restart is None else self.restart[rows],
+                        self.timeline_restarts, list(self.timeline_examples))
 
     @property
     def message_attack_type(self) -> np.ndarray:
@@ -431,6 +445,9 @@ class _BadRows:
         self.attack = 0
         self.unlabelled = 0
         self.examples: list[str] = []
+        self.restarts = 0  # new timelines (the clock restarted, :class:`_TimeOrder`)
+        self.restart_examples: list[str] = []
+        self._last_ts = -np.inf  # the last row handed out (a row earlier than the one before it starts a timeline)
 
     def check(self, ok: np.ndarray, line_of: Callable[[int], int | None], describe: Callable[[int], str],
               earlier: Sequence[tuple[int, str]] = (), label: np.ndarray | None = None,
@@ -467,9 +484,25 @@ class _BadRows:
         self.examples = (self.examples + [f"{_where(self.path, line)}: {_without_hints(problem)}"
                                           for line, problem in found])[:5]
 
+    def restarted(self, where: str, what: str) -> None:
+        """A new timeline starts at ``where`` (``line 12``): counted, the first five described."""
+        self.restarts += 1
+        if len(self.restart_examples) < 5:
+            self.restart_examples.append(f"{self.path} {where}: {what}")
+
     def messages(self, *arrays: np.ndarray, source: str, attack_type: str) -> Messages:
-        """The kept rows as Messages, with this collector's counts."""
-        return Messages(*arrays, source, attack_type, self.count, self.examples, self.attack, self.unlabelled)
+        """The kept rows as Messages, with this collector's counts. The rows kept never go back in
+        time but where a new timeline starts: those rows are marked (``Messages.restart``)."""
+        restart = None
+        ts = arrays[0]
+        if self.restarts and self.mode != SKIP_UNTIMED and ts.shape[0]:
+            flags = ts < np.concatenate([[self._last_ts], ts[:-1]])
+            restart = flags if flags.any() else None
+        if ts.shape[0]:
+            self._last_ts = float(ts[-1])
+        return Messages(*arrays, source, attack_type, self.count, self.examples, self.attack, self.unlabelled,
+                        restart=restart, timeline_restarts=self.restarts,
+                        timeline_examples=list(self.restart_examples))
 
 
 _TIME_HINT = ("timestamps must not decrease; sort the file by time, or skip such rows with --on-bad-rows skip "
@@ -482,22 +515,81 @@ _HINTS = (f" ({_TIME_HINT})", f" ({_GLITCH_HINT})")
 _FIXPOINT_ROUNDS = 8  # vectorized passes over a block's glitches before the row-by-row pass
 
 
-@dataclass
-class _Held:
-    """The last good row of a block, kept unless the next block's first good row shows it a glitch."""
+RESTART_ROWS = 8  # rows in a row behind the rows before them, in order among themselves: the clock restarted
+_KEEP, _BACK, _GLITCH, _RESTART = 0, 1, 2, 3  # a good row's verdict (_RESTART: kept, the first of a new timeline)
 
-    ts: float
-    shown: str
-    where: str                   # "line 12" / "frame 12", for messages
-    line: int | None             # for the bad-row report
-    before: float                # the largest kept timestamp before it
-    before_at: tuple[str, str]   # and where that is
-    columns: tuple = ()          # its Messages columns (one row each), handed out when it is kept
-    next_at: tuple[str, str] = ("", "")
+
+@dataclass
+class _Pending:
+    """Good rows at a block's end whose verdict waits for the rows after them: the last row kept
+    so far (a glitch, if the row after it says so), or up to ``RESTART_ROWS - 1`` rows behind the
+    rows before them and in order among themselves (a restarted clock, if enough such rows follow;
+    else rows going backwards)."""
+
+    ts: np.ndarray
+    shown: list[str]              # their timestamps as written
+    where: list[str]              # "line 12" / "frame 12", for messages
+    lines: list[int | None]       # for the bad-row report
+    columns: tuple                # their Messages columns, handed out if they are kept
+
+    def __len__(self) -> int:
+        return int(self.ts.shape[0])
+
+    def tail(self, start: int) -> _Pending | None:
+        return None if start >= len(self) else _Pending(
+            self.ts[start:], self.shown[start:], self.where[start:], self.lines[start:],
+            tuple(c[start:] for c in self.columns))
+
+
+def _decide(g: np.ndarray, floor: float, final: bool) -> tuple[np.ndarray | None, int, list[int]]:
+    """The verdicts on good rows ``g`` (``_KEEP`` ... ``_RESTART``; None: every row kept), given the
+    largest timestamp kept before them on the current timeline (``floor``): ``(verdicts, first
+    undecided row, restart rows)``. Unless ``final`` (nothing follows), the rows from the first
+    undecided one on wait for the rows after them (:class:`_Pending`)."""
+    m = g.size
+    if m == 0:
+        return None, 0, []
+    if g[0] >= floor and not (g[1:] < g[:-1]).any():  # in order (the usual case): the last row waits
+        return None, m if final else m - 1, []
+    codes = np.zeros(m, np.int8)
+    restarts: list[int] = []
+    start, base, end, R = 0, floor, m, RESTART_ROWS
+    while True:
+        sub = g[start:]
+        n = sub.size
+        back, glitch = _order_block(sub, base)
+        part = np.where(back, _BACK, np.where(glitch, _GLITCH, _KEEP)).astype(np.int8)
+        restart = wait = None
+        if back.any():  # rows k..e-1 all behind and in order: no row ahead and no step down among them
+            ahead = np.concatenate([[0], np.cumsum(~back)])
+            down = np.concatenate([[0, 0], np.cumsum(sub[1:] < sub[:-1])])
+            if n >= R:
+                k = np.arange(n - R + 1)
+                hit = np.flatnonzero((ahead[k + R] == ahead[k]) & (down[k + R] == down[k + 1]))
+                restart = int(hit[0]) if hit.size else None
+            if restart is None and not final:  # a run behind that the block's end cuts short
+                k = np.arange(max(n - R + 1, 0), n)
+                hit = np.flatnonzero((ahead[n] == ahead[k]) & (down[n] == down[k + 1]))
+                wait = int(hit[0]) + int(k[0]) if hit.size else None
+        if restart is not None:
+            codes[start:start + restart] = part[:restart]
+            start += restart
+            restarts.append(start)
+            base = -np.inf  # the new timeline: its first row is kept
+            continue
+        if wait is not None:
+            codes[start:start + wait] = part[:wait]
+            end = start + wait
+        else:
+            codes[start:] = part  # a last row behind waits above: the last row here is kept, and waits
+            end = m if final else m - 1
+        break
+    codes[restarts] = _RESTART
+    return codes, end, restarts
 
 
 class _TimeOrder:
-    """The time order of one recording read block by block (a whole read is one block).
+    """The time order of one recording read block by block (a whole read is one final block).
 
     A row whose fields are good and whose timestamp is not negative ("good") is
     - *backwards* when it is earlier than a row kept before it;
@@ -505,29 +597,35 @@ class _TimeOrder:
       the rows kept before it: one row out of line with both its neighbours (a timestamp with a
       wrong digit, a frame stamped in the future). It is the row skipped (or named by the
       error), not every row after it, which its timestamp would otherwise put "in the past";
-    - kept otherwise. The rows kept never go back in time.
+    - the first row of a *new timeline* when it and the :data:`RESTART_ROWS` - 1 good rows after
+      it are all earlier than the rows kept before them and in order among themselves: the clock
+      restarted (a logger restarted, two recordings in one file). It is kept and the rows after it
+      are judged on its timeline; the reader's Messages mark it (``Messages.restart``) and windows
+      never cross it;
+    - kept otherwise. The rows kept never go back in time within a timeline.
 
-    The last good row of a block waits for the next block's first good row: :meth:`check`
-    decides it (``Order.held``), the reader hands it out first (:meth:`release`) and keeps the
-    block's own last good row back (:meth:`hold`) until then; :meth:`close` hands out the last.
-    The result is the same wherever the blocks are cut.
+    The good rows at a block's end whose verdict needs rows after them (:class:`_Pending`) wait
+    for the next block: :meth:`check` decides them with it, the reader hands out the ones kept
+    first (:meth:`release`) and keeps the block's own undecided rows back (:meth:`hold`) until
+    then; :meth:`close` decides the last ones. The result is the same wherever the blocks are cut.
     """
 
-    def __init__(self, mode: OnBadRows = "error") -> None:
-        self.checked = mode != SKIP_UNTIMED  # False: only negative timestamps are bad, the caller orders the rest
-        self.floor, self.floor_at = -np.inf, ("", "")  # the largest kept timestamp (the held row's, if any)
-        self.held: _Held | None = None
-        # the block's last good row when kept: (row, its place, the largest kept before it and where), for hold()
-        self._candidate: tuple[int, tuple[str, str], float, tuple[str, str]] | None = None
+    def __init__(self, bad: _BadRows) -> None:
+        self.bad = bad
+        self.checked = bad.mode != SKIP_UNTIMED  # False: only negative timestamps are bad, the caller orders the rest
+        self.floor, self.floor_at = -np.inf, ("", "")  # the last kept row's timestamp, and where it is
+        self.pending: _Pending | None = None
+        self._last: _Order | None = None  # the last check, for hold()
 
     def check(self, ts: np.ndarray, fields_ok: np.ndarray, shown: Callable[[int], str],
-              where: Callable[[int], str]) -> _Order:
-        """The block's masks and, when this block has a good row, the verdict on the held row."""
+              where: Callable[[int], str], final: bool = False) -> _Order:
+        """The verdicts on a block's rows and on the rows pending from the blocks before
+        (``final``: nothing follows; a whole read)."""
         n = ts.shape[0]
         if not self.checked:
             negative = fields_ok & (ts < 0)
-            return _Order(self, n, None, ts, negative if negative.any() else None, None, None, -np.inf, ("", ""),
-                          None, shown, where)
+            return _Order(n, None, ts, negative if negative.any() else None, None, 0, n, shown, where, None,
+                          -np.inf, ("", ""))
         in_order = bool(n and ts[0] >= 0 and fields_ok.all() and not (ts[1:] < ts[:-1]).any())
         if in_order:  # every row good and in order (the usual case): no index, no copy
             gi, g, negative = None, ts, None
@@ -535,61 +633,69 @@ class _TimeOrder:
             negative = fields_ok & (ts < 0)
             gi = np.flatnonzero(fields_ok & ~negative)
             g = ts[gi]
-        held_glitch: bool | None = None
-        base, base_at = self.floor, self.floor_at
-        if self.held is not None and g.size:
-            held_glitch = bool(g[0] < self.held.ts and g[0] >= self.held.before)
-            if held_glitch:
-                base, base_at = self.held.before, self.held.before_at
-                first = int(gi[0]) if gi is not None else 0
-                self.held.next_at = (shown(first), where(first))
-        m = g.size
-        if m and g[0] >= base and (in_order or not (g[1:] < g[:-1]).any()):  # in order
-            order = _Order(self, n, gi, g, negative, None, None, base, base_at, held_glitch, shown, where)
-            last = m - 1
-        else:
-            back, glitch = _order_block(g, base)
-            order = _Order(self, n, gi, g, negative, back, glitch, base, base_at, held_glitch, shown, where)
-            kept = np.flatnonzero(~back & ~glitch)
-            last = int(kept[-1]) if kept.size else -1
-        self._candidate = None
-        if last >= 0:  # the largest kept is the last one: kept rows never go back
-            row = order.row(last)
-            self.floor, self.floor_at = float(g[last]), (shown(row), where(row))
-            if last == m - 1:  # the block's last good row: a glitch or not, the next block tells
-                self._candidate = (row, self.floor_at, *order.kept_before(last))
-        elif held_glitch:
-            self.floor, self.floor_at = base, base_at
+        pending = self.pending
+        k = len(pending) if pending is not None else 0
+        comb = np.concatenate([pending.ts, g]) if k else g
+        codes, end, restarts = _decide(comb, self.floor, final)
+        order = _Order(n, gi, g, negative, codes, k, end, shown, where, pending, self.floor, self.floor_at)
+        kept = end - 1 if codes is None else (
+            int(np.flatnonzero((codes[:end] == _KEEP) | (codes[:end] == _RESTART))[-1])
+            if ((codes[:end] == _KEEP) | (codes[:end] == _RESTART)).any() else -1)
+        for c in restarts:
+            _, before = order.kept_before(c)
+            self.bad.restarted(order.at(c)[1], f"the clock goes back from {before[0]} ({before[1]}) to "
+                                               f"{order.at(c)[0]} and stays there: a new timeline starts")
+        if kept >= 0:
+            self.floor, self.floor_at = float(comb[kept]), order.at(kept)
+        self._last = order
         return order
 
     def release(self, order: _Order, bad: _BadRows) -> tuple:
-        """The held row's columns to hand out before this block's rows (empty when there is none,
-        it is still undecided, or it was a glitch: reported to ``bad`` instead, which may raise)."""
-        held = self.held
-        if held is None or order.held is None:
+        """The pending rows this check decided kept, as columns to hand out before the block's rows
+        (empty when there are none); the ones decided bad are reported to ``bad`` (which may raise)."""
+        pending = self.pending
+        if pending is None or not order.k:
             return ()
-        self.held = None
-        if not order.held:
-            return held.columns
-        bad.check(np.zeros(1, bool), lambda i: held.line, lambda i: _glitch_text(held.shown, held.before_at,
-                                                                                 held.next_at),
-                  label=held.columns[4] if len(held.columns) > 4 else None)
-        return ()
+        done = min(order.end, order.k)
+        if not done:
+            return ()
+        self.pending = pending.tail(done)
+        codes = order.codes[:done] if order.codes is not None else np.zeros(done, np.int8)
+        keep = (codes == _KEEP) | (codes == _RESTART)
+        if not keep.all():
+            bad.check(keep, lambda i: pending.lines[i], order.describe_good,
+                      label=pending.columns[4][:done] if len(pending.columns) > 4 else None)
+        if not keep.any():
+            return ()
+        return tuple(c[:done][keep] if not keep.all() else c[:done] for c in pending.columns)
 
     def hold(self, columns: Sequence[np.ndarray], line_of: Callable[[int], int | None]) -> tuple:
-        """This block's kept columns, less the last good row when it waits for the next block (kept
-        here; ``line_of`` gives its line for the bad-row report)."""
-        if self._candidate is None:
+        """This block's kept columns, less its rows whose verdict waits for the next block (kept
+        here; ``line_of`` gives a block row's line for the bad-row report)."""
+        order, self._last = self._last, None
+        if order is None:
             return tuple(columns)
-        row, (text, at), before, before_at = self._candidate
-        self._candidate = None
-        self.held = _Held(self.floor, text, at, line_of(row), before, before_at, tuple(c[-1:] for c in columns))
-        return tuple(c[:-1] for c in columns)
+        waiting = order.g.shape[0] - max(order.end - order.k, 0)  # the block's undecided good rows: its last ones
+        if waiting <= 0:
+            return tuple(columns)
+        first = order.g.shape[0] - waiting
+        rows = [order.row(j) for j in range(first, order.g.shape[0])]
+        new = _Pending(order.g[first:].copy(), [order.shown(r) for r in rows], [order.where(r) for r in rows],
+                       [line_of(r) for r in rows], tuple(c[-waiting:] for c in columns))
+        old = self.pending
+        self.pending = new if old is None else _Pending(
+            np.concatenate([old.ts, new.ts]), old.shown + new.shown, old.where + new.where, old.lines + new.lines,
+            tuple(np.concatenate([a, b]) for a, b in zip(old.columns, new.columns)))
+        return tuple(c[:-waiting] for c in columns)
 
     def close(self) -> tuple:
-        """The held row's columns at the end of the recording (nothing follows it: it is kept)."""
-        held, self.held = self.held, None
-        return held.columns if held is not None else ()
+        """The pending rows at the end of the recording, decided (nothing follows them): the kept
+        ones' columns; the others are reported to the bad-row collector (which may raise)."""
+        if self.pending is None:
+            return ()
+        order = self.check(np.zeros(0), np.zeros(0, bool), str, str, final=True)
+        self._last = None
+        return self.release(order, self.bad)
 
 
 def _glitch_text(text: str, before: tuple[str, str], after: tuple[str, str]) -> str:
@@ -637,69 +743,80 @@ def _order_block(g: np.ndarray, base: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 class _Order:
-    """One block's time-order verdicts (:meth:`_TimeOrder.check`); masks over the block's rows."""
+    """The time-order verdicts of one check (:meth:`_TimeOrder.check`): over the rows pending from
+    the blocks before (the first ``k`` good rows it judged) and the block's good rows after them;
+    masks over the block's rows."""
 
-    def __init__(self, state: _TimeOrder, n: int, gi: np.ndarray | None, g: np.ndarray, negative: np.ndarray | None,
-                 back: np.ndarray | None, glitch: np.ndarray | None, base: float, base_at: tuple[str, str],
-                 held: bool | None, shown: Callable[[int], str], where: Callable[[int], str]):
-        self.n, self.gi, self.g, self.base, self.base_at = n, gi, g, base, base_at
-        self.held = held  # the held row of the block before: a glitch (True), kept (False), undecided (None)
-        self.shown, self.where = shown, where
-        self._back, self._glitch = back, glitch  # over the good rows (None: none)
-        self.any_bad = bool((negative is not None and negative.any()) or (back is not None and (back | glitch).any()))
+    def __init__(self, n: int, gi: np.ndarray | None, g: np.ndarray, negative: np.ndarray | None,
+                 codes: np.ndarray | None, k: int, end: int, shown: Callable[[int], str], where: Callable[[int], str],
+                 pending: _Pending | None, base: float, base_at: tuple[str, str]):
+        self.n, self.gi, self.g, self.k, self.end = n, gi, g, k, end
+        self.codes = codes  # over the pending rows and the block's good rows (None: all kept)
+        self.shown, self.where, self.pending = shown, where, pending
+        self.base, self.base_at = base, base_at  # the last kept row before this check
+        own = codes[k:] if codes is not None else None
         self.negative = negative if negative is not None else np.zeros(n, bool)
-        self.backwards, self.glitch = self._spread(back), self._spread(glitch)
-        self._before: np.ndarray | None = None
+        self.any_bad = bool((negative is not None and negative.any())
+                            or (own is not None and ((own == _BACK) | (own == _GLITCH)).any()))
+        self.backwards = self._spread(own, _BACK)
+        self.glitch = self._spread(own, _GLITCH)
+        self.restart = self._spread(own, _RESTART)
 
-    def _spread(self, mask: np.ndarray | None) -> np.ndarray:
+    def _spread(self, own: np.ndarray | None, code: int) -> np.ndarray:
         out = np.zeros(self.n, bool)
-        if mask is not None and self.any_bad:
-            out[self.gi if self.gi is not None else slice(None)] = mask
+        if own is not None:
+            out[self.gi if self.gi is not None else slice(None)] = own == code
         return out
 
     @property
     def bad(self) -> np.ndarray:
-        """The rows out of time order (negative, backwards or a glitch)."""
+        """The block's rows out of time order (negative, backwards or a glitch)."""
         return self.negative | self.backwards | self.glitch if self.any_bad else self.negative
 
-    def row(self, k: int) -> int:
-        """The block row of good row ``k``."""
-        return int(self.gi[k]) if self.gi is not None else k
+    def row(self, j: int) -> int:
+        """The block row of the block's good row ``j``."""
+        return int(self.gi[j]) if self.gi is not None else j
 
-    @property
-    def before(self) -> np.ndarray:
-        """The largest kept timestamp before each good row."""
-        if self._before is None:
-            dropped = None if self._back is None else self._back | self._glitch
-            self._before = _max_before(self.g, dropped, self.base)
-        return self._before
+    def at(self, c: int) -> tuple[str, str]:
+        """(timestamp as written, where) of judged row ``c`` (pending rows first)."""
+        if c < self.k:
+            return self.pending.shown[c], self.pending.where[c]
+        r = self.row(c - self.k)
+        return self.shown(r), self.where(r)
 
-    def kept_before(self, k: int) -> tuple[float, tuple[str, str]]:
-        """The largest kept timestamp before good row ``k`` and where it is (the first of equal ones;
-        ``("", "")`` where there is none)."""
-        if self._back is None:  # the block in order: the row before, unless the blocks before hold its equal
-            value = float(self.g[k - 1]) if k else self.base
-            j = int(np.searchsorted(self.g[:k], value)) if value > self.base else -1
-        else:
-            value = float(self.before[k])
-            kept = (self.g[:k] == value) & ~(self._back[:k] | self._glitch[:k])
-            j = int(np.flatnonzero(kept)[0]) if value > self.base else -1
-        if j < 0:
-            return value, (self.base_at if value > -np.inf else ("", ""))
-        row = self.row(j)
-        return value, (self.shown(row), self.where(row))
+    def _ts(self, c: int) -> float:
+        return float(self.pending.ts[c]) if c < self.k else float(self.g[c - self.k])
+
+    def kept_before(self, c: int) -> tuple[float, tuple[str, str]]:
+        """The largest kept timestamp before judged row ``c`` on its timeline, and where it is (the
+        first of equal ones; ``("", "")`` where there is none)."""
+        codes = self.codes
+        idx = np.arange(c) if codes is None else np.flatnonzero((codes[:c] == _KEEP) | (codes[:c] == _RESTART))
+        if not idx.size:
+            return self.base, (self.base_at if self.base > -np.inf else ("", ""))
+        j = int(idx[-1])
+        value = self._ts(j)
+        restarts = np.zeros(0, np.int64) if codes is None else np.flatnonzero(codes[:j + 1] == _RESTART)
+        if not restarts.size and value <= self.base:  # (an equal one may lie in the blocks before)
+            return self.base, self.base_at
+        lo = int(restarts[-1]) if restarts.size else 0
+        first = next(i for i in idx[idx >= lo].tolist() if self._ts(i) == value)
+        return value, self.at(first)
+
+    def describe_good(self, c: int) -> str:
+        """The time problem of judged row ``c`` (backwards or a glitch)."""
+        shown = self.at(c)[0]
+        _, at = self.kept_before(c)
+        if self.codes is not None and self.codes[c] == _GLITCH:
+            return _glitch_text(shown, at, self.at(c + 1))
+        return f"timestamp {shown} goes backwards: earlier than {at[0]} on {at[1]} ({_TIME_HINT})"
 
     def describe(self, i: int) -> str:
         """The time problem of block row ``i`` (negative, backwards or a glitch)."""
-        shown, where = self.shown, self.where
         if self.negative[i]:
-            return f"timestamp {shown(i)} is negative (timestamps are seconds >= 0)"
-        k = int(np.searchsorted(self.gi, i)) if self.gi is not None else i
-        _, at = self.kept_before(k)
-        if self.glitch[i]:
-            nxt = self.row(k + 1)
-            return _glitch_text(shown(i), at, (shown(nxt), where(nxt)))
-        return f"timestamp {shown(i)} goes backwards: earlier than {at[0]} on {at[1]} ({_TIME_HINT})"
+            return f"timestamp {self.shown(i)} is negative (timestamps are seconds >= 0)"
+        j = int(np.searchsorted(self.gi, i)) if self.gi is not None else i
+        return self.describe_good(self.k + j)
 
 
 def _ascii_only(raw: bytes) -> tuple[bytes, set[int]]:
@@ -1017,10 +1134,12 @@ def concat_messages(chunks: Sequence[Messages]) -> Messages:
     if len(chunks) == 1:
         return last
     cat = lambda name: np.concatenate([getattr(c, name) for c in chunks])  # noqa: E731
+    restart = None if all(c.restart is None for c in chunks) else np.concatenate(
+        [c.restart if c.restart is not None else np.zeros(len(c), bool) for c in chunks])
     return Messages(cat("timestamp"), cat("can_id"), cat("dlc"), cat("payload"), cat("label"), last.source,
                     last.attack_type, last.skipped_rows, list(last.skipped_examples), last.skipped_attack_rows,
                     last.skipped_unlabelled_rows, None if last.row_type is None else cat("row_type"), last.type_names,
-                    dict(last.dropped_frames))
+                    dict(last.dropped_frames), restart, last.timeline_restarts, list(last.timeline_examples))
 
 
 def iter_ctt_csv(path: str | Path, on_bad_rows: OnBadRows = "error", chunk_rows: int = CHUNK_ROWS,
@@ -1093,7 +1212,7 @@ class _CttStream:
         self.rows = 0  # CSV rows parsed so far (not counting the dropped ones)
         self.pending: list[int] = []  # blank rows at the end so far: bad only if a row follows
         self.any_row = False
-        self.order = _TimeOrder(mode)
+        self.order = _TimeOrder(self.bad)
         self.text: _WholeLines | None = None  # a .gz file's text (says whether the file was cut)
         self.out: list[tuple[np.ndarray, ...]] = []
 
@@ -1400,7 +1519,7 @@ class _HcrlStream:
         self.newlines = 0  # '\n' in the pieces so far (_ascii_only numbers the lines it names by them)
         self.pending: pa.Array | None = None  # blank lines at the end so far
         self.any_text = False
-        self.order = _TimeOrder(mode)
+        self.order = _TimeOrder(self.bad)
 
     def feed(self, raw: bytes) -> Iterator[Messages]:
         """Decode and check one piece of whole lines; hand out the chunks now full."""

@@ -667,6 +667,8 @@ class Detector:
         real (default True for Messages; pass False for an unlabelled logger file): the
         decisions then carry ``attack_share``."""
         arrival = time.perf_counter() if arrival is None else arrival
+        if isinstance(frames, Messages) and frames.restart is not None and frames.restart.any():
+            return self._feed_timelines(frames, arrival, labelled)
         cpu0 = time.thread_time()
         restarts: list[int] = []
         if isinstance(frames, Messages):
@@ -683,6 +685,27 @@ class Detector:
             for i in range(a, b, BLOCK_MESSAGES):
                 out += self._append_block(*(c[i:min(b, i + BLOCK_MESSAGES)] for c in cols), arrival=arrival,
                                           cpu0=cpu0, labelled=labelled)
+        return out
+
+    def _feed_timelines(self, msgs: Messages, arrival: float, labelled: bool | None) -> list[Decision]:
+        """A table whose reader found new timelines (``Messages.restart``: the recording's clock
+        restarted): each is fed apart, the windows restarting after its first message as they do
+        when the detector finds the clock went back for good."""
+        out: list[Decision] = []
+        bounds = [0, *np.flatnonzero(msgs.restart).tolist(), len(msgs)]
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            if a == b:
+                continue
+            if msgs.restart[a]:
+                self.timeline_restarts += 1
+                self._last_ts, self._prev_ts, self._behind = -math.inf, math.inf, 0
+                self._next = self.messages + 1
+                self._restamp.restart()
+                log.warning("%s: %s message %d starts a new timeline (its reader found the recording's clock "
+                            "restarted): the windows restart after it", self.name, msgs.source or "a table", a)
+            part = msgs.slice(a, b)
+            part.restart = None
+            out += self.feed_many(part, arrival, labelled)
         return out
 
     def _check_messages(self, msgs: Messages) -> tuple[tuple[np.ndarray, ...], list[int]]:
