@@ -135,8 +135,7 @@ def test_a_dataset_with_a_restarted_clock_prepares_every_timeline_and_says_so(tm
 
 def test_the_detector_restarts_its_windows_where_the_reader_found_a_new_timeline(tmp_path: Path):
     """A Messages table whose reader marked a restarted clock, fed to a Detector: the windows restart
-    after the timeline's first message, as when the detector finds the clock went back itself, and
-    nothing is dropped."""
+    on the timeline's first message, as build_graphs windows it offline, and nothing is dropped."""
     from kdkit.data.graphs import IdVocab
     from kdkit.stream import Detector
 
@@ -144,4 +143,4 @@ def test_the_detector_restarts_its_windows_where_the_reader_found_a_new_timeline
     det = Detector(lambda gs: np.zeros(len(gs)), IdVocab.fit([m.can_id]), 100)
     got = det.feed_many(m)
     assert det.timeline_restarts == 1 and not det.dropped and det.messages == 1450
-    assert [d.first_message for d in got] == [0, 100, 200, 300, *range(451, 1450 - 99, 100)]
+    assert [d.first_message for d in got] == [0, 100, 200, 300, *range(450, 1450 - 99, 100)]

@@ -671,30 +671,36 @@ def test_a_cut_gz_log_says_so_in_the_summary_line(trained, recording, tmp_path):
     assert "skipped rows: 1 (the file is cut: " in s.format()
 
 
-@pytest.mark.parametrize("realtime", [False, True])
-def test_a_replayed_file_whose_clock_went_back_is_decided_as_the_live_bus_would(trained, recording, tmp_path, realtime,
-                                                                                 caplog):
+def test_a_replayed_file_whose_clock_restarted_keeps_every_timeline(trained, recording, offline, tmp_path, caplog):
     """A candump log whose logger restarted its clock at frame 1,500 (and with one glitched frame
     before that) lost everything after the restart in `kdkit detect --input`: the reader skipped
-    every row "going backwards" (1,500 of 3,000) before the detector saw them, where the same frames
-    on a live bus restart the windows after 8. A replay now leaves the time order to the detector:
-    the glitch is dropped alone, the windows restart on the new timeline, and the decisions are the
-    live detector's, replayed as blocks or in real time."""
+    every row "going backwards" (1,500 of 3,000) before the detector saw them. The reader marks the
+    new timeline, the detector's windows restart on it, and the decisions are `kdkit evaluate`'s
+    (build_graphs of the same reading) window by window; only the glitched row is skipped. In real
+    time, frame by frame as a bus would carry them, the live rule holds (8 frames behind, then the
+    new timeline)."""
+    from kdkit.stream.detector import RESTART_AFTER
+
     msgs = read_messages(recording).slice(0, 3000)
     frames = _frames(msgs)
     frames[700] = (frames[700][0] + 50.0, *frames[700][1:])
     frames[1500:] = [(f[0] - frames[1500][0] + 0.5, *f[1:]) for f in frames[1500:]]
     log = tmp_path / "restarted.log"
     log.write_text("".join(f"({t:.6f}) can0 {i:03X}#{d.hex().upper()}\n" for t, i, d, _ in frames))
-    live = Detector.from_checkpoint(trained)
-    expected = [d for d in map(live.feed, frames) if d is not None]
+    read = read_messages(log, on_bad_rows="skip")
+    assert read.skipped_rows == 1 and read.timeline_restarts == 1 and np.flatnonzero(read.restart).tolist() == [1499]
     with caplog.at_level(logging.WARNING, logger="kdkit.stream"):
-        s = replay_file(Detector.from_checkpoint(trained), log, keep=True, realtime=realtime).to_dict()
+        s = replay_file(Detector.from_checkpoint(trained), log, keep=True)
+    d = s.to_dict()
+    assert d["skipped_rows"] == 1 and d["timeline_restarts"] == 1 and not d["dropped"] and d["messages"] == 2999
     assert "faster than a CAN bus carries frames" not in caplog.text  # (the re-stamping check spanned the reset)
-    assert not s["restamped"]
-    assert s["skipped_rows"] == 0 and s["timeline_restarts"] == 1
-    assert s["dropped"] == {"time_glitch": 1, "time_backwards": 7} == dict(live.dropped)
-    assert s["windows"] == len(expected) == 28 and s["messages"] == live.messages == 2992
+    assert [x.first_message for x in s.decisions] == [*range(0, 1400, 100), *range(1499, 2900, 100)]
+    np.testing.assert_allclose(_scores(s.decisions), offline(read), rtol=0, atol=1e-6)
+    live = Detector.from_checkpoint(trained)
+    expected = [x for x in map(live.feed, frames) if x is not None]
+    rt = replay_file(Detector.from_checkpoint(trained), log, realtime=True, keep=True).to_dict()
+    assert rt["timeline_restarts"] == 1 and rt["dropped"] == {"time_backwards": RESTART_AFTER - 1}
+    assert rt["windows"] == len(expected) and live.dropped == {"time_glitch": 1, "time_backwards": RESTART_AFTER - 1}
     with pytest.raises(Exception, match=r"restarted.log:701: timestamp .* is out of line"):  # "error": named
         replay_file(Detector.from_checkpoint(trained), log, on_bad_rows="error")
 
@@ -766,8 +772,7 @@ def test_a_large_file_replays_in_chunks_with_the_same_decisions(trained, recordi
             (a["messages"], a["windows"], a["alarms"], a["skipped_rows"], a["dropped"])
         assert [d.first_message for d in chunked.decisions] == [d.first_message for d in whole[path].decisions]
         np.testing.assert_array_equal(_scores(chunked.decisions), _scores(whole[path].decisions))
-    # the row's time order is the detector's to decide in a replay, as on a live bus
-    assert whole[log].to_dict()["skipped_rows"] == 0 and whole[log].to_dict()["dropped"] == {"time_backwards": 1}
+    assert whole[log].to_dict()["skipped_rows"] == 1
     assert graphs._expected_messages > 1000  # so every chunk went through the compiled builder
     limited = replay_file(Detector.from_checkpoint(trained), recording, max_messages=1000).to_dict()
     assert limited["messages"] == 1000 and limited["windows"] == 10 and limited["stopped_by"] == "max-messages"

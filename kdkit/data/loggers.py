@@ -32,6 +32,12 @@ Importing this module makes :func:`kdkit.data.readers.read_messages` read these 
 - Header, comment and event lines of the formats (``date``, ``base hex``, ``// ...``,
   ``Begin Triggerblock``, statistics and status events in ``.asc``; ``;`` lines and non-frame
   records in ``.trc``) are not frames and not errors.
+- ``.asc`` details: python-can reads each trigger block's times from 0; a block whose times start
+  again below the block before's is placed by the dates of the ``Begin Triggerblock`` lines
+  (several measurements logged into one file), times that go on are kept. A header saying
+  ``timestamps relative`` (each time the gap to the event before) is refused, naming the line: its
+  times are not the frames' times. A data line with fewer bytes than its DLC (a cut line) is a
+  bad line, not a shorter frame.
 - candump IDs follow can-utils: 1-3 hex digits are standard, 8 are extended, an 8-digit ID with
   ``CAN_ERR_FLAG`` (``0x20000000``) is an error frame; 4-7 digits are a bad line (python-can would
   call them extended, and keeps error frames other than bus errors as data frames). CAN FD frames

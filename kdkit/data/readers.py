@@ -27,9 +27,10 @@ file). Nothing is turned into 0 or NaN. Besides unparsable fields, these rows ar
 - a negative timestamp, or one earlier than a row kept before it (time never goes backwards:
   the timing features are differences of timestamps), or a lone glitch: one row later than the
   row after it while that row follows on from the rows before (:class:`_TimeOrder`). The glitch is
-  the row skipped, not every row after it. With ``"skip"`` the rows kept never go back in time.
-  ``"skip_untimed"`` skips the other malformed rows and leaves the time order to the caller
-  (``kdkit detect`` replays a file so: its detector decides it as it does on a live bus).
+  the row skipped, not every row after it. With ``"skip"`` the rows kept never go back in time,
+  but where the clock restarted: from :data:`RESTART_ROWS` rows in a row behind the rows before
+  them, in order among themselves, a new timeline starts (kept, marked in ``Messages.restart``,
+  counted in ``Messages.timeline_restarts``; windows never cross it). That is no bad row.
 - an ID above ``0x7FF`` (the largest 11-bit ID) written with fewer than 8 hex digits. An ID
   written with 8 digits (``18FEF100``), or flagged extended by a logger format, is a 29-bit
   extended ID; HCRL's 4-digit standard IDs (``0316``) stay valid.
@@ -64,8 +65,7 @@ try:  # ISA-L's inflate (python-isal): 3.3x faster than zlib on the RAV4 log (5.
 except ImportError:  # pragma: no cover - a dependency; zlib gives the same bytes, slower
     _inflate = zlib
 
-OnBadRows = Literal["error", "skip", "skip_untimed"]
-SKIP_UNTIMED = "skip_untimed"  # skip bad rows but rows out of time order: the caller decides those (a Detector)
+OnBadRows = Literal["error", "skip"]
 
 
 CTT_HEADER = ["timestamp", "arbitration_id", "data_field", "attack"]
@@ -438,7 +438,7 @@ class _BadRows:
     """Collects bad rows; raises on the first one unless skipping."""
 
     def __init__(self, path: Path, mode: OnBadRows):
-        if mode not in ("error", "skip", SKIP_UNTIMED):
+        if mode not in ("error", "skip"):
             raise ValueError(f"on_bad_rows must be 'error' or 'skip', got {mode!r}")
         self.path, self.mode = path, mode
         self.count = 0
@@ -495,7 +495,7 @@ class _BadRows:
         time but where a new timeline starts: those rows are marked (``Messages.restart``)."""
         restart = None
         ts = arrays[0]
-        if self.restarts and self.mode != SKIP_UNTIMED and ts.shape[0]:
+        if self.restarts and ts.shape[0]:
             flags = ts < np.concatenate([[self._last_ts], ts[:-1]])
             restart = flags if flags.any() else None
         if ts.shape[0]:
@@ -612,7 +612,6 @@ class _TimeOrder:
 
     def __init__(self, bad: _BadRows) -> None:
         self.bad = bad
-        self.checked = bad.mode != SKIP_UNTIMED  # False: only negative timestamps are bad, the caller orders the rest
         self.floor, self.floor_at = -np.inf, ("", "")  # the last kept row's timestamp, and where it is
         self.pending: _Pending | None = None
         self._last: _Order | None = None  # the last check, for hold()
@@ -622,10 +621,6 @@ class _TimeOrder:
         """The verdicts on a block's rows and on the rows pending from the blocks before
         (``final``: nothing follows; a whole read)."""
         n = ts.shape[0]
-        if not self.checked:
-            negative = fields_ok & (ts < 0)
-            return _Order(n, None, ts, negative if negative.any() else None, None, 0, n, shown, where, None,
-                          -np.inf, ("", ""))
         in_order = bool(n and ts[0] >= 0 and fields_ok.all() and not (ts[1:] < ts[:-1]).any())
         if in_order:  # every row good and in order (the usual case): no index, no copy
             gi, g, negative = None, ts, None
@@ -1701,7 +1696,7 @@ def read_messages(path: str | Path, on_bad_rows: OnBadRows = "error", channel: s
         channel: for logger files, keep only this channel.
     """
     reader, _ = pick_reader(Path(path), channel)
-    return reader(Path(path), on_bad_rows=_for_reader(Path(path), on_bad_rows))
+    return reader(Path(path), on_bad_rows=on_bad_rows)
 
 
 def iter_messages(path: str | Path, on_bad_rows: OnBadRows = "error", channel: str | None = None,
@@ -1713,17 +1708,9 @@ def iter_messages(path: str | Path, on_bad_rows: OnBadRows = "error", channel: s
     and the layouts known by their header (DAGA, ROAD: :func:`kdkit.data.columns.iter_mapped`).
     A reader added with :func:`register_reader` is read whole and handed out in slices."""
     reader, chunked = pick_reader(Path(path), channel)
-    on_bad_rows = _for_reader(Path(path), on_bad_rows)
     if chunked is not None:
         return chunked(Path(path), on_bad_rows=on_bad_rows, chunk_rows=chunk_rows)
     return slices(reader(Path(path), on_bad_rows=on_bad_rows), chunk_rows)
-
-
-def _for_reader(path: Path, on_bad_rows: OnBadRows) -> OnBadRows:
-    """``on_bad_rows`` as the file's reader takes it: a reader added with :func:`register_reader`
-    knows ``"error"`` and ``"skip"`` (its rows' time order is its own)."""
-    extra = Path(path.name.lower().removesuffix(".gz")).suffix in _EXTRA_READERS
-    return "skip" if extra and on_bad_rows == SKIP_UNTIMED else on_bad_rows
 
 
 def slices(msgs: Messages, chunk_rows: int = CHUNK_ROWS) -> Iterator[Messages]:

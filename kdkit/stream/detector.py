@@ -410,6 +410,7 @@ class Detector:
         # the largest timestamp accepted before the last frame; math.inf: the last frame is not withdrawn as a glitch
         self._prev_ts = -math.inf
         self._decided_to = -1  # stream index of the last message in a decided window
+        self._timeline_start = 0  # stream index of the first message of a timeline a reader marked (no gap before it)
         self._one: list[float] = []  # timestamps fed one by one, for the re-stamping check
         self.timeline_restarts = 0  # times the frames' clock went back and the detector took the new timeline
         self._behind = 0  # frames in a row behind _last_ts, in order among themselves
@@ -689,8 +690,8 @@ class Detector:
 
     def _feed_timelines(self, msgs: Messages, arrival: float, labelled: bool | None) -> list[Decision]:
         """A table whose reader found new timelines (``Messages.restart``: the recording's clock
-        restarted): each is fed apart, the windows restarting after its first message as they do
-        when the detector finds the clock went back for good."""
+        restarted): each is fed apart, its windows starting on its first message (no gap before
+        it), as :func:`kdkit.data.graphs.build_graphs` builds them offline."""
         out: list[Decision] = []
         bounds = [0, *np.flatnonzero(msgs.restart).tolist(), len(msgs)]
         for a, b in zip(bounds[:-1], bounds[1:]):
@@ -699,10 +700,10 @@ class Detector:
             if msgs.restart[a]:
                 self.timeline_restarts += 1
                 self._last_ts, self._prev_ts, self._behind = -math.inf, math.inf, 0
-                self._next = self.messages + 1
+                self._next = self._timeline_start = self.messages  # its first window starts on it, as offline
                 self._restamp.restart()
                 log.warning("%s: %s message %d starts a new timeline (its reader found the recording's clock "
-                            "restarted): the windows restart after it", self.name, msgs.source or "a table", a)
+                            "restarted): the windows restart on it", self.name, msgs.source or "a table", a)
             part = msgs.slice(a, b)
             part.restart = None
             out += self.feed_many(part, arrival, labelled)
@@ -905,7 +906,7 @@ class Detector:
         """Build, score and decide the next window, which the last fed frame closed (unlabelled)."""
         start, W = self._next, self.window
         r = start - self._base
-        prev = float(self._ts[r - 1]) if start > 0 else None
+        prev = float(self._ts[r - 1]) if start > self._timeline_start else None
         graph = window_graph(self._ts[r:r + W], self._id[r:r + W], self._dlc[r:r + W], self._pl[r:r + W], prev,
                              self.vocab)
         score = self.score_graph(graph)
@@ -924,7 +925,8 @@ class Detector:
 
     def _close(self, starts: np.ndarray, arrival: float, cpu0: float, labelled: bool) -> list[Decision]:
         """Build, score and decide the windows starting at stream indices ``starts``."""
-        lo = max(int(starts[0]) - 1, 0) - self._base  # the first window's preceding message (none at the start)
+        # the first window's preceding message (none at the start, or on a timeline's first message)
+        lo = max(int(starts[0]) - 1, self._timeline_start) - self._base
         hi = self._n
         msgs = Messages(self._ts[lo:hi], self._id[lo:hi], self._dlc[lo:hi], self._pl[lo:hi], self._lab[lo:hi],
                         source=self.name)

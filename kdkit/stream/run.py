@@ -34,7 +34,6 @@ from kdkit.data.readers import (
     CHUNK_ROWS,
     EXTENDED_ID_FLAG,
     LOGGER_SUFFIXES,
-    SKIP_UNTIMED,
     TRUNCATED,
     Messages,
     iter_messages,
@@ -246,9 +245,8 @@ def replay_file(detector: Detector, path: str | Path, channel: str | None = None
             is then per window. Otherwise blocks are fed as fast as they are built and scored.
         on_decision: called with every decision, in order.
         on_bad_rows: ``"skip"`` (default: dropped and counted in ``skipped_rows``, the first
-            ones logged; rows out of time order are the detector's to decide, as on a live bus:
-            ``dropped["time_glitch"]``, ``dropped["time_backwards"]``, ``timeline_restarts``) or
-            ``"error"`` (the first bad row, time order included, raises).
+            ones logged) or ``"error"``. A clock that restarts in the file is no bad row: the
+            reader marks the new timeline and the windows restart on it (``timeline_restarts``).
         max_messages, max_seconds: stop after this many messages / seconds.
         keep: keep every decision in ``summary.decisions``.
         count_channels: with ``channel`` on a logger file, count the frames of the other channels
@@ -269,9 +267,6 @@ def replay_file(detector: Detector, path: str | Path, channel: str | None = None
         summary.channel = channel = read_channel(path)
     last: list[Messages] = []  # the last chunk read: it carries the file's skip and drop counts
     left = [max_messages]
-    # skipping, the rows' time order is the detector's to decide, as on a live bus: a lone glitched frame
-    # dropped alone, the windows restarted on a clock that went back for good (not the rest of the file lost)
-    reading = SKIP_UNTIMED if on_bad_rows == "skip" else on_bad_rows
 
     def chunks() -> Iterator[Messages]:
         """The recording in chunks (every built-in format streamed in bounded memory,
@@ -279,9 +274,9 @@ def replay_file(detector: Detector, path: str | Path, channel: str | None = None
         t = time.perf_counter()
         if path.is_file() and path.stat().st_size >= STREAM_BYTES:
             expect_messages(expected_messages(path))  # a long replay: the compiled graph builder from the start
-            stream = iter_messages(path, on_bad_rows=reading, channel=channel, chunk_rows=REPLAY_CHUNK_ROWS)
+            stream = iter_messages(path, on_bad_rows=on_bad_rows, channel=channel, chunk_rows=REPLAY_CHUNK_ROWS)
         else:  # (read whole: one chunk; a can-train-and-test CSV reads ~8 % faster so)
-            stream = iter([read_messages(path, on_bad_rows=reading, channel=channel)])
+            stream = iter([read_messages(path, on_bad_rows=on_bad_rows, channel=channel)])
         summary.read_seconds += time.perf_counter() - t
         while True:
             t = time.perf_counter()
