@@ -144,3 +144,24 @@ def test_the_detector_restarts_its_windows_where_the_reader_found_a_new_timeline
     got = det.feed_many(m)
     assert det.timeline_restarts == 1 and not det.dropped and det.messages == 1450
     assert [d.first_message for d in got] == [0, 100, 200, 300, *range(450, 1450 - 99, 100)]
+
+
+def test_asc_and_blf_channels_are_named_as_the_file_names_them(tmp_path: Path):
+    """python-can numbers .asc/.blf channels from 0: `--channel 1`, the channel CANoe and the file
+    call 1, silently read the file's channel 2. They are named as in the file now."""
+    import can
+
+    rows = "".join(f"   {0.001 * (k + 1):.6f} {1 + k % 2}  {(0x100 if k % 2 == 0 else 0x600) + k % 4:X}             "
+                   f"Rx   d 1 {0x11 if k % 2 == 0 else 0x22:02X}\n" for k in range(40))
+    asc = tmp_path / "twobus.asc"
+    asc.write_text(HEAD + "Begin Triggerblock Mon Jan 6 10:00:00.000 am 2025\n" + rows + "End TriggerBlock\n")
+    one = read_logger_file(asc, channel="1")
+    assert set(one.can_id.tolist()) == {0x100, 0x102} and set(one.payload[:, 0].tolist()) == {0x11}
+    with pytest.raises(DataFormatError, match=r"data frames in its first 10,000 frames: 1 \(20\), 2 \(20\)"):
+        read_logger_file(asc)
+    blf = tmp_path / "twobus.blf"
+    with can.BLFWriter(str(blf)) as writer:  # python-can's channel 1 is written as the file's channel 2
+        for k in range(40):
+            writer.on_message_received(can.Message(timestamp=1.0 + k / 100, arbitration_id=0x100 + k % 2 * 0x500,
+                                                   channel=k % 2, data=b"\x01", is_extended_id=False))
+    assert set(read_logger_file(blf, channel="2").can_id.tolist()) == {0x600}

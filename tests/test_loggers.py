@@ -176,8 +176,8 @@ def test_unknown_channel_lists_the_channels(tmp_path: Path):
                                                         "data frames), 'vcan0' (9 data frames), 'vcan1' (2 data frames)")):
         read_logger_file(path, channel="can9")
     asc = write_text(tmp_path / "drive.asc", ASC)
-    with pytest.raises(DataFormatError, match=re.escape("no data frames on channel '5'; the file's channels: '0' (3 "
-                                                        "data frames), '1' (1 data frames)")):
+    with pytest.raises(DataFormatError, match=re.escape("no data frames on channel '5'; the file's channels: '1' (3 "
+                                                        "data frames), '2' (1 data frames)")):
         read_logger_file(asc, channel="5")
 
 
@@ -460,11 +460,11 @@ def test_a_log_of_several_buses_needs_a_channel(tmp_path: Path):
     assert len(read_logger_file(two, channel="can1")) == 10
     one = write_text(tmp_path / "one.log", "".join(f"({k}.0) can0 1{k % 10}0#0102\n" for k in range(30)))
     assert len(read_logger_file(one)) == len(read_logger_file(one, channel="*")) == 30
-    asc = write_text(tmp_path / "two.asc", ASC)  # channels 1 and 2 in the file: python-can's 0 and 1
-    with pytest.raises(DataFormatError, match=r"frames of 2 bus channels \(data frames in its first 10,000 frames: 0 \("):
+    asc = write_text(tmp_path / "two.asc", ASC)  # channels 1 and 2 in the file (python-can's 0 and 1): named as the file
+    with pytest.raises(DataFormatError, match=r"frames of 2 bus channels \(data frames in its first 10,000 frames: 1 \("):
         read_logger_file(asc)
-    assert len(read_logger_file(asc, channel="*")) == len(read_logger_file(asc, channel="0")) + \
-        len(read_logger_file(asc, channel="1"))
+    assert len(read_logger_file(asc, channel="*")) == len(read_logger_file(asc, channel="1")) + \
+        len(read_logger_file(asc, channel="2"))
 
 
 def test_the_real_four_bus_capture_needs_a_channel():

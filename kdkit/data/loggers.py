@@ -1184,6 +1184,7 @@ class _PythonCanFrames:
         path, suffix, channel, mode, dropped, counts = (self.path, self.suffix, self.channel, self.mode, self.dropped,
                                                         self.counts)
         binary = suffix == ".blf"
+        file_numbers = suffix in (".asc", ".blf")
         gz = path.name.lower().endswith(".gz")
         opener = gzip.open if gz else open
         ts: list[float] = []
@@ -1199,7 +1200,9 @@ class _PythonCanFrames:
         def take(m) -> None:
             nonlocal number
             number += 1
-            chan = str(m.channel)
+            # python-can numbers .asc/.blf channels from 0 (the file's channel 1 is its 0): kdkit names them as the
+            # file, CANoe and the .trc reader do, so --channel 1 is the channel the file calls 1
+            chan = str(m.channel + 1) if file_numbers and isinstance(m.channel, int) else str(m.channel)
             if not m.is_error_frame and not m.is_remote_frame:
                 counts[chan] = counts.get(chan, 0) + 1
             if channel is not None and chan != channel:
