@@ -441,7 +441,8 @@ def list_configs(cls: type = TrainConfig) -> str:
             group = s.group
             lines.append(f"  -- {group}")
         allowed = f" [{' | '.join(map(format_value, s.choices))}]" if s.choices and s.name != "dataset" else ""
-        lines.append(f"  {s.name:<22} default {json.dumps(s.default):<12} {s.help}{allowed}")
+        required = " (kdkit train: required)" if s.name == "dataset" else ""
+        lines.append(f"  {s.name:<22} default {json.dumps(s.default):<12} {s.help}{allowed}{required}")
     return "\n".join(lines)
 
 
@@ -477,7 +478,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfi
         if s.name in skip:
             continue
         group = groups.setdefault(s.group, parser.add_argument_group(f"config: {s.group}"))
-        shown = f"{s.help} (default {format_value(s.default)})"
+        shown = (f"{s.help} (default {format_value(s.default)})" if s.name != "dataset" else
+                 f"{s.help} (required: a run names its data; make_config's default in Python is "
+                 f"{format_value(s.default)})")
         if s.base is bool and not s.choices:
             group.add_argument(s.flag, dest=s.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                help=shown)

@@ -122,8 +122,22 @@ def test_fpr_threshold_keeps_the_budget_with_ties_and_float32(seed):
         assert np.float32(t) == t  # a float32 value: the same decision in float32 and float64
         allowed = math.floor(fpr * n + 1e-9)
         assert int((scores >= t).sum()) <= allowed and int((scores.astype(np.float64) >= t).sum()) <= allowed
-        below = scores[scores < t].max()  # the smallest such threshold: the next lower score breaks the budget
+        below = scores[scores < t].max()  # the next lower score breaks the budget
         assert int((scores >= below).sum()) > allowed
+        above = scores[scores >= t]
+        if above.size and np.float32(below) != np.nextafter(np.float32(above.min()), np.float32(0)):
+            # midway between them: an engine whose rounding differs by a few ulps decides both alike
+            assert below < t < above.min()
+
+
+def test_a_calibrated_threshold_lies_between_scores_not_on_one():
+    """kdkit calibrate put the threshold exactly on the lowest alarm window's score: the native
+    engine's float32 rounding made it 4 alarms in kdkit detect where kdkit evaluate had 5."""
+    scores = np.linspace(0.0, 0.99, 100).astype(np.float32)
+    t = fpr_threshold(scores, 0.05)  # 5 alarms: the scores from 0.95 on
+    assert scores[94] < t < scores[95] and int((scores >= t).sum()) == 5
+    assert abs(t - (float(scores[94]) + float(scores[95])) / 2) < 1e-6
+    assert int((np.nextafter(scores, np.float32(0)) >= t).sum()) == 5  # a few ulps lower: the same alarms
 
 
 def test_bad_inputs_are_refused_clearly(gat_checkpoint, clean_folder, synthetic, tmp_path, capsys):

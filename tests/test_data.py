@@ -151,6 +151,11 @@ BAD_ROWS = {
                                         "arbitration_id '800': 0x800 is above 0x7FF, the largest 11-bit ID, but has "
                                         "only 3 hex digits; a 29-bit extended ID is written with 8 (00000800)"),
     "4-digit ID above 0x7FF": ("1513921815.351,1A2B,00,0", "arbitration_id '1A2B': 0x1A2B is above 0x7FF"),
+    "decimal ID (pandas to_csv)": ("1513921815.351,809,00,0",  "(00000809). If the column holds decimal IDs (pandas' "
+                                                               "to_csv writes them so), read the file with a column "
+                                                               "mapping with id_base = 10"),
+    "ID with 0x": ("1513921815.351,0x100,00,0", "arbitration_id '0x100': not a CAN ID as this layout writes them: hex "
+                                                "digits without '0x'"),
     "negative timestamp": ("-1.5,0C1,00,0", "timestamp '-1.5' is negative"),
     "timestamp going backwards": ("1513921815.350000,0C1,00,0",
                                   "timestamp '1513921815.350000' goes backwards: earlier than '1513921815.350959' "

@@ -462,3 +462,8 @@ def test_a_grid_point_no_better_than_chance_is_said_though_f1_ranks_it(tmp_path)
             in text) and "kd_temperature = 4" not in text.split("note:")[1]
     page = sweep.build_sweep_report(d).read_text()
     assert "<p class='warning chance'>kd_temperature = 2: student (KD) MCC -0.080" in page
+    rows = [_task(0, 2.0, 0, 0.0)]  # F1 0: it flags nothing (the note said "the F1 of flagging most windows")
+    rows[0]["metrics"]["student_kd"]["overall"]["mcc"] = 0.0
+    (tmp_path / "zero").mkdir()
+    text = sweep.sweep_text(_sweep(tmp_path / "zero", rows))
+    assert "student (KD) MCC +0.000 and F1 0: it flags no attack window" in text and "flagging most" not in text

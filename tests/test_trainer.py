@@ -144,6 +144,8 @@ def test_fabric_fit_writes_run_and_checkpoints(synthetic, tmp_path):
     assert all(0.0 <= v <= 1.0 for v in f1.values())
     from kdkit.training.trainer import convergence_note
     assert s["still_learning"] == convergence_note(s["history"], 2)  # the run's own verdict, in its summary
+    if s["still_learning"]:  # and in the run's log, as the README says (it reached the console only)
+        assert s["still_learning"] in (run / "fabric_training.log").read_text()
 
 
 def test_convergence_note_says_when_the_epochs_ran_out_while_learning():

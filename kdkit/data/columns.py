@@ -582,6 +582,8 @@ class _MappedStream:
                 base16 = "hex" if mapping.id_base == 16 else "decimal"
                 hint = "" if mapping.float_ids or "." not in cell(mapping.can_id, i) else \
                     " (a float-formatted ID is accepted only with float_ids = true in the mapping)"
+                if cell(mapping.can_id, i).strip("'\"").lower().startswith("0x"):
+                    hint = " (write hex IDs without '0x'; the mapping reads plain hex digits)"
                 return (f"{name(mapping.can_id)} {cell(mapping.can_id, i)}: not a {base16} CAN ID of at most 0x7FF "
                         f"(standard) or 0x1FFFFFFF (extended){hint}")
             if not ok_pl[i]:

@@ -372,13 +372,17 @@ def id_problem(text: str | bytes) -> str:
     :func:`parse_hex_ids` flags)."""
     if isinstance(text, bytes):
         text = text.decode("ascii", "replace")
+    if re.fullmatch(r"0[xX][0-9A-Fa-f]{1,8}", text):
+        return "not a CAN ID as this layout writes them: hex digits without '0x' (a column mapping reads them)"
     if not re.fullmatch(r"[0-9A-Fa-f]{1,8}", text):
         return "not a hex CAN ID of 1-8 digits"
     value = int(text, 16)
     if len(text) == 8:
         return f"0x{value:X} is above 0x1FFFFFFF, the largest 29-bit ID"
+    decimal = (" If the column holds decimal IDs (pandas' to_csv writes them so), read the file with a column "
+               "mapping with id_base = 10 (README, 'Bring your own data')." if text.isdigit() else "")
     return (f"0x{value:X} is above 0x7FF, the largest 11-bit ID, but has only {len(text)} hex digits; "
-            f"a 29-bit extended ID is written with 8 ({value:08X})")
+            f"a 29-bit extended ID is written with 8 ({value:08X}).{decimal}")
 
 
 def parse_hex_payload(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -152,6 +152,11 @@ def chance_notes(rows: Sequence[Mapping], params: Sequence[str]) -> list[str]:
         mean, _, n = mean_std(mcc[1])
         if n and mean <= 0:
             where = ", ".join(f"{p} = {_param(r[p])}" for p in params) or "the sweep's one setting"
+            f1 = mean_std(r["_values"].get(mcc[0].removesuffix(" MCC") + " F1", ("f1", []))[1])[0]
+            if f1 == 0:  # (no better than chance, and no F1 either: "flagging most windows" would be wrong)
+                notes.append(f"{where}: {mcc[0]} {mean:+.3f} and F1 0: it flags no attack window (a smoke run's "
+                             "epochs, or a model that did not learn)")
+                continue
             notes.append(f"{where}: {mcc[0]} {mean:+.3f}, no better than chance, though its F1 ranks it; read its "
                          "F1 as the F1 of flagging most windows (a smoke run's epochs, or a model that did not learn)")
     return notes

@@ -59,13 +59,20 @@ def windows_needed(fpr: float) -> int:
 
 
 def fpr_threshold(scores: np.ndarray, fpr: float) -> float:
-    """The smallest threshold with at most ``floor(fpr * n)`` of the ``n`` scores ``>=`` it.
+    """A threshold with at most ``floor(fpr * n)`` of the ``n`` scores ``>=`` it: midway between
+    the highest score that must stay below it and the lowest one allowed to alarm, so that an
+    engine whose float rounding differs (the native engine, an exported package) decides those
+    windows alike (on the lowest alarm score itself, 1 of 5 alarms flipped between ``kdkit
+    detect`` and ``kdkit evaluate``).
 
     The value is a float32 number (scores are float32; a gateway compares float32 probabilities
     with it), so the budget holds whether the comparison runs in float32 or float64.
     """
     s = np.asarray(scores, np.float32)
     exact = quantile_threshold(s.astype(np.float64), 1.0 - fpr)
+    below = s[s.astype(np.float64) < exact]
+    if below.size:
+        exact = (float(below.max()) + exact) / 2.0  # (still above every score that must stay below)
     t = np.float32(exact)
     if float(t) < exact:  # "just above the highest allowed score" rounded down to it in float32
         t = np.nextafter(t, np.float32(np.inf))

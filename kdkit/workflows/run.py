@@ -534,6 +534,8 @@ def _train(cfg: TrainConfig, run_dir: Path, owner: bool, resume, progress, on_ep
     if still_learning:
         # END_NOTE: a front end that repeats the summary's note at its end (kdkit train) drops this record
         log.warning("%s: %s", cfg.resolved_run_name, still_learning, extra={END_NOTE: True})
+        with open(run_dir / "fabric_training.log", "a") as run_log:  # the run's own log has it, whoever shows it
+            run_log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} WARNING {still_learning}\n")
     del task, model  # the best checkpoint is loaded for the test pass; the trained model's memory goes now
     try:
         out = _evaluate_run(cfg, data, fit, rank, world, trainer, teacher, skipped, memory, timings, progress)
