@@ -94,3 +94,28 @@ def test_train_refuses_data_prepared_with_other_settings_than_its_config(kdkit_e
     with pytest.raises(ValueError, match=r"dataset 'mycar' \(the config: 'synthetic'\)"):
         train(cfg, data=other)
     assert not any(tmp_path.iterdir())  # refused before a run folder was made
+
+
+def test_a_table_built_in_python_becomes_a_recording_of_a_folder_dataset(kdkit_env, tmp_path, monkeypatch):
+    """There was no way from a DataFrame to training but a hand-made PreparedDataset (its missing
+    info broke data info, a split named 'Train' gave KeyError 'train'). write_ctt_csv writes the
+    table as a recording every kdkit command reads, exactly."""
+    from kdkit.data import read_messages, write_ctt_csv
+    from kdkit.data.datasets import prepare
+
+    df = _frame(2000)
+    ids = np.where(df.id > 0x300, 0x18FEF100 | EXTENDED_ID_FLAG, df.id)
+    m = _messages(df, timestamp=1.7e9 + df.t + 1e-7 * np.arange(2000), can_id=ids, dlc=np.arange(2000) % 9)
+    for name in ("drive.csv", "drive.csv.gz"):
+        back = read_messages(write_ctt_csv(m, tmp_path / name))
+        for col in ("timestamp", "can_id", "dlc", "label"):
+            np.testing.assert_array_equal(getattr(back, col), getattr(m, col))
+        np.testing.assert_array_equal(back.payload, m.payload * (np.arange(8) < m.dlc[:, None]))  # zero past the dlc
+    folder = tmp_path / "mycar"
+    (folder / "train_02_with_attacks").mkdir(parents=True)
+    (folder / "test_01_drive").mkdir()
+    write_ctt_csv(m, folder / "train_02_with_attacks" / "DoS-drive.csv")
+    write_ctt_csv(m.slice(0, 1000), folder / "test_01_drive" / "DoS-other.csv")
+    monkeypatch.setenv("KDKIT_CACHE_DIR", str(tmp_path / "cache"))
+    ds = prepare(str(folder), PrepareConfig(window=100, stride=100))
+    assert ds.name == "mycar" and ds.info["splits"]["test_01_drive"]["windows"] == 10

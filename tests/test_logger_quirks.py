@@ -165,3 +165,58 @@ def test_asc_and_blf_channels_are_named_as_the_file_names_them(tmp_path: Path):
             writer.on_message_received(can.Message(timestamp=1.0 + k / 100, arbitration_id=0x100 + k % 2 * 0x500,
                                                    channel=k % 2, data=b"\x01", is_extended_id=False))
     assert set(read_logger_file(blf, channel="2").can_id.tolist()) == {0x600}
+
+
+def test_candump_len8_dlc_frames_are_read_as_their_8_bytes(tmp_path: Path):
+    """candump -8 writes a classic frame sent with a raw DLC of 9..15 as '123#1122334455667788_C':
+    a valid frame, refused as "not pairs of hex digits" (and skipped). Its 8 bytes are read; a
+    suffix with fewer bytes, or a DLC below 9, is still a bad line."""
+    path = tmp_path / "len8.log"
+    path.write_text("(1.000000) can0 123#1122334455667788_C\n(1.001000) can0 124#11\n"
+                    "(1.002000) can0 125#1122334455667788_5\n(1.003000) can0 126#1122_C\n")
+    m = read_logger_file(path, on_bad_rows="skip")
+    assert m.can_id.tolist() == [0x123, 0x124] and m.dlc.tolist() == [8, 1]
+    assert bytes(m.payload[0]) == bytes.fromhex("1122334455667788") and m.skipped_rows == 2
+    big = tmp_path / "big.log"  # 1 MiB and more: the compiled pass hands such lines to the per-line parser
+    big.write_text("".join(f"({1 + k / 1000:.6f}) can0 {0x100 + k % 7:03X}#1122334455667788{'_C' if k % 3 == 0 else ''}\n"
+                           for k in range(40000)))
+    assert big.stat().st_size > 1 << 20
+    b = read_logger_file(big)
+    assert len(b) == 40000 and set(b.dlc.tolist()) == {8} and b.skipped_rows == 0
+
+
+def test_timestamps_far_slower_or_faster_than_a_can_bus_are_named(tmp_path: Path, monkeypatch):
+    """A SavvyCAN export in microseconds read without its mapping's time_unit: messages 1,000 s apart,
+    reported as normal data without a word. data info names such a recording."""
+    from kdkit.data.datasets import PrepareConfig, format_info, prepare
+
+    folder = tmp_path / "us"
+    rows = "".join(f"{k * 1000.0:.1f},{0x100 + k % 5:03X},{k % 256:02X},0\n" for k in range(400))
+    (folder / "train_01_attack_free").mkdir(parents=True)
+    (folder / "train_01_attack_free" / "drive.csv").write_text("timestamp,arbitration_id,data_field,attack\n" + rows)
+    (folder / "train_01_attack_free" / "fine.csv").write_text(
+        "timestamp,arbitration_id,data_field,attack\n" + "".join(
+            f"{k / 1000:.4f},{0x100 + k % 5:03X},{k % 256:02X},0\n" for k in range(400)))
+    monkeypatch.setenv("KDKIT_CACHE_DIR", str(tmp_path / "cache"))
+    ds = prepare(str(folder), PrepareConfig(window=50, stride=50))
+    assert list(ds.info["timing"]) == [str(folder / "train_01_attack_free" / "drive.csv")]
+    text = format_info("us", ds)
+    assert "drive.csv: its 400 messages come 1e+03 s apart on average, slower than any CAN bus" in text
+    assert 'time_unit = "ms" or "us"' in text
+
+
+def test_a_file_mostly_skipped_is_said_so(tmp_path: Path, monkeypatch):
+    """A SavvyCAN export with a trailing comma lost every row under --on-bad-rows skip, and data info
+    listed the count among the others: a file that lost more rows than it kept is said so."""
+    from kdkit.data.datasets import PrepareConfig, format_info, prepare
+
+    folder = tmp_path / "mostly"
+    (folder / "train_01_attack_free").mkdir(parents=True)
+    good = "".join(f"{k / 1000:.4f},{0x100 + k % 5:03X},{k % 256:02X},0\n" for k in range(100))
+    bad = "".join(f"{1 + k / 1000:.4f},{0x100 + k % 5:03X},{k % 256:02X},0,\n" for k in range(300))
+    (folder / "train_01_attack_free" / "drive.csv").write_text("timestamp,arbitration_id,data_field,attack\n" + good
+                                                               + bad)
+    monkeypatch.setenv("KDKIT_CACHE_DIR", str(tmp_path / "cache"))
+    text = format_info("mostly", prepare(str(folder), PrepareConfig(window=50, stride=50, on_bad_rows="skip")))
+    assert "  skipped 300 malformed rows in " in text
+    assert "    more rows skipped than kept (100): the file is not what its reader expects; see the first one" in text

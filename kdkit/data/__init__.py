@@ -12,7 +12,7 @@ from kdkit.data import columns, loggers  # noqa: F401  (register logger formats 
 from kdkit.data.datasets import REGISTRY, PrepareConfig, PreparedDataset, prepare
 from kdkit.data.graphs import EDGE_FEATURES, NODE_FEATURES, GraphSet, IdVocab, build_graphs
 from kdkit.data.loader import collate_indices, gather_windows, graph_loader
-from kdkit.data.readers import DataFormatError, Messages, read_messages
+from kdkit.data.readers import DataFormatError, Messages, read_messages, write_ctt_csv
 
 __all__ = [
            "EDGE_FEATURES",
@@ -30,4 +30,5 @@ __all__ = [
            "graph_loader",
            "prepare",
            "read_messages",
+           "write_ctt_csv",
 ]

@@ -561,7 +561,7 @@ def _load_store(name: str, config: PrepareConfig, store: Path, key: str) -> Prep
 
 
 def _note_skipped(skipped: dict[str, dict], path: Path, msgs: Messages, dropped: dict[str, dict] | None = None,
-                  timelines: dict[str, dict] | None = None) -> None:
+                  timelines: dict[str, dict] | None = None, kept: int | None = None) -> None:
     """Record a file's skipped rows (``on_bad_rows="skip"``) for ``info["skipped"]``, the
     remote/error frames a logger file held for ``info["dropped_frames"]``, and the new timelines
     its reader found (a restarted clock) for ``info["timelines"]``."""
@@ -573,7 +573,28 @@ def _note_skipped(skipped: dict[str, dict], path: Path, msgs: Messages, dropped:
         attack, unlabelled = msgs.skipped_attack_rows, msgs.skipped_unlabelled_rows
         skipped[str(path)] = {"rows": msgs.skipped_rows, "attack_rows": attack, "unlabelled_rows": unlabelled,
                               "normal_rows": msgs.skipped_rows - attack - unlabelled,
-                              "examples": list(msgs.skipped_examples)}
+                              "examples": list(msgs.skipped_examples), "kept": kept}
+
+
+SLOWEST_GAP_S = 1.0  # a recording whose messages come farther apart on average is no CAN bus's traffic
+FASTEST_GAP_S = 20e-6  # nor one faster than a 1 Mbit/s bus carries frames (~47 us a frame)
+
+
+def _note_timing(timing: dict[str, str], path: Path, part) -> None:
+    """Note a recording whose messages come implausibly far apart, or close together, on average:
+    timestamps in milliseconds or microseconds read as seconds (a mapping without its time_unit)
+    gave 250-1000 s between messages, without a word."""
+    if part.messages < 100 or part.seconds <= 0:
+        return
+    gap = part.seconds / (part.messages - 1)
+    if gap > SLOWEST_GAP_S:
+        timing[str(path)] = (f"its {part.messages:,} messages come {gap:.3g} s apart on average, slower than any CAN "
+                             f"bus carries them: if its timestamps are milliseconds or microseconds, a column "
+                             f"mapping says so with time_unit = \"ms\" or \"us\"")
+    elif gap < FASTEST_GAP_S:
+        timing[str(path)] = (f"its {part.messages:,} messages come {gap * 1e6:.3g} us apart on average, faster than a "
+                             f"CAN bus carries them (~47 us a frame at 1 Mbit/s): if its timestamps are seconds, "
+                             f"its column mapping's time_unit reads them as smaller units")
 
 
 def skipped_rows_report(info: dict) -> list[str]:
@@ -585,8 +606,13 @@ def skipped_rows_report(info: dict) -> list[str]:
         if s["unlabelled_rows"]:
             parts.append(f"{s['unlabelled_rows']} with no readable label")
         lines.append(f"  skipped {s['rows']} malformed rows in {path} ({', '.join(parts)})")
+        if s.get("kept") is not None and s["rows"] > s["kept"]:  # (0 windows, exit 0, and no word why)
+            lines.append(f"    more rows skipped than kept ({s['kept']:,}): the file is not what its reader expects; "
+                         f"see the first one")
         if s["examples"]:
             lines.append(f"    first: {s['examples'][0]}")
+    for path, note in info.get("timing", {}).items():
+        lines.append(f"  timestamps of {path}: {note}")
     for path, t in info.get("timelines", {}).items():
         lines.append(f"  the clock restarted {t['restarts']} time(s) in {path}: each part is read as a timeline of its "
                      f"own, no window crosses a restart")
@@ -626,11 +652,13 @@ def _build(name: str, files: DatasetFiles, config: PrepareConfig, store: Path, k
         skipped: dict[str, dict] = {}
         dropped: dict[str, dict] = {}
         timelines: dict[str, dict] = {}
+        timing: dict[str, str] = {}
         selections: dict[str, list] = {"train": [], "val": []}
         vocab_parts = []
         for p in files.train:
             part = parts[str(p)]
-            _note_skipped(skipped, p, part.last, dropped, timelines)
+            _note_skipped(skipped, p, part.last, dropped, timelines, part.messages)
+            _note_timing(timing, p, part)
             v0, v1 = validation_block(part.windows, config.val_fraction, rng)
             a, b = excluded_block(part, v0, v1, W, S)
             kept = [(0, a), (b, part.windows)] if b > a else [(0, part.windows)]
@@ -644,12 +672,14 @@ def _build(name: str, files: DatasetFiles, config: PrepareConfig, store: Path, k
                 "skipped_rows": {p: v["rows"] for p, v in skipped.items()}, "skipped": skipped, "splits": {},
                 "source": files.source.describe() if files.source else None,
                 "missing_scenarios": dict(files.missing_scenarios), "dropped_frames": dropped, "timelines": timelines,
+                "timing": timing,
                 "messages_read": sum(part.messages for part in parts.values())}
         for scen, paths in _scenarios(files).items():
             selections[scen] = []
             for p in paths:
                 part = parts[str(p)]
-                _note_skipped(skipped, p, part.last, dropped, timelines)
+                _note_skipped(skipped, p, part.last, dropped, timelines, part.messages)
+                _note_timing(timing, p, part)
                 selections[scen].append((part, [(0, part.windows)], covered_messages([(0, part.windows)], W, S)))
         splits: dict[str, GraphSet] = {}
         for split, chosen in selections.items():

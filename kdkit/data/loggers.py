@@ -551,6 +551,8 @@ def _candump_line(text: str) -> tuple:
         if not (data[1:].isascii() and data[1:].isdigit()) and data[1:]:
             return ("bad", f"remote frame {frame[:40]!r}: 'R' may only be followed by a DLC digit")
         return ("remote", ts, chan)
+    if not fd and len(data) == 18 and data[16] == "_" and data[17] in "9ABCDEFabcdef":
+        data = data[:16]  # can-utils' len8_dlc: 8 data bytes sent with a raw DLC of 9..15 (candump -8): 8 bytes
     if len(data) % 2 or not _HEX_RE.match(data):
         return ("bad", f"data {data[:40]!r} is not pairs of hex digits")
     return ("frame", ts, chan, value, len(id_text) == 8, bytes.fromhex(data), fd)

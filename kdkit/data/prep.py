@@ -67,6 +67,7 @@ class FilePart:
     ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # IDs of the vocabulary's messages
     first: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # first window holding each
     last_window: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # last window holding each
+    seconds: float = 0.0  # the time its messages span (each timeline's span, added up)
 
 
 def _id_ranges(ids: np.ndarray, window_of: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -106,9 +107,19 @@ def build_part(chunks: Iterator[Messages], path: str, folder: Path, window: int,
     cols = ColumnFiles(folder, PART_COLUMNS)
     ranges: tuple[np.ndarray, ...] = (np.zeros(0, np.int64),) * 3
     windows, last = 0, None
+    seconds, top = 0.0, None  # the spans of the timelines before, and the current one's (first, last) time
     try:
         for chunk in chunks:
             last = chunk
+            if len(chunk):
+                ts = chunk.timestamp
+                cuts = [] if chunk.restart is None else np.flatnonzero(chunk.restart).tolist()
+                for a, b in zip([0, *cuts], [*cuts, len(chunk)]):
+                    if a in cuts and top is not None:  # a new timeline: the one before ends
+                        seconds += top[1] - top[0]
+                        top = None
+                    if b > a:
+                        top = (float(ts[a]) if top is None else top[0], float(ts[b - 1]))
             buf, local, starts = stream.feed(chunk)
             if not starts.size:
                 continue
@@ -131,8 +142,10 @@ def build_part(chunks: Iterator[Messages], path: str, folder: Path, window: int,
     except BaseException:
         cols.remove()
         raise
+    seconds += top[1] - top[0] if top is not None else 0.0
     return FilePart(path, str(folder), stream.messages, windows, last.attack_type,
-                    list(last.type_names) if last.row_type is not None else None, last.slice(0, 0), *ranges)
+                    list(last.type_names) if last.row_type is not None else None, last.slice(0, 0), *ranges,
+                    seconds=seconds)
 
 
 def _part_job(job: tuple) -> FilePart:

@@ -1114,6 +1114,31 @@ _CTT_BATCH_BYTES = 1 << 20  # CSV parsed and decoded about 25 k rows at a time: 
 CHUNK_ROWS = 1 << 19  # rows per chunk a streamed recording is handed out in (~12 MB of messages)
 
 
+def write_ctt_csv(msgs: Messages, path: str | Path) -> Path:
+    """Write a Messages table as a can-train-and-test CSV (``.csv``, or ``.csv.gz`` compressed),
+    the layout every kdkit command reads: a table built in Python (from a pandas DataFrame:
+    ``Messages(timestamp=df.t, can_id=df.id, ...)``) becomes a recording of a folder dataset
+    (``train_01_attack_free/drive.csv``, ``test_01_.../DoS-x.csv``; README, "Bring your own data").
+    Timestamps are written exactly (``read_messages`` gives them back bit for bit), standard IDs
+    with 3 hex digits, extended ones with 8. Written to a temporary file first, then renamed."""
+    path = Path(path)
+    if msgs.restart is not None and msgs.restart.any():
+        raise ValueError(f"{path}: the table holds {int(msgs.restart.sum())} restarted clock(s) (Messages.restart): "
+                         "write each timeline to a file of its own")
+    ext = (msgs.can_id & np.uint32(EXTENDED_ID_FLAG)) != 0
+    raw = (msgs.can_id & np.uint32(~EXTENDED_ID_FLAG & 0xFFFFFFFF)).tolist()
+    lines = ["timestamp,arbitration_id,data_field,attack\n"]
+    for t, i, e, d, row, lab in zip(msgs.timestamp.tolist(), raw, ext.tolist(), msgs.dlc.tolist(), msgs.payload,
+                                    msgs.label.tolist()):
+        lines.append(f"{t!r},{i:08X}," if e else f"{t!r},{i:03X},")
+        lines.append(f"{row[:d].tobytes().hex().upper()},{lab}\n")
+    data = "".join(lines).encode()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(gzip.compress(data) if path.name.lower().endswith(".gz") else data)
+    os.replace(tmp, path)
+    return path
+
+
 def read_ctt_csv(path: str | Path, on_bad_rows: OnBadRows = "error") -> Messages:
     """Read a can-train-and-test v1.5 CSV (``timestamp,arbitration_id,data_field,attack``)
     whole: the chunks of :func:`iter_ctt_csv` joined.
