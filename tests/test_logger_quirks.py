@@ -220,3 +220,22 @@ def test_a_file_mostly_skipped_is_said_so(tmp_path: Path, monkeypatch):
     text = format_info("mostly", prepare(str(folder), PrepareConfig(window=50, stride=50, on_bad_rows="skip")))
     assert "  skipped 300 malformed rows in " in text
     assert "    more rows skipped than kept (100): the file is not what its reader expects; see the first one" in text
+
+
+def test_trc_error_frames_of_the_channel_read_are_counted(tmp_path: Path):
+    """A .trc error record ('ER') was counted only with --channel '*': read as the file's one bus
+    (no channel given, or its own), 'dropped_frames' said 0 error frames."""
+    import can
+
+    path = tmp_path / "v21.trc"
+    with can.TRCWriter(str(path)) as writer:
+        for k in range(5):
+            writer.on_message_received(can.Message(timestamp=1.0 + k, arbitration_id=0x100 + k, data=b"\x01",
+                                                   channel=1, is_extended_id=False))
+    lines = path.read_text().splitlines()
+    bus = lines[-1].split()[3]  # the bus the writer gave the frames
+    lines.insert(len(lines) - 1, f"      5      3500.000 ER  {bus}     - Rx -  5    02 00 00 08 00")
+    path.write_text("\n".join(lines) + "\n")
+    for channel in (None, bus, "*"):
+        m = read_logger_file(path, channel=channel)
+        assert len(m) == 5 and m.dropped_frames == {"remote": 0, "error": 1}, channel

@@ -1155,6 +1155,18 @@ def _trc_error_record(text: str, reader) -> bool:
     return k is not None and len(cols) > k and cols[k] == "Error"
 
 
+def _trc_record_bus(text: str, reader) -> str:
+    """The bus of a ``.trc`` record line, named as python-can names its frames' channels (1 where
+    the version has no bus column)."""
+    cols = text.split()
+    version = getattr(reader.file_version, "value", 0)
+    k = reader.columns.get("B") if version >= 200 else 2 if version == 103 else None
+    try:
+        return str(int(cols[k])) if k is not None and len(cols) > k else "1"
+    except ValueError:
+        return "1"
+
+
 def _read_python_can(path: Path, suffix: str, channel: str | None, mode: OnBadRows):
     """``.asc``/``.blf``/``.trc`` through python-can -> (_Frames, earlier, loss, dropped)."""
     source = _PythonCanFrames(path, suffix, channel, mode)
@@ -1378,8 +1390,8 @@ def _classify(suffix: str, line: int, text: str, reader, junk: list, dropped: di
         if text.strip().startswith(";"):
             header_lines.append(text)
         why = _trc_skipped(text, reader)
-        if why is None and channel is None and _trc_error_record(text, reader):
-            dropped["error"] += 1
+        if why is None and _trc_error_record(text, reader) and channel in (None, _trc_record_bus(text, reader)):
+            dropped["error"] += 1  # (the chosen channel's: they were counted only when every channel was read)
     else:
         if _ASC_META.match(text.strip()):
             header_lines.append(text)
