@@ -239,3 +239,28 @@ def test_trc_error_frames_of_the_channel_read_are_counted(tmp_path: Path):
     for channel in (None, bus, "*"):
         m = read_logger_file(path, channel=channel)
         assert len(m) == 5 and m.dropped_frames == {"remote": 0, "error": 1}, channel
+
+
+def test_a_csv_whose_rows_end_with_the_delimiter_is_read(tmp_path: Path):
+    """SavvyCAN's GVRET export ends every row with a comma: each row has one more (empty) field than
+    the header, and every row was refused ("expected 14 fields, got 15"), so with skip the file gave
+    0 windows. The empty field after the last delimiter is allowed (a value there is a bad row)."""
+    from kdkit.data.columns import ColumnMapping, iter_mapped, read_mapped
+
+    rows = ["Time Stamp,ID,Extended,Dir,Bus,LEN,D1,D2,D3,D4,D5,D6,D7,D8"]
+    rows += [f"{166064000 + k * 1000},0000021A,false,Rx,0,8,C5,{k % 256:02X},00,00,00,00,00,{k % 100:02X},"
+             for k in range(300)]
+    rows[150] = rows[150] + "x"
+    path = tmp_path / "gvret.csv"
+    path.write_text("\n".join(rows) + "\n")
+    mapping = ColumnMapping(timestamp="Time Stamp", can_id="ID", payload=tuple(f"D{i}" for i in range(1, 9)),
+                            payload_format="bytes", time_unit="us", extended="Extended", dlc="LEN")
+    with pytest.raises(DataFormatError, match=r"gvret\.csv:151: a value after the last column \('x'\)"):
+        read_mapped(path, mapping)
+    m = read_mapped(path, mapping, "skip")
+    assert len(m) == 299 and m.skipped_rows == 1 and m.can_id[0] == 0x21A and m.timestamp[1] == 166.065
+    assert m.payload[1].tolist() == [0xC5, 1, 0, 0, 0, 0, 0, 1]
+    for block_bytes in (1, 50, None):  # the first row may come pieces after the header
+        chunks = concat_messages(list(iter_mapped(path, mapping, "skip", chunk_rows=7, block_bytes=block_bytes)))
+        np.testing.assert_array_equal(chunks.timestamp, m.timestamp)
+        np.testing.assert_array_equal(chunks.payload, m.payload)

@@ -157,7 +157,9 @@ def test_resume_refuses_a_checkpoint_of_another_run(teacher_run, synthetic, tmp_
              ({"label_threshold": 0.5}, r"label_threshold 0.0 vs 0.5")]
     for overrides, match in cases:
         with pytest.raises(ValueError, match=rf"--resume {last} comes from another run than this one \(.*{match}"):
-            train(tiny(tmp_path, run_name="r", epochs=4, **overrides), resume=last, progress=False, data=synthetic)
+            own = {"window", "label_threshold"} & set(overrides)  # data prepared otherwise: train prepares its own
+            train(tiny(tmp_path, run_name="r", epochs=4, **overrides), resume=last, progress=False,
+                  data=None if own else synthetic)
     with pytest.raises(ValueError, match=r"checkpoint's model differs from this run's \(hidden 8 vs 16"):
         train(tiny(tmp_path, run_name="r", epochs=4, hidden=16), resume=last, progress=False, data=synthetic)
     ck = torch.load(last, weights_only=True)
@@ -189,7 +191,8 @@ def test_teacher_must_be_a_teacher_of_the_same_family_vocabulary_and_window(teac
     ck = torch.load(best, weights_only=True)
 
     def student(teacher, **kw):
-        return train(tiny(tmp_path, type="student", teacher=str(teacher), **kw), progress=False, data=synthetic)
+        return train(tiny(tmp_path, type="student", teacher=str(teacher), **kw), progress=False,
+                     data=None if "window" in kw else synthetic)  # (data prepared otherwise are refused)
 
     # an older student checkpoint (no provenance: its role comes from its train_config)
     with pytest.raises(ValueError, match=rf"--teacher {student_checkpoint} is a student checkpoint .*not a teacher"):

@@ -213,6 +213,9 @@ def _open_text(path: Path) -> bytes:
         raise DataFormatError(path, None, f"unreadable or corrupt file ({err})") from err
 
 
+TRAILING_FIELD = "(after the last delimiter)"  # the empty field of rows that end with the delimiter
+
+
 def _attack_type(path: Path, mapping: ColumnMapping) -> str:
     if mapping.attack_type_from == "folder":
         return path.parent.name or attack_type_from_name(path)
@@ -458,6 +461,7 @@ class _MappedStream:
         self.lines = 0  # lines of the pieces so far
         self.any_text = self.any_row = False
         self.used: set[int] = set()  # type codes of the rows kept so far
+        self.trailing_checked = False  # whether the first row was looked at for a trailing delimiter
         self.order = _TimeOrder(self.bad)
 
     def feed(self, raw: bytes) -> Iterator[Messages]:
@@ -491,6 +495,8 @@ class _MappedStream:
             if head is None:
                 return
             body = head.end()
+        if not self.trailing_checked:
+            self._check_trailing(raw, body)
         bad_text = _utf8_problem(raw, body)
         if bad_text is None:
             yield from self._decode(raw, base, skip)
@@ -501,6 +507,20 @@ class _MappedStream:
         if start > body:
             yield from self._decode(raw[:start], base, skip)
         raise DataFormatError(path, base + line, problem)
+
+    def _check_trailing(self, raw: bytes, start: int) -> None:
+        """Rows that end with the delimiter (SavvyCAN's GVRET export) have one more field, empty,
+        than the header names: the file's first row tells, and the columns get a name for it."""
+        if not self.mapping.header or self.delimiter == " ":
+            self.trailing_checked = True
+            return
+        row = re.search(rb"[^\r\n]*[^\s][^\r\n]*", raw[start:])
+        if row is None:
+            return  # no row in this piece yet
+        self.trailing_checked = True
+        text = row.group().decode("utf-8", "replace").rstrip()
+        if text.endswith(self.delimiter) and text.count(self.delimiter) == len(self.names):
+            self.names = [*self.names, TRAILING_FIELD]
 
     def _decode(self, raw: bytes, base: int, skip: int) -> Iterator[Messages]:
         """Parse, decode and check whole lines (the file's lines ``base + 1``...; the first is the
@@ -561,6 +581,10 @@ class _MappedStream:
             row_type = np.where(ok_lab, codes, 0).astype(np.uint8)
             label = (row_type > 0).astype(np.uint8)
         fields_ok = ok_ts & ok_id & ok_pl & ok_dlc & ok_lab & ok_ext
+        extra = None
+        if TRAILING_FIELD in table.column_names:  # rows end with the delimiter: nothing may follow it
+            extra = pc.not_equal(table.column(TRAILING_FIELD), "").to_numpy(zero_copy_only=False)
+            fields_ok &= ~extra
 
         def cell(ref: str | int | None, i: int) -> str:
             return repr(_column(table, ref, path)[i].as_py()) if ref is not None else ""
@@ -576,6 +600,9 @@ class _MappedStream:
             pl_ref = mapping.payload if not isinstance(mapping.payload, tuple) else mapping.payload[0]
             if not ok_ts[i]:
                 return f"{name(mapping.timestamp)} {cell(mapping.timestamp, i)}: not a number"
+            if extra is not None and extra[i]:
+                return (f"a value after the last column ({cell(TRAILING_FIELD, i)}), where the file's rows end with "
+                        f"the delimiter")
             if not ok_ext[i]:
                 return f"{name(mapping.extended)} {cell(mapping.extended, i)}: expected 1/0 or true/false"
             if not ok_id[i]:

@@ -21,6 +21,7 @@ gateway with the ``.pt2`` and the ``.json``; without it the detector calls the p
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import time
 import warnings
@@ -35,7 +36,7 @@ from torch.utils import _pytree as pytree
 from kdkit.data.datasets import file_sha256
 from kdkit.data.graphs import IdVocab, build_graphs
 from kdkit.data.loader import collate_indices
-from kdkit.data.readers import Messages
+from kdkit.data.readers import EXTENDED_ID_FLAG, MAX_CAN_ID, MAX_STANDARD_ID, Messages
 from kdkit.models.fusion_scorer import OUTPUT_KIND as FUSION_OUTPUT_KIND
 from kdkit.models.fusion_scorer import FusionScorer
 from kdkit.models.native import NativeGAT, unsupported_reason
@@ -137,8 +138,10 @@ def example_batch(vocab: list[int], window: int, label_threshold: float = 0.0, s
     for any checkpoint, also those written before kdkit stored anything about examples.
     """
     rng = np.random.default_rng(seed)
-    top = max(vocab, default=0x100)
-    pool = np.array([*vocab, top + 1, top + 2, top + 3], np.uint32)  # three IDs outside the vocabulary
+    top, known = max(vocab, default=0x100), set(vocab)
+    # three IDs outside the vocabulary: standard ones above its largest, else extended ones (a table's IDs are valid)
+    ids = itertools.chain(range(top + 1, MAX_STANDARD_ID + 1), (i | EXTENDED_ID_FLAG for i in range(0x800, MAX_CAN_ID)))
+    pool = np.array([*vocab, *itertools.islice((i for i in ids if i not in known), 3)], np.uint32)
     lo = min(len(pool), max(2, window // 5))
     hi = min(len(pool), max(lo + 1, 2 * window // 5))
     for _ in range(64):
