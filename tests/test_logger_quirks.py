@@ -218,7 +218,9 @@ def test_a_file_mostly_skipped_is_said_so(tmp_path: Path, monkeypatch):
                                                                + bad)
     monkeypatch.setenv("KDKIT_CACHE_DIR", str(tmp_path / "cache"))
     text = format_info("mostly", prepare(str(folder), PrepareConfig(window=50, stride=50, on_bad_rows="skip")))
-    assert "  skipped 300 malformed rows in " in text
+    assert "  skipped 300 malformed rows in " in text and "no training windows" not in text
+    none = format_info("mostly", prepare(str(folder), PrepareConfig(window=500, stride=500, on_bad_rows="skip")))
+    assert "  no training windows: kdkit train refuses this dataset" in none
     assert "    more rows skipped than kept (100): the file is not what its reader expects; see the first one" in text
 
 
@@ -264,3 +266,37 @@ def test_a_csv_whose_rows_end_with_the_delimiter_is_read(tmp_path: Path):
         chunks = concat_messages(list(iter_mapped(path, mapping, "skip", chunk_rows=7, block_bytes=block_bytes)))
         np.testing.assert_array_equal(chunks.timestamp, m.timestamp)
         np.testing.assert_array_equal(chunks.payload, m.payload)
+
+
+def test_european_exports_with_decimal_commas_and_date_times(tmp_path: Path):
+    """A German Excel export ('0,001500' with ';' between fields) failed with "not a number" and no
+    hint: a mapping reads it with decimal = ","; a date-time timestamp says date-times are not read."""
+    from kdkit.data.columns import ColumnMapping, read_mapped
+
+    rows = ["Zeitstempel;Kennung;Daten"] + [f"{k / 1000:.6f}".replace(".", ",") + f";{0x100 + k % 4:03X};1122"
+                                           for k in range(50)]
+    path = tmp_path / "export.csv"
+    path.write_text("\n".join(rows) + "\n")
+    plain = ColumnMapping(timestamp="Zeitstempel", can_id="Kennung", payload="Daten", delimiter=";")
+    with pytest.raises(DataFormatError, match=r"export\.csv:2: Zeitstempel '0,000000': not a number \(a decimal comma: "
+                                              r"the mapping reads it with decimal = \",\"\)"):
+        read_mapped(path, plain)
+    m = read_mapped(path, ColumnMapping(timestamp="Zeitstempel", can_id="Kennung", payload="Daten", delimiter=";",
+                                        decimal=","))
+    assert len(m) == 50 and m.timestamp[3] == 0.003
+    with pytest.raises(ValueError, match=r"decimal and delimiter are both ','"):
+        ColumnMapping(timestamp="t", can_id="i", payload="p", decimal=",")
+    dated = tmp_path / "dated.csv"
+    dated.write_text("t,id,data\n2025-01-06 10:00:00.001,100,11\n")
+    with pytest.raises(DataFormatError, match=r"date-times are not read"):
+        read_mapped(dated, ColumnMapping(timestamp="t", can_id="id", payload="data"))
+
+
+def test_a_busmaster_log_is_named_as_such(tmp_path: Path):
+    """A BusMaster .log was read as candump and failed on its header: "timestamp '***BUSMASTER' is
+    not '(seconds)'", with no word on what the file is or what to do."""
+    path = tmp_path / "bus.log"
+    path.write_text("***BUSMASTER Ver 3.2.2***\n***PROTOCOL CAN***\n10:00:00:0001 1 0x100 s 8 11 22 33 44 55 66 77 88\n")
+    with pytest.raises(DataFormatError, match=r"bus\.log:1: not a candump -L frame line: .*a BusMaster log, not a "
+                                              r"candump one.*export the capture as \.asc or \.blf"):
+        read_logger_file(path)

@@ -102,6 +102,8 @@ class ColumnMapping:
             ``infected/DenialOfService/``).
         delimiter: ``,`` or another single character; ``whitespace`` splits on runs of blanks.
         header: whether the first line is a header.
+        decimal: the timestamp's decimal separator, ``.`` or ``,`` (a European export:
+            ``0,001500`` with ``;`` between fields).
     """
 
     timestamp: str | int
@@ -121,6 +123,7 @@ class ColumnMapping:
     attack_type_from: str = "file"
     delimiter: str = ","
     header: bool = True
+    decimal: str = "."
 
     def __post_init__(self) -> None:
         if isinstance(self.payload, list):
@@ -146,6 +149,11 @@ class ColumnMapping:
                              "(value -> 'normal', 'attack' or an attack type)")
         if self.label_map and NORMAL not in self.label_map.values():
             raise ValueError(f"column mapping: label_map {self.label_map!r} maps no value to 'normal'")
+        if self.decimal not in (".", ","):
+            raise ValueError(f"column mapping: decimal = {self.decimal!r}; expected '.' or ','")
+        if self.decimal == self.delimiter:
+            raise ValueError(f"column mapping: decimal and delimiter are both {self.delimiter!r}; a file with decimal "
+                             f"commas separates its fields otherwise (delimiter = ';')")
         if len(self.delimiter) != 1 and self.delimiter != "whitespace":
             raise ValueError(f"column mapping: delimiter {self.delimiter!r}; expected one character or 'whitespace'")
         refs = self.columns()
@@ -554,7 +562,10 @@ class _MappedStream:
             row_lines()
             earlier = [(int(line_no[1][number - 1]), problem) for number, problem in rejected]
 
-        ts, ok_ts = _parse_float(_column(table, mapping.timestamp, path))
+        ts_text = _column(table, mapping.timestamp, path)
+        if mapping.decimal == ",":
+            ts_text = pc.replace_substring(ts_text, ",", ".", max_replacements=1)
+        ts, ok_ts = _parse_float(ts_text)
         ts = ts / TIME_UNITS[mapping.time_unit]
         ext_flags, ok_ext = (None, np.ones(n, bool))
         if mapping.extended is not None:
@@ -599,7 +610,12 @@ class _MappedStream:
 
             pl_ref = mapping.payload if not isinstance(mapping.payload, tuple) else mapping.payload[0]
             if not ok_ts[i]:
-                return f"{name(mapping.timestamp)} {cell(mapping.timestamp, i)}: not a number"
+                shown = cell(mapping.timestamp, i)
+                hint = (" (a decimal comma: the mapping reads it with decimal = \",\")" if mapping.decimal == "."
+                        and re.fullmatch(r"'[+-]?\d+,\d+'", shown) else
+                        " (date-times are not read: timestamps are numbers, seconds or time_unit)"
+                        if re.search(r"\d[-/.]\d+[-/.]\d+.*\d:\d", shown) else "")
+                return f"{name(mapping.timestamp)} {shown}: not a number{hint}"
             if extra is not None and extra[i]:
                 return (f"a value after the last column ({cell(TRAILING_FIELD, i)}), where the file's rows end with "
                         f"the delimiter")

@@ -713,6 +713,9 @@ def format_info(name: str, ds: PreparedDataset) -> str:
     lines += [f"  read once: {a} (identical to {b})" for a, b in info["duplicates_skipped"]]
     lines += [f"  excluded from training: {p}" for p in info["excluded_from_training"]]
     lines += skipped_rows_report(info)
+    if info["splits"].get("train", {}).get("windows", 1) == 0:  # (data info and prepare said nothing, exit 0)
+        lines.append(f"  no training windows: kdkit train refuses this dataset (its training recordings are shorter "
+                     f"than a window of {info['config']['window']} messages, or their rows were skipped)")
     lines += [f"  missing test scenario {k}: {why}" for k, why in info.get("missing_scenarios", {}).items()]
     lines += [f"  left out of {path}: " + ", ".join(f"{n} {kind} frames" for kind, n in kinds.items())
               for path, kinds in info.get("dropped_frames", {}).items()]

@@ -833,6 +833,10 @@ def _parse_lines(lines: list[tuple[int, str]], channel: str | None, skip_others:
             continue
         if kind == "bad":
             note = " (the line holds bytes that are not ASCII text, shown as '?')" if line in non_ascii else ""
+            if line_text.lstrip().upper().startswith("***BUSMASTER"):
+                note += (" (a BusMaster log, not a candump one: kdkit does not read BusMaster's .log; export the "
+                         "capture as .asc or .blf, or read its frame lines with a column mapping (delimiter = "
+                         "\"whitespace\", header = false))")
             earlier.append((line, f"not a candump -L frame line: {parsed[1]}{note}"))
             continue
         chan = _channel_name(parsed[2])
