@@ -86,11 +86,15 @@ def test_train_refuses_data_prepared_with_other_settings_than_its_config(kdkit_e
     from kdkit.config import make_config
     from kdkit.workflows.run import train
 
-    data = PreparedDataset("synthetic", PrepareConfig(window=100, stride=100), IdVocab.fit([np.array([1])]), {}, {})
+    with pytest.raises(ValueError, match=r"the data have no split 'train' or 'val' \(splits: \['Train'\]\)"):
+        train(make_config(model="gat", type="student", dataset="synthetic", epochs=1, runs_dir=str(tmp_path)),
+              data=PreparedDataset("synthetic", PrepareConfig(), IdVocab.fit([np.array([1])]), {"Train": None}, {}))
+    splits = {"train": None, "val": None}
+    data = PreparedDataset("synthetic", PrepareConfig(window=100, stride=100), IdVocab.fit([np.array([1])]), splits, {})
     cfg = make_config(model="gat", type="student", dataset="synthetic", window=50, epochs=1, runs_dir=str(tmp_path))
     with pytest.raises(ValueError, match=r"window=100 \(the config: 50\), stride=100 \(the config: 50\).*load_data"):
         train(cfg, data=data)
-    other = PreparedDataset("mycar", PrepareConfig(window=50, stride=50), IdVocab.fit([np.array([1])]), {}, {})
+    other = PreparedDataset("mycar", PrepareConfig(window=50, stride=50), IdVocab.fit([np.array([1])]), splits, {})
     with pytest.raises(ValueError, match=r"dataset 'mycar' \(the config: 'synthetic'\)"):
         train(cfg, data=other)
     assert not any(tmp_path.iterdir())  # refused before a run folder was made

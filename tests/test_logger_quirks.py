@@ -300,3 +300,23 @@ def test_a_busmaster_log_is_named_as_such(tmp_path: Path):
     with pytest.raises(DataFormatError, match=r"bus\.log:1: not a candump -L frame line: .*a BusMaster log, not a "
                                               r"candump one.*export the capture as \.asc or \.blf"):
         read_logger_file(path)
+
+
+def test_a_bus_that_starts_later_in_a_candump_log_is_named_by_data_info(tmp_path: Path, monkeypatch):
+    """A capture whose second bus starts after the first MiB is read as the first bus (the readers
+    look at the file's start): kdkit detect named the 20,000 frames left out, data info nothing."""
+    from kdkit.data.datasets import PrepareConfig, format_info, prepare
+
+    folder = tmp_path / "late"
+    log = folder / "train_01_attack_free" / "drive.log"
+    log.parent.mkdir(parents=True)
+    lines = [f"({1000 + k / 1000:.6f}) can0 {0x100 + k % 7:03X}#1122334455667788\n" for k in range(32000)]
+    lines += [f"({1032 + k / 1000:.6f}) {'can0' if k % 2 else 'can1'} {0x200 + k % 5:03X}#11\n" for k in range(2000)]
+    log.write_text("".join(lines))
+    monkeypatch.setenv("KDKIT_CACHE_DIR", str(tmp_path / "cache"))
+    ds = prepare(str(folder), PrepareConfig(window=100, stride=100))
+    assert ds.info["left_out_channels"] == {str(log): {"can1": 1000}}
+    assert (f"left out of {log}: the frames of channels that start later in it, can1 (1,000) (it is read as the bus "
+            f"its start holds") in format_info("late", ds)
+    chosen = prepare(str(folder), PrepareConfig(window=100, stride=100), channel="can0")
+    assert chosen.info["left_out_channels"] == {}

@@ -102,6 +102,10 @@ def check_data_matches(cfg: TrainConfig, data: PreparedDataset) -> None:
     """``train(cfg, data=...)``: the data must be what ``cfg`` prepares, for the checkpoint records
     ``cfg``'s dataset and graph settings (evaluation, export and the detector rebuild windows from
     them). A ValueError names every difference."""
+    missing = [s for s in ("train", "val") if s not in data.splits]
+    if missing:
+        raise ValueError(f"train(data=...): the data have no split {' or '.join(map(repr, missing))} (splits: "
+                         f"{sorted(data.splits)}); prepare them with kdkit.workflows.load_data(cfg)")
     want, have = prepare_config(cfg), data.config
     diffs = [f"{k}={getattr(have, k)!r} (the config: {getattr(want, k)!r})"
              for k in ("window", "stride", "label_threshold", "val_fraction", "include_excluded", "on_bad_rows")
