@@ -320,3 +320,21 @@ def test_a_bus_that_starts_later_in_a_candump_log_is_named_by_data_info(tmp_path
             f"its start holds") in format_info("late", ds)
     chosen = prepare(str(folder), PrepareConfig(window=100, stride=100), channel="can0")
     assert chosen.info["left_out_channels"] == {}
+
+
+def test_a_cut_trc_line_is_reported_once_by_kdkit(tmp_path: Path, capfd):
+    """python-can logged "TRCReader: Failed to parse message ..." for the cut last line, once per
+    attempt, beside kdkit's own report of it with its file and line."""
+    import can
+
+    path = tmp_path / "cut.trc"
+    with can.TRCWriter(str(path)) as writer:
+        for k in range(5):
+            writer.on_message_received(can.Message(timestamp=1.0 + k, arbitration_id=0x100 + k, data=b"\x01",
+                                                   is_extended_id=False))
+    path.write_text(path.read_text()[:-12])
+    capfd.readouterr()
+    m = read_logger_file(path, on_bad_rows="skip")
+    assert len(m) == 4 and m.skipped_rows == 1 and "python-can's TRC reader skipped this line" in m.skipped_examples[0]
+    out, err = capfd.readouterr()
+    assert "Failed to parse" not in out + err

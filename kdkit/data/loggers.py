@@ -52,8 +52,10 @@ Importing this module makes :func:`kdkit.data.readers.read_messages` read these 
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
+import logging
 import re
 import struct
 import zlib
@@ -1159,6 +1161,21 @@ def _trc_error_record(text: str, reader) -> bool:
     return k is not None and len(cols) > k and cols[k] == "Error"
 
 
+@contextlib.contextmanager
+def _python_can_quiet():
+    """python-can's text readers log each line they cannot parse ("TRCReader: Failed to parse
+    message ..."), which kdkit reports itself with its file and line: not twice."""
+    quiet = logging.Filter("(none)")  # passes no record of theirs
+    loggers = [logging.getLogger(name) for name in ("can.io.trc", "can.io.asc")]
+    for one in loggers:
+        one.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for one in loggers:
+            one.removeFilter(quiet)
+
+
 def _trc_record_bus(text: str, reader) -> str:
     """The bus of a ``.trc`` record line, named as python-can names its frames' channels (1 where
     the version has no bus column)."""
@@ -1305,7 +1322,7 @@ class _PythonCanFrames:
                 if relative is not None:
                     raise DataFormatError(path, head.count("\n", 0, relative.start()) + 1, _ASC_RELATIVE)
             try:
-                with opener(path, "rt", encoding="utf-8", errors="replace") as handle:
+                with opener(path, "rt", encoding="utf-8", errors="replace") as handle, _python_can_quiet():
                     while True:  # once, or after each line python-can could not parse (skip mode)
                         start = source.line if source is not None else 0
                         source = _Lines(handle, prefix)
