@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import matplotlib
 
@@ -467,3 +468,26 @@ def test_a_grid_point_no_better_than_chance_is_said_though_f1_ranks_it(tmp_path)
     (tmp_path / "zero").mkdir()
     text = sweep.sweep_text(_sweep(tmp_path / "zero", rows))
     assert "student (KD) MCC +0.000 and F1 0: it flags no attack window" in text and "flagging most" not in text
+
+
+def test_a_sweep_over_seeds_alone_reports_its_one_setting(tmp_path):
+    """`kdkit sweep --notebook ... --seeds 0,1` without a grid was refused ("needs --grid"): a
+    setting over seeds is the commonest sweep of all. Planned, and reported as one row over seeds."""
+    rows = [_task(0, 2.0, 0, 0.6), _task(1, 2.0, 1, 0.8)]
+    for r in rows:
+        r["params"] = {}
+    text = sweep.sweep_text(_sweep(tmp_path, rows, grid={}))
+    assert "0.700 ± 0.141" in text
+
+
+def test_kdkit_sweep_plans_seeds_without_a_grid(tmp_path, capsys, monkeypatch):
+    from kdkit.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    teacher = tmp_path / "t.pt"
+    teacher.write_bytes(b"x")
+    notebook = Path(__file__).resolve().parents[1] / "notebooks" / "student.ipynb"
+    assert main(["sweep", "--notebook", str(notebook), "--seeds", "0,1,2", "--dry-run",
+                 "--teacher-checkpoint", str(teacher), "-p", "epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "3 task(s) of" in out and "     2 seed=2" in out

@@ -64,10 +64,10 @@ def _all_completed(results: dict) -> int:
 def cmd_sweep(args) -> int:
     if args.sweep_command is not None:
         return args.sub_func(args)
-    if not args.notebook or not args.grid:
-        raise ValueError("kdkit sweep needs --notebook and --grid (or a sub-command: status, wait, cancel, "
-                         "retry-failed, report, run-task)")
-    grid = sw.load_grid(args.grid)
+    if not args.notebook or not (args.grid or args.seeds):
+        raise ValueError("kdkit sweep needs --notebook and --grid and/or --seeds (or a sub-command: status, wait, "
+                         "cancel, retry-failed, report, run-task)")
+    grid = sw.load_grid(args.grid) if args.grid else {}  # --seeds alone: one setting over seeds
     seeds = sw.parse_seeds(args.seeds) if args.seeds else None
     params = {k: _parameter_value(v) for k, v in args.parameters or []}
     teacher_params = {k: _parameter_value(v) for k, v in args.teacher_parameters or []}
@@ -177,7 +177,8 @@ def register(subparsers) -> None:
                                           "array, locally a pool bounded by the cores. See docs/SWEEPS.md.")
     p.add_argument("--sweeps-dir", default=str(sw.SWEEPS_DIR), help="where sweeps live (default runs/sweeps)")
     p.add_argument("--notebook", help="the notebook every task runs, e.g. notebooks/student.ipynb")
-    p.add_argument("--grid", help="JSON or TOML file: notebook parameter -> list of values")
+    p.add_argument("--grid", help="JSON or TOML file: notebook parameter -> list of values (none: --seeds alone "
+                                  "runs one setting over the seeds)")
     p.add_argument("--seeds", help="values of the notebook's seed parameter, e.g. 0,1,2 (one task each)")
     p.add_argument("-p", "--parameter", dest="parameters", nargs=2, action="append", metavar=("KEY", "VALUE"),
                    help="a notebook parameter fixed for every task; VALUE is JSON if it parses, else a string")

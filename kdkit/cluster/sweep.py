@@ -164,7 +164,7 @@ def plan(notebook: str | os.PathLike, grid: dict[str, list], seeds: list[int] | 
     notebook = Path(notebook).expanduser().resolve()
     if not notebook.is_file():
         raise FileNotFoundError(f"notebook {notebook} does not exist")
-    grid = dict(check_grid_shape(grid))
+    grid = dict(check_grid_shape(grid)) if grid or not seeds else {}  # seeds alone: one setting over them
     parameters = _absolute(dict(parameters or {}))
     declared = notebook_parameters(notebook)
     for key in grid:
