@@ -463,10 +463,66 @@ def test_stall_is_counted_and_a_lost_connection_ends_with_the_summary(trained, r
     bus = _ScriptedBus(frames[:120] + [None] * 6 + frames[120:] + [can.CanOperationError("Network is down [Errno 100]")])
     det = Detector.from_checkpoint(trained)
     with caplog.at_level(logging.WARNING, logger="kdkit.stream"):
-        summary = listen_bus(det, bus, stall_seconds=0.1, max_seconds=30)
+        summary = listen_bus(det, bus, stall_seconds=0.1, max_seconds=30, keep=True)
     assert summary.stalls == 1 and "no frame for" in caplog.text and "frames again" in caplog.text
     assert summary.stopped_by == "lost connection" and "Network is down" in summary.error
     assert summary.to_dict()["windows"] == 2 and det.messages == 250
+    # a window never spans the silence (one did, decided when traffic came back, and missed the attack in it):
+    # the open window's 20 messages are left undecided, the windows restart with the first frame after it
+    assert [d.first_message for d in summary.decisions] == [0, 120]
+    assert summary.to_dict()["undecided_messages"] == 20 + 30  # and the 30 after the last window, at the end
+    assert "messages in no decided window: 50" in summary.format()
+
+
+def test_a_stall_before_the_first_frame_is_no_stall(trained, recording, caplog):
+    """A detector started before its bus counted "stall 1" for a bus that had never carried a frame."""
+    frames = list(as_can_messages(read_messages(recording).slice(0, 120)))
+    bus = _ScriptedBus([None] * 6 + frames + [KeyboardInterrupt()])
+    with caplog.at_level(logging.WARNING, logger="kdkit.stream"):
+        summary = listen_bus(Detector.from_checkpoint(trained), bus, stall_seconds=0.1, max_seconds=30)
+    assert summary.stalls == 0 and "no frame yet after" in caplog.text and "stall 1" not in caplog.text
+
+
+def test_the_restart_warning_counts_the_messages_left_undecided_alike_frame_by_frame_and_in_batches(trained,
+                                                                                                    recording, caplog):
+    """Through feed_many the warning said "the open window's 552 messages are not decided" where feed
+    said 52 for the same frames (the batch's windows before the restart were still to be decided)."""
+    frames = _frames(read_messages(recording).slice(0, 2000))
+    frames[1552:] = [(f[0] - 500.0, *f[1:]) for f in frames[1552:]]  # the clock steps back 500 s at frame 1552
+    counts = []
+    for feed in ("feed", "iterable", "table"):
+        det = Detector.from_checkpoint(trained)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="kdkit.stream"):
+            if feed == "feed":
+                for f in frames:
+                    det.feed(f)
+            else:
+                det.feed_many(frames if feed == "iterable" else _as_messages(frames))
+        counts.append((det.undecided, [r.getMessage().split("open window's ")[1] for r in caplog.records
+                                       if "open window's" in r.getMessage()]))
+    assert counts[0] == counts[1] == counts[2] == (52, ["52 messages are not decided)"])
+
+
+def test_a_burst_faster_than_a_bus_across_two_blocks_is_warned(trained, recording, caplog):
+    """The re-stamping check looked at fixed blocks of 256 frames: a burst of 300 frames 10 us apart
+    that fell across two blocks went unreported. Every 256 consecutive frames are looked at."""
+    frames = _frames(read_messages(recording).slice(0, 3000))
+    a = 2432  # half way into a block of 256: each fixed block holds half of the burst
+    t = frames[a][0]
+    frames[a:a + 300] = [(t + k * 1e-5, *f[1:]) for k, f in enumerate(frames[a:a + 300])]
+    ts = np.array([f[0] for f in frames])
+    fixed = (ts[255::256] - ts[0::256][:len(ts[255::256])]) / 255  # what the fixed blocks saw: no block that fast
+    assert fixed.min() >= 40e-6 and (ts[a + 255] - ts[a]) / 255 < 40e-6
+    for feed in ("feed", "iterable"):
+        det = Detector.from_checkpoint(trained)
+        with caplog.at_level(logging.WARNING, logger="kdkit.stream"):
+            if feed == "feed":
+                for f in frames:
+                    det.feed(f)
+            else:
+                det.feed_many(frames)
+        assert det.restamped, feed
 
     bus = _ScriptedBus(frames[:150] + [OSError(19, "No such device")])
     with pytest.MonkeyPatch.context() as mp:
@@ -504,7 +560,7 @@ def _listening_detector(trained, bus: str, summary: Path, *extra: str):
     while time.monotonic() < deadline:
         line = proc.stderr.readline()
         err_lines.append(line)
-        if "no frame for" in line or not line:
+        if "no frame" in line or not line:  # ("no frame yet after 0.5 s": it listens)
             break
     return proc, err_lines
 

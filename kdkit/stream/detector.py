@@ -216,9 +216,10 @@ class _RestampCheck:
         if arr.size <= n:
             self._tail = arr.copy()
             return
-        idx = np.arange(0, arr.size - n, n)
-        gaps = (arr[idx + n] - arr[idx]) / n
-        self._tail = arr[idx[-1] + n:].copy()
+        # every RESTAMP_SPAN consecutive frames, not fixed blocks of them: a burst across two blocks went unseen
+        gaps = (arr[n:] - arr[:-n]) / n
+        idx = np.arange(gaps.size)
+        self._tail = arr[-n:].copy()
         low = np.flatnonzero(gaps < MIN_MEAN_GAP_S)
         if low.size:
             self.warned = True
@@ -410,7 +411,8 @@ class Detector:
         # the largest timestamp accepted before the last frame; math.inf: the last frame is not withdrawn as a glitch
         self._prev_ts = -math.inf
         self._decided_to = -1  # stream index of the last message in a decided window
-        self._timeline_start = 0  # stream index of the first message of a timeline a reader marked (no gap before it)
+        self._timeline_start = 0  # stream index where the current timeline's windows may start
+        self.undecided = 0  # messages left in no decided window at restarts and stalls
         self._one: list[float] = []  # timestamps fed one by one, for the re-stamping check
         self.timeline_restarts = 0  # times the frames' clock went back and the detector took the new timeline
         self._behind = 0  # frames in a row behind _last_ts, in order among themselves
@@ -633,10 +635,8 @@ class Detector:
                 self._drop("time_backwards", f"ID {format_can_id(key)} at {ts} after a frame at {self._last_ts}")
                 return None
             else:
-                self._next = self.messages + 1  # the windows restart after this frame (_restart_timeline)
+                self._restart_windows(self._last_ts, ts)  # they restart after this frame
                 self._last_ts = math.inf  # the restart frame is not withdrawn (becomes _prev_ts below)
-                self._one.clear()  # the re-stamping check measures spacing on one timeline
-                self._restamp.restart()
         elif self._behind:  # back in order: no store per frame on the hot path otherwise
             self._behind = 0
         self._prev_ts, self._last_ts = self._last_ts, ts
@@ -671,18 +671,18 @@ class Detector:
         if isinstance(frames, Messages) and frames.restart is not None and frames.restart.any():
             return self._feed_timelines(frames, arrival, labelled)
         cpu0 = time.thread_time()
-        restarts: list[int] = []
+        restarts: list[tuple[int, float, float]] = []
         if isinstance(frames, Messages):
             (cols, restarts), labelled = self._check_messages(frames), labelled is not False
         else:
             (cols, restarts), labelled = self._collect(frames), False
         out: list[Decision] = []
         n = cols[0].shape[0]
-        bounds = [0, *restarts, n]
+        went_back = {at: (last, ts) for at, last, ts in restarts}
+        bounds = sorted({0, *went_back, n})
         for a, b in zip(bounds[:-1], bounds[1:]):  # each timeline apart: its windows restart after its first frame
-            if a in restarts:
-                self._next = self.messages + 1
-                self._restamp.restart()
+            if a in went_back:
+                self._restart_windows(*went_back[a])
             for i in range(a, b, BLOCK_MESSAGES):
                 out += self._append_block(*(c[i:min(b, i + BLOCK_MESSAGES)] for c in cols), arrival=arrival,
                                           cpu0=cpu0, labelled=labelled)
@@ -700,16 +700,16 @@ class Detector:
             if msgs.restart[a]:
                 self.timeline_restarts += 1
                 self._last_ts, self._prev_ts, self._behind = -math.inf, math.inf, 0
-                self._next = self._timeline_start = self.messages  # its first window starts on it, as offline
-                self._restamp.restart()
-                log.warning("%s: %s message %d starts a new timeline (its reader found the recording's clock "
-                            "restarted): the windows restart on it", self.name, msgs.source or "a table", a)
+                # its first window starts on it, as offline
+                self._restart_windows(None, None, first=True, why=f"{msgs.source or 'a table'} message {a} starts a "
+                                                                   f"new timeline (its reader found the recording's "
+                                                                   f"clock restarted)")
             part = msgs.slice(a, b)
             part.restart = None
             out += self.feed_many(part, arrival, labelled)
         return out
 
-    def _check_messages(self, msgs: Messages) -> tuple[tuple[np.ndarray, ...], list[int]]:
+    def _check_messages(self, msgs: Messages) -> tuple[tuple[np.ndarray, ...], list[tuple[int, float, float]]]:
         """The columns of ``msgs`` with bad rows dropped and counted (vectorized), and where the
         timeline restarts in them (as :meth:`_collect`). Time order is decided frame by frame, as
         :meth:`feed` does, from the first row out of order on."""
@@ -731,7 +731,7 @@ class Detector:
             extra = int(mask.sum()) - LOGGED_PER_REASON
             if extra > 0:
                 self.dropped[reason] += extra
-        restarts: list[int] = []
+        restarts: list[tuple[int, float, float]] = []
         if (good & ~forward).any():
             keep, restarts = self._time_order(ts, ids, good, int(np.argmin(forward | ~good)), where)
         elif good.any():
@@ -743,7 +743,7 @@ class Detector:
         return (ts[keep], ids[keep], dlc[keep], msgs.payload[keep], msgs.label[keep]), restarts
 
     def _time_order(self, ts: np.ndarray, ids: np.ndarray, good: np.ndarray, first: int,
-                    where: str) -> tuple[np.ndarray, list[int]]:
+                    where: str) -> tuple[np.ndarray, list[tuple[int, float, float]]]:
         """:meth:`feed`'s time rule over a table's good rows from ``first`` (the first one behind)
         on, row by row: (rows kept, restart positions among them)."""
         keep = good.copy()
@@ -756,7 +756,7 @@ class Detector:
         last, prev = self._last_ts, self._prev_ts
         kept_at = int(good[:first].sum())  # kept rows before row i
         last_row = int(np.flatnonzero(good[:first])[-1]) if kept_at else -1  # the last kept row of this table
-        restarts: list[int] = []
+        restarts: list[tuple[int, float, float]] = []
         for i in np.flatnonzero(good[first:]).tolist():
             i += first
             t = float(ts[i])
@@ -776,7 +776,7 @@ class Detector:
                     keep[i] = False
                     continue
                 else:
-                    restarts.append(kept_at)
+                    restarts.append((kept_at, last, t))  # (where, from, to): applied once the windows before are decided
                     last = math.inf
             elif self._behind:
                 self._behind = 0
@@ -814,7 +814,7 @@ class Detector:
                     self._drop("time_backwards", f"ID {format_can_id(key)} at {ts} after a frame at {last}")
                     continue
                 else:
-                    restarts.append(len(ts_l))
+                    restarts.append((len(ts_l), last, ts))  # applied once the windows before are decided
                     last = math.inf  # the restart frame is not withdrawn
             elif self._behind:
                 self._behind = 0
@@ -850,25 +850,46 @@ class Detector:
     def _behind_again(self, ts: float, last: float, at: int) -> bool:
         """A frame behind the last accepted one (at ``last``): True when it is the :data:`RESTART_AFTER`-th
         in a row behind it and in order with the ones before it; the caller then takes the frames' new
-        timeline from this frame on, which will be message ``at`` (:meth:`_restart_timeline`). Else the
-        caller drops it."""
+        timeline from this frame on, which will be message ``at`` (:meth:`_restart_windows` when the
+        windows before it are decided). Else the caller drops it."""
         self._behind = self._behind + 1 if self._behind and ts >= self._behind_ts else 1
         self._behind_ts = ts
         if self._behind < RESTART_AFTER:
             return False
-        self._restart_timeline(ts, last, at)
+        self._behind = 0
         return True
 
-    def _restart_timeline(self, ts: float, last: float, at: int) -> None:
-        """The frames' clock went back (a frame stamped in the future before, or a clock stepped back):
-        the caller restarts the windows after message ``at``, this frame, which becomes the first window's
-        preceding message. The open window's messages and the frames dropped while the clock was behind
-        are not decided; said once per restart, and counted (``timeline_restarts``)."""
-        self._behind, self.timeline_restarts = 0, self.timeline_restarts + 1
-        log.warning("%s: the frames' time went back %.6g s (from %r to %r) and stayed there for %d frames: a frame "
-                    "stamped in the future, or the clock stepped back; the windows restart on the new timeline "
-                    "(the %d frames before this one and the open window's %d messages are not decided)", self.name,
-                    last - ts, last, ts, RESTART_AFTER, RESTART_AFTER - 1, max(at - self._next, 0))
+    def _restart_windows(self, last: float | None, ts: float | None, first: bool = False, why: str = "") -> None:
+        """The windows restart: after the next message fed (the frame that took the new timeline; it is the
+        first window's preceding message), or with ``first`` on it (a timeline a reader marked, a stall: no
+        gap before it). The open window's messages are left undecided: counted (``undecided``) and said,
+        once per restart, with what went back (``last`` -> ``ts``) or ``why``."""
+        left = self.open_messages
+        self.undecided += left
+        if last is not None:
+            self.timeline_restarts += 1
+            log.warning("%s: the frames' time went back %.6g s (from %r to %r) and stayed there for %d frames: a "
+                        "frame stamped in the future, or the clock stepped back; the windows restart on the new "
+                        "timeline (the %d frames before this one were dropped; the open window's %d messages are not "
+                        "decided)", self.name, last - ts, last, ts, RESTART_AFTER, RESTART_AFTER - 1, left)
+        elif why:
+            log.warning("%s: %s: the windows restart (the open window's %d messages are not decided)", self.name, why,
+                        left)
+        self._next = self._timeline_start = self.messages if first else self.messages + 1
+        if not first:
+            self._timeline_start = self.messages  # the restart frame: the first window's preceding message
+        self._one.clear()  # the re-stamping check measures spacing on one timeline
+        self._restamp.restart()
+
+    @property
+    def open_messages(self) -> int:
+        """Messages fed since the last decided window ended (on this timeline): in no decided window yet."""
+        return max(self.messages - max(self._decided_to + 1, self._timeline_start), 0)
+
+    def stalled(self, seconds: float) -> None:
+        """The bus carried no frame for ``seconds``: a window must not span the silence, so the windows
+        restart with the next frame (no gap before it); the open window's messages are counted undecided."""
+        self._restart_windows(None, None, first=True, why=f"no frame for {seconds:.1f} s")
 
     def _make_room(self, extra: int) -> None:
         """Drop buffered rows no future window needs; grow the buffer if that is not enough."""

@@ -1,7 +1,7 @@
 """The detection loops ``kdkit detect``, the gateway notebook and ``kdkit bench detect`` share.
 
     summary = replay_file(det, "capture.log", channel="can0", on_decision=print)   # as fast as it goes
-    summary = replay_file(det, "capture.log", realtime=True)                       # paced: can.MessageSync
+    summary = replay_file(det, "capture.log", realtime=True)                       # at the recorded pace
     with open_bus("socketcan:can0") as bus:
         summary = listen_bus(det, bus, on_decision=print, max_seconds=60)
     print(summary.format())
@@ -21,7 +21,7 @@ from __future__ import annotations
 import errno
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import can
@@ -114,6 +114,8 @@ class RunSummary:
                 "channel": self.channel or d.channel, "other_channels": others,
                 "other_channel_frames": None if self.other_channels_note else sum(others.values()),
                 "skipped_rows": self.skipped_rows, "truncated": self.truncated, "stalls": self.stalls,
+                # messages in no decided window: an open window left at a restart or a stall, and at the end
+                "undecided_messages": d.undecided + d.open_messages,
                 "restamped": d.restamped, "unknown_vehicle": d.unknown_vehicle,
                 "calibrated_on": describe_calibration(d.calibration) if d.calibration else None,
                 "calibration_kind": None if not d.calibration else (
@@ -157,7 +159,9 @@ class RunSummary:
                  + (f" (the file is cut: {s['truncated']})" if s["truncated"] else "") + f"; stalls: {s['stalls']}"
                  + ("; timestamps looked re-stamped (see the warning)" if s["restamped"] else "")
                  + (f"; time went back and the windows restarted {s['timeline_restarts']} time(s) (see the warning)"
-                    if s["timeline_restarts"] else "")]
+                    if s["timeline_restarts"] else ""),
+                 f"  messages in no decided window: {s['undecided_messages']:,} (an open window at a restart, a "
+                 f"stall or the end: a window is decided when its {s['window']}th message arrives)"]
         if s["labels"] is not None:
             lab = s["labels"]
             pct = lambda v: "-" if v is None else f"{v:.2%}"  # noqa: E731
@@ -230,10 +234,35 @@ def as_can_messages(msgs: Messages, channel: str | None = None) -> Iterator[can.
 _CHANNEL_IGNORED: set[tuple[str, str]] = set()  # (file, channel) already warned about in this process
 
 
+def _paced(frames: Iterable[can.Message], detector: Detector, summary: RunSummary,
+           stall_seconds: float) -> Iterator[can.Message]:
+    """Frames at their recorded pace, as a bus would deliver them: each when its time since the
+    first has passed (``can.MessageSync`` paced nothing after a clock that went back: this
+    re-anchors there). A recorded silence of ``stall_seconds`` or more is waited out and met as
+    on a live bus: a stall, counted, after which the windows restart."""
+    anchor: tuple[float, float] | None = None  # (a frame's timestamp, when it was fed)
+    last = None
+    for frame in frames:
+        ts = frame.timestamp
+        if anchor is None or ts < last:  # the first frame, or a clock that went back: pace from here
+            anchor = (ts, time.perf_counter())
+        else:
+            delay = anchor[1] + (ts - anchor[0]) - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            if ts - last >= stall_seconds and detector.frames:
+                summary.stalls += 1
+                log.warning("%s: no frame for %.1f s in the recording (stall %d)", summary.source, ts - last,
+                            summary.stalls)
+                detector.stalled(ts - last)
+        last = ts
+        yield frame
+
+
 def replay_file(detector: Detector, path: str | Path, channel: str | None = None, realtime: bool = False,
                 on_decision: Callable[[Decision], None] | None = None, on_bad_rows: str = "skip",
                 max_messages: int | None = None, max_seconds: float | None = None, keep: bool = False,
-                count_channels: bool = True) -> RunSummary:
+                count_channels: bool = True, stall_seconds: float = 2.0) -> RunSummary:
     """Replay a recording through ``detector``; returns the run's summary.
 
     Args:
@@ -241,8 +270,8 @@ def replay_file(detector: Detector, path: str | Path, channel: str | None = None
         path: any file :func:`kdkit.data.read_messages` reads (candump ``.log``, ``.asc``,
             ``.blf``, ``.trc``, CSV; ``.gz`` too).
         channel: keep only this channel of a logger file (CSV files have none).
-        realtime: feed frame by frame at the recorded pace (``can.MessageSync``); the latency
-            is then per window. Otherwise blocks are fed as fast as they are built and scored.
+        realtime: feed frame by frame at the recorded pace, as a bus would (:func:`_paced`: a
+            recorded silence of ``stall_seconds`` is a stall); the latency is then per window. Otherwise blocks are fed as fast as they are built and scored.
         on_decision: called with every decision, in order.
         on_bad_rows: ``"skip"`` (default: dropped and counted in ``skipped_rows``, the first
             ones logged) or ``"error"``. A clock that restarts in the file is no bad row: the
@@ -298,7 +327,7 @@ def replay_file(detector: Detector, path: str | Path, channel: str | None = None
     try:
         if realtime:
             frames = (frame for chunk in chunks() for frame in as_can_messages(chunk, channel))
-            for frame in can.MessageSync(frames, timestamps=True, gap=0.0):
+            for frame in _paced(frames, detector, summary, stall_seconds):
                 if max_seconds is not None and time.perf_counter() - summary._t0 >= max_seconds:
                     summary.stopped_by = "max-seconds"  # before the frame: the last frame of a file ends by its end
                     break
@@ -378,8 +407,8 @@ def listen_bus(detector: Detector, bus: can.BusABC, source: str | None = None,
     goes on. Latency is measured from the moment ``recv`` returned the window's last frame."""
     source = source or getattr(bus, "channel_info", None) or str(bus)
     summary = RunSummary(detector, source, "live", keep)
-    last_frame = time.perf_counter()
-    stalled = False
+    last_frame = started = time.perf_counter()
+    stalled = waited = False
     try:
         while True:
             now = time.perf_counter()
@@ -399,11 +428,16 @@ def listen_bus(detector: Detector, bus: can.BusABC, source: str | None = None,
                 break
             arrival = time.perf_counter()
             if frame is None:
-                if not stalled and arrival - last_frame >= stall_seconds:
+                if not detector.frames:  # no frame yet: a bus that has not started is no stall
+                    if not waited and arrival - started >= stall_seconds:
+                        waited = True
+                        log.warning("%s: no frame yet after %.1f s; still listening", source, arrival - started)
+                elif not stalled and arrival - last_frame >= stall_seconds:
                     stalled = True
                     summary.stalls += 1
                     log.warning("%s: no frame for %.1f s (stall %d); still listening", source, arrival - last_frame,
                                 summary.stalls)
+                    detector.stalled(arrival - last_frame)  # no window spans the silence
                 continue
             if stalled:
                 log.warning("%s: frames again after %.1f s of silence", source, arrival - last_frame)
@@ -432,7 +466,8 @@ def run_detection(detector: Detector, recording: str | Path | None = None, bus: 
         raise ValueError("run_detection: give a recording or a bus (exactly one)")
     if recording is not None:
         return replay_file(detector, recording, channel=channel, realtime=realtime, on_decision=on_decision,
-                           on_bad_rows=on_bad_rows, max_messages=max_messages, max_seconds=max_seconds, keep=keep)
+                           on_bad_rows=on_bad_rows, max_messages=max_messages, max_seconds=max_seconds, keep=keep,
+                           stall_seconds=stall_seconds)
     with open_bus(bus) as live:
         return listen_bus(detector, live, source=bus, on_decision=on_decision, max_seconds=max_seconds,
                           max_messages=max_messages, stall_seconds=stall_seconds, keep=keep)
