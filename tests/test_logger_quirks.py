@@ -338,3 +338,65 @@ def test_a_cut_trc_line_is_reported_once_by_kdkit(tmp_path: Path, capfd):
     assert len(m) == 4 and m.skipped_rows == 1 and "python-can's TRC reader skipped this line" in m.skipped_examples[0]
     out, err = capfd.readouterr()
     assert "Failed to parse" not in out + err
+
+
+def test_a_sidecar_interval_must_match_one_timeline_of_a_restarted_recording(tmp_path: Path):
+    """After a restart two timelines can share times: an interval 0.15..0.2 labelled 51 rows of each,
+    silently; one between the timelines (500..501) labelled none and the file read as unlabelled."""
+    lines = [f"({k / 1000:.6f}) can0 {0x100 + k % 5:03X}#11\n" for k in range(450)]
+    lines += [f"({0.1 + k / 1000:.6f}) can0 {0x100 + k % 5:03X}#11\n" for k in range(350)]
+    path = tmp_path / "ov.log"
+    path.write_text("".join(lines))
+    sidecar = tmp_path / "ov.log.labels.csv"
+    sidecar.write_text("start,end,attack_type\n0.15,0.2,DoS\n")
+    with pytest.raises(DataFormatError, match=r"ov\.log\.labels\.csv:2: interval 0\.15\.\.0\.2 matches rows of 2 of "
+                                              r"the recording's timelines: the clock of .*ov\.log restarted \(message "
+                                              r"450 \(0\.449 -> 0\.1\)\).*split the recording at the restart"):
+        read_logger_file(path)
+    rs = _restarted_log(tmp_path / "rs.log", 450, 350)  # 1000.000..1000.449, then 0.5..0.849
+    (tmp_path / "rs.log.labels.csv").write_text("start,end,attack_type\n500,501,DoS\n")
+    with pytest.raises(DataFormatError, match=r"interval 500\.0\.\.501\.0 matches no row of any of the recording's "
+                                              r"timelines"):
+        read_logger_file(rs)
+    (tmp_path / "rs.log.labels.csv").write_text("start,end,attack_type\n0.6,0.7,DoS\n")  # the second timeline's
+    m = read_logger_file(rs)
+    assert int(m.label.sum()) == 101 and m.label[:450].sum() == 0 and m.attack_type == "DoS"
+
+
+def test_an_asc_block_dated_before_the_block_before_is_a_new_timeline(tmp_path: Path):
+    """A second trigger block dated an hour before the first was placed by its date at -3599.999 s:
+    every frame "negative", skipped. Its times stay as written, and it is a new timeline."""
+    times = np.arange(1, 21) * 1e-3
+    path = tmp_path / "earlier.asc"
+    path.write_text(HEAD + _block("11:00:00.000", times) + _block("10:00:00.000", times))
+    m = read_logger_file(path)
+    assert len(m) == 40 and m.skipped_rows == 0 and m.timeline_restarts == 1
+    np.testing.assert_allclose(m.timestamp, np.concatenate([times, times]))
+
+
+def test_a_hex_payload_with_its_bytes_written_apart_is_read(tmp_path: Path):
+    from kdkit.data.columns import ColumnMapping, read_mapped
+
+    path = tmp_path / "spaced.csv"
+    path.write_text("t;id;data\n" + "".join(f"{k / 1000:.3f};{0x100 + k:03X};02 03 {k:02X}\n" for k in range(5)))
+    m = read_mapped(path, ColumnMapping(timestamp="t", can_id="id", payload="data", delimiter=";"))
+    assert m.dlc.tolist() == [3] * 5 and m.payload[4, :3].tolist() == [2, 3, 4]
+
+
+def test_a_zipped_can_train_and_test_csv_is_read(tmp_path: Path):
+    """kdkit's own layout in a .zip: "header 'timestamp,arbitration_id,data_field,attack' is not a
+    layout kdkit knows by its header". Read as the same CSV plain is."""
+    import zipfile
+
+    from kdkit.data import read_messages
+
+    text = "timestamp,arbitration_id,data_field,attack\n" + "".join(
+        f"{1.5 + k / 1000:.6f},{0x100 + k % 3:03X},{k % 256:02X}11,{k % 2}\n" for k in range(50))
+    plain = tmp_path / "DoS-x.csv"
+    plain.write_text(text)
+    with zipfile.ZipFile(tmp_path / "DoS-x.csv.zip", "w") as z:
+        z.writestr("DoS-x.csv", text)
+    a, b = read_messages(plain), read_messages(tmp_path / "DoS-x.csv.zip")
+    for col in ("timestamp", "can_id", "dlc", "payload", "label"):
+        np.testing.assert_array_equal(getattr(a, col), getattr(b, col))
+    assert b.attack_type == a.attack_type == "DoS"

@@ -46,6 +46,7 @@ import pyarrow.csv as pacsv
 
 from kdkit.data.readers import (
     CHUNK_ROWS,
+    CTT_HEADER,
     EXTENDED_ID_FLAG,
     MAX_CAN_ID,
     MAX_STANDARD_ID,
@@ -350,6 +351,8 @@ def _payload(table: pa.Table, mapping: ColumnMapping, dlc_bytes: np.ndarray | No
     n = table.num_rows
     if mapping.payload_format == "hex":
         arr = _column(table, mapping.payload, path)
+        if pc.any(pc.match_substring(arr, " ")).as_py():  # bytes written apart ("11 22 33"): the same hex digits
+            arr = pc.replace_substring(arr, " ", "")
         if mapping.pad_payload and dlc_bytes is not None:
             lengths = pc.utf8_length(arr).to_numpy(zero_copy_only=False)
             short = lengths < 2 * dlc_bytes
@@ -691,5 +694,10 @@ PRESET_HEADERS = {
 for _name, _header in PRESET_HEADERS.items():
     register_header_reader(_header, partial(read_mapped, mapping=PRESETS[_name]),
                            partial(iter_mapped, mapping=PRESETS[_name]))
+# a can-train-and-test CSV zipped: its own reader reads plain and gzip files, this mapping the same rows in a zip
+CTT_MAPPING = ColumnMapping(timestamp="timestamp", can_id="arbitration_id", payload="data_field", label="attack",
+                            label_map={"0": NORMAL, "1": ATTACK})
+register_header_reader(tuple(CTT_HEADER), partial(read_mapped, mapping=CTT_MAPPING),
+                       partial(iter_mapped, mapping=CTT_MAPPING), zipped_only=True)
 
 __all__ = ["ATTACK", "EXTENDED_ID_FLAG", "NORMAL", "PRESETS", "ColumnMapping", "iter_mapped", "read_mapped"]

@@ -226,6 +226,31 @@ def _check_span(intervals: LabelIntervals, ts: np.ndarray, recording: str) -> No
                               f"{recording} ({lo!r}..{hi!r}); are the times in the recording's time base?")
 
 
+def _check_timelines(intervals: LabelIntervals, msgs: Messages) -> None:
+    """A recording whose clock restarted (``Messages.restart``) holds several timelines whose times
+    may overlap: a sidecar interval must match rows of exactly one of them (one matching both
+    labelled 51 rows of each, silently; one between them labelled none)."""
+    if msgs.restart is None or not msgs.restart.any() or not len(intervals):
+        return
+    timeline = np.cumsum(msgs.restart)
+    starts = np.flatnonzero(msgs.restart).tolist()
+    where = ", ".join(f"message {i} ({float(msgs.timestamp[i - 1])!r} -> {float(msgs.timestamp[i])!r})" for i in starts[:3])
+    for k in range(len(intervals)):
+        hit = (msgs.timestamp >= intervals.start[k]) & (msgs.timestamp <= intervals.end[k])
+        if intervals.can_id[k] is not None:
+            hit &= msgs.can_id == np.uint32(intervals.can_id[k])
+        touched = np.unique(timeline[hit])
+        if touched.size == 1:
+            continue
+        span = f"interval {float(intervals.start[k])!r}..{float(intervals.end[k])!r}"
+        what = (f"matches rows of {touched.size} of the recording's timelines" if touched.size else
+                "matches no row of any of the recording's timelines")
+        raise DataFormatError(intervals.path, intervals.line[k],
+                              f"{span} {what}: the clock of {msgs.source} restarted ({where}), and a sidecar's times "
+                              f"cannot say which timeline they mean; split the recording at the restart, one sidecar "
+                              f"a file")
+
+
 def apply_label_intervals(msgs: Messages, intervals: LabelIntervals) -> Messages:
     """``msgs`` labelled by sidecar ``intervals``: label 1 and the interval's attack type
     (``row_type``/``type_names``) inside each interval; ``attack_type`` is the one type, or
@@ -323,6 +348,7 @@ def _finish(path: Path, bad: _BadRows, frames: _Frames, binary: bool, earlier: l
     msgs = bad.messages(ts, ids, dlc, payload, label, source=str(path), attack_type="attack-free")
     if intervals is not None:
         _check_span(intervals, ts, str(path))
+        _check_timelines(intervals, msgs)
         msgs.row_type, msgs.type_names, msgs.attack_type = row_type, names, _recording_type(names)
         msgs.__post_init__()
     msgs.dropped_frames = dict(dropped)
@@ -1397,7 +1423,10 @@ class _AscBlocks:
     def place(self, ts: float) -> float:
         if self.started is not None:
             if ts + self.offset < self.last and self.first is not None:  # its clock started again
-                self.offset = self.started - self.first
+                # placed by its date, unless that puts it before the block before (a date earlier than that
+                # block's): then its times stay as they are, and the readers take it as a new timeline
+                placed_by_date = self.started - self.first
+                self.offset = placed_by_date if ts + placed_by_date >= self.last else 0.0
             self.started = None
         placed = ts + self.offset
         self.last = max(self.last, placed)

@@ -509,8 +509,9 @@ class _BadRows:
                         timeline_examples=list(self.restart_examples))
 
 
-_TIME_HINT = ("timestamps must not decrease; sort the file by time, or skip such rows with --on-bad-rows skip "
-              "(on_bad_rows='skip' in Python)")
+_TIME_HINT = ("timestamps must not decrease: if rows are out of order, sort the file by time, or skip such rows with "
+              "--on-bad-rows skip (on_bad_rows='skip' in Python); a clock that restarts is read as a new timeline from "
+              "8 rows on, and fewer rows are skipped so")
 _GLITCH_HINT = ("a glitched timestamp, or rows out of order: correct, move or delete that row, or skip such rows "
                 "with --on-bad-rows skip (on_bad_rows='skip' in Python); only that row is skipped, not the rows "
                 "after it")
@@ -1197,7 +1198,10 @@ def iter_ctt_csv(path: str | Path, on_bad_rows: OnBadRows = "error", chunk_rows:
     first_line = first_line.decode("utf-8", "replace").strip().lstrip("\ufeff")
     header = [h.strip() for h in first_line.split(",")]
     if header != CTT_HEADER:
-        raise DataFormatError(path, 1, f"wrong or missing header {first_line[:80]!r}; expected 'timestamp,arbitration_id,data_field,attack'")
+        raise DataFormatError(path, 1, f"wrong or missing header {first_line[:80]!r}; expected 'timestamp,arbitration_id,"
+                                       f"data_field,attack' (the can-train-and-test layout). A CSV in another layout "
+                                       f"is read through a dataset spec's column mapping (README, 'Bring your own "
+                                       f"data'): make its folder a dataset with the spec and use --dataset SPEC")
     if len(head) < _HEAD_BYTES and not rest.strip():
         raise DataFormatError(path, None, "no data rows after the header")
     handed = 0
@@ -1674,14 +1678,16 @@ def register_reader(suffix: str, reader: Callable[..., Messages]) -> None:
 # kdkit.data.columns for the public layouts it has presets for (DAGA, ROAD), so such files are read as published,
 # by their header.
 _HEADER_READERS: dict[tuple[str, ...], tuple[Callable[..., Messages], Callable[..., Iterator[Messages]] | None]] = {}
+_ZIP_HEADER_READERS: dict[tuple[str, ...], tuple[Callable[..., Messages], Callable[..., Iterator[Messages]] | None]] = {}
 
 
 def register_header_reader(header: Sequence[str], reader: Callable[..., Messages],
-                           chunked: Callable[..., Iterator[Messages]] | None = None) -> None:
+                           chunked: Callable[..., Iterator[Messages]] | None = None, zipped_only: bool = False) -> None:
     """Read a CSV whose header is exactly ``header`` with ``reader(path, on_bad_rows=...)``, and in
     :func:`iter_messages` with ``chunked(path, on_bad_rows=..., chunk_rows=...)`` (None: read
-    whole and handed out in slices)."""
-    _HEADER_READERS[tuple(header)] = (reader, chunked)
+    whole and handed out in slices). ``zipped_only``: for such a CSV in a ``.zip`` only (a plain
+    can-train-and-test CSV has its own, faster reader)."""
+    (_ZIP_HEADER_READERS if zipped_only else _HEADER_READERS)[tuple(header)] = (reader, chunked)
 
 
 def data_suffixes() -> tuple[str, ...]:
@@ -1775,6 +1781,8 @@ def pick_reader(path: Path, channel: str | None = None) -> tuple[Callable[..., M
     header = tuple(c.strip() for c in first.split(","))
     if header in _HEADER_READERS:
         return _HEADER_READERS[header]
+    if path.name.lower().endswith(".zip") and header in _ZIP_HEADER_READERS:
+        return _ZIP_HEADER_READERS[header]
     if path.name.lower().endswith(".zip"):
         raise DataFormatError(path, 1, f"header {first[:100]!r} is not a layout kdkit knows by its header "
                                        f"({', '.join(','.join(h) for h in _HEADER_READERS)}); declare its columns "

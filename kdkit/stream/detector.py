@@ -635,7 +635,7 @@ class Detector:
                 self._drop("time_backwards", f"ID {format_can_id(key)} at {ts} after a frame at {self._last_ts}")
                 return None
             else:
-                self._restart_windows(self._last_ts, ts)  # they restart after this frame
+                self._restart_windows(self._last_ts, ts)  # they restart on this frame
                 self._last_ts = math.inf  # the restart frame is not withdrawn (becomes _prev_ts below)
         elif self._behind:  # back in order: no store per frame on the hot path otherwise
             self._behind = 0
@@ -680,7 +680,7 @@ class Detector:
         n = cols[0].shape[0]
         went_back = {at: (last, ts) for at, last, ts in restarts}
         bounds = sorted({0, *went_back, n})
-        for a, b in zip(bounds[:-1], bounds[1:]):  # each timeline apart: its windows restart after its first frame
+        for a, b in zip(bounds[:-1], bounds[1:]):  # each timeline apart: its windows restart on its first frame
             if a in went_back:
                 self._restart_windows(*went_back[a])
             for i in range(a, b, BLOCK_MESSAGES):
@@ -701,7 +701,7 @@ class Detector:
                 self.timeline_restarts += 1
                 self._last_ts, self._prev_ts, self._behind = -math.inf, math.inf, 0
                 # its first window starts on it, as offline
-                self._restart_windows(None, None, first=True, why=f"{msgs.source or 'a table'} message {a} starts a "
+                self._restart_windows(None, None, why=f"{msgs.source or 'a table'} message {a} starts a "
                                                                    f"new timeline (its reader found the recording's "
                                                                    f"clock restarted)")
             part = msgs.slice(a, b)
@@ -859,11 +859,12 @@ class Detector:
         self._behind = 0
         return True
 
-    def _restart_windows(self, last: float | None, ts: float | None, first: bool = False, why: str = "") -> None:
-        """The windows restart: after the next message fed (the frame that took the new timeline; it is the
-        first window's preceding message), or with ``first`` on it (a timeline a reader marked, a stall: no
-        gap before it). The open window's messages are left undecided: counted (``undecided``) and said,
-        once per restart, with what went back (``last`` -> ``ts``) or ``why``."""
+    def _restart_windows(self, last: float | None, ts: float | None, why: str = "") -> None:
+        """The windows restart on the next message fed (the frame that took the new timeline, a timeline's
+        first row a reader marked, the first frame after a stall), with no gap before it, as
+        :func:`kdkit.data.graphs.build_graphs` windows a new timeline. The open window's messages are left
+        undecided: counted (``undecided``) and said, once per restart, with what went back (``last`` ->
+        ``ts``) or ``why``."""
         left = self.open_messages
         self.undecided += left
         if last is not None:
@@ -875,9 +876,7 @@ class Detector:
         elif why:
             log.warning("%s: %s: the windows restart (the open window's %d messages are not decided)", self.name, why,
                         left)
-        self._next = self._timeline_start = self.messages if first else self.messages + 1
-        if not first:
-            self._timeline_start = self.messages  # the restart frame: the first window's preceding message
+        self._next = self._timeline_start = self.messages
         self._one.clear()  # the re-stamping check measures spacing on one timeline
         self._restamp.restart()
 
@@ -889,7 +888,7 @@ class Detector:
     def stalled(self, seconds: float) -> None:
         """The bus carried no frame for ``seconds``: a window must not span the silence, so the windows
         restart with the next frame (no gap before it); the open window's messages are counted undecided."""
-        self._restart_windows(None, None, first=True, why=f"no frame for {seconds:.1f} s")
+        self._restart_windows(None, None, why=f"no frame for {seconds:.1f} s")
 
     def _make_room(self, extra: int) -> None:
         """Drop buffered rows no future window needs; grow the buffer if that is not enough."""
