@@ -400,3 +400,31 @@ def test_a_zipped_can_train_and_test_csv_is_read(tmp_path: Path):
     for col in ("timestamp", "can_id", "dlc", "payload", "label"):
         np.testing.assert_array_equal(getattr(a, col), getattr(b, col))
     assert b.attack_type == a.attack_type == "DoS"
+
+
+def test_kdkit_evaluate_input_names_a_restarted_clock(tmp_path: Path, capsys, kdkit_env):
+    """kdkit detect said the windows restarted; kdkit evaluate --input on the same file said nothing."""
+    import json
+
+    from kdkit.cli.main import main
+
+    path = _restarted_log(tmp_path / "drive.log", 450, 1000)
+    ckpt = _tiny_checkpoint(tmp_path)
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--input", str(path), "--json"]) == 0
+    entry = json.loads(capsys.readouterr().out)["files"][0]
+    assert entry["timeline_restarts"] == 1 and entry["windows"] == 4 + 10
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--input", str(path)]) == 0
+    assert "the clock restarted 1 time(s): each part is read as a timeline of its own" in capsys.readouterr().out
+
+
+def _tiny_checkpoint(tmp_path: Path) -> Path:
+    """A 1-epoch GAT student on the synthetic data (a few seconds)."""
+    import torch as _torch
+
+    from kdkit.config import make_config
+    from kdkit.workflows.run import train
+
+    _torch.set_num_threads(1)
+    s = train(make_config(model="gat", type="student", dataset="synthetic", epochs=1, precision="32-true",
+                          runs_dir=str(tmp_path / "runs"), threads=1), progress=False)
+    return Path(s["best_checkpoint"])

@@ -329,6 +329,8 @@ def evaluate_inputs(checkpoint: str | Path, inputs: Sequence[str | Path], channe
         entry = {"file": str(f), "labelled": rec.labelled, "messages": len(rec.messages),
                  "attack_messages": int(rec.messages.label.sum()), "skipped_rows": rec.messages.skipped_rows,
                  "skipped_attack_rows": rec.messages.skipped_attack_rows,
+                 "timeline_restarts": rec.messages.timeline_restarts,
+                 "timeline_examples": list(rec.messages.timeline_examples[:1]),
                  **alarm_summary([rec.graphs], rec.scores, sm.threshold)}
         if rec.labelled:
             entry["metrics"] = evaluate_scores(rec.graphs, rec.scores, sm.threshold)
@@ -441,6 +443,9 @@ def format_inputs_report(res: dict) -> str:
                 + f", unknown-ID nodes {pct(e['oov_node_share'])}")
         if e.get("skipped_rows"):
             text += f"\n    skipped {e['skipped_rows']:,} malformed rows ({e['skipped_attack_rows']:,} of them attack rows)"
+        if e.get("timeline_restarts"):
+            text += (f"\n    the clock restarted {e['timeline_restarts']} time(s): each part is read as a timeline of its "
+                     f"own, no window crosses a restart (first: {e['timeline_examples'][0]})")
         m = e.get("metrics")
         if m:
             text += (f"\n    labelled: {m['attack_windows']:,} attack windows; f1 {num(m['f1'])}  precision "
