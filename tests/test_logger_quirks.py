@@ -428,3 +428,55 @@ def _tiny_checkpoint(tmp_path: Path) -> Path:
     s = train(make_config(model="gat", type="student", dataset="synthetic", epochs=1, precision="32-true",
                           runs_dir=str(tmp_path / "runs"), threads=1), progress=False)
     return Path(s["best_checkpoint"])
+
+
+def test_a_model_trained_on_its_own_layout_scores_new_recordings_of_it(tmp_path: Path, capsys, kdkit_env):
+    """Trained on a column-mapped spec (';', decimal commas, a label column), the model could not
+    score a new file of that layout: `kdkit evaluate --input` and `kdkit detect --input` read it as
+    can-train-and-test ("wrong or missing header 'Zeit;ID;Daten;Label'"). The checkpoint (and an
+    export's .json) records its training data's mapping, and an --input file in no layout kdkit knows
+    by itself is read with it."""
+    import json
+
+    from kdkit.cli.main import main
+
+    def drive(path: Path, attack: bool, seed: int) -> Path:
+        rng = np.random.default_rng(seed)
+        rows = ["Zeit;ID;Daten;Label"]
+        for k in range(3000):
+            dos = attack and 1000 <= k < 2000 and k % 2 == 0
+            i = 0 if dos else int(rng.choice([0x100, 0x1A0, 0x316, 0x2C0, 0x4F1]))
+            rows.append(f"{k / 1000:.6f}".replace(".", ",") + f";{i:03X};{rng.integers(0, 1 << 16):04X};"
+                        + ("Angriff" if dos else "Normal"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(rows) + "\n")
+        return path
+
+    root = tmp_path / "meinauto"
+    drive(root / "sauber" / "fahrt.csv", False, 0)
+    drive(root / "angriff" / "DoS-fahrt.csv", True, 1)
+    drive(root / "test" / "DoS-neu.csv", True, 2)
+    spec = root / "meinauto.toml"
+    spec.write_text('[dataset]\nname = "meinauto"\nroot = "."\ntrain_attack_free = ["sauber/*.csv"]\n'
+                    'train_with_attacks = ["angriff/*.csv"]\n[dataset.tests]\nneu = ["test/*.csv"]\n'
+                    '[dataset.columns]\ntimestamp = "Zeit"\ncan_id = "ID"\npayload = "Daten"\nlabel = "Label"\n'
+                    'delimiter = ";"\ndecimal = ","\nlabel_map = { Normal = "normal", Angriff = "attack" }\n')
+    new = drive(tmp_path / "neu" / "DoS-spaeter.csv", True, 3)
+    runs = tmp_path / "runs"
+    assert main(["train", "--model", "gat", "--type", "student", "--dataset", str(spec), "--epochs", "1",
+                 "--threads", "1", "--no-teacher", "--runs-dir", str(runs)]) == 0
+    ckpt = next(runs.glob("*/checkpoints/best.pt"))
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--input", str(new), "--json"]) == 0
+    entry = json.loads(capsys.readouterr().out)["files"][0]
+    assert entry["messages"] == 3000 and entry["windows"] == 30 and entry["labelled"]
+    assert entry["metrics"]["attack_windows"] == 10
+    assert main(["detect", "--checkpoint", str(ckpt), "--input", str(new), "--summary", str(tmp_path / "s.json")]) == 0
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["messages"] == 3000 and s["windows"] == 30 and s["labels"]["attack_windows"] == 10
+    pt2 = tmp_path / "student.pt2"
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(pt2)]) == 0
+    assert json.loads(pt2.with_suffix(".json").read_text())["reading"]["mapping"]["decimal"] == ","
+    assert main(["detect", "--model", str(pt2), "--input", str(new), "--summary", str(tmp_path / "e.json")]) == 0
+    e = json.loads((tmp_path / "e.json").read_text())
+    assert e["messages"] == 3000 and e["windows"] == 30

@@ -62,6 +62,7 @@ from kdkit.data.readers import (
     _TimeOrder,
     attack_type_from_name,
     concat_messages,
+    known_layout,
     parse_hex_ids,
     parse_hex_payload,
     register_header_reader,
@@ -700,4 +701,17 @@ CTT_MAPPING = ColumnMapping(timestamp="timestamp", can_id="arbitration_id", payl
 register_header_reader(tuple(CTT_HEADER), partial(read_mapped, mapping=CTT_MAPPING),
                        partial(iter_mapped, mapping=CTT_MAPPING), zipped_only=True)
 
-__all__ = ["ATTACK", "EXTENDED_ID_FLAG", "NORMAL", "PRESETS", "ColumnMapping", "iter_mapped", "read_mapped"]
+def training_layout(reading: dict | None, path: str | Path) -> ColumnMapping | None:
+    """The column mapping a model's training data was read with (``reading``: the dataset's
+    ``describe()``, recorded in the checkpoint's provenance and an export's ``.json``), when ``path``
+    is a CSV-like file in a layout :func:`~kdkit.data.readers.read_messages` does not know by
+    itself: a model trained on one's own layout scores new recordings of it (``kdkit evaluate
+    --input``, ``kdkit detect --input``). None otherwise."""
+    mapping = (reading or {}).get("mapping")
+    if not mapping or known_layout(Path(path)):
+        return None
+    return ColumnMapping.from_dict(mapping, "the training data's column mapping")
+
+
+__all__ = ["ATTACK", "EXTENDED_ID_FLAG", "NORMAL", "PRESETS", "ColumnMapping", "iter_mapped", "read_mapped",
+           "training_layout"]

@@ -1763,6 +1763,19 @@ def set_logger_chunks(reader: Callable[..., Iterator[Messages]]) -> None:
     _LOGGER_CHUNKS[:] = [reader]
 
 
+def known_layout(path: Path) -> bool:
+    """Whether :func:`read_messages` knows ``path``'s layout by its name or first line (a logger
+    file, a registered reader, can-train-and-test, HCRL, a preset's header), rather than reading
+    an unknown header as can-train-and-test and failing on it."""
+    name = path.name.lower().removesuffix(".gz")
+    if Path(name).suffix in _EXTRA_READERS or Path(name).suffix in LOGGER_SUFFIXES:
+        return True
+    first = _first_bytes(path).decode("utf-8", "replace").lstrip("\ufeff").split("\n", 1)[0].strip()
+    header = tuple(c.strip() for c in first.split(","))
+    return (header in _HEADER_READERS or header == tuple(CTT_HEADER) or first.startswith("Timestamp:")
+            or bool(re.match(r"^\d+(\.\d+)?\s*,\s*[0-9A-Fa-f]{1,8}\s*,\s*\d\s*,", first)))
+
+
 def pick_reader(path: Path, channel: str | None = None) -> tuple[Callable[..., Messages], Callable[..., Iterator[Messages]] | None]:
     """The reader of a file by its name and first line, and its chunked form (None: none)."""
     if not path.is_file():

@@ -204,6 +204,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, thr
             "stride": graph["stride"], "label_threshold": graph["label_threshold"],
             "graph_format": prov.get("graph", {}).get("graph_format"), "role": prov.get("role"),
             "calibration": _calibration_note(prov.get("calibration")),
+            "reading": prov.get("reading"),  # its training data's column mapping: kdkit detect --input reads that layout
             "example": f"{example.num_graphs} graphs synthesized from the checkpoint's vocabulary (no data needed)",
             "threads": threads}
     native = _write_native_weights(model, out)

@@ -282,6 +282,7 @@ class VehicleCheck:
                  shown: set[str] | None = None):
         self.name, self.needed = name, int(windows)
         self.calibration = calibration or None
+        self.reading: dict | None = None  # how the model's training data were read (a column mapping), for replays
         self._shown = set() if shown is None else shown
         self.family: str | None = None  # the model's family (gat, vgae, fusion), for the advice; set by the loaders
         self.channel: str | None = None  # the channel the detector reads, for the advice
@@ -397,6 +398,7 @@ class Detector:
         self.other_channels: Counter[str] = Counter()  # frames of other channels left out, per channel
         self.windows = self.alarms = self.frames = 0
         self.calibration = calibration or None
+        self.reading: dict | None = None  # how the model's training data were read (a column mapping), for replays
         self._shown: set[str] = set() if shown is None else shown
         self._restamp = _RestampCheck(name, self._shown)
         self.vehicle = VehicleCheck(name, calibration=self.calibration, shown=self._shown)
@@ -455,6 +457,7 @@ class Detector:
                   thr, graph.get("label_threshold") or 0.0, channel, name=str(path), score_graph=score_graph,
                   engine=used, batch_engine=used, calibration=provenance(ckpt, path).get("calibration"))
         det.vehicle.family = (ckpt.get("model_config") or {}).get("kind")
+        det.reading = provenance(ckpt, path).get("reading")
         det.warm_up()
         return det
 
@@ -536,6 +539,7 @@ class Detector:
                   score_batch=score_batch, score_graph=score_graph, engine=used, calibration=meta.get("calibration"))
         det.vehicle.family = (meta.get("model_config") or {}).get("kind")
         det.vehicle.source_checkpoint = meta.get("checkpoint")
+        det.reading = meta.get("reading")
         det.warm_up()
         return det
 
@@ -566,6 +570,7 @@ class Detector:
                         self.label_threshold, self.channel, self.name, self.score_batch, self.score_graph, self.engine,
                         self.batch_engine, self.calibration, self._shown)
         twin.vehicle.family, twin.vehicle.source_checkpoint = self.vehicle.family, self.vehicle.source_checkpoint
+        twin.reading = self.reading
         return twin
 
     # ------------------------------------------------------------------ state

@@ -27,6 +27,7 @@ from pathlib import Path
 import can
 import numpy as np
 
+from kdkit.data.columns import iter_mapped, training_layout
 from kdkit.data.graphs import expect_messages
 from kdkit.data.loggers import ALL_CHANNELS, channel_counts, label_sidecar, read_channel
 from kdkit.data.prep import expected_messages
@@ -286,6 +287,9 @@ def replay_file(detector: Detector, path: str | Path, channel: str | None = None
     summary = RunSummary(detector, str(path), "realtime replay" if realtime else "replay", keep)
     logger = Path(path.name.lower().removesuffix(".gz")).suffix in LOGGER_SUFFIXES
     labelled = not logger or label_sidecar(path) is not None  # a logger file is labelled by its sidecar only
+    layout = training_layout(detector.reading, path) if path.is_file() else None  # the model's own layout
+    if layout is not None:
+        labelled = layout.label is not None
     if channel is not None and not logger and (str(path), channel) not in _CHANNEL_IGNORED:
         _CHANNEL_IGNORED.add((str(path), channel))  # once per file and process (kdkit bench detect replays it often)
         log.warning("%s: --channel %s ignored: this format has no channels", path, channel)
@@ -301,7 +305,9 @@ def replay_file(detector: Detector, path: str | Path, channel: str | None = None
         """The recording in chunks (every built-in format streamed in bounded memory,
         kdkit.data.iter_messages), the time spent reading them counted."""
         t = time.perf_counter()
-        if path.is_file() and path.stat().st_size >= STREAM_BYTES:
+        if layout is not None:
+            stream = iter_mapped(path, layout, on_bad_rows, REPLAY_CHUNK_ROWS)  # type: ignore[arg-type]
+        elif path.is_file() and path.stat().st_size >= STREAM_BYTES:
             expect_messages(expected_messages(path))  # a long replay: the compiled graph builder from the start
             stream = iter_messages(path, on_bad_rows=on_bad_rows, channel=channel, chunk_rows=REPLAY_CHUNK_ROWS)
         else:  # (read whole: one chunk; a can-train-and-test CSV reads ~8 % faster so)

@@ -503,7 +503,9 @@ def _train(cfg: TrainConfig, run_dir: Path, owner: bool, resume, progress, on_ep
              "threshold": 0.5, "kdkit_version": "0.1.0",
              "provenance": {**make_provenance(cfg.type, cfg.model, cfg.dataset, vocab, cfg.to_dict(), kd,
                                               str(cfg.teacher) if kd else None),
-                            "training_files": data.info.get("train_files_sha256")}}
+                            "training_files": data.info.get("train_files_sha256"),
+                            # how its data were read (a column mapping: new recordings of that layout are read so)
+                            "reading": data.info.get("source")}}
     if owner:  # every check passed: now the folder is this run's
         if cfg.overwrite and not (resume and inside(resume, run_dir)):
             removed = clear_run_outputs(run_dir)

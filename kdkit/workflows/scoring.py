@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kdkit.data.columns import read_mapped, training_layout
 from kdkit.data.datasets import file_sha256
 from kdkit.data.graphs import GRAPH_FORMAT_VERSION, GraphSet, IdVocab, build_graphs, layout_matches
 from kdkit.data.readers import LOGGER_SUFFIXES, Messages, data_suffixes, read_messages
@@ -224,7 +225,12 @@ def score_recording(sm: ScoringModel, path: str | Path, channel: str | None = No
     """
     check_first_seconds(first_seconds)
     bad = on_bad_rows or (sm.ckpt.get("train_config") or {}).get("on_bad_rows") or "error"
-    msgs = read_messages(path, on_bad_rows=bad, channel=channel if is_logger_file(path) else None)  # type: ignore[arg-type]
+    layout = training_layout((sm.ckpt.get("provenance") or {}).get("reading"), path)  # the model's own layout
+    if layout is not None:
+        msgs = read_mapped(path, layout, on_bad_rows=bad)  # type: ignore[arg-type]
+        msgs.labelled = layout.label is not None  # type: ignore[attr-defined]
+    else:
+        msgs = read_messages(path, on_bad_rows=bad, channel=channel if is_logger_file(path) else None)  # type: ignore[arg-type]
     msgs = first_seconds_of(msgs, first_seconds)
     if msgs.skipped_rows:
         log.warning("%s: skipped %d malformed rows (%d of them attack rows)", path, msgs.skipped_rows,
