@@ -282,7 +282,6 @@ class VehicleCheck:
                  shown: set[str] | None = None):
         self.name, self.needed = name, int(windows)
         self.calibration = calibration or None
-        self.reading: dict | None = None  # how the model's training data were read (a column mapping), for replays
         self._shown = set() if shown is None else shown
         self.family: str | None = None  # the model's family (gat, vgae, fusion), for the advice; set by the loaders
         self.channel: str | None = None  # the channel the detector reads, for the advice
