@@ -90,8 +90,9 @@ def test_chunked_reading_equals_whole_file(tmp_path: Path, chunk_rows: int, bloc
     with pytest.raises(DataFormatError) as err:
         list(iter_ctt_csv(path, "error", chunk_rows=chunk_rows, block_bytes=block_bytes))
     assert str(err.value) == (f"{path}:42: timestamp '100.001' goes backwards: earlier than '100.019500' on line 41 "
-                              f"(timestamps must not decrease; sort the file by time, or skip such rows with "
-                              f"--on-bad-rows skip (on_bad_rows='skip' in Python))")
+                              f"(timestamps must not decrease: if rows are out of order, sort the file by time, or "
+                              f"skip such rows with --on-bad-rows skip (on_bad_rows='skip' in Python); a clock that "
+                              f"restarts is read as a new timeline from 8 rows on, and fewer rows are skipped so)")
 
 
 def test_chunked_errors_name_the_line_across_chunks(tmp_path: Path):
