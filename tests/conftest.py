@@ -137,6 +137,11 @@ def sync_playwright_or_require():
 SLURM_TEST_FILES = ("test_requeue_cluster.py", "test_slurm_cluster.py", "test_sweep_cluster.py")
 """The test files that use the real SLURM cluster (the ``slurm_cluster`` fixture)."""
 
+DDP_TEST_FILES = ("test_ddp.py", "test_spawn_ranks.py")
+"""The test files that start several processes of one DDP run on this machine: one work unit, so that
+two runs never rendezvous at once (a port taken by one run between another's choosing it and binding
+it would join the wrong group; a CI run once hung for 600 s in test_ddp)."""
+
 SHARED_FIXTURE_FILES = ("test_notebooks.py", "test_report_browser.py", "test_fusion.py", "test_stream.py",
                         "test_realdata.py", "test_preemption.py", "test_runs.py", "test_calibrate.py",
                         "test_evaluate_input.py", "test_gateway_notebook.py", "test_simulate.py")
@@ -231,6 +236,8 @@ def pytest_xdist_make_scheduler(config, log):
             file = nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
             if file in SLURM_TEST_FILES:
                 return "slurm-cluster"
+            if file in DDP_TEST_FILES:
+                return "ddp"
             if file in SHARED_FIXTURE_FILES and nodeid not in ALONE:
                 return file
             if nodeid in EXPORTED_STUDENT_TESTS:
