@@ -1177,14 +1177,21 @@ def _trc_skipped(text: str, reader) -> str | None:
     return f"python-can's TRC reader skipped this line (not a frame it could read): {line[:80]!r}"
 
 
-def _trc_error_record(text: str, reader) -> bool:
+def _trc_error_bus(text: str, reader) -> str | None:
+    """The bus of a ``.trc`` error record line, named as python-can names its frames' channels (1
+    where the version has no bus column); None for any other line."""
     cols = text.split()
     version = getattr(reader.file_version, "value", 0)
     if version >= 200:
-        k = reader.columns.get("T")
-        return k is not None and len(cols) > k and cols[k] == "ER"
-    k = 2 if version == 101 else 3 if version == 103 else None
-    return k is not None and len(cols) > k and cols[k] == "Error"
+        k, kind, bus = reader.columns.get("T"), "ER", reader.columns.get("B")
+    else:
+        k, kind, bus = (2, "Error", None) if version == 101 else (3, "Error", 2) if version == 103 else (None, "", None)
+    if k is None or len(cols) <= k or cols[k] != kind:
+        return None
+    try:
+        return str(int(cols[bus])) if bus is not None and len(cols) > bus else "1"
+    except ValueError:
+        return "1"
 
 
 @contextlib.contextmanager
@@ -1200,18 +1207,6 @@ def _python_can_quiet():
     finally:
         for one in loggers:
             one.removeFilter(quiet)
-
-
-def _trc_record_bus(text: str, reader) -> str:
-    """The bus of a ``.trc`` record line, named as python-can names its frames' channels (1 where
-    the version has no bus column)."""
-    cols = text.split()
-    version = getattr(reader.file_version, "value", 0)
-    k = reader.columns.get("B") if version >= 200 else 2 if version == 103 else None
-    try:
-        return str(int(cols[k])) if k is not None and len(cols) > k else "1"
-    except ValueError:
-        return "1"
 
 
 def _read_python_can(path: Path, suffix: str, channel: str | None, mode: OnBadRows):
@@ -1440,7 +1435,8 @@ def _classify(suffix: str, line: int, text: str, reader, junk: list, dropped: di
         if text.strip().startswith(";"):
             header_lines.append(text)
         why = _trc_skipped(text, reader)
-        if why is None and _trc_error_record(text, reader) and channel in (None, _trc_record_bus(text, reader)):
+        bus = _trc_error_bus(text, reader) if why is None else None
+        if bus is not None and channel in (None, bus):
             dropped["error"] += 1  # (the chosen channel's: they were counted only when every channel was read)
     else:
         if _ASC_META.match(text.strip()):

@@ -239,7 +239,7 @@ def _as_column(name: str, value, dtype) -> np.ndarray:
         raise ValueError(f"{where}: not an array ({type(value).__name__}: {err}); expected {hint}") from None
     kind = arr.dtype.kind
     if kind not in "biuf":
-        sample = repr(arr.flat[0].item() if hasattr(arr.flat[0], "item") else arr.flat[0]) if arr.size else "none"
+        sample = repr(arr.item(0)) if arr.size else "none"
         raise ValueError(f"{where} holds {arr.dtype} values (e.g. {sample}); expected {hint}")
     if dtype is np.float64 or kind == "b":
         return arr.astype(dtype)
@@ -546,15 +546,16 @@ class _Pending:
             tuple(c[start:] for c in self.columns))
 
 
-def _decide(g: np.ndarray, floor: float, final: bool) -> tuple[np.ndarray | None, int, list[int]]:
+def _decide(g: np.ndarray, floor: float, final: bool, ordered: bool = False) -> tuple[np.ndarray | None, int, list[int]]:
     """The verdicts on good rows ``g`` (``_KEEP`` ... ``_RESTART``; None: every row kept), given the
     largest timestamp kept before them on the current timeline (``floor``): ``(verdicts, first
     undecided row, restart rows)``. Unless ``final`` (nothing follows), the rows from the first
-    undecided one on wait for the rows after them (:class:`_Pending`)."""
+    undecided one on wait for the rows after them (:class:`_Pending`). ``ordered``: the caller knows
+    ``g`` never decreases (its in-order check is not made twice on the hot path)."""
     m = g.size
     if m == 0:
         return None, 0, []
-    if g[0] >= floor and not (g[1:] < g[:-1]).any():  # in order (the usual case): the last row waits
+    if g[0] >= floor and (ordered or not (g[1:] < g[:-1]).any()):  # in order (the usual case): the last row waits
         return None, m if final else m - 1, []
     codes = np.zeros(m, np.int8)
     restarts: list[int] = []
@@ -636,11 +637,13 @@ class _TimeOrder:
         pending = self.pending
         k = len(pending) if pending is not None else 0
         comb = np.concatenate([pending.ts, g]) if k else g
-        codes, end, restarts = _decide(comb, self.floor, final)
+        codes, end, restarts = _decide(comb, self.floor, final, ordered=in_order and not k)
         order = _Order(n, gi, g, negative, codes, k, end, shown, where, pending, self.floor, self.floor_at)
-        kept = end - 1 if codes is None else (
-            int(np.flatnonzero((codes[:end] == _KEEP) | (codes[:end] == _RESTART))[-1])
-            if ((codes[:end] == _KEEP) | (codes[:end] == _RESTART)).any() else -1)
+        if codes is None:
+            kept = end - 1
+        else:
+            kept_rows = np.flatnonzero((codes[:end] == _KEEP) | (codes[:end] == _RESTART))
+            kept = int(kept_rows[-1]) if kept_rows.size else -1
         for c in restarts:
             _, before = order.kept_before(c)
             self.bad.restarted(order.at(c)[1], f"the clock goes back from {before[0]} ({before[1]}) to "
@@ -1763,6 +1766,17 @@ def set_logger_chunks(reader: Callable[..., Iterator[Messages]]) -> None:
     _LOGGER_CHUNKS[:] = [reader]
 
 
+def _first_line(path: Path) -> tuple[str, tuple[str, ...]]:
+    """A CSV-like file's first line, and its comma-separated fields (a header's names)."""
+    first = _first_bytes(path).decode("utf-8", "replace").lstrip("\ufeff").split("\n", 1)[0].strip()
+    return first, tuple(c.strip() for c in first.split(","))
+
+
+def _hcrl_line(first: str) -> bool:
+    """Whether a first line is an HCRL Car-Hacking recording's (text or CSV form)."""
+    return first.startswith("Timestamp:") or bool(re.match(r"^\d+(\.\d+)?\s*,\s*[0-9A-Fa-f]{1,8}\s*,\s*\d\s*,", first))
+
+
 def known_layout(path: Path) -> bool:
     """Whether :func:`read_messages` knows ``path``'s layout by its name or first line (a logger
     file, a registered reader, can-train-and-test, HCRL, a preset's header), rather than reading
@@ -1770,10 +1784,8 @@ def known_layout(path: Path) -> bool:
     name = path.name.lower().removesuffix(".gz")
     if Path(name).suffix in _EXTRA_READERS or Path(name).suffix in LOGGER_SUFFIXES:
         return True
-    first = _first_bytes(path).decode("utf-8", "replace").lstrip("\ufeff").split("\n", 1)[0].strip()
-    header = tuple(c.strip() for c in first.split(","))
-    return (header in _HEADER_READERS or header == tuple(CTT_HEADER) or first.startswith("Timestamp:")
-            or bool(re.match(r"^\d+(\.\d+)?\s*,\s*[0-9A-Fa-f]{1,8}\s*,\s*\d\s*,", first)))
+    first, header = _first_line(path)
+    return header in _HEADER_READERS or header == tuple(CTT_HEADER) or _hcrl_line(first)
 
 
 def pick_reader(path: Path, channel: str | None = None) -> tuple[Callable[..., Messages], Callable[..., Iterator[Messages]] | None]:
@@ -1789,9 +1801,7 @@ def pick_reader(path: Path, channel: str | None = None) -> tuple[Callable[..., M
         chunked = _LOGGER_CHUNKS[0] if _LOGGER_CHUNKS else None
         return (partial(_LOGGER_READER[0], channel=channel),
                 partial(chunked, channel=channel) if chunked is not None else None)
-    head = _first_bytes(path).decode("utf-8", "replace").lstrip("\ufeff")
-    first = head.split("\n", 1)[0].strip()
-    header = tuple(c.strip() for c in first.split(","))
+    first, header = _first_line(path)
     if header in _HEADER_READERS:
         return _HEADER_READERS[header]
     if path.name.lower().endswith(".zip") and header in _ZIP_HEADER_READERS:
@@ -1800,6 +1810,6 @@ def pick_reader(path: Path, channel: str | None = None) -> tuple[Callable[..., M
         raise DataFormatError(path, 1, f"header {first[:100]!r} is not a layout kdkit knows by its header "
                                        f"({', '.join(','.join(h) for h in _HEADER_READERS)}); declare its columns "
                                        f"in a dataset spec (README: 'Bring your own data')")
-    if first.startswith("Timestamp:") or re.match(r"^\d+(\.\d+)?\s*,\s*[0-9A-Fa-f]{1,8}\s*,\s*\d\s*,", first):
+    if _hcrl_line(first):
         return read_hcrl_car_hacking, iter_hcrl_car_hacking
     return read_ctt_csv, iter_ctt_csv
