@@ -115,9 +115,7 @@ def test_a_table_built_in_python_becomes_a_recording_of_a_folder_dataset(kdkit_e
         for col in ("timestamp", "can_id", "dlc", "label"):
             np.testing.assert_array_equal(getattr(back, col), getattr(m, col))
         np.testing.assert_array_equal(back.payload, m.payload * (np.arange(8) < m.dlc[:, None]))  # zero past the dlc
-    folder = tmp_path / "mycar"
-    (folder / "train_02_with_attacks").mkdir(parents=True)
-    (folder / "test_01_drive").mkdir()
+    folder = tmp_path / "mycar"  # its folders are made (the README's example wrote into none: FileNotFoundError)
     write_ctt_csv(m, folder / "train_02_with_attacks" / "DoS-drive.csv")
     write_ctt_csv(m.slice(0, 1000), folder / "test_01_drive" / "DoS-other.csv")
     monkeypatch.setenv("KDKIT_CACHE_DIR", str(tmp_path / "cache"))

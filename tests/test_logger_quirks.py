@@ -480,3 +480,47 @@ def test_a_model_trained_on_its_own_layout_scores_new_recordings_of_it(tmp_path:
     assert main(["detect", "--model", str(pt2), "--input", str(new), "--summary", str(tmp_path / "e.json")]) == 0
     e = json.loads((tmp_path / "e.json").read_text())
     assert e["messages"] == 3000 and e["windows"] == 30
+
+
+def _ctt(rows: list[tuple[float, int]]) -> str:
+    return "timestamp,arbitration_id,data_field,attack\n" + "".join(f"{t!r},{i:03X},{i % 256:02X},0\n" for t, i in rows)
+
+
+def test_a_recording_that_fills_no_window_is_named(tmp_path: Path, monkeypatch):
+    """A 40-message recording beside longer ones gave no window and no word: data info's split
+    counts are the windows' messages, so the recording was simply missing. It is named, and the
+    table says how many messages were read against how many are in windows."""
+    from kdkit.data.datasets import PrepareConfig, format_info, prepare
+
+    folder = tmp_path / "short"
+    (folder / "train_01_attack_free").mkdir(parents=True)
+    (folder / "train_01_attack_free" / "short.csv").write_text(_ctt([(k / 500, 0x100 + k % 5) for k in range(40)]))
+    (folder / "train_01_attack_free" / "long.csv").write_text(_ctt([(k / 500, 0x100 + k % 5) for k in range(430)]))
+    monkeypatch.setenv("KDKIT_CACHE_DIR", str(tmp_path / "cache"))
+    ds = prepare(str(folder), PrepareConfig(window=50, stride=50))
+    assert ds.info["no_windows"] == {str(folder / "train_01_attack_free" / "short.csv"): 40}
+    text = format_info("short", ds)
+    assert "no window from " in text and "short.csv: its 40 messages are fewer than a window (50)" in text
+    assert "long.csv" not in text.split("\nsplit")[0]  # 8 windows: not named
+    # 430 messages give 8 windows of 50 (30 left over), the short file none: 400 of 470 in windows
+    assert "470 were read, 400 of them in windows" in text
+
+
+def test_a_restarted_recording_too_short_for_a_window_names_its_timelines(tmp_path: Path, monkeypatch):
+    """Two timelines of 80 messages (160 in the file) and a window of 100: training said every
+    window overlapped the validation block and to lower the window to 16. It names the timeline."""
+    from kdkit.config import make_config
+    from kdkit.workflows.run import train
+
+    folder = tmp_path / "rs"
+    (folder / "train_01_attack_free").mkdir(parents=True)
+    rows = [(100 + k / 500, 0x100 + k % 5) for k in range(80)] + [(k / 500, 0x100 + k % 5) for k in range(80)]
+    (folder / "train_01_attack_free" / "drive.csv").write_text(_ctt(rows))
+    monkeypatch.setenv("KDKIT_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = make_config(model="gat", type="teacher", dataset=str(folder), epochs=1, window=100,
+                      runs_dir=str(tmp_path / "runs"))
+    with pytest.raises(ValueError) as err:
+        train(cfg)
+    msg = str(err.value)
+    assert "window 100 > the longest training recording (80 messages, drive.csv's longest timeline" in msg
+    assert "restarted 1 time(s)" in msg and "lower --window (below 80)" in msg

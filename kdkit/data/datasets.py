@@ -401,9 +401,9 @@ class PreparedDataset:
 # what a store holds beyond the graph format: its info's meaning (2: a split's messages are those in its windows,
 # files named below their common folder) and the reading (2: a logger file whose start holds one bus is read as
 # that bus; 3: a lone glitched timestamp is the row skipped, not every row after it; 4: a restarted clock starts a new
-# timeline, its rows kept, where they were skipped as going backwards). A store of another version
-# is rebuilt, not reused with old numbers.
-STORE_VERSION = 4
+# timeline, its rows kept, where they were skipped as going backwards; 5: the info names the recordings that fill no
+# window). A store of another version is rebuilt, not reused with old numbers.
+STORE_VERSION = 5
 
 
 def cache_key(files: DatasetFiles, config: PrepareConfig) -> str:
@@ -597,6 +597,13 @@ def _note_timing(timing: dict[str, str], path: Path, part) -> None:
                              f"its column mapping's time_unit reads them as smaller units")
 
 
+def _note_no_windows(no_windows: dict[str, int], path: Path, part) -> None:
+    """Note a recording with messages but no window (shorter than a window, or every timeline of
+    it is): its messages are in no split, which the split table's counts do not show."""
+    if part.windows == 0 and part.messages > 0:
+        no_windows[str(path)] = int(part.messages)
+
+
 def skipped_rows_report(info: dict) -> list[str]:
     """One line per file with skipped rows (and its first example): how many, how many of
     them attack rows. Empty when nothing was skipped."""
@@ -611,6 +618,10 @@ def skipped_rows_report(info: dict) -> list[str]:
                          f"see the first one")
         if s["examples"]:
             lines.append(f"    first: {s['examples'][0]}")
+    window = info.get("config", {}).get("window")
+    for path, n in info.get("no_windows", {}).items():
+        lines.append(f"  no window from {path}: its {n:,} messages are fewer than a window ({window}), or each of its "
+                     f"timelines' are (a restarted clock); they are in no split")
     for path, note in info.get("timing", {}).items():
         lines.append(f"  timestamps of {path}: {note}")
     for path, t in info.get("timelines", {}).items():
@@ -653,10 +664,12 @@ def _build(name: str, files: DatasetFiles, config: PrepareConfig, store: Path, k
         dropped: dict[str, dict] = {}
         timelines: dict[str, dict] = {}
         timing: dict[str, str] = {}
+        no_windows: dict[str, int] = {}
         selections: dict[str, list] = {"train": [], "val": []}
         vocab_parts = []
         for p in files.train:
             part = parts[str(p)]
+            _note_no_windows(no_windows, p, part)
             _note_skipped(skipped, p, part.last, dropped, timelines, part.messages)
             _note_timing(timing, p, part)
             v0, v1 = validation_block(part.windows, config.val_fraction, rng)
@@ -673,12 +686,13 @@ def _build(name: str, files: DatasetFiles, config: PrepareConfig, store: Path, k
                 "skipped_rows": {p: v["rows"] for p, v in skipped.items()}, "skipped": skipped, "splits": {},
                 "source": files.source.describe() if files.source else None,
                 "missing_scenarios": dict(files.missing_scenarios), "dropped_frames": dropped, "timelines": timelines,
-                "timing": timing,
+                "timing": timing, "no_windows": no_windows,
                 "messages_read": sum(part.messages for part in parts.values())}
         for scen, paths in _scenarios(files).items():
             selections[scen] = []
             for p in paths:
                 part = parts[str(p)]
+                _note_no_windows(no_windows, p, part)
                 _note_skipped(skipped, p, part.last, dropped, timelines, part.messages)
                 _note_timing(timing, p, part)
                 selections[scen].append((part, [(0, part.windows)], covered_messages([(0, part.windows)], W, S)))
@@ -732,8 +746,9 @@ def format_info(name: str, ds: PreparedDataset) -> str:
     lines += [f"  excluded from training: {p}" for p in info["excluded_from_training"]]
     lines += skipped_rows_report(info)
     if info["splits"].get("train", {}).get("windows", 1) == 0:  # (data info and prepare said nothing, exit 0)
-        lines.append(f"  no training windows: kdkit train refuses this dataset (its training recordings are shorter "
-                     f"than a window of {info['config']['window']} messages, or their rows were skipped)")
+        lines.append(f"  no training windows: kdkit train refuses this dataset (its training recordings, or their "
+                     f"timelines, are shorter than a window of {info['config']['window']} messages, or their rows were "
+                     f"skipped)")
     lines += [f"  missing test scenario {k}: {why}" for k, why in info.get("missing_scenarios", {}).items()]
     lines += [f"  left out of {path}: " + ", ".join(f"{n} {kind} frames" for kind, n in kinds.items())
               for path, kinds in info.get("dropped_frames", {}).items()]
@@ -747,6 +762,10 @@ def format_info(name: str, ds: PreparedDataset) -> str:
         lines.append(f"{split:<42}{s['messages']:>10}{s['windows']:>9}{s['attack_windows']:>8}{s['attack_share']:>7.3f}"
                      f"{s['distinct_ids']:>6}{s['oov_nodes']:>10}{s['nodes_mean']:>7.1f}±{s['nodes_std']:<5.1f}"
                      f"{s['edges_mean']:>7.1f}±{s['edges_std']:<5.1f}")
+    if info.get("messages_read") is not None:  # the column counts a split's windows' messages (each once)
+        in_windows = sum(s["messages"] for s in info["splits"].values())
+        lines.append(f"messages: those in a split's windows; {info['messages_read']:,} were read, {in_windows:,} of them "
+                     f"in windows (a recording's last messages that fill no whole window are in none)")
     by_type = [(split, attack_windows_by_type(gs)) for split, gs in ds.splits.items()]
     if any(len(types) > 1 for _, types in by_type):  # the attacks of a split told apart (one type: the table says it)
         lines.append("attack windows by type:")

@@ -1124,7 +1124,8 @@ def write_ctt_csv(msgs: Messages, path: str | Path) -> Path:
     ``Messages(timestamp=df.t, can_id=df.id, ...)``) becomes a recording of a folder dataset
     (``train_01_attack_free/drive.csv``, ``test_01_.../DoS-x.csv``; README, "Bring your own data").
     Timestamps are written exactly (``read_messages`` gives them back bit for bit), standard IDs
-    with 3 hex digits, extended ones with 8. Written to a temporary file first, then renamed."""
+    with 3 hex digits, extended ones with 8. Missing folders are made; the file is written to a
+    temporary file first, then renamed."""
     path = Path(path)
     if msgs.restart is not None and msgs.restart.any():
         raise ValueError(f"{path}: the table holds {int(msgs.restart.sum())} restarted clock(s) (Messages.restart): "
@@ -1137,6 +1138,7 @@ def write_ctt_csv(msgs: Messages, path: str | Path) -> Path:
         lines.append(f"{t!r},{i:08X}," if e else f"{t!r},{i:03X},")
         lines.append(f"{row[:d].tobytes().hex().upper()},{lab}\n")
     data = "".join(lines).encode()
+    path.parent.mkdir(parents=True, exist_ok=True)  # the README's example writes into a dataset's new folders
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(gzip.compress(data) if path.name.lower().endswith(".gz") else data)
     os.replace(tmp, path)

@@ -198,16 +198,23 @@ def build_student_or_teacher(cfg: TrainConfig, data: PreparedDataset):
 
 # ----------------------------------------------------------------------------- windows per split
 def _longest_recording(gs: GraphSet, on_bad_rows: str = "error", channel: str | None = None) -> tuple[int, str] | None:
-    """(messages, file name) of the longest recording behind a split (logger files: of ``channel``);
-    None when unreadable."""
+    """(messages, what) of the longest stretch of messages a window can take behind a split: a
+    recording's messages (logger files: of ``channel``), or the longest timeline of a recording
+    whose clock restarted (no window crosses a restart). None when unreadable."""
     best = None
     for f in gs.files:
         try:
-            n = len(read_messages(f, on_bad_rows=on_bad_rows, channel=channel))  # type: ignore[arg-type]
+            msgs = read_messages(f, on_bad_rows=on_bad_rows, channel=channel)  # type: ignore[arg-type]
         except Exception:  # noqa: BLE001 - only a detail of an error message
             continue
+        n, what = len(msgs), Path(f).name
+        if msgs.restart is not None and msgs.restart[1:].any():
+            bounds = np.flatnonzero(np.r_[True, msgs.restart[1:], True])
+            n = int(np.diff(bounds).max())
+            what = (f"{what}'s longest timeline: its clock restarted {msgs.restart[1:].sum()} time(s) and no "
+                    f"window crosses a restart")
         if best is None or n > best[0]:
-            best = (n, Path(f).name)
+            best = (n, what)
     return best
 
 
