@@ -339,12 +339,18 @@ def test_sweep_report_pools_seeds_lists_failures_and_draws_the_figures(tmp_path)
     figures = [f.split("'")[0] for f in page.split("data-figure='")[1:]]
     assert figures == ["sweep_heatmap", "sweep_pareto", "sweep_training_curves"]
     assert "<summary>every task (5)</summary>" in page
+    # the figures are files too, for a paper: a PNG and a vector PDF each, named in the page
+    for name in figures:
+        png, pdf = (d / "figures" / f"{name}.png").read_bytes(), (d / "figures" / f"{name}.pdf").read_bytes()
+        assert png.startswith(b"\x89PNG") and pdf.startswith(b"%PDF") and f"figures/{name}.pdf" in page
+    assert not list((d / "figures").glob(".*"))  # no temp file left
 
 
 def test_sweep_with_nothing_finished_still_reports(tmp_path):
     d = _sweep(tmp_path, [_task(0, 2.0, 0, None, state="PENDING")])
     page = sweep.build_sweep_report(d, tmp_path / "r.html").read_text()
     assert "no task finished" in page and "PENDING" in page and "data-figure" not in page
+    assert not (tmp_path / "figures").exists()  # nothing drawn: no empty folder
 
 
 def test_sweep_results_errors_name_the_file_and_row(tmp_path):

@@ -314,16 +314,34 @@ def build_sweep_report(sweep_dir: str | Path, out: str | Path | None = None) -> 
         parts.append(f"<h2>Tasks without a result ({len(lost)})</h2>")
         parts.append(Table(lost, ["task", "state", "seed", "params", "job", "error"])._repr_html_()
                      .replace("<table class=\"kdkit\">", "<table class=\"kdkit\" id=\"unfinished\">"))
+    target = Path(out) if out else sweep_dir / "report.html"
+    figures = _figures(results, sweep_dir)
+    saved = save_figures(figures, target.parent / "figures")
     parts.append("<h2>Figures</h2>")
-    parts += [png_html(fig_png(fig), key, FIGURES[key][1], FIGURES[key][0])
-              for key, fig in _figures(results, sweep_dir).items()]
+    if saved:
+        parts.append(f"<p class='caption'>Also saved for a paper as PNG (150 dpi) and PDF (vector): "
+                     f"{html.escape(', '.join(str(p.relative_to(target.parent)) for p in saved))}.</p>")
+    parts += [png_html(fig_png(fig), key, FIGURES[key][1], FIGURES[key][0]) for key, fig in figures.items()]
     parts.append(_raw_tasks(results))
     subtitle = (f"notebook {html.escape(str(results.get('notebook', '?')))}; grid {html.escape(grid)}; "
                 f"{len(seeds)} seed(s); tasks: " + ", ".join(f"{n} {html.escape(s)}" for s, n in sorted(states.items()))
                 + f"; generated {time.strftime('%Y-%m-%d %H:%M')} by <code>kdkit report</code>")
-    target = Path(out) if out else sweep_dir / "report.html"
     target.write_text(page_html(f"kdkit sweep report: {name}", subtitle, "\n".join(parts)), encoding="utf-8")
     return target
+
+
+def save_figures(figures: Mapping[str, Any], folder: Path) -> list[Path]:
+    """Each figure as ``folder/<name>.png`` (150 dpi) and ``.pdf`` (vector, for a paper); the paths."""
+    saved: list[Path] = []
+    for key, fig in figures.items():
+        folder.mkdir(parents=True, exist_ok=True)
+        for ext, kw in ((".png", {"dpi": 150}), (".pdf", {})):
+            path = folder / f"{key}{ext}"
+            tmp = path.with_name(f".{path.name}.tmp")
+            fig.savefig(tmp, format=ext[1:], bbox_inches="tight", **kw)
+            tmp.replace(path)
+            saved.append(path)
+    return saved
 
 
 def _primary_label(rows: Sequence[Mapping]) -> str:
