@@ -765,7 +765,8 @@ def format_info(name: str, ds: PreparedDataset) -> str:
     if info.get("messages_read") is not None:  # the column counts a split's windows' messages (each once)
         in_windows = sum(s["messages"] for s in info["splits"].values())
         lines.append(f"messages: those in a split's windows; {info['messages_read']:,} were read, {in_windows:,} of them "
-                     f"in windows (a recording's last messages that fill no whole window are in none)")
+                     f"in windows (the rest: a recording's or a timeline's last messages short of a whole window, messages a "
+                     f"stride above the window passes over, recordings too short for one)")
     by_type = [(split, attack_windows_by_type(gs)) for split, gs in ds.splits.items()]
     if any(len(types) > 1 for _, types in by_type):  # the attacks of a split told apart (one type: the table says it)
         lines.append("attack windows by type:")
