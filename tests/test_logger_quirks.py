@@ -524,3 +524,26 @@ def test_a_restarted_recording_too_short_for_a_window_names_its_timelines(tmp_pa
     msg = str(err.value)
     assert "window 100 > the longest training recording (80 messages, drive.csv's longest timeline" in msg
     assert "restarted 1 time(s)" in msg and "lower --window (below 80)" in msg
+
+
+def test_attack_rows_in_the_attack_free_folder_are_named(tmp_path: Path, monkeypatch):
+    """A labelled attack recording dropped into train_01_attack_free trained without a word. Its
+    attack messages are counted and named; a clean file there and attacks in train_02 are not."""
+    from kdkit.data.datasets import PrepareConfig, format_info, prepare
+
+    def rows(attack: bool, t0: float = 0.0) -> str:
+        return "timestamp,arbitration_id,data_field,attack\n" + "".join(
+            f"{t0 + k / 500!r},{0x100 + k % 5:03X},{k % 256:02X},{int(attack and 200 <= k < 230)}\n" for k in range(400))
+
+    folder = tmp_path / "mixed"
+    for sub, name, text in (("train_01_attack_free", "clean.csv", rows(False)),
+                            ("train_01_attack_free", "DoS-x.csv", rows(True)),
+                            ("train_02_with_attacks", "DoS-y.csv", rows(True, 5.0))):  # (not a copy: read once)
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+        (folder / sub / name).write_text(text)
+    monkeypatch.setenv("KDKIT_CACHE_DIR", str(tmp_path / "cache"))
+    ds = prepare(str(folder), PrepareConfig(window=50, stride=50))
+    assert ds.info["attacks_in_attack_free"] == {str(folder / "train_01_attack_free" / "DoS-x.csv"): 30}
+    text = format_info("mixed", ds)
+    assert "DoS-x.csv is an attack-free training recording (train_attack_free) but 30 of its messages are labelled attack" \
+        in text and "clean.csv is" not in text and "DoS-y.csv is" not in text

@@ -402,7 +402,7 @@ class PreparedDataset:
 # files named below their common folder) and the reading (2: a logger file whose start holds one bus is read as
 # that bus; 3: a lone glitched timestamp is the row skipped, not every row after it; 4: a restarted clock starts a new
 # timeline, its rows kept, where they were skipped as going backwards; 5: the info names the recordings that fill no
-# window). A store of another version is rebuilt, not reused with old numbers.
+# window, and attack-labelled messages in attack-free training recordings). A store of another version is rebuilt, not reused with old numbers.
 STORE_VERSION = 5
 
 
@@ -622,6 +622,10 @@ def skipped_rows_report(info: dict) -> list[str]:
     for path, n in info.get("no_windows", {}).items():
         lines.append(f"  no window from {path}: its {n:,} messages are fewer than a window ({window}), or each of its "
                      f"timelines' are (a restarted clock); they are in no split")
+    for path, n in info.get("attacks_in_attack_free", {}).items():
+        lines.append(f"  {path} is an attack-free training recording (train_attack_free) but {n:,} of its messages are "
+                     f"labelled attack: a file in the wrong folder, or labels to check (its windows are trained on "
+                     f"with the labels as they are)")
     for path, note in info.get("timing", {}).items():
         lines.append(f"  timestamps of {path}: {note}")
     for path, t in info.get("timelines", {}).items():
@@ -665,6 +669,9 @@ def _build(name: str, files: DatasetFiles, config: PrepareConfig, store: Path, k
         timelines: dict[str, dict] = {}
         timing: dict[str, str] = {}
         no_windows: dict[str, int] = {}
+        free = set(_glob(files.root, files.source.train_attack_free)) if files.source is not None else set()
+        attacks_in_free = {str(p): parts[str(p)].attack_messages for p in files.train
+                           if p in free and parts[str(p)].attack_messages}
         selections: dict[str, list] = {"train": [], "val": []}
         vocab_parts = []
         for p in files.train:
@@ -686,7 +693,7 @@ def _build(name: str, files: DatasetFiles, config: PrepareConfig, store: Path, k
                 "skipped_rows": {p: v["rows"] for p, v in skipped.items()}, "skipped": skipped, "splits": {},
                 "source": files.source.describe() if files.source else None,
                 "missing_scenarios": dict(files.missing_scenarios), "dropped_frames": dropped, "timelines": timelines,
-                "timing": timing, "no_windows": no_windows,
+                "timing": timing, "no_windows": no_windows, "attacks_in_attack_free": attacks_in_free,
                 "messages_read": sum(part.messages for part in parts.values())}
         for scen, paths in _scenarios(files).items():
             selections[scen] = []

@@ -68,6 +68,7 @@ class FilePart:
     first: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # first window holding each
     last_window: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # last window holding each
     seconds: float = 0.0  # the time its messages span (each timeline's span, added up)
+    attack_messages: int = 0  # messages labelled attack
 
 
 def _id_ranges(ids: np.ndarray, window_of: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -108,10 +109,12 @@ def build_part(chunks: Iterator[Messages], path: str, folder: Path, window: int,
     ranges: tuple[np.ndarray, ...] = (np.zeros(0, np.int64),) * 3
     windows, last = 0, None
     seconds, top = 0.0, None  # the spans of the timelines before, and the current one's (first, last) time
+    attack = 0
     try:
         for chunk in chunks:
             last = chunk
             if len(chunk):
+                attack += int(np.count_nonzero(chunk.label))
                 ts = chunk.timestamp
                 cuts = [] if chunk.restart is None else np.flatnonzero(chunk.restart).tolist()
                 for a, b in zip([0, *cuts], [*cuts, len(chunk)]):
@@ -145,7 +148,7 @@ def build_part(chunks: Iterator[Messages], path: str, folder: Path, window: int,
     seconds += top[1] - top[0] if top is not None else 0.0
     return FilePart(path, str(folder), stream.messages, windows, last.attack_type,
                     list(last.type_names) if last.row_type is not None else None, last.slice(0, 0), *ranges,
-                    seconds=seconds)
+                    seconds=seconds, attack_messages=attack)
 
 
 def _part_job(job: tuple) -> FilePart:
