@@ -547,3 +547,26 @@ def test_attack_rows_in_the_attack_free_folder_are_named(tmp_path: Path, monkeyp
     text = format_info("mixed", ds)
     assert "DoS-x.csv is an attack-free training recording (train_attack_free) but 30 of its messages are labelled attack" \
         in text and "clean.csv is" not in text and "DoS-y.csv is" not in text
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_bus_that_starts_later_in_an_asc_file_is_named_by_data_info(tmp_path: Path, monkeypatch, workers):
+    """An .asc file whose channel 2 starts after the first 10,000 frames is read as channel 1: data
+    info named a candump log's late buses, not an .asc file's. Its reader counts them as it reads
+    (no second pass through python-can), in a preparation worker too; a chosen channel names none."""
+    from kdkit.data.datasets import PrepareConfig, format_info, prepare
+
+    folder = tmp_path / "late"
+    asc = folder / "train_01_attack_free" / "drive.asc"
+    asc.parent.mkdir(parents=True)
+    rows = [f"   {0.001 * (k + 1):.6f} 1  {0x100 + k % 4:X}             Rx   d 1 11\n" for k in range(10_500)]
+    rows += [f"   {10.6 + 0.001 * k:.6f} {1 + k % 2}  {0x600 + k % 4:X}             Rx   d 1 22\n" for k in range(600)]
+    asc.write_text(HEAD + "Begin Triggerblock Mon Jan 6 10:00:00.000 am 2025\n" + "".join(rows) + "End TriggerBlock\n")
+    monkeypatch.setenv("KDKIT_CACHE_DIR", str(tmp_path / "cache"))
+    ds = prepare(str(folder), PrepareConfig(window=100, stride=100), workers=workers)
+    assert ds.info["left_out_channels"] == {str(asc): {"2": 300}}
+    assert f"left out of {asc}: the frames of channels that start later in it, 2 (300)" in format_info("late", ds)
+    assert read_logger_file(asc).left_out_channels == {"2": 300}  # the whole read counts them too
+    assert concat_messages(list(iter_logger_file(asc, chunk_rows=999))).left_out_channels == {"2": 300}
+    chosen = prepare(str(folder), PrepareConfig(window=100, stride=100), channel="1")
+    assert chosen.info["left_out_channels"] == {}

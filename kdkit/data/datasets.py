@@ -687,7 +687,7 @@ def _build(name: str, files: DatasetFiles, config: PrepareConfig, store: Path, k
             vocab_parts.append(vocab_ids(part, a, b))
         vocab = IdVocab.fit(vocab_parts)
         info = {"dataset": name, **_files_info(files), "config": asdict(config), "vocab_size": len(vocab),
-                "left_out_channels": _left_out_channels(files),
+                "left_out_channels": _left_out_channels(files, parts),
                 "duplicates_skipped": [[str(a), str(b)] for a, b in files.duplicates],
                 "excluded_from_training": [str(p) for p in files.excluded],
                 "skipped_rows": {p: v["rows"] for p, v in skipped.items()}, "skipped": skipped, "splits": {},
@@ -714,15 +714,19 @@ def _build(name: str, files: DatasetFiles, config: PrepareConfig, store: Path, k
     return vocab, splits, info
 
 
-def _left_out_channels(files: DatasetFiles) -> dict[str, dict[str, int]]:
-    """Per candump log read as the one bus its start holds (no channel chosen), the data frames of
-    the buses that start later in it and were left out (a second, compiled pass: ~0.1 s a MB).
-    ``.asc``/``.blf``/``.trc`` files are not counted: python-can would read them a second time."""
+def _left_out_channels(files: DatasetFiles, parts: dict) -> dict[str, dict[str, int]]:
+    """Per logger file read as the one bus its start holds (no channel chosen), the data frames of
+    the buses that start later in it and were left out: a candump log's from a second, compiled
+    pass (~0.1 s a MB); an ``.asc``/``.blf``/``.trc`` file's as its reader counted them
+    (``Messages.left_out_channels``)."""
     if files.source is not None and files.source.channel is not None:
         return {}
     out: dict[str, dict[str, int]] = {}
     for path in _recordings(files):
         if not path.name.lower().removesuffix(".gz").endswith(".log"):
+            others = parts[str(path)].last.left_out_channels
+            if others:
+                out[str(path)] = dict(others)
             continue
         read = read_channel(path)
         others = {c: n for c, n in channel_counts(path).items() if c != read and n}

@@ -486,11 +486,14 @@ def read_logger_file(path: str | Path, channel: str | None = None, on_bad_rows: 
     sidecar = label_sidecar(path)
     intervals = read_label_intervals(sidecar) if sidecar is not None else None
     channel = _chosen_channel(path, suffix, channel)
+    others: dict[str, int] = {}  # (a candump log's other buses: datasets counts them in a compiled pass)
     if suffix == ".log":
         frames, earlier, lost, dropped = _read_candump(path, channel)
     else:
-        frames, earlier, lost, dropped = _read_python_can(path, suffix, channel, bad.mode)
-    return _finish(path, bad, frames, suffix == ".blf", earlier, lost, dropped, intervals)
+        frames, earlier, lost, dropped, others = _read_python_can(path, suffix, channel, bad.mode)
+    msgs = _finish(path, bad, frames, suffix == ".blf", earlier, lost, dropped, intervals)
+    msgs.left_out_channels = others
+    return msgs
 
 
 # --------------------------------------------------------------------------------------
@@ -1020,7 +1023,14 @@ def _python_can_chunks(path: Path, suffix: str, channel: str | None, mode: OnBad
         raise DataFormatError(path, None, "no data frames")
     if channel is not None and not source.counts.get(channel):
         raise _no_channel(path, channel, source.counts)
-    yield out.close(source.lost)
+    last = out.close(source.lost)
+    last.left_out_channels = _other_channels(source.counts, channel)
+    yield last
+
+
+def _other_channels(counts: dict[str, int], channel: str | None) -> dict[str, int]:
+    """The data frames of the channels other than ``channel`` (None: every one was read)."""
+    return {} if channel is None else {c: n for c, n in counts.items() if c != channel and n}
 
 
 def channel_counts(path: str | Path) -> dict[str, int]:
@@ -1219,7 +1229,7 @@ def _read_python_can(path: Path, suffix: str, channel: str | None, mode: OnBadRo
         raise DataFormatError(path, None, "no data frames")
     if channel is not None and not source.counts.get(channel):
         raise _no_channel(path, channel, source.counts)
-    return frames, earlier, source.lost, source.dropped
+    return frames, earlier, source.lost, source.dropped, _other_channels(source.counts, channel)
 
 
 class _PythonCanFrames:

@@ -145,6 +145,9 @@ class Messages:
             None: one timeline.
         timeline_restarts: how many new timelines the recording's reader found (the file's total
             on its last chunk), ``timeline_examples`` the first five as ``file line N: ...``.
+        left_out_channels: data frames of the other bus channels an ``.asc``/``.blf``/``.trc``
+            file's reader passed over while reading one channel (``{"2": 5120}``; on the last
+            chunk, the file's totals); empty for other readers.
     """
 
     timestamp: np.ndarray
@@ -164,6 +167,7 @@ class Messages:
     restart: np.ndarray | None = None
     timeline_restarts: int = 0
     timeline_examples: list[str] = field(default_factory=list)
+    left_out_channels: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.timestamp.shape[0])
@@ -205,7 +209,7 @@ class Messages:
                         self.skipped_attack_rows, self.skipped_unlabelled_rows,
                         None if self.row_type is None else self.row_type[rows], self.type_names,
                         dict(self.dropped_frames), None if self.restart is None else self.restart[rows],
-                        self.timeline_restarts, list(self.timeline_examples))
+                        self.timeline_restarts, list(self.timeline_examples), dict(self.left_out_channels))
 
     @property
     def message_attack_type(self) -> np.ndarray:
@@ -1169,7 +1173,8 @@ def concat_messages(chunks: Sequence[Messages]) -> Messages:
     return Messages(cat("timestamp"), cat("can_id"), cat("dlc"), cat("payload"), cat("label"), last.source,
                     last.attack_type, last.skipped_rows, list(last.skipped_examples), last.skipped_attack_rows,
                     last.skipped_unlabelled_rows, None if last.row_type is None else cat("row_type"), last.type_names,
-                    dict(last.dropped_frames), restart, last.timeline_restarts, list(last.timeline_examples))
+                    dict(last.dropped_frames), restart, last.timeline_restarts, list(last.timeline_examples),
+                    dict(last.left_out_channels))
 
 
 def iter_ctt_csv(path: str | Path, on_bad_rows: OnBadRows = "error", chunk_rows: int = CHUNK_ROWS,
