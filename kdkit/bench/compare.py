@@ -21,7 +21,7 @@ from kdkit.bench.infer import bench_infer
 from kdkit.bench.train import bench_train
 from kdkit.data.datasets import discover
 from kdkit.models.registry import count_parameters, model_size_bytes
-from kdkit.reporting.metrics import evaluate_model
+from kdkit.reporting.metrics import evaluate_model, repeated_tests
 from kdkit.training.checkpoint import load_checkpoint, model_from_checkpoint
 from kdkit.workflows.run import check_compatible
 
@@ -43,7 +43,7 @@ def load_teacher(checkpoint: str | Path, data) -> dict:
     ckpt = load_checkpoint(path)
     check_compatible(ckpt, data, "teacher")
     model = model_from_checkpoint(ckpt).eval()
-    results = evaluate_model(model, data.splits, float(ckpt.get("threshold", 0.5)))
+    results = evaluate_model(model, data.splits, float(ckpt.get("threshold", 0.5)), repeats=repeated_tests(data.info))
     history = ckpt.get("history", [])
     last = path.with_name("last.pt")
     if last.is_file() and last.resolve() != path.resolve():

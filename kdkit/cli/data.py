@@ -30,7 +30,9 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stride", type=int, default=None, help="offset between windows (default: the spec's, else the window)")
     p.add_argument("--label-threshold", type=float, default=0.0, help="window is an attack if its attack share > this (default 0)")
     p.add_argument("--val-fraction", type=float, default=0.2, help="validation share of each training file (default 0.2)")
-    p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="where each training recording's validation block is placed (default 0: the split kdkit train "
+                        "uses for every run seed; another seed prepares a split no training run uses)")
     p.add_argument("--on-bad-rows", choices=["error", "skip"], default="error", help="malformed rows: stop (default) or skip and count")
     p.add_argument("--include-excluded", action="store_true", help="also train on suppress/masquerade recordings")
     p.add_argument("--channel", default=None, metavar="NAME",

@@ -224,6 +224,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if per_type:
             print(f"\n{per_type}")
         print_skipped(res.get("skipped_scenarios"))
+        for warning in res["warnings"]:
+            print(f"warning: {warning}")
         print(f"written {res['json']}")
     return 0
 

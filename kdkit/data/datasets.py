@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from kdkit.data.graphs import GRAPH_FORMAT_VERSION, GraphSet, GraphStoreError, IdVocab
-from kdkit.data.loggers import ALL_CHANNELS, MixedChannelsError, channel_counts, read_channel
+from kdkit.data.loggers import ALL_CHANNELS, MixedChannelsError, channel_counts, label_sidecar, read_channel
 from kdkit.data.prep import SplitStats, build_parts, excluded_block, remove_parts, vocab_ids, write_split
 from kdkit.data.progress import progress_bar
 from kdkit.data.readers import Messages, attack_type_from_name, data_suffixes
@@ -128,6 +128,8 @@ class DatasetFiles:
     hashes: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
     source: DatasetSource | None = None
     missing_scenarios: dict[str, str] = field(default_factory=dict)  # scenario -> why it has no files
+    tests_in_training: list[tuple[Path, Path]] = field(default_factory=list)  # (test recording, training one it is)
+    test_repeats: list[tuple[Path, Path]] = field(default_factory=list)  # (test recording, one of an earlier scenario)
 
 
 def resolve_data_root(data_root: str | Path | None = None) -> Path:
@@ -290,6 +292,18 @@ def _glob(root: Path, patterns: list[str]) -> list[Path]:
 _HASH_MEMO: dict[tuple, str] = {}
 
 
+def _identity(path: Path, root: Path, hashes: dict[str, str]) -> str:
+    """A recording's content as a dataset reads it: its hash, and its label sidecar's (a logger
+    file's ``.labels.csv``: new labels must rebuild the store) when it has one; both go to
+    ``hashes`` (the cache key) by path below ``root``."""
+    digest = hashes[str(path.relative_to(root))] = file_sha256(path)
+    sidecar = label_sidecar(path)
+    if sidecar is None:
+        return digest
+    labels = hashes[str(sidecar.relative_to(root))] = file_sha256(sidecar)
+    return digest + "+" + labels
+
+
 def file_sha256(path: Path) -> str:
     """Content hash, memoised per (path, inode, size, mtime, ctime) for this process."""
     st = path.stat()
@@ -348,8 +362,7 @@ def discover(name: str, data_root: str | Path | None = None, include_excluded: b
     seen: dict[str, Path] = {}
     for _, found in train_sets:
         for p in found:
-            digest = file_sha256(p)
-            files.hashes[str(p.relative_to(root))] = digest
+            digest = _identity(p, root, files.hashes)
             if digest in seen:
                 files.duplicates.append((p, seen[digest]))
                 continue
@@ -358,14 +371,25 @@ def discover(name: str, data_root: str | Path | None = None, include_excluded: b
                 files.excluded.append(p)
                 continue
             files.train.append(p)
+    tested: dict[str, tuple[str, Path]] = {}  # content -> (scenario, recording) of the first test recording of it
     for scen, globs in source.tests.items():
         found = _glob(root, globs)
         if not found:
             files.missing_scenarios[scen] = f"no recordings match {globs} under {root}"
             continue
-        files.tests[scen] = found
+        files.tests[scen] = []
         for p in found:
-            files.hashes[str(p.relative_to(root))] = file_sha256(p)
+            digest = _identity(p, root, files.hashes)
+            if digest in seen:  # a training recording (or a copy): its test metrics would be in-sample
+                files.tests_in_training.append((p, seen[digest]))
+            if digest in tested and tested[digest][0] == scen:  # a copy in the same scenario: read once
+                files.duplicates.append((p, tested[digest][1]))
+                continue
+            if digest in tested:  # also a recording of an earlier scenario: "overall" counts it once
+                files.test_repeats.append((p, tested[digest][1]))
+            else:
+                tested[digest] = (scen, p)
+            files.tests[scen].append(p)
     if not files.tests and source.layout == "folder":
         files.missing_scenarios["test_*"] = f"no test_* folder with recordings in {root}"
     return files
@@ -402,7 +426,8 @@ class PreparedDataset:
 # files named below their common folder) and the reading (2: a logger file whose start holds one bus is read as
 # that bus; 3: a lone glitched timestamp is the row skipped, not every row after it; 4: a restarted clock starts a new
 # timeline, its rows kept, where they were skipped as going backwards; 5: the info names the recordings that fill no
-# window, and attack-labelled messages in attack-free training recordings). A store of another version is rebuilt, not reused with old numbers.
+# window, attack-labelled messages in attack-free training recordings, test recordings that are training ones or
+# repeat another scenario's; a logger file's label sidecar is part of the key). A store of another version is rebuilt, not reused with old numbers.
 STORE_VERSION = 5
 
 
@@ -618,6 +643,12 @@ def skipped_rows_report(info: dict) -> list[str]:
                          f"see the first one")
         if s["examples"]:
             lines.append(f"    first: {s['examples'][0]}")
+    for test, train in info.get("tests_in_training", []):
+        lines.append(f"  test recording {test} is the training recording {train} (the same content): its windows trained "
+                     f"the model, so its metrics are in-sample, not a test; take it out of the test folder")
+    for test, first in info.get("test_repeats", []):
+        lines.append(f"  test recording {test} is also {first} of an earlier test scenario (the same content): each "
+                     f"scenario scores it, the overall metrics count its windows once")
     window = info.get("config", {}).get("window")
     for path, n in info.get("no_windows", {}).items():
         lines.append(f"  no window from {path}: its {n:,} messages are fewer than a window ({window}), or each of its "
@@ -689,6 +720,8 @@ def _build(name: str, files: DatasetFiles, config: PrepareConfig, store: Path, k
         info = {"dataset": name, **_files_info(files), "config": asdict(config), "vocab_size": len(vocab),
                 "left_out_channels": _left_out_channels(files, parts),
                 "duplicates_skipped": [[str(a), str(b)] for a, b in files.duplicates],
+                "tests_in_training": [[str(a), str(b)] for a, b in files.tests_in_training],
+                "test_repeats": [[str(a), str(b)] for a, b in files.test_repeats],
                 "excluded_from_training": [str(p) for p in files.excluded],
                 "skipped_rows": {p: v["rows"] for p, v in skipped.items()}, "skipped": skipped, "splits": {},
                 "source": files.source.describe() if files.source else None,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import torch
@@ -115,7 +116,7 @@ def evaluate_scores(gs: GraphSet, score: np.ndarray, threshold: float) -> dict:
 
 def evaluate_model(model: torch.nn.Module, splits: dict[str, GraphSet], threshold: float, batch_size: int | None = None,
                    device: str | torch.device = "cpu", scenarios: list[str] | None = None,
-                   progress: bool | None = None) -> dict:
+                   progress: bool | None = None, repeats: Iterable[str] = ()) -> dict:
     """Evaluate on every scenario (default: all splits except train/val) and overall.
 
     Args:
@@ -127,6 +128,8 @@ def evaluate_model(model: torch.nn.Module, splits: dict[str, GraphSet], threshol
         scenarios: which splits to evaluate. Default: all but train/val.
         progress: a progress bar over the batches of all scenarios (on stderr). Default None:
             on when stderr is a terminal (the CLI), off otherwise (notebooks, logs).
+        repeats: test recordings (paths) that repeat one of an earlier scenario
+            (:func:`repeated_tests`): scored in their scenario, left out of ``overall``.
 
     Returns:
         ``{"scenarios": {name: metrics}, "overall": metrics, "scores": {name: ndarray}}``.
@@ -140,18 +143,33 @@ def evaluate_model(model: torch.nn.Module, splits: dict[str, GraphSet], threshol
         for name in names:
             bar.set_postfix_str(name, refresh=False)
             scores[name] = predict_scores(model, splits[name], bs, device, bar=bar)
-    return evaluate_all_scores(splits, scores, threshold)
+    return evaluate_all_scores(splits, scores, threshold, repeats)
 
 
-def evaluate_all_scores(splits: dict[str, GraphSet], scores: dict[str, np.ndarray], threshold: float) -> dict:
+def repeated_tests(info: Mapping) -> set[str]:
+    """The test recordings of a prepared dataset's ``info`` that repeat a recording of an earlier
+    scenario (the same content): ``overall`` counts their windows once."""
+    return {a for a, _ in info.get("test_repeats", [])}
+
+
+def evaluate_all_scores(splits: dict[str, GraphSet], scores: dict[str, np.ndarray], threshold: float,
+                        repeats: Iterable[str] = ()) -> dict:
     """:func:`evaluate_model`'s result from scores already computed (``{scenario: scores}``, in
-    window order), e.g. gathered from the ranks of a multi-process run."""
+    window order), e.g. gathered from the ranks of a multi-process run. ``repeats``: as
+    :func:`evaluate_model`."""
     results, all_y, all_s = {}, [], []
+    repeats = set(repeats)
     for name, s in scores.items():
         if len(s) != len(splits[name]):
             raise ValueError(f"{name}: {len(s)} scores for {len(splits[name])} windows")
         results[name] = evaluate_scores(splits[name], s, threshold)
-        all_y.append(splits[name].y.numpy())
+        y = splits[name].y.numpy()
+        gs = splits[name]
+        again = [i for i, f in enumerate(gs.files) if f in repeats]
+        if again:  # a recording an earlier scenario holds too: once in overall
+            keep = ~np.isin(gs.file_index.numpy(), again)
+            y, s = y[keep], s[keep]
+        all_y.append(y)
         all_s.append(s)
     overall = binary_metrics(np.concatenate(all_y), np.concatenate(all_s), threshold) if scores else {}
     return {"scenarios": results, "overall": overall, "scores": dict(scores)}

@@ -40,7 +40,7 @@ from kdkit.models.fusion import fit_after_training, fused_validation_f1
 from kdkit.models.registry import MODEL_CLASSES, build_model, check_sizes, count_parameters, model_size_bytes
 from kdkit.models.thresholds import choose_threshold
 from kdkit.models.vgae import fit_score_standardisation
-from kdkit.reporting.metrics import evaluate_all_scores, evaluate_model, predict_scores
+from kdkit.reporting.metrics import evaluate_all_scores, evaluate_model, predict_scores, repeated_tests
 from kdkit.training.checkpoint import (
     GRAPH_SETTINGS,
     atomic_torch_save,
@@ -82,11 +82,12 @@ def prepare_config(cfg: TrainConfig) -> PrepareConfig:
 
 
 def checkpoint_data(ckpt: dict, dataset: str | None = None, data_root: str | None = None,
-                    synthetic_seed: int = 0, on_bad_rows: str | None = None) -> PreparedDataset:
+                    synthetic_seed: int | None = None, on_bad_rows: str | None = None) -> PreparedDataset:
     """The prepared dataset with the graph settings a checkpoint was trained with (window,
     stride, labels, split, suppress/masquerade recordings in training or not, bad-row handling
-    unless ``on_bad_rows`` is given, and on its own dataset the bus channel); ``dataset``
-    defaults to the checkpoint's training dataset."""
+    unless ``on_bad_rows`` is given, and on its own dataset the bus channel and the synthetic
+    dataset's seed unless ``synthetic_seed`` is given); ``dataset`` defaults to the checkpoint's
+    training dataset."""
     tc = ckpt.get("train_config", {})
     window = int(tc.get("window", 100))
     pcfg = PrepareConfig(window=window, stride=int(tc.get("stride", window)), label_threshold=tc.get("label_threshold", 0.0),
@@ -94,6 +95,8 @@ def checkpoint_data(ckpt: dict, dataset: str | None = None, data_root: str | Non
                          include_excluded=bool(tc.get("include_excluded", False)),
                          on_bad_rows=on_bad_rows or tc.get("on_bad_rows", "error"))
     own = dataset is None or dataset == tc.get("dataset")  # another dataset's logger files have their own channels
+    if synthetic_seed is None:  # (a model of --synthetic-seed 1 was evaluated on seed 0's traffic)
+        synthetic_seed = int(tc.get("synthetic_seed") or 0) if own else 0
     return prepare(dataset or tc.get("dataset", "synthetic"), pcfg, data_root or tc.get("data_root"),
                    synthetic_seed=synthetic_seed, channel=tc.get("channel") if own else None)
 
@@ -336,6 +339,20 @@ def check_teacher(tck: dict, cfg: TrainConfig, data: PreparedDataset, path: str 
                          f"distil with --window {window}, or train a teacher with --window {cfg.window}")
 
 
+def teacher_notes(tck: dict, cfg: TrainConfig, data: PreparedDataset, path: str | Path) -> list[str]:
+    """The test recordings of ``data`` that trained the teacher (by content; a teacher of another
+    dataset may have seen them): the student's test metrics there are not a test."""
+    prov = provenance(tck, path)
+    notes = []
+    for name in data.scenarios:
+        for f in data.splits[name].files:
+            trained = in_sample(prov, Path(f))
+            if trained:
+                notes.append(f"test recording {f} ({name}) is {trained}, a training recording of the teacher "
+                             f"{path}: what the student learns from the teacher there is not a test")
+    return notes
+
+
 def check_resume(ck: dict, cfg: TrainConfig, data: PreparedDataset, path: str | Path) -> None:
     """``--resume`` must continue a run of the same role, family, dataset, vocabulary and graph settings.
 
@@ -480,6 +497,9 @@ def _train(cfg: TrainConfig, run_dir: Path, owner: bool, resume, progress, on_ep
     if kd:
         tck = load_checkpoint(cfg.teacher)
         check_teacher(tck, cfg, data, cfg.teacher)
+        if owner:
+            for note in teacher_notes(tck, cfg, data, cfg.teacher):
+                log.warning("%s", note)
     rck = None
     if resume:
         rck = load_checkpoint(resume)
@@ -665,10 +685,10 @@ def _evaluate_run(cfg: TrainConfig, data: PreparedDataset, fit, rank: int, world
                                                             part=(rank, world)), len(data.splits[name]))
                       for name in scenarios}
             model.cpu()
-            results = evaluate_all_scores(data.splits, scores, threshold) if rank == 0 else None
+            results = evaluate_all_scores(data.splits, scores, threshold, repeated_tests(data.info)) if rank == 0 else None
         else:
             results = evaluate_model(model, data.splits, threshold, scenarios=scenarios,
-                                     progress=None if progress else False)
+                                     progress=None if progress else False, repeats=repeated_tests(data.info))
     timings["evaluate_s"] = time.perf_counter() - t
     if rank != 0:
         return None
@@ -723,12 +743,26 @@ def evaluation_dir(path: str | Path) -> Path:
     return folder.parent if folder.name == "checkpoints" else folder
 
 
+def in_sample(prov: dict, path: Path) -> str | None:
+    """The training recording (its path below the dataset root) ``path`` is, by content hash, when
+    the checkpoint's provenance lists its training files (runs since 2026-12-07); else None."""
+    trained = prov.get("training_files") or {}
+    if not trained:
+        return None
+    digest = file_sha256(Path(path))
+    return next((name for name, sha in trained.items() if sha == digest), None)
+
+
 def evaluate_checkpoint(path: str | Path, dataset: str, data_root: str | None = None, out_dir: str | Path | None = None,
-                        synthetic_seed: int = 0, on_bad_rows: str | None = None, progress: bool | None = None) -> dict:
+                        synthetic_seed: int | None = None, on_bad_rows: str | None = None,
+                        progress: bool | None = None) -> dict:
     """Evaluate a checkpoint on every test scenario of ``dataset`` with the graph settings and threshold stored in it.
 
     A scenario without windows (its recordings shorter than the checkpoint's window) is skipped
     with a warning and listed under ``skipped_scenarios``; none with windows at all is an error.
+    A test recording the model was trained on (by content, its provenance's training files) is
+    named in ``in_sample`` and ``warnings``: its metrics are not a test. ``synthetic_seed``: of
+    the built-in synthetic dataset (default: the checkpoint's own on its own dataset).
     The JSON goes to ``out_dir``, else the run folder (checkpoint in ``<run>/checkpoints/``:
     ``evaluation_<dataset>.json``), else beside the checkpoint (outside a run folder, and in
     ``out_dir``, named ``evaluation_<dataset>_<checkpoint name>.json``: a folder of several models). ``on_bad_rows`` (``error``/``skip``) overrides the checkpoint's
@@ -743,10 +777,16 @@ def evaluate_checkpoint(path: str | Path, dataset: str, data_root: str | None = 
     model = model_from_checkpoint(ckpt, path).eval()
     scenarios = [s for s in data.scenarios if s not in skipped]
     results = evaluate_model(model, data.splits, float(ckpt.get("threshold", 0.5)), scenarios=scenarios,
-                             progress=progress)
+                             progress=progress, repeats=repeated_tests(data.info))
+    trained = {name: [(f, t) for f in data.splits[name].files if (t := in_sample(prov, Path(f)))]
+               for name in scenarios}
+    warnings = [f"{name}: {f} is {t}, a training recording of this model (the same content): its windows trained "
+                f"it, so this scenario's metrics are in-sample, not a test" for name, pairs in trained.items()
+                for f, t in pairs]
     out = {"checkpoint": str(path), "dataset": dataset, "threshold": float(ckpt.get("threshold", 0.5)),
            "role": prov.get("role"), "graph": {**graph, "graph_format": prov.get("graph", {}).get("graph_format")},
-           **{k: v for k, v in results.items() if k != "scores"}, "skipped_scenarios": skipped}
+           **{k: v for k, v in results.items() if k != "scores"}, "skipped_scenarios": skipped,
+           "in_sample": {name: [f for f, _ in pairs] for name, pairs in trained.items() if pairs}, "warnings": warnings}
     target = Path(out_dir) if out_dir else evaluation_dir(path)
     target.mkdir(parents=True, exist_ok=True)
     # in its run folder a checkpoint's evaluation is the run's; elsewhere (saved_models/, --out) a folder holds

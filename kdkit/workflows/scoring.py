@@ -23,21 +23,20 @@ import json
 import logging
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from kdkit.data.columns import read_mapped, training_layout
-from kdkit.data.datasets import file_sha256
 from kdkit.data.graphs import GRAPH_FORMAT_VERSION, GraphSet, IdVocab, build_graphs, layout_matches
 from kdkit.data.readers import LOGGER_SUFFIXES, Messages, data_suffixes, read_messages
 from kdkit.models.thresholds import is_attack
 from kdkit.reporting.metrics import evaluate_scores, predict_scores
 from kdkit.training.checkpoint import (describe_calibration, load_checkpoint, model_from_checkpoint, provenance, vocab_hash,
                                       wrong_recording_kind)
-from kdkit.workflows.run import check_graph_settings, evaluation_dir
+from kdkit.workflows.run import check_graph_settings, evaluation_dir, in_sample
 from kdkit.workflows.run_dir import write_json
 
 log = logging.getLogger(__name__)
@@ -377,16 +376,6 @@ def evaluate_inputs(checkpoint: str | Path, inputs: Sequence[str | Path], channe
     write_json(path, out)
     out["json"] = str(path)
     return out
-
-
-def in_sample(prov: Mapping, path: Path) -> str | None:
-    """The training recording (its path below the dataset root) ``path`` is, by content hash, when
-    the checkpoint's provenance lists its training files (runs since 2026-12-07); else None."""
-    trained = prov.get("training_files") or {}
-    if not trained:
-        return None
-    digest = file_sha256(Path(path))
-    return next((name for name, sha in trained.items() if sha == digest), None)
 
 
 def inputs_json_name(inputs: Sequence[str | Path], channel: str | None = None, threshold: float | None = None,
