@@ -129,3 +129,121 @@ def test_a_synthetic_seed_checkpoint_is_evaluated_on_its_own_seed(monkeypatch):
     assert seen["seed"] == 3
     run_mod.checkpoint_data(ck, "other")  # another dataset: the seed is not the checkpoint's
     assert seen["seed"] == 0
+
+
+# ----------------------------------------------------------------------------- interruption and shared folders
+def test_a_vgae_checkpoint_whose_threshold_was_never_fitted_is_refused(synthetic, tmp_path):
+    """A VGAE run killed before its validation fit left a best.pt with the placeholder threshold 0.5:
+    evaluated at it, every window was an attack (accuracy 0.39), without a word."""
+    from kdkit.cli.main import main
+    from kdkit.workflows.calibrate import calibrate_checkpoint
+    from kdkit.workflows.scoring import evaluate_inputs
+
+    cfg = make_config(**{**TINY, "latent_dim": 4}, model="vgae", type="teacher", dataset="synthetic",
+                      runs_dir=str(tmp_path / "runs"), run_name="v")
+    best = Path(train(cfg, progress=False, data=synthetic)["best_checkpoint"])
+    assert load_checkpoint(best)["threshold_fitted"] is True
+    last = best.with_name("last.pt")  # saved during training, as a killed run's best.pt is
+    assert load_checkpoint(last)["threshold_fitted"] is False
+    with pytest.raises(ValueError, match=r"last\.pt: its threshold was never fitted .* --resume auto and use its best"):
+        evaluate_checkpoint(last, "synthetic", out_dir=tmp_path / "ev")
+    recording = Path(synthetic.splits["test_01_known_vehicle_known_attack"].files[0])
+    with pytest.raises(ValueError, match="never fitted"):
+        evaluate_inputs(last, [recording], out_dir=tmp_path / "ev")
+    assert evaluate_inputs(last, [recording], threshold=1.0, out_dir=tmp_path / "ev")["files"]  # a given one is fine
+    assert main(["export", "--checkpoint", str(last), "--out", str(tmp_path / "x.pt2")]) == 2
+    fixed = tmp_path / "fixed.pt"
+    clean = [Path(f) for f in synthetic.splits["train"].files if "attack-free" in Path(f).parent.name
+             or "attack_free" in Path(f).parent.name][:1]
+    calibrate_checkpoint(last, clean, out=fixed)
+    assert load_checkpoint(fixed)["threshold_fitted"] is True
+    assert evaluate_checkpoint(fixed, "synthetic", out_dir=tmp_path / "ev")["scenarios"]
+
+
+def test_resume_auto_starts_afresh_a_run_killed_before_its_first_checkpoint(synthetic, tmp_path):
+    """config.json is written before the first epoch: a SIGKILL then (an OOM kill, NODE_FAIL) made every
+    requeue with --resume auto refuse the folder ("already holds a run ... Pass --overwrite")."""
+    cfg = make_config(**TINY, model="gat", type="student", dataset="synthetic", runs_dir=str(tmp_path / "runs"),
+                      run_name="k")
+    run_dir = tmp_path / "runs" / "k"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text("{}")
+    (run_dir / "fabric_training.log").write_text("epoch 1 ...\n")
+    summary = train(cfg, resume="auto", progress=False, data=synthetic)
+    assert Path(summary["best_checkpoint"]).is_file() and (run_dir / "checkpoints" / "last.pt").is_file()
+    # a finished run is still not trained over by auto: it resumes from its last.pt
+    again = train(cfg, resume="auto", progress=False, data=synthetic)
+    assert again["resumed_from"] == str(run_dir / "checkpoints" / "last.pt")
+
+
+def test_a_killed_preparations_scratch_is_removed_and_names_are_unique(tmp_path, monkeypatch):
+    """Scratch was named by pid alone: SIGKILLed preparations left parts.<pid>/ and *.tmp to pile up
+    (183 MB beside a 48 MB store), and two builders with one pid (two nodes sharing a cache, two
+    containers) crashed on each other's folder."""
+    import os
+    import socket
+    import time
+
+    from kdkit.data import store
+
+    tag = store.scratch_tag()
+    assert tag.startswith(f"{socket.gethostname()}.{os.getpid()}.") and tag != store.scratch_tag()
+    folder = tmp_path / "key"
+    folder.mkdir()
+    host = socket.gethostname()
+    dead = 2 ** 22 + 12345  # beyond any pid this machine hands out
+    old = time.time() - 2 * store.STALE_SCRATCH_S
+    ancient = time.time() - 2 * store.STALE_SCRATCH_ANY_S
+    made = {
+        f"parts.{host}.{dead}.aa": (old, True),                  # this host's, its writer gone: removed
+        f"train.store.{host}.{dead}.bb.tmp": (old, True),
+        f"parts.{host}.{os.getpid()}.cc": (old, False),           # its writer runs (this process): kept
+        f"parts.{host}.{dead}.dd": (time.time(), False),          # just written: kept
+        f"parts.othernode.{dead}.ee": (old, False),               # another node's: kept until a day old
+        "parts.4242": (ancient, True),                            # named before the tag, a day old: removed
+        "train.store": (ancient, False),                          # not scratch
+    }
+    for name, (mtime, _) in made.items():
+        path = folder / name
+        if name.startswith("parts."):
+            (path / "0").mkdir(parents=True)
+            (path / "0" / "x.bin").write_bytes(b"1")
+            for p in (path / "0" / "x.bin", path / "0", path):
+                os.utime(p, (mtime, mtime))
+        else:
+            path.write_bytes(b"1")
+            os.utime(path, (mtime, mtime))
+    removed = store.remove_stale_scratch(folder)
+    assert sorted(removed) == sorted(n for n, (_, gone) in made.items() if gone)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(n for n, (_, gone) in made.items() if not gone)
+
+
+def test_dataset_folders_whose_names_lose_characters_stay_apart(tmp_path, monkeypatch):
+    """`Müller` and `Möller` were both `M_ller`: the second dataset's saved_models/ copy replaced the
+    first's (and its run folder's refusal suggested resuming the other dataset's run)."""
+    from kdkit.data.sources import folder_name
+
+    assert folder_name("hcrl-sa") == "hcrl-sa" and folder_name("my_car") == "my_car"
+    names = {folder_name(n) for n in ("Müller", "Möller", "my car", "my_car", "小车", "大车")}
+    assert len(names) == 6 and all(n.replace("-", "").replace("_", "").isalnum() for n in names)
+    monkeypatch.setenv("KDKIT_CACHE_DIR", str(tmp_path / "cache"))
+    for name in ("Müller", "Möller"):
+        _ctt(tmp_path / name / "train_01_attack_free" / "clean.csv", 0.0, False)
+    a, b = (prepare(str(tmp_path / n), PrepareConfig(window=50, stride=50)).name for n in ("Müller", "Möller"))
+    assert a != b and a.startswith("M_ller-") and b.startswith("M_ller-")
+
+
+def test_a_folder_kdkit_may_not_write_is_one_clear_line(monkeypatch, capsys):
+    """A cache or runs folder without write permission (a shared lab folder) ended in a 40-line
+    traceback (PermissionError was not among the errors the CLI reports)."""
+    from kdkit.cli import data as data_cli
+    from kdkit.cli.main import main
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", "/shared/cache/hcrl_sa")
+
+    monkeypatch.setattr(data_cli, "prepare", denied)
+    assert main(["data", "info", "--dataset", "synthetic"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kdkit: error: Permission denied: /shared/cache/hcrl_sa.") and "--cache-dir" in err
+    assert "Traceback" not in err

@@ -107,6 +107,13 @@ def main(argv: list[str] | None = None) -> int:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"kdkit: error: {msg}", file=sys.stderr)
         return 2
+    except PermissionError as err:  # a cache, runs or output folder this user cannot write (a shared lab folder)
+        if os.environ.get("KDKIT_DEBUG"):
+            raise
+        print(f"kdkit: error: {err.strerror or 'permission denied'}: {err.filename}. A folder kdkit writes to: choose "
+              f"one of your own (--cache-dir or $KDKIT_CACHE_DIR for the graph cache, --runs-dir for runs, --out for "
+              f"outputs); data: ask for read access", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from kdkit.data.graphs import GRAPH_FORMAT_VERSION, GraphSet, GraphStoreError, IdVocab
+from kdkit.data.store import remove_stale_scratch, scratch_tag
 from kdkit.data.loggers import ALL_CHANNELS, MixedChannelsError, channel_counts, label_sidecar, read_channel
 from kdkit.data.prep import SplitStats, build_parts, excluded_block, remove_parts, vocab_ids, write_split
 from kdkit.data.progress import progress_bar
@@ -480,6 +481,7 @@ def prepare(name: str, config: PrepareConfig | None = None, data_root: str | Pat
     if meta_path.is_file() and not rebuild:
         cached = _load_store(name, config, store, key)
         if cached is not None:
+            remove_stale_scratch(store)  # a killed rebuild's scratch beside the store it did not replace
             cached.info.update(_files_info(files))  # where the recordings are now (the store's key is their content)
             cached.info["missing_scenarios"] = dict(files.missing_scenarios)  # (empty test folders are no content)
             return cached
@@ -496,7 +498,7 @@ def prepare(name: str, config: PrepareConfig | None = None, data_root: str | Pat
         if bar:
             bar.close()  # also on an error, so the message starts on its own line
     info["build_seconds"] = round(time.perf_counter() - t0, 3)
-    tmp = meta_path.with_name(f"meta.json.{os.getpid()}.tmp")  # per process: parallel jobs may build the same key
+    tmp = meta_path.with_name(f"meta.json.{scratch_tag()}.tmp")  # per writer: parallel jobs may build the same key
     tmp.write_text(json.dumps({"key": key, "splits": list(splits), "vocab": vocab.to_list(), "info": info}, indent=1))
     tmp.replace(meta_path)  # meta.json last: its presence marks a complete store
     return PreparedDataset(name, config, vocab, splits, info, store, False)
@@ -689,7 +691,11 @@ def _build(name: str, files: DatasetFiles, config: PrepareConfig, store: Path, k
     """Stream every recording once into a part, split, fit the vocabulary on the training split,
     write every split's store (see :mod:`kdkit.data.prep`) and map it."""
     W, S = config.window, config.stride
-    folder = store / f"parts.{os.getpid()}"
+    removed = remove_stale_scratch(store)  # a killed preparation's parts and temp files
+    if removed:
+        log.info("removed the scratch of a preparation that stopped (killed or timed out) from %s: %s", store,
+                 ", ".join(removed))
+    folder = store / f"parts.{scratch_tag()}"
     reader = partial(_chunks, files.source, on_bad_rows=config.on_bad_rows)
     try:
         parts = build_parts(reader, _recordings(files), folder, W, S, config.vocab_source, workers, PREPARE_CHUNK_ROWS,

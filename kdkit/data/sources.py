@@ -32,6 +32,7 @@ not fatal: releases are often partial.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -147,6 +148,14 @@ def safe_name(text: str) -> str:
     """A dataset name usable in folder names: letters, digits, ``-``, ``_``, ``.``."""
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._") or "dataset"
     return name
+
+
+def folder_name(text: str) -> str:
+    """:func:`safe_name` of a dataset folder's name, with a short hash of the name when characters were
+    replaced: `Müller` and `Möller` were both `M_ller`, `my car` and `my_car` one name, so their runs,
+    caches and saved_models/ copies replaced each other's."""
+    name = safe_name(text)
+    return name if name == text else f"{name}-{hashlib.sha256(text.encode()).hexdigest()[:6]}"
 
 
 def _load_spec_file(path: Path) -> dict[str, dict]:
@@ -266,7 +275,7 @@ def folder_source(folder: Path, name: str | None = None) -> DatasetSource:
         return source_from_spec({"root": ".", **table}, spec)
     tests = {d.name: [f"{d.name}/*"] for d in sorted(folder.iterdir()) if d.is_dir() and d.name.startswith("test_")} \
         if folder.is_dir() else {}
-    return DatasetSource(name=safe_name(name or folder.resolve().name), root=folder,
+    return DatasetSource(name=folder_name(name or folder.resolve().name), root=folder,
                          train_attack_free=["train_01_attack_free/*"], train_with_attacks=["train_02_with_attacks/*"],
                          tests=tests, layout="folder")
 

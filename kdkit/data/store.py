@@ -24,7 +24,10 @@ import hashlib
 import json
 import mmap
 import os
+import secrets
 import shutil
+import socket
+import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -156,7 +159,7 @@ class StoreWriter:
         self.written: dict = dict.fromkeys(self.layout, 0)
         self.rehash: set[str] = set()
         self.hashers = {name: _BlockHasher() for name in self.layout}
-        self.tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.{id(self)}.tmp")
+        self.tmp = self.path.with_name(f"{self.path.name}.{scratch_tag()}.tmp")
         self.out = open(self.tmp, "w+b")  # noqa: SIM115  (closed in finish or abort)
         self.data_start = DATA_START
 
@@ -347,3 +350,63 @@ def open_store(path: str | Path, mmap_file: bool = True, verify: bool = True) ->
                 f.readinto(memoryview(arr).cast("B"))
                 arrays[name] = arr
     return StoreMapping(path, maps, arrays, header)
+
+
+def scratch_tag() -> str:
+    """``host.pid.random``: the name part of a writer's scratch files and folders in a shared cache.
+    The pid alone collided across the nodes of a cluster sharing one cache over NFS, and across
+    containers with their own pid namespace (two builders in ``parts.1``, one deleting the other's)."""
+    return f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}"
+
+
+STALE_SCRATCH_S = 600.0  # untouched this long, by a process of this host that is gone: a killed writer's
+STALE_SCRATCH_ANY_S = 86400.0  # untouched this long, whoever wrote it
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def _last_touched(path: Path) -> float:
+    """The newest modification time of ``path`` and, for a folder, of what is in it (two levels)."""
+    newest = path.stat().st_mtime
+    if path.is_dir():
+        for sub in path.iterdir():
+            newest = max(newest, _last_touched(sub) if sub.is_dir() else sub.stat().st_mtime)
+    return newest
+
+
+def remove_stale_scratch(folder: Path, now: float | None = None) -> list[str]:
+    """Remove the scratch a killed writer left in a store folder (``parts.*`` folders, ``*.tmp``
+    files): untouched for :data:`STALE_SCRATCH_S` and written by a process of this host that no
+    longer runs, or untouched for :data:`STALE_SCRATCH_ANY_S` (another node's, or named before
+    :func:`scratch_tag`). A SIGKILL or a time limit left them to pile up (183 MB beside a 48 MB
+    store after five kills). Returns the names removed."""
+    if not folder.is_dir():
+        return []
+    now = time.time() if now is None else now
+    host, removed = socket.gethostname(), []
+    for entry in folder.iterdir():
+        name = entry.name
+        if not (name.startswith("parts.") or name.endswith(".tmp")):
+            continue
+        try:
+            age = now - _last_touched(entry)
+        except OSError:  # removed meanwhile by its own writer
+            continue
+        tag = name.removesuffix(".tmp").removeprefix("parts.").rsplit(".", 2)
+        mine_and_gone = (len(tag) == 3 and (tag[0] == host or tag[0].endswith("." + host)) and tag[1].isdigit()
+                         and not _alive(int(tag[1])))
+        if age > STALE_SCRATCH_ANY_S or (age > STALE_SCRATCH_S and mine_and_gone):
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(name)
+    return removed

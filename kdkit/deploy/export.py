@@ -41,7 +41,7 @@ from kdkit.models.fusion_scorer import OUTPUT_KIND as FUSION_OUTPUT_KIND
 from kdkit.models.fusion_scorer import FusionScorer
 from kdkit.models.native import NativeGAT, unsupported_reason
 from kdkit.models.scorer import INPUTS, GATScorer, check_batch, scorer_inputs
-from kdkit.training.checkpoint import load_checkpoint, model_from_checkpoint, provenance
+from kdkit.training.checkpoint import check_threshold_fitted, load_checkpoint, model_from_checkpoint, provenance
 from kdkit.training.cpu_speedups import tune_cpu_allocator
 from kdkit.workflows.run import check_graph_settings
 from kdkit.workflows.scoring import check_checkpoint_layout
@@ -185,6 +185,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, thr
         raise ValueError(_fusion_teacher_message(str(checkpoint)))
     out_kind = output_kind(config)
     graph = check_graph_settings(ckpt, checkpoint)
+    check_threshold_fitted(ckpt, checkpoint, "exported")
     prov = provenance(ckpt, checkpoint)
     out = Path(out) if out else checkpoint.with_suffix(".pt2")
     model = model_from_checkpoint(ckpt, checkpoint)  # checks the config against the weights first

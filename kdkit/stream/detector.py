@@ -58,8 +58,8 @@ from kdkit.models.native import NativeGAT, unsupported_reason
 from kdkit.models.thresholds import GAT_THRESHOLD, is_attack
 from kdkit.reporting.metrics import predict_scores
 from kdkit.stream.window import WindowGraph, window_graph
-from kdkit.training.checkpoint import (describe_calibration, file_kind, load_checkpoint, model_from_checkpoint,
-                                      provenance)
+from kdkit.training.checkpoint import (check_threshold_fitted, describe_calibration, file_kind, load_checkpoint,
+                                      model_from_checkpoint, provenance)
 from kdkit.workflows.run import check_graph_settings
 
 log = logging.getLogger("kdkit.stream")
@@ -431,6 +431,8 @@ class Detector:
             _check_stride(stride, path)
         ckpt = load_checkpoint(path)
         graph = check_graph_settings(ckpt, path)
+        if threshold is None:
+            check_threshold_fitted(ckpt, path, "run as a detector")
         _check_layout(ckpt.get("node_features"), ckpt.get("edge_features"),
                       provenance(ckpt, path).get("graph", {}).get("graph_format"), path, ckpt.get("vocab"))
         if not ckpt.get("vocab"):

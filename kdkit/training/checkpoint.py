@@ -30,10 +30,13 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_KEYS = {"format", "model", "model_config", "train_config", "vocab", "node_features", "edge_features",
                    "threshold", "optimizer", "scheduler", "kd", "epoch", "step", "rng", "rng_other", "best_metric",
-                   "best_tiebreak", "bad_epochs", "history", "batch_size", "kdkit_version", "provenance", "position"}
+                   "best_tiebreak", "bad_epochs", "history", "batch_size", "kdkit_version", "provenance", "position",
+                   "threshold_fitted"}
 """Keys a kdkit checkpoint may hold. ``position`` (only in a ``last.pt`` written when a job was asked
 to stop mid-epoch): the epoch, the loader batches of it already trained, the sampler's batch size
-and those batches' losses; ``rng_other``: numpy's, Python's and CUDA's generator states."""
+and those batches' losses; ``rng_other``: numpy's, Python's and CUDA's generator states;
+``threshold_fitted``: False while a VGAE's ``threshold`` is the placeholder a run replaces after
+training (:func:`check_threshold_fitted`)."""
 
 GRAPH_SETTINGS = ("window", "stride", "label_threshold", "val_fraction")  # train_config keys that shape the graphs
 
@@ -227,6 +230,21 @@ def make_provenance(role: str, family: str, dataset: str, vocab: list[int], trai
     return {"role": role, "family": family, "dataset": dataset, "vocab_hash": vocab_hash(vocab),
             "vocab_size": len(vocab) + 1, "graph": graph, "synthetic_seed": train_config.get("synthetic_seed"),
             "kd": bool(kd), "teacher": teacher}
+
+
+def check_threshold_fitted(ckpt: dict, path: str | Path, what: str = "scored") -> None:
+    """A VGAE checkpoint saved during training holds a placeholder threshold until the run fits it on
+    validation data (after the last epoch): scored at it, every window was an attack, without a word.
+
+    Raises:
+        ValueError: ``threshold_fitted`` is False (checkpoints before the flag are taken as fitted).
+    """
+    if ckpt.get("threshold_fitted") is False:
+        raise ValueError(f"{path}: its threshold was never fitted (the run stopped before its validation fit: a time "
+                         f"limit, a kill, a failure in the test pass; a last.pt is never fitted), so it cannot be {what} at it: "
+                         f"finish the run with kdkit train ... --resume auto and use its best.pt, fit a threshold on "
+                         f"attack-free recordings with kdkit calibrate --checkpoint {path} --clean FILES --out NEW.pt, or "
+                         f"give a --threshold (kdkit evaluate --input, kdkit detect)")
 
 
 def provenance(ckpt: dict, where: str | Path = "checkpoint") -> dict:

@@ -40,12 +40,13 @@ class Preempted(Exception):
 
     Attributes:
         checkpoint: the ``last.pt`` that holds the exact state to resume from.
-        epoch: the epoch it stopped in (0-based).
+        epoch: the epoch it stopped in (0-based; the message counts from 1, as the progress bar does).
         batches_done: loader batches of that epoch already trained.
     """
 
     def __init__(self, checkpoint: str | Path, epoch: int, batches_done: int, why: str):
-        super().__init__(f"stopped on request ({why}) in epoch {epoch} after {batches_done} batch(es); "
+        super().__init__(f"stopped on request ({why}) in epoch {epoch + 1} "
+                         f"after {batches_done} batch(es); "
                          f"resume from {checkpoint} (kdkit train ... --resume auto)")
         self.checkpoint, self.epoch, self.batches_done, self.why = Path(checkpoint), epoch, batches_done, why
 

@@ -199,7 +199,7 @@ def calibrate_checkpoint(checkpoint: str | Path, clean: Sequence[str | Path], ou
     prov["calibration"] = record
     prov["calibrations"] = [*prov.get("calibrations", []), record]  # every calibration, oldest first
     ckpt["provenance"] = prov
-    ckpt["threshold"] = new
+    ckpt["threshold"], ckpt["threshold_fitted"] = new, True
     atomic_torch_save(ckpt, out)
     load_checkpoint(out)  # the written file loads as a kdkit checkpoint
     log.info("calibrated %s on %d windows: threshold %.6g -> %.6g, alarm rate %.4f -> %.4f; written to %s",
@@ -306,7 +306,7 @@ def adapt_checkpoint(checkpoint: str | Path, clean: Sequence[str | Path], out: s
     # the re-fitted combiner puts the decision at a fused score of 0 (a threshold an earlier threshold-only
     # calibration moved no longer applies)
     threshold = 0.0
-    ckpt["threshold"] = threshold
+    ckpt["threshold"], ckpt["threshold_fitted"] = threshold, True
     after = float(is_attack(scores, threshold).mean())
     rate_before = float(is_attack(before_scores[before_keep], sm.threshold).mean()) if before_keep.any() else None
     added = sorted(set(vocab) - set(sm.ckpt["vocab"]))

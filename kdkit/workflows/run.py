@@ -44,6 +44,7 @@ from kdkit.reporting.metrics import evaluate_all_scores, evaluate_model, predict
 from kdkit.training.checkpoint import (
     GRAPH_SETTINGS,
     atomic_torch_save,
+    check_threshold_fitted,
     load_checkpoint,
     make_provenance,
     model_from_checkpoint,
@@ -62,6 +63,7 @@ from kdkit.workflows.run_dir import (
     RunLock,
     check_run_dir,
     clear_run_outputs,
+    existing_run,
     inside,
     launch_rank,
     resolve_resume,
@@ -427,6 +429,7 @@ def _train_locked(cfg: TrainConfig, resume, progress, on_epoch_end, data, should
                   fork_workers: bool) -> dict:
     """:func:`train` inside its run folder's lock (and, for ``fork_workers``, its forked ranks)."""
     run_dir = Path(cfg.runs_dir) / cfg.resolved_run_name
+    auto = os.fspath(resume) == "auto" if resume is not None else os.environ.get(RESUME_ENV) == "auto"
     resume = resolve_resume(resume, run_dir, os.environ.get(RESUME_ENV))
     if resume and cfg.trainer == "legacy":
         raise ValueError("--resume needs the fabric trainer (the legacy baseline cannot continue a run); drop "
@@ -437,6 +440,12 @@ def _train_locked(cfg: TrainConfig, resume, progress, on_epoch_end, data, should
     finished = False
     ranks = None
     try:
+        if owner and auto and resume is None and existing_run(run_dir) and not (run_dir / "summary.json").is_file():
+            # killed before its first last.pt (a SIGKILL in epoch 1, then the requeue): nothing to continue, and
+            # nothing finished to keep, so "auto" starts it afresh instead of refusing the folder every time
+            removed = clear_run_outputs(run_dir)
+            log.warning("--resume auto: %s holds a run that stopped before its first checkpoint (%s): starting it "
+                        "afresh", run_dir, ", ".join(removed))
         if owner:
             check_run_dir(run_dir, cfg, resume)
         if owner and cfg.devices * cfg.num_nodes > 1 and cfg.trainer != "legacy":
@@ -527,7 +536,8 @@ def _train(cfg: TrainConfig, run_dir: Path, owner: bool, resume, progress, on_ep
         del rck
     vocab = data.vocab.to_list()
     extra = {"vocab": vocab, "node_features": list(NODE_FEATURES), "edge_features": list(EDGE_FEATURES),
-             "threshold": 0.5, "kdkit_version": "0.1.0",
+             "threshold": 0.5, "threshold_fitted": MODEL_CLASSES[cfg.model].objective != "reconstruct",
+             "kdkit_version": "0.1.0",
              "provenance": {**make_provenance(cfg.type, cfg.model, cfg.dataset, vocab, cfg.to_dict(), kd,
                                               str(cfg.teacher) if kd else None),
                             "training_files": data.info.get("train_files_sha256"),
@@ -650,7 +660,7 @@ def _evaluate_run(cfg: TrainConfig, data: PreparedDataset, fit, rank: int, world
                     best["model"] = model.state_dict()
                 threshold, how = choose_vgae_threshold(model, data.splits["val"], cfg.threshold_rule,
                                                        cfg.threshold_quantile)
-                best["threshold"] = threshold
+                best["threshold"], best["threshold_fitted"] = threshold, True
                 atomic_torch_save(best, fit.best_path)
             elif model.objective == "fuse":  # ID profiles from attack-free training windows; combiner, thresholds from validation
                 combiner = fit_after_training(model, data.splits["train"], data.splits["val"], cfg.fusion_quantile,
@@ -770,6 +780,7 @@ def evaluate_checkpoint(path: str | Path, dataset: str, data_root: str | None = 
     """
     ckpt = load_checkpoint(path)
     graph = check_graph_settings(ckpt, path)
+    check_threshold_fitted(ckpt, path, "evaluated")
     prov = provenance(ckpt, path)
     data = checkpoint_data(ckpt, dataset, data_root, synthetic_seed, on_bad_rows)
     check_compatible(ckpt, data, "evaluated")

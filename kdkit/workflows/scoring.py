@@ -34,8 +34,8 @@ from kdkit.data.graphs import GRAPH_FORMAT_VERSION, GraphSet, IdVocab, build_gra
 from kdkit.data.readers import LOGGER_SUFFIXES, Messages, data_suffixes, read_messages
 from kdkit.models.thresholds import is_attack
 from kdkit.reporting.metrics import evaluate_scores, predict_scores
-from kdkit.training.checkpoint import (describe_calibration, load_checkpoint, model_from_checkpoint, provenance, vocab_hash,
-                                      wrong_recording_kind)
+from kdkit.training.checkpoint import (check_threshold_fitted, describe_calibration, load_checkpoint,
+                                      model_from_checkpoint, provenance, vocab_hash, wrong_recording_kind)
 from kdkit.workflows.run import check_graph_settings, evaluation_dir, in_sample
 from kdkit.workflows.run_dir import write_json
 
@@ -174,6 +174,8 @@ def load_scoring_model(path: str | Path, what: str = "scored", threshold: float 
     ckpt = load_checkpoint(path)
     graph = check_graph_settings(ckpt, path)
     check_checkpoint_layout(ckpt, path, what)
+    if threshold is None and what != "calibrated":  # (calibrate fits a threshold of its own)
+        check_threshold_fitted(ckpt, path, what)
     model = model_from_checkpoint(ckpt, path).eval()
     stored = float(ckpt.get("threshold", 0.5))
     if threshold is not None and not np.isfinite(threshold):
