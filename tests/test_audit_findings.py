@@ -247,3 +247,25 @@ def test_a_folder_kdkit_may_not_write_is_one_clear_line(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.startswith("kdkit: error: Permission denied: /shared/cache/hcrl_sa.") and "--cache-dir" in err
     assert "Traceback" not in err
+
+
+def test_a_preparation_worker_exits_when_its_starter_is_gone(tmp_path):
+    """A SIGKILLed `kdkit data prepare --workers 2` left its fork server's workers running, idle
+    (re-parented to pid 1): a worker now watches the process that started it."""
+    import subprocess
+    import sys
+    import time
+
+    starter = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    worker = subprocess.Popen([sys.executable, "-c", f"from kdkit.data import prep; prep.PARENT_CHECK_S = 0.1; "
+                                                     f"prep._watch_parent({starter.pid}); import time; time.sleep(60)"])
+    try:
+        time.sleep(1.0)
+        assert worker.poll() is None  # the starter runs: the worker stays
+        starter.kill()
+        starter.wait()
+        assert worker.wait(timeout=20) == 1
+    finally:
+        for proc in (starter, worker):
+            if proc.poll() is None:
+                proc.kill()

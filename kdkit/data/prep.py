@@ -23,6 +23,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import shutil
+import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -176,7 +178,8 @@ def build_parts(reader: Callable[[Path, int], Iterator[Messages]], paths: list[P
     # once (seconds) and forks every worker from that clean process, for this and later calls.
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["kdkit.data.prep"])
-    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=_watch_parent,
+                             initargs=(os.getpid(),)) as pool:
         futures = [pool.submit(_part_job, job) for job in jobs]
         try:
             for job, fut in zip(jobs, futures):
@@ -188,6 +191,26 @@ def build_parts(reader: Callable[[Path, int], Iterator[Messages]], paths: list[P
                 fut.cancel()
             raise
     return parts
+
+
+PARENT_CHECK_S = 1.0  # how often a preparation worker looks whether the process that started it still runs
+
+
+def _watch_parent(parent: int) -> None:
+    """In a preparation worker: exit when the process that started it is gone. Its parent is the
+    fork server, so a SIGKILLed ``kdkit data prepare --workers N`` left its workers running, idle,
+    until someone killed them (a login node's stray processes; SLURM's cgroup would end them)."""
+    def watch() -> None:
+        while True:
+            time.sleep(PARENT_CHECK_S)
+            try:
+                os.kill(parent, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except OSError:
+                pass
+
+    threading.Thread(target=watch, name="kdkit-watch-parent", daemon=True).start()
 
 
 def excluded_block(part: FilePart, v0: int, v1: int, window: int, stride: int) -> tuple[int, int]:

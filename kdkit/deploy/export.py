@@ -37,6 +37,7 @@ from kdkit.data.datasets import file_sha256
 from kdkit.data.graphs import IdVocab, build_graphs
 from kdkit.data.loader import collate_indices
 from kdkit.data.readers import EXTENDED_ID_FLAG, MAX_CAN_ID, MAX_STANDARD_ID, Messages
+from kdkit.data.store import scratch_tag
 from kdkit.models.fusion_scorer import OUTPUT_KIND as FUSION_OUTPUT_KIND
 from kdkit.models.fusion_scorer import FusionScorer
 from kdkit.models.native import NativeGAT, unsupported_reason
@@ -109,7 +110,7 @@ def export_model(model: nn.Module, example_batch, out: str | Path, threads: int 
             # torch's own pytree deprecation, raised while it copies its graph: nothing a user can change
             warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
             program = torch.export.export(scorer, scorer_inputs(example_batch), dynamic_shapes=shapes)
-            tmp = out.with_name(f".{out.name}.tmp.pt2")
+            tmp = out.with_name(f".{out.name}.{scratch_tag()}.tmp.pt2")  # two exports to one --out: their own
             try:
                 torch._inductor.aoti_compile_and_package(program, package_path=str(tmp))
                 tmp.replace(out)
@@ -212,7 +213,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, thr
     meta["native_weights"] = native.name if native else None
     meta["native_weights_sha256"] = file_sha256(native) if native else None  # the detector checks it
     meta_path = out.with_suffix(".json")
-    tmp = meta_path.with_name(f".{meta_path.name}.tmp")
+    tmp = meta_path.with_name(f".{meta_path.name}.{scratch_tag()}.tmp")
     tmp.write_text(json.dumps(meta, indent=2))
     tmp.replace(meta_path)
     return {"package": str(out), "metadata": str(meta_path), "native_weights": str(native) if native else None,
@@ -235,7 +236,7 @@ def _write_native_weights(model, out: Path) -> Path | None:
     if unsupported_reason(model) is not None:
         path.unlink(missing_ok=True)
         return None
-    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    tmp = path.with_name(f".{path.stem}.{scratch_tag()}.tmp.npz")
     np.savez(tmp, **NativeGAT.from_model(model.eval()).arrays())
     tmp.replace(path)
     return path
