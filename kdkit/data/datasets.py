@@ -372,6 +372,7 @@ def discover(name: str, data_root: str | Path | None = None, include_excluded: b
                 files.excluded.append(p)
                 continue
             files.train.append(p)
+    trained = set(files.train)  # (not the excluded suppress/masquerade recordings: no model saw them)
     tested: dict[str, tuple[str, Path]] = {}  # content -> (scenario, recording) of the first test recording of it
     for scen, globs in source.tests.items():
         found = _glob(root, globs)
@@ -381,7 +382,7 @@ def discover(name: str, data_root: str | Path | None = None, include_excluded: b
         files.tests[scen] = []
         for p in found:
             digest = _identity(p, root, files.hashes)
-            if digest in seen:  # a training recording (or a copy): its test metrics would be in-sample
+            if digest in seen and seen[digest] in trained:  # a training recording: its test metrics would be in-sample
                 files.tests_in_training.append((p, seen[digest]))
             if digest in tested and tested[digest][0] == scen:  # a copy in the same scenario: read once
                 files.duplicates.append((p, tested[digest][1]))
