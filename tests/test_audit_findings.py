@@ -83,6 +83,12 @@ def test_test_recordings_that_train_or_repeat_are_named_and_counted_once_overall
     res = evaluate_all_scores({s: ds.splits[s] for s in scen}, scores, 0.5, repeated_tests(ds.info))
     assert res["scenarios"]["test_02_other"]["windows"] == 16  # each scenario scores all of its recordings
     assert res["overall"]["windows"] == 16 + 8  # DoS-b's 8 windows once
+    per_type = res["overall"]["per_attack_type"]  # DoS: 1 attack window in each of DoS-a-again, DoS-b, DoS-c
+    assert per_type["DoS"]["windows"] == sum(res["scenarios"][s]["per_attack_type"]["DoS"]["windows"] for s in scen) - 1
+    from kdkit.workflows.scoring import format_attack_type_recall
+    table = format_attack_type_recall(res["scenarios"], res["overall"])
+    assert [line.split()[-2] for line in table.splitlines() if line.startswith("all scenarios")] == \
+        [str(per_type["DoS"]["windows"])]
     assert evaluate_all_scores({s: ds.splits[s] for s in scen}, scores, 0.5)["overall"]["windows"] == 32
 
 

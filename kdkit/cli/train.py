@@ -220,7 +220,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(res, indent=2, default=float))
     else:
         print(format_table(res))
-        per_type = format_attack_type_recall(res["scenarios"])
+        per_type = format_attack_type_recall(res["scenarios"], res.get("overall"))
         if per_type:
             print(f"\n{per_type}")
         print_skipped(res.get("skipped_scenarios"))

@@ -157,21 +157,28 @@ def evaluate_all_scores(splits: dict[str, GraphSet], scores: dict[str, np.ndarra
     """:func:`evaluate_model`'s result from scores already computed (``{scenario: scores}``, in
     window order), e.g. gathered from the ranks of a multi-process run. ``repeats``: as
     :func:`evaluate_model`."""
-    results, all_y, all_s = {}, [], []
+    results, all_y, all_s, all_t = {}, [], [], []
     repeats = set(repeats)
     for name, s in scores.items():
         if len(s) != len(splits[name]):
             raise ValueError(f"{name}: {len(s)} scores for {len(splits[name])} windows")
-        results[name] = evaluate_scores(splits[name], s, threshold)
-        y = splits[name].y.numpy()
         gs = splits[name]
+        results[name] = evaluate_scores(gs, s, threshold)
+        y, types = gs.y.numpy(), np.asarray(gs.attack_types, dtype=object)[gs.attack_type.numpy()]
         again = [i for i, f in enumerate(gs.files) if f in repeats]
         if again:  # a recording an earlier scenario holds too: once in overall
             keep = ~np.isin(gs.file_index.numpy(), again)
-            y, s = y[keep], s[keep]
+            y, s, types = y[keep], s[keep], types[keep]
         all_y.append(y)
         all_s.append(s)
-    overall = binary_metrics(np.concatenate(all_y), np.concatenate(all_s), threshold) if scores else {}
+        all_t.append(types)
+    overall = {}
+    if scores:
+        s, types = np.concatenate(all_s), np.concatenate(all_t)
+        overall = binary_metrics(np.concatenate(all_y), s, threshold)
+        overall["per_attack_type"] = {str(t): {"windows": int((types == t).sum()),
+                                               "recall": float(is_attack(s[types == t], threshold).mean())}
+                                      for t in dict.fromkeys(types.tolist()) if t != "normal"}  # (index 0)
     return {"scenarios": results, "overall": overall, "scores": dict(scores)}
 
 

@@ -445,8 +445,8 @@ def _train_locked(cfg: TrainConfig, resume, progress, on_epoch_end, data, should
             # killed before its first last.pt (a SIGKILL in epoch 1, then the requeue): nothing to continue, and
             # nothing finished to keep, so "auto" starts it afresh instead of refusing the folder every time
             removed = clear_run_outputs(run_dir)
-            log.warning("--resume auto: %s holds a run that stopped before its first checkpoint (%s): starting it "
-                        "afresh", run_dir, ", ".join(removed))
+            log.warning("--resume auto: %s holds a run that stopped before its first last.pt, nothing to continue "
+                        "(it held %s): starting it afresh", run_dir, ", ".join(removed))
         if owner:
             check_run_dir(run_dir, cfg, resume)
         if owner and cfg.devices * cfg.num_nodes > 1 and cfg.trainer != "legacy":

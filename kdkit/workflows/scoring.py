@@ -400,11 +400,12 @@ def inputs_json_name(inputs: Sequence[str | Path], channel: str | None = None, t
     return f"evaluation_inputs_{first}_{digest}.json"
 
 
-def format_attack_type_recall(scenarios: dict) -> str | None:
+def format_attack_type_recall(scenarios: dict, overall: dict | None = None) -> str | None:
     """A table of the recall per attack type in each scenario (``per_attack_type`` of
     :func:`kdkit.reporting.metrics.evaluate_scores`), with each type's recall over all scenarios
-    (weighted by its attack windows) when it occurs in more than one; None when no scenario
-    carries attack types."""
+    when it occurs in more than one: ``overall``'s (a recording two scenarios hold counted once,
+    :func:`~kdkit.reporting.metrics.evaluate_all_scores`), else weighted by the scenarios' attack
+    windows; None when no scenario carries attack types."""
     rows = [(name, t, v["windows"], v["recall"]) for name, m in scenarios.items()
             for t, v in (m.get("per_attack_type") or {}).items()]
     if not rows:
@@ -415,7 +416,9 @@ def format_attack_type_recall(scenarios: dict) -> str | None:
         acc[0] += n
         acc[1] += recall * n
         acc[2] += 1
-    rows += [("all scenarios", t, n, hit / n) for t, (n, hit, k) in totals.items() if k > 1 and n]
+    pooled = (overall or {}).get("per_attack_type") or {}
+    rows += [("all scenarios", t, pooled[t]["windows"], pooled[t]["recall"]) if t in pooled else
+             ("all scenarios", t, n, hit / n) for t, (n, hit, k) in totals.items() if k > 1 and n]
     name_w = max(len("scenario"), *(len(r[0]) for r in rows)) + 2
     type_w = max(len("attack type"), *(len(r[1]) for r in rows)) + 2
     lines = ["recall per attack type (share of the type's attack windows that alarm):",
