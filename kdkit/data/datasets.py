@@ -38,13 +38,13 @@ from pathlib import Path
 import numpy as np
 
 from kdkit.data.graphs import GRAPH_FORMAT_VERSION, GraphSet, GraphStoreError, IdVocab
-from kdkit.data.store import remove_stale_scratch, scratch_tag
 from kdkit.data.loggers import ALL_CHANNELS, MixedChannelsError, channel_counts, label_sidecar, read_channel
 from kdkit.data.prep import SplitStats, build_parts, excluded_block, remove_parts, vocab_ids, write_split
 from kdkit.data.progress import progress_bar
 from kdkit.data.readers import Messages, attack_type_from_name, data_suffixes
 from kdkit.data.simulate import ensure_synthetic
 from kdkit.data.sources import DatasetSource, DatasetSpecError, declared_datasets, folder_source, resolve_custom
+from kdkit.data.store import remove_stale_scratch, scratch_tag
 
 log = logging.getLogger("kdkit.data")
 
@@ -429,7 +429,8 @@ class PreparedDataset:
 # that bus; 3: a lone glitched timestamp is the row skipped, not every row after it; 4: a restarted clock starts a new
 # timeline, its rows kept, where they were skipped as going backwards; 5: the info names the recordings that fill no
 # window, attack-labelled messages in attack-free training recordings, test recordings that are training ones or
-# repeat another scenario's; a logger file's label sidecar is part of the key). A store of another version is rebuilt, not reused with old numbers.
+# repeat another scenario's; a logger file's label sidecar is part of the key). A store of another version is
+# rebuilt, not reused with old numbers.
 STORE_VERSION = 5
 
 
@@ -815,9 +816,9 @@ def format_info(name: str, ds: PreparedDataset) -> str:
                      f"{s['edges_mean']:>7.1f}±{s['edges_std']:<5.1f}")
     if info.get("messages_read") is not None:  # the column counts a split's windows' messages (each once)
         in_windows = sum(s["messages"] for s in info["splits"].values())
-        lines.append(f"messages: those in a split's windows; {info['messages_read']:,} were read, {in_windows:,} of them "
-                     f"in windows (the rest: a recording's or a timeline's last messages short of a whole window, messages a "
-                     f"stride above the window passes over, recordings too short for one)")
+        lines.append(f"messages: those in a split's windows; {info['messages_read']:,} were read, {in_windows:,} of "
+                     f"them in windows (the rest: a recording's or a timeline's last messages short of a whole window, "
+                     f"messages a stride above the window passes over, recordings too short for one)")
     by_type = [(split, attack_windows_by_type(gs)) for split, gs in ds.splits.items()]
     if any(len(types) > 1 for _, types in by_type):  # the attacks of a split told apart (one type: the table says it)
         lines.append("attack windows by type:")
