@@ -275,3 +275,16 @@ def test_a_preparation_worker_exits_when_its_starter_is_gone(tmp_path):
         for proc in (starter, worker):
             if proc.poll() is None:
                 proc.kill()
+
+
+def test_data_info_shows_another_synthetic_seed(kdkit_env, capsys):
+    """A model of --synthetic-seed 1 could be trained and evaluated, but its data not inspected."""
+    import json
+
+    from kdkit.cli.main import main
+
+    roots = []
+    for seed in ("0", "1"):
+        assert main(["data", "info", "--dataset", "synthetic", "--synthetic-seed", seed, "--json"]) == 0
+        roots.append(json.loads(capsys.readouterr().out)["root"])
+    assert roots[0] != roots[1] and roots[1].endswith("synthetic-seed1")

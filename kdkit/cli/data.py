@@ -33,6 +33,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0,
                    help="where each training recording's validation block is placed (default 0: the split kdkit train "
                         "uses for every run seed; another seed prepares a split no training run uses)")
+    p.add_argument("--synthetic-seed", type=int, default=0, metavar="N",
+                   help="seed of the built-in synthetic dataset (--dataset synthetic; default 0), as kdkit train's")
     p.add_argument("--on-bad-rows", choices=["error", "skip"], default="error", help="malformed rows: stop (default) or skip and count")
     p.add_argument("--include-excluded", action="store_true", help="also train on suppress/masquerade recordings")
     p.add_argument("--channel", default=None, metavar="NAME",
@@ -75,7 +77,7 @@ def cmd_data_simulate(args: argparse.Namespace) -> int:
 def cmd_data_prepare(args: argparse.Namespace) -> int:
 
     ds = prepare(args.dataset, prepare_config_from_args(args), args.data_root, args.cache_dir, rebuild=args.rebuild,
-                 progress=True, workers=args.workers, channel=args.channel)
+                 progress=True, workers=args.workers, channel=args.channel, synthetic_seed=args.synthetic_seed)
     state = "loaded from" if ds.loaded_from_cache else "built into"
     print(f"{ds.name}: {sum(len(g) for g in ds.splits.values())} graphs {state} {ds.cache_dir}")
     for line in skipped_rows_report(ds.info):
@@ -85,7 +87,7 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
 
 def cmd_data_info(args: argparse.Namespace) -> int:
     ds = prepare(args.dataset, prepare_config_from_args(args), args.data_root, args.cache_dir, workers=args.workers,
-                 channel=args.channel)
+                 channel=args.channel, synthetic_seed=args.synthetic_seed)
     print(json.dumps(ds.info, indent=2) if args.json else format_info(ds.name, ds))
     return 0
 
