@@ -180,10 +180,32 @@ def test_undefined_metrics_are_none_and_printed_as_dash():
                           "overall": none_predicted})
     head, row, overall = table.splitlines()[:3]
     assert head.split() == ["scenario", "windows", "attacks", "accuracy", "precision", "recall", "f1", "mcc",
-                            "roc_auc", "det@1%fpr"]
+                            "fpr", "roc_auc", "det@1%fpr"]
     assert row.split()[0] == "test_09_without_attacks_and_a_long_name"  # scenario names are not cut either
     assert row.split()[4:7] == ["0.0000", "-", "-"] and overall.split()[4:7] == ["-", "0.0000", "0.0000"]
-    assert "det@1%fpr: detection rate" in table and "-: undefined" in table
+    # a scenario without attacks: its false-positive rate is the one number that says something (1 of 5 alarmed)
+    assert row.split()[8] == "0.2000" and overall.split()[8] == "0.0000"
+    assert "det@1%fpr: the best recall any threshold reaches" in table and "-: undefined" in table
+    assert "mcc 0: every window decided the same way" in table
+    # MCC with both classes but one decision: 0 (the limit), not None; with one class: None
+    assert none_predicted["mcc"] == 0.0 and no_attacks["mcc"] is None
+
+
+def test_detection_at_1pct_fpr_keeps_every_threshold():
+    """roc_curve's default dropped a threshold on a line between two others that was the best under
+    the 1 % bound: 0.1 was reported where a threshold reaches recall 0.2 at a false-positive rate of 1 %."""
+    from kdkit.reporting.metrics import detection_rate_at_fpr
+
+    y = np.r_[np.zeros(200, int), np.ones(10, int)]
+    # each of 0.99 / 0.98 / 0.97 takes one normal and one attack window: three points on one line
+    s = np.r_[0.99, 0.98, 0.97, np.linspace(0, 0.4, 197), 0.99, 0.98, 0.97, np.full(7, 0.5)]
+    fpr_at, hit_at = [], []
+    for t in np.unique(s):  # every threshold by hand
+        pred = s >= t
+        fpr_at.append(pred[y == 0].mean())
+        hit_at.append(pred[y == 1].mean())
+    best = max(h for f, h in zip(fpr_at, hit_at) if f <= 0.01 + 1e-12)
+    assert best == pytest.approx(0.2) and detection_rate_at_fpr(y, s, 0.01) == pytest.approx(best)
 
 
 # ----------------------------------------------------------------------------- evaluation progress

@@ -11,7 +11,7 @@ the threshold stored with the model for a VGAE).
 A metric that is undefined for a scenario is None, never a made-up 0: precision when nothing
 was predicted attack, recall and F1 when the scenario has no attack windows, MCC, ROC-AUC,
 PR-AUC and the detection rate when it has one class only. :func:`format_table` prints them as
-``-``.
+``-``. MCC is 0, its limit, when both classes are there but every window is decided the same way.
 """
 from __future__ import annotations
 
@@ -33,7 +33,11 @@ def binary_metrics(y_true: np.ndarray, score: np.ndarray, threshold: float) -> d
 
     Undefined ones are None: precision without predicted attacks; recall and F1 without attack
     windows; MCC, ROC-AUC, PR-AUC and detection at 1 % FPR with one class only; the
-    false-positive rate without normal windows.
+    false-positive rate without normal windows. MCC is 0 when both classes are there but every
+    window is decided the same way (alarm on all, or on none): its limit, the usual convention
+    (sklearn's), so that a model that cannot tell the classes apart scores as chance in a mean over
+    seeds instead of dropping out of it. Detection at 1 % FPR is a ranking measure: the best recall
+    any threshold reaches at a false-positive rate <= 1 %, not the recall at ``threshold``.
     """
     from sklearn import metrics as skm  # here: ~0.3 s of every process's start-up otherwise
 
@@ -62,10 +66,12 @@ def binary_metrics(y_true: np.ndarray, score: np.ndarray, threshold: float) -> d
 
 
 def detection_rate_at_fpr(y_true: np.ndarray, score: np.ndarray, max_fpr: float) -> float:
-    """Highest true-positive rate reachable with false-positive rate <= ``max_fpr``."""
+    """Highest true-positive rate reachable with false-positive rate <= ``max_fpr``, over every
+    threshold (each distinct score); ``roc_curve``'s default dropped thresholds that lie on a line
+    between two others, which can be the best one under the bound (0.1 reported where 0.2 is reached)."""
     from sklearn.metrics import roc_curve
 
-    fpr, tpr, _ = roc_curve(y_true, score)
+    fpr, tpr, _ = roc_curve(y_true, score, drop_intermediate=False)
     ok = fpr <= max_fpr + 1e-12
     return float(tpr[ok].max()) if ok.any() else 0.0
 
@@ -191,16 +197,16 @@ def _isatty(stream) -> bool:
 
 # column -> header; the two long names are abbreviated (documented in the table's legend)
 TABLE_COLUMNS = {"windows": "windows", "attack_windows": "attacks", "accuracy": "accuracy", "precision": "precision",
-                 "recall": "recall", "f1": "f1", "mcc": "mcc", "roc_auc": "roc_auc",
+                 "recall": "recall", "f1": "f1", "mcc": "mcc", "false_positive_rate": "fpr", "roc_auc": "roc_auc",
                  "detection_at_1pct_fpr": "det@1%fpr"}
 
 
 def format_table(results: dict) -> str:
     """A plain-text table of the main metrics per scenario and overall, with a legend.
 
-    Headers are the metric names of the results, except ``attacks`` (``attack_windows``) and
-    ``det@1%fpr`` (``detection_at_1pct_fpr``: the highest recall at a false-positive rate
-    <= 1 %); an undefined metric prints as ``-``.
+    Headers are the metric names of the results, except ``attacks`` (``attack_windows``), ``fpr``
+    (``false_positive_rate``) and ``det@1%fpr`` (``detection_at_1pct_fpr``: the highest recall at
+    a false-positive rate <= 1 %); an undefined metric prints as ``-``.
     """
     items = list(results["scenarios"].items()) + [("overall", results["overall"])]
     name_w = max([len("scenario"), *(len(name) for name, _ in items)]) + 2
@@ -213,7 +219,9 @@ def format_table(results: dict) -> str:
             cells.append(f"{'-':>{w}}" if v is None or (isinstance(v, float) and math.isnan(v))
                          else f"{v:>{w}d}" if isinstance(v, int) else f"{v:>{w}.4f}")
         rows.append(f"{name:<{name_w}}" + "".join(cells))
-    rows.append("attacks: attack windows; det@1%fpr: detection rate (recall) at <= 1 % false-positive rate")
+    rows.append("attacks: attack windows; fpr: false-positive rate (share of normal windows alarmed); det@1%fpr: "
+                "the best recall any threshold reaches at <= 1 % false-positive rate (a ranking measure, not the "
+                "recall at the model's threshold)")
     rows.append("-: undefined (precision: no predicted attacks; recall, f1: no attack windows; mcc, roc_auc, "
-                "det@1%fpr: one class only)")
+                "det@1%fpr: one class only; fpr: no normal windows); mcc 0: every window decided the same way")
     return "\n".join(rows)
