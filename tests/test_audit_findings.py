@@ -288,3 +288,24 @@ def test_data_info_shows_another_synthetic_seed(kdkit_env, capsys):
         assert main(["data", "info", "--dataset", "synthetic", "--synthetic-seed", seed, "--json"]) == 0
         roots.append(json.loads(capsys.readouterr().out)["root"])
     assert roots[0] != roots[1] and roots[1].endswith("synthetic-seed1")
+
+
+def test_evaluate_takes_threads_and_a_refused_folder_names_resume_auto(student, synthetic, tmp_path, capsys):
+    """kdkit evaluate had no --threads (a shared node's users set OMP_NUM_THREADS by hand); a rerun
+    into a folder whose run died before its first checkpoint suggested only --overwrite."""
+    import torch
+
+    from kdkit.cli.main import main
+    from kdkit.workflows.run_dir import RunDirError
+
+    before = torch.get_num_threads()
+    assert main(["evaluate", "--checkpoint", str(student), "--threads", "1", "--out", str(tmp_path / "ev")]) == 0
+    assert "overall" in capsys.readouterr().out and torch.get_num_threads() == before
+    assert main(["evaluate", "--checkpoint", str(student), "--threads", "0"]) == 2
+    run_dir = tmp_path / "runs" / "dead"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text("{}")
+    cfg = make_config(**TINY, model="gat", type="student", dataset="synthetic", runs_dir=str(tmp_path / "runs"),
+                      run_name="dead")
+    with pytest.raises(RunDirError, match="--resume auto to start it afresh if it stopped before its first checkpoint"):
+        train(cfg, progress=False, data=synthetic)

@@ -37,6 +37,7 @@ from kdkit.config import (
 from kdkit.data.datasets import stride_gap_note
 from kdkit.reporting.metrics import format_table
 from kdkit.training.checkpoint import load_checkpoint
+from kdkit.training.fork_ranks import cpu_threads
 from kdkit.training.preemption import REQUEUE_EXIT_CODE, Preempted, StopRequest
 from kdkit.workflows.batch_size import describe, optimize_config_batch_size, sizer_for_config
 from kdkit.workflows.demo import demo
@@ -193,6 +194,13 @@ def print_skipped(skipped: dict | None) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads {args.threads}: must be >= 1 (torch's CPU threads)")
+    with cpu_threads(args.threads):
+        return _evaluate(args)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
     if args.input:
         for flag, value in (("--dataset", args.dataset), ("--data-root", args.data_root)):
             if value is not None:
@@ -273,6 +281,8 @@ def register(sub) -> None:
                                                "checkpoint)")
     p.add_argument("--on-bad-rows", choices=["error", "skip"], default=None,
                    help="malformed rows: stop or skip and count (default: as the checkpoint was trained)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads while scoring (default: torch's; 1 on a node shared with other jobs)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
     _register_batch_size_and_demo(sub)

@@ -119,7 +119,9 @@ def check_run_dir(run_dir: Path, cfg: TrainConfig, resume: str | Path | None) ->
     if not held or cfg.overwrite or (resume and inside(resume, run_dir)):
         return
     last = run_dir / "checkpoints" / "last.pt"
-    resume_hint = f", --resume {last} to continue it" if last.is_file() else ""
+    resume_hint = f", --resume {last} to continue it" if last.is_file() else \
+        ", --resume auto to start it afresh if it stopped before its first checkpoint" \
+        if "summary.json" not in held else ""
     error = RunDirError(f"run dir {run_dir} already holds a run ({', '.join(held)}); training again would replace "
                         f"it. Pass --overwrite to replace it{resume_hint}, or choose another --run-name")
     error.run_dir, error.held = run_dir, held  # for callers that say it their own way (the panel)
