@@ -374,7 +374,7 @@ def _alive(pid: int) -> bool:
 
 
 def _last_touched(path: Path) -> float:
-    """The newest modification time of ``path`` and, for a folder, of what is in it (two levels)."""
+    """The newest modification time of ``path`` and, for a folder, of everything below it."""
     newest = path.stat().st_mtime
     if path.is_dir():
         for sub in path.iterdir():
