@@ -131,6 +131,7 @@ class DatasetFiles:
     missing_scenarios: dict[str, str] = field(default_factory=dict)  # scenario -> why it has no files
     tests_in_training: list[tuple[Path, Path]] = field(default_factory=list)  # (test recording, training one it is)
     test_repeats: list[tuple[Path, Path]] = field(default_factory=list)  # (test recording, one of an earlier scenario)
+    attack_free: set[Path] = field(default_factory=set)  # the recordings the attack-free training globs matched
 
 
 def resolve_data_root(data_root: str | Path | None = None) -> Path:
@@ -360,6 +361,7 @@ def discover(name: str, data_root: str | Path | None = None, include_excluded: b
             if not found:
                 raise FileNotFoundError(f"dataset {source.name!r}: training glob {g!r} matches no recording under "
                                         f"{root}; {layout}")
+    files.attack_free = {p for g, found in train_sets if g in source.train_attack_free for p in found}
     seen: dict[str, Path] = {}
     for _, found in train_sets:
         for p in found:
@@ -708,9 +710,8 @@ def _build(name: str, files: DatasetFiles, config: PrepareConfig, store: Path, k
         timelines: dict[str, dict] = {}
         timing: dict[str, str] = {}
         no_windows: dict[str, int] = {}
-        free = set(_glob(files.root, files.source.train_attack_free)) if files.source is not None else set()
         attacks_in_free = {str(p): parts[str(p)].attack_messages for p in files.train
-                           if p in free and parts[str(p)].attack_messages}
+                           if p in files.attack_free and parts[str(p)].attack_messages}
         selections: dict[str, list] = {"train": [], "val": []}
         vocab_parts = []
         for p in files.train:

@@ -45,6 +45,7 @@ from kdkit.models.scorer import INPUTS, GATScorer, check_batch, scorer_inputs
 from kdkit.training.checkpoint import check_threshold_fitted, load_checkpoint, model_from_checkpoint, provenance
 from kdkit.training.cpu_speedups import tune_cpu_allocator
 from kdkit.workflows.run import check_graph_settings
+from kdkit.workflows.run_dir import savez_atomic
 from kdkit.workflows.scoring import check_checkpoint_layout
 
 
@@ -236,9 +237,7 @@ def _write_native_weights(model, out: Path) -> Path | None:
     if unsupported_reason(model) is not None:
         path.unlink(missing_ok=True)
         return None
-    tmp = path.with_name(f".{path.stem}.{scratch_tag()}.tmp.npz")
-    np.savez(tmp, **NativeGAT.from_model(model.eval()).arrays())
-    tmp.replace(path)
+    savez_atomic(path, NativeGAT.from_model(model.eval()).arrays())
     return path
 
 

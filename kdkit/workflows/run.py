@@ -36,7 +36,6 @@ from kdkit.data.graphs import (EDGE_FEATURES, GRAPH_FORMAT_VERSION, NODE_FEATURE
                                model_reads_format)
 from kdkit.data.loader import shard_bounds
 from kdkit.data.readers import read_messages
-from kdkit.data.store import scratch_tag
 from kdkit.models.fusion import fit_after_training, fused_validation_f1
 from kdkit.models.registry import MODEL_CLASSES, build_model, check_sizes, count_parameters, model_size_bytes
 from kdkit.models.thresholds import choose_threshold
@@ -68,6 +67,7 @@ from kdkit.workflows.run_dir import (
     inside,
     launch_rank,
     resolve_resume,
+    savez_atomic,
     write_json,
 )
 from kdkit.workflows.saved_models import compat_path, save_compat_copy
@@ -718,16 +718,6 @@ def _gathered_scores(fabric, part: np.ndarray, n: int) -> np.ndarray:
     return torch.cat([every[r][:hi - lo].cpu() for r, (lo, hi) in enumerate(bounds)]).numpy()
 
 
-def _savez_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """``np.savez`` to a temp file, then renamed: a kill while writing leaves no half-written file."""
-    tmp = path.with_name(f".{path.stem}.{scratch_tag()}.tmp.npz")
-    try:
-        np.savez(tmp, **arrays)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_run_outputs(run_dir: Path, cfg: TrainConfig, summary: dict, results: dict,
                       labels: dict[str, np.ndarray] | None = None) -> None:
     """A finished run's files: config, summary, metrics, the test scores and (``labels``) the test
@@ -735,9 +725,9 @@ def write_run_outputs(run_dir: Path, cfg: TrainConfig, summary: dict, results: d
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", cfg.to_dict())
     write_json(run_dir / "summary.json", summary)
-    _savez_atomic(run_dir / "test_scores.npz", dict(results["scores"]))
+    savez_atomic(run_dir / "test_scores.npz", dict(results["scores"]))
     if labels is not None:
-        _savez_atomic(run_dir / "test_labels.npz", labels)
+        savez_atomic(run_dir / "test_labels.npz", labels)
     metrics = {"f1": {k: v["f1"] for k, v in results["scenarios"].items()}, "overall": results["overall"],
                "parameters": summary["parameters"], "train_seconds": summary["train_seconds"],
                "skipped_scenarios": summary.get("skipped_scenarios", {})}

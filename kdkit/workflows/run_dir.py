@@ -14,7 +14,10 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
+
 from kdkit.config import TrainConfig
+from kdkit.data.store import scratch_tag
 
 # What ``train`` writes into a run folder; ``overwrite`` removes these and nothing else (a SLURM
 # job's script and logs in the same folder stay).
@@ -158,6 +161,16 @@ def clear_run_outputs(run_dir: Path) -> list[str]:
                 path.unlink()
             removed.append(path.name)
     return removed
+
+
+def savez_atomic(path: Path, arrays: dict) -> None:
+    """``np.savez`` to a temp file renamed over the target: a kill while writing leaves no half-written file."""
+    tmp = path.with_name(f".{path.stem}.{scratch_tag()}.tmp.npz")
+    try:
+        np.savez(tmp, **arrays)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_json(path: Path, obj) -> None:
