@@ -198,7 +198,8 @@ class TrainConfig:
     # --- output
     run_name: Optional[str] = param(None, "runs/<run_name>/ (default: <dataset>_<model>_<type>, a distilled "
                                     "student <dataset>_<model>_student_kd)", group=OUTPUT)
-    runs_dir: str = param("runs", "parent of run folders", group=OUTPUT)
+    runs_dir: str = param("runs", "parent of run folders (the graph cache and the synthetic data stay in "
+                                        "./runs/cache and ./runs/data: --cache-dir moves both)", group=OUTPUT)
     overwrite: bool = param(False, "replace an existing run folder of the same name (else a reused run name is "
                             "refused; --resume continues one)", group=OUTPUT)
     save_compat: bool = param(True, "also copy the best checkpoint to saved_models/ (beside runs_dir) under the "

@@ -240,7 +240,7 @@ def pytest_xdist_make_scheduler(config, log):
                 return "ddp"
             if file in SHARED_FIXTURE_FILES and nodeid not in ALONE:
                 return file
-            if nodeid in EXPORTED_STUDENT_TESTS:
+            if nodeid.split("[", 1)[0] in EXPORTED_STUDENT_TESTS:
                 return "exported-student"
             return nodeid
 
@@ -334,8 +334,11 @@ def student_checkpoint(synthetic, tmp_path):
 EXPORTED_STUDENT_TESTS = ("tests/test_export.py::test_export_cli_package_matches_model",
                           "tests/test_bench_train.py::test_bench_infer_smoke",
                           "tests/test_native.py::test_export_writes_native_weights_the_detector_uses",
-                          "tests/test_native.py::test_native_weights_of_another_export_are_never_used")
-"""The tests of the ``exported_student`` fixture: one xdist unit, so that the package is compiled once."""
+                          "tests/test_native.py::test_native_weights_of_another_export_are_never_used",
+                          "tests/test_native.py::test_a_package_beside_another_exports_metadata_is_refused",
+                          "tests/test_native.py::test_an_export_stopped_midway_leaves_the_previous_export_whole")
+"""The tests of the ``exported_student`` fixture (each of its parameters): one xdist unit, so that the
+package is compiled once."""
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from kdkit.data.graphs import GraphSet, IdVocab, build_graphs
+from kdkit.deploy import export as export_mod
 from kdkit.data.loader import gather_windows
 from kdkit.data.readers import read_messages
 from kdkit.models import build_model
@@ -253,6 +254,36 @@ def test_a_package_beside_another_exports_metadata_is_refused(exported_student, 
     (gateway / package.name).write_bytes(package.read_bytes() + b"\0")  # another package's bytes
     with pytest.raises(ValueError, match=r"student\.pt2 is not the package student\.json was exported with "
                                          r"\(SHA-256 .*\): its threshold, window and vocabulary would be another "
-                                         r"model's\. Copy the files of one export together \(student\.pt2, "
-                                         r"student\.json, student\.npz\), or re-export with kdkit export"):
+                                         r"model's\. The files of two exports were mixed .* copy the files of one "
+                                         r"export together \(student\.pt2, student\.json, student\.npz\), or export "
+                                         r"again, kdkit export --checkpoint CHECKPOINT --out .*student\.pt2 \(student"
+                                         r"\.json describes .*\)"):
         Detector.from_exported(gateway / package.name)
+
+
+@pytest.mark.parametrize("stop_in", ["compile", "native weights"])
+def test_an_export_stopped_midway_leaves_the_previous_export_whole(exported_student, tmp_path, monkeypatch, stop_in):
+    """A re-export killed after its new .pt2 was renamed into place left it beside the previous
+    export's .json (refused by the detector, with advice naming the old checkpoint): the three files
+    are staged under temp names and renamed together at the end."""
+    checkpoint, package, _ = exported_student
+    out = tmp_path / "gateway" / "student.pt2"
+    out.parent.mkdir()
+    files = (package, package.with_suffix(".json"), package.with_suffix(".npz"))
+    before = {}
+    for f in files:
+        (out.parent / f.name).write_bytes(f.read_bytes())
+        before[f.name] = f.read_bytes()
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    if stop_in == "compile":
+        monkeypatch.setattr(export_mod, "export_model", stop)
+    else:  # the new package is compiled (a stand-in file), then the run stops
+        monkeypatch.setattr(export_mod, "export_model", lambda model, example, path, threads=1: path.write_bytes(b"new"))
+        monkeypatch.setattr(export_mod.NativeGAT, "from_model", stop)
+    with pytest.raises(KeyboardInterrupt):
+        export_mod.export_checkpoint(checkpoint, out)
+    assert {f.name: f.read_bytes() for f in out.parent.iterdir()} == before  # nothing new, no temp file left
+    assert Detector.from_exported(out).engine == "native"

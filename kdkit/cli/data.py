@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from kdkit.cli.main import COMMANDS
+from kdkit.cli.main import CACHE_DIR_HELP, COMMANDS
 from kdkit.config import validate_overrides
 from kdkit.data.datasets import REGISTRY, PrepareConfig, dataset_defaults, format_info, prepare, skipped_rows_report
 from kdkit.data.simulate import simulate
@@ -25,7 +25,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                    help=f"registry key ({', '.join(REGISTRY)}), a dataset folder, a spec file (.toml/.json[:name]) or a "
                         "name declared in ./datasets.toml or $KDKIT_DATASETS")
     p.add_argument("--data-root", default=None, help="folder holding hcrl-sa/, hcrl-ch/, set_01/ ... (default: $KDKIT_DATA_ROOT)")
-    p.add_argument("--cache-dir", default=None, help="graph store folder (default: runs/cache or $KDKIT_CACHE_DIR)")
+    p.add_argument("--cache-dir", default=None, metavar="DIR", help=CACHE_DIR_HELP)
     p.add_argument("--window", type=int, default=None, help="messages per window (default: the dataset spec's, else 100)")
     p.add_argument("--stride", type=int, default=None, help="offset between windows (default: the spec's, else the window)")
     p.add_argument("--label-threshold", type=float, default=0.0, help="window is an attack if its attack share > this (default 0)")

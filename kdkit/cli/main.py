@@ -19,6 +19,7 @@ own modules lazily (``tests/test_architecture.py`` knows it).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import importlib
 import os
@@ -71,6 +72,36 @@ def build_parser(command: str | None = "*") -> argparse.ArgumentParser:
     return parser
 
 
+CACHE_DIR_HELP = ("graph stores and the built-in synthetic data (default ./runs/cache and ./runs/data, or "
+                  "$KDKIT_CACHE_DIR and $KDKIT_SYNTHETIC_ROOT; --runs-dir does not move them)")
+
+
+@contextlib.contextmanager
+def cache_dir_env(cache_dir: str | None):
+    """``--cache-dir DIR`` for the length of one command: ``$KDKIT_CACHE_DIR`` (graph stores, the batch
+    sizer's and precision policy's records) and, unless set, ``$KDKIT_SYNTHETIC_ROOT`` (the built-in
+    synthetic data, ``DIR/synthetic-seed{seed}``), absolute, so DDP workers and a SLURM job submitted
+    by the command (sbatch passes the environment on) use them too. Restored afterwards: a notebook
+    or test calling :func:`main` twice keeps its own environment."""
+    if not cache_dir:
+        yield
+        return
+    root = os.path.abspath(os.path.expanduser(cache_dir))
+    wanted = {"KDKIT_CACHE_DIR": root}
+    if not os.environ.get("KDKIT_SYNTHETIC_ROOT"):
+        wanted["KDKIT_SYNTHETIC_ROOT"] = os.path.join(root, "synthetic-seed{seed}")
+    before = {key: os.environ.get(key) for key in wanted}
+    os.environ.update(wanted)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def _command(argv: list[str]) -> str | None:
     return next((a for a in argv if not a.startswith("-")), None)
 
@@ -95,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             if own_process:
                 gc.freeze()
                 gc.enable()
-        return int(args.func(args) or 0)
+        with cache_dir_env(getattr(args, "cache_dir", None)):
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:  # Ctrl-C while starting (the imports, loading a model): no traceback
         if os.environ.get("KDKIT_DEBUG"):
             raise

@@ -22,7 +22,7 @@ import os
 import sys
 from pathlib import Path
 
-from kdkit.cli.main import COMMANDS
+from kdkit.cli.main import CACHE_DIR_HELP, COMMANDS
 from kdkit.cli.slurm import _RESOURCE_FLAGS, add_slurm_arguments, submit_train_from_args
 from kdkit.cluster.orchestrator import SlurmError
 from kdkit.config import (
@@ -245,6 +245,7 @@ def add_train_arguments(p: argparse.ArgumentParser, cls: type = TrainConfig) -> 
                                     "folder, the metrics history continues); 'auto': the run folder's last.pt if "
                                     "there is one, else start fresh (what SLURM jobs pass)")
     p.add_argument("--no-teacher", action="store_true", help="train a student alone without a notice")
+    p.add_argument("--cache-dir", default=None, metavar="DIR", help=CACHE_DIR_HELP)
     p.add_argument("--list-configs", action="store_true", help="print presets and every config key, then exit")
     add_config_arguments(p, cls)
     add_slurm_arguments(p)
@@ -267,6 +268,7 @@ def register(sub) -> None:
     p.add_argument("--dataset", default=None, metavar="NAME|PATH", help="evaluate its test scenarios (a registry key, folder or spec file; default, "
                                                                    "without --input: the checkpoint's training dataset)")
     p.add_argument("--data-root", default=None)
+    p.add_argument("--cache-dir", default=None, metavar="DIR", help=CACHE_DIR_HELP)
     p.add_argument("--input", nargs="+", default=None, metavar="FILE_OR_FOLDER",
                    help="score these recordings instead (any format kdkit reads; a folder: every recording in it, "
                         "recursively); writes evaluation_inputs_<first input>_<hash of the inputs and "
@@ -322,6 +324,7 @@ def _register_batch_size_and_demo(sub) -> None:
                                    "unless --type is given); trains nothing.")
     p.add_argument("--config", help="JSON config keys, e.g. '{\"target_memory_usage\": 0.7, \"max_batch_size\": 1024}'")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--cache-dir", default=None, metavar="DIR", help=CACHE_DIR_HELP)
     add_config_arguments(p)
     p.set_defaults(func=report_batch_size)
 

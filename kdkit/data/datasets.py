@@ -23,7 +23,9 @@ each test folder a named scenario. ``synthetic`` is simulated on first use (no d
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
+import gzip
 import hashlib
 import json
 import logging
@@ -31,6 +33,8 @@ import math
 import os
 import sys
 import time
+import zipfile
+import zlib
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -41,7 +45,7 @@ from kdkit.data.graphs import GRAPH_FORMAT_VERSION, GraphSet, GraphStoreError, I
 from kdkit.data.loggers import ALL_CHANNELS, MixedChannelsError, channel_counts, label_sidecar, read_channel
 from kdkit.data.prep import SplitStats, build_parts, excluded_block, remove_parts, vocab_ids, write_split
 from kdkit.data.progress import progress_bar
-from kdkit.data.readers import Messages, attack_type_from_name, data_suffixes
+from kdkit.data.readers import DataFormatError, Messages, attack_type_from_name, data_suffixes, zip_recording
 from kdkit.data.simulate import ensure_synthetic
 from kdkit.data.sources import DatasetSource, DatasetSpecError, declared_datasets, folder_source, resolve_custom
 from kdkit.data.store import remove_stale_scratch, scratch_tag
@@ -294,16 +298,59 @@ def _glob(root: Path, patterns: list[str]) -> list[Path]:
 _HASH_MEMO: dict[tuple, str] = {}
 
 
-def _identity(path: Path, root: Path, hashes: dict[str, str]) -> str:
+def _identity(path: Path, root: Path, hashes: dict[str, str], plain_names: frozenset[str] = frozenset()) -> str:
     """A recording's content as a dataset reads it: its hash, and its label sidecar's (a logger
     file's ``.labels.csv``: new labels must rebuild the store) when it has one; both go to
-    ``hashes`` (the cache key) by path below ``root``."""
+    ``hashes`` (the cache key) by path below ``root``.
+
+    A compressed recording (``X.csv.gz``, a zip holding ``X.csv``) beside an uncompressed file of its
+    inner name somewhere in the dataset (``gunzip -k``, an unzipped copy) is identified by its inflated
+    content, the plain file's hash when they are one recording: such a copy was read twice (and a
+    test copy of a training recording was not named in-sample). Only then is it inflated here."""
     digest = hashes[str(path.relative_to(root))] = file_sha256(path)
+    inner = _inner_name(path)
+    if inner is not None and inner in plain_names:
+        with contextlib.suppress(OSError, EOFError, zlib.error, zipfile.BadZipFile):  # its reader says what is wrong
+            digest = inflated_sha256(path)
     sidecar = label_sidecar(path)
     if sidecar is None:
         return digest
     labels = hashes[str(sidecar.relative_to(root))] = file_sha256(sidecar)
     return digest + "+" + labels
+
+
+def _inner_name(path: Path) -> str | None:
+    """The name a compressed recording inflates to (``X.csv`` for ``X.csv.gz`` and for a zip holding
+    ``X.csv``); None for an uncompressed file or an unreadable zip (its reader names what is wrong)."""
+    lower = path.name.lower()
+    if lower.endswith(".gz"):
+        return path.name[:-3]
+    if lower.endswith(".zip"):
+        try:
+            with zipfile.ZipFile(path) as zf:
+                return Path(zip_recording(zf, path).filename).name
+        except (OSError, zipfile.BadZipFile, DataFormatError):
+            return None
+    return None
+
+
+def inflated_sha256(path: Path) -> str:
+    """SHA-256 of a ``.gz`` or ``.zip`` recording's inflated bytes (equal to :func:`file_sha256` of its
+    uncompressed copy), memoised as :func:`file_sha256` is."""
+    st = path.stat()
+    memo_key = ("inflated", str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if memo_key not in _HASH_MEMO:
+        h = hashlib.sha256()
+        with contextlib.ExitStack() as stack:
+            if path.name.lower().endswith(".zip"):
+                zf = stack.enter_context(zipfile.ZipFile(path))
+                handle = stack.enter_context(zf.open(zip_recording(zf, path)))
+            else:
+                handle = stack.enter_context(gzip.open(path, "rb"))
+            for chunk in iter(lambda: handle.read(1 << 22), b""):
+                h.update(chunk)
+        _HASH_MEMO[memo_key] = h.hexdigest()
+    return _HASH_MEMO[memo_key]
 
 
 def file_sha256(path: Path) -> str:
@@ -362,10 +409,13 @@ def discover(name: str, data_root: str | Path | None = None, include_excluded: b
                 raise FileNotFoundError(f"dataset {source.name!r}: training glob {g!r} matches no recording under "
                                         f"{root}; {layout}")
     files.attack_free = {p for g, found in train_sets if g in source.train_attack_free for p in found}
+    test_sets = {scen: _glob(root, globs) for scen, globs in source.tests.items()}
+    plain_names = frozenset(p.name for found in [*(f for _, f in train_sets), *test_sets.values()] for p in found
+                            if _inner_name(p) is None)
     seen: dict[str, Path] = {}
     for _, found in train_sets:
         for p in found:
-            digest = _identity(p, root, files.hashes)
+            digest = _identity(p, root, files.hashes, plain_names)
             if digest in seen:
                 files.duplicates.append((p, seen[digest]))
                 continue
@@ -377,13 +427,13 @@ def discover(name: str, data_root: str | Path | None = None, include_excluded: b
     trained = set(files.train)  # (not the excluded suppress/masquerade recordings: no model saw them)
     tested: dict[str, tuple[str, Path]] = {}  # content -> (scenario, recording) of the first test recording of it
     for scen, globs in source.tests.items():
-        found = _glob(root, globs)
+        found = test_sets[scen]
         if not found:
             files.missing_scenarios[scen] = f"no recordings match {globs} under {root}"
             continue
         files.tests[scen] = []
         for p in found:
-            digest = _identity(p, root, files.hashes)
+            digest = _identity(p, root, files.hashes, plain_names)
             if digest in seen and seen[digest] in trained:  # a training recording: its test metrics would be in-sample
                 files.tests_in_training.append((p, seen[digest]))
             if digest in tested and tested[digest][0] == scen:  # a copy in the same scenario: read once

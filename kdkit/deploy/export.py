@@ -45,7 +45,6 @@ from kdkit.models.scorer import INPUTS, GATScorer, check_batch, scorer_inputs
 from kdkit.training.checkpoint import check_threshold_fitted, load_checkpoint, model_from_checkpoint, provenance
 from kdkit.training.cpu_speedups import tune_cpu_allocator
 from kdkit.workflows.run import check_graph_settings
-from kdkit.workflows.run_dir import savez_atomic
 from kdkit.workflows.scoring import check_checkpoint_layout
 
 
@@ -193,30 +192,46 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, thr
     model = model_from_checkpoint(ckpt, checkpoint)  # checks the config against the weights first
     check_checkpoint_layout(ckpt, checkpoint, "exported")
     example = example_batch(ckpt["vocab"], int(graph["window"]), float(graph.get("label_threshold") or 0.0))
-    t0 = time.perf_counter()
-    export_model(model, example, out, threads=threads)
-    seconds = time.perf_counter() - t0
-    # the checkpoint's absolute path: the detector's calibrate advice names it, run from anywhere on the machine
-    meta = {"checkpoint": str(checkpoint.resolve()), "package": str(out), "package_sha256": file_sha256(out),
-            "inputs": list(INPUTS),
-            "inputs_note": "a kdkit batch's tensors; ptr: graph offsets [G+1]; node_slots: any tensor of "
-                           "[largest graph's node count, 0] (sizes the max pool); GATv2's self-loops are added inside",
-            "output": OUTPUTS[out_kind], "output_kind": out_kind,
-            "model_config": ckpt["model_config"], "vocab": ckpt.get("vocab"), "node_features": ckpt.get("node_features"),
-            "edge_features": ckpt.get("edge_features"), "threshold": ckpt.get("threshold"), "window": graph["window"],
-            "stride": graph["stride"], "label_threshold": graph["label_threshold"],
-            "graph_format": prov.get("graph", {}).get("graph_format"), "role": prov.get("role"),
-            "calibration": _calibration_note(prov.get("calibration")),
-            "reading": prov.get("reading"),  # its training data's column mapping: kdkit detect --input reads that layout
-            "example": f"{example.num_graphs} graphs synthesized from the checkpoint's vocabulary (no data needed)",
-            "threads": threads}
-    native = _write_native_weights(model, out)
-    meta["native_weights"] = native.name if native else None
-    meta["native_weights_sha256"] = file_sha256(native) if native else None  # the detector checks it
+    # the package, the native weights and the .json are written under temp names and renamed into place
+    # one after the other at the end: an export stopped while compiling (a minute) leaves the previous
+    # export's three files as they were, not a new package beside an old .json
+    tag = scratch_tag()
     meta_path = out.with_suffix(".json")
-    tmp = meta_path.with_name(f".{meta_path.name}.{scratch_tag()}.tmp")
-    tmp.write_text(json.dumps(meta, indent=2))
-    tmp.replace(meta_path)
+    staged = {final: final.with_name(f".{final.name}.{tag}.export{final.suffix}")
+              for final in (out, native_weights_path(out), meta_path)}
+    try:
+        t0 = time.perf_counter()
+        export_model(model, example, staged[out], threads=threads)
+        seconds = time.perf_counter() - t0
+        native = native_weights_path(out) if unsupported_reason(model) is None else None
+        if native:
+            np.savez(staged[native], **NativeGAT.from_model(model.eval()).arrays())
+        # the checkpoint's absolute path: the detector's calibrate advice names it, run from anywhere on the machine
+        meta = {"checkpoint": str(checkpoint.resolve()), "package": str(out), "package_sha256": file_sha256(staged[out]),
+                "inputs": list(INPUTS),
+                "inputs_note": "a kdkit batch's tensors; ptr: graph offsets [G+1]; node_slots: any tensor of "
+                               "[largest graph's node count, 0] (sizes the max pool); GATv2's self-loops are added inside",
+                "output": OUTPUTS[out_kind], "output_kind": out_kind,
+                "model_config": ckpt["model_config"], "vocab": ckpt.get("vocab"), "node_features": ckpt.get("node_features"),
+                "edge_features": ckpt.get("edge_features"), "threshold": ckpt.get("threshold"), "window": graph["window"],
+                "stride": graph["stride"], "label_threshold": graph["label_threshold"],
+                "graph_format": prov.get("graph", {}).get("graph_format"), "role": prov.get("role"),
+                "calibration": _calibration_note(prov.get("calibration")),
+                "reading": prov.get("reading"),  # its training data's column mapping: kdkit detect --input reads that layout
+                "example": f"{example.num_graphs} graphs synthesized from the checkpoint's vocabulary (no data needed)",
+                "threads": threads,
+                "native_weights": native.name if native else None,
+                "native_weights_sha256": file_sha256(staged[native]) if native else None}  # the detector checks it
+        staged[meta_path].write_text(json.dumps(meta, indent=2))
+        staged[out].replace(out)
+        if native:
+            staged[native].replace(native)
+        else:  # a stale copy from an earlier export of another model
+            native_weights_path(out).unlink(missing_ok=True)
+        staged[meta_path].replace(meta_path)
+    finally:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
     return {"package": str(out), "metadata": str(meta_path), "native_weights": str(native) if native else None,
             "seconds": round(seconds, 1),
             "parameters": sum(p.numel() for p in model.parameters()), "bytes": out.stat().st_size,
@@ -228,17 +243,6 @@ def native_weights_path(package: str | Path) -> Path:
     ``.pt2``'s name with ``.npz`` (:class:`kdkit.models.native.NativeGAT`, the detector's engine
     for single windows)."""
     return Path(package).with_suffix(".npz")
-
-
-def _write_native_weights(model, out: Path) -> Path | None:
-    """The native engine's copy of a GAT's weights beside its package (None for a model it cannot
-    run; a stale copy from an earlier export of another model is removed then)."""
-    path = native_weights_path(out)
-    if unsupported_reason(model) is not None:
-        path.unlink(missing_ok=True)
-        return None
-    savez_atomic(path, NativeGAT.from_model(model.eval()).arrays())
-    return path
 
 
 def _calibration_note(record: dict | None) -> dict | None:
@@ -302,11 +306,13 @@ def check_package(path: Path, meta: dict, meta_path: Path) -> None:
         return
     digest = file_sha256(path)
     if digest != want:
+        files = f"{path.name}, {meta_path.name}{', ' + meta['native_weights'] if meta.get('native_weights') else ''}"
         raise ValueError(f"{path} is not the package {meta_path.name} was exported with (SHA-256 {digest[:12]}..., "
                          f"{meta_path.name} records {want[:12]}...): its threshold, window and vocabulary would be "
-                         f"another model's. Copy the files of one export together ({path.name}, {meta_path.name}"
-                         f"{', ' + meta['native_weights'] if meta.get('native_weights') else ''}), or re-export with "
-                         f"kdkit export --checkpoint {meta.get('checkpoint') or 'CHECKPOINT'} --out {path}")
+                         f"another model's. The files of two exports were mixed (copied apart, or an export "
+                         f"stopped between renaming them into place): copy the files of one export together "
+                         f"({files}), or export again, kdkit export --checkpoint CHECKPOINT --out {path} "
+                         f"({meta_path.name} describes {meta.get('checkpoint') or 'an unnamed checkpoint'})")
 
 
 def package_runner(program) -> Callable:
