@@ -75,3 +75,170 @@ def test_an_uncompressed_copy_of_a_compressed_recording_is_the_same_recording(tm
     assert read_once == [("dos2.csv.gz", "dos2.csv"), ("dos3.zip", "dos3.csv")]
     assert sorted(Path(p).name for p in ds.splits["test_01_known"].files) == ["clean.csv", "dos2.csv", "dos3.csv",
                                                                          "other.csv.gz"]
+
+
+# ----------------------------------------------------------------------------- a review of the training code
+TINY_GAT = dict(model="gat", type="teacher", dataset="synthetic", hidden=8, layers=1, heads=1, embedding_dim=4,
+                batch_size=64, patience=100, save_compat=False, compile=False, threads=1, warmup_steps=2,
+                accelerator="cpu", num_workers=0)
+
+
+@pytest.fixture()
+def fp16_on_cpu(monkeypatch):
+    """Fabric's own 16-mixed plugin (a GradScaler) on the CPU: the path a V100 or T4 takes
+    (``--preset v100``, ``precision auto`` on compute capability 7.x), testable without a GPU. The
+    scaler grows every 3 steps so that its state changes within a short run. Yields the scales after
+    each step."""
+    import torch
+    from lightning_fabric.plugins.precision.amp import MixedPrecision
+
+    import kdkit.training.trainer as trainer_mod
+
+    real = trainer_mod.Fabric
+
+    def fabric(*args, precision=None, **kw):
+        return real(*args, plugins=[MixedPrecision("16-mixed", "cpu",
+                                                   scaler=torch.amp.GradScaler("cpu", growth_interval=3))], **kw)
+
+    monkeypatch.setattr(trainer_mod, "Fabric", fabric)
+    scales: list[float] = []
+    step = trainer_mod.FabricTrainer._step
+
+    def recorded(self, *args):
+        out = step(self, *args)
+        scales.append(self.fabric.strategy.precision.scaler.get_scale())
+        return out
+
+    monkeypatch.setattr(trainer_mod.FabricTrainer, "_step", recorded)
+    return scales
+
+
+def test_16_mixed_with_gradient_clipping_trains_and_resumes_its_loss_scale(synthetic, tmp_path, fp16_on_cpu):
+    """A fused AdamW unscales its own gradients, and Fabric refused to clip them: every 16-mixed run
+    with the default grad_clip 1.0 died on its first step. And a resume restarted the loss scale at
+    its initial value: the checkpoint did not hold the GradScaler's state."""
+    import torch
+
+    from kdkit.config import make_config
+    from kdkit.training.preemption import Preempted, StopRequest
+    from kdkit.workflows.run import train
+
+    class StopAt(StopRequest):
+        def __init__(self, at: int):
+            super().__init__(stop_file=None, signals=False)
+            self.at, self.asked = at, 0
+
+        def requested(self) -> bool:
+            self.asked += 1
+            return self.asked - 1 == self.at
+
+    base = dict(TINY_GAT, epochs=2, grad_clip=1.0, runs_dir=str(tmp_path))
+    full = train(make_config(**base, run_name="full"), progress=False, data=synthetic)
+    uninterrupted = list(fp16_on_cpu)
+    assert len(uninterrupted) > 8 and len(set(uninterrupted)) > 1  # trained, and the scale moved
+    fp16_on_cpu.clear()
+    with pytest.raises(Preempted):
+        train(make_config(**base, run_name="cut"), progress=False, data=synthetic, stop=StopAt(7))
+    cut = len(fp16_on_cpu)
+    ck = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=True)
+    assert ck["loss_scaler"]["scale"] == uninterrupted[cut - 1]
+    resumed = train(make_config(**base, run_name="cut"), resume="auto", progress=False, data=synthetic,
+                    stop=StopAt(-1))
+    assert fp16_on_cpu == uninterrupted  # the same scale after every step, across the resume
+    a = torch.load(full["last_checkpoint"], weights_only=True)["model"]
+    b = torch.load(resumed["last_checkpoint"], weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_fused_optimizer_only_where_nothing_unscales_before_it():
+    from types import SimpleNamespace
+
+    import torch
+
+    from kdkit.training.cpu_speedups import make_optimizer
+
+    params = list(torch.nn.Linear(3, 2).parameters())
+    fused = {(scaler, clip): make_optimizer(params, SimpleNamespace(weight_decay=0.0, learning_rate=1e-3, grad_clip=clip),
+                                            torch.device("cpu"), grad_scaler=scaler).defaults["fused"]
+             for scaler in (False, True) for clip in (0.0, 1.0)}
+    assert fused == {(False, 0.0): True, (False, 1.0): True, (True, 0.0): True, (True, 1.0): None}
+
+
+@pytest.mark.parametrize("trainer", ["fabric", "legacy"])
+def test_an_early_stop_counts_the_epochs_it_trained(synthetic, tmp_path, trainer):
+    """The loop left at the top of an epoch it did not train, and epochs_run counted it: "stopped
+    early after epoch 3/10" after two epochs, and no note at all when that was the last epoch."""
+    from kdkit.config import make_config
+    from kdkit.reporting.records import stop_note
+    from kdkit.workflows.run import train
+
+    for epochs in (10, 3):
+        cfg = make_config(**{**TINY_GAT, "patience": 1}, epochs=epochs, learning_rate=0.0, trainer=trainer,
+                          runs_dir=str(tmp_path), run_name=f"{trainer}{epochs}")
+        s = train(cfg, progress=False, data=synthetic)
+        assert s["epochs_run"] == len(s["history"]) == 2
+        assert stop_note(s, epochs, 1).startswith(f"stopped early after epoch 2/{epochs}")
+
+
+def test_youden_never_returns_a_threshold_that_alarms_on_nothing(caplog):
+    """roc_curve's first threshold is +inf (J = 0): when no threshold separated the classes it was the
+    VGAE's threshold, a model that never alarms, without a word."""
+    import numpy as np
+
+    from kdkit.models.thresholds import choose_threshold, youden_threshold
+
+    assert youden_threshold([0, 1, 2, 3, 2.5], [0, 0, 1, 1, 0]) == 2.0
+    for scores in ([1.0, 1.0, 1.0, 1.0], [3.0, 2.0, 1.0, 0.0]):  # constant; attacks score lower
+        y = np.array([0, 0, 1, 1]) if scores[0] == 3.0 else np.array([0, 1, 0, 1])
+        assert youden_threshold(scores, y) is None
+        with caplog.at_level("WARNING", logger="kdkit.models.thresholds"):
+            t = choose_threshold(scores, y, quantile=0.5)
+        assert np.isfinite(t) and t == choose_threshold(np.asarray(scores)[y == 0], None, 0.5)
+        assert "no threshold separates" in caplog.text
+
+
+# ----------------------------------------------------------------------------- a review of the data path
+def test_a_sampler_that_must_not_pad_hands_out_each_graph_once_with_a_node_budget():
+    """pad=False (evaluation: metrics summed over the ranks) repeated graphs when a node budget packed
+    the batches: that branch always wrapped around."""
+    import numpy as np
+
+    from kdkit.data.loader import GraphBatchSampler
+
+    nodes = np.random.default_rng(1).integers(5, 30, 50)
+    for budget in (0, 40):
+        for pad, want in ((False, 50), (True, None)):
+            seen = [i for rank in range(3)
+                    for b in GraphBatchSampler(50, 10, True, 0, False, budget, nodes, rank, 3, pad=pad) for i in b]
+            assert set(seen) == set(range(50))
+            if want is not None:
+                assert len(seen) == want
+
+
+def test_a_realtime_replay_keeps_the_readers_new_timeline(tmp_path: Path):
+    """Frame by frame at the recorded pace, the reader's restart mark was lost: the detector's live-bus
+    rule dropped 7 frames as behind the old clock, and every later window held other messages than
+    the replay without pacing (and kdkit evaluate)."""
+    import numpy as np
+
+    from kdkit.data.graphs import IdVocab
+    from kdkit.data.readers import read_messages
+    from kdkit.stream.detector import Detector
+    from kdkit.stream.run import replay_file
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "restart.csv"
+    rows = [f"{100 + k / 1000:.6f}" for k in range(1, 451)] + [f"{10 + k / 1000:.6f}" for k in range(1, 651)]
+    path.write_text("timestamp,arbitration_id,data_field,attack\n" + "".join(
+        f"{t},{int(rng.integers(0x100, 0x120)):03X},00,0\n" for t in rows))
+    msgs = read_messages(path)
+    assert np.flatnonzero(msgs.restart).tolist() == [450]
+    runs = {}
+    for realtime in (False, True):
+        det = Detector(lambda gs: np.zeros(len(gs)), IdVocab.fit([msgs.can_id]), 100, 100,
+                       score_batch=lambda b: np.zeros(1), score_graph=lambda g: 0.0)
+        s = replay_file(det, path, realtime=realtime, keep=True)
+        runs[realtime] = ([(d.first_message, d.start_time) for d in s.decisions], dict(det.dropped),
+                          det.timeline_restarts, det.undecided)
+    assert runs[True] == runs[False]
+    assert runs[True][1] == {} and runs[True][2] == 1 and runs[True][0][4][1] == pytest.approx(10.001)

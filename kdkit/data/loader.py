@@ -266,9 +266,11 @@ class GraphBatchSampler(Sampler[list[int]]):
                 total += s
             if cur and not self.drop_last:
                 batches.append(np.asarray(cur))
-            if self.world_size > 1 and batches:  # equal counts: pad by wrapping around the batches
+            if self.world_size > 1 and batches and self.pad:  # equal counts: pad by wrapping around the batches
                 per_rank = math.ceil(len(batches) / self.world_size)
                 batches = [batches[i % len(batches)] for i in range(per_rank * self.world_size)][self.rank::self.world_size]
+            elif self.world_size > 1:  # (evaluation) every graph once: ranks may hold one batch more than others
+                batches = batches[self.rank::self.world_size]
             return batches
         order = self._order()
         n_full = len(order) // self.batch_size

@@ -9,8 +9,12 @@ its anomaly score with the threshold stored in its checkpoint. Training's valida
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 GAT_THRESHOLD = 0.5  # a GAT window is an attack when its attack probability is >= 0.5
 
@@ -51,10 +55,29 @@ def choose_threshold(scores, labels=None, quantile: float = 0.99) -> float:
     if len(np.unique(y)) < 2:
         raise ValueError("choose_threshold: labels hold one class only; pass labels=None to "
                          "use a quantile of attack-free scores")
+    t = youden_threshold(s, y)
+    if t is None:
+        # no threshold tells attacks from normal windows (constant scores, or attacks scoring lower):
+        # roc_curve's +inf, a model that never alarms, was returned without a word
+        normal = s[y == 0]
+        t = quantile_threshold(normal, quantile)
+        log.warning("choose_threshold: no threshold separates the %d attack windows from the %d normal ones "
+                    "(Youden's J <= 0: the scores do not rank attacks higher); the threshold is the %g quantile "
+                    "of the normal windows' scores instead, %.6g", int((y != 0).sum()), normal.size, quantile, t)
+    return t
+
+
+def youden_threshold(scores, labels) -> float | None:
+    """The ROC threshold maximising Youden's J = TPR - FPR on labelled windows of both classes; None
+    when no threshold has J > 0 (``roc_curve``'s first threshold, +inf, alarms on nothing: never
+    chosen)."""
     from sklearn.metrics import roc_curve  # here: ~0.3 s of every process's start-up otherwise
 
-    fpr, tpr, thresholds = roc_curve(y, s)
-    return float(thresholds[int(np.argmax(tpr - fpr))])
+    fpr, tpr, thresholds = roc_curve(np.asarray(labels).ravel(), np.asarray(scores, dtype=np.float64).ravel())
+    j = (tpr - fpr)[1:]
+    if j.size == 0 or j.max() <= 0:
+        return None
+    return float(thresholds[1:][int(np.argmax(j))])
 
 
 def quantile_threshold(scores: np.ndarray, quantile: float) -> float:

@@ -704,16 +704,22 @@ class Detector:
             if a == b:
                 continue
             if msgs.restart[a]:
-                self.timeline_restarts += 1
-                self._last_ts, self._prev_ts, self._behind = -math.inf, math.inf, 0
-                # its first window starts on it, as offline
-                self._restart_windows(None, None, why=f"{msgs.source or 'a table'} message {a} starts a "
-                                                                   f"new timeline (its reader found the recording's "
-                                                                   f"clock restarted)")
+                self.new_timeline(f"{msgs.source or 'a table'} message {a}")
             part = msgs.slice(a, b)
             part.restart = None
             out += self.feed_many(part, arrival, labelled)
         return out
+
+    def new_timeline(self, where: str = "the next frame") -> None:
+        """The next frame fed starts a new timeline that a reader found (``Messages.restart``: the
+        recording's clock restarted): it is taken as it is, not dropped as behind the last frame
+        (:meth:`feed` on its own needs :data:`RESTART_AFTER` such frames in a row and drops the ones
+        before), and its first window starts on it, as :func:`kdkit.data.graphs.build_graphs` windows it
+        offline. ``where``: what the warning names."""
+        self.timeline_restarts += 1
+        self._last_ts, self._prev_ts, self._behind = -math.inf, math.inf, 0
+        self._restart_windows(None, None, why=f"{where} starts a new timeline (its reader found the recording's "
+                                              "clock restarted)")
 
     def _check_messages(self, msgs: Messages) -> tuple[tuple[np.ndarray, ...], list[tuple[int, float, float]]]:
         """The columns of ``msgs`` with bad rows dropped and counted (vectorized), and where the

@@ -235,15 +235,24 @@ def as_can_messages(msgs: Messages, channel: str | None = None) -> Iterator[can.
 _CHANNEL_IGNORED: set[tuple[str, str]] = set()  # (file, channel) already warned about in this process
 
 
-def _paced(frames: Iterable[can.Message], detector: Detector, summary: RunSummary,
-           stall_seconds: float) -> Iterator[can.Message]:
-    """Frames at their recorded pace, as a bus would deliver them: each when its time since the
-    first has passed (``can.MessageSync`` paced nothing after a clock that went back: this
-    re-anchors there). A recorded silence of ``stall_seconds`` or more is waited out and met as
-    on a live bus: a stall, counted, after which the windows restart."""
+def _frames_of(chunks: Iterable[Messages], channel: str | None) -> Iterator[tuple[can.Message, bool]]:
+    """``(frame, starts a new timeline)`` for the rows of ``chunks``: the reader's ``Messages.restart``
+    marks travel with the frames (python-can's messages have no room for them)."""
+    for chunk in chunks:
+        starts = set(np.flatnonzero(chunk.restart).tolist()) if chunk.restart is not None else set()
+        for i, frame in enumerate(as_can_messages(chunk, channel)):
+            yield frame, i in starts
+
+
+def _paced(frames: Iterable[tuple[can.Message, bool]], detector: Detector, summary: RunSummary,
+           stall_seconds: float) -> Iterator[tuple[can.Message, bool]]:
+    """Frames (each with its new-timeline mark) at their recorded pace, as a bus would deliver them:
+    each when its time since the first has passed (``can.MessageSync`` paced nothing after a clock
+    that went back: this re-anchors there). A recorded silence of ``stall_seconds`` or more is waited
+    out and met as on a live bus: a stall, counted, after which the windows restart."""
     anchor: tuple[float, float] | None = None  # (a frame's timestamp, when it was fed)
     last = None
-    for frame in frames:
+    for frame, new_timeline in frames:
         ts = frame.timestamp
         if anchor is None or ts < last:  # the first frame, or a clock that went back: pace from here
             anchor = (ts, time.perf_counter())
@@ -257,7 +266,7 @@ def _paced(frames: Iterable[can.Message], detector: Detector, summary: RunSummar
                             summary.stalls)
                 detector.stalled(ts - last)
         last = ts
-        yield frame
+        yield frame, new_timeline
 
 
 def replay_file(detector: Detector, path: str | Path, channel: str | None = None, realtime: bool = False,
@@ -332,11 +341,12 @@ def replay_file(detector: Detector, path: str | Path, channel: str | None = None
 
     try:
         if realtime:
-            frames = (frame for chunk in chunks() for frame in as_can_messages(chunk, channel))
-            for frame in _paced(frames, detector, summary, stall_seconds):
+            for frame, new_timeline in _paced(_frames_of(chunks(), channel), detector, summary, stall_seconds):
                 if max_seconds is not None and time.perf_counter() - summary._t0 >= max_seconds:
                     summary.stopped_by = "max-seconds"  # before the frame: the last frame of a file ends by its end
                     break
+                if new_timeline:  # the reader's mark: no frame dropped as behind, windows as offline
+                    detector.new_timeline(f"{path.name} message {detector.messages}")
                 dec = detector.feed(frame, time.perf_counter())
                 if dec is not None:
                     _emit(summary, [dec], on_decision)

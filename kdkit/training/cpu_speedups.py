@@ -61,8 +61,14 @@ def tune_cpu_allocator(mmap_threshold: int = 256 * 2**20, trim_threshold: int = 
     return ok
 
 
-def make_optimizer(params, cfg, device: torch.device, lr: float | None = None) -> torch.optim.Optimizer:
+def make_optimizer(params, cfg, device: torch.device, lr: float | None = None,
+                   grad_scaler: bool = False) -> torch.optim.Optimizer:
     """AdamW, fused (one kernel for all parameters) where torch supports it for the device.
+
+    ``grad_scaler``: the run's precision scales the loss (``16-mixed``: a ``GradScaler``). A fused
+    AdamW unscales its own gradients, so the gradients cannot be unscaled before clipping
+    (Fabric raises ``NotImplementedError`` on the first step): with gradient clipping
+    (``cfg.grad_clip > 0``, the default) the optimizer is then the unfused one.
 
     ``lr``: the peak learning rate (default ``cfg.learning_rate``; the trainer passes it scaled
     for data-parallel runs, :func:`kdkit.training.optim.scaled_learning_rate`).
@@ -74,7 +80,8 @@ def make_optimizer(params, cfg, device: torch.device, lr: float | None = None) -
     ``requires_grad`` are left out.
     """
     params = [p for p in params if p.requires_grad]
-    fused = device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in params)
+    fused = (device.type in ("cpu", "cuda") and all(p.is_floating_point() for p in params)
+             and not (grad_scaler and getattr(cfg, "grad_clip", 0) > 0))
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate if lr is None else lr,

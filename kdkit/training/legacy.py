@@ -58,7 +58,6 @@ def legacy_fit(task: Task, cfg: TrainConfig, train_set: GraphSet, val_set: Graph
     metric, mode = task.monitor
     sign = 1.0 if mode == "max" else -1.0
     best, bad, step, history, t0 = -math.inf, 0, 0, [], time.perf_counter()
-    epoch = -1
     for epoch in range(cfg.epochs):
         if bad >= cfg.patience:
             break
@@ -81,4 +80,5 @@ def legacy_fit(task: Task, cfg: TrainConfig, train_set: GraphSet, val_set: Graph
         atomic_torch_save(state, ckpt_dir / "last.pt")
         if max_steps and step >= max_steps:
             break
-    return FitResult(ckpt_dir / "best.pt", ckpt_dir / "last.pt", sign * best, epoch + 1, history, time.perf_counter() - t0)
+    epochs_run = history[-1]["epoch"] + 1 if history else 0  # not the loop's: an early stop breaks before training
+    return FitResult(ckpt_dir / "best.pt", ckpt_dir / "last.pt", sign * best, epochs_run, history, time.perf_counter() - t0)

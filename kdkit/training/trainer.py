@@ -253,6 +253,9 @@ class FabricTrainer:
                  "rng": torch.get_rng_state(), "rng_other": _other_rng_states(self.fabric.device), "best_metric": best, "best_tiebreak": best_tiebreak, "bad_epochs": bad,
                  "history": history, "batch_size": self.batch_size, "model_config": task.model.config, "train_config": self.cfg.to_dict(),
                  **extra}
+        scaler = self.fabric.strategy.precision.state_dict()  # 16-mixed: the GradScaler's; {} otherwise
+        if scaler:
+            state["loss_scaler"] = scaler
         if isinstance(state.get("provenance"), dict):  # the seconds of every attempt so far (TRAIN_SECONDS)
             state["provenance"] = {**state["provenance"],
                                    TRAIN_SECONDS: self._seconds_before + (time.perf_counter() - self._t0)}
@@ -396,7 +399,8 @@ class FabricTrainer:
         if fabric.world_size > 1:
             log.info("%d processes x batch %d: peak learning rate %.3g (%s scaling of %.3g)", fabric.world_size,
                      self.batch_size, lr, cfg.lr_scaling, cfg.learning_rate)
-        optimizer = make_optimizer(task.parameters(), cfg, fabric.device, lr=lr)
+        optimizer = make_optimizer(task.parameters(), cfg, fabric.device, lr=lr,
+                                   grad_scaler=getattr(fabric.strategy.precision, "scaler", None) is not None)
         task_m, optimizer = fabric.setup(task, optimizer)
         if task.teacher is not None:
             task.teacher.to(fabric.device)
@@ -463,6 +467,8 @@ class FabricTrainer:
                 task.kd.load_state_dict(ck["kd"])
             optimizer.load_state_dict(upgrade_optimizer_state(ck["optimizer"], optimizer, task.parameters()))
             scheduler.load_state_dict(upgrade_scheduler_state(ck["scheduler"], optimizer))
+            if ck.get("loss_scaler"):  # a 16-mixed run's loss scale goes on where it was, not from its initial value
+                fabric.strategy.precision.load_state_dict(ck["loss_scaler"])
             position = ck.get("position")
             if position is None:  # an epoch's end: the next epoch starts from these states
                 _restore_rng_states(ck["rng"], ck.get("rng_other"), fabric.device)
@@ -587,7 +593,10 @@ class FabricTrainer:
                 log.removeHandler(self._handler)
                 self._handler.close()
                 self._handler = None
-        return FitResult(best_path, last_path, sign * best if math.isfinite(best) else float("nan"), epoch + 1, history,
+        # the epochs trained (resumed ones included): an early stop leaves the loop at the top of an
+        # epoch it does not train, so the loop variable counted one too many
+        epochs_run = history[-1]["epoch"] + 1 if history else 0
+        return FitResult(best_path, last_path, sign * best if math.isfinite(best) else float("nan"), epochs_run, history,
                          time.perf_counter() - t0, self.oom_events, self.batch_size,
                          str(resume) if resume else None, resumed_at, resumed_batch, self._seconds_before)
 

@@ -38,7 +38,7 @@ from kdkit.data.loader import shard_bounds
 from kdkit.data.readers import read_messages
 from kdkit.models.fusion import fit_after_training, fused_validation_f1
 from kdkit.models.registry import MODEL_CLASSES, build_model, check_sizes, count_parameters, model_size_bytes
-from kdkit.models.thresholds import choose_threshold
+from kdkit.models.thresholds import choose_threshold, youden_threshold
 from kdkit.models.vgae import fit_score_standardisation
 from kdkit.reporting.metrics import evaluate_all_scores, evaluate_model, predict_scores, repeated_tests
 from kdkit.training.checkpoint import (
@@ -192,7 +192,13 @@ def choose_vgae_threshold(model, val: GraphSet, rule: str = "quantile", quantile
     scores = predict_scores(model, val)
     y = val.y.numpy()
     if rule == "youden" and len(np.unique(y)) == 2:
-        return choose_threshold(scores, y), "youden_j_on_labelled_validation"
+        t = youden_threshold(scores, y)
+        if t is not None:
+            return t, "youden_j_on_labelled_validation"
+        log.warning("threshold_rule youden: no threshold separates validation's attack windows from its normal "
+                    "ones (Youden's J <= 0); the q%g quantile of the attack-free validation windows is used", quantile)
+        return (choose_threshold(scores[y == 0], None, quantile),
+                f"q{quantile:g}_of_attack_free_validation (youden: J <= 0)")
     return choose_threshold(scores[y == 0], None, quantile), f"q{quantile:g}_of_attack_free_validation"
 
 
