@@ -368,3 +368,21 @@ def load_benchmark(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def stop_at(at: int):
+    """A :class:`kdkit.training.preemption.StopRequest` that says "stop" at its ``at``-th question
+    (0-based; -1: never). The trainer asks before every loader batch, after an epoch's last batch and
+    after an epoch's checkpoints (except the last epoch's)."""
+    from kdkit.training.preemption import StopRequest
+
+    class StopAt(StopRequest):
+        def __init__(self):
+            super().__init__(stop_file=None, signals=False)
+            self.at, self.asked = at, 0
+
+        def requested(self) -> bool:
+            self.asked += 1
+            return self.asked - 1 == self.at
+
+    return StopAt()

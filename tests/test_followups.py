@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import stop_at
 
 from kdkit.cli.main import build_parser, main
 
@@ -120,17 +121,8 @@ def test_16_mixed_with_gradient_clipping_trains_and_resumes_its_loss_scale(synth
     import torch
 
     from kdkit.config import make_config
-    from kdkit.training.preemption import Preempted, StopRequest
+    from kdkit.training.preemption import Preempted
     from kdkit.workflows.run import train
-
-    class StopAt(StopRequest):
-        def __init__(self, at: int):
-            super().__init__(stop_file=None, signals=False)
-            self.at, self.asked = at, 0
-
-        def requested(self) -> bool:
-            self.asked += 1
-            return self.asked - 1 == self.at
 
     base = dict(TINY_GAT, epochs=2, grad_clip=1.0, runs_dir=str(tmp_path))
     full = train(make_config(**base, run_name="full"), progress=False, data=synthetic)
@@ -138,12 +130,12 @@ def test_16_mixed_with_gradient_clipping_trains_and_resumes_its_loss_scale(synth
     assert len(uninterrupted) > 8 and len(set(uninterrupted)) > 1  # trained, and the scale moved
     fp16_on_cpu.clear()
     with pytest.raises(Preempted):
-        train(make_config(**base, run_name="cut"), progress=False, data=synthetic, stop=StopAt(7))
+        train(make_config(**base, run_name="cut"), progress=False, data=synthetic, stop=stop_at(7))
     cut = len(fp16_on_cpu)
     ck = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=True)
     assert ck["loss_scaler"]["scale"] == uninterrupted[cut - 1]
     resumed = train(make_config(**base, run_name="cut"), resume="auto", progress=False, data=synthetic,
-                    stop=StopAt(-1))
+                    stop=stop_at(-1))
     assert fp16_on_cpu == uninterrupted  # the same scale after every step, across the resume
     a = torch.load(full["last_checkpoint"], weights_only=True)["model"]
     b = torch.load(resumed["last_checkpoint"], weights_only=True)["model"]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import stop_at
 
 from kdkit.cluster import requeue
 from kdkit.config import make_config
@@ -33,19 +34,6 @@ TINY = dict(type="student", dataset="synthetic", hidden=16, layers=2, heads=2, e
 
 def tiny(tmp_path, model, name, **kw):
     return make_config(**{**TINY, "model": model, "runs_dir": str(tmp_path / "runs"), "run_name": name, **kw})
-
-
-class StopAt(StopRequest):
-    """Says "stop" at its ``at``-th question (0-based). The trainer asks before every loader batch,
-    after an epoch's last batch and after an epoch's checkpoints (except the last epoch's)."""
-
-    def __init__(self, at: int):
-        super().__init__(stop_file=None, signals=False)
-        self.at, self.asked = at, 0
-
-    def requested(self) -> bool:
-        self.asked += 1
-        return self.asked - 1 == self.at
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +69,7 @@ def test_resume_after_stop_gives_identical_weights(case, synthetic, uninterrupte
     n = _batches(synthetic, model)
     at = where(n)
     with pytest.raises(Preempted) as stopped:
-        train(tiny(tmp_path, model, "cut"), progress=False, data=synthetic, stop=StopAt(at))
+        train(tiny(tmp_path, model, "cut"), progress=False, data=synthetic, stop=stop_at(at))
     last = tmp_path / "runs" / "cut" / "checkpoints" / "last.pt"
     assert stopped.value.checkpoint == last
     ck = load_checkpoint(last)
@@ -90,7 +78,7 @@ def test_resume_after_stop_gives_identical_weights(case, synthetic, uninterrupte
     assert len(ck["position"]["losses"]) == done
     assert not list(last.parent.glob(".*tmp*"))  # no temp file left behind
     resumed = train(tiny(tmp_path, model, "cut"), resume="auto", progress=False, data=synthetic,
-                    stop=StopAt(-1))
+                    stop=stop_at(-1))
     assert resumed["resumed_from"] == str(last)
     full = uninterrupted[model]
     for name in ("last_checkpoint", "best_checkpoint"):
@@ -133,7 +121,7 @@ def test_last_pt_is_never_partial(synthetic, tmp_path, monkeypatch):
     from kdkit.training.trainer import FabricTrainer
 
     cfg = tiny(tmp_path, "gat", "atomic")
-    trainer = FabricTrainer(cfg, tmp_path, progress=False, stop=StopAt(-1))
+    trainer = FabricTrainer(cfg, tmp_path, progress=False, stop=stop_at(-1))
     path = tmp_path / "last.pt"
     trainer._save({"format": 1, "epoch": 0}, path)
 
