@@ -570,17 +570,8 @@ def _decide(g: np.ndarray, floor: float, final: bool, ordered: bool = False) -> 
         back, glitch = _order_block(sub, base)
         part = np.where(back, _BACK, np.where(glitch, _GLITCH, _KEEP)).astype(np.int8)
         restart = wait = None
-        if back.any():  # rows k..e-1 all behind and in order: no row ahead and no step down among them
-            ahead = np.concatenate([[0], np.cumsum(~back)])
-            down = np.concatenate([[0, 0], np.cumsum(sub[1:] < sub[:-1])])
-            if n >= R:
-                k = np.arange(n - R + 1)
-                hit = np.flatnonzero((ahead[k + R] == ahead[k]) & (down[k + R] == down[k + 1]))
-                restart = int(hit[0]) if hit.size else None
-            if restart is None and not final:  # a run behind that the block's end cuts short
-                k = np.arange(max(n - R + 1, 0), n)
-                hit = np.flatnonzero((ahead[n] == ahead[k]) & (down[n] == down[k + 1]))
-                wait = int(hit[0]) + int(k[0]) if hit.size else None
+        if back.any():
+            restart, wait = _restart_run(sub, glitch, base, final)
         if restart is not None:
             codes[start:start + restart] = part[:restart]
             start += restart
@@ -596,6 +587,44 @@ def _decide(g: np.ndarray, floor: float, final: bool, ordered: bool = False) -> 
         break
     codes[restarts] = _RESTART
     return codes, end, restarts
+
+
+def _restart_run(sub: np.ndarray, glitch: np.ndarray, base: float, final: bool) -> tuple[int | None, int | None]:
+    """Where a new timeline starts among good rows ``sub``, and else where a run behind that the
+    block's end cuts short starts (its rows wait for the next block; never when ``final``):
+    ``(restart, wait)``, None for none. ``glitch``, ``base``: :func:`_order_block`'s.
+
+    A run is :data:`RESTART_ROWS` rows in order among themselves, all behind the rows kept before its
+    first (in order: its last is). A lone row out of line inside it (a *spike*: later than the row
+    after it, which follows on from the row before it) is passed over, not a row of the run: a
+    glitched timestamp within 8 rows of a restart broke the restart (those rows were read as going
+    backwards, an error naming the restart's row), where the spike is the one row wrong. The spike is
+    then judged on the new timeline (a glitch there)."""
+    n, R = sub.size, RESTART_ROWS
+    spike = np.zeros(n, bool)
+    if n >= 3:
+        spike[1:-1] = (sub[1:-1] > sub[2:]) & (sub[:-2] <= sub[2:])
+    idx = np.flatnonzero(~spike)  # the rows that count, spikes passed over
+    v, floor = sub[idx], _max_before(sub, glitch, base)[idx]
+    c = idx.size
+    down = np.concatenate([[0, 0], np.cumsum(v[1:] < v[:-1])])  # down[j + 1]: steps down among v[:j + 1]
+    if c >= R:
+        k = np.arange(c - R + 1)
+        hit = np.flatnonzero((down[k + R] == down[k + 1]) & (v[k + R - 1] < floor[k]))
+        if hit.size:
+            return int(idx[hit[0]]), None
+    if final:
+        return None, None
+    k = np.arange(max(c - R + 1, 0), c)  # rows k.. to the block's end: behind and in order, fewer than R
+    hit = np.flatnonzero((down[c] == down[k + 1]) & (v[c - 1] < floor[k]))
+    if hit.size:
+        return None, int(idx[k[hit[0]]])
+    if c >= 2:  # the same up to the block's last row, which may be a spike (the next block says)
+        k = np.arange(max(c - R, 0), c - 1)
+        hit = np.flatnonzero((down[c - 1] == down[k + 1]) & (v[c - 2] < floor[k]))
+        if hit.size:
+            return None, int(idx[k[hit[0]]])
+    return None, None
 
 
 class _TimeOrder:
