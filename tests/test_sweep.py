@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from kdkit.cli.main import main
+from kdkit.cli.main import build_parser, main
 from kdkit.cluster import sweep as sw
 from kdkit.cluster.orchestrator import FabricSlurmTrainingOrchestrator
 
@@ -286,6 +286,35 @@ def test_retry_failed_resubmits_exactly_the_failed_tasks_into_their_run_dirs(tmp
     assert [c for c in fake.calls if c[0] == "scancel"] == [["scancel", "--", "100"], ["scancel", "--", "101"]]
     fake.tasks = {j: "COMPLETED" for j in sw.current_jobs(spec).values()}
     assert sw.retry_failed(d, orch) == ([], None)
+
+
+def test_retry_failed_keeps_the_sweeps_resources(tmp_path, fake, monkeypatch):
+    """retry-failed built its array from the cpu preset: a GPU sweep's partition, account, GPUs, memory,
+    signal grace and requeue limit were dropped (and a task that timed out could get a shorter limit)."""
+    from kdkit.cli import sweep as cli_sweep
+
+    gpu = FabricSlurmTrainingOrchestrator(tmp_path / "runs", preset="a100", runner=fake, venv=None, workdir=tmp_path)
+    d = _sweep(tmp_path)
+    sw.submit(d, gpu, partition="gpu", account="lab", time="00:20:00", mem="1G", signal_grace=30, max_requeues=5)
+    first = fake.scripts["100"].splitlines()
+    fake.tasks = {"100_0": "COMPLETED", "100_1": "TIMEOUT", **{f"100_{i}": "COMPLETED" for i in range(2, 6)}}
+    # the command line's orchestrator: the preset the sweep was submitted with, not cpu
+    monkeypatch.setattr(cli_sweep, "FabricSlurmTrainingOrchestrator",
+                        lambda runs_dir, preset: FabricSlurmTrainingOrchestrator(runs_dir, preset=preset, runner=fake,
+                                                                                 venv=None, workdir=tmp_path))
+    args = build_parser("sweep").parse_args(["sweep", "retry-failed", str(d), "--time", "01:00:00"])
+    orch = cli_sweep._orchestrator(args, d)
+    assert orch.preset == "a100"
+    indices, job = sw.retry_failed(d, orch, time=args.time, mem=args.mem)
+    retried = fake.scripts[job].splitlines()
+    kept = [line for line in first if line.startswith(("#SBATCH --partition", "#SBATCH --account", "#SBATCH --mem",
+                                                       "#SBATCH --gres", "#SBATCH --signal", "#SBATCH --cpus"))]
+    assert len(kept) >= 5 and all(line in retried for line in kept)
+    assert "#SBATCH --time=01:00:00" in retried and "#SBATCH --time=00:20:00" in first
+    assert [line for line in retried if "max-requeues" in line] == [line for line in first if "max-requeues" in line]
+    fake.tasks.update({f"{job}_1": "FAILED"})
+    _, again = sw.retry_failed(d, orch)  # the time given to the retry goes on with the next one
+    assert "#SBATCH --time=01:00:00" in fake.scripts[again].splitlines()
 
 
 def test_teacher_notebook_job_comes_first_and_the_array_waits_for_it(tmp_path, orch, fake):

@@ -49,9 +49,10 @@ def format_job(info: dict) -> str:
     return line
 
 
-def _add_resource_flags(parser: argparse.ArgumentParser, preset_flag: str) -> None:
-    parser.add_argument(preset_flag, dest="slurm_preset", default="cpu", choices=sorted(load_presets()),
-                        help="resource preset from slurm_templates/presets.ini (default cpu)")
+def _add_resource_flags(parser: argparse.ArgumentParser, preset_flag: str, preset_default: str | None = "cpu",
+                        preset_help: str = "resource preset from slurm_templates/presets.ini (default cpu)") -> None:
+    parser.add_argument(preset_flag, dest="slurm_preset", default=preset_default, choices=sorted(load_presets()),
+                        help=preset_help)
     parser.add_argument("--partition", help="Slurm partition (default: the preset's)")
     parser.add_argument("--account", help="account to charge")
     parser.add_argument("--qos", help="quality of service")

@@ -54,7 +54,12 @@ def format_results(results: dict, teacher: dict | None = None) -> str:
 
 
 def _orchestrator(args, sweep_dir: Path) -> FabricSlurmTrainingOrchestrator:
-    return FabricSlurmTrainingOrchestrator(runs_dir=sweep_dir, preset=getattr(args, "slurm_preset", None) or "cpu")
+    """The sweep's orchestrator: the preset given, else the one its last submission used, else ``cpu``."""
+    preset = getattr(args, "slurm_preset", None)
+    if preset is None and (sweep_dir / "sweep.json").is_file():
+        preset = next((sub["preset"] for sub in reversed(sw.load(sweep_dir).get("submissions", []))
+                       if sub.get("preset")), None)
+    return FabricSlurmTrainingOrchestrator(runs_dir=sweep_dir, preset=preset or "cpu")
 
 
 def _all_completed(results: dict) -> int:
@@ -191,7 +196,8 @@ def register(subparsers) -> None:
     teacher.add_argument("--teacher-checkpoint", help="an existing checkpoint passed as every task's teacher_checkpoint")
     p.add_argument("--teacher-param", dest="teacher_parameters", nargs=2, action="append", metavar=("KEY", "VALUE"),
                    help="a parameter of the teacher notebook")
-    _add_resource_flags(p, "--preset")
+    _add_resource_flags(p, "--preset", None, "resource preset from slurm_templates/presets.ini (default cpu; a "
+                                              "sub-command: the one the sweep was submitted with)")
     p.set_defaults(func=_errors_to_status(cmd_sweep), sweep_command=None)
 
     sub = p.add_subparsers(dest="sweep_command", metavar="{status,wait,cancel,retry-failed,report,run-task}")

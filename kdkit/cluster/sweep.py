@@ -601,8 +601,11 @@ def submit(sweep_dir: str | os.PathLike, orch: FabricSlurmTrainingOrchestrator |
                      dependency=dependency, **resources)
     job = _sbatch(orch, sweep_dir / f"array-{n}.sbatch", script, resume=resume)
     _update(sweep_dir, backend="slurm", max_parallel=max_parallel)
+    # the resources the jobs got (preset, defaults and the ones given): retry_failed submits with them again
+    used = {k: v for k, v in orch.resources(resources).items() if v is not None}
     _add_submission(sweep_dir, {"job_id": job, "tasks": indices, "array": array_spec(indices, max_parallel),
-                                "teacher_job": teacher_job, "submitted": _now()})
+                                "teacher_job": teacher_job, "submitted": _now(), "preset": orch.preset,
+                                "resources": used})
     collect(sweep_dir)
     return job
 
@@ -825,7 +828,10 @@ def retry_failed(sweep_dir: str | os.PathLike, orch: FabricSlurmTrainingOrchestr
                  max_parallel: int | None = None, **resources) -> tuple[list[int], str | dict | None]:
     """Runs the failed tasks again into their own run dirs (they resume from what they left there).
 
-    On SLURM: one new array of just those indices (``--array=3,5``); locally: the pool.
+    On SLURM: one new array of just those indices (``--array=3,5``), with the resources of the sweep's
+    last submission (partition, account, GPUs, time, memory, ...; a GPU sweep was retried on the
+    ``cpu`` preset's), ``resources`` on top (e.g. more ``time`` for a task that timed out); locally:
+    the pool.
 
     Returns:
         (the retried indices, the new array's job ID or the local results; None if none failed).
@@ -836,6 +842,8 @@ def retry_failed(sweep_dir: str | os.PathLike, orch: FabricSlurmTrainingOrchestr
     if not indices:
         return [], None
     if spec.get("backend") == "slurm":
+        last = next((sub for sub in reversed(spec["submissions"]) if "resources" in sub), {})
+        resources = {**last.get("resources", {}), **{k: v for k, v in resources.items() if v is not None}}
         return indices, submit(sweep_dir, orch, max_parallel=max_parallel, indices=indices, resume=True, **resources)
     if resources:
         raise ValueError(f"{', '.join(sorted(resources))}: SLURM resources, and sweep {spec['name']} runs here")

@@ -563,10 +563,9 @@ def _decide(g: np.ndarray, floor: float, final: bool, ordered: bool = False) -> 
         return None, m if final else m - 1, []
     codes = np.zeros(m, np.int8)
     restarts: list[int] = []
-    start, base, end, R = 0, floor, m, RESTART_ROWS
+    start, base, end = 0, floor, m
     while True:
         sub = g[start:]
-        n = sub.size
         back, glitch = _order_block(sub, base)
         part = np.where(back, _BACK, np.where(glitch, _GLITCH, _KEEP)).astype(np.int8)
         restart = wait = None
