@@ -396,8 +396,7 @@ def test_training_config_reaches_kdkit_train_verbatim(tmp_path):
     assert calls[2] == ["srun", "--kill-on-bad-exit=1", "kdkit", "train", "--model", "gat", "--dataset", "hcrl_sa",
                         "--type", "student", "--teacher", str(tmp_path / "t $(x)/best.pt"), "--epochs", "3",
                         "--data-root", config["data_root"], "--learning-rate", "0.5", "--run-name", "r1",
-                        "--runs-dir", str(tmp_path / "runs"), "--devices", "1", "--num-nodes", "1",
-                        "--resume", "auto"]
+                        "--runs-dir", str(tmp_path / "runs"), "--devices", "1", "--num-nodes", "1"]
 
 
 @pytest.mark.parametrize("params, message", [
@@ -506,7 +505,7 @@ def test_jobs_ask_for_the_time_limit_warning_and_requeue(orch):
     script = orch.submit_gat_training("synthetic", "teacher", run_name="g", dry_run=True)
     assert "#SBATCH --signal=B:USR1@120\n#SBATCH --requeue\n" in script
     assert "exec python -m kdkit.cluster.requeue --max-requeues 3 -- \\\n    srun" in script
-    assert script.rstrip().endswith("--resume auto")
+    assert "--resume" not in script  # a requeued attempt resumes through KDKIT_RESUME=auto (the wrapper's)
     script = orch.submit_gat_training("synthetic", "teacher", run_name="g", dry_run=True, signal_grace=300,
                                       max_requeues=0)
     assert "#SBATCH --signal=B:USR1@300\n" in script and "--max-requeues 0 --" in script
@@ -728,3 +727,21 @@ def test_cli_train_slurm_options_without_use_slurm_and_a_failed_submission(capsy
     assert err.strip().splitlines()[-1].startswith("kdkit train: sbatch not found") and "Traceback" not in err
     left = sorted(p.name for p in (tmp_path / "runs").rglob("*")) if (tmp_path / "runs").exists() else []
     assert left == []  # no run folder of a job that was never submitted
+
+
+def test_a_job_into_a_folder_holding_a_run_is_refused_or_replaces_it(orch, fake, tmp_path):
+    """Every job passed --resume auto: with --overwrite it continued the local run it was to replace
+    (that run's last.pt, optimizer and epochs), and without it a reused run name was continued where
+    a local kdkit train refuses the folder."""
+    run = tmp_path / "runs" / "ow1"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    (run / "checkpoints" / "last.pt").write_bytes(b"old")
+    with pytest.raises(FileExistsError, match=r"ow1 already holds a run \(config.json, checkpoints/last.pt\).*"
+                                              r"--overwrite"):
+        orch.submit_gat_training("synthetic", "teacher", run_name="ow1")
+    assert not [c for c in fake.calls if c[0] == "sbatch"] and (run / "checkpoints" / "last.pt").is_file()
+    job = orch.submit_gat_training("synthetic", "teacher", run_name="ow1", config={"overwrite": True})
+    script = fake.scripts[job]
+    assert "--overwrite" in script and "--resume" not in script
+    assert not (run / "checkpoints" / "last.pt").exists() and not (run / "config.json").exists()

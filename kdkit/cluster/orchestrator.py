@@ -55,6 +55,7 @@ from kdkit.config import TrainConfig, to_argv, validate_overrides
 from kdkit.data.datasets import REGISTRY, dataset_name
 from kdkit.models.registry import check_sizes
 from kdkit.workflows.notebooks import check_model_sizes, check_parameters, notebook_parameters
+from kdkit.workflows.run_dir import clear_run_outputs, existing_run
 
 TERMINAL_STATES = frozenset({
     "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
@@ -446,10 +447,21 @@ class FabricSlurmTrainingOrchestrator:
             run["data_root"] = str(Path(run["data_root"]).resolve())
         if devices > 1 or num_nodes > 1:
             run.setdefault("strategy", "ddp")
-        # the run schema checks every key and value here: a bad one is refused before sbatch
-        # --resume auto: a requeued job continues from the run folder's last.pt, a fresh one starts
-        train_args = ShellArgs([*to_argv(run, self.schema), "--resume", "auto"])
+        # the run schema checks every key and value here: a bad one is refused before sbatch. No --resume:
+        # the first attempt trains as `kdkit train` does here (a folder holding a run is refused, --overwrite
+        # replaces it); a requeued attempt continues from the run folder's last.pt (the requeue wrapper sets
+        # KDKIT_RESUME=auto, as `kdkit slurm resubmit` does). With --resume auto on every attempt, a job with
+        # --overwrite continued the local run it was to replace.
+        train_args = ShellArgs(to_argv(run, self.schema))
         fields = dict(res, train_args=train_args, nodes=num_nodes, ntasks_per_node=devices, dependency=dependency)
+        if not dry_run:
+            run_dir = self.runs_dir / name
+            held = existing_run(run_dir) if not (run_dir / "job.sbatch").exists() else []
+            if held and not run.get("overwrite"):
+                raise FileExistsError(f"run dir {run_dir} already holds a run ({', '.join(held)}); the job would "
+                                      "replace it. Pass --overwrite to replace it, or choose another --run-name")
+            if held:  # replaced now: no attempt of the job can take the old last.pt for its own
+                clear_run_outputs(run_dir)
         return self._submit("train.sbatch", name, fields, run, dry_run)
 
     def teacher_job(self, checkpoint) -> str | None:
