@@ -432,7 +432,8 @@ def test_notebook_without_parameters_cell(tmp_path, orch):
 
 
 @pytest.mark.parametrize("value", [1e-05, 1e20, -2.5e-300, 0.1, 3.0, 12345678901234567890, True, None, "1e-05",
-                                   "yes", "null", "", "a: b", "#x", {"k": [1, 2.5e-7, {"z": None}]}, ["x", 1]])
+                                   "yes", "null", "", "a: b", "#x", {"k": [1, 2.5e-7, {"z": None}]}, ["x", 1],
+                                   "Ärger 😀 $HOME", "\\ud83d", "\x85\u2028\U0010FFFF", {"k😀": "小车"}])
 def test_yaml_round_trip(value):
     assert yaml.safe_load(to_yaml({"v": value})) == {"v": value}
 
@@ -745,3 +746,39 @@ def test_a_job_into_a_folder_holding_a_run_is_refused_or_replaces_it(orch, fake,
     script = fake.scripts[job]
     assert "--overwrite" in script and "--resume" not in script
     assert not (run / "checkpoints" / "last.pt").exists() and not (run / "config.json").exists()
+
+
+def test_the_teachers_newest_job_is_found_when_job_ids_gain_a_digit(tmp_path):
+    """The registry is saved with its job IDs sorted as text: a teacher timed out as job 99 and
+    resubmitted as 100 (pending) was looked up as 99, ended, so its student got no afterok and
+    started on the partial best.pt."""
+    import json
+    import subprocess
+
+    runs = tmp_path / "runs"
+    teacher = runs / "t1"
+    (teacher / "checkpoints").mkdir(parents=True)
+    (teacher / "checkpoints" / "best.pt").write_bytes(b"partial")
+    jobs = {"99": {"kind": "train", "run_dir": str(teacher), "state": "TIMEOUT", "resubmitted_as": "100"},
+            "100": {"kind": "train", "run_dir": str(teacher), "state": "PENDING", "resubmitted_from": "99"}}
+    (runs / "slurm_jobs.json").write_text(json.dumps({"version": 1, "jobs": jobs}, sort_keys=True))
+
+    def runner(argv):
+        state = "PENDING" if argv[-1] == "100" else "TIMEOUT"
+        return subprocess.CompletedProcess(argv, 0, f"JobId={argv[-1]} JobState={state} Reason=None ExitCode=0:0", "")
+
+    orch = FabricSlurmTrainingOrchestrator(runs_dir=runs, runner=runner, venv=None, workdir=tmp_path)
+    assert orch.teacher_job(teacher / "checkpoints" / "best.pt") == "100"
+    script = orch.submit_gat_training("synthetic", "student", teacher=teacher / "checkpoints" / "best.pt",
+                                      run_name="s1", dry_run=True)
+    assert "#SBATCH --dependency=afterok:100\n" in script
+
+
+def test_a_tilde_in_data_root_or_teacher_is_the_home_folder(orch, tmp_path, monkeypatch):
+    """Local runs read ~ as the home folder; the job got '<cwd>/~/can-data' and failed in the queue."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home" / "t").mkdir(parents=True)
+    (tmp_path / "home" / "t" / "best.pt").write_bytes(b"x")
+    script = orch.submit_gat_training("synthetic", "student", teacher="~/t/best.pt", run_name="s",
+                                      config={"data_root": "~/can-data"}, dry_run=True)
+    assert f"--data-root {tmp_path}/home/can-data" in script and f"--teacher {tmp_path}/home/t/best.pt" in script

@@ -223,6 +223,11 @@ def test_a_teacher_panels_sizes_go_to_the_student_notebooks_quick_teacher():
     p.type.value = "student"  # a student panel describes the students
     params = p.sweep_parameters(NOTEBOOK_DIR / "student.ipynb", {"kd_alpha": [0.5, 0.9]})
     assert params.get("hidden") == 32 and "teacher_hidden" not in params
+    # an explicit null is a setting (threads: torch's default, all cores), not "unset": the tasks ran the
+    # notebook's default (threads=1) while the panel showed None
+    p.extra.value = '{"threads": null}'
+    params = p.sweep_parameters(NOTEBOOK_DIR / "student.ipynb", {"kd_alpha": [0.5, 0.9]})
+    assert "threads" in params and params["threads"] is None
 
 
 def test_a_student_without_a_teacher_is_said_to_train_alone(kdkit_env, tmp_path, monkeypatch):

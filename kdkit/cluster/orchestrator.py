@@ -259,6 +259,11 @@ def absolute_dataset(dataset: str) -> str:
     return str(path.resolve()) + sep + pick if path.exists() else dataset
 
 
+def _job_number(job_id: str) -> tuple[int, ...]:
+    """A job ID as numbers, for ordering (``"100"`` after ``"99"``; ``"123_4"``: (123, 4))."""
+    return tuple(int(part) for part in re.findall(r"\d+", str(job_id))) or (-1,)
+
+
 class FabricSlurmTrainingOrchestrator:
     """Submits kdkit training runs and notebooks as SLURM batch jobs and tracks them.
 
@@ -420,6 +425,8 @@ class FabricSlurmTrainingOrchestrator:
                 raise ValueError(f"config is not valid JSON: {err}") from None
         if config is not None and not isinstance(config, dict):
             raise ValueError(f"config must be a JSON object, got {config!r}")
+        if teacher is not None:
+            teacher = Path(teacher).expanduser()
         if teacher is not None and dependency is None:
             # a teacher job still queued or running will write (or rewrite: best.pt after every better epoch) that
             # checkpoint: the student waits for it, even when a first best.pt is already there
@@ -438,13 +445,13 @@ class FabricSlurmTrainingOrchestrator:
         validate({"run_name": name})
         run = {"model": model, "dataset": dataset, "type": model_type}
         if teacher is not None:
-            run["teacher"] = str(Path(teacher).resolve())
+            run["teacher"] = str(Path(teacher).expanduser().resolve())
         if epochs is not None:
             run["epochs"] = epochs
         run.update(sorted((config or {}).items()))
         run.update(run_name=name, runs_dir=str(self.runs_dir), devices=devices, num_nodes=num_nodes)
-        if run.get("data_root"):
-            run["data_root"] = str(Path(run["data_root"]).resolve())
+        if run.get("data_root"):  # ~ as a local run reads it (resolve alone made it <cwd>/~/...)
+            run["data_root"] = str(Path(run["data_root"]).expanduser().resolve())
         if devices > 1 or num_nodes > 1:
             run.setdefault("strategy", "ddp")
         # the run schema checks every key and value here: a bad one is refused before sbatch. No --resume:
@@ -471,7 +478,10 @@ class FabricSlurmTrainingOrchestrator:
         path = Path(checkpoint).expanduser().resolve()
         if path.parent.name != "checkpoints":
             return None
-        for job_id, record in reversed(list(self.registry.load().items())):
+        # the newest job first: by number (the registry is saved with its IDs sorted as text, so "99" came
+        # after "100", and a timed-out "99" hid its resubmission "100" still pending: no afterok)
+        records = sorted(self.registry.load().items(), key=lambda item: _job_number(item[0]), reverse=True)
+        for job_id, record in records:
             if record.get("run_dir") and Path(record["run_dir"]).resolve() == path.parent.parent \
                     and record.get("kind") == "train":
                 try:

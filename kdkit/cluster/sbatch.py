@@ -214,7 +214,11 @@ def render(template_name: str, values: dict) -> str:
 def to_yaml(value) -> str:
     """One-line YAML (flow style) for papermill's ``-y``: JSON with YAML-1.1-safe floats."""
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{json.dumps(k)}: {to_yaml(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{to_yaml(str(k))}: {to_yaml(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, str):
+        # JSON's escapes, ASCII, except a character above U+FFFF: JSON writes it as a surrogate pair,
+        # which PyYAML reads as two lone surrogates (the notebook job then died on an emoji); YAML's \U
+        return '"' + "".join(f"\\U{ord(c):08X}" if ord(c) > 0xFFFF else json.dumps(c)[1:-1] for c in value) + '"'
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(to_yaml(v) for v in value) + "]"
     if isinstance(value, float):   # PyYAML reads 1e-05 as a string: it wants 1.0e-05

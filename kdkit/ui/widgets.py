@@ -341,7 +341,7 @@ class TrainPanel:
             name = "teacher_checkpoint" if key == "teacher" else key
             if teacher_panel and f"teacher_{key}" in declared:
                 name = f"teacher_{key}"
-            if name in declared and name not in grid and name != "run_dir" and value is not None \
+            if name in declared and name not in grid and name != "run_dir" \
                     and not (name == "seed" and seeds):
                 out[name] = value
         return out
