@@ -21,6 +21,7 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 METRICS = ("f1", "mcc", "detection_at_1pct_fpr", "false_positive_rate")
@@ -326,44 +327,80 @@ def _stored_teachers(record: dict, dataset: str, families: list[str], seeds: lis
 def refit(record: dict, data_root: str | None = None, unknown_vehicle: str | None = None) -> dict:
     """Re-fit what a fusion run fits after training (the ID profiles and the combiner, with the
     current code) on every run's stored checkpoint, re-evaluate and redo its ablation; training is
-    not repeated (a scoring rule changed, the weights did not). The checkpoints are rewritten.
-    ``unknown_vehicle`` also sets that rule in each checkpoint's model config (a checkpoint from
-    before the option scores with ``"fused"``).
+    not repeated (a scoring rule changed, the weights did not). The checkpoints are rewritten, and so
+    are the run folders' test outputs (summary.json's test metrics, test_scores.npz, metrics.json:
+    ``kdkit report`` of the runs then shows the record's numbers). ``unknown_vehicle`` also sets that
+    rule in each checkpoint's model config (a checkpoint from before the option scores with ``"fused"``).
+
+    Each run is re-fitted on the graphs it was trained on (its checkpoint's graph settings: a record of
+    ``--set window=50`` was re-fitted and scored on the default windows).
 
     Raises:
         ValueError: a family other than fusion (its threshold is fitted the same way as before).
     """
-    from kdkit.config import make_config
+    from kdkit.data.datasets import file_sha256
     from kdkit.models.fusion import fit_after_training
-    from kdkit.reporting.metrics import evaluate_model
+    from kdkit.reporting.metrics import evaluate_model, repeated_tests
     from kdkit.training.checkpoint import atomic_torch_save, load_checkpoint, model_from_checkpoint
-    from kdkit.workflows.run import load_data
+    from kdkit.workflows.run import checkpoint_data, write_test_outputs
 
     bad = sorted(set(record["runs"]) - {"fusion"})
     if bad:
         raise ValueError(f"--refit: only fusion runs are re-fitted (the record holds {bad})")
     out = json.loads(json.dumps(record))
-    data = load_data(make_config(model="fusion", dataset=record["dataset"], **({"data_root": data_root} if data_root else {})))
+    prepared: dict[str, object] = {}
+    rewritten: dict[str, str] = {}  # a teacher checkpoint's SHA-256 before the re-fit -> after
     for family, runs in out["runs"].items():
-        for role, per_seed in runs.items():
-            for run in per_seed:
-                ckpt = load_checkpoint(run["checkpoint"])
+        for role in ROLES:  # the teachers first: their students' summaries then name the rewritten files
+            for run in runs.get(role, []):
+                path = Path(run["checkpoint"])
+                ckpt = load_checkpoint(path)
                 if unknown_vehicle is not None:
                     ckpt["model_config"] = {**ckpt["model_config"], "unknown_vehicle": unknown_vehicle}
-                model = model_from_checkpoint(ckpt, run["checkpoint"]).eval()
-                quantile = float(ckpt.get("train_config", {}).get("fusion_quantile", 0.999))
-                seed = int(ckpt.get("train_config", {}).get("seed", 0))
-                fit = fit_after_training(model, data.splits["train"], data.splits["val"], quantile, seed)
+                tc = ckpt.get("train_config", {})
+                key = json.dumps({k: tc.get(k) for k in ("window", "stride", "label_threshold", "val_fraction",
+                                                         "synthetic_seed", "on_bad_rows")}, sort_keys=True)
+                if key not in prepared:
+                    prepared[key] = checkpoint_data(ckpt, record["dataset"], data_root)
+                data = prepared[key]
+                model = model_from_checkpoint(ckpt, path).eval()
+                quantile = float(tc.get("fusion_quantile", 0.999))
+                fit = fit_after_training(model, data.splits["train"], data.splits["val"], quantile, int(tc.get("seed", 0)))
                 ckpt["model"] = model.state_dict()
-                atomic_torch_save(ckpt, Path(run["checkpoint"]))
-                res = evaluate_model(model, data.splits, float(ckpt.get("threshold", 0.0)), progress=False)
+                before = file_sha256(path)
+                atomic_torch_save(ckpt, path)
+                if role == "teacher" and file_sha256(path) != before:
+                    rewritten[before] = file_sha256(path)
+                res = evaluate_model(model, data.splits, float(ckpt.get("threshold", 0.0)), progress=False,
+                                     repeats=repeated_tests(data.info))
                 run["scenarios"] = scenario_brief(res["scenarios"])
                 run["refit"] = {"profile": fit.get("profile"), "calibrated_on": fit.get("calibrated_on")}
-                run["ablation"] = fusion_ablation(run["checkpoint"], data, quantile,
-                                                  float(ckpt.get("train_config", {}).get("threshold_quantile", 0.99)))
+                run["ablation"] = fusion_ablation(str(path), data, quantile,
+                                                  float(tc.get("threshold_quantile", 0.99)))
+                _rewrite_run_outputs(path, res, data, run["refit"], rewritten, write_test_outputs)
         out["families"][family] = aggregate(runs)
     out["refitted"] = True
+    out["refit_unknown_vehicle"] = unknown_vehicle  # None: each checkpoint's own rule
     return out
+
+
+def _rewrite_run_outputs(checkpoint: Path, results: dict, data, refit: dict, rewritten: dict[str, str],
+                         write_test_outputs) -> None:
+    """The run folder of ``checkpoint`` (``<run>/checkpoints/best.pt``) after a re-fit: its test outputs
+    from ``results``, and a KD student's summary naming its re-fitted teacher's new file (the weights it
+    was distilled from did not change; the report otherwise left the teacher out as replaced)."""
+    run_dir = checkpoint.parent.parent
+    summary_path = run_dir / "summary.json"
+    if checkpoint.parent.name != "checkpoints" or not summary_path.is_file():
+        return
+    summary = json.loads(summary_path.read_text())
+    summary["test"] = {k: v for k, v in results.items() if k != "scores"}
+    summary["refit"] = refit
+    teacher = summary.get("teacher")
+    if isinstance(teacher, dict) and teacher.get("sha256") in rewritten:
+        summary["teacher"] = {**teacher, "sha256": rewritten[teacher["sha256"]], "refitted_from": teacher["sha256"]}
+    labels = {name: data.splits[name].y.numpy().astype(np.uint8) for name in results["scores"]}
+    write_test_outputs(run_dir, summary, results, labels)
 
 
 def merge(records: list[dict]) -> dict:
@@ -374,7 +411,9 @@ def merge(records: list[dict]) -> dict:
         ValueError: the records differ in dataset or epochs, or share a seed.
     """
     first = records[0]
-    for key in ("dataset", "epochs", "student_epochs", "set", "student_set"):
+    # refit_unknown_vehicle: the rule a --refit set in every checkpoint (records re-fitted with other rules
+    # were pooled into one table without a word)
+    for key in ("dataset", "epochs", "student_epochs", "set", "student_set", "refit_unknown_vehicle"):
         values = {json.dumps(r.get(key)) for r in records}
         if len(values) > 1:
             raise ValueError(f"--merge: the records differ in {key} ({sorted(values)}); only runs of one setting merge")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from pathlib import Path
 
 import pytest
 from conftest import load_benchmark
@@ -128,7 +129,7 @@ def agg_of(record):
 def test_fusion_ablation_refits_combiners_on_validation_and_reproduces_the_run(synthetic, tmp_path):
     q = _quality()
     small = ["--set", "hidden=16", "--set", "layers=2", "--set", "heads=2", "--set", "embedding_dim=4",
-             "--set", "latent_dim=8", "--set", "batch_size=64", "--set", "compile=false"]
+             "--set", "latent_dim=8", "--set", "batch_size=64", "--set", "compile=false", "--set", "window=50"]
     record = q.main(["--dataset", "synthetic", "--models", "fusion", "--seeds", "0", "--epochs", "1",
                      "--runs-dir", str(tmp_path / "runs"), *small])
     teacher = record["runs"]["fusion"]["teacher"][0]
@@ -150,3 +151,21 @@ def test_fusion_ablation_refits_combiners_on_validation_and_reproduces_the_run(s
             run["ablation"].pop("id_profile_at_val_fpr")
     merged = q.merge([record, older])["families"]["fusion"]["teacher"]["ablation"]
     assert set(merged) == set(q.ABLATION) - {"id_profile_at_val_fpr"}
+    # a re-fit with unchanged code changes nothing, on the graphs the runs were trained on (a --set window
+    # was re-fitted on the default windows), and the run folders then hold the record's numbers
+    again = q.refit(json.loads(json.dumps(record)))
+    for role, per_seed in again["runs"]["fusion"].items():
+        run = per_seed[0]
+        assert run["scenarios"] == record["runs"]["fusion"][role][0]["scenarios"]
+        summary = json.loads((Path(run["checkpoint"]).parent.parent / "summary.json").read_text())
+        assert {k: v["f1"] for k, v in summary["test"]["scenarios"].items()} == \
+            {k: v["f1"] for k, v in run["scenarios"].items()}
+    # another rule rewrites the teacher's file: its KD student's summary names the new file (the report
+    # left the teacher out as replaced), and records of other rules do not merge
+    other = q.refit(json.loads(json.dumps(record)), unknown_vehicle="fused")
+    kd = json.loads((Path(other["runs"]["fusion"]["student_kd"][0]["checkpoint"]).parent.parent
+                     / "summary.json").read_text())
+    from kdkit.data.datasets import file_sha256
+    assert kd["teacher"]["sha256"] == file_sha256(Path(teacher["checkpoint"])) != kd["teacher"]["refitted_from"]
+    with pytest.raises(ValueError, match="differ in refit_unknown_vehicle"):
+        q.merge([other, {**again, "seeds": [1]}])

@@ -730,6 +730,13 @@ def write_run_outputs(run_dir: Path, cfg: TrainConfig, summary: dict, results: d
     windows' labels, scenario by scenario, for the report's score figures."""
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", cfg.to_dict())
+    write_test_outputs(run_dir, summary, results, labels)
+
+
+def write_test_outputs(run_dir: Path, summary: dict, results: dict, labels: dict[str, np.ndarray] | None = None) -> None:
+    """The files of a run's test pass: ``summary.json`` (as given: its ``test`` is ``results`` without the
+    scores), ``test_scores.npz``, ``test_labels.npz`` (``labels``) and ``metrics.json``; also what a
+    re-fit of a finished run's scoring rewrites (``benchmarks/quality.py --refit``)."""
     write_json(run_dir / "summary.json", summary)
     savez_atomic(run_dir / "test_scores.npz", dict(results["scores"]))
     if labels is not None:
