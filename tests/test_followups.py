@@ -234,3 +234,50 @@ def test_a_realtime_replay_keeps_the_readers_new_timeline(tmp_path: Path):
                           det.timeline_restarts, det.undecided)
     assert runs[True] == runs[False]
     assert runs[True][1] == {} and runs[True][2] == 1 and runs[True][0][4][1] == pytest.approx(10.001)
+
+
+# ----------------------------------------------------------------------------- a review of the deployment path
+def _detector(msgs, window=50):
+    import numpy as np
+
+    from kdkit.data.graphs import IdVocab
+    from kdkit.stream.detector import Detector
+
+    return Detector(lambda gs: np.zeros(len(gs)), IdVocab.fit([msgs.can_id]), window, window,
+                    score_batch=lambda b: np.zeros(1), score_graph=lambda g: 0.0)
+
+
+def test_a_realtime_replay_of_a_labelled_recording_keeps_its_labels(tmp_path: Path):
+    """python-can frames carry no label: a real-time replay of a labelled CSV reported no recall and
+    no false-alarm rate (labels None, no attack_share), without a word."""
+    from kdkit.data.readers import read_messages
+    from kdkit.stream.run import replay_file
+
+    path = tmp_path / "dos.csv"
+    _ctt(path, 100.0, attack=True, n=400)
+    msgs = read_messages(path)
+    runs = {}
+    for realtime in (False, True):
+        s = replay_file(_detector(msgs), path, realtime=realtime, keep=True)
+        runs[realtime] = ([d.attack_share for d in s.decisions], s.to_dict()["labels"])
+    assert runs[True] == runs[False]
+    assert runs[True][1]["attack_windows"] == 1 and max(runs[True][0]) == pytest.approx(0.8)
+
+
+def test_a_replays_frame_count_holds_the_frames_the_reader_left_out(tmp_path: Path):
+    """On a live bus frames = messages + dropped + other channels; a file replay counted the remote and
+    error frames the reader dropped, and the other channels' frames, but not among its frames."""
+    from kdkit.data.readers import read_messages
+    from kdkit.stream.run import replay_file
+
+    lines = [f"({100 + k / 500:.6f}) can0 {0x100 + k % 5:03X}#{k % 256:02X}11\n" for k in range(300)]
+    lines[100:100] = ["(100.2000005) can0 123#R\n", "(100.2000006) can0 123#R\n"]
+    lines += [f"({101 + k / 500:.6f}) can1 200#00\n" for k in range(7)]
+    path = tmp_path / "bus.log"
+    path.write_text("".join(sorted(lines, key=lambda line: float(line[1:line.index(")")]))))
+    msgs = read_messages(path, channel="can0")
+    for realtime in (False, True):
+        det = _detector(msgs)
+        s = replay_file(det, path, channel="can0", realtime=realtime).to_dict()
+        assert s["messages"] == 300 and dict(det.dropped) == {"remote_frame": 2} and dict(det.other_channels) == {"can1": 7}
+        assert det.frames == 300 + 2 + 7

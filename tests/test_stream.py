@@ -309,6 +309,7 @@ def test_malformed_frames_are_dropped_and_counted(trained, recording, offline, c
            (t, 0x20000000, b"\x00", True),         # above 29 bits
            (t, -1, b"\x00", False), (t, "7DF", b"\x00", False),
            (t, 0x100, [300], False),               # not bytes
+           (t, 0x100, 5, False),                   # a count, not data (bytes(5) is five zero bytes)
            (math.nan, 0x100, b"\x00", False), ("soon", 0x100, b"\x00", False),
            (t - 1.0, 0x100, b"\x00", False),       # earlier than the previous frame
            (t, 0x100), "not a frame", None,
@@ -317,7 +318,7 @@ def test_malformed_frames_are_dropped_and_counted(trained, recording, offline, c
     det = Detector.from_checkpoint(trained, channel="can0")
     with caplog.at_level(logging.WARNING, logger="kdkit.stream"):
         got = [d for d in map(det.feed, frames) if d is not None]
-    assert det.dropped == {"error_frame": 1, "remote_frame": 1, "fd_frame": 2, "bad_id": 4, "bad_payload": 1,
+    assert det.dropped == {"error_frame": 1, "remote_frame": 1, "fd_frame": 2, "bad_id": 4, "bad_payload": 2,
                            "bad_timestamp": 2, "time_backwards": 1, "bad_frame": 3}
     assert det.other_channels == {"can1": 1}  # left out, not dropped as bad
     assert det.frames == len(frames) and det.messages == 300

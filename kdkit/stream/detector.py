@@ -187,6 +187,8 @@ def _frame_fields(frame) -> tuple[float, int, bytes, str | None]:
         shown = f"0x{arb:X}" if isinstance(arb, (int, np.integer)) and not isinstance(arb, bool) and arb >= 0 else repr(arb)
         raise _Drop("bad_id", f"{'extended' if ext else 'standard'} ID {shown} at {ts}")
     try:
+        if isinstance(data, (int, np.integer)):  # bytes(5) is five zero bytes: a count, not data
+            raise TypeError(data)
         data = bytes(data if data is not None else b"")
     except (TypeError, ValueError):
         raise _Drop("bad_payload", f"data {data!r} of ID 0x{arb:X} at {ts}") from None
@@ -616,12 +618,15 @@ class Detector:
                         "other_channels", self.name, channel, self.channel)
 
     # ------------------------------------------------------------------ feeding
-    def feed(self, frame, arrival: float | None = None) -> Decision | None:
+    def feed(self, frame, arrival: float | None = None, label: int | None = None) -> Decision | None:
         """One frame; returns the decision of the window it closes, else None.
 
         ``frame``: a python-can ``can.Message`` or ``(timestamp, arbitration_id, data,
         is_extended)``. ``arrival``: its ``time.perf_counter()`` arrival time (default: now),
         from which the decision's latency is measured. A bad frame is dropped and counted.
+        ``label``: the frame's attack label (1) or not (0) when the frames come from a labelled
+        recording (a real-time replay): the decision of a window closed by a labelled frame carries
+        ``attack_share``, as :meth:`feed_many` of a labelled table does.
         """
         arrival = time.perf_counter() if arrival is None else arrival
         cpu0 = time.thread_time()
@@ -649,7 +654,7 @@ class Detector:
         if self._n == self._ts.shape[0]:
             self._make_room(1)
         n = self._n
-        self._ts[n], self._id[n], self._dlc[n], self._lab[n] = ts, key, len(data), 0
+        self._ts[n], self._id[n], self._dlc[n], self._lab[n] = ts, key, len(data), 1 if label else 0
         row = self._pl[n]
         row[:] = 0
         if data:
@@ -661,8 +666,8 @@ class Detector:
             self._one.clear()
         if self.messages == self._next + self.window:
             if self.score_graph is not None:
-                return self._close_one(arrival, cpu0)
-            return self._close(np.array([self._next]), arrival, cpu0, labelled=False)[0]
+                return self._close_one(arrival, cpu0, labelled=label is not None)
+            return self._close(np.array([self._next]), arrival, cpu0, labelled=label is not None)[0]
         return None
 
     def feed_many(self, frames: Messages | Iterable, arrival: float | None = None,
@@ -934,8 +939,9 @@ class Detector:
             return []
         return self._close(np.arange(self._next, last_start + 1, self.stride), arrival, cpu0, labelled)
 
-    def _close_one(self, arrival: float, cpu0: float) -> Decision:
-        """Build, score and decide the next window, which the last fed frame closed (unlabelled)."""
+    def _close_one(self, arrival: float, cpu0: float, labelled: bool = False) -> Decision:
+        """Build, score and decide the next window, which the last fed frame closed (``labelled``: its
+        messages' labels are real, the decision carries their attack share, as build_graphs computes it)."""
         start, W = self._next, self.window
         r = start - self._base
         prev = float(self._ts[r - 1]) if start > self._timeline_start else None
@@ -947,8 +953,9 @@ class Detector:
         latency, cpu = time.perf_counter() - arrival, time.thread_time() - cpu0
         if self.vehicle.verdict is None:
             self.vehicle.add(np.array([graph.node_id.shape[0]]), np.array([len(oov)]), [oov])
+        share = float(np.float32(self._lab[r:r + W].mean(dtype=np.float64))) if labelled else None
         out = Decision(self.windows, start, float(self._ts[r]), float(self._ts[r + W - 1]), W, score, self.threshold,
-                       attack, oov, latency, None, cpu)
+                       attack, oov, latency, share, cpu)
         self.windows += 1
         self.alarms += attack
         self._next = start + self.stride

@@ -235,24 +235,28 @@ def as_can_messages(msgs: Messages, channel: str | None = None) -> Iterator[can.
 _CHANNEL_IGNORED: set[tuple[str, str]] = set()  # (file, channel) already warned about in this process
 
 
-def _frames_of(chunks: Iterable[Messages], channel: str | None) -> Iterator[tuple[can.Message, bool]]:
-    """``(frame, starts a new timeline)`` for the rows of ``chunks``: the reader's ``Messages.restart``
-    marks travel with the frames (python-can's messages have no room for them)."""
+def _frames_of(chunks: Iterable[Messages], channel: str | None,
+               labelled: bool) -> Iterator[tuple[can.Message, bool, int | None]]:
+    """``(frame, starts a new timeline, label)`` for the rows of ``chunks``: the reader's
+    ``Messages.restart`` marks and (``labelled``) the rows' labels travel with the frames (python-can's
+    messages have no room for them; a real-time replay of a labelled recording lost its labels)."""
     for chunk in chunks:
         starts = set(np.flatnonzero(chunk.restart).tolist()) if chunk.restart is not None else set()
+        labels = chunk.label.tolist() if labelled else None
         for i, frame in enumerate(as_can_messages(chunk, channel)):
-            yield frame, i in starts
+            yield frame, i in starts, labels[i] if labels is not None else None
 
 
-def _paced(frames: Iterable[tuple[can.Message, bool]], detector: Detector, summary: RunSummary,
-           stall_seconds: float) -> Iterator[tuple[can.Message, bool]]:
-    """Frames (each with its new-timeline mark) at their recorded pace, as a bus would deliver them:
+def _paced(frames: Iterable[tuple], detector: Detector, summary: RunSummary,
+           stall_seconds: float) -> Iterator[tuple]:
+    """Frames (each with its new-timeline mark and label, :func:`_frames_of`) at their recorded pace, as a bus would deliver them:
     each when its time since the first has passed (``can.MessageSync`` paced nothing after a clock
     that went back: this re-anchors there). A recorded silence of ``stall_seconds`` or more is waited
     out and met as on a live bus: a stall, counted, after which the windows restart."""
     anchor: tuple[float, float] | None = None  # (a frame's timestamp, when it was fed)
     last = None
-    for frame, new_timeline in frames:
+    for item in frames:
+        frame = item[0]
         ts = frame.timestamp
         if anchor is None or ts < last:  # the first frame, or a clock that went back: pace from here
             anchor = (ts, time.perf_counter())
@@ -266,7 +270,7 @@ def _paced(frames: Iterable[tuple[can.Message, bool]], detector: Detector, summa
                             summary.stalls)
                 detector.stalled(ts - last)
         last = ts
-        yield frame, new_timeline
+        yield item
 
 
 def replay_file(detector: Detector, path: str | Path, channel: str | None = None, realtime: bool = False,
@@ -341,13 +345,14 @@ def replay_file(detector: Detector, path: str | Path, channel: str | None = None
 
     try:
         if realtime:
-            for frame, new_timeline in _paced(_frames_of(chunks(), channel), detector, summary, stall_seconds):
+            for frame, new_timeline, label in _paced(_frames_of(chunks(), channel, labelled), detector, summary,
+                                                     stall_seconds):
                 if max_seconds is not None and time.perf_counter() - summary._t0 >= max_seconds:
                     summary.stopped_by = "max-seconds"  # before the frame: the last frame of a file ends by its end
                     break
                 if new_timeline:  # the reader's mark: no frame dropped as behind, windows as offline
                     detector.new_timeline(f"{path.name} message {detector.messages}")
-                dec = detector.feed(frame, time.perf_counter())
+                dec = detector.feed(frame, time.perf_counter(), label)
                 if dec is not None:
                     _emit(summary, [dec], on_decision)
         else:
@@ -370,8 +375,9 @@ def replay_file(detector: Detector, path: str | Path, channel: str | None = None
         summary.skipped_rows = msgs.skipped_rows
         summary.truncated = next((e.split(": ", 1)[-1] for e in msgs.skipped_examples if TRUNCATED in e), None)
         for kind, n in (getattr(msgs, "dropped_frames", None) or {}).items():  # remote/error frames the reader dropped
-            if n:
+            if n:  # frames of the bus all the same: frames = messages + dropped + other channels, as live
                 detector.dropped[f"{kind}_frame"] += int(n)
+                detector.frames += int(n)
         if msgs.skipped_rows:
             log.warning("%s: %d bad rows skipped, e.g. %s", path, msgs.skipped_rows, "; ".join(msgs.skipped_examples[:3]))
     summary.finish()
@@ -390,6 +396,7 @@ def replay_file(detector: Detector, path: str | Path, channel: str | None = None
             for name, n in counts.items():
                 if name != channel and n:
                     detector.other_channels[name] += int(n)
+                    detector.frames += int(n)
     return summary
 
 
