@@ -29,8 +29,9 @@ file). Nothing is turned into 0 or NaN. Besides unparsable fields, these rows ar
   row after it while that row follows on from the rows before (:class:`_TimeOrder`). The glitch is
   the row skipped, not every row after it. With ``"skip"`` the rows kept never go back in time,
   but where the clock restarted: from :data:`RESTART_ROWS` rows in a row behind the rows before
-  them, in order among themselves, a new timeline starts (kept, marked in ``Messages.restart``,
-  counted in ``Messages.timeline_restarts``; windows never cross it). That is no bad row.
+  them, in order among themselves (a lone glitch among them passed over), a new timeline starts
+  (kept, marked in ``Messages.restart``, counted in ``Messages.timeline_restarts``; windows never
+  cross it). That is no bad row.
 - an ID above ``0x7FF`` (the largest 11-bit ID) written with fewer than 8 hex digits. An ID
   written with 8 digits (``18FEF100``), or flagged extended by a logger format, is a 29-bit
   extended ID; HCRL's 4-digit standard IDs (``0316``) stay valid.
@@ -636,10 +637,12 @@ class _TimeOrder:
       wrong digit, a frame stamped in the future). It is the row skipped (or named by the
       error), not every row after it, which its timestamp would otherwise put "in the past";
     - the first row of a *new timeline* when it and the :data:`RESTART_ROWS` - 1 good rows after
-      it are all earlier than the rows kept before them and in order among themselves: the clock
-      restarted (a logger restarted, two recordings in one file). It is kept and the rows after it
-      are judged on its timeline; the reader's Messages mark it (``Messages.restart``) and windows
-      never cross it;
+      it are all earlier than the rows kept before them and in order among themselves (a lone row
+      out of line among them, later than the row after it, which follows on from the one before,
+      is passed over: :func:`_restart_run`): the clock restarted (a logger restarted, two
+      recordings in one file). It is kept and the rows after it are judged on its timeline (that
+      lone row is a glitch there); the reader's Messages mark it (``Messages.restart``) and
+      windows never cross it;
     - kept otherwise. The rows kept never go back in time within a timeline.
 
     The good rows at a block's end whose verdict needs rows after them (:class:`_Pending`) wait
