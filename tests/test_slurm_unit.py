@@ -782,3 +782,39 @@ def test_a_tilde_in_data_root_or_teacher_is_the_home_folder(orch, tmp_path, monk
     script = orch.submit_gat_training("synthetic", "student", teacher="~/t/best.pt", run_name="s",
                                       config={"data_root": "~/can-data"}, dry_run=True)
     assert f"--data-root {tmp_path}/home/can-data" in script and f"--teacher {tmp_path}/home/t/best.pt" in script
+
+
+def _submit_unnamed(runs: str, barrier, out) -> None:
+    import os
+    import subprocess
+
+    def runner(argv):
+        if argv[0] == "sbatch":
+            return subprocess.CompletedProcess(argv, 0, f"{os.getpid()}\n", "")
+        return subprocess.CompletedProcess(argv, 1, "", "no")
+
+    orch = FabricSlurmTrainingOrchestrator(runs, runner=runner, venv=None, workdir=runs)
+    barrier.wait()
+    try:
+        orch.submit_gat_training("synthetic", "teacher")
+        out.put("ok")
+    except Exception as err:  # noqa: BLE001 (the test names it)
+        out.put(f"{type(err).__name__}: {err}")
+
+
+def test_submissions_started_in_the_same_second_get_names_of_their_own(tmp_path):
+    """Default run names are the time to the second: four submissions at once got one name, and all
+    but one were refused ("already holds a job") though none had chosen a name."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    barrier, out = ctx.Barrier(4), ctx.Queue()
+    procs = [ctx.Process(target=_submit_unnamed, args=(str(tmp_path / "runs"), barrier, out)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert results == ["ok"] * 4
+    names = sorted(p.name for p in (tmp_path / "runs").iterdir() if p.is_dir())
+    assert len(names) == 4 and all((tmp_path / "runs" / n / "job.sbatch").is_file() for n in names)

@@ -366,7 +366,7 @@ class FabricSlurmTrainingOrchestrator:
         teacher_kw = {**common, **(teacher_overrides or {})}
         student_kw = {**common, **(student_overrides or {})}
         teacher_kw.setdefault("run_name", f"{base}_teacher" if base else
-                              self._new_run_name(f"{model}_{dataset}_teacher"))
+                              self._new_run_name(f"{model}_{dataset}_teacher", claim=not common.get("dry_run")))
         student_kw.setdefault("run_name", f"{base}_student" if base else None)
         teacher_job = self._submit_training(model, dataset, "teacher", None, **teacher_kw)
         checkpoint = self.runs_dir / teacher_kw["run_name"] / "checkpoints" / "best.pt"
@@ -393,7 +393,7 @@ class FabricSlurmTrainingOrchestrator:
         notebook = Path(validate({"notebook": notebook})["notebook"])
         if not notebook.is_file():
             raise FileNotFoundError(f"notebook {notebook} does not exist")
-        name = validate({"run_name": run_name or self._new_run_name(notebook.stem)})["run_name"]
+        name = validate({"run_name": run_name or self._new_run_name(notebook.stem, claim=not dry_run)})["run_name"]
         run_dir = self.runs_dir / name
         parameters = dict(parameters or {})
         if isinstance(parameters.get("dataset"), str):
@@ -441,7 +441,7 @@ class FabricSlurmTrainingOrchestrator:
         check_sizes(model, model_type, (config or {}).get("hidden"), (config or {}).get("embedding_dim"))
         dataset = absolute_dataset(dataset)
         # <dataset>_<model>_<type> as a local run's default name, with the time: a name per job
-        name = run_name or self._new_run_name(f"{dataset_name(dataset)}_{model}_{model_type}")
+        name = run_name or self._new_run_name(f"{dataset_name(dataset)}_{model}_{model_type}", claim=not dry_run)
         validate({"run_name": name})
         run = {"model": model, "dataset": dataset, "type": model_type}
         if teacher is not None:
@@ -505,13 +505,24 @@ class FabricSlurmTrainingOrchestrator:
             res["modules"] = res["modules"].replace(",", " ").split()
         return validate(res)
 
-    def _new_run_name(self, prefix: str) -> str:
+    def _new_run_name(self, prefix: str, claim: bool = False) -> str:
+        """``<prefix>_<date-time>`` (``-2``, ``-3``, ... when taken). ``claim``: its folder is made here, so
+        that submissions started in the same second (a loop of them, several shells) each get their own
+        name; without, all but one were refused as "already holds a job"."""
         base = f"{prefix}_{datetime.now():%Y%m%d-%H%M%S}"
         name, n = base, 1
-        while (self.runs_dir / name).exists():
+        while True:
+            run_dir = self.runs_dir / name
+            if not run_dir.exists():
+                if not claim:
+                    return name
+                try:
+                    run_dir.mkdir(parents=True)
+                    return name
+                except FileExistsError:  # another submission took it in between
+                    pass
             n += 1
             name = f"{base}-{n}"
-        return name
 
     def _submit(self, template, name, fields, parameters, dry_run):
         run_dir = self.runs_dir / name
@@ -532,7 +543,7 @@ class FabricSlurmTrainingOrchestrator:
         self.registry.load()              # a broken registry is refused before anything is submitted
         if (run_dir / "job.sbatch").exists():
             raise FileExistsError(f"{run_dir} already holds a job; choose another run name (--run-name)")
-        created = not run_dir.exists()
+        created = not run_dir.exists() or not any(run_dir.iterdir())  # (a generated name's folder is made empty)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "job.sbatch").write_text(script)
         (run_dir / "parameters.json").write_text(json.dumps(parameters, indent=1, default=str) + "\n")
