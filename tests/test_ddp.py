@@ -278,3 +278,83 @@ def test_workers_are_forked_only_where_lightning_would_start_them(monkeypatch):
         m.setenv("SLURM_NTASKS", "2")
         m.setenv("SLURM_JOB_NAME", "train")
         assert "SLURM" in can_fork_ranks(2, 1, "cpu")[1]
+
+
+REVIEW = textwrap.dedent('''
+    import json, os, sys, torch
+    from kdkit.config import make_config
+    from kdkit.training import task as task_mod
+    from kdkit.training.preemption import Preempted, StopRequest
+    from kdkit.workflows.run import train
+
+    mode, out = sys.argv[1], sys.argv[2]
+
+    class StopAt(StopRequest):
+        def __init__(self, k):
+            super().__init__(None, False)
+            self.k, self.n = k, 0
+        def requested(self):
+            self.n += 1
+            return self.n == self.k
+
+    if mode == "oom":  # one out-of-memory error on rank 1's first large batch
+        real = task_mod.Task.training_loss
+        fired = []
+        def loss(self, batch):
+            if os.environ.get("LOCAL_RANK") == "1" and not fired and batch.num_graphs > 4:
+                fired.append(1)
+                raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+            return real(self, batch)
+        task_mod.Task.training_loss = loss
+    name = {"full": "full", "stopped": "cut", "resume": "cut"}.get(mode, mode)
+    cfg = make_config(dataset="synthetic", model="gat", type="student", hidden=8, embedding_dim=2, layers=1,
+                      heads=1, epochs=2, batch_size=8, threads=1, devices=2, strategy="ddp", dropout=0.2,
+                      precision="32-true", accelerator="cpu", num_workers=0, runs_dir=f"{out}/runs", run_name=name,
+                      save_compat=False)
+    kw = dict(progress=False, fork_workers=True)
+    if mode == "stop_button":
+        kw["should_stop"] = lambda: True
+    if mode == "stopped":
+        kw["stop"] = StopAt(3)  # asked every 20 loader batches: a stop in epoch 0's third check
+    if mode == "resume":
+        kw["resume"] = "auto"
+    try:
+        s = train(cfg, **kw)
+    except Preempted:
+        sys.exit(0)
+    if s.get("rank", 0) == 0:
+        ck = torch.load(f"{out}/runs/{name}/checkpoints/last.pt", weights_only=True)
+        json.dump({"epochs_run": s["epochs_run"], "test": s["test"]["overall"]["f1"],
+                   "history": [[h["step"], h["train_loss"], h["val_loss"]] for h in s["history"]],
+                   "weights": {k: v.double().sum().item() for k, v in ck["model"].items()}},
+                  open(f"{out}/{mode}.json", "w"))
+''')
+
+
+def _review_run(tmp_path, mode) -> subprocess.CompletedProcess:
+    script = tmp_path / "review.py"
+    script.write_text(REVIEW)
+    return subprocess.run([sys.executable, str(script), mode, str(tmp_path)], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+
+
+def test_a_stopped_ddp_run_resumes_to_the_uninterrupted_one_and_the_stop_button_stops_every_rank(kdkit_env, tmp_path):
+    """Only rank zero's generators and losses were saved and every rank restored them (a resumed
+    2-process run differed from the uninterrupted one: train loss, then weights); and the panel's
+    Stop button reached rank zero only, whose worker then failed ("connection reset")."""
+    for mode in ("full", "stopped", "resume", "stop_button"):
+        proc = _review_run(tmp_path, mode)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    full, resumed = (json.loads((tmp_path / f"{m}.json").read_text()) for m in ("full", "resume"))
+    assert resumed["history"] == full["history"] and resumed["weights"] == full["weights"]
+    stopped = json.loads((tmp_path / "stop_button.json").read_text())
+    assert stopped["epochs_run"] == 1 and stopped["test"] is not None
+
+
+def test_out_of_memory_in_a_ddp_run_is_an_error_naming_a_batch_size_not_a_hang(kdkit_env, tmp_path):
+    """The back-off halved one rank's batches: its steps no longer paired with the other rank's
+    all-reduces, and both waited for ever (killed by a timeout, no step done)."""
+    proc = _review_run(tmp_path, "oom")
+    assert proc.returncode != 0
+    assert "out of memory at batch size 8 on rank 1 of a 2-process run" in proc.stderr
+    assert "--batch-size 4" in proc.stderr

@@ -281,3 +281,54 @@ def test_a_replays_frame_count_holds_the_frames_the_reader_left_out(tmp_path: Pa
         s = replay_file(det, path, channel="can0", realtime=realtime).to_dict()
         assert s["messages"] == 300 and dict(det.dropped) == {"remote_frame": 2} and dict(det.other_channels) == {"can1": 7}
         assert det.frames == 300 + 2 + 7
+
+
+# ----------------------------------------------------------------------------- a review of the batch sizer
+def test_the_batch_sizer_probes_the_attention_the_run_uses_and_shares_a_cpus_ram(synthetic):
+    """The probe kept the default attention (PyG's path peaks ~2.5x higher on CPU) and its cache key did
+    not name it; and each of N processes on one CPU was given the whole RAM target."""
+    from kdkit.config import make_config
+    from kdkit.models.layers import GATv2Layer
+    from kdkit.workflows.batch_size import sizer_for_config
+
+    base = dict(model="gat", type="teacher", dataset="synthetic", accelerator="cpu", target_memory_usage=0.4)
+    sizers = {a: sizer_for_config(make_config(**base, attention=a), synthetic) for a in ("auto", "stock")}
+    assert {m.attention for m in sizers["stock"].model.modules() if isinstance(m, GATv2Layer)} == {"stock"}
+    assert sizers["stock"].cache_key() != sizers["auto"].cache_key()
+    two = sizer_for_config(make_config(**base, devices=2, strategy="ddp"), synthetic)
+    assert two.target == pytest.approx(0.2) and sizers["auto"].target == pytest.approx(0.4)
+
+
+def test_processes_deciding_the_cpu_precision_at_once_agree(tmp_path, monkeypatch):
+    """Each rank of a DDP run timed bf16 against fp32 itself, side by side on shared cores: 2 runs of 6
+    put one rank in bf16 and the other in fp32. One process measures; the others read its verdict."""
+    import multiprocessing
+
+    monkeypatch.setenv("KDKIT_CACHE_DIR", str(tmp_path))
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_measure_verdict, args=(out, i)) for i in range(3)]
+    for p in procs:
+        p.start()
+    got = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert len({v for _, v in got}) == 1 and sum(measured for measured, _ in got) == 1
+
+
+def _measure_verdict(out, i: int) -> None:
+    import time
+
+    from kdkit.training import precision
+
+    calls = []
+
+    def measure():
+        calls.append(1)
+        time.sleep(0.5)  # long enough for the others to ask meanwhile
+        return 1.0 + 0.1 * i  # each process would measure another value
+
+    precision._BF16_CPU_SPEEDUP = None
+    precision._measure_bf16_speedup = measure
+    value = precision.measure_cpu_bf16_speedup()
+    out.put((len(calls), value))

@@ -31,13 +31,14 @@ log = logging.getLogger(__name__)
 CHECKPOINT_KEYS = {"format", "model", "model_config", "train_config", "vocab", "node_features", "edge_features",
                    "threshold", "optimizer", "scheduler", "kd", "epoch", "step", "rng", "rng_other", "best_metric",
                    "best_tiebreak", "bad_epochs", "history", "batch_size", "kdkit_version", "provenance", "position",
-                   "threshold_fitted", "loss_scaler"}
+                   "threshold_fitted", "loss_scaler", "rng_ranks"}
 """Keys a kdkit checkpoint may hold. ``position`` (only in a ``last.pt`` written when a job was asked
 to stop mid-epoch): the epoch, the loader batches of it already trained, the sampler's batch size
 and those batches' losses; ``rng_other``: numpy's, Python's and CUDA's generator states;
 ``threshold_fitted``: False while a VGAE's ``threshold`` is the placeholder a run replaces after
 training (:func:`check_threshold_fitted`); ``loss_scaler``: the ``GradScaler``'s state of a ``16-mixed``
-run (its loss scale and growth tracker), which a resume restores."""
+run (its loss scale and growth tracker), which a resume restores; ``rng_ranks``: under DDP, every rank's
+generator states (``rng``, ``rng_other``: rank zero's), each rank restoring its own."""
 
 GRAPH_SETTINGS = ("window", "stride", "label_threshold", "val_fraction")  # train_config keys that shape the graphs
 

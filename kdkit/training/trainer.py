@@ -253,6 +253,10 @@ class FabricTrainer:
                  "rng": torch.get_rng_state(), "rng_other": _other_rng_states(self.fabric.device), "best_metric": best, "best_tiebreak": best_tiebreak, "bad_epochs": bad,
                  "history": history, "batch_size": self.batch_size, "model_config": task.model.config, "train_config": self.cfg.to_dict(),
                  **extra}
+        if self.fabric.world_size > 1:
+            # every rank's generators (dropout masks, the loader's seed draw): rank zero's alone, restored on every
+            # rank, made a resumed DDP run differ from the uninterrupted one
+            state["rng_ranks"] = self._gather({"rng": state["rng"], "rng_other": state["rng_other"]})
         scaler = self.fabric.strategy.precision.state_dict()  # 16-mixed: the GradScaler's; {} otherwise
         if scaler:
             state["loss_scaler"] = scaler
@@ -334,6 +338,15 @@ class FabricTrainer:
                     raise RuntimeError(f"out of memory even at batch size {chunk.num_graphs} (min_batch_size="
                                        f"{self.cfg.min_batch_size}); use a smaller model, a smaller window or a device "
                                        "with more memory") from err
+                if self.fabric.world_size > 1:
+                    # one rank's back-off takes more, smaller steps than the others: their gradient all-reduces
+                    # no longer pair up and every rank waits for ever (a hang, not an error)
+                    raise RuntimeError(
+                        f"out of memory at batch size {chunk.num_graphs} on rank {self.fabric.global_rank} of a "
+                        f"{self.fabric.world_size}-process run: the batch-size back-off runs in one process only (each "
+                        f"rank would take other steps than the others, and they would wait for each other for ever); "
+                        f"train again with --batch-size {max(chunk.num_graphs // 2, 1)}, or let --optimize-batch-size "
+                        "choose one") from err
                 failed = True  # recover below, outside the except block: its traceback pins the step's tensors
             if not failed:
                 continue
@@ -471,7 +484,7 @@ class FabricTrainer:
                 fabric.strategy.precision.load_state_dict(ck["loss_scaler"])
             position = ck.get("position")
             if position is None:  # an epoch's end: the next epoch starts from these states
-                _restore_rng_states(ck["rng"], ck.get("rng_other"), fabric.device)
+                _restore_rng_states(*self._own(ck), fabric.device)
             start_epoch, step, best, bad, history = ck["epoch"] + 1, ck["step"], ck["best_metric"], ck["bad_epochs"], list(ck["history"])
             best_tie = float(ck.get("best_tiebreak", math.inf))  # checkpoints before the tie-break: none
             self._seconds_before = train_seconds_so_far(ck)
@@ -508,7 +521,10 @@ class FabricTrainer:
                 done = 0  # loader batches of this epoch trained
                 if position is not None:  # a mid-epoch checkpoint: the same batches, minus those trained
                     sampler.batch_size, done = position["sampler_batch_size"], position["batches_done"]
-                    losses.values = [v.to(fabric.device) for v in position["losses"].unbind()]
+                    mine = position["losses"]
+                    if len(position.get("losses_ranks") or []) == fabric.world_size:
+                        mine = position["losses_ranks"][fabric.global_rank]
+                    losses.values = [v.to(fabric.device) for v in mine.unbind()]
                 sampler.skip_batches = done  # read when the first batch is drawn: keep it until the next epoch
                 te = time.perf_counter()
                 bar = None
@@ -521,7 +537,7 @@ class FabricTrainer:
                 with phase_peak("train", device=fabric.device, release=False) as train_mem:
                     for batch in train_loader:
                         if position is not None:
-                            _restore_rng_states(ck["rng"], ck.get("rng_other"), fabric.device)
+                            _restore_rng_states(*self._own(ck), fabric.device)
                             position = ck = None
                         if self._stop_now(done):
                             self._stop(task, optimizer, scheduler, epoch, done, step, best, bad, history, extra,
@@ -539,7 +555,7 @@ class FabricTrainer:
                 if bar:
                     bar.close()
                 if position is not None:  # resumed after the epoch's last batch: no batch was fetched
-                    _restore_rng_states(ck["rng"], ck.get("rng_other"), fabric.device)
+                    _restore_rng_states(*self._own(ck), fabric.device)
                     position = ck = None
                 if self._stop_now(0):  # after the epoch's last batch: validation runs after the resume
                     self._stop(task, optimizer, scheduler, epoch, done, step, best, bad, history, extra, best_tie,
@@ -573,7 +589,7 @@ class FabricTrainer:
                          " ".join(f"{k} {v:.5f}" for k, v in val.items()), " (best)" if improved else "")
                 if self.on_epoch_end:
                     self.on_epoch_end(record)
-                if self.should_stop is not None and self.should_stop():
+                if self._stop_requested():
                     log.info("stopped on request after epoch %d", epoch)
                     break
                 if epoch + 1 < cfg.epochs and bad < cfg.patience and self._stop_now(0):
@@ -607,6 +623,16 @@ class FabricTrainer:
             self.fabric.barrier()
             torch.distributed.destroy_process_group()
 
+    def _stop_requested(self) -> bool:
+        """``should_stop`` (the panel's Stop button), asked after every epoch. Only rank zero has it: under
+        DDP the ranks agree (an all-reduce every rank makes), or rank zero alone left the loop and the
+        others' next collective failed ("connection reset": no summary, no test results)."""
+        asked = self.should_stop is not None and bool(self.should_stop())
+        if self.fabric.world_size == 1:
+            return asked
+        flag = torch.tensor(float(asked), device=self.fabric.device)
+        return bool(self.fabric.all_reduce(flag, reduce_op="sum") > 0)
+
     def _stop_now(self, done: int) -> bool:
         """Whether to stop before loader batch ``done`` (or at a check outside the batches).
 
@@ -630,8 +656,25 @@ class FabricTrainer:
         state["position"] = {
             "epoch": epoch, "batches_done": done, "sampler_batch_size": self._train_sampler.batch_size,
             "losses": torch.stack(losses.values).detach().cpu() if losses.values else torch.zeros(0)}
+        if self.fabric.world_size > 1:  # each rank's losses of the epoch so far (its mean goes into train_loss)
+            state["position"]["losses_ranks"] = self._gather(state["position"]["losses"])
         self._save(state, last_path)
         raise self._preempted(last_path, epoch, done)
+
+    def _gather(self, obj) -> list:
+        """``obj`` of every rank, in rank order (every rank calls it)."""
+        every = [None] * self.fabric.world_size
+        torch.distributed.all_gather_object(every, obj)
+        return every
+
+    def _own(self, ck: dict) -> tuple[torch.Tensor, dict | None]:
+        """This rank's generator states in a checkpoint: its own when the checkpoint holds every rank's
+        of a run of this size, else the one set there (rank zero's; one process)."""
+        ranks = ck.get("rng_ranks")
+        if ranks and len(ranks) == self.fabric.world_size:
+            mine = ranks[self.fabric.global_rank]
+            return mine["rng"], mine.get("rng_other")
+        return ck["rng"], ck.get("rng_other")
 
     def _preempted(self, last_path: Path, epoch: int, done: int) -> Preempted:
         if self.fabric.global_rank == 0:

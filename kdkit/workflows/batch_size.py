@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
+from kdkit.models.layers import set_attention_kernel
 from kdkit.training.batch_sizer import BatchSizeResult, DynamicBatchSizer
 from kdkit.training.memory import MIB
 from kdkit.training.precision import choose_precision, resolve_accelerator
@@ -17,6 +18,7 @@ def sizer_for_config(cfg, data=None) -> DynamicBatchSizer:
 
     data = data or load_data(cfg)
     model = build_student_or_teacher(cfg, data)
+    set_attention_kernel(model, cfg.attention)  # as the trainer runs it: PyG's path needs ~2.5x the memory on CPU
     train = data.splits["train"]
     if cfg.model == "vgae":
 
@@ -25,7 +27,9 @@ def sizer_for_config(cfg, data=None) -> DynamicBatchSizer:
     # a batch holds at most one process's share of the training windows: a larger one would be
     # padded by nothing and give one step an epoch at a size no epoch ever reaches
     windows = max(1, len(train) // max(1, cfg.devices))
-    sizer = DynamicBatchSizer(model, train, target_memory_usage=cfg.target_memory_usage,
+    # on a CPU the processes of one node share its RAM: each gets its share of the target (each GPU has its own)
+    local = max(1, cfg.devices) if accelerator == "cpu" else 1
+    sizer = DynamicBatchSizer(model, train, target_memory_usage=cfg.target_memory_usage / local,
                               min_batch_size=cfg.min_batch_size,
                               max_batch_size=max(cfg.min_batch_size, min(cfg.max_batch_size, windows)),
                               precision=choose_precision(cfg.precision, accelerator), device=accelerator)
