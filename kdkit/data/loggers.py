@@ -336,7 +336,7 @@ def _finish(path: Path, bad: _BadRows, frames: _Frames, binary: bool, earlier: l
     if lost is not None:  # skip mode: the loss is counted and named first
         bad.count += lost[0]
         bad.unlabelled += lost[0]
-        bad.examples = [f"{path}: {lost[1]}", *bad.examples][:5]
+        bad.lead(f"{path}: {lost[1]}")
     if not ok.all():
         ts, ids, label = ts[ok], ids[ok], label[ok]
         dlc, payload = frames.dlc[ok], frames.payload[ok]
@@ -948,7 +948,7 @@ class _CheckedChunks:
                                                                   "--on-bad-rows skip (on_bad_rows='skip' in Python)")
             self.bad.count += lost[0]
             self.bad.unlabelled += lost[0]
-            self.bad.examples = [f"{self.path}: {lost[1]}", *self.bad.examples][:5]
+            self.bad.lead(f"{self.path}: {lost[1]}")
         self.out.put(*self.order.close())
         if not self.out.rows:
             raise DataFormatError(self.path, None, "no usable data frames (all were skipped)")

@@ -454,6 +454,11 @@ class _BadRows:
         self.attack = 0
         self.unlabelled = 0
         self.examples: list[str] = []
+        self._found: list[tuple[int, str]] = []  # (line, example) of the examples
+        # error mode: the line of the first row whose time-order verdict still waits for rows after it
+        # (:class:`_TimeOrder` sets it), and a bad row below it held back until that verdict is in
+        self.waiting_line: Callable[[], int | None] = lambda: None
+        self._deferred: tuple[int | None, str] | None = None
         self.restarts = 0  # new timelines (the clock restarted, :class:`_TimeOrder`)
         self.restart_examples: list[str] = []
         self._last_ts = -np.inf  # the last row handed out (a row earlier than the one before it starts a timeline)
@@ -477,9 +482,19 @@ class _BadRows:
         found = list(earlier) + [(line_of(int(i)), describe(int(i))) for i in bad[:5]]
         found.sort(key=lambda f: -1 if f[0] is None else f[0])
         if not found:
+            self.due()
             return
         if self.mode == "error":
-            raise DataFormatError(self.path, *found[0])
+            first = found[0]
+            if self._deferred is not None and first[0] is not None and self._deferred[0] < first[0]:
+                first = self._deferred
+            wait = self.waiting_line()
+            if wait is not None and first[0] is not None and first[0] > wait:
+                # a row above it waits for the rows after it (a run behind: a restarted clock, or rows going
+                # backwards): it may be the file's first bad row, which the error must name, as a whole read does
+                self._deferred = first
+                return
+            raise DataFormatError(self.path, *first)
         self.count += int(bad.size) + len(earlier)
         self.unlabelled += len(earlier)
         if label is not None:
@@ -488,10 +503,25 @@ class _BadRows:
             self.unlabelled += int((~known).sum())
         else:
             self.unlabelled += int(bad.size)
-        # several calls (a streamed file's chunks, in line order) keep the file's first five, without the advice
-        # on skipping that an error gives (these rows were skipped)
-        self.examples = (self.examples + [f"{_where(self.path, line)}: {_without_hints(problem)}"
-                                          for line, problem in found])[:5]
+        # several calls (a streamed file's chunks) keep the file's first five by line, without the advice on
+        # skipping that an error gives (these rows were skipped). By line, not by call: a row whose verdict waited
+        # for the next block is reported after a bad row below it, and a whole read and a streamed one must agree
+        self._found = sorted([*self._found, *((-1 if line is None else line, f"{_where(self.path, line)}: "
+                                               f"{_without_hints(problem)}") for line, problem in found)],
+                             key=lambda f: f[0])[:5]
+        self.examples = [text for _, text in self._found]
+
+    def lead(self, example: str) -> None:
+        """An example named before every row's (a truncated file's loss): it stays first."""
+        self._found = [(-2, example), *self._found][:5]
+        self.examples = [text for _, text in self._found]
+
+    def due(self) -> None:
+        """Raise the bad row held back (error mode) once no row above it waits for its verdict."""
+        if self._deferred is not None:
+            wait = self.waiting_line()
+            if wait is None or self._deferred[0] is None or wait > self._deferred[0]:
+                raise DataFormatError(self.path, *self._deferred)
 
     def restarted(self, where: str, what: str) -> None:
         """A new timeline starts at ``where`` (``line 12``): counted, the first five described."""
@@ -653,6 +683,7 @@ class _TimeOrder:
 
     def __init__(self, bad: _BadRows) -> None:
         self.bad = bad
+        bad.waiting_line = self._waiting_line
         self.floor, self.floor_at = -np.inf, ("", "")  # the last kept row's timestamp, and where it is
         self.pending: _Pending | None = None
         self._last: _Order | None = None  # the last check, for hold()
@@ -688,7 +719,18 @@ class _TimeOrder:
         self._last = order
         return order
 
+    def _waiting_line(self) -> int | None:
+        """The line of the first row whose verdict waits (None: none waits, or it has no line)."""
+        return self.pending.lines[0] if self.pending is not None and len(self.pending) else None
+
     def release(self, order: _Order, bad: _BadRows) -> tuple:
+        """The pending rows this check decided kept (see :meth:`_release`); then a bad row held back
+        below them is raised, if no row above it waits any more (error mode)."""
+        out = self._release(order, bad)
+        bad.due()
+        return out
+
+    def _release(self, order: _Order, bad: _BadRows) -> tuple:
         """The pending rows this check decided kept, as columns to hand out before the block's rows
         (empty when there are none); the ones decided bad are reported to ``bad`` (which may raise)."""
         pending = self.pending
@@ -730,6 +772,7 @@ class _TimeOrder:
         """The pending rows at the end of the recording, decided (nothing follows them): the kept
         ones' columns; the others are reported to the bad-row collector (which may raise)."""
         if self.pending is None:
+            self.bad.due()
             return ()
         order = self.check(np.zeros(0), np.zeros(0, bool), str, str, final=True)
         self._last = None
@@ -1350,7 +1393,7 @@ class _CttStream:
                                                              "(on_bad_rows='skip' in Python)")
             self.bad.count += 1
             self.bad.unlabelled += 1
-            self.bad.examples = [f"{self.path}: {cut}{_LOST}", *self.bad.examples][:5]
+            self.bad.lead(f"{self.path}: {cut}{_LOST}")
         self._emit(self.order.close())
         yield self._chunk()
 
