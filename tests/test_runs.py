@@ -318,6 +318,11 @@ def test_evaluation_json_goes_to_the_run_folder_or_beside_the_checkpoint(teacher
     assert main(["evaluate", "--checkpoint", summary["best_checkpoint"], "--dataset", "synthetic"]) == 0
     assert "test_01_known_vehicle_known_attack" in capsys.readouterr().out
     assert json.loads((run / "evaluation_synthetic.json").read_text())["graph"]["window"] == 100
+    # another model in the run's checkpoints/ (last.pt, a calibrated copy) is named: it replaced the run's own
+    assert main(["evaluate", "--checkpoint", str(run / "checkpoints" / "last.pt"), "--dataset", "synthetic"]) == 0
+    assert (run / "evaluation_synthetic_last.json").is_file()
+    capsys.readouterr()
+    assert json.loads((run / "evaluation_synthetic.json").read_text())["checkpoint"] == summary["best_checkpoint"]
     elsewhere = tmp_path / "x" / "y" / "good.pt"
     elsewhere.parent.mkdir(parents=True)
     shutil.copyfile(summary["best_checkpoint"], elsewhere)

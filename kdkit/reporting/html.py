@@ -20,7 +20,7 @@ from kdkit.reporting.records import (Table, _cell, attack_recall, attack_recall_
                                      model_label, scenario_rows, smoke_label)
 from kdkit.reporting.records import headline as headline_line
 from kdkit.reporting.train_run import (TrainRun, data_settings, is_train_run, read_json, role_key, run_seed,
-                                       same_student, train_run_record)
+                                       same_setting, same_student, train_run_record)
 
 # ----------------------------------------------------------------------------- HTML report
 CSS = """body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;color:#222;line-height:1.4}
@@ -208,7 +208,13 @@ def _evaluation_tables(folder: Path) -> list[str]:
             continue
         if not ev or not ev.get("scenarios"):
             continue
-        title = f"kdkit evaluate on {ev.get('dataset', path.stem.removeprefix('evaluation_'))} ({path.name})"
+        # the model and threshold it was scored with: a calibrated copy's or last.pt's table in a run's section
+        # read as the run's own
+        model = Path(ev["checkpoint"]).name if ev.get("checkpoint") else "?"
+        threshold = ev.get("threshold")
+        title = (f"kdkit evaluate of {model}" + (f" at threshold {threshold:.6g}" if isinstance(threshold, (int, float))
+                                                  else "")
+                 + f" on {ev.get('dataset', path.stem.removeprefix('evaluation_'))} ({path.name})")
         out.append(Table(scenario_rows({"scenarios": ev["scenarios"], "overall": ev.get("overall") or {}}),
                          title=title)._repr_html_())
     return out
@@ -373,8 +379,11 @@ def seeds_headline(lead: Path, records: list[Path]) -> tuple[dict, list] | None:
         return None
     folders = [p.parent for p in records]
     lead_data = data_settings(lead, summary)
+    # one setting over seeds: the same architecture and data, and the same training settings but for the seed
+    # (a folder of KD students of other kd_alpha, temperature or epochs was pooled as "over N seeds")
     same = [f for f in folders if is_train_run(f) and (s := read_json(f / "summary.json")) is not None
-            and role_key(s) == "student_kd" and same_student(summary, s, lead_data, data_settings(f, s))]
+            and role_key(s) == "student_kd" and same_student(summary, s, lead_data, data_settings(f, s))
+            and same_setting(lead, f)]
     seeds = [run_seed(f) for f in same]
     if not _distinct_seeds(seeds):
         return None

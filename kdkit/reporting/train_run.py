@@ -167,6 +167,21 @@ def run_seed(folder: Path):
     return (read_json(folder / CONFIG_FILE) or {}).get("seed")
 
 
+NOT_SETTINGS = ("seed", "run_name", "runs_dir", "teacher", "overwrite", "save_compat", "threads", "num_workers",
+                "data_root", "progress")
+"""config.json keys that differ between the seeds of one setting (each seed's own teacher, folders, threads)."""
+
+
+def same_setting(a: Path, b: Path) -> bool:
+    """Whether two run folders were trained with one setting but for :data:`NOT_SETTINGS` (their
+    config.json; folders without one are not of one setting)."""
+    ca, cb = read_json(a / CONFIG_FILE), read_json(b / CONFIG_FILE)
+    if not ca or not cb:
+        return False
+    keys = (set(ca) | set(cb)) - set(NOT_SETTINGS)
+    return all(ca.get(k) == cb.get(k) for k in keys)
+
+
 def same_student(a: Mapping, b: Mapping, a_data: Mapping, b_data: Mapping) -> bool:
     """Two students of one architecture (model, parameters, bytes) on the same data and graphs."""
     return (all(a.get(k) == b.get(k) for k in ("model", "parameters", "size_bytes")) and a_data == b_data

@@ -814,9 +814,10 @@ def evaluate_checkpoint(path: str | Path, dataset: str, data_root: str | None = 
            "in_sample": {name: [f for f, _ in pairs] for name, pairs in trained.items() if pairs}, "warnings": warnings}
     target = Path(out_dir) if out_dir else evaluation_dir(path)
     target.mkdir(parents=True, exist_ok=True)
-    # in its run folder a checkpoint's evaluation is the run's; elsewhere (saved_models/, --out) a folder holds
-    # several models, whose evaluations must not replace one another
-    own_run = out_dir is None and Path(path).resolve().parent.name == "checkpoints"
+    # in its run folder the best checkpoint's evaluation is the run's; any other model (last.pt, a `kdkit
+    # calibrate --out <run>/checkpoints/x.pt` copy, saved_models/, --out) is named, so that evaluations never
+    # replace one another (a calibrated copy's replaced the run's own and the report showed it as the run's)
+    own_run = out_dir is None and Path(path).resolve().parent.name == "checkpoints" and Path(path).name == "best.pt"
     path = target / f"evaluation_{dataset_name(dataset)}{'' if own_run else '_' + Path(path).stem}.json"
     write_json(path, out)
     out["json"] = str(path)  # where it went (not in the file), as evaluate_inputs says
