@@ -332,3 +332,87 @@ def _measure_verdict(out, i: int) -> None:
     precision._measure_bf16_speedup = measure
     value = precision.measure_cpu_bf16_speedup()
     out.put((len(calls), value))
+
+
+# ----------------------------------------------------------------------------- a review of dataset specs
+def _spec_data(root: Path) -> None:
+    for folder, attack in (("free", False), ("att", True), ("tst", True)):
+        _ctt(root / "data" / folder / f"{'DoS' if attack else 'clean'}-{folder}.csv", 100.0, attack)
+
+
+@pytest.mark.parametrize("scenario, words", [("train", "is a split of its own"), ("val", "is a split of its own"),
+                                             ("../../escaped", "must be letters, digits")])
+def test_a_test_scenario_cannot_replace_a_split_or_write_outside_the_cache(tmp_path, monkeypatch, scenario, words):
+    """A scenario named "train" replaced the training split (the model trained on the test recordings,
+    exit 0, no word); "../../escaped" wrote its store above the cache folder."""
+    from kdkit.data.datasets import prepare
+    from kdkit.data.sources import DatasetSpecError
+
+    monkeypatch.setenv("KDKIT_CACHE_DIR", str(tmp_path / "cache"))
+    _spec_data(tmp_path)
+    spec = tmp_path / "spec.toml"
+    spec.write_text(f'[dataset]\nname = "clash"\nroot = "data"\ntrain_attack_free = ["free/*.csv"]\n'
+                    f'train_with_attacks = ["att/*.csv"]\n[dataset.tests]\n"{scenario}" = ["tst/*.csv"]\n')
+    with pytest.raises(DatasetSpecError, match=f"test scenario name '{scenario}' {words}"):
+        prepare(str(spec))
+
+
+def test_spec_files_refuse_two_datasets_of_one_name_absolute_globs_and_string_booleans(tmp_path):
+    from kdkit.data.datasets import prepare
+    from kdkit.data.sources import DatasetSpecError
+
+    _spec_data(tmp_path)
+    body = 'root = "data"\ntrain_attack_free = ["free/*.csv"]\n'
+    cases = {
+        "two.toml": (f'[dataset]\nname = "x"\n{body}[datasets.x]\n{body}', "declared twice"),  # one replaced the other
+        "renamed.toml": (f'[datasets.y]\nname = "x"\n{body}', "named by its key"),  # y ran as x
+        "abs.toml": (f'[dataset]\nname = "a"\nroot = "data"\ntrain_attack_free = ["{tmp_path}/data/free/*.csv"]\n',
+                     "is absolute"),  # a NotImplementedError traceback
+        "bool.json": ('{"dataset": {"name": "b", "root": "data", "train_attack_free": ["free/*.csv"], "columns": '
+                      '{"timestamp": "t", "can_id": "i", "payload": "p", "float_ids": "false"}}}',
+                      "float_ids must be true or false"),  # "false" was true
+    }
+    for name, (text, words) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(DatasetSpecError, match=words):
+            prepare(str(tmp_path / name))
+
+
+def test_a_declared_name_shadowed_by_the_registry_or_a_folder_is_said(tmp_path, monkeypatch, caplog):
+    from kdkit.data.datasets import resolve_source
+    from kdkit.data.sources import _WARNED
+
+    _spec_data(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    body = 'root = "data"\ntrain_attack_free = ["free/*.csv"]\n'
+    (tmp_path / "datasets.toml").write_text(f"[datasets.hcrl_sa]\n{body}[datasets.data]\n{body}")
+    _WARNED.clear()
+    with caplog.at_level("WARNING", logger="kdkit.data"):
+        resolve_source("hcrl_sa", data_root=str(tmp_path))
+        resolve_source("data")
+    assert "the built-in registry's hcrl_sa is used, not the dataset 'hcrl_sa' that datasets.toml declares" in caplog.text
+    assert f"the folder {tmp_path / 'data'} is used, not the dataset 'data'" in caplog.text
+
+
+def test_daga_files_in_split_folders_and_masquerade_folders(tmp_path, monkeypatch):
+    """DAGA's preset types a recording by its folder (infected/DoS/): in the can-train-and-test layout that
+    typed attacks "train_02_with_attacks"; and a recording in a Masquerade/ folder was trained on (only
+    file names were looked at)."""
+    from conftest import DAGA_HEADER, daga_rows, write_zip
+
+    from kdkit.data.datasets import PrepareConfig, discover, prepare
+
+    monkeypatch.setenv("KDKIT_CACHE_DIR", str(tmp_path / "cache"))
+    car = tmp_path / "car"
+    write_zip(car / "train_01_attack_free" / "clean-v40.can.zip", DAGA_HEADER, daga_rows(400))
+    write_zip(car / "train_02_with_attacks" / "DoS-v40.can.zip", DAGA_HEADER, daga_rows(400, attack_every=5))
+    write_zip(car / "test_01_replay" / "replay-v40.can.zip", DAGA_HEADER, daga_rows(400, attack_every=5, t0=5.0))
+    ds = prepare(str(car), PrepareConfig(window=50, stride=50))
+    types = {t for split in ds.splits.values() for t in split.attack_types}
+    assert {"DoS", "replay"} <= types and not {t for t in types if t.startswith(("train_", "test_"))}
+    write_zip(car / "train_02_with_attacks" / "Masquerade" / "V40_03.can.zip", DAGA_HEADER, daga_rows(400, 5))
+    spec = tmp_path / "daga.toml"
+    spec.write_text(f'[dataset]\nname = "d"\nroot = "{car}"\nformat = "daga"\n'
+                    'train_attack_free = ["train_01_attack_free/*"]\ntrain_with_attacks = ["train_02_with_attacks/**/*.zip"]\n')
+    files = discover(str(spec))
+    assert [p.name for p in files.excluded] == ["V40_03.can.zip"]

@@ -179,6 +179,9 @@ class ColumnMapping:
         missing = [k for k in ("timestamp", "can_id", "payload") if k not in spec]
         if missing:
             raise ValueError(f"{where}: missing key(s) {missing}")
+        for f in fields(cls):  # "false" (a string) was taken as true: float_ids = "false" read 290.0 as 0x290
+            if f.name in spec and f.type in ("bool", bool) and not isinstance(spec[f.name], bool):
+                raise ValueError(f"{where}: {f.name} must be true or false, got {spec[f.name]!r}")
         try:
             return cls(**{k: (tuple(v) if k == "payload" and isinstance(v, list) else v) for k, v in spec.items()})
         except (TypeError, ValueError) as err:
@@ -227,8 +230,13 @@ TRAILING_FIELD = "(after the last delimiter)"  # the empty field of rows that en
 
 
 def _attack_type(path: Path, mapping: ColumnMapping) -> str:
-    if mapping.attack_type_from == "folder":
-        return path.parent.name or attack_type_from_name(path)
+    """The recording's attack type: its folder's name (``attack_type_from = "folder"``, DAGA's
+    ``infected/DoS/``), unless that folder is a split of the can-train-and-test layout
+    (``train_02_with_attacks/``, ``test_01_.../``: DAGA files put there were typed "train_02_with_attacks"),
+    else the first word of its file name."""
+    folder = path.parent.name
+    if mapping.attack_type_from == "folder" and folder and not re.match(r"(train|test)_\d", folder, re.IGNORECASE):
+        return folder
     return attack_type_from_name(path)
 
 

@@ -47,7 +47,8 @@ from kdkit.data.prep import SplitStats, build_parts, excluded_block, remove_part
 from kdkit.data.progress import progress_bar
 from kdkit.data.readers import DataFormatError, Messages, attack_type_from_name, data_suffixes, zip_recording
 from kdkit.data.simulate import ensure_synthetic
-from kdkit.data.sources import DatasetSource, DatasetSpecError, declared_datasets, folder_source, resolve_custom
+from kdkit.data.sources import (DatasetSource, DatasetSpecError, declared_datasets, folder_source, resolve_custom,
+                                warn_if_shadowed)
 from kdkit.data.store import remove_stale_scratch, scratch_tag
 
 log = logging.getLogger("kdkit.data")
@@ -192,6 +193,7 @@ def resolve_source(name: str, data_root: str | Path | None = None, synthetic_see
     (``file.toml[:name]``), a folder, or a name declared in ``./datasets.toml`` or
     ``$KDKIT_DATASETS`` (see :mod:`kdkit.data.sources`)."""
     if name in REGISTRY:
+        warn_if_shadowed(name, f"the built-in registry's {name}")
         source = folder_source(dataset_dir(name, data_root, synthetic_seed), name=name)
         if name != "synthetic":
             source.searched = [root / REGISTRY[name].folder for root in data_root_candidates(data_root)]
@@ -420,7 +422,8 @@ def discover(name: str, data_root: str | Path | None = None, include_excluded: b
                 files.duplicates.append((p, seen[digest]))
                 continue
             seen[digest] = p
-            if not include_excluded and any(k in p.name.lower() for k in EXCLUDED_FROM_TRAINING):
+            # the file's name or a folder of it below the root (DAGA: infected/Masquerade/V40_03.can.zip)
+            if not include_excluded and any(k in str(p.relative_to(root)).lower() for k in EXCLUDED_FROM_TRAINING):
                 files.excluded.append(p)
                 continue
             files.train.append(p)

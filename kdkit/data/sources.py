@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -62,6 +63,8 @@ SPEC_IN_FOLDER = "kdkit-dataset.toml"
 SPEC_SEARCH = ("datasets.toml",)  # in the working directory; plus the files in $KDKIT_DATASETS
 _KEYS = {"name": str, "root": str, "format": str, "columns": dict, "channel": str, "window": int, "stride": int,
          "train_attack_free": object, "train_with_attacks": object, "tests": dict, "description": str}
+
+log = logging.getLogger("kdkit.data")
 
 
 class DatasetSpecError(ValueError):
@@ -200,7 +203,13 @@ def _load_spec_file(path: Path) -> dict[str, dict]:
     for name, table in datasets.items():
         if not isinstance(table, dict):
             raise DatasetSpecError(f"{path}: datasets.{name} must be a table")
-        out[name] = {**table, "name": table.get("name", name)}
+        if table.get("name", name) != name:  # [datasets.y] name = "x": y ran as x, sharing x's runs and caches
+            raise DatasetSpecError(f"{path}: datasets.{name} sets name = {table['name']!r}; a [datasets.<name>] "
+                                   f"table is named by its key: drop the name, or rename the table")
+        if name in out:  # [dataset] name = "x" beside [datasets.x]: one replaced the other
+            raise DatasetSpecError(f"{path}: dataset {name!r} is declared twice ([dataset] and [datasets.{name}]); "
+                                   "give each its own name")
+        out[name] = {**table, "name": name}
     if not out:
         raise DatasetSpecError(f"{path}: declares no dataset ([dataset] or [datasets.<name>])")
     return out
@@ -244,6 +253,21 @@ def source_from_spec(table: dict, spec: Path) -> DatasetSource:
     if not train_free and not train_att:
         raise DatasetSpecError(f"{where}: declares no training data (train_attack_free and/or train_with_attacks)")
     tests = {str(k): _globs(v, f"{where}: tests.{k}") for k, v in table.get("tests", {}).items()}
+    for scen in tests:
+        # a scenario's name names its split and its store file: "train" or "val" replaced that split (the model
+        # trained on the test recordings, without a word), and "../x" wrote outside the cache folder
+        if scen in ("train", "val") or scen != safe_name(scen) or scen.startswith("."):
+            raise DatasetSpecError(f"{where}: test scenario name {scen!r} " + (
+                "is a split of its own (the training or validation windows): name it e.g. 'test_train_drive'"
+                if scen in ("train", "val") else
+                f"must be letters, digits, '-', '_' or '.' and not start with '.' (it names files), e.g. "
+                f"{safe_name(scen).lstrip('.') or 'test_01'!r}"))
+    for key, globs in (("train_attack_free", train_free), ("train_with_attacks", train_att),
+                       *((f"tests.{k}", v) for k, v in tests.items())):
+        absolute = [g for g in globs if Path(g).expanduser().is_absolute()]
+        if absolute:  # (pathlib's glob raised NotImplementedError: a traceback)
+            raise DatasetSpecError(f"{where}: {key} glob {absolute[0]!r} is absolute; globs are relative to the "
+                                   f"dataset's root ({root}): set root to a folder above the recordings")
     fmt = table.get("format", "auto")
     known_formats = ["auto", *PRESETS]
     if fmt not in known_formats:
@@ -289,14 +313,39 @@ def spec_search_path() -> list[Path]:
 
 
 def declared_datasets() -> dict[str, Path]:
-    """Every dataset name declared in the spec search path -> its spec file (first wins)."""
+    """Every dataset name declared in the spec search path -> its spec file (first wins; a name
+    declared in two files is warned about, once per process)."""
     out: dict[str, Path] = {}
     for spec in spec_search_path():
         if not spec.is_file():
             raise DatasetSpecError(f"{spec}: listed in $KDKIT_DATASETS but does not exist")
         for name in _load_spec_file(spec):
+            if name in out and out[name].resolve() != spec.resolve():
+                _warn_once(f"dataset {name!r} is declared in {out[name]} and in {spec}: {out[name]}'s is used "
+                           f"($KDKIT_DATASETS comes before ./datasets.toml); rename one")
             out.setdefault(name, spec)
     return out
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        log.warning("%s", message)
+
+
+def warn_if_shadowed(name: str, used: str) -> None:
+    """``name`` is also declared in a spec of the search path, but ``used`` (a registry dataset, a
+    folder of that name) wins: said once, naming both (it was resolved without a word)."""
+    try:
+        declared = declared_datasets()
+    except DatasetSpecError:
+        return
+    if name in declared:
+        _warn_once(f"--dataset {name}: {used} is used, not the dataset {name!r} that {declared[name]} declares; "
+                   f"rename that one to use it")
 
 
 def resolve_custom(text: str) -> DatasetSource | None:
@@ -315,6 +364,7 @@ def resolve_custom(text: str) -> DatasetSource | None:
                                    f"name one as {path}:<name>")
         return source_from_spec(next(iter(tables.values())), path)
     if path.is_dir():
+        warn_if_shadowed(text, f"the folder {path.resolve()}")
         return folder_source(path)
     declared = declared_datasets()
     if text in declared:
