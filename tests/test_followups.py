@@ -416,3 +416,25 @@ def test_daga_files_in_split_folders_and_masquerade_folders(tmp_path, monkeypatc
                     'train_attack_free = ["train_01_attack_free/*"]\ntrain_with_attacks = ["train_02_with_attacks/**/*.zip"]\n')
     files = discover(str(spec))
     assert [p.name for p in files.excluded] == ["V40_03.can.zip"]
+
+
+def test_recordings_without_labels_in_attack_or_test_folders_are_named(tmp_path, monkeypatch):
+    """A logger file without a sidecar (or OTIDS text) in train_02_with_attacks or a test folder: every
+    window counted as normal, its attacks trained and tested as normal, without a word."""
+    from kdkit.data.datasets import PrepareConfig, format_info, prepare
+
+    monkeypatch.setenv("KDKIT_CACHE_DIR", str(tmp_path / "cache"))
+    car = tmp_path / "car"
+
+    def log(path: Path, t0: float) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(f"({t0 + k / 500:.6f}) can0 {0x100 + k % 5:03X}#{k % 256:02X}11\n" for k in range(400)))
+
+    log(car / "train_01_attack_free" / "clean.log", 1000.0)
+    log(car / "train_02_with_attacks" / "dos.log", 2000.0)
+    log(car / "test_01_dos" / "dos2.log", 3000.0)
+    log(car / "test_01_dos" / "dos3.log", 4000.0)
+    (car / "test_01_dos" / "dos3.log.labels.csv").write_text("start,end,attack_type\n4000.2,4000.3,DoS\n")
+    ds = prepare(str(car), PrepareConfig(window=50, stride=50))
+    assert sorted(Path(p).name for p in ds.info["unlabelled"]) == ["dos.log", "dos2.log"]
+    assert "dos2.log carries no attack labels" in format_info("car", ds)

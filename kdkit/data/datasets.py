@@ -45,7 +45,8 @@ from kdkit.data.graphs import GRAPH_FORMAT_VERSION, GraphSet, GraphStoreError, I
 from kdkit.data.loggers import ALL_CHANNELS, MixedChannelsError, channel_counts, label_sidecar, read_channel
 from kdkit.data.prep import SplitStats, build_parts, excluded_block, remove_parts, vocab_ids, write_split
 from kdkit.data.progress import progress_bar
-from kdkit.data.readers import DataFormatError, Messages, attack_type_from_name, data_suffixes, zip_recording
+from kdkit.data.readers import (LOGGER_SUFFIXES, DataFormatError, Messages, attack_type_from_name, data_suffixes,
+                                zip_recording)
 from kdkit.data.simulate import ensure_synthetic
 from kdkit.data.sources import (DatasetSource, DatasetSpecError, declared_datasets, folder_source, resolve_custom,
                                 warn_if_shadowed)
@@ -486,7 +487,7 @@ class PreparedDataset:
 # window, attack-labelled messages in attack-free training recordings, test recordings that are training ones or
 # repeat another scenario's; a logger file's label sidecar is part of the key). A store of another version is
 # rebuilt, not reused with old numbers.
-STORE_VERSION = 5
+STORE_VERSION = 6
 
 
 def cache_key(files: DatasetFiles, config: PrepareConfig) -> str:
@@ -716,6 +717,10 @@ def skipped_rows_report(info: dict) -> list[str]:
         lines.append(f"  {path} is an attack-free training recording (train_attack_free) but {n:,} of its messages are "
                      f"labelled attack: a file in the wrong folder, or labels to check (its windows are trained on "
                      f"with the labels as they are)")
+    for path in info.get("unlabelled", []):
+        lines.append(f"  {path} carries no attack labels (a logger file without a .labels.csv sidecar, or a format "
+                     f"without labels): every window of it counts as normal, in a folder for recordings with attacks "
+                     f"or tests; give it a sidecar if it holds attacks")
     for path, note in info.get("timing", {}).items():
         lines.append(f"  timestamps of {path}: {note}")
     for path, t in info.get("timelines", {}).items():
@@ -789,6 +794,7 @@ def _build(name: str, files: DatasetFiles, config: PrepareConfig, store: Path, k
                 "source": files.source.describe() if files.source else None,
                 "missing_scenarios": dict(files.missing_scenarios), "dropped_frames": dropped, "timelines": timelines,
                 "timing": timing, "no_windows": no_windows, "attacks_in_attack_free": attacks_in_free,
+                "unlabelled": _unlabelled(files),
                 "messages_read": sum(part.messages for part in parts.values())}
         for scen, paths in _scenarios(files).items():
             selections[scen] = []
@@ -839,6 +845,19 @@ def _split_info(stats: SplitStats) -> dict:
             "nodes_mean": float(nn.mean()) if len(nn) else 0.0, "nodes_std": float(nn.std()) if len(nn) else 0.0,
             "edges_mean": float(ne.mean()) if len(ne) else 0.0, "edges_std": float(ne.std()) if len(ne) else 0.0,
             "files": stats.files}
+
+
+def _unlabelled(files: DatasetFiles) -> list[str]:
+    """Recordings of the with-attacks training folders and the test scenarios whose reader has no labels
+    for them (a logger file without a ``.labels.csv`` sidecar, the OTIDS text format): their windows all
+    count as normal, and an attack in them was trained on, or tested, as normal without a word."""
+    def label_less(path: Path) -> bool:
+        if Path(path.name.lower().removesuffix(".gz")).suffix in LOGGER_SUFFIXES:
+            return label_sidecar(path) is None
+        return files.source is not None and files.source.format == "otids"
+
+    with_attacks = [p for p in files.train if p not in files.attack_free]
+    return [str(p) for p in [*with_attacks, *(p for paths in files.tests.values() for p in paths)] if label_less(p)]
 
 
 def format_info(name: str, ds: PreparedDataset) -> str:
