@@ -109,7 +109,7 @@ class TrainConfig:
                                    "train_excluded_*)", group=GRAPHS)
     on_bad_rows: str = param("error", "malformed input rows (bad fields, time going backwards): stop with file:line, "
                              "or skip and count them", choices=("error", "skip"), group=GRAPHS)
-    synthetic_seed: int = param(0, "seed of the built-in synthetic dataset", group=GRAPHS)
+    synthetic_seed: int = param(0, "seed of the built-in synthetic dataset", group=GRAPHS, low=0)
     # --- model (None = the preset of model/type)
     hidden: Optional[int] = param(None, "hidden channels per head", group=MODEL, low=1)
     layers: Optional[int] = param(None, "GAT layers (VGAE: encoder/decoder layers)", group=MODEL, low=1)
@@ -151,7 +151,7 @@ class TrainConfig:
                             group=OPTIM, choices=("sqrt", "linear", "none"))
     class_weighting: bool = param(True, "weight cross-entropy by inverse class frequency", group=OPTIM)
     patience: int = param(5, "early stopping: epochs without improvement of the monitored metric", group=OPTIM, low=1)
-    seed: int = param(0, "seeds weights, shuffling and id_dropout", group=OPTIM)
+    seed: int = param(0, "seeds weights, shuffling and id_dropout", group=OPTIM, low=0)
     # --- knowledge distillation (student with a teacher)
     kd_temperature: float = param(4.0, "T in alpha*T^2*KL(softmax(t/T)||softmax(s/T)) + (1-alpha)*CE", group=KD,
                                   low=1e-3, high=100, panel=True)
@@ -197,7 +197,8 @@ class TrainConfig:
     max_batch_size: int = param(1024, "batch sizer upper bound", group=HARDWARE, low=1)
     # --- output
     run_name: Optional[str] = param(None, "runs/<run_name>/ (default: <dataset>_<model>_<type>, a distilled "
-                                    "student <dataset>_<model>_student_kd)", group=OUTPUT)
+                                    "student <dataset>_<model>_student_kd)", group=OUTPUT,
+                                    check=lambda v: _one_folder(v))
     runs_dir: str = param("runs", "parent of run folders (the graph cache and the synthetic data stay in "
                                         "./runs/cache and ./runs/data: --cache-dir moves both)", group=OUTPUT)
     overwrite: bool = param(False, "replace an existing run folder of the same name (else a reused run name is "
@@ -294,6 +295,16 @@ def _check_value(spec: FieldSpec, value: Any) -> Any:
         except (ValueError, OSError) as err:
             raise ValueError(f"config key {key!r}: {err}") from None
     return value
+
+
+def _one_folder(name: str | None) -> None:
+    """A run name is one folder below ``runs_dir``: ``../x``, ``..`` or an absolute path wrote a run (and
+    ``--overwrite`` would remove files) outside it."""
+    if name is None:
+        return
+    if not name.strip() or name in (".", "..") or "/" in name or "\\" in name or name != name.strip():
+        raise ValueError(f"{name!r}: a run name is one folder name below runs_dir (no '/', not '.' or '..', "
+                         "not empty); choose where runs go with --runs-dir")
 
 
 def _below_one(share: float) -> None:

@@ -438,3 +438,44 @@ def test_recordings_without_labels_in_attack_or_test_folders_are_named(tmp_path,
     ds = prepare(str(car), PrepareConfig(window=50, stride=50))
     assert sorted(Path(p).name for p in ds.info["unlabelled"]) == ["dos.log", "dos2.log"]
     assert "dos2.log carries no attack labels" in format_info("car", ds)
+
+
+# ----------------------------------------------------------------------------- a review of the command line
+def test_an_output_that_is_one_of_the_commands_inputs_is_refused(tmp_path, capsys):
+    """detect --alarms REC emptied the recording it was to read; export --out best.pt replaced the
+    checkpoint; calibrate --out onto a --clean recording; report --html --out metrics.json (exit 0 all)."""
+    rec = tmp_path / "rec.csv"
+    data = _ctt(rec, 100.0, False)
+    ckpt = tmp_path / "best.pt"
+    ckpt.write_bytes(b"checkpoint")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text("{}")
+    cases = [(["detect", "--checkpoint", str(ckpt), "--input", str(rec), "--alarms", str(rec)], "--alarms"),
+             (["detect", "--checkpoint", str(ckpt), "--input", str(rec), "--summary", str(ckpt)], "--summary"),
+             (["export", "--checkpoint", str(ckpt), "--out", str(ckpt)], "--out"),
+             (["calibrate", "--checkpoint", str(ckpt), "--clean", str(rec), "--out", str(rec)], "--out"),
+             (["report", str(run), "--html", "--out", str(run / "metrics.json")], "--out")]
+    for argv, flag in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"kdkit: error: {flag} " in err and ("this command reads" in err or "not a report page" in err)
+    assert rec.read_bytes() == data and ckpt.read_bytes() == b"checkpoint"
+    assert (run / "metrics.json").read_text() == "{}"
+
+
+def test_run_names_seeds_and_nodes_that_would_lose_or_hang_are_refused_first(tmp_path, monkeypatch, capsys):
+    """--run-name ../x wrote outside --runs-dir (and --overwrite would clear it); --overwrite removed the
+    old run, then --seed -1 failed in numpy; --num-nodes 2 outside SLURM waited for ever."""
+    for key in ("SLURM_JOB_ID", "MASTER_ADDR", "NODE_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    run = tmp_path / "runs" / "keep"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    base = ["train", "--dataset", "synthetic", "--runs-dir", str(tmp_path / "runs"), "--epochs", "1"]
+    for extra, words in ((["--run-name", "../escape"], "a run name is one folder name"),
+                         (["--run-name", "keep", "--overwrite", "--seed", "-1"], "config key 'seed': must be >= 0"),
+                         (["--num-nodes", "2"], "here it would wait for them for ever")):
+        assert main([*base, *extra]) == 2
+        assert words in capsys.readouterr().err
+    assert (run / "config.json").read_text() == "{}" and not (tmp_path / "escape").exists()

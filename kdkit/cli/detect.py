@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from kdkit.cli.main import COMMANDS
+from kdkit.cli.main import COMMANDS, refuse_overwriting_inputs
 from kdkit.stream.detector import ENGINES, MODEL_ENGINES, Detector
 from kdkit.stream.run import BusError, Terminated, run_detection
 from kdkit.training.checkpoint import wrong_recording_kind
@@ -76,6 +76,8 @@ def _check_input(args: argparse.Namespace) -> None:
 def cmd_detect(args: argparse.Namespace) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="kdkit detect: %(levelname)s: %(message)s", stream=sys.stderr)
+    refuse_overwriting_inputs({"--alarms": args.alarms, "--summary": args.summary},
+                              {"--input": args.input, "--checkpoint": args.checkpoint, "--model": args.model})
     _check_options(args)
     _check_input(args)
     if args.threads:

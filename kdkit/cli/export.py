@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from kdkit.cli.main import COMMANDS
+from kdkit.cli.main import COMMANDS, refuse_overwriting_inputs
 from kdkit.deploy.export import export_checkpoint
 
 
 def cmd_export(args) -> int:
+    if args.out:  # the package, and the .json and .npz beside it
+        base = Path(args.out)
+        refuse_overwriting_inputs({"--out": args.out, "--out's .json": str(base.with_suffix(".json")),
+                                   "--out's .npz": str(base.with_suffix(".npz"))}, {"--checkpoint": args.checkpoint})
     result = export_checkpoint(args.checkpoint, args.out, threads=args.threads)
     if args.json:
         print(json.dumps(result, indent=2))

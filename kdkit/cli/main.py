@@ -102,6 +102,25 @@ def cache_dir_env(cache_dir: str | None):
                 os.environ[key] = value
 
 
+def refuse_overwriting_inputs(outputs: dict[str, str | None], inputs: dict[str, str | list | None]) -> None:
+    """An output path that is one of the command's own inputs is refused before anything is read or
+    written: ``kdkit detect --input rec.csv --alarms rec.csv`` emptied the recording, ``kdkit export --out
+    best.pt`` replaced the checkpoint with the package (exit 0 both).
+
+    Raises:
+        ValueError: naming both flags and the path.
+    """
+    for flag, out in outputs.items():
+        if not out:
+            continue
+        target = os.path.realpath(os.path.expanduser(out))
+        for in_flag, values in inputs.items():
+            for value in values if isinstance(values, (list, tuple)) else [values]:
+                if value and os.path.realpath(os.path.expanduser(value)) == target:
+                    raise ValueError(f"{flag} {out} is the {in_flag} this command reads: writing it would replace "
+                                     f"that file; choose another {flag}")
+
+
 def _command(argv: list[str]) -> str | None:
     return next((a for a in argv if not a.startswith("-")), None)
 

@@ -14,6 +14,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist (kdkit report takes a run folder, a folder of runs, a sweep "
                                 "folder or an executed notebook)")
+    if args.out and Path(args.out).is_file() and Path(args.out).suffix.lower() not in (".html", ".htm"):
+        # (`--out runs/x/metrics.json` replaced the run's metrics with the page)
+        raise ValueError(f"--out {args.out} is an existing {Path(args.out).suffix or 'extension-less'} file, not a "
+                         "report page: writing it would replace it; give a new .html path")
+    if args.out and not args.html and path.suffix != ".ipynb":
+        raise ValueError(f"--out {args.out} names the HTML page: add --html (without it the text summary is printed)")
     if (path / RESULTS_FILE).is_file():  # a sweep folder
         print(build_sweep_report(path, args.out) if args.html else sweep_text(path))
     elif args.html or path.suffix == ".ipynb":

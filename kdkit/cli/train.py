@@ -72,6 +72,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ValueError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to a SLURM job only: "
                              "add --use-slurm (with --dry-run it prints the job's script and submits nothing); "
                              "without it kdkit train trains here")
+    if not args.use_slurm and overrides.get("num_nodes", 1) > 1 and not (
+            os.environ.get("SLURM_JOB_ID") or os.environ.get("MASTER_ADDR") or os.environ.get("NODE_RANK")):
+        # outside a SLURM allocation or a launcher that wires the nodes up, rank zero waited for ever for nodes
+        # that nobody started
+        raise ValueError(f"--num-nodes {overrides['num_nodes']}: the other nodes' processes are started by SLURM "
+                         "(add --use-slurm, or run this inside an allocation with srun) or by a launcher that sets "
+                         "MASTER_ADDR and NODE_RANK (torchrun); here it would wait for them for ever")
     worker = os.environ.get("LOCAL_RANK", "0") not in ("", "0")  # a DDP worker: rank zero says it
     if overrides.get("type") == "student" and not overrides.get("teacher") and not args.no_teacher and not worker:
         print("note: training a student without --teacher (no distillation); pass --teacher PATH to distill")
