@@ -208,6 +208,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_combination({"type": self.type, "teacher": self.teacher})
+        if self.min_batch_size > self.max_batch_size:  # the sizer answered min_batch_size, above its own bound
+            raise ValueError(f"config keys min_batch_size {self.min_batch_size} > max_batch_size "
+                             f"{self.max_batch_size}: the batch sizer's bounds are the wrong way round")
         if self.stride is None:  # non-overlapping windows of the chosen size
             object.__setattr__(self, "stride", self.window)
 

@@ -479,3 +479,24 @@ def test_run_names_seeds_and_nodes_that_would_lose_or_hang_are_refused_first(tmp
         assert main([*base, *extra]) == 2
         assert words in capsys.readouterr().err
     assert (run / "config.json").read_text() == "{}" and not (tmp_path / "escape").exists()
+
+
+def test_outputs_and_option_pairs_that_failed_late_or_were_ignored_are_refused_first(tmp_path, capsys):
+    """detect --summary into a missing folder failed after the run (a live bus: hours, then a traceback);
+    a folder as report --out was a traceback; --resume with --overwrite resumed and ignored --overwrite;
+    min_batch_size above max_batch_size was the sizer's answer."""
+    rec = tmp_path / "rec.csv"
+    _ctt(rec, 100.0, False)
+    ckpt = tmp_path / "best.pt"
+    ckpt.write_bytes(b"checkpoint")
+    (tmp_path / "run").mkdir()
+    cases = [(["detect", "--checkpoint", str(ckpt), "--input", str(rec), "--summary", str(tmp_path / "no" / "s.json")],
+              "--summary " + str(tmp_path / "no" / "s.json") + ": its folder"),
+             (["detect", "--checkpoint", str(ckpt), "--input", str(rec), "--alarms", str(tmp_path)], "is a folder"),
+             (["report", str(tmp_path / "run"), "--html", "--out", str(tmp_path)], "is a folder"),
+             (["train", "--dataset", "synthetic", "--resume", "auto", "--overwrite"], "give one of them"),
+             (["batch-size", "--dataset", "synthetic", "--min-batch-size", "100", "--max-batch-size", "10"],
+              "the wrong way round")]
+    for argv, words in cases:
+        assert main(argv) == 2
+        assert words in capsys.readouterr().err

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from kdkit.cli.main import COMMANDS, refuse_overwriting_inputs
+from kdkit.cli.main import COMMANDS, check_output_file, refuse_overwriting_inputs
 from kdkit.stream.detector import ENGINES, MODEL_ENGINES, Detector
 from kdkit.stream.run import BusError, Terminated, run_detection
 from kdkit.training.checkpoint import wrong_recording_kind
@@ -42,7 +42,10 @@ def _detector(args: argparse.Namespace) -> Detector:
 
 
 def _check_options(args: argparse.Namespace) -> None:
-    """Refuse numeric options that make no sense before the model is loaded (the option and value named)."""
+    """Refuse numeric options that make no sense before the model is loaded (the option and value named),
+    and output files that could not be written at the end."""
+    check_output_file("--alarms", args.alarms)
+    check_output_file("--summary", args.summary)
     for name, value in (("--max-seconds", args.max_seconds), ("--stall-seconds", args.stall_seconds)):
         if value is not None and not value > 0:  # (NaN too)
             raise ValueError(f"{name} must be > 0, got {value}")

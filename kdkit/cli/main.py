@@ -121,6 +121,23 @@ def refuse_overwriting_inputs(outputs: dict[str, str | None], inputs: dict[str, 
                                      f"that file; choose another {flag}")
 
 
+def check_output_file(flag: str, path: str | None) -> None:
+    """An output file is checked before the work that fills it: a folder, or a path whose folder does not
+    exist, failed after the run (``kdkit detect --summary``: hours of a live bus, then a traceback).
+
+    Raises:
+        ValueError: naming the flag and the path.
+    """
+    if not path:
+        return
+    target = os.path.expanduser(path)
+    if os.path.isdir(target):
+        raise ValueError(f"{flag} {path} is a folder: give a file path in it")
+    folder = os.path.dirname(os.path.abspath(target))
+    if not os.path.isdir(folder):
+        raise ValueError(f"{flag} {path}: its folder {folder} does not exist")
+
+
 def _command(argv: list[str]) -> str | None:
     return next((a for a in argv if not a.startswith("-")), None)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from kdkit.cli.main import COMMANDS
+from kdkit.cli.main import COMMANDS, check_output_file
 from kdkit.reporting.html import build_html, text_summary
 from kdkit.reporting.sweep import RESULTS_FILE, build_sweep_report, sweep_text
 
@@ -14,6 +14,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist (kdkit report takes a run folder, a folder of runs, a sweep "
                                 "folder or an executed notebook)")
+    check_output_file("--out", args.out)
     if args.out and Path(args.out).is_file() and Path(args.out).suffix.lower() not in (".html", ".htm"):
         # (`--out runs/x/metrics.json` replaced the run's metrics with the page)
         raise ValueError(f"--out {args.out} is an existing {Path(args.out).suffix or 'extension-less'} file, not a "

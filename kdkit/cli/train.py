@@ -72,6 +72,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ValueError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to a SLURM job only: "
                              "add --use-slurm (with --dry-run it prints the job's script and submits nothing); "
                              "without it kdkit train trains here")
+    if args.resume and overrides.get("overwrite"):  # (the run resumed and --overwrite was ignored)
+        raise ValueError(f"--resume {args.resume} continues the run folder's run and --overwrite replaces it: give "
+                         "one of them")
     if not args.use_slurm and overrides.get("num_nodes", 1) > 1 and not (
             os.environ.get("SLURM_JOB_ID") or os.environ.get("MASTER_ADDR") or os.environ.get("NODE_RANK")):
         # outside a SLURM allocation or a launcher that wires the nodes up, rank zero waited for ever for nodes
