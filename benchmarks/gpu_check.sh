@@ -20,6 +20,7 @@
 #              (attention "auto" and "stock" give the same loss and gradients on a real batch, up to
 #              CUDA's summation order),
 #              and a CUDA-trained state_dict scores the same on CPU with the fused kernel
+#   fp16       one epoch at 16-mixed with gradient clipping trains, and last.pt holds the loss scale
 # Data: hcrl_sa when $KDKIT_DATA_ROOT (or ../shared/data/can-train-and-test) holds it, else
 # the built-in synthetic dataset (simulated on first use).
 set -euo pipefail
@@ -196,7 +197,25 @@ def attention():
             "fused_on_cuda": any(on_cuda), "cuda_loss": losses, "cpu_fused_vs_stock": [fused_cpu, stock_cpu]}
 
 
-for name, fn in (("precision", precision), ("sizer", sizer), ("oom", oom), ("bench", bench), ("attention", attention)):
+def fp16():
+    """16-mixed with gradient clipping (the default grad_clip 1.0): on a V100/T4 (precision auto) every such
+    run died on its first step (a fused AdamW under a GradScaler; fixed 2026-12-07 and tested on a CPU
+    stand-in only). One epoch of a small student, and its checkpoint holds the loss scale a resume restores."""
+    import tempfile
+
+    from kdkit.workflows.run import train as train_run
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run = make_config(model="gat", type="student", dataset=out["dataset"], accelerator="cuda", precision="16-mixed",
+                          epochs=1, grad_clip=1.0, runs_dir=tmp, run_name="fp16", save_compat=False)
+        s = train_run(run, progress=False, data=data)
+        ck = torch.load(s["last_checkpoint"], weights_only=True)
+    return {"passed": s["precision"] == "16-mixed" and bool(ck.get("loss_scaler")), "precision": s["precision"],
+            "loss_scale": (ck.get("loss_scaler") or {}).get("scale"), "test_f1": s["test"]["overall"]["f1"]}
+
+
+for name, fn in (("precision", precision), ("sizer", sizer), ("oom", oom), ("bench", bench), ("attention", attention),
+                 ("fp16", fp16)):
     check(name, fn)
 from kdkit.training.hardware import machine_info
 
