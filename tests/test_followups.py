@@ -500,3 +500,27 @@ def test_outputs_and_option_pairs_that_failed_late_or_were_ignored_are_refused_f
     for argv, words in cases:
         assert main(argv) == 2
         assert words in capsys.readouterr().err
+
+
+def test_empty_paths_odd_scales_and_probability_thresholds_are_refused(tmp_path, monkeypatch, capsys):
+    """An empty string was the current folder (evaluate --input '' read it recursively, report '' summarised
+    every run under it, --dataset '' took it as a dataset); simulate --scale inf/nan was a traceback;
+    evaluate --input --threshold -1 of a GAT alarmed on every window (kdkit detect refused it)."""
+    monkeypatch.chdir(tmp_path)
+    cases = [(["evaluate", "--checkpoint", "x.pt", "--input", ""], "--input '': an empty path"),
+             (["report", ""], "an empty path"),
+             (["data", "info", "--dataset", ""], "an empty name"),
+             (["data", "simulate", "--out", str(tmp_path / "s"), "--scale", "inf"], "positive finite numbers"),
+             (["data", "simulate", "--out", str(tmp_path / "s"), "--scale", "nan"], "positive finite numbers")]
+    for argv, words in cases:
+        assert main(argv) == 2
+        assert words in capsys.readouterr().err
+
+
+def test_a_gat_threshold_outside_zero_one_is_refused_by_evaluate_input(student_checkpoint, tmp_path):
+    from kdkit.workflows.scoring import load_scoring_model
+
+    for bad in (-1.0, 5.0):
+        with pytest.raises(ValueError, match="is outside \\[0, 1\\]"):
+            load_scoring_model(student_checkpoint, threshold=bad)
+    assert load_scoring_model(student_checkpoint, threshold=0.3).threshold == 0.3

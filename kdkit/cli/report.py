@@ -10,6 +10,8 @@ from kdkit.reporting.sweep import RESULTS_FILE, build_sweep_report, sweep_text
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    if not args.path.strip():  # "" was the current folder: every run under it summarised
+        raise ValueError("kdkit report '': an empty path; name a run folder, a folder of runs, a sweep or a notebook")
     path = Path(args.path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist (kdkit report takes a run folder, a folder of runs, a sweep "

@@ -211,6 +211,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    if args.input and any(not item.strip() for item in args.input):  # "" was the current folder, read recursively
+        raise ValueError("--input '': an empty path; name the recordings or folders to score")
     if args.input:
         for flag, value in (("--dataset", args.dataset), ("--data-root", args.data_root)):
             if value is not None:

@@ -193,6 +193,9 @@ def resolve_source(name: str, data_root: str | Path | None = None, synthetic_see
     """What ``--dataset name`` means: a registry key (under ``data_root``), a spec file
     (``file.toml[:name]``), a folder, or a name declared in ``./datasets.toml`` or
     ``$KDKIT_DATASETS`` (see :mod:`kdkit.data.sources`)."""
+    if not str(name).strip():  # "" was the current folder, taken as a dataset folder
+        raise ValueError(f"--dataset {name!r}: an empty name; give a registry key ({', '.join(REGISTRY)}), a dataset "
+                         "folder or a spec file")
     if name in REGISTRY:
         warn_if_shadowed(name, f"the built-in registry's {name}")
         source = folder_source(dataset_dir(name, data_root, synthetic_seed), name=name)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import gzip as _gzip
 import hashlib
 import json
+import math
 import os
 import zlib
 from dataclasses import dataclass
@@ -351,8 +352,8 @@ def simulate(out_dir: str | os.PathLike, seed: int = 0, duration_s: float = 10.0
     Returns:
         The output folder as a ``Path``.
     """
-    if scale <= 0 or duration_s <= 0:
-        raise ValueError("scale and duration_s must be positive")
+    if not (math.isfinite(scale) and scale > 0 and math.isfinite(duration_s) and duration_s > 0):
+        raise ValueError(f"scale {scale} and duration_s {duration_s}: both must be positive finite numbers")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / "manifest.json"

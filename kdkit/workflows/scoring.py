@@ -180,6 +180,12 @@ def load_scoring_model(path: str | Path, what: str = "scored", threshold: float 
     stored = float(ckpt.get("threshold", 0.5))
     if threshold is not None and not np.isfinite(threshold):
         raise ValueError(f"--threshold {threshold}: must be a finite number")
+    if threshold is not None and model.objective == "classify" and not 0.0 <= threshold <= 1.0:
+        # a GAT's score is an attack probability: -1 alarmed on every window and 5 on none, exit 0 (kdkit detect
+        # refused both)
+        raise ValueError(f"--threshold {threshold} is outside [0, 1]: {path.name}'s score is an attack probability, "
+                         f"so {'no window' if threshold > 1 else 'every window'} would alarm; leave --threshold out "
+                         "for the model's own")
     return ScoringModel(path, ckpt, model, IdVocab.from_list(ckpt["vocab"]), graph,
                         stored if threshold is None else float(threshold))
 
