@@ -369,8 +369,9 @@ def refit(record: dict, data_root: str | None = None, unknown_vehicle: str | Non
                 ckpt["model"] = model.state_dict()
                 before = file_sha256(path)
                 atomic_torch_save(ckpt, path)
-                if role == "teacher" and file_sha256(path) != before:
-                    rewritten[before] = file_sha256(path)
+                after = file_sha256(path)
+                if role == "teacher" and after != before:
+                    rewritten[before] = after
                 res = evaluate_model(model, data.splits, float(ckpt.get("threshold", 0.0)), progress=False,
                                      repeats=repeated_tests(data.info))
                 run["scenarios"] = scenario_brief(res["scenarios"])

@@ -343,29 +343,27 @@ def _inner_name(path: Path) -> str | None:
 def inflated_sha256(path: Path) -> str:
     """SHA-256 of a ``.gz`` or ``.zip`` recording's inflated bytes (equal to :func:`file_sha256` of its
     uncompressed copy), memoised as :func:`file_sha256` is."""
-    st = path.stat()
-    memo_key = ("inflated", str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    if memo_key not in _HASH_MEMO:
-        h = hashlib.sha256()
-        with contextlib.ExitStack() as stack:
-            if path.name.lower().endswith(".zip"):
-                zf = stack.enter_context(zipfile.ZipFile(path))
-                handle = stack.enter_context(zf.open(zip_recording(zf, path)))
-            else:
-                handle = stack.enter_context(gzip.open(path, "rb"))
-            for chunk in iter(lambda: handle.read(1 << 22), b""):
-                h.update(chunk)
-        _HASH_MEMO[memo_key] = h.hexdigest()
-    return _HASH_MEMO[memo_key]
+    return _memo_sha256(path, inflated=True)
 
 
 def file_sha256(path: Path) -> str:
     """Content hash, memoised per (path, inode, size, mtime, ctime) for this process."""
+    return _memo_sha256(path, inflated=False)
+
+
+def _memo_sha256(path: Path, inflated: bool) -> str:
     st = path.stat()
-    memo_key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    memo_key = (inflated, str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     if memo_key not in _HASH_MEMO:
         h = hashlib.sha256()
-        with open(path, "rb") as handle:
+        with contextlib.ExitStack() as stack:
+            if not inflated:
+                handle = stack.enter_context(open(path, "rb"))
+            elif path.name.lower().endswith(".zip"):
+                zf = stack.enter_context(zipfile.ZipFile(path))
+                handle = stack.enter_context(zf.open(zip_recording(zf, path)))
+            else:
+                handle = stack.enter_context(gzip.open(path, "rb"))
             for chunk in iter(lambda: handle.read(1 << 22), b""):
                 h.update(chunk)
         _HASH_MEMO[memo_key] = h.hexdigest()

@@ -627,11 +627,14 @@ class FabricTrainer:
         """``should_stop`` (the panel's Stop button), asked after every epoch. Only rank zero has it: under
         DDP the ranks agree (an all-reduce every rank makes), or rank zero alone left the loop and the
         others' next collective failed ("connection reset": no summary, no test results)."""
-        asked = self.should_stop is not None and bool(self.should_stop())
+        return self._any_rank(self.should_stop is not None and bool(self.should_stop()))
+
+    def _any_rank(self, flag: bool) -> bool:
+        """Whether any rank says ``flag`` (an all-reduce every rank makes; one process: its own)."""
         if self.fabric.world_size == 1:
-            return asked
-        flag = torch.tensor(float(asked), device=self.fabric.device)
-        return bool(self.fabric.all_reduce(flag, reduce_op="sum") > 0)
+            return flag
+        total = self.fabric.all_reduce(torch.tensor(float(flag), device=self.fabric.device), reduce_op="sum")
+        return bool(total > 0)
 
     def _stop_now(self, done: int) -> bool:
         """Whether to stop before loader batch ``done`` (or at a check outside the batches).
@@ -645,8 +648,7 @@ class FabricTrainer:
             return self.stop.requested()
         if done % LOSS_READ_EVERY:
             return False
-        flag = torch.tensor(float(self.stop.requested()), device=fabric.device)
-        return bool(fabric.all_reduce(flag, reduce_op="sum") > 0)
+        return self._any_rank(self.stop.requested())
 
     def _stop(self, task, optimizer, scheduler, epoch, done, step, best, bad, history, extra, best_tie,
               losses: _StepLosses, last_path: Path) -> None:
