@@ -329,6 +329,29 @@ def check_combination(values: dict[str, Any]) -> None:
                          "alone and would ignore it: drop --teacher, or set --type student to distil from it")
 
 
+# keys only some model families read: key -> those families (the others accept the key and ignore it)
+FAMILY_KEYS: dict[str, tuple[str, ...]] = {
+    "latent_dim": ("vgae", "fusion"), "threshold_rule": ("vgae",), "threshold_quantile": ("vgae",),
+    "vgae_score": ("vgae",), "combiner": ("fusion",), "unknown_vehicle": ("fusion",), "fusion_quantile": ("fusion",),
+    "class_weighting": ("gat", "fusion"), "kd_latent_weight": ("vgae",), "kd_edge_weight": ("vgae",),
+    "kd_augment": ("vgae",), "kd_augment_weight": ("vgae",), "kd_score_weight": ("fusion",)}
+
+
+def keys_without_effect(cfg: TrainConfig, given) -> list[str]:
+    """The keys among ``given`` (the ones a user set) that ``cfg``'s run does not read, each with
+    why: a KD key without a teacher, a VGAE key on a GAT run, ``threshold_quantile`` under the
+    Youden rule. They were accepted and recorded in config.json as if they had shaped the run."""
+    notes = []
+    for key in given:
+        if key.startswith("kd_") and not (cfg.type == "student" and cfg.teacher):
+            notes.append(f"{key} (distillation: --type student --teacher PATH)")
+        elif key in FAMILY_KEYS and cfg.model not in FAMILY_KEYS[key]:
+            notes.append(f"{key} (read by {' and '.join(FAMILY_KEYS[key])} runs; this run is {cfg.model})")
+        elif key == "threshold_quantile" and cfg.threshold_rule == "youden":
+            notes.append(f"{key} (read by threshold_rule quantile; this run uses youden)")
+    return notes
+
+
 def validate_overrides(overrides: dict[str, Any], cls: type = TrainConfig) -> dict[str, Any]:
     """Check keys, types, choices and ranges of user overrides, and the keys given together
     (:func:`check_combination`); return them with ints widened to floats.

@@ -16,7 +16,7 @@ from kdkit.bench import preprocess as bench
 from kdkit.bench.detect import bench_live, bench_replay
 from kdkit.bench.infer import bench_infer
 from kdkit.bench.train import bench_train
-from kdkit.cli.main import COMMANDS
+from kdkit.cli.main import COMMANDS, seconds, whole
 from kdkit.data import graphs
 from kdkit.stream.detector import ENGINES
 from kdkit.workflows.scoring import check_channel
@@ -31,7 +31,30 @@ def print_result(obj: dict, as_json: bool) -> None:
         print(f"{k:>24}: {v}")
 
 
+# bench preprocess: the options each mode reads (the others were accepted and ignored)
+_PREPROCESS_OPTIONS = {"dataset": ("data_root", "builder"), "file": ("repeats", "channel", "builder"),
+                       "pandas": ("limit",), "python-can": ("repeats", "channel")}
+
+
+def _refuse_unused(args: argparse.Namespace) -> None:
+    """An option of ``bench preprocess`` the chosen mode does not read is refused, naming the mode."""
+    mode = "dataset" if args.dataset else args.baseline or "file"
+    given = [k for k in ("data_root", "repeats", "channel", "limit", "builder") if getattr(args, k) is not None]
+    unused = [f"--{k.replace('_', '-')}" for k in given if k not in _PREPROCESS_OPTIONS[mode]]
+    if unused:
+        what = {"dataset": "--dataset (a whole dataset, prepared once in a fresh process)",
+                "file": "--file", "pandas": "--baseline pandas", "python-can": "--baseline python-can"}[mode]
+        reads = ", ".join(f"--{k.replace('_', '-')}" for k in _PREPROCESS_OPTIONS[mode])
+        raise ValueError(f"{', '.join(unused)} {'does' if len(unused) == 1 else 'do'} nothing with {what}, which "
+                         f"reads {reads}: drop {'it' if len(unused) == 1 else 'them'}")
+
+
 def cmd_bench_preprocess(args: argparse.Namespace) -> int:
+    _refuse_unused(args)
+    if args.repeats is None:
+        args.repeats = 5
+    if args.limit is None:
+        args.limit = 20000
     if args.builder:  # this process and the fresh ones of the cold runs
         os.environ["KDKIT_GRAPH_BUILDER"] = args.builder
         graphs.BUILDER = args.builder
@@ -139,13 +162,13 @@ def register(sub) -> None:
     src.add_argument("--file", help="one CAN file")
     src.add_argument("--dataset", help="a whole dataset, prepared from scratch in a fresh process")
     p.add_argument("--data-root", default=None)
-    p.add_argument("--repeats", type=int, default=5, help="measured repeats after one burn-in (default 5)")
+    p.add_argument("--repeats", type=whole(1), default=None, help="measured repeats after one burn-in (default 5)")
     p.add_argument("--channel", default=None,
                    help="a logger file of several buses: this bus ('*': every bus as one stream)")
     p.add_argument("--baseline", choices=["pandas", "python-can"],
                    help="run a baseline instead: the predecessor-style pandas loop, or python-can's reader alone "
                         "(logger files)")
-    p.add_argument("--limit", type=int, default=20000, help="messages for the pandas baseline (default 20000)")
+    p.add_argument("--limit", type=whole(1), default=None, help="messages for the pandas baseline (default 20000)")
     p.add_argument("--builder", choices=["auto", "numpy", "compiled"], default=None,
                    help="window graph builder (kdkit.data.graphs.BUILDER; default $KDKIT_GRAPH_BUILDER or auto: "
                         "compiled only past 4 M messages)")
@@ -158,16 +181,16 @@ def register(sub) -> None:
     p.add_argument("--dataset", default="synthetic", metavar="NAME|PATH",
                    help="dataset key, folder or spec file (default synthetic)")
     p.add_argument("--data-root", default=None)
-    p.add_argument("--steps", type=int, default=20, help="measured steps per repeat (default 20)")
-    p.add_argument("--repeats", type=int, default=3, help="repeats of each variant, alternating in fresh processes (default 3)")
-    p.add_argument("--burn-in", type=int, default=3, help="untimed steps first (default 3)")
-    p.add_argument("--batch-size", type=int, default=64, help="graphs per batch for both (default 64)")
+    p.add_argument("--steps", type=whole(1), default=20, help="measured steps per repeat (default 20)")
+    p.add_argument("--repeats", type=whole(1), default=3, help="repeats of each variant, alternating in fresh processes (default 3)")
+    p.add_argument("--burn-in", type=whole(0), default=3, help="untimed steps first (default 3)")
+    p.add_argument("--batch-size", type=whole(1), default=64, help="graphs per batch for both (default 64)")
     p.add_argument("--precision", default="auto", choices=["auto", "32-true", "bf16-mixed", "16-mixed"],
                    help="Fabric path precision (default: the trainer's policy); the plain loop is always fp32")
     p.add_argument("--compile", choices=["on", "off"], default="off", help="torch.compile the Fabric path's model")
     p.add_argument("--attention", choices=["auto", "fused", "stock"], default="auto",
                    help="the Fabric path's GATv2 attention kernel (default auto: fused on CPU); the plain loop runs PyG's")
-    p.add_argument("--threads", type=int, default=None, help="torch threads for both (default: torch's default)")
+    p.add_argument("--threads", type=whole(1), default=None, help="torch threads for both (default: torch's default)")
     p.add_argument("--accelerator", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--in-process", action="store_true", help="run every variant in this process (faster, less clean memory)")
     p.add_argument("--json", action="store_true")
@@ -179,18 +202,18 @@ def register(sub) -> None:
                    help="dataset key, folder or spec file (default: the checkpoint's dataset)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--split", default="val", help="split whose windows are scored (default val)")
-    p.add_argument("--batch-size", type=int, default=64, help="windows per batch (default 64)")
-    p.add_argument("--seconds", type=float, default=3.0, help="measuring time per throughput figure (default 3)")
-    p.add_argument("--single", type=int, default=2000, help="single-window calls for p50/p99 (default 2000)")
+    p.add_argument("--batch-size", type=whole(1), default=64, help="windows per batch (default 64)")
+    p.add_argument("--seconds", type=seconds, default=3.0, help="measuring time per throughput figure (default 3)")
+    p.add_argument("--single", type=whole(1), default=2000, help="single-window calls for p50/p99 (default 2000)")
     p.add_argument("--variants", default="default",
                    help="default, all, or a comma list of fp32-eager, bf16-eager (stock model), fp32-scorer, bf16-scorer "
                         "(GATScorer, eager), fp32-stock-compiled, fp32-compiled, bf16-compiled (scorer), fp32-aot. "
                         "The compiled and AOT variants are built before they are timed: ~50 s each on a 2-core CPU, "
                         "untimed, reported as warmup_seconds")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved measuring rounds per variant (default 3)")
+    p.add_argument("--rounds", type=whole(1), default=3, help="interleaved measuring rounds per variant (default 3)")
     p.add_argument("--end-to-end", default="auto", metavar="FILE|auto|off",
                    help="a recording replayed file -> graphs -> scores (default auto: the split's longest file)")
-    p.add_argument("--end-to-end-repeats", type=int, default=3, help="timed replays per model form (default 3)")
+    p.add_argument("--end-to-end-repeats", type=whole(1), default=3, help="timed replays per model form (default 3)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_infer)
 
@@ -200,7 +223,7 @@ def register(sub) -> None:
     p.add_argument("--channel", default=None,
                    help="only this channel of a logger file (e.g. can0). A file of several"
                         " buses needs one ('*' reads them all as one stream).")
-    p.add_argument("--repeats", type=int, default=5, help="timed replays after one burn-in (default 5)")
+    p.add_argument("--repeats", type=whole(1), default=5, help="timed replays after one burn-in (default 5)")
     p.add_argument("--live", action="store_true", help="measure live latency on a virtual bus at the recorded pace")
     p.add_argument("--seconds", type=float, default=10.0, help="with --live: seconds of the recording sent (default 10)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from kdkit.cli.main import COMMANDS, refuse_overwriting_inputs
+from kdkit.cli.main import COMMANDS, refuse_overwriting_inputs, whole
 from kdkit.deploy.export import export_checkpoint
 
 
@@ -36,7 +36,7 @@ def register(sub) -> None:
                                    "metadata's output_kind says which.")
     p.add_argument("--checkpoint", required=True, help="a kdkit GAT or fusion-student checkpoint (best.pt)")
     p.add_argument("--out", default=None, help="package path (default: the checkpoint with .pt2)")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--threads", type=whole(1), default=1,
                    help="CPU threads the package is compiled for (default 1: one gateway core; a package compiled "
                         "for more threads is slower on one)")
     p.add_argument("--json", action="store_true")

@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import gc
 import importlib
+import math
 import os
 import sys
 
@@ -87,6 +88,8 @@ def cache_dir_env(cache_dir: str | None):
         yield
         return
     root = os.path.abspath(os.path.expanduser(cache_dir))
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise ValueError(f"--cache-dir {cache_dir} is a file: give a folder (created when missing)")
     wanted = {"KDKIT_CACHE_DIR": root}
     if not os.environ.get("KDKIT_SYNTHETIC_ROOT"):
         wanted["KDKIT_SYNTHETIC_ROOT"] = os.path.join(root, "synthetic-seed{seed}")
@@ -138,6 +141,34 @@ def check_output_file(flag: str, path: str | None) -> None:
         raise ValueError(f"{flag} {path}: its folder {folder} does not exist")
 
 
+def whole(minimum: int):
+    """An argparse ``type``: a whole number >= ``minimum`` (``--repeats 0`` or ``--threads -1`` got a
+    traceback, or a report of nothing, from deep inside the command)."""
+
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    convert.__name__ = f"whole number >= {minimum}"
+    return convert
+
+
+def seconds(text: str) -> float:
+    """An argparse ``type``: a finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text}")
+    return value
+
+
 def _command(argv: list[str]) -> str | None:
     return next((a for a in argv if not a.startswith("-")), None)
 
@@ -174,6 +205,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"kdkit: error: {msg}", file=sys.stderr)
+        return 2
+    except NotADirectoryError as err:  # a folder kdkit writes to lies under a file (--runs-dir results.csv)
+        if os.environ.get("KDKIT_DEBUG"):
+            raise
+        print(f"kdkit: error: {err.filename}: a part of this path is a file, not a folder; choose a folder for "
+              "what kdkit writes there (--runs-dir, --cache-dir, --out)", file=sys.stderr)
         return 2
     except PermissionError as err:  # a cache, runs or output folder this user cannot write (a shared lab folder)
         if os.environ.get("KDKIT_DEBUG"):

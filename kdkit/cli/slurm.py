@@ -25,7 +25,7 @@ import json
 import sys
 from pathlib import Path
 
-from kdkit.cli.main import COMMANDS
+from kdkit.cli.main import COMMANDS, seconds, whole
 from kdkit.cluster.orchestrator import FabricSlurmTrainingOrchestrator, SlurmError, SlurmUnavailable, load_presets
 from kdkit.cluster.sweep import list_sweeps
 
@@ -57,12 +57,12 @@ def _add_resource_flags(parser: argparse.ArgumentParser, preset_flag: str, prese
     parser.add_argument("--account", help="account to charge")
     parser.add_argument("--qos", help="quality of service")
     parser.add_argument("--time", help="time limit, e.g. 04:00:00 (default: the preset's)")
-    parser.add_argument("--gpus", type=int, help="GPUs per node (default: the preset's)")
+    parser.add_argument("--gpus", type=whole(0), help="GPUs per node (default: the preset's)")
     parser.add_argument("--mem", help="memory per node, e.g. 32G (default: the preset's)")
-    parser.add_argument("--signal-grace", type=int, metavar="SECONDS",
+    parser.add_argument("--signal-grace", type=whole(1), metavar="SECONDS",
                         help="SLURM warns the job (USR1) this long before its time limit; the run saves last.pt and "
                              "the job requeues itself (default 120; 0: no warning)")
-    parser.add_argument("--max-requeues", type=int, metavar="N",
+    parser.add_argument("--max-requeues", type=whole(0), metavar="N",
                         help="requeue a job stopped by its time limit or preemption at most N times (default 3)")
     parser.add_argument("--dry-run", action="store_true", help="print the sbatch script, do not submit")
 
@@ -237,8 +237,8 @@ def register(subparsers) -> None:
     p.set_defaults(func=_errors_to_status(_cmd_status))
     p = sub.add_parser("wait", help="wait until a job ends; exit 0 only if it COMPLETED")
     p.add_argument("job", help="job ID")
-    p.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
-    p.add_argument("--poll", type=float, default=10.0, help="seconds between checks (default 10)")
+    p.add_argument("--timeout", type=seconds, default=None, help="give up after this many seconds")
+    p.add_argument("--poll", type=seconds, default=10.0, help="seconds between checks (default 10)")
     p.set_defaults(func=_errors_to_status(_cmd_wait))
     p = sub.add_parser("cancel", help="cancel a job")
     p.add_argument("job", help="job ID")
@@ -251,7 +251,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=_errors_to_status(_cmd_resubmit))
     p = sub.add_parser("logs", help="the end of a job's log")
     p.add_argument("job", help="job ID")
-    p.add_argument("--tail", type=int, default=50, help="lines (default 50)")
+    p.add_argument("--tail", type=whole(1), default=50, help="lines (default 50)")
     p.set_defaults(func=_errors_to_status(_cmd_logs))
     p = sub.add_parser("submit-notebook", help="run a notebook with papermill as a SLURM job")
     p.add_argument("notebook", help="path of the .ipynb")

@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from kdkit.cli.main import COMMANDS
+from kdkit.cli.main import COMMANDS, seconds, whole
 from kdkit.cli.slurm import _add_resource_flags, _parameter_value, _resources
 from kdkit.cluster import sweep as sw
 from kdkit.cluster.orchestrator import FabricSlurmTrainingOrchestrator, SlurmError
@@ -189,7 +189,7 @@ def register(subparsers) -> None:
                    help="a notebook parameter fixed for every task; VALUE is JSON if it parses, else a string")
     p.add_argument("--name", help="the sweep's name (default <notebook>_<timestamp>)")
     p.add_argument("--use-slurm", action="store_true", help="submit one SLURM job array instead of running here")
-    p.add_argument("--max-parallel", type=int, help="tasks at once (SLURM: --array=...%%K; locally: at most the cores)")
+    p.add_argument("--max-parallel", type=whole(1), help="tasks at once (SLURM: --array=...%%K; locally: at most the cores)")
     teacher = p.add_mutually_exclusive_group()
     teacher.add_argument("--teacher-notebook", help="run this notebook first (a SLURM job the array waits for, "
                          "afterok); its checkpoint is every task's teacher_checkpoint")
@@ -207,15 +207,15 @@ def register(subparsers) -> None:
     s.set_defaults(sub_func=_cmd_status)
     s = sub.add_parser("wait", help="wait until every task ends; exit 0 only if all COMPLETED")
     s.add_argument("sweep", help="sweep name or folder")
-    s.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
-    s.add_argument("--poll", type=float, default=10.0, help="seconds between checks (default 10)")
+    s.add_argument("--timeout", type=seconds, default=None, help="give up after this many seconds")
+    s.add_argument("--poll", type=seconds, default=10.0, help="seconds between checks (default 10)")
     s.set_defaults(sub_func=_cmd_wait)
     s = sub.add_parser("cancel", help="cancel the sweep's jobs (or stop its local pool)")
     s.add_argument("sweep", help="sweep name or folder")
     s.set_defaults(sub_func=_cmd_cancel)
     s = sub.add_parser("retry-failed", help="run the FAILED/TIMEOUT/PREEMPTED/... tasks again, in their run dirs")
     s.add_argument("sweep", help="sweep name or folder")
-    s.add_argument("--max-parallel", dest="max_parallel", type=int, help="tasks at once (default: the sweep's)")
+    s.add_argument("--max-parallel", dest="max_parallel", type=whole(1), help="tasks at once (default: the sweep's)")
     s.add_argument("--time", help="SLURM: a new time limit per task, e.g. 02:00:00 (a task that timed out needs "
                                   "more; default: the sweep's)")
     s.add_argument("--mem", help="SLURM: a new memory limit per task, e.g. 8G (default: the sweep's)")
@@ -226,6 +226,6 @@ def register(subparsers) -> None:
     s = sub.add_parser("run-task", help="run one task of a sweep (what each SLURM array task runs)")
     s.add_argument("sweep_dir", help="the sweep's folder")
     which = s.add_mutually_exclusive_group()
-    which.add_argument("--task", type=int, default=None, help="task index (default $SLURM_ARRAY_TASK_ID)")
+    which.add_argument("--task", type=whole(0), default=None, help="task index (default $SLURM_ARRAY_TASK_ID)")
     which.add_argument("--teacher", action="store_true", help="run the sweep's teacher notebook")
     s.set_defaults(sub_func=_cmd_run_task)

@@ -28,6 +28,7 @@ from kdkit.cluster.orchestrator import SlurmError
 from kdkit.config import (
     TrainConfig,
     add_config_arguments,
+    keys_without_effect,
     list_configs,
     make_config,
     overrides_from_args,
@@ -90,7 +91,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"kdkit train: warning: {', '.join(sizer_keys)} only steer the batch sizer: add --optimize-batch-size "
               f"(now batch_size {make_config(**overrides).batch_size} is used as it is)", file=sys.stderr)
     if overrides.get("optimize_batch_size") and "type" not in overrides:
+        print("kdkit train: --optimize-batch-size without --type reports the batch sizes of teacher and student and "
+              "trains nothing (add --type teacher|student to size the batch and train with it)", file=sys.stderr)
         return report_batch_size(args)
+    unread = keys_without_effect(make_config(**overrides), overrides)
+    if unread and not worker:
+        print(f"kdkit train: warning: this run does not read {', '.join(unread)}; "
+              f"{'it is' if len(unread) == 1 else 'they are'} recorded in config.json as given", file=sys.stderr)
     if args.use_slurm:
         planned = make_config(**overrides)  # said now, not hours later in the job's log
         if stride_gap_note(planned.window, planned.stride):

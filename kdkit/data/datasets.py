@@ -533,6 +533,8 @@ def prepare(name: str, config: PrepareConfig | None = None, data_root: str | Pat
         log.warning("%s", stride_gap_note(config.window, config.stride))
     workers = prepare_workers(workers)
     files = discover(name, data_root, config.include_excluded, synthetic_seed, channel=channel)
+    if channel is not None:
+        _check_channel_applies(files, channel)
     name = files.name  # a folder's or spec's own name, for the store and the summaries
     key = cache_key(files, config)
     store = Path(cache_dir or default_cache_dir()) / name / key
@@ -561,6 +563,21 @@ def prepare(name: str, config: PrepareConfig | None = None, data_root: str | Pat
     tmp.write_text(json.dumps({"key": key, "splits": list(splits), "vocab": vocab.to_list(), "info": info}, indent=1))
     tmp.replace(meta_path)  # meta.json last: its presence marks a complete store
     return PreparedDataset(name, config, vocab, splits, info, store, False)
+
+
+def _check_channel_applies(files: DatasetFiles, channel: str) -> None:
+    """A channel picks frames of logger files (candump, ASC, BLF, TRC). Given for a dataset whose
+    recordings are all CSV or text tables, it selected nothing and only gave the run its own cache key.
+
+    Raises:
+        ValueError: naming the channel, the dataset and one of its recordings.
+    """
+    recordings = _recordings(files)
+    tables = [p for p in recordings if Path(_inner_name(p) or p.name).suffix.lower() in (".csv", ".txt")]
+    if recordings and len(tables) == len(recordings):
+        raise ValueError(f"channel {channel!r} (--channel, config key \"channel\"): dataset {files.name!r} holds no "
+                         f"logger file, only CSV/text recordings (e.g. {tables[0]}), which have no bus channels; "
+                         "drop it")
 
 
 def _choose_channel(source: DatasetSource | None) -> str:

@@ -1269,11 +1269,13 @@ class _PythonCanFrames:
             # python-can numbers .asc/.blf channels from 0 (the file's channel 1 is its 0): kdkit names them as the
             # file, CANoe and the .trc reader do, so --channel 1 is the channel the file calls 1
             chan = str(m.channel + 1) if file_numbers and isinstance(m.channel, int) else str(m.channel)
-            if not m.is_error_frame and not m.is_remote_frame:
+            # CAN FD has no remote frames: python-can's .asc reader marks a zero-length FD frame remote
+            remote = m.is_remote_frame and not m.is_fd
+            if not m.is_error_frame and not remote:
                 counts[chan] = counts.get(chan, 0) + 1
             if channel is not None and chan != channel:
                 return
-            if m.is_remote_frame or m.is_error_frame:
+            if remote or m.is_error_frame:
                 dropped["error" if m.is_error_frame else "remote"] += 1
                 return
             data = bytes(m.data)

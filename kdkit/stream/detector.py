@@ -166,7 +166,7 @@ def _frame_fields(frame) -> tuple[float, int, bytes, str | None]:
     if hasattr(frame, "arbitration_id"):  # a python-can Message
         if getattr(frame, "is_error_frame", False):
             raise _Drop("error_frame", f"error frame at {frame.timestamp}")
-        if getattr(frame, "is_remote_frame", False):
+        if getattr(frame, "is_remote_frame", False) and not getattr(frame, "is_fd", False):  # FD has no remote frames
             raise _Drop("remote_frame", f"remote frame ID 0x{frame.arbitration_id:X} at {frame.timestamp}")
         ts, arb, data, ext = frame.timestamp, frame.arbitration_id, frame.data, frame.is_extended_id
         channel = frame.channel
