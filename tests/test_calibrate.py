@@ -174,6 +174,27 @@ def test_bad_inputs_are_refused_clearly(gat_checkpoint, clean_folder, synthetic,
     assert res["files"][0]["attack_messages"] == n_attack and res["alarm_rate_after"] <= 0.05
 
 
+def test_allow_attacks_leaves_out_every_window_holding_an_attack_message(gat_checkpoint, synthetic, tmp_path):
+    """With a label_threshold above 0 a window of a few attack rows is labelled normal: --allow-attacks
+    calibrated (and --adapt fitted) on such DoS windows. Only windows without an attack message count."""
+    from kdkit.data.graphs import build_graphs
+    from kdkit.data.readers import read_messages
+    from kdkit.workflows.calibrate import attack_free
+
+    ck = load_checkpoint(gat_checkpoint)
+    ck["train_config"]["label_threshold"] = 0.3
+    shared = tmp_path / "share-0.3.pt"
+    torch.save(ck, shared)
+    attack_file = Path(next(f for f in synthetic.splits["test_01_known_vehicle_known_attack"].files if "DoS" in f))
+    m = read_messages(attack_file)
+    gs = build_graphs(m, synthetic.vocab, 100, 100, 0.3)
+    share = gs.attack_share.numpy()
+    assert ((share > 0) & (share <= 0.3)).any(), "the recording needs windows the 0.3 rule calls normal"
+    res = calibrate_checkpoint(shared, [attack_file], tmp_path / "c.pt", fpr=0.05, allow_attacks=True)
+    assert res["windows"] == int((share == 0).sum()) == int(attack_free(gs).sum())
+    assert res["files"][0]["left_out_attack_windows"] == int((share > 0).sum())
+
+
 def test_calibrate_on_the_real_rav4_log(gat_checkpoint, tmp_path, capsys):
     """A model of another car (synthetic IDs) on an attack-free Toyota RAV4 capture, channel can0."""
     require(RAV4.is_file(), f"real candump log {RAV4} not found")

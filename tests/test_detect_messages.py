@@ -167,7 +167,7 @@ def test_adapted_model_warning_says_adapted(caplog):
 
 def test_calibrated_export_warning_names_the_calibration(calibrated_export, tmp_path, capsys, caplog):
     meta = json.loads(calibrated_export.with_suffix(".json").read_text())
-    name = Path(meta["calibration"]["files"][0]).name
+    name = Path(meta["calibration"]["files"][0]["path"]).name
     log = _candump(tmp_path / "foreign.log", {"can0": 12_000}, extended=True)
     with caplog.at_level(logging.WARNING, logger="kdkit.stream"):
         assert main(["detect", "--model", str(calibrated_export), "--input", str(log), "--channel", "can0",

@@ -49,7 +49,8 @@ def test_export_with_only_a_calibrated_checkpoint(student_checkpoint, synthetic,
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["threshold"] == cal["new_threshold"] != 0.5
     assert meta["calibration"]["fpr"] == 0.05
-    assert meta["calibration"]["files"] == [str(Path(f).resolve()) for f in clean]
+    assert [f["path"] for f in meta["calibration"]["files"]] == [str(Path(f).resolve()) for f in clean]
+    assert [f["sha256"] for f in meta["calibration"]["files"]] == [f["sha256"] for f in cal["files"]]
     assert f"{EXAMPLE_WINDOWS} graphs synthesized" in meta["example"]
     assert meta["threads"] == 1  # compiled for one gateway core (a 2-thread package is ~2.8x slower on one)
 

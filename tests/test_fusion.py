@@ -683,3 +683,63 @@ def test_an_adapted_checkpoint_evaluated_on_its_training_dataset_says_it_is_anot
                                          r"\d+ IDs added\): it is that car's model; evaluate the checkpoint it was "
                                          r"adapted from on 'synthetic'"):
         evaluate_checkpoint(out, "synthetic", out_dir=tmp_path)
+
+
+def test_an_adapted_models_threshold_sits_between_its_clean_windows_scores(fusion_runs, tmp_path):
+    """The re-fitted offset was the lowest allowed alarm's own score: that clean window scored exactly 0.0
+    (an alarm) in the checkpoint and -2.3e-05 in its export. It now lies midway, and the budget holds."""
+    from kdkit.data.simulate import simulate_drive
+    from kdkit.models.thresholds import midway_threshold, quantile_threshold
+    from kdkit.workflows.calibrate import _fused, adapt_checkpoint
+    from kdkit.workflows.scoring import load_scoring_model, read_recording
+
+    s = np.array([0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 10.0])
+    assert quantile_threshold(s, 0.9) == pytest.approx(10.0) and midway_threshold(s, 0.9) == 9.0
+    assert 2.0 < midway_threshold(np.full(5, 2.0), 0.8) <= quantile_threshold(np.full(5, 2.0), 0.8)  # ties: none alarms
+    _, student, _ = fusion_runs
+    clean = simulate_drive(tmp_path / "charlie-clean.csv", "charlie", seed=0, duration_s=25.0)
+    res = adapt_checkpoint(student["best_checkpoint"], [clean], tmp_path / "adapted.pt", fpr=0.02)
+    sm = load_scoring_model(tmp_path / "adapted.pt")
+    from kdkit.data.graphs import build_graphs
+
+    gs = build_graphs(read_recording(sm, clean), sm.vocab, int(sm.graph["window"]), int(sm.graph["stride"]))
+    scores, _ = _fused(sm.model, gs)
+    assert len(scores) == res["windows"] and (scores >= 0).mean() <= 0.02
+    gap = np.abs(scores).min()
+    assert gap > 1e-4, f"a clean window scores {gap:.2e} from the decision: engines may disagree on it"
+
+
+def test_adapt_reads_the_car_in_the_models_own_column_layout_and_says_what_it_fitted(fusion_runs, tmp_path):
+    """A model trained through a dataset spec's column mapping: calibrate and evaluate read a new
+    recording in that layout, --adapt refused it ("wrong or missing header"). Evaluated afterwards on
+    that recording, the adapted model says the alarm rate there is the fitted budget (no in-sample
+    flag before), and on another car it is that car's model (evaluate called it threshold-calibrated)."""
+    from kdkit.data.columns import ColumnMapping
+    from kdkit.data.readers import read_messages
+    from kdkit.data.simulate import simulate_drive
+    from kdkit.training.checkpoint import load_checkpoint
+    from kdkit.workflows.calibrate import adapt_checkpoint
+    from kdkit.workflows.scoring import evaluate_inputs
+
+    _, student, _ = fusion_runs
+    ckpt = load_checkpoint(student["best_checkpoint"])
+    mapping = ColumnMapping(timestamp="Zeit", can_id="ID", payload="Daten", label="Label", delimiter=";",
+                            label_map={"0": "normal", "1": "attack"})
+    ckpt["provenance"]["reading"] = {"mapping": mapping.to_dict(), "format": "auto"}
+    own = tmp_path / "own-layout.pt"
+    torch.save(ckpt, own)
+    m = read_messages(simulate_drive(tmp_path / "charlie-clean.csv", "charlie", seed=0, duration_s=25.0))
+    mine = tmp_path / "charlie-mine.csv"
+    mine.write_text("Zeit;ID;Daten;Label\n" + "".join(
+        f"{float(t)!r};{int(i):03X};{bytes(p[:d]).hex().upper()};0\n" for t, i, p, d in zip(m.timestamp, m.can_id, m.payload, m.dlc)))
+    res = adapt_checkpoint(own, [mine], tmp_path / "adapted.pt", fpr=0.02)
+    assert res["ids_added"] > 20 and res["windows"] == len(m) // 100
+    ev = evaluate_inputs(tmp_path / "adapted.pt", [mine], out_dir=tmp_path)
+    assert ev["files"][0]["in_sample"] is True
+    assert any("a recording this checkpoint was adapted to" in w for w in ev["warnings"]), ev["warnings"]
+    foreign = tmp_path / "foreign.csv"  # a third car: IDs neither the training cars nor charlie send
+    foreign.write_text("Zeit;ID;Daten;Label\n" + "".join(f"{k / 1000!r};{0x7A0 + k % 40:03X};00;0\n" for k in range(3000)))
+    ev = evaluate_inputs(tmp_path / "adapted.pt", [foreign], out_dir=tmp_path)
+    told = [w for w in ev["warnings"] if "adapted (kdkit calibrate --adapt)" in w]
+    assert told and "adapt the checkpoint it was adapted from" in told[0], ev["warnings"]
+    assert not any("threshold was calibrated" in w for w in ev["warnings"])

@@ -216,7 +216,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, thr
                 "edge_features": ckpt.get("edge_features"), "threshold": ckpt.get("threshold"), "window": graph["window"],
                 "stride": graph["stride"], "label_threshold": graph["label_threshold"],
                 "graph_format": prov.get("graph", {}).get("graph_format"), "role": prov.get("role"),
-                "calibration": _calibration_note(prov.get("calibration")),
+                "calibration": _calibration_note(prov.get("calibration"), prov.get("calibrations")),
                 "reading": prov.get("reading"),  # its training data's column mapping: kdkit detect --input reads that layout
                 "example": f"{example.num_graphs} graphs synthesized from the checkpoint's vocabulary (no data needed)",
                 "threads": threads,
@@ -245,12 +245,21 @@ def native_weights_path(package: str | Path) -> Path:
     return Path(package).with_suffix(".npz")
 
 
-def _calibration_note(record: dict | None) -> dict | None:
-    """The calibration record of a calibrated checkpoint, without its per-file list (names only)."""
+def _calibration_note(record: dict | None, history: list | None = None) -> dict | None:
+    """The calibration record of a calibrated checkpoint, its files by path and SHA-256 (the README
+    promises both in the exported metadata; the per-file counts stay in the checkpoint), and, when
+    there was more than one, every calibration's kind, date, fpr and files, oldest first."""
     if not record:
         return None
-    return {**{k: v for k, v in record.items() if k != "files"},
-            "files": [f.get("path") for f in record.get("files", [])]}
+
+    def files(rec: dict) -> list[dict]:
+        return [{"path": f.get("path"), "sha256": f.get("sha256")} for f in rec.get("files", []) if isinstance(f, dict)]
+
+    note = {**{k: v for k, v in record.items() if k != "files"}, "files": files(record)}
+    if history and len(history) > 1:
+        note["calibrations"] = [{**{k: r.get(k) for k in ("kind", "date", "fpr", "first_seconds") if k in r},
+                                 "files": files(r)} for r in history]
+    return note
 
 
 def load_exported(path: str | Path, tune_allocator: bool = True, validate: bool = True) -> Callable:

@@ -80,6 +80,21 @@ def youden_threshold(scores, labels) -> float | None:
     return float(thresholds[1:][int(np.argmax(j))])
 
 
+def midway_threshold(scores: np.ndarray, quantile: float) -> float:
+    """:func:`quantile_threshold`'s budget, with the threshold midway between the highest score that
+    must stay below it and the lowest one allowed to alarm (not on that score itself): an engine whose
+    float rounding differs (the native engine, an exported package) then decides the boundary window
+    alike. Without it an adapted fusion model's calibration window scored exactly 0.0 (an alarm) in
+    the checkpoint and -2.3e-05 in its ``.pt2``."""
+    s = np.sort(np.asarray(scores, dtype=np.float64).ravel())
+    exact = quantile_threshold(s, quantile)
+    below = s[s < exact]
+    if not below.size:
+        return exact
+    mid = (float(below[-1]) + exact) / 2.0
+    return mid if mid > below[-1] else exact
+
+
 def quantile_threshold(scores: np.ndarray, quantile: float) -> float:
     """The smallest score ``t`` with at most ``floor((1 - quantile) * n)`` scores ``>= t``.
 

@@ -29,7 +29,6 @@ import torch
 
 from kdkit.data.datasets import file_sha256
 from kdkit.data.graphs import GraphSet, IdVocab, build_graphs
-from kdkit.data.readers import read_messages
 from kdkit.models.fusion import PROFILE_MIN_WINDOWS, adapt_to_vehicle, extend_vocabulary, predict_parts
 from kdkit.models.thresholds import is_attack, quantile_threshold
 from kdkit.training.checkpoint import atomic_torch_save, load_checkpoint, model_from_checkpoint, provenance, vocab_hash
@@ -38,10 +37,9 @@ from kdkit.workflows.scoring import (
     alarm_summary,
     check_channel,
     check_first_seconds,
-    first_seconds_of,
-    is_logger_file,
     load_scoring_model,
     oov_warning,
+    read_recording,
     recording_files,
     score_recording,
 )
@@ -110,6 +108,14 @@ def _longer(first_seconds: float | None) -> str:
     return "" if first_seconds is None else f" (or use more than the first {first_seconds:g} s: --first-seconds)"
 
 
+
+def attack_free(graphs: GraphSet) -> np.ndarray:
+    """The windows holding no attack message. A window's label follows the model's ``label_threshold``
+    (an attack only above that share of attack messages); a threshold fitted on "attack-free" windows
+    must not take in the windows that label calls normal but that hold attack frames (with
+    ``--allow-attacks`` and a ``label_threshold`` of 0.3 a DoS window of 28 attack rows set the threshold)."""
+    return graphs.attack_share.numpy() == 0
+
 def calibrate_checkpoint(checkpoint: str | Path, clean: Sequence[str | Path], out: str | Path, fpr: float = 0.01,
                          channel: str | None = None, on_bad_rows: str | None = None, allow_attacks: bool = False,
                          force: bool = False, batch_size: int = 256, first_seconds: float | None = None) -> dict:
@@ -159,7 +165,7 @@ def calibrate_checkpoint(checkpoint: str | Path, clean: Sequence[str | Path], ou
             if not allow_attacks:
                 attacks.append(f"{f}: {n_attack:,} of {len(rec.messages):,} messages are labelled attacks "
                                f"({attack_windows:,} of {rec.windows:,} windows)")
-            keep = rec.graphs.y.numpy() == 0
+            keep = attack_free(rec.graphs)
         scored.append((rec, keep))
         entries.append({"path": str(f.resolve()), "sha256": file_sha256(f), "messages": len(rec.messages),
                         "windows": int(keep.sum()), "attack_messages": n_attack,
@@ -255,11 +261,9 @@ def adapt_checkpoint(checkpoint: str | Path, clean: Sequence[str | Path], out: s
         raise ValueError(f"--adapt needs a fusion checkpoint (kdkit train --model fusion), {checkpoint} is a "
                          f"{sm.family} model: only a fusion model has the per-car parts (ID profiles, a vehicle-mode "
                          "combiner) to re-fit; calibrate its threshold instead (kdkit calibrate without --adapt)")
-    bad = on_bad_rows or (sm.ckpt.get("train_config") or {}).get("on_bad_rows") or "error"
     msgs, entries, attacks = [], [], []
     for f in files:
-        m = first_seconds_of(read_messages(f, on_bad_rows=bad, channel=channel if is_logger_file(f) else None),
-                             first_seconds)
+        m = read_recording(sm, f, channel, on_bad_rows, first_seconds)  # in the model's own layout, as calibrate reads it
         n_attack = int(m.label.sum())
         if n_attack and not allow_attacks:
             attacks.append(f"{f}: {n_attack:,} of {len(m):,} messages are labelled attacks")
@@ -281,9 +285,9 @@ def adapt_checkpoint(checkpoint: str | Path, clean: Sequence[str | Path], out: s
     ids = IdVocab.from_list(vocab)
     graphs = [build_graphs(m, ids, window, stride, label_threshold) for m in msgs]
     for g, entry in zip(graphs, entries):
-        entry["windows"] = int((g.y == 0).sum())
-        entry["left_out_attack_windows"] = int((g.y != 0).sum())
-    graphs = [g.subset(np.flatnonzero(g.y.numpy() == 0)) for g in graphs if len(g)]
+        entry["windows"] = int(attack_free(g).sum())
+        entry["left_out_attack_windows"] = len(g) - entry["windows"]
+    graphs = [g.subset(np.flatnonzero(attack_free(g))) for g in graphs if len(g)]
     n = sum(len(g) for g in graphs)
     need = max(windows_needed(fpr), PROFILE_MIN_WINDOWS)
     if n < need:
@@ -296,7 +300,7 @@ def adapt_checkpoint(checkpoint: str | Path, clean: Sequence[str | Path], out: s
     before = [g for g in (build_graphs(m, sm.vocab, window, stride, label_threshold) for m in msgs) if len(g)]
     before = GraphSet.concat(before) if len(before) > 1 else before[0]  # n >= need: one at least
     before_scores, before_mode = _fused(sm.model, before)
-    before_keep = before.y.numpy() == 0
+    before_keep = attack_free(before)
     fit = adapt_to_vehicle(model, clean_gs, quantile=1.0 - fpr)
     scores, after_mode = _fused(model, clean_gs)
     if not np.isfinite(scores).all():

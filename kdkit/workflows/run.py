@@ -777,6 +777,23 @@ def in_sample(prov: dict, path: Path) -> str | None:
     return next((name for name, sha in trained.items() if sha == digest), None)
 
 
+def calibration_sample(prov: dict, path: Path) -> str | None:
+    """How ``path`` entered a ``kdkit calibrate`` of the checkpoint (``"calibrated on (its threshold)"``,
+    ``"adapted to (its IDs, profiles and thresholds)"``), by content hash, when the provenance's
+    calibrations list it; else None."""
+    calibrations = prov.get("calibrations") or ([prov["calibration"]] if prov.get("calibration") else [])
+    listed = [(c, f.get("sha256")) for c in calibrations for f in c.get("files") or [] if isinstance(f, dict)]
+    if not any(sha for _, sha in listed):
+        return None
+    digest = file_sha256(Path(path))
+    for record, sha in listed:
+        if sha == digest:
+            part = f"its first {record['first_seconds']:g} s" if record.get("first_seconds") else "its windows"
+            return (f"adapted to (its IDs, profiles and thresholds were fitted on {part})"
+                    if record.get("kind") == "adapt" else f"calibrated on (its threshold was fitted on {part})")
+    return None
+
+
 def evaluate_checkpoint(path: str | Path, dataset: str, data_root: str | None = None, out_dir: str | Path | None = None,
                         synthetic_seed: int | None = None, on_bad_rows: str | None = None,
                         progress: bool | None = None) -> dict:

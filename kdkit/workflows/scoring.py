@@ -36,7 +36,7 @@ from kdkit.models.thresholds import is_attack
 from kdkit.reporting.metrics import evaluate_scores, predict_scores
 from kdkit.training.checkpoint import (check_threshold_fitted, describe_calibration, load_checkpoint,
                                       model_from_checkpoint, provenance, vocab_hash, wrong_recording_kind)
-from kdkit.workflows.run import check_graph_settings, evaluation_dir, in_sample
+from kdkit.workflows.run import calibration_sample, check_graph_settings, evaluation_dir, in_sample
 from kdkit.workflows.run_dir import write_json
 
 log = logging.getLogger(__name__)
@@ -222,6 +222,22 @@ def check_first_seconds(seconds: float | None) -> None:
                          "recording to use), or left out to use every message")
 
 
+def read_recording(sm: ScoringModel, path: str | Path, channel: str | None = None, on_bad_rows: str | None = None,
+                   first_seconds: float | None = None) -> Messages:
+    """One recording as the checkpoint's model reads it: in the column layout it was trained on (a
+    dataset spec's mapping, recorded in its provenance) when the file is in no layout kdkit knows by
+    itself, else by name and header; ``channel`` for logger files. ``on_bad_rows`` defaults to the
+    checkpoint's (``train_config.on_bad_rows``, else ``error``)."""
+    bad = on_bad_rows or (sm.ckpt.get("train_config") or {}).get("on_bad_rows") or "error"
+    layout = training_layout((sm.ckpt.get("provenance") or {}).get("reading"), path)  # the model's own layout
+    if layout is not None:
+        msgs = read_mapped(path, layout, on_bad_rows=bad)  # type: ignore[arg-type]
+        msgs.labelled = layout.label is not None  # type: ignore[attr-defined]
+    else:
+        msgs = read_messages(path, on_bad_rows=bad, channel=channel if is_logger_file(path) else None)  # type: ignore[arg-type]
+    return first_seconds_of(msgs, first_seconds)
+
+
 def score_recording(sm: ScoringModel, path: str | Path, channel: str | None = None,
                     on_bad_rows: str | None = None, batch_size: int = 256,
                     first_seconds: float | None = None) -> ScoredRecording:
@@ -231,14 +247,7 @@ def score_recording(sm: ScoringModel, path: str | Path, channel: str | None = No
     ``first_seconds``: score only the recording's first seconds (:func:`first_seconds_of`).
     """
     check_first_seconds(first_seconds)
-    bad = on_bad_rows or (sm.ckpt.get("train_config") or {}).get("on_bad_rows") or "error"
-    layout = training_layout((sm.ckpt.get("provenance") or {}).get("reading"), path)  # the model's own layout
-    if layout is not None:
-        msgs = read_mapped(path, layout, on_bad_rows=bad)  # type: ignore[arg-type]
-        msgs.labelled = layout.label is not None  # type: ignore[attr-defined]
-    else:
-        msgs = read_messages(path, on_bad_rows=bad, channel=channel if is_logger_file(path) else None)  # type: ignore[arg-type]
-    msgs = first_seconds_of(msgs, first_seconds)
+    msgs = read_recording(sm, path, channel, on_bad_rows, first_seconds)
     if msgs.skipped_rows:
         log.warning("%s: skipped %d malformed rows (%d of them attack rows)", path, msgs.skipped_rows,
                     msgs.skipped_attack_rows)
@@ -325,7 +334,11 @@ def evaluate_inputs(checkpoint: str | Path, inputs: Sequence[str | Path], channe
         hint = ("its decisions say little on this traffic (false alarms, or attacks missed: an unknown car is judged "
                 "by the classification head alone): adapt it to this car on an attack-free recording of it "
                 "(kdkit calibrate --adapt --checkpoint MODEL.pt --clean CLEAN --out MODEL_car.pt)")
-    if prov.get("calibration") and threshold is None:  # no advice to calibrate a calibrated checkpoint again
+    if prov.get("calibration") and threshold is None and prov["calibration"].get("kind") == "adapt":
+        hint = (f"the model was adapted (kdkit calibrate --adapt) to {describe_calibration(prov['calibration'])}: it "
+                "is that car's model; for another car adapt the checkpoint it was adapted from, and measure "
+                "detection on labelled attacks of the car")
+    elif prov.get("calibration") and threshold is None:  # no advice to calibrate a calibrated checkpoint again
         hint = (f"its threshold was calibrated (kdkit calibrate) on {describe_calibration(prov['calibration'])}, which "
                 "bounds its false alarms on traffic like that; it cannot tell this car's unknown IDs from injected "
                 "ones: measure detection on labelled attacks of this car, or retrain on its traffic")
@@ -351,11 +364,17 @@ def evaluate_inputs(checkpoint: str | Path, inputs: Sequence[str | Path], channe
         if warn:
             warnings.append(warn)
         trained = in_sample(prov, f)
+        calibrated = calibration_sample(prov, f)
         if trained:
             entry["in_sample"] = True
             warnings.append(f"{f} is {trained}, a training recording of this model: its windows trained it (all but "
                             "the validation block, which chose its epoch and threshold), so these metrics are "
                             "in-sample, not a test; evaluate on recordings it did not see (kdkit evaluate --dataset)")
+        elif calibrated:
+            entry["in_sample"] = True
+            warnings.append(f"{f} is a recording this checkpoint was {calibrated}, so its alarm rate here is the "
+                            "budget that was fitted, not a measure on unseen traffic; evaluate on other recordings "
+                            "of the car")
         per_file.append(entry)
     if not scored:
         raise ValueError(f"no windows to score: each of the {len(files)} recording(s) is shorter than the checkpoint's "
