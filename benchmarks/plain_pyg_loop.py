@@ -4,7 +4,11 @@ A ``torch_geometric.loader.DataLoader`` over a list of ``Data`` (PyG collates ev
 model, AdamW, ``loss.backward()``, ``optimizer.step()``. Nothing else: no gradient clipping, no
 scheduler, no augmentation, no loss read to the host per step, fp32. The model is kdkit's own
 (same class, preset and seeded initial weights as ``kdkit train``), so the loop and the trainer
-compute the same loss on the same batch (``tests/test_bench_train.py`` checks it).
+compute the same loss on the same batch (``tests/test_bench_train.py`` checks it), set to the
+stock PyG path (``set_attention_kernel(model, "stock")``: PyG's GATv2Conv attention, torch's
+dropout masks, PyG's pooling) as ``kdkit bench train`` sets it for its plain side: kdkit's fused
+CPU kernels are what the trainer brings, not what a PyG user's loop runs. Class weights follow
+the run config's ``class_weighting``, as in the trainer.
 
     python benchmarks/plain_pyg_loop.py --model gat --type student --dataset hcrl_sa --steps 40
 
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 
 import torch
@@ -51,6 +56,7 @@ def plain_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch,
 
 def main(argv: list[str] | None = None) -> dict:
     from kdkit.config import make_config
+    from kdkit.models.layers import set_attention_kernel
     from kdkit.workflows.run import build_student_or_teacher, class_weights, load_data, vgae_train_sets
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -67,7 +73,8 @@ def main(argv: list[str] | None = None) -> dict:
     data = load_data(cfg)
     train_set = data.splits["train"] if cfg.model == "gat" else vgae_train_sets(data)[0]
     model = build_student_or_teacher(cfg, data).train()
-    weight = class_weights(train_set) if cfg.model == "gat" else None
+    set_attention_kernel(model, "stock")  # the loop a PyG user writes runs PyG's path, not kdkit's kernels
+    weight = class_weights(train_set) if cfg.model == "gat" and cfg.class_weighting else None
     optimizer = plain_optimizer(model, cfg.learning_rate, cfg.weight_decay)
     loader, times, cpu, graphs = plain_loader(train_set.to_data_list(), cfg.batch_size, cfg.seed), [], [], 0
     batches = iter(loader)
@@ -84,9 +91,10 @@ def main(argv: list[str] | None = None) -> dict:
             cpu.append(time.process_time() - c)
             graphs += batch.num_graphs
     result = {"loop": "plain PyG", "model": args.model, "type": args.type, "dataset": args.dataset,
-              "batch_size": args.batch_size, "steps": args.steps, "graphs_per_s": round(graphs / sum(times), 1),
+              "batch_size": args.batch_size, "steps": args.steps, "attention": "stock",
+              "class_weighted": weight is not None, "graphs_per_s": round(graphs / sum(times), 1),
               "graphs_per_cpu_s": round(graphs / max(sum(cpu), 1e-9), 1),
-              "step_ms_median": round(1000 * sorted(times)[len(times) // 2], 2)}
+              "step_ms_median": round(1000 * statistics.median(times), 2)}
     print(json.dumps(result))
     return result
 

@@ -15,7 +15,10 @@
 
 ``measure`` reports the peak RSS (``VmHWM`` of the process, ``ru_maxrss`` of any worker) above the
 RSS right after ``import kdkit.data``, the CPU seconds (process and workers) beside the wall
-seconds, and messages per CPU second; one torch thread. Generated data goes under ``runs/``
+seconds, and messages per CPU second; one torch thread. With ``--workers N`` > 1 the workers are
+children of a multiprocessing fork server (``kdkit.data.prep``), which reaps them but lives on:
+``measure`` stops and reaps that server after the preparation, so that ``getrusage(RUSAGE_CHILDREN)``
+holds the server and every worker it reaped (their CPU seconds and largest RSS). Generated data goes under ``runs/``
 (git-ignored) and ``table`` deletes it afterwards.
 
 The generated traffic: 40 IDs sent in a shuffled cycle (like periodic ECUs), 8 random payload
@@ -137,8 +140,29 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # no /proc: the best there is
 
 
+def _stop_fork_server() -> bool:
+    """Stop and reap multiprocessing's fork server, if one runs; True if it did.
+
+    Preparation workers are forked by that server and reaped by it, never by this process: their
+    CPU seconds and peak RSS reach this process's ``RUSAGE_CHILDREN`` only once the server itself
+    is reaped (a reaped process's figures include those of the children it reaped). A later
+    ``prepare`` starts a new server. Raises RuntimeError where this Python has no way to stop it
+    (the figures would leave the workers out)."""
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    if server is None or not hasattr(server, "_stop"):
+        raise RuntimeError("measure --workers N>1: this Python's multiprocessing.forkserver has no _stop(), so the "
+                           "fork server cannot be reaped and the workers' CPU seconds and memory would not be counted")
+    running = getattr(server, "_forkserver_pid", None) is not None
+    server._stop()
+    return running
+
+
 def measure(dataset: str, cache: str, workers: int = 1) -> dict:
-    """Prepare ``dataset`` once (rebuild) in this process; the figures as a dict."""
+    """Prepare ``dataset`` once (rebuild) in this process; the figures as a dict. With ``workers``
+    > 1 the fork server is stopped and reaped before and after (:func:`_stop_fork_server`), so the
+    CPU seconds and the peak RSS count every worker (``workers_counted`` says how)."""
     import torch
 
     torch.set_num_threads(1)
@@ -148,13 +172,18 @@ def measure(dataset: str, cache: str, workers: int = 1) -> dict:
     # an empty cache, as on a first preparation: deleting the previous run's store (untimed here) frees
     # its page cache, ~80 ms for a 137 MB store, which a rebuild would otherwise count
     shutil.rmtree(cache, ignore_errors=True)
+    if workers > 1:
+        _stop_fork_server()  # one left from earlier work would count its earlier workers too
     base = _rss_mib()
     cpu0, wall0 = time.process_time(), time.perf_counter()
     ch0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     d = prepare(dataset, cache_dir=cache, rebuild=True, workers=workers)
     wall = time.perf_counter() - wall0
+    own_cpu = time.process_time() - cpu0
+    server_reaped = _stop_fork_server() if workers > 1 else False  # untimed: after the wall clock stopped
     ch = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = time.process_time() - cpu0 + (ch.ru_utime + ch.ru_stime) - (ch0.ru_utime + ch0.ru_stime)
+    workers_cpu = (ch.ru_utime + ch.ru_stime) - (ch0.ru_utime + ch0.ru_stime)
+    cpu = own_cpu + workers_cpu
     peak = _peak_rss_mib()
     child_peak = ch.ru_maxrss / 1024
     messages = d.info["messages_read"]
@@ -165,6 +194,11 @@ def measure(dataset: str, cache: str, workers: int = 1) -> dict:
             "msg_per_cpu_s": round(messages / cpu), "msg_per_wall_s": round(messages / wall),
             "rss_after_imports_mib": round(base, 1), "peak_rss_mib": round(peak, 1),
             "peak_above_imports_mib": round(max(peak, child_peak) - base, 1), "worker_peak_rss_mib": round(child_peak, 1),
+            "process_cpu_s": round(own_cpu, 3), "workers_cpu_s": round(workers_cpu, 3),
+            "workers_counted": ("no workers: preparation in this process" if workers <= 1 else
+                                "cpu_s and worker_peak_rss_mib include the workers and the fork server that starts "
+                                "them (its start-up and imports too): the server was stopped and reaped after the "
+                                "preparation" + ("" if server_reaped else " (none ran: too few recordings for workers)")),
             "store_bytes": store_bytes}
 
 

@@ -33,6 +33,12 @@ def test_bench_train_smoke(synthetic, capsys):
     assert out["plain"]["precision"] == "32-true"
     assert out["fabric"]["precision_reason"].startswith(("policy:", "asked for"))
     assert out["speedup"] > 0 and out["memory_ratio"] > 0 and out["machine"]["cores"] >= 1
+    # both sides do the same work: no vehicle dropout, no DataLoader workers (recorded)
+    assert out["config"]["vehicle_dropout"] == 0.0 and out["config"]["num_workers"] == 0
+    # the training-only ratio leaves the plain loop's list of Data out (built before its baseline)
+    assert out["memory_ratio_training_only"] > 0 and "memory_ratio_training_only" in out["memory_measured_by"]
+    assert out["plain"]["data_list_mib"]["median"] > 0 and out["fabric"]["data_list_mib"]["max"] == 0
+    assert out["plain"]["training_peak_mib"]["median"] < out["plain"]["peak_mib"]["median"]
     # numba's one-time set-up is left out of the peak like the imports, and reported beside it
     assert out["memory_ratio_with_numba_setup"] >= out["memory_ratio"]
     assert out["fabric"]["numba_setup_mib"]["min"] >= 0
@@ -55,22 +61,24 @@ def test_bench_train_text_report(synthetic, capsys):
 @pytest.mark.parametrize("model", ["gat", "vgae"])
 def test_plain_loop_computes_the_trainers_loss(synthetic, model):
     """benchmarks/plain_pyg_loop.py (the baseline) and the trainer's Task give the same loss on the
-    same batch with the same weights: the baseline trains the same thing, only the loop differs."""
-    from kdkit.bench.train import plain_loop_module
-    from kdkit.config import make_config
+    same batch with the same weights: the baseline trains the same thing, only the loop differs.
+    The config, training set and Task are the benchmark's own (``kdkit.bench.train._setup``), the
+    Task in training mode as in the timed steps (so an augmentation only the Fabric side runs, such
+    as the default vehicle dropout, would show), the model's dropout off to compare losses."""
+    from kdkit.bench.train import _setup, plain_loop_module
     from kdkit.data.loader import collate_indices
-    from kdkit.training.task import Task
-    from kdkit.workflows.run import build_student_or_teacher, class_weights, vgae_train_sets
 
     plain = plain_loop_module()
-    cfg = make_config(model=model, type="student", dataset="synthetic", vehicle_dropout=0.0, seed=0)
-    train = synthetic.splits["train"] if model == "gat" else vgae_train_sets(synthetic)[0]
-    net = build_student_or_teacher(cfg, synthetic).eval()  # eval: dropout and the VGAE's sampling off
-    weight = class_weights(train) if model == "gat" else None
-    task = Task(net, cfg, None, weight).eval()
+    cfg, train, task = _setup({"model": model, "type": "student", "dataset": "synthetic", "batch_size": 16,
+                               "precision": "32-true", "accelerator": "cpu"})
+    net = task.model
+    weight = task.class_weights if task.objective == "classify" and cfg.class_weighting else None
+    task.train()
+    net.eval()  # dropout and the VGAE's sampling off; the Task itself stays in training mode
     idx = list(range(16))
     pyg_batch = next(iter(plain.plain_loader([train.to_data_list()[i] for i in idx], 16)))  # PyG's collate, shuffled
     kdkit_batch = collate_indices(train, idx)  # the trainer's batch of the same windows (a mean: order-free)
+    torch.manual_seed(0)
     with torch.no_grad():
         ours, _ = task.training_loss(kdkit_batch)
         theirs = plain.plain_loss(net, pyg_batch, weight)
@@ -142,9 +150,11 @@ def test_bench_infer_smoke(exported_student, capsys, monkeypatch):
         assert 0 < r["latency_ms_p50"] <= r["latency_ms_p99"] and 0 < r["latency_cpu_ms_p50"] <= r["latency_cpu_ms_p99"]
     e2e = out["end_to_end"]  # the split's longest recording replayed, stock checkpoint and exported package
     forms = {k: v for k, v in e2e.items() if isinstance(v, dict)}
-    assert set(forms) == {"checkpoint (stock model, eager)", "exported (.pt2, AOT scorer)"}
+    assert set(forms) == {"checkpoint (torch engine: the checkpoint's model, eager)", "exported (.pt2, AOT scorer)"}
     for r in forms.values():
         assert r["messages"] > 0 and r["messages_per_s"]["median"] > 0
+    assert forms["checkpoint (torch engine: the checkpoint's model, eager)"]["engine"] == "torch"
+    assert out["stride"] == 100 and out["messages_counted"].startswith("100 new messages per window")
 
 
 def test_self_loops_once_gives_identical_scores(student_checkpoint, synthetic):

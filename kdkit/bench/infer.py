@@ -2,18 +2,23 @@
 
 Variants (``--variants``), each ``<precision>-<path>``:
 
-- ``fp32-eager`` / ``bf16-eager``: the stock PyG model, eager (what ``model(batch)`` runs).
+- ``fp32-eager`` / ``bf16-eager``: the stock PyG model, eager: the checkpoint's model with
+  ``set_attention_kernel(model, "stock")`` (PyG's ``GATv2Conv`` attention, torch's dropout, PyG's
+  pooling), not kdkit's fused CPU kernels.
 - ``fp32-scorer`` / ``bf16-scorer``: :class:`kdkit.models.scorer.GATScorer` (no scatter max), still
   eager: scorer/eager is the gain of the *algorithm* alone.
-- ``fp32-stock-compiled``: the stock model under ``torch.compile``; ``fp32-compiled`` /
+- ``fp32-stock-compiled``: that stock model under ``torch.compile``; ``fp32-compiled`` /
   ``bf16-compiled``: the scorer under ``torch.compile``; compiled/scorer is the gain of *compilation*.
 - ``fp32-aot``: the scorer exported ahead of time (``kdkit export``, what a gateway loads).
 
 Every variant is built (and compiled) first, then measured in interleaved rounds (variant A, B,
 C, A, B, C, ...), so a slow phase of a shared machine hits all of them; each figure is the
 min/median/max over the rounds, with CPU time of the measuring thread beside wall time. The
-throughput figures score windows already in the graph store; ``end_to_end`` replays a recording
-through :mod:`kdkit.stream` (read -> windows -> graphs -> scores), messages per second.
+throughput figures score windows already in the graph store and count ``stride`` new messages
+per window scored (``window`` when the windows do not overlap: with overlapping windows each
+message is scored several times, and a recording's first window brings ``window - stride`` more
+messages once); ``end_to_end`` replays a recording through :mod:`kdkit.stream` (read -> windows ->
+graphs -> scores), messages read per second, each row with the detector engine that ran.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ import torch
 from kdkit.bench.detect import bench_replay
 from kdkit.data.loader import collate_indices, gather_windows
 from kdkit.deploy.export import export_checkpoint, load_exported
+from kdkit.models.layers import set_attention_kernel
 from kdkit.models.scorer import GATScorer, scorer_inputs
 from kdkit.training.checkpoint import load_checkpoint, model_from_checkpoint
 from kdkit.training.cpu_speedups import tune_cpu_allocator
@@ -73,9 +79,11 @@ def _build(name: str, ckpt: dict, kind: str, checkpoint: str | Path, package: Pa
     elif mode == "stock-compiled":
         import torch._dynamo as dynamo
 
+        set_attention_kernel(model, "stock")  # PyG's attention, torch's dropout, PyG's pooling: the stock model
         dynamo.reset()
         fn = torch.compile(model, dynamic=True)
-    else:
+    else:  # eager: the stock model, as its label says (a checkpoint's model runs kdkit's fused kernels on CPU)
+        set_attention_kernel(model, "stock")
         fn = model
     if kind == "vgae":
         return (lambda batch, m=fn: m.anomaly_score(batch)), prec
@@ -131,6 +139,8 @@ def bench_infer(checkpoint: str | Path, dataset: str | None = None, data_root: s
     tune_cpu_allocator()  # as for training: freed activations stay in the heap for the next batch
     ckpt = load_checkpoint(checkpoint)
     window = int(ckpt.get("train_config", {}).get("window", 100))
+    # new messages a window brings: the stride (a stream of M messages gives about M / stride windows)
+    stride = int(ckpt.get("train_config", {}).get("stride") or window)
     data = checkpoint_data(ckpt, dataset, data_root)
     gs = data.splits[split]
     kind = ckpt["model_config"]["kind"]
@@ -174,8 +184,8 @@ def bench_infer(checkpoint: str | Path, dataset: str | None = None, data_root: s
                             fn(gather(idx))
                             windows += len(idx)
                     dt, dc = time.perf_counter() - t0, time.thread_time() - c0
-                    tput[name].append(windows / dt * window)
-                    tput_cpu[name].append(windows / max(dc, 1e-9) * window)
+                    tput[name].append(windows / dt * stride)
+                    tput_cpu[name].append(windows / max(dc, 1e-9) * stride)
                     for i in range(calls + (20 if r == 0 else 0)):
                         t, c = time.perf_counter(), time.thread_time()
                         fn(gather([(r * calls + i) % n]))
@@ -186,7 +196,7 @@ def bench_infer(checkpoint: str | Path, dataset: str | None = None, data_root: s
     for name in wanted:
         m = _spread(tput[name], 0)
         results[name] = {"messages_per_s": round(statistics.median(tput[name])), "messages_per_s_spread": m,
-                         "windows_per_s": round(statistics.median(tput[name]) / window),
+                         "windows_per_s": round(statistics.median(tput[name]) / stride),
                          "messages_per_cpu_s": round(statistics.median(tput_cpu[name])),
                          "latency_ms_p50": round(1000 * _percentile(lat[name], 50), 3),
                          "latency_ms_p99": round(1000 * _percentile(lat[name], 99), 3),
@@ -196,7 +206,13 @@ def bench_infer(checkpoint: str | Path, dataset: str | None = None, data_root: s
     best = max(results, key=lambda k: results[k]["messages_per_s"])
     fastest_p99 = min(results, key=lambda k: results[k]["latency_ms_p99"])
     out = {"benchmark": "infer", "checkpoint": str(checkpoint), "model": kind, "parameters": n_params,
-           "dataset": data.name, "split": split, "windows": n, "window": window, "batch_size": batch_size,
+           "dataset": data.name, "split": split, "windows": n, "window": window, "stride": stride,
+           "batch_size": batch_size,
+           "messages_counted": (f"{stride} new messages per window scored (the stride)"
+                                + (f": windows overlap, each message is in {window / stride:g} windows; a recording's "
+                                   f"first window brings {window - stride} more, once" if stride < window else
+                                   f": {stride - window} messages between windows are read, not scored"
+                                   if stride > window else "")),
            "nodes_per_window": round(float(np.mean(gs.num_nodes)), 1),
            "edges_per_window": round(float(np.mean(gs.num_edges)), 1), "threads": 1, "rounds": rounds,
            "variants": results, "effects": _effects(results), "best_throughput": best, "best_p99": fastest_p99,
@@ -221,6 +237,10 @@ def _effects(results: dict) -> dict:
             for label, (a, b) in pairs.items() if a in results and b in results}
 
 
+CHECKPOINT_ROW = "checkpoint (torch engine: the checkpoint's model, eager)"
+EXPORTED_ROW = "exported (.pt2, AOT scorer)"
+
+
 def _end_to_end(checkpoint, gs, path, repeats: int, package: Path | None) -> dict:
     """Replay a recording through the detector: file -> windows -> graphs -> scores, messages/s."""
     if path == "auto":
@@ -229,13 +249,17 @@ def _end_to_end(checkpoint, gs, path, repeats: int, package: Path | None) -> dic
             return {"skipped": "the scored split lists no readable recording; pass end_to_end=PATH"}
         path = max(files, key=lambda f: f.stat().st_size)
     out = {"input": str(path)}
-    forms = {"checkpoint (stock model, eager)": str(checkpoint)}
+    # the checkpoint row runs the detector's torch engine (the checkpoint's model, eager, with the
+    # attention kernel it was trained with), not kdkit detect's default native engine; each row records
+    # what scored its blocks (engine) and its single windows (single_window_engine)
+    forms = {CHECKPOINT_ROW: (str(checkpoint), "torch")}
     if package is not None:
-        forms["exported (.pt2, AOT scorer)"] = str(package)
-    for label, model in forms.items():
-        r = bench_replay(model, path, repeats=repeats)
+        forms[EXPORTED_ROW] = (str(package), "auto")
+    for label, (model, engine) in forms.items():
+        r = bench_replay(model, path, repeats=repeats, engine=engine)
         out[label] = {"messages_per_s": r["messages_per_s"], "messages_per_cpu_s": r["messages_per_cpu_s"],
-                      "messages": r["messages"], "windows": r["windows"]}
+                      "messages": r["messages"], "windows": r["windows"], "engine": r["engine"],
+                      "single_window_engine": r["single_window_engine"]}
     return out
 
 

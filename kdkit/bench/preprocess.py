@@ -17,6 +17,7 @@ import json
 import math
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -66,15 +67,33 @@ def _run_kdkit(path: Path, window: int, stride: int, store: Path,
     return len(msgs), len(gs), [t1 - t0, t2 - t1, time.perf_counter() - t2]
 
 
-def _cold_run(path: Path, window: int, stride: int, channel: str | None = None) -> dict:
-    """The first run in a fresh process (imports done, nothing warmed up): wall and CPU seconds."""
-    code = ("import json,sys,time,tempfile,pathlib; from kdkit.bench.preprocess import _one_core,_run_kdkit; _one_core(); "
-            "d=tempfile.mkdtemp(); c=time.process_time(); t=time.perf_counter(); "
-            "n,g,st=_run_kdkit(pathlib.Path(sys.argv[1]),int(sys.argv[2]),int(sys.argv[3]),pathlib.Path(d)/'s.store',"
+def _fresh_folder(parent: Path, name: str) -> Path:
+    """An empty folder for one timed run's store: every run writes a new file, none pays for
+    replacing (and freeing) the previous run's, which is deleted untimed (:func:`_drop`)."""
+    folder = parent / name
+    folder.mkdir()
+    return folder
+
+
+def _drop(folder: Path) -> None:
+    """Delete a run's folder, outside the timed part."""
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _cold_run(path: Path, window: int, stride: int, channel: str | None = None, folder: Path | None = None) -> dict:
+    """The first run in a fresh process (imports done, nothing warmed up): wall and CPU seconds.
+    The store goes into ``folder`` (empty, the caller's to delete; default a temporary folder
+    deleted here)."""
+    if folder is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            return _cold_run(path, window, stride, channel, Path(tmp))
+    code = ("import json,sys,time,pathlib; from kdkit.bench.preprocess import _one_core,_run_kdkit; _one_core(); "
+            "c=time.process_time(); t=time.perf_counter(); "
+            "n,g,st=_run_kdkit(pathlib.Path(sys.argv[1]),int(sys.argv[2]),int(sys.argv[3]),pathlib.Path(sys.argv[5])/'s.store',"
             "sys.argv[4] or None); "
             "print(json.dumps({'wall':time.perf_counter()-t,'cpu':time.process_time()-c,'messages':n}))")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-c", code, str(path), str(window), str(stride), channel or ""],
+    out = subprocess.run([sys.executable, "-c", code, str(path), str(window), str(stride), channel or "", str(folder)],
                          capture_output=True, text=True,
                          env=env, check=False)
     if out.returncode != 0:
@@ -95,8 +114,10 @@ def preprocess_file(path: str | Path, repeats: int = 5, window: int = 100, strid
 
     Warm runs repeat in this process after one burn-in; cold runs are each the first run of a
     fresh process (``cold``, default True). The two alternate, round after round, so a busy
-    spell of a shared machine hits both; wall and CPU seconds with min/median/max. ``channel``:
-    a logger file's bus (``"*"``: every bus as one stream).
+    spell of a shared machine hits both; wall and CPU seconds with min/median/max. Every run
+    writes its store into a new empty folder (the previous run's deleted untimed), so warm and
+    cold runs do the same file work; all are deleted at the end. ``channel``: a logger file's bus
+    (``"*"``: every bus as one stream).
 
     Raises:
         ValueError: ``repeats`` below 1.
@@ -111,15 +132,22 @@ def preprocess_file(path: str | Path, repeats: int = 5, window: int = 100, strid
     colds: list[dict] = []
     stage: dict[str, list[float]] = {"read": [], "graphs": [], "store": []}
     n = g = 0
-    with tempfile.TemporaryDirectory() as tmp:
-        _run_kdkit(path, window, stride, Path(tmp) / "s.store", channel)  # burn-in
-        for _ in range(repeats):
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        burn = _fresh_folder(tmp, "burn-in")
+        _run_kdkit(path, window, stride, burn / "s.store", channel)  # burn-in
+        _drop(burn)
+        for i in range(repeats):
             if cold:
-                colds.append(_cold_run(path, window, stride, channel))
+                folder = _fresh_folder(tmp, f"cold-{i}")
+                colds.append(_cold_run(path, window, stride, channel, folder))
+                _drop(folder)
+            folder = _fresh_folder(tmp, f"warm-{i}")
             c0, t0 = time.process_time(), time.perf_counter()
-            n, g, st = _run_kdkit(path, window, stride, Path(tmp) / "s.store", channel)
+            n, g, st = _run_kdkit(path, window, stride, folder / "s.store", channel)
             warm_wall.append(time.perf_counter() - t0)
             warm_cpu.append(time.process_time() - c0)
+            _drop(folder)
             for k, v in zip(stage, st):
                 stage[k].append(v)
     med = statistics.median(warm_wall)
@@ -217,25 +245,35 @@ def _predecessor_window(ts: list, ids: list, data: list, labels: list, s: int, W
 
 def pandas_baseline(path: str | Path, limit: int = 20000, window: int = 100, repeats: int = 3) -> dict:
     """The predecessor's algorithm (:func:`predecessor_graphs`) against kdkit on the same first
-    ``limit`` messages, interleaved round after round, wall and CPU seconds with min/median/max.
-    Both hand over graphs (kdkit a packed store, the predecessor PyG ``Data`` objects)."""
+    ``limit`` messages, interleaved round after round, wall and CPU seconds with min/median/max
+    (and every run's, ``wall_s_all``/``cpu_s_all``). Both hand over graphs (kdkit a packed store,
+    each run's in a new empty folder, the predecessor PyG ``Data`` objects)."""
     import pandas as pd
 
+    if repeats < 1:
+        raise ValueError(f"--repeats {repeats}: at least 1 measured run is needed")
     _one_core()
     path = Path(path)
-    with tempfile.TemporaryDirectory() as tmp:
-        head = Path(tmp) / "head.csv"
+    stage: dict[str, list[float]] = {"read": [], "graphs": [], "store": []}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        head = tmp / "head.csv"
         pd.read_csv(path, nrows=limit, dtype=str, keep_default_na=False).to_csv(head, index=False)
         times: dict[str, list[tuple[float, float]]] = {"predecessor": [], "kdkit": []}
         n = g = 0
-        for _ in range(repeats):
+        for r in range(repeats):
             for variant in ("predecessor", "kdkit"):
+                folder = _fresh_folder(tmp, f"run-{r}") if variant == "kdkit" else None
                 c0, t0 = time.process_time(), time.perf_counter()
                 if variant == "predecessor":
                     g = len(predecessor_graphs(head, window=window, stride=window))
                 else:
-                    n, _, _ = _run_kdkit(head, window, window, Path(tmp) / "s.store")
+                    n, _, st = _run_kdkit(head, window, window, folder / "s.store")
                 times[variant].append((time.perf_counter() - t0, time.process_time() - c0))
+                if folder is not None:
+                    _drop(folder)
+                    for k, v in zip(stage, st):
+                        stage[k].append(v)
     wall = {k: [w for w, _ in v] for k, v in times.items()}
     cpu = {k: [c for _, c in v] for k, v in times.items()}
     med = statistics.median(wall["predecessor"])
@@ -243,9 +281,13 @@ def pandas_baseline(path: str | Path, limit: int = 20000, window: int = 100, rep
             "seconds": round(med, 4), "messages_per_s": round(n / med),
             "messages_per_cpu_s": round(n / statistics.median(cpu["predecessor"])),
             "variants": {k: {"wall_s": spread(wall[k]), "cpu_s": spread(cpu[k]),
-                             "messages_per_cpu_s": spread([n / c for c in cpu[k]], 0)} for k in times},
+                             "messages_per_cpu_s": spread([n / c for c in cpu[k]], 0),
+                             "wall_s_all": [round(w, 6) for w in wall[k]], "cpu_s_all": [round(c, 6) for c in cpu[k]]}
+                         for k in times},
             "kdkit_speedup_cpu": round(statistics.median(cpu["predecessor"]) / statistics.median(cpu["kdkit"]), 1),
-            "repeats": repeats, "threads": 1, "machine": machine_info()}
+            "kdkit_speedup_wall": round(statistics.median(wall["predecessor"]) / statistics.median(wall["kdkit"]), 1),
+            "kdkit_stage_seconds_median": {k: round(statistics.median(v), 4) for k, v in stage.items()},
+            "peak_rss_mib": round(peak_rss_mib(), 1), "repeats": repeats, "threads": 1, "machine": machine_info()}
 
 
 def python_can_baseline(path: str | Path, repeats: int = 3, channel: str | None = None) -> dict:
@@ -289,16 +331,23 @@ def python_can_baseline(path: str | Path, repeats: int = 3, channel: str | None 
 
 
 def preprocess_dataset(name: str, data_root: str | None = None) -> dict:
-    """Prepare a whole dataset from scratch in a fresh process; report time and peak RSS."""
-    code = ("import json,sys,time,tempfile; from kdkit.data.datasets import prepare; "
+    """Prepare a whole dataset from scratch in a fresh process, its cache in a new empty
+    temporary folder deleted afterwards; report time and peak RSS."""
+    with tempfile.TemporaryDirectory() as cache:
+        return _preprocess_dataset(name, data_root, cache)
+
+
+def _preprocess_dataset(name: str, data_root: str | None, cache: str) -> dict:
+    code = ("import json,sys,time; from kdkit.data.datasets import prepare; "
             "from kdkit.bench.preprocess import peak_rss_mib; "
-            "t=time.perf_counter(); d=prepare(sys.argv[1], data_root=sys.argv[2] or None, cache_dir=tempfile.mkdtemp(), rebuild=True); "
+            "t=time.perf_counter(); d=prepare(sys.argv[1], data_root=sys.argv[2] or None, cache_dir=sys.argv[3], rebuild=True); "
             "dt=time.perf_counter()-t; msgs=sum(s['messages'] for s in d.info['splits'].values()); "
             "print(json.dumps({'seconds': round(dt,3), 'messages': msgs, 'messages_per_s': round(msgs/dt), "
             "'windows': {k: v['windows'] for k, v in d.info['splits'].items()}, "
             "'peak_rss_mib': round(peak_rss_mib(),1)}))")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-c", code, name, data_root or ""], capture_output=True, text=True, env=env, check=False)
+    out = subprocess.run([sys.executable, "-c", code, name, data_root or "", cache], capture_output=True, text=True,
+                         env=env, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"prepare {name} failed:\n{out.stderr[-2000:]}")
     result = json.loads(out.stdout.strip().splitlines()[-1])

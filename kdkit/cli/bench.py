@@ -105,7 +105,7 @@ def cmd_bench_infer(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
         return 0
     print(f"{result['model']} ({result['parameters']:,} parameters) on {result['dataset']}/{result['split']}, one core, "
-          f"{result['rounds']} interleaved rounds (median [min..max]):")
+          f"{result['rounds']} interleaved rounds (median [min..max]); messages counted: {result['messages_counted']}:")
     for name, r in result["variants"].items():
         s = r["messages_per_s_spread"]
         print(f"  {name:<20} {r['messages_per_s']:>11,} messages/s [{s['min']:,.0f}..{s['max']:,.0f}]  "
@@ -119,13 +119,30 @@ def cmd_bench_infer(args: argparse.Namespace) -> int:
         for label, r in e2e.items():
             if isinstance(r, dict):
                 m = r["messages_per_s"]
-                print(f"    {label:<34} {m['median']:>11,.0f} messages/s [{m['min']:,.0f}..{m['max']:,.0f}]")
+                print(f"    {label:<34} {m['median']:>11,.0f} messages/s [{m['min']:,.0f}..{m['max']:,.0f}] "
+                      f"(engine {r.get('engine')}, single windows {r.get('single_window_engine')})")
     elif e2e:
         print(f"  end to end: {e2e['skipped']}")
     return 0
 
 
+def _refuse_unused_detect(args: argparse.Namespace) -> None:
+    """``--repeats`` is read by the replay only, ``--seconds`` by ``--live`` only: the other mode would
+    accept it and ignore it (a figure asked for and silently not measured), so it is refused."""
+    if args.live and args.repeats is not None:
+        raise ValueError(f"--repeats {args.repeats} does nothing with --live (one live run of --seconds of the "
+                         "recording): drop it, or drop --live to time replays")
+    if not args.live and args.seconds is not None:
+        raise ValueError(f"--seconds {args.seconds} is read with --live only (the replay reads the whole file, "
+                         "--repeats times): drop it, or add --live")
+
+
 def cmd_bench_detect(args: argparse.Namespace) -> int:
+    _refuse_unused_detect(args)
+    if args.repeats is None:
+        args.repeats = 5
+    if args.seconds is None:
+        args.seconds = 10.0
     check_channel([Path(args.input)], args.channel)  # as kdkit detect: a CSV has no channels to pick
     if args.live:
         result = bench_live(args.model, args.input, args.channel, args.seconds, args.threads, args.engine)
@@ -223,9 +240,11 @@ def register(sub) -> None:
     p.add_argument("--channel", default=None,
                    help="only this channel of a logger file (e.g. can0). A file of several"
                         " buses needs one ('*' reads them all as one stream).")
-    p.add_argument("--repeats", type=whole(1), default=5, help="timed replays after one burn-in (default 5)")
+    p.add_argument("--repeats", type=whole(1), default=None,
+                   help="timed replays after one burn-in (default 5; not with --live)")
     p.add_argument("--live", action="store_true", help="measure live latency on a virtual bus at the recorded pace")
-    p.add_argument("--seconds", type=float, default=10.0, help="with --live: seconds of the recording sent (default 10)")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="with --live only: seconds of the recording sent (default 10)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--engine", choices=list(ENGINES), default="auto",
                    help="the detector's engine, as kdkit detect --engine (default auto)")
