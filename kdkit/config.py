@@ -352,6 +352,16 @@ def keys_without_effect(cfg: TrainConfig, given) -> list[str]:
     return notes
 
 
+def family_keys_set_unread(cfg: TrainConfig) -> list[str]:
+    """The :data:`FAMILY_KEYS` ``cfg`` sets away from their defaults that its model family does not
+    read, as :func:`keys_without_effect` words them: said by every front end's run (the notebooks pass
+    every parameter, so a key set to its default says nothing; a fusion student's kd_edge_weight 50
+    trained to the same loss as 1)."""
+    defaults = {f.name: f.default for f in fields(cfg)}
+    return keys_without_effect(cfg, [k for k, families in FAMILY_KEYS.items()
+                                     if cfg.model not in families and getattr(cfg, k) != defaults[k]])
+
+
 def validate_overrides(overrides: dict[str, Any], cls: type = TrainConfig) -> dict[str, Any]:
     """Check keys, types, choices and ranges of user overrides, and the keys given together
     (:func:`check_combination`); return them with ints widened to floats.
@@ -450,13 +460,22 @@ def format_value(value: Any) -> str:
 # a model's own option names (as the presets and checkpoints write them) -> the run-schema key that sets them
 MODEL_OPTION_KEYS = {"num_layers": "layers", "encoder_layers": "layers", "decoder_layers": "layers",
                      "vgae_layers": "layers", "encoder_heads": "heads", "decoder_heads": "heads"}
+_FUSION_PRESET = "; a fusion model keeps its preset's (its layers and heads set the GAT encoder)"
+MODEL_OPTION_HINTS = {  # what each says when given as a config key
+    "num_layers": "is set by the config key 'layers' (gat, fusion)",
+    "encoder_layers": "is set by the config key 'layers' (vgae)",
+    "encoder_heads": "is set by the config key 'heads' (vgae)",
+    "decoder_layers": "is set by the config key 'layers' for a vgae model" + _FUSION_PRESET,
+    "decoder_heads": "is set by the config key 'heads' for a vgae model (half of them)" + _FUSION_PRESET,
+    "vgae_layers": "is the depth of a fusion teacher's VGAE encoder, which keeps its preset's (the config key "
+                   "'layers' sets the GAT encoder)"}
 RUN_SCHEMA_MODEL_KEYS = ("dropout", "id_dropout")  # set by the run schema for every model, whatever the preset
 
 
 def _key_hint(key: str, names) -> str:
     """``"; did you mean 'layers'?"`` for a misspelt key or a model option's own name, else ``""``."""
     if key in MODEL_OPTION_KEYS:
-        return f"; the model option {key} is set by the config key {MODEL_OPTION_KEYS[key]!r}"
+        return f"; the model option {key} {MODEL_OPTION_HINTS[key]}"
     close = difflib.get_close_matches(key, list(names), n=1)
     return f"; did you mean {close[0]!r}?" if close else ""
 

@@ -30,7 +30,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from kdkit.config import TrainConfig
+from kdkit.config import TrainConfig, family_keys_set_unread
 from kdkit.data.datasets import PrepareConfig, PreparedDataset, dataset_name, file_sha256, prepare, skipped_rows_report
 from kdkit.data.graphs import (EDGE_FEATURES, GRAPH_FORMAT_VERSION, NODE_FEATURES, GraphSet, layout_matches,
                                model_reads_format)
@@ -455,6 +455,10 @@ def _train_locked(cfg: TrainConfig, resume, progress, on_epoch_end, data, should
                         "(it held %s): starting it afresh", run_dir, ", ".join(removed))
         if owner:
             check_run_dir(run_dir, cfg, resume)
+            unread = family_keys_set_unread(cfg)
+            if unread:
+                log.warning("%s: this %s run does not read %s; recorded in config.json as set",
+                            cfg.resolved_run_name, cfg.model, ", ".join(unread))
         if owner and cfg.devices * cfg.num_nodes > 1 and cfg.trainer != "legacy":
             if fork_workers:
                 ok, why = can_fork_ranks(cfg.devices, cfg.num_nodes, resolve_accelerator(cfg.accelerator))

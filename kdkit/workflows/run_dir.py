@@ -7,6 +7,7 @@ outputs and nothing else) or resuming from one of its checkpoints.
 """
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import os
@@ -119,6 +120,11 @@ def check_run_dir(run_dir: Path, cfg: TrainConfig, resume: str | Path | None) ->
         RunDirError: naming the folder, what it holds and the three ways on.
     """
     held = existing_run(run_dir)
+    if held and cfg.teacher and inside(cfg.teacher, run_dir):  # --overwrite would delete the checkpoint it distils
+        raise RunDirError(f"run dir {run_dir} holds the --teacher checkpoint {cfg.teacher} this student distils "
+                          f"from; training the student there would remove it{' (--overwrite)' if cfg.overwrite else ''}"
+                          ": give the student its own --run-name (without one it is "
+                          f"{dataclasses.replace(cfg, run_name=None).resolved_run_name})")
     if not held or cfg.overwrite or (resume and inside(resume, run_dir)):
         return
     last = run_dir / "checkpoints" / "last.pt"
