@@ -490,8 +490,9 @@ def test_kdkit_sweep_plans_seeds_without_a_grid(tmp_path, capsys, monkeypatch):
     from kdkit.cli.main import main
 
     monkeypatch.chdir(tmp_path)
-    teacher = tmp_path / "t.pt"
-    teacher.write_bytes(b"x")
+    from test_notebook_findings import fake_checkpoint
+
+    teacher = fake_checkpoint(tmp_path / "t.pt")  # the plan checks it against each task (family, data)
     notebook = Path(__file__).resolve().parents[1] / "notebooks" / "student.ipynb"
     assert main(["sweep", "--notebook", str(notebook), "--seeds", "0,1,2", "--dry-run",
                  "--teacher-checkpoint", str(teacher), "-p", "epochs", "1"]) == 0

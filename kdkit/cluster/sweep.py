@@ -56,8 +56,8 @@ from kdkit.cluster.orchestrator import (
 )
 from kdkit.cluster.requeue import RESUME_ENV, STOP_FILE_ENV, saved_marker
 from kdkit.cluster.sbatch import ShellArgs, render, validate
-from kdkit.workflows.notebooks import (KERNEL, check_model_sizes, check_parameters, closest_hint, ensure_kernel,
-                                      notebook_parameters)
+from kdkit.workflows.notebooks import (KERNEL, check_model_sizes, check_parameters, check_teacher_checkpoint,
+                                      closest_hint, ensure_kernel, notebook_parameters)
 
 SWEEPS_DIR = Path("runs") / "sweeps"
 RETRY_STATES = frozenset({"FAILED", "PREEMPTED", "TIMEOUT", "NODE_FAIL", "CANCELLED", "BOOT_FAIL", "OUT_OF_MEMORY"})
@@ -226,7 +226,13 @@ def plan(notebook: str | os.PathLike, grid: dict[str, list], seeds: list[int] | 
         values = check_parameters(notebook, _task_parameters({"parameters": parameters}, task, Path("/x")))
         try:
             check_model_sizes(notebook, values)
-        except ValueError as err:
+            # the teacher against each task (a gat teacher and a grid over model): as the notebook's first cell
+            # would, so a task that cannot distil it fails the plan (and --dry-run), not later in its job
+            if teacher_checkpoint is not None:
+                check_teacher_checkpoint(notebook, {**values, "teacher_checkpoint": teacher["checkpoint"]})
+            elif teacher_notebook is not None:
+                _check_teacher_notebook_family(notebook, values, teacher)
+        except (ValueError, FileNotFoundError) as err:
             raise SweepError(f"task {task['task']} ({task['params']}): {err}") from None
     name = name or f"{notebook.stem}_{datetime.now():%Y%m%d-%H%M%S}"
     validate({"run_name": name})
@@ -237,6 +243,17 @@ def plan(notebook: str | os.PathLike, grid: dict[str, list], seeds: list[int] | 
             # the tasks run where the sweep was planned: relative data roots, ./datasets.toml and the
             # default runs/ cache resolve as they did for the plan's checks (not in the notebook's folder)
             "cwd": os.getcwd()}
+
+
+def _check_teacher_notebook_family(notebook: Path, values: dict, teacher: dict) -> None:
+    """The family the teacher notebook trains (its ``model``) against a task's ``model``: its checkpoint
+    does not exist at plan time, but a task of another family would refuse it in its first cell."""
+    theirs = {**notebook_parameters(teacher["notebook"]), **teacher["parameters"]}.get("model")
+    ours = {**notebook_parameters(notebook), **values}.get("model")
+    if isinstance(theirs, str) and isinstance(ours, str) and theirs != ours:
+        raise ValueError(f"the teacher notebook trains a {theirs} teacher (its model={theirs!r}) and this task has "
+                         f"model={ours!r}: a student distils a teacher of its own family; sweep model over one "
+                         "family, or give the teacher notebook -p model")
 
 
 def _task_parameters(spec: dict, task: dict, sweep_dir: Path, teacher_checkpoint: str | None = None) -> dict:

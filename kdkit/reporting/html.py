@@ -16,8 +16,8 @@ from typing import Any, Mapping
 
 from kdkit.reporting import plots
 from kdkit.reporting.headline import headline, headline_html, headline_text
-from kdkit.reporting.records import (Table, _cell, attack_recall, attack_recall_rows, load_scores, model_entries,
-                                     model_label, scenario_rows, smoke_label)
+from kdkit.reporting.records import (UNFINISHED, Table, _cell, attack_recall, attack_recall_rows, load_scores,
+                                     model_entries, model_label, scenario_rows, smoke_label, unfinished)
 from kdkit.reporting.records import headline as headline_line
 from kdkit.reporting.train_run import (TrainRun, data_settings, is_train_run, read_json, role_key, run_seed,
                                        same_setting, same_student, train_run_record)
@@ -164,10 +164,12 @@ def _section(root: Path, path: Path, shown: set[str], run: TrainRun | None = Non
         title = (f"Training run: {summary['model']} {model_label(role_key(summary))} on {summary.get('dataset')} "
                  f"({where})")
     parts = [f"<h2>{html.escape(title)}</h2>"]
+    if unfinished(metrics):
+        parts.append(f"<p class='warning unfinished'>{html.escape(UNFINISHED[0].upper() + UNFINISHED[1:])}.</p>")
     if kind in ("teacher", "student") and model_entries(metrics):
         parts.append(f"<p class='muted'>{html.escape(headline_line(metrics))}</p>")
     if kind == "gateway" and metrics.get("counts"):  # what the run found, and a foreign car said up front
-        unknown = (metrics.get("summary") or {}).get("unknown_vehicle")
+        unknown = (metrics.get("summary") or {}).get("unknown_vehicle") or metrics.get("in_sample_warning")
         parts.append(f"<p class='{'warning' if unknown else 'muted'} gateway'>{html.escape(headline_line(metrics))}</p>")
     smoke = _smoke(metrics)
     if smoke:
@@ -178,7 +180,9 @@ def _section(root: Path, path: Path, shown: set[str], run: TrainRun | None = Non
     if summary and (summary.get("test") or {}).get("scenarios"):  # a `kdkit train` run: its summary's tables
         parts.append(Table(scenario_rows(summary["test"]), title=TABLE_TITLES["per_scenario"])._repr_html_())
         parts += _evaluation_tables(path.parent)
-    names = metrics.get("figures") or sorted(p.name for p in path.parent.glob("*.png"))
+    # the record's own figures; the folder's PNGs only for an older record without the list: a re-run that
+    # failed before its first figure ("figures": []) showed the previous run's PNGs under its values
+    names = metrics["figures"] if "figures" in metrics else sorted(p.name for p in path.parent.glob("*.png"))
     pngs = {f: (path.parent / f).read_bytes() for f in names
             if (path.parent / f).is_file() and (kind != "student" or Path(f).stem not in shown)}
     if not pngs and summary:  # a `kdkit train` run: draw from its summary
@@ -256,7 +260,7 @@ def headline_title(keys: list[str]) -> str:
 
 def headline_section(record: Mapping, run_dir: Path, scores: Mapping | None = None, notes: list[str] | None = None,
                      subject: str = "", main: str | None = None, overlay: bool = True,
-                     ident: str = "") -> tuple[str, set[str]]:
+                     ident: str = "", also: list[str] | None = None) -> tuple[str, set[str]]:
     """The report's opening: the headline table of a student (or teacher) record and the figures
     drawn from it and its scores; returns the HTML and the figure names it drew.
 
@@ -270,6 +274,7 @@ def headline_section(record: Mapping, run_dir: Path, scores: Mapping | None = No
         main: the model whose scores are drawn (default the KD student, else the first model).
         overlay: draw the validation curves of the students overlaid.
         ident: added to the element ids (a report with a headline per model family: ``-2``, ...).
+        also: notes said after ``notes`` (or the default one), e.g. the other runs the table leaves out.
     """
     h = headline([record])
     figs: dict[str, Any] = {}
@@ -300,7 +305,9 @@ def headline_section(record: Mapping, run_dir: Path, scores: Mapping | None = No
              headline_html(h, table_id=f"headline{ident}")]
     if notes is None and "label" not in scores:
         notes = [NO_SCORES]
-    parts += [f"<p class='muted note'>{html.escape(n)}</p>" for n in notes or []]
+    if unfinished(record):  # a headline of a run that stopped midway says so above its numbers
+        parts.insert(1, f"<p class='warning unfinished'>{html.escape(UNFINISHED[0].upper() + UNFINISHED[1:])}.</p>")
+    parts += [f"<p class='muted note'>{html.escape(n)}</p>" for n in [*(notes or []), *(also or [])]]
     for name, fig in figs.items():
         parts.append(png_html(fig_png(fig), name, title=titles.get(name, "")))
         if name == "attack_recall":
@@ -328,9 +335,55 @@ def lead_train_run(records: list[Path]) -> Path | None:
 
 
 def notebook_lead(loaded: list[tuple[Path, dict]]) -> tuple[Path, dict] | None:
-    """The notebook record a report opens with: the newest student record with models, else teacher."""
-    return next((pm for kind in ("student", "teacher") for pm in reversed(loaded)
-                 if pm[1].get("notebook") == kind and model_entries(pm[1])), None)
+    """The notebook record a report opens with: the newest student record with models, else teacher;
+    a finished run before one that stopped midway (which keeps its own section, flagged)."""
+    for kind in ("student", "teacher"):
+        found = [pm for pm in loaded if pm[1].get("notebook") == kind and model_entries(pm[1])]
+        if found:
+            return ([pm for pm in found if not unfinished(pm[1])] or found)[-1]
+    return None
+
+
+def record_family(metrics: Mapping) -> str | None:
+    """The model family of a teacher or student notebook record (``gat``, ``vgae``, ``fusion``)."""
+    return metrics.get("model") or (metrics.get("notebook_parameters") or {}).get("model")
+
+
+def _model_records(loaded: list[tuple[Path, dict]]) -> list[tuple[Path, dict]]:
+    return [pm for pm in loaded if pm[1].get("notebook") in ("student", "teacher") and model_entries(pm[1])]
+
+
+def notebook_leads(loaded: list[tuple[Path, dict]]) -> list[tuple[Path, dict]]:
+    """One lead record per model family among the notebook records (a runs folder of GAT and VGAE
+    student notebooks gets a headline for each, as ``kdkit train`` folders do with
+    :func:`lead_train_runs`): :func:`notebook_lead`'s first, then each other family's."""
+    first = notebook_lead(loaded)
+    if first is None:
+        return []
+    records = _model_records(loaded)
+    leads = [first]
+    for family in list(dict.fromkeys([record_family(first[1]), *(record_family(m) for _, m in records)]))[1:]:
+        lead = notebook_lead([pm for pm in records if record_family(pm[1]) == family])
+        if lead is not None:
+            leads.append(lead)
+    return leads
+
+
+def notebook_others_note(lead: tuple[Path, dict], loaded: list[tuple[Path, dict]]) -> str | None:
+    """A note naming the other notebook records of the lead's family and notebook (a folder of three
+    GAT student runs shows one in its table); None when there are none."""
+    kind, family = lead[1].get("notebook"), record_family(lead[1])
+    others = [p.parent.name for p, m in _model_records(loaded)
+              if p != lead[0] and m.get("notebook") == kind and record_family(m) == family]
+    if not others:
+        return None
+    return (f"{len(others)} other {family} {kind} notebook run(s) in this folder, not in this table: "
+            f"{', '.join(sorted(others))} (their own sections below; kdkit report RUN_FOLDER for each one's table)")
+
+
+def _lead_subject(lead: tuple[Path, dict], leads: list) -> str:
+    """``gat on synthetic`` in a headline's title when a report has a headline per family; "" for one."""
+    return run_subject({"model": record_family(lead[1]), "dataset": lead[1].get("dataset")}) if len(leads) > 1 else ""
 
 
 def run_subject(record: Mapping) -> str:
@@ -433,7 +486,8 @@ def run_dir_html(root: str | Path, out: str | Path | None = None) -> Path:
     """One self-contained HTML page for every recorded run under ``root`` (figures as base64).
 
     It opens with the headline table of the newest student record (else of the newest teacher
-    record); without a notebook record, of a ``kdkit train`` run (a KD student with its teacher
+    record), one per model family, each naming the other runs of its kind it leaves out; a run that
+    did not finish is flagged; without a notebook record, of a ``kdkit train`` run (a KD student with its teacher
     and a student alone beside it where found, else a student alone, else a teacher). Then one
     section per record.
     """
@@ -442,14 +496,18 @@ def run_dir_html(root: str | Path, out: str | Path | None = None) -> Path:
     if not records:
         raise FileNotFoundError(f"no metrics.json under {root}: run a notebook with run_dir={str(root)!r} first")
     loaded = [(p, json.loads(p.read_text())) for p in records]
-    lead = notebook_lead(loaded)
+    leads = notebook_leads(loaded)
     shown: dict[Path, set[str]] = {}  # the figures a headline drew, per record
     runs: dict[Path, TrainRun] = {}
     top = ""
-    if lead:
-        top, shown[lead[0]] = headline_section(lead[1], lead[0].parent)
-        top = seeds_html(notebook_seeds_headline(lead, loaded)) + top
-    else:  # `kdkit train` runs: a headline per model family
+    for i, lead in enumerate(leads):  # notebook records: a headline per model family
+        ident = f"-{i + 1}" if i else ""
+        pooled = notebook_seeds_headline(lead, loaded)
+        also = [] if pooled else list(filter(None, [notebook_others_note(lead, loaded)]))
+        section, shown[lead[0]] = headline_section(lead[1], lead[0].parent, subject=_lead_subject(lead, leads),
+                                                   ident=ident, also=also)
+        top += seeds_html(pooled, ident) + section
+    if not leads:  # `kdkit train` runs: a headline per model family
         for i, folder in enumerate(lead_train_runs(records)):
             ident = f"-{i + 1}" if i else ""
             run = train_run_record(folder, [p.parent for p in records])
@@ -503,7 +561,7 @@ def text_summary(root: str | Path) -> str:
     blocks = []
     records = find_records(root)
     loaded = [(p, json.loads(p.read_text())) for p in records]
-    lead = notebook_lead(loaded)  # as the HTML report opens; else kdkit train runs
+    leads = notebook_leads(loaded)  # as the HTML report opens; else kdkit train runs
 
     def over_seeds(pooled: tuple[dict, list] | None, what: str) -> list[str]:
         if pooled is None:
@@ -511,11 +569,16 @@ def text_summary(root: str | Path) -> str:
         h, seeds = pooled
         return [f"== over {len(seeds)} seeds ({', '.join(map(str, seeds))}): {what}, mean ± std", headline_text(h), ""]
 
-    if lead:
-        blocks += over_seeds(notebook_seeds_headline(lead, loaded), headline_title(list(model_entries(lead[1]))))
-        blocks += [f"== {headline_title(list(model_entries(lead[1])))} ({lead[0].parent})",
-                   headline_text(headline([lead[1]])), ""]
-    for folder in ([] if lead else lead_train_runs(records)):
+    for lead in leads:
+        pooled = notebook_seeds_headline(lead, loaded)
+        subject = _lead_subject(lead, leads)
+        title = headline_title(list(model_entries(lead[1])))
+        blocks += over_seeds(pooled, title + (f" ({subject})" if subject else ""))
+        notes = [*([UNFINISHED] if unfinished(lead[1]) else []),
+                 *([] if pooled else filter(None, [notebook_others_note(lead, loaded)]))]
+        blocks += [f"== {title} ({f'{subject}; ' if subject else ''}{lead[0].parent})",
+                   headline_text(headline([lead[1]])), *(f"  note: {n}" for n in notes), ""]
+    for folder in ([] if leads else lead_train_runs(records)):
         run = train_run_record(folder, [p.parent for p in records], with_scores=False)
         subject = run_subject(run.record)
         pooled = seeds_headline(folder, records)
@@ -526,6 +589,8 @@ def text_summary(root: str | Path) -> str:
     for p, metrics in loaded:
         flat = _flatten({k: v for k, v in metrics.items() if k not in ("figures", "tables", "history")})
         blocks.append(f"== {p.parent}  ({metrics.get('notebook', 'run')})")
+        if unfinished(metrics):
+            blocks.append(f"  WARNING: {UNFINISHED}")
         kind = metrics.get("notebook")
         if (kind in ("teacher", "student") and model_entries(metrics)) or (kind == "gateway" and metrics.get("counts")):
             blocks.append(f"  {headline_line(metrics)}")  # as the HTML section's line

@@ -68,6 +68,21 @@ def _cell(v: Any) -> str:
 
 
 # ----------------------------------------------------------------------------- run records
+RECORD_VERSION = 2
+"""Version of the notebook records :class:`RunRecord` writes. From 2 a record holds ``completed``
+(None until the notebook's last step): a record of version 2 without it is a run that did not
+finish. Older records (no ``record_version``) cannot tell, and are read as before."""
+
+UNFINISHED = ("this run did not finish: its notebook stopped before its last step (an error, or it was "
+              "stopped), so what is recorded here is partial; see the executed notebook in its folder")
+
+
+def unfinished(metrics: Mapping) -> bool:
+    """Whether a notebook record is of a run that stopped midway: a record that knows (version 2 on)
+    and was never completed. Older records without ``record_version`` are not flagged."""
+    return isinstance(metrics.get("record_version"), int) and not metrics.get("completed")
+
+
 class RunRecord:
     """``metrics.json`` and the figures of one notebook run, written as they are produced.
 
@@ -80,32 +95,43 @@ class RunRecord:
     def __init__(self, run_dir: str | Path, notebook: str, **info: Any):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.metrics: dict[str, Any] = {"notebook": notebook, "started": datetime.now().isoformat(timespec="microseconds"), **info,
-                                        "figures": [], "tables": {}}
+        # "completed" stays None until the notebook's last step (write()): a run that fails midway leaves a
+        # record the reports flag as unfinished, not one read as a whole run with the previous run's figures
+        self.metrics: dict[str, Any] = {"notebook": notebook, "record_version": RECORD_VERSION,
+                                        "started": datetime.now().isoformat(timespec="microseconds"), **info,
+                                        "figures": [], "tables": {}, "completed": None}
         self._t0 = time.perf_counter()
-        self.write()
+        self._save()
 
     @property
     def path(self) -> Path:
         return self.run_dir / "metrics.json"
 
-    def write(self) -> Path:
+    def _save(self) -> Path:
+        """metrics.json as it stands (after each step, so a failed run keeps what it had measured)."""
         self.metrics["elapsed_seconds"] = round(time.perf_counter() - self._t0, 2)
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.metrics, indent=2, default=_json_default))
         tmp.replace(self.path)
         return self.path
 
+    def write(self) -> Path:
+        """The notebook's last step (``print("recorded:", rec.write())``): marks the record complete
+        (``completed``: when it finished) and saves it. A record without it is a run that stopped
+        midway, and ``kdkit report`` says so."""
+        self.metrics["completed"] = datetime.now().isoformat(timespec="seconds")
+        return self._save()
+
     def record(self, **items: Any) -> None:
         """Merge ``items`` into metrics.json."""
         self.metrics.update(items)
-        self.write()
+        self._save()
 
     def table(self, name: str, rows: Sequence[Mapping], columns: Sequence[str] | None = None, title: str = "") -> Table:
         """Record rows under ``tables[name]`` and return them as a displayable :class:`Table`."""
         t = Table(rows, columns, title or name.replace("_", " "))
         self.metrics["tables"][name] = {"columns": t.columns, "rows": t.rows}
-        self.write()
+        self._save()
         return t
 
     def figure(self, fig, name: str, dpi: int = 110):
@@ -113,7 +139,7 @@ class RunRecord:
         fig.savefig(self.run_dir / f"{name}.png", dpi=dpi, bbox_inches="tight")
         if f"{name}.png" not in self.metrics["figures"]:
             self.metrics["figures"].append(f"{name}.png")
-        self.write()
+        self._save()
         return fig
 
 
@@ -309,6 +335,10 @@ def headline(metrics: Mapping) -> str:
     kind = metrics.get("notebook")
     if kind == "teacher":
         return f"teacher: {metrics['parameters']:,} parameters, overall F1 {_f1(metrics['overall'])}"
+    if kind == "student" and not {"student_kd", "student_alone", "teacher"} <= set(metrics):
+        # a run that stopped midway (e.g. after its teacher): the models it recorded, not a KeyError in the report
+        found = [f"{model_label(k)} F1 {_f1(e.get('overall') or {})}" for k, e in model_entries(metrics).items()]
+        return f"student (partial record): {', '.join(found) or 'no model recorded'}"
     if kind == "student":
         kd, alone = metrics["student_kd"], metrics["student_alone"]
         return (f"student: {kd['parameters']:,} parameters, overall F1 {_f1(kd['overall'])} with KD, "
@@ -325,7 +355,8 @@ UNKNOWN_BUS = ("the bus did not look like a vehicle the model was trained on (mo
 
 def gateway_line(metrics: Mapping) -> str:
     """A gateway record in one line: windows, alarms and, for labelled input, detected attack
-    windows and false alarms; and what the detector said of an unknown car."""
+    windows and false alarms; what the detector said of an unknown car, and that the recording was
+    one the model trained on."""
     c = metrics["counts"]
     rate = f" ({c['alarms'] / c['windows']:.1%})" if c.get("windows") else ""
     text = f"gateway: {c.get('windows', 0):,} windows, {c.get('alarms', 0):,} alarms{rate}"
@@ -336,6 +367,8 @@ def gateway_line(metrics: Mapping) -> str:
         text += "; unlabelled input (no truth to score against)"
     if (metrics.get("summary") or {}).get("unknown_vehicle"):
         text += f". Warning: {UNKNOWN_BUS}"
+    if metrics.get("in_sample_warning"):  # a training recording replayed: its recall is not a test
+        text += f". Warning: {metrics['in_sample_warning']}"
     return text
 
 

@@ -6,17 +6,21 @@ from __future__ import annotations
 import ast
 import difflib
 import json
+import math
 import os
 import sys
 from pathlib import Path
 from typing import Any, Mapping
 
+import can
+
 from kdkit.config import TrainConfig, schema, validate_overrides
-from kdkit.models.registry import PRESETS, check_sizes
+from kdkit.data.datasets import dataset_name
+from kdkit.models.registry import MODEL_CLASSES, PRESETS, check_sizes
 from kdkit.reporting.records import epoch_printer, stop_note
 from kdkit.training.checkpoint import load_checkpoint, provenance
 from kdkit.training.precision import resolve_accelerator
-from kdkit.workflows.run import train
+from kdkit.workflows.run import calibration_sample, in_sample, train
 
 # ----------------------------------------------------------------------------- executing notebooks
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
@@ -212,6 +216,8 @@ def check_notebook(name: str, namespace: Mapping[str, Any]) -> dict:
     values = check_parameters(shown, {k: namespace[k] for k in declared if k in namespace}, declared=declared)
     check_model_sizes(path, values)
     check_teacher_checkpoint(path, values)
+    if path.stem == "gateway":  # its files, threshold and bus, before the run record is written
+        check_gateway_inputs(path, values)
     if isinstance(values.get("accelerator"), str):
         try:  # a device this machine lacks fails here, not in the training cell
             resolve_accelerator(values["accelerator"])
@@ -281,6 +287,155 @@ def check_teacher_checkpoint(notebook: str | os.PathLike, values: Mapping[str, A
     if isinstance(model, str) and kind != model:
         raise ValueError(f"{shown} parameters: teacher_checkpoint={given!r} is a {kind} teacher and model={model!r}; "
                          f"set model={kind!r} to distil it, or give a {model} teacher")
+    check_teacher_data(notebook, values, given, prov)
+
+
+def check_teacher_data(notebook: str | os.PathLike, values: Mapping[str, Any], given: str, prov: Mapping) -> None:
+    """The teacher's training data against the notebook's ``dataset`` (and ``synthetic_seed`` for the
+    built-in synthetic traffic): the student is distilled on the teacher's ID vocabulary, so a teacher
+    of other data failed only after the data had loaded ("different ID vocabularies"), without naming
+    the likely cause, another synthetic seed. Checked in the first cell instead.
+
+    Raises:
+        ValueError: naming ``teacher_checkpoint``, the parameter that differs and both values.
+    """
+    shown = Path(notebook).name
+    values = {**notebook_parameters(notebook), **values}
+    ours, theirs = values.get("dataset"), prov.get("dataset")
+    if not isinstance(ours, str) or not isinstance(theirs, str):
+        return
+    if dataset_name(ours) != dataset_name(theirs):
+        raise ValueError(f"{shown} parameters: teacher_checkpoint={given!r} was trained on dataset {theirs!r} and "
+                         f"dataset={ours!r}: a student is distilled on its teacher's ID vocabulary; set "
+                         f"dataset={theirs!r}, or give a teacher trained on {ours!r}")
+    seed, their_seed = values.get("synthetic_seed"), prov.get("synthetic_seed")
+    if (dataset_name(ours) == "synthetic" and isinstance(seed, int) and isinstance(their_seed, int)
+            and seed != their_seed):
+        raise ValueError(f"{shown} parameters: teacher_checkpoint={given!r} was trained on the synthetic traffic of "
+                         f"synthetic_seed={their_seed} and synthetic_seed={seed}: each seed simulates other CAN IDs "
+                         f"(another vocabulary); set synthetic_seed={their_seed}, or give a teacher trained on seed "
+                         f"{seed}")
+
+
+def check_student_checkpoint(notebook: str | os.PathLike, values: Mapping[str, Any], key: str = "checkpoint") -> str:
+    """A notebook's student checkpoint parameter (the benchmark's ``checkpoint``), when given: the file
+    must exist and be a student (its train_config's ``type``). Checked in the first cell: it was
+    first read in the last section, after the long benchmarks had written their figures, and a
+    teacher was measured and titled "student".
+
+    Returns:
+        The checkpoint's role for titles (``"student"``; also without a checkpoint: one is trained).
+
+    Raises:
+        FileNotFoundError, ValueError: naming the parameter, its value and what the file is.
+    """
+    given = values.get(key)
+    if not given or not isinstance(given, str):
+        return "student"
+    shown, path = Path(notebook).name, Path(given).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{shown} parameter {key}={given!r}: {path.resolve()} does not exist (a student's "
+                                "best.pt; empty: train a 1-epoch student here)")
+    ck = load_checkpoint(path)
+    role = provenance(ck, path).get("role") or (ck.get("train_config") or {}).get("type")
+    if role != "student":
+        kind = (ck.get("model_config") or {}).get("kind")
+        raise ValueError(f"{shown} parameter {key}={given!r}: a {role} checkpoint ({kind}), not a student: the "
+                         "inference benchmark measures a student; give a student's best.pt, or leave it empty to "
+                         "train one here")
+    return role
+
+
+def check_gateway_inputs(notebook: str | os.PathLike, values: Mapping[str, Any]) -> None:
+    """The gateway notebook's ``recording``, ``model_path``, ``threshold`` and ``bus``, checked in its
+    first cell: they failed in the detection cells, after the run record had been written, with
+    messages naming a file or ``--threshold`` but not the notebook parameter.
+
+    Raises:
+        FileNotFoundError, ValueError: naming the parameter and its value.
+    """
+    shown = Path(notebook).name
+    recording, model_path, bus = values.get("recording"), values.get("model_path"), values.get("bus")
+    if isinstance(recording, str) and recording and not bus and not Path(recording).expanduser().is_file():
+        raise FileNotFoundError(f"{shown} parameter recording={recording!r}: {Path(recording).expanduser().resolve()} "
+                                "is not a file (a recording to replay: .log .asc .blf .trc .csv, .gz too; empty: a "
+                                "simulated DoS attack)")
+    probability = True  # the quick model trained when model_path is empty is a GAT classifier
+    if isinstance(model_path, str) and model_path:
+        path = Path(model_path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"{shown} parameter model_path={model_path!r}: {path.resolve()} does not exist "
+                                    "(an exported student .pt2 or a checkpoint best.pt; empty: train a small GAT here)")
+        probability = _scores_probability(path)
+    _check_gateway_threshold(shown, values.get("threshold"), probability)
+    if isinstance(bus, str) and bus:
+        _check_bus(shown, bus)
+
+
+def _scores_probability(path: Path) -> bool:
+    """Whether a checkpoint's or exported package's score is an attack probability (a GAT classifier;
+    a package: logits, as its ``.json`` says), as the detector decides it; False when it cannot be
+    told here (the detector's own checks then speak)."""
+    try:
+        if path.suffix == ".pt2":
+            return json.loads(path.with_suffix(".json").read_text()).get("output_kind", "logits") == "logits"
+        cls = MODEL_CLASSES.get((load_checkpoint(path).get("model_config") or {}).get("kind"))
+    except (OSError, ValueError):
+        return False
+    return getattr(cls, "objective", None) == "classify"
+
+
+def _check_gateway_threshold(shown: str, threshold: Any, probability: bool) -> None:
+    """A given threshold must be a finite number, and within [0, 1] for a model whose score is an
+    attack probability (outside it every window or none alarms)."""
+    if threshold is None or isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        return  # a wrong type was refused by the parameter check
+    if not math.isfinite(threshold):
+        raise ValueError(f"{shown} parameter threshold={threshold!r}: must be a finite number (None: the model's own; "
+                         "kdkit detect's --threshold)")
+    if probability and not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"{shown} parameter threshold={threshold!r}: outside [0, 1]: the model's score is an attack "
+                         f"probability, so {'no window' if threshold > 1 else 'every window'} would alarm; leave it "
+                         "None for the model's own")
+
+
+def _check_bus(shown: str, bus: str) -> None:
+    """``bus`` as INTERFACE:CHANNEL with an interface python-can knows."""
+    iface, sep, channel = bus.partition(":")
+    if not sep or not iface or not channel:
+        raise ValueError(f"{shown} parameter bus={bus!r}: expected INTERFACE:CHANNEL, e.g. socketcan:can0 or "
+                         "virtual:demo (empty: replay the recording)")
+    known = sorted(getattr(can.interfaces, "VALID_INTERFACES", ()))
+    if known and iface not in known:
+        raise ValueError(f"{shown} parameter bus={bus!r}: python-can has no interface {iface!r}"
+                         f"{closest_hint(iface, known)} (known: {', '.join(known)})")
+
+
+def in_sample_warning(model: str | os.PathLike, recording: str | os.PathLike, show: bool = True) -> str | None:
+    """What ``kdkit evaluate --input`` warns when a recording is one the model was trained (or
+    calibrated) on: its recall there is in-sample, not a test (the gateway notebook reported it
+    without a word). ``model``: a checkpoint, or an exported ``.pt2`` (its ``.json`` names the
+    checkpoint). ``show``: print it (``Warning: ...``), as the notebook's output. None for unseen
+    recordings, or when the model's provenance does not list its files."""
+    path = Path(model)
+    try:
+        if path.suffix == ".pt2":
+            path = Path(json.loads(path.with_suffix(".json").read_text()).get("checkpoint") or "")
+        prov = provenance(load_checkpoint(path), path)
+    except (OSError, ValueError):
+        return None
+    trained, calibrated = in_sample(prov, Path(recording)), None
+    if trained:
+        text = (f"{recording} is {trained}, a training recording of this model: its windows trained it, so the "
+                "detections and recall below are in-sample, not a test; replay a recording it did not see")
+    elif (calibrated := calibration_sample(prov, Path(recording))):
+        text = (f"{recording} is a recording this model was {calibrated}, so its alarm rate here is the budget "
+                "that was fitted, not a measure on unseen traffic; replay another recording of the car")
+    else:
+        return None
+    if show:
+        print(f"Warning: {text}", flush=True)
+    return text
 
 
 # the models a notebook builds: (preset size, prefix of its parameters)
