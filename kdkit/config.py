@@ -88,7 +88,9 @@ class TrainConfig:
     dataset: str = param("synthetic", "dataset: a registry key, a folder, a spec file (.toml/.json[:name]) or a name "
                          "declared in ./datasets.toml or $KDKIT_DATASETS", group=WHAT, panel=True, check=check_dataset,
                          suggestions=known_datasets)
-    data_root: Optional[str] = param(None, "folder holding hcrl-sa/ etc. (default $KDKIT_DATA_ROOT)", group=WHAT)
+    data_root: Optional[str] = param(None, "folder holding hcrl-sa/ etc. (default $KDKIT_DATA_ROOT, else the first "
+                                     "of data/can-train-and-test, ../shared/data/can-train-and-test, ... that "
+                                     "holds the dataset)", group=WHAT)
     channel: Optional[str] = param(None, "logger files of the dataset (.log/.asc/.blf/.trc, e.g. a multi-bus capture "
                                    "in a dataset folder): keep only this bus channel, e.g. can0 ('*': every channel "
                                    "as one stream, on purpose); None: the dataset spec's channel, if any. Given, it "
@@ -192,7 +194,9 @@ class TrainConfig:
                            choices=("auto", "fused", "stock"))
     node_budget: int = param(0, ">0: batches by node budget instead of graph count", group=HARDWARE, low=0)
     optimize_batch_size: bool = param(False, "run the DynamicBatchSizer and use its result", group=HARDWARE)
-    target_memory_usage: float = param(0.85, "batch sizer: share of device memory to fill", group=HARDWARE, low=0, high=1)
+    target_memory_usage: float = param(0.85, "batch sizer: share of device memory to fill (on a CPU: of the RAM "
+                                             "available; default: the hardware preset's, 0.85 a100/h100/v100, 0.7 "
+                                             "small-gpu, 0.5 cpu)", group=HARDWARE, low=0, high=1)
     min_batch_size: int = param(1, "batch sizer lower bound", group=HARDWARE, low=1)
     max_batch_size: int = param(1024, "batch sizer upper bound", group=HARDWARE, low=1)
     # --- output
@@ -328,6 +332,9 @@ def check_combination(values: dict[str, Any]) -> None:
                          "teacher checkpoint is what a student distils from (type 'student'), a teacher trains "
                          "alone and would ignore it: drop --teacher, or set --type student to distil from it")
 
+
+# fields whose default the --help text names itself (a hardware preset or the environment fills them)
+PRESET_FILLED = ("data_root", "target_memory_usage")
 
 # keys only some model families read: key -> those families (the others accept the key and ignore it)
 FAMILY_KEYS: dict[str, tuple[str, ...]] = {
@@ -535,7 +542,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfi
         if s.name in skip:
             continue
         group = groups.setdefault(s.group, parser.add_argument_group(f"config: {s.group}"))
-        shown = (f"{s.help} (default {format_value(s.default)})" if s.name != "dataset" else
+        shown = (s.help if s.name in PRESET_FILLED else  # their help says where the default comes from
+                 f"{s.help} (default {format_value(s.default)})" if s.name != "dataset" else
                  f"{s.help} (required: a run names its data; make_config's default in Python is "
                  f"{format_value(s.default)})")
         if s.base is bool and not s.choices:

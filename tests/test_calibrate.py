@@ -255,3 +255,19 @@ def test_first_seconds_calibrates_on_the_start_of_each_recording(gat_checkpoint,
     assert main(["calibrate", "--checkpoint", str(gat_checkpoint), "--clean", str(clean_folder), "--fpr", "0.001",
                  "--first-seconds", "1", "--out", str(tmp_path / "short.pt")]) == 2
     assert "or use more than the first 1 s: --first-seconds" in capsys.readouterr().err
+
+
+def test_a_bus_that_starts_later_in_a_log_is_said_by_evaluate_and_calibrate(gat_checkpoint, synthetic, tmp_path):
+    """A candump log whose first MiB holds can0 is read as can0; the 500 frames of can1 after it were left out
+    without a word by evaluate --input and calibrate (data info and detect said it)."""
+    ids = sorted(synthetic.vocab.to_list())[1:6]
+    lines = [f"({100 + k / 500:.6f}) can0 {ids[k % 5]:03X}#{k % 256:02X}" for k in range(60_000)]  # past 1 MiB
+    lines += [f"({220 + k / 500:.6f}) can1 {0x7A0 + k % 3:03X}#00" for k in range(500)]
+    log = tmp_path / "late.log"
+    log.write_text("\n".join(lines) + "\n")
+    res = evaluate_inputs(gat_checkpoint, [log], out_dir=tmp_path)
+    assert res["files"][0]["left_out_channels"] == {"can1": 500}
+    assert any("can1 (500)" in w and "--channel NAME reads one of them" in w for w in res["warnings"]), res["warnings"]
+    cal = calibrate_checkpoint(gat_checkpoint, [log], tmp_path / "c.pt", fpr=0.05)
+    assert cal["files"][0]["left_out_channels"] == {"can1": 500}
+    assert any("can1 (500)" in w for w in cal["warnings"])

@@ -338,3 +338,20 @@ def test_bench_detect_refuses_a_channel_for_a_file_without_channels(ckpt, synthe
     csv = sorted(dataset_dir("synthetic").glob("test_01*/*.csv*"))[0]
     assert main(["bench", "detect", "--model", str(ckpt), "--input", str(csv), "--channel", "can0"]) == 2
     assert "--channel can0: only logger files" in capsys.readouterr().err  # as kdkit detect and evaluate say
+
+
+def test_bench_detects_calibrate_advice_names_the_channel_it_read(ckpt, tmp_path, caplog):
+    """kdkit detect's "calibrate the model" advice names --channel; bench detect's left it out, and on a
+    log of several buses the advised command stopped with "frames of 2 bus channels"."""
+    from kdkit.bench.detect import bench_live, bench_replay
+
+    log = _candump(tmp_path / "two.log", {"can0": 12_000, "can1": 200}, extended=True)
+    with caplog.at_level(logging.WARNING, logger="kdkit.stream"):
+        bench_replay(ckpt, log, channel="can0", repeats=1)
+    advice = [r.getMessage() for r in caplog.records if "kdkit calibrate --checkpoint" in r.getMessage()]
+    assert advice and "--clean CLEAN_CAPTURE --channel can0 --fpr" in advice[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="kdkit.stream"):
+        bench_live(ckpt, log, channel="can0", seconds=6.2)
+    advice = [r.getMessage() for r in caplog.records if "kdkit calibrate --checkpoint" in r.getMessage()]
+    assert advice and "--channel can0" in advice[0]

@@ -217,10 +217,48 @@ def test_report_shows_a_kdkit_evaluate_result(runs, tmp_path, capsys):
     capsys.readouterr()
     inputs = json.loads(next(run.glob("evaluation_inputs_*.json")).read_text())
     page = _report(run, capsys)
-    table = re.search(r"<caption>kdkit evaluate --input, threshold [^<]*\((evaluation_inputs_[^)]*)\)</caption>(.*?)"
+    table = re.search(r"<caption>kdkit evaluate --input of best.pt, threshold [^<]*\((evaluation_inputs_[^)]*)\)</caption>(.*?)"
                       r"</table>", page, re.S).group(2)
     row = next(r for r in re.findall(r"<tr>(.*?)</tr>", table, re.S) if f"<td>{recording.name}</td>" in r)
     assert f"<td>{_cell(inputs['files'][0]['metrics']['f1'])}</td>" in row
+
+
+def test_an_in_sample_input_is_flagged_in_the_report_and_evaluate_json_is_json(runs, tmp_path, capsys, synthetic):
+    """evaluate --input of a training recording warned, the report showed it as any other row; evaluate --json
+    without --dataset printed a note line above the JSON."""
+    run = tmp_path / "in_sample"
+    shutil.copytree(runs / "synthetic_gat_teacher", run)
+    trained_on = next(f for f in synthetic.splits["train"].files if "DoS" in f)
+    assert main(["evaluate", "--checkpoint", str(run / "checkpoints" / "best.pt"), "--input", trained_on]) == 0
+    capsys.readouterr()
+    page = _report(run, capsys)
+    assert f"<td>{Path(trained_on).name} (in-sample)</td>" in page
+    assert "so these metrics are in-sample, not a test" in page
+    assert main(["evaluate", "--checkpoint", str(run / "checkpoints" / "best.pt"), "--json"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["dataset"] == "synthetic" and "the checkpoint's training data" in out.err
+
+
+def test_a_notebook_run_beside_train_runs_hides_none_of_them(runs, tmp_path, capsys):
+    """`kdkit report runs` of a folder holding train runs and one notebook run reported the notebook alone."""
+    folder = tmp_path / "mixed"
+    shutil.copytree(runs, folder)
+    nb = folder / "nb_student"
+    shutil.copytree(runs / "synthetic_gat_teacher", nb / "gat_quick_teacher")  # a run the notebook trained
+    entry = {"overall": {"f1": 0.5}, "parameters": 10, "size_bytes": 40, "scenarios": {"t": {"f1": 0.5}},
+             "f1": {"t": 0.5}}
+    (nb / "metrics.json").write_text(json.dumps({"notebook": "student", "started": "2026-12-07 19:00", "model": "gat",
+                                                 "dataset": "synthetic", "teacher": entry, "student_kd": entry,
+                                                 "student_alone": entry, "figures": [], "tables": {},
+                                                 "completed": "2026-12-07 19:01", "record_version": 2}))
+    from kdkit.reporting.html import find_records
+
+    found = {p.parent.name for p in find_records(folder)}
+    assert {"nb_student", "synthetic_gat_teacher", "synthetic_gat_student_kd"} <= found and "gat_quick_teacher" not in found
+    assert main(["report", str(folder)]) == 0
+    text = capsys.readouterr().out
+    assert f"== {folder / 'synthetic_gat_student_kd'}" in text and f"== {nb}" in text
+    assert "KD gain" in text or "kd gain" in text.lower()
 
 
 def test_a_teacher_given_as_its_saved_models_copy_is_found_through_the_copys_record(tmp_path, monkeypatch):

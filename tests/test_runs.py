@@ -433,3 +433,15 @@ def test_a_saved_models_note_names_the_copy_as_it_can_be_passed_on(tmp_path, mon
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
     assert _shown(target) == str(target)
+
+
+def test_a_replaced_saved_models_copy_says_lower_is_better_for_a_loss(tmp_path):
+    """"replaced (val_loss 5.105 >= 6.234 ...)": a VGAE's copy is ranked by its loss, lower is better."""
+    best = tmp_path / "best.pt"
+    best.write_bytes(b"weights")
+    copy = tmp_path / "saved_models" / "student_nokd_autoencoder_x.pth"
+    rec = {"metric": "val_loss", "mode": "min", "run_dir": "runs/a", "run_name": "a", "checkpoint": str(best)}
+    assert save_compat_copy(best, copy, {**rec, "value": 6.234})[0]
+    copied, note = save_compat_copy(best, copy, {**rec, "value": 5.105, "run_dir": "runs/b"})
+    assert copied and "replaced (val_loss 5.105 <= 6.234 from run runs/a)" in note
+    assert not save_compat_copy(best, copy, {**rec, "value": 7.0})[0]

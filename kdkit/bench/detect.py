@@ -54,7 +54,7 @@ def bench_replay(model: str | Path, path: str | Path, channel: str | None = None
         raise ValueError(f"--repeats must be >= 1, got {repeats}")
     _check_threads(threads)
     torch.set_num_threads(threads)
-    base = Detector.load(model, engine=engine)
+    base = Detector.load(model, channel=channel, engine=engine)  # as kdkit detect: its advice names the channel
     replay_file(base.clone(), path, channel=channel, count_channels=False)  # burn-in: allocator, kernels, page cache
     runs = []
     for _ in range(repeats):
@@ -98,6 +98,9 @@ def bench_live(model: str | Path, path: str | Path, channel: str | None = None, 
     _check_threads(threads)
     torch.set_num_threads(threads)
     det = Detector.load(model, engine=engine)
+    # the frames come back from the virtual bus under its own channel name: the channel is only the advice's
+    # (the "calibrate this car" command names it, as kdkit detect's does)
+    det.vehicle.channel = channel
     msgs = read_messages(path, on_bad_rows="skip", channel=channel)
     n = int(np.searchsorted(msgs.timestamp, msgs.timestamp[0] + seconds, side="right"))
     msgs = msgs.slice(0, n)

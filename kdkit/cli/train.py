@@ -242,7 +242,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             raise ValueError("kdkit evaluate needs --dataset NAME (its test scenarios) or --input FILE_OR_FOLDER ... "
                              f"(any recordings): {args.checkpoint} records no dataset")
         args.dataset = trained_on
-        print(f"dataset {trained_on} (the checkpoint's training data; --dataset or --input evaluates others)")
+        print(f"dataset {trained_on} (the checkpoint's training data; --dataset or --input evaluates others)",
+              file=sys.stderr if args.json else sys.stdout)  # --json: stdout is the JSON alone
     for flag, value in (("--channel", args.channel), ("--threshold", args.threshold)):
         if value is not None:
             raise ValueError(f"{flag} {value} applies to --input recordings; --dataset {args.dataset} is evaluated "

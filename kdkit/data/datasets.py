@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from kdkit.data.graphs import GRAPH_FORMAT_VERSION, GraphSet, GraphStoreError, IdVocab
-from kdkit.data.loggers import ALL_CHANNELS, MixedChannelsError, channel_counts, label_sidecar, read_channel
+from kdkit.data.loggers import ALL_CHANNELS, MixedChannelsError, label_sidecar, left_out_channels
 from kdkit.data.prep import SplitStats, build_parts, excluded_block, remove_parts, vocab_ids, write_split
 from kdkit.data.progress import progress_bar
 from kdkit.data.readers import (LOGGER_SUFFIXES, DataFormatError, Messages, attack_type_from_name, data_suffixes,
@@ -842,14 +842,8 @@ def _left_out_channels(files: DatasetFiles, parts: dict) -> dict[str, dict[str, 
         return {}
     out: dict[str, dict[str, int]] = {}
     for path in _recordings(files):
-        if not path.name.lower().removesuffix(".gz").endswith(".log"):
-            others = parts[str(path)].last.left_out_channels
-            if others:
-                out[str(path)] = dict(others)
-            continue
-        read = read_channel(path)
-        others = {c: n for c, n in channel_counts(path).items() if c != read and n}
-        if read is not None and others:
+        others = left_out_channels(path, parts[str(path)].last)
+        if others:
             out[str(path)] = others
     return out
 

@@ -1033,6 +1033,19 @@ def _other_channels(counts: dict[str, int], channel: str | None) -> dict[str, in
     return {} if channel is None else {c: n for c, n in counts.items() if c != channel and n}
 
 
+def left_out_channels(path: str | Path, msgs: Messages | None = None) -> dict[str, int]:
+    """The data frames of the buses a logger file read with no channel chosen left out: the file is
+    read as the bus its start holds, and buses that start later are not mixed in. An ``.asc``/``.blf``/
+    ``.trc`` reader counts them as it reads (``msgs.left_out_channels``); a candump log's come from a
+    second, compiled pass (~0.1 s a MB). Empty for other files."""
+    path = Path(path)
+    if not path.name.lower().removesuffix(".gz").endswith(".log"):
+        return dict(getattr(msgs, "left_out_channels", None) or {})
+    read = read_channel(path)
+    others = {c: n for c, n in channel_counts(path).items() if c != read and n}
+    return others if read is not None else {}
+
+
 def channel_counts(path: str | Path) -> dict[str, int]:
     """Data frames per channel of a whole logger file (candump ``.log``, ``.asc``, ``.blf``,
     ``.trc``; ``.gz`` too), the channels named as ``channel=`` names them. Bad lines are passed

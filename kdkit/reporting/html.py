@@ -101,14 +101,21 @@ def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
 
 
 def find_records(root: str | Path) -> list[Path]:
-    """The ``metrics.json`` files of notebook runs under ``root``, in the order they started.
-
-    Without any notebook record (a ``kdkit train`` run folder), every ``metrics.json``.
-    """
+    """The ``metrics.json`` files under ``root``, in the order they started: every notebook run's,
+    and every ``kdkit train`` run's but those inside a notebook run's folder (the runs the notebook
+    trained, which its record reports). A notebook run beside ``kdkit train`` runs in one runs
+    folder hid all of them."""
     root = Path(root)
     found = [(p, json.loads(p.read_text())) for p in root.rglob("metrics.json")]
-    notebooks = [(p, m) for p, m in found if "notebook" in m]
-    return [p for p, m in sorted(notebooks or found, key=lambda pm: (pm[1].get("started", ""), str(pm[0])))]
+    homes = [p.parent for p, m in found if "notebook" in m]
+    kept = [(p, m) for p, m in found
+            if "notebook" in m or not any(p.parent.is_relative_to(home) for home in homes)]
+    return [p for p, m in sorted(kept, key=lambda pm: (pm[1].get("started", ""), str(pm[0])))]
+
+
+def _train_records(loaded: list[tuple[Path, dict]]) -> list[Path]:
+    """The ``kdkit train`` runs' records among ``loaded`` (the others are notebook records)."""
+    return [p for p, m in loaded if "notebook" not in m]
 
 
 def png_html(png: bytes, name: str, caption: str = "", title: str = "") -> str:
@@ -203,12 +210,17 @@ def _evaluation_tables(folder: Path) -> list[str]:
     for path in sorted(folder.glob("evaluation_*.json")):
         ev = read_json(path)
         if ev and ev.get("files"):  # --input: alarm rate and score spread per recording, metrics where labelled
-            rows = [{"recording": Path(e["file"]).name, "windows": e["windows"], "alarm_rate": e["alarm_rate"],
+            # in-sample: a training or calibration recording of the model, its metrics no test (evaluate warned)
+            rows = [{"recording": Path(e["file"]).name + (" (in-sample)" if e.get("in_sample") else ""),
+                     "windows": e["windows"], "alarm_rate": e["alarm_rate"],
                      "unknown_id_share": e.get("oov_node_share"), **{k: (e.get("metrics") or {}).get(k)
                                                                      for k in ("f1", "recall", "false_positive_rate")}}
                     for e in ev["files"]]
-            out.append(Table(rows, title=f"kdkit evaluate --input, threshold {ev.get('threshold', float('nan')):.6g} "
-                                         f"({path.name})")._repr_html_())
+            model = Path(ev["checkpoint"]).name if ev.get("checkpoint") else "?"
+            out.append(Table(rows, title=f"kdkit evaluate --input of {model}, threshold "
+                                         f"{ev.get('threshold', float('nan')):.6g} ({path.name})")._repr_html_())
+            out += [f"<p class='warning'>{html.escape(w)}</p>" for w in ev.get("warnings") or []
+                    if "in-sample" in w or "the budget that was fitted" in w]
             continue
         if not ev or not ev.get("scenarios"):
             continue
@@ -507,18 +519,19 @@ def run_dir_html(root: str | Path, out: str | Path | None = None) -> Path:
         section, shown[lead[0]] = headline_section(lead[1], lead[0].parent, subject=_lead_subject(lead, leads),
                                                    ident=ident, also=also)
         top += seeds_html(pooled, ident) + section
-    if not leads:  # `kdkit train` runs: a headline per model family
-        for i, folder in enumerate(lead_train_runs(records)):
-            ident = f"-{i + 1}" if i else ""
-            run = train_run_record(folder, [p.parent for p in records])
-            seeds = seeds_section(folder, records, ident)
-            if not seeds:  # several seeds are pooled there; else say which runs of this kind the table leaves out
-                run.notes = [*(run.notes or []), *filter(None, [others_note(folder, records)])]
-            subject = run_subject(run.record)
-            section, shown[folder / "metrics.json"] = headline_section(run.record, folder, run.scores, run.notes,
-                                                                       subject, run.main, overlay=False, ident=ident)
-            top += seeds + section
-            runs[folder / "metrics.json"] = run
+    trained = _train_records(loaded)
+    for i, folder in enumerate(lead_train_runs(trained), start=len(leads)):
+        # `kdkit train` runs (beside notebook runs too): a headline per model family
+        ident = f"-{i + 1}" if i else ""
+        run = train_run_record(folder, [p.parent for p in trained])
+        seeds = seeds_section(folder, trained, ident)
+        if not seeds:  # several seeds are pooled there; else say which runs of this kind the table leaves out
+            run.notes = [*(run.notes or []), *filter(None, [others_note(folder, trained)])]
+        subject = run_subject(run.record)
+        section, shown[folder / "metrics.json"] = headline_section(run.record, folder, run.scores, run.notes,
+                                                                   subject, run.main, overlay=False, ident=ident)
+        top += seeds + section
+        runs[folder / "metrics.json"] = run
     body = top + "\n".join(_section(root, p, shown.get(p, set()), runs.get(p)) for p in records)
     stamp = time.strftime("%Y-%m-%d %H:%M")
     page = page_html(f"kdkit report: {root}", f"{len(records)} run record(s), generated {stamp} by "
@@ -578,12 +591,13 @@ def text_summary(root: str | Path) -> str:
                  *([] if pooled else filter(None, [notebook_others_note(lead, loaded)]))]
         blocks += [f"== {title} ({f'{subject}; ' if subject else ''}{lead[0].parent})",
                    headline_text(headline([lead[1]])), *(f"  note: {n}" for n in notes), ""]
-    for folder in ([] if leads else lead_train_runs(records)):
-        run = train_run_record(folder, [p.parent for p in records], with_scores=False)
+    trained = _train_records(loaded)
+    for folder in lead_train_runs(trained):
+        run = train_run_record(folder, [p.parent for p in trained], with_scores=False)
         subject = run_subject(run.record)
-        pooled = seeds_headline(folder, records)
+        pooled = seeds_headline(folder, trained)
         blocks += over_seeds(pooled, f"{headline_title(list(model_entries(run.record)))} ({subject})")
-        notes = [*(run.notes or []), *([] if pooled else filter(None, [others_note(folder, records)]))]
+        notes = [*(run.notes or []), *([] if pooled else filter(None, [others_note(folder, trained)]))]
         blocks += [f"== {headline_title(list(model_entries(run.record)))} ({subject}; {folder})",
                    headline_text(headline([run.record])), *(f"  note: {n}" for n in notes), ""]
     for p, metrics in loaded:

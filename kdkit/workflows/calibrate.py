@@ -37,6 +37,7 @@ from kdkit.workflows.scoring import (
     alarm_summary,
     check_channel,
     check_first_seconds,
+    left_out_channels_warning,
     load_scoring_model,
     oov_warning,
     read_recording,
@@ -155,7 +156,7 @@ def calibrate_checkpoint(checkpoint: str | Path, clean: Sequence[str | Path], ou
     check_first_seconds(first_seconds)
     checkpoint, out, files, sm = _open_inputs(checkpoint, clean, out, fpr, channel, force, "calibrated")
     old = sm.threshold
-    scored, entries, attacks = [], [], []
+    scored, entries, attacks, channel_notes = [], [], [], []
     for f in files:
         rec = score_recording(sm, f, channel, on_bad_rows, batch_size, first_seconds)
         n_attack = int(rec.messages.label.sum())
@@ -167,10 +168,12 @@ def calibrate_checkpoint(checkpoint: str | Path, clean: Sequence[str | Path], ou
                                f"({attack_windows:,} of {rec.windows:,} windows)")
             keep = attack_free(rec.graphs)
         scored.append((rec, keep))
+        channel_notes += [w for w in [left_out_channels_warning(rec.messages, f, channel)] if w]  # (sets the counts)
         entries.append({"path": str(f.resolve()), "sha256": file_sha256(f), "messages": len(rec.messages),
                         "windows": int(keep.sum()), "attack_messages": n_attack,
                         "left_out_attack_windows": int((~keep).sum()), "skipped_rows": rec.messages.skipped_rows,
-                        "skipped_attack_rows": rec.messages.skipped_attack_rows})
+                        "skipped_attack_rows": rec.messages.skipped_attack_rows,
+                        "left_out_channels": dict(rec.messages.left_out_channels)})
     if attacks:
         raise ValueError("--clean takes attack-free recordings, and these hold labelled attacks: " + "; ".join(attacks)
                          + ". Remove them, or pass --allow-attacks to calibrate on their attack-free windows only")
@@ -190,7 +193,7 @@ def calibrate_checkpoint(checkpoint: str | Path, clean: Sequence[str | Path], ou
         raise RuntimeError(f"calibration failed: alarm rate {after} > fpr {fpr} at threshold {new}")
     graphs = [rec.graphs.subset(np.flatnonzero(keep)) for rec, keep in scored]
     summary = alarm_summary(graphs, scores, new)
-    warnings = [w for w in [oov_warning(summary, "clean recordings", CALIBRATED_HINT)] if w]
+    warnings = [*channel_notes, *(w for w in [oov_warning(summary, "clean recordings", CALIBRATED_HINT)] if w)]
     if new > float(scores.max()):
         warnings.append(f"the new threshold {new:.6g} is above every clean window's score (max {float(scores.max()):.6g}): "
                         "with this few windows the model alarms on none of them; it may miss attacks that score "
@@ -261,15 +264,17 @@ def adapt_checkpoint(checkpoint: str | Path, clean: Sequence[str | Path], out: s
         raise ValueError(f"--adapt needs a fusion checkpoint (kdkit train --model fusion), {checkpoint} is a "
                          f"{sm.family} model: only a fusion model has the per-car parts (ID profiles, a vehicle-mode "
                          "combiner) to re-fit; calibrate its threshold instead (kdkit calibrate without --adapt)")
-    msgs, entries, attacks = [], [], []
+    msgs, entries, attacks, channel_notes = [], [], [], []
     for f in files:
         m = read_recording(sm, f, channel, on_bad_rows, first_seconds)  # in the model's own layout, as calibrate reads it
         n_attack = int(m.label.sum())
         if n_attack and not allow_attacks:
             attacks.append(f"{f}: {n_attack:,} of {len(m):,} messages are labelled attacks")
         msgs.append(m)
+        channel_notes += [w for w in [left_out_channels_warning(m, f, channel)] if w]  # (sets the counts)
         entries.append({"path": str(f.resolve()), "sha256": file_sha256(f), "messages": len(m), "attack_messages": n_attack,
-                        "skipped_rows": m.skipped_rows, "skipped_attack_rows": m.skipped_attack_rows})
+                        "skipped_rows": m.skipped_rows, "skipped_attack_rows": m.skipped_attack_rows,
+                        "left_out_channels": dict(m.left_out_channels)})
     if attacks:
         raise ValueError("--clean takes attack-free recordings, and these hold labelled attacks: " + "; ".join(attacks)
                          + ". Remove them, or pass --allow-attacks to adapt on their attack-free windows only")
@@ -340,7 +345,7 @@ def adapt_checkpoint(checkpoint: str | Path, clean: Sequence[str | Path], out: s
             "alarm_rate_before": rate_before, "alarm_rate_after": after,
             "unknown_vehicle_share_before": float(before_mode[before_keep].mean()) if before_keep.any() else None,
             "unknown_vehicle_share_after": float(after_mode.mean()),
-            "threshold": threshold, "family": "fusion", "files": entries, "warnings": [ADAPT_HINT]}
+            "threshold": threshold, "family": "fusion", "files": entries, "warnings": [*channel_notes, ADAPT_HINT]}
 
 
 def _fused(model, gs: GraphSet) -> tuple[np.ndarray, np.ndarray]:

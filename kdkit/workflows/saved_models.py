@@ -139,4 +139,5 @@ def save_compat_copy(best_path: Path, target: Path, record: dict) -> tuple[bool,
     if superseded:
         return True, (f"{shown} replaced ({metric} {value:.4g}; the copy there, from run {old.get('run_dir')}, was "
                       f"ranked by {old['metric']}, which {metric} supersedes)")
-    return True, f"{shown} replaced ({metric} {value:.4g} >= {old['value']:.4g} from run {old.get('run_dir')})"
+    better = "<=" if record.get("mode") == "min" else ">="  # a loss is better when lower
+    return True, f"{shown} replaced ({metric} {value:.4g} {better} {old['value']:.4g} from run {old.get('run_dir')})"

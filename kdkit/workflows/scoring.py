@@ -31,6 +31,7 @@ import torch
 
 from kdkit.data.columns import read_mapped, training_layout
 from kdkit.data.graphs import GRAPH_FORMAT_VERSION, GraphSet, IdVocab, build_graphs, layout_matches
+from kdkit.data.loggers import left_out_channels
 from kdkit.data.readers import LOGGER_SUFFIXES, Messages, data_suffixes, read_messages
 from kdkit.models.thresholds import is_attack
 from kdkit.reporting.metrics import evaluate_scores, predict_scores
@@ -260,6 +261,24 @@ def score_recording(sm: ScoringModel, path: str | Path, channel: str | None = No
     return ScoredRecording(Path(path), msgs, gs, scores, is_labelled(msgs, path))
 
 
+def left_out_channels_warning(msgs: Messages, path: str | Path, channel: str | None = None) -> str | None:
+    """What a logger file's other buses lost when no ``channel`` was chosen: a file whose start holds
+    one bus is read as that bus, and the frames of buses that start later are left out
+    (:func:`kdkit.data.loggers.left_out_channels`, also set as ``msgs.left_out_channels``). ``kdkit
+    data info`` and ``kdkit detect`` said so; ``evaluate --input`` and ``calibrate`` said nothing."""
+    if channel is not None or not is_logger_file(path):
+        return None
+    others = left_out_channels(path, msgs)
+    msgs.left_out_channels = others
+    if not others:
+        return None
+    text = (f"{path}: the frames of bus channels that start later in it were left out: "
+            + ", ".join(f"{c} ({n:,})" for c, n in sorted(others.items()))
+            + "; --channel NAME reads one of them, --channel '*' every bus as one stream")
+    log.warning("%s", text)
+    return text
+
+
 def score_distribution(scores: np.ndarray) -> dict | None:
     """min / p50 / p90 / p99 / max of window scores (None without windows)."""
     if scores.size == 0:
@@ -363,6 +382,10 @@ def evaluate_inputs(checkpoint: str | Path, inputs: Sequence[str | Path], channe
         warn = oov_warning(entry, str(f), hint)
         if warn:
             warnings.append(warn)
+        others = left_out_channels_warning(rec.messages, f, channel)
+        if others:
+            entry["left_out_channels"] = dict(rec.messages.left_out_channels)
+            warnings.append(others)
         trained = in_sample(prov, f)
         calibrated = calibration_sample(prov, f)
         if trained:
