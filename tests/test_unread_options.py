@@ -2,6 +2,7 @@
 each is refused, or said, before any work, naming the option."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -158,3 +159,21 @@ def test_a_zero_length_can_fd_frame_is_a_frame_not_a_remote_one(tmp_path: Path):
     assert m.can_id[-1] == 0x123 and m.dlc[-1] == 0
     fd = next(m for m in can.LogReader(str(path)) if m.arbitration_id == 0x123)
     assert _frame_fields(fd)[1:3] == (0x123, b"")
+
+
+def test_kdkit_train_names_a_test_folder_without_recordings(synthetic, tmp_path: Path, monkeypatch, capsys):
+    """Only `data info` said it; a run's summary and output had no word of the empty test folder."""
+    import shutil
+
+    src = Path(synthetic.splits["train"].files[0]).parents[1]  # the synthetic dataset's folder
+    mine = tmp_path / "mycar"
+    shutil.copytree(src, mine)
+    (mine / "test_09_empty").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--model", "gat", "--type", "student", "--dataset", str(mine), "--epochs", "1",
+                 "--hidden", "8", "--layers", "1", "--heads", "1", "--embedding-dim", "4", "--precision", "32-true",
+                 "--no-save-compat", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "missing test scenario test_09_empty:" in out
+    summary = json.loads((tmp_path / "runs" / "mycar_gat_student" / "summary.json").read_text())
+    assert "test_09_empty" in summary["missing_scenarios"]

@@ -143,6 +143,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(format_timings(summary.get("timings"), _process_seconds()))
     print(format_table(summary["test"]))
     print_skipped(summary.get("skipped_scenarios"))
+    for name, why in (summary.get("missing_scenarios") or {}).items():  # a test folder without recordings
+        print(f"missing test scenario {name}: {why}")
     for path, rows in (summary.get("skipped_rows") or {}).items():
         print(f"skipped {rows:,} malformed rows of {path} (--on-bad-rows skip)")
     if summary.get("still_learning"):

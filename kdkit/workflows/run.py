@@ -613,7 +613,8 @@ def _train(cfg: TrainConfig, run_dir: Path, owner: bool, resume, progress, on_ep
         "resumed_at_epoch": fit.resumed_at_epoch, "resumed_at_batch": fit.resumed_at_batch, "history": fit.history,
         "oom_events": fit.oom_events, "still_learning": still_learning,
         "test": {k: v for k, v in results.items() if k != "scores"},
-        "skipped_scenarios": skipped, "skipped_rows": _skipped_rows(data.info), "memory": memory,
+        "skipped_scenarios": skipped, "missing_scenarios": dict(data.info.get("missing_scenarios") or {}),
+        "skipped_rows": _skipped_rows(data.info), "memory": memory,
         "timings": timings, "world_size": world, "launcher": launcher, "threads": torch.get_num_threads(),
     }
     # fusion: the fused detector's F1 on validation at its fitted threshold, beside the classification head's
