@@ -109,13 +109,13 @@ def _longer(first_seconds: float | None) -> str:
     return "" if first_seconds is None else f" (or use more than the first {first_seconds:g} s: --first-seconds)"
 
 
-
 def attack_free(graphs: GraphSet) -> np.ndarray:
     """The windows holding no attack message. A window's label follows the model's ``label_threshold``
     (an attack only above that share of attack messages); a threshold fitted on "attack-free" windows
     must not take in the windows that label calls normal but that hold attack frames (with
     ``--allow-attacks`` and a ``label_threshold`` of 0.3 a DoS window of 28 attack rows set the threshold)."""
     return graphs.attack_share.numpy() == 0
+
 
 def calibrate_checkpoint(checkpoint: str | Path, clean: Sequence[str | Path], out: str | Path, fpr: float = 0.01,
                          channel: str | None = None, on_bad_rows: str | None = None, allow_attacks: bool = False,
