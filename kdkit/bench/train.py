@@ -20,7 +20,7 @@ import torch
 from kdkit.config import make_config
 from kdkit.models.layers import GATStack, GATv2Layer, set_attention_kernel
 from kdkit.training.hardware import machine_info
-from kdkit.training.memory import PeakMemory, _rss_bytes, allocated_bytes, collections_skip_older_objects, trim_heap
+from kdkit.training.memory import PeakMemory, allocated_bytes, collections_skip_older_objects, rss_bytes, trim_heap
 from kdkit.training.optim import make_scheduler
 from kdkit.training.precision import cpu_has_native_bf16, measure_cpu_bf16_speedup
 from kdkit.training.task import Task
@@ -204,10 +204,10 @@ def run_variant(opts: dict) -> dict:
     data_list, list_alloc, list_rss = None, 0, 0
     if opts["variant"] == "plain":
         trim_heap()
-        a0, r0 = allocated_bytes(), _rss_bytes()
+        a0, r0 = allocated_bytes(), rss_bytes()
         data_list = train_set.to_data_list()
         trim_heap()
-        a1, r1 = allocated_bytes(), _rss_bytes()
+        a1, r1 = allocated_bytes(), rss_bytes()
         list_alloc = max(a1 - a0, 0) if a0 is not None and a1 is not None else 0
         list_rss = max(r1 - r0, 0)
     trim_heap()

@@ -104,9 +104,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"kdkit train: warning: this run does not read {', '.join(unread)}; "
               f"{'it is' if len(unread) == 1 else 'they are'} recorded in config.json as given", file=sys.stderr)
     if args.use_slurm:
-        planned = make_config(**overrides)  # said now, not hours later in the job's log
-        if stride_gap_note(planned.window, planned.stride):
-            print(f"kdkit train: warning: {stride_gap_note(planned.window, planned.stride)}", file=sys.stderr)
+        if stride_gap_note(planned_cfg.window, planned_cfg.stride):  # said now, not hours later in the job's log
+            print(f"kdkit train: warning: {stride_gap_note(planned_cfg.window, planned_cfg.stride)}", file=sys.stderr)
         try:
             job = submit_train_from_args(args, overrides)
         except SlurmError as err:
@@ -115,7 +114,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if job:
             print(f"submitted SLURM job {job}")
         return 0
-    cfg = make_config(**overrides)
+    cfg = planned_cfg
     if cfg.optimize_batch_size:
         print(f"--optimize-batch-size with --type {cfg.type}: sizing the batch, then training the {cfg.type} with "
               "it (without --type it only reports the sizes)")

@@ -176,8 +176,8 @@ def _section(root: Path, path: Path, shown: set[str], run: TrainRun | None = Non
     if kind in ("teacher", "student") and model_entries(metrics):
         parts.append(f"<p class='muted'>{html.escape(headline_line(metrics))}</p>")
     if kind == "gateway" and metrics.get("counts"):  # what the run found, and a foreign car said up front
-        unknown = (metrics.get("summary") or {}).get("unknown_vehicle") or metrics.get("in_sample_warning")
-        parts.append(f"<p class='{'warning' if unknown else 'muted'} gateway'>{html.escape(headline_line(metrics))}</p>")
+        warned = (metrics.get("summary") or {}).get("unknown_vehicle") or metrics.get("in_sample_warning")
+        parts.append(f"<p class='{'warning' if warned else 'muted'} gateway'>{html.escape(headline_line(metrics))}</p>")
     smoke = _smoke(metrics)
     if smoke:
         parts.append(f"<p class='warning smoke'>{html.escape(smoke)}: the timings below show that the benchmark "

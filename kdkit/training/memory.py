@@ -22,13 +22,12 @@ MIB = 2**20
 
 
 # ----------------------------------------------------------------------------- peak memory
-def _rss_bytes() -> int:
+def rss_bytes() -> int:
     """Resident set size of this process now (bytes), from /proc when there is one."""
     try:
         with open("/proc/self/statm", "rb") as fh:
             return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except OSError:
-
         return psutil.Process().memory_info().rss
 
 
@@ -135,7 +134,7 @@ class PeakMemory:
 
     def _sample(self) -> None:
         while not self._stop.wait(self.interval):
-            rss = _rss_bytes()
+            rss = rss_bytes()
             if rss > self._max:
                 self._max = rss
             if self._alloc_max is not None:
@@ -155,7 +154,7 @@ class PeakMemory:
             self._hwm = hwm is not None and _reset_hwm()
             if self._hwm:
                 _HWM_OPEN.append(self)
-        self.start_bytes = self._max = _rss_bytes()
+        self.start_bytes = self._max = rss_bytes()
         self.alloc_start_bytes = self._alloc_max = allocated_bytes()
         self._ru_start = _ru_maxrss_bytes()
         self.how = ("peak RSS growth: the kernel's VmHWM, reset at the start" if self._hwm else
@@ -172,7 +171,7 @@ class PeakMemory:
             return
         self._stop.set()
         self._thread.join()
-        peak = max(self._max, _rss_bytes())
+        peak = max(self._max, rss_bytes())
         if self._hwm:  # exact: no sample can miss a short peak
             with _HWM_LOCK:
                 peak = max(peak, _hwm_bytes() or 0)
