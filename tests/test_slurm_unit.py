@@ -291,7 +291,17 @@ def test_sbatch_refusal_and_missing_slurm(tmp_path):
         FabricSlurmTrainingOrchestrator(tmp_path, runner=hangs).status("5")
 
 
-def test_run_dir_is_never_reused(orch):
+def test_run_dir_is_never_reused(orch, monkeypatch):
+    import datetime as real
+
+    import kdkit.cluster.orchestrator as orchestrator
+
+    class Frozen(real.datetime):  # one second for the whole test: a second boundary between calls made it flaky
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2026, 12, 7, 20, 15, 13)
+
+    monkeypatch.setattr(orchestrator, "datetime", Frozen)
     orch.submit_gat_training("synthetic", "teacher", run_name="same")
     with pytest.raises(FileExistsError, match=r"choose another run name \(--run-name\)"):
         orch.submit_gat_training("synthetic", "teacher", run_name="same")
