@@ -3,10 +3,13 @@ so both ranks end with identical weights, and every rank saw only its own shard.
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,13 +19,20 @@ import torch
 from kdkit.data.loader import shard_bounds
 
 SCRIPT = textwrap.dedent('''
-    import json, sys, torch
+    import faulthandler, json, os, signal, sys, torch
+    out = sys.argv[1]
+    # a stuck rank shows where it is: its stacks on SIGUSR1 (sent by the test), and on its own after
+    # HANG_SECONDS (then it exits, so no rank outlives the test)
+    hang_log = open(f"{out}/stacks-{os.getpid()}.txt", "w")
+    faulthandler.register(signal.SIGUSR1, file=hang_log, all_threads=True)
+    faulthandler.dump_traceback_later(float(os.environ["HANG_SECONDS"]), exit=True, file=hang_log)
+    with open(f"{out}/pid-rank{os.environ.get('LOCAL_RANK', '0')}", "w") as fh:
+        fh.write(str(os.getpid()))
     from kdkit.config import make_config
     from kdkit.workflows.run import build_student_or_teacher, class_weights, load_data
     from kdkit.training.trainer import FabricTrainer
     from kdkit.training.task import Task
 
-    out = sys.argv[1]
     cfg = make_config(dataset="synthetic", hidden=16, layers=2, heads=2, embedding_dim=4, epochs=1,
                       precision="32-true", devices=2, strategy="ddp", runs_dir=out, run_name="ddp")
     data = load_data(cfg)
@@ -47,15 +57,57 @@ SCRIPT = textwrap.dedent('''
 ''')
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+
+
+def run_script_ranks(script: Path, out: Path, hang_seconds: int, grace: float = 60.0) -> None:
+    """Run a two-rank script started by Lightning's subprocess launcher; fail naming the stuck rank.
+
+    Output goes to files, not pipes: rank one is the launcher's child and inherits rank zero's
+    output, so a rank one that outlived rank zero kept ``subprocess.run``'s pipes open and the test
+    waited its whole timeout with rank zero long finished (CI, 2026-12-07). Each rank dumps its
+    stacks when it hangs; a rank one still alive ``grace`` seconds after rank zero exited is sent
+    SIGUSR1 (its stacks), then killed, and the test fails with what it printed.
+    """
+    log = out / "ranks.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([sys.executable, str(script), str(out)], stdout=fh, stderr=subprocess.STDOUT,
+                                cwd=out, env={**os.environ, "HANG_SECONDS": str(hang_seconds)})
+        try:
+            proc.wait(timeout=hang_seconds + grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def stacks() -> str:
+        return "\n".join(f.read_text()[-4000:] for f in sorted(out.glob("stacks-*.txt")) if f.read_text().strip())
+
+    worker = out / "pid-rank1"
+    deadline = time.monotonic() + grace
+    pid = int(worker.read_text()) if worker.exists() else None
+    while pid is not None and _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if pid is not None and _alive(pid):
+        os.kill(pid, signal.SIGUSR1)
+        time.sleep(2)
+        os.kill(pid, signal.SIGKILL)
+        pytest.fail(f"rank 1 (pid {pid}) was still running {grace:.0f} s after rank 0 exited "
+                    f"({proc.returncode}); its stacks:\n{stacks()}\n{log.read_text()[-3000:]}")
+    assert proc.returncode == 0, f"{log.read_text()[-3000:]}\n{stacks()}"
+
+
 def test_two_process_ddp_keeps_ranks_in_sync(kdkit_env, tmp_path):
     from kdkit.data.datasets import prepare
 
     n_train = len(prepare("synthetic").splits["train"])
     script = tmp_path / "ddp_train.py"
     script.write_text(SCRIPT)
-    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True,
-                          timeout=600, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_script_ranks(script, tmp_path, hang_seconds=300)
     r0 = json.loads((tmp_path / "rank0.json").read_text())
     r1 = json.loads((tmp_path / "rank1.json").read_text())
     assert r0["world"] == r1["world"] == 2
