@@ -394,8 +394,10 @@ def test_time_going_back_for_good_restarts_the_windows_instead_of_blinding_the_d
     whose timestamp counter resets would never be decided again. A glitched frame that closed a
     window fed alone cannot be withdrawn (its window was decided; in a batch it can, the windows are
     decided after the batch's frames are checked). After RESTART_AFTER frames in a row behind,
-    in order, the detector takes their timeline: the windows restart after that frame and score as a
-    fresh detector would from there, frame by frame, as one batch and as a Messages table alike."""
+    in order, the detector takes their timeline from the first of them: the RESTART_AFTER - 1 frames
+    before the one that confirmed it were held, not dropped (a reader starts the new timeline on the
+    first row behind too), and the windows restart on the first of them and score as a fresh detector
+    would from there, frame by frame, as one batch and as a Messages table alike."""
     from kdkit.stream.detector import RESTART_AFTER
 
     msgs = read_messages(recording).slice(0, 3000)
@@ -408,18 +410,18 @@ def test_time_going_back_for_good_restarts_the_windows_instead_of_blinding_the_d
         k = 1000
         frames[k + 1:] = [(f[0] - frames[k + 1][0] + 0.001, *f[1:]) for f in frames[k + 1:]]
         decided_before = 10
-    first_new = k + RESTART_AFTER  # frames k+1 .. k+RESTART_AFTER-1 dropped, k+RESTART_AFTER starts the timeline
+    first_new = k + 1  # frames k+1 .. k+RESTART_AFTER-1 held, then k+RESTART_AFTER confirms the timeline they start
     with caplog.at_level(logging.WARNING, logger="kdkit.stream"):
-        ways = _fed_every_way(trained, frames, cut=k + 3)
+        ways = _fed_every_way(trained, frames, cut=k + 3)  # "two tables": the held frames span the cut
     assert "time went back" in caplog.text and "windows restart on the new timeline" in caplog.text
+    assert f"the {RESTART_AFTER - 1} frames before the one that confirmed it were held, not dropped" in caplog.text
     got, det = ways["feed"]
-    assert det.timeline_restarts == 1 and det.dropped == {"time_backwards": RESTART_AFTER - 1}
+    assert det.timeline_restarts == 1 and not det.dropped and det.messages == 3000 and det.held_frames == 0
     before = [d for d in got if d.first_message < k]
     assert len(before) == decided_before  # the windows closed before the clock went back are kept
     after = got[len(before):]
-    # the rest: windows from the restart frame on, as a fresh detector scores them (its first window starts on
-    # the restart frame, no gap before it, as build_graphs windows a new timeline offline; it was the first
-    # window's preceding message, so 8 frames were lost where 7 were said)
+    # the rest: windows from the new timeline's first frame on, as a fresh detector scores them (its first
+    # window starts on that frame, no gap before it, as build_graphs windows a new timeline offline)
     fresh = Detector.from_checkpoint(trained)
     expected = [d for d in map(fresh.feed, frames[first_new:]) if d is not None]
     assert len(after) == len(expected) > 15
@@ -432,6 +434,97 @@ def test_time_going_back_for_good_restarts_the_windows_instead_of_blinding_the_d
             continue
         np.testing.assert_allclose(_scores(other), _scores(got), rtol=0, atol=1e-6, err_msg=how)
         assert d.timeline_restarts == 1 and d.dropped == det.dropped, how
+
+
+def _accounted(det) -> bool:
+    """Every frame fed is a message, a dropped frame, a frame of another channel or a held one."""
+    return det.frames == det.messages + sum(det.dropped.values()) + sum(det.other_channels.values()) + det.held_frames
+
+
+@pytest.mark.parametrize("behind", [3, 7])
+def test_frames_stamped_in_the_past_are_held_then_dropped_when_the_old_timeline_goes_on(trained, recording, behind):
+    """Fewer than RESTART_AFTER frames in a row behind, then frames in line with the old timeline:
+    the held frames were stamped in the past and are dropped, all of them, whichever way they are fed
+    (a table cut inside the run holds them across the cut); the windows are those of the recording
+    without them, and every frame is accounted for at every step."""
+    from kdkit.stream.detector import RESTART_AFTER
+
+    assert behind < RESTART_AFTER
+    msgs = read_messages(recording).slice(0, 2000)
+    frames = _frames(msgs)
+    k = 1030
+    for j in range(k, k + behind):  # in order among themselves, 50 s in the past
+        frames[j] = (frames[j][0] - 50.0, *frames[j][1:])
+    fresh = Detector.from_checkpoint(trained)
+    expected = fresh.feed_many(_as_messages(frames[:k] + frames[k + behind:]))
+    for how, (got, det) in _fed_every_way(trained, frames, cut=k + 2).items():
+        assert det.dropped == {"time_backwards": behind} and det.timeline_restarts == 0, how
+        assert det.messages == 2000 - behind and det.held_frames == 0 and _accounted(det), how
+        assert [d.first_message for d in got] == [d.first_message for d in expected], how
+        np.testing.assert_allclose(_scores(got), _scores(expected), rtol=0, atol=1e-6, err_msg=how)
+
+
+def test_frames_held_at_the_end_of_the_stream_are_counted_then_dropped(trained, recording):
+    """A stream that ends while frames are held (fewer than RESTART_AFTER behind): they show in
+    ``held_frames`` (so frames = messages + dropped + held at any moment) and ``end()`` drops them;
+    a replay's summary does that itself. A frame behind but out of line with the held ones starts a
+    run of its own: the earlier ones are dropped, and a restart then starts on the new run's first
+    frame. A reader's timeline mark drops the frames still held before it."""
+    from kdkit.stream.detector import RESTART_AFTER
+    from kdkit.stream.run import RunSummary
+
+    msgs = read_messages(recording).slice(0, 1000)
+    frames = _frames(msgs)
+    det = Detector.from_checkpoint(trained)
+    for f in frames:
+        det.feed(f)
+    t_end = frames[-1][0]
+    tail = [(t_end - 10.0 + 0.001 * j, *frames[j][1:]) for j in range(3)]
+    for f in tail:
+        assert det.feed(f) is None
+    assert det.held_frames == 3 and not det.dropped and det.stats()["held_frames"] == 3 and _accounted(det)
+    summary = RunSummary(det, "test", "live").finish()
+    assert det.held_frames == 0 and det.dropped == {"time_backwards": 3} and _accounted(det)
+    assert summary.to_dict()["dropped"] == {"time_backwards": 3}
+
+    # out of line: 2 frames 10 s back, then RESTART_AFTER frames 20 s back (behind the held ones)
+    det = Detector.from_checkpoint(trained)
+    for f in frames:
+        det.feed(f)
+    first = [(t_end - 10.0 + 0.001 * j, *frames[j][1:]) for j in range(2)]
+    second = [(t_end - 20.0 + 0.001 * j, *frames[j][1:]) for j in range(RESTART_AFTER + 200)]
+    got = [d for d in map(det.feed, first + second) if d is not None]
+    assert det.dropped == {"time_backwards": 2} and det.timeline_restarts == 1 and _accounted(det)
+    assert det.messages == 1000 + RESTART_AFTER + 200
+    assert [d.first_message for d in got] == [1000, 1100]  # the new timeline's windows start on its first frame
+    assert got[0].start_time == second[0][0]
+
+    # a reader's mark: the held frames were behind the old timeline, and the new one starts at the mark
+    det = Detector.from_checkpoint(trained)
+    for f in frames + tail[:2]:
+        det.feed(f)
+    det.new_timeline("a test")
+    assert det.held_frames == 0 and det.dropped == {"time_backwards": 2} and _accounted(det)
+
+
+def test_a_window_shorter_than_the_restart_run_drops_the_held_frames_fed_one_by_one(trained, recording):
+    """feed decides at most one window per frame: with a window of fewer messages than RESTART_AFTER
+    the held frames would close several at once, so fed one by one they are dropped as before; a
+    batch decides every window and keeps them."""
+    from kdkit.stream.detector import RESTART_AFTER
+
+    msgs = read_messages(recording).slice(0, 400)
+    frames = _frames(msgs)
+    frames[200:] = [(f[0] - 30.0, *f[1:]) for f in frames[200:]]
+    one = Detector.from_checkpoint(trained, stride=None)
+    one.window = one.stride = 4  # a 4-message window (the checkpoint's is 100)
+    got = [d for d in map(one.feed, frames) if d is not None]
+    assert one.dropped == {"time_backwards": RESTART_AFTER - 1} and one.timeline_restarts == 1 and _accounted(one)
+    # 50 windows before; the new timeline starts on the confirming frame (message 200): 193 messages, 48 windows
+    assert len(got) == 50 + (200 - RESTART_AFTER + 1) // 4 and got[50].first_message == 200
+    batch = Detector.from_checkpoint(trained)
+    batch.window = batch.stride = 4
+    assert len(batch.feed_many(frames)) == 100 and not batch.dropped and batch.timeline_restarts == 1
 
 
 # ----------------------------------------------------------------------------- the live loop's edge cases
@@ -736,8 +829,9 @@ def test_a_replayed_file_whose_clock_restarted_keeps_every_timeline(trained, rec
     new timeline, the detector's windows restart on it, and the decisions are `kdkit evaluate`'s
     (build_graphs of the same reading) window by window; only the glitched row is skipped. Replayed in
     real time, frame by frame, the reader's mark travels with the frames: the same windows (it was
-    lost there, and the live rule dropped 7 frames). On a live bus, with no reader, the live rule
-    holds (8 frames behind, then the new timeline)."""
+    lost there). On a live bus, with no reader, the live rule confirms the restart after 8 frames
+    behind and holds the 7 before the eighth (it dropped them until 2026-12-07): the same windows
+    and scores again, the new timeline starting on its first frame as the reader starts it."""
     from kdkit.stream.detector import RESTART_AFTER
 
     msgs = read_messages(recording).slice(0, 3000)
@@ -755,14 +849,15 @@ def test_a_replayed_file_whose_clock_restarted_keeps_every_timeline(trained, rec
     assert "faster than a CAN bus carries frames" not in caplog.text  # (the re-stamping check spanned the reset)
     assert [x.first_message for x in s.decisions] == [*range(0, 1400, 100), *range(1499, 2900, 100)]
     np.testing.assert_allclose(_scores(s.decisions), offline(read), rtol=0, atol=1e-6)
-    live = Detector.from_checkpoint(trained)
-    expected = [x for x in map(live.feed, frames) if x is not None]
+    live = Detector.from_checkpoint(trained)  # the frames as the log holds them (microseconds)
+    expected = [x for x in map(live.feed, [(float(f"{t:.6f}"), *f) for t, *f in frames]) if x is not None]
     rt = replay_file(Detector.from_checkpoint(trained), log, realtime=True, keep=True)
     assert rt.to_dict()["timeline_restarts"] == 1 and not rt.to_dict()["dropped"]
     assert [x.first_message for x in rt.decisions] == [x.first_message for x in s.decisions]
     np.testing.assert_allclose(_scores(rt.decisions), _scores(s.decisions), rtol=0, atol=1e-6)
-    assert live.dropped == {"time_glitch": 1, "time_backwards": RESTART_AFTER - 1}  # 7 frames: one window fewer
-    assert len(expected) == len(s.decisions) - 1
+    assert live.dropped == {"time_glitch": 1} and live.timeline_restarts == 1 and live.messages == 2999
+    assert RESTART_AFTER > 1 and [x.first_message for x in expected] == [x.first_message for x in s.decisions]
+    np.testing.assert_allclose(_scores(expected), _scores(s.decisions), rtol=0, atol=1e-6)
     with pytest.raises(Exception, match=r"restarted.log:701: timestamp .* is out of line"):  # "error": named
         replay_file(Detector.from_checkpoint(trained), log, on_bad_rows="error")
 

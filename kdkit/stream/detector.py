@@ -420,6 +420,10 @@ class Detector:
         self.timeline_restarts = 0  # times the frames' clock went back and the detector took the new timeline
         self._behind = 0  # frames in a row behind _last_ts, in order among themselves
         self._behind_ts = -math.inf
+        # those frames, held until the RESTART_AFTER-th confirms a restarted clock (they then start the new
+        # timeline) or a frame in line with the old one shows them stamped in the past (then dropped):
+        # (timestamp, key, dlc, payload[8], label, what a drop says)
+        self._held: list[tuple[float, int, int, np.ndarray, int, str]] = []
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -595,10 +599,11 @@ class Detector:
 
     def stats(self) -> dict:
         """Counters: frames seen, messages accepted, windows, alarms, dropped frames by reason,
-        frames of other channels left out by channel."""
+        frames of other channels left out by channel, frames held behind the last accepted one
+        (:attr:`held_frames`)."""
         return {"frames": self.frames, "messages": self.messages, "windows": self.windows, "alarms": self.alarms,
                 "dropped": dict(self.dropped), "other_channels": dict(self.other_channels),
-                "timeline_restarts": self.timeline_restarts,
+                "held_frames": self.held_frames, "timeline_restarts": self.timeline_restarts,
                 "restamped": self.restamped, "window": self.window,
                 "stride": self.stride, "threshold": self.threshold, "engine": self.engine,
                 "batch_engine": self.batch_engine, "unknown_vehicle": self.unknown_vehicle}
@@ -643,13 +648,26 @@ class Detector:
             if self._glitch_before(ts):
                 self._withdraw_last(ts)
             elif not self._behind_again(ts, self._last_ts, self.messages):
-                self._drop("time_backwards", f"ID {format_can_id(key)} at {ts} after a frame at {self._last_ts}")
+                payload = np.zeros(8, np.uint8)
+                payload[:len(data)] = np.frombuffer(data, np.uint8)
+                self._hold(ts, key, len(data), payload, 1 if label else 0,
+                           f"ID {format_can_id(key)} at {ts} after a frame at {self._last_ts}")
                 return None
             else:
-                self._restart_windows(self._last_ts, ts)  # they restart on this frame
+                held = self._take_held()
+                self._restart_windows(self._last_ts, held[0][0] if held else ts, kept=len(held))
+                for h_ts, h_key, h_dlc, h_pl, h_lab, _ in held:  # the new timeline's first frames (fewer than a window)
+                    if self._n == self._ts.shape[0]:
+                        self._make_room(1)
+                    n = self._n
+                    self._ts[n], self._id[n], self._dlc[n], self._lab[n] = h_ts, h_key, h_dlc, h_lab
+                    self._pl[n] = h_pl
+                    self._n = n + 1
+                    self._one.append(h_ts)
                 self._last_ts = math.inf  # the restart frame is not withdrawn (becomes _prev_ts below)
         elif self._behind:  # back in order: no store per frame on the hot path otherwise
             self._behind = 0
+            self._drop_held()
         self._prev_ts, self._last_ts = self._last_ts, ts
         if self._n == self._ts.shape[0]:
             self._make_room(1)
@@ -718,10 +736,11 @@ class Detector:
     def new_timeline(self, where: str = "the next frame") -> None:
         """The next frame fed starts a new timeline that a reader found (``Messages.restart``: the
         recording's clock restarted): it is taken as it is, not dropped as behind the last frame
-        (:meth:`feed` on its own needs :data:`RESTART_AFTER` such frames in a row and drops the ones
+        (:meth:`feed` on its own needs :data:`RESTART_AFTER` such frames in a row, holding the ones
         before), and its first window starts on it, as :func:`kdkit.data.graphs.build_graphs` windows it
         offline. ``where``: what the warning names."""
         self.timeline_restarts += 1
+        self._drop_held()  # behind the old timeline's last frame, and the reader's next timeline starts here
         self._last_ts, self._prev_ts, self._behind = -math.inf, math.inf, 0
         self._restart_windows(None, None, why=f"{where} starts a new timeline (its reader found the recording's "
                                               "clock restarted)")
@@ -729,18 +748,16 @@ class Detector:
     def _check_messages(self, msgs: Messages) -> tuple[tuple[np.ndarray, ...], list[tuple[int, float, float]]]:
         """The columns of ``msgs`` with bad rows dropped and counted (vectorized), and where the
         timeline restarts in them (as :meth:`_collect`). Time order is decided frame by frame, as
-        :meth:`feed` does, from the first row out of order on."""
+        :meth:`feed` does, from the first row out of order on (from the first row when frames are held
+        behind the last accepted one: they come first, as if they were this table's)."""
         self.frames += len(msgs)
-        ts, ids, dlc = msgs.timestamp, msgs.can_id, msgs.dlc
+        ts, ids, dlc, payload, label = msgs.timestamp, msgs.can_id, msgs.dlc, msgs.payload, msgs.label
         finite = np.isfinite(ts)
         raw = ids & np.uint32(~EXTENDED_ID_FLAG & 0xFFFFFFFF)
         ext = (ids & np.uint32(EXTENDED_ID_FLAG)) != 0
         ok_id = np.where(ext, raw <= MAX_CAN_ID, raw <= MAX_STANDARD_ID)
         ok_dlc = dlc <= 8
         good = finite & ok_id & ok_dlc
-        run_max = np.maximum.accumulate(np.concatenate([[self._last_ts], np.where(good, ts, -np.inf)]))[:-1]
-        forward = ts >= run_max
-        keep = good & forward
         where = msgs.source or "messages"
         for mask, reason in ((~finite, "bad_timestamp"), (finite & ~ok_id, "bad_id"), (finite & ok_id & ~ok_dlc, "fd_frame")):
             for i in np.flatnonzero(mask)[:LOGGED_PER_REASON]:
@@ -749,38 +766,74 @@ class Detector:
             if extra > 0:
                 self.dropped[reason] += extra
         restarts: list[tuple[int, float, float]] = []
-        if (good & ~forward).any():
-            keep, restarts = self._time_order(ts, ids, good, int(np.argmin(forward | ~good)), where)
-        elif good.any():
-            g = ts[good]
-            self._prev_ts, self._last_ts = (float(g[-2]) if g.size > 1 else self._last_ts), float(g[-1])
-            self._behind = 0
+        held: list[tuple[int, str]] = []
+        if self._held:
+            before, self._held = self._held, []
+            ts = np.concatenate([np.array([h[0] for h in before]), ts])
+            ids = np.concatenate([np.array([h[1] for h in before], np.uint32), ids])
+            dlc = np.concatenate([np.array([h[2] for h in before], np.uint8), dlc])
+            payload = np.concatenate([np.stack([h[3] for h in before]), payload])
+            label = np.concatenate([np.array([h[4] for h in before], np.uint8), label])
+            good = np.concatenate([np.ones(len(before), bool), good])
+            keep, restarts, held = self._time_order(ts, ids, good, len(before), where, [h[5] for h in before])
+        else:
+            run_max = np.maximum.accumulate(np.concatenate([[self._last_ts], np.where(good, ts, -np.inf)]))[:-1]
+            forward = ts >= run_max
+            keep = good & forward
+            if (good & ~forward).any():
+                keep, restarts, held = self._time_order(ts, ids, good, int(np.argmin(forward | ~good)), where, [])
+            elif good.any():
+                g = ts[good]
+                self._prev_ts, self._last_ts = (float(g[-2]) if g.size > 1 else self._last_ts), float(g[-1])
+                self._behind = 0
+        if held:  # behind the last accepted frame at the table's end: undecided, held for the frames after it
+            self._held = [(float(ts[r]), int(ids[r]), int(dlc[r]), payload[r].copy(), int(label[r]), detail)
+                          for r, detail in held]
         if keep.all():
-            return (ts, ids, dlc, msgs.payload, msgs.label), restarts
-        return (ts[keep], ids[keep], dlc[keep], msgs.payload[keep], msgs.label[keep]), restarts
+            return (ts, ids, dlc, payload, label), restarts
+        return (ts[keep], ids[keep], dlc[keep], payload[keep], label[keep]), restarts
 
-    def _time_order(self, ts: np.ndarray, ids: np.ndarray, good: np.ndarray, first: int,
-                    where: str) -> tuple[np.ndarray, list[tuple[int, float, float]]]:
+    def _time_order(self, ts: np.ndarray, ids: np.ndarray, good: np.ndarray, first: int, where: str,
+                    held_details: list[str]) -> tuple[np.ndarray, list[tuple[int, float, float]], list[tuple[int, str]]]:
         """:meth:`feed`'s time rule over a table's good rows from ``first`` (the first one behind)
-        on, row by row: (rows kept, restart positions among them)."""
+        on, row by row: (rows kept, restart positions among them, the rows held at the end with what
+        a drop of each says). With ``held_details``, the table's first rows are the frames held before
+        it (``first`` = their number), with what a drop of each says."""
         keep = good.copy()
-        g = ts[good]
-        if first:
-            before = g[:int(good[:first].sum())]
+        n_held = len(held_details)
+        if first and not n_held:
+            before = ts[:first][good[:first]]
             if before.size:
                 self._prev_ts = float(before[-2]) if before.size > 1 else self._last_ts
                 self._last_ts, self._behind = float(before[-1]), 0
         last, prev = self._last_ts, self._prev_ts
-        kept_at = int(good[:first].sum())  # kept rows before row i
-        last_row = int(np.flatnonzero(good[:first])[-1]) if kept_at else -1  # the last kept row of this table
+        kept_at = int(good[:first].sum())  # kept rows before row i (the held ones counted while they are)
+        last_row = int(np.flatnonzero(good[:first])[-1]) if kept_at and not n_held else -1  # the last kept row
+        held_from = 0 if n_held else None  # the first row of the run held behind `last`, while there is one
+
+        def detail(r: int) -> str:
+            if r < n_held:
+                return held_details[r]
+            return (f"{where} message {r - n_held} (ID {format_can_id(ids[r])}, timestamp {float(ts[r])!r}) "
+                    f"after a frame at {last!r}")
+
+        def drop_held(upto: int) -> int:
+            rows = np.flatnonzero(keep[held_from:upto]) + held_from
+            for r in rows.tolist():
+                self._drop("time_backwards", detail(r))
+            keep[rows] = False
+            return len(rows)
+
+        held_kept_at = 0
         restarts: list[tuple[int, float, float]] = []
         for i in np.flatnonzero(good[first:]).tolist():
             i += first
             t = float(ts[i])
             if t < last:
                 if last_row >= 0 and keep[last_row] and not self._behind and t >= prev:
-                    self._drop("time_glitch", f"{where} message {last_row} (ID {format_can_id(ids[last_row])}, "
-                                              f"timestamp {float(ts[last_row])!r}): the next one is at {t!r}")
+                    self._drop("time_glitch", f"{where} message {last_row - n_held} (ID "
+                                              f"{format_can_id(ids[last_row])}, timestamp {float(ts[last_row])!r}): "
+                                              f"the next one is at {t!r}")
                     keep[last_row] = False
                     kept_at -= 1
                     last, prev = prev, math.inf
@@ -788,25 +841,55 @@ class Detector:
                     self._withdraw_last(t)
                     last, prev = self._last_ts, self._prev_ts
                 elif not self._behind_again(t, last, self.messages + kept_at):
-                    self._drop("time_backwards", f"{where} message {i} (ID {format_can_id(ids[i])}, timestamp {t!r}) "
-                                                 f"after a frame at {last!r}")
-                    keep[i] = False
+                    if self._behind == 1 and held_from is not None:  # out of line with the held rows: they go
+                        kept_at -= drop_held(i)
+                        held_from = None
+                    if held_from is None:
+                        held_from, held_kept_at = i, kept_at
+                    kept_at += 1  # held: kept while undecided
                     continue
-                else:
-                    restarts.append((kept_at, last, t))  # (where, from, to): applied once the windows before are decided
+                else:  # (where, from, to): applied once the windows before are decided
+                    if held_from is not None:
+                        restarts.append((held_kept_at, last, float(ts[held_from])))
+                    else:
+                        restarts.append((kept_at, last, t))
+                    held_from = None
                     last = math.inf
             elif self._behind:
                 self._behind = 0
+                if held_from is not None:
+                    kept_at -= drop_held(i)
+                    held_from = None
             prev, last, last_row = last, t, i
             kept_at += 1
+        held: list[tuple[int, str]] = []
+        if held_from is not None:
+            rows = (np.flatnonzero(keep[held_from:]) + held_from).tolist()
+            held = [(r, detail(r)) for r in rows]
+            keep[rows] = False
         self._last_ts, self._prev_ts = last, prev
-        return keep, restarts
+        return keep, restarts, held
 
     def _collect(self, frames: Iterable) -> tuple[np.ndarray, ...]:
         """Columns of the good frames of an iterable (one Python step per frame)."""
         ts_l, id_l, dlc_l, pl = [], [], [], bytearray()
         last, prev = self._last_ts, self._prev_ts
         restarts = []  # positions where the frames' timeline went back and the windows restart after
+        # the frames held behind the last accepted one (:meth:`_hold`) are the lists' tail from held_at on
+        held_at, details = None, [h[5] for h in self._held]
+        if self._held:
+            held_at = 0
+            for h_ts, h_key, h_dlc, h_pl, _, _ in self._held:
+                ts_l.append(h_ts), id_l.append(h_key), dlc_l.append(h_dlc)
+                pl += h_pl.tobytes()
+            self._held = []
+
+        def drop_tail() -> None:
+            for detail in details:
+                self._drop("time_backwards", detail)
+            del ts_l[held_at:], id_l[held_at:], dlc_l[held_at:], pl[8 * held_at:]
+            details.clear()
+
         for frame in frames:
             self.frames += 1
             try:
@@ -828,23 +911,77 @@ class Detector:
                     self._withdraw_last(ts)
                     last, prev = self._last_ts, self._prev_ts
                 elif not self._behind_again(ts, last, self.messages + len(ts_l)):
-                    self._drop("time_backwards", f"ID {format_can_id(key)} at {ts} after a frame at {last}")
+                    if self._behind == 1 and held_at is not None:  # out of line with the held ones: they go
+                        drop_tail()
+                        held_at = None
+                    if held_at is None:
+                        held_at = len(ts_l)
+                    details.append(f"ID {format_can_id(key)} at {ts} after a frame at {last}")
+                    ts_l.append(ts), id_l.append(key), dlc_l.append(len(data))
+                    pl += data.ljust(8, b"\0")
                     continue
                 else:
-                    restarts.append((len(ts_l), last, ts))  # applied once the windows before are decided
+                    at = len(ts_l) if held_at is None else held_at
+                    restarts.append((at, last, ts_l[at] if held_at is not None else ts))  # applied once the windows before are decided
+                    held_at = None
+                    details.clear()
                     last = math.inf  # the restart frame is not withdrawn
             elif self._behind:
                 self._behind = 0
+                if held_at is not None:
+                    drop_tail()
+                    held_at = None
             prev, last = last, ts
             ts_l.append(ts)
             id_l.append(key)
             dlc_l.append(len(data))
             pl += data.ljust(8, b"\0")
+        if held_at is not None:  # still undecided: held for the next frames
+            tail = np.frombuffer(bytes(pl[8 * held_at:]), np.uint8).reshape(-1, 8)
+            self._held = [(t, k, d, tail[j].copy(), 0, detail) for j, (t, k, d, detail) in
+                          enumerate(zip(ts_l[held_at:], id_l[held_at:], dlc_l[held_at:], details))]
+            del ts_l[held_at:], id_l[held_at:], dlc_l[held_at:], pl[8 * held_at:]
         n = len(ts_l)
         self._last_ts, self._prev_ts = last, prev
         return (np.asarray(ts_l, np.float64).reshape(n), np.asarray(id_l, np.uint32).reshape(n),
                 np.asarray(dlc_l, np.uint8).reshape(n), np.frombuffer(bytes(pl), np.uint8).reshape(n, 8),
                 np.zeros(n, np.uint8)), restarts
+
+    def _hold(self, ts: float, key: int, dlc: int, payload: np.ndarray, label: int, detail: str) -> None:
+        """Keep a frame behind the last accepted one (:meth:`_behind_again` said not yet) until the
+        frames after it decide: the :data:`RESTART_AFTER`-th in a row confirms a restarted clock and the
+        held frames start the new timeline (as a reader starts it on the first row behind); a frame in
+        line with the old timeline shows them stamped in the past: they are dropped then (``detail``:
+        what the drop says). A frame behind but before the held ones starts a run of its own."""
+        if self._behind == 1:
+            self._drop_held()
+        self._held.append((ts, key, dlc, payload, label, detail))
+
+    def _take_held(self) -> list[tuple[float, int, int, np.ndarray, int, str]]:
+        held, self._held = self._held, []
+        if len(held) >= self.window:  # a window of fewer messages than the run (window < RESTART_AFTER): feed
+            for *_, detail in held:  # decides one window per frame, so they go as before
+                self._drop("time_backwards", detail)
+            return []
+        return held
+
+    def _drop_held(self) -> None:
+        """The held frames were stamped in the past (a frame in line with the old timeline came): dropped."""
+        for *_, detail in self._held:
+            self._drop("time_backwards", detail)
+        self._held = []
+
+    @property
+    def held_frames(self) -> int:
+        """Frames behind the last accepted one, held until the frames after them show whether the
+        clock restarted (:meth:`_hold`): in neither ``messages`` nor ``dropped`` yet."""
+        return len(self._held)
+
+    def end(self) -> None:
+        """The frames ended: frames still held behind the last accepted one (fewer than
+        :data:`RESTART_AFTER` in a row, so no restart) are dropped and counted (``time_backwards``)."""
+        self._behind = 0
+        self._drop_held()
 
     def _glitch_before(self, ts: float) -> bool:
         """Whether a frame at ``ts``, behind the last accepted one, shows that one a lone glitch that
@@ -867,8 +1004,8 @@ class Detector:
     def _behind_again(self, ts: float, last: float, at: int) -> bool:
         """A frame behind the last accepted one (at ``last``): True when it is the :data:`RESTART_AFTER`-th
         in a row behind it and in order with the ones before it; the caller then takes the frames' new
-        timeline from this frame on, which will be message ``at`` (:meth:`_restart_windows` when the
-        windows before it are decided). Else the caller drops it."""
+        timeline from the first of them on (:meth:`_restart_windows` when the windows before it are
+        decided). Else the caller holds it (:meth:`_hold`)."""
         self._behind = self._behind + 1 if self._behind and ts >= self._behind_ts else 1
         self._behind_ts = ts
         if self._behind < RESTART_AFTER:
@@ -876,20 +1013,23 @@ class Detector:
         self._behind = 0
         return True
 
-    def _restart_windows(self, last: float | None, ts: float | None, why: str = "") -> None:
-        """The windows restart on the next message fed (the frame that took the new timeline, a timeline's
+    def _restart_windows(self, last: float | None, ts: float | None, why: str = "", kept: int = RESTART_AFTER - 1) -> None:
+        """The windows restart on the next message fed (the first frame of the new timeline, a timeline's
         first row a reader marked, the first frame after a stall), with no gap before it, as
         :func:`kdkit.data.graphs.build_graphs` windows a new timeline. The open window's messages are left
         undecided: counted (``undecided``) and said, once per restart, with what went back (``last`` ->
-        ``ts``) or ``why``."""
+        ``ts``, the new timeline's first frame; ``kept`` frames held before the one that confirmed it) or
+        ``why``."""
         left = self.open_messages
         self.undecided += left
         if last is not None:
             self.timeline_restarts += 1
             log.warning("%s: the frames' time went back %.6g s (from %r to %r) and stayed there for %d frames: a "
                         "frame stamped in the future, or the clock stepped back; the windows restart on the new "
-                        "timeline (the %d frames before this one were dropped; the open window's %d messages are not "
-                        "decided)", self.name, last - ts, last, ts, RESTART_AFTER, RESTART_AFTER - 1, left)
+                        "timeline, from its first frame (%s; the open window's %d messages are not decided)",
+                        self.name, last - ts, last, ts, RESTART_AFTER,
+                        f"the {kept} frames before the one that confirmed it were held, not dropped" if kept else
+                        "no frame was held before it", left)
         elif why:
             log.warning("%s: %s: the windows restart (the open window's %d messages are not decided)", self.name, why,
                         left)

@@ -91,6 +91,7 @@ class RunSummary:
             self.decisions.append(decision)
 
     def finish(self) -> RunSummary:
+        self.detector.end()  # frames still held behind the last accepted one: no restart came, dropped
         self.seconds = time.perf_counter() - self._t0
         self.cpu_seconds = time.process_time() - self._c0
         return self
