@@ -28,6 +28,8 @@ import time
 
 import numpy as np
 
+from kdkit.data.jit import leaf_kernel
+
 _POW10 = np.array([10.0 ** k for k in range(23)], np.float64)  # exact doubles: 1e0 .. 1e22
 
 
@@ -212,7 +214,7 @@ def _kernel():
         from numba.cpython.unsafe.numbers import trailing_zeros  # (an LLVM cttz; bound as this module's global)
 
         started = time.perf_counter()
-        _compiled = numba.njit(cache=True, nogil=True, boundscheck=False)(_scan_loops)
+        _compiled = leaf_kernel(numba.njit(cache=True, nogil=True, boundscheck=False)(_scan_loops))
         took = time.perf_counter() - started
         if took > 2.0:
             logging.getLogger("kdkit.data").info("compiled the candump scanner in %.1f s (numba, first use)", took)

@@ -34,6 +34,8 @@ import time
 
 import numpy as np
 
+from kdkit.data.jit import leaf_kernel
+
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: key * this, the top bits index the table
 
 
@@ -267,7 +269,7 @@ def _kernels():
 
         started = time.perf_counter()
         jit = numba.njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
-        _compiled = (jit(_window_loops), jit(_rows))
+        _compiled = (leaf_kernel(jit(_window_loops)), leaf_kernel(jit(_rows)))
         took = time.perf_counter() - started
         if took > 2.0:
             logging.getLogger("kdkit.data").info("compiled the window graph builder in %.1f s (numba, first use)", took)

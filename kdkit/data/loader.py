@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Sampler
 from torch_geometric.data import Batch
 
 from kdkit.data.graphs import GraphSet, _gather_ranges
+from kdkit.data.jit import leaf_kernel
 
 
 class Gathered(NamedTuple):
@@ -141,7 +142,7 @@ def _kernel(name: str):
         import numba  # imported here: only the gathered CPU batch needs it
 
         fn = {"sizes": _batch_sizes, "gather": _gather_loops}[name]
-        _kernels[name] = numba.njit(cache=True, nogil=True)(fn)
+        _kernels[name] = leaf_kernel(numba.njit(cache=True, nogil=True)(fn))
     return _kernels[name]
 
 

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from kdkit.data.jit import leaf_kernel
+
 _M1, _M2, _M3 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 _S16, _S27, _S30, _S31, _LOW16 = np.uint64(16), np.uint64(27), np.uint64(30), np.uint64(31), np.uint64(0xFFFF)
 
@@ -57,7 +59,7 @@ def _kernel():
     if not _compiled:
         import numba  # imported here: only the CPU path needs it
 
-        _compiled.append(numba.njit(cache=True, nogil=True)(_mask_loop))
+        _compiled.append(leaf_kernel(numba.njit(cache=True, nogil=True)(_mask_loop)))
     return _compiled[0]
 
 

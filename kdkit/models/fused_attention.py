@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from kdkit.data.jit import leaf_kernel
+
 _NEG_SLOPE_DEFAULT = 0.2
 
 
@@ -201,7 +203,7 @@ def _kernel(name: str):
 
         started = time.perf_counter()
         fn = {"forward": _forward_loops, "backward": _backward_loops}[name]
-        _kernels[name] = numba.njit(cache=True, nogil=True, fastmath=_FASTMATH, error_model="numpy")(fn)
+        _kernels[name] = leaf_kernel(numba.njit(cache=True, nogil=True, fastmath=_FASTMATH, error_model="numpy")(fn))
         took = time.perf_counter() - started
         if took > 2.0:
             logging.getLogger("kdkit.models").info("compiled the fused GATv2 %s kernel in %.1f s (numba, first use)",

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from kdkit.data.jit import leaf_kernel
 from kdkit.models.layers import GATv2Layer
 
 # Mirrors GATv2Conv (PyG 2.8) eval-mode math like kdkit.models.scorer; tests/test_native.py pins it.
@@ -450,8 +451,8 @@ def _kernel():
         import numba  # imported here: only the native engine needs it
 
         started = time.perf_counter()
-        _compiled = numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz", "arcp"},
-                               error_model="numpy", boundscheck=False)(_forward_loops)
+        _compiled = leaf_kernel(numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz", "arcp"},
+                                           error_model="numpy", boundscheck=False)(_forward_loops))
         took = time.perf_counter() - started
         if took > 2.0:
             logging.getLogger("kdkit.models").info("compiled the native GAT in %.1f s (numba, first use)", took)

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from kdkit.data.jit import leaf_kernel
 from kdkit.models.dropout import dropout_mask
 
 _F32 = np.float32
@@ -160,8 +161,8 @@ def _kernel(name: str):
 
         # reassociation lets the row sums vectorize; no "nnan"/"ninf": NaN and inf must propagate
         fast = dict(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract", "nsz", "arcp"})
-        _kernels["forward"] = numba.njit(**fast)(_forward_loops)
-        _kernels["backward"] = numba.njit(**fast)(_backward_loops)
+        _kernels["forward"] = leaf_kernel(numba.njit(**fast)(_forward_loops))
+        _kernels["backward"] = leaf_kernel(numba.njit(**fast)(_backward_loops))
     return _kernels[name]
 
 

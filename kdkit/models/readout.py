@@ -24,6 +24,8 @@ import torch
 from torch import Tensor
 from torch_geometric.nn import global_max_pool, global_mean_pool
 
+from kdkit.data.jit import leaf_kernel
+
 
 def _forward_loops(x, batch, out, count):
     """``out[g] = [mean of x over graph g | max of x over graph g]``; ``count[g]`` = its nodes.
@@ -92,8 +94,8 @@ def _kernel(name: str):
         import numba  # imported here: only the CPU path needs it
 
         fn = {"forward": _forward_loops, "backward": _backward_loops}[name]
-        _kernels[name] = numba.njit(cache=True, nogil=True, error_model="numpy",
-                                    fastmath={"reassoc", "contract", "nsz", "arcp"})(fn)
+        _kernels[name] = leaf_kernel(numba.njit(cache=True, nogil=True, error_model="numpy",
+                                                fastmath={"reassoc", "contract", "nsz", "arcp"})(fn))
     return _kernels[name]
 
 

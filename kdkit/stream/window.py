@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from kdkit.data.graphs import IdVocab
+from kdkit.data.jit import leaf_kernel
 from kdkit.data.loader import WindowBatch
 
 
@@ -198,7 +199,7 @@ def _kernel():
             a1(numba.float64), a1(numba.uint32), a1(numba.uint8), numba.types.Array(numba.uint8, 2, "A"),
             numba.float64, a1(numba.uint32))
         started = time.perf_counter()
-        _compiled = numba.njit(signature, cache=True, nogil=True)(_graph_arrays)  # one signature: one compilation
+        _compiled = leaf_kernel(numba.njit(signature, cache=True, nogil=True)(_graph_arrays))  # one signature: one compilation
         took = time.perf_counter() - started
         if took > 2.0:
             logging.getLogger("kdkit.stream").info(
