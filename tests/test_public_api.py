@@ -104,6 +104,26 @@ def test_ctrl_c_while_a_command_starts_ends_it_without_a_traceback(monkeypatch, 
     assert err.strip() == "kdkit detect: interrupted (Ctrl-C)"
 
 
+@pytest.mark.parametrize("argv, expected", [
+    (["data", "info", "--dataset", "synthetic", "--windw", "50"],
+     "kdkit: error: unrecognized arguments: --windw 50; --windw (did you mean --window?)\n"
+     "(`kdkit data info --help` lists the options)\n"),
+    (["train", "--epochz=2"],
+     "kdkit: error: unrecognized arguments: --epochz=2; --epochz=2 (did you mean --epochs?)\n"
+     "(`kdkit train --help` lists the options)\n"),
+    (["bench", "train", "--bogus"],
+     "kdkit: error: unrecognized arguments: --bogus\n(`kdkit bench train --help` lists the options)\n"),
+])
+def test_a_misspelt_option_names_the_sub_commands_help_and_the_option_meant(capsys, argv, expected):
+    """A review (2026-12-07): `kdkit data info ... --windw 50` pointed to `kdkit --help`, which lists
+    no option of `data info`; argparse reports unknown options on the top parser."""
+    from kdkit.cli.main import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2 and capsys.readouterr().err == expected
+
+
 def test_a_bad_flag_is_one_error_line_and_the_role_word_as_model_is_explained(capsys):
     """`--model teacher` (the guide's scripts took role words) printed kdkit train's 45-line usage."""
     from kdkit.cli.main import main

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import gc
 import importlib
 import math
@@ -51,11 +52,34 @@ class _Parser(argparse.ArgumentParser):
     """argparse, whose error is the error: no usage dump of every option (``kdkit train``'s ran to 45
     lines above it), ``--help`` named instead, and a hint for ``--model teacher``."""
 
+    argv: list[str] = []  # the command line being parsed (set by main): which sub-command an error is about
+
     def error(self, message: str):  # type: ignore[override]
-        hint = ""
+        hint, prog = "", self.prog
         if "argument --model: invalid choice" in message and any(f"'{w}'" in message for w in _ROLE_WORDS):
             hint = "; --model is the family (gat, vgae, fusion), --type the role: --model gat --type teacher"
-        self.exit(2, f"{self.prog}: error: {message}{hint}\n(`{self.prog} --help` lists the options)\n")
+        if message.startswith("unrecognized arguments:"):
+            # argparse says it on the top parser, whose --help lists no sub-command's options: name the
+            # sub-command's help, and the option meant where one is close
+            parser, words = self._subcommand(self.argv)
+            if words:
+                prog = " ".join([self.prog, *words])
+            known = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+            close = [f"{o} (did you mean {m[0]}?)" for o in message.split(":", 1)[1].split()
+                     if o.startswith("--") and (m := difflib.get_close_matches(o.split("=")[0], known, n=1, cutoff=0.8))]
+            if close:
+                hint = "; " + ", ".join(close)
+        self.exit(2, f"{self.prog}: error: {message}{hint}\n(`{prog} --help` lists the options)\n")
+
+    def _subcommand(self, argv: list[str]) -> tuple[argparse.ArgumentParser, list[str]]:
+        """The (sub-)sub-command parser ``argv`` names, and its words (``data``, ``info``)."""
+        parser, words = self, []
+        for word in argv:
+            subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+            if word.startswith("-") or not subs or word not in subs[0].choices:
+                break
+            parser, words = subs[0].choices[word], [*words, word]
+        return parser, words
 
 
 def build_parser(command: str | None = "*") -> argparse.ArgumentParser:
@@ -188,7 +212,9 @@ def main(argv: list[str] | None = None) -> int:
         gc.disable()
     try:
         try:
-            args = build_parser(command if command in COMMANDS else None).parse_args(argv)  # an unknown command: argparse says so
+            parser = build_parser(command if command in COMMANDS else None)
+            parser.argv = list(argv if argv is not None else sys.argv[1:])
+            args = parser.parse_args(argv)  # an unknown command: argparse says so
         finally:
             if own_process:
                 gc.freeze()

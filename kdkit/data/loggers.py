@@ -96,8 +96,10 @@ from kdkit.data.readers import (
 _GZ_PIECE = 1 << 22  # compressed bytes inflated at a time (the byte ranges named by corrupt-data errors)
 _CAN_READERS = {".log": "CanutilsLogReader", ".asc": "ASCReader", ".blf": "BLFReader", ".trc": "TRCReader"}
 CAN_ERR_FLAG = 0x20000000  # candump: an error frame's ID carries this bit (linux/can/error.h)
-_FD_HINT = ("kdkit models classic CAN (at most 8 bytes); read a classic CAN channel with channel=..., "
-            "or drop such frames with --on-bad-rows skip (on_bad_rows='skip' in Python)")
+# said both where such a frame stops a read and where it is one of the rows skipped: no advice that the mode followed
+_FD_HINT = ("kdkit models classic CAN (at most 8 bytes); read a classic CAN channel with channel=...; such frames are "
+            "bad rows: an error by default in training and kdkit evaluate, skipped and counted under --on-bad-rows skip "
+            "(on_bad_rows='skip' in Python; kdkit detect's default)")
 
 
 # --------------------------------------------------------------------------------------
@@ -463,8 +465,8 @@ def read_logger_file(path: str | Path, channel: str | None = None, on_bad_rows: 
 
     Args:
         path: the log file.
-        channel: keep only this bus channel (e.g. ``can0``; python-can numbers ``.asc``/``.blf``
-            channels from 0). None reads a file of one channel; a file holding frames of several
+        channel: keep only this bus channel (e.g. ``can0``; an ``.asc``/``.blf`` file's channels as
+            the file numbers them, from 1, not python-can's from 0). None reads a file of one channel; a file holding frames of several
             is then an error listing them (a window mixing buses is no bus's traffic; for a
             candump log its first MiB is looked at). ``"*"`` (:data:`ALL_CHANNELS`) reads every
             channel as one stream. An unknown channel is an error listing the file's channels.

@@ -1159,6 +1159,13 @@ def _stream_text(stream, path: Path, block_bytes: int | None, zipped: bool = Fal
 
 _LOST = " (counted as 1 skipped row)"  # what a truncated gzip file's loss counts as
 TRUNCATED = "is lost" + _LOST  # how a skipped row's example says the file was cut there
+
+
+def is_truncation(example: str) -> bool:
+    """Whether a skipped row's example (``"<path>: <problem>"``) says the file was cut: a cut gzip
+    stream (its text ends at the last whole line, the rest counted as 1 skipped row) or a cut
+    ``.blf`` (``truncated BLF file: ...``, the objects its header counts and the file lacks)."""
+    return TRUNCATED in example or ": truncated BLF file: " in example
 class _WholeLines:
     """A gzip file's text for pyarrow's CSV reader (read as it is inflated, nothing copied) that ends
     at its last complete line when the file is cut (truncated: ``EOFError`` from the inflater, whose

@@ -35,8 +35,8 @@ from kdkit.data.readers import (
     CHUNK_ROWS,
     EXTENDED_ID_FLAG,
     LOGGER_SUFFIXES,
-    TRUNCATED,
     Messages,
+    is_truncation,
     iter_messages,
     read_messages,
 )
@@ -69,7 +69,7 @@ class RunSummary:
         self.skipped_rows = 0
         self.channel: str | None = None  # the channel a replay of a logger file read (others left out)
         self.other_channels_note: str | None = None  # why a replay's other channels were not counted
-        self.truncated: str | None = None  # a cut .gz file: what was lost (counted as one skipped row)
+        self.truncated: str | None = None  # a cut file (.gz, .blf): what was lost (counted as skipped rows)
         self.read_seconds = 0.0
         # labelled input (a labelled recording, a .labels.csv sidecar): [attack windows detected, missed, false
         # alarms, normal windows without alarm], by the model's label rule (attack share > label_threshold)
@@ -374,7 +374,7 @@ def replay_file(detector: Detector, path: str | Path, channel: str | None = None
     if last:
         msgs = last[0]
         summary.skipped_rows = msgs.skipped_rows
-        summary.truncated = next((e.split(": ", 1)[-1] for e in msgs.skipped_examples if TRUNCATED in e), None)
+        summary.truncated = next((e.split(": ", 1)[-1] for e in msgs.skipped_examples if is_truncation(e)), None)
         for kind, n in (getattr(msgs, "dropped_frames", None) or {}).items():  # remote/error frames the reader dropped
             if n:  # frames of the bus all the same: frames = messages + dropped + other channels, as live
                 detector.dropped[f"{kind}_frame"] += int(n)

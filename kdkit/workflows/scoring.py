@@ -32,7 +32,7 @@ import torch
 from kdkit.data.columns import read_mapped, training_layout
 from kdkit.data.graphs import GRAPH_FORMAT_VERSION, GraphSet, IdVocab, build_graphs, layout_matches
 from kdkit.data.loggers import left_out_channels
-from kdkit.data.readers import LOGGER_SUFFIXES, Messages, data_suffixes, read_messages
+from kdkit.data.readers import LOGGER_SUFFIXES, Messages, data_suffixes, is_truncation, read_messages
 from kdkit.models.thresholds import is_attack
 from kdkit.reporting.metrics import evaluate_scores, predict_scores
 from kdkit.training.checkpoint import (check_threshold_fitted, describe_calibration, load_checkpoint,
@@ -377,6 +377,12 @@ def evaluate_inputs(checkpoint: str | Path, inputs: Sequence[str | Path], channe
                  "timeline_restarts": rec.messages.timeline_restarts,
                  "timeline_examples": list(rec.messages.timeline_examples[:1]),
                  **alarm_summary([rec.graphs], rec.scores, sm.threshold)}
+        dropped = {k: int(v) for k, v in (getattr(rec.messages, "dropped_frames", None) or {}).items() if v}
+        if dropped:  # remote and error frames of the bus a logger file held: not data, left out (as detect counts them)
+            entry["dropped_frames"] = dropped
+        cut = next((e.split(": ", 1)[-1] for e in rec.messages.skipped_examples if is_truncation(e)), None)
+        if cut:
+            entry["truncated"] = cut
         if rec.labelled:
             entry["metrics"] = evaluate_scores(rec.graphs, rec.scores, sm.threshold)
         warn = oov_warning(entry, str(f), hint)
@@ -491,6 +497,11 @@ def format_inputs_report(res: dict) -> str:
                 + f", unknown-ID nodes {pct(e['oov_node_share'])}")
         if e.get("skipped_rows"):
             text += f"\n    skipped {e['skipped_rows']:,} malformed rows ({e['skipped_attack_rows']:,} of them attack rows)"
+            if e.get("truncated"):
+                text += f" (the file is cut: {e['truncated']})"
+        if e.get("dropped_frames"):
+            text += ("\n    left out: " + ", ".join(f"{n:,} {kind} frames" for kind, n in e["dropped_frames"].items())
+                     + " (not data frames; not in any window)")
         if e.get("timeline_restarts"):
             text += (f"\n    the clock restarted {e['timeline_restarts']} time(s): each part is read as a timeline of its "
                      f"own, no window crosses a restart (first: {e['timeline_examples'][0]})")
