@@ -507,6 +507,33 @@ def test_frames_held_at_the_end_of_the_stream_are_counted_then_dropped(trained, 
     assert det.held_frames == 0 and det.dropped == {"time_backwards": 2} and _accounted(det)
 
 
+@pytest.mark.parametrize("spike_at", [2, 5])
+def test_a_lone_glitch_among_the_frames_of_a_restarted_clock_is_passed_over_as_the_reader_does(
+        trained, recording, offline, tmp_path, spike_at):
+    """A review (2026-12-07, night): a clock reset, then one of the next 8 frames stamped a little
+    late (later than the frame after it, which follows on from the one before). The reader passes
+    it over inside the restart's run and skips it alone; the detector dropped the frames held
+    before it and waited for 8 more, so its windows started elsewhere. Now it drops the spike alone
+    (time_glitch) and the new timeline starts where the reader starts it, fed every way."""
+    msgs = read_messages(recording).slice(0, 2000)
+    frames = _frames(msgs)
+    k = 1200
+    t0 = frames[k][0]
+    frames[k:] = [(f[0] - t0 + 0.5, *f[1:]) for f in frames[k:]]  # the clock reset to 0.5 s
+    j = k + spike_at
+    frames[j] = ((frames[j - 1][0] + frames[j + 1][0]) / 2 + 0.05, *frames[j][1:])  # late, not past the old clock
+    log = tmp_path / "spike.log"
+    log.write_text("".join(f"({t:.6f}) can0 {i:03X}#{d.hex().upper()}\n" for t, i, d, _ in frames))
+    read = read_messages(log, on_bad_rows="skip")
+    assert read.skipped_rows == 1 and np.flatnonzero(read.restart).tolist() == [k]
+    rounded = [(float(f"{t:.6f}"), *f) for t, *f in frames]
+    for how, (got, det) in _fed_every_way(trained, rounded, cut=j).items():
+        assert det.dropped == {"time_glitch": 1} and det.timeline_restarts == 1 and _accounted(det), how
+        assert det.messages == 1999, how
+        assert [d.first_message for d in got] == [*range(0, 1200, 100), *range(1200, 1900, 100)], how
+        np.testing.assert_allclose(_scores(got), offline(read), rtol=0, atol=1e-6, err_msg=how)
+
+
 def test_a_window_shorter_than_the_restart_run_drops_the_held_frames_fed_one_by_one(trained, recording):
     """feed decides at most one window per frame: with a window of fewer messages than RESTART_AFTER
     the held frames would close several at once, so fed one by one they are dropped as before; a

@@ -647,13 +647,16 @@ class Detector:
         if ts < self._last_ts:
             if self._glitch_before(ts):
                 self._withdraw_last(ts)
-            elif not self._behind_again(ts, self._last_ts, self.messages):
-                payload = np.zeros(8, np.uint8)
-                payload[:len(data)] = np.frombuffer(data, np.uint8)
-                self._hold(ts, key, len(data), payload, 1 if label else 0,
-                           f"ID {format_can_id(key)} at {ts} after a frame at {self._last_ts}")
-                return None
             else:
+                if self._spike_held(ts, self._held[-2][0] if len(self._held) > 1 else None):
+                    _, h_key, *_ = self._held.pop()
+                    self._pass_over_spike(format_can_id(h_key), self._behind_ts, ts, self._held[-1][0])
+                if not self._behind_again(ts, self._last_ts, self.messages):
+                    payload = np.zeros(8, np.uint8)
+                    payload[:len(data)] = np.frombuffer(data, np.uint8)
+                    self._hold(ts, key, len(data), payload, 1 if label else 0,
+                               f"ID {format_can_id(key)} at {ts} after a frame at {self._last_ts}")
+                    return None
                 held = self._take_held()
                 self._restart_windows(self._last_ts, held[0][0] if held else ts, kept=len(held))
                 for h_ts, h_key, h_dlc, h_pl, h_lab, _ in held:  # the new timeline's first frames (fewer than a window)
@@ -840,15 +843,23 @@ class Detector:
                 elif last_row < 0 and self._glitch_before(t):  # the last frame of a batch before
                     self._withdraw_last(t)
                     last, prev = self._last_ts, self._prev_ts
-                elif not self._behind_again(t, last, self.messages + kept_at):
-                    if self._behind == 1 and held_from is not None:  # out of line with the held rows: they go
-                        kept_at -= drop_held(i)
-                        held_from = None
-                    if held_from is None:
-                        held_from, held_kept_at = i, kept_at
-                    kept_at += 1  # held: kept while undecided
-                    continue
-                else:  # (where, from, to): applied once the windows before are decided
+                else:
+                    if held_from is not None:
+                        rows = np.flatnonzero(keep[held_from:i])
+                        if rows.size > 1 and self._spike_held(t, float(ts[held_from + rows[-2]])):
+                            r = held_from + int(rows[-1])
+                            self._pass_over_spike(format_can_id(ids[r]), float(ts[r]), t, float(ts[held_from + rows[-2]]))
+                            keep[r] = False
+                            kept_at -= 1
+                    if not self._behind_again(t, last, self.messages + kept_at):
+                        if self._behind == 1 and held_from is not None:  # out of line with the held rows: they go
+                            kept_at -= drop_held(i)
+                            held_from = None
+                        if held_from is None:
+                            held_from, held_kept_at = i, kept_at
+                        kept_at += 1  # held: kept while undecided
+                        continue
+                    # (where, from, to): applied once the windows before are decided
                     if held_from is not None:
                         restarts.append((held_kept_at, last, float(ts[held_from])))
                     else:
@@ -910,17 +921,21 @@ class Detector:
                 elif not ts_l and self._glitch_before(ts):  # ... of a batch before, still undecided
                     self._withdraw_last(ts)
                     last, prev = self._last_ts, self._prev_ts
-                elif not self._behind_again(ts, last, self.messages + len(ts_l)):
-                    if self._behind == 1 and held_at is not None:  # out of line with the held ones: they go
-                        drop_tail()
-                        held_at = None
-                    if held_at is None:
-                        held_at = len(ts_l)
-                    details.append(f"ID {format_can_id(key)} at {ts} after a frame at {last}")
-                    ts_l.append(ts), id_l.append(key), dlc_l.append(len(data))
-                    pl += data.ljust(8, b"\0")
-                    continue
                 else:
+                    if held_at is not None and len(ts_l) - held_at > 1 and self._spike_held(ts, ts_l[-2]):
+                        self._pass_over_spike(format_can_id(id_l[-1]), ts_l[-1], ts, ts_l[-2])
+                        ts_l.pop(), id_l.pop(), dlc_l.pop(), details.pop()
+                        del pl[-8:]
+                    if not self._behind_again(ts, last, self.messages + len(ts_l)):
+                        if self._behind == 1 and held_at is not None:  # out of line with the held ones: they go
+                            drop_tail()
+                            held_at = None
+                        if held_at is None:
+                            held_at = len(ts_l)
+                        details.append(f"ID {format_can_id(key)} at {ts} after a frame at {last}")
+                        ts_l.append(ts), id_l.append(key), dlc_l.append(len(data))
+                        pl += data.ljust(8, b"\0")
+                        continue
                     at = len(ts_l) if held_at is None else held_at
                     restarts.append((at, last, ts_l[at] if held_at is not None else ts))  # applied once the windows before are decided
                     held_at = None
@@ -956,6 +971,20 @@ class Detector:
         if self._behind == 1:
             self._drop_held()
         self._held.append((ts, key, dlc, payload, label, detail))
+
+    def _spike_held(self, ts: float, before: float | None) -> bool:
+        """Whether the last frame held is a lone spike in the held run, shown by ``ts`` (the frame after
+        it): later than ``ts``, which follows on from the held frame before it (``before``; None: it is
+        the run's first). The readers pass such a row over inside a restarted clock's run and skip it
+        alone (:func:`kdkit.data.readers._restart_run`); the run goes on from the frame before it."""
+        return before is not None and self._behind > 1 and ts < self._behind_ts and ts >= before
+
+    def _pass_over_spike(self, key: str, spike: float, ts: float, before: float) -> None:
+        """Drop the spike :meth:`_spike_held` found (``time_glitch``); the run goes on from ``before``."""
+        self._drop("time_glitch", f"ID {key} at {spike}: the frame after it is at {ts}, the one before it at {before} "
+                                  "(among frames behind the last accepted one)")
+        self._behind -= 1
+        self._behind_ts = before
 
     def _take_held(self) -> list[tuple[float, int, int, np.ndarray, int, str]]:
         held, self._held = self._held, []
