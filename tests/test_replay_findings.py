@@ -86,3 +86,63 @@ def test_the_docs_number_asc_and_blf_channels_as_the_file_does():
     assert "channels are python-can's, counted from 0" not in readme
     assert "from 1 (CANoe's CAN 1 is `--channel 1`)" in readme
     assert "channels from 0)" not in read_logger_file.__doc__
+
+
+# ----------------------------------------------------------------------------- an export's files (a review)
+def _copy_export(package: Path, folder: Path, stem: str = "student") -> Path:
+    import shutil
+
+    folder.mkdir()
+    for suffix in (".pt2", ".json", ".npz"):
+        shutil.copy(package.with_suffix(suffix), folder / f"{stem}{suffix}")
+    return folder / f"{stem}.pt2"
+
+
+@pytest.mark.parametrize("edit", ["vocab", "window", "stride", "threshold"])
+def test_an_export_json_edited_by_hand_is_refused_not_scored_with(exported_student, tmp_path, edit, capsys):
+    """A review (2026-12-07, night): ten IDs of the vocabulary replaced in the .json (same length)
+    changed 28 of 160 decisions with no warning; an edited window, stride or threshold was used as
+    it stood. The export records a digest of the fields that decide the scores."""
+    import json
+
+    from kdkit.cli.main import main
+
+    _, package, _ = exported_student
+    copy = _copy_export(package, tmp_path / "edited")
+    meta = json.loads(copy.with_suffix(".json").read_text())
+    assert len(meta["scoring_sha256"]) == 64
+    assert Detector.from_exported(copy).engine == "native"  # as exported: fine
+    changed = {"vocab": lambda m: [0x700 + i for i in range(10)] + m["vocab"][10:],  # the same length
+               "window": lambda m: 50, "stride": lambda m: 50, "threshold": lambda m: 0.9}[edit](meta)
+    meta[edit] = changed
+    meta["example"] = "edited by hand"  # a field that decides nothing: not what is refused
+    copy.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+    with pytest.raises(ValueError, match=r"edited/student\.json was changed after kdkit export wrote it: the fields "
+                                         r"that decide the scores \(model_config, vocab"):
+        Detector.from_exported(copy)
+    log = _log(tmp_path / "drive.log")
+    assert main(["detect", "--model", str(copy), "--input", str(log)]) == 2
+    assert "was changed after kdkit export wrote it" in capsys.readouterr().err
+    meta[edit] = json.loads(package.with_suffix(".json").read_text())[edit]  # restored: accepted again
+    copy.with_suffix(".json").write_text(json.dumps(meta))
+    assert Detector.from_exported(copy).engine == "native"
+
+
+def test_one_exports_three_files_renamed_together_keep_the_native_engine(exported_student, tmp_path, caplog):
+    """The .npz was matched by the name recorded at export: the three files renamed together (m.pt2,
+    m.json, m.npz) fell back to the slower package engine, warning that m.npz was another export's.
+    Its SHA-256 says whose it is."""
+    import numpy as np
+
+    _, package, _ = exported_student
+    renamed = _copy_export(package, tmp_path / "renamed", stem="m")
+    with caplog.at_level("WARNING", logger="kdkit.stream"):
+        assert Detector.from_exported(renamed).engine == "native"
+        assert Detector.from_exported(renamed, engine="native").engine == "native"
+    assert not [r for r in caplog.records if "m.npz" in r.getMessage()]
+    arrays = dict(np.load(renamed.with_suffix(".npz")))
+    arrays[next(iter(arrays))] = arrays[next(iter(arrays))] + 1  # another model's weights under the name
+    np.savez(renamed.with_suffix(".npz"), **arrays)
+    with caplog.at_level("WARNING", logger="kdkit.stream"):
+        assert Detector.from_exported(renamed).engine == "package"
+    assert "m.npz is not the one exported with it" in caplog.text

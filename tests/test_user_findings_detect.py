@@ -62,7 +62,7 @@ def test_a_missing_npz_is_warned_once_naming_what_is_lost(gateway, tmp_path, cap
         again = Detector.from_exported(gateway)  # a second detector of the same package: not warned again
     warned = [r.getMessage() for r in caplog.records if "is missing at" in r.getMessage()]
     assert len(warned) == 1, warned
-    assert f"student.npz is missing at {npz} (student.json names it)" in warned[0]
+    assert f"student.npz is missing at {npz} (student.json records native weights, exported as student.npz)" in warned[0]
     assert "native single-window engine" in warned[0] and "slower package engine" in warned[0]
     assert json.loads((tmp_path / "s.json").read_text())["engine"] == "package" and again.engine == "package"
     capsys.readouterr()
@@ -75,7 +75,7 @@ def test_a_missing_npz_is_warned_once_naming_what_is_lost(gateway, tmp_path, cap
 
     # a .json that names no .npz (an export from before kdkit wrote one): the old wording, and no warning
     meta = json.loads(gateway.with_suffix(".json").read_text())
-    meta.pop("native_weights"), meta.pop("native_weights_sha256")
+    meta.pop("native_weights"), meta.pop("native_weights_sha256"), meta.pop("scoring_sha256")  # (none then either)
     old = tmp_path / "old"
     old.mkdir()
     shutil.copy(gateway, old / gateway.name)

@@ -21,6 +21,7 @@ gateway with the ``.pt2`` and the ``.json``; without it the detector calls the p
 from __future__ import annotations
 
 import copy
+import hashlib
 import itertools
 import json
 import time
@@ -222,6 +223,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, thr
                 "threads": threads,
                 "native_weights": native.name if native else None,
                 "native_weights_sha256": file_sha256(staged[native]) if native else None}  # the detector checks it
+        meta["scoring_sha256"] = scoring_digest(meta)  # check_metadata: an edited field is refused, not scored with
         staged[meta_path].write_text(json.dumps(meta, indent=2))
         staged[out].replace(out)
         if native:
@@ -301,6 +303,41 @@ def load_exported(path: str | Path, tune_allocator: bool = True, validate: bool 
     return score
 
 
+# the .json fields that decide how a window is built and scored and what alarms: an edit of any of them
+# (a vocabulary, a window, a threshold changed by hand) scored with another model's settings, silently
+SCORING_KEYS = ("package_sha256", "native_weights_sha256", "model_config", "vocab", "node_features", "edge_features",
+                "threshold", "window", "stride", "label_threshold", "graph_format", "output_kind", "reading")
+
+
+def scoring_digest(meta: dict) -> str:
+    """SHA-256 of ``meta``'s :data:`SCORING_KEYS` (canonical JSON), recorded at export as ``scoring_sha256``."""
+    fields = {k: meta.get(k) for k in SCORING_KEYS}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def check_metadata(meta: dict, meta_path: Path) -> None:
+    """An exported package's ``.json`` must hold what its export wrote in the fields that decide the
+    scores (:data:`SCORING_KEYS`): a hand-edited vocabulary, window, stride or threshold was used as
+    it stood, scoring every window with settings the model was not exported with (a review,
+    2026-12-07: 28 of 160 decisions changed by an edited vocabulary, no warning). Exports before
+    ``scoring_sha256`` are not checked.
+
+    Raises:
+        ValueError: naming the file, and how to change a threshold or a window the supported way.
+    """
+    want = meta.get("scoring_sha256")
+    if not want:
+        return
+    digest = scoring_digest(meta)
+    if digest != want:
+        raise ValueError(f"{meta_path} was changed after kdkit export wrote it: the fields that decide the scores "
+                         f"({', '.join(k for k in SCORING_KEYS if k not in ('package_sha256', 'native_weights_sha256'))}) "
+                         f"no longer hash to the recorded scoring_sha256 ({digest[:12]}... against {want[:12]}...), so "
+                         f"windows would be scored with settings the model was not exported with. Restore the file "
+                         f"from the export, or export again; for another threshold pass --threshold (kdkit detect) or "
+                         f"calibrate the checkpoint (kdkit calibrate) and export it again")
+
+
 def check_package(path: Path, meta: dict, meta_path: Path) -> None:
     """The ``.json`` beside a package must be its own export's: its threshold, window and vocabulary
     are what the package is scored with. A ``.pt2`` copied over another (a gateway update that copied
@@ -310,6 +347,7 @@ def check_package(path: Path, meta: dict, meta_path: Path) -> None:
         ValueError: the package's SHA-256 is not the one the ``.json`` records (exports before
             2026-12-07 record none and are not checked).
     """
+    check_metadata(meta, meta_path)
     want = meta.get("package_sha256")
     if not want:
         return

@@ -53,7 +53,7 @@ from kdkit.data.graphs import GRAPH_FORMAT_VERSION, GraphSet, IdVocab, build_gra
 from kdkit.data.loader import WindowBatch, gather_windows
 from kdkit.data.loggers import ALL_CHANNELS
 from kdkit.data.readers import EXTENDED_ID_FLAG, MAX_CAN_ID, MAX_STANDARD_ID, Messages
-from kdkit.deploy.export import load_exported, native_weights_path
+from kdkit.deploy.export import check_metadata, load_exported, native_weights_path
 from kdkit.models.native import NativeGAT, unsupported_reason
 from kdkit.models.thresholds import GAT_THRESHOLD, is_attack
 from kdkit.reporting.metrics import predict_scores
@@ -501,6 +501,7 @@ class Detector:
             raise FileNotFoundError(f"{meta_path} not found: an exported model needs the metadata kdkit export writes "
                                     f"beside the package (vocabulary, window, threshold)")
         meta = json.loads(meta_path.read_text())
+        check_metadata(meta, meta_path)  # before anything is read from it: an edited field is not this export's
         missing = [k for k in ("vocab", "window", "stride", "node_features", "edge_features") if meta.get(k) is None]
         if missing:
             raise ValueError(f"{meta_path} lacks {', '.join(missing)}: re-export the model with kdkit export")
@@ -1229,21 +1230,28 @@ def _native_weights(package: Path, meta: dict, meta_path: Path, engine: str = "a
             return None
         if engine == "native":
             raise ValueError(f"{package}: the native engine cannot run it: {path.name} is missing at {path} "
-                             f"({meta_path.name} names it): copy the three files of one export ({package.name}, "
-                             f"{meta_path.name}, {path.name}) together, or re-export it with kdkit export")
+                             f"({meta_path.name} records native weights, exported as {meta['native_weights']}): copy "
+                             f"the three files of one export ({package.name}, {meta_path.name}, {path.name}) together, "
+                             f"or re-export it with kdkit export")
         if str(package) not in _NPZ_MISSING_WARNED:
             _NPZ_MISSING_WARNED.add(str(package))
-            log.warning("%s: %s is missing at %s (%s names it): single windows (live, --realtime) run on the slower "
-                        "package engine instead of the native single-window engine. A gateway needs the three files of "
-                        "one export together (%s, %s, %s): copy it beside the package, or re-export the model with "
-                        "kdkit export. This warning is shown once.", package, path.name, path, meta_path.name,
-                        package.name, meta_path.name, path.name)
+            log.warning("%s: %s is missing at %s (%s records native weights, exported as %s): single windows (live, "
+                        "--realtime) run on the slower package engine instead of the native single-window engine. A "
+                        "gateway needs the three files of one export together (%s, %s, %s): copy it beside the package, "
+                        "or re-export the model with kdkit export. This warning is shown once.", package, path.name, path,
+                        meta_path.name, meta["native_weights"], package.name, meta_path.name, path.name)
         return None
-    if meta.get("native_weights") != path.name or not meta.get("native_weights_sha256"):
+    if not meta.get("native_weights_sha256"):
         log.warning("%s: %s is not named by %s (another export's?): ignored, single windows run the package; "
                     "re-export the model to use the native engine", package, path.name, meta_path.name)
         return None
     digest = file_sha256(path)
+    if digest != meta["native_weights_sha256"] and meta.get("native_weights") != path.name:
+        # (one export's three files renamed together keep their contents: the digest, not the name, says whose)
+        log.warning("%s: %s is not the one exported with it (its SHA-256 is not the one %s records; another "
+                    "export's?): ignored, single windows run the package; re-export the model to use the native "
+                    "engine", package, path.name, meta_path.name)
+        return None
     if digest != meta["native_weights_sha256"]:
         raise ValueError(f"{path} is not the one exported with {package} (SHA-256 {digest[:12]}..., {meta_path.name} "
                          f"records {meta['native_weights_sha256'][:12]}...): copy the three files of one export "
