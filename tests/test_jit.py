@@ -41,6 +41,20 @@ def test_a_leaf_kernel_passes_calls_through_and_frees_each_new_specialisation(mo
     assert ints.tolist() == [3, 6] and released == [1, 2] and len(kernel.overloads) == 2
 
 
+def test_a_leaf_kernel_copies_and_pickles_as_its_dispatcher():
+    """copy and pickle probe an instance before its slots are set: no recursion through __getattr__."""
+    import copy
+    import pickle
+
+    kernel = leaf_kernel(numba.njit(_triple))
+    for other in (copy.copy(kernel), pickle.loads(pickle.dumps(kernel))):
+        out = np.zeros(2)
+        other(np.array([1.0, 4.0]), out)
+        assert isinstance(other, LeafKernel) and out.tolist() == [3.0, 12.0]
+    with pytest.raises(AttributeError):
+        LeafKernel.__new__(LeafKernel).dispatcher  # noqa: B018
+
+
 def _student_step():
     """A GAT student's forward and backward in training mode (the CPU kernels: fused attention, the
     layer tail, the dropout masks, the readout) on a small batch; its output and gradients."""

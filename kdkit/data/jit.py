@@ -42,7 +42,12 @@ class LeafKernel:
         self._released = len(self.dispatcher.overloads)
 
     def __getattr__(self, name: str) -> Any:  # py_func, overloads, signatures, ... of the dispatcher
+        if name.startswith("__") or name in LeafKernel.__slots__:  # copy/pickle probing an instance without them
+            raise AttributeError(name)
         return getattr(self.dispatcher, name)
+
+    def __reduce__(self):  # pickled as its dispatcher (numba pickles a dispatcher by its function)
+        return LeafKernel, (self.dispatcher,)
 
 
 def release_linking_ir(dispatcher: Any) -> int:
