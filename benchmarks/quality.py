@@ -113,7 +113,7 @@ def markdown(record: dict) -> str:
         scenarios = list(agg[roles[0]]["scenarios"])
         students, every = record.get("student_set"), record.get("set")
         lines.append(f"**{family.upper()}** on {record['dataset']}, seeds {record['seeds']} "
-                     f"(F1 / MCC / detection at 1 % FPR / false-positive rate, mean ± std)"
+                     f"(F1 / MCC / detection at 1 % FPR / false-positive rate, mean ± sample std)"
                      + (f"; every run with {json.dumps(every)}" if every else "")
                      + (f"; students with {json.dumps(students)}" if students else "") + "\n")
         lines.append("| model | parameters | CPU s | " + " | ".join(scenarios) + " |")
@@ -461,10 +461,14 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     if args.unknown_vehicle and not args.refit:
         ap.error("--unknown-vehicle goes with --refit (a training run takes --set unknown_vehicle=...)")
-    if args.merge or args.refit:
-        record = merge([json.loads(Path(p).read_text()) for p in args.merge]) if args.merge else \
-            refit(json.loads(Path(args.refit).read_text()), args.data_root, args.unknown_vehicle)
+    if args.merge:
+        try:
+            record = merge([json.loads(Path(p).read_text()) for p in args.merge])
+        except ValueError as e:  # records of different settings: an error naming them, not a traceback
+            ap.error(str(e))
         return _report(record, args)
+    if args.refit:
+        return _report(refit(json.loads(Path(args.refit).read_text()), args.data_root, args.unknown_vehicle), args)
     families = [m.strip() for m in args.models.split(",") if m.strip()]
     bad = sorted(set(families) - {"gat", "vgae", "fusion"})
     if bad:

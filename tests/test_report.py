@@ -192,6 +192,23 @@ def test_headline_puts_models_side_by_side_with_the_kd_gain():
     assert _row(h, "parameters", "")["values"]["teacher"] == [1000]
 
 
+def test_a_column_over_fewer_runs_than_the_table_says_how_many():
+    """A review (2026-12-07): a seed whose student-alone (or teacher) run was missing was averaged
+    over the other seeds under a header saying 3 seeds, with no word; a missing KD student changed
+    the header. The column and the KD gain now say over how many runs and pairs."""
+    full = [_student_record(alone=(0.7, 0.4, a)) for a in (0.5, 0.6, 0.7)]
+    lacking = [dict(r) for r in full]
+    del lacking[1]["student_alone"]
+    h = headline.headline(lacking)
+    assert h["labels"] == ["teacher", "student (KD)", "student alone (2 of 3 runs)"]
+    assert h["gain_label"] == "KD gain (2 of 3 pairs)" and _row(h, "f1", "overall")["values"]["student_alone"] == [0.5, 0.7]
+    text, page = headline.headline_text(h), headline.headline_html(h)
+    assert "student alone (2 of 3 runs)" in text and "KD gain (2 of 3 pairs)" in text
+    assert "<th>student alone (2 of 3 runs)</th>" in page and "<th>KD gain (2 of 3 pairs)</th>" in page
+    whole = headline.headline(full)
+    assert whole["labels"] == ["teacher", "student (KD)", "student alone"] and whole["gain_label"] == "KD gain"
+
+
 def test_headline_over_seeds_is_mean_and_std_with_the_gain_paired_by_seed():
     recs = [_student_record(kd=(0.8, 0.6, 0.7), alone=(0.7, 0.4, 0.5)),
             _student_record(kd=(0.8, 1.0, 0.9), alone=(0.7, 0.4, 0.6))]
@@ -380,7 +397,7 @@ def test_cli_report_detects_a_sweep_folder(tmp_path, capsys):
     assert "kdkit sweep report: kd" in (d / "report.html").read_text()
     assert main(["report", str(d)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "sweep kd: mean ± std over seeds"
+    assert lines[0] == "sweep kd: mean ± sample std over seeds"
     assert lines[1].split()[:3] == ["kd_temperature", "runs", "teacher"]
     assert lines[3].split()[:5] == ["2", "1", "0.850", "0.600", "0.500"]  # T, runs, teacher/KD/alone overall F1
 

@@ -371,7 +371,7 @@ def test_a_runs_folder_of_several_seeds_gets_a_headline_over_the_seeds(runs, tmp
     # the text report opens the same way (it showed one seed's table and "1 other KD student run")
     assert main(["report", str(root)]) == 0
     text = capsys.readouterr().out
-    assert text.startswith("== over 2 seeds (0, 1): Teacher, KD student and student alone (gat on synthetic), mean ± std")
+    assert text.startswith("== over 2 seeds (0, 1): Teacher, KD student and student alone (gat on synthetic), mean ± sample std")
     assert "±" in text.split("\n\n")[0]
 
 

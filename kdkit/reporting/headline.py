@@ -100,7 +100,14 @@ def headline(records: Sequence[Mapping]) -> dict:
             collect(metric, label, sc, lambda r, k, m=metric, s=sc: scenario_value(model_entries(r)[k], s, m), True)
     for metric, label in COST:
         collect(metric, label, "", lambda r, k, m=metric: cost_value(r, k, m), False)
-    return {"models": keys, "labels": [model_label(k) for k in keys], "records": len(records), "rows": rows}
+    # a column some records lack (a seed whose teacher or student-alone run is missing): its mean is over
+    # fewer runs than the table's header says, so the column says over how many (a review, 2026-12-07)
+    n = len(records)
+    present = {k: sum(1 for r in records if k in model_entries(r)) for k in keys}
+    pairs = sum(1 for r in records if {"student_kd", "student_alone"} <= set(model_entries(r)))
+    labels = [model_label(k) + (f" ({present[k]} of {n} runs)" if present[k] < n else "") for k in keys]
+    return {"models": keys, "labels": labels, "records": n, "rows": rows,
+            "gain_label": GAIN + (f" ({pairs} of {n} pairs)" if has_gain and pairs < n else "")}
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float | None, int]:
@@ -134,7 +141,7 @@ def headline_html(h: Mapping, table_id: str = "headline") -> str:
     A positive KD gain is green, a negative one red.
     """
     gain = any(r["gain"] is not None for r in h["rows"])
-    columns = ["metric", "scenario", *h["labels"], *([GAIN] if gain else [])]
+    columns = ["metric", "scenario", *h["labels"], *([h.get("gain_label", GAIN)] if gain else [])]
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body, last = [], None
     for r in h["rows"]:
@@ -156,7 +163,7 @@ def headline_html(h: Mapping, table_id: str = "headline") -> str:
 def headline_text(h: Mapping) -> str:
     """The headline table as aligned plain text (``kdkit report`` without ``--html``)."""
     gain = any(r["gain"] is not None for r in h["rows"])
-    columns = ["metric", "scenario", *h["labels"], *([GAIN] if gain else [])]
+    columns = ["metric", "scenario", *h["labels"], *([h.get("gain_label", GAIN)] if gain else [])]
     rows, last = [], None
     for r in h["rows"]:
         first = r["label"] if r["label"] != last else ""

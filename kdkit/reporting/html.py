@@ -483,7 +483,7 @@ def seeds_html(pooled: tuple[dict, list] | None, ident: str = "") -> str:
         return ""
     h, seeds = pooled
     return (f"<h2 id='headline-seeds-title{ident}'>Over {len(seeds)} seeds ({', '.join(map(str, seeds))})</h2>"
-            f"<p class='caption'>{html.escape(HEADLINE_CAPTION + KD_GAIN_CAPTION)} Mean ± std over the seeds; each "
+            f"<p class='caption'>{html.escape(HEADLINE_CAPTION + KD_GAIN_CAPTION)} Mean ± sample std (n - 1) over the seeds; each "
             "KD student beside the teacher and the student alone of its own seed (one teacher given to every seed "
             "is one value). The table and figures below are one seed's.</p>"
             + headline_html(h, table_id=f"headline-seeds{ident}"))
@@ -580,7 +580,7 @@ def text_summary(root: str | Path) -> str:
         if pooled is None:
             return []
         h, seeds = pooled
-        return [f"== over {len(seeds)} seeds ({', '.join(map(str, seeds))}): {what}, mean ± std", headline_text(h), ""]
+        return [f"== over {len(seeds)} seeds ({', '.join(map(str, seeds))}): {what}, mean ± sample std", headline_text(h), ""]
 
     for lead in leads:
         pooled = notebook_seeds_headline(lead, loaded)

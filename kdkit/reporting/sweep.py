@@ -394,7 +394,7 @@ def sweep_text(sweep_dir: str | Path) -> str:
     for r in sweep_rows(results):
         cells = {c: fmt(v, "f1" if m == "gain" else m, signed=m == "gain") for c, (m, v) in r["_values"].items()}
         rows.append({**{p: _param(r[p]) for p in params}, "runs": r["runs"], **cells})
-    blocks = [repr(Table(rows, title=f"sweep {results.get('sweep') or Path(sweep_dir).name}: mean ± std over seeds"))]
+    blocks = [repr(Table(rows, title=f"sweep {results.get('sweep') or Path(sweep_dir).name}: mean ± sample std over seeds"))]
     blocks += [f"note: {n}" for n in chance_notes(sweep_rows(results), params)]
     lost = unfinished(results)
     if lost:
