@@ -1059,7 +1059,7 @@ class Detector:
                         "timeline, from its first frame (%s; the open window's %d messages are not decided)",
                         self.name, last - ts, last, ts, RESTART_AFTER,
                         f"the {kept} frames before the one that confirmed it were held, not dropped" if kept else
-                        "no frame was held before it", left)
+                        "the frames before the one that confirmed it were dropped: a window shorter than them", left)
         elif why:
             log.warning("%s: %s: the windows restart (the open window's %d messages are not decided)", self.name, why,
                         left)
