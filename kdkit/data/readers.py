@@ -1166,6 +1166,8 @@ def is_truncation(example: str) -> bool:
     stream (its text ends at the last whole line, the rest counted as 1 skipped row) or a cut
     ``.blf`` (``truncated BLF file: ...``, the objects its header counts and the file lacks)."""
     return TRUNCATED in example or ": truncated BLF file: " in example
+
+
 class _WholeLines:
     """A gzip file's text for pyarrow's CSV reader (read as it is inflated, nothing copied) that ends
     at its last complete line when the file is cut (truncated: ``EOFError`` from the inflater, whose
