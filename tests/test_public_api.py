@@ -124,6 +124,24 @@ def test_a_misspelt_option_names_the_sub_commands_help_and_the_option_meant(caps
     assert stop.value.code == 2 and capsys.readouterr().err == expected
 
 
+def test_the_predecessors_commands_get_answers_a_migrating_user_can_act_on(capsys, tmp_path):
+    """A review following the predecessor's migration guide (2026-12-07, night): `--use-fabric` was an
+    unknown argument with no word that Fabric is now the default; a guide dataset missing said where
+    to put it but not what it is; any .txt given as --teacher was "a CAN recording"."""
+    from kdkit.cli.main import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--dataset", "synthetic", "--model", "gat", "--use-fabric"])
+    assert "--use-fabric is gone: Lightning Fabric is kdkit train's trainer by default" in capsys.readouterr().err
+    assert main(["data", "info", "--dataset", "hcrl_ch", "--data-root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "'hcrl-ch' is a set of the public can-train-and-test v1.5 release" in err and "--dataset synthetic" in err
+    notes = tmp_path / "configs.txt"
+    notes.write_text("epochs 1\n")
+    assert main(["train", "--dataset", "synthetic", "--model", "gat", "--type", "student", "--teacher", str(notes)]) == 2
+    assert f"{notes} is named as a CAN recording (.txt), not a training checkpoint" in capsys.readouterr().err
+
+
 def test_a_bad_flag_is_one_error_line_and_the_role_word_as_model_is_explained(capsys):
     """`--model teacher` (the guide's scripts took role words) printed kdkit train's 45-line usage."""
     from kdkit.cli.main import main

@@ -97,7 +97,7 @@ def test_a_file_of_another_kind_given_as_a_checkpoint_is_named(exported_student,
     gz.write_bytes(gzip.compress(log.read_bytes()))
     assert main(["evaluate", "--checkpoint", str(gz), "--dataset", "synthetic"]) == 2
     err = capsys.readouterr().err
-    assert f"{gz} is a CAN recording, not a training checkpoint" in err and "goes to --input" in err
+    assert f"{gz} is named as a CAN recording (.log.gz), not a training checkpoint" in err and "goes to --input" in err
     assert not any(a in err for a in TORCH_ADVICE), err
 
     for name, what in (("student.json", "is the metadata of an exported model"),

@@ -69,6 +69,8 @@ class _Parser(argparse.ArgumentParser):
                      if o.startswith("--") and (m := difflib.get_close_matches(o.split("=")[0], known, n=1, cutoff=0.8))]
             if close:
                 hint = "; " + ", ".join(close)
+            if "--use-fabric" in message:  # the predecessor's compatibility flag (its migration guide)
+                hint += "; --use-fabric is gone: Lightning Fabric is kdkit train's trainer by default (--trainer fabric|legacy)"
         self.exit(2, f"{self.prog}: error: {message}{hint}\n(`{prog} --help` lists the options)\n")
 
     def _subcommand(self, argv: list[str]) -> tuple[argparse.ArgumentParser, list[str]]:

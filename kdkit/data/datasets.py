@@ -202,6 +202,12 @@ def resolve_source(name: str, data_root: str | Path | None = None, synthetic_see
         if name != "synthetic":
             source.searched = [root / REGISTRY[name].folder for root in data_root_candidates(data_root)]
         source.hints.append(f"set --data-root or KDKIT_DATA_ROOT to the folder holding '{REGISTRY[name].folder or name}'")
+        if name != "synthetic":  # what a migrating user lacks is the release itself: name it
+            source.hints.append(f"'{REGISTRY[name].folder}' is a set of the public can-train-and-test v1.5 release (B. Lampe "
+                                "and W. Meng, 'can-train-and-test: A Curated CAN Dataset for Automotive Intrusion "
+                                "Detection'): download it and unpack it as published, its hcrl-ch/, hcrl-sa/ and set_0N/ "
+                                "folders side by side in the data root; kdkit --dataset synthetic runs without any "
+                                "download")
         return source
     source = resolve_custom(name)
     if source is None:

@@ -138,7 +138,10 @@ def wrong_checkpoint_kind(path: str | Path, kind: str | None = None) -> str | No
                 f"training checkpoint: run the export with kdkit detect --model {path.with_suffix('.pt2')}, or give "
                 f"the checkpoint it was exported from{_exported_from(path.with_suffix('.pt2'))}")
     if kind == "recording":
-        return (f"{path} is a CAN recording, not a training checkpoint: a checkpoint (--checkpoint, --teacher) is the "
+        suffix = next((x for x in sorted(data_suffixes(), key=len, reverse=True) if path.name.lower().endswith(x)),
+                      path.suffix)
+        return (f"{path} is named as a CAN recording ({suffix}), not a training checkpoint: a "
+                f"checkpoint (--checkpoint, --teacher) is the "
                 f"best.pt (or last.pt) "
                 f"kdkit train writes in runs/<run>/checkpoints/; a recording goes to --input (kdkit evaluate, kdkit "
                 f"detect) or --clean (kdkit calibrate)")
