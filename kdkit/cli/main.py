@@ -26,6 +26,7 @@ import importlib
 import math
 import os
 import sys
+from collections.abc import Sequence
 
 # sub-command -> (topic module whose register(sub) adds it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -52,7 +53,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse, whose error is the error: no usage dump of every option (``kdkit train``'s ran to 45
     lines above it), ``--help`` named instead, and a hint for ``--model teacher``."""
 
-    argv: list[str] = []  # the command line being parsed (set by main): which sub-command an error is about
+    argv: Sequence[str] = ()  # the command line being parsed (set by main): which sub-command an error is about
 
     def error(self, message: str):  # type: ignore[override]
         hint, prog = "", self.prog

@@ -1161,11 +1161,11 @@ _LOST = " (counted as 1 skipped row)"  # what a truncated gzip file's loss count
 TRUNCATED = "is lost" + _LOST  # how a skipped row's example says the file was cut there
 
 
-def is_truncation(example: str) -> bool:
-    """Whether a skipped row's example (``"<path>: <problem>"``) says the file was cut: a cut gzip
-    stream (its text ends at the last whole line, the rest counted as 1 skipped row) or a cut
-    ``.blf`` (``truncated BLF file: ...``, the objects its header counts and the file lacks)."""
-    return TRUNCATED in example or ": truncated BLF file: " in example
+def truncation(examples: Iterable[str]) -> str | None:
+    """What a reading's skipped-row examples (``"<path>: <problem>"``) say of a cut file, or None: a
+    cut gzip stream (its text ends at the last whole line, the rest counted as 1 skipped row) or a
+    cut ``.blf`` (``truncated BLF file: ...``, the objects its header counts and the file lacks)."""
+    return next((e.split(": ", 1)[-1] for e in examples if TRUNCATED in e or ": truncated BLF file: " in e), None)
 
 
 class _WholeLines:

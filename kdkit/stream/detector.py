@@ -988,11 +988,9 @@ class Detector:
         self._behind_ts = before
 
     def _take_held(self) -> list[tuple[float, int, int, np.ndarray, int, str]]:
+        if len(self._held) >= self.window:  # a window of fewer messages than the run (window < RESTART_AFTER):
+            self._drop_held()  # feed decides one window per frame, so they go as before
         held, self._held = self._held, []
-        if len(held) >= self.window:  # a window of fewer messages than the run (window < RESTART_AFTER): feed
-            for *_, detail in held:  # decides one window per frame, so they go as before
-                self._drop("time_backwards", detail)
-            return []
         return held
 
     def _drop_held(self) -> None:

@@ -36,9 +36,9 @@ from kdkit.data.readers import (
     EXTENDED_ID_FLAG,
     LOGGER_SUFFIXES,
     Messages,
-    is_truncation,
     iter_messages,
     read_messages,
+    truncation,
 )
 from kdkit.stream.detector import BLOCK_MESSAGES, Decision, Detector
 from kdkit.training.checkpoint import describe_calibration
@@ -374,7 +374,7 @@ def replay_file(detector: Detector, path: str | Path, channel: str | None = None
     if last:
         msgs = last[0]
         summary.skipped_rows = msgs.skipped_rows
-        summary.truncated = next((e.split(": ", 1)[-1] for e in msgs.skipped_examples if is_truncation(e)), None)
+        summary.truncated = truncation(msgs.skipped_examples)
         for kind, n in (getattr(msgs, "dropped_frames", None) or {}).items():  # remote/error frames the reader dropped
             if n:  # frames of the bus all the same: frames = messages + dropped + other channels, as live
                 detector.dropped[f"{kind}_frame"] += int(n)

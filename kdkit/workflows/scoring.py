@@ -32,7 +32,7 @@ import torch
 from kdkit.data.columns import read_mapped, training_layout
 from kdkit.data.graphs import GRAPH_FORMAT_VERSION, GraphSet, IdVocab, build_graphs, layout_matches
 from kdkit.data.loggers import left_out_channels
-from kdkit.data.readers import LOGGER_SUFFIXES, Messages, data_suffixes, is_truncation, read_messages
+from kdkit.data.readers import LOGGER_SUFFIXES, Messages, data_suffixes, read_messages, truncation
 from kdkit.models.thresholds import is_attack
 from kdkit.reporting.metrics import evaluate_scores, predict_scores
 from kdkit.training.checkpoint import (check_threshold_fitted, describe_calibration, load_checkpoint,
@@ -380,7 +380,7 @@ def evaluate_inputs(checkpoint: str | Path, inputs: Sequence[str | Path], channe
         dropped = {k: int(v) for k, v in (getattr(rec.messages, "dropped_frames", None) or {}).items() if v}
         if dropped:  # remote and error frames of the bus a logger file held: not data, left out (as detect counts them)
             entry["dropped_frames"] = dropped
-        cut = next((e.split(": ", 1)[-1] for e in rec.messages.skipped_examples if is_truncation(e)), None)
+        cut = truncation(rec.messages.skipped_examples)
         if cut:
             entry["truncated"] = cut
         if rec.labelled:
