@@ -120,9 +120,11 @@ def test_bench_preprocess_file_and_baseline(env: Path, capsys, monkeypatch):
     assert main(["bench", "preprocess", "--file", str(path), "--repeats", "1", "--builder", "compiled", "--json"]) == 0
     c = json.loads(capsys.readouterr().out)
     assert c["builder"] == "compiled" and c["messages"] == n and c["windows"] == r["windows"]
-    assert main(["bench", "preprocess", "--file", str(path), "--baseline", "pandas", "--limit", "300", "--json"]) == 0
+    assert main(["bench", "preprocess", "--file", str(path), "--baseline", "pandas", "--limit", "300", "--repeats", "2",
+                 "--json"]) == 0
     b = json.loads(capsys.readouterr().out)
     assert b["benchmark"] == "preprocess-pandas-baseline" and b["messages"] == 300 and b["windows"] == 3
+    assert b["repeats"] == 2 and len(b["variants"]["kdkit"]["wall_s_all"]) == 2
 
 
 def test_stride_follows_the_window_and_a_gap_between_windows_is_warned(env: Path, capsys, caplog, tmp_path):

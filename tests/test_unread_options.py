@@ -16,8 +16,8 @@ from kdkit.config import keys_without_effect, make_config
     (["bench", "preprocess", "--dataset", "synthetic", "--channel", "can0", "--limit", "9"],
      "--channel, --limit do nothing with --dataset"),
     (["bench", "preprocess", "--file", "x.csv", "--limit", "100"], "--limit does nothing with --file"),
-    (["bench", "preprocess", "--file", "x.csv", "--baseline", "pandas", "--repeats", "2"],
-     "--repeats does nothing with --baseline pandas, which reads --limit"),
+    (["bench", "preprocess", "--file", "x.csv", "--baseline", "pandas", "--channel", "can0"],
+     "--channel does nothing with --baseline pandas, which reads --limit, --repeats"),
     (["bench", "preprocess", "--file", "x.log", "--baseline", "python-can", "--builder", "numpy"],
      "--builder does nothing with --baseline python-can"),
 ])

@@ -33,7 +33,7 @@ def print_result(obj: dict, as_json: bool) -> None:
 
 # bench preprocess: the options each mode reads (the others were accepted and ignored)
 _PREPROCESS_OPTIONS = {"dataset": ("data_root", "builder"), "file": ("repeats", "channel", "builder"),
-                       "pandas": ("limit",), "python-can": ("repeats", "channel")}
+                       "pandas": ("limit", "repeats"), "python-can": ("repeats", "channel")}
 
 
 def _refuse_unused(args: argparse.Namespace) -> None:
@@ -62,7 +62,7 @@ def cmd_bench_preprocess(args: argparse.Namespace) -> int:
     if args.dataset:
         result = bench.preprocess_dataset(args.dataset, args.data_root)
     elif args.baseline == "pandas":
-        result = bench.pandas_baseline(args.file, limit=args.limit)
+        result = bench.pandas_baseline(args.file, limit=args.limit, repeats=args.repeats)
     elif args.baseline == "python-can":
         result = bench.python_can_baseline(args.file, repeats=args.repeats, channel=args.channel)
     else:
