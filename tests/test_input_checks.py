@@ -153,8 +153,12 @@ def test_build_graphs_refuses_time_going_backwards():
     with pytest.raises(ValueError, match=r"mem://drive: message 2 \(timestamp 0\.5\) is earlier than message 1 "
                                          r"\(2\.0\); 1 such steps backwards"):
         build_graphs(_messages([1.0, 2.0, 0.5, 3.0]), vocab, window=2, stride=2)
+    with pytest.raises(ValueError, match=r"Messages.timestamp\[1\] is nan; expected seconds as finite numbers"):
+        _messages([1.0, math.nan, 3.0, 4.0])  # the table refuses it
+    m = _messages([1.0, 2.0, 3.0, 4.0])
+    m.timestamp[1] = math.nan  # written into a table already made: build_graphs refuses it too
     with pytest.raises(ValueError, match="message 1 has timestamp nan; timestamps must be finite"):
-        build_graphs(_messages([1.0, math.nan, 3.0, 4.0]), vocab, window=2, stride=2)
+        build_graphs(m, vocab, window=2, stride=2)
     gs = build_graphs(_messages([1.0, 1.0, 1.001, 1.003]), vocab, window=2, stride=2)  # equal times are fine
     assert torch.isfinite(gs.x).all() and float(gs.edge_attr[0, 1]) == 0.0  # an interval of 0 ms
 

@@ -84,7 +84,7 @@ def test_road_preset_byte_columns_and_named_labels(tmp_path: Path):
     assert m.message_attack_type.tolist() == ["normal", "normal", "fuzzing", "masquerade"]
     assert m.attack_type == "mixed"
     gap = write_text(tmp_path / "road" / "gap.csv", ROAD_HEADER + "\n0.0,0C1,10,,30,,,,,,Benign\n")
-    with pytest.raises(DataFormatError, match=r"gap\.csv:2: Byte1 '10': payload must be byte values .* no gap"):
+    with pytest.raises(DataFormatError, match=r"gap\.csv:2: Byte3 '30' after an empty byte column: payload must be byte values .* no gap"):
         read_messages(gap)
 
 

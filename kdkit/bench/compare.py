@@ -243,6 +243,15 @@ def bench_preprocess(path: str | Path, repeats: int = 3, baseline_limit: int = 2
             "stage_seconds_median": base["kdkit_stage_seconds_median"], "peak_rss_mib": base["peak_rss_mib"]}
 
 
+def preprocess_headline(result: Mapping) -> str:
+    """One line of a :func:`bench_preprocess` result: the ratio both ways, faster or slower, and the
+    untimed first round's seconds."""
+    x, first = result["speedup"], result["first_run_wall_s"]
+    return (f"{result['file']}, {result['compared_on']}: kdkit {x:.1f}x {'faster' if x >= 1 else 'slower'} than the "
+            f"pandas loop (wall; {result['speedup_cpu']:.1f}x in CPU seconds); the first round took "
+            f"{first['kdkit']:.3f} s and {first['pandas loop']:.3f} s")
+
+
 def infer_rows(result: Mapping) -> list[dict]:
     """Rows of a ``bench_infer`` result: one per variant (fp32/bf16, eager/compiled); a min/median/max
     spread as one ``min-median-max`` cell."""

@@ -70,6 +70,10 @@ def _check_input(args: argparse.Namespace) -> None:
     only logger files have bus channels (as kdkit evaluate --input refuses it)."""
     if args.input is None:
         return
+    if Path(args.input).is_dir():  # (pick_reader said "no such file")
+        raise ValueError(f"--input {args.input} is a folder: kdkit detect replays one recording as a bus would carry "
+                         f"it; name one file of it (kdkit evaluate --input {args.input} scores every recording of a "
+                         f"folder)")
     wrong = wrong_recording_kind(args.input)
     if wrong is not None:
         raise ValueError(wrong)

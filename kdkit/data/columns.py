@@ -33,7 +33,7 @@ import gzip
 import re
 import sys
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
@@ -401,6 +401,23 @@ def _payload(table: pa.Table, mapping: ColumnMapping, dlc_bytes: np.ndarray | No
     return payload, dlc, ok
 
 
+def _bad_byte_column(mapping: ColumnMapping, value_of: Callable[[str | int], object]) -> tuple[str | int, bool]:
+    """The first byte column of one row that :func:`_payload` refused, and whether it was
+    refused for following an empty one (``value_of``: a column's cell in that row)."""
+    pattern = r"[0-9A-Fa-f]{1,2}" if mapping.byte_base == 16 else r"\d{1,3}"
+    ended = False
+    for ref in mapping.payload:
+        text = value_of(ref)
+        text = "" if text is None else str(text)
+        if not text:
+            ended = True
+        elif ended:
+            return ref, True
+        elif not re.fullmatch(pattern, text) or int(text, mapping.byte_base) > 255:
+            return ref, False
+    return mapping.payload[0], False
+
+
 def read_mapped(path: str | Path, mapping: ColumnMapping, on_bad_rows: OnBadRows = "error") -> Messages:
     """Read one recording with ``mapping``; see the module docstring. The whole text is decoded
     at once; :func:`iter_mapped` reads the same in chunks.
@@ -645,6 +662,11 @@ class _MappedStream:
                 what = {"hex": "hex digits of even length (at most 16)",
                         "bits": "0/1 characters, 8 per byte (at most 64)",
                         "bytes": f"byte values in base {mapping.byte_base} (0-255), no gap"}[mapping.payload_format]
+                if isinstance(mapping.payload, tuple):  # the byte column at fault, not the first one
+                    pl_ref, gap = _bad_byte_column(mapping, lambda ref: _column(table, ref, path)[i].as_py())
+                    if gap:
+                        return (f"{name(pl_ref)} {cell(pl_ref, i)} after an empty byte column: payload must be {what} "
+                                f"(an empty cell ends the payload)")
                 return f"{name(pl_ref)} {cell(pl_ref, i)}: payload must be {what}"
             if not ok_dlc[i]:
                 return (f"{name(mapping.dlc)} {cell(mapping.dlc, i)}: not a DLC in {mapping.dlc_unit} matching the "

@@ -42,10 +42,10 @@ from pathlib import Path
 import numpy as np
 
 from kdkit.data.graphs import GRAPH_FORMAT_VERSION, GraphSet, GraphStoreError, IdVocab
-from kdkit.data.loggers import ALL_CHANNELS, MixedChannelsError, label_sidecar, left_out_channels
+from kdkit.data.loggers import ALL_CHANNELS, MixedChannelsError, carries_labels, label_sidecar, left_out_channels
 from kdkit.data.prep import SplitStats, build_parts, excluded_block, remove_parts, vocab_ids, write_split
 from kdkit.data.progress import progress_bar
-from kdkit.data.readers import (LOGGER_SUFFIXES, DataFormatError, Messages, attack_type_from_name, data_suffixes,
+from kdkit.data.readers import (DataFormatError, Messages, attack_type_from_name, data_suffixes,
                                 zip_recording)
 from kdkit.data.simulate import ensure_synthetic
 from kdkit.data.sources import (DatasetSource, DatasetSpecError, declared_datasets, folder_source, resolve_custom,
@@ -481,6 +481,8 @@ class PreparedDataset:
     info: dict
     cache_dir: Path | None = None
     loaded_from_cache: bool = False
+    synthetic_seed: int | None = None  # the simulator's seed (``synthetic`` only)
+    channel: str | None = None  # the bus kept from logger files (the spec's or the one asked for; "*": every bus)
 
     @property
     def scenarios(self) -> list[str]:
@@ -551,7 +553,7 @@ def prepare(name: str, config: PrepareConfig | None = None, data_root: str | Pat
             remove_stale_scratch(store)  # a killed rebuild's scratch beside the store it did not replace
             cached.info.update(_files_info(files))  # where the recordings are now (the store's key is their content)
             cached.info["missing_scenarios"] = dict(files.missing_scenarios)  # (empty test folders are no content)
-            return cached
+            return replace(cached, **_reading(name, files, synthetic_seed))
 
     t0 = time.perf_counter()
     bar = None
@@ -568,7 +570,13 @@ def prepare(name: str, config: PrepareConfig | None = None, data_root: str | Pat
     tmp = meta_path.with_name(f"meta.json.{scratch_tag()}.tmp")  # per writer: parallel jobs may build the same key
     tmp.write_text(json.dumps({"key": key, "splits": list(splits), "vocab": vocab.to_list(), "info": info}, indent=1))
     tmp.replace(meta_path)  # meta.json last: its presence marks a complete store
-    return PreparedDataset(name, config, vocab, splits, info, store, False)
+    return PreparedDataset(name, config, vocab, splits, info, store, False, **_reading(name, files, synthetic_seed))
+
+
+def _reading(name: str, files: DatasetFiles, synthetic_seed: int) -> dict:
+    """How ``prepare`` read the recordings beyond its PrepareConfig (``train(data=...)`` compares them)."""
+    return {"synthetic_seed": synthetic_seed if name == "synthetic" else None,
+            "channel": files.source.channel if files.source is not None else None}
 
 
 def _check_channel_applies(files: DatasetFiles, channel: str) -> None:
@@ -870,9 +878,7 @@ def _unlabelled(files: DatasetFiles) -> list[str]:
     for them (a logger file without a ``.labels.csv`` sidecar, the OTIDS text format): their windows all
     count as normal, and an attack in them was trained on, or tested, as normal without a word."""
     def label_less(path: Path) -> bool:
-        if Path(path.name.lower().removesuffix(".gz")).suffix in LOGGER_SUFFIXES:
-            return label_sidecar(path) is None
-        return files.source is not None and files.source.format == "otids"
+        return not carries_labels(path) or (files.source is not None and files.source.format == "otids")
 
     with_attacks = [p for p in files.train if p not in files.attack_free]
     return [str(p) for p in [*with_attacks, *(p for paths in files.tests.values() for p in paths)] if label_less(p)]

@@ -73,6 +73,7 @@ from kdkit.data.readers import (
     _LOST,
     _Order,
     CHUNK_ROWS,
+    LOGGER_SUFFIXES,
     MAX_CAN_ID,
     MAX_STANDARD_ID,
     DataFormatError,
@@ -91,6 +92,7 @@ from kdkit.data.readers import (
     set_logger_chunks,
     set_logger_reader,
     slices,
+    text_form,
 )
 
 _GZ_PIECE = 1 << 22  # compressed bytes inflated at a time (the byte ranges named by corrupt-data errors)
@@ -141,6 +143,17 @@ def label_sidecar(path: str | Path) -> Path | None:
     if len(found) > 1:
         raise DataFormatError(path, None, f"two label sidecars: {found[0].name} and {found[1].name}; keep one")
     return found[0] if found else None
+
+
+def carries_labels(path: str | Path) -> bool:
+    """Whether a recording says which of its messages are attacks: a logger file by its
+    ``.labels.csv`` sidecar only, a file of the HCRL/OTIDS text form never, every other format
+    (a label or flag column) always. Read without labels, every message is label 0: such a file's
+    windows are kept out of the metrics, not counted as normal."""
+    path = Path(path)
+    if Path(path.name.lower().removesuffix(".gz")).suffix in LOGGER_SUFFIXES:
+        return label_sidecar(path) is not None
+    return not (path.is_file() and text_form(path))
 
 
 def read_label_intervals(path: str | Path) -> LabelIntervals:

@@ -118,12 +118,12 @@ class Messages:
     """One recording as a struct of numpy arrays (the kit's one internal messages table).
 
     Attributes:
-        timestamp: float64 [N] seconds, as recorded.
+        timestamp: float64 [N] seconds, as recorded (finite, >= 0: what every reader gives).
         can_id: uint32 [N] arbitration IDs: a standard (11-bit) ID as it is (``0x316``), an
             extended (29-bit) one with :data:`EXTENDED_ID_FLAG` set (``0x18FEF100 | EXTENDED_ID_FLAG``),
             so that ``0x81`` extended and ``0x081`` standard stay apart.
         dlc: uint8 [N] data length codes (0..8).
-        payload: uint8 [N, 8] payload bytes, zero past ``dlc``.
+        payload: uint8 [N, 8] payload bytes, zero past ``dlc`` (a table built otherwise is refused).
         label: uint8 [N], 1 = injected/attack message, 0 = normal.
         source: the file this came from.
         attack_type: the recording's attack type from its file name (``DoS``, ``fuzzing``,
@@ -224,7 +224,7 @@ class Messages:
 
 _COLUMN_TYPES = {"timestamp": np.float64, "can_id": np.uint32, "dlc": np.uint8, "payload": np.uint8, "label": np.uint8}
 _COLUMN_HINTS = {
-    "timestamp": "seconds as numbers (datetimes: (t - t[0]) / np.timedelta64(1, 's'))",
+    "timestamp": "seconds as finite numbers >= 0 (datetimes: (t - t[0]) / np.timedelta64(1, 's'))",
     "can_id": ("arbitration IDs as unsigned integers (hex text: int(text, 16)); an extended (29-bit) ID with "
                "EXTENDED_ID_FLAG set (can_id | kdkit.data.readers.EXTENDED_ID_FLAG)"),
     "dlc": "data length codes 0..8",
@@ -268,11 +268,28 @@ def _row(arr: np.ndarray, flat_index: int) -> str:
 
 
 def _check_values(m: Messages) -> None:
-    """The value rules of a Messages table (cheap reductions; a row named when one is broken)."""
+    """The value rules of a Messages table (cheap reductions; a row named when one is broken): what
+    every reader guarantees, so that a table built in Python is one :func:`write_ctt_csv` can write
+    and the readers give back, the same."""
+    t = m.timestamp
+    if not (t.min() >= 0 and t.max() < np.inf):  # (a NaN makes both NaN, and both comparisons False)
+        i = int(np.flatnonzero(~np.isfinite(t) | (t < 0))[0])
+        raise ValueError(f"Messages.timestamp[{i}] is {t[i].item()!r}; expected {_COLUMN_HINTS['timestamp']}"
+                         + (" (shift the clock: t - t.min())" if np.isfinite(t[i]) else ""))
     if int(m.dlc.max()) > 8:
         i = int(np.argmax(m.dlc > 8))
         raise ValueError(f"Messages.dlc[{i}] is {int(m.dlc[i])}; expected {_COLUMN_HINTS['dlc']} (kdkit reads classic "
                          f"CAN: a CAN FD frame of more than 8 bytes has no place in a table)")
+    if int(m.dlc.min()) < 8:  # (every classic frame full, the usual case, costs one reduction)
+        short = np.flatnonzero(m.dlc < 8)
+        beyond = (m.payload[short] != 0) & (np.arange(8, dtype=np.uint8) >= m.dlc[short, None])
+        if beyond.any():
+            r, b = np.argwhere(beyond)[0]
+            i = int(short[r])
+            raise ValueError(f"Messages.payload[{i}, {int(b)}] is {int(m.payload[i, b])} past the row's dlc "
+                             f"{int(m.dlc[i])}; expected {_COLUMN_HINTS['payload']} (the readers give zeros there, and "
+                             "write_ctt_csv writes the first dlc bytes only; zero them: "
+                             "payload[np.arange(8) >= dlc[:, None]] = 0)")
     if int(m.label.max()) > 1:
         i = int(np.argmax(m.label > 1))
         raise ValueError(f"Messages.label[{i}] is {int(m.label[i])}; expected {_COLUMN_HINTS['label']}")
@@ -1881,6 +1898,12 @@ def _first_line(path: Path) -> tuple[str, tuple[str, ...]]:
 def _hcrl_line(first: str) -> bool:
     """Whether a first line is an HCRL Car-Hacking recording's (text or CSV form)."""
     return first.startswith("Timestamp:") or bool(re.match(r"^\d+(\.\d+)?\s*,\s*[0-9A-Fa-f]{1,8}\s*,\s*\d\s*,", first))
+
+
+def text_form(path: str | Path) -> bool:
+    """Whether a file holds the HCRL/OTIDS text lines (``Timestamp: ... ID: ... DLC: ...``): a form
+    without a label column, whose attack messages are marked nowhere (read as label 0)."""
+    return _first_line(Path(path))[0].startswith("Timestamp:")
 
 
 def known_layout(path: Path) -> bool:

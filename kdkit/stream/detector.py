@@ -180,8 +180,8 @@ def _frame_fields(frame) -> tuple[float, int, bytes, str | None]:
         ts = float(ts)
     except (TypeError, ValueError):
         raise _Drop("bad_timestamp", f"timestamp {ts!r}") from None
-    if not math.isfinite(ts):
-        raise _Drop("bad_timestamp", f"timestamp {ts!r}")
+    if not math.isfinite(ts) or ts < 0:  # (a recording's reader refuses a negative timestamp, Messages too)
+        raise _Drop("bad_timestamp", f"timestamp {ts!r}" + (" (negative)" if ts < 0 else ""))
     if isinstance(arb, bool) or not isinstance(arb, (int, np.integer)) or arb < 0 \
             or arb > (MAX_CAN_ID if ext else MAX_STANDARD_ID):
         shown = f"0x{arb:X}" if isinstance(arb, (int, np.integer)) and not isinstance(arb, bool) and arb >= 0 else repr(arb)
@@ -416,6 +416,7 @@ class Detector:
         self._decided_to = -1  # stream index of the last message in a decided window
         self._timeline_start = 0  # stream index where the current timeline's windows may start
         self.undecided = 0  # messages left in no decided window at restarts and stalls
+        self.between = 0  # messages a stride longer than the window passed over (none otherwise)
         self._one: list[float] = []  # timestamps fed one by one, for the re-stamping check
         self.timeline_restarts = 0  # times the frames' clock went back and the detector took the new timeline
         self._behind = 0  # frames in a row behind _last_ts, in order among themselves
@@ -1050,6 +1051,7 @@ class Detector:
         ``why``."""
         left = self.open_messages
         self.undecided += left
+        self.between += self._trailing_gap
         if last is not None:
             self.timeline_restarts += 1
             log.warning("%s: the frames' time went back %.6g s (from %r to %r) and stayed there for %d frames: a "
@@ -1067,8 +1069,18 @@ class Detector:
 
     @property
     def open_messages(self) -> int:
-        """Messages fed since the last decided window ended (on this timeline): in no decided window yet."""
-        return max(self.messages - max(self._decided_to + 1, self._timeline_start), 0)
+        """Messages fed since the next window's start (on this timeline): in no decided window yet."""
+        return max(self.messages - max(self._decided_to + 1, self._next, self._timeline_start), 0)
+
+    @property
+    def between_windows(self) -> int:
+        """Messages in no window because the stride is longer than the window (the gaps so far)."""
+        return self.between + self._trailing_gap
+
+    @property
+    def _trailing_gap(self) -> int:
+        """The gap after the last decided window fed so far (a stride longer than the window)."""
+        return max(min(self._next, self.messages) - max(self._decided_to + 1, self._timeline_start), 0)
 
     def stalled(self, seconds: float) -> None:
         """The bus carried no frame for ``seconds``: a window must not span the silence, so the windows
@@ -1126,6 +1138,7 @@ class Detector:
                        attack, oov, latency, share, cpu)
         self.windows += 1
         self.alarms += attack
+        self.between += max(start - max(self._decided_to + 1, self._timeline_start), 0)
         self._next = start + self.stride
         self._decided_to = start + W - 1
         return out
@@ -1163,6 +1176,8 @@ class Detector:
                         oov_ids[k], latency, share[k], cpu) for k in range(len(gs))]
         self.windows += len(out)
         self.alarms += int(attack.sum())
+        self.between += max(int(starts[0]) - max(self._decided_to + 1, self._timeline_start), 0) + int(
+            np.maximum(np.diff(starts) - self.window, 0).sum())
         self._next = int(starts[-1]) + self.stride
         self._decided_to = int(starts[-1]) + self.window - 1
         return out

@@ -29,7 +29,7 @@ import numpy as np
 
 from kdkit.data.columns import iter_mapped, training_layout
 from kdkit.data.graphs import expect_messages
-from kdkit.data.loggers import ALL_CHANNELS, channel_counts, label_sidecar, read_channel
+from kdkit.data.loggers import ALL_CHANNELS, carries_labels, channel_counts, read_channel
 from kdkit.data.prep import expected_messages
 from kdkit.data.readers import (
     CHUNK_ROWS,
@@ -118,6 +118,7 @@ class RunSummary:
                 "skipped_rows": self.skipped_rows, "truncated": self.truncated, "stalls": self.stalls,
                 # messages in no decided window: an open window left at a restart or a stall, and at the end
                 "undecided_messages": d.undecided + d.open_messages,
+                "between_windows": d.between_windows,  # passed over by a stride longer than the window
                 "restamped": d.restamped, "unknown_vehicle": d.unknown_vehicle,
                 "calibrated_on": describe_calibration(d.calibration) if d.calibration else None,
                 "calibration_kind": None if not d.calibration else (
@@ -163,7 +164,9 @@ class RunSummary:
                  + (f"; time went back and the windows restarted {s['timeline_restarts']} time(s) (see the warning)"
                     if s["timeline_restarts"] else ""),
                  f"  messages in no decided window: {s['undecided_messages']:,} (an open window at a restart, a "
-                 f"stall or the end: a window is decided when its {s['window']}th message arrives)"]
+                 f"stall or the end: a window is decided when its {s['window']}th message arrives)"
+                 + (f"; {s['between_windows']:,} more between windows (the stride {s['stride']} passes over "
+                    f"{s['stride'] - s['window']} of every {s['stride']} messages)" if s["between_windows"] else "")]
         if s["labels"] is not None:
             lab = s["labels"]
             pct = lambda v: "-" if v is None else f"{v:.2%}"  # noqa: E731
@@ -300,7 +303,7 @@ def replay_file(detector: Detector, path: str | Path, channel: str | None = None
     path = Path(path)
     summary = RunSummary(detector, str(path), "realtime replay" if realtime else "replay", keep)
     logger = Path(path.name.lower().removesuffix(".gz")).suffix in LOGGER_SUFFIXES
-    labelled = not logger or label_sidecar(path) is not None  # a logger file is labelled by its sidecar only
+    labelled = carries_labels(path)  # a logger file by its sidecar only, the HCRL/OTIDS text form never
     layout = training_layout(detector.reading, path) if path.is_file() else None  # the model's own layout
     if layout is not None:
         labelled = layout.label is not None

@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from kdkit.config import TrainConfig, family_keys_set_unread
-from kdkit.data.datasets import PrepareConfig, PreparedDataset, dataset_name, file_sha256, prepare, skipped_rows_report
+from kdkit.data.datasets import (PrepareConfig, PreparedDataset, dataset_name, file_sha256, prepare, resolve_source,
+                                 skipped_rows_report)
 from kdkit.data.graphs import (EDGE_FEATURES, GRAPH_FORMAT_VERSION, NODE_FEATURES, GraphSet, layout_matches,
                                model_reads_format)
 from kdkit.data.loader import shard_bounds
@@ -116,6 +117,13 @@ def check_data_matches(cfg: TrainConfig, data: PreparedDataset) -> None:
     diffs = [f"{k}={getattr(have, k)!r} (the config: {getattr(want, k)!r})"
              for k in ("window", "stride", "label_threshold", "val_fraction", "include_excluded", "on_bad_rows")
              if getattr(have, k) != getattr(want, k)]
+    if data.synthetic_seed is not None and data.synthetic_seed != cfg.synthetic_seed:
+        diffs.append(f"synthetic_seed={data.synthetic_seed} (the config: {cfg.synthetic_seed})")
+    if data.channel is not None or cfg.channel is not None:  # the config's None reads the dataset spec's channel
+        wanted = cfg.channel if cfg.channel is not None else resolve_source(cfg.dataset, cfg.data_root).channel
+        if data.channel != wanted:
+            diffs.append(f"channel={data.channel!r} (the config: {cfg.channel!r}"
+                         + (f", the dataset spec's {wanted!r})" if cfg.channel is None else ")"))
     name = dataset_name(cfg.dataset, cfg.data_root)
     if data.name != name:
         diffs.insert(0, f"dataset {data.name!r} (the config: {cfg.dataset!r})")

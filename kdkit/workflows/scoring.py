@@ -31,7 +31,7 @@ import torch
 
 from kdkit.data.columns import read_mapped, training_layout
 from kdkit.data.graphs import GRAPH_FORMAT_VERSION, GraphSet, IdVocab, build_graphs, layout_matches
-from kdkit.data.loggers import left_out_channels
+from kdkit.data.loggers import carries_labels, left_out_channels
 from kdkit.data.readers import LOGGER_SUFFIXES, Messages, data_suffixes, read_messages, truncation
 from kdkit.models.thresholds import is_attack
 from kdkit.reporting.metrics import evaluate_scores, predict_scores
@@ -106,14 +106,15 @@ def check_channel(files: Sequence[Path], channel: str | None) -> None:
 
 def is_labelled(msgs: Messages, path: str | Path) -> bool:
     """Whether a recording says which messages are attacks: it holds attack rows, its reader says
-    so (``Messages.labelled`` where a reader sets it), or its format has a label column (every
-    format but the logger files, which are read unlabelled)."""
+    so (``Messages.labelled`` where a reader sets it), or its format has a label column
+    (:func:`kdkit.data.loggers.carries_labels`: not a logger file without a ``.labels.csv``
+    sidecar, nor the HCRL/OTIDS text form)."""
     marked = getattr(msgs, "labelled", None)
     if bool(msgs.label.any()):
         return True
     if marked is not None:
         return bool(marked)
-    return not is_logger_file(path)
+    return carries_labels(path)
 
 
 # ----------------------------------------------------------------------------- the checkpoint
