@@ -113,6 +113,10 @@ def test_ctrl_c_while_a_command_starts_ends_it_without_a_traceback(monkeypatch, 
      "(`kdkit train --help` lists the options)\n"),
     (["bench", "train", "--bogus"],
      "kdkit: error: unrecognized arguments: --bogus\n(`kdkit bench train --help` lists the options)\n"),
+    # a misspelt required option: argparse says the right one is missing before it names the wrong one
+    (["data", "info", "--datset", "synthetic"],
+     "kdkit data info: error: the following arguments are required: --dataset; --datset (did you mean --dataset?)\n"
+     "(`kdkit data info --help` lists the options)\n"),
 ])
 def test_a_misspelt_option_names_the_sub_commands_help_and_the_option_meant(capsys, argv, expected):
     """A review (2026-12-07): `kdkit data info ... --windw 50` pointed to `kdkit --help`, which lists

@@ -59,6 +59,13 @@ class _Parser(argparse.ArgumentParser):
         hint, prog = "", self.prog
         if "argument --model: invalid choice" in message and any(f"'{w}'" in message for w in _ROLE_WORDS):
             hint = "; --model is the family (gat, vgae, fusion), --type the role: --model gat --type teacher"
+        if message.startswith("the following arguments are required:"):  # (before argparse names a misspelt one)
+            known = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
+            close = [f"{w} (did you mean {m[0]}?)" for w in dict.fromkeys(a.split("=")[0] for a in self.argv)
+                     if w.startswith("--") and w not in known
+                     and (m := difflib.get_close_matches(w, known, n=1, cutoff=0.8))]
+            if close:
+                hint = "; " + ", ".join(close)
         if message.startswith("unrecognized arguments:"):
             # argparse says it on the top parser, whose --help lists no sub-command's options: name the
             # sub-command's help, and the option meant where one is close
@@ -216,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         try:
             parser = build_parser(command if command in COMMANDS else None)
-            parser.argv = list(argv if argv is not None else sys.argv[1:])
+            _Parser.argv = tuple(argv if argv is not None else sys.argv[1:])  # sub-parsers read it too
             args = parser.parse_args(argv)  # an unknown command: argparse says so
         finally:
             if own_process:
