@@ -82,9 +82,10 @@ def test_test_recordings_that_train_or_repeat_are_named_and_counted_once_overall
     scores = {s: np.linspace(0, 1, len(ds.splits[s])) for s in scen}
     res = evaluate_all_scores({s: ds.splits[s] for s in scen}, scores, 0.5, repeated_tests(ds.info))
     assert res["scenarios"]["test_02_other"]["windows"] == 16  # each scenario scores all of its recordings
-    assert res["overall"]["windows"] == 16 + 8  # DoS-b's 8 windows once
+    # DoS-b's 8 windows once, and the in-sample DoS-a-again's left out (its scenario reports it, with the warning)
+    assert res["overall"]["windows"] == 8 + 8
     per_type = res["overall"]["per_attack_type"]  # DoS: 1 attack window in each of DoS-a-again, DoS-b, DoS-c
-    assert per_type["DoS"]["windows"] == sum(res["scenarios"][s]["per_attack_type"]["DoS"]["windows"] for s in scen) - 1
+    assert per_type["DoS"]["windows"] == sum(res["scenarios"][s]["per_attack_type"]["DoS"]["windows"] for s in scen) - 2
     from kdkit.workflows.scoring import format_attack_type_recall
     table = format_attack_type_recall(res["scenarios"], res["overall"])
     assert [line.split()[-2] for line in table.splitlines() if line.startswith("all scenarios")] == \
@@ -113,6 +114,9 @@ def test_a_checkpoint_evaluated_on_its_own_training_recordings_is_told(student, 
     assert len(res["warnings"]) == 1 and "in-sample, not a test" in res["warnings"][0]
     clean = evaluate_checkpoint(student, "synthetic", out_dir=tmp_path / "ev2")
     assert clean["in_sample"] == {} and clean["warnings"] == []
+    scen = "test_01_known_vehicle_known_attack"  # the scenario reports the copy; overall leaves it out
+    assert res["scenarios"][scen]["windows"] > clean["scenarios"][scen]["windows"]
+    assert res["overall"]["windows"] == clean["overall"]["windows"] and "overall leaves it out" in res["warnings"][0]
     cfg = make_config(**TINY, model="gat", type="student", dataset=str(copy))
     data = prepare(str(copy), run_mod.prepare_config(cfg))
     notes = teacher_notes(load_checkpoint(student), cfg, data, student)

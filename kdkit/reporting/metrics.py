@@ -134,8 +134,8 @@ def evaluate_model(model: torch.nn.Module, splits: dict[str, GraphSet], threshol
         scenarios: which splits to evaluate. Default: all but train/val.
         progress: a progress bar over the batches of all scenarios (on stderr). Default None:
             on when stderr is a terminal (the CLI), off otherwise (notebooks, logs).
-        repeats: test recordings (paths) that repeat one of an earlier scenario
-            (:func:`repeated_tests`): scored in their scenario, left out of ``overall``.
+        repeats: test recordings (paths) that repeat one of an earlier scenario or a training
+            one (:func:`repeated_tests`): scored in their scenario, left out of ``overall``.
 
     Returns:
         ``{"scenarios": {name: metrics}, "overall": metrics, "scores": {name: ndarray}}``.
@@ -153,9 +153,11 @@ def evaluate_model(model: torch.nn.Module, splits: dict[str, GraphSet], threshol
 
 
 def repeated_tests(info: Mapping) -> set[str]:
-    """The test recordings of a prepared dataset's ``info`` that repeat a recording of an earlier
-    scenario (the same content): ``overall`` counts their windows once."""
-    return {a for a, _ in info.get("test_repeats", [])}
+    """The test recordings of a prepared dataset's ``info`` that ``overall`` leaves out: those that
+    repeat a recording of an earlier scenario (the same content: ``overall`` counts their windows
+    once) and those that are training recordings (``tests_in_training``: in-sample, no test; their
+    scenario still reports them, with the warning ``kdkit data info`` gives)."""
+    return {a for a, _ in info.get("test_repeats", [])} | {a for a, _ in info.get("tests_in_training", [])}
 
 
 def evaluate_all_scores(splits: dict[str, GraphSet], scores: dict[str, np.ndarray], threshold: float,

@@ -831,13 +831,14 @@ def evaluate_checkpoint(path: str | Path, dataset: str, data_root: str | None = 
     skipped = empty_scenarios(data, "its window is the checkpoint's: nothing to evaluate there")
     model = model_from_checkpoint(ckpt, path).eval()
     scenarios = [s for s in data.scenarios if s not in skipped]
-    results = evaluate_model(model, data.splits, float(ckpt.get("threshold", 0.5)), scenarios=scenarios,
-                             progress=progress, repeats=repeated_tests(data.info))
     trained = {name: [(f, t) for f in data.splits[name].files if (t := in_sample(prov, Path(f)))]
                for name in scenarios}
+    left_out = repeated_tests(data.info) | {f for pairs in trained.values() for f, _ in pairs}
+    results = evaluate_model(model, data.splits, float(ckpt.get("threshold", 0.5)), scenarios=scenarios,
+                             progress=progress, repeats=left_out)
     warnings = [f"{name}: {f} is {t}, a training recording of this model (the same content): its windows trained "
-                f"it, so this scenario's metrics are in-sample, not a test" for name, pairs in trained.items()
-                for f, t in pairs]
+                f"it, so this scenario's metrics are in-sample, not a test (overall leaves it out)"
+                for name, pairs in trained.items() for f, t in pairs]
     out = {"checkpoint": str(path), "dataset": dataset, "threshold": float(ckpt.get("threshold", 0.5)),
            "role": prov.get("role"), "graph": {**graph, "graph_format": prov.get("graph", {}).get("graph_format")},
            **{k: v for k, v in results.items() if k != "scores"}, "skipped_scenarios": skipped,
