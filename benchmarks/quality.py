@@ -16,7 +16,9 @@ Generalises the single-seed ``quality_hcrl_sa.py`` (kept for the README's older 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import re
 import statistics
 import time
 from pathlib import Path
@@ -112,7 +114,7 @@ def markdown(record: dict) -> str:
             continue
         scenarios = list(agg[roles[0]]["scenarios"])
         students, every = record.get("student_set"), record.get("set")
-        lines.append(f"**{family.upper()}** on {record['dataset']}, seeds {record['seeds']} "
+        lines.append(f"**{family.upper()}** on {record['dataset']}, seeds {family_seeds(record, family)} "
                      f"(F1 / MCC / detection at 1 % FPR / false-positive rate, mean ± sample std)"
                      + (f"; every run with {json.dumps(every)}" if every else "")
                      + (f"; students with {json.dumps(students)}" if students else "") + "\n")
@@ -156,16 +158,39 @@ def markdown(record: dict) -> str:
     return "\n".join(lines)
 
 
-def _fit(role: str, family: str, seed: int, data, base: dict, **kw) -> dict:
+def run_tag(*settings: dict | None) -> str:
+    """The run-name suffix of ``--set`` / ``--student-set`` settings (``_heads=2``): runs of another
+    setting get folders of their own, never the base runs' (a student ablation into the same
+    ``--runs-dir`` replaced them, and the base record then pointed at the variant's checkpoints)."""
+    items = list({k: v for d in settings if d for k, v in d.items()}.items())  # (--student-set wins over --set)
+    if not items:
+        return ""
+    text = "_".join(f"{k}={v if isinstance(v, (int, float, str)) else json.dumps(v, sort_keys=True)}" for k, v in items)
+    text = re.sub(r"[^A-Za-z0-9._=+-]", "-", text)
+    return "_" + (text if len(text) <= 60 else hashlib.sha256(text.encode()).hexdigest()[:12])
+
+
+def family_seeds(record: dict, family: str) -> list[int]:
+    """The seeds of one family's runs, in run order: recorded per family (records since 2026-12-08),
+    else per run, else the record's seeds (a record of one invocation: every family ran them all)."""
+    if family in record.get("family_seeds", {}):
+        return list(record["family_seeds"][family])
+    runs = record.get("runs", {}).get(family, {}).get("teacher", [])
+    if runs and all("seed" in r for r in runs):
+        return [r["seed"] for r in runs]
+    return list(record.get("seeds", []))
+
+
+def _fit(role: str, family: str, seed: int, data, base: dict, tag: str = "", **kw) -> dict:
     """Train and evaluate one (family, seed, role) run; its brief with the CPU seconds (a fusion run
-    also with its :func:`fusion_ablation`)."""
+    also with its :func:`fusion_ablation`). ``tag``: the run name's :func:`run_tag`."""
     from kdkit.config import make_config
     from kdkit.workflows.run import train
 
     c = time.process_time()
-    cfg = make_config(**{**base, "model": family, "seed": seed, "run_name": f"{family}_{role}_seed{seed}", **kw})
+    cfg = make_config(**{**base, "model": family, "seed": seed, "run_name": f"{family}_{role}_seed{seed}{tag}", **kw})
     s = train(cfg, progress=False, data=data)
-    out = brief(s, time.process_time() - c)
+    out = {"seed": seed, **brief(s, time.process_time() - c)}
     if family == "fusion":
         out["ablation"] = fusion_ablation(s["best_checkpoint"], data, cfg.fusion_quantile, cfg.threshold_quantile)
     return out
@@ -265,7 +290,8 @@ def run(dataset: str, families: list[str], seeds: list[int], epochs: int, studen
     base = dict(dataset=dataset, runs_dir=runs_dir, save_compat=False, precision="32-true", overwrite=True,
                 **({"data_root": data_root} if data_root else {}), **(extra or {}))
     t0 = time.perf_counter()
-    record: dict = {"benchmark": "quality", "dataset": dataset, "seeds": seeds, "epochs": epochs,
+    record: dict = {"benchmark": "quality", "dataset": dataset, "seeds": seeds,
+                    "family_seeds": {family: list(seeds) for family in families}, "epochs": epochs,
                     "student_epochs": student_epochs or epochs, "torch_threads": torch.get_num_threads(),
                     "families": {}, "runs": {}}
     if extra:
@@ -280,10 +306,12 @@ def run(dataset: str, families: list[str], seeds: list[int], epochs: int, studen
         runs: dict[str, list[dict]] = {r: [] for r in ROLES}
         for seed in seeds:
             one = {"family": family, "seed": seed, "data": data, "base": base}
-            teacher = stored.get((family, seed)) or _fit("teacher", **one, type="teacher", epochs=epochs)
+            teacher = stored.get((family, seed)) or _fit("teacher", **one, type="teacher", epochs=epochs,
+                                                         tag=run_tag(extra))
             runs["teacher"].append(teacher)
             se = student_epochs or epochs
-            sx = {"epochs": se, **(student_extra or {}), "type": "student"}  # --student-set wins over --set
+            sx = {"epochs": se, **(student_extra or {}), "type": "student",  # --student-set wins over --set
+                  "tag": run_tag(extra, student_extra)}
             runs["student_kd"].append(_fit("student_kd", **one, teacher=teacher["checkpoint"], **sx))
             runs["student_alone"].append(_fit("student_alone", **one, **sx))
         record["runs"][family] = runs
@@ -311,7 +339,13 @@ def _stored_teachers(record: dict, dataset: str, families: list[str], seeds: lis
                          f"this run asks for --set {json.dumps(extra or {})}: give the same --set")
     out = {}
     for family in families:
-        by_seed = dict(zip(record.get("seeds", []), record.get("runs", {}).get(family, {}).get("teacher", [])))
+        teachers = record.get("runs", {}).get(family, {}).get("teacher", [])
+        known = family_seeds(record, family)
+        if len(known) != len(teachers):  # (a merged record of before 2026-12-08 listed every family's seeds)
+            raise ValueError(f"--teachers {where}: its {len(teachers)} {family} teacher run(s) and its seeds {known} "
+                             "do not pair up (a record merged from families of other seeds, before kdkit recorded "
+                             "each family's seeds); merge the records again")
+        by_seed = dict(zip(known, teachers))
         for seed in seeds:
             run = by_seed.get(seed)
             if run is None:
@@ -418,14 +452,17 @@ def merge(records: list[dict]) -> dict:
         values = {json.dumps(r.get(key)) for r in records}
         if len(values) > 1:
             raise ValueError(f"--merge: the records differ in {key} ({sorted(values)}); only runs of one setting merge")
-    seeds = [s for r in records for s in r["seeds"]]
-    if len(set(seeds)) < len(seeds):
-        raise ValueError(f"--merge: a seed appears in more than one record ({seeds})")
+    families = list(dict.fromkeys(f for r in records for f in r["runs"]))
+    per_family = {f: [s for r in records if f in r["runs"] for s in family_seeds(r, f)] for f in families}
+    for family, seeds in per_family.items():
+        if len(set(seeds)) < len(seeds):
+            raise ValueError(f"--merge: a {family} seed appears in more than one record ({seeds})")
     out = {k: v for k, v in first.items() if k not in ("runs", "families", "markdown", "total_seconds")}
-    out["seeds"], out["runs"], out["families"] = seeds, {}, {}
+    out["seeds"] = sorted({s for seeds in per_family.values() for s in seeds})
+    out["family_seeds"], out["runs"], out["families"] = per_family, {}, {}
     out["total_seconds"] = round(sum(r.get("total_seconds", 0.0) for r in records), 1)
     out["merged_from"] = len(records)
-    for family in dict.fromkeys(f for r in records for f in r["runs"]):
+    for family in families:
         runs = {role: [run for r in records for run in r["runs"].get(family, {}).get(role, [])] for role in ROLES}
         out["runs"][family] = runs
         out["families"][family] = aggregate(runs)
@@ -477,6 +514,10 @@ def main(argv: list[str] | None = None) -> dict:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         ap.error(f"--seeds {args.seeds!r}: comma-separated integers, e.g. 0,1,2")
+    if not seeds:
+        ap.error(f"--seeds {args.seeds!r}: no seed given; comma-separated integers, e.g. 0,1,2")
+    if len(set(seeds)) < len(seeds):  # the second run of a seed replaced the first: a spread over one run
+        ap.error(f"--seeds {args.seeds}: a seed given twice; each seed once")
     extra, student_extra = ({k: v for k, v in (_key_value(ap, flag, item) for item in items)}
                             for flag, items in (("--set", args.set), ("--student-set", args.student_set)))
     fixed = sorted(set(student_extra) & {"model", "type", "teacher", "seed", "run_name", "dataset", "runs_dir"})

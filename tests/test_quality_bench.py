@@ -67,7 +67,7 @@ def test_quality_over_two_seeds_on_synthetic(synthetic, tmp_path, capsys):
     halves = []
     for i, seed in enumerate(record["seeds"]):
         half = copy.deepcopy({k: v for k, v in record.items() if k not in ("families", "markdown")})
-        half["seeds"] = [seed]
+        half["seeds"], half["family_seeds"] = [seed], {"gat": [seed]}
         half["runs"] = {"gat": {r: [runs[r][i]] for r in q.ROLES}}
         path = tmp_path / f"half{seed}.json"
         path.write_text(json.dumps(half))
@@ -77,6 +77,46 @@ def test_quality_over_two_seeds_on_synthetic(synthetic, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:  # an error naming what differs, not a traceback (a review, 2026-12-07)
         q.main(["--merge", halves[0], halves[0]])
     assert stop.value.code == 2 and "more than one record" in capsys.readouterr().err
+    # records of other families and seeds merge, each family headed by its own seeds; a merged record
+    # serves as --teachers only with each teacher paired with its own seed (a review, 2026-12-08: the
+    # vgae teacher of seed 5 was taken as seed 0's, and both headings said "seeds [0, 1, 5]")
+    other = copy.deepcopy({k: v for k, v in record.items() if k not in ("families", "markdown")})
+    other["seeds"], other["family_seeds"] = [5], {"vgae": [5]}
+    other["runs"] = {"vgae": {r: [{**runs[r][0], "seed": 5}] for r in q.ROLES}}
+    (tmp_path / "vgae5.json").write_text(json.dumps(other))
+    both = q.main(["--merge", halves[0], halves[1], str(tmp_path / "vgae5.json"), "--out", str(tmp_path / "both.json")])
+    assert both["family_seeds"] == {"gat": [0, 1], "vgae": [5]} and both["seeds"] == [0, 1, 5]
+    assert "**GAT** on synthetic, seeds [0, 1] " in both["markdown"] and "**VGAE** on synthetic, seeds [5] " in both["markdown"]
+    served = q._stored_teachers({**both, "path": "both.json"}, "synthetic", ["vgae"], [5], 1, {"batch_size": 32, "hidden": 24})
+    assert served[("vgae", 5)]["seed"] == 5
+    with pytest.raises(ValueError, match=r"no vgae teacher of seed 0 \(it holds seeds \[5\]\)"):
+        q._stored_teachers({**both, "path": "both.json"}, "synthetic", ["vgae"], [0], 1, {"batch_size": 32, "hidden": 24})
+    old = {**both, "path": "old.json", "seeds": [0, 1, 5]}  # merged before each family's seeds were kept
+    del old["family_seeds"]
+    for r in old["runs"]["vgae"]["teacher"]:
+        r.pop("seed")
+    with pytest.raises(ValueError, match=r"do not pair up"):
+        q._stored_teachers(old, "synthetic", ["vgae"], [0], 1, {"batch_size": 32, "hidden": 24})
+
+
+@pytest.mark.parametrize("seeds, words", [("0,0", "a seed given twice"), ("", "no seed given"),
+                                          ("0,x", "comma-separated integers")])
+def test_seeds_given_twice_or_not_at_all_are_refused(seeds, words, capsys):
+    """--seeds 0,0 trained seed 0 twice into the same folders and tabled "x ± 0.000" over 2 seeds;
+    --seeds "" printed nothing and exited 0."""
+    with pytest.raises(SystemExit) as stop:
+        _quality().main(["--dataset", "synthetic", "--seeds", seeds])
+    assert stop.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_runs_of_another_setting_get_folders_of_their_own():
+    q = _quality()
+    assert q.run_tag(None, None) == q.run_tag({}) == ""
+    assert q.run_tag({"batch_size": 32}, {"heads": 2}) == "_batch_size=32_heads=2"
+    assert q.run_tag({"batch_size": 32}, {"batch_size": 16}) == "_batch_size=16"
+    assert q.run_tag({"hidden_dims": [64, 32]}) == "_hidden_dims=-64--32-"
+    long = q.run_tag({f"key{i}": "value" * 3 for i in range(9)})
+    assert len(long) == 13 and long != q.run_tag({f"key{i}": "value" * 3 for i in range(8)})
 
 
 def test_student_variants_reuse_the_same_teachers(synthetic, tmp_path):
@@ -94,6 +134,9 @@ def test_student_variants_reuse_the_same_teachers(synthetic, tmp_path):
     assert t1 == t0 and variant["teachers_from"] == str(first) and variant["student_set"] == {"hidden": 12, "batch_size": 16}
     kd = variant["runs"]["gat"]["student_kd"][0]
     assert load_checkpoint(kd["checkpoint"])["train_config"]["teacher"] == t0["checkpoint"]
+    # into the same --runs-dir the variant would have replaced the base runs: its runs are named apart
+    assert Path(kd["checkpoint"]).parts[-3] == "gat_student_kd_seed0_batch_size=16_hidden=12"
+    assert Path(base["runs"]["gat"]["student_kd"][0]["checkpoint"]).parts[-3] == "gat_student_kd_seed0_batch_size=32"
     for role in ("student_kd", "student_alone"):
         cfg = load_checkpoint(variant["runs"]["gat"][role][0]["checkpoint"])["train_config"]
         assert cfg["hidden"] == 12 and cfg["batch_size"] == 16
@@ -146,7 +189,7 @@ def test_fusion_ablation_refits_combiners_on_validation_and_reproduces_the_run(s
     assert "fused_logistic" in table and "classifier_at_0.5" in table
     # a record from before a variant existed merges with a current one: the variants both have
     older = json.loads(json.dumps(record))
-    older["seeds"] = [1]
+    older["seeds"], older["family_seeds"] = [1], {"fusion": [1]}
     for per_seed in older["runs"]["fusion"].values():
         for run in per_seed:
             run["ablation"].pop("id_profile_at_val_fpr")

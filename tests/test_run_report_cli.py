@@ -375,6 +375,44 @@ def test_a_runs_folder_of_several_seeds_gets_a_headline_over_the_seeds(runs, tmp
     assert "±" in text.split("\n\n")[0]
 
 
+def _seed_runs(runs: Path, root: Path, seeds, roles=("teacher", "student_kd", "student")) -> None:
+    for seed in seeds:
+        for role in roles:
+            dst = root / f"synthetic_gat_{role}_seed{seed}"
+            shutil.copytree(runs / f"synthetic_gat_{role}", dst)
+            cfg = json.loads((dst / "config.json").read_text())
+            (dst / "config.json").write_text(json.dumps({**cfg, "seed": seed}))
+
+
+def test_a_seed_without_its_kd_student_keeps_its_student_alone_in_the_table(runs, tmp_path, capsys):
+    """A review (2026-12-08): with seed 1's KD student deleted, the report said "over 2 seeds (0, 2)"
+    and left seed 1's student alone out, with no "(k of n runs)" on the KD student's column."""
+    root = tmp_path / "seeds"
+    _seed_runs(runs, root, (0, 2))
+    _seed_runs(runs, root, (1,), roles=("teacher", "student"))
+    assert main(["report", str(root)]) == 0
+    first = capsys.readouterr().out.split("\n\n")[0]
+    assert first.startswith("== over 3 seeds (0, 1, 2): ")
+    assert "student (KD) (2 of 3 runs)" in first and "KD gain (2 of 3 pairs)" in first
+    assert "student alone (" not in first.splitlines()[1]  # its column is over every seed
+
+
+def test_two_invocations_of_the_same_seeds_side_by_side_pool_the_lead_s_own(runs, tmp_path, capsys):
+    """A review (2026-12-08): two quality.py folders of seeds 0, 1 beside each other: any seed twice
+    and nothing was pooled; the note named runs without their folders."""
+    root = tmp_path / "runs"
+    _seed_runs(runs, root / "q01", (0, 1))
+    _seed_runs(runs, root / "q3", (0, 1, 2))
+    assert main(["report", str(root)]) == 0
+    text = capsys.readouterr().out
+    assert re.match(r"== over (2|3) seeds \((0, 1|0, 1, 2)\): ", text)
+    from kdkit.reporting.html import find_records, others_note
+
+    records = find_records(root)
+    note = others_note(root / "q3" / "synthetic_gat_student_kd_seed0", records)
+    assert "q01/synthetic_gat_student_kd_seed0" in note and "q3/synthetic_gat_student_kd_seed1" in note
+
+
 def test_each_model_family_gets_its_headline_in_the_html_and_the_text_report(runs, capsys):
     """A new user's runs folder of GAT and fusion runs: only one family got the headline table, and
     the text report (`kdkit report runs`, no --html) listed raw keys without the teacher / KD

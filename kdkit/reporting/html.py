@@ -17,7 +17,7 @@ from typing import Any, Mapping
 from kdkit.reporting import plots
 from kdkit.reporting.headline import headline, headline_html, headline_text
 from kdkit.reporting.records import (UNFINISHED, Table, _cell, attack_recall, attack_recall_rows, load_scores,
-                                     model_entries, model_label, scenario_rows, smoke_label, unfinished)
+                                     model_entries, model_label, run_metrics, scenario_rows, smoke_label, unfinished)
 from kdkit.reporting.records import headline as headline_line
 from kdkit.reporting.train_run import (TrainRun, data_settings, is_train_run, read_json, role_key, run_seed,
                                        same_setting, same_student, train_run_record)
@@ -426,11 +426,14 @@ def others_note(lead: Path, records: list[Path]) -> str | None:
     leaves out (a folder of three KD students shows one); None when there are none."""
     summary = read_json(lead / "summary.json") or {}
     family, role = summary.get("model"), role_key(summary)
-    others = [p.parent.name for p in records if is_train_run(p.parent) and p.parent != lead
-              and (s := read_json(p.parent / "summary.json")) is not None and s.get("model") == family
-              and role_key(s) == role]
-    if not others:
+    found = [p.parent for p in records if is_train_run(p.parent) and p.parent != lead
+             and (s := read_json(p.parent / "summary.json")) is not None and s.get("model") == family
+             and role_key(s) == role]
+    if not found:
         return None
+    others = [f.name for f in found]
+    if len(set(others)) < len(others) or lead.name in others:  # one run name in several folders: say which
+        others = [f"{f.parent.name}/{f.name}" for f in found]
     return (f"{len(others)} other {family} {LEAD_NAMES.get(role, role)} run(s) in this folder, not in this table: "
             f"{', '.join(sorted(others))} (their own sections below; kdkit report RUN_FOLDER for each one's table)")
 
@@ -446,13 +449,27 @@ def seeds_headline(lead: Path, records: list[Path]) -> tuple[dict, list] | None:
     lead_data = data_settings(lead, summary)
     # one setting over seeds: the same architecture and data, and the same training settings but for the seed
     # (a folder of KD students of other kd_alpha, temperature or epochs was pooled as "over N seeds")
-    same = [f for f in folders if is_train_run(f) and (s := read_json(f / "summary.json")) is not None
-            and role_key(s) == "student_kd" and same_student(summary, s, lead_data, data_settings(f, s))
-            and same_setting(lead, f)]
+    def of_setting(role: str) -> list[Path]:
+        return [f for f in folders if is_train_run(f) and (s := read_json(f / "summary.json")) is not None
+                and role_key(s) == role and same_student(summary, s, lead_data, data_settings(f, s))
+                and same_setting(lead, f)]
+
+    same, alone = of_setting("student_kd"), of_setting("student_alone")
+    if not _distinct_seeds([run_seed(f) for f in same]):  # several folders of one seed (two invocations side by
+        same = [f for f in same if f.parent == lead.parent]  # side): the lead's own folder's runs, if they pool
+        alone = [f for f in alone if f.parent == lead.parent]
     seeds = [run_seed(f) for f in same]
-    if not _distinct_seeds(seeds):
+    # a seed whose KD student is missing (failed, deleted) keeps its student alone in the table: that column
+    # is over every seed, the KD student's says "(k of n runs)" (the seed was dropped whole, without a word)
+    lone = [f for f in alone if (seed := run_seed(f)) is not None and seed not in seeds
+            and sum(run_seed(g) == seed for g in alone) == 1]
+    if not _distinct_seeds(seeds + [run_seed(f) for f in lone]):
         return None
-    return headline([train_run_record(f, folders, with_scores=False).record for f in same]), sorted(seeds)
+    records = [train_run_record(f, folders, with_scores=False).record for f in same]
+    for f in lone:
+        s = read_json(f / "summary.json")
+        records.append({"model": s.get("model"), "dataset": s.get("dataset"), "student_alone": run_metrics(s)})
+    return headline(records), sorted(seeds + [run_seed(f) for f in lone])
 
 
 def _distinct_seeds(seeds: list) -> bool:
