@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from kdkit.cli.main import COMMANDS, refuse_overwriting_inputs
+from kdkit.cli.main import COMMANDS, check_writable, refuse_overwriting_inputs
 from kdkit.workflows.calibrate import adapt_checkpoint, calibrate_checkpoint
 
 
@@ -39,6 +39,7 @@ def _print_adapted(res: dict) -> None:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     refuse_overwriting_inputs({"--out": args.out}, {"--clean": args.clean})  # (--checkpoint: --force decides)
+    check_writable("--out", args.out)  # before the scoring
     if args.adapt:
         res = adapt_checkpoint(args.checkpoint, args.clean, args.out, fpr=args.fpr, channel=args.channel,
                                on_bad_rows=args.on_bad_rows, allow_attacks=args.allow_attacks, force=args.force,

@@ -23,8 +23,9 @@ import torch
 
 from kdkit.cli.main import COMMANDS, check_output_file, refuse_overwriting_inputs
 from kdkit.stream.detector import ENGINES, MODEL_ENGINES, Detector
-from kdkit.stream.run import BusError, Terminated, run_detection
+from kdkit.stream.run import BusError, OutputFailed, Terminated, run_detection
 from kdkit.training.checkpoint import wrong_recording_kind
+from kdkit.workflows.notebooks import in_sample_warning
 from kdkit.workflows.scoring import check_channel
 
 ENGINE_CHOICES_TEXT = (f"with --checkpoint {', '.join(MODEL_ENGINES['--checkpoint'][:-1])} or "
@@ -83,8 +84,14 @@ def _check_input(args: argparse.Namespace) -> None:
 def cmd_detect(args: argparse.Namespace) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="kdkit detect: %(levelname)s: %(message)s", stream=sys.stderr)
+    model = Path(args.model) if args.model else None  # an export is three files: none is written over
     refuse_overwriting_inputs({"--alarms": args.alarms, "--summary": args.summary},
-                              {"--input": args.input, "--checkpoint": args.checkpoint, "--model": args.model})
+                              {"--input": args.input, "--checkpoint": args.checkpoint, "--model": args.model,
+                               "--model's .json": str(model.with_suffix(".json")) if model else None,
+                               "--model's .npz": str(model.with_suffix(".npz")) if model else None})
+    if args.alarms and args.summary and os.path.realpath(args.alarms) == os.path.realpath(args.summary):
+        raise ValueError(f"--alarms and --summary are one file ({args.summary}): the summary would replace the "
+                         "alarms; give two paths")
     _check_options(args)
     _check_input(args)
     if args.threads:
@@ -94,6 +101,10 @@ def cmd_detect(args: argparse.Namespace) -> int:
         print(f"kdkit detect: warning: stride {detector.stride} > window {detector.window}: "
               f"{detector.stride - detector.window} of every {detector.stride} messages fall in no window and are "
               "never scored (attacks in them included); a stride <= the window scores every message", file=sys.stderr)
+    if args.input:  # as kdkit evaluate --input warns: a training (or calibration) recording is no test
+        warned = in_sample_warning(args.checkpoint or args.model, args.input, show=False)
+        if warned:
+            print(f"kdkit detect: warning: {warned}", file=sys.stderr)
     if args.bus and args.bus.partition(":")[0] == "virtual":
         print("kdkit detect: note: python-can's virtual bus carries frames only between the buses of one process: "
               "frames sent from another process never reach this one. To feed it from another process use a "
@@ -102,28 +113,38 @@ def cmd_detect(args: argparse.Namespace) -> int:
               "(docs/DETECTOR.md)", file=sys.stderr)
     out = open(args.alarms, "w", encoding="utf-8") if args.alarms else sys.stdout  # noqa: SIM115 - closed below
 
+    where = args.alarms or "standard output"
+
     def emit(decision) -> None:
         if decision.is_attack or args.all_decisions:
-            out.write(json.dumps(decision.to_dict()) + "\n")
-            if args.flush:
-                out.flush()
+            try:
+                out.write(json.dumps(decision.to_dict()) + "\n")
+                if args.flush:
+                    out.flush()
+            except BrokenPipeError:
+                raise
+            except OSError as err:  # a full disk, a device error: the run stops with its summary, not a traceback
+                raise OutputFailed(f"writing the alarms to {where} failed: {err.strerror or err}") from None
 
     try:
-        return _run(args, detector, out, emit)
+        return _run(args, detector, out, emit, where)
     except BrokenPipeError:  # the reader of our stdout went away (`| head`): stop quietly, as other tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         print("kdkit detect: the alarm output was closed; stopped", file=sys.stderr)
         return 1
     finally:
         if out is not sys.stdout:
-            out.close()
+            try:
+                out.close()
+            except OSError:  # (its failure is the summary's error already)
+                pass
 
 
 def _terminate(signum, frame) -> None:
     raise Terminated()
 
 
-def _run(args: argparse.Namespace, detector: Detector, out, emit) -> int:
+def _run(args: argparse.Namespace, detector: Detector, out, emit, where: str = "standard output") -> int:
     # SIGTERM (systemd, docker stop, timeout, a SLURM job's end) stops the run as Ctrl-C does: with its summary
     before = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() \
         else None
@@ -138,10 +159,21 @@ def _run(args: argparse.Namespace, detector: Detector, out, emit) -> int:
     finally:
         if before is not None:
             signal.signal(signal.SIGTERM, before)
+    try:
         out.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as err:  # the last alarms, written at the end
+        if not summary.error:
+            summary.error = f"writing the alarms to {where} failed: {err.strerror or err}"
     print(summary.format(), file=sys.stderr)
     if args.summary:
-        Path(args.summary).write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
+        try:
+            Path(args.summary).write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
+        except OSError as err:
+            print(f"kdkit: error: writing the summary to {args.summary} failed: {err.strerror or err} (it is "
+                  "printed above)", file=sys.stderr)
+            return 1
     if summary.error:
         print(f"kdkit: error: {summary.error}", file=sys.stderr)
         return 1
@@ -171,7 +203,8 @@ def register(sub) -> None:
     p.add_argument("--alarms", default=None, help="write the alarm JSON lines here (default: stdout)")
     p.add_argument("--all-decisions", action="store_true", help="write every window's decision, not only alarms")
     p.add_argument("--summary", default=None, help="also write the summary as JSON to this file")
-    p.add_argument("--max-seconds", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--max-seconds", type=float, default=None, help="stop after this many seconds of the run (from its start: reading the recording and the "
+                        "model's first windows count; the model's loading does not)")
     p.add_argument("--max-messages", type=int, default=None, help="stop after this many frames")
     p.add_argument("--stall-seconds", type=float, default=2.0, help="a live bus silent this long is a stall: logged, "
                                                                      "counted, the loop goes on (default 2)")

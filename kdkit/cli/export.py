@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from kdkit.cli.main import COMMANDS, refuse_overwriting_inputs, whole
+from kdkit.cli.main import COMMANDS, check_writable, refuse_overwriting_inputs, whole
 from kdkit.deploy.export import export_checkpoint
 
 
@@ -13,6 +13,7 @@ def cmd_export(args) -> int:
         base = Path(args.out)
         refuse_overwriting_inputs({"--out": args.out, "--out's .json": str(base.with_suffix(".json")),
                                    "--out's .npz": str(base.with_suffix(".npz"))}, {"--checkpoint": args.checkpoint})
+        check_writable("--out", args.out)  # before the minute of compiling
     result = export_checkpoint(args.checkpoint, args.out, threads=args.threads)
     if args.json:
         print(json.dumps(result, indent=2))

@@ -26,6 +26,7 @@ import importlib
 import math
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 
 # sub-command -> (topic module whose register(sub) adds it, one-line help)
@@ -173,6 +174,33 @@ def check_output_file(flag: str, path: str | None) -> None:
     folder = os.path.dirname(os.path.abspath(target))
     if not os.path.isdir(folder):
         raise ValueError(f"{flag} {path}: its folder {folder} does not exist")
+    check_writable(flag, path)
+
+
+def check_writable(flag: str, path: str | None) -> None:
+    """An output path is tried before the work: a folder this user cannot write (a shared lab folder,
+    a read-only mount) failed after the run, with torch's traceback for a checkpoint. An existing file
+    is opened to append (nothing written), else a scratch file is made and removed in the nearest
+    folder that exists (kdkit makes the folders below it).
+
+    Raises:
+        ValueError: naming the flag, the path and the system's reason.
+    """
+    if not path:
+        return
+    target = os.path.abspath(os.path.expanduser(path))
+    try:
+        if os.path.isfile(target):
+            open(target, "ab").close()  # noqa: SIM115 - opened to see that it can be
+            return
+        folder = os.path.dirname(target)
+        while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+            folder = os.path.dirname(folder)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".kdkit-write-check-"):
+            pass
+    except OSError as err:
+        raise ValueError(f"{flag} {path} cannot be written: {err.strerror or err} ({err.filename or folder}); choose "
+                         f"a folder of your own") from None
 
 
 def whole(minimum: int):

@@ -501,7 +501,14 @@ class Detector:
         if not meta_path.is_file():
             raise FileNotFoundError(f"{meta_path} not found: an exported model needs the metadata kdkit export writes "
                                     f"beside the package (vocabulary, window, threshold)")
-        meta = json.loads(meta_path.read_text())
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{meta_path} is not the JSON kdkit export writes beside {path.name} ({err}): a file "
+                             f"written over it? export the model again") from None
+        if not isinstance(meta, dict):
+            raise ValueError(f"{meta_path} is not the metadata kdkit export writes beside {path.name}: export the "
+                             f"model again")
         check_metadata(meta, meta_path)  # before anything is read from it: an edited field is not this export's
         missing = [k for k in ("vocab", "window", "stride", "node_features", "edge_features") if meta.get(k) is None]
         if missing:

@@ -201,9 +201,22 @@ class Terminated(KeyboardInterrupt):
     SLURM job's end): the run stops as on Ctrl-C, with its summary."""
 
 
+class OutputFailed(KeyboardInterrupt):
+    """Raised by an ``on_decision`` whose output takes no more (a full disk, a device error): the run
+    stops with its summary, which names the failure as its error."""
+
+
 def stopped_by(stop: KeyboardInterrupt) -> str:
     """The summary's ``stopped_by`` for an interruption."""
+    if isinstance(stop, OutputFailed):
+        return "the output failed"
     return "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted (Ctrl-C)"
+
+
+def _stopped(summary: RunSummary, stop: KeyboardInterrupt) -> None:
+    summary.stopped_by = stopped_by(stop)
+    if isinstance(stop, OutputFailed):
+        summary.error = str(stop)
 
 
 def channel_frame_counts(path: str | Path) -> dict[str, int] | None:
@@ -373,7 +386,7 @@ def replay_file(detector: Detector, path: str | Path, channel: str | None = None
                 if summary.stopped_by == "max-seconds":
                     break
     except KeyboardInterrupt as stop:
-        summary.stopped_by = stopped_by(stop)
+        _stopped(summary, stop)
     if last:
         msgs = last[0]
         summary.skipped_rows = msgs.skipped_rows
@@ -477,7 +490,7 @@ def listen_bus(detector: Detector, bus: can.BusABC, source: str | None = None,
                 summary.stopped_by = "max-messages"
                 break
     except KeyboardInterrupt as stop:
-        summary.stopped_by = stopped_by(stop)
+        _stopped(summary, stop)
     return summary.finish()
 
 

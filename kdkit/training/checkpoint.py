@@ -51,7 +51,8 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        torch.save(obj, tmp)
+        with open(tmp, "wb") as f:  # (a folder it cannot write: PermissionError naming the file, not torch's RuntimeError)
+            torch.save(obj, f)
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -32,6 +32,7 @@ from kdkit.data.graphs import GraphSet, IdVocab, build_graphs
 from kdkit.models.fusion import PROFILE_MIN_WINDOWS, adapt_to_vehicle, extend_vocabulary, predict_parts
 from kdkit.models.thresholds import is_attack, quantile_threshold
 from kdkit.training.checkpoint import atomic_torch_save, load_checkpoint, model_from_checkpoint, provenance, vocab_hash
+from kdkit.workflows.run import in_sample
 from kdkit.workflows.scoring import (
     ScoringModel,
     alarm_summary,
@@ -194,6 +195,10 @@ def calibrate_checkpoint(checkpoint: str | Path, clean: Sequence[str | Path], ou
     graphs = [rec.graphs.subset(np.flatnonzero(keep)) for rec, keep in scored]
     summary = alarm_summary(graphs, scores, new)
     warnings = [*channel_notes, *(w for w in [oov_warning(summary, "clean recordings", CALIBRATED_HINT)] if w)]
+    trained_on = provenance(sm.ckpt, checkpoint)
+    warnings += [f"{f} is {t}, a training recording of this model: it scores its own training windows lower than "
+                 "unseen drives of the car, so this threshold may alarm more on new drives; calibrate on a drive it "
+                 "was not trained on" for f in files if (t := in_sample(trained_on, Path(f)))]
     if new > float(scores.max()):
         warnings.append(f"the new threshold {new:.6g} is above every clean window's score (max {float(scores.max()):.6g}): "
                         "with this few windows the model alarms on none of them; it may miss attacks that score "
