@@ -91,6 +91,11 @@ def test_test_recordings_that_train_or_repeat_are_named_and_counted_once_overall
     assert [line.split()[-2] for line in table.splitlines() if line.startswith("all scenarios")] == \
         [str(per_type["DoS"]["windows"])]
     assert evaluate_all_scores({s: ds.splits[s] for s in scen}, scores, 0.5)["overall"]["windows"] == 32
+    # every test recording a training one: overall pools them all and says so (it raised sklearn's empty-input error)
+    every = {f for s in scen for f in ds.splits[s].files}
+    res = evaluate_all_scores({s: ds.splits[s] for s in scen}, scores, 0.5, every)
+    assert res["overall"]["windows"] == 32 and res["overall"]["in_sample"] is True
+    assert "in_sample" not in evaluate_all_scores({s: ds.splits[s] for s in scen}, scores, 0.5)["overall"]
 
 
 @pytest.fixture(scope="module")

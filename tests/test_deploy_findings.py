@@ -69,6 +69,11 @@ def test_outputs_that_cannot_be_written_are_refused_before_the_work(student_chec
     """/proc takes no new files, even from root (who passes every permission bit)."""
     with pytest.raises(ValueError, match=r"--summary /proc/kdkit-summary.json cannot be written: .*choose a folder"):
         check_writable("--summary", "/proc/kdkit-summary.json")
+    check_writable("--alarms", os.devnull)  # a device: no scratch file in /dev (a user may not write there)
+    fifo = tmp_path / "alarms.fifo"
+    os.mkfifo(fifo)
+    check_writable("--alarms", str(fifo))  # a pipe: not opened (that would wait for its reader)
+    fifo.unlink()
     (tmp_path / "out").mkdir()
     check_writable("--out", str(tmp_path / "out" / "new" / "x.pt"))  # folders kdkit makes: the nearest one tried
     assert not any((tmp_path / "out").iterdir())  # the scratch file removed, nothing made

@@ -103,6 +103,11 @@ def test_data_info_says_an_otids_text_file_in_a_test_folder_carries_no_labels(tm
     write_ctt_csv(Messages(**_table(1000)), root / "train_01_attack_free" / "normal.csv")
     _otids(root / "test_01_dos" / "DoS_attack_dataset.txt")
     assert _unlabelled(discover(str(root))) == [str(root / "test_01_dos" / "DoS_attack_dataset.txt")]
+    from kdkit.data.datasets import format_info, prepare
+
+    text = format_info("mycar", prepare(str(root), PrepareConfig(), cache_dir=tmp_path / "cache"))
+    assert "DoS_attack_dataset.txt carries no attack labels (a format without a label column" in text
+    assert "sidecar" not in text  # (a sidecar labels logger files only)
 
 
 # ---- a bad byte column named --------------------------------------------------------------------

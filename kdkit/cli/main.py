@@ -193,6 +193,10 @@ def check_writable(flag: str, path: str | None) -> None:
         if os.path.isfile(target):
             open(target, "ab").close()  # noqa: SIM115 - opened to see that it can be
             return
+        if os.path.exists(target):  # a device or a pipe (/dev/null, /dev/stdout): opening a pipe would wait
+            if not os.access(target, os.W_OK):
+                raise PermissionError(13, "Permission denied", target)
+            return
         folder = os.path.dirname(target)
         while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
             folder = os.path.dirname(folder)

@@ -45,7 +45,7 @@ from kdkit.data.graphs import GRAPH_FORMAT_VERSION, GraphSet, GraphStoreError, I
 from kdkit.data.loggers import ALL_CHANNELS, MixedChannelsError, carries_labels, label_sidecar, left_out_channels
 from kdkit.data.prep import SplitStats, build_parts, excluded_block, remove_parts, vocab_ids, write_split
 from kdkit.data.progress import progress_bar
-from kdkit.data.readers import (DataFormatError, Messages, attack_type_from_name, data_suffixes,
+from kdkit.data.readers import (LOGGER_SUFFIXES, DataFormatError, Messages, attack_type_from_name, data_suffixes,
                                 zip_recording)
 from kdkit.data.simulate import ensure_synthetic
 from kdkit.data.sources import (DatasetSource, DatasetSpecError, declared_datasets, folder_source, resolve_custom,
@@ -751,9 +751,12 @@ def skipped_rows_report(info: dict) -> list[str]:
                      f"labelled attack: a file in the wrong folder, or labels to check (its windows are trained on "
                      f"with the labels as they are)")
     for path in info.get("unlabelled", []):
-        lines.append(f"  {path} carries no attack labels (a logger file without a .labels.csv sidecar, or a format "
-                     f"without labels): every window of it counts as normal, in a folder for recordings with attacks "
-                     f"or tests; give it a sidecar if it holds attacks")
+        how = ("a logger file without a .labels.csv sidecar: give it one if it holds attacks"
+               if Path(path.lower().removesuffix(".gz")).suffix in LOGGER_SUFFIXES else
+               "a format without a label column (the HCRL/OTIDS text form): if it holds attacks, label them in a "
+               "format that has one, e.g. kdkit.data.write_ctt_csv of a table whose label column you set")
+        lines.append(f"  {path} carries no attack labels ({how}): every window of it counts as normal, in a folder "
+                     f"for recordings with attacks or tests")
     for path, note in info.get("timing", {}).items():
         lines.append(f"  timestamps of {path}: {note}")
     for path, t in info.get("timelines", {}).items():

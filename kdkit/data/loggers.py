@@ -148,8 +148,9 @@ def label_sidecar(path: str | Path) -> Path | None:
 def carries_labels(path: str | Path) -> bool:
     """Whether a recording says which of its messages are attacks: a logger file by its
     ``.labels.csv`` sidecar only, a file of the HCRL/OTIDS text form never, every other format
-    (a label or flag column) always. Read without labels, every message is label 0: such a file's
-    windows are kept out of the metrics, not counted as normal."""
+    (a label or flag column) always. Read without labels, every message is label 0: ``kdkit evaluate
+    --input`` and ``kdkit detect`` keep such a file out of the metrics; in a dataset's attack or test
+    folder its windows count as normal, and ``kdkit data info`` says so."""
     path = Path(path)
     if Path(path.name.lower().removesuffix(".gz")).suffix in LOGGER_SUFFIXES:
         return label_sidecar(path) is not None

@@ -836,9 +836,11 @@ def evaluate_checkpoint(path: str | Path, dataset: str, data_root: str | None = 
     left_out = repeated_tests(data.info) | {f for pairs in trained.values() for f, _ in pairs}
     results = evaluate_model(model, data.splits, float(ckpt.get("threshold", 0.5)), scenarios=scenarios,
                              progress=progress, repeats=left_out)
+    pooled = bool(results["overall"].get("in_sample"))  # nothing else to pool
     warnings = [f"{name}: {f} is {t}, a training recording of this model (the same content): its windows trained "
-                f"it, so this scenario's metrics are in-sample, not a test (overall leaves it out)"
-                for name, pairs in trained.items() for f, t in pairs]
+                f"it, so this scenario's metrics are in-sample, not a test"
+                + (" (and so are the overall ones: every test recording is a training one)" if pooled
+                   else " (overall leaves it out)") for name, pairs in trained.items() for f, t in pairs]
     out = {"checkpoint": str(path), "dataset": dataset, "threshold": float(ckpt.get("threshold", 0.5)),
            "role": prov.get("role"), "graph": {**graph, "graph_format": prov.get("graph", {}).get("graph_format")},
            **{k: v for k, v in results.items() if k != "scores"}, "skipped_scenarios": skipped,
