@@ -16,6 +16,7 @@ refused or did not answer, 2 for bad input (a grid key or value the notebook ref
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -223,6 +224,9 @@ def register(subparsers) -> None:
     s = sub.add_parser("report", help="write the sweep's HTML report and print its path")
     s.add_argument("sweep", help="sweep name or folder")
     s.set_defaults(sub_func=_cmd_report)
+    for name in ("status", "wait", "cancel", "retry-failed", "report"):  # after the sub-command too (it was refused)
+        sub.choices[name].add_argument("--sweeps-dir", default=argparse.SUPPRESS,
+                                       help="where sweeps live (default runs/sweeps); also before the sub-command")
     s = sub.add_parser("run-task", help="run one task of a sweep (what each SLURM array task runs)")
     s.add_argument("sweep_dir", help="the sweep's folder")
     which = s.add_mutually_exclusive_group()

@@ -1900,6 +1900,15 @@ def _hcrl_line(first: str) -> bool:
     return first.startswith("Timestamp:") or bool(re.match(r"^\d+(\.\d+)?\s*,\s*[0-9A-Fa-f]{1,8}\s*,\s*\d\s*,", first))
 
 
+def ctt_layout(path: str | Path) -> bool:
+    """Whether a file is a can-train-and-test CSV by its header (``timestamp,arbitration_id,
+    data_field,attack``; plain, ``.gz`` or a one-recording ``.zip``)."""
+    name = Path(path).name.lower().removesuffix(".gz")
+    if Path(name).suffix in LOGGER_SUFFIXES or Path(name).suffix in _EXTRA_READERS:
+        return False
+    return [c.lower() for c in _first_line(Path(path))[1]] == CTT_HEADER
+
+
 def text_form(path: str | Path) -> bool:
     """Whether a file holds the HCRL/OTIDS text lines (``Timestamp: ... ID: ... DLC: ...``): a form
     without a label column, whose attack messages are marked nowhere (read as label 0)."""

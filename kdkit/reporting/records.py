@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import math
 import time
 from datetime import datetime
@@ -14,6 +15,8 @@ import numpy as np
 
 from kdkit.reporting.metrics import predict_scores
 from kdkit.training.checkpoint import load_checkpoint, model_from_checkpoint
+
+log = logging.getLogger(__name__)
 
 
 class Table:
@@ -83,6 +86,15 @@ def unfinished(metrics: Mapping) -> bool:
     return isinstance(metrics.get("record_version"), int) and not metrics.get("completed")
 
 
+def _read_json(path: Path) -> dict:
+    """A JSON object from ``path``; {} when it is missing or not one."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 class RunRecord:
     """``metrics.json`` and the figures of one notebook run, written as they are produced.
 
@@ -95,6 +107,11 @@ class RunRecord:
     def __init__(self, run_dir: str | Path, notebook: str, **info: Any):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        before = _read_json(self.run_dir / "metrics.json")
+        if before.get("notebook") not in (None, notebook):  # (the teacher's table and figure list went, silently)
+            log.warning("%s holds the %s notebook's record (metrics.json): this %s run replaces it (its figures stay, "
+                        "the runs it trained too); give each notebook its own run_dir to keep both records",
+                        self.run_dir, before["notebook"], notebook)
         # "completed" stays None until the notebook's last step (write()): a run that fails midway leaves a
         # record the reports flag as unfinished, not one read as a whole run with the previous run's figures
         self.metrics: dict[str, Any] = {"notebook": notebook, "record_version": RECORD_VERSION,
