@@ -341,7 +341,8 @@ FAMILY_KEYS: dict[str, tuple[str, ...]] = {
     "latent_dim": ("vgae", "fusion"), "threshold_rule": ("vgae",), "threshold_quantile": ("vgae",),
     "vgae_score": ("vgae",), "combiner": ("fusion",), "unknown_vehicle": ("fusion",), "fusion_quantile": ("fusion",),
     "class_weighting": ("gat", "fusion"), "kd_latent_weight": ("vgae",), "kd_edge_weight": ("vgae",),
-    "kd_augment": ("vgae",), "kd_augment_weight": ("vgae",), "kd_score_weight": ("fusion",)}
+    "kd_augment": ("vgae",), "kd_augment_weight": ("vgae",), "kd_score_weight": ("fusion",),
+    "kd_temperature": ("gat", "fusion")}  # (a VGAE student matches latents and scores: no softened logits)
 
 
 def keys_without_effect(cfg: TrainConfig, given) -> list[str]:
@@ -356,6 +357,8 @@ def keys_without_effect(cfg: TrainConfig, given) -> list[str]:
             notes.append(f"{key} (read by {' and '.join(FAMILY_KEYS[key])} runs; this run is {cfg.model})")
         elif key == "threshold_quantile" and cfg.threshold_rule == "youden":
             notes.append(f"{key} (read by threshold_rule quantile; this run uses youden)")
+        elif key == "warmup_steps" and cfg.scheduler != "cosine":
+            notes.append(f"{key} (read by scheduler cosine; this run uses {cfg.scheduler})")
     return notes
 
 

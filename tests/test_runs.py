@@ -140,7 +140,8 @@ def test_kill_9_then_resume_keeps_every_epoch_once(kdkit_env, synthetic, tmp_pat
     proc.wait()
     done = torch.load(last, weights_only=True)["epoch"]  # the last epoch it finished
 
-    cfg = tiny(tmp_path, run_name="cut", epochs=done + 3, patience=1000)
+    # the killed run's settings (cli_tiny leaves warmup_steps at its default; a resume with another is refused)
+    cfg = tiny(tmp_path, run_name="cut", epochs=done + 3, patience=1000, warmup_steps=make_config().warmup_steps)
     summary = train(cfg, resume=last, progress=False, data=synthetic)
     assert summary["resumed_from"] == str(last) and summary["resumed_at_epoch"] == done + 1
     assert [h["epoch"] for h in summary["history"]] == list(range(done + 3))
@@ -154,7 +155,10 @@ def test_resume_refuses_a_checkpoint_of_another_run(teacher_run, synthetic, tmp_
     last = Path(summary["last_checkpoint"])
     cases = [({"window": 50}, r"window 100 vs 50"),
              ({"type": "student"}, r"role teacher vs student"),
-             ({"label_threshold": 0.5}, r"label_threshold 0.0 vs 0.5")]
+             ({"label_threshold": 0.5}, r"label_threshold 0.0 vs 0.5"),
+             # the optimizer, schedule and batches go on from the checkpoint: a new value was recorded, not used
+             ({"learning_rate": 0.05}, r"learning_rate [0-9.e-]+ vs 0.05"),
+             ({"batch_size": 7}, r"batch_size \d+ vs 7")]
     for overrides, match in cases:
         with pytest.raises(ValueError, match=rf"--resume {last} comes from another run than this one \(.*{match}"):
             own = {"window", "label_threshold"} & set(overrides)  # data prepared otherwise: train prepares its own
@@ -171,6 +175,9 @@ def test_resume_refuses_a_checkpoint_of_another_run(teacher_run, synthetic, tmp_
     torch.save(legacy, tmp_path / "legacy.pt")
     with pytest.raises(ValueError, match=r"lacks the training state \['optimizer', 'scheduler', 'rng'\]"):
         train(tiny(tmp_path, run_name="r", epochs=4), resume=tmp_path / "legacy.pt", progress=False, data=synthetic)
+    # the same settings, another run folder: it trained, then found no best.pt in the new folder (exit 2)
+    with pytest.raises(ValueError, match=r"is a checkpoint of another run folder .*resume with that run's --run-name"):
+        train(tiny(tmp_path, run_name="r", epochs=4), resume=last, progress=False, data=synthetic)
     assert not (tmp_path / "runs" / "r").exists()  # refused before anything was trained or written
 
 

@@ -177,3 +177,25 @@ def test_kdkit_train_names_a_test_folder_without_recordings(synthetic, tmp_path:
     assert "missing test scenario test_09_empty:" in out
     summary = json.loads((tmp_path / "runs" / "mycar_gat_student" / "summary.json").read_text())
     assert "test_09_empty" in summary["missing_scenarios"]
+
+
+def test_keys_a_run_does_not_read_include_the_vgae_students_temperature_and_other_schedules_warmup():
+    """A review (2026-12-08): --kd-temperature 1 and 8 gave a VGAE student the same losses to every
+    digit, as --warmup-steps 1 and 10 did under onecycle; both were recorded as if they had counted."""
+    vgae = make_config(model="vgae", type="student", dataset="synthetic", teacher="t.pt")
+    assert keys_without_effect(vgae, ["kd_temperature"]) == ["kd_temperature (read by gat and fusion runs; this run is vgae)"]
+    assert keys_without_effect(make_config(model="gat", type="student", dataset="synthetic", teacher="t.pt"),
+                               ["kd_temperature"]) == []
+    for scheduler, unread in (("onecycle", True), ("none", True), ("cosine", False)):
+        cfg = make_config(model="gat", type="teacher", dataset="synthetic", scheduler=scheduler)
+        assert bool(keys_without_effect(cfg, ["warmup_steps"])) is unread
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--node-budget", "500"], "--optimize-batch-size and --node-budget 500: a node budget makes batches"),
+    (["--batch-size", "32"], "--optimize-batch-size and --batch-size 32: the sizer picks the batch size"),
+])
+def test_the_batch_sizer_refuses_what_would_override_it_or_be_overridden(extra, words, capsys):
+    assert main(["train", "--model", "gat", "--type", "student", "--dataset", "synthetic", "--no-teacher",
+                 "--optimize-batch-size", *extra]) == 2
+    assert words in capsys.readouterr().err

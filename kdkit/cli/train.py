@@ -87,6 +87,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     worker = os.environ.get("LOCAL_RANK", "0") not in ("", "0")  # a DDP worker: rank zero says it
     if overrides.get("type") == "student" and not overrides.get("teacher") and not args.no_teacher and not worker:
         print("note: training a student without --teacher (no distillation); pass --teacher PATH to distill")
+    if overrides.get("optimize_batch_size"):
+        if overrides.get("node_budget"):  # (the sizer's batch size was recorded; the loader made batches of the budget)
+            raise ValueError(f"--optimize-batch-size and --node-budget {overrides['node_budget']}: a node budget makes "
+                             "batches of its nodes whatever batch size the sizer picks; give one of them")
+        if "batch_size" in overrides_from_args(args):  # (replaced by the sizer's without a word)
+            raise ValueError(f"--optimize-batch-size and --batch-size {overrides['batch_size']}: the sizer picks the "
+                             "batch size and would replace the one given; give one of them")
     sizer_keys = [k for k in ("target_memory_usage", "max_batch_size") if k in overrides]
     if sizer_keys and not overrides.get("optimize_batch_size"):
         print(f"kdkit train: warning: {', '.join(sizer_keys)} only steer the batch sizer: add --optimize-batch-size "

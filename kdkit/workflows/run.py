@@ -370,6 +370,11 @@ def teacher_notes(tck: dict, cfg: TrainConfig, data: PreparedDataset, path: str 
     return notes
 
 
+RESUME_SETTINGS = ("learning_rate", "weight_decay", "batch_size", "node_budget", "scheduler", "warmup_steps",
+                   "lr_scaling", "seed")
+"""Training settings a resumed run must share with its checkpoint's (their state is the checkpoint's)."""
+
+
 def check_resume(ck: dict, cfg: TrainConfig, data: PreparedDataset, path: str | Path) -> None:
     """``--resume`` must continue a run of the same role, family, dataset, vocabulary and graph settings.
 
@@ -395,6 +400,10 @@ def check_resume(ck: dict, cfg: TrainConfig, data: PreparedDataset, path: str | 
             diffs.append(f"{key} {graph.get(key)} vs {getattr(cfg, key)}")
     if not model_reads_format(graph.get("graph_format"), ck.get("vocab")):
         diffs.append(f"graph format {graph.get('graph_format')} vs {GRAPH_FORMAT_VERSION}")
+    tc = ck.get("train_config") or {}  # the optimizer, schedule, batches and random state go on from the checkpoint:
+    for key in RESUME_SETTINGS:  # a new value would be recorded in config.json and not used (epochs may grow)
+        if key in tc and tc[key] != getattr(cfg, key):
+            diffs.append(f"{key} {tc[key]} vs {getattr(cfg, key)}")
     if diffs:
         raise ValueError(f"--resume {path} comes from another run than this one ({'; '.join(diffs)}; checkpoint vs "
                          "run): resume with the interrupted run's settings (its config.json), or start a new run")
@@ -553,6 +562,11 @@ def _train(cfg: TrainConfig, run_dir: Path, owner: bool, resume, progress, on_ep
     if rck is not None:
         check_resumable(rck, task, resume)
         del rck
+        if not inside(resume, run_dir):  # (it trained, then found no best.pt in the new folder: exit 2, half a run)
+            raise ValueError(f"--resume {resume} is a checkpoint of another run folder "
+                             f"({Path(resume).resolve().parent.parent}), not of this run's {run_dir}: a run goes on in "
+                             f"its own folder: resume with that run's --run-name (and --runs-dir), or copy its folder "
+                             f"to {run_dir} first")
     vocab = data.vocab.to_list()
     extra = {"vocab": vocab, "node_features": list(NODE_FEATURES), "edge_features": list(EDGE_FEATURES),
              "threshold": 0.5, "threshold_fitted": MODEL_CLASSES[cfg.model].objective != "reconstruct",
