@@ -134,6 +134,8 @@ def test_detect_says_a_folder_is_a_folder(student_checkpoint, tmp_path, capsys):
     assert main(["detect", "--checkpoint", str(student_checkpoint), "--input", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "is a folder: kdkit detect replays one recording" in err and "no such file" not in err
+    assert main(["detect", "--checkpoint", str(student_checkpoint), "--input", str(tmp_path / "gone.log")]) == 2
+    assert f"{tmp_path / 'gone.log'}: no such file" in capsys.readouterr().err  # (not Python's [Errno 2])
 
 
 def _log(path, n: int = 1000):

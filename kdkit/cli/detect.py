@@ -101,7 +101,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         print(f"kdkit detect: warning: stride {detector.stride} > window {detector.window}: "
               f"{detector.stride - detector.window} of every {detector.stride} messages fall in no window and are "
               "never scored (attacks in them included); a stride <= the window scores every message", file=sys.stderr)
-    if args.input:  # as kdkit evaluate --input warns: a training (or calibration) recording is no test
+    if args.input and Path(args.input).is_file():  # as evaluate --input warns: a training recording is no test
         warned = in_sample_warning(args.checkpoint or args.model, args.input, show=False)
         if warned:
             print(f"kdkit detect: warning: {warned}", file=sys.stderr)
@@ -203,7 +203,8 @@ def register(sub) -> None:
     p.add_argument("--alarms", default=None, help="write the alarm JSON lines here (default: stdout)")
     p.add_argument("--all-decisions", action="store_true", help="write every window's decision, not only alarms")
     p.add_argument("--summary", default=None, help="also write the summary as JSON to this file")
-    p.add_argument("--max-seconds", type=float, default=None, help="stop after this many seconds of the run (from its start: reading the recording and the "
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="stop after this many seconds of the run (from its start: reading the recording and the "
                         "model's first windows count; the model's loading does not)")
     p.add_argument("--max-messages", type=int, default=None, help="stop after this many frames")
     p.add_argument("--stall-seconds", type=float, default=2.0, help="a live bus silent this long is a stall: logged, "
