@@ -737,8 +737,8 @@ def skipped_rows_report(info: dict) -> list[str]:
             lines.append(f"    first: {s['examples'][0]}")
     for test, train in info.get("tests_in_training", []):
         lines.append(f"  test recording {test} is the training recording {train} (the same content): its windows trained "
-                     f"the model, so its metrics are in-sample, not a test (the overall metrics leave it out); take it out of the "
-                     f"test folder")
+                     f"the model, so its metrics are in-sample, not a test (the overall metrics leave it out); take "
+                     f"it out of the test folder")
     for test, first in info.get("test_repeats", []):
         lines.append(f"  test recording {test} is also {first} of an earlier test scenario (the same content): each "
                      f"scenario scores it, the overall metrics count its windows once")
