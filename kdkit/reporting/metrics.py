@@ -165,30 +165,25 @@ def evaluate_all_scores(splits: dict[str, GraphSet], scores: dict[str, np.ndarra
     """:func:`evaluate_model`'s result from scores already computed (``{scenario: scores}``, in
     window order), e.g. gathered from the ranks of a multi-process run. ``repeats``: as
     :func:`evaluate_model`."""
-    results, all_y, all_s, all_t = {}, [], [], []
+    results, all_y, all_s, all_t, all_keep = {}, [], [], [], []
     repeats = set(repeats)
     for name, s in scores.items():
         if len(s) != len(splits[name]):
             raise ValueError(f"{name}: {len(s)} scores for {len(splits[name])} windows")
         gs = splits[name]
         results[name] = evaluate_scores(gs, s, threshold)
-        y, types = gs.y.numpy(), np.asarray(gs.attack_types, dtype=object)[gs.attack_type.numpy()]
-        again = [i for i, f in enumerate(gs.files) if f in repeats]
-        if again:  # a recording an earlier scenario holds too: once in overall
-            keep = ~np.isin(gs.file_index.numpy(), again)
-            y, s, types = y[keep], s[keep], types[keep]
-        all_y.append(y)
+        all_y.append(gs.y.numpy())
         all_s.append(s)
-        all_t.append(types)
+        all_t.append(np.asarray(gs.attack_types, dtype=object)[gs.attack_type.numpy()])
+        # a recording an earlier scenario holds too (once in overall), or a training one: out of overall
+        all_keep.append(~np.isin(gs.file_index.numpy(), [i for i, f in enumerate(gs.files) if f in repeats]))
     overall = {}
-    pooled_all = bool(scores) and not sum(len(y) for y in all_y)
-    if pooled_all:  # every test recording left out (each a training one): overall pools them, and says so
-        all_y = [splits[name].y.numpy() for name in scores]
-        all_s = [scores[name] for name in scores]
-        all_t = [np.asarray(splits[name].attack_types, dtype=object)[splits[name].attack_type.numpy()] for name in scores]
     if scores:
-        s, types = np.concatenate(all_s), np.concatenate(all_t)
-        overall = binary_metrics(np.concatenate(all_y), s, threshold)
+        y, s, types, keep = (np.concatenate(a) for a in (all_y, all_s, all_t, all_keep))
+        pooled_all = keep.size > 0 and not keep.any()  # every test recording a training one: overall pools them, and says so
+        if not pooled_all:
+            y, s, types = y[keep], s[keep], types[keep]
+        overall = binary_metrics(y, s, threshold)
         if pooled_all:
             overall["in_sample"] = True
         overall["per_attack_type"] = {str(t): {"windows": int((types == t).sum()),
